@@ -1,0 +1,3 @@
+from outagemon.cli import main
+
+raise SystemExit(main())

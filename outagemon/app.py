@@ -1,0 +1,88 @@
+"""The aiohttp application: make_app(runtime) for the daemon and for tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from outagemon import __version__, logs
+from outagemon.config import Config
+from outagemon.metrics import Registry
+
+log = logs.get("outagemon.http")
+
+
+@dataclass
+class Runtime:
+    """What the HTTP handlers read: the daemon owns it and swaps parts on reload."""
+
+    config: Config
+    metrics: Registry = field(default_factory=Registry)
+    started_at: float = field(default_factory=time.time)
+    # None when ready; otherwise the sentence /readyz answers with.
+    not_ready: str | None = "the daemon is starting"
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, sentence: str) -> web.Response:
+    return web.json_response({"error": sentence}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error a client sees is JSON with a sentence; nothing it sends becomes a 5xx."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        reason = {
+            404: f"there is nothing at {request.path}.",
+            405: f"{request.method} is not allowed on {request.path}.",
+            413: "the request body is too large.",
+        }.get(e.status, e.text or e.reason)
+        return error(e.status, reason or e.reason)
+    except Exception:
+        log.exception("http.handler_failed", path=request.path)
+        return error(500, "the server failed to answer; the failure is logged.")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return web.json_response(
+        {"status": "ok", "version": __version__, "uptime": round(time.time() - rt.started_at, 3)}
+    )
+
+
+async def readyz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    if rt.not_ready is not None:
+        return web.json_response({"status": "not_ready", "reason": rt.not_ready}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = request.app[RUNTIME].metrics.render()
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+def make_app(runtime: Runtime) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024)
+    app[RUNTIME] = runtime
+    runtime.metrics.gauge("outagemon_up", "1 while the daemon serves.").set(1)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,27 @@
+"""Our errors: problems the operator can fix, each a sentence that names what was wrong."""
+
+from __future__ import annotations
+
+
+class OutagemonError(Exception):
+    """Base of every error outagemon raises on purpose; str() is the user-facing text."""
+
+
+class ConfigError(OutagemonError):
+    """One or more problems in the configuration; each is a complete sentence."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class TopologyError(ConfigError):
+    """Problems in the topology or subscribers file."""
+
+
+class DatabaseError(OutagemonError):
+    """The database could not be reached, started or migrated."""
+
+
+class MigrationError(DatabaseError):
+    """A migration file is malformed, or an applied one was changed."""

@@ -1,0 +1,79 @@
+"""Shared fixtures: a real PostgreSQL (the machine's, else an embedded one) and helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from outagemon.embedded import EmbeddedPostgres
+
+# The machine's server, when one answers (CI's machines start one); override with this variable.
+SERVER_DSN = os.environ.get("OUTAGEMON_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _answers(dsn: str) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+def short_tmp_dir() -> Path:
+    """A directory the embedded server's user ('nobody' when we are root) can reach."""
+    path = Path(tempfile.mkdtemp(prefix="om-"))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """DSN of a database on a real PostgreSQL server for the whole session."""
+    if asyncio.run(_answers(SERVER_DSN)):
+        yield SERVER_DSN
+        return
+    server = EmbeddedPostgres(short_tmp_dir())
+    dsn = asyncio.run(server.start())
+    try:
+        yield dsn
+    finally:
+        asyncio.run(server.stop())
+
+
+def _with_database(dsn: str, name: str) -> str:
+    base, _, query = dsn.partition("?")
+    base = base.rsplit("/", 1)[0] + "/" + name
+    return f"{base}?{query}" if query else base
+
+
+@pytest.fixture
+async def fresh_db(pg_server: str) -> AsyncIterator[str]:
+    """DSN of a new, empty database, dropped after the test."""
+    name = f"om_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server)
+    try:
+        await admin.execute(f'create database "{name}"')
+    finally:
+        await admin.close()
+    yield _with_database(pg_server, name)
+    admin = await asyncpg.connect(pg_server)
+    try:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await admin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -1,0 +1,174 @@
+"""The daemon as a process: starts on the embedded database, serves, reloads, stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, short_tmp_dir
+
+GOOD = """
+[daemon]
+state_dir = "{state}"
+[http]
+listen = "127.0.0.1:{port}"
+[probe]
+interval = 10
+"""
+
+
+@dataclass
+class Proc:
+    process: subprocess.Popen[bytes]
+    config: Path
+    state: Path
+    log: Path
+    port: int
+    notify: socket.socket
+
+    def get(self, path: str) -> tuple[int, dict[str, object]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def wait_for_log(self, event: str, timeout: float = 10) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log.read_text().splitlines():
+                if line.startswith("{"):
+                    record = json.loads(line)
+                    if record.get("event") == event:
+                        return dict(record)
+            time.sleep(0.05)
+        raise AssertionError(f"no {event!r} in the log:\n{self.log.read_text()}")
+
+    def messages(self, timeout: float = 1.0) -> list[str]:
+        got: list[str] = []
+        self.notify.settimeout(timeout)
+        try:
+            while True:
+                got.append(self.notify.recv(4096).decode())
+                self.notify.settimeout(0.05)
+        except TimeoutError:
+            return got
+
+
+def postgres_pids(state: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"postgres" in cmd and str(state).encode() in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+def start(state: Path, port: int, notify_path: Path) -> Proc:
+    config = state / "outagemon.toml"
+    config.write_text(GOOD.format(state=state, port=port))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    log = state / "daemon.log"
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "outagemon", "run", "-c", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    proc = Proc(process, config, state, log, port, notify)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            if proc.get("/healthz")[0] == 200:
+                return proc
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the daemon did not answer /healthz:\n{log.read_text()}")
+
+
+@pytest.fixture
+def daemon() -> Iterator[Proc]:
+    state = short_tmp_dir()
+    proc = start(state, free_port(), state / "notify.sock")
+    yield proc
+    if proc.process.poll() is None:
+        proc.process.kill()
+        proc.process.wait()
+    proc.notify.close()
+
+
+def test_start_serve_and_stop_within_5_seconds_leaving_no_postgres(daemon: Proc) -> None:
+    status, body = daemon.get("/healthz")
+    assert status == 200 and body["status"] == "ok"
+    status, body = daemon.get("/readyz")
+    assert status == 503 and isinstance(body["reason"], str) and body["reason"]
+    assert postgres_pids(daemon.state), "the embedded server should be running"
+    messages = daemon.messages()
+    assert "READY=1" in messages
+    assert "WATCHDOG=1" in messages
+
+    started = time.monotonic()
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(timeout=5) == 0
+    assert time.monotonic() - started < 5
+    assert "STOPPING=1" in daemon.messages()
+    assert postgres_pids(daemon.state) == []
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one_and_says_why(daemon: Proc) -> None:
+    daemon.config.write_text("[probe]\ninterval = -3\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    record = daemon.wait_for_log("config.reload_refused")
+    problems = record["problems"]
+    assert isinstance(problems, list)
+    assert any("[probe] interval must be a positive number" in p for p in problems)
+    assert daemon.get("/healthz")[0] == 200
+    assert daemon.process.poll() is None
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=2) as r:
+        text = r.read().decode()
+    assert 'outagemon_config_reloads_total{outcome="refused"} 1' in text
+
+
+def test_sighup_with_a_good_config_applies_it(daemon: Proc) -> None:
+    daemon.config.write_text(GOOD.format(state=daemon.state, port=daemon.port) + "down_after = 5\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_log("config.reloaded")
+    assert daemon.get("/healthz")[0] == 200
+
+
+def test_after_sigkill_the_embedded_server_stops_and_a_restart_works(daemon: Proc) -> None:
+    daemon.process.kill()
+    daemon.process.wait()
+    deadline = time.monotonic() + 10
+    while postgres_pids(daemon.state) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert postgres_pids(daemon.state) == [], "postgres outlived its daemon"
+    daemon.notify.close()
+    again = start(daemon.state, daemon.port, daemon.state / "notify2.sock")
+    try:
+        assert again.get("/healthz")[0] == 200
+    finally:
+        again.process.send_signal(signal.SIGTERM)
+        assert again.process.wait(timeout=5) == 0
+        again.notify.close()
