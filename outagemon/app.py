@@ -10,6 +10,7 @@ from aiohttp import web
 
 from outagemon import __version__, logs
 from outagemon.config import Config
+from outagemon.directory import Directory
 from outagemon.metrics import Registry
 
 log = logs.get("outagemon.http")
@@ -20,6 +21,7 @@ class Runtime:
     """What the HTTP handlers read: the daemon owns it and swaps parts on reload."""
 
     config: Config
+    directory: Directory
     metrics: Registry = field(default_factory=Registry)
     started_at: float = field(default_factory=time.time)
     # None when ready; otherwise the sentence /readyz answers with.

@@ -88,24 +88,42 @@ def _migrate(config_path: Path) -> int:
 
 
 def _check_config(config_path: Path) -> int:
-    from outagemon import config
+    from collections import Counter
+
+    from outagemon import config, directory
     from outagemon.errors import ConfigError
 
     try:
         cfg = config.load(config_path)
+        loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
         return USAGE_ERROR
-    print(f"{cfg.path}: config is valid")
+    for problem in loaded.problems:
+        print(problem, file=sys.stderr)
+    d = loaded.directory
+    kinds = Counter(n.kind for n in d.topology.nodes.values())
     where = "external" if cfg.database.dsn else f"embedded under {cfg.daemon.state_dir}"
+    print(f"{cfg.path}: {'has problems' if loaded.problems else 'valid'}")
     print(f"  database: {where}")
     print(f"  http: {cfg.http.listen}; tokens: {len(cfg.tokens)}")
     print(
         f"  probe: every {cfg.probe.interval:g} s, timeout {cfg.probe.timeout:g} s, "
         f"down after {cfg.probe.down_after}, up after {cfg.probe.up_after}"
     )
-    return 0
+    print(
+        f"  topology {cfg.topology.file}: {len(d.topology)} nodes "
+        f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}), "
+        f"{sum(1 for n in d.topology.nodes.values() if n.probed)} probed, "
+        f"{len(d.topology.served)} buildings served"
+    )
+    if cfg.topology.subscribers is not None:
+        print(
+            f"  subscribers {cfg.topology.subscribers}: {len(d.subscribers)} loaded, "
+            f"{len(loaded.problems)} rows with problems"
+        )
+    return USAGE_ERROR if loaded.problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:

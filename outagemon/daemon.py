@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import asyncpg
 from aiohttp import web
 
 from outagemon import config as config_mod
-from outagemon import logs, migrate, store
+from outagemon import directory, logs, migrate, store
 from outagemon.app import Runtime, make_app
 from outagemon.config import Config
+from outagemon.directory import Directory
 from outagemon.embedded import EmbeddedPostgres
 from outagemon.errors import ConfigError, OutagemonError
 from outagemon.notify import Notifier
@@ -33,8 +35,8 @@ RESTART_KEYS = ("daemon", "database", "http")
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
-        self.runtime = Runtime(config=config)
+    def __init__(self, config: Config, loaded: directory.Loaded) -> None:
+        self.runtime = Runtime(config=config, directory=loaded.directory)
         self.notifier = Notifier()
         self.embedded: EmbeddedPostgres | None = None
         self.pool: asyncpg.Pool | None = None
@@ -46,6 +48,18 @@ class Daemon:
         self._reloads = metrics.counter(
             "outagemon_config_reloads_total", "Config reloads by outcome (applied, refused)."
         )
+        self._nodes = metrics.gauge("outagemon_topology_nodes", "Nodes in the loaded topology.")
+        self._subscribers = metrics.gauge("outagemon_subscribers", "Subscribers loaded.")
+        self._skipped = metrics.gauge(
+            "outagemon_subscribers_skipped", "Subscriber rows left out of the last load."
+        )
+        self._loaded(loaded)
+
+    def _loaded(self, loaded: directory.Loaded) -> None:
+        self._nodes.set(len(loaded.directory.topology))
+        self._subscribers.set(len(loaded.directory.subscribers))
+        self._skipped.set(len(loaded.problems))
+        report_skipped(loaded.problems)
 
     @property
     def config(self) -> Config:
@@ -104,6 +118,7 @@ class Daemon:
         applied = await migrate.migrate(dsn)
         log.info("daemon.migrated", applied=applied)
         self.pool = await store.connect(dsn)
+        self._spawn(self._save_inventory(self.runtime.directory), "save-inventory")
         self.runner = web.AppRunner(make_app(self.runtime), handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, cfg.http.host, cfg.http.port, reuse_address=True)
@@ -114,8 +129,8 @@ class Daemon:
         log.info("http.listening", address=[str(a) for a in self.runner.addresses])
         if self.notifier.watchdog_interval:
             self._spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
-        # Topology and probing arrive with their issues; until then the daemon is not ready.
-        self.runtime.not_ready = "no topology is loaded and no probe round has run yet"
+        # Probing arrives with its issue; until then the daemon is not ready.
+        self.runtime.not_ready = "no probe round has run yet"
 
     async def _watchdog(self, interval: float) -> None:
         # Sent from the event loop itself: if the loop is stuck, the pings stop and
@@ -124,11 +139,28 @@ class Daemon:
             self.notifier.send("WATCHDOG=1")
             await asyncio.sleep(interval)
 
+    async def _save_inventory(self, current: Directory) -> None:
+        assert self.pool is not None
+        started = time.monotonic()
+        nodes = [
+            (n.id, n.kind, n.ip, n.name, list(n.parents)) for n in current.topology.nodes.values()
+        ]
+        subs = [
+            (s.account, list(s.phones), s.address.text(with_flat=False), s.flat, s.ip, s.node)
+            for s in current.subscribers
+        ]
+        await store.save_inventory(self.pool, nodes, subs)
+        log.info("inventory.saved", nodes=len(nodes), subscribers=len(subs),
+                 seconds=round(time.monotonic() - started, 3))  # fmt: skip
+
     async def reload(self) -> None:
-        """SIGHUP: read the config again; keep the running one if the new one is broken."""
+        """SIGHUP: read config and topology again; keep the running ones if either is broken."""
         path = self.config.path
         try:
             new = config_mod.load(path)
+            loaded = await asyncio.to_thread(
+                directory.load, new.topology.file, new.topology.subscribers
+            )
         except ConfigError as e:
             self._reloads.inc(outcome="refused")
             log.error("config.reload_refused", path=str(path), problems=e.problems)
@@ -137,6 +169,10 @@ class Daemon:
         if pending:
             log.warning("config.restart_needed", sections=pending)
         self.runtime.config = new
+        self.runtime.directory = loaded.directory
+        self._loaded(loaded)
+        if self.pool is not None:
+            self._spawn(self._save_inventory(loaded.directory), "save-inventory")
         self._reloads.inc(outcome="applied")
         log.info("config.reloaded", path=str(path))
 
@@ -156,17 +192,27 @@ class Daemon:
             await self.embedded.stop()
 
 
+def report_skipped(problems: list[str], limit: int = 100) -> None:
+    """Log subscriber rows left out of a load; a CRM export with a few bad rows must not
+    stop the monitor, and one with a million must not flood the journal."""
+    for problem in problems[:limit]:
+        log.warning("subscribers.row_skipped", problem=problem)
+    if len(problems) > limit:
+        log.warning("subscribers.rows_skipped", shown=limit, total=len(problems))
+
+
 def run(config_path: Path) -> int:
     """`outagemon run`: 0 after a clean stop, 2 for a bad config, 1 when start-up failed."""
     try:
         cfg = config_mod.load(config_path)
+        logs.setup()
+        loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
         return 2
-    logs.setup()
     try:
-        return asyncio.run(Daemon(cfg).run())
+        return asyncio.run(Daemon(cfg, loaded).run())
     except OutagemonError as e:
         log.error("daemon.start_failed", error=str(e))
         print(f"outagemon: {e}", file=sys.stderr)

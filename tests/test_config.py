@@ -156,7 +156,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_check_config_accepts_the_shipped_example() -> None:
     result = run_cli("check-config", "-c", str(ROOT / "config" / "outagemon.toml"))
     assert result.returncode == 0, result.stderr
-    assert "config is valid" in result.stdout
+    assert result.stdout.splitlines()[0].endswith("outagemon.toml: valid")
+    assert "subscribers" in result.stdout and "0 rows with problems" in result.stdout
 
 
 def test_check_config_exits_2_with_every_problem_and_no_traceback(tmp_path: Path) -> None:

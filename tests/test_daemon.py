@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from outagemon import citygen
 from tests.conftest import free_port, short_tmp_dir
 
 GOOD = """
@@ -26,6 +27,9 @@ state_dir = "{state}"
 listen = "127.0.0.1:{port}"
 [probe]
 interval = 10
+[topology]
+file = "topology.yaml"
+subscribers = "subscribers.csv"
 """
 
 
@@ -81,6 +85,8 @@ def postgres_pids(state: Path) -> list[int]:
 
 
 def start(state: Path, port: int, notify_path: Path) -> Proc:
+    if not (state / "topology.yaml").exists():
+        citygen.generate(aggregations=2, access_per_aggregation=3).write(state)
     config = state / "outagemon.toml"
     config.write_text(GOOD.format(state=state, port=port))
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -148,13 +154,53 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_says_why(daemon: Proc
     with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=2) as r:
         text = r.read().decode()
     assert 'outagemon_config_reloads_total{outcome="refused"} 1' in text
+    assert "outagemon_topology_nodes " in text
+
+
+def metric(proc: Proc, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/metrics", timeout=2) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
 
 
 def test_sighup_with_a_good_config_applies_it(daemon: Proc) -> None:
-    daemon.config.write_text(GOOD.format(state=daemon.state, port=daemon.port) + "down_after = 5\n")
+    text = GOOD.format(state=daemon.state, port=daemon.port)
+    daemon.config.write_text(text.replace("interval = 10", "interval = 10\ndown_after = 5"))
     daemon.process.send_signal(signal.SIGHUP)
     daemon.wait_for_log("config.reloaded")
     assert daemon.get("/healthz")[0] == 200
+
+
+def test_sighup_with_a_broken_topology_keeps_the_running_one(daemon: Proc) -> None:
+    daemon.wait_for_log("inventory.saved")
+    nodes = metric(daemon, "outagemon_topology_nodes")
+    assert nodes > 0
+    topo = daemon.state / "topology.yaml"
+    topo.write_text(topo.read_text() + "- {id: core-1, kind: core}\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    record = daemon.wait_for_log("config.reload_refused")
+    assert "duplicate id 'core-1'" in str(record["problems"])
+    assert metric(daemon, "outagemon_topology_nodes") == nodes
+
+
+def test_sighup_with_a_changed_topology_loads_and_stores_it(daemon: Proc) -> None:
+    daemon.wait_for_log("inventory.saved")
+    citygen.generate(aggregations=3, access_per_aggregation=3).write(daemon.state)
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_log("config.reloaded")
+    assert (
+        metric(daemon, "outagemon_topology_nodes")
+        == len(
+            [
+                line
+                for line in (daemon.state / "topology.yaml").read_text().splitlines()
+                if line.startswith("- id:")
+            ]
+        )
+        + 3 * 3 * 10
+    )  # plus one cpe node a subscriber
 
 
 def test_after_sigkill_the_embedded_server_stops_and_a_restart_works(daemon: Proc) -> None:

@@ -1,0 +1,233 @@
+"""Postal addresses and phone numbers, normalised so a caller's words find a subscriber (pure).
+
+An address is parsed into parts (street type and name, house, building, letter,
+structure, flat) rather than compared as a string, because callers and CRM exports
+write the same house many ways: "ул. Ленина, д. 5, корп. 2, кв. 12", "Ленина 5к2-12",
+"ленина улица 5 к 2 кв 12". The canonical key joins the parts that name a building.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Street types, every written form -> the canonical abbreviation.
+_STREET_TYPES_RU = {
+    "ул": "ул", "улица": "ул",
+    "пр": "пр-т", "пр-т": "пр-т", "пр-кт": "пр-т", "просп": "пр-т", "проспект": "пр-т",
+    "пер": "пер", "переулок": "пер",
+    "ш": "ш", "шоссе": "ш",
+    "б-р": "б-р", "бул": "б-р", "бульв": "б-р", "бульвар": "б-р",
+    "пл": "пл", "площадь": "пл",
+    "наб": "наб", "набережная": "наб",
+    "пр-д": "проезд", "проезд": "проезд",
+    "туп": "туп", "тупик": "туп",
+    "мкр": "мкр", "микрорайон": "мкр",
+    "аллея": "аллея",
+}  # fmt: skip
+_STREET_TYPES_EN = {
+    "st": "St", "street": "St",
+    "ave": "Ave", "av": "Ave", "avenue": "Ave",
+    "rd": "Rd", "road": "Rd",
+    "blvd": "Blvd", "boulevard": "Blvd",
+    "ln": "Ln", "lane": "Ln",
+    "dr": "Dr", "drive": "Dr",
+    "sq": "Sq", "square": "Sq",
+    "pl": "Pl", "place": "Pl",
+    "ct": "Ct", "court": "Ct",
+    "hwy": "Hwy", "highway": "Hwy",
+}  # fmt: skip
+_HOUSE = {"д", "дом", "house", "no", "№"}
+_BUILDING = {"к", "корп", "корпус", "bldg", "building"}
+_STRUCTURE = {"стр", "строение", "с"}
+_LETTER = {"лит", "литер", "литера"}
+_FLAT = {"кв", "квартира", "apt", "apartment", "flat", "unit"}
+_ENTRANCE = {"под", "подъезд", "entrance"}
+_CITY = {"г", "город", "city"}
+
+# "5", "5а", "5/2", "5к2", "5к2-12", "5 стр 1" is handled token by token.
+_COMPACT = re.compile(
+    r"^(?P<house>\d+(?:/\d+)?)(?P<letter>[а-яa-z](?!\d))?"
+    r"(?:(?:к|корп)(?P<building>\d+))?(?:стр(?P<structure>\d+))?"
+    r"(?:-(?P<flat>\d+))?$"
+)
+_ORDINAL = re.compile(r"^(\d+)-?(я|й|ая|ый|ой|ий|е|ое|го|st|nd|rd|th)$")
+# Long endings to the short ones people write after a hyphen: "1-ая" = "1-я".
+_ENDINGS = {"ая": "я", "ый": "й", "ой": "й", "ий": "й", "ое": "е"}
+_SPLIT = re.compile(r"[\s,.;:\"'«»()]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    street: str  # the name, lower case, ordinals last: "парковая 1"
+    street_type: str  # canonical abbreviation, "" when not written
+    house: str
+    building: str = ""
+    letter: str = ""
+    structure: str = ""
+    flat: str = ""
+    entrance: str = ""
+    city: str = ""
+    english: bool = False
+
+    @property
+    def key(self) -> str:
+        """The canonical key of the building (street, house, building, letter, structure)."""
+        return "|".join(
+            (self.city, self.street_type, self.street, self.house, self.building, self.letter,
+             self.structure)
+        )  # fmt: skip
+
+    @property
+    def house_key(self) -> str:
+        """The street name and house number only: callers often leave the rest out."""
+        return f"{self.street}|{self.house}"
+
+    def text(self, with_flat: bool = True) -> str:
+        """The address written out in one canonical way, for answers and the page."""
+        if self.english:
+            out = f"{self.house}{self.letter.upper()} {self.street.title()}"  # "Main"
+            out += f" {self.street_type}" if self.street_type else ""
+            out += f", Bldg {self.building}" if self.building else ""
+            out += f", Apt {self.flat}" if with_flat and self.flat else ""
+            return out
+        words = self.street.split()
+        if len(words) > 1 and _ORDINAL.match(words[-1]):
+            words.insert(0, words.pop())  # "1-я Парковая", as it is said
+        street = " ".join(w[:1].upper() + w[1:] for w in words)
+        out = f"{self.street_type}. {street}" if self.street_type else street
+        out = out.replace("пр-т.", "пр-т").replace("б-р.", "б-р").replace("аллея.", "аллея")
+        out = out.replace("проезд.", "проезд")
+        out += f", д. {self.house}{self.letter.upper()}"
+        out += f", корп. {self.building}" if self.building else ""
+        out += f", стр. {self.structure}" if self.structure else ""
+        out += f", кв. {self.flat}" if with_flat and self.flat else ""
+        if self.city:
+            out = f"г. {self.city.title()}, {out}"
+        return out
+
+
+def _fold(text: str) -> str:
+    text = text.lower().replace("ё", "е").replace("—", "-").replace("–", "-")
+    # "д.5" and "кв.12": a marker glued to its number.
+    text = re.sub(r"(?<![а-яa-z0-9])(д|дом|кв|корп|к|стр|лит|под|apt)\.?(?=\d)", r"\1 ", text)
+    return text
+
+
+def _street_name(words: list[str]) -> str:
+    """Ordinals go last in one spelling: "1-я Парковая" = "Парковая 1я" -> "парковая 1-я"."""
+    ordinals: list[str] = []
+    rest: list[str] = []
+    for w in words:
+        m = _ORDINAL.match(w)
+        if m:
+            ordinals.append(f"{m.group(1)}-{_ENDINGS.get(m.group(2), m.group(2))}")
+        else:
+            rest.append(w)
+    return " ".join(rest + ordinals)
+
+
+def parse(text: str) -> Address | None:
+    """Parse a written address; None when no street name and house can be found."""
+    tokens = [t for t in _SPLIT.split(_fold(text)) if t and t != "-"]
+    english = any("a" <= c <= "z" for t in tokens for c in t) and not any(
+        "а" <= c <= "я" for t in tokens for c in t
+    )
+    types = _STREET_TYPES_EN if english else _STREET_TYPES_RU
+    street_words: list[str] = []
+    street_type = ""
+    parts: dict[str, str] = {}
+    city = ""
+    i = 0
+    expect: str | None = None  # the part the previous marker announced
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        if expect is not None:
+            if expect == "house":
+                m = _COMPACT.match(tok)
+                if m:
+                    _take_compact(m, parts)
+                else:
+                    parts["house"] = tok
+            elif expect == "city":
+                city = tok
+            else:
+                parts[expect] = tok
+            expect = None
+            continue
+        if tok in _CITY and i < len(tokens) and not street_words:
+            expect = "city"
+        elif tok in types and not street_type:
+            street_type = types[tok]
+        elif tok in _HOUSE:
+            expect = "house"
+        elif tok in _BUILDING and "house" in parts:
+            expect = "building"
+        elif tok in _STRUCTURE and "house" in parts:
+            expect = "structure"
+        elif tok in _LETTER and "house" in parts:
+            expect = "letter"
+        elif tok in _FLAT:
+            expect = "flat"
+        elif tok in _ENTRANCE:
+            expect = "entrance"
+        elif "house" not in parts and _is_house(tok, street_words, english):
+            m = _COMPACT.match(tok)
+            assert m is not None
+            _take_compact(m, parts)
+        elif "house" in parts and len(tok) == 1 and tok.isalpha() and "letter" not in parts:
+            parts["letter"] = tok  # "5 А"
+        elif "house" in parts and tok.isdigit() and english and "flat" not in parts:
+            parts["flat"] = tok
+        elif "house" not in parts or english:
+            street_words.append(tok)
+        # anything else after the house (a stray word) is ignored rather than guessed at
+    if not street_words or "house" not in parts:
+        return None
+    return Address(
+        street=_street_name(street_words),
+        street_type=street_type,
+        house=parts["house"],
+        building=parts.get("building", ""),
+        letter=parts.get("letter", ""),
+        structure=parts.get("structure", ""),
+        flat=parts.get("flat", ""),
+        entrance=parts.get("entrance", ""),
+        city=city,
+        english=english,
+    )
+
+
+def _is_house(tok: str, street_words: list[str], english: bool) -> bool:
+    if not _COMPACT.match(tok):
+        return False
+    # Russian numbers before any street word name the street ("8 Марта"); English
+    # addresses put the house number first ("12 Main St").
+    return english or bool(street_words)
+
+
+def _take_compact(m: re.Match[str], parts: dict[str, str]) -> None:
+    for name in ("house", "letter", "building", "structure", "flat"):
+        value = m.group(name)
+        if value:
+            parts[name] = value
+
+
+def key(text: str) -> str | None:
+    """The canonical building key of an address, or None if it cannot be parsed."""
+    parsed = parse(text)
+    return parsed.key if parsed else None
+
+
+def normalise_phone(text: str) -> str | None:
+    """Any common notation to E.164 (Russian numbers assumed without a country code)."""
+    raw = text.strip()
+    digits = re.sub(r"\D", "", raw)
+    if raw.startswith("+"):
+        return f"+{digits}" if 8 <= len(digits) <= 15 else None
+    if len(digits) == 11 and digits[0] in "78":
+        return f"+7{digits[1:]}"
+    if len(digits) == 10:
+        return f"+7{digits}"
+    return None

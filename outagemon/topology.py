@@ -1,0 +1,405 @@
+"""The network's shape: nodes, uplinks, who is cut off by a failure, who serves an address (pure).
+
+Parsing takes the file's text and returns a Topology or raises TopologyError listing every
+problem with its line; reading the file is the caller's business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from outagemon import addresses
+from outagemon.addresses import Address
+from outagemon.errors import TopologyError
+
+FlatRanges = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """An address a node brings service to, optionally only some of its flats."""
+
+    address: Address
+    flats: FlatRanges | None = None  # None: the whole building
+
+    def covers(self, flat: int | None) -> bool:
+        if self.flats is None or flat is None:
+            return True
+        return any(lo <= flat <= hi for lo, hi in self.flats)
+
+    def flats_text(self) -> str:
+        if self.flats is None:
+            return ""
+        return ",".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in self.flats)
+
+
+@dataclass(slots=True)
+class Node:
+    id: str
+    kind: str
+    ip: str | None = None
+    parents: tuple[str, ...] = ()
+    name: str = ""
+    serves: tuple[Served, ...] = ()
+    line: int = 0  # where it was declared, for messages
+    children: list[str] = field(default_factory=list)
+
+    @property
+    def probed(self) -> bool:
+        return self.ip is not None
+
+
+class Topology:
+    """The graph; built once per load, never mutated afterwards."""
+
+    def __init__(self, nodes: Iterable[Node]) -> None:
+        self.nodes: dict[str, Node] = {n.id: n for n in nodes}
+        for node in self.nodes.values():
+            node.children = []
+        for node in self.nodes.values():
+            for parent in node.parents:
+                self.nodes[parent].children.append(node.id)
+        self.roots: list[str] = [n.id for n in self.nodes.values() if not n.parents]
+        self.by_ip: dict[str, str] = {n.ip: n.id for n in self.nodes.values() if n.ip}
+        # building key -> what serves it; and street|house -> building keys, for callers
+        # who leave out the building, letter or type.
+        self.served: dict[str, list[tuple[Served, str]]] = {}
+        self.by_house: dict[str, set[str]] = {}
+        for node in self.nodes.values():
+            for s in node.serves:
+                self.served.setdefault(s.address.key, []).append((s, node.id))
+                self.by_house.setdefault(s.address.house_key, set()).add(s.address.key)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.nodes
+
+    def ancestors(self, node_id: str) -> list[str]:
+        """Every node above this one, nearest first (breadth-first over all uplinks)."""
+        seen: set[str] = set()
+        order: list[str] = []
+        queue = deque(self.nodes[node_id].parents)
+        while queue:
+            current = queue.popleft()
+            if current in seen:
+                continue
+            seen.add(current)
+            order.append(current)
+            queue.extend(self.nodes[current].parents)
+        return order
+
+    def descendants(self, node_id: str) -> list[str]:
+        """Every node below this one, nearest first."""
+        seen: set[str] = set()
+        order: list[str] = []
+        queue = deque(self.nodes[node_id].children)
+        while queue:
+            current = queue.popleft()
+            if current in seen:
+                continue
+            seen.add(current)
+            order.append(current)
+            queue.extend(self.nodes[current].children)
+        return order
+
+    def cut_off(self, failed: set[str]) -> set[str]:
+        """The failed nodes and every node whose every path to a root runs through one."""
+        reached: set[str] = set()
+        queue = deque(r for r in self.roots if r not in failed)
+        reached.update(queue)
+        while queue:
+            for child in self.nodes[queue.popleft()].children:
+                if child not in reached and child not in failed:
+                    reached.add(child)
+                    queue.append(child)
+        return set(self.nodes) - reached
+
+    def serving(self, address: Address, flat: int | None = None) -> list[str]:
+        """The most specific nodes serving a building (and flat, when given)."""
+        entries = self.served.get(address.key, [])
+        if flat is not None:
+            exact = [n for s, n in entries if s.flats is not None and s.covers(flat)]
+            if exact:
+                return exact
+            return [n for s, n in entries if s.flats is None]
+        return [n for _, n in entries]
+
+    def matching(self, query: Address) -> list[str]:
+        """Keys of the served buildings a written address can mean.
+
+        A part the writer gave must agree; a part they left out may be anything, which is
+        what makes "Ленина 5" ambiguous between 5, 5к1 and 5к2.
+        """
+        out: list[str] = []
+        for key in self.by_house.get(query.house_key, ()):
+            c = self.served[key][0][0].address
+            if query.street_type and c.street_type and query.street_type != c.street_type:
+                continue
+            if query.city and c.city and query.city != c.city:
+                continue
+            if (
+                (query.building and query.building != c.building)
+                or (query.letter and query.letter != c.letter)
+                or (query.structure and query.structure != c.structure)
+            ):
+                continue
+            out.append(key)
+        return sorted(out)
+
+    def buildings(self) -> Iterator[Address]:
+        """Every served building, once."""
+        for entries in self.served.values():
+            yield entries[0][0].address
+
+
+# -- loading ---------------------------------------------------------------------------
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader that remembers the line of every mapping (as key "__line__")."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping = loader.construct_mapping(node, deep=True)
+    mapping["__line__"] = node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+_NODE_KEYS = {"id", "kind", "ip", "parents", "name", "serves"}
+
+
+def parse_flats(value: Any) -> FlatRanges:
+    """ "1-36", "1-36, 40-72", 5 or [1, "3-4"] -> ((1, 36), ...); ValueError with the reason."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    ranges: list[tuple[int, int]] = []
+    for item in items:
+        text = str(item).strip()
+        lo_text, _, hi_text = text.partition("-")
+        if not lo_text.strip().isdigit() or (hi_text and not hi_text.strip().isdigit()):
+            raise ValueError(f"{text!r} is not a flat number or range like 1-36")
+        lo = int(lo_text)
+        hi = int(hi_text) if hi_text else lo
+        if hi < lo:
+            raise ValueError(f"the range {text!r} runs backwards")
+        ranges.append((lo, hi))
+    if not ranges:
+        raise ValueError("no flats are given")
+    return tuple(sorted(ranges))
+
+
+def _overlap(a: FlatRanges | None, b: FlatRanges | None) -> bool:
+    if a is None or b is None:
+        return True
+    return any(alo <= bhi and blo <= ahi for alo, ahi in a for blo, bhi in b)
+
+
+def parse_text(text: str, path: Path) -> Topology:
+    """Parse a topology file's text; raise TopologyError listing every problem by line."""
+    try:
+        raw = yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "the file"
+        reason = getattr(e, "problem", None) or str(e)
+        raise TopologyError([f"{path}: {where}: not valid YAML: {reason}."]) from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("nodes"), list):
+        raise TopologyError([f"{path}: the file must hold a list under 'nodes:'."])
+    problems: list[str] = []
+    nodes: list[Node] = []
+    for item in raw["nodes"]:
+        node = _parse_node(item, path, problems)
+        if node is not None:
+            nodes.append(node)
+    nodes = _check_graph(nodes, path, problems)
+    if problems:
+        raise TopologyError(problems)
+    return Topology(nodes)
+
+
+def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
+    if not isinstance(item, dict):
+        problems.append(f"{path}: each entry under 'nodes:' must be a mapping, not {item!r}.")
+        return None
+    line = item.pop("__line__", 0)
+    where = f"{path}: line {line}"
+    for key in item:
+        if key not in _NODE_KEYS:
+            problems.append(f"{where}: unknown key {key!r}.")
+    node_id = item.get("id")
+    if not isinstance(node_id, str | int) or not str(node_id).strip() or " " in str(node_id):
+        problems.append(f"{where}: id must be a string without spaces, not {node_id!r}.")
+        return None
+    node_id = str(node_id)
+    where = f"{where}: node {node_id!r}"
+    kind = item.get("kind")
+    if not isinstance(kind, str) or not kind:
+        problems.append(f"{where}: kind is required (core, aggregation, access, segment, ...).")
+        kind = "unknown"
+    ip = item.get("ip")
+    if ip is not None:
+        try:
+            ip = str(ipaddress.ip_address(str(ip)))
+        except ValueError:
+            problems.append(f"{where}: ip {ip!r} is not an IP address.")
+            ip = None
+    parents = item.get("parents", []) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str | int) for p in parents):
+        problems.append(f"{where}: parents must be a list of node ids.")
+        parents = []
+    name = item.get("name", "") or ""
+    serves: list[Served] = []
+    raw_serves = item.get("serves", []) or []
+    if not isinstance(raw_serves, list):
+        problems.append(f"{where}: serves must be a list of addresses.")
+        raw_serves = []
+    for entry in raw_serves:
+        served = _parse_served(entry, where, problems)
+        if served is not None:
+            serves.append(served)
+    return Node(
+        id=node_id,
+        kind=kind,
+        ip=ip,
+        parents=tuple(dict.fromkeys(str(p) for p in parents)),
+        name=str(name),
+        serves=tuple(serves),
+        line=line,
+    )
+
+
+def _parse_served(entry: Any, where: str, problems: list[str]) -> Served | None:
+    flats: FlatRanges | None = None
+    if isinstance(entry, dict):
+        entry.pop("__line__", None)
+        extra = set(entry) - {"address", "flats"}
+        if extra:
+            problems.append(f"{where}: unknown key(s) in serves: {', '.join(sorted(extra))}.")
+        text = entry.get("address")
+        if "flats" in entry:
+            try:
+                flats = parse_flats(entry["flats"])
+            except ValueError as e:
+                problems.append(f"{where}: flats of {text!r}: {e}.")
+                return None
+    else:
+        text = entry
+    if not isinstance(text, str):
+        problems.append(f"{where}: an address in serves must be text, not {text!r}.")
+        return None
+    parsed = addresses.parse(text)
+    if parsed is None:
+        problems.append(
+            f"{where}: cannot read the address {text!r}: a street and a house number are needed."
+        )
+        return None
+    if parsed.flat:
+        flat = int(parsed.flat) if parsed.flat.isdigit() else None
+        if flat is not None and flats is None:
+            flats = ((flat, flat),)
+        parsed = dataclasses.replace(parsed, flat="")
+    return Served(parsed, flats)
+
+
+def _check_graph(nodes: list[Node], path: Path, problems: list[str]) -> list[Node]:
+    by_id: dict[str, Node] = {}
+    for node in nodes:
+        if node.id in by_id:
+            first = by_id[node.id]
+            problems.append(
+                f"{path}: line {node.line}: duplicate id {node.id!r} (first at line {first.line})."
+            )
+            continue
+        by_id[node.id] = node
+    ips: dict[str, Node] = {}
+    for node in by_id.values():
+        for parent in node.parents:
+            if parent not in by_id:
+                problems.append(
+                    f"{path}: line {node.line}: node {node.id!r} has an unknown parent {parent!r}."
+                )
+        if node.ip is not None:
+            other = ips.get(node.ip)
+            if other is not None:
+                problems.append(
+                    f"{path}: line {node.line}: node {node.id!r} has ip {node.ip}, "
+                    f"as does {other.id!r} (line {other.line})."
+                )
+            else:
+                ips[node.ip] = node
+    for cycle in _cycles(by_id):
+        first = by_id[cycle[0]]
+        problems.append(
+            f"{path}: line {first.line}: the parents form a cycle: {' -> '.join(cycle)}."
+        )
+    served: dict[str, list[tuple[Served, Node]]] = {}
+    for node in by_id.values():
+        for s in node.serves:
+            for other_s, other in served.get(s.address.key, []):
+                if _overlap(s.flats, other_s.flats):
+                    flats = f" for flats {s.flats_text()}" if s.flats else ""
+                    problems.append(
+                        f"{path}: line {node.line}: the address {s.address.text()!r}{flats} is "
+                        f"served by both {other.id!r} (line {other.line}) and {node.id!r}."
+                    )
+            served.setdefault(s.address.key, []).append((s, node))
+    # Unknown parents are dropped so the rest can still be checked and reported.
+    for node in by_id.values():
+        node.parents = tuple(p for p in node.parents if p in by_id)
+    return list(by_id.values())
+
+
+def _cycles(by_id: dict[str, Node]) -> list[list[str]]:
+    """Each cycle in the parent links, once, as a path that returns to its start."""
+    white, grey, black = 0, 1, 2
+    colour = dict.fromkeys(by_id, white)
+    found: list[list[str]] = []
+    for start in by_id:
+        if colour[start] != white:
+            continue
+        stack: list[tuple[str, Iterator[str]]] = [(start, iter(by_id[start].parents))]
+        colour[start] = grey
+        path = [start]
+        while stack:
+            current, parents = stack[-1]
+            advanced = False
+            for parent in parents:
+                if parent not in by_id:
+                    continue
+                if colour[parent] == grey:
+                    found.append([*path[path.index(parent) :], parent])
+                elif colour[parent] == white:
+                    colour[parent] = grey
+                    path.append(parent)
+                    stack.append((parent, iter(by_id[parent].parents)))
+                    advanced = True
+                    break
+            if not advanced:
+                colour[current] = black
+                path.pop()
+                stack.pop()
+    return found
+
+
+def load(path: Path) -> Topology:
+    """Read and parse a topology file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TopologyError([f"{path}: no such file."]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TopologyError([f"{path}: cannot be read: {e}."]) from None
+    return parse_text(text, path)

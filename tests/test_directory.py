@@ -1,0 +1,201 @@
+"""From a caller (phone, account, address) to the node that serves them."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from outagemon import citygen, directory, topology
+from outagemon.directory import Directory
+
+TOPO = topology.parse_text(
+    textwrap.dedent(
+        """
+        nodes:
+          - {id: core, kind: core, ip: 127.0.0.2}
+          - id: sw-lenina
+            kind: access
+            ip: 127.0.0.3
+            parents: [core]
+            serves: ["ул. Ленина, д. 5", "ул. Ленина, д. 5 корп. 1", "ул. Ленина, д. 5 корп. 2"]
+          - {id: sw-mira, kind: access, ip: 127.0.0.4, parents: [core]}
+          - {id: seg-1, kind: segment, parents: [sw-mira],
+             serves: [{address: "пр-т Мира, д. 10", flats: "1-40"}]}
+          - {id: seg-2, kind: segment, parents: [sw-mira],
+             serves: [{address: "пр-т Мира, д. 10", flats: "41-80"}]}
+          - {id: sw-sad, kind: access, ip: 127.0.0.5, parents: [core],
+             serves: ["ул. Садовая, д. 3"]}
+        """
+    ),
+    Path("topology.yaml"),
+)
+CSV = """account,phones,address,flat,ip
+1001,8 (921) 123-45-67,"ул. Ленина, д. 5",12,
+1002,+79211110000;+79212220000,"Мира 10",15,127.0.1.1
+1003,+79212220000,"пр-т Мира, д. 10 кв. 50",,127.0.1.2
+1004,+79213330000,"ул. Садовая 3",1,
+1005,+79213330000,"ул. Садовая 3",1,
+"""
+PATH = Path("subscribers.csv")
+
+
+def build(csv_text: str = CSV) -> tuple[Directory, list[str]]:
+    subs, problems = directory.parse_csv(csv_text, PATH, TOPO)
+    return Directory(directory.with_cpes(TOPO, subs), subs), problems
+
+
+def test_the_example_rows_load_without_problems() -> None:
+    d, problems = build()
+    assert problems == []
+    assert len(d.subscribers) == 5
+    # rows with an ip became probed cpe nodes under the entrance that serves their flat
+    assert d.topology.nodes["cpe:1002"].parents == ("seg-1",)
+    assert d.topology.nodes["cpe:1003"].parents == ("seg-2",)
+    assert d.topology.nodes["cpe:1002"].ip == "127.0.1.1"
+
+
+def test_a_phone_in_any_notation_finds_its_subscriber() -> None:
+    d, _ = build()
+    for written in ("89211234567", "+7 921 123 45 67", "9211234567"):
+        m = d.phone(written)
+        assert m.found and m.subscriber is not None and m.subscriber.account == "1001"
+        assert m.nodes == ("sw-lenina",)
+
+
+def test_one_phone_at_two_addresses_is_ambiguous() -> None:
+    d, _ = build()
+    m = d.phone("+79212220000")
+    assert not m.found and m.ambiguous
+    assert m.candidates == ("пр-т Мира, д. 10, кв. 15", "пр-т Мира, д. 10, кв. 50")
+
+
+def test_one_phone_for_two_accounts_in_one_flat_is_one_place() -> None:
+    d, _ = build()
+    m = d.phone("+79213330000")
+    assert m.found and m.nodes == ("sw-sad",)
+
+
+def test_a_subscriber_with_a_router_is_answered_for_by_the_router() -> None:
+    d, _ = build()
+    assert d.account("1002").nodes == ("cpe:1002",)
+    assert d.account("1001").nodes == ("sw-lenina",)
+
+
+def test_unknown_phone_and_account_are_not_found() -> None:
+    d, _ = build()
+    assert d.phone("+79990000000") == directory.NOT_FOUND
+    assert d.phone("not a phone") == directory.NOT_FOUND
+    assert d.account("424242") == directory.NOT_FOUND
+
+
+def test_address_with_flat_finds_the_entrance() -> None:
+    d, _ = build()
+    assert d.address("Мира 10", flat="55").nodes == ("seg-2",)
+    assert d.address("проспект Мира 10 кв 3").nodes == ("seg-1",)
+    # without a flat, both entrances serve the house
+    assert set(d.address("Мира 10").nodes) == {"seg-1", "seg-2"}
+
+
+def test_lenina_5_when_5_5k1_and_5k2_exist_is_ambiguous() -> None:
+    d, _ = build()
+    m = d.address("Ленина 5")
+    assert m.ambiguous and not m.found
+    assert m.candidates == (
+        "ул. Ленина, д. 5",
+        "ул. Ленина, д. 5, корп. 1",
+        "ул. Ленина, д. 5, корп. 2",
+    )
+    assert d.address("Ленина 5к2").nodes == ("sw-lenina",)
+
+
+def test_a_misspelt_street_is_found_when_one_street_is_close() -> None:
+    d, _ = build()
+    m = d.address("ул. Садовоя 3")
+    assert m.nodes == ("sw-sad",)
+    assert m.address is not None and m.address.text() == "ул. Садовая, д. 3"
+
+
+def test_an_address_nobody_serves_is_not_found() -> None:
+    d, _ = build()
+    assert d.address("ул. Садовая 99") == directory.NOT_FOUND
+    assert d.address("Тверская 1") == directory.NOT_FOUND
+    assert d.address("gibberish") == directory.NOT_FOUND
+
+
+def test_each_bad_row_is_reported_with_its_number_and_the_rest_load() -> None:
+    _, problems = build(
+        "account,phones,address,flat,ip\n"
+        "2001,+79210000001,ул. Ленина 5,1,\n"
+        "2001,+79210000002,ул. Ленина 5,2,\n"
+        ",+79210000003,ул. Ленина 5,3,\n"
+        "2004,12345,ул. Ленина 5,4,\n"
+        "2005,+79210000005,ул. Ленина 5,5,999.1.1.1\n"
+        "2006,+79210000006,ул. Ленина 5,6,127.0.0.3\n"
+        "2007,+79210000007,ул. Тверская 1,7,\n"
+        "2008,+79210000008,пр-т Мира 10,,\n"
+        "2009,+79210000009,Ленина,1,\n"
+        "2010,+79210000010,Ленина 5,1,\n"
+    )
+    expected = [
+        "row 3: account '2001' is already on row 2.",
+        "row 4: account is empty.",
+        "row 5: phones: '12345' is not a phone number.",
+        "row 6: ip '999.1.1.1' is not an IP address.",
+        "row 7: ip 127.0.0.3 is already used by 'sw-lenina'.",
+        "row 8: address 'ул. Тверская, д. 1' flat 7 is served by no node in the topology.",
+        "row 9: address 'пр-т Мира, д. 10' is split between seg-1, seg-2 by flat; give the flat.",
+        "row 10: address 'Ленина' has no street and house number.",
+        "row 11: address 'Ленина 5' could be any of",
+    ]
+    assert len(problems) == len(expected), problems
+    for line, text in zip(problems, expected, strict=True):
+        assert line.startswith(f"{PATH}: ") and text in line, (line, text)
+
+
+def test_a_header_without_the_columns_is_one_problem() -> None:
+    subs, problems = directory.parse_csv("acct,phone\n1,2\n", PATH, TOPO)
+    assert subs == []
+    assert problems == [
+        f"{PATH}: the header lacks column(s) account, phones, address, flat, ip; "
+        "it must name account,phones,address,flat,ip."
+    ]
+
+
+CITY = citygen.generate(aggregations=3, access_per_aggregation=20, subscribers_per_access=5)
+CITY_DIR: Directory | None = None
+
+
+def city() -> Directory:
+    global CITY_DIR
+    if CITY_DIR is None:
+        t = topology.parse_text(CITY.topology_yaml(), Path("city.yaml"))
+        subs, problems = directory.parse_csv(CITY.subscribers_csv(), PATH, t)
+        assert problems == []
+        CITY_DIR = Directory(directory.with_cpes(t, subs), subs)
+    return CITY_DIR
+
+
+@settings(max_examples=100)
+@given(st.data())
+def test_every_served_address_of_a_generated_city_finds_its_node(data: st.DataObject) -> None:
+    d = city()
+    node = data.draw(st.sampled_from([n for n in d.topology.nodes.values() if n.serves]))
+    served = data.draw(st.sampled_from(node.serves))
+    flat = str(served.flats[0][0]) if served.flats else ""
+    m = d.address(served.address.text(), flat=flat)
+    assert node.id in m.nodes
+
+
+@settings(max_examples=100)
+@given(st.data())
+def test_every_subscriber_of_a_generated_city_is_found_by_phone_and_account(
+    data: st.DataObject,
+) -> None:
+    d = city()
+    row = data.draw(st.sampled_from(CITY.rows))
+    by_phone = d.phone(row[1])
+    assert by_phone.subscriber is not None and by_phone.subscriber.account == row[0]
+    assert d.account(row[0]).nodes == by_phone.nodes
