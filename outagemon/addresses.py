@@ -9,6 +9,7 @@ write the same house many ways: "ул. Ленина, д. 5, корп. 2, кв. 1
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass
 
 # Street types, every written form -> the canonical abbreviation.
@@ -218,6 +219,15 @@ def key(text: str) -> str | None:
     """The canonical building key of an address, or None if it cannot be parsed."""
     parsed = parse(text)
     return parsed.key if parsed else None
+
+
+def canonical_ip(text: str) -> str | None:
+    """The canonical text of an IPv4 or IPv6 address, or None (inet_pton: fast, in C)."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, text.strip()))
+    except (OSError, ValueError):
+        return None
 
 
 def normalise_phone(text: str) -> str | None:

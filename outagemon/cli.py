@@ -32,12 +32,31 @@ def _parser() -> argparse.ArgumentParser:
     with_config("check-config", "validate the config, topology and subscribers")
     demo = sub.add_parser("demo", help="a self-contained demonstration")
     demo.add_argument("--port", type=int, default=8080)
-    probe = sub.add_parser("probe", help="ping targets with the daemon's ICMP engine")
-    probe.add_argument("-c", "--count", type=int, default=1)
-    probe.add_argument("-i", "--interval", type=float, default=1000.0, metavar="MS")
-    probe.add_argument("-t", "--timeout", type=float, default=1000.0, metavar="MS")
-    probe.add_argument("-f", "--file", metavar="FILE")
-    probe.add_argument("--json", action="store_true")
+    probe = sub.add_parser(
+        "probe",
+        help="ping targets with the daemon's ICMP engine",
+        description="Ping targets with the daemon's ICMP engine. Exit 0 if every target "
+        "answered, 1 if some did not, 2 on usage or permission errors.",
+    )
+    probe.add_argument("-c", "--count", type=int, default=1, help="probes per target")
+    probe.add_argument(
+        "-i",
+        "--interval",
+        type=float,
+        default=1000.0,
+        metavar="MS",
+        help="milliseconds between probes of one target (default 1000)",
+    )
+    probe.add_argument(
+        "-t",
+        "--timeout",
+        type=float,
+        default=1000.0,
+        metavar="MS",
+        help="milliseconds to wait for a reply (default 1000)",
+    )
+    probe.add_argument("-f", "--file", metavar="FILE", help="targets, one a line; - for stdin")
+    probe.add_argument("--json", action="store_true", help="one JSON array of results")
     probe.add_argument("targets", nargs="*", metavar="TARGET")
     lookup = sub.add_parser("lookup", help="ask a running daemon the phone menu's question")
     for key in ("phone", "account", "address", "flat"):
@@ -139,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return _not_built("demo", 7)
     if args.command == "probe":
-        return _not_built("probe", 3)
+        from outagemon import probecmd
+
+        return probecmd.main(
+            args.targets, args.file, args.count, args.interval, args.timeout, args.json
+        )
     if args.command == "lookup":
         return _not_built("lookup", 6)
     raise AssertionError(args.command)  # argparse allows no other command

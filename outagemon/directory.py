@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,8 +171,8 @@ class Directory:
 
 def parse_csv(text: str, path: Path, topology: Topology) -> tuple[list[Subscriber], list[str]]:
     """Subscribers from the CSV text, and a sentence for each row that could not be used."""
-    reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip() for h in next(reader, [])]
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         return [], [f"{path}: the header lacks column(s) {', '.join(missing)}; "
@@ -183,9 +182,15 @@ def parse_csv(text: str, path: Path, topology: Topology) -> tuple[list[Subscribe
     accounts: dict[str, int] = {}
     ips: dict[str, str] = dict(topology.by_ip)
     parsed_cache: dict[str, Address | None] = {}
-    for row_number, row in enumerate(reader, start=2):
+    at = [header.index(c) for c in COLUMNS]
+    width = max(at) + 1
+    for row_number, fields in enumerate(reader, start=2):
         where = f"{path}: row {row_number}"
-        account = (row.get("account") or "").strip()
+        if len(fields) < width:
+            if fields:
+                problems.append(f"{where}: has {len(fields)} fields, the header {len(header)}.")
+            continue
+        account, raw_phones, raw_address, raw_flat, raw_ip = (fields[i].strip() for i in at)
         if not account:
             problems.append(f"{where}: account is empty.")
             continue
@@ -193,7 +198,7 @@ def parse_csv(text: str, path: Path, topology: Topology) -> tuple[list[Subscribe
             problems.append(f"{where}: account {account!r} is already on row {accounts[account]}.")
             continue
         phones: list[str] = []
-        for raw_phone in (row.get("phones") or "").split(";"):
+        for raw_phone in raw_phones.split(";"):
             if not raw_phone.strip():
                 continue
             phone = addresses.normalise_phone(raw_phone)
@@ -201,20 +206,18 @@ def parse_csv(text: str, path: Path, topology: Topology) -> tuple[list[Subscribe
                 problems.append(f"{where}: phones: {raw_phone.strip()!r} is not a phone number.")
             else:
                 phones.append(phone)
-        raw_address = (row.get("address") or "").strip()
         if raw_address not in parsed_cache:
             parsed_cache[raw_address] = addresses.parse(raw_address)
         address = parsed_cache[raw_address]
         if address is None:
             problems.append(f"{where}: address {raw_address!r} has no street and house number.")
             continue
-        flat = (row.get("flat") or "").strip() or address.flat
-        ip: str | None = (row.get("ip") or "").strip() or None
-        if ip is not None:
-            try:
-                ip = str(ipaddress.ip_address(ip))
-            except ValueError:
-                problems.append(f"{where}: ip {ip!r} is not an IP address.")
+        flat = raw_flat or address.flat
+        ip: str | None = None
+        if raw_ip:
+            ip = addresses.canonical_ip(raw_ip)
+            if ip is None:
+                problems.append(f"{where}: ip {raw_ip!r} is not an IP address.")
                 continue
             if ip in ips:
                 problems.append(f"{where}: ip {ip} is already used by {ips[ip]!r}.")

