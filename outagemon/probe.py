@@ -256,6 +256,16 @@ class Engine:
 
     # -- receiving -------------------------------------------------------------------
 
+    def feed(self, data: bytes, source: str, v6: bool = False, raw: bool = True) -> None:
+        """Handle one received packet (raw: IPv4 packets start with their IP header)."""
+        (self._parse_v6 if v6 else self._parse_v4)(data, source, raw)
+
+    def expect(self, target: str, ident: int, seq: int) -> None:
+        """Record a probe as in flight without sending it (for tests of parsing)."""
+        now = time.monotonic()
+        self._flights[(ident << 16) | seq] = Flight(target, now)
+        self._expiry.append((now + self.timeout, (ident << 16) | seq))
+
     def _drain(self, fam: _Family) -> None:
         recv = fam.sock.recvfrom
         parse = self._parse_v6 if fam.v6 else self._parse_v4
