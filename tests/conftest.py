@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from outagemon.embedded import EmbeddedPostgres
+from outagemon.lab import Lab, LabUnavailable
 
 # The machine's server, when one answers (CI's machines start one); override with this variable.
 SERVER_DSN = os.environ.get("OUTAGEMON_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -77,3 +78,17 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A network namespace to fault; the test skips, saying why, where none can be made."""
+    try:
+        the_lab = Lab()
+        the_lab.open()
+    except LabUnavailable as e:
+        pytest.skip(f"no network lab here: {e}")
+    try:
+        yield the_lab
+    finally:
+        the_lab.close()

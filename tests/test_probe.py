@@ -16,8 +16,7 @@ import pytest
 
 from outagemon import citygen
 from outagemon.lab import Lab
-from outagemon.probe import COOKIE_LEN, Engine, PermissionProblem, open_socket
-from tests.netlab import lab  # noqa: F401 - the fixture
+from outagemon.probe import COOKIE_LEN, Engine, PermissionProblem, ResultCallback, open_socket
 
 Result = tuple[str, float | None, str | None]
 
@@ -35,7 +34,7 @@ pytestmark = pytest.mark.skipif(not have_raw_icmp(), reason="no ICMP socket can 
 
 
 async def ping_all(
-    targets: list[str], timeout: float = 1.0, lab: Lab | None = None, rounds: int = 1
+    targets: list[str], wait: float = 1.0, lab: Lab | None = None, rounds: int = 1
 ) -> tuple[list[Result], Engine]:
     results: list[Result] = []
     expected = len(targets) * rounds
@@ -46,7 +45,7 @@ async def ping_all(
         if len(results) == expected:
             done.set()
 
-    engine = Engine(on_result, timeout=timeout)
+    engine = Engine(on_result, timeout=wait)
     if lab is not None:
         with lab.entered():
             engine.open((socket.AF_INET, socket.AF_INET6))
@@ -59,7 +58,7 @@ async def ping_all(
                 if i % 256 == 255:
                     await asyncio.sleep(0)
             await asyncio.sleep(0.005)
-        await asyncio.wait_for(done.wait(), timeout + 10)
+        await asyncio.wait_for(done.wait(), wait + 10)
     finally:
         engine.close()
     return results, engine
@@ -82,7 +81,7 @@ async def test_ipv6_loopback_answers() -> None:
 async def test_dropped_targets_are_lost_after_the_timeout_and_others_answer(lab: Lab) -> None:
     lab.down("127.0.0.5", "127.0.0.7")
     started = time.monotonic()
-    results, _ = await ping_all([f"127.0.0.{i}" for i in range(2, 10)], timeout=0.5, lab=lab)
+    results, _ = await ping_all([f"127.0.0.{i}" for i in range(2, 10)], wait=0.5, lab=lab)
     by_target = {t: (rtt, reason) for t, rtt, reason in results}
     assert by_target["127.0.0.5"] == (None, "timeout")
     assert by_target["127.0.0.7"] == (None, "timeout")
@@ -94,7 +93,7 @@ async def test_a_thirty_percent_lossy_target_shows_about_thirty_percent_loss(lab
     lab.loss(30, "127.0.0.9")
     results: list[Result] = []
     for _ in range(4):  # 200 probes, 50 at a time with distinct keys
-        batch, _ = await ping_all(["127.0.0.9"] * 50, timeout=0.3, lab=lab)
+        batch, _ = await ping_all(["127.0.0.9"] * 50, wait=0.3, lab=lab)
         results += batch
     lost = sum(1 for _, rtt, _ in results if rtt is None)
     assert len(results) == 200
@@ -107,14 +106,14 @@ async def test_fping_on_the_same_targets_never_makes_a_dead_one_alive(lab: Lab) 
     dead = [f"127.0.1.{i}" for i in range(1, 50)]
     alive = [f"127.0.2.{i}" for i in range(1, 50)]
     lab.down(*dead)
-    fping = subprocess.Popen(
+    fping = subprocess.Popen(  # noqa: ASYNC220 - started once, runs beside the test
         lab.command("fping", "-l", "-p", "20", "-i", "1", "-q", *alive, *dead),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         await asyncio.sleep(0.3)
-        results, engine = await ping_all(alive + dead, timeout=0.5, lab=lab, rounds=5)
+        results, engine = await ping_all(alive + dead, wait=0.5, lab=lab, rounds=5)
     finally:
         fping.terminate()
         fping.wait()
@@ -129,10 +128,11 @@ async def test_a_second_engine_with_colliding_keys_misattributes_nothing(lab: La
     alive = [f"127.0.4.{i}" for i in range(1, 40)]
     lab.down(*dead)
     results: dict[str, list[Result]] = {"dead": [], "alive": []}
-    engines = {
-        name: Engine(lambda t, r, x, n=name: results[n].append((t, r, x)), timeout=0.5)
-        for name in results
-    }
+
+    def collector(name: str) -> ResultCallback:
+        return lambda t, r, x: results[name].append((t, r, x))
+
+    engines = {name: Engine(collector(name), timeout=0.5) for name in results}
     engines["alive"]._ident_base = engines["dead"]._ident_base
     with lab.entered():
         for e in engines.values():
