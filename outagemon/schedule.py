@@ -21,7 +21,7 @@ from outagemon.probe import Engine
 
 log = logs.get("outagemon.schedule")
 
-TICK = 0.005  # seconds between scheduler wake-ups
+TICK = 0.01  # seconds between scheduler wake-ups
 LOSS_WINDOW = 20  # probes the rolling loss is computed over
 
 

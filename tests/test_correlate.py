@@ -1,0 +1,324 @@
+"""Scenarios of the correlator on a simulated network with a scripted clock.
+
+Each test builds the smallest network that shows one behaviour, warms it up (so every
+target has a history of answers, as in steady operation), injects a fault and checks
+the incidents a NOC engineer and a caller would see.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from outagemon.correlate import (
+    Correlator,
+    Event,
+    Incident,
+    Kind,
+    Maintenance,
+    NodeState,
+    Settings,
+    State,
+    needed_losses,
+)
+from outagemon.simnet import SimNet
+from outagemon.topology import Node, Topology
+
+SETTINGS = Settings(down_after=3, up_after=2, window=30, infer_min_children=3,
+                    infer_ratio=0.8, resolve_hold=60)  # fmt: skip
+WARM = 3600.0  # an hour of clean history before the fault
+
+
+def n(id: str, kind: str, parents: tuple[str, ...] = (), probed: bool = True) -> Node:
+    ip = f"127.9.{abs(hash(id)) % 250}.{abs(hash(id + 'x')) % 250}" if probed else None
+    return Node(id=id, kind=kind, ip=ip, parents=parents)
+
+
+def city(aggs: int = 2, access: int = 5, cpes: int = 0) -> Topology:
+    nodes = [n("uplink", "core"), n("core", "core", ("uplink",))]
+    for a in range(aggs):
+        nodes.append(n(f"agg{a}", "aggregation", ("core",)))
+        for s in range(access):
+            nodes.append(n(f"sw{a}-{s}", "access", (f"agg{a}",)))
+            for c in range(cpes):
+                nodes.append(n(f"cpe{a}-{s}-{c}", "cpe", (f"sw{a}-{s}",)))
+    return Topology(nodes)
+
+
+def sim(topo: Topology, seed: int = 1, settings: Settings = SETTINGS) -> SimNet:
+    c = Correlator(topo, settings)
+    s = SimNet(topo, c, interval=5.0, timeout=1.0, seed=seed)
+    s.run_for(WARM)
+    assert c.incidents == {}, "a clean network must have no incident"
+    return s
+
+
+def kinds(events: list[Event], kind: str) -> list[Event]:
+    return [e for e in events if e.kind == kind]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_an_aggregation_with_50_switches_is_one_incident_whatever_the_order(seed: int) -> None:
+    s = sim(city(aggs=2, access=50), seed=seed)
+    s.fail("agg0")
+    events = s.run_for(60)
+    opened = kinds(events, "opened")
+    assert [e.root for e in opened] == ["agg0"], [(e.kind, e.root) for e in events]
+    (inc,) = s.correlator.incidents.values()
+    assert inc.root == "agg0" and not inc.inferred
+    assert set(inc.nodes) == {"agg0", *(f"sw0-{i}" for i in range(50))}
+    assert inc.nodes[0] == "agg0"
+    assert kinds(events, "merged") == [] and kinds(events, "root_moved") == []
+
+
+def test_the_incident_is_visible_within_ten_seconds_of_the_fault() -> None:
+    s = sim(city(aggs=1, access=5))
+    fault = s.now
+    s.fail("sw0-3")
+    events = s.run_for(30)
+    (opened,) = kinds(events, "opened")
+    assert opened.root == "sw0-3"
+    assert opened.at - fault <= 10.0
+
+
+def test_two_uplinks_losing_one_is_nothing_losing_both_cuts_it_off() -> None:
+    topo = Topology([
+        n("uplink", "core"), n("core", "core", ("uplink",)),
+        n("aggA", "aggregation", ("core",)), n("aggB", "aggregation", ("core",)),
+        n("sw", "access", ("aggA", "aggB")),
+        n("swA", "access", ("aggA",)),
+    ])  # fmt: skip
+    s = sim(topo)
+    s.fail("aggA")
+    events = s.run_for(60)
+    assert [e.root for e in kinds(events, "opened")] == ["aggA"]
+    inc_a = s.correlator.incident_for("aggA")
+    assert inc_a is not None and "sw" not in inc_a.nodes and "swA" in inc_a.nodes
+    assert s.correlator.incident_for("sw") is None
+    s.fail("aggB")
+    events = s.run_for(60)
+    assert [e.root for e in kinds(events, "opened")] == ["aggB"]
+    covering = s.correlator.incident_for("sw")
+    assert covering is not None and covering.root in {"aggA", "aggB"}
+    assert all(i.root != "sw" for i in s.correlator.incidents.values())
+
+
+def entrance(cpes: int = 10) -> Topology:
+    nodes = [n("uplink", "core"), n("core", "core", ("uplink",)),
+             n("sw", "access", ("core",)), n("seg", "segment", ("sw",), probed=False)]  # fmt: skip
+    nodes += [n(f"cpe{i}", "cpe", ("seg",)) for i in range(cpes)]
+    return Topology(nodes)
+
+
+def test_an_entrance_without_ip_whose_ten_routers_drop_together_is_inferred() -> None:
+    s = sim(entrance())
+    s.fail("seg")  # the cable to the entrance is cut; the switch still answers
+    events = s.run_for(60)
+    (opened,) = kinds(events, "opened")
+    assert opened.root == "seg" and opened.detail["inferred"] is True
+    (inc,) = s.correlator.incidents.values()
+    assert inc.inferred and set(inc.nodes) == {"seg", *(f"cpe{i}" for i in range(10))}
+    assert s.correlator.state_of("sw") is State.UP
+
+
+def test_two_of_ten_routers_off_is_not_an_incident_only_cpe_down() -> None:
+    s = sim(entrance())
+    s.fail("cpe3", "cpe7")
+    events = s.run_for(120)
+    assert kinds(events, "opened") == []
+    assert s.correlator.state_of("cpe3") is State.DOWN
+    assert s.correlator.incident_for("cpe3") is None
+
+
+def test_routers_switched_off_one_by_one_over_the_evening_are_not_an_outage() -> None:
+    s = sim(entrance())
+    for i in range(9):
+        s.fail(f"cpe{i}")
+        s.run_for(600)  # ten minutes apart: not together
+    assert s.correlator.incidents == {}
+
+
+def test_ten_percent_loss_everywhere_for_an_hour_invents_nothing() -> None:
+    s = sim(city(aggs=4, access=25, cpes=0))
+    s.default_loss = 0.10
+    events = s.run_for(3600)
+    assert kinds(events, "opened") == []
+    degraded = [n for n, ns in s.correlator.states.items() if ns.state is State.DOWN]
+    assert degraded == []
+
+
+def test_a_real_failure_under_ten_percent_loss_is_still_found() -> None:
+    s = sim(city(aggs=2, access=10))
+    s.default_loss = 0.10
+    s.run_for(3600)
+    s.fail("sw1-4")
+    events = s.run_for(60)
+    assert [e.root for e in kinds(events, "opened")] == ["sw1-4"]
+
+
+def test_losing_the_monitors_own_uplink_opens_nothing_and_says_blind() -> None:
+    s = sim(city(aggs=2, access=10))
+    s.uplink_down = True
+    events = s.run_for(300)
+    assert kinds(events, "opened") == []
+    assert s.correlator.blind
+    assert [e.kind for e in events if e.kind in ("blind", "seeing")] == ["blind"]
+    s.uplink_down = False
+    events = s.run_for(300)
+    assert kinds(events, "opened") == [], "no burst of false incidents on recovery"
+    assert not s.correlator.blind
+
+
+def test_blind_keeps_the_open_incidents() -> None:
+    s = sim(city(aggs=2, access=3))
+    s.fail("agg1")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    s.uplink_down = True
+    s.run_for(300)
+    assert s.correlator.blind and inc.id in s.correlator.incidents
+
+
+def test_a_flapping_switch_is_one_incident() -> None:
+    s = sim(city(aggs=1, access=3), settings=dataclasses.replace(SETTINGS, resolve_hold=20))
+    events: list[Event] = []
+    for _ in range(8):
+        s.fail("sw0-1")
+        events += s.run_for(40)
+        s.repair("sw0-1")
+        events += s.run_for(40)
+    assert len(kinds(events, "opened")) == 1, [(e.kind, e.at) for e in events]
+    assert s.correlator.states["sw0-1"].flapping
+    # once flapping is seen the incident is held open rather than resolved and reopened
+    last_resolved = max((e.at for e in kinds(events, "resolved")), default=0.0)
+    assert last_resolved < s.now - 300
+    assert len(s.correlator.incidents) == 1
+
+
+def test_recovery_of_a_root_with_100_children_is_one_resolution_and_no_child_events() -> None:
+    s = sim(city(aggs=1, access=100))
+    s.fail("agg0")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    assert len(inc.nodes) == 101
+    s.repair("agg0")
+    events = s.run_for(200)
+    assert [e.kind for e in events if e.kind != "nodes"] == ["recovering", "resolved"]
+    assert s.correlator.incidents == {}
+
+
+def test_a_higher_root_absorbs_incidents_below_it_keeping_the_oldest_id() -> None:
+    s = sim(city(aggs=1, access=4))
+    s.fail("sw0-1")
+    s.run_for(60)
+    (first,) = s.correlator.incidents.values()
+    s.fail("agg0")
+    events = s.run_for(60)
+    assert kinds(events, "opened") == []
+    (moved,) = kinds(events, "root_moved")
+    assert moved.incident == first.id and moved.root == "agg0"
+    (inc,) = s.correlator.incidents.values()
+    assert inc.id == first.id and inc.root == "agg0" and "sw0-1" in inc.nodes
+
+
+def test_part_staying_down_after_the_root_recovers_splits_off() -> None:
+    s = sim(city(aggs=1, access=4))
+    s.fail("agg0")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    s.fail("sw0-2")  # dies while cut off
+    s.repair("agg0")
+    events = s.run_for(200)
+    (opened,) = kinds(events, "opened")
+    assert opened.root == "sw0-2" and opened.detail.get("split_from") == inc.id
+    assert [e.incident for e in kinds(events, "resolved")] == [inc.id]
+    assert [i.root for i in s.correlator.incidents.values()] == ["sw0-2"]
+
+
+def test_planned_works_make_a_maintenance_incident_that_becomes_an_outage_if_it_overruns() -> None:
+    s = sim(city(aggs=1, access=3))
+    start = s.now
+    s.correlator.set_maintenance([Maintenance(1, "sw0-0", start, start + 600, "upgrade")], start)
+    s.fail("sw0-0")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == start + 600
+    events = s.run_for(700)
+    assert [e.detail["to"] for e in kinds(events, "kind_changed")] == ["outage"]
+    assert s.correlator.incidents[inc.id].kind.value == "outage"
+
+
+def restarted(s: SimNet) -> Correlator:
+    """A new correlator that knows only what the database kept: the open incidents."""
+    saved = [dataclasses.replace(i, nodes=list(i.nodes)) for i in s.correlator.incidents.values()]
+    c = Correlator(s.topology, s.correlator.settings)
+    c.restore(saved, next_id=s.correlator.next_id)
+    s.correlator = c
+    return c
+
+
+def test_after_a_restart_an_incident_whose_root_is_still_down_keeps_its_id() -> None:
+    s = sim(city(aggs=2, access=5))
+    s.fail("agg1")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    restarted(s)
+    events = s.run_for(120)
+    assert kinds(events, "opened") == []
+    (again,) = s.correlator.incidents.values()
+    assert again.id == inc.id and again.root == "agg1" and len(again.nodes) == 6
+
+
+def test_after_a_restart_a_recovered_root_resolves_once() -> None:
+    s = sim(city(aggs=1, access=5))
+    s.fail("agg0")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    restarted(s)
+    s.repair("agg0")
+    events = s.run_for(300)
+    assert [e.incident for e in kinds(events, "resolved")] == [inc.id]
+    assert kinds(events, "opened") == []
+
+
+def test_restart_during_a_restored_fault_then_new_ids_continue_after_the_old() -> None:
+    s = sim(city(aggs=2, access=2))
+    s.fail("agg0")
+    s.run_for(60)
+    restarted(s)
+    s.fail("agg1")
+    events = s.run_for(60)
+    (opened,) = kinds(events, "opened")
+    assert opened.incident == 2
+
+
+def test_a_lossy_target_needs_a_longer_streak_than_a_clean_one() -> None:
+    clean, lossy, new = NodeState(), NodeState(), NodeState()
+    for i in range(1000):
+        clean.record(False)
+        lossy.record(i % 10 == 0)
+    assert needed_losses(clean, 3) == 3
+    assert 7 <= needed_losses(lossy, 3) <= 10
+    assert needed_losses(new, 3) == 15
+    # the chance that 10 % loss alone reaches the streak stays below one in ten million
+    assert 0.1 ** needed_losses(lossy, 3) < 1e-7
+
+
+def test_a_switch_losing_most_of_its_routers_while_it_answers_is_inferred() -> None:
+    nodes = [n("uplink", "core"), n("core", "core", ("uplink",)), n("sw", "access", ("core",))]
+    nodes += [n(f"cpe{i}", "cpe", ("sw",)) for i in range(10)]
+    s = sim(Topology(nodes))
+    s.fail(*(f"cpe{i}" for i in range(9)))
+    events = s.run_for(60)
+    (opened,) = kinds(events, "opened")
+    assert opened.root == "sw" and opened.detail["inferred"] is True
+
+
+def test_restore_ignores_nothing_it_was_given() -> None:
+    topo = city(aggs=1, access=2)
+    c = Correlator(topo, SETTINGS)
+    inc = Incident(7, "agg0", Kind.OUTAGE, False, 100.0, ["agg0", "sw0-0", "sw0-1"])
+    c.restore([inc], next_id=8)
+    assert c.incident_for("sw0-1") is inc and c.next_id == 8
+    assert c.state_of("agg0") is State.DOWN and c.state_of("sw0-0") is State.RECHECK
