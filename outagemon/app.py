@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -12,6 +13,7 @@ from outagemon import __version__, logs
 from outagemon.config import Config
 from outagemon.directory import Directory
 from outagemon.metrics import Registry
+from outagemon.monitor import Monitor
 
 log = logs.get("outagemon.http")
 
@@ -26,6 +28,10 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     # None when ready; otherwise the sentence /readyz answers with.
     not_ready: str | None = "the daemon is starting"
+    monitor: Monitor | None = None
+    pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
+    probe_rate: float = 0.0  # probes a second, as last measured
+    probe_stats: dict[str, int] = field(default_factory=dict)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -67,6 +73,9 @@ async def readyz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if rt.not_ready is not None:
         return web.json_response({"status": "not_ready", "reason": rt.not_ready}, status=503)
+    if rt.monitor is not None and rt.monitor.correlator.blind:
+        reason = "the monitor is blind: none of its anchors answers, so it cannot see the network"
+        return web.json_response({"status": "blind", "reason": reason}, status=503)
     return web.json_response({"status": "ready"})
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
+import socket
 import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiohttp import web
@@ -26,12 +28,20 @@ from outagemon.config import Config
 from outagemon.directory import Directory
 from outagemon.embedded import EmbeddedPostgres
 from outagemon.errors import ConfigError, OutagemonError
+from outagemon.monitor import Monitor
 from outagemon.notify import Notifier
+from outagemon.probe import Engine, PermissionProblem
+from outagemon.schedule import Outcome, Scheduler
+from outagemon.writer import Op, Writer
+
+if TYPE_CHECKING:
+    from outagemon.store import Conn
 
 log = logs.get("outagemon.daemon")
 
 # Keys read once at start; a reload that changes them says they wait for a restart.
 RESTART_KEYS = ("daemon", "database", "http")
+TICK = 0.1  # seconds between correlator decisions
 
 
 class Daemon:
@@ -42,6 +52,12 @@ class Daemon:
         self.pool: asyncpg.Pool | None = None
         self.runner: web.AppRunner | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        self.writer: Writer | None = None
+        self.monitor: Monitor | None = None
+        self.engine: Engine | None = None
+        self.scheduler: Scheduler | None = None
+        self.node_of: dict[str, str] = {}
+        self.ip_of: dict[str, str] = {}
         self.stop_signal: str | None = None
         self._main: asyncio.Task[Any] | None = None
         metrics = self.runtime.metrics
@@ -118,7 +134,15 @@ class Daemon:
         applied = await migrate.migrate(dsn)
         log.info("daemon.migrated", applied=applied)
         self.pool = await store.connect(dsn)
-        self._spawn(self._save_inventory(self.runtime.directory), "save-inventory")
+        self.runtime.pool = self.pool
+        self.writer = Writer(self.pool, cfg.database.write_queue, self.runtime.metrics)
+        self._spawn(self.writer.run(), "writer")
+        # The inventory goes first: incidents refer to its nodes.
+        self.writer.submit("inventory", self._inventory_op(self.runtime.directory))
+        self.monitor = Monitor(cfg, self.runtime.directory, self.runtime.metrics, self.writer)
+        restored = await self.monitor.restore(self.pool)
+        log.info("daemon.restored", incidents=restored)
+        self.runtime.monitor = self.monitor
         self.runner = web.AppRunner(make_app(self.runtime), handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, cfg.http.host, cfg.http.port, reuse_address=True)
@@ -129,8 +153,59 @@ class Daemon:
         log.info("http.listening", address=[str(a) for a in self.runner.addresses])
         if self.notifier.watchdog_interval:
             self._spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
-        # Probing arrives with its issue; until then the daemon is not ready.
-        self.runtime.not_ready = "no probe round has run yet"
+        await self._start_probing()
+
+    def _targets(self) -> dict[str, str]:
+        """address -> node id of everything to probe: probed nodes and the anchors."""
+        assert self.monitor is not None
+        targets = dict((ip, node) for node, ip in self.monitor.anchors.items())
+        targets.update(self.runtime.directory.topology.by_ip)
+        return targets
+
+    async def _start_probing(self) -> None:
+        assert self.monitor is not None
+        cfg = self.config
+        self.node_of = self._targets()
+        self.ip_of = {node: ip for ip, node in self.node_of.items()}
+        self.engine = Engine(lambda *a: None, timeout=cfg.probe.timeout)
+        families = {socket.AF_INET6 if ":" in ip else socket.AF_INET for ip in self.node_of}
+        try:
+            self.engine.open(tuple(sorted(families)) or (socket.AF_INET,))
+        except PermissionProblem as e:
+            raise OutagemonError(str(e)) from None
+        self.scheduler = Scheduler(self.engine, self._outcome, cfg.probe.interval,
+                                   cfg.probe.max_rate)  # fmt: skip
+        self.scheduler.set_targets(list(self.node_of))
+        self.runtime.not_ready = "the first probe round has not finished yet"
+        self._spawn(self.scheduler.run(), "scheduler")
+        self._spawn(self._correlate(), "correlate")
+
+    def _outcome(self, o: Outcome) -> None:
+        node = self.node_of.get(o.target)
+        if node is not None and self.monitor is not None:
+            self.monitor.observe(node, o.ok, o.at)
+
+    async def _correlate(self) -> None:
+        assert self.monitor is not None and self.engine is not None
+        assert self.scheduler is not None
+        sent_before, measured = self.engine.stats.sent, time.monotonic()
+        while True:
+            started = time.monotonic()
+            for node in self.monitor.tick():
+                ip = self.ip_of.get(node)
+                if ip is not None:
+                    self.scheduler.probe_now(ip)
+            if self.runtime.not_ready is not None and self.scheduler.rounds >= 1:
+                self.runtime.not_ready = None
+                self.monitor.first_round_done = True
+                log.info("daemon.first_round_done", targets=len(self.node_of))
+            if started - measured >= 5:
+                stats = self.engine.stats
+                self.runtime.probe_rate = (stats.sent - sent_before) / (started - measured)
+                sent_before, measured = stats.sent, started
+                self.runtime.probe_stats = dataclasses.asdict(stats)
+            # Subtract the time the work took, so a busy tick does not slow the rhythm.
+            await asyncio.sleep(max(0.0, TICK - (time.monotonic() - started)))
 
     async def _watchdog(self, interval: float) -> None:
         # Sent from the event loop itself: if the loop is stuck, the pings stop and
@@ -139,19 +214,22 @@ class Daemon:
             self.notifier.send("WATCHDOG=1")
             await asyncio.sleep(interval)
 
-    async def _save_inventory(self, current: Directory) -> None:
-        assert self.pool is not None
-        started = time.monotonic()
-        nodes = [
-            (n.id, n.kind, n.ip, n.name, list(n.parents)) for n in current.topology.nodes.values()
-        ]
-        subs = [
-            (s.account, list(s.phones), s.address.text(with_flat=False), s.flat, s.ip, s.node)
-            for s in current.subscribers
-        ]
-        await store.save_inventory(self.pool, nodes, subs)
-        log.info("inventory.saved", nodes=len(nodes), subscribers=len(subs),
-                 seconds=round(time.monotonic() - started, 3))  # fmt: skip
+    def _inventory_op(self, current: Directory) -> Op:
+        async def write(conn: Conn) -> None:
+            started = time.monotonic()
+            nodes = [
+                (n.id, n.kind, n.ip, n.name, list(n.parents))
+                for n in current.topology.nodes.values()
+            ]
+            subs = [
+                (s.account, list(s.phones), s.address.text(with_flat=False), s.flat, s.ip, s.node)
+                for s in current.subscribers
+            ]
+            await store.save_inventory(conn, nodes, subs)
+            log.info("inventory.saved", nodes=len(nodes), subscribers=len(subs),
+                     seconds=round(time.monotonic() - started, 3))  # fmt: skip
+
+        return write
 
     async def reload(self) -> None:
         """SIGHUP: read config and topology again; keep the running ones if either is broken."""
@@ -171,16 +249,29 @@ class Daemon:
         self.runtime.config = new
         self.runtime.directory = loaded.directory
         self._loaded(loaded)
-        if self.pool is not None:
-            self._spawn(self._save_inventory(loaded.directory), "save-inventory")
+        if self.writer is not None:
+            self.writer.submit("inventory", self._inventory_op(loaded.directory))
+        if self.monitor is not None and self.scheduler is not None:
+            self.monitor.config = new
+            self.monitor.set_directory(loaded.directory)
+            self.node_of = self._targets()
+            self.ip_of = {node: ip for ip, node in self.node_of.items()}
+            self.scheduler.set_targets(list(self.node_of), new.probe.interval)
+            self.scheduler.max_rate = new.probe.max_rate
         self._reloads.inc(outcome="applied")
         log.info("config.reloaded", path=str(path))
 
     async def _shutdown(self) -> None:
+        # Give queued writes a moment (the database may be away: then they are lost, and
+        # the restart's recovery re-derives what it can from the network).
+        if self.writer is not None and self.writer.available:
+            await self.writer.drain(1.5)
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=2)
+        if self.engine is not None:
+            self.engine.close()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.pool is not None:
