@@ -9,9 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
-from outagemon import __version__, logs
+from outagemon import __version__, logs, messages
 from outagemon.config import Config
 from outagemon.directory import Directory
+from outagemon.messages import Texts
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 
@@ -32,6 +33,7 @@ class Runtime:
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
     probe_rate: float = 0.0  # probes a second, as last measured
     probe_stats: dict[str, int] = field(default_factory=dict)
+    texts: Texts = field(default_factory=lambda: messages.load("ru"))
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -51,6 +53,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as e:
         if e.status < 400:
             raise
+        if e.content_type == "application/json":  # ours: already a sentence in JSON
+            headers = {k: v for k, v in e.headers.items() if k == "WWW-Authenticate"}
+            return web.Response(status=e.status, text=e.text, content_type="application/json",
+                                headers=headers)  # fmt: skip
         reason = {
             404: f"there is nothing at {request.path}.",
             405: f"{request.method} is not allowed on {request.path}.",
@@ -96,4 +102,8 @@ def make_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    from outagemon import api, web_page
+
+    api.setup(app)
+    web_page.setup(app)
     return app

@@ -109,11 +109,12 @@ def _migrate(config_path: Path) -> int:
 def _check_config(config_path: Path) -> int:
     from collections import Counter
 
-    from outagemon import config, directory
+    from outagemon import config, directory, messages
     from outagemon.errors import ConfigError
 
     try:
         cfg = config.load(config_path)
+        messages.load(cfg.messages.language, cfg.messages.file)
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
         for problem in e.problems:

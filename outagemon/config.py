@@ -67,6 +67,7 @@ class VantageConfig:
 class MessagesConfig:
     language: str = "ru"
     restored_for: float = 3600.0
+    file: Path | None = None  # the operator's own texts (TOML), over the built-in ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +207,11 @@ SCHEMA: dict[str, dict[str, Check]] = {
     },
     "topology": {"file": _nonempty_string, "subscribers": _string},
     "vantage": {"anchors": _addresses},
-    "messages": {"language": _one_of("ru", "en"), "restored_for": _seconds(positive=False)},
+    "messages": {
+        "language": _one_of("ru", "en"),
+        "restored_for": _seconds(positive=False),
+        "file": _nonempty_string,
+    },
 }
 TOKEN_SCHEMA: dict[str, Check] = {
     "name": _nonempty_string,
@@ -295,8 +300,17 @@ def parse(text: str, path: Path) -> Config:
         correlation=CorrelationConfig(**sections.get("correlation", {})),
         topology=topology,
         vantage=VantageConfig(anchors=anchors),
-        messages=MessagesConfig(**sections.get("messages", {})),
+        messages=_messages(sections.get("messages", {}), base),
         tokens=tuple(tokens),
+    )
+
+
+def _messages(raw: dict[str, Any], base: Path) -> MessagesConfig:
+    file = raw.get("file")
+    return MessagesConfig(
+        language=raw.get("language", "ru"),
+        restored_for=raw.get("restored_for", 3600.0),
+        file=(base / file).resolve() if file else None,
     )
 
 

@@ -22,12 +22,13 @@ import asyncpg
 from aiohttp import web
 
 from outagemon import config as config_mod
-from outagemon import directory, logs, migrate, store
+from outagemon import directory, logs, messages, migrate, store
 from outagemon.app import Runtime, make_app
 from outagemon.config import Config
 from outagemon.directory import Directory
 from outagemon.embedded import EmbeddedPostgres
 from outagemon.errors import ConfigError, OutagemonError
+from outagemon.messages import Texts
 from outagemon.monitor import Monitor
 from outagemon.notify import Notifier
 from outagemon.probe import Engine, PermissionProblem
@@ -45,8 +46,8 @@ TICK = 0.1  # seconds between correlator decisions
 
 
 class Daemon:
-    def __init__(self, config: Config, loaded: directory.Loaded) -> None:
-        self.runtime = Runtime(config=config, directory=loaded.directory)
+    def __init__(self, config: Config, loaded: directory.Loaded, texts: Texts) -> None:
+        self.runtime = Runtime(config=config, directory=loaded.directory, texts=texts)
         self.notifier = Notifier()
         self.embedded: EmbeddedPostgres | None = None
         self.pool: asyncpg.Pool | None = None
@@ -236,6 +237,7 @@ class Daemon:
         path = self.config.path
         try:
             new = config_mod.load(path)
+            texts = messages.load(new.messages.language, new.messages.file)
             loaded = await asyncio.to_thread(
                 directory.load, new.topology.file, new.topology.subscribers
             )
@@ -247,6 +249,7 @@ class Daemon:
         if pending:
             log.warning("config.restart_needed", sections=pending)
         self.runtime.config = new
+        self.runtime.texts = texts
         self.runtime.directory = loaded.directory
         self._loaded(loaded)
         if self.writer is not None:
@@ -297,13 +300,14 @@ def run(config_path: Path) -> int:
     try:
         cfg = config_mod.load(config_path)
         logs.setup()
+        texts = messages.load(cfg.messages.language, cfg.messages.file)
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
         return 2
     try:
-        return asyncio.run(Daemon(cfg, loaded).run())
+        return asyncio.run(Daemon(cfg, loaded, texts).run())
     except OutagemonError as e:
         log.error("daemon.start_failed", error=str(e))
         print(f"outagemon: {e}", file=sys.stderr)

@@ -1,0 +1,448 @@
+"""The JSON interface: the phone menu's question, incidents, and engineers' writes.
+
+`/api/v1/check` is answered from memory only (topology, subscribers, incidents, planned
+works) and never waits for the database. Every value in its answer is a string, so a
+dialplan's JSON_DECODE can read it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from outagemon import logs
+from outagemon.app import RUNTIME, Runtime
+from outagemon.config import Token
+from outagemon.correlate import Incident, Kind, Maintenance, State
+from outagemon.directory import Directory, Match
+from outagemon.monitor import Monitor
+
+log = logs.get("outagemon.api")
+
+STATUSES = ("outage", "maintenance", "cpe_down", "restored", "ok", "unknown", "ambiguous",
+            "not_found")  # fmt: skip
+CHECK_FIELDS = ("status", "incident_id", "root_node", "since", "eta", "message", "matched_by",
+                "node", "address", "candidates")  # fmt: skip
+MAX_NOTE = 2000
+
+
+def iso(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return datetime.fromtimestamp(seconds, tz=UTC).astimezone().isoformat(timespec="seconds")
+
+
+def parse_time(value: Any, name: str) -> float:
+    """An ISO 8601 time with an offset, as epoch seconds; HTTPBadRequest otherwise."""
+    if not isinstance(value, str):
+        raise bad(f"{name} must be an ISO 8601 time such as 2026-11-26T18:00:00+03:00.")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise bad(f"{name} {value!r} is not an ISO 8601 time "
+                  "such as 2026-11-26T18:00:00+03:00.") from None  # fmt: skip
+    if parsed.tzinfo is None:
+        raise bad(f"{name} {value!r} has no UTC offset; add one, such as +03:00 or Z.")
+    return parsed.timestamp()
+
+
+def bad(sentence: str, status: int = 400) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
+           404: web.HTTPNotFound, 409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge,
+           415: web.HTTPUnsupportedMediaType}[status]  # fmt: skip
+    headers = {"WWW-Authenticate": 'Bearer realm="outagemon"'} if status == 401 else None
+    if status == 413:
+        return web.HTTPRequestEntityTooLarge(max_size=64 * 1024, actual_size=0,
+                                             text=json.dumps({"error": sentence}),
+                                             content_type="application/json")  # fmt: skip
+    made: web.HTTPException = cls(text=json.dumps({"error": sentence}),
+                                  content_type="application/json", headers=headers)  # fmt: skip
+    return made
+
+
+# -- authorisation ---------------------------------------------------------------------
+
+
+def _token_of(request: web.Request, tokens: tuple[Token, ...]) -> Token | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return None
+    found = None
+    for t in tokens:
+        # Every token is compared, in constant time, so timing tells nothing.
+        if hmac.compare_digest(t.token.encode(), given.strip().encode()):
+            found = t
+    return found
+
+
+def authorise(request: web.Request, write: bool) -> str:
+    """The name of the caller's token ("" when reads are open); raise 401/403 otherwise."""
+    tokens = request.app[RUNTIME].config.tokens
+    if not tokens:
+        if write:
+            raise bad("writes are disabled: configure a token with role = \"write\" "
+                      "in [[auth.tokens]].", 403)  # fmt: skip
+        return ""
+    token = _token_of(request, tokens)
+    if token is None:
+        if "Authorization" in request.headers:
+            raise bad("the token is not valid.", 401)
+        raise bad("a token is required: send Authorization: Bearer TOKEN.", 401)
+    if write and token.role != "write":
+        raise bad(f"the token {token.name!r} may only read; this needs a write token.", 403)
+    return token.name
+
+
+# -- the phone menu's question ---------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: str
+    incident: Incident | None = None
+    node: str = ""
+    since: float | None = None
+    eta: float | None = None
+    until: float | None = None
+    resolved: float | None = None
+
+
+def assess(monitor: Monitor | None, directory: Directory, match: Match, now: float,
+           restored_for: float) -> Answer:  # fmt: skip
+    """The status for a place in the network (the core of /check, without HTTP)."""
+    if not match.found:
+        return Answer("ambiguous" if match.ambiguous else "not_found")
+    if monitor is None or not monitor.first_round_done:
+        return Answer("unknown", node=match.nodes[0])
+    answers = [_assess_node(monitor, directory, n, match, now, restored_for) for n in match.nodes]
+    first = answers[0]
+    same = all(a.status == first.status and a.incident is first.incident for a in answers)
+    if not same:
+        # A house split between entrances, and the caller gave no flat.
+        return Answer("ambiguous", node=match.nodes[0])
+    return first
+
+
+def _assess_node(monitor: Monitor, directory: Directory, node: str, match: Match, now: float,
+                 restored_for: float) -> Answer:  # fmt: skip
+    c = monitor.correlator
+    serving = match.subscriber.serving if match.subscriber is not None else node
+    if c.blind:
+        return Answer("unknown", node=serving)
+    topo = directory.topology
+    path = [node, *topo.ancestors(node)] if node in topo else [node]
+    for n in path:
+        inc = c.incident_for(n)
+        if inc is None:
+            continue
+        if inc.recovering_since is not None:
+            return Answer("restored", inc, serving, inc.opened_at, resolved=inc.recovering_since)
+        status = "maintenance" if inc.kind is Kind.MAINTENANCE else "outage"
+        return Answer(status, inc, serving, inc.opened_at, monitor.eta.get(inc.id),
+                      until=inc.maintenance_until)  # fmt: skip
+    window = _works(monitor.maintenance, set(path), topo, now)
+    if window is not None:
+        return Answer("maintenance", node=serving, since=window.starts_at, until=window.ends_at)
+    if match.subscriber is not None and match.subscriber.ip and c.state_of(node) is State.DOWN:
+        return Answer("cpe_down", node=serving, since=c.states[node].down_at)
+    for n in path:
+        recent = monitor.recent.get(n)
+        if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
+            return Answer("restored", recent, serving, recent.opened_at,
+                          resolved=recent.resolved_at)  # fmt: skip
+    probed = [n for n in path if n in topo and topo.nodes[n].probed]
+    if probed and all(c.state_of(n) in (State.UNKNOWN, State.RECHECK) for n in probed):
+        return Answer("unknown", node=serving)
+    return Answer("ok", node=serving)
+
+
+def _works(windows: list[Maintenance], path: set[str], topo: Any, now: float) -> Maintenance | None:
+    for w in windows:
+        if w.starts_at <= now < w.ends_at and w.node in path:
+            return w
+    return None
+
+
+def find(directory: Directory, query: dict[str, str]) -> tuple[str, Match]:
+    """Which caller the query names; HTTPBadRequest for a malformed question."""
+    given = [k for k in ("phone", "account", "address", "node") if query.get(k, "").strip()]
+    if len(given) != 1:
+        named = ", ".join(given) if given else "none"
+        raise bad(f"give exactly one of phone, account, address or node (given: {named}).")
+    key = given[0]
+    value = query[key].strip()
+    if len(value) > 500:
+        raise bad(f"{key} is too long.")
+    if query.get("flat") and key != "address":
+        raise bad("flat goes with address only.")
+    if key == "phone":
+        return key, directory.phone(value)
+    if key == "account":
+        return key, directory.account(value)
+    if key == "address":
+        return key, directory.address(value, query.get("flat", ""))
+    if value in directory.topology:
+        return key, Match(nodes=(value,))
+    return key, Match()
+
+
+async def check(request: web.Request) -> web.Response:
+    authorise(request, write=False)
+    rt = request.app[RUNTIME]
+    q = request.query
+    fmt = q.get("format", "json")
+    if fmt not in ("json", "text"):
+        raise bad("format must be json or text.")
+    channel = q.get("channel", "ivr")
+    if channel not in ("ivr", "helpdesk"):
+        raise bad("channel must be ivr or helpdesk.")
+    unknown = set(q) - {"phone", "account", "address", "flat", "node", "format", "call_id",
+                        "channel"}  # fmt: skip
+    if unknown:
+        raise bad(f"unknown parameter(s): {', '.join(sorted(unknown))}.")
+    matched_by, match = find(rt.directory, dict(q))
+    now = time.time()
+    answer = assess(rt.monitor, rt.directory, match, now, rt.config.messages.restored_for)
+    texts = rt.texts
+    address = match.address.text() if match.address is not None else ""
+    moment = datetime.fromtimestamp(now, tz=UTC)
+
+    def dt(x: float | None) -> datetime | None:
+        return datetime.fromtimestamp(x, tz=UTC) if x is not None else None
+
+    message = texts.render(answer.status, moment, address=address, since=dt(answer.since),
+                           eta=dt(answer.eta), until=dt(answer.until),
+                           resolved=dt(answer.resolved))  # fmt: skip
+    inc = answer.incident
+    if inc is not None and rt.monitor is not None:
+        rt.monitor.count_call(inc.id)
+    body = {
+        "status": answer.status,
+        "incident_id": str(inc.id) if inc is not None else "",
+        "root_node": inc.root if inc is not None else "",
+        "since": iso(answer.since),
+        "eta": iso(answer.eta),
+        "message": message,
+        "matched_by": matched_by,
+        "node": answer.node,
+        "address": address,
+        "candidates": ";".join(match.candidates),
+    }
+    rt.metrics.counter("outagemon_checks_total", "Check answers by status and channel.").inc(
+        status=answer.status, channel=channel
+    )
+    if fmt == "text":
+        return web.Response(text=f"{body['status']}|{body['incident_id']}|{body['eta']}\n")
+    return web.json_response(body)
+
+
+# -- incidents -------------------------------------------------------------------------
+
+
+def incident_json(inc: Incident, monitor: Monitor | None) -> dict[str, Any]:
+    subs = monitor.subscribers_of(inc.nodes) if monitor is not None else 0
+    return {
+        "id": str(inc.id),
+        "state": inc.state,
+        "kind": inc.kind.value,
+        "root_node": inc.root,
+        "inferred": inc.inferred,
+        "nodes": list(inc.nodes),
+        "subscribers": subs,
+        "opened_at": iso(inc.opened_at),
+        "resolved_at": iso(inc.resolved_at) or None,
+        "eta": iso(monitor.eta.get(inc.id)) or None if monitor else None,
+        "calls": monitor.calls.get(inc.id, 0) if monitor else 0,
+    }
+
+
+def row_json(r: Any) -> dict[str, Any]:
+    def t(v: datetime | None) -> str | None:
+        return v.astimezone().isoformat(timespec="seconds") if v is not None else None
+
+    return {
+        "id": str(r["id"]),
+        "state": r["state"],
+        "kind": r["kind"],
+        "root_node": r["root_node"],
+        "inferred": r["inferred"],
+        "nodes": list(r["nodes"]),
+        "subscribers": r["subscribers"],
+        "opened_at": t(r["opened_at"]),
+        "resolved_at": t(r["resolved_at"]),
+        "eta": t(r["eta"]),
+        "calls": r["calls"],
+    }
+
+
+def _open(rt: Runtime) -> list[dict[str, Any]]:
+    if rt.monitor is None:
+        return []
+    incs = sorted(rt.monitor.correlator.incidents.values(), key=lambda i: (-i.opened_at, -i.id))
+    return [incident_json(i, rt.monitor) for i in incs]
+
+
+async def _stored(rt: Runtime, state: str) -> list[dict[str, Any]]:
+    from outagemon import store
+
+    if rt.pool is None:
+        return []
+    try:
+        rows = await store.list_incidents(rt.pool, state)
+    except Exception as e:  # the database is away: say so rather than fail the request
+        log.warning("api.database_unavailable", error=str(e))
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"error": "resolved incidents are in the database, which does not "
+                                      "answer right now; open incidents are still served."}),
+            content_type="application/json",
+        ) from None  # fmt: skip
+    return [row_json(r) for r in rows]
+
+
+async def incidents(request: web.Request) -> web.Response:
+    authorise(request, write=False)
+    rt = request.app[RUNTIME]
+    state = request.query.get("state", "open")
+    if state not in ("open", "resolved", "all"):
+        raise bad("state must be open, resolved or all.")
+    found = _open(rt) if state in ("open", "all") else []
+    if state in ("resolved", "all"):
+        open_ids = {i["id"] for i in found}
+        found += [r for r in await _stored(rt, "resolved") if r["id"] not in open_ids]
+        found.sort(key=lambda i: (i["opened_at"] or "", int(i["id"])), reverse=True)
+    return web.json_response({"incidents": found})
+
+
+def _incident_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise bad(f"{raw!r} is not an incident id.", 404)
+    return int(raw)
+
+
+async def _one(rt: Runtime, iid: int) -> dict[str, Any] | None:
+    from outagemon import store
+
+    if rt.monitor is not None and iid in rt.monitor.correlator.incidents:
+        return incident_json(rt.monitor.correlator.incidents[iid], rt.monitor)
+    if rt.pool is None:
+        return None
+    try:
+        row = await store.get_incident(rt.pool, iid)
+    except Exception as e:
+        log.warning("api.database_unavailable", error=str(e))
+        return None
+    return row_json(row) if row is not None else None
+
+
+async def incident(request: web.Request) -> web.Response:
+    from outagemon import store
+
+    authorise(request, write=False)
+    rt = request.app[RUNTIME]
+    iid = _incident_id(request)
+    found = await _one(rt, iid)
+    if found is None:
+        raise bad(f"there is no incident {iid}.", 404)
+    events: list[dict[str, Any]] = []
+    if rt.pool is not None:
+        try:
+            for r in await store.timeline(rt.pool, iid):
+                events.append({"at": r["at"].astimezone().isoformat(timespec="seconds"),
+                               "kind": r["kind"], "detail": json.loads(r["detail"])})  # fmt: skip
+        except Exception as e:
+            log.warning("api.database_unavailable", error=str(e))
+    found["timeline"] = events
+    return web.json_response(found)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > 64 * 1024:
+        raise bad("the request body is too large (64 KiB at most).", 413)
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise bad("the body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise bad("the body must be a JSON object.")
+    return body
+
+
+async def update_incident(request: web.Request) -> web.Response:
+    who = authorise(request, write=True)
+    rt = request.app[RUNTIME]
+    iid = _incident_id(request)
+    body = await _json_body(request)
+    unknown = set(body) - {"eta", "note"}
+    if unknown:
+        raise bad(f"unknown field(s): {', '.join(sorted(unknown))}; give eta and/or note.")
+    if "eta" not in body and "note" not in body:
+        raise bad("give eta and/or note.")
+    eta = None
+    if body.get("eta") is not None:
+        eta = parse_time(body["eta"], "eta")
+        if eta < time.time() - 60:
+            raise bad("eta is in the past; give the time the repair is expected.")
+    note = body.get("note", "") or ""
+    if not isinstance(note, str) or len(note) > MAX_NOTE:
+        raise bad(f"note must be text of at most {MAX_NOTE} characters.")
+    if rt.monitor is None or await _one(rt, iid) is None:
+        raise bad(f"there is no incident {iid}.", 404)
+    rt.monitor.set_eta(iid, eta, note.strip(), who or "anonymous")
+    log.info("api.incident_updated", incident=iid, by=who, eta=iso(eta), note=bool(note))
+    found = await _one(rt, iid)
+    return web.json_response(found)
+
+
+async def add_maintenance(request: web.Request) -> web.Response:
+    who = authorise(request, write=True)
+    rt = request.app[RUNTIME]
+    body = await _json_body(request)
+    unknown = set(body) - {"node", "starts_at", "ends_at", "reason"}
+    if unknown:
+        raise bad(f"unknown field(s): {', '.join(sorted(unknown))}.")
+    node = body.get("node")
+    if not isinstance(node, str) or node not in rt.directory.topology:
+        raise bad(f"node {node!r} is not in the topology.")
+    starts = parse_time(body.get("starts_at"), "starts_at")
+    ends = parse_time(body.get("ends_at"), "ends_at")
+    if ends <= starts:
+        raise bad("ends_at must be after starts_at.")
+    if ends <= time.time():
+        raise bad("ends_at is in the past.")
+    reason = body.get("reason", "") or ""
+    if not isinstance(reason, str) or len(reason) > MAX_NOTE:
+        raise bad(f"reason must be text of at most {MAX_NOTE} characters.")
+    if rt.monitor is None:
+        raise bad("the daemon is starting; try again in a moment.", 409)
+    window = Maintenance(rt.monitor.next_maintenance, node, starts, ends, reason)
+    rt.monitor.next_maintenance += 1
+    rt.monitor.add_maintenance(window, who or "anonymous")
+    log.info("api.maintenance_added", id=window.id, node=node, by=who)
+    return web.json_response(
+        {"id": str(window.id), "node": node, "starts_at": iso(starts), "ends_at": iso(ends),
+         "reason": reason, "nodes": len(rt.directory.topology.descendants(node)) + 1},
+        status=201,
+    )  # fmt: skip
+
+
+def setup(app: web.Application) -> None:
+    from outagemon.openapi import spec
+
+    app.router.add_get("/api/v1/check", check)
+    app.router.add_get("/api/v1/incidents", incidents)
+    app.router.add_get("/api/v1/incidents/{id}", incident)
+    app.router.add_post("/api/v1/incidents/{id}", update_incident)
+    app.router.add_post("/api/v1/maintenance", add_maintenance)
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(spec())
+
+    app.router.add_get("/api/v1/openapi.json", openapi)

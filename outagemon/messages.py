@@ -1,0 +1,164 @@
+"""The sentences callers hear, in Russian and English, in one place an operator can override.
+
+Each status has one template; `{address}`, `{since}`, `{eta}`, `{until}` and `{resolved}`
+are filled in, and `{eta_sentence}` becomes the estimate when an engineer set one that is
+still ahead, or "work continues" when there is none or it has passed: a caller is never
+told a time that is already behind them. An override file (`[messages] file`) is TOML with
+a table per language holding any of these keys.
+"""
+
+from __future__ import annotations
+
+import string
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from outagemon.errors import ConfigError
+
+DEFAULTS: dict[str, dict[str, str]] = {
+    "ru": {
+        "outage": "По адресу {address} сейчас авария в сети, мы о ней знаем и уже устраняем. "
+        "Неисправность началась {since}. {eta_sentence}",
+        "eta_known": "Ориентировочно связь восстановится {eta}.",
+        "eta_unknown": "Работы продолжаются, время восстановления уточняется.",
+        "maintenance": "По адресу {address} идут плановые работы, они закончатся {until}. "
+        "Связь восстановится после их окончания.",
+        "cpe_down": "Сеть до вашего дома работает, но ваш роутер не отвечает. Проверьте, "
+        "включён ли он в розетку, и перезагрузите его: выключите на тридцать секунд и "
+        "включите снова.",
+        "restored": "Авария по адресу {address} устранена {resolved}. Если интернет не "
+        "работает, перезагрузите роутер: выключите его на тридцать секунд и включите снова.",
+        "ok": "По адресу {address} неисправностей в сети не обнаружено.",
+        "unknown": "Сейчас мы не можем проверить состояние сети по вашему адресу. "
+        "Оставайтесь на линии, вам ответит оператор.",
+        "ambiguous": "Под ваш запрос подходит несколько адресов. Пожалуйста, уточните адрес "
+        "или оставайтесь на линии, вам ответит оператор.",
+        "not_found": "Мы не нашли ваш номер или адрес. Оставайтесь на линии, вам ответит оператор.",
+    },
+    "en": {
+        "outage": "There is a network outage at {address}. We know about it and are "
+        "working on it. It began {since}. {eta_sentence}",
+        "eta_known": "Service should be back {eta}.",
+        "eta_unknown": "Work continues; we will have an estimate soon.",
+        "maintenance": "Planned works are under way at {address} and end {until}. "
+        "Service returns when they are done.",
+        "cpe_down": "The network up to your building works, but your router does not "
+        "answer. Please check that it is plugged in, then switch it off for thirty seconds "
+        "and on again.",
+        "restored": "The outage at {address} was fixed {resolved}. If your internet still "
+        "does not work, switch your router off for thirty seconds and on again.",
+        "ok": "We see no network problem at {address}.",
+        "unknown": "We cannot check the network at your address right now. Please stay on "
+        "the line for an operator.",
+        "ambiguous": "Several addresses match. Please give your full address, or stay on "
+        "the line for an operator.",
+        "not_found": "We could not find your number or address. Please stay on the line for "
+        "an operator.",
+    },
+}
+FIELDS = {"address", "since", "eta", "eta_sentence", "until", "resolved"}
+
+# Abbreviations as they are written, and as a speech synthesiser should say them.
+_SPOKEN = {
+    "ru": [("ул. ", "улица "), ("пр-т ", "проспект "), ("пер. ", "переулок "),
+           ("ш. ", "шоссе "), ("б-р ", "бульвар "), ("пл. ", "площадь "),
+           ("наб. ", "набережная "), ("г. ", "город "), ("д. ", "дом "),
+           ("корп. ", "корпус "), ("стр. ", "строение "), ("кв. ", "квартира ")],
+    "en": [(" St", " Street"), (" Ave", " Avenue"), (" Rd", " Road"), (" Blvd", " Boulevard"),
+           ("Apt ", "apartment "), ("Bldg ", "building ")],
+}  # fmt: skip
+_MONTHS_RU = ["января", "февраля", "марта", "апреля", "мая", "июня", "июля", "августа",
+              "сентября", "октября", "ноября", "декабря"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Texts:
+    language: str
+    templates: dict[str, str]
+
+    def spoken_address(self, address: str) -> str:
+        for short, full in _SPOKEN[self.language]:
+            address = address.replace(short, full)
+        return address
+
+    def when(self, moment: datetime, now: datetime) -> str:
+        """A time as it is said: "в 14:05", "завтра в 09:00", "26 ноября в 18:00"."""
+        local, today = moment.astimezone(), now.astimezone()
+        days = (local.date() - today.date()).days
+        clock = local.strftime("%H:%M")
+        if self.language == "ru":
+            if days == 0:
+                return f"в {clock}"
+            if days == 1:
+                return f"завтра в {clock}"
+            if days == -1:
+                return f"вчера в {clock}"
+            return f"{local.day} {_MONTHS_RU[local.month - 1]} в {clock}"
+        if days == 0:
+            return f"at {clock}"
+        if days == 1:
+            return f"tomorrow at {clock}"
+        if days == -1:
+            return f"yesterday at {clock}"
+        return f"on {local.strftime('%d %B')} at {clock}"
+
+    def render(self, status: str, now: datetime, address: str = "", since: datetime | None = None,
+               eta: datetime | None = None, until: datetime | None = None,
+               resolved: datetime | None = None) -> str:  # fmt: skip
+        eta_sentence = (
+            self.templates["eta_known"].format(eta=self.when(eta, now))
+            if eta is not None and eta > now
+            else self.templates["eta_unknown"]
+        )
+        values = {
+            "address": self.spoken_address(address) if address else "",
+            "since": self.when(since, now) if since else "",
+            "eta": self.when(eta, now) if eta else "",
+            "eta_sentence": eta_sentence,
+            "until": self.when(until, now) if until else "",
+            "resolved": self.when(resolved, now) if resolved else "",
+        }
+        return self.templates[status].format(**values).strip()
+
+
+def load(language: str, override: Path | None = None) -> Texts:
+    """The texts for a language, with an operator's overrides; ConfigError names bad ones."""
+    templates = dict(DEFAULTS[language])
+    if override is None:
+        return Texts(language, templates)
+    try:
+        raw = tomllib.loads(override.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{override}: no such file."]) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError([f"{override}: cannot be read: {e}."]) from None
+    problems: list[str] = []
+    for lang, table in raw.items():
+        if lang not in DEFAULTS or not isinstance(table, dict):
+            problems.append(f"{override}: [{lang}] is not a language outagemon speaks (ru, en).")
+            continue
+        for key, text in table.items():
+            if key not in DEFAULTS[lang]:
+                problems.append(f"{override}: [{lang}] {key} is not a message; "
+                                f"they are {', '.join(DEFAULTS[lang])}.")  # fmt: skip
+                continue
+            if not isinstance(text, str):
+                problems.append(f"{override}: [{lang}] {key} must be text.")
+                continue
+            try:
+                names = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+            except ValueError as e:
+                problems.append(f"{override}: [{lang}] {key}: {e}.")
+                continue
+            unknown = names - FIELDS
+            if unknown:
+                known = ", ".join(sorted(FIELDS))
+                problems.append(f"{override}: [{lang}] {key} uses unknown field(s) "
+                                f"{', '.join(sorted(unknown))}; known: {known}.")  # fmt: skip
+            elif lang == language:
+                templates[key] = text
+    if problems:
+        raise ConfigError(problems)
+    return Texts(language, templates)

@@ -1,0 +1,212 @@
+"""The OpenAPI 3.0 description of the HTTP interface, served at /api/v1/openapi.json.
+
+A test validates real responses against these schemas, so this stays true.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from outagemon import __version__
+
+STATUSES = ["outage", "maintenance", "cpe_down", "restored", "ok", "unknown", "ambiguous",
+            "not_found"]  # fmt: skip
+
+
+def _str(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **extra}
+
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": _str("One sentence saying what was wrong.")},
+}
+CHECK = {
+    "type": "object",
+    "description": "Flat, every value a string ('' when absent), for dialplans' JSON_DECODE.",
+    "required": ["status", "incident_id", "root_node", "since", "eta", "message", "matched_by",
+                 "node", "address", "candidates"],
+    "additionalProperties": False,
+    "properties": {
+        "status": _str("What is known about the caller's service.", enum=STATUSES),
+        "incident_id": _str("The incident that explains the status."),
+        "root_node": _str("That incident's root cause node."),
+        "since": _str("When it began, ISO 8601 with offset."),
+        "eta": _str("Expected repair time, if an engineer set one."),
+        "message": _str("A sentence ready to be spoken to the caller."),
+        "matched_by": _str("What the caller was found by.",
+                           enum=["phone", "account", "address", "node"]),
+        "node": _str("The node that serves the caller."),
+        "address": _str("The caller's address as normalised."),
+        "candidates": _str("For ambiguous: the possible addresses, ';'-separated."),
+    },
+}  # fmt: skip
+NULLABLE_TIME = {"type": "string", "nullable": True, "description": "ISO 8601, or null."}
+INCIDENT = {
+    "type": "object",
+    "required": ["id", "state", "kind", "root_node", "inferred", "nodes", "subscribers",
+                 "opened_at", "resolved_at", "eta", "calls"],
+    "properties": {
+        "id": {"type": "string"},
+        "state": {"type": "string", "enum": ["open", "resolved", "merged"]},
+        "kind": {"type": "string", "enum": ["outage", "maintenance"]},
+        "root_node": {"type": "string"},
+        "inferred": {"type": "boolean",
+                     "description": "The root was found from its children's failures."},
+        "nodes": {"type": "array", "items": {"type": "string"},
+                  "description": "Every node the incident cuts off, root first."},
+        "subscribers": {"type": "integer", "minimum": 0},
+        "opened_at": {"type": "string"},
+        "resolved_at": NULLABLE_TIME,
+        "eta": NULLABLE_TIME,
+        "calls": {"type": "integer", "minimum": 0,
+                  "description": "Check requests answered with this incident."},
+    },
+}  # fmt: skip
+TIMELINE = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["at", "kind", "detail"],
+        "properties": {
+            "at": {"type": "string"},
+            "kind": {"type": "string"},
+            "detail": {"type": "object"},
+        },
+    },
+}
+INCIDENT_DETAIL = {
+    "allOf": [INCIDENT, {"type": "object", "required": ["timeline"],
+                         "properties": {"timeline": TIMELINE}}],
+}  # fmt: skip
+MAINTENANCE_IN = {
+    "type": "object",
+    "required": ["node", "starts_at", "ends_at"],
+    "additionalProperties": False,
+    "properties": {
+        "node": {"type": "string"},
+        "starts_at": {"type": "string", "format": "date-time"},
+        "ends_at": {"type": "string", "format": "date-time"},
+        "reason": {"type": "string", "maxLength": 2000},
+    },
+}
+MAINTENANCE_OUT = {
+    "type": "object",
+    "required": ["id", "node", "starts_at", "ends_at", "reason", "nodes"],
+    "properties": {
+        "id": {"type": "string"},
+        "node": {"type": "string"},
+        "starts_at": {"type": "string"},
+        "ends_at": {"type": "string"},
+        "reason": {"type": "string"},
+        "nodes": {"type": "integer", "description": "Nodes the works cover."},
+    },
+}
+UPDATE_IN = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "eta": {"type": "string", "format": "date-time", "nullable": True},
+        "note": {"type": "string", "maxLength": 2000},
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    texts = {400: "The request is malformed.", 401: "No or wrong token.",
+             403: "The token may not do this.", 404: "No such incident.",
+             409: "Not possible now.", 413: "The body is too large.",
+             503: "The database does not answer."}  # fmt: skip
+    return {str(c): _json(ERROR, texts[c]) for c in codes}
+
+
+def _q(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "string", **schema}}  # fmt: skip
+
+
+def spec() -> dict[str, Any]:
+    secured: list[dict[str, list[str]]] = [{"bearer": []}, {}]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "outagemon", "version": __version__,
+                 "description": "Is this caller inside a known outage? Incidents, planned works."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/api/v1/check": {"get": {
+                "summary": "The phone menu's question: is this caller inside a known outage?",
+                "security": secured,
+                "parameters": [
+                    _q("phone", "The caller's number, any common notation.", maxLength=500),
+                    _q("account", "The account number.", maxLength=500),
+                    _q("address", "A postal address, free text.", maxLength=500),
+                    _q("flat", "The flat, with address.", maxLength=500),
+                    _q("node", "A topology node id.", maxLength=500),
+                    _q("format", "json (default) or text: 'status|incident_id|eta'.",
+                       enum=["json", "text"]),
+                    _q("call_id", "The call's id, for the logs.", maxLength=500),
+                    _q("channel", "ivr (default) or helpdesk.", enum=["ivr", "helpdesk"]),
+                ],
+                "responses": {
+                    "200": {"description": "The answer.", "content": {
+                        "application/json": {"schema": CHECK},
+                        "text/plain": {"schema": {"type": "string"}}}},
+                    **_errors(400, 401),
+                },
+            }},
+            "/api/v1/incidents": {"get": {
+                "summary": "Incidents, newest first.",
+                "security": secured,
+                "parameters": [_q("state", "open (default), resolved or all.",
+                                  enum=["open", "resolved", "all"])],
+                "responses": {
+                    "200": _json({"type": "object", "required": ["incidents"],
+                                  "properties": {"incidents": {"type": "array",
+                                                               "items": INCIDENT}}},
+                                 "The incidents."),
+                    **_errors(400, 401, 503),
+                },
+            }},
+            "/api/v1/incidents/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "get": {
+                    "summary": "One incident with its timeline.",
+                    "security": secured,
+                    "responses": {"200": _json(INCIDENT_DETAIL, "The incident."),
+                                  **_errors(401, 404)},
+                },
+                "post": {
+                    "summary": "Set the expected repair time and/or add a note (write token).",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": True,
+                                    "content": {"application/json": {"schema": UPDATE_IN}}},
+                    "responses": {"200": _json(INCIDENT, "The incident, updated."),
+                                  **_errors(400, 401, 403, 404, 413)},
+                },
+            },
+            "/api/v1/maintenance": {"post": {
+                "summary": "Declare planned works on a node and everything behind it.",
+                "security": [{"bearer": []}],
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": MAINTENANCE_IN}}},
+                "responses": {"201": _json(MAINTENANCE_OUT, "The works, recorded."),
+                              **_errors(400, 401, 403, 409, 413)},
+            }},
+            "/healthz": {"get": {"summary": "200 while the process serves.",
+                                 "responses": {"200": {"description": "Serving."}}}},
+            "/readyz": {"get": {"summary": "200 once the topology is loaded and the first "
+                                           "probe round is done; 503 with a reason otherwise.",
+                                "responses": {"200": {"description": "Ready."},
+                                              "503": {"description": "Not ready, and why."}}}},
+            "/metrics": {"get": {"summary": "Prometheus text format.",
+                                 "responses": {"200": {"description": "Metrics."}}}},
+            "/": {"get": {"summary": "The live incident page for engineers (HTML).",
+                          "responses": {"200": {"description": "The page."}}}},
+        },
+    }  # fmt: skip

@@ -1,0 +1,246 @@
+"""The incident page for engineers: server-rendered, updated live over server-sent events.
+
+Everything user-supplied (notes, node names, addresses) is escaped by Jinja2's
+autoescaping; the only script is the few lines that swap in the live fragment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from markupsafe import Markup, escape
+
+from outagemon import api, logs
+from outagemon.app import RUNTIME, Runtime
+from outagemon.correlate import Incident, State
+
+log = logs.get("outagemon.page")
+
+ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("outagemon", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+LIVE_EVERY = 1.0  # seconds between checks for a change to push
+MAX_ROWS = 50
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return datetime.fromtimestamp(seconds, tz=UTC).astimezone().strftime("%d.%m %H:%M:%S")
+
+
+def _addresses(rt: Runtime, nodes: list[str], limit: int = 5) -> tuple[list[str], int]:
+    topo = rt.directory.topology.nodes
+    found: list[str] = []
+    for n in nodes:
+        node = topo.get(n)
+        if node is None:
+            continue
+        for s in node.serves:
+            text = s.address.text()
+            if s.flats:
+                text += f" (кв. {s.flats_text()})"
+            if text not in found:
+                found.append(text)
+    return found[:limit], max(0, len(found) - limit)
+
+
+def _card(rt: Runtime, inc: Incident) -> dict[str, Any]:
+    m = rt.monitor
+    assert m is not None
+    addresses, more = _addresses(rt, inc.nodes)
+    root = rt.directory.topology.nodes.get(inc.root)
+    return {
+        "id": inc.id, "kind": inc.kind.value, "root": inc.root,
+        "root_name": root.name if root else "", "inferred": inc.inferred,
+        "recovering": inc.recovering_since is not None, "since": _when(inc.opened_at),
+        "nodes": len(inc.nodes), "subscribers": m.subscribers_of(inc.nodes),
+        "calls": m.calls.get(inc.id, 0), "eta": _when(m.eta.get(inc.id)),
+        "addresses": addresses, "more_addresses": more,
+        "resolved": _when(inc.resolved_at),
+    }  # fmt: skip
+
+
+def live_context(rt: Runtime) -> dict[str, Any]:
+    m = rt.monitor
+    open_cards: list[dict[str, Any]] = []
+    resolved: list[dict[str, Any]] = []
+    problems: list[dict[str, Any]] = []
+    more = 0
+    if m is not None:
+        c = m.correlator
+        incs = sorted(c.incidents.values(), key=lambda i: -i.opened_at)
+        open_cards = [_card(rt, i) for i in incs]
+        seen: dict[int, Incident] = {}
+        for inc in m.recent.values():
+            seen.setdefault(inc.id, inc)
+        resolved = [
+            _card(rt, i) for i in sorted(seen.values(), key=lambda i: -(i.resolved_at or 0))
+        ]
+        resolved = resolved[:20]
+        topo = rt.directory.topology.nodes
+        bad = [
+            (n, ns) for n, ns in c.states.items()
+            if n in topo and (ns.state is State.DOWN or ns.degraded)
+        ]  # fmt: skip
+        bad.sort(key=lambda item: -item[1].changed_at)
+        more = max(0, len(bad) - MAX_ROWS)
+        for n, ns in bad[:MAX_ROWS]:
+            problems.append({
+                "id": n, "kind": topo[n].kind,
+                "state": "down" if ns.state is State.DOWN else "degraded",
+                "since": _when(ns.down_at if ns.state is State.DOWN else ns.changed_at),
+                "loss": f"{ns.short_lost / ns.short_n:.0%}" if ns.short_n else "",
+            })  # fmt: skip
+    writer = m.writer if m is not None else None
+    health = {
+        "blind": bool(m and m.correlator.blind),
+        "rate": f"{rt.probe_rate:,.0f}",
+        "targets": len(rt.directory.topology.by_ip),
+        "ready": rt.not_ready is None,
+        "last_tick": _when(m.last_tick) if m and m.last_tick else "never",
+        "db": writer is None or writer.available,
+        "queued": len(writer) if writer is not None else 0,
+        "network_loss": f"{m.correlator.network_loss:.1%}" if m else "",
+    }
+    return {
+        "open": open_cards, "resolved": resolved, "problems": problems,
+        "more_problems": more, "health": health,
+        "restored_hours": round(rt.config.messages.restored_for / 3600, 1),
+    }  # fmt: skip
+
+
+async def index(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    html = ENV.get_template("index.html").render(now=_when(time.time()), **live_context(rt))
+    return web.Response(text=html, content_type="text/html", charset="utf-8")
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the live fragment, whenever it changes."""
+    rt = request.app[RUNTIME]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})  # fmt: skip
+    await response.prepare(request)
+    last = ""
+    template = ENV.get_template("live.html")
+    try:
+        while True:
+            fragment = template.render(**live_context(rt))
+            if fragment != last:
+                last = fragment
+                data = "\n".join(f"data: {line}" for line in fragment.splitlines())
+                await response.write(f"event: live\n{data}\n\n".encode())
+            else:
+                await response.write(b": keep-alive\n\n")
+            await asyncio.sleep(LIVE_EVERY)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    return response
+
+
+def _tree(rt: Runtime, inc: dict[str, Any]) -> Markup:
+    """The nodes the incident cuts off, as nested lists from the root (escaped)."""
+    members = set(inc["nodes"])
+    topo = rt.directory.topology.nodes
+    shown = 0
+
+    def branch(node: str, depth: int) -> str:
+        nonlocal shown
+        shown += 1
+        n = topo.get(node)
+        label = escape(node) + (Markup(" <span class=muted>") + escape(n.kind) +
+                                Markup("</span>") if n else Markup(""))  # fmt: skip
+        kids = [c for c in (n.children if n else []) if c in members]
+        if not kids or depth > 6 or shown > 500:
+            more = f" (+{len(kids)})" if kids else ""
+            return str(Markup("<li>") + label + escape(more) + Markup("</li>"))
+        inner = "".join(branch(c, depth + 1) for c in sorted(kids)[:100])
+        return str(Markup("<li>") + label + Markup('<ul class="tree">') + Markup(inner)
+                   + Markup("</ul></li>"))  # fmt: skip
+
+    return Markup('<ul class="tree">' + branch(inc["root_node"], 0) + "</ul>")
+
+
+def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
+    if kind == "note":
+        return f"{detail.get('note', '')} — {detail.get('by', '')}"
+    if kind == "eta":
+        return f"ETA {detail.get('eta', '')} — {detail.get('by', '')}"
+    return ", ".join(f"{k}: {v}" for k, v in detail.items())
+
+
+async def incident_page(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    raw = request.match_info["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise web.HTTPNotFound(text=f"there is no incident {raw}.")
+    inc = await api._one(rt, int(raw))
+    if inc is None:
+        raise web.HTTPNotFound(text=f"there is no incident {raw}.")
+    timeline: list[dict[str, str]] = []
+    if rt.pool is not None:
+        from outagemon import store
+
+        try:
+            for r in await store.timeline(rt.pool, int(raw)):
+                detail = json.loads(r["detail"])
+                at = r["at"].astimezone().strftime("%d.%m %H:%M:%S")
+                text = _timeline_text(r["kind"], detail)
+                timeline.append({"at": at, "kind": r["kind"], "text": text})
+        except Exception as e:
+            log.warning("page.database_unavailable", error=str(e))
+    html = ENV.get_template("incident.html").render(
+        now=_when(time.time()), i=inc, timeline=timeline, tree=_tree(rt, inc),
+        message=request.query.get("message", ""),
+        tz=datetime.now().astimezone().strftime("%Z %z"),
+    )  # fmt: skip
+    return web.Response(text=html, content_type="text/html", charset="utf-8")
+
+
+async def incident_form(request: web.Request) -> web.Response:
+    """The page's form: the token comes in a field, since a browser sends no bearer header."""
+    rt = request.app[RUNTIME]
+    raw = request.match_info["id"]
+    form = await request.post()
+    token = str(form.get("token", ""))
+    back = f"/incidents/{raw}"
+    tokens = rt.config.tokens
+    who = ""
+    if tokens:
+        match = [t for t in tokens if hmac.compare_digest(t.token.encode(), token.encode())]
+        if not match or match[0].role != "write":
+            raise web.HTTPFound(back + "?message=" + "The+write+token+is+not+valid.")
+        who = match[0].name
+    else:
+        raise web.HTTPFound(
+            back + "?message=" + "Writes+are+disabled:+no+write+token+is+configured."
+        )
+    eta_text = str(form.get("eta", "")).strip()
+    note = str(form.get("note", "")).strip()[: api.MAX_NOTE]
+    eta = None
+    if eta_text:
+        try:
+            eta = datetime.fromisoformat(eta_text).astimezone().timestamp()
+        except ValueError:
+            raise web.HTTPFound(back + "?message=The+ETA+is+not+a+time.") from None
+    if not raw.isdigit() or rt.monitor is None or await api._one(rt, int(raw)) is None:
+        raise web.HTTPNotFound(text=f"there is no incident {raw}.")
+    rt.monitor.set_eta(int(raw), eta, note, who)
+    raise web.HTTPFound(back + "?message=Saved.")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/events", events)
+    app.router.add_get("/incidents/{id}", incident_page)
+    app.router.add_post("/incidents/{id}", incident_form)
