@@ -1,0 +1,160 @@
+"""A small world for HTTP tests: topology, subscribers, a monitor writing to a real
+PostgreSQL, the aiohttp app served on a real port, and a simulated network to fail."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from outagemon import config, directory, messages, migrate, store, topology
+from outagemon.app import Runtime, make_app
+from outagemon.directory import Directory
+from outagemon.monitor import Monitor
+from outagemon.simnet import SimNet
+from outagemon.writer import Writer
+
+TOPOLOGY = """
+nodes:
+  - {id: core, kind: core, ip: 127.0.0.2}
+  - {id: agg-n, kind: aggregation, ip: 127.0.0.3, parents: [core]}
+  - {id: agg-s, kind: aggregation, ip: 127.0.0.4, parents: [core]}
+  - {id: sw-lenina-5, kind: access, ip: 127.0.0.5, parents: [agg-n],
+     name: "Access switch, Lenina 5", serves: ["ул. Ленина, д. 5"]}
+  - {id: sw-mira-10, kind: access, ip: 127.0.0.6, parents: [agg-n]}
+  - {id: seg-mira-1, kind: segment, parents: [sw-mira-10],
+     serves: [{address: "пр-т Мира, д. 10", flats: "1-40"}]}
+  - {id: seg-mira-2, kind: segment, parents: [sw-mira-10],
+     serves: [{address: "пр-т Мира, д. 10", flats: "41-80"}]}
+  - {id: sw-sad-1, kind: access, ip: 127.0.0.7, parents: [agg-s],
+     serves: ["ул. Садовая, д. 3 корп. 1", "ул. Садовая, д. 3 корп. 2"]}
+  - {id: sw-sad-5, kind: access, ip: 127.0.0.8, parents: [agg-s], serves: ["ул. Садовая, д. 5"]}
+"""
+SUBSCRIBERS = """account,phones,address,flat,ip
+1001,8 (921) 000-00-01,"ул. Ленина, д. 5",12,
+1002,+79210000002,"пр-т Мира, д. 10",15,127.0.1.2
+1003,+79210000003,"пр-т Мира, д. 10",16,127.0.1.3
+1004,+79210000004,"пр-т Мира, д. 10",17,127.0.1.4
+1005,+79210000005,"пр-т Мира, д. 10",50,127.0.1.5
+1006,+79210000006,"ул. Садовая, д. 3 корп. 2",8,
+1007,+79210000007,"ул. Садовая, д. 5",9,
+1008,+79210000008;+79210000002,"ул. Садовая, д. 5",10,
+"""
+READ, WRITE = "read-token-0123456789", "write-token-0123456789"
+CONFIG = f"""
+[correlation]
+resolve_hold = 60
+[messages]
+language = "{{language}}"
+restored_for = 3600
+[[auth.tokens]]
+name = "ivr"
+token = "{READ}"
+role = "read"
+[[auth.tokens]]
+name = "noc"
+token = "{WRITE}"
+role = "write"
+"""
+
+
+def build_directory() -> Directory:
+    topo = topology.parse_text(textwrap.dedent(TOPOLOGY), Path("topology.yaml"))
+    subs, problems = directory.parse_csv(SUBSCRIBERS, Path("subscribers.csv"), topo)
+    assert problems == []
+    return Directory(directory.with_cpes(topo, subs), subs)
+
+
+@dataclass
+class World:
+    runtime: Runtime
+    monitor: Monitor
+    net: SimNet
+    session: aiohttp.ClientSession
+    server: TestServer
+    pool: Any
+    now: float
+
+    def url(self, path: str) -> str:
+        return str(self.server.make_url(path))
+
+    def auth(self, token: str = READ) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def check(self, **params: str) -> dict[str, str]:
+        async with self.session.get(self.url("/api/v1/check"), params=params,
+                                    headers=self.auth()) as r:  # fmt: skip
+            assert r.status == 200, await r.text()
+            body: dict[str, str] = await r.json()
+            return body
+
+    def run(self, seconds: float) -> None:
+        """Advance the simulated network to `seconds` after the world's start."""
+        self.net.run_for(seconds)
+        self.monitor.tick()
+
+    async def flushed(self) -> None:
+        assert self.monitor.writer is not None
+        assert await self.monitor.writer.drain(10)
+
+
+@asynccontextmanager
+async def world(dsn: str, language: str = "ru", tokens: bool = True) -> AsyncIterator[World]:
+    await migrate.migrate(dsn)
+    pool = await store.connect(dsn)
+    text = CONFIG.format(language=language)
+    if not tokens:
+        text = text.split("[[auth.tokens]]")[0]
+    cfg = config.parse(text, Path("/etc/outagemon/outagemon.toml"))
+    d = build_directory()
+    rt = Runtime(config=cfg, directory=d, texts=messages.load(language))
+    writer = Writer(pool, 10_000, rt.metrics)
+    # The simulated network runs an hour in the past up to now, so times read naturally.
+    start = time.time() - 3600
+    clock = {"now": start}
+    monitor = Monitor(cfg, d, rt.metrics, writer, clock=lambda: clock["now"])
+    rt.monitor = monitor
+    rt.pool = pool
+    rt.not_ready = None
+    import asyncio
+
+    writer_task = asyncio.create_task(writer.run())
+    nodes = [(n.id, n.kind, n.ip, n.name, list(n.parents)) for n in d.topology.nodes.values()]
+    subs = [(s.account, list(s.phones), s.address.text(), s.flat, s.ip, s.node)
+            for s in d.subscribers]  # fmt: skip
+
+    async def inventory(conn: Any) -> None:
+        await store.save_inventory(conn, nodes, subs)
+
+    writer.submit("inventory", inventory)
+    net = SimNet(d.topology, monitor.correlator, interval=5.0, timeout=1.0, start=start)
+    net.on_event = monitor._handle
+
+    def advance(seconds: float) -> None:
+        net.run_for(seconds)
+        clock["now"] = net.now
+        monitor.tick()
+
+    app: web.Application = make_app(rt)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    session = aiohttp.ClientSession()
+    w = World(rt, monitor, net, session, server, pool, start)
+    w.run = advance  # type: ignore[method-assign]
+    try:
+        w.run(3000)  # warm: every target has a history of answers
+        monitor.first_round_done = True
+        yield w
+    finally:
+        await session.close()
+        await server.close()
+        writer_task.cancel()
+        await pool.close()
