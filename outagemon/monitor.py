@@ -115,10 +115,10 @@ class Monitor:
         return self.correlator.take_requests()
 
     def subscribers_of(self, nodes: list[str]) -> int:
+        """Subscribers served by these nodes (each once: a router's owner is counted at the
+        node that serves the address, not again at the router)."""
         counts = self.directory.counts
-        topo = self.directory.topology.nodes
-        return sum(counts.get(n, 0) + (1 if topo.get(n) and topo[n].kind == "cpe" else 0)
-                   for n in nodes)  # fmt: skip
+        return sum(counts.get(n, 0) for n in nodes)
 
     def _handle(self, e: Event) -> None:
         self._events.inc(kind=e.kind)

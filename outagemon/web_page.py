@@ -28,6 +28,19 @@ ENV = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
+
+
+def _human(value: str | None) -> str:
+    """An ISO time from the API as the page shows it: 26.11.2026 18:30, local time."""
+    if not value:
+        return ""
+    try:
+        return datetime.fromisoformat(value).astimezone().strftime("%d.%m.%Y %H:%M")
+    except ValueError:
+        return value
+
+
+ENV.filters["human"] = _human
 LIVE_EVERY = 1.0  # seconds between checks for a change to push
 MAX_ROWS = 50
 
@@ -88,9 +101,10 @@ def live_context(rt: Runtime) -> dict[str, Any]:
         ]
         resolved = resolved[:20]
         topo = rt.directory.topology.nodes
+        # Nodes inside an incident are on its card; these are the ones that are not.
         bad = [
             (n, ns) for n, ns in c.states.items()
-            if n in topo and (ns.state is State.DOWN or ns.degraded)
+            if n in topo and n not in c.node_incident and (ns.state is State.DOWN or ns.degraded)
         ]  # fmt: skip
         bad.sort(key=lambda item: -item[1].changed_at)
         more = max(0, len(bad) - MAX_ROWS)

@@ -1,0 +1,56 @@
+"""The incident page in a real headless Chromium: renders, updates live, takes an ETA,
+and shows a note with a script in it as text."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.cdp import Browser, chromium
+from tests.world import WRITE, world
+
+pytestmark = pytest.mark.skipif(chromium() is None, reason="chromium is not installed")
+SHOTS = Path(os.environ.get("OUTAGEMON_SCREENSHOTS", "/tmp/outagemon-screenshots"))
+
+
+async def test_the_page_renders_updates_live_takes_an_eta_and_escapes_notes(
+    fresh_db: str,
+) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with world(fresh_db) as w, Browser() as b:
+        w.net.fail("agg-s")
+        w.run(60)
+        (first,) = w.monitor.correlator.incidents.values()
+        await b.open(w.url("/"))
+        assert await b.eval(f"!!document.querySelector('[data-incident=\"{first.id}\"]')")
+        assert "agg-s" in await b.eval("document.body.innerText")
+        await b.eval("window.__sameDocument = true")
+
+        # A new incident appears without a reload.
+        w.net.fail("agg-n")
+        w.run(60)
+        second = next(i for i in w.monitor.correlator.incidents.values() if i.root == "agg-n")
+        await b.wait_for(f"!!document.querySelector('[data-incident=\"{second.id}\"]')")
+        assert await b.eval("window.__sameDocument === true"), "the page was reloaded"
+        await b.screenshot(SHOTS / "index.png")
+
+        # An engineer sets an ETA and a note through the form.
+        await b.open(w.url(f"/incidents/{second.id}"))
+        await b.eval(
+            "document.querySelector('input[name=eta]').value = '2099-01-01T18:30';"
+            "document.querySelector('textarea[name=note]').value ="
+            " '<script>window.__pwned = 1</script> бригада на месте';"
+            f"document.querySelector('input[name=token]').value = '{WRITE}';"
+            "document.querySelector('form').submit(); true"
+        )
+        await b.wait_for("location.search.includes('Saved')")
+        assert w.monitor.eta.get(second.id) is not None
+        await w.flushed()
+        await b.open(w.url(f"/incidents/{second.id}"))
+        text = await b.eval("document.body.innerText")
+        assert "<script>window.__pwned = 1</script> бригада на месте" in text
+        assert await b.eval("window.__pwned === undefined"), "a note's script ran"
+        assert "ETA 01.01.2099 18:30" in text  # the ETA, shown back
+        await b.screenshot(SHOTS / "incident.png")
