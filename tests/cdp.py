@@ -40,7 +40,7 @@ class Browser:
     async def __aenter__(self) -> Browser:
         binary = chromium()
         assert binary is not None
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: ASYNC220 - started once, lives on
             [binary, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
