@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from outagemon import logs
-from outagemon.app import RUNTIME, Runtime
+from outagemon.app import RUNTIME, Runtime, json_response
 from outagemon.config import Token
 from outagemon.correlate import Incident, Kind, Maintenance, State
 from outagemon.directory import Directory, Match
@@ -57,12 +57,12 @@ def bad(sentence: str, status: int = 400) -> web.HTTPException:
            404: web.HTTPNotFound, 409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge,
            415: web.HTTPUnsupportedMediaType}[status]  # fmt: skip
     headers = {"WWW-Authenticate": 'Bearer realm="outagemon"'} if status == 401 else None
+    text = json.dumps({"error": sentence}, ensure_ascii=False)
     if status == 413:
-        return web.HTTPRequestEntityTooLarge(max_size=64 * 1024, actual_size=0,
-                                             text=json.dumps({"error": sentence}),
+        return web.HTTPRequestEntityTooLarge(max_size=64 * 1024, actual_size=0, text=text,
                                              content_type="application/json")  # fmt: skip
-    made: web.HTTPException = cls(text=json.dumps({"error": sentence}),
-                                  content_type="application/json", headers=headers)  # fmt: skip
+    made: web.HTTPException = cls(text=text, content_type="application/json",
+                                  headers=headers)  # fmt: skip
     return made
 
 
@@ -240,7 +240,7 @@ async def check(request: web.Request) -> web.Response:
     )
     if fmt == "text":
         return web.Response(text=f"{body['status']}|{body['incident_id']}|{body['eta']}\n")
-    return web.json_response(body)
+    return json_response(body)
 
 
 # -- incidents -------------------------------------------------------------------------
@@ -317,7 +317,7 @@ async def incidents(request: web.Request) -> web.Response:
         open_ids = {i["id"] for i in found}
         found += [r for r in await _stored(rt, "resolved") if r["id"] not in open_ids]
         found.sort(key=lambda i: (i["opened_at"] or "", int(i["id"])), reverse=True)
-    return web.json_response({"incidents": found})
+    return json_response({"incidents": found})
 
 
 def _incident_id(request: web.Request) -> int:
@@ -360,7 +360,7 @@ async def incident(request: web.Request) -> web.Response:
         except Exception as e:
             log.warning("api.database_unavailable", error=str(e))
     found["timeline"] = events
-    return web.json_response(found)
+    return json_response(found)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -398,7 +398,7 @@ async def update_incident(request: web.Request) -> web.Response:
     rt.monitor.set_eta(iid, eta, note.strip(), who or "anonymous")
     log.info("api.incident_updated", incident=iid, by=who, eta=iso(eta), note=bool(note))
     found = await _one(rt, iid)
-    return web.json_response(found)
+    return json_response(found)
 
 
 async def add_maintenance(request: web.Request) -> web.Response:
@@ -426,7 +426,7 @@ async def add_maintenance(request: web.Request) -> web.Response:
     rt.monitor.next_maintenance += 1
     rt.monitor.add_maintenance(window, who or "anonymous")
     log.info("api.maintenance_added", id=window.id, node=node, by=who)
-    return web.json_response(
+    return json_response(
         {"id": str(window.id), "node": node, "starts_at": iso(starts), "ends_at": iso(ends),
          "reason": reason, "nodes": len(rt.directory.topology.descendants(node)) + 1},
         status=201,
@@ -443,6 +443,6 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/maintenance", add_maintenance)
 
     async def openapi(request: web.Request) -> web.Response:
-        return web.json_response(spec())
+        return json_response(spec())
 
     app.router.add_get("/api/v1/openapi.json", openapi)

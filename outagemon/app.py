@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,8 +42,18 @@ RUNTIME = web.AppKey("runtime", Runtime)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _dumps(data: Any) -> str:
+    # UTF-8 text rather than \u escapes: addresses and spoken texts stay readable in logs,
+    # curl and dialplans alike (JSON_DECODE reads both).
+    return json.dumps(data, ensure_ascii=False)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
 def error(status: int, sentence: str) -> web.Response:
-    return web.json_response({"error": sentence}, status=status)
+    return json_response({"error": sentence}, status=status)
 
 
 @web.middleware
@@ -70,7 +81,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 async def healthz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    return web.json_response(
+    return json_response(
         {"status": "ok", "version": __version__, "uptime": round(time.time() - rt.started_at, 3)}
     )
 
@@ -78,11 +89,11 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if rt.not_ready is not None:
-        return web.json_response({"status": "not_ready", "reason": rt.not_ready}, status=503)
+        return json_response({"status": "not_ready", "reason": rt.not_ready}, status=503)
     if rt.monitor is not None and rt.monitor.correlator.blind:
         reason = "the monitor is blind: none of its anchors answers, so it cannot see the network"
-        return web.json_response({"status": "blind", "reason": reason}, status=503)
-    return web.json_response({"status": "ready"})
+        return json_response({"status": "blind", "reason": reason}, status=503)
+    return json_response({"status": "ready"})
 
 
 async def metrics(request: web.Request) -> web.Response:

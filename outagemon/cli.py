@@ -30,8 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     with_config("run", "run the daemon in the foreground")
     with_config("migrate", "apply pending database migrations and exit")
     with_config("check-config", "validate the config, topology and subscribers")
-    demo = sub.add_parser("demo", help="a self-contained demonstration")
+    demo = sub.add_parser("demo", help="a self-contained demonstration on a simulated city")
     demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--language", choices=["ru", "en"], default="ru")
     probe = sub.add_parser(
         "probe",
         help="ping targets with the daemon's ICMP engine",
@@ -62,15 +63,51 @@ def _parser() -> argparse.ArgumentParser:
     for key in ("phone", "account", "address", "flat"):
         lookup.add_argument(f"--{key}")
     lookup.add_argument("--url", default="http://127.0.0.1:8080")
+    lookup.add_argument("--token", default=None, help="or OUTAGEMON_TOKEN in the environment")
+    lookup.add_argument("--json", action="store_true", help="print the answer as JSON")
     return p
 
 
-def _not_built(command: str, issue: int) -> int:
-    print(
-        f"outagemon: '{command}' is not built yet (tracked as issue {issue}); nothing was done.",
-        file=sys.stderr,
-    )
-    return USAGE_ERROR
+def _lookup(args: argparse.Namespace) -> int:
+    """Ask a running daemon; exit 0 when it answered, 1 when it could not be asked."""
+    import json
+    import os
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    params = {k: v for k in ("phone", "account", "address", "flat") if (v := getattr(args, k))}
+    if not any(k in params for k in ("phone", "account", "address")):
+        print("outagemon lookup: give --phone, --account or --address.", file=sys.stderr)
+        return USAGE_ERROR
+    params["channel"] = "helpdesk"
+    url = f"{args.url.rstrip('/')}/api/v1/check?{urllib.parse.urlencode(params)}"
+    request = urllib.request.Request(url)
+    token = args.token or os.environ.get("OUTAGEMON_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            reason = json.loads(e.read())["error"]
+        except (ValueError, KeyError):
+            reason = e.reason
+        print(f"outagemon lookup: the daemon answered {e.code}: {reason}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as e:
+        print(f"outagemon lookup: cannot reach {args.url}: {getattr(e, 'reason', e)}.",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    if args.json:
+        print(json.dumps(body, ensure_ascii=False))
+        return 0
+    for key in ("status", "incident_id", "root_node", "since", "eta", "node", "address",
+                "candidates", "message"):  # fmt: skip
+        if body.get(key):
+            print(f"{key}: {body[key]}")
+    return 0
 
 
 def _migrate(config_path: Path) -> int:
@@ -157,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "demo":
-        return _not_built("demo", 7)
+        from outagemon import demo
+
+        return demo.main(args.port, args.language)
     if args.command == "probe":
         from outagemon import probecmd
 
@@ -165,5 +204,5 @@ def main(argv: list[str] | None = None) -> int:
             args.targets, args.file, args.count, args.interval, args.timeout, args.json
         )
     if args.command == "lookup":
-        return _not_built("lookup", 6)
+        return _lookup(args)
     raise AssertionError(args.command)  # argparse allows no other command

@@ -609,7 +609,7 @@ class Correlator:
             new = members[inc.id]
             if set(new) != set(inc.nodes) or new[0] != inc.nodes[0]:
                 added = [n for n in new if n not in set(inc.nodes)]
-                inc.nodes = [new[0], *sorted(new[1:])]
+                inc.nodes = new  # root first, then nearest first
                 self._events.append(Event("nodes", now, inc.id, inc.root, tuple(inc.nodes),
                                           detail={"added": len(added)}))  # fmt: skip
         # Recovering incidents keep their nodes (for `restored` answers) but own none.

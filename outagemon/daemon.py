@@ -25,6 +25,9 @@ from outagemon import config as config_mod
 from outagemon import directory, logs, messages, migrate, store
 from outagemon.app import Runtime, make_app
 from outagemon.config import Config
+
+if TYPE_CHECKING:
+    from outagemon.demo import Scenario
 from outagemon.directory import Directory
 from outagemon.embedded import EmbeddedPostgres
 from outagemon.errors import ConfigError, OutagemonError
@@ -33,6 +36,7 @@ from outagemon.monitor import Monitor
 from outagemon.notify import Notifier
 from outagemon.probe import Engine, PermissionProblem
 from outagemon.schedule import Outcome, Scheduler
+from outagemon.simnet import SimNet
 from outagemon.writer import Op, Writer
 
 if TYPE_CHECKING:
@@ -46,8 +50,16 @@ TICK = 0.1  # seconds between correlator decisions
 
 
 class Daemon:
-    def __init__(self, config: Config, loaded: directory.Loaded, texts: Texts) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loaded: directory.Loaded,
+        texts: Texts,
+        scenario: Scenario | None = None,
+    ) -> None:
         self.runtime = Runtime(config=config, directory=loaded.directory, texts=texts)
+        # With a scenario (the demo), a simulated network stands in for the ICMP engine.
+        self.scenario = scenario
         self.notifier = Notifier()
         self.embedded: EmbeddedPostgres | None = None
         self.pool: asyncpg.Pool | None = None
@@ -164,6 +176,9 @@ class Daemon:
         return targets
 
     async def _start_probing(self) -> None:
+        if self.scenario is not None:
+            self._start_simulation()
+            return
         assert self.monitor is not None
         cfg = self.config
         self.node_of = self._targets()
@@ -180,6 +195,30 @@ class Daemon:
         self.runtime.not_ready = "the first probe round has not finished yet"
         self._spawn(self.scheduler.run(), "scheduler")
         self._spawn(self._correlate(), "correlate")
+
+    def _start_simulation(self) -> None:
+        assert self.monitor is not None
+        cfg = self.config
+        now = time.time()
+        net = SimNet(self.runtime.directory.topology, self.monitor.correlator,
+                     interval=cfg.probe.interval, timeout=cfg.probe.timeout,
+                     start=now - 1800)  # fmt: skip
+        net.on_event = self.monitor._handle
+        net.run_until(now)  # half an hour of clean history, in a moment
+        self.monitor.first_round_done = True
+        self.runtime.not_ready = None
+        self._spawn(self._simulate(net), "simulate")
+
+    async def _simulate(self, net: SimNet) -> None:
+        assert self.monitor is not None and self.scenario is not None
+        while True:
+            now = time.time()
+            for note in self.scenario.apply(net, self.monitor, now):
+                log.info("demo.step", what=note)
+            net.run_until(now)
+            for node in self.monitor.tick():
+                net.probe(node)
+            await asyncio.sleep(TICK)
 
     def _outcome(self, o: Outcome) -> None:
         node = self.node_of.get(o.target)

@@ -107,6 +107,10 @@ class SimNet:
         self.events.extend(produced)
         return produced
 
+    def probe(self, node: str) -> None:
+        """Probe a node now (an urgent probe asked for by the correlator)."""
+        self._send(node)
+
     def _send(self, node: str) -> None:
         if node in self._in_flight:
             return  # one probe at a time per target, as the real scheduler's urgent queue

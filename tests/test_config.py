@@ -177,10 +177,13 @@ def test_missing_config_file_is_one_sentence(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"{tmp_path / 'none.toml'}: no such file."
 
 
-def test_commands_not_built_yet_say_so_and_exit_2() -> None:
-    result = run_cli("lookup", "--phone", "89211234567")
+def test_lookup_without_a_question_exits_2_and_without_a_daemon_exits_1() -> None:
+    result = run_cli("lookup")
     assert result.returncode == 2
-    assert "not built yet" in result.stderr
+    assert "give --phone, --account or --address" in result.stderr
+    result = run_cli("lookup", "--phone", "89211234567", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert result.stderr.startswith("outagemon lookup: cannot reach http://127.0.0.1:9")
 
 
 def test_usage_errors_exit_2_with_a_sentence() -> None:

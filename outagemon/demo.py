@@ -1,0 +1,189 @@
+"""`outagemon demo`: the whole product on a simulated city, with no root and no network.
+
+The real daemon runs (embedded PostgreSQL, correlator, HTTP interface, incident page);
+only the ICMP engine is replaced by a simulated network that replays a script of faults
+every five minutes: an aggregation switch dies, an entrance cable is crushed, a router is
+switched off, planned works take a switch down, a link flaps; then all is repaired.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from outagemon import citygen
+from outagemon.correlate import Maintenance
+from outagemon.monitor import Monitor
+from outagemon.simnet import SimNet
+
+LOOP = 300.0  # seconds the script takes before it starts again
+WRITE_TOKEN = "demo-write-token"
+READ_TOKEN = "demo-read-token"
+CONFIG = """
+[daemon]
+state_dir = "{state}"
+[http]
+listen = "127.0.0.1:{port}"
+[probe]
+interval = 5
+timeout = 1
+[correlation]
+window = 20
+resolve_hold = 30
+[topology]
+file = "topology.yaml"
+subscribers = "subscribers.csv"
+[messages]
+language = "{language}"
+restored_for = 600
+[[auth.tokens]]
+name = "demo-noc"
+token = "{write}"
+role = "write"
+[[auth.tokens]]
+name = "demo-ivr"
+token = "{read}"
+role = "read"
+"""
+
+
+@dataclass(frozen=True)
+class Step:
+    at: float  # seconds into the loop
+    action: str  # fail, repair, works, repair_all
+    node: str
+    note: str
+
+
+def script(city: citygen.City) -> list[Step]:
+    router = "cpe:" + city.rows[len(city.rows) // 2][0]
+    steps = [
+        Step(10, "works", "sw-4-5", "planned works on sw-4-5 for the next four minutes"),
+        Step(20, "fail", "agg-2", "aggregation switch agg-2 dies: 10 buildings cut off"),
+        Step(35, "fail", "seg-1-3-2", "the cable to entrance 2 of sw-1-3's building is crushed"),
+        Step(40, "fail", router, f"a subscriber switches their router off ({router})"),
+        Step(50, "fail", "sw-4-5", "sw-4-5 goes down inside its planned works"),
+    ]
+    for k in range(6):  # a link that flaps: down 15 s, up 15 s
+        steps.append(Step(70 + 30 * k, "fail", "sw-3-7", "sw-3-7 flaps" if k == 0 else ""))
+        steps.append(Step(85 + 30 * k, "repair", "sw-3-7", ""))
+    steps += [
+        Step(150, "repair", "agg-2", "agg-2 is repaired"),
+        Step(200, "repair", "seg-1-3-2", "the entrance cable is spliced"),
+        Step(250, "repair", "sw-4-5", "the planned works end"),
+        Step(280, "repair_all", "", "everything repaired; the script starts again"),
+    ]
+    return sorted(steps, key=lambda s: s.at)
+
+
+class Scenario:
+    """Applies the script's steps to the simulated network as the clock reaches them."""
+
+    def __init__(self, city: citygen.City) -> None:
+        self.steps = script(city)
+        self.started = 0.0
+        self.done = 0
+        self.loop = 0
+
+    def apply(self, net: SimNet, monitor: Monitor, now: float) -> list[str]:
+        if not self.started:
+            self.started = now
+        said: list[str] = []
+        while True:
+            if self.done == len(self.steps):
+                if now - self.started < LOOP:
+                    return said
+                self.started += LOOP
+                self.done = 0
+                self.loop += 1
+            step = self.steps[self.done]
+            if now - self.started < step.at:
+                return said
+            self.done += 1
+            if step.action == "fail":
+                net.fail(step.node)
+            elif step.action == "repair":
+                net.repair(step.node)
+            elif step.action == "repair_all":
+                net.repair(*net.broken)
+            elif step.action == "works":
+                window = Maintenance(monitor.next_maintenance, step.node, now, now + 240,
+                                     "demo: замена коммутатора")  # fmt: skip
+                monitor.next_maintenance += 1
+                monitor.add_maintenance(window, "demo")
+            if step.note:
+                said.append(step.note)
+
+
+def prepare(port: int, language: str) -> tuple[Path, Path, citygen.City]:
+    """A state directory with a config, a generated city and its subscribers."""
+    state = Path(tempfile.mkdtemp(prefix="outagemon-demo-"))
+    state.chmod(0o755)  # the embedded database's user must be able to enter it
+    city = citygen.generate(aggregations=4, access_per_aggregation=10,
+                            subscribers_per_access=10, entrances=2)  # fmt: skip
+    city.write(state)
+    config = state / "outagemon.toml"
+    config.write_text(CONFIG.format(state=state, port=port, language=language,
+                                    write=WRITE_TOKEN, read=READ_TOKEN))  # fmt: skip
+    return state, config, city
+
+
+def banner(port: int, city: citygen.City) -> str:
+    base = f"http://127.0.0.1:{port}"
+    inside = next(r for r in city.rows if r[2] == _address_of(city, "sw-2-4"))
+    entrance = next(r for r in city.rows if r[2] == _address_of(city, "sw-1-3") and int(r[3]) > 36)
+    outside = next(r for r in city.rows if r[2] == _address_of(city, "sw-3-2"))
+
+    def curl(**params: str) -> str:
+        query = urllib.parse.urlencode(params)
+        return f"curl -s -H 'Authorization: Bearer {READ_TOKEN}' '{base}/api/v1/check?{query}'"
+
+    return "\n".join([
+        "outagemon demo: a simulated city (4 aggregation switches, 40 access switches,",
+        f"{len(city.rows)} subscribers); faults replay every {LOOP / 60:.0f} minutes.",
+        "",
+        f"  Incident page:      {base}/",
+        f"  Inside an outage (from about 30 s):\n    {curl(phone=inside[1])}",
+        f"  Behind a crushed entrance cable (from about 45 s):\n    {curl(account=entrance[0])}",
+        f"  Outside any outage:\n    {curl(address=outside[2], flat=outside[3])}",
+        f"  or:  outagemon lookup --phone '{inside[1]}' --url {base} --token {READ_TOKEN}",
+        f"  Write token for the page's ETA and note form: {WRITE_TOKEN}",
+        "",
+        "Ctrl-C stops it and removes its files.",
+        "",
+    ])  # fmt: skip
+
+
+def _address_of(city: citygen.City, switch: str) -> str:
+    for node in city.nodes:
+        if node["id"] == switch:
+            return str(node["name"]).split(", ", 1)[1]
+    raise KeyError(switch)
+
+
+def main(port: int, language: str) -> int:
+    from outagemon import config as config_mod
+    from outagemon import daemon, directory, logs, messages
+    from outagemon.errors import OutagemonError
+
+    state, config_path, city = prepare(port, language)
+    try:
+        cfg = config_mod.load(config_path)
+        print(banner(port, city), flush=True)
+        logs.setup()
+        loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
+        texts = messages.load(cfg.messages.language)
+        import asyncio
+
+        d = daemon.Daemon(cfg, loaded, texts, scenario=Scenario(city))
+        try:
+            return asyncio.run(d.run())
+        except OutagemonError as e:
+            print(f"outagemon demo: {e}", file=sys.stderr)
+            return 1
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
