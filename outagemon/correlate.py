@@ -406,10 +406,15 @@ class Correlator:
             recent = [t for t in downs if downs and t >= max(downs) - s.window]
             base = up + len(recent)
             was = parent in self.inferred
+            # A probed parent is inferred down only while it really answers; one that is
+            # losing probes itself is about to be decided by its own evidence.
+            own = self.states.get(parent) if self.topology.nodes[parent].probed else None
+            answering = own is None or (own.state is State.UP and own.losses == 0)
             infer = (
                 base >= s.infer_min_children
                 and len(recent) / base >= s.infer_ratio
                 and not self.blind
+                and (answering or was)
             )
             if was and not infer:
                 # Back up once most of the children that failed answer again.

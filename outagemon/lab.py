@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -30,10 +31,18 @@ def _run(*args: str, stdin: str | None = None) -> None:
         raise LabUnavailable(f"{' '.join(args[:4])}: {result.stderr.strip() or result.returncode}")
 
 
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
 def check_loopback(addresses: Sequence[str]) -> None:
-    """Refuse anything outside 127.0.0.0/8 and ::1: the lab never addresses a real network."""
+    """Refuse anything outside 127.0.0.0/8 and ::1: the lab never addresses a real network.
+    Addresses and prefixes ("127.0.0.0/8") are both accepted."""
     for a in addresses:
-        if not (a.startswith("127.") or a == "::1"):
+        try:
+            net = ipaddress.ip_network(a, strict=False)
+        except ValueError:
+            raise ValueError(f"{a!r} is not an address or prefix") from None
+        if not any(net.version == lo.version and net.subnet_of(lo) for lo in LOOPBACK):  # type: ignore[arg-type]
             raise ValueError(f"the lab only uses 127.0.0.0/8 and ::1, not {a}")
 
 

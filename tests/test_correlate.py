@@ -322,3 +322,15 @@ def test_restore_ignores_nothing_it_was_given() -> None:
     c.restore([inc], next_id=8)
     assert c.incident_for("sw0-1") is inc and c.next_id == 8
     assert c.state_of("agg0") is State.DOWN and c.state_of("sw0-0") is State.RECHECK
+
+
+def test_a_parent_losing_its_own_probes_is_not_inferred_when_its_children_go_first() -> None:
+    """Children reach `down` before their parent's own streak does (a slow parent probe):
+    the parent's incident is still found by its own probes, not inferred."""
+    s = sim(city(aggs=1, access=10))
+    ns = s.correlator.states["agg0"]
+    ns.n, ns.lost = 30.0, 3.0  # a lossy history: the aggregation needs a long streak
+    s.fail("agg0")
+    events = s.run_for(60)
+    (opened,) = kinds(events, "opened")
+    assert opened.root == "agg0" and opened.detail["inferred"] is False
