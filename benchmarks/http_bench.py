@@ -1,0 +1,193 @@
+"""The phone menu's question under a call surge: wrk against /check, beside a bare handler.
+
+    .venv/bin/python -m benchmarks.http_bench [--subscribers 1000000] [--seconds 20]
+
+A generated city (synthetic: outagemon/citygen.py) of 5,000 access switches and
+1,000,000 subscribers is loaded into a real outagemon HTTP app, with a mass outage open
+(an aggregation switch and the 100 buildings behind it). wrk (Debian package) asks
+`/check?phone=...` with a different subscriber's phone on every request, at 256
+connections; in the same run, the same wrk asks a bare aiohttp handler that returns a
+constant. Two loads: wrk's usual saturation (as fast as it goes: throughput), and a
+steady surge of 2,000 calls a second (each connection paced by wrk's delay(): latency
+when the server is not saturated; a city's worst call surge is tens of calls a second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from outagemon import citygen
+
+TOKEN = "bench-read-token-0123456789"
+PACED_RATE = 2000  # requests a second in the paced run
+CONNECTIONS = 256
+
+LUA = """
+local phones = {}
+for line in io.lines("%(phones)s") do phones[#phones + 1] = line end
+local counter = 0
+request = function()
+  counter = counter + 1
+  local p = phones[(counter * 7919) %% #phones + 1]
+  return wrk.format("GET", "%(path)s" .. p, {["Authorization"] = "Bearer %(token)s"})
+end
+%(delay)s
+"""
+
+
+def serve_main(directory_path: str, port: int, kind: str) -> None:
+    """Child process: the outagemon app (or a bare handler) on `port`, until killed."""
+    from aiohttp import web
+
+    if kind == "bare":
+
+        async def constant(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        app = web.Application()
+        app.router.add_get("/api/v1/check", constant)
+        web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+        return
+
+    from outagemon import config, directory, logs, messages
+    from outagemon.app import Runtime, make_app
+    from outagemon.correlate import Incident, Kind, NodeState, State
+    from outagemon.metrics import Registry
+    from outagemon.monitor import Monitor
+
+    logs.setup(level="warning", stream=sys.stderr)
+    root = Path(directory_path)
+    cfg = config.parse(
+        f'[[auth.tokens]]\nname = "bench"\ntoken = "{TOKEN}"\nrole = "read"\n',
+        root / "outagemon.toml",
+    )
+    d = directory.load(root / "topology.yaml", root / "subscribers.csv").directory
+    rt = Runtime(config=cfg, directory=d, texts=messages.load("ru"))
+    monitor = Monitor(cfg, d, Registry())
+    now = time.time()
+    for node in d.topology.nodes.values():  # the network has been watched for a while
+        if node.probed:
+            monitor.correlator.states[node.id] = NodeState(state=State.UP, changed_at=now)
+    cut = ["agg-1", *d.topology.descendants("agg-1")]
+    monitor.correlator.restore([Incident(1, "agg-1", Kind.OUTAGE, False, now - 600, cut)], 2)
+    monitor.correlator.tick(now)
+    monitor.first_round_done = True
+    rt.monitor = monitor
+    rt.not_ready = None
+    print(f"ready {len(cut)} nodes cut off", file=sys.stderr, flush=True)
+    web.run_app(make_app(rt), host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def wait_ready(port: int, within: float) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/check?account=0",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+            urllib.request.urlopen(req, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("the server did not start")
+
+
+def wrk(port: int, phones: Path, path: str, seconds: int, paced: bool) -> dict[str, float]:
+    delay = ""
+    if paced:
+        per_connection_ms = CONNECTIONS / PACED_RATE * 1000
+        delay = f"delay = function() return {per_connection_ms:.0f} end"
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(LUA % {"phones": phones, "path": path, "token": TOKEN, "delay": delay})
+        script = f.name
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", script,
+         f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    os.unlink(script)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"\s+(50|75|90|99)%\s+(\S+)", out)}
+    errors = 0
+    for m in re.finditer(r"(Non-2xx or 3xx responses|Socket errors):?\s*(.*)", out):
+        errors += sum(int(x) for x in re.findall(r"\d+", m.group(2)))
+    return {"rps": rps, "p50": lat.get("50", 0.0), "p99": lat.get("99", 0.0),
+            "errors": errors}  # fmt: skip
+
+
+def _ms(text: str) -> float:
+    value = float(re.match(r"[\d.]+", text).group(0))  # type: ignore[union-attr]
+    if text.endswith("us"):
+        return value / 1000
+    if text.endswith("ms"):
+        return value
+    return value * 1000  # seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--subscribers", type=int, default=1_000_000)
+    ap.add_argument("--access", type=int, default=5000)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve_main(args.serve[0], int(args.serve[1]), args.serve[2])
+        return
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (Debian: apt-get install wrk)")
+    work = Path(tempfile.mkdtemp(prefix="om-http-bench-"))
+    per_access = -(-args.subscribers // args.access)
+    city = citygen.generate(aggregations=max(1, args.access // 100),
+                            access_per_aggregation=min(100, args.access),
+                            subscribers_per_access=per_access, entrances=4,
+                            flats_per_entrance=-(-per_access // 4) + 10)  # fmt: skip
+    city.write(work)
+    (work / "outagemon.toml").write_text("")
+    phones = [row[1].split(";")[0] for row in city.rows]
+    random.Random(1).shuffle(phones)
+    phone_file = work / "phones.txt"
+    phone_file.write_text("\n".join(urllib.request.quote(p) for p in phones) + "\n")
+    results: dict[str, dict[str, float]] = {}
+    for kind, port in (("outagemon", 18081), ("bare", 18082)):
+        server = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.http_bench", "--serve", str(work), str(port), kind],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_ready(port, 180)
+            path = "/api/v1/check?phone="
+            wrk(port, phone_file, path, 3, paced=False)  # warm up
+            results[kind] = wrk(port, phone_file, path, args.seconds, paced=False)
+            results[kind + " paced"] = wrk(port, phone_file, path, args.seconds, paced=True)
+        finally:
+            server.terminate()
+            server.wait()
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"city (synthetic): {args.access:,} access switches, {len(city.rows):,} subscribers; "
+          f"one aggregation switch down; wrk -t1 -c{CONNECTIONS}, {args.seconds} s per run; "
+          f"{os.cpu_count()} cores shared by wrk and the server")  # fmt: skip
+    for name, r in results.items():
+        print(f"  {name:18} {r['rps']:>9,.0f} req/s  p50 {r['p50']:7.2f} ms  "
+              f"p99 {r['p99']:7.2f} ms  errors {r['errors']:.0f}")  # fmt: skip
+    share = results["outagemon"]["rps"] / results["bare"]["rps"]
+    print(f"  /check throughput is {share:.0%} of the bare handler's (target >= 60 %); "
+          f"p99 at {PACED_RATE:,} calls/s: {results['outagemon paced']['p99']:.2f} ms "
+          "(target < 5 ms)")  # fmt: skip
+    print(json.dumps({k: v for k, v in results.items()}), file=sys.stderr)
+    print("reproduce: .venv/bin/python -m benchmarks.http_bench "
+          f"--subscribers {args.subscribers} --seconds {args.seconds}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
