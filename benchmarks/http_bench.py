@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def main() -> None:
     phones = [row[1].split(";")[0] for row in city.rows]
     random.Random(1).shuffle(phones)
     phone_file = work / "phones.txt"
-    phone_file.write_text("\n".join(urllib.request.quote(p) for p in phones) + "\n")
+    phone_file.write_text("\n".join(urllib.parse.quote(p) for p in phones) + "\n")
     results: dict[str, dict[str, float]] = {}
     for kind, port in (("outagemon", 18081), ("bare", 18082)):
         server = subprocess.Popen(

@@ -78,6 +78,7 @@ class NodeState:
     flapping: bool = False
     degraded: bool = False
     asked: bool = False  # ancestors were asked to be probed for this streak
+    streak_at: float = 0.0  # when the current streak of losses began
 
     def loss_estimate(self) -> float:
         """Pessimistic (upper) estimate of this target's random loss rate.
@@ -198,6 +199,9 @@ class Correlator:
         self._resolved: dict[str, Incident] = {}  # root -> its last resolved incident
         self._down: set[str] = set()  # probed nodes in state DOWN
         self._cut_cache: set[str] = set()
+        self._reconsider: set[str] = set()  # parents whose inference to evaluate again
+        self._added: set[str] = set()  # failed since the last decision
+        self._removed = True  # something stopped failing: the next decision starts afresh
         self._roots_cache: list[str] = []
         self._net_results = 0.0
         self._net_lost = 0.0
@@ -221,6 +225,10 @@ class Correlator:
             if ns.state is not State.DOWN:
                 # The streak that just ended was random loss after all: it joins the history.
                 ns.record(True, ns.losses)
+                if ns.losses and self.topology.nodes.get(node) is not None:
+                    # It answers again: its children's changes, skipped while it was
+                    # losing probes, may now make it inferred.
+                    self._reconsider.add(node)
             ns.record(False)
             ns.losses = 0
             ns.answers += 1
@@ -232,6 +240,8 @@ class Correlator:
         else:
             ns.losses += 1
             ns.answers = 0
+            if ns.losses == 1:
+                ns.streak_at = now
             if ns.state is State.RECHECK:
                 self._set(node, ns, State.DOWN, now)
             elif ns.state is not State.DOWN:
@@ -274,20 +284,57 @@ class Correlator:
             update_flapping(ns, now)
         if state is State.DOWN:
             ns.down_at = now
-            self._down.add(node)
+            self._fail(node)
         else:
-            self._down.discard(node)
+            self._unfail(node)
         ns.state = state
         if was_down and state is State.UP:
             self._recheck_below(node)
         ns.changed_at = now
-        self._changed.add(node)
+        if self._parent_may_infer(node):
+            self._changed.add(node)
         # A node already cut off by a failure above it changes nothing when it, too, is
         # found down: the cut-off set and the incidents stay as they are. (During a core
         # failure that is every one of 100,000 nodes: without this, each tick would redo
         # the whole grouping.)
         if not (state is State.DOWN and node in self._cut_cache):
             self._dirty = True
+
+    def _parent_may_infer(self, node: str) -> bool:
+        """Whether a change of this node can change an inference above it: only a parent
+        without an address, or one that answers, or one already inferred, is inferred."""
+        topo = self.topology.nodes
+        n = topo.get(node)
+        if n is None:
+            return False
+        for p in n.parents:
+            if not topo[p].probed or p in self.inferred:
+                return True
+            ps = self.states.get(p)
+            if ps is None or (ps.state is State.UP and ps.losses == 0):
+                return True
+        return False
+
+    # The failed set (nodes down by their own probes, or inferred down) changes only
+    # through these four, so that a decision knows what was added since the last one.
+
+    def _fail(self, node: str) -> None:
+        if node in self.topology and node not in self._down:
+            self._down.add(node)
+            self._added.add(node)
+
+    def _unfail(self, node: str) -> None:
+        if node in self._down:
+            self._down.discard(node)
+            self._removed = True
+
+    def _infer_down(self, node: str, since: float) -> None:
+        self.inferred[node] = since
+        self._added.add(node)
+
+    def _infer_up(self, node: str) -> None:
+        if self.inferred.pop(node, None) is not None:
+            self._removed = True
 
     def _recheck_below(self, node: str) -> None:
         """A node came back: whatever below it looked down may only have been cut off.
@@ -299,7 +346,7 @@ class Correlator:
             ns = self.states.get(d)
             if ns is not None and ns.state is State.DOWN:
                 ns.state = State.RECHECK
-                self._down.discard(d)
+                self._unfail(d)
                 self._requests.append(d)
                 self._dirty = True
 
@@ -337,6 +384,8 @@ class Correlator:
         for gone in [n for n in self.states if n not in topology and n not in self.anchors]:
             del self.states[gone]
         self.inferred = {n: t for n, t in self.inferred.items() if n in topology}
+        self._down = {n for n in self._down if n in topology}
+        self._removed = True
         self._changed.update(self.states)
         self._dirty = True
 
@@ -354,11 +403,11 @@ class Correlator:
                     ns.state = State.RECHECK if n != inc.root else State.DOWN
                     ns.down_at = inc.opened_at
                     if ns.state is State.DOWN:
-                        self._down.add(n)
+                        self._fail(n)
                     self._requests.append(n)
             root = self.topology.nodes.get(inc.root)
             if root is not None and not root.probed:
-                self.inferred[inc.root] = inc.opened_at
+                self._infer_down(inc.root, inc.opened_at)
         self.next_id = max(self.next_id, next_id)
         self._dirty = True
 
@@ -368,7 +417,7 @@ class Correlator:
         """Decide what the results so far mean; return the events since the last tick."""
         self._refresh_scope(now)
         self._vantage(now)
-        if self._changed:
+        if self._changed or self._reconsider:
             self._infer(now)
         self._decide(now)
         events, self._events = self._events, []
@@ -388,16 +437,31 @@ class Correlator:
     def _infer(self, now: float) -> None:
         """Infer nodes down (or up again) from their children failing together."""
         s = self.settings
-        queue = deque(
-            p for n in self._changed if n in self.topology for p in self.topology.nodes[n].parents
-        )
+        nodes = self.topology.nodes
+        queue = deque(dict.fromkeys(
+            [*self._reconsider, *(p for n in self._changed if n in nodes for p in nodes[n].parents)]
+        ))  # fmt: skip
         self._changed.clear()
+        self._reconsider.clear()
         seen: set[str] = set()
         while queue:
             parent = queue.popleft()
             if parent in seen:
                 continue
             seen.add(parent)
+            own = self.states.get(parent) if nodes[parent].probed else None
+            if own is not None and own.state is State.DOWN:
+                # Down by its own probes: that is the better evidence, nothing to infer.
+                if parent in self.inferred:
+                    self._infer_up(parent)
+                    self._dirty = True
+                continue
+            # A probed parent is inferred down only while it really answers; one that is
+            # losing probes itself is about to be decided by its own evidence.
+            answering = own is None or (own.state is State.UP and own.losses == 0)
+            was = parent in self.inferred
+            if not answering and not was:
+                continue
             up = 0
             downs: list[float] = []
             for child in self.topology.nodes[parent].children:
@@ -408,13 +472,9 @@ class Correlator:
                     downs.append(since)
             # Only children that failed together count; one long gone does not make a
             # cable cut, nor hide one.
-            recent = [t for t in downs if downs and t >= max(downs) - s.window]
+            latest = max(downs, default=0.0)
+            recent = [t for t in downs if t >= latest - s.window]
             base = up + len(recent)
-            was = parent in self.inferred
-            # A probed parent is inferred down only while it really answers; one that is
-            # losing probes itself is about to be decided by its own evidence.
-            own = self.states.get(parent) if self.topology.nodes[parent].probed else None
-            answering = own is None or (own.state is State.UP and own.losses == 0)
             infer = (
                 base >= s.infer_min_children
                 and len(recent) / base >= s.infer_ratio
@@ -425,27 +485,34 @@ class Correlator:
                 # Back up once most of the children that failed answer again.
                 infer = base > 0 and len(recent) / base >= 0.5
             if infer and not was:
-                self.inferred[parent] = max(recent)
+                self._infer_down(parent, max(recent))
             elif was and not infer:
-                del self.inferred[parent]
+                self._infer_up(parent)
                 self._recheck_below(parent)
             if infer != was:
                 self._dirty = True
-                queue.extend(self.topology.nodes[parent].parents)
+                queue.extend(nodes[parent].parents)
 
     def _failed(self) -> set[str]:
-        failed = {n for n in self._down if n in self.topology}
-        failed.update(self.inferred)
-        return failed
+        return self._down | self.inferred.keys()
 
-    def _cut(self, failed: set[str]) -> set[str]:
-        """The failed nodes and all nodes whose every uplink leads into them."""
-        cut = set(failed)
-        queue = deque(failed)
+    def _cut(self, failed: set[str], cut: set[str] | None = None) -> set[str]:
+        """The failed nodes and all nodes whose every uplink leads into them; given the cut
+        of a smaller failed set, only what the new failures add is walked."""
+        if cut is None:
+            cut = set(failed)
+            queue = deque(failed)
+        else:
+            queue = deque(n for n in failed if n not in cut)
+            cut.update(queue)
         nodes = self.topology.nodes
         while queue:
             for child in nodes[queue.popleft()].children:
-                if child not in cut and all(p in cut for p in nodes[child].parents):
+                if child in cut:
+                    continue
+                parents = nodes[child].parents
+                # Most nodes have one uplink, and the node just taken from the queue is it.
+                if len(parents) == 1 or all(p in cut for p in parents):
                     cut.add(child)
                     queue.append(child)
         return cut
@@ -462,9 +529,10 @@ class Correlator:
             for node in list(self._down):
                 if node not in self.anchors:
                     self.states[node].state = State.RECHECK
-                    self._down.discard(node)
+                    self._unfail(node)
                     self._requests.append(node)
-            self.inferred.clear()
+            for node in list(self.inferred):
+                self._infer_up(node)
             self._pending_since.clear()
             self._dirty = True
             self._events.append(Event("seeing", now))
@@ -478,9 +546,15 @@ class Correlator:
         return False
 
     def _settled(self, root: str, since: float, now: float) -> bool:
-        """Fresh evidence that nothing above this root failed too, or `window` has passed."""
+        """Fresh evidence that nothing above this root failed too, or `window` has passed.
+
+        Fresh means answered since the root's trouble began (its first lost probe, when
+        its ancestors were asked to be probed too)."""
         if now - since >= self.settings.window:
             return True
+        own = self.states.get(root)
+        if own is not None and own.state is State.DOWN and own.streak_at:
+            since = min(since, own.streak_at)
         for a in self.topology.ancestors(root):
             node = self.topology.nodes[a]
             if not node.probed:
@@ -493,16 +567,34 @@ class Correlator:
     def _decide(self, now: float) -> None:
         changed = self._dirty
         if self._dirty:
-            # Work in proportion to what failed, never to the size of the network.
+            # Work in proportion to what failed, never to the size of the network; and when
+            # failures were only added, only to what they add.
             self._dirty = False
-            failed = self._failed()
-            cut = self._cut(failed)
             nodes = self.topology.nodes
+            added = [n for n in self._added if n in self._down or n in self.inferred]
+            if self._removed:
+                failed = self._failed()
+                cut = self._cut(failed)
+                candidates: Iterable[str] = failed
+                keep: list[str] = []
+            else:
+                cut = self._cut(set(added), self._cut_cache)
+                # Old roots stay roots unless a new failure could be above them (a node with
+                # children); routers and other leaves explain nothing.
+                old = self._roots_cache if any(nodes[n].children for n in added) else []
+                if not old:
+                    candidates = added
+                    keep = self._roots_cache
+                else:
+                    candidates = [*old, *added]
+                    keep = []
+            self._added = set()
+            self._removed = False
             self._cut_cache = cut
-            self._roots_cache = [
-                n for n in failed
+            self._roots_cache = keep + [
+                n for n in dict.fromkeys(candidates)
                 if nodes[n].kind != "cpe"
-                and (not nodes[n].parents or not all(p in cut for p in nodes[n].parents))
+                and not (nodes[n].parents and all(p in cut for p in nodes[n].parents))
             ]  # fmt: skip
         cut, roots = self._cut_cache, self._roots_cache
         opened = False
@@ -525,7 +617,7 @@ class Correlator:
                 self._events.append(Event("refailed", now, inc.id, root))
         for gone in [r for r in self._pending_since if r not in roots]:
             del self._pending_since[gone]
-        if changed or opened:
+        if opened or (changed and active):
             self._assign(active, cut, now)
         self._recover(set(roots), cut, now)
         self._maintenance_end(now)
@@ -537,11 +629,14 @@ class Correlator:
         return ns.down_at if ns is not None else 0.0
 
     def _open(self, root: str, cut: set[str], by_root: dict[str, Incident], now: float) -> Incident:
-        below = set(self.topology.descendants(root)) & cut
+        # Incidents whose roots this new root now explains (they are cut off, and it is
+        # above them); found through their ancestors, which are few, not its descendants.
         absorbed = sorted(
-            (inc for r, inc in by_root.items() if r in below and r != root),
+            (inc for r, inc in by_root.items()
+             if r != root and r in cut and r in self.topology
+             and root in self.topology.ancestors(r)),
             key=lambda i: i.id,
-        )
+        )  # fmt: skip
         window = self._scope.get(root)
         kind = Kind.MAINTENANCE if window is not None else Kind.OUTAGE
         previous = self._resolved.pop(root, None)
@@ -590,9 +685,10 @@ class Correlator:
         )
         self.next_id += 1
         self.incidents[inc.id] = inc
-        split_from = self.node_incident.get(root)
+        recovering = [i for i in self.incidents.values() if i.recovering_since is not None]
+        split_from = next((i.id for i in recovering if root in i.nodes), None)
         detail: dict[str, object] = {"inferred": inc.inferred, "kind": kind.value}
-        if split_from is not None and split_from in self.incidents:
+        if split_from is not None:
             detail["split_from"] = split_from
             self._events.append(Event("split", now, split_from, root, detail={"new": inc.id}))
         self._events.append(Event("opened", now, inc.id, root, detail=detail))
@@ -617,13 +713,14 @@ class Correlator:
                 members[iid].append(node)
         for inc in active:
             new = members[inc.id]
-            if set(new) != set(inc.nodes) or new[0] != inc.nodes[0]:
-                added = [n for n in new if n not in set(inc.nodes)]
+            old = set(inc.nodes)
+            if len(new) != len(old) or new[0] != inc.nodes[0] or not old.issuperset(new):
+                added = sum(1 for n in new if n not in old)
                 inc.nodes = new  # root first, then nearest first
                 self._events.append(Event("nodes", now, inc.id, inc.root, tuple(inc.nodes),
-                                          detail={"added": len(added)}))  # fmt: skip
+                                          detail={"added": added}))  # fmt: skip
         # Recovering incidents keep their nodes (for `restored` answers) but own none.
-        self.node_incident = {n: iid for n, iid in owner.items()}
+        self.node_incident = owner
         for inc in self.incidents.values():
             if inc.recovering_since is not None:
                 for n in inc.nodes:
@@ -639,6 +736,8 @@ class Correlator:
             ns = self.states.get(inc.root)
             if inc.recovering_since is None:
                 inc.recovering_since = now
+                for n in inc.nodes:  # callers behind it now hear "restored"
+                    self.node_incident.setdefault(n, inc.id)
                 self._events.append(Event("recovering", now, inc.id, inc.root))
                 continue
             flapping = ns is not None and update_flapping(ns, now)

@@ -66,6 +66,7 @@ class Topology:
 
     def __init__(self, nodes: Iterable[Node]) -> None:
         self.nodes: dict[str, Node] = {n.id: n for n in nodes}
+        self._ancestors: dict[str, list[str]] = {}
         for node in self.nodes.values():
             node.children = []
         for node in self.nodes.values():
@@ -89,7 +90,12 @@ class Topology:
         return node_id in self.nodes
 
     def ancestors(self, node_id: str) -> list[str]:
-        """Every node above this one, nearest first (breadth-first over all uplinks)."""
+        """Every node above this one, nearest first (breadth-first over all uplinks).
+
+        Remembered per node: the correlator asks for the same few often."""
+        found = self._ancestors.get(node_id)
+        if found is not None:
+            return found
         seen: set[str] = set()
         order: list[str] = []
         queue = deque(self.nodes[node_id].parents)
@@ -100,6 +106,7 @@ class Topology:
             seen.add(current)
             order.append(current)
             queue.extend(self.nodes[current].parents)
+        self._ancestors[node_id] = order
         return order
 
     def descendants(self, node_id: str) -> list[str]:
