@@ -701,24 +701,20 @@ class Correlator:
         roots = {inc.root for inc in active}
         for inc in sorted(active, key=lambda i: i.id):
             owner.setdefault(inc.root, inc.id)
-            queue = deque([inc.root])
+            members = [inc.root]
+            queue = deque(members)
             while queue:
                 for child in nodes[queue.popleft()].children:
                     if child in cut and child not in owner and child not in roots:
                         owner[child] = inc.id
+                        members.append(child)
                         queue.append(child)
-        members: dict[int, list[str]] = {inc.id: [inc.root] for inc in active}
-        for node, iid in owner.items():
-            if node != self.incidents[iid].root:
-                members[iid].append(node)
-        for inc in active:
-            new = members[inc.id]
-            old = set(inc.nodes)
-            if len(new) != len(old) or new[0] != inc.nodes[0] or not old.issuperset(new):
-                added = sum(1 for n in new if n not in old)
-                inc.nodes = new  # root first, then nearest first
-                self._events.append(Event("nodes", now, inc.id, inc.root, tuple(inc.nodes),
-                                          detail={"added": added}))  # fmt: skip
+            old = inc.nodes
+            # Lengths first: comparing as sets is needed only when they are equal.
+            if len(members) != len(old) or members[0] != old[0] or set(members) != set(old):
+                inc.nodes = members  # root first, then nearest first
+                self._events.append(Event("nodes", now, inc.id, inc.root, tuple(members),
+                                          detail={"added": max(0, len(members) - len(old))}))  # fmt: skip
         # Recovering incidents keep their nodes (for `restored` answers) but own none.
         self.node_incident = owner
         for inc in self.incidents.values():
