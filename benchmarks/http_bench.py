@@ -86,6 +86,10 @@ def serve_main(directory_path: str, port: int, kind: str) -> None:
     monitor.first_round_done = True
     rt.monitor = monitor
     rt.not_ready = None
+    import gc
+
+    gc.collect()
+    gc.freeze()  # as the daemon does after loading
     print(f"ready {len(cut)} nodes cut off", file=sys.stderr, flush=True)
     web.run_app(make_app(rt), host="127.0.0.1", port=port, print=None, access_log=None)
 
@@ -106,8 +110,9 @@ def wait_ready(port: int, within: float) -> None:
 def wrk(port: int, phones: Path, path: str, seconds: int, paced: bool) -> dict[str, float]:
     delay = ""
     if paced:
-        per_connection_ms = CONNECTIONS / PACED_RATE * 1000
-        delay = f"delay = function() return {per_connection_ms:.0f} end"
+        # Random gaps (mean CONNECTIONS / PACED_RATE): callers do not arrive in lockstep.
+        mean_ms = CONNECTIONS / PACED_RATE * 1000
+        delay = f"delay = function() return math.random(0, {2 * mean_ms:.0f}) end"
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(LUA % {"phones": phones, "path": path, "token": TOKEN, "delay": delay})
         script = f.name

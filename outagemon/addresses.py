@@ -8,6 +8,7 @@ write the same house many ways: "ул. Ленина, д. 5, корп. 2, кв. 1
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 from dataclasses import dataclass
@@ -84,8 +85,11 @@ class Address:
         """The street name and house number only: callers often leave the rest out."""
         return f"{self.street}|{self.house}"
 
-    def text(self, with_flat: bool = True) -> str:
-        """The address written out in one canonical way, for answers and the page."""
+    def text(self, with_flat: bool = True, flat: str | None = None) -> str:
+        """The address written out in one canonical way, for answers and the page
+        (`flat` overrides the address's own, without copying it)."""
+        if flat is not None and with_flat and flat != self.flat:
+            return _with_flat(_building_text(self), flat, self.english)
         if self.english:
             out = f"{self.house}{self.letter.upper()} {self.street.title()}"  # "Main"
             out += f" {self.street_type}" if self.street_type else ""
@@ -106,6 +110,17 @@ class Address:
         if self.city:
             out = f"г. {self.city.title()}, {out}"
         return out
+
+
+@functools.lru_cache(maxsize=65536)  # buildings are few, callers many
+def _building_text(address: Address) -> str:
+    return address.text(with_flat=False)
+
+
+def _with_flat(text: str, flat: str, english: bool) -> str:
+    if not flat:
+        return text
+    return f"{text}, Apt {flat}" if english else f"{text}, кв. {flat}"
 
 
 def _fold(text: str) -> str:

@@ -7,6 +7,7 @@ dialplan's JSON_DECODE can read it.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import time
@@ -30,11 +31,17 @@ STATUSES = ("outage", "maintenance", "cpe_down", "restored", "ok", "unknown", "a
 CHECK_FIELDS = ("status", "incident_id", "root_node", "since", "eta", "message", "matched_by",
                 "node", "address", "candidates")  # fmt: skip
 MAX_NOTE = 2000
+CHECKS = "outagemon_checks_total"
 
 
 def iso(seconds: float | None) -> str:
     if seconds is None:
         return ""
+    return _iso(seconds)
+
+
+@functools.lru_cache(maxsize=4096)  # the same few incident times, asked about all day
+def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).astimezone().isoformat(timespec="seconds")
 
 
@@ -211,7 +218,7 @@ async def check(request: web.Request) -> web.Response:
     now = time.time()
     answer = assess(rt.monitor, rt.directory, match, now, rt.config.messages.restored_for)
     texts = rt.texts
-    address = match.address.text() if match.address is not None else ""
+    address = match.address_text()
     moment = datetime.fromtimestamp(now, tz=UTC)
 
     def dt(x: float | None) -> datetime | None:
@@ -235,7 +242,7 @@ async def check(request: web.Request) -> web.Response:
         "address": address,
         "candidates": ";".join(match.candidates),
     }
-    rt.metrics.counter("outagemon_checks_total", "Check answers by status and channel.").inc(
+    rt.metrics.counter(CHECKS, "Check answers by status and channel.").inc(
         status=answer.status, channel=channel
     )
     if fmt == "text":

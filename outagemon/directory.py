@@ -56,6 +56,13 @@ class Match:
     address: Address | None = None
     subscriber: Subscriber | None = None
     candidates: tuple[str, ...] = ()  # for an ambiguous answer: the addresses written out
+    flat: str = ""
+
+    def address_text(self) -> str:
+        """The caller's address as normalised, with the flat."""
+        if self.address is None:
+            return ""
+        return self.address.text(flat=self.flat)
 
     @property
     def found(self) -> bool:
@@ -116,7 +123,7 @@ class Directory:
         if len(places) > 1:
             return Match(candidates=tuple(sorted({s.where().text() for s in subs})))
         sub = subs[0]
-        return Match(nodes=(sub.node,), address=sub.where(), subscriber=sub)
+        return Match(nodes=(sub.node,), address=sub.address, subscriber=sub, flat=sub.flat)
 
     def phone(self, text: str) -> Match:
         return self.match_subscribers(self.by_phone_number(text))
@@ -143,9 +150,7 @@ class Directory:
         key = keys[0]
         building = self.topology.served[key][0][0].address
         nodes = self.topology.serving(building, _flat_number(flat))
-        shown = dataclasses.replace(building, flat=flat)
-        # A subscriber's own router answers for the flat when we know whose flat it is.
-        return Match(nodes=tuple(nodes), address=shown)
+        return Match(nodes=tuple(nodes), address=building, flat=flat)
 
     def _fuzzy(self, query: Address) -> list[str]:
         scored = process.extract(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import string
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -73,18 +73,48 @@ _MONTHS_RU = ["января", "февраля", "марта", "апреля", "�
               "сентября", "октября", "ноября", "декабря"]  # fmt: skip
 
 
+_CACHE_LIMIT = 100_000
+
+
 @dataclass(frozen=True)
 class Texts:
     language: str
     templates: dict[str, str]
+    # The phone menu asks about the same buildings and the same incident times over and
+    # over during a surge: their spoken forms are remembered (and forgotten when many).
+    _spoken: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _times: dict[tuple[int, int], str] = field(default_factory=dict, compare=False, repr=False)
 
     def spoken_address(self, address: str) -> str:
-        for short, full in _SPOKEN[self.language]:
-            address = address.replace(short, full)
-        return address
+        # The building part is remembered; the flat is said after it.
+        marker = ", кв. " if self.language == "ru" else ", Apt "
+        building, sep, flat = address.partition(marker)
+        found = self._spoken.get(building)
+        if found is None:
+            found = building
+            for short, full in _SPOKEN[self.language]:
+                found = found.replace(short, full)
+            if len(self._spoken) > _CACHE_LIMIT:
+                self._spoken.clear()
+            self._spoken[building] = found
+        if not sep:
+            return found
+        return (
+            f"{found}, квартира {flat}" if self.language == "ru" else f"{found}, apartment {flat}"
+        )
 
     def when(self, moment: datetime, now: datetime) -> str:
         """A time as it is said: "в 14:05", "завтра в 09:00", "26 ноября в 18:00"."""
+        key = (int(moment.timestamp()), now.toordinal())
+        found = self._times.get(key)
+        if found is None:
+            found = self._when(moment, now)
+            if len(self._times) > _CACHE_LIMIT:
+                self._times.clear()
+            self._times[key] = found
+        return found
+
+    def _when(self, moment: datetime, now: datetime) -> str:
         local, today = moment.astimezone(), now.astimezone()
         days = (local.date() - today.date()).days
         clock = local.strftime("%H:%M")

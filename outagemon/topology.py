@@ -96,6 +96,11 @@ class Topology:
         found = self._ancestors.get(node_id)
         if found is not None:
             return found
+        node = self.nodes[node_id]
+        if not node.children and len(node.parents) == 1:
+            # A leaf (a subscriber's router): built from its parent's, and not remembered,
+            # so a million routers cost no memory.
+            return [node.parents[0], *self.ancestors(node.parents[0])]
         seen: set[str] = set()
         order: list[str] = []
         queue = deque(self.nodes[node_id].parents)
