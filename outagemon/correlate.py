@@ -713,8 +713,9 @@ class Correlator:
             # Lengths first: comparing as sets is needed only when they are equal.
             if len(members) != len(old) or members[0] != old[0] or set(members) != set(old):
                 inc.nodes = members  # root first, then nearest first
+                added = max(0, len(members) - len(old))
                 self._events.append(Event("nodes", now, inc.id, inc.root, tuple(members),
-                                          detail={"added": max(0, len(members) - len(old))}))  # fmt: skip
+                                          detail={"added": added}))  # fmt: skip
         # Recovering incidents keep their nodes (for `restored` answers) but own none.
         self.node_incident = owner
         for inc in self.incidents.values():
