@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from outagemon.errors import ConfigError
+from outagemon.errors import ConfigError, read_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,10 +350,4 @@ def _tokens(auth: Any, problems: list[str]) -> list[Token]:
 def load(path: Path | str) -> Config:
     """Read and parse a config file; raise ConfigError naming every problem."""
     path = Path(path).absolute()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file."]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{path}: cannot be read: {e}."]) from None
-    return parse(text, path)
+    return parse(read_text(path), path)

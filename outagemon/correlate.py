@@ -200,6 +200,7 @@ class Correlator:
         self._down: set[str] = set()  # probed nodes in state DOWN
         self._cut_cache: set[str] = set()
         self._reconsider: set[str] = set()  # parents whose inference to evaluate again
+        self._blocked: dict[str, tuple[str, float]] = {}  # pending root -> (ancestor, its last_at)
         self._added: set[str] = set()  # failed since the last decision
         self._removed = True  # something stopped failing: the next decision starts afresh
         self._roots_cache: list[str] = []
@@ -503,7 +504,7 @@ class Correlator:
             cut = set(failed)
             queue = deque(failed)
         else:
-            queue = deque(n for n in failed if n not in cut)
+            queue = deque(failed)  # each is expanded, even if already counted in the cut
             cut.update(queue)
         nodes = self.topology.nodes
         while queue:
@@ -555,13 +556,21 @@ class Correlator:
         own = self.states.get(root)
         if own is not None and own.state is State.DOWN and own.streak_at:
             since = min(since, own.streak_at)
+        blocked = self._blocked.get(root)
+        if blocked is not None:
+            # Nothing new about the ancestor that held it back last time: still held.
+            ns = self.states.get(blocked[0])
+            if ns is not None and ns.last_at == blocked[1]:
+                return False
         for a in self.topology.ancestors(root):
             node = self.topology.nodes[a]
             if not node.probed:
                 continue
             ns = self.states.get(a)
             if ns is None or ns.state is not State.UP or ns.losses > 0 or ns.last_at < since:
+                self._blocked[root] = (a, ns.last_at if ns is not None else -math.inf)
                 return False
+        self._blocked.pop(root, None)
         return True
 
     def _decide(self, now: float) -> None:
@@ -578,7 +587,13 @@ class Correlator:
                 candidates: Iterable[str] = failed
                 keep: list[str] = []
             else:
-                cut = self._cut(set(added), self._cut_cache)
+                # Subscribers' routers are most of what fails in a mass outage: leaves of
+                # kind cpe cut off nothing and are never roots, so they only join the cut.
+                inner = [n for n in added if nodes[n].children or nodes[n].kind != "cpe"]
+                cut = self._cut_cache
+                cut.update(added)
+                cut = self._cut(set(inner), cut) if inner else cut
+                added = inner
                 # Old roots stay roots unless a new failure could be above them (a node with
                 # children); routers and other leaves explain nothing.
                 old = self._roots_cache if any(nodes[n].children for n in added) else []
@@ -617,6 +632,7 @@ class Correlator:
                 self._events.append(Event("refailed", now, inc.id, root))
         for gone in [r for r in self._pending_since if r not in roots]:
             del self._pending_since[gone]
+            self._blocked.pop(gone, None)
         if opened or (changed and active):
             self._assign(active, cut, now)
         self._recover(set(roots), cut, now)

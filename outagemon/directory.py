@@ -16,7 +16,7 @@ from rapidfuzz import fuzz, process
 
 from outagemon import addresses
 from outagemon.addresses import Address
-from outagemon.errors import TopologyError
+from outagemon.errors import TopologyError, read_text
 from outagemon.topology import Node, Topology
 
 COLUMNS = ("account", "phones", "address", "flat", "ip")
@@ -290,11 +290,7 @@ def load(topology_path: Path, subscribers_path: Path | None) -> Loaded:
     topo = topology_mod.load(topology_path)
     if subscribers_path is None:
         return Loaded(Directory(topo, []), [])
-    try:
-        text = subscribers_path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise TopologyError([f"{subscribers_path}: no such file."]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TopologyError([f"{subscribers_path}: cannot be read: {e}."]) from None
+    # utf-8-sig: CRM exports often start with a byte-order mark
+    text = read_text(subscribers_path, TopologyError, encoding="utf-8-sig")
     subs, problems = parse_csv(text, subscribers_path, topo)
     return Loaded(Directory(with_cpes(topo, subs), subs), problems)

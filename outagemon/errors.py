@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class OutagemonError(Exception):
     """Base of every error outagemon raises on purpose; str() is the user-facing text."""
@@ -17,6 +19,16 @@ class ConfigError(OutagemonError):
 
 class TopologyError(ConfigError):
     """Problems in the topology or subscribers file."""
+
+
+def read_text(path: Path, error: type[ConfigError] = ConfigError, encoding: str = "utf-8") -> str:
+    """A file an operator wrote, or `error` with one sentence saying why it cannot be read."""
+    try:
+        return path.read_text(encoding=encoding)
+    except FileNotFoundError:
+        raise error([f"{path}: no such file."]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error([f"{path}: cannot be read: {e}."]) from None
 
 
 class DatabaseError(OutagemonError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from outagemon.errors import ConfigError
+from outagemon.errors import ConfigError, read_text
 
 DEFAULTS: dict[str, dict[str, str]] = {
     "ru": {
@@ -159,11 +159,9 @@ def load(language: str, override: Path | None = None) -> Texts:
     if override is None:
         return Texts(language, templates)
     try:
-        raw = tomllib.loads(override.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([f"{override}: no such file."]) from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError([f"{override}: cannot be read: {e}."]) from None
+        raw = tomllib.loads(read_text(override))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{override}: not valid TOML: {e}."]) from None
     problems: list[str] = []
     for lang, table in raw.items():
         if lang not in DEFAULTS or not isinstance(table, dict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import yaml
 
 from outagemon import addresses
 from outagemon.addresses import Address
-from outagemon.errors import TopologyError
+from outagemon.errors import TopologyError, read_text
 
 FlatRanges = tuple[tuple[int, int], ...]
 
@@ -101,31 +101,26 @@ class Topology:
             # A leaf (a subscriber's router): built from its parent's, and not remembered,
             # so a million routers cost no memory.
             return [node.parents[0], *self.ancestors(node.parents[0])]
-        seen: set[str] = set()
-        order: list[str] = []
-        queue = deque(self.nodes[node_id].parents)
-        while queue:
-            current = queue.popleft()
-            if current in seen:
-                continue
-            seen.add(current)
-            order.append(current)
-            queue.extend(self.nodes[current].parents)
+        order = self._walk(node.parents, lambda n: n.parents)
         self._ancestors[node_id] = order
         return order
 
     def descendants(self, node_id: str) -> list[str]:
         """Every node below this one, nearest first."""
+        return self._walk(self.nodes[node_id].children, lambda n: n.children)
+
+    def _walk(self, start: Iterable[str], step: Callable[[Node], Iterable[str]]) -> list[str]:
+        """Breadth-first from `start`, each node once, in the order first reached."""
         seen: set[str] = set()
         order: list[str] = []
-        queue = deque(self.nodes[node_id].children)
+        queue = deque(start)
         while queue:
             current = queue.popleft()
             if current in seen:
                 continue
             seen.add(current)
             order.append(current)
-            queue.extend(self.nodes[current].children)
+            queue.extend(step(self.nodes[current]))
         return order
 
     def cut_off(self, failed: set[str]) -> set[str]:
@@ -415,10 +410,4 @@ def _cycles(by_id: dict[str, Node]) -> list[list[str]]:
 
 def load(path: Path) -> Topology:
     """Read and parse a topology file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TopologyError([f"{path}: no such file."]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TopologyError([f"{path}: cannot be read: {e}."]) from None
-    return parse_text(text, path)
+    return parse_text(read_text(path, TopologyError), path)

@@ -1,0 +1,71 @@
+"""The spoken texts: times said naturally, estimates never in the past, operator overrides."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from outagemon import messages
+from outagemon.errors import ConfigError
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def test_times_are_said_relative_to_today() -> None:
+    t = messages.load("ru")
+    local = NOW.astimezone()
+    assert t.when(NOW, NOW) == f"в {local:%H:%M}"
+    assert t.when(NOW + timedelta(days=1), NOW).startswith("завтра в ")
+    assert t.when(NOW - timedelta(days=1), NOW).startswith("вчера в ")
+    assert "декабря" in t.when(NOW + timedelta(days=10), NOW)
+    assert messages.load("en").when(NOW + timedelta(days=1), NOW).startswith("tomorrow at ")
+
+
+def test_an_estimate_that_passed_is_never_spoken() -> None:
+    t = messages.load("ru")
+    ahead = t.render("outage", NOW, address="ул. Ленина, д. 5", since=NOW,
+                     eta=NOW + timedelta(hours=3))  # fmt: skip
+    assert "Ориентировочно связь восстановится" in ahead
+    passed = t.render("outage", NOW, address="ул. Ленина, д. 5", since=NOW,
+                      eta=NOW - timedelta(minutes=5))  # fmt: skip
+    assert "Работы продолжаются" in passed and "Ориентировочно" not in passed
+
+
+def test_addresses_are_spelled_out_for_speech() -> None:
+    t = messages.load("ru")
+    assert t.spoken_address("пр-т Мира, д. 10, корп. 2, кв. 7") == (
+        "проспект Мира, дом 10, корпус 2, квартира 7"
+    )
+    assert messages.load("en").spoken_address("12 Main St, Apt 5") == "12 Main Street, apartment 5"
+
+
+@pytest.mark.parametrize("status", messages.DEFAULTS["ru"].keys() - {"eta_known", "eta_unknown"})
+def test_every_status_has_a_sentence_in_both_languages(status: str) -> None:
+    for language in ("ru", "en"):
+        text = messages.load(language).render(status, NOW, address="ул. Ленина, д. 5",
+                                               since=NOW, until=NOW, resolved=NOW)  # fmt: skip
+        assert text and "{" not in text
+
+
+def test_an_operator_override_replaces_a_text(tmp_path: Path) -> None:
+    override = tmp_path / "messages.toml"
+    override.write_text('[ru]\nok = "Всё в порядке по адресу {address}."\n')
+    t = messages.load("ru", override)
+    assert t.render("ok", NOW, address="ул. Ленина, д. 5") == (
+        "Всё в порядке по адресу улица Ленина, дом 5."
+    )
+
+
+def test_a_broken_override_names_each_problem(tmp_path: Path) -> None:
+    override = tmp_path / "messages.toml"
+    override.write_text('[ru]\nokk = "x"\noutage = "{adress}"\n[de]\nok = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        messages.load("ru", override)
+    text = "\n".join(info.value.problems)
+    assert "[ru] okk is not a message" in text
+    assert "[ru] outage uses unknown field(s) adress" in text
+    assert "[de] is not a language" in text
+    with pytest.raises(ConfigError, match="no such file"):
+        messages.load("ru", tmp_path / "missing.toml")
