@@ -32,6 +32,13 @@ CHECK_FIELDS = ("status", "incident_id", "root_node", "since", "eta", "message",
                 "node", "address", "candidates")  # fmt: skip
 MAX_NOTE = 2000
 CHECKS = "outagemon_checks_total"
+# The metric's label sets, made once rather than sorted on every answer.
+_CHECK_KEYS = {
+    (status, channel): (("channel", channel), ("status", status))
+    for status in ("outage", "maintenance", "cpe_down", "restored", "ok", "unknown",
+                   "ambiguous", "not_found")
+    for channel in ("ivr", "helpdesk")
+}  # fmt: skip
 
 
 def iso(seconds: float | None) -> str:
@@ -164,10 +171,17 @@ def _assess_node(monitor: Monitor, directory: Directory, node: str, match: Match
         if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
             return Answer("restored", recent, serving, recent.opened_at,
                           resolved=recent.resolved_at)  # fmt: skip
-    probed = [n for n in path if n in topo and topo.nodes[n].probed]
-    if probed and all(c.state_of(n) in (State.UNKNOWN, State.RECHECK) for n in probed):
-        return Answer("unknown", node=serving)
-    return Answer("ok", node=serving)
+    # Nothing on the path has been seen yet (a new node, or just after blindness).
+    nodes, states = topo.nodes, c.states
+    seen_any = False
+    for n in path:
+        on_path = nodes.get(n)
+        if on_path is not None and on_path.probed:
+            seen_any = True
+            ns = states.get(n)
+            if ns is not None and ns.state is not State.UNKNOWN and ns.state is not State.RECHECK:
+                return Answer("ok", node=serving)
+    return Answer("unknown" if seen_any else "ok", node=serving)
 
 
 def _works(windows: list[Maintenance], path: set[str], topo: Any, now: float) -> Maintenance | None:
@@ -242,8 +256,8 @@ async def check(request: web.Request) -> web.Response:
         "address": address,
         "candidates": ";".join(match.candidates),
     }
-    rt.metrics.counter(CHECKS, "Check answers by status and channel.").inc(
-        status=answer.status, channel=channel
+    rt.metrics.counter(CHECKS, "Check answers by status and channel.").inc_key(
+        _CHECK_KEYS[answer.status, channel]
     )
     if fmt == "text":
         return web.Response(text=f"{body['status']}|{body['incident_id']}|{body['eta']}\n")

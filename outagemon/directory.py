@@ -119,8 +119,7 @@ class Directory:
     def match_subscribers(self, subs: list[Subscriber]) -> Match:
         if not subs:
             return NOT_FOUND
-        places = {(s.address.key, s.flat) for s in subs}
-        if len(places) > 1:
+        if len(subs) > 1 and len({(s.address.key, s.flat) for s in subs}) > 1:
             return Match(candidates=tuple(sorted({s.where().text() for s in subs})))
         sub = subs[0]
         return Match(nodes=(sub.node,), address=sub.address, subscriber=sub, flat=sub.flat)

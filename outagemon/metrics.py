@@ -29,6 +29,10 @@ class Metric:
         key = tuple(sorted(labels.items()))
         self.values[key] = self.values.get(key, 0.0) + amount
 
+    def inc_key(self, key: Labels, amount: float = 1.0) -> None:
+        """inc() with the labels already as a sorted tuple (for hot paths)."""
+        self.values[key] = self.values.get(key, 0.0) + amount
+
     def set(self, value: float, **labels: str) -> None:
         self.values[tuple(sorted(labels.items()))] = value
 
