@@ -147,9 +147,39 @@ def assess(monitor: Monitor | None, directory: Directory, match: Match, now: flo
 def _assess_node(monitor: Monitor, directory: Directory, node: str, match: Match, now: float,
                  restored_for: float) -> Answer:  # fmt: skip
     c = monitor.correlator
-    serving = match.subscriber.serving if match.subscriber is not None else node
+    sub = match.subscriber
+    serving = sub.serving if sub is not None else node
     if c.blind:
         return Answer("unknown", node=serving)
+    before, after = _assess_path(monitor, directory, serving, now, restored_for)
+    if before is not None:
+        return before
+    if sub is not None and sub.ip and c.state_of(node) is State.DOWN:
+        return Answer("cpe_down", node=serving, since=c.states[node].down_at)
+    return after
+
+
+def _assess_path(monitor: Monitor, directory: Directory, node: str, now: float,
+                 restored_for: float) -> tuple[Answer | None, Answer]:  # fmt: skip
+    """(an incident or planned works on the path, else None; what to say otherwise).
+
+    Remembered per monitor until anything changes (the correlator's version) or a second
+    passes: during a surge, the callers of one building are asking the same question."""
+    cache: dict[str, Any] = monitor.answers
+    version, second = monitor.correlator.version, int(now)
+    cached = cache.get(node)
+    if cached is not None and cached[0] == version and cached[1] == second:
+        return cached[2], cached[3]
+    before, after = _walk_path(monitor, directory, node, now, restored_for)
+    if len(cache) > 200_000:
+        cache.clear()
+    cache[node] = (version, second, before, after)
+    return before, after
+
+
+def _walk_path(monitor: Monitor, directory: Directory, node: str, now: float,
+               restored_for: float) -> tuple[Answer | None, Answer]:  # fmt: skip
+    c = monitor.correlator
     topo = directory.topology
     path = [node, *topo.ancestors(node)] if node in topo else [node]
     for n in path:
@@ -157,20 +187,21 @@ def _assess_node(monitor: Monitor, directory: Directory, node: str, match: Match
         if inc is None:
             continue
         if inc.recovering_since is not None:
-            return Answer("restored", inc, serving, inc.opened_at, resolved=inc.recovering_since)
+            found = Answer("restored", inc, node, inc.opened_at, resolved=inc.recovering_since)
+            return found, found
         status = "maintenance" if inc.kind is Kind.MAINTENANCE else "outage"
-        return Answer(status, inc, serving, inc.opened_at, monitor.eta.get(inc.id),
-                      until=inc.maintenance_until)  # fmt: skip
+        found = Answer(status, inc, node, inc.opened_at, monitor.eta.get(inc.id),
+                       until=inc.maintenance_until)  # fmt: skip
+        return found, found
     window = _works(monitor.maintenance, set(path), topo, now)
     if window is not None:
-        return Answer("maintenance", node=serving, since=window.starts_at, until=window.ends_at)
-    if match.subscriber is not None and match.subscriber.ip and c.state_of(node) is State.DOWN:
-        return Answer("cpe_down", node=serving, since=c.states[node].down_at)
+        found = Answer("maintenance", node=node, since=window.starts_at, until=window.ends_at)
+        return found, found
     for n in path:
         recent = monitor.recent.get(n)
         if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
-            return Answer("restored", recent, serving, recent.opened_at,
-                          resolved=recent.resolved_at)  # fmt: skip
+            return None, Answer("restored", recent, node, recent.opened_at,
+                                resolved=recent.resolved_at)  # fmt: skip
     # Nothing on the path has been seen yet (a new node, or just after blindness).
     nodes, states = topo.nodes, c.states
     seen_any = False
@@ -180,8 +211,8 @@ def _assess_node(monitor: Monitor, directory: Directory, node: str, match: Match
             seen_any = True
             ns = states.get(n)
             if ns is not None and ns.state is not State.UNKNOWN and ns.state is not State.RECHECK:
-                return Answer("ok", node=serving)
-    return Answer("unknown" if seen_any else "ok", node=serving)
+                return None, Answer("ok", node=node)
+    return None, Answer("unknown" if seen_any else "ok", node=node)
 
 
 def _works(windows: list[Maintenance], path: set[str], topo: Any, now: float) -> Maintenance | None:

@@ -203,6 +203,9 @@ class Correlator:
         self._blocked: dict[str, tuple[str, float]] = {}  # pending root -> (ancestor, its last_at)
         self._added: set[str] = set()  # failed since the last decision
         self._removed = True  # something stopped failing: the next decision starts afresh
+        # Bumped by every change a caller's answer could depend on (states, incidents,
+        # planned works, blindness), so answers may be remembered until it moves.
+        self.version = 0
         self._roots_cache: list[str] = []
         self._net_results = 0.0
         self._net_lost = 0.0
@@ -277,6 +280,7 @@ class Correlator:
         return self._net_lost / self._net_results
 
     def _set(self, node: str, ns: NodeState, state: State, now: float) -> None:
+        self.version += 1
         was_down = ns.state is State.DOWN
         if was_down or state is State.DOWN:
             if ns.changes is None:
@@ -330,10 +334,12 @@ class Correlator:
             self._removed = True
 
     def _infer_down(self, node: str, since: float) -> None:
+        self.version += 1
         self.inferred[node] = since
         self._added.add(node)
 
     def _infer_up(self, node: str) -> None:
+        self.version += 1
         if self.inferred.pop(node, None) is not None:
             self._removed = True
 
@@ -366,6 +372,7 @@ class Correlator:
         return out
 
     def set_maintenance(self, windows: Iterable[Maintenance], now: float) -> None:
+        self.version += 1
         self.maintenance = sorted(windows, key=lambda m: m.starts_at)
         self._refresh_scope(now)
         self._dirty = True
@@ -391,6 +398,7 @@ class Correlator:
         self._dirty = True
 
     def restore(self, incidents: Iterable[Incident], next_id: int) -> None:
+        self.version += 1
         """Open incidents from the database after a restart: they continue with their ids.
 
         Their nodes are taken as down until a fresh probe says otherwise.
@@ -422,6 +430,8 @@ class Correlator:
             self._infer(now)
         self._decide(now)
         events, self._events = self._events, []
+        if events or self._requests:
+            self.version += 1
         return events
 
     def _known(self, node: str) -> tuple[State, float]:
@@ -522,9 +532,11 @@ class Correlator:
         states = [self.states.get(a) for a in self.anchors]
         blind = bool(states) and all(ns is not None and ns.state is State.DOWN for ns in states)
         if blind and not self.blind:
+            self.version += 1
             self.blind = True
             self._events.append(Event("blind", now, detail={"anchors": list(self.anchors)}))
         elif not blind and self.blind:
+            self.version += 1
             self.blind = False
             # What failed while we could not see is not evidence: look again.
             for node in list(self._down):

@@ -79,6 +79,7 @@ class Monitor:
         self._calls_unsaved: dict[int, int] = {}
         self.recent: dict[str, Incident] = {}  # node -> recently resolved incident covering it
         self.maintenance: list[Maintenance] = []
+        self.answers: dict[str, Any] = {}  # the /check path answers, see api._assess_path
         self.first_round_done = False
         self.last_tick = 0.0
         self.metrics = metrics
@@ -204,6 +205,7 @@ class Monitor:
     def set_eta(self, incident_id: int, eta: float | None, note: str, who: str) -> None:
         if eta is not None:
             self.eta[incident_id] = eta
+            self.correlator.version += 1  # callers hear the new estimate at once
         if self.writer is None:
             return
         at = store.ts(self.clock())

@@ -39,14 +39,14 @@ async def test_eta_is_spoken_and_one_that_passed_is_never_promised(fresh_db: str
         w.run(60)
         (inc,) = w.monitor.correlator.incidents.values()
         eta = datetime.now(UTC) + timedelta(hours=2)
-        w.monitor.eta[inc.id] = eta.timestamp()
+        w.monitor.set_eta(inc.id, eta.timestamp(), "", "noc")
         a = await w.check(account="1001")
         assert (
             f"Ориентировочно связь восстановится в {eta.astimezone():%H:%M}" in a["message"]
             or "завтра в" in a["message"]
         )
         assert a["eta"] == eta.astimezone().isoformat(timespec="seconds")
-        w.monitor.eta[inc.id] = time.time() - 600  # the estimate has passed
+        w.monitor.set_eta(inc.id, time.time() - 600, "", "noc")  # the estimate has passed
         a = await w.check(account="1001")
         assert "Работы продолжаются" in a["message"] and "Ориентировочно" not in a["message"]
 
