@@ -206,6 +206,10 @@ class Correlator:
         # Bumped by every change a caller's answer could depend on (states, incidents,
         # planned works, blindness), so answers may be remembered until it moves.
         self.version = 0
+        # (node, state, time) of each up/down change, kept only when someone stores them
+        # (the daemon does, and empties the list every tick).
+        self.record_transitions = False
+        self.transitions: list[tuple[str, str, float]] = []
         self._roots_cache: list[str] = []
         self._net_results = 0.0
         self._net_lost = 0.0
@@ -281,6 +285,8 @@ class Correlator:
 
     def _set(self, node: str, ns: NodeState, state: State, now: float) -> None:
         self.version += 1
+        if self.record_transitions:
+            self.transitions.append((node, state.value, now))
         was_down = ns.state is State.DOWN
         if was_down or state is State.DOWN:
             if ns.changes is None:

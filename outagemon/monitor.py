@@ -74,6 +74,7 @@ class Monitor:
         self.clock = clock
         self.anchors = anchors_of(config, directory)
         self.correlator = Correlator(directory.topology, settings_of(config), self.anchors)
+        self.correlator.record_transitions = writer is not None
         self.eta: dict[int, float] = {}  # incident id -> expected repair time
         self.calls: dict[int, int] = {}  # incident id -> check answers that named it
         self._calls_unsaved: dict[int, int] = {}
@@ -110,6 +111,7 @@ class Monitor:
         self._blind.set(1 if self.correlator.blind else 0)
         self._down.set(len(self.correlator._down))
         self._save_calls()
+        self._save_states()
         cutoff = now - self.config.messages.restored_for
         if self.recent and len(self.recent) > 10_000:
             self.recent = {n: i for n, i in self.recent.items() if (i.resolved_at or 0) > cutoff}
@@ -247,6 +249,34 @@ class Monitor:
     def count_call(self, incident_id: int) -> None:
         self.calls[incident_id] = self.calls.get(incident_id, 0) + 1
         self._calls_unsaved[incident_id] = self._calls_unsaved.get(incident_id, 0) + 1
+
+    def _save_states(self) -> None:
+        """Node state changes since the last tick, as one write (a recovery of 100,000
+        nodes is one statement, not 100,000)."""
+        changes, self.correlator.transitions = self.correlator.transitions, []
+        if not changes or self.writer is None:
+            return
+        nodes = self.directory.topology.nodes
+        latest: dict[str, tuple[str, float]] = {}
+        for node, state, at in changes:
+            if node in nodes:
+                latest[node] = (state, at)
+        states = self.correlator.states
+        rows = [
+            (node, state, store.ts(at), round(states[node].short_lost / states[node].short_n, 4)
+             if node in states and states[node].short_n else 0.0)
+            for node, (state, at) in latest.items()
+        ]  # fmt: skip
+
+        async def write(conn: Conn) -> None:
+            await conn.executemany(
+                "insert into node_state (node_id, state, changed_at, loss) values ($1, $2, $3, $4)"
+                " on conflict (node_id) do update set state = excluded.state,"
+                " changed_at = excluded.changed_at, loss = excluded.loss",
+                rows,
+            )
+
+        self.writer.submit("node_states", write)
 
     def _save_calls(self) -> None:
         if not self._calls_unsaved or self.writer is None:

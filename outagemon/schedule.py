@@ -85,7 +85,6 @@ class Scheduler:
         self._last = clock()
         self.rounds = 0  # completed intervals since start (for /readyz)
         self.started = self._last
-        self.behind = 0  # probes that were due but waited for tokens (counted per tick)
         engine.on_result = self._result
 
     def set_targets(self, targets: list[str], interval: float | None = None) -> None:
@@ -130,8 +129,7 @@ class Scheduler:
         heap = self._heap
         while heap and heap[0][0] <= now:
             if self._tokens < 1:
-                self.behind += 1
-                break
+                break  # the rest waits for the next tick
             due, target = heap[0]
             if target not in self._active:
                 heapq.heappop(heap)

@@ -84,10 +84,6 @@ def ts(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, tz=UTC)
 
 
-def epoch(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
-
-
 async def open_incidents(conn: Conn) -> list[asyncpg.Record]:
     """Open incidents with their nodes (root first), for the correlator after a restart."""
     return list(

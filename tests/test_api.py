@@ -31,6 +31,10 @@ async def test_outage_for_every_caller_behind_a_dead_aggregation(fresh_db: str) 
         c = await w.check(account="1007")
         assert c["status"] == "ok" and c["incident_id"] == ""
         assert all(isinstance(v, str) for v in a.values())
+        w.monitor.tick()
+        await w.flushed()
+        stored = await w.pool.fetchval("select state from node_state where node_id = 'agg-n'")
+        assert stored == "down", "node states reach the database as they change"
 
 
 async def test_eta_is_spoken_and_one_that_passed_is_never_promised(fresh_db: str) -> None:
