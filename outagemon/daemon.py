@@ -48,6 +48,7 @@ log = logs.get("outagemon.daemon")
 # Keys read once at start; a reload that changes them says they wait for a restart.
 RESTART_KEYS = ("daemon", "database", "http")
 TICK = 0.1  # seconds between correlator decisions
+CRITICAL = {"scheduler", "correlate", "writer", "simulate", "watchdog"}
 
 
 class Daemon:
@@ -121,7 +122,7 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("daemon.stopped", signal=self.stop_signal)
-        return 0
+        return 1 if (self.stop_signal or "").startswith("failed:") else 0
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         # A signal handler only cancels; the cleanup lives in run()'s finally.
@@ -141,8 +142,14 @@ class Daemon:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         with contextlib.suppress(ValueError):
             self.tasks.remove(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("daemon.task_failed", task=task.get_name(), error=repr(task.exception()))
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("daemon.task_failed", task=task.get_name(), error=repr(task.exception()))
+        if task.get_name() in CRITICAL and self.stop_signal is None and self._main is not None:
+            # Probing, deciding or writing has stopped: better a restart by systemd than a
+            # daemon that serves stale answers as if it could see.
+            self.stop_signal = f"failed:{task.get_name()}"
+            self._main.cancel()
 
     async def _start(self) -> None:
         cfg = self.config
