@@ -60,6 +60,7 @@ class Settings:
     infer_min_children: int = 3
     infer_ratio: float = 0.8
     resolve_hold: float = 60.0
+    timeout: float = 1.0  # the probe timeout: a loss seen at t was sent at t - timeout
 
 
 @dataclass(slots=True)
@@ -79,6 +80,9 @@ class NodeState:
     degraded: bool = False
     asked: bool = False  # ancestors were asked to be probed for this streak
     streak_at: float = 0.0  # when the current streak of losses began
+    # Losses of probes sent before this time say nothing (they were in flight when a
+    # parent came back, or the monitor regained its sight).
+    stale_before: float = -math.inf
 
     def loss_estimate(self) -> float:
         """Pessimistic (upper) estimate of this target's random loss rate.
@@ -224,6 +228,8 @@ class Correlator:
             if node not in self.topology and node not in self.anchors:
                 return  # a result for a node a reload removed
             ns = self.states[node] = NodeState(changed_at=now)
+        if not ok and now - self.settings.timeout < ns.stale_before:
+            return  # lost before the network changed under it: no evidence either way
         ns.last_at = now
         short = 1 - 1 / SHORT_HISTORY
         ns.short_n = ns.short_n * short + 1
@@ -300,7 +306,7 @@ class Correlator:
             self._unfail(node)
         ns.state = state
         if was_down and state is State.UP:
-            self._recheck_below(node)
+            self._recheck_below(node, now)
         ns.changed_at = now
         if self._parent_may_infer(node):
             self._changed.add(node)
@@ -349,15 +355,22 @@ class Correlator:
         if self.inferred.pop(node, None) is not None:
             self._removed = True
 
-    def _recheck_below(self, node: str) -> None:
+    def _recheck_below(self, node: str, now: float) -> None:
         """A node came back: whatever below it looked down may only have been cut off.
-        Each is probed again at once and counts as down only if a fresh probe is lost, so
-        a recovery raises no storm of child events, and a real second fault splits off."""
+        Each is probed again at once and counts as down only if a probe sent from now on
+        is lost (a streak begun while cut off is forgotten), so a recovery raises no storm
+        of child events, and a real second fault splits off."""
         if node not in self.topology:
             return
         for d in self.topology.descendants(node):
             ns = self.states.get(d)
-            if ns is not None and ns.state is State.DOWN:
+            if ns is None:
+                continue
+            ns.stale_before = now
+            if ns.state is not State.DOWN:
+                ns.losses = 0
+                ns.asked = False
+            else:
                 ns.state = State.RECHECK
                 self._unfail(d)
                 self._requests.append(d)
@@ -505,7 +518,7 @@ class Correlator:
                 self._infer_down(parent, max(recent))
             elif was and not infer:
                 self._infer_up(parent)
-                self._recheck_below(parent)
+                self._recheck_below(parent, now)
             if infer != was:
                 self._dirty = True
                 queue.extend(nodes[parent].parents)
@@ -545,6 +558,9 @@ class Correlator:
             self.version += 1
             self.blind = False
             # What failed while we could not see is not evidence: look again.
+            for ns in self.states.values():
+                ns.stale_before = now
+                ns.losses = 0
             for node in list(self._down):
                 if node not in self.anchors:
                     self.states[node].state = State.RECHECK

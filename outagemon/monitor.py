@@ -47,6 +47,7 @@ def settings_of(cfg: Config) -> Settings:
         infer_min_children=c.infer_min_children,
         infer_ratio=c.infer_ratio,
         resolve_hold=c.resolve_hold,
+        timeout=cfg.probe.timeout,
     )
 
 

@@ -334,3 +334,30 @@ def test_a_parent_losing_its_own_probes_is_not_inferred_when_its_children_go_fir
     events = s.run_for(60)
     (opened,) = kinds(events, "opened")
     assert opened.root == "agg0" and opened.detail["inferred"] is False
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_children_still_losing_when_the_root_returns_open_nothing(seed: int) -> None:
+    """The aggregation's incident opens while its switches, with a shorter history (so a
+    longer streak to reach `down`), are still part-way through their streaks; it comes
+    back at once. The losses they had, and those in flight, were the aggregation's."""
+    topo = city(aggs=1, access=30)
+    c = Correlator(topo, dataclasses.replace(SETTINGS, timeout=0.9))
+    s = SimNet(topo, c, interval=1.0, timeout=0.9, seed=seed)
+    s.run_for(600)
+    for i in range(30):
+        ns = c.states[f"sw0-{i}"]
+        ns.n, ns.lost = 15.0, 0.0  # needs about 7 losses in a row
+    s.fail("agg0")
+    events: list[Event] = []
+
+    def almost_down() -> bool:  # some switch one loss short of `down`
+        return any(0 < ns.losses == needed_losses(ns, 3, c.network_loss) - 1
+                   for n, ns in c.states.items() if n.startswith("sw"))  # fmt: skip
+
+    while not (kinds(events, "opened") and almost_down()):
+        events += s.run_for(0.05)
+    s.repair("agg0")
+    events = s.run_for(120)
+    assert kinds(events, "opened") == [], [(e.kind, e.root) for e in events]
+    assert len(kinds(events, "resolved")) == 1
