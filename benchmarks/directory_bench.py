@@ -111,18 +111,8 @@ def main() -> None:
     if args.child:
         child(Path(args.child[0]), Path(args.child[1]), args.lookups)
         return
-    aggregations = max(1, args.access // 100)
-    per_access = -(-args.subscribers // args.access)
-    entrances = 4
-    flats = -(-per_access // entrances) + 10
     started = time.perf_counter()
-    city = citygen.generate(
-        aggregations=aggregations,
-        access_per_aggregation=args.access // aggregations,
-        subscribers_per_access=per_access,
-        entrances=entrances,
-        flats_per_entrance=flats,
-    )
+    city = citygen.sized(args.access, args.subscribers)
     with tempfile.TemporaryDirectory() as tmp:
         topo, subs = city.write(Path(tmp))
         gen_s = time.perf_counter() - started

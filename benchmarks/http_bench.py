@@ -153,11 +153,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
     work = Path(tempfile.mkdtemp(prefix="om-http-bench-"))
-    per_access = -(-args.subscribers // args.access)
-    city = citygen.generate(aggregations=max(1, args.access // 100),
-                            access_per_aggregation=min(100, args.access),
-                            subscribers_per_access=per_access, entrances=4,
-                            flats_per_entrance=-(-per_access // 4) + 10)  # fmt: skip
+    city = citygen.sized(args.access, args.subscribers)
     city.write(work)
     (work / "outagemon.toml").write_text("")
     phones = [row[1].split(";")[0] for row in city.rows]

@@ -145,6 +145,21 @@ def generate(
     return city
 
 
+def sized(access: int, subscribers: int, seed: int = 1) -> City:
+    """A city of about `access` access switches (100 to an aggregation) and `subscribers`
+    subscribers, each building split into four entrances with room for them all."""
+    aggregations = max(1, access // 100)
+    per_access = -(-subscribers // access)
+    return generate(
+        aggregations=aggregations,
+        access_per_aggregation=access // aggregations,
+        subscribers_per_access=per_access,
+        entrances=4,
+        flats_per_entrance=-(-per_access // 4) + 10,
+        seed=seed,
+    )
+
+
 def _write_phone(phone: str, rng: random.Random) -> str:
     d = phone[2:]
     return rng.choice([
