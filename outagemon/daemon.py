@@ -319,6 +319,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         # Give queued writes a moment (the database may be away: then they are lost, and
         # the restart's recovery re-derives what it can from the network).
+        if self.monitor is not None and self.writer is not None and self.writer.available:
+            self.monitor.save_history()
         if self.writer is not None and self.writer.available:
             await self.writer.drain(1.5)
         for task in list(self.tasks):

@@ -24,6 +24,7 @@ from outagemon.correlate import (
     Incident,
     Kind,
     Maintenance,
+    NodeState,
     Settings,
 )
 from outagemon.directory import Directory
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 log = logs.get("outagemon.monitor")
 
 ANCHOR_PREFIX = "anchor:"
+HISTORY_EVERY = 600.0  # seconds between saves of every node's loss history
 
 
 def settings_of(cfg: Config) -> Settings:
@@ -81,6 +83,7 @@ class Monitor:
         self._calls_unsaved: dict[int, int] = {}
         self.recent: dict[str, Incident] = {}  # node -> recently resolved incident covering it
         self.maintenance: list[Maintenance] = []
+        self._history_saved = clock()
         self.answers: dict[str, Any] = {}  # the /check path answers, see api._assess_path
         self.first_round_done = False
         self.last_tick = 0.0
@@ -113,6 +116,8 @@ class Monitor:
         self._down.set(len(self.correlator._down))
         self._save_calls()
         self._save_states()
+        if now - self._history_saved >= HISTORY_EVERY:
+            self.save_history()
         cutoff = now - self.config.messages.restored_for
         if self.recent and len(self.recent) > 10_000:
             self.recent = {n: i for n, i in self.recent.items() if (i.resolved_at or 0) > cutoff}
@@ -251,6 +256,28 @@ class Monitor:
         self.calls[incident_id] = self.calls.get(incident_id, 0) + 1
         self._calls_unsaved[incident_id] = self._calls_unsaved.get(incident_id, 0) + 1
 
+    def save_history(self) -> None:
+        """Every node's loss history, in one write (COPY): done every HISTORY_EVERY seconds
+        and when the daemon stops, so a restart keeps what it learnt about lossy links."""
+        self._history_saved = self.clock()
+        if self.writer is None:
+            return
+        nodes = self.directory.topology.nodes
+        rows = [(n, ns.n, ns.lost) for n, ns in self.correlator.states.items() if n in nodes]
+
+        async def write(conn: Conn) -> None:
+            await conn.execute("create temporary table h (node_id text, n real, lost real)"
+                               " on commit drop")  # fmt: skip
+            await conn.copy_records_to_table("h", records=rows, columns=["node_id", "n", "lost"])
+            await conn.execute(
+                "insert into node_state (node_id, state, changed_at, history_n, history_lost)"
+                " select node_id, 'unknown', now(), n, lost from h"
+                " on conflict (node_id) do update set history_n = excluded.history_n,"
+                " history_lost = excluded.history_lost"
+            )
+
+        self.writer.submit("history", write)
+
     def _save_states(self) -> None:
         """Node state changes since the last tick, as one write (a recovery of 100,000
         nodes is one statement, not 100,000)."""
@@ -303,6 +330,9 @@ class Monitor:
                 " where ends_at > now() - interval '1 day'"
             )
             max_window = await conn.fetchval("select coalesce(max(id), 0) from maintenance")
+            histories = await conn.fetch(
+                "select node_id, history_n, history_lost from node_state where history_n > 0"
+            )
         incidents = []
         for r in rows:
             nodes = [n for n in r["nodes"] if n in self.directory.topology]
@@ -317,6 +347,12 @@ class Monitor:
                 self.eta[inc.id] = r["eta"].timestamp()
             self.calls[inc.id] = r["calls"]
         self.correlator.restore(incidents, next_id)
+        # Each node's loss history: a clean target keeps its short streak over a restart.
+        topo = self.directory.topology.nodes
+        for h in histories:
+            if h["node_id"] in topo:
+                ns = self.correlator.states.setdefault(h["node_id"], NodeState())
+                ns.n, ns.lost = float(h["history_n"]), float(h["history_lost"])
         self.maintenance = [
             Maintenance(w["id"], w["node_id"], w["starts_at"].timestamp(),
                         w["ends_at"].timestamp(), w["reason"])

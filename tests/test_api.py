@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from outagemon.correlate import Maintenance
+from outagemon.metrics import Registry
+from outagemon.monitor import Monitor
 from tests.conftest import short_tmp_dir
 from tests.world import READ, WRITE, world
 
@@ -333,3 +335,16 @@ async def test_the_page_shows_open_incidents_escaped(fresh_db: str) -> None:
             page = await r.text()
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
         assert "<script>alert(1)</script>" not in page
+
+
+async def test_loss_history_survives_a_restart(fresh_db: str) -> None:
+    async with world(fresh_db) as w:
+        w.monitor.save_history()
+        await w.flushed()
+        before = w.monitor.correlator.states["sw-lenina-5"]
+        assert before.n > 100
+        again = Monitor(w.monitor.config, w.monitor.directory, Registry())
+        await again.restore(w.pool)
+        after = again.correlator.states["sw-lenina-5"]
+        assert after.n == pytest.approx(before.n, rel=1e-3)
+        assert after.lost == pytest.approx(before.lost, abs=1e-3)
