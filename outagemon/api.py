@@ -23,20 +23,16 @@ from outagemon.config import Token
 from outagemon.correlate import Incident, Kind, Maintenance, State
 from outagemon.directory import Directory, Match
 from outagemon.monitor import Monitor
+from outagemon.openapi import STATUSES
 
 log = logs.get("outagemon.api")
 
-STATUSES = ("outage", "maintenance", "cpe_down", "restored", "ok", "unknown", "ambiguous",
-            "not_found")  # fmt: skip
-CHECK_FIELDS = ("status", "incident_id", "root_node", "since", "eta", "message", "matched_by",
-                "node", "address", "candidates")  # fmt: skip
 MAX_NOTE = 2000
 CHECKS = "outagemon_checks_total"
 # The metric's label sets, made once rather than sorted on every answer.
 _CHECK_KEYS = {
     (status, channel): (("channel", channel), ("status", status))
-    for status in ("outage", "maintenance", "cpe_down", "restored", "ok", "unknown",
-                   "ambiguous", "not_found")
+    for status in STATUSES
     for channel in ("ivr", "helpdesk")
 }  # fmt: skip
 

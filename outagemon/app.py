@@ -33,7 +33,6 @@ class Runtime:
     monitor: Monitor | None = None
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
     probe_rate: float = 0.0  # probes a second, as last measured
-    probe_stats: dict[str, int] = field(default_factory=dict)
     texts: Texts = field(default_factory=lambda: messages.load("ru"))
 
 

@@ -205,6 +205,7 @@ class Daemon:
         self.scheduler = Scheduler(self.engine, self._outcome, cfg.probe.interval,
                                    cfg.probe.max_rate)  # fmt: skip
         self.scheduler.set_targets(list(self.node_of))
+        self.runtime.metrics.on_collect(self._probe_metrics)
         self.runtime.not_ready = "the first probe round has not finished yet"
         self._spawn(self.scheduler.run(), "scheduler")
         self._spawn(self._correlate(), "correlate")
@@ -233,6 +234,22 @@ class Daemon:
                 net.probe(node)
             await asyncio.sleep(TICK)
 
+    def _probe_metrics(self) -> None:
+        """The engine's counters, read when /metrics is asked (malformed and foreign
+        packets, late replies, kernel drops are counted, never silent)."""
+        if self.engine is None:
+            return
+        stats = self.engine.stats
+        self.engine.kernel_drops()
+        counter = self.runtime.metrics.counter(
+            "outagemon_probe_packets_total", "ICMP engine counts by kind."
+        )
+        for kind, value in dataclasses.asdict(stats).items():
+            counter.set(float(value), kind=kind)
+        self.runtime.metrics.gauge(
+            "outagemon_probes_in_flight", "Probes sent and not yet answered or expired."
+        ).set(self.engine.in_flight)
+
     def _outcome(self, o: Outcome) -> None:
         node = self.node_of.get(o.target)
         if node is not None and self.monitor is not None:
@@ -256,7 +273,6 @@ class Daemon:
                 stats = self.engine.stats
                 self.runtime.probe_rate = (stats.sent - sent_before) / (started - measured)
                 sent_before, measured = stats.sent, started
-                self.runtime.probe_stats = dataclasses.asdict(stats)
             # Subtract the time the work took, so a busy tick does not slow the rhythm.
             await asyncio.sleep(max(0.0, TICK - (time.monotonic() - started)))
 

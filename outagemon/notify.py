@@ -27,10 +27,6 @@ class Notifier:
             # Ping at half the deadline, as sd_watchdog_enabled(3) advises.
             self.watchdog_interval = int(usec) / 2_000_000
 
-    @property
-    def enabled(self) -> bool:
-        return self._sock is not None
-
     def send(self, message: str) -> bool:
         """Send one message; False if not under systemd or the socket is gone."""
         if self._sock is None or self._address is None:

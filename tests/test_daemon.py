@@ -155,6 +155,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_says_why(daemon: Proc
         text = r.read().decode()
     assert 'outagemon_config_reloads_total{outcome="refused"} 1' in text
     assert "outagemon_topology_nodes " in text
+    assert 'outagemon_probe_packets_total{kind="malformed"}' in text, "the engine's counts"
 
 
 def metric(proc: Proc, name: str) -> float:
