@@ -106,32 +106,23 @@ async def next_incident_id(conn: Conn) -> int:
     return int(value)
 
 
+# An incident with the nodes it cuts off, root first.
+_INCIDENT = """
+    select i.*, coalesce((select array_agg(node_id order by node_id = i.root_node desc, node_id)
+                          from incident_node where incident_id = i.id), '{}') as nodes
+    from incident i
+"""
+_STATES = {"open": "state = 'open'", "resolved": "state in ('resolved', 'merged')", "all": "true"}
+
+
 async def list_incidents(pool: asyncpg.Pool, state: str, limit: int = 200) -> list[asyncpg.Record]:
-    where = {"open": "state = 'open'", "resolved": "state in ('resolved', 'merged')",
-             "all": "true"}[state]  # fmt: skip
-    return list(
-        await pool.fetch(
-            f"""
-            select i.*, coalesce((select array_agg(node_id order by node_id = i.root_node desc,
-                                                   node_id)
-                                  from incident_node where incident_id = i.id), '{{}}') as nodes
-            from incident i where {where} order by i.opened_at desc, i.id desc limit $1
-            """,
-            limit,
-        )
-    )
+    where = _STATES[state]
+    query = f"{_INCIDENT} where {where} order by i.opened_at desc, i.id desc limit $1"
+    return list(await pool.fetch(query, limit))
 
 
 async def get_incident(pool: asyncpg.Pool, incident_id: int) -> asyncpg.Record | None:
-    rows = await pool.fetch(
-        """
-        select i.*, coalesce((select array_agg(node_id order by node_id = i.root_node desc,
-                                               node_id)
-                              from incident_node where incident_id = i.id), '{}') as nodes
-        from incident i where i.id = $1
-        """,
-        incident_id,
-    )
+    rows = await pool.fetch(f"{_INCIDENT} where i.id = $1", incident_id)
     return rows[0] if rows else None
 
 
