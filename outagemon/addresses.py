@@ -8,7 +8,6 @@ write the same house many ways: "ул. Ленина, д. 5, корп. 2, кв. 1
 
 from __future__ import annotations
 
-import functools
 import re
 import socket
 from dataclasses import dataclass
@@ -112,9 +111,21 @@ class Address:
         return out
 
 
-@functools.lru_cache(maxsize=65536)  # buildings are few, callers many
+# Buildings are few and callers many: each building's text is remembered, by the identity
+# of its Address (the directory shares one per building; hashing all its fields on every
+# call costs more than writing it out). The entry holds the Address, so the id stays its.
+_building_texts: dict[int, tuple[Address, str]] = {}
+
+
 def _building_text(address: Address) -> str:
-    return address.text(with_flat=False)
+    found = _building_texts.get(id(address))
+    if found is not None and found[0] is address:
+        return found[1]
+    text = address.text(with_flat=False)
+    if len(_building_texts) >= 65536:
+        _building_texts.clear()
+    _building_texts[id(address)] = (address, text)
+    return text
 
 
 def _with_flat(text: str, flat: str, english: bool) -> str:
@@ -245,11 +256,18 @@ def canonical_ip(text: str) -> str | None:
         return None
 
 
+_NOT_DIGIT = re.compile(r"\D")
+
+
 def normalise_phone(text: str) -> str | None:
     """Any common notation to E.164 (Russian numbers assumed without a country code)."""
     raw = text.strip()
-    digits = re.sub(r"\D", "", raw)
-    if raw.startswith("+"):
+    plus = raw[:1] == "+"
+    # The phone menu sends bare digits or +digits: no expression needed for those.
+    digits = raw[1:] if plus else raw
+    if not (digits.isdigit() and digits.isascii()):
+        digits = _NOT_DIGIT.sub("", raw)
+    if plus:
         return f"+{digits}" if 8 <= len(digits) <= 15 else None
     if len(digits) == 11 and digits[0] in "78":
         return f"+7{digits[1:]}"

@@ -10,12 +10,14 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from outagemon import logs
 from outagemon.app import RUNTIME, Runtime, json_response
@@ -28,7 +30,6 @@ from outagemon.openapi import STATUSES
 log = logs.get("outagemon.api")
 
 MAX_NOTE = 2000
-CHECKS = "outagemon_checks_total"
 # The metric's label sets, made once rather than sorted on every answer.
 _CHECK_KEYS = {
     (status, channel): (("channel", channel), ("status", status))
@@ -80,21 +81,33 @@ def bad(sentence: str, status: int = 400) -> web.HTTPException:
 
 
 def _token_of(request: web.Request, tokens: tuple[Token, ...]) -> Token | None:
-    header = request.headers.get("Authorization", "")
+    header = request.headers.get(hdrs.AUTHORIZATION, "")  # istr: no case folding per call
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         return None
+    given_bytes = given.strip().encode()
     found = None
-    for t in tokens:
+    for i, secret in enumerate(_secrets(tokens)):
         # Every token is compared, in constant time, so timing tells nothing.
-        if hmac.compare_digest(t.token.encode(), given.strip().encode()):
-            found = t
+        if hmac.compare_digest(secret, given_bytes):
+            found = tokens[i]
     return found
 
 
-def authorise(request: web.Request, write: bool) -> str:
+# The tokens as bytes, made again only when the configuration (reloaded) brings new ones.
+_encoded: tuple[tuple[Token, ...], tuple[bytes, ...]] = ((), ())
+
+
+def _secrets(tokens: tuple[Token, ...]) -> tuple[bytes, ...]:
+    global _encoded
+    if _encoded[0] is not tokens:
+        _encoded = (tokens, tuple(t.token.encode() for t in tokens))
+    return _encoded[1]
+
+
+def authorise(request: web.Request, write: bool, rt: Runtime | None = None) -> str:
     """The name of the caller's token ("" when reads are open); raise 401/403 otherwise."""
-    tokens = request.app[RUNTIME].config.tokens
+    tokens = (rt or request.app[RUNTIME]).config.tokens
     if not tokens:
         if write:
             raise bad("writes are disabled: configure a token with role = \"write\" "
@@ -131,9 +144,12 @@ def assess(monitor: Monitor | None, directory: Directory, match: Match, now: flo
         return Answer("ambiguous" if match.ambiguous else "not_found")
     if monitor is None or not monitor.first_round_done:
         return Answer("unknown", node=match.nodes[0])
-    answers = [_assess_node(monitor, directory, n, match, now, restored_for) for n in match.nodes]
-    first = answers[0]
-    same = all(a.status == first.status and a.incident is first.incident for a in answers)
+    first = _assess_node(monitor, directory, match.nodes[0], match, now, restored_for)
+    if len(match.nodes) == 1:
+        return first
+    others = [_assess_node(monitor, directory, n, match, now, restored_for)
+              for n in match.nodes[1:]]  # fmt: skip
+    same = all(a.status == first.status and a.incident is first.incident for a in others)
     if not same:
         # A house split between entrances, and the caller gave no flat.
         return Answer("ambiguous", node=match.nodes[0])
@@ -150,8 +166,10 @@ def _assess_node(monitor: Monitor, directory: Directory, node: str, match: Match
     before, after = _assess_path(monitor, directory, serving, now, restored_for)
     if before is not None:
         return before
-    if sub is not None and sub.ip and c.state_of(node) is State.DOWN:
-        return Answer("cpe_down", node=serving, since=c.states[node].down_at)
+    if sub is not None and sub.ip:
+        ns = c.states.get(node)  # the router's own state, never remembered
+        if ns is not None and ns.state is State.DOWN:
+            return Answer("cpe_down", node=serving, since=ns.down_at)
     return after
 
 
@@ -159,22 +177,25 @@ def _assess_path(monitor: Monitor, directory: Directory, node: str, now: float,
                  restored_for: float) -> tuple[Answer | None, Answer]:  # fmt: skip
     """(an incident or planned works on the path, else None; what to say otherwise).
 
-    Remembered per monitor until anything changes (the correlator's version) or a second
-    passes: during a surge, the callers of one building are asking the same question."""
+    Remembered per serving node until anything it depends on changes (the correlator's
+    version) or the clock reaches a moment that changes it (planned works starting or
+    ending, a "restored" answer running out): during a surge, the callers of one building
+    are asking the same question."""
     cache: dict[str, Any] = monitor.answers
-    version, second = monitor.correlator.version, int(now)
+    version = monitor.correlator.version
     cached = cache.get(node)
-    if cached is not None and cached[0] == version and cached[1] == second:
+    if cached is not None and cached[0] == version and now < cached[1]:
         return cached[2], cached[3]
-    before, after = _walk_path(monitor, directory, node, now, restored_for)
+    before, after, expires = _walk_path(monitor, directory, node, now, restored_for)
     if len(cache) > 200_000:
         cache.clear()
-    cache[node] = (version, second, before, after)
+    cache[node] = (version, expires, before, after)
     return before, after
 
 
 def _walk_path(monitor: Monitor, directory: Directory, node: str, now: float,
-               restored_for: float) -> tuple[Answer | None, Answer]:  # fmt: skip
+               restored_for: float) -> tuple[Answer | None, Answer, float]:  # fmt: skip
+    """What _assess_path says, and until when the clock alone leaves it true."""
     c = monitor.correlator
     topo = directory.topology
     path = [node, *topo.ancestors(node)] if node in topo else [node]
@@ -184,48 +205,53 @@ def _walk_path(monitor: Monitor, directory: Directory, node: str, now: float,
             continue
         if inc.recovering_since is not None:
             found = Answer("restored", inc, node, inc.opened_at, resolved=inc.recovering_since)
-            return found, found
+            return found, found, math.inf
         status = "maintenance" if inc.kind is Kind.MAINTENANCE else "outage"
         found = Answer(status, inc, node, inc.opened_at, monitor.eta.get(inc.id),
                        until=inc.maintenance_until)  # fmt: skip
-        return found, found
-    window = _works(monitor.maintenance, set(path), topo, now)
-    if window is not None:
-        found = Answer("maintenance", node=node, since=window.starts_at, until=window.ends_at)
-        return found, found
+        return found, found, math.inf
+    on_path = set(path)
+    expires = math.inf  # the next start or end of planned works on the path
+    for w in monitor.maintenance:
+        if w.node not in on_path:
+            continue
+        if w.starts_at <= now < w.ends_at:
+            found = Answer("maintenance", node=node, since=w.starts_at, until=w.ends_at)
+            return found, found, w.ends_at
+        if w.starts_at > now:
+            expires = min(expires, w.starts_at)
     for n in path:
         recent = monitor.recent.get(n)
         if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
-            return None, Answer("restored", recent, node, recent.opened_at,
-                                resolved=recent.resolved_at)  # fmt: skip
+            said = Answer("restored", recent, node, recent.opened_at, resolved=recent.resolved_at)
+            return None, said, min(expires, recent.resolved_at + restored_for)
     # Nothing on the path has been seen yet (a new node, or just after blindness).
     nodes, states = topo.nodes, c.states
     seen_any = False
     for n in path:
-        on_path = nodes.get(n)
-        if on_path is not None and on_path.probed:
+        here = nodes.get(n)
+        if here is not None and here.probed:
             seen_any = True
             ns = states.get(n)
             if ns is not None and ns.state is not State.UNKNOWN and ns.state is not State.RECHECK:
-                return None, Answer("ok", node=node)
-    return None, Answer("unknown" if seen_any else "ok", node=node)
+                return None, Answer("ok", node=node), expires
+    return None, Answer("unknown" if seen_any else "ok", node=node), expires
 
 
-def _works(windows: list[Maintenance], path: set[str], topo: Any, now: float) -> Maintenance | None:
-    for w in windows:
-        if w.starts_at <= now < w.ends_at and w.node in path:
-            return w
-    return None
+_KEYS = ("phone", "account", "address", "node")
 
 
-def find(directory: Directory, query: dict[str, str]) -> tuple[str, Match]:
+def find(directory: Directory, query: Mapping[str, str]) -> tuple[str, Match]:
     """Which caller the query names; HTTPBadRequest for a malformed question."""
-    given = [k for k in ("phone", "account", "address", "node") if query.get(k, "").strip()]
+    given = []
+    for k in _KEYS:
+        v = query.get(k)
+        if v and (v := v.strip()):
+            given.append((k, v))
     if len(given) != 1:
-        named = ", ".join(given) if given else "none"
+        named = ", ".join(k for k, _ in given) if given else "none"
         raise bad(f"give exactly one of phone, account, address or node (given: {named}).")
-    key = given[0]
-    value = query[key].strip()
+    key, value = given[0]
     if len(value) > 500:
         raise bad(f"{key} is too long.")
     if query.get("flat") and key != "address":
@@ -241,37 +267,37 @@ def find(directory: Directory, query: dict[str, str]) -> tuple[str, Match]:
     return key, Match()
 
 
+_CHECK_PARAMS = frozenset({"phone", "account", "address", "flat", "node", "format", "call_id",
+                           "channel"})  # fmt: skip
+
+
 async def check(request: web.Request) -> web.Response:
-    authorise(request, write=False)
     rt = request.app[RUNTIME]
+    authorise(request, False, rt)
     q = request.query
+    if not _CHECK_PARAMS.issuperset(q):
+        unknown = sorted(set(q) - _CHECK_PARAMS)
+        raise bad(f"unknown parameter(s): {', '.join(unknown)}.")
     fmt = q.get("format", "json")
     if fmt not in ("json", "text"):
         raise bad("format must be json or text.")
     channel = q.get("channel", "ivr")
     if channel not in ("ivr", "helpdesk"):
         raise bad("channel must be ivr or helpdesk.")
-    unknown = set(q) - {"phone", "account", "address", "flat", "node", "format", "call_id",
-                        "channel"}  # fmt: skip
-    if unknown:
-        raise bad(f"unknown parameter(s): {', '.join(sorted(unknown))}.")
-    matched_by, match = find(rt.directory, dict(q))
+    matched_by, match = find(rt.directory, q)
     now = time.time()
     answer = assess(rt.monitor, rt.directory, match, now, rt.config.messages.restored_for)
-    texts = rt.texts
-    address = match.address_text()
-    moment = datetime.fromtimestamp(now, tz=UTC)
-
-    def dt(x: float | None) -> datetime | None:
-        return datetime.fromtimestamp(x, tz=UTC) if x is not None else None
-
-    message = texts.render(answer.status, moment, address=address, since=dt(answer.since),
-                           eta=dt(answer.eta), until=dt(answer.until),
-                           resolved=dt(answer.resolved))  # fmt: skip
     inc = answer.incident
     if inc is not None and rt.monitor is not None:
         rt.monitor.count_call(inc.id)
-    body = {
+    rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
+    if fmt == "text":
+        return web.Response(text=f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n")
+    address = match.address_text()
+    message = rt.texts.render(answer.status, now, address=address, since=answer.since,
+                              eta=answer.eta, until=answer.until,
+                              resolved=answer.resolved)  # fmt: skip
+    return json_response({
         "status": answer.status,
         "incident_id": str(inc.id) if inc is not None else "",
         "root_node": inc.root if inc is not None else "",
@@ -282,13 +308,7 @@ async def check(request: web.Request) -> web.Response:
         "node": answer.node,
         "address": address,
         "candidates": ";".join(match.candidates),
-    }
-    rt.metrics.counter(CHECKS, "Check answers by status and channel.").inc_key(
-        _CHECK_KEYS[answer.status, channel]
-    )
-    if fmt == "text":
-        return web.Response(text=f"{body['status']}|{body['incident_id']}|{body['eta']}\n")
-    return json_response(body)
+    })  # fmt: skip
 
 
 # -- incidents -------------------------------------------------------------------------

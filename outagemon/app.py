@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from outagemon import __version__, logs, messages
 from outagemon.config import Config
 from outagemon.directory import Directory
 from outagemon.messages import Texts
-from outagemon.metrics import Registry
+from outagemon.metrics import Metric, Registry
 from outagemon.monitor import Monitor
 
 log = logs.get("outagemon.http")
@@ -34,6 +34,12 @@ class Runtime:
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
     probe_rate: float = 0.0  # probes a second, as last measured
     texts: Texts = field(default_factory=lambda: messages.load("ru"))
+    checks: Metric = field(init=False)  # /check answers by status and channel
+
+    def __post_init__(self) -> None:
+        self.checks = self.metrics.counter(
+            "outagemon_checks_total", "Check answers by status and channel."
+        )
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -41,14 +47,14 @@ RUNTIME = web.AppKey("runtime", Runtime)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _dumps(data: Any) -> str:
-    # UTF-8 text rather than \u escapes: addresses and spoken texts stay readable in logs,
-    # curl and dialplans alike (JSON_DECODE reads both).
-    return json.dumps(data, ensure_ascii=False)
-
-
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=_dumps)
+    # orjson writes UTF-8 rather than \u escapes: addresses and spoken texts stay readable in
+    # logs, curl and dialplans alike (JSON_DECODE reads both); it is also several times
+    # quicker than the standard library, which counts on /check during a call surge.
+    return web.Response(body=orjson.dumps(data), status=status, headers=_JSON)
+
+
+_JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 
 def error(status: int, sentence: str) -> web.Response:

@@ -207,8 +207,9 @@ class Correlator:
         self._blocked: dict[str, tuple[str, float]] = {}  # pending root -> (ancestor, its last_at)
         self._added: set[str] = set()  # failed since the last decision
         self._removed = True  # something stopped failing: the next decision starts afresh
-        # Bumped by every change a caller's answer could depend on (states, incidents,
-        # planned works, blindness), so answers may be remembered until it moves.
+        # Bumped by every change a caller's answer could depend on (states of network
+        # nodes, incidents, planned works, blindness; not routers' states, which /check
+        # reads directly), so answers may be remembered until it moves.
         self.version = 0
         # (node, state, time) of each up/down change, kept only when someone stores them
         # (the daemon does, and empties the list every tick).
@@ -290,7 +291,9 @@ class Correlator:
         return self._net_lost / self._net_results
 
     def _set(self, node: str, ns: NodeState, state: State, now: float) -> None:
-        self.version += 1
+        here = self.topology.nodes.get(node)  # None for an anchor outside the topology
+        if here is None or here.kind != "cpe":  # a router's state is read, never cached
+            self.version += 1
         if self.record_transitions:
             self.transitions.append((node, state.value, now))
         was_down = ns.state is State.DOWN
@@ -449,7 +452,7 @@ class Correlator:
             self._infer(now)
         self._decide(now)
         events, self._events = self._events, []
-        if events or self._requests:
+        if events:
             self.version += 1
         return events
 

@@ -33,24 +33,27 @@ class Subscriber:
     ip: str | None
     serving: str  # the topology node that brings service to the address
     row: int
+    # The node whose state is this subscriber's: their router (cpe:ACCOUNT) when it is
+    # probed, else the serving node. Kept rather than computed: the phone menu asks often.
+    node: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.node:
+            self.node = cpe_id(self.account) if self.ip else self.serving
 
     def where(self) -> Address:
         """The address with the flat."""
         return dataclasses.replace(self.address, flat=self.flat)
-
-    @property
-    def node(self) -> str:
-        """The node whose state is this subscriber's: their router when it is probed."""
-        return cpe_id(self.account) if self.ip else self.serving
 
 
 def cpe_id(account: str) -> str:
     return f"cpe:{account}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass is slower to make, once a call
 class Match:
-    """The answer to "where is this caller": one place, several, or none."""
+    """The answer to "where is this caller": one place, several, or none (never changed
+    once made)."""
 
     nodes: tuple[str, ...] = ()  # serving nodes (one, or several for a house split by flats)
     address: Address | None = None
@@ -125,7 +128,14 @@ class Directory:
         return Match(nodes=(sub.node,), address=sub.address, subscriber=sub, flat=sub.flat)
 
     def phone(self, text: str) -> Match:
-        return self.match_subscribers(self.by_phone_number(text))
+        phone = addresses.normalise_phone(text)
+        found = self.by_phone.get(phone) if phone else None
+        if found is None:
+            return NOT_FOUND
+        if isinstance(found, list):
+            return self.match_subscribers(found)
+        # The phone menu's usual question: made directly, it is asked thousands of times.
+        return Match((found.node,), found.address, found, (), found.flat)
 
     def account(self, text: str) -> Match:
         sub = self.by_account.get(text.strip())
@@ -265,7 +275,7 @@ def with_cpes(topology: Topology, subscribers: list[Subscriber]) -> Topology:
         if sub.ip:
             nodes.append(
                 Node(
-                    id=cpe_id(sub.account),
+                    id=sub.node,  # the same string: one copy for a million routers
                     kind="cpe",
                     ip=sub.ip,
                     parents=(sub.serving,),

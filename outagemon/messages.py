@@ -10,6 +10,7 @@ a table per language holding any of these keys.
 from __future__ import annotations
 
 import string
+import time
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -103,9 +104,13 @@ class Texts:
             f"{found}, квартира {flat}" if self.language == "ru" else f"{found}, apartment {flat}"
         )
 
-    def when(self, moment: datetime, now: datetime) -> str:
-        """A time as it is said: "в 14:05", "завтра в 09:00", "26 ноября в 18:00"."""
-        key = (int(moment.timestamp()), now.toordinal())
+    def when(self, moment: float, now: float) -> str:
+        """A time (epoch seconds) as it is said: "в 14:05", "завтра в 09:00",
+        "26 ноября в 18:00", relative to the local day of `now`."""
+        return self._said(moment, now, local_day(now))
+
+    def _said(self, moment: float, now: float, day: int) -> str:
+        key = (int(moment), day)
         found = self._times.get(key)
         if found is None:
             found = self._when(moment, now)
@@ -114,9 +119,9 @@ class Texts:
             self._times[key] = found
         return found
 
-    def _when(self, moment: datetime, now: datetime) -> str:
-        local, today = moment.astimezone(), now.astimezone()
-        days = (local.date() - today.date()).days
+    def _when(self, moment: float, now: float) -> str:
+        local = datetime.fromtimestamp(moment)  # local time, as callers count it
+        days = (local.date() - datetime.fromtimestamp(now).date()).days
         clock = local.strftime("%H:%M")
         if self.language == "ru":
             if days == 0:
@@ -134,23 +139,43 @@ class Texts:
             return f"yesterday at {clock}"
         return f"on {local.strftime('%d %B')} at {clock}"
 
-    def render(self, status: str, now: datetime, address: str = "", since: datetime | None = None,
-               eta: datetime | None = None, until: datetime | None = None,
-               resolved: datetime | None = None) -> str:  # fmt: skip
+    def render(self, status: str, now: float, address: str = "", since: float | None = None,
+               eta: float | None = None, until: float | None = None,
+               resolved: float | None = None) -> str:  # fmt: skip
+        """The sentence for a status; times are epoch seconds."""
+        day = local_day(now)
+
+        def when(moment: float) -> str:
+            return self._said(moment, now, day)
+
         eta_sentence = (
-            self.templates["eta_known"].format(eta=self.when(eta, now))
+            self.templates["eta_known"].format(eta=when(eta))
             if eta is not None and eta > now
             else self.templates["eta_unknown"]
         )
-        values = {
-            "address": self.spoken_address(address) if address else "",
-            "since": self.when(since, now) if since else "",
-            "eta": self.when(eta, now) if eta else "",
-            "eta_sentence": eta_sentence,
-            "until": self.when(until, now) if until else "",
-            "resolved": self.when(resolved, now) if resolved else "",
-        }
-        return self.templates[status].format(**values).strip()
+        return (
+            self.templates[status]
+            .format(
+                address=self.spoken_address(address) if address else "",
+                since=when(since) if since is not None else "",
+                eta=when(eta) if eta is not None else "",
+                eta_sentence=eta_sentence,
+                until=when(until) if until is not None else "",
+                resolved=when(resolved) if resolved is not None else "",
+            )
+            .strip()
+        )
+
+
+def local_day(now: float) -> int:
+    """The number of the local calendar day that `now` (epoch seconds) falls in."""
+    minute = int(now // 60)  # days and offsets change on whole minutes: one look a minute
+    if minute != _day[0]:
+        _day[:] = [minute, int((now + time.localtime(now).tm_gmtoff) // 86400)]
+    return _day[1]
+
+
+_day = [-1, 0]  # [the minute last looked at, its local day]
 
 
 def load(language: str, override: Path | None = None) -> Texts:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import time
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -10,26 +11,27 @@ import pytest
 from outagemon import messages
 from outagemon.errors import ConfigError
 
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()
+HOUR, DAY = 3600.0, 86400.0
 
 
 def test_times_are_said_relative_to_today() -> None:
     t = messages.load("ru")
-    local = NOW.astimezone()
+    local = datetime.fromtimestamp(NOW)
     assert t.when(NOW, NOW) == f"в {local:%H:%M}"
-    assert t.when(NOW + timedelta(days=1), NOW).startswith("завтра в ")
-    assert t.when(NOW - timedelta(days=1), NOW).startswith("вчера в ")
-    assert "декабря" in t.when(NOW + timedelta(days=10), NOW)
-    assert messages.load("en").when(NOW + timedelta(days=1), NOW).startswith("tomorrow at ")
+    assert t.when(NOW + DAY, NOW).startswith("завтра в ")
+    assert t.when(NOW - DAY, NOW).startswith("вчера в ")
+    assert "декабря" in t.when(NOW + 10 * DAY, NOW)
+    assert messages.load("en").when(NOW + DAY, NOW).startswith("tomorrow at ")
 
 
 def test_an_estimate_that_passed_is_never_spoken() -> None:
     t = messages.load("ru")
     ahead = t.render("outage", NOW, address="ул. Ленина, д. 5", since=NOW,
-                     eta=NOW + timedelta(hours=3))  # fmt: skip
+                     eta=NOW + 3 * HOUR)  # fmt: skip
     assert "Ориентировочно связь восстановится" in ahead
     passed = t.render("outage", NOW, address="ул. Ленина, д. 5", since=NOW,
-                      eta=NOW - timedelta(minutes=5))  # fmt: skip
+                      eta=NOW - 300)  # fmt: skip
     assert "Работы продолжаются" in passed and "Ориентировочно" not in passed
 
 
@@ -69,3 +71,21 @@ def test_a_broken_override_names_each_problem(tmp_path: Path) -> None:
     assert "[de] is not a language" in text
     with pytest.raises(ConfigError, match="no such file"):
         messages.load("ru", tmp_path / "missing.toml")
+
+
+def test_a_remembered_time_follows_the_local_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Moscow's day turns three hours before UTC's: an answer remembered on the evening of
+    # the 26th must not still say "tomorrow" after local midnight.
+    monkeypatch.setenv("TZ", "MSK-3")  # POSIX form: no tzdata needed
+    time.tzset()
+    try:
+        msk = timezone(timedelta(hours=3))
+        t = messages.load("ru")
+        eta = datetime(2026, 11, 27, 18, 0, tzinfo=msk).timestamp()
+        assert t.when(eta, datetime(2026, 11, 26, 23, 0, tzinfo=msk).timestamp()) == (
+            "завтра в 18:00"
+        )
+        assert t.when(eta, datetime(2026, 11, 27, 1, 0, tzinfo=msk).timestamp()) == "в 18:00"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
