@@ -1,15 +1,19 @@
 """The phone menu's question under a call surge: wrk against /check, beside a bare handler.
 
-    .venv/bin/python -m benchmarks.http_bench [--subscribers 1000000] [--seconds 20]
+    .venv/bin/python -m benchmarks.http_bench [--subscribers 1000000] [--rounds 5]
+                                              [--seconds 8] [--city DIR]
 
 A generated city (synthetic: outagemon/citygen.py) of 5,000 access switches and
 1,000,000 subscribers is loaded into a real outagemon HTTP app, with a mass outage open
 (an aggregation switch and the 100 buildings behind it). wrk (Debian package) asks
 `/check?phone=...` with a different subscriber's phone on every request, at 256
-connections; in the same run, the same wrk asks a bare aiohttp handler that returns a
-constant. Two loads: wrk's usual saturation (as fast as it goes: throughput), and a
-steady surge of 2,000 calls a second (each connection paced by wrk's delay(): latency
-when the server is not saturated; a city's worst call surge is tens of calls a second).
+connections, with the token a phone menu sends. Beside it, the same wrk asks a bare
+aiohttp handler that returns a constant (same Python, same event loop, one process each).
+Both servers run for the whole benchmark and the runs alternate between them, round after
+round. Two loads: wrk's usual saturation (as fast as it goes: throughput), and a steady
+surge of 2,000 calls a second (each connection paced by wrk's delay(): latency when the
+server is not saturated; a city's worst call surge is tens of calls a second).
+`--city DIR` keeps the generated files in DIR and reuses them next time.
 """
 
 from __future__ import annotations

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import hdrs, web
 
 from outagemon import logs
-from outagemon.app import RUNTIME, Runtime, json_response
+from outagemon.app import JSON, RUNTIME, Runtime, json_response
 from outagemon.config import Token
 from outagemon.correlate import Incident, Kind, Maintenance, State
 from outagemon.directory import Directory, Match
+from outagemon.messages import Texts, local_day
 from outagemon.monitor import Monitor
 from outagemon.openapi import STATUSES
 
@@ -135,6 +137,7 @@ class Answer:
     eta: float | None = None
     until: float | None = None
     resolved: float | None = None
+    kept: bool = False  # remembered for its serving node (see _assess_path), not made anew
 
 
 def assess(monitor: Monitor | None, directory: Directory, match: Match, now: float,
@@ -187,6 +190,9 @@ def _assess_path(monitor: Monitor, directory: Directory, node: str, now: float,
     if cached is not None and cached[0] == version and now < cached[1]:
         return cached[2], cached[3]
     before, after, expires = _walk_path(monitor, directory, node, now, restored_for)
+    after.kept = True
+    if before is not None:
+        before.kept = True
     if len(cache) > 200_000:
         cache.clear()
     cache[node] = (version, expires, before, after)
@@ -293,11 +299,17 @@ async def check(request: web.Request) -> web.Response:
     rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
     if fmt == "text":
         return web.Response(text=f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n")
+    return web.Response(body=_body_of(rt, answer, match, matched_by, now), headers=JSON)
+
+
+def _body(texts: Texts, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
+    """The JSON of a /check answer, written out."""
+    inc = answer.incident
     address = match.address_text()
-    message = rt.texts.render(answer.status, now, address=address, since=answer.since,
-                              eta=answer.eta, until=answer.until,
-                              resolved=answer.resolved)  # fmt: skip
-    return json_response({
+    message = texts.render(answer.status, now, address=address, since=answer.since,
+                           eta=answer.eta, until=answer.until,
+                           resolved=answer.resolved)  # fmt: skip
+    return orjson.dumps({
         "status": answer.status,
         "incident_id": str(inc.id) if inc is not None else "",
         "root_node": inc.root if inc is not None else "",
@@ -309,6 +321,44 @@ async def check(request: web.Request) -> web.Response:
         "address": address,
         "candidates": ";".join(match.candidates),
     })  # fmt: skip
+
+
+# A flat stands in for itself in the remembered bodies: it is the one part of a
+# subscriber's answer that differs between the callers of a building.
+_FLAT_MARK = "\x00"
+_FLAT_MARK_JSON = b"\\u0000"  # as orjson writes it
+
+
+def _body_of(rt: Runtime, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
+    """_body, remembered per (answer, building) with the flat left out, during a surge.
+
+    The body is kept as its pieces around each place the flat appears (the message and
+    the address), and the caller's flat, JSON-escaped, joins them. That is the same text
+    for any flat when every template puts the address in plainly (JSON escapes character
+    by character); with an operator's template that converts or cuts the address, nothing
+    is remembered. A new entry is also kept only if joining gives the body written out."""
+    texts, address, flat = rt.texts, match.address, match.flat
+    if address is None or not answer.kept or not texts.plain_address or _FLAT_MARK in flat:
+        return _body(texts, answer, match, matched_by, now)
+    eta_ahead = answer.eta is not None and answer.eta > now
+    key = (id(answer), id(address), matched_by, flat != "", local_day(now), eta_ahead)
+    found = rt.bodies.get(key)
+    if found is not None and found[0] is answer and found[1] is address and found[2] is texts:
+        return _json_text(flat).join(found[3])
+    body = _body(texts, answer, match, matched_by, now)
+    marked = Match(match.nodes, address, match.subscriber, (), _FLAT_MARK if flat else "")
+    pieces = tuple(_body(texts, answer, marked, matched_by, now).split(_FLAT_MARK_JSON))
+    if _json_text(flat).join(pieces) == body:  # a check that cannot cost a wrong answer
+        if len(rt.bodies) >= 32768:  # about 25 MB of answers at most
+            rt.bodies.clear()
+        # The entry holds answer and address, so their ids in the key stay theirs.
+        rt.bodies[key] = (answer, address, texts, pieces)
+    return body
+
+
+def _json_text(text: str) -> bytes:
+    """A string as it appears inside JSON quotes."""
+    return orjson.dumps(text)[1:-1]
 
 
 # -- incidents -------------------------------------------------------------------------

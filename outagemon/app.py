@@ -35,6 +35,7 @@ class Runtime:
     probe_rate: float = 0.0  # probes a second, as last measured
     texts: Texts = field(default_factory=lambda: messages.load("ru"))
     checks: Metric = field(init=False)  # /check answers by status and channel
+    bodies: dict[Any, Any] = field(default_factory=dict)  # /check answers, see api._body_of
 
     def __post_init__(self) -> None:
         self.checks = self.metrics.counter(
@@ -51,10 +52,10 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     # orjson writes UTF-8 rather than \u escapes: addresses and spoken texts stay readable in
     # logs, curl and dialplans alike (JSON_DECODE reads both); it is also several times
     # quicker than the standard library, which counts on /check during a call surge.
-    return web.Response(body=orjson.dumps(data), status=status, headers=_JSON)
+    return web.Response(body=orjson.dumps(data), status=status, headers=JSON)
 
 
-_JSON = {"Content-Type": "application/json; charset=utf-8"}
+JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 
 def error(status: int, sentence: str) -> web.Response:

@@ -375,6 +375,7 @@ class Correlator:
                 ns.asked = False
             else:
                 ns.state = State.RECHECK
+                self.version += 1
                 self._unfail(d)
                 self._requests.append(d)
                 self._dirty = True
@@ -410,6 +411,7 @@ class Correlator:
 
     def set_topology(self, topology: Topology) -> None:
         """A reloaded topology: nodes that still exist keep their state."""
+        self.version += 1  # paths from callers to the core may have changed
         self.topology = topology
         for gone in [n for n in self.states if n not in topology and n not in self.anchors]:
             del self.states[gone]
@@ -420,11 +422,11 @@ class Correlator:
         self._dirty = True
 
     def restore(self, incidents: Iterable[Incident], next_id: int) -> None:
-        self.version += 1
         """Open incidents from the database after a restart: they continue with their ids.
 
         Their nodes are taken as down until a fresh probe says otherwise.
         """
+        self.version += 1
         for inc in incidents:
             self.incidents[inc.id] = inc
             for n in inc.nodes:
@@ -804,7 +806,9 @@ class Correlator:
             if inc.kind is Kind.MAINTENANCE and inc.maintenance_until is not None:
                 window = self._scope.get(inc.root)
                 if window is not None:
-                    inc.maintenance_until = window.ends_at
+                    if inc.maintenance_until != window.ends_at:  # the works were extended
+                        inc.maintenance_until = window.ends_at
+                        self.version += 1
                 elif now >= inc.maintenance_until + hold and inc.recovering_since is None:
                     inc.kind = Kind.OUTAGE
                     self._events.append(

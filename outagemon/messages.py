@@ -9,6 +9,7 @@ a table per language holding any of these keys.
 
 from __future__ import annotations
 
+import functools
 import string
 import time
 import tomllib
@@ -85,6 +86,17 @@ class Texts:
     # over during a surge: their spoken forms are remembered (and forgotten when many).
     _spoken: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     _times: dict[tuple[int, int], str] = field(default_factory=dict, compare=False, repr=False)
+
+    @functools.cached_property
+    def plain_address(self) -> bool:
+        """Every template puts the address in as it is ({address}: no conversion, no format
+        spec), so the flat, the address's last part, appears in the sentence unchanged."""
+        return all(
+            not conversion and not spec
+            for text in self.templates.values()
+            for _, name, spec, conversion in string.Formatter().parse(text)
+            if name == "address"
+        )
 
     def spoken_address(self, address: str) -> str:
         # The building part is remembered; the flat is said after it.
