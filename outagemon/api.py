@@ -25,7 +25,7 @@ from outagemon.app import JSON, RUNTIME, Runtime, json_response
 from outagemon.config import Token
 from outagemon.correlate import Incident, Kind, Maintenance, State
 from outagemon.directory import Directory, Match
-from outagemon.messages import Texts, local_day
+from outagemon.messages import Texts, next_local_day
 from outagemon.monitor import Monitor
 from outagemon.openapi import STATUSES
 
@@ -138,6 +138,8 @@ class Answer:
     until: float | None = None
     resolved: float | None = None
     kept: bool = False  # remembered for its serving node (see _assess_path), not made anew
+    # Its JSON for the buildings behind that node, with the flat left out (see _body_of).
+    bodies: dict[tuple[int, str, bool], tuple[Any, ...]] | None = None
 
 
 def assess(monitor: Monitor | None, directory: Directory, match: Match, now: float,
@@ -330,29 +332,33 @@ _FLAT_MARK_JSON = b"\\u0000"  # as orjson writes it
 
 
 def _body_of(rt: Runtime, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
-    """_body, remembered per (answer, building) with the flat left out, during a surge.
+    """_body, remembered with the answer for each building it is given for, during a surge.
 
     The body is kept as its pieces around each place the flat appears (the message and
     the address), and the caller's flat, JSON-escaped, joins them. That is the same text
     for any flat when every template puts the address in plainly (JSON escapes character
     by character); with an operator's template that converts or cuts the address, nothing
-    is remembered. A new entry is also kept only if joining gives the body written out."""
+    is remembered. A new entry is also kept only if joining gives the body written out.
+    An entry lasts until the local day ends (times are said as "today", "tomorrow") or the
+    estimate in it passes, and goes with the answer when the network changes."""
     texts, address, flat = rt.texts, match.address, match.flat
     if address is None or not answer.kept or not texts.plain_address or _FLAT_MARK in flat:
         return _body(texts, answer, match, matched_by, now)
-    eta_ahead = answer.eta is not None and answer.eta > now
-    key = (id(answer), id(address), matched_by, flat != "", local_day(now), eta_ahead)
-    found = rt.bodies.get(key)
-    if found is not None and found[0] is answer and found[1] is address and found[2] is texts:
+    if answer.bodies is None:
+        answer.bodies = {}
+    key = (id(address), matched_by, flat != "")
+    found = answer.bodies.get(key)
+    if found is not None and found[0] is address and found[1] is texts and now < found[2]:
         return _json_text(flat).join(found[3])
     body = _body(texts, answer, match, matched_by, now)
     marked = Match(match.nodes, address, match.subscriber, (), _FLAT_MARK if flat else "")
     pieces = tuple(_body(texts, answer, marked, matched_by, now).split(_FLAT_MARK_JSON))
     if _json_text(flat).join(pieces) == body:  # a check that cannot cost a wrong answer
-        if len(rt.bodies) >= 32768:  # about 25 MB of answers at most
-            rt.bodies.clear()
-        # The entry holds answer and address, so their ids in the key stay theirs.
-        rt.bodies[key] = (answer, address, texts, pieces)
+        until = next_local_day(now)
+        if answer.eta is not None and answer.eta > now:
+            until = min(until, answer.eta)  # then "work continues" is said instead
+        # The entry holds the address, so the id in the key stays its.
+        answer.bodies[key] = (address, texts, until, pieces)
     return body
 
 
@@ -551,16 +557,16 @@ async def add_maintenance(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
-def setup(app: web.Application) -> None:
+def setup(routes: web.RouteTableDef) -> None:
     from outagemon.openapi import spec
 
-    app.router.add_get("/api/v1/check", check)
-    app.router.add_get("/api/v1/incidents", incidents)
-    app.router.add_get("/api/v1/incidents/{id}", incident)
-    app.router.add_post("/api/v1/incidents/{id}", update_incident)
-    app.router.add_post("/api/v1/maintenance", add_maintenance)
+    routes.get("/api/v1/check")(check)
+    routes.get("/api/v1/incidents")(incidents)
+    routes.get("/api/v1/incidents/{id}")(incident)
+    routes.post("/api/v1/incidents/{id}")(update_incident)
+    routes.post("/api/v1/maintenance")(add_maintenance)
 
     async def openapi(request: web.Request) -> web.Response:
         return json_response(spec())
 
-    app.router.add_get("/api/v1/openapi.json", openapi)
+    routes.get("/api/v1/openapi.json")(openapi)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,6 @@ class Runtime:
     probe_rate: float = 0.0  # probes a second, as last measured
     texts: Texts = field(default_factory=lambda: messages.load("ru"))
     checks: Metric = field(init=False)  # /check answers by status and channel
-    bodies: dict[Any, Any] = field(default_factory=dict)  # /check answers, see api._body_of
 
     def __post_init__(self) -> None:
         self.checks = self.metrics.counter(
@@ -62,27 +62,58 @@ def error(status: int, sentence: str) -> web.Response:
     return json_response({"error": sentence}, status=status)
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error a client sees is JSON with a sentence; nothing it sends becomes a 5xx."""
-    try:
-        return await handler(request)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        if e.content_type == "application/json":  # ours: already a sentence in JSON
-            headers = {k: v for k, v in e.headers.items() if k == "WWW-Authenticate"}
-            return web.Response(status=e.status, text=e.text, content_type="application/json",
-                                headers=headers)  # fmt: skip
-        reason = {
-            404: f"there is nothing at {request.path}.",
-            405: f"{request.method} is not allowed on {request.path}.",
-            413: "the request body is too large.",
-        }.get(e.status, e.text or e.reason)
-        return error(e.status, reason or e.reason)
-    except Exception:
-        log.exception("http.handler_failed", path=request.path)
-        return error(500, "the server failed to answer; the failure is logged.")
+def sentences(handler: Handler) -> Handler:
+    """Every error a client sees is JSON with a sentence; nothing it sends becomes a 5xx.
+
+    A wrapper around each handler rather than an aiohttp middleware: with any middleware
+    at all, aiohttp adds two coroutines and a cache lookup to every request's way, which
+    cost /check about 5 % of its throughput under a call surge."""
+
+    @functools.wraps(handler)
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return _sentence(request, e)
+        except Exception:
+            log.exception("http.handler_failed", path=request.path)
+            return error(500, "the server failed to answer; the failure is logged.")
+
+    return answer
+
+
+def _sentence(request: web.Request, e: web.HTTPException) -> web.Response:
+    headers = {k: v for k, v in e.headers.items() if k in ("WWW-Authenticate", "Allow")}
+    if e.content_type == "application/json":  # ours: already a sentence in JSON
+        return web.Response(status=e.status, text=e.text, content_type="application/json",
+                            headers=headers)  # fmt: skip
+    reason = {
+        404: f"there is nothing at {request.path}.",
+        405: f"{request.method} is not allowed on {request.path}.",
+        413: "the request body is too large.",
+    }.get(e.status, e.text or e.reason)
+    made = error(e.status, reason or e.reason)
+    made.headers.update(headers)
+    return made
+
+
+def _no_route(app: web.Application) -> None:
+    """A last route for every path and method: unknown paths (404) and methods (405) get
+    their sentence too, as they did from the middleware this replaces."""
+    catch_all = app.router.add_resource("/{tail:.*}")
+
+    async def no_route(request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not catch_all:
+                allowed |= (await resource.resolve(request))[1]
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
+
+    catch_all.add_route("*", sentences(no_route))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -113,14 +144,20 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def make_app(runtime: Runtime) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024)
     app[RUNTIME] = runtime
     runtime.metrics.gauge("outagemon_up", "1 while the daemon serves.").set(1)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    routes = web.RouteTableDef()
+    routes.get("/healthz")(healthz)
+    routes.get("/readyz")(readyz)
+    routes.get("/metrics")(metrics)
     from outagemon import api, web_page
 
-    api.setup(app)
-    web_page.setup(app)
+    api.setup(routes)
+    web_page.setup(routes)
+    for route in routes:
+        assert isinstance(route, web.RouteDef)
+        app.router.add_route(route.method, route.path, sentences(route.handler),
+                             **route.kwargs)  # fmt: skip
+    _no_route(app)
     return app

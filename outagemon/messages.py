@@ -14,7 +14,7 @@ import string
 import time
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from outagemon.errors import ConfigError, read_text
@@ -188,6 +188,12 @@ def local_day(now: float) -> int:
 
 
 _day = [-1, 0]  # [the minute last looked at, its local day]
+
+
+def next_local_day(now: float) -> float:
+    """When the local day after `now`'s begins (epoch seconds)."""
+    today = datetime.fromtimestamp(now).date()
+    return datetime.combine(today + timedelta(days=1), datetime.min.time()).timestamp()
 
 
 def load(language: str, override: Path | None = None) -> Texts:

@@ -253,8 +253,8 @@ async def incident_form(request: web.Request) -> web.Response:
     raise web.HTTPFound(back + "?message=Saved.")
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_get("/", index)
-    app.router.add_get("/events", events)
-    app.router.add_get("/incidents/{id}", incident_page)
-    app.router.add_post("/incidents/{id}", incident_form)
+def setup(routes: web.RouteTableDef) -> None:
+    routes.get("/")(index)
+    routes.get("/events")(events)
+    routes.get("/incidents/{id}")(incident_page)
+    routes.post("/incidents/{id}")(incident_form)

@@ -270,6 +270,18 @@ async def test_malformed_json_and_oversized_bodies_are_4xx(fresh_db: str) -> Non
             assert r.status == 413 and "too large" in (await r.json())["error"]
 
 
+async def test_unknown_paths_and_methods_get_a_sentence(fresh_db: str) -> None:
+    async with world(fresh_db) as w:
+        async with w.session.get(w.url("/api/v1/nope")) as r:
+            assert r.status == 404 and r.content_type == "application/json"
+            assert (await r.json())["error"] == "there is nothing at /api/v1/nope."
+        async with w.session.post(w.url("/api/v1/check"), headers=w.auth()) as r:
+            assert r.status == 405 and "GET" in r.headers["Allow"]
+            assert (await r.json())["error"] == "POST is not allowed on /api/v1/check."
+        async with w.session.delete(w.url("/api/v1/incidents/1"), headers=w.auth()) as r:
+            assert r.status == 405 and {"GET", "POST"} <= set(r.headers["Allow"].split(","))
+
+
 async def test_incident_lists_and_one_incident(fresh_db: str) -> None:
     async with world(fresh_db) as w:
         w.net.fail("agg-s")

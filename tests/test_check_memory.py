@@ -71,6 +71,11 @@ def afresh(rt: Runtime, match: Match, now: float) -> bytes:
     return api._body(rt.texts, got, match, "account", now)
 
 
+def kept_answers(monitor: Monitor | None) -> list[tuple[str, float, api.Answer]]:
+    assert monitor is not None
+    return [(node, entry[1], entry[3]) for node, entry in monitor.answers.items()]
+
+
 @pytest.mark.parametrize("language", ["ru", "en"])
 def test_remembered_bodies_equal_bodies_written_out(language: str) -> None:
     rt, monitor = make(language)
@@ -87,7 +92,7 @@ def test_remembered_bodies_equal_bodies_written_out(language: str) -> None:
             assert said["address"].endswith(sub.flat)
     # One per building and answer, with a flat or without: д. 5 has callers with and
     # without one, д. 7 only with (the empty flats fall on odd rows).
-    assert len(rt.bodies) == 3
+    assert sum(len(a.bodies or {}) for _, _, a in kept_answers(monitor)) == 3
 
 
 @pytest.mark.parametrize("field", ["{address!r}", "{address:.30}"])
@@ -104,7 +109,7 @@ def test_a_template_that_transforms_the_address_is_not_remembered(
         for sub in rt.directory.subscribers:
             match = rt.directory.account(sub.account)
             assert answer(rt, match, NOW) == afresh(rt, match, NOW), sub.flat
-    assert rt.bodies == {}
+    assert not [a for _, _, a in kept_answers(rt.monitor) if a.bodies]
 
 
 def test_planned_works_start_and_end_by_the_clock_alone() -> None:
@@ -170,3 +175,16 @@ def test_a_reloaded_topology_changes_the_answers_at_once() -> None:
     match = rt.directory.account("100")
     said = orjson.loads(answer(rt, match, NOW))
     assert (said["status"], said["root_node"]) == ("outage", "agg")
+
+
+def test_a_remembered_answer_is_said_anew_after_midnight() -> None:
+    rt, monitor = make()
+    midnight = messages.next_local_day(NOW)
+    opened = midnight - 3600  # 23:00 the evening before
+    monitor.correlator.restore([Incident(1, "sw-2", Kind.OUTAGE, False, opened, ["sw-2"])], 2)
+    match = rt.directory.account("100")
+    before = orjson.loads(answer(rt, match, midnight - 60))["message"]
+    after = orjson.loads(answer(rt, match, midnight + 60))["message"]
+    assert "в 23:00" in before and "вчера" not in before
+    assert "вчера в 23:00" in after
+    assert answer(rt, match, midnight + 60) == afresh(rt, match, midnight + 60)
