@@ -186,9 +186,9 @@ def main() -> None:
     try:
         for kind in servers:
             wait_ready(ports[kind], 180)
-            # Warm up as long as a run: the first caller of each of the 20,000 serving nodes
-            # pays for working its answer out (about twice a remembered one); a surge is
-            # minutes long, and what is measured here is its steady state.
+            # Warm up as long as a run: the first caller of each serving node (20,000 in
+            # the default city) pays for working its answer out (about twice a remembered
+            # one); a surge is minutes long, and what is measured here is its steady state.
             wrk(ports[kind], phone_file, path, args.seconds, paced=False)
         for _ in range(args.rounds):
             for paced in (False, True):
