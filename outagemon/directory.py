@@ -79,6 +79,14 @@ class Match:
 NOT_FOUND = Match()
 
 
+def _one(sub: Subscriber | None) -> Match:
+    """The place of one subscriber (made positionally: the phone menu asks thousands of
+    times a second in a surge)."""
+    if sub is None:
+        return NOT_FOUND
+    return Match((sub.node,), sub.address, sub, (), sub.flat)
+
+
 def _flat_number(flat: str) -> int | None:
     return int(flat) if flat.isdigit() else None
 
@@ -112,34 +120,17 @@ class Directory:
 
     # -- phone, account --------------------------------------------------------------
 
-    def by_phone_number(self, text: str) -> list[Subscriber]:
-        phone = addresses.normalise_phone(text)
-        found = self.by_phone.get(phone) if phone else None
-        if found is None:
-            return []
-        return found if isinstance(found, list) else [found]
-
-    def match_subscribers(self, subs: list[Subscriber]) -> Match:
-        if not subs:
-            return NOT_FOUND
-        if len(subs) > 1 and len({(s.address.key, s.flat) for s in subs}) > 1:
-            return Match(candidates=tuple(sorted({s.where().text() for s in subs})))
-        sub = subs[0]
-        return Match(nodes=(sub.node,), address=sub.address, subscriber=sub, flat=sub.flat)
-
     def phone(self, text: str) -> Match:
         phone = addresses.normalise_phone(text)
         found = self.by_phone.get(phone) if phone else None
-        if found is None:
-            return NOT_FOUND
-        if isinstance(found, list):
-            return self.match_subscribers(found)
-        # The phone menu's usual question: made directly, it is asked thousands of times.
-        return Match((found.node,), found.address, found, (), found.flat)
+        if isinstance(found, list):  # a number several accounts give
+            if len({(s.address.key, s.flat) for s in found}) > 1:
+                return Match(candidates=tuple(sorted({s.where().text() for s in found})))
+            return _one(found[0])
+        return _one(found)
 
     def account(self, text: str) -> Match:
-        sub = self.by_account.get(text.strip())
-        return self.match_subscribers([sub] if sub else [])
+        return _one(self.by_account.get(text.strip()))
 
     # -- free-text address -----------------------------------------------------------
 
