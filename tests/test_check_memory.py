@@ -29,7 +29,7 @@ nodes:
   - {id: sw-2, kind: access, ip: 127.0.0.5, parents: [core], serves: ["ул. Ленина, д. 7"]}
 """
 # Flats as CRM exports have them, awkward ones included: each must come back as given.
-FLATS = ["12", "", '7"', "3\\", "1а", "кв 5", "<b>", "5/2", "8\u2028", "ЖЭК"]
+FLATS = ["12", "", '7"', "3\\", "1а", "кв 5", "<b>", "5/2", "8\u20289", "ЖЭК"]
 SUBSCRIBERS = "account,phones,address,flat,ip\n" + "".join(
     f'{100 + i},+7921000{i:04d},"ул. Ленина, д. {5 if i % 2 else 7}",'
     f'"{flat.replace(chr(34), chr(34) * 2)}",\n'
