@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -360,6 +361,33 @@ def test_probe_command_reads_targets_from_stdin() -> None:
     )  # fmt: skip
     assert result.returncode == 0
     assert len(result.stdout.splitlines()) == 2
+
+
+def test_probe_command_prints_every_target_once_in_input_order(tmp_path: Path) -> None:
+    """Literals, names and non-canonical spellings: each address once, where it first came."""
+    many = [citygen.ip_of(i) for i in range(5000)]  # more than one output block
+    names = ["localhost", "127.0.0.1", "127.1", *many, "::1", "0:0::1", many[5]]
+    listing = tmp_path / "targets.txt"
+    listing.write_text("\n".join(names) + "\n")
+    result = probe_cmd("-t", "2000", "-f", str(listing))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == ["127.0.0.1", *many, "::1"]
+    assert all(" is alive (" in line and line.endswith(" ms)") for line in lines)
+
+
+def test_probe_command_reports_silent_targets_and_exits_1(lab: Lab, tmp_path: Path) -> None:
+    many = [citygen.ip_of(i) for i in range(2000)]
+    silent = set(many[::10])
+    lab.down(*silent)
+    listing = tmp_path / "targets.txt"
+    listing.write_text("\n".join(many) + "\n")
+    result = probe_cmd("-t", "300", "-f", str(listing), prefix=lab.command())
+    assert result.returncode == 1, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert list(lines) == many
+    assert {t for t, rest in lines.items() if rest == "is unreachable (timeout)"} == silent
+    assert all(rest.startswith("is alive (") for t, rest in lines.items() if t not in silent)
 
 
 def test_probe_command_usage_errors_exit_2() -> None:
