@@ -38,8 +38,10 @@ ICMP6_UNREACH, ICMP6_TIME_EXCEEDED, ICMP6_ECHO, ICMP6_ECHO_REPLY = 1, 3, 128, 12
 SOL_RAW = 255
 ICMP_FILTER = 1
 ICMP6_FILTER = 1
+SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 RCVBUF_BYTES = 32 * 2**20
+SNDBUF_BYTES = 4 * 2**20  # a batch queued on a real interface waits for the NIC here
 AUTH_LEN = 8  # the probe's authenticator, first in the payload
 TAG_LEN = 8  # the process's tag, after it
 PACKET_LEN = 8 + AUTH_LEN + TAG_LEN  # 24-byte ICMP messages
@@ -171,6 +173,10 @@ class _Family:
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
         self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF_BYTES)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_BYTES)
         if self.raw:
             self.ident = ident
         else:
@@ -186,12 +192,6 @@ class _Family:
         self.base_sum = _ones_sum(bytes(self.template))
         self.batch: _Messages | None = None  # sendmmsg, set up on first use
         self.inbox: _Messages | None = None  # recvmmsg, likewise
-
-    def packet(self, ident: int, seq: int, auth: bytes, auth_sum: int) -> bytearray:
-        pkt = self.template[:]
-        total = (self.base_sum + ident + seq + auth_sum) % 0xFFFF or 0xFFFF
-        struct.pack_into("!HHH8s", pkt, 2, ~total & 0xFFFF, ident, seq, auth)
-        return pkt
 
     def inode(self) -> int:
         return os.fstat(self.sock.fileno()).st_ino
@@ -312,7 +312,9 @@ class Engine:
         self._auth_pool, self._auth_sums = _authenticators(POOL)
         self._auth_next = 0
         self._flights: dict[int, Flight] = {}
-        self._expiry: deque[tuple[float, list[int]]] = deque()
+        # (deadline, key) per send(), (deadline, [key, ...]) per batch: a list per probe
+        # would cost the daemon's send path an allocation.
+        self._expiry: deque[tuple[float, int | list[int]]] = deque()
         self._families: dict[int, _Family] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -360,40 +362,48 @@ class Engine:
 
     # -- sending ---------------------------------------------------------------------
 
-    def _next_key(self, fam: _Family) -> tuple[int, int, int]:
-        self._counter = counter = (self._counter + 1) & 0xFFFFFFFF
-        seq = counter & 0xFFFF
-        # A raw socket may use any identifier: 2^32 probes before a key repeats. A datagram
-        # socket's is the kernel's: 65,536 probes.
-        ident = (fam.ident + (counter >> 16)) & 0xFFFF if fam.raw else fam.ident
-        return ident, seq, (ident << 16) | seq
-
-    def _next_auth(self) -> tuple[bytes, int]:
+    def _next_auth(self) -> bytes:
         i = self._auth_next
         if i == POOL:
             self._auth_pool, self._auth_sums = _authenticators(POOL)
             i = 0
         self._auth_next = i + 1
-        return self._auth_pool[i * AUTH_LEN : (i + 1) * AUTH_LEN], self._auth_sums[i]
+        return self._auth_pool[i * AUTH_LEN : (i + 1) * AUTH_LEN]
 
     def send(self, target: str, family: int | None = None) -> bool:
         """Send one echo request; False when the kernel refused it (counted, reported lost)."""
         if family is None:
             family = socket.AF_INET6 if ":" in target else socket.AF_INET
         fam = self._families.get(family) or self._family(family)
-        ident, seq, key = self._next_key(fam)
-        auth, auth_sum = self._next_auth()
+        self._counter = counter = (self._counter + 1) & 0xFFFFFFFF
+        seq = counter & 0xFFFF
+        # A raw socket may use any identifier: 2^32 probes before a key repeats. A datagram
+        # socket's is the kernel's: 65,536 probes.
+        ident = (fam.ident + (counter >> 16)) & 0xFFFF if fam.raw else fam.ident
+        key = (ident << 16) | seq
+        i = self._auth_next
+        if i == POOL:
+            self._auth_pool, self._auth_sums = _authenticators(POOL)
+            i = 0
+        self._auth_next = i + 1
+        auth = self._auth_pool[i * AUTH_LEN : i * AUTH_LEN + AUTH_LEN]
+        pkt = fam.template[:]
+        total = (fam.base_sum + ident + seq + self._auth_sums[i]) % 0xFFFF or 0xFFFF
+        _HEADER.pack_into(pkt, 2, ~total & 0xFFFF, ident, seq, auth)
         now = time.monotonic()
         try:
-            packed = _packed(family, target)
-            fam.sock.sendto(fam.packet(ident, seq, auth, auth_sum), (target, 0))
+            try:
+                packed = socket.inet_pton(family, target)
+            except OSError:
+                packed = _packed(family, target)  # a scoped address, or a name
+            fam.sock.sendto(pkt, (target, 0))
         except (OSError, UnicodeError) as e:
             self.stats.send_failures += 1
             self.on_result(target, None, f"send failed: {getattr(e, 'strerror', None) or e}")
             return False
         self.stats.sent += 1
         self._flights[key] = (target, packed, now, auth)
-        self._expiry.append((now + self.timeout, [key]))
+        self._expiry.append((now + self.timeout, key))
         return True
 
     def send_many(self, targets: Sequence[str]) -> int:
@@ -440,10 +450,8 @@ class Engine:
                     reason = getattr(e, "strerror", None) or e
                     self.on_result(target, None, f"send failed: {reason}")
                     continue
-            counter = (counter + 1) & 0xFFFFFFFF
+            counter = (counter + 1) & 0xFFFFFFFF  # keys as in send()
             seq = counter & 0xFFFF
-            # A raw socket may use any identifier: 2^32 probes before a key repeats. A
-            # datagram socket's is the kernel's: 65,536 probes.
             key_ident = (ident + (counter >> 16)) & 0xFFFF if raw else ident
             if i == POOL:
                 pool, sums = self._auth_pool, self._auth_sums = _authenticators(POOL)
@@ -473,9 +481,19 @@ class Engine:
         self._expiry.append((now + self.timeout, [p[0] for p in pending]))
         start, count, failed = 0, len(pending), 0
         fd = fam.sock.fileno()
+        waited = False
         while start < count:
             went, error = batch.send(fd, start, count - start)
             start += went
+            if error in (errno.EAGAIN, errno.ENOBUFS) and not waited:
+                # The send buffer is full (a real interface drains it at its own pace):
+                # wait once for room, briefly, rather than call the probes lost.
+                waiter = select.poll()
+                waiter.register(fd, select.POLLOUT)
+                waiter.poll(100)
+                waited = True
+                continue
+            waited = False
             if error:
                 # The kernel refused this packet: lost, like a failed sendto; go on after it.
                 key, target, _, _ = pending[start]
@@ -500,11 +518,11 @@ class Engine:
         """Record a probe as in flight without sending it (for tests of parsing); returns
         the authenticator its reply must echo."""
         now = time.monotonic()
-        auth, _ = self._next_auth()
+        auth = self._next_auth()
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         key = (ident << 16) | seq
         self._flights[key] = (target, _packed(family, target), now, auth)
-        self._expiry.append((now + self.timeout, [key]))
+        self._expiry.append((now + self.timeout, key))
         return auth
 
     def _drain(self, fam: _Family) -> None:
@@ -546,11 +564,11 @@ class Engine:
         while True:
             got, error = inbox.receive(fd)
             if not got:
-                if error in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    return
-                if error != errno.EINTR:
+                if error == errno.EINTR:
+                    continue
+                if error not in (errno.EAGAIN, errno.EWOULDBLOCK):
                     self.stats.malformed += 1  # e.g. a queued error on a datagram socket
-                continue
+                return  # the reader is called again while anything is queued
             now = time.monotonic()
             replies = 0
             for i in range(got):
@@ -685,7 +703,8 @@ class Engine:
         expiry = self._expiry
         flights = self._flights
         while expiry and expiry[0][0] <= now:
-            for key in expiry.popleft()[1]:
+            keys = expiry.popleft()[1]
+            for key in (keys,) if isinstance(keys, int) else keys:
                 flight = flights.pop(key, None)
                 if flight is not None:
                     self.stats.lost += 1

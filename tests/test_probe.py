@@ -390,6 +390,23 @@ def test_probe_command_reports_silent_targets_and_exits_1(lab: Lab, tmp_path: Pa
     assert all(rest.startswith("is alive (") for t, rest in lines.items() if t not in silent)
 
 
+def test_a_probe_the_kernel_refuses_mid_batch_is_lost_and_the_rest_go(lab: Lab) -> None:
+    """sendmmsg stops at a refused packet; the probes after it are still sent."""
+    refused = "127.0.0.77"
+    rules = (
+        "table inet refuse {\n  chain out {\n    type filter hook output priority 0;\n"
+        f"    ip daddr {refused} icmp type echo-request drop\n  }}\n}}\n"
+    )
+    subprocess.run(lab.command("nft", "-f", "-"), input=rules, text=True, check=True)
+    targets = [f"127.0.0.{i}" for i in range(70, 90)]
+    result = probe_cmd("-t", "500", *targets, prefix=lab.command())
+    assert result.returncode == 1, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert list(lines) == targets
+    assert lines[refused] == "is unreachable (send failed: Operation not permitted)"
+    assert all(lines[t].startswith("is alive (") for t in targets if t != refused)
+
+
 def test_probe_command_usage_errors_exit_2() -> None:
     assert probe_cmd().returncode == 2
     bad = probe_cmd("no-such-host.invalid")
