@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import signal
 import socket
@@ -244,7 +243,7 @@ class Daemon:
         counter = self.runtime.metrics.counter(
             "outagemon_probe_packets_total", "ICMP engine counts by kind."
         )
-        for kind, value in dataclasses.asdict(stats).items():
+        for kind, value in stats.as_dict().items():
             counter.set(float(value), kind=kind)
         self.runtime.metrics.gauge(
             "outagemon_probes_in_flight", "Probes sent and not yet answered or expired."
