@@ -181,6 +181,12 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str, str]
     return wall, used, proc.stdout, proc.stderr
 
 
+def ours_command() -> list[str]:
+    """The installed `outagemon` script beside this Python (what one types), else -m."""
+    script = os.path.join(os.path.dirname(sys.executable), "outagemon")
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "outagemon"]
+
+
 @contextlib.contextmanager
 def namespace(silent: list[str]) -> Iterator[str]:
     """Children started inside run in a fresh lab namespace (as root); else here."""
@@ -215,8 +221,7 @@ def whole(n: int, silent_percent: int, rounds: int) -> list[str]:
         # not at every start as PYTHONDONTWRITEBYTECODE would have it.
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = pyc
-        ours_argv = [sys.executable, "-m", "outagemon", "probe", "-c", "1", "-t", "2000",
-                     "-f", f.name]  # fmt: skip
+        ours_argv = [*ours_command(), "probe", "-c", "1", "-t", "2000", "-f", f.name]
         fping_argv = ["fping", "-c1", "-i0", "-t2000", "-q", "-f", f.name]
         walls: dict[str, list[float]] = {"ours": [], "fping": []}
         cpus: dict[str, list[float]] = {"ours": [], "fping": []}
@@ -305,8 +310,8 @@ def main() -> None:
         if shutil.which("fping") is None:
             print("whole process: fping is not installed")
         else:
-            print("whole process, `outagemon probe -c 1 -t 2000 -f FILE` against "
-                  "`fping -c1 -i0 -t2000 -q -f FILE`:")  # fmt: skip
+            print(f"whole process, `{' '.join(ours_command())} probe -c 1 -t 2000 -f FILE` "
+                  "against `fping -c1 -i0 -t2000 -q -f FILE`:")  # fmt: skip
             cases = [(n, 0) for n in args.whole]
             if args.silent_percent:
                 cases.append((max(args.whole), args.silent_percent))

@@ -150,6 +150,35 @@ async def test_a_second_engine_with_colliding_keys_misattributes_nothing(lab: La
     assert engines["dead"].stats.foreign >= len(alive)
 
 
+def add_rules(lab: Lab, hook: str, rule: str) -> None:
+    """One more nftables rule in the lab, in a table of the test's own (the lab's is
+    replaced whenever it changes its faults)."""
+    rules = (
+        f"table inet test_{hook} {{\n  chain probes {{\n"
+        f"    type filter hook {hook} priority -10;\n    {rule}\n  }}\n}}\n"
+    )
+    subprocess.run(lab.command("nft", "-f", "-"), input=rules, text=True, check=True)
+
+
+async def test_a_genuine_unreachable_quotes_the_authenticator_and_ends_the_probe(
+    lab: Lab,
+) -> None:
+    """Real sockets: Linux quotes the whole probe in its errors, so they still count at once."""
+    rejected = "127.0.0.66"
+    add_rules(
+        lab,
+        "input",
+        f"ip daddr {rejected} icmp type echo-request reject with icmp type host-unreachable",
+    )
+    started = time.monotonic()
+    results, engine = await ping_all([rejected, "127.0.0.67"], wait=5.0, lab=lab)
+    assert time.monotonic() - started < 2.0, "the error, not the timeout, ended the probe"
+    by_target = {t: (rtt, reason) for t, rtt, reason in results}
+    assert by_target[rejected] == (None, "host unreachable")
+    assert by_target["127.0.0.67"][0] is not None
+    assert engine.stats.errors == 1 and engine.stats.hints == 0
+
+
 def checksummed(kind: int, code: int, rest: bytes) -> bytes:
     body = struct.pack("!BBH", kind, code, 0) + rest
     padded = body + b"\0" * (len(body) % 2)
@@ -393,11 +422,7 @@ def test_probe_command_reports_silent_targets_and_exits_1(lab: Lab, tmp_path: Pa
 def test_a_probe_the_kernel_refuses_mid_batch_is_lost_and_the_rest_go(lab: Lab) -> None:
     """sendmmsg stops at a refused packet; the probes after it are still sent."""
     refused = "127.0.0.77"
-    rules = (
-        "table inet refuse {\n  chain out {\n    type filter hook output priority 0;\n"
-        f"    ip daddr {refused} icmp type echo-request drop\n  }}\n}}\n"
-    )
-    subprocess.run(lab.command("nft", "-f", "-"), input=rules, text=True, check=True)
+    add_rules(lab, "output", f"ip daddr {refused} icmp type echo-request drop")
     targets = [f"127.0.0.{i}" for i in range(70, 90)]
     result = probe_cmd("-t", "500", *targets, prefix=lab.command())
     assert result.returncode == 1, result.stderr
