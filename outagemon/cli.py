@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
@@ -134,6 +133,8 @@ def _migrate(config_path: Path) -> int:
         finally:
             if embedded is not None:
                 await embedded.stop()
+
+    import asyncio
 
     try:
         applied = asyncio.run(go())

@@ -1,29 +1,40 @@
-"""`outagemon probe`: ping targets with the daemon's own engine, printing like fping."""
+"""`outagemon probe`: ping targets with the daemon's own engine, printing like fping.
+
+A whole process that a NOC engineer times against fping: no asyncio and no logging
+set-up (their imports alone cost a third of fping's time for 10,000 targets), literal
+addresses parsed without the resolver, names resolved concurrently, probes sent in
+batches by the engine's own loop, the output written in large blocks.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
+import gc
 import signal
 import socket
 import sys
-import time
-from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import TextIO
 
-from outagemon import logs
 from outagemon.probing.engine import Engine, PermissionProblem
 
-CHUNK = 256  # probes sent before letting the reader drain replies
+TYPE_CHECKING = False  # typing is not imported at run time: start-up counts here
+if TYPE_CHECKING:
+    from typing import TextIO
+
+OUTPUT_BLOCK = 4096  # lines per write
+RESOLVERS = 32  # names resolved at once
 
 
-@dataclass
 class Tally:
-    target: str
-    sent: int = 0
-    rtts: list[float] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
+    """One target's probes, for --json."""
+
+    __slots__ = ("reason", "rtts", "sent", "target")
+
+    def __init__(self, target: str, sent: int, rtts: list[float], reason: str | None) -> None:
+        self.target = target
+        self.sent = sent
+        self.rtts = rtts
+        self.reason = reason
 
     @property
     def received(self) -> int:
@@ -40,7 +51,7 @@ class Tally:
             "rtt_min_ms": round(min(ms), 3) if ms else None,
             "rtt_avg_ms": round(sum(ms) / len(ms), 3) if ms else None,
             "rtt_max_ms": round(max(ms), 3) if ms else None,
-            "reason": self.reasons[-1] if self.reasons and not self.rtts else None,
+            "reason": self.reason if not self.rtts else None,
         }
 
 
@@ -49,7 +60,9 @@ def read_targets(args: list[str], file: str | None, stdin: TextIO) -> list[str]:
     if file is not None:
         text = stdin.read() if file == "-" else Path(file).read_text()
         lines = text.splitlines()
-        names += [line.split("#", 1)[0].strip() for line in lines]
+        if "#" in text:
+            lines = [line.split("#", 1)[0] for line in lines]
+        names += [line.strip() for line in lines]
     return [n for n in names if n]
 
 
@@ -59,54 +72,84 @@ def resolve(name: str) -> str:
     return str(info[0][4][0])
 
 
-async def ping(targets: list[str], count: int, interval: float, wait: float) -> list[Tally]:
-    """Probe every target `count` times, `interval` s apart; each reply awaited `wait` s."""
-    tallies = {t: Tally(t) for t in targets}
-    outstanding = 0
-    all_sent = False
-    finished = asyncio.Event()
+def literal(name: str) -> str | None:
+    """The address as getaddrinfo would print it, when `name` is a literal address."""
+    try:
+        socket.inet_pton(socket.AF_INET, name)
+        return name  # inet_pton takes only the canonical dotted quad
+    except OSError:
+        pass
+    if ":" in name:
+        try:
+            return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, name))
+        except OSError:
+            pass
+    return None
+
+
+def addresses_of(names: list[str]) -> list[str | BaseException]:
+    """Each name's address (literals parsed here, names resolved concurrently), or the
+    resolver's error for it."""
+    out: list[str | BaseException] = []
+    unresolved: list[int] = []
+    inet_pton, v4 = socket.inet_pton, socket.AF_INET
+    for name in names:
+        try:
+            inet_pton(v4, name)  # the common case, checked inline: most lists are IPv4
+            out.append(name)
+            continue
+        except OSError:
+            pass
+        address = literal(name)
+        if address is None:
+            unresolved.append(len(out))
+            out.append(name)
+        else:
+            out.append(address)
+    if unresolved:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def attempt(name: str) -> str | BaseException:
+            try:
+                return resolve(name)
+            except (OSError, UnicodeError) as e:
+                return e
+
+        with ThreadPoolExecutor(min(RESOLVERS, len(unresolved))) as pool:
+            found = pool.map(attempt, [names[i] for i in unresolved])
+            for i, result in zip(unresolved, found, strict=True):
+                out[i] = result
+    return out
+
+
+def ping(
+    targets: list[str], count: int, interval: float, wait: float
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Probe every target `count` times, `interval` s apart; each reply awaited `wait` s.
+    Returns the RTTs of each target and the last reason a probe of it was lost."""
+    rtts: dict[str, list[float]] = {t: [] for t in targets}
+    reasons: dict[str, str] = {}
 
     def on_result(target: str, rtt: float | None, reason: str | None) -> None:
-        nonlocal outstanding
-        tally = tallies[target]
         if rtt is None:
-            tally.reasons.append(reason or "timeout")
+            reasons[target] = reason or "timeout"
         else:
-            tally.rtts.append(rtt)
-        outstanding -= 1
-        if outstanding == 0 and all_sent:
-            finished.set()
+            rtts[target].append(rtt)
 
     engine = Engine(on_result, timeout=wait)
-    families = {socket.AF_INET6 if ":" in t else socket.AF_INET for t in targets}
-    engine.open(tuple(sorted(families)))
     try:
-        start = time.monotonic()
-        for round_number in range(count):
-            delay = start + round_number * interval - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            for i, target in enumerate(targets):
-                outstanding += 1
-                tallies[target].sent += 1
-                engine.send(target)
-                if i % CHUNK == CHUNK - 1:
-                    await asyncio.sleep(0)
-        all_sent = True
-        if outstanding:
-            await finished.wait()
+        engine.run(targets, count, interval)
     finally:
         engine.close()
-    return [tallies[t] for t in targets]
+    return rtts, reasons
 
 
 def main(
     targets: list[str], file: str | None, count: int, interval_ms: float, timeout_ms: float,
     as_json: bool,
 ) -> int:  # fmt: skip
-    # Logs to stderr, warnings only: stdout is the result, often read by another program.
-    logs.setup(level="warning", stream=sys.stderr)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends us quietly, as it does fping
+    gc.disable()  # a short run that makes no cycles: collections would only cost time
     if count < 1 or interval_ms < 0 or timeout_ms <= 0:
         print("outagemon probe: -c must be at least 1, -i at least 0 and -t above 0.",
               file=sys.stderr)  # fmt: skip
@@ -120,35 +163,43 @@ def main(
         print("outagemon probe: no targets; name them or give -f FILE.", file=sys.stderr)
         return 2
     addresses: list[str] = []
-    for name in names:
-        try:
-            addresses.append(resolve(name))
-        except (OSError, UnicodeError) as e:
-            print(f"outagemon probe: {name}: cannot be resolved ({e}).", file=sys.stderr)
+    for name, address in zip(names, addresses_of(names), strict=True):
+        if not isinstance(address, str):
+            print(f"outagemon probe: {name}: cannot be resolved ({address}).", file=sys.stderr)
             return 2
+        addresses.append(address)
     unique = list(dict.fromkeys(addresses))
     try:
-        tallies = asyncio.run(ping(unique, count, interval_ms / 1000, timeout_ms / 1000))
+        rtts, reasons = ping(unique, count, interval_ms / 1000, timeout_ms / 1000)
     except PermissionProblem as e:
         print(f"outagemon probe: {e}", file=sys.stderr)
         return 2
+    out = sys.stdout
     if as_json:
-        json.dump([t.as_json() for t in tallies], sys.stdout)
-        print()
+        import json
+
+        json.dump([Tally(t, count, rtts[t], reasons.get(t)).as_json() for t in unique], out)
+        out.write("\n")
     else:
-        for t in tallies:
-            print(_line(t, count))
-    return 0 if all(t.received for t in tallies) else 1
+        results = iter(rtts.items())  # in the order of `unique`
+        while block := list(islice(results, OUTPUT_BLOCK)):
+            if count == 1:
+                out.write("".join([
+                    f"{t} is alive ({r[0] * 1000:.2f} ms)\n" if r
+                    else f"{t} is unreachable ({reasons.get(t, 'timeout')})\n"
+                    for t, r in block
+                ]))  # fmt: skip
+            else:
+                out.write("".join([_summary(t, count, r) for t, r in block]))
+    out.flush()
+    return 0 if all(rtts.values()) else 1
 
 
-def _line(t: Tally, count: int) -> str:
-    if count == 1:
-        if t.rtts:
-            return f"{t.target} is alive ({t.rtts[0] * 1000:.2f} ms)"
-        return f"{t.target} is unreachable ({t.reasons[-1] if t.reasons else 'timeout'})"
-    loss = round(100 * (1 - t.received / t.sent)) if t.sent else 100
-    line = f"{t.target} : xmt/rcv/%loss = {t.sent}/{t.received}/{loss}%"
-    if t.rtts:
-        ms = [r * 1000 for r in t.rtts]
+def _summary(target: str, count: int, rtts: list[float]) -> str:
+    received = len(rtts)
+    loss = round(100 * (1 - received / count))
+    line = f"{target} : xmt/rcv/%loss = {count}/{received}/{loss}%"
+    if rtts:
+        ms = [r * 1000 for r in rtts]
         line += f", min/avg/max = {min(ms):.2f}/{sum(ms) / len(ms):.2f}/{max(ms):.2f}"
-    return line
+    return line + "\n"

@@ -11,11 +11,12 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from outagemon.probing.engine import (
-    COOKIE_LEN,
+    AUTH_LEN,
     Engine,
     PermissionProblem,
     ResultCallback,
@@ -140,6 +141,7 @@ async def test_a_second_engine_with_colliding_keys_misattributes_nothing(lab: La
 
     engines = {name: Engine(collector(name), timeout=0.5) for name in results}
     engines["alive"]._ident_base = engines["dead"]._ident_base
+    engines["alive"]._counter = engines["dead"]._counter
     with lab.entered():
         for e in engines.values():
             e.open()
@@ -152,6 +154,91 @@ async def test_a_second_engine_with_colliding_keys_misattributes_nothing(lab: La
     assert {t for t, r, _ in results["dead"] if r is not None} == set()
     assert {t for t, r, _ in results["alive"] if r is not None} == set(alive)
     assert engines["dead"].stats.foreign >= len(alive)
+
+
+def add_rules(lab: Lab, hook: str, rule: str) -> None:
+    """One more nftables rule in the lab, in a table of the test's own (the lab's is
+    replaced whenever it changes its faults)."""
+    rules = (
+        f"table inet test_{hook} {{\n  chain probes {{\n"
+        f"    type filter hook {hook} priority -10;\n    {rule}\n  }}\n}}\n"
+    )
+    subprocess.run(lab.command("nft", "-f", "-"), input=rules, text=True, check=True)
+
+
+async def test_a_genuine_unreachable_quotes_the_authenticator_and_ends_the_probe(
+    lab: Lab,
+) -> None:
+    """Real sockets: Linux quotes the whole probe in its errors, so they still count at once."""
+    rejected = "127.0.0.66"
+    add_rules(
+        lab,
+        "input",
+        f"ip daddr {rejected} icmp type echo-request reject with icmp type host-unreachable",
+    )
+    started = time.monotonic()
+    results, engine = await ping_all([rejected, "127.0.0.67"], wait=5.0, lab=lab)
+    assert time.monotonic() - started < 2.0, "the error, not the timeout, ended the probe"
+    by_target = {t: (rtt, reason) for t, rtt, reason in results}
+    assert by_target[rejected] == (None, "host unreachable")
+    assert by_target["127.0.0.67"][0] is not None
+    assert engine.stats.errors == 1 and engine.stats.hints == 0
+
+
+def checksummed(kind: int, code: int, rest: bytes) -> bytes:
+    body = struct.pack("!BBH", kind, code, 0) + rest
+    padded = body + b"\0" * (len(body) % 2)
+    total = sum(struct.unpack(f"!{len(padded) // 2}H", padded))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return body[:2] + struct.pack("!H", ~total & 0xFFFF) + body[4:]
+
+
+async def test_a_forged_unreachable_quoting_only_the_header_leaves_the_target_up(lab: Lab) -> None:
+    """Real sockets: someone who saw one probe forges "host unreachable" for its target,
+    quoting the 8-byte ICMP header as RFC 792 allows; then the genuine reply arrives."""
+    target = "127.0.0.9"
+    lab.down(target)  # hold the probe back, so the forgery arrives before the reply
+    results: list[Result] = []
+    replied = asyncio.Event()
+
+    def on_result(t: str, rtt: float | None, reason: str | None) -> None:
+        results.append((t, rtt, reason))
+        replied.set()
+
+    engine = Engine(on_result, timeout=5.0)
+    with lab.entered():
+        engine.open()
+        # The onlooker: a packet socket sees the probe as it leaves, before nftables.
+        onlooker = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+        forger = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        network = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        onlooker.settimeout(5)
+        assert engine.send(target)
+        while True:
+            seen = onlooker.recv(2048)
+            ihl = (seen[0] & 0x0F) * 4
+            if seen[9] == 1 and seen[16:20] == socket.inet_aton(target) and seen[ihl] == 8:
+                break
+        quote = seen[:ihl] + seen[ihl : ihl + 8]  # the IP header and the ICMP header only
+        forger.sendto(checksummed(3, 1, bytes(4) + quote), ("127.0.0.1", 0))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if engine.stats.hints:
+                break
+        assert engine.stats.hints == 1 and results == [] and engine.in_flight == 1
+        # The network delivers the held-back probe after all; the target answers it.
+        lab.up(target)
+        network.sendto(seen, (target, 0))
+        await asyncio.wait_for(replied.wait(), 5)
+    finally:
+        engine.close()
+        for sock in (onlooker, forger, network):
+            sock.close()
+    assert len(results) == 1
+    assert results[0][0] == target and results[0][1] is not None and results[0][2] is None
+    assert engine.stats.replies == 1 and engine.stats.errors == 0 and engine.stats.late == 0
 
 
 # -- parsing raw bytes ---------------------------------------------------------------
@@ -169,41 +256,82 @@ def icmp(kind: int, code: int, ident: int, seq: int, payload: bytes) -> bytes:
     return struct.pack("!BBHHH", kind, code, 0, ident, seq) + payload
 
 
-def engine_expecting(target: str, ident: int = 7, seq: int = 9) -> tuple[Engine, list[Result]]:
+def engine_expecting(
+    target: str, ident: int = 7, seq: int = 9
+) -> tuple[Engine, list[Result], bytes]:
     got: list[Result] = []
     engine = Engine(lambda t, r, x: got.append((t, r, x)), timeout=1.0)
-    engine.expect(target, ident, seq)
-    return engine, got
+    auth = engine.expect(target, ident, seq)
+    return engine, got, auth
 
 
-def test_a_valid_reply_with_our_cookie_counts() -> None:
-    engine, got = engine_expecting("127.0.0.5")
-    body = icmp(0, 0, 7, 9, engine.cookie + bytes(8))
+def test_a_valid_reply_echoing_the_probes_authenticator_counts() -> None:
+    engine, got, auth = engine_expecting("127.0.0.5")
+    body = icmp(0, 0, 7, 9, auth + engine.tag)
     engine.feed(ipv4("127.0.0.5", "127.0.0.1", body), "127.0.0.5")
     assert len(got) == 1 and got[0][0] == "127.0.0.5" and got[0][1] is not None
 
 
-def test_a_reply_without_our_cookie_or_from_elsewhere_is_foreign() -> None:
-    engine, got = engine_expecting("127.0.0.5")
+def test_a_reply_without_the_authenticator_or_from_elsewhere_is_foreign() -> None:
+    engine, got, auth = engine_expecting("127.0.0.5")
     engine.feed(ipv4("127.0.0.5", "127.0.0.1", icmp(0, 0, 7, 9, os.urandom(16))), "127.0.0.5")
-    body = icmp(0, 0, 7, 9, engine.cookie + bytes(8))
+    body = icmp(0, 0, 7, 9, auth + engine.tag)
     engine.feed(ipv4("127.0.0.6", "127.0.0.1", body), "127.0.0.6")
     assert got == [] and engine.stats.foreign == 2
     assert engine.in_flight == 1
 
 
-def test_unreachable_and_time_exceeded_are_losses_with_a_reason() -> None:
+def test_another_probes_authenticator_does_not_answer_this_one() -> None:
+    """Whoever saw the probe to one target cannot answer for another target."""
+    engine, got, _ = engine_expecting("127.0.0.5", seq=9)
+    seen = engine.expect("127.0.0.6", 7, 10)  # a probe the forger saw, to its own router
+    engine.feed(ipv4("127.0.0.5", "127.0.0.1", icmp(0, 0, 7, 9, seen + engine.tag)), "127.0.0.5")
+    quoted = ipv4("127.0.0.1", "127.0.0.5", icmp(8, 0, 7, 9, seen + engine.tag))
+    engine.feed(ipv4("127.0.0.254", "127.0.0.1", icmp(3, 1, 0, 0, quoted)), "127.0.0.254")
+    assert got == [] and engine.stats.foreign == 2 and engine.in_flight == 2
+
+
+def test_every_probe_has_its_own_authenticator_and_keys_start_at_random() -> None:
+    engine, _, first = engine_expecting("127.0.0.5", seq=1)
+    second = engine.expect("127.0.0.5", 7, 2)
+    assert len(first) == AUTH_LEN and first != second
+    others = [Engine(lambda *a: None) for _ in range(4)]
+    starts = {(e._ident_base << 32) | e._counter for e in [engine, *others]}
+    assert len(starts) == 5  # 48 random bits each: equal ones would mean no randomness
+    assert len({e.tag for e in [engine, *others]}) == 5
+
+
+def test_a_late_reply_is_told_from_another_pingers() -> None:
+    engine, _, auth = engine_expecting("127.0.0.5")
+    engine._expire(float("inf"))
+    engine.feed(ipv4("127.0.0.5", "127.0.0.1", icmp(0, 0, 7, 9, auth + engine.tag)), "127.0.0.5")
+    other = icmp(0, 0, 7, 9, auth + os.urandom(8))
+    engine.feed(ipv4("127.0.0.5", "127.0.0.1", other), "127.0.0.5")
+    assert engine.stats.late == 1 and engine.stats.foreign == 1 and engine.stats.lost == 1
+
+
+def test_unreachable_and_time_exceeded_quoting_the_authenticator_are_losses() -> None:
     for kind, code, reason in ((3, 1, "host unreachable"), (11, 0, "time exceeded")):
-        engine, got = engine_expecting("127.0.0.5")
-        quoted = ipv4("127.0.0.1", "127.0.0.5", icmp(8, 0, 7, 9, engine.cookie + bytes(8)))
+        engine, got, auth = engine_expecting("127.0.0.5")
+        quoted = ipv4("127.0.0.1", "127.0.0.5", icmp(8, 0, 7, 9, auth + engine.tag))
         engine.feed(ipv4("127.0.0.254", "127.0.0.1", icmp(kind, code, 0, 0, quoted)), "127.0.0.254")
         assert got == [("127.0.0.5", None, reason)]
         assert engine.stats.errors == 1
 
 
+def test_an_error_quoting_only_the_header_is_a_hint_and_the_reply_still_counts() -> None:
+    engine, got, auth = engine_expecting("127.0.0.5")
+    for quote_len in (0, 4):  # RFC 792's 8 bytes, and a little more, but not the whole
+        quoted = ipv4("127.0.0.1", "127.0.0.5", icmp(8, 0, 7, 9, auth[:quote_len]))
+        engine.feed(ipv4("127.0.0.254", "127.0.0.1", icmp(3, 1, 0, 0, quoted)), "127.0.0.254")
+    assert got == [] and engine.stats.hints == 2 and engine.in_flight == 1
+    engine.feed(ipv4("127.0.0.5", "127.0.0.1", icmp(0, 0, 7, 9, auth + engine.tag)), "127.0.0.5")
+    assert len(got) == 1 and got[0][1] is not None and engine.stats.late == 0
+
+
 def test_an_error_about_someone_elses_packet_is_foreign() -> None:
-    engine, got = engine_expecting("127.0.0.5")
-    quoted = ipv4("127.0.0.1", "127.0.0.5", icmp(8, 0, 7, 9, os.urandom(COOKIE_LEN) + bytes(8)))
+    engine, got, _ = engine_expecting("127.0.0.5")
+    quoted = ipv4("127.0.0.1", "127.0.0.5", icmp(8, 0, 7, 9, os.urandom(AUTH_LEN) + bytes(8)))
     engine.feed(ipv4("127.0.0.254", "127.0.0.1", icmp(3, 1, 0, 0, quoted)), "127.0.0.254")
     quoted_udp = ipv4("127.0.0.1", "127.0.0.5", bytes(16), proto=17)
     engine.feed(ipv4("127.0.0.254", "127.0.0.1", icmp(3, 3, 0, 0, quoted_udp)), "127.0.0.254")
@@ -223,14 +351,14 @@ def test_an_error_about_someone_elses_packet_is_foreign() -> None:
     ],
 )
 def test_malformed_and_truncated_packets_are_counted_and_dropped(packet: bytes) -> None:
-    engine, got = engine_expecting("127.0.0.5")
+    engine, got, _ = engine_expecting("127.0.0.5")
     engine.feed(packet, "127.0.0.5")
     assert got == []
     assert engine.stats.malformed == 1
 
 
 def test_malformed_ipv6_packets_are_counted_and_dropped() -> None:
-    engine, got = engine_expecting("::1")
+    engine, got, _ = engine_expecting("::1")
     for packet in (b"", b"\x81\x00", bytes([1, 0]) + bytes(20)):
         engine.feed(packet, "::1", v6=True, raw=True)
     assert got == [] and engine.stats.malformed == 3
@@ -268,6 +396,46 @@ def test_probe_command_reads_targets_from_stdin() -> None:
     )  # fmt: skip
     assert result.returncode == 0
     assert len(result.stdout.splitlines()) == 2
+
+
+def test_probe_command_prints_every_target_once_in_input_order(tmp_path: Path) -> None:
+    """Literals, names and non-canonical spellings: each address once, where it first came."""
+    many = [citygen.ip_of(i) for i in range(5000)]  # more than one output block
+    names = ["localhost", "127.0.0.1", "127.1", *many, "::1", "0:0::1", many[5]]
+    listing = tmp_path / "targets.txt"
+    listing.write_text("\n".join(names) + "\n")
+    result = probe_cmd("-t", "2000", "-f", str(listing))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == ["127.0.0.1", *many, "::1"]
+    assert all(" is alive (" in line and line.endswith(" ms)") for line in lines)
+
+
+def test_probe_command_reports_silent_targets_and_exits_1(lab: Lab, tmp_path: Path) -> None:
+    many = [citygen.ip_of(i) for i in range(2000)]
+    silent = set(many[::10])
+    lab.down(*silent)
+    listing = tmp_path / "targets.txt"
+    listing.write_text("\n".join(many) + "\n")
+    result = probe_cmd("-t", "300", "-f", str(listing), prefix=lab.command())
+    assert result.returncode == 1, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert list(lines) == many
+    assert {t for t, rest in lines.items() if rest == "is unreachable (timeout)"} == silent
+    assert all(rest.startswith("is alive (") for t, rest in lines.items() if t not in silent)
+
+
+def test_a_probe_the_kernel_refuses_mid_batch_is_lost_and_the_rest_go(lab: Lab) -> None:
+    """sendmmsg stops at a refused packet; the probes after it are still sent."""
+    refused = "127.0.0.77"
+    add_rules(lab, "output", f"ip daddr {refused} icmp type echo-request drop")
+    targets = [f"127.0.0.{i}" for i in range(70, 90)]
+    result = probe_cmd("-t", "500", *targets, prefix=lab.command())
+    assert result.returncode == 1, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert list(lines) == targets
+    assert lines[refused] == "is unreachable (send failed: Operation not permitted)"
+    assert all(lines[t].startswith("is alive (") for t in targets if t != refused)
 
 
 def test_probe_command_usage_errors_exit_2() -> None:

@@ -1,40 +1,52 @@
 """The ICMP engine: one socket per address family for every target, fping-style.
 
-icmplib creates the sockets (a raw socket with CAP_NET_RAW, else the kernel's
-unprivileged ICMP datagram socket) and supplies the exceptions. The hot path is ours: a
-precomputed packet whose checksum is updated incrementally, a table of probes in flight
-keyed by (identifier, sequence), one reader callback that drains the socket, expiry by a
-periodic sweep over a deque ordered by deadline, and kernel filters so only echo replies
-and errors reach Python. A reply counts only if it comes from the target and carries this
-engine's random cookie, so another pinger on the host can never make a dead device alive.
+The hot path: a packet template whose checksum is updated incrementally, a table of
+probes in flight keyed by (identifier, sequence), one reader that drains the socket,
+expiry by a sweep over a deque ordered by deadline, kernel filters so only echo replies
+and errors reach Python, and for bursts many packets per system call (sendmmsg).
+
+Spoofing: every probe carries its own authenticator, 8 bytes from the kernel's CSPRNG,
+kept in its flight. A reply counts only if it comes from the target and echoes that
+probe's authenticator; an ICMP error ends a probe only if it quotes the authenticator in
+full. An error that quotes less (RFC 792 routers quote only the 8-byte header, and so
+can anyone who saw one probe) is a hint: counted, and the probe waits for its reply or
+its timeout. Identifiers and sequence numbers start at random. A process-wide tag after
+the authenticator only tells our late replies from other pingers' (statistics).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ipaddress
+import errno
 import os
+import select
 import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
-from outagemon import logs
-
-log = logs.get("outagemon.probe")
+# asyncio, structlog, ctypes and typing are imported where they are needed: the probe
+# command runs without the first two, and its start-up time counts against fping's. (mypy
+# takes any name TYPE_CHECKING as true.)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
 
 ICMP_ECHO_REPLY, ICMP_UNREACH, ICMP_ECHO, ICMP_TIME_EXCEEDED = 0, 3, 8, 11
 ICMP6_UNREACH, ICMP6_TIME_EXCEEDED, ICMP6_ECHO, ICMP6_ECHO_REPLY = 1, 3, 128, 129
 SOL_RAW = 255
 ICMP_FILTER = 1
 ICMP6_FILTER = 1
+SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 RCVBUF_BYTES = 32 * 2**20
-COOKIE_LEN = 8
-PAYLOAD_LEN = 16  # cookie + 8 bytes of padding: 24-byte ICMP messages
+SNDBUF_BYTES = 4 * 2**20  # a batch queued on a real interface waits for the NIC here
+AUTH_LEN = 8  # the probe's authenticator, first in the payload
+TAG_LEN = 8  # the process's tag, after it
+PACKET_LEN = 8 + AUTH_LEN + TAG_LEN  # 24-byte ICMP messages
+POOL = 4096  # authenticators drawn from the CSPRNG at once
+BATCH = 256  # packets per sendmmsg call
+_HEADER = struct.Struct("!HHH8s")  # checksum, identifier, sequence, authenticator
 
 UNREACH_REASONS = {
     0: "network unreachable", 1: "host unreachable", 2: "protocol unreachable",
@@ -74,22 +86,16 @@ def _ping_group_range() -> tuple[int, int]:
 
 
 def open_socket(family: int) -> tuple[socket.socket, bool]:
-    """An ICMP socket for the family through icmplib, and whether it is raw (privileged)."""
-    from icmplib import ICMPv4Socket, ICMPv6Socket
-    from icmplib.exceptions import ICMPSocketError, SocketPermissionError
-
-    cls = ICMPv4Socket if family == socket.AF_INET else ICMPv6Socket
-    for privileged in (True, False):
+    """An ICMP socket for the family, and whether it is raw (privileged): a raw socket with
+    CAP_NET_RAW, else the kernel's unprivileged ICMP datagram socket."""
+    proto = socket.IPPROTO_ICMPV6 if family == socket.AF_INET6 else socket.IPPROTO_ICMP
+    for kind, raw in ((socket.SOCK_RAW, True), (socket.SOCK_DGRAM, False)):
         try:
-            wrapper = cls(privileged=privileged)
-        except SocketPermissionError:
+            return socket.socket(family, kind, proto), raw
+        except PermissionError:
             continue
-        except ICMPSocketError as e:
-            raise PermissionProblem(f"cannot open an ICMP socket: {e}.") from None
-        # We take over icmplib's socket: detach it so its finaliser does not close it.
-        sock: socket.socket = wrapper._sock
-        wrapper._sock = None
-        return sock, privileged
+        except OSError as e:
+            raise PermissionProblem(f"cannot open an ICMP socket: {e.strerror}.") from None
     raise PermissionProblem(permission_advice())
 
 
@@ -111,31 +117,74 @@ def _ones_sum(data: bytes) -> int:
     return sum(struct.unpack(f"!{len(data) // 2}H", data))
 
 
-class Flight:
-    __slots__ = ("sent", "target")
+def _authenticators(n: int) -> tuple[bytes, list[int]]:
+    """n authenticators from the kernel's CSPRNG, and each one's ones'-complement sum
+    (congruent modulo 0xFFFF), so a packet's checksum costs an addition."""
+    pool = os.urandom(AUTH_LEN * n)
+    return pool, [v % 0xFFFF for v in struct.unpack(f"!{n}Q", pool)]
 
-    def __init__(self, target: str, sent: float) -> None:
-        self.target = target
-        self.sent = sent
+
+def _packed(family: int, target: str) -> bytes:
+    """The target's address in network order (OSError when it is not an address)."""
+    try:
+        return socket.inet_pton(family, target.partition("%")[0])
+    except OSError:
+        # A name: resolved as sendto would, so the reply can be matched to it.
+        info = socket.getaddrinfo(target, None, family, socket.SOCK_RAW)
+        return socket.inet_pton(family, str(info[0][4][0]).partition("%")[0])
 
 
-@dataclass
+# A probe in flight: target, its address in network order (as replies and quotes carry
+# it), the monotonic time it was sent, its authenticator: [0] to [3]. A tuple, not a
+# class: one is made per probe.
+Flight = tuple[str, bytes, float, bytes]
+
+
+_STAT_FIELDS = (
+    "sent",
+    "replies",
+    "lost",
+    "errors",  # ICMP unreachable / time exceeded about our probes, authenticated
+    "hints",  # errors about a probe in flight that do not quote its authenticator
+    "foreign",  # packets not ours or not authentic (other pingers, forgeries)
+    "malformed",  # truncated or nonsensical packets, counted and dropped
+    "late",  # replies that came after their probe expired
+    "send_failures",
+    "kernel_drops",  # read from /proc/net/raw when asked
+)
+
+
 class Stats:
-    sent: int = 0
-    replies: int = 0
-    lost: int = 0
-    errors: int = 0  # ICMP unreachable / time exceeded about our probes
-    foreign: int = 0  # echo replies that were not ours (other pingers, wrong cookie)
-    malformed: int = 0  # truncated or nonsensical packets, counted and dropped
-    late: int = 0  # replies that came after their probe expired
-    send_failures: int = 0
-    kernel_drops: int = 0  # read from /proc/net/raw when asked
+    """The engine's counters. A plain class: the dataclasses module would cost the probe
+    command's start-up a few milliseconds of imports."""
+
+    __slots__ = _STAT_FIELDS
+    sent: int
+    replies: int
+    lost: int
+    errors: int
+    hints: int
+    foreign: int
+    malformed: int
+    late: int
+    send_failures: int
+    kernel_drops: int
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"Stats({', '.join(f'{k}={v}' for k, v in self.as_dict().items())})"
 
 
 class _Family:
     """One socket and its packet template."""
 
-    def __init__(self, family: int, cookie: bytes, ident: int) -> None:
+    def __init__(self, family: int, tag: bytes, ident: int) -> None:
         self.family = family
         self.sock, self.raw = open_socket(family)
         self.sock.setblocking(False)
@@ -150,55 +199,159 @@ class _Family:
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
         self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF_BYTES)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_BYTES)
         if self.raw:
             self.ident = ident
         else:
             # The kernel puts its own identifier (the socket's "port") on datagram pings.
             self.sock.bind(("::" if self.v6 else "0.0.0.0", 0))
             self.ident = self.sock.getsockname()[1]
-        echo = ICMP6_ECHO if self.v6 else ICMP_ECHO
-        self.template = bytearray(struct.pack("!BBHHH", echo, 0, 0, 0, 0) + cookie)
-        self.template += bytes(8 + PAYLOAD_LEN - len(self.template))
-        # The checksum of the template with id = seq = 0; each packet adds its id and seq.
-        # (The kernel computes ICMPv6 checksums itself, and datagram sockets' too.)
+        self.echo = ICMP6_ECHO if self.v6 else ICMP_ECHO
+        self.template = bytearray(struct.pack("!BBHHH", self.echo, 0, 0, 0, 0))
+        self.template += bytes(AUTH_LEN) + tag
+        # The checksum of the template with id = seq = 0 and no authenticator; each packet
+        # adds its own. (The kernel computes ICMPv6 checksums itself, and datagram
+        # sockets' too.)
         self.base_sum = _ones_sum(bytes(self.template))
-
-    def packet(self, ident: int, seq: int) -> bytearray:
-        pkt = self.template[:]
-        total = self.base_sum + ident + seq
-        total = (total & 0xFFFF) + (total >> 16)
-        total = (total & 0xFFFF) + (total >> 16)
-        struct.pack_into("!HHH", pkt, 2, ~total & 0xFFFF, ident, seq)
-        return pkt
+        self.batch: _Messages | None = None  # sendmmsg, set up on first use
+        self.inbox: _Messages | None = None  # recvmmsg, likewise
 
     def inode(self) -> int:
         return os.fstat(self.sock.fileno()).st_ino
+
+
+class _Messages:
+    """sendmmsg(2)/recvmmsg(2) vectors for BATCH messages of one family, set up once:
+    each message points at its slot in one data buffer and one address buffer, so a
+    batch only fills or reads the slots."""
+
+    def __init__(self, family: int, slot: int) -> None:
+        import ctypes
+
+        class IOVec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+        class MsgHdr(ctypes.Structure):
+            _fields_ = [
+                ("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.c_void_p), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int),
+            ]  # fmt: skip
+
+        class MMsgHdr(ctypes.Structure):
+            _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._ctypes = ctypes
+        self.sendmmsg = libc.sendmmsg
+        self.sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+        self.sendmmsg.restype = ctypes.c_int
+        self.recvmmsg = libc.recvmmsg
+        self.recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                                  ctypes.c_void_p)  # fmt: skip
+        self.recvmmsg.restype = ctypes.c_int
+        # sockaddr_in: family, port, address, 8 bytes of zeros; sockaddr_in6: family,
+        # port, flow information, address, scope.
+        v6 = family == socket.AF_INET6
+        self.addr_format = "=HH4x16s4x" if v6 else "=HH4s8x"
+        self.addr_len = struct.calcsize(self.addr_format)
+        self.addr_at = 8 if v6 else 4  # where the address is in a sockaddr
+        self.addr_size = 16 if v6 else 4
+        self.slot = slot
+        self.data = ctypes.create_string_buffer(BATCH * slot)
+        self.addresses = ctypes.create_string_buffer(BATCH * self.addr_len)
+        self._iov = (IOVec * BATCH)()
+        self.msgs = (MMsgHdr * BATCH)()
+        self.msg_size = ctypes.sizeof(MMsgHdr)
+        self.len_at = MMsgHdr.len.offset
+        data, addresses = ctypes.addressof(self.data), ctypes.addressof(self.addresses)
+        iov = ctypes.addressof(self._iov)
+        for i in range(BATCH):
+            self._iov[i].base = data + i * slot
+            self._iov[i].len = slot
+            hdr = self.msgs[i].hdr
+            hdr.name = addresses + i * self.addr_len
+            hdr.namelen = self.addr_len
+            hdr.iov = iov + i * ctypes.sizeof(IOVec)
+            hdr.iovlen = 1
+        self.base = ctypes.addressof(self.msgs)
+        self.data_view = memoryview(self.data).cast("B")
+        self.addr_view = memoryview(self.addresses).cast("B")
+        self.lengths = memoryview(self.msgs).cast("B").cast("I")
+        self.prepared = False
+
+    def prepare(self, echo: int, tag: bytes) -> None:
+        """Write what every outgoing slot shares, once: the sockaddr's family and the
+        packet's type and tag (a batch then writes only the rest)."""
+        if self.prepared:
+            return
+        family = socket.AF_INET6 if self.addr_size == 16 else socket.AF_INET
+        for i in range(BATCH):
+            struct.pack_into(self.addr_format, self.addresses, i * self.addr_len, family, 0,
+                             bytes(self.addr_size))  # fmt: skip
+            struct.pack_into("!BB6x8x8s", self.data, i * self.slot, echo, 0, tag)
+        self.prepared = True
+
+    def send(self, fd: int, start: int, count: int) -> tuple[int, int]:
+        """Send messages start..start+count-1: (how many went, errno when one failed)."""
+        sent = self.sendmmsg(fd, self.base + start * self.msg_size, count, 0)
+        if sent <= 0:
+            return 0, self._ctypes.get_errno() or errno.EIO
+        return sent, 0
+
+    def receive(self, fd: int) -> tuple[int, int]:
+        """Read what is queued, up to BATCH messages: (how many, errno when none)."""
+        got = self.recvmmsg(fd, self.base, BATCH, socket.MSG_DONTWAIT, None)
+        if got < 0:
+            return 0, self._ctypes.get_errno()
+        return got, 0
+
+
+def _batch_available() -> bool:
+    try:
+        import ctypes
+
+        return hasattr(ctypes.CDLL(None), "sendmmsg")
+    except (ImportError, OSError):
+        return False
 
 
 class Engine:
     """Send echo requests to any number of targets over one socket per family.
 
     `on_result(target, rtt, reason)` is called once per probe, as soon as the reply or
-    error arrives or the probe times out.
+    authenticated error arrives or the probe times out.
     """
 
     def __init__(self, on_result: ResultCallback, timeout: float = 1.0) -> None:
         self.on_result = on_result
         self.timeout = timeout
-        self.cookie = os.urandom(COOKIE_LEN)
+        self.tag = os.urandom(TAG_LEN)
         self.stats = Stats()
+        # Unpredictable starts: nobody who has not seen a probe can guess a key.
         self._ident_base = int.from_bytes(os.urandom(2), "big")
-        self._counter = 0
+        self._counter = int.from_bytes(os.urandom(4), "big")
+        self._auth_pool, self._auth_sums = _authenticators(POOL)
+        self._auth_next = 0
         self._flights: dict[int, Flight] = {}
-        self._expiry: deque[tuple[float, int]] = deque()
+        # (deadline, key) per send(), (deadline, [key, ...]) per batch: a list per probe
+        # would cost the daemon's send path an allocation.
+        self._expiry: deque[tuple[float, int | list[int]]] = deque()
         self._families: dict[int, _Family] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._batching: bool | None = None
 
     # -- set-up ----------------------------------------------------------------------
 
     def open(self, families: tuple[int, ...] = (socket.AF_INET,)) -> None:
         """Open the sockets now (so permission problems show at start), and start reading."""
+        import asyncio
+
         self._loop = asyncio.get_running_loop()
         for family in families:
             self._family(family)
@@ -207,12 +360,16 @@ class Engine:
     def _family(self, family: int) -> _Family:
         fam = self._families.get(family)
         if fam is None:
-            assert self._loop is not None, "Engine.open() first"
-            fam = _Family(family, self.cookie, self._ident_base)
+            fam = _Family(family, self.tag, self._ident_base)
             self._families[family] = fam
-            self._loop.add_reader(fam.sock.fileno(), self._drain, fam)
-            log.info("probe.socket", family="ipv6" if fam.v6 else "ipv4", raw=fam.raw,
-                     rcvbuf=fam.rcvbuf)  # fmt: skip
+            if self._loop is not None:  # else run() polls the sockets itself
+                from outagemon import logs
+
+                self._loop.add_reader(fam.sock.fileno(), self._drain, fam)
+                logs.get("outagemon.probe").info(
+                    "probe.socket", family="ipv6" if fam.v6 else "ipv4", raw=fam.raw,
+                    rcvbuf=fam.rcvbuf,
+                )  # fmt: skip
         return fam
 
     def close(self) -> None:
@@ -231,62 +388,247 @@ class Engine:
 
     # -- sending ---------------------------------------------------------------------
 
+    def _next_auth(self) -> bytes:
+        i = self._auth_next
+        if i == POOL:
+            self._auth_pool, self._auth_sums = _authenticators(POOL)
+            i = 0
+        self._auth_next = i + 1
+        return self._auth_pool[i * AUTH_LEN : (i + 1) * AUTH_LEN]
+
     def send(self, target: str, family: int | None = None) -> bool:
         """Send one echo request; False when the kernel refused it (counted, reported lost)."""
         if family is None:
             family = socket.AF_INET6 if ":" in target else socket.AF_INET
         fam = self._families.get(family) or self._family(family)
-        self._counter = (self._counter + 1) & 0xFFFFFFFF
-        seq = self._counter & 0xFFFF
+        self._counter = counter = (self._counter + 1) & 0xFFFFFFFF
+        seq = counter & 0xFFFF
         # A raw socket may use any identifier: 2^32 probes before a key repeats. A datagram
         # socket's is the kernel's: 65,536 probes.
-        ident = (fam.ident + (self._counter >> 16)) & 0xFFFF if fam.raw else fam.ident
+        ident = (fam.ident + (counter >> 16)) & 0xFFFF if fam.raw else fam.ident
         key = (ident << 16) | seq
+        i = self._auth_next
+        if i == POOL:
+            self._auth_pool, self._auth_sums = _authenticators(POOL)
+            i = 0
+        self._auth_next = i + 1
+        auth = self._auth_pool[i * AUTH_LEN : i * AUTH_LEN + AUTH_LEN]
+        pkt = fam.template[:]
+        total = (fam.base_sum + ident + seq + self._auth_sums[i]) % 0xFFFF or 0xFFFF
+        _HEADER.pack_into(pkt, 2, ~total & 0xFFFF, ident, seq, auth)
         now = time.monotonic()
         try:
-            fam.sock.sendto(fam.packet(ident, seq), (target, 0))
-        except OSError as e:
+            try:
+                packed = socket.inet_pton(family, target)
+            except OSError:
+                packed = _packed(family, target)  # a scoped address, or a name
+            fam.sock.sendto(pkt, (target, 0))
+        except (OSError, UnicodeError) as e:
             self.stats.send_failures += 1
-            self.on_result(target, None, f"send failed: {e.strerror}")
+            self.on_result(target, None, f"send failed: {getattr(e, 'strerror', None) or e}")
             return False
         self.stats.sent += 1
-        self._flights[key] = Flight(target, now)
+        self._flights[key] = (target, packed, now, auth)
         self._expiry.append((now + self.timeout, key))
         return True
+
+    def send_many(self, targets: Sequence[str]) -> int:
+        """Send one echo request to each target, up to BATCH per system call (sendmmsg)
+        where the platform has it; returns how many were sent. A probe the kernel
+        refuses is counted and reported lost, as with send()."""
+        if self._batching is None:
+            self._batching = _batch_available()
+        if not self._batching:
+            return sum(self.send(t) for t in targets)
+        sent = 0
+        pending: list[tuple[int, str, bytes, bytes]] = []
+        current = -1
+        fam: _Family | None = None
+        batch: _Messages | None = None
+        inet_pton = socket.inet_pton
+        pack_header = _HEADER.pack_into
+        counter = self._counter
+        pool, sums, i = self._auth_pool, self._auth_sums, self._auth_next
+        ident = base_sum = 0
+        raw = True
+        data = addresses = memoryview(b"")
+        addr_len = addr_at = 0
+        for target in targets:
+            family = socket.AF_INET6 if ":" in target else socket.AF_INET
+            if family != current or len(pending) == BATCH:
+                if fam is not None and batch is not None and pending:
+                    sent += self._flush(fam, batch, pending)
+                    pending = []
+                current = family
+                fam = self._families.get(family) or self._family(family)
+                batch = fam.batch = fam.batch or _Messages(family, PACKET_LEN)
+                batch.prepare(fam.echo, self.tag)
+                ident, raw, base_sum = fam.ident, fam.raw, fam.base_sum
+                data, addresses = batch.data_view, batch.addr_view
+                addr_len, addr_at = batch.addr_len, batch.addr_at
+            try:
+                packed = inet_pton(family, target)
+            except OSError:
+                try:
+                    packed = _packed(family, target)  # a scoped address, or a name
+                except (OSError, UnicodeError) as e:
+                    self.stats.send_failures += 1
+                    reason = getattr(e, "strerror", None) or e
+                    self.on_result(target, None, f"send failed: {reason}")
+                    continue
+            counter = (counter + 1) & 0xFFFFFFFF  # keys as in send()
+            seq = counter & 0xFFFF
+            key_ident = (ident + (counter >> 16)) & 0xFFFF if raw else ident
+            if i == POOL:
+                pool, sums = self._auth_pool, self._auth_sums = _authenticators(POOL)
+                i = 0
+            auth = pool[i * AUTH_LEN : i * AUTH_LEN + AUTH_LEN]
+            total = (base_sum + key_ident + seq + sums[i]) % 0xFFFF or 0xFFFF
+            i += 1
+            slot = len(pending)
+            pack_header(data, slot * PACKET_LEN + 2, ~total & 0xFFFF, key_ident, seq, auth)
+            at = slot * addr_len + addr_at
+            addresses[at : at + len(packed)] = packed
+            pending.append(((key_ident << 16) | seq, target, packed, auth))
+        self._counter, self._auth_next = counter, i
+        if fam is not None and batch is not None and pending:
+            sent += self._flush(fam, batch, pending)
+        return sent
+
+    def _flush(
+        self, fam: _Family, batch: _Messages, pending: list[tuple[int, str, bytes, bytes]]
+    ) -> int:
+        """Send the batch's packets. Their flights are recorded first: with run(), replies
+        are read on another thread while this one is still in sendmmsg."""
+        flights = self._flights
+        now = time.monotonic()
+        for key, target, packed, auth in pending:
+            flights[key] = (target, packed, now, auth)
+        self._expiry.append((now + self.timeout, [p[0] for p in pending]))
+        start, count, failed = 0, len(pending), 0
+        fd = fam.sock.fileno()
+        waited = False
+        while start < count:
+            went, error = batch.send(fd, start, count - start)
+            start += went
+            if error in (errno.EAGAIN, errno.ENOBUFS) and not waited:
+                # The send buffer is full (a real interface drains it at its own pace):
+                # wait once for room, briefly, rather than call the probes lost.
+                waiter = select.poll()
+                waiter.register(fd, select.POLLOUT)
+                waiter.poll(100)
+                waited = True
+                continue
+            waited = False
+            if error:
+                # The kernel refused this packet: lost, like a failed sendto; go on after it.
+                key, target, _, _ = pending[start]
+                flights.pop(key, None)
+                failed += 1
+                self.stats.send_failures += 1
+                self.on_result(target, None, f"send failed: {os.strerror(error)}")
+                start += 1
+        self.stats.sent += count - failed
+        return count - failed
 
     # -- receiving -------------------------------------------------------------------
 
     def feed(self, data: bytes, source: str, v6: bool = False, raw: bool = True) -> None:
         """Handle one received packet (raw: IPv4 packets start with their IP header)."""
-        (self._parse_v6 if v6 else self._parse_v4)(data, source, raw)
+        if v6:
+            self._parse_v6(data, socket.inet_pton(socket.AF_INET6, source.partition("%")[0]))
+        else:
+            self._parse_v4(data, socket.inet_pton(socket.AF_INET, source), raw)
 
-    def expect(self, target: str, ident: int, seq: int) -> None:
-        """Record a probe as in flight without sending it (for tests of parsing)."""
+    def expect(self, target: str, ident: int, seq: int) -> bytes:
+        """Record a probe as in flight without sending it (for tests of parsing); returns
+        the authenticator its reply must echo."""
         now = time.monotonic()
-        self._flights[(ident << 16) | seq] = Flight(target, now)
-        self._expiry.append((now + self.timeout, (ident << 16) | seq))
+        auth = self._next_auth()
+        family = socket.AF_INET6 if ":" in target else socket.AF_INET
+        key = (ident << 16) | seq
+        self._flights[key] = (target, _packed(family, target), now, auth)
+        self._expiry.append((now + self.timeout, key))
+        return auth
 
     def _drain(self, fam: _Family) -> None:
-        recv = fam.sock.recvfrom
-        parse = self._parse_v6 if fam.v6 else self._parse_v4
-        raw = fam.raw
+        if self._batching is None:
+            self._batching = _batch_available()
+        if self._batching:
+            self._drain_batched(fam)
+            return
+        recvfrom = fam.sock.recvfrom
+        inet_pton = socket.inet_pton
+        family = fam.family
         while True:
             try:
-                data, addr = recv(2048)
+                data, addr = recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.stats.malformed += 1  # e.g. a queued error on a datagram socket
                 continue
-            parse(data, addr[0], raw)
+            source = inet_pton(family, addr[0].partition("%")[0])
+            if fam.v6:
+                self._parse_v6(data, source)
+            else:
+                self._parse_v4(data, source, fam.raw)
 
-    def _parse_v4(self, data: bytes, source: str, raw: bool) -> None:
+    def _drain_batched(self, fam: _Family) -> None:
+        """Up to BATCH packets per system call (recvmmsg). An echo reply to a raw IPv4
+        socket, nearly every packet, is matched here; anything else is parsed in full."""
+        inbox = fam.inbox
+        if inbox is None:
+            inbox = fam.inbox = _Messages(fam.family, 2048)
+        fd = fam.sock.fileno()
+        flights, on_result = self._flights, self.on_result
+        data, names, lengths = inbox.data_view, inbox.addr_view, inbox.lengths
+        slot, stride, len_at = inbox.slot, inbox.msg_size // 4, inbox.len_at // 4
+        at, alen, asize = inbox.addr_at, inbox.addr_len, inbox.addr_size
+        raw_v4 = fam.raw and not fam.v6
+        reply_len = 20 + PACKET_LEN  # an IPv4 header without options, then our message
+        while True:
+            got, error = inbox.receive(fd)
+            if not got:
+                if error == errno.EINTR:
+                    continue
+                if error not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    self.stats.malformed += 1  # e.g. a queued error on a datagram socket
+                return  # the reader is called again while anything is queued
+            now = time.monotonic()
+            replies = 0
+            for i in range(got):
+                n = lengths[i * stride + len_at]
+                packet = bytes(data[i * slot : i * slot + n])
+                if raw_v4 and n == reply_len and packet[0] == 0x45 and packet[20] == 0:
+                    key = int.from_bytes(packet[24:28], "big")
+                    flight = flights.get(key)
+                    if (
+                        flight is not None
+                        and packet[28:36] == flight[3]
+                        and packet[12:16] == flight[1]
+                    ):
+                        del flights[key]
+                        replies += 1
+                        on_result(flight[0], now - flight[2], None)
+                        continue
+                if fam.v6:
+                    self._parse_v6(packet, bytes(names[i * alen + at : i * alen + at + asize]))
+                else:
+                    source = bytes(names[i * alen + at : i * alen + at + asize])
+                    self._parse_v4(packet, source, fam.raw)  # raw: its header names the source
+            self.stats.replies += replies
+            if got < BATCH:
+                return  # drained; anything newer wakes the reader again
+
+    def _parse_v4(self, data: bytes, source: bytes, raw: bool) -> None:
         offset = 0
         if raw:
             if len(data) < 20 or data[0] >> 4 != 4:
                 self.stats.malformed += 1
                 return
             offset = (data[0] & 0x0F) * 4
+            source = data[12:16]
         if len(data) < offset + 8:
             self.stats.malformed += 1
             return
@@ -303,23 +645,21 @@ class Engine:
             if len(data) < inner_icmp + 8 or data[inner_icmp] != ICMP_ECHO:
                 self.stats.foreign += 1
                 return
-            target = socket.inet_ntop(socket.AF_INET, data[inner + 16 : inner + 20])
             code = data[offset + 1]
             reason = (
                 UNREACH_REASONS.get(code, f"unreachable (code {code})")
                 if kind == ICMP_UNREACH
                 else "time exceeded"
             )
-            self._error(data, inner_icmp, target, reason)
+            self._error(data, inner_icmp, data[inner + 16 : inner + 20], reason)
         else:
             self.stats.foreign += 1  # only reachable without a kernel filter
 
-    def _parse_v6(self, data: bytes, source: str, raw: bool) -> None:
+    def _parse_v6(self, data: bytes, source: bytes) -> None:
         if len(data) < 8:
             self.stats.malformed += 1
             return
         kind = data[0]
-        source = source.split("%", 1)[0]
         if kind == ICMP6_ECHO_REPLY:
             self._reply(data, 0, source)
         elif kind in (ICMP6_UNREACH, ICMP6_TIME_EXCEEDED):
@@ -327,51 +667,53 @@ class Engine:
             if len(data) < inner + 48 or data[inner] >> 4 != 6 or data[inner + 40] != ICMP6_ECHO:
                 self.stats.malformed += 1
                 return
-            target = socket.inet_ntop(socket.AF_INET6, data[inner + 24 : inner + 40])
             code = data[1]
             reason = (
                 UNREACH6_REASONS.get(code, f"unreachable (code {code})")
                 if kind == ICMP6_UNREACH
                 else "time exceeded"
             )
-            self._error(data, inner + 40, target, reason)
+            self._error(data, inner + 40, data[inner + 24 : inner + 40], reason)
         else:
             self.stats.foreign += 1
 
-    def _reply(self, data: bytes, offset: int, source: str) -> None:
-        if data[offset + 8 : offset + 8 + COOKIE_LEN] != self.cookie:
-            self.stats.foreign += 1
-            return
-        key = (
-            (data[offset + 4] << 24)
-            | (data[offset + 5] << 16)
-            | (data[offset + 6] << 8)
-            | data[offset + 7]
-        )
+    def _reply(self, data: bytes, offset: int, source: bytes) -> None:
+        key = int.from_bytes(data[offset + 4 : offset + 8], "big")
         flight = self._flights.get(key)
-        if flight is None:
-            self.stats.late += 1
-            return
-        if flight.target != source and _canonical(source) != flight.target:
-            self.stats.foreign += 1  # our cookie and key, but not from the target: ignore
+        if (
+            flight is None
+            or flight[3] != data[offset + 8 : offset + 8 + AUTH_LEN]
+            or flight[1] != source
+        ):
+            # Ours but expired (our tag), or another pinger's, or not from the target, or
+            # without this probe's authenticator: never a reply to a probe in flight.
+            tag = data[offset + 8 + AUTH_LEN : offset + PACKET_LEN]
+            if flight is None and tag == self.tag:
+                self.stats.late += 1
+            else:
+                self.stats.foreign += 1
             return
         del self._flights[key]
         self.stats.replies += 1
-        self.on_result(flight.target, time.monotonic() - flight.sent, None)
+        self.on_result(flight[0], time.monotonic() - flight[2], None)
 
-    def _error(self, data: bytes, icmp: int, target: str, reason: str) -> None:
-        quoted_cookie = data[icmp + 8 : icmp + 8 + COOKIE_LEN]
-        if quoted_cookie and len(quoted_cookie) == COOKIE_LEN and quoted_cookie != self.cookie:
-            self.stats.foreign += 1
-            return
+    def _error(self, data: bytes, icmp: int, quoted_target: bytes, reason: str) -> None:
         key = int.from_bytes(data[icmp + 4 : icmp + 8], "big")
         flight = self._flights.get(key)
-        if flight is None or (flight.target != target and _canonical(target) != flight.target):
+        if flight is None or flight[1] != quoted_target:
+            self.stats.foreign += 1
+            return
+        quoted_auth = data[icmp + 8 : icmp + 8 + AUTH_LEN]
+        if len(quoted_auth) < AUTH_LEN:
+            # Only the header is quoted: anyone who saw the probe could have written this.
+            self.stats.hints += 1
+            return
+        if quoted_auth != flight[3]:
             self.stats.foreign += 1
             return
         del self._flights[key]
         self.stats.errors += 1
-        self.on_result(flight.target, None, reason)
+        self.on_result(flight[0], None, reason)
 
     # -- expiry ----------------------------------------------------------------------
 
@@ -380,16 +722,68 @@ class Engine:
         self._sweeper = self._loop.call_later(min(0.05, self.timeout / 4), self._sweep)
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        self._expire(time.monotonic())
+        self._schedule_sweep()
+
+    def _expire(self, now: float) -> None:
         expiry = self._expiry
         flights = self._flights
         while expiry and expiry[0][0] <= now:
-            _, key = expiry.popleft()
-            flight = flights.pop(key, None)
-            if flight is not None:
-                self.stats.lost += 1
-                self.on_result(flight.target, None, "timeout")
-        self._schedule_sweep()
+            keys = expiry.popleft()[1]
+            for key in (keys,) if isinstance(keys, int) else keys:
+                flight = flights.pop(key, None)
+                if flight is not None:
+                    self.stats.lost += 1
+                    self.on_result(flight[0], None, "timeout")
+
+    # -- without asyncio -------------------------------------------------------------
+
+    def run(self, targets: Sequence[str], rounds: int = 1, interval: float = 0.0) -> None:
+        """Probe every target `rounds` times, `interval` s apart, and return when every
+        probe is answered or expired: the probe command's loop, with no event loop (use
+        either this or open(), not both). A batch is sent, then what came back is read.
+
+        (A sender thread beside the reader was measured too: on a busy two-core machine
+        it was slower, 1.7-2.2 s against 1.3-1.6 s for 60,000 targets, the GIL's
+        hand-offs costing more kernel time than the overlap saved.)
+        """
+        for family in {socket.AF_INET6 if ":" in t else socket.AF_INET for t in targets}:
+            fam = self._family(family)
+            if self._batching is None:
+                self._batching = _batch_available()
+            if self._batching and fam.batch is None:
+                # Set up now, not between a send and its reply.
+                fam.batch = _Messages(family, PACKET_LEN)
+                fam.inbox = _Messages(family, 2048)
+        families = list(self._families.values())
+        poller = select.poll()
+        for fam in families:
+            poller.register(fam.sock.fileno(), select.POLLIN)
+        start = time.monotonic()
+        for r in range(rounds):
+            if r:
+                self._wait(poller, families, start + r * interval)
+            for i in range(0, len(targets), BATCH):
+                self.send_many(targets[i : i + BATCH])
+                for fam in families:
+                    self._drain(fam)
+                self._expire(time.monotonic())
+        self._wait(poller, families, None)
+
+    def _wait(self, poller: select.poll, families: list[_Family], until: float | None) -> None:
+        """Read replies and expire probes until `until`, or with None until no probe is
+        left in flight."""
+        while True:
+            for fam in families:
+                self._drain(fam)
+            now = time.monotonic()
+            self._expire(now)
+            if not self._flights if until is None else now >= until:
+                return
+            deadline = self._expiry[0][0] if self._expiry else now + 1.0
+            if until is not None:
+                deadline = min(deadline, until)
+            poller.poll(max(0.0, deadline - now) * 1000 + 1)
 
     def kernel_drops(self) -> int:
         """Packets the kernel dropped on our sockets because the buffer was full."""
@@ -399,12 +793,6 @@ class Engine:
                 total += _raw_drops(fam.inode(), "/proc/net/raw6" if fam.v6 else "/proc/net/raw")
         self.stats.kernel_drops = total
         return total
-
-
-def _canonical(address: str) -> str:
-    with contextlib.suppress(ValueError):
-        return str(ipaddress.ip_address(address))
-    return address
 
 
 def _raw_drops(inode: int, path: str) -> int:

@@ -8,7 +8,6 @@ through its `ProbeSource` protocol; the demo supplies a simulated network instea
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 import time
 from collections.abc import Coroutine
@@ -98,7 +97,7 @@ class IcmpSource:
         stats = self.engine.stats
         self.engine.kernel_drops()
         counter = metrics.counter("outagemon_probe_packets_total", "ICMP engine counts by kind.")
-        for kind, value in dataclasses.asdict(stats).items():
+        for kind, value in stats.as_dict().items():
             counter.set(float(value), kind=kind)
         metrics.gauge(
             "outagemon_probes_in_flight", "Probes sent and not yet answered or expired."
