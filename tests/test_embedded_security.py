@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from outagemon.embedded import PORT, EmbeddedPostgres
+from outagemon.db.embedded import PORT, EmbeddedPostgres
 from outagemon.errors import DatabaseError
 from tests.conftest import short_tmp_dir
 
@@ -233,7 +233,7 @@ def test_a_process_we_may_not_signal_is_left_alone_without_a_traceback() -> None
         os.chown(d, NOBODY, NOBODY)
     code = (
         "import asyncio, sys; from pathlib import Path; "
-        "from outagemon.embedded import EmbeddedPostgres; "
+        "from outagemon.db.embedded import EmbeddedPostgres; "
         "asyncio.run(EmbeddedPostgres(Path(sys.argv[1]))._stop_leftover()); print('done')"
     )
     with decoy() as other:

@@ -21,8 +21,9 @@ from typing import ClassVar
 
 import pytest
 
-from outagemon import citygen, config
+from outagemon import config
 from outagemon.errors import ConfigError
+from outagemon.sim import citygen
 from tests.conftest import free_port, short_tmp_dir
 from tests.test_daemon import Proc, daemon  # noqa: F401 - the fixture, used by name
 

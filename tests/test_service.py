@@ -144,7 +144,7 @@ def test_the_filter_refuses_what_the_unit_takes_away() -> None:
 
 @pytest.mark.skipif(sandbox_ready() is not None, reason=str(sandbox_ready()))
 def test_the_daemon_probes_and_keeps_its_database_under_the_units_filter() -> None:
-    from outagemon import citygen
+    from outagemon.sim import citygen
     from tests.conftest import free_port, short_tmp_dir
 
     home = short_tmp_dir()
