@@ -41,6 +41,9 @@ class HttpConfig:
     port: int = 8080
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key, the API speaks HTTPS
     tls_key: Path | None = None
+    page_auth: bool = False  # the page, its events and /metrics need a login (a token)
+    metrics_token: str = field(default="", repr=False)  # a bearer token for /metrics alone
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered; () = the listen address's
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,7 @@ class Config:
 
 
 # Keys whose values are secrets: a problem with one names its type, never its value.
-SECRET_KEYS = frozenset({"token", "dsn"})
+SECRET_KEYS = frozenset({"token", "dsn", "metrics_token"})
 TOKEN_MIN = 16  # characters; shorter ones are refused
 TOKEN_GOOD = 32  # shorter ones are accepted with a warning
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
@@ -144,6 +147,19 @@ def _nonempty_string(v: Any) -> str | None:
     if not isinstance(v, str):
         return "must be a string"
     return None if v.strip() else "must not be empty"
+
+
+def _boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _host_names(v: Any) -> str | None:
+    if not isinstance(v, list) or not all(isinstance(h, str) and h.strip() for h in v):
+        return 'must be a list of host names, such as ["noc.example.net"]'
+    for h in v:
+        if not all(c.isascii() and (c.isalnum() or c in ".-:[]") for c in h):
+            return f"must list host names or addresses, and {h!r} is not one"
+    return None
 
 
 def _ratio(v: Any) -> str | None:
@@ -189,7 +205,7 @@ def parse_listen(value: str) -> tuple[str, int]:
             raise ValueError("an IPv6 address is written [address]:port")
         if not all(c.isalnum() or c in ".-" for c in host):
             raise ValueError(f"{host!r} is not an address or host name")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"the port {port_text!r} is not a number from 0 to 65535")
     return host, int(port_text)
 
@@ -208,7 +224,15 @@ def _listen(v: Any) -> str | None:
 SCHEMA: dict[str, dict[str, Check]] = {
     "daemon": {"state_dir": _nonempty_string},
     "database": {"dsn": _string, "dsn_file": _nonempty_string, "write_queue": _integer(1)},
-    "http": {"listen": _listen, "tls_cert": _nonempty_string, "tls_key": _nonempty_string},
+    "http": {
+        "listen": _listen,
+        "tls_cert": _nonempty_string,
+        "tls_key": _nonempty_string,
+        "page_auth": _boolean,
+        "metrics_token": _nonempty_string,
+        "metrics_token_file": _nonempty_string,
+        "allowed_hosts": _host_names,
+    },
     "probe": {
         "interval": _seconds(positive=True),
         "timeout": _seconds(positive=True),
@@ -334,6 +358,7 @@ def parse(text: str, path: Path) -> Config:
             f"[probe] interval ({probe.interval} s)."
         )
     http = _http(sections.get("http", {}), base, problems)
+    _http_warnings(http, bool(tokens), problems, warnings)
     database = _database(sections.get("database", {}), base, problems)
     daemon_raw = sections.get("daemon", {})
     daemon = (
@@ -369,13 +394,60 @@ def _http(raw: dict[str, Any], base: Path, problems: list[str]) -> HttpConfig:
     cert, key = raw.get("tls_cert"), raw.get("tls_key")
     if (cert is None) != (key is None):
         problems.append("[http] tls_cert and tls_key go together: give both or neither.")
+    metrics_token = raw.get("metrics_token", "")
+    if "metrics_token_file" in raw:
+        if metrics_token:
+            problems.append("[http] give metrics_token or metrics_token_file, not both.")
+        where = "[http] metrics_token_file"
+        metrics_token = _read_secret(raw["metrics_token_file"], base, where, problems) or ""
+    if metrics_token and len(metrics_token) < TOKEN_MIN:
+        problems.append(
+            f"[http] the metrics token is shorter than {TOKEN_MIN} characters; "
+            "make one with: openssl rand -hex 24"
+        )
     return HttpConfig(
         listen=listen,
         host=host,
         port=port,
         tls_cert=(base / cert).resolve() if cert else None,
         tls_key=(base / key).resolve() if key else None,
+        page_auth=raw.get("page_auth", False),
+        metrics_token=metrics_token,
+        allowed_hosts=tuple(h.strip().lower().strip("[]") for h in raw.get("allowed_hosts", [])),
     )
+
+
+def _http_warnings(
+    http: HttpConfig, has_tokens: bool, problems: list[str], warnings: list[str]
+) -> None:
+    if http.page_auth and not has_tokens:
+        problems.append(
+            "[http] page_auth needs at least one [[auth.tokens]]: the login form asks for one."
+        )
+    loopback = http.host == "localhost" or _is_loopback_ip(http.host)
+    if not loopback and not http.page_auth:
+        warnings.append(
+            f"[http] listen {http.listen} serves other hosts, and the incident page, its "
+            "timelines and /metrics need no login: set [http] page_auth = true (and "
+            "metrics_token), or keep the port to the NOC's network."
+        )
+    if not loopback and http.tls_cert is None:
+        warnings.append(
+            f"[http] listen {http.listen} serves other hosts in plain HTTP: tokens cross the "
+            "network readable; set tls_cert and tls_key, or put a TLS reverse proxy in front."
+        )
+    if http.host in ("0.0.0.0", "::") and not http.allowed_hosts:
+        warnings.append(
+            "[http] allowed_hosts is empty while listening on every address: any Host name "
+            "is answered (DNS rebinding); list the names the NOC uses."
+        )
+
+
+def _is_loopback_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _database(raw: dict[str, Any], base: Path, problems: list[str]) -> DatabaseConfig:

@@ -87,7 +87,9 @@ def _token_of(request: web.Request, tokens: tuple[Token, ...]) -> Token | None:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         return None
-    given_bytes = given.strip().encode()
+    # A header is decoded from bytes that need not be UTF-8 (aiohttp keeps them as
+    # surrogate escapes): compare the bytes as sent.
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
     found = None
     for i, secret in enumerate(_secrets(tokens)):
         # Every token is compared, in constant time, so timing tells nothing.
@@ -117,7 +119,11 @@ def authorise(request: web.Request, write: bool, rt: Runtime | None = None) -> s
         return ""
     token = _token_of(request, tokens)
     if token is None:
-        if "Authorization" in request.headers:
+        sent = "Authorization" in request.headers
+        (rt or request.app[RUNTIME]).guard.failed(
+            "api", request.remote, "invalid" if sent else "missing"
+        )
+        if sent:
             raise bad("the token is not valid.", 401)
         raise bad("a token is required: send Authorization: Bearer TOKEN.", 401)
     if write and token.role != "write":
@@ -446,8 +452,17 @@ async def incidents(request: web.Request) -> web.Response:
 
 def _incident_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    iid = incident_number(raw)
+    if iid is None:
         raise bad(f"{raw!r} is not an incident id.", 404)
+    return iid
+
+
+def incident_number(raw: str) -> int | None:
+    """An incident id from a URL: ASCII digits only ("²" and "١" are digits to
+    str.isdigit() but not to int()), at most 18 of them."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        return None
     return int(raw)
 
 
@@ -496,7 +511,24 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise bad("the body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise bad("the body must be a JSON object.")
+    if not _encodable(body):
+        # JSON may escape a lone surrogate ("\\ud800"), which no UTF-8 text can hold.
+        raise bad("the body holds text that is not valid Unicode (a lone surrogate).")
     return body
+
+
+def _encodable(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_encodable(v) for v in value)
+    return True
 
 
 async def update_incident(request: web.Request) -> web.Response:
