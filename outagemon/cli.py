@@ -191,7 +191,8 @@ def _check_config(config_path: Path) -> int:
     print(f"{cfg.path}: {'has problems' if loaded.problems else 'valid'}")
     print(f"  database: {where}")
     tls = "HTTPS" if cfg.http.tls_cert is not None else "plain HTTP"
-    print(f"  http: {cfg.http.listen} ({tls}); tokens: {len(cfg.tokens)}")
+    page = "page behind a login" if cfg.http.page_auth else "page open"
+    print(f"  http: {cfg.http.listen} ({tls}, {page}); tokens: {len(cfg.tokens)}")
     print(
         f"  probe: every {cfg.probe.interval:g} s, timeout {cfg.probe.timeout:g} s, "
         f"down after {cfg.probe.down_after}, up after {cfg.probe.up_after}"

@@ -275,3 +275,32 @@ def test_an_unusable_certificate_is_one_sentence(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     result = run_cli("check-config", "-c", str(config))
     assert "(HTTPS)" in result.stdout
+
+
+def test_page_auth_needs_a_token_and_the_metrics_token_is_a_secret() -> None:
+    assert any(
+        "page_auth needs at least one [[auth.tokens]]" in p
+        for p in problems_of("[http]\npage_auth = true\n")
+    )
+    found = problems_of(f"[http]\nmetrics_token = {NUMBER}\n")
+    assert found == [
+        "/etc/om/om.toml: [http] metrics_token must be a string, not a number "
+        "(its value is not shown)."
+    ]
+    cfg = config.parse(
+        f'[http]\npage_auth = true\nmetrics_token = "{GOOD_TOKEN}"\n'
+        f'allowed_hosts = ["NOC.example.net", "[::1]"]\n'
+        f'[[auth.tokens]]\nname = "ivr"\ntoken = "{GOOD_TOKEN}x"\nrole = "read"\n',
+        Path("/etc/om/om.toml"),
+    )
+    assert cfg.http.page_auth and cfg.http.metrics_token == GOOD_TOKEN
+    assert cfg.http.allowed_hosts == ("noc.example.net", "::1")
+    assert GOOD_TOKEN not in repr(cfg)
+
+
+def test_serving_other_hosts_without_a_login_or_tls_is_warned_about() -> None:
+    cfg = config.parse('[http]\nlisten = "0.0.0.0:8080"\n', Path("/etc/om/om.toml"))
+    said = " ".join(cfg.warnings)
+    assert "page_auth" in said and "tls_cert" in said and "allowed_hosts" in said
+    cfg = config.parse('[http]\nlisten = "127.0.0.1:8080"\n', Path("/etc/om/om.toml"))
+    assert cfg.warnings == ()
