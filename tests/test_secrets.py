@@ -274,7 +274,7 @@ def test_an_unusable_certificate_is_one_sentence(tmp_path: Path) -> None:
     assert f"outagemon: cannot use [http] tls_cert {tmp_path}/cert.pem" in result.stderr
     assert "Traceback" not in result.stderr
     result = run_cli("check-config", "-c", str(config))
-    assert "(HTTPS)" in result.stdout
+    assert "(HTTPS, page open)" in result.stdout
 
 
 def test_page_auth_needs_a_token_and_the_metrics_token_is_a_secret() -> None:
