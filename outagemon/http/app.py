@@ -16,6 +16,7 @@ from aiohttp import hdrs, web
 from outagemon import __version__, logs
 from outagemon.config import Config
 from outagemon.core import messages
+from outagemon.core.assess import AnswerMemory
 from outagemon.core.directory import Directory
 from outagemon.core.messages import Texts
 from outagemon.http import security
@@ -39,6 +40,7 @@ class Runtime:
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
     probe_rate: float = 0.0  # probes a second, as last measured
     texts: Texts = field(default_factory=lambda: messages.load("ru"))
+    answers: AnswerMemory = field(default_factory=AnswerMemory)  # what /check remembers
     checks: Metric = field(init=False)  # /check answers by status and channel
     guard: security.Guard = field(init=False)  # sessions, CSRF, failed authentication
     failures: Metric = field(init=False)  # 5xx answers by route and error
