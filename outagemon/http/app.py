@@ -44,7 +44,10 @@ class Runtime:
     checks: Metric = field(init=False)  # /check answers by status and channel
     guard: security.Guard = field(init=False)  # sessions, CSRF, failed authentication
     failures: Metric = field(init=False)  # 5xx answers by route and error
-    _hosts: tuple[Any, frozenset[str] | None] | None = field(default=None, init=False)
+    # The Host names answered (None: any), for which [http] section, and verdicts so far.
+    hosts_for: Any = field(default=None, init=False)
+    hosts: frozenset[str] | None = field(default=None, init=False)
+    host_verdicts: dict[str, bool] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.checks = self.metrics.counter(
@@ -54,14 +57,6 @@ class Runtime:
         self.failures = self.metrics.counter(
             "outagemon_http_failures_total", "Requests the server failed to answer (5xx)."
         )
-
-    @property
-    def allowed_hosts(self) -> frozenset[str] | None:
-        """The Host names answered (None: any); follows the configuration on reload."""
-        http = self.config.http
-        if self._hosts is None or self._hosts[0] is not http:
-            self._hosts = (http, security.allowed_hosts(http))
-        return self._hosts[1]
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -83,7 +78,7 @@ def error(status: int, sentence: str) -> web.Response:
     return json_response({"error": sentence}, status=status)
 
 
-def sentences(handler: Handler) -> Handler:
+def sentences(handler: Handler, runtime: Runtime | None = None) -> Handler:
     """Every error a client sees is JSON with a sentence; nothing it sends becomes a 5xx.
 
     A wrapper around each handler rather than an aiohttp middleware: with any middleware
@@ -94,7 +89,7 @@ def sentences(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
-            if not _host_allowed(request):
+            if runtime is not None and not _host_allowed(request, runtime):
                 return error(421, "this server does not answer to that host name; "
                                   "see [http] allowed_hosts.")  # fmt: skip
             return await handler(request)
@@ -130,25 +125,25 @@ def _failed(request: web.Request, e: Exception) -> None:
 
 
 _FAILED: set[tuple[str, str]] = set()
-# Host headers already judged, per application's allowed set: one look-up per request.
-_HOSTS: dict[tuple[frozenset[str] | None, str], bool] = {}
 
 
-def _host_allowed(request: web.Request) -> bool:
-    runtime = request.app.get(RUNTIME)
-    if runtime is None:
-        return True
-    allowed = runtime.allowed_hosts
-    if allowed is None:
+def _host_allowed(request: web.Request, rt: Runtime) -> bool:
+    """Whether the Host header names this server (see security.allowed_hosts).
+
+    On /check's way: the verdict for each Host value is remembered, until a reload
+    brings another [http] section."""
+    http = rt.config.http
+    if http is not rt.hosts_for:
+        rt.hosts_for, rt.hosts, rt.host_verdicts = http, security.allowed_hosts(http), {}
+    if rt.hosts is None:
         return True
     header = request.headers.get(hdrs.HOST, "")
-    key = (allowed, header)
-    verdict = _HOSTS.get(key)
+    verdict = rt.host_verdicts.get(header)
     if verdict is None:
-        verdict = security.host_name(header) in allowed
-        if len(_HOSTS) > 10_000:
-            _HOSTS.clear()
-        _HOSTS[key] = verdict
+        verdict = security.host_name(header) in rt.hosts
+        if len(rt.host_verdicts) > 1000:
+            rt.host_verdicts.clear()
+        rt.host_verdicts[header] = verdict
     return verdict
 
 
@@ -182,7 +177,7 @@ def _no_route(app: web.Application) -> None:
             raise web.HTTPMethodNotAllowed(request.method, allowed)
         raise web.HTTPNotFound()
 
-    catch_all.add_route("*", sentences(no_route))
+    catch_all.add_route("*", sentences(no_route, app[RUNTIME]))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -271,7 +266,7 @@ def make_app(runtime: Runtime) -> web.Application:
     page.setup(routes)
     for route in routes:
         assert isinstance(route, web.RouteDef)
-        app.router.add_route(route.method, route.path, sentences(route.handler),
+        app.router.add_route(route.method, route.path, sentences(route.handler, runtime),
                              **route.kwargs)  # fmt: skip
     _no_route(app)
     return app
