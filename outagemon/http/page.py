@@ -9,7 +9,6 @@ session (see http/security.py); every form, with or without it, carries a CSRF t
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 import urllib.parse
@@ -23,8 +22,8 @@ from markupsafe import Markup, escape
 from outagemon import logs
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident
-from outagemon.http import api
-from outagemon.http.app import RUNTIME, Runtime
+from outagemon.http import queries
+from outagemon.http.runtime import RUNTIME, Invalid, Runtime, bad, estimate, incident_id
 from outagemon.http.security import (
     CSRF_COOKIE,
     PAGE_HEADERS,
@@ -32,7 +31,6 @@ from outagemon.http.security import (
     SESSION_SECONDS,
     Message,
     Session,
-    token_named,
 )
 
 log = logs.get("outagemon.page")
@@ -201,19 +199,19 @@ def _back(path: str, message: Message) -> web.HTTPSeeOther:
 async def _form(request: web.Request) -> dict[str, str]:
     """A posted form's text fields; a sentence (400) for one that cannot be read."""
     if request.content_length is not None and request.content_length > 64 * 1024:
-        raise api.bad("the form is too large (64 KiB at most).", 413)
+        raise bad("the form is too large (64 KiB at most).", 413)
     try:
         form = await request.post()
     except (UnicodeError, LookupError, ValueError):
         # Bytes that are not UTF-8, or a charset Python does not know ("klingon").
-        raise api.bad("the form is not readable: send it as UTF-8.") from None
+        raise bad("the form is not readable: send it as UTF-8.") from None
     fields: dict[str, str] = {}
     for key, value in form.items():
         if isinstance(value, str):
             try:
                 value.encode()
             except UnicodeEncodeError:
-                raise api.bad("the form is not readable: send it as UTF-8.") from None
+                raise bad("the form is not readable: send it as UTF-8.") from None
             fields[key] = value
     return fields
 
@@ -289,22 +287,17 @@ async def incident_page(request: web.Request) -> web.Response:
     visitor = _required(request)
     rt = visitor.rt
     raw = request.match_info["id"]
-    iid = api.incident_number(raw)
-    inc = await api._one(rt, iid) if iid is not None else None
-    if inc is None:
-        raise api.bad(f"there is no incident {raw}.", 404)
+    iid = incident_id(raw)
+    inc = await queries.one(rt, iid) if iid is not None else None
+    if iid is None or inc is None:
+        raise bad(f"there is no incident {raw}.", 404)
     timeline: list[dict[str, str]] = []
-    if rt.pool is not None:
-        from outagemon.db import store
-
-        try:
-            for r in await store.timeline(rt.pool, inc_id(inc)):
-                detail = json.loads(r["detail"])
-                at = r["at"].astimezone().strftime("%d.%m %H:%M:%S")
-                text = _timeline_text(r["kind"], detail)
-                timeline.append({"at": at, "kind": r["kind"], "text": text})
-        except Exception as e:
-            log.warning("page.database_unavailable", error=str(e))
+    try:
+        for at, kind, detail in await queries.timeline(rt, iid):
+            timeline.append({"at": at.astimezone().strftime("%d.%m %H:%M:%S"), "kind": kind,
+                             "text": _timeline_text(kind, detail)})  # fmt: skip
+    except Exception as e:
+        log.warning("page.database_unavailable", error=str(e))
     html = ENV.get_template("incident.html").render(
         now=_when(time.time()), i=inc, timeline=timeline, tree=_tree(rt, inc),
         message=Message.of(request.query.get("message")),
@@ -314,19 +307,19 @@ async def incident_page(request: web.Request) -> web.Response:
     return visitor.page(html)
 
 
-def inc_id(inc: dict[str, Any]) -> int:
-    return int(inc["id"])
-
-
 async def incident_form(request: web.Request) -> web.Response:
     """The page's form. Without a write session the token comes in a field, since a browser
-    sends no bearer header; either way the form's CSRF token must match this browser's."""
+    sends no bearer header; either way the form's CSRF token must match this browser's.
+
+    The estimate and the note are checked as the API checks them (`runtime.estimate`);
+    the form's time has no offset (a browser's datetime-local field), so it is taken as
+    the server's local time."""
     visitor = _required(request)
     rt = visitor.rt
     raw = request.match_info["id"]
-    iid = api.incident_number(raw)
+    iid = incident_id(raw)
     if iid is None:
-        raise api.bad(f"there is no incident {raw}.", 404)
+        raise bad(f"there is no incident {raw}.", 404)
     back = f"/incidents/{iid}"
     form = await _form(request)
     if not visitor.csrf_ok(form.get("csrf")):
@@ -339,21 +332,26 @@ async def incident_form(request: web.Request) -> web.Response:
     if session is not None and session.role == "write":
         who = session.name
     else:
-        token = token_named(tokens, form.get("token", "").encode())
+        token = rt.token_check.find(tokens, form.get("token", ""))
         if token is None or token.role != "write":
             rt.guard.failed("form", request.remote, "invalid")
             raise _back(back, Message.TOKEN_INVALID)
         who = token.name
     eta_text = form.get("eta", "").strip()
-    note = form.get("note", "").strip()[: api.MAX_NOTE]
     eta = None
     if eta_text:
         try:
             eta = datetime.fromisoformat(eta_text).astimezone().timestamp()
         except (ValueError, OverflowError, OSError):
             raise _back(back, Message.ETA_INVALID) from None
-    if rt.monitor is None or await api._one(rt, iid) is None:
-        raise api.bad(f"there is no incident {raw}.", 404)
+    now = time.time()
+    try:
+        eta, note = estimate(eta, form.get("note", ""), now)
+    except Invalid:
+        late = eta is not None and eta < now - 60
+        raise _back(back, Message.ETA_PAST if late else Message.NOTE_TOO_LONG) from None
+    if rt.monitor is None or await queries.one(rt, iid) is None:
+        raise bad(f"there is no incident {raw}.", 404)
     rt.monitor.set_eta(iid, eta, note, who)
     raise _back(back, Message.SAVED)
 
@@ -403,7 +401,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not visitor.csrf_ok(form.get("csrf")):
         raise web.HTTPSeeOther("/login?" + urllib.parse.urlencode(
             {"message": Message.FORM_EXPIRED.code, "next": target}))  # fmt: skip
-    token = token_named(rt.config.tokens, form.get("token", "").encode())
+    token = rt.token_check.find(rt.config.tokens, form.get("token", ""))
     if token is None:
         rt.guard.backoff.failed(address, now)
         rt.guard.failed("login", address, "invalid")
