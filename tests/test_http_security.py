@@ -347,3 +347,25 @@ def get_request_for(w: World, target: str, host: bytes) -> bytes:
     port = str(w.server.port).encode()
     return (b"GET " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b":" + port
             + b"\r\nConnection: close\r\n\r\n")  # fmt: skip
+
+
+async def test_guessing_the_write_token_in_the_incident_form_is_slowed_too(fresh_db: str) -> None:
+    async with (
+        world(fresh_db) as w,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser,
+    ):
+        w.net.fail("agg-s")
+        w.run(60)
+        (inc,) = w.monitor.correlator.incidents.values()
+        async with browser.get(w.url(f"/incidents/{inc.id}")) as page:
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await page.text())
+        assert csrf
+        said = []
+        for token in ["guess-0123456789abcdef"] * 3 + [WRITE]:
+            async with browser.post(w.url(f"/incidents/{inc.id}"),
+                                    data={"note": "x", "token": token, "csrf": csrf.group(1)},
+                                    allow_redirects=False) as r:  # fmt: skip
+                said.append(r.headers["Location"].split("message=")[1])
+        assert said == ["token_invalid"] * 3 + ["too_many"]
+        assert await notes(w, inc.id) == []
+        assert metric(w, "outagemon_auth_failures_total", where="form") == 4

@@ -332,10 +332,17 @@ async def incident_form(request: web.Request) -> web.Response:
     if session is not None and session.role == "write":
         who = session.name
     else:
+        # A token typed into the form can be guessed like a login: the same backoff.
+        address, now = request.remote or "", time.time()
+        if rt.guard.backoff.wait(address, now) > 0:
+            rt.guard.failed("form", address, "backoff")
+            raise _back(back, Message.TOO_MANY)
         token = rt.token_check.find(tokens, form.get("token", ""))
         if token is None or token.role != "write":
-            rt.guard.failed("form", request.remote, "invalid")
+            rt.guard.backoff.failed(address, now)
+            rt.guard.failed("form", address, "invalid")
             raise _back(back, Message.TOKEN_INVALID)
+        rt.guard.backoff.succeeded(address)
         who = token.name
     eta_text = form.get("eta", "").strip()
     eta = None
