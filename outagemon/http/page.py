@@ -192,8 +192,8 @@ def _required(request: web.Request) -> Visitor:
     return visitor
 
 
-def _back(path: str, message: Message) -> web.HTTPSeeOther:
-    return web.HTTPSeeOther(f"{path}?message={message.code}")
+def _back(path: str, message: Message) -> web.HTTPFound:
+    return web.HTTPFound(f"{path}?message={message.code}")
 
 
 async def _form(request: web.Request) -> dict[str, str]:

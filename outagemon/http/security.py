@@ -47,8 +47,9 @@ class Message(Enum):
     TOKEN_INVALID = "The write token is not valid."
     WRITES_DISABLED = "Writes are disabled: no write token is configured."
     ETA_INVALID = "The ETA is not a time."
-    ETA_PAST = "The ETA is in the past; give the time the repair is expected."
-    NOTE_TOO_LONG = "The note is too long: 2000 characters at most."
+    # The API's own sentences for the same refusals (runtime.estimate): one rule, one text.
+    ETA_PAST = "eta is in the past; give the time the repair is expected."
+    NOTE_TOO_LONG = "note must be text of at most 2000 characters."
     FORM_EXPIRED = "The form had expired; it is fresh now, send it again."
     LOGIN_FAILED = "That token is not valid."
     LOGGED_OUT = "Logged out."
