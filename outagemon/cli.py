@@ -62,7 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     for key in ("phone", "account", "address", "flat"):
         lookup.add_argument(f"--{key}")
     lookup.add_argument("--url", default="http://127.0.0.1:8080")
-    lookup.add_argument("--token", default=None, help="or OUTAGEMON_TOKEN in the environment")
+    lookup.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="a file holding the token (or OUTAGEMON_TOKEN in the environment)",
+    )
+    lookup.add_argument(
+        "--token", default=None, help="deprecated: visible to every local user in ps; use the above"
+    )
     lookup.add_argument("--json", action="store_true", help="print the answer as JSON")
     return p
 
@@ -82,7 +90,21 @@ def _lookup(args: argparse.Namespace) -> int:
     params["channel"] = "helpdesk"
     url = f"{args.url.rstrip('/')}/api/v1/check?{urllib.parse.urlencode(params)}"
     request = urllib.request.Request(url)
-    token = args.token or os.environ.get("OUTAGEMON_TOKEN")
+    token = os.environ.get("OUTAGEMON_TOKEN")
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
+            print(f"outagemon lookup: cannot read {args.token_file}: {reason}.", file=sys.stderr)
+            return USAGE_ERROR
+    elif args.token is not None:
+        print(
+            "outagemon lookup: warning: --token shows the token to every local user (ps, "
+            "/proc); use --token-file FILE or OUTAGEMON_TOKEN.",
+            file=sys.stderr,
+        )
+        token = args.token
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -162,12 +184,16 @@ def _check_config(config_path: Path) -> int:
         return USAGE_ERROR
     for problem in loaded.problems:
         print(problem, file=sys.stderr)
+    for warning in cfg.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     d = loaded.directory
     kinds = Counter(n.kind for n in d.topology.nodes.values())
     where = "external" if cfg.database.dsn else f"embedded under {cfg.daemon.state_dir}"
     print(f"{cfg.path}: {'has problems' if loaded.problems else 'valid'}")
     print(f"  database: {where}")
-    print(f"  http: {cfg.http.listen}; tokens: {len(cfg.tokens)}")
+    tls = "HTTPS" if cfg.http.tls_cert is not None else "plain HTTP"
+    page = "page behind a login" if cfg.http.page_auth else "page open"
+    print(f"  http: {cfg.http.listen} ({tls}, {page}); tokens: {len(cfg.tokens)}")
     print(
         f"  probe: every {cfg.probe.interval:g} s, timeout {cfg.probe.timeout:g} s, "
         f"down after {cfg.probe.down_after}, up after {cfg.probe.up_after}"

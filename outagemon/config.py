@@ -2,12 +2,18 @@
 
 Every problem is collected and reported at once, one sentence each, naming the file and
 the key, so an operator fixes a broken file in one pass rather than one error per restart.
+
+Secrets (tokens, a DSN's password) may stay out of the file, which then needs no secrecy:
+`token_file` and `dsn_file` name files read at load time, found in systemd's
+`$CREDENTIALS_DIRECTORY` (`LoadCredential=`) when it is set, else next to the config file.
+The value of a secret key is never repeated in a problem or a log line.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +30,7 @@ class DaemonConfig:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    dsn: str = ""
+    dsn: str = field(default="", repr=False)  # may hold a password
     write_queue: int = 100_000
 
 
@@ -33,6 +39,11 @@ class HttpConfig:
     listen: str = "127.0.0.1:8080"
     host: str = "127.0.0.1"
     port: int = 8080
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key, the API speaks HTTPS
+    tls_key: Path | None = None
+    page_auth: bool = False  # the page, its events and /metrics need a login (a token)
+    metrics_token: str = field(default="", repr=False)  # a bearer token for /metrics alone
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered; () = the listen address's
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,15 @@ class Config:
     vantage: VantageConfig = VantageConfig()
     messages: MessagesConfig = MessagesConfig()
     tokens: tuple[Token, ...] = ()
+    # Not problems, but worth an operator's attention (a short token): printed, logged.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+# Keys whose values are secrets: a problem with one names its type, never its value.
+SECRET_KEYS = frozenset({"token", "dsn", "metrics_token"})
+TOKEN_MIN = 16  # characters; shorter ones are refused
+TOKEN_GOOD = 32  # shorter ones are accepted with a warning
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 
 
 # A check returns None when the value is good, else the end of a sentence: "must be ...".
@@ -127,6 +147,19 @@ def _nonempty_string(v: Any) -> str | None:
     if not isinstance(v, str):
         return "must be a string"
     return None if v.strip() else "must not be empty"
+
+
+def _boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _host_names(v: Any) -> str | None:
+    if not isinstance(v, list) or not all(isinstance(h, str) and h.strip() for h in v):
+        return 'must be a list of host names, such as ["noc.example.net"]'
+    for h in v:
+        if not all(c.isascii() and (c.isalnum() or c in ".-:[]") for c in h):
+            return f"must list host names or addresses, and {h!r} is not one"
+    return None
 
 
 def _ratio(v: Any) -> str | None:
@@ -172,7 +205,7 @@ def parse_listen(value: str) -> tuple[str, int]:
             raise ValueError("an IPv6 address is written [address]:port")
         if not all(c.isalnum() or c in ".-" for c in host):
             raise ValueError(f"{host!r} is not an address or host name")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"the port {port_text!r} is not a number from 0 to 65535")
     return host, int(port_text)
 
@@ -190,8 +223,16 @@ def _listen(v: Any) -> str | None:
 # section -> key -> check; the dataclass defaults are the defaults.
 SCHEMA: dict[str, dict[str, Check]] = {
     "daemon": {"state_dir": _nonempty_string},
-    "database": {"dsn": _string, "write_queue": _integer(1)},
-    "http": {"listen": _listen},
+    "database": {"dsn": _string, "dsn_file": _nonempty_string, "write_queue": _integer(1)},
+    "http": {
+        "listen": _listen,
+        "tls_cert": _nonempty_string,
+        "tls_key": _nonempty_string,
+        "page_auth": _boolean,
+        "metrics_token": _nonempty_string,
+        "metrics_token_file": _nonempty_string,
+        "allowed_hosts": _host_names,
+    },
     "probe": {
         "interval": _seconds(positive=True),
         "timeout": _seconds(positive=True),
@@ -216,8 +257,48 @@ SCHEMA: dict[str, dict[str, Check]] = {
 TOKEN_SCHEMA: dict[str, Check] = {
     "name": _nonempty_string,
     "token": _nonempty_string,
+    "token_file": _nonempty_string,
     "role": _one_of("read", "write"),
 }
+
+
+def _kind(value: Any) -> str:
+    """What a value is, in words, for a secret whose value must not be shown."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty string" if not value.strip() else "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date or time"
+
+
+def secret_file(value: str, base: Path) -> Path:
+    """Where a `*_file` key points: systemd's credentials directory, else the config's."""
+    credentials = os.environ.get(CREDENTIALS_ENV)
+    return (Path(credentials) if credentials else base) / value
+
+
+def _read_secret(value: str, base: Path, where: str, problems: list[str]) -> str | None:
+    path = secret_file(value, base)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        problems.append(f"{where}: the file {path} does not exist.")
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
+        problems.append(f"{where}: the file {path} cannot be read: {reason}.")
+        return None
+    secret = text.strip()
+    if not secret:
+        problems.append(f"{where}: the file {path} is empty.")
+        return None
+    return secret
 
 
 def _unknown(where: str, key: str, known: list[str]) -> str:
@@ -240,6 +321,8 @@ def _checked(
         reason = check(value)
         if reason is None:
             good[key] = value
+        elif key in SECRET_KEYS:
+            problems.append(f"{where}{key} {reason}, not {_kind(value)} (its value is not shown).")
         else:
             problems.append(f"{where}{key} {reason}, not {value!r}.")
     return good
@@ -252,11 +335,13 @@ def parse(text: str, path: Path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{path}: not valid TOML: {e}."]) from None
     problems: list[str] = []
+    warnings: list[str] = []
     sections: dict[str, dict[str, Any]] = {}
     tokens: list[Token] = []
+    base = path.parent
     for name, table in raw.items():
         if name == "auth":
-            tokens = _tokens(table, problems)
+            tokens = _tokens(table, base, problems, warnings)
             continue
         if name not in SCHEMA:
             problems.append(_unknown("", name, [*SCHEMA, "auth"]))
@@ -266,18 +351,15 @@ def parse(text: str, path: Path) -> Config:
             continue
         sections[name] = _checked(table, SCHEMA[name], f"[{name}] ", problems)
 
-    base = path.parent
     probe = ProbeConfig(**sections.get("probe", {}))
     if probe.timeout > probe.interval:
         problems.append(
             f"[probe] timeout ({probe.timeout} s) must not be longer than "
             f"[probe] interval ({probe.interval} s)."
         )
-    http_raw = sections.get("http", {})
-    http = HttpConfig()
-    if "listen" in http_raw:
-        host, port = parse_listen(http_raw["listen"])
-        http = HttpConfig(listen=http_raw["listen"], host=host, port=port)
+    http = _http(sections.get("http", {}), base, problems)
+    _http_warnings(http, bool(tokens), problems, warnings)
+    database = _database(sections.get("database", {}), base, problems)
     daemon_raw = sections.get("daemon", {})
     daemon = (
         DaemonConfig((base / daemon_raw["state_dir"]).resolve()) if daemon_raw else DaemonConfig()
@@ -294,7 +376,7 @@ def parse(text: str, path: Path) -> Config:
     return Config(
         path=path,
         daemon=daemon,
-        database=DatabaseConfig(**sections.get("database", {})),
+        database=database,
         http=http,
         probe=probe,
         correlation=CorrelationConfig(**sections.get("correlation", {})),
@@ -302,7 +384,79 @@ def parse(text: str, path: Path) -> Config:
         vantage=VantageConfig(anchors=anchors),
         messages=_messages(sections.get("messages", {}), base),
         tokens=tuple(tokens),
+        warnings=tuple(f"{path}: {w}" for w in warnings),
     )
+
+
+def _http(raw: dict[str, Any], base: Path, problems: list[str]) -> HttpConfig:
+    listen = raw.get("listen", HttpConfig().listen)
+    host, port = parse_listen(listen)
+    cert, key = raw.get("tls_cert"), raw.get("tls_key")
+    if (cert is None) != (key is None):
+        problems.append("[http] tls_cert and tls_key go together: give both or neither.")
+    metrics_token = raw.get("metrics_token", "")
+    if "metrics_token_file" in raw:
+        if metrics_token:
+            problems.append("[http] give metrics_token or metrics_token_file, not both.")
+        where = "[http] metrics_token_file"
+        metrics_token = _read_secret(raw["metrics_token_file"], base, where, problems) or ""
+    if metrics_token and len(metrics_token) < TOKEN_MIN:
+        problems.append(
+            f"[http] the metrics token is shorter than {TOKEN_MIN} characters; "
+            "make one with: openssl rand -hex 24"
+        )
+    return HttpConfig(
+        listen=listen,
+        host=host,
+        port=port,
+        tls_cert=(base / cert).resolve() if cert else None,
+        tls_key=(base / key).resolve() if key else None,
+        page_auth=raw.get("page_auth", False),
+        metrics_token=metrics_token,
+        allowed_hosts=tuple(h.strip().lower().strip("[]") for h in raw.get("allowed_hosts", [])),
+    )
+
+
+def _http_warnings(
+    http: HttpConfig, has_tokens: bool, problems: list[str], warnings: list[str]
+) -> None:
+    if http.page_auth and not has_tokens:
+        problems.append(
+            "[http] page_auth needs at least one [[auth.tokens]]: the login form asks for one."
+        )
+    loopback = http.host == "localhost" or _is_loopback_ip(http.host)
+    if not loopback and not http.page_auth:
+        warnings.append(
+            f"[http] listen {http.listen} serves other hosts, and the incident page, its "
+            "timelines and /metrics need no login: set [http] page_auth = true (and "
+            "metrics_token), or keep the port to the NOC's network."
+        )
+    if not loopback and http.tls_cert is None:
+        warnings.append(
+            f"[http] listen {http.listen} serves other hosts in plain HTTP: tokens cross the "
+            "network readable; set tls_cert and tls_key, or put a TLS reverse proxy in front."
+        )
+    if http.host in ("0.0.0.0", "::") and not http.allowed_hosts:
+        warnings.append(
+            "[http] allowed_hosts is empty while listening on every address: any Host name "
+            "is answered (DNS rebinding); list the names the NOC uses."
+        )
+
+
+def _is_loopback_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _database(raw: dict[str, Any], base: Path, problems: list[str]) -> DatabaseConfig:
+    dsn = raw.get("dsn", "")
+    if "dsn_file" in raw:
+        if dsn:
+            problems.append("[database] give dsn or dsn_file, not both.")
+        dsn = _read_secret(raw["dsn_file"], base, "[database] dsn_file", problems) or ""
+    return DatabaseConfig(dsn=dsn, write_queue=raw.get("write_queue", 100_000))
 
 
 def _messages(raw: dict[str, Any], base: Path) -> MessagesConfig:
@@ -314,7 +468,7 @@ def _messages(raw: dict[str, Any], base: Path) -> MessagesConfig:
     )
 
 
-def _tokens(auth: Any, problems: list[str]) -> list[Token]:
+def _tokens(auth: Any, base: Path, problems: list[str], warnings: list[str]) -> list[Token]:
     if not isinstance(auth, dict):
         problems.append("[auth] must be a table holding [[auth.tokens]].")
         return []
@@ -331,11 +485,31 @@ def _tokens(auth: Any, problems: list[str]) -> list[Token]:
     for i, entry in enumerate(entries, start=1):
         where = f"[[auth.tokens]] number {i}: "
         good = _checked(entry, TOKEN_SCHEMA, where, problems)
-        missing = [k for k in TOKEN_SCHEMA if k not in entry]
-        for key in missing:
-            problems.append(f"{where}{key} is required.")
-        if len(good) != len(TOKEN_SCHEMA):
+        for key in ("name", "role"):
+            if key not in entry:
+                problems.append(f"{where}{key} is required.")
+        if "token" in entry and "token_file" in entry:
+            problems.append(f"{where}give token or token_file, not both.")
             continue
+        if "token" not in entry and "token_file" not in entry:
+            problems.append(f"{where}token is required. (Or token_file: a file that holds it.)")
+            continue
+        if "token_file" in good:
+            secret = _read_secret(good.pop("token_file"), base, f"{where}token_file", problems)
+            if secret is not None:
+                good["token"] = secret
+        if not {"name", "token", "role"} <= good.keys():
+            continue
+        if len(good["token"]) < TOKEN_MIN:
+            problems.append(
+                f"{where}the token of {good['name']!r} is shorter than {TOKEN_MIN} characters; "
+                "make one with: openssl rand -hex 24"
+            )
+        elif len(good["token"]) < TOKEN_GOOD:
+            warnings.append(
+                f"{where}the token of {good['name']!r} is shorter than {TOKEN_GOOD} characters; "
+                "a longer one is safer: openssl rand -hex 24"
+            )
         if good["name"] in names:
             problems.append(f"{where}the name {good['name']!r} is used twice.")
         if good["token"] in secrets:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import ssl
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -196,7 +197,13 @@ class Daemon:
         runner = web.AppRunner(make_app(self.runtime), handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, cfg.http.host, cfg.http.port, reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            cfg.http.host,
+            cfg.http.port,
+            reuse_address=True,
+            ssl_context=tls_context(cfg.http),
+        )
         try:
             await site.start()
         except OSError as e:
@@ -245,6 +252,8 @@ class Daemon:
             self._reloads.inc(outcome="refused")
             log.error("config.reload_refused", path=str(path), problems=e.problems)
             return
+        for warning in new.warnings:
+            log.warning("config.warning", problem=warning)
         pending = [k for k in RESTART_KEYS if getattr(new, k) != getattr(self.config, k)]
         if pending:
             log.warning("config.restart_needed", sections=pending)
@@ -277,6 +286,22 @@ async def _close_pool(pool: asyncpg.Pool) -> None:
         pool.terminate()
 
 
+def tls_context(http: config_mod.HttpConfig) -> ssl.SSLContext | None:
+    """HTTPS with the operator's certificate, or None for plain HTTP; a sentence if unusable."""
+    if http.tls_cert is None or http.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(http.tls_cert, http.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise OutagemonError(
+            f"cannot use [http] tls_cert {http.tls_cert} with tls_key {http.tls_key}: {reason}."
+        ) from None
+    return context
+
+
 def report_skipped(problems: list[str], limit: int = 100) -> None:
     """Log subscriber rows left out of a load; a CRM export with a few bad rows must not
     stop the monitor, and one with a million must not flood the journal."""
@@ -297,6 +322,8 @@ def run(config_path: Path) -> int:
         for problem in e.problems:
             print(problem, file=sys.stderr)
         return 2
+    for warning in cfg.warnings:
+        log.warning("config.warning", problem=warning)
     try:
         return asyncio.run(Daemon(cfg, loaded, texts).run())
     except OutagemonError as e:

@@ -42,11 +42,11 @@ language = "en"
 restored_for = 600
 [[auth.tokens]]
 name = "ivr"
-token = "secret-read"
+token = "secret-read-0123456789abcdef0123456789"
 role = "read"
 [[auth.tokens]]
 name = "noc"
-token = "secret-write"
+token = "secret-write-0123456789abcdef0123456789"
 role = "write"
 """
 

@@ -45,7 +45,7 @@ async def test_the_page_renders_updates_live_takes_an_eta_and_escapes_notes(
             f"document.querySelector('input[name=token]').value = '{WRITE}';"
             "document.querySelector('form').submit(); true"
         )
-        await b.wait_for("location.search.includes('Saved')")
+        await b.wait_for("location.search.includes('message=saved')")
         assert w.monitor.eta.get(second.id) is not None
         await w.flushed()
         await b.open(w.url(f"/incidents/{second.id}"))
@@ -54,3 +54,39 @@ async def test_the_page_renders_updates_live_takes_an_eta_and_escapes_notes(
         assert await b.eval("window.__pwned === undefined"), "a note's script ran"
         assert "ETA 01.01.2099 18:30" in text  # the ETA, shown back
         await b.screenshot(SHOTS / "incident.png")
+
+
+async def test_with_page_auth_a_browser_logs_in_and_its_session_cookie_is_out_of_reach(
+    fresh_db: str,
+) -> None:
+    async with world(fresh_db, extra="[http]\npage_auth = true\n") as w, Browser() as b:
+        w.net.fail("agg-s")
+        w.run(60)
+        (inc,) = w.monitor.correlator.incidents.values()
+        # Asked for an incident, the browser lands on the login form, and after it, back.
+        await b.send("Page.navigate", url=w.url(f"/incidents/{inc.id}"))
+        await b.wait_for("location.pathname === '/login' && document.readyState === 'complete'")
+        assert await b.eval("document.querySelector('input[name=token]').autocomplete") == "off"
+        await b.eval(
+            f"document.querySelector('input[name=token]').value = '{WRITE}';"
+            "document.querySelector('form').submit(); true"
+        )
+        await b.wait_for(f"location.pathname === '/incidents/{inc.id}'")
+        # Scripts on the page (an injected one included) cannot read the session.
+        assert "om_session" not in await b.eval("document.cookie")
+        # A write session signs the form by itself: no token field, and it saves.
+        assert await b.eval("document.querySelector('input[name=token]') === null")
+        await b.eval(
+            "document.querySelector('input[name=eta]').value = '2099-01-01T18:30';"
+            "document.querySelector('form[action^=\"/incidents\"]').submit(); true"
+        )
+        await b.wait_for("location.search === '?message=saved'")
+        assert "Saved." in await b.eval("document.body.innerText")
+        assert w.monitor.eta.get(inc.id) is not None
+        # The live page still updates under the CSP (its script is a file of its own).
+        await b.open(w.url("/"))
+        w.net.fail("agg-n")
+        w.run(60)
+        second = next(i for i in w.monitor.correlator.incidents.values() if i.root == "agg-n")
+        await b.wait_for(f"!!document.querySelector('[data-incident=\"{second.id}\"]')")
+        await b.screenshot(SHOTS / "logged-in.png")

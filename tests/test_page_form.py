@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
-import urllib.parse
+import html
+import re
 from datetime import datetime, timedelta
 
+import aiohttp
 import pytest
 
 from tests.world import WRITE, world
 
 
 async def test_the_form_refuses_what_the_api_refuses_and_saves_the_rest(fresh_db: str) -> None:
-    async with world(fresh_db) as w:
+    # A browser keeps the page's cookie (on 127.0.0.1 too), which binds the form's CSRF token.
+    browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with world(fresh_db) as w, browser:
         w.net.fail("sw-lenina-5")
         w.run(60)
         (inc,) = w.monitor.correlator.incidents.values()
         page = w.url(f"/incidents/{inc.id}")
+        async with browser.get(page) as r:
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())
+        assert csrf is not None
 
         async def post(**form: str) -> str:
-            """The sentence the page is sent back with."""
-            async with w.session.post(page, data={"token": WRITE, **form},
-                                      allow_redirects=False) as r:  # fmt: skip
+            """The sentence the page is sent back with (a code in the URL, the server's text
+            on the page)."""
+            async with browser.post(page, data={"token": WRITE, "csrf": csrf.group(1), **form},
+                                    allow_redirects=False) as r:  # fmt: skip
                 assert r.status == 302, await r.text()
-                query = urllib.parse.urlsplit(r.headers["Location"]).query
-                return urllib.parse.parse_qs(query)["message"][0]
+                location = r.headers["Location"]
+            async with browser.get(w.url(location)) as shown:
+                said = re.search(r'<p class="card message">(.*?)</p>', await shown.text())
+            assert said is not None, location
+            return html.unescape(said.group(1))
 
         # A browser's datetime-local field: no offset, the server's local time.
         past = (datetime.now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")

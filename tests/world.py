@@ -110,12 +110,16 @@ class World:
 
 
 @asynccontextmanager
-async def world(dsn: str, language: str = "ru", tokens: bool = True) -> AsyncIterator[World]:
+async def world(
+    dsn: str, language: str = "ru", tokens: bool = True, extra: str = ""
+) -> AsyncIterator[World]:
+    """`extra`: more configuration, such as an [http] section."""
     await migrate.migrate(dsn)
     pool = await store.connect(dsn)
     text = CONFIG.format(language=language)
     if not tokens:
         text = text.split("[[auth.tokens]]")[0]
+    text = extra + text  # before the [[auth.tokens]] array, where a table may still go
     cfg = config.parse(text, Path("/etc/outagemon/outagemon.toml"))
     d = build_directory()
     rt = Runtime(config=cfg, directory=d, texts=messages.load(language))

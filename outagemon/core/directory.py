@@ -88,7 +88,8 @@ def _one(sub: Subscriber | None) -> Match:
 
 
 def _flat_number(flat: str) -> int | None:
-    return int(flat) if flat.isdigit() else None
+    # ASCII only: "²" and "١" are digits to str.isdigit(), not to int().
+    return int(flat) if flat.isascii() and flat.isdigit() else None
 
 
 class Directory:

@@ -202,7 +202,7 @@ def parse_flats(value: Any) -> FlatRanges:
     for item in items:
         text = str(item).strip()
         lo_text, _, hi_text = text.partition("-")
-        if not lo_text.strip().isdigit() or (hi_text and not hi_text.strip().isdigit()):
+        if not _number(lo_text) or (hi_text and not _number(hi_text)):
             raise ValueError(f"{text!r} is not a flat number or range like 1-36")
         lo = int(lo_text)
         hi = int(hi_text) if hi_text else lo
@@ -321,7 +321,7 @@ def _parse_served(entry: Any, where: str, problems: list[str]) -> Served | None:
         )
         return None
     if parsed.flat:
-        flat = int(parsed.flat) if parsed.flat.isdigit() else None
+        flat = int(parsed.flat) if _number(parsed.flat) else None
         if flat is not None and flats is None:
             flats = ((flat, flat),)
         parsed = dataclasses.replace(parsed, flat="")
@@ -411,3 +411,9 @@ def _cycles(by_id: dict[str, Node]) -> list[list[str]]:
 def load(path: Path) -> Topology:
     """Read and parse a topology file."""
     return parse_text(read_text(path, TopologyError), path)
+
+
+def _number(text: str) -> bool:
+    """ASCII digits: "²" and "١" are digits to str.isdigit(), not to int()."""
+    text = text.strip()
+    return text.isascii() and text.isdigit()

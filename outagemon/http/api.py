@@ -227,7 +227,24 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise bad("the body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise bad("the body must be a JSON object.")
+    if not _encodable(body):
+        # JSON may escape a lone surrogate ("\\ud800"), which no UTF-8 text can hold.
+        raise bad("the body holds text that is not valid Unicode (a lone surrogate).")
     return body
+
+
+def _encodable(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_encodable(v) for v in value)
+    return True
 
 
 async def update_incident(request: web.Request) -> web.Response:

@@ -6,13 +6,16 @@ The only module that imports the handlers (`api`, `page`); they share `runtime`.
 from __future__ import annotations
 
 import functools
+import hmac
+import importlib.resources
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+import orjson
+from aiohttp import hdrs, web
 
 from outagemon import __version__, logs
-from outagemon.http import api, page
+from outagemon.http import api, page, security
 from outagemon.http.runtime import RUNTIME, Runtime, error, json_response
 
 log = logs.get("outagemon.http")
@@ -20,26 +23,73 @@ log = logs.get("outagemon.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def sentences(handler: Handler) -> Handler:
+def sentences(handler: Handler, runtime: Runtime | None = None) -> Handler:
     """Every error a client sees is JSON with a sentence; nothing it sends becomes a 5xx.
 
     A wrapper around each handler rather than an aiohttp middleware: with any middleware
     at all, aiohttp adds two coroutines and a cache lookup to every request's way, which
-    cost /check about 5 % of its throughput under a call surge."""
+    cost /check about 5 % of its throughput under a call surge. It also answers only to
+    the Host names allowed (DNS rebinding), at the cost of one dictionary look-up."""
 
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
+            if runtime is not None and not _host_allowed(request, runtime):
+                return error(421, "this server does not answer to that host name; "
+                                  "see [http] allowed_hosts.")  # fmt: skip
             return await handler(request)
         except web.HTTPException as e:
             if e.status < 400:
                 raise
             return _sentence(request, e)
-        except Exception:
-            log.exception("http.handler_failed", path=request.path)
+        except UnicodeError:
+            # Text that is not UTF-8 (a query, a header, a form) is the client's mistake.
+            return error(400, "the request holds text that is not valid UTF-8.")
+        except Exception as e:
+            _failed(request, e)
             return error(500, "the server failed to answer; the failure is logged.")
 
     return answer
+
+
+def _failed(request: web.Request, e: Exception) -> None:
+    """Count a 5xx; log its traceback once per route and kind of error, not per request:
+    one bug hit by every call of a surge must not bury the journal."""
+    route = request.match_info.route.resource
+    where = route.canonical if route is not None else request.path
+    kind = type(e).__name__
+    runtime = request.app.get(RUNTIME)
+    first = (where, kind) not in _FAILED
+    if first:
+        if len(_FAILED) > 1000:
+            _FAILED.clear()
+        _FAILED.add((where, kind))
+        log.exception("http.handler_failed", route=where, error=kind, path=request.path)
+    if runtime is not None:
+        runtime.failures.inc(route=where, error=kind)
+
+
+_FAILED: set[tuple[str, str]] = set()
+
+
+def _host_allowed(request: web.Request, rt: Runtime) -> bool:
+    """Whether the Host header names this server (see security.allowed_hosts).
+
+    On /check's way: the verdict for each Host value is remembered, until a reload
+    brings another [http] section."""
+    http = rt.config.http
+    if http is not rt.hosts_for:
+        rt.hosts_for, rt.hosts, rt.host_verdicts = http, security.allowed_hosts(http), {}
+    if rt.hosts is None:
+        return True
+    header = request.headers.get(hdrs.HOST, "")
+    verdict = rt.host_verdicts.get(header)
+    if verdict is None:
+        verdict = security.host_name(header) in rt.hosts
+        if len(rt.host_verdicts) > 1000:
+            rt.host_verdicts.clear()
+        rt.host_verdicts[header] = verdict
+    return verdict
 
 
 def _sentence(request: web.Request, e: web.HTTPException) -> web.Response:
@@ -51,6 +101,7 @@ def _sentence(request: web.Request, e: web.HTTPException) -> web.Response:
         404: f"there is nothing at {request.path}.",
         405: f"{request.method} is not allowed on {request.path}.",
         413: "the request body is too large.",
+        421: "this server does not answer to that host name.",
     }.get(e.status, e.text or e.reason)
     made = error(e.status, reason or e.reason)
     made.headers.update(headers)
@@ -71,7 +122,7 @@ def _no_route(app: web.Application) -> None:
             raise web.HTTPMethodNotAllowed(request.method, allowed)
         raise web.HTTPNotFound()
 
-    catch_all.add_route("*", sentences(no_route))
+    catch_all.add_route("*", sentences(no_route, app[RUNTIME]))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -92,12 +143,56 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = request.app[RUNTIME].metrics.render()
+    rt = request.app[RUNTIME]
+    _authorise_metrics(request, rt)
+    text = rt.metrics.render()
     return web.Response(
         text=text,
         content_type="text/plain",
         charset="utf-8",
         headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _authorise_metrics(request: web.Request, rt: Runtime) -> None:
+    """/metrics: its own bearer token if [http] metrics_token is set; with page_auth and
+    none, any configured token (Prometheus sends a bearer, never a cookie); else open."""
+    http = rt.config.http
+    if not http.metrics_token and not http.page_auth:
+        return
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, given = header.partition(" ")
+    ok = False
+    if scheme.lower() == "bearer" and given:
+        secret = given.strip().encode("utf-8", "surrogateescape")
+        if http.metrics_token:
+            ok = hmac.compare_digest(http.metrics_token.encode(), secret)
+        else:
+            ok = security.token_named(rt.config.tokens, secret) is not None
+    if not ok:
+        rt.guard.failed("metrics", request.remote, "missing" if not header else "invalid")
+        raise web.HTTPUnauthorized(
+            text=orjson.dumps({"error": "/metrics needs its token: Authorization: Bearer TOKEN."}
+                              ).decode(),
+            content_type="application/json",
+            headers={"WWW-Authenticate": 'Bearer realm="outagemon metrics"'},
+        )  # fmt: skip
+
+
+STATIC = {"page.css": "text/css", "live.js": "text/javascript"}
+
+
+async def static(request: web.Request) -> web.Response:
+    """The page's style sheet and script: files, so its CSP needs no 'unsafe-inline'."""
+    name = request.match_info["name"]
+    if name not in STATIC:
+        raise web.HTTPNotFound()
+    body = importlib.resources.files("outagemon.http").joinpath("static", name).read_bytes()
+    return web.Response(
+        body=body,
+        content_type=STATIC[name],
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=300"},
     )
 
 
@@ -109,11 +204,12 @@ def make_app(runtime: Runtime) -> web.Application:
     routes.get("/healthz")(healthz)
     routes.get("/readyz")(readyz)
     routes.get("/metrics")(metrics)
+    routes.get("/static/{name}")(static)
     api.setup(routes)
     page.setup(routes)
     for route in routes:
         assert isinstance(route, web.RouteDef)
-        app.router.add_route(route.method, route.path, sentences(route.handler),
+        app.router.add_route(route.method, route.path, sentences(route.handler, runtime),
                              **route.kwargs)  # fmt: skip
     _no_route(app)
     return app

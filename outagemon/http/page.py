@@ -1,12 +1,15 @@
 """The incident page for engineers: server-rendered, updated live over server-sent events.
 
 Everything user-supplied (notes, node names, addresses) is escaped by Jinja2's
-autoescaping; the only script is the few lines that swap in the live fragment.
+autoescaping; the only script is a static file that swaps in the live fragment, and the
+Content-Security-Policy allows no other. With `[http] page_auth` every route here needs a
+session (see http/security.py); every form, with or without it, carries a CSRF token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import urllib.parse
 from datetime import UTC, datetime
@@ -20,7 +23,15 @@ from outagemon import logs
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident
 from outagemon.http import queries
-from outagemon.http.runtime import RUNTIME, Invalid, Runtime, estimate, incident_id
+from outagemon.http.runtime import RUNTIME, Invalid, Runtime, bad, estimate, incident_id
+from outagemon.http.security import (
+    CSRF_COOKIE,
+    PAGE_HEADERS,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    Message,
+    Session,
+)
 
 log = logs.get("outagemon.page")
 
@@ -134,17 +145,95 @@ def live_context(rt: Runtime) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def index(request: web.Request) -> web.Response:
+# -- who is asking ---------------------------------------------------------------------
+
+
+class Visitor:
+    """A browser as the page sees it: its session, if any, and what binds its forms."""
+
+    def __init__(self, request: web.Request, rt: Runtime) -> None:
+        self.secure = request.secure
+        cookies = request.cookies
+        self.sid = cookies.get(SESSION_COOKIE)
+        self.session: Session | None = rt.guard.sessions.get(self.sid, rt.config.tokens,
+                                                             time.time())  # fmt: skip
+        self.new_binding: str | None = None
+        self.binding = self.sid if self.session is not None else cookies.get(CSRF_COOKIE)
+        self.rt = rt
+
+    def csrf(self) -> str:
+        """The token for this browser's forms; a fresh cookie to bind it to if it has none."""
+        if not self.binding:
+            self.binding = self.new_binding = secrets.token_urlsafe(24)
+        return self.rt.guard.csrf(self.binding)
+
+    def csrf_ok(self, given: object) -> bool:
+        return isinstance(given, str) and self.rt.guard.csrf_ok(self.binding, given)
+
+    def page(self, html: str, status: int = 200) -> web.Response:
+        response = web.Response(text=html, status=status, content_type="text/html",
+                                charset="utf-8", headers=PAGE_HEADERS)  # fmt: skip
+        if self.new_binding is not None:
+            response.set_cookie(CSRF_COOKIE, self.new_binding, httponly=True, samesite="Strict",
+                                path="/", secure=self.secure or None)  # fmt: skip
+        return response
+
+    def context(self) -> dict[str, Any]:
+        return {"session": self.session.name if self.session else "", "csrf": self.csrf()}
+
+
+def _required(request: web.Request) -> Visitor:
+    """The visitor; with page_auth and no session, a redirect to the login form."""
     rt = request.app[RUNTIME]
-    html = ENV.get_template("index.html").render(now=_when(time.time()), **live_context(rt))
-    return web.Response(text=html, content_type="text/html", charset="utf-8")
+    visitor = Visitor(request, rt)
+    if rt.config.http.page_auth and visitor.session is None:
+        target = request.path if request.method == "GET" else "/"
+        raise web.HTTPSeeOther("/login?" + urllib.parse.urlencode({"next": target}))
+    return visitor
+
+
+def _back(path: str, message: Message) -> web.HTTPFound:
+    return web.HTTPFound(f"{path}?message={message.code}")
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """A posted form's text fields; a sentence (400) for one that cannot be read."""
+    if request.content_length is not None and request.content_length > 64 * 1024:
+        raise bad("the form is too large (64 KiB at most).", 413)
+    try:
+        form = await request.post()
+    except (UnicodeError, LookupError, ValueError):
+        # Bytes that are not UTF-8, or a charset Python does not know ("klingon").
+        raise bad("the form is not readable: send it as UTF-8.") from None
+    fields: dict[str, str] = {}
+    for key, value in form.items():
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise bad("the form is not readable: send it as UTF-8.") from None
+            fields[key] = value
+    return fields
+
+
+# -- pages -------------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.Response:
+    visitor = _required(request)
+    rt = visitor.rt
+    html = ENV.get_template("index.html").render(
+        now=_when(time.time()), **visitor.context(), **live_context(rt)
+    )
+    return visitor.page(html)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the live fragment, whenever it changes."""
-    rt = request.app[RUNTIME]
+    rt = _required(request).rt
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})  # fmt: skip
+                                           "Cache-Control": "no-cache",
+                                           "X-Content-Type-Options": "nosniff"})  # fmt: skip
     await response.prepare(request)
     last = ""
     template = ENV.get_template("live.html")
@@ -195,12 +284,13 @@ def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
 
 
 async def incident_page(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
+    visitor = _required(request)
+    rt = visitor.rt
     raw = request.match_info["id"]
     iid = incident_id(raw)
     inc = await queries.one(rt, iid) if iid is not None else None
     if iid is None or inc is None:
-        raise web.HTTPNotFound(text=f"there is no incident {raw}.")
+        raise bad(f"there is no incident {raw}.", 404)
     timeline: list[dict[str, str]] = []
     try:
         for at, kind, detail in await queries.timeline(rt, iid):
@@ -210,48 +300,139 @@ async def incident_page(request: web.Request) -> web.Response:
         log.warning("page.database_unavailable", error=str(e))
     html = ENV.get_template("incident.html").render(
         now=_when(time.time()), i=inc, timeline=timeline, tree=_tree(rt, inc),
-        message=request.query.get("message", ""),
-        tz=datetime.now().astimezone().strftime("%Z %z"),
+        message=Message.of(request.query.get("message")),
+        can_write=visitor.session is not None and visitor.session.role == "write",
+        tz=datetime.now().astimezone().strftime("%Z %z"), **visitor.context(),
     )  # fmt: skip
-    return web.Response(text=html, content_type="text/html", charset="utf-8")
+    return visitor.page(html)
 
 
 async def incident_form(request: web.Request) -> web.Response:
-    """The page's form: the token comes in a field, since a browser sends no bearer header.
+    """The page's form. Without a write session the token comes in a field, since a browser
+    sends no bearer header; either way the form's CSRF token must match this browser's.
 
     The estimate and the note are checked as the API checks them (`runtime.estimate`);
     the form's time has no offset (a browser's datetime-local field), so it is taken as
     the server's local time."""
-    rt = request.app[RUNTIME]
+    visitor = _required(request)
+    rt = visitor.rt
     raw = request.match_info["id"]
-    form = await request.post()
-    token = str(form.get("token", ""))
-    back = f"/incidents/{raw}"
+    iid = incident_id(raw)
+    if iid is None:
+        raise bad(f"there is no incident {raw}.", 404)
+    back = f"/incidents/{iid}"
+    form = await _form(request)
+    if not visitor.csrf_ok(form.get("csrf")):
+        rt.guard.failed("form", request.remote, "csrf")
+        raise _back(back, Message.FORM_EXPIRED)
     tokens = rt.config.tokens
-    if not tokens:
-        raise web.HTTPFound(
-            back + "?message=" + "Writes+are+disabled:+no+write+token+is+configured."
-        )
-    found = rt.token_check.find(tokens, token)
-    if found is None or found.role != "write":
-        raise web.HTTPFound(back + "?message=" + "The+write+token+is+not+valid.")
-    who = found.name
-    eta_text = str(form.get("eta", "")).strip()
+    if not any(t.role == "write" for t in tokens):
+        raise _back(back, Message.WRITES_DISABLED)
+    session = visitor.session
+    if session is not None and session.role == "write":
+        who = session.name
+    else:
+        # A token typed into the form can be guessed like a login: the same backoff.
+        address, now = request.remote or "", time.time()
+        if rt.guard.backoff.wait(address, now) > 0:
+            rt.guard.failed("form", address, "backoff")
+            raise _back(back, Message.TOO_MANY)
+        token = rt.token_check.find(tokens, form.get("token", ""))
+        if token is None or token.role != "write":
+            rt.guard.backoff.failed(address, now)
+            rt.guard.failed("form", address, "invalid")
+            raise _back(back, Message.TOKEN_INVALID)
+        rt.guard.backoff.succeeded(address)
+        who = token.name
+    eta_text = form.get("eta", "").strip()
     eta = None
     if eta_text:
         try:
             eta = datetime.fromisoformat(eta_text).astimezone().timestamp()
-        except ValueError:
-            raise web.HTTPFound(back + "?message=The+ETA+is+not+a+time.") from None
+        except (ValueError, OverflowError, OSError):
+            raise _back(back, Message.ETA_INVALID) from None
+    now = time.time()
     try:
-        eta, note = estimate(eta, str(form.get("note", "")), time.time())
-    except Invalid as e:
-        raise web.HTTPFound(back + "?message=" + urllib.parse.quote_plus(str(e))) from None
-    iid = incident_id(raw)
-    if iid is None or rt.monitor is None or await queries.one(rt, iid) is None:
-        raise web.HTTPNotFound(text=f"there is no incident {raw}.")
+        eta, note = estimate(eta, form.get("note", ""), now)
+    except Invalid:
+        late = eta is not None and eta < now - 60
+        raise _back(back, Message.ETA_PAST if late else Message.NOTE_TOO_LONG) from None
+    if rt.monitor is None or await queries.one(rt, iid) is None:
+        raise bad(f"there is no incident {raw}.", 404)
     rt.monitor.set_eta(iid, eta, note, who)
-    raise web.HTTPFound(back + "?message=Saved.")
+    raise _back(back, Message.SAVED)
+
+
+# -- logging in and out ----------------------------------------------------------------
+
+
+def _next(value: object) -> str:
+    """Where to go after logging in: a path on this server only (no open redirect)."""
+    if isinstance(value, str) and value.startswith("/") and not value.startswith("//") \
+            and "\\" not in value and value.isprintable():  # fmt: skip
+        return value
+    return "/"
+
+
+async def login_page(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    visitor = Visitor(request, rt)
+    target = _next(request.query.get("next"))
+    if not rt.config.http.page_auth:
+        raise web.HTTPSeeOther(target)
+    html = ENV.get_template("login.html").render(
+        now=_when(time.time()), message=Message.of(request.query.get("message")),
+        next=target, **visitor.context(),
+    )  # fmt: skip
+    return visitor.page(html)
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    if not rt.config.http.page_auth:
+        raise web.HTTPSeeOther("/")
+    visitor = Visitor(request, rt)
+    address = request.remote or ""
+    now = time.time()
+    wait = rt.guard.backoff.wait(address, now)
+    if wait > 0:
+        rt.guard.failed("login", address, "backoff")
+        html = ENV.get_template("login.html").render(
+            now=_when(now), message=Message.TOO_MANY.value, next="/", **visitor.context()
+        )
+        response = visitor.page(html, status=429)
+        response.headers["Retry-After"] = str(max(1, round(wait)))
+        return response
+    form = await _form(request)
+    target = _next(form.get("next"))
+    if not visitor.csrf_ok(form.get("csrf")):
+        raise web.HTTPSeeOther("/login?" + urllib.parse.urlencode(
+            {"message": Message.FORM_EXPIRED.code, "next": target}))  # fmt: skip
+    token = rt.token_check.find(rt.config.tokens, form.get("token", ""))
+    if token is None:
+        rt.guard.backoff.failed(address, now)
+        rt.guard.failed("login", address, "invalid")
+        raise web.HTTPSeeOther("/login?" + urllib.parse.urlencode(
+            {"message": Message.LOGIN_FAILED.code, "next": target}))  # fmt: skip
+    rt.guard.backoff.succeeded(address)
+    rt.guard.sessions.close(visitor.sid)  # a new id at each login (no session fixation)
+    sid = rt.guard.sessions.open(token, now)
+    log.info("page.login", name=token.name, remote=address)
+    response = web.HTTPSeeOther(target)
+    response.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="Strict", path="/",
+                        max_age=SESSION_SECONDS, secure=request.secure or None)  # fmt: skip
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    visitor = Visitor(request, rt)
+    form = await _form(request)
+    if visitor.session is not None and visitor.csrf_ok(form.get("csrf")):
+        rt.guard.sessions.close(visitor.sid)
+    response = web.HTTPSeeOther("/login?message=" + Message.LOGGED_OUT.code)
+    response.del_cookie(SESSION_COOKIE, path="/")
+    raise response
 
 
 def setup(routes: web.RouteTableDef) -> None:
@@ -259,3 +440,6 @@ def setup(routes: web.RouteTableDef) -> None:
     routes.get("/events")(events)
     routes.get("/incidents/{id}")(incident_page)
     routes.post("/incidents/{id}")(incident_form)
+    routes.get("/login")(login_page)
+    routes.post("/login")(login)
+    routes.post("/logout")(logout)

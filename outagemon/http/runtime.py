@@ -23,6 +23,7 @@ from outagemon.core import messages
 from outagemon.core.assess import AnswerMemory
 from outagemon.core.directory import Directory
 from outagemon.core.messages import Texts
+from outagemon.http import security
 from outagemon.metrics import Metric, Registry
 from outagemon.monitor import Monitor
 
@@ -47,10 +48,20 @@ class Runtime:
     answers: AnswerMemory = field(default_factory=AnswerMemory)  # what /check remembers
     token_check: TokenCheck = field(default_factory=lambda: TokenCheck())
     checks: Metric = field(init=False)  # /check answers by status and channel
+    guard: security.Guard = field(init=False)  # sessions, CSRF, failed authentication
+    failures: Metric = field(init=False)  # 5xx answers by route and error
+    # The Host names answered (None: any), for which [http] section, and verdicts so far.
+    hosts_for: Any = field(default=None, init=False)
+    hosts: frozenset[str] | None = field(default=None, init=False)
+    host_verdicts: dict[str, bool] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.checks = self.metrics.counter(
             "outagemon_checks_total", "Check answers by status and channel."
+        )
+        self.guard = security.Guard(self.metrics)
+        self.failures = self.metrics.counter(
+            "outagemon_http_failures_total", "Requests the server failed to answer (5xx)."
         )
 
 
@@ -110,7 +121,9 @@ class TokenCheck:
         """The token whose secret is `given`, if any."""
         if self._tokens is not tokens:
             self._tokens, self._encoded = tokens, tuple(t.token.encode() for t in tokens)
-        given_bytes = given.strip().encode()
+        # A header is decoded from bytes that need not be UTF-8 (aiohttp keeps them as
+        # surrogate escapes), and a form's field may hold anything: compare bytes as sent.
+        given_bytes = given.strip().encode("utf-8", "surrogateescape")
         found = None
         for i, secret in enumerate(self._encoded):
             if hmac.compare_digest(secret, given_bytes):
@@ -133,7 +146,9 @@ def authorise(request: web.Request, write: bool, rt: Runtime | None = None) -> s
     if scheme.lower() == "bearer" and given:
         token = rt.token_check.find(tokens, given)
     if token is None:
-        if "Authorization" in request.headers:
+        sent = "Authorization" in request.headers
+        rt.guard.failed("api", request.remote, "invalid" if sent else "missing")
+        if sent:
             raise bad("the token is not valid.", 401)
         raise bad("a token is required: send Authorization: Bearer TOKEN.", 401)
     if write and token.role != "write":
@@ -149,8 +164,9 @@ class Invalid(ValueError):
 
 
 def incident_id(raw: str) -> int | None:
-    """An incident id from a path, or None when it cannot be one."""
-    if not raw.isdigit() or len(raw) > 18:
+    """An incident id from a path, or None when it cannot be one: ASCII digits only ("²"
+    and "١" are digits to str.isdigit() but not to int()), at most 18 of them."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         return None
     return int(raw)
 

@@ -9,6 +9,7 @@ switched off, planned works take a switch down, a link flaps; then all is repair
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import sys
 import tempfile
@@ -31,8 +32,6 @@ from outagemon.sim.simnet import SimNet
 log = logs.get("outagemon.daemon")  # the demo's steps have always been logged as the daemon's
 
 LOOP = 300.0  # seconds the script takes before it starts again
-WRITE_TOKEN = "demo-write-token"
-READ_TOKEN = "demo-read-token"
 CONFIG = """
 [daemon]
 state_dir = "{state}"
@@ -59,6 +58,19 @@ name = "demo-ivr"
 token = "{read}"
 role = "read"
 """
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Made afresh for every run: a fixed, published token would let any web page the
+    demo's user visits write to it (DNS rebinding, or a form posted to 127.0.0.1)."""
+
+    write: str
+    read: str
+
+    @classmethod
+    def new(cls) -> Tokens:
+        return cls(write=secrets.token_hex(16), read=secrets.token_hex(16))
 
 
 @dataclass(frozen=True)
@@ -169,7 +181,7 @@ class SimulatedSource:
             await asyncio.sleep(TICK)
 
 
-def prepare(port: int, language: str) -> tuple[Path, Path, citygen.City]:
+def prepare(port: int, language: str, tokens: Tokens) -> tuple[Path, Path, citygen.City]:
     """A state directory with a config, a generated city and its subscribers."""
     state = Path(tempfile.mkdtemp(prefix="outagemon-demo-"))
     state.chmod(0o755)  # the embedded database's user must be able to enter it
@@ -178,11 +190,11 @@ def prepare(port: int, language: str) -> tuple[Path, Path, citygen.City]:
     city.write(state)
     config = state / "outagemon.toml"
     config.write_text(CONFIG.format(state=state, port=port, language=language,
-                                    write=WRITE_TOKEN, read=READ_TOKEN))  # fmt: skip
+                                    write=tokens.write, read=tokens.read))  # fmt: skip
     return state, config, city
 
 
-def banner(port: int, city: citygen.City) -> str:
+def banner(port: int, city: citygen.City, tokens: Tokens) -> str:
     base = f"http://127.0.0.1:{port}"
     inside = next(r for r in city.rows if r[2] == _address_of(city, "sw-2-4"))
     entrance = next(r for r in city.rows if r[2] == _address_of(city, "sw-1-3") and int(r[3]) > 36)
@@ -190,7 +202,7 @@ def banner(port: int, city: citygen.City) -> str:
 
     def curl(**params: str) -> str:
         query = urllib.parse.urlencode(params)
-        return f"curl -s -H 'Authorization: Bearer {READ_TOKEN}' '{base}/api/v1/check?{query}'"
+        return f"curl -s -H 'Authorization: Bearer {tokens.read}' '{base}/api/v1/check?{query}'"
 
     return "\n".join([
         "outagemon demo: a simulated city (4 aggregation switches, 40 access switches,",
@@ -200,8 +212,8 @@ def banner(port: int, city: citygen.City) -> str:
         f"  Inside an outage (from about 30 s):\n    {curl(phone=inside[1])}",
         f"  Behind a crushed entrance cable (from about 45 s):\n    {curl(account=entrance[0])}",
         f"  Outside any outage:\n    {curl(address=outside[2], flat=outside[3])}",
-        f"  or:  outagemon lookup --phone '{inside[1]}' --url {base} --token {READ_TOKEN}",
-        f"  Write token for the page's ETA and note form: {WRITE_TOKEN}",
+        f"  or:  OUTAGEMON_TOKEN={tokens.read} outagemon lookup --phone '{inside[1]}' --url {base}",
+        f"  Write token for the page's ETA and note form (new every run): {tokens.write}",
         "",
         "Ctrl-C stops it and removes its files.",
         "",
@@ -221,10 +233,11 @@ def main(port: int, language: str) -> int:
     from outagemon.core import directory, messages
     from outagemon.errors import OutagemonError
 
-    state, config_path, city = prepare(port, language)
+    tokens = Tokens.new()
+    state, config_path, city = prepare(port, language, tokens)
     try:
         cfg = config_mod.load(config_path)
-        print(banner(port, city), flush=True)
+        print(banner(port, city, tokens), flush=True)
         logs.setup()
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
         texts = messages.load(cfg.messages.language)
