@@ -33,6 +33,7 @@ ICMP_FILTER = 1
 ICMP6_FILTER = 1
 SO_RCVBUFFORCE = 33
 RCVBUF_BYTES = 32 * 2**20
+DRAIN_BUDGET = 512  # packets read from a socket per wakeup of the event loop
 COOKIE_LEN = 8
 PAYLOAD_LEN = 16  # cookie + 8 bytes of padding: 24-byte ICMP messages
 
@@ -182,8 +183,15 @@ class Engine:
     error arrives or the probe times out.
     """
 
-    def __init__(self, on_result: ResultCallback, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        on_result: ResultCallback,
+        timeout: float = 1.0,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.on_result = on_result
+        # Called when on_result raised: the daemon stops (exit 1) rather than go on blind.
+        self.on_failure = on_failure
         self.timeout = timeout
         self.cookie = os.urandom(COOKIE_LEN)
         self.stats = Stats()
@@ -213,6 +221,11 @@ class Engine:
             self._loop.add_reader(fam.sock.fileno(), self._drain, fam)
             log.info("probe.socket", family="ipv6" if fam.v6 else "ipv4", raw=fam.raw,
                      rcvbuf=fam.rcvbuf)  # fmt: skip
+            if fam.rcvbuf < RCVBUF_BYTES:
+                # Without CAP_NET_ADMIN the kernel caps the buffer at net.core.rmem_max
+                # (and doubles it): a burst of replies larger than it is dropped.
+                log.warning("probe.rcvbuf_small", effective=fam.rcvbuf, wanted=RCVBUF_BYTES,
+                            advice=f"sysctl -w net.core.rmem_max={RCVBUF_BYTES}")  # fmt: skip
         return fam
 
     def close(self) -> None:
@@ -270,15 +283,26 @@ class Engine:
         recv = fam.sock.recvfrom
         parse = self._parse_v6 if fam.v6 else self._parse_v4
         raw = fam.raw
-        while True:
-            try:
-                data, addr = recv(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.stats.malformed += 1  # e.g. a queued error on a datagram socket
-                continue
-            parse(data, addr[0], raw)
+        # At most DRAIN_BUDGET packets a wakeup: the selector calls again at once if more
+        # wait, after the loop's other work, so a flood of ICMP cannot starve /check.
+        try:
+            for _ in range(DRAIN_BUDGET):
+                try:
+                    data, addr = recv(2048)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    self.stats.malformed += 1  # e.g. a queued error on a datagram socket
+                    continue
+                parse(data, addr[0], raw)
+        except Exception as e:
+            self._failed(e)
+
+    def _failed(self, e: Exception) -> None:
+        """on_result raised: said loudly, and passed on to whoever can stop the daemon."""
+        log.error("probe.result_failed", error=repr(e), exc_info=e)
+        if self.on_failure is not None:
+            self.on_failure(e)
 
     def _parse_v4(self, data: bytes, source: str, raw: bool) -> None:
         offset = 0
@@ -383,13 +407,19 @@ class Engine:
         now = time.monotonic()
         expiry = self._expiry
         flights = self._flights
-        while expiry and expiry[0][0] <= now:
-            _, key = expiry.popleft()
-            flight = flights.pop(key, None)
-            if flight is not None:
-                self.stats.lost += 1
-                self.on_result(flight.target, None, "timeout")
-        self._schedule_sweep()
+        try:
+            while expiry and expiry[0][0] <= now:
+                _, key = expiry.popleft()
+                flight = flights.pop(key, None)
+                if flight is not None:
+                    self.stats.lost += 1
+                    self.on_result(flight.target, None, "timeout")
+        except Exception as e:
+            self._failed(e)
+        finally:
+            # Whatever happened, lost probes go on being reported.
+            if self._sweeper is not None:  # None once closed
+                self._schedule_sweep()
 
     def kernel_drops(self) -> int:
         """Packets the kernel dropped on our sockets because the buffer was full."""
