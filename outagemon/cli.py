@@ -153,7 +153,7 @@ def _check_config(config_path: Path) -> int:
 
     try:
         cfg = config.load(config_path)
-        messages.load(cfg.messages.language, cfg.messages.file)
+        messages.load(cfg.messages.language, cfg.messages.file, cfg.messages.timezone)
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
         for problem in e.problems:
