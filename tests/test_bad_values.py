@@ -73,3 +73,9 @@ def test_check_config_reports_a_nul_in_the_crm_export(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "row 10: flat holds a NUL byte (U+0000) at character 2" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_note_may_have_lines_and_tabs_but_not_other_controls() -> None:
+    assert bad_character("line one\r\nline\ttwo", multiline=True) is None
+    assert bad_character("a\x00b", multiline=True) == "a NUL byte (U+0000) at character 2"
+    assert bad_character("x\ud800", multiline=True) == "a lone surrogate (U+D800) at character 2"

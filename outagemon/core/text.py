@@ -11,13 +11,15 @@ import re
 
 # C0 controls and DEL, and the surrogate range (only ever alone in a str).
 _BAD = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_BAD_MULTILINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")  # tabs, lines
 _NAMES = {"\x00": "a NUL byte", "\t": "a tab", "\n": "a line break", "\r": "a carriage return"}
 
 
-def bad_character(text: str) -> str | None:
+def bad_character(text: str, multiline: bool = False) -> str | None:
     """None when the text is fine; else what is wrong, as part of a sentence
-    ("a NUL byte (U+0000) at character 4")."""
-    m = _BAD.search(text)
+    ("a NUL byte (U+0000) at character 4"). `multiline` lets tabs and line breaks
+    through (an engineer's note)."""
+    m = (_BAD_MULTILINE if multiline else _BAD).search(text)
     if m is None:
         return None
     char = m.group()

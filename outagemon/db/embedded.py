@@ -104,7 +104,15 @@ class EmbeddedPostgres:
             stderr=asyncio.subprocess.STDOUT,
             user=self._user,
         )
-        out, _ = await proc.communicate()
+        try:
+            out, _ = await proc.communicate()
+        except asyncio.CancelledError:
+            # The daemon stops while initdb runs (the database starts in the background):
+            # initdb must not outlive it.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
         return proc.returncode or 0, out.decode(errors="replace")
 
     def _prepare_dirs(self) -> None:

@@ -3,6 +3,7 @@ resolved ones and timelines from the database (which may be away)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from typing import Any
@@ -64,18 +65,25 @@ def open_incidents(rt: Runtime) -> list[dict[str, Any]]:
 
 async def stored(rt: Runtime, state: str) -> list[dict[str, Any]]:
     """Incidents from the database; 503 with a sentence while it does not answer."""
+    if rt.pool is None and rt.database is not None:
+        raise _away()
     if rt.pool is None:
         return []
     try:
-        rows = await store.list_incidents(rt.pool, state)
+        async with asyncio.timeout(rt.config.database.read_timeout):
+            rows = await store.list_incidents(rt.pool, state)
     except Exception as e:  # the database is away: say so rather than fail the request
-        log.warning("api.database_unavailable", error=str(e))
-        raise web.HTTPServiceUnavailable(
-            text=json.dumps({"error": "resolved incidents are in the database, which does not "
-                                      "answer right now; open incidents are still served."}),
-            content_type="application/json",
-        ) from None  # fmt: skip
+        log.warning("api.database_unavailable", error=str(e) or type(e).__name__)
+        raise _away() from None
     return [row_json(r) for r in rows]
+
+
+def _away() -> web.HTTPServiceUnavailable:
+    return web.HTTPServiceUnavailable(
+        text=json.dumps({"error": "resolved incidents are in the database, which does not "
+                                  "answer right now; open incidents are still served."}),
+        content_type="application/json",
+    )  # fmt: skip
 
 
 async def one(rt: Runtime, iid: int) -> dict[str, Any] | None:
@@ -85,7 +93,8 @@ async def one(rt: Runtime, iid: int) -> dict[str, Any] | None:
     if rt.pool is None:
         return None
     try:
-        row = await store.get_incident(rt.pool, iid)
+        async with asyncio.timeout(rt.config.database.read_timeout):
+            row = await store.get_incident(rt.pool, iid)
     except Exception as e:
         log.warning("api.database_unavailable", error=str(e))
         return None
@@ -97,4 +106,10 @@ async def timeline(rt: Runtime, iid: int) -> list[tuple[datetime, str, Any]]:
     if rt.pool is None:
         return []
     return [(r["at"], r["kind"], json.loads(r["detail"]))
-            for r in await store.timeline(rt.pool, iid)]  # fmt: skip
+            for r in await _timeline(rt, iid)]  # fmt: skip
+
+
+async def _timeline(rt: Runtime, iid: int) -> list[Any]:
+    # A page or a client waits [database] read_timeout at most for a database that hangs.
+    async with asyncio.timeout(rt.config.database.read_timeout):
+        return await store.timeline(rt.pool, iid)
