@@ -208,6 +208,14 @@ class Daemon:
         # Each node's loss history and a moment for what is queued, if the database answers
         # (what it does not have stays in the journal file for the next start).
         stack.push_async_callback(_last_writes, monitor, writer)
+        # Probing before HTTP: a source that warms up in one go (the demo's simulated
+        # history) does it before anyone can wait on a request; and on the way out,
+        # HTTP stops first.
+        stack.callback(self.source.close)
+        tasks = self.source.start(monitor, self.runtime, self._targets(monitor))
+        stack.push_async_callback(
+            self._cancel, [self._spawn(coro, name) for name, coro in tasks.items()]
+        )
         runner = web.AppRunner(make_app(self.runtime), handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -220,11 +228,8 @@ class Daemon:
         if self.notifier.watchdog_interval:
             watchdog = self._spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
             stack.push_async_callback(self._cancel, [watchdog])
-        stack.callback(self.source.close)
-        tasks = self.source.start(monitor, self.runtime, self._targets(monitor))
-        stack.push_async_callback(
-            self._cancel, [self._spawn(coro, name) for name, coro in tasks.items()]
-        )
+        hold = self._spawn(self._loop_hold(), "loop_hold")
+        stack.push_async_callback(self._cancel, [hold])
         reloads = self._spawn(self._reloads_loop(), "reloads")
         stack.push_async_callback(self._cancel, [reloads])
 
@@ -277,6 +282,23 @@ class Daemon:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=2)
+
+    async def _loop_hold(self) -> None:
+        """The longest the event loop was held (a 0.1 s timer's lateness), for /metrics:
+        what a caller's /check may have waited on top of its own work."""
+        gauge = self.runtime.metrics.gauge(
+            "outagemon_loop_hold_max_seconds",
+            "Longest the event loop was held since start (a 0.1 s timer's lateness).",
+        )
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(0.1)
+            late = loop.time() - asked - 0.1
+            if late > worst:
+                worst = late
+                gauge.set(round(worst, 4))
 
     async def _watchdog(self, interval: float) -> None:
         # Sent from the event loop itself: if the loop is stuck, the pings stop and

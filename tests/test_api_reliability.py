@@ -4,11 +4,13 @@ what the monitor keeps in memory stays bounded (9)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from outagemon.core.directory import Directory
 from outagemon.core.incidents import Maintenance
 from tests.world import WRITE, World, world
 
@@ -110,3 +112,26 @@ async def test_ended_works_are_pruned_and_estimates_and_calls_do_not_grow(fresh_
         assert w.monitor.correlator.maintenance == []
         w.run(3700)  # restored_for = 3600 has passed too
         assert iid not in w.monitor.eta and iid not in w.monitor.calls
+
+
+async def test_a_subscriber_the_database_refuses_never_stops_the_nodes_or_incidents(
+    fresh_db: str,
+) -> None:
+    """Finding 7: nodes and subscribers are two writes; a subscriber row that got past the
+    loader (here a NUL made by hand) is refused alone, and incidents are still stored."""
+    async with world(fresh_db) as w:
+        await w.flushed()
+        before = await w.pool.fetchval("select max(loaded_at) from node")
+        await w.pool.execute("delete from subscriber")
+        d = w.runtime.directory
+        bad = dataclasses.replace(d.subscribers[0], flat="1\x00")
+        w.monitor.journal.inventory(Directory(d.topology, [bad, *d.subscribers[1:]]))
+        await w.flushed()
+        saved = await w.pool.fetchval("select count(*) from node where loaded_at > $1", before)
+        assert saved == len(d.topology), "the nodes were written again"
+        failed = w.runtime.metrics.counter("outagemon_db_failed_total", "").get()
+        assert failed == 1, "the subscribers' write alone was refused"
+        assert await w.pool.fetchval("select count(*) from subscriber") == 0
+        iid = await an_incident(w)
+        await w.flushed()
+        assert await w.pool.fetchval("select root_node from incident where id = $1", iid) == "agg-s"

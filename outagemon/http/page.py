@@ -16,7 +16,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup, escape
 
-from outagemon import logs
+from outagemon import clock, logs
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident
 from outagemon.http import queries
@@ -250,7 +250,7 @@ async def incident_form(request: web.Request) -> web.Response:
     iid = incident_id(raw)
     if iid is None or rt.monitor is None or await queries.one(rt, iid) is None:
         raise web.HTTPNotFound(text=f"there is no incident {raw}.")
-    rt.monitor.set_eta(iid, eta, note, who)
+    rt.monitor.set_eta(iid, clock.steady(eta) if eta is not None else None, note, who)
     raise web.HTTPFound(back + "?message=Saved.")
 
 
