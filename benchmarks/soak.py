@@ -159,10 +159,12 @@ class Soak:
         with self.lab.entered():
             while not self.stop.is_set():
                 started = time.monotonic()
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{self.port}{path_of()}",
+                    headers={"Authorization": f"Bearer {WRITE}"},
+                )
                 try:
-                    with urllib.request.urlopen(
-                        f"http://127.0.0.1:{self.port}{path_of()}", timeout=10
-                    ) as r:
+                    with urllib.request.urlopen(req, timeout=10) as r:
                         r.read()
                         code = r.status
                 except urllib.error.HTTPError as e:
