@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     with_config("run", "run the daemon in the foreground")
     with_config("migrate", "apply pending database migrations and exit")
     with_config("check-config", "validate the config, topology and subscribers")
+    reload = with_config("reload", "reload a running daemon and say whether it took the change")
+    reload.add_argument("--pid", type=int, required=True, help="the daemon's ($MAINPID)")
+    reload.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
     demo = sub.add_parser("demo", help="a self-contained demonstration on a simulated city")
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--language", choices=["ru", "en"], default="ru")
@@ -176,7 +179,7 @@ def _check_config(config_path: Path) -> int:
 
     try:
         cfg = config.load(config_path)
-        messages.load(cfg.messages.language, cfg.messages.file)
+        messages.load(cfg.messages.language, cfg.messages.file, cfg.messages.timezone)
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
         for problem in e.problems:
@@ -212,6 +215,30 @@ def _check_config(config_path: Path) -> int:
     return USAGE_ERROR if loaded.problems else 0
 
 
+def _reload(config_path: Path, pid: int, timeout: float) -> int:
+    """SIGHUP, then the outcome: exit 0 when applied, 1 when refused (with the reasons)."""
+    import contextlib
+    import os
+    import signal
+
+    from outagemon import config, reloading
+    from outagemon.errors import ConfigError
+
+    try:
+        cfg = config.load(config_path)
+    except ConfigError as e:
+        # The daemon refuses it too (and logs and counts it); say why without waiting.
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGHUP)
+        print("outagemon reload: refused; the running configuration is kept:", file=sys.stderr)
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    code, text = reloading.request(cfg.daemon.state_dir, pid, timeout)
+    print(text, file=sys.stderr if code else sys.stdout)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -222,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         return _migrate(args.config)
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "reload":
+        return _reload(args.config, args.pid, args.timeout)
     if args.command == "demo":
         from outagemon.sim import demo
 

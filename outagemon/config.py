@@ -15,6 +15,7 @@ import difflib
 import ipaddress
 import os
 import tomllib
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,10 @@ class DaemonConfig:
 class DatabaseConfig:
     dsn: str = field(default="", repr=False)  # may hold a password
     write_queue: int = 100_000
+    # Writes waiting for the database, in memory and in the journal file, in bytes.
+    queue_bytes: int = 64 << 20
+    timeout: float = 60.0  # seconds one statement may take before the writer gives up on it
+    read_timeout: float = 2.0  # seconds an HTTP request may wait for the database
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,7 @@ class MessagesConfig:
     language: str = "ru"
     restored_for: float = 3600.0
     file: Path | None = None  # the operator's own texts (TOML), over the built-in ones
+    timezone: str = ""  # an IANA zone for spoken times ("Europe/Moscow"); "": the server's
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,10 +226,29 @@ def _listen(v: Any) -> str | None:
     return None
 
 
+def _timezone(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return 'must be an IANA time zone name such as "Europe/Moscow"'
+    if v == "":
+        return None
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return 'is not a time zone this system knows (an IANA name such as "Europe/Moscow")'
+    return None
+
+
 # section -> key -> check; the dataclass defaults are the defaults.
 SCHEMA: dict[str, dict[str, Check]] = {
     "daemon": {"state_dir": _nonempty_string},
-    "database": {"dsn": _string, "dsn_file": _nonempty_string, "write_queue": _integer(1)},
+    "database": {
+        "dsn": _string,
+        "dsn_file": _nonempty_string,
+        "write_queue": _integer(1),
+        "queue_bytes": _integer(1 << 20),
+        "timeout": _seconds(positive=True),
+        "read_timeout": _seconds(positive=True),
+    },
     "http": {
         "listen": _listen,
         "tls_cert": _nonempty_string,
@@ -252,6 +277,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "language": _one_of("ru", "en"),
         "restored_for": _seconds(positive=False),
         "file": _nonempty_string,
+        "timezone": _timezone,
     },
 }
 TOKEN_SCHEMA: dict[str, Check] = {
@@ -465,6 +491,7 @@ def _messages(raw: dict[str, Any], base: Path) -> MessagesConfig:
         language=raw.get("language", "ru"),
         restored_for=raw.get("restored_for", 3600.0),
         file=(base / file).resolve() if file else None,
+        timezone=raw.get("timezone", ""),
     )
 
 

@@ -14,6 +14,7 @@ import gc
 import signal
 import ssl
 import sys
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,13 @@ import asyncpg
 from aiohttp import web
 
 from outagemon import config as config_mod
-from outagemon import logs
+from outagemon import logs, reloading
 from outagemon.config import Config
 from outagemon.core import directory, messages
 from outagemon.core.messages import Texts
-from outagemon.db import migrate, store
+from outagemon.db import durable, migrate, store
 from outagemon.db.embedded import EmbeddedPostgres
-from outagemon.db.journal import Journal
+from outagemon.db.spool import Spool, SpoolError
 from outagemon.db.writer import Writer
 from outagemon.errors import ConfigError, OutagemonError
 from outagemon.http.app import make_app
@@ -42,7 +43,7 @@ log = logs.get("outagemon.daemon")
 
 # Keys read once at start; a reload that changes them says they wait for a restart.
 RESTART_KEYS = ("daemon", "database", "http")
-CRITICAL = {"scheduler", "correlate", "writer", "simulate", "watchdog"}
+CRITICAL = {"scheduler", "correlate", "engine", "writer", "simulate", "watchdog", "reloads"}
 Task = Coroutine[Any, Any, None]
 
 
@@ -87,6 +88,7 @@ class Daemon:
         self.tasks: list[asyncio.Task[None]] = []
         self.stop_signal: str | None = None
         self._main: asyncio.Task[Any] | None = None
+        self._reload_wanted = asyncio.Event()
         metrics = self.runtime.metrics
         self._reloads = metrics.counter(
             "outagemon_config_reloads_total", "Config reloads by outcome (applied, refused)."
@@ -98,11 +100,15 @@ class Daemon:
         )
         self._loaded(loaded)
 
-    def _loaded(self, loaded: directory.Loaded) -> None:
+    def _loaded(self, loaded: directory.Loaded, collect: bool = True) -> None:
         # Millions of long-lived objects (nodes, subscribers, addresses): keep the cyclic
         # garbage collector from walking them, or every full collection stalls the event
-        # loop for a fraction of a second, in the middle of answering calls.
-        gc.collect()
+        # loop for a fraction of a second, in the middle of answering calls. A full
+        # collection is made at start only: at a reload it would hold the loop (and the
+        # probe replies) for seconds with a million subscribers; the old directory is
+        # freed by reference counting.
+        if collect:
+            gc.collect()
         gc.freeze()
         self._nodes.set(len(loaded.directory.topology))
         self._subscribers.set(len(loaded.directory.subscribers))
@@ -147,9 +153,6 @@ class Daemon:
             log.info("daemon.stopping", signal=sig.name)
             self._main.cancel()
 
-    def _on_reload_signal(self) -> None:
-        self._spawn(self.reload(), "reload")
-
     def _spawn(self, coro: Task, name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self.tasks.append(task)
@@ -170,30 +173,50 @@ class Daemon:
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         """Each resource is pushed on the stack as soon as it exists: what is left on
-        the way out is exactly what was started, in reverse."""
+        the way out is exactly what was started, in reverse.
+
+        The database is not a start-up dependency: the journal file is read, probing
+        and HTTP start, and the database is connected, migrated and restored from in
+        the background (`/readyz` says why not while it is away); a power cut that took
+        it down too must not stop the IVR's answers."""
         cfg = self.config
-        dsn = cfg.database.dsn
-        if not dsn:
-            embedded = EmbeddedPostgres(cfg.daemon.state_dir)
-            dsn = await embedded.start()
-            stack.push_async_callback(embedded.stop)
-        applied = await migrate.migrate(dsn)
-        log.info("daemon.migrated", applied=applied)
-        pool = await store.connect(dsn)
-        stack.push_async_callback(_close_pool, pool)
-        self.runtime.pool = pool
-        writer = Writer(pool, cfg.database.write_queue, self.runtime.metrics)
+        spool = Spool(cfg.daemon.state_dir, cfg.database.queue_bytes)
+        try:
+            replayed = spool.open()
+        except SpoolError as e:
+            raise OutagemonError(str(e)) from None
+        stack.callback(spool.close)
+        pending = durable.pending(replayed.records, replayed.marks)
+        holder = _Database()
+        stack.push_async_callback(holder.close)
+        writer = Writer(None, cfg.database.write_queue, self.runtime.metrics,
+                        cfg.database.queue_bytes, spool)  # fmt: skip
         stack.push_async_callback(self._cancel, [self._spawn(writer.run(), "writer")])
-        # The inventory goes first: incidents refer to its nodes.
-        Journal(writer).inventory(self.runtime.directory)
-        monitor = Monitor(cfg, self.runtime.directory, self.runtime.metrics, writer)
-        # Give queued writes a moment (the database may be away: then they are lost, and
-        # the restart's recovery re-derives what it can from the network).
-        stack.push_async_callback(_last_writes, monitor, writer)
-        restored = await monitor.restore(pool)
-        log.info("daemon.restored", incidents=restored)
+        monitor = Monitor(cfg, self.runtime.directory, self.runtime.metrics, writer,
+                          spool=spool)  # fmt: skip
+        # The inventory goes first (incidents refer to its nodes), then what the journal
+        # file held from before: acknowledged writes the database may never have had.
+        monitor.journal.inventory(self.runtime.directory)
+        monitor.journal.replay(replayed.records)
+        continued = monitor.continue_from(pending)
+        log.info("daemon.journal_read", writes=len(replayed.records), incidents=continued,
+                 next_incident=monitor.correlator.next_id)  # fmt: skip
         self.runtime.monitor = monitor
         self.started = Started(monitor, writer)
+        self.runtime.database = "the database is being connected"
+        database = self._spawn(self._database(holder, monitor, writer, pending), "database")
+        stack.push_async_callback(self._cancel, [database])
+        # Each node's loss history and a moment for what is queued, if the database answers
+        # (what it does not have stays in the journal file for the next start).
+        stack.push_async_callback(_last_writes, monitor, writer)
+        # Probing before HTTP: a source that warms up in one go (the demo's simulated
+        # history) does it before anyone can wait on a request; and on the way out,
+        # HTTP stops first.
+        stack.callback(self.source.close)
+        tasks = self.source.start(monitor, self.runtime, self._targets(monitor))
+        stack.push_async_callback(
+            self._cancel, [self._spawn(coro, name) for name, coro in tasks.items()]
+        )
         runner = web.AppRunner(make_app(self.runtime), handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -212,11 +235,46 @@ class Daemon:
         if self.notifier.watchdog_interval:
             watchdog = self._spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
             stack.push_async_callback(self._cancel, [watchdog])
-        stack.callback(self.source.close)
-        tasks = self.source.start(monitor, self.runtime, self._targets(monitor))
-        stack.push_async_callback(
-            self._cancel, [self._spawn(coro, name) for name, coro in tasks.items()]
-        )
+        hold = self._spawn(self._loop_hold(), "loop_hold")
+        stack.push_async_callback(self._cancel, [hold])
+        reloads = self._spawn(self._reloads_loop(), "reloads")
+        stack.push_async_callback(self._cancel, [reloads])
+
+    async def _database(self, holder: _Database, monitor: Monitor, writer: Writer,
+                        pending: durable.Pending) -> None:  # fmt: skip
+        """Connect (starting the embedded server if there is no DSN), migrate, and take up
+        what the database remembers; until it answers, say why and try again."""
+        cfg = self.config
+        delay = 1.0
+        while True:
+            try:
+                dsn = cfg.database.dsn
+                if not dsn:
+                    if holder.embedded is None:
+                        holder.embedded = EmbeddedPostgres(cfg.daemon.state_dir)
+                    dsn = await holder.embedded.start()
+                applied = await migrate.migrate(dsn)
+                log.info("daemon.migrated", applied=applied)
+                holder.pool = await store.connect(dsn, statement_timeout=cfg.database.timeout)
+                async with asyncio.timeout(cfg.database.timeout):
+                    restored = await monitor.restore(holder.pool, pending)
+                break
+            except (OutagemonError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                reason = str(e) or type(e).__name__
+                self.runtime.database = (
+                    f"the database does not answer yet ({reason}); probing and /check work, "
+                    "and what it remembers is taken up once it answers"
+                )
+                log.warning("daemon.database_unavailable", error=reason, retry_in=delay)
+                if holder.pool is not None:
+                    await _close_pool(holder.pool)
+                    holder.pool = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self.runtime.pool = holder.pool
+        writer.attach(holder.pool)
+        self.runtime.database = None
+        log.info("daemon.restored", incidents=restored, next_incident=monitor.correlator.next_id)
 
     def _targets(self, monitor: Monitor) -> dict[str, str]:
         """address -> node id of everything to probe: probed nodes and the anchors."""
@@ -232,6 +290,23 @@ class Daemon:
         if tasks:
             await asyncio.wait(tasks, timeout=2)
 
+    async def _loop_hold(self) -> None:
+        """The longest the event loop was held (a 0.1 s timer's lateness), for /metrics:
+        what a caller's /check may have waited on top of its own work."""
+        gauge = self.runtime.metrics.gauge(
+            "outagemon_loop_hold_max_seconds",
+            "Longest the event loop was held since start (a 0.1 s timer's lateness).",
+        )
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(0.1)
+            late = loop.time() - asked - 0.1
+            if late > worst:
+                worst = late
+                gauge.set(round(worst, 4))
+
     async def _watchdog(self, interval: float) -> None:
         # Sent from the event loop itself: if the loop is stuck, the pings stop and
         # systemd restarts the service.
@@ -239,19 +314,47 @@ class Daemon:
             self.notifier.send("WATCHDOG=1")
             await asyncio.sleep(interval)
 
+    def _on_reload_signal(self) -> None:
+        # Reloads run one at a time; SIGHUPs during one ask for one more after it.
+        self._reload_wanted.set()
+
+    async def _reloads_loop(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            await self.reload()
+
     async def reload(self) -> None:
-        """SIGHUP: read config and topology again; keep the running ones if either is broken."""
+        """SIGHUP: read config and topology again; keep the running ones if either is broken.
+
+        systemd hears RELOADING=1 and then READY=1, and `outagemon reload` (the unit's
+        ExecReload=) the outcome, from a file in state_dir."""
+        started = time.monotonic()
+        self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={int(started * 1_000_000)}")
+        log.info("config.reload_started")
+        try:
+            outcome, problems = await self._reload()
+        finally:
+            self.notifier.send("READY=1")
+        log.info("config.reload_done", outcome=outcome)
+        try:
+            reloading.write(self.config.daemon.state_dir, started, outcome, problems)
+        except OSError as e:
+            log.warning("config.reload_outcome_unwritten", error=str(e))
+
+    async def _reload(self) -> tuple[str, list[str]]:
         path = self.config.path
         try:
             new = config_mod.load(path)
-            texts = messages.load(new.messages.language, new.messages.file)
+            texts = messages.load(new.messages.language, new.messages.file,
+                                  new.messages.timezone)  # fmt: skip
             loaded = await asyncio.to_thread(
                 directory.load, new.topology.file, new.topology.subscribers
             )
         except ConfigError as e:
             self._reloads.inc(outcome="refused")
             log.error("config.reload_refused", path=str(path), problems=e.problems)
-            return
+            return "refused", e.problems
         for warning in new.warnings:
             log.warning("config.warning", problem=warning)
         pending = [k for k in RESTART_KEYS if getattr(new, k) != getattr(self.config, k)]
@@ -260,21 +363,36 @@ class Daemon:
         self.runtime.config = new
         self.runtime.texts = texts
         self.runtime.directory = loaded.directory
-        self._loaded(loaded)
+        self._loaded(loaded, collect=False)
         started = self.started
         if started is not None:
-            Journal(started.writer).inventory(loaded.directory)
+            started.monitor.journal.inventory(loaded.directory)
             if self.source.follows_reload:
                 started.monitor.config = new
                 started.monitor.set_directory(loaded.directory)
                 self.source.retarget(self._targets(started.monitor), new.probe)
         self._reloads.inc(outcome="applied")
         log.info("config.reloaded", path=str(path))
+        return "applied", []
+
+
+class _Database:
+    """The database's resources, made in the background: closed with the daemon."""
+
+    def __init__(self) -> None:
+        self.embedded: EmbeddedPostgres | None = None
+        self.pool: asyncpg.Pool | None = None
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await _close_pool(self.pool)
+        if self.embedded is not None:
+            await self.embedded.stop()
 
 
 async def _last_writes(monitor: Monitor, writer: Writer) -> None:
     """Each node's loss history, and a moment for what is queued, if the database answers."""
-    if writer.available:
+    if writer.available and writer.pool is not None:
         monitor.save_history()
         await writer.drain(1.5)
 
@@ -316,7 +434,7 @@ def run(config_path: Path) -> int:
     try:
         cfg = config_mod.load(config_path)
         logs.setup()
-        texts = messages.load(cfg.messages.language, cfg.messages.file)
+        texts = messages.load(cfg.messages.language, cfg.messages.file, cfg.messages.timezone)
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
         for problem in e.problems:

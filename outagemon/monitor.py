@@ -10,11 +10,11 @@ answering a caller never waits for the database.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 
 import asyncpg
 
+from outagemon import clock as steady
 from outagemon import logs
 from outagemon.config import Config
 from outagemon.core.correlator import Correlator
@@ -22,7 +22,9 @@ from outagemon.core.directory import Directory
 from outagemon.core.health import NodeState, Settings
 from outagemon.core.incidents import Event, EventKind, Incident, IncidentState, Kind, Maintenance
 from outagemon.db import restore as restore_db
+from outagemon.db.durable import Pending
 from outagemon.db.journal import Journal
+from outagemon.db.spool import Spool
 from outagemon.db.writer import Writer
 from outagemon.metrics import Registry
 
@@ -30,6 +32,7 @@ log = logs.get("outagemon.monitor")
 
 ANCHOR_PREFIX = "anchor:"
 HISTORY_EVERY = 600.0  # seconds between saves of every node's loss history
+PRUNE_EVERY = 60.0  # seconds between prunings of what ended
 
 
 def settings_of(cfg: Config) -> Settings:
@@ -65,12 +68,15 @@ class Monitor:
         directory: Directory,
         metrics: Registry,
         writer: Writer | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady.CLOCK,
+        spool: Spool | None = None,
     ) -> None:
         self.config = config
         self.directory = directory
         self.writer = writer
-        self.journal = Journal(writer)
+        self.journal = Journal(writer, spool)
+        # Decisions are made on a clock that is never stepped (outagemon.clock): a wall
+        # clock stepped back by hours once ended all detection.
         self.clock = clock
         self.anchors = anchors_of(config, directory)
         self.correlator = Correlator(directory.topology, settings_of(config), self.anchors)
@@ -82,6 +88,7 @@ class Monitor:
         self.maintenance: list[Maintenance] = []
         self.next_maintenance = 1  # the id of the next planned works
         self._history_saved = clock()
+        self._pruned = clock()
         self.first_round_done = False
         self.last_tick = 0.0
         self.metrics = metrics
@@ -115,10 +122,27 @@ class Monitor:
         self._save_states()
         if now - self._history_saved >= HISTORY_EVERY:
             self.save_history()
-        cutoff = now - self.config.messages.restored_for
-        if self.recent and len(self.recent) > 10_000:
-            self.recent = {n: i for n, i in self.recent.items() if (i.resolved_at or 0) > cutoff}
+        if now - self._pruned >= PRUNE_EVERY:
+            self.prune(now)
+        self.journal.sync()  # this tick's events are on disk before anyone hears of them
         return self.correlator.take_requests()
+
+    def prune(self, now: float) -> None:
+        """Forget what ended: planned works (once their incidents could no longer need
+        them), and estimates, call counts and `restored` answers of incidents resolved
+        more than restored_for ago. Ticks and /check never scan a growing list."""
+        self._pruned = now
+        hold = self.config.correlation.resolve_hold
+        kept = [m for m in self.maintenance if m.ends_at + hold + PRUNE_EVERY > now]
+        if len(kept) != len(self.maintenance):
+            self.maintenance = kept
+            self.correlator.set_maintenance(kept, now)
+        cutoff = now - self.config.messages.restored_for
+        self.recent = {n: i for n, i in self.recent.items() if (i.resolved_at or 0) > cutoff}
+        live = set(self.correlator.incidents) | {i.id for i in self.recent.values()}
+        for table in (self.eta, self.calls):
+            for iid in [i for i in table if i not in live]:
+                del table[iid]
 
     def subscribers_of(self, nodes: list[str]) -> int:
         """Subscribers served by these nodes (each once: a router's owner is counted at the
@@ -212,20 +236,68 @@ class Monitor:
 
     # -- restart -----------------------------------------------------------------------
 
-    async def restore(self, pool: asyncpg.Pool) -> int:
-        """Open incidents and planned works from the database; returns how many incidents."""
+    async def restore(self, pool: asyncpg.Pool, pending: Pending | None = None) -> int:
+        """Open incidents and planned works from the database, with what the journal file
+        held over it (`pending`); returns how many incidents were taken up.
+
+        May come late (the database was away at start, and detection went on meanwhile):
+        an incident is taken up only when no incident the monitor opened since covers its
+        root, and ids only ever go up."""
         found = await restore_db.load(pool, self.directory.topology)
-        self.eta.update(found.eta)
-        self.calls.update(found.calls)
-        self.correlator.restore(found.incidents, found.next_id)
+        p = pending or Pending()
+        step = steady.CLOCK.step()
+        taken = []
+        covered = {i.root for i in self.correlator.incidents.values()}
+        for inc in found.incidents:
+            if inc.id in p.closed or inc.id in self.correlator.incidents or inc.root in covered:
+                continue
+            inc.opened_at -= step
+            taken.append(inc)
+        for iid, eta in found.eta.items():
+            if iid not in p.eta:
+                self.eta.setdefault(iid, eta - step)
+        for iid, calls in found.calls.items():
+            self.calls[iid] = self.calls.get(iid, 0) + calls
+        self.correlator.restore(taken, max(found.next_id, p.max_incident + 1))
         # Each node's loss history: a clean target keeps its short streak over a restart.
         for node, n, lost in found.histories:
             ns = self.correlator.states.setdefault(node, NodeState())
-            ns.n, ns.lost = n, lost
-        self.maintenance = found.maintenance
-        self.next_maintenance = found.next_maintenance
+            if ns.n < n:
+                ns.n, ns.lost = n, lost
+        known = {m.id for m in self.maintenance}
+        self.maintenance += [
+            dataclasses.replace(m, starts_at=m.starts_at - step, ends_at=m.ends_at - step)
+            for m in found.maintenance
+            if m.id not in known
+        ]
+        self.next_maintenance = max(self.next_maintenance, found.next_maintenance,
+                                    p.max_maintenance + 1)  # fmt: skip
         self.correlator.set_maintenance(self.maintenance, self.clock())
-        return len(found.incidents)
+        return len(taken)
+
+    def continue_from(self, p: Pending) -> int:
+        """At start, before the database: the incidents, estimates and planned works the
+        journal file holds (acknowledged, maybe never written), and the highest ids ever
+        handed out, so none is handed out again. Returns how many incidents."""
+        step = steady.CLOCK.step()
+        topology = self.directory.topology
+        incidents = []
+        for inc in p.incidents.values():
+            if inc.root not in topology:
+                continue
+            inc.opened_at -= step
+            inc.nodes = [n for n in inc.nodes if n in topology] or [inc.root]
+            incidents.append(inc)
+        self.correlator.restore(incidents, p.max_incident + 1)
+        for iid, eta in p.eta.items():
+            self.eta[iid] = eta - step
+        self.maintenance = [
+            dataclasses.replace(m, starts_at=m.starts_at - step, ends_at=m.ends_at - step)
+            for m in p.maintenance.values()
+        ]
+        self.next_maintenance = max(self.next_maintenance, p.max_maintenance + 1)
+        self.correlator.set_maintenance(self.maintenance, self.clock())
+        return len(incidents)
 
     def set_directory(self, directory: Directory) -> None:
         """A reload: the correlator keeps the state of nodes that still exist."""

@@ -20,6 +20,9 @@ class Notifier:
         self._sock: socket.socket | None = None
         if self._address is not None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never wait on the loop: a message to a full socket is dropped (a blocking
+            # send held the event loop for good when nobody read the socket).
+            self._sock.setblocking(False)
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         self.watchdog_interval: float | None = None

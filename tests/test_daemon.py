@@ -129,6 +129,7 @@ def test_start_serve_and_stop_within_5_seconds_leaving_no_postgres(daemon: Proc)
     assert status == 200 and body["status"] == "ok"
     status, body = daemon.get("/readyz")
     assert status == 503 and isinstance(body["reason"], str) and body["reason"]
+    daemon.wait_for_log("daemon.restored", timeout=60)  # the database starts in the background
     assert postgres_pids(daemon.state), "the embedded server should be running"
     messages = daemon.messages()
     assert "READY=1" in messages

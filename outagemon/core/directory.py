@@ -16,6 +16,7 @@ from rapidfuzz import fuzz, process
 
 from outagemon.core import addresses
 from outagemon.core.addresses import Address
+from outagemon.core.text import bad_character
 from outagemon.core.topology import Node, Topology
 from outagemon.errors import TopologyError, read_text
 
@@ -196,7 +197,14 @@ def parse_csv(text: str, path: Path, topology: Topology) -> tuple[list[Subscribe
             if fields:
                 problems.append(f"{where}: has {len(fields)} fields, the header {len(header)}.")
             continue
-        account, raw_phones, raw_address, raw_flat, raw_ip = (fields[i].strip() for i in at)
+        values = [fields[i].strip() for i in at]
+        if bad_character(",".join(values)) is not None:  # one search a row: a million rows
+            # PostgreSQL refuses a NUL, UTF-8 a lone surrogate: the row, not the load.
+            column, bad = next((c, b) for c, v in zip(COLUMNS, values, strict=True)
+                               if (b := bad_character(v)) is not None)  # fmt: skip
+            problems.append(f"{where}: {column} holds {bad}; fix the export.")
+            continue
+        account, raw_phones, raw_address, raw_flat, raw_ip = values
         if not account:
             problems.append(f"{where}: account is empty.")
             continue

@@ -215,7 +215,9 @@ class Health:
     def _network(self, now: float, random_losses: int) -> None:
         """Count a result, and the losses it shows were random, in the network's loss."""
         if now != self._net_at:
-            decay = math.exp(-(now - self._net_at) / NETWORK_LOSS_SECONDS)
+            # Never grow: a clock stepped back would overflow exp() or, in smaller steps,
+            # make the estimate inf/inf = nan for the life of the process.
+            decay = math.exp(-max(0.0, now - self._net_at) / NETWORK_LOSS_SECONDS)
             self._net_results *= decay
             self._net_lost *= decay
             self._net_at = now

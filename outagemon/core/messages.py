@@ -13,8 +13,9 @@ import functools
 import string
 import time
 import tomllib
+import zoneinfo
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 
 from outagemon.errors import ConfigError, read_text
@@ -82,6 +83,7 @@ _CACHE_LIMIT = 100_000
 class Texts:
     language: str
     templates: dict[str, str]
+    tz: tzinfo | None = None  # spoken times are in this zone ([messages] timezone); None: local
     # The phone menu asks about the same buildings and the same incident times over and
     # over during a surge: their spoken forms are remembered (and forgotten when many).
     _spoken: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -119,7 +121,7 @@ class Texts:
     def when(self, moment: float, now: float) -> str:
         """A time (epoch seconds) as it is said: "в 14:05", "завтра в 09:00",
         "26 ноября в 18:00", relative to the local day of `now`."""
-        return self._said(moment, now, local_day(now))
+        return self._said(moment, now, local_day(now, self.tz))
 
     def _said(self, moment: float, now: float, day: int) -> str:
         key = (int(moment), day)
@@ -132,8 +134,8 @@ class Texts:
         return found
 
     def _when(self, moment: float, now: float) -> str:
-        local = datetime.fromtimestamp(moment)  # local time, as callers count it
-        days = (local.date() - datetime.fromtimestamp(now).date()).days
+        local = datetime.fromtimestamp(moment, self.tz)  # local time, as callers count it
+        days = (local.date() - datetime.fromtimestamp(now, self.tz).date()).days
         clock = local.strftime("%H:%M")
         if self.language == "ru":
             if days == 0:
@@ -155,7 +157,7 @@ class Texts:
                eta: float | None = None, until: float | None = None,
                resolved: float | None = None) -> str:  # fmt: skip
         """The sentence for a status; times are epoch seconds."""
-        day = local_day(now)
+        day = local_day(now, self.tz)
 
         def when(moment: float) -> str:
             return self._said(moment, now, day)
@@ -179,28 +181,48 @@ class Texts:
         )
 
 
-def local_day(now: float) -> int:
-    """The number of the local calendar day that `now` (epoch seconds) falls in."""
+def local_day(now: float, tz: tzinfo | None = None) -> int:
+    """The number of the local calendar day (in `tz`, else the server's zone) that `now`
+    (epoch seconds) falls in."""
     minute = int(now // 60)  # days and offsets change on whole minutes: one look a minute
-    if minute != _day[0]:
-        _day[:] = [minute, int((now + time.localtime(now).tm_gmtoff) // 86400)]
-    return _day[1]
+    found = _day.get(tz)
+    if found is None or found[0] != minute:
+        if tz is None:
+            offset = time.localtime(now).tm_gmtoff
+        else:
+            delta = datetime.fromtimestamp(now, tz).utcoffset()
+            offset = int(delta.total_seconds()) if delta is not None else 0
+        found = _day[tz] = (minute, int((now + offset) // 86400))
+    return found[1]
 
 
-_day = [-1, 0]  # [the minute last looked at, its local day]
+_day: dict[tzinfo | None, tuple[int, int]] = {}  # zone -> (the minute last looked at, its day)
 
 
-def next_local_day(now: float) -> float:
+def next_local_day(now: float, tz: tzinfo | None = None) -> float:
     """When the local day after `now`'s begins (epoch seconds)."""
-    today = datetime.fromtimestamp(now).date()
-    return datetime.combine(today + timedelta(days=1), datetime.min.time()).timestamp()
+    today = datetime.fromtimestamp(now, tz).date()
+    return datetime.combine(today + timedelta(days=1), datetime.min.time(), tz).timestamp()
 
 
-def load(language: str, override: Path | None = None) -> Texts:
-    """The texts for a language, with an operator's overrides; ConfigError names bad ones."""
+def zone(name: str) -> tzinfo | None:
+    """[messages] timezone: an IANA zone, or None (the server's) for ""."""
+    if not name:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError([f"[messages] timezone {name!r} is not a time zone this system "
+                           "knows."]) from None  # fmt: skip
+
+
+def load(language: str, override: Path | None = None, timezone: str = "") -> Texts:
+    """The texts for a language, with an operator's overrides, speaking times in `timezone`
+    (the server's when empty); ConfigError names bad ones."""
     templates = dict(DEFAULTS[language])
+    tz = zone(timezone)
     if override is None:
-        return Texts(language, templates)
+        return Texts(language, templates, tz)
     try:
         raw = tomllib.loads(read_text(override))
     except tomllib.TOMLDecodeError as e:
@@ -232,4 +254,4 @@ def load(language: str, override: Path | None = None) -> Texts:
                 templates[key] = text
     if problems:
         raise ConfigError(problems)
-    return Texts(language, templates)
+    return Texts(language, templates, tz)

@@ -17,6 +17,7 @@ import yaml
 
 from outagemon.core import addresses
 from outagemon.core.addresses import Address
+from outagemon.core.text import bad_character
 from outagemon.errors import TopologyError, read_text
 
 FlatRanges = tuple[tuple[int, int], ...]
@@ -249,6 +250,11 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         return None
     line = item.pop("__line__", 0)
     where = f"{path}: line {line}"
+    for key, text in _strings(item):
+        bad = bad_character(text)
+        if bad is not None:
+            problems.append(f"{where}: {key} holds {bad}.")
+            return None
     for key in item:
         if key not in _NODE_KEYS:
             problems.append(f"{where}: unknown key {key!r}.")
@@ -293,6 +299,19 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         serves=tuple(serves),
         line=line,
     )
+
+
+def _strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """Every text in a node's entry, with the key it is under."""
+    if isinstance(value, str):
+        yield key, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k, str(k) if isinstance(k, str) else key)
+            yield from _strings(v, str(k))
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v, key)
 
 
 def _parse_served(entry: Any, where: str, problems: list[str]) -> Served | None:

@@ -147,7 +147,15 @@ class EmbeddedPostgres:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        out, _ = await proc.communicate(stdin)
+        try:
+            out, _ = await proc.communicate(stdin)
+        except asyncio.CancelledError:
+            # The daemon stops while initdb runs (the database starts in the background):
+            # initdb must not outlive it.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
         return proc.returncode or 0, out.decode(errors="replace")
 
     def _prepare_dirs(self) -> None:

@@ -23,10 +23,20 @@ def redact(dsn: str) -> str:
     return re.sub(r"(password=)[^&\s]*", r"\1***", dsn)
 
 
-async def connect(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool, or a DatabaseError that says which server could not be reached and why."""
+async def connect(dsn: str, min_size: int = 2, max_size: int = 10,
+                  statement_timeout: float | None = None) -> asyncpg.Pool:  # fmt: skip
+    """A pool, or a DatabaseError that says which server could not be reached and why.
+
+    With `statement_timeout`, a statement that takes longer raises TimeoutError in the client
+    (asyncpg cancels it), and the server gives up on it at twice that: a hung database
+    (a lock, a full disk) cannot hold the writer or a request for ever."""
+    settings = {}
+    if statement_timeout is not None:
+        settings["statement_timeout"] = str(int(statement_timeout * 2000))
     try:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10)
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10,
+                                         command_timeout=statement_timeout,
+                                         server_settings=settings)  # fmt: skip
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
         raise DatabaseError(f"cannot connect to PostgreSQL at {redact(dsn)}: {e}") from None
     assert pool is not None
@@ -47,8 +57,15 @@ async def save_inventory(
     subscribers: list[tuple[str, list[str], str, str, str | None, str]],
 ) -> None:
     """Replace the stored topology and subscribers with the loaded ones (inside the caller's
-    transaction). Nodes that left the topology are kept with removed_at set, since
-    incidents refer to them."""
+    transaction)."""
+    await save_nodes(conn, nodes)
+    await save_subscribers(conn, subscribers)
+
+
+async def save_nodes(conn: Conn, nodes: list[tuple[str, str, str | None, str, list[str]]]) -> None:
+    """Replace the stored topology with the loaded one (inside the caller's transaction).
+    Nodes that left the topology are kept with removed_at set, since incidents refer to
+    them."""
     await conn.execute(
         "create temporary table new_node (id text, kind text, ip inet, name text,"
         " parents text[]) on commit drop"
@@ -69,6 +86,12 @@ async def save_inventory(
         "update node set removed_at = now() where removed_at is null"
         " and id not in (select id from new_node)"
     )
+
+
+async def save_subscribers(
+    conn: Conn, subscribers: list[tuple[str, list[str], str, str, str | None, str]]
+) -> None:
+    """Replace the stored subscribers (inside the caller's transaction; the nodes first)."""
     await conn.execute("delete from subscriber")
     await conn.copy_records_to_table(
         "subscriber",
@@ -219,7 +242,8 @@ async def add_maintenance(conn: Conn, window_id: int, node: str, starts_at: date
                           ends_at: datetime | None, reason: str, who: str) -> None:  # fmt: skip
     await conn.execute(
         "insert into maintenance (id, node_id, starts_at, ends_at, reason, created_by)"
-        " overriding system value values ($1, $2, $3, $4, $5, $6)",
+        " overriding system value values ($1, $2, $3, $4, $5, $6)"
+        " on conflict (id) do nothing",  # a replayed write changes nothing
         window_id, node, starts_at, ends_at, reason, who,
     )  # fmt: skip
 

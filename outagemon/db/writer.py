@@ -1,18 +1,26 @@
 """Writes to PostgreSQL in order, queued in memory while the database is away.
 
 Detection never waits for the database: the correlator's events become operations in a
-bounded queue, flushed in order by one task. When the database does not answer, the task
-retries with backoff and the queue grows (to `limit`; past it the oldest operation is
-dropped and counted); when it returns, everything queued is written in the order it
-happened.
+queue, flushed in order by one task. When the database does not answer (or is not
+connected yet), the task retries with backoff and the queue grows; when it returns,
+everything queued is written in the order it happened.
+
+The queue is bounded by bytes (and by a count): past either bound the oldest write that
+may be lost is dropped and counted; precious writes (an incident opened, planned works)
+are never dropped. Latest-wins writes (call counts, node states, loss histories) are
+coalesced: one of each waits at a time, holding the merged values. A write that fails
+for any reason but an unreachable database is refused: logged, counted, dropped, and the
+writer goes on; it never dies of one write. A write kept in the journal file (`spool`)
+is acknowledged there once written or refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -20,33 +28,68 @@ from outagemon import logs
 from outagemon.metrics import Registry
 
 if TYPE_CHECKING:
+    from outagemon.db.spool import Spool
     from outagemon.db.store import Conn
 
 log = logs.get("outagemon.writer")
 
 Op = Callable[["Conn"], Awaitable[None]]
+T = TypeVar("T")
 
 # Errors that mean "the database is not reachable now", not "this write is wrong".
 UNAVAILABLE = (
     OSError,
-    TimeoutError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
 )
+# A write that timed out this many times while the database answered a ping is refused.
+TIMEOUT_ATTEMPTS = 3
+PING_TIMEOUT = 2.0
+DEFAULT_SIZE = 256  # bytes charged for a write that does not say
+
+
+class _Item:
+    __slots__ = ("live", "name", "op", "precious", "seq", "size")
+
+    def __init__(self, name: str, op: Op | None, size: int, precious: bool,
+                 seq: int | None) -> None:  # fmt: skip
+        self.name = name
+        self.op = op  # None: a coalesced write, made from its merged values when its turn comes
+        self.size = size
+        self.precious = precious
+        self.seq = seq
+        self.live = True
 
 
 class Writer:
-    def __init__(self, pool: asyncpg.Pool, limit: int, metrics: Registry) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool | None,
+        limit: int,
+        metrics: Registry,
+        limit_bytes: int = 64 << 20,
+        spool: Spool | None = None,
+    ) -> None:
         self.pool = pool
         self.limit = limit
-        self._queue: deque[tuple[str, Op]] = deque()
+        self.limit_bytes = limit_bytes
+        self.spool = spool
+        self._queue: deque[_Item] = deque()
+        self._droppable: deque[_Item] = deque()  # the same items, precious ones left out
+        self._latest: dict[str, tuple[_Item, Any, Callable[[Any], Op]]] = {}
+        self._live = 0
+        self._bytes = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.available = True
+        self.available = pool is not None
+        self.last_error = "" if pool is not None else "not connected yet"
         self._queued = metrics.gauge("outagemon_db_queue", "Writes waiting for the database.")
+        self._queued_bytes = metrics.gauge(
+            "outagemon_db_queue_bytes", "Bytes of the writes waiting for the database."
+        )
         self._dropped = metrics.counter(
             "outagemon_db_dropped_total", "Writes dropped because the queue was full."
         )
@@ -55,57 +98,172 @@ class Writer:
         )
         self._written = metrics.counter("outagemon_db_writes_total", "Writes done.")
         self._up = metrics.gauge("outagemon_db_up", "1 while the database answers.")
-        self._up.set(1)
+        self._up.set(1 if self.available else 0)
 
-    def submit(self, name: str, op: Op) -> None:
-        if len(self._queue) >= self.limit:
-            dropped, _ = self._queue.popleft()
-            self._dropped.inc()
-            log.warning("db.queue_full", dropped=dropped, limit=self.limit)
-        self._queue.append((name, op))
-        self._queued.set(len(self._queue))
+    # -- queueing --------------------------------------------------------------------
+
+    def submit(self, name: str, op: Op, size: int = DEFAULT_SIZE, precious: bool = False,
+               seq: int | None = None) -> None:  # fmt: skip
+        """Queue a write; `seq` is its line in the journal file, acknowledged once done."""
+        self._push(_Item(name, op, size, precious, seq))
+
+    def latest(self, name: str, values: T, merge: Callable[[T, T], T],
+               make: Callable[[T], Op], size: int = DEFAULT_SIZE) -> None:  # fmt: skip
+        """Queue a latest-wins write: merged with the one of this name still waiting, which
+        moves to the end of the queue (after the writes its values may refer to)."""
+        waiting = self._latest.get(name)
+        if waiting is not None and waiting[0].live:
+            item, old, _ = waiting
+            values = merge(old, values)
+            self._forget(item)
+        item = _Item(name, None, size, False, None)
+        self._latest[name] = (item, values, make)
+        self._push(item)
+
+    def _push(self, item: _Item) -> None:
+        self._queue.append(item)
+        if not item.precious:
+            self._droppable.append(item)
+        self._live += 1
+        self._bytes += item.size
+        while self._live > self.limit or self._bytes > self.limit_bytes:
+            if not self._drop_oldest():
+                break  # only precious writes left: they stay, whatever the bound
+        self._count()
         self._idle.clear()
         self._wake.set()
 
+    def _drop_oldest(self) -> bool:
+        while self._droppable:
+            item = self._droppable.popleft()
+            if item.live:
+                self._forget(item)
+                if item.op is None:
+                    self._latest.pop(item.name, None)
+                self._dropped.inc()
+                log.warning("db.queue_full", dropped=item.name, limit=self.limit,
+                            limit_bytes=self.limit_bytes)  # fmt: skip
+                return True
+        return False
+
+    def _forget(self, item: _Item) -> None:
+        item.live = False
+        self._live -= 1
+        self._bytes -= item.size
+
+    def _count(self) -> None:
+        self._queued.set(self._live)
+        self._queued_bytes.set(self._bytes)
+
     def __len__(self) -> int:
-        return len(self._queue)
+        return self._live
+
+    def attach(self, pool: asyncpg.Pool) -> None:
+        """The database is connected (the daemon connects in the background)."""
+        self.pool = pool
+        self._wake.set()
+
+    # -- writing ---------------------------------------------------------------------
+
+    def _next(self) -> tuple[_Item, Op] | None:
+        """The first live write, made now if it is a coalesced one."""
+        while self._queue:
+            item = self._queue[0]
+            if not item.live:
+                self._queue.popleft()
+                continue
+            if item.op is None:
+                waiting = self._latest.get(item.name)
+                if waiting is None or waiting[0] is not item:
+                    self._queue.popleft()
+                    continue
+                item.op = waiting[2](waiting[1])
+                del self._latest[item.name]
+            return item, item.op
+        return None
+
+    def _finished(self, item: _Item) -> None:
+        if self._queue and self._queue[0] is item:
+            self._queue.popleft()
+        if item.live:
+            self._forget(item)
+        if item.seq is not None and self.spool is not None:
+            self.spool.done(item.seq)
+        self._count()
 
     async def run(self) -> None:
         backoff = 0.2
+        timeouts = 0
         while True:
-            if not self._queue:
+            if self._next() is None:
                 self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self.pool is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             try:
                 async with self.pool.acquire(timeout=5) as conn:
-                    while self._queue:
-                        name, op = self._queue[0]
+                    while (found := self._next()) is not None:
+                        item, op = found
                         try:
                             async with conn.transaction():
                                 await op(conn)
+                        except TimeoutError:  # before UNAVAILABLE: it is an OSError
+                            # A hung database, or this one write is too slow: ask it.
+                            if not await self._answers():
+                                raise
+                            timeouts += 1
+                            if timeouts < TIMEOUT_ATTEMPTS:
+                                raise
+                            self._refused(item, "timed out while the database answered")
                         except UNAVAILABLE:
                             raise
-                        except asyncpg.PostgresError as e:
-                            self._failed.inc()
-                            log.error("db.write_refused", write=name, error=str(e))
-                        self._queue.popleft()
-                        self._written.inc()
-                        self._queued.set(len(self._queue))
-                if not self.available:
-                    log.info("db.available_again")
-                self.available = True
-                self._up.set(1)
+                        except Exception as e:
+                            self._refused(item, str(e) or type(e).__name__)
+                        else:
+                            self._written.inc()
+                        timeouts = 0
+                        self._finished(item)
+                self._up_again()
                 backoff = 0.2
-            except UNAVAILABLE as e:
-                if self.available:
-                    log.warning("db.unavailable", error=str(e) or type(e).__name__,
-                                queued=len(self._queue))  # fmt: skip
-                self.available = False
-                self._up.set(0)
+            except UNAVAILABLE as e:  # TimeoutError included
+                self._down(e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _refused(self, item: _Item, reason: str) -> None:
+        self._failed.inc()
+        log.error("db.write_refused", write=item.name, error=reason)
+
+    def _up_again(self) -> None:
+        if not self.available:
+            log.info("db.available_again")
+        self.available = True
+        self.last_error = ""
+        self._up.set(1)
+
+    def _down(self, e: BaseException) -> None:
+        error = str(e) or type(e).__name__
+        if self.available:
+            log.warning("db.unavailable", error=error, queued=self._live)
+        self.available = False
+        self.last_error = error
+        self._up.set(0)
+
+    async def _answers(self) -> bool:
+        """Whether the database answers a trivial query at once, on a fresh connection."""
+        assert self.pool is not None
+        started = time.monotonic()
+        try:
+            async with self.pool.acquire(timeout=PING_TIMEOUT) as conn:
+                remaining = max(0.1, PING_TIMEOUT - (time.monotonic() - started))
+                await conn.fetchval("select 1", timeout=remaining)
+        except (*UNAVAILABLE, asyncpg.PostgresError):
+            return False
+        return True
 
     async def drain(self, within: float) -> bool:
         """Wait until everything queued is written; False if `within` seconds ran out."""

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from outagemon import logs
+from outagemon import clock, logs
 from outagemon.core.assess import Answer, KeptBody, Status, assess
 from outagemon.core.directory import Directory, Match
 from outagemon.core.incidents import Maintenance
@@ -25,7 +25,6 @@ from outagemon.http import queries
 from outagemon.http.openapi import spec
 from outagemon.http.runtime import (
     JSON,
-    MAX_NOTE,
     RUNTIME,
     Invalid,
     Runtime,
@@ -36,6 +35,8 @@ from outagemon.http.runtime import (
     iso,
     json_response,
     parse_time,
+    text,
+    works,
 )
 
 log = logs.get("outagemon.api")
@@ -98,7 +99,7 @@ async def check(request: web.Request) -> web.Response:
     if channel not in ("ivr", "helpdesk"):
         raise bad("channel must be ivr or helpdesk.")
     matched_by, match = find(rt.directory, q)
-    now = time.time()
+    now = clock.now()  # the monitor's clock: never stepped
     answer = assess(rt.monitor, rt.directory, match, now, rt.config.messages.restored_for,
                     rt.answers)  # fmt: skip
     inc = answer.incident
@@ -114,9 +115,12 @@ def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now:
     """The JSON of a /check answer, written out."""
     inc = answer.incident
     address = match.address_text()
-    message = texts.render(answer.status, now, address=address, since=answer.since,
-                           eta=answer.eta, until=answer.until,
-                           resolved=answer.resolved)  # fmt: skip
+    # Said in wall-clock time: the monitor's times plus the wall clock's step since start.
+    step = clock.CLOCK.step()
+    message = texts.render(answer.status, now + step, address=address,
+                           since=_add(answer.since, step), eta=_add(answer.eta, step),
+                           until=_add(answer.until, step),
+                           resolved=_add(answer.resolved, step))  # fmt: skip
     return orjson.dumps({
         "status": answer.status,
         "incident_id": str(inc.id) if inc is not None else "",
@@ -162,12 +166,17 @@ def remembered_body(rt: Runtime, answer: Answer, match: Match, matched_by: str,
     marked = Match(match.nodes, address, match.subscriber, (), _FLAT_MARK if flat else "")
     pieces = tuple(check_body(texts, answer, marked, matched_by, now).split(_FLAT_MARK_JSON))
     if _json_text(flat).join(pieces) == written:  # a check that cannot cost a wrong answer
-        until = next_local_day(now)
+        step = clock.CLOCK.step()
+        until = next_local_day(now + step, texts.tz) - step
         if answer.eta is not None and answer.eta > now:
             until = min(until, answer.eta)  # then "work continues" is said instead
         # The entry holds the address, so the id in the key stays its.
         answer.bodies[key] = KeptBody(address, texts, until, pieces)
     return written
+
+
+def _add(t: float | None, step: float) -> float | None:
+    return None if t is None else t + step
 
 
 def _json_text(text: str) -> bytes:
@@ -264,8 +273,9 @@ async def update_incident(request: web.Request) -> web.Response:
         raise bad(str(e)) from None
     if rt.monitor is None or await queries.one(rt, iid) is None:
         raise bad(f"there is no incident {iid}.", 404)
-    rt.monitor.set_eta(iid, eta, note, who or "anonymous")
-    log.info("api.incident_updated", incident=iid, by=who, eta=iso(eta),
+    steady_eta = clock.steady(eta) if eta is not None else None
+    rt.monitor.set_eta(iid, steady_eta, note, who or "anonymous")
+    log.info("api.incident_updated", incident=iid, by=who, eta=iso(steady_eta),
              note=bool(body.get("note")))  # fmt: skip
     found = await queries.one(rt, iid)
     return json_response(found)
@@ -284,23 +294,20 @@ async def add_maintenance(request: web.Request) -> web.Response:
     try:
         starts = parse_time(body.get("starts_at"), "starts_at")
         ends = parse_time(body.get("ends_at"), "ends_at")
+        works(starts, ends, time.time())
+        reason = text(body.get("reason", ""), "reason")
     except Invalid as e:
         raise bad(str(e)) from None
-    if ends <= starts:
-        raise bad("ends_at must be after starts_at.")
-    if ends <= time.time():
-        raise bad("ends_at is in the past.")
-    reason = body.get("reason", "") or ""
-    if not isinstance(reason, str) or len(reason) > MAX_NOTE:
-        raise bad(f"reason must be text of at most {MAX_NOTE} characters.")
     if rt.monitor is None:
         raise bad("the daemon is starting; try again in a moment.", 409)
-    window = Maintenance(rt.monitor.next_maintenance, node, starts, ends, reason)
+    window = Maintenance(rt.monitor.next_maintenance, node, clock.steady(starts),
+                         clock.steady(ends), reason)  # fmt: skip
     rt.monitor.next_maintenance += 1
     rt.monitor.add_maintenance(window, who or "anonymous")
     log.info("api.maintenance_added", id=window.id, node=node, by=who)
     return json_response(
-        {"id": str(window.id), "node": node, "starts_at": iso(starts), "ends_at": iso(ends),
+        {"id": str(window.id), "node": node, "starts_at": iso(window.starts_at),
+         "ends_at": iso(window.ends_at),
          "reason": reason, "nodes": len(rt.directory.topology.descendants(node)) + 1},
         status=201,
     )  # fmt: skip

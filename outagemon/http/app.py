@@ -136,6 +136,8 @@ async def readyz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if rt.not_ready is not None:
         return json_response({"status": "not_ready", "reason": rt.not_ready}, status=503)
+    if rt.database is not None:
+        return json_response({"status": "not_ready", "reason": rt.database}, status=503)
     if rt.monitor is not None and rt.monitor.correlator.blind:
         reason = "the monitor is blind: none of its anchors answers, so it cannot see the network"
         return json_response({"status": "blind", "reason": reason}, status=503)

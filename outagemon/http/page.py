@@ -19,7 +19,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup, escape
 
-from outagemon import logs
+from outagemon import clock, logs
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident
 from outagemon.http import queries
@@ -354,12 +354,11 @@ async def incident_form(request: web.Request) -> web.Response:
     now = time.time()
     try:
         eta, note = estimate(eta, form.get("note", ""), now)
-    except Invalid:
-        late = eta is not None and eta < now - 60
-        raise _back(back, Message.ETA_PAST if late else Message.NOTE_TOO_LONG) from None
+    except Invalid as e:
+        raise _back(back, Message.refusal(str(e))) from None
     if rt.monitor is None or await queries.one(rt, iid) is None:
         raise bad(f"there is no incident {raw}.", 404)
-    rt.monitor.set_eta(iid, eta, note, who)
+    rt.monitor.set_eta(iid, clock.steady(eta) if eta is not None else None, note, who)
     raise _back(back, Message.SAVED)
 
 

@@ -3,9 +3,11 @@ resolved ones and timelines from the database (which may be away)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Coroutine
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -64,18 +66,24 @@ def open_incidents(rt: Runtime) -> list[dict[str, Any]]:
 
 async def stored(rt: Runtime, state: str) -> list[dict[str, Any]]:
     """Incidents from the database; 503 with a sentence while it does not answer."""
+    if rt.pool is None and rt.database is not None:
+        raise _away()
     if rt.pool is None:
         return []
     try:
-        rows = await store.list_incidents(rt.pool, state)
+        rows = await read(rt, store.list_incidents(rt.pool, state))
     except Exception as e:  # the database is away: say so rather than fail the request
-        log.warning("api.database_unavailable", error=str(e))
-        raise web.HTTPServiceUnavailable(
-            text=json.dumps({"error": "resolved incidents are in the database, which does not "
-                                      "answer right now; open incidents are still served."}),
-            content_type="application/json",
-        ) from None  # fmt: skip
+        log.warning("api.database_unavailable", error=str(e) or type(e).__name__)
+        raise _away() from None
     return [row_json(r) for r in rows]
+
+
+def _away() -> web.HTTPServiceUnavailable:
+    return web.HTTPServiceUnavailable(
+        text=json.dumps({"error": "resolved incidents are in the database, which does not "
+                                  "answer right now; open incidents are still served."}),
+        content_type="application/json",
+    )  # fmt: skip
 
 
 async def one(rt: Runtime, iid: int) -> dict[str, Any] | None:
@@ -85,9 +93,9 @@ async def one(rt: Runtime, iid: int) -> dict[str, Any] | None:
     if rt.pool is None:
         return None
     try:
-        row = await store.get_incident(rt.pool, iid)
+        row = await read(rt, store.get_incident(rt.pool, iid))
     except Exception as e:
-        log.warning("api.database_unavailable", error=str(e))
+        log.warning("api.database_unavailable", error=str(e) or type(e).__name__)
         return None
     return row_json(row) if row is not None else None
 
@@ -97,4 +105,32 @@ async def timeline(rt: Runtime, iid: int) -> list[tuple[datetime, str, Any]]:
     if rt.pool is None:
         return []
     return [(r["at"], r["kind"], json.loads(r["detail"]))
-            for r in await store.timeline(rt.pool, iid)]  # fmt: skip
+            for r in await read(rt, store.timeline(rt.pool, iid))]  # fmt: skip
+
+
+T = TypeVar("T")
+READS = 3  # database reads for HTTP requests at once: the writer keeps the rest of the pool
+
+
+async def read(rt: Runtime, query: Coroutine[Any, Any, T]) -> T:
+    """A database read for a request, within its budget: READS at once, and
+    [database] read_timeout each. A read that runs out is left to finish (or fail) in
+    the background, and the request answers at once: waiting for asyncpg to cancel a
+    query on a hung server would hold the request as long as the server hangs."""
+    if rt.reads >= READS:
+        query.close()
+        raise TimeoutError("every database read of the HTTP side is taken")
+    rt.reads += 1
+    task = asyncio.ensure_future(query)
+
+    def done(_: object) -> None:
+        rt.reads -= 1
+        if not task.cancelled():
+            task.exception()  # retrieved: a late failure is no one's to log
+
+    task.add_done_callback(done)
+    finished, _ = await asyncio.wait({task}, timeout=rt.config.database.read_timeout)
+    if not finished:
+        task.cancel()
+        raise TimeoutError(f"no answer within {rt.config.database.read_timeout:g} s")
+    return task.result()

@@ -18,16 +18,22 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
+from outagemon import clock
 from outagemon.config import Config, Token
 from outagemon.core import messages
 from outagemon.core.assess import AnswerMemory
 from outagemon.core.directory import Directory
 from outagemon.core.messages import Texts
+from outagemon.core.text import bad_character
 from outagemon.http import security
 from outagemon.metrics import Metric, Registry
 from outagemon.monitor import Monitor
 
 MAX_NOTE = 2000
+# Times an engineer may give: later ones are mistakes (and year 9999 at -14:00 cannot even
+# be stored), earlier ones would never be spoken.
+DAY = 86400.0
+YEAR = 366 * DAY
 JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 
@@ -41,6 +47,9 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     # None when ready; otherwise the sentence /readyz answers with.
     not_ready: str | None = "the daemon is starting"
+    # None once the database is connected and what it remembers taken up; else why not.
+    database: str | None = None
+    reads: int = 0  # database reads of HTTP requests running now (http/queries.py)
     monitor: Monitor | None = None
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
     probe_rate: float = 0.0  # probes a second, as last measured
@@ -76,9 +85,16 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 def iso(seconds: float | None) -> str:
+    """A time of the monitor's steady clock (outagemon.clock) as wall-clock ISO 8601: the
+    same seconds unless the wall clock was stepped since start."""
     if seconds is None:
         return ""
-    return _iso(seconds)
+    return _iso(round(clock.wall(seconds)))
+
+
+def iso_wall(seconds: float | None) -> str:
+    """A wall-clock time (a database row's, a request's) as ISO 8601."""
+    return "" if seconds is None else _iso(seconds)
 
 
 @lru_cache(maxsize=4096)  # the same few incident times, asked about all day
@@ -177,12 +193,13 @@ def parse_time(value: Any, name: str) -> float:
         raise Invalid(f"{name} must be an ISO 8601 time such as 2026-11-26T18:00:00+03:00.")
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        seconds = parsed.timestamp()
+    except (ValueError, OverflowError):
         raise Invalid(f"{name} {value!r} is not an ISO 8601 time "
                       "such as 2026-11-26T18:00:00+03:00.") from None  # fmt: skip
     if parsed.tzinfo is None:
         raise Invalid(f"{name} {value!r} has no UTC offset; add one, such as +03:00 or Z.")
-    return parsed.timestamp()
+    return seconds
 
 
 def estimate(eta: float | None, note: Any, now: float) -> tuple[float | None, str]:
@@ -193,7 +210,32 @@ def estimate(eta: float | None, note: Any, now: float) -> tuple[float | None, st
     estimate and the note, stripped."""
     if eta is not None and eta < now - 60:
         raise Invalid("eta is in the past; give the time the repair is expected.")
-    note = note or ""
-    if not isinstance(note, str) or len(note) > MAX_NOTE:
-        raise Invalid(f"note must be text of at most {MAX_NOTE} characters.")
-    return eta, note.strip()
+    if eta is not None and eta > now + YEAR:
+        raise Invalid("eta is more than a year ahead; give the time the repair is expected.")
+    return eta, text(note, "note")
+
+
+def text(value: Any, name: str) -> str:
+    """A note or a reason: text of at most MAX_NOTE characters that can be stored (no
+    control characters, no lone surrogates), stripped."""
+    given = value or ""
+    if not isinstance(given, str) or len(given) > MAX_NOTE:
+        raise Invalid(f"{name} must be text of at most {MAX_NOTE} characters.")
+    stripped: str = given.strip()
+    found = bad_character(stripped, multiline=True)
+    if found is not None:
+        raise Invalid(f"{name} holds {found}; write it without.")
+    return stripped
+
+
+def works(starts: float, ends: float, now: float) -> None:
+    """Planned works' times: in order, started at most a day ago, ended at most a year ahead."""
+    if ends <= starts:
+        raise Invalid("ends_at must be after starts_at.")
+    if ends <= now:
+        raise Invalid("ends_at is in the past.")
+    if starts < now - DAY:
+        raise Invalid("starts_at is more than a day in the past; give works still to come "
+                      "or running.")  # fmt: skip
+    if ends > now + YEAR:
+        raise Invalid("ends_at is more than a year ahead.")

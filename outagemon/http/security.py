@@ -49,7 +49,9 @@ class Message(Enum):
     ETA_INVALID = "The ETA is not a time."
     # The API's own sentences for the same refusals (runtime.estimate): one rule, one text.
     ETA_PAST = "eta is in the past; give the time the repair is expected."
+    ETA_FAR = "eta is more than a year ahead; give the time the repair is expected."
     NOTE_TOO_LONG = "note must be text of at most 2000 characters."
+    NOTE_REFUSED = "The note holds a character that cannot be stored; write it without."
     FORM_EXPIRED = "The form had expired; it is fresh now, send it again."
     LOGIN_FAILED = "That token is not valid."
     LOGGED_OUT = "Logged out."
@@ -62,6 +64,15 @@ class Message(Enum):
             if m.name.lower() == code:
                 return m.value
         return ""
+
+    @classmethod
+    def refusal(cls, sentence: str) -> Message:
+        """The message for a refusal of runtime.estimate: its own sentence where the page has
+        it, else the one for a note that cannot be stored (the only other refusal)."""
+        for m in cls:
+            if m.value == sentence:
+                return m
+        return cls.NOTE_REFUSED
 
     @property
     def code(self) -> str:

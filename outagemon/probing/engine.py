@@ -47,6 +47,7 @@ PACKET_LEN = 8 + AUTH_LEN + TAG_LEN  # 24-byte ICMP messages
 POOL = 4096  # authenticators drawn from the CSPRNG at once
 BATCH = 256  # packets per sendmmsg call
 _HEADER = struct.Struct("!HHH8s")  # checksum, identifier, sequence, authenticator
+DRAIN_BUDGET = 512  # packets read from a socket per wakeup of the event loop
 
 UNREACH_REASONS = {
     0: "network unreachable", 1: "host unreachable", 2: "protocol unreachable",
@@ -327,8 +328,15 @@ class Engine:
     authenticated error arrives or the probe times out.
     """
 
-    def __init__(self, on_result: ResultCallback, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        on_result: ResultCallback,
+        timeout: float = 1.0,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.on_result = on_result
+        # Called when on_result raised: the daemon stops (exit 1) rather than go on blind.
+        self.on_failure = on_failure
         self.timeout = timeout
         self.tag = os.urandom(TAG_LEN)
         self.stats = Stats()
@@ -365,11 +373,17 @@ class Engine:
             if self._loop is not None:  # else run() polls the sockets itself
                 from outagemon import logs
 
-                self._loop.add_reader(fam.sock.fileno(), self._drain, fam)
-                logs.get("outagemon.probe").info(
+                self._loop.add_reader(fam.sock.fileno(), self._drain_on_loop, fam)
+                log = logs.get("outagemon.probe")
+                log.info(
                     "probe.socket", family="ipv6" if fam.v6 else "ipv4", raw=fam.raw,
                     rcvbuf=fam.rcvbuf,
                 )  # fmt: skip
+                if fam.rcvbuf < RCVBUF_BYTES:
+                    # Without CAP_NET_ADMIN the kernel caps the buffer at net.core.rmem_max
+                    # (and doubles it): a burst of replies larger than it is dropped.
+                    log.warning("probe.rcvbuf_small", effective=fam.rcvbuf, wanted=RCVBUF_BYTES,
+                                advice=f"sysctl -w net.core.rmem_max={RCVBUF_BYTES}")  # fmt: skip
         return fam
 
     def close(self) -> None:
@@ -560,7 +574,7 @@ class Engine:
         recvfrom = fam.sock.recvfrom
         inet_pton = socket.inet_pton
         family = fam.family
-        while True:
+        for _ in range(DRAIN_BUDGET):
             try:
                 data, addr = recvfrom(2048)
             except (BlockingIOError, InterruptedError):
@@ -573,6 +587,22 @@ class Engine:
                 self._parse_v6(data, source)
             else:
                 self._parse_v4(data, source, fam.raw)
+
+    def _failed(self, e: Exception) -> None:
+        """on_result raised: said loudly, and passed on to whoever can stop the daemon."""
+        from outagemon import logs
+
+        logs.get("outagemon.probe").error("probe.result_failed", error=repr(e), exc_info=e)
+        if self.on_failure is not None:
+            self.on_failure(e)
+
+    def _drain_on_loop(self, fam: _Family) -> None:
+        """The event loop's reader: a failing result callback is said loudly and passed on
+        to whoever can stop the daemon, never lost inside the loop's handler."""
+        try:
+            self._drain(fam)
+        except Exception as e:
+            self._failed(e)
 
     def _drain_batched(self, fam: _Family) -> None:
         """Up to BATCH packets per system call (recvmmsg). An echo reply to a raw IPv4
@@ -587,7 +617,9 @@ class Engine:
         at, alen, asize = inbox.addr_at, inbox.addr_len, inbox.addr_size
         raw_v4 = fam.raw and not fam.v6
         reply_len = 20 + PACKET_LEN  # an IPv4 header without options, then our message
-        while True:
+        # At most DRAIN_BUDGET packets a wakeup: the selector calls again at once if more
+        # wait, after the loop's other work, so a flood of ICMP cannot starve /check.
+        for _ in range(DRAIN_BUDGET // BATCH):
             got, error = inbox.receive(fd)
             if not got:
                 if error == errno.EINTR:
@@ -722,8 +754,14 @@ class Engine:
         self._sweeper = self._loop.call_later(min(0.05, self.timeout / 4), self._sweep)
 
     def _sweep(self) -> None:
-        self._expire(time.monotonic())
-        self._schedule_sweep()
+        try:
+            self._expire(time.monotonic())
+        except Exception as e:
+            self._failed(e)
+        finally:
+            # Whatever happened, lost probes go on being reported.
+            if self._sweeper is not None:  # None once closed
+                self._schedule_sweep()
 
     def _expire(self, now: float) -> None:
         expiry = self._expiry

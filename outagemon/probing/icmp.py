@@ -60,7 +60,15 @@ class IcmpSource:
         """Open the sockets and begin; returns the background tasks, by name."""
         probe = self.probe
         self._targets(targets)
-        self.engine = Engine(lambda *a: None, timeout=probe.timeout)
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_failure(e: BaseException) -> None:
+            # A result callback raised: results are no longer trusted. The "engine" task
+            # fails with it, and the daemon stops (exit 1) for systemd to restart it.
+            if not failed.done():
+                failed.set_exception(e)
+
+        self.engine = Engine(lambda *a: None, timeout=probe.timeout, on_failure=on_failure)
         families = {socket.AF_INET6 if ":" in ip else socket.AF_INET for ip in self.node_of}
         try:
             self.engine.open(tuple(sorted(families)) or (socket.AF_INET,))
@@ -76,7 +84,8 @@ class IcmpSource:
         self.scheduler.set_targets(list(self.node_of))
         shown.metrics.on_collect(lambda: self._probe_metrics(shown.metrics))
         shown.not_ready = "the first probe round has not finished yet"
-        return {"scheduler": self.scheduler.run(), "correlate": self._correlate(feed, shown)}
+        return {"scheduler": self.scheduler.run(), "correlate": self._correlate(feed, shown),
+                "engine": _wait(failed)}  # fmt: skip
 
     def retarget(self, targets: dict[str, str], probe: ProbeConfig) -> None:
         """A reload: new targets, interval and rate; the old targets keep their phase."""
@@ -121,3 +130,7 @@ class IcmpSource:
                 sent_before, measured = stats.sent, started
             # Subtract the time the work took, so a busy tick does not slow the rhythm.
             await asyncio.sleep(max(0.0, TICK - (time.monotonic() - started)))
+
+
+async def _wait(failed: asyncio.Future[None]) -> None:
+    await failed

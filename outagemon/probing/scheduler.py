@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from outagemon import logs
+from outagemon.clock import now as steady_now
 from outagemon.probing.engine import Engine
 
 log = logs.get("outagemon.schedule")
@@ -34,7 +35,7 @@ class Outcome:
     rtt: float | None  # seconds
     reason: str | None  # why it was lost
     loss: float  # share lost over the last LOSS_WINDOW probes (this one included)
-    at: float  # wall-clock time of the result
+    at: float  # when (outagemon.clock: wall time at start + monotonic, never stepped)
 
 
 class History:
@@ -154,4 +155,4 @@ class Scheduler:
         if history is None:
             return  # removed by a reload while in flight
         loss = history.add(rtt is None)
-        self.on_outcome(Outcome(target, rtt is not None, rtt, reason, loss, time.time()))
+        self.on_outcome(Outcome(target, rtt is not None, rtt, reason, loss, steady_now()))

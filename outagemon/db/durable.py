@@ -1,0 +1,128 @@
+"""Writes as records: plain JSON data, kept in the journal file (`db/spool.py`) until the
+database has them, and read back after a restart.
+
+A record holds everything its write needs, captured when it happened (wall-clock times,
+for storage), so it can be written later, in another process. `pending()` reads the
+records the database may not have into what the monitor keeps in memory (open
+incidents, estimates, planned works, the highest ids handed out): after a restart
+without the database, detection and /check go on from there, and ids are not reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from outagemon.core.incidents import Event, EventKind, Incident, Kind, Maintenance
+from outagemon.db.spool import Record
+
+# Writes that are never dropped, from memory or from the file: losing one would leave an
+# incident open (or missing) in the database for good, or lose what an engineer was told
+# was taken. Timeline-only and membership writes may be dropped under pressure.
+PRECIOUS = frozenset({
+    EventKind.OPENED, EventKind.REOPENED, EventKind.MERGED, EventKind.RESOLVED,
+    EventKind.ROOT_MOVED, EventKind.KIND_CHANGED, "eta", "note", "maintenance",
+})  # fmt: skip
+
+
+_EVENTS = frozenset(k.value for k in EventKind)
+
+
+def event_record(e: Event, inc: Incident | None, subscribers: int,
+                 wall: float) -> dict[str, Any]:  # fmt: skip
+    """A correlator event with its incident as it is now (`wall`: the wall clock's step,
+    added to the event's times for storage)."""
+    record: dict[str, Any] = {
+        "at": e.at + wall,
+        "incident": e.incident,
+        "root": e.root,
+        "nodes": list(e.nodes),
+        "detail": e.detail,
+    }
+    if inc is not None:
+        record["snap"] = {
+            "id": inc.id,
+            "kind": inc.kind.value,
+            "root": inc.root,
+            "inferred": inc.inferred,
+            "opened_at": inc.opened_at + wall,
+            "nodes": list(inc.nodes),
+            "subscribers": subscribers,
+        }
+    return record
+
+
+def eta_record(incident: int, eta: float, who: str, at: float) -> dict[str, Any]:
+    return {"incident": incident, "eta": eta, "by": who, "at": at}
+
+
+def note_record(incident: int, note: str, who: str, at: float) -> dict[str, Any]:
+    return {"incident": incident, "note": note, "by": who, "at": at}
+
+
+def maintenance_record(window: Maintenance, who: str, wall: float) -> dict[str, Any]:
+    return {"id": window.id, "node": window.node, "starts_at": window.starts_at + wall,
+            "ends_at": window.ends_at + wall, "reason": window.reason, "by": who}  # fmt: skip
+
+
+def event_of(kind: str, data: dict[str, Any]) -> Event:
+    """The event a record was made from (times as stored)."""
+    return Event(EventKind(kind), float(data["at"]), data.get("incident"), data.get("root"),
+                 tuple(data.get("nodes") or ()), dict(data.get("detail") or {}))  # fmt: skip
+
+
+@dataclass
+class Pending:
+    """What the records say, over what the database said: open incidents (by id), those
+    the records closed, estimates, planned works, and the highest ids seen. Times are
+    wall-clock (as stored)."""
+
+    incidents: dict[int, Incident] = field(default_factory=dict)
+    closed: set[int] = field(default_factory=set)
+    eta: dict[int, float] = field(default_factory=dict)
+    maintenance: dict[int, Maintenance] = field(default_factory=dict)
+    max_incident: int = 0
+    max_maintenance: int = 0
+
+
+def pending(records: list[Record], marks: dict[str, int] | None = None) -> Pending:
+    """Read the records (in order) into what the monitor keeps in memory."""
+    found = Pending(max_incident=(marks or {}).get("incident", 0),
+                    max_maintenance=(marks or {}).get("maintenance", 0))  # fmt: skip
+    for r in records:
+        d = r.data
+        if r.kind == "eta":
+            found.eta[int(d["incident"])] = float(d["eta"])
+        elif r.kind == "maintenance":
+            m = Maintenance(int(d["id"]), str(d["node"]), float(d["starts_at"]),
+                            float(d["ends_at"]), str(d.get("reason", "")))  # fmt: skip
+            found.maintenance[m.id] = m
+            found.max_maintenance = max(found.max_maintenance, m.id)
+        elif r.kind in _EVENTS:
+            _event(found, r.kind, d)
+    return found
+
+
+def _event(found: Pending, kind: str, d: dict[str, Any]) -> None:
+    iid = d.get("incident")
+    if iid is None:
+        return
+    iid = int(iid)
+    found.max_incident = max(found.max_incident, iid)
+    snap = d.get("snap")
+    if kind in (EventKind.OPENED, EventKind.REOPENED) and snap is not None:
+        found.closed.discard(iid)
+        found.incidents[iid] = Incident(
+            id=iid, root=str(snap["root"]), kind=Kind(snap["kind"]),
+            inferred=bool(snap["inferred"]), opened_at=float(snap["opened_at"]),
+            nodes=list(snap["nodes"]) or [str(snap["root"])],
+        )  # fmt: skip
+    elif kind in (EventKind.RESOLVED, EventKind.MERGED):
+        found.incidents.pop(iid, None)
+        found.closed.add(iid)
+    elif iid in found.incidents and snap is not None:
+        inc = found.incidents[iid]
+        inc.nodes = list(snap["nodes"]) or inc.nodes
+        inc.root = str(snap["root"])
+        inc.inferred = bool(snap["inferred"])
+        inc.kind = Kind(snap["kind"])
