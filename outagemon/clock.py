@@ -30,8 +30,11 @@ class SteadyClock:
         return self._base + self._mono()
 
     def step(self) -> float:
-        """How far the wall clock has been stepped since start (0 when it never was)."""
-        return self._wall() - self()
+        """How far the wall clock has been stepped since start (0 when it never was), in
+        whole seconds: the two clocks are never read at the same instant, and a step that
+        jittered by microseconds would turn an engineer's 18:00:00 into 17:59:59.99 — spoken
+        as "17:59". Whole seconds keep a whole-second time whole through wall() and steady()."""
+        return float(round(self._wall() - self()))
 
     def wall(self, t: float) -> float:
         """A time of this clock as wall time: to show or store."""

@@ -56,6 +56,21 @@ def test_the_steady_clock_ignores_a_step_and_converts_for_display() -> None:
     assert steady.steady(c.wall_at + 600) == steady() + 600, "an ETA in 10 minutes"
 
 
+def test_an_engineers_whole_minute_eta_stays_whole_when_the_two_clocks_jitter() -> None:
+    """The wall and monotonic clocks are read a few microseconds apart: an ETA of 18:00:00
+    taken in and shown again must not come back as 17:59:59.99 (spoken "17:59")."""
+    c = Clocks()
+    steady = SteadyClock(c.wall, c.mono)
+    eta = 1_790_006_400.0  # a whole minute
+    for jitter in (-3e-6, 0.0, 2e-6, 4.9e-6):
+        c.wall_at += jitter
+        inside = steady.steady(eta)
+        c.wall_at -= jitter
+        c.wall_at += 1e-6  # read again, a microsecond off the other way
+        assert steady.wall(inside) == eta
+        c.wall_at -= 1e-6
+
+
 def test_a_failed_target_becomes_an_incident_after_the_clock_steps_back_3_hours() -> None:
     """Finding 1: the monitor decides on a clock the wall clock's step does not move."""
     cfg = config.parse("[correlation]\nresolve_hold = 60\n", Path("/etc/outagemon.toml"))

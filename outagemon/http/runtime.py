@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,7 +90,7 @@ def iso(seconds: float | None) -> str:
     same seconds unless the wall clock was stepped since start."""
     if seconds is None:
         return ""
-    return _iso(round(clock.wall(seconds)))
+    return _iso(math.floor(clock.wall(seconds)))  # whole seconds: few keys for the cache
 
 
 def iso_wall(seconds: float | None) -> str:
