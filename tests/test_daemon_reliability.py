@@ -157,7 +157,9 @@ def test_a_hung_database_is_told_apart_and_reads_answer_within_their_budget(
             started = time.monotonic()
             status, body = proc.get("/api/v1/incidents?state=resolved")
             assert status == 503 and "database" in str(body["error"])
-            assert time.monotonic() - started < 2.0, "the read's budget is 1 s"
+            # The read's budget is 1 s; unbounded, it would wait for the 60 s command timeout.
+            # The margin is for a loaded machine (2.007 s was seen with load average 9).
+            assert time.monotonic() - started < 3.0, "the read's budget is 1 s"
             proc.process.send_signal(signal.SIGHUP)  # an inventory write, to the hung database
             wait("the writer says the database is away", lambda: metric(proc, "outagemon_db_up")
                  == 0.0, within=20, proc=proc)  # fmt: skip

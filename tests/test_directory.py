@@ -179,7 +179,9 @@ def city() -> Directory:
     return CITY_DIR
 
 
-@settings(max_examples=100)
+# No deadline: the first example loads the generated city, which on a busy machine takes
+# longer than hypothesis's 200 ms; lookup speed is measured by benchmarks.directory_bench.
+@settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_every_served_address_of_a_generated_city_finds_its_node(data: st.DataObject) -> None:
     d = city()

@@ -78,9 +78,10 @@ async def test_with_page_auth_a_browser_logs_in_and_its_session_cookie_is_out_of
         # Scripts on the page (an injected one included) cannot read the session.
         assert "om_session" not in await b.eval("document.cookie")
         # A write session signs the form by itself: no token field, and it saves.
+        soon = (datetime.now() + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
         assert await b.eval("document.querySelector('input[name=token]') === null")
         await b.eval(
-            "document.querySelector('input[name=eta]').value = '2099-01-01T18:30';"
+            f"document.querySelector('input[name=eta]').value = '{soon}';"
             "document.querySelector('form[action^=\"/incidents\"]').submit(); true"
         )
         await b.wait_for("location.search === '?message=saved'")
