@@ -205,3 +205,35 @@ async def test_a_database_that_goes_away_keeps_the_queue_and_comes_back(fresh_db
     await asyncio.gather(task, return_exceptions=True)
     assert [r["x"] for r in await fresh.fetch("select x from t")] == [1]
     await fresh.close()
+
+
+async def test_a_coalesced_write_that_cannot_be_made_is_refused_and_the_writer_goes_on(
+    pool: asyncpg.Pool,
+) -> None:
+    metrics = Registry()
+    writer = Writer(None, 1000, metrics)
+
+    def make(values: list[float]) -> Op:
+        datetime.fromtimestamp(values[0])  # year 10000: OverflowError/ValueError
+        return insert(99)
+
+    writer.latest("node_states", [1e12], lambda a, b: b, make)
+    writer.submit("after", insert(1))
+    writer.attach(pool)
+    await run_until_idle(writer)
+    assert [r["x"] for r in await pool.fetch("select x from t")] == [1]
+    assert metrics.counter("outagemon_db_failed_total", "").get() == 1
+
+
+def test_a_journal_record_no_write_can_hold_is_refused_and_acknowledged(tmp_path: Path) -> None:
+    from outagemon.db.journal import Journal
+
+    spool = Spool(tmp_path)
+    spool.open()
+    seq = spool.append("eta", {"incident": 1, "eta": 1e15, "by": "x", "at": 0.0}, True)
+    assert seq is not None
+    replayed = list(spool.pending.values())
+    writer = Writer(None, 1000, Registry(), spool=spool)
+    Journal(writer, spool).replay(replayed)
+    assert len(writer) == 0 and spool.pending == {}
+    spool.close()

@@ -124,7 +124,19 @@ class Journal:
         precious = kind in durable.PRECIOUS
         seq = self.spool.append(kind, record, precious) if self.spool is not None else None
         size = self.spool.pending[seq].size if seq is not None and self.spool else _size(record)
-        self.writer.submit(kind, op_of(kind, record), size=size, precious=precious, seq=seq)
+        self._submit(kind, record, size, precious, seq)
+
+    def _submit(self, kind: str, record: dict[str, Any], size: int, precious: bool,
+                seq: int | None) -> None:  # fmt: skip
+        assert self.writer is not None
+        try:
+            op = op_of(kind, record)
+        except Exception as e:  # a value no write can hold: refused, as the writer would
+            log.error("db.write_refused", write=kind, error=str(e) or type(e).__name__)
+            if seq is not None and self.spool is not None:
+                self.spool.done(seq)
+            return
+        self.writer.submit(kind, op, size=size, precious=precious, seq=seq)
 
     def sync(self) -> None:
         """Make what was kept durable (one fsync for a tick's events, or a request's write)."""
@@ -136,8 +148,7 @@ class Journal:
         if self.writer is None:
             return
         for r in records:
-            self.writer.submit(r.kind, op_of(r.kind, r.data), size=r.size,
-                               precious=r.precious, seq=r.seq)  # fmt: skip
+            self._submit(r.kind, r.data, r.size, r.precious, r.seq)
 
     def event(self, e: Event, inc: Incident | None, subscribers: int) -> None:
         """A correlator event (`inc`: its incident while still open, `subscribers` behind

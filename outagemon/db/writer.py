@@ -177,8 +177,13 @@ class Writer:
                 if waiting is None or waiting[0] is not item:
                     self._queue.popleft()
                     continue
-                item.op = waiting[2](waiting[1])
                 del self._latest[item.name]
+                try:
+                    item.op = waiting[2](waiting[1])
+                except Exception as e:  # a value that cannot be written: this write only
+                    self._refused(item, str(e) or type(e).__name__)
+                    self._finished(item)
+                    continue
             return item, item.op
         return None
 
