@@ -11,10 +11,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from outagemon import __version__, logs, messages
+from outagemon import __version__, logs
 from outagemon.config import Config
-from outagemon.directory import Directory
-from outagemon.messages import Texts
+from outagemon.core import messages
+from outagemon.core.assess import AnswerMemory
+from outagemon.core.directory import Directory
+from outagemon.core.messages import Texts
 from outagemon.metrics import Metric, Registry
 from outagemon.monitor import Monitor
 
@@ -35,6 +37,7 @@ class Runtime:
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
     probe_rate: float = 0.0  # probes a second, as last measured
     texts: Texts = field(default_factory=lambda: messages.load("ru"))
+    answers: AnswerMemory = field(default_factory=AnswerMemory)  # what /check remembers
     checks: Metric = field(init=False)  # /check answers by status and channel
 
     def __post_init__(self) -> None:
@@ -151,10 +154,10 @@ def make_app(runtime: Runtime) -> web.Application:
     routes.get("/healthz")(healthz)
     routes.get("/readyz")(readyz)
     routes.get("/metrics")(metrics)
-    from outagemon import api, web_page
+    from outagemon.http import api, page
 
     api.setup(routes)
-    web_page.setup(routes)
+    page.setup(routes)
     for route in routes:
         assert isinstance(route, web.RouteDef)
         app.router.add_route(route.method, route.path, sentences(route.handler),

@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 import hmac
 import json
-import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,21 +19,21 @@ import orjson
 from aiohttp import hdrs, web
 
 from outagemon import logs
-from outagemon.app import JSON, RUNTIME, Runtime, json_response
 from outagemon.config import Token
-from outagemon.correlate import Incident, Kind, Maintenance, State
-from outagemon.directory import Directory, Match
-from outagemon.messages import Texts, next_local_day
+from outagemon.core.assess import Answer, KeptBody, Status, assess
+from outagemon.core.directory import Directory, Match
+from outagemon.core.incidents import Incident, Maintenance
+from outagemon.core.messages import Texts, next_local_day
+from outagemon.http.app import JSON, RUNTIME, Runtime, json_response
 from outagemon.monitor import Monitor
-from outagemon.openapi import STATUSES
 
 log = logs.get("outagemon.api")
 
 MAX_NOTE = 2000
 # The metric's label sets, made once rather than sorted on every answer.
 _CHECK_KEYS = {
-    (status, channel): (("channel", channel), ("status", status))
-    for status in STATUSES
+    (status.value, channel): (("channel", channel), ("status", status.value))
+    for status in Status
     for channel in ("ivr", "helpdesk")
 }  # fmt: skip
 
@@ -128,124 +126,6 @@ def authorise(request: web.Request, write: bool, rt: Runtime | None = None) -> s
 # -- the phone menu's question ---------------------------------------------------------
 
 
-@dataclass
-class Answer:
-    status: str
-    incident: Incident | None = None
-    node: str = ""
-    since: float | None = None
-    eta: float | None = None
-    until: float | None = None
-    resolved: float | None = None
-    kept: bool = False  # remembered for its serving node (see _assess_path), not made anew
-    # Its JSON for the buildings behind that node, with the flat left out (see _body_of).
-    bodies: dict[tuple[int, str, bool], tuple[Any, ...]] | None = None
-
-
-def assess(monitor: Monitor | None, directory: Directory, match: Match, now: float,
-           restored_for: float) -> Answer:  # fmt: skip
-    """The status for a place in the network (the core of /check, without HTTP)."""
-    if not match.found:
-        return Answer("ambiguous" if match.ambiguous else "not_found")
-    if monitor is None or not monitor.first_round_done:
-        return Answer("unknown", node=match.nodes[0])
-    first = _assess_node(monitor, directory, match.nodes[0], match, now, restored_for)
-    if len(match.nodes) == 1:
-        return first
-    others = [_assess_node(monitor, directory, n, match, now, restored_for)
-              for n in match.nodes[1:]]  # fmt: skip
-    same = all(a.status == first.status and a.incident is first.incident for a in others)
-    if not same:
-        # A house split between entrances, and the caller gave no flat.
-        return Answer("ambiguous", node=match.nodes[0])
-    return first
-
-
-def _assess_node(monitor: Monitor, directory: Directory, node: str, match: Match, now: float,
-                 restored_for: float) -> Answer:  # fmt: skip
-    c = monitor.correlator
-    sub = match.subscriber
-    serving = sub.serving if sub is not None else node
-    if c.blind:
-        return Answer("unknown", node=serving)
-    before, after = _assess_path(monitor, directory, serving, now, restored_for)
-    if before is not None:
-        return before
-    if sub is not None and sub.ip:
-        ns = c.states.get(node)  # the router's own state, never remembered
-        if ns is not None and ns.state is State.DOWN:
-            return Answer("cpe_down", node=serving, since=ns.down_at)
-    return after
-
-
-def _assess_path(monitor: Monitor, directory: Directory, node: str, now: float,
-                 restored_for: float) -> tuple[Answer | None, Answer]:  # fmt: skip
-    """(an incident or planned works on the path, else None; what to say otherwise).
-
-    Remembered per serving node until anything it depends on changes (the correlator's
-    version) or the clock reaches a moment that changes it (planned works starting or
-    ending, a "restored" answer running out): during a surge, the callers of one building
-    are asking the same question."""
-    cache: dict[str, Any] = monitor.answers
-    version = monitor.correlator.version
-    cached = cache.get(node)
-    if cached is not None and cached[0] == version and now < cached[1]:
-        return cached[2], cached[3]
-    before, after, expires = _walk_path(monitor, directory, node, now, restored_for)
-    after.kept = True
-    if before is not None:
-        before.kept = True
-    if len(cache) > 200_000:
-        cache.clear()
-    cache[node] = (version, expires, before, after)
-    return before, after
-
-
-def _walk_path(monitor: Monitor, directory: Directory, node: str, now: float,
-               restored_for: float) -> tuple[Answer | None, Answer, float]:  # fmt: skip
-    """What _assess_path says, and until when the clock alone leaves it true."""
-    c = monitor.correlator
-    topo = directory.topology
-    path = [node, *topo.ancestors(node)] if node in topo else [node]
-    for n in path:
-        inc = c.incident_for(n)
-        if inc is None:
-            continue
-        if inc.recovering_since is not None:
-            found = Answer("restored", inc, node, inc.opened_at, resolved=inc.recovering_since)
-            return found, found, math.inf
-        status = "maintenance" if inc.kind is Kind.MAINTENANCE else "outage"
-        found = Answer(status, inc, node, inc.opened_at, monitor.eta.get(inc.id),
-                       until=inc.maintenance_until)  # fmt: skip
-        return found, found, math.inf
-    on_path = set(path)
-    expires = math.inf  # the next start or end of planned works on the path
-    for w in monitor.maintenance:
-        if w.node not in on_path:
-            continue
-        if w.starts_at <= now < w.ends_at:
-            found = Answer("maintenance", node=node, since=w.starts_at, until=w.ends_at)
-            return found, found, w.ends_at
-        if w.starts_at > now:
-            expires = min(expires, w.starts_at)
-    for n in path:
-        recent = monitor.recent.get(n)
-        if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
-            said = Answer("restored", recent, node, recent.opened_at, resolved=recent.resolved_at)
-            return None, said, min(expires, recent.resolved_at + restored_for)
-    # Nothing on the path has been seen yet (a new node, or just after blindness).
-    nodes, states = topo.nodes, c.states
-    seen_any = False
-    for n in path:
-        here = nodes.get(n)
-        if here is not None and here.probed:
-            seen_any = True
-            ns = states.get(n)
-            if ns is not None and ns.state is not State.UNKNOWN and ns.state is not State.RECHECK:
-                return None, Answer("ok", node=node), expires
-    return None, Answer("unknown" if seen_any else "ok", node=node), expires
-
-
 _KEYS = ("phone", "account", "address", "node")
 
 
@@ -294,17 +174,18 @@ async def check(request: web.Request) -> web.Response:
         raise bad("channel must be ivr or helpdesk.")
     matched_by, match = find(rt.directory, q)
     now = time.time()
-    answer = assess(rt.monitor, rt.directory, match, now, rt.config.messages.restored_for)
+    answer = assess(rt.monitor, rt.directory, match, now, rt.config.messages.restored_for,
+                    rt.answers)  # fmt: skip
     inc = answer.incident
     if inc is not None and rt.monitor is not None:
         rt.monitor.count_call(inc.id)
     rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
     if fmt == "text":
         return web.Response(text=f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n")
-    return web.Response(body=_body_of(rt, answer, match, matched_by, now), headers=JSON)
+    return web.Response(body=remembered_body(rt, answer, match, matched_by, now), headers=JSON)
 
 
-def _body(texts: Texts, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
+def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
     """The JSON of a /check answer, written out."""
     inc = answer.incident
     address = match.address_text()
@@ -331,8 +212,9 @@ _FLAT_MARK = "\x00"
 _FLAT_MARK_JSON = b"\\u0000"  # as orjson writes it
 
 
-def _body_of(rt: Runtime, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
-    """_body, remembered with the answer for each building it is given for, during a surge.
+def remembered_body(rt: Runtime, answer: Answer, match: Match, matched_by: str,
+                    now: float) -> bytes:  # fmt: skip
+    """check_body(), remembered with the answer for each building it is given for, during a surge.
 
     The body is kept as its pieces around each place the flat appears (the message and
     the address), and the caller's flat, JSON-escaped, joins them. That is the same text
@@ -343,23 +225,28 @@ def _body_of(rt: Runtime, answer: Answer, match: Match, matched_by: str, now: fl
     estimate in it passes, and goes with the answer when the network changes."""
     texts, address, flat = rt.texts, match.address, match.flat
     if address is None or not answer.kept or not texts.plain_address or _FLAT_MARK in flat:
-        return _body(texts, answer, match, matched_by, now)
+        return check_body(texts, answer, match, matched_by, now)
     if answer.bodies is None:
         answer.bodies = {}
     key = (id(address), matched_by, flat != "")
     found = answer.bodies.get(key)
-    if found is not None and found[0] is address and found[1] is texts and now < found[2]:
-        return _json_text(flat).join(found[3])
-    body = _body(texts, answer, match, matched_by, now)
+    if (
+        found is not None
+        and found.address is address
+        and found.texts is texts
+        and now < found.until
+    ):
+        return _json_text(flat).join(found.pieces)
+    written = check_body(texts, answer, match, matched_by, now)
     marked = Match(match.nodes, address, match.subscriber, (), _FLAT_MARK if flat else "")
-    pieces = tuple(_body(texts, answer, marked, matched_by, now).split(_FLAT_MARK_JSON))
-    if _json_text(flat).join(pieces) == body:  # a check that cannot cost a wrong answer
+    pieces = tuple(check_body(texts, answer, marked, matched_by, now).split(_FLAT_MARK_JSON))
+    if _json_text(flat).join(pieces) == written:  # a check that cannot cost a wrong answer
         until = next_local_day(now)
         if answer.eta is not None and answer.eta > now:
             until = min(until, answer.eta)  # then "work continues" is said instead
         # The entry holds the address, so the id in the key stays its.
-        answer.bodies[key] = (address, texts, until, pieces)
-    return body
+        answer.bodies[key] = KeptBody(address, texts, until, pieces)
+    return written
 
 
 def _json_text(text: str) -> bytes:
@@ -414,7 +301,7 @@ def _open(rt: Runtime) -> list[dict[str, Any]]:
 
 
 async def _stored(rt: Runtime, state: str) -> list[dict[str, Any]]:
-    from outagemon import store
+    from outagemon.db import store
 
     if rt.pool is None:
         return []
@@ -452,7 +339,7 @@ def _incident_id(request: web.Request) -> int:
 
 
 async def _one(rt: Runtime, iid: int) -> dict[str, Any] | None:
-    from outagemon import store
+    from outagemon.db import store
 
     if rt.monitor is not None and iid in rt.monitor.correlator.incidents:
         return incident_json(rt.monitor.correlator.incidents[iid], rt.monitor)
@@ -467,7 +354,7 @@ async def _one(rt: Runtime, iid: int) -> dict[str, Any] | None:
 
 
 async def incident(request: web.Request) -> web.Response:
-    from outagemon import store
+    from outagemon.db import store
 
     authorise(request, write=False)
     rt = request.app[RUNTIME]
@@ -558,7 +445,7 @@ async def add_maintenance(request: web.Request) -> web.Response:
 
 
 def setup(routes: web.RouteTableDef) -> None:
-    from outagemon.openapi import spec
+    from outagemon.http.openapi import spec
 
     routes.get("/api/v1/check")(check)
     routes.get("/api/v1/incidents")(incidents)

@@ -1,0 +1,285 @@
+"""From probe results to incidents: a pure state machine (no I/O, no clock).
+
+Time is passed in; every decision can be replayed exactly in a test. The daemon feeds it
+`observe()` for each probe result and `tick()` a few times a second, sends the probes it
+asks for (`take_requests()`), and persists the events it returns.
+
+Cut by concern, as one class in three layers and a book: each node's health
+(hysteresis, loss history, flapping) is `core/health.py`; the failed set and inference
+from children failing together, `core/failures.py`; the incidents and their events, the
+book (`core/incidents.py`); this module is the decision core. Roots: failed nodes with a
+surviving uplink; everything cut off behind a root is in the root's incident. Inferred
+roots: a node whose children fail together. Incidents settle before they open (a
+child's failure waits for fresh evidence about its ancestors), absorb incidents below a
+new higher root, split when part stays down after the root recovers, resolve after the
+root has been up `resolve_hold` seconds, and are not opened while the monitor is blind.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from outagemon.core.failures import Failures
+from outagemon.core.health import NodeState, Settings, State
+from outagemon.core.incidents import Event, EventKind, Incident, IncidentBook, Maintenance
+from outagemon.core.topology import Topology
+
+
+class Correlator(Failures):
+    """The decisions: which failed nodes are roots, and what the incidents are.
+
+    Invariants its caches keep between ticks (besides those of `Failures`):
+    `_roots_cache` holds the roots of `_cut_cache` (failed, not cut off by other failures,
+    never a router), valid while `_dirty` is unset; `_pending_since` the roots waiting to
+    settle, with the time their failure began, and `_blocked` the ancestor that held each
+    back, with the time of that ancestor's last result; `_scope` the planned works active
+    at the last tick, for every node they cover."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        settings: Settings,
+        anchors: Iterable[str] = (),
+        next_id: int = 1,
+    ) -> None:
+        super().__init__(topology, settings, anchors)
+        self.book = IncidentBook(next_id)
+        self.maintenance: list[Maintenance] = []
+        self._scope: dict[str, Maintenance] = {}  # node -> active window covering it
+        self._pending_since: dict[str, float] = {}  # root candidates waiting to settle
+        self._blocked: dict[str, tuple[str, float]] = {}  # pending root -> (ancestor, its last_at)
+        self._roots_cache: list[str] = []
+
+    # -- the incident book, as the API, the page and the monitor read it ---------------
+
+    @property
+    def incidents(self) -> dict[int, Incident]:
+        """Open incidents (recovering included), by id."""
+        return self.book.incidents
+
+    @property
+    def node_incident(self) -> dict[str, int]:
+        """Node -> the open incident that covers it."""
+        return self.book.node_incident
+
+    @property
+    def next_id(self) -> int:
+        return self.book.next_id
+
+    def incident_for(self, node: str) -> Incident | None:
+        return self.book.incident_for(node)
+
+    def last_resolved(self, root: str) -> Incident | None:
+        """The last incident of this root that resolved (reopened if it fails again soon)."""
+        return self.book.resolved.get(root)
+
+    # -- input besides probe results -------------------------------------------------
+
+    def set_maintenance(self, windows: Iterable[Maintenance], now: float) -> None:
+        """Planned works, all of them: nodes they cover open maintenance, not outages."""
+        self.version += 1
+        self.maintenance = sorted(windows, key=lambda m: m.starts_at)
+        self._refresh_scope(now)
+        self._dirty = True
+
+    def _refresh_scope(self, now: float) -> None:
+        """The planned works active now, for every node they cover (the longest wins)."""
+        scope: dict[str, Maintenance] = {}
+        for m in self.maintenance:
+            if m.starts_at <= now < m.ends_at and m.node in self.topology:
+                for n in (m.node, *self.topology.descendants(m.node)):
+                    if n not in scope or scope[n].ends_at < m.ends_at:
+                        scope[n] = m
+        self._scope = scope
+
+    def set_topology(self, topology: Topology) -> None:
+        """A reloaded topology: nodes that still exist keep their state."""
+        self.version += 1  # paths from callers to the core may have changed
+        self.topology = topology
+        for gone in [n for n in self.states if n not in topology and n not in self.anchors]:
+            del self.states[gone]
+        self.inferred = {n: t for n, t in self.inferred.items() if n in topology}
+        self._down = {n for n in self._down if n in topology}
+        self._removed = True
+        self._changed.update(self.states)
+        self._dirty = True
+
+    def restore(self, incidents: Iterable[Incident], next_id: int) -> None:
+        """Open incidents from the database after a restart: they continue with their ids.
+
+        Their nodes are taken as down until a fresh probe says otherwise.
+        """
+        self.version += 1
+        book = self.book
+        for inc in incidents:
+            book.incidents[inc.id] = inc
+            for n in inc.nodes:
+                book.node_incident[n] = inc.id
+                if n in self.topology and self.topology.nodes[n].probed:
+                    ns = self.states.setdefault(n, NodeState(changed_at=inc.opened_at))
+                    ns.state = State.RECHECK if n != inc.root else State.DOWN
+                    ns.down_at = inc.opened_at
+                    if ns.state is State.DOWN:
+                        self._fail(n)
+                    self._requests.append(n)
+            root = self.topology.nodes.get(inc.root)
+            if root is not None and not root.probed:
+                self._infer_down(inc.root, inc.opened_at)
+        book.next_id = max(book.next_id, next_id)
+        self._dirty = True
+
+    # -- the decision ----------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Event]:
+        """Decide what the results so far mean; return the events since the last tick."""
+        self._refresh_scope(now)
+        self._vantage(now)
+        if self._changed or self._reconsider:
+            self._infer(now)
+        self._decide(now)
+        events = self.book.take_events()
+        if events:
+            self.version += 1
+        return events
+
+    def _vantage(self, now: float) -> None:
+        """Blind while every anchor is down: nothing opens, and what failed meanwhile is
+        no evidence; when an anchor answers again, every failed node is probed afresh."""
+        states = [self.states.get(a) for a in self.anchors]
+        blind = bool(states) and all(ns is not None and ns.state is State.DOWN for ns in states)
+        if blind and not self.blind:
+            self.version += 1
+            self.blind = True
+            self.book.events.append(
+                Event(EventKind.BLIND, now, detail={"anchors": list(self.anchors)})
+            )
+        elif not blind and self.blind:
+            self.version += 1
+            self.blind = False
+            # What failed while we could not see is not evidence: look again.
+            for ns in self.states.values():
+                ns.stale_before = now
+                ns.losses = 0
+            for node in list(self._down):
+                if node not in self.anchors:
+                    self.states[node].state = State.RECHECK
+                    self._unfail(node)
+                    self._requests.append(node)
+            for node in list(self.inferred):
+                self._infer_up(node)
+            self._pending_since.clear()
+            self._dirty = True
+            self.book.events.append(Event(EventKind.SEEING, now))
+
+    def _vantage_clean(self) -> bool:
+        """At least one anchor answers with no loss streak: our own view can be trusted."""
+        for a in self.anchors:
+            ns = self.states.get(a)
+            if ns is not None and ns.state is State.UP and ns.losses == 0:
+                return True
+        return False
+
+    def _settled(self, root: str, since: float, now: float) -> bool:
+        """Fresh evidence that nothing above this root failed too, or `window` has passed.
+
+        Fresh means answered since the root's trouble began (its first lost probe, when
+        its ancestors were asked to be probed too)."""
+        if now - since >= self.settings.window:
+            return True
+        own = self.states.get(root)
+        if own is not None and own.state is State.DOWN and own.streak_at:
+            since = min(since, own.streak_at)
+        blocked = self._blocked.get(root)
+        if blocked is not None:
+            # Nothing new about the ancestor that held it back last time: still held.
+            ns = self.states.get(blocked[0])
+            if ns is not None and ns.last_at == blocked[1]:
+                return False
+        for a in self.topology.ancestors(root):
+            node = self.topology.nodes[a]
+            if not node.probed:
+                continue
+            ns = self.states.get(a)
+            if ns is None or ns.state is not State.UP or ns.losses > 0 or ns.last_at < since:
+                self._blocked[root] = (a, ns.last_at if ns is not None else -math.inf)
+                return False
+        self._blocked.pop(root, None)
+        return True
+
+    def _decide(self, now: float) -> None:
+        """Roots and incidents from the failed set: the cut and its roots are brought up to
+        date (from scratch after a removal, else by what was added), each settled root gets
+        its incident from the book, the book assigns cut-off nodes when anything changed,
+        and incidents whose root no longer fails recover and resolve."""
+        changed = self._dirty
+        if self._dirty:
+            # Work in proportion to what failed, never to the size of the network; and when
+            # failures were only added, only to what they add.
+            self._dirty = False
+            nodes = self.topology.nodes
+            added = [n for n in self._added if n in self._down or n in self.inferred]
+            if self._removed:
+                failed = self._failed()
+                cut = self._cut(failed)
+                candidates: Iterable[str] = failed
+                keep: list[str] = []
+            else:
+                # Subscribers' routers are most of what fails in a mass outage: leaves of
+                # kind cpe cut off nothing and are never roots, so they only join the cut.
+                inner = [n for n in added if nodes[n].children or nodes[n].kind != "cpe"]
+                cut = self._cut_cache
+                cut.update(added)
+                cut = self._cut(set(inner), cut) if inner else cut
+                added = inner
+                # Old roots stay roots unless a new failure could be above them (a node with
+                # children); routers and other leaves explain nothing.
+                old = self._roots_cache if any(nodes[n].children for n in added) else []
+                if not old:
+                    candidates = added
+                    keep = self._roots_cache
+                else:
+                    candidates = [*old, *added]
+                    keep = []
+            self._added = set()
+            self._removed = False
+            self._cut_cache = cut
+            self._roots_cache = keep + [
+                n for n in dict.fromkeys(candidates)
+                if nodes[n].kind != "cpe"
+                and not (nodes[n].parents and all(p in cut for p in nodes[n].parents))
+            ]  # fmt: skip
+        cut, roots = self._cut_cache, self._roots_cache
+        book = self.book
+        opened = False
+        by_root = {inc.root: inc for inc in book.incidents.values()}
+        can_open = not self.blind and self._vantage_clean()
+        active: list[Incident] = []
+        for root in sorted(roots, key=lambda r: (r not in by_root, r)):
+            inc = by_root.get(root)
+            if inc is None:
+                since = self._pending_since.setdefault(root, self._failed_since(root))
+                if not can_open or not self._settled(root, since, now):
+                    continue
+                inc = book.open(root, cut, by_root, now, self.topology, root in self.inferred,
+                                self._failed_since(root), self._scope.get(root))  # fmt: skip
+                by_root[root] = inc
+                opened = True
+            self._pending_since.pop(root, None)
+            active.append(inc)
+            if inc.recovering_since is not None:
+                book.refailed(inc, now)
+        for gone in [r for r in self._pending_since if r not in roots]:
+            del self._pending_since[gone]
+            self._blocked.pop(gone, None)
+        if opened or (changed and active):
+            book.assign(active, cut, now, self.topology)
+        book.recover(set(roots), cut, now, self.states, self.settings.resolve_hold)
+        self.version += book.end_works(now, self._scope, self.settings.resolve_hold)
+
+    def _failed_since(self, root: str) -> float:
+        """When a root's failure began: inferred, or down by its own probes."""
+        if root in self.inferred:
+            return self.inferred[root]
+        ns = self.states.get(root)
+        return ns.down_at if ns is not None else 0.0
