@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from outagemon import api
+from outagemon.core import assess as check
 from outagemon.sim import truth, worlds
 from outagemon.sim.oracle import Oracle
 from outagemon.sim.worlds import Action, Customer, Device, Step, World
@@ -95,13 +95,14 @@ def test_a_plain_fault_and_its_repair_agree_with_the_oracle() -> None:
 
 
 def test_a_check_that_always_says_ok_is_caught_and_shrunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = api.assess
+    real = check.assess
 
-    def always_ok(*args: object, **kwargs: object) -> api.Answer:
+    def always_ok(*args: object, **kwargs: object) -> check.Answer:
         answer = real(*args, **kwargs)  # type: ignore[arg-type]
-        return api.Answer("ok", node=answer.node) if answer.status == "outage" else answer
+        outage = answer.status is check.Status.OUTAGE
+        return check.Answer(check.Status.OK, node=answer.node) if outage else answer
 
-    monkeypatch.setattr(api, "assess", always_ok)
+    monkeypatch.setattr(check, "assess", always_ok)
     world = worlds.generate(random.Random(3), 3)
     world = World(world.seed, small([]).devices, small([]).customers,
                   (Step(0, Action.LOSS, value=0.05), Step(60, Action.LOSS),

@@ -25,12 +25,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from outagemon.sim.worlds import FLAP_LOOKBACK, Action, World
+from outagemon.sim.worlds import Action, World, flap_lookback
 
-# How long a fault must last to be surely seen (a streak of losses and the settling of
-# its ancestors), and how short it must be to be surely missed; in between, either.
-SURELY_SEEN = 25.0
-SURELY_MISSED = 3.0
 # An incident opened (or moved) at t must name a node that was down, and a root, at some
 # moment of the last EXPLAIN seconds: detection and settling take at most this long.
 EXPLAIN = 120.0
@@ -141,8 +137,9 @@ class Oracle:
 
     def visible(self, down: set[str], since: dict[str, float]) -> set[str]:
         """Down nodes the monitor can know are down: probed ones, and nodes without an
-        address whose children (those that were up) failed together, at least
-        infer_min_children of them and infer_ratio of them."""
+        address whose children failed together (within `window` of the last of them to
+        fail), at least infer_min_children of them and infer_ratio of those that were up
+        (a child down since long before counts neither way)."""
         w = self.world
         seen: set[str] = set()
         for n in self.order:
@@ -151,14 +148,10 @@ class Oracle:
             if self.probed[n]:
                 seen.add(n)
                 continue
-            base = 0
-            failed = 0
-            for c in self.children[n]:
-                if c in seen:
-                    if since[c] < since[n] - w.window:
-                        continue  # down long before: not one of its up children
-                    failed += 1
-                base += 1
+            kids = self.children[n]
+            latest = max((since[c] for c in kids if c in seen), default=0.0)
+            failed = sum(1 for c in kids if c in seen and since[c] >= latest - w.window)
+            base = failed + sum(1 for c in kids if c not in seen)
             if base >= w.infer_min_children and failed / base >= w.infer_ratio:
                 seen.add(n)
         return seen
@@ -194,7 +187,9 @@ class Oracle:
         self.changes: dict[str, list[float]] = {n: [] for n in self.parents}
         self.last_change: list[float] = []
         self.cover_start: dict[str, float] = {}
-        self.covers: dict[str, list[tuple[float, float]]] = {}  # node -> (from, to) in a cut
+        # node -> (from, to, behind several roots) of each time it was cut off
+        self.covers: dict[str, list[tuple[float, float, bool]]] = {}
+        self.cover_shared: set[str] = set()
         self.entry_kind: dict[str, tuple[float, bool]] = {}  # root -> (since, under works)
         down: set[str] = set()
         cut: set[str] = set()
@@ -240,8 +235,15 @@ class Oracle:
                     self.cover_start.setdefault(n, at)
                 for n in cut - new_cut:
                     start = self.cover_start.pop(n, at)
-                    self.covers.setdefault(n, []).append((start, at))
+                    shared = n in self.cover_shared
+                    self.cover_shared.discard(n)
+                    self.covers.setdefault(n, []).append((start, at, shared))
                 cut = new_cut
+                reached: set[str] = set()
+                for r in roots:
+                    behind = self._reach(r, cut, roots)
+                    self.cover_shared |= behind & reached
+                    reached |= behind
                 for r in roots:
                     if r not in self.entry_kind or self.entry_kind[r][0] < 0:
                         self.entry_kind[r] = (at, bool(self.works_cover(at, {r})))
@@ -254,23 +256,26 @@ class Oracle:
             )
 
     def works_cover(self, t: float, nodes: set[str]) -> dict[str, float]:
-        """Nodes among `nodes` that planned works running at t cover, each with the end
-        of the works: a node depends on the works when all its uplinks lead into them."""
+        """Nodes among `nodes` that planned works running at t cover, each with the time
+        it stops being covered: a node depends on the works when all its uplinks lead into
+        them, and stops when the first works it depends on end (it has a path again)."""
         active = [(n, e) for n, s, e in self.works if s <= t < e and n in self.parents]
         if not active:
             return {}
-        under = self.behind({n for n, _ in active})
         out: dict[str, float] = {}
         for n in nodes:
-            if n in under:
-                ends = [e for w, e in active if w == n or w in self.ancestors(n)]
-                out[n] = max(ends, default=max(e for _, e in active))
+            end = t
+            for cut in sorted({e for _, e in active}):
+                # Covered just before `cut` by the works still running then?
+                if n not in self.behind({w for w, e in active if e >= cut}):
+                    break
+                end = cut
+            if end > t:
+                out[n] = end
         return out
 
     def moment(self, t: float) -> _Moment:
-        found = (
-            self.moments[0] if self.moments else _Moment(-math.inf, frozenset(), frozenset(), False)
-        )
+        found = _Moment(-math.inf, frozenset(), frozenset(), False)  # before the script
         for m in self.moments:
             if m.at > t:
                 break
@@ -291,9 +296,11 @@ class Oracle:
         for times in self.changes.values():
             past = [c for c in times if c <= t]
             flapped = (
-                len([c for c in past if c >= past[-1] - FLAP_LOOKBACK]) >= 3 if past else False
+                len([c for c in past if c >= past[-1] - flap_lookback(self.world)]) >= 3
+                if past
+                else False
             )
-            if flapped and t - past[-1] < FLAP_LOOKBACK + self.settle:
+            if flapped and t - past[-1] < flap_lookback(self.world) + self.settle:
                 return False
         return True
 
@@ -349,15 +356,22 @@ class Oracle:
     def _restored(self, s: str, t: float) -> frozenset[str]:
         w = self.world
         said: set[str] = set()
-        covers = [(s0, e) for s0, e in self.covers.get(s, []) if e <= t]
-        for start, end in covers:
+        covers = [c for c in self.covers.get(s, []) if c[1] <= t]
+        for start, end, shared in covers:
             if t - end > w.restored_for:
                 continue
-            length = end - start
-            if length >= SURELY_SEEN:
-                said.add("restored")
-            elif length > SURELY_MISSED:
+            if shared:
+                # Behind two faults, a caller is counted in one incident (the older), and
+                # hears `restored` only when that one resolves.
                 said.update(("restored", "ok"))
-        if "restored" in said and t - max(e for _, e in covers) > w.restored_for - 60:
+                continue
+            # Long enough for a due probe, the longest streak and settling: surely seen;
+            # too short for down_after losses: surely missed; in between, either.
+            length = end - start
+            if length >= w.interval + 15 * w.timeout + w.window:
+                said.add("restored")
+            elif length > (w.down_after - 1) * w.timeout:
+                said.update(("restored", "ok"))
+        if "restored" in said and t - max(c[1] for c in covers) > w.restored_for - 60:
             said.add("ok")  # near the end of restored_for: either
         return frozenset(said or {"ok"})

@@ -19,15 +19,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from outagemon import addresses, api, config
-from outagemon.correlate import Correlator, Event, Incident, Maintenance, NodeState
-from outagemon.directory import Directory, Subscriber, with_cpes
+from outagemon import config
+from outagemon.core import addresses
+from outagemon.core import assess as check
+from outagemon.core.correlator import Correlator
+from outagemon.core.directory import Directory, Subscriber, with_cpes
+from outagemon.core.health import NodeState
+from outagemon.core.incidents import Event, Incident, Maintenance
+from outagemon.core.topology import Node, Topology
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 from outagemon.sim.oracle import EXPLAIN, Oracle, Verdict
+from outagemon.sim.simnet import SimNet
 from outagemon.sim.worlds import Action, Device, World
-from outagemon.simnet import SimNet
-from outagemon.topology import Node, Topology
 
 START = 1_000_000.0
 WARM = 600.0  # every target has a history of answers before the script starts
@@ -155,12 +159,14 @@ def restarted(old: Monitor, cfg: config.Config, directory: Directory,
 # -- running and judging ---------------------------------------------------------------
 
 
-def ask(monitor: Monitor, directory: Directory, account: str, now: float,
-        restored_for: float) -> tuple[str, str, float | None]:  # fmt: skip
-    """(status, root, eta) as /check answers it for a subscriber's account."""
-    answer = api.assess(monitor, directory, directory.account(account), now, restored_for)
+def ask(monitor: Monitor, directory: Directory, account: str, now: float, restored_for: float,
+        memory: check.AnswerMemory) -> tuple[str, str, float | None]:  # fmt: skip
+    """(status, root, eta) as /check answers it for a subscriber's account: through the
+    function the HTTP handler calls, with the answers it remembers."""
+    match = directory.account(account)
+    answer = check.assess(monitor, directory, match, now, restored_for, memory)
     root = answer.incident.root if answer.incident is not None else ""
-    return answer.status, root, answer.eta
+    return str(answer.status), root, answer.eta
 
 
 def run(world: World) -> Outcome:
@@ -181,6 +187,7 @@ def run(world: World) -> Outcome:
         current["monitor"]._handle(e)
 
     net.on_event = on_event
+    memory = check.AnswerMemory()  # what the HTTP runtime remembers between callers
     net.run_for(WARM)
     monitor.first_round_done = True
     t0 = net.now
@@ -207,6 +214,7 @@ def run(world: World) -> Outcome:
             )
         elif a is Action.RESTART:
             monitor = restarted(monitor, cfg, directory, lambda: clock["now"])
+            memory = check.AnswerMemory()  # a new process remembers nothing
             current["monitor"] = monitor
             net.correlator = monitor.correlator
             net.run_for(world.interval + world.timeout)
@@ -216,17 +224,18 @@ def run(world: World) -> Outcome:
             verdict = oracle.verdict(step.at)
             if verdict.settled:
                 out.checks += 1
-                _compare(out, world, monitor, directory, verdict, step.at, net.now, t0)
+                _compare(out, world, monitor, memory, directory, verdict, step.at, net.now, t0)
     _judge_events(out, oracle, events, t0)
     return out
 
 
-def _compare(out: Outcome, world: World, monitor: Monitor, directory: Directory,
+def _compare(out: Outcome, world: World, monitor: Monitor, memory: check.AnswerMemory,
+             directory: Directory,
              verdict: Verdict, at: float, now: float, t0: float) -> None:  # fmt: skip
     said = out.disagreements
     for c in world.customers:
         expected = verdict.answers[c.account]
-        status, root, eta = ask(monitor, directory, c.account, now, world.restored_for)
+        status, root, eta = ask(monitor, directory, c.account, now, world.restored_for, memory)
         if status not in expected.statuses:
             want = "|".join(sorted(expected.statuses))
             if expected.roots:

@@ -159,7 +159,11 @@ def quiet(world: World) -> float:
     )
 
 
-FLAP_LOOKBACK = 600.0  # the flap detector's look-back (check-rules.md)
+FLAP_CHECKS = 21  # the flap detector looks back this many probe intervals (check-rules.md)
+
+
+def flap_lookback(world: World) -> float:
+    return FLAP_CHECKS * world.interval
 
 
 def script(rng: random.Random, world: World) -> list[Step]:
@@ -216,7 +220,7 @@ def script(rng: random.Random, world: World) -> list[Step]:
                 steps.append(Step(t, Action.REPAIR, x))
                 t += up + rng.randrange(int(2 * up) + 1)
             broken.discard(x)
-            t += FLAP_LOOKBACK + gap
+            t += flap_lookback(world) + gap
         elif roll < 0.62:  # random loss everywhere for a while
             steps.append(Step(t, Action.LOSS, value=round(0.01 + rng.random() * 0.14, 3)))
             t += 30 + rng.randrange(91)
