@@ -45,6 +45,7 @@ def settings_of(cfg: Config) -> Settings:
         infer_ratio=c.infer_ratio,
         resolve_hold=c.resolve_hold,
         timeout=cfg.probe.timeout,
+        interval=cfg.probe.interval,
     )
 
 
