@@ -24,7 +24,6 @@ from outagemon.core import addresses
 from outagemon.core import assess as check
 from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory, Subscriber, with_cpes
-from outagemon.core.health import NodeState
 from outagemon.core.incidents import Event, Incident, Maintenance
 from outagemon.core.topology import Node, Topology
 from outagemon.metrics import Registry
@@ -138,21 +137,21 @@ def build(world: World) -> tuple[Directory, config.Config]:
 
 def restarted(old: Monitor, cfg: config.Config, directory: Directory,
               clock: Callable[[], float]) -> Monitor:  # fmt: skip
-    """A new monitor from what the old one stored, as Monitor.restore reads it back: open
-    incidents (id, kind, root, nodes, opened), their ETAs, loss histories, planned works."""
+    """A new monitor from what the old one stored, as Monitor.restore reads it back and
+    hands to Monitor.resume: open incidents (id, kind, root, nodes, opened), their ETAs,
+    loss histories, planned works, incidents resolved within restored_for."""
     new = Monitor(cfg, directory, Registry(), clock=clock)
     incidents = [Incident(i.id, i.root, i.kind, i.inferred, i.opened_at, list(i.nodes))
                  for i in old.correlator.incidents.values()]  # fmt: skip
     new.eta = dict(old.eta)
     new.calls = dict(old.calls)
-    new.correlator.restore(incidents, old.correlator.next_id)
-    topo = directory.topology.nodes
-    for node, ns in old.correlator.states.items():
-        if node in topo and ns.n > 0:
-            kept = new.correlator.states.setdefault(node, NodeState())
-            kept.n, kept.lost = ns.n, ns.lost
-    new.maintenance = list(old.maintenance)
-    new.correlator.set_maintenance(new.maintenance, clock())
+    histories = {n: (ns.n, ns.lost) for n, ns in old.correlator.states.items() if ns.n > 0}
+    since = clock() - cfg.messages.restored_for
+    resolved = sorted(
+        {i.id: i for i in old.recent.values() if (i.resolved_at or 0) > since}.values(),
+        key=lambda i: (i.resolved_at or 0, i.id),
+    )
+    new.resume(incidents, old.correlator.next_id, histories, list(old.maintenance), resolved)
     return new
 
 
