@@ -21,7 +21,7 @@ from outagemon.core.directory import Directory, Match
 from outagemon.core.health import NodeState, State
 from outagemon.core.incidents import Incident, IncidentState, Kind, Maintenance
 from outagemon.http import api
-from outagemon.http.app import Runtime
+from outagemon.http.runtime import Runtime
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 
