@@ -52,6 +52,7 @@ class Correlator(Failures):
         self._blocked: dict[str, tuple[str, float]] = {}  # pending root -> (ancestor, its last_at)
         self._roots_cache: list[str] = []
         self._blind_at = -math.inf  # when the monitor last went blind
+        self._scope_key: tuple[int, tuple[Maintenance, ...]] = (0, ())  # what _scope is of
 
     # -- the incident book, as the API, the page and the monitor read it ---------------
 
@@ -91,10 +92,16 @@ class Correlator(Failures):
         other uplink). Each is covered by its own works or until the first of its uplinks
         stops being covered (then it has a path again), whichever ends later."""
         nodes = self.topology.nodes
+        running = [
+            m for m in self.maintenance if m.starts_at <= now < m.ends_at and m.node in nodes
+        ]
+        key = (id(self.topology), tuple(running))
+        if key == self._scope_key:
+            return  # called every tick: the same works running cover the same nodes
+        self._scope_key = key
         own: dict[str, Maintenance] = {}
-        for m in self.maintenance:
-            running = m.starts_at <= now < m.ends_at and m.node in nodes
-            if running and (m.node not in own or own[m.node].ends_at < m.ends_at):
+        for m in running:
+            if m.node not in own or own[m.node].ends_at < m.ends_at:
                 own[m.node] = m
         scope: dict[str, Maintenance] = {}
         if own:
@@ -131,6 +138,7 @@ class Correlator(Failures):
         """A reloaded topology: nodes that still exist keep their state."""
         self.version += 1  # paths from callers to the core may have changed
         self.topology = topology
+        self._scope_key = (0, ())
         for gone in [n for n in self.states if n not in topology and n not in self.anchors]:
             del self.states[gone]
         self.inferred = {n: t for n, t in self.inferred.items() if n in topology}
