@@ -26,9 +26,9 @@ import random
 import time
 import zlib
 
-from outagemon.correlate import Correlator, Settings
-from outagemon.simnet import SimNet
-from outagemon.topology import Node, Topology
+from outagemon.core.correlator import Correlator, Settings
+from outagemon.core.topology import Node, Topology
+from outagemon.sim.simnet import SimNet
 
 SETTINGS = Settings(down_after=3, up_after=2, window=30, infer_min_children=3,
                     infer_ratio=0.8, resolve_hold=60)  # fmt: skip

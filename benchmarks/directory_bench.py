@@ -20,7 +20,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from outagemon import addresses, citygen
+from outagemon.core import addresses
+from outagemon.sim import citygen
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -30,7 +31,7 @@ def percentile(values: list[float], p: float) -> float:
 
 def child(topology: Path, subscribers: Path, lookups: int) -> None:
     """Runs in a fresh interpreter: load, then time lookups; prints one JSON line."""
-    from outagemon import directory
+    from outagemon.core import directory
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()

@@ -33,7 +33,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from outagemon import citygen
+from outagemon.sim import citygen
 
 TOKEN = "bench-read-token-0123456789"
 PACED_RATE = 2000  # requests a second in the paced run
@@ -66,9 +66,10 @@ def serve_main(directory_path: str, port: int, kind: str) -> None:
         web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
         return
 
-    from outagemon import config, directory, logs, messages
-    from outagemon.app import Runtime, make_app
-    from outagemon.correlate import Incident, Kind, NodeState, State
+    from outagemon import config, logs
+    from outagemon.core import directory, messages
+    from outagemon.core.correlator import Incident, Kind, NodeState, State
+    from outagemon.http.app import Runtime, make_app
     from outagemon.metrics import Registry
     from outagemon.monitor import Monitor
 

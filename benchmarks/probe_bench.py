@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Any
 
-from outagemon import citygen
+from outagemon.sim import citygen
 
 
 def targets(n: int) -> list[str]:
@@ -41,7 +41,7 @@ def cpu() -> float:
 
 
 async def ours_burst(n: int) -> dict[str, Any]:
-    from outagemon.probe import Engine
+    from outagemon.probing.engine import Engine
 
     ok = 0
     got = 0
@@ -79,8 +79,8 @@ async def icmplib_burst(n: int) -> dict[str, Any]:
 
 
 async def ours_paced(n: int, interval: float, seconds: float) -> dict[str, Any]:
-    from outagemon.probe import Engine
-    from outagemon.schedule import Outcome, Scheduler
+    from outagemon.probing.engine import Engine
+    from outagemon.probing.scheduler import Outcome, Scheduler
 
     rtts: list[float] = []
     lost = 0

@@ -111,8 +111,9 @@ def _lookup(args: argparse.Namespace) -> int:
 
 
 def _migrate(config_path: Path) -> int:
-    from outagemon import config, logs, migrate
-    from outagemon.embedded import EmbeddedPostgres
+    from outagemon import config, logs
+    from outagemon.db import migrate
+    from outagemon.db.embedded import EmbeddedPostgres
     from outagemon.errors import OutagemonError
 
     try:
@@ -146,7 +147,8 @@ def _migrate(config_path: Path) -> int:
 def _check_config(config_path: Path) -> int:
     from collections import Counter
 
-    from outagemon import config, directory, messages
+    from outagemon import config
+    from outagemon.core import directory, messages
     from outagemon.errors import ConfigError
 
     try:
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "demo":
-        from outagemon import demo
+        from outagemon.sim import demo
 
         return demo.main(args.port, args.language)
     if args.command == "probe":

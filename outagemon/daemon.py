@@ -23,25 +23,27 @@ import asyncpg
 from aiohttp import web
 
 from outagemon import config as config_mod
-from outagemon import directory, logs, messages, migrate, store
-from outagemon.app import Runtime, make_app
+from outagemon import logs
 from outagemon.config import Config
+from outagemon.core import directory, messages
+from outagemon.db import migrate, store
+from outagemon.http.app import Runtime, make_app
 
 if TYPE_CHECKING:
-    from outagemon.demo import Scenario
-from outagemon.directory import Directory
-from outagemon.embedded import EmbeddedPostgres
+    from outagemon.sim.demo import Scenario
+from outagemon.core.directory import Directory
+from outagemon.core.messages import Texts
+from outagemon.db.embedded import EmbeddedPostgres
+from outagemon.db.writer import Op, Writer
 from outagemon.errors import ConfigError, OutagemonError
-from outagemon.messages import Texts
 from outagemon.monitor import Monitor
 from outagemon.notify import Notifier
-from outagemon.probe import Engine, PermissionProblem
-from outagemon.schedule import Outcome, Scheduler
-from outagemon.simnet import SimNet
-from outagemon.writer import Op, Writer
+from outagemon.probing.engine import Engine, PermissionProblem
+from outagemon.probing.scheduler import Outcome, Scheduler
+from outagemon.sim.simnet import SimNet
 
 if TYPE_CHECKING:
-    from outagemon.store import Conn
+    from outagemon.db.store import Conn
 
 log = logs.get("outagemon.daemon")
 

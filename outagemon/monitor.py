@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from outagemon import logs, store
+from outagemon import logs
 from outagemon.config import Config
-from outagemon.correlate import (
+from outagemon.core.correlator import (
     Correlator,
     Event,
     Incident,
@@ -27,12 +27,13 @@ from outagemon.correlate import (
     NodeState,
     Settings,
 )
-from outagemon.directory import Directory
+from outagemon.core.directory import Directory
+from outagemon.db import store
+from outagemon.db.writer import Writer
 from outagemon.metrics import Registry
-from outagemon.writer import Writer
 
 if TYPE_CHECKING:
-    from outagemon.store import Conn
+    from outagemon.db.store import Conn
 
 log = logs.get("outagemon.monitor")
 

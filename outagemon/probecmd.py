@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from outagemon import logs
-from outagemon.probe import Engine, PermissionProblem
+from outagemon.probing.engine import Engine, PermissionProblem
 
 CHUNK = 256  # probes sent before letting the reader drain replies
 

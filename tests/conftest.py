@@ -13,8 +13,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from outagemon.embedded import EmbeddedPostgres
-from outagemon.lab import Lab, LabUnavailable
+from outagemon.db.embedded import EmbeddedPostgres
+from outagemon.testing.lab import Lab, LabUnavailable
 
 # The machine's server, when one answers (CI's machines start one); override with this variable.
 SERVER_DSN = os.environ.get("OUTAGEMON_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")

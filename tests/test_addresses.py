@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outagemon import addresses, citygen
+from outagemon.core import addresses
+from outagemon.sim import citygen
 
 SAME_BUILDING = [
     ("ул. Ленина, д. 5", ["улица Ленина, дом 5", "Ленина ул. 5", "ЛЕНИНА УЛ, Д.5", "ул Ленина д5"]),

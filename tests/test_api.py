@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from outagemon.correlate import Maintenance
+from outagemon.core.correlator import Maintenance
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 from tests.conftest import short_tmp_dir
@@ -308,7 +308,7 @@ async def test_incident_lists_and_one_incident(fresh_db: str) -> None:
 
 
 async def test_check_keeps_answering_when_the_database_stops() -> None:
-    from outagemon.embedded import EmbeddedPostgres
+    from outagemon.db.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(short_tmp_dir())
     dsn = await server.start()

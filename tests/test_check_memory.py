@@ -14,10 +14,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from outagemon import api, config, directory, messages, topology
-from outagemon.app import Runtime
-from outagemon.correlate import Incident, Kind, Maintenance, NodeState, State
-from outagemon.directory import Directory, Match
+from outagemon import config
+from outagemon.core import directory, messages, topology
+from outagemon.core.correlator import Incident, Kind, Maintenance, NodeState, State
+from outagemon.core.directory import Directory, Match
+from outagemon.http import api
+from outagemon.http.app import Runtime
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 

@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from outagemon.correlate import (
+from outagemon.core.correlator import (
     Correlator,
     Event,
     Incident,
@@ -22,8 +22,8 @@ from outagemon.correlate import (
     State,
     needed_losses,
 )
-from outagemon.simnet import SimNet
-from outagemon.topology import Node, Topology
+from outagemon.core.topology import Node, Topology
+from outagemon.sim.simnet import SimNet
 
 SETTINGS = Settings(down_after=3, up_after=2, window=30, infer_min_children=3,
                     infer_ratio=0.8, resolve_hold=60)  # fmt: skip

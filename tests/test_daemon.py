@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from outagemon import citygen
+from outagemon.sim import citygen
 from tests.conftest import free_port, short_tmp_dir
 
 GOOD = """

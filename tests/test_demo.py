@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from outagemon.demo import READ_TOKEN
+from outagemon.sim.demo import READ_TOKEN
 from tests.conftest import free_port
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outagemon import citygen, directory, topology
-from outagemon.directory import Directory
+from outagemon.core import directory, topology
+from outagemon.core.directory import Directory
+from outagemon.sim import citygen
 
 TOPO = topology.parse_text(
     textwrap.dedent(

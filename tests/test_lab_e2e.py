@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from outagemon import citygen, directory
-from outagemon.lab import Lab
+from outagemon.core import directory
+from outagemon.sim import citygen
+from outagemon.testing.lab import Lab
 from tests.conftest import free_port, short_tmp_dir
 
 WRITE = "lab-write-token-0123456789"

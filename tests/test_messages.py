@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from outagemon import messages
+from outagemon.core import messages
 from outagemon.errors import ConfigError
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from outagemon import migrate
+from outagemon.db import migrate
 from outagemon.errors import MigrationError
 
 

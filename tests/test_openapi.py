@@ -11,7 +11,7 @@ import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outagemon.openapi import spec
+from outagemon.http.openapi import spec
 from tests.world import READ, WRITE, World, world
 
 SPEC = spec()

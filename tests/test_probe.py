@@ -14,9 +14,15 @@ import time
 
 import pytest
 
-from outagemon import citygen
-from outagemon.lab import Lab
-from outagemon.probe import COOKIE_LEN, Engine, PermissionProblem, ResultCallback, open_socket
+from outagemon.probing.engine import (
+    COOKIE_LEN,
+    Engine,
+    PermissionProblem,
+    ResultCallback,
+    open_socket,
+)
+from outagemon.sim import citygen
+from outagemon.testing.lab import Lab
 
 Result = tuple[str, float | None, str | None]
 

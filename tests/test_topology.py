@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from outagemon import addresses, topology
+from outagemon.core import addresses, topology
 from outagemon.errors import TopologyError
 
 PATH = Path("/etc/om/topology.yaml")

@@ -15,12 +15,14 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from outagemon import config, directory, messages, migrate, store, topology
-from outagemon.app import Runtime, make_app
-from outagemon.directory import Directory
+from outagemon import config
+from outagemon.core import directory, messages, topology
+from outagemon.core.directory import Directory
+from outagemon.db import migrate, store
+from outagemon.db.writer import Writer
+from outagemon.http.app import Runtime, make_app
 from outagemon.monitor import Monitor
-from outagemon.simnet import SimNet
-from outagemon.writer import Writer
+from outagemon.sim.simnet import SimNet
 
 TOPOLOGY = """
 nodes:

@@ -20,7 +20,7 @@ from outagemon import logs
 from outagemon.metrics import Registry
 
 if TYPE_CHECKING:
-    from outagemon.store import Conn
+    from outagemon.db.store import Conn
 
 log = logs.get("outagemon.writer")
 

@@ -14,8 +14,8 @@ import random
 import zlib
 from collections.abc import Callable, Iterable
 
-from outagemon.correlate import Correlator, Event
-from outagemon.topology import Topology
+from outagemon.core.correlator import Correlator, Event
+from outagemon.core.topology import Topology
 
 RTT = 0.001
 

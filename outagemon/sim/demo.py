@@ -15,10 +15,10 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from outagemon import citygen
-from outagemon.correlate import Maintenance
+from outagemon.core.correlator import Maintenance
 from outagemon.monitor import Monitor
-from outagemon.simnet import SimNet
+from outagemon.sim import citygen
+from outagemon.sim.simnet import SimNet
 
 LOOP = 300.0  # seconds the script takes before it starts again
 WRITE_TOKEN = "demo-write-token"
@@ -167,7 +167,8 @@ def _address_of(city: citygen.City, switch: str) -> str:
 
 def main(port: int, language: str) -> int:
     from outagemon import config as config_mod
-    from outagemon import daemon, directory, logs, messages
+    from outagemon import daemon, logs
+    from outagemon.core import directory, messages
     from outagemon.errors import OutagemonError
 
     state, config_path, city = prepare(port, language)

@@ -21,13 +21,13 @@ import orjson
 from aiohttp import hdrs, web
 
 from outagemon import logs
-from outagemon.app import JSON, RUNTIME, Runtime, json_response
 from outagemon.config import Token
-from outagemon.correlate import Incident, Kind, Maintenance, State
-from outagemon.directory import Directory, Match
-from outagemon.messages import Texts, next_local_day
+from outagemon.core.correlator import Incident, Kind, Maintenance, State
+from outagemon.core.directory import Directory, Match
+from outagemon.core.messages import Texts, next_local_day
+from outagemon.http.app import JSON, RUNTIME, Runtime, json_response
+from outagemon.http.openapi import STATUSES
 from outagemon.monitor import Monitor
-from outagemon.openapi import STATUSES
 
 log = logs.get("outagemon.api")
 
@@ -414,7 +414,7 @@ def _open(rt: Runtime) -> list[dict[str, Any]]:
 
 
 async def _stored(rt: Runtime, state: str) -> list[dict[str, Any]]:
-    from outagemon import store
+    from outagemon.db import store
 
     if rt.pool is None:
         return []
@@ -452,7 +452,7 @@ def _incident_id(request: web.Request) -> int:
 
 
 async def _one(rt: Runtime, iid: int) -> dict[str, Any] | None:
-    from outagemon import store
+    from outagemon.db import store
 
     if rt.monitor is not None and iid in rt.monitor.correlator.incidents:
         return incident_json(rt.monitor.correlator.incidents[iid], rt.monitor)
@@ -467,7 +467,7 @@ async def _one(rt: Runtime, iid: int) -> dict[str, Any] | None:
 
 
 async def incident(request: web.Request) -> web.Response:
-    from outagemon import store
+    from outagemon.db import store
 
     authorise(request, write=False)
     rt = request.app[RUNTIME]
@@ -558,7 +558,7 @@ async def add_maintenance(request: web.Request) -> web.Response:
 
 
 def setup(routes: web.RouteTableDef) -> None:
-    from outagemon.openapi import spec
+    from outagemon.http.openapi import spec
 
     routes.get("/api/v1/check")(check)
     routes.get("/api/v1/incidents")(incidents)

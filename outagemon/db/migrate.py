@@ -14,7 +14,8 @@ from pathlib import Path
 
 import asyncpg
 
-from outagemon import logs, store
+from outagemon import logs
+from outagemon.db import store
 from outagemon.errors import MigrationError
 
 log = logs.get("outagemon.migrate")
@@ -37,8 +38,8 @@ class Migration:
 
 def default_dir() -> Path:
     """migrations/ inside an installed wheel, else at the top of the source tree."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parent / "migrations"):
+    package = Path(__file__).resolve().parent.parent  # outagemon/
+    for candidate in (package / "migrations", package.parent / "migrations"):
         if candidate.is_dir():
             return candidate
     raise MigrationError(["outagemon's migrations directory is missing from this installation."])

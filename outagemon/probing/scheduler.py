@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from outagemon import logs
-from outagemon.probe import Engine
+from outagemon.probing.engine import Engine
 
 log = logs.get("outagemon.schedule")
 

@@ -11,10 +11,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from outagemon import __version__, logs, messages
+from outagemon import __version__, logs
 from outagemon.config import Config
-from outagemon.directory import Directory
-from outagemon.messages import Texts
+from outagemon.core import messages
+from outagemon.core.directory import Directory
+from outagemon.core.messages import Texts
 from outagemon.metrics import Metric, Registry
 from outagemon.monitor import Monitor
 
@@ -151,10 +152,10 @@ def make_app(runtime: Runtime) -> web.Application:
     routes.get("/healthz")(healthz)
     routes.get("/readyz")(readyz)
     routes.get("/metrics")(metrics)
-    from outagemon import api, web_page
+    from outagemon.http import api, page
 
     api.setup(routes)
-    web_page.setup(routes)
+    page.setup(routes)
     for route in routes:
         assert isinstance(route, web.RouteDef)
         app.router.add_route(route.method, route.path, sentences(route.handler),

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from outagemon import addresses
-from outagemon.addresses import Address
+from outagemon.core import addresses
+from outagemon.core.addresses import Address
 from outagemon.errors import TopologyError, read_text
 
 FlatRanges = tuple[tuple[int, int], ...]

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from outagemon.topology import Topology
+from outagemon.core.topology import Topology
 
 # Chance per probe that random loss alone produces a false `down`: the streak of losses
 # needed is chosen so that p ** streak stays below this (p: the target's loss estimate).

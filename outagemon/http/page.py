@@ -17,14 +17,15 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup, escape
 
-from outagemon import api, logs
-from outagemon.app import RUNTIME, Runtime
-from outagemon.correlate import Incident, State
+from outagemon import logs
+from outagemon.core.correlator import Incident, State
+from outagemon.http import api
+from outagemon.http.app import RUNTIME, Runtime
 
 log = logs.get("outagemon.page")
 
 ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("outagemon", "templates"),
+    loader=jinja2.PackageLoader("outagemon.http", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
@@ -203,7 +204,7 @@ async def incident_page(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"there is no incident {raw}.")
     timeline: list[dict[str, str]] = []
     if rt.pool is not None:
-        from outagemon import store
+        from outagemon.db import store
 
         try:
             for r in await store.timeline(rt.pool, int(raw)):

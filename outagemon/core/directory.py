@@ -14,10 +14,10 @@ from pathlib import Path
 
 from rapidfuzz import fuzz, process
 
-from outagemon import addresses
-from outagemon.addresses import Address
+from outagemon.core import addresses
+from outagemon.core.addresses import Address
+from outagemon.core.topology import Node, Topology
 from outagemon.errors import TopologyError, read_text
-from outagemon.topology import Node, Topology
 
 COLUMNS = ("account", "phones", "address", "flat", "ip")
 FUZZY_CUTOFF = 80.0  # rapidfuzz ratio a street name must reach to count as the same street
@@ -285,7 +285,7 @@ class Loaded:
 
 def load(topology_path: Path, subscribers_path: Path | None) -> Loaded:
     """Read both files; TopologyError for a broken topology, row problems returned."""
-    from outagemon import topology as topology_mod
+    from outagemon.core import topology as topology_mod
 
     topo = topology_mod.load(topology_path)
     if subscribers_path is None:

@@ -1,0 +1,1 @@
+"""Simulated networks, generated cities and the demo: never imported by the daemon."""
