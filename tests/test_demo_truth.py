@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from outagemon import api, citygen, config, demo, directory
-from outagemon.correlate import Event
-from outagemon.directory import Directory
+from outagemon import config
+from outagemon.core import directory
+from outagemon.core.correlator import Event
+from outagemon.core.directory import Directory
+from outagemon.http import api
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
-from outagemon.simnet import SimNet
+from outagemon.sim import citygen, demo
+from outagemon.sim.simnet import SimNet
 
 START = 1_000_000.0  # the simulated clock when the script starts
 TICK = 0.1  # as the daemon decides

@@ -33,8 +33,9 @@ from typing import Any
 
 import pytest
 
-from outagemon import citygen, directory
-from outagemon.lab import Lab, LabUnavailable
+from outagemon.core import directory
+from outagemon.sim import citygen
+from outagemon.testing.lab import Lab, LabUnavailable
 from tests.conftest import free_port, short_tmp_dir
 from tests.test_lab_e2e import WRITE, LabDaemon
 
