@@ -138,7 +138,8 @@ def test_restored_runs_out_by_the_clock_alone() -> None:
 
 def test_an_estimate_set_is_heard_by_the_next_caller() -> None:
     rt, monitor = make("en")
-    monitor.correlator.restore([Incident(1, "agg", Kind.OUTAGE, False, NOW - 600, ["agg"])], 2)
+    cut = ["agg", "sw-1"]  # the nodes an incident at agg cuts off
+    monitor.correlator.restore([Incident(1, "agg", Kind.OUTAGE, False, NOW - 600, cut)], 2)
     match = rt.directory.account("101")  # behind sw-1, under agg
     assert "work continues" in orjson.loads(answer(rt, match, NOW))["message"].lower()
     monitor.set_eta(1, NOW + 3600, "", "noc")
@@ -174,6 +175,7 @@ def test_a_reloaded_topology_changes_the_answers_at_once() -> None:
     subs, _ = directory.parse_csv(SUBSCRIBERS, Path("s.csv"), topo)
     rt.directory = Directory(directory.with_cpes(topo, subs), subs)
     monitor.set_directory(rt.directory)
+    monitor.correlator.tick(NOW)  # the next decision (a tenth of a second later) cuts sw-2 off
     match = rt.directory.account("100")
     said = orjson.loads(answer(rt, match, NOW))
     assert (said["status"], said["root_node"]) == ("outage", "agg")

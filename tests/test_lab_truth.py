@@ -329,14 +329,12 @@ def _result(scenarios: Futures, name: str) -> Run:
 # -- the five cases --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 case 1: /check blames any ancestor's incident")
 def test_a_building_with_two_uplinks_is_in_an_outage_only_when_both_die(
     scenarios: Futures,
 ) -> None:
     _result(scenarios, "redundant")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 case 2: /check gives maintenance no eta")
 def test_planned_works_give_their_end_as_eta_in_json_and_text(
     scenarios: Futures,
 ) -> None:
