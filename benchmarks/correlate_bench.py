@@ -26,7 +26,8 @@ import random
 import time
 import zlib
 
-from outagemon.core.correlator import Correlator, Settings
+from outagemon.core.correlator import Correlator
+from outagemon.core.health import Settings
 from outagemon.core.topology import Node, Topology
 from outagemon.sim.simnet import SimNet
 

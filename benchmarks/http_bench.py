@@ -68,7 +68,8 @@ def serve_main(directory_path: str, port: int, kind: str) -> None:
 
     from outagemon import config, logs
     from outagemon.core import directory, messages
-    from outagemon.core.correlator import Incident, Kind, NodeState, State
+    from outagemon.core.health import NodeState, State
+    from outagemon.core.incidents import Incident, Kind
     from outagemon.http.app import Runtime, make_app
     from outagemon.metrics import Registry
     from outagemon.monitor import Monitor

@@ -18,16 +18,10 @@ import asyncpg
 
 from outagemon import logs
 from outagemon.config import Config
-from outagemon.core.correlator import (
-    Correlator,
-    Event,
-    Incident,
-    Kind,
-    Maintenance,
-    NodeState,
-    Settings,
-)
+from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory
+from outagemon.core.health import NodeState, Settings
+from outagemon.core.incidents import Event, Incident, IncidentState, Kind, Maintenance
 from outagemon.db import store
 from outagemon.db.writer import Writer
 from outagemon.metrics import Registry
@@ -85,7 +79,6 @@ class Monitor:
         self.recent: dict[str, Incident] = {}  # node -> recently resolved incident covering it
         self.maintenance: list[Maintenance] = []
         self._history_saved = clock()
-        self.answers: dict[str, Any] = {}  # the /check path answers, see api._assess_path
         self.first_round_done = False
         self.last_tick = 0.0
         self.metrics = metrics
@@ -114,7 +107,7 @@ class Monitor:
         self._open.set(sum(1 for i in self.correlator.incidents.values()
                            if i.kind is Kind.MAINTENANCE), kind="maintenance")  # fmt: skip
         self._blind.set(1 if self.correlator.blind else 0)
-        self._down.set(len(self.correlator._down))
+        self._down.set(self.correlator.nodes_down)
         self._save_calls()
         self._save_states()
         if now - self._history_saved >= HISTORY_EVERY:
@@ -139,7 +132,10 @@ class Monitor:
         log.info(f"incident.{e.kind}", incident=e.incident, root=e.root, **_loggable(e.detail))
         if e.kind == "resolved":
             resolved = dataclasses.replace(
-                self._resolved_copy(e), nodes=list(e.nodes), state="resolved", resolved_at=e.at
+                self._resolved_copy(e),
+                nodes=list(e.nodes),
+                state=IncidentState.RESOLVED,
+                resolved_at=e.at,
             )
             for n in resolved.nodes:
                 self.recent[n] = resolved
@@ -148,7 +144,7 @@ class Monitor:
         self.writer.submit(e.kind, self._op(e, inc))
 
     def _resolved_copy(self, e: Event) -> Incident:
-        found = self.correlator._resolved.get(e.root or "")
+        found = self.correlator.last_resolved(e.root or "")
         if found is not None and found.id == e.incident:
             return found
         return Incident(e.incident or 0, e.root or "", Kind.OUTAGE, False, e.at, list(e.nodes))

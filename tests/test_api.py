@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from outagemon.core.correlator import Maintenance
+from outagemon.core.incidents import Maintenance
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 from tests.conftest import short_tmp_dir

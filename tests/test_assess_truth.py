@@ -12,10 +12,9 @@ from pathlib import Path
 
 from outagemon import config
 from outagemon.core import topology
-from outagemon.core.correlator import Kind, Maintenance
+from outagemon.core.assess import AnswerMemory, assess, cut_off_by, works_cover
 from outagemon.core.directory import Directory, Match
-from outagemon.http import api
-from outagemon.http.api import cut_off_by, works_cover
+from outagemon.core.incidents import Kind, Maintenance
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 from outagemon.sim.simnet import SimNet
@@ -54,7 +53,7 @@ def world() -> tuple[SimNet, Monitor]:
 
 def hears(monitor: Monitor, node: str, now: float) -> tuple[str, str]:
     """(status, root of the incident named) for a caller served by `node`."""
-    said = api.assess(monitor, monitor.directory, Match(nodes=(node,)), now, HOUR)
+    said = assess(monitor, monitor.directory, Match(nodes=(node,)), now, HOUR, AnswerMemory())
     return said.status, said.incident.root if said.incident is not None else ""
 
 
@@ -133,7 +132,9 @@ def test_planned_works_with_nothing_down_give_their_end_as_eta() -> None:
     net, monitor = world()
     ends = net.now + HOUR
     monitor.add_maintenance(works("single", net.now - 60, ends), "noc")
-    said = api.assess(monitor, monitor.directory, Match(nodes=("single",)), net.now, HOUR)
+    said = assess(
+        monitor, monitor.directory, Match(nodes=("single",)), net.now, HOUR, AnswerMemory()
+    )
     assert (said.status, said.incident, said.eta, said.until) == ("maintenance", None, ends, ends)
 
 
@@ -147,7 +148,9 @@ def test_a_maintenance_incident_says_the_works_end_or_an_engineers_later_eta() -
     assert inc is not None and inc.kind is Kind.MAINTENANCE
 
     def eta() -> tuple[str, float | None, float | None]:
-        said = api.assess(monitor, monitor.directory, Match(nodes=("single",)), net.now, HOUR)
+        said = assess(
+            monitor, monitor.directory, Match(nodes=("single",)), net.now, HOUR, AnswerMemory()
+        )
         return said.status, said.eta, said.until
 
     assert eta() == ("maintenance", ends, ends)
@@ -163,8 +166,8 @@ def test_an_outage_eta_is_the_engineers_alone() -> None:
     net.run_for(60)
     inc = monitor.correlator.incident_for("lone")
     assert inc is not None and inc.kind is Kind.OUTAGE
-    said = api.assess(monitor, monitor.directory, Match(nodes=("lone",)), net.now, HOUR)
+    said = assess(monitor, monitor.directory, Match(nodes=("lone",)), net.now, HOUR, AnswerMemory())
     assert (said.status, said.eta) == ("outage", None)
     monitor.set_eta(inc.id, net.now + 600, "", "noc")
-    said = api.assess(monitor, monitor.directory, Match(nodes=("lone",)), net.now, HOUR)
+    said = assess(monitor, monitor.directory, Match(nodes=("lone",)), net.now, HOUR, AnswerMemory())
     assert (said.status, said.eta) == ("outage", net.now + 600)

@@ -16,8 +16,10 @@ import pytest
 
 from outagemon import config
 from outagemon.core import directory, messages, topology
-from outagemon.core.correlator import Incident, Kind, Maintenance, NodeState, State
+from outagemon.core.assess import Answer, AnswerMemory, assess
 from outagemon.core.directory import Directory, Match
+from outagemon.core.health import NodeState, State
+from outagemon.core.incidents import Incident, IncidentState, Kind, Maintenance
 from outagemon.http import api
 from outagemon.http.app import Runtime
 from outagemon.metrics import Registry
@@ -57,25 +59,18 @@ def make(language: str = "ru", override: Path | None = None) -> tuple[Runtime, M
 
 
 def answer(rt: Runtime, match: Match, now: float) -> bytes:
-    got = api.assess(rt.monitor, rt.directory, match, now, 3600)
-    return api._body_of(rt, got, match, "account", now)
+    got = assess(rt.monitor, rt.directory, match, now, 3600, rt.answers)
+    return api.remembered_body(rt, got, match, "account", now)
 
 
 def afresh(rt: Runtime, match: Match, now: float) -> bytes:
     """The same answer with nothing remembered."""
-    assert rt.monitor is not None
-    kept = rt.monitor.answers
-    rt.monitor.answers = {}
-    try:
-        got = api.assess(rt.monitor, rt.directory, match, now, 3600)
-    finally:
-        rt.monitor.answers = kept
-    return api._body(rt.texts, got, match, "account", now)
+    got = assess(rt.monitor, rt.directory, match, now, 3600, AnswerMemory())
+    return api.check_body(rt.texts, got, match, "account", now)
 
 
-def kept_answers(monitor: Monitor | None) -> list[tuple[str, float, api.Answer]]:
-    assert monitor is not None
-    return [(node, entry[1], entry[3]) for node, entry in monitor.answers.items()]
+def kept_answers(rt: Runtime) -> list[tuple[str, float, Answer]]:
+    return [(node, kept.expires, kept.after) for node, kept in rt.answers.entries.items()]
 
 
 @pytest.mark.parametrize("language", ["ru", "en"])
@@ -94,7 +89,7 @@ def test_remembered_bodies_equal_bodies_written_out(language: str) -> None:
             assert said["address"].endswith(sub.flat)
     # One per building and answer, with a flat or without: д. 5 has callers with and
     # without one, д. 7 only with (the empty flats fall on odd rows).
-    assert sum(len(a.bodies or {}) for _, _, a in kept_answers(monitor)) == 3
+    assert sum(len(a.bodies or {}) for _, _, a in kept_answers(rt)) == 3
 
 
 @pytest.mark.parametrize("field", ["{address!r}", "{address:.30}"])
@@ -111,7 +106,7 @@ def test_a_template_that_transforms_the_address_is_not_remembered(
         for sub in rt.directory.subscribers:
             match = rt.directory.account(sub.account)
             assert answer(rt, match, NOW) == afresh(rt, match, NOW), sub.flat
-    assert not [a for _, _, a in kept_answers(rt.monitor) if a.bodies]
+    assert not [a for _, _, a in kept_answers(rt) if a.bodies]
 
 
 def test_planned_works_start_and_end_by_the_clock_alone() -> None:
@@ -128,8 +123,8 @@ def test_planned_works_start_and_end_by_the_clock_alone() -> None:
 
 def test_restored_runs_out_by_the_clock_alone() -> None:
     rt, monitor = make()
-    resolved = Incident(1, "sw-2", Kind.OUTAGE, False, NOW - 900, ["sw-2"], state="resolved",
-                        resolved_at=NOW - 60)  # fmt: skip
+    resolved = Incident(1, "sw-2", Kind.OUTAGE, False, NOW - 900, ["sw-2"],
+                        state=IncidentState.RESOLVED, resolved_at=NOW - 60)  # fmt: skip
     monitor.recent["sw-2"] = resolved
     match = rt.directory.account("100")
     assert orjson.loads(answer(rt, match, NOW))["status"] == "restored"

@@ -11,17 +11,9 @@ import dataclasses
 
 import pytest
 
-from outagemon.core.correlator import (
-    Correlator,
-    Event,
-    Incident,
-    Kind,
-    Maintenance,
-    NodeState,
-    Settings,
-    State,
-    needed_losses,
-)
+from outagemon.core.correlator import Correlator
+from outagemon.core.health import NodeState, Settings, State, needed_losses
+from outagemon.core.incidents import Event, Incident, Kind, Maintenance
 from outagemon.core.topology import Node, Topology
 from outagemon.sim.simnet import SimNet
 

@@ -19,9 +19,9 @@ import pytest
 
 from outagemon import config
 from outagemon.core import directory
-from outagemon.core.correlator import Event
+from outagemon.core.assess import AnswerMemory, assess
 from outagemon.core.directory import Directory
-from outagemon.http import api
+from outagemon.core.incidents import Event
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 from outagemon.sim import citygen, demo
@@ -73,6 +73,7 @@ def replay() -> Iterator[Replay]:
     monitor.first_round_done = True
     scenario = demo.Scenario(city)
     callers = _callers(run)
+    memory = AnswerMemory()  # as the HTTP side keeps it
     step = 0
     while True:
         now = START + step * TICK
@@ -85,7 +86,7 @@ def replay() -> Iterator[Replay]:
             net.probe(node)
         if step % 10 == 0:
             for account in callers:
-                said = api.assess(monitor, d, d.account(account), now, 600)
+                said = assess(monitor, d, d.account(account), now, 600, memory)
                 root = said.incident.root if said.incident is not None else ""
                 run.heard.setdefault(account, []).append((now - START, said.status, root))
         step += 1

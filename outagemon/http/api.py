@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 import hmac
 import json
-import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,12 +20,11 @@ from aiohttp import hdrs, web
 
 from outagemon import logs
 from outagemon.config import Token
-from outagemon.core.correlator import Incident, Kind, Maintenance, State
+from outagemon.core.assess import Answer, KeptBody, Status, assess
 from outagemon.core.directory import Directory, Match
+from outagemon.core.incidents import Incident, Maintenance
 from outagemon.core.messages import Texts, next_local_day
-from outagemon.core.topology import Topology
 from outagemon.http.app import JSON, RUNTIME, Runtime, json_response
-from outagemon.http.openapi import STATUSES
 from outagemon.monitor import Monitor
 
 log = logs.get("outagemon.api")
@@ -35,8 +32,8 @@ log = logs.get("outagemon.api")
 MAX_NOTE = 2000
 # The metric's label sets, made once rather than sorted on every answer.
 _CHECK_KEYS = {
-    (status, channel): (("channel", channel), ("status", status))
-    for status in STATUSES
+    (status.value, channel): (("channel", channel), ("status", status.value))
+    for status in Status
     for channel in ("ivr", "helpdesk")
 }  # fmt: skip
 
@@ -129,190 +126,6 @@ def authorise(request: web.Request, write: bool, rt: Runtime | None = None) -> s
 # -- the phone menu's question ---------------------------------------------------------
 
 
-@dataclass
-class Answer:
-    status: str
-    incident: Incident | None = None
-    node: str = ""
-    since: float | None = None
-    eta: float | None = None
-    until: float | None = None
-    resolved: float | None = None
-    kept: bool = False  # remembered for its serving node (see _assess_path), not made anew
-    # Its JSON for the buildings behind that node, with the flat left out (see _body_of).
-    bodies: dict[tuple[int, str, bool], tuple[Any, ...]] | None = None
-
-
-def assess(monitor: Monitor | None, directory: Directory, match: Match, now: float,
-           restored_for: float) -> Answer:  # fmt: skip
-    """The status for a place in the network (the core of /check, without HTTP)."""
-    if not match.found:
-        return Answer("ambiguous" if match.ambiguous else "not_found")
-    if monitor is None or not monitor.first_round_done:
-        return Answer("unknown", node=match.nodes[0])
-    first = _assess_node(monitor, directory, match.nodes[0], match, now, restored_for)
-    if len(match.nodes) == 1:
-        return first
-    others = [_assess_node(monitor, directory, n, match, now, restored_for)
-              for n in match.nodes[1:]]  # fmt: skip
-    same = all(a.status == first.status and a.incident is first.incident for a in others)
-    if not same:
-        # A house split between entrances, and the caller gave no flat.
-        return Answer("ambiguous", node=match.nodes[0])
-    return first
-
-
-def _assess_node(monitor: Monitor, directory: Directory, node: str, match: Match, now: float,
-                 restored_for: float) -> Answer:  # fmt: skip
-    c = monitor.correlator
-    sub = match.subscriber
-    serving = sub.serving if sub is not None else node
-    if c.blind:
-        return Answer("unknown", node=serving)
-    before, after = _assess_path(monitor, directory, serving, now, restored_for)
-    if before is not None:
-        return before
-    if sub is not None and sub.ip:
-        ns = c.states.get(node)  # the router's own state, never remembered
-        if ns is not None and ns.state is State.DOWN:
-            return Answer("cpe_down", node=serving, since=ns.down_at)
-    return after
-
-
-def _assess_path(monitor: Monitor, directory: Directory, node: str, now: float,
-                 restored_for: float) -> tuple[Answer | None, Answer]:  # fmt: skip
-    """(an incident or planned works on the path, else None; what to say otherwise).
-
-    Remembered per serving node until anything it depends on changes (the correlator's
-    version) or the clock reaches a moment that changes it (planned works starting or
-    ending, a "restored" answer running out): during a surge, the callers of one building
-    are asking the same question."""
-    cache: dict[str, Any] = monitor.answers
-    version = monitor.correlator.version
-    cached = cache.get(node)
-    if cached is not None and cached[0] == version and now < cached[1]:
-        return cached[2], cached[3]
-    before, after, expires = _walk_path(monitor, directory, node, now, restored_for)
-    after.kept = True
-    if before is not None:
-        before.kept = True
-    if len(cache) > 200_000:
-        cache.clear()
-    cache[node] = (version, expires, before, after)
-    return before, after
-
-
-def _walk_path(monitor: Monitor, directory: Directory, node: str, now: float,
-               restored_for: float) -> tuple[Answer | None, Answer, float]:  # fmt: skip
-    """What _assess_path says, and until when the clock alone leaves it true.
-
-    The caller's incident is the one that cuts off the node serving them (the
-    correlator's own rule: every path from it to a root broken), never merely one on an
-    uplink: a building with a second uplink alive is not in that outage. Planned works
-    cover it by the same rule."""
-    c = monitor.correlator
-    topo = directory.topology
-    inc = c.incident_for(node)
-    if inc is not None:
-        if inc.recovering_since is not None:
-            found = Answer("restored", inc, node, inc.opened_at,
-                           resolved=inc.recovering_since)  # fmt: skip
-            return found, found, math.inf
-        if inc.kind is Kind.MAINTENANCE:
-            end = works_end(inc, monitor.maintenance, topo, now)
-            eta = later(end, monitor.eta.get(inc.id))
-            found = Answer("maintenance", inc, node, inc.opened_at, eta, until=eta)
-        else:
-            found = Answer("outage", inc, node, inc.opened_at, monitor.eta.get(inc.id))
-        return found, found, math.inf
-    path = [node, *topo.ancestors(node)] if node in topo else [node]
-    on_path = set(path)
-    windows = [w for w in monitor.maintenance if w.node in on_path]
-    covered = works_cover(topo, node, windows, now)
-    if covered is not None:
-        since, ends = covered
-        found = Answer("maintenance", node=node, since=since, eta=ends, until=ends)
-        return found, found, min(ends, _next_start(windows, now))
-    expires = _next_start(windows, now)  # only works starting can cover it from here
-    recent = monitor.recent.get(node)
-    if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
-        said = Answer("restored", recent, node, recent.opened_at,
-                      resolved=recent.resolved_at)  # fmt: skip
-        return None, said, min(expires, recent.resolved_at + restored_for)
-    # Nothing on the path has been seen yet (a new node, or just after blindness).
-    nodes, states = topo.nodes, c.states
-    seen_any = False
-    for n in path:
-        here = nodes.get(n)
-        if here is not None and here.probed:
-            seen_any = True
-            ns = states.get(n)
-            if ns is not None and ns.state is not State.UNKNOWN and ns.state is not State.RECHECK:
-                return None, Answer("ok", node=node), expires
-    return None, Answer("unknown" if seen_any else "ok", node=node), expires
-
-
-def _next_start(windows: list[Maintenance], now: float) -> float:
-    return min((w.starts_at for w in windows if w.starts_at > now), default=math.inf)
-
-
-def later(a: float | None, b: float | None) -> float | None:
-    """The later of two times, either of which may be unknown."""
-    if a is None or b is None:
-        return a if b is None else b
-    return max(a, b)
-
-
-def cut_off_by(topology: Topology, node: str, taken_out: set[str]) -> bool:
-    """Whether every path from `node` up to a root runs through a node taken out (the node
-    itself included): the rule by which the correlator groups a failure's victims."""
-    if node in taken_out:
-        return True
-    if node not in topology:
-        return False
-    nodes = topology.nodes
-    seen = {node}
-    queue = [node]
-    while queue:
-        here = nodes[queue.pop()]
-        if not here.parents:
-            return False  # a root reached around everything taken out
-        for p in here.parents:
-            if p not in seen and p not in taken_out:
-                seen.add(p)
-                queue.append(p)
-    return True
-
-
-def works_cover(topology: Topology, node: str, windows: list[Maintenance],
-                now: float) -> tuple[float, float] | None:  # fmt: skip
-    """(since, until) when planned works running now cut this node off, else None.
-
-    Covered while the works still running would cut it off: with works on both uplinks
-    of a building, until the first of them ends; on a switch and the aggregation above,
-    until the last."""
-    running = [w for w in windows if w.starts_at <= now < w.ends_at]
-    if not running or not cut_off_by(topology, node, {w.node for w in running}):
-        return None
-    ends = sorted({w.ends_at for w in running})
-    until = ends[-1]
-    for end in ends[:-1]:
-        if not cut_off_by(topology, node, {w.node for w in running if w.ends_at > end}):
-            until = end
-            break
-    return min(w.starts_at for w in running if w.ends_at >= until), until
-
-
-def works_end(inc: Incident, windows: list[Maintenance], topology: Topology,
-              now: float) -> float | None:  # fmt: skip
-    """When the planned works behind a maintenance incident end: as the incident was
-    opened with them, else (restored after a restart) by the works covering its root."""
-    if inc.maintenance_until is not None:
-        return inc.maintenance_until
-    covered = works_cover(topology, inc.root, windows, now)
-    return covered[1] if covered is not None else None
-
-
 _KEYS = ("phone", "account", "address", "node")
 
 
@@ -361,17 +174,18 @@ async def check(request: web.Request) -> web.Response:
         raise bad("channel must be ivr or helpdesk.")
     matched_by, match = find(rt.directory, q)
     now = time.time()
-    answer = assess(rt.monitor, rt.directory, match, now, rt.config.messages.restored_for)
+    answer = assess(rt.monitor, rt.directory, match, now, rt.config.messages.restored_for,
+                    rt.answers)  # fmt: skip
     inc = answer.incident
     if inc is not None and rt.monitor is not None:
         rt.monitor.count_call(inc.id)
     rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
     if fmt == "text":
         return web.Response(text=f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n")
-    return web.Response(body=_body_of(rt, answer, match, matched_by, now), headers=JSON)
+    return web.Response(body=remembered_body(rt, answer, match, matched_by, now), headers=JSON)
 
 
-def _body(texts: Texts, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
+def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
     """The JSON of a /check answer, written out."""
     inc = answer.incident
     address = match.address_text()
@@ -398,8 +212,9 @@ _FLAT_MARK = "\x00"
 _FLAT_MARK_JSON = b"\\u0000"  # as orjson writes it
 
 
-def _body_of(rt: Runtime, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
-    """_body, remembered with the answer for each building it is given for, during a surge.
+def remembered_body(rt: Runtime, answer: Answer, match: Match, matched_by: str,
+                    now: float) -> bytes:  # fmt: skip
+    """check_body(), remembered with the answer for each building it is given for, during a surge.
 
     The body is kept as its pieces around each place the flat appears (the message and
     the address), and the caller's flat, JSON-escaped, joins them. That is the same text
@@ -410,23 +225,28 @@ def _body_of(rt: Runtime, answer: Answer, match: Match, matched_by: str, now: fl
     estimate in it passes, and goes with the answer when the network changes."""
     texts, address, flat = rt.texts, match.address, match.flat
     if address is None or not answer.kept or not texts.plain_address or _FLAT_MARK in flat:
-        return _body(texts, answer, match, matched_by, now)
+        return check_body(texts, answer, match, matched_by, now)
     if answer.bodies is None:
         answer.bodies = {}
     key = (id(address), matched_by, flat != "")
     found = answer.bodies.get(key)
-    if found is not None and found[0] is address and found[1] is texts and now < found[2]:
-        return _json_text(flat).join(found[3])
-    body = _body(texts, answer, match, matched_by, now)
+    if (
+        found is not None
+        and found.address is address
+        and found.texts is texts
+        and now < found.until
+    ):
+        return _json_text(flat).join(found.pieces)
+    written = check_body(texts, answer, match, matched_by, now)
     marked = Match(match.nodes, address, match.subscriber, (), _FLAT_MARK if flat else "")
-    pieces = tuple(_body(texts, answer, marked, matched_by, now).split(_FLAT_MARK_JSON))
-    if _json_text(flat).join(pieces) == body:  # a check that cannot cost a wrong answer
+    pieces = tuple(check_body(texts, answer, marked, matched_by, now).split(_FLAT_MARK_JSON))
+    if _json_text(flat).join(pieces) == written:  # a check that cannot cost a wrong answer
         until = next_local_day(now)
         if answer.eta is not None and answer.eta > now:
             until = min(until, answer.eta)  # then "work continues" is said instead
         # The entry holds the address, so the id in the key stays its.
-        answer.bodies[key] = (address, texts, until, pieces)
-    return body
+        answer.bodies[key] = KeptBody(address, texts, until, pieces)
+    return written
 
 
 def _json_text(text: str) -> bytes:

@@ -14,6 +14,7 @@ from aiohttp import web
 from outagemon import __version__, logs
 from outagemon.config import Config
 from outagemon.core import messages
+from outagemon.core.assess import AnswerMemory
 from outagemon.core.directory import Directory
 from outagemon.core.messages import Texts
 from outagemon.metrics import Metric, Registry
@@ -36,6 +37,7 @@ class Runtime:
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
     probe_rate: float = 0.0  # probes a second, as last measured
     texts: Texts = field(default_factory=lambda: messages.load("ru"))
+    answers: AnswerMemory = field(default_factory=AnswerMemory)  # what /check remembers
     checks: Metric = field(init=False)  # /check answers by status and channel
 
     def __post_init__(self) -> None:

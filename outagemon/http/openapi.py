@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from outagemon import __version__
+from outagemon.core.assess import Status
 
-STATUSES = ["outage", "maintenance", "cpe_down", "restored", "ok", "unknown", "ambiguous",
-            "not_found"]  # fmt: skip
+STATUSES = [s.value for s in Status]
 
 
 def _str(description: str, **extra: Any) -> dict[str, Any]:

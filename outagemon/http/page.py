@@ -18,7 +18,8 @@ from aiohttp import web
 from markupsafe import Markup, escape
 
 from outagemon import logs
-from outagemon.core.correlator import Incident, State
+from outagemon.core.health import State
+from outagemon.core.incidents import Incident
 from outagemon.http import api
 from outagemon.http.app import RUNTIME, Runtime
 

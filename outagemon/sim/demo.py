@@ -15,7 +15,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from outagemon.core.correlator import Maintenance
+from outagemon.core.incidents import Maintenance
 from outagemon.monitor import Monitor
 from outagemon.sim import citygen
 from outagemon.sim.simnet import SimNet

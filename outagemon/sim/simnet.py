@@ -14,7 +14,8 @@ import random
 import zlib
 from collections.abc import Callable, Iterable
 
-from outagemon.core.correlator import Correlator, Event
+from outagemon.core.correlator import Correlator
+from outagemon.core.incidents import Event
 from outagemon.core.topology import Topology
 
 RTT = 0.001

@@ -1,0 +1,277 @@
+"""What a caller hears: the status of a place in the network (the core of /check).
+
+`assess()` reads the correlator's view (incidents, node states, planned works, recently
+resolved incidents, estimates) and says one `Status` for the place a caller was matched
+to. Answers are remembered per serving node in an `AnswerMemory` (the HTTP runtime owns
+it) until anything they depend on changes: the correlator's `version`, or the clock
+reaching a moment that changes them (planned works starting or ending, `restored`
+running out). During a surge, the callers of one building ask the same question.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from outagemon.core.addresses import Address
+from outagemon.core.correlator import Correlator
+from outagemon.core.directory import Directory, Match
+from outagemon.core.health import State
+from outagemon.core.incidents import Incident, Kind, Maintenance
+from outagemon.core.messages import Texts
+from outagemon.core.topology import Topology
+
+
+class Status(enum.StrEnum):
+    """The answer to "is this caller inside a known outage?"; values as /check says them."""
+
+    OUTAGE = "outage"
+    MAINTENANCE = "maintenance"
+    CPE_DOWN = "cpe_down"  # the subscriber's own router does not answer
+    RESTORED = "restored"  # an incident on the path recovered lately
+    OK = "ok"
+    UNKNOWN = "unknown"  # not seen yet, or the monitor is blind
+    AMBIGUOUS = "ambiguous"  # the question names more than one place
+    NOT_FOUND = "not_found"
+
+
+class Situation(Protocol):
+    """What assess() reads: the monitor's view of the network, in memory."""
+
+    @property
+    def correlator(self) -> Correlator: ...
+    @property
+    def eta(self) -> dict[int, float]: ...  # incident id -> expected repair time
+    @property
+    def maintenance(self) -> list[Maintenance]: ...
+    @property
+    def recent(self) -> dict[str, Incident]: ...  # node -> recently resolved incident
+    @property
+    def first_round_done(self) -> bool: ...
+
+
+class KeptBody(NamedTuple):
+    """An answer's JSON for one building, with the caller's flat left out (the HTTP side
+    writes it; see `http.api.remembered_body`)."""
+
+    address: Address  # held, so that the id in the key stays this address's
+    texts: Texts  # the wording it was written with (a reload brings new texts)
+    until: float  # the local day's end, or the estimate in it passing
+    pieces: tuple[bytes, ...]  # the body around each place the flat appears
+
+
+# (id of the address, how the caller was matched, whether a flat was given)
+BodyKey = tuple[int, str, bool]
+
+
+@dataclass
+class Answer:
+    status: Status
+    incident: Incident | None = None
+    node: str = ""
+    since: float | None = None
+    eta: float | None = None
+    until: float | None = None
+    resolved: float | None = None
+    kept: bool = False  # remembered for its serving node (see AnswerMemory), not made anew
+    # Its JSON for the buildings behind that node, with the flat left out.
+    bodies: dict[BodyKey, KeptBody] | None = None
+
+
+class Remembered(NamedTuple):
+    """One serving node's answers, true while the correlator's version is `version` and
+    the clock is before `expires`."""
+
+    version: int
+    expires: float
+    before: Answer | None  # an incident or planned works on the path
+    after: Answer  # what to say when the router's own state does not decide
+
+
+class AnswerMemory:
+    """The answers remembered per serving node (see the module's docstring). Emptied when
+    it holds LIMIT nodes: a city has far fewer serving nodes than that."""
+
+    LIMIT = 200_000
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Remembered] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def assess(situation: Situation | None, directory: Directory, match: Match, now: float,
+           restored_for: float, memory: AnswerMemory) -> Answer:  # fmt: skip
+    """The status for a place in the network (the core of /check, without HTTP).
+
+    Unknown until the first probe round is done; a place split between nodes (a house
+    with several entrances, asked about without a flat) is ambiguous unless every node
+    says the same."""
+    if not match.found:
+        return Answer(Status.AMBIGUOUS if match.ambiguous else Status.NOT_FOUND)
+    if situation is None or not situation.first_round_done:
+        return Answer(Status.UNKNOWN, node=match.nodes[0])
+    first = _assess_node(situation, directory, match.nodes[0], match, now, restored_for, memory)
+    if len(match.nodes) == 1:
+        return first
+    others = [_assess_node(situation, directory, n, match, now, restored_for, memory)
+              for n in match.nodes[1:]]  # fmt: skip
+    same = all(a.status == first.status and a.incident is first.incident for a in others)
+    if not same:
+        # A house split between entrances, and the caller gave no flat.
+        return Answer(Status.AMBIGUOUS, node=match.nodes[0])
+    return first
+
+
+def _assess_node(situation: Situation, directory: Directory, node: str, match: Match,
+                 now: float, restored_for: float, memory: AnswerMemory) -> Answer:  # fmt: skip
+    """One node's answer: an incident or works on its path first, then the subscriber's
+    own router (read on every call, never remembered), then what the path says."""
+    c = situation.correlator
+    sub = match.subscriber
+    serving = sub.serving if sub is not None else node
+    if c.blind:
+        return Answer(Status.UNKNOWN, node=serving)
+    before, after = _assess_path(situation, directory, serving, now, restored_for, memory)
+    if before is not None:
+        return before
+    if sub is not None and sub.ip:
+        ns = c.states.get(node)  # the router's own state, never remembered
+        if ns is not None and ns.state is State.DOWN:
+            return Answer(Status.CPE_DOWN, node=serving, since=ns.down_at)
+    return after
+
+
+def _assess_path(situation: Situation, directory: Directory, node: str, now: float,
+                 restored_for: float,
+                 memory: AnswerMemory) -> tuple[Answer | None, Answer]:  # fmt: skip
+    """(an incident or planned works on the path, else None; what to say otherwise),
+    remembered per serving node (see AnswerMemory)."""
+    entries = memory.entries
+    version = situation.correlator.version
+    kept = entries.get(node)
+    if kept is not None and kept.version == version and now < kept.expires:
+        return kept.before, kept.after
+    before, after, expires = _walk_path(situation, directory, node, now, restored_for)
+    after.kept = True
+    if before is not None:
+        before.kept = True
+    if len(entries) > AnswerMemory.LIMIT:
+        entries.clear()
+    entries[node] = Remembered(version, expires, before, after)
+    return before, after
+
+
+def _walk_path(situation: Situation, directory: Directory, node: str, now: float,
+               restored_for: float) -> tuple[Answer | None, Answer, float]:  # fmt: skip
+    """What _assess_path says, and until when the clock alone leaves it true.
+
+    The caller's incident is the one that cuts off the node serving them (the
+    correlator's own rule: every path from it to a root broken), never merely one on an
+    uplink: a building with a second uplink alive is not in that outage. Planned works
+    cover it by the same rule."""
+    c = situation.correlator
+    topo = directory.topology
+    inc = c.incident_for(node)
+    if inc is not None:
+        if inc.recovering_since is not None:
+            found = Answer(Status.RESTORED, inc, node, inc.opened_at,
+                           resolved=inc.recovering_since)  # fmt: skip
+            return found, found, math.inf
+        if inc.kind is Kind.MAINTENANCE:
+            end = works_end(inc, situation.maintenance, topo, now)
+            eta = later(end, situation.eta.get(inc.id))
+            found = Answer(Status.MAINTENANCE, inc, node, inc.opened_at, eta, until=eta)
+        else:
+            found = Answer(Status.OUTAGE, inc, node, inc.opened_at, situation.eta.get(inc.id))
+        return found, found, math.inf
+    path = [node, *topo.ancestors(node)] if node in topo else [node]
+    on_path = set(path)
+    windows = [w for w in situation.maintenance if w.node in on_path]
+    covered = works_cover(topo, node, windows, now)
+    if covered is not None:
+        since, ends = covered
+        found = Answer(Status.MAINTENANCE, node=node, since=since, eta=ends, until=ends)
+        return found, found, min(ends, _next_start(windows, now))
+    expires = _next_start(windows, now)  # only works starting can cover it from here
+    recent = situation.recent.get(node)
+    if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
+        said = Answer(Status.RESTORED, recent, node, recent.opened_at,
+                      resolved=recent.resolved_at)  # fmt: skip
+        return None, said, min(expires, recent.resolved_at + restored_for)
+    # Nothing on the path has been seen yet (a new node, or just after blindness).
+    nodes, states = topo.nodes, c.states
+    seen_any = False
+    for n in path:
+        here = nodes.get(n)
+        if here is not None and here.probed:
+            seen_any = True
+            ns = states.get(n)
+            if ns is not None and ns.state is not State.UNKNOWN and ns.state is not State.RECHECK:
+                return None, Answer(Status.OK, node=node), expires
+    return None, Answer(Status.UNKNOWN if seen_any else Status.OK, node=node), expires
+
+
+def _next_start(windows: list[Maintenance], now: float) -> float:
+    return min((w.starts_at for w in windows if w.starts_at > now), default=math.inf)
+
+
+def later(a: float | None, b: float | None) -> float | None:
+    """The later of two times, either of which may be unknown."""
+    if a is None or b is None:
+        return a if b is None else b
+    return max(a, b)
+
+
+def cut_off_by(topology: Topology, node: str, taken_out: set[str]) -> bool:
+    """Whether every path from `node` up to a root runs through a node taken out (the node
+    itself included): the rule by which the correlator groups a failure's victims."""
+    if node in taken_out:
+        return True
+    if node not in topology:
+        return False
+    nodes = topology.nodes
+    seen = {node}
+    queue = [node]
+    while queue:
+        here = nodes[queue.pop()]
+        if not here.parents:
+            return False  # a root reached around everything taken out
+        for p in here.parents:
+            if p not in seen and p not in taken_out:
+                seen.add(p)
+                queue.append(p)
+    return True
+
+
+def works_cover(topology: Topology, node: str, windows: list[Maintenance],
+                now: float) -> tuple[float, float] | None:  # fmt: skip
+    """(since, until) when planned works running now cut this node off, else None.
+
+    Covered while the works still running would cut it off: with works on both uplinks
+    of a building, until the first of them ends; on a switch and the aggregation above,
+    until the last."""
+    running = [w for w in windows if w.starts_at <= now < w.ends_at]
+    if not running or not cut_off_by(topology, node, {w.node for w in running}):
+        return None
+    ends = sorted({w.ends_at for w in running})
+    until = ends[-1]
+    for end in ends[:-1]:
+        if not cut_off_by(topology, node, {w.node for w in running if w.ends_at > end}):
+            until = end
+            break
+    return min(w.starts_at for w in running if w.ends_at >= until), until
+
+
+def works_end(inc: Incident, windows: list[Maintenance], topology: Topology,
+              now: float) -> float | None:  # fmt: skip
+    """When the planned works behind a maintenance incident end: as the incident was
+    opened with them, else (restored after a restart) by the works covering its root."""
+    if inc.maintenance_until is not None:
+        return inc.maintenance_until
+    covered = works_cover(topology, inc.root, windows, now)
+    return covered[1] if covered is not None else None

@@ -1,0 +1,208 @@
+"""The failed set: nodes down by their own probes, and nodes inferred down.
+
+A node without an address (an entrance, a cable), or one that still answers while its
+children fail together, is inferred down from them. `Failures` keeps the set of failed
+nodes as the decisions need it: what joined it and whether anything left it since the
+last decision, and the cut (everything whose every uplink leads into a failed node).
+`Correlator` extends it with the decisions into incidents.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from outagemon.core.health import Health, Settings, State
+from outagemon.core.topology import Topology
+
+
+class Failures(Health):
+    """The failed set, kept up to date from the health of each node.
+
+    Invariants: `_down` is exactly the topology nodes in state DOWN; `inferred` the nodes
+    inferred down, with when (never one DOWN by its own probes); `_added` what joined
+    either since the last decision, and `_removed` is set when anything left them (the
+    next decision then starts afresh); `_cut_cache` is the cut of the failed set as of the
+    last decision, and `_dirty` is set when it may be stale; `_changed` and `_reconsider`
+    hold the nodes whose parents' inference must be evaluated again. The failed set
+    changes only through _fail, _unfail, _infer_down and _infer_up."""
+
+    def __init__(self, topology: Topology, settings: Settings, anchors: Iterable[str]) -> None:
+        super().__init__(topology, settings, anchors)
+        self.inferred: dict[str, float] = {}  # node -> when it was inferred down
+        self.blind = False  # every anchor is down: nothing is inferred, nothing opens
+        self._dirty = True
+        self._changed: set[str] = set()  # nodes whose known state changed since last tick
+        self._down: set[str] = set()  # probed nodes in state DOWN
+        self._cut_cache: set[str] = set()
+        self._reconsider: set[str] = set()  # parents whose inference to evaluate again
+        self._added: set[str] = set()  # failed since the last decision
+        self._removed = True  # something stopped failing: the next decision starts afresh
+
+    @property
+    def nodes_down(self) -> int:
+        """Topology nodes down by their own probes."""
+        return len(self._down)
+
+    # -- what health tells the failed set --------------------------------------------
+    # The failed set (nodes down by their own probes, or inferred down) changes only
+    # through _fail, _unfail, _infer_down and _infer_up, so that a decision knows what
+    # was added since the last one.
+
+    def _fail(self, node: str) -> None:
+        """Down by its own probes: it joins the failed set (and what was added)."""
+        if node in self.topology and node not in self._down:
+            self._down.add(node)
+            self._added.add(node)
+
+    def _unfail(self, node: str) -> None:
+        """No longer down by its own probes: the next decision starts afresh."""
+        if node in self._down:
+            self._down.discard(node)
+            self._removed = True
+
+    def _changed_state(self, node: str, state: State) -> None:
+        """Any change of state: the parents' inference, and the decision, may be stale."""
+        if self._parent_may_infer(node):
+            self._changed.add(node)
+        # A node already cut off by a failure above it changes nothing when it, too, is
+        # found down: the cut-off set and the incidents stay as they are. (During a core
+        # failure that is every one of 100,000 nodes: without this, each tick would redo
+        # the whole grouping.)
+        if not (state is State.DOWN and node in self._cut_cache):
+            self._dirty = True
+
+    def _rechecked(self, node: str) -> None:
+        """It left the failed set to be probed afresh: the decision is stale."""
+        self._dirty = True
+
+    def _answers_again(self, node: str) -> None:
+        """Its children's changes, skipped while it lost probes, are weighed again."""
+        self._reconsider.add(node)
+
+    def _infer_down(self, node: str, since: float) -> None:
+        """Inferred down from its children: it joins the failed set (and what was added)."""
+        self.version += 1
+        self.inferred[node] = since
+        self._added.add(node)
+
+    def _infer_up(self, node: str) -> None:
+        """No longer inferred down: the next decision starts afresh."""
+        self.version += 1
+        if self.inferred.pop(node, None) is not None:
+            self._removed = True
+
+    def _parent_may_infer(self, node: str) -> bool:
+        """Whether a change of this node can change an inference above it: only a parent
+        without an address, or one that answers, or one already inferred, is inferred."""
+        topo = self.topology.nodes
+        n = topo.get(node)
+        if n is None:
+            return False
+        for p in n.parents:
+            if not topo[p].probed or p in self.inferred:
+                return True
+            ps = self.states.get(p)
+            if ps is None or (ps.state is State.UP and ps.losses == 0):
+                return True
+        return False
+
+    def _known(self, node: str) -> tuple[State, float]:
+        """A node's state for its parent's inference, and since when."""
+        ns = self.states.get(node)
+        if self.topology.nodes[node].probed:
+            if ns is None:
+                return State.UNKNOWN, 0.0
+            return ns.state, ns.down_at if ns.state is State.DOWN else ns.changed_at
+        if node in self.inferred:
+            return State.DOWN, self.inferred[node]
+        return State.UP, 0.0
+
+    def _infer(self, now: float) -> None:
+        """Infer nodes down (or up again) from their children failing together.
+
+        A parent is inferred down when at least `infer_min_children` of its children are
+        known and `infer_ratio` of them failed within `window` of the latest failure, while
+        the parent itself answers (or has no address) and the monitor can see; it is up
+        again once half of those children answer. A change walks on to the grandparents."""
+        s = self.settings
+        nodes = self.topology.nodes
+        queue = deque(dict.fromkeys(
+            [*self._reconsider, *(p for n in self._changed if n in nodes for p in nodes[n].parents)]
+        ))  # fmt: skip
+        self._changed.clear()
+        self._reconsider.clear()
+        seen: set[str] = set()
+        while queue:
+            parent = queue.popleft()
+            if parent in seen:
+                continue
+            seen.add(parent)
+            own = self.states.get(parent) if nodes[parent].probed else None
+            if own is not None and own.state is State.DOWN:
+                # Down by its own probes: that is the better evidence, nothing to infer.
+                if parent in self.inferred:
+                    self._infer_up(parent)
+                    self._dirty = True
+                continue
+            # A probed parent is inferred down only while it really answers; one that is
+            # losing probes itself is about to be decided by its own evidence.
+            answering = own is None or (own.state is State.UP and own.losses == 0)
+            was = parent in self.inferred
+            if not answering and not was:
+                continue
+            up = 0
+            downs: list[float] = []
+            for child in self.topology.nodes[parent].children:
+                state, since = self._known(child)
+                if state is State.UP:
+                    up += 1
+                elif state is State.DOWN:
+                    downs.append(since)
+            # Only children that failed together count; one long gone does not make a
+            # cable cut, nor hide one.
+            latest = max(downs, default=0.0)
+            recent = [t for t in downs if t >= latest - s.window]
+            base = up + len(recent)
+            infer = (
+                base >= s.infer_min_children
+                and len(recent) / base >= s.infer_ratio
+                and not self.blind
+                and (answering or was)
+            )
+            if was and not infer:
+                # Back up once most of the children that failed answer again.
+                infer = base > 0 and len(recent) / base >= 0.5
+            if infer and not was:
+                self._infer_down(parent, max(recent))
+            elif was and not infer:
+                self._infer_up(parent)
+                self._recheck_below(parent, now)
+            if infer != was:
+                self._dirty = True
+                queue.extend(nodes[parent].parents)
+
+    def _failed(self) -> set[str]:
+        """Nodes down by their own probes, and nodes inferred down."""
+        return self._down | self.inferred.keys()
+
+    def _cut(self, failed: set[str], cut: set[str] | None = None) -> set[str]:
+        """The failed nodes and all nodes whose every uplink leads into them; given the cut
+        of a smaller failed set, only what the new failures add is walked."""
+        if cut is None:
+            cut = set(failed)
+            queue = deque(failed)
+        else:
+            queue = deque(failed)  # each is expanded, even if already counted in the cut
+            cut.update(queue)
+        nodes = self.topology.nodes
+        while queue:
+            for child in nodes[queue.popleft()].children:
+                if child in cut:
+                    continue
+                parents = nodes[child].parents
+                # Most nodes have one uplink, and the node just taken from the queue is it.
+                if len(parents) == 1 or all(p in cut for p in parents):
+                    cut.add(child)
+                    queue.append(child)
+        return cut

@@ -1,0 +1,313 @@
+"""Each node's health from its probe results: hysteresis, loss history, flapping.
+
+`Health` takes in probe results (`observe()`) and keeps every node's state with
+hysteresis: `down_after` losses, adapted to the target's loss history so random loss
+does not invent failures, and `up_after` answers. It asks for urgent probes of a node
+losing probes and of its ancestors. What a change of state means for the failed set is
+`Failures`' (core/failures.py), which extends this class and overrides the hooks at the
+end; the decisions into incidents are `Correlator`'s, which extends that.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from outagemon.core.topology import Topology
+
+# Chance per probe that random loss alone produces a false `down`: the streak of losses
+# needed is chosen so that p ** streak stays below this (p: the target's loss estimate).
+FALSE_DOWN_BOUND = 1e-7
+MAX_STREAK = 15  # at most this many consecutive losses are ever required
+HISTORY = 500.0  # probes the long loss estimate remembers (exponential decay)
+SHORT_HISTORY = 20.0  # probes the degraded estimate remembers
+DEGRADED_LOSS = 0.2  # short-term loss above this, while not down, is "degraded"
+# Flapping, measured as Nagios and Icinga do (a weighted percent state change: 20 possible
+# changes, newer ones weigh 1.2, the oldest 0.8), but over time rather than over checks,
+# since our checks repeat every few seconds: the state changes of the last FLAP_PERIOD.
+# It starts above 30 % (six changes in ten minutes) and stops below 25 %.
+FLAP_PERIOD = 600.0
+FLAP_HIGH = 30.0
+FLAP_LOW = 25.0
+# Random loss seen across the whole network (losses that turned out isolated), decaying
+# over this many seconds: when loss starts everywhere at once, every target's history is
+# still clean, and this is what stops a thousand coin flips from making one false outage.
+NETWORK_LOSS_SECONDS = 10.0
+
+
+class State(enum.Enum):
+    UNKNOWN = "unknown"  # no result yet
+    UP = "up"
+    DOWN = "down"
+    RECHECK = "recheck"  # was down; waits for a fresh probe (after a recovery or blindness)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    down_after: int = 3
+    up_after: int = 2
+    window: float = 30.0
+    infer_min_children: int = 3
+    infer_ratio: float = 0.8
+    resolve_hold: float = 60.0
+    timeout: float = 1.0  # the probe timeout: a loss seen at t was sent at t - timeout
+
+
+@dataclass(slots=True)
+class NodeState:
+    state: State = State.UNKNOWN
+    losses: int = 0  # consecutive
+    answers: int = 0  # consecutive
+    n: float = 0.0  # decayed count of results (long history)
+    lost: float = 0.0  # decayed count of losses, excluding the current streak
+    short_n: float = 0.0
+    short_lost: float = 0.0
+    changed_at: float = 0.0
+    down_at: float = 0.0
+    last_at: float = -math.inf  # time of the last result
+    changes: deque[float] | None = None  # times of recent state changes, for flapping
+    flapping: bool = False
+    degraded: bool = False
+    asked: bool = False  # ancestors were asked to be probed for this streak
+    streak_at: float = 0.0  # when the current streak of losses began
+    # Losses of probes sent before this time say nothing (they were in flight when a
+    # parent came back, or the monitor regained its sight).
+    stale_before: float = -math.inf
+
+    def loss_estimate(self) -> float:
+        """Pessimistic (upper) estimate of this target's random loss rate.
+
+        Half a loss is assumed before any history, and one standard error added, so a new
+        target needs a long streak (15) and a clean one with a few hundred answers needs
+        `down_after`; one with 10 % loss needs about 8.
+        """
+        p = (self.lost + 0.5) / (self.n + 1)
+        return min(0.95, p + math.sqrt(p * (1 - p) / (self.n + 1)))
+
+    def record(self, lost: bool, times: int = 1) -> None:
+        """Add results to the decayed loss history."""
+        d = 1 - 1 / HISTORY
+        for _ in range(times):
+            self.n = self.n * d + 1
+            self.lost = self.lost * d + lost
+
+
+def needed_losses(ns: NodeState, down_after: int, network_loss: float = 0.0) -> int:
+    """Consecutive losses that make this target `down`: more for a lossy or new one, and
+    for every target while the network as a whole is losing packets at random."""
+    p = max(ns.loss_estimate(), min(network_loss, 0.95))
+    k = math.ceil(math.log(FALSE_DOWN_BOUND) / math.log(p))
+    return max(down_after, min(k, MAX_STREAK))
+
+
+def flap_percent(changes: Iterable[float], now: float) -> float:
+    """Weighted percent state change over the last FLAP_PERIOD seconds (see FLAP_PERIOD)."""
+    total = 0.0
+    for at in changes:
+        age = now - at
+        if 0 <= age <= FLAP_PERIOD:
+            total += 1.2 - 0.4 * age / FLAP_PERIOD
+    return min(100.0, total / 20 * 100)
+
+
+def update_flapping(ns: NodeState, now: float) -> bool:
+    """Whether the node flaps now: it starts above FLAP_HIGH and stops below FLAP_LOW."""
+    if ns.changes is None:
+        return False
+    percent = flap_percent(ns.changes, now)
+    if ns.flapping and percent < FLAP_LOW:
+        ns.flapping = False
+    elif not ns.flapping and percent > FLAP_HIGH:
+        ns.flapping = True
+    return ns.flapping
+
+
+class Health:
+    """Every node's state from its probe results, and the urgent probes it asks for.
+
+    Invariants: `states` holds a node once a result (or a restart) names it; a node is in
+    state DOWN only after a streak of losses `needed_losses()` long, or a loss while in
+    RECHECK; `version` moves on every change a caller's answer could depend on (not a
+    router's own state, which /check reads directly)."""
+
+    def __init__(self, topology: Topology, settings: Settings, anchors: Iterable[str]) -> None:
+        self.topology = topology
+        self.settings = settings
+        # Only anchors that are probed can vouch for our view; with none, it is trusted.
+        self.anchors: list[str] = list(anchors) or [
+            r for r in topology.roots if topology.nodes[r].probed
+        ]
+        self.states: dict[str, NodeState] = {}
+        self._requests: list[str] = []
+        # Bumped by every change a caller's answer could depend on (states of network
+        # nodes, incidents, planned works, blindness; not routers' states, which /check
+        # reads directly), so answers may be remembered until it moves.
+        self.version = 0
+        # (node, state, time) of each up/down change, kept only when someone stores them
+        # (the daemon does, and empties the list every tick).
+        self.record_transitions = False
+        self.transitions: list[tuple[str, str, float]] = []
+        self._net_results = 0.0
+        self._net_lost = 0.0
+        self._net_at = -math.inf
+
+    def observe(self, node: str, ok: bool, now: float) -> None:
+        """One probe result for a node (or an anchor): the hysteresis step.
+
+        An answer ends a streak of losses (which joins the loss history as random loss if
+        the node was not down) and brings a node up after `up_after` answers; a loss in a
+        streak `needed_losses()` long takes it down, and a shorter streak asks for urgent
+        probes of the node and its ancestors. A loss of a probe sent before `stale_before`
+        is no evidence."""
+        ns = self.states.get(node)
+        if ns is None:
+            if node not in self.topology and node not in self.anchors:
+                return  # a result for a node a reload removed
+            ns = self.states[node] = NodeState(changed_at=now)
+        if not ok and now - self.settings.timeout < ns.stale_before:
+            return  # lost before the network changed under it: no evidence either way
+        ns.last_at = now
+        short = 1 - 1 / SHORT_HISTORY
+        ns.short_n = ns.short_n * short + 1
+        ns.short_lost = ns.short_lost * short + (0 if ok else 1)
+        self._network(now, ns.losses if ok and ns.state is not State.DOWN else 0)
+        if ok:
+            if ns.state is not State.DOWN:
+                # The streak that just ended was random loss after all: it joins the history.
+                ns.record(True, ns.losses)
+                if ns.losses and self.topology.nodes.get(node) is not None:
+                    # It answers again: its children's changes, skipped while it was
+                    # losing probes, may now make it inferred.
+                    self._answers_again(node)
+            ns.record(False)
+            ns.losses = 0
+            ns.answers += 1
+            ns.asked = False
+            if ns.state in (State.UNKNOWN, State.RECHECK) or (
+                ns.state is State.DOWN and ns.answers >= self.settings.up_after
+            ):
+                self._set(node, ns, State.UP, now)
+        else:
+            ns.losses += 1
+            ns.answers = 0
+            if ns.losses == 1:
+                ns.streak_at = now
+            if ns.state is State.RECHECK:
+                self._set(node, ns, State.DOWN, now)
+            elif ns.state is not State.DOWN:
+                if ns.losses >= needed_losses(ns, self.settings.down_after, self.network_loss):
+                    self._set(node, ns, State.DOWN, now)
+                else:
+                    # Confirm quickly: probe it again, and its ancestors, now.
+                    self._requests.append(node)
+                    if not ns.asked:
+                        ns.asked = True
+                        self._ask_ancestors(node)
+        ns.degraded = (
+            ns.state is not State.DOWN
+            and ns.short_n >= 10
+            and ns.short_lost / ns.short_n >= DEGRADED_LOSS
+        )
+
+    def _network(self, now: float, random_losses: int) -> None:
+        """Count a result, and the losses it shows were random, in the network's loss."""
+        if now != self._net_at:
+            decay = math.exp(-(now - self._net_at) / NETWORK_LOSS_SECONDS)
+            self._net_results *= decay
+            self._net_lost *= decay
+            self._net_at = now
+        self._net_results += 1 + random_losses
+        self._net_lost += random_losses
+
+    @property
+    def network_loss(self) -> float:
+        """The share of probes lost at random across the network lately (0 when none)."""
+        if self._net_lost < 1:
+            return 0.0
+        return self._net_lost / self._net_results
+
+    def _set(self, node: str, ns: NodeState, state: State, now: float) -> None:
+        """A node changes state: flapping is measured on every change to or from DOWN,
+        and what lies below a node that comes back is probed again (`_recheck_below`)."""
+        here = self.topology.nodes.get(node)  # None for an anchor outside the topology
+        if here is None or here.kind != "cpe":  # a router's state is read, never cached
+            self.version += 1
+        if self.record_transitions:
+            self.transitions.append((node, state.value, now))
+        was_down = ns.state is State.DOWN
+        if was_down or state is State.DOWN:
+            if ns.changes is None:
+                ns.changes = deque(maxlen=21)
+            ns.changes.append(now)
+            update_flapping(ns, now)
+        if state is State.DOWN:
+            ns.down_at = now
+            self._fail(node)
+        else:
+            self._unfail(node)
+        ns.state = state
+        if was_down and state is State.UP:
+            self._recheck_below(node, now)
+        ns.changed_at = now
+        self._changed_state(node, state)
+
+    def _recheck_below(self, node: str, now: float) -> None:
+        """A node came back: whatever below it looked down may only have been cut off.
+        Each is probed again at once and counts as down only if a probe sent from now on
+        is lost (a streak begun while cut off is forgotten), so a recovery raises no storm
+        of child events, and a real second fault splits off."""
+        if node not in self.topology:
+            return
+        for d in self.topology.descendants(node):
+            ns = self.states.get(d)
+            if ns is None:
+                continue
+            ns.stale_before = now
+            if ns.state is not State.DOWN:
+                ns.losses = 0
+                ns.asked = False
+            else:
+                ns.state = State.RECHECK
+                self.version += 1
+                self._unfail(d)
+                self._requests.append(d)
+                self._rechecked(d)
+
+    def _ask_ancestors(self, node: str) -> None:
+        """Urgent probes of a node's probed ancestors and the anchors."""
+        if node in self.topology:
+            for a in self.topology.ancestors(node):
+                if self.topology.nodes[a].probed:
+                    self._requests.append(a)
+        # The anchors too: a loss might be our own uplink's, and they must say so first.
+        self._requests.extend(self.anchors)
+
+    def take_requests(self) -> list[str]:
+        """Nodes to probe now, ahead of their schedule (each once)."""
+        out = list(dict.fromkeys(self._requests))
+        self._requests.clear()
+        return out
+
+    def state_of(self, node: str) -> State:
+        ns = self.states.get(node)
+        return ns.state if ns is not None else State.UNKNOWN
+
+    # -- what the failed set hears (Failures overrides these) ------------------------
+
+    def _fail(self, node: str) -> None:
+        """The node went DOWN by its own probes."""
+
+    def _unfail(self, node: str) -> None:
+        """The node is no longer DOWN by its own probes (up, or waiting for a recheck)."""
+
+    def _changed_state(self, node: str, state: State) -> None:
+        """Called at the end of every change of a node's state."""
+
+    def _rechecked(self, node: str) -> None:
+        """A node below one that came back was DOWN and now waits for a fresh probe."""
+
+    def _answers_again(self, node: str) -> None:
+        """A topology node that was losing probes (not down) answers again."""

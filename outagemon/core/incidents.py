@@ -1,0 +1,285 @@
+"""The incident book: incidents, the events that tell their story, planned works.
+
+`IncidentBook` holds the open incidents and which incident covers each node (what callers
+are answered from), the last resolved incident of each root (a root that fails again soon
+reopens it), and the events since the last tick. The decision core (`Correlator`) says
+which roots are down and what they cut off; the book opens, re-roots, merges, splits,
+recovers and resolves incidents accordingly.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+from outagemon.core.health import NodeState, update_flapping
+from outagemon.core.topology import Topology
+
+# A root that fails again this soon after its incident resolved reopens that incident.
+REOPEN_WITHIN = 600.0
+
+
+class Kind(enum.Enum):
+    """What an incident is: a fault, or planned works."""
+
+    OUTAGE = "outage"
+    MAINTENANCE = "maintenance"
+
+
+class IncidentState(enum.StrEnum):
+    """An incident's life: open (recovering included) until resolved, or merged into an
+    incident whose root explains it. The values are those stored and served."""
+
+    OPEN = "open"
+    RESOLVED = "resolved"
+    MERGED = "merged"
+
+
+class EventKind(enum.StrEnum):
+    """What happened: the kinds of `Event`; the values are those stored and logged."""
+
+    OPENED = "opened"
+    REOPENED = "reopened"
+    NODES = "nodes"  # the nodes an incident cuts off changed
+    ROOT_MOVED = "root_moved"  # a new higher root absorbed incidents below it
+    MERGED = "merged"  # absorbed into another incident
+    RECOVERING = "recovering"  # the root answers; resolves after resolve_hold
+    REFAILED = "refailed"  # the root failed again while recovering
+    RESOLVED = "resolved"
+    KIND_CHANGED = "kind_changed"  # planned works ended and the node is still down
+    SPLIT = "split"  # part stayed down after the root recovered: a new incident
+    BLIND = "blind"  # every anchor is down: the monitor cannot see
+    SEEING = "seeing"  # an anchor answers again
+
+
+@dataclass(slots=True)
+class Incident:
+    id: int
+    root: str
+    kind: Kind
+    inferred: bool
+    opened_at: float
+    nodes: list[str]  # root first
+    state: IncidentState = IncidentState.OPEN
+    resolved_at: float | None = None
+    merged_into: int | None = None
+    recovering_since: float | None = None
+    maintenance_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something to persist and show: `kind` names it, the rest is its detail."""
+
+    kind: EventKind
+    at: float
+    incident: int | None = None
+    root: str | None = None
+    nodes: tuple[str, ...] = ()
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Maintenance:
+    id: int
+    node: str
+    starts_at: float
+    ends_at: float
+    reason: str = ""
+
+
+class IncidentBook:
+    """Open incidents and the nodes they cover.
+
+    Invariants: `incidents` holds the open ones (recovering included), by id;
+    `node_incident` maps every node an active incident cuts off to it (the oldest, where
+    two could claim it), and the nodes of recovering incidents to them unless an active
+    one owns them; `resolved` holds each root's last resolved incident, so a root that
+    fails again within REOPEN_WITHIN continues it; `events` are those since the last tick,
+    in the order they happened."""
+
+    def __init__(self, next_id: int = 1) -> None:
+        self.incidents: dict[int, Incident] = {}  # open ones (and recovering)
+        self.node_incident: dict[str, int] = {}  # node -> open incident that covers it
+        self.resolved: dict[str, Incident] = {}  # root -> its last resolved incident
+        self.next_id = next_id
+        self.events: list[Event] = []
+
+    def incident_for(self, node: str) -> Incident | None:
+        iid = self.node_incident.get(node)
+        return self.incidents.get(iid) if iid is not None else None
+
+    def take_events(self) -> list[Event]:
+        """The events since the last call, in order."""
+        events, self.events = self.events, []
+        return events
+
+    def open(
+        self,
+        root: str,
+        cut: set[str],
+        by_root: dict[str, Incident],
+        now: float,
+        topology: Topology,
+        inferred: bool,
+        since: float,
+        window: Maintenance | None,
+    ) -> Incident:
+        """The incident for a root that has settled: the same one again if this root's
+        last incident resolved within REOPEN_WITHIN (callers keep the id they heard); else
+        the oldest of the incidents below it, re-rooted, the others merged into it; else a
+        new one (split from a recovering incident that had the root among its nodes).
+        `by_root` (active incidents by root) loses the incidents absorbed."""
+        # Incidents whose roots this new root now explains (they are cut off, and it is
+        # above them); found through their ancestors, which are few, not its descendants.
+        absorbed = sorted(
+            (inc for r, inc in by_root.items()
+             if r != root and r in cut and r in topology
+             and root in topology.ancestors(r)),
+            key=lambda i: i.id,
+        )  # fmt: skip
+        kind = Kind.MAINTENANCE if window is not None else Kind.OUTAGE
+        previous = self.resolved.pop(root, None)
+        if (
+            not absorbed
+            and previous is not None
+            and now - (previous.resolved_at or 0) <= REOPEN_WITHIN
+        ):
+            # The same fault again, soon: the same incident, so callers and tickets keep
+            # the id they have (a flapping link is one incident, not one an hour).
+            previous.state = IncidentState.OPEN
+            previous.resolved_at = None
+            previous.recovering_since = None
+            self.incidents[previous.id] = previous
+            self.events.append(Event(EventKind.REOPENED, now, previous.id, root))
+            return previous
+        if absorbed:
+            # The oldest incident below survives, re-rooted: callers keep the id they heard.
+            inc = absorbed[0]
+            old_root = inc.root
+            del by_root[old_root]
+            inc.root = root
+            inc.inferred = inferred
+            inc.recovering_since = None
+            self.events.append(
+                Event(EventKind.ROOT_MOVED, now, inc.id, root,
+                      detail={"from": old_root, "absorbed": [i.id for i in absorbed[1:]]})
+            )  # fmt: skip
+            for other in absorbed[1:]:
+                del by_root[other.root]
+                other.state = IncidentState.MERGED
+                other.merged_into = inc.id
+                other.resolved_at = now
+                del self.incidents[other.id]
+                self.events.append(Event(EventKind.MERGED, now, other.id, other.root,
+                                         detail={"into": inc.id}))  # fmt: skip
+            return inc
+        inc = Incident(
+            id=self.next_id,
+            root=root,
+            kind=kind,
+            inferred=inferred,
+            opened_at=since or now,
+            nodes=[root],
+            maintenance_until=window.ends_at if window else None,
+        )
+        self.next_id += 1
+        self.incidents[inc.id] = inc
+        recovering = [i for i in self.incidents.values() if i.recovering_since is not None]
+        split_from = next((i.id for i in recovering if root in i.nodes), None)
+        detail: dict[str, object] = {"inferred": inc.inferred, "kind": kind.value}
+        if split_from is not None:
+            detail["split_from"] = split_from
+            self.events.append(
+                Event(EventKind.SPLIT, now, split_from, root, detail={"new": inc.id})
+            )
+        self.events.append(Event(EventKind.OPENED, now, inc.id, root, detail=detail))
+        return inc
+
+    def refailed(self, inc: Incident, now: float) -> None:
+        """A recovering incident's root is down again: it is active once more."""
+        inc.recovering_since = None
+        self.events.append(Event(EventKind.REFAILED, now, inc.id, inc.root))
+
+    def assign(self, active: list[Incident], cut: set[str], now: float, topology: Topology) -> None:
+        """Every cut-off node joins the incident of the root above it (the oldest, if two)."""
+        nodes = topology.nodes
+        owner: dict[str, int] = {}
+        roots = {inc.root for inc in active}
+        for inc in sorted(active, key=lambda i: i.id):
+            owner.setdefault(inc.root, inc.id)
+            members = [inc.root]
+            queue = deque(members)
+            while queue:
+                for child in nodes[queue.popleft()].children:
+                    if child in cut and child not in owner and child not in roots:
+                        owner[child] = inc.id
+                        members.append(child)
+                        queue.append(child)
+            old = inc.nodes
+            # Lengths first: comparing as sets is needed only when they are equal.
+            if len(members) != len(old) or members[0] != old[0] or set(members) != set(old):
+                inc.nodes = members  # root first, then nearest first
+                added = max(0, len(members) - len(old))
+                self.events.append(Event(EventKind.NODES, now, inc.id, inc.root,
+                                         tuple(members), detail={"added": added}))  # fmt: skip
+        # Recovering incidents keep their nodes (for `restored` answers) but own none.
+        self.node_incident = owner
+        for inc in self.incidents.values():
+            if inc.recovering_since is not None:
+                for n in inc.nodes:
+                    self.node_incident.setdefault(n, inc.id)
+
+    def recover(
+        self,
+        roots: set[str],
+        cut: set[str],
+        now: float,
+        states: dict[str, NodeState],
+        hold: float,
+    ) -> None:
+        """Incidents whose root is no longer a failed root start recovering (callers behind
+        them hear "restored"), and resolve after `hold` seconds unless the root flaps."""
+        for inc in list(self.incidents.values()):
+            if inc.root in roots:
+                continue
+            if inc.root in cut:
+                continue  # explained by a higher root that has not settled yet: wait
+            ns = states.get(inc.root)
+            if inc.recovering_since is None:
+                inc.recovering_since = now
+                for n in inc.nodes:  # callers behind it now hear "restored"
+                    self.node_incident.setdefault(n, inc.id)
+                self.events.append(Event(EventKind.RECOVERING, now, inc.id, inc.root))
+                continue
+            flapping = ns is not None and update_flapping(ns, now)
+            if now - inc.recovering_since >= hold and not flapping:
+                inc.state = IncidentState.RESOLVED
+                inc.resolved_at = now
+                del self.incidents[inc.id]
+                self.resolved[inc.root] = inc
+                self.events.append(
+                    Event(EventKind.RESOLVED, now, inc.id, inc.root, tuple(inc.nodes))
+                )
+
+    def end_works(self, now: float, scope: dict[str, Maintenance], hold: float) -> int:
+        """Planned works that were extended extend their incidents; works that ended
+        `hold` seconds ago with the root still down become an outage. Returns how many
+        incidents changed without an event (the caller's answers depend on them)."""
+        extended = 0
+        for inc in self.incidents.values():
+            if inc.kind is Kind.MAINTENANCE and inc.maintenance_until is not None:
+                window = scope.get(inc.root)
+                if window is not None:
+                    if inc.maintenance_until != window.ends_at:  # the works were extended
+                        inc.maintenance_until = window.ends_at
+                        extended += 1
+                elif now >= inc.maintenance_until + hold and inc.recovering_since is None:
+                    inc.kind = Kind.OUTAGE
+                    self.events.append(
+                        Event(EventKind.KIND_CHANGED, now, inc.id, inc.root,
+                              detail={"from": "maintenance", "to": "outage",
+                                      "works_ended": inc.maintenance_until})
+                    )  # fmt: skip
+        return extended
