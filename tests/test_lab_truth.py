@@ -217,8 +217,9 @@ def planned_works(run: Run) -> None:
 
 def blind_then_lossy(run: Run) -> None:
     d = run.d
-    core_ip = run.topo.nodes["core-1"].ip
-    d.lab.down(ANCHOR, core_ip)
+    # The anchor and the core fall silent, and with the core everything behind it.
+    silent = [ANCHOR, *run.ips({"core-1"})]
+    d.lab.down(*silent)
     d.wait("blind", lambda: d.get("/readyz")[0] == 503)
 
     def blind() -> None:
@@ -227,10 +228,11 @@ def blind_then_lossy(run: Run) -> None:
         assert said["status"] == "unknown", said
 
     run.during(12.0, blind)
-    d.lab.clear()
-    d.wait("seeing again", lambda: d.get("/readyz")[0] == 200)
+    # Healed, and the loss begins at once: the re-probes that follow blindness meet it.
+    d.lab.up(*silent)
     d.lab.loss(10, "127.0.0.0/8")
     soak_start = time.monotonic()
+    d.wait("seeing again", lambda: d.get("/readyz")[0] == 200)
 
     def nothing() -> None:
         assert d.incidents("all") == [], (
@@ -341,14 +343,15 @@ def test_planned_works_give_their_end_as_eta_in_json_and_text(
     _result(scenarios, "works")
 
 
+@pytest.mark.xfail(
+    strict=True, reason="issue 11 case 3: after blindness one lost probe fails a node"
+)
 def test_a_lossy_network_after_blindness_opens_nothing(
     scenarios: Futures,
 ) -> None:
     # 90 s of 10 % loss on every target, as the issue saw it: ~40,000 probes, about 4,000
     # lost, hundreds of streaks of two; the false incident came inside that time. Run
     # beside the flap scenario, which takes as long, it adds little time to the file.
-    # (Not marked xfail: the issue's false incident did not come back here, in four lab
-    # runs and forty simulated ones; the test holds the behaviour the issue asks for.)
     _result(scenarios, "blind")
 
 
