@@ -121,6 +121,28 @@ def test_planned_works_start_and_end_by_the_clock_alone() -> None:
     assert monitor.correlator.version == version, "only the clock moved"
 
 
+def test_overlapping_works_say_the_end_that_applies_as_the_clock_moves() -> None:
+    # Works on agg (sw-1 behind it) and, longer, on sw-1 itself: sw-1's callers are
+    # covered until the later end; the remembered answer must follow the clock there.
+    rt, monitor = make()
+    monitor.add_maintenance(Maintenance(1, "agg", NOW - 60, NOW + 600, "замена"), "noc")
+    monitor.add_maintenance(Maintenance(2, "sw-1", NOW + 300, NOW + 1200, "замена"), "noc")
+    match = rt.directory.account("101")  # ул. Ленина, д. 5, behind sw-1
+    heard = [
+        (NOW, "maintenance", NOW + 600),  # agg's works alone
+        (NOW + 400, "maintenance", NOW + 1200),  # both: sw-1's run on after agg's end
+        (NOW + 900, "maintenance", NOW + 1200),
+        (NOW + 1300, "ok", None),
+    ]
+    for at, status, eta in heard:
+        body = answer(rt, match, at)
+        assert body == afresh(rt, match, at)
+        said = orjson.loads(body)
+        assert said["status"] == status, (at - NOW, said)
+        assert said["eta"] == (api.iso(eta) if eta is not None else ""), (at - NOW, said)
+        assert (said["eta"] != "") == (status == "maintenance")
+
+
 def test_restored_runs_out_by_the_clock_alone() -> None:
     rt, monitor = make()
     resolved = Incident(1, "sw-2", Kind.OUTAGE, False, NOW - 900, ["sw-2"],
