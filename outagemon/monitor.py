@@ -45,6 +45,7 @@ def settings_of(cfg: Config) -> Settings:
         infer_ratio=c.infer_ratio,
         resolve_hold=c.resolve_hold,
         timeout=cfg.probe.timeout,
+        interval=cfg.probe.interval,
     )
 
 
@@ -318,9 +319,12 @@ class Monitor:
     # -- restart -----------------------------------------------------------------------
 
     async def restore(self, pool: asyncpg.Pool) -> int:
-        """Open incidents and planned works from the database; returns how many incidents."""
+        """Open incidents, incidents resolved within `restored_for`, planned works and loss
+        histories from the database; returns how many open incidents."""
+        since = store.ts(self.clock() - self.config.messages.restored_for)
         async with pool.acquire() as conn:
             rows = await store.open_incidents(conn)
+            resolved_rows = await store.resolved_since(conn, since)
             next_id = await store.next_incident_id(conn)
             windows = await conn.fetch(
                 "select id, node_id, starts_at, ends_at, reason from maintenance"
@@ -343,21 +347,49 @@ class Monitor:
             if r["eta"] is not None:
                 self.eta[inc.id] = r["eta"].timestamp()
             self.calls[inc.id] = r["calls"]
-        self.correlator.restore(incidents, next_id)
-        # Each node's loss history: a clean target keeps its short streak over a restart.
-        topo = self.directory.topology.nodes
-        for h in histories:
-            if h["node_id"] in topo:
-                ns = self.correlator.states.setdefault(h["node_id"], NodeState())
-                ns.n, ns.lost = float(h["history_n"]), float(h["history_lost"])
-        self.maintenance = [
-            Maintenance(w["id"], w["node_id"], w["starts_at"].timestamp(),
-                        w["ends_at"].timestamp(), w["reason"])
-            for w in windows
+        resolved = [
+            Incident(id=r["id"], root=r["root_node"], kind=Kind(r["kind"]),
+                     inferred=r["inferred"], opened_at=r["opened_at"].timestamp(),
+                     nodes=list(r["nodes"]) or [r["root_node"]], state=IncidentState.RESOLVED,
+                     resolved_at=r["resolved_at"].timestamp())
+            for r in resolved_rows
         ]  # fmt: skip
+        self.resume(
+            incidents,
+            next_id,
+            {h["node_id"]: (float(h["history_n"]), float(h["history_lost"])) for h in histories},
+            [Maintenance(w["id"], w["node_id"], w["starts_at"].timestamp(),
+                         w["ends_at"].timestamp(), w["reason"])
+             for w in windows],
+            resolved,
+        )  # fmt: skip
         self.next_maintenance = int(max_window) + 1
-        self.correlator.set_maintenance(self.maintenance, self.clock())
         return len(incidents)
+
+    def resume(
+        self,
+        incidents: list[Incident],
+        next_id: int,
+        histories: dict[str, tuple[float, float]],
+        windows: list[Maintenance],
+        resolved: list[Incident],
+    ) -> None:
+        """Take up what a previous run stored (read by `restore`): open incidents continue
+        with their ids, each node keeps its loss history (n, lost: a clean target keeps its
+        short streak), planned works stand, and the callers of incidents resolved lately
+        (oldest first) hear "restored" as before."""
+        self.correlator.restore(incidents, next_id)
+        topo = self.directory.topology.nodes
+        for node, (n, lost) in histories.items():
+            if node in topo:
+                ns = self.correlator.states.setdefault(node, NodeState())
+                ns.n, ns.lost = n, lost
+        for inc in resolved:
+            for node in inc.nodes:
+                if node in topo:
+                    self.recent[node] = inc
+        self.maintenance = list(windows)
+        self.correlator.set_maintenance(self.maintenance, self.clock())
 
     next_maintenance = 1
 
