@@ -122,11 +122,6 @@ def _opened(run: Replay) -> dict[int, str]:
     return roots
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 case 4: child incidents inferred under a "
-    "flapping or recovering root (sw-3-7's entrances; agg-2's and sw-4-5's on repair)",
-)
 def test_every_scripted_fault_is_exactly_one_incident_rooted_at_it(replay: Replay) -> None:
     roots = _opened(replay)
     by_root: dict[str, list[int]] = {}

@@ -343,9 +343,6 @@ def test_planned_works_give_their_end_as_eta_in_json_and_text(
     _result(scenarios, "works")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 11 case 3: after blindness one lost probe fails a node"
-)
 def test_a_lossy_network_after_blindness_opens_nothing(
     scenarios: Futures,
 ) -> None:
@@ -355,7 +352,6 @@ def test_a_lossy_network_after_blindness_opens_nothing(
     _result(scenarios, "blind")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 case 4: child incidents under a flapping switch")
 def test_a_flapping_switch_is_one_incident_with_no_children(
     scenarios: Futures,
 ) -> None:
@@ -369,7 +365,6 @@ def test_a_flapping_switch_is_one_incident_with_no_children(
     assert any(any(i["state"] == "open" for i in incs) for t, incs in snapshots if t < 30)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 case 5: a flap's incident never ends")
 def test_a_flap_incident_resolves_once_the_switch_is_stable(
     scenarios: Futures,
 ) -> None:
