@@ -70,7 +70,8 @@ def serve_main(directory_path: str, port: int, kind: str) -> None:
     from outagemon.core import directory, messages
     from outagemon.core.health import NodeState, State
     from outagemon.core.incidents import Incident, Kind
-    from outagemon.http.app import Runtime, make_app
+    from outagemon.http.app import make_app
+    from outagemon.http.runtime import Runtime
     from outagemon.metrics import Registry
     from outagemon.monitor import Monitor
 

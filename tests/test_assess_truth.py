@@ -45,7 +45,7 @@ def world() -> tuple[SimNet, Monitor]:
     )
     net = SimNet(TOPO, monitor.correlator, interval=5.0, timeout=1.0, start=START - HOUR)
     nets.append(net)
-    net.on_event = monitor._handle  # so resolved incidents are kept for "restored"
+    net.on_event = monitor.handle  # so resolved incidents are kept for "restored"
     net.run_for(HOUR)
     monitor.first_round_done = True
     return net, monitor

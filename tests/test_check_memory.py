@@ -21,7 +21,7 @@ from outagemon.core.directory import Directory, Match
 from outagemon.core.health import NodeState, State
 from outagemon.core.incidents import Incident, IncidentState, Kind, Maintenance
 from outagemon.http import api
-from outagemon.http.app import Runtime
+from outagemon.http.runtime import Runtime, iso
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 
@@ -139,7 +139,7 @@ def test_overlapping_works_say_the_end_that_applies_as_the_clock_moves() -> None
         assert body == afresh(rt, match, at)
         said = orjson.loads(body)
         assert said["status"] == status, (at - NOW, said)
-        assert said["eta"] == (api.iso(eta) if eta is not None else ""), (at - NOW, said)
+        assert said["eta"] == (iso(eta) if eta is not None else ""), (at - NOW, said)
         assert (said["eta"] != "") == (status == "maintenance")
 
 

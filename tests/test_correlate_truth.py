@@ -244,3 +244,21 @@ def test_an_outage_below_taken_in_by_a_root_failing_under_works_becomes_maintena
     assert [e.detail for e in kinds(events, "kind_changed")] == [
         {"from": "outage", "to": "maintenance"}
     ]
+
+
+def test_a_node_answering_while_our_only_anchor_was_losing_probes_is_not_down() -> None:
+    # The anchor is the core (a topology root) and the only uplink of the aggregation: the
+    # aggregation's answer ends the anchor's streak, which was our own uplink's silence.
+    topo = Topology([n("core", "core"), n("agg", "aggregation", ("core",))])
+    c, t = fed(topo, anchors=())
+    for i in range(4):
+        t += 1.0
+        round_of(c, t, {"agg": False, "core": False} if i else {"agg": False})
+    assert c.state_of("agg") is State.DOWN and not c.blind
+    t += 1.0
+    events = round_of(c, t, {"agg": True})
+    assert c.state_of("agg") is State.UP
+    for _ in range(5):
+        t += 1.0
+        events += round_of(c, t, {"core": True, "agg": True})
+    assert kinds(events, "opened") == []

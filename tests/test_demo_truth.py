@@ -37,9 +37,9 @@ class RecordingMonitor(Monitor):
 
     events: list[Event]
 
-    def _handle(self, e: Event) -> None:
+    def handle(self, e: Event) -> None:
         self.events.append(e)
-        super()._handle(e)
+        super().handle(e)
 
 
 @dataclass
@@ -68,7 +68,7 @@ def replay() -> Iterator[Replay]:
     net = SimNet(d.topology, monitor.correlator, interval=cfg.probe.interval,
                  timeout=cfg.probe.timeout, start=START - HISTORY)  # fmt: skip
     run = Replay(city, d, monitor, demo.script(city), monitor.events)
-    net.on_event = monitor._handle
+    net.on_event = monitor.handle
     net.run_until(START)
     monitor.first_round_done = True
     scenario = demo.Scenario(city)

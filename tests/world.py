@@ -20,7 +20,8 @@ from outagemon.core import directory, messages, topology
 from outagemon.core.directory import Directory
 from outagemon.db import migrate, store
 from outagemon.db.writer import Writer
-from outagemon.http.app import Runtime, make_app
+from outagemon.http.app import make_app
+from outagemon.http.runtime import Runtime
 from outagemon.monitor import Monitor
 from outagemon.sim.simnet import SimNet
 
@@ -138,7 +139,7 @@ async def world(dsn: str, language: str = "ru", tokens: bool = True) -> AsyncIte
 
     writer.submit("inventory", inventory)
     net = SimNet(d.topology, monitor.correlator, interval=5.0, timeout=1.0, start=start)
-    net.on_event = monitor._handle
+    net.on_event = monitor.handle
 
     def advance(seconds: float) -> None:
         net.run_for(seconds)

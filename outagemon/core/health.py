@@ -232,14 +232,18 @@ class Health:
         here = self.topology.nodes.get(node)
         if here is None or len(here.parents) != 1:
             return
-        ps = self.states.get(here.parents[0])
+        parent = here.parents[0]
+        ps = self.states.get(parent)
         if ps is None or not ps.losses or ps.state is State.DOWN:
             return
-        if now - RTT_BOUND >= ps.streak_at - self.settings.timeout:
+        sent = ps.streak_at - self.settings.timeout
+        if now - RTT_BOUND >= sent:
             ps.record(True, ps.losses)
             self._network(now, ps.losses)
             ps.losses = 0
             ps.asked = False
+            if parent in self.anchors:  # an anchor's streak ends here as by its own answer
+                self._doubt(parent, sent, now)
 
     def _doubt(self, anchor: str, sent: float, now: float) -> None:
         """An anchor lost probes from `sent` on and answers again: our own uplink may have

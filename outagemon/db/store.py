@@ -152,3 +152,140 @@ async def timeline(pool: asyncpg.Pool, incident_id: int) -> list[asyncpg.Record]
             incident_id,
         )
     )
+
+
+async def insert_incident(conn: Conn, incident_id: int, kind: str, root: str, inferred: bool,
+                          opened_at: datetime | None, subscribers: int) -> None:  # fmt: skip
+    """A new incident (once: a replayed write changes nothing)."""
+    await conn.execute(
+        "insert into incident (id, state, kind, root_node, inferred, opened_at,"
+        " subscribers) values ($1, 'open', $2, $3, $4, $5, $6)"
+        " on conflict (id) do nothing",
+        incident_id, kind, root, inferred, opened_at, subscribers,
+    )  # fmt: skip
+
+
+async def set_incident_nodes(conn: Conn, incident_id: int, nodes: list[str]) -> None:
+    """The nodes an incident cuts off, replaced."""
+    await conn.execute("delete from incident_node where incident_id = $1", incident_id)
+    await conn.copy_records_to_table(
+        "incident_node", records=[(incident_id, n) for n in dict.fromkeys(nodes)],
+        columns=["incident_id", "node_id"],
+    )  # fmt: skip
+
+
+async def set_incident_subscribers(conn: Conn, incident_id: int, subscribers: int) -> None:
+    await conn.execute("update incident set subscribers = $2 where id = $1",
+                       incident_id, subscribers)  # fmt: skip
+
+
+async def reopen_incident(conn: Conn, incident_id: int | None) -> None:
+    await conn.execute(
+        "update incident set state = 'open', resolved_at = null where id = $1", incident_id
+    )
+
+
+async def move_incident_root(conn: Conn, incident_id: int | None, root: str,
+                             inferred: bool) -> None:  # fmt: skip
+    await conn.execute(
+        "update incident set root_node = $2, inferred = $3 where id = $1",
+        incident_id, root, inferred,
+    )  # fmt: skip
+
+
+async def merge_incident(conn: Conn, incident_id: int | None, into: object,
+                         at: datetime | None) -> None:  # fmt: skip
+    await conn.execute(
+        "update incident set state = 'merged', merged_into = $2, resolved_at = $3"
+        " where id = $1", incident_id, into, at,
+    )  # fmt: skip
+
+
+async def resolve_incident(conn: Conn, incident_id: int | None, at: datetime | None) -> None:
+    await conn.execute(
+        "update incident set state = 'resolved', resolved_at = $2 where id = $1",
+        incident_id, at,
+    )  # fmt: skip
+
+
+async def set_incident_kind(conn: Conn, incident_id: int | None, kind: str) -> None:
+    await conn.execute("update incident set kind = $2 where id = $1", incident_id, kind)
+
+
+async def set_incident_eta(conn: Conn, incident_id: int, eta: datetime | None) -> None:
+    await conn.execute("update incident set eta = $2 where id = $1", incident_id, eta)
+
+
+async def add_incident_event(conn: Conn, incident_id: int | None, at: datetime | None,
+                             kind: str, detail: str) -> None:  # fmt: skip
+    """A line of an incident's timeline (`detail`: a JSON object, as text)."""
+    await conn.execute(
+        "insert into incident_event (incident_id, at, kind, detail)"
+        " values ($1, $2, $3, $4::jsonb)",
+        incident_id, at, kind, detail,
+    )  # fmt: skip
+
+
+async def add_calls(conn: Conn, counts: list[tuple[int, int]]) -> None:
+    """Check answers that named each incident: (incident id, how many more)."""
+    await conn.executemany("update incident set calls = calls + $2 where id = $1", counts)
+
+
+# -- planned works ---------------------------------------------------------------------
+
+
+async def add_maintenance(conn: Conn, window_id: int, node: str, starts_at: datetime | None,
+                          ends_at: datetime | None, reason: str, who: str) -> None:  # fmt: skip
+    await conn.execute(
+        "insert into maintenance (id, node_id, starts_at, ends_at, reason, created_by)"
+        " overriding system value values ($1, $2, $3, $4, $5, $6)",
+        window_id, node, starts_at, ends_at, reason, who,
+    )  # fmt: skip
+
+
+async def recent_maintenance(conn: Conn) -> list[asyncpg.Record]:
+    """Planned works that ended less than a day ago, or have not ended."""
+    return list(
+        await conn.fetch(
+            "select id, node_id, starts_at, ends_at, reason from maintenance"
+            " where ends_at > now() - interval '1 day'"
+        )
+    )
+
+
+async def max_maintenance_id(conn: Conn) -> int:
+    return int(await conn.fetchval("select coalesce(max(id), 0) from maintenance"))
+
+
+# -- node states -----------------------------------------------------------------------
+
+
+async def save_node_states(conn: Conn, rows: list[tuple[str, str, datetime | None, float]]) -> None:
+    """Nodes' latest states: (node, state, changed at, short-term loss)."""
+    await conn.executemany(
+        "insert into node_state (node_id, state, changed_at, loss) values ($1, $2, $3, $4)"
+        " on conflict (node_id) do update set state = excluded.state,"
+        " changed_at = excluded.changed_at, loss = excluded.loss",
+        rows,
+    )
+
+
+async def save_histories(conn: Conn, rows: list[tuple[str, float, float]]) -> None:
+    """Every node's loss history (node, n, lost), in one COPY."""
+    await conn.execute("create temporary table h (node_id text, n real, lost real)"
+                       " on commit drop")  # fmt: skip
+    await conn.copy_records_to_table("h", records=rows, columns=["node_id", "n", "lost"])
+    await conn.execute(
+        "insert into node_state (node_id, state, changed_at, history_n, history_lost)"
+        " select node_id, 'unknown', now(), n, lost from h"
+        " on conflict (node_id) do update set history_n = excluded.history_n,"
+        " history_lost = excluded.history_lost"
+    )
+
+
+async def node_histories(conn: Conn) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "select node_id, history_n, history_lost from node_state where history_n > 0"
+        )
+    )

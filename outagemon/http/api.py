@@ -2,125 +2,50 @@
 
 `/api/v1/check` is answered from memory only (topology, subscribers, incidents, planned
 works) and never waits for the database. Every value in its answer is a string, so a
-dialplan's JSON_DECODE can read it.
+dialplan's JSON_DECODE can read it. What a caller hears is decided in the core
+(`core/assess.py`); this module reads the question and writes the answer.
 """
 
 from __future__ import annotations
 
-import functools
-import hmac
 import json
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from outagemon import logs
-from outagemon.config import Token
 from outagemon.core.assess import Answer, KeptBody, Status, assess
 from outagemon.core.directory import Directory, Match
-from outagemon.core.incidents import Incident, Maintenance
+from outagemon.core.incidents import Maintenance
 from outagemon.core.messages import Texts, next_local_day
-from outagemon.http.app import JSON, RUNTIME, Runtime, json_response
-from outagemon.monitor import Monitor
+from outagemon.http import queries
+from outagemon.http.openapi import spec
+from outagemon.http.runtime import (
+    JSON,
+    MAX_NOTE,
+    RUNTIME,
+    Invalid,
+    Runtime,
+    authorise,
+    bad,
+    estimate,
+    incident_id,
+    iso,
+    json_response,
+    parse_time,
+)
 
 log = logs.get("outagemon.api")
 
-MAX_NOTE = 2000
 # The metric's label sets, made once rather than sorted on every answer.
 _CHECK_KEYS = {
     (status.value, channel): (("channel", channel), ("status", status.value))
     for status in Status
     for channel in ("ivr", "helpdesk")
 }  # fmt: skip
-
-
-def iso(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    return _iso(seconds)
-
-
-@functools.lru_cache(maxsize=4096)  # the same few incident times, asked about all day
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, tz=UTC).astimezone().isoformat(timespec="seconds")
-
-
-def parse_time(value: Any, name: str) -> float:
-    """An ISO 8601 time with an offset, as epoch seconds; HTTPBadRequest otherwise."""
-    if not isinstance(value, str):
-        raise bad(f"{name} must be an ISO 8601 time such as 2026-11-26T18:00:00+03:00.")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise bad(f"{name} {value!r} is not an ISO 8601 time "
-                  "such as 2026-11-26T18:00:00+03:00.") from None  # fmt: skip
-    if parsed.tzinfo is None:
-        raise bad(f"{name} {value!r} has no UTC offset; add one, such as +03:00 or Z.")
-    return parsed.timestamp()
-
-
-def bad(sentence: str, status: int = 400) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
-           404: web.HTTPNotFound, 409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge,
-           415: web.HTTPUnsupportedMediaType}[status]  # fmt: skip
-    headers = {"WWW-Authenticate": 'Bearer realm="outagemon"'} if status == 401 else None
-    text = json.dumps({"error": sentence}, ensure_ascii=False)
-    if status == 413:
-        return web.HTTPRequestEntityTooLarge(max_size=64 * 1024, actual_size=0, text=text,
-                                             content_type="application/json")  # fmt: skip
-    made: web.HTTPException = cls(text=text, content_type="application/json",
-                                  headers=headers)  # fmt: skip
-    return made
-
-
-# -- authorisation ---------------------------------------------------------------------
-
-
-def _token_of(request: web.Request, tokens: tuple[Token, ...]) -> Token | None:
-    header = request.headers.get(hdrs.AUTHORIZATION, "")  # istr: no case folding per call
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return None
-    given_bytes = given.strip().encode()
-    found = None
-    for i, secret in enumerate(_secrets(tokens)):
-        # Every token is compared, in constant time, so timing tells nothing.
-        if hmac.compare_digest(secret, given_bytes):
-            found = tokens[i]
-    return found
-
-
-# The tokens as bytes, made again only when the configuration (reloaded) brings new ones.
-_encoded: tuple[tuple[Token, ...], tuple[bytes, ...]] = ((), ())
-
-
-def _secrets(tokens: tuple[Token, ...]) -> tuple[bytes, ...]:
-    global _encoded
-    if _encoded[0] is not tokens:
-        _encoded = (tokens, tuple(t.token.encode() for t in tokens))
-    return _encoded[1]
-
-
-def authorise(request: web.Request, write: bool, rt: Runtime | None = None) -> str:
-    """The name of the caller's token ("" when reads are open); raise 401/403 otherwise."""
-    tokens = (rt or request.app[RUNTIME]).config.tokens
-    if not tokens:
-        if write:
-            raise bad("writes are disabled: configure a token with role = \"write\" "
-                      "in [[auth.tokens]].", 403)  # fmt: skip
-        return ""
-    token = _token_of(request, tokens)
-    if token is None:
-        if "Authorization" in request.headers:
-            raise bad("the token is not valid.", 401)
-        raise bad("a token is required: send Authorization: Bearer TOKEN.", 401)
-    if write and token.role != "write":
-        raise bad(f"the token {token.name!r} may only read; this needs a write token.", 403)
-    return token.name
 
 
 # -- the phone menu's question ---------------------------------------------------------
@@ -214,7 +139,7 @@ _FLAT_MARK_JSON = b"\\u0000"  # as orjson writes it
 
 def remembered_body(rt: Runtime, answer: Answer, match: Match, matched_by: str,
                     now: float) -> bytes:  # fmt: skip
-    """check_body(), remembered with the answer for each building it is given for, during a surge.
+    """check_body(), remembered with the answer for each building it is given for.
 
     The body is kept as its pieces around each place the flat appears (the message and
     the address), and the caller's flat, JSON-escaped, joins them. That is the same text
@@ -230,12 +155,8 @@ def remembered_body(rt: Runtime, answer: Answer, match: Match, matched_by: str,
         answer.bodies = {}
     key = (id(address), matched_by, flat != "")
     found = answer.bodies.get(key)
-    if (
-        found is not None
-        and found.address is address
-        and found.texts is texts
-        and now < found.until
-    ):
+    if found is not None and found.address is address and found.texts is texts \
+            and now < found.until:  # fmt: skip
         return _json_text(flat).join(found.pieces)
     written = check_body(texts, answer, match, matched_by, now)
     marked = Match(match.nodes, address, match.subscriber, (), _FLAT_MARK if flat else "")
@@ -257,119 +178,42 @@ def _json_text(text: str) -> bytes:
 # -- incidents -------------------------------------------------------------------------
 
 
-def incident_json(inc: Incident, monitor: Monitor | None) -> dict[str, Any]:
-    subs = monitor.subscribers_of(inc.nodes) if monitor is not None else 0
-    return {
-        "id": str(inc.id),
-        "state": inc.state,
-        "kind": inc.kind.value,
-        "root_node": inc.root,
-        "inferred": inc.inferred,
-        "nodes": list(inc.nodes),
-        "subscribers": subs,
-        "opened_at": iso(inc.opened_at),
-        "resolved_at": iso(inc.resolved_at) or None,
-        "eta": iso(monitor.eta.get(inc.id)) or None if monitor else None,
-        "calls": monitor.calls.get(inc.id, 0) if monitor else 0,
-    }
-
-
-def row_json(r: Any) -> dict[str, Any]:
-    def t(v: datetime | None) -> str | None:
-        return v.astimezone().isoformat(timespec="seconds") if v is not None else None
-
-    return {
-        "id": str(r["id"]),
-        "state": r["state"],
-        "kind": r["kind"],
-        "root_node": r["root_node"],
-        "inferred": r["inferred"],
-        "nodes": list(r["nodes"]),
-        "subscribers": r["subscribers"],
-        "opened_at": t(r["opened_at"]),
-        "resolved_at": t(r["resolved_at"]),
-        "eta": t(r["eta"]),
-        "calls": r["calls"],
-    }
-
-
-def _open(rt: Runtime) -> list[dict[str, Any]]:
-    if rt.monitor is None:
-        return []
-    incs = sorted(rt.monitor.correlator.incidents.values(), key=lambda i: (-i.opened_at, -i.id))
-    return [incident_json(i, rt.monitor) for i in incs]
-
-
-async def _stored(rt: Runtime, state: str) -> list[dict[str, Any]]:
-    from outagemon.db import store
-
-    if rt.pool is None:
-        return []
-    try:
-        rows = await store.list_incidents(rt.pool, state)
-    except Exception as e:  # the database is away: say so rather than fail the request
-        log.warning("api.database_unavailable", error=str(e))
-        raise web.HTTPServiceUnavailable(
-            text=json.dumps({"error": "resolved incidents are in the database, which does not "
-                                      "answer right now; open incidents are still served."}),
-            content_type="application/json",
-        ) from None  # fmt: skip
-    return [row_json(r) for r in rows]
-
-
 async def incidents(request: web.Request) -> web.Response:
     authorise(request, write=False)
     rt = request.app[RUNTIME]
     state = request.query.get("state", "open")
     if state not in ("open", "resolved", "all"):
         raise bad("state must be open, resolved or all.")
-    found = _open(rt) if state in ("open", "all") else []
+    found = queries.open_incidents(rt) if state in ("open", "all") else []
     if state in ("resolved", "all"):
         open_ids = {i["id"] for i in found}
-        found += [r for r in await _stored(rt, "resolved") if r["id"] not in open_ids]
+        found += [r for r in await queries.stored(rt, "resolved") if r["id"] not in open_ids]
         found.sort(key=lambda i: (i["opened_at"] or "", int(i["id"])), reverse=True)
     return json_response({"incidents": found})
 
 
 def _incident_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    iid = incident_id(raw)
+    if iid is None:
         raise bad(f"{raw!r} is not an incident id.", 404)
-    return int(raw)
-
-
-async def _one(rt: Runtime, iid: int) -> dict[str, Any] | None:
-    from outagemon.db import store
-
-    if rt.monitor is not None and iid in rt.monitor.correlator.incidents:
-        return incident_json(rt.monitor.correlator.incidents[iid], rt.monitor)
-    if rt.pool is None:
-        return None
-    try:
-        row = await store.get_incident(rt.pool, iid)
-    except Exception as e:
-        log.warning("api.database_unavailable", error=str(e))
-        return None
-    return row_json(row) if row is not None else None
+    return iid
 
 
 async def incident(request: web.Request) -> web.Response:
-    from outagemon.db import store
-
     authorise(request, write=False)
     rt = request.app[RUNTIME]
     iid = _incident_id(request)
-    found = await _one(rt, iid)
+    found = await queries.one(rt, iid)
     if found is None:
         raise bad(f"there is no incident {iid}.", 404)
     events: list[dict[str, Any]] = []
-    if rt.pool is not None:
-        try:
-            for r in await store.timeline(rt.pool, iid):
-                events.append({"at": r["at"].astimezone().isoformat(timespec="seconds"),
-                               "kind": r["kind"], "detail": json.loads(r["detail"])})  # fmt: skip
-        except Exception as e:
-            log.warning("api.database_unavailable", error=str(e))
+    try:
+        for at, kind, detail in await queries.timeline(rt, iid):
+            events.append({"at": at.astimezone().isoformat(timespec="seconds"),
+                           "kind": kind, "detail": detail})  # fmt: skip
+    except Exception as e:
+        log.warning("api.database_unavailable", error=str(e))
     found["timeline"] = events
     return json_response(found)
 
@@ -396,19 +240,17 @@ async def update_incident(request: web.Request) -> web.Response:
         raise bad(f"unknown field(s): {', '.join(sorted(unknown))}; give eta and/or note.")
     if "eta" not in body and "note" not in body:
         raise bad("give eta and/or note.")
-    eta = None
-    if body.get("eta") is not None:
-        eta = parse_time(body["eta"], "eta")
-        if eta < time.time() - 60:
-            raise bad("eta is in the past; give the time the repair is expected.")
-    note = body.get("note", "") or ""
-    if not isinstance(note, str) or len(note) > MAX_NOTE:
-        raise bad(f"note must be text of at most {MAX_NOTE} characters.")
-    if rt.monitor is None or await _one(rt, iid) is None:
+    try:
+        given = parse_time(body["eta"], "eta") if body.get("eta") is not None else None
+        eta, note = estimate(given, body.get("note", ""), time.time())
+    except Invalid as e:
+        raise bad(str(e)) from None
+    if rt.monitor is None or await queries.one(rt, iid) is None:
         raise bad(f"there is no incident {iid}.", 404)
-    rt.monitor.set_eta(iid, eta, note.strip(), who or "anonymous")
-    log.info("api.incident_updated", incident=iid, by=who, eta=iso(eta), note=bool(note))
-    found = await _one(rt, iid)
+    rt.monitor.set_eta(iid, eta, note, who or "anonymous")
+    log.info("api.incident_updated", incident=iid, by=who, eta=iso(eta),
+             note=bool(body.get("note")))  # fmt: skip
+    found = await queries.one(rt, iid)
     return json_response(found)
 
 
@@ -422,8 +264,11 @@ async def add_maintenance(request: web.Request) -> web.Response:
     node = body.get("node")
     if not isinstance(node, str) or node not in rt.directory.topology:
         raise bad(f"node {node!r} is not in the topology.")
-    starts = parse_time(body.get("starts_at"), "starts_at")
-    ends = parse_time(body.get("ends_at"), "ends_at")
+    try:
+        starts = parse_time(body.get("starts_at"), "starts_at")
+        ends = parse_time(body.get("ends_at"), "ends_at")
+    except Invalid as e:
+        raise bad(str(e)) from None
     if ends <= starts:
         raise bad("ends_at must be after starts_at.")
     if ends <= time.time():
@@ -445,8 +290,6 @@ async def add_maintenance(request: web.Request) -> web.Response:
 
 
 def setup(routes: web.RouteTableDef) -> None:
-    from outagemon.http.openapi import spec
-
     routes.get("/api/v1/check")(check)
     routes.get("/api/v1/incidents")(incidents)
     routes.get("/api/v1/incidents/{id}")(incident)

@@ -1,68 +1,23 @@
-"""The aiohttp application: make_app(runtime) for the daemon and for tests."""
+"""The aiohttp application: make_app(runtime) for the daemon and for tests.
+
+The only module that imports the handlers (`api`, `page`); they share `runtime`.
+"""
 
 from __future__ import annotations
 
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-import orjson
 from aiohttp import web
 
 from outagemon import __version__, logs
-from outagemon.config import Config
-from outagemon.core import messages
-from outagemon.core.assess import AnswerMemory
-from outagemon.core.directory import Directory
-from outagemon.core.messages import Texts
-from outagemon.metrics import Metric, Registry
-from outagemon.monitor import Monitor
+from outagemon.http import api, page
+from outagemon.http.runtime import RUNTIME, Runtime, error, json_response
 
 log = logs.get("outagemon.http")
 
-
-@dataclass
-class Runtime:
-    """What the HTTP handlers read: the daemon owns it and swaps parts on reload."""
-
-    config: Config
-    directory: Directory
-    metrics: Registry = field(default_factory=Registry)
-    started_at: float = field(default_factory=time.time)
-    # None when ready; otherwise the sentence /readyz answers with.
-    not_ready: str | None = "the daemon is starting"
-    monitor: Monitor | None = None
-    pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
-    probe_rate: float = 0.0  # probes a second, as last measured
-    texts: Texts = field(default_factory=lambda: messages.load("ru"))
-    answers: AnswerMemory = field(default_factory=AnswerMemory)  # what /check remembers
-    checks: Metric = field(init=False)  # /check answers by status and channel
-
-    def __post_init__(self) -> None:
-        self.checks = self.metrics.counter(
-            "outagemon_checks_total", "Check answers by status and channel."
-        )
-
-
-RUNTIME = web.AppKey("runtime", Runtime)
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    # orjson writes UTF-8 rather than \u escapes: addresses and spoken texts stay readable in
-    # logs, curl and dialplans alike (JSON_DECODE reads both); it is also several times
-    # quicker than the standard library, which counts on /check during a call surge.
-    return web.Response(body=orjson.dumps(data), status=status, headers=JSON)
-
-
-JSON = {"Content-Type": "application/json; charset=utf-8"}
-
-
-def error(status: int, sentence: str) -> web.Response:
-    return json_response({"error": sentence}, status=status)
 
 
 def sentences(handler: Handler) -> Handler:
@@ -154,8 +109,6 @@ def make_app(runtime: Runtime) -> web.Application:
     routes.get("/healthz")(healthz)
     routes.get("/readyz")(readyz)
     routes.get("/metrics")(metrics)
-    from outagemon.http import api, page
-
     api.setup(routes)
     page.setup(routes)
     for route in routes:

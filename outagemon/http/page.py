@@ -7,9 +7,8 @@ autoescaping; the only script is the few lines that swap in the live fragment.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import time
+import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +19,8 @@ from markupsafe import Markup, escape
 from outagemon import logs
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident
-from outagemon.http import api
-from outagemon.http.app import RUNTIME, Runtime
+from outagemon.http import queries
+from outagemon.http.runtime import RUNTIME, Invalid, Runtime, estimate, incident_id
 
 log = logs.get("outagemon.page")
 
@@ -198,23 +197,17 @@ def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
 async def incident_page(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
-        raise web.HTTPNotFound(text=f"there is no incident {raw}.")
-    inc = await api._one(rt, int(raw))
-    if inc is None:
+    iid = incident_id(raw)
+    inc = await queries.one(rt, iid) if iid is not None else None
+    if iid is None or inc is None:
         raise web.HTTPNotFound(text=f"there is no incident {raw}.")
     timeline: list[dict[str, str]] = []
-    if rt.pool is not None:
-        from outagemon.db import store
-
-        try:
-            for r in await store.timeline(rt.pool, int(raw)):
-                detail = json.loads(r["detail"])
-                at = r["at"].astimezone().strftime("%d.%m %H:%M:%S")
-                text = _timeline_text(r["kind"], detail)
-                timeline.append({"at": at, "kind": r["kind"], "text": text})
-        except Exception as e:
-            log.warning("page.database_unavailable", error=str(e))
+    try:
+        for at, kind, detail in await queries.timeline(rt, iid):
+            timeline.append({"at": at.astimezone().strftime("%d.%m %H:%M:%S"), "kind": kind,
+                             "text": _timeline_text(kind, detail)})  # fmt: skip
+    except Exception as e:
+        log.warning("page.database_unavailable", error=str(e))
     html = ENV.get_template("incident.html").render(
         now=_when(time.time()), i=inc, timeline=timeline, tree=_tree(rt, inc),
         message=request.query.get("message", ""),
@@ -224,34 +217,40 @@ async def incident_page(request: web.Request) -> web.Response:
 
 
 async def incident_form(request: web.Request) -> web.Response:
-    """The page's form: the token comes in a field, since a browser sends no bearer header."""
+    """The page's form: the token comes in a field, since a browser sends no bearer header.
+
+    The estimate and the note are checked as the API checks them (`runtime.estimate`);
+    the form's time has no offset (a browser's datetime-local field), so it is taken as
+    the server's local time."""
     rt = request.app[RUNTIME]
     raw = request.match_info["id"]
     form = await request.post()
     token = str(form.get("token", ""))
     back = f"/incidents/{raw}"
     tokens = rt.config.tokens
-    who = ""
-    if tokens:
-        match = [t for t in tokens if hmac.compare_digest(t.token.encode(), token.encode())]
-        if not match or match[0].role != "write":
-            raise web.HTTPFound(back + "?message=" + "The+write+token+is+not+valid.")
-        who = match[0].name
-    else:
+    if not tokens:
         raise web.HTTPFound(
             back + "?message=" + "Writes+are+disabled:+no+write+token+is+configured."
         )
+    found = rt.token_check.find(tokens, token)
+    if found is None or found.role != "write":
+        raise web.HTTPFound(back + "?message=" + "The+write+token+is+not+valid.")
+    who = found.name
     eta_text = str(form.get("eta", "")).strip()
-    note = str(form.get("note", "")).strip()[: api.MAX_NOTE]
     eta = None
     if eta_text:
         try:
             eta = datetime.fromisoformat(eta_text).astimezone().timestamp()
         except ValueError:
             raise web.HTTPFound(back + "?message=The+ETA+is+not+a+time.") from None
-    if not raw.isdigit() or rt.monitor is None or await api._one(rt, int(raw)) is None:
+    try:
+        eta, note = estimate(eta, str(form.get("note", "")), time.time())
+    except Invalid as e:
+        raise web.HTTPFound(back + "?message=" + urllib.parse.quote_plus(str(e))) from None
+    iid = incident_id(raw)
+    if iid is None or rt.monitor is None or await queries.one(rt, iid) is None:
         raise web.HTTPNotFound(text=f"there is no incident {raw}.")
-    rt.monitor.set_eta(int(raw), eta, note, who)
+    rt.monitor.set_eta(iid, eta, note, who)
     raise web.HTTPFound(back + "?message=Saved.")
 
 

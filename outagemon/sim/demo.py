@@ -8,17 +8,27 @@ switched off, planned works take a switch down, a link flaps; then all is repair
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
 import tempfile
+import time
 import urllib.parse
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from outagemon import logs
+from outagemon.config import ProbeConfig
 from outagemon.core.incidents import Maintenance
+from outagemon.http.runtime import Runtime
 from outagemon.monitor import Monitor
+from outagemon.probing.icmp import TICK
 from outagemon.sim import citygen
 from outagemon.sim.simnet import SimNet
+
+log = logs.get("outagemon.daemon")  # the demo's steps have always been logged as the daemon's
 
 LOOP = 300.0  # seconds the script takes before it starts again
 WRITE_TOKEN = "demo-write-token"
@@ -119,6 +129,46 @@ class Scenario:
                 said.append(step.note)
 
 
+class SimulatedSource:
+    """The daemon's probe source in the demo: a simulated network replaying the script
+    (no ICMP, no root); it ignores reloads."""
+
+    follows_reload = False
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+
+    def start(self, monitor: Monitor, runtime: Runtime,
+              targets: dict[str, str]) -> dict[str, Coroutine[Any, Any, None]]:  # fmt: skip
+        """Half an hour of clean history, in a moment; then the script, in real time."""
+        cfg = runtime.config
+        now = time.time()
+        net = SimNet(runtime.directory.topology, monitor.correlator,
+                     interval=cfg.probe.interval, timeout=cfg.probe.timeout,
+                     start=now - 1800)  # fmt: skip
+        net.on_event = monitor.handle
+        net.run_until(now)
+        monitor.first_round_done = True
+        runtime.not_ready = None
+        return {"simulate": self._simulate(net, monitor)}
+
+    def retarget(self, targets: dict[str, str], probe: ProbeConfig) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def _simulate(self, net: SimNet, monitor: Monitor) -> None:
+        while True:
+            now = time.time()
+            for note in self.scenario.apply(net, monitor, now):
+                log.info("demo.step", what=note)
+            net.run_until(now)
+            for node in monitor.tick():
+                net.probe(node)
+            await asyncio.sleep(TICK)
+
+
 def prepare(port: int, language: str) -> tuple[Path, Path, citygen.City]:
     """A state directory with a config, a generated city and its subscribers."""
     state = Path(tempfile.mkdtemp(prefix="outagemon-demo-"))
@@ -178,9 +228,7 @@ def main(port: int, language: str) -> int:
         logs.setup()
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
         texts = messages.load(cfg.messages.language)
-        import asyncio
-
-        d = daemon.Daemon(cfg, loaded, texts, scenario=Scenario(city))
+        d = daemon.Daemon(cfg, loaded, texts, source=SimulatedSource(Scenario(city)))
         try:
             return asyncio.run(d.run())
         except OutagemonError as e:

@@ -26,6 +26,7 @@ from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory, Subscriber, with_cpes
 from outagemon.core.incidents import Event, Incident, Maintenance
 from outagemon.core.topology import Node, Topology
+from outagemon.db.restore import Restored
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 from outagemon.sim.oracle import EXPLAIN, Oracle, Verdict
@@ -141,17 +142,24 @@ def restarted(old: Monitor, cfg: config.Config, directory: Directory,
     hands to Monitor.resume: open incidents (id, kind, root, nodes, opened), their ETAs,
     loss histories, planned works, incidents resolved within restored_for."""
     new = Monitor(cfg, directory, Registry(), clock=clock)
-    incidents = [Incident(i.id, i.root, i.kind, i.inferred, i.opened_at, list(i.nodes))
-                 for i in old.correlator.incidents.values()]  # fmt: skip
-    new.eta = dict(old.eta)
-    new.calls = dict(old.calls)
-    histories = {n: (ns.n, ns.lost) for n, ns in old.correlator.states.items() if ns.n > 0}
     since = clock() - cfg.messages.restored_for
-    resolved = sorted(
-        {i.id: i for i in old.recent.values() if (i.resolved_at or 0) > since}.values(),
-        key=lambda i: (i.resolved_at or 0, i.id),
-    )
-    new.resume(incidents, old.correlator.next_id, histories, list(old.maintenance), resolved)
+    topo = directory.topology.nodes
+    found = Restored(
+        incidents=[Incident(i.id, i.root, i.kind, i.inferred, i.opened_at, list(i.nodes))
+                   for i in old.correlator.incidents.values()],
+        next_id=old.correlator.next_id,
+        eta=dict(old.eta),
+        calls=dict(old.calls),
+        maintenance=list(old.maintenance),
+        next_maintenance=old.next_maintenance,
+        histories=[(n, ns.n, ns.lost) for n, ns in old.correlator.states.items()
+                   if n in topo and ns.n > 0],
+        resolved=sorted(
+            {i.id: i for i in old.recent.values() if (i.resolved_at or 0) > since}.values(),
+            key=lambda i: (i.resolved_at or 0, i.id),
+        ),
+    )  # fmt: skip
+    new.resume(found)
     return new
 
 
@@ -183,7 +191,7 @@ def run(world: World) -> Outcome:
     def on_event(e: Event) -> None:
         clock["now"] = e.at
         events.append(e)
-        current["monitor"]._handle(e)
+        current["monitor"].handle(e)
 
     net.on_event = on_event
     memory = check.AnswerMemory()  # what the HTTP runtime remembers between callers

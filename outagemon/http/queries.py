@@ -1,0 +1,100 @@
+"""The incident read model, shared by the API and the page: open incidents from memory,
+resolved ones and timelines from the database (which may be away)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from outagemon import logs
+from outagemon.core.incidents import Incident
+from outagemon.db import store
+from outagemon.http.runtime import Runtime, iso
+from outagemon.monitor import Monitor
+
+log = logs.get("outagemon.api")  # its lines have always been the API's
+
+
+def incident_json(inc: Incident, monitor: Monitor | None) -> dict[str, Any]:
+    subs = monitor.subscribers_of(inc.nodes) if monitor is not None else 0
+    return {
+        "id": str(inc.id),
+        "state": inc.state.value,
+        "kind": inc.kind.value,
+        "root_node": inc.root,
+        "inferred": inc.inferred,
+        "nodes": list(inc.nodes),
+        "subscribers": subs,
+        "opened_at": iso(inc.opened_at),
+        "resolved_at": iso(inc.resolved_at) or None,
+        "eta": iso(monitor.eta.get(inc.id)) or None if monitor else None,
+        "calls": monitor.calls.get(inc.id, 0) if monitor else 0,
+    }
+
+
+def row_json(r: Any) -> dict[str, Any]:
+    def t(v: datetime | None) -> str | None:
+        return v.astimezone().isoformat(timespec="seconds") if v is not None else None
+
+    return {
+        "id": str(r["id"]),
+        "state": r["state"],
+        "kind": r["kind"],
+        "root_node": r["root_node"],
+        "inferred": r["inferred"],
+        "nodes": list(r["nodes"]),
+        "subscribers": r["subscribers"],
+        "opened_at": t(r["opened_at"]),
+        "resolved_at": t(r["resolved_at"]),
+        "eta": t(r["eta"]),
+        "calls": r["calls"],
+    }
+
+
+def open_incidents(rt: Runtime) -> list[dict[str, Any]]:
+    """Open incidents, newest first, from memory."""
+    if rt.monitor is None:
+        return []
+    incs = sorted(rt.monitor.correlator.incidents.values(), key=lambda i: (-i.opened_at, -i.id))
+    return [incident_json(i, rt.monitor) for i in incs]
+
+
+async def stored(rt: Runtime, state: str) -> list[dict[str, Any]]:
+    """Incidents from the database; 503 with a sentence while it does not answer."""
+    if rt.pool is None:
+        return []
+    try:
+        rows = await store.list_incidents(rt.pool, state)
+    except Exception as e:  # the database is away: say so rather than fail the request
+        log.warning("api.database_unavailable", error=str(e))
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"error": "resolved incidents are in the database, which does not "
+                                      "answer right now; open incidents are still served."}),
+            content_type="application/json",
+        ) from None  # fmt: skip
+    return [row_json(r) for r in rows]
+
+
+async def one(rt: Runtime, iid: int) -> dict[str, Any] | None:
+    """One incident: open ones from memory, others from the database (None if away)."""
+    if rt.monitor is not None and iid in rt.monitor.correlator.incidents:
+        return incident_json(rt.monitor.correlator.incidents[iid], rt.monitor)
+    if rt.pool is None:
+        return None
+    try:
+        row = await store.get_incident(rt.pool, iid)
+    except Exception as e:
+        log.warning("api.database_unavailable", error=str(e))
+        return None
+    return row_json(row) if row is not None else None
+
+
+async def timeline(rt: Runtime, iid: int) -> list[tuple[datetime, str, Any]]:
+    """(when, kind, detail) of an incident's events; raises while the database is away."""
+    if rt.pool is None:
+        return []
+    return [(r["at"], r["kind"], json.loads(r["detail"]))
+            for r in await store.timeline(rt.pool, iid)]  # fmt: skip

@@ -1,0 +1,124 @@
+"""The daemon's probe source over ICMP: one engine, its scheduler, and the decision loop.
+
+Results go to the monitor (`observe`); every TICK the monitor decides (`tick`) and the
+nodes it wants probed at once are probed ahead of their schedule. The daemon sees this
+through its `ProbeSource` protocol; the demo supplies a simulated network instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from outagemon import logs
+from outagemon.config import ProbeConfig
+from outagemon.errors import OutagemonError
+from outagemon.metrics import Registry
+from outagemon.probing.engine import Engine, PermissionProblem
+from outagemon.probing.scheduler import Outcome, Scheduler
+
+log = logs.get("outagemon.daemon")  # its lines have always been the daemon's
+
+TICK = 0.1  # seconds between correlator decisions
+
+
+class Feed(Protocol):
+    """What the results feed: the monitor."""
+
+    first_round_done: bool
+
+    def observe(self, node: str, ok: bool, at: float) -> None: ...
+    def tick(self) -> list[str]: ...
+
+
+class Readiness(Protocol):
+    """Where the daemon's readiness and probe rate are shown: the HTTP runtime."""
+
+    not_ready: str | None
+    probe_rate: float
+    metrics: Registry
+
+
+class IcmpSource:
+    """Probes every target address over ICMP at the configured interval and rate."""
+
+    follows_reload = True  # a reload changes the targets, interval and rate
+    # Made by start(): the scheduler counts its rounds from when it is made.
+    engine: Engine
+    scheduler: Scheduler
+
+    def __init__(self, probe: ProbeConfig) -> None:
+        self.probe = probe
+        self.node_of: dict[str, str] = {}  # address -> node
+        self.ip_of: dict[str, str] = {}  # node -> address
+
+    def start(self, feed: Feed, shown: Readiness,
+              targets: dict[str, str]) -> dict[str, Coroutine[Any, Any, None]]:  # fmt: skip
+        """Open the sockets and begin; returns the background tasks, by name."""
+        probe = self.probe
+        self._targets(targets)
+        self.engine = Engine(lambda *a: None, timeout=probe.timeout)
+        families = {socket.AF_INET6 if ":" in ip else socket.AF_INET for ip in self.node_of}
+        try:
+            self.engine.open(tuple(sorted(families)) or (socket.AF_INET,))
+        except PermissionProblem as e:
+            raise OutagemonError(str(e)) from None
+
+        def outcome(o: Outcome) -> None:
+            node = self.node_of.get(o.target)
+            if node is not None:
+                feed.observe(node, o.ok, o.at)
+
+        self.scheduler = Scheduler(self.engine, outcome, probe.interval, probe.max_rate)
+        self.scheduler.set_targets(list(self.node_of))
+        shown.metrics.on_collect(lambda: self._probe_metrics(shown.metrics))
+        shown.not_ready = "the first probe round has not finished yet"
+        return {"scheduler": self.scheduler.run(), "correlate": self._correlate(feed, shown)}
+
+    def retarget(self, targets: dict[str, str], probe: ProbeConfig) -> None:
+        """A reload: new targets, interval and rate; the old targets keep their phase."""
+        self._targets(targets)
+        self.scheduler.set_targets(list(self.node_of), probe.interval)
+        self.scheduler.max_rate = probe.max_rate
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def _targets(self, targets: dict[str, str]) -> None:
+        self.node_of = targets
+        self.ip_of = {node: ip for ip, node in targets.items()}
+
+    def _probe_metrics(self, metrics: Registry) -> None:
+        """The engine's counters, read when /metrics is asked (malformed and foreign
+        packets, late replies, kernel drops are counted, never silent)."""
+        stats = self.engine.stats
+        self.engine.kernel_drops()
+        counter = metrics.counter("outagemon_probe_packets_total", "ICMP engine counts by kind.")
+        for kind, value in dataclasses.asdict(stats).items():
+            counter.set(float(value), kind=kind)
+        metrics.gauge(
+            "outagemon_probes_in_flight", "Probes sent and not yet answered or expired."
+        ).set(self.engine.in_flight)
+
+    async def _correlate(self, feed: Feed, shown: Readiness) -> None:
+        sent_before, measured = self.engine.stats.sent, time.monotonic()
+        while True:
+            started = time.monotonic()
+            for node in feed.tick():
+                ip = self.ip_of.get(node)
+                if ip is not None:
+                    self.scheduler.probe_now(ip)
+            if shown.not_ready is not None and self.scheduler.rounds >= 1:
+                shown.not_ready = None
+                feed.first_round_done = True
+                log.info("daemon.first_round_done", targets=len(self.node_of))
+            if started - measured >= 5:
+                stats = self.engine.stats
+                shown.probe_rate = (stats.sent - sent_before) / (started - measured)
+                sent_before, measured = stats.sent, started
+            # Subtract the time the work took, so a busy tick does not slow the rhythm.
+            await asyncio.sleep(max(0.0, TICK - (time.monotonic() - started)))

@@ -1,0 +1,48 @@
+"""The incident page's form checks an estimate and a note as the API does (one rule)."""
+
+from __future__ import annotations
+
+import urllib.parse
+from datetime import datetime, timedelta
+
+import pytest
+
+from tests.world import WRITE, world
+
+
+async def test_the_form_refuses_what_the_api_refuses_and_saves_the_rest(fresh_db: str) -> None:
+    async with world(fresh_db) as w:
+        w.net.fail("sw-lenina-5")
+        w.run(60)
+        (inc,) = w.monitor.correlator.incidents.values()
+        page = w.url(f"/incidents/{inc.id}")
+
+        async def post(**form: str) -> str:
+            """The sentence the page is sent back with."""
+            async with w.session.post(page, data={"token": WRITE, **form},
+                                      allow_redirects=False) as r:  # fmt: skip
+                assert r.status == 302, await r.text()
+                query = urllib.parse.urlsplit(r.headers["Location"]).query
+                return urllib.parse.parse_qs(query)["message"][0]
+
+        # A browser's datetime-local field: no offset, the server's local time.
+        past = (datetime.now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+        assert "eta is in the past" in await post(eta=past)
+        assert "at most 2000 characters" in await post(note="x" * 2001)
+        assert inc.id not in w.monitor.eta, "a refused estimate is never heard by callers"
+        async with w.session.post(w.url(f"/api/v1/incidents/{inc.id}"),
+                                  json={"note": "x" * 2001},
+                                  headers=w.auth(WRITE)) as r:  # fmt: skip
+            assert r.status == 400
+            assert "at most 2000 characters" in (await r.json())["error"]
+        later = (datetime.now() + timedelta(hours=3)).replace(second=0, microsecond=0)
+        saved = await post(eta=later.strftime("%Y-%m-%dT%H:%M"), note="  бригада выехала ")
+        assert saved == "Saved."
+        assert w.monitor.eta[inc.id] == pytest.approx(later.astimezone().timestamp())
+        await w.flushed()
+        notes = await w.pool.fetch(
+            "select detail->>'note' as note from incident_event"
+            " where incident_id = $1 and kind = 'note'",
+            inc.id,
+        )
+        assert [n["note"] for n in notes] == ["бригада выехала"]
