@@ -119,11 +119,6 @@ def test_a_check_that_always_says_ok_is_caught_and_shrunk(monkeypatch: pytest.Mo
 # -- random worlds ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: the oracle still finds disagreements "
-    "(truth-findings.md); this becomes a plain test once they are fixed",
-)
 @settings(max_examples=200, derandomize=True, deadline=None, database=None,
           phases=[Phase.explicit, Phase.generate],  # shrinking is truth.shrink's, in report()
           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
