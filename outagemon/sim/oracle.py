@@ -135,17 +135,19 @@ class Oracle:
 
     # -- what the monitor can see ------------------------------------------------------
 
-    def visible(self, down: set[str], since: dict[str, float]) -> set[str]:
+    def visible(self, down: set[str], since: dict[str, float],
+                kept: frozenset[str] = frozenset()) -> set[str]:  # fmt: skip
         """Down nodes the monitor can know are down: probed ones, and nodes without an
         address whose children failed together (within `window` of the last of them to
         fail), at least infer_min_children of them and infer_ratio of those that were up
-        (a child down since long before counts neither way)."""
+        (a child down since long before counts neither way). Once inferred (`kept`), a
+        node stays so while it is down: its children do not answer again."""
         w = self.world
         seen: set[str] = set()
         for n in self.order:
             if n not in down:
                 continue
-            if self.probed[n]:
+            if self.probed[n] or n in kept:
                 seen.add(n)
                 continue
             kids = self.children[n]
@@ -228,7 +230,10 @@ class Oracle:
             down = now_down
             self.ever_down |= down
             blind = self.blind_for(down, uplink)
-            seen = set() if blind else self.visible(down, since)
+            kept = (
+                frozenset() if action is Action.SEE or not self.moments else self.moments[-1].seen
+            )
+            seen = set() if blind else self.visible(down, since, kept)
             roots, new_cut = self.roots_of(seen)
             if not blind:
                 for n in new_cut - cut:
