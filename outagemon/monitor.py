@@ -45,6 +45,7 @@ def settings_of(cfg: Config) -> Settings:
         infer_ratio=c.infer_ratio,
         resolve_hold=c.resolve_hold,
         timeout=cfg.probe.timeout,
+        interval=cfg.probe.interval,
     )
 
 
@@ -237,13 +238,22 @@ class Monitor:
     # -- restart -----------------------------------------------------------------------
 
     async def restore(self, pool: asyncpg.Pool, pending: Pending | None = None) -> int:
-        """Open incidents and planned works from the database, with what the journal file
-        held over it (`pending`); returns how many incidents were taken up.
+        """Open incidents, incidents resolved within `restored_for`, planned works and loss
+        histories from the database, with what the journal file held over it (`pending`);
+        returns how many incidents were taken up."""
+        after = steady.CLOCK.wall(self.clock()) - self.config.messages.restored_for
+        found = await restore_db.load(pool, self.directory.topology, after)
+        return self.resume(found, pending)
+
+    def resume(self, found: restore_db.Restored, pending: Pending | None = None) -> int:
+        """Take up what a previous run stored: open incidents continue with their ids and
+        estimates, each node keeps its loss history (a clean target keeps its short
+        streak), planned works stand, and the callers of incidents resolved lately hear
+        "restored" as before. Returns how many incidents were taken up.
 
         May come late (the database was away at start, and detection went on meanwhile):
         an incident is taken up only when no incident the monitor opened since covers its
-        root, and ids only ever go up."""
-        found = await restore_db.load(pool, self.directory.topology)
+        root, what this run saw wins over what was stored, and ids only ever go up."""
         p = pending or Pending()
         step = steady.CLOCK.step()
         taken = []
@@ -259,11 +269,19 @@ class Monitor:
         for iid, calls in found.calls.items():
             self.calls[iid] = self.calls.get(iid, 0) + calls
         self.correlator.restore(taken, max(found.next_id, p.max_incident + 1))
-        # Each node's loss history: a clean target keeps its short streak over a restart.
         for node, n, lost in found.histories:
             ns = self.correlator.states.setdefault(node, NodeState())
             if ns.n < n:
                 ns.n, ns.lost = n, lost
+        stored: dict[str, Incident] = {}
+        for inc in found.resolved:  # oldest first: the latest incident of a node wins
+            inc.opened_at -= step
+            if inc.resolved_at is not None:
+                inc.resolved_at -= step
+            for node in inc.nodes:
+                stored[node] = inc
+        for node, inc in stored.items():
+            self.recent.setdefault(node, inc)  # one this run resolved is newer
         known = {m.id for m in self.maintenance}
         self.maintenance += [
             dataclasses.replace(m, starts_at=m.starts_at - step, ends_at=m.ends_at - step)

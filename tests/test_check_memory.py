@@ -21,7 +21,7 @@ from outagemon.core.directory import Directory, Match
 from outagemon.core.health import NodeState, State
 from outagemon.core.incidents import Incident, IncidentState, Kind, Maintenance
 from outagemon.http import api
-from outagemon.http.runtime import Runtime
+from outagemon.http.runtime import Runtime, iso
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 
@@ -121,6 +121,28 @@ def test_planned_works_start_and_end_by_the_clock_alone() -> None:
     assert monitor.correlator.version == version, "only the clock moved"
 
 
+def test_overlapping_works_say_the_end_that_applies_as_the_clock_moves() -> None:
+    # Works on agg (sw-1 behind it) and, longer, on sw-1 itself: sw-1's callers are
+    # covered until the later end; the remembered answer must follow the clock there.
+    rt, monitor = make()
+    monitor.add_maintenance(Maintenance(1, "agg", NOW - 60, NOW + 600, "замена"), "noc")
+    monitor.add_maintenance(Maintenance(2, "sw-1", NOW + 300, NOW + 1200, "замена"), "noc")
+    match = rt.directory.account("101")  # ул. Ленина, д. 5, behind sw-1
+    heard = [
+        (NOW, "maintenance", NOW + 600),  # agg's works alone
+        (NOW + 400, "maintenance", NOW + 1200),  # both: sw-1's run on after agg's end
+        (NOW + 900, "maintenance", NOW + 1200),
+        (NOW + 1300, "ok", None),
+    ]
+    for at, status, eta in heard:
+        body = answer(rt, match, at)
+        assert body == afresh(rt, match, at)
+        said = orjson.loads(body)
+        assert said["status"] == status, (at - NOW, said)
+        assert said["eta"] == (iso(eta) if eta is not None else ""), (at - NOW, said)
+        assert (said["eta"] != "") == (status == "maintenance")
+
+
 def test_restored_runs_out_by_the_clock_alone() -> None:
     rt, monitor = make()
     resolved = Incident(1, "sw-2", Kind.OUTAGE, False, NOW - 900, ["sw-2"],
@@ -133,7 +155,8 @@ def test_restored_runs_out_by_the_clock_alone() -> None:
 
 def test_an_estimate_set_is_heard_by_the_next_caller() -> None:
     rt, monitor = make("en")
-    monitor.correlator.restore([Incident(1, "agg", Kind.OUTAGE, False, NOW - 600, ["agg"])], 2)
+    cut = ["agg", "sw-1"]  # the nodes an incident at agg cuts off
+    monitor.correlator.restore([Incident(1, "agg", Kind.OUTAGE, False, NOW - 600, cut)], 2)
     match = rt.directory.account("101")  # behind sw-1, under agg
     assert "work continues" in orjson.loads(answer(rt, match, NOW))["message"].lower()
     monitor.set_eta(1, NOW + 3600, "", "noc")
@@ -169,6 +192,7 @@ def test_a_reloaded_topology_changes_the_answers_at_once() -> None:
     subs, _ = directory.parse_csv(SUBSCRIBERS, Path("s.csv"), topo)
     rt.directory = Directory(directory.with_cpes(topo, subs), subs)
     monitor.set_directory(rt.directory)
+    monitor.correlator.tick(NOW)  # the next decision (a tenth of a second later) cuts sw-2 off
     match = rt.directory.account("100")
     said = orjson.loads(answer(rt, match, NOW))
     assert (said["status"], said["root_node"]) == ("outage", "agg")

@@ -18,7 +18,7 @@ from outagemon.core.topology import Node, Topology
 from outagemon.sim.simnet import SimNet
 
 SETTINGS = Settings(down_after=3, up_after=2, window=30, infer_min_children=3,
-                    infer_ratio=0.8, resolve_hold=60)  # fmt: skip
+                    infer_ratio=0.8, resolve_hold=60, interval=5.0)  # fmt: skip
 WARM = 3600.0  # an hour of clean history before the fault
 
 
@@ -173,19 +173,37 @@ def test_blind_keeps_the_open_incidents() -> None:
 
 
 def test_a_flapping_switch_is_one_incident() -> None:
-    s = sim(city(aggs=1, access=3), settings=dataclasses.replace(SETTINGS, resolve_hold=20))
+    # Down 15 s, up 15 s: more than six changes within the look-back (21 intervals).
+    s = sim(city(aggs=1, access=3), settings=dataclasses.replace(SETTINGS, resolve_hold=10))
     events: list[Event] = []
     for _ in range(8):
         s.fail("sw0-1")
-        events += s.run_for(40)
+        events += s.run_for(15)
         s.repair("sw0-1")
-        events += s.run_for(40)
+        events += s.run_for(15)
     assert len(kinds(events, "opened")) == 1, [(e.kind, e.at) for e in events]
     assert s.correlator.states["sw0-1"].flapping
     # once flapping is seen the incident is held open rather than resolved and reopened
     last_resolved = max((e.at for e in kinds(events, "resolved")), default=0.0)
-    assert last_resolved < s.now - 300
+    assert last_resolved < s.now - 120
     assert len(s.correlator.incidents) == 1
+
+
+def test_a_flapping_switchs_incident_resolves_once_stable_for_the_look_back() -> None:
+    settings = dataclasses.replace(SETTINGS, resolve_hold=10)
+    s = sim(city(aggs=1, access=3), settings=settings)
+    for _ in range(8):
+        s.fail("sw0-1")
+        s.run_for(15)
+        s.repair("sw0-1")
+        s.run_for(15)
+    (inc,) = s.correlator.incidents.values()
+    stable_since = s.now - 15
+    events = s.run_for(settings.flap_period + settings.resolve_hold + 3 * 5.0)
+    (resolved,) = kinds(events, "resolved")
+    assert resolved.incident == inc.id
+    assert resolved.at - stable_since <= settings.flap_period + settings.resolve_hold + 2 * 5.0
+    assert s.correlator.incidents == {} and not s.correlator.states["sw0-1"].flapping
 
 
 def test_recovery_of_a_root_with_100_children_is_one_resolution_and_no_child_events() -> None:

@@ -122,9 +122,16 @@ def test_a_correlator_fed_a_clock_that_steps_back_neither_overflows_nor_goes_nan
             corr.observe(node, True, now)
         corr.tick(now)
     assert math.isfinite(corr.network_loss)
+    # agg-s dies, and with it everything behind it (a child that still answers would prove
+    # the path through agg-s works: then agg-s is not down).
+    dead, queue = set(), ["agg-s"]
+    while queue:
+        node = queue.pop()
+        dead.add(node)
+        queue += topo.nodes[node].children
     for t in range(5, 120, 5):
         for node in nodes:
-            corr.observe(node, node != "agg-s", now + t)
+            corr.observe(node, node not in dead, now + t)
         corr.tick(now + t)
     assert [i.root for i in corr.incidents.values()] == ["agg-s"]
 

@@ -21,6 +21,7 @@ from outagemon.core.directory import Directory, Match
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident, Kind, Maintenance
 from outagemon.core.messages import Texts
+from outagemon.core.topology import Topology
 
 
 class Status(enum.StrEnum):
@@ -167,38 +168,41 @@ def _assess_path(situation: Situation, directory: Directory, node: str, now: flo
 
 def _walk_path(situation: Situation, directory: Directory, node: str, now: float,
                restored_for: float) -> tuple[Answer | None, Answer, float]:  # fmt: skip
-    """What _assess_path says, and until when the clock alone leaves it true."""
+    """What _assess_path says, and until when the clock alone leaves it true.
+
+    The caller's incident is the one that cuts off the node serving them (the
+    correlator's own rule: every path from it to a root broken), never merely one on an
+    uplink: a building with a second uplink alive is not in that outage. Planned works
+    cover it by the same rule."""
     c = situation.correlator
     topo = directory.topology
-    path = [node, *topo.ancestors(node)] if node in topo else [node]
-    for n in path:
-        inc = c.incident_for(n)
-        if inc is None:
-            continue
+    inc = c.incident_for(node)
+    if inc is not None:
         if inc.recovering_since is not None:
             found = Answer(Status.RESTORED, inc, node, inc.opened_at,
                            resolved=inc.recovering_since)  # fmt: skip
             return found, found, math.inf
-        status = Status.MAINTENANCE if inc.kind is Kind.MAINTENANCE else Status.OUTAGE
-        found = Answer(status, inc, node, inc.opened_at, situation.eta.get(inc.id),
-                       until=inc.maintenance_until)  # fmt: skip
+        if inc.kind is Kind.MAINTENANCE:
+            end = works_end(inc, situation.maintenance, topo, now)
+            eta = later(end, situation.eta.get(inc.id))
+            found = Answer(Status.MAINTENANCE, inc, node, inc.opened_at, eta, until=eta)
+        else:
+            found = Answer(Status.OUTAGE, inc, node, inc.opened_at, situation.eta.get(inc.id))
         return found, found, math.inf
+    path = [node, *topo.ancestors(node)] if node in topo else [node]
     on_path = set(path)
-    expires = math.inf  # the next start or end of planned works on the path
-    for w in situation.maintenance:
-        if w.node not in on_path:
-            continue
-        if w.starts_at <= now < w.ends_at:
-            found = Answer(Status.MAINTENANCE, node=node, since=w.starts_at, until=w.ends_at)
-            return found, found, w.ends_at
-        if w.starts_at > now:
-            expires = min(expires, w.starts_at)
-    for n in path:
-        recent = situation.recent.get(n)
-        if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
-            said = Answer(Status.RESTORED, recent, node, recent.opened_at,
-                          resolved=recent.resolved_at)  # fmt: skip
-            return None, said, min(expires, recent.resolved_at + restored_for)
+    windows = [w for w in situation.maintenance if w.node in on_path]
+    covered = works_cover(topo, node, windows, now)
+    if covered is not None:
+        since, ends = covered
+        found = Answer(Status.MAINTENANCE, node=node, since=since, eta=ends, until=ends)
+        return found, found, min(ends, _next_start(windows, now))
+    expires = _next_start(windows, now)  # only works starting can cover it from here
+    recent = situation.recent.get(node)
+    if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
+        said = Answer(Status.RESTORED, recent, node, recent.opened_at,
+                      resolved=recent.resolved_at)  # fmt: skip
+        return None, said, min(expires, recent.resolved_at + restored_for)
     # Nothing on the path has been seen yet (a new node, or just after blindness).
     nodes, states = topo.nodes, c.states
     seen_any = False
@@ -210,3 +214,64 @@ def _walk_path(situation: Situation, directory: Directory, node: str, now: float
             if ns is not None and ns.state is not State.UNKNOWN and ns.state is not State.RECHECK:
                 return None, Answer(Status.OK, node=node), expires
     return None, Answer(Status.UNKNOWN if seen_any else Status.OK, node=node), expires
+
+
+def _next_start(windows: list[Maintenance], now: float) -> float:
+    return min((w.starts_at for w in windows if w.starts_at > now), default=math.inf)
+
+
+def later(a: float | None, b: float | None) -> float | None:
+    """The later of two times, either of which may be unknown."""
+    if a is None or b is None:
+        return a if b is None else b
+    return max(a, b)
+
+
+def cut_off_by(topology: Topology, node: str, taken_out: set[str]) -> bool:
+    """Whether every path from `node` up to a root runs through a node taken out (the node
+    itself included): the rule by which the correlator groups a failure's victims."""
+    if node in taken_out:
+        return True
+    if node not in topology:
+        return False
+    nodes = topology.nodes
+    seen = {node}
+    queue = [node]
+    while queue:
+        here = nodes[queue.pop()]
+        if not here.parents:
+            return False  # a root reached around everything taken out
+        for p in here.parents:
+            if p not in seen and p not in taken_out:
+                seen.add(p)
+                queue.append(p)
+    return True
+
+
+def works_cover(topology: Topology, node: str, windows: list[Maintenance],
+                now: float) -> tuple[float, float] | None:  # fmt: skip
+    """(since, until) when planned works running now cut this node off, else None.
+
+    Covered while the works still running would cut it off: with works on both uplinks
+    of a building, until the first of them ends; on a switch and the aggregation above,
+    until the last."""
+    running = [w for w in windows if w.starts_at <= now < w.ends_at]
+    if not running or not cut_off_by(topology, node, {w.node for w in running}):
+        return None
+    ends = sorted({w.ends_at for w in running})
+    until = ends[-1]
+    for end in ends[:-1]:
+        if not cut_off_by(topology, node, {w.node for w in running if w.ends_at > end}):
+            until = end
+            break
+    return min(w.starts_at for w in running if w.ends_at >= until), until
+
+
+def works_end(inc: Incident, windows: list[Maintenance], topology: Topology,
+              now: float) -> float | None:  # fmt: skip
+    """When the planned works behind a maintenance incident end: as the incident was
+    opened with them, else (restored after a restart) by the works covering its root."""
+    if inc.maintenance_until is not None:
+        return inc.maintenance_until
+    covered = works_cover(topology, inc.root, windows, now)
+    return covered[1] if covered is not None else None

@@ -18,10 +18,11 @@ root has been up `resolve_hold` seconds, and are not opened while the monitor is
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 
 from outagemon.core.failures import Failures
-from outagemon.core.health import NodeState, Settings, State
+from outagemon.core.health import FLAP_HIGH, NodeState, Settings, State, flap_percent
 from outagemon.core.incidents import Event, EventKind, Incident, IncidentBook, Maintenance
 from outagemon.core.topology import Topology
 
@@ -50,6 +51,8 @@ class Correlator(Failures):
         self._pending_since: dict[str, float] = {}  # root candidates waiting to settle
         self._blocked: dict[str, tuple[str, float]] = {}  # pending root -> (ancestor, its last_at)
         self._roots_cache: list[str] = []
+        self._blind_at = -math.inf  # when the monitor last went blind
+        self._scope_key: tuple[int, tuple[Maintenance, ...]] = (0, ())  # what _scope is of
 
     # -- the incident book, as the API, the page and the monitor read it ---------------
 
@@ -84,19 +87,58 @@ class Correlator(Failures):
         self._dirty = True
 
     def _refresh_scope(self, now: float) -> None:
-        """The planned works active now, for every node they cover (the longest wins)."""
+        """The planned works active now, for every node they cover: the works' nodes, and
+        every node all of whose uplinks lead into them (a dual-homed building keeps its
+        other uplink). Each is covered by its own works or until the first of its uplinks
+        stops being covered (then it has a path again), whichever ends later."""
+        nodes = self.topology.nodes
+        running = [
+            m for m in self.maintenance if m.starts_at <= now < m.ends_at and m.node in nodes
+        ]
+        key = (id(self.topology), tuple(running))
+        if key == self._scope_key:
+            return  # called every tick: the same works running cover the same nodes
+        self._scope_key = key
+        own: dict[str, Maintenance] = {}
+        for m in running:
+            if m.node not in own or own[m.node].ends_at < m.ends_at:
+                own[m.node] = m
         scope: dict[str, Maintenance] = {}
-        for m in self.maintenance:
-            if m.starts_at <= now < m.ends_at and m.node in self.topology:
-                for n in (m.node, *self.topology.descendants(m.node)):
-                    if n not in scope or scope[n].ends_at < m.ends_at:
-                        scope[n] = m
+        if own:
+            below = set(own)
+            for n in own:
+                below.update(self.topology.descendants(n))
+            memo: dict[str, Maintenance | None] = {}
+
+            def covering(n: str) -> Maintenance | None:
+                if n in memo:
+                    return memo[n]
+                found = own.get(n)
+                parents = nodes[n].parents
+                if parents and all(p in below for p in parents):
+                    above = [covering(p) for p in parents]
+                    first = min((a for a in above if a is not None), key=lambda m: m.ends_at,
+                                default=None)  # fmt: skip
+                    if (
+                        None not in above
+                        and first is not None
+                        and (found is None or found.ends_at < first.ends_at)
+                    ):
+                        found = first
+                memo[n] = found
+                return found
+
+            for n in below:
+                window = covering(n)
+                if window is not None:
+                    scope[n] = window
         self._scope = scope
 
     def set_topology(self, topology: Topology) -> None:
         """A reloaded topology: nodes that still exist keep their state."""
         self.version += 1  # paths from callers to the core may have changed
         self.topology = topology
+        self._scope_key = (0, ())
         for gone in [n for n in self.states if n not in topology and n not in self.anchors]:
             del self.states[gone]
         self.inferred = {n: t for n, t in self.inferred.items() if n in topology}
@@ -151,19 +193,26 @@ class Correlator(Failures):
         if blind and not self.blind:
             self.version += 1
             self.blind = True
+            self._blind_at = now
             self.book.events.append(
                 Event(EventKind.BLIND, now, detail={"anchors": list(self.anchors)})
             )
         elif not blind and self.blind:
             self.version += 1
             self.blind = False
-            # What failed while we could not see is not evidence: look again.
-            for ns in self.states.values():
+            # What failed while we could not see is not evidence: look again, at every
+            # node down (the anchors too: one answering does not make the others down),
+            # and the changes since our uplink began to fail are no flapping.
+            since = self._blind_at - self.settings.window
+            period = self.settings.flap_period
+            for node, ns in self.states.items():
                 ns.stale_before = now
                 ns.losses = 0
-            for node in list(self._down):
-                if node not in self.anchors:
-                    self.states[node].state = State.RECHECK
+                if ns.changes:
+                    ns.changes = deque((c for c in ns.changes if c < since), maxlen=21)
+                    ns.flapping = flap_percent(ns.changes, now, period) > FLAP_HIGH
+                if ns.state is State.DOWN:
+                    ns.state = State.RECHECK
                     self._unfail(node)
                     self._requests.append(node)
             for node in list(self.inferred):
@@ -184,7 +233,8 @@ class Correlator(Failures):
         """Fresh evidence that nothing above this root failed too, or `window` has passed.
 
         Fresh means answered since the root's trouble began (its first lost probe, when
-        its ancestors were asked to be probed too)."""
+        its ancestors were asked to be probed too); about an ancestor without an address,
+        its children are the evidence (it must not be about to be inferred down)."""
         if now - since >= self.settings.window:
             return True
         own = self.states.get(root)
@@ -199,6 +249,9 @@ class Correlator(Failures):
         for a in self.topology.ancestors(root):
             node = self.topology.nodes[a]
             if not node.probed:
+                if self._may_be_inferred(a, since):
+                    self._blocked.pop(root, None)
+                    return False
                 continue
             ns = self.states.get(a)
             if ns is None or ns.state is not State.UP or ns.losses > 0 or ns.last_at < since:
@@ -206,6 +259,28 @@ class Correlator(Failures):
                 return False
         self._blocked.pop(root, None)
         return True
+
+    def _may_be_inferred(self, node: str, since: float) -> bool:
+        """Whether this node without an address may yet be inferred down (its other
+        children are the evidence about it): enough of them have said nothing fresh since
+        `since`, or are (or may yet be) inferred down themselves."""
+        if node in self.inferred:
+            return False
+        s = self.settings
+        nodes = self.topology.nodes
+        kids = nodes[node].children
+        if len(kids) < s.infer_min_children:
+            return False
+        doubtful = 0
+        for child in kids:
+            if not nodes[child].probed:
+                if child in self.inferred or self._may_be_inferred(child, since):
+                    doubtful += 1
+                continue
+            cs = self.states.get(child)
+            if cs is None or cs.state is not State.UP or cs.losses > 0 or cs.last_at < since:
+                doubtful += 1
+        return doubtful / len(kids) >= s.infer_ratio
 
     def _decide(self, now: float) -> None:
         """Roots and incidents from the failed set: the cut and its roots are brought up to
@@ -274,7 +349,8 @@ class Correlator(Failures):
             self._blocked.pop(gone, None)
         if opened or (changed and active):
             book.assign(active, cut, now, self.topology)
-        book.recover(set(roots), cut, now, self.states, self.settings.resolve_hold)
+        book.recover(set(roots), cut, now, self.states, self.settings.resolve_hold,
+                     self.settings.flap_period)  # fmt: skip
         self.version += book.end_works(now, self._scope, self.settings.resolve_hold)
 
     def _failed_since(self, root: str) -> float:

@@ -76,6 +76,13 @@ class Failures(Health):
         """It left the failed set to be probed afresh: the decision is stale."""
         self._dirty = True
 
+    def _above_came_back(self, node: str) -> None:
+        """Inferred while something above it was down: what its children did then says
+        nothing now; it is inferred again only from fresh failures."""
+        if node in self.inferred:
+            self._infer_up(node)
+            self._dirty = True
+
     def _answers_again(self, node: str) -> None:
         """Its children's changes, skipped while it lost probes, are weighed again."""
         self._reconsider.add(node)
@@ -123,7 +130,8 @@ class Failures(Health):
 
         A parent is inferred down when at least `infer_min_children` of its children are
         known and `infer_ratio` of them failed within `window` of the latest failure, while
-        the parent itself answers (or has no address) and the monitor can see; it is up
+        the parent itself answers (or has no address), is not cut off by failures above
+        it, and the monitor can see; it is up
         again once half of those children answer. A change walks on to the grandparents."""
         s = self.settings
         nodes = self.topology.nodes
@@ -150,6 +158,11 @@ class Failures(Health):
             answering = own is None or (own.state is State.UP and own.losses == 0)
             was = parent in self.inferred
             if not answering and not was:
+                continue
+            uplinks = nodes[parent].parents
+            if not was and uplinks and all(p in self._cut_cache for p in uplinks):
+                # Cut off by a failure above: its children's failures are that one's (one
+                # fault, one incident; and it is rechecked when that one comes back).
                 continue
             up = 0
             downs: list[float] = []

@@ -26,16 +26,22 @@ HISTORY = 500.0  # probes the long loss estimate remembers (exponential decay)
 SHORT_HISTORY = 20.0  # probes the degraded estimate remembers
 DEGRADED_LOSS = 0.2  # short-term loss above this, while not down, is "degraded"
 # Flapping, measured as Nagios and Icinga do (a weighted percent state change: 20 possible
-# changes, newer ones weigh 1.2, the oldest 0.8), but over time rather than over checks,
-# since our checks repeat every few seconds: the state changes of the last FLAP_PERIOD.
-# It starts above 30 % (six changes in ten minutes) and stops below 25 %.
-FLAP_PERIOD = 600.0
+# changes over the last 21 checks, newer ones weigh 1.2, the oldest 0.8), over the time
+# of FLAP_CHECKS probe intervals (urgent re-probes make checks irregular): the look-back,
+# `Settings.flap_period`. It starts above 30 % (six changes) and stops below 25 %; a root
+# stable for the whole look-back is not flapping, and its incident resolves.
+FLAP_CHECKS = 21
 FLAP_HIGH = 30.0
 FLAP_LOW = 25.0
 # Random loss seen across the whole network (losses that turned out isolated), decaying
 # over this many seconds: when loss starts everywhere at once, every target's history is
 # still clean, and this is what stops a thousand coin flips from making one false outage.
 NETWORK_LOSS_SECONDS = 10.0
+# An answer arrives at most this long after its probe was sent (for ordering evidence).
+RTT_BOUND = 0.2
+# A node losing probes under an ancestor without an address that has at most this many
+# children asks for them to be probed too: they are the evidence about that ancestor.
+SIBLINGS_ASKED = 64
 
 
 class State(enum.Enum):
@@ -54,6 +60,12 @@ class Settings:
     infer_ratio: float = 0.8
     resolve_hold: float = 60.0
     timeout: float = 1.0  # the probe timeout: a loss seen at t was sent at t - timeout
+    interval: float = 10.0  # seconds between scheduled probes of one target
+
+    @property
+    def flap_period(self) -> float:
+        """The flap detector's look-back in seconds: FLAP_CHECKS probe intervals."""
+        return FLAP_CHECKS * self.interval
 
 
 @dataclass(slots=True)
@@ -103,21 +115,21 @@ def needed_losses(ns: NodeState, down_after: int, network_loss: float = 0.0) -> 
     return max(down_after, min(k, MAX_STREAK))
 
 
-def flap_percent(changes: Iterable[float], now: float) -> float:
-    """Weighted percent state change over the last FLAP_PERIOD seconds (see FLAP_PERIOD)."""
+def flap_percent(changes: Iterable[float], now: float, period: float) -> float:
+    """Weighted percent state change over the last `period` seconds (see FLAP_CHECKS)."""
     total = 0.0
     for at in changes:
         age = now - at
-        if 0 <= age <= FLAP_PERIOD:
-            total += 1.2 - 0.4 * age / FLAP_PERIOD
+        if 0 <= age <= period:
+            total += 1.2 - 0.4 * age / period
     return min(100.0, total / 20 * 100)
 
 
-def update_flapping(ns: NodeState, now: float) -> bool:
+def update_flapping(ns: NodeState, now: float, period: float) -> bool:
     """Whether the node flaps now: it starts above FLAP_HIGH and stops below FLAP_LOW."""
     if ns.changes is None:
         return False
-    percent = flap_percent(ns.changes, now)
+    percent = flap_percent(ns.changes, now, period)
     if ns.flapping and percent < FLAP_LOW:
         ns.flapping = False
     elif not ns.flapping and percent > FLAP_HIGH:
@@ -129,9 +141,10 @@ class Health:
     """Every node's state from its probe results, and the urgent probes it asks for.
 
     Invariants: `states` holds a node once a result (or a restart) names it; a node is in
-    state DOWN only after a streak of losses `needed_losses()` long, or a loss while in
-    RECHECK; `version` moves on every change a caller's answer could depend on (not a
-    router's own state, which /check reads directly)."""
+    state DOWN only after a streak of losses `needed_losses()` long (from RECHECK too: a
+    node looked at afresh must fail afresh), none of them older than an answer of a child
+    that has it as its only uplink; `version` moves on every change a caller's answer
+    could depend on (not a router's own state, which /check reads directly)."""
 
     def __init__(self, topology: Topology, settings: Settings, anchors: Iterable[str]) -> None:
         self.topology = topology
@@ -175,6 +188,9 @@ class Health:
         ns.short_lost = ns.short_lost * short + (0 if ok else 1)
         self._network(now, ns.losses if ok and ns.state is not State.DOWN else 0)
         if ok:
+            self._forwarded(node, now)
+            if ns.losses and ns.state is not State.DOWN and node in self.anchors:
+                self._doubt(node, ns.streak_at - self.settings.timeout, now)
             if ns.state is not State.DOWN:
                 # The streak that just ended was random loss after all: it joins the history.
                 ns.record(True, ns.losses)
@@ -195,9 +211,7 @@ class Health:
             ns.answers = 0
             if ns.losses == 1:
                 ns.streak_at = now
-            if ns.state is State.RECHECK:
-                self._set(node, ns, State.DOWN, now)
-            elif ns.state is not State.DOWN:
+            if ns.state is not State.DOWN:
                 if ns.losses >= needed_losses(ns, self.settings.down_after, self.network_loss):
                     self._set(node, ns, State.DOWN, now)
                 else:
@@ -211,6 +225,47 @@ class Health:
             and ns.short_n >= 10
             and ns.short_lost / ns.short_n >= DEGRADED_LOSS
         )
+
+    def _forwarded(self, node: str, now: float) -> None:
+        """A node behind a single uplink answered: that uplink forwarded the probe, so its
+        own probes lost before this one was sent were random loss, not a failure."""
+        here = self.topology.nodes.get(node)
+        if here is None or len(here.parents) != 1:
+            return
+        parent = here.parents[0]
+        ps = self.states.get(parent)
+        if ps is None or not ps.losses or ps.state is State.DOWN:
+            return
+        sent = ps.streak_at - self.settings.timeout
+        if now - RTT_BOUND >= sent:
+            ps.record(True, ps.losses)
+            self._network(now, ps.losses)
+            ps.losses = 0
+            ps.asked = False
+            if parent in self.anchors:  # an anchor's streak ends here as by its own answer
+                self._doubt(parent, sent, now)
+
+    def _doubt(self, anchor: str, sent: float, now: float) -> None:
+        """An anchor lost probes from `sent` on and answers again: our own uplink may have
+        failed for that while (too briefly to be called blind). The streaks that began
+        with it are no evidence: those nodes are looked at afresh, as after blindness."""
+        begun = sent - 2 * self.settings.timeout  # a node's loss may be seen a little early
+        for node, ns in self.states.items():
+            if node == anchor or not (ns.losses or ns.state is State.DOWN):
+                continue
+            if ns.streak_at - self.settings.timeout < begun:
+                continue  # its trouble began before ours: real evidence
+            ns.stale_before = now
+            ns.losses = 0
+            ns.asked = False
+            if ns.state is State.DOWN:
+                if ns.changes and ns.changes[-1] == ns.down_at:
+                    ns.changes.pop()  # not a change of its own: no flapping either
+                ns.state = State.RECHECK
+                self.version += 1
+                self._unfail(node)
+                self._requests.append(node)
+                self._rechecked(node)
 
     def _network(self, now: float, random_losses: int) -> None:
         """Count a result, and the losses it shows were random, in the network's loss."""
@@ -244,7 +299,7 @@ class Health:
             if ns.changes is None:
                 ns.changes = deque(maxlen=21)
             ns.changes.append(now)
-            update_flapping(ns, now)
+            update_flapping(ns, now, self.settings.flap_period)
         if state is State.DOWN:
             ns.down_at = now
             self._fail(node)
@@ -264,14 +319,14 @@ class Health:
         if node not in self.topology:
             return
         for d in self.topology.descendants(node):
+            self._above_came_back(d)
             ns = self.states.get(d)
             if ns is None:
                 continue
             ns.stale_before = now
-            if ns.state is not State.DOWN:
-                ns.losses = 0
-                ns.asked = False
-            else:
+            ns.losses = 0  # a streak begun while cut off is forgotten, DOWN ones' too
+            ns.asked = False
+            if ns.state is State.DOWN:
                 ns.state = State.RECHECK
                 self.version += 1
                 self._unfail(d)
@@ -279,11 +334,16 @@ class Health:
                 self._rechecked(d)
 
     def _ask_ancestors(self, node: str) -> None:
-        """Urgent probes of a node's probed ancestors and the anchors."""
-        if node in self.topology:
+        """Urgent probes of a node's probed ancestors and the anchors, and (but for a
+        router, never a root) the children of an ancestor without an address."""
+        nodes = self.topology.nodes
+        here = nodes.get(node)
+        if here is not None:
             for a in self.topology.ancestors(node):
-                if self.topology.nodes[a].probed:
+                if nodes[a].probed:
                     self._requests.append(a)
+                elif here.kind != "cpe" and len(nodes[a].children) <= SIBLINGS_ASKED:
+                    self._requests.extend(c for c in nodes[a].children if nodes[c].probed)
         # The anchors too: a loss might be our own uplink's, and they must say so first.
         self._requests.extend(self.anchors)
 
@@ -309,7 +369,11 @@ class Health:
         """Called at the end of every change of a node's state."""
 
     def _rechecked(self, node: str) -> None:
-        """A node below one that came back was DOWN and now waits for a fresh probe."""
+        """A node that was DOWN now waits for a fresh probe (below one that came back, or
+        after a doubt about our own uplink)."""
+
+    def _above_came_back(self, node: str) -> None:
+        """Something above this node came back (it may only have been cut off)."""
 
     def _answers_again(self, node: str) -> None:
         """A topology node that was losing probes (not down) answers again."""

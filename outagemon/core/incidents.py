@@ -144,6 +144,7 @@ class IncidentBook:
         if (
             not absorbed
             and previous is not None
+            and previous.kind is kind  # a failure under planned works is not the old fault
             and now - (previous.resolved_at or 0) <= REOPEN_WITHIN
         ):
             # The same fault again, soon: the same incident, so callers and tickets keep
@@ -166,6 +167,13 @@ class IncidentBook:
                 Event(EventKind.ROOT_MOVED, now, inc.id, root,
                       detail={"from": old_root, "absorbed": [i.id for i in absorbed[1:]]})
             )  # fmt: skip
+            if inc.kind is not kind:
+                # What callers now hear about is the new root's failure: planned works
+                # above an outage make it the works' incident, and the other way round.
+                change: dict[str, object] = {"from": inc.kind.value, "to": kind.value}
+                self.events.append(Event(EventKind.KIND_CHANGED, now, inc.id, root, detail=change))
+                inc.kind = kind
+            inc.maintenance_until = window.ends_at if window is not None else None
             for other in absorbed[1:]:
                 del by_root[other.root]
                 other.state = IncidentState.MERGED
@@ -238,9 +246,11 @@ class IncidentBook:
         now: float,
         states: dict[str, NodeState],
         hold: float,
+        flap_period: float,
     ) -> None:
         """Incidents whose root is no longer a failed root start recovering (callers behind
-        them hear "restored"), and resolve after `hold` seconds unless the root flaps."""
+        them hear "restored"), and resolve after `hold` seconds unless the root flaps
+        (changed state often within the last `flap_period` seconds)."""
         for inc in list(self.incidents.values()):
             if inc.root in roots:
                 continue
@@ -253,7 +263,7 @@ class IncidentBook:
                     self.node_incident.setdefault(n, inc.id)
                 self.events.append(Event(EventKind.RECOVERING, now, inc.id, inc.root))
                 continue
-            flapping = ns is not None and update_flapping(ns, now)
+            flapping = ns is not None and update_flapping(ns, now, flap_period)
             if now - inc.recovering_since >= hold and not flapping:
                 inc.state = IncidentState.RESOLVED
                 inc.resolved_at = now

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from outagemon.core.incidents import Incident, Kind, Maintenance
+from outagemon.core.incidents import Incident, IncidentState, Kind, Maintenance
 from outagemon.core.topology import Topology
 from outagemon.db import store
 
@@ -14,7 +14,8 @@ from outagemon.db import store
 @dataclass
 class Restored:
     """Open incidents (whose root is still in the topology), with their estimates and
-    call counts; planned works of the last day; each node's loss history."""
+    call counts; incidents resolved lately, oldest first (their callers still hear
+    "restored"); planned works of the last day; each node's loss history."""
 
     incidents: list[Incident] = field(default_factory=list)
     next_id: int = 1
@@ -23,12 +24,15 @@ class Restored:
     maintenance: list[Maintenance] = field(default_factory=list)
     next_maintenance: int = 1
     histories: list[tuple[str, float, float]] = field(default_factory=list)  # node, n, lost
+    resolved: list[Incident] = field(default_factory=list)
 
 
-async def load(pool: asyncpg.Pool, topology: Topology) -> Restored:
-    """Read what a restart continues from; nodes the topology no longer has are left out."""
+async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) -> Restored:
+    """Read what a restart continues from (incidents resolved after `resolved_after`
+    too); nodes the topology no longer has are left out."""
     async with pool.acquire() as conn:
         rows = await store.open_incidents(conn)
+        resolved_rows = await store.resolved_since(conn, store.ts(resolved_after))
         next_id = await store.next_incident_id(conn)
         windows = await store.recent_maintenance(conn)
         max_window = await store.max_maintenance_id(conn)
@@ -46,6 +50,13 @@ async def load(pool: asyncpg.Pool, topology: Topology) -> Restored:
         if r["eta"] is not None:
             found.eta[inc.id] = r["eta"].timestamp()
         found.calls[inc.id] = r["calls"]
+    found.resolved = [
+        Incident(id=r["id"], root=r["root_node"], kind=Kind(r["kind"]), inferred=r["inferred"],
+                 opened_at=r["opened_at"].timestamp(),
+                 nodes=[n for n in r["nodes"] if n in topology] or [r["root_node"]],
+                 state=IncidentState.RESOLVED, resolved_at=r["resolved_at"].timestamp())
+        for r in resolved_rows
+    ]  # fmt: skip
     found.histories = [
         (h["node_id"], float(h["history_n"]), float(h["history_lost"]))
         for h in histories

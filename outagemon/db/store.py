@@ -124,6 +124,25 @@ async def open_incidents(conn: Conn) -> list[asyncpg.Record]:
     )
 
 
+async def resolved_since(conn: Conn, since: datetime | None) -> list[asyncpg.Record]:
+    """Incidents resolved after `since`, with their nodes (root first), oldest first: their
+    callers still hear "restored" after a restart."""
+    return list(
+        await conn.fetch(
+            """
+            select i.id, i.kind, i.root_node, i.inferred, i.opened_at, i.resolved_at,
+                   coalesce(array_agg(n.node_id order by n.node_id = i.root_node desc, n.node_id)
+                            filter (where n.node_id is not null), '{}') as nodes
+            from incident i left join incident_node n on n.incident_id = i.id
+            where i.state = 'resolved' and i.resolved_at > $1
+            group by i.id
+            order by i.resolved_at, i.id
+            """,
+            since,
+        )
+    )
+
+
 async def next_incident_id(conn: Conn) -> int:
     value = await conn.fetchval("select coalesce(max(id), 0) + 1 from incident")
     return int(value)

@@ -33,7 +33,8 @@ CHECK = {
         "incident_id": _str("The incident that explains the status."),
         "root_node": _str("That incident's root cause node."),
         "since": _str("When it began, ISO 8601 with offset."),
-        "eta": _str("Expected repair time, if an engineer set one."),
+        "eta": _str("Expected repair time: an engineer's estimate; for maintenance, the "
+                    "works' end or an engineer's later estimate."),
         "message": _str("A sentence ready to be spoken to the caller."),
         "matched_by": _str("What the caller was found by.",
                            enum=["phone", "account", "address", "node"]),

@@ -1,0 +1,265 @@
+"""Random worlds for the truth harness: a network, its subscribers and a script of faults.
+
+A world is plain data (no correlator, no oracle in it), so the same world can be run on
+the real code, judged by the oracle, printed, and shrunk. Networks are trees or DAGs
+(1-3 uplinks per node) with passive segments and unaddressed routers; scripts fail and
+repair nodes at any level, spread a fault upward and heal it downward, flap links, lose
+packets at random, blind the monitor, run planned works and restart the daemon.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field, replace
+
+
+class Action(enum.Enum):
+    FAIL = "fail"  # the node (device, or the cable of a passive node) stops
+    REPAIR = "repair"
+    LOSS = "loss"  # every target loses `value` of its probes at random (0 ends it)
+    BLIND = "blind"  # the monitor's own uplink goes silent: nothing answers
+    SEE = "see"  # the uplink is back
+    WORKS = "works"  # planned works on `node` from `value` to `until` (script seconds)
+    RESTART = "restart"  # the daemon restarts from its stored state
+    CHECK = "check"  # compare every caller's answer and the incidents with the oracle
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: str
+    kind: str
+    probed: bool
+    parents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    account: str
+    phones: tuple[str, ...]
+    serving: str  # the node that serves their address
+    router: bool  # a probed router of their own (node cpe:ACCOUNT)
+
+    @property
+    def router_id(self) -> str:
+        return f"cpe:{self.account}"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    at: float  # seconds after the script starts
+    action: Action
+    node: str = ""
+    value: float = 0.0
+    until: float = 0.0
+
+    def __str__(self) -> str:
+        extra = ""
+        if self.action is Action.LOSS:
+            extra = f" {self.value:.0%}"
+        elif self.action is Action.WORKS:
+            extra = f" from {self.value:g} to {self.until:g}"
+        return f"{self.at:8.1f} {self.action.value} {self.node}{extra}".rstrip()
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    seed: int
+    devices: tuple[Device, ...]
+    customers: tuple[Customer, ...]
+    steps: tuple[Step, ...]
+    interval: float = 5.0
+    timeout: float = 1.0
+    down_after: int = 3
+    up_after: int = 2
+    window: float = 30.0
+    infer_min_children: int = 3
+    infer_ratio: float = 0.8
+    resolve_hold: float = 30.0
+    restored_for: float = 20.0
+    external_anchor: bool = True  # else the topology's probed roots are the anchors
+    notes: tuple[str, ...] = field(default=())
+
+    def size(self) -> tuple[int, int, int]:
+        return (len(self.steps), len(self.devices), len(self.customers))
+
+    def describe(self) -> str:
+        """The world as text a person can rebuild it from."""
+        lines = [
+            f"world seed={self.seed} interval={self.interval:g} timeout={self.timeout:g} "
+            f"resolve_hold={self.resolve_hold:g} restored_for={self.restored_for:g} "
+            f"anchor={'external' if self.external_anchor else 'topology roots'}"
+        ]
+        for d in self.devices:
+            up = f" <- {', '.join(d.parents)}" if d.parents else ""
+            lines.append(f"  {d.id} ({d.kind}{'' if d.probed else ', no ip'}){up}")
+        for c in self.customers:
+            router = f", router {c.router_id}" if c.router else ""
+            lines.append(f"  subscriber {c.account} at {c.serving}{router}")
+        lines.extend(f"  {s}" for s in self.steps)
+        return "\n".join(lines)
+
+
+def generate(rng: random.Random, seed: int = 0) -> World:
+    """A random world; smaller draws of `rng` give smaller worlds (for shrinking)."""
+    devices: list[Device] = []
+    roots = ["core"] if rng.random() < 0.85 else ["core", "core-b"]
+    for r in roots:
+        devices.append(Device(r, "core", True))
+    levels: list[list[str]] = [roots]
+    plan = [("agg", "aggregation", 0.9), ("sw", "access", 0.85), ("seg", "segment", 0.15)]
+    depth = 1 + rng.randrange(3)
+    for name, kind, p_ip in plan[:depth]:
+        above = levels[-1]
+        here: list[str] = []
+        for a in range(len(above)):
+            for i in range(1 + rng.randrange(3)):
+                node = f"{name}{len(levels)}-{a}-{i}"
+                parents = _parents(rng, above, above[a])
+                devices.append(Device(node, kind, rng.random() < p_ip, parents))
+                here.append(node)
+        levels.append(here)
+    serving = [d.id for d in devices if d.kind != "core"] or roots
+    customers: list[Customer] = []
+    for node in serving:
+        for _ in range(rng.randrange(4)):
+            n = len(customers) + 1
+            phones = tuple(f"+7921{n:03d}{k:04d}" for k in range(1 + rng.randrange(3)))
+            customers.append(Customer(str(1000 + n), phones, node, rng.random() < 0.6))
+    fast = rng.random() < 0.2  # the lab's timing: 1 s probes, a short hold
+    world = World(
+        seed=seed,
+        devices=tuple(devices),
+        customers=tuple(customers),
+        steps=(),
+        interval=1.0 if fast else 5.0,
+        timeout=0.5 if fast else 1.0,
+        resolve_hold=rng.choice([3.0, 10.0]) if fast else rng.choice([10.0, 30.0, 60.0]),
+        restored_for=rng.choice([20.0, 1e7]),
+        external_anchor=rng.random() < 0.7,
+    )
+    return replace(world, steps=tuple(script(rng, world)))
+
+
+def _parents(rng: random.Random, above: list[str], own: str) -> tuple[str, ...]:
+    roll = rng.random()
+    count = 1 if roll < 0.65 else 2 if roll < 0.9 else 3
+    others = [a for a in above if a != own]
+    rng.shuffle(others)
+    return (own, *others[: count - 1])
+
+
+# How long the script waits after an episode before it asks: longer than any documented
+# delay (detection, settling, resolve_hold, restored_for) for the world's settings; the
+# oracle, not this, decides whether a check point is settled.
+def quiet(world: World) -> float:
+    restored = world.restored_for if world.restored_for < 1000 else 0.0
+    return (
+        15 * world.timeout + 3 * world.interval + world.window + world.resolve_hold + restored + 60
+    )
+
+
+FLAP_CHECKS = 21  # the flap detector looks back this many probe intervals (check-rules.md)
+
+
+def flap_lookback(world: World) -> float:
+    return FLAP_CHECKS * world.interval
+
+
+def script(rng: random.Random, world: World) -> list[Step]:
+    """A script of 1-8 episodes, each followed by a quiet period and a check."""
+    nodes = [d.id for d in world.devices]
+    routers = [c.router_id for c in world.customers if c.router]
+    parents = {d.id: d.parents for d in world.devices}
+    non_roots = [d.id for d in world.devices if d.parents]
+    steps: list[Step] = []
+    broken: set[str] = set()
+    t = 0.0
+    works_id = 0
+    gap = quiet(world)
+
+    def pick(pool: list[str]) -> str:
+        return pool[rng.randrange(len(pool))]
+
+    for _ in range(1 + rng.randrange(8)):
+        roll = rng.random()
+        if roll < 0.22 or (not broken and roll < 0.3):  # one node fails
+            pool = non_roots + routers if rng.random() < 0.95 else nodes
+            x = pick(pool or nodes)
+            steps.append(Step(t, Action.FAIL, x))
+            broken.add(x)
+            t += gap
+        elif roll < 0.3:  # something broken is repaired
+            x = pick(sorted(broken))
+            steps.append(Step(t, Action.REPAIR, x))
+            broken.discard(x)
+            t += gap
+        elif roll < 0.4 and non_roots:  # a fault spreads upward, then heals downward
+            chain = [pick(non_roots)]
+            while len(chain) < 3 and parents[parents[chain[-1]][0]]:
+                chain.append(parents[chain[-1]][0])  # up through first uplinks, below the core
+            for x in chain:
+                steps.append(Step(t, Action.FAIL, x))
+                broken.add(x)
+                t += 1 + rng.randrange(20)
+            t += gap
+            steps.append(Step(t, Action.CHECK))
+            t += 1
+            for x in reversed(chain):
+                steps.append(Step(t, Action.REPAIR, x))
+                broken.discard(x)
+                t += 1 + rng.randrange(20)
+            t += gap
+        elif roll < 0.5 and non_roots:  # a link flaps, then stays up
+            x = pick(non_roots)
+            # Down long enough to be seen each time (a probe due, a streak, settling).
+            down, up = 3 * world.interval, 2 * world.interval
+            for _ in range(2 + rng.randrange(5)):
+                steps.append(Step(t, Action.FAIL, x))
+                t += down + rng.randrange(int(down) + 1)
+                steps.append(Step(t, Action.REPAIR, x))
+                t += up + rng.randrange(int(2 * up) + 1)
+            broken.discard(x)
+            t += flap_lookback(world) + gap
+        elif roll < 0.62:  # random loss everywhere for a while
+            steps.append(Step(t, Action.LOSS, value=round(0.01 + rng.random() * 0.14, 3)))
+            t += 30 + rng.randrange(91)
+            steps.append(Step(t, Action.LOSS, value=0.0))
+            t += gap
+        elif roll < 0.74:  # the monitor's own uplink goes silent, maybe then random loss
+            steps.append(Step(t, Action.BLIND))
+            t += 5 + rng.randrange(56)
+            steps.append(Step(t, Action.SEE))
+            t += 1 + rng.randrange(10)
+            if rng.random() < 0.5:
+                steps.append(Step(t, Action.LOSS, value=round(0.05 + rng.random() * 0.1, 3)))
+                t += 30 + rng.randrange(91)
+                steps.append(Step(t, Action.LOSS, value=0.0))
+            t += gap
+        elif roll < 0.9:  # planned works, the node off for some or all of them
+            x = pick(non_roots or nodes)
+            works_id += 1
+            starts = t + rng.randrange(30)
+            ends = starts + 60 + rng.randrange(600)
+            steps.append(Step(t, Action.WORKS, x, value=starts, until=ends))
+            variant = rng.random()
+            if variant < 0.8 and x not in broken:
+                off = starts + 1 + rng.randrange(20)
+                steps.append(Step(off, Action.FAIL, x))
+                t = off + gap
+                if t < ends:
+                    steps.append(Step(t, Action.CHECK))
+                back = (
+                    ends - 1 - rng.randrange(30) if variant < 0.6 else ends + 5 + rng.randrange(60)
+                )
+                back = max(back, t + 1)
+                steps.append(Step(back, Action.REPAIR, x))
+                t = back + gap
+            else:
+                t = max(t, ends) + gap
+        else:  # the daemon restarts from what it stored
+            steps.append(Step(t, Action.RESTART))
+            t += gap
+        steps.append(Step(t, Action.CHECK))
+        t += 1
+    return steps
