@@ -33,6 +33,7 @@ class HttpConfig:
     listen: str = "127.0.0.1:8080"
     host: str = "127.0.0.1"
     port: int = 8080
+    max_streams: int = 100  # live-page streams (/events) open at once; more get 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +192,7 @@ def _listen(v: Any) -> str | None:
 SCHEMA: dict[str, dict[str, Check]] = {
     "daemon": {"state_dir": _nonempty_string},
     "database": {"dsn": _string, "write_queue": _integer(1)},
-    "http": {"listen": _listen},
+    "http": {"listen": _listen, "max_streams": _integer(1)},
     "probe": {
         "interval": _seconds(positive=True),
         "timeout": _seconds(positive=True),
@@ -274,10 +275,10 @@ def parse(text: str, path: Path) -> Config:
             f"[probe] interval ({probe.interval} s)."
         )
     http_raw = sections.get("http", {})
-    http = HttpConfig()
+    http = HttpConfig(max_streams=http_raw.get("max_streams", HttpConfig().max_streams))
     if "listen" in http_raw:
         host, port = parse_listen(http_raw["listen"])
-        http = HttpConfig(listen=http_raw["listen"], host=host, port=port)
+        http = HttpConfig(http_raw["listen"], host, port, http.max_streams)
     daemon_raw = sections.get("daemon", {})
     daemon = (
         DaemonConfig((base / daemon_raw["state_dir"]).resolve()) if daemon_raw else DaemonConfig()

@@ -32,6 +32,7 @@ from outagemon.db.journal import Journal
 from outagemon.db.writer import Writer
 from outagemon.errors import ConfigError, OutagemonError
 from outagemon.http.app import make_app
+from outagemon.http.app import runner as http_runner
 from outagemon.http.runtime import Runtime
 from outagemon.monitor import Monitor
 from outagemon.notify import Notifier
@@ -193,7 +194,7 @@ class Daemon:
         log.info("daemon.restored", incidents=restored)
         self.runtime.monitor = monitor
         self.started = Started(monitor, writer)
-        runner = web.AppRunner(make_app(self.runtime), handle_signals=False)
+        runner = http_runner(make_app(self.runtime))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, cfg.http.host, cfg.http.port, reuse_address=True)

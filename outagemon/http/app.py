@@ -5,6 +5,7 @@ The only module that imports the handlers (`api`, `page`); they share `runtime`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,26 @@ log = logs.get("outagemon.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The server's timeouts: aiohttp's own keep an idle connection for an hour and wait a
+# minute, twice, for each handler on the way out.
+KEEPALIVE_TIMEOUT = 10.0  # s: a connection idle, or still sending its headers, is closed
+BODY_TIMEOUT = 10.0  # s: a request's body must be in this long after its headers
+SHUTDOWN_TIMEOUT = 1.0  # s: handlers still running at stop get this long, then are cancelled
+
+
+def runner(app: web.Application) -> web.AppRunner:
+    """The daemon's runner for `app`, with the timeouts above."""
+    return web.AppRunner(app, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT,
+                         shutdown_timeout=SHUTDOWN_TIMEOUT)  # fmt: skip
+
+
+def _body_late(request: web.Request) -> None:
+    """A body still arriving BODY_TIMEOUT after its headers: a slow (or idle) sender
+    holding a connection and a handler. Closed; the handler's read ends as a disconnect."""
+    if not request.content.is_eof() and request.transport is not None:
+        log.info("http.body_timeout", path=request.path, timeout=BODY_TIMEOUT)
+        request.transport.close()
+
 
 def sentences(handler: Handler) -> Handler:
     """Every error a client sees is JSON with a sentence; nothing it sends becomes a 5xx.
@@ -29,12 +50,23 @@ def sentences(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
+        if request.content.is_eof():  # no body, or all of it is in: the usual case
+            return await answered(request)
+        timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT, _body_late, request)
+        try:
+            return await answered(request)
+        finally:
+            timer.cancel()
+
+    async def answered(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPException as e:
             if e.status < 400:
                 raise
             return _sentence(request, e)
+        except ConnectionError:
+            raise  # the client went away: aiohttp ends the request quietly
         except Exception:
             log.exception("http.handler_failed", path=request.path)
             return error(500, "the server failed to answer; the failure is logged.")
@@ -111,6 +143,7 @@ def make_app(runtime: Runtime) -> web.Application:
     routes.get("/metrics")(metrics)
     api.setup(routes)
     page.setup(routes)
+    page.install(app, runtime)
     for route in routes:
         assert isinstance(route, web.RouteDef)
         app.router.add_route(route.method, route.path, sentences(route.handler),
