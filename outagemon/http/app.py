@@ -50,15 +50,9 @@ def sentences(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
-        if request.content.is_eof():  # no body, or all of it is in: the usual case
-            return await answered(request)
-        timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT, _body_late, request)
-        try:
-            return await answered(request)
-        finally:
-            timer.cancel()
-
-    async def answered(request: web.Request) -> web.StreamResponse:
+        timer = None
+        if not request.content.is_eof():  # a body still on its way (rare: most are in)
+            timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT, _body_late, request)
         try:
             return await handler(request)
         except web.HTTPException as e:
@@ -70,6 +64,9 @@ def sentences(handler: Handler) -> Handler:
         except Exception:
             log.exception("http.handler_failed", path=request.path)
             return error(500, "the server failed to answer; the failure is logged.")
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     return answer
 
