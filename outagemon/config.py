@@ -49,6 +49,7 @@ class HttpConfig:
     page_auth: bool = False  # the page, its events and /metrics need a login (a token)
     metrics_token: str = field(default="", repr=False)  # a bearer token for /metrics alone
     allowed_hosts: tuple[str, ...] = ()  # Host names answered; () = the listen address's
+    max_streams: int = 100  # live-page streams (/events) open at once; more get 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +258,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "metrics_token": _nonempty_string,
         "metrics_token_file": _nonempty_string,
         "allowed_hosts": _host_names,
+        "max_streams": _integer(1),
     },
     "probe": {
         "interval": _seconds(positive=True),
@@ -440,6 +442,7 @@ def _http(raw: dict[str, Any], base: Path, problems: list[str]) -> HttpConfig:
         page_auth=raw.get("page_auth", False),
         metrics_token=metrics_token,
         allowed_hosts=tuple(h.strip().lower().strip("[]") for h in raw.get("allowed_hosts", [])),
+        max_streams=raw.get("max_streams", HttpConfig().max_streams),
     )
 
 

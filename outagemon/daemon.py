@@ -34,6 +34,7 @@ from outagemon.db.spool import Spool, SpoolError
 from outagemon.db.writer import Writer
 from outagemon.errors import ConfigError, OutagemonError
 from outagemon.http.app import make_app
+from outagemon.http.app import runner as http_runner
 from outagemon.http.runtime import Runtime
 from outagemon.monitor import Monitor
 from outagemon.notify import Notifier
@@ -217,7 +218,7 @@ class Daemon:
         stack.push_async_callback(
             self._cancel, [self._spawn(coro, name) for name, coro in tasks.items()]
         )
-        runner = web.AppRunner(make_app(self.runtime), handle_signals=False)
+        runner = http_runner(make_app(self.runtime))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(

@@ -21,6 +21,7 @@ dsn = "postgresql://om@db/om"
 write_queue = 500
 [http]
 listen = "[::1]:9090"
+max_streams = 7
 [probe]
 interval = 5
 timeout = 0.5
@@ -62,7 +63,7 @@ def test_every_documented_key_is_read() -> None:
     assert cfg.daemon.state_dir == Path("/srv/om")
     assert cfg.database.dsn == "postgresql://om@db/om"
     assert cfg.database.write_queue == 500
-    assert (cfg.http.host, cfg.http.port) == ("::1", 9090)
+    assert (cfg.http.host, cfg.http.port, cfg.http.max_streams) == ("::1", 9090, 7)
     assert cfg.probe == config.ProbeConfig(5, 0.5, 4, 3, 1000)
     assert cfg.correlation == config.CorrelationConfig(20.0, 5, 0.9, 0)
     assert cfg.topology.file == Path("/etc/om/net/topo.yaml")
@@ -75,7 +76,7 @@ def test_every_documented_key_is_read() -> None:
 def test_an_empty_file_gives_the_documented_defaults() -> None:
     cfg = config.parse("", Path("/etc/om/om.toml"))
     assert cfg.probe.interval == 10.0 and cfg.probe.down_after == 3
-    assert cfg.http.listen == "127.0.0.1:8080"
+    assert cfg.http.listen == "127.0.0.1:8080" and cfg.http.max_streams == 100
     assert cfg.topology.file == Path("/etc/om/topology.yaml")
     assert cfg.topology.subscribers is None
     assert cfg.messages.language == "ru"
@@ -114,6 +115,8 @@ def test_unknown_section_is_named() -> None:
         ('[http]\nlisten = "127.0.0.1:99999"\n', "the port '99999' is not a number"),
         ('[http]\nlisten = "::1:8080"\n', "an IPv6 address is written [address]:port"),
         ('[http]\nlisten = "[::zz]:8080"\n', "[http] listen is not a listen address"),
+        ("[http]\nmax_streams = 0\n", "[http] max_streams must be at least 1, not 0."),
+        ('[http]\nmax_streams = "10"\n', "[http] max_streams must be a whole number, not '10'."),
         ('[vantage]\nanchors = ["127.0.0.1", "gw"]\n', "and 'gw' is not one"),
         ('[messages]\nlanguage = "de"\n', "[messages] language must be one of 'ru', 'en'"),
         ('[daemon]\nstate_dir = ""\n', "[daemon] state_dir must not be empty"),

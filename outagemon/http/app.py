@@ -5,6 +5,7 @@ The only module that imports the handlers (`api`, `page`); they share `runtime`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import importlib.resources
@@ -22,6 +23,26 @@ log = logs.get("outagemon.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The server's timeouts: aiohttp's own keep an idle connection for an hour and wait a
+# minute, twice, for each handler on the way out.
+KEEPALIVE_TIMEOUT = 10.0  # s: a connection idle, or still sending its headers, is closed
+BODY_TIMEOUT = 10.0  # s: a request's body must be in this long after its headers
+SHUTDOWN_TIMEOUT = 1.0  # s: handlers still running at stop get this long, then are cancelled
+
+
+def runner(app: web.Application) -> web.AppRunner:
+    """The daemon's runner for `app`, with the timeouts above."""
+    return web.AppRunner(app, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT,
+                         shutdown_timeout=SHUTDOWN_TIMEOUT)  # fmt: skip
+
+
+def _body_late(request: web.Request) -> None:
+    """A body still arriving BODY_TIMEOUT after its headers: a slow (or idle) sender
+    holding a connection and a handler. Closed; the handler's read ends as a disconnect."""
+    if not request.content.is_eof() and request.transport is not None:
+        log.info("http.body_timeout", path=request.path, timeout=BODY_TIMEOUT)
+        request.transport.close()
+
 
 def sentences(handler: Handler, runtime: Runtime | None = None) -> Handler:
     """Every error a client sees is JSON with a sentence; nothing it sends becomes a 5xx.
@@ -33,6 +54,9 @@ def sentences(handler: Handler, runtime: Runtime | None = None) -> Handler:
 
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
+        timer = None
+        if not request.content.is_eof():  # a body still on its way (rare: most are in)
+            timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT, _body_late, request)
         try:
             if runtime is not None and not _host_allowed(request, runtime):
                 return error(421, "this server does not answer to that host name; "
@@ -45,9 +69,14 @@ def sentences(handler: Handler, runtime: Runtime | None = None) -> Handler:
         except UnicodeError:
             # Text that is not UTF-8 (a query, a header, a form) is the client's mistake.
             return error(400, "the request holds text that is not valid UTF-8.")
+        except ConnectionError:
+            raise  # the client went away: aiohttp ends the request quietly
         except Exception as e:
             _failed(request, e)
             return error(500, "the server failed to answer; the failure is logged.")
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     return answer
 
@@ -209,6 +238,7 @@ def make_app(runtime: Runtime) -> web.Application:
     routes.get("/static/{name}")(static)
     api.setup(routes)
     page.setup(routes)
+    page.install(app, runtime)
     for route in routes:
         assert isinstance(route, web.RouteDef)
         app.router.add_route(route.method, route.path, sentences(route.handler, runtime),
