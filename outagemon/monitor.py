@@ -257,9 +257,15 @@ class Monitor:
         p = pending or Pending()
         step = steady.CLOCK.step()
         taken = []
-        covered = {i.root for i in self.correlator.incidents.values()}
+        covered = {i.root: i.id for i in self.correlator.incidents.values()}
         for inc in found.incidents:
-            if inc.id in p.closed or inc.id in self.correlator.incidents or inc.root in covered:
+            if inc.id in p.closed or inc.id in self.correlator.incidents:
+                continue
+            if inc.root in covered:
+                # Detection opened its own incident for this root while the database was
+                # away: the stored one is closed into it, not left open for good.
+                self.journal.event(Event(EventKind.MERGED, self.clock(), inc.id, inc.root,
+                                         detail={"into": covered[inc.root]}), None, 0)  # fmt: skip
                 continue
             inc.opened_at -= step
             taken.append(inc)
