@@ -485,7 +485,10 @@ def _database(raw: dict[str, Any], base: Path, problems: list[str]) -> DatabaseC
         if dsn:
             problems.append("[database] give dsn or dsn_file, not both.")
         dsn = _read_secret(raw["dsn_file"], base, "[database] dsn_file", problems) or ""
-    return DatabaseConfig(dsn=dsn, write_queue=raw.get("write_queue", 100_000))
+    other = {
+        k: raw[k] for k in ("write_queue", "queue_bytes", "timeout", "read_timeout") if k in raw
+    }
+    return DatabaseConfig(dsn=dsn, **other)
 
 
 def _messages(raw: dict[str, Any], base: Path) -> MessagesConfig:

@@ -19,6 +19,9 @@ state_dir = "/srv/om"
 [database]
 dsn = "postgresql://om@db/om"
 write_queue = 500
+queue_bytes = 2097152
+timeout = 7.5
+read_timeout = 0.5
 [http]
 listen = "[::1]:9090"
 max_streams = 7
@@ -63,6 +66,8 @@ def test_every_documented_key_is_read() -> None:
     assert cfg.daemon.state_dir == Path("/srv/om")
     assert cfg.database.dsn == "postgresql://om@db/om"
     assert cfg.database.write_queue == 500
+    assert (cfg.database.queue_bytes, cfg.database.timeout, cfg.database.read_timeout) == (
+        2097152, 7.5, 0.5)  # fmt: skip
     assert (cfg.http.host, cfg.http.port, cfg.http.max_streams) == ("::1", 9090, 7)
     assert cfg.probe == config.ProbeConfig(5, 0.5, 4, 3, 1000)
     assert cfg.correlation == config.CorrelationConfig(20.0, 5, 0.9, 0)
