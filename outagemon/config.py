@@ -14,7 +14,9 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
+import urllib.parse
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +97,31 @@ class Token:
     role: str
 
 
+# What a webhook may be told; `events` picks among them (outagemon/alerting).
+WEBHOOK_EVENTS = (
+    "opened", "reopened", "eta", "note", "root_moved", "kind_changed", "merged", "resolved",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    url: str
+    secret: str = field(repr=False)  # never printed, never logged
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    alertmanagers: tuple[str, ...] = ()  # base URLs; each gets every alert (a cluster)
+    external_url: str = ""  # the incident page's base URL, for links in alerts
+    critical_subscribers: int = 500  # at least this many cut off: severity=critical
+    major_subscribers: int = 50  # at least this many: major; fewer: warning
+    labels: tuple[str, ...] = ()  # topology node labels sent (inherited down the tree)
+    resend_interval: float = 45.0  # seconds between re-sends of an open incident's alert
+    give_up_after: float = 86400.0  # seconds after which an undelivered notification is dropped
+    webhooks: tuple[Webhook, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: Path
@@ -107,12 +134,13 @@ class Config:
     vantage: VantageConfig = VantageConfig()
     messages: MessagesConfig = MessagesConfig()
     tokens: tuple[Token, ...] = ()
+    notify: NotifyConfig = NotifyConfig()
     # Not problems, but worth an operator's attention (a short token): printed, logged.
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
 # Keys whose values are secrets: a problem with one names its type, never its value.
-SECRET_KEYS = frozenset({"token", "dsn", "metrics_token"})
+SECRET_KEYS = frozenset({"token", "dsn", "metrics_token", "secret"})
 TOKEN_MIN = 16  # characters; shorter ones are refused
 TOKEN_GOOD = 32  # shorter ones are accepted with a warning
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
@@ -227,6 +255,34 @@ def _listen(v: Any) -> str | None:
     return None
 
 
+def _url(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return "must be an http:// or https:// URL"
+    parts = urllib.parse.urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if parts.username or parts.password:
+        return "must not hold a user or password (put the secret in [[notify.webhooks]] secret)"
+    return None
+
+
+def _label_name(v: Any) -> str | None:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+        return "must be a label name (letters, digits and _, not starting with a digit)"
+    return None
+
+
+def _each(v: Any, check: Check, what: str) -> str | None:
+    if not isinstance(v, list):
+        return f"must be a list of {what}"
+    for item in v:
+        reason = check(item)
+        if reason is not None:
+            shown = re.sub(r"//[^/@\s']*@", "//***@", repr(item))
+            return f"must be a list of {what} ({shown} {reason})"
+    return None
+
+
 def _timezone(v: Any) -> str | None:
     if not isinstance(v, str):
         return 'must be an IANA time zone name such as "Europe/Moscow"'
@@ -281,6 +337,21 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "file": _nonempty_string,
         "timezone": _timezone,
     },
+}
+NOTIFY_SCHEMA: dict[str, Check] = {
+    "alertmanagers": lambda v: _each(v, _url, "Alertmanager base URLs"),
+    "external_url": lambda v: None if v == "" else _url(v),
+    "critical_subscribers": _integer(1),
+    "major_subscribers": _integer(1),
+    "labels": lambda v: _each(v, _label_name, "topology label names"),
+    "resend_interval": _seconds(positive=True),
+    "give_up_after": _seconds(positive=True),
+}
+WEBHOOK_SCHEMA: dict[str, Check] = {
+    "url": _url,
+    "secret": _nonempty_string,
+    "secret_file": _nonempty_string,
+    "events": lambda v: _each(v, _one_of(*WEBHOOK_EVENTS), "events"),
 }
 TOKEN_SCHEMA: dict[str, Check] = {
     "name": _nonempty_string,
@@ -352,7 +423,9 @@ def _checked(
         elif key in SECRET_KEYS:
             problems.append(f"{where}{key} {reason}, not {_kind(value)} (its value is not shown).")
         else:
-            problems.append(f"{where}{key} {reason}, not {value!r}.")
+            # A URL's user and password are a secret too: never repeated back.
+            shown = re.sub(r"//[^/@\s']*@", "//***@", repr(value))
+            problems.append(f"{where}{key} {reason}, not {shown}.")
     return good
 
 
@@ -366,13 +439,17 @@ def parse(text: str, path: Path) -> Config:
     warnings: list[str] = []
     sections: dict[str, dict[str, Any]] = {}
     tokens: list[Token] = []
+    notify = NotifyConfig()
     base = path.parent
     for name, table in raw.items():
         if name == "auth":
             tokens = _tokens(table, base, problems, warnings)
             continue
+        if name == "notify":
+            notify = _notify(table, base, problems)
+            continue
         if name not in SCHEMA:
-            problems.append(_unknown("", name, [*SCHEMA, "auth"]))
+            problems.append(_unknown("", name, [*SCHEMA, "auth", "notify"]))
             continue
         if not isinstance(table, dict):
             problems.append(f"[{name}] must be a table of keys, not {table!r}.")
@@ -412,6 +489,7 @@ def parse(text: str, path: Path) -> Config:
         vantage=VantageConfig(anchors=anchors),
         messages=_messages(sections.get("messages", {}), base),
         tokens=tuple(tokens),
+        notify=notify,
         warnings=tuple(f"{path}: {w}" for w in warnings),
     )
 
@@ -498,6 +576,58 @@ def _messages(raw: dict[str, Any], base: Path) -> MessagesConfig:
         restored_for=raw.get("restored_for", 3600.0),
         file=(base / file).resolve() if file else None,
         timezone=raw.get("timezone", ""),
+    )
+
+
+def _notify(raw: Any, base: Path, problems: list[str]) -> NotifyConfig:
+    if not isinstance(raw, dict):
+        problems.append(f"[notify] must be a table of keys, not {raw!r}.")
+        return NotifyConfig()
+    entries = raw.get("webhooks", [])
+    good = _checked({k: v for k, v in raw.items() if k != "webhooks"}, NOTIFY_SCHEMA,
+                    "[notify] ", problems)  # fmt: skip
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        problems.append("notify.webhooks must be written as [[notify.webhooks]] tables.")
+        entries = []
+    webhooks: list[Webhook] = []
+    for i, entry in enumerate(entries, start=1):
+        where = f"[[notify.webhooks]] number {i}: "
+        hook = _checked(entry, WEBHOOK_SCHEMA, where, problems)
+        if "url" not in entry:
+            problems.append(f"{where}url is required.")
+        if "secret" in entry and "secret_file" in entry:
+            problems.append(f"{where}give secret or secret_file, not both.")
+            continue
+        if "secret" not in entry and "secret_file" not in entry:
+            problems.append(
+                f"{where}secret is required: receivers check the signature made with it "
+                "(make one with: openssl rand -hex 32). Or secret_file: a file that holds it."
+            )
+            continue
+        if "secret_file" in hook:
+            secret = _read_secret(hook.pop("secret_file"), base, f"{where}secret_file", problems)
+            if secret is not None:
+                hook["secret"] = secret
+        if {"url", "secret"} <= hook.keys() and ("events" in hook or "events" not in entry):
+            events = tuple(hook.get("events", WEBHOOK_EVENTS))
+            webhooks.append(Webhook(url=hook["url"], secret=hook["secret"], events=events))
+    default = NotifyConfig()
+    critical = good.get("critical_subscribers", default.critical_subscribers)
+    major = good.get("major_subscribers", default.major_subscribers)
+    if major > critical:
+        problems.append(
+            f"[notify] major_subscribers ({major}) must not be more than "
+            f"critical_subscribers ({critical})."
+        )
+    return NotifyConfig(
+        alertmanagers=tuple(u.rstrip("/") for u in good.get("alertmanagers", ())),
+        external_url=good.get("external_url", "").rstrip("/"),
+        critical_subscribers=critical,
+        major_subscribers=major,
+        labels=tuple(good.get("labels", ())),
+        resend_interval=float(good.get("resend_interval", default.resend_interval)),
+        give_up_after=float(good.get("give_up_after", default.give_up_after)),
+        webhooks=tuple(webhooks),
     )
 
 

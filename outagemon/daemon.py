@@ -15,7 +15,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from aiohttp import web
 
 from outagemon import config as config_mod
 from outagemon import logs, reloading
+from outagemon.alerting.sender import Sender
 from outagemon.config import Config
 from outagemon.core import directory, messages
 from outagemon.core.messages import Texts
@@ -43,7 +44,7 @@ from outagemon.probing.icmp import IcmpSource
 log = logs.get("outagemon.daemon")
 
 # Keys read once at start; a reload that changes them says they wait for a restart.
-RESTART_KEYS = ("daemon", "database", "http")
+RESTART_KEYS = ("daemon", "database", "http", "notify")
 CRITICAL = {"scheduler", "correlate", "engine", "writer", "simulate", "watchdog", "reloads"}
 Task = Coroutine[Any, Any, None]
 
@@ -86,6 +87,8 @@ class Daemon:
         self.source: ProbeSource = source or IcmpSource(config.probe)
         self.notifier = Notifier()
         self.started: Started | None = None
+        # Whether this process delivers notifications (a cluster lets only its leader).
+        self.may_send: Callable[[], bool] = lambda: True
         self.tasks: list[asyncio.Task[None]] = []
         self.stop_signal: str | None = None
         self._main: asyncio.Task[Any] | None = None
@@ -207,6 +210,13 @@ class Daemon:
         self.runtime.database = "the database is being connected"
         database = self._spawn(self._database(holder, monitor, writer, pending), "database")
         stack.push_async_callback(self._cancel, [database])
+        # Notifications from the outbox, once the database answers (not a critical task: a
+        # receiver's trouble never stops detection).
+        sender = Sender(cfg.notify, lambda: self.runtime.pool,
+                        lambda: self.runtime.directory.topology, self.runtime.metrics,
+                        blind=lambda: monitor.correlator.blind,
+                        may_send=lambda: self.may_send())  # fmt: skip
+        stack.push_async_callback(self._cancel, [self._spawn(sender.run(), "alerts")])
         # Each node's loss history and a moment for what is queued, if the database answers
         # (what it does not have stays in the journal file for the next start).
         stack.push_async_callback(_last_writes, monitor, writer)

@@ -7,6 +7,7 @@ problem with its line; reading the file is the caller's business.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -56,6 +57,9 @@ class Node:
     serves: tuple[Served, ...] = ()
     line: int = 0  # where it was declared, for messages
     children: list[str] = field(default_factory=list)
+    # The operator's own labels (a district, a region), inherited by the nodes below: they
+    # route the alerts (outagemon/alerting).
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def probed(self) -> bool:
@@ -193,7 +197,8 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
-_NODE_KEYS = {"id", "kind", "ip", "parents", "name", "serves"}
+_NODE_KEYS = {"id", "kind", "ip", "parents", "name", "serves", "labels"}
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def parse_flats(value: Any) -> FlatRanges:
@@ -290,6 +295,7 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         served = _parse_served(entry, where, problems)
         if served is not None:
             serves.append(served)
+    labels = _parse_labels(item.get("labels", {}) or {}, where, problems)
     return Node(
         id=node_id,
         kind=kind,
@@ -298,7 +304,36 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         name=str(name),
         serves=tuple(serves),
         line=line,
+        labels=labels,
     )
+
+
+def _parse_labels(raw: Any, where: str, problems: list[str]) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: labels must be a mapping of names to values "
+                        f"(district: north), not {raw!r}.")  # fmt: skip
+        return {}
+    labels: dict[str, str] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name):
+            problems.append(f"{where}: label name {name!r} must be letters, digits and _, "
+                            "not starting with a digit.")  # fmt: skip
+        elif isinstance(value, bool) or not isinstance(value, str | int | float):
+            problems.append(f"{where}: label {name} must be a text or a number, not {value!r}.")
+        else:
+            labels[name] = str(value)
+    return labels
+
+
+def inherited_label(topology: Topology, node_id: str, name: str) -> str | None:
+    """A node's label, or the nearest one above it that has it."""
+    if node_id not in topology:
+        return None
+    for n in (node_id, *topology.ancestors(node_id)):
+        value = topology.nodes[n].labels.get(name)
+        if value is not None:
+            return value
+    return None
 
 
 def _strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:

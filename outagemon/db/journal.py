@@ -93,6 +93,19 @@ async def _timeline(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | N
     return True
 
 
+# Changes someone is told about (Alertmanager, webhooks): a row in the outbox, written in
+# the same transaction as the change (`store.add_outbox`); the value names the event.
+NOTIFIED: dict[str, str] = {
+    EventKind.OPENED: "opened",
+    EventKind.REOPENED: "reopened",
+    EventKind.ROOT_MOVED: "root_moved",
+    EventKind.KIND_CHANGED: "kind_changed",
+    EventKind.MERGED: "merged",
+    EventKind.RESOLVED: "resolved",
+    "eta": "eta",
+    "note": "note",
+}
+
 WRITES: dict[EventKind, Write] = {
     EventKind.OPENED: _opened,
     EventKind.REOPENED: _reopened,
@@ -236,9 +249,13 @@ def op_of(kind: str, data: dict[str, Any]) -> Op:
                             bool(snap["inferred"]), store.ts(float(snap["opened_at"])),
                             list(snap["nodes"]), int(snap["subscribers"]))  # fmt: skip
 
+    notified = NOTIFIED.get(e.kind)
+
     async def op(conn: Conn) -> None:
         if await write(conn, e, snapshot, at):
             await store.add_incident_event(conn, e.incident, at, e.kind.value, detail)
+        if notified is not None:
+            await store.add_outbox(conn, e.incident, notified, at)
 
     return op
 
@@ -250,6 +267,7 @@ def _eta_op(d: dict[str, Any]) -> Op:
     async def op(conn: Conn) -> None:
         await store.set_incident_eta(conn, incident, eta)
         await store.add_incident_event(conn, incident, at, "eta", detail)
+        await store.add_outbox(conn, incident, NOTIFIED["eta"], at)
 
     return op
 
@@ -260,6 +278,7 @@ def _note_op(d: dict[str, Any]) -> Op:
 
     async def op(conn: Conn) -> None:
         await store.add_incident_event(conn, incident, at, "note", detail)
+        await store.add_outbox(conn, incident, NOTIFIED["note"], at)
 
     return op
 

@@ -313,3 +313,93 @@ async def node_histories(conn: Conn) -> list[asyncpg.Record]:
             "select node_id, history_n, history_lost from node_state where history_n > 0"
         )
     )
+
+
+# -- notifications (the outbox) --------------------------------------------------------
+
+# The incident as a JSON object, as a notification shows it: its row, how many nodes it
+# cuts off and the latest engineer's note.
+_ALERT_INCIDENT = """
+    jsonb_build_object(
+        'id', i.id, 'state', i.state, 'kind', i.kind, 'root_node', i.root_node,
+        'inferred', i.inferred, 'opened_at', i.opened_at, 'resolved_at', i.resolved_at,
+        'eta', i.eta, 'merged_into', i.merged_into, 'subscribers', i.subscribers,
+        'calls', i.calls,
+        'nodes', (select count(*) from incident_node n where n.incident_id = i.id),
+        'note', coalesce((select e.detail->>'note' from incident_event e
+                          where e.incident_id = i.id and e.kind = 'note'
+                          order by e.at desc, e.id desc limit 1), ''))
+"""
+
+
+async def add_outbox(conn: Conn, incident_id: int | None, event: str, at: datetime | None) -> None:
+    """A notification of an incident's change, with the incident as this transaction left
+    it (inside the transaction of the change: both are written, or neither). A replayed
+    write adds nothing; an incident the database does not have adds nothing."""
+    await conn.execute(
+        f"""
+        insert into alert_outbox (incident_id, revision, event, at, incident)
+        select i.id,
+               coalesce((select max(revision) from alert_outbox where incident_id = i.id), 0) + 1,
+               $2, $3, {_ALERT_INCIDENT}
+        from incident i where i.id = $1
+        on conflict do nothing
+        """,
+        incident_id, event, at,
+    )  # fmt: skip
+
+
+async def outbox_after(conn: Conn, after: int, limit: int) -> list[asyncpg.Record]:
+    """Notifications after row `after`, oldest first (with their age in seconds)."""
+    return list(
+        await conn.fetch(
+            "select id, incident_id, revision, event, at, incident,"
+            " extract(epoch from now() - created_at)::float8 as age"
+            " from alert_outbox where id > $1 order by id limit $2",
+            after, limit,
+        )
+    )  # fmt: skip
+
+
+async def outbox_waiting(conn: Conn, after: int) -> tuple[int, float]:
+    """How many notifications wait after row `after`, and the oldest one's age in seconds."""
+    row = await conn.fetchrow(
+        "select count(*) as n, coalesce(extract(epoch from now() - min(created_at)), 0)::float8"
+        " as oldest from alert_outbox where id > $1",
+        after,
+    )
+    assert row is not None
+    return int(row["n"]), float(row["oldest"])
+
+
+async def alert_cursor(conn: Conn, target: str) -> int:
+    """How far a target got; a new target starts at the newest row (it is not told the past)."""
+    value = await conn.fetchval(
+        "insert into alert_target (target, last_id)"
+        " select $1, coalesce(max(id), 0) from alert_outbox"
+        " on conflict (target) do update set target = excluded.target"
+        " returning last_id",
+        target,
+    )
+    return int(value)
+
+
+async def set_alert_cursor(conn: Conn, target: str, last_id: int) -> None:
+    await conn.execute(
+        "update alert_target set last_id = $2, updated_at = now() where target = $1",
+        target, last_id,
+    )  # fmt: skip
+
+
+async def alert_open_incidents(conn: Conn) -> list[asyncpg.Record]:
+    """Open incidents as notifications show them, each with its latest revision."""
+    return list(
+        await conn.fetch(
+            f"""
+            select i.id as incident_id, {_ALERT_INCIDENT} as incident,
+                   coalesce((select max(revision) from alert_outbox o
+                             where o.incident_id = i.id), 0) as revision
+            from incident i where i.state = 'open' order by i.id
+            """
+        )
+    )
