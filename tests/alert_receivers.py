@@ -29,6 +29,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float  # time.monotonic() when it arrived
+    wall: float  # time.time() when it arrived
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -67,13 +68,14 @@ class Receiver:
         body = await request.read()
         with self._lock:
             self._received.append(Received(request.path, dict(request.headers), body,
-                                           time.monotonic()))  # fmt: skip
+                                           time.monotonic(), time.time()))  # fmt: skip
         return web.Response(status=self.status, text="ok" if self.status < 300 else "no")
 
     def start(self) -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # A socket belongs to the namespace it is made in.
         with self.lab.entered() if self.lab is not None else contextlib.nullcontext():
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", self.port))
             sock.listen(128)
         assert self._runner is not None

@@ -1,0 +1,227 @@
+"""Notifications end to end in the network lab: the real `outagemon run` (ICMP in a
+namespace, nftables faults, its embedded PostgreSQL), a real Alertmanager and webhook
+receivers (aiohttp) inside the same namespace.
+
+The city: a core, 2 aggregation switches (districts north and south), 100 access switches
+behind each, one subscriber router behind each switch: a dead aggregation is a storm of
+a hundred switches and a hundred routers, which must make one alert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from outagemon.core import directory
+from outagemon.sim import citygen
+from outagemon.testing.lab import Lab, LabUnavailable
+from tests.alert_receivers import Alertmanager, Receiver, am_notifications, wait_for
+from tests.conftest import free_port, short_tmp_dir
+from tests.test_lab_e2e import CONFIG, WARM_UP, WRITE, LabDaemon
+
+SECRET = "lab-webhook-secret-0123456789abcdef"
+DISTRICTS = {"agg-1": "north", "agg-2": "south"}
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    try:
+        the_lab = Lab(f"om-lab-h15-{uuid.uuid4().hex[:6]}")
+        the_lab.open()
+    except LabUnavailable as e:
+        pytest.skip(f"no network lab here: {e}")
+    try:
+        yield the_lab
+    finally:
+        the_lab.close()
+
+
+def notify_section(hook: Receiver, am: Alertmanager | None) -> str:
+    ams = f'alertmanagers = ["{am.url}"]\n' if am is not None else ""
+    return (
+        f'[notify]\n{ams}external_url = "https://noc.example"\nlabels = ["district"]\n'
+        f'resend_interval = 2\n[[notify.webhooks]]\nurl = "{hook.url}/hook"\n'
+        f'secret = "{SECRET}"\n'
+    )
+
+
+def make_daemon(lab: Lab, hook: Receiver, am: Alertmanager | None) -> LabDaemon:
+    state = short_tmp_dir()
+    city = citygen.generate(aggregations=2, access_per_aggregation=100,
+                            subscribers_per_access=1, entrances=1)  # fmt: skip
+    topo, subs = city.write(state)
+    tree = yaml.safe_load(topo.read_text())
+    for node in tree["nodes"]:
+        if node["id"] in DISTRICTS:
+            node["labels"] = {"district": DISTRICTS[node["id"]]}
+    topo.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    port = free_port()
+    text = CONFIG.format(state=state, port=port, write=WRITE)
+    # [notify] before [[auth.tokens]]: an array of tables ends the file's last section.
+    text = text.replace("[[auth.tokens]]", notify_section(hook, am) + "[[auth.tokens]]")
+    (state / "outagemon.toml").write_text(text)
+    d = LabDaemon(lab, state, port, city, directory.load(topo, subs).directory)
+    d.start()
+    return d
+
+
+def signed(hook: Receiver) -> list[dict[str, Any]]:
+    """The webhook bodies, each verified as docs/alerting.md tells a receiver to."""
+    bodies = []
+    for r in hook.received("/hook"):
+        stamp = r.headers["X-Outagemon-Timestamp"]
+        mac = hmac.new(SECRET.encode(), stamp.encode() + b"." + r.body, hashlib.sha256)
+        assert hmac.compare_digest(r.headers["X-Outagemon-Signature"], "sha256=" + mac.hexdigest())
+        assert abs(r.wall - int(stamp)) < 300
+        bodies.append(r.json())
+    return bodies
+
+
+def events(hook: Receiver) -> dict[int, list[str]]:
+    """Per incident, each event once (a repeat must carry the same key), in revision order."""
+    seen: dict[str, str] = {}
+    per: dict[int, list[tuple[int, str]]] = {}
+    for b in signed(hook):
+        o = b["outagemon"]
+        if o["idempotency_key"] in seen:
+            assert seen[o["idempotency_key"]] == o["event"]
+            continue
+        seen[o["idempotency_key"]] = o["event"]
+        per.setdefault(o["incident_id"], []).append((o["revision"], o["event"]))
+    for revs in per.values():
+        assert [r for r, _ in revs] == sorted(r for r, _ in revs), per
+    return {iid: [e for _, e in revs] for iid, revs in per.items()}
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))
+
+
+def test_a_storm_in_the_lab_is_one_alert_with_our_labels_then_its_eta_then_resolved(
+    lab: Lab,
+) -> None:
+    hook, am_sink = Receiver(lab), Receiver(lab)
+    am = Alertmanager(am_sink, lab)
+    d = None
+    try:
+        d = make_daemon(lab, hook, am)
+        time.sleep(WARM_UP)
+        fault = time.time()
+        lab.down(*d.ips_behind("agg-2"))  # 100 switches and 100 routers behind it
+        opened = wait_for("the webhook hears of it", lambda: [
+            b for b in signed(hook) if b["outagemon"]["event"] == "opened"], 60, d.log)  # fmt: skip
+        arrival = next(r.wall for r in hook.received("/hook"))
+        at = opened[0]["outagemon"]["at"]  # when the daemon decided (its wall clock)
+        decided = datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+        print(f"\nfault -> webhook: {arrival - fault:.2f} s (detection {decided - fault:.2f} s "
+              f"+ delivery {arrival - decided:.3f} s); load {os.getloadavg()[0]:.2f}")  # fmt: skip
+        assert arrival - decided < 1.0
+        iid = opened[0]["outagemon"]["incident_id"]
+        first = wait_for("Alertmanager notifies", lambda: am_notifications(am_sink), 30)
+        labels = first[0]["alerts"][0]["labels"]
+        assert labels == {"alertname": "OutagemonIncident", "incident_id": str(iid),
+                          "kind": "outage", "severity": "major", "root_node": "agg-2",
+                          "node_kind": "aggregation", "district": "south"}  # fmt: skip
+        assert first[0]["alerts"][0]["generatorURL"] == f"https://noc.example/incidents/{iid}"
+        print(f"fault -> Alertmanager notification: {am_sink.received('/am')[0].wall - fault:.2f} s"
+              " (group_wait 1 s)")  # fmt: skip
+        status, body = d.request("POST", f"/api/v1/incidents/{iid}",
+                                 {"eta": iso(time.time() + 7200), "note": "fibre cut"})  # fmt: skip
+        assert status == 200, body
+        wait_for("the webhook hears the ETA", lambda: "eta" in events(hook).get(iid, []), 30)
+        wait_for("the next AM notification carries it", lambda: [
+            n for n in am_notifications(am_sink) if n["alerts"][0]["annotations"].get("eta")
+            and n["alerts"][0]["annotations"]["note"] == "fibre cut"], 30)  # fmt: skip
+        lab.up(*d.ips_behind("agg-2"))
+        wait_for("resolved on the webhook", lambda: "resolved" in events(hook).get(iid, []), 60)
+        wait_for("resolved in Alertmanager", lambda: [
+            n for n in am_notifications(am_sink) if n["status"] == "resolved"], 30)  # fmt: skip
+        assert events(hook) == {iid: ["opened", "eta", "note", "resolved"]}
+        ids = {a["labels"]["incident_id"] for n in am_notifications(am_sink) for a in n["alerts"]}
+        assert ids == {str(iid)}, "a storm is one alert"
+        assert d.stop() == 0
+    finally:
+        if d is not None and d.process is not None and d.process.poll() is None:
+            d.process.kill()
+            d.process.wait()
+        am.close()
+        hook.close()
+        am_sink.close()
+
+
+def _server_pids(state: Path) -> list[int]:
+    """The embedded PostgreSQL's postmaster and its children (backends, workers)."""
+    postmaster = int((state / "pgdata" / "postmaster.pid").read_text().split("\n", 1)[0])
+    pids = [postmaster]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == postmaster:
+                pids.append(int(proc.name))
+    return pids
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def test_a_receiver_down_a_paused_database_and_a_sigkill_lose_no_notification(
+    lab: Lab,
+) -> None:
+    hook = Receiver(lab)
+    d = None
+    paused: list[int] = []
+    try:
+        d = make_daemon(lab, hook, None)
+        time.sleep(WARM_UP)
+        lab.down(*d.ips_behind("agg-1"))
+        opened = wait_for("A opens", lambda: [
+            b for b in signed(hook) if b["outagemon"]["event"] == "opened"], 60, d.log)  # fmt: skip
+        a = opened[0]["outagemon"]["incident_id"]
+        hook.stop()  # the receiver goes away for a while
+        paused = _server_pids(d.state)
+        _signal(paused, signal.SIGSTOP)  # and the database hangs
+        status, body = d.request("POST", f"/api/v1/incidents/{a}",
+                                 {"eta": iso(time.time() + 3600), "note": "crew sent"})  # fmt: skip
+        assert status == 200, body
+        lab.down(*d.ips_behind("agg-2"))
+        (b,) = d.wait("B opens while the database hangs", lambda: [
+            i["id"] for i in d.incidents() if i["root_node"] == "agg-2"], 60)  # fmt: skip
+        time.sleep(3)
+        _signal(paused, signal.SIGCONT)
+        paused = []
+        lab.up(*d.ips_behind("agg-1"))
+        d.wait("A resolves", lambda: a not in [i["id"] for i in d.incidents()], 60)
+        assert d.process is not None
+        d.process.kill()  # SIGKILL in the middle of B
+        d.process.wait()
+        d.start()
+        hook.start()
+        lab.up(*d.ips_behind("agg-2"))
+        wanted = {a: ["opened", "eta", "note", "resolved"], b: ["opened", "resolved"]}
+        wait_for("every event delivered", lambda: events(hook) == wanted, 90,
+                 lambda: f"{events(hook)}\n{d.log() if d else ''}")  # fmt: skip
+        assert d.stop() == 0
+    finally:
+        _signal(paused, signal.SIGCONT)
+        if d is not None and d.process is not None and d.process.poll() is None:
+            d.process.kill()
+            d.process.wait()
+        hook.close()
