@@ -10,6 +10,8 @@ import hmac
 import itertools
 import json
 import random
+import re
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -439,3 +441,25 @@ async def test_two_alertmanagers_in_a_cluster_each_get_every_alert(world: World)
                         >= {"1", "2", "3"}, 30)  # fmt: skip
     finally:
         receiver.close()
+
+
+def test_the_alertmanager_config_in_the_docs_is_valid(tmp_path: Path) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "alerting.md").read_text()
+    (am,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith("route:")]
+    smtp = "global:\n  smtp_smarthost: 'mail.example.net:25'\n  smtp_from: 'om@example.net'\n"
+    (tmp_path / "am.yml").write_text(smtp + am)
+    done = subprocess.run(["amtool", "check-config", str(tmp_path / "am.yml")],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_three_lines_in_the_readme_connect_alertmanager_and_a_webhook(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Alerts") :]
+    (block,) = re.findall(r"```toml\n(.*?)```", section, re.S)[:1]
+    assert len(block.strip().splitlines()) == 3
+    (tmp_path / "webhook-secret").write_text("a-webhook-secret-of-some-length\n")
+    cfg = config.parse(block, tmp_path / "outagemon.toml")
+    (am, hook) = sender.targets_of(cfg.notify)
+    assert am.kind == "alertmanager" and hook.kind == "webhook"
+    assert hook.secret == "a-webhook-secret-of-some-length"
