@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import signal
 import time
@@ -123,8 +124,7 @@ def test_a_storm_in_the_lab_is_one_alert_with_our_labels_then_its_eta_then_resol
         opened = wait_for("the webhook hears of it", lambda: [
             b for b in signed(hook) if b["outagemon"]["event"] == "opened"], 60, d.log)  # fmt: skip
         arrival = next(r.wall for r in hook.received("/hook"))
-        at = opened[0]["outagemon"]["at"]  # when the daemon decided (its wall clock)
-        decided = datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+        decided = _decided(d)
         print(f"\nfault -> webhook: {arrival - fault:.2f} s (detection {decided - fault:.2f} s "
               f"+ delivery {arrival - decided:.3f} s); load {os.getloadavg()[0]:.2f}")  # fmt: skip
         assert arrival - decided < 1.0
@@ -159,6 +159,16 @@ def test_a_storm_in_the_lab_is_one_alert_with_our_labels_then_its_eta_then_resol
         am.close()
         hook.close()
         am_sink.close()
+
+
+def _decided(d: LabDaemon) -> float:
+    """When the daemon opened its first incident: its log line's time (the wall clock at
+    the decision, to the microsecond)."""
+    for line in (d.state / "daemon.log").read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"incident.opened"' in line:
+            stamp = json.loads(line)["timestamp"]
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    raise AssertionError("no incident.opened line in the daemon's log")
 
 
 def _log(d: LabDaemon | None) -> str:

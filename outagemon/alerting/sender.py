@@ -160,7 +160,11 @@ class Sender:
                     cursor = await _db(pool, store.alert_cursor, t.key)
                 rows = await _db(pool, store.outbox_after, cursor, BATCH)
                 fetched = time.monotonic()
-                await self._gauges(t, pool, cursor)
+                if rows:
+                    await self._gauges(t, pool, cursor)
+                else:
+                    self._queued.set(0, target=t.name)
+                    self._oldest.set(0, target=t.name)
                 for row in rows:
                     age = float(row["age"]) + time.monotonic() - fetched
                     await self._one(t, _change(row), age)
@@ -169,7 +173,6 @@ class Sender:
                 due = time.monotonic() - resent >= self.cfg.resend_interval
                 if t.kind == "alertmanager" and due and await self._resend(t, pool):
                     resent = time.monotonic()
-                await self._gauges(t, pool, cursor)
                 if db_down:
                     log.info("alerts.database_again", target=t.name)
                     db_down = False
