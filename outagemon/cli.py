@@ -207,6 +207,13 @@ def _check_config(config_path: Path) -> int:
         f"{sum(1 for n in d.topology.nodes.values() if n.probed)} probed, "
         f"{len(d.topology.served)} buildings served"
     )
+    n = cfg.notify
+    if n.alertmanagers or n.webhooks:
+        print(f"  alerts: {len(n.alertmanagers)} Alertmanager(s), {len(n.webhooks)} webhook(s)")
+    for label in n.labels:
+        if not any(label in node.labels for node in d.topology.nodes.values()):
+            print(f"warning: [notify] labels names {label!r}, which no node of the topology "
+                  "has (labels: {" + label + ": ...} on a node)", file=sys.stderr)  # fmt: skip
     if cfg.topology.subscribers is not None:
         print(
             f"  subscribers {cfg.topology.subscribers}: {len(d.subscribers)} loaded, "

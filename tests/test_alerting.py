@@ -11,7 +11,9 @@ import itertools
 import json
 import random
 import re
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -463,3 +465,18 @@ def test_the_three_lines_in_the_readme_connect_alertmanager_and_a_webhook(tmp_pa
     (am, hook) = sender.targets_of(cfg.notify)
     assert am.kind == "alertmanager" and hook.kind == "webhook"
     assert hook.secret == "a-webhook-secret-of-some-length"
+
+
+def test_check_config_counts_the_targets_and_warns_of_a_label_no_node_has(tmp_path: Path) -> None:
+    shutil.copy(Path(__file__).parent.parent / "config" / "topology.yaml", tmp_path)
+    (tmp_path / "outagemon.toml").write_text(
+        '[notify]\nalertmanagers = ["http://127.0.0.1:9093"]\nlabels = ["district", "borough"]\n'
+        f'[[notify.webhooks]]\nurl = "http://127.0.0.1:9/h"\nsecret = "{SECRET}"\n'
+    )
+    done = subprocess.run([sys.executable, "-m", "outagemon", "check-config", "-c",
+                           str(tmp_path / "outagemon.toml")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "alerts: 1 Alertmanager(s), 1 webhook(s)" in done.stdout
+    assert "labels names 'borough', which no node" in done.stderr
+    assert "'district'" not in done.stderr and SECRET not in done.stdout + done.stderr
