@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -143,6 +144,11 @@ def test_an_alert_carries_identifying_labels_inherited_district_and_severity() -
     assert works["labels"]["severity"] == "info"
     big = payload.alert(incident(subscribers=500), topo(), cfg, 0)
     assert big["labels"]["severity"] == "critical"
+    absorbed = payload.alert(incident(state="merged", merged_into=3,
+                                      resolved_at="2026-11-30T06:00:00+00:00"),
+                             topo(), cfg, time.time())  # fmt: skip
+    assert absorbed["endsAt"] == "2026-11-30T06:00:00.000Z"
+    assert "absorbed into incident 3" in absorbed["annotations"]["summary"]
     ended = payload.alert(incident(state="resolved", resolved_at="2026-11-30T06:00:00+00:00"),
                           topo(), cfg, time.time())  # fmt: skip
     assert ended["endsAt"] == "2026-11-30T06:00:00.000Z"
@@ -480,3 +486,25 @@ def test_check_config_counts_the_targets_and_warns_of_a_label_no_node_has(tmp_pa
     assert "alerts: 1 Alertmanager(s), 1 webhook(s)" in done.stdout
     assert "labels names 'borough', which no node" in done.stderr
     assert "'district'" not in done.stderr and SECRET not in done.stdout + done.stderr
+
+
+async def test_an_alert_whose_labels_change_ends_the_one_under_the_old_labels() -> None:
+    receiver = Receiver()
+    try:
+        cfg = NotifyConfig(alertmanagers=(receiver.url,), major_subscribers=50)
+        s = Sender(cfg, lambda: None, topo, Registry())
+        (t,) = s.targets
+        async with aiohttp.ClientSession() as session:
+            s._session = session
+            now = time.time()
+            assert await s._post_alerts(t, [payload.alert(incident(subscribers=10), topo(), cfg,
+                                                          now)], "7:1") is None  # fmt: skip
+            assert await s._post_alerts(t, [payload.alert(incident(subscribers=80), topo(), cfg,
+                                                          now)], "7:1") is None  # fmt: skip
+        first, second = (r.json() for r in receiver.received("/api/v2/alerts"))
+        assert [a["labels"]["severity"] for a in first] == ["warning"]
+        assert [a["labels"]["severity"] for a in second] == ["major", "warning"]
+        assert second[1]["endsAt"] <= payload.rfc3339(time.time())
+        assert all(r.headers["Idempotency-Key"] == "7:1" for r in receiver.received())
+    finally:
+        receiver.close()
