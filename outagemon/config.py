@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import socket
 import tomllib
 import zoneinfo
 from collections.abc import Callable
@@ -89,6 +90,16 @@ class MessagesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Two or more hosts on one PostgreSQL: one leads (decides and writes incidents) under
+    a lease row, the others stand by. Absent (`enabled` False): a single host, as always."""
+
+    enabled: bool = False
+    node: str = ""  # this host's name in the lease row; default: the host name
+    lease: float = 10.0  # seconds a leader holds the lease without renewing it
+
+
+@dataclass(frozen=True, slots=True)
 class Token:
     name: str
     token: str = field(repr=False)  # never printed, never logged
@@ -106,6 +117,7 @@ class Config:
     topology: TopologyConfig = TopologyConfig()
     vantage: VantageConfig = VantageConfig()
     messages: MessagesConfig = MessagesConfig()
+    cluster: ClusterConfig = ClusterConfig()
     tokens: tuple[Token, ...] = ()
     # Not problems, but worth an operator's attention (a short token): printed, logged.
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -239,6 +251,25 @@ def _timezone(v: Any) -> str | None:
     return None
 
 
+def _node_name(v: Any) -> str | None:
+    if not isinstance(v, str) or not v.strip():
+        return "must be a non-empty name, such as the host's"
+    if len(v) > 63 or not all(c.isascii() and (c.isalnum() or c in ".-_") for c in v):
+        return "must be at most 63 letters, digits, '.', '-' or '_'"
+    return None
+
+
+LEASE_MIN = 1.0  # seconds: renewals every third of it must fit a loaded database's answer
+
+
+def _lease(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "must be a number of seconds"
+    if not LEASE_MIN <= v <= 3600:
+        return f"must be from {LEASE_MIN:g} to 3600 seconds"
+    return None
+
+
 # section -> key -> check; the dataclass defaults are the defaults.
 SCHEMA: dict[str, dict[str, Check]] = {
     "daemon": {"state_dir": _nonempty_string},
@@ -281,6 +312,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "file": _nonempty_string,
         "timezone": _timezone,
     },
+    "cluster": {"node": _node_name, "lease": _lease},
 }
 TOKEN_SCHEMA: dict[str, Check] = {
     "name": _nonempty_string,
@@ -399,6 +431,7 @@ def parse(text: str, path: Path) -> Config:
         subscribers=(base / subscribers).resolve() if subscribers else None,
     )
     anchors = tuple(sections.get("vantage", {}).get("anchors", ()))
+    cluster = _cluster(raw, sections.get("cluster", {}), database, problems)
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])
     return Config(
@@ -411,6 +444,7 @@ def parse(text: str, path: Path) -> Config:
         topology=topology,
         vantage=VantageConfig(anchors=anchors),
         messages=_messages(sections.get("messages", {}), base),
+        cluster=cluster,
         tokens=tuple(tokens),
         warnings=tuple(f"{path}: {w}" for w in warnings),
     )
@@ -489,6 +523,23 @@ def _database(raw: dict[str, Any], base: Path, problems: list[str]) -> DatabaseC
         k: raw[k] for k in ("write_queue", "queue_bytes", "timeout", "read_timeout") if k in raw
     }
     return DatabaseConfig(dsn=dsn, **other)
+
+
+def _cluster(raw_file: dict[str, Any], raw: dict[str, Any], database: DatabaseConfig,
+             problems: list[str]) -> ClusterConfig:  # fmt: skip
+    """A [cluster] section, even empty, turns the lease on; without one, a single host."""
+    if "cluster" not in raw_file:
+        return ClusterConfig()
+    if not database.dsn:
+        problems.append(
+            "[cluster] needs [database] dsn (or dsn_file): the hosts share one PostgreSQL "
+            "server, and the embedded one is private to a host."
+        )
+    return ClusterConfig(
+        enabled=True,
+        node=raw.get("node") or socket.gethostname(),
+        lease=float(raw.get("lease", ClusterConfig().lease)),
+    )
 
 
 def _messages(raw: dict[str, Any], base: Path) -> MessagesConfig:

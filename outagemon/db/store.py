@@ -313,3 +313,52 @@ async def node_histories(conn: Conn) -> list[asyncpg.Record]:
             "select node_id, history_n, history_lost from node_state where history_n > 0"
         )
     )
+
+
+# -- the cluster's lease (migrations/0005_cluster.sql) -----------------------------------
+
+
+async def take_lease(conn: Conn, holder: str, seconds: float) -> int | None:
+    """Take the lease, or renew it, for `seconds` on the database's clock: the epoch now
+    held, or None while another node holds it. The epoch goes up whenever the lease
+    changes hands or had lapsed, so whatever was decided before a lapse is fenced off."""
+    value = await conn.fetchval(
+        "update cluster_lease set holder = $1,"
+        " epoch = epoch + (holder <> $1 or expires_at < now())::int,"
+        " expires_at = now() + make_interval(secs => $2), renewed_at = now()"
+        " where id = 1 and (expires_at < now() or holder = $1) returning epoch",
+        holder,
+        float(seconds),
+    )
+    return None if value is None else int(value)
+
+
+async def read_lease(conn: Conn) -> asyncpg.Record | None:
+    """Who holds the lease, its epoch, seconds left (negative: lapsed) and since renewal."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "select holder, epoch, extract(epoch from expires_at - now())::float8 as remaining,"
+        " extract(epoch from now() - renewed_at)::float8 as age from cluster_lease where id = 1"
+    )
+    return row
+
+
+async def release_lease(conn: Conn, holder: str, epoch: int) -> None:
+    """A clean stop: the lease lapses now, so a standby takes over without waiting."""
+    await conn.execute(
+        "update cluster_lease set expires_at = now()"
+        " where id = 1 and holder = $1 and epoch = $2 and expires_at > now()",
+        holder,
+        epoch,
+    )
+
+
+async def holds_lease(conn: Conn, epoch: int, holder: str) -> bool:
+    """Fencing, at the start of a write's transaction: whether `holder` still holds the
+    lease at `epoch`. The row stays share-locked until the write commits, so a new leader's
+    take-over waits for it, and its restore sees it."""
+    found = await conn.fetchval(
+        "select 1 from cluster_lease where id = 1 and epoch = $1 and holder = $2 for share",
+        epoch,
+        holder,
+    )
+    return found is not None
