@@ -269,7 +269,11 @@ class Daemon:
                     dsn = await holder.embedded.start()
                 applied = await migrate.migrate(dsn)
                 log.info("daemon.migrated", applied=applied)
-                holder.pool = await store.connect(dsn, statement_timeout=cfg.database.timeout)
+                # A cluster's paused leader cannot hold the lease row in an open
+                # transaction for longer than a third of the lease.
+                idle = cfg.cluster.lease / 3 if cfg.cluster.enabled else None
+                holder.pool = await store.connect(dsn, statement_timeout=cfg.database.timeout,
+                                                  idle_in_transaction=idle)  # fmt: skip
                 restored = 0
                 if self.leadership is None:  # a cluster's leader restores when it leads
                     async with asyncio.timeout(cfg.database.timeout):
@@ -312,7 +316,7 @@ class Daemon:
         leadership.on_step_down(monitor.step_down)
 
         def drop(epoch: int, reason: StepDown) -> None:
-            writer.drop_epoch(epoch)
+            leadership.dropped(writer.drop_epoch(epoch))
 
         leadership.on_step_down(drop)
         log.info("cluster.joined", node=cfg.node, lease=cfg.lease)

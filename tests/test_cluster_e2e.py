@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -127,6 +129,7 @@ def pair(lab: Lab, socket_dsn: str) -> Iterator[tuple[Node, Node]]:
                     n.process.send_signal(signal.SIGCONT)
                     n.process.kill()
                 n.process.wait()
+            shutil.rmtree(n.state, ignore_errors=True)
 
 
 def incidents(dsn: str) -> list[dict[str, Any]]:
@@ -217,11 +220,19 @@ def test_a_paused_leader_comes_back_fenced_and_steps_down(
     (first,) = wait_db("a opens an incident at agg-1", fresh_db, lambda f: len(f) == 1, a.log)
     # a is idle (nothing changes): what it has written so far, before it is paused.
     written = a.wait("a's writes settle", lambda: _settled(a), within=20)
-
-    os.kill(a.pid(), signal.SIGSTOP)
-    paused = time.monotonic()
-    b.wait("b leads", lambda: b.role() == "leader", within=LEASE + INTERVAL + 5)
-    assert time.monotonic() - paused <= LEASE + INTERVAL + 0.5
+    # An engineer's note to a, caught in the middle of its write (the timeline is locked):
+    # a is paused holding the lease row in that write's transaction, past its lease.
+    with TableLock(fresh_db, "incident_event") as lock:
+        status, _ = a.request("POST", f"/api/v1/incidents/{first['id']}",
+                              {"note": "from the paused leader"})  # fmt: skip
+        assert status == 200
+        a.wait("the note is being written", lambda: a.metrics()["outagemon_db_queue"] >= 1)
+        os.kill(a.pid(), signal.SIGSTOP)
+        paused = time.monotonic()
+        lock.release()
+    # The database ends a's session idle in its transaction after a third of the lease.
+    b.wait("b leads", lambda: b.role() == "leader", within=LEASE + INTERVAL + LEASE / 3 + 5)
+    assert time.monotonic() - paused <= LEASE + INTERVAL + LEASE / 3 + 1
     # Meanwhile the network changes: agg-1 is repaired, agg-2 fails.
     lab.up(*a.ips_behind("agg-1"))
     lab.down(*a.ips_behind("agg-2"))
@@ -233,7 +244,7 @@ def test_a_paused_leader_comes_back_fenced_and_steps_down(
 
     os.kill(a.pid(), signal.SIGCONT)
     a.wait("a stands by", lambda: a.role() == "standby", within=10)
-    m = a.metrics()
+    m = a.wait("a counts its fenced writes", lambda: _fenced(a), within=10)
     stepped = {k: v for k, v in m.items() if k.startswith("outagemon_cluster_stepdowns_total")}
     assert sum(stepped.values()) == 1, stepped
     assert m["outagemon_db_writes_total"] == written, "no write of the paused leader landed"
@@ -243,7 +254,44 @@ def test_a_paused_leader_comes_back_fenced_and_steps_down(
     assert b.role() == "leader" and a.role() == "standby"
     assert incidents(fresh_db) == found
     assert first["id"] == found[0]["id"]
-    assert_clean_history(found, events(fresh_db))
+    timeline = events(fresh_db)
+    assert "note" not in timeline[first["id"]], timeline
+    assert_clean_history(found, timeline)
+
+
+class TableLock:
+    """A table locked by another session (psql) until released: writes to it wait."""
+
+    def __init__(self, dsn: str, table: str) -> None:
+        if shutil.which("psql") is None:
+            pytest.skip("psql is not installed (Debian: postgresql-client)")
+        self.psql = subprocess.Popen(["psql", "-X", "-q", dsn], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.send(f"begin;\nlock table {table} in exclusive mode;\n\\echo locked\n")
+        assert self.psql.stdout is not None
+        assert self.psql.stdout.readline().strip() == "locked"
+
+    def send(self, text: str) -> None:
+        assert self.psql.stdin is not None
+        self.psql.stdin.write(text)
+        self.psql.stdin.flush()
+
+    def release(self) -> None:
+        if self.psql.poll() is None:
+            self.send("commit;\n\\q\n")
+            self.psql.wait(timeout=10)
+
+    def __enter__(self) -> TableLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _fenced(d: Node) -> dict[str, float] | None:
+    m = d.metrics()
+    fenced = sum(v for k, v in m.items() if k.startswith("outagemon_cluster_fenced_writes_total"))
+    return m if fenced >= 1 else None
 
 
 def _settled(d: Node) -> float | None:

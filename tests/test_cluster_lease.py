@@ -160,6 +160,7 @@ async def test_a_write_decided_under_an_old_epoch_is_fenced_counted_and_steps_do
     writer.fence = a
     dropped: list[int] = []
     a.on_step_down(lambda epoch, reason: dropped.append(writer.drop_epoch(epoch)))
+    a.on_step_down(lambda epoch, reason: a.dropped(dropped[-1]))
     task = asyncio.create_task(writer.run())
     try:
         writer.submit("still-leader", insert(1), epoch=1)
@@ -180,8 +181,8 @@ async def test_a_write_decided_under_an_old_epoch_is_fenced_counted_and_steps_do
     rows = sorted(r["x"] for r in await pool.fetch("select x from t"))
     assert rows == [1, 4], "no write of the old epoch lands; others go on"
     fenced = metrics.counter("outagemon_cluster_fenced_writes_total", "")
-    assert fenced.get() == 1, "one refused, the rest dropped unmade: never retried"
-    assert dropped == [1]
+    assert fenced.get(how="refused") == 1, "one refused, the rest dropped unmade: never retried"
+    assert fenced.get(how="dropped") == 1 and dropped == [1]
     assert a.role is Role.STANDBY and a.epoch is None and a.deciding() is None
     assert a._stepdowns.get(reason=StepDown.FENCED.value) == 1
     assert metrics.gauge("outagemon_db_failed_total", "").get() == 0

@@ -89,7 +89,8 @@ class Leadership:
         )
         self._fenced = metrics.counter(
             "outagemon_cluster_fenced_writes_total",
-            "Writes refused because the epoch they were decided under no longer holds.",
+            "Writes of an epoch that no longer holds: refused by the database's check, "
+            "or dropped unmade from the queue when this node stepped down.",
         )
         self._leads = metrics.counter(
             "outagemon_cluster_takeovers_total", "Times this node began to lead."
@@ -112,10 +113,15 @@ class Leadership:
     def refused(self, epoch: int, write: str) -> None:
         """A write decided under `epoch` was fenced off: counted; if that is the epoch this
         node leads under, it does not lead any more."""
-        self._fenced.inc()
+        self._fenced.inc(how="refused")
         log.error("cluster.write_fenced", write=write, epoch=epoch, holder=self.holder)
         if epoch == self.epoch:
             self.step_down(StepDown.FENCED)
+
+    def dropped(self, writes: int) -> None:
+        """Writes of an old epoch dropped unmade from the queue (counted with the refused)."""
+        if writes:
+            self._fenced.inc(writes, how="dropped")
 
     def on_step_down(self, callback: OnStepDown) -> None:
         self._on_step_down.append(callback)

@@ -24,15 +24,21 @@ def redact(dsn: str) -> str:
 
 
 async def connect(dsn: str, min_size: int = 2, max_size: int = 10,
-                  statement_timeout: float | None = None) -> asyncpg.Pool:  # fmt: skip
+                  statement_timeout: float | None = None,
+                  idle_in_transaction: float | None = None) -> asyncpg.Pool:  # fmt: skip
     """A pool, or a DatabaseError that says which server could not be reached and why.
 
     With `statement_timeout`, a statement that takes longer raises TimeoutError in the client
     (asyncpg cancels it), and the server gives up on it at twice that: a hung database
-    (a lock, a full disk) cannot hold the writer or a request for ever."""
+    (a lock, a full disk) cannot hold the writer or a request for ever. With
+    `idle_in_transaction`, the server ends a session that sits that long inside a
+    transaction (a cluster's leader paused in the middle of a fenced write holds the lease
+    row: its successor waits at most that long)."""
     settings = {}
     if statement_timeout is not None:
         settings["statement_timeout"] = str(int(statement_timeout * 2000))
+    if idle_in_transaction is not None:
+        settings["idle_in_transaction_session_timeout"] = str(int(idle_in_transaction * 1000))
     try:
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10,
                                          command_timeout=statement_timeout,
