@@ -129,15 +129,6 @@ class Monitor:
         epoch = self.leadership.deciding()
         return epoch is not None and epoch == self.taken_up
 
-    def not_leading(self) -> str | None:
-        """Why an engineer's write cannot be taken here (a standby), else None."""
-        if self.leadership is None or self.deciding():
-            return None
-        leader = self.leadership.leader
-        if leader and leader != self.leadership.holder:
-            return f"this node stands by; {leader} leads: write there."
-        return "this node does not lead now; try again in a moment."
-
     def tick(self) -> list[str]:
         """Decide, persist what was decided; return the nodes to probe now."""
         now = self.clock()

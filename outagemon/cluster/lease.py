@@ -110,6 +110,14 @@ class Leadership:
             return None
         return self.epoch
 
+    def not_leading(self) -> str | None:
+        """Why an engineer's write cannot be taken on this node (it stands by), else None."""
+        if self.deciding() is not None:
+            return None
+        if self.leader and self.leader != self.holder:
+            return f"this node stands by; {self.leader} leads: write there."
+        return "this node does not lead now; try again in a moment."
+
     def refused(self, epoch: int, write: str) -> None:
         """A write decided under `epoch` was fenced off: counted; if that is the epoch this
         node leads under, it does not lead any more."""

@@ -271,7 +271,7 @@ async def update_incident(request: web.Request) -> web.Response:
         eta, note = estimate(given, body.get("note", ""), time.time())
     except Invalid as e:
         raise bad(str(e)) from None
-    if rt.monitor is not None and (why := rt.monitor.not_leading()) is not None:
+    if rt.leadership is not None and (why := rt.leadership.not_leading()) is not None:
         raise bad(why, 409)
     if rt.monitor is None or await queries.one(rt, iid) is None:
         raise bad(f"there is no incident {iid}.", 404)
@@ -302,7 +302,7 @@ async def add_maintenance(request: web.Request) -> web.Response:
         raise bad(str(e)) from None
     if rt.monitor is None:
         raise bad("the daemon is starting; try again in a moment.", 409)
-    if (why := rt.monitor.not_leading()) is not None:
+    if rt.leadership is not None and (why := rt.leadership.not_leading()) is not None:
         raise bad(why, 409)
     window = Maintenance(rt.monitor.next_maintenance, node, clock.steady(starts),
                          clock.steady(ends), reason)  # fmt: skip
