@@ -94,6 +94,9 @@ class Node:
         except OSError:
             return ""
 
+    def ready(self) -> bool:
+        return self.get("/readyz") != ""
+
     def leads(self) -> bool:
         return 'outagemon_cluster_role{role="leader"} 1' in self.get("/metrics")
 
@@ -186,8 +189,7 @@ def main() -> None:
         leads: list[float] = []
         continues: list[float] = []
         for run in range(args.runs):
-            waiting = standby
-            until(f"{waiting.name} stands by, ready", lambda: waiting.get("/readyz") != "", 30)
+            until(f"{standby.name} stands by, ready", standby.ready, 30)
             # At a random point of the leader's renewal cycle.
             time.sleep(1.0 + random.uniform(0, args.lease / 3))
             killed = leader.kill()
