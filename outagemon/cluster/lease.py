@@ -163,8 +163,9 @@ class Leadership:
                 started = self._monotonic()
                 try:
                     await self._renew(pool, started)
-                except (*UNAVAILABLE, asyncpg.PostgresError) as e:
-                    # The database is away: try again; `deciding()` gives up on its own clock.
+                except Exception as e:  # the loop must outlive any one try
+                    # The database is away (or a connection broke in an odd way): try again;
+                    # `deciding()` gives up on its own clock meanwhile.
                     log.warning("cluster.renew_failed", error=str(e) or type(e).__name__,
                                 role=self.role.value)  # fmt: skip
                 if self.epoch is not None and self._taking_up is None:
