@@ -142,6 +142,8 @@ class Leadership:
         self.epoch = None
         self.role = Role.STANDBY
         self._valid_until = 0.0
+        if self.leader == self.holder:
+            self.leader = ""  # who leads now is known at the next try for the lease
         self._stepdowns.inc(reason=reason.value)
         log.warning("cluster.stepped_down", reason=reason.value, epoch=epoch, node=self.holder)
         if self._taking_up is not None and not self._taking_up.done():
