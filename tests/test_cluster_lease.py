@@ -125,8 +125,9 @@ async def test_one_leads_the_other_stands_by_and_takes_over_when_renewals_stop(
     run_b = asyncio.create_task(b.run(pool, noting("b")))
     try:
         await wait_for("b sees a lead", lambda: b.leader == "a")
-        assert b.role is Role.STANDBY and b.deciding() is None
-        assert a.deciding() == 1
+        assert b.role is Role.STANDBY and b.deciding() is None and not b.serving
+        assert b.not_leading() == "this node stands by; a leads: write there."
+        assert a.deciding() == 1 and a.serving and a.not_leading() is None
         run_a.cancel()  # a stops renewing: paused, cut off, or its process gone
         stopped = time.monotonic()
         await asyncio.gather(run_a, return_exceptions=True)
@@ -137,6 +138,8 @@ async def test_one_leads_the_other_stands_by_and_takes_over_when_renewals_stop(
         b_began = time.monotonic() - stopped
         assert a_gave_up < b_began and a_gave_up <= lease
         assert b.epoch == 2 and b.deciding() == 2
+        await wait_for("b has taken the incidents up", lambda: b.serving)
+        assert not a.serving and a.not_leading() is not None
         assert taken == [("a", 1), ("b", 2)]
         metrics = a._stepdowns  # the counter /metrics shows
         assert metrics.get(reason=StepDown.EXPIRED.value) == 1

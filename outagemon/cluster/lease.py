@@ -14,9 +14,12 @@ counted, never retried, and the node steps down. Advisory locks were not used: t
 held by a session, which PgBouncer's transaction pooling does not keep, and a
 split-brain would then be bounded only by TCP keepalive.
 
-The seam for the rest of the daemon: `role`, `epoch`, `deciding()` (the epoch to decide
-under, or None), and `changed` (an asyncio.Event set at every change of role), plus the
-callbacks given to `run()`.
+The seam for the rest of the daemon: `role`, `epoch`, `leader` (who leads, as last
+seen), `deciding()` (the epoch to decide under, or None), `serving` (leading with the
+open incidents taken up: this process's own state is the truth), `changed` (an
+asyncio.Event set when this node leads, when it has taken the incidents up, and when it
+steps down), `on_step_down()` callbacks, and the `on_lead` given to `run()`. A standby
+answers from a replica of the leader's state while `serving` is False.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ class Leadership:
         self.margin = min(lease * MARGIN_SHARE, MARGIN_MAX)
         self.role = Role.STANDBY
         self.epoch: int | None = None  # held while leading
+        # The epoch under which the open incidents were taken up (on_lead done): from then
+        # on this node decides, and answers from its own state.
+        self.taken_up: int | None = None
         self.leader: str = ""  # who leads, as last seen ("" unknown)
         self.leader_epoch = 0  # the epoch last seen in the lease row
         self.changed = asyncio.Event()  # set at every change of role (cleared by who waits)
@@ -110,10 +116,18 @@ class Leadership:
             return None
         return self.epoch
 
+    @property
+    def serving(self) -> bool:
+        """Leading, with the open incidents taken up: this node's own state is the truth
+        (on a standby, the leader's state is read from the database instead)."""
+        return self.taken_up is not None and self.deciding() == self.taken_up
+
     def not_leading(self) -> str | None:
         """Why an engineer's write cannot be taken on this node (it stands by), else None."""
-        if self.deciding() is not None:
+        if self.serving:
             return None
+        if self.epoch is not None:
+            return "this node is taking the lead over; try again in a moment."
         if self.leader and self.leader != self.holder:
             return f"this node stands by; {self.leader} leads: write there."
         return "this node does not lead now; try again in a moment."
@@ -140,6 +154,7 @@ class Leadership:
         if epoch is None:
             return
         self.epoch = None
+        self.taken_up = None
         self.role = Role.STANDBY
         self._valid_until = 0.0
         if self.leader == self.holder:
@@ -180,6 +195,10 @@ class Leadership:
     async def _take_up(self, on_lead: OnLead, epoch: int) -> None:
         try:
             await on_lead(epoch)
+            if self.epoch == epoch:
+                self.taken_up = epoch
+                log.info("cluster.serving", epoch=epoch, node=self.holder)
+                self.changed.set()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the database failed us meanwhile: give the lease up
