@@ -201,6 +201,7 @@ def test_kill_9_of_the_leader_the_standby_continues_the_same_incident(
     (inc,) = found
     account = a.account_under("agg-1")
     assert a.check(account=account)["incident_id"] == str(inc["id"])
+    assert b.metrics()["outagemon_db_writes_total"] == 0, "a standby writes nothing"
 
     assert a.process is not None
     a.process.send_signal(signal.SIGKILL)

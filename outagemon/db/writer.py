@@ -274,6 +274,11 @@ class Writer:
                         except UNAVAILABLE:
                             raise
                         except Exception as e:
+                            if conn.is_closed():
+                                # The session ended under the write (the server ended it
+                                # idle in its transaction, a backend terminated): the
+                                # connection's fault, not the write's; it is made again.
+                                raise ConnectionError(str(e) or type(e).__name__) from e
                             self._refused(item, str(e) or type(e).__name__)
                         else:
                             self._written.inc()
