@@ -194,6 +194,9 @@ def _check_config(config_path: Path) -> int:
     where = "external" if cfg.database.dsn else f"embedded under {cfg.daemon.state_dir}"
     print(f"{cfg.path}: {'has problems' if loaded.problems else 'valid'}")
     print(f"  database: {where}")
+    if cfg.cluster.enabled:
+        print(f"  cluster: node {cfg.cluster.node}, lease {cfg.cluster.lease:g} s "
+              "(leads or stands by; see the README's two NOC hosts)")  # fmt: skip
     tls = "HTTPS" if cfg.http.tls_cert is not None else "plain HTTP"
     page = "page behind a login" if cfg.http.page_auth else "page open"
     print(f"  http: {cfg.http.listen} ({tls}, {page}); tokens: {len(cfg.tokens)}")

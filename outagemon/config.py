@@ -15,6 +15,7 @@ import difflib
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 import urllib.parse
 import zoneinfo
@@ -91,6 +92,16 @@ class MessagesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Two or more hosts on one PostgreSQL: one leads (decides and writes incidents) under
+    a lease row, the others stand by. Absent (`enabled` False): a single host, as always."""
+
+    enabled: bool = False
+    node: str = ""  # this host's name in the lease row; default: the host name
+    lease: float = 10.0  # seconds a leader holds the lease without renewing it
+
+
+@dataclass(frozen=True, slots=True)
 class Token:
     name: str
     token: str = field(repr=False)  # never printed, never logged
@@ -133,6 +144,7 @@ class Config:
     topology: TopologyConfig = TopologyConfig()
     vantage: VantageConfig = VantageConfig()
     messages: MessagesConfig = MessagesConfig()
+    cluster: ClusterConfig = ClusterConfig()
     tokens: tuple[Token, ...] = ()
     notify: NotifyConfig = NotifyConfig()
     # Not problems, but worth an operator's attention (a short token): printed, logged.
@@ -295,6 +307,25 @@ def _timezone(v: Any) -> str | None:
     return None
 
 
+def _node_name(v: Any) -> str | None:
+    if not isinstance(v, str) or not v.strip():
+        return "must be a non-empty name, such as the host's"
+    if len(v) > 63 or not all(c.isascii() and (c.isalnum() or c in ".-_") for c in v):
+        return "must be at most 63 letters, digits, '.', '-' or '_'"
+    return None
+
+
+LEASE_MIN = 1.0  # seconds: renewals every third of it must fit a loaded database's answer
+
+
+def _lease(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "must be a number of seconds"
+    if not LEASE_MIN <= v <= 3600:
+        return f"must be from {LEASE_MIN:g} to 3600 seconds"
+    return None
+
+
 # section -> key -> check; the dataclass defaults are the defaults.
 SCHEMA: dict[str, dict[str, Check]] = {
     "daemon": {"state_dir": _nonempty_string},
@@ -337,6 +368,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "file": _nonempty_string,
         "timezone": _timezone,
     },
+    "cluster": {"node": _node_name, "lease": _lease},
 }
 NOTIFY_SCHEMA: dict[str, Check] = {
     "alertmanagers": lambda v: _each(v, _url, "Alertmanager base URLs"),
@@ -476,6 +508,7 @@ def parse(text: str, path: Path) -> Config:
         subscribers=(base / subscribers).resolve() if subscribers else None,
     )
     anchors = tuple(sections.get("vantage", {}).get("anchors", ()))
+    cluster = _cluster(raw, sections.get("cluster", {}), database, problems)
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])
     return Config(
@@ -488,6 +521,7 @@ def parse(text: str, path: Path) -> Config:
         topology=topology,
         vantage=VantageConfig(anchors=anchors),
         messages=_messages(sections.get("messages", {}), base),
+        cluster=cluster,
         tokens=tuple(tokens),
         notify=notify,
         warnings=tuple(f"{path}: {w}" for w in warnings),
@@ -567,6 +601,23 @@ def _database(raw: dict[str, Any], base: Path, problems: list[str]) -> DatabaseC
         k: raw[k] for k in ("write_queue", "queue_bytes", "timeout", "read_timeout") if k in raw
     }
     return DatabaseConfig(dsn=dsn, **other)
+
+
+def _cluster(raw_file: dict[str, Any], raw: dict[str, Any], database: DatabaseConfig,
+             problems: list[str]) -> ClusterConfig:  # fmt: skip
+    """A [cluster] section, even empty, turns the lease on; without one, a single host."""
+    if "cluster" not in raw_file:
+        return ClusterConfig()
+    if not database.dsn:
+        problems.append(
+            "[cluster] needs [database] dsn (or dsn_file): the hosts share one PostgreSQL "
+            "server, and the embedded one is private to a host."
+        )
+    return ClusterConfig(
+        enabled=True,
+        node=raw.get("node") or socket.gethostname(),
+        lease=float(raw.get("lease", ClusterConfig().lease)),
+    )
 
 
 def _messages(raw: dict[str, Any], base: Path) -> MessagesConfig:

@@ -26,6 +26,7 @@ from aiohttp import web
 from outagemon import config as config_mod
 from outagemon import logs, reloading
 from outagemon.alerting.sender import Sender
+from outagemon.cluster.lease import Leadership, StepDown
 from outagemon.config import Config
 from outagemon.core import directory, messages
 from outagemon.core.messages import Texts
@@ -44,8 +45,9 @@ from outagemon.probing.icmp import IcmpSource
 log = logs.get("outagemon.daemon")
 
 # Keys read once at start; a reload that changes them says they wait for a restart.
-RESTART_KEYS = ("daemon", "database", "http", "notify")
-CRITICAL = {"scheduler", "correlate", "engine", "writer", "simulate", "watchdog", "reloads"}
+RESTART_KEYS = ("daemon", "database", "http", "notify", "cluster")
+CRITICAL = {"scheduler", "correlate", "engine", "writer", "simulate", "watchdog", "reloads",
+            "lease"}  # fmt: skip
 Task = Coroutine[Any, Any, None]
 
 
@@ -89,6 +91,9 @@ class Daemon:
         self.started: Started | None = None
         # Whether this process delivers notifications (a cluster lets only its leader).
         self.may_send: Callable[[], bool] = lambda: True
+        # Two or more hosts on one database ([cluster]): this node's role, by the lease.
+        self.leadership: Leadership | None = None
+        self._lease: asyncio.Task[None] | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.stop_signal: str | None = None
         self._main: asyncio.Task[Any] | None = None
@@ -198,11 +203,16 @@ class Daemon:
         stack.push_async_callback(self._cancel, [self._spawn(writer.run(), "writer")])
         monitor = Monitor(cfg, self.runtime.directory, self.runtime.metrics, writer,
                           spool=spool)  # fmt: skip
+        if cfg.cluster.enabled:
+            self._join_cluster(monitor, writer)
         # The inventory goes first (incidents refer to its nodes), then what the journal
         # file held from before: acknowledged writes the database may never have had.
+        # A cluster's node starts as a standby: it writes its inventory when it leads,
+        # writes what the file held only under the epoch it was decided under, and takes
+        # incidents up from the database (the leader's), not from its file.
         monitor.journal.inventory(self.runtime.directory)
         monitor.journal.replay(replayed.records)
-        continued = monitor.continue_from(pending)
+        continued = 0 if cfg.cluster.enabled else monitor.continue_from(pending)
         log.info("daemon.journal_read", writes=len(replayed.records), incidents=continued,
                  next_incident=monitor.correlator.next_id)  # fmt: skip
         self.runtime.monitor = monitor
@@ -217,6 +227,9 @@ class Daemon:
                         blind=lambda: monitor.correlator.blind,
                         may_send=lambda: self.may_send())  # fmt: skip
         stack.push_async_callback(self._cancel, [self._spawn(sender.run(), "alerts")])
+        # A leader gives its lease up last (a standby takes over at its next try), after
+        # its last writes; the pool is closed after that.
+        stack.push_async_callback(self._leave_cluster, holder)
         # Each node's loss history and a moment for what is queued, if the database answers
         # (what it does not have stays in the journal file for the next start).
         stack.push_async_callback(_last_writes, monitor, writer)
@@ -266,9 +279,15 @@ class Daemon:
                     dsn = await holder.embedded.start()
                 applied = await migrate.migrate(dsn)
                 log.info("daemon.migrated", applied=applied)
-                holder.pool = await store.connect(dsn, statement_timeout=cfg.database.timeout)
-                async with asyncio.timeout(cfg.database.timeout):
-                    restored = await monitor.restore(holder.pool, pending)
+                # A cluster's paused leader cannot hold the lease row in an open
+                # transaction for longer than a third of the lease.
+                idle = cfg.cluster.lease / 3 if cfg.cluster.enabled else None
+                holder.pool = await store.connect(dsn, statement_timeout=cfg.database.timeout,
+                                                  idle_in_transaction=idle)  # fmt: skip
+                restored = 0
+                if self.leadership is None:  # a cluster's leader restores when it leads
+                    async with asyncio.timeout(cfg.database.timeout):
+                        restored = await monitor.restore(holder.pool, pending)
                 break
             except (OutagemonError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 reason = str(e) or type(e).__name__
@@ -286,6 +305,48 @@ class Daemon:
         writer.attach(holder.pool)
         self.runtime.database = None
         log.info("daemon.restored", incidents=restored, next_incident=monitor.correlator.next_id)
+        if self.leadership is not None:
+            pool = holder.pool
+            self._lease = self._spawn(
+                self.leadership.run(pool, lambda epoch: self._take_up(pool, epoch)), "lease"
+            )
+
+    # -- a cluster's node ------------------------------------------------------------------
+
+    def _join_cluster(self, monitor: Monitor, writer: Writer) -> None:
+        """Decide and write only while leading: the monitor asks the lease, the writer
+        fences every write by its epoch, and stepping down drops what was queued."""
+        cfg = self.config.cluster
+        leadership = Leadership(cfg.node, cfg.lease, self.runtime.metrics)
+        self.leadership = leadership
+        self.runtime.leadership = leadership
+        monitor.leadership = leadership
+        monitor.journal.clustered = True
+        writer.fence = leadership
+        # Only the leader, once it has taken the incidents up, delivers notifications.
+        self.may_send = monitor.deciding
+        leadership.on_step_down(monitor.step_down)
+
+        def drop(epoch: int, reason: StepDown) -> None:
+            leadership.dropped(writer.drop_epoch(epoch))
+
+        leadership.on_step_down(drop)
+        log.info("cluster.joined", node=cfg.node, lease=cfg.lease)
+
+    async def _take_up(self, pool: asyncpg.Pool, epoch: int) -> None:
+        """Begin to lead: what this node's file still held is written (or fenced off)
+        first, then the open incidents are read from the database and continued."""
+        started = self.started
+        assert started is not None
+        await started.writer.drain(self.config.cluster.lease / 3)
+        async with asyncio.timeout(self.config.database.timeout):
+            await started.monitor.take_up(pool, epoch)
+
+    async def _leave_cluster(self, holder: _Database) -> None:
+        if self._lease is not None:
+            await self._cancel([self._lease])
+        if self.leadership is not None and holder.pool is not None:
+            await self.leadership.release(holder.pool)
 
     def _targets(self, monitor: Monitor) -> dict[str, str]:
         """address -> node id of everything to probe: probed nodes and the anchors."""

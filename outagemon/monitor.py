@@ -16,11 +16,20 @@ import asyncpg
 
 from outagemon import clock as steady
 from outagemon import logs
+from outagemon.cluster.lease import Leadership, StepDown
 from outagemon.config import Config
 from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory
 from outagemon.core.health import NodeState, Settings
-from outagemon.core.incidents import Event, EventKind, Incident, IncidentState, Kind, Maintenance
+from outagemon.core.incidents import (
+    Event,
+    EventKind,
+    Incident,
+    IncidentBook,
+    IncidentState,
+    Kind,
+    Maintenance,
+)
 from outagemon.db import restore as restore_db
 from outagemon.db.durable import Pending
 from outagemon.db.journal import Journal
@@ -92,6 +101,11 @@ class Monitor:
         self._pruned = clock()
         self.first_round_done = False
         self.last_tick = 0.0
+        # A cluster's node (`cluster/lease.py`): it decides only while it leads, and only
+        # once it has taken up what the database holds under that epoch (`taken_up`).
+        # None: a single host, which always decides.
+        self.leadership: Leadership | None = None
+        self.taken_up: int | None = None
         self.metrics = metrics
         self._events = metrics.counter("outagemon_incident_events_total", "Incident events.")
         self._open = metrics.gauge("outagemon_incidents_open", "Open incidents by kind.")
@@ -107,10 +121,28 @@ class Monitor:
         self._results.inc(result="answered" if ok else "lost")
         self.correlator.observe(node, ok, at)
 
+    def deciding(self) -> bool:
+        """Whether this node decides incidents now: a single host always; a cluster's
+        node while it leads under the epoch it took the database's incidents up under."""
+        if self.leadership is None:
+            return True
+        epoch = self.leadership.deciding()
+        return epoch is not None and epoch == self.taken_up
+
     def tick(self) -> list[str]:
         """Decide, persist what was decided; return the nodes to probe now."""
         now = self.clock()
         self.last_tick = now
+        if not self.deciding():
+            # A standby probes (its loss histories stay warm for a take-over) and decides
+            # nothing; the leader stores the node states.
+            self.journal.epoch = None
+            self.correlator.transitions = []
+            self._calls_unsaved.clear()
+            self._down.set(self.correlator.nodes_down)
+            return self.correlator.take_requests()
+        if self.leadership is not None:
+            self.journal.epoch = self.taken_up
         for event in self.correlator.tick(now):
             self.handle(event)
         self._open.set(sum(1 for i in self.correlator.incidents.values()
@@ -234,6 +266,43 @@ class Monitor:
             return
         batch, self._calls_unsaved = self._calls_unsaved, {}
         self.journal.calls(batch)
+
+    # -- a cluster's roles --------------------------------------------------------------
+
+    async def take_up(self, pool: asyncpg.Pool, epoch: int) -> int:
+        """This node begins to lead under `epoch`: the open incidents are read from the
+        database (the previous leader's, with their ids) and continued; decisions begin
+        once that is done. Returns how many incidents were taken up."""
+        self._forget_incidents()
+        restored = await self.restore(pool)
+        assert self.leadership is not None
+        if self.leadership.epoch != epoch:
+            return 0  # stepped down meanwhile
+        self.taken_up = epoch
+        self.journal.epoch = epoch
+        self.journal.inventory(self.directory)
+        log.info("cluster.taken_up", epoch=epoch, incidents=restored,
+                 next_incident=self.correlator.next_id)  # fmt: skip
+        return restored
+
+    def step_down(self, epoch: int, reason: StepDown) -> None:
+        """This node stopped leading: nothing more is decided or written, and what it
+        held in memory of incidents is forgotten (the next leader's are in the database)."""
+        self.taken_up = None
+        self.journal.epoch = None
+        self._forget_incidents()
+
+    def _forget_incidents(self) -> None:
+        """Incidents, estimates, call counts and `restored` answers as this node last knew
+        them: forgotten; nodes' health and loss histories stay (they are this node's own)."""
+        c = self.correlator
+        c.book = IncidentBook(c.next_id)
+        c.version += 1
+        c.transitions = []
+        self.eta.clear()
+        self.calls.clear()
+        self._calls_unsaved.clear()
+        self.recent.clear()
 
     # -- restart -----------------------------------------------------------------------
 

@@ -131,13 +131,30 @@ class Journal:
     def __init__(self, writer: Writer | None, spool: Spool | None = None) -> None:
         self.writer = writer
         self.spool = spool
+        # On a cluster's node: every write carries the leader's epoch it was decided
+        # under (kept in its record, checked when it is made); with no epoch (standing
+        # by) nothing is written. None on a single host: nothing is fenced.
+        self.clustered = False
+        self.epoch: int | None = None
 
     def _keep(self, kind: str, record: dict[str, Any]) -> None:
         assert self.writer is not None
+        if self.clustered:
+            if self.epoch is None:
+                log.warning("cluster.write_not_leading", write=kind)
+                return
+            record["epoch"] = self.epoch
         precious = kind in durable.PRECIOUS
         seq = self.spool.append(kind, record, precious) if self.spool is not None else None
         size = self.spool.pending[seq].size if seq is not None and self.spool else _size(record)
         self._submit(kind, record, size, precious, seq)
+
+    def _epoch_of(self, record: dict[str, Any]) -> int | None:
+        if not self.clustered:
+            return None
+        # A record kept by a single host, before the cluster: no epoch holds it (0 never
+        # does), so it is refused rather than written over a leader's decisions.
+        return int(record.get("epoch") or 0)
 
     def _submit(self, kind: str, record: dict[str, Any], size: int, precious: bool,
                 seq: int | None) -> None:  # fmt: skip
@@ -149,7 +166,8 @@ class Journal:
             if seq is not None and self.spool is not None:
                 self.spool.done(seq)
             return
-        self.writer.submit(kind, op, size=size, precious=precious, seq=seq)
+        self.writer.submit(kind, op, size=size, precious=precious, seq=seq,
+                           epoch=self._epoch_of(record))  # fmt: skip
 
     def sync(self) -> None:
         """Make what was kept durable (one fsync for a tick's events, or a request's write)."""
@@ -199,24 +217,35 @@ class Journal:
         batch still waiting)."""
         if self.writer is None:
             return
+        if self._standing_by():
+            return
         self.writer.latest("calls", dict(batch), _add_counts, _calls_op,
-                           size=64 + 16 * len(batch))  # fmt: skip
+                           size=64 + 16 * len(batch), epoch=self.epoch)  # fmt: skip
 
     def node_states(self, changes: list[tuple[str, str, float, float]]) -> None:
         """Nodes' latest state changes (node, state, when, short-term loss), in one write
         (the latest of each node, with any batch still waiting)."""
         if self.writer is None:
             return
+        if self._standing_by():
+            return
         step = clock.CLOCK.step()
         latest = {node: (state, at + step, loss) for node, state, at, loss in changes}
         self.writer.latest("node_states", latest, _newer, _states_op,
-                           size=64 + 64 * len(latest))  # fmt: skip
+                           size=64 + 64 * len(latest), epoch=self.epoch)  # fmt: skip
 
     def history(self, rows: list[tuple[str, float, float]]) -> None:
         """Every node's loss history (n, lost), in one write (a newer one replaces it)."""
         if self.writer is None:
             return
-        self.writer.latest("history", rows, _replace, _history_op, size=64 + 48 * len(rows))
+        if self._standing_by():
+            return
+        self.writer.latest("history", rows, _replace, _history_op, size=64 + 48 * len(rows),
+                           epoch=self.epoch)  # fmt: skip
+
+    def _standing_by(self) -> bool:
+        """A cluster's standby writes nothing: the leader writes what it decides."""
+        return self.clustered and self.epoch is None
 
     def inventory(self, current: Directory) -> None:
         """The loaded topology and subscribers replace the stored ones: two writes, so a
@@ -224,7 +253,11 @@ class Journal:
         to) from being stored."""
         if self.writer is None:
             return
+        if self._standing_by():
+            return
         nodes, subscribers = inventory_ops(current)
+        # Not fenced: a million subscribers take seconds to write, and a fenced write holds
+        # the lease row (the leader's own renewals would wait); only the leader writes it.
         self.writer.submit("inventory", nodes, size=256 * len(current.topology))
         self.writer.submit("subscribers", subscribers, size=128 * len(current.subscribers))
 

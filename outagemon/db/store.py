@@ -24,15 +24,21 @@ def redact(dsn: str) -> str:
 
 
 async def connect(dsn: str, min_size: int = 2, max_size: int = 10,
-                  statement_timeout: float | None = None) -> asyncpg.Pool:  # fmt: skip
+                  statement_timeout: float | None = None,
+                  idle_in_transaction: float | None = None) -> asyncpg.Pool:  # fmt: skip
     """A pool, or a DatabaseError that says which server could not be reached and why.
 
     With `statement_timeout`, a statement that takes longer raises TimeoutError in the client
     (asyncpg cancels it), and the server gives up on it at twice that: a hung database
-    (a lock, a full disk) cannot hold the writer or a request for ever."""
+    (a lock, a full disk) cannot hold the writer or a request for ever. With
+    `idle_in_transaction`, the server ends a session that sits that long inside a
+    transaction (a cluster's leader paused in the middle of a fenced write holds the lease
+    row: its successor waits at most that long)."""
     settings = {}
     if statement_timeout is not None:
         settings["statement_timeout"] = str(int(statement_timeout * 2000))
+    if idle_in_transaction is not None:
+        settings["idle_in_transaction_session_timeout"] = str(int(idle_in_transaction * 1000))
     try:
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10,
                                          command_timeout=statement_timeout,
@@ -403,3 +409,52 @@ async def alert_open_incidents(conn: Conn) -> list[asyncpg.Record]:
             """
         )
     )
+
+
+# -- the cluster's lease (migrations/0005_cluster.sql) -----------------------------------
+
+
+async def take_lease(conn: Conn, holder: str, seconds: float) -> int | None:
+    """Take the lease, or renew it, for `seconds` on the database's clock: the epoch now
+    held, or None while another node holds it. The epoch goes up whenever the lease
+    changes hands or had lapsed, so whatever was decided before a lapse is fenced off."""
+    value = await conn.fetchval(
+        "update cluster_lease set holder = $1,"
+        " epoch = epoch + (holder <> $1 or expires_at < now())::int,"
+        " expires_at = now() + make_interval(secs => $2), renewed_at = now()"
+        " where id = 1 and (expires_at < now() or holder = $1) returning epoch",
+        holder,
+        float(seconds),
+    )
+    return None if value is None else int(value)
+
+
+async def read_lease(conn: Conn) -> asyncpg.Record | None:
+    """Who holds the lease, its epoch, seconds left (negative: lapsed) and since renewal."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "select holder, epoch, extract(epoch from expires_at - now())::float8 as remaining,"
+        " extract(epoch from now() - renewed_at)::float8 as age from cluster_lease where id = 1"
+    )
+    return row
+
+
+async def release_lease(conn: Conn, holder: str, epoch: int) -> None:
+    """A clean stop: the lease lapses now, so a standby takes over without waiting."""
+    await conn.execute(
+        "update cluster_lease set expires_at = now()"
+        " where id = 1 and holder = $1 and epoch = $2 and expires_at > now()",
+        holder,
+        epoch,
+    )
+
+
+async def holds_lease(conn: Conn, epoch: int, holder: str) -> bool:
+    """Fencing, at the start of a write's transaction: whether `holder` still holds the
+    lease at `epoch`. The row stays share-locked until the write commits, so a new leader's
+    take-over waits for it, and its restore sees it."""
+    found = await conn.fetchval(
+        "select 1 from cluster_lease where id = 1 and epoch = $1 and holder = $2 for share",
+        epoch,
+        holder,
+    )
+    return found is not None

@@ -12,6 +12,12 @@ coalesced: one of each waits at a time, holding the merged values. A write that 
 for any reason but an unreachable database is refused: logged, counted, dropped, and the
 writer goes on; it never dies of one write. A write kept in the journal file (`spool`)
 is acknowledged there once written or refused.
+
+Fencing (two hosts on one database, `cluster/lease.py`): a write decided by a leader
+carries the epoch it was decided under, and its transaction begins by checking that the
+epoch still holds (`store.holds_lease`). A write that fails the check is refused for
+good: counted by the `fence`, never retried; `drop_epoch` drops what a leader that
+stepped down still had queued.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import asyncpg
 
 from outagemon import logs
+from outagemon.db import store
 from outagemon.metrics import Registry
 
 if TYPE_CHECKING:
@@ -50,16 +57,31 @@ PING_TIMEOUT = 2.0
 DEFAULT_SIZE = 256  # bytes charged for a write that does not say
 
 
+class Fence(Protocol):
+    """The leader's lease, as the writer checks it (`cluster/lease.py`)."""
+
+    holder: str
+
+    def refused(self, epoch: int, write: str) -> None:
+        """A write decided under `epoch` was fenced off."""
+        ...
+
+
+class Fenced(Exception):
+    """The epoch a write was decided under no longer holds: refused, never retried."""
+
+
 class _Item:
-    __slots__ = ("live", "name", "op", "precious", "seq", "size")
+    __slots__ = ("epoch", "live", "name", "op", "precious", "seq", "size")
 
     def __init__(self, name: str, op: Op | None, size: int, precious: bool,
-                 seq: int | None) -> None:  # fmt: skip
+                 seq: int | None, epoch: int | None = None) -> None:  # fmt: skip
         self.name = name
         self.op = op  # None: a coalesced write, made from its merged values when its turn comes
         self.size = size
         self.precious = precious
         self.seq = seq
+        self.epoch = epoch  # the leader's epoch it was decided under; None: not fenced
         self.live = True
 
 
@@ -76,6 +98,7 @@ class Writer:
         self.limit = limit
         self.limit_bytes = limit_bytes
         self.spool = spool
+        self.fence: Fence | None = None  # set on a cluster's nodes: epochs are checked
         self._queue: deque[_Item] = deque()
         self._droppable: deque[_Item] = deque()  # the same items, precious ones left out
         self._latest: dict[str, tuple[_Item, Any, Callable[[Any], Op]]] = {}
@@ -103,12 +126,14 @@ class Writer:
     # -- queueing --------------------------------------------------------------------
 
     def submit(self, name: str, op: Op, size: int = DEFAULT_SIZE, precious: bool = False,
-               seq: int | None = None) -> None:  # fmt: skip
-        """Queue a write; `seq` is its line in the journal file, acknowledged once done."""
-        self._push(_Item(name, op, size, precious, seq))
+               seq: int | None = None, epoch: int | None = None) -> None:  # fmt: skip
+        """Queue a write; `seq` is its line in the journal file, acknowledged once done;
+        `epoch`, the leader's epoch it was decided under (checked when it is made)."""
+        self._push(_Item(name, op, size, precious, seq, epoch))
 
     def latest(self, name: str, values: T, merge: Callable[[T, T], T],
-               make: Callable[[T], Op], size: int = DEFAULT_SIZE) -> None:  # fmt: skip
+               make: Callable[[T], Op], size: int = DEFAULT_SIZE,
+               epoch: int | None = None) -> None:  # fmt: skip
         """Queue a latest-wins write: merged with the one of this name still waiting, which
         moves to the end of the queue (after the writes its values may refer to)."""
         waiting = self._latest.get(name)
@@ -116,7 +141,7 @@ class Writer:
             item, old, _ = waiting
             values = merge(old, values)
             self._forget(item)
-        item = _Item(name, None, size, False, None)
+        item = _Item(name, None, size, False, None, epoch)
         self._latest[name] = (item, values, make)
         self._push(item)
 
@@ -157,6 +182,24 @@ class Writer:
 
     def __len__(self) -> int:
         return self._live
+
+    def drop_epoch(self, epoch: int) -> int:
+        """A leader stepped down: what it decided under `epoch` (or before) and is still
+        queued is dropped, and acknowledged in the journal file so no restart makes it.
+        Its successor decides afresh from the database. Returns how many were dropped."""
+        dropped = 0
+        for item in self._queue:
+            if item.live and item.epoch is not None and item.epoch <= epoch:
+                self._forget(item)
+                if item.op is None:
+                    self._latest.pop(item.name, None)
+                if item.seq is not None and self.spool is not None:
+                    self.spool.done(item.seq)
+                dropped += 1
+        if dropped:
+            log.warning("db.fenced_dropped", writes=dropped, epoch=epoch)
+        self._count()
+        return dropped
 
     def attach(self, pool: asyncpg.Pool) -> None:
         """The database is connected (the daemon connects in the background)."""
@@ -199,6 +242,7 @@ class Writer:
     async def run(self) -> None:
         backoff = 0.2
         timeouts = 0
+        fenced = False
         while True:
             if self._next() is None:
                 self._idle.set()
@@ -215,7 +259,10 @@ class Writer:
                         item, op = found
                         try:
                             async with conn.transaction():
+                                await self._fenced(conn, item)
                                 await op(conn)
+                        except Fenced:
+                            fenced = True
                         except TimeoutError:  # before UNAVAILABLE: it is an OSError
                             # A hung database, or this one write is too slow: ask it.
                             if not await self._answers():
@@ -227,17 +274,33 @@ class Writer:
                         except UNAVAILABLE:
                             raise
                         except Exception as e:
+                            if conn.is_closed():
+                                # The session ended under the write (the server ended it
+                                # idle in its transaction, a backend terminated): the
+                                # connection's fault, not the write's; it is made again.
+                                raise ConnectionError(str(e) or type(e).__name__) from e
                             self._refused(item, str(e) or type(e).__name__)
                         else:
                             self._written.inc()
                         timeouts = 0
                         self._finished(item)
+                        if fenced:  # after it is finished: the fence drops the rest
+                            fenced = False
+                            assert self.fence is not None and item.epoch is not None
+                            self.fence.refused(item.epoch, item.name)
                 self._up_again()
                 backoff = 0.2
             except UNAVAILABLE as e:  # TimeoutError included
                 self._down(e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _fenced(self, conn: Conn, item: _Item) -> None:
+        """Raise Fenced unless the epoch the write was decided under still holds."""
+        if item.epoch is None or self.fence is None:
+            return
+        if not await store.holds_lease(conn, item.epoch, self.fence.holder):
+            raise Fenced(item.name)
 
     def _refused(self, item: _Item, reason: str) -> None:
         self._failed.inc()

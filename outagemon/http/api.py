@@ -271,6 +271,8 @@ async def update_incident(request: web.Request) -> web.Response:
         eta, note = estimate(given, body.get("note", ""), time.time())
     except Invalid as e:
         raise bad(str(e)) from None
+    if rt.leadership is not None and (why := rt.leadership.not_leading()) is not None:
+        raise bad(why, 409)
     if rt.monitor is None or await queries.one(rt, iid) is None:
         raise bad(f"there is no incident {iid}.", 404)
     steady_eta = clock.steady(eta) if eta is not None else None
@@ -300,6 +302,8 @@ async def add_maintenance(request: web.Request) -> web.Response:
         raise bad(str(e)) from None
     if rt.monitor is None:
         raise bad("the daemon is starting; try again in a moment.", 409)
+    if rt.leadership is not None and (why := rt.leadership.not_leading()) is not None:
+        raise bad(why, 409)
     window = Maintenance(rt.monitor.next_maintenance, node, clock.steady(starts),
                          clock.steady(ends), reason)  # fmt: skip
     rt.monitor.next_maintenance += 1

@@ -170,6 +170,9 @@ async def readyz(request: web.Request) -> web.Response:
     if rt.monitor is not None and rt.monitor.correlator.blind:
         reason = "the monitor is blind: none of its anchors answers, so it cannot see the network"
         return json_response({"status": "blind", "reason": reason}, status=503)
+    if rt.leadership is not None:  # a cluster's standby is ready too: it probes and answers
+        lead = rt.leadership
+        return json_response({"status": "ready", "role": lead.role.value, "leader": lead.leader})
     return json_response({"status": "ready"})
 
 

@@ -466,6 +466,8 @@ async def incident_form(request: web.Request) -> web.Response:
         eta, note = estimate(eta, form.get("note", ""), now)
     except Invalid as e:
         raise _back(back, Message.refusal(str(e))) from None
+    if rt.leadership is not None and rt.leadership.not_leading() is not None:
+        raise _back(back, Message.STANDBY)
     if rt.monitor is None or await queries.one(rt, iid) is None:
         raise bad(f"there is no incident {raw}.", 404)
     rt.monitor.set_eta(iid, clock.steady(eta) if eta is not None else None, note, who)

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from outagemon import clock
+from outagemon.cluster.lease import Leadership
 from outagemon.config import Config, Token
 from outagemon.core import messages
 from outagemon.core.assess import AnswerMemory
@@ -52,6 +53,9 @@ class Runtime:
     database: str | None = None
     reads: int = 0  # database reads of HTTP requests running now (http/queries.py)
     monitor: Monitor | None = None
+    # A cluster's node ([cluster]): its role, epoch and who leads; None on a single host.
+    # `leadership.changed` is set at every change of role (the standby's answers follow).
+    leadership: Leadership | None = None
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
     probe_rate: float = 0.0  # probes a second, as last measured
     texts: Texts = field(default_factory=lambda: messages.load("ru"))

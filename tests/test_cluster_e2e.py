@@ -1,0 +1,321 @@
+"""Two real `outagemon run` processes on one real PostgreSQL, probing the network lab
+(nftables faults in a namespace), each on its own HTTP port: one leads under the lease,
+the other stands by; the leader is killed (-9) or paused (SIGSTOP) with an incident open.
+
+The daemons run inside the lab's namespace and reach PostgreSQL through its Unix socket
+(the namespace has its own loopback). Lease 3 s, probes every second: bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from outagemon.core import directory
+from outagemon.sim import citygen
+from outagemon.testing.lab import Lab
+from tests.conftest import free_port, short_tmp_dir
+from tests.test_lab_e2e import WRITE, LabDaemon
+
+SOCKET_DIR = "/var/run/postgresql"
+LEASE = 3.0
+INTERVAL = 1.0
+CONFIG = """
+[daemon]
+state_dir = "{state}"
+[database]
+dsn = "{dsn}"
+[http]
+listen = "127.0.0.1:{port}"
+[probe]
+interval = {interval}
+timeout = 0.5
+down_after = 3
+up_after = 2
+max_rate = 5000
+[correlation]
+window = 10
+resolve_hold = 5
+[topology]
+file = "topology.yaml"
+subscribers = "subscribers.csv"
+[messages]
+language = "en"
+restored_for = 600
+[cluster]
+node = "{node}"
+lease = {lease}
+[[auth.tokens]]
+name = "lab"
+token = "{write}"
+role = "write"
+"""
+WARM_UP = 8.0  # seconds of clean history before a fault
+
+
+class Node(LabDaemon):
+    """One cluster node: a lab daemon with its /metrics read as numbers."""
+
+    def metrics(self) -> dict[str, float]:
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with self.lab.entered(), urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                values[series] = float(value)
+        return values
+
+    def role(self) -> str:
+        try:
+            m = self.metrics()
+        except OSError:
+            return "unreachable"
+        if m.get('outagemon_cluster_role{role="leader"}') == 1:
+            return "leader"
+        return "standby"
+
+    def logged(self, event: str) -> float:
+        """When the last log line of `event` was written (wall clock)."""
+        lines = (self.state / "daemon.log").read_text(errors="replace").splitlines()
+        found = [json.loads(line) for line in lines if f'"event": "{event}"' in line]
+        assert found, f"no {event} in the log:\n{self.log()}"
+        stamp = str(found[-1]["timestamp"]).replace("Z", "+00:00")
+        return datetime.fromisoformat(stamp).timestamp()
+
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+@pytest.fixture
+def socket_dsn(fresh_db: str) -> str:
+    """The fresh database through PostgreSQL's Unix socket, reachable from the namespace."""
+    if not os.path.exists(f"{SOCKET_DIR}/.s.PGSQL.5432") or "@127.0.0.1:5432/" not in fresh_db:
+        pytest.skip(f"no PostgreSQL socket in {SOCKET_DIR} for the namespaced daemons")
+    user = fresh_db.split("//", 1)[1].split("@", 1)[0]
+    name = fresh_db.rsplit("/", 1)[1]
+    return f"postgresql://{user}@/{name}?host={SOCKET_DIR}"
+
+
+@pytest.fixture
+def pair(lab: Lab, socket_dsn: str) -> Iterator[tuple[Node, Node]]:
+    """Node a (started first: it leads) and node b (stands by), warmed up."""
+    city = citygen.generate(aggregations=3, access_per_aggregation=4,
+                            subscribers_per_access=5, entrances=2)  # fmt: skip
+    nodes = []
+    for name in ("a", "b"):
+        state = short_tmp_dir()
+        topo, subs = city.write(state)
+        port = free_port()
+        (state / "outagemon.toml").write_text(CONFIG.format(
+            state=state, dsn=socket_dsn, port=port, interval=INTERVAL, node=name, lease=LEASE,
+            write=WRITE))  # fmt: skip
+        nodes.append(Node(lab, state, port, city, directory.load(topo, subs).directory))
+    a, b = nodes
+    try:
+        a.start()
+        a.wait("a leads", lambda: a.role() == "leader", within=20)
+        b.start()
+        time.sleep(WARM_UP)
+        yield a, b
+    finally:
+        for n in nodes:
+            if n.process is not None:
+                if n.process.poll() is None:
+                    n.process.send_signal(signal.SIGCONT)
+                    n.process.kill()
+                n.process.wait()
+            shutil.rmtree(n.state, ignore_errors=True)
+
+
+def incidents(dsn: str) -> list[dict[str, Any]]:
+    return asyncio.run(_fetch(dsn, "select id, root_node, state from incident order by id"))
+
+
+def events(dsn: str) -> dict[int, list[str]]:
+    """Each incident's timeline, as the kinds of its events in order."""
+    found: dict[int, list[str]] = {}
+    for r in asyncio.run(_fetch(dsn, "select incident_id, kind from incident_event order by id")):
+        found.setdefault(r["incident_id"], []).append(r["kind"])
+    return found
+
+
+async def _fetch(dsn: str, sql: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [dict(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+Incidents = list[dict[str, Any]]
+
+
+def wait_db(what: str, dsn: str, condition: Callable[[Incidents], bool], log: Callable[[], str],
+            within: float = 40.0) -> Incidents:  # fmt: skip
+    deadline = time.monotonic() + within
+    while True:
+        found = incidents(dsn)
+        if condition(found):
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within} s; incidents {found}\n{log()}")
+        time.sleep(0.3)
+
+
+def assert_clean_history(found: list[dict[str, Any]], timeline: dict[int, list[str]]) -> None:
+    """No incident opened twice, none resolved twice, none left without its opening, and
+    never two open at once for one root."""
+    for inc in found:
+        kinds = timeline.get(inc["id"], [])
+        assert kinds.count("opened") == 1, (inc, kinds)
+        assert kinds.count("resolved") <= 1, (inc, kinds)
+        assert (kinds.count("resolved") == 1) == (inc["state"] == "resolved"), (inc, kinds)
+    open_roots = [i["root_node"] for i in found if i["state"] == "open"]
+    assert len(open_roots) == len(set(open_roots)), found
+
+
+def test_kill_9_of_the_leader_the_standby_continues_the_same_incident(
+    pair: tuple[Node, Node], lab: Lab, fresh_db: str
+) -> None:
+    a, b = pair
+    assert b.role() == "standby"
+    assert b.get("/readyz") == (200, {"status": "ready", "role": "standby", "leader": "a"})
+    lab.down(*a.ips_behind("agg-1"))
+    found = wait_db("a opens an incident at agg-1", fresh_db,
+                    lambda f: any(i["root_node"] == "agg-1" for i in f), a.log)  # fmt: skip
+    (inc,) = found
+    account = a.account_under("agg-1")
+    assert a.check(account=account)["incident_id"] == str(inc["id"])
+    assert b.metrics()["outagemon_db_writes_total"] == 0, "a standby writes nothing"
+
+    assert a.process is not None
+    a.process.send_signal(signal.SIGKILL)
+    killed, killed_wall = time.monotonic(), time.time()
+    answers: list[str] = []
+    while b.role() != "leader":  # /check on the survivor answers throughout
+        answers.append(b.check(account=account)["status"])
+        assert time.monotonic() - killed < LEASE + INTERVAL + 5, b.log()
+        time.sleep(0.05)
+    # When b took the lease, by its own log line (the polling above adds its own delay).
+    took = b.logged("cluster.leading") - killed_wall
+    assert took <= LEASE + INTERVAL, f"b led {took:.2f} s after the kill"
+    assert answers, "b was asked while it stood by"
+    b.wait("b continues the incident", lambda: b.check(account=account).get("incident_id")
+           == str(inc["id"]), within=10)  # fmt: skip
+    assert b.metrics()["outagemon_cluster_epoch"] == 2
+
+    lab.up(*a.ips_behind("agg-1"))
+    found = wait_db("b resolves it", fresh_db, lambda f: f[0]["state"] == "resolved", b.log)
+    assert [(i["id"], i["root_node"]) for i in found] == [(inc["id"], "agg-1")], "no duplicate"
+    assert_clean_history(found, events(fresh_db))
+
+
+def test_a_paused_leader_comes_back_fenced_and_steps_down(
+    pair: tuple[Node, Node], lab: Lab, fresh_db: str
+) -> None:
+    a, b = pair
+    lab.down(*a.ips_behind("agg-1"))
+    (first,) = wait_db("a opens an incident at agg-1", fresh_db, lambda f: len(f) == 1, a.log)
+    # a is idle (nothing changes): what it has written so far, before it is paused.
+    written = a.wait("a's writes settle", lambda: _settled(a), within=20)
+    # An engineer's note to a, caught in the middle of its write (the timeline is locked):
+    # a is paused holding the lease row in that write's transaction, past its lease.
+    with TableLock(fresh_db, "incident_event") as lock:
+        status, _ = a.request("POST", f"/api/v1/incidents/{first['id']}",
+                              {"note": "from the paused leader"})  # fmt: skip
+        assert status == 200
+        a.wait("the note is being written", lambda: a.metrics()["outagemon_db_queue"] >= 1)
+        os.kill(a.pid(), signal.SIGSTOP)
+        paused = time.monotonic()
+        lock.release()
+    # The database ends a's session idle in its transaction after a third of the lease.
+    b.wait("b leads", lambda: b.role() == "leader", within=LEASE + INTERVAL + LEASE / 3 + 5)
+    assert time.monotonic() - paused <= LEASE + INTERVAL + LEASE / 3 + 1
+    # Meanwhile the network changes: agg-1 is repaired, agg-2 fails.
+    lab.up(*a.ips_behind("agg-1"))
+    lab.down(*a.ips_behind("agg-2"))
+    found = wait_db(
+        "b resolves agg-1 and opens agg-2", fresh_db,
+        lambda f: {(i["root_node"], i["state"]) for i in f}
+        == {("agg-1", "resolved"), ("agg-2", "open")}, b.log)  # fmt: skip
+    assert time.monotonic() - paused > LEASE, "paused for longer than the lease"
+
+    os.kill(a.pid(), signal.SIGCONT)
+    a.wait("a stands by", lambda: a.role() == "standby", within=10)
+    m = a.wait("a counts its fenced writes", lambda: _fenced(a), within=10)
+    stepped = {k: v for k, v in m.items() if k.startswith("outagemon_cluster_stepdowns_total")}
+    assert sum(stepped.values()) == 1, stepped
+    assert m["outagemon_db_writes_total"] == written, "no write of the paused leader landed"
+    a.wait("a sees b lead", lambda: a.get("/readyz")[1].get("leader") == "b", within=LEASE)
+    status, body = a.request("POST", f"/api/v1/incidents/{found[1]['id']}", {"note": "x"})
+    assert status == 409 and "b leads" in body["error"], body
+    time.sleep(LEASE)  # a few renewals later: still b's, and the history untouched
+    assert b.role() == "leader" and a.role() == "standby"
+    assert incidents(fresh_db) == found
+    assert first["id"] == found[0]["id"]
+    timeline = events(fresh_db)
+    assert "note" not in timeline[first["id"]], timeline
+    assert_clean_history(found, timeline)
+
+
+class TableLock:
+    """A table locked by another session (psql) until released: writes to it wait."""
+
+    def __init__(self, dsn: str, table: str) -> None:
+        if shutil.which("psql") is None:
+            pytest.skip("psql is not installed (Debian: postgresql-client)")
+        self.psql = subprocess.Popen(["psql", "-X", "-q", dsn], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.send(f"begin;\nlock table {table} in exclusive mode;\n\\echo locked\n")
+        assert self.psql.stdout is not None
+        assert self.psql.stdout.readline().strip() == "locked"
+
+    def send(self, text: str) -> None:
+        assert self.psql.stdin is not None
+        self.psql.stdin.write(text)
+        self.psql.stdin.flush()
+
+    def release(self) -> None:
+        if self.psql.poll() is None:
+            self.send("commit;\n\\q\n")
+            self.psql.wait(timeout=10)
+
+    def __enter__(self) -> TableLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _fenced(d: Node) -> dict[str, float] | None:
+    m = d.metrics()
+    fenced = sum(v for k, v in m.items() if k.startswith("outagemon_cluster_fenced_writes_total"))
+    return m if fenced >= 1 else None
+
+
+def _settled(d: Node) -> float | None:
+    """The writes done, once nothing is queued and the count held for a second."""
+    before = d.metrics()
+    time.sleep(1.0)
+    after = d.metrics()
+    if (
+        after["outagemon_db_queue"] == 0
+        and after["outagemon_db_writes_total"] == before["outagemon_db_writes_total"]
+    ):
+        return after["outagemon_db_writes_total"]
+    return None
