@@ -22,7 +22,14 @@ from collections import deque
 from collections.abc import Iterable
 
 from outagemon.core.failures import Failures
-from outagemon.core.health import FLAP_HIGH, NodeState, Settings, State, flap_percent
+from outagemon.core.health import (
+    FLAP_HIGH,
+    RTT_BOUND,
+    NodeState,
+    Settings,
+    State,
+    flap_percent,
+)
 from outagemon.core.incidents import Event, EventKind, Incident, IncidentBook, Maintenance
 from outagemon.core.topology import Topology
 
@@ -194,12 +201,14 @@ class Correlator(Failures):
             self.version += 1
             self.blind = True
             self._blind_at = now
+            self._lead_up(now)
             self.book.events.append(
                 Event(EventKind.BLIND, now, detail={"anchors": list(self.anchors)})
             )
         elif not blind and self.blind:
             self.version += 1
             self.blind = False
+            self._sight_at = now
             # What failed while we could not see is not evidence: look again, at every
             # node down (the anchors too: one answering does not make the others down),
             # and the changes since our uplink began to fail are no flapping.
@@ -220,6 +229,32 @@ class Correlator(Failures):
             self._pending_since.clear()
             self._dirty = True
             self.book.events.append(Event(EventKind.SEEING, now))
+
+    def _lead_up(self, now: float) -> None:
+        """The monitor has just gone blind: the streaks that began with the anchors' own
+        (other nodes' streaks often complete first) were our uplink's silence, no
+        evidence. Those nodes are looked at afresh, and nothing they cut off joins an
+        incident (as for a silence too short to be called blind, `_doubt`)."""
+        streaks = [ns.streak_at for a in self.anchors
+                   if (ns := self.states.get(a)) is not None]  # fmt: skip
+        if not streaks:
+            return
+        anchors = set(self.anchors)
+        begun = min(streaks) - 3 * self.settings.timeout  # sent, with a little early
+        for node, ns in self.states.items():
+            if node in anchors or not (ns.losses or ns.state is State.DOWN):
+                continue
+            if ns.streak_at - self.settings.timeout < begun:
+                continue  # its trouble began before ours: real evidence
+            ns.stale_before = now
+            ns.losses = 0
+            ns.asked = False
+            if ns.state is State.DOWN:
+                if ns.changes and ns.changes[-1] == ns.down_at:
+                    ns.changes.pop()  # not a change of its own: no flapping either
+                ns.state = State.RECHECK
+                self._unfail(node)
+                self._rechecked(node)
 
     def _vantage_clean(self) -> bool:
         """At least one anchor answers with no loss streak: our own view can be trusted."""
@@ -257,8 +292,60 @@ class Correlator(Failures):
             if ns is None or ns.state is not State.UP or ns.losses > 0 or ns.last_at < since:
                 self._blocked[root] = (a, ns.last_at if ns is not None else -math.inf)
                 return False
+            began = self._began(root)
+            if ns.silent_from - RTT_BOUND <= began < ns.silent_to and self._only_through(root, a):
+                # Its trouble began while this ancestor, which it hangs from alone, was
+                # silent (down, or losing probes too briefly to be called down): it was
+                # only cut off. It is looked at afresh, as below a node that came back.
+                self._afresh(root, now)
+                return False
         self._blocked.pop(root, None)
         return True
+
+    def _began(self, root: str) -> float:
+        """When a root's trouble began as last found: the sending of its first lost probe,
+        or (inferred) of the first lost probe of the children it is inferred from."""
+        nodes = self.topology.nodes
+        if root in self.inferred:
+            found = [self._began(c) for c in nodes[root].children
+                     if c in self.inferred or self.state_of(c) is State.DOWN]  # fmt: skip
+            return min(found, default=self.inferred[root])
+        ns = self.states.get(root)
+        if ns is None or ns.state is not State.DOWN:
+            return math.inf
+        return ns.streak_at - self.settings.timeout
+
+    def _only_through(self, node: str, via: str) -> bool:
+        """Whether every path from this node up to a top runs through `via`."""
+        nodes = self.topology.nodes
+        seen = {via}
+        stack = [node]
+        while stack:
+            for p in nodes[stack.pop()].parents:
+                if p in seen:
+                    continue
+                if not nodes[p].parents:
+                    return False
+                seen.add(p)
+                stack.append(p)
+        return True
+
+    def _afresh(self, root: str, now: float) -> None:
+        """A root that was only cut off: it, and what lies below it, is probed again and
+        counts as down only by probes sent from now on."""
+        self._infer_up(root)
+        ns = self.states.get(root)
+        if ns is not None and ns.state is State.DOWN:
+            ns.state = State.RECHECK
+            ns.stale_before = now
+            ns.losses = 0
+            ns.asked = False
+            self._unfail(root)
+            self._requests.append(root)
+        self._recheck_below(root, now)
+        self._pending_since.pop(root, None)
+        self._blocked.pop(root, None)
+        self._dirty = True
 
     def _may_be_inferred(self, node: str, since: float) -> bool:
         """Whether this node without an address may yet be inferred down (its other
@@ -348,7 +435,8 @@ class Correlator(Failures):
             del self._pending_since[gone]
             self._blocked.pop(gone, None)
         if opened or (changed and active):
-            book.assign(active, cut, now, self.topology)
+            # Blind, what fails is no evidence: no incident takes in more nodes.
+            book.assign(active, cut, now, self.topology, grow=not self.blind)
         book.recover(set(roots), cut, now, self.states, self.settings.resolve_hold,
                      self.settings.flap_period)  # fmt: skip
         self.version += book.end_works(now, self._scope, self.settings.resolve_hold)

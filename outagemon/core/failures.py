@@ -9,6 +9,7 @@ last decision, and the cut (everything whose every uplink leads into a failed no
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 
@@ -31,6 +32,7 @@ class Failures(Health):
         super().__init__(topology, settings, anchors)
         self.inferred: dict[str, float] = {}  # node -> when it was inferred down
         self.blind = False  # every anchor is down: nothing is inferred, nothing opens
+        self._sight_at = -math.inf  # when the monitor last regained its sight
         self._dirty = True
         self._changed: set[str] = set()  # nodes whose known state changed since last tick
         self._down: set[str] = set()  # probed nodes in state DOWN
@@ -114,16 +116,28 @@ class Failures(Health):
                 return True
         return False
 
-    def _known(self, node: str) -> tuple[State, float]:
-        """A node's state for its parent's inference, and since when."""
+    def _known(self, node: str, probed_parent: bool) -> tuple[State, float, float]:
+        """A node's state for its parent's inference; since when, for whether children
+        failed together; and since when it is down as last found (fresh evidence, for
+        settling). A node found down again when looked at afresh (below a node that came
+        back, or after blindness) has been down since it first went down without
+        answering in between: that is no new failure. Under a parent without an address,
+        what failed before the monitor regained its sight counts as failed then (the
+        monitor saw none of it); a parent that answers is inferred only from failures
+        seen as they happened."""
         ns = self.states.get(node)
         if self.topology.nodes[node].probed:
             if ns is None:
-                return State.UNKNOWN, 0.0
-            return ns.state, ns.down_at if ns.state is State.DOWN else ns.changed_at
+                return State.UNKNOWN, 0.0, 0.0
+            if ns.state is State.DOWN:
+                first = ns.down_at if ns.down_first is None else ns.down_first
+                if not probed_parent:
+                    first = max(first, self._sight_at)
+                return ns.state, first, ns.down_at
+            return ns.state, ns.changed_at, ns.changed_at
         if node in self.inferred:
-            return State.DOWN, self.inferred[node]
-        return State.UP, 0.0
+            return State.DOWN, self.inferred[node], self.inferred[node]
+        return State.UP, 0.0, 0.0
 
     def _infer(self, now: float) -> None:
         """Infer nodes down (or up again) from their children failing together.
@@ -165,17 +179,17 @@ class Failures(Health):
                 # fault, one incident; and it is rechecked when that one comes back).
                 continue
             up = 0
-            downs: list[float] = []
+            downs: list[tuple[float, float]] = []
             for child in self.topology.nodes[parent].children:
-                state, since = self._known(child)
+                state, since, found = self._known(child, own is not None)
                 if state is State.UP:
                     up += 1
                 elif state is State.DOWN:
-                    downs.append(since)
+                    downs.append((since, found))
             # Only children that failed together count; one long gone does not make a
             # cable cut, nor hide one.
-            latest = max(downs, default=0.0)
-            recent = [t for t in downs if t >= latest - s.window]
+            latest = max((t for t, _ in downs), default=0.0)
+            recent = [f for t, f in downs if t >= latest - s.window]
             base = up + len(recent)
             infer = (
                 base >= s.infer_min_children
@@ -186,6 +200,8 @@ class Failures(Health):
             if was and not infer:
                 # Back up once most of the children that failed answer again.
                 infer = base > 0 and len(recent) / base >= 0.5
+            if was and infer and self._answered_through(parent):
+                infer = False
             if infer and not was:
                 self._infer_down(parent, max(recent))
             elif was and not infer:
@@ -194,6 +210,20 @@ class Failures(Health):
             if infer != was:
                 self._dirty = True
                 queue.extend(nodes[parent].parents)
+
+    def _answered_through(self, node: str) -> bool:
+        """Whether a child whose only uplink is this node came back up since the node was
+        inferred down: it answered through it, so the node forwards again (the children
+        still down failed on their own, or are looked at afresh)."""
+        nodes = self.topology.nodes
+        since = self.inferred[node]
+        for child in nodes[node].children:
+            if len(nodes[child].parents) != 1 or not nodes[child].probed:
+                continue
+            cs = self.states.get(child)
+            if cs is not None and cs.state is State.UP and cs.changed_at > since:
+                return True
+        return False
 
     def _failed(self) -> set[str]:
         """Nodes down by their own probes, and nodes inferred down."""

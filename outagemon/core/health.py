@@ -88,6 +88,14 @@ class NodeState:
     # Losses of probes sent before this time say nothing (they were in flight when a
     # parent came back, or the monitor regained its sight).
     stale_before: float = -math.inf
+    # When it first went down since it last answered: looked at afresh (after blindness,
+    # or below a node that came back) and found down again, it has been down since then.
+    down_first: float | None = None
+    # Its last silence that ended in an answer: from its last answer before it to the
+    # answer that ended it (losses that never made it down included).
+    silent_from: float = -math.inf
+    silent_to: float = -math.inf
+    answered_at: float = -math.inf  # its last answer
 
     def loss_estimate(self) -> float:
         """Pessimistic (upper) estimate of this target's random loss rate.
@@ -188,6 +196,10 @@ class Health:
         ns.short_lost = ns.short_lost * short + (0 if ok else 1)
         self._network(now, ns.losses if ok and ns.state is not State.DOWN else 0)
         if ok:
+            if ns.losses or ns.state in (State.DOWN, State.RECHECK):
+                ns.silent_from, ns.silent_to = ns.answered_at, now
+            ns.answered_at = now
+            ns.down_first = None
             self._forwarded(node, now)
             if ns.losses and ns.state is not State.DOWN and node in self.anchors:
                 self._doubt(node, ns.streak_at - self.settings.timeout, now)
@@ -302,6 +314,8 @@ class Health:
             update_flapping(ns, now, self.settings.flap_period)
         if state is State.DOWN:
             ns.down_at = now
+            if ns.down_first is None:
+                ns.down_first = now
             self._fail(node)
         else:
             self._unfail(node)

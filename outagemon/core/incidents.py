@@ -210,17 +210,28 @@ class IncidentBook:
         inc.recovering_since = None
         self.events.append(Event(EventKind.REFAILED, now, inc.id, inc.root))
 
-    def assign(self, active: list[Incident], cut: set[str], now: float, topology: Topology) -> None:
-        """Every cut-off node joins the incident of the root above it (the oldest, if two)."""
+    def assign(
+        self,
+        active: list[Incident],
+        cut: set[str],
+        now: float,
+        topology: Topology,
+        grow: bool = True,
+    ) -> None:
+        """Every cut-off node joins the incident of the root above it (the oldest, if two);
+        unless `grow`, only nodes it already had (they may leave it, none joins)."""
         nodes = topology.nodes
         owner: dict[str, int] = {}
         roots = {inc.root for inc in active}
         for inc in sorted(active, key=lambda i: i.id):
             owner.setdefault(inc.root, inc.id)
             members = [inc.root]
+            had = None if grow else set(inc.nodes)
             queue = deque(members)
             while queue:
                 for child in nodes[queue.popleft()].children:
+                    if had is not None and child not in had:
+                        continue
                     if child in cut and child not in owner and child not in roots:
                         owner[child] = inc.id
                         members.append(child)
