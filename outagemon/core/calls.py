@@ -47,6 +47,9 @@ class Settings:
     learn_for: float = 7 * DAY  # how long history weighs (the rate's time constant)
     expire_after: float = 3600.0  # a suspected incident with no call this long ends
     keep: int = 100_000  # calls held between ticks at most (the oldest go first)
+    # The largest place suspected, in subscribers: callers cannot place a fault further up
+    # (a city's calls are always many there), and an aggregation is the probes' to see.
+    max_subscribers: int = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,7 @@ class Suspicion:
     last_call: float
     callers: set[str] = field(default_factory=set)
     count: int = 0  # calls attached, kept or not
+    recent: deque[float] = field(default_factory=deque)  # when, within expire_after
 
     @property
     def confirmed(self) -> bool:
@@ -109,6 +113,7 @@ class Suspicion:
 
     def attach(self, call: Call) -> None:
         self.count += 1
+        self.recent.append(call.at)
         self.callers.add(call.caller)
         self.last_call = max(self.last_call, call.at)
         if len(self.calls) < KEPT_CALLS:
@@ -233,8 +238,19 @@ class CallWatch:
         while self._raise_one(now, explained, next_id):
             pass
         for sid, sus in list(self.open.items()):
-            if not sus.confirmed and now - sus.last_call >= s.expire_after:
+            if not sus.confirmed and self._quiet(sus, now):
                 self._end(sid, now, {"expired": True, "quiet_for": round(now - sus.last_call)})
+
+    def _quiet(self, sus: Suspicion, now: float) -> bool:
+        """Whether a suspected place's calls over the last `expire_after` seconds are no
+        more than its usual rate explains (for a quiet place: no call at all)."""
+        s = self.settings
+        if now - sus.raised_at < s.expire_after:
+            return False
+        while sus.recent and sus.recent[0] < now - s.expire_after:
+            sus.recent.popleft()
+        usual = self.rate(sus.incident.root, now) * s.expire_after
+        return len(sus.recent) < poisson_threshold(usual, 1e-3, 1)
 
     def _raise_one(self, now: float, explained: Callable[[str], bool],
                    next_id: Callable[[], int]) -> bool:  # fmt: skip
@@ -255,7 +271,7 @@ class CallWatch:
             below = {node, *self.topology.descendants(node)}
             taken = [c for c in self.window if c.node in below]
             root = self.lowest_shared({c.node for c in taken})
-            if explained(root):
+            if explained(root) or self.below.get(root, 0) > self.settings.max_subscribers:
                 continue
             self.window = deque(c for c in self.window if c.node not in below)
             self._suspect(root, taken, now, next_id)
