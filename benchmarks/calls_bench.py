@@ -64,8 +64,14 @@ def build_city() -> tuple[Topology, dict[str, list[str]]]:
     nodes = []
     flats: dict[str, list[tuple[int, int, str]]] = {}
     for n in city.nodes:
-        nodes.append(Node(str(n["id"]), str(n["kind"]), n.get("ip"),  # type: ignore[arg-type]
-                          tuple(n.get("parents") or ())))  # type: ignore[arg-type]
+        nodes.append(
+            Node(
+                str(n["id"]),
+                str(n["kind"]),
+                n.get("ip"),  # type: ignore[arg-type]
+                tuple(n.get("parents") or ()),
+            )
+        )  # type: ignore[arg-type]
         for served in n.get("serves") or ():  # type: ignore[attr-defined]
             lo, hi = (int(x) for x in served["flats"].split("-"))
             flats.setdefault(served["address"], []).append((lo, hi, str(n["id"])))
@@ -79,7 +85,7 @@ def build_city() -> tuple[Topology, dict[str, list[str]]]:
 
 
 def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: float,
-             seed: int) -> dict[str, float]:  # fmt: skip
+             seed: int, settings: Settings) -> dict[str, float]:  # fmt: skip
     rng = random.Random(seed)
     end = days * DAY
     calls: list[Call] = []
@@ -120,7 +126,7 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
     calls.sort(key=lambda c: c.at)
 
     counts = {seg: len(a) for seg, a in behind.items()}
-    watch = CallWatch(topo, counts, Settings(), started=0.0)
+    watch = CallWatch(topo, counts, settings, started=0.0)
     next_id = iter(range(1, 10**9)).__next__
     cpu = time.process_time()
     # Ticks: one a second while calls come (the monitor's), skipping seconds without a
@@ -146,9 +152,9 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
     for at, root in raised:
         match = None
         for f in invisible:
-            place = {f.node, *topo.descendants(f.node)}
-            near = root in place or f.node in topo.ancestors(root) or root == f.node
-            if near and f.start <= at <= f.end + Settings().window:
+            around = {f.node, *topo.descendants(f.node)}
+            near = root in around or f.node in topo.ancestors(root) or root == f.node
+            if near and f.start <= at <= f.end + settings.window:
                 match = f
                 break
         if match is None:
@@ -156,13 +162,15 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
         elif match.raised_at == math.inf:
             match.raised_at, match.root = at, root
     found = [f for f in invisible if f.raised_at < math.inf]
+    heard = [f for f in invisible if f.first_call < math.inf]
     delays = sorted(f.raised_at - f.first_call for f in found)
     silent = sum(1 for f in invisible if f.first_call == math.inf)
     return {
         "calls": len(calls),
         "faults": len(invisible),
         "silent": silent,
-        "recall": len(found) / len(invisible),
+        "recall_all": len(found) / len(invisible),
+        "recall": len(found) / max(1, len(heard)),
         "false_per_day": false / days,
         "false": false,
         "median": delays[len(delays) // 2] if delays else math.nan,
@@ -176,17 +184,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--window", type=float, default=Settings().window)
     args = parser.parse_args()
     started = time.process_time()
     topo, behind = build_city()
     subscribers = sum(len(a) for a in behind.values())
-    print(f"city: {subscribers:,} subscribers, {len(topo):,} nodes "
-          f"(built in {time.process_time() - started:.1f} s CPU); {args.days} days simulated")  # fmt: skip
+    built = time.process_time() - started
+    print(f"city: {subscribers:,} subscribers, {len(topo):,} nodes (built in {built:.1f} s "
+          f"CPU); {args.days} days simulated; window {args.window:g} s")  # fmt: skip
     for share in (0.25, 0.15):
-        r = simulate(topo, behind, args.days, share, args.seed)
+        r = simulate(topo, behind, args.days, share, args.seed, Settings(window=args.window))
         print(f"share of affected subscribers who call {share:.0%}: "
               f"{r['calls']:,.0f} calls; {r['faults']:.0f} invisible faults "
-              f"({r['silent']:.0f} drew no call); recall {r['recall']:.0%} "
+              f"({r['silent']:.0f} drew no call: over before anyone noticed); recall "
+              f"{r['recall']:.0%} of those callers noticed ({r['recall_all']:.0%} of all) "
               f"(at the fault's own node: {r['at_root']:.0%}); false suspicions "
               f"{r['false']:.0f} = {r['false_per_day']:.2f} a day; first call to suspicion "
               f"median {r['median'] / 60:.1f} min, p90 {r['p90'] / 60:.1f} min; "

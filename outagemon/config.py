@@ -93,13 +93,14 @@ class CallersConfig:
     """Callers as sensors (`core/calls.py`): suspected incidents from clusters of calls."""
 
     enabled: bool = True
-    window: float = 600.0  # seconds over which distinct callers are counted
+    window: float = 1800.0  # seconds over which distinct callers are counted
     min_callers: int = 3  # never suspect on fewer distinct callers than this
     chance: float = 1e-7  # how rarely a place's usual rate may reach the threshold by luck
     prior_rate: float = 0.01  # calls per subscriber a day assumed before history is learned
     learn_for: float = 604800.0  # seconds: how long history weighs in the learned rate
     expire_after: float = 3600.0  # a suspected incident with no call for this long ends
     keep: int = 100_000  # calls held between detector ticks at most
+    max_subscribers: int = 2000  # the largest place suspected (subscribers behind it)
     sentence: str = ""  # said to callers behind a suspected incident; "": nothing special
 
 
@@ -328,6 +329,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "learn_for": _seconds(positive=True),
         "expire_after": _seconds(positive=True),
         "keep": _integer(100),
+        "max_subscribers": _integer(1),
         "sentence": _sentence,
     },
 }

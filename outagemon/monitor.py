@@ -56,7 +56,8 @@ def settings_of(cfg: Config) -> Settings:
 def call_settings(c: CallersConfig) -> callers.Settings:
     return callers.Settings(window=c.window, min_callers=c.min_callers, chance=c.chance,
                             prior_rate=c.prior_rate, learn_for=c.learn_for,
-                            expire_after=c.expire_after, keep=c.keep)  # fmt: skip
+                            expire_after=c.expire_after, keep=c.keep,
+                            max_subscribers=c.max_subscribers)  # fmt: skip
 
 
 def anchors_of(cfg: Config, directory: Directory) -> dict[str, str]:
@@ -160,11 +161,12 @@ class Monitor:
     # -- callers as sensors ------------------------------------------------------------
 
     def record_call(self, node: str, building: str, kind: str, value: str, channel: str,
-                    status: str, at: float) -> None:  # fmt: skip
+                    status: str) -> None:  # fmt: skip
         """A /check that named a subscriber or an address: kept for the next look (never
         decided on here, on the request path)."""
         if self.config.callers.enabled:
             key = callers.caller_key(self.call_salt, kind, value)
+            at = self.clock()
             self.call_log.append(callers.Call(at, node, building, key, channel, status))
 
     def watch_calls(self, now: float) -> None:

@@ -313,3 +313,34 @@ def test_invariants_on_any_call_stream(
         root = sus.incident.root
         assert root == shared or root in town.topology.ancestors(shared)
         assert all(c.status == "ok" for c in sus.calls)
+
+
+# -- config ------------------------------------------------------------------------------
+
+
+def test_the_callers_section_is_read_and_bad_values_are_named() -> None:
+    from outagemon import config
+    from outagemon.errors import ConfigError
+
+    cfg = config.parse('[callers]\nwindow = 900\nmin_callers = 4\nchance = 1e-6\n'
+                       'sentence = "We are checking."\n', Path("/etc/om.toml"))  # fmt: skip
+    assert (cfg.callers.window, cfg.callers.min_callers, cfg.callers.chance) == (900, 4, 1e-6)
+    assert cfg.callers.sentence == "We are checking." and cfg.callers.enabled
+    assert config.parse("", Path("/etc/om.toml")).callers.sentence == ""  # default: off
+    bad = ('[callers]\nwindow = -1\nmin_callers = 1\nchance = 0.7\nprior_rate = "lots"\n'
+           'sentence = "two\\nlines"\nwindo = 3\n')  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        config.parse(bad, Path("/etc/om.toml"))
+    text = "\n".join(info.value.problems)
+    for named in ("[callers] window", "[callers] min_callers must be at least 2",
+                  "[callers] chance", "[callers] prior_rate", "[callers] sentence",
+                  "did you mean 'window'"):  # fmt: skip
+        assert named in text, (named, text)
+
+
+def test_the_example_config_parses_with_its_callers_section() -> None:
+    from outagemon import config
+
+    example = Path(__file__).parent.parent / "config" / "outagemon.toml"
+    cfg = config.parse(example.read_text(), example)
+    assert cfg.callers == config.CallersConfig()

@@ -40,7 +40,7 @@ UNEXPLAINED = frozenset({"ok"})
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    window: float = 600.0  # seconds over which distinct callers are counted
+    window: float = 1800.0  # seconds over which distinct callers are counted
     min_callers: int = 3  # the floor: never fewer distinct callers than this
     chance: float = 1e-7  # how rarely the usual rate may reach the threshold by luck
     prior_rate: float = 0.01  # calls per subscriber a day, before history says otherwise
@@ -225,6 +225,7 @@ class CallWatch:
         explain trouble at this node now (no suspicion is raised there); `next_id()`: the
         id of a new incident (shared with the probes' incidents)."""
         s = self.settings
+        added = False
         for call in calls:
             if call.status not in UNEXPLAINED or call.node not in self.topology:
                 continue
@@ -233,9 +234,11 @@ class CallWatch:
                 found.attach(call)
             else:
                 self.window.append(call)
+                added = True
         while self.window and self.window[0].at < now - s.window:
             self._learn(self.window.popleft())
-        while self._raise_one(now, explained, next_id):
+        # Only a new call can bring a place to its threshold (the rates move slowly).
+        while added and self._raise_one(now, explained, next_id):
             pass
         for sid, sus in list(self.open.items()):
             if not sus.confirmed and self._quiet(sus, now):
@@ -247,10 +250,10 @@ class CallWatch:
         s = self.settings
         if now - sus.raised_at < s.expire_after:
             return False
-        while sus.recent and sus.recent[0] < now - s.expire_after:
+        while sus.recent and sus.recent[0] <= now - s.expire_after:
             sus.recent.popleft()
         usual = self.rate(sus.incident.root, now) * s.expire_after
-        return len(sus.recent) < poisson_threshold(usual, 1e-3, 1)
+        return len(sus.recent) < poisson_threshold(usual, 0.01, 1)
 
     def _raise_one(self, now: float, explained: Callable[[str], bool],
                    next_id: Callable[[], int]) -> bool:  # fmt: skip
@@ -259,21 +262,24 @@ class CallWatch:
         if not self.window:
             return False
         callers: dict[str, set[str]] = {}
+        largest = self.settings.max_subscribers
+        below = self.below
         for call in self.window:
             for n in self._chain(call.node):
-                callers.setdefault(n, set()).add(call.caller)
+                if below.get(n, 0) <= largest:  # a larger place is never suspected
+                    callers.setdefault(n, set()).add(call.caller)
         depth = {n: len(self.topology.ancestors(n)) for n in callers}
         for node in sorted(callers, key=lambda n: (-depth[n], n)):
             if len(callers[node]) < self.settings.min_callers:
                 continue
             if len(callers[node]) < self.threshold(node, now) or explained(node):
                 continue
-            below = {node, *self.topology.descendants(node)}
-            taken = [c for c in self.window if c.node in below]
+            place = {node, *self.topology.descendants(node)}
+            taken = [c for c in self.window if c.node in place]
             root = self.lowest_shared({c.node for c in taken})
-            if explained(root) or self.below.get(root, 0) > self.settings.max_subscribers:
+            if explained(root) or below.get(root, 0) > largest:
                 continue
-            self.window = deque(c for c in self.window if c.node not in below)
+            self.window = deque(c for c in self.window if c.node not in place)
             self._suspect(root, taken, now, next_id)
             return True
         return False

@@ -112,7 +112,7 @@ async def check(request: web.Request) -> web.Response:
             address = match.address
             monitor.record_call(answer.node, address.key if address is not None else "",
                                 matched_by, q[matched_by].strip() + "\x00" + match.flat,
-                                channel, answer.status.value, now)  # fmt: skip
+                                channel, answer.status.value)  # fmt: skip
     rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
     if fmt == "text":
         return web.Response(text=f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n")
@@ -332,8 +332,8 @@ async def _decide(request: web.Request, rt: Runtime, iid: int, body: dict[str, A
     if note:
         monitor.set_eta(iid, None, note, who)
     log.info("api.incident_decided", incident=iid, decision=what, by=who)
-    found = await queries.one(rt, iid)
-    return json_response(found)
+    # As it is now (ended ones are in the database only once the writer gets there).
+    return json_response(queries.incident_json(inc, monitor))
 
 
 async def add_maintenance(request: web.Request) -> web.Response:
