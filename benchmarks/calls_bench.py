@@ -33,6 +33,7 @@ import random
 import resource
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from outagemon.core.calls import DAY, Call, CallWatch, Settings
 from outagemon.core.topology import Node, Topology
@@ -64,15 +65,10 @@ def build_city() -> tuple[Topology, dict[str, list[str]]]:
     nodes = []
     flats: dict[str, list[tuple[int, int, str]]] = {}
     for n in city.nodes:
-        nodes.append(
-            Node(
-                str(n["id"]),
-                str(n["kind"]),
-                n.get("ip"),  # type: ignore[arg-type]
-                tuple(n.get("parents") or ()),
-            )
-        )  # type: ignore[arg-type]
-        for served in n.get("serves") or ():  # type: ignore[attr-defined]
+        item: dict[str, Any] = n
+        ip, parents = item.get("ip"), tuple(item.get("parents") or ())
+        nodes.append(Node(str(item["id"]), str(item["kind"]), ip, parents))
+        for served in item.get("serves") or ():
             lo, hi = (int(x) for x in served["flats"].split("-"))
             flats.setdefault(served["address"], []).append((lo, hi, str(n["id"])))
     behind: dict[str, list[str]] = {}
