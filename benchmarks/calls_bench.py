@@ -32,7 +32,7 @@ import math
 import random
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from outagemon.core.calls import DAY, Call, CallWatch, Settings
@@ -51,6 +51,7 @@ class Fault:
     first_call: float = math.inf
     raised_at: float = math.inf
     root: str = ""
+    callers: set[str] = field(default_factory=set)
 
 
 def day_curve(t: float) -> float:
@@ -119,6 +120,7 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
                     calls.append(Call(t, seg, "", who, "ivr", status))
                     if not f.visible:
                         f.first_call = min(f.first_call, t)
+                        f.callers.add(who)
     calls.sort(key=lambda c: c.at)
 
     counts = {seg: len(a) for seg, a in behind.items()}
@@ -167,6 +169,9 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
         "silent": silent,
         "recall_all": len(found) / len(invisible),
         "recall": len(found) / max(1, len(heard)),
+        "enough": sum(1 for f in invisible if len(f.callers) >= settings.min_callers),
+        "recall_enough": sum(1 for f in found if len(f.callers) >= settings.min_callers)
+        / max(1, sum(1 for f in invisible if len(f.callers) >= settings.min_callers)),
         "false_per_day": false / days,
         "false": false,
         "median": delays[len(delays) // 2] if delays else math.nan,
@@ -181,19 +186,24 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--window", type=float, default=Settings().window)
+    parser.add_argument("--chance", type=float, default=Settings().chance)
+    parser.add_argument("--shares", default="0.25,0.15")
     args = parser.parse_args()
     started = time.process_time()
     topo, behind = build_city()
     subscribers = sum(len(a) for a in behind.values())
     built = time.process_time() - started
     print(f"city: {subscribers:,} subscribers, {len(topo):,} nodes (built in {built:.1f} s "
-          f"CPU); {args.days} days simulated; window {args.window:g} s")  # fmt: skip
-    for share in (0.25, 0.15):
-        r = simulate(topo, behind, args.days, share, args.seed, Settings(window=args.window))
+          f"CPU); {args.days} days simulated; window {args.window:g} s, "
+          f"chance {args.chance:g}")  # fmt: skip
+    for share in (float(x) for x in args.shares.split(",")):
+        chosen = Settings(window=args.window, chance=args.chance)
+        r = simulate(topo, behind, args.days, share, args.seed, chosen)
         print(f"share of affected subscribers who call {share:.0%}: "
               f"{r['calls']:,.0f} calls; {r['faults']:.0f} invisible faults "
               f"({r['silent']:.0f} drew no call: over before anyone noticed); recall "
-              f"{r['recall']:.0%} of those callers noticed ({r['recall_all']:.0%} of all) "
+              f"{r['recall']:.0%} of those callers noticed ({r['recall_all']:.0%} of all; "
+              f"{r['recall_enough']:.0%} of the {r['enough']:.0f} with 3 callers or more) "
               f"(at the fault's own node: {r['at_root']:.0%}); false suspicions "
               f"{r['false']:.0f} = {r['false_per_day']:.2f} a day; first call to suspicion "
               f"median {r['median'] / 60:.1f} min, p90 {r['p90'] / 60:.1f} min; "

@@ -263,6 +263,7 @@ class Monitor:
         cutoff = now - self.config.messages.restored_for
         self.recent = {n: i for n, i in self.recent.items() if (i.resolved_at or 0) > cutoff}
         live = set(self.correlator.incidents) | {i.id for i in self.recent.values()}
+        live |= set(self.watch.open)  # raised by calls: their estimates and counts stay
         for table in (self.eta, self.calls):
             for iid in [i for i in table if i not in live]:
                 del table[iid]

@@ -5,6 +5,7 @@ simulated one of tests/world.py)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from outagemon.db import restore as restore_db
@@ -130,3 +131,20 @@ async def three_callers_of_the_first_entrance_again(w: World) -> dict[str, Any]:
     (sus,) = await incidents(w)
     assert sus["kind"] == "suspected"
     return sus
+
+
+async def test_an_estimate_on_a_confirmed_one_is_kept_and_spoken(fresh_db: str) -> None:
+    async with world(fresh_db, language="en") as w:
+        sus = await three_callers_of_the_first_entrance(w)
+        status, body = await post(w, sus["id"], {"confirm": True})
+        assert status == 200, body
+        eta = "2099-01-01T10:00:00+00:00"
+        status, body = await post(w, sus["id"], {"eta": eta})
+        assert status == 400  # more than a year ahead: the same checks as any incident
+        soon = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 7200))
+        status, body = await post(w, sus["id"], {"eta": soon})
+        assert status == 200 and body["eta"], body
+        w.monitor.prune(w.monitor.clock() + 120)  # pruning forgets only what ended
+        a = await w.check(account="1002")
+        assert a["status"] == "outage" and a["eta"], a
+        assert w.monitor.calls.get(int(sus["id"]), 0) >= 1
