@@ -95,7 +95,7 @@ class CallersConfig:
     enabled: bool = True
     window: float = 1800.0  # seconds over which distinct callers are counted
     min_callers: int = 3  # never suspect on fewer distinct callers than this
-    chance: float = 1e-7  # how rarely a place's usual rate may reach the threshold by luck
+    chance: float = 1e-6  # how rarely a place's usual rate may reach the threshold by luck
     prior_rate: float = 0.01  # calls per subscriber a day assumed before history is learned
     learn_for: float = 604800.0  # seconds: how long history weighs in the learned rate
     expire_after: float = 3600.0  # a suspected incident with no call for this long ends

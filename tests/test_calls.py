@@ -322,9 +322,9 @@ def test_the_callers_section_is_read_and_bad_values_are_named() -> None:
     from outagemon import config
     from outagemon.errors import ConfigError
 
-    cfg = config.parse('[callers]\nwindow = 900\nmin_callers = 4\nchance = 1e-6\n'
+    cfg = config.parse('[callers]\nwindow = 900\nmin_callers = 4\nchance = 1e-5\n'
                        'sentence = "We are checking."\n', Path("/etc/om.toml"))  # fmt: skip
-    assert (cfg.callers.window, cfg.callers.min_callers, cfg.callers.chance) == (900, 4, 1e-6)
+    assert (cfg.callers.window, cfg.callers.min_callers, cfg.callers.chance) == (900, 4, 1e-5)
     assert cfg.callers.sentence == "We are checking." and cfg.callers.enabled
     assert config.parse("", Path("/etc/om.toml")).callers.sentence == ""  # default: off
     bad = ('[callers]\nwindow = -1\nmin_callers = 1\nchance = 0.7\nprior_rate = "lots"\n'
