@@ -344,3 +344,17 @@ def test_the_example_config_parses_with_its_callers_section() -> None:
     example = Path(__file__).parent.parent / "config" / "outagemon.toml"
     cfg = config.parse(example.read_text(), example)
     assert cfg.callers == config.CallersConfig()
+
+
+def test_one_taken_up_after_a_restart_gets_a_whole_quiet_spell_before_it_expires(
+    town: Directory,
+) -> None:
+    w = watch_of(town, expire_after=3600.0)
+    w.tick(40.0, calls_from(town, "seg-1-4-1", [10, 20, 30]), never, Ids())
+    (sus,) = w.open.values()
+    again = watch_of(town, expire_after=3600.0)
+    again.restore([sus.incident], now=10 * DAY)
+    again.tick(10 * DAY + 3599, [], never, Ids())
+    assert list(again.open) == [sus.incident.id]
+    again.tick(10 * DAY + 3600, [], never, Ids())
+    assert not again.open

@@ -401,4 +401,5 @@ class CallWatch:
             if inc.id in self.open or inc.root not in self.topology:
                 continue
             inc.nodes = [inc.root, *self.topology.descendants(inc.root)]
-            self.open[inc.id] = Suspicion(inc, [], inc.opened_at, inc.opened_at, now)
+            # Its calls are not kept: it is given a whole expire_after from now.
+            self.open[inc.id] = Suspicion(inc, [], inc.opened_at, now, now)
