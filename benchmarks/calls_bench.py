@@ -1,6 +1,7 @@
 """Callers as sensors over a simulated month in a 300,000-subscriber city.
 
-    .venv/bin/python -m benchmarks.calls_bench [--days 30] [--seed 1]
+    .venv/bin/python -m benchmarks.calls_bench [--days 30] [--seed 1] [--window S]
+        [--chance P] [--shares 0.25,0.15]
 
 A city's month of calls cannot exist on this machine, so it is simulated, and said so:
 the city is `sim/citygen.sized(3000, 300000)` (30 aggregations, 3,000 buildings with an
@@ -18,11 +19,15 @@ time order as the monitor's tick would hand them over.
   splitter) and 8 whole buildings whose switch is not probed, at random times, lasting
   1 to 6 hours. Each affected subscriber calls, with probability `share` (0.25; also run
   at 0.15), after an exponential delay of mean 10 minutes from noticing; a fault at night
-  (00:00-07:00) is noticed from 07:00.
+  (00:00-07:00) is noticed from 07:00 (within the next hour), if it still lasts.
 
-Printed: recall (invisible faults suspected at their place while they last), false
+Printed: recall (invisible faults suspected at their place while they last, counted
+against the faults that drew at least one call; against all of them, and against those
+with `min_callers` callers or more, beside it), false
 suspicions a day (raised where no fault was), and the time from a fault's first call to
-its suspicion (median and 90th percentile); the CPU time of the detector.
+its suspicion (median and 90th percentile); the CPU time of the detector. Ticks come once
+a second while calls come, and a minute apart otherwise (a tick with no new call changes
+nothing but expiry).
 """
 
 from __future__ import annotations
