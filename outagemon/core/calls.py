@@ -150,15 +150,24 @@ class CallWatch:
     """The detector and the book of suspected incidents (see the module's docstring).
 
     Invariants: `window` holds the unexplained calls of the last `settings.window`
-    seconds that no suspicion took, oldest first; `open` the suspicions not ended, by
-    id; `events` those since the last `take_events()`."""
+    seconds, oldest first, those a suspicion took among them (their ids in `_taken`)
+    until they leave it; `_by_node` the others by serving node, and `_counts` their
+    distinct callers at or below each node no larger than `max_subscribers` (kept as
+    calls come and go, so a look costs what the new calls touch, not the whole window);
+    `open` the suspicions not ended, by id, and `_roots` them by root unless
+    `_roots_stale`; `events` those since the last `take_events()`."""
 
     def __init__(self, topology: Topology, subscribers: dict[str, int], settings: Settings,
                  started: float) -> None:  # fmt: skip
         self.settings = settings
         self.started = started
         self.window: deque[Call] = deque()
+        self._by_node: dict[str, deque[Call]] = {}
+        self._counts: dict[str, dict[str, int]] = {}  # node -> caller -> calls in the window
+        self._taken: set[int] = set()
         self.open: dict[int, Suspicion] = {}
+        self._roots: dict[str, Suspicion] = {}
+        self._roots_stale = False
         self.events: list[Event] = []
         self._learned: dict[str, tuple[float, float]] = {}  # node -> (decayed count, at)
         self.set_topology(topology, subscribers)
@@ -181,10 +190,14 @@ class CallWatch:
         """The open suspicion whose root is this node or above it."""
         if not self.open:
             return None
-        chain = self._chain(node)
-        for s in self.open.values():
-            if s.incident.root in chain:
-                return s
+        if self._roots_stale:
+            self._roots = {sus.incident.root: sus for sus in self.open.values()}
+            self._roots_stale = False
+        roots = self._roots
+        for n in self._chain(node):
+            found = roots.get(n)
+            if found is not None:
+                return found
         return None
 
     def _chain(self, node: str) -> tuple[str, ...]:
@@ -225,7 +238,7 @@ class CallWatch:
         explain trouble at this node now (no suspicion is raised there); `next_id()`: the
         id of a new incident (shared with the probes' incidents)."""
         s = self.settings
-        added = False
+        touched: set[str] = set()
         for call in calls:
             if call.status not in UNEXPLAINED or call.node not in self.topology:
                 continue
@@ -233,13 +246,19 @@ class CallWatch:
             if found is not None:
                 found.attach(call)
             else:
-                self.window.append(call)
-                added = True
-        while self.window and self.window[0].at < now - s.window:
-            self._learn(self.window.popleft())
+                self._add(call)
+                touched.update(self._chain(call.node))
+        window = self.window
+        while window and (window[0].at < now - s.window or len(window) > s.keep):
+            call = window.popleft()
+            if id(call) in self._taken:
+                self._taken.discard(id(call))
+                continue
+            self._remove(call)
+            self._learn(call)
         # Only a new call can bring a place to its threshold (the rates move slowly).
-        while added and self._raise_one(now, explained, next_id):
-            pass
+        if touched:
+            self._raise(now, touched, explained, next_id)
         for sid, sus in list(self.open.items()):
             if not sus.confirmed and self._quiet(sus, now):
                 self._end(sid, now, {"expired": True, "quiet_for": round(now - sus.last_call)})
@@ -255,34 +274,60 @@ class CallWatch:
         usual = self.rate(sus.incident.root, now) * s.expire_after
         return len(sus.recent) < poisson_threshold(usual, 0.01, 1)
 
-    def _raise_one(self, now: float, explained: Callable[[str], bool],
-                   next_id: Callable[[], int]) -> bool:  # fmt: skip
-        """Raise (or widen) the lowest suspicion the window's calls support; False when
-        there is none."""
-        if not self.window:
-            return False
-        callers: dict[str, set[str]] = {}
-        largest = self.settings.max_subscribers
-        below = self.below
-        for call in self.window:
-            for n in self._chain(call.node):
-                if below.get(n, 0) <= largest:  # a larger place is never suspected
-                    callers.setdefault(n, set()).add(call.caller)
-        depth = {n: len(self.topology.ancestors(n)) for n in callers}
-        for node in sorted(callers, key=lambda n: (-depth[n], n)):
-            if len(callers[node]) < self.settings.min_callers:
+    def _add(self, call: Call) -> None:
+        self.window.append(call)
+        self._by_node.setdefault(call.node, deque()).append(call)
+        largest, below = self.settings.max_subscribers, self.below
+        for n in self._chain(call.node):
+            if below.get(n, 0) <= largest:  # a larger place is never suspected
+                per = self._counts.setdefault(n, {})
+                per[call.caller] = per.get(call.caller, 0) + 1
+
+    def _remove(self, call: Call) -> None:
+        """A call leaves the counts (it expired, or a suspicion took it)."""
+        mine = self._by_node.get(call.node)
+        if mine:
+            if mine[0] is call:
+                mine.popleft()
+            else:
+                mine.remove(call)
+            if not mine:
+                del self._by_node[call.node]
+        for n in self._chain(call.node):
+            per = self._counts.get(n)
+            if per is None or call.caller not in per:
                 continue
-            if len(callers[node]) < self.threshold(node, now) or explained(node):
+            per[call.caller] -= 1
+            if not per[call.caller]:
+                del per[call.caller]
+                if not per:
+                    del self._counts[n]
+
+    def _raise(self, now: float, touched: set[str], explained: Callable[[str], bool],
+               next_id: Callable[[], int]) -> None:  # fmt: skip
+        """Raise (or widen) suspicions where the new calls bring a place to its
+        threshold, lowest places first."""
+        s, counts, below = self.settings, self._counts, self.below
+        candidates = [n for n in touched if len(counts.get(n, ())) >= s.min_callers]
+        if not candidates:
+            return
+        candidates.sort(key=lambda n: (-len(self.topology.ancestors(n)), n))
+        for node in candidates:
+            callers = len(counts.get(node, ()))  # fewer, if a place below was just taken
+            if callers < s.min_callers or callers < self.threshold(node, now):
                 continue
-            place = {node, *self.topology.descendants(node)}
-            taken = [c for c in self.window if c.node in place]
+            if explained(node):
+                continue
+            place = [node, *self.topology.descendants(node)]
+            taken = [c for n in place for c in self._by_node.get(n, ())]
             root = self.lowest_shared({c.node for c in taken})
-            if explained(root) or below.get(root, 0) > largest:
+            if explained(root) or below.get(root, 0) > s.max_subscribers:
                 continue
-            self.window = deque(c for c in self.window if c.node not in place)
+            taken.sort(key=lambda c: c.at)
+            for c in taken:
+                self._taken.add(id(c))
+                self._remove(c)
             self._suspect(root, taken, now, next_id)
-            return True
-        return False
 
     def lowest_shared(self, nodes: set[str]) -> str:
         """The lowest node at or above every one of these (ties: the first by id)."""
@@ -300,10 +345,12 @@ class CallWatch:
         """A suspicion at `root`: a new one, or the oldest of those below it widened
         (callers keep the id they heard), the others merged into it."""
         first = min(c.at for c in taken)
-        under = sorted((sus for sus in self.open.values()
-                        if not sus.confirmed and root in self._chain(sus.incident.root)),
-                       key=lambda sus: sus.incident.id)  # fmt: skip
         nodes = [root, *self.topology.descendants(root)]
+        if self._roots_stale:
+            self.covering(root)  # brings the index up to date
+        under = sorted((found for n in nodes if (found := self._roots.get(n)) is not None
+                        and not found.confirmed), key=lambda sus: sus.incident.id)  # fmt: skip
+        self._roots_stale = True
         if under:
             sus = under[0]
             old = sus.incident.root
@@ -387,6 +434,7 @@ class CallWatch:
 
     def _close(self, sus: Suspicion, now: float, state: IncidentState, into: int | None) -> None:
         del self.open[sus.incident.id]
+        self._roots_stale = True
         sus.incident.state = state
         sus.incident.resolved_at = now
         sus.incident.merged_into = into
@@ -403,3 +451,4 @@ class CallWatch:
             inc.nodes = [inc.root, *self.topology.descendants(inc.root)]
             # Its calls are not kept: it is given a whole expire_after from now.
             self.open[inc.id] = Suspicion(inc, [], inc.opened_at, now, now)
+            self._roots_stale = True
