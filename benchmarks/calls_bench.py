@@ -186,6 +186,32 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
     }
 
 
+def surge(topo: Topology, behind: dict[str, list[str]], calls: int = 20_000) -> str:
+    """The detector's cost when the whole city calls: `calls` answered ok within ten
+    minutes from random entrances, handed over once a second."""
+    rng = random.Random(1)
+    segments = sorted(behind)
+    made = []
+    for _ in range(calls):
+        seg = rng.choice(segments)
+        made.append(Call(rng.uniform(0, 600), seg, "", rng.choice(behind[seg]), "ivr", "ok"))
+    made.sort(key=lambda c: c.at)
+    watch = CallWatch(topo, {seg: len(a) for seg, a in behind.items()}, Settings(), 0.0)
+    next_id = iter(range(1, 10**9)).__next__
+    i, worst, total = 0, 0.0, 0.0
+    for t in range(1, 601):
+        j = i
+        while j < len(made) and made[j].at <= t:
+            j += 1
+        started = time.process_time()
+        watch.tick(float(t), made[i:j], lambda _n: False, next_id)
+        spent = time.process_time() - started
+        worst, total, i = max(worst, spent), total + spent, j
+    return (f"surge: {calls:,} calls in 10 minutes from random entrances: "
+            f"{len(watch.open):,} suspicions, worst look {worst * 1000:.0f} ms CPU, "
+            f"{total:.2f} s CPU in all")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--days", type=int, default=30)
@@ -213,6 +239,7 @@ def main() -> None:
               f"{r['false']:.0f} = {r['false_per_day']:.2f} a day; first call to suspicion "
               f"median {r['median'] / 60:.1f} min, p90 {r['p90'] / 60:.1f} min; "
               f"detector CPU {r['cpu']:.1f} s")  # fmt: skip
+    print(surge(topo, behind))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(f"peak memory {usage.ru_maxrss / 1024:.0f} MiB")
 
