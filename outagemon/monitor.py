@@ -234,6 +234,8 @@ class Monitor:
         if sus is None or not sus.confirmed:
             return False
         self.watch.resolve(iid, self.clock(), who)
+        for n in sus.incident.nodes:  # its callers hear "restored" for restored_for
+            self.recent[n] = sus.incident
         self.handle_calls(self.watch.take_events())
         self.journal.sync()
         return True
@@ -285,13 +287,8 @@ class Monitor:
         inc = self.open_incident(e.incident or -1)
         log.info(f"incident.{e.kind.value}", incident=e.incident, root=e.root,
                  **_loggable(e.detail))  # fmt: skip
-        if e.kind is EventKind.RESOLVED and e.detail.get("repaired"):
-            sus = self.watch_closed(e)
-            if sus is not None:
-                for n in sus.nodes:
-                    self.recent[n] = sus
-        elif e.kind is EventKind.RESOLVED and e.detail.get("raised_by") != "calls" \
-                and not e.detail.get("dismissed") and not e.detail.get("expired"):  # fmt: skip
+        ended_by_calls = any(e.detail.get(k) for k in ("dismissed", "expired", "repaired"))
+        if e.kind is EventKind.RESOLVED and not ended_by_calls:  # (a repair: see repaired())
             resolved = dataclasses.replace(
                 self._resolved_copy(e),
                 nodes=list(e.nodes),
@@ -303,11 +300,6 @@ class Monitor:
         if self.writer is None:
             return
         self.journal.event(e, inc, self.subscribers_of(inc.nodes) if inc is not None else 0)
-
-    def watch_closed(self, e: Event) -> Incident | None:
-        """The incident raised by calls that this event just closed (kept for `restored`)."""
-        return Incident(e.incident or 0, e.root or "", Kind.OUTAGE, True, e.at, list(e.nodes),
-                        IncidentState.RESOLVED, resolved_at=e.at, raised_by="calls")  # fmt: skip
 
     def _resolved_copy(self, e: Event) -> Incident:
         found = self.correlator.last_resolved(e.root or "")
