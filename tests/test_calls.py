@@ -266,9 +266,15 @@ def all_raised(w: CallWatch) -> list[str]:
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), rate=st.floats(0.005, 0.05))
-def test_background_alone_raises_nothing(town: Directory, seed: int, rate: float) -> None:
+def test_background_alone_raises_at_most_one_suspicion_a_day(
+    town: Directory, seed: int, rate: float
+) -> None:
+    """A day of calls at the usual rate, up to five times the city's: the thresholds
+    are set so that luck reaches them about once in `1 / chance` windows of a place, so
+    a false suspicion may happen, but not more than one a day (the issue's target)."""
     w, calls = simulate(town, seed, rate, hours=24, faults=[], share=0.0, delay=600)
-    assert all_raised(w) == [], f"{len(calls)} background calls"
+    raised = all_raised(w)
+    assert len(raised) <= 1, f"{raised} from {len(calls)} background calls"
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
