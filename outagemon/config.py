@@ -102,6 +102,22 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CallersConfig:
+    """Callers as sensors (`core/calls.py`): suspected incidents from clusters of calls."""
+
+    enabled: bool = True
+    window: float = 1800.0  # seconds over which distinct callers are counted
+    min_callers: int = 3  # never suspect on fewer distinct callers than this
+    chance: float = 1e-6  # how rarely a place's usual rate may reach the threshold by luck
+    prior_rate: float = 0.01  # calls per subscriber a day assumed before history is learned
+    learn_for: float = 604800.0  # seconds: how long history weighs in the learned rate
+    expire_after: float = 3600.0  # a suspected incident with no call for this long ends
+    keep: int = 100_000  # calls held between detector ticks at most
+    max_subscribers: int = 2000  # the largest place suspected (subscribers behind it)
+    sentence: str = ""  # said to callers behind a suspected incident; "": nothing special
+
+
+@dataclass(frozen=True, slots=True)
 class Token:
     name: str
     token: str = field(repr=False)  # never printed, never logged
@@ -145,6 +161,7 @@ class Config:
     vantage: VantageConfig = VantageConfig()
     messages: MessagesConfig = MessagesConfig()
     cluster: ClusterConfig = ClusterConfig()
+    callers: CallersConfig = CallersConfig()
     tokens: tuple[Token, ...] = ()
     notify: NotifyConfig = NotifyConfig()
     # Not problems, but worth an operator's attention (a short token): printed, logged.
@@ -213,6 +230,28 @@ def _ratio(v: Any) -> str | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return "must be a number"
     return None if 0 < v <= 1 else "must be more than 0 and at most 1"
+
+
+def _chance(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "must be a number"
+    return None if 0 < v < 0.5 else "must be more than 0 and less than 0.5"
+
+
+def _rate(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "must be a number of calls per subscriber a day"
+    return None if 0 <= v <= 10 else "must be from 0 to 10 calls per subscriber a day"
+
+
+def _sentence(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return "must be a string"
+    if len(v) > 500:
+        return "must be at most 500 characters"
+    if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000 for c in v):
+        return "must be one line of plain text (no control characters)"
+    return None
 
 
 def _one_of(*choices: str) -> Check:
@@ -369,6 +408,18 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "timezone": _timezone,
     },
     "cluster": {"node": _node_name, "lease": _lease},
+    "callers": {
+        "enabled": _boolean,
+        "window": _seconds(positive=True),
+        "min_callers": _integer(2),
+        "chance": _chance,
+        "prior_rate": _rate,
+        "learn_for": _seconds(positive=True),
+        "expire_after": _seconds(positive=True),
+        "keep": _integer(100),
+        "max_subscribers": _integer(1),
+        "sentence": _sentence,
+    },
 }
 NOTIFY_SCHEMA: dict[str, Check] = {
     "alertmanagers": lambda v: _each(v, _url, "Alertmanager base URLs"),
@@ -522,6 +573,7 @@ def parse(text: str, path: Path) -> Config:
         vantage=VantageConfig(anchors=anchors),
         messages=_messages(sections.get("messages", {}), base),
         cluster=cluster,
+        callers=CallersConfig(**sections.get("callers", {})),
         tokens=tuple(tokens),
         notify=notify,
         warnings=tuple(f"{path}: {w}" for w in warnings),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import signal
 import ssl
@@ -420,6 +421,7 @@ class Daemon:
             new = config_mod.load(path)
             texts = messages.load(new.messages.language, new.messages.file,
                                   new.messages.timezone)  # fmt: skip
+            texts = dataclasses.replace(texts, suspected=new.callers.sentence)
             loaded = await asyncio.to_thread(
                 directory.load, new.topology.file, new.topology.subscribers
             )
@@ -507,6 +509,7 @@ def run(config_path: Path) -> int:
         cfg = config_mod.load(config_path)
         logs.setup()
         texts = messages.load(cfg.messages.language, cfg.messages.file, cfg.messages.timezone)
+        texts = dataclasses.replace(texts, suspected=cfg.callers.sentence)
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
         for problem in e.problems:

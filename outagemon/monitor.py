@@ -10,6 +10,7 @@ answering a caller never waits for the database.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 import asyncpg
@@ -17,7 +18,9 @@ import asyncpg
 from outagemon import clock as steady
 from outagemon import logs
 from outagemon.cluster.lease import Leadership, StepDown
-from outagemon.config import Config
+from outagemon.config import CallersConfig, Config
+from outagemon.core import calls as callers
+from outagemon.core.assess import works_cover
 from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory
 from outagemon.core.health import NodeState, Settings
@@ -40,6 +43,7 @@ from outagemon.metrics import Registry
 log = logs.get("outagemon.monitor")
 
 ANCHOR_PREFIX = "anchor:"
+CALLS_EVERY = 1.0  # seconds between looks at the calls (core/calls.py)
 HISTORY_EVERY = 600.0  # seconds between saves of every node's loss history
 PRUNE_EVERY = 60.0  # seconds between prunings of what ended
 
@@ -56,6 +60,13 @@ def settings_of(cfg: Config) -> Settings:
         timeout=cfg.probe.timeout,
         interval=cfg.probe.interval,
     )
+
+
+def call_settings(c: CallersConfig) -> callers.Settings:
+    return callers.Settings(window=c.window, min_callers=c.min_callers, chance=c.chance,
+                            prior_rate=c.prior_rate, learn_for=c.learn_for,
+                            expire_after=c.expire_after, keep=c.keep,
+                            max_subscribers=c.max_subscribers)  # fmt: skip
 
 
 def anchors_of(cfg: Config, directory: Directory) -> dict[str, str]:
@@ -114,6 +125,21 @@ class Monitor:
         )
         self._results = metrics.counter("outagemon_probe_results_total", "Probe results.")
         self._down = metrics.gauge("outagemon_nodes_down", "Probed nodes that are down.")
+        # Callers as sensors: the calls since the last look (appended by /check), and the
+        # detector with its suspected incidents.
+        self.call_log = callers.CallLog(config.callers.keep)
+        self.call_salt = os.urandom(16)  # callers are kept as keyed hashes, never as given
+        self.watch = callers.CallWatch(directory.topology, directory.counts,
+                                       call_settings(config.callers), clock())  # fmt: skip
+        self._watched = clock()
+        self._suspicions = metrics.counter(
+            "outagemon_suspicions_total",
+            "Suspected incidents raised from calls, and how they ended (outcome).",
+        )
+        self._suspicion_delay = metrics.counter(
+            "outagemon_suspicion_delay_seconds",
+            "Seconds from a suspicion's first call to its raising: sum and count.",
+        )
 
     # -- feeding -----------------------------------------------------------------------
 
@@ -149,8 +175,12 @@ class Monitor:
                            if i.kind is Kind.OUTAGE), kind="outage")  # fmt: skip
         self._open.set(sum(1 for i in self.correlator.incidents.values()
                            if i.kind is Kind.MAINTENANCE), kind="maintenance")  # fmt: skip
+        self._open.set(sum(1 for s in self.watch.open.values() if not s.confirmed),
+                       kind="suspected")  # fmt: skip
         self._blind.set(1 if self.correlator.blind else 0)
         self._down.set(self.correlator.nodes_down)
+        if now - self._watched >= CALLS_EVERY:
+            self.watch_calls(now)
         self._save_calls()
         self._save_states()
         if now - self._history_saved >= HISTORY_EVERY:
@@ -159,6 +189,100 @@ class Monitor:
             self.prune(now)
         self.journal.sync()  # this tick's events are on disk before anyone hears of them
         return self.correlator.take_requests()
+
+    # -- callers as sensors ------------------------------------------------------------
+
+    def record_call(self, node: str, building: str, kind: str, value: str, channel: str,
+                    status: str) -> None:  # fmt: skip
+        """A /check that named a subscriber or an address: kept for the next look (never
+        decided on here, on the request path)."""
+        if self.config.callers.enabled:
+            key = callers.caller_key(self.call_salt, kind, value)
+            at = self.clock()
+            self.call_log.append(callers.Call(at, node, building, key, channel, status))
+
+    def watch_calls(self, now: float) -> None:
+        """The detector's look at the calls since the last one; what it decides, written."""
+        self._watched = now
+        c = self.correlator
+        topo = self.directory.topology
+        running = [w for w in self.maintenance if w.starts_at <= now < w.ends_at]
+
+        def explained(node: str) -> bool:
+            if c.blind or c.incident_for(node) is not None:
+                return True
+            return bool(running) and works_cover(topo, node, running, now) is not None
+
+        def next_id() -> int:
+            iid = c.book.next_id
+            c.book.next_id += 1
+            return iid
+
+        raised = len(self.watch.delays)
+        self.watch.tick(now, self.call_log.take(), explained, next_id)
+        for delay in self.watch.delays[raised:]:
+            self._suspicion_delay.inc(delay, part="sum")
+            self._suspicion_delay.inc(part="count")
+        del self.watch.delays[:]
+        for sid, sus in list(self.watch.open.items()):
+            covering = c.incident_for(sus.incident.root)
+            if covering is not None:  # the probes see it now: their incident goes on
+                self.watch.taken_over(sid, covering, now)
+        self.handle_calls(self.watch.take_events())
+
+    def handle_calls(self, events: list[Event]) -> None:
+        """The detector's events (and engineers' decisions on them): counted, logged,
+        remembered for `restored` answers when a confirmed one is repaired, written."""
+        for e in events:
+            outcome = _outcome(e)
+            if outcome:
+                self._suspicions.inc(outcome=outcome)
+            self.correlator.version += 1  # what callers behind it hear changes
+            self.handle(e)
+
+    def confirm(self, iid: int, who: str) -> bool:
+        """An engineer confirms a suspected incident: an outage with the same id. False
+        when it is not an open suspected incident."""
+        sus = self.watch.open.get(iid)
+        if sus is None or sus.confirmed:
+            return False
+        self.watch.confirm(iid, self.clock(), who)
+        self.handle_calls(self.watch.take_events())
+        self.journal.sync()
+        return True
+
+    def dismiss(self, iid: int, who: str) -> bool:
+        sus = self.watch.open.get(iid)
+        if sus is None or sus.confirmed:
+            return False
+        self.watch.dismiss(iid, self.clock(), who)
+        self.handle_calls(self.watch.take_events())
+        self.journal.sync()
+        return True
+
+    def repaired(self, iid: int, who: str) -> bool:
+        """An engineer says an outage raised by calls (confirmed) is repaired."""
+        sus = self.watch.open.get(iid)
+        if sus is None or not sus.confirmed:
+            return False
+        self.watch.resolve(iid, self.clock(), who)
+        for n in sus.incident.nodes:  # its callers hear "restored" for restored_for
+            self.recent[n] = sus.incident
+        self.handle_calls(self.watch.take_events())
+        self.journal.sync()
+        return True
+
+    def open_incidents(self) -> list[Incident]:
+        """Every open incident: the probes', and those raised by calls."""
+        return [*self.correlator.incidents.values(),
+                *(s.incident for s in self.watch.open.values())]  # fmt: skip
+
+    def open_incident(self, iid: int) -> Incident | None:
+        found = self.correlator.incidents.get(iid)
+        if found is None:
+            sus = self.watch.open.get(iid)
+            found = sus.incident if sus is not None else None
+        return found
 
     def prune(self, now: float) -> None:
         """Forget what ended: planned works (once their incidents could no longer need
@@ -173,6 +297,7 @@ class Monitor:
         cutoff = now - self.config.messages.restored_for
         self.recent = {n: i for n, i in self.recent.items() if (i.resolved_at or 0) > cutoff}
         live = set(self.correlator.incidents) | {i.id for i in self.recent.values()}
+        live |= set(self.watch.open)  # raised by calls: their estimates and counts stay
         for table in (self.eta, self.calls):
             for iid in [i for i in table if i not in live]:
                 del table[iid]
@@ -184,16 +309,18 @@ class Monitor:
         return sum(counts.get(n, 0) for n in nodes)
 
     def handle(self, e: Event) -> None:
-        """One event of the correlator: counted, logged, remembered for `restored`
-        answers when it resolves an incident, and written through the journal."""
+        """One event of the correlator (or of the calls' detector):
+        counted, logged, remembered for `restored` answers when it resolves an incident,
+        and written through the journal."""
         self._events.inc(kind=e.kind.value)
         if e.kind is EventKind.BLIND or e.kind is EventKind.SEEING:
             log.warning(f"monitor.{e.kind.value}", anchors=list(self.anchors))
             return
-        inc = self.correlator.incidents.get(e.incident or -1)
+        inc = self.open_incident(e.incident or -1)
         log.info(f"incident.{e.kind.value}", incident=e.incident, root=e.root,
                  **_loggable(e.detail))  # fmt: skip
-        if e.kind is EventKind.RESOLVED:
+        ended_by_calls = any(e.detail.get(k) for k in ("dismissed", "expired", "repaired"))
+        if e.kind is EventKind.RESOLVED and not ended_by_calls:  # (a repair: see repaired())
             resolved = dataclasses.replace(
                 self._resolved_copy(e),
                 nodes=list(e.nodes),
@@ -327,8 +454,13 @@ class Monitor:
         step = steady.CLOCK.step()
         taken = []
         covered = {i.root: i.id for i in self.correlator.incidents.values()}
+        raised = []
         for inc in found.incidents:
             if inc.id in p.closed or inc.id in self.correlator.incidents:
+                continue
+            if inc.raised_by == "calls":  # the detector's, not the probes'
+                inc.opened_at -= step
+                raised.append(inc)
                 continue
             if inc.root in covered:
                 # Detection opened its own incident for this root while the database was
@@ -344,12 +476,15 @@ class Monitor:
         for iid, calls in found.calls.items():
             self.calls[iid] = self.calls.get(iid, 0) + calls
         self.correlator.restore(taken, max(found.next_id, p.max_incident + 1))
+        self.watch.restore(raised, self.clock())
         for node, n, lost in found.histories:
             ns = self.correlator.states.setdefault(node, NodeState())
             if ns.n < n:
                 ns.n, ns.lost = n, lost
         stored: dict[str, Incident] = {}
         for inc in found.resolved:  # oldest first: the latest incident of a node wins
+            if inc.kind is Kind.SUSPECTED:
+                continue  # dismissed or expired: nothing was restored
             inc.opened_at -= step
             if inc.resolved_at is not None:
                 inc.resolved_at -= step
@@ -374,14 +509,16 @@ class Monitor:
         handed out, so none is handed out again. Returns how many incidents."""
         step = steady.CLOCK.step()
         topology = self.directory.topology
-        incidents = []
+        incidents: list[Incident] = []
+        raised: list[Incident] = []
         for inc in p.incidents.values():
             if inc.root not in topology:
                 continue
             inc.opened_at -= step
             inc.nodes = [n for n in inc.nodes if n in topology] or [inc.root]
-            incidents.append(inc)
+            (raised if inc.raised_by == "calls" else incidents).append(inc)
         self.correlator.restore(incidents, p.max_incident + 1)
+        self.watch.restore(raised, self.clock())
         for iid, eta in p.eta.items():
             self.eta[iid] = eta - step
         self.maintenance = [
@@ -398,6 +535,23 @@ class Monitor:
         self.anchors = anchors_of(self.config, directory)
         self.correlator.anchors = list(self.anchors) or self.correlator.anchors
         self.correlator.set_topology(directory.topology)
+        self.watch.set_topology(directory.topology, directory.counts)
+        self.watch.settings = call_settings(self.config.callers)
+
+
+def _outcome(e: Event) -> str:
+    """The metric's outcome for an event of the calls' detector ("" for none)."""
+    if e.kind is EventKind.OPENED:
+        return "suspected"
+    if e.kind is EventKind.KIND_CHANGED:
+        return "confirmed"
+    if e.kind is EventKind.MERGED and e.detail.get("was") == Kind.SUSPECTED.value:
+        return "confirmed"
+    if e.kind is EventKind.RESOLVED:
+        for outcome in ("dismissed", "expired", "repaired"):
+            if e.detail.get(outcome):
+                return outcome
+    return ""
 
 
 def _loggable(detail: dict[str, object]) -> dict[str, object]:

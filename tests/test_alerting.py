@@ -142,6 +142,9 @@ def test_an_alert_carries_identifying_labels_inherited_district_and_severity() -
     assert a["generatorURL"] == "https://noc.example/incidents/7"
     works = payload.alert(incident(kind="maintenance", subscribers=5000), topo(), cfg, 0)
     assert works["labels"]["severity"] == "info"
+    suspected = payload.alert(incident(kind="suspected", subscribers=900), topo(), cfg, 0)
+    assert suspected["labels"]["severity"] == "info"
+    assert suspected["labels"]["kind"] == "suspected"
     big = payload.alert(incident(subscribers=500), topo(), cfg, 0)
     assert big["labels"]["severity"] == "critical"
     absorbed = payload.alert(incident(state="merged", merged_into=3,

@@ -105,6 +105,13 @@ class LabDaemon:
     def get(self, path: str) -> tuple[int, Any]:
         return self.request("GET", path)
 
+    def get_text(self, path: str) -> tuple[int, str]:
+        with (
+            self.lab.entered(),
+            urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r,
+        ):
+            return r.status, str(r.read().decode())
+
     def check(self, **params: str) -> dict[str, str]:
         status, body = self.get("/api/v1/check?" + urllib.parse.urlencode(params))
         assert status == 200, body
@@ -262,3 +269,118 @@ def test_sigkill_during_an_incident_then_restart_keeps_its_id(
     assert [i["id"] for i in again] == [inc["id"]], again
     assert again[0]["state"] == "open"
     assert d.stop() == 0
+
+
+# -- callers as sensors (issue 18) ------------------------------------------------------
+
+SENTENCE = "We have several calls from your building and are checking."
+UNMANAGED = ("seg-1-3-2", "seg-2-4-1")  # entrances whose routers are not ours: no address
+
+
+@pytest.fixture
+def unmanaged_daemon(lab: Lab) -> Iterator[LabDaemon]:
+    """A city where two entrances' subscribers have routers the monitor cannot probe."""
+    state = short_tmp_dir()
+    city = citygen.generate(aggregations=2, access_per_aggregation=5,
+                            subscribers_per_access=24, entrances=2)  # fmt: skip
+    topo_path, _ = city.write(state)
+    d = directory.load(topo_path, None).directory
+    flats = {n["id"]: n["serves"][0] for n in city.nodes if n["id"] in UNMANAGED}  # type: ignore[index]
+    keep = []
+    for account, phones, address, flat, ip in city.rows:
+        for served in flats.values():
+            lo, hi = (int(x) for x in served["flats"].split("-"))
+            if served["address"] == address and lo <= int(flat) <= hi:
+                ip = ""
+        keep.append((account, phones, address, flat, ip))
+    city.rows = keep
+    topo, subs = city.write(state)
+    port = free_port()
+    config = CONFIG.format(state=state, port=port, write=WRITE)
+    (state / "outagemon.toml").write_text(config + f'[callers]\nsentence = "{SENTENCE}"\n')
+    d = directory.load(topo, subs).directory
+    for seg in UNMANAGED:
+        behind = [s for s in d.subscribers if s.serving == seg]
+        assert len(behind) >= 6 and not any(s.ip for s in behind), seg
+    daemon = LabDaemon(lab, state, port, city, d)
+    daemon.start()
+    time.sleep(WARM_UP)
+    yield daemon
+    if daemon.process is not None and daemon.process.poll() is None:
+        daemon.process.kill()
+        daemon.process.wait()
+
+
+def test_callers_of_an_unprobed_entrance_raise_a_suspected_incident(
+    unmanaged_daemon: LabDaemon, lab: Lab
+) -> None:
+    """The entrance's cable is crushed: no probe can show it (its routers have no address
+    the monitor may ping), so nftables has nothing to cut; its callers show it."""
+    d = unmanaged_daemon
+    confirmed_seg, dismissed_seg = UNMANAGED
+    for seg in UNMANAGED:
+        callers = [s for s in d.d.subscribers if s.serving == seg]
+        for s in callers[:5]:  # five different subscribers within a minute
+            answer = d.check(phone=s.phones[0]) if s.phones else d.check(account=s.account)
+            assert answer["status"] == "ok", answer  # the probes see nothing wrong
+    found = d.wait("two suspected incidents", lambda: sorted(
+        (i for i in d.incidents() if i["kind"] == "suspected"),
+        key=lambda i: i["root_node"]) if len(d.incidents()) == 2 else None)  # fmt: skip
+    by_root = {i["root_node"]: i for i in found}
+    assert set(by_root) == set(UNMANAGED), found
+    sus = by_root[confirmed_seg]
+    assert sus["raised_by"] == "calls" and sus["callers"] == 5
+    assert sum(sus["calls_per_minute"]) == 5
+    # Not an outage to callers until confirmed: the sixth hears the configured sentence.
+    sixth = [s for s in d.d.subscribers if s.serving == confirmed_seg][5]
+    answer = d.check(account=sixth.account)
+    assert answer["status"] == "ok" and answer["incident_id"] == "", answer
+    assert answer["message"] == SENTENCE
+
+    # It survives a restart, with its id.
+    time.sleep(1)
+    assert d.process is not None
+    d.process.kill()
+    d.process.wait()
+    d.start()
+    again = d.wait("the suspected incident after the restart", lambda: [
+        i for i in d.incidents() if i["id"] == sus["id"]], within=30)  # fmt: skip
+    assert again[0]["kind"] == "suspected" and again[0]["root_node"] == confirmed_seg
+
+    # An engineer confirms it: an outage with the same id; the sixth caller hears it.
+    status, body = d.request("POST", f"/api/v1/incidents/{sus['id']}", {"confirm": True})
+    assert status == 200 and body["kind"] == "outage" and body["id"] == sus["id"], body
+    answer = d.check(account=sixth.account)
+    assert (answer["status"], answer["incident_id"]) == ("outage", sus["id"]), answer
+    assert answer["root_node"] == confirmed_seg
+    neighbour = d.check(account=d.account_under("seg-1-3-1"))
+    assert neighbour["status"] == "ok", neighbour
+
+    # The other is dismissed: its callers hear ok, without the sentence.
+    other = by_root[dismissed_seg]
+    status, body = d.request("POST", f"/api/v1/incidents/{other['id']}", {"dismiss": True})
+    assert status == 200, body
+    sixth_other = [s for s in d.d.subscribers if s.serving == dismissed_seg][5]
+    answer = d.check(account=sixth_other.account)
+    assert answer["status"] == "ok" and answer["message"] != SENTENCE, answer
+    status, body = d.request("POST", f"/api/v1/incidents/{other['id']}", {"confirm": True})
+    assert status == 409, body
+
+    # Repaired: callers hear restored; the database keeps both.
+    status, body = d.request("POST", f"/api/v1/incidents/{sus['id']}", {"resolve": True})
+    assert status == 200, body
+    assert d.check(account=sixth.account)["status"] == "restored"
+    assert d.incidents() == []
+
+    def both_stored() -> dict[str, Any] | None:
+        found = {i["id"]: i for i in d.incidents("all")}
+        ids = (sus["id"], other["id"])
+        done = all(i in found and found[i]["state"] == "resolved" for i in ids)
+        return found if done else None
+
+    stored = d.wait("both written to the database", both_stored, within=20)
+    assert stored[sus["id"]]["kind"] == "outage" and stored[sus["id"]]["state"] == "resolved"
+    assert stored[other["id"]]["kind"] == "suspected"
+    status, metrics_text = d.get_text("/metrics")  # counted since the restart
+    for outcome in ("confirmed", "dismissed", "repaired"):
+        assert f'outagemon_suspicions_total{{outcome="{outcome}"}} 1' in metrics_text, outcome

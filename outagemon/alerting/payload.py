@@ -51,8 +51,9 @@ def _time(value: Any) -> datetime | None:
 
 
 def severity(incident: dict[str, Any], cfg: NotifyConfig) -> str:
-    """info for planned works; else by the subscribers cut off (thresholds in [notify])."""
-    if incident.get("kind") == "maintenance":
+    """info for planned works and for incidents only suspected from calls (nobody has
+    confirmed them yet); else by the subscribers cut off (thresholds in [notify])."""
+    if incident.get("kind") in ("maintenance", "suspected"):
         return "info"
     subscribers = int(incident.get("subscribers") or 0)
     if subscribers >= cfg.critical_subscribers:

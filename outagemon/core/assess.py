@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from outagemon.core.addresses import Address
+from outagemon.core.calls import CallWatch
 from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory, Match
 from outagemon.core.health import State
@@ -50,6 +51,8 @@ class Situation(Protocol):
     def recent(self) -> dict[str, Incident]: ...  # node -> recently resolved incident
     @property
     def first_round_done(self) -> bool: ...
+    @property
+    def watch(self) -> CallWatch: ...  # incidents raised by calls
 
 
 class KeptBody(NamedTuple):
@@ -75,6 +78,9 @@ class Answer:
     eta: float | None = None
     until: float | None = None
     resolved: float | None = None
+    # A suspected incident (raised by calls, not confirmed) above the caller: never said
+    # as an outage; callers hear `[callers] sentence` when one is configured.
+    suspected: Incident | None = None
     kept: bool = False  # remembered for its serving node (see AnswerMemory), not made anew
     # Its JSON for the buildings behind that node, with the flat left out.
     bodies: dict[BodyKey, KeptBody] | None = None
@@ -198,11 +204,27 @@ def _walk_path(situation: Situation, directory: Directory, node: str, now: float
         found = Answer(Status.MAINTENANCE, node=node, since=since, eta=ends, until=ends)
         return found, found, min(ends, _next_start(windows, now))
     expires = _next_start(windows, now)  # only works starting can cover it from here
+    raised = situation.watch.covering(node)
+    if raised is not None and raised.confirmed:  # an engineer confirmed what callers said
+        found = Answer(Status.OUTAGE, raised.incident, node, raised.incident.opened_at,
+                       situation.eta.get(raised.incident.id))  # fmt: skip
+        return found, found, expires
+    suspected = raised.incident if raised is not None else None
+    said = _after(situation, topo, path, node, now, restored_for, expires)
+    said[0].suspected = suspected
+    return None, said[0], said[1]
+
+
+def _after(situation: Situation, topo: Topology, path: list[str], node: str, now: float,
+           restored_for: float, expires: float) -> tuple[Answer, float]:  # fmt: skip
+    """What to say when nothing on the path decides: a recent repair, else what the
+    probes on the path say."""
+    c = situation.correlator
     recent = situation.recent.get(node)
     if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
         said = Answer(Status.RESTORED, recent, node, recent.opened_at,
                       resolved=recent.resolved_at)  # fmt: skip
-        return None, said, min(expires, recent.resolved_at + restored_for)
+        return said, min(expires, recent.resolved_at + restored_for)
     # Nothing on the path has been seen yet (a new node, or just after blindness).
     nodes, states = topo.nodes, c.states
     seen_any = False
@@ -212,8 +234,8 @@ def _walk_path(situation: Situation, directory: Directory, node: str, now: float
             seen_any = True
             ns = states.get(n)
             if ns is not None and ns.state is not State.UNKNOWN and ns.state is not State.RECHECK:
-                return None, Answer(Status.OK, node=node), expires
-    return None, Answer(Status.UNKNOWN if seen_any else Status.OK, node=node), expires
+                return Answer(Status.OK, node=node), expires
+    return Answer(Status.UNKNOWN if seen_any else Status.OK, node=node), expires
 
 
 def _next_start(windows: list[Maintenance], now: float) -> float:

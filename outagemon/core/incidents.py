@@ -21,10 +21,12 @@ REOPEN_WITHIN = 600.0
 
 
 class Kind(enum.Enum):
-    """What an incident is: a fault, or planned works."""
+    """What an incident is: a fault, planned works, or a place suspected from its callers
+    (`core/calls.py`: never spoken as an outage until confirmed)."""
 
     OUTAGE = "outage"
     MAINTENANCE = "maintenance"
+    SUSPECTED = "suspected"
 
 
 class IncidentState(enum.StrEnum):
@@ -66,6 +68,7 @@ class Incident:
     merged_into: int | None = None
     recovering_since: float | None = None
     maintenance_until: float | None = None
+    raised_by: str = "probes"  # or "calls": a suspected incident, confirmed or not
 
 
 @dataclass(frozen=True, slots=True)

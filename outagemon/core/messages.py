@@ -84,6 +84,8 @@ class Texts:
     language: str
     templates: dict[str, str]
     tz: tzinfo | None = None  # spoken times are in this zone ([messages] timezone); None: local
+    # Said to callers behind a suspected incident ([callers] sentence); "": what the status says.
+    suspected: str = ""
     # The phone menu asks about the same buildings and the same incident times over and
     # over during a surge: their spoken forms are remembered (and forgotten when many).
     _spoken: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -48,6 +48,7 @@ def event_record(e: Event, inc: Incident | None, subscribers: int,
             "opened_at": inc.opened_at + wall,
             "nodes": list(inc.nodes),
             "subscribers": subscribers,
+            "raised_by": inc.raised_by,
         }
     return record
 
@@ -116,6 +117,7 @@ def _event(found: Pending, kind: str, d: dict[str, Any]) -> None:
             id=iid, root=str(snap["root"]), kind=Kind(snap["kind"]),
             inferred=bool(snap["inferred"]), opened_at=float(snap["opened_at"]),
             nodes=list(snap["nodes"]) or [str(snap["root"])],
+            raised_by=str(snap.get("raised_by", "probes")),
         )  # fmt: skip
     elif kind in (EventKind.RESOLVED, EventKind.MERGED):
         found.incidents.pop(iid, None)

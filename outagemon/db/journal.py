@@ -40,6 +40,7 @@ class Snapshot:
     opened_at: datetime | None
     nodes: list[str]
     subscribers: int
+    raised_by: str = "probes"
 
 
 # A write for one kind of event: True when the event joins the incident's timeline.
@@ -49,7 +50,7 @@ Write = Callable[["Conn", Event, Snapshot | None, datetime | None], Awaitable[bo
 async def _opened(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
     if inc is not None:
         await store.insert_incident(conn, inc.id, inc.kind, inc.root, inc.inferred,
-                                    inc.opened_at, inc.subscribers)  # fmt: skip
+                                    inc.opened_at, inc.subscribers, inc.raised_by)  # fmt: skip
         await store.set_incident_nodes(conn, inc.id, inc.nodes)
     return True
 
@@ -280,7 +281,8 @@ def op_of(kind: str, data: dict[str, Any]) -> Op:
     if snap is not None:
         snapshot = Snapshot(int(snap["id"]), str(snap["kind"]), str(snap["root"]),
                             bool(snap["inferred"]), store.ts(float(snap["opened_at"])),
-                            list(snap["nodes"]), int(snap["subscribers"]))  # fmt: skip
+                            list(snap["nodes"]), int(snap["subscribers"]),
+                            str(snap.get("raised_by", "probes")))  # fmt: skip
 
     notified = NOTIFIED.get(e.kind)
 

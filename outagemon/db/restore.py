@@ -45,6 +45,7 @@ async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) ->
         inc = Incident(
             id=r["id"], root=r["root_node"], kind=Kind(r["kind"]), inferred=r["inferred"],
             opened_at=r["opened_at"].timestamp(), nodes=nodes or [r["root_node"]],
+            raised_by=r["raised_by"],
         )  # fmt: skip
         found.incidents.append(inc)
         if r["eta"] is not None:

@@ -118,7 +118,7 @@ async def open_incidents(conn: Conn) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
             """
-            select i.id, i.kind, i.root_node, i.inferred, i.opened_at, i.eta, i.calls,
+            select i.id, i.kind, i.root_node, i.inferred, i.opened_at, i.eta, i.calls, i.raised_by,
                    coalesce(array_agg(n.node_id order by n.node_id = i.root_node desc, n.node_id)
                             filter (where n.node_id is not null), '{}') as nodes
             from incident i left join incident_node n on n.incident_id = i.id
@@ -184,13 +184,14 @@ async def timeline(pool: asyncpg.Pool, incident_id: int) -> list[asyncpg.Record]
 
 
 async def insert_incident(conn: Conn, incident_id: int, kind: str, root: str, inferred: bool,
-                          opened_at: datetime | None, subscribers: int) -> None:  # fmt: skip
+                          opened_at: datetime | None, subscribers: int,
+                          raised_by: str = "probes") -> None:  # fmt: skip
     """A new incident (once: a replayed write changes nothing)."""
     await conn.execute(
         "insert into incident (id, state, kind, root_node, inferred, opened_at,"
-        " subscribers) values ($1, 'open', $2, $3, $4, $5, $6)"
+        " subscribers, raised_by) values ($1, 'open', $2, $3, $4, $5, $6, $7)"
         " on conflict (id) do nothing",
-        incident_id, kind, root, inferred, opened_at, subscribers,
+        incident_id, kind, root, inferred, opened_at, subscribers, raised_by,
     )  # fmt: skip
 
 

@@ -103,8 +103,16 @@ async def check(request: web.Request) -> web.Response:
     answer = assess(rt.monitor, rt.directory, match, now, rt.config.messages.restored_for,
                     rt.answers)  # fmt: skip
     inc = answer.incident
-    if inc is not None and rt.monitor is not None:
-        rt.monitor.count_call(inc.id)
+    monitor = rt.monitor
+    if monitor is not None:
+        if inc is not None:
+            monitor.count_call(inc.id)
+        if matched_by != "node" and answer.node and (match.subscriber or match.address):
+            # A caller from a known place: kept for the detector's next look (core/calls.py).
+            address = match.address
+            monitor.record_call(answer.node, address.key if address is not None else "",
+                                matched_by, q[matched_by].strip() + "\x00" + match.flat,
+                                channel, answer.status.value)  # fmt: skip
     rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
     if fmt == "text":
         return web.Response(text=f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n")
@@ -117,10 +125,13 @@ def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now:
     address = match.address_text()
     # Said in wall-clock time: the monitor's times plus the wall clock's step since start.
     step = clock.CLOCK.step()
-    message = texts.render(answer.status, now + step, address=address,
-                           since=_add(answer.since, step), eta=_add(answer.eta, step),
-                           until=_add(answer.until, step),
-                           resolved=_add(answer.resolved, step))  # fmt: skip
+    if answer.suspected is not None and texts.suspected:
+        message = texts.suspected  # [callers] sentence: several calls, being checked
+    else:
+        message = texts.render(answer.status, now + step, address=address,
+                               since=_add(answer.since, step), eta=_add(answer.eta, step),
+                               until=_add(answer.until, step),
+                               resolved=_add(answer.resolved, step))  # fmt: skip
     return orjson.dumps({
         "status": answer.status,
         "incident_id": str(inc.id) if inc is not None else "",
@@ -261,9 +272,13 @@ async def update_incident(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     iid = _incident_id(request)
     body = await _json_body(request)
-    unknown = set(body) - {"eta", "note"}
+    unknown = set(body) - {"eta", "note", *DECISIONS}
     if unknown:
-        raise bad(f"unknown field(s): {', '.join(sorted(unknown))}; give eta and/or note.")
+        raise bad(f"unknown field(s): {', '.join(sorted(unknown))}; give eta and/or note, "
+                  "or one of confirm, dismiss, resolve.")  # fmt: skip
+    decided = [k for k in DECISIONS if k in body]
+    if decided:
+        return await _decide(request, rt, iid, body, decided, who or "anonymous")
     if "eta" not in body and "note" not in body:
         raise bad("give eta and/or note.")
     try:
@@ -281,6 +296,46 @@ async def update_incident(request: web.Request) -> web.Response:
              note=bool(body.get("note")))  # fmt: skip
     found = await queries.one(rt, iid)
     return json_response(found)
+
+
+# An engineer's decision on an incident raised by calls (core/calls.py).
+DECISIONS = ("confirm", "dismiss", "resolve")
+
+
+async def _decide(request: web.Request, rt: Runtime, iid: int, body: dict[str, Any],
+                  decided: list[str], who: str) -> web.Response:  # fmt: skip
+    """confirm (a suspected incident becomes an outage, same id), dismiss (it ends), or
+    resolve (an outage raised by calls and confirmed is repaired); a note may go along."""
+    if len(decided) > 1 or "eta" in body:
+        raise bad("give one of confirm, dismiss or resolve (a note may go with it).")
+    what = decided[0]
+    if body[what] is not True:
+        raise bad(f"{what} must be true.")
+    try:
+        note = text(body.get("note", ""), "note")
+    except Invalid as e:
+        raise bad(str(e)) from None
+    monitor = rt.monitor
+    if monitor is None:
+        raise bad("the daemon is starting; try again in a moment.", 409)
+    inc = monitor.open_incident(iid)
+    if inc is None:
+        if await queries.one(rt, iid) is None:
+            raise bad(f"there is no incident {iid}.", 404)
+        raise bad(f"incident {iid} is not open: there is nothing to {what}.", 409)
+    done = {"confirm": monitor.confirm, "dismiss": monitor.dismiss,
+            "resolve": monitor.repaired}[what](iid, who)  # fmt: skip
+    if not done:
+        if what == "resolve":
+            raise bad(f"incident {iid} was not raised by calls and confirmed: the probes "
+                      "resolve it when its root answers again.", 409)  # fmt: skip
+        raise bad(f"incident {iid} is not a suspected incident ({inc.kind.value}): only "
+                  "a suspected one can be confirmed or dismissed.", 409)  # fmt: skip
+    if note:
+        monitor.set_eta(iid, None, note, who)
+    log.info("api.incident_decided", incident=iid, decision=what, by=who)
+    # As it is now (ended ones are in the database only once the writer gets there).
+    return json_response(queries.incident_json(inc, monitor))
 
 
 async def add_maintenance(request: web.Request) -> web.Response:

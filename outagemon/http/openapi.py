@@ -51,7 +51,10 @@ INCIDENT = {
     "properties": {
         "id": {"type": "string"},
         "state": {"type": "string", "enum": ["open", "resolved", "merged"]},
-        "kind": {"type": "string", "enum": ["outage", "maintenance"]},
+        "kind": {"type": "string", "enum": ["outage", "maintenance", "suspected"],
+                 "description": "suspected: raised from a cluster of calls where the probes "
+                                "see nothing; never said to callers as an outage until "
+                                "confirmed (then it is an outage with the same id)."},
         "root_node": {"type": "string"},
         "inferred": {"type": "boolean",
                      "description": "The root was found from its children's failures."},
@@ -63,6 +66,17 @@ INCIDENT = {
         "eta": NULLABLE_TIME,
         "calls": {"type": "integer", "minimum": 0,
                   "description": "Check requests answered with this incident."},
+        "raised_by": {"type": "string", "enum": ["probes", "calls"],
+                      "description": "calls: a suspected incident, confirmed or not."},
+        "callers": {"type": "integer", "minimum": 0,
+                    "description": "Raised by calls, open: distinct callers behind it."},
+        "first_call_at": {"type": "string",
+                          "description": "Raised by calls, open: when the first of them called."},
+        "calls_per_minute": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                             "description": "Raised by calls, open: calls in each of the "
+                                            "last 30 minutes, oldest first."},
+        "buildings": {"type": "array", "items": {"type": "string"},
+                      "description": "Raised by calls, open: the callers' buildings."},
     },
 }  # fmt: skip
 TIMELINE = {
@@ -110,7 +124,25 @@ UPDATE_IN = {
     "properties": {
         "eta": {"type": "string", "format": "date-time", "nullable": True},
         "note": {"type": "string", "maxLength": 2000},
+        "confirm": {
+            "type": "boolean",
+            "enum": [True],
+            "description": "A suspected incident is real: it becomes an outage with "
+            "the same id, and callers behind it hear outage.",
+        },
+        "dismiss": {
+            "type": "boolean",
+            "enum": [True],
+            "description": "A suspected incident is not real: it ends.",
+        },
+        "resolve": {
+            "type": "boolean",
+            "enum": [True],
+            "description": "An outage raised by calls and confirmed is repaired "
+            "(the probes resolve their own).",
+        },
     },
+    "description": "eta and/or note; or one of confirm, dismiss, resolve (with a note if wished).",
 }
 
 
@@ -183,12 +215,13 @@ def spec() -> dict[str, Any]:
                                   **_errors(401, 404)},
                 },
                 "post": {
-                    "summary": "Set the expected repair time and/or add a note (write token).",
+                    "summary": "Set the expected repair time and/or add a note; confirm or "
+                               "dismiss a suspected incident (write token).",
                     "security": [{"bearer": []}],
                     "requestBody": {"required": True,
                                     "content": {"application/json": {"schema": UPDATE_IN}}},
                     "responses": {"200": _json(INCIDENT, "The incident, updated."),
-                                  **_errors(400, 401, 403, 404, 413)},
+                                  **_errors(400, 401, 403, 404, 409, 413)},
                 },
             },
             "/api/v1/maintenance": {"post": {

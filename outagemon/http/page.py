@@ -33,6 +33,7 @@ from outagemon.http.security import (
     Message,
     Session,
 )
+from outagemon.monitor import Monitor
 
 log = logs.get("outagemon.page")
 
@@ -95,7 +96,34 @@ def _card(rt: Runtime, inc: Incident) -> dict[str, Any]:
         "calls": m.calls.get(inc.id, 0), "eta": _when(m.eta.get(inc.id)),
         "addresses": addresses, "more_addresses": more,
         "resolved": _when(inc.resolved_at),
+        **_suspicion_card(m, inc),
     }  # fmt: skip
+
+
+def _suspicion_card(m: Monitor, inc: Incident) -> dict[str, Any]:
+    """An incident raised by calls: its distinct callers and the chart of its calls."""
+    sus = m.watch.open.get(inc.id)
+    if sus is None:
+        return {"callers": 0, "chart": ""}
+    return {"callers": len(sus.callers), "chart": chart(sus.per_minute(m.clock()))}
+
+
+def chart(per_minute: list[int]) -> Markup:
+    """Calls per minute as a small bar chart (inline SVG: no script, no request)."""
+    if not per_minute:
+        return Markup("")
+    top = max(max(per_minute), 1)
+    width, height = 4 * len(per_minute), 24
+    bars = "".join(
+        f'<rect x="{4 * i}" y="{height - round(height * n / top)}" width="3" '
+        f'height="{round(height * n / top)}"></rect>'
+        for i, n in enumerate(per_minute) if n
+    )  # fmt: skip
+    title = f"calls per minute over the last {len(per_minute)} minutes: {sum(per_minute)}"
+    return Markup(
+        f'<svg class="calls" width="{width}" height="{height}" role="img" '
+        f'viewBox="0 0 {width} {height}"><title>{escape(title)}</title>{bars}</svg>'
+    )
 
 
 def live_context(rt: Runtime) -> dict[str, Any]:
@@ -106,7 +134,7 @@ def live_context(rt: Runtime) -> dict[str, Any]:
     more = 0
     if m is not None:
         c = m.correlator
-        incs = sorted(c.incidents.values(), key=lambda i: -i.opened_at)
+        incs = sorted(m.open_incidents(), key=lambda i: -i.opened_at)
         open_cards = [_card(rt, i) for i in incs]
         seen: dict[int, Incident] = {}
         for inc in m.recent.values():
@@ -410,6 +438,7 @@ async def incident_page(request: web.Request) -> web.Response:
         log.warning("page.database_unavailable", error=str(e))
     html = ENV.get_template("incident.html").render(
         now=_when(time.time()), i=inc, timeline=timeline, tree=_tree(rt, inc),
+        chart=chart(inc.get("calls_per_minute") or []),
         message=Message.of(request.query.get("message")),
         can_write=visitor.session is not None and visitor.session.role == "write",
         tz=datetime.now().astimezone().strftime("%Z %z"), **visitor.context(),
@@ -454,6 +483,9 @@ async def incident_form(request: web.Request) -> web.Response:
             raise _back(back, Message.TOKEN_INVALID)
         rt.guard.backoff.succeeded(address)
         who = token.name
+    decision = form.get("decision", "")
+    if decision:
+        raise _back(back, _decide(rt, iid, decision, who))
     eta_text = form.get("eta", "").strip()
     eta = None
     if eta_text:
@@ -472,6 +504,17 @@ async def incident_form(request: web.Request) -> web.Response:
         raise bad(f"there is no incident {raw}.", 404)
     rt.monitor.set_eta(iid, clock.steady(eta) if eta is not None else None, note, who)
     raise _back(back, Message.SAVED)
+
+
+def _decide(rt: Runtime, iid: int, decision: str, who: str) -> Message:
+    """The page's buttons for an incident raised by calls: confirm, dismiss, repaired."""
+    m = rt.monitor
+    act = {"confirm": (m.confirm, Message.CONFIRMED), "dismiss": (m.dismiss, Message.DISMISSED),
+           "resolve": (m.repaired, Message.REPAIRED)} if m is not None else {}  # fmt: skip
+    if decision not in act:
+        return Message.NOT_DECIDABLE
+    do, said = act[decision]
+    return said if do(iid, who) else Message.NOT_DECIDABLE
 
 
 # -- logging in and out ----------------------------------------------------------------

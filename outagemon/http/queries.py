@@ -34,7 +34,21 @@ def incident_json(inc: Incident, monitor: Monitor | None) -> dict[str, Any]:
         "resolved_at": iso(inc.resolved_at) or None,
         "eta": iso(monitor.eta.get(inc.id)) or None if monitor else None,
         "calls": monitor.calls.get(inc.id, 0) if monitor else 0,
+        "raised_by": inc.raised_by,
+        **(_suspicion(inc, monitor) if monitor is not None else {}),
     }
+
+
+def _suspicion(inc: Incident, monitor: Monitor) -> dict[str, Any]:
+    """For an incident raised by calls: the calls that raised it (per minute, for the
+    page's chart), the distinct callers, and when the first of them called."""
+    sus = monitor.watch.open.get(inc.id)
+    if sus is None:
+        return {}
+    now = monitor.clock()
+    return {"callers": len(sus.callers), "first_call_at": iso(sus.first_call),
+            "calls_per_minute": sus.per_minute(now),
+            "buildings": sorted({c.building for c in sus.calls if c.building})[:20]}  # fmt: skip
 
 
 def row_json(r: Any) -> dict[str, Any]:
@@ -53,6 +67,7 @@ def row_json(r: Any) -> dict[str, Any]:
         "resolved_at": t(r["resolved_at"]),
         "eta": t(r["eta"]),
         "calls": r["calls"],
+        "raised_by": r["raised_by"],
     }
 
 
@@ -60,7 +75,7 @@ def open_incidents(rt: Runtime) -> list[dict[str, Any]]:
     """Open incidents, newest first, from memory."""
     if rt.monitor is None:
         return []
-    incs = sorted(rt.monitor.correlator.incidents.values(), key=lambda i: (-i.opened_at, -i.id))
+    incs = sorted(rt.monitor.open_incidents(), key=lambda i: (-i.opened_at, -i.id))
     return [incident_json(i, rt.monitor) for i in incs]
 
 
@@ -88,8 +103,9 @@ def _away() -> web.HTTPServiceUnavailable:
 
 async def one(rt: Runtime, iid: int) -> dict[str, Any] | None:
     """One incident: open ones from memory, others from the database (None if away)."""
-    if rt.monitor is not None and iid in rt.monitor.correlator.incidents:
-        return incident_json(rt.monitor.correlator.incidents[iid], rt.monitor)
+    found = rt.monitor.open_incident(iid) if rt.monitor is not None else None
+    if found is not None:
+        return incident_json(found, rt.monitor)
     if rt.pool is None:
         return None
     try:

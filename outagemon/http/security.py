@@ -44,6 +44,10 @@ class Message(Enum):
     is a phishing kit)."""
 
     SAVED = "Saved."
+    CONFIRMED = "Confirmed: callers of this place now hear that there is an outage."
+    DISMISSED = "Dismissed."
+    REPAIRED = "Marked repaired: callers hear that service is restored."
+    NOT_DECIDABLE = "This incident cannot take that decision (it is not, or no longer, suspected)."
     TOKEN_INVALID = "The write token is not valid."
     WRITES_DISABLED = "Writes are disabled: no write token is configured."
     ETA_INVALID = "The ETA is not a time."

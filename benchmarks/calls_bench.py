@@ -1,0 +1,248 @@
+"""Callers as sensors over a simulated month in a 300,000-subscriber city.
+
+    .venv/bin/python -m benchmarks.calls_bench [--days 30] [--seed 1] [--window S]
+        [--chance P] [--shares 0.25,0.15]
+
+A city's month of calls cannot exist on this machine, so it is simulated, and said so:
+the city is `sim/citygen.sized(3000, 300000)` (30 aggregations, 3,000 buildings with an
+access switch each, four entrances to a building, 25 subscribers to an entrance); the
+detector is the real one (`core/calls.py`) with its default settings, fed the calls in
+time order as the monitor's tick would hand them over.
+
+- Background: every entrance's subscribers call at 0.01 calls a subscriber a day on
+  average, times a per-entrance factor (log-normal, sigma 0.5: some places call more),
+  times a day curve (peak at 20:00 at 1.7x the mean, trough at 08:00 at 0.3x); a fifth
+  of callers call again within minutes (the same caller counts once). All answered `ok`.
+- Visible faults (the probes see them): 60 access switches fail; their callers are
+  answered `outage` and must not count.
+- Invisible faults (the probes cannot see them): 28 entrances (a crushed cable, a passive
+  splitter) and 8 whole buildings whose switch is not probed, at random times, lasting
+  1 to 6 hours. Each affected subscriber calls, with probability `share` (0.25; also run
+  at 0.15), after an exponential delay of mean 10 minutes from noticing; a fault at night
+  (00:00-07:00) is noticed from 07:00 (within the next hour), if it still lasts.
+
+Printed: recall (invisible faults suspected at their place while they last, counted
+against the faults that drew at least one call; against all of them, and against those
+with `min_callers` callers or more, beside it), false
+suspicions a day (raised where no fault was), and the time from a fault's first call to
+its suspicion (median and 90th percentile); the CPU time of the detector. Ticks come once
+a second while calls come, and a minute apart otherwise (a tick with no new call changes
+nothing but expiry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from outagemon.core.calls import DAY, Call, CallWatch, Settings
+from outagemon.core.topology import Node, Topology
+from outagemon.sim import citygen
+
+NIGHT_END = 7 * 3600.0
+
+
+@dataclass
+class Fault:
+    node: str
+    start: float
+    end: float
+    visible: bool
+    first_call: float = math.inf
+    raised_at: float = math.inf
+    root: str = ""
+    callers: set[str] = field(default_factory=set)
+
+
+def day_curve(t: float) -> float:
+    hour = (t % DAY) / 3600
+    return 1.0 + 0.7 * math.cos(2 * math.pi * (hour - 20) / 24)
+
+
+def build_city() -> tuple[Topology, dict[str, list[str]]]:
+    """The topology (no routers: the detector needs serving nodes), and each entrance's
+    subscribers (accounts)."""
+    city = citygen.sized(3000, 300_000)
+    nodes = []
+    flats: dict[str, list[tuple[int, int, str]]] = {}
+    for n in city.nodes:
+        item: dict[str, Any] = n
+        ip, parents = item.get("ip"), tuple(item.get("parents") or ())
+        nodes.append(Node(str(item["id"]), str(item["kind"]), ip, parents))
+        for served in item.get("serves") or ():
+            lo, hi = (int(x) for x in served["flats"].split("-"))
+            flats.setdefault(served["address"], []).append((lo, hi, str(n["id"])))
+    behind: dict[str, list[str]] = {}
+    for account, _phones, address, flat, _ip in city.rows:
+        for lo, hi, seg in flats[address]:
+            if lo <= int(flat) <= hi:
+                behind.setdefault(seg, []).append(account)
+                break
+    return Topology(nodes), behind
+
+
+def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: float,
+             seed: int, settings: Settings) -> dict[str, float]:  # fmt: skip
+    rng = random.Random(seed)
+    end = days * DAY
+    calls: list[Call] = []
+    # Background, by thinning a Poisson process at the day curve's peak rate.
+    for seg, accounts in behind.items():
+        factor = rng.lognormvariate(-0.125, 0.5)  # mean 1
+        peak = 0.01 * len(accounts) * factor * 1.7 / DAY
+        t = rng.expovariate(peak)
+        while t < end:
+            if rng.random() < day_curve(t) / 1.7:
+                who = rng.choice(accounts)
+                calls.append(Call(t, seg, "", who, "ivr", "ok"))
+                if rng.random() < 0.2:
+                    calls.append(Call(t + rng.uniform(30, 300), seg, "", who, "ivr", "ok"))
+            t += rng.expovariate(peak)
+    switches = [n for n in topo.nodes if n.startswith("sw-")]
+    segments = sorted(behind)
+    faults = [Fault(rng.choice(segments), 0, 0, False) for _ in range(28)]
+    faults += [Fault(rng.choice(switches), 0, 0, False) for _ in range(8)]
+    faults += [Fault(rng.choice(switches), 0, 0, True) for _ in range(60)]
+    for f in faults:
+        f.start = rng.uniform(DAY, end - 7 * 3600)
+        f.end = f.start + rng.uniform(3600, 6 * 3600)
+        place = [f.node, *topo.descendants(f.node)]
+        for seg in place:
+            for who in behind.get(seg, ()):
+                if rng.random() >= share:
+                    continue
+                noticed = f.start
+                if f.start % DAY < NIGHT_END:
+                    noticed = f.start - f.start % DAY + NIGHT_END + rng.uniform(0, 3600)
+                t = noticed + rng.expovariate(1 / 600)
+                if t < f.end:
+                    status = "outage" if f.visible else "ok"
+                    calls.append(Call(t, seg, "", who, "ivr", status))
+                    if not f.visible:
+                        f.first_call = min(f.first_call, t)
+                        f.callers.add(who)
+    calls.sort(key=lambda c: c.at)
+
+    counts = {seg: len(a) for seg, a in behind.items()}
+    watch = CallWatch(topo, counts, settings, started=0.0)
+    next_id = iter(range(1, 10**9)).__next__
+    cpu = time.process_time()
+    # Ticks: one a second while calls come (the monitor's), skipping seconds without a
+    # call and with nothing to expire, where a tick changes nothing but the clock.
+    i = 0
+    now = 0.0
+    raised: list[tuple[float, str]] = []
+    while now < end:
+        nxt = calls[i].at if i < len(calls) else end
+        now = min(math.floor(now) + 60, max(math.ceil(nxt), now + 1))
+        j = i
+        while j < len(calls) and calls[j].at <= now:
+            j += 1
+        watch.tick(now, calls[i:j], lambda _n: False, next_id)
+        i = j
+        for e in watch.take_events():
+            if e.kind.value == "opened":
+                raised.append((now, e.root or ""))
+    cpu = time.process_time() - cpu
+
+    invisible = [f for f in faults if not f.visible]
+    false = 0
+    for at, root in raised:
+        match = None
+        for f in invisible:
+            around = {f.node, *topo.descendants(f.node)}
+            near = root in around or f.node in topo.ancestors(root) or root == f.node
+            if near and f.start <= at <= f.end + settings.window:
+                match = f
+                break
+        if match is None:
+            false += 1
+        elif match.raised_at == math.inf:
+            match.raised_at, match.root = at, root
+    found = [f for f in invisible if f.raised_at < math.inf]
+    heard = [f for f in invisible if f.first_call < math.inf]
+    delays = sorted(f.raised_at - f.first_call for f in found)
+    silent = sum(1 for f in invisible if f.first_call == math.inf)
+    return {
+        "calls": len(calls),
+        "faults": len(invisible),
+        "silent": silent,
+        "recall_all": len(found) / len(invisible),
+        "recall": len(found) / max(1, len(heard)),
+        "enough": sum(1 for f in invisible if len(f.callers) >= settings.min_callers),
+        "recall_enough": sum(1 for f in found if len(f.callers) >= settings.min_callers)
+        / max(1, sum(1 for f in invisible if len(f.callers) >= settings.min_callers)),
+        "false_per_day": false / days,
+        "false": false,
+        "median": delays[len(delays) // 2] if delays else math.nan,
+        "p90": delays[int(len(delays) * 0.9)] if delays else math.nan,
+        "cpu": cpu,
+        "at_root": sum(1 for f in found if f.root == f.node) / max(1, len(found)),
+    }
+
+
+def surge(topo: Topology, behind: dict[str, list[str]], calls: int = 20_000) -> str:
+    """The detector's cost when the whole city calls: `calls` answered ok within ten
+    minutes from random entrances, handed over once a second."""
+    rng = random.Random(1)
+    segments = sorted(behind)
+    made = []
+    for _ in range(calls):
+        seg = rng.choice(segments)
+        made.append(Call(rng.uniform(0, 600), seg, "", rng.choice(behind[seg]), "ivr", "ok"))
+    made.sort(key=lambda c: c.at)
+    watch = CallWatch(topo, {seg: len(a) for seg, a in behind.items()}, Settings(), 0.0)
+    next_id = iter(range(1, 10**9)).__next__
+    i, worst, total = 0, 0.0, 0.0
+    for t in range(1, 601):
+        j = i
+        while j < len(made) and made[j].at <= t:
+            j += 1
+        started = time.process_time()
+        watch.tick(float(t), made[i:j], lambda _n: False, next_id)
+        spent = time.process_time() - started
+        worst, total, i = max(worst, spent), total + spent, j
+    return (f"surge: {calls:,} calls in 10 minutes from random entrances: "
+            f"{len(watch.open):,} suspicions, worst look {worst * 1000:.0f} ms CPU, "
+            f"{total:.2f} s CPU in all")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--window", type=float, default=Settings().window)
+    parser.add_argument("--chance", type=float, default=Settings().chance)
+    parser.add_argument("--shares", default="0.25,0.15")
+    args = parser.parse_args()
+    started = time.process_time()
+    topo, behind = build_city()
+    subscribers = sum(len(a) for a in behind.values())
+    built = time.process_time() - started
+    print(f"city: {subscribers:,} subscribers, {len(topo):,} nodes (built in {built:.1f} s "
+          f"CPU); {args.days} days simulated; window {args.window:g} s, "
+          f"chance {args.chance:g}")  # fmt: skip
+    for share in (float(x) for x in args.shares.split(",")):
+        chosen = Settings(window=args.window, chance=args.chance)
+        r = simulate(topo, behind, args.days, share, args.seed, chosen)
+        print(f"share of affected subscribers who call {share:.0%}: "
+              f"{r['calls']:,.0f} calls; {r['faults']:.0f} invisible faults "
+              f"({r['silent']:.0f} drew no call: over before anyone noticed); recall "
+              f"{r['recall']:.0%} of those callers noticed ({r['recall_all']:.0%} of all; "
+              f"{r['recall_enough']:.0%} of the {r['enough']:.0f} with 3 callers or more) "
+              f"(at the fault's own node: {r['at_root']:.0%}); false suspicions "
+              f"{r['false']:.0f} = {r['false_per_day']:.2f} a day; first call to suspicion "
+              f"median {r['median'] / 60:.1f} min, p90 {r['p90'] / 60:.1f} min; "
+              f"detector CPU {r['cpu']:.1f} s")  # fmt: skip
+    print(surge(topo, behind))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"peak memory {usage.ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,454 @@
+"""Callers as sensors: suspected incidents from clusters of calls the probes cannot explain.
+
+Every `/check` that names a subscriber or an address is a caller, from a known place, at a
+known time. The HTTP side appends each one to a bounded `CallLog` (nothing else happens on
+the request path); the monitor's tick hands them to `CallWatch.tick()`, which is pure: time
+is passed in, nothing is read or written but its own state.
+
+A place is suspected when the distinct callers below one node within `window` seconds
+reach what that node's usual call rate cannot explain: the smallest count that Poisson
+arrivals at the learned rate reach by chance less often than `chance` in a window, and
+never fewer than `min_callers`. The rate of each node is learned from the calls it had
+(answered `ok` and not part of a suspicion), blended with a prior of `prior_rate` calls
+per subscriber a day that weighs as one day of history. Only calls answered `ok` count:
+one answered `outage`, `maintenance`, `cpe_down`, `restored` or `unknown` (blindness) is
+already explained. The suspected root is the lowest node shared by the callers' serving
+nodes.
+
+A suspected incident is never spoken as an outage: an engineer confirms it (it becomes an
+outage with the same id), dismisses it, or it expires after `expire_after` seconds
+without a call; the monitor closes it into an incident of the probes that covers its root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from outagemon.core.incidents import Event, EventKind, Incident, IncidentState, Kind
+from outagemon.core.topology import Topology
+
+DAY = 86400.0
+KEPT_CALLS = 200  # calls kept per suspected incident (for the page's chart); more are counted
+# Only these answers leave a call unexplained: the others are an incident, planned works,
+# the caller's own router, a recent repair, or a monitor that cannot see.
+UNEXPLAINED = frozenset({"ok"})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    window: float = 1800.0  # seconds over which distinct callers are counted
+    min_callers: int = 3  # the floor: never fewer distinct callers than this
+    chance: float = 1e-6  # how rarely the usual rate may reach the threshold by luck
+    prior_rate: float = 0.01  # calls per subscriber a day, before history says otherwise
+    learn_for: float = 7 * DAY  # how long history weighs (the rate's time constant)
+    expire_after: float = 3600.0  # a suspected incident with no call this long ends
+    keep: int = 100_000  # calls held between ticks at most (the oldest go first)
+    # The largest place suspected, in subscribers: callers cannot place a fault further up
+    # (a city's calls are always many there), and an aggregation is the probes' to see.
+    max_subscribers: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One resolved /check: when, the serving node, the building, the caller's key (a
+    hash, never the phone or account), the channel and the answer given."""
+
+    at: float
+    node: str
+    building: str
+    caller: str
+    channel: str
+    status: str
+
+
+def caller_key(salt: bytes, kind: str, value: str) -> str:
+    """A caller's key as kept: a keyed hash of how they were named (never the value)."""
+    h = hashlib.blake2b(f"{kind}\x00{value}".encode("utf-8", "surrogateescape"),
+                        key=salt, digest_size=8)  # fmt: skip
+    return h.hexdigest()
+
+
+class CallLog:
+    """The calls since the last tick: appended by the request path, taken by the tick.
+    Bounded: past `limit`, the oldest are dropped (and counted)."""
+
+    __slots__ = ("calls", "dropped")
+
+    def __init__(self, limit: int) -> None:
+        self.calls: deque[Call] = deque(maxlen=limit)
+        self.dropped = 0
+
+    def append(self, call: Call) -> None:
+        if len(self.calls) == self.calls.maxlen:
+            self.dropped += 1
+        self.calls.append(call)
+
+    def take(self) -> list[Call]:
+        taken = list(self.calls)
+        self.calls.clear()
+        return taken
+
+
+@dataclass(slots=True)
+class Suspicion:
+    """A suspected incident (or, once confirmed by an engineer, an outage raised by calls)
+    with the calls that raised it and came after."""
+
+    incident: Incident
+    calls: list[Call]
+    first_call: float
+    raised_at: float
+    last_call: float
+    callers: set[str] = field(default_factory=set)
+    count: int = 0  # calls attached, kept or not
+    recent: deque[float] = field(default_factory=deque)  # when, within expire_after
+
+    @property
+    def confirmed(self) -> bool:
+        return self.incident.kind is Kind.OUTAGE
+
+    def attach(self, call: Call) -> None:
+        self.count += 1
+        self.recent.append(call.at)
+        self.callers.add(call.caller)
+        self.last_call = max(self.last_call, call.at)
+        if len(self.calls) < KEPT_CALLS:
+            self.calls.append(call)
+
+    def per_minute(self, now: float, minutes: int = 30) -> list[int]:
+        """Calls kept in each of the last `minutes` minutes up to now, oldest first."""
+        counts = [0] * minutes
+        for c in self.calls:
+            age = int((now - c.at) // 60)
+            if 0 <= age < minutes:
+                counts[minutes - 1 - age] += 1
+        return counts
+
+
+def poisson_threshold(mean: float, chance: float, floor: int) -> int:
+    """The smallest k >= floor with P(X >= k) <= chance for X ~ Poisson(mean)."""
+    if mean <= 0:
+        return floor
+    term = math.exp(-mean)  # P(X = 0)
+    below = 0.0  # P(X < k)
+    k = 0
+    while True:
+        if k >= floor and 1.0 - below <= chance:
+            return k
+        below += term
+        k += 1
+        term *= mean / k
+        if term < 1e-300 and k > mean:
+            return max(k, floor)
+
+
+class CallWatch:
+    """The detector and the book of suspected incidents (see the module's docstring).
+
+    Invariants: `window` holds the unexplained calls of the last `settings.window`
+    seconds, oldest first, those a suspicion took among them (their ids in `_taken`)
+    until they leave it; `_by_node` the others by serving node, and `_counts` their
+    distinct callers at or below each node no larger than `max_subscribers` (kept as
+    calls come and go, so a look costs what the new calls touch, not the whole window);
+    `open` the suspicions not ended, by id, and `_roots` them by root unless
+    `_roots_stale`; `events` those since the last `take_events()`."""
+
+    def __init__(self, topology: Topology, subscribers: dict[str, int], settings: Settings,
+                 started: float) -> None:  # fmt: skip
+        self.settings = settings
+        self.started = started
+        self.window: deque[Call] = deque()
+        self._by_node: dict[str, deque[Call]] = {}
+        self._counts: dict[str, dict[str, int]] = {}  # node -> caller -> calls in the window
+        self._taken: set[int] = set()
+        self.open: dict[int, Suspicion] = {}
+        self._roots: dict[str, Suspicion] = {}
+        self._roots_stale = False
+        self.events: list[Event] = []
+        self._learned: dict[str, tuple[float, float]] = {}  # node -> (decayed count, at)
+        self.set_topology(topology, subscribers)
+        self.delays: list[float] = []  # first call to suspicion, per suspicion raised
+
+    def set_topology(self, topology: Topology, subscribers: dict[str, int]) -> None:
+        """The network, and the subscribers each node serves directly."""
+        self.topology = topology
+        below: dict[str, int] = {}
+        for node, count in subscribers.items():
+            if node not in topology:
+                continue
+            for n in (node, *topology.ancestors(node)):
+                below[n] = below.get(n, 0) + count
+        self.below = below  # node -> subscribers at or below it
+
+    # -- what callers hear -------------------------------------------------------------
+
+    def covering(self, node: str) -> Suspicion | None:
+        """The open suspicion whose root is this node or above it."""
+        if not self.open:
+            return None
+        if self._roots_stale:
+            self._roots = {sus.incident.root: sus for sus in self.open.values()}
+            self._roots_stale = False
+        roots = self._roots
+        for n in self._chain(node):
+            found = roots.get(n)
+            if found is not None:
+                return found
+        return None
+
+    def _chain(self, node: str) -> tuple[str, ...]:
+        if node not in self.topology:
+            return (node,)
+        return (node, *self.topology.ancestors(node))
+
+    # -- the baseline ------------------------------------------------------------------
+
+    def rate(self, node: str, now: float) -> float:
+        """Calls a second expected below this node: history blended with the prior."""
+        s = self.settings
+        prior = s.prior_rate * self.below.get(node, 0) / DAY
+        count, at = self._learned.get(node, (0.0, now))
+        count *= math.exp(-(now - at) / s.learn_for)
+        # The time the history covers (it weighs less the older it is), plus one day of
+        # the prior's weight.
+        seen = s.learn_for * (1.0 - math.exp(-max(0.0, now - self.started) / s.learn_for))
+        return (count + prior * DAY) / (seen + DAY)
+
+    def threshold(self, node: str, now: float) -> int:
+        s = self.settings
+        return poisson_threshold(self.rate(node, now) * s.window, s.chance, s.min_callers)
+
+    def _learn(self, call: Call) -> None:
+        tau = self.settings.learn_for
+        for n in self._chain(call.node):
+            count, at = self._learned.get(n, (0.0, call.at))
+            self._learned[n] = (count * math.exp(-(call.at - at) / tau) + 1.0, call.at)
+
+    # -- the tick ----------------------------------------------------------------------
+
+    def tick(self, now: float, calls: Iterable[Call], explained: Callable[[str], bool],
+             next_id: Callable[[], int]) -> None:  # fmt: skip
+        """Take the new calls, raise or widen suspicions, expire quiet ones.
+
+        `explained(node)`: whether the probes' incidents, planned works or blindness
+        explain trouble at this node now (no suspicion is raised there); `next_id()`: the
+        id of a new incident (shared with the probes' incidents)."""
+        s = self.settings
+        touched: set[str] = set()
+        for call in calls:
+            if call.status not in UNEXPLAINED or call.node not in self.topology:
+                continue
+            found = self.covering(call.node)
+            if found is not None:
+                found.attach(call)
+            else:
+                self._add(call)
+                touched.update(self._chain(call.node))
+        window = self.window
+        while window and (window[0].at < now - s.window or len(window) > s.keep):
+            call = window.popleft()
+            if id(call) in self._taken:
+                self._taken.discard(id(call))
+                continue
+            self._remove(call)
+            self._learn(call)
+        # Only a new call can bring a place to its threshold (the rates move slowly).
+        if touched:
+            self._raise(now, touched, explained, next_id)
+        for sid, sus in list(self.open.items()):
+            if not sus.confirmed and self._quiet(sus, now):
+                self._end(sid, now, {"expired": True, "quiet_for": round(now - sus.last_call)})
+
+    def _quiet(self, sus: Suspicion, now: float) -> bool:
+        """Whether a suspected place's calls over the last `expire_after` seconds are no
+        more than its usual rate explains (for a quiet place: no call at all)."""
+        s = self.settings
+        if now - sus.raised_at < s.expire_after:
+            return False
+        while sus.recent and sus.recent[0] <= now - s.expire_after:
+            sus.recent.popleft()
+        usual = self.rate(sus.incident.root, now) * s.expire_after
+        return len(sus.recent) < poisson_threshold(usual, 0.01, 1)
+
+    def _add(self, call: Call) -> None:
+        self.window.append(call)
+        self._by_node.setdefault(call.node, deque()).append(call)
+        largest, below = self.settings.max_subscribers, self.below
+        for n in self._chain(call.node):
+            if below.get(n, 0) <= largest:  # a larger place is never suspected
+                per = self._counts.setdefault(n, {})
+                per[call.caller] = per.get(call.caller, 0) + 1
+
+    def _remove(self, call: Call) -> None:
+        """A call leaves the counts (it expired, or a suspicion took it)."""
+        mine = self._by_node.get(call.node)
+        if mine:
+            if mine[0] is call:
+                mine.popleft()
+            else:
+                mine.remove(call)
+            if not mine:
+                del self._by_node[call.node]
+        for n in self._chain(call.node):
+            per = self._counts.get(n)
+            if per is None or call.caller not in per:
+                continue
+            per[call.caller] -= 1
+            if not per[call.caller]:
+                del per[call.caller]
+                if not per:
+                    del self._counts[n]
+
+    def _raise(self, now: float, touched: set[str], explained: Callable[[str], bool],
+               next_id: Callable[[], int]) -> None:  # fmt: skip
+        """Raise (or widen) suspicions where the new calls bring a place to its
+        threshold, lowest places first."""
+        s, counts, below = self.settings, self._counts, self.below
+        candidates = [n for n in touched if len(counts.get(n, ())) >= s.min_callers]
+        if not candidates:
+            return
+        candidates.sort(key=lambda n: (-len(self.topology.ancestors(n)), n))
+        for node in candidates:
+            callers = len(counts.get(node, ()))  # fewer, if a place below was just taken
+            if callers < s.min_callers or callers < self.threshold(node, now):
+                continue
+            if explained(node):
+                continue
+            place = [node, *self.topology.descendants(node)]
+            taken = [c for n in place for c in self._by_node.get(n, ())]
+            root = self.lowest_shared({c.node for c in taken})
+            if explained(root) or below.get(root, 0) > s.max_subscribers:
+                continue
+            taken.sort(key=lambda c: c.at)
+            for c in taken:
+                self._taken.add(id(c))
+                self._remove(c)
+            self._suspect(root, taken, now, next_id)
+
+    def lowest_shared(self, nodes: set[str]) -> str:
+        """The lowest node at or above every one of these (ties: the first by id)."""
+        common: set[str] | None = None
+        for n in nodes:
+            chain = set(self._chain(n))
+            common = chain if common is None else common & chain
+        if not common:
+            return min(nodes)
+        # The lowest: one with no other common node below it (the most ancestors).
+        return min(common, key=lambda n: (-len(self.topology.ancestors(n)), n))
+
+    def _suspect(self, root: str, taken: list[Call], now: float,
+                 next_id: Callable[[], int]) -> None:  # fmt: skip
+        """A suspicion at `root`: a new one, or the oldest of those below it widened
+        (callers keep the id they heard), the others merged into it."""
+        first = min(c.at for c in taken)
+        nodes = [root, *self.topology.descendants(root)]
+        if self._roots_stale:
+            self.covering(root)  # brings the index up to date
+        under = sorted((found for n in nodes if (found := self._roots.get(n)) is not None
+                        and not found.confirmed), key=lambda sus: sus.incident.id)  # fmt: skip
+        self._roots_stale = True
+        if under:
+            sus = under[0]
+            old = sus.incident.root
+            sus.incident.root = root
+            sus.incident.nodes = nodes
+            self.events.append(
+                Event(
+                    EventKind.ROOT_MOVED,
+                    now,
+                    sus.incident.id,
+                    root,
+                    detail={"from": old, "absorbed": [o.incident.id for o in under[1:]]},
+                )
+            )
+            for other in under[1:]:
+                for c in other.calls:
+                    sus.attach(c)
+                self._close(other, now, IncidentState.MERGED, sus.incident.id)
+                self.events.append(
+                    Event(
+                        EventKind.MERGED,
+                        now,
+                        other.incident.id,
+                        other.incident.root,
+                        detail={"into": sus.incident.id},
+                    )
+                )
+            self.events.append(Event(EventKind.NODES, now, sus.incident.id, root, tuple(nodes),
+                                     detail={"added": len(nodes)}))  # fmt: skip
+            sus.first_call = min(sus.first_call, first)
+        else:
+            inc = Incident(id=next_id(), root=root, kind=Kind.SUSPECTED, inferred=True,
+                           opened_at=now, nodes=nodes, raised_by="calls")  # fmt: skip
+            sus = Suspicion(inc, [], first, now, first)
+            self.open[inc.id] = sus
+            self.delays.append(now - first)
+            self.events.append(Event(EventKind.OPENED, now, inc.id, root,
+                                     detail=self._opened_detail(taken, now)))  # fmt: skip
+        for c in taken:
+            sus.attach(c)
+
+    def _opened_detail(self, taken: list[Call], now: float) -> dict[str, object]:
+        return {"kind": Kind.SUSPECTED.value, "inferred": True, "raised_by": "calls",
+                "callers": len({c.caller for c in taken}),
+                "buildings": sorted({c.building for c in taken if c.building})[:10],
+                "first_call_ago": round(now - min(c.at for c in taken), 1)}  # fmt: skip
+
+    # -- engineers and the probes ------------------------------------------------------
+
+    def confirm(self, sid: int, now: float, who: str, by: str = "engineer") -> Suspicion:
+        """A suspected incident confirmed: an outage with the same id from now on."""
+        sus = self.open[sid]
+        sus.incident.kind = Kind.OUTAGE
+        self.events.append(Event(EventKind.KIND_CHANGED, now, sid, sus.incident.root,
+                                 detail={"from": Kind.SUSPECTED.value, "to": Kind.OUTAGE.value,
+                                         "confirmed_by": by, "by": who}))  # fmt: skip
+        return sus
+
+    def dismiss(self, sid: int, now: float, who: str) -> Suspicion:
+        return self._end(sid, now, {"dismissed": True, "by": who})
+
+    def resolve(self, sid: int, now: float, who: str) -> Suspicion:
+        """A confirmed outage raised by calls, repaired (an engineer says so)."""
+        return self._end(sid, now, {"repaired": True, "by": who})
+
+    def taken_over(self, sid: int, into: Incident, now: float) -> Suspicion:
+        """The probes' incident covers the suspected root: the suspicion closes into it."""
+        sus = self.open[sid]
+        self._close(sus, now, IncidentState.MERGED, into.id)
+        self.events.append(Event(EventKind.MERGED, now, sid, sus.incident.root,
+                                 detail={"into": into.id, "confirmed_by": "probes",
+                                         "was": sus.incident.kind.value}))  # fmt: skip
+        return sus
+
+    def _end(self, sid: int, now: float, detail: dict[str, object]) -> Suspicion:
+        sus = self.open[sid]
+        self._close(sus, now, IncidentState.RESOLVED, None)
+        self.events.append(Event(EventKind.RESOLVED, now, sid, sus.incident.root,
+                                 tuple(sus.incident.nodes), detail=detail))  # fmt: skip
+        return sus
+
+    def _close(self, sus: Suspicion, now: float, state: IncidentState, into: int | None) -> None:
+        del self.open[sus.incident.id]
+        self._roots_stale = True
+        sus.incident.state = state
+        sus.incident.resolved_at = now
+        sus.incident.merged_into = into
+
+    def take_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+    def restore(self, incidents: Iterable[Incident], now: float) -> None:
+        """Open incidents raised by calls, from a previous run (their calls are not kept)."""
+        for inc in incidents:
+            if inc.id in self.open or inc.root not in self.topology:
+                continue
+            inc.nodes = [inc.root, *self.topology.descendants(inc.root)]
+            # Its calls are not kept: it is given a whole expire_after from now.
+            self.open[inc.id] = Suspicion(inc, [], inc.opened_at, now, now)
+            self._roots_stale = True

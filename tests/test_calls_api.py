@@ -1,0 +1,150 @@
+"""Suspected incidents through the HTTP interface and the database: /check feeds the
+detector, the API lists the kind, confirm/dismiss/resolve are checked, the journal writes
+them, and a restart takes them up (real PostgreSQL, real HTTP client; the network is the
+simulated one of tests/world.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from outagemon.db import restore as restore_db
+from outagemon.monitor import Monitor
+from tests.world import READ, WRITE, World, world
+
+
+async def post(w: World, iid: str, body: Any, token: str = WRITE) -> tuple[int, Any]:
+    async with w.session.post(w.url(f"/api/v1/incidents/{iid}"), json=body,
+                              headers=w.auth(token)) as r:  # fmt: skip
+        return r.status, await r.json()
+
+
+async def incidents(w: World, state: str = "open") -> list[dict[str, Any]]:
+    async with w.session.get(w.url(f"/api/v1/incidents?state={state}"),
+                             headers=w.auth()) as r:  # fmt: skip
+        assert r.status == 200
+        found: list[dict[str, Any]] = (await r.json())["incidents"]
+        return found
+
+
+async def three_callers_of_the_first_entrance(w: World) -> dict[str, Any]:
+    for flat in ("20", "21", "22"):  # distinct callers: one building, one entrance
+        answer = await w.check(address="Мира 10", flat=flat)
+        assert answer["status"] == "ok" and answer["node"] == "seg-mira-1", answer
+    w.run(2)  # the monitor's tick looks at the calls
+    (sus,) = await incidents(w)
+    return sus
+
+
+async def test_callers_raise_a_suspected_incident_an_engineer_confirms(fresh_db: str) -> None:
+    async with world(fresh_db) as w:
+        sus = await three_callers_of_the_first_entrance(w)
+        assert (sus["kind"], sus["root_node"], sus["raised_by"]) == (
+            "suspected", "seg-mira-1", "calls")  # fmt: skip
+        assert sus["callers"] == 3 and sum(sus["calls_per_minute"]) == 3
+        # Never said as an outage before it is confirmed.
+        a = await w.check(account="1002")
+        assert a["status"] == "ok" and a["incident_id"] == "", a
+        # The page shows it, with the chart of its calls.
+        async with w.session.get(w.url("/"), headers=w.auth()) as r:
+            page = await r.text()
+        assert "card suspected" in page and 'svg class="calls"' in page
+
+        # Refusals, each with its sentence.
+        iid = sus["id"]
+        status, body = await post(w, iid, {"confirm": True}, READ)
+        assert status == 403, body
+        status, body = await post(w, iid, {"confirm": "yes"})
+        assert status == 400 and "confirm must be true" in body["error"]
+        status, body = await post(w, iid, {"confirm": True, "dismiss": True})
+        assert status == 400 and "one of confirm, dismiss or resolve" in body["error"]
+        status, body = await post(w, iid, {"resolve": True})
+        assert status == 409 and "not raised by calls and confirmed" in body["error"]
+        status, body = await post(w, "999", {"dismiss": True})
+        assert status == 404, body
+
+        status, body = await post(w, iid, {"confirm": True, "note": "a crushed cable"})
+        assert status == 200 and body["kind"] == "outage" and body["id"] == iid, body
+        a = await w.check(account="1002")
+        assert (a["status"], a["incident_id"], a["root_node"]) == ("outage", iid, "seg-mira-1")
+        assert (await w.check(account="1005"))["status"] == "ok"  # the other entrance
+        status, body = await post(w, iid, {"dismiss": True})
+        assert status == 409 and "only a suspected one" in body["error"]
+
+        w.monitor.tick()
+        await w.flushed()
+        row = await w.pool.fetchrow("select kind, raised_by, state from incident where id = $1",
+                                    int(iid))  # fmt: skip
+        assert dict(row) == {"kind": "outage", "raised_by": "calls", "state": "open"}
+        rows = await w.pool.fetch(
+            "select kind from incident_event where incident_id = $1 order by id", int(iid)
+        )
+        kinds = [r["kind"] for r in rows]
+        assert kinds == ["opened", "kind_changed", "note"], kinds
+
+        # A restart takes it up: an outage raised by calls, callers still hear it.
+        found = await restore_db.load(w.pool, w.monitor.directory.topology, 0.0)
+        again = Monitor(w.monitor.config, w.monitor.directory, w.runtime.metrics)
+        again.resume(found)
+        assert list(again.watch.open) == [int(iid)] and not again.correlator.incidents
+        assert again.watch.open[int(iid)].confirmed
+
+        status, body = await post(w, iid, {"resolve": True})
+        assert status == 200 and body["state"] == "resolved", body
+        assert (await w.check(account="1002"))["status"] == "restored"
+
+
+async def test_a_dismissed_suspicion_ends_and_the_probes_take_over_another(
+    fresh_db: str,
+) -> None:
+    async with world(fresh_db) as w:
+        sus = await three_callers_of_the_first_entrance(w)
+        status, body = await post(w, sus["id"], {"dismiss": True})
+        assert status == 200 and body["state"] == "resolved", body
+        assert await incidents(w) == []
+        assert (await w.check(address="Мира 10", flat="23"))["status"] == "ok"
+        w.monitor.tick()
+        await w.flushed()
+        stored = {i["id"]: i for i in await incidents(w, "resolved")}
+        assert stored[sus["id"]]["kind"] == "suspected"
+
+        # Suspected again, then the probes see the switch above it fail: their incident
+        # takes the callers over, and the suspicion closes into it.
+        again = await three_callers_of_the_first_entrance_again(w)
+        w.net.fail("sw-mira-10")
+        w.run(60)
+        (inc,) = await incidents(w)
+        assert inc["raised_by"] == "probes" and inc["root_node"] == "sw-mira-10"
+        assert inc["id"] != again["id"]
+        a = await w.check(account="1002")
+        assert (a["status"], a["incident_id"]) == ("outage", inc["id"])
+        metrics = w.runtime.metrics.render()
+        assert 'outagemon_suspicions_total{outcome="dismissed"} 1' in metrics
+        assert 'outagemon_suspicions_total{outcome="confirmed"} 1' in metrics
+        assert 'outagemon_suspicion_delay_seconds{part="count"} 2' in metrics
+
+
+async def three_callers_of_the_first_entrance_again(w: World) -> dict[str, Any]:
+    for flat in ("30", "31", "32"):
+        await w.check(address="Мира 10", flat=flat)
+    w.run(2)
+    (sus,) = await incidents(w)
+    assert sus["kind"] == "suspected"
+    return sus
+
+
+async def test_an_estimate_on_a_confirmed_one_is_kept_and_spoken(fresh_db: str) -> None:
+    async with world(fresh_db, language="en") as w:
+        sus = await three_callers_of_the_first_entrance(w)
+        status, body = await post(w, sus["id"], {"confirm": True})
+        assert status == 200, body
+        eta = "2099-01-01T10:00:00+00:00"
+        status, body = await post(w, sus["id"], {"eta": eta})
+        assert status == 400  # more than a year ahead: the same checks as any incident
+        soon = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 7200))
+        status, body = await post(w, sus["id"], {"eta": soon})
+        assert status == 200 and body["eta"], body
+        w.monitor.prune(w.monitor.clock() + 120)  # pruning forgets only what ended
+        a = await w.check(account="1002")
+        assert a["status"] == "outage" and a["eta"], a
+        assert w.monitor.calls.get(int(sus["id"]), 0) >= 1
