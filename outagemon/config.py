@@ -89,6 +89,15 @@ class MessagesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    """The outage history's reports (per-subscriber downtime, the billing export)."""
+
+    max_period_days: int = 366  # the longest period one question may ask about
+    connections: int = 2  # database connections of their own: never the writer's or /check's
+    timeout: float = 600.0  # seconds one report's query may run
+
+
+@dataclass(frozen=True, slots=True)
 class Token:
     name: str
     token: str = field(repr=False)  # never printed, never logged
@@ -106,6 +115,7 @@ class Config:
     topology: TopologyConfig = TopologyConfig()
     vantage: VantageConfig = VantageConfig()
     messages: MessagesConfig = MessagesConfig()
+    history: HistoryConfig = HistoryConfig()
     tokens: tuple[Token, ...] = ()
     # Not problems, but worth an operator's attention (a short token): printed, logged.
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -281,6 +291,11 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "file": _nonempty_string,
         "timezone": _timezone,
     },
+    "history": {
+        "max_period_days": _integer(1),
+        "connections": _integer(1),
+        "timeout": _seconds(positive=True),
+    },
 }
 TOKEN_SCHEMA: dict[str, Check] = {
     "name": _nonempty_string,
@@ -411,6 +426,7 @@ def parse(text: str, path: Path) -> Config:
         topology=topology,
         vantage=VantageConfig(anchors=anchors),
         messages=_messages(sections.get("messages", {}), base),
+        history=HistoryConfig(**sections.get("history", {})),
         tokens=tuple(tokens),
         warnings=tuple(f"{path}: {w}" for w in warnings),
     )
