@@ -15,11 +15,55 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 
 US_PER_MINUTE = 60_000_000
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class BadPeriod(ValueError):
+    """A period asked about that cannot be answered, with the sentence that says why."""
+
+
+def moment(raw: str, name: str, tz: tzinfo | None) -> datetime:
+    """A bound of a period (UTC): an ISO 8601 time with an offset, or a date (its midnight
+    in `tz`, else the server's zone)."""
+    example = "such as 2026-11-01 or 2026-11-01T00:00:00+03:00"
+    try:
+        if _DATE.match(raw):
+            day = date.fromisoformat(raw)
+            local = datetime(day.year, day.month, day.day, tzinfo=tz)
+            return (local if tz is not None else local.astimezone()).astimezone(UTC)
+        parsed = datetime.fromisoformat(raw)
+        if parsed.tzinfo is None:
+            raise BadPeriod(f"{name} {raw!r} has no UTC offset; add one, such as +03:00 or Z.")
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as e:
+        if isinstance(e, BadPeriod):
+            raise
+        raise BadPeriod(f"{name} {raw!r} is not a date or an ISO 8601 time ({example}).") from None
+
+
+def period(raw_from: str, raw_to: str, tz: tzinfo | None,
+           max_days: int) -> tuple[datetime, datetime]:  # fmt: skip
+    """[from, to) as asked: both given, in order, no longer than `max_days`."""
+    raw_from, raw_to = raw_from.strip(), raw_to.strip()
+    if not raw_from or not raw_to:
+        missing = " and ".join(n for n, v in (("from", raw_from), ("to", raw_to)) if not v)
+        raise BadPeriod(f"give the period: {missing} missing (both from and to, such as "
+                        "from=2026-11-01 and to=2026-12-01; to is not included).")  # fmt: skip
+    start, end = moment(raw_from, "from", tz), moment(raw_to, "to", tz)
+    if end <= start:
+        raise BadPeriod(f"the period ends before it begins: to ({raw_to}) must be after "
+                        f"from ({raw_from}).")  # fmt: skip
+    if end - start > timedelta(days=max_days):
+        days = f"{(end - start).total_seconds() / 86400:.4g}"
+        raise BadPeriod(f"the period is {days} days long; at most {max_days} "
+                        "([history] max_period_days): ask for a shorter one.")  # fmt: skip
+    return start, end
 
 
 class Cause(enum.StrEnum):

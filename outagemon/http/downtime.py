@@ -9,11 +9,10 @@ numbers mean is in `core/downtime.py` and the history section of `db/store.py`.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import asyncpg
@@ -22,6 +21,7 @@ from aiohttp import web
 from outagemon import logs
 from outagemon.core import downtime as dt
 from outagemon.core.directory import Match
+from outagemon.core.text import bad_character
 from outagemon.db import export, store
 from outagemon.http.runtime import RUNTIME, Runtime, authorise, bad, json_response
 
@@ -29,7 +29,6 @@ log = logs.get("outagemon.api")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ACQUIRE = 5.0  # seconds a lookup waits for a report connection before answering 503
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _OUTAGES_PARAMS = frozenset({"from", "to", "lang"})
 _LOOKUP_PARAMS = _OUTAGES_PARAMS | {"phone", "account", "address", "flat"}
 _EXPORT_PARAMS = frozenset({"from", "to", "min_minutes", "format"})
@@ -38,44 +37,13 @@ _EXPORT_PARAMS = frozenset({"from", "to", "min_minutes", "format"})
 # -- the question's period -------------------------------------------------------------
 
 
-def moment(raw: str, name: str, tz: tzinfo | None) -> datetime:
-    """A bound of a period: an ISO 8601 time with an offset, or a date (its midnight in
-    [messages] timezone, else the server's)."""
-    example = "such as 2026-11-01 or 2026-11-01T00:00:00+03:00"
-    try:
-        if _DATE.match(raw):
-            day = date.fromisoformat(raw)
-            local = datetime(day.year, day.month, day.day, tzinfo=tz)
-            return (local if tz is not None else local.astimezone()).astimezone(UTC)
-        parsed = datetime.fromisoformat(raw)
-        if parsed.tzinfo is None:
-            raise bad(f"{name} {raw!r} has no UTC offset; add one, such as +03:00 or Z.")
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise bad(f"{name} {raw!r} is not a date or an ISO 8601 time ({example}).") from None
-
-
 def period(q: Mapping[str, str], rt: Runtime) -> tuple[datetime, datetime]:
-    """[from, to) as asked: both given, in order, no longer than [history] max_period_days."""
-    raw_from, raw_to = q.get("from", "").strip(), q.get("to", "").strip()
-    if not raw_from or not raw_to:
-        missing = " and ".join(n for n, v in (("from", raw_from), ("to", raw_to)) if not v)
-        raise bad(f"give the period: {missing} missing (both from and to, such as "
-                  "from=2026-11-01&to=2026-12-01; to is not included).")  # fmt: skip
-    tz = rt.texts.tz
-    start, end = moment(raw_from, "from", tz), moment(raw_to, "to", tz)
-    if end <= start:
-        raise bad(f"the period ends before it begins: to ({raw_to}) must be after "
-                  f"from ({raw_from}).")  # fmt: skip
-    longest = rt.config.history.max_period_days
-    if end - start > timedelta(days=longest):
-        raise bad(f"the period is {_days(end - start)} days long; at most {longest} "
-                  "([history] max_period_days): ask for a shorter one.")  # fmt: skip
-    return start, end
-
-
-def _days(span: timedelta) -> str:
-    return f"{span.total_seconds() / 86400:.4g}"
+    """[from, to) as asked, or 400 with the sentence that says what is wrong."""
+    try:
+        return dt.period(q.get("from", ""), q.get("to", ""), rt.texts.tz,
+                         rt.config.history.max_period_days)  # fmt: skip
+    except dt.BadPeriod as e:
+        raise bad(str(e)) from None
 
 
 def _us(t: datetime) -> int:
@@ -206,6 +174,8 @@ def _found(match: Match, sentence: str) -> None:
 async def _outages(rt: Runtime, q: Mapping[str, str], account: str,
                    matched_by: str) -> web.Response:  # fmt: skip
     start, end = period(q, rt)
+    if bad_character(account) is not None:  # no account holds one: PostgreSQL refuses a NUL
+        raise bad(f"there is no account {account!r} in the inventory, now or before.", 404)
     language = q.get("lang", rt.texts.language)
     if language not in ("ru", "en"):
         raise bad("lang must be ru or en.")
