@@ -114,7 +114,7 @@ def generate_history(city: citygen.City, incidents: int, seed: int = 7) -> dict[
                               end + timedelta(minutes=overrun)))  # fmt: skip
         late = rng.random() < 0.2  # the children noticed a minute after the root
         for i, n in enumerate(below(root)):
-            begin = start + timedelta(minutes=1) if late and i else start
+            begin = min(end, start + timedelta(minutes=1)) if late and i else start
             if overrun:
                 impact_rows.append((iid, n, "maintenance", begin, end))
                 impact_rows.append((iid, n, "outage", end, end + timedelta(minutes=overrun)))
