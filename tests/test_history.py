@@ -673,3 +673,22 @@ async def test_the_export_and_the_per_subscriber_sum_agree_on_random_histories(
 
 def _us(t: datetime) -> int:
     return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+async def test_an_export_beyond_the_reports_budget_is_503_and_lookups_still_answer(
+    fresh_db: str,
+) -> None:
+    async with history_world(fresh_db) as w:
+        await known_history(w)
+        w.runtime.exports = 1  # one export streaming: the second connection is the lookups'
+        async with w.session.get(w.url("/api/v1/reports/downtime"), params=PERIOD,
+                                 headers=w.auth()) as r:  # fmt: skip
+            assert r.status == 503 and r.headers["Retry-After"] == "5"
+            assert "every connection of the reports is busy" in (await r.json())["error"]
+        status, body = await get(w, "/api/v1/subscribers/1001/outages", **PERIOD)
+        assert status == 200 and body["total_minutes"] == 55.0
+        w.runtime.exports = 0
+        pool, w.runtime.reports = w.runtime.reports, None  # the database not connected yet
+        status, body = await get(w, "/api/v1/subscribers/1001/outages", **PERIOD)
+        assert status == 503 and "not connected yet" in body["error"]
+        w.runtime.reports = pool
