@@ -574,6 +574,7 @@ async def test_the_daemon_records_inventory_versions_and_the_time_it_was_stopped
         second = _start_daemon(state, fresh_db, port)
         try:
             await _logged(state, "daemon.restored", count=2)
+            await _logged(state, "inventory.saved", count=3)
         finally:
             second.send_signal(signal.SIGTERM)
             assert second.wait(10) == 0
