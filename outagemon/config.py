@@ -118,6 +118,15 @@ class CallersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    """The outage history's reports (per-subscriber downtime, the billing export)."""
+
+    max_period_days: int = 366  # the longest period one question may ask about
+    connections: int = 2  # database connections of their own: never the writer's or /check's
+    timeout: float = 600.0  # seconds one report's query may run
+
+
+@dataclass(frozen=True, slots=True)
 class Token:
     name: str
     token: str = field(repr=False)  # never printed, never logged
@@ -162,6 +171,7 @@ class Config:
     messages: MessagesConfig = MessagesConfig()
     cluster: ClusterConfig = ClusterConfig()
     callers: CallersConfig = CallersConfig()
+    history: HistoryConfig = HistoryConfig()
     tokens: tuple[Token, ...] = ()
     notify: NotifyConfig = NotifyConfig()
     # Not problems, but worth an operator's attention (a short token): printed, logged.
@@ -420,6 +430,11 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "max_subscribers": _integer(1),
         "sentence": _sentence,
     },
+    "history": {
+        "max_period_days": _integer(1),
+        "connections": _integer(1),
+        "timeout": _seconds(positive=True),
+    },
 }
 NOTIFY_SCHEMA: dict[str, Check] = {
     "alertmanagers": lambda v: _each(v, _url, "Alertmanager base URLs"),
@@ -574,6 +589,7 @@ def parse(text: str, path: Path) -> Config:
         messages=_messages(sections.get("messages", {}), base),
         cluster=cluster,
         callers=CallersConfig(**sections.get("callers", {})),
+        history=HistoryConfig(**sections.get("history", {})),
         tokens=tuple(tokens),
         notify=notify,
         warnings=tuple(f"{path}: {w}" for w in warnings),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -459,3 +460,346 @@ async def holds_lease(conn: Conn, epoch: int, holder: str) -> bool:
         holder,
     )
     return found is not None
+
+
+# -- history (migrations/0006_history.sql) -----------------------------------------------
+#
+# The model: `impact` rows say a node was cut off by an incident, for a cause (outage or
+# maintenance), from started_at to ended_at (null: still is); they are written from the
+# incident events (db/journal.py). `subscriber_period` rows say an account was served by a
+# node from valid_from to valid_to (null: still is), written at each inventory load
+# (`inventory_version`). `blind_period` rows say when the monitor could not see. An
+# account's downtime in [start, end) is the union of its node's impact within its
+# validity, clipped to the period: outage time, planned-works time (less any outage at
+# the same moment) and unverified time (any of it inside a blind period) kept apart.
+# Open rows (null ends) count up to `now`, which callers pass so answers are repeatable.
+
+CPE_PREFIX = "cpe:"  # subscribers' own routers (core.directory.cpe_id): not in impact
+
+
+def _infrastructure(nodes: list[str]) -> list[str]:
+    return [n for n in dict.fromkeys(nodes) if not n.startswith(CPE_PREFIX)]
+
+
+async def impact_open(conn: Conn, incident_id: int, nodes: list[str], cause: str,
+                      at: datetime | None) -> None:  # fmt: skip
+    """These nodes are cut off by the incident from `at` (those already open stay as they
+    are: a replayed write changes nothing)."""
+    await conn.execute(
+        """
+        insert into impact (incident_id, node_id, cause, started_at)
+        select $1, n, $3, $4 from unnest($2::text[]) n
+        where not exists (select 1 from impact i where i.incident_id = $1
+                          and i.node_id = n and i.ended_at is null)
+        """,
+        incident_id, _infrastructure(nodes), cause, at,
+    )  # fmt: skip
+
+
+async def impact_set_nodes(conn: Conn, incident_id: int, nodes: list[str], cause: str,
+                           at: datetime | None) -> None:  # fmt: skip
+    """The incident now cuts off exactly these nodes: the others' rows end at `at`, new ones
+    start at `at`."""
+    kept = _infrastructure(nodes)
+    await conn.execute(
+        "update impact set ended_at = greatest($3, started_at) where incident_id = $1"
+        " and ended_at is null and node_id <> all($2::text[])",
+        incident_id, kept, at,
+    )  # fmt: skip
+    await impact_open(conn, incident_id, kept, cause, at)
+
+
+async def impact_close(conn: Conn, incident_id: int | None, at: datetime | None) -> None:
+    """The incident cuts off nothing from `at` (it recovers, resolves or is merged)."""
+    await conn.execute(
+        "update impact set ended_at = greatest($2, started_at)"
+        " where incident_id = $1 and ended_at is null",
+        incident_id, at,
+    )  # fmt: skip
+
+
+async def impact_cause(conn: Conn, incident_id: int | None, cause: str,
+                       at: datetime | None) -> None:  # fmt: skip
+    """The incident's kind changed at `at`: its open rows of another cause end, and the
+    same nodes continue under the new cause."""
+    await conn.execute(
+        """
+        with ended as (
+            update impact set ended_at = greatest($3, started_at)
+            where incident_id = $1 and ended_at is null and cause <> $2
+            returning node_id, ended_at
+        )
+        insert into impact (incident_id, node_id, cause, started_at)
+        select $1, node_id, $2, ended_at from ended
+        """,
+        incident_id, cause, at,
+    )  # fmt: skip
+
+
+async def blind_start(conn: Conn, reason: str, at: datetime | None) -> None:
+    """The monitor stopped seeing at `at` (once: while a period of this reason is open,
+    nothing)."""
+    await conn.execute(
+        "insert into blind_period (reason, started_at) select $1, $2 where not exists"
+        " (select 1 from blind_period where reason = $1 and ended_at is null)",
+        reason, at,
+    )  # fmt: skip
+
+
+async def blind_end(conn: Conn, reason: str, at: datetime | None) -> None:
+    await conn.execute(
+        "update blind_period set ended_at = greatest($2, started_at)"
+        " where reason = $1 and ended_at is null",
+        reason, at,
+    )  # fmt: skip
+
+
+async def run_start(conn: Conn, at: datetime, gap: float) -> int:
+    """This run of the daemon begins at `at`; the time since the previous run was last
+    seen alive, when longer than `gap` seconds, is a 'stopped' blind period (and a
+    'blind' period the previous run left open ends when it was last seen). Returns the
+    run's id."""
+    last = await conn.fetchrow(
+        "select id, seen_at, coalesce(stopped_at, seen_at) as gone from monitor_run"
+        " order by id desc limit 1"
+    )
+    if last is not None:
+        await conn.execute(
+            "update blind_period set ended_at = greatest($1, started_at)"
+            " where reason = 'blind' and ended_at is null", last["seen_at"],
+        )  # fmt: skip
+        if (at - last["gone"]).total_seconds() > gap:
+            await conn.execute(
+                "insert into blind_period (reason, started_at, ended_at)"
+                " values ('stopped', $1, $2)", last["gone"], at,
+            )  # fmt: skip
+    run_id = await conn.fetchval(
+        "insert into monitor_run (started_at, seen_at) values ($1, $1) returning id", at
+    )
+    return int(run_id)
+
+
+async def run_seen(conn: Conn, run_id: int, at: datetime, stopped: bool = False) -> None:
+    """This run was alive at `at` (and stopped then, when `stopped`)."""
+    await conn.execute(
+        "update monitor_run set seen_at = greatest(seen_at, $2),"
+        " stopped_at = case when $3 then $2 else stopped_at end where id = $1",
+        run_id, at, stopped,
+    )  # fmt: skip
+
+
+async def save_subscriber_periods(
+    conn: Conn, rows: list[tuple[str, str, str, str, list[str]]], at: datetime
+) -> tuple[int, int, int, int]:
+    """An inventory load at `at` (inside the caller's transaction): rows are (account,
+    serving node, address, flat, phones). Accounts gone or changed (node, address, flat,
+    phones) end their period at `at`; new and changed ones begin one. Returns the
+    version's id and how many were added, removed and changed."""
+    await conn.execute(
+        "create temporary table loaded_sub (account text, node_id text, address text,"
+        " flat text, phones text[]) on commit drop"
+    )
+    await conn.copy_records_to_table(
+        "loaded_sub", records=rows, columns=["account", "node_id", "address", "flat", "phones"]
+    )
+    await conn.execute("create index on loaded_sub (account)")
+    await conn.execute("analyze loaded_sub")
+    version = int(await conn.fetchval(
+        "insert into inventory_version (loaded_at, subscribers) values ($1, $2) returning id",
+        at, len(rows),
+    ))  # fmt: skip
+    ended = await conn.fetch(
+        """
+        update subscriber_period p set valid_to = greatest($1, p.valid_from), version_to = $2
+        where p.valid_to is null and not exists (
+            select 1 from loaded_sub l where l.account = p.account and l.node_id = p.node_id
+            and l.address = p.address and l.flat = p.flat and l.phones = p.phones)
+        returning p.account
+        """,
+        at, version,
+    )  # fmt: skip
+    added = await conn.fetch(
+        """
+        insert into subscriber_period (account, node_id, address, flat, phones, valid_from,
+                                       version_from)
+        select l.account, l.node_id, l.address, l.flat, l.phones, $1, $2 from loaded_sub l
+        where not exists (select 1 from subscriber_period p
+                          where p.account = l.account and p.valid_to is null)
+        returning account
+        """,
+        at, version,
+    )  # fmt: skip
+    gone = {r["account"] for r in ended}
+    new = {r["account"] for r in added}
+    counts = (len(new - gone), len(gone - new), len(new & gone))
+    await conn.execute(
+        "update inventory_version set added = $2, removed = $3, changed = $4 where id = $1",
+        version, *counts,
+    )  # fmt: skip
+    return version, *counts
+
+
+# -- history: reads ---------------------------------------------------------------------
+
+
+async def account_known(conn: Conn, account: str) -> bool:
+    """Whether the account was ever in the inventory."""
+    return bool(await conn.fetchval(
+        "select exists (select 1 from subscriber_period where account = $1)", account))  # fmt: skip
+
+
+async def accounts_at(conn: Conn, address: str, flat: str, start: datetime,
+                      end: datetime) -> list[str]:  # fmt: skip
+    """Accounts at this address (as stored, without the flat) and flat within [start, end)."""
+    rows = await conn.fetch(
+        "select distinct account from subscriber_period where address = $1 and flat = $2"
+        " and valid_from < $4 and coalesce(valid_to, 'infinity') > $3 order by account",
+        address, flat, start, end,
+    )  # fmt: skip
+    return [r["account"] for r in rows]
+
+
+async def account_history(conn: Conn, account: str, start: datetime, end: datetime,
+                          now: datetime) -> list[asyncpg.Record]:  # fmt: skip
+    """What one account's question needs, in one round trip: rows of kind 'served' (the
+    account's periods: node, address, flat), 'hit' (its serving node cut off while it was
+    served: incident_id, cause; they may overlap, as incidents do) and 'blind' (as
+    blind_periods: cause holds the reason), each with started_at and ended_at clipped to
+    [start, end) (open ones up to `now`), in start order."""
+    return list(
+        await conn.fetch(
+            """
+            select 'served' as kind, null::bigint as incident_id, null::text as cause,
+                   valid_from as started_at, valid_to as ended_at, node_id, address, flat
+            from subscriber_period
+            where account = $1 and valid_from < $3 and coalesce(valid_to, 'infinity') > $2
+            union all
+            select 'hit', i.incident_id, i.cause,
+                   greatest(i.started_at, s.valid_from, $2),
+                   least(coalesce(i.ended_at, $4), coalesce(s.valid_to, 'infinity'), $3),
+                   null, null, null
+            from subscriber_period s
+            join impact i on i.node_id = s.node_id
+                and i.started_at < coalesce(s.valid_to, 'infinity')
+                and coalesce(i.ended_at, $4) > s.valid_from
+            where s.account = $1 and s.valid_from < $3 and coalesce(s.valid_to, 'infinity') > $2
+              and i.started_at < $3 and coalesce(i.ended_at, $4) > $2
+              and greatest(i.started_at, s.valid_from, $2)
+                  < least(coalesce(i.ended_at, $4), coalesce(s.valid_to, 'infinity'), $3)
+            union all
+            select 'blind', null, reason, greatest(started_at, $2),
+                   least(coalesce(ended_at, $4), $3), null, null, null
+            from blind_period
+            where started_at < $3 and coalesce(ended_at, $4) > $2
+              and greatest(started_at, $2) < least(coalesce(ended_at, $4), $3)
+            order by 4, 2
+            """,
+            account, start, end, now,
+        )
+    )  # fmt: skip
+
+
+async def blind_periods(conn: Conn, start: datetime, end: datetime,
+                        now: datetime) -> list[asyncpg.Record]:  # fmt: skip
+    """When the monitor could not see within [start, end): (reason, started_at, ended_at),
+    clipped, open ones up to `now`."""
+    return list(
+        await conn.fetch(
+            "select reason, greatest(started_at, $1) as started_at,"
+            " least(coalesce(ended_at, $3), $2) as ended_at from blind_period"
+            " where started_at < $2 and coalesce(ended_at, $3) > $1"
+            " and greatest(started_at, $1) < least(coalesce(ended_at, $3), $2)"
+            " order by 2", start, end, now,
+        )
+    )  # fmt: skip
+
+
+# One row per account cut off within [$1, $2), open rows up to $3, with at least $4
+# minutes in all: minutes of outage, of planned works (less outage at the same moment)
+# and unverified (inside a blind period), each moment counted once where incidents
+# overlap. Without multiranges (a million of them cost three times the rest): the hits of
+# each account in start order, each contributing only what no earlier hit covered
+# ("piece"), so the pieces are disjoint and add up to the union; the outage pieces the same
+# way among outage hits alone. Only the pieces that meet a blind spell (few) are cut by it.
+# core/downtime.py computes the same another way; the tests hold the two equal.
+DOWNTIME = """
+with blind as (
+    select coalesce(range_agg(tstzrange(greatest(started_at, $1),
+                                        least(coalesce(ended_at, $3), $2))),
+                    '{}'::tstzmultirange) as r
+    from blind_period
+    where started_at < $2 and coalesce(ended_at, $3) > $1
+      and greatest(started_at, $1) < least(coalesce(ended_at, $3), $2)
+),
+hit as (
+    select s.account, i.incident_id, i.cause = 'outage' as outage,
+           greatest(i.started_at, s.valid_from, $1) as lo,
+           least(coalesce(i.ended_at, $3), coalesce(s.valid_to, 'infinity'), $2) as hi
+    from impact i
+    join subscriber_period s on s.node_id = i.node_id
+        and s.valid_from < coalesce(i.ended_at, $3)
+        and coalesce(s.valid_to, 'infinity') > i.started_at
+    where i.started_at < $2 and coalesce(i.ended_at, $3) > $1
+      and s.valid_from < $2 and coalesce(s.valid_to, 'infinity') > $1
+      and greatest(i.started_at, s.valid_from, $1)
+          < least(coalesce(i.ended_at, $3), coalesce(s.valid_to, 'infinity'), $2)
+),
+piece as (
+    select account, incident_id, outage, hi,
+           greatest(lo, coalesce(max(hi) over earlier, lo)) as lo_any,
+           greatest(lo, coalesce(max(hi) filter (where outage) over earlier, lo)) as lo_outage
+    from hit
+    window earlier as (partition by account order by lo, hi
+                       rows between unbounded preceding and 1 preceding)
+),
+per as (
+    select p.account,
+           array_agg(distinct p.incident_id order by p.incident_id) as incidents,
+           sum(greatest(p.hi - p.lo_any, '0')) as covered,
+           coalesce(sum(greatest(p.hi - p.lo_outage, '0')) filter (where p.outage), '0')
+               as outage,
+           coalesce(sum(case when p.hi > p.lo_any and b.r && tstzrange(p.lo_any, p.hi)
+                             then (select sum(upper(x) - lower(x)) from unnest(
+                                   b.r * tstzmultirange(tstzrange(p.lo_any, p.hi))) x)
+                        end), '0') as covered_blind,
+           coalesce(sum(case when p.hi > p.lo_outage and b.r && tstzrange(p.lo_outage, p.hi)
+                             then (select sum(upper(x) - lower(x)) from unnest(
+                                   b.r * tstzmultirange(tstzrange(p.lo_outage, p.hi))) x)
+                        end) filter (where p.outage), '0') as outage_blind
+    from piece p cross join blind b
+    group by p.account
+)
+select account, incidents,
+       round(extract(epoch from outage - outage_blind) / 60, 1) as outage_minutes,
+       round(extract(epoch from covered - outage - covered_blind + outage_blind) / 60, 1)
+           as planned_minutes,
+       round(extract(epoch from covered_blind) / 60, 1) as unverified_minutes
+from per
+where extract(epoch from covered) >= $4 * 60
+order by account
+"""
+
+
+def downtime_cursor(conn: Conn, start: datetime, end: datetime, now: datetime,
+                    min_minutes: float, prefetch: int = 2000) -> Any:  # fmt: skip
+    """The billing rows (`DOWNTIME`) as a server-side cursor, read `prefetch` rows at a time
+    (`async for`, inside the caller's transaction): a million rows never sit in memory."""
+    return conn.cursor(DOWNTIME, start, end, now, min_minutes, prefetch=prefetch)
+
+
+# The billing CSV, written by PostgreSQL itself (COPY ... TO STDOUT): the rows reach the
+# caller as bytes, never as Python objects.
+DOWNTIME_CSV = f"""
+select account, outage_minutes, planned_minutes, unverified_minutes,
+       array_to_string(incidents, ';') as incidents
+from ({DOWNTIME}) d
+"""
+
+
+async def downtime_csv(conn: Conn, start: datetime, end: datetime, now: datetime,
+                       min_minutes: float, output: Callable[[bytes], Coroutine[Any, Any, None]],
+                       limit: float | None = None) -> None:  # fmt: skip
+    """The billing CSV (header first) handed to `output` in chunks, as PostgreSQL writes it
+    (`limit`: seconds it may take)."""
+    await conn.copy_from_query(DOWNTIME_CSV, start, end, now, min_minutes, output=output,
+                               format="csv", header=True, timeout=limit)  # fmt: skip

@@ -16,7 +16,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from outagemon import __version__, logs
-from outagemon.http import api, page, security
+from outagemon.http import api, downtime, page, security
 from outagemon.http.runtime import RUNTIME, Runtime, error, json_response
 
 log = logs.get("outagemon.http")
@@ -122,7 +122,8 @@ def _host_allowed(request: web.Request, rt: Runtime) -> bool:
 
 
 def _sentence(request: web.Request, e: web.HTTPException) -> web.Response:
-    headers = {k: v for k, v in e.headers.items() if k in ("WWW-Authenticate", "Allow")}
+    headers = {k: v for k, v in e.headers.items()
+               if k in ("WWW-Authenticate", "Allow", "Retry-After")}  # fmt: skip
     if e.content_type == "application/json":  # ours: already a sentence in JSON
         return web.Response(status=e.status, text=e.text, content_type="application/json",
                             headers=headers)  # fmt: skip
@@ -240,6 +241,7 @@ def make_app(runtime: Runtime) -> web.Application:
     routes.get("/metrics")(metrics)
     routes.get("/static/{name}")(static)
     api.setup(routes)
+    downtime.setup(routes)
     page.setup(routes)
     page.install(app, runtime)
     for route in routes:

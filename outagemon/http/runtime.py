@@ -57,6 +57,10 @@ class Runtime:
     # `leadership.changed` is set at every change of role (the standby's answers follow).
     leadership: Leadership | None = None
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
+    # The outage history's reports' own asyncpg.Pool ([history] connections), and the
+    # billing exports streaming now: a report never takes the writer's or /check's way.
+    reports: Any = None
+    exports: int = 0
     probe_rate: float = 0.0  # probes a second, as last measured
     texts: Texts = field(default_factory=lambda: messages.load("ru"))
     answers: AnswerMemory = field(default_factory=AnswerMemory)  # what /check remembers
