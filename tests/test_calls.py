@@ -203,6 +203,46 @@ def test_the_baseline_is_learned_a_busy_building_needs_more_callers(town: Direct
     assert w.threshold("seg-3-2-1", t) == 3  # a quiet neighbour keeps the floor
 
 
+def test_a_busy_entrance_is_the_place_when_a_neighbours_usual_call_tips_its_building(
+    town: Directory,
+) -> None:
+    """An entrance that calls more than most needs four callers; its building's switch,
+    whose rate is little more, needs four too. Three callers of the entrance and one
+    usual call of the other entrance reach the switch's threshold first: the cluster is
+    the entrance's (the rest are too few to be one), so it is suspected there, not at
+    the building (before: rooted at the switch, a wrong place and the fault missed)."""
+    w = watch_of(town)
+    ids = Ids()
+    rng = random.Random(7)
+    t, n = 0.0, 0
+    while t < 8 * DAY:  # ~2.5 calls a day from seg-2-6-1, answered ok: its usual rate
+        t += rng.expovariate(2.5 / DAY)
+        n += 1
+        w.tick(t, [Call(t, "seg-2-6-1", "", f"bg{n}", "ivr", "ok")], never, ids)
+    w.tick(t + 3600, [], never, ids)
+    assert not w.open
+    now = t + 4000
+    assert w.threshold("seg-2-6-1", now) == 4 and w.threshold("sw-2-6", now) == 4
+    burst = calls_from(town, "seg-2-6-1", [now - 300, now - 200, now - 100])
+    usual = calls_from(town, "seg-2-6-2", [now - 50])
+    w.tick(now, [*burst, *usual], never, ids)
+    (sus,) = w.open.values()
+    assert sus.incident.root == "seg-2-6-1"
+    assert {c.caller for c in sus.calls} == {c.caller for c in burst}
+    # The neighbour's call stays with its own entrance's counts, unsuspected.
+    assert w.covering("seg-2-6-2") is None and len(w.window) == 4
+
+
+def test_callers_of_two_entrances_still_root_at_their_switch_when_neither_holds_a_cluster(
+    town: Directory,
+) -> None:
+    w = watch_of(town)
+    calls = calls_from(town, "seg-2-8-1", [10, 20]) + calls_from(town, "seg-2-8-2", [30, 40])
+    w.tick(50.0, calls, never, Ids())
+    (sus,) = w.open.values()
+    assert sus.incident.root == "sw-2-8"
+
+
 def test_the_call_log_is_bounded_and_keys_are_hashes() -> None:
     log = CallLog(100)
     for i in range(250):

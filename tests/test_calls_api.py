@@ -81,6 +81,13 @@ async def test_callers_raise_a_suspected_incident_an_engineer_confirms(fresh_db:
         )
         kinds = [r["kind"] for r in rows]
         assert kinds == ["opened", "kind_changed", "note"], kinds
+        # The history counts it from the suspicion on, as an outage, once confirmed.
+        impact = await w.pool.fetch(
+            "select i.node_id, i.cause, i.started_at = c.opened_at as since_raised"
+            " from impact i join incident c on c.id = i.incident_id where i.incident_id = $1",
+            int(iid),
+        )
+        assert [tuple(r) for r in impact] == [("seg-mira-1", "outage", True)], impact
 
         # A restart takes it up: an outage raised by calls, callers still hear it.
         found = await restore_db.load(w.pool, w.monitor.directory.topology, 0.0)
@@ -107,6 +114,11 @@ async def test_a_dismissed_suspicion_ends_and_the_probes_take_over_another(
         await w.flushed()
         stored = {i["id"]: i for i in await incidents(w, "resolved")}
         assert stored[sus["id"]]["kind"] == "suspected"
+        # A suspicion nobody confirmed cut nobody off in the history.
+        impact = await w.pool.fetchval(
+            "select count(*) from impact where incident_id = $1", int(sus["id"])
+        )
+        assert impact == 0
 
         # Suspected again, then the probes see the switch above it fail: their incident
         # takes the callers over, and the suspicion closes into it.

@@ -13,7 +13,9 @@ never fewer than `min_callers`. The rate of each node is learned from the calls 
 per subscriber a day that weighs as one day of history. Only calls answered `ok` count:
 one answered `outage`, `maintenance`, `cpe_down`, `restored` or `unknown` (blindness) is
 already explained. The suspected root is the lowest node shared by the callers' serving
-nodes.
+nodes; when one child of the place holds `min_callers` of its callers or more and the rest
+are fewer (a busy entrance tipped its building over with a neighbour's usual call), the
+cluster is that child's, and only its calls are taken.
 
 A suspected incident is never spoken as an outage: an engineer confirms it (it becomes an
 outage with the same id), dismisses it, or it expires after `expire_after` seconds
@@ -318,6 +320,7 @@ class CallWatch:
                 continue
             if explained(node):
                 continue
+            node = self._narrowed(node)
             place = [node, *self.topology.descendants(node)]
             taken = [c for n in place for c in self._by_node.get(n, ())]
             root = self.lowest_shared({c.node for c in taken})
@@ -328,6 +331,23 @@ class CallWatch:
                 self._taken.add(id(c))
                 self._remove(c)
             self._suspect(root, taken, now, next_id)
+
+    def _narrowed(self, node: str) -> str:
+        """Where a cluster found at `node` is: the child holding `min_callers` of its
+        distinct callers or more while the rest are fewer than `min_callers` (too few to
+        be a cluster of their own: the usual calls of the siblings), repeatedly; else
+        the node itself. A busy entrance's callers reach their building's threshold
+        with one neighbour's usual call: the entrance is still the place."""
+        s, counts = self.settings, self._counts
+        while True:
+            total = len(counts.get(node, ()))
+            for child in self.topology.nodes[node].children:
+                held = len(counts.get(child, ()))
+                if held >= s.min_callers and total - held < s.min_callers:
+                    node = child
+                    break
+            else:
+                return node
 
     def lowest_shared(self, nodes: set[str]) -> str:
         """The lowest node at or above every one of these (ties: the first by id)."""

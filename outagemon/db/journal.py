@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from outagemon import clock, logs
 from outagemon.core.directory import Directory
-from outagemon.core.incidents import Event, EventKind, Incident, Maintenance
+from outagemon.core.incidents import Event, EventKind, Incident, Kind, Maintenance
 from outagemon.db import durable, store
 from outagemon.db.spool import Record, Spool
 from outagemon.db.writer import Op, Writer
@@ -55,13 +55,14 @@ async def _opened(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | Non
                                     inc.opened_at, inc.subscribers, inc.raised_by)  # fmt: skip
         await store.set_incident_nodes(conn, inc.id, inc.nodes)
         # Cut off since the root's first lost probe, not since the incident was decided.
-        await store.impact_open(conn, inc.id, inc.nodes, inc.kind, inc.opened_at or at)
+        if _cuts_off(inc):
+            await store.impact_open(conn, inc.id, inc.nodes, inc.kind, inc.opened_at or at)
     return True
 
 
 async def _reopened(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
     await store.reopen_incident(conn, e.incident)
-    if inc is not None:
+    if inc is not None and _cuts_off(inc):
         await store.impact_open(conn, inc.id, inc.nodes, inc.kind, at)
     return True
 
@@ -70,7 +71,8 @@ async def _nodes(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None
     if inc is not None:
         await store.set_incident_nodes(conn, inc.id, inc.nodes)
         await store.set_incident_subscribers(conn, inc.id, inc.subscribers)
-        await store.impact_set_nodes(conn, inc.id, inc.nodes, inc.kind, at)
+        if _cuts_off(inc):
+            await store.impact_set_nodes(conn, inc.id, inc.nodes, inc.kind, at)
         if not e.detail.get("added"):
             return False  # membership shrank or reordered: no timeline line
     return True
@@ -83,7 +85,7 @@ async def _recovering(conn: Conn, e: Event, inc: Snapshot | None, at: datetime |
 
 
 async def _refailed(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
-    if inc is not None:
+    if inc is not None and _cuts_off(inc):
         await store.impact_open(conn, inc.id, inc.nodes, inc.kind, at)
     return True
 
@@ -118,8 +120,20 @@ async def _resolved(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | N
 
 async def _kind_changed(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
     await store.set_incident_kind(conn, e.incident, str(e.detail["to"]))
-    await store.impact_cause(conn, e.incident, str(e.detail["to"]), at)
+    if e.detail.get("from") == Kind.SUSPECTED.value:
+        # Confirmed by an engineer (or the probes): its places were cut off since the
+        # suspicion was raised, not since somebody found the time to confirm it.
+        if inc is not None:
+            await store.impact_open(conn, inc.id, inc.nodes, inc.kind, inc.opened_at or at)
+    else:
+        await store.impact_cause(conn, e.incident, str(e.detail["to"]), at)
     return True
+
+
+def _cuts_off(inc: Snapshot) -> bool:
+    """Whether the incident counts in the history: a suspicion raised by calls does not
+    until it is confirmed (nobody has seen the fault yet)."""
+    return inc.kind != Kind.SUSPECTED.value
 
 
 async def _timeline(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
