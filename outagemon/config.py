@@ -53,6 +53,13 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportsConfig:
+    max_days: int = 366  # the longest period a report covers
+    timeout: float = 30.0  # seconds one report's database read may take
+    max_running: int = 2  # reports reading the database at once; more get 503
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeConfig:
     interval: float = 10.0
     timeout: float = 1.0
@@ -106,6 +113,7 @@ class Config:
     topology: TopologyConfig = TopologyConfig()
     vantage: VantageConfig = VantageConfig()
     messages: MessagesConfig = MessagesConfig()
+    reports: ReportsConfig = ReportsConfig()
     tokens: tuple[Token, ...] = ()
     # Not problems, but worth an operator's attention (a short token): printed, logged.
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -274,6 +282,11 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "resolve_hold": _seconds(positive=False),
     },
     "topology": {"file": _nonempty_string, "subscribers": _string},
+    "reports": {
+        "max_days": _integer(1),
+        "timeout": _seconds(positive=True),
+        "max_running": _integer(1),
+    },
     "vantage": {"anchors": _addresses},
     "messages": {
         "language": _one_of("ru", "en"),
@@ -411,6 +424,7 @@ def parse(text: str, path: Path) -> Config:
         topology=topology,
         vantage=VantageConfig(anchors=anchors),
         messages=_messages(sections.get("messages", {}), base),
+        reports=ReportsConfig(**sections.get("reports", {})),
         tokens=tuple(tokens),
         warnings=tuple(f"{path}: {w}" for w in warnings),
     )

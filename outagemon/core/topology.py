@@ -7,10 +7,12 @@ problem with its line; reading the file is the caller's business.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -21,6 +23,8 @@ from outagemon.core.text import bad_character
 from outagemon.errors import TopologyError, read_text
 
 FlatRanges = tuple[tuple[int, int], ...]
+NO_LABELS: Mapping[str, str] = MappingProxyType({})  # shared: a million routers hold none
+LABEL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,9 @@ class Node:
     serves: tuple[Served, ...] = ()
     line: int = 0  # where it was declared, for messages
     children: list[str] = field(default_factory=list)
+    # Operator-chosen fields (`labels: {district: north}`), inherited down the tree: see
+    # Topology.label. Reports group by them.
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
 
     @property
     def probed(self) -> bool:
@@ -105,6 +112,24 @@ class Topology:
         order = self._walk(node.parents, lambda n: n.parents)
         self._ancestors[node_id] = order
         return order
+
+    def label(self, node_id: str, name: str) -> str | None:
+        """A node's label `name`: its own, else the nearest ancestor's that has one."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            return None
+        own = node.labels.get(name)
+        if own is not None:
+            return own
+        for above in self.ancestors(node_id):
+            value = self.nodes[above].labels.get(name)
+            if value is not None:
+                return value
+        return None
+
+    def label_names(self) -> set[str]:
+        """Every label name some node sets."""
+        return {k for n in self.nodes.values() for k in n.labels}
 
     def descendants(self, node_id: str) -> list[str]:
         """Every node below this one, nearest first."""
@@ -193,7 +218,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
-_NODE_KEYS = {"id", "kind", "ip", "parents", "name", "serves"}
+_NODE_KEYS = {"id", "kind", "ip", "parents", "name", "serves", "labels"}
 
 
 def parse_flats(value: Any) -> FlatRanges:
@@ -290,6 +315,7 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         served = _parse_served(entry, where, problems)
         if served is not None:
             serves.append(served)
+    labels = _parse_labels(item.get("labels"), where, problems)
     return Node(
         id=node_id,
         kind=kind,
@@ -298,7 +324,31 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         name=str(name),
         serves=tuple(serves),
         line=line,
+        labels=labels,
     )
+
+
+def _parse_labels(raw: Any, where: str, problems: list[str]) -> Mapping[str, str]:
+    """`labels: {district: north, ...}`: lower-case names, text or number values."""
+    if raw is None:
+        return NO_LABELS
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: labels must be a mapping such as {{district: north}}.")
+        return NO_LABELS
+    labels: dict[str, str] = {}
+    for key, value in raw.items():
+        if key == "__line__":
+            continue
+        if not isinstance(key, str) or not LABEL_NAME.fullmatch(key):
+            problems.append(f"{where}: label name {key!r} must be lower-case letters, digits "
+                            "and _, starting with a letter.")  # fmt: skip
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int | float) \
+                or not str(value).strip():  # fmt: skip
+            problems.append(f"{where}: label {key} must be a text or a number, not {value!r}.")
+            continue
+        labels[key] = str(value).strip()
+    return MappingProxyType(labels) if labels else NO_LABELS
 
 
 def _strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:

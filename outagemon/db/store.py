@@ -622,3 +622,39 @@ def downtime_cursor(conn: Conn, start: datetime, end: datetime, now: datetime,
     """The billing rows (`DOWNTIME`) as a server-side cursor, read `prefetch` rows at a time
     (`async for`, inside the caller's transaction): a million rows never sit in memory."""
     return conn.cursor(DOWNTIME, start, end, now, min_minutes, prefetch=prefetch)
+# -- reports ---------------------------------------------------------------------------
+
+
+async def incidents_between(conn: Conn, start: datetime, end: datetime,
+                            seconds: float) -> list[asyncpg.Record]:  # fmt: skip
+    """Incidents that were open at some time in [start, end), oldest first, with the
+    nodes they cut off (routers left out: their buildings' nodes stand for them), when
+    each was opened (its "opened" event), and its first repair estimate. In a read-only
+    transaction that the server ends after `seconds`."""
+    async with conn.transaction(readonly=True):
+        await conn.execute(f"set local statement_timeout = {int(seconds * 1000)}")
+        return list(
+            await conn.fetch(
+                """
+                select i.id, i.state, i.kind, i.root_node, i.opened_at, i.resolved_at,
+                       i.merged_into, i.subscribers, i.calls,
+                       (select min(e.at) from incident_event e
+                        where e.incident_id = i.id and e.kind = 'opened') as detected_at,
+                       fe.at as first_eta_at, fe.eta as first_eta,
+                       coalesce((select array_agg(n.node_id order by n.node_id)
+                                 from incident_node n join node on node.id = n.node_id
+                                 where n.incident_id = i.id and node.kind <> 'cpe'),
+                                '{}') as nodes
+                from incident i
+                left join lateral (
+                    select e.at, (e.detail->>'eta')::timestamptz as eta from incident_event e
+                    where e.incident_id = i.id and e.kind = 'eta'
+                    order by e.at, e.id limit 1
+                ) fe on true
+                where i.opened_at < $2 and coalesce(i.resolved_at, 'infinity') > $1
+                order by i.opened_at, i.id
+                """,
+                start,
+                end,
+            )
+        )

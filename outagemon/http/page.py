@@ -23,8 +23,17 @@ from markupsafe import Markup, escape
 from outagemon import clock, logs
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident
-from outagemon.http import queries
-from outagemon.http.runtime import RUNTIME, Invalid, Runtime, bad, error, estimate, incident_id
+from outagemon.http import charts, figures, queries
+from outagemon.http.runtime import (
+    RUNTIME,
+    Invalid,
+    Runtime,
+    bad,
+    error,
+    estimate,
+    incident_id,
+    iso_wall,
+)
 from outagemon.http.security import (
     CSRF_COOKIE,
     PAGE_HEADERS,
@@ -472,6 +481,51 @@ async def incident_form(request: web.Request) -> web.Response:
     raise _back(back, Message.SAVED)
 
 
+# -- reports ---------------------------------------------------------------------------
+
+# The page's periods: (label, seconds, the calls chart's bucket).
+RANGES = {"24h": ("24 hours", 86400, 900), "7d": ("7 days", 7 * 86400, 7200),
+          "30d": ("30 days", 30 * 86400, 6 * 3600)}  # fmt: skip
+
+
+async def reports_page(request: web.Request) -> web.Response:
+    """Pictures of the last 24 hours, 7 or 30 days: the incidents' timeline, calls a
+    minute against incidents open, and the buildings and nodes that lost most. The same
+    figures as /api/v1/reports/*, read in the reports' own database budget."""
+    visitor = _required(request)
+    rt = visitor.rt
+    chosen = request.query.get("range", "24h")
+    if chosen not in RANGES:
+        raise bad(f"range must be one of {', '.join(RANGES)}.")
+    label, seconds, step = RANGES[chosen]
+    now = float(int(time.time()))  # whole seconds: the period is the API's to the second
+    start, end = now - seconds, now
+    context: dict[str, Any] = {"ranges": list(RANGES), "range": chosen, "label": label,
+                               "from_iso": iso_wall(start),
+                               "to_iso": iso_wall(end), "problem": ""}  # fmt: skip
+    try:
+        incs = await figures.load(rt, start, end)
+    except figures.Busy as e:
+        html = ENV.get_template("reports.html").render(
+            now=_when(now), **(context | {"problem": str(e)}), **visitor.context()
+        )
+        return visitor.page(html, status=503)
+    bars = [{"id": str(i.id), "kind": i.kind, "root_node": i.root, "subscribers": i.subscribers,
+             "opened": i.opened_at, "resolved": i.resolved_at} for i in incs]  # fmt: skip
+    buildings = figures.availability(rt, incs, start, end, "building", 10)
+    nodes = figures.availability(rt, incs, start, end, "node", 10)
+    summary = figures.incidents(incs, start, end)["totals"]
+    html = ENV.get_template("reports.html").render(
+        now=_when(now), **context, totals=summary,
+        timeline=charts.timeline(bars, start, end, now),
+        calls=charts.calls(figures.calls_series(incs, start, end, step, now), start, end),
+        calls_note=figures.CALLS_NOTE,
+        buildings=charts.worst(buildings["rows"], "buildings"),
+        nodes=charts.worst(nodes["rows"], "nodes"), **visitor.context(),
+    )  # fmt: skip
+    return visitor.page(html)
+
+
 # -- logging in and out ----------------------------------------------------------------
 
 
@@ -554,6 +608,7 @@ def setup(routes: web.RouteTableDef) -> None:
     routes.get("/")(index)
     routes.get("/events")(events)
     routes.get("/incidents/{id}")(incident_page)
+    routes.get("/reports")(reports_page)
     routes.post("/incidents/{id}")(incident_form)
     routes.get("/login")(login_page)
     routes.post("/login")(login)

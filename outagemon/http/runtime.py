@@ -51,6 +51,7 @@ class Runtime:
     # None once the database is connected and what it remembers taken up; else why not.
     database: str | None = None
     reads: int = 0  # database reads of HTTP requests running now (http/queries.py)
+    reports: int = 0  # reports reading the database now (http/figures.py)
     monitor: Monitor | None = None
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
     probe_rate: float = 0.0  # probes a second, as last measured

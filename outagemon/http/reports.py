@@ -1,0 +1,68 @@
+"""The reports API: availability by building, node or label, and each incident's
+response figures, over a period (see http/figures.py for the budget they read in)."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from outagemon.http import figures
+from outagemon.http.runtime import RUNTIME, Invalid, authorise, bad, error, json_response
+
+_PARAMS = {
+    "availability": frozenset({"from", "to", "group", "limit"}),
+    "incidents": frozenset({"from", "to"}),
+}
+
+
+def _checked(request: web.Request, name: str) -> tuple[float, float]:
+    q = request.query
+    unknown = sorted(set(q) - _PARAMS[name])
+    if unknown:
+        raise bad(f"unknown parameter(s): {', '.join(unknown)}; "
+                  f"give {', '.join(sorted(_PARAMS[name]))}.")  # fmt: skip
+    try:
+        return figures.period(q, request.app[RUNTIME].config.reports.max_days, time.time())
+    except Invalid as e:
+        raise bad(str(e)) from None
+
+
+def _busy(e: figures.Busy) -> web.Response:
+    made = error(503, str(e))
+    made.headers["Retry-After"] = "10"
+    return made
+
+
+async def availability(request: web.Request) -> web.Response:
+    authorise(request, write=False)
+    rt = request.app[RUNTIME]
+    start, end = _checked(request, "availability")
+    group = request.query.get("group", "building")
+    raw_limit = request.query.get("limit", "1000")
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 100_000:
+        raise bad("limit must be a whole number from 1 to 100000.")
+    try:
+        figures.group_keys(rt, group)  # an unknown group is refused before the database
+        incs = await figures.load(rt, start, end)
+        return json_response(figures.availability(rt, incs, start, end, group, int(raw_limit)))
+    except Invalid as e:
+        raise bad(str(e)) from None
+    except figures.Busy as e:
+        return _busy(e)
+
+
+async def incidents(request: web.Request) -> web.Response:
+    authorise(request, write=False)
+    rt = request.app[RUNTIME]
+    start, end = _checked(request, "incidents")
+    try:
+        incs = await figures.load(rt, start, end)
+    except figures.Busy as e:
+        return _busy(e)
+    return json_response(figures.incidents(incs, start, end))
+
+
+def setup(routes: web.RouteTableDef) -> None:
+    routes.get("/api/v1/reports/availability")(availability)
+    routes.get("/api/v1/reports/incidents")(incidents)

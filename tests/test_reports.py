@@ -1,0 +1,269 @@
+"""The reports API against a real PostgreSQL: hand-made incidents on a small city, and
+figures worked out by hand (below, in minutes from the period's start T0)."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from outagemon import config
+from outagemon.core import directory, messages, topology
+from outagemon.core.directory import Directory
+from outagemon.db import migrate, store
+from outagemon.http.app import make_app
+from outagemon.http.runtime import Runtime
+from tests.world import CONFIG, READ, SUBSCRIBERS, TOPOLOGY, world
+
+T0 = datetime(2026, 11, 2, tzinfo=UTC)
+DAY = 24 * 60  # minutes
+# The world's city, with districts: agg-n's tree is north, agg-s's south (inherited).
+LABELLED = TOPOLOGY.replace(
+    "{id: agg-n, kind: aggregation, ip: 127.0.0.3, parents: [core]}",
+    "{id: agg-n, kind: aggregation, ip: 127.0.0.3, parents: [core], labels: {district: north}}",
+).replace(
+    "{id: agg-s, kind: aggregation, ip: 127.0.0.4, parents: [core]}",
+    "{id: agg-s, kind: aggregation, ip: 127.0.0.4, parents: [core], labels: {district: south}}",
+)
+LENINA, MIRA = "ул. Ленина, д. 5", "пр-т Мира, д. 10"
+SAD_1, SAD_2, SAD_5 = ("ул. Садовая, д. 3, корп. 1", "ул. Садовая, д. 3, корп. 2",
+                       "ул. Садовая, д. 5")  # fmt: skip
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def iso(minutes: float) -> str:
+    return at(minutes).isoformat()
+
+
+# id, kind, state, root, nodes, opened, resolved, merged into, subscribers, calls,
+# opened event (detected), first ETA given at, first ETA.
+INCIDENTS: list[tuple[Any, ...]] = [
+    # Across the period's start: 60 of its 90 minutes are in the period.
+    (1, "outage", "resolved", "sw-lenina-5", ["sw-lenina-5"], -30, 60, None, 1, 4,
+     -29.25, -20, 30),
+    # Overlaps #1 at Lenina 5 from 30 to 60: Lenina is out 0..90 once, not twice.
+    (2, "outage", "resolved", "agg-n",
+     ["agg-n", "sw-lenina-5", "sw-mira-10", "seg-mira-1", "seg-mira-2"], 30, 90, None, 5, 10,
+     31, None, None),
+    # A segment that failed first and was absorbed into #2 when its uplink failed.
+    (6, "outage", "merged", "seg-mira-1", ["seg-mira-1"], 20, 30, 2, 2, 0, 20.5, None, None),
+    # Planned works: counted apart, not against availability.
+    (3, "maintenance", "resolved", "sw-sad-5", ["sw-sad-5"], 120, 180, None, 1, 1,
+     120, None, None),
+    # Across the period's end: 30 of its 90 minutes are in the period.
+    (4, "outage", "resolved", "sw-sad-1", ["sw-sad-1"], DAY - 30, DAY + 60, None, 1, 2,
+     DAY - 29, DAY - 25, DAY + 30),
+    # After the period: not in it.
+    (5, "outage", "resolved", "sw-sad-1", ["sw-sad-1"], 2 * DAY, 2 * DAY + 10, None, 1, 0,
+     None, None, None),
+]  # fmt: skip
+
+
+async def insert_incidents(conn: Any, incidents: list[tuple[Any, ...]],
+                           base: datetime = T0) -> None:  # fmt: skip
+    def t(minutes: float | None) -> datetime | None:
+        return None if minutes is None else base + timedelta(minutes=minutes)
+
+    for (iid, kind, state, root, nodes, opened, resolved, into, subs, calls, detected,
+         eta_at, eta) in incidents:  # fmt: skip
+        await conn.execute(
+            "insert into incident (id, state, kind, root_node, opened_at, resolved_at,"
+            " merged_into, subscribers, calls) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            iid, state, kind, root, t(opened), t(resolved), into, subs, calls,
+        )  # fmt: skip
+        await conn.executemany("insert into incident_node values ($1, $2)",
+                               [(iid, n) for n in nodes])  # fmt: skip
+        if detected is not None:
+            await conn.execute("insert into incident_event (incident_id, at, kind) "
+                               "values ($1, $2, 'opened')", iid, t(detected))  # fmt: skip
+        if eta_at is not None:
+            await conn.execute(
+                "insert into incident_event (incident_id, at, kind, detail)"
+                " values ($1, $2, 'eta', $3::jsonb)",
+                iid, t(eta_at), f'{{"eta": "{t(eta)}", "by": "noc"}}',
+            )  # fmt: skip
+
+
+def labelled_directory() -> Directory:
+    topo = topology.parse_text(textwrap.dedent(LABELLED), Path("topology.yaml"))
+    subs, problems = directory.parse_csv(SUBSCRIBERS, Path("subscribers.csv"), topo)
+    assert problems == []
+    return Directory(directory.with_cpes(topo, subs), subs)
+
+
+@asynccontextmanager
+async def served(dsn: str, extra: str = "") -> AsyncIterator[tuple[TestServer, Runtime]]:
+    """The HTTP app on a real port over a database holding the hand-made incidents."""
+    await migrate.migrate(dsn)
+    pool = await store.connect(dsn)
+    d = labelled_directory()
+    nodes = [(n.id, n.kind, n.ip, n.name, list(n.parents)) for n in d.topology.nodes.values()]
+    async with pool.acquire() as conn, conn.transaction():
+        await store.save_nodes(conn, nodes)
+        await insert_incidents(conn, INCIDENTS)
+    cfg = config.parse(extra + CONFIG.format(language="en"), Path("/etc/outagemon/o.toml"))
+    rt = Runtime(config=cfg, directory=d, texts=messages.load("en"))
+    rt.pool, rt.not_ready = pool, None
+    server = TestServer(make_app(rt), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield server, rt
+    finally:
+        await server.close()
+        await pool.close()
+
+
+async def get(server: TestServer, path: str, **params: str) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {READ}"}
+    url = server.make_url(path)
+    async with aiohttp.ClientSession() as s, s.get(url, params=params, headers=headers) as r:
+        return r.status, await r.json()
+
+
+def by_key(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["key"]: r for r in rows}
+
+
+async def test_availability_by_building_counts_overlaps_once_and_clips_to_the_period(
+    fresh_db: str,
+) -> None:
+    async with served(fresh_db) as (server, _):
+        period = {"from": iso(0), "to": iso(DAY)}
+        status, body = await get(server, "/api/v1/reports/availability", group="building",
+                                 **period)  # fmt: skip
+        assert status == 200, body
+        assert body["period_minutes"] == DAY
+        rows = by_key(body["rows"])
+        # Lenina 5: #1 0..60 and #2 30..90 (overlapping): 90 minutes, 2 incidents.
+        assert rows[LENINA] == {"key": LENINA, "outage_minutes": 90, "planned_minutes": 0,
+                                "availability_pct": round(100 * (1 - 90 / DAY), 4),
+                                "incidents": 2}  # fmt: skip
+        assert rows[LENINA]["availability_pct"] == 93.75
+        # Mira 10: #6 20..30 then #2 30..90: 70 minutes, 2 incidents.
+        assert rows[MIRA]["outage_minutes"] == 70 and rows[MIRA]["incidents"] == 2
+        # Sadovaya 3 (both blocks, one switch): #4's last 30 minutes of the day.
+        assert rows[SAD_1]["outage_minutes"] == 30 == rows[SAD_2]["outage_minutes"]
+        # Sadovaya 5: planned works only, so fully available.
+        assert rows[SAD_5] == {"key": SAD_5, "outage_minutes": 0, "planned_minutes": 60,
+                               "availability_pct": 100.0, "incidents": 1}  # fmt: skip
+        assert [r["key"] for r in body["rows"]] == [LENINA, MIRA, SAD_1, SAD_2, SAD_5]
+
+
+async def test_availability_by_node_and_by_an_inherited_label(fresh_db: str) -> None:
+    async with served(fresh_db) as (server, _):
+        period = {"from": iso(0), "to": iso(DAY)}
+        status, body = await get(server, "/api/v1/reports/availability", group="node", **period)
+        assert status == 200, body
+        rows = by_key(body["rows"])
+        assert rows["sw-lenina-5"]["outage_minutes"] == 90
+        assert rows["seg-mira-1"]["outage_minutes"] == 70  # #6 20..30, #2 30..90
+        assert rows["seg-mira-2"]["outage_minutes"] == 60  # #2 only
+        assert rows["agg-n"]["outage_minutes"] == 60 and rows["agg-n"]["incidents"] == 1
+        assert rows["sw-lenina-5"]["kind"] == "access"
+        assert rows["sw-lenina-5"]["name"] == "Access switch, Lenina 5"
+        assert "core" not in rows  # never cut off
+
+        status, body = await get(server, "/api/v1/reports/availability", group="district",
+                                 **period)  # fmt: skip
+        assert status == 200, body
+        rows = by_key(body["rows"])
+        # North (labelled at agg-n, inherited by its switches and segments): 0..90 out.
+        assert rows["north"]["outage_minutes"] == 90 and rows["north"]["incidents"] == 3
+        # South: #4's 30 minutes out; #3's hour of planned works apart.
+        assert rows["south"] == {"key": "south", "outage_minutes": 30, "planned_minutes": 60,
+                                 "availability_pct": round(100 * (1 - 30 / DAY), 4),
+                                 "incidents": 2}  # fmt: skip
+
+
+async def test_incident_figures_detect_eta_repair_and_subscriber_hours(fresh_db: str) -> None:
+    async with served(fresh_db) as (server, _):
+        status, body = await get(server, "/api/v1/reports/incidents",
+                                 **{"from": iso(0), "to": iso(DAY)})  # fmt: skip
+        assert status == 200, body
+        rows = body["incidents"]
+        assert [r["id"] for r in rows] == ["1", "6", "2", "3", "4"]  # by opening; not #5
+        first = rows[0]
+        assert first["detect_seconds"] == 45  # failed at -30, opened at -29.25
+        assert first["first_eta_seconds"] == 600  # first ETA at -20
+        assert first["repair_seconds"] == 90 * 60
+        assert first["eta_error_seconds"] == 30 * 60  # told 30, repaired at 60
+        assert first["subscriber_hours"] == 1.5  # 1 subscriber, 90 minutes
+        assert first["first_eta"] == at(30).astimezone().isoformat()
+        merged = rows[1]
+        assert merged["state"] == "merged" and merged["merged_into"] == "2"
+        assert merged["detect_seconds"] == 30
+        assert merged["first_eta_seconds"] is None and merged["eta_error_seconds"] is None
+        assert merged["subscriber_hours"] == round(2 * 10 / 60, 3)
+        second = rows[2]
+        assert second["subscriber_hours"] == 5.0 and second["detect_seconds"] == 60
+        last = rows[4]
+        assert last["eta_error_seconds"] == 30 * 60 and last["first_eta_seconds"] == 300
+        totals = body["totals"]
+        assert totals == {"incidents": 5, "outages": 4, "planned": 1, "calls": 17,
+                          "subscriber_hours": round(1.5 + 2 * 10 / 60 + 5 + 1 + 1.5, 3),
+                          "median_repair_seconds": 3600}  # fmt: skip
+        assert "probe" in body["notes"]["detect_seconds"]
+
+
+async def test_bad_periods_and_groups_get_a_sentence(fresh_db: str) -> None:
+    async with served(fresh_db, "[reports]\nmax_days = 31\n") as (server, _):
+        cases = [
+            ({"from": iso(DAY), "to": iso(0)}, "to must be after from"),
+            ({"from": iso(0)}, "give the period: to"),
+            ({}, "give the period: from and to"),
+            ({"from": iso(0), "to": iso(40 * DAY)}, "longer than 31 days"),
+            ({"from": "2026-11-02T00:00:00", "to": iso(DAY)}, "has no UTC offset"),
+            ({"from": "yesterday", "to": iso(DAY)}, "is not an ISO 8601 time"),
+            ({"from": iso(0), "to": iso(DAY), "group": "street"}, "labels: district"),
+            ({"from": iso(0), "to": iso(DAY), "limit": "0"}, "limit must be"),
+            ({"from": iso(0), "to": iso(DAY), "format": "csv"}, "unknown parameter(s): format"),
+            ({"from": "2099-01-01T00:00:00Z", "to": "2099-01-02T00:00:00Z"}, "in the future"),
+        ]
+        for params, sentence in cases:
+            status, body = await get(server, "/api/v1/reports/availability", **params)
+            assert status == 400, (params, body)
+            assert sentence in body["error"], (params, body)
+        status, body = await get(server, "/api/v1/reports/incidents", **cases[0][0])
+        assert status == 400 and "to must be after from" in body["error"]
+
+
+async def test_a_report_past_its_budget_is_refused_and_check_still_answers(
+    fresh_db: str,
+) -> None:
+    """Reports read in their own budget: with the pool's connections all taken (a writer
+    stuck on a lock), a report gives up after [reports] timeout with a 503, while /check,
+    answered from memory, goes on answering at once."""
+    extra = "[reports]\ntimeout = 1\nmax_running = 1\n"
+    async with world(fresh_db, extra=extra) as w:
+        held = [await w.pool.acquire() for _ in range(w.pool.get_max_size())]
+        try:
+            period = {"from": iso(0), "to": iso(DAY)}
+            report = asyncio.ensure_future(get(w.server, "/api/v1/reports/incidents", **period))
+            started = time.monotonic()
+            while w.runtime.reports == 0:  # the report is waiting for a connection
+                assert time.monotonic() - started < 10
+                await asyncio.sleep(0.01)
+            # A second report is over max_running: refused at once.
+            status, body = await get(w.server, "/api/v1/reports/availability", **period)
+            assert status == 503 and "max_running" in body["error"]
+            checked = time.monotonic()
+            assert (await w.check(phone="+79210000003"))["status"] == "ok"
+            assert time.monotonic() - checked < 0.5
+            status, body = await report
+            assert status == 503 and "did not answer within 1 s" in body["error"]
+        finally:
+            for conn in held:
+                await w.pool.release(conn)
+        status, body = await get(w.server, "/api/v1/reports/incidents", **period)
+        assert status == 200 and body["incidents"] == []
