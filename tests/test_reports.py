@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,17 +70,36 @@ INCIDENTS: list[tuple[Any, ...]] = [
 ]  # fmt: skip
 
 
-async def insert_incidents(conn: Any, incidents: list[tuple[Any, ...]],
-                           base: datetime = T0) -> None:  # fmt: skip
+# The impact record of #2 and #3 (the others have none, as history from before it was
+# kept): seg-mira-2 joined #2 at 60 only, and #3's planned works overran at 150 (from
+# then an outage).
+IMPACT: list[tuple[Any, ...]] = [
+    (2, "agg-n", "outage", 30, 90), (2, "sw-lenina-5", "outage", 30, 90),
+    (2, "sw-mira-10", "outage", 30, 90), (2, "seg-mira-1", "outage", 30, 90),
+    (2, "seg-mira-2", "outage", 60, 90),
+    (3, "sw-sad-5", "maintenance", 120, 150), (3, "sw-sad-5", "outage", 150, 180),
+]  # fmt: skip
+BLIND = [(50, 70)]  # the monitor could not see: what was out then is unverified
+# Calls per minute: (minute, incident named, 0 for none, calls).
+CALLS = [(30, 2, 6), (31, 0, 3), (45, 2, 4), (DAY - 10, 4, 2)]
+
+
+async def insert_incidents(conn: Any, incidents: Sequence[tuple[Any, ...]],
+                           base: datetime = T0, impact: Sequence[tuple[Any, ...]] = (),
+                           blind: Sequence[tuple[float, float]] = (),
+                           calls: Sequence[tuple[float, int, int]] = ()) -> None:  # fmt: skip
+    """Incidents, their impact record, blind periods and calls, times in minutes from
+    `base`."""
+
     def t(minutes: float | None) -> datetime | None:
         return None if minutes is None else base + timedelta(minutes=minutes)
 
-    for (iid, kind, state, root, nodes, opened, resolved, into, subs, calls, detected,
+    for (iid, kind, state, root, nodes, opened, resolved, into, subs, n_calls, detected,
          eta_at, eta) in incidents:  # fmt: skip
         await conn.execute(
             "insert into incident (id, state, kind, root_node, opened_at, resolved_at,"
             " merged_into, subscribers, calls) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            iid, state, kind, root, t(opened), t(resolved), into, subs, calls,
+            iid, state, kind, root, t(opened), t(resolved), into, subs, n_calls,
         )  # fmt: skip
         await conn.executemany("insert into incident_node values ($1, $2)",
                                [(iid, n) for n in nodes])  # fmt: skip
@@ -93,6 +112,19 @@ async def insert_incidents(conn: Any, incidents: list[tuple[Any, ...]],
                 " values ($1, $2, 'eta', $3::jsonb)",
                 iid, t(eta_at), f'{{"eta": "{t(eta)}", "by": "noc"}}',
             )  # fmt: skip
+    await conn.executemany(
+        "insert into impact (incident_id, node_id, cause, started_at, ended_at)"
+        " values ($1, $2, $3, $4, $5)",
+        [(i, n, c, t(lo), t(hi)) for i, n, c, lo, hi in impact],
+    )  # fmt: skip
+    await conn.executemany(
+        "insert into blind_period (reason, started_at, ended_at) values ('blind', $1, $2)",
+        [(t(lo), t(hi)) for lo, hi in blind],
+    )  # fmt: skip
+    await conn.executemany(
+        "insert into call_minute (minute, incident_id, calls) values ($1, $2, $3)",
+        [(t(m), i, n) for m, i, n in calls],
+    )  # fmt: skip
 
 
 def labelled_directory() -> Directory:
@@ -111,7 +143,7 @@ async def served(dsn: str, extra: str = "") -> AsyncIterator[tuple[TestServer, R
     nodes = [(n.id, n.kind, n.ip, n.name, list(n.parents)) for n in d.topology.nodes.values()]
     async with pool.acquire() as conn, conn.transaction():
         await store.save_nodes(conn, nodes)
-        await insert_incidents(conn, INCIDENTS)
+        await insert_incidents(conn, INCIDENTS, T0, IMPACT, BLIND, CALLS)
     cfg = config.parse(extra + CONFIG.format(language="en"), Path("/etc/outagemon/o.toml"))
     rt = Runtime(config=cfg, directory=d, texts=messages.load("en"))
     rt.pool, rt.not_ready = pool, None
@@ -145,19 +177,26 @@ async def test_availability_by_building_counts_overlaps_once_and_clips_to_the_pe
         assert status == 200, body
         assert body["period_minutes"] == DAY
         rows = by_key(body["rows"])
-        # Lenina 5: #1 0..60 and #2 30..90 (overlapping): 90 minutes, 2 incidents.
+        # Lenina 5: #1 0..60 and #2 30..90 (overlapping): 90 minutes, 2 incidents; the
+        # monitor was blind 50..70, so 20 of them are unverified.
         assert rows[LENINA] == {"key": LENINA, "outage_minutes": 90, "planned_minutes": 0,
+                                "unverified_minutes": 20,
                                 "availability_pct": round(100 * (1 - 90 / DAY), 4),
                                 "incidents": 2}  # fmt: skip
         assert rows[LENINA]["availability_pct"] == 93.75
-        # Mira 10: #6 20..30 then #2 30..90: 70 minutes, 2 incidents.
+        # Mira 10 (two segments): #6 20..30 then #2 30..90: 70 minutes, 2 incidents.
         assert rows[MIRA]["outage_minutes"] == 70 and rows[MIRA]["incidents"] == 2
+        assert rows[MIRA]["unverified_minutes"] == 20
         # Sadovaya 3 (both blocks, one switch): #4's last 30 minutes of the day.
         assert rows[SAD_1]["outage_minutes"] == 30 == rows[SAD_2]["outage_minutes"]
-        # Sadovaya 5: planned works only, so fully available.
-        assert rows[SAD_5] == {"key": SAD_5, "outage_minutes": 0, "planned_minutes": 60,
-                               "availability_pct": 100.0, "incidents": 1}  # fmt: skip
-        assert [r["key"] for r in body["rows"]] == [LENINA, MIRA, SAD_1, SAD_2, SAD_5]
+        assert rows[SAD_1]["unverified_minutes"] == 0
+        # Sadovaya 5: planned works 120..150 that overran into an outage 150..180.
+        assert rows[SAD_5] == {"key": SAD_5, "outage_minutes": 30, "planned_minutes": 30,
+                               "unverified_minutes": 0, "availability_pct": 97.9167,
+                               "incidents": 1}  # fmt: skip
+        # Worst first; at equal outage, more planned works first.
+        assert [r["key"] for r in body["rows"]] == [LENINA, MIRA, SAD_5, SAD_1, SAD_2]
+        assert body["places"] == 5
 
 
 async def test_availability_by_node_and_by_an_inherited_label(fresh_db: str) -> None:
@@ -168,8 +207,9 @@ async def test_availability_by_node_and_by_an_inherited_label(fresh_db: str) -> 
         rows = by_key(body["rows"])
         assert rows["sw-lenina-5"]["outage_minutes"] == 90
         assert rows["seg-mira-1"]["outage_minutes"] == 70  # #6 20..30, #2 30..90
-        assert rows["seg-mira-2"]["outage_minutes"] == 60  # #2 only
+        assert rows["seg-mira-2"]["outage_minutes"] == 30  # joined #2 at 60 (its impact)
         assert rows["agg-n"]["outage_minutes"] == 60 and rows["agg-n"]["incidents"] == 1
+        assert rows["sw-sad-5"]["outage_minutes"] == 30 == rows["sw-sad-5"]["planned_minutes"]
         assert rows["sw-lenina-5"]["kind"] == "access"
         assert rows["sw-lenina-5"]["name"] == "Access switch, Lenina 5"
         assert "core" not in rows  # never cut off
@@ -180,10 +220,34 @@ async def test_availability_by_node_and_by_an_inherited_label(fresh_db: str) -> 
         rows = by_key(body["rows"])
         # North (labelled at agg-n, inherited by its switches and segments): 0..90 out.
         assert rows["north"]["outage_minutes"] == 90 and rows["north"]["incidents"] == 3
-        # South: #4's 30 minutes out; #3's hour of planned works apart.
-        assert rows["south"] == {"key": "south", "outage_minutes": 30, "planned_minutes": 60,
-                                 "availability_pct": round(100 * (1 - 30 / DAY), 4),
+        assert rows["north"]["unverified_minutes"] == 20
+        # South: #4's last 30 minutes and #3's overrun 150..180 out; 120..150 planned.
+        assert rows["south"] == {"key": "south", "outage_minutes": 60, "planned_minutes": 30,
+                                 "unverified_minutes": 0, "availability_pct": 95.8333,
                                  "incidents": 2}  # fmt: skip
+
+
+async def test_calls_a_minute_against_incidents_open(fresh_db: str) -> None:
+    async with served(fresh_db) as (server, _):
+        status, body = await get(server, "/api/v1/reports/calls", step="3600",
+                                 **{"from": iso(0), "to": iso(DAY)})  # fmt: skip
+        assert status == 200, body
+        assert body["source"] == "per_minute" and body["step_seconds"] == 3600
+        buckets = body["buckets"]
+        assert len(buckets) == 24
+        assert buckets[0]["at"] == T0.astimezone().isoformat()
+        # 0..60: 6 + 4 calls named #2 (the 3 that named none are not counted); #1, #6
+        # and #2 open in it.
+        assert buckets[0] == {"at": buckets[0]["at"], "calls_per_minute": round(10 / 60, 3),
+                              "open_incidents": 3}  # fmt: skip
+        assert [b["open_incidents"] for b in buckets[1:4]] == [1, 1, 0]  # #2; #3; none
+        assert buckets[23]["calls_per_minute"] == round(2 / 60, 3)
+        assert buckets[23]["open_incidents"] == 1  # #4
+        assert sum(b["calls_per_minute"] for b in buckets[4:23]) == 0
+        assert body["calls"] == 12
+        status, body = await get(server, "/api/v1/reports/calls", step="1",
+                                 **{"from": iso(0), "to": iso(DAY)})  # fmt: skip
+        assert status == 400 and "step must be" in body["error"]
 
 
 async def test_incident_figures_detect_eta_repair_and_subscriber_hours(fresh_db: str) -> None:

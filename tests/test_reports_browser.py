@@ -40,6 +40,9 @@ PLACES = """Array.from(document.querySelectorAll('svg.worst[data-what=WHAT] g.pl
   key: g.dataset.key, outage: +g.dataset.outageMinutes, planned: +g.dataset.plannedMinutes,
   incidents: +g.dataset.incidents}))"""
 
+COLUMNS = """Array.from(document.querySelectorAll('svg.calls rect.open')).map(r => ({
+  start: +r.dataset.start, calls: +r.dataset.calls, open: +r.dataset.open}))"""
+
 
 def seconds(iso: str | None) -> int | None:
     return None if iso is None else int(datetime.fromisoformat(iso).timestamp())
@@ -73,6 +76,8 @@ async def test_the_reports_page_draws_the_apis_figures(fresh_db: str) -> None:
         for chosen in ("24h", "7d", "30d"):
             await b.open(w.url(f"/reports?range={chosen}"))
             period = await b.eval("({...document.querySelector('#period').dataset})")
+            start, end = seconds(period["from"]), seconds(period["to"])
+            assert start is not None and end is not None
             got = await api(w.session, w.url("/api/v1/reports/incidents"), **period)
             bars = await b.eval(BARS)
             expected = {r["id"]: r for r in got["incidents"]}
@@ -107,17 +112,18 @@ async def test_the_reports_page_draws_the_apis_figures(fresh_db: str) -> None:
             lenina = next(d for d in await b.eval(PLACES.replace("WHAT", "buildings"))
                           if d["key"] == "ул. Ленина, д. 5")  # fmt: skip
             assert lenina["outage"] == 95 and lenina["incidents"] == 2  # 0..90 and 30..95
-            # Calls against incidents open: one column per bucket of the period.
-            buckets = {"24h": 96, "7d": 84, "30d": 120}[chosen]
-            assert await b.eval("document.querySelectorAll('svg.calls rect.open').length") \
-                == buckets  # fmt: skip
-            assert (
-                await b.eval(
-                    "Math.max(...Array.from(document.querySelectorAll("
-                    "'svg.calls rect.open')).map(r => +r.dataset.open))"
-                )
-                >= 2
-            )
+            # Calls against incidents open: one column per bucket, the API's figures.
+            step = {"24h": 900, "7d": 7200, "30d": 6 * 3600}[chosen]
+            series = await api(w.session, w.url("/api/v1/reports/calls"), step=str(step),
+                               **period)  # fmt: skip
+            columns = await b.eval(COLUMNS)
+            assert len(columns) == len(series["buckets"]) == (end - start) // step
+            for column, bucket in zip(columns, series["buckets"], strict=True):
+                assert column["start"] == seconds(bucket["at"])
+                assert column["open"] == bucket["open_incidents"]
+                assert abs(column["calls"] - bucket["calls_per_minute"]) < 0.01
+            assert max(c["open"] for c in columns) >= 2  # 1001, 1002 and 1003 overlap
+            assert sum(c["calls"] for c in columns) > 0
             await b.screenshot(SHOTS / f"reports-{chosen}.png")
 
 

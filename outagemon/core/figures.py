@@ -49,6 +49,18 @@ def without(intervals: list[Interval], holes: list[Interval]) -> list[Interval]:
     return out
 
 
+def within(intervals: list[Interval], windows: list[Interval]) -> list[Interval]:
+    """The parts of merged `intervals` inside merged `windows`."""
+    out: list[Interval] = []
+    windows = merged(windows)
+    for lo, hi in merged(intervals):
+        for wlo, whi in windows:
+            a, b = max(lo, wlo), min(hi, whi)
+            if a < b:
+                out.append((a, b))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     """An incident as the database keeps it (epoch seconds)."""
@@ -84,14 +96,16 @@ class Place:
     planned: list[Interval] = field(default_factory=list)
     incidents: set[int] = field(default_factory=set)
 
-    def figures(self, period: float) -> dict[str, object]:
+    def figures(self, period: float, blind: list[Interval]) -> dict[str, object]:
         out = merged(self.outage)
         outage = length(out)
         planned = length(without(self.planned, out))
+        unverified = length(within(out + self.planned, blind)) if blind else 0.0
         return {
             "key": self.key,
             "outage_minutes": round(outage / 60, 2),
             "planned_minutes": round(planned / 60, 2),
+            "unverified_minutes": round(unverified / 60, 2),
             "availability_pct": round(100 * (1 - outage / period), 4) if period > 0 else None,
             "incidents": len(self.incidents),
         }
@@ -116,10 +130,12 @@ def cuts_of(incidents: Iterable[Stored]) -> list[Cut]:
 
 
 def availability(cuts: Iterable[Cut], start: float, end: float, now: float,
-                 keys_of: Callable[[str], Iterable[str]]) -> list[dict[str, object]]:  # fmt: skip
+                 keys_of: Callable[[str], Iterable[str]],
+                 blind: list[Interval] | None = None) -> list[dict[str, object]]:  # fmt: skip
     """Each place's figures over [start, end), worst first. `keys_of(node)`: the places a
     node belongs to (its buildings, itself, its group). Places that lost nothing are not
-    listed: the caller knows every place there is."""
+    listed: the caller knows every place there is. Time out inside `blind` (the monitor
+    could not see) is also counted as unverified."""
     places: dict[str, Place] = {}
     keys: dict[str, tuple[str, ...]] = {}
     for cut in cuts:
@@ -137,7 +153,7 @@ def availability(cuts: Iterable[Cut], start: float, end: float, now: float,
             (place.planned if cut.planned else place.outage).append((lo, hi))
             place.incidents.add(cut.incident)
     period = end - start
-    rows = [(p.figures(period), p) for p in places.values()]
+    rows = [(p.figures(period, blind or []), p) for p in places.values()]
     rows.sort(key=lambda r: (-length(r[1].outage), -length(r[1].planned),
                              -len(r[1].incidents), r[1].key))  # fmt: skip
     return [figures for figures, _ in rows]
@@ -162,27 +178,34 @@ def response(inc: Stored, now: float) -> dict[str, float | None]:
 
 
 def calls_per_minute(incidents: Iterable[Stored], start: float, end: float, step: float,
-                     now: float) -> list[tuple[float, float, int]]:  # fmt: skip
+                     now: float,
+                     minutes: list[tuple[float, int]] | None = None,
+                     ) -> list[tuple[float, float, int]]:  # fmt: skip
     """(bucket start, calls a minute, incidents open) for each `step` from `start`.
 
-    The database keeps each incident's calls as a total, so an incident's calls are
-    spread evenly over its life; the open count is of incidents open at any time in the
-    bucket."""
+    `minutes`: calls that named an incident, per minute (start, count), as stored. Without
+    them (history from before they were kept) each incident's total is spread evenly over
+    its life. The open count is of incidents open at any time in the bucket."""
     n = max(1, int((end - start + step - 1e-9) // step))
     calls = [0.0] * n
     open_ = [0] * n
+    spread = minutes is None
     for inc in incidents:
         lo, hi = inc.opened_at, inc.end(now)
-        first = max(0, int((lo - start) // step))
-        last = min(n - 1, int((hi - start) // step))
         if hi <= start or lo >= end:
             continue
+        first = max(0, int((lo - start) // step))
+        last = min(n - 1, int((hi - start) // step))
         rate = inc.calls / max(hi - lo, 60.0)  # calls a second over the incident's life
         for b in range(first, last + 1):
             b_lo, b_hi = start + b * step, start + (b + 1) * step
             overlap = min(hi, b_hi) - max(lo, b_lo)
             if overlap > 0 or (hi == lo and b_lo <= lo < b_hi):
                 open_[b] += 1
-                calls[b] += rate * max(overlap, 0.0)
-    minutes = step / 60
-    return [(start + b * step, round(calls[b] / minutes, 3), open_[b]) for b in range(n)]
+                if spread:
+                    calls[b] += rate * max(overlap, 0.0)
+    for t, count in minutes or ():
+        if start <= t < end:
+            calls[min(n - 1, int((t - start) // step))] += count
+    per_minute = step / 60
+    return [(start + b * step, round(calls[b] / per_minute, 3), open_[b]) for b in range(n)]

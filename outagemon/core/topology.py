@@ -113,24 +113,6 @@ class Topology:
         self._ancestors[node_id] = order
         return order
 
-    def label(self, node_id: str, name: str) -> str | None:
-        """A node's label `name`: its own, else the nearest ancestor's that has one."""
-        node = self.nodes.get(node_id)
-        if node is None:
-            return None
-        own = node.labels.get(name)
-        if own is not None:
-            return own
-        for above in self.ancestors(node_id):
-            value = self.nodes[above].labels.get(name)
-            if value is not None:
-                return value
-        return None
-
-    def label_names(self) -> set[str]:
-        """Every label name some node sets."""
-        return {k for n in self.nodes.values() for k in n.labels}
-
     def descendants(self, node_id: str) -> list[str]:
         """Every node below this one, nearest first."""
         return self._walk(self.nodes[node_id].children, lambda n: n.children)
@@ -326,6 +308,17 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         line=line,
         labels=labels,
     )
+
+
+def inherited_label(topology: Topology, node_id: str, name: str) -> str | None:
+    """A node's label `name`: its own, else the nearest ancestor's that has one."""
+    if node_id not in topology:
+        return None
+    for n in (node_id, *topology.ancestors(node_id)):
+        value = topology.nodes[n].labels.get(name)
+        if value is not None:
+            return value
+    return None
 
 
 def _parse_labels(raw: Any, where: str, problems: list[str]) -> Mapping[str, str]:

@@ -625,36 +625,59 @@ def downtime_cursor(conn: Conn, start: datetime, end: datetime, now: datetime,
 # -- reports ---------------------------------------------------------------------------
 
 
-async def incidents_between(conn: Conn, start: datetime, end: datetime,
-                            seconds: float) -> list[asyncpg.Record]:  # fmt: skip
-    """Incidents that were open at some time in [start, end), oldest first, with the
-    nodes they cut off (routers left out: their buildings' nodes stand for them), when
-    each was opened (its "opened" event), and its first repair estimate. In a read-only
-    transaction that the server ends after `seconds`."""
-    async with conn.transaction(readonly=True):
+async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
+                 seconds: float) -> dict[str, list[asyncpg.Record]]:  # fmt: skip
+    """What the reports read for [start, end), in one read-only snapshot that the server
+    ends after `seconds`:
+
+    - incidents: those open at some time in the period, oldest first, with the nodes
+      they cut off last (routers left out), when each was opened (its "opened" event)
+      and its first repair estimate;
+    - impact: the stretches each node was cut off (`impact`), clipped to the period,
+      open ones up to `now`;
+    - blind: when the monitor could not see, clipped likewise;
+    - calls: /check answers per minute: all, and those that named an incident."""
+    async with conn.transaction(readonly=True, isolation="repeatable_read"):
         await conn.execute(f"set local statement_timeout = {int(seconds * 1000)}")
-        return list(
-            await conn.fetch(
-                """
-                select i.id, i.state, i.kind, i.root_node, i.opened_at, i.resolved_at,
-                       i.merged_into, i.subscribers, i.calls,
-                       (select min(e.at) from incident_event e
-                        where e.incident_id = i.id and e.kind = 'opened') as detected_at,
-                       fe.at as first_eta_at, fe.eta as first_eta,
-                       coalesce((select array_agg(n.node_id order by n.node_id)
-                                 from incident_node n join node on node.id = n.node_id
-                                 where n.incident_id = i.id and node.kind <> 'cpe'),
-                                '{}') as nodes
-                from incident i
-                left join lateral (
-                    select e.at, (e.detail->>'eta')::timestamptz as eta from incident_event e
-                    where e.incident_id = i.id and e.kind = 'eta'
-                    order by e.at, e.id limit 1
-                ) fe on true
-                where i.opened_at < $2 and coalesce(i.resolved_at, 'infinity') > $1
-                order by i.opened_at, i.id
-                """,
-                start,
-                end,
-            )
-        )
+        incidents = await conn.fetch(
+            """
+            select i.id, i.state, i.kind, i.root_node, i.opened_at, i.resolved_at,
+                   i.merged_into, i.subscribers, i.calls,
+                   (select min(e.at) from incident_event e
+                    where e.incident_id = i.id and e.kind = 'opened') as detected_at,
+                   fe.at as first_eta_at, fe.eta as first_eta,
+                   coalesce((select array_agg(n.node_id order by n.node_id)
+                             from incident_node n where n.incident_id = i.id
+                             and n.node_id not like 'cpe:%'), '{}') as nodes
+            from incident i
+            left join lateral (
+                select e.at, (e.detail->>'eta')::timestamptz as eta from incident_event e
+                where e.incident_id = i.id and e.kind = 'eta'
+                order by e.at, e.id limit 1
+            ) fe on true
+            where i.opened_at < $2 and coalesce(i.resolved_at, 'infinity') > $1
+            order by i.opened_at, i.id
+            """,
+            start, end,
+        )  # fmt: skip
+        impact = await conn.fetch(
+            """
+            select incident_id, node_id, cause, greatest(started_at, $1) as started_at,
+                   least(coalesce(ended_at, $3), $2) as ended_at
+            from impact
+            where started_at < $2 and coalesce(ended_at, $3) > $1
+              and node_id not like 'cpe:%'
+            order by incident_id, started_at
+            """,
+            start, end, now,
+        )  # fmt: skip
+        blind = await blind_periods(conn, start, end, now)
+        calls = await conn.fetch(
+            "select minute, sum(calls)::bigint as calls,"
+            " coalesce(sum(calls) filter (where incident_id <> 0), 0)::bigint as named"
+            " from call_minute where minute >= $1 and minute < $2"
+            " group by minute order by minute",
+            start, end,
+        )  # fmt: skip
+    return {"incidents": list(incidents), "impact": list(impact), "blind": blind,
+            "calls": list(calls)}  # fmt: skip

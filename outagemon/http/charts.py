@@ -129,10 +129,12 @@ def timeline(incidents: Sequence[dict[str, Any]], start: float, end: float,
     return Markup("").join(parts)
 
 
-def calls(series: Sequence[tuple[float, float, int]], start: float, end: float) -> Markup:
-    """Calls a minute (a line) over incidents open (grey columns behind it)."""
+def calls(buckets: Sequence[dict[str, Any]], start: float, end: float, step: float) -> Markup:
+    """Calls a minute (a line) over incidents open (grey columns behind it). `buckets`:
+    the API's (at, calls_per_minute, open_incidents)."""
     height, top, bottom = 200, 24, 170
-    step = (series[1][0] - series[0][0]) if len(series) > 1 else end - start
+    series = [(datetime.fromisoformat(b["at"]).timestamp(), b["calls_per_minute"],
+               b["open_incidents"]) for b in buckets]  # fmt: skip
     most_calls = max((c for _, c, _ in series), default=0.0) or 1.0
     most_open = max((o for _, _, o in series), default=0) or 1
     parts = [Markup('<svg class="chart calls" role="img" {}>').format(_attrs(

@@ -8,14 +8,15 @@ read-only transaction the server ends after `[reports] timeout`; one more is ref
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from outagemon import logs
 from outagemon.core import figures
-from outagemon.core.figures import Stored
+from outagemon.core.figures import Cut, Interval, Stored
+from outagemon.core.topology import inherited_label
 from outagemon.db import store
 from outagemon.http.runtime import Invalid, Runtime, iso_wall, parse_time
 
@@ -29,10 +30,22 @@ DETECT_NOTE = (
     "the first lost probe is not stored, it came at most (down_after - 1) probe intervals "
     "before opened_at."
 )
-CALLS_NOTE = (
-    "Calls are stored per incident as a total: each incident's calls are spread evenly "
-    "over its life."
-)
+CALLS_NOTES = {
+    "per_minute": "Calls are counted per minute as /check answers them.",
+    "incident_totals": "No calls were counted per minute in this period (history from "
+    "before they were): each incident's total is spread evenly over its life.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a report reads: the incidents, the stretches their nodes were cut off, when
+    the monitor was blind, and calls per minute (start, all, naming an incident)."""
+
+    incidents: list[Stored]
+    cuts: list[Cut]
+    blind: list[Interval]
+    calls: list[tuple[float, int, int]]
 
 
 class Busy(Exception):
@@ -57,8 +70,8 @@ def period(query: Mapping[str, str], max_days: int, now: float) -> tuple[float, 
     return start, end
 
 
-async def load(rt: Runtime, start: float, end: float) -> list[Stored]:
-    """Incidents open at some time in [start, end), from the database, within budget."""
+async def load(rt: Runtime, start: float, end: float, now: float) -> Report:
+    """What happened in [start, end), from the database, within the reports' budget."""
     cfg = rt.config.reports
     if rt.pool is None:
         raise Busy("reports are read from the database, which is not connected.")
@@ -68,7 +81,7 @@ async def load(rt: Runtime, start: float, end: float) -> list[Stored]:
     rt.reports += 1
     try:
         async with rt.pool.acquire(timeout=cfg.timeout) as conn:
-            rows = await store.incidents_between(conn, _dt(start), _dt(end), cfg.timeout)
+            rows = await store.report(conn, _dt(start), _dt(end), _dt(now), cfg.timeout)
     except (TimeoutError, OSError) as e:
         log.warning("reports.database_unavailable", error=str(e) or type(e).__name__)
         raise Busy(f"the database did not answer within {cfg.timeout:g} s "
@@ -81,7 +94,17 @@ async def load(rt: Runtime, start: float, end: float) -> list[Stored]:
         raise Busy("the database does not answer right now; try again later.") from None
     finally:
         rt.reports -= 1
-    return [_stored(r) for r in rows]
+    incidents = [_stored(r) for r in rows["incidents"]]
+    cuts = [Cut(r["incident_id"], r["node_id"], r["started_at"].timestamp(),
+                r["ended_at"].timestamp(), r["cause"] == "maintenance")
+            for r in rows["impact"]]  # fmt: skip
+    # Incidents the impact record does not hold (none should be): their last nodes, over
+    # their whole life, for their last kind.
+    recorded = {c.incident for c in cuts}
+    cuts += figures.cuts_of(i for i in incidents if i.id not in recorded)
+    blind = [(r["started_at"].timestamp(), r["ended_at"].timestamp()) for r in rows["blind"]]
+    calls = [(r["minute"].timestamp(), r["calls"], r["named"]) for r in rows["calls"]]
+    return Report(incidents, cuts, blind, calls)
 
 
 def _dt(seconds: float) -> datetime:
@@ -114,19 +137,18 @@ def group_keys(rt: Runtime, group: str) -> Callable[[str], Iterable[str]]:
             return [s.address.text() for s in n.serves] if n is not None else ()
 
         return buildings
-    names = topo.label_names()
+    names = {k for n in topo.nodes.values() for k in n.labels}
     if group not in names:
         known = ", ".join(sorted(names)) or "none in this topology"
         raise Invalid(f"group must be building, node or a label of the topology's nodes "
                       f"(labels: {known}); {group!r} is none of them.")  # fmt: skip
-    return lambda node: (topo.label(node, group) or NO_GROUP,)
+    return lambda node: (inherited_label(topo, node, group) or NO_GROUP,)
 
 
-def availability(rt: Runtime, incidents: list[Stored], start: float, end: float, group: str,
-                 limit: int) -> dict[str, Any]:  # fmt: skip
+def availability(rt: Runtime, report: Report, start: float, end: float, group: str,
+                 limit: int, now: float) -> dict[str, Any]:  # fmt: skip
     keys_of = group_keys(rt, group)
-    now = time.time()
-    rows = figures.availability(figures.cuts_of(incidents), start, end, now, keys_of)
+    rows = figures.availability(report.cuts, start, end, now, keys_of, report.blind)
     if group == "node":
         for row in rows:
             node = rt.directory.topology.nodes.get(str(row["key"]))
@@ -139,9 +161,20 @@ def availability(rt: Runtime, incidents: list[Stored], start: float, end: float,
     }  # fmt: skip
 
 
-def calls_series(incs: list[Stored], start: float, end: float, step: float,
-                 now: float) -> list[tuple[float, float, int]]:  # fmt: skip
-    return figures.calls_per_minute(incs, start, end, step, now)
+def calls(report: Report, start: float, end: float, step: float,
+          now: float) -> dict[str, Any]:  # fmt: skip
+    """Calls a minute that named an incident, and incidents open, per `step` seconds."""
+    source = "per_minute" if report.calls else "incident_totals"
+    minutes = [(t, named) for t, _, named in report.calls] if report.calls else None
+    series = figures.calls_per_minute(report.incidents, start, end, step, now, minutes)
+    return {
+        "from": iso_wall(start), "to": iso_wall(end), "step_seconds": int(step),
+        "source": source, "note": CALLS_NOTES[source],
+        "calls": sum(named for _, _, named in report.calls) if report.calls
+        else sum(i.calls for i in report.incidents),
+        "buckets": [{"at": iso_wall(t), "calls_per_minute": rate, "open_incidents": n}
+                    for t, rate, n in series],
+    }  # fmt: skip
 
 
 def incident_rows(incidents: list[Stored], now: float) -> list[dict[str, Any]]:
@@ -162,8 +195,8 @@ def incident_rows(incidents: list[Stored], now: float) -> list[dict[str, Any]]:
     return out
 
 
-def incidents(incs: list[Stored], start: float, end: float) -> dict[str, Any]:
-    now = time.time()
+def incidents(report: Report, start: float, end: float, now: float) -> dict[str, Any]:
+    incs = report.incidents
     rows = incident_rows(incs, now)
     repairs = sorted(r["repair_seconds"] for r in rows if r["repair_seconds"] is not None)
     return {

@@ -504,22 +504,24 @@ async def reports_page(request: web.Request) -> web.Response:
                                "from_iso": iso_wall(start),
                                "to_iso": iso_wall(end), "problem": ""}  # fmt: skip
     try:
-        incs = await figures.load(rt, start, end)
+        report = await figures.load(rt, start, end, now)
     except figures.Busy as e:
         html = ENV.get_template("reports.html").render(
             now=_when(now), **(context | {"problem": str(e)}), **visitor.context()
         )
         return visitor.page(html, status=503)
     bars = [{"id": str(i.id), "kind": i.kind, "root_node": i.root, "subscribers": i.subscribers,
-             "opened": i.opened_at, "resolved": i.resolved_at} for i in incs]  # fmt: skip
-    buildings = figures.availability(rt, incs, start, end, "building", 10)
-    nodes = figures.availability(rt, incs, start, end, "node", 10)
-    summary = figures.incidents(incs, start, end)["totals"]
+             "opened": i.opened_at, "resolved": i.resolved_at}
+            for i in report.incidents]  # fmt: skip
+    buildings = figures.availability(rt, report, start, end, "building", 10, now)
+    nodes = figures.availability(rt, report, start, end, "node", 10, now)
+    summary = figures.incidents(report, start, end, now)["totals"]
+    calls = figures.calls(report, start, end, step, now)
     html = ENV.get_template("reports.html").render(
         now=_when(now), **context, totals=summary,
         timeline=charts.timeline(bars, start, end, now),
-        calls=charts.calls(figures.calls_series(incs, start, end, step, now), start, end),
-        calls_note=figures.CALLS_NOTE,
+        calls=charts.calls(calls["buckets"], start, end, step),
+        calls_note=calls["note"],
         buildings=charts.worst(buildings["rows"], "buildings"),
         nodes=charts.worst(nodes["rows"], "nodes"), **visitor.context(),
     )  # fmt: skip

@@ -13,17 +13,19 @@ from outagemon.http.runtime import RUNTIME, Invalid, authorise, bad, error, json
 _PARAMS = {
     "availability": frozenset({"from", "to", "group", "limit"}),
     "incidents": frozenset({"from", "to"}),
+    "calls": frozenset({"from", "to", "step"}),
 }
+MAX_BUCKETS = 2000
 
 
-def _checked(request: web.Request, name: str) -> tuple[float, float]:
+def _checked(request: web.Request, name: str, now: float) -> tuple[float, float]:
     q = request.query
     unknown = sorted(set(q) - _PARAMS[name])
     if unknown:
         raise bad(f"unknown parameter(s): {', '.join(unknown)}; "
                   f"give {', '.join(sorted(_PARAMS[name]))}.")  # fmt: skip
     try:
-        return figures.period(q, request.app[RUNTIME].config.reports.max_days, time.time())
+        return figures.period(q, request.app[RUNTIME].config.reports.max_days, now)
     except Invalid as e:
         raise bad(str(e)) from None
 
@@ -37,15 +39,17 @@ def _busy(e: figures.Busy) -> web.Response:
 async def availability(request: web.Request) -> web.Response:
     authorise(request, write=False)
     rt = request.app[RUNTIME]
-    start, end = _checked(request, "availability")
+    now = time.time()
+    start, end = _checked(request, "availability", now)
     group = request.query.get("group", "building")
     raw_limit = request.query.get("limit", "1000")
     if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 100_000:
         raise bad("limit must be a whole number from 1 to 100000.")
     try:
         figures.group_keys(rt, group)  # an unknown group is refused before the database
-        incs = await figures.load(rt, start, end)
-        return json_response(figures.availability(rt, incs, start, end, group, int(raw_limit)))
+        report = await figures.load(rt, start, end, now)
+        return json_response(figures.availability(rt, report, start, end, group,
+                                                  int(raw_limit), now))  # fmt: skip
     except Invalid as e:
         raise bad(str(e)) from None
     except figures.Busy as e:
@@ -55,14 +59,38 @@ async def availability(request: web.Request) -> web.Response:
 async def incidents(request: web.Request) -> web.Response:
     authorise(request, write=False)
     rt = request.app[RUNTIME]
-    start, end = _checked(request, "incidents")
+    now = time.time()
+    start, end = _checked(request, "incidents", now)
     try:
-        incs = await figures.load(rt, start, end)
+        report = await figures.load(rt, start, end, now)
     except figures.Busy as e:
         return _busy(e)
-    return json_response(figures.incidents(incs, start, end))
+    return json_response(figures.incidents(report, start, end, now))
+
+
+async def calls(request: web.Request) -> web.Response:
+    authorise(request, write=False)
+    rt = request.app[RUNTIME]
+    now = time.time()
+    start, end = _checked(request, "calls", now)
+    raw = request.query.get("step", "")
+    if raw:
+        if not (raw.isascii() and raw.isdigit()) or not 60 <= int(raw) <= 86400:
+            raise bad("step must be a whole number of seconds from 60 to 86400.")
+        step = int(raw)
+    else:  # about a hundred buckets, on whole minutes
+        step = max(60, round((end - start) / 100 / 60) * 60)
+    if (end - start) / step > MAX_BUCKETS:
+        raise bad(f"step {step} s makes more than {MAX_BUCKETS} buckets of this period; "
+                  "give a longer step.")  # fmt: skip
+    try:
+        report = await figures.load(rt, start, end, now)
+    except figures.Busy as e:
+        return _busy(e)
+    return json_response(figures.calls(report, start, end, step, now))
 
 
 def setup(routes: web.RouteTableDef) -> None:
     routes.get("/api/v1/reports/availability")(availability)
     routes.get("/api/v1/reports/incidents")(incidents)
+    routes.get("/api/v1/reports/calls")(calls)
