@@ -622,6 +622,8 @@ def downtime_cursor(conn: Conn, start: datetime, end: datetime, now: datetime,
     """The billing rows (`DOWNTIME`) as a server-side cursor, read `prefetch` rows at a time
     (`async for`, inside the caller's transaction): a million rows never sit in memory."""
     return conn.cursor(DOWNTIME, start, end, now, min_minutes, prefetch=prefetch)
+
+
 # -- reports ---------------------------------------------------------------------------
 
 
