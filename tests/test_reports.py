@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from outagemon import config
 from outagemon.core import directory, messages, topology
@@ -21,6 +24,7 @@ from outagemon.core.directory import Directory
 from outagemon.db import migrate, store
 from outagemon.http.app import make_app
 from outagemon.http.runtime import Runtime
+from tests.test_openapi import TEXT, query, validate
 from tests.world import CONFIG, READ, SUBSCRIBERS, TOPOLOGY, world
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
@@ -331,3 +335,53 @@ async def test_a_report_past_its_budget_is_refused_and_check_still_answers(
                 await w.pool.release(conn)
         status, body = await get(w.server, "/api/v1/reports/incidents", **period)
         assert status == 200 and body["incidents"] == []
+
+
+async def test_responses_match_the_openapi_description(fresh_db: str) -> None:
+    async with served(fresh_db) as (server, _):
+        period = {"from": iso(0), "to": iso(DAY)}
+        cases = [
+            ("/api/v1/reports/availability", {"group": "building", **period}),
+            ("/api/v1/reports/availability", {"group": "node", "limit": "2", **period}),
+            ("/api/v1/reports/availability", {"group": "district", **period}),
+            ("/api/v1/reports/availability", {"group": "x", **period}),
+            ("/api/v1/reports/incidents", period),
+            ("/api/v1/reports/incidents", {"from": iso(0)}),
+            ("/api/v1/reports/calls", period),
+            ("/api/v1/reports/calls", {"step": "61", **period}),
+        ]
+        for path, params in cases:
+            status, body = await get(server, path, **params)
+            validate(path, "get", status, body)
+        status, body = await get(server, "/api/v1/reports/availability", limit="2", **period)
+        assert len(body["rows"]) == 2 and body["places"] == 5
+
+
+REPORT_PARAMS = st.dictionaries(
+    st.sampled_from(["from", "to", "group", "limit", "step", "x"]),
+    st.one_of(TEXT, st.sampled_from([iso(0), iso(DAY), "0001-01-01T00:00:00+14:00",
+                                     "9999-12-31T23:59:59-14:00", "1969-12-31T23:00:00Z",
+                                     "building", "node", "district", "60", "0", "²"])),
+    max_size=5,
+)  # fmt: skip
+
+
+async def test_generated_report_requests_never_get_a_5xx(fresh_db: str) -> None:
+    async with served(fresh_db) as (server, _):
+        seen: list[tuple[str, dict[str, str]]] = []
+
+        @settings(max_examples=200, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(st.sampled_from(["availability", "incidents", "calls"]), REPORT_PARAMS)
+        def plan(kind: str, params: dict[str, str]) -> None:
+            seen.append((kind, params))
+
+        plan()
+        headers = {"Authorization": f"Bearer {READ}"}
+        async with aiohttp.ClientSession() as session:
+            for kind, params in seen:
+                path = f"/api/v1/reports/{kind}"
+                url = yarl.URL(str(server.make_url(path)) + "?" + query(params), encoded=True)
+                async with session.get(url, headers=headers) as r:
+                    assert r.status < 500, (kind, params, await r.text())
+                    validate(path, "get", r.status, await r.json())

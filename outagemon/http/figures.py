@@ -62,6 +62,8 @@ def period(query: Mapping[str, str], max_days: int, now: float) -> tuple[float, 
     end = parse_time(query["to"], "to")
     if end <= start:
         raise Invalid("to must be after from.")
+    if start < 0:
+        raise Invalid("from is before 1970; nothing is recorded that early.")
     if end - start > max_days * 86400:
         raise Invalid(f"the period is longer than {max_days} days ([reports] max_days); "
                       "ask for a shorter one.")  # fmt: skip
