@@ -385,3 +385,32 @@ async def test_generated_report_requests_never_get_a_5xx(fresh_db: str) -> None:
                 async with session.get(url, headers=headers) as r:
                     assert r.status < 500, (kind, params, await r.text())
                     validate(path, "get", r.status, await r.json())
+
+
+def gauge(text: str, series: str) -> float:
+    (line,) = [x for x in text.splitlines() if x.startswith(series + " ")]
+    return float(line.split()[1])
+
+
+async def test_metrics_show_what_open_incidents_cost_now(fresh_db: str) -> None:
+    async with world(fresh_db) as w:
+
+        async def scrape() -> str:
+            async with w.session.get(w.url("/metrics")) as r:
+                assert r.status == 200
+                return await r.text()
+
+        quiet = await scrape()
+        assert gauge(quiet, 'outagemon_subscribers_cut_off{kind="outage"}') == 0
+        assert gauge(quiet, 'outagemon_open_subscriber_minutes{kind="outage"}') == 0
+        w.net.fail("agg-s")  # Sadovaya 3 and 5: subscribers 1006, 1007 and 1008
+        w.run(120)
+        (inc,) = w.monitor.correlator.incidents.values()
+        w.run(600)  # ten minutes more
+        text = await scrape()
+        assert gauge(text, 'outagemon_subscribers_cut_off{kind="outage"}') == 3
+        assert gauge(text, 'outagemon_subscribers_cut_off{kind="maintenance"}') == 0
+        lost = 3 * (w.monitor.clock() - inc.opened_at) / 60
+        assert lost > 30
+        assert gauge(text, 'outagemon_open_subscriber_minutes{kind="outage"}') == round(lost, 1)
+        assert gauge(text, 'outagemon_incidents_open{kind="outage"}') == 1

@@ -16,7 +16,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from outagemon import __version__, logs
-from outagemon.http import api, page, reports, security
+from outagemon.http import api, figures, page, reports, security
 from outagemon.http.runtime import RUNTIME, Runtime, error, json_response
 
 log = logs.get("outagemon.http")
@@ -231,6 +231,7 @@ def make_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[RUNTIME] = runtime
     runtime.metrics.gauge("outagemon_up", "1 while the daemon serves.").set(1)
+    figures.install_gauges(runtime)
     routes = web.RouteTableDef()
     routes.get("/healthz")(healthz)
     routes.get("/readyz")(readyz)

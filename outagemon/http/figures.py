@@ -52,6 +52,34 @@ class Busy(Exception):
     """The reports' database budget is taken, or the database does not answer."""
 
 
+def install_gauges(rt: Runtime) -> None:
+    """Gauges of what open incidents cost now, read from memory at each scrape of
+    /metrics (open incidents by kind are the monitor's `outagemon_incidents_open`)."""
+    cut_off = rt.metrics.gauge(
+        "outagemon_subscribers_cut_off", "Subscribers cut off by open incidents, by kind."
+    )
+    minutes = rt.metrics.gauge(
+        "outagemon_open_subscriber_minutes",
+        "Subscriber-minutes lost so far by the incidents open now, by kind.")  # fmt: skip
+
+    def collect() -> None:
+        m = rt.monitor
+        people = {"outage": 0, "maintenance": 0}
+        lost = {"outage": 0.0, "maintenance": 0.0}
+        if m is not None:
+            now = m.clock()
+            for inc in m.correlator.incidents.values():
+                subscribers = m.subscribers_of(inc.nodes)
+                kind = inc.kind.value
+                people[kind] = people.get(kind, 0) + subscribers
+                lost[kind] = lost.get(kind, 0.0) + subscribers * max(0.0, now - inc.opened_at) / 60
+        for kind, subscribers in people.items():
+            cut_off.set(subscribers, kind=kind)
+            minutes.set(round(lost[kind], 1), kind=kind)
+
+    rt.metrics.on_collect(collect)
+
+
 def period(query: Mapping[str, str], max_days: int, now: float) -> tuple[float, float]:
     """[from, to) of a report's query; Invalid with the sentence that says what is wrong."""
     missing = [k for k in ("from", "to") if not query.get(k)]
