@@ -4,6 +4,8 @@ figures worked out by hand (below, in minutes from the period's start T0)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import textwrap
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -414,3 +416,46 @@ async def test_metrics_show_what_open_incidents_cost_now(fresh_db: str) -> None:
         assert lost > 30
         assert gauge(text, 'outagemon_open_subscriber_minutes{kind="outage"}') == round(lost, 1)
         assert gauge(text, 'outagemon_incidents_open{kind="outage"}') == 1
+
+
+DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
+
+
+async def test_the_grafana_dashboard_reads_metrics_that_exist(fresh_db: str) -> None:
+    """docs/grafana-dashboard.json is valid JSON, its datasource is a variable, and every
+    metric (and every label it groups by) is one a real /metrics serves."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    targets = [t for p in dashboard["panels"] for t in p["targets"]]
+    assert len(targets) >= 10
+    for p in dashboard["panels"]:
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+    async with world(fresh_db) as w:
+        w.net.fail("agg-s")
+        w.run(120)
+        await w.check(phone="+79210000007")
+        async with w.session.get(w.url("/metrics")) as r:
+            scraped = await r.text()
+    series: dict[str, set[str]] = {}
+    for line in scraped.splitlines():
+        if line.startswith("# TYPE "):
+            series.setdefault(line.split()[2], set())
+        elif line and not line.startswith("#"):
+            name, _, labels = line.split(" ")[0].partition("{")
+            series.setdefault(name, set()).update(
+                part.split("=")[0] for part in labels.rstrip("}").split(",") if part
+            )
+    checked = 0
+    for target in targets:
+        expr = target["expr"]
+        names = set(re.findall(r"\b(outagemon_[a-z_]+)", expr))
+        assert names, expr
+        for name in names:
+            assert name in series, f"{name} is not served by /metrics ({expr})"
+            for grouped in re.findall(r"by \(([a-z_]+)\) \((?:\w+\()?" + name, expr):
+                if series[name]:  # a counter never counted has no series to read labels of
+                    assert grouped in series[name], (name, grouped, expr)
+                    checked += 1
+    assert checked >= 5
