@@ -8,10 +8,11 @@ read-only transaction the server ends after `[reports] timeout`; one more is ref
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from outagemon import logs
 from outagemon.core import figures
@@ -21,6 +22,7 @@ from outagemon.db import store
 from outagemon.http.runtime import Invalid, Runtime, iso_wall, parse_time
 
 log = logs.get("outagemon.reports")
+T = TypeVar("T")
 
 GROUPS = ("building", "node")  # and any label the topology's nodes carry
 NO_GROUP = "(none)"  # the key of nodes without the label a report groups by
@@ -100,8 +102,11 @@ def period(query: Mapping[str, str], max_days: int, now: float) -> tuple[float, 
     return start, end
 
 
-async def load(rt: Runtime, start: float, end: float, now: float) -> Report:
-    """What happened in [start, end), from the database, within the reports' budget."""
+async def made(rt: Runtime, start: float, end: float, now: float,
+               compute: Callable[[Report], T]) -> T:  # fmt: skip
+    """`compute(report)` of what happened in [start, end), within the reports' budget: the
+    database read, then the figuring in a worker thread, so a year of a city's history
+    (seconds of arithmetic) never holds up the event loop and /check with it."""
     cfg = rt.config.reports
     if rt.pool is None:
         raise Busy("reports are read from the database, which is not connected.")
@@ -110,8 +115,17 @@ async def load(rt: Runtime, start: float, end: float, now: float) -> Report:
                    "try again in a moment.")  # fmt: skip
     rt.reports += 1
     try:
+        rows = await _read(rt, start, end, now)
+        return await asyncio.to_thread(lambda: compute(_report(rows)))
+    finally:
+        rt.reports -= 1
+
+
+async def _read(rt: Runtime, start: float, end: float, now: float) -> dict[str, list[Any]]:
+    cfg = rt.config.reports
+    try:
         async with rt.pool.acquire(timeout=cfg.timeout) as conn:
-            rows = await store.report(conn, _dt(start), _dt(end), _dt(now), cfg.timeout)
+            return await store.report(conn, _dt(start), _dt(end), _dt(now), cfg.timeout)
     except (TimeoutError, OSError) as e:
         log.warning("reports.database_unavailable", error=str(e) or type(e).__name__)
         raise Busy(f"the database did not answer within {cfg.timeout:g} s "
@@ -122,8 +136,9 @@ async def load(rt: Runtime, start: float, end: float, now: float) -> Report:
                        "try a shorter period.") from None  # fmt: skip
         log.warning("reports.database_unavailable", error=str(e) or type(e).__name__)
         raise Busy("the database does not answer right now; try again later.") from None
-    finally:
-        rt.reports -= 1
+
+
+def _report(rows: dict[str, list[Any]]) -> Report:
     incidents = [_stored(r) for r in rows["incidents"]]
     cuts = [Cut(r["incident_id"], r["node_id"], r["started_at"].timestamp(),
                 r["ended_at"].timestamp(), r["cause"] == "maintenance")

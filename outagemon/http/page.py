@@ -504,28 +504,37 @@ async def reports_page(request: web.Request) -> web.Response:
                                "from_iso": iso_wall(start),
                                "to_iso": iso_wall(end), "problem": ""}  # fmt: skip
     try:
-        report = await figures.load(rt, start, end, now)
+        pictures = await figures.made(
+            rt, start, end, now, lambda r: _pictures(rt, r, start, end, step, now)
+        )
     except figures.Busy as e:
         html = ENV.get_template("reports.html").render(
             now=_when(now), **(context | {"problem": str(e)}), **visitor.context()
         )
         return visitor.page(html, status=503)
+    html = ENV.get_template("reports.html").render(
+        now=_when(now), **context, **pictures, **visitor.context()
+    )
+    return visitor.page(html)
+
+
+def _pictures(rt: Runtime, report: figures.Report, start: float, end: float, step: float,
+              now: float) -> dict[str, Any]:  # fmt: skip
+    """The reports page's figures and charts (in a worker thread: see figures.made)."""
     bars = [{"id": str(i.id), "kind": i.kind, "root_node": i.root, "subscribers": i.subscribers,
              "opened": i.opened_at, "resolved": i.resolved_at}
             for i in report.incidents]  # fmt: skip
     buildings = figures.availability(rt, report, start, end, "building", 10, now)
     nodes = figures.availability(rt, report, start, end, "node", 10, now)
-    summary = figures.incidents(report, start, end, now)["totals"]
     calls = figures.calls(report, start, end, step, now)
-    html = ENV.get_template("reports.html").render(
-        now=_when(now), **context, totals=summary,
-        timeline=charts.timeline(bars, start, end, now),
-        calls=charts.calls(calls["buckets"], start, end, step),
-        calls_note=calls["note"],
-        buildings=charts.worst(buildings["rows"], "buildings"),
-        nodes=charts.worst(nodes["rows"], "nodes"), **visitor.context(),
-    )  # fmt: skip
-    return visitor.page(html)
+    return {
+        "totals": figures.incidents(report, start, end, now)["totals"],
+        "timeline": charts.timeline(bars, start, end, now),
+        "calls": charts.calls(calls["buckets"], start, end, step),
+        "calls_note": calls["note"],
+        "buildings": charts.worst(buildings["rows"], "buildings"),
+        "nodes": charts.worst(nodes["rows"], "nodes"),
+    }
 
 
 # -- logging in and out ----------------------------------------------------------------

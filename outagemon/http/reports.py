@@ -47,9 +47,15 @@ async def availability(request: web.Request) -> web.Response:
         raise bad("limit must be a whole number from 1 to 100000.")
     try:
         figures.group_keys(rt, group)  # an unknown group is refused before the database
-        report = await figures.load(rt, start, end, now)
-        return json_response(figures.availability(rt, report, start, end, group,
-                                                  int(raw_limit), now))  # fmt: skip
+        limit = int(raw_limit)
+        found = await figures.made(
+            rt,
+            start,
+            end,
+            now,
+            lambda r: figures.availability(rt, r, start, end, group, limit, now),
+        )
+        return json_response(found)
     except Invalid as e:
         raise bad(str(e)) from None
     except figures.Busy as e:
@@ -62,10 +68,11 @@ async def incidents(request: web.Request) -> web.Response:
     now = time.time()
     start, end = _checked(request, "incidents", now)
     try:
-        report = await figures.load(rt, start, end, now)
+        found = await figures.made(rt, start, end, now,
+                                   lambda r: figures.incidents(r, start, end, now))  # fmt: skip
     except figures.Busy as e:
         return _busy(e)
-    return json_response(figures.incidents(report, start, end, now))
+    return json_response(found)
 
 
 async def calls(request: web.Request) -> web.Response:
@@ -84,10 +91,11 @@ async def calls(request: web.Request) -> web.Response:
         raise bad(f"step {step} s makes more than {MAX_BUCKETS} buckets of this period; "
                   "give a longer step.")  # fmt: skip
     try:
-        report = await figures.load(rt, start, end, now)
+        found = await figures.made(rt, start, end, now,
+                                   lambda r: figures.calls(r, start, end, step, now))  # fmt: skip
     except figures.Busy as e:
         return _busy(e)
-    return json_response(figures.calls(report, start, end, step, now))
+    return json_response(found)
 
 
 def setup(routes: web.RouteTableDef) -> None:
