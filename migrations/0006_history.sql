@@ -67,7 +67,7 @@ create index subscriber_period_account on subscriber_period (account, valid_from
 create index subscriber_period_node on subscriber_period (node_id, valid_from);
 create unique index subscriber_period_current on subscriber_period (account)
     where valid_to is null;
-create index subscriber_period_phones on subscriber_period using gin (phones);
+create index subscriber_period_address on subscriber_period (address, flat);
 
 create table monitor_run (
     id          bigint generated always as identity primary key,

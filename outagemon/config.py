@@ -53,13 +53,6 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ReportsConfig:
-    max_days: int = 366  # the longest period a report covers
-    timeout: float = 30.0  # seconds one report's database read may take
-    max_running: int = 2  # reports reading the database at once; more get 503
-
-
-@dataclass(frozen=True, slots=True)
 class ProbeConfig:
     interval: float = 10.0
     timeout: float = 1.0
@@ -96,6 +89,15 @@ class MessagesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    """The outage history's reports (per-subscriber downtime, the billing export)."""
+
+    max_period_days: int = 366  # the longest period one question may ask about
+    connections: int = 2  # database connections of their own: never the writer's or /check's
+    timeout: float = 600.0  # seconds one report's query may run
+
+
+@dataclass(frozen=True, slots=True)
 class Token:
     name: str
     token: str = field(repr=False)  # never printed, never logged
@@ -113,7 +115,7 @@ class Config:
     topology: TopologyConfig = TopologyConfig()
     vantage: VantageConfig = VantageConfig()
     messages: MessagesConfig = MessagesConfig()
-    reports: ReportsConfig = ReportsConfig()
+    history: HistoryConfig = HistoryConfig()
     tokens: tuple[Token, ...] = ()
     # Not problems, but worth an operator's attention (a short token): printed, logged.
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -282,17 +284,17 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "resolve_hold": _seconds(positive=False),
     },
     "topology": {"file": _nonempty_string, "subscribers": _string},
-    "reports": {
-        "max_days": _integer(1),
-        "timeout": _seconds(positive=True),
-        "max_running": _integer(1),
-    },
     "vantage": {"anchors": _addresses},
     "messages": {
         "language": _one_of("ru", "en"),
         "restored_for": _seconds(positive=False),
         "file": _nonempty_string,
         "timezone": _timezone,
+    },
+    "history": {
+        "max_period_days": _integer(1),
+        "connections": _integer(1),
+        "timeout": _seconds(positive=True),
     },
 }
 TOKEN_SCHEMA: dict[str, Check] = {
@@ -424,7 +426,7 @@ def parse(text: str, path: Path) -> Config:
         topology=topology,
         vantage=VantageConfig(anchors=anchors),
         messages=_messages(sections.get("messages", {}), base),
-        reports=ReportsConfig(**sections.get("reports", {})),
+        history=HistoryConfig(**sections.get("history", {})),
         tokens=tuple(tokens),
         warnings=tuple(f"{path}: {w}" for w in warnings),
     )

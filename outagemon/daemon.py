@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -89,6 +90,7 @@ class Daemon:
         self.tasks: list[asyncio.Task[None]] = []
         self.stop_signal: str | None = None
         self._main: asyncio.Task[Any] | None = None
+        self._born = time.time()  # this run's start, for the outage history's gaps
         self._reload_wanted = asyncio.Event()
         metrics = self.runtime.metrics
         self._reloads = metrics.counter(
@@ -259,6 +261,12 @@ class Daemon:
                 holder.pool = await store.connect(dsn, statement_timeout=cfg.database.timeout)
                 async with asyncio.timeout(cfg.database.timeout):
                     restored = await monitor.restore(holder.pool, pending)
+                    monitor.run_id = await _run_start(holder.pool, self._born)
+                # The reports' own connections: an export never waits on the writer's.
+                holder.reports = await store.connect(
+                    dsn, min_size=1, max_size=cfg.history.connections,
+                    statement_timeout=cfg.history.timeout,
+                )  # fmt: skip
                 break
             except (OutagemonError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 reason = str(e) or type(e).__name__
@@ -267,12 +275,14 @@ class Daemon:
                     "and what it remembers is taken up once it answers"
                 )
                 log.warning("daemon.database_unavailable", error=reason, retry_in=delay)
-                if holder.pool is not None:
-                    await _close_pool(holder.pool)
-                    holder.pool = None
+                for pool in (holder.pool, holder.reports):
+                    if pool is not None:
+                        await _close_pool(pool)
+                holder.pool = holder.reports = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         self.runtime.pool = holder.pool
+        self.runtime.reports = holder.reports
         writer.attach(holder.pool)
         self.runtime.database = None
         log.info("daemon.restored", incidents=restored, next_incident=monitor.correlator.next_id)
@@ -383,8 +393,11 @@ class _Database:
     def __init__(self) -> None:
         self.embedded: EmbeddedPostgres | None = None
         self.pool: asyncpg.Pool | None = None
+        self.reports: asyncpg.Pool | None = None  # the outage history's reports'
 
     async def close(self) -> None:
+        if self.reports is not None:
+            await _close_pool(self.reports)
         if self.pool is not None:
             await _close_pool(self.pool)
         if self.embedded is not None:
@@ -395,7 +408,18 @@ async def _last_writes(monitor: Monitor, writer: Writer) -> None:
     """Each node's loss history, and a moment for what is queued, if the database answers."""
     if writer.available and writer.pool is not None:
         monitor.save_history()
+        monitor.save_seen(monitor.clock(), stopped=True)
         await writer.drain(1.5)
+
+
+# A gap between runs shorter than this is not marked as unverified time.
+RUN_GAP = 1.0
+
+
+async def _run_start(pool: asyncpg.Pool, born: float) -> int:
+    """This run's row in monitor_run; the gap since the last run, unverified time."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await store.run_start(conn, store.ts(born) or datetime.now(UTC), RUN_GAP)
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:

@@ -32,6 +32,7 @@ log = logs.get("outagemon.monitor")
 
 ANCHOR_PREFIX = "anchor:"
 HISTORY_EVERY = 600.0  # seconds between saves of every node's loss history
+SEEN_EVERY = 60.0  # seconds between "this run is alive" writes (monitor_run.seen_at)
 PRUNE_EVERY = 60.0  # seconds between prunings of what ended
 
 
@@ -89,6 +90,8 @@ class Monitor:
         self.maintenance: list[Maintenance] = []
         self.next_maintenance = 1  # the id of the next planned works
         self._history_saved = clock()
+        self.run_id: int | None = None  # this run's monitor_run row, once the database has it
+        self._seen_saved = clock()
         self._pruned = clock()
         self.first_round_done = False
         self.last_tick = 0.0
@@ -123,6 +126,8 @@ class Monitor:
         self._save_states()
         if now - self._history_saved >= HISTORY_EVERY:
             self.save_history()
+        if self.run_id is not None and now - self._seen_saved >= SEEN_EVERY:
+            self.save_seen(now)
         if now - self._pruned >= PRUNE_EVERY:
             self.prune(now)
         self.journal.sync()  # this tick's events are on disk before anyone hears of them
@@ -157,6 +162,7 @@ class Monitor:
         self._events.inc(kind=e.kind.value)
         if e.kind is EventKind.BLIND or e.kind is EventKind.SEEING:
             log.warning(f"monitor.{e.kind.value}", anchors=list(self.anchors))
+            self.journal.event(e, None, 0)  # unverified time in the outage history
             return
         inc = self.correlator.incidents.get(e.incident or -1)
         log.info(f"incident.{e.kind.value}", incident=e.incident, root=e.root,
@@ -209,6 +215,13 @@ class Monitor:
         nodes = self.directory.topology.nodes
         rows = [(n, ns.n, ns.lost) for n, ns in self.correlator.states.items() if n in nodes]
         self.journal.history(rows)
+
+    def save_seen(self, now: float, stopped: bool = False) -> None:
+        """This run was alive at `now` (and stops, when `stopped`): the time between the
+        last such write and the next start is unverified in the outage history."""
+        self._seen_saved = now
+        if self.run_id is not None:
+            self.journal.seen(self.run_id, steady.CLOCK.wall(now), stopped)
 
     def _save_states(self) -> None:
         """Node state changes since the last tick, as one write (a recovery of 100,000

@@ -12,8 +12,8 @@ import pytest
 
 from tests.cdp import Browser, chromium
 from tests.test_page_browser import SHOTS
-from tests.test_reports import insert_incidents
-from tests.world import WRITE, world
+from tests.test_reports import insert_incidents, reports_world
+from tests.world import WRITE
 
 pytestmark = pytest.mark.skipif(chromium() is None, reason="chromium is not installed")
 
@@ -57,7 +57,7 @@ async def api(session: aiohttp.ClientSession, url: str, **params: str) -> Any:
 
 async def test_the_reports_page_draws_the_apis_figures(fresh_db: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    async with world(fresh_db) as w, Browser() as b:
+    async with reports_world(fresh_db) as w, Browser() as b:
         await w.flushed()  # the nodes are stored: incidents refer to them
         base = datetime.now().astimezone() - timedelta(hours=20)
         async with w.pool.acquire() as conn:
@@ -128,7 +128,7 @@ async def test_the_reports_page_draws_the_apis_figures(fresh_db: str) -> None:
 
 
 async def test_the_reports_page_and_api_follow_the_pages_and_apis_auth(fresh_db: str) -> None:
-    async with world(fresh_db, extra="[http]\npage_auth = true\n") as w:
+    async with reports_world(fresh_db, extra="[http]\npage_auth = true\n") as w:
         async with w.session.get(w.url("/reports?range=7d"), allow_redirects=False) as r:
             assert r.status == 303
             assert r.headers["Location"] == "/login?next=/reports"

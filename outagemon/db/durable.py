@@ -22,6 +22,7 @@ from outagemon.db.spool import Record
 PRECIOUS = frozenset({
     EventKind.OPENED, EventKind.REOPENED, EventKind.MERGED, EventKind.RESOLVED,
     EventKind.ROOT_MOVED, EventKind.KIND_CHANGED, "eta", "note", "maintenance",
+    EventKind.BLIND, EventKind.SEEING,  # rare, and unverified time is billed differently
 })  # fmt: skip
 
 

@@ -2,7 +2,9 @@
 
 Each stored event kind has its write in `WRITES` (a table keyed by `EventKind`); every
 one of them also adds the event to the incident's timeline, except a `nodes` event whose
-incident only shrank or was reordered. `blind` and `seeing` are logged, not stored.
+incident only shrank or was reordered, and `blind`/`seeing` (which belong to no incident).
+The writes also keep the impact record (which nodes each incident cut off, when, and
+why) and the periods the monitor was blind: see the history section of `db/store.py`.
 Values are captured when the event happens and written later, in order, by the writer
 (which queues them while the database is away).
 """
@@ -13,7 +15,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from outagemon import clock, logs
@@ -51,11 +53,15 @@ async def _opened(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | Non
         await store.insert_incident(conn, inc.id, inc.kind, inc.root, inc.inferred,
                                     inc.opened_at, inc.subscribers)  # fmt: skip
         await store.set_incident_nodes(conn, inc.id, inc.nodes)
+        # Cut off since the root's first lost probe, not since the incident was decided.
+        await store.impact_open(conn, inc.id, inc.nodes, inc.kind, inc.opened_at or at)
     return True
 
 
 async def _reopened(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
     await store.reopen_incident(conn, e.incident)
+    if inc is not None:
+        await store.impact_open(conn, inc.id, inc.nodes, inc.kind, at)
     return True
 
 
@@ -63,9 +69,32 @@ async def _nodes(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None
     if inc is not None:
         await store.set_incident_nodes(conn, inc.id, inc.nodes)
         await store.set_incident_subscribers(conn, inc.id, inc.subscribers)
+        await store.impact_set_nodes(conn, inc.id, inc.nodes, inc.kind, at)
         if not e.detail.get("added"):
             return False  # membership shrank or reordered: no timeline line
     return True
+
+
+async def _recovering(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
+    # The root answers: service is back (callers hear "restored") until it fails again.
+    await store.impact_close(conn, e.incident, at)
+    return True
+
+
+async def _refailed(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
+    if inc is not None:
+        await store.impact_open(conn, inc.id, inc.nodes, inc.kind, at)
+    return True
+
+
+async def _blind(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
+    await store.blind_start(conn, "blind", at)
+    return False
+
+
+async def _seeing(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
+    await store.blind_end(conn, "blind", at)
+    return False
 
 
 async def _root_moved(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
@@ -76,16 +105,19 @@ async def _root_moved(conn: Conn, e: Event, inc: Snapshot | None, at: datetime |
 
 async def _merged(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
     await store.merge_incident(conn, e.incident, e.detail["into"], at)
+    await store.impact_close(conn, e.incident, at)  # its nodes continue in the other
     return True
 
 
 async def _resolved(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
     await store.resolve_incident(conn, e.incident, at)
+    await store.impact_close(conn, e.incident, at)
     return True
 
 
 async def _kind_changed(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
     await store.set_incident_kind(conn, e.incident, str(e.detail["to"]))
+    await store.impact_cause(conn, e.incident, str(e.detail["to"]), at)
     return True
 
 
@@ -99,11 +131,13 @@ WRITES: dict[EventKind, Write] = {
     EventKind.NODES: _nodes,
     EventKind.ROOT_MOVED: _root_moved,
     EventKind.MERGED: _merged,
-    EventKind.RECOVERING: _timeline,
-    EventKind.REFAILED: _timeline,
+    EventKind.RECOVERING: _recovering,
+    EventKind.REFAILED: _refailed,
     EventKind.RESOLVED: _resolved,
     EventKind.KIND_CHANGED: _kind_changed,
     EventKind.SPLIT: _timeline,
+    EventKind.BLIND: _blind,
+    EventKind.SEEING: _seeing,
 }
 
 
@@ -181,6 +215,13 @@ class Journal:
         self._keep("maintenance", durable.maintenance_record(window, who, clock.CLOCK.step()))
         self.sync()
 
+    def seen(self, run_id: int, at: float, stopped: bool = False) -> None:
+        """This run of the daemon was alive at `at` (wall time), and stopped then when
+        `stopped` (the latest wins)."""
+        if self.writer is None:
+            return
+        self.writer.latest("run_seen", (run_id, at, stopped), _replace_seen, _seen_op, size=64)
+
     def calls(self, batch: dict[int, int]) -> None:
         """Check answers that named each incident, since the last batch (summed with any
         batch still waiting)."""
@@ -205,13 +246,14 @@ class Journal:
             return
         self.writer.latest("history", rows, _replace, _history_op, size=64 + 48 * len(rows))
 
-    def inventory(self, current: Directory) -> None:
+    def inventory(self, current: Directory, at: float | None = None) -> None:
         """The loaded topology and subscribers replace the stored ones: two writes, so a
         subscriber row the database refuses never keeps the nodes (which incidents refer
-        to) from being stored."""
+        to) from being stored. The subscribers' periods (`subscriber_period`) begin or end
+        at `at` (wall time; now when not given)."""
         if self.writer is None:
             return
-        nodes, subscribers = inventory_ops(current)
+        nodes, subscribers = inventory_ops(current, time.time() if at is None else at)
         self.writer.submit("inventory", nodes, size=256 * len(current.topology))
         self.writer.submit("subscribers", subscribers, size=128 * len(current.subscribers))
 
@@ -307,6 +349,22 @@ def _replace(a: list[tuple[str, float, float]],
     return b
 
 
+Seen = tuple[int, float, bool]  # (run id, wall time, stopped)
+
+
+def _replace_seen(a: Seen, b: Seen) -> Seen:
+    return b
+
+
+def _seen_op(seen: Seen) -> Op:
+    run_id, at, stopped = seen
+
+    async def op(conn: Conn) -> None:
+        await store.run_seen(conn, run_id, datetime.fromtimestamp(at, UTC), stopped)
+
+    return op
+
+
 def _history_op(rows: list[tuple[str, float, float]]) -> Op:
     async def op(conn: Conn) -> None:
         await store.save_histories(conn, rows)
@@ -319,13 +377,19 @@ def _size(record: dict[str, Any]) -> int:
     return 256 + 24 * (len(record.get("nodes") or ()) + len(snap.get("nodes") or ()))
 
 
-def inventory_ops(current: Directory) -> tuple[Op, Op]:
-    """The topology's nodes, and the subscribers, as two writes."""
+def inventory_ops(current: Directory, at: float) -> tuple[Op, Op]:
+    """The topology's nodes, and the subscribers (with their periods from `at`, wall
+    time), as two writes."""
     nodes = [(n.id, n.kind, n.ip, n.name, list(n.parents)) for n in current.topology.nodes.values()]
     subs = [
         (s.account, list(s.phones), s.address.text(with_flat=False), s.flat, s.ip, s.node)
         for s in current.subscribers
     ]
+    periods = [
+        (s.account, s.serving, s.address.text(with_flat=False), s.flat, list(s.phones))
+        for s in current.subscribers
+    ]
+    loaded_at = datetime.fromtimestamp(at, UTC)
 
     async def write_nodes(conn: Conn) -> None:
         started = time.monotonic()
@@ -336,7 +400,11 @@ def inventory_ops(current: Directory) -> tuple[Op, Op]:
     async def write_subscribers(conn: Conn) -> None:
         started = time.monotonic()
         await store.save_subscribers(conn, subs)
-        log.info("inventory.saved", nodes=len(nodes), subscribers=len(subs),
+        version, added, removed, changed = await store.save_subscriber_periods(
+            conn, periods, loaded_at
+        )
+        log.info("inventory.saved", nodes=len(nodes), subscribers=len(subs), version=version,
+                 added=added, removed=removed, changed=changed,
                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
 
     return write_nodes, write_subscribers

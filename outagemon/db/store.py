@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -515,20 +516,13 @@ async def account_known(conn: Conn, account: str) -> bool:
         "select exists (select 1 from subscriber_period where account = $1)", account))  # fmt: skip
 
 
-async def accounts_by_phone(conn: Conn, phone: str) -> list[str]:
-    """Accounts that ever gave this (normalised) phone number, newest period first."""
-    rows = await conn.fetch(
-        "select account from subscriber_period where phones @> array[$1]::text[]"
-        " group by account order by max(valid_from) desc, account", phone,
-    )  # fmt: skip
-    return [r["account"] for r in rows]
-
-
-async def accounts_at(conn: Conn, address: str, flat: str) -> list[str]:
-    """Accounts that were ever at this address (as stored, without the flat) and flat."""
+async def accounts_at(conn: Conn, address: str, flat: str, start: datetime,
+                      end: datetime) -> list[str]:  # fmt: skip
+    """Accounts at this address (as stored, without the flat) and flat within [start, end)."""
     rows = await conn.fetch(
         "select distinct account from subscriber_period where address = $1 and flat = $2"
-        " order by account", address, flat,
+        " and valid_from < $4 and coalesce(valid_to, 'infinity') > $3 order by account",
+        address, flat, start, end,
     )  # fmt: skip
     return [r["account"] for r in rows]
 
@@ -622,6 +616,24 @@ def downtime_cursor(conn: Conn, start: datetime, end: datetime, now: datetime,
     """The billing rows (`DOWNTIME`) as a server-side cursor, read `prefetch` rows at a time
     (`async for`, inside the caller's transaction): a million rows never sit in memory."""
     return conn.cursor(DOWNTIME, start, end, now, min_minutes, prefetch=prefetch)
+
+
+# The billing CSV, written by PostgreSQL itself (COPY ... TO STDOUT): the rows reach the
+# caller as bytes, never as Python objects.
+DOWNTIME_CSV = f"""
+select account, outage_minutes, planned_minutes, unverified_minutes,
+       array_to_string(incidents, ';') as incidents
+from ({DOWNTIME}) d
+"""
+
+
+async def downtime_csv(conn: Conn, start: datetime, end: datetime, now: datetime,
+                       min_minutes: float, output: Callable[[bytes], Coroutine[Any, Any, None]],
+                       limit: float | None = None) -> None:  # fmt: skip
+    """The billing CSV (header first) handed to `output` in chunks, as PostgreSQL writes it
+    (`limit`: seconds it may take)."""
+    await conn.copy_from_query(DOWNTIME_CSV, start, end, now, min_minutes, output=output,
+                               format="csv", header=True, timeout=limit)  # fmt: skip
 
 
 # -- reports ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from outagemon import __version__, logs
-from outagemon.http import api, figures, page, reports, security
+from outagemon.http import api, downtime, figures, page, reports, security
 from outagemon.http.runtime import RUNTIME, Runtime, error, json_response
 
 log = logs.get("outagemon.http")
@@ -238,6 +238,7 @@ def make_app(runtime: Runtime) -> web.Application:
     routes.get("/metrics")(metrics)
     routes.get("/static/{name}")(static)
     api.setup(routes)
+    downtime.setup(routes)
     reports.setup(routes)
     page.setup(routes)
     page.install(app, runtime)

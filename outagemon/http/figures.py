@@ -2,8 +2,9 @@
 within the reports' own database budget, and figured in the core (`core/figures.py`).
 
 A report reads the database only: /check answers from memory and never waits for one.
-At most `[reports] max_running` reports read at once, each on a pooled connection in a
-read-only transaction the server ends after `[reports] timeout`; one more is refused.
+Reports read on the outage history's own pool (`Runtime.reports`, [history] connections),
+each in a read-only snapshot the server ends after [history] timeout; one that finds
+every connection busy for ACQUIRE seconds is refused with a sentence.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import asyncpg
+
 from outagemon import logs
-from outagemon.core import figures
+from outagemon.core import downtime, figures
 from outagemon.core.figures import Cut, Interval, Stored
 from outagemon.core.topology import inherited_label
 from outagemon.db import store
-from outagemon.http.runtime import Invalid, Runtime, iso_wall, parse_time
+from outagemon.http.runtime import Invalid, Runtime, iso_wall
 
 log = logs.get("outagemon.reports")
+ACQUIRE = 5.0  # seconds a report waits for a connection of the reports' pool, then 503
 T = TypeVar("T")
 
 GROUPS = ("building", "node")  # and any label the topology's nodes carry
@@ -82,60 +86,56 @@ def install_gauges(rt: Runtime) -> None:
     rt.metrics.on_collect(collect)
 
 
-def period(query: Mapping[str, str], max_days: int, now: float) -> tuple[float, float]:
-    """[from, to) of a report's query; Invalid with the sentence that says what is wrong."""
-    missing = [k for k in ("from", "to") if not query.get(k)]
-    if missing:
-        raise Invalid(f"give the period: {' and '.join(missing)} (ISO 8601 times with "
-                      "an offset, such as 2026-11-01T00:00:00+03:00).")  # fmt: skip
-    start = parse_time(query["from"], "from")
-    end = parse_time(query["to"], "to")
-    if end <= start:
-        raise Invalid("to must be after from.")
-    if start < 0:
+def period(query: Mapping[str, str], rt: Runtime, now: float) -> tuple[float, float]:
+    """[from, to) of a report's query, read as the outage history reads it (dates or ISO
+    8601 times with an offset, at most [history] max_period_days); Invalid with the
+    sentence that says what is wrong."""
+    try:
+        start, end = downtime.period(query.get("from", ""), query.get("to", ""), rt.texts.tz,
+                                     rt.config.history.max_period_days)  # fmt: skip
+    except downtime.BadPeriod as e:
+        raise Invalid(str(e)) from None
+    if start.timestamp() < 0:
         raise Invalid("from is before 1970; nothing is recorded that early.")
-    if end - start > max_days * 86400:
-        raise Invalid(f"the period is longer than {max_days} days ([reports] max_days); "
-                      "ask for a shorter one.")  # fmt: skip
-    if start > now:
+    if start.timestamp() > now:
         raise Invalid("from is in the future: there is nothing to report yet.")
-    return start, end
+    return start.timestamp(), end.timestamp()
 
 
 async def made(rt: Runtime, start: float, end: float, now: float,
                compute: Callable[[Report], T]) -> T:  # fmt: skip
-    """`compute(report)` of what happened in [start, end), within the reports' budget: the
-    database read, then the figuring in a worker thread, so a year of a city's history
-    (seconds of arithmetic) never holds up the event loop and /check with it."""
-    cfg = rt.config.reports
-    if rt.pool is None:
-        raise Busy("reports are read from the database, which is not connected.")
-    if rt.reports >= cfg.max_running:
-        raise Busy(f"{cfg.max_running} reports are being made already ([reports] max_running); "
-                   "try again in a moment.")  # fmt: skip
-    rt.reports += 1
-    try:
-        rows = await _read(rt, start, end, now)
-        return await asyncio.to_thread(lambda: compute(_report(rows)))
-    finally:
-        rt.reports -= 1
+    """`compute(report)` of what happened in [start, end): read on a connection of the
+    reports' own pool ([history] connections, never the writer's), then figured in a
+    worker thread, so a year of a city's history (seconds of arithmetic) never holds up
+    the event loop and /check with it."""
+    rows = await _read(rt, start, end, now)
+    return await asyncio.to_thread(lambda: compute(_report(rows)))
 
 
 async def _read(rt: Runtime, start: float, end: float, now: float) -> dict[str, list[Any]]:
-    cfg = rt.config.reports
+    pool = rt.reports
+    if pool is None:
+        raise Busy("reports are read from the database, which is not connected yet; "
+                   "try again shortly.")  # fmt: skip
+    limit = rt.config.history.timeout
     try:
-        async with rt.pool.acquire(timeout=cfg.timeout) as conn:
-            return await store.report(conn, _dt(start), _dt(end), _dt(now), cfg.timeout)
-    except (TimeoutError, OSError) as e:
-        log.warning("reports.database_unavailable", error=str(e) or type(e).__name__)
-        raise Busy(f"the database did not answer within {cfg.timeout:g} s "
-                   "([reports] timeout); try a shorter period.") from None  # fmt: skip
+        conn = await pool.acquire(timeout=ACQUIRE)
+    except TimeoutError:
+        raise Busy(f"every connection of the reports is busy ([history] connections) for "
+                   f"{ACQUIRE:g} s; try again shortly.") from None  # fmt: skip
     except Exception as e:
-        if type(e).__name__ == "QueryCanceledError":  # the server's statement_timeout
-            raise Busy(f"the report took longer than {cfg.timeout:g} s ([reports] timeout); "
-                       "try a shorter period.") from None  # fmt: skip
         log.warning("reports.database_unavailable", error=str(e) or type(e).__name__)
-        raise Busy("the database does not answer right now; try again later.") from None
+        raise Busy("the database does not answer right now; try again shortly.") from None
+    try:
+        return await store.report(conn, _dt(start), _dt(end), _dt(now), limit)
+    except (TimeoutError, asyncpg.QueryCanceledError):
+        raise Busy(f"the report took longer than {limit:g} s ([history] timeout); "
+                   "ask for a shorter period.") from None  # fmt: skip
+    except Exception as e:
+        log.warning("reports.database_unavailable", error=str(e) or type(e).__name__)
+        raise Busy("the database does not answer right now; try again shortly.") from None
+    finally:
+        await pool.release(conn)
 
 
 def _report(rows: dict[str, list[Any]]) -> Report:

@@ -114,6 +114,76 @@ UPDATE_IN = {
 }
 
 
+_MINUTES = {"type": "number", "minimum": 0}
+_KINDS = {
+    "outage_minutes": {**_MINUTES, "description": "Cut off by an outage, the monitor seeing."},
+    "planned_minutes": {**_MINUTES, "description": "Cut off by planned works (less any "
+                        "outage at the same moment)."},
+    "unverified_minutes": {**_MINUTES, "description": "Cut off while the monitor could not "
+                           "see (blind, or not running): not verified."},
+}  # fmt: skip
+_IDS = {"type": "array", "items": {"type": "string"}, "description": "Incident ids."}
+OUTAGES = {
+    "type": "object",
+    "required": ["account", "matched_by", "from", "to", "outage_minutes", "planned_minutes",
+                 "unverified_minutes", "total_minutes", "incidents", "intervals", "served",
+                 "message"],
+    "properties": {
+        "account": {"type": "string"},
+        "matched_by": {"type": "string", "enum": ["account", "phone", "address"]},
+        "from": {"type": "string"},
+        "to": {"type": "string"},
+        **_KINDS,
+        "total_minutes": _MINUTES,
+        "incidents": _IDS,
+        "intervals": {
+            "type": "array",
+            "description": "Breaks in service, merged where incidents overlap, oldest first.",
+            "items": {
+                "type": "object",
+                "required": ["from", "to", "minutes", "outage_minutes", "planned_minutes",
+                             "unverified_minutes", "incidents"],
+                "properties": {"from": {"type": "string"}, "to": {"type": "string"},
+                               "minutes": _MINUTES, **_KINDS, "incidents": _IDS},
+            },
+        },
+        "served": {
+            "type": "array",
+            "description": "Where the account was served within the period (the inventory "
+                           "as it was).",
+            "items": {
+                "type": "object",
+                "required": ["from", "to", "node", "address", "flat"],
+                "properties": {k: {"type": "string"}
+                               for k in ("from", "to", "node", "address", "flat")},
+            },
+        },
+        "message": {"type": "string", "description": "A paragraph the helpdesk can read out."},
+    },
+}  # fmt: skip
+DOWNTIME_JSON = {
+    "type": "object",
+    "required": ["from", "to", "min_minutes", "rows"],
+    "properties": {
+        "from": {"type": "string"},
+        "to": {"type": "string"},
+        "min_minutes": _MINUTES,
+        "rows": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["account", *_KINDS, "incidents"],
+                "properties": {"account": {"type": "string"}, **_KINDS, "incidents": _IDS},
+            },
+        },
+    },
+}
+_PERIOD = (
+    "A date (its midnight in [messages] timezone) or an ISO 8601 time with an offset. "
+    "Required; the period is [from, to), at most [history] max_period_days long."
+)
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -122,7 +192,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     texts = {400: "The request is malformed.", 401: "No or wrong token.",
              403: "The token may not do this.", 404: "No such incident.",
              409: "Not possible now.", 413: "The body is too large.",
-             503: "The database does not answer."}  # fmt: skip
+             503: "The database does not answer, or is busy."}  # fmt: skip
     return {str(c): _json(ERROR, texts[c]) for c in codes}
 
 
@@ -270,12 +340,15 @@ CALLS_REPORT = {
 def _period() -> list[dict[str, Any]]:
     return [
         {
-            **_q("from", "The period's start: ISO 8601 with an offset.", format="date-time"),
+            **_q(
+                "from",
+                "The period's start: a date (its local midnight) or ISO 8601 with an offset.",
+            ),
             "required": True,
         },
         {
             **_q(
-                "to", "Its end, after from; at most [reports] max_days later.", format="date-time"
+                "to", "Its end (not included), after from; at most [history] max_period_days later."
             ),
             "required": True,
         },
@@ -387,6 +460,54 @@ def spec() -> dict[str, Any]:
                                 "content": {"application/json": {"schema": MAINTENANCE_IN}}},
                 "responses": {"201": _json(MAINTENANCE_OUT, "The works, recorded."),
                               **_errors(400, 401, 403, 409, 413)},
+            }},
+            "/api/v1/subscribers/{account}/outages": {
+                "parameters": [{"name": "account", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "get": {
+                    "summary": "How long a subscriber was without service in a period.",
+                    "security": secured,
+                    "parameters": [_q("from", _PERIOD), _q("to", _PERIOD),
+                                   _q("lang", "The message's language (default: "
+                                      "[messages] language).", enum=["ru", "en"])],
+                    "responses": {"200": _json(OUTAGES, "The breaks and their minutes."),
+                                  **_errors(400, 401, 404, 503)},
+                },
+            },
+            "/api/v1/outages": {"get": {
+                "summary": "The same, the subscriber found by a caller's keys as /check "
+                           "finds them: phone, account, or address with flat.",
+                "security": secured,
+                "parameters": [
+                    _q("phone", "The caller's number.", maxLength=500),
+                    _q("account", "The account number.", maxLength=500),
+                    _q("address", "A postal address, free text.", maxLength=500),
+                    _q("flat", "The flat, with address.", maxLength=500),
+                    _q("from", _PERIOD), _q("to", _PERIOD),
+                    _q("lang", "The message's language.", enum=["ru", "en"]),
+                ],
+                "responses": {"200": _json(OUTAGES, "The breaks and their minutes."),
+                              **_errors(400, 401, 404, 409, 503)},
+            }},
+            "/api/v1/reports/downtime": {"get": {
+                "summary": "The billing export: one row per account cut off in the period, "
+                           "outage, planned-works and unverified minutes apart, streamed.",
+                "security": secured,
+                "parameters": [
+                    _q("from", _PERIOD), _q("to", _PERIOD),
+                    _q("min_minutes", "Only accounts with at least this many minutes in "
+                                      "all (default 0: any)."),
+                    _q("format", "csv (default) or json.", enum=["csv", "json"]),
+                ],
+                "responses": {
+                    "200": {"description": "The rows, in account order (chunked).",
+                            "content": {
+                                "text/csv": {"schema": {"type": "string", "description":
+                                    "account,outage_minutes,planned_minutes,"
+                                    "unverified_minutes,incidents (ids joined by ';')"}},
+                                "application/json": {"schema": DOWNTIME_JSON}}},
+                    **_errors(400, 401, 503),
+                },
             }},
             "/healthz": {"get": {"summary": "200 while the process serves.",
                                  "responses": {"200": {"description": "Serving."}}}},

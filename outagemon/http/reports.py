@@ -25,7 +25,7 @@ def _checked(request: web.Request, name: str, now: float) -> tuple[float, float]
         raise bad(f"unknown parameter(s): {', '.join(unknown)}; "
                   f"give {', '.join(sorted(_PARAMS[name]))}.")  # fmt: skip
     try:
-        return figures.period(q, request.app[RUNTIME].config.reports.max_days, now)
+        return figures.period(q, request.app[RUNTIME], now)
     except Invalid as e:
         raise bad(str(e)) from None
 

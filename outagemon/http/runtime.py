@@ -51,9 +51,12 @@ class Runtime:
     # None once the database is connected and what it remembers taken up; else why not.
     database: str | None = None
     reads: int = 0  # database reads of HTTP requests running now (http/queries.py)
-    reports: int = 0  # reports reading the database now (http/figures.py)
     monitor: Monitor | None = None
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
+    # The outage history's reports' own asyncpg.Pool ([history] connections), and the
+    # billing exports streaming now: a report never takes the writer's or /check's way.
+    reports: Any = None
+    exports: int = 0
     probe_rate: float = 0.0  # probes a second, as last measured
     texts: Texts = field(default_factory=lambda: messages.load("ru"))
     answers: AnswerMemory = field(default_factory=AnswerMemory)  # what /check remembers
