@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outagemon import config
+from outagemon import clock, config
 from outagemon.core import directory, messages, topology
 from outagemon.core.directory import Directory
 from outagemon.db import migrate, store
@@ -479,3 +479,37 @@ async def test_the_grafana_dashboard_reads_metrics_that_exist(fresh_db: str) -> 
                     assert grouped in series[name], (name, grouped, expr)
                     checked += 1
     assert checked >= 5
+
+
+async def test_calls_that_name_an_incident_are_counted_per_minute(fresh_db: str) -> None:
+    """The surge as it happened: each /check answer that names an incident is stored in
+    its minute, and the calls report reads those rather than spreading the total."""
+    async with reports_world(fresh_db) as w:
+        w.net.fail("agg-s")  # Sadovaya 3 and 5
+        w.run(120)
+        (inc,) = w.monitor.correlator.incidents.values()
+        for _ in range(7):
+            assert (await w.check(phone="+79210000007"))["status"] == "outage"
+        assert (await w.check(phone="+79210000003"))["status"] == "ok"  # names none
+        w.run(1)  # a tick saves the calls
+        await w.flushed()
+        wall = clock.CLOCK.wall(w.monitor.clock())
+        minute = wall - wall % 60
+        async with w.pool.acquire() as conn:
+            rows = await conn.fetch("select minute, incident_id, calls from call_minute")
+        assert [(r["minute"].timestamp(), r["incident_id"], r["calls"]) for r in rows] == [
+            (minute, inc.id, 7)
+        ]
+        now = datetime.now(UTC)
+        period = {"from": (now - timedelta(hours=3)).isoformat(), "to": now.isoformat()}
+        status, body = await get(w.server, "/api/v1/reports/calls", step="60", **period)
+        assert status == 200, body
+        assert body["source"] == "per_minute" and body["calls"] == 7
+        hit = [b for b in body["buckets"] if b["calls_per_minute"]]
+        assert [b["calls_per_minute"] for b in hit] == [7.0]
+        assert seconds(hit[0]["at"]) <= minute < seconds(hit[0]["at"]) + 60  # its minute's
+        assert hit[0]["open_incidents"] == 1
+
+
+def seconds(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()

@@ -255,6 +255,16 @@ async def add_calls(conn: Conn, counts: list[tuple[int, int]]) -> None:
     await conn.executemany("update incident set calls = calls + $2 where id = $1", counts)
 
 
+async def add_call_minutes(conn: Conn, counts: list[tuple[datetime | None, int, int]]) -> None:
+    """Check answers per minute and incident: (minute, incident id, how many more)."""
+    await conn.executemany(
+        "insert into call_minute (minute, incident_id, calls) values ($1, $2, $3)"
+        " on conflict (minute, incident_id) do update"
+        " set calls = call_minute.calls + excluded.calls",
+        counts,
+    )
+
+
 # -- planned works ---------------------------------------------------------------------
 
 
