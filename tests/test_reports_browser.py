@@ -124,7 +124,12 @@ async def test_the_reports_page_draws_the_apis_figures(fresh_db: str) -> None:
                 assert abs(column["calls"] - bucket["calls_per_minute"]) < 0.01
             assert max(c["open"] for c in columns) >= 2  # 1001, 1002 and 1003 overlap
             assert sum(c["calls"] for c in columns) > 0
+            # The whole page in the picture, the charts below the fold too.
+            height = await b.eval("document.documentElement.scrollHeight")
+            await b.send("Emulation.setDeviceMetricsOverride", width=1200, height=height,
+                         deviceScaleFactor=1, mobile=False)  # fmt: skip
             await b.screenshot(SHOTS / f"reports-{chosen}.png")
+            await b.send("Emulation.clearDeviceMetricsOverride")
 
 
 async def test_the_reports_page_and_api_follow_the_pages_and_apis_auth(fresh_db: str) -> None:
