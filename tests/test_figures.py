@@ -65,6 +65,7 @@ nodes:
 
 def test_labels_are_inherited_down_the_tree() -> None:
     topo = topology.parse_text(textwrap.dedent(TOPOLOGY), Path("t.yaml"))
+    # Only what the file says: not the YAML loader's mark of the line a mapping is on.
     assert dict(topo.nodes["agg"].labels) == {"district": "north"}
     assert topology.inherited_label(topo, "seg", "district") == "7"  # its switch's
     assert topology.inherited_label(topo, "agg", "district") == "north"
@@ -75,10 +76,9 @@ def test_labels_are_inherited_down_the_tree() -> None:
 
 @pytest.mark.parametrize(("labels", "problem"), [
     ("[north]", "labels must be a mapping"),
-    ("{District: north}", "label name 'District' must be lower-case"),
+    ("{1st: north}", "label name '1st' must be letters, digits and _"),
     ("{district: [a, b]}", "label district must be a text or a number"),
     ("{district: true}", "label district must be a text or a number"),
-    ("{district: ''}", "label district must be a text or a number"),
 ])  # fmt: skip
 def test_a_bad_label_is_named_with_its_line(labels: str, problem: str) -> None:
     text = f"nodes:\n  - {{id: core, kind: core, labels: {labels}}}\n"

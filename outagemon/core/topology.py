@@ -9,10 +9,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -23,8 +22,6 @@ from outagemon.core.text import bad_character
 from outagemon.errors import TopologyError, read_text
 
 FlatRanges = tuple[tuple[int, int], ...]
-NO_LABELS: Mapping[str, str] = MappingProxyType({})  # shared: a million routers hold none
-LABEL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +57,9 @@ class Node:
     serves: tuple[Served, ...] = ()
     line: int = 0  # where it was declared, for messages
     children: list[str] = field(default_factory=list)
-    # Operator-chosen fields (`labels: {district: north}`), inherited down the tree: see
-    # Topology.label. Reports group by them.
-    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
+    # The operator's own labels (a district, a region), inherited by the nodes below: they
+    # route the alerts (outagemon/alerting).
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def probed(self) -> bool:
@@ -201,6 +198,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 _NODE_KEYS = {"id", "kind", "ip", "parents", "name", "serves", "labels"}
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def parse_flats(value: Any) -> FlatRanges:
@@ -256,6 +254,8 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         problems.append(f"{path}: each entry under 'nodes:' must be a mapping, not {item!r}.")
         return None
     line = item.pop("__line__", 0)
+    if isinstance(item.get("labels"), dict):
+        item["labels"].pop("__line__", None)  # the loader's mark of a line, not a label
     where = f"{path}: line {line}"
     for key, text in _strings(item):
         bad = bad_character(text)
@@ -297,7 +297,7 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         served = _parse_served(entry, where, problems)
         if served is not None:
             serves.append(served)
-    labels = _parse_labels(item.get("labels"), where, problems)
+    labels = _parse_labels(item.get("labels", {}) or {}, where, problems)
     return Node(
         id=node_id,
         kind=kind,
@@ -310,8 +310,25 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
     )
 
 
+def _parse_labels(raw: Any, where: str, problems: list[str]) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: labels must be a mapping of names to values "
+                        f"(district: north), not {raw!r}.")  # fmt: skip
+        return {}
+    labels: dict[str, str] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name):
+            problems.append(f"{where}: label name {name!r} must be letters, digits and _, "
+                            "not starting with a digit.")  # fmt: skip
+        elif isinstance(value, bool) or not isinstance(value, str | int | float):
+            problems.append(f"{where}: label {name} must be a text or a number, not {value!r}.")
+        else:
+            labels[name] = str(value)
+    return labels
+
+
 def inherited_label(topology: Topology, node_id: str, name: str) -> str | None:
-    """A node's label `name`: its own, else the nearest ancestor's that has one."""
+    """A node's label, or the nearest one above it that has it."""
     if node_id not in topology:
         return None
     for n in (node_id, *topology.ancestors(node_id)):
@@ -319,29 +336,6 @@ def inherited_label(topology: Topology, node_id: str, name: str) -> str | None:
         if value is not None:
             return value
     return None
-
-
-def _parse_labels(raw: Any, where: str, problems: list[str]) -> Mapping[str, str]:
-    """`labels: {district: north, ...}`: lower-case names, text or number values."""
-    if raw is None:
-        return NO_LABELS
-    if not isinstance(raw, dict):
-        problems.append(f"{where}: labels must be a mapping such as {{district: north}}.")
-        return NO_LABELS
-    labels: dict[str, str] = {}
-    for key, value in raw.items():
-        if key == "__line__":
-            continue
-        if not isinstance(key, str) or not LABEL_NAME.fullmatch(key):
-            problems.append(f"{where}: label name {key!r} must be lower-case letters, digits "
-                            "and _, starting with a letter.")  # fmt: skip
-            continue
-        if isinstance(value, bool) or not isinstance(value, str | int | float) \
-                or not str(value).strip():  # fmt: skip
-            problems.append(f"{where}: label {key} must be a text or a number, not {value!r}.")
-            continue
-        labels[key] = str(value).strip()
-    return MappingProxyType(labels) if labels else NO_LABELS
 
 
 def _strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
