@@ -503,3 +503,96 @@ async def test_answers_match_the_openapi_description_and_odd_input_never_gets_a_
                 params=PERIOD, headers=w.auth(),
             ) as r:  # fmt: skip
                 assert r.status < 500, (odd, await r.text())
+
+
+# -- the daemon as a process ---------------------------------------------------------------
+
+
+def _start_daemon(state: Path, dsn: str, port: int) -> Any:
+    import subprocess
+
+    from tests.test_daemon import GOOD
+
+    config = state / "outagemon.toml"
+    config.write_text(f'[database]\ndsn = "{dsn}"\n' + GOOD.format(state=state, port=port))
+    with (state / "daemon.log").open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "outagemon", "run", "-c", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+async def _logged(state: Path, event: str, count: int = 1, within: float = 60) -> None:
+    import json
+
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        lines = (state / "daemon.log").read_text().splitlines()
+        seen = [json.loads(x) for x in lines if x.startswith("{")]
+        if sum(1 for r in seen if r.get("event") == event) >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {event!r} x{count} in:\n{(state / 'daemon.log').read_text()}")
+
+
+async def test_the_daemon_records_inventory_versions_and_the_time_it_was_stopped(
+    fresh_db: str,
+) -> None:
+    import signal
+
+    import aiohttp
+
+    from outagemon.sim import citygen
+    from tests.conftest import free_port, short_tmp_dir
+
+    state, port = short_tmp_dir(), free_port()
+    city = citygen.generate(aggregations=2, access_per_aggregation=3)
+    city.write(state)
+    first = _start_daemon(state, fresh_db, port)
+    try:
+        await _logged(state, "daemon.restored")
+        await _logged(state, "inventory.saved")
+        # A reload with one subscriber gone and one new: a second inventory version.
+        gone, kept = city.rows[0], city.rows[1:]
+        city.rows = [*kept, ("999999", "+79990000000", gone[2], gone[3], "")]
+        city.write(state)
+        first.send_signal(signal.SIGHUP)
+        await _logged(state, "inventory.saved", count=2)
+        today = datetime.now(UTC).date()
+        period_ = {"from": today.isoformat(), "to": (today + timedelta(days=1)).isoformat()}
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{port}/api/v1/subscribers/{gone[0]}/outages"
+            async with s.get(url, params=period_) as r:
+                body = await r.json()
+                assert r.status == 200, body
+                assert len(body["served"]) == 1 and body["intervals"] == []
+            url = f"http://127.0.0.1:{port}/api/v1/reports/downtime"
+            async with s.get(url, params=period_) as r:
+                assert r.status == 200
+                assert (await r.text()).startswith("account,outage_minutes,")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(10) == 0
+        await asyncio.sleep(1.5)  # the daemon was away a while
+        second = _start_daemon(state, fresh_db, port)
+        try:
+            await _logged(state, "daemon.restored", count=2)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(10) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    conn = await store.connection(fresh_db)
+    try:
+        versions = await conn.fetch("select * from inventory_version order by id")
+        runs = await conn.fetch("select * from monitor_run order by id")
+        stopped = await conn.fetch("select * from blind_period where reason = 'stopped'")
+        current = await conn.fetchval(
+            "select count(*) from subscriber_period where valid_to is null"
+        )
+    finally:
+        await conn.close()
+    # Start, SIGHUP (one left, one joined), the second start (nothing changed).
+    assert [(v["added"], v["removed"]) for v in versions] == [(len(kept) + 1, 0), (1, 1), (0, 0)]
+    assert current == len(kept) + 1
+    assert len(runs) == 2 and runs[0]["stopped_at"] is not None
+    (gap,) = stopped
+    assert gap["started_at"] == runs[0]["stopped_at"] and gap["ended_at"] == runs[1]["started_at"]
