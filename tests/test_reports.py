@@ -513,3 +513,80 @@ async def test_calls_that_name_an_incident_are_counted_per_minute(fresh_db: str)
 
 def seconds(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
+
+
+async def test_the_databases_sums_equal_the_cores_definition(fresh_db: str) -> None:
+    """Random histories on the labelled city: what PostgreSQL adds up for each place
+    (store.PLACES) equals what core/figures.py defines, group by group, minute by minute
+    (overlaps, open stretches, planned works under outages, blind spells, incidents with
+    no impact record, nodes the topology no longer has)."""
+    import random
+
+    from outagemon.core import figures as core
+
+    await migrate.migrate(fresh_db)
+    d = labelled_directory()
+    topo = d.topology
+    rt = Runtime(config=config.parse(CONFIG.format(language="en"), Path("/etc/o.toml")),
+                 directory=d)  # fmt: skip
+    names = [n for n in topo.nodes if not n.startswith("cpe:")] + ["gone-1", "gone-2"]
+    conn = await store.connection(fresh_db)
+    try:
+        nodes = [(n.id, n.kind, n.ip, n.name, list(n.parents)) for n in topo.nodes.values()]
+        nodes += [("gone-1", "access", None, "", ["agg-n"]), ("gone-2", "segment", None, "", [])]
+        async with conn.transaction():
+            await store.save_nodes(conn, nodes)
+        seen: set[str] = set()  # that the worlds had what the test is about
+        for seed in range(6):
+            rng = random.Random(seed)
+            await conn.execute("truncate incident, impact, blind_period cascade")
+            incidents, impact, cuts = [], [], []
+            for iid in range(1, 16):
+                start = rng.uniform(-120, DAY + 60)
+                end = None if rng.random() < 0.15 else start + rng.uniform(1, 300)
+                kind = "maintenance" if rng.random() < 0.3 else "outage"
+                hit = rng.sample(names, rng.randint(1, 4))
+                incidents.append((iid, kind, "open" if end is None else "resolved", hit[0],
+                                  hit, start, end, None, 1, 0, None, None, None))  # fmt: skip
+                if rng.random() < 0.3:  # no impact record: its last nodes, its whole life
+                    cuts += [core.Cut(iid, n, at(start).timestamp(),
+                                      at(end).timestamp() if end is not None else None,
+                                      kind == "maintenance") for n in hit]  # fmt: skip
+                    continue
+                for n in hit:
+                    lo = start + rng.uniform(0, 30)
+                    hi = None if end is None else max(lo, end - rng.uniform(0, 30))
+                    cause = kind if rng.random() < 0.8 else rng.choice(["outage", "maintenance"])
+                    impact.append((iid, n, cause, lo, hi))
+                    cuts.append(core.Cut(iid, n, at(lo).timestamp(),
+                                         at(hi).timestamp() if hi is not None else None,
+                                         cause == "maintenance"))  # fmt: skip
+            blind = [(a, a + rng.uniform(5, 200)) for a in
+                     (rng.uniform(-60, DAY) for _ in range(rng.randint(0, 3)))]  # fmt: skip
+            await insert_incidents(conn, incidents, T0, impact, blind)
+            start_s, end_s = at(0).timestamp(), at(DAY).timestamp()
+            now = at(DAY + 120).timestamp()
+            windows = [(at(a).timestamp(), at(b).timestamp()) for a, b in blind]
+            for group, keys_of in (
+                ("building", lambda n: [s.address.text() for s in topo.nodes[n].serves]
+                 if n in topo.nodes else []),
+                ("node", lambda n: [n]),
+                ("district", lambda n: [topology.inherited_label(topo, n, "district")
+                                        or "(none)"]),
+            ):  # fmt: skip
+                expected = core.availability(cuts, start_s, end_s, now, keys_of, windows)
+                mapped = figures.place_map(rt, group)
+                rows = await store.places(conn, at(0), at(DAY), at(DAY + 120), *mapped, 10_000,
+                                          60)  # fmt: skip
+                report = figures.Report([], [], [], {group: rows})
+                got = figures.availability(rt, report, start_s, end_s, group, 10_000)["rows"]
+                for row in got:
+                    row.pop("name", None)
+                    row.pop("kind", None)
+                assert got == expected, (seed, group)
+                seen.update(k for r in got for k in ("unverified_minutes", "planned_minutes")
+                            if r[k] > 0)  # fmt: skip
+                seen.update(["(none)"] if any(r["key"] == "(none)" for r in got) else [])
+        assert seen == {"unverified_minutes", "planned_minutes", "(none)"}
+    finally:
+        await conn.close()

@@ -649,6 +649,70 @@ async def downtime_csv(conn: Conn, start: datetime, end: datetime, now: datetime
 # -- reports ---------------------------------------------------------------------------
 
 
+# Each place's losses within [$1, $2), open stretches up to $3: the nodes cut off (the
+# impact record; for incidents it does not hold, their last nodes over their whole life),
+# placed by the map ($4 nodes, $5 their places; a node may be in several), or by $6:
+# 'node' places an unmapped node at itself, 'label' at '(none)', anything else drops it.
+# Outage once where incidents overlap; planned works less outage at the same moment;
+# unverified: either inside a blind or stopped period. Worst first, $7 rows at most, with
+# how many places there are.
+PLACES = """
+with blind as (
+    select coalesce(range_agg(tstzrange(greatest(started_at, $1),
+                                        least(coalesce(ended_at, $3), $2))),
+                    '{}'::tstzmultirange) as r
+    from blind_period
+    where started_at < $2 and coalesce(ended_at, $3) > $1
+      and greatest(started_at, $1) < least(coalesce(ended_at, $3), $2)
+),
+stretch as (
+    select incident_id, node_id, cause, started_at, ended_at from impact
+    where started_at < $2 and coalesce(ended_at, $3) > $1
+    union all
+    select i.id, n.node_id, i.kind, i.opened_at, i.resolved_at
+    from incident i join incident_node n on n.incident_id = i.id
+    where i.opened_at < $2 and coalesce(i.resolved_at, $3) > $1
+      and not exists (select 1 from impact x where x.incident_id = i.id)
+),
+map as (select * from unnest($4::text[], $5::text[]) as m(node_id, key)),
+cut as (
+    select coalesce(m.key, case $6 when 'node' then s.node_id when 'label' then '(none)' end)
+               as key,
+           s.incident_id, s.cause,
+           tstzrange(greatest(s.started_at, $1), least(coalesce(s.ended_at, $3), $2)) as r
+    from stretch s left join map m on m.node_id = s.node_id
+    where s.node_id not like 'cpe:%'
+      and greatest(s.started_at, $1) < least(coalesce(s.ended_at, $3), $2)
+),
+per as (
+    select key,
+           coalesce(range_agg(r) filter (where cause = 'outage'), '{}') as outage,
+           coalesce(range_agg(r) filter (where cause = 'maintenance'), '{}') as works,
+           count(distinct incident_id) as incidents
+    from cut where key is not null group by key
+),
+figured as (
+    select p.key, multirange_seconds(p.outage) as outage_seconds,
+           multirange_seconds(p.works - p.outage) as planned_seconds,
+           multirange_seconds((p.outage + p.works) * b.r) as unverified_seconds, p.incidents
+    from per p cross join blind b
+)
+select *, count(*) over () as places from figured
+order by outage_seconds desc, planned_seconds desc, incidents desc, key collate "C"
+limit $7
+"""
+
+
+async def places(conn: Conn, start: datetime, end: datetime, now: datetime,
+                 nodes: list[str], keys: list[str], unmapped: str, limit: int,
+                 seconds: float) -> list[asyncpg.Record]:  # fmt: skip
+    """Each place's outage, planned and unverified seconds and incidents (`PLACES`), in a
+    read-only transaction that the server ends after `seconds`."""
+    async with conn.transaction(readonly=True):
+        await conn.execute(f"set local statement_timeout = {int(seconds * 1000)}")
+        return list(await conn.fetch(PLACES, start, end, now, nodes, keys, unmapped, limit))
+
+
 async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
                  seconds: float) -> dict[str, list[asyncpg.Record]]:  # fmt: skip
     """What the reports read for [start, end), in one read-only snapshot that the server
@@ -657,9 +721,8 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
     - incidents: those open at some time in the period, oldest first, with the nodes
       they cut off last (routers left out), when each was opened (its "opened" event)
       and its first repair estimate;
-    - impact: the stretches each node was cut off (`impact`), clipped to the period,
-      open ones up to `now`;
-    - blind: when the monitor could not see, clipped likewise;
+    - blind: when the monitor could not see, clipped to the period, open ones up to
+      `now`;
     - calls: /check answers per minute: all, and those that named an incident."""
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         await conn.execute(f"set local statement_timeout = {int(seconds * 1000)}")
@@ -684,17 +747,6 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
             """,
             start, end,
         )  # fmt: skip
-        impact = await conn.fetch(
-            """
-            select incident_id, node_id, cause, greatest(started_at, $1) as started_at,
-                   least(coalesce(ended_at, $3), $2) as ended_at
-            from impact
-            where started_at < $2 and coalesce(ended_at, $3) > $1
-              and node_id not like 'cpe:%'
-            order by incident_id, started_at
-            """,
-            start, end, now,
-        )  # fmt: skip
         blind = await blind_periods(conn, start, end, now)
         calls = await conn.fetch(
             "select minute, sum(calls)::bigint as calls,"
@@ -703,5 +755,4 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
             " group by minute order by minute",
             start, end,
         )  # fmt: skip
-    return {"incidents": list(incidents), "impact": list(impact), "blind": blind,
-            "calls": list(calls)}  # fmt: skip
+    return {"incidents": list(incidents), "blind": blind, "calls": list(calls)}

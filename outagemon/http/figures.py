@@ -1,16 +1,19 @@
-"""Availability and response figures for the reports API and page: stored incidents read
-within the reports' own database budget, and figured in the core (`core/figures.py`).
+"""Availability and response figures for the reports API and page.
 
 A report reads the database only: /check answers from memory and never waits for one.
 Reports read on the outage history's own pool (`Runtime.reports`, [history] connections),
-each in a read-only snapshot the server ends after [history] timeout; one that finds
-every connection busy for ACQUIRE seconds is refused with a sentence.
+each query in a read-only transaction the server ends after [history] timeout; one that
+finds every connection busy for ACQUIRE seconds is refused with a sentence. Places'
+losses are added up by PostgreSQL (`store.PLACES`: a year of a city's impact record never
+comes into this process); what the core defines (`core/figures.py`, held equal to the SQL
+by the tests) is figured here for the incidents, in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -19,7 +22,7 @@ import asyncpg
 
 from outagemon import logs
 from outagemon.core import downtime, figures
-from outagemon.core.figures import Cut, Interval, Stored
+from outagemon.core.figures import Interval, Stored
 from outagemon.core.topology import inherited_label
 from outagemon.db import store
 from outagemon.http.runtime import Invalid, Runtime, iso_wall
@@ -45,13 +48,13 @@ CALLS_NOTES = {
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """What a report reads: the incidents, the stretches their nodes were cut off, when
-    the monitor was blind, and calls per minute (start, all, naming an incident)."""
+    """What a report reads: the incidents, when the monitor was blind, calls per minute
+    (start, all, naming an incident), and the places asked for (group -> rows)."""
 
     incidents: list[Stored]
-    cuts: list[Cut]
     blind: list[Interval]
     calls: list[tuple[float, int, int]]
+    places: dict[str, list[Any]]
 
 
 class Busy(Exception):
@@ -103,21 +106,31 @@ def period(query: Mapping[str, str], rt: Runtime, now: float) -> tuple[float, fl
 
 
 async def made(rt: Runtime, start: float, end: float, now: float,
-               compute: Callable[[Report], T]) -> T:  # fmt: skip
-    """`compute(report)` of what happened in [start, end): read on a connection of the
-    reports' own pool ([history] connections, never the writer's), then figured in a
-    worker thread, so a year of a city's history (seconds of arithmetic) never holds up
-    the event loop and /check with it."""
-    rows = await _read(rt, start, end, now)
-    return await asyncio.to_thread(lambda: compute(_report(rows)))
+               compute: Callable[[Report], T],
+               places: Mapping[str, int] | None = None) -> T:  # fmt: skip
+    """`compute(report)` of what happened in [start, end), with the places of each group
+    in `places` (group -> rows at most), read on one connection of the reports' own pool
+    and then figured in a worker thread: a report never holds up the event loop, and
+    /check with it."""
+    maps = {group: await asyncio.to_thread(place_map, rt, group) for group in places or {}}
+    async with _connection(rt) as conn:
+        limit = rt.config.history.timeout
+        rows = await _query(limit, store.report(conn, _dt(start), _dt(end), _dt(now), limit))
+        found: dict[str, list[Any]] = {}
+        for group, (nodes, keys, unmapped) in maps.items():
+            assert places is not None
+            found[group] = await _query(limit, store.places(
+                conn, _dt(start), _dt(end), _dt(now), nodes, keys, unmapped, places[group],
+                limit))  # fmt: skip
+    return await asyncio.to_thread(lambda: compute(_report(rows, found)))
 
 
-async def _read(rt: Runtime, start: float, end: float, now: float) -> dict[str, list[Any]]:
+@asynccontextmanager
+async def _connection(rt: Runtime) -> AsyncIterator[Any]:
     pool = rt.reports
     if pool is None:
         raise Busy("reports are read from the database, which is not connected yet; "
                    "try again shortly.")  # fmt: skip
-    limit = rt.config.history.timeout
     try:
         conn = await pool.acquire(timeout=ACQUIRE)
     except TimeoutError:
@@ -127,29 +140,27 @@ async def _read(rt: Runtime, start: float, end: float, now: float) -> dict[str, 
         log.warning("reports.database_unavailable", error=str(e) or type(e).__name__)
         raise Busy("the database does not answer right now; try again shortly.") from None
     try:
-        return await store.report(conn, _dt(start), _dt(end), _dt(now), limit)
+        yield conn
+    finally:
+        await pool.release(conn)
+
+
+async def _query(limit: float, query: Coroutine[Any, Any, T]) -> T:
+    try:
+        return await query
     except (TimeoutError, asyncpg.QueryCanceledError):
         raise Busy(f"the report took longer than {limit:g} s ([history] timeout); "
                    "ask for a shorter period.") from None  # fmt: skip
     except Exception as e:
         log.warning("reports.database_unavailable", error=str(e) or type(e).__name__)
         raise Busy("the database does not answer right now; try again shortly.") from None
-    finally:
-        await pool.release(conn)
 
 
-def _report(rows: dict[str, list[Any]]) -> Report:
+def _report(rows: dict[str, list[Any]], places: dict[str, list[Any]]) -> Report:
     incidents = [_stored(r) for r in rows["incidents"]]
-    cuts = [Cut(r["incident_id"], r["node_id"], r["started_at"].timestamp(),
-                r["ended_at"].timestamp(), r["cause"] == "maintenance")
-            for r in rows["impact"]]  # fmt: skip
-    # Incidents the impact record does not hold (none should be): their last nodes, over
-    # their whole life, for their last kind.
-    recorded = {c.incident for c in cuts}
-    cuts += figures.cuts_of(i for i in incidents if i.id not in recorded)
     blind = [(r["started_at"].timestamp(), r["ended_at"].timestamp()) for r in rows["blind"]]
     calls = [(r["minute"].timestamp(), r["calls"], r["named"]) for r in rows["calls"]]
-    return Report(incidents, cuts, blind, calls)
+    return Report(incidents, blind, calls, places)
 
 
 def _dt(seconds: float) -> datetime:
@@ -170,39 +181,66 @@ def _stored(r: Any) -> Stored:
     )  # fmt: skip
 
 
-def group_keys(rt: Runtime, group: str) -> Callable[[str], Iterable[str]]:
-    """The places a node counts for, grouped by `group`; Invalid for an unknown group."""
-    topo = rt.directory.topology
-    if group == "node":
-        return lambda node: (node,)
-    if group == "building":
-
-        def buildings(node: str) -> Iterable[str]:
-            n = topo.nodes.get(node)
-            return [s.address.text() for s in n.serves] if n is not None else ()
-
-        return buildings
-    names = {k for n in topo.nodes.values() for k in n.labels}
+def check_group(rt: Runtime, group: str) -> None:
+    """Invalid for a group that is neither building, node nor a label of the topology."""
+    if group in GROUPS:
+        return
+    names = {k for n in rt.directory.topology.nodes.values() for k in n.labels}
     if group not in names:
         known = ", ".join(sorted(names)) or "none in this topology"
         raise Invalid(f"group must be building, node or a label of the topology's nodes "
                       f"(labels: {known}); {group!r} is none of them.")  # fmt: skip
-    return lambda node: (inherited_label(topo, node, group) or NO_GROUP,)
+
+
+def place_map(rt: Runtime, group: str) -> tuple[list[str], list[str], str]:
+    """Nodes and the places they count for (a node may count for several), and what the
+    SQL does with a node not in the map: `store.PLACES`'s third argument."""
+    topo = rt.directory.topology
+    nodes: list[str] = []
+    keys: list[str] = []
+    if group == "node":
+        return nodes, keys, "node"
+    if group == "building":
+        for node in topo.nodes.values():
+            for served in dict.fromkeys(s.address.text() for s in node.serves):
+                nodes.append(node.id)
+                keys.append(served)
+        return nodes, keys, ""
+    for node in topo.nodes.values():
+        if node.kind == "cpe":  # never in the impact record
+            continue
+        value = inherited_label(topo, node.id, group)
+        if value is not None:
+            nodes.append(node.id)
+            keys.append(value)
+    return nodes, keys, "label"
 
 
 def availability(rt: Runtime, report: Report, start: float, end: float, group: str,
-                 limit: int, now: float) -> dict[str, Any]:  # fmt: skip
-    keys_of = group_keys(rt, group)
-    rows = figures.availability(report.cuts, start, end, now, keys_of, report.blind)
-    if group == "node":
-        for row in rows:
-            node = rt.directory.topology.nodes.get(str(row["key"]))
+                 limit: int) -> dict[str, Any]:  # fmt: skip
+    """The places of `group` as the API gives them (`report.places[group]`)."""
+    period = end - start
+    rows: list[dict[str, Any]] = []
+    found = report.places.get(group, [])
+    for r in found:
+        outage = float(r["outage_seconds"])
+        row: dict[str, Any] = {
+            "key": r["key"],
+            "outage_minutes": round(outage / 60, 2),
+            "planned_minutes": round(float(r["planned_seconds"]) / 60, 2),
+            "unverified_minutes": round(float(r["unverified_seconds"]) / 60, 2),
+            "availability_pct": round(100 * (1 - outage / period), 4),
+            "incidents": r["incidents"],
+        }
+        if group == "node":
+            node = rt.directory.topology.nodes.get(r["key"])
             row["name"] = node.name if node is not None else ""
             row["kind"] = node.kind if node is not None else ""
+        rows.append(row)
     return {
         "from": iso_wall(start), "to": iso_wall(end), "group": group,
-        "period_minutes": round((end - start) / 60, 2), "places": len(rows),
-        "rows": rows[:limit],
+        "period_minutes": round(period / 60, 2),
+        "places": found[0]["places"] if found else 0, "rows": rows[:limit],
     }  # fmt: skip
 
 

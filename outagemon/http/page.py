@@ -505,7 +505,12 @@ async def reports_page(request: web.Request) -> web.Response:
                                "to_iso": iso_wall(end), "problem": ""}  # fmt: skip
     try:
         pictures = await figures.made(
-            rt, start, end, now, lambda r: _pictures(rt, r, start, end, step, now)
+            rt,
+            start,
+            end,
+            now,
+            lambda r: _pictures(rt, r, start, end, step, now),
+            {"building": 10, "node": 10},
         )
     except figures.Busy as e:
         html = ENV.get_template("reports.html").render(
@@ -524,8 +529,8 @@ def _pictures(rt: Runtime, report: figures.Report, start: float, end: float, ste
     bars = [{"id": str(i.id), "kind": i.kind, "root_node": i.root, "subscribers": i.subscribers,
              "opened": i.opened_at, "resolved": i.resolved_at}
             for i in report.incidents]  # fmt: skip
-    buildings = figures.availability(rt, report, start, end, "building", 10, now)
-    nodes = figures.availability(rt, report, start, end, "node", 10, now)
+    buildings = figures.availability(rt, report, start, end, "building", 10)
+    nodes = figures.availability(rt, report, start, end, "node", 10)
     calls = figures.calls(report, start, end, step, now)
     return {
         "totals": figures.incidents(report, start, end, now)["totals"],

@@ -4,6 +4,7 @@ response figures, over a period (see http/figures.py for the budget they read in
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -46,15 +47,13 @@ async def availability(request: web.Request) -> web.Response:
     if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 100_000:
         raise bad("limit must be a whole number from 1 to 100000.")
     try:
-        figures.group_keys(rt, group)  # an unknown group is refused before the database
+        figures.check_group(rt, group)  # an unknown group is refused before the database
         limit = int(raw_limit)
-        found = await figures.made(
-            rt,
-            start,
-            end,
-            now,
-            lambda r: figures.availability(rt, r, start, end, group, limit, now),
-        )
+
+        def answer(report: figures.Report) -> dict[str, Any]:
+            return figures.availability(rt, report, start, end, group, limit)
+
+        found = await figures.made(rt, start, end, now, answer, {group: limit})
         return json_response(found)
     except Invalid as e:
         raise bad(str(e)) from None
