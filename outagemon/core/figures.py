@@ -1,9 +1,11 @@
 """Availability and response figures from stored incidents (pure: times are given).
 
-An incident cuts its nodes off from its opening to its resolution (or to the period's end
-while open). A place (a node, a building, a group of nodes) is out while any of its nodes
-is cut off by an outage; planned works are counted apart and not held against
-availability, as Zabbix excludes downtimes from its SLA figures.
+A node is cut off by an incident over stretches (the impact record; for incidents it
+does not hold, from their opening to their resolution). A place (a node, a building, a
+group of nodes) is out while any of its nodes is cut off by an outage; planned works are
+counted apart and not held against availability, as Zabbix excludes downtimes from its
+SLA figures. That definition is here; PostgreSQL adds places up the same way for the
+reports (db/store.py, PLACES), and the tests hold the two equal.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class Stored:
     merged_into: int | None
     subscribers: int
     calls: int
-    nodes: tuple[str, ...]
+    nodes: tuple[str, ...] = ()  # the nodes it cut off last (cuts_of)
     detected_at: float | None = None  # when the incident was opened (its "opened" event)
     first_eta_at: float | None = None  # when the first repair estimate was given
     first_eta: float | None = None  # what it said

@@ -718,9 +718,8 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
     """What the reports read for [start, end), in one read-only snapshot that the server
     ends after `seconds`:
 
-    - incidents: those open at some time in the period, oldest first, with the nodes
-      they cut off last (routers left out), when each was opened (its "opened" event)
-      and its first repair estimate;
+    - incidents: those open at some time in the period, oldest first, with when each was
+      opened (its "opened" event) and its first repair estimate;
     - blind: when the monitor could not see, clipped to the period, open ones up to
       `now`;
     - calls: /check answers per minute: all, and those that named an incident."""
@@ -732,10 +731,7 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
                    i.merged_into, i.subscribers, i.calls,
                    (select min(e.at) from incident_event e
                     where e.incident_id = i.id and e.kind = 'opened') as detected_at,
-                   fe.at as first_eta_at, fe.eta as first_eta,
-                   coalesce((select array_agg(n.node_id order by n.node_id)
-                             from incident_node n where n.incident_id = i.id
-                             and n.node_id not like 'cpe:%'), '{}') as nodes
+                   fe.at as first_eta_at, fe.eta as first_eta
             from incident i
             left join lateral (
                 select e.at, (e.detail->>'eta')::timestamptz as eta from incident_event e

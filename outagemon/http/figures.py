@@ -176,7 +176,7 @@ def _stored(r: Any) -> Stored:
         id=r["id"], state=r["state"], kind=r["kind"], root=r["root_node"],
         opened_at=r["opened_at"].timestamp(), resolved_at=_s(r["resolved_at"]),
         merged_into=r["merged_into"], subscribers=r["subscribers"], calls=r["calls"],
-        nodes=tuple(r["nodes"]), detected_at=_s(r["detected_at"]),
+        detected_at=_s(r["detected_at"]),
         first_eta_at=_s(r["first_eta_at"]), first_eta=_s(r["first_eta"]),
     )  # fmt: skip
 
