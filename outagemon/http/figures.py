@@ -23,7 +23,7 @@ import asyncpg
 from outagemon import logs
 from outagemon.core import downtime, figures
 from outagemon.core.figures import Interval, Stored
-from outagemon.core.topology import inherited_label
+from outagemon.core.topology import Topology, inherited_label
 from outagemon.db import store
 from outagemon.http.runtime import Invalid, Runtime, iso_wall
 
@@ -192,10 +192,26 @@ def check_group(rt: Runtime, group: str) -> None:
                       f"(labels: {known}); {group!r} is none of them.")  # fmt: skip
 
 
-def place_map(rt: Runtime, group: str) -> tuple[list[str], list[str], str]:
+PlaceMap = tuple[list[str], list[str], str]
+# The maps of the topology last asked about: made again only when a reload brings another.
+_MAPS: dict[str, PlaceMap] = {}
+_MAPPED: list[Any] = [None]  # the topology _MAPS are of
+
+
+def place_map(rt: Runtime, group: str) -> PlaceMap:
     """Nodes and the places they count for (a node may count for several), and what the
     SQL does with a node not in the map: `store.PLACES`'s third argument."""
     topo = rt.directory.topology
+    if _MAPPED[0] is not topo:
+        _MAPS.clear()
+        _MAPPED[0] = topo
+    found = _MAPS.get(group)
+    if found is None:
+        found = _MAPS[group] = _place_map(topo, group)
+    return found
+
+
+def _place_map(topo: Topology, group: str) -> PlaceMap:
     nodes: list[str] = []
     keys: list[str] = []
     if group == "node":
