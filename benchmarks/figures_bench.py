@@ -11,8 +11,10 @@ own pool). The parent measures over real HTTP on loopback:
   whole year by building; /api/v1/reports/incidents and /calls for the month: seconds,
   rows and bytes of each (one at a time);
 - /check?phone= at a steady 100 calls a second without a report, while year-long
-  availability reports run back to back, and without again (interleaved in the same
-  run): p50 and p99 of each. The figuring runs in a worker thread, not on the event loop.
+  availability reports (by building, then by node) run back to back, while the by-node
+  query alone runs back to back from another process (what the database's own work does
+  to /check on this machine), each between runs without (interleaved in the same run):
+  p50 and p99 of each.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import aiohttp
 import asyncpg
 
 from benchmarks import report_bench as rb
-from outagemon.db import migrate
+from outagemon.db import migrate, store
 from outagemon.sim import citygen
 
 YEAR = (rb.YEAR0, rb.YEAR0.replace(year=rb.YEAR0.year + 1))
@@ -50,18 +52,33 @@ async def timed(base: str, path: str, **params: str) -> dict[str, Any]:
     return {"seconds": seconds, "bytes": len(body), "json": body}
 
 
-async def reports_until(base: str, stop: asyncio.Event) -> int:
+async def reports_until(base: str, stop: asyncio.Event, group: str) -> int:
     made = 0
     while not stop.is_set():
-        await timed(base, "/api/v1/reports/availability", group="building",
+        await timed(base, "/api/v1/reports/availability", group=group,
                     **{"from": YEAR[0].isoformat(), "to": YEAR[1].isoformat()})  # fmt: skip
         made += 1
     return made
 
 
-async def during_reports(base: str, phones: list[str], seconds: float) -> tuple[int, list[float]]:
+async def queries_until(dsn: str, stop: asyncio.Event) -> int:
+    """The by-node year's SQL, run by this process on a connection of its own: what the
+    database's work alone does to /check on this machine."""
+    conn = await asyncpg.connect(dsn)
+    made = 0
+    try:
+        while not stop.is_set():
+            await store.places(conn, YEAR[0], YEAR[1], YEAR[1], [], [], "node", 1000, 600)
+            made += 1
+    finally:
+        await conn.close()
+    return made
+
+
+async def during(base: str, phones: list[str], seconds: float,
+                 work: Any) -> tuple[int, list[float]]:  # fmt: skip
     stop = asyncio.Event()
-    task = asyncio.create_task(reports_until(base, stop))
+    task = asyncio.create_task(work(stop))
 
     async def wait() -> None:
         await asyncio.sleep(seconds)
@@ -105,12 +122,27 @@ async def measure(dsn: str, city: citygen.City, work: Path) -> None:
                   f"{got['bytes'] / 2**20:.1f} MiB")  # fmt: skip
         phones = [r[1].split(";")[0] for r in city.rows]
         idle1 = await rb.idle_checks(base, phones, 15)
-        made, during = await during_reports(base, phones, 30)
+        made, by_building = await during(
+            base, phones, 30, lambda stop: reports_until(base, stop, "building")
+        )
         idle2 = await rb.idle_checks(base, phones, 15)
-        print(f"/check at {rb.CHECK_RATE}/s without reports (before): {rb.ms(idle1)}")
-        print(f"/check at {rb.CHECK_RATE}/s while {made} year-long availability reports ran "
-              f"back to back: {rb.ms(during)}")  # fmt: skip
-        print(f"/check at {rb.CHECK_RATE}/s without reports (after):  {rb.ms(idle2)}")
+        made_node, by_node = await during(
+            base, phones, 30, lambda stop: reports_until(base, stop, "node")
+        )
+        idle3 = await rb.idle_checks(base, phones, 15)
+        made_sql, sql = await during(base, phones, 30, lambda stop: queries_until(dsn, stop))
+        idle4 = await rb.idle_checks(base, phones, 15)
+        rate = f"/check at {rb.CHECK_RATE}/s"
+        print(f"{rate} without reports: {rb.ms(idle1)}")
+        print(f"{rate} while {made} year-long availability reports by building ran back to "
+              f"back: {rb.ms(by_building)}")  # fmt: skip
+        print(f"{rate} without reports: {rb.ms(idle2)}")
+        print(f"{rate} while {made_node} year-long reports by node (25,051 rows each) ran: "
+              f"{rb.ms(by_node)}")  # fmt: skip
+        print(f"{rate} without reports: {rb.ms(idle3)}")
+        print(f"{rate} while the by-node year's SQL ran {made_sql} times from another "
+              f"process (the database's work alone): {rb.ms(sql)}")  # fmt: skip
+        print(f"{rate} without reports: {rb.ms(idle4)}")
         print(f"load average after: {os.getloadavg()}")
     finally:
         child.terminate()
