@@ -32,7 +32,6 @@ ACQUIRE = 5.0  # seconds a report waits for a connection of the reports' pool, t
 T = TypeVar("T")
 
 GROUPS = ("building", "node")  # and any label the topology's nodes carry
-NO_GROUP = "(none)"  # the key of nodes without the label a report groups by
 DETECT_NOTE = (
     "detect_seconds runs from the time the root's own probes found it down ([probe] "
     "down_after lost probes in a row, the incident's opened_at) to the incident's opening; "
@@ -106,16 +105,19 @@ def period(query: Mapping[str, str], rt: Runtime, now: float) -> tuple[float, fl
 
 
 async def made(rt: Runtime, start: float, end: float, now: float,
-               compute: Callable[[Report], T],
-               places: Mapping[str, int] | None = None) -> T:  # fmt: skip
-    """`compute(report)` of what happened in [start, end), with the places of each group
-    in `places` (group -> rows at most), read on one connection of the reports' own pool
-    and then figured in a worker thread: a report never holds up the event loop, and
-    /check with it."""
+               compute: Callable[[Report], T], places: Mapping[str, int] | None = None,
+               incidents: bool = True) -> T:  # fmt: skip
+    """`compute(report)` of what happened in [start, end): the incidents (unless not
+    asked for) and the places of each group in `places` (group -> rows at most), read on
+    one connection of the reports' own pool, then figured in a worker thread: a report
+    never holds up the event loop, and /check with it."""
     maps = {group: await asyncio.to_thread(place_map, rt, group) for group in places or {}}
     async with _connection(rt) as conn:
         limit = rt.config.history.timeout
-        rows = await _query(limit, store.report(conn, _dt(start), _dt(end), _dt(now), limit))
+        rows: dict[str, list[Any]] = {"incidents": [], "blind": [], "calls": []}
+        if incidents:
+            rows = await _query(limit, store.report(conn, _dt(start), _dt(end), _dt(now),
+                                                    limit))  # fmt: skip
         found: dict[str, list[Any]] = {}
         for group, (nodes, keys, unmapped) in maps.items():
             assert places is not None

@@ -1,15 +1,16 @@
-"""The reports API: availability by building, node or label, and each incident's
-response figures, over a period (see http/figures.py for the budget they read in)."""
+"""The reports API: availability by building, node or label, each incident's response
+figures, and calls a minute, over a period (see http/figures.py for the budget they read
+in). Bodies are written in the worker thread that figures them, not on the event loop."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
+import orjson
 from aiohttp import web
 
 from outagemon.http import figures
-from outagemon.http.runtime import RUNTIME, Invalid, authorise, bad, error, json_response
+from outagemon.http.runtime import JSON, RUNTIME, Invalid, authorise, bad, error
 
 _PARAMS = {
     "availability": frozenset({"from", "to", "group", "limit"}),
@@ -50,11 +51,11 @@ async def availability(request: web.Request) -> web.Response:
         figures.check_group(rt, group)  # an unknown group is refused before the database
         limit = int(raw_limit)
 
-        def answer(report: figures.Report) -> dict[str, Any]:
-            return figures.availability(rt, report, start, end, group, limit)
+        def answer(report: figures.Report) -> bytes:
+            return orjson.dumps(figures.availability(rt, report, start, end, group, limit))
 
-        found = await figures.made(rt, start, end, now, answer, {group: limit})
-        return json_response(found)
+        found = await figures.made(rt, start, end, now, answer, {group: limit}, False)
+        return web.Response(body=found, headers=JSON)
     except Invalid as e:
         raise bad(str(e)) from None
     except figures.Busy as e:
@@ -67,11 +68,12 @@ async def incidents(request: web.Request) -> web.Response:
     now = time.time()
     start, end = _checked(request, "incidents", now)
     try:
-        found = await figures.made(rt, start, end, now,
-                                   lambda r: figures.incidents(r, start, end, now))  # fmt: skip
+        found = await figures.made(
+            rt, start, end, now, lambda r: orjson.dumps(figures.incidents(r, start, end, now))
+        )
     except figures.Busy as e:
         return _busy(e)
-    return json_response(found)
+    return web.Response(body=found, headers=JSON)
 
 
 async def calls(request: web.Request) -> web.Response:
@@ -90,11 +92,12 @@ async def calls(request: web.Request) -> web.Response:
         raise bad(f"step {step} s makes more than {MAX_BUCKETS} buckets of this period; "
                   "give a longer step.")  # fmt: skip
     try:
-        found = await figures.made(rt, start, end, now,
-                                   lambda r: figures.calls(r, start, end, step, now))  # fmt: skip
+        found = await figures.made(
+            rt, start, end, now, lambda r: orjson.dumps(figures.calls(r, start, end, step, now))
+        )
     except figures.Busy as e:
         return _busy(e)
-    return json_response(found)
+    return web.Response(body=found, headers=JSON)
 
 
 def setup(routes: web.RouteTableDef) -> None:
