@@ -68,7 +68,7 @@ async def queries_until(dsn: str, stop: asyncio.Event) -> int:
     made = 0
     try:
         while not stop.is_set():
-            await store.places(conn, YEAR[0], YEAR[1], YEAR[1], [], [], "node", 1000, 600)
+            await store.places(conn, YEAR[0], YEAR[1], YEAR[1], "", "node", 1000, 600)
             made += 1
     finally:
         await conn.close()

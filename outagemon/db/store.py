@@ -651,10 +651,12 @@ async def downtime_csv(conn: Conn, start: datetime, end: datetime, now: datetime
 
 # Each place's losses within [$1, $2), open stretches up to $3: the nodes cut off (the
 # impact record; for incidents it does not hold, their last nodes over their whole life),
-# placed by the map ($4 nodes, $5 their places; a node may be in several), or by $6:
-# 'node' places an unmapped node at itself, 'label' at '(none)', anything else drops it.
+# placed by the map ($4: "node TAB place" lines, one text rather than two arrays of
+# thousands, which the client would encode string by string; a node may be in several)
+# or by $5: 'node' places an unmapped node at itself, 'label' at '(none)', anything else
+# drops it.
 # Outage once where incidents overlap; planned works less outage at the same moment;
-# unverified: either inside a blind or stopped period. Worst first, $7 rows at most, with
+# unverified: either inside a blind or stopped period. Worst first, $6 rows at most, with
 # how many places there are.
 PLACES = """
 with blind as (
@@ -674,9 +676,12 @@ stretch as (
     where i.opened_at < $2 and coalesce(i.resolved_at, $3) > $1
       and not exists (select 1 from impact x where x.incident_id = i.id)
 ),
-map as (select * from unnest($4::text[], $5::text[]) as m(node_id, key)),
+map as (
+    select split_part(line, E'\t', 1) as node_id, split_part(line, E'\t', 2) as key
+    from unnest(string_to_array($4, E'\n')) as line where line <> ''
+),
 cut as (
-    select coalesce(m.key, case $6 when 'node' then s.node_id when 'label' then '(none)' end)
+    select coalesce(m.key, case $5 when 'node' then s.node_id when 'label' then '(none)' end)
                as key,
            s.incident_id, s.cause,
            tstzrange(greatest(s.started_at, $1), least(coalesce(s.ended_at, $3), $2)) as r
@@ -699,18 +704,17 @@ figured as (
 )
 select *, count(*) over () as places from figured
 order by outage_seconds desc, planned_seconds desc, incidents desc, key collate "C"
-limit $7
+limit $6
 """
 
 
-async def places(conn: Conn, start: datetime, end: datetime, now: datetime,
-                 nodes: list[str], keys: list[str], unmapped: str, limit: int,
-                 seconds: float) -> list[asyncpg.Record]:  # fmt: skip
+async def places(conn: Conn, start: datetime, end: datetime, now: datetime, mapped: str,
+                 unmapped: str, limit: int, seconds: float) -> list[asyncpg.Record]:  # fmt: skip
     """Each place's outage, planned and unverified seconds and incidents (`PLACES`), in a
     read-only transaction that the server ends after `seconds`."""
     async with conn.transaction(readonly=True):
         await conn.execute(f"set local statement_timeout = {int(seconds * 1000)}")
-        return list(await conn.fetch(PLACES, start, end, now, nodes, keys, unmapped, limit))
+        return list(await conn.fetch(PLACES, start, end, now, mapped, unmapped, limit))
 
 
 async def report(conn: Conn, start: datetime, end: datetime, now: datetime,

@@ -119,10 +119,10 @@ async def made(rt: Runtime, start: float, end: float, now: float,
             rows = await _query(limit, store.report(conn, _dt(start), _dt(end), _dt(now),
                                                     limit))  # fmt: skip
         found: dict[str, list[Any]] = {}
-        for group, (nodes, keys, unmapped) in maps.items():
+        for group, (mapped, unmapped) in maps.items():
             assert places is not None
             found[group] = await _query(limit, store.places(
-                conn, _dt(start), _dt(end), _dt(now), nodes, keys, unmapped, places[group],
+                conn, _dt(start), _dt(end), _dt(now), mapped, unmapped, places[group],
                 limit))  # fmt: skip
     return await asyncio.to_thread(lambda: compute(_report(rows, found)))
 
@@ -194,15 +194,16 @@ def check_group(rt: Runtime, group: str) -> None:
                       f"(labels: {known}); {group!r} is none of them.")  # fmt: skip
 
 
-PlaceMap = tuple[list[str], list[str], str]
+PlaceMap = tuple[str, str]
 # The maps of the topology last asked about: made again only when a reload brings another.
 _MAPS: dict[str, PlaceMap] = {}
 _MAPPED: list[Any] = [None]  # the topology _MAPS are of
 
 
 def place_map(rt: Runtime, group: str) -> PlaceMap:
-    """Nodes and the places they count for (a node may count for several), and what the
-    SQL does with a node not in the map: `store.PLACES`'s third argument."""
+    """The nodes and the places they count for, as "node TAB place" lines (a node may
+    count for several), and what the SQL does with a node not in them: `store.PLACES`'s
+    arguments."""
     topo = rt.directory.topology
     if _MAPPED[0] is not topo:
         _MAPS.clear()
@@ -214,24 +215,22 @@ def place_map(rt: Runtime, group: str) -> PlaceMap:
 
 
 def _place_map(topo: Topology, group: str) -> PlaceMap:
-    nodes: list[str] = []
-    keys: list[str] = []
+    # Topology texts hold no tab or line break (topology.parse_text refuses them).
     if group == "node":
-        return nodes, keys, "node"
+        return "", "node"
+    lines: list[str] = []
     if group == "building":
         for node in topo.nodes.values():
             for served in dict.fromkeys(s.address.text() for s in node.serves):
-                nodes.append(node.id)
-                keys.append(served)
-        return nodes, keys, ""
+                lines.append(f"{node.id}\t{served}")
+        return "\n".join(lines), ""
     for node in topo.nodes.values():
         if node.kind == "cpe":  # never in the impact record
             continue
         value = inherited_label(topo, node.id, group)
         if value is not None:
-            nodes.append(node.id)
-            keys.append(value)
-    return nodes, keys, "label"
+            lines.append(f"{node.id}\t{value}")
+    return "\n".join(lines), "label"
 
 
 def availability(rt: Runtime, report: Report, start: float, end: float, group: str,
