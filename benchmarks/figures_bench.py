@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,7 @@ async def main_async(args: argparse.Namespace) -> None:
               f"{len(rows['impact']):,} impact rows")  # fmt: skip
         await measure(dsn, city, work)
     finally:
+        shutil.rmtree(work, ignore_errors=True)
         admin = await asyncpg.connect(rb.SERVER_DSN)
         await admin.execute(f'drop database if exists "{name}" with (force)')
         await admin.close()

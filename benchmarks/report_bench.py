@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -432,11 +433,12 @@ async def main_async(args: argparse.Namespace) -> None:
         await measure(args, dsn, city, work)
     finally:
         if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
             admin = await asyncpg.connect(SERVER_DSN)
             await admin.execute(f'drop database if exists "{name}" with (force)')
             await admin.close()
         else:
-            print(f"kept: {dsn}")
+            print(f"kept: {dsn} and {work}")
 
 
 def main() -> None:

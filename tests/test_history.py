@@ -574,6 +574,7 @@ async def test_the_daemon_records_inventory_versions_and_the_time_it_was_stopped
         second = _start_daemon(state, fresh_db, port)
         try:
             await _logged(state, "daemon.restored", count=2)
+            await _logged(state, "inventory.saved", count=3)
         finally:
             second.send_signal(signal.SIGTERM)
             assert second.wait(10) == 0
@@ -596,3 +597,99 @@ async def test_the_daemon_records_inventory_versions_and_the_time_it_was_stopped
     assert len(runs) == 2 and runs[0]["stopped_at"] is not None
     (gap,) = stopped
     assert gap["started_at"] == runs[0]["stopped_at"] and gap["ended_at"] == runs[1]["started_at"]
+
+
+async def test_the_export_and_the_per_subscriber_sum_agree_on_random_histories(
+    fresh_db: str,
+) -> None:
+    """Two implementations, one in SQL (pieces in start order) and one in Python (a sweep
+    over every boundary), on random overlapping histories with blind spells, subscribers
+    joining and leaving, planned works and open incidents."""
+    import random
+
+    from outagemon.db import migrate
+
+    await migrate.migrate(fresh_db)
+    conn = await store.connection(fresh_db)
+    try:
+        await conn.execute("insert into node (id, kind) values ('a', 'x'), ('b', 'x'), ('c', 'x')")
+        for seed in range(40):
+            rng = random.Random(seed)
+            await conn.execute("truncate impact, blind_period, subscriber_period, incident cascade")
+
+            def t(r: random.Random = rng) -> datetime:
+                return m(r.randrange(-30, 150))
+
+            for n in range(4):  # one or two periods each, one after the other
+                bounds = sorted(t() for _ in range(4))
+                periods = [(bounds[0], bounds[1]), (bounds[2], bounds[3])][: rng.randrange(1, 3)]
+                for k, (a, b) in enumerate(periods):
+                    last = k == len(periods) - 1
+                    await conn.execute(
+                        "insert into subscriber_period (account, node_id, address, valid_from,"
+                        " valid_to) values ($1, $2, '', $3, $4)",
+                        f"s{n}", rng.choice("abc"), a,
+                        None if last and rng.random() < 0.4 else b,
+                    )  # fmt: skip
+            for iid in range(1, rng.randrange(2, 9)):
+                await store.insert_incident(conn, iid, "outage", "a", False, m(0), 0)
+                await store.resolve_incident(conn, iid, m(0))
+                for _ in range(rng.randrange(1, 3)):
+                    a, b = sorted((t(), t()))
+                    await conn.execute(
+                        "insert into impact (incident_id, node_id, cause, started_at, ended_at)"
+                        " values ($1, $2, $3, $4, $5)",
+                        iid, rng.choice("abc"), rng.choice(["outage", "maintenance"]), a,
+                        None if rng.random() < 0.15 else b,
+                    )  # fmt: skip
+            for _ in range(rng.randrange(0, 3)):
+                a, b = sorted((t(), t()))
+                await conn.execute(
+                    "insert into blind_period (reason, started_at, ended_at) values ($1, $2, $3)",
+                    rng.choice(["blind", "stopped"]), a, None if rng.random() < 0.2 else b,
+                )  # fmt: skip
+            start, end, now = m(0), m(100), m(rng.randrange(60, 140))
+            async with conn.transaction():
+                exported = {r["account"]: r async for r in
+                            store.downtime_cursor(conn, start, end, now, 0)}  # fmt: skip
+            for account in ("s0", "s1", "s2", "s3"):
+                rows = await store.account_history(conn, account, start, end, now)
+                one = downtime(
+                    [Hit(r["incident_id"], Cause(r["cause"]), _us(r["started_at"]),
+                         _us(r["ended_at"])) for r in rows if r["kind"] == "hit"],
+                    [(_us(r["started_at"]), _us(r["ended_at"])) for r in rows
+                     if r["kind"] == "blind"],
+                )  # fmt: skip
+                row = exported.get(account)
+                if row is None:
+                    assert one.total == 0, (seed, account, one)
+                    continue
+                got = (row["outage_minutes"], row["planned_minutes"], row["unverified_minutes"])
+                want = (minutes(one.outage), minutes(one.planned), minutes(one.unverified))
+                assert got == want, (seed, account, got, want)
+                assert list(row["incidents"]) == list(one.incidents), (seed, account)
+    finally:
+        await conn.close()
+
+
+def _us(t: datetime) -> int:
+    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+async def test_an_export_beyond_the_reports_budget_is_503_and_lookups_still_answer(
+    fresh_db: str,
+) -> None:
+    async with history_world(fresh_db) as w:
+        await known_history(w)
+        w.runtime.exports = 1  # one export streaming: the second connection is the lookups'
+        async with w.session.get(w.url("/api/v1/reports/downtime"), params=PERIOD,
+                                 headers=w.auth()) as r:  # fmt: skip
+            assert r.status == 503 and r.headers["Retry-After"] == "5"
+            assert "every connection of the reports is busy" in (await r.json())["error"]
+        status, body = await get(w, "/api/v1/subscribers/1001/outages", **PERIOD)
+        assert status == 200 and body["total_minutes"] == 55.0
+        w.runtime.exports = 0
+        pool, w.runtime.reports = w.runtime.reports, None  # the database not connected yet
+        status, body = await get(w, "/api/v1/subscribers/1001/outages", **PERIOD)
+        assert status == 503 and "not connected yet" in body["error"]
+        w.runtime.reports = pool

@@ -122,7 +122,8 @@ def _host_allowed(request: web.Request, rt: Runtime) -> bool:
 
 
 def _sentence(request: web.Request, e: web.HTTPException) -> web.Response:
-    headers = {k: v for k, v in e.headers.items() if k in ("WWW-Authenticate", "Allow")}
+    headers = {k: v for k, v in e.headers.items()
+               if k in ("WWW-Authenticate", "Allow", "Retry-After")}  # fmt: skip
     if e.content_type == "application/json":  # ours: already a sentence in JSON
         return web.Response(status=e.status, text=e.text, content_type="application/json",
                             headers=headers)  # fmt: skip

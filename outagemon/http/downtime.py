@@ -181,15 +181,16 @@ async def _outages(rt: Runtime, q: Mapping[str, str], account: str,
         raise bad("lang must be ru or en.")
     now = datetime.now(UTC)
     async with _connection(rt) as conn:
-        if not await store.account_known(conn, account):
+        rows = await store.account_history(conn, account, start, end, now)
+        served = [r for r in rows if r["kind"] == "served"]
+        # Served at some time, if not in this period: asked only then (one round trip
+        # is the usual question's all).
+        if not served and not await store.account_known(conn, account):
             raise bad(f"there is no account {account!r} in the inventory, now or before.", 404)
-        served = await store.subscriber_periods(conn, account, start, end)
-        hits = await store.account_impact(conn, account, start, end, now)
-        blind = await store.blind_periods(conn, start, end, now)
     found = dt.downtime(
         [dt.Hit(r["incident_id"], dt.Cause(r["cause"]), _us(r["started_at"]), _us(r["ended_at"]))
-         for r in hits],
-        [(_us(r["started_at"]), _us(r["ended_at"])) for r in blind],
+         for r in rows if r["kind"] == "hit"],
+        [(_us(r["started_at"]), _us(r["ended_at"])) for r in rows if r["kind"] == "blind"],
     )  # fmt: skip
     return json_response(body(found, account, matched_by, start, end, served, language, rt))
 
@@ -221,8 +222,8 @@ def body(found: dt.Downtime, account: str, matched_by: str, start: datetime, end
             for s in found.stretches
         ],
         "served": [
-            {"from": _iso(max(r["valid_from"], start), tz),
-             "to": _iso(min(r["valid_to"] or end, end), tz),
+            {"from": _iso(max(r["started_at"], start), tz),
+             "to": _iso(min(r["ended_at"] or end, end), tz),
              "node": r["node_id"], "address": r["address"], "flat": r["flat"]}
             for r in served
         ],
