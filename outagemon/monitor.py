@@ -405,7 +405,9 @@ class Monitor:
         if not self._calls_unsaved or self.writer is None:
             return
         batch, self._calls_unsaved = self._calls_unsaved, {}
-        self.journal.calls(batch)
+        # Saved every tick: the minute of the save is the minute of the calls (the reports'
+        # calls-a-minute chart).
+        self.journal.calls(batch, steady.CLOCK.wall(self.clock()))
 
     # -- a cluster's roles --------------------------------------------------------------
 

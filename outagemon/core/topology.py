@@ -254,6 +254,8 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         problems.append(f"{path}: each entry under 'nodes:' must be a mapping, not {item!r}.")
         return None
     line = item.pop("__line__", 0)
+    if isinstance(item.get("labels"), dict):
+        item["labels"].pop("__line__", None)  # the loader's mark of a line, not a label
     where = f"{path}: line {line}"
     for key, text in _strings(item):
         bad = bad_character(text)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from outagemon import clock, logs
 from outagemon.core.directory import Directory
@@ -268,15 +268,20 @@ class Journal:
             return
         self.writer.latest("run_seen", (run_id, at, stopped), _replace_seen, _seen_op, size=64)
 
-    def calls(self, batch: dict[int, int]) -> None:
+    def calls(self, batch: dict[int, int], at: float | None = None) -> None:
         """Check answers that named each incident, since the last batch (summed with any
-        batch still waiting)."""
+        batch still waiting); with `at` (wall-clock seconds), also counted in its minute."""
         if self.writer is None:
             return
         if self._standing_by():
             return
         self.writer.latest("calls", dict(batch), _add_counts, _calls_op,
                            size=64 + 16 * len(batch), epoch=self.epoch)  # fmt: skip
+        if at is not None:
+            minute = at - at % 60
+            per_minute = {(minute, iid): n for iid, n in batch.items()}
+            self.writer.latest("call_minutes", per_minute, _add_counts, _call_minutes_op,
+                               size=64 + 24 * len(batch), epoch=self.epoch)  # fmt: skip
 
     def node_states(self, changes: list[tuple[str, str, float, float]]) -> None:
         """Nodes' latest state changes (node, state, when, short-term loss), in one write
@@ -383,7 +388,10 @@ def _maintenance_op(d: dict[str, Any]) -> Op:
     return op
 
 
-def _add_counts(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+K = TypeVar("K")
+
+
+def _add_counts(a: dict[K, int], b: dict[K, int]) -> dict[K, int]:
     merged = dict(a)
     for k, v in b.items():
         merged[k] = merged.get(k, 0) + v
@@ -395,6 +403,15 @@ def _calls_op(counts: dict[int, int]) -> Op:
 
     async def op(conn: Conn) -> None:
         await store.add_calls(conn, rows)
+
+    return op
+
+
+def _call_minutes_op(counts: dict[tuple[float, int], int]) -> Op:
+    rows = [(store.ts(minute), iid, n) for (minute, iid), n in counts.items()]
+
+    async def op(conn: Conn) -> None:
+        await store.add_call_minutes(conn, rows)
 
     return op
 

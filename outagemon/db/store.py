@@ -262,6 +262,16 @@ async def add_calls(conn: Conn, counts: list[tuple[int, int]]) -> None:
     await conn.executemany("update incident set calls = calls + $2 where id = $1", counts)
 
 
+async def add_call_minutes(conn: Conn, counts: list[tuple[datetime | None, int, int]]) -> None:
+    """Check answers per minute and incident: (minute, incident id, how many more)."""
+    await conn.executemany(
+        "insert into call_minute (minute, incident_id, calls) values ($1, $2, $3)"
+        " on conflict (minute, incident_id) do update"
+        " set calls = call_minute.calls + excluded.calls",
+        counts,
+    )
+
+
 # -- planned works ---------------------------------------------------------------------
 
 
@@ -803,3 +813,115 @@ async def downtime_csv(conn: Conn, start: datetime, end: datetime, now: datetime
     (`limit`: seconds it may take)."""
     await conn.copy_from_query(DOWNTIME_CSV, start, end, now, min_minutes, output=output,
                                format="csv", header=True, timeout=limit)  # fmt: skip
+
+
+# -- reports ---------------------------------------------------------------------------
+
+
+# Each place's losses within [$1, $2), open stretches up to $3: the nodes cut off (the
+# impact record; for incidents it does not hold, their last nodes over their whole life),
+# placed by the map ($4: "node TAB place" lines, one text rather than two arrays of
+# thousands, which the client would encode string by string; a node may be in several)
+# or by $5: 'node' places an unmapped node at itself, 'label' at '(none)', anything else
+# drops it.
+# Outage once where incidents overlap; planned works less outage at the same moment;
+# unverified: either inside a blind or stopped period. Worst first, $6 rows at most, with
+# how many places there are.
+PLACES = """
+with blind as (
+    select coalesce(range_agg(tstzrange(greatest(started_at, $1),
+                                        least(coalesce(ended_at, $3), $2))),
+                    '{}'::tstzmultirange) as r
+    from blind_period
+    where started_at < $2 and coalesce(ended_at, $3) > $1
+      and greatest(started_at, $1) < least(coalesce(ended_at, $3), $2)
+),
+stretch as (
+    select incident_id, node_id, cause, started_at, ended_at from impact
+    where started_at < $2 and coalesce(ended_at, $3) > $1
+    union all
+    select i.id, n.node_id, i.kind, i.opened_at, i.resolved_at
+    from incident i join incident_node n on n.incident_id = i.id
+    where i.opened_at < $2 and coalesce(i.resolved_at, $3) > $1
+      and not exists (select 1 from impact x where x.incident_id = i.id)
+),
+map as (
+    select split_part(line, E'\t', 1) as node_id, split_part(line, E'\t', 2) as key
+    from unnest(string_to_array($4, E'\n')) as line where line <> ''
+),
+cut as (
+    select coalesce(m.key, case $5 when 'node' then s.node_id when 'label' then '(none)' end)
+               as key,
+           s.incident_id, s.cause,
+           tstzrange(greatest(s.started_at, $1), least(coalesce(s.ended_at, $3), $2)) as r
+    from stretch s left join map m on m.node_id = s.node_id
+    where s.node_id not like 'cpe:%'
+      and greatest(s.started_at, $1) < least(coalesce(s.ended_at, $3), $2)
+),
+per as (
+    select key,
+           coalesce(range_agg(r) filter (where cause = 'outage'), '{}') as outage,
+           coalesce(range_agg(r) filter (where cause = 'maintenance'), '{}') as works,
+           count(distinct incident_id) as incidents
+    from cut where key is not null group by key
+),
+figured as (
+    select p.key, multirange_seconds(p.outage) as outage_seconds,
+           multirange_seconds(p.works - p.outage) as planned_seconds,
+           multirange_seconds((p.outage + p.works) * b.r) as unverified_seconds, p.incidents
+    from per p cross join blind b
+)
+select *, count(*) over () as places from figured
+order by outage_seconds desc, planned_seconds desc, incidents desc, key collate "C"
+limit $6
+"""
+
+
+async def places(conn: Conn, start: datetime, end: datetime, now: datetime, mapped: str,
+                 unmapped: str, limit: int, seconds: float) -> list[asyncpg.Record]:  # fmt: skip
+    """Each place's outage, planned and unverified seconds and incidents (`PLACES`), in a
+    read-only transaction that the server ends after `seconds`."""
+    async with conn.transaction(readonly=True):
+        await conn.execute(f"set local statement_timeout = {int(seconds * 1000)}")
+        return list(await conn.fetch(PLACES, start, end, now, mapped, unmapped, limit))
+
+
+async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
+                 seconds: float) -> dict[str, list[asyncpg.Record]]:  # fmt: skip
+    """What the reports read for [start, end), in one read-only snapshot that the server
+    ends after `seconds`:
+
+    - incidents: those open at some time in the period, oldest first, with when each was
+      opened (its "opened" event) and its first repair estimate;
+    - blind: when the monitor could not see, clipped to the period, open ones up to
+      `now`;
+    - calls: /check answers per minute: all, and those that named an incident."""
+    async with conn.transaction(readonly=True, isolation="repeatable_read"):
+        await conn.execute(f"set local statement_timeout = {int(seconds * 1000)}")
+        incidents = await conn.fetch(
+            """
+            select i.id, i.state, i.kind, i.root_node, i.opened_at, i.resolved_at,
+                   i.merged_into, i.subscribers, i.calls,
+                   (select min(e.at) from incident_event e
+                    where e.incident_id = i.id and e.kind = 'opened') as detected_at,
+                   fe.at as first_eta_at, fe.eta as first_eta
+            from incident i
+            left join lateral (
+                select e.at, (e.detail->>'eta')::timestamptz as eta from incident_event e
+                where e.incident_id = i.id and e.kind = 'eta'
+                order by e.at, e.id limit 1
+            ) fe on true
+            where i.opened_at < $2 and coalesce(i.resolved_at, 'infinity') > $1
+            order by i.opened_at, i.id
+            """,
+            start, end,
+        )  # fmt: skip
+        blind = await blind_periods(conn, start, end, now)
+        calls = await conn.fetch(
+            "select minute, sum(calls)::bigint as calls,"
+            " coalesce(sum(calls) filter (where incident_id <> 0), 0)::bigint as named"
+            " from call_minute where minute >= $1 and minute < $2"
+            " group by minute order by minute",
+            start, end,
+        )  # fmt: skip
+    return {"incidents": list(incidents), "blind": blind, "calls": list(calls)}

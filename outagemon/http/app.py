@@ -16,7 +16,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from outagemon import __version__, logs
-from outagemon.http import api, downtime, page, security
+from outagemon.http import api, downtime, figures, page, reports, security
 from outagemon.http.runtime import RUNTIME, Runtime, error, json_response
 
 log = logs.get("outagemon.http")
@@ -235,6 +235,7 @@ def make_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[RUNTIME] = runtime
     runtime.metrics.gauge("outagemon_up", "1 while the daemon serves.").set(1)
+    figures.install_gauges(runtime)
     routes = web.RouteTableDef()
     routes.get("/healthz")(healthz)
     routes.get("/readyz")(readyz)
@@ -242,6 +243,7 @@ def make_app(runtime: Runtime) -> web.Application:
     routes.get("/static/{name}")(static)
     api.setup(routes)
     downtime.setup(routes)
+    reports.setup(routes)
     page.setup(routes)
     page.install(app, runtime)
     for route in routes:

@@ -233,6 +233,198 @@ def _q(name: str, description: str, **schema: Any) -> dict[str, Any]:
             "schema": {"type": "string", **schema}}  # fmt: skip
 
 
+# -- reports (http/reports.py) ---------------------------------------------------------
+
+_NUM = {"type": "number"}
+_SECONDS = {"type": "number", "nullable": True}
+PLACE = {
+    "type": "object",
+    "required": [
+        "key",
+        "outage_minutes",
+        "planned_minutes",
+        "unverified_minutes",
+        "availability_pct",
+        "incidents",
+    ],
+    "properties": {
+        "key": _str(
+            "The building's address, the node's id, or the label's value "
+            "('(none)' for nodes without it)."
+        ),
+        "outage_minutes": {
+            **_NUM,
+            "description": "Minutes any of it was cut off by an "
+            "outage (overlapping incidents once).",
+        },
+        "planned_minutes": {**_NUM, "description": "Minutes cut off by planned works only."},
+        "unverified_minutes": {
+            **_NUM,
+            "description": "Of those, minutes while the monitor was blind or stopped.",
+        },
+        "availability_pct": {
+            **_NUM,
+            "description": "100 × (1 − outage / period): planned works are not held against it.",
+        },
+        "incidents": {"type": "integer", "description": "Incidents that cut it off."},
+        "name": _str("group=node: the node's name."),
+        "kind": _str("group=node: the node's kind."),
+    },
+}
+AVAILABILITY = {
+    "type": "object",
+    "required": ["from", "to", "group", "period_minutes", "places", "rows"],
+    "properties": {
+        "from": _str("The period's start."),
+        "to": _str("The period's end."),
+        "group": _str("building, node or a label."),
+        "period_minutes": _NUM,
+        "places": {
+            "type": "integer",
+            "description": "Places that lost anything (rows beyond limit left out).",
+        },
+        "rows": {"type": "array", "items": PLACE, "description": "Worst first."},
+    },
+}
+RESPONSE = {
+    "type": "object",
+    "required": [
+        "id",
+        "state",
+        "kind",
+        "root_node",
+        "opened_at",
+        "detected_at",
+        "resolved_at",
+        "merged_into",
+        "subscribers",
+        "calls",
+        "first_eta_at",
+        "first_eta",
+        "detect_seconds",
+        "first_eta_seconds",
+        "repair_seconds",
+        "eta_error_seconds",
+        "subscriber_hours",
+    ],
+    "properties": {
+        "id": {"type": "string"},
+        "state": {"type": "string"},
+        "kind": {"type": "string"},
+        "root_node": {"type": "string"},
+        "opened_at": _str("When the root's probes found it down."),
+        "detected_at": NULLABLE_TIME,
+        "resolved_at": NULLABLE_TIME,
+        "merged_into": {"type": "string", "nullable": True},
+        "subscribers": {"type": "integer"},
+        "calls": {"type": "integer"},
+        "first_eta_at": NULLABLE_TIME,
+        "first_eta": NULLABLE_TIME,
+        "detect_seconds": {**_SECONDS, "description": "opened_at to the incident's opening."},
+        "first_eta_seconds": {**_SECONDS, "description": "opened_at to the first estimate."},
+        "repair_seconds": {**_SECONDS, "description": "opened_at to resolved_at."},
+        "eta_error_seconds": {
+            **_SECONDS,
+            "description": "resolved_at − first_eta: how much "
+            "later than first told (negative: "
+            "earlier).",
+        },
+        "subscriber_hours": {**_NUM, "description": "Subscribers × hours open."},
+    },
+}
+INCIDENTS_REPORT = {
+    "type": "object",
+    "required": ["from", "to", "totals", "incidents", "notes"],
+    "properties": {
+        "from": {"type": "string"},
+        "to": {"type": "string"},
+        "totals": {"type": "object"},
+        "incidents": {"type": "array", "items": RESPONSE},
+        "notes": {"type": "object"},
+    },
+}
+CALLS_REPORT = {
+    "type": "object",
+    "required": ["from", "to", "step_seconds", "source", "note", "calls", "buckets"],
+    "properties": {
+        "from": {"type": "string"},
+        "to": {"type": "string"},
+        "step_seconds": {"type": "integer"},
+        "source": {"type": "string", "enum": ["per_minute", "incident_totals"]},
+        "note": {"type": "string"},
+        "calls": {"type": "integer"},
+        "buckets": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["at", "calls_per_minute", "open_incidents"],
+                "properties": {
+                    "at": {"type": "string"},
+                    "calls_per_minute": _NUM,
+                    "open_incidents": {"type": "integer"},
+                },
+            },
+        },
+    },
+}
+
+
+def _period() -> list[dict[str, Any]]:
+    return [
+        {
+            **_q(
+                "from",
+                "The period's start: a date (its local midnight) or ISO 8601 with an offset.",
+            ),
+            "required": True,
+        },
+        {
+            **_q(
+                "to", "Its end (not included), after from; at most [history] max_period_days later."
+            ),
+            "required": True,
+        },
+    ]
+
+
+def _report(summary: str, extra: list[dict[str, Any]], schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"bearer": []}, {}],
+            "parameters": _period() + extra,
+            "responses": {"200": _json(schema, "The figures."), **_errors(400, 401, 503)},
+        }
+    }
+
+
+REPORT_PATHS = {
+    "/api/v1/reports/availability": _report(
+        "Outage minutes, availability and incidents per building, node or label.",
+        [
+            _q(
+                "group",
+                "building (default), node, or a label of the topology's nodes "
+                "(inherited down the tree), such as district.",
+            ),
+            _q("limit", "Rows at most (1000).", pattern="^[0-9]+$"),
+        ],
+        AVAILABILITY,
+    ),
+    "/api/v1/reports/incidents": _report(
+        "Each incident of the period: time to detect, to the first estimate, to repair; "
+        "the first estimate against the repair; subscriber-hours.",
+        [],
+        INCIDENTS_REPORT,
+    ),
+    "/api/v1/reports/calls": _report(
+        "Calls a minute that named an incident, and incidents open, per step.",
+        [_q("step", "Seconds a bucket, 60 to 86400 (about 100 buckets).", pattern="^[0-9]+$")],
+        CALLS_REPORT,
+    ),
+}
+
+
 def spec() -> dict[str, Any]:
     secured: list[dict[str, list[str]]] = [{"bearer": []}, {}]
     return {
@@ -360,5 +552,9 @@ def spec() -> dict[str, Any]:
                                  "responses": {"200": {"description": "Metrics."}}}},
             "/": {"get": {"summary": "The live incident page for engineers (HTML).",
                           "responses": {"200": {"description": "The page."}}}},
+            "/reports": {"get": {"summary": "The reports page for engineers (HTML, SVG): "
+                                            "?range=24h (default), 7d or 30d.",
+                                 "responses": {"200": {"description": "The page."}}}},
+            **REPORT_PATHS,
         },
     }  # fmt: skip

@@ -23,8 +23,17 @@ from markupsafe import Markup, escape
 from outagemon import clock, logs
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident
-from outagemon.http import queries
-from outagemon.http.runtime import RUNTIME, Invalid, Runtime, bad, error, estimate, incident_id
+from outagemon.http import charts, figures, queries
+from outagemon.http.runtime import (
+    RUNTIME,
+    Invalid,
+    Runtime,
+    bad,
+    error,
+    estimate,
+    incident_id,
+    iso_wall,
+)
 from outagemon.http.security import (
     CSRF_COOKIE,
     PAGE_HEADERS,
@@ -517,6 +526,67 @@ def _decide(rt: Runtime, iid: int, decision: str, who: str) -> Message:
     return said if do(iid, who) else Message.NOT_DECIDABLE
 
 
+# -- reports ---------------------------------------------------------------------------
+
+# The page's periods: (label, seconds, the calls chart's bucket).
+RANGES = {"24h": ("24 hours", 86400, 900), "7d": ("7 days", 7 * 86400, 7200),
+          "30d": ("30 days", 30 * 86400, 6 * 3600)}  # fmt: skip
+
+
+async def reports_page(request: web.Request) -> web.Response:
+    """Pictures of the last 24 hours, 7 or 30 days: the incidents' timeline, calls a
+    minute against incidents open, and the buildings and nodes that lost most. The same
+    figures as /api/v1/reports/*, read in the reports' own database budget."""
+    visitor = _required(request)
+    rt = visitor.rt
+    chosen = request.query.get("range", "24h")
+    if chosen not in RANGES:
+        raise bad(f"range must be one of {', '.join(RANGES)}.")
+    label, seconds, step = RANGES[chosen]
+    now = float(int(time.time()))  # whole seconds: the period is the API's to the second
+    start, end = now - seconds, now
+    context: dict[str, Any] = {"ranges": list(RANGES), "range": chosen, "label": label,
+                               "from_iso": iso_wall(start),
+                               "to_iso": iso_wall(end), "problem": ""}  # fmt: skip
+    try:
+        pictures = await figures.made(
+            rt,
+            start,
+            end,
+            now,
+            lambda r: _pictures(rt, r, start, end, step, now),
+            {"building": 10, "node": 10},
+        )
+    except figures.Busy as e:
+        html = ENV.get_template("reports.html").render(
+            now=_when(now), **(context | {"problem": str(e)}), **visitor.context()
+        )
+        return visitor.page(html, status=503)
+    html = ENV.get_template("reports.html").render(
+        now=_when(now), **context, **pictures, **visitor.context()
+    )
+    return visitor.page(html)
+
+
+def _pictures(rt: Runtime, report: figures.Report, start: float, end: float, step: float,
+              now: float) -> dict[str, Any]:  # fmt: skip
+    """The reports page's figures and charts (in a worker thread: see figures.made)."""
+    bars = [{"id": str(i.id), "kind": i.kind, "root_node": i.root, "subscribers": i.subscribers,
+             "opened": i.opened_at, "resolved": i.resolved_at}
+            for i in report.incidents]  # fmt: skip
+    buildings = figures.availability(rt, report, start, end, "building", 10)
+    nodes = figures.availability(rt, report, start, end, "node", 10)
+    calls = figures.calls(report, start, end, step, now)
+    return {
+        "totals": figures.incidents(report, start, end, now)["totals"],
+        "timeline": charts.timeline(bars, start, end, now),
+        "calls": charts.calls(calls["buckets"], start, end, step),
+        "calls_note": calls["note"],
+        "buildings": charts.worst(buildings["rows"], "buildings"),
+        "nodes": charts.worst(nodes["rows"], "nodes"),
+    }
+
+
 # -- logging in and out ----------------------------------------------------------------
 
 
@@ -599,6 +669,7 @@ def setup(routes: web.RouteTableDef) -> None:
     routes.get("/")(index)
     routes.get("/events")(events)
     routes.get("/incidents/{id}")(incident_page)
+    routes.get("/reports")(reports_page)
     routes.post("/incidents/{id}")(incident_form)
     routes.get("/login")(login_page)
     routes.post("/login")(login)
