@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,9 @@ class Node:
     name: str = ""
     serves: tuple[Served, ...] = ()
     line: int = 0  # where it was declared, for messages
-    children: list[str] = field(default_factory=list)
+    # Filled by Topology; a node without children shares one empty tuple (a million
+    # routers, no million empty lists).
+    children: Sequence[str] = ()
 
     @property
     def probed(self) -> bool:
@@ -68,11 +70,16 @@ class Topology:
     def __init__(self, nodes: Iterable[Node]) -> None:
         self.nodes: dict[str, Node] = {n.id: n for n in nodes}
         self._ancestors: dict[str, list[str]] = {}
-        for node in self.nodes.values():
-            node.children = []
+        children: dict[str, list[str]] = {}
         for node in self.nodes.values():
             for parent in node.parents:
-                self.nodes[parent].children.append(node.id)
+                found = children.get(parent)
+                if found is None:
+                    children[parent] = [node.id]
+                else:
+                    found.append(node.id)
+        for node in self.nodes.values():
+            node.children = children.get(node.id, ())
         self.roots: list[str] = [n.id for n in self.nodes.values() if not n.parents]
         self.by_ip: dict[str, str] = {n.ip: n.id for n in self.nodes.values() if n.ip}
         # building key -> what serves it; and street|house -> building keys, for callers
