@@ -205,13 +205,14 @@ class Journal:
             return
         self.writer.latest("history", rows, _replace, _history_op, size=64 + 48 * len(rows))
 
-    def inventory(self, current: Directory) -> None:
+    def inventory(self, current: Directory, ops: tuple[Op, Op] | None = None) -> None:
         """The loaded topology and subscribers replace the stored ones: two writes, so a
         subscriber row the database refuses never keeps the nodes (which incidents refer
-        to) from being stored."""
+        to) from being stored. `ops`: inventory_ops(current) when made already (a
+        reload makes them off the event loop: a million rows take seconds)."""
         if self.writer is None:
             return
-        nodes, subscribers = inventory_ops(current)
+        nodes, subscribers = ops or inventory_ops(current)
         self.writer.submit("inventory", nodes, size=256 * len(current.topology))
         self.writer.submit("subscribers", subscribers, size=128 * len(current.subscribers))
 
@@ -322,10 +323,13 @@ def _size(record: dict[str, Any]) -> int:
 def inventory_ops(current: Directory) -> tuple[Op, Op]:
     """The topology's nodes, and the subscribers, as two writes."""
     nodes = [(n.id, n.kind, n.ip, n.name, list(n.parents)) for n in current.topology.nodes.values()]
-    subs = [
-        (s.account, list(s.phones), s.address.text(with_flat=False), s.flat, s.ip, s.node)
-        for s in current.subscribers
-    ]
+    texts: dict[int, str] = {}  # a building's text, by the identity of its Address
+    subs = []
+    for account, phones, building, flat, ip, node in current.subscribers.records():
+        text = texts.get(id(building))
+        if text is None:
+            text = texts[id(building)] = building.text(with_flat=False)
+        subs.append((account, phones, text, flat, ip, node))
 
     async def write_nodes(conn: Conn) -> None:
         started = time.monotonic()
