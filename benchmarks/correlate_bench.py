@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import tempfile
@@ -141,10 +142,14 @@ def core_failure() -> None:
             c.observe(n, True, now)
     c.tick(now)
     c.take_requests()
+    # As the daemon does after a load: the long-lived objects are left out of the cyclic
+    # collector's walks (else a full collection lands in some step, ~100 ms here).
+    gc.collect()
+    gc.freeze()
     order = nodes[:]
     random.Random(5).shuffle(order)  # results arrive in no particular order
     observe_cpu = tick_cpu = 0.0
-    hold = 0.0  # the longest single step: one tick, or one tick's batch of results
+    hold = hold_cpu = 0.0  # the longest single step: one tick, or one tick's batch of results
     opened: list[str] = []
     batch = 2000  # results per 100 ms tick: the scheduler's default max_rate, 20,000/s
     for _ in range(6):  # six rounds of re-probes at timeout spacing
@@ -156,18 +161,21 @@ def core_failure() -> None:
             c.observe("uplink", True, now)
             observe_cpu += time.process_time() - t0
             hold = max(hold, time.perf_counter() - w0)
+            hold_cpu = max(hold_cpu, time.process_time() - t0)
             t0, w0 = time.process_time(), time.perf_counter()
             events = c.tick(now)
             tick_cpu += time.process_time() - t0
             hold = max(hold, time.perf_counter() - w0)
+            hold_cpu = max(hold_cpu, time.process_time() - t0)
             opened += [e.root or "" for e in events if e.kind == "opened"]
             c.take_requests()
     (inc,) = c.incidents.values()
     print(f"3. core failure cutting off {len(inc.nodes) - 1:,} nodes: {len(opened)} incident "
-          f"(root {inc.root}); decisions {tick_cpu * 1000:.0f} ms CPU (target < 200 ms), "
+          f"(root {inc.root}); decisions {tick_cpu * 1000:.0f} ms CPU (target < 100 ms), "
           f"taking in {len(order) * 6:,} results {observe_cpu * 1000:.0f} ms CPU "
-          f"({observe_cpu / (len(order) * 6) * 1e6:.1f} us each); longest single hold of "
-          f"the loop {hold * 1000:.1f} ms (target < 20 ms)")  # fmt: skip
+          f"({observe_cpu / (len(order) * 6) * 1e6:.1f} us each); longest single step "
+          f"{hold_cpu * 1000:.1f} ms CPU, {hold * 1000:.1f} ms wall (target: no hold of the "
+          f"loop > 20 ms); load average {os.getloadavg()[0]:.2f}")  # fmt: skip
 
 
 def steady() -> None:

@@ -71,7 +71,11 @@ class Topology:
         self.nodes: dict[str, Node] = {n.id: n for n in nodes}
         self._ancestors: dict[str, list[str]] = {}
         children: dict[str, list[str]] = {}
+        # Nodes with more than one uplink: few, and the cut's walk asks about every node.
+        self.several_uplinks: set[str] = set()
         for node in self.nodes.values():
+            if len(node.parents) > 1:
+                self.several_uplinks.add(node.id)
             for parent in node.parents:
                 found = children.get(parent)
                 if found is None:
@@ -80,6 +84,11 @@ class Topology:
                     found.append(node.id)
         for node in self.nodes.values():
             node.children = children.get(node.id, ())
+        # Every node but the routers without children (kind cpe): those are most of the
+        # nodes and explain no failure; this is the small set of the others.
+        self.inner_nodes: set[str] = {
+            n.id for n in self.nodes.values() if n.children or n.kind != "cpe"
+        }
         self.roots: list[str] = [n.id for n in self.nodes.values() if not n.parents]
         self.by_ip: dict[str, str] = {n.ip: n.id for n in self.nodes.values() if n.ip}
         # building key -> what serves it; and street|house -> building keys, for callers
