@@ -34,13 +34,15 @@ from outagemon.core import directory, messages
 from outagemon.core.messages import Texts
 from outagemon.db import durable, migrate, store
 from outagemon.db.embedded import EmbeddedPostgres
+from outagemon.db.journal import inventory_ops
 from outagemon.db.spool import Spool, SpoolError
-from outagemon.db.writer import Writer
+from outagemon.db.writer import Op, Writer
 from outagemon.errors import ConfigError, OutagemonError
 from outagemon.http.app import make_app
 from outagemon.http.app import runner as http_runner
 from outagemon.http.runtime import Runtime
-from outagemon.monitor import Monitor
+from outagemon.metrics import LoopLag
+from outagemon.monitor import Monitor, anchors_of
 from outagemon.notify import Notifier
 from outagemon.probing.icmp import IcmpSource
 
@@ -64,7 +66,15 @@ class ProbeSource(Protocol):
         """Begin with `targets` (address -> node); the background tasks it needs, by name."""
         ...
 
-    def retarget(self, targets: dict[str, str], probe: config_mod.ProbeConfig) -> None: ...
+    def plan(self, targets: dict[str, str], probe: config_mod.ProbeConfig) -> object:
+        """retarget()'s work that changes nothing yet, safe in a thread (a reload)."""
+        ...
+
+    def retarget(self, targets: dict[str, str], probe: config_mod.ProbeConfig,
+                 plan: object = None) -> list[object]:  # fmt: skip
+        """New targets; returns the replaced containers (to be freed in slices)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -361,9 +371,7 @@ class Daemon:
 
     def _targets(self, monitor: Monitor) -> dict[str, str]:
         """address -> node id of everything to probe: probed nodes and the anchors."""
-        targets = dict((ip, node) for node, ip in monitor.anchors.items())
-        targets.update(self.runtime.directory.topology.by_ip)
-        return targets
+        return targets_of(monitor.anchors, self.runtime.directory)
 
     async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
         """Cancel background tasks and wait for them (two seconds at most)."""
@@ -374,21 +382,9 @@ class Daemon:
             await asyncio.wait(tasks, timeout=2)
 
     async def _loop_hold(self) -> None:
-        """The longest the event loop was held (a 0.1 s timer's lateness), for /metrics:
-        what a caller's /check may have waited on top of its own work."""
-        gauge = self.runtime.metrics.gauge(
-            "outagemon_loop_hold_max_seconds",
-            "Longest the event loop was held since start (a 0.1 s timer's lateness).",
-        )
-        loop = asyncio.get_running_loop()
-        worst = 0.0
-        while True:
-            asked = loop.time()
-            await asyncio.sleep(0.1)
-            late = loop.time() - asked - 0.1
-            if late > worst:
-                worst = late
-                gauge.set(round(worst, 4))
+        """The event loop's lag for /metrics (a histogram, and the longest hold since
+        start): what a caller's /check may have waited on top of its own work."""
+        await LoopLag(self.runtime.metrics).run()
 
     async def _watchdog(self, interval: float) -> None:
         # Sent from the event loop itself: if the loop is stuck, the pings stop and
@@ -432,8 +428,12 @@ class Daemon:
             texts = messages.load(new.messages.language, new.messages.file,
                                   new.messages.timezone)  # fmt: skip
             texts = dataclasses.replace(texts, suspected=new.callers.sentence)
-            loaded = await asyncio.to_thread(
-                directory.load, new.topology.file, new.topology.subscribers
+            # Everything made of the new files is made off the event loop (a million
+            # subscribers take seconds): the directory, its inventory's rows, the targets.
+            writing = self.started is not None and self.started.monitor.journal.writer is not None
+            planning = self.started is not None and self.source.follows_reload
+            loaded, ops, targets, plan = await asyncio.to_thread(
+                _prepare, new, writing, self.source.plan if planning else None
             )
         except ConfigError as e:
             self._reloads.inc(outcome="refused")
@@ -444,20 +444,74 @@ class Daemon:
         pending = [k for k in RESTART_KEYS if getattr(new, k) != getattr(self.config, k)]
         if pending:
             log.warning("config.restart_needed", sections=pending)
+        old: list[object] = [self.runtime.directory]
         self.runtime.config = new
         self.runtime.texts = texts
         self.runtime.directory = loaded.directory
         self._loaded(loaded, collect=False)
         started = self.started
         if started is not None:
-            started.monitor.journal.inventory(loaded.directory)
+            started.monitor.journal.inventory(loaded.directory, ops=ops)
             if self.source.follows_reload:
                 started.monitor.config = new
                 started.monitor.set_directory(loaded.directory)
-                self.source.retarget(self._targets(started.monitor), new.probe)
+                old += self.source.retarget(targets, new.probe, plan)
         self._reloads.inc(outcome="applied")
         log.info("config.reloaded", path=str(path))
+        self._spawn(_release(old), "release")
         return "applied", []
+
+
+RELEASE_GRACE = 5.0  # seconds a replaced directory stays whole for requests still reading it
+RELEASE_SLICE = 5_000  # entries freed at a time
+
+
+async def _release(old: list[object]) -> None:
+    """Free what a reload replaced a slice at a time, each its own step of the event loop:
+    dropped at once, a million nodes (or targets) are freed in one go that holds the loop
+    for a second. After a grace, since a request may still be reading the old directory."""
+    await asyncio.sleep(RELEASE_GRACE)
+    containers: list[object] = []
+    for item in old:
+        if isinstance(item, directory.Directory):
+            topo = item.topology
+            containers += [topo.nodes, topo.by_ip, topo.served, topo.by_house]
+            item.streets.clear()
+        else:
+            containers.append(item)
+    old.clear()
+    for c in containers:
+        while c:
+            if isinstance(c, dict):
+                for _ in range(min(RELEASE_SLICE, len(c))):
+                    c.popitem()
+            elif isinstance(c, set):
+                for _ in range(min(RELEASE_SLICE, len(c))):
+                    c.pop()
+            elif isinstance(c, list):
+                del c[-RELEASE_SLICE:]
+            else:
+                break
+            await asyncio.sleep(0)
+
+
+def targets_of(anchors: dict[str, str], current: directory.Directory) -> dict[str, str]:
+    """address -> node id of everything to probe: probed nodes and the anchors."""
+    targets = dict((ip, node) for node, ip in anchors.items())
+    targets.update(current.topology.by_ip)
+    return targets
+
+
+def _prepare(
+    new: Config,
+    writing: bool,
+    plan: Callable[[dict[str, str], config_mod.ProbeConfig], object] | None,
+) -> tuple[directory.Loaded, tuple[Op, Op] | None, dict[str, str], object]:
+    """A reload's work that changes no running state: in a thread."""
+    loaded = directory.load(new.topology.file, new.topology.subscribers)
+    ops = inventory_ops(loaded.directory, time.time()) if writing else None
+    targets = targets_of(anchors_of(new, loaded.directory), loaded.directory)
+    return loaded, ops, targets, plan(targets, new.probe) if plan is not None else None
 
 
 class _Database:

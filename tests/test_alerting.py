@@ -215,7 +215,7 @@ class World:
         self.journal.event(Event(EventKind.RESOLVED, clock.now(), inc.id, inc.root), None, 0)
 
     def metric(self, name: str, target: str) -> float:
-        return self.metrics._metrics[name].get(target=target)
+        return self.metrics.value(name, target=target)
 
     async def rows(self) -> list[asyncpg.Record]:
         return list(await self.pool.fetch("select * from alert_outbox order by id"))

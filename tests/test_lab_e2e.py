@@ -202,7 +202,8 @@ def test_one_router_switched_off_is_cpe_down_for_that_subscriber_only(
     sub = next(s for s in d.d.subscribers if s.ip)
     lab.down(sub.ip or "")
     d.wait("cpe_down", lambda: d.check(account=sub.account)["status"] == "cpe_down")
-    neighbour = next(s for s in d.d.subscribers if s.serving == sub.serving and s is not sub)
+    neighbour = next(s for s in d.d.subscribers
+                     if s.serving == sub.serving and s.account != sub.account)  # fmt: skip
     assert d.check(account=neighbour.account)["status"] == "ok"
     assert d.incidents() == []
 

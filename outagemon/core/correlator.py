@@ -380,7 +380,8 @@ class Correlator(Failures):
             # failures were only added, only to what they add.
             self._dirty = False
             nodes = self.topology.nodes
-            added = [n for n in self._added if n in self._down or n in self.inferred]
+            down, inferred = self._down, self.inferred
+            added = [n for n in self._added if n in down or n in inferred]
             if self._removed:
                 failed = self._failed()
                 cut = self._cut(failed)
@@ -389,7 +390,8 @@ class Correlator(Failures):
             else:
                 # Subscribers' routers are most of what fails in a mass outage: leaves of
                 # kind cpe cut off nothing and are never roots, so they only join the cut.
-                inner = [n for n in added if nodes[n].children or nodes[n].kind != "cpe"]
+                inner_nodes = self.topology.inner_nodes
+                inner = [n for n in added if n in inner_nodes]
                 cut = self._cut_cache
                 cut.update(added)
                 cut = self._cut(set(inner), cut) if inner else cut
@@ -431,7 +433,8 @@ class Correlator(Failures):
             active.append(inc)
             if inc.recovering_since is not None:
                 book.refailed(inc, now)
-        for gone in [r for r in self._pending_since if r not in roots]:
+        root_set = set(roots)
+        for gone in [r for r in self._pending_since if r not in root_set]:
             del self._pending_since[gone]
             self._blocked.pop(gone, None)
         if opened or (changed and active):

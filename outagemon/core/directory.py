@@ -1,16 +1,31 @@
 """Subscribers and the way from a caller to the node that serves them (pure).
 
-Built once per load; every lookup on the phone menu's path is a dict access or, for a
-free-text address that does not match exactly, a fuzzy search over street names.
+Built once per load. A city has a million subscribers, so they are held in columns
+(`Roster`): each text column is one string with an array of end offsets, the numbers
+are arrays, and phone and account numbers are found through sorted arrays of hashes. A
+few dozen objects instead of several million: loading makes few Python objects, the
+garbage collector has nothing to walk, and processes forked after loading share the
+pages, because a lookup writes no reference count into them but those of the few objects
+it reads. A subscriber (`Subscriber`) is made when a lookup returns one. A free-text
+address is a dict access, or a fuzzy search over street names when it does not match
+exactly.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import dataclasses
+import gc
 import io
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, chain, compress, count, islice, repeat
+from operator import and_, eq, lshift, ne, or_, rshift
 from pathlib import Path
+from typing import overload
 
 from rapidfuzz import fuzz, process
 
@@ -18,11 +33,12 @@ from outagemon.core import addresses
 from outagemon.core.addresses import Address
 from outagemon.core.text import bad_character
 from outagemon.core.topology import Node, Topology
-from outagemon.errors import TopologyError, read_text
+from outagemon.errors import TopologyError
 
 COLUMNS = ("account", "phones", "address", "flat", "ip")
 FUZZY_CUTOFF = 80.0  # rapidfuzz ratio a street name must reach to count as the same street
 FUZZY_CLEAR_LEAD = 8.0  # a best match this far ahead of the next wins outright
+CHUNK_ROWS = 20_000  # CSV rows read and turned into columns at a time
 
 
 @dataclass(slots=True)
@@ -35,7 +51,7 @@ class Subscriber:
     serving: str  # the topology node that brings service to the address
     row: int
     # The node whose state is this subscriber's: their router (cpe:ACCOUNT) when it is
-    # probed, else the serving node. Kept rather than computed: the phone menu asks often.
+    # probed, else the serving node.
     node: str = ""
 
     def __post_init__(self) -> None:
@@ -49,6 +65,300 @@ class Subscriber:
 
 def cpe_id(account: str) -> str:
     return f"cpe:{account}"
+
+
+# -- columns ---------------------------------------------------------------------------
+
+
+class Column:
+    """Strings kept as one text and the end offset of each: one object for a million
+    (offsets are 32-bit: up to 4 Gi characters a column)."""
+
+    __slots__ = ("ends", "text")
+
+    def __init__(self, text: str = "", ends: array[int] | None = None) -> None:
+        self.text = text
+        self.ends: array[int] = ends if ends is not None else array("I")
+
+    @classmethod
+    def of(cls, values: Iterable[str]) -> Column:
+        values = list(values)
+        return cls("".join(values), array("I", accumulate(map(len, values))))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> str:
+        ends = self.ends
+        return self.text[ends[i - 1] if i else 0 : ends[i]]
+
+
+class _ColumnBuilder:
+    """A Column made a chunk at a time (the chunk's texts joined, offsets extended)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.ends: array[int] = array("I")
+        self.size = 0
+
+    def extend(self, values: list[str]) -> None:
+        self.parts.append("".join(values))
+        self.ends.extend(islice(accumulate(map(len, values), initial=self.size), 1, None))
+        self.size += len(self.parts[-1])
+
+    def done(self) -> Column:
+        return Column("".join(self.parts), self.ends)
+
+
+_SLOT_BITS = 21  # an entry's position in the packed key: up to 2,097,152 positions
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+_HASH_MASK = 0xFFFFFFFF
+
+
+class HashIndex:
+    """Positions by text, in one sorted array: each entry is the text's 32-bit hash and
+    its position packed into a float's 53 exact bits (floats sort in C at memory speed;
+    a dict of a million strings costs ~100 bytes an entry). A hit is checked against the
+    real text by the caller; equal hashes sit side by side, in position order.
+
+    `hash()` of a str differs between interpreters, so an index is used only in the
+    process that built it and the processes forked from it (`Roster` rebuilds its indexes
+    when it is unpickled elsewhere)."""
+
+    __slots__ = ("hashes", "keys", "slots")
+
+    def __init__(self, texts: Iterable[str], slots: Iterable[int], limit: int) -> None:
+        """`slots`: each text's position, all below `limit`."""
+        self.keys: array[float] = array("d")
+        self.hashes: array[int] = array("q")
+        self.slots: array[int] = array("I")
+        if limit > _SLOT_MASK:  # more positions than the packing holds: slower, exact
+            pairs = sorted(zip(map(hash, texts), slots, strict=True))
+            self.hashes.extend(h for h, _ in pairs)
+            self.slots.extend(p for _, p in pairs)
+            return
+        hashes = map(and_, map(hash, texts), repeat(_HASH_MASK))
+        packed = map(or_, map(lshift, hashes, repeat(_SLOT_BITS)), slots)
+        self.keys = array("d", sorted(map(float, packed)))
+
+    def candidates(self, text: str) -> Iterator[int]:
+        """Positions whose text may be `text` (each to be checked), in position order."""
+        if self.hashes:
+            hashes, h = self.hashes, hash(text)
+            i = bisect.bisect_left(hashes, h)
+            while i < len(hashes) and hashes[i] == h:
+                yield self.slots[i]
+                i += 1
+            return
+        keys = self.keys
+        h = hash(text) & _HASH_MASK
+        i = bisect.bisect_left(keys, float(h << _SLOT_BITS))
+        end = len(keys)
+        while i < end:
+            k = int(keys[i])
+            if k >> _SLOT_BITS != h:
+                return
+            yield k & _SLOT_MASK
+            i += 1
+
+    def collisions(self) -> list[int]:
+        """Positions sharing a hash with another (where duplicates can be; few)."""
+        if self.hashes:
+            top: Sequence[int] = self.hashes
+            at: Sequence[int] | _Slots = self.slots
+        else:
+            top = array("q", map(rshift, map(int, self.keys), repeat(_SLOT_BITS)))
+            at = _Slots(self.keys)
+        same = compress(count(1), map(eq, islice(top, 1, None), top))
+        return sorted({at[j] for i in same for j in (i - 1, i)})
+
+
+class _Slots:
+    """The positions packed in a HashIndex's keys, read one at a time."""
+
+    def __init__(self, keys: array[float]) -> None:
+        self.keys = keys
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.keys[i]) & _SLOT_MASK
+
+
+class Roster(Sequence[Subscriber]):
+    """The subscribers, column by column (see the module's text); `roster[i]` makes the
+    i-th as a Subscriber."""
+
+    def __init__(
+        self,
+        accounts: Column,
+        phones: Column,  # each subscriber's numbers, E.164, joined by ";"
+        flats: Column,
+        ips: Column,  # "" for a subscriber without a probed router
+        rows: array[int],
+        place: array[int],  # index into places
+        places: list[tuple[str, Address]],  # (serving node, building)
+    ) -> None:
+        self.accounts, self.phones, self.flats, self.ips = accounts, phones, flats, ips
+        self.rows, self.place, self.places = rows, place, places
+        self._index()
+
+    def _index(self) -> None:
+        n = len(self)
+        self._by_account = HashIndex(_texts(self.accounts), range(n), n)
+        phones = self.phones
+        if ";" in phones.text:  # several numbers for some: one entry per number
+            numbers: list[str] = []
+            owners: list[int] = []
+            for i, written in enumerate(_texts(phones)):
+                for p in written.split(";"):
+                    if p:
+                        numbers.append(p)
+                        owners.append(i)
+            self._by_phone = HashIndex(numbers, owners, n)
+        else:
+            self._by_phone = HashIndex(_texts(phones), range(n), n)
+        self._seed = hash(_SEED)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_by_account", "_by_phone")} | {
+            "_indexes": (self._by_account, self._by_phone)
+        }
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        indexes = state.pop("_indexes")
+        self.__dict__.update(state)
+        if self._seed == hash(_SEED):  # same hashes (forked): the indexes hold
+            self._by_account, self._by_phone = indexes  # type: ignore[misc]
+        else:
+            self._index()
+
+    @classmethod
+    def of(cls, subscribers: Iterable[Subscriber]) -> Roster:
+        """Columns from Subscriber objects (tests, the simulator)."""
+        subs = list(subscribers)
+        places: dict[tuple[str, Address], int] = {}
+        place = array("I")
+        for s in subs:
+            place.append(places.setdefault((s.serving, s.address), len(places)))
+        return cls(
+            Column.of(s.account for s in subs),
+            Column.of(";".join(s.phones) for s in subs),
+            Column.of(s.flat for s in subs),
+            Column.of(s.ip or "" for s in subs),
+            array("I", (s.row for s in subs)),
+            place,
+            list(places),
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, i: int) -> Subscriber: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Subscriber]: ...
+    def __getitem__(self, i: int | slice) -> Subscriber | list[Subscriber]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        serving, address = self.places[self.place[i]]
+        phones = self.phones[i]
+        account = self.accounts[i]
+        ip = self.ips[i]
+        return Subscriber(
+            account,
+            tuple(phones.split(";")) if phones else (),
+            address,
+            self.flats[i],
+            ip or None,
+            serving,
+            self.rows[i],
+            cpe_id(account) if ip else serving,
+        )
+
+    def __iter__(self) -> Iterator[Subscriber]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def serving(self, i: int) -> str:
+        return self.places[self.place[i]][0]
+
+    def records(self) -> Iterator[tuple[str, list[str], Address, str, str | None, str]]:
+        """(account, phones, building, flat, ip, node) of each, in order, without making
+        a Subscriber each (the inventory's million rows)."""
+        places = self.places
+        for account, phones, flat, ip, p in zip(_texts(self.accounts), _texts(self.phones),
+                                                _texts(self.flats), _texts(self.ips), self.place,
+                                                strict=True):  # fmt: skip
+            serving, building = places[p]
+            yield (account, phones.split(";") if phones else [], building, flat, ip or None,
+                   cpe_id(account) if ip else serving)  # fmt: skip
+
+    def node(self, i: int) -> str:
+        """The node whose state is the i-th subscriber's (see Subscriber.node)."""
+        return cpe_id(self.accounts[i]) if self.ips[i] else self.serving(i)
+
+    def by_account(self, account: str) -> int | None:
+        accounts = self.accounts
+        for i in self._by_account.candidates(account):
+            if accounts[i] == account:
+                return i
+        return None
+
+    def by_phone(self, phone: str) -> list[int]:
+        """Every subscriber giving this number (E.164), in load order."""
+        phones = self.phones
+        out = []
+        for i in self._by_phone.candidates(phone):
+            found = phones[i]
+            if found == phone or phone in found.split(";"):
+                out.append(i)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Serving node -> subscribers it serves directly."""
+        out: dict[str, int] = {}
+        for p, n in Counter(self.place).items():
+            serving = self.places[p][0]
+            out[serving] = out.get(serving, 0) + n
+        return out
+
+    def without(self, drop: set[int]) -> Roster:
+        """The roster less some subscribers (positions)."""
+        keep = [i for i in range(len(self)) if i not in drop]
+        return Roster(
+            Column.of(_texts(self.accounts, keep)),
+            Column.of(_texts(self.phones, keep)),
+            Column.of(_texts(self.flats, keep)),
+            Column.of(_texts(self.ips, keep)),
+            array("I", map(self.rows.__getitem__, keep)),
+            array("I", map(self.place.__getitem__, keep)),
+            self.places,
+        )
+
+    _seed: int
+    _by_account: HashIndex
+    _by_phone: HashIndex
+
+
+_SEED = "outagemon.directory"
+
+
+def _texts(column: Column, positions: Iterable[int] | None = None) -> Iterator[str]:
+    """The column's strings in order (or those at `positions`), one at a time."""
+    text, ends = column.text, column.ends
+    if positions is None:
+        return map(text.__getitem__, map(slice, chain((0,), ends), ends))
+    return map(column.__getitem__, positions)
+
+
+def _filled(column: Column) -> list[int]:
+    """Positions of the column's non-empty strings."""
+    ends = column.ends
+    return list(compress(range(len(ends)), map(ne, ends, chain((0,), ends))))
+
+
+# -- the phone menu's questions -----------------------------------------------------------
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass is slower to make, once a call
@@ -96,25 +406,11 @@ def _flat_number(flat: str) -> int | None:
 class Directory:
     """The topology with its subscribers, indexed for the phone menu's questions."""
 
-    def __init__(self, topology: Topology, subscribers: list[Subscriber]) -> None:
+    def __init__(self, topology: Topology, subscribers: Roster | Iterable[Subscriber]) -> None:
         self.topology = topology
-        self.subscribers = subscribers
-        self.by_account: dict[str, Subscriber] = {}
-        # One phone usually has one account: store the subscriber itself, a list only
-        # for the few that share a number (saves ~60 bytes a subscriber at a million).
-        self.by_phone: dict[str, Subscriber | list[Subscriber]] = {}
-        self.counts: dict[str, int] = {}  # node -> subscribers it serves directly
-        for sub in subscribers:
-            self.by_account[sub.account] = sub
-            for phone in sub.phones:
-                present = self.by_phone.get(phone)
-                if present is None:
-                    self.by_phone[phone] = sub
-                elif isinstance(present, list):
-                    present.append(sub)
-                else:
-                    self.by_phone[phone] = [present, sub]
-            self.counts[sub.serving] = self.counts.get(sub.serving, 0) + 1
+        roster = subscribers if isinstance(subscribers, Roster) else Roster.of(subscribers)
+        self.subscribers: Roster = roster
+        self.counts: dict[str, int] = roster.counts()  # node -> subscribers it serves directly
         self.streets: dict[str, list[str]] = {}  # street name -> building keys on it
         for address in topology.buildings():
             self.streets.setdefault(address.street, []).append(address.key)
@@ -124,15 +420,21 @@ class Directory:
 
     def phone(self, text: str) -> Match:
         phone = addresses.normalise_phone(text)
-        found = self.by_phone.get(phone) if phone else None
-        if isinstance(found, list):  # a number several accounts give
-            if len({(s.address.key, s.flat) for s in found}) > 1:
-                return Match(candidates=tuple(sorted({s.where().text() for s in found})))
-            return _one(found[0])
-        return _one(found)
+        if not phone:
+            return NOT_FOUND
+        found = self.subscribers.by_phone(phone)
+        if not found:
+            return NOT_FOUND
+        roster = self.subscribers
+        if len(found) > 1:  # a number several accounts give
+            subs = [roster[i] for i in found]
+            if len({(s.address.key, s.flat) for s in subs}) > 1:
+                return Match(candidates=tuple(sorted({s.where().text() for s in subs})))
+        return _one(roster[found[0]])
 
     def account(self, text: str) -> Match:
-        return _one(self.by_account.get(text.strip()))
+        i = self.subscribers.by_account(text.strip())
+        return NOT_FOUND if i is None else _one(self.subscribers[i])
 
     # -- free-text address -----------------------------------------------------------
 
@@ -176,113 +478,283 @@ class Directory:
 # -- loading ---------------------------------------------------------------------------
 
 
-def parse_csv(text: str, path: Path, topology: Topology) -> tuple[list[Subscriber], list[str]]:
-    """Subscribers from the CSV text, and a sentence for each row that could not be used."""
-    reader = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(reader, [])]
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        return [], [f"{path}: the header lacks column(s) {', '.join(missing)}; "
-                    f"it must name {','.join(COLUMNS)}."]  # fmt: skip
-    problems: list[str] = []
-    subscribers: list[Subscriber] = []
-    accounts: dict[str, int] = {}
-    ips: dict[str, str] = dict(topology.by_ip)
-    parsed_cache: dict[str, Address | None] = {}
-    at = [header.index(c) for c in COLUMNS]
-    width = max(at) + 1
-    for row_number, fields in enumerate(reader, start=2):
-        where = f"{path}: row {row_number}"
-        if len(fields) < width:
-            if fields:
-                problems.append(f"{where}: has {len(fields)} fields, the header {len(header)}.")
-            continue
-        values = [fields[i].strip() for i in at]
-        if bad_character(",".join(values)) is not None:  # one search a row: a million rows
-            # PostgreSQL refuses a NUL, UTF-8 a lone surrogate: the row, not the load.
-            column, bad = next((c, b) for c, v in zip(COLUMNS, values, strict=True)
-                               if (b := bad_character(v)) is not None)  # fmt: skip
-            problems.append(f"{where}: {column} holds {bad}; fix the export.")
-            continue
-        account, raw_phones, raw_address, raw_flat, raw_ip = values
-        if not account:
-            problems.append(f"{where}: account is empty.")
-            continue
-        if account in accounts:
-            problems.append(f"{where}: account {account!r} is already on row {accounts[account]}.")
-            continue
-        phones: list[str] = []
-        for raw_phone in raw_phones.split(";"):
-            if not raw_phone.strip():
-                continue
-            phone = addresses.normalise_phone(raw_phone)
-            if phone is None:
-                problems.append(f"{where}: phones: {raw_phone.strip()!r} is not a phone number.")
-            else:
-                phones.append(phone)
-        if raw_address not in parsed_cache:
-            parsed_cache[raw_address] = addresses.parse(raw_address)
-        address = parsed_cache[raw_address]
+_TABLE_FLATS = 4096  # flat numbers a building's lookup table covers at most
+
+
+class _Written:
+    """A written address: as parsed, and where each flat of it leads."""
+
+    __slots__ = ("address", "every", "only", "ranged", "table", "whole")
+
+    def __init__(self, address: Address, ranged: list[tuple[int, int, int]], whole: list[int],
+                 every: list[int]) -> None:  # fmt: skip
+        self.address = address
+        self.ranged = ranged  # (lo, hi, place) of the flat ranges
+        self.whole = whole  # places serving the whole building
+        self.every = every
+        # The one place whatever the flat, else -1; and by flat number, the one place
+        # (or -1: none or several, which `_Places.of` puts in words).
+        self.only = every[0] if len(every) == 1 and not ranged else -1
+        self.table = array("i")
+        top = max((hi for _, hi, _ in ranged), default=-1)
+        if top <= _TABLE_FLATS:
+            # Ranges of one building do not overlap between nodes (the topology's check).
+            self.table = array("i", repeat(whole[0] if len(whole) == 1 else -1, top + 1))
+            for lo, hi, place in ranged:
+                self.table[lo : hi + 1] = array("i", repeat(place, hi + 1 - lo))
+
+    def nodes(self, number: int | None) -> list[int]:
+        """The places a flat's number leads to (Topology.serving's rule)."""
+        if number is None:
+            return self.every
+        nodes: list[int] = []
+        for lo, hi, place in self.ranged:
+            if lo <= number <= hi and place not in nodes:
+                nodes.append(place)
+        return nodes or self.whole
+
+
+class _Places:
+    """Where a written address and flat lead: (place index, flat), or the sentence why
+    nowhere; remembered per written address (a building's rows repeat its text)."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.places: list[tuple[str, Address]] = []
+        self._index: dict[tuple[str, int], int] = {}  # (node, id of building) -> place
+        self.written: dict[str, _Written | str] = {}  # or the sentence why it leads nowhere
+
+    def _place(self, node: str, building: Address) -> int:
+        key = (node, id(building))
+        found = self._index.get(key)
+        if found is None:
+            found = self._index[key] = len(self.places)
+            self.places.append((node, building))
+        return found
+
+    def building(self, raw: str) -> _Written | str:
+        found = self.written.get(raw)
+        if found is None:
+            found = self.written[raw] = self._building(raw)
+        return found
+
+    def _building(self, raw: str) -> _Written | str:
+        address = addresses.parse(raw)
         if address is None:
-            problems.append(f"{where}: address {raw_address!r} has no street and house number.")
-            continue
-        flat = raw_flat or address.flat
-        ip: str | None = None
-        if raw_ip:
-            ip = addresses.canonical_ip(raw_ip)
-            if ip is None:
-                problems.append(f"{where}: ip {raw_ip!r} is not an IP address.")
-                continue
-            if ip in ips:
-                problems.append(f"{where}: ip {ip} is already used by {ips[ip]!r}.")
-                continue
+            return f"address {raw!r} has no street and house number."
+        topology = self.topology
         # The CRM is the provider's own record: an exact building wins; a caller saying
         # "Ленина 5" is asked which of 5, 5к1, 5к2 they mean, the export is not.
         keys = [address.key] if address.key in topology.served else topology.matching(address)
         if len(keys) > 1:
-            problems.append(
-                f"{where}: address {raw_address!r} could be any of "
+            return (
+                f"address {raw!r} could be any of "
                 f"{'; '.join(topology.served[k][0][0].address.text() for k in keys)}."
             )
-            continue
-        served = topology.served[keys[0]][0][0].address if keys else address
-        nodes = topology.serving(served, _flat_number(flat))
+        if not keys:  # no building: each row's sentence says so, with its flat
+            return _Written(address, [], [], [])
+        entries = topology.served[keys[0]]
+        building = entries[0][0].address
+        ranged = [(lo, hi, self._place(n, building)) for s, n in entries if s.flats is not None
+                  for lo, hi in s.flats]  # fmt: skip
+        whole = list(dict.fromkeys(self._place(n, building) for s, n in entries
+                                   if s.flats is None))  # fmt: skip
+        every = list(dict.fromkeys(self._place(n, building) for _, n in entries))
+        return _Written(address, ranged, whole, every)
+
+    def of(self, written: _Written, raw_flat: str) -> tuple[int, str] | str:
+        """(place, flat) for a row, or the sentence why it has none."""
+        address = written.address
+        flat = raw_flat or address.flat
+        nodes = written.nodes(_flat_number(flat))
+        if len(nodes) == 1:
+            return nodes[0], flat
         if not nodes:
-            problems.append(
-                f"{where}: address {address.text(with_flat=False)!r}"
+            return (
+                f"address {address.text(with_flat=False)!r}"
                 f"{f' flat {flat}' if flat else ''} is served by no node in the topology."
             )
-            continue
-        if len(nodes) > 1:
-            problems.append(
-                f"{where}: address {address.text(with_flat=False)!r} is split between "
-                f"{', '.join(nodes)} by flat; give the flat."
-            )
-            continue
-        accounts[account] = row_number
-        if ip is not None:
-            ips[ip] = cpe_id(account)
-        subscribers.append(
-            Subscriber(account, tuple(phones), served, flat, ip, nodes[0], row_number)
+        return (
+            f"address {address.text(with_flat=False)!r} is split between "
+            f"{', '.join(self.places[p][0] for p in nodes)} by flat; give the flat."
         )
-    return subscribers, problems
 
 
-def with_cpes(topology: Topology, subscribers: list[Subscriber]) -> Topology:
+def read_rows(
+    rows: Iterator[list[str]], path: Path, topology: Topology
+) -> tuple[Roster, list[str]]:
+    """Subscribers from CSV rows (the header first), and a sentence for each row that could
+    not be used. Rows are taken a chunk at a time into columns: at no time is there a
+    Python object per subscriber."""
+    header = [h.strip() for h in next(rows, [])]
+    missing = [c for c in COLUMNS if c not in header]
+    empty = Roster(Column(), Column(), Column(), Column(), array("I"), array("I"), [])
+    if missing:
+        return empty, [f"{path}: the header lacks column(s) {', '.join(missing)}; "
+                       f"it must name {','.join(COLUMNS)}."]  # fmt: skip
+    problems: list[tuple[int, str]] = []
+    ia, iph, iad, ifl, iip = (header.index(c) for c in COLUMNS)
+    width = max(ia, iph, iad, ifl, iip) + 1
+    topo_ips = topology.by_ip
+    places = _Places(topology)
+    written_at, building = places.written.get, places.building
+    normalise_phone, canonical_ip = addresses.normalise_phone, addresses.canonical_ip
+    accounts, phones, flats, ips = (_ColumnBuilder() for _ in range(4))
+    numbers: array[int] = array("I")
+    place_of: array[int] = array("I")
+    row_number = 1
+    while True:
+        chunk = list(islice(rows, CHUNK_ROWS))
+        if not chunk:
+            break
+        # One search a chunk: only a chunk with a bad character anywhere checks row by row.
+        checked = bad_character(",".join(map(",".join, chunk))) is not None
+        c_accounts: list[str] = []
+        c_phones: list[str] = []
+        c_flats: list[str] = []
+        c_ips: list[str] = []
+        c_rows: list[int] = []
+        c_places: list[int] = []
+        for fields in chunk:
+            row_number += 1
+            if len(fields) < width:
+                if fields:
+                    problems.append((row_number, f"has {len(fields)} fields, "
+                                                 f"the header {len(header)}."))  # fmt: skip
+                continue
+            account = fields[ia].strip()
+            raw_phones = fields[iph].strip()
+            raw_address = fields[iad].strip()
+            raw_flat = fields[ifl].strip()
+            raw_ip = fields[iip].strip()
+            if checked:
+                values = (account, raw_phones, raw_address, raw_flat, raw_ip)
+                bad = next(((c, b) for c, v in zip(COLUMNS, values, strict=True)
+                            if (b := bad_character(v)) is not None), None)  # fmt: skip
+                if bad is not None:
+                    # PostgreSQL refuses a NUL, UTF-8 a lone surrogate: the row, not the load.
+                    problems.append((row_number, f"{bad[0]} holds {bad[1]}; fix the export."))
+                    continue
+            if not account:
+                problems.append((row_number, "account is empty."))
+                continue
+            phone = normalise_phone(raw_phones) if ";" not in raw_phones else None
+            if phone is None:  # several numbers, or one to complain about
+                given: list[str] = []
+                for raw_phone in raw_phones.split(";"):
+                    if not raw_phone.strip():
+                        continue
+                    one = normalise_phone(raw_phone)
+                    if one is None:
+                        problems.append((row_number, f"phones: {raw_phone.strip()!r} "
+                                                     "is not a phone number."))  # fmt: skip
+                    else:
+                        given.append(one)
+                phone = ";".join(given)
+            written = written_at(raw_address)
+            if written is None:
+                written = building(raw_address)
+            if type(written) is str:
+                problems.append((row_number, written))
+                continue
+            assert isinstance(written, _Written)
+            place = written.only
+            flat = raw_flat
+            if place < 0:
+                table = written.table
+                if raw_flat.isdigit() and raw_flat.isascii() and int(raw_flat) < len(table):
+                    place = table[int(raw_flat)]
+                if place < 0:
+                    found = places.of(written, raw_flat)
+                    if isinstance(found, str):
+                        problems.append((row_number, found))
+                        continue
+                    place, flat = found
+            elif not flat:
+                flat = written.address.flat
+            ip = ""
+            if raw_ip:
+                canonical = canonical_ip(raw_ip)
+                if canonical is None:
+                    problems.append((row_number, f"ip {raw_ip!r} is not an IP address."))
+                    continue
+                if canonical in topo_ips:
+                    problems.append((row_number, f"ip {canonical} is already used by "
+                                                 f"{topo_ips[canonical]!r}."))  # fmt: skip
+                    continue
+                ip = canonical
+            c_accounts.append(account)
+            c_phones.append(phone)
+            c_flats.append(flat)
+            c_ips.append(ip)
+            c_rows.append(row_number)
+            c_places.append(place)
+        accounts.extend(c_accounts)
+        phones.extend(c_phones)
+        flats.extend(c_flats)
+        ips.extend(c_ips)
+        numbers.extend(c_rows)
+        place_of.extend(c_places)
+    roster = Roster(
+        accounts.done(), phones.done(), flats.done(), ips.done(), numbers, place_of,
+        places.places,
+    )  # fmt: skip
+    roster, more = _without_duplicates(roster)
+    problems += more
+    problems.sort(key=lambda p: p[0])
+    return roster, [f"{path}: row {n}: {text}" for n, text in problems]
+
+
+def _without_duplicates(roster: Roster) -> tuple[Roster, list[tuple[int, str]]]:
+    """A second account of the same number, or a second router at one ip, is left out
+    (the first row keeps it). Only the rows whose hashes collide are looked at, in row
+    order, as a single pass over every row would."""
+    suspects = set(roster._by_account.collisions())
+    with_ip = _filled(roster.ips)
+    by_ip = HashIndex(_texts(roster.ips, with_ip), range(len(with_ip)), len(with_ip))
+    suspects.update(with_ip[i] for i in by_ip.collisions())
+    if not suspects:
+        return roster, []
+    problems: list[tuple[int, str]] = []
+    drop: set[int] = set()
+    accounts: dict[str, int] = {}
+    ips: dict[str, str] = {}
+    for i in sorted(suspects):
+        account, ip, row = roster.accounts[i], roster.ips[i], roster.rows[i]
+        if account in accounts:
+            problems.append((row, f"account {account!r} is already on row {accounts[account]}."))
+            drop.add(i)
+        elif ip and ip in ips:
+            problems.append((row, f"ip {ip} is already used by {ips[ip]!r}."))
+            drop.add(i)
+        else:
+            accounts[account] = row
+            if ip:
+                ips[ip] = cpe_id(account)
+    return (roster.without(drop) if drop else roster), problems
+
+
+def parse_csv(text: str, path: Path, topology: Topology) -> tuple[list[Subscriber], list[str]]:
+    """Subscribers from the CSV text, and a sentence for each row that could not be used."""
+    roster, problems = read_rows(csv.reader(io.StringIO(text)), path, topology)
+    return list(roster), problems
+
+
+def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber]) -> Topology:
     """The topology plus a probed `cpe` node under the serving node of each subscriber with ip."""
+    roster = subscribers if isinstance(subscribers, Roster) else Roster.of(subscribers)
     nodes = list(topology.nodes.values())
-    for sub in subscribers:
-        if sub.ip:
-            nodes.append(
-                Node(
-                    id=sub.node,  # the same string: one copy for a million routers
-                    kind="cpe",
-                    ip=sub.ip,
-                    parents=(sub.serving,),
-                    name=sub.account,
-                    line=sub.row,
-                )
-            )
+    # One uplink tuple per serving node, shared by its routers.
+    uplinks = [(serving,) for serving, _ in roster.places]
+    ips, accounts, place = roster.ips, roster.accounts, roster.place
+    text, start = ips.text, 0
+    for i, end in enumerate(ips.ends):
+        if end != start:
+            # Named by its id (the same string: "cpe:ACCOUNT" says whose it is), line 0
+            # (its row is the roster's): two objects fewer a router, ~80 MiB at a million.
+            node_id = cpe_id(accounts[i])
+            nodes.append(Node(node_id, "cpe", text[start:end], uplinks[place[i]], node_id))
+        start = end
     return Topology(nodes)
 
 
@@ -296,10 +768,27 @@ def load(topology_path: Path, subscribers_path: Path | None) -> Loaded:
     """Read both files; TopologyError for a broken topology, row problems returned."""
     from outagemon.core import topology as topology_mod
 
-    topo = topology_mod.load(topology_path)
-    if subscribers_path is None:
-        return Loaded(Directory(topo, []), [])
-    # utf-8-sig: CRM exports often start with a byte-order mark
-    text = read_text(subscribers_path, TopologyError, encoding="utf-8-sig")
-    subs, problems = parse_csv(text, subscribers_path, topo)
-    return Loaded(Directory(with_cpes(topo, subs), subs), problems)
+    # Millions of objects are made and none is garbage: the cyclic collector would walk
+    # them all again and again for nothing.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        topo = topology_mod.load(topology_path)
+        if subscribers_path is None:
+            return Loaded(Directory(topo, []), [])
+        roster, problems = _read_file(subscribers_path, topo)
+        return Loaded(Directory(with_cpes(topo, roster), roster), problems)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_file(path: Path, topology: Topology) -> tuple[Roster, list[str]]:
+    try:
+        # utf-8-sig: CRM exports often start with a byte-order mark
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            return read_rows(csv.reader(f), path, topology)
+    except FileNotFoundError:
+        raise TopologyError([f"{path}: no such file."]) from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise TopologyError([f"{path}: cannot be read: {e}."]) from None

@@ -239,13 +239,16 @@ class Failures(Health):
             queue = deque(failed)  # each is expanded, even if already counted in the cut
             cut.update(queue)
         nodes = self.topology.nodes
+        several = self.topology.several_uplinks
         while queue:
-            for child in nodes[queue.popleft()].children:
-                if child in cut:
-                    continue
-                parents = nodes[child].parents
-                # Most nodes have one uplink, and the node just taken from the queue is it.
-                if len(parents) == 1 or all(p in cut for p in parents):
-                    cut.add(child)
-                    queue.append(child)
+            kids = nodes[queue.popleft()].children
+            if not kids:  # a leaf (most of a mass outage's nodes are routers)
+                continue
+            # Most nodes have one uplink, and the node just taken from the queue is it: one
+            # comprehension a parent, not a loop of Python a child.
+            new = [c for c in kids if c not in cut
+                   and (c not in several or all(p in cut for p in nodes[c].parents))]  # fmt: skip
+            if new:
+                cut.update(new)
+                queue.extend(new)
         return cut

@@ -224,21 +224,26 @@ class IncidentBook:
         """Every cut-off node joins the incident of the root above it (the oldest, if two);
         unless `grow`, only nodes it already had (they may leave it, none joins)."""
         nodes = topology.nodes
+        inner = topology.inner_nodes  # the nodes that may have children
         owner: dict[str, int] = {}
         roots = {inc.root for inc in active}
+        # Cut-off nodes no incident has taken yet, roots never: one lookup a child, and
+        # one comprehension a parent rather than a loop of Python a child.
+        free = cut - roots
         for inc in sorted(active, key=lambda i: i.id):
             owner.setdefault(inc.root, inc.id)
             members = [inc.root]
             had = None if grow else set(inc.nodes)
             queue = deque(members)
             while queue:
-                for child in nodes[queue.popleft()].children:
-                    if had is not None and child not in had:
-                        continue
-                    if child in cut and child not in owner and child not in roots:
-                        owner[child] = inc.id
-                        members.append(child)
-                        queue.append(child)
+                kids = nodes[queue.popleft()].children
+                new = [c for c in kids if c in free and (had is None or c in had)]
+                if new:
+                    free.difference_update(new)
+                    owner.update(dict.fromkeys(new, inc.id))
+                    members += new
+                    # Leaves (most of a mass outage's nodes are routers) are not walked.
+                    queue += [c for c in new if c in inner] if len(new) > 8 else new
             old = inc.nodes
             # Lengths first: comparing as sets is needed only when they are equal.
             if len(members) != len(old) or members[0] != old[0] or set(members) != set(old):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,10 @@ class Served:
         return ",".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in self.flats)
 
 
+# The labels of a node that has none: one dict shared by all of them (a million routers).
+_NO_LABELS: dict[str, str] = {}
+
+
 @dataclass(slots=True)
 class Node:
     id: str
@@ -56,10 +60,13 @@ class Node:
     name: str = ""
     serves: tuple[Served, ...] = ()
     line: int = 0  # where it was declared, for messages
-    children: list[str] = field(default_factory=list)
+    # Filled by Topology; a node without children shares one empty tuple (a million
+    # routers, no million empty lists).
+    children: Sequence[str] = ()
     # The operator's own labels (a district, a region), inherited by the nodes below: they
-    # route the alerts (outagemon/alerting).
-    labels: dict[str, str] = field(default_factory=dict)
+    # route the alerts (outagemon/alerting). Nodes without any share one empty dict (never
+    # changed after parsing).
+    labels: dict[str, str] = dataclasses.field(default_factory=lambda: _NO_LABELS)
 
     @property
     def probed(self) -> bool:
@@ -72,11 +79,25 @@ class Topology:
     def __init__(self, nodes: Iterable[Node]) -> None:
         self.nodes: dict[str, Node] = {n.id: n for n in nodes}
         self._ancestors: dict[str, list[str]] = {}
+        children: dict[str, list[str]] = {}
+        # Nodes with more than one uplink: few, and the cut's walk asks about every node.
+        self.several_uplinks: set[str] = set()
         for node in self.nodes.values():
-            node.children = []
-        for node in self.nodes.values():
+            if len(node.parents) > 1:
+                self.several_uplinks.add(node.id)
             for parent in node.parents:
-                self.nodes[parent].children.append(node.id)
+                found = children.get(parent)
+                if found is None:
+                    children[parent] = [node.id]
+                else:
+                    found.append(node.id)
+        for node in self.nodes.values():
+            node.children = children.get(node.id, ())
+        # Every node but the routers without children (kind cpe): those are most of the
+        # nodes and explain no failure; this is the small set of the others.
+        self.inner_nodes: set[str] = {
+            n.id for n in self.nodes.values() if n.children or n.kind != "cpe"
+        }
         self.roots: list[str] = [n.id for n in self.nodes.values() if not n.parents]
         self.by_ip: dict[str, str] = {n.ip: n.id for n in self.nodes.values() if n.ip}
         # building key -> what serves it; and street|house -> building keys, for callers
@@ -306,7 +327,7 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         name=str(name),
         serves=tuple(serves),
         line=line,
-        labels=labels,
+        labels=labels or _NO_LABELS,
     )
 
 

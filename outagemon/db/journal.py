@@ -308,16 +308,18 @@ class Journal:
         """A cluster's standby writes nothing: the leader writes what it decides."""
         return self.clustered and self.epoch is None
 
-    def inventory(self, current: Directory, at: float | None = None) -> None:
+    def inventory(self, current: Directory, at: float | None = None,
+                  ops: tuple[Op, Op] | None = None) -> None:  # fmt: skip
         """The loaded topology and subscribers replace the stored ones: two writes, so a
         subscriber row the database refuses never keeps the nodes (which incidents refer
         to) from being stored. The subscribers' periods (`subscriber_period`) begin or end
-        at `at` (wall time; now when not given)."""
+        at `at` (wall time; now when not given). `ops`: inventory_ops(current, at) when
+        made already (a reload makes them off the event loop: a million rows take seconds)."""
         if self.writer is None:
             return
         if self._standing_by():
             return
-        nodes, subscribers = inventory_ops(current, time.time() if at is None else at)
+        nodes, subscribers = ops or inventory_ops(current, time.time() if at is None else at)
         # Not fenced: a million subscribers take seconds to write, and a fenced write holds
         # the lease row (the leader's own renewals would wait); only the leader writes it.
         self.writer.submit("inventory", nodes, size=256 * len(current.topology))
@@ -466,14 +468,16 @@ def inventory_ops(current: Directory, at: float) -> tuple[Op, Op]:
     """The topology's nodes, and the subscribers (with their periods from `at`, wall
     time), as two writes."""
     nodes = [(n.id, n.kind, n.ip, n.name, list(n.parents)) for n in current.topology.nodes.values()]
-    subs = [
-        (s.account, list(s.phones), s.address.text(with_flat=False), s.flat, s.ip, s.node)
-        for s in current.subscribers
-    ]
-    periods = [
-        (s.account, s.serving, s.address.text(with_flat=False), s.flat, list(s.phones))
-        for s in current.subscribers
-    ]
+    texts: dict[int, str] = {}  # a building's text, by the identity of its Address
+    subs = []
+    periods = []
+    roster = current.subscribers
+    for i, (account, phones, building, flat, ip, node) in enumerate(roster.records()):
+        text = texts.get(id(building))
+        if text is None:
+            text = texts[id(building)] = building.text(with_flat=False)
+        subs.append((account, phones, text, flat, ip, node))
+        periods.append((account, roster.serving(i), text, flat, phones))
     loaded_at = datetime.fromtimestamp(at, UTC)
 
     async def write_nodes(conn: Conn) -> None:

@@ -755,7 +755,13 @@ class Engine:
 
     def _sweep(self) -> None:
         try:
-            self._expire(time.monotonic())
+            now = time.monotonic()
+            if self._expiry and self._expiry[0][0] <= now:
+                # Replies waiting in a socket came in time: after the loop was held, the
+                # sweep may run before the reader, and must not call them lost.
+                for fam in list(self._families.values()):
+                    self._drain(fam)
+            self._expire(now)
         except Exception as e:
             self._failed(e)
         finally:

@@ -11,6 +11,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from outagemon import logs
@@ -18,7 +19,7 @@ from outagemon.config import ProbeConfig
 from outagemon.errors import OutagemonError
 from outagemon.metrics import Registry
 from outagemon.probing.engine import Engine, PermissionProblem
-from outagemon.probing.scheduler import Outcome, Scheduler
+from outagemon.probing.scheduler import Outcome, Plan, Scheduler
 
 log = logs.get("outagemon.daemon")  # its lines have always been the daemon's
 
@@ -40,6 +41,13 @@ class Readiness(Protocol):
     not_ready: str | None
     probe_rate: float
     metrics: Registry
+
+
+@dataclass(slots=True)
+class Retarget:
+    node_of: dict[str, str]  # address -> node
+    ip_of: dict[str, str]  # node -> address
+    schedule: Plan
 
 
 class IcmpSource:
@@ -87,11 +95,23 @@ class IcmpSource:
         return {"scheduler": self.scheduler.run(), "correlate": self._correlate(feed, shown),
                 "engine": _wait(failed)}  # fmt: skip
 
-    def retarget(self, targets: dict[str, str], probe: ProbeConfig) -> None:
-        """A reload: new targets, interval and rate; the old targets keep their phase."""
-        self._targets(targets)
-        self.scheduler.set_targets(list(self.node_of), probe.interval)
+    def plan(self, targets: dict[str, str], probe: ProbeConfig) -> Retarget:
+        """retarget()'s work that changes nothing yet: made in a thread at a reload."""
+        ip_of = {node: ip for ip, node in targets.items()}
+        return Retarget(targets, ip_of, self.scheduler.plan(list(targets), probe.interval))
+
+    def retarget(self, targets: dict[str, str], probe: ProbeConfig,
+                 plan: object = None) -> list[object]:  # fmt: skip
+        """A reload: new targets, interval and rate; the old targets keep their phase.
+        `plan`: from plan() with the same targets, when made already. Returns the
+        replaced containers (a million entries: the caller frees them in slices)."""
+        if not isinstance(plan, Retarget):
+            plan = self.plan(targets, probe)
+        old: list[object] = [self.node_of, self.ip_of]
+        self.node_of, self.ip_of = plan.node_of, plan.ip_of
+        old += self.scheduler.apply(plan.schedule)
         self.scheduler.max_rate = probe.max_rate
+        return old
 
     def close(self) -> None:
         self.engine.close()

@@ -63,6 +63,17 @@ def phase(target: str, interval: float) -> float:
     return zlib.crc32(target.encode()) / 2**32 * interval
 
 
+@dataclass(slots=True)
+class Plan:
+    """A new set of targets, ready to apply (Scheduler.plan)."""
+
+    interval: float
+    wanted: set[str]
+    heap: list[tuple[float, str]]  # (due, target), a heap
+    gone: list[str]  # active now, not wanted
+    new: list[str]  # wanted, not active now
+
+
 class Scheduler:
     def __init__(
         self,
@@ -90,22 +101,38 @@ class Scheduler:
 
     def set_targets(self, targets: list[str], interval: float | None = None) -> None:
         """Replace the probed set; targets that stay keep their history and rhythm."""
-        if interval is not None:
-            self.interval = interval
+        self.apply(self.plan(targets, interval))
+
+    def plan(self, targets: list[str], interval: float | None = None) -> Plan:
+        """set_targets' work, without changing anything: a thread may make it while the
+        event loop probes (it reads only what apply() writes), so that a million targets
+        hold the loop only for apply()."""
+        interval = self.interval if interval is None else interval
         wanted = set(targets)
-        for gone in self._active - wanted:
-            self.history.pop(gone, None)
         now = self.clock()
-        base = now - now % self.interval
-        self._heap = []
+        base = now - now % interval
+        heap: list[tuple[float, str]] = []
         for target in wanted:
-            due = base + phase(target, self.interval)
+            due = base + phase(target, interval)
             if due < now:
-                due += self.interval
-            self._heap.append((due, target))
+                due += interval
+            heap.append((due, target))
+        heapq.heapify(heap)
+        active = self._active
+        return Plan(interval, wanted, heap, list(active - wanted), list(wanted - active))
+
+    def apply(self, plan: Plan) -> list[object]:
+        """Probe the planned targets from now on (what was due meanwhile is sent now).
+        Returns the replaced containers, for the caller to free a slice at a time."""
+        self.interval = plan.interval
+        for gone in plan.gone:
+            self.history.pop(gone, None)
+        for target in plan.new:
             self.history.setdefault(target, History())
-        heapq.heapify(self._heap)
-        self._active = wanted
+        old: list[object] = [self._heap, self._active]
+        self._heap = plan.heap
+        self._active = plan.wanted
+        return old
 
     def probe_now(self, target: str) -> None:
         """Probe this target as soon as the rate allows, ahead of the regular schedule."""

@@ -164,8 +164,12 @@ class SimulatedSource:
         runtime.not_ready = None
         return {"simulate": self._simulate(net, monitor)}
 
-    def retarget(self, targets: dict[str, str], probe: ProbeConfig) -> None:
-        pass
+    def plan(self, targets: dict[str, str], probe: ProbeConfig) -> None:
+        return None
+
+    def retarget(self, targets: dict[str, str], probe: ProbeConfig,
+                 plan: object = None) -> list[object]:  # fmt: skip
+        return []
 
     def close(self) -> None:
         pass

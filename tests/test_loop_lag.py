@@ -1,0 +1,113 @@
+"""The event loop's lag in /metrics, the scheduler's reload off the loop, and the columnar
+directory against the rules of the one it replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import re
+import time
+from pathlib import Path
+
+from outagemon.core import directory
+from outagemon.core.directory import Directory, HashIndex, Roster
+from outagemon.core.topology import parse_text
+from outagemon.metrics import LoopLag, Registry
+from outagemon.probing.scheduler import Scheduler
+from outagemon.sim import citygen
+
+
+def _buckets(text: str) -> dict[str, int]:
+    return {m[1]: int(m[2]) for m in re.finditer(
+        r'^outagemon_loop_lag_seconds_bucket\{le="([^"]+)"\} (\d+)$', text, re.M)}  # fmt: skip
+
+
+async def test_a_step_that_holds_the_loop_shows_in_the_lag_histogram() -> None:
+    registry = Registry()
+    lag = LoopLag(registry)
+    task = asyncio.create_task(lag.run())
+    try:
+        deadline = time.monotonic() + 10
+        while lag.histogram.count < 3 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        time.sleep(0.12)  # noqa: ASYNC251 (a step that holds the loop for 120 ms)
+        while lag.worst < 0.1 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+    text = registry.render()
+    # The timer due during the hold fired at least 100 ms late (120 ms less its interval).
+    assert lag.worst >= 0.1, text
+    assert "# TYPE outagemon_loop_lag_seconds histogram" in text
+    buckets = _buckets(text)
+    assert list(buckets)[-1] == "+Inf" and buckets["+Inf"] == lag.histogram.count
+    counts = list(buckets.values())
+    assert counts == sorted(counts)  # cumulative
+    assert buckets["+Inf"] - buckets["0.1"] >= 1  # the hold, above 100 ms
+    assert re.search(r"^outagemon_loop_lag_seconds_sum [0-9.e-]+$", text, re.M)
+    assert re.search(r"^outagemon_loop_hold_max_seconds 0\.1\d*$", text, re.M)
+
+
+class _Engine:
+    on_result: object = None
+
+
+def test_a_planned_retarget_keeps_the_history_of_targets_that_stay() -> None:
+    clock = [1000.0]
+    s = Scheduler(_Engine(), lambda o: None, 10.0, 1000.0, clock=lambda: clock[0])  # type: ignore[arg-type]
+    s.set_targets(["127.0.0.2", "127.0.0.3"])
+    kept = s.history["127.0.0.2"]
+    plan = s.plan(["127.0.0.2", "127.0.0.4"], 5.0)
+    assert s.interval == 10.0 and "127.0.0.3" in s.history  # planning changes nothing
+    old = s.apply(plan)
+    assert s.interval == 5.0
+    assert s.history["127.0.0.2"] is kept and "127.0.0.3" not in s.history
+    assert "127.0.0.4" in s.history
+    assert sorted(t for _, t in s._heap) == ["127.0.0.2", "127.0.0.4"]
+    assert all(1000.0 <= due < 1005.0 for due, _ in s._heap)
+    assert {"127.0.0.2", "127.0.0.3"} in old  # the replaced set, to be freed in slices
+
+
+def test_a_hash_index_finds_every_text_and_its_collisions() -> None:
+    texts = [f"acct-{i}" for i in range(5000)] + ["acct-7"]
+    index = HashIndex(texts, range(len(texts)), len(texts))
+    for i in (0, 1, 4999):
+        assert i in list(index.candidates(texts[i]))
+    assert list(index.candidates("acct-7")) == [7, 5000]  # equal texts side by side, in order
+    assert {7, 5000} <= set(index.collisions())
+    assert list(index.candidates("nobody")) == []
+
+
+def test_duplicate_accounts_and_ips_are_left_out_as_a_single_pass_would() -> None:
+    topo = parse_text("nodes:\n  - {id: sw, kind: access, ip: 127.0.0.2, "
+                      "serves: ['ул. Ленина, д. 1']}\n", Path("t.yaml"))  # fmt: skip
+    subs, problems = directory.parse_csv(
+        "account,phones,address,flat,ip\n"
+        "1,+79210000001,Ленина 1,1,127.0.1.1\n"
+        "2,+79210000002,Ленина 1,2,127.0.1.1\n"  # the ip of row 2: left out
+        "2,+79210000003,Ленина 1,3,127.0.1.3\n"  # account 2 was left out: this one stays
+        "1,+79210000004,Ленина 1,4,\n",  # account 1 again: left out
+        Path("s.csv"),
+        topo,
+    )
+    assert [s.account for s in subs] == ["1", "2"] and subs[1].row == 4
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "row 3: ip 127.0.1.1 is already used by 'cpe:1'.",
+        "row 5: account '1' is already on row 2.",
+    ]
+
+
+def test_a_pickled_roster_answers_as_the_original() -> None:
+    city = citygen.generate(aggregations=2, access_per_aggregation=5, subscribers_per_access=8)
+    topo = parse_text(city.topology_yaml(), Path("city.yaml"))
+    subs, problems = directory.parse_csv(city.subscribers_csv(), Path("s.csv"), topo)
+    assert problems == []
+    roster = Roster.of(subs)
+    copy = pickle.loads(pickle.dumps(roster))
+    for d in (Directory(directory.with_cpes(topo, roster), roster),
+              Directory(directory.with_cpes(topo, copy), copy)):  # fmt: skip
+        for row in city.rows:
+            m = d.phone(row[1])
+            assert m.subscriber is not None and m.subscriber.account == row[0]
+            assert d.account(row[0]).nodes == m.nodes
+    assert list(copy) == subs
