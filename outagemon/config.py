@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -189,25 +190,59 @@ CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 Check = Callable[[Any], str | None]
 
 
-def _seconds(positive: bool) -> Check:
+# Upper bounds of times, in seconds: a typo (a missing decimal point, 1e30, inf) is named
+# at check-config rather than overflowing a timer or a conversion in the running daemon.
+MINUTE = 60
+HOUR = 3600
+DAY = 86_400
+WEEK = 7 * DAY
+YEAR = 365 * DAY
+_SPANS = {MINUTE: "a minute", 10 * MINUTE: "10 minutes", HOUR: "an hour", DAY: "a day",
+          WEEK: "a week", YEAR: "a year"}  # fmt: skip
+# Upper bounds of counts: far past any city, short of what a typo makes.
+MANY = 10_000_000
+
+
+def _number(v: Any) -> bool:
+    """A TOML integer or float, not a boolean."""
+    return not isinstance(v, bool) and isinstance(v, int | float)
+
+
+def _finite(v: Any, what: str) -> str | None:
+    """None for a finite number, else the sentence's end: nan, inf and -inf are refused."""
+    if not _number(v):
+        return f"must be {what}"
+    if not math.isfinite(v):
+        return f"must be a finite number ({what}), not infinity or nan"
+    return None
+
+
+def _seconds(positive: bool, maximum: int) -> Check:
+    """Seconds, at most `maximum`; more than 0 when `positive`, else 0 or more."""
+    most = f"at most {maximum} ({_SPANS[maximum]})"
+
     def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            return "must be a number of seconds"
+        if (reason := _finite(v, "a number of seconds")) is not None:
+            return reason
         if positive and v <= 0:
-            return "must be a positive number of seconds"
+            return f"must be a positive number of seconds, {most}"
         if v < 0:
-            return "must not be negative"
+            return f"must not be negative (seconds, {most})"
+        if v > maximum:
+            return f"must be {most} seconds"
         return None
 
     return check
 
 
-def _integer(minimum: int) -> Check:
+def _integer(minimum: int, maximum: int) -> Check:
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, int):
             return "must be a whole number"
         if v < minimum:
             return f"must be at least {minimum}"
+        if v > maximum:
+            return f"must be at most {maximum}"
         return None
 
     return check
@@ -237,20 +272,20 @@ def _host_names(v: Any) -> str | None:
 
 
 def _ratio(v: Any) -> str | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return "must be a number"
+    if (reason := _finite(v, "a number")) is not None:
+        return reason
     return None if 0 < v <= 1 else "must be more than 0 and at most 1"
 
 
 def _chance(v: Any) -> str | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return "must be a number"
+    if (reason := _finite(v, "a number")) is not None:
+        return reason
     return None if 0 < v < 0.5 else "must be more than 0 and less than 0.5"
 
 
 def _rate(v: Any) -> str | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return "must be a number of calls per subscriber a day"
+    if (reason := _finite(v, "a number of calls per subscriber a day")) is not None:
+        return reason
     return None if 0 <= v <= 10 else "must be from 0 to 10 calls per subscriber a day"
 
 
@@ -333,15 +368,31 @@ def _label_name(v: Any) -> str | None:
     return None
 
 
+EACH_SHOWN = 10  # bad items of one list named at most; the rest are counted
+
+
 def _each(v: Any, check: Check, what: str) -> str | None:
+    """Every bad item is named (up to EACH_SHOWN), those with one reason together."""
     if not isinstance(v, list):
         return f"must be a list of {what}"
+    bad: dict[str, list[str]] = {}  # reason -> the items refused for it, in order
+    count = 0
     for item in v:
         reason = check(item)
         if reason is not None:
-            shown = re.sub(r"//[^/@\s']*@", "//***@", repr(item))
-            return f"must be a list of {what} ({shown} {reason})"
-    return None
+            count += 1
+            if count <= EACH_SHOWN:
+                bad.setdefault(reason, []).append(re.sub(r"//[^/@\s']*@", "//***@", repr(item)))
+    if not bad:
+        return None
+    parts = [f"{_and(shown)} {reason}" for reason, shown in bad.items()]
+    if count > EACH_SHOWN:
+        parts.append(f"and {count - EACH_SHOWN} more")
+    return f"must be a list of {what} ({'; '.join(parts)})"
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _timezone(v: Any) -> str | None:
@@ -368,8 +419,8 @@ LEASE_MIN = 1.0  # seconds: renewals every third of it must fit a loaded databas
 
 
 def _lease(v: Any) -> str | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return "must be a number of seconds"
+    if (reason := _finite(v, "a number of seconds")) is not None:
+        return reason
     if not LEASE_MIN <= v <= 3600:
         return f"must be from {LEASE_MIN:g} to 3600 seconds"
     return None
@@ -381,10 +432,10 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "database": {
         "dsn": _string,
         "dsn_file": _nonempty_string,
-        "write_queue": _integer(1),
-        "queue_bytes": _integer(1 << 20),
-        "timeout": _seconds(positive=True),
-        "read_timeout": _seconds(positive=True),
+        "write_queue": _integer(1, MANY),
+        "queue_bytes": _integer(1 << 20, 64 << 30),
+        "timeout": _seconds(positive=True, maximum=HOUR),
+        "read_timeout": _seconds(positive=True, maximum=10 * MINUTE),
     },
     "http": {
         "listen": _listen,
@@ -394,56 +445,56 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "metrics_token": _nonempty_string,
         "metrics_token_file": _nonempty_string,
         "allowed_hosts": _host_names,
-        "max_streams": _integer(1),
+        "max_streams": _integer(1, 100_000),
     },
     "probe": {
-        "interval": _seconds(positive=True),
-        "timeout": _seconds(positive=True),
-        "down_after": _integer(1),
-        "up_after": _integer(1),
-        "max_rate": _integer(1),
+        "interval": _seconds(positive=True, maximum=DAY),
+        "timeout": _seconds(positive=True, maximum=HOUR),
+        "down_after": _integer(1, 1000),
+        "up_after": _integer(1, 1000),
+        "max_rate": _integer(1, MANY),
     },
     "correlation": {
-        "window": _seconds(positive=True),
-        "infer_min_children": _integer(1),
+        "window": _seconds(positive=True, maximum=DAY),
+        "infer_min_children": _integer(1, MANY),
         "infer_ratio": _ratio,
-        "resolve_hold": _seconds(positive=False),
+        "resolve_hold": _seconds(positive=False, maximum=DAY),
     },
     "topology": {"file": _nonempty_string, "subscribers": _string},
     "vantage": {"anchors": _addresses},
     "messages": {
         "language": _one_of("ru", "en"),
-        "restored_for": _seconds(positive=False),
+        "restored_for": _seconds(positive=False, maximum=WEEK),
         "file": _nonempty_string,
         "timezone": _timezone,
     },
     "cluster": {"node": _node_name, "lease": _lease},
     "callers": {
         "enabled": _boolean,
-        "window": _seconds(positive=True),
-        "min_callers": _integer(2),
+        "window": _seconds(positive=True, maximum=WEEK),
+        "min_callers": _integer(2, 1000),
         "chance": _chance,
         "prior_rate": _rate,
-        "learn_for": _seconds(positive=True),
-        "expire_after": _seconds(positive=True),
-        "keep": _integer(100),
-        "max_subscribers": _integer(1),
+        "learn_for": _seconds(positive=True, maximum=YEAR),
+        "expire_after": _seconds(positive=True, maximum=WEEK),
+        "keep": _integer(100, MANY),
+        "max_subscribers": _integer(1, MANY),
         "sentence": _sentence,
     },
     "history": {
-        "max_period_days": _integer(1),
-        "connections": _integer(1),
-        "timeout": _seconds(positive=True),
+        "max_period_days": _integer(1, 3660),
+        "connections": _integer(1, 100),
+        "timeout": _seconds(positive=True, maximum=DAY),
     },
 }
 NOTIFY_SCHEMA: dict[str, Check] = {
     "alertmanagers": lambda v: _each(v, _url, "Alertmanager base URLs"),
     "external_url": lambda v: None if v == "" else _url(v),
-    "critical_subscribers": _integer(1),
-    "major_subscribers": _integer(1),
+    "critical_subscribers": _integer(1, MANY),
+    "major_subscribers": _integer(1, MANY),
     "labels": lambda v: _each(v, _label_name, "topology label names"),
-    "resend_interval": _seconds(positive=True),
-    "give_up_after": _seconds(positive=True),
+    "resend_interval": _seconds(positive=True, maximum=DAY),
+    "give_up_after": _seconds(positive=True, maximum=WEEK),
 }
 WEBHOOK_SCHEMA: dict[str, Check] = {
     "url": _url,
@@ -544,7 +595,7 @@ def parse(text: str, path: Path) -> Config:
             tokens = _tokens(table, base, problems, warnings)
             continue
         if name == "notify":
-            notify = _notify(table, base, problems)
+            notify = _notify(table, base, problems, warnings)
             continue
         if name not in SCHEMA:
             problems.append(_unknown("", name, [*SCHEMA, "auth", "notify"]))
@@ -698,7 +749,7 @@ def _messages(raw: dict[str, Any], base: Path) -> MessagesConfig:
     )
 
 
-def _notify(raw: Any, base: Path, problems: list[str]) -> NotifyConfig:
+def _notify(raw: Any, base: Path, problems: list[str], warnings: list[str]) -> NotifyConfig:
     if not isinstance(raw, dict):
         problems.append(f"[notify] must be a table of keys, not {raw!r}.")
         return NotifyConfig()
@@ -738,9 +789,17 @@ def _notify(raw: Any, base: Path, problems: list[str]) -> NotifyConfig:
             f"[notify] major_subscribers ({major}) must not be more than "
             f"critical_subscribers ({critical})."
         )
+    external_url = good.get("external_url", "").rstrip("/")
+    if (good.get("alertmanagers") or webhooks) and not external_url:
+        warnings.append(
+            "[notify] external_url is not set: the links in alerts and webhooks (generatorURL, "
+            "to <external_url>/incidents/<id>) point to http://outagemon.invalid and open "
+            "nothing in Telegram or e-mail; set it to the incident page's base URL as the "
+            'NOC reaches it, such as "https://noc.example.net".'
+        )
     return NotifyConfig(
         alertmanagers=tuple(u.rstrip("/") for u in good.get("alertmanagers", ())),
-        external_url=good.get("external_url", "").rstrip("/"),
+        external_url=external_url,
         critical_subscribers=critical,
         major_subscribers=major,
         labels=tuple(good.get("labels", ())),
