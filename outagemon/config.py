@@ -213,7 +213,7 @@ def _finite(v: Any, what: str) -> str | None:
     if not _number(v):
         return f"must be {what}"
     if not math.isfinite(v):
-        return f"must be a finite number ({what}), not infinity or nan"
+        return "must be " + what.replace("a number", "a finite number", 1)
     return None
 
 
@@ -792,10 +792,10 @@ def _notify(raw: Any, base: Path, problems: list[str], warnings: list[str]) -> N
     external_url = good.get("external_url", "").rstrip("/")
     if (good.get("alertmanagers") or webhooks) and not external_url:
         warnings.append(
-            "[notify] external_url is not set: the links in alerts and webhooks (generatorURL, "
-            "to <external_url>/incidents/<id>) point to http://outagemon.invalid and open "
-            "nothing in Telegram or e-mail; set it to the incident page's base URL as the "
-            'NOC reaches it, such as "https://noc.example.net".'
+            "[notify] external_url is not set: the links in alerts and webhooks (generatorURL) "
+            "point to http://outagemon.invalid/incidents/<id> and open nothing in Telegram or "
+            "e-mail; set it to the incident page's base URL as the NOC reaches it, such as "
+            '"https://noc.example.net".'
         )
     return NotifyConfig(
         alertmanagers=tuple(u.rstrip("/") for u in good.get("alertmanagers", ())),
