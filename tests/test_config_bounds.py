@@ -70,9 +70,9 @@ def problems_of(text: str) -> list[str]:
 def test_every_schema_is_walked() -> None:
     # A schema added to config.py must be placed in `places()` above to be walked.
     assert set(schemas()) == {"SCHEMA", "NOTIFY_SCHEMA", "WEBHOOK_SCHEMA", "TOKEN_SCHEMA"}
-    assert len(PLACES) == sum(
-        len(keys) for keys in [*config.SCHEMA.values(), *list(schemas().values())[1:]]
-    )
+    flat = [*config.SCHEMA.values(), config.NOTIFY_SCHEMA, config.WEBHOOK_SCHEMA,
+            config.TOKEN_SCHEMA]  # fmt: skip
+    assert len(PLACES) == sum(len(keys) for keys in flat) > 50
 
 
 @pytest.mark.parametrize("value", BAD)
