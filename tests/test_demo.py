@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+from outagemon.sim import citygen
 from outagemon.sim import demo as demo_mod
 from tests.conftest import free_port
 
@@ -20,6 +24,39 @@ def test_every_demo_run_has_tokens_of_its_own() -> None:
     first, second = demo_mod.Tokens.new(), demo_mod.Tokens.new()
     assert len({first.read, first.write, second.read, second.write}) == 4
     assert min(len(t) for t in (first.read, first.write)) >= 32
+
+
+def test_a_busy_port_is_named_before_any_banner_with_the_flag_to_use() -> None:
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        done = subprocess.run([sys.executable, "-m", "outagemon", "demo", "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout == "", "no banner for a demo that cannot start"
+    assert done.stderr.strip() == (
+        f"outagemon demo: port {port} is in use: try outagemon demo --port {port + 1}"
+    )
+
+
+def test_the_banner_names_the_running_command_and_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    city = citygen.generate(aggregations=4, access_per_aggregation=10,
+                            subscribers_per_access=10, entrances=2)  # fmt: skip
+    config = tmp_path / "outagemon.toml"
+    script = tmp_path / "bin" / "outagemon"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
+    text = demo_mod.banner(8080, city, demo_mod.Tokens.new(), config)
+    assert f"{script} lookup --phone" in text
+    assert f"Its config file (removed on Ctrl-C): {config}" in text
+    assert "http://127.0.0.1:8080/api/v1/reports/downtime?from=" in text
+    monkeypatch.setattr(sys, "argv", ["/usr/lib/python3/dist-packages/outagemon/__main__.py"])
+    text = demo_mod.banner(8080, city, demo_mod.Tokens.new(), config)
+    assert ".venv/bin/outagemon lookup --phone" in text
 
 
 def test_the_demo_shows_an_outage_over_http_and_cleans_up(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from outagemon.core import directory
 from outagemon.core.directory import Directory
@@ -302,6 +303,28 @@ async def test_bad_questions_get_a_4xx_with_a_sentence(
         got, body = await get(w, path, **params)
         assert got == status, body
         assert says in body["error"], body
+
+
+async def test_an_unencoded_plus_and_an_empty_period_are_named_as_such(fresh_db: str) -> None:
+    async with history_world(fresh_db) as w:
+        await load(w, w.runtime.directory, m(-10))
+        # As a user types it into a URL: the "+" of the offset arrives as a space.
+        raw = "from=2026-03-01T00:00:00+03:00&to=2026-03-02T00:00:00%2B03:00"
+        url = URL(w.url("/api/v1/reports/downtime") + "?" + raw, encoded=True)
+        async with w.session.get(url, headers=w.auth()) as r:
+            assert r.status == 400
+            said = (await r.json())["error"]
+        assert said == ("from '2026-03-01T00:00:00 03:00' has a space where a + offset was: "
+                        "write + as %2B in a URL (from=2026-03-01T00:00:00%2B03:00).")  # fmt: skip
+        status, body = await get(w, "/api/v1/subscribers/1001/outages",
+                                 **{"from": "2026-03-01", "to": "2026-03-01"})  # fmt: skip
+        assert status == 400
+        assert body["error"] == ("the period is empty: to must be after from "
+                                 "(from=2026-03-01, to=2026-03-01).")  # fmt: skip
+        # Encoded as said, the same period is answered.
+        status, _ = await get(w, "/api/v1/reports/downtime", **{
+            "from": "2026-03-01T00:00:00+03:00", "to": "2026-03-02T00:00:00+03:00"})  # fmt: skip
+        assert status == 200
 
 
 async def test_the_longest_period_is_configured(fresh_db: str) -> None:

@@ -590,3 +590,15 @@ async def test_the_databases_sums_equal_the_cores_definition(fresh_db: str) -> N
         assert seen == {"unverified_minutes", "planned_minutes", "(none)"}
     finally:
         await conn.close()
+
+
+async def test_a_bad_range_on_the_reports_page_is_a_page_with_the_sentence(fresh_db: str) -> None:
+    async with reports_world(fresh_db) as w:
+        async with w.session.get(w.url("/reports?range=1y")) as r:
+            assert r.status == 400
+            assert r.content_type == "text/html"
+            text = await r.text()
+        assert "range must be one of 24h, 7d, 30d, not &#39;1y&#39;." in text
+        assert '<a href="/reports?range=7d"' in text  # the ranges to pick from, on the page
+        async with w.session.get(w.url("/reports?range=<b>x</b>")) as r:
+            assert r.status == 400 and "<b>x</b>" not in await r.text()

@@ -22,6 +22,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 US_PER_MINUTE = 60_000_000
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# A time whose "+03:00" came through a URL unencoded: "+" is a space there.
+_LOST_PLUS = re.compile(r"(?<=\d) (?=\d{2}(:?\d{2})?$)")
 
 
 class BadPeriod(ValueError):
@@ -37,6 +39,7 @@ def moment(raw: str, name: str, tz: tzinfo | None) -> datetime:
             day = date.fromisoformat(raw)
             local = datetime(day.year, day.month, day.day, tzinfo=tz)
             return (local if tz is not None else local.astimezone()).astimezone(UTC)
+        _lost_plus(raw, name)
         parsed = datetime.fromisoformat(raw)
         if parsed.tzinfo is None:
             raise BadPeriod(f"{name} {raw!r} has no UTC offset; add one, such as +03:00 or Z.")
@@ -45,6 +48,20 @@ def moment(raw: str, name: str, tz: tzinfo | None) -> datetime:
         if isinstance(e, BadPeriod):
             raise
         raise BadPeriod(f"{name} {raw!r} is not a date or an ISO 8601 time ({example}).") from None
+
+
+def _lost_plus(raw: str, name: str) -> None:
+    """Refuse, saying why, a time with a space where its + offset was (an unencoded URL)."""
+    if not _LOST_PLUS.search(raw):
+        return
+    try:
+        meant = datetime.fromisoformat(_LOST_PLUS.sub("+", raw))
+    except ValueError:
+        return
+    if meant.tzinfo is not None:
+        written = _LOST_PLUS.sub("%2B", raw)
+        raise BadPeriod(f"{name} {raw!r} has a space where a + offset was: write + as %2B "
+                        f"in a URL ({name}={written}).")  # fmt: skip
 
 
 def period(raw_from: str, raw_to: str, tz: tzinfo | None,
@@ -56,7 +73,10 @@ def period(raw_from: str, raw_to: str, tz: tzinfo | None,
         raise BadPeriod(f"give the period: {missing} missing (both from and to, such as "
                         "from=2026-11-01 and to=2026-12-01; to is not included).")  # fmt: skip
     start, end = moment(raw_from, "from", tz), moment(raw_to, "to", tz)
-    if end <= start:
+    if end == start:
+        raise BadPeriod(f"the period is empty: to must be after from (from={raw_from}, "
+                        f"to={raw_to}).")  # fmt: skip
+    if end < start:
         raise BadPeriod(f"the period ends before it begins: to ({raw_to}) must be after "
                         f"from ({raw_from}).")  # fmt: skip
     if end - start > timedelta(days=max_days):

@@ -540,10 +540,16 @@ async def reports_page(request: web.Request) -> web.Response:
     visitor = _required(request)
     rt = visitor.rt
     chosen = request.query.get("range", "24h")
-    if chosen not in RANGES:
-        raise bad(f"range must be one of {', '.join(RANGES)}.")
-    label, seconds, step = RANGES[chosen]
     now = float(int(time.time()))  # whole seconds: the period is the API's to the second
+    if chosen not in RANGES:
+        # A person's browser asked: a page with the sentence, not the API's JSON.
+        problem = f"range must be one of {', '.join(RANGES)}, not {chosen[:40]!r}."
+        html = ENV.get_template("reports.html").render(
+            now=_when(now), ranges=list(RANGES), range="", label="", from_iso="",
+            to_iso="", problem=problem, **visitor.context()
+        )  # fmt: skip
+        return visitor.page(html, status=400)
+    label, seconds, step = RANGES[chosen]
     start, end = now - seconds, now
     context: dict[str, Any] = {"ranges": list(RANGES), "range": chosen, "label": label,
                                "from_iso": iso_wall(start),

@@ -9,8 +9,10 @@ switched off, planned works take a switch down, a link flaps; then all is repair
 from __future__ import annotations
 
 import asyncio
+import datetime
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -198,8 +200,30 @@ def prepare(port: int, language: str, tokens: Tokens) -> tuple[Path, Path, cityg
     return state, config, city
 
 
-def banner(port: int, city: citygen.City, tokens: Tokens) -> str:
+def port_taken(port: int) -> bool:
+    """Whether 127.0.0.1:port is held by another listener (asked before any banner)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server binds
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def executable() -> str:
+    """The outagemon command running now, as a path a user can paste; else the venv's."""
+    running = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if running is not None and running.name == "outagemon" and running.is_file():
+        return str(running)
+    return ".venv/bin/outagemon"
+
+
+def banner(port: int, city: citygen.City, tokens: Tokens, config: Path) -> str:
     base = f"http://127.0.0.1:{port}"
+    command = executable()
+    today = datetime.date.today()
+    tomorrow = today + datetime.timedelta(days=1)
     inside = next(r for r in city.rows if r[2] == _address_of(city, "sw-2-4"))
     entrance = next(r for r in city.rows if r[2] == _address_of(city, "sw-1-3") and int(r[3]) > 36)
     outside = next(r for r in city.rows if r[2] == _address_of(city, "sw-3-2"))
@@ -216,8 +240,12 @@ def banner(port: int, city: citygen.City, tokens: Tokens) -> str:
         f"  Inside an outage (from about 30 s):\n    {curl(phone=inside[1])}",
         f"  Behind a crushed entrance cable (from about 45 s):\n    {curl(account=entrance[0])}",
         f"  Outside any outage:\n    {curl(address=outside[2], flat=outside[3])}",
-        f"  or:  OUTAGEMON_TOKEN={tokens.read} outagemon lookup --phone '{inside[1]}' --url {base}",
+        f"  or:  OUTAGEMON_TOKEN={tokens.read} {command} lookup --phone '{inside[1]}' --url {base}",
         f"  Write token for the page's ETA and note form (new every run): {tokens.write}",
+        f"  Its config file (removed on Ctrl-C): {config}",
+        "  Its billing CSV of today (`outagemon report downtime`'s, served by the demo):",
+        f"    curl -s -H 'Authorization: Bearer {tokens.read}' "
+        f"'{base}/api/v1/reports/downtime?from={today}&to={tomorrow}'",
         "",
         "Ctrl-C stops it and removes its files.",
         "",
@@ -237,11 +265,15 @@ def main(port: int, language: str) -> int:
     from outagemon.core import directory, messages
     from outagemon.errors import OutagemonError
 
+    if port_taken(port):
+        print(f"outagemon demo: port {port} is in use: try outagemon demo --port {port + 1}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     tokens = Tokens.new()
     state, config_path, city = prepare(port, language, tokens)
     try:
         cfg = config_mod.load(config_path)
-        print(banner(port, city, tokens), flush=True)
+        print(banner(port, city, tokens, config_path), flush=True)
         logs.setup()
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
         texts = messages.load(cfg.messages.language)
