@@ -326,6 +326,8 @@ class Daemon:
         writer.attach(holder.pool)
         self.runtime.database = None
         log.info("daemon.restored", incidents=restored, next_incident=monitor.correlator.next_id)
+        if holder.embedded is not None:
+            self._spawn(watch_embedded(holder.embedded), "embedded")
         if self.leadership is not None:
             pool = holder.pool
             self._lease = self._spawn(
@@ -537,6 +539,26 @@ async def _last_writes(monitor: Monitor, writer: Writer) -> None:
         monitor.save_history()
         monitor.save_seen(monitor.clock(), stopped=True)
         await writer.drain(1.5)
+
+
+async def watch_embedded(embedded: EmbeddedPostgres, every: float = 1.0) -> None:
+    """Start the embedded server again when it dies (killed, out of memory, its
+    owner gone): the pools reconnect to the same socket once it answers."""
+    delay = every
+    while True:
+        await asyncio.sleep(delay)
+        if not embedded.died():
+            delay = every
+            continue
+        log.warning("embedded.server_died", state_dir=str(embedded.state_dir))
+        try:
+            await embedded.start()
+        except (OutagemonError, OSError, asyncpg.PostgresError) as e:
+            log.warning("embedded.restart_failed", error=str(e) or type(e).__name__)
+            delay = min(delay * 2, 30.0)
+            continue
+        log.info("embedded.restarted", owner=embedded.owner)
+        delay = every
 
 
 # A gap between runs shorter than this is not marked as unverified time.
