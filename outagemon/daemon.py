@@ -49,6 +49,8 @@ from outagemon.probing.icmp import IcmpSource
 log = logs.get("outagemon.daemon")
 
 # Keys read once at start; a reload that changes them says they wait for a restart.
+# Seconds between the daemon's pings of a connected database.
+DB_PING_EVERY = 3.0
 RESTART_KEYS = ("daemon", "database", "http", "notify", "cluster")
 CRITICAL = {"scheduler", "correlate", "engine", "writer", "simulate", "watchdog", "reloads",
             "lease"}  # fmt: skip
@@ -328,11 +330,24 @@ class Daemon:
         log.info("daemon.restored", incidents=restored, next_incident=monitor.correlator.next_id)
         if holder.embedded is not None:
             self._spawn(watch_embedded(holder.embedded), "embedded")
+        self._spawn(self._ping_database(writer), "db_ping")
         if self.leadership is not None:
             pool = holder.pool
             self._lease = self._spawn(
                 self.leadership.run(pool, lambda epoch: self._take_up(pool, epoch)), "lease"
             )
+
+    async def _ping_database(self, writer: Writer, every: float = DB_PING_EVERY) -> None:
+        """A trivial query every few seconds: `outagemon_db_up` and /readyz's body say
+        whether the database answers even while nothing is written."""
+        while True:
+            await asyncio.sleep(every)
+            if await writer.ping():
+                if self.runtime.db_lost is not None:
+                    logs.POOL_FLOOR.reset()  # asyncpg may say its one line again
+                self.runtime.db_lost = None
+            elif self.runtime.db_lost is None:
+                self.runtime.db_lost = (time.time(), writer.last_error)
 
     # -- a cluster's node ------------------------------------------------------------------
 
