@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Every account's downtime in [FROM, TO) as CSV: outage, planned-works "
         "and unverified minutes apart, and the incidents; the same CSV as "
         "GET /api/v1/reports/downtime. Exit 0 when written, 1 when the database failed, "
-        "2 on bad arguments.",
+        "2 on bad arguments (an -o FILE that cannot be written included).",
     )
     downtime.add_argument("-c", "--config", required=True, type=Path, metavar="FILE")
     downtime.add_argument(
@@ -175,7 +175,7 @@ def _report_downtime(args: argparse.Namespace) -> int:
 
     import asyncpg
 
-    from outagemon import config
+    from outagemon import config, logs
     from outagemon.core import downtime, messages
     from outagemon.db import store
     from outagemon.db.embedded import EmbeddedPostgres
@@ -191,13 +191,19 @@ def _report_downtime(args: argparse.Namespace) -> int:
     if not math.isfinite(args.min_minutes) or args.min_minutes < 0:
         print("outagemon report downtime: --min-minutes must be 0 or more.", file=sys.stderr)
         return USAGE_ERROR
+    # Standard output is the CSV, byte for byte: every log line goes to standard error.
+    logs.setup(stream=sys.stderr)
     target = args.output
     partial = target.with_name(f".{target.name}.partial") if target is not None else None
     try:
         out = open(partial, "wb") if partial is not None else sys.stdout.buffer  # noqa: SIM115
     except OSError as e:
-        print(f"outagemon report downtime: cannot write {partial}: {e.strerror}.", file=sys.stderr)
-        return 1
+        # A path that cannot be written is bad input, not a database failure.
+        print(
+            f"outagemon report downtime: cannot write the report to {target}: {e.strerror}.",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
 
     async def write(chunk: bytes) -> None:
         out.write(chunk)
@@ -247,7 +253,7 @@ def _migrate(config_path: Path) -> int:
     except OutagemonError as e:
         print(e, file=sys.stderr)
         return USAGE_ERROR
-    logs.setup()
+    logs.setup(stream=sys.stderr)  # standard output is the command's answer
 
     async def go() -> list[str]:
         embedded = None

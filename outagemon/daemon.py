@@ -49,6 +49,8 @@ from outagemon.probing.icmp import IcmpSource
 log = logs.get("outagemon.daemon")
 
 # Keys read once at start; a reload that changes them says they wait for a restart.
+# Seconds between the daemon's pings of a connected database.
+DB_PING_EVERY = 3.0
 RESTART_KEYS = ("daemon", "database", "http", "notify", "cluster")
 CRITICAL = {"scheduler", "correlate", "engine", "writer", "simulate", "watchdog", "reloads",
             "lease"}  # fmt: skip
@@ -326,11 +328,26 @@ class Daemon:
         writer.attach(holder.pool)
         self.runtime.database = None
         log.info("daemon.restored", incidents=restored, next_incident=monitor.correlator.next_id)
+        if holder.embedded is not None:
+            self._spawn(watch_embedded(holder.embedded), "embedded")
+        self._spawn(self._ping_database(writer), "db_ping")
         if self.leadership is not None:
             pool = holder.pool
             self._lease = self._spawn(
                 self.leadership.run(pool, lambda epoch: self._take_up(pool, epoch)), "lease"
             )
+
+    async def _ping_database(self, writer: Writer, every: float = DB_PING_EVERY) -> None:
+        """A trivial query every few seconds: `outagemon_db_up` and /readyz's body say
+        whether the database answers even while nothing is written."""
+        while True:
+            await asyncio.sleep(every)
+            if await writer.ping():
+                if self.runtime.db_lost is not None:
+                    logs.POOL_FLOOR.reset()  # asyncpg may say its one line again
+                self.runtime.db_lost = None
+            elif self.runtime.db_lost is None:
+                self.runtime.db_lost = (time.time(), writer.last_error)
 
     # -- a cluster's node ------------------------------------------------------------------
 
@@ -537,6 +554,26 @@ async def _last_writes(monitor: Monitor, writer: Writer) -> None:
         monitor.save_history()
         monitor.save_seen(monitor.clock(), stopped=True)
         await writer.drain(1.5)
+
+
+async def watch_embedded(embedded: EmbeddedPostgres, every: float = 1.0) -> None:
+    """Start the embedded server again when it dies (killed, out of memory, its
+    owner gone): the pools reconnect to the same socket once it answers."""
+    delay = every
+    while True:
+        await asyncio.sleep(delay)
+        if not embedded.died():
+            delay = every
+            continue
+        log.warning("embedded.server_died", state_dir=str(embedded.state_dir))
+        try:
+            await embedded.start()
+        except (OutagemonError, OSError, asyncpg.PostgresError) as e:
+            log.warning("embedded.restart_failed", error=str(e) or type(e).__name__)
+            delay = min(delay * 2, 30.0)
+            continue
+        log.info("embedded.restarted", owner=embedded.owner)
+        delay = every
 
 
 # A gap between runs shorter than this is not marked as unverified time.

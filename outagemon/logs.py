@@ -55,6 +55,40 @@ def setup(level: str = "info", stream: TextIO | None = None, json: bool | None =
     root.setLevel(level.upper())
     # aiohttp's access log is one line a request: the phone menu's surge would drown the journal.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    pool = logging.getLogger("asyncpg.pool")
+    pool.filters[:] = [f for f in pool.filters if not isinstance(f, _OncePerOutage)]
+    pool.addFilter(POOL_FLOOR)
+
+
+class _OncePerOutage(logging.Filter):
+    """asyncpg's pool logs "Failed to restore the pool connection floor; retrying" with a
+    full traceback about every second while the database is away: let the first through
+    as one line (the error, no traceback) and drop the rest until `reset()` (the database
+    answers again); the daemon's own db.unavailable / db.available_again say the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "pool connection floor" not in record.getMessage():
+            return True
+        if self.said:
+            return False
+        self.said = True
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({str(error) or type(error).__name__})"
+            record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+    def reset(self) -> None:
+        self.said = False
+
+
+POOL_FLOOR = _OncePerOutage()
 
 
 def get(name: str = "outagemon") -> Any:

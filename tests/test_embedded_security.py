@@ -208,6 +208,9 @@ def test_a_server_left_running_on_our_data_directory_is_stopped() -> None:
         await first.start()
         assert first._process is not None
         orphan = first._process
+        # Its owner dies: the kernel drops the owner's lock (a live owner's server is used,
+        # never stopped: tests/test_embedded_shared.py).
+        first._release_lock()
         try:
             dsn = await second.start()
             assert orphan.poll() is not None, "the leftover server still runs"

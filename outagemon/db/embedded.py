@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import importlib.util
 import os
 import pwd
@@ -40,6 +41,7 @@ _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for ".s.PGSQL.5432"
 _PR_SET_PDEATHSIG = 1
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
+OWNER_LOCK = "pgowner.lock"  # flock-ed by the process that started the server, while it lives
 PASSFILE = "pgpass"  # `*:*:*:postgres:SECRET`, libpq's format, read by asyncpg
 HBA = (
     "# Written by outagemon at every start: the Unix socket only, with the secret in pgpass.\n"
@@ -109,6 +111,13 @@ class EmbeddedPostgres:
         self._process: subprocess.Popen[bytes] | None = None
         self._user: str | None = None
         self._tmp_socket_dir: str | None = None
+        self._lock_fd: int | None = None  # held while we own the server
+        self.attached = False  # using a server another live process started
+
+    @property
+    def owner(self) -> bool:
+        """Whether this process started the server (and so alone may stop it)."""
+        return self._lock_fd is not None
 
     @property
     def dsn(self) -> str:
@@ -167,7 +176,7 @@ class EmbeddedPostgres:
         else:
             os.chown(self.state_dir, -1, pwd.getpwnam(self._user).pw_gid)
             self.state_dir.chmod(0o710)
-        if len(str(self.socket_dir)) > _SOCKET_PATH_MAX:
+        if len(str(self.socket_dir)) > _SOCKET_PATH_MAX and self._tmp_socket_dir is None:
             # A Unix socket path must be short; a deep state_dir gets a socket in /tmp.
             self._tmp_socket_dir = tempfile.mkdtemp(prefix="outagemon-pg-")
             self.socket_dir = Path(self._tmp_socket_dir)
@@ -262,11 +271,103 @@ class EmbeddedPostgres:
             await asyncio.sleep(0.05)
         raise DatabaseError(f"a PostgreSQL server (pid {pid}) still runs on {self.data_dir}.")
 
-    async def start(self) -> str:
-        """Initialise if needed, start the server, create the database; return its DSN."""
+    def _try_lock(self) -> bool:
+        """Take the owner's lock if no live process holds it; write our pid and socket.
+
+        The lock is an flock: the kernel drops it when its holder dies, however it dies,
+        so a held lock means the server's owner lives and a free one that it does not."""
+        if self._lock_fd is not None:
+            return True
+        path = self.state_dir / OWNER_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def _write_owner(self) -> None:
+        assert self._lock_fd is not None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n{self.socket_dir}\n".encode(), 0)
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # drops the flock
+
+    def _owner_lives(self) -> bool:
+        """Whether another process holds the owner's lock (and so its server is not ours)."""
+        if self._lock_fd is not None:
+            return False
+        path = self.state_dir / OWNER_LOCK
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def _owner_socket(self) -> Path | None:
+        try:
+            lines = (self.state_dir / OWNER_LOCK).read_text().splitlines()
+        except OSError:
+            return None
+        return Path(lines[1]) if len(lines) >= 2 and lines[1] else None
+
+    async def start(self, attach_wait: float = 60.0) -> str:
+        """Initialise if needed, start the server, create the database; return its DSN.
+
+        If another live process (a running daemon) started the server on this state
+        directory, use that one through its socket instead, and never stop it: only a
+        server whose owner has died is a leftover to stop."""
         self._user = self._run_as()
         binaries = bin_dir()
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        deadline = time.monotonic() + attach_wait
+        last: Exception | None = None
+        while not self._try_lock():
+            # The owner lives: its server serves, or soon will (it may be in initdb).
+            socket = self._owner_socket()
+            if socket is not None:
+                self.socket_dir = socket
+            try:
+                conn = await self._connect(DATABASE)
+            except (OSError, asyncpg.PostgresError) as e:
+                last = e
+                if time.monotonic() > deadline:
+                    raise DatabaseError(
+                        f"another outagemon process owns the embedded PostgreSQL in "
+                        f"{self.state_dir} and its server does not answer: {last}"
+                    ) from None
+                await asyncio.sleep(0.1)
+                continue
+            await conn.close()
+            self.attached = True
+            log.info("embedded.attached", socket=str(self.socket_dir))
+            return self.dsn
+        self.attached = False
+        try:
+            return await self._start_owned(binaries)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    async def _start_owned(self, binaries: Path) -> str:
+        self.socket_dir = (
+            self.state_dir / "pgsocket"
+            if self._tmp_socket_dir is None
+            else Path(self._tmp_socket_dir)
+        )
         self._prepare_dirs()
+        self._write_owner()
         secret, new_secret = self._secret()
         await self._stop_leftover()
         if not (self.data_dir / "PG_VERSION").exists():
@@ -361,6 +462,7 @@ class EmbeddedPostgres:
     async def stop(self, grace: float = 3.0) -> None:
         """Fast shutdown (SIGINT); SIGKILL if it has not exited within `grace` seconds."""
         proc, self._process = self._process, None
+        self.attached = False  # a server we did not start is never ours to stop
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             deadline = time.monotonic() + grace
@@ -373,7 +475,16 @@ class EmbeddedPostgres:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             log.info("embedded.stopped", pid=proc.pid)
-        if self._tmp_socket_dir is not None:
-            with contextlib.suppress(OSError):
-                os.rmdir(self._tmp_socket_dir)
-            self._tmp_socket_dir = None
+        if self._lock_fd is not None:
+            if self._tmp_socket_dir is not None:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self._tmp_socket_dir)
+                self._tmp_socket_dir = None
+            self._release_lock()
+
+    def died(self) -> bool:
+        """Whether the server we use is gone for good: ours exited, or the live process
+        that owned the one we attached to has died (its server went with it)."""
+        if self._process is not None:
+            return self._process.poll() is not None
+        return self.attached and not self._owner_lives()

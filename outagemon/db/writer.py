@@ -333,6 +333,22 @@ class Writer:
             return False
         return True
 
+    async def ping(self) -> bool:
+        """Ask the database a trivial query and keep `outagemon_db_up` true to fact even
+        while nothing is written; one log line when the answer changes."""
+        if self.pool is None:
+            return False
+        started = time.monotonic()
+        try:
+            async with self.pool.acquire(timeout=PING_TIMEOUT) as conn:
+                remaining = max(0.1, PING_TIMEOUT - (time.monotonic() - started))
+                await conn.fetchval("select 1", timeout=remaining)
+        except (*UNAVAILABLE, asyncpg.PostgresError) as e:
+            self._down(e)
+            return False
+        self._up_again()
+        return True
+
     async def drain(self, within: float) -> bool:
         """Wait until everything queued is written; False if `within` seconds ran out."""
         try:

@@ -11,6 +11,7 @@ import hmac
 import importlib.resources
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import orjson
 from aiohttp import hdrs, web
@@ -171,10 +172,21 @@ async def readyz(request: web.Request) -> web.Response:
     if rt.monitor is not None and rt.monitor.correlator.blind:
         reason = "the monitor is blind: none of its anchors answers, so it cannot see the network"
         return json_response({"status": "blind", "reason": reason}, status=503)
+    body: dict[str, object] = {"status": "ready"}
     if rt.leadership is not None:  # a cluster's standby is ready too: it probes and answers
-        lead = rt.leadership
-        return json_response({"status": "ready", "role": lead.role.value, "leader": lead.leader})
-    return json_response({"status": "ready"})
+        body |= {"role": rt.leadership.role.value, "leader": rt.leadership.leader}
+    if rt.db_lost is not None:
+        # Still ready by the contract (topology loaded, probes done): /check answers from
+        # memory and writes are queued. The body and outagemon_db_up say the database is away.
+        since, error = rt.db_lost
+        when = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+        body["database"] = {
+            "up": False,
+            "since": when,
+            "reason": f"the database has not answered since {when} ({error}); /check answers "
+            "from memory and writes are queued until it answers",
+        }
+    return json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

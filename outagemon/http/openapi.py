@@ -546,7 +546,10 @@ def spec() -> dict[str, Any]:
                                  "responses": {"200": {"description": "Serving."}}}},
             "/readyz": {"get": {"summary": "200 once the topology is loaded and the first "
                                            "probe round is done; 503 with a reason otherwise.",
-                                "responses": {"200": {"description": "Ready."},
+                                "responses": {"200": {"description": "Ready; while a "
+                                                      "connected database is away, `database`"
+                                                      " says since when and why (/check still"
+                                                      " answers, writes are queued)."},
                                               "503": {"description": "Not ready, and why."}}}},
             "/metrics": {"get": {"summary": "Prometheus text format.",
                                  "responses": {"200": {"description": "Metrics."}}}},

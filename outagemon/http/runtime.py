@@ -51,6 +51,10 @@ class Runtime:
     not_ready: str | None = "the daemon is starting"
     # None once the database is connected and what it remembers taken up; else why not.
     database: str | None = None
+    # Once connected: None while the database answers the daemon's ping; else since when
+    # (wall clock) and why not. /readyz stays 200 (/check answers from memory, writes are
+    # queued) and says so in its body.
+    db_lost: tuple[float, str] | None = None
     reads: int = 0  # database reads of HTTP requests running now (http/queries.py)
     monitor: Monitor | None = None
     # A cluster's node ([cluster]): its role, epoch and who leads; None on a single host.
