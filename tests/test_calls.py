@@ -4,6 +4,7 @@ probes cannot see)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from outagemon.core.calls import (
     CallLog,
     CallWatch,
     Settings,
+    building_text,
     caller_key,
     poisson_threshold,
 )
@@ -417,3 +419,33 @@ def test_one_taken_up_after_a_restart_gets_a_whole_quiet_spell_before_it_expires
     assert list(again.open) == [sus.incident.id]
     again.tick(10 * DAY + 3600, [], never, Ids())
     assert not again.open
+
+
+def test_callers_whose_own_router_answers_do_not_make_their_entrance_suspected(
+    town: Directory,
+) -> None:
+    # Their routers answer pings: the way to them works, whatever they call about.
+    w = watch_of(town)
+    answering = [dataclasses.replace(c, router_up=True)
+                 for c in calls_from(town, "seg-1-2-1", [10, 20, 30, 40, 50])]  # fmt: skip
+    w.tick(60.0, answering, never, Ids())
+    assert not w.open and not w.window
+    # Two such callers and two without a probed router: two unexplained, not a cluster.
+    mixed = calls_from(town, "seg-1-2-2", [100, 110, 120, 130])
+    mixed[0], mixed[1] = (dataclasses.replace(c, router_up=True) for c in mixed[:2])
+    w.tick(140.0, mixed, never, Ids())
+    assert not w.open and len(w.window) == 2
+    # A third caller without an answering router makes three: suspected.
+    third = dataclasses.replace(calls_from(town, "seg-1-2-2", [145])[0], caller="another")
+    w.tick(150.0, [third], never, Ids())
+    (sus,) = w.open.values()
+    assert sus.incident.root == "seg-1-2-2" and len(sus.callers) == 3
+
+
+def test_a_building_is_written_for_people_even_from_its_key() -> None:
+    from outagemon.core.addresses import Address
+
+    assert building_text("|пер|пушкина|1|||") == "пер. Пушкина, д. 1"
+    key = Address("мира", "пр-т", "10", "2", city="казань").key
+    assert building_text(key) == "г. Казань, пр-т Мира, д. 10, корп. 2"
+    assert building_text("пр-т Мира, д. 10") == "пр-т Мира, д. 10"  # already written out

@@ -12,10 +12,12 @@ never fewer than `min_callers`. The rate of each node is learned from the calls 
 (answered `ok` and not part of a suspicion), blended with a prior of `prior_rate` calls
 per subscriber a day that weighs as one day of history. Only calls answered `ok` count:
 one answered `outage`, `maintenance`, `cpe_down`, `restored` or `unknown` (blindness) is
-already explained. The suspected root is the lowest node shared by the callers' serving
-nodes; when one child of the place holds `min_callers` of its callers or more and the rest
-are fewer (a busy entrance tipped its building over with a neighbour's usual call), the
-cluster is that child's, and only its calls are taken.
+already explained, and so is one from a caller whose own probed router was answering (the
+probes see the way to them working: their trouble is not their entrance's). The
+suspected root is the lowest node shared by the callers' serving nodes; when one child
+of the place holds `min_callers` of its callers or more and the rest are fewer (a busy
+entrance tipped its building over with a neighbour's usual call), the cluster is that
+child's, and only its calls are taken.
 
 A suspected incident is never spoken as an outage: an engineer confirms it (it becomes an
 outage with the same id), dismisses it, or it expires after `expire_after` seconds
@@ -30,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from outagemon.core.addresses import Address
 from outagemon.core.incidents import Event, EventKind, Incident, IncidentState, Kind
 from outagemon.core.topology import Topology
 
@@ -56,8 +59,10 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One resolved /check: when, the serving node, the building, the caller's key (a
-    hash, never the phone or account), the channel and the answer given."""
+    """One resolved /check: when, the serving node, the building (as written for people),
+    the caller's key (a hash, never the phone or account), the channel, the answer given,
+    and whether the caller's own probed router was answering then (`router_up`: the
+    network up to them works, so the call says nothing about their entrance or building)."""
 
     at: float
     node: str
@@ -65,6 +70,7 @@ class Call:
     caller: str
     channel: str
     status: str
+    router_up: bool = False
 
 
 def caller_key(salt: bytes, kind: str, value: str) -> str:
@@ -72,6 +78,19 @@ def caller_key(salt: bytes, kind: str, value: str) -> str:
     h = hashlib.blake2b(f"{kind}\x00{value}".encode("utf-8", "surrogateescape"),
                         key=salt, digest_size=8)  # fmt: skip
     return h.hexdigest()
+
+
+def building_text(building: str) -> str:
+    """A building as written for people. Calls keep it so; a building's key
+    (`Address.key`, "city|type|street|house|building|letter|structure"), as an earlier
+    version kept it, is written out from its parts."""
+    parts = building.split("|")
+    if len(parts) != 7 or not parts[2]:
+        return building
+    city, street_type, street, house, corpus, letter, structure = parts
+    return Address(street, street_type, house, corpus, letter, structure, city=city).text(
+        with_flat=False
+    )
 
 
 class CallLog:
@@ -242,7 +261,8 @@ class CallWatch:
         s = self.settings
         touched: set[str] = set()
         for call in calls:
-            if call.status not in UNEXPLAINED or call.node not in self.topology:
+            if (call.status not in UNEXPLAINED or call.router_up
+                    or call.node not in self.topology):  # fmt: skip
                 continue
             found = self.covering(call.node)
             if found is not None:
