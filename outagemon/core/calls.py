@@ -17,7 +17,10 @@ probes see the way to them working: their trouble is not their entrance's). The
 suspected root is the lowest node shared by the callers' serving nodes; when one child
 of the place holds `min_callers` of its callers or more and the rest are fewer (a busy
 entrance tipped its building over with a neighbour's usual call), the cluster is that
-child's, and only its calls are taken.
+child's, and only its calls are taken. A suspicion raised at a place while its
+callers were too few to tell moves down the same way, keeping its id, when later calls
+make one child's callers pass that child's threshold and the rest stay fewer than
+`min_callers` (a confirmed one is never moved).
 
 A suspected incident is never spoken as an outage: an engineer confirms it (it becomes an
 outage with the same id), dismisses it, or it expires after `expire_after` seconds
@@ -253,13 +256,14 @@ class CallWatch:
 
     def tick(self, now: float, calls: Iterable[Call], explained: Callable[[str], bool],
              next_id: Callable[[], int]) -> None:  # fmt: skip
-        """Take the new calls, raise or widen suspicions, expire quiet ones.
+        """Take the new calls, raise, widen or narrow suspicions, expire quiet ones.
 
         `explained(node)`: whether the probes' incidents, planned works or blindness
         explain trouble at this node now (no suspicion is raised there); `next_id()`: the
         id of a new incident (shared with the probes' incidents)."""
         s = self.settings
         touched: set[str] = set()
+        grown: set[int] = set()  # the suspicions that took a call
         for call in calls:
             if (call.status not in UNEXPLAINED or call.router_up
                     or call.node not in self.topology):  # fmt: skip
@@ -267,6 +271,7 @@ class CallWatch:
             found = self.covering(call.node)
             if found is not None:
                 found.attach(call)
+                grown.add(found.incident.id)
             else:
                 self._add(call)
                 touched.update(self._chain(call.node))
@@ -281,6 +286,10 @@ class CallWatch:
         # Only a new call can bring a place to its threshold (the rates move slowly).
         if touched:
             self._raise(now, touched, explained, next_id)
+        for sid in sorted(grown):
+            found = self.open.get(sid)
+            if found is not None and not found.confirmed:
+                self._narrow(found, now)
         for sid, sus in list(self.open.items()):
             if not sus.confirmed and self._quiet(sus, now):
                 self._end(sid, now, {"expired": True, "quiet_for": round(now - sus.last_call)})
@@ -368,6 +377,73 @@ class CallWatch:
                     break
             else:
                 return node
+
+    def _narrow(self, sus: Suspicion, now: float) -> None:
+        """A suspicion moved down, keeping its id, when the calls of one child of its root
+        over the last window pass that child's threshold by themselves while the rest are
+        fewer than `min_callers` (the usual calls of the siblings: raised at a building by
+        two callers of a faulty entrance and a neighbour's usual call, it moves to the
+        entrance when more of that entrance's callers come). Repeatedly; the callers of
+        the rest leave it (those still in the window count again as the usual calls of
+        their places). A confirmed suspicion is never moved (its callers hear `outage`)."""
+        s, topo = self.settings, self.topology
+        recent = [c for c in sus.calls if c.at > now - s.window]
+        old = root = sus.incident.root
+        if root not in topo:
+            return
+        while True:
+            place = {root, *topo.descendants(root)}
+            callers = {c.caller for c in recent if c.node in place}
+            for child in topo.nodes[root].children:
+                inside = {child, *topo.descendants(child)}
+                held = {c.caller for c in recent if c.node in inside}
+                if (len(held) >= max(s.min_callers, self.threshold(child, now))
+                        and len(callers - held) < s.min_callers
+                        and self._free(child, sus)):  # fmt: skip
+                    root = child
+                    break
+            else:
+                break
+        if root == old:
+            return
+        nodes = [root, *topo.descendants(root)]
+        place = set(nodes)
+        kept = [c for c in sus.calls if c.node in place]
+        for c in sus.calls:
+            if c.node not in place and id(c) in self._taken:
+                # Taken from the window when it was raised: back to its place's counts.
+                self._taken.discard(id(c))
+                self._restore(c)
+        left = len(sus.calls) - len(kept)
+        sus.calls = kept
+        sus.count = max(len(kept), sus.count - left)
+        sus.callers = {c.caller for c in kept}
+        sus.recent = deque(sorted(c.at for c in kept if c.at > now - s.expire_after))
+        if kept:
+            sus.first_call = min(c.at for c in kept)
+            sus.last_call = max(c.at for c in kept)
+        sus.incident.root = root
+        sus.incident.nodes = nodes
+        self._roots_stale = True
+        self.events.append(Event(EventKind.ROOT_MOVED, now, sus.incident.id, root,
+                                 detail={"from": old, "narrowed": True,
+                                         "callers": len(sus.callers)}))  # fmt: skip
+        self.events.append(Event(EventKind.NODES, now, sus.incident.id, root, tuple(nodes),
+                                 detail={"narrowed_from": old, "count": len(nodes)}))  # fmt: skip
+
+    def _free(self, node: str, sus: Suspicion) -> bool:
+        """Whether no other open suspicion is rooted at this node."""
+        return all(o is sus or o.incident.root != node for o in self.open.values())
+
+    def _restore(self, call: Call) -> None:
+        """A call a suspicion gave back: counted again at its places (it is still in
+        the window, which it leaves in its time)."""
+        self._by_node.setdefault(call.node, deque()).append(call)
+        largest, below = self.settings.max_subscribers, self.below
+        for n in self._chain(call.node):
+            if below.get(n, 0) <= largest:
+                per = self._counts.setdefault(n, {})
+                per[call.caller] = per.get(call.caller, 0) + 1
 
     def lowest_shared(self, nodes: set[str]) -> str:
         """The lowest node at or above every one of these (ties: the first by id)."""

@@ -476,6 +476,9 @@ def _suspicion_text(kind: str, detail: dict[str, Any]) -> str:
     if kind == "merged" and detail.get("confirmed_by") == "probes":
         was = "suspected incident" if detail.get("was") == "suspected" else "outage"
         return f"The probes see it: this {was} goes on as incident {detail.get('into')}."
+    if kind == "root_moved" and detail.get("narrowed"):
+        return (f"Narrowed from {detail.get('from')}: its callers are here, the others"
+                " were the usual calls.")  # fmt: skip
     if kind == "root_moved" and "absorbed" in detail:
         out = f"Widened from {detail.get('from')}: more callers further up"
         absorbed = detail.get("absorbed") or []
