@@ -23,7 +23,7 @@ from outagemon.core import calls as callers
 from outagemon.core.assess import works_cover
 from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory
-from outagemon.core.health import NodeState, Settings
+from outagemon.core.health import NodeState, Settings, State
 from outagemon.core.incidents import (
     Event,
     EventKind,
@@ -198,13 +198,16 @@ class Monitor:
     # -- callers as sensors ------------------------------------------------------------
 
     def record_call(self, node: str, building: str, kind: str, value: str, channel: str,
-                    status: str) -> None:  # fmt: skip
+                    status: str, router: str = "") -> None:  # fmt: skip
         """A /check that named a subscriber or an address: kept for the next look (never
-        decided on here, on the request path)."""
+        decided on here, on the request path). `router`: the caller's own probed router,
+        if they have one (its state now is kept with the call)."""
         if self.config.callers.enabled:
             key = callers.caller_key(self.call_salt, kind, value)
             at = self.clock()
-            self.call_log.append(callers.Call(at, node, building, key, channel, status))
+            ns = self.correlator.states.get(router) if router else None
+            up = ns is not None and ns.state is State.UP
+            self.call_log.append(callers.Call(at, node, building, key, channel, status, up))
 
     def watch_calls(self, now: float) -> None:
         """The detector's look at the calls since the last one; what it decides, written."""

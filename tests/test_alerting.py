@@ -157,6 +157,33 @@ def test_an_alert_carries_identifying_labels_inherited_district_and_severity() -
     assert ended["endsAt"] == "2026-11-30T06:00:00.000Z"
 
 
+def test_a_suspected_incident_reads_as_a_suspicion_awaiting_an_engineer() -> None:
+    raised = {"kind": "suspected", "raised_by": "calls", "callers": 4, "first_call_ago": 370.2,
+              "buildings": ["пр-т Мира, д. 10", "|пер|пушкина|1|||"]}  # fmt: skip
+    sus = incident(kind="suspected", inferred=True, raised_by="calls", subscribers=1,
+                   raised=raised)  # fmt: skip
+    notes = payload.annotation_set(sus, topo())
+    summary, description = notes["summary"], notes["description"]
+    assert summary == ("Suspected outage at sw-1: 4 callers from пр-т Мира, д. 10; "
+                       "пер. Пушкина, д. 1 in 7 minutes (not confirmed)"), summary  # fmt: skip
+    assert "raised by calls" in description and "awaits an engineer" in description
+    assert "inferred from its children" not in description
+    assert "Outage at" not in summary and "cut off" not in summary
+    # Once an engineer confirms it: an outage raised by calls, still no "children".
+    confirmed = payload.annotation_set({**sus, "kind": "outage"}, topo())
+    assert confirmed["summary"] == "Outage at sw-1: 1 subscriber cut off"
+    assert "confirmed by an engineer" in confirmed["description"]
+    assert "inferred from its children" not in confirmed["description"]
+    # Said in the singular for one, in the plural for others.
+    one = payload.annotation_set(incident(subscribers=1, calls=1), topo())
+    assert "1 subscriber cut off" in one["summary"]
+    assert ", 1 subscriber, 1 call to the phone menu." in one["description"]
+    assert "120 subscribers cut off" in payload.annotation_set(incident(), topo())["summary"]
+    # An old outbox row (no `raised`): still said as a suspicion.
+    bare = payload.annotation_set(incident(kind="suspected", inferred=True), topo())
+    assert bare["summary"] == "Suspected outage at sw-1 (not confirmed)"
+
+
 def test_a_signature_verifies_and_a_changed_body_or_an_old_timestamp_is_refused() -> None:
     body = b'{"version":"4"}'
     now = time.time()

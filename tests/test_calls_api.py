@@ -5,10 +5,13 @@ simulated one of tests/world.py)."""
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from outagemon.db import restore as restore_db
+from outagemon.db import store
 from outagemon.monitor import Monitor
 from tests.world import READ, WRITE, World, world
 
@@ -59,7 +62,7 @@ async def test_callers_raise_a_suspected_incident_an_engineer_confirms(fresh_db:
         status, body = await post(w, iid, {"confirm": True, "dismiss": True})
         assert status == 400 and "one of confirm, dismiss or resolve" in body["error"]
         status, body = await post(w, iid, {"resolve": True})
-        assert status == 409 and "not raised by calls and confirmed" in body["error"]
+        assert status == 409 and "is only suspected: confirm or dismiss" in body["error"]
         status, body = await post(w, "999", {"dismiss": True})
         assert status == 404, body
 
@@ -160,3 +163,84 @@ async def test_an_estimate_on_a_confirmed_one_is_kept_and_spoken(fresh_db: str) 
         a = await w.check(account="1002")
         assert a["status"] == "outage" and a["eta"], a
         assert w.monitor.calls.get(int(sus["id"]), 0) >= 1
+
+
+async def test_callers_whose_routers_answer_raise_no_suspicion(fresh_db: str) -> None:
+    async with world(fresh_db) as w:
+        # 1002-1004 are behind seg-mira-1, each with a probed router that answers.
+        for account in ("1002", "1003", "1004"):
+            answer = await w.check(account=account)
+            assert answer["status"] == "ok" and answer["node"] == "seg-mira-1", answer
+        w.run(2)
+        assert await incidents(w) == []
+        # Three callers there without a router of their own are a cluster.
+        sus = await three_callers_of_the_first_entrance(w)
+        assert sus["kind"] == "suspected" and sus["callers"] == 3
+
+
+async def test_a_suspected_incident_is_said_as_one_and_a_dismissed_one_lost_nothing(
+    fresh_db: str,
+) -> None:
+    from outagemon.alerting import payload
+
+    async with world(fresh_db, language="en") as w:
+        w.runtime.reports = await store.connect(fresh_db, min_size=1, max_size=2)
+        try:
+            sus = await three_callers_of_the_first_entrance(w)
+            iid = sus["id"]
+            # The building as written, not its internal key.
+            assert sus["buildings"] == ["пр-т Мира, д. 10"], sus
+            status, body = await post(w, iid, {"resolve": True})
+            assert status == 409, body
+            assert body["error"] == (
+                f"incident {iid} is only suspected: confirm or dismiss it first."
+            )
+            w.monitor.tick()
+            await w.flushed()
+            async with w.session.get(w.url(f"/incidents/{iid}"), headers=w.auth()) as r:
+                page = await r.text()
+            assert "· пр-т Мира, д. 10" in page and "|" + "мира" not in page
+            assert "Suspected from calls: 3 distinct callers" in page
+            assert "raised_by" not in page and "['" not in page and "True" not in page
+
+            # The alert: a suspicion, with its callers, awaiting an engineer.
+            row = await w.pool.fetchval("select incident from alert_outbox where incident_id"
+                                        " = $1 order by revision limit 1", int(iid))  # fmt: skip
+            notes = payload.annotation_set(json.loads(row), w.monitor.directory.topology)
+            assert notes["summary"].startswith("Suspected outage at seg-mira-1"), notes
+            assert "3 callers from пр-т Мира, д. 10 in " in notes["summary"], notes
+            assert notes["summary"].endswith("(not confirmed)"), notes
+            assert "awaits an engineer" in notes["description"], notes
+            assert "inferred from its children" not in notes["description"], notes
+
+            status, body = await post(w, iid, {"dismiss": True})
+            assert status == 200, body
+            w.monitor.tick()
+            await w.flushed()
+            async with w.session.get(w.url(f"/incidents/{iid}"), headers=w.auth()) as r:
+                assert "Dismissed by noc: not an outage." in await r.text()
+
+            # No report counts it: it cut nobody off.
+            start, end = w.now, w.monitor.clock() + 60
+            period = {"from": _iso(start), "to": _iso(end)}
+            for group in ("building", "node"):
+                async with w.session.get(w.url("/api/v1/reports/availability"),
+                                         params={"group": group, **period},
+                                         headers=w.auth()) as r:  # fmt: skip
+                    body = await r.json()
+                    assert r.status == 200 and body["rows"] == [], body
+            async with w.session.get(w.url("/api/v1/reports/incidents"), params=period,
+                                     headers=w.auth()) as r:  # fmt: skip
+                body = await r.json()
+                assert r.status == 200 and body["incidents"] == [], body
+                assert body["totals"]["incidents"] == 0, body
+            async with w.session.get(w.url("/reports?range=24h"), headers=w.auth()) as r:
+                page = await r.text()
+                assert r.status == 200, page
+            assert f'data-incident="{iid}"' not in page and "suspected" not in page
+        finally:
+            await w.runtime.reports.close()
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="seconds")

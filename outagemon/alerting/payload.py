@@ -10,11 +10,13 @@ incident object are ISO 8601 strings, as PostgreSQL's JSON gives them.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from outagemon.config import NotifyConfig
+from outagemon.core.calls import building_text
 from outagemon.core.topology import Topology, inherited_label
 
 ALERTNAME = "OutagemonIncident"
@@ -81,32 +83,81 @@ def label_set(incident: dict[str, Any], topology: Topology, cfg: NotifyConfig) -
     return found
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _raised(incident: dict[str, Any]) -> dict[str, Any]:
+    """What raised an incident raised by calls (its opened event's detail), else {}."""
+    raised = incident.get("raised")
+    return raised if isinstance(raised, dict) else {}
+
+
+def _suspected_summary(incident: dict[str, Any], where: str) -> str:
+    """ "Suspected outage at …: N callers from … in M minutes (not confirmed)"."""
+    raised = _raised(incident)
+    callers = int(raised.get("callers") or 0)
+    summary = f"Suspected outage at {where}"
+    if callers:
+        summary += f": {plural(callers, 'caller')}"
+        buildings = [str(b) for b in raised.get("buildings") or [] if b]
+        if buildings:
+            summary += f" from {'; '.join(building_text(b) for b in buildings[:3])}"
+            summary += f" and {len(buildings) - 3} more" if len(buildings) > 3 else ""
+        ago = raised.get("first_call_ago")
+        if ago is not None:
+            summary += f" in {plural(max(1, math.ceil(float(ago) / 60)), 'minute')}"
+    return summary + " (not confirmed)"
+
+
 def annotation_set(incident: dict[str, Any], topology: Topology) -> dict[str, str]:
     root = str(incident["root_node"])
     node = topology.nodes.get(root)
     where = f"{root} ({node.name})" if node is not None and node.name else root
-    what = "Planned works" if incident.get("kind") == "maintenance" else "Outage"
+    kind = incident.get("kind")
+    by_calls = incident.get("raised_by") == "calls" or kind == "suspected"
     subscribers = int(incident.get("subscribers") or 0)
     calls = int(incident.get("calls") or 0)
     eta = _time(incident.get("eta"))
     eta_text = rfc3339(eta) if eta is not None else ""
     note = str(incident.get("note") or "")
     state = str(incident.get("state") or "open")
-    summary = f"{what} at {where}: {subscribers} subscribers cut off"
+    if kind == "suspected":
+        summary = _suspected_summary(incident, where)
+    else:
+        what = "Planned works" if kind == "maintenance" else "Outage"
+        summary = f"{what} at {where}: {plural(subscribers, 'subscriber')} cut off"
     if eta is not None:
         summary += f", ETA {eta.astimezone(UTC):%H:%M} UTC"
     if state == "merged":
         summary += f" (absorbed into incident {incident.get('merged_into')})"
     elif state == "resolved":
-        summary += " (resolved)"
+        summary += " (ended)" if kind == "suspected" else " (resolved)"
     opened = _time(incident.get("opened_at"))
     since = f" since {rfc3339(opened)}" if opened is not None else ""
     inferred = bool(incident.get("inferred"))
-    description = (
-        f"Incident {incident['id']}{since}: {incident.get('nodes', 1)} node(s) cut off behind "
-        f"{where}{' (inferred from its children: it has no probe of its own)' if inferred else ''}"
-        f", {subscribers} subscribers, {calls} calls to the phone menu."
-    )
+    tail = (f", {plural(subscribers, 'subscriber')}, {plural(calls, 'call')} to the phone "
+            "menu.")  # fmt: skip
+    if kind == "suspected":
+        description = (
+            f"Suspected incident {incident['id']}{since} at {where}: raised by calls the "
+            "probes cannot explain (no probe sees a fault there). Not confirmed: it awaits "
+            "an engineer, who confirms it (it becomes an outage) or dismisses it"
+            f"{tail}"
+        )
+    elif by_calls:
+        description = (
+            f"Incident {incident['id']}{since}: raised by calls at {where} and confirmed by "
+            f"an engineer (no probe sees it), {incident.get('nodes', 1)} node(s) behind it"
+            f"{tail}"
+        )
+    else:
+        description = (
+            f"Incident {incident['id']}{since}: {incident.get('nodes', 1)} node(s) cut off "
+            f"behind {where}"
+            f"{' (inferred from its children: it has no probe of its own)' if inferred else ''}"
+            f"{tail}"
+        )
     if note:
         description += f" Note: {note}"
     return {

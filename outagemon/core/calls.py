@@ -12,10 +12,15 @@ never fewer than `min_callers`. The rate of each node is learned from the calls 
 (answered `ok` and not part of a suspicion), blended with a prior of `prior_rate` calls
 per subscriber a day that weighs as one day of history. Only calls answered `ok` count:
 one answered `outage`, `maintenance`, `cpe_down`, `restored` or `unknown` (blindness) is
-already explained. The suspected root is the lowest node shared by the callers' serving
-nodes; when one child of the place holds `min_callers` of its callers or more and the rest
-are fewer (a busy entrance tipped its building over with a neighbour's usual call), the
-cluster is that child's, and only its calls are taken.
+already explained, and so is one from a caller whose own probed router was answering (the
+probes see the way to them working: their trouble is not their entrance's). The
+suspected root is the lowest node shared by the callers' serving nodes; when one child
+of the place holds `min_callers` of its callers or more and the rest are fewer (a busy
+entrance tipped its building over with a neighbour's usual call), the cluster is that
+child's, and only its calls are taken. A suspicion raised at a place while its
+callers were too few to tell moves down the same way, keeping its id, when later calls
+make one child's callers pass that child's threshold and the rest stay fewer than
+`min_callers` (a confirmed one is never moved).
 
 A suspected incident is never spoken as an outage: an engineer confirms it (it becomes an
 outage with the same id), dismisses it, or it expires after `expire_after` seconds
@@ -30,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from outagemon.core.addresses import Address
 from outagemon.core.incidents import Event, EventKind, Incident, IncidentState, Kind
 from outagemon.core.topology import Topology
 
@@ -56,8 +62,10 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One resolved /check: when, the serving node, the building, the caller's key (a
-    hash, never the phone or account), the channel and the answer given."""
+    """One resolved /check: when, the serving node, the building (as written for people),
+    the caller's key (a hash, never the phone or account), the channel, the answer given,
+    and whether the caller's own probed router was answering then (`router_up`: the
+    network up to them works, so the call says nothing about their entrance or building)."""
 
     at: float
     node: str
@@ -65,6 +73,7 @@ class Call:
     caller: str
     channel: str
     status: str
+    router_up: bool = False
 
 
 def caller_key(salt: bytes, kind: str, value: str) -> str:
@@ -72,6 +81,19 @@ def caller_key(salt: bytes, kind: str, value: str) -> str:
     h = hashlib.blake2b(f"{kind}\x00{value}".encode("utf-8", "surrogateescape"),
                         key=salt, digest_size=8)  # fmt: skip
     return h.hexdigest()
+
+
+def building_text(building: str) -> str:
+    """A building as written for people. Calls keep it so; a building's key
+    (`Address.key`, "city|type|street|house|building|letter|structure"), as an earlier
+    version kept it, is written out from its parts."""
+    parts = building.split("|")
+    if len(parts) != 7 or not parts[2]:
+        return building
+    city, street_type, street, house, corpus, letter, structure = parts
+    return Address(street, street_type, house, corpus, letter, structure, city=city).text(
+        with_flat=False
+    )
 
 
 class CallLog:
@@ -234,19 +256,22 @@ class CallWatch:
 
     def tick(self, now: float, calls: Iterable[Call], explained: Callable[[str], bool],
              next_id: Callable[[], int]) -> None:  # fmt: skip
-        """Take the new calls, raise or widen suspicions, expire quiet ones.
+        """Take the new calls, raise, widen or narrow suspicions, expire quiet ones.
 
         `explained(node)`: whether the probes' incidents, planned works or blindness
         explain trouble at this node now (no suspicion is raised there); `next_id()`: the
         id of a new incident (shared with the probes' incidents)."""
         s = self.settings
         touched: set[str] = set()
+        grown: set[int] = set()  # the suspicions that took a call
         for call in calls:
-            if call.status not in UNEXPLAINED or call.node not in self.topology:
+            if (call.status not in UNEXPLAINED or call.router_up
+                    or call.node not in self.topology):  # fmt: skip
                 continue
             found = self.covering(call.node)
             if found is not None:
                 found.attach(call)
+                grown.add(found.incident.id)
             else:
                 self._add(call)
                 touched.update(self._chain(call.node))
@@ -261,6 +286,10 @@ class CallWatch:
         # Only a new call can bring a place to its threshold (the rates move slowly).
         if touched:
             self._raise(now, touched, explained, next_id)
+        for sid in sorted(grown):
+            found = self.open.get(sid)
+            if found is not None and not found.confirmed:
+                self._narrow(found, now)
         for sid, sus in list(self.open.items()):
             if not sus.confirmed and self._quiet(sus, now):
                 self._end(sid, now, {"expired": True, "quiet_for": round(now - sus.last_call)})
@@ -348,6 +377,73 @@ class CallWatch:
                     break
             else:
                 return node
+
+    def _narrow(self, sus: Suspicion, now: float) -> None:
+        """A suspicion moved down, keeping its id, when the calls of one child of its root
+        over the last window pass that child's threshold by themselves while the rest are
+        fewer than `min_callers` (the usual calls of the siblings: raised at a building by
+        two callers of a faulty entrance and a neighbour's usual call, it moves to the
+        entrance when more of that entrance's callers come). Repeatedly; the callers of
+        the rest leave it (those still in the window count again as the usual calls of
+        their places). A confirmed suspicion is never moved (its callers hear `outage`)."""
+        s, topo = self.settings, self.topology
+        recent = [c for c in sus.calls if c.at > now - s.window]
+        old = root = sus.incident.root
+        if root not in topo:
+            return
+        while True:
+            place = {root, *topo.descendants(root)}
+            callers = {c.caller for c in recent if c.node in place}
+            for child in topo.nodes[root].children:
+                inside = {child, *topo.descendants(child)}
+                held = {c.caller for c in recent if c.node in inside}
+                if (len(held) >= max(s.min_callers, self.threshold(child, now))
+                        and len(callers - held) < s.min_callers
+                        and self._free(child, sus)):  # fmt: skip
+                    root = child
+                    break
+            else:
+                break
+        if root == old:
+            return
+        nodes = [root, *topo.descendants(root)]
+        place = set(nodes)
+        kept = [c for c in sus.calls if c.node in place]
+        for c in sus.calls:
+            if c.node not in place and id(c) in self._taken:
+                # Taken from the window when it was raised: back to its place's counts.
+                self._taken.discard(id(c))
+                self._restore(c)
+        left = len(sus.calls) - len(kept)
+        sus.calls = kept
+        sus.count = max(len(kept), sus.count - left)
+        sus.callers = {c.caller for c in kept}
+        sus.recent = deque(sorted(c.at for c in kept if c.at > now - s.expire_after))
+        if kept:
+            sus.first_call = min(c.at for c in kept)
+            sus.last_call = max(c.at for c in kept)
+        sus.incident.root = root
+        sus.incident.nodes = nodes
+        self._roots_stale = True
+        self.events.append(Event(EventKind.ROOT_MOVED, now, sus.incident.id, root,
+                                 detail={"from": old, "narrowed": True,
+                                         "callers": len(sus.callers)}))  # fmt: skip
+        self.events.append(Event(EventKind.NODES, now, sus.incident.id, root, tuple(nodes),
+                                 detail={"narrowed_from": old, "count": len(nodes)}))  # fmt: skip
+
+    def _free(self, node: str, sus: Suspicion) -> bool:
+        """Whether no other open suspicion is rooted at this node."""
+        return all(o is sus or o.incident.root != node for o in self.open.values())
+
+    def _restore(self, call: Call) -> None:
+        """A call a suspicion gave back: counted again at its places (it is still in
+        the window, which it leaves in its time)."""
+        self._by_node.setdefault(call.node, deque()).append(call)
+        largest, below = self.settings.max_subscribers, self.below
+        for n in self._chain(call.node):
+            if below.get(n, 0) <= largest:
+                per = self._counts.setdefault(n, {})
+                per[call.caller] = per.get(call.caller, 0) + 1
 
     def lowest_shared(self, nodes: set[str]) -> str:
         """The lowest node at or above every one of these (ties: the first by id)."""

@@ -336,13 +336,18 @@ async def node_histories(conn: Conn) -> list[asyncpg.Record]:
 # -- notifications (the outbox) --------------------------------------------------------
 
 # The incident as a JSON object, as a notification shows it: its row, how many nodes it
-# cuts off and the latest engineer's note.
+# cuts off, the latest engineer's note and, for one raised by calls, what raised it (its
+# opened event's detail: callers, buildings, first_call_ago).
 _ALERT_INCIDENT = """
     jsonb_build_object(
         'id', i.id, 'state', i.state, 'kind', i.kind, 'root_node', i.root_node,
         'inferred', i.inferred, 'opened_at', i.opened_at, 'resolved_at', i.resolved_at,
         'eta', i.eta, 'merged_into', i.merged_into, 'subscribers', i.subscribers,
-        'calls', i.calls,
+        'calls', i.calls, 'raised_by', i.raised_by,
+        'raised', case when i.raised_by = 'calls' then
+                      (select e.detail from incident_event e
+                       where e.incident_id = i.id and e.kind = 'opened'
+                       order by e.at, e.id limit 1) end,
         'nodes', (select count(*) from incident_node n where n.incident_id = i.id),
         'note', coalesce((select e.detail->>'note' from incident_event e
                           where e.incident_id = i.id and e.kind = 'note'
@@ -819,7 +824,8 @@ async def downtime_csv(conn: Conn, start: datetime, end: datetime, now: datetime
 
 
 # Each place's losses within [$1, $2), open stretches up to $3: the nodes cut off (the
-# impact record; for incidents it does not hold, their last nodes over their whole life),
+# impact record; for incidents it does not hold, their last nodes over their whole life,
+# leaving out suspicions never confirmed: no outage, as the impact record has it),
 # placed by the map ($4: "node TAB place" lines, one text rather than two arrays of
 # thousands, which the client would encode string by string; a node may be in several)
 # or by $5: 'node' places an unmapped node at itself, 'label' at '(none)', anything else
@@ -843,6 +849,7 @@ stretch as (
     select i.id, n.node_id, i.kind, i.opened_at, i.resolved_at
     from incident i join incident_node n on n.incident_id = i.id
     where i.opened_at < $2 and coalesce(i.resolved_at, $3) > $1
+      and i.kind <> 'suspected'
       and not exists (select 1 from impact x where x.incident_id = i.id)
 ),
 map as (
@@ -892,7 +899,9 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
     ends after `seconds`:
 
     - incidents: those open at some time in the period, oldest first, with when each was
-      opened (its "opened" event) and its first repair estimate;
+      opened (its "opened" event) and its first repair estimate; a suspicion never
+      confirmed (kind suspected: dismissed, expired, taken over by the probes' incident
+      or still open) is no outage and is left out, as the impact record leaves it out;
     - blind: when the monitor could not see, clipped to the period, open ones up to
       `now`;
     - calls: /check answers per minute: all, and those that named an incident."""
@@ -912,6 +921,7 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
                 order by e.at, e.id limit 1
             ) fe on true
             where i.opened_at < $2 and coalesce(i.resolved_at, 'infinity') > $1
+              and i.kind <> 'suspected'
             order by i.opened_at, i.id
             """,
             start, end,

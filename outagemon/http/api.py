@@ -19,7 +19,7 @@ from aiohttp import web
 from outagemon import clock, logs
 from outagemon.core.assess import Answer, KeptBody, Status, assess
 from outagemon.core.directory import Directory, Match
-from outagemon.core.incidents import Maintenance
+from outagemon.core.incidents import Kind, Maintenance
 from outagemon.core.messages import Texts, next_local_day
 from outagemon.http import queries
 from outagemon.http.openapi import spec
@@ -109,10 +109,16 @@ async def check(request: web.Request) -> web.Response:
             monitor.count_call(inc.id)
         if matched_by != "node" and answer.node and (match.subscriber or match.address):
             # A caller from a known place: kept for the detector's next look (core/calls.py).
+            # The building as written for people (it is shown on the page and in the API);
+            # the caller's own router, when probed: if it answers, the call is not the
+            # entrance's (the detector leaves it out).
             address = match.address
-            monitor.record_call(answer.node, address.key if address is not None else "",
+            sub = match.subscriber
+            monitor.record_call(answer.node,
+                                address.text(with_flat=False) if address is not None else "",
                                 matched_by, q[matched_by].strip() + "\x00" + match.flat,
-                                channel, answer.status.value)  # fmt: skip
+                                channel, answer.status.value,
+                                sub.node if sub is not None and sub.ip else "")  # fmt: skip
     rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
     if fmt == "text":
         return web.Response(text=f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n")
@@ -326,6 +332,8 @@ async def _decide(request: web.Request, rt: Runtime, iid: int, body: dict[str, A
     done = {"confirm": monitor.confirm, "dismiss": monitor.dismiss,
             "resolve": monitor.repaired}[what](iid, who)  # fmt: skip
     if not done:
+        if what == "resolve" and inc.kind is Kind.SUSPECTED:
+            raise bad(f"incident {iid} is only suspected: confirm or dismiss it first.", 409)
         if what == "resolve":
             raise bad(f"incident {iid} was not raised by calls and confirmed: the probes "
                       "resolve it when its root answers again.", 409)  # fmt: skip

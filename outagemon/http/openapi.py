@@ -76,7 +76,8 @@ INCIDENT = {
                              "description": "Raised by calls, open: calls in each of the "
                                             "last 30 minutes, oldest first."},
         "buildings": {"type": "array", "items": {"type": "string"},
-                      "description": "Raised by calls, open: the callers' buildings."},
+                      "description": "Raised by calls, open: the callers' buildings, "
+                                     "written out (\"пр-т Мира, д. 10\")."},
     },
 }  # fmt: skip
 TIMELINE = {

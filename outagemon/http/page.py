@@ -21,6 +21,7 @@ from aiohttp import web
 from markupsafe import Markup, escape
 
 from outagemon import clock, logs
+from outagemon.core.calls import building_text
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident
 from outagemon.http import charts, figures, queries
@@ -427,7 +428,64 @@ def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
         return f"{detail.get('note', '')} — {detail.get('by', '')}"
     if kind == "eta":
         return f"ETA {detail.get('eta', '')} — {detail.get('by', '')}"
-    return ", ".join(f"{k}: {v}" for k, v in detail.items())
+    said = _suspicion_text(kind, detail)
+    if said:
+        return said
+    return "; ".join(f"{k.replace('_', ' ')}: {_value_text(v)}" for k, v in detail.items())
+
+
+def _value_text(value: Any) -> str:
+    """A detail's value as words (lists joined, yes/no), never a Python repr."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(_value_text(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k.replace('_', ' ')} {_value_text(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _minutes(seconds: Any) -> str:
+    n = round(float(seconds) / 60)
+    return f"{n} minute{'' if n == 1 else 's'}"
+
+
+def _suspicion_text(kind: str, detail: dict[str, Any]) -> str:
+    """The suspected-incident events (core/calls.py) as sentences; "" for the others."""
+    by = f" by {detail['by']}" if detail.get("by") else ""
+    if kind == "opened" and detail.get("raised_by") == "calls":
+        n = int(detail.get("callers") or 0)
+        out = f"Suspected from calls: {n} distinct caller{'' if n == 1 else 's'}"
+        if detail.get("first_call_ago") is not None:
+            out += f", the first {_minutes(detail['first_call_ago'])} before"
+        buildings = [building_text(str(b)) for b in detail.get("buildings") or []]
+        if buildings:
+            out += f", from {'; '.join(buildings)}"
+        return out + ". Not confirmed: an engineer confirms or dismisses it."
+    if kind == "kind_changed" and detail.get("from") == "suspected":
+        who = "the probes" if detail.get("confirmed_by") == "probes" else None
+        return f"Confirmed as an outage{by or (' by ' + who if who else '')}."
+    if kind == "resolved" and detail.get("dismissed"):
+        return f"Dismissed{by}: not an outage."
+    if kind == "resolved" and detail.get("expired"):
+        quiet = detail.get("quiet_for")
+        return ("Expired: no more calls than usual"
+                + (f" for {_minutes(quiet)}" if quiet is not None else "") + ".")  # fmt: skip
+    if kind == "resolved" and detail.get("repaired"):
+        return f"Repaired (said{by})."
+    if kind == "merged" and detail.get("confirmed_by") == "probes":
+        was = "suspected incident" if detail.get("was") == "suspected" else "outage"
+        return f"The probes see it: this {was} goes on as incident {detail.get('into')}."
+    if kind == "root_moved" and detail.get("narrowed"):
+        return (f"Narrowed from {detail.get('from')}: its callers are here, the others"
+                " were the usual calls.")  # fmt: skip
+    if kind == "root_moved" and "absorbed" in detail:
+        out = f"Widened from {detail.get('from')}: more callers further up"
+        absorbed = detail.get("absorbed") or []
+        if absorbed:
+            out += f", absorbing incident(s) {', '.join(str(a) for a in absorbed)}"
+        return out + "."
+    return ""
 
 
 async def incident_page(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from outagemon import logs
+from outagemon.core.calls import building_text
 from outagemon.core.incidents import Incident
 from outagemon.db import store
 from outagemon.http.runtime import Runtime, iso
@@ -48,7 +49,8 @@ def _suspicion(inc: Incident, monitor: Monitor) -> dict[str, Any]:
     now = monitor.clock()
     return {"callers": len(sus.callers), "first_call_at": iso(sus.first_call),
             "calls_per_minute": sus.per_minute(now),
-            "buildings": sorted({c.building for c in sus.calls if c.building})[:20]}  # fmt: skip
+            "buildings": sorted({building_text(c.building) for c in sus.calls
+                                 if c.building})[:20]}  # fmt: skip
 
 
 def row_json(r: Any) -> dict[str, Any]:
