@@ -39,6 +39,7 @@ from outagemon.http.runtime import Runtime
 from outagemon.monitor import Monitor
 from outagemon.notify import Notifier
 from outagemon.probing.icmp import IcmpSource
+from outagemon.workers import Workers
 
 log = logs.get("outagemon.daemon")
 
@@ -81,8 +82,13 @@ class Daemon:
         loaded: directory.Loaded,
         texts: Texts,
         source: ProbeSource | None = None,
+        workers: Workers | None = None,
     ) -> None:
         self.runtime = Runtime(config=config, directory=loaded.directory, texts=texts)
+        # With HTTP workers, they listen on the port and this process on their socket.
+        self.workers = workers
+        if workers is not None:
+            workers.collect_into(self.runtime.metrics)
         self.source: ProbeSource = source or IcmpSource(config.probe)
         self.notifier = Notifier()
         self.started: Started | None = None
@@ -221,13 +227,15 @@ class Daemon:
         runner = http_runner(make_app(self.runtime))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(
+        site: web.BaseSite = web.TCPSite(
             runner,
             cfg.http.host,
             cfg.http.port,
             reuse_address=True,
             ssl_context=tls_context(cfg.http),
         )
+        if self.workers is not None:
+            site = web.UnixSite(runner, str(self.workers.socket))
         try:
             await site.start()
         except OSError as e:
@@ -444,7 +452,15 @@ def run(config_path: Path) -> int:
     for warning in cfg.warnings:
         log.warning("config.warning", problem=warning)
     try:
-        return asyncio.run(Daemon(cfg, loaded, texts).run())
+        workers = None
+        if cfg.http.workers > 1:
+            workers = Workers(cfg, loaded.directory, texts, tls_context(cfg.http))
+            workers.start()
+        try:
+            return asyncio.run(Daemon(cfg, loaded, texts, workers=workers).run())
+        finally:
+            if workers is not None:
+                workers.stop()
     except OutagemonError as e:
         log.error("daemon.start_failed", error=str(e))
         print(f"outagemon: {e}", file=sys.stderr)

@@ -157,6 +157,7 @@ class Monitor:
         self._events.inc(kind=e.kind.value)
         if e.kind is EventKind.BLIND or e.kind is EventKind.SEEING:
             log.warning(f"monitor.{e.kind.value}", anchors=list(self.anchors))
+            self.journal.blind(e.kind is EventKind.BLIND)
             return
         inc = self.correlator.incidents.get(e.incident or -1)
         log.info(f"incident.{e.kind.value}", incident=e.incident, root=e.root,

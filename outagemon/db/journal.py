@@ -93,14 +93,24 @@ async def _timeline(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | N
     return True
 
 
+async def _recovering(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
+    await store.set_incident_recovering(conn, e.incident, at)
+    return True
+
+
+async def _refailed(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
+    await store.set_incident_recovering(conn, e.incident, None)
+    return True
+
+
 WRITES: dict[EventKind, Write] = {
     EventKind.OPENED: _opened,
     EventKind.REOPENED: _reopened,
     EventKind.NODES: _nodes,
     EventKind.ROOT_MOVED: _root_moved,
     EventKind.MERGED: _merged,
-    EventKind.RECOVERING: _timeline,
-    EventKind.REFAILED: _timeline,
+    EventKind.RECOVERING: _recovering,
+    EventKind.REFAILED: _refailed,
     EventKind.RESOLVED: _resolved,
     EventKind.KIND_CHANGED: _kind_changed,
     EventKind.SPLIT: _timeline,
@@ -199,6 +209,12 @@ class Journal:
         self.writer.latest("node_states", latest, _newer, _states_op,
                            size=64 + 64 * len(latest))  # fmt: skip
 
+    def blind(self, blind: bool) -> None:
+        """Whether every anchor is down (replicas answer "unknown" then, as the leader)."""
+        if self.writer is None:
+            return
+        self.writer.latest("blind", blind, _replace_flag, _blind_op, size=64)
+
     def history(self, rows: list[tuple[str, float, float]]) -> None:
         """Every node's loss history (n, lost), in one write (a newer one replaces it)."""
         if self.writer is None:
@@ -236,9 +252,13 @@ def op_of(kind: str, data: dict[str, Any]) -> Op:
                             bool(snap["inferred"]), store.ts(float(snap["opened_at"])),
                             list(snap["nodes"]), int(snap["subscribers"]))  # fmt: skip
 
+    # Replicas re-read the incidents an event changed (a merge changes both).
+    changed = [i for i in (e.incident, e.detail.get("into")) if isinstance(i, int)]
+
     async def op(conn: Conn) -> None:
         if await write(conn, e, snapshot, at):
             await store.add_incident_event(conn, e.incident, at, e.kind.value, detail)
+        await store.notify_replica(conn, "incident", changed)
 
     return op
 
@@ -250,6 +270,7 @@ def _eta_op(d: dict[str, Any]) -> Op:
     async def op(conn: Conn) -> None:
         await store.set_incident_eta(conn, incident, eta)
         await store.add_incident_event(conn, incident, at, "eta", detail)
+        await store.notify_replica(conn, "incident", [incident])
 
     return op
 
@@ -260,6 +281,7 @@ def _note_op(d: dict[str, Any]) -> Op:
 
     async def op(conn: Conn) -> None:
         await store.add_incident_event(conn, incident, at, "note", detail)
+        await store.notify_replica(conn, "incident", [incident])
 
     return op
 
@@ -269,6 +291,7 @@ def _maintenance_op(d: dict[str, Any]) -> Op:
         await store.add_maintenance(conn, int(d["id"]), str(d["node"]),
                                     store.ts(float(d["starts_at"])), store.ts(float(d["ends_at"])),
                                     str(d["reason"]), str(d["by"]))  # fmt: skip
+        await store.notify_replica(conn, "maintenance", [])
 
     return op
 
@@ -285,6 +308,7 @@ def _calls_op(counts: dict[int, int]) -> Op:
 
     async def op(conn: Conn) -> None:
         await store.add_calls(conn, rows)
+        await store.notify_replica(conn, "incident", [i for i, _ in rows])
 
     return op
 
@@ -298,6 +322,7 @@ def _states_op(latest: dict[str, tuple[str, float, float]]) -> Op:
 
     async def op(conn: Conn) -> None:
         await store.save_node_states(conn, rows)
+        await store.notify_replica(conn, "states", [])
 
     return op
 
@@ -305,6 +330,18 @@ def _states_op(latest: dict[str, tuple[str, float, float]]) -> Op:
 def _replace(a: list[tuple[str, float, float]],
              b: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:  # fmt: skip
     return b
+
+
+def _replace_flag(a: bool, b: bool) -> bool:
+    return b
+
+
+def _blind_op(blind: bool) -> Op:
+    async def op(conn: Conn) -> None:
+        await store.set_blind(conn, blind)
+        await store.notify_replica(conn, "monitor", [])
+
+    return op
 
 
 def _history_op(rows: list[tuple[str, float, float]]) -> Op:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -287,9 +288,10 @@ async def max_maintenance_id(conn: Conn) -> int:
 async def save_node_states(conn: Conn, rows: list[tuple[str, str, datetime | None, float]]) -> None:
     """Nodes' latest states: (node, state, changed at, short-term loss)."""
     await conn.executemany(
-        "insert into node_state (node_id, state, changed_at, loss) values ($1, $2, $3, $4)"
+        "insert into node_state (node_id, state, changed_at, loss, seq)"
+        " values ($1, $2, $3, $4, nextval('node_state_seq'))"
         " on conflict (node_id) do update set state = excluded.state,"
-        " changed_at = excluded.changed_at, loss = excluded.loss",
+        " changed_at = excluded.changed_at, loss = excluded.loss, seq = excluded.seq",
         rows,
     )
 
@@ -313,3 +315,73 @@ async def node_histories(conn: Conn) -> list[asyncpg.Record]:
             "select node_id, history_n, history_lost from node_state where history_n > 0"
         )
     )
+
+
+# -- the read replica (outagemon/cluster/replica.py) -----------------------------------
+
+REPLICA_CHANNEL = "outagemon_replica"
+
+
+async def notify_replica(conn: Conn, kind: str, ids: list[int]) -> None:
+    """Tell replicas, when the caller's transaction commits, what it changed: `kind`
+    (incident, states, maintenance, monitor) and the incidents' ids, never their values,
+    with the database's time (`t`, epoch seconds) for the replica's lag."""
+    await conn.execute(
+        "select pg_notify($1, json_build_object('k', $2::text, 'i', $3::bigint[],"
+        " 't', extract(epoch from clock_timestamp()))::text)",
+        REPLICA_CHANNEL, kind, ids[:500],  # a payload stays far below NOTIFY's 8000 bytes
+    )  # fmt: skip
+
+
+async def set_incident_recovering(conn: Conn, incident_id: int | None,
+                                  at: datetime | None) -> None:  # fmt: skip
+    await conn.execute("update incident set recovering_since = $2 where id = $1",
+                       incident_id, at)  # fmt: skip
+
+
+async def set_blind(conn: Conn, blind: bool) -> None:
+    await conn.execute("update monitor_view set blind = $1 where id = 1", blind)
+
+
+async def replica_incidents(conn: Conn, ids: list[int] | None,
+                            resolved_after: datetime | None) -> list[asyncpg.Record]:  # fmt: skip
+    """Open incidents and those resolved after `resolved_after`, with their nodes (root
+    first); only those of `ids` when given (whatever their state, so a replica learns
+    that one was resolved or merged)."""
+    if ids is not None:
+        return list(await conn.fetch(f"{_REPLICA} where i.id = any($1::bigint[]) {_BY_ID}", ids))
+    where = "i.state = 'open' or (i.state = 'resolved' and i.resolved_at > $1)"
+    return list(await conn.fetch(f"{_REPLICA} where {where} {_BY_ID}", resolved_after))
+
+
+_REPLICA = """
+    select i.id, i.state, i.kind, i.root_node, i.inferred, i.opened_at, i.resolved_at,
+           i.eta, i.calls, i.recovering_since, i.subscribers,
+           coalesce(array_agg(n.node_id order by n.node_id = i.root_node desc, n.node_id)
+                    filter (where n.node_id is not null), '{}') as nodes
+    from incident i left join incident_node n on n.incident_id = i.id
+"""
+_BY_ID = "group by i.id order by i.id"
+
+
+async def replica_states(conn: Conn, after: int) -> list[asyncpg.Record]:
+    """Node states written after sequence number `after` (0: all), in the order written."""
+    return list(
+        await conn.fetch(
+            "select node_id, state, changed_at, loss, seq from node_state where seq > $1"
+            " order by seq",
+            after,
+        )
+    )
+
+
+async def replica_blind(conn: Conn) -> bool:
+    return bool(await conn.fetchval("select blind from monitor_view where id = 1"))
+
+
+async def listen_replica(conn: asyncpg.Connection, notified: Callable[[str], None],
+                         lost: Callable[[], None]) -> None:  # fmt: skip
+    """LISTEN on the replica channel: `notified(payload)` for each notification, `lost()`
+    when the connection closes (a terminated backend, a restarted server)."""
+    conn.add_termination_listener(lambda _conn: lost())
+    await conn.add_listener(REPLICA_CHANNEL, lambda _c, _pid, _ch, payload: notified(payload))

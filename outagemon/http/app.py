@@ -227,7 +227,19 @@ async def static(request: web.Request) -> web.Response:
     )
 
 
-def make_app(runtime: Runtime) -> web.Application:
+# What an HTTP worker answers itself, from its replica: the phone menu's question and the
+# read API. The rest (writes, the page with its sessions and streams, /metrics for the
+# whole daemon) is forwarded to the daemon's own process.
+WORKER_ROUTES = frozenset({
+    ("GET", "/api/v1/check"), ("GET", "/api/v1/incidents"), ("GET", "/api/v1/incidents/{id}"),
+    ("GET", "/api/v1/openapi.json"), ("GET", "/healthz"), ("GET", "/readyz"),
+    ("GET", "/static/{name}"),
+})  # fmt: skip
+
+
+def make_app(runtime: Runtime, forward: Handler | None = None) -> web.Application:
+    """The daemon's application; with `forward`, an HTTP worker's: WORKER_ROUTES are
+    answered here and every other request is handed to `forward`."""
     app = web.Application(client_max_size=64 * 1024)
     app[RUNTIME] = runtime
     runtime.metrics.gauge("outagemon_up", "1 while the daemon serves.").set(1)
@@ -238,10 +250,17 @@ def make_app(runtime: Runtime) -> web.Application:
     routes.get("/static/{name}")(static)
     api.setup(routes)
     page.setup(routes)
-    page.install(app, runtime)
+    if forward is None:
+        page.install(app, runtime)
     for route in routes:
         assert isinstance(route, web.RouteDef)
-        app.router.add_route(route.method, route.path, sentences(route.handler, runtime),
+        handler = route.handler
+        if forward is not None and (route.method, route.path) not in WORKER_ROUTES:
+            handler = forward
+        app.router.add_route(route.method, route.path, sentences(handler, runtime),
                              **route.kwargs)  # fmt: skip
-    _no_route(app)
+    if forward is not None:
+        app.router.add_route("*", "/{tail:.*}", forward)
+    else:
+        _no_route(app)
     return app

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from outagemon import clock
+from outagemon.cluster.replica import Replica
 from outagemon.config import Config, Token
 from outagemon.core import messages
 from outagemon.core.assess import AnswerMemory
@@ -51,7 +52,9 @@ class Runtime:
     # None once the database is connected and what it remembers taken up; else why not.
     database: str | None = None
     reads: int = 0  # database reads of HTTP requests running now (http/queries.py)
-    monitor: Monitor | None = None
+    # The correlator's state this process answers from: its own Monitor, or a Replica of
+    # the leader's (an HTTP worker, a standby); the handlers read either alike.
+    monitor: Monitor | Replica | None = None
     pool: Any = None  # asyncpg.Pool once connected: the page's timelines read it
     probe_rate: float = 0.0  # probes a second, as last measured
     texts: Texts = field(default_factory=lambda: messages.load("ru"))
