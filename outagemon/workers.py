@@ -133,7 +133,7 @@ class Workers:
             finally:
                 os._exit(code)
         self.supervisor = pid
-        log.info("workers.started", workers=self.count, supervisor=pid)
+        log.info("workers.started", workers=self.count, supervisor=pid, socket=str(self.socket))
 
     def stop(self, within: float = 3.0) -> None:
         """Stop the supervisor and its workers; wait `within` seconds, then kill."""

@@ -133,7 +133,7 @@ class Replica:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await store.connection(dsn)
+                conn = await store.connection(dsn, store.REPLICA_NAME)
                 self._lost.clear()
                 self._queue = asyncio.Queue()
                 await store.listen_replica(conn, self._notified, self._terminated)
@@ -153,7 +153,7 @@ class Replica:
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 2.0)
 
     def _notified(self, payload: str) -> None:
         try:

@@ -44,10 +44,12 @@ async def connect(dsn: str, min_size: int = 2, max_size: int = 10,
     return pool
 
 
-async def connection(dsn: str) -> asyncpg.Connection:
-    """One dedicated connection (migrations hold a session lock on it)."""
+async def connection(dsn: str, name: str | None = None) -> asyncpg.Connection:
+    """One dedicated connection (migrations hold a session lock on it; a replica listens
+    on it), named `name` in pg_stat_activity when given."""
+    settings = {"application_name": name} if name else None
     try:
-        return await asyncpg.connect(dsn, timeout=10)
+        return await asyncpg.connect(dsn, timeout=10, server_settings=settings)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
         raise DatabaseError(f"cannot connect to PostgreSQL at {redact(dsn)}: {e}") from None
 
@@ -320,6 +322,7 @@ async def node_histories(conn: Conn) -> list[asyncpg.Record]:
 # -- the read replica (outagemon/cluster/replica.py) -----------------------------------
 
 REPLICA_CHANNEL = "outagemon_replica"
+REPLICA_NAME = "outagemon replica"  # its connections' application_name
 
 
 async def notify_replica(conn: Conn, kind: str, ids: list[int]) -> None:
@@ -373,6 +376,20 @@ async def replica_states(conn: Conn, after: int) -> list[asyncpg.Record]:
             after,
         )
     )
+
+
+async def replica_backends(conn: Conn) -> list[int]:
+    """Server pids of the replicas' connections to this database (tests end them)."""
+    rows = await conn.fetch(
+        "select pid from pg_stat_activity where application_name = $1"
+        " and datname = current_database()",
+        REPLICA_NAME,
+    )
+    return [int(r["pid"]) for r in rows]
+
+
+async def terminate_backends(conn: Conn, pids: list[int]) -> None:
+    await conn.execute("select pg_terminate_backend(p) from unnest($1::int[]) p", pids)
 
 
 async def replica_blind(conn: Conn) -> bool:
