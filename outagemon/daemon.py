@@ -438,8 +438,9 @@ def report_skipped(problems: list[str], limit: int = 100) -> None:
         log.warning("subscribers.rows_skipped", shown=limit, total=len(problems))
 
 
-def run(config_path: Path) -> int:
-    """`outagemon run`: 0 after a clean stop, 2 for a bad config, 1 when start-up failed."""
+def run(config_path: Path, source: ProbeSource | None = None) -> int:
+    """`outagemon run`: 0 after a clean stop, 2 for a bad config, 1 when start-up failed.
+    (`source`: where probe results come from, ICMP unless given: a benchmark simulates.)"""
     try:
         cfg = config_mod.load(config_path)
         logs.setup()
@@ -457,7 +458,7 @@ def run(config_path: Path) -> int:
             workers = Workers(cfg, loaded.directory, texts, tls_context(cfg.http))
             workers.start()
         try:
-            return asyncio.run(Daemon(cfg, loaded, texts, workers=workers).run())
+            return asyncio.run(Daemon(cfg, loaded, texts, source, workers=workers).run())
         finally:
             if workers is not None:
                 workers.stop()

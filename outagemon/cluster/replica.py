@@ -33,6 +33,7 @@ from outagemon.metrics import Registry
 log = logs.get("outagemon.replica")
 
 _STATES = {s.value: s for s in State}
+STATES_AT_ONCE = 5000  # node states read in one piece
 
 
 class Seen(NamedTuple):
@@ -185,7 +186,9 @@ class Replica:
         started = time.monotonic()
         after = store.ts(time.time() - self.restored_for)
         rows = await store.replica_incidents(conn, None, after)
-        states = await store.replica_states(conn, 0)
+        states: dict[str, Seen] = {}
+        self._seq = 0
+        count = await self._read_states(conn, states)
         windows = await store.recent_maintenance(conn)
         blind = await store.replica_blind(conn)
         self.correlator.incidents.clear()
@@ -194,16 +197,14 @@ class Replica:
         self.calls.clear()
         for r in rows:
             self._take(r)
-        self.correlator.states = {}
-        self._seq = 0
-        self._take_states(states)
+        self.correlator.states = states
         self._take_windows(windows)
         self.correlator.blind = blind
         self._rebuild()
         self.first_round_done = True
         self._reads.inc()
         log.info("replica.read_all", incidents=len(self.correlator.incidents),
-                 resolved=len(self._resolved), states=len(states),
+                 resolved=len(self._resolved), states=count,
                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
 
     async def _apply(self, conn: asyncpg.Connection, batch: list[dict[str, Any]]) -> None:
@@ -213,12 +214,15 @@ class Replica:
             for r in await store.replica_incidents(conn, ids, None):
                 self._take(r)
         if "states" in kinds:
-            self._take_states(await store.replica_states(conn, self._seq))
+            await self._read_states(conn, self.correlator.states)
         if "maintenance" in kinds:
             self._take_windows(await store.recent_maintenance(conn))
         if "monitor" in kinds:
             self.correlator.blind = await store.replica_blind(conn)
-        self._rebuild()
+        if ids or "monitor" in kinds:
+            self._rebuild()
+        else:
+            self.correlator.version += 1  # states or works: remembered answers are stale
         now = time.time()
         for n in batch:
             self._applied.inc(kind=str(n.get("k")))
@@ -249,8 +253,19 @@ class Replica:
         if inc.state is IncidentState.RESOLVED:
             self._resolved[iid] = inc
 
-    def _take_states(self, rows: list[Any]) -> None:
-        states = self.correlator.states
+    async def _read_states(self, conn: asyncpg.Connection, states: dict[str, Seen]) -> int:
+        """The node states written since the last read, in pieces (a city's nodes all
+        change when its core dies): other requests are answered between the pieces."""
+        count = 0
+        while True:
+            rows = await store.replica_states(conn, self._seq, STATES_AT_ONCE)
+            self._take_states(rows, states)
+            count += len(rows)
+            if len(rows) < STATES_AT_ONCE:
+                return count
+            await asyncio.sleep(0)
+
+    def _take_states(self, rows: list[Any], states: dict[str, Seen]) -> None:
         for r in rows:
             written = r["state"]
             state = _STATES.get(written, State.UP if written == "degraded" else State.UNKNOWN)

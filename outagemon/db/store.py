@@ -367,15 +367,16 @@ _REPLICA = """
 _BY_ID = "group by i.id order by i.id"
 
 
-async def replica_states(conn: Conn, after: int) -> list[asyncpg.Record]:
-    """Node states written after sequence number `after` (0: all), in the order written."""
+async def replica_states(conn: Conn, after: int, limit: int = 5000) -> list[asyncpg.Record]:
+    """Up to `limit` node states written after sequence number `after` (0: from the
+    first), in the order written: a replica reads a city's in pieces."""
     return list(
         await conn.fetch(
             "select node_id, state, changed_at, loss, seq from node_state where seq > $1"
-            " order by seq",
-            after,
+            " order by seq limit $2",
+            after, limit,
         )
-    )
+    )  # fmt: skip
 
 
 async def replica_backends(conn: Conn) -> list[int]:
