@@ -224,7 +224,7 @@ class Daemon:
         stack.push_async_callback(
             self._cancel, [self._spawn(coro, name) for name, coro in tasks.items()]
         )
-        runner = http_runner(make_app(self.runtime))
+        runner = http_runner(make_app(self.runtime, behind_workers=self.workers is not None))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site: web.BaseSite = web.TCPSite(

@@ -353,8 +353,14 @@ def _forwarder(session: aiohttp.ClientSession) -> Any:
     back (the page's event stream included)."""
 
     async def forward(request: web.Request) -> web.StreamResponse:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        # The caller's own X-Forwarded-* are dropped: only the worker says who asked.
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in _HOP and not k.lower().startswith("x-forwarded")
+        }
         headers[hdrs.X_FORWARDED_FOR] = request.remote or ""
+        headers[hdrs.X_FORWARDED_PROTO] = request.scheme
         body = await request.read() if request.can_read_body else None
         try:
             upstream = await session.request(request.method, f"http://daemon{request.path_qs}",

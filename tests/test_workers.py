@@ -10,6 +10,7 @@ again and re-reads everything, a change it was never told about included.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ from outagemon.core import directory
 from outagemon.db import migrate, store
 from outagemon.metrics import Registry
 from outagemon.sim import citygen
+from outagemon.testing.lab import Lab
 from tests.conftest import free_port, short_tmp_dir
 
 WRITE = "workers-write-token-0123456789"
@@ -336,3 +338,152 @@ async def _until(condition: Callable[[], object], within: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not within the deadline"
         await asyncio.sleep(0.01)
+
+
+# -- a real decision, in the network lab ----------------------------------------------------
+
+
+class Relay:
+    """A TCP relay from the lab's 127.0.0.1 to this host's PostgreSQL: the daemon probes
+    inside the namespace, and the database it writes to is the machine's real one."""
+
+    def __init__(self, lab: Lab, port: int) -> None:
+        with lab.entered():
+            self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = port
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                inside, _ = self.listener.accept()
+            except OSError:
+                return
+            outside = socket.create_connection(("127.0.0.1", self.target))
+            self.open += [inside, outside]
+            for a, b in ((inside, outside), (outside, inside)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.open:
+            s.close()
+
+
+def test_each_worker_agrees_with_the_leaders_decisions_in_the_lab(fresh_db: str, lab: Lab) -> None:
+    state = short_tmp_dir()
+    city = citygen.generate(aggregations=3, access_per_aggregation=4,
+                            subscribers_per_access=5, entrances=2)  # fmt: skip
+    topo, subs = city.write(state)
+    d = directory.load(topo, subs).directory
+    parsed = urllib.parse.urlsplit(fresh_db)
+    relay = Relay(lab, parsed.port or 5432)
+    dsn = f"postgresql://{parsed.username or 'postgres'}@127.0.0.1:{relay.port}{parsed.path}"
+    port = free_port()
+    (state / "outagemon.toml").write_text(
+        LAB_CONFIG.format(state=state, dsn=dsn, port=port, write=WRITE)
+    )
+    with (state / "daemon.log").open("ab") as out:
+        process = subprocess.Popen(
+            lab.command(sys.executable, "-m", "outagemon", "run", "-c",
+                        str(state / "outagemon.toml")),
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    c = Cluster(state, port, d, process)
+
+    def ask(query: str) -> dict[str, dict[str, Any]]:
+        with lab.entered():
+            return c.check_each(query)
+
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None, c.log()
+            try:
+                with lab.entered():
+                    return c.ask("GET", "/readyz")[0] == 200
+            except OSError:
+                return False
+
+        wait("the workers are ready", ready, 90, c.log())
+        c.socket_path = c.records("workers.started")[0]["socket"]
+        time.sleep(8)  # clean history before the fault, as in steady operation
+        query = urllib.parse.urlencode({"account": _account_under(d, "agg-2")})
+        assert c.leader(f"/api/v1/check?{query}")["status"] == "ok"
+        topology = d.topology
+        lab.down(*[ip for n in ["agg-2", *topology.descendants("agg-2")]
+                   if (ip := topology.nodes[n].ip) is not None])  # fmt: skip
+        for expected in ("outage", "restored"):
+            said = wait(
+                f"the leader says {expected}",
+                lambda e=expected: (
+                    (  # type: ignore[misc]
+                        a := c.leader(f"/api/v1/check?{query}")
+                    )["status"]
+                    == e
+                    and a
+                ),
+                60,
+                c.log(),
+            )
+            changed = time.monotonic()
+            late: dict[str, float] = {}
+            while len(late) < 2 and time.monotonic() - changed < 3:
+                for index, answer in ask(query).items():
+                    if index not in late and _same(answer, said):
+                        late[index] = time.monotonic() - changed
+            assert sorted(late) == ["0", "1"], f"{expected}: {late}; the leader said {said}"
+            assert max(late.values()) < 1.0, (expected, late)
+            lab.clear()
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        relay.close()
+
+
+LAB_CONFIG = """
+[daemon]
+state_dir = "{state}"
+[database]
+dsn = "{dsn}"
+[http]
+listen = "127.0.0.1:{port}"
+workers = 2
+[probe]
+interval = 1.0
+timeout = 0.5
+down_after = 3
+up_after = 2
+[correlation]
+window = 5
+resolve_hold = 3
+[topology]
+file = "topology.yaml"
+subscribers = "subscribers.csv"
+[messages]
+language = "en"
+restored_for = 600
+[[auth.tokens]]
+name = "test"
+token = "{write}"
+role = "write"
+"""

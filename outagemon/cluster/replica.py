@@ -119,6 +119,10 @@ class Replica:
     def count_call(self, incident_id: int) -> None:
         """Calls are counted by the process that decides; a replica only reads."""
 
+    def not_leading(self) -> str | None:
+        """Why a write cannot be taken here (as the Monitor of a standby says it)."""
+        return "this process only reads the incident state; writes are taken by the leader."
+
     def set_eta(self, incident_id: int, eta: float | None, note: str, who: str) -> None:
         raise NotLeader("this process only reads; estimates are written by the leader")
 

@@ -237,10 +237,28 @@ WORKER_ROUTES = frozenset({
 })  # fmt: skip
 
 
-def make_app(runtime: Runtime, forward: Handler | None = None) -> web.Application:
+@web.middleware
+async def _forwarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request a worker forwarded over the daemon's Unix socket: its caller's address
+    and scheme are the worker's X-Forwarded-For and X-Forwarded-Proto (so a login's
+    backoff is the caller's own, and a session cookie over HTTPS is Secure). Trusted on
+    the Unix socket only (its directory is the daemon's, 0700); from TCP, ignored."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) or hdrs.X_FORWARDED_FOR not in request.headers:
+        return await handler(request)
+    proto = request.headers.get(hdrs.X_FORWARDED_PROTO, "http")
+    return await handler(request.clone(remote=request.headers[hdrs.X_FORWARDED_FOR],
+                                       scheme="https" if proto == "https" else "http"))  # fmt: skip
+
+
+def make_app(runtime: Runtime, forward: Handler | None = None,
+             behind_workers: bool = False) -> web.Application:  # fmt: skip
     """The daemon's application; with `forward`, an HTTP worker's: WORKER_ROUTES are
-    answered here and every other request is handed to `forward`."""
-    app = web.Application(client_max_size=64 * 1024)
+    answered here and every other request is handed to `forward`. `behind_workers`: the
+    daemon's own when its workers forward to it (see `_forwarded`)."""
+    app = web.Application(client_max_size=64 * 1024,
+                          middlewares=[_forwarded] if behind_workers else [])  # fmt: skip
     app[RUNTIME] = runtime
     runtime.metrics.gauge("outagemon_up", "1 while the daemon serves.").set(1)
     routes = web.RouteTableDef()
