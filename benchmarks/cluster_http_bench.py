@@ -230,11 +230,17 @@ def main() -> None:
         for kind in servers:
             wrk(ports[kind], phones, path, args.seconds, paced=False)  # warm-up
         print(f"load average before: {load()}", file=sys.stderr)
+        supervisor = int(next(json.loads(line) for line in (state / "daemon.log").open()
+                              if '"workers.started"' in line)["supervisor"])  # fmt: skip
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        serving = {"workers=2": [int(p) for p in children], "bare": [servers["bare"].pid]}
         for _ in range(args.rounds):
             for kind in servers:
-                runs.setdefault(kind, []).append(
-                    wrk(ports[kind], phones, path, args.seconds, paced=False)
-                )
+                before = sum(cpu_seconds(p) for p in serving[kind])
+                r = wrk(ports[kind], phones, path, args.seconds, paced=False)
+                used = sum(cpu_seconds(p) for p in serving[kind]) - before
+                r["cpu_us"] = used / (r["rps"] * args.seconds) * 1e6
+                runs.setdefault(kind, []).append(r)
         port = ports["workers=2"]
         servers["bare"].terminate()  # the paced runs are the workers' alone
         load_before = load()
