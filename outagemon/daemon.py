@@ -346,6 +346,8 @@ class Daemon:
         finally:
             self.notifier.send("READY=1")
         log.info("config.reload_done", outcome=outcome)
+        if self.workers is not None and outcome != "refused":
+            self.workers.reload()  # they load it too, and are replaced one by one
         try:
             reloading.write(self.config.daemon.state_dir, started, outcome, problems)
         except OSError as e:

@@ -43,7 +43,7 @@ from outagemon.config import Config
 from outagemon.core.directory import Directory
 from outagemon.core.messages import Texts
 from outagemon.db import store
-from outagemon.http.app import make_app
+from outagemon.http.app import CALLS_PATH, make_app
 from outagemon.http.app import runner as http_runner
 from outagemon.http.runtime import Runtime
 from outagemon.metrics import Registry
@@ -61,7 +61,7 @@ _HOP = frozenset(h.lower() for h in (
 
 # The shared block: a header (workers alive, restarts), then a slot per worker.
 _HEAD = 2
-_FIELDS = ("pid", "lag", "lag_max", "full_reads", "connected", "checks")
+_FIELDS = ("pid", "lag", "lag_max", "full_reads", "connected", "checks", "ready")
 _SLOT = len(_FIELDS)
 
 
@@ -135,6 +135,14 @@ class Workers:
         self.supervisor = pid
         log.info("workers.started", workers=self.count, supervisor=pid, socket=str(self.socket))
 
+    def reload(self) -> None:
+        """The daemon took a reload: the supervisor loads the configuration and the
+        directory again and replaces the workers one at a time (each new one answers
+        before the old one stops: no moment without answers)."""
+        if self.supervisor is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.supervisor, signal.SIGHUP)
+
     def stop(self, within: float = 3.0) -> None:
         """Stop the supervisor and its workers; wait `within` seconds, then kill."""
         pid, self.supervisor = self.supervisor, None
@@ -195,35 +203,83 @@ class _Supervisor:
         self.pids: dict[int, int] = {}  # pid -> worker index
         self.started: dict[int, float] = {}  # worker index -> last start
         self.stopping = False
+        self.reload_wanted = False
+        self.retired: set[int] = set()  # old workers stopped after a reload
 
     def run(self) -> int:
         _die_with_parent()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, self._reload_wanted)
         for i in range(self.w.count):
             self._fork(i)
         while not self.stopping or self.pids:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
-            index = self.pids.pop(pid, None)
-            if index is None:
-                continue
-            self.w.slots.alive = len(self.pids)
-            if self.stopping:
-                continue
-            log.warning("workers.died", worker=index, pid=pid, status=_status(status))
-            wait = self.started.get(index, 0.0) + RESTART_DELAY - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            if not self.stopping:
-                self.w.slots.restarts = self.w.slots.restarts + 1
-                self._fork(index)
+            if self.reload_wanted and not self.stopping:
+                self.reload_wanted = False
+                self._reload()
+            if not self._reap():
+                time.sleep(0.05)
         return 0
+
+    def _reap(self) -> bool:
+        """One child that ended, if any: forked again unless stopping or retired."""
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return False
+        index = self.pids.pop(pid, None)
+        self.w.slots.alive = len(self.pids)
+        if index is None or self.stopping or pid in self.retired:
+            self.retired.discard(pid)
+            return True
+        log.warning("workers.died", worker=index, pid=pid, status=_status(status))
+        wait = self.started.get(index, 0.0) + RESTART_DELAY - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        if not self.stopping:
+            self.w.slots.restarts = self.w.slots.restarts + 1
+            self._fork(index)
+        return True
+
+    def _reload_wanted(self, signum: int, frame: Any) -> None:
+        self.reload_wanted = True
+
+    def _reload(self) -> None:
+        """Load what the daemon just reloaded, then replace each worker: the new one is
+        forked, and the old one stopped once the new one has read the incident state."""
+        from outagemon import config as config_mod
+        from outagemon.core import directory, messages
+
+        started = time.monotonic()
+        try:
+            cfg = config_mod.load(self.w.config.path)
+            texts = messages.load(cfg.messages.language, cfg.messages.file,
+                                  cfg.messages.timezone)  # fmt: skip
+            loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
+        except Exception as e:  # the daemon took it a moment ago: changed since?
+            log.error("workers.reload_failed", error=str(e) or type(e).__name__)
+            return
+        self.w.config, self.w.texts, self.w.directory = cfg, texts, loaded.directory
+        gc.collect()
+        gc.freeze()
+        for index in range(self.w.count):
+            old = [pid for pid, i in self.pids.items() if i == index]
+            self.w.slots.put(index, "ready", 0)
+            new = self._fork(index)
+            deadline = time.monotonic() + 60
+            while self.w.slots.get(index, "ready") != new and time.monotonic() < deadline:
+                if self.stopping:
+                    return
+                if not self._reap():
+                    time.sleep(0.05)
+            for pid in old:
+                self.retired.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        log.info("workers.reloaded", workers=self.w.count,
+                 seconds=round(time.monotonic() - started, 3))  # fmt: skip
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.stopping = True
@@ -231,7 +287,7 @@ class _Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def _fork(self, index: int) -> None:
+    def _fork(self, index: int) -> int:
         self.started[index] = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -246,6 +302,7 @@ class _Supervisor:
         self.pids[pid] = index
         self.w.slots.alive = len(self.pids)
         self.w.slots.put(index, "pid", pid)
+        return pid
 
 
 def _status(status: int) -> str:
@@ -302,6 +359,7 @@ async def _serve(w: Workers, index: int) -> int:
         tasks.append(asyncio.create_task(replica.run(cfg.database.dsn), name="replica"))
         tasks.append(asyncio.create_task(_pool(rt), name="pool"))
         tasks.append(asyncio.create_task(_report(w, index, rt, replica), name="report"))
+        tasks.append(asyncio.create_task(_send_calls(session, replica), name="calls"))
         log.info("worker.listening", listen=cfg.http.listen)
         await stop.wait()
         log.info("worker.stopping")
@@ -337,6 +395,7 @@ async def _report(w: Workers, index: int, rt: Runtime, replica: Replica) -> None
     lag_max = rt.metrics.gauge("outagemon_replica_lag_max_seconds", "")
     reads = rt.metrics.counter("outagemon_replica_full_reads_total", "")
     s = w.slots
+    said_ready = False
     while True:
         connected = replica.connected.is_set()
         rt.not_ready = None if replica.first_round_done else rt.not_ready
@@ -345,7 +404,25 @@ async def _report(w: Workers, index: int, rt: Runtime, replica: Replica) -> None
         s.put(index, "lag_max", lag_max.get())
         s.put(index, "full_reads", reads.get())
         s.put(index, "checks", sum(rt.checks.values.values()))
+        if replica.first_round_done and not said_ready:
+            said_ready = True  # once: a worker being replaced must not say it again
+            s.put(index, "ready", os.getpid())
         await asyncio.sleep(0.05 if not replica.first_round_done else 0.5)
+
+
+async def _send_calls(session: aiohttp.ClientSession, replica: Replica) -> None:
+    """The calls this worker's answers named, to the daemon's process every second (it
+    counts and writes them as its own answers')."""
+    while True:
+        await asyncio.sleep(1.0)
+        batch = replica.take_calls()
+        if not batch:
+            continue
+        try:
+            async with session.post(f"http://daemon{CALLS_PATH}", json=batch) as r:
+                r.raise_for_status()
+        except (aiohttp.ClientError, OSError) as e:
+            log.warning("worker.calls_not_sent", calls=sum(batch.values()), error=str(e))
 
 
 def _forwarder(session: aiohttp.ClientSession) -> Any:
@@ -353,6 +430,8 @@ def _forwarder(session: aiohttp.ClientSession) -> Any:
     back (the page's event stream included)."""
 
     async def forward(request: web.Request) -> web.StreamResponse:
+        if request.path.startswith(CALLS_PATH):
+            raise web.HTTPNotFound()  # the workers' own, never a caller's
         # The caller's own X-Forwarded-* are dropped: only the worker says who asked.
         headers = {
             k: v

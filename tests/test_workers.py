@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -266,6 +267,43 @@ def test_a_killed_worker_is_replaced_and_answers_never_stop(cluster: Cluster) ->
     assert [(r["worker"], r["pid"], r["status"]) for r in died] == [(1, victim, "SIGKILL")]
 
 
+def test_a_reload_reaches_every_worker_and_answers_never_stop(cluster: Cluster) -> None:
+    c = cluster
+    assert all(a["status"] == "not_found" for a in c.check_each("node=sw-1-4").values())
+    old = dict(c.seen)
+    citygen.generate(aggregations=2, access_per_aggregation=4).write(c.state)  # sw-1-4 is new
+    answered: list[float] = []
+    failed: list[str] = []
+    stop = threading.Event()
+
+    def callers() -> None:
+        while not stop.is_set():
+            try:
+                status, _, _ = c.ask("GET", "/api/v1/check?node=sw-1-1")
+                if status == 200:
+                    answered.append(time.monotonic())
+                else:
+                    failed.append(str(status))
+            except OSError as e:
+                failed.append(repr(e))
+
+    thread = threading.Thread(target=callers)
+    thread.start()
+    try:
+        c.process.send_signal(signal.SIGHUP)
+        wait("the workers reloaded", lambda: c.records("workers.reloaded"), 30, c.log())
+    finally:
+        stop.set()
+        thread.join()
+    answers = c.check_each("node=sw-1-4")
+    assert all(a["status"] != "not_found" for a in answers.values()), answers
+    assert not set(c.seen.values()) & set(old.values()), "each worker was replaced"
+    assert failed == [], failed
+    gaps = [b - a for a, b in itertools.pairwise(answered)]
+    assert answered and max(gaps) < 1.0, f"answers stopped for {max(gaps):.2f} s"
+    assert c.records("workers.died") == []
+
+
 def test_the_workers_stop_with_the_daemon(cluster: Cluster) -> None:
     c = cluster
     c.check_each("node=agg-1")
@@ -448,6 +486,9 @@ def test_each_worker_agrees_with_the_leaders_decisions_in_the_lab(fresh_db: str,
                         late[index] = time.monotonic() - changed
             assert sorted(late) == ["0", "1"], f"{expected}: {late}; the leader said {said}"
             assert max(late.values()) < 1.0, (expected, late)
+            if expected == "outage":  # the workers' answers are counted by the leader
+                wait("calls counted", lambda: c.leader("/api/v1/incidents?state=open")
+                     ["incidents"][0]["calls"] >= 2, 5)  # fmt: skip
             lab.clear()
     finally:
         if process.poll() is None:

@@ -85,6 +85,7 @@ class Replica:
         self.first_round_done = False  # true once everything was read
         self.next_maintenance = 0
         self.writer = None  # nothing is written from here
+        self.unsent_calls: dict[int, int] = {}  # incident id -> check answers naming it
         self.last_tick = 0.0  # the leader's ticks are not seen
         self._resolved: dict[int, Incident] = {}  # resolved lately, by id
         self._seq = 0  # the last node state's sequence number read
@@ -117,7 +118,13 @@ class Replica:
         self.correlator.version += 1
 
     def count_call(self, incident_id: int) -> None:
-        """Calls are counted by the process that decides; a replica only reads."""
+        """A check answer that named the incident: kept for `take_calls`, which hands
+        them to the process that decides (the replica itself writes nothing)."""
+        self.unsent_calls[incident_id] = self.unsent_calls.get(incident_id, 0) + 1
+
+    def take_calls(self) -> dict[int, int]:
+        taken, self.unsent_calls = self.unsent_calls, {}
+        return taken
 
     def not_leading(self) -> str | None:
         """Why a write cannot be taken here (as the Monitor of a standby says it)."""

@@ -252,6 +252,23 @@ async def _forwarded(request: web.Request, handler: Handler) -> web.StreamRespon
                                        scheme="https" if proto == "https" else "http"))  # fmt: skip
 
 
+CALLS_PATH = "/_workers/calls"  # the workers' call counts, on the daemon's Unix socket
+
+
+async def _calls_from_workers(request: web.Request) -> web.Response:
+    """Check answers a worker gave, by incident: counted as if answered here."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    rt = request.app[RUNTIME]
+    if isinstance(peer, tuple) or rt.monitor is None:
+        raise web.HTTPNotFound()
+    batch = orjson.loads(await request.read())
+    for iid, n in batch.items():
+        for _ in range(min(int(n), 1_000_000)):
+            rt.monitor.count_call(int(iid))
+    return json_response({"counted": sum(int(n) for n in batch.values())})
+
+
 def make_app(runtime: Runtime, forward: Handler | None = None,
              behind_workers: bool = False) -> web.Application:  # fmt: skip
     """The daemon's application; with `forward`, an HTTP worker's: WORKER_ROUTES are
@@ -277,6 +294,8 @@ def make_app(runtime: Runtime, forward: Handler | None = None,
             handler = forward
         app.router.add_route(route.method, route.path, sentences(handler, runtime),
                              **route.kwargs)  # fmt: skip
+    if behind_workers:
+        app.router.add_post(CALLS_PATH, _calls_from_workers)
     if forward is not None:
         app.router.add_route("*", "/{tail:.*}", forward)
     else:
