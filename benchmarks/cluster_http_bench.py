@@ -291,6 +291,10 @@ def main() -> None:
     shares = [w["rps"] / b["rps"] for w, b in zip(runs["workers=2"], runs["bare"], strict=True)]
     print(f"  workers=2 / bare: {statistics.median(shares):.2f}x "
           f"(rounds: {', '.join(f'{x:.2f}' for x in shares)}; target >= 1.2x)")  # fmt: skip
+    cpu = {k: statistics.median(r["cpu_us"] for r in rs) for k, rs in runs.items()}
+    capacity = 2 * cpu["bare"] / cpu["workers=2"]
+    print(f"  from CPU per request, what two cores give the workers against the one the bare "
+          f"handler can use: {capacity:.2f}x (load-independent)")  # fmt: skip
     print(
         "  (CPU: the serving processes' own, per request; the workers' beside the daemon's "
         "process, which simulates 10,000 probe results a second)"
