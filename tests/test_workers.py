@@ -307,6 +307,25 @@ def test_a_reload_reaches_every_worker_and_answers_never_stop(cluster: Cluster) 
     assert c.records("workers.died") == []
 
 
+def test_the_daemon_sees_the_callers_address_not_one_a_caller_claims(cluster: Cluster) -> None:
+    c = cluster
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{c.port}/api/v1/maintenance", data=b"{}", method="POST",
+        headers={"Authorization": "Bearer wrong-token-0123456789", "X-Forwarded-For": "6.6.6.6",
+                 "Content-Type": "application/json"},
+    )  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=5)
+    assert refused.value.code == 401
+    assert refused.value.headers.get("X-Outagemon-Worker"), "answered through a worker"
+    # The write was forwarded: the daemon's process (no worker in its log line) refused it.
+    (line,) = wait("the refusal logged", lambda: [
+        r for r in c.records("auth.failed") if "worker" not in r])  # fmt: skip
+    assert line["remote"] == "127.0.0.1", line
+    status, body, _ = c.ask("GET", "/_workers/calls")
+    assert status == 404, body  # the workers' own path is never forwarded for a caller
+
+
 def test_the_workers_stop_with_the_daemon(cluster: Cluster) -> None:
     c = cluster
     c.check_each("node=agg-1")

@@ -297,7 +297,7 @@ def make_app(runtime: Runtime, forward: Handler | None = None,
     if behind_workers:
         app.router.add_post(CALLS_PATH, _calls_from_workers)
     if forward is not None:
-        app.router.add_route("*", "/{tail:.*}", forward)
+        app.router.add_route("*", "/{tail:.*}", sentences(forward, runtime))
     else:
         _no_route(app)
     return app
