@@ -29,11 +29,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
+from outagemon import config
 from outagemon.cluster.replica import Replica
-from outagemon.core import directory
+from outagemon.core import directory, messages
 from outagemon.db import migrate, store
+from outagemon.http.app import make_app
+from outagemon.http.runtime import Runtime
 from outagemon.metrics import Registry
 from outagemon.sim import citygen
 from outagemon.testing.lab import Lab
@@ -387,6 +392,27 @@ async def test_a_replica_reconnects_and_reads_everything_again(fresh_db: str) ->
             await store.notify_replica(conn, "incident", [1])
         await _until(lambda: 1 not in replica.correlator.incidents)
         assert replica.recent["agg-1"].id == 1  # its callers hear "restored"
+        # HTTP answers from the replica as from a monitor (a worker's, a standby's).
+        rt = Runtime(config=config.parse("", state / "outagemon.toml"), directory=d,
+                     texts=messages.load("en"))  # fmt: skip
+        rt.monitor, rt.not_ready = replica, None
+        server = TestServer(make_app(rt), host="127.0.0.1")
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as http:
+                under = next(iter(d.topology.descendants("agg-2")))
+                async with http.get(f"{server.make_url('/api/v1/check')}?node={under}") as r:
+                    answer = await r.json()
+                assert (answer["status"], answer["incident_id"]) == ("outage", "2"), answer
+                async with http.get(f"{server.make_url('/api/v1/check')}?node=agg-1") as r:
+                    assert (await r.json())["status"] == "restored"
+                async with http.get(str(server.make_url("/api/v1/incidents"))) as r:
+                    assert [i["id"] for i in (await r.json())["incidents"]] == ["2"]
+                async with http.get(str(server.make_url("/"))) as r:
+                    page = await r.text()
+                assert r.status == 200 and "agg-2" in page
+        finally:
+            await server.close()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
