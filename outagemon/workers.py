@@ -26,6 +26,7 @@ import mmap
 import os
 import shutil
 import signal
+import socket
 import ssl
 import struct
 import tempfile
@@ -43,6 +44,7 @@ from outagemon.config import Config
 from outagemon.core.directory import Directory
 from outagemon.core.messages import Texts
 from outagemon.db import store
+from outagemon.errors import OutagemonError
 from outagemon.http.app import CALLS_PATH, make_app
 from outagemon.http.app import runner as http_runner
 from outagemon.http.runtime import Runtime
@@ -122,7 +124,8 @@ class Workers:
 
     def start(self) -> None:
         """Fork the supervisor (which forks the workers). Call before any event loop runs
-        and after the directory is loaded."""
+        and after the directory is loaded. OutagemonError when the port is taken."""
+        _check_port(self.config.http.host, self.config.http.port, self.config.http.listen)
         gc.collect()
         gc.freeze()  # the loaded directory's objects: left alone by the collector
         pid = os.fork()
@@ -303,6 +306,18 @@ class _Supervisor:
         self.w.slots.alive = len(self.pids)
         self.w.slots.put(index, "pid", pid)
         return pid
+
+
+def _check_port(host: str, port: int, listen: str) -> None:
+    """Refuse to start, as the daemon alone would, when the port is taken (the workers
+    bind it with SO_REUSEPORT, which would otherwise fail in them, again and again)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OutagemonError(f"cannot listen on {listen}: {e.strerror}.") from None
 
 
 def _status(status: int) -> str:

@@ -576,3 +576,21 @@ name = "test"
 token = "{write}"
 role = "write"
 """
+
+
+def test_a_taken_port_stops_the_start_with_a_sentence(fresh_db: str) -> None:
+    state = short_tmp_dir()
+    citygen.generate(aggregations=1, access_per_aggregation=2).write(state)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (state / "outagemon.toml").write_text(
+            CONFIG.format(state=state, dsn=fresh_db, port=port, write=WRITE)
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "outagemon", "run", "-c", str(state / "outagemon.toml")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
