@@ -386,7 +386,12 @@ async def test_a_replica_reconnects_and_reads_everything_again(fresh_db: str) ->
         assert metrics.counter("outagemon_replica_full_reads_total", "").get() == reads + 1
         assert replica.correlator.incident_for("agg-2") is replica.correlator.incidents[2]
         assert (await store.replica_backends(conn)) not in ([], backends)
-        # And it follows announcements again on the new connection.
+        # And it follows announcements again on the new connection: call counts alone...
+        async with conn.transaction():
+            await store.add_calls(conn, [(2, 5)])
+            await store.notify_replica(conn, "calls", [2])
+        await _until(lambda: replica.calls.get(2) == 5)
+        # ...and an incident resolved.
         async with conn.transaction():
             await store.resolve_incident(conn, 1, datetime.now(UTC))
             await store.notify_replica(conn, "incident", [1])

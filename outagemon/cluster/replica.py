@@ -224,6 +224,10 @@ class Replica:
         if ids:
             for r in await store.replica_incidents(conn, ids, None):
                 self._take(r)
+        called = sorted({int(i) for n in batch if n.get("k") == "calls" for i in n.get("i") or ()})
+        if called:  # counts only: an incident of 100,000 nodes is not read again for them
+            for r in await store.replica_calls(conn, called):
+                self.calls[int(r["id"])] = int(r["calls"])
         if "states" in kinds:
             await self._read_states(conn, self.correlator.states)
         if "maintenance" in kinds:
@@ -232,7 +236,7 @@ class Replica:
             self.correlator.blind = await store.replica_blind(conn)
         if ids or "monitor" in kinds:
             self._rebuild()
-        else:
+        elif kinds != {"calls"}:
             self.correlator.version += 1  # states or works: remembered answers are stale
         now = time.time()
         for n in batch:

@@ -308,7 +308,7 @@ def _calls_op(counts: dict[int, int]) -> Op:
 
     async def op(conn: Conn) -> None:
         await store.add_calls(conn, rows)
-        await store.notify_replica(conn, "incident", [i for i, _ in rows])
+        await store.notify_replica(conn, "calls", [i for i, _ in rows])
 
     return op
 

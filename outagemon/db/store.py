@@ -327,7 +327,7 @@ REPLICA_NAME = "outagemon replica"  # its connections' application_name
 
 async def notify_replica(conn: Conn, kind: str, ids: list[int]) -> None:
     """Tell replicas, when the caller's transaction commits, what it changed: `kind`
-    (incident, states, maintenance, monitor) and the incidents' ids, never their values,
+    (incident, calls, states, maintenance, monitor) and the incidents' ids, never their values,
     with the database's time (`t`, epoch seconds) for the replica's lag."""
     await conn.execute(
         "select pg_notify($1, json_build_object('k', $2::text, 'i', $3::bigint[],"
@@ -365,6 +365,12 @@ _REPLICA = """
     from incident i left join incident_node n on n.incident_id = i.id
 """
 _BY_ID = "group by i.id order by i.id"
+
+
+async def replica_calls(conn: Conn, ids: list[int]) -> list[asyncpg.Record]:
+    """The call counts of these incidents (a replica told only that they changed)."""
+    return list(await conn.fetch("select id, calls from incident where id = any($1::bigint[])",
+                                 ids))  # fmt: skip
 
 
 async def replica_states(conn: Conn, after: int, limit: int = 5000) -> list[asyncpg.Record]:
