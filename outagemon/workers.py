@@ -118,14 +118,16 @@ class Workers:
         self.texts = texts
         self.count = config.http.workers
         self.slots = Slots(self.count)
-        self._dir = Path(tempfile.mkdtemp(prefix="outagemon-http-"))  # 0700
-        self.socket = self._dir / "daemon.sock"
+        self._dir: Path | None = None  # made by start(): 0700, the daemon's socket in it
+        self.socket = Path()
         self.supervisor: int | None = None
 
     def start(self) -> None:
         """Fork the supervisor (which forks the workers). Call before any event loop runs
         and after the directory is loaded. OutagemonError when the port is taken."""
         _check_port(self.config.http.host, self.config.http.port, self.config.http.listen)
+        self._dir = Path(tempfile.mkdtemp(prefix="outagemon-http-"))
+        self.socket = self._dir / "daemon.sock"
         gc.collect()
         gc.freeze()  # the loaded directory's objects: left alone by the collector
         pid = os.fork()
@@ -163,7 +165,8 @@ class Workers:
                     os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def collect_into(self, metrics: Registry) -> None:
         """The workers' counts on the daemon's /metrics."""

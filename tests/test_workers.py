@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -593,9 +594,12 @@ def test_a_taken_port_stops_the_start_with_a_sentence(fresh_db: str) -> None:
         (state / "outagemon.toml").write_text(
             CONFIG.format(state=state, dsn=fresh_db, port=port, write=WRITE)
         )
+        before = set(Path(tempfile.gettempdir()).glob("outagemon-http-*"))
         done = subprocess.run(
             [sys.executable, "-m", "outagemon", "run", "-c", str(state / "outagemon.toml")],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert '"supervisor"' not in done.stdout, "nothing was forked"
+    assert set(Path(tempfile.gettempdir()).glob("outagemon-http-*")) <= before, "nothing left"
