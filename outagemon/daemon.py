@@ -45,6 +45,7 @@ from outagemon.metrics import LoopLag
 from outagemon.monitor import Monitor, anchors_of
 from outagemon.notify import Notifier
 from outagemon.probing.icmp import IcmpSource
+from outagemon.workers import Workers
 
 log = logs.get("outagemon.daemon")
 
@@ -96,8 +97,13 @@ class Daemon:
         loaded: directory.Loaded,
         texts: Texts,
         source: ProbeSource | None = None,
+        workers: Workers | None = None,
     ) -> None:
         self.runtime = Runtime(config=config, directory=loaded.directory, texts=texts)
+        # With HTTP workers, they listen on the port and this process on their socket.
+        self.workers = workers
+        if workers is not None:
+            workers.collect_into(self.runtime.metrics)
         self.source: ProbeSource = source or IcmpSource(config.probe)
         self.notifier = Notifier()
         self.started: Started | None = None
@@ -254,16 +260,18 @@ class Daemon:
         stack.push_async_callback(
             self._cancel, [self._spawn(coro, name) for name, coro in tasks.items()]
         )
-        runner = http_runner(make_app(self.runtime))
+        runner = http_runner(make_app(self.runtime, behind_workers=self.workers is not None))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(
+        site: web.BaseSite = web.TCPSite(
             runner,
             cfg.http.host,
             cfg.http.port,
             reuse_address=True,
             ssl_context=tls_context(cfg.http),
         )
+        if self.workers is not None:
+            site = web.UnixSite(runner, str(self.workers.socket))
         try:
             await site.start()
         except OSError as e:
@@ -416,6 +424,8 @@ class Daemon:
         finally:
             self.notifier.send("READY=1")
         log.info("config.reload_done", outcome=outcome)
+        if self.workers is not None and outcome != "refused":
+            self.workers.reload()  # they load it too, and are replaced one by one
         try:
             reloading.write(self.config.daemon.state_dir, started, outcome, problems)
         except OSError as e:
@@ -581,8 +591,9 @@ def report_skipped(problems: list[str], limit: int = 100) -> None:
         log.warning("subscribers.rows_skipped", shown=limit, total=len(problems))
 
 
-def run(config_path: Path) -> int:
-    """`outagemon run`: 0 after a clean stop, 2 for a bad config, 1 when start-up failed."""
+def run(config_path: Path, source: ProbeSource | None = None) -> int:
+    """`outagemon run`: 0 after a clean stop, 2 for a bad config, 1 when start-up failed.
+    (`source`: where probe results come from, ICMP unless given: a benchmark simulates.)"""
     try:
         cfg = config_mod.load(config_path)
         logs.setup()
@@ -596,7 +607,15 @@ def run(config_path: Path) -> int:
     for warning in cfg.warnings:
         log.warning("config.warning", problem=warning)
     try:
-        return asyncio.run(Daemon(cfg, loaded, texts).run())
+        workers = None
+        if cfg.http.workers > 1:
+            workers = Workers(cfg, loaded.directory, texts, tls_context(cfg.http))
+            workers.start()
+        try:
+            return asyncio.run(Daemon(cfg, loaded, texts, source, workers=workers).run())
+        finally:
+            if workers is not None:
+                workers.stop()
     except OutagemonError as e:
         log.error("daemon.start_failed", error=str(e))
         print(f"outagemon: {e}", file=sys.stderr)

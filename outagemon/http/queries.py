@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from outagemon import logs
+from outagemon.cluster.replica import Replica
 from outagemon.core.incidents import Incident
 from outagemon.db import store
 from outagemon.http.runtime import Runtime, iso
@@ -20,7 +21,7 @@ from outagemon.monitor import Monitor
 log = logs.get("outagemon.api")  # its lines have always been the API's
 
 
-def incident_json(inc: Incident, monitor: Monitor | None) -> dict[str, Any]:
+def incident_json(inc: Incident, monitor: Monitor | Replica | None) -> dict[str, Any]:
     subs = monitor.subscribers_of(inc.nodes) if monitor is not None else 0
     return {
         "id": str(inc.id),
