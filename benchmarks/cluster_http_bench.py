@@ -99,8 +99,11 @@ class BenchSource:
         runtime.not_ready = None
         return {"simulate": self._simulate(net, monitor)}
 
-    def retarget(self, targets: dict[str, str], probe: Any) -> None:
-        pass
+    def plan(self, targets: dict[str, str], probe: Any) -> object:
+        return None
+
+    def retarget(self, targets: dict[str, str], probe: Any, plan: object = None) -> list[object]:
+        return []
 
     def close(self) -> None:
         pass

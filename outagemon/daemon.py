@@ -29,6 +29,7 @@ from outagemon import config as config_mod
 from outagemon import logs, reloading
 from outagemon.alerting.sender import Sender
 from outagemon.cluster.lease import Leadership, StepDown
+from outagemon.cluster.replica import Replica
 from outagemon.config import Config
 from outagemon.core import directory, messages
 from outagemon.core.messages import Texts
@@ -112,6 +113,10 @@ class Daemon:
         # Two or more hosts on one database ([cluster]): this node's role, by the lease.
         self.leadership: Leadership | None = None
         self._lease: asyncio.Task[None] | None = None
+        # A cluster's node: the leader's state as the database has it, which HTTP answers
+        # from while this node does not serve (started once the database answers).
+        self.replica: Replica | None = None
+        self._replica_tasks: list[asyncio.Task[None]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.stop_signal: str | None = None
         self._main: asyncio.Task[Any] | None = None
@@ -336,6 +341,7 @@ class Daemon:
         log.info("daemon.restored", incidents=restored, next_incident=monitor.correlator.next_id)
         if self.leadership is not None:
             pool = holder.pool
+            self._follow_leader(monitor, dsn)
             self._lease = self._spawn(
                 self.leadership.run(pool, lambda epoch: self._take_up(pool, epoch)), "lease"
             )
@@ -362,6 +368,40 @@ class Daemon:
         leadership.on_step_down(drop)
         log.info("cluster.joined", node=cfg.node, lease=cfg.lease)
 
+    def _follow_leader(self, monitor: Monitor, dsn: str) -> None:
+        """A replica of the leader's state (cluster/replica.py), kept current on both roles
+        (a step-down is answered from it at once), and the switch of what HTTP answers
+        from: this node's own Monitor while it serves, else the replica once it has read
+        everything (before that, the Monitor, as a standby answered before)."""
+        leadership = self.leadership
+        assert leadership is not None
+        rt = self.runtime
+        replica = Replica(rt.directory, rt.metrics, self.config.messages.restored_for)
+        # Callers' records reach this node's own detector: warm when it takes over. (The
+        # leader's detector hears only its own callers: nodes do not talk to each other.)
+        replica.on_call = monitor.record_call
+        self.replica = replica
+
+        async def follow() -> None:
+            answering: Monitor | Replica = monitor
+            while True:
+                wanted: Monitor | Replica = monitor
+                if not leadership.serving and replica.first_round_done:
+                    wanted = replica
+                if wanted is not answering:
+                    # Versions of the two are unrelated: answers remembered from one are
+                    # not answers of the other.
+                    rt.answers.entries.clear()
+                    rt.monitor = answering = wanted
+                    log.info("cluster.answering_from",
+                             source="replica" if wanted is replica else "monitor")  # fmt: skip
+                leadership.changed.clear()
+                with contextlib.suppress(TimeoutError):  # the replica's first read, too
+                    await asyncio.wait_for(leadership.changed.wait(), ROLE_POLL)
+
+        self._replica_tasks = [self._spawn(replica.run(dsn), "replica"),
+                               self._spawn(follow(), "answering")]  # fmt: skip
+
     async def _take_up(self, pool: asyncpg.Pool, epoch: int) -> None:
         """Begin to lead: what this node's file still held is written (or fenced off)
         first, then the open incidents are read from the database and continued."""
@@ -372,6 +412,8 @@ class Daemon:
             await started.monitor.take_up(pool, epoch)
 
     async def _leave_cluster(self, holder: _Database) -> None:
+        if self._replica_tasks:
+            await self._cancel(self._replica_tasks)
         if self._lease is not None:
             await self._cancel([self._lease])
         if self.leadership is not None and holder.pool is not None:
@@ -466,12 +508,15 @@ class Daemon:
                 started.monitor.config = new
                 started.monitor.set_directory(loaded.directory)
                 old += self.source.retarget(targets, new.probe, plan)
+        if self.replica is not None:
+            self.replica.set_directory(loaded.directory)
         self._reloads.inc(outcome="applied")
         log.info("config.reloaded", path=str(path))
         self._spawn(_release(old), "release")
         return "applied", []
 
 
+ROLE_POLL = 0.2  # s: how often a cluster's node looks whether to answer from its replica
 RELEASE_GRACE = 5.0  # seconds a replaced directory stays whole for requests still reading it
 RELEASE_SLICE = 5_000  # entries freed at a time
 

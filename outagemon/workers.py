@@ -429,18 +429,24 @@ async def _report(w: Workers, index: int, rt: Runtime, replica: Replica) -> None
 
 
 async def _send_calls(session: aiohttp.ClientSession, replica: Replica) -> None:
-    """The calls this worker's answers named, to the daemon's process every second (it
-    counts and writes them as its own answers')."""
+    """The calls this worker's answers named, and its callers' records (for the calls'
+    detector, core/calls.py), to the daemon's process every second: it counts them as its
+    own answers' and hands the records to its Monitor as if it had answered them (their
+    time is when they arrive there: at most a second late, against a detector's window of
+    minutes)."""
     while True:
         await asyncio.sleep(1.0)
-        batch = replica.take_calls()
-        if not batch:
+        counts = replica.take_calls()
+        records = replica.take_records()
+        if not counts and not records:
             continue
+        body = {"counts": counts, "records": records}
         try:
-            async with session.post(f"http://daemon{CALLS_PATH}", json=batch) as r:
+            async with session.post(f"http://daemon{CALLS_PATH}", json=body) as r:
                 r.raise_for_status()
         except (aiohttp.ClientError, OSError) as e:
-            log.warning("worker.calls_not_sent", calls=sum(batch.values()), error=str(e))
+            log.warning("worker.calls_not_sent", calls=sum(counts.values()),
+                        records=len(records), error=str(e))  # fmt: skip
 
 
 def _forwarder(session: aiohttp.ClientSession) -> Any:

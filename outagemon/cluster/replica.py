@@ -19,6 +19,8 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -67,6 +69,56 @@ class ReplicaView:
         return self.incidents.get(iid) if iid is not None else None
 
 
+@dataclass
+class RaisedCopy:
+    """An incident raised by calls (suspected, or confirmed: an outage), as the leader
+    wrote it: the incident, and what its opening said of the calls (distinct callers,
+    buildings, the first call). The leader's later calls are not in the database: a
+    replica's page shows the callers that raised it, not those who called after."""
+
+    incident: Incident
+    first_call: float
+    callers: int = 0
+    buildings: list[str] = field(default_factory=list)
+
+    @property
+    def confirmed(self) -> bool:
+        return self.incident.kind is Kind.OUTAGE
+
+
+class ReplicaWatch:
+    """The leader's open incidents raised by calls, read like the detector's book
+    (`core.calls.CallWatch`): `open` by id, `covering(node)` for /check."""
+
+    __slots__ = ("_roots", "directory", "open")
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+        self.open: dict[int, RaisedCopy] = {}
+        self._roots: dict[str, RaisedCopy] = {}
+
+    def rebuild(self) -> None:
+        by_age = sorted(self.open.values(), key=lambda r: -r.incident.id)
+        self._roots = {r.incident.root: r for r in by_age}  # the oldest wins a root
+
+    def covering(self, node: str) -> RaisedCopy | None:
+        """The open incident raised by calls whose root is this node or above it."""
+        if not self._roots:
+            return None
+        topo = self.directory.topology
+        for n in (node, *topo.ancestors(node)) if node in topo else (node,):
+            found = self._roots.get(n)
+            if found is not None:
+                return found
+        return None
+
+
+# A /check that named a known place (Monitor.record_call's arguments): node, building,
+# how the caller was matched, the value, channel, status.
+CallRecord = tuple[str, str, str, str, str, str]
+UNSENT_RECORDS = 50_000  # the most call records kept for the daemon between two sends
+
+
 class NotLeader(RuntimeError):
     """A write asked of a process that only reads."""
 
@@ -82,10 +134,16 @@ class Replica:
         self.calls: dict[int, int] = {}
         self.maintenance: list[Maintenance] = []
         self.recent: dict[str, Incident] = {}
+        self.watch = ReplicaWatch(directory)
         self.first_round_done = False  # true once everything was read
         self.next_maintenance = 0
         self.writer = None  # nothing is written from here
         self.unsent_calls: dict[int, int] = {}  # incident id -> check answers naming it
+        # Callers' /check records for the deciding process's detector (core/calls.py): a
+        # worker sends them to its daemon with the counts; a standby hands them to its own
+        # Monitor (`on_call`), whose detector is warm when it takes over.
+        self.unsent_records: list[CallRecord] = []
+        self.on_call: Callable[[str, str, str, str, str, str], None] | None = None
         self.last_tick = 0.0  # the leader's ticks are not seen
         self._resolved: dict[int, Incident] = {}  # resolved lately, by id
         self._seq = 0  # the last node state's sequence number read
@@ -106,6 +164,10 @@ class Replica:
             "outagemon_replica_changes_total", "Notifications applied, by kind."
         )
         self._up = metrics.gauge("outagemon_replica_connected", "1 while the replica listens.")
+        self._records_dropped = metrics.counter(
+            "outagemon_replica_call_records_dropped_total",
+            "Callers' /check records not handed to the deciding process (too many unsent).",
+        )
 
     # -- what the HTTP side reads, as of the Monitor ------------------------------------
 
@@ -115,6 +177,8 @@ class Replica:
 
     def set_directory(self, directory: Directory) -> None:
         self.directory = directory
+        self.watch.directory = directory
+        self.watch.rebuild()
         self.correlator.version += 1
 
     def count_call(self, incident_id: int) -> None:
@@ -125,6 +189,37 @@ class Replica:
     def take_calls(self) -> dict[int, int]:
         taken, self.unsent_calls = self.unsent_calls, {}
         return taken
+
+    def record_call(self, node: str, building: str, kind: str, value: str, channel: str,
+                    status: str) -> None:  # fmt: skip
+        """A /check that named a known place: for the detector of the process that
+        decides (never decided on here)."""
+        if self.on_call is not None:
+            self.on_call(node, building, kind, value, channel, status)
+        elif len(self.unsent_records) < UNSENT_RECORDS:
+            self.unsent_records.append((node, building, kind, value, channel, status))
+        else:
+            self._records_dropped.inc()
+
+    def take_records(self) -> list[CallRecord]:
+        taken, self.unsent_records = self.unsent_records, []
+        return taken
+
+    def clock(self) -> float:
+        """The monitor's clock, as the Monitor's `clock()`."""
+        return clock.now()
+
+    def open_incidents(self) -> list[Incident]:
+        """Every open incident: the probes', and those raised by calls."""
+        return [*self.correlator.incidents.values(),
+                *(r.incident for r in self.watch.open.values())]  # fmt: skip
+
+    def open_incident(self, iid: int) -> Incident | None:
+        found = self.correlator.incidents.get(iid)
+        if found is None:
+            raised = self.watch.open.get(iid)
+            found = raised.incident if raised is not None else None
+        return found
 
     def not_leading(self) -> str | None:
         """Why a write cannot be taken here (as the Monitor of a standby says it)."""
@@ -203,6 +298,7 @@ class Replica:
         windows = await store.recent_maintenance(conn)
         blind = await store.replica_blind(conn)
         self.correlator.incidents.clear()
+        self.watch.open.clear()
         self._resolved.clear()
         self.eta.clear()
         self.calls.clear()
@@ -253,18 +349,29 @@ class Replica:
             id=iid, root=r["root_node"], kind=Kind(r["kind"]), inferred=r["inferred"],
             opened_at=_steady(r["opened_at"]), nodes=list(r["nodes"]) or [r["root_node"]],
             state=IncidentState(r["state"]), resolved_at=_steady_or_none(r["resolved_at"]),
-            recovering_since=_steady_or_none(r["recovering_since"]),
+            recovering_since=_steady_or_none(r["recovering_since"]), raised_by=r["raised_by"],
         )  # fmt: skip
         self.calls[iid] = int(r["calls"])
         if r["eta"] is not None:
             self.eta[iid] = _steady(r["eta"])
         else:
             self.eta.pop(iid, None)
+        by_calls = r["raised_by"] == "calls"
         if inc.state is IncidentState.OPEN:
-            self.correlator.incidents[iid] = inc
+            if by_calls:  # as the Monitor keeps them: in the detector's book
+                opened = r["opened_detail"] or {}
+                if isinstance(opened, str):
+                    opened = json.loads(opened)
+                ago = float(opened.get("first_call_ago") or 0.0)
+                self.watch.open[iid] = RaisedCopy(inc, inc.opened_at - ago,
+                                                  int(opened.get("callers") or 0),
+                                                  list(opened.get("buildings") or ()))  # fmt: skip
+            else:
+                self.correlator.incidents[iid] = inc
             self._resolved.pop(iid, None)
             return
         self.correlator.incidents.pop(iid, None)
+        self.watch.open.pop(iid, None)
         if inc.state is IncidentState.RESOLVED:
             self._resolved[iid] = inc
 
@@ -319,6 +426,7 @@ class Replica:
                 for n in inc.nodes:
                     owner.setdefault(n, inc.id)
         c.node_incident = owner
+        self.watch.rebuild()
         cutoff = clock.now() - self.restored_for
         recent: dict[str, Incident] = {}
         for iid, inc in sorted(self._resolved.items(), key=lambda kv: kv[1].resolved_at or 0):

@@ -970,7 +970,10 @@ async def replica_incidents(conn: Conn, ids: list[int] | None,
 
 _REPLICA = """
     select i.id, i.state, i.kind, i.root_node, i.inferred, i.opened_at, i.resolved_at,
-           i.eta, i.calls, i.recovering_since, i.subscribers,
+           i.eta, i.calls, i.recovering_since, i.subscribers, i.raised_by,
+           case when i.raised_by = 'calls' then
+               (select e.detail from incident_event e where e.incident_id = i.id
+                and e.kind = 'opened' order by e.id limit 1) end as opened_detail,
            coalesce(array_agg(n.node_id order by n.node_id = i.root_node desc, n.node_id)
                     filter (where n.node_id is not null), '{}') as nodes
     from incident i left join incident_node n on n.incident_id = i.id

@@ -260,17 +260,25 @@ CALLS_PATH = "/_workers/calls"  # the workers' call counts, on the daemon's Unix
 
 
 async def _calls_from_workers(request: web.Request) -> web.Response:
-    """Check answers a worker gave, by incident: counted as if answered here."""
+    """Check answers a worker gave, by incident, and its callers' records (for the
+    calls' detector): counted and recorded as if answered here."""
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
     rt = request.app[RUNTIME]
     if isinstance(peer, tuple) or rt.monitor is None:
         raise web.HTTPNotFound()
-    batch = orjson.loads(await request.read())
+    body = orjson.loads(await request.read())
+    batch: dict[str, int] = body.get("counts") or {}
+    monitor = rt.monitor
     for iid, n in batch.items():
         for _ in range(min(int(n), 1_000_000)):
-            rt.monitor.count_call(int(iid))
-    return json_response({"counted": sum(int(n) for n in batch.values())})
+            monitor.count_call(int(iid))
+    records = body.get("records") or []
+    for node, building, kind, value, channel, status in records:
+        monitor.record_call(str(node), str(building), str(kind), str(value), str(channel),
+                            str(status))  # fmt: skip
+    return json_response({"counted": sum(int(n) for n in batch.values()),
+                          "records": len(records)})  # fmt: skip
 
 
 def make_app(runtime: Runtime, forward: Handler | None = None,
