@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import mmap
 import os
@@ -263,6 +264,8 @@ class _Supervisor:
             cfg = config_mod.load(self.w.config.path)
             texts = messages.load(cfg.messages.language, cfg.messages.file,
                                   cfg.messages.timezone)  # fmt: skip
+            # As the daemon's: callers behind a suspected incident hear [callers] sentence.
+            texts = dataclasses.replace(texts, suspected=cfg.callers.sentence)
             loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
         except Exception as e:  # the daemon took it a moment ago: changed since?
             log.error("workers.reload_failed", error=str(e) or type(e).__name__)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -231,6 +232,39 @@ def test_each_worker_agrees_with_the_leader_within_a_second(cluster: Cluster) ->
     lags = [v for k, v in metrics.items() if k.startswith("outagemon_replica_lag_seconds{")]
     assert len(lags) == 2 and all(0 <= lag < 1.0 for lag in lags), lags
     assert metrics["outagemon_http_workers_alive"] == 2
+
+
+def test_callers_asking_the_workers_reach_the_daemons_detector(cluster: Cluster) -> None:
+    """Three callers of one place ask the workers (never the daemon's process): their
+    records reach the daemon's calls detector, which raises a suspected incident; each
+    worker then lists it from its replica, as the leader does, and refuses nothing it
+    forwards (a decision is the leader's)."""
+    c = cluster
+    by_node: dict[str, list[str]] = {}
+    for s in c.d.subscribers:
+        by_node.setdefault(s.serving, []).append(s.account)
+    node, accounts = next((n, a) for n, a in sorted(by_node.items()) if len(a) >= 3)
+    answered_by = set()
+    for account in accounts[:3]:
+        status, body, by = c.ask("GET", f"/api/v1/check?account={account}")
+        assert status == 200 and body["node"] == node, body
+        answered_by.add(by)
+    assert answered_by <= {"0", "1"} and answered_by, "workers answered the checks"
+
+    def raised() -> list[dict[str, Any]]:
+        listed = c.leader("/api/v1/incidents?state=open")["incidents"]
+        return [i for i in listed if i["raised_by"] == "calls"]
+
+    (sus,) = wait("the daemon's detector raises a suspicion", raised, 20, c.log())
+    assert (sus["kind"], sus["root_node"], sus["callers"]) == ("suspected", node, 3), sus
+    assert c.metrics().get("outagemon_replica_call_records_dropped_total", 0) == 0
+    for _ in range(6):  # each worker, from its replica
+        wait("a worker lists it", lambda: any(
+            i["id"] == sus["id"] and i["raised_by"] == "calls"
+            for i in c.ask("GET", "/api/v1/incidents?state=open")[1]["incidents"]), 5)  # fmt: skip
+    status, body, _ = c.ask("POST", f"/api/v1/incidents/{sus['id']}", {"dismiss": True})
+    assert status == 200, body  # forwarded: the daemon's process decides
+    wait("dismissed", lambda: not raised(), 10)
 
 
 def test_a_killed_worker_is_replaced_and_answers_never_stop(cluster: Cluster) -> None:
@@ -603,3 +637,100 @@ def test_a_taken_port_stops_the_start_with_a_sentence(fresh_db: str) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
     assert '"supervisor"' not in done.stdout, "nothing was forked"
     assert set(Path(tempfile.gettempdir()).glob("outagemon-http-*")) <= before, "nothing left"
+
+
+# -- what the callers' feature reads, from a replica ---------------------------------------
+
+REPLICA_CONFIG = """
+[callers]
+sentence = "Several neighbours called; we are checking."
+[[auth.tokens]]
+name = "test"
+token = "{write}"
+role = "write"
+"""
+
+
+async def test_a_replica_serves_incidents_raised_by_calls_and_refuses_decisions(
+    fresh_db: str,
+) -> None:
+    """A suspected incident the leader wrote (raised by calls) is in the replica's book
+    of them: /check behind it hears the callers' sentence, the read API lists it with the
+    callers that raised it; a decision asked of the replica is refused with a sentence
+    (409), never taken silently; and callers' records wait for the deciding process."""
+    await migrate.migrate(fresh_db)
+    city = citygen.generate(aggregations=2, access_per_aggregation=2)
+    state = short_tmp_dir()
+    d = directory.load(*city.write(state)).directory
+    conn = await store.connection(fresh_db)
+    metrics = Registry()
+    replica = Replica(d, metrics, restored_for=3600)
+    task = asyncio.create_task(replica.run(fresh_db))
+    try:
+        nodes = [(n.id, n.kind, n.ip, n.name, list(n.parents)) for n in d.topology.nodes.values()]
+        async with conn.transaction():
+            await store.save_nodes(conn, nodes)
+        await _until(lambda: replica.first_round_done)
+        root = next(iter(d.topology.descendants("agg-1")))
+        under = next(s for s in d.subscribers if s.serving == root or
+                     s.serving in d.topology.descendants(root))  # fmt: skip
+        opened = datetime.now(UTC)
+        detail = {"kind": "suspected", "raised_by": "calls", "callers": 3,
+                  "buildings": ["b-1"], "first_call_ago": 120.0}  # fmt: skip
+        async with conn.transaction():
+            await store.insert_incident(conn, 7, "suspected", root, True, opened, 0,
+                                        raised_by="calls")  # fmt: skip
+            await store.set_incident_nodes(conn, 7, [root])
+            await store.add_incident_event(conn, 7, opened, "opened", json.dumps(detail))
+            await store.notify_replica(conn, "incident", [7])
+        await _until(lambda: 7 in replica.watch.open)
+        copy = replica.watch.open[7]
+        assert (copy.callers, copy.buildings, copy.confirmed) == (3, ["b-1"], False)
+        assert 7 not in replica.correlator.incidents  # the probes' incidents only there
+        assert replica.watch.covering(under.serving) is copy
+        assert [i.id for i in replica.open_incidents()] == [7]
+        assert replica.open_incident(7) is copy.incident
+
+        cfg = config.parse(REPLICA_CONFIG.format(write=WRITE), state / "outagemon.toml")
+        texts = dataclasses.replace(messages.load("en"), suspected=cfg.callers.sentence)
+        rt = Runtime(config=cfg, directory=d, texts=texts)
+        rt.monitor, rt.not_ready = replica, None
+        server = TestServer(make_app(rt), host="127.0.0.1")
+        await server.start_server()
+        auth = {"Authorization": f"Bearer {WRITE}"}
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = server.make_url("/api/v1/check")
+                async with http.get(f"{url}?account={under.account}", headers=auth) as r:
+                    answer = await r.json()
+                assert answer["status"] != "outage", answer  # suspected: never an outage
+                assert answer["message"] == "Several neighbours called; we are checking."
+                async with http.get(str(server.make_url("/api/v1/incidents")), headers=auth) as r:
+                    (listed,) = (await r.json())["incidents"]
+                assert (listed["id"], listed["kind"], listed["callers"]) == ("7", "suspected", 3)
+                for decision in ({"confirm": True}, {"dismiss": True}, {"eta": None, "note": "x"}):
+                    async with http.post(str(server.make_url("/api/v1/incidents/7")),
+                                         json=decision, headers=auth) as r:  # fmt: skip
+                        body = await r.json()
+                        assert r.status == 409, (decision, body)
+                    assert "leader" in body["error"], body
+                assert 7 in replica.watch.open  # nothing taken
+        finally:
+            await server.close()
+        # The check above was a caller's: its record waits for the deciding process.
+        (record,) = replica.take_records()
+        assert record[0] == under.serving and record[2] == "account"
+        # Too many unsent: dropped and counted, never held without bound.
+        for _ in range(50_001):
+            replica.record_call(root, "", "account", "x", "ivr", "ok")
+        assert len(replica.take_records()) == 50_000
+        assert metrics.counter("outagemon_replica_call_records_dropped_total", "").get() == 1
+        # A confirmed one (kind outage, raised by calls): /check says the outage.
+        async with conn.transaction():
+            await conn.execute("update incident set kind = 'outage' where id = 7")
+            await store.notify_replica(conn, "incident", [7])
+        await _until(lambda: replica.watch.open[7].confirmed)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await conn.close()
