@@ -32,15 +32,17 @@ import ssl
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 from aiohttp import hdrs, web
 
 from outagemon import logs
-from outagemon.cluster.replica import Replica
+from outagemon.cluster.replica import CallRecord, Replica
 from outagemon.config import Config
 from outagemon.core.directory import Directory
 from outagemon.core.messages import Texts
@@ -436,20 +438,49 @@ async def _send_calls(session: aiohttp.ClientSession, replica: Replica) -> None:
     detector, core/calls.py), to the daemon's process every second: it counts them as its
     own answers' and hands the records to its Monitor as if it had answered them (their
     time is when they arrive there: at most a second late, against a detector's window of
-    minutes)."""
+    minutes). In bodies the daemon takes (see `call_batches`)."""
     while True:
         await asyncio.sleep(1.0)
         counts = replica.take_calls()
         records = replica.take_records()
-        if not counts and not records:
-            continue
-        body = {"counts": counts, "records": records}
-        try:
-            async with session.post(f"http://daemon{CALLS_PATH}", json=body) as r:
-                r.raise_for_status()
-        except (aiohttp.ClientError, OSError) as e:
-            log.warning("worker.calls_not_sent", calls=sum(counts.values()),
-                        records=len(records), error=str(e))  # fmt: skip
+        for body, calls, taken in call_batches(counts, records):
+            try:
+                async with session.post(f"http://daemon{CALLS_PATH}", data=body,
+                                        headers=_JSON) as r:  # fmt: skip
+                    r.raise_for_status()
+            except (aiohttp.ClientError, OSError) as e:
+                log.warning("worker.calls_not_sent", calls=calls, records=taken,
+                            error=str(e))  # fmt: skip
+
+
+CALLS_BODY = 48 * 1024  # bytes of JSON at most in one body (the daemon takes 64 KiB)
+_JSON = {hdrs.CONTENT_TYPE: "application/json"}
+
+
+def call_batches(counts: dict[int, int],
+                 records: list[CallRecord]) -> Iterator[tuple[bytes, int, int]]:  # fmt: skip
+    """The JSON bodies that carry the counts (in the first) and the records, each at most
+    CALLS_BODY bytes (a record is far smaller: a query's line is 8 KiB at most); with the
+    calls and records each carries."""
+    head = b'{"counts":' + orjson.dumps({str(k): v for k, v in counts.items()})
+
+    def body(first: bool, piece: list[bytes]) -> tuple[bytes, int, int]:
+        start = head if first else b'{"counts":{}'
+        return (start + b',"records":[' + b",".join(piece) + b"]}",
+                sum(counts.values()) if first else 0, len(piece))  # fmt: skip
+
+    piece: list[bytes] = []
+    size = len(head) + 16
+    first = True
+    for r in records:
+        one = orjson.dumps(r)
+        if piece and size + len(one) > CALLS_BODY:
+            yield body(first, piece)
+            first, piece, size = False, [], 32
+        piece.append(one)
+        size += len(one) + 1
+    if piece or (first and counts):
+        yield body(first, piece)
 
 
 def _forwarder(session: aiohttp.ClientSession) -> Any:
