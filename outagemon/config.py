@@ -54,6 +54,9 @@ class HttpConfig:
     metrics_token: str = field(default="", repr=False)  # a bearer token for /metrics alone
     allowed_hosts: tuple[str, ...] = ()  # Host names answered; () = the listen address's
     max_streams: int = 100  # live-page streams (/events) open at once; more get 503
+    # Processes answering on the port (SO_REUSEPORT) from a replica of the incident state;
+    # 1: the daemon's own process answers everything, as before workers existed.
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +236,9 @@ def _seconds(positive: bool, maximum: int) -> Check:
         return None
 
     return check
+
+
+MAX_WORKERS = 64
 
 
 def _integer(minimum: int, maximum: int) -> Check:
@@ -446,6 +452,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "metrics_token_file": _nonempty_string,
         "allowed_hosts": _host_names,
         "max_streams": _integer(1, 100_000),
+        "workers": _integer(1, MAX_WORKERS),
     },
     "probe": {
         "interval": _seconds(positive=True, maximum=DAY),
@@ -614,6 +621,13 @@ def parse(text: str, path: Path) -> Config:
     http = _http(sections.get("http", {}), base, problems)
     _http_warnings(http, bool(tokens), problems, warnings)
     database = _database(sections.get("database", {}), base, problems)
+    if http.workers > MAX_WORKERS:
+        problems.append(f"[http] workers = {http.workers} is more than {MAX_WORKERS}; give at "
+                        "most one or two a core.")  # fmt: skip
+    if http.workers > 1 and not database.dsn:
+        problems.append(f"[http] workers = {http.workers} needs [database] dsn: workers read "
+                        "the incident state from a PostgreSQL server they can reach, and the "
+                        "embedded one is started after them.")  # fmt: skip
     daemon_raw = sections.get("daemon", {})
     daemon = (
         DaemonConfig((base / daemon_raw["state_dir"]).resolve()) if daemon_raw else DaemonConfig()
@@ -674,6 +688,7 @@ def _http(raw: dict[str, Any], base: Path, problems: list[str]) -> HttpConfig:
         metrics_token=metrics_token,
         allowed_hosts=tuple(h.strip().lower().strip("[]") for h in raw.get("allowed_hosts", [])),
         max_streams=raw.get("max_streams", HttpConfig().max_streams),
+        workers=raw.get("workers", HttpConfig().workers),
     )
 
 

@@ -29,6 +29,7 @@ from outagemon import config as config_mod
 from outagemon import logs, reloading
 from outagemon.alerting.sender import Sender
 from outagemon.cluster.lease import Leadership, StepDown
+from outagemon.cluster.replica import Replica
 from outagemon.config import Config
 from outagemon.core import directory, messages
 from outagemon.core.messages import Texts
@@ -45,6 +46,7 @@ from outagemon.metrics import LoopLag
 from outagemon.monitor import Monitor, anchors_of
 from outagemon.notify import Notifier
 from outagemon.probing.icmp import IcmpSource
+from outagemon.workers import Workers
 
 log = logs.get("outagemon.daemon")
 
@@ -98,8 +100,13 @@ class Daemon:
         loaded: directory.Loaded,
         texts: Texts,
         source: ProbeSource | None = None,
+        workers: Workers | None = None,
     ) -> None:
         self.runtime = Runtime(config=config, directory=loaded.directory, texts=texts)
+        # With HTTP workers, they listen on the port and this process on their socket.
+        self.workers = workers
+        if workers is not None:
+            workers.collect_into(self.runtime.metrics)
         self.source: ProbeSource = source or IcmpSource(config.probe)
         self.notifier = Notifier()
         self.started: Started | None = None
@@ -108,6 +115,10 @@ class Daemon:
         # Two or more hosts on one database ([cluster]): this node's role, by the lease.
         self.leadership: Leadership | None = None
         self._lease: asyncio.Task[None] | None = None
+        # A cluster's node: the leader's state as the database has it, which HTTP answers
+        # from while this node does not serve (started once the database answers).
+        self.replica: Replica | None = None
+        self._replica_tasks: list[asyncio.Task[None]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.stop_signal: str | None = None
         self._main: asyncio.Task[Any] | None = None
@@ -256,16 +267,18 @@ class Daemon:
         stack.push_async_callback(
             self._cancel, [self._spawn(coro, name) for name, coro in tasks.items()]
         )
-        runner = http_runner(make_app(self.runtime))
+        runner = http_runner(make_app(self.runtime, behind_workers=self.workers is not None))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(
+        site: web.BaseSite = web.TCPSite(
             runner,
             cfg.http.host,
             cfg.http.port,
             reuse_address=True,
             ssl_context=tls_context(cfg.http),
         )
+        if self.workers is not None:
+            site = web.UnixSite(runner, str(self.workers.socket))
         try:
             await site.start()
         except OSError as e:
@@ -333,6 +346,7 @@ class Daemon:
         self._spawn(self._ping_database(writer), "db_ping")
         if self.leadership is not None:
             pool = holder.pool
+            self._follow_leader(monitor, dsn)
             self._lease = self._spawn(
                 self.leadership.run(pool, lambda epoch: self._take_up(pool, epoch)), "lease"
             )
@@ -371,6 +385,40 @@ class Daemon:
         leadership.on_step_down(drop)
         log.info("cluster.joined", node=cfg.node, lease=cfg.lease)
 
+    def _follow_leader(self, monitor: Monitor, dsn: str) -> None:
+        """A replica of the leader's state (cluster/replica.py), kept current on both roles
+        (a step-down is answered from it at once), and the switch of what HTTP answers
+        from: this node's own Monitor while it serves, else the replica once it has read
+        everything (before that, the Monitor, as a standby answered before)."""
+        leadership = self.leadership
+        assert leadership is not None
+        rt = self.runtime
+        replica = Replica(rt.directory, rt.metrics, self.config.messages.restored_for)
+        # Callers' records reach this node's own detector: warm when it takes over. (The
+        # leader's detector hears only its own callers: nodes do not talk to each other.)
+        replica.on_call = monitor.record_call
+        self.replica = replica
+
+        async def follow() -> None:
+            answering: Monitor | Replica = monitor
+            while True:
+                wanted: Monitor | Replica = monitor
+                if not leadership.serving and replica.first_round_done:
+                    wanted = replica
+                if wanted is not answering:
+                    # Versions of the two are unrelated: answers remembered from one are
+                    # not answers of the other.
+                    rt.answers.entries.clear()
+                    rt.monitor = answering = wanted
+                    log.info("cluster.answering_from",
+                             source="replica" if wanted is replica else "monitor")  # fmt: skip
+                leadership.changed.clear()
+                with contextlib.suppress(TimeoutError):  # the replica's first read, too
+                    await asyncio.wait_for(leadership.changed.wait(), ROLE_POLL)
+
+        self._replica_tasks = [self._spawn(replica.run(dsn), "replica"),
+                               self._spawn(follow(), "answering")]  # fmt: skip
+
     async def _take_up(self, pool: asyncpg.Pool, epoch: int) -> None:
         """Begin to lead: what this node's file still held is written (or fenced off)
         first, then the open incidents are read from the database and continued."""
@@ -381,6 +429,8 @@ class Daemon:
             await started.monitor.take_up(pool, epoch)
 
     async def _leave_cluster(self, holder: _Database) -> None:
+        if self._replica_tasks:
+            await self._cancel(self._replica_tasks)
         if self._lease is not None:
             await self._cancel([self._lease])
         if self.leadership is not None and holder.pool is not None:
@@ -433,6 +483,8 @@ class Daemon:
         finally:
             self.notifier.send("READY=1")
         log.info("config.reload_done", outcome=outcome)
+        if self.workers is not None and outcome != "refused":
+            self.workers.reload()  # they load it too, and are replaced one by one
         try:
             reloading.write(self.config.daemon.state_dir, started, outcome, problems)
         except OSError as e:
@@ -473,12 +525,15 @@ class Daemon:
                 started.monitor.config = new
                 started.monitor.set_directory(loaded.directory)
                 old += self.source.retarget(targets, new.probe, plan)
+        if self.replica is not None:
+            self.replica.set_directory(loaded.directory)
         self._reloads.inc(outcome="applied")
         log.info("config.reloaded", path=str(path))
         self._spawn(_release(old), "release")
         return "applied", []
 
 
+ROLE_POLL = 0.2  # s: how often a cluster's node looks whether to answer from its replica
 RELEASE_GRACE = 5.0  # seconds a replaced directory stays whole for requests still reading it
 RELEASE_SLICE = 5_000  # entries freed at a time
 
@@ -618,8 +673,9 @@ def report_skipped(problems: list[str], limit: int = 100) -> None:
         log.warning("subscribers.rows_skipped", shown=limit, total=len(problems))
 
 
-def run(config_path: Path) -> int:
-    """`outagemon run`: 0 after a clean stop, 2 for a bad config, 1 when start-up failed."""
+def run(config_path: Path, source: ProbeSource | None = None) -> int:
+    """`outagemon run`: 0 after a clean stop, 2 for a bad config, 1 when start-up failed.
+    (`source`: where probe results come from, ICMP unless given: a benchmark simulates.)"""
     try:
         cfg = config_mod.load(config_path)
         logs.setup()
@@ -633,7 +689,15 @@ def run(config_path: Path) -> int:
     for warning in cfg.warnings:
         log.warning("config.warning", problem=warning)
     try:
-        return asyncio.run(Daemon(cfg, loaded, texts).run())
+        workers = None
+        if cfg.http.workers > 1:
+            workers = Workers(cfg, loaded.directory, texts, tls_context(cfg.http))
+            workers.start()
+        try:
+            return asyncio.run(Daemon(cfg, loaded, texts, source, workers=workers).run())
+        finally:
+            if workers is not None:
+                workers.stop()
     except OutagemonError as e:
         log.error("daemon.start_failed", error=str(e))
         print(f"outagemon: {e}", file=sys.stderr)

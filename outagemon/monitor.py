@@ -324,6 +324,7 @@ class Monitor:
         if e.kind is EventKind.BLIND or e.kind is EventKind.SEEING:
             log.warning(f"monitor.{e.kind.value}", anchors=list(self.anchors))
             self.journal.event(e, None, 0)  # unverified time in the outage history
+            self.journal.blind(e.kind is EventKind.BLIND)
             return
         inc = self.open_incident(e.incident or -1)
         log.info(f"incident.{e.kind.value}", incident=e.incident, root=e.root,

@@ -96,6 +96,12 @@ class Node(LabDaemon):
         stamp = str(found[-1]["timestamp"]).replace("Z", "+00:00")
         return datetime.fromisoformat(stamp).timestamp()
 
+    def answering_from(self) -> str:
+        """What HTTP answers from, as last logged: "replica", "monitor" or ""."""
+        lines = (self.state / "daemon.log").read_text(errors="replace").splitlines()
+        found = [json.loads(x) for x in lines if '"event": "cluster.answering_from"' in x]
+        return str(found[-1]["source"]) if found else ""
+
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
@@ -195,12 +201,32 @@ def test_kill_9_of_the_leader_the_standby_continues_the_same_incident(
     a, b = pair
     assert b.role() == "standby"
     assert b.get("/readyz") == (200, {"status": "ready", "role": "standby", "leader": "a"})
+    account = a.account_under("agg-1")
+    b.wait("b answers from its replica", lambda: b.answering_from() == "replica", within=10)
     lab.down(*a.ips_behind("agg-1"))
+    # The leader's /check and the standby's, asked in turn: the standby says the outage,
+    # with the leader's incident id, within a second of the leader first saying it.
+    said: dict[str, tuple[float, str]] = {}
+    deadline = time.monotonic() + 40
+    while len(said) < 2:
+        for name, node in (("a", a), ("b", b)):
+            if name not in said:
+                answer = node.check(account=account)
+                if answer["status"] == "outage":
+                    said[name] = (time.monotonic(), answer["incident_id"])
+        assert time.monotonic() < deadline, f"said {said}\n{a.log()}\n{b.log()}"
+        time.sleep(0.02)
+    assert said["b"][1] == said["a"][1], f"the standby names another incident: {said}"
+    lag = said["b"][0] - said["a"][0]
+    assert lag <= 1.0, f"the standby said the outage {lag:.2f} s after the leader"
     found = wait_db("a opens an incident at agg-1", fresh_db,
                     lambda f: any(i["root_node"] == "agg-1" for i in f), a.log)  # fmt: skip
     (inc,) = found
-    account = a.account_under("agg-1")
+    assert said["a"][1] == str(inc["id"])
     assert a.check(account=account)["incident_id"] == str(inc["id"])
+    # The standby's page shows the leader's incident (read from its replica).
+    status, page = b.get_text("/")
+    assert status == 200 and f'href="/incidents/{inc["id"]}"' in page, page
     assert b.metrics()["outagemon_db_writes_total"] == 0, "a standby writes nothing"
 
     assert a.process is not None

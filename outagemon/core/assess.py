@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from outagemon.core.addresses import Address
-from outagemon.core.calls import CallWatch
-from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory, Match
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident, Kind, Maintenance
@@ -38,11 +37,48 @@ class Status(enum.StrEnum):
     NOT_FOUND = "not_found"
 
 
-class Situation(Protocol):
-    """What assess() reads: the monitor's view of the network, in memory."""
+class NodeSeen(Protocol):
+    """What assess() reads of a node's state (a NodeState, or a replica's copy)."""
 
     @property
-    def correlator(self) -> Correlator: ...
+    def state(self) -> State: ...
+    @property
+    def down_at(self) -> float: ...
+
+
+class View(Protocol):
+    """What assess() reads of the correlator: its own, or a replica of the leader's."""
+
+    @property
+    def blind(self) -> bool: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def states(self) -> Mapping[str, NodeSeen]: ...
+    def incident_for(self, node: str) -> Incident | None: ...
+
+
+class Raised(Protocol):
+    """What assess() reads of an incident raised by calls (a Suspicion, or a replica's)."""
+
+    @property
+    def incident(self) -> Incident: ...
+    @property
+    def confirmed(self) -> bool: ...
+
+
+class CallsSeen(Protocol):
+    """What assess() reads of the calls' detector: its own, or a replica of the leader's."""
+
+    def covering(self, node: str) -> Raised | None: ...
+
+
+class Situation(Protocol):
+    """What assess() reads: the monitor's view of the network, in memory (or a replica
+    of the leader's, in a process that does not decide: cluster/replica.py)."""
+
+    @property
+    def correlator(self) -> View: ...
     @property
     def eta(self) -> dict[int, float]: ...  # incident id -> expected repair time
     @property
@@ -52,7 +88,7 @@ class Situation(Protocol):
     @property
     def first_round_done(self) -> bool: ...
     @property
-    def watch(self) -> CallWatch: ...  # incidents raised by calls
+    def watch(self) -> CallsSeen: ...  # incidents raised by calls
 
 
 class KeptBody(NamedTuple):

@@ -80,11 +80,13 @@ async def _nodes(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None
 
 async def _recovering(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
     # The root answers: service is back (callers hear "restored") until it fails again.
+    await store.set_incident_recovering(conn, e.incident, at)
     await store.impact_close(conn, e.incident, at)
     return True
 
 
 async def _refailed(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
+    await store.set_incident_recovering(conn, e.incident, None)
     if inc is not None and _cuts_off(inc):
         await store.impact_open(conn, inc.id, inc.nodes, inc.kind, at)
     return True
@@ -295,6 +297,14 @@ class Journal:
         self.writer.latest("node_states", latest, _newer, _states_op,
                            size=64 + 64 * len(latest), epoch=self.epoch)  # fmt: skip
 
+    def blind(self, blind: bool) -> None:
+        """Whether every anchor is down (replicas answer "unknown" then, as the leader)."""
+        if self.writer is None:
+            return
+        if self._standing_by():
+            return
+        self.writer.latest("blind", blind, _replace_flag, _blind_op, size=64, epoch=self.epoch)
+
     def history(self, rows: list[tuple[str, float, float]]) -> None:
         """Every node's loss history (n, lost), in one write (a newer one replaces it)."""
         if self.writer is None:
@@ -349,11 +359,15 @@ def op_of(kind: str, data: dict[str, Any]) -> Op:
 
     notified = NOTIFIED.get(e.kind)
 
+    # Replicas re-read the incidents an event changed (a merge changes both).
+    changed = [i for i in (e.incident, e.detail.get("into")) if isinstance(i, int)]
+
     async def op(conn: Conn) -> None:
         if await write(conn, e, snapshot, at):
             await store.add_incident_event(conn, e.incident, at, e.kind.value, detail)
         if notified is not None:
             await store.add_outbox(conn, e.incident, notified, at)
+        await store.notify_replica(conn, "incident", changed)
 
     return op
 
@@ -366,6 +380,7 @@ def _eta_op(d: dict[str, Any]) -> Op:
         await store.set_incident_eta(conn, incident, eta)
         await store.add_incident_event(conn, incident, at, "eta", detail)
         await store.add_outbox(conn, incident, NOTIFIED["eta"], at)
+        await store.notify_replica(conn, "incident", [incident])
 
     return op
 
@@ -377,6 +392,7 @@ def _note_op(d: dict[str, Any]) -> Op:
     async def op(conn: Conn) -> None:
         await store.add_incident_event(conn, incident, at, "note", detail)
         await store.add_outbox(conn, incident, NOTIFIED["note"], at)
+        await store.notify_replica(conn, "incident", [incident])
 
     return op
 
@@ -386,6 +402,7 @@ def _maintenance_op(d: dict[str, Any]) -> Op:
         await store.add_maintenance(conn, int(d["id"]), str(d["node"]),
                                     store.ts(float(d["starts_at"])), store.ts(float(d["ends_at"])),
                                     str(d["reason"]), str(d["by"]))  # fmt: skip
+        await store.notify_replica(conn, "maintenance", [])
 
     return op
 
@@ -405,6 +422,7 @@ def _calls_op(counts: dict[int, int]) -> Op:
 
     async def op(conn: Conn) -> None:
         await store.add_calls(conn, rows)
+        await store.notify_replica(conn, "calls", [i for i, _ in rows])
 
     return op
 
@@ -427,6 +445,7 @@ def _states_op(latest: dict[str, tuple[str, float, float]]) -> Op:
 
     async def op(conn: Conn) -> None:
         await store.save_node_states(conn, rows)
+        await store.notify_replica(conn, "states", [])
 
     return op
 
@@ -448,6 +467,18 @@ def _seen_op(seen: Seen) -> Op:
 
     async def op(conn: Conn) -> None:
         await store.run_seen(conn, run_id, datetime.fromtimestamp(at, UTC), stopped)
+
+    return op
+
+
+def _replace_flag(a: bool, b: bool) -> bool:
+    return b
+
+
+def _blind_op(blind: bool) -> Op:
+    async def op(conn: Conn) -> None:
+        await store.set_blind(conn, blind)
+        await store.notify_replica(conn, "monitor", [])
 
     return op
 

@@ -50,10 +50,12 @@ async def connect(dsn: str, min_size: int = 2, max_size: int = 10,
     return pool
 
 
-async def connection(dsn: str) -> asyncpg.Connection:
-    """One dedicated connection (migrations hold a session lock on it)."""
+async def connection(dsn: str, name: str | None = None) -> asyncpg.Connection:
+    """One dedicated connection (migrations hold a session lock on it; a replica listens
+    on it), named `name` in pg_stat_activity when given."""
+    settings = {"application_name": name} if name else None
     try:
-        return await asyncpg.connect(dsn, timeout=10)
+        return await asyncpg.connect(dsn, timeout=10, server_settings=settings)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
         raise DatabaseError(f"cannot connect to PostgreSQL at {redact(dsn)}: {e}") from None
 
@@ -305,9 +307,10 @@ async def max_maintenance_id(conn: Conn) -> int:
 async def save_node_states(conn: Conn, rows: list[tuple[str, str, datetime | None, float]]) -> None:
     """Nodes' latest states: (node, state, changed at, short-term loss)."""
     await conn.executemany(
-        "insert into node_state (node_id, state, changed_at, loss) values ($1, $2, $3, $4)"
+        "insert into node_state (node_id, state, changed_at, loss, seq)"
+        " values ($1, $2, $3, $4, nextval('node_state_seq'))"
         " on conflict (node_id) do update set state = excluded.state,"
-        " changed_at = excluded.changed_at, loss = excluded.loss",
+        " changed_at = excluded.changed_at, loss = excluded.loss, seq = excluded.seq",
         rows,
     )
 
@@ -935,3 +938,98 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
             start, end,
         )  # fmt: skip
     return {"incidents": list(incidents), "blind": blind, "calls": list(calls)}
+
+
+# -- the read replica (outagemon/cluster/replica.py) -----------------------------------
+
+REPLICA_CHANNEL = "outagemon_replica"
+REPLICA_NAME = "outagemon replica"  # its connections' application_name
+
+
+async def notify_replica(conn: Conn, kind: str, ids: list[int]) -> None:
+    """Tell replicas, when the caller's transaction commits, what it changed: `kind`
+    (incident, calls, states, maintenance, monitor) and the incidents' ids, never their values,
+    with the database's time (`t`, epoch seconds) for the replica's lag."""
+    await conn.execute(
+        "select pg_notify($1, json_build_object('k', $2::text, 'i', $3::bigint[],"
+        " 't', extract(epoch from clock_timestamp()))::text)",
+        REPLICA_CHANNEL, kind, ids[:500],  # a payload stays far below NOTIFY's 8000 bytes
+    )  # fmt: skip
+
+
+async def set_incident_recovering(conn: Conn, incident_id: int | None,
+                                  at: datetime | None) -> None:  # fmt: skip
+    await conn.execute("update incident set recovering_since = $2 where id = $1",
+                       incident_id, at)  # fmt: skip
+
+
+async def set_blind(conn: Conn, blind: bool) -> None:
+    await conn.execute("update monitor_view set blind = $1 where id = 1", blind)
+
+
+async def replica_incidents(conn: Conn, ids: list[int] | None,
+                            resolved_after: datetime | None) -> list[asyncpg.Record]:  # fmt: skip
+    """Open incidents and those resolved after `resolved_after`, with their nodes (root
+    first); only those of `ids` when given (whatever their state, so a replica learns
+    that one was resolved or merged)."""
+    if ids is not None:
+        return list(await conn.fetch(f"{_REPLICA} where i.id = any($1::bigint[]) {_BY_ID}", ids))
+    where = "i.state = 'open' or (i.state = 'resolved' and i.resolved_at > $1)"
+    return list(await conn.fetch(f"{_REPLICA} where {where} {_BY_ID}", resolved_after))
+
+
+_REPLICA = """
+    select i.id, i.state, i.kind, i.root_node, i.inferred, i.opened_at, i.resolved_at,
+           i.eta, i.calls, i.recovering_since, i.subscribers, i.raised_by,
+           case when i.raised_by = 'calls' then
+               (select e.detail from incident_event e where e.incident_id = i.id
+                and e.kind = 'opened' order by e.id limit 1) end as opened_detail,
+           coalesce(array_agg(n.node_id order by n.node_id = i.root_node desc, n.node_id)
+                    filter (where n.node_id is not null), '{}') as nodes
+    from incident i left join incident_node n on n.incident_id = i.id
+"""
+_BY_ID = "group by i.id order by i.id"
+
+
+async def replica_calls(conn: Conn, ids: list[int]) -> list[asyncpg.Record]:
+    """The call counts of these incidents (a replica told only that they changed)."""
+    return list(await conn.fetch("select id, calls from incident where id = any($1::bigint[])",
+                                 ids))  # fmt: skip
+
+
+async def replica_states(conn: Conn, after: int, limit: int = 5000) -> list[asyncpg.Record]:
+    """Up to `limit` node states written after sequence number `after` (0: from the
+    first), in the order written: a replica reads a city's in pieces."""
+    return list(
+        await conn.fetch(
+            "select node_id, state, changed_at, loss, seq from node_state where seq > $1"
+            " order by seq limit $2",
+            after, limit,
+        )
+    )  # fmt: skip
+
+
+async def replica_backends(conn: Conn) -> list[int]:
+    """Server pids of the replicas' connections to this database (tests end them)."""
+    rows = await conn.fetch(
+        "select pid from pg_stat_activity where application_name = $1"
+        " and datname = current_database()",
+        REPLICA_NAME,
+    )
+    return [int(r["pid"]) for r in rows]
+
+
+async def terminate_backends(conn: Conn, pids: list[int]) -> None:
+    await conn.execute("select pg_terminate_backend(p) from unnest($1::int[]) p", pids)
+
+
+async def replica_blind(conn: Conn) -> bool:
+    return bool(await conn.fetchval("select blind from monitor_view where id = 1"))
+
+
+async def listen_replica(conn: asyncpg.Connection, notified: Callable[[str], None],
+                         lost: Callable[[], None]) -> None:  # fmt: skip
+    """LISTEN on the replica channel: `notified(payload)` for each notification, `lost()`
+    when the connection closes (a terminated backend, a restarted server)."""
+    conn.add_termination_listener(lambda _conn: lost())
+    await conn.add_listener(REPLICA_CHANNEL, lambda _c, _pid, _ch, payload: notified(payload))

@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from outagemon import clock, logs
+from outagemon.cluster.replica import Replica
 from outagemon.core.assess import Answer, KeptBody, Status, assess
 from outagemon.core.directory import Directory, Match
 from outagemon.core.incidents import Kind, Maintenance
@@ -292,7 +293,7 @@ async def update_incident(request: web.Request) -> web.Response:
         eta, note = estimate(given, body.get("note", ""), time.time())
     except Invalid as e:
         raise bad(str(e)) from None
-    if rt.leadership is not None and (why := rt.leadership.not_leading()) is not None:
+    if (why := queries.not_deciding(rt)) is not None:
         raise bad(why, 409)
     if rt.monitor is None or await queries.one(rt, iid) is None:
         raise bad(f"there is no incident {iid}.", 404)
@@ -321,8 +322,10 @@ async def _decide(request: web.Request, rt: Runtime, iid: int, body: dict[str, A
         note = text(body.get("note", ""), "note")
     except Invalid as e:
         raise bad(str(e)) from None
+    if (why := queries.not_deciding(rt)) is not None:
+        raise bad(why, 409)
     monitor = rt.monitor
-    if monitor is None:
+    if monitor is None or isinstance(monitor, Replica):
         raise bad("the daemon is starting; try again in a moment.", 409)
     inc = monitor.open_incident(iid)
     if inc is None:
@@ -365,7 +368,7 @@ async def add_maintenance(request: web.Request) -> web.Response:
         raise bad(str(e)) from None
     if rt.monitor is None:
         raise bad("the daemon is starting; try again in a moment.", 409)
-    if rt.leadership is not None and (why := rt.leadership.not_leading()) is not None:
+    if (why := queries.not_deciding(rt)) is not None:
         raise bad(why, 409)
     window = Maintenance(rt.monitor.next_maintenance, node, clock.steady(starts),
                          clock.steady(ends), reason)  # fmt: skip

@@ -243,8 +243,63 @@ async def static(request: web.Request) -> web.Response:
     )
 
 
-def make_app(runtime: Runtime) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+# What an HTTP worker answers itself, from its replica: the phone menu's question and the
+# read API. The rest (writes, the page with its sessions and streams, /metrics for the
+# whole daemon) is forwarded to the daemon's own process.
+WORKER_ROUTES = frozenset({
+    ("GET", "/api/v1/check"), ("GET", "/api/v1/incidents"), ("GET", "/api/v1/incidents/{id}"),
+    ("GET", "/api/v1/openapi.json"), ("GET", "/healthz"), ("GET", "/readyz"),
+    ("GET", "/static/{name}"),
+})  # fmt: skip
+
+
+@web.middleware
+async def _forwarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request a worker forwarded over the daemon's Unix socket: its caller's address
+    and scheme are the worker's X-Forwarded-For and X-Forwarded-Proto (so a login's
+    backoff is the caller's own, and a session cookie over HTTPS is Secure). Trusted on
+    the Unix socket only (its directory is the daemon's, 0700); from TCP, ignored."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) or hdrs.X_FORWARDED_FOR not in request.headers:
+        return await handler(request)
+    proto = request.headers.get(hdrs.X_FORWARDED_PROTO, "http")
+    return await handler(request.clone(remote=request.headers[hdrs.X_FORWARDED_FOR],
+                                       scheme="https" if proto == "https" else "http"))  # fmt: skip
+
+
+CALLS_PATH = "/_workers/calls"  # the workers' call counts, on the daemon's Unix socket
+
+
+async def _calls_from_workers(request: web.Request) -> web.Response:
+    """Check answers a worker gave, by incident, and its callers' records (for the
+    calls' detector): counted and recorded as if answered here."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    rt = request.app[RUNTIME]
+    if isinstance(peer, tuple) or rt.monitor is None:
+        raise web.HTTPNotFound()
+    body = orjson.loads(await request.read())
+    batch: dict[str, int] = body.get("counts") or {}
+    monitor = rt.monitor
+    for iid, n in batch.items():
+        for _ in range(min(int(n), 1_000_000)):
+            monitor.count_call(int(iid))
+    records = body.get("records") or []
+    for node, building, kind, value, channel, status, router in records:
+        monitor.record_call(str(node), str(building), str(kind), str(value), str(channel),
+                            str(status), str(router))  # fmt: skip
+    return json_response({"counted": sum(int(n) for n in batch.values()),
+                          "records": len(records)})  # fmt: skip
+
+
+def make_app(runtime: Runtime, forward: Handler | None = None,
+             behind_workers: bool = False) -> web.Application:  # fmt: skip
+    """The daemon's application; with `forward`, an HTTP worker's: WORKER_ROUTES are
+    answered here and every other request is handed to `forward`. `behind_workers`: the
+    daemon's own when its workers forward to it (see `_forwarded`)."""
+    app = web.Application(client_max_size=64 * 1024,
+                          middlewares=[_forwarded] if behind_workers else [])  # fmt: skip
     app[RUNTIME] = runtime
     runtime.metrics.gauge("outagemon_up", "1 while the daemon serves.").set(1)
     figures.install_gauges(runtime)
@@ -257,10 +312,19 @@ def make_app(runtime: Runtime) -> web.Application:
     downtime.setup(routes)
     reports.setup(routes)
     page.setup(routes)
-    page.install(app, runtime)
+    if forward is None:
+        page.install(app, runtime)
     for route in routes:
         assert isinstance(route, web.RouteDef)
-        app.router.add_route(route.method, route.path, sentences(route.handler, runtime),
+        handler = route.handler
+        if forward is not None and (route.method, route.path) not in WORKER_ROUTES:
+            handler = forward
+        app.router.add_route(route.method, route.path, sentences(handler, runtime),
                              **route.kwargs)  # fmt: skip
-    _no_route(app)
+    if behind_workers:
+        app.router.add_post(CALLS_PATH, _calls_from_workers)
+    if forward is not None:
+        app.router.add_route("*", "/{tail:.*}", sentences(forward, runtime))
+    else:
+        _no_route(app)
     return app

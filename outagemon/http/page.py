@@ -21,6 +21,7 @@ from aiohttp import web
 from markupsafe import Markup, escape
 
 from outagemon import clock, logs
+from outagemon.cluster.replica import Replica
 from outagemon.core.calls import building_text
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident
@@ -110,8 +111,11 @@ def _card(rt: Runtime, inc: Incident) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _suspicion_card(m: Monitor, inc: Incident) -> dict[str, Any]:
+def _suspicion_card(m: Monitor | Replica, inc: Incident) -> dict[str, Any]:
     """An incident raised by calls: its distinct callers and the chart of its calls."""
+    if isinstance(m, Replica):  # the leader's, as its opening said them: no chart
+        copy = m.watch.open.get(inc.id)
+        return {"callers": copy.callers if copy is not None else 0, "chart": ""}
     sus = m.watch.open.get(inc.id)
     if sus is None:
         return {"callers": 0, "chart": ""}
@@ -565,7 +569,7 @@ async def incident_form(request: web.Request) -> web.Response:
         eta, note = estimate(eta, form.get("note", ""), now)
     except Invalid as e:
         raise _back(back, Message.refusal(str(e))) from None
-    if rt.leadership is not None and rt.leadership.not_leading() is not None:
+    if queries.not_deciding(rt) is not None or isinstance(rt.monitor, Replica):
         raise _back(back, Message.STANDBY)
     if rt.monitor is None or await queries.one(rt, iid) is None:
         raise bad(f"there is no incident {raw}.", 404)
@@ -576,6 +580,8 @@ async def incident_form(request: web.Request) -> web.Response:
 def _decide(rt: Runtime, iid: int, decision: str, who: str) -> Message:
     """The page's buttons for an incident raised by calls: confirm, dismiss, repaired."""
     m = rt.monitor
+    if queries.not_deciding(rt) is not None or isinstance(m, Replica):
+        return Message.STANDBY
     act = {"confirm": (m.confirm, Message.CONFIRMED), "dismiss": (m.dismiss, Message.DISMISSED),
            "resolve": (m.repaired, Message.REPAIRED)} if m is not None else {}  # fmt: skip
     if decision not in act:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from outagemon import logs
+from outagemon.cluster.replica import Replica
 from outagemon.core.calls import building_text
 from outagemon.core.incidents import Incident
 from outagemon.db import store
@@ -21,7 +22,17 @@ from outagemon.monitor import Monitor
 log = logs.get("outagemon.api")  # its lines have always been the API's
 
 
-def incident_json(inc: Incident, monitor: Monitor | None) -> dict[str, Any]:
+def not_deciding(rt: Runtime) -> str | None:
+    """Why an engineer's write cannot be taken by this process, else None: a cluster's
+    standby (naming the leader), or a process answering from a replica."""
+    if rt.leadership is not None and (why := rt.leadership.not_leading()) is not None:
+        return why
+    if isinstance(rt.monitor, Replica):
+        return rt.monitor.not_leading()
+    return None
+
+
+def incident_json(inc: Incident, monitor: Monitor | Replica | None) -> dict[str, Any]:
     subs = monitor.subscribers_of(inc.nodes) if monitor is not None else 0
     return {
         "id": str(inc.id),
@@ -40,9 +51,15 @@ def incident_json(inc: Incident, monitor: Monitor | None) -> dict[str, Any]:
     }
 
 
-def _suspicion(inc: Incident, monitor: Monitor) -> dict[str, Any]:
+def _suspicion(inc: Incident, monitor: Monitor | Replica) -> dict[str, Any]:
     """For an incident raised by calls: the calls that raised it (per minute, for the
     page's chart), the distinct callers, and when the first of them called."""
+    if isinstance(monitor, Replica):  # the leader's, as its opening said them
+        copy = monitor.watch.open.get(inc.id)
+        if copy is None:
+            return {}
+        return {"callers": copy.callers, "first_call_at": iso(copy.first_call),
+                "calls_per_minute": [], "buildings": copy.buildings[:20]}  # fmt: skip
     sus = monitor.watch.open.get(inc.id)
     if sus is None:
         return {}

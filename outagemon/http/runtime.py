@@ -21,6 +21,7 @@ from aiohttp import hdrs, web
 
 from outagemon import clock
 from outagemon.cluster.lease import Leadership
+from outagemon.cluster.replica import Replica
 from outagemon.config import Config, Token
 from outagemon.core import messages
 from outagemon.core.assess import AnswerMemory
@@ -56,7 +57,9 @@ class Runtime:
     # queued) and says so in its body.
     db_lost: tuple[float, str] | None = None
     reads: int = 0  # database reads of HTTP requests running now (http/queries.py)
-    monitor: Monitor | None = None
+    # The correlator's state this process answers from: its own Monitor, or a Replica of
+    # the leader's (an HTTP worker, a standby); the handlers read either alike.
+    monitor: Monitor | Replica | None = None
     # A cluster's node ([cluster]): its role, epoch and who leads; None on a single host.
     # `leadership.changed` is set at every change of role (the standby's answers follow).
     leadership: Leadership | None = None

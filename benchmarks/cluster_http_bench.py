@@ -1,0 +1,321 @@
+"""/check from HTTP workers (issue 16): throughput beside a bare handler, and p99 while the
+leader works.
+
+    .venv/bin/python -m benchmarks.cluster_http_bench [--seconds 8] [--rounds 3]
+                                                      [--city DIR] [--big-city DIR]
+
+The real daemon (`daemon.run`, with `[http] workers = 2`, on a real PostgreSQL database
+made for the run) serves a generated city (synthetic: sim/citygen.py) of about 100,000
+nodes (1,000 access switches, 96,000 subscribers with their routers); its probe results
+come from a simulated network (sim/simnet.py; a city cannot exist on this machine, and
+ICMP to it would be to addresses we may not use), the correlator, the writer, the
+replica and the workers are the real ones. wrk asks `/check?phone=...` with a different
+subscriber's phone on each request, with the token a phone menu sends.
+
+1. Throughput: wrk at saturation against the workers, and against the bare single-process
+   aiohttp handler of benchmarks/http_bench.py (a constant answer), both servers up for
+   the whole run, rounds alternating between them (this VM's speed drifts).
+2. p99 at a steady 2,000 calls a second (wrk, each connection paced by a random delay()
+   averaging 128 ms at 256 connections: wrk2 is not packaged here), three phases: quiet;
+   while the leader decides a core failure cutting off every node of the city (the
+   simulated core switch dies at the start of the run); while it reloads a
+   1,000,000-subscriber city (SIGHUP after the files were replaced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from benchmarks.http_bench import TOKEN, cpu_seconds, wait_ready, wrk
+from outagemon.sim import citygen
+
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+CONFIG = """
+[daemon]
+state_dir = "{state}"
+[database]
+dsn = "{dsn}"
+[http]
+listen = "127.0.0.1:{port}"
+workers = 2
+[probe]
+interval = 10
+timeout = 1
+down_after = 2
+[vantage]
+anchors = ["::1"]  # not the core: its failure cuts the city off, it does not blind us
+[topology]
+file = "topology.yaml"
+subscribers = "subscribers.csv"
+# wrk's random phones at 10,000 a second are no model of callers: with the workers' call
+# records reaching the daemon's detector, they raised ~1,700 suspicions city-wide in one
+# run (benchmarks/calls_bench.py measures the detector); this measures /check.
+[callers]
+enabled = false
+[[auth.tokens]]
+name = "bench"
+token = "{token}"
+role = "read"
+"""
+
+
+# -- the daemon's side (a child process) ---------------------------------------------------
+
+
+class BenchSource:
+    """Probe results from a simulated network; the core switch dies when the file `fail`
+    appears in the state directory."""
+
+    follows_reload = False
+
+    def __init__(self, state: Path) -> None:
+        self.trigger = state / "fail"
+
+    def start(self, monitor: Any, runtime: Any,
+              targets: dict[str, str]) -> dict[str, Coroutine[Any, Any, None]]:  # fmt: skip
+        from outagemon.sim.simnet import SimNet
+
+        cfg = runtime.config
+        now = time.time()
+        net = SimNet(runtime.directory.topology, monitor.correlator, interval=cfg.probe.interval,
+                     timeout=cfg.probe.timeout, start=now - 2 * cfg.probe.interval)  # fmt: skip
+        net.on_event = monitor.handle
+        net.run_until(now)
+        monitor.first_round_done = True
+        runtime.not_ready = None
+        return {"simulate": self._simulate(net, monitor)}
+
+    def plan(self, targets: dict[str, str], probe: Any) -> object:
+        return None
+
+    def retarget(self, targets: dict[str, str], probe: Any, plan: object = None) -> list[object]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+    async def _simulate(self, net: Any, monitor: Any) -> None:
+        from outagemon.probing.icmp import TICK
+
+        failed = False
+        while True:
+            if not failed and self.trigger.exists():
+                failed = True
+                net.fail("core-1")
+            net.run_until(time.time())
+            for node in monitor.tick():
+                net.probe(node)
+            await asyncio.sleep(TICK)
+
+
+def serve_daemon(config: str) -> None:
+    from outagemon import daemon
+
+    path = Path(config)
+    sys.exit(daemon.run(path, BenchSource(path.parent)))
+
+
+# -- the benchmark ---------------------------------------------------------------------
+
+
+def phones_of(city: citygen.City, work: Path) -> Path:
+    phones = [row[1].split(";")[0] for row in city.rows]
+    random.Random(1).shuffle(phones)
+    path = work / "phones.txt"
+    path.write_text("\n".join(urllib.parse.quote(p) for p in phones) + "\n")
+    return path
+
+
+def city_dir(path: str | None, access: int, subscribers: int) -> Path:
+    work = Path(path or tempfile.mkdtemp(prefix="om-cluster-bench-"))
+    if not (work / "phones.txt").exists():
+        work.mkdir(parents=True, exist_ok=True)
+        city = citygen.sized(access, subscribers)
+        city.write(work)
+        phones_of(city, work)
+    return work
+
+
+def get(port: int, path: str) -> Any:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = r.read()
+    return json.loads(body) if body.startswith(b"{") else body.decode()
+
+
+def wait_log(state: Path, event: str, within: float) -> float:
+    """When (time.monotonic()) `event` was seen in the daemon's log, or nan."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if f'"event": "{event}"' in (state / "daemon.log").read_text(errors="replace"):
+            return time.monotonic()
+        time.sleep(0.5)
+    return float("nan")
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=8, help="length of one saturation run")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    ap.add_argument("--paced-seconds", type=int, default=20, help="length of one paced run")
+    ap.add_argument("--city", help="a directory with the 100,000-node city (kept)")
+    ap.add_argument("--big-city", help="a directory with the 1,000,000-subscriber city (kept)")
+    ap.add_argument("--skip-reload", action="store_true", help="leave out the 1M reload")
+    ap.add_argument("--serve-daemon", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_daemon:
+        serve_daemon(args.serve_daemon)
+        return
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (Debian: apt-get install wrk)")
+    started = time.monotonic()
+    city = city_dir(args.city, 1000, 96_000)
+    big = None if args.skip_reload else city_dir(args.big_city, 10_000, 1_000_000)
+    print(f"cities ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    state = Path(tempfile.mkdtemp(prefix="om-cb-"))
+    for name in ("topology.yaml", "subscribers.csv"):
+        shutil.copy(city / name, state / name)
+    db = f"om_bench_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(f'create database "{db}"'))
+    dsn = ADMIN_DSN.rsplit("/", 1)[0] + "/" + db
+    ports = {"workers=2": 18091, "bare": 18092}
+    (state / "outagemon.toml").write_text(
+        CONFIG.format(state=state, dsn=dsn, port=ports["workers=2"], token=TOKEN)
+    )
+    log = (state / "daemon.log").open("ab")
+    servers = {
+        "workers=2": subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.cluster_http_bench", "--serve-daemon",
+             str(state / "outagemon.toml")], stdout=log, stderr=subprocess.STDOUT),
+        "bare": subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.http_bench", "--serve", str(city),
+             str(ports["bare"]), "bare"]),
+    }  # fmt: skip
+    phones = city / "phones.txt"
+    path = "/api/v1/check?phone="
+    runs: dict[str, list[dict[str, float]]] = {}
+    paced: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
+    try:
+        for kind in servers:
+            wait_ready(ports[kind], 300)
+        # The workers answer at once, "unknown" until their replica has the leader's
+        # node states: wait for the first "ok".
+        first = (city / "phones.txt").open().readline().strip()
+        deadline = time.monotonic() + 300
+        while get(ports["workers=2"], path + first)["status"] != "ok":
+            assert time.monotonic() < deadline, "the workers never said ok"
+            time.sleep(1)
+        for kind in servers:
+            wrk(ports[kind], phones, path, args.seconds, paced=False)  # warm-up
+        print(f"load average before: {load()}", file=sys.stderr)
+        supervisor = int(next(json.loads(line) for line in (state / "daemon.log").open()
+                              if '"workers.started"' in line)["supervisor"])  # fmt: skip
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        serving = {"workers=2": [int(p) for p in children], "bare": [servers["bare"].pid]}
+        for _ in range(args.rounds):
+            for kind in servers:
+                before = sum(cpu_seconds(p) for p in serving[kind])
+                r = wrk(ports[kind], phones, path, args.seconds, paced=False)
+                used = sum(cpu_seconds(p) for p in serving[kind]) - before
+                r["cpu_us"] = used / (r["rps"] * args.seconds) * 1e6
+                runs.setdefault(kind, []).append(r)
+        port = ports["workers=2"]
+        servers["bare"].terminate()  # the paced runs are the workers' alone
+        load_before = load()
+        paced["quiet"] = wrk(port, phones, path, args.paced_seconds, paced=True)
+        (state / "fail").touch()  # the core switch dies as the run starts
+        # Long enough for the decision (two lost probes of each node, 10 s apart), even
+        # when the simulation falls behind on a loaded machine.
+        paced["core failure"] = wrk(port, phones, path, max(args.paced_seconds, 60), paced=True)
+        incidents = get(port, "/api/v1/incidents?state=open")["incidents"]
+        cut = max((len(i["nodes"]) for i in incidents), default=0)
+        notes.append(f"core failure: {len(incidents)} open incident(s), the largest cutting "
+                     f"off {cut:,} nodes, decided during the run")  # fmt: skip
+        if big is not None:
+            for name in ("topology.yaml", "subscribers.csv"):
+                shutil.copy(big / name, state / name)
+            daemon_pid = servers["workers=2"].pid  # the daemon's own process
+            os.kill(daemon_pid, signal.SIGHUP)
+            hup = time.monotonic()
+            # Long enough for the daemon's reload and the workers' replacement.
+            paced["1M reload"] = wrk(port, phones, path, max(args.paced_seconds, 60), paced=True)
+            done = wait_log(state, "config.reload_done", 600) - hup
+            workers = wait_log(state, "workers.reloaded", 600) - hup
+            notes.append(f"1M reload: the daemon's reload took {done:.0f} s from SIGHUP, the "
+                         f"workers' (loaded by their supervisor, replaced one by one) "
+                         f"{workers:.0f} s")  # fmt: skip
+        load_after = load()
+    finally:
+        for server in servers.values():
+            if server.poll() is None:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+        log.close()
+        asyncio.run(_admin(f'drop database if exists "{db}" with (force)'))
+    print(f"machine: {os.cpu_count()} cores shared by wrk, the servers and PostgreSQL; "
+          f"load average {load_before} before the paced runs, {load_after} after")  # fmt: skip
+    print(f"1. /check throughput, wrk -t1 -c256, {args.rounds} alternating rounds of "
+          f"{args.seconds} s (medians)")  # fmt: skip
+    for kind, rs in runs.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us")}
+        print(f"  {kind:10} {med['rps']:>9,.0f} req/s  p50 {med['p50']:7.2f} ms  "
+              f"p99 {med['p99']:7.2f} ms  CPU {med['cpu_us']:5.1f} µs/req  "
+              f"errors {sum(r['errors'] for r in rs):.0f}")  # fmt: skip
+    shares = [w["rps"] / b["rps"] for w, b in zip(runs["workers=2"], runs["bare"], strict=True)]
+    print(f"  workers=2 / bare: {statistics.median(shares):.2f}x "
+          f"(rounds: {', '.join(f'{x:.2f}' for x in shares)}; target >= 1.2x)")  # fmt: skip
+    cpu = {k: statistics.median(r["cpu_us"] for r in rs) for k, rs in runs.items()}
+    capacity = 2 * cpu["bare"] / cpu["workers=2"]
+    print(f"  from CPU per request, what two cores give the workers against the one the bare "
+          f"handler can use: {capacity:.2f}x (load-independent)")  # fmt: skip
+    print(
+        "  (CPU: the serving processes' own, per request; the workers' beside the daemon's "
+        "process, which simulates 10,000 probe results a second)"
+    )
+    print("2. /check at a steady 2,000 calls/s (wrk -c256, paced), workers=2")
+    for phase, r in paced.items():
+        print(f"  {phase:13} {r['rps']:>7,.0f} req/s  p50 {r['p50']:6.2f} ms  "
+              f"p99 {r['p99']:6.2f} ms  errors {r['errors']:.0f}  (target p99 < 5 ms)")  # fmt: skip
+    for note in notes:
+        print(f"  {note}")
+    print(f"daemon log: {state / 'daemon.log'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
