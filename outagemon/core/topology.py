@@ -199,6 +199,39 @@ class Topology:
             yield entries[0][0].address
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a reload changed between two topologies, as the correlator sees the graph:
+    `changed` the nodes of `new` that are new or whose kind, address, uplinks or
+    children differ in `old`; `gone` the nodes of `old` not in `new`."""
+
+    old: Topology
+    new: Topology
+    changed: frozenset[str]
+    gone: frozenset[str]
+
+
+def change(old: Topology, new: Topology) -> Change:
+    """The difference of two topologies (a million nodes: made off the event loop, so
+    that the correlator touches only what changed)."""
+    before = old.nodes
+    changed: list[str] = []
+    for node in new.nodes.values():
+        was = before.get(node.id)
+        if (
+            was is None
+            or was.parents != node.parents
+            or was.ip != node.ip
+            or was.kind != node.kind
+            or len(was.children) != len(node.children)
+            or (node.children and list(was.children) != list(node.children))
+        ):
+            changed.append(node.id)
+    now = new.nodes
+    gone = [n for n in before if n not in now]
+    return Change(old, new, frozenset(changed), frozenset(gone))
+
+
 # -- loading ---------------------------------------------------------------------------
 
 
