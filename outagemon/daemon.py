@@ -528,14 +528,26 @@ def _prepare(
     """A reload's work that changes no running state: in a thread. With the `running`
     topology, also what the new one changes in it and the subscribers below each node
     (the monitor's correlator and callers' detector take them ready-made)."""
-    loaded = directory.load(new.topology.file, new.topology.subscribers)
-    ops = inventory_ops(loaded.directory, time.time()) if writing else None
-    targets = targets_of(anchors_of(new, loaded.directory), loaded.directory)
-    derived: tuple[Change | None, dict[str, int] | None] = (None, None)
-    if running is not None:
-        topo = loaded.directory.topology
-        derived = (change(running, topo), subscribers_below(topo, loaded.directory.counts))
-    return loaded, ops, targets, plan(targets, new.probe) if plan is not None else None, derived
+    # The cyclic collector is kept off throughout, and what was made is frozen before it
+    # is back on (as the loop does after every load): else the millions of objects just
+    # made are walked by a full collection that some allocation here (or on the loop)
+    # triggers, which holds the interpreter's lock, and the event loop, for over a second.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        loaded = directory.load(new.topology.file, new.topology.subscribers)
+        ops = inventory_ops(loaded.directory, time.time()) if writing else None
+        targets = targets_of(anchors_of(new, loaded.directory), loaded.directory)
+        derived: tuple[Change | None, dict[str, int] | None] = (None, None)
+        if running is not None:
+            topo = loaded.directory.topology
+            derived = (change(running, topo), subscribers_below(topo, loaded.directory.counts))
+        made = plan(targets, new.probe) if plan is not None else None
+        gc.freeze()
+    finally:
+        if enabled:
+            gc.enable()
+    return loaded, ops, targets, made, derived
 
 
 class _Database:
