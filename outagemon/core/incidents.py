@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from outagemon.core.health import NodeState, update_flapping
@@ -226,31 +225,36 @@ class IncidentBook:
         """Every cut-off node joins the incident of the root above it (the oldest, if two);
         unless `grow`, only nodes it already had (they may leave it, none joins)."""
         nodes = topology.nodes
-        inner = topology.inner_nodes  # the nodes that may have children
+        inner_children = topology.inner_children  # the children that may have children
+        feeds_several = topology.feeds_several
         owner: dict[str, int] = {}
         roots = {inc.root for inc in active}
         # Cut-off nodes no incident has taken yet, roots never: one lookup a child, and
-        # one comprehension a parent rather than a loop of Python a child.
+        # one filter a parent rather than a loop of Python a child. A node with one uplink
+        # is reached only from it, and that is walked once (it is a root, or was free
+        # when taken): only nodes with several uplinks leave `free` when taken.
         free = cut - roots
-        is_inner = inner.__contains__
         for inc in sorted(active, key=lambda i: i.id):
             owner.setdefault(inc.root, inc.id)
             members = [inc.root]
-            takes: Callable[[str], bool] = free.__contains__
-            if not grow:
-                takes = (free & set(inc.nodes)).__contains__  # only nodes it already had
-
+            pool = free if grow else free & set(inc.nodes)  # else only nodes it already had
+            takes = pool.__contains__
             queue = deque(members)
             while queue:
-                kids = nodes[queue.popleft()].children
+                parent = queue.popleft()
                 # filter() over a set's own lookup: the test in C, not a line of Python
                 # a child (a mass outage's incident takes 100,000 nodes in one step).
-                new = list(filter(takes, kids))
+                new = list(filter(takes, nodes[parent].children))
                 if new:
-                    free.difference_update(new)
-                    members += new
                     # Leaves (most of a mass outage's nodes are routers) are not walked.
-                    queue += filter(is_inner, new) if len(new) > 8 else new
+                    walked = inner_children.get(parent)
+                    if walked:
+                        queue += filter(takes, walked)
+                    if parent in feeds_several:
+                        pool.difference_update(new)
+                        if pool is not free:
+                            free.difference_update(new)
+                    members += new
             # Who owns each: the members (none owned yet: they were free) joined to the
             # owners so far, the smaller into the larger; an owner already set stays.
             taken = dict.fromkeys(itertools.islice(members, 1, None), inc.id)

@@ -98,6 +98,18 @@ class Topology:
         self.inner_nodes: set[str] = {
             n.id for n in self.nodes.values() if n.children or n.kind != "cpe"
         }
+        # For the walks from a root down (an incident's members): the children of each
+        # node that are inner nodes (only those are walked on), and the nodes with a child
+        # that has several uplinks (only below those can a walk reach a node twice).
+        inner = self.inner_nodes
+        self.inner_children: dict[str, tuple[str, ...]] = {}
+        for parent, kids in children.items():
+            walked = tuple(filter(inner.__contains__, kids))
+            if walked:
+                self.inner_children[parent] = walked
+        self.feeds_several: set[str] = {
+            p for n in self.several_uplinks for p in self.nodes[n].parents
+        }
         self.roots: list[str] = [n.id for n in self.nodes.values() if not n.parents]
         self.by_ip: dict[str, str] = {n.ip: n.id for n in self.nodes.values() if n.ip}
         # building key -> what serves it; and street|house -> building keys, for callers
