@@ -226,43 +226,46 @@ class IncidentBook:
         unless `grow`, only nodes it already had (they may leave it, none joins)."""
         nodes = topology.nodes
         inner_children = topology.inner_children  # the children that may have children
-        feeds_several = topology.feeds_several
         owner: dict[str, int] = {}
         roots = {inc.root for inc in active}
-        # Cut-off nodes no incident has taken yet, roots never: one lookup a child, and
-        # one filter a parent rather than a loop of Python a child. A node with one uplink
-        # is reached only from it, and that is walked once (it is a root, or was free
-        # when taken): only nodes with several uplinks leave `free` when taken.
-        free = cut - roots
+        # Cut-off nodes join an incident once, roots never: one filter a parent (the test
+        # in C) rather than a loop of Python a child, over the cut itself (no copy of a
+        # 100,000-node set). A node with one uplink is reached only from it, and that is
+        # walked once (a root, or a node reached once): only below a node that feeds one
+        # with several uplinks, or a root, must what was taken be left out.
+        taken = set(roots)
+        guarded = topology.feeds_several | {p for r in roots if r in nodes
+                                            for p in nodes[r].parents}  # fmt: skip
+        inner = topology.inner_nodes
         for inc in sorted(active, key=lambda i: i.id):
             owner.setdefault(inc.root, inc.id)
             members = [inc.root]
-            pool = free if grow else free & set(inc.nodes)  # else only nodes it already had
+            pool = cut if grow else cut & set(inc.nodes)  # else only nodes it already had
             takes = pool.__contains__
             queue = deque(members)
             while queue:
                 parent = queue.popleft()
-                # filter() over a set's own lookup: the test in C, not a line of Python
-                # a child (a mass outage's incident takes 100,000 nodes in one step).
                 new = list(filter(takes, nodes[parent].children))
-                if new:
+                if not new:
+                    continue
+                if parent in guarded:
+                    new = [c for c in new if c not in taken]
+                    taken.update(new)
+                    queue += [c for c in new if c in inner]
+                else:
                     # Leaves (most of a mass outage's nodes are routers) are not walked.
                     walked = inner_children.get(parent)
                     if walked:
                         queue += filter(takes, walked)
-                    if parent in feeds_several:
-                        pool.difference_update(new)
-                        if pool is not free:
-                            free.difference_update(new)
-                    members += new
+                members += new
             # Who owns each: the members (none owned yet: they were free) joined to the
             # owners so far, the smaller into the larger; an owner already set stays.
-            taken = dict.fromkeys(itertools.islice(members, 1, None), inc.id)
-            if len(taken) > len(owner):
-                taken.update(owner)
-                owner = taken
+            joined = dict.fromkeys(itertools.islice(members, 1, None), inc.id)
+            if len(joined) > len(owner):
+                joined.update(owner)
+                owner = joined
             else:
-                for n, i in taken.items():
+                for n, i in joined.items():
                     owner.setdefault(n, i)
             old = inc.nodes
             # Lengths first: comparing as sets is needed only when they are equal.
