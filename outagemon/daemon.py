@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +33,9 @@ from outagemon.cluster.lease import Leadership, StepDown
 from outagemon.cluster.replica import Replica
 from outagemon.config import Config
 from outagemon.core import directory, messages
+from outagemon.core.calls import subscribers_below
 from outagemon.core.messages import Texts
+from outagemon.core.topology import Change, Topology, change
 from outagemon.db import durable, migrate, store
 from outagemon.db.embedded import EmbeddedPostgres
 from outagemon.db.journal import inventory_ops
@@ -501,8 +504,12 @@ class Daemon:
             # subscribers take seconds): the directory, its inventory's rows, the targets.
             writing = self.started is not None and self.started.monitor.journal.writer is not None
             planning = self.started is not None and self.source.follows_reload
-            loaded, ops, targets, plan = await asyncio.to_thread(
-                _prepare, new, writing, self.source.plan if planning else None
+            # The running topology, for what the new one changes (the correlator then
+            # touches only that on the loop).
+            started = self.started
+            running = started.monitor.correlator.topology if started and planning else None
+            loaded, ops, targets, plan, derived = await asyncio.to_thread(
+                _prepare, new, writing, self.source.plan if planning else None, running
             )
         except ConfigError as e:
             self._reloads.inc(outcome="refused")
@@ -523,7 +530,7 @@ class Daemon:
             started.monitor.journal.inventory(loaded.directory, ops=ops)
             if self.source.follows_reload:
                 started.monitor.config = new
-                started.monitor.set_directory(loaded.directory)
+                old += started.monitor.set_directory(loaded.directory, *derived)
                 old += self.source.retarget(targets, new.probe, plan)
         if self.replica is not None:
             self.replica.set_directory(loaded.directory)
@@ -570,7 +577,11 @@ async def _release(old: list[object]) -> None:
 def targets_of(anchors: dict[str, str], current: directory.Directory) -> dict[str, str]:
     """address -> node id of everything to probe: probed nodes and the anchors."""
     targets = dict((ip, node) for node, ip in anchors.items())
-    targets.update(current.topology.by_ip)
+    # A slice at a time: one update of a million entries holds the interpreter's lock
+    # (a reload makes this in a thread beside the event loop) for a tenth of a second.
+    items = iter(current.topology.by_ip.items())
+    while chunk := list(islice(items, 65_536)):
+        targets.update(chunk)
     return targets
 
 
@@ -578,12 +589,37 @@ def _prepare(
     new: Config,
     writing: bool,
     plan: Callable[[dict[str, str], config_mod.ProbeConfig], object] | None,
-) -> tuple[directory.Loaded, tuple[Op, Op] | None, dict[str, str], object]:
-    """A reload's work that changes no running state: in a thread."""
-    loaded = directory.load(new.topology.file, new.topology.subscribers)
-    ops = inventory_ops(loaded.directory, time.time()) if writing else None
-    targets = targets_of(anchors_of(new, loaded.directory), loaded.directory)
-    return loaded, ops, targets, plan(targets, new.probe) if plan is not None else None
+    running: Topology | None = None,
+) -> tuple[
+    directory.Loaded,
+    tuple[Op, Op] | None,
+    dict[str, str],
+    object,
+    tuple[Change | None, dict[str, int] | None],
+]:
+    """A reload's work that changes no running state: in a thread. With the `running`
+    topology, also what the new one changes in it and the subscribers below each node
+    (the monitor's correlator and callers' detector take them ready-made)."""
+    # The cyclic collector is kept off throughout, and what was made is frozen before it
+    # is back on (as the loop does after every load): else the millions of objects just
+    # made are walked by a full collection that some allocation here (or on the loop)
+    # triggers, which holds the interpreter's lock, and the event loop, for over a second.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        loaded = directory.load(new.topology.file, new.topology.subscribers)
+        ops = inventory_ops(loaded.directory, time.time()) if writing else None
+        targets = targets_of(anchors_of(new, loaded.directory), loaded.directory)
+        derived: tuple[Change | None, dict[str, int] | None] = (None, None)
+        if running is not None:
+            topo = loaded.directory.topology
+            derived = (change(running, topo), subscribers_below(topo, loaded.directory.counts))
+        made = plan(targets, new.probe) if plan is not None else None
+        gc.freeze()
+    finally:
+        if enabled:
+            gc.enable()
+    return loaded, ops, targets, made, derived
 
 
 class _Database:

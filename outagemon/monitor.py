@@ -33,6 +33,7 @@ from outagemon.core.incidents import (
     Kind,
     Maintenance,
 )
+from outagemon.core.topology import Change
 from outagemon.db import restore as restore_db
 from outagemon.db.durable import Pending
 from outagemon.db.journal import Journal
@@ -548,14 +549,20 @@ class Monitor:
         self.correlator.set_maintenance(self.maintenance, self.clock())
         return len(incidents)
 
-    def set_directory(self, directory: Directory) -> None:
-        """A reload: the correlator keeps the state of nodes that still exist."""
+    def set_directory(self, directory: Directory, change: Change | None = None,
+                      below: dict[str, int] | None = None) -> list[object]:  # fmt: skip
+        """A reload: the correlator keeps the state of nodes that still exist. `change`
+        (`topology.change` from the running topology) and `below` (`subscribers_below`),
+        when made already off the event loop: then only what changed is touched here.
+        Returns what it replaced that is large (the caller frees it in slices)."""
+        replaced: list[object] = [self.watch.below]
         self.directory = directory
         self.anchors = anchors_of(self.config, directory)
         self.correlator.anchors = list(self.anchors) or self.correlator.anchors
-        self.correlator.set_topology(directory.topology)
-        self.watch.set_topology(directory.topology, directory.counts)
+        self.correlator.set_topology(directory.topology, change)
+        self.watch.set_topology(directory.topology, directory.counts, below)
         self.watch.settings = call_settings(self.config.callers)
+        return replaced
 
 
 def _outcome(e: Event) -> str:

@@ -170,6 +170,18 @@ def poisson_threshold(mean: float, chance: float, floor: int) -> int:
             return max(k, floor)
 
 
+def subscribers_below(topology: Topology, subscribers: dict[str, int]) -> dict[str, int]:
+    """node -> the subscribers at or below it, from those each node serves directly (a
+    million routers: a reload makes it off the event loop)."""
+    below: dict[str, int] = {}
+    for node, count in subscribers.items():
+        if node not in topology:
+            continue
+        for n in (node, *topology.ancestors(node)):
+            below[n] = below.get(n, 0) + count
+    return below
+
+
 class CallWatch:
     """The detector and the book of suspected incidents (see the module's docstring).
 
@@ -197,16 +209,13 @@ class CallWatch:
         self.set_topology(topology, subscribers)
         self.delays: list[float] = []  # first call to suspicion, per suspicion raised
 
-    def set_topology(self, topology: Topology, subscribers: dict[str, int]) -> None:
-        """The network, and the subscribers each node serves directly."""
+    def set_topology(self, topology: Topology, subscribers: dict[str, int],
+                     below: dict[str, int] | None = None) -> None:  # fmt: skip
+        """The network, and the subscribers each node serves directly; `below`: made by
+        `subscribers_below` already (a reload makes it off the event loop)."""
         self.topology = topology
-        below: dict[str, int] = {}
-        for node, count in subscribers.items():
-            if node not in topology:
-                continue
-            for n in (node, *topology.ancestors(node)):
-                below[n] = below.get(n, 0) + count
-        self.below = below  # node -> subscribers at or below it
+        # node -> subscribers at or below it
+        self.below = subscribers_below(topology, subscribers) if below is None else below
 
     # -- what callers hear -------------------------------------------------------------
 

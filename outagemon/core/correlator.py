@@ -31,7 +31,7 @@ from outagemon.core.health import (
     flap_percent,
 )
 from outagemon.core.incidents import Event, EventKind, Incident, IncidentBook, Maintenance
-from outagemon.core.topology import Topology
+from outagemon.core.topology import Change, Topology
 
 
 class Correlator(Failures):
@@ -60,6 +60,7 @@ class Correlator(Failures):
         self._roots_cache: list[str] = []
         self._blind_at = -math.inf  # when the monitor last went blind
         self._scope_key: tuple[int, tuple[Maintenance, ...]] = (0, ())  # what _scope is of
+        self._anchors_seen: set[str] = set(self.anchors)  # anchors states may be kept for
 
     # -- the incident book, as the API, the page and the monitor read it ---------------
 
@@ -141,17 +142,40 @@ class Correlator(Failures):
                     scope[n] = window
         self._scope = scope
 
-    def set_topology(self, topology: Topology) -> None:
-        """A reloaded topology: nodes that still exist keep their state."""
+    def set_topology(self, topology: Topology, change: Change | None = None) -> None:
+        """A reloaded topology: nodes that still exist keep their state. `change`: what
+        changed since the current topology (`topology.change`, made off the event loop):
+        then only those nodes are touched (a million nodes otherwise hold the loop for
+        half a second here, and the next tick as long again)."""
         self.version += 1  # paths from callers to the core may have changed
+        old = self.topology
         self.topology = topology
         self._scope_key = (0, ())
-        for gone in [n for n in self.states if n not in topology and n not in self.anchors]:
-            del self.states[gone]
+        anchors = set(self.anchors)
+        if change is None or change.old is not old or change.new is not topology:
+            for gone in [n for n in self.states if n not in topology and n not in anchors]:
+                del self.states[gone]
+            self._changed.update(self.states)
+        else:
+            # The states are of nodes of the old topology and of anchors (old or new).
+            states = self.states
+            for gone in [n for n in (*change.gone, *self._anchors_seen)
+                         if n in states and n not in topology and n not in anchors]:  # fmt: skip
+                del states[gone]
+            nodes = topology.nodes
+            for n in change.changed:
+                # Its parents (new and old) and itself weigh their inference again.
+                self._changed.add(n)
+                self._reconsider.add(n)
+                was = old.nodes.get(n)
+                if was is not None:
+                    self._reconsider.update(p for p in was.parents if p in nodes)
+            for n in change.gone:
+                self._reconsider.update(p for p in old.nodes[n].parents if p in nodes)
+        self._anchors_seen = anchors
         self.inferred = {n: t for n, t in self.inferred.items() if n in topology}
         self._down = {n for n in self._down if n in topology}
         self._removed = True
-        self._changed.update(self.states)
         self._dirty = True
 
     def restore(self, incidents: Iterable[Incident], next_id: int) -> None:

@@ -137,9 +137,7 @@ class HashIndex:
             self.hashes.extend(h for h, _ in pairs)
             self.slots.extend(p for _, p in pairs)
             return
-        hashes = map(and_, map(hash, texts), repeat(_HASH_MASK))
-        packed = map(or_, map(lshift, hashes, repeat(_SLOT_BITS)), slots)
-        self.keys = array("d", sorted(map(float, packed)))
+        self.keys = _sorted_keys(iter(texts), iter(slots))
 
     def candidates(self, text: str) -> Iterator[int]:
         """Positions whose text may be `text` (each to be checked), in position order."""
@@ -167,10 +165,48 @@ class HashIndex:
             top: Sequence[int] = self.hashes
             at: Sequence[int] | _Slots = self.slots
         else:
-            top = array("q", map(rshift, map(int, self.keys), repeat(_SLOT_BITS)))
+            keys = self.keys
+            top = array("q")
+            for i in range(0, len(keys), _RUN):  # a run at a time: see _sorted_keys
+                top.extend(map(rshift, map(int, keys[i : i + _RUN]), repeat(_SLOT_BITS)))
             at = _Slots(self.keys)
         same = compress(count(1), map(eq, islice(top, 1, None), top))
         return sorted({at[j] for i in same for j in (i - 1, i)})
+
+
+_RUN = 65_536  # entries a single call into C takes at most, where it can be cut
+
+
+def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
+    """The packed keys, sorted: in runs of _RUN, then merged two at a time (timsort
+    merges two sorted runs in one pass), and copied into the array a run at a time. A
+    reload builds the directory in a thread, and one call into C holds the interpreter's
+    lock throughout: sorted() of a million keys in one call held the event loop for
+    half a second; the largest call now is the last merge."""
+    runs: list[list[float]] = []
+    while True:
+        # One chain of C a run, each text made and dropped in turn (a list of the run's
+        # texts beside its floats left the allocator's arenas fragmented: 16 MiB more).
+        hashes = map(and_, map(hash, islice(texts, _RUN)), repeat(_HASH_MASK))
+        packed = map(or_, map(lshift, hashes, repeat(_SLOT_BITS)), islice(slots, _RUN))
+        run = sorted(map(float, packed))
+        if not run:
+            break
+        runs.append(run)
+    while len(runs) > 1:
+        merged: list[list[float]] = []
+        for i in range(0, len(runs), 2):
+            run = runs[i]
+            if i + 1 < len(runs):
+                run += runs[i + 1]
+                run.sort()
+            merged.append(run)
+        runs = merged
+    keys = array("d")
+    for run in runs:
+        for i in range(0, len(run), _RUN):
+            keys.extend(run[i : i + _RUN])
+    return keys
 
 
 class _Slots:

@@ -10,6 +10,7 @@ recovers and resolves incidents accordingly.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -224,26 +225,48 @@ class IncidentBook:
         """Every cut-off node joins the incident of the root above it (the oldest, if two);
         unless `grow`, only nodes it already had (they may leave it, none joins)."""
         nodes = topology.nodes
-        inner = topology.inner_nodes  # the nodes that may have children
+        inner_children = topology.inner_children  # the children that may have children
         owner: dict[str, int] = {}
         roots = {inc.root for inc in active}
-        # Cut-off nodes no incident has taken yet, roots never: one lookup a child, and
-        # one comprehension a parent rather than a loop of Python a child.
-        free = cut - roots
+        # Cut-off nodes join an incident once, roots never: one filter a parent (the test
+        # in C) rather than a loop of Python a child, over the cut itself (no copy of a
+        # 100,000-node set). A node with one uplink is reached only from it, and that is
+        # walked once (a root, or a node reached once): only below a node that feeds one
+        # with several uplinks, or a root, must what was taken be left out.
+        taken = set(roots)
+        guarded = topology.feeds_several | {p for r in roots if r in nodes
+                                            for p in nodes[r].parents}  # fmt: skip
+        inner = topology.inner_nodes
         for inc in sorted(active, key=lambda i: i.id):
             owner.setdefault(inc.root, inc.id)
             members = [inc.root]
-            had = None if grow else set(inc.nodes)
+            pool = cut if grow else cut & set(inc.nodes)  # else only nodes it already had
+            takes = pool.__contains__
             queue = deque(members)
             while queue:
-                kids = nodes[queue.popleft()].children
-                new = [c for c in kids if c in free and (had is None or c in had)]
-                if new:
-                    free.difference_update(new)
-                    owner.update(dict.fromkeys(new, inc.id))
-                    members += new
+                parent = queue.popleft()
+                new = list(filter(takes, nodes[parent].children))
+                if not new:
+                    continue
+                if parent in guarded:
+                    new = [c for c in new if c not in taken]
+                    taken.update(new)
+                    queue += [c for c in new if c in inner]
+                else:
                     # Leaves (most of a mass outage's nodes are routers) are not walked.
-                    queue += [c for c in new if c in inner] if len(new) > 8 else new
+                    walked = inner_children.get(parent)
+                    if walked:
+                        queue += filter(takes, walked)
+                members += new
+            # Who owns each: the members (none owned yet: they were free) joined to the
+            # owners so far, the smaller into the larger; an owner already set stays.
+            joined = dict.fromkeys(itertools.islice(members, 1, None), inc.id)
+            if len(joined) > len(owner):
+                joined.update(owner)
+                owner = joined
+            else:
+                for n, i in joined.items():
+                    owner.setdefault(n, i)
             old = inc.nodes
             # Lengths first: comparing as sets is needed only when they are equal.
             if len(members) != len(old) or members[0] != old[0] or set(members) != set(old):

@@ -98,6 +98,18 @@ class Topology:
         self.inner_nodes: set[str] = {
             n.id for n in self.nodes.values() if n.children or n.kind != "cpe"
         }
+        # For the walks from a root down (an incident's members): the children of each
+        # node that are inner nodes (only those are walked on), and the nodes with a child
+        # that has several uplinks (only below those can a walk reach a node twice).
+        inner = self.inner_nodes
+        self.inner_children: dict[str, tuple[str, ...]] = {}
+        for parent, kids in children.items():
+            walked = tuple(filter(inner.__contains__, kids))
+            if walked:
+                self.inner_children[parent] = walked
+        self.feeds_several: set[str] = {
+            p for n in self.several_uplinks for p in self.nodes[n].parents
+        }
         self.roots: list[str] = [n.id for n in self.nodes.values() if not n.parents]
         self.by_ip: dict[str, str] = {n.ip: n.id for n in self.nodes.values() if n.ip}
         # building key -> what serves it; and street|house -> building keys, for callers
@@ -197,6 +209,39 @@ class Topology:
         """Every served building, once."""
         for entries in self.served.values():
             yield entries[0][0].address
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a reload changed between two topologies, as the correlator sees the graph:
+    `changed` the nodes of `new` that are new or whose kind, address, uplinks or
+    children differ in `old`; `gone` the nodes of `old` not in `new`."""
+
+    old: Topology
+    new: Topology
+    changed: frozenset[str]
+    gone: frozenset[str]
+
+
+def change(old: Topology, new: Topology) -> Change:
+    """The difference of two topologies (a million nodes: made off the event loop, so
+    that the correlator touches only what changed)."""
+    before = old.nodes
+    changed: list[str] = []
+    for node in new.nodes.values():
+        was = before.get(node.id)
+        if (
+            was is None
+            or was.parents != node.parents
+            or was.ip != node.ip
+            or was.kind != node.kind
+            or len(was.children) != len(node.children)
+            or (node.children and list(was.children) != list(node.children))
+        ):
+            changed.append(node.id)
+    now = new.nodes
+    gone = [n for n in before if n not in now]
+    return Change(old, new, frozenset(changed), frozenset(gone))
 
 
 # -- loading ---------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""A reload's new topology reaches the correlator as what changed (issue 19): only the
+nodes whose uplinks, children, kind or address changed are looked at again, and the
+decisions are those of a correlator that looked at every node again."""
+
+from __future__ import annotations
+
+from outagemon.core import topology as topology_mod
+from outagemon.core.calls import subscribers_below
+from outagemon.core.correlator import Correlator
+from outagemon.core.health import Settings
+from outagemon.core.incidents import Event
+from outagemon.core.topology import Node, Topology
+
+SETTINGS = Settings(down_after=3, up_after=2, window=30, infer_min_children=3,
+                    infer_ratio=0.8, resolve_hold=60, interval=5.0)  # fmt: skip
+
+
+def building(entrance: bool, routers: int = 10) -> Topology:
+    """A switch with routers; with `entrance`, the routers hang from an entrance without
+    an address (a reload that adds what the operator left out)."""
+    nodes = [Node("uplink", "core", "127.0.0.1"), Node("core", "core", "127.0.0.2", ("uplink",)),
+             Node("sw", "access", "127.0.0.3", ("core",))]  # fmt: skip
+    up = "sw"
+    if entrance:
+        nodes.append(Node("ent", "entrance", None, ("sw",)))
+        up = "ent"
+    nodes += [Node(f"cpe{i}", "cpe", f"127.0.1.{i + 1}", (up,)) for i in range(routers)]
+    return Topology(nodes)
+
+
+def warm(c: Correlator, now: float) -> float:
+    for _ in range(60):
+        now += 5
+        for node in c.topology.by_ip.values():
+            c.observe(node, True, now)
+        c.tick(now)
+        c.take_requests()
+    return now
+
+
+def test_the_change_names_new_moved_and_gone_nodes_and_nothing_else() -> None:
+    old = building(entrance=False)
+    assert topology_mod.change(old, building(entrance=False)).changed == frozenset()
+    assert topology_mod.change(old, building(entrance=False)).gone == frozenset()
+    moved = topology_mod.change(old, building(entrance=True))
+    # the entrance is new, the routers' uplink moved, the switch's children changed
+    assert moved.changed == {"ent", "sw", *(f"cpe{i}" for i in range(10))}
+    fewer = topology_mod.change(old, building(entrance=False, routers=8))
+    assert fewer.gone == {"cpe8", "cpe9"}
+    assert fewer.changed == {"sw"}
+
+
+def test_an_unchanged_reload_touches_no_node_and_keeps_every_state() -> None:
+    old = building(entrance=False)
+    c = Correlator(old, SETTINGS, anchors=["uplink"])
+    now = warm(c, 1_000_000.0)
+    states = dict(c.states)
+    new = building(entrance=False)
+    c.set_topology(new, topology_mod.change(old, new))
+    assert not c._changed and not c._reconsider  # nothing to weigh again: nothing changed
+    assert c.states == states
+    assert c.tick(now + 1) == []
+
+
+def test_a_gone_node_loses_its_state() -> None:
+    old = building(entrance=False)
+    c = Correlator(old, SETTINGS, anchors=["uplink"])
+    warm(c, 1_000_000.0)
+    new = building(entrance=False, routers=8)
+    c.set_topology(new, topology_mod.change(old, new))
+    assert "cpe9" not in c.states and "cpe7" in c.states
+
+
+def run(incremental: bool) -> tuple[list[Event], dict[str, int]]:
+    """Routers fail together right after a reload puts them under a new entrance."""
+    old = building(entrance=False)
+    c = Correlator(old, SETTINGS, anchors=["uplink"])
+    now = warm(c, 1_000_000.0)
+    for i in range(10):  # half the routers had lost a probe before the reload
+        if i % 2:
+            c.observe(f"cpe{i}", False, now + 1)
+    new = building(entrance=True)
+    c.set_topology(new, topology_mod.change(old, new) if incremental else None)
+    events: list[Event] = []
+    for _ in range(20):
+        now += 5
+        for node in new.by_ip.values():
+            c.observe(node, not node.startswith("cpe"), now)
+        events += c.tick(now)
+        c.take_requests()
+    return events, dict(c.node_incident)
+
+
+def test_the_decisions_after_a_reload_are_those_of_looking_at_every_node_again() -> None:
+    events, owners = run(incremental=True)
+    assert [(e.kind, e.root) for e in events if e.kind == "opened"] == [("opened", "ent")]
+    assert (events, owners) == run(incremental=False)
+
+
+def test_subscribers_below_counts_each_node_and_its_ancestors() -> None:
+    topo = building(entrance=True, routers=3)
+    below = subscribers_below(topo, {"cpe0": 1, "cpe1": 2, "gone": 5})
+    assert below == {"cpe0": 1, "cpe1": 2, "ent": 3, "sw": 3, "core": 3, "uplink": 3}
