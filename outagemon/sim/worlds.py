@@ -135,7 +135,8 @@ def generate(rng: random.Random, seed: int = 0) -> World:
         interval=1.0 if fast else 5.0,
         timeout=0.5 if fast else 1.0,
         resolve_hold=rng.choice([3.0, 10.0]) if fast else rng.choice([10.0, 30.0, 60.0]),
-        restored_for=rng.choice([20.0, 1e7]),
+        # Short, or as long as the config allows (a week: longer than any world's script).
+        restored_for=rng.choice([20.0, 604800.0]),
         external_anchor=rng.random() < 0.7,
     )
     return replace(world, steps=tuple(script(rng, world)))
