@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import dataclasses
 import itertools
 import json
@@ -157,10 +158,26 @@ class Cluster:
         return values
 
 
+def unmanaged(subs: Path) -> None:
+    """The first building's routers are not the provider's (no address to probe): its
+    callers are the only sensors there (a caller whose own router answers is explained
+    by the probes, see core/calls.py)."""
+    with subs.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    first = body[0][header.index("address")]
+    for row in body:
+        if row[header.index("address")] == first:
+            row[header.index("ip")] = ""
+    with subs.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([header, *body])
+
+
 @pytest.fixture
 def cluster(fresh_db: str) -> Iterator[Cluster]:
     state = short_tmp_dir()
     topo, subs = citygen.generate(aggregations=2, access_per_aggregation=3).write(state)
+    unmanaged(subs)
     port = free_port()
     (state / "outagemon.toml").write_text(
         CONFIG.format(state=state, dsn=fresh_db, port=port, write=WRITE)
@@ -243,7 +260,8 @@ def test_callers_asking_the_workers_reach_the_daemons_detector(cluster: Cluster)
     c = cluster
     by_node: dict[str, list[str]] = {}
     for s in c.d.subscribers:
-        by_node.setdefault(s.serving, []).append(s.account)
+        if not s.ip:  # callers behind routers nobody probes
+            by_node.setdefault(s.serving, []).append(s.account)
     node, accounts = next((n, a) for n, a in sorted(by_node.items()) if len(a) >= 3)
 
     # Only a caller told "ok" is one the probes do not explain (core/calls.py): first,
