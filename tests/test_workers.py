@@ -351,7 +351,11 @@ def test_a_reload_reaches_every_worker_and_answers_never_stop(cluster: Cluster) 
                 else:
                     failed.append(str(status))
             except OSError as e:
-                failed.append(repr(e))
+                # A connection reset by a stopping worker arrives as ConnectionResetError,
+                # RemoteDisconnected (one) or URLError wrapping one: named "Connection…".
+                cause = e.reason if isinstance(e, urllib.error.URLError) else e
+                reset = isinstance(cause, ConnectionError)
+                failed.append(f"Connection reset: {e!r}" if reset else repr(e))
 
     thread = threading.Thread(target=callers)
     thread.start()
