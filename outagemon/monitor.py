@@ -366,9 +366,10 @@ class Monitor:
         self.correlator.set_maintenance(self.maintenance, self.clock())
         self.journal.maintenance(window, who)
 
-    def count_call(self, incident_id: int) -> None:
-        self.calls[incident_id] = self.calls.get(incident_id, 0) + 1
-        self._calls_unsaved[incident_id] = self._calls_unsaved.get(incident_id, 0) + 1
+    def count_call(self, incident_id: int, n: int = 1) -> None:
+        """`n` check answers that named the incident (a worker's batch is one call)."""
+        self.calls[incident_id] = self.calls.get(incident_id, 0) + n
+        self._calls_unsaved[incident_id] = self._calls_unsaved.get(incident_id, 0) + n
 
     def save_history(self) -> None:
         """Every node's loss history, in one write (COPY): done every HISTORY_EVERY seconds

@@ -181,10 +181,10 @@ class Replica:
         self.watch.rebuild()
         self.correlator.version += 1
 
-    def count_call(self, incident_id: int) -> None:
-        """A check answer that named the incident: kept for `take_calls`, which hands
+    def count_call(self, incident_id: int, n: int = 1) -> None:
+        """Check answers that named the incident: kept for `take_calls`, which hands
         them to the process that decides (the replica itself writes nothing)."""
-        self.unsent_calls[incident_id] = self.unsent_calls.get(incident_id, 0) + 1
+        self.unsent_calls[incident_id] = self.unsent_calls.get(incident_id, 0) + n
 
     def take_calls(self) -> dict[int, int]:
         taken, self.unsent_calls = self.unsent_calls, {}

@@ -283,8 +283,7 @@ async def _calls_from_workers(request: web.Request) -> web.Response:
     batch: dict[str, int] = body.get("counts") or {}
     monitor = rt.monitor
     for iid, n in batch.items():
-        for _ in range(min(int(n), 1_000_000)):
-            monitor.count_call(int(iid))
+        monitor.count_call(int(iid), max(0, min(int(n), 1_000_000)))
     records = body.get("records") or []
     for node, building, kind, value, channel, status, router in records:
         monitor.record_call(str(node), str(building), str(kind), str(value), str(channel),
