@@ -1,14 +1,18 @@
-"""HTTP workers: processes sharing the port (SO_REUSEPORT) that answer `/check` and the
+"""HTTP workers: processes serving one listening socket that answer `/check` and the
 read API from a replica of the incident state (`cluster/replica.py`), so no correlator
 work ever delays a caller. The prober and the correlator stay in the daemon's process.
 
 With `[http] workers = N` > 1, `start()` — called once the config and the directory are
-loaded, before the event loop runs — forks a supervisor, which forks N workers and
-forks a new one in place of any that dies. Both are forks of a process holding the
-loaded directory and topology: the memory is shared copy-on-write (`gc.freeze()` first,
-so the collector's bookkeeping does not copy every page). The daemon's own process then
-listens on a Unix socket only (`Workers.socket`): the workers forward to it every
-request they do not answer themselves (writes, the page, its streams, /metrics).
+loaded, before the event loop runs — binds the port (one socket, one accept queue) and
+forks a supervisor, which forks N workers and forks a new one in place of any that dies.
+Every worker inherits the listening socket; a new one accepts only once its replica is
+read (when another worker answers meanwhile), and a retiring one closes only its own copy
+of the socket and finishes its connections, so a reload resets no connection waiting in
+the queue. Both are forks of a process holding the loaded directory and topology: the
+memory is shared copy-on-write (`gc.freeze()` first, so the collector's bookkeeping does
+not copy every page). The daemon's own process then listens on a Unix socket only
+(`Workers.socket`): the workers forward to it every request they do not answer
+themselves (writes, the page, its streams, /metrics).
 
 Each worker logs through structlog with `worker` and `pid` bound; the supervisor and
 the workers die with the daemon (PR_SET_PDEATHSIG) and stop on its SIGTERM. What the
@@ -31,10 +35,11 @@ import socket
 import ssl
 import struct
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -51,12 +56,17 @@ from outagemon.errors import OutagemonError
 from outagemon.http.app import CALLS_PATH, make_app
 from outagemon.http.app import runner as http_runner
 from outagemon.http.runtime import Runtime
-from outagemon.metrics import Registry
+from outagemon.metrics import LoopLag, Registry
 
 log = logs.get("outagemon.workers")
+T = TypeVar("T")
 
 WORKER_HEADER = "X-Outagemon-Worker"  # "index/pid" of the worker that answered
 RESTART_DELAY = 0.5  # s: the least time between two starts of one worker
+READY_WITHIN = 60.0  # s: a new worker accepts then even if its replica was not read
+DRAIN = 2.0  # s: a retiring worker's keep-alive connections get this long to ask again
+BACKLOG = 1024  # the shared accept queue (the kernel caps it at net.core.somaxconn)
+BACKGROUND_NICE = 19  # a reload's loading thread: the workers answer first
 _PR_SET_PDEATHSIG = 1
 # Hop-by-hop headers (RFC 9110 7.6.1) are the connection's, never forwarded.
 _HOP = frozenset(h.lower() for h in (
@@ -66,7 +76,8 @@ _HOP = frozenset(h.lower() for h in (
 
 # The shared block: a header (workers alive, restarts), then a slot per worker.
 _HEAD = 2
-_FIELDS = ("pid", "lag", "lag_max", "full_reads", "connected", "checks", "ready")
+_FIELDS = ("pid", "lag", "lag_max", "full_reads", "connected", "checks", "ready",
+           "loop_lag_max", "cpu")  # fmt: skip
 _SLOT = len(_FIELDS)
 
 
@@ -124,11 +135,14 @@ class Workers:
         self._dir: Path | None = None  # made by start(): 0700, the daemon's socket in it
         self.socket = Path()
         self.supervisor: int | None = None
+        self.listening: socket.socket | None = None  # the port: bound by start(), inherited
 
     def start(self) -> None:
-        """Fork the supervisor (which forks the workers). Call before any event loop runs
-        and after the directory is loaded. OutagemonError when the port is taken."""
-        _check_port(self.config.http.host, self.config.http.port, self.config.http.listen)
+        """Bind the port and fork the supervisor (which forks the workers). Call before any
+        event loop runs and after the directory is loaded. OutagemonError when the port is
+        taken."""
+        self.listening = _bind(self.config.http.host, self.config.http.port,
+                               self.config.http.listen)  # fmt: skip
         self._dir = Path(tempfile.mkdtemp(prefix="outagemon-http-"))
         self.socket = self._dir / "daemon.sock"
         gc.collect()
@@ -141,6 +155,7 @@ class Workers:
             finally:
                 os._exit(code)
         self.supervisor = pid
+        self.listening.close()  # this process never accepts: its copy only
         log.info("workers.started", workers=self.count, supervisor=pid, socket=str(self.socket))
 
     def reload(self) -> None:
@@ -151,7 +166,7 @@ class Workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.supervisor, signal.SIGHUP)
 
-    def stop(self, within: float = 3.0) -> None:
+    def stop(self, within: float = DRAIN + 3.0) -> None:
         """Stop the supervisor and its workers; wait `within` seconds, then kill."""
         pid, self.supervisor = self.supervisor, None
         if pid is not None:
@@ -186,18 +201,25 @@ class Workers:
         )
         connected = metrics.gauge("outagemon_replica_connected", "1 while a replica listens.")
         checks = metrics.counter("outagemon_worker_checks_total", "Check answers by worker.")
+        loop_max = metrics.gauge(
+            "outagemon_worker_loop_hold_max_seconds",
+            "Longest a worker's event loop was held since it started (a timer's lateness).",
+        )
+        cpu = metrics.counter("outagemon_worker_cpu_seconds_total", "A worker's CPU time.")
 
         def collect() -> None:
             s = self.slots
             alive.set(s.alive)
             restarts.set(s.restarts)
-            for m in (lag, lag_max, connected):
+            for m in (lag, lag_max, connected, loop_max, cpu):
                 m.values.clear()  # a dead worker's pid goes with it
             for i in range(self.count):
                 w = {"worker": str(i), "pid": str(int(s.get(i, "pid")))}
                 lag.set(s.get(i, "lag"), **w)
                 lag_max.set(s.get(i, "lag_max"), **w)
                 connected.set(s.get(i, "connected"), **w)
+                loop_max.set(s.get(i, "loop_lag_max"), **w)
+                cpu.set(s.get(i, "cpu"), **w)
                 checks.set(s.get(i, "checks"), worker=str(i))
 
         metrics.on_collect(collect)
@@ -249,7 +271,9 @@ class _Supervisor:
             time.sleep(wait)
         if not self.stopping:
             self.w.slots.restarts = self.w.slots.restarts + 1
-            self._fork(index)
+            # Another worker answers meanwhile: the new one waits for its replica.
+            others = any(i != index for i in self.pids.values())
+            self._fork(index, gated=others)
         return True
 
     def _reload_wanted(self, signum: int, frame: Any) -> None:
@@ -261,25 +285,30 @@ class _Supervisor:
         from outagemon import config as config_mod
         from outagemon.core import directory, messages
 
-        started = time.monotonic()
-        try:
+        def load() -> tuple[Config, Texts, Directory]:
             cfg = config_mod.load(self.w.config.path)
             texts = messages.load(cfg.messages.language, cfg.messages.file,
                                   cfg.messages.timezone)  # fmt: skip
             # As the daemon's: callers behind a suspected incident hear [callers] sentence.
             texts = dataclasses.replace(texts, suspected=cfg.callers.sentence)
             loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
+            gc.collect()
+            gc.freeze()
+            return cfg, texts, loaded.directory
+
+        started = time.monotonic()
+        try:
+            # Seconds of CPU for a big city: in a thread of low priority, so the workers
+            # (forked from this, the main thread, at its priority) answer first.
+            self.w.config, self.w.texts, self.w.directory = in_background(load)
         except Exception as e:  # the daemon took it a moment ago: changed since?
             log.error("workers.reload_failed", error=str(e) or type(e).__name__)
             return
-        self.w.config, self.w.texts, self.w.directory = cfg, texts, loaded.directory
-        gc.collect()
-        gc.freeze()
         for index in range(self.w.count):
             old = [pid for pid, i in self.pids.items() if i == index]
             self.w.slots.put(index, "ready", 0)
-            new = self._fork(index)
-            deadline = time.monotonic() + 60
+            new = self._fork(index, gated=True)
+            deadline = time.monotonic() + READY_WITHIN + 5
             while self.w.slots.get(index, "ready") != new and time.monotonic() < deadline:
                 if self.stopping:
                     return
@@ -298,14 +327,15 @@ class _Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def _fork(self, index: int) -> int:
+    def _fork(self, index: int, gated: bool = False) -> int:
+        """A worker; `gated`: it accepts once its replica is read (another one answers)."""
         self.started[index] = time.monotonic()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                code = _worker(self.w, index)
+                code = _worker(self.w, index, gated)
             except BaseException as e:
                 log.error("workers.failed", worker=index, error=repr(e))
             finally:
@@ -316,16 +346,44 @@ class _Supervisor:
         return pid
 
 
-def _check_port(host: str, port: int, listen: str) -> None:
-    """Refuse to start, as the daemon alone would, when the port is taken (the workers
-    bind it with SO_REUSEPORT, which would otherwise fail in them, again and again)."""
+def _bind(host: str, port: int, listen: str) -> socket.socket:
+    """The port's one listening socket, which every worker inherits: one accept queue, so
+    a worker that stops leaves what waits in it to the others. No SO_REUSEPORT: a port
+    taken (by another daemon too) refuses the start, as it does the daemon alone."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        return socket.create_server((host, port), family=family, backlog=BACKLOG)
+    except OSError as e:
+        raise OutagemonError(f"cannot listen on {listen}: {e.strerror}.") from None
+
+
+def lower_priority() -> None:
+    """This thread's CPU priority lowered (BACKGROUND_NICE), the process's other threads
+    left as they are (Linux: a thread's native id names it to setpriority)."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+
+
+def in_background(work: Callable[[], T]) -> T:
+    """`work()` in a thread of its own whose CPU priority is lowered (a thread has its own
+    nice value on Linux; raising it needs no privilege), waited for by this thread, which
+    keeps its priority (and passes it on to what it forks)."""
+    done: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        lower_priority()
         try:
-            s.bind((host, port))
-        except OSError as e:
-            raise OutagemonError(f"cannot listen on {listen}: {e.strerror}.") from None
+            done.append(work())
+        except BaseException as e:
+            failed.append(e)
+
+    thread = threading.Thread(target=run, name="outagemon-background")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return done[0]
 
 
 def _status(status: int) -> str:
@@ -346,14 +404,15 @@ def _die_with_parent() -> None:
 # -- a worker ----------------------------------------------------------------------------
 
 
-def _worker(w: Workers, index: int) -> int:
+def _worker(w: Workers, index: int, gated: bool) -> int:
     _die_with_parent()
     structlog.contextvars.bind_contextvars(worker=index, pid=os.getpid())
-    return asyncio.run(_serve(w, index))
+    return asyncio.run(_serve(w, index, gated))
 
 
-async def _serve(w: Workers, index: int) -> int:
+async def _serve(w: Workers, index: int, gated: bool) -> int:
     cfg = w.config
+    assert w.listening is not None
     rt = Runtime(config=cfg, directory=w.directory, texts=w.texts)
     rt.not_ready = "the worker is reading the incident state"
     replica = Replica(w.directory, rt.metrics, cfg.messages.restored_for)
@@ -369,23 +428,48 @@ async def _serve(w: Workers, index: int) -> int:
     )
     app = make_app(rt, _forwarder(session))
 
+    retiring = False
+
     async def mark(request: web.Request, response: web.StreamResponse) -> None:
         response.headers[WORKER_HEADER] = f"{index}/{os.getpid()}"
+        if retiring:  # the caller's next request goes to another worker
+            response.force_close()  # (the headers are made before this hook: say it too)
+            response.headers[hdrs.CONNECTION] = "close"
 
     app.on_response_prepare.append(mark)
     runner = http_runner(app)
     await runner.setup()
+    accepting = asyncio.Event()
     try:
-        site = web.TCPSite(runner, cfg.http.host, cfg.http.port, reuse_port=True,
-                           ssl_context=w.tls)  # fmt: skip
-        await site.start()
         tasks.append(asyncio.create_task(replica.run(cfg.database.dsn), name="replica"))
         tasks.append(asyncio.create_task(_pool(rt), name="pool"))
-        tasks.append(asyncio.create_task(_report(w, index, rt, replica), name="report"))
+        tasks.append(asyncio.create_task(_report(w, index, rt, replica, accepting),
+                                         name="report"))  # fmt: skip
         tasks.append(asyncio.create_task(_send_calls(session, replica), name="calls"))
-        log.info("worker.listening", listen=cfg.http.listen)
+        tasks.append(asyncio.create_task(LoopLag(rt.metrics).run(), name="loop_lag"))
+        if gated:  # another worker answers meanwhile: not before the replica is read
+            waited = time.monotonic()
+            while not replica.first_round_done and time.monotonic() - waited < READY_WITHIN:
+                if stop.is_set():
+                    return 0
+                await asyncio.sleep(0.02)
+            if replica.first_round_done:
+                rt.not_ready = None  # its first answer says ready (_report says it later)
+        site = web.SockSite(runner, w.listening, ssl_context=w.tls)
+        await site.start()
+        accepting.set()
+        log.info("worker.listening", listen=cfg.http.listen, ready=replica.first_round_done)
         await stop.wait()
         log.info("worker.stopping")
+        # Only this process's copy of the listening socket is closed: what waits in the
+        # queue is the other workers'. The connections held here are answered "close".
+        retiring = True
+        await site.stop()
+        drained = time.monotonic() + DRAIN
+        while runner.server is not None and runner.server.connections:
+            if time.monotonic() > drained:
+                break
+            await asyncio.sleep(0.02)
     finally:
         for t in tasks:
             t.cancel()
@@ -412,14 +496,18 @@ async def _pool(rt: Runtime) -> None:
     rt.database = None
 
 
-async def _report(w: Workers, index: int, rt: Runtime, replica: Replica) -> None:
+async def _report(w: Workers, index: int, rt: Runtime, replica: Replica,
+                  accepting: asyncio.Event) -> None:  # fmt: skip
     """Readiness from the replica, and the worker's counts into the shared block."""
     lag = rt.metrics.gauge("outagemon_replica_lag_seconds", "")
     lag_max = rt.metrics.gauge("outagemon_replica_lag_max_seconds", "")
     reads = rt.metrics.counter("outagemon_replica_full_reads_total", "")
+    hold = rt.metrics.gauge("outagemon_loop_hold_max_seconds", "")
     s = w.slots
     said_ready = False
     while True:
+        s.put(index, "loop_lag_max", hold.get())
+        s.put(index, "cpu", time.process_time())
         connected = replica.connected.is_set()
         rt.not_ready = None if replica.first_round_done else rt.not_ready
         s.put(index, "connected", 1.0 if connected else 0.0)
@@ -427,7 +515,7 @@ async def _report(w: Workers, index: int, rt: Runtime, replica: Replica) -> None
         s.put(index, "lag_max", lag_max.get())
         s.put(index, "full_reads", reads.get())
         s.put(index, "checks", sum(rt.checks.values.values()))
-        if replica.first_round_done and not said_ready:
+        if replica.first_round_done and accepting.is_set() and not said_ready:
             said_ready = True  # once: a worker being replaced must not say it again
             s.put(index, "ready", os.getpid())
         await asyncio.sleep(0.05 if not replica.first_round_done else 0.5)
