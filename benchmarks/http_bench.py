@@ -24,6 +24,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from outagemon.sim import citygen
@@ -115,7 +117,10 @@ def wait_ready(port: int, within: float) -> None:
     raise RuntimeError("the server did not start")
 
 
-def wrk(port: int, phones: Path, path: str, seconds: int, paced: bool) -> dict[str, float]:
+def wrk(port: int, phones: Path, path: str, seconds: int, paced: bool,
+        until: Callable[[], bool] | None = None) -> dict[str, float]:  # fmt: skip
+    """wrk's figures for a run of `seconds`; with `until`, a run that ends (SIGINT: wrk
+    prints what it measured so far) once `until()` is true, `seconds` at most."""
     delay = ""
     if paced:
         # Random gaps (mean CONNECTIONS / PACED_RATE): callers do not arrive in lockstep.
@@ -124,19 +129,27 @@ def wrk(port: int, phones: Path, path: str, seconds: int, paced: bool) -> dict[s
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(LUA % {"phones": phones, "path": path, "token": TOKEN, "delay": delay})
         script = f.name
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", script,
-         f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", script,
+               f"http://127.0.0.1:{port}"]  # fmt: skip
+    if until is None:
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    else:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as running:
+            while running.poll() is None and not until():
+                time.sleep(0.5)
+            running.send_signal(signal.SIGINT)
+            out = running.communicate()[0]
     os.unlink(script)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"\s+(50|75|90|99)%\s+(\S+)", out)}
     errors = 0
     for m in re.finditer(r"(Non-2xx or 3xx responses|Socket errors):?\s*(.*)", out):
         errors += sum(int(x) for x in re.findall(r"\d+", m.group(2)))
+    kinds = {k: float(n) for k, n in re.findall(r"(connect|read|write|timeout) (\d+)", out)}
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    kinds["non2xx"] = float(non2xx.group(1)) if non2xx else 0.0
     return {"rps": rps, "p50": lat.get("50", 0.0), "p99": lat.get("99", 0.0),
-            "errors": errors}  # fmt: skip
+            "errors": errors, **kinds}  # fmt: skip
 
 
 def _ms(text: str) -> float:

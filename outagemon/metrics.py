@@ -94,6 +94,12 @@ class LoopLag:
             f"Longest the event loop was held since start (a {interval:g} s timer's lateness).",
         )
         self.worst = 0.0
+        self.recent = 0.0  # the worst since the last take_recent()
+
+    def take_recent(self) -> float:
+        """The longest hold since the last call (a reporter's window)."""
+        worst, self.recent = self.recent, 0.0
+        return worst
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,6 +109,8 @@ class LoopLag:
             await asyncio.sleep(interval)
             late = max(0.0, loop.time() - asked - interval)
             observe(late)
+            if late > self.recent:
+                self.recent = late
             if late > self.worst:
                 self.worst = late
                 self.gauge.set(round(late, 4))

@@ -23,6 +23,7 @@ daemon's /metrics reads.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import ctypes
 import dataclasses
@@ -77,7 +78,8 @@ _HOP = frozenset(h.lower() for h in (
 # The shared block: a header (workers alive, restarts), then a slot per worker.
 _HEAD = 2
 _FIELDS = ("pid", "lag", "lag_max", "full_reads", "connected", "checks", "ready",
-           "loop_lag_max", "cpu")  # fmt: skip
+           "hold_max", "hold_recent", "holds_5ms")  # fmt: skip
+HOLD_WINDOW = 4  # reports (of 0.5 s) the recent loop hold is the worst of
 _SLOT = len(_FIELDS)
 
 
@@ -201,25 +203,33 @@ class Workers:
         )
         connected = metrics.gauge("outagemon_replica_connected", "1 while a replica listens.")
         checks = metrics.counter("outagemon_worker_checks_total", "Check answers by worker.")
-        loop_max = metrics.gauge(
+        hold_max = metrics.gauge(
             "outagemon_worker_loop_hold_max_seconds",
-            "Longest a worker's event loop was held since it started (a timer's lateness).",
+            "Longest a worker's event loop was held since it accepts (a timer's lateness).",
         )
-        cpu = metrics.counter("outagemon_worker_cpu_seconds_total", "A worker's CPU time.")
+        hold_recent = metrics.gauge(
+            "outagemon_worker_loop_hold_recent_seconds",
+            "Longest a worker's event loop was held in the last two seconds.",
+        )
+        holds = metrics.counter(
+            "outagemon_worker_loop_holds_5ms_total",
+            "Times a worker's event loop was held more than 5 ms (a timer that late).",
+        )
 
         def collect() -> None:
             s = self.slots
             alive.set(s.alive)
             restarts.set(s.restarts)
-            for m in (lag, lag_max, connected, loop_max, cpu):
+            for m in (lag, lag_max, connected, hold_max, hold_recent, holds):
                 m.values.clear()  # a dead worker's pid goes with it
             for i in range(self.count):
                 w = {"worker": str(i), "pid": str(int(s.get(i, "pid")))}
                 lag.set(s.get(i, "lag"), **w)
                 lag_max.set(s.get(i, "lag_max"), **w)
                 connected.set(s.get(i, "connected"), **w)
-                loop_max.set(s.get(i, "loop_lag_max"), **w)
-                cpu.set(s.get(i, "cpu"), **w)
+                hold_max.set(s.get(i, "hold_max"), **w)
+                hold_recent.set(s.get(i, "hold_recent"), **w)
+                holds.set(s.get(i, "holds_5ms"), **w)
                 checks.set(s.get(i, "checks"), worker=str(i))
 
         metrics.on_collect(collect)
@@ -443,10 +453,11 @@ async def _serve(w: Workers, index: int, gated: bool) -> int:
     try:
         tasks.append(asyncio.create_task(replica.run(cfg.database.dsn), name="replica"))
         tasks.append(asyncio.create_task(_pool(rt), name="pool"))
-        tasks.append(asyncio.create_task(_report(w, index, rt, replica, accepting),
+        lag = LoopLag(rt.metrics)
+        tasks.append(asyncio.create_task(lag.run(), name="loop_lag"))
+        tasks.append(asyncio.create_task(_report(w, index, rt, replica, accepting, lag),
                                          name="report"))  # fmt: skip
         tasks.append(asyncio.create_task(_send_calls(session, replica), name="calls"))
-        tasks.append(asyncio.create_task(LoopLag(rt.metrics).run(), name="loop_lag"))
         if gated:  # another worker answers meanwhile: not before the replica is read
             waited = time.monotonic()
             while not replica.first_round_done and time.monotonic() - waited < READY_WITHIN:
@@ -497,17 +508,26 @@ async def _pool(rt: Runtime) -> None:
 
 
 async def _report(w: Workers, index: int, rt: Runtime, replica: Replica,
-                  accepting: asyncio.Event) -> None:  # fmt: skip
-    """Readiness from the replica, and the worker's counts into the shared block."""
+                  accepting: asyncio.Event, loop: LoopLag) -> None:  # fmt: skip
+    """Readiness from the replica, and the worker's counts into the shared block (its
+    loop's holds counted from when it accepts: its start-up delays no caller)."""
     lag = rt.metrics.gauge("outagemon_replica_lag_seconds", "")
     lag_max = rt.metrics.gauge("outagemon_replica_lag_max_seconds", "")
     reads = rt.metrics.counter("outagemon_replica_full_reads_total", "")
-    hold = rt.metrics.gauge("outagemon_loop_hold_max_seconds", "")
     s = w.slots
     said_ready = False
+    recent: list[float] = []
+    hold_max, holds_before = 0.0, 0
     while True:
-        s.put(index, "loop_lag_max", hold.get())
-        s.put(index, "cpu", time.process_time())
+        held = loop.take_recent()
+        holds = sum(loop.histogram.counts[bisect.bisect_right(loop.histogram.bounds, 0.005) :])
+        if not accepting.is_set():
+            held, holds_before = 0.0, holds
+        hold_max = max(hold_max, held)
+        recent = [*recent[1 - HOLD_WINDOW :], held]
+        s.put(index, "hold_max", hold_max)
+        s.put(index, "hold_recent", max(recent))
+        s.put(index, "holds_5ms", holds - holds_before)
         connected = replica.connected.is_set()
         rt.not_ready = None if replica.first_round_done else rt.not_ready
         s.put(index, "connected", 1.0 if connected else 0.0)

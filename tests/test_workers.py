@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import csv
 import dataclasses
+import http.client
 import itertools
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,7 @@ from outagemon.sim import citygen
 from outagemon.testing.lab import Lab
 from outagemon.workers import CALLS_BODY, call_batches
 from tests.conftest import free_port, short_tmp_dir
+from tests.test_secrets import self_signed
 
 WRITE = "workers-write-token-0123456789"
 CONFIG = """
@@ -811,6 +814,47 @@ def test_a_taken_port_stops_the_start_with_a_sentence(fresh_db: str) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
     assert '"supervisor"' not in done.stdout, "nothing was forked"
     assert set(Path(tempfile.gettempdir()).glob("outagemon-http-*")) <= before, "nothing left"
+
+
+def test_workers_serve_https_on_the_shared_socket(fresh_db: str) -> None:
+    """With tls_cert and tls_key, each worker answers HTTPS on the one listening socket
+    it inherited."""
+    state = short_tmp_dir()
+    citygen.generate(aggregations=1, access_per_aggregation=2).write(state)
+    cert, _key = self_signed(state)
+    port = free_port()
+    text = CONFIG.format(state=state, dsn=fresh_db, port=port, write=WRITE)
+    text = text.replace(
+        "workers = 2\n", 'workers = 2\ntls_cert = "cert.pem"\ntls_key = "key.pem"\n'
+    )
+    (state / "outagemon.toml").write_text(text)
+    with (state / "daemon.log").open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "outagemon", "run", "-c", str(state / "outagemon.toml")],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    trusting = ssl.create_default_context(cafile=str(cert))
+    workers: set[str] = set()
+
+    def both_answer() -> bool:
+        assert process.poll() is None, (state / "daemon.log").read_text()[-3000:]
+        req = urllib.request.Request(f"https://127.0.0.1:{port}/api/v1/check?node=agg-1",
+                                     headers={"Authorization": f"Bearer {WRITE}"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=2, context=trusting) as r:
+                if r.status == 200:
+                    workers.add(r.headers["X-Outagemon-Worker"].partition("/")[0])
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        return len(workers) == 2
+
+    try:
+        wait("both workers answer HTTPS", both_answer, 60)
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
 
 
 # -- what the callers' feature reads, from a replica ---------------------------------------

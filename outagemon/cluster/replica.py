@@ -35,7 +35,8 @@ from outagemon.metrics import Registry
 log = logs.get("outagemon.replica")
 
 _STATES = {s.value: s for s in State}
-STATES_AT_ONCE = 5000  # node states read in one piece
+STATES_AT_ONCE = 2000  # node states read (and taken, on the event loop) in one piece
+NODES_AT_ONCE = 20_000  # an incident's nodes indexed in one step of the event loop
 
 
 class Seen(NamedTuple):
@@ -308,7 +309,7 @@ class Replica:
         self.correlator.states = states
         self._take_windows(windows)
         self.correlator.blind = blind
-        self._rebuild()
+        await self._rebuild()
         self.first_round_done = True
         self._reads.inc()
         log.info("replica.read_all", incidents=len(self.correlator.incidents),
@@ -332,7 +333,7 @@ class Replica:
         if "monitor" in kinds:
             self.correlator.blind = await store.replica_blind(conn)
         if ids or "monitor" in kinds:
-            self._rebuild()
+            await self._rebuild()
         elif kinds != {"calls"}:
             self.correlator.version += 1  # states or works: remembered answers are stale
         now = time.time()
@@ -411,33 +412,41 @@ class Replica:
             for w in rows
         ]  # fmt: skip
 
-    def _rebuild(self) -> None:
+    async def _rebuild(self) -> None:
         """Which incident covers each node (active ones first, the oldest winning, then
         recovering ones), and which resolved one each node recalls: as the correlator
-        keeps them."""
+        keeps them. Made aside, NODES_AT_ONCE nodes a step (a core failure's incident has
+        a city's), and swapped in whole: answers meanwhile read the previous index."""
         c = self.correlator
         by_age = sorted(c.incidents.values(), key=lambda i: (i.opened_at, i.id))
+        # Who wins a node is whoever is indexed last: recovering ones first, the newest
+        # first, then active ones, the oldest last.
+        order = [i for i in reversed(by_age) if i.recovering_since is not None]
+        order += [i for i in reversed(by_age) if i.recovering_since is None]
         owner: dict[str, int] = {}
-        for inc in by_age:
-            if inc.recovering_since is None:
-                for n in inc.nodes:
-                    owner.setdefault(n, inc.id)
-        for inc in by_age:
-            if inc.recovering_since is not None:
-                for n in inc.nodes:
-                    owner.setdefault(n, inc.id)
-        c.node_incident = owner
-        self.watch.rebuild()
+        for inc in order:
+            await _index(owner, inc.nodes, inc.id)
         cutoff = clock.now() - self.restored_for
         recent: dict[str, Incident] = {}
         for iid, inc in sorted(self._resolved.items(), key=lambda kv: kv[1].resolved_at or 0):
             if (inc.resolved_at or -math.inf) <= cutoff:
                 del self._resolved[iid]
                 continue
-            for n in inc.nodes:
-                recent[n] = inc
+            await _index(recent, inc.nodes, inc)
+        c.node_incident = owner
+        self.watch.rebuild()
         self.recent = recent
         c.version += 1
+
+
+async def _index(into: dict[str, Any], nodes: list[str], value: Any) -> None:
+    """`into[n] = value` for each node, NODES_AT_ONCE a step of the event loop."""
+    if len(nodes) <= NODES_AT_ONCE:
+        into.update(dict.fromkeys(nodes, value))
+        return
+    for start in range(0, len(nodes), NODES_AT_ONCE):
+        into.update(dict.fromkeys(nodes[start : start + NODES_AT_ONCE], value))
+        await asyncio.sleep(0)
 
 
 def _steady(value: Any) -> float:
