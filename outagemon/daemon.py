@@ -383,6 +383,7 @@ class Daemon:
         self.runtime.leadership = leadership
         monitor.leadership = leadership
         monitor.journal.clustered = True
+        monitor.seen_every = min(monitor.seen_every, cfg.lease)
         writer.fence = leadership
         # Only the leader, once it has taken the incidents up, delivers notifications.
         self.may_send = monitor.deciding
