@@ -9,6 +9,8 @@ take-over; a deposed leader's alert cursor write is fenced off.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import shutil
 import signal
 import time
@@ -16,10 +18,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from outagemon.core import directory
 from outagemon.sim import citygen
 from outagemon.testing.lab import Lab
+from tests.alert_receivers import Receiver
 from tests.conftest import free_port, short_tmp_dir
 from tests.test_cluster_e2e import CONFIG, INTERVAL, LEASE, Node, _fetch, socket_dsn
 from tests.test_lab_e2e import WRITE
@@ -41,8 +45,8 @@ def make_pair(lab: Lab, dsn: str, city: citygen.City, extra: str | dict[str, str
         text = CONFIG.format(state=state, dsn=dsn, port=port, interval=INTERVAL, node=name,
                              lease=LEASE, write=WRITE)  # fmt: skip
         # Before [[auth.tokens]]: an array of tables ends the file's last section.
-        (state / "outagemon.toml").write_text(text.replace("[[auth.tokens]]",
-                                                           sections + "[[auth.tokens]]"))  # fmt: skip
+        text = text.replace("[[auth.tokens]]", sections + "[[auth.tokens]]")
+        (state / "outagemon.toml").write_text(text)
         nodes.append(Node(lab, state, port, city, directory.load(topo, subs).directory))
     a, b = nodes
     a.start()
@@ -104,6 +108,12 @@ def _place(d: directory.Directory) -> tuple[str, list[str]]:
 def raised(dsn: str) -> list[dict[str, Any]]:
     return fetch(dsn, "select id, kind, root_node, state, calls from incident"
                       " where raised_by = 'calls' order by id")  # fmt: skip
+
+
+def per_minute(dsn: str, iid: str) -> int:
+    """The incident's calls a minute, summed (the history's chart)."""
+    found = fetch(dsn, f"select sum(calls)::int as n from call_minute where incident_id = {iid}")
+    return int(found[0]["n"] or 0)
 
 
 def test_callers_split_across_leader_and_standby_raise_one_suspicion_and_count_once(
@@ -183,7 +193,7 @@ def test_callers_split_across_leader_and_standby_raise_one_suspicion_and_count_o
     )
     assert minutes[0]["n"] == want, minutes
     left = fetch(fresh_db, "select (select count(*) from cluster_call_count)::int as counts,"
-                           " (select count(*) from cluster_call_record)::int as records")  # fmt: skip
+                 " (select count(*) from cluster_call_record)::int as records")  # fmt: skip
     assert left == [{"counts": 0, "records": 0}], left
 
 
@@ -266,7 +276,7 @@ def test_blindness_is_each_leaders_own_and_the_standby_shows_the_leaders(
     runs = v["runs"]
     assert [(r["node"], r["epoch"]) for r in runs] == [("a", 1), ("b", 2), ("a", 3)], runs
     assert runs[1]["stopped_at"] is not None, "b's clean stop ends its term"
-    for before, after in zip(runs, runs[1:], strict=False):
+    for before, after in itertools.pairwise(runs):
         assert before["seen_at"] <= after["started_at"], runs
     stopped = [p for p in v["periods"] if p["reason"] == "stopped"]
     # Unverified: from a's last sign of life to b's term (a was killed), and from b's
@@ -275,3 +285,75 @@ def test_blindness_is_each_leaders_own_and_the_standby_shows_the_leaders(
     assert stopped[0]["started_at"] == runs[0]["seen_at"]
     assert stopped[0]["ended_at"] == runs[1]["started_at"]
     assert (stopped[0]["ended_at"] - stopped[0]["started_at"]).total_seconds() <= 2 * LEASE + 3
+
+
+class PausingReceiver(Receiver):
+    """A webhook receiver that pauses a node (SIGSTOP) when the first notification
+    arrives, before answering it: the node is caught in the middle of a delivery (the
+    answer waits in its socket until it runs again)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.victim: int | None = None
+        self.paused_at: float | None = None
+        super().__init__(lab)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if self.victim is not None and self.paused_at is None:
+            os.kill(self.victim, signal.SIGSTOP)
+            self.paused_at = time.monotonic()
+        return await super()._handle(request)
+
+
+def cursor(dsn: str) -> list[int]:
+    return [int(r["last_id"]) for r in fetch(dsn, "select last_id from alert_target")]
+
+
+def test_a_leader_deposed_during_a_delivery_does_not_move_the_new_leaders_cursor(
+    lab: Lab, socket_dsn: str, fresh_db: str
+) -> None:
+    """The leader is paused while a webhook is being told of an incident; the standby
+    takes over, tells it again (same key) and goes on (an engineer's note); the old leader
+    runs again, its delivery ends, and its cursor write is fenced off: dropped, counted,
+    and the new leader's cursor stays where it was (never moved back)."""
+    hook = PausingReceiver(lab)
+    city = citygen.generate(aggregations=2, access_per_aggregation=2,
+                            subscribers_per_access=4, entrances=1)  # fmt: skip
+    extra = (f'[notify]\nexternal_url = "https://noc.example"\n[[notify.webhooks]]\n'
+             f'url = "{hook.url}/hook"\nsecret = "{"s" * 32}"\n')  # fmt: skip
+    pair: tuple[Node, ...] = ()
+    try:
+        pair = make_pair(lab, socket_dsn, city, extra, warm_up=3.0)
+        a, b = pair
+        hook.victim = a.pid()
+        lab.down(*a.ips_behind("agg-1"))
+        wait("a's delivery begins", lambda: hook.paused_at is not None, 40, a)
+        assert hook.paused_at is not None
+        b.wait("b leads", lambda: b.role() == "leader", within=LEASE + INTERVAL + 5)
+        (inc,) = b.incidents()
+        status: int = 0
+        body: Any = None
+        while status != 200:  # 409 until b has taken the incidents up
+            status, body = b.request("POST", f"/api/v1/incidents/{inc['id']}",
+                                     {"note": "from the new leader"})  # fmt: skip
+            assert time.monotonic() - hook.paused_at < 8, body
+            time.sleep(0.1)
+        wait("b tells of the note", lambda: any(r.json()["outagemon"]["event"] == "note"
+             for r in hook.received("/hook")), 5, b)  # fmt: skip
+        ahead = wait("b's cursor is past the opening", lambda: max(cursor(fresh_db)) >= 2, 5, b)
+        ours = cursor(fresh_db)
+        # Within the 10 s a request may take: a reads its answer and writes its cursor.
+        assert time.monotonic() - hook.paused_at < 9.5, "paused too long for the test"
+        os.kill(a.pid(), signal.SIGCONT)
+        a.wait("a stands by", lambda: a.role() == "standby", within=10)
+        time.sleep(2.0)  # its delivery has ended: its cursor write came and went
+        assert ahead and cursor(fresh_db) == ours, "the new leader's cursor moved back"
+        m = a.metrics()
+        target = f'target="webhook 1 (127.0.0.1:{hook.port})"'
+        assert m[f"outagemon_alerts_cursor_fenced_total{{{target}}}"] == 1, m
+        assert m['outagemon_cluster_fenced_writes_total{how="refused"}'] >= 1, m
+        opened = [r for r in hook.received("/hook") if r.json()["outagemon"]["event"] == "opened"]
+        keys = {r.json()["outagemon"]["idempotency_key"] for r in opened}
+        assert len(opened) == 2 and len(keys) == 1, "told again by b, with the same key"
+    finally:
+        stop_pair(pair)
+        hook.close()
