@@ -17,10 +17,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
 
+from outagemon.cluster.relay import CallRelay, RelayFenced
 from outagemon.core import directory
+from outagemon.db import migrate, store
+from outagemon.metrics import Registry
 from outagemon.sim import citygen
 from outagemon.testing.lab import Lab
 from tests.alert_receivers import Receiver
@@ -350,3 +354,54 @@ def test_a_leader_deposed_during_a_delivery_does_not_move_the_new_leaders_cursor
     finally:
         stop_pair(pair)
         hook.close()
+
+
+# -- the relay's two sides on a real PostgreSQL, without the lab ----------------------------
+
+
+async def test_the_relay_takes_each_count_once_and_only_under_a_holding_epoch(
+    fresh_db: str,
+) -> None:
+    """A standby's counts and records wait in the database; a take under an epoch that
+    does not hold takes nothing; the leader's take adds the counts to the incident and its
+    calls a minute once, and leaves out its own records (its detector had them)."""
+    dsn = fresh_db
+    await migrate.migrate(dsn)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, command_timeout=5.0)
+    assert pool is not None
+    try:
+        await pool.execute("insert into node (id, kind) values ('sw-1', 'switch')")
+        await pool.execute("insert into incident (id, root_node, kind, opened_at, state)"
+                           " values (7, 'sw-1', 'outage', now(), 'open')")  # fmt: skip
+        a = CallRelay("a", Registry())
+        b = CallRelay("b", Registry())
+        async with pool.acquire() as conn:
+            epoch = await store.take_lease(conn, "a", 10.0)
+            salt = await store.call_salt(conn)
+        assert epoch is not None
+        b.count({7: 3})
+        b.record("seg-1", "b-1", "k1", "ivr", "ok", "")
+        a.record("seg-1", "b-1", "k0", "ivr", "ok", "")  # a's own, as a standby once
+        await b.send(pool)
+        await a.send(pool)
+        assert (b.counts, b.records) == ({}, [])
+        # Taken under an epoch that no longer holds: nothing is taken, all waits.
+        with pytest.raises(RelayFenced):
+            await a.take(pool, epoch + 1, "a")
+        with pytest.raises(RelayFenced):
+            await b.take(pool, epoch, "b")
+        assert await pool.fetchval("select count(*) from cluster_call_count") == 1
+        assert await pool.fetchval("select count(*) from cluster_call_record") == 2
+        taken = await a.take(pool, epoch, "a")
+        assert taken.counts == {7: 3}
+        assert [rec for _, rec in taken.records] == [("seg-1", "b-1", "k1", "ivr", "ok", "")]
+        assert all(0 <= age < 5 for age, _ in taken.records)
+        assert await pool.fetchval("select calls from incident where id = 7") == 3
+        assert await pool.fetchval("select sum(calls) from call_minute where incident_id = 7") == 3
+        again = await a.take(pool, epoch, "a")  # taken once: nothing left
+        assert (again.counts, again.records) == ({}, [])
+        assert await pool.fetchval("select calls from incident where id = 7") == 3
+        async with pool.acquire() as conn:
+            assert len(salt) == 16 and salt == await store.call_salt(conn)
+    finally:
+        await pool.close()
