@@ -359,6 +359,7 @@ class Daemon:
             self._lease = self._spawn(
                 self.leadership.run(pool, lambda epoch: self._take_up(pool, epoch)), "lease"
             )
+            self._replica_tasks.append(self._spawn(self._term_alive(pool, monitor), "term"))
 
     async def _ping_database(self, writer: Writer, every: float = DB_PING_EVERY) -> None:
         """A trivial query every few seconds: `outagemon_db_up` and /readyz's body say
@@ -383,7 +384,6 @@ class Daemon:
         self.runtime.leadership = leadership
         monitor.leadership = leadership
         monitor.journal.clustered = True
-        monitor.seen_every = min(monitor.seen_every, cfg.lease)
         writer.fence = leadership
         # Only the leader, once it has taken the incidents up, delivers notifications.
         self.may_send = monitor.deciding
@@ -472,6 +472,25 @@ class Daemon:
                 if age <= window:  # older ones could not count any more
                     monitor.take_call(now - age, place, building, caller, channel, status,
                                       router)  # fmt: skip
+
+    async def _term_alive(self, pool: asyncpg.Pool, monitor: Monitor) -> None:
+        """While this node leads, its term's row in monitor_run says it is alive every
+        lease, fenced by its epoch: its successor counts only the time since as unverified.
+        Straight to the database, not through the writer's queue (which a long write may
+        hold), and not counted with the writes."""
+        assert self.leadership is not None
+        holder, every = self.leadership.holder, self.config.cluster.lease
+        while True:
+            await asyncio.sleep(every)
+            run_id, epoch = monitor.run_id, monitor.taken_up
+            if run_id is None or epoch is None or not monitor.deciding():
+                continue
+            try:
+                async with asyncio.timeout(every), pool.acquire() as conn, conn.transaction():
+                    if await store.holds_lease(conn, epoch, holder):
+                        await store.run_seen(conn, run_id, datetime.now(UTC))
+            except Exception as e:  # the database is away: the next one, then
+                log.warning("cluster.term_alive_failed", error=str(e) or type(e).__name__)
 
     async def _take_up(self, pool: asyncpg.Pool, epoch: int) -> None:
         """Begin to lead: what this node's file still held is written (or fenced off)

@@ -114,9 +114,6 @@ class Monitor:
         self._history_saved = clock()
         self.run_id: int | None = None  # this run's monitor_run row, once the database has it
         self._seen_saved = clock()
-        # A cluster's leader says it is alive every lease (its successor counts the time
-        # since as unverified), a single host every SEEN_EVERY.
-        self.seen_every = SEEN_EVERY
         self._pruned = clock()
         self.first_round_done = False
         self.last_tick = 0.0
@@ -195,7 +192,7 @@ class Monitor:
         self._save_states()
         if now - self._history_saved >= HISTORY_EVERY:
             self.save_history()
-        if self.run_id is not None and now - self._seen_saved >= self.seen_every:
+        if self.run_id is not None and now - self._seen_saved >= SEEN_EVERY:
             self.save_seen(now)
         if now - self._pruned >= PRUNE_EVERY:
             self.prune(now)
