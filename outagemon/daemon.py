@@ -31,10 +31,11 @@ from outagemon import config as config_mod
 from outagemon import logs, reloading
 from outagemon.alerting.sender import Sender
 from outagemon.cluster.lease import Leadership, StepDown
+from outagemon.cluster.relay import CallRelay, RelayFenced
 from outagemon.cluster.replica import Replica
 from outagemon.config import Config
 from outagemon.core import directory, messages
-from outagemon.core.calls import subscribers_below
+from outagemon.core.calls import caller_key, subscribers_below
 from outagemon.core.messages import Texts
 from outagemon.core.topology import Change, Topology, change
 from outagemon.db import durable, migrate, store
@@ -256,7 +257,7 @@ class Daemon:
         sender = Sender(cfg.notify, lambda: self.runtime.pool,
                         lambda: self.runtime.directory.topology, self.runtime.metrics,
                         blind=lambda: monitor.correlator.blind,
-                        may_send=lambda: self.may_send())  # fmt: skip
+                        may_send=lambda: self.may_send(), fence=self.leadership)  # fmt: skip
         stack.push_async_callback(self._cancel, [self._spawn(sender.run(), "alerts")])
         # A leader gives its lease up last (a standby takes over at its next try), after
         # its last writes; the pool is closed after that.
@@ -319,9 +320,14 @@ class Daemon:
                                                   idle_in_transaction=idle)  # fmt: skip
                 restored = 0
                 async with asyncio.timeout(cfg.database.timeout):
-                    if self.leadership is None:  # a cluster's leader restores when it leads
+                    if self.leadership is None:
                         restored = await monitor.restore(holder.pool, pending)
-                    monitor.run_id = await _run_start(holder.pool, self._born)
+                        monitor.run_id = await _run_start(holder.pool, self._born)
+                    else:
+                        # A cluster's leader restores when it leads, and its run is its
+                        # term (`_take_up`); one key for a caller, whichever node answers.
+                        async with holder.pool.acquire() as conn:
+                            monitor.call_salt = await store.call_salt(conn)
                 # The reports' own connections: an export never waits on the writer's.
                 holder.reports = await store.connect(
                     dsn, min_size=1, max_size=cfg.history.connections,
@@ -351,10 +357,11 @@ class Daemon:
         self._spawn(self._ping_database(writer), "db_ping")
         if self.leadership is not None:
             pool = holder.pool
-            self._follow_leader(monitor, dsn)
+            self._follow_leader(monitor, dsn, pool)
             self._lease = self._spawn(
                 self.leadership.run(pool, lambda epoch: self._take_up(pool, epoch)), "lease"
             )
+            self._replica_tasks.append(self._spawn(self._term_alive(pool, monitor), "term"))
 
     async def _ping_database(self, writer: Writer, every: float = DB_PING_EVERY) -> None:
         """A trivial query every few seconds: `outagemon_db_up` and /readyz's body say
@@ -390,7 +397,7 @@ class Daemon:
         leadership.on_step_down(drop)
         log.info("cluster.joined", node=cfg.node, lease=cfg.lease)
 
-    def _follow_leader(self, monitor: Monitor, dsn: str) -> None:
+    def _follow_leader(self, monitor: Monitor, dsn: str, pool: asyncpg.Pool) -> None:
         """A replica of the leader's state (cluster/replica.py), kept current on both roles
         (a step-down is answered from it at once), and the switch of what HTTP answers
         from: this node's own Monitor while it serves, else the replica once it has read
@@ -399,9 +406,18 @@ class Daemon:
         assert leadership is not None
         rt = self.runtime
         replica = Replica(rt.directory, rt.metrics, self.config.messages.restored_for)
-        # Callers' records reach this node's own detector: warm when it takes over. (The
-        # leader's detector hears only its own callers: nodes do not talk to each other.)
-        replica.on_call = monitor.record_call
+        relay = CallRelay(leadership.holder, rt.metrics)
+
+        def on_call(node: str, building: str, kind: str, value: str, channel: str,
+                    status: str, router: str) -> None:  # fmt: skip
+            # Callers' records reach the leader's detector (through the database), and this
+            # node's own: warm when it takes over.
+            monitor.record_call(node, building, kind, value, channel, status, router)
+            if self.config.callers.enabled:
+                key = caller_key(monitor.call_salt, kind, value)
+                relay.record(node, building, key, channel, status, router)
+
+        replica.on_call = on_call
         self.replica = replica
 
         async def follow() -> None:
@@ -422,7 +438,61 @@ class Daemon:
                     await asyncio.wait_for(leadership.changed.wait(), ROLE_POLL)
 
         self._replica_tasks = [self._spawn(replica.run(dsn), "replica"),
-                               self._spawn(follow(), "answering")]  # fmt: skip
+                               self._spawn(follow(), "answering"),
+                               self._spawn(self._relay_calls(pool, monitor, replica, relay),
+                                           "relay")]  # fmt: skip
+
+    async def _relay_calls(self, pool: asyncpg.Pool, monitor: Monitor, replica: Replica,
+                           relay: CallRelay) -> None:  # fmt: skip
+        """Every second: what this node's replica answered (counts, callers' records) is
+        written for the leader; while this node decides, what was written is taken
+        (`cluster/relay.py`)."""
+        leadership = self.leadership
+        assert leadership is not None
+        while True:
+            await asyncio.sleep(RELAY_EVERY)
+            relay.count(replica.take_calls())
+            epoch = monitor.taken_up if monitor.deciding() else None
+            try:
+                async with asyncio.timeout(self.config.database.timeout):
+                    await relay.send(pool)
+                    if epoch is None:
+                        continue
+                    taken = await relay.take(pool, epoch, leadership.holder)
+            except RelayFenced:
+                assert epoch is not None
+                leadership.refused(epoch, "relayed calls")
+                continue
+            except Exception as e:  # the database is away, or one odd row: try again
+                log.warning("cluster.relay_failed", error=str(e) or type(e).__name__)
+                continue
+            now = monitor.clock()
+            for iid, n in taken.counts.items():
+                monitor.counted_elsewhere(iid, n)
+            window = self.config.callers.window
+            for age, (place, building, caller, channel, status, router) in taken.records:
+                if age <= window:  # older ones could not count any more
+                    monitor.take_call(now - age, place, building, caller, channel, status,
+                                      router)  # fmt: skip
+
+    async def _term_alive(self, pool: asyncpg.Pool, monitor: Monitor) -> None:
+        """While this node leads, its term's row in monitor_run says it is alive every
+        lease, fenced by its epoch: its successor counts only the time since as unverified.
+        Straight to the database, not through the writer's queue (which a long write may
+        hold), and not counted with the writes."""
+        assert self.leadership is not None
+        holder, every = self.leadership.holder, self.config.cluster.lease
+        while True:
+            await asyncio.sleep(every)
+            run_id, epoch = monitor.run_id, monitor.taken_up
+            if run_id is None or epoch is None or not monitor.deciding():
+                continue
+            try:
+                async with asyncio.timeout(every), pool.acquire() as conn, conn.transaction():
+                    if await store.holds_lease(conn, epoch, holder):
+                        await store.run_seen(conn, run_id, datetime.now(UTC))
+            except Exception as e:  # the database is away: the next one, then
+                log.warning("cluster.term_alive_failed", error=str(e) or type(e).__name__)
 
     async def _take_up(self, pool: asyncpg.Pool, epoch: int) -> None:
         """Begin to lead: what this node's file still held is written (or fenced off)
@@ -432,6 +502,12 @@ class Daemon:
         await started.writer.drain(self.config.cluster.lease / 3)
         async with asyncio.timeout(self.config.database.timeout):
             await started.monitor.take_up(pool, epoch)
+            # This term's row in monitor_run: the time since the previous leader was last
+            # seen alive is unverified (nobody decided), and fenced like any write of ours.
+            run_id = await _run_start(pool, time.time(), self.config.cluster.node, epoch)
+        if started.monitor.taken_up == epoch:
+            started.monitor.run_id = run_id
+            started.monitor.save_seen(started.monitor.clock())
 
     async def _leave_cluster(self, holder: _Database) -> None:
         if self._replica_tasks:
@@ -544,6 +620,7 @@ class Daemon:
 
 
 ROLE_POLL = 0.2  # s: how often a cluster's node looks whether to answer from its replica
+RELAY_EVERY = 1.0  # s: how often callers answered by a standby are relayed to the leader
 RELEASE_GRACE = 5.0  # seconds a replaced directory stays whole for requests still reading it
 RELEASE_SLICE = 5_000  # entries freed at a time
 
@@ -701,10 +778,19 @@ async def watch_embedded(embedded: EmbeddedPostgres, every: float = 1.0) -> None
 RUN_GAP = 1.0
 
 
-async def _run_start(pool: asyncpg.Pool, born: float) -> int:
-    """This run's row in monitor_run; the gap since the last run, unverified time."""
+async def _run_start(pool: asyncpg.Pool, born: float, node: str | None = None,
+                     epoch: int | None = None) -> int:  # fmt: skip
+    """This run's row in monitor_run; the gap since the last run, unverified time. A
+    cluster's (`node`, `epoch`): a leader's term, written only while the epoch holds."""
     async with pool.acquire() as conn, conn.transaction():
-        return await store.run_start(conn, store.ts(born) or datetime.now(UTC), RUN_GAP)
+        if (
+            epoch is not None
+            and node is not None
+            and not await store.holds_lease(conn, epoch, node)
+        ):
+            raise OutagemonError(f"the lease moved on from epoch {epoch}")
+        at = store.ts(born) or datetime.now(UTC)
+        return await store.run_start(conn, at, RUN_GAP, node, epoch)
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:

@@ -35,6 +35,7 @@ from outagemon.core.incidents import (
 )
 from outagemon.core.topology import Change
 from outagemon.db import restore as restore_db
+from outagemon.db import store
 from outagemon.db.durable import Pending
 from outagemon.db.journal import Journal
 from outagemon.db.spool import Spool
@@ -167,8 +168,10 @@ class Monitor:
             # A standby probes (its loss histories stay warm for a take-over) and decides
             # nothing; the leader stores the node states.
             self.journal.epoch = None
+            self.correlator.keep_sight(now)  # its own blindness, current at a take-over
             self.correlator.transitions = []
             self._calls_unsaved.clear()
+            self._blind.set(1 if self.correlator.blind else 0)
             self._down.set(self.correlator.nodes_down)
             return self.correlator.take_requests()
         if self.leadership is not None:
@@ -205,7 +208,13 @@ class Monitor:
         if they have one (its state now is kept with the call)."""
         if self.config.callers.enabled:
             key = callers.caller_key(self.call_salt, kind, value)
-            at = self.clock()
+            self.take_call(self.clock(), node, building, key, channel, status, router)
+
+    def take_call(self, at: float, node: str, building: str, key: str, channel: str,
+                  status: str, router: str = "") -> None:  # fmt: skip
+        """A caller already keyed (`call_salt`), at `at` on this monitor's clock: another
+        node's, relayed through the database (`cluster/relay.py`), or one answered here."""
+        if self.config.callers.enabled:
             ns = self.correlator.states.get(router) if router else None
             up = ns is not None and ns.state is State.UP
             self.call_log.append(callers.Call(at, node, building, key, channel, status, up))
@@ -371,6 +380,11 @@ class Monitor:
         self.calls[incident_id] = self.calls.get(incident_id, 0) + n
         self._calls_unsaved[incident_id] = self._calls_unsaved.get(incident_id, 0) + n
 
+    def counted_elsewhere(self, incident_id: int, n: int) -> None:
+        """`n` check answers another node gave, already added in the database (the relay's
+        transaction): counted in memory only."""
+        self.calls[incident_id] = self.calls.get(incident_id, 0) + n
+
     def save_history(self) -> None:
         """Every node's loss history, in one write (COPY): done every HISTORY_EVERY seconds
         and when the daemon stops, so a restart keeps what it learnt about lossy links."""
@@ -423,21 +437,51 @@ class Monitor:
         once that is done. Returns how many incidents were taken up."""
         self._forget_incidents()
         restored = await self.restore(pool)
+        async with pool.acquire() as conn:
+            stored = await store.node_state_values(conn)
         assert self.leadership is not None
         if self.leadership.epoch != epoch:
             return 0  # stepped down meanwhile
         self.taken_up = epoch
         self.journal.epoch = epoch
         self.journal.inventory(self.directory)
+        self._own_view(stored)
         log.info("cluster.taken_up", epoch=epoch, incidents=restored,
                  next_incident=self.correlator.next_id)  # fmt: skip
         return restored
+
+    def _own_view(self, stored: dict[str, str]) -> None:
+        """A new leader's first writes: what it sees itself, where the database still holds
+        what the previous leader saw (replicas answer from it). Node states that differ
+        (those of the incidents taken up excepted: they are rechecked, and written as they
+        change), and whether it is blind, with the outage history's blind period begun or
+        ended now (the previous leader may have died blind, or seeing)."""
+        c = self.correlator
+        nodes = self.directory.topology.nodes
+        rows = []
+        for node, ns in c.states.items():
+            if (
+                node in nodes
+                and stored.get(node) != ns.state.value
+                and c.incident_for(node) is None
+            ):
+                loss = round(ns.short_lost / ns.short_n, 4) if ns.short_n else 0.0
+                rows.append((node, ns.state.value, ns.changed_at, loss))
+        if rows:
+            self.journal.node_states(rows)
+        now = self.clock()
+        kind = EventKind.BLIND if c.blind else EventKind.SEEING
+        self.journal.event(Event(kind, now, detail={"taken_over": True}), None, 0)
+        self.journal.blind(c.blind)
+        self._blind.set(1 if c.blind else 0)
+        log.info("cluster.own_view", blind=c.blind, states=len(rows))
 
     def step_down(self, epoch: int, reason: StepDown) -> None:
         """This node stopped leading: nothing more is decided or written, and what it
         held in memory of incidents is forgotten (the next leader's are in the database)."""
         self.taken_up = None
         self.journal.epoch = None
+        self.run_id = None  # its term's row in monitor_run ends where it was last seen
         self._forget_incidents()
 
     def _forget_incidents(self) -> None:

@@ -6,7 +6,9 @@ than `give_up_after` (counted); every attempt carries the same idempotency key
 (`incident_id:revision`), so a receiver that got it before a crash sees it again with
 that key. Alertmanagers also get every open incident again each `resend_interval`, with
 its current annotations. Nothing is sent while the monitor is blind, nor where `may_send`
-says no (a cluster's followers).
+says no (a cluster's followers). In a cluster each cursor write is fenced by the epoch the
+delivery began under (`fence`): a leader that stepped down while delivering does not move
+the new leader's cursor (its write is dropped and counted, as the writer's are).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import asyncpg
@@ -71,6 +73,24 @@ def targets_of(cfg: NotifyConfig) -> list[Target]:
     return found
 
 
+class Fence(Protocol):
+    """A cluster's lease, as the sender fences its cursor writes (`cluster/lease.py`)."""
+
+    holder: str
+
+    def deciding(self) -> int | None:
+        """The epoch this node leads under now, or None."""
+        ...
+
+    def refused(self, epoch: int, write: str) -> None:
+        """A write decided under `epoch` was fenced off (counted; the node steps down)."""
+        ...
+
+
+class CursorFenced(Exception):
+    """The epoch a target's cursor was advanced under no longer holds: not written."""
+
+
 def _name(kind: str, i: int, url: str) -> str:
     return f"{kind} {i} ({urllib.parse.urlsplit(url).netloc})"
 
@@ -96,6 +116,7 @@ class Sender:
         blind: Callable[[], bool] = lambda: False,
         may_send: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
+        fence: Fence | None = None,
     ) -> None:
         self.cfg = cfg
         self.targets = targets_of(cfg)
@@ -103,6 +124,9 @@ class Sender:
         self._topology = topology
         self._blind = blind
         self.may_send = may_send  # the cluster's hook: only the leader delivers
+        # A cluster's lease: each cursor write checks, in its transaction, that the epoch
+        # the delivery began under still holds (a deposed leader's write is dropped).
+        self.fence = fence
         self._clock = clock
         self._rng = random.Random()
         self._session: aiohttp.ClientSession | None = None
@@ -125,8 +149,13 @@ class Sender:
             "outagemon_alerts_given_up_total",
             "Notifications dropped undelivered after [notify] give_up_after.",
         )
+        self._fenced = metrics.counter(
+            "outagemon_alerts_cursor_fenced_total",
+            "Cursor writes dropped: this node no longer led when its delivery ended.",
+        )
         for t in self.targets:
-            for m in (self._queued, self._oldest, self._delivered, self._failed, self._given_up):
+            for m in (self._queued, self._oldest, self._delivered, self._failed, self._given_up,
+                      self._fenced):  # fmt: skip
                 m.inc(0, target=t.name)
 
     async def run(self) -> None:
@@ -155,6 +184,11 @@ class Sender:
             if pool is None:
                 await asyncio.sleep(POLL)
                 continue
+            # The epoch this batch is delivered under (None: a single host, not fenced).
+            epoch = self.fence.deciding() if self.fence is not None else None
+            if self.fence is not None and epoch is None:
+                await asyncio.sleep(POLL)
+                continue
             try:
                 if cursor is None:
                     cursor = await _db(pool, store.alert_cursor, t.key)
@@ -169,13 +203,22 @@ class Sender:
                     age = float(row["age"]) + time.monotonic() - fetched
                     await self._one(t, _change(row), age)
                     cursor = int(row["id"])
-                    await _db(pool, store.set_alert_cursor, t.key, cursor)
+                    await _db(pool, self._set_cursor, t.key, cursor, epoch)
                 due = time.monotonic() - resent >= self.cfg.resend_interval
                 if t.kind == "alertmanager" and due and await self._resend(t, pool):
                     resent = time.monotonic()
                 if db_down:
                     log.info("alerts.database_again", target=t.name)
                     db_down = False
+            except CursorFenced:
+                # Another node leads now: it delivers from the cursor it reads; this one
+                # reads it again if it leads again.
+                assert self.fence is not None and epoch is not None
+                self._fenced.inc(target=t.name)
+                log.warning("alerts.cursor_fenced", target=t.name, epoch=epoch)
+                self.fence.refused(epoch, f"alert cursor ({t.name})")
+                cursor = None
+                continue
             except DB_ERRORS as e:
                 if not db_down:
                     log.warning("alerts.database_unavailable", target=t.name,
@@ -189,6 +232,17 @@ class Sender:
                 continue
             if len(rows) < BATCH:
                 await asyncio.sleep(POLL)
+
+    async def _set_cursor(self, conn: Any, target: str, cursor: int, epoch: int | None) -> None:
+        """How far `target` got; in a cluster, only while `epoch` holds (else CursorFenced:
+        the write is dropped, and the new leader's cursor stays as it wrote it)."""
+        if epoch is None or self.fence is None:
+            await store.set_alert_cursor(conn, target, cursor)
+            return
+        async with conn.transaction():
+            if not await store.holds_lease(conn, epoch, self.fence.holder):
+                raise CursorFenced(target)
+            await store.set_alert_cursor(conn, target, cursor)
 
     async def _gauges(self, t: Target, pool: asyncpg.Pool, cursor: int) -> None:
         waiting, oldest = await _db(pool, store.outbox_waiting, cursor)

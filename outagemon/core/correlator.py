@@ -216,6 +216,14 @@ class Correlator(Failures):
             self.version += 1
         return events
 
+    def keep_sight(self, now: float) -> None:
+        """A standby's tick, which decides nothing: whether this node is blind is kept
+        current from its own anchors (with what going blind or seeing again does to its
+        nodes' evidence), so it is its own when it takes over; the events are not kept."""
+        self._vantage(now)
+        self.book.events = [e for e in self.book.events
+                            if e.kind not in (EventKind.BLIND, EventKind.SEEING)]  # fmt: skip
+
     def _vantage(self, now: float) -> None:
         """Blind while every anchor is down: nothing opens, and what failed meanwhile is
         no evidence; when an anchor answers again, every failed node is probed afresh."""

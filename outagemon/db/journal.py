@@ -265,10 +265,12 @@ class Journal:
 
     def seen(self, run_id: int, at: float, stopped: bool = False) -> None:
         """This run of the daemon was alive at `at` (wall time), and stopped then when
-        `stopped` (the latest wins)."""
+        `stopped` (the latest wins). A cluster's run is a leader's term: fenced by its epoch
+        (a deposed leader does not stretch its term over its successor's)."""
         if self.writer is None:
             return
-        self.writer.latest("run_seen", (run_id, at, stopped), _replace_seen, _seen_op, size=64)
+        self.writer.latest("run_seen", (run_id, at, stopped), _replace_seen, _seen_op, size=64,
+                           epoch=self.epoch)  # fmt: skip
 
     def calls(self, batch: dict[int, int], at: float | None = None) -> None:
         """Check answers that named each incident, since the last batch (summed with any

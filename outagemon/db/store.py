@@ -315,6 +315,13 @@ async def save_node_states(conn: Conn, rows: list[tuple[str, str, datetime | Non
     )
 
 
+async def node_state_values(conn: Conn) -> dict[str, str]:
+    """Each node's state as last written (by whichever leader wrote it)."""
+    return {
+        r["node_id"]: r["state"] for r in await conn.fetch("select node_id, state from node_state")
+    }
+
+
 async def save_histories(conn: Conn, rows: list[tuple[str, float, float]]) -> None:
     """Every node's loss history (node, n, lost), in one COPY."""
     await conn.execute("create temporary table h (node_id text, n real, lost real)"
@@ -480,6 +487,55 @@ async def holds_lease(conn: Conn, epoch: int, holder: str) -> bool:
     return found is not None
 
 
+# -- callers answered by a standby, for the leader (migrations/0009_cluster_calls.sql) ------
+
+
+async def call_salt(conn: Conn) -> bytes:
+    """The key every node of a cluster hashes its callers with (one caller, one key)."""
+    return bytes(await conn.fetchval("select call_salt from cluster_lease where id = 1"))
+
+
+async def relay_calls(conn: Conn, node: str, counts: list[tuple[int, int]],
+                      records: list[tuple[str, str, str, str, str, str]]) -> None:  # fmt: skip
+    """A standby's answers for the leader: counts (incident id, answers naming it) and
+    callers' records (place, building, caller's key, channel, status, router)."""
+    if counts:
+        await conn.copy_records_to_table(
+            "cluster_call_count", columns=("node", "incident_id", "calls"),
+            records=[(node, iid, n) for iid, n in counts if n > 0],
+        )  # fmt: skip
+    if records:
+        await conn.copy_records_to_table(
+            "cluster_call_record",
+            columns=("node", "place", "building", "caller", "channel", "status", "router"),
+            records=[(node, *r) for r in records],
+        )  # fmt: skip
+
+
+async def take_relayed_counts(conn: Conn) -> list[asyncpg.Record]:
+    """Every count waiting, taken (deleted): per incident and minute of the database's
+    clock when it was relayed (incident_id, minute, calls). Inside the caller's transaction."""
+    return list(
+        await conn.fetch(
+            "with taken as (delete from cluster_call_count returning incident_id, at, calls)"
+            " select incident_id, date_trunc('minute', at) as minute, sum(calls)::int as calls"
+            " from taken group by 1, 2 order by 2, 1"
+        )
+    )
+
+
+async def take_relayed_records(conn: Conn) -> list[asyncpg.Record]:
+    """Every caller's record waiting, taken (deleted), oldest first, with its age in
+    seconds on the database's clock. Inside the caller's transaction."""
+    return list(
+        await conn.fetch(
+            "with taken as (delete from cluster_call_record returning *)"
+            " select node, extract(epoch from clock_timestamp() - at)::float8 as age, place,"
+            " building, caller, channel, status, router from taken order by id"
+        )
+    )
+
+
 # -- history (migrations/0006_history.sql) -----------------------------------------------
 #
 # The model: `impact` rows say a node was cut off by an incident, for a cause (outage or
@@ -572,11 +628,12 @@ async def blind_end(conn: Conn, reason: str, at: datetime | None) -> None:
     )  # fmt: skip
 
 
-async def run_start(conn: Conn, at: datetime, gap: float) -> int:
+async def run_start(conn: Conn, at: datetime, gap: float, node: str | None = None,
+                    epoch: int | None = None) -> int:  # fmt: skip
     """This run of the daemon begins at `at`; the time since the previous run was last
     seen alive, when longer than `gap` seconds, is a 'stopped' blind period (and a
     'blind' period the previous run left open ends when it was last seen). Returns the
-    run's id."""
+    run's id. A cluster's run is a leader's term: its `node` and `epoch`."""
     last = await conn.fetchrow(
         "select id, seen_at, coalesce(stopped_at, seen_at) as gone from monitor_run"
         " order by id desc limit 1"
@@ -592,8 +649,9 @@ async def run_start(conn: Conn, at: datetime, gap: float) -> int:
                 " values ('stopped', $1, $2)", last["gone"], at,
             )  # fmt: skip
     run_id = await conn.fetchval(
-        "insert into monitor_run (started_at, seen_at) values ($1, $1) returning id", at
-    )
+        "insert into monitor_run (started_at, seen_at, node, epoch) values ($1, $1, $2, $3)"
+        " returning id", at, node, epoch,
+    )  # fmt: skip
     return int(run_id)
 
 
