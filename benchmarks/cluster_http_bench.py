@@ -231,7 +231,10 @@ class PhaseWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            self._sample()
+            try:
+                self._sample()
+            except Exception as e:  # one sample lost, not the rest
+                print(f"sample: {e!r}", file=sys.stderr)
 
     def _sample(self, first: bool = False) -> None:
         for pid in children(self.supervisor):
@@ -243,7 +246,8 @@ class PhaseWatch:
             self.last[pid] = now
         try:
             text = get(self.port, "/metrics")
-        except OSError:
+        except (OSError, ValueError) as e:
+            print(f"sample: /metrics: {e!r}", file=sys.stderr)
             return
         for line in str(text).splitlines():
             if line.startswith("outagemon_worker_loop_hold_recent_seconds{"):
@@ -373,8 +377,9 @@ def main() -> None:
             phase("core failure", max(args.paced_seconds, 60))
         incidents = get(port, "/api/v1/incidents?state=open")["incidents"]
         cut = max((len(i["nodes"]) for i in incidents), default=0)
-        notes.append(f"core failure: {len(incidents)} open incident(s), the largest cutting "
-                     f"off {cut:,} nodes, decided during the run")  # fmt: skip
+        if "core" in phases:
+            notes.append(f"core failure: {len(incidents)} open incident(s), the largest cutting "
+                         f"off {cut:,} nodes, decided during the run")  # fmt: skip
         if big is not None:
             for name in ("topology.yaml", "subscribers.csv"):
                 shutil.copy(big / name, state / name)
