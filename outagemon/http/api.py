@@ -138,7 +138,8 @@ def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now:
         message = texts.render(answer.status, now + step, address=address,
                                since=_add(answer.since, step), eta=_add(answer.eta, step),
                                until=_add(answer.until, step),
-                               resolved=_add(answer.resolved, step))  # fmt: skip
+                               resolved=_add(answer.resolved, step),
+                               node="" if address else answer.node)  # fmt: skip
     return orjson.dumps({
         "status": answer.status,
         "incident_id": str(inc.id) if inc is not None else "",
