@@ -183,10 +183,13 @@ async def test_a_node_asked_by_name_hears_the_node_not_an_empty_address(
     async with world(fresh_db, language=language) as w:
         ok = await w.check(node="agg-s", channel="helpdesk")
         assert (ok["status"], ok["address"]) == ("ok", "")
-        assert ok["message"] == {
-            "ru": "На узле agg-s неисправностей в сети не обнаружено.",
-            "en": "We see no network problem at node agg-s.",
-        }[language], ok
+        assert (
+            ok["message"]
+            == {
+                "ru": "На узле agg-s неисправностей в сети не обнаружено.",
+                "en": "We see no network problem at node agg-s.",
+            }[language]
+        ), ok
         w.net.fail("agg-s")
         w.run(60)
         down = await w.check(node="agg-s", channel="helpdesk")

@@ -110,10 +110,13 @@ def test_a_node_asked_by_name_is_said_as_the_node_never_as_an_empty_address(
         said = t.render(status, NOW, since=NOW, until=NOW, resolved=NOW, node="agg-2")
         assert "agg-2" in said and "  " not in said and " ." not in said, said
         assert "адресу" not in said and "at ." not in said, said
-    assert t.render("ok", NOW, node="agg-2") == {
-        "ru": "На узле agg-2 неисправностей в сети не обнаружено.",
-        "en": "We see no network problem at node agg-2.",
-    }[language]
+    assert (
+        t.render("ok", NOW, node="agg-2")
+        == {
+            "ru": "На узле agg-2 неисправностей в сети не обнаружено.",
+            "en": "We see no network problem at node agg-2.",
+        }[language]
+    )
 
 
 def test_a_node_in_an_operators_own_wording_is_named_as_a_node(tmp_path: Path) -> None:

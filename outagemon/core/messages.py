@@ -82,8 +82,10 @@ _RULES = {"ru": _SPOKEN["ru"], "en": [*_SPOKEN["en"], *_SPOKEN["ru"]]}
 # A node asked about by name (the helpdesk's `node=`) has no address: the place is said as
 # the node, where a default sentence says "at {address}".
 _AT_NODE = {
-    "ru": [("По адресу {address}", "На узле {address}"),
-           ("по адресу {address}", "на узле {address}")],
+    "ru": [
+        ("По адресу {address}", "На узле {address}"),
+        ("по адресу {address}", "на узле {address}"),
+    ],
     "en": [("at {address}", "at node {address}")],
 }
 _NODE_WORD = {"ru": "узел", "en": "node"}
@@ -119,10 +121,11 @@ class Texts:
 
     def spoken_address(self, address: str) -> str:
         # The building part is remembered; the flat is said after it.
-        building, sep, flat, word = address, "", "", ""
+        building, sep, flat, said = address, "", "", ""
         for marker, word in _FLAT[self.language]:
             building, sep, flat = address.partition(marker)
             if sep:
+                said = word
                 break
         found = self._spoken.get(building)
         if found is None:
@@ -134,7 +137,7 @@ class Texts:
             self._spoken[building] = found
         if not sep:
             return found
-        return f"{found}, {word} {flat}"
+        return f"{found}, {said} {flat}"
 
     def when(self, moment: float, now: float) -> str:
         """A time (epoch seconds) as it is said: "в 14:05", "завтра в 09:00",
@@ -195,17 +198,14 @@ class Texts:
             if eta is not None and eta > now
             else self.templates["eta_unknown"]
         )
-        return (
-            template.format(
-                address=spoken,
-                since=when(since) if since is not None else "",
-                eta=when(eta) if eta is not None else "",
-                eta_sentence=eta_sentence,
-                until=when(until) if until is not None else "",
-                resolved=when(resolved) if resolved is not None else "",
-            )
-            .strip()
-        )
+        return template.format(
+            address=spoken,
+            since=when(since) if since is not None else "",
+            eta=when(eta) if eta is not None else "",
+            eta_sentence=eta_sentence,
+            until=when(until) if until is not None else "",
+            resolved=when(resolved) if resolved is not None else "",
+        ).strip()
 
 
 def local_day(now: float, tz: tzinfo | None = None) -> int:
