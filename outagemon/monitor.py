@@ -349,9 +349,12 @@ class Monitor:
             )
             for n in resolved.nodes:
                 self.recent[n] = resolved
-        if self.writer is None:
-            return
-        self.journal.event(e, inc, self.subscribers_of(inc.nodes) if inc is not None else 0)
+        if self.writer is not None:
+            subscribers = self.subscribers_of(inc.nodes) if inc is not None else 0
+            self.journal.event(e, inc, subscribers)
+        if e.kind is EventKind.REOPENED and e.incident is not None and e.incident in self.eta:
+            # The estimate was for the repair that happened: never said of this fault.
+            self.set_eta(e.incident, None, "", "outagemon", withdraw="reopened", at=e.at)
 
     def _resolved_copy(self, e: Event) -> Incident:
         found = self.correlator.last_resolved(e.root or "")
@@ -361,14 +364,20 @@ class Monitor:
 
     # -- engineers' writes -------------------------------------------------------------
 
-    def set_eta(self, incident_id: int, eta: float | None, note: str, who: str) -> None:
-        """An engineer's repair estimate (heard by the next caller) and/or note."""
+    def set_eta(self, incident_id: int, eta: float | None, note: str, who: str,
+                withdraw: str = "", at: float | None = None) -> None:  # fmt: skip
+        """An engineer's repair estimate (heard by the next caller) and/or note; with
+        `withdraw` (why) and no `eta`, the estimate withdrawn (callers hear that work
+        continues), written only when there was one. `at`: when (now if not given)."""
+        withdrawn = eta is None and bool(withdraw) and self.eta.pop(incident_id, None) is not None
         if eta is not None:
             self.eta[incident_id] = eta
+        if eta is not None or withdrawn:
             self.correlator.version += 1  # callers hear the new estimate at once
         if self.writer is None:
             return
-        self.journal.estimate(incident_id, eta, note, who, self.clock())
+        self.journal.estimate(incident_id, eta, note, who, self.clock() if at is None else at,
+                              withdrawn=withdraw if withdrawn else "")  # fmt: skip
 
     def add_maintenance(self, window: Maintenance, who: str) -> None:
         self.maintenance.append(window)
@@ -524,7 +533,7 @@ class Monitor:
             if inc.id in p.closed or inc.id in self.correlator.incidents:
                 continue
             if inc.raised_by == "calls":  # the detector's, not the probes'
-                inc.opened_at -= step
+                _shift(inc, step)
                 raised.append(inc)
                 continue
             if inc.root in covered:
@@ -533,7 +542,7 @@ class Monitor:
                 self.journal.event(Event(EventKind.MERGED, self.clock(), inc.id, inc.root,
                                          detail={"into": covered[inc.root]}), None, 0)  # fmt: skip
                 continue
-            inc.opened_at -= step
+            _shift(inc, step)
             taken.append(inc)
         for iid, eta in found.eta.items():
             if iid not in p.eta:
@@ -542,6 +551,13 @@ class Monitor:
             self.calls[iid] = self.calls.get(iid, 0) + calls
         self.correlator.restore(taken, max(found.next_id, p.max_incident + 1))
         self.watch.restore(raised, self.clock())
+        for iid, (first_call, callers_then, buildings) in found.raised.items():
+            sus = self.watch.open.get(iid)
+            if sus is not None and not sus.calls and not sus.earlier_callers:
+                # Who raised it, as its opening said: its calls were not kept.
+                sus.first_call = first_call - step
+                sus.earlier_callers = callers_then
+                sus.earlier_buildings = tuple(buildings)
         for node, n, lost in found.histories:
             ns = self.correlator.states.setdefault(node, NodeState())
             if ns.n < n:
@@ -550,7 +566,7 @@ class Monitor:
         for inc in found.resolved:  # oldest first: the latest incident of a node wins
             if inc.kind is Kind.SUSPECTED:
                 continue  # dismissed or expired: nothing was restored
-            inc.opened_at -= step
+            _shift(inc, step)
             if inc.resolved_at is not None:
                 inc.resolved_at -= step
             for node in inc.nodes:
@@ -579,13 +595,16 @@ class Monitor:
         for inc in p.incidents.values():
             if inc.root not in topology:
                 continue
-            inc.opened_at -= step
+            _shift(inc, step)
             inc.nodes = [n for n in inc.nodes if n in topology] or [inc.root]
             (raised if inc.raised_by == "calls" else incidents).append(inc)
         self.correlator.restore(incidents, p.max_incident + 1)
         self.watch.restore(raised, self.clock())
         for iid, eta in p.eta.items():
-            self.eta[iid] = eta - step
+            if eta is None:  # withdrawn
+                self.eta.pop(iid, None)
+            else:
+                self.eta[iid] = eta - step
         self.maintenance = [
             dataclasses.replace(m, starts_at=m.starts_at - step, ends_at=m.ends_at - step)
             for m in p.maintenance.values()
@@ -608,6 +627,13 @@ class Monitor:
         self.watch.set_topology(directory.topology, directory.counts, below)
         self.watch.settings = call_settings(self.config.callers)
         return replaced
+
+
+def _shift(inc: Incident, step: float) -> None:
+    """A stored incident's times (wall clock) onto the monitor's clock."""
+    inc.opened_at -= step
+    if inc.reopened_at is not None:
+        inc.reopened_at -= step
 
 
 def _outcome(e: Event) -> str:

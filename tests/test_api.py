@@ -63,7 +63,7 @@ async def test_each_status_is_reached_in_english_too(fresh_db: str) -> None:
         w.run(60)
         outage = await w.check(account="1001")
         assert outage["status"] == "outage"
-        assert outage["message"].startswith("There is a network outage at ул. Ленина")
+        assert outage["message"].startswith("There is a network outage at улица Ленина, дом 5")
         w.net.repair("agg-n")
         w.run(30)
         restored = await w.check(account="1001")
@@ -173,6 +173,31 @@ async def test_answers_count_calls_on_the_incident(fresh_db: str) -> None:
         assert (
             await w.pool.fetchval("select calls from incident where id = $1", int(inc["id"])) == 3
         )
+
+
+@pytest.mark.parametrize("language", ["ru", "en"])
+async def test_a_node_asked_by_name_hears_the_node_not_an_empty_address(
+    fresh_db: str, language: str
+) -> None:
+    """The helpdesk's `node=`: a node has no address; the sentence names the node."""
+    async with world(fresh_db, language=language) as w:
+        ok = await w.check(node="agg-s", channel="helpdesk")
+        assert (ok["status"], ok["address"]) == ("ok", "")
+        assert (
+            ok["message"]
+            == {
+                "ru": "На узле agg-s неисправностей в сети не обнаружено.",
+                "en": "We see no network problem at node agg-s.",
+            }[language]
+        ), ok
+        w.net.fail("agg-s")
+        w.run(60)
+        down = await w.check(node="agg-s", channel="helpdesk")
+        assert down["status"] == "outage", down
+        assert down["message"].startswith({
+            "ru": "На узле agg-s сейчас авария в сети",
+            "en": "There is a network outage at node agg-s.",
+        }[language]), down  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,13 @@ from typing import Any
 from outagemon.db import restore as restore_db
 from outagemon.db import store
 from outagemon.monitor import Monitor
-from tests.world import READ, WRITE, World, world
+from tests.world import READ, SUBSCRIBERS, WRITE, World, world
+
+# Neighbours behind the first entrance of пр-т Мира, д. 10 without a probed router of
+# their own: their calls are the detector's (a caller is a subscriber, or a building).
+NEIGHBOURS = SUBSCRIBERS + "".join(
+    f'{1000 + n},+792100000{n},"пр-т Мира, д. 10",{n},\n' for n in (20, 21, 22, 30, 31, 32)
+)
 
 
 async def post(w: World, iid: str, body: Any, token: str = WRITE) -> tuple[int, Any]:
@@ -31,8 +37,8 @@ async def incidents(w: World, state: str = "open") -> list[dict[str, Any]]:
 
 
 async def three_callers_of_the_first_entrance(w: World) -> dict[str, Any]:
-    for flat in ("20", "21", "22"):  # distinct callers: one building, one entrance
-        answer = await w.check(address="Мира 10", flat=flat)
+    for account in ("1020", "1021", "1022"):  # distinct callers: one building, one entrance
+        answer = await w.check(account=account)
         assert answer["status"] == "ok" and answer["node"] == "seg-mira-1", answer
     w.run(2)  # the monitor's tick looks at the calls
     (sus,) = await incidents(w)
@@ -40,7 +46,7 @@ async def three_callers_of_the_first_entrance(w: World) -> dict[str, Any]:
 
 
 async def test_callers_raise_a_suspected_incident_an_engineer_confirms(fresh_db: str) -> None:
-    async with world(fresh_db) as w:
+    async with world(fresh_db, subscribers=NEIGHBOURS) as w:
         sus = await three_callers_of_the_first_entrance(w)
         assert (sus["kind"], sus["root_node"], sus["raised_by"]) == (
             "suspected", "seg-mira-1", "calls")  # fmt: skip
@@ -107,7 +113,7 @@ async def test_callers_raise_a_suspected_incident_an_engineer_confirms(fresh_db:
 async def test_a_dismissed_suspicion_ends_and_the_probes_take_over_another(
     fresh_db: str,
 ) -> None:
-    async with world(fresh_db) as w:
+    async with world(fresh_db, subscribers=NEIGHBOURS) as w:
         sus = await three_callers_of_the_first_entrance(w)
         status, body = await post(w, sus["id"], {"dismiss": True})
         assert status == 200 and body["state"] == "resolved", body
@@ -140,8 +146,8 @@ async def test_a_dismissed_suspicion_ends_and_the_probes_take_over_another(
 
 
 async def three_callers_of_the_first_entrance_again(w: World) -> dict[str, Any]:
-    for flat in ("30", "31", "32"):
-        await w.check(address="Мира 10", flat=flat)
+    for account in ("1030", "1031", "1032"):
+        await w.check(account=account)
     w.run(2)
     (sus,) = await incidents(w)
     assert sus["kind"] == "suspected"
@@ -149,7 +155,7 @@ async def three_callers_of_the_first_entrance_again(w: World) -> dict[str, Any]:
 
 
 async def test_an_estimate_on_a_confirmed_one_is_kept_and_spoken(fresh_db: str) -> None:
-    async with world(fresh_db, language="en") as w:
+    async with world(fresh_db, language="en", subscribers=NEIGHBOURS) as w:
         sus = await three_callers_of_the_first_entrance(w)
         status, body = await post(w, sus["id"], {"confirm": True})
         assert status == 200, body
@@ -166,7 +172,7 @@ async def test_an_estimate_on_a_confirmed_one_is_kept_and_spoken(fresh_db: str) 
 
 
 async def test_callers_whose_routers_answer_raise_no_suspicion(fresh_db: str) -> None:
-    async with world(fresh_db) as w:
+    async with world(fresh_db, subscribers=NEIGHBOURS) as w:
         # 1002-1004 are behind seg-mira-1, each with a probed router that answers.
         for account in ("1002", "1003", "1004"):
             answer = await w.check(account=account)
@@ -183,7 +189,7 @@ async def test_a_suspected_incident_is_said_as_one_and_a_dismissed_one_lost_noth
 ) -> None:
     from outagemon.alerting import payload
 
-    async with world(fresh_db, language="en") as w:
+    async with world(fresh_db, language="en", subscribers=NEIGHBOURS) as w:
         w.runtime.reports = await store.connect(fresh_db, min_size=1, max_size=2)
         try:
             sus = await three_callers_of_the_first_entrance(w)

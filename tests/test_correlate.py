@@ -371,3 +371,23 @@ def test_children_still_losing_when_the_root_returns_open_nothing(seed: int) -> 
     events = s.run_for(120)
     assert kinds(events, "opened") == [], [(e.kind, e.root) for e in events]
     assert len(kinds(events, "resolved")) == 1
+
+
+def test_a_fault_back_soon_reopens_the_incident_from_its_own_start() -> None:
+    """Within REOPEN_WITHIN the same incident (callers keep its id), but what began is
+    this fault: `since` is the reopening's, `opened_at` stays the first fault's."""
+    s = sim(city(aggs=1, access=3))
+    s.fail("sw0-1")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    first = inc.opened_at
+    s.repair("sw0-1")
+    s.run_for(120)  # recovered, then resolved after resolve_hold
+    assert inc.id not in s.correlator.incidents and inc.since == first
+    failed_again = s.now + 200
+    s.run_for(200)
+    s.fail("sw0-1")
+    events = s.run_for(60)
+    assert [e.incident for e in kinds(events, "reopened")] == [inc.id]
+    assert s.correlator.incidents[inc.id] is inc and inc.opened_at == first
+    assert failed_again <= inc.since <= failed_again + 30 and inc.reopened_at == inc.since

@@ -89,3 +89,39 @@ def test_a_remembered_time_follows_the_local_day(monkeypatch: pytest.MonkeyPatch
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_english_sentences_spell_out_a_russian_address_for_the_voice() -> None:
+    """A Russian directory under `--language en`: the TTS voice reads Cyrillic, so the
+    abbreviations are said as words, as in Russian, and the flat with its word."""
+    t = messages.load("en")
+    said = t.render("outage", NOW, address="пр-т Горького, д. 1, кв. 25", since=NOW)
+    assert said.startswith("There is a network outage at проспект Горького, дом 1, квартира 25.")
+    assert t.spoken_address("пер. Кутузова, д. 1, корп. 1") == "переулок Кутузова, дом 1, корпус 1"
+    assert t.spoken_address("12 Main St, Apt 5") == "12 Main Street, apartment 5"
+
+
+@pytest.mark.parametrize("language", ["ru", "en"])
+def test_a_node_asked_by_name_is_said_as_the_node_never_as_an_empty_address(
+    language: str,
+) -> None:
+    t = messages.load(language)
+    for status in ("outage", "maintenance", "restored", "ok"):
+        said = t.render(status, NOW, since=NOW, until=NOW, resolved=NOW, node="agg-2")
+        assert "agg-2" in said and "  " not in said and " ." not in said, said
+        assert "адресу" not in said and "at ." not in said, said
+    assert (
+        t.render("ok", NOW, node="agg-2")
+        == {
+            "ru": "На узле agg-2 неисправностей в сети не обнаружено.",
+            "en": "We see no network problem at node agg-2.",
+        }[language]
+    )
+
+
+def test_a_node_in_an_operators_own_wording_is_named_as_a_node(tmp_path: Path) -> None:
+    override = tmp_path / "messages.toml"
+    override.write_text('[ru]\nok = "Всё в порядке: {address}."\n')
+    t = messages.load("ru", override)
+    assert t.render("ok", NOW, node="agg-2") == "Всё в порядке: узел agg-2."
+    assert t.render("ok", NOW, address="ул. Ленина, д. 5") == "Всё в порядке: улица Ленина, дом 5."

@@ -69,9 +69,9 @@ role = "write"
 """
 
 
-def build_directory() -> Directory:
+def build_directory(subscribers: str = SUBSCRIBERS) -> Directory:
     topo = topology.parse_text(textwrap.dedent(TOPOLOGY), Path("topology.yaml"))
-    subs, problems = directory.parse_csv(SUBSCRIBERS, Path("subscribers.csv"), topo)
+    subs, problems = directory.parse_csv(subscribers, Path("subscribers.csv"), topo)
     assert problems == []
     return Directory(directory.with_cpes(topo, subs), subs)
 
@@ -111,9 +111,13 @@ class World:
 
 @asynccontextmanager
 async def world(
-    dsn: str, language: str = "ru", tokens: bool = True, extra: str = ""
+    dsn: str,
+    language: str = "ru",
+    tokens: bool = True,
+    extra: str = "",
+    subscribers: str = SUBSCRIBERS,
 ) -> AsyncIterator[World]:
-    """`extra`: more configuration, such as an [http] section."""
+    """`extra`: more configuration, such as an [http] section; `subscribers`: the CSV."""
     await migrate.migrate(dsn)
     pool = await store.connect(dsn)
     text = CONFIG.format(language=language)
@@ -121,7 +125,7 @@ async def world(
         text = text.split("[[auth.tokens]]")[0]
     text = extra + text  # before the [[auth.tokens]] array, where a table may still go
     cfg = config.parse(text, Path("/etc/outagemon/outagemon.toml"))
-    d = build_directory()
+    d = build_directory(subscribers)
     rt = Runtime(config=cfg, directory=d, texts=messages.load(language))
     writer = Writer(pool, 10_000, rt.metrics)
     # The simulated network runs an hour in the past up to now, so times read naturally.

@@ -227,7 +227,8 @@ class Replica:
         """Why a write cannot be taken here (as the Monitor of a standby says it)."""
         return "this process only reads the incident state; writes are taken by the leader."
 
-    def set_eta(self, incident_id: int, eta: float | None, note: str, who: str) -> None:
+    def set_eta(self, incident_id: int, eta: float | None, note: str, who: str,
+                withdraw: str = "") -> None:  # fmt: skip
         raise NotLeader("this process only reads; estimates are written by the leader")
 
     def add_maintenance(self, window: Maintenance, who: str) -> None:
@@ -352,6 +353,7 @@ class Replica:
             opened_at=_steady(r["opened_at"]), nodes=list(r["nodes"]) or [r["root_node"]],
             state=IncidentState(r["state"]), resolved_at=_steady_or_none(r["resolved_at"]),
             recovering_since=_steady_or_none(r["recovering_since"]), raised_by=r["raised_by"],
+            reopened_at=_steady_or_none(r["reopened_since"]),
         )  # fmt: skip
         self.calls[iid] = int(r["calls"])
         if r["eta"] is not None:

@@ -221,15 +221,15 @@ def _walk_path(situation: Situation, directory: Directory, node: str, now: float
     inc = c.incident_for(node)
     if inc is not None:
         if inc.recovering_since is not None:
-            found = Answer(Status.RESTORED, inc, node, inc.opened_at,
+            found = Answer(Status.RESTORED, inc, node, inc.since,
                            resolved=inc.recovering_since)  # fmt: skip
             return found, found, math.inf
         if inc.kind is Kind.MAINTENANCE:
             end = works_end(inc, situation.maintenance, topo, now)
             eta = later(end, situation.eta.get(inc.id))
-            found = Answer(Status.MAINTENANCE, inc, node, inc.opened_at, eta, until=eta)
+            found = Answer(Status.MAINTENANCE, inc, node, inc.since, eta, until=eta)
         else:
-            found = Answer(Status.OUTAGE, inc, node, inc.opened_at, situation.eta.get(inc.id))
+            found = Answer(Status.OUTAGE, inc, node, inc.since, situation.eta.get(inc.id))
         return found, found, math.inf
     path = [node, *topo.ancestors(node)] if node in topo else [node]
     on_path = set(path)
@@ -258,7 +258,7 @@ def _after(situation: Situation, topo: Topology, path: list[str], node: str, now
     c = situation.correlator
     recent = situation.recent.get(node)
     if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
-        said = Answer(Status.RESTORED, recent, node, recent.opened_at,
+        said = Answer(Status.RESTORED, recent, node, recent.since,
                       resolved=recent.resolved_at)  # fmt: skip
         return said, min(expires, recent.resolved_at + restored_for)
     # Nothing on the path has been seen yet (a new node, or just after blindness).

@@ -130,6 +130,14 @@ class Suspicion:
     callers: set[str] = field(default_factory=set)
     count: int = 0  # calls attached, kept or not
     recent: deque[float] = field(default_factory=deque)  # when, within expire_after
+    # Taken up after a restart: what its opening said of the calls that raised it (the
+    # calls themselves are not kept; callers are keyed afresh each run, so never the same).
+    earlier_callers: int = 0
+    earlier_buildings: tuple[str, ...] = ()
+
+    @property
+    def distinct_callers(self) -> int:
+        return len(self.callers) + self.earlier_callers
 
     @property
     def confirmed(self) -> bool:

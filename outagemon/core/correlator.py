@@ -190,15 +190,15 @@ class Correlator(Failures):
             for n in inc.nodes:
                 book.node_incident[n] = inc.id
                 if n in self.topology and self.topology.nodes[n].probed:
-                    ns = self.states.setdefault(n, NodeState(changed_at=inc.opened_at))
+                    ns = self.states.setdefault(n, NodeState(changed_at=inc.since))
                     ns.state = State.RECHECK if n != inc.root else State.DOWN
-                    ns.down_at = inc.opened_at
+                    ns.down_at = inc.since
                     if ns.state is State.DOWN:
                         self._fail(n)
                     self._requests.append(n)
             root = self.topology.nodes.get(inc.root)
             if root is not None and not root.probed:
-                self._infer_down(inc.root, inc.opened_at)
+                self._infer_down(inc.root, inc.since)
         book.next_id = max(book.next_id, next_id)
         self._dirty = True
 

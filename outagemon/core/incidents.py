@@ -70,6 +70,15 @@ class Incident:
     recovering_since: float | None = None
     maintenance_until: float | None = None
     raised_by: str = "probes"  # or "calls": a suspected incident, confirmed or not
+    # When its root failed again after it resolved (it reopened; `opened_at` stays the
+    # first fault's start, for the history), the latest such time.
+    reopened_at: float | None = None
+
+    @property
+    def since(self) -> float:
+        """When the outage its callers hear about began: the latest reopening, else the
+        opening (a caller is never told the start of a fault that was repaired)."""
+        return self.opened_at if self.reopened_at is None else self.reopened_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +162,12 @@ class IncidentBook:
         ):
             # The same fault again, soon: the same incident, so callers and tickets keep
             # the id they have (a flapping link is one incident, not one an hour).
+            # Callers hear when this fault began; the estimate set for the last repair is
+            # withdrawn by the monitor (it holds the estimates).
             previous.state = IncidentState.OPEN
             previous.resolved_at = None
             previous.recovering_since = None
+            previous.reopened_at = since or now
             self.incidents[previous.id] = previous
             self.events.append(Event(EventKind.REOPENED, now, previous.id, root))
             return previous

@@ -72,6 +72,23 @@ _SPOKEN = {
     "en": [(" St", " Street"), (" Ave", " Avenue"), (" Rd", " Road"), (" Blvd", " Boulevard"),
            ("Apt ", "apartment "), ("Bldg ", "building ")],
 }  # fmt: skip
+# The flat's marker as written, and its word as said. An English deployment's directory
+# is often Russian (the TTS voice reads Cyrillic): its addresses are spelled out too.
+_FLAT = {
+    "ru": [(", кв. ", "квартира")],
+    "en": [(", Apt ", "apartment"), (", кв. ", "квартира")],
+}
+_RULES = {"ru": _SPOKEN["ru"], "en": [*_SPOKEN["en"], *_SPOKEN["ru"]]}
+# A node asked about by name (the helpdesk's `node=`) has no address: the place is said as
+# the node, where a default sentence says "at {address}".
+_AT_NODE = {
+    "ru": [
+        ("По адресу {address}", "На узле {address}"),
+        ("по адресу {address}", "на узле {address}"),
+    ],
+    "en": [("at {address}", "at node {address}")],
+}
+_NODE_WORD = {"ru": "узел", "en": "node"}
 _MONTHS_RU = ["января", "февраля", "марта", "апреля", "мая", "июня", "июля", "августа",
               "сентября", "октября", "ноября", "декабря"]  # fmt: skip
 
@@ -104,21 +121,23 @@ class Texts:
 
     def spoken_address(self, address: str) -> str:
         # The building part is remembered; the flat is said after it.
-        marker = ", кв. " if self.language == "ru" else ", Apt "
-        building, sep, flat = address.partition(marker)
+        building, sep, flat, said = address, "", "", ""
+        for marker, word in _FLAT[self.language]:
+            building, sep, flat = address.partition(marker)
+            if sep:
+                said = word
+                break
         found = self._spoken.get(building)
         if found is None:
             found = building
-            for short, full in _SPOKEN[self.language]:
+            for short, full in _RULES[self.language]:
                 found = found.replace(short, full)
             if len(self._spoken) > _CACHE_LIMIT:
                 self._spoken.clear()
             self._spoken[building] = found
         if not sep:
             return found
-        return (
-            f"{found}, квартира {flat}" if self.language == "ru" else f"{found}, apartment {flat}"
-        )
+        return f"{found}, {said} {flat}"
 
     def when(self, moment: float, now: float) -> str:
         """A time (epoch seconds) as it is said: "в 14:05", "завтра в 09:00",
@@ -157,9 +176,19 @@ class Texts:
 
     def render(self, status: str, now: float, address: str = "", since: float | None = None,
                eta: float | None = None, until: float | None = None,
-               resolved: float | None = None) -> str:  # fmt: skip
-        """The sentence for a status; times are epoch seconds."""
+               resolved: float | None = None, node: str = "") -> str:  # fmt: skip
+        """The sentence for a status; times are epoch seconds. `node`: the place when
+        there is no address (a node asked about by name), said as the node."""
         day = local_day(now, self.tz)
+        template = self.templates[status]
+        spoken = self.spoken_address(address) if address else ""
+        if not address and node and "{address}" in template:
+            said_at = template
+            for phrase, at_node in _AT_NODE[self.language]:
+                said_at = said_at.replace(phrase, at_node)
+            # An operator's wording that says the address some other way: the node, named.
+            spoken = node if said_at != template else f"{_NODE_WORD[self.language]} {node}"
+            template = said_at
 
         def when(moment: float) -> str:
             return self._said(moment, now, day)
@@ -169,18 +198,14 @@ class Texts:
             if eta is not None and eta > now
             else self.templates["eta_unknown"]
         )
-        return (
-            self.templates[status]
-            .format(
-                address=self.spoken_address(address) if address else "",
-                since=when(since) if since is not None else "",
-                eta=when(eta) if eta is not None else "",
-                eta_sentence=eta_sentence,
-                until=when(until) if until is not None else "",
-                resolved=when(resolved) if resolved is not None else "",
-            )
-            .strip()
-        )
+        return template.format(
+            address=spoken,
+            since=when(since) if since is not None else "",
+            eta=when(eta) if eta is not None else "",
+            eta_sentence=eta_sentence,
+            until=when(until) if until is not None else "",
+            resolved=when(resolved) if resolved is not None else "",
+        ).strip()
 
 
 def local_day(now: float, tz: tzinfo | None = None) -> int:

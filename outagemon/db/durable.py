@@ -11,6 +11,7 @@ without the database, detection and /check go on from there, and ids are not reu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from outagemon.core.incidents import Event, EventKind, Incident, Kind, Maintenance
@@ -40,6 +41,10 @@ def event_record(e: Event, inc: Incident | None, subscribers: int,
         "nodes": list(e.nodes),
         "detail": e.detail,
     }
+    if e.kind is EventKind.REOPENED and inc is not None and inc.reopened_at is not None:
+        # When this fault began, in its timeline (a restart's callers hear it again).
+        since = datetime.fromtimestamp(inc.reopened_at + wall, UTC).isoformat()
+        record["detail"] = {**e.detail, "since": since}
     if inc is not None:
         record["snap"] = {
             "id": inc.id,
@@ -50,12 +55,18 @@ def event_record(e: Event, inc: Incident | None, subscribers: int,
             "nodes": list(inc.nodes),
             "subscribers": subscribers,
             "raised_by": inc.raised_by,
+            "reopened_at": inc.reopened_at + wall if inc.reopened_at is not None else None,
         }
     return record
 
 
-def eta_record(incident: int, eta: float, who: str, at: float) -> dict[str, Any]:
-    return {"incident": incident, "eta": eta, "by": who, "at": at}
+def eta_record(incident: int, eta: float | None, who: str, at: float,
+               withdrawn: str = "") -> dict[str, Any]:  # fmt: skip
+    """An estimate set, or withdrawn (`eta` None; `withdrawn` says why)."""
+    record: dict[str, Any] = {"incident": incident, "eta": eta, "by": who, "at": at}
+    if eta is None:
+        record["withdrawn"] = withdrawn or "api"
+    return record
 
 
 def note_record(incident: int, note: str, who: str, at: float) -> dict[str, Any]:
@@ -81,7 +92,7 @@ class Pending:
 
     incidents: dict[int, Incident] = field(default_factory=dict)
     closed: set[int] = field(default_factory=set)
-    eta: dict[int, float] = field(default_factory=dict)
+    eta: dict[int, float | None] = field(default_factory=dict)  # None: withdrawn
     maintenance: dict[int, Maintenance] = field(default_factory=dict)
     max_incident: int = 0
     max_maintenance: int = 0
@@ -94,7 +105,7 @@ def pending(records: list[Record], marks: dict[str, int] | None = None) -> Pendi
     for r in records:
         d = r.data
         if r.kind == "eta":
-            found.eta[int(d["incident"])] = float(d["eta"])
+            found.eta[int(d["incident"])] = float(d["eta"]) if d["eta"] is not None else None
         elif r.kind == "maintenance":
             m = Maintenance(int(d["id"]), str(d["node"]), float(d["starts_at"]),
                             float(d["ends_at"]), str(d.get("reason", "")))  # fmt: skip
@@ -119,6 +130,7 @@ def _event(found: Pending, kind: str, d: dict[str, Any]) -> None:
             inferred=bool(snap["inferred"]), opened_at=float(snap["opened_at"]),
             nodes=list(snap["nodes"]) or [str(snap["root"])],
             raised_by=str(snap.get("raised_by", "probes")),
+            reopened_at=_float_or_none(snap.get("reopened_at")),
         )  # fmt: skip
     elif kind in (EventKind.RESOLVED, EventKind.MERGED):
         found.incidents.pop(iid, None)
@@ -129,3 +141,8 @@ def _event(found: Pending, kind: str, d: dict[str, Any]) -> None:
         inc.root = str(snap["root"])
         inc.inferred = bool(snap["inferred"])
         inc.kind = Kind(snap["kind"])
+        inc.reopened_at = _float_or_none(snap.get("reopened_at"))
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)

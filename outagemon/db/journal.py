@@ -43,6 +43,7 @@ class Snapshot:
     nodes: list[str]
     subscribers: int
     raised_by: str = "probes"
+    reopened_at: datetime | None = None  # when it reopened last (this fault's start)
 
 
 # A write for one kind of event: True when the event joins the incident's timeline.
@@ -63,7 +64,9 @@ async def _opened(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | Non
 async def _reopened(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
     await store.reopen_incident(conn, e.incident)
     if inc is not None and _cuts_off(inc):
-        await store.impact_open(conn, inc.id, inc.nodes, inc.kind, at)
+        # Cut off again since the root's first lost probe; the time between the two faults
+        # was service (the impact rows closed when it recovered).
+        await store.impact_open(conn, inc.id, inc.nodes, inc.kind, inc.reopened_at or at)
     return True
 
 
@@ -242,14 +245,17 @@ class Journal:
         self._keep(e.kind.value, durable.event_record(e, inc, subscribers, clock.CLOCK.step()))
 
     def estimate(self, incident_id: int, eta: float | None, note: str, who: str,
-                 now: float) -> None:  # fmt: skip
+                 now: float, withdrawn: str = "") -> None:  # fmt: skip
         """An engineer's repair estimate and/or note, with a timeline line for each: two
-        writes, so a note the database refuses never takes the estimate with it."""
+        writes, so a note the database refuses never takes the estimate with it.
+        `withdrawn` (why: "api", "reopened"): the estimate was withdrawn (`eta` None)."""
         if self.writer is None:
             return
         step = clock.CLOCK.step()
         if eta is not None:
             self._keep("eta", durable.eta_record(incident_id, eta + step, who, now + step))
+        elif withdrawn:
+            self._keep("eta", durable.eta_record(incident_id, None, who, now + step, withdrawn))
         if note:
             self._keep("note", durable.note_record(incident_id, note, who, now + step))
         self.sync()
@@ -357,7 +363,8 @@ def op_of(kind: str, data: dict[str, Any]) -> Op:
         snapshot = Snapshot(int(snap["id"]), str(snap["kind"]), str(snap["root"]),
                             bool(snap["inferred"]), store.ts(float(snap["opened_at"])),
                             list(snap["nodes"]), int(snap["subscribers"]),
-                            str(snap.get("raised_by", "probes")))  # fmt: skip
+                            str(snap.get("raised_by", "probes")),
+                            store.ts(_float(snap.get("reopened_at"))))  # fmt: skip
 
     notified = NOTIFIED.get(e.kind)
 
@@ -374,9 +381,18 @@ def op_of(kind: str, data: dict[str, Any]) -> Op:
     return op
 
 
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _eta_op(d: dict[str, Any]) -> Op:
-    incident, eta, at = int(d["incident"]), store.ts(float(d["eta"])), store.ts(float(d["at"]))
-    detail = json.dumps({"eta": eta, "by": d["by"]}, default=str)
+    incident, at = int(d["incident"]), store.ts(float(d["at"]))
+    # A withdrawn estimate (eta null) is a line of its own kind of "eta": "ETA withdrawn".
+    eta = store.ts(float(d["eta"])) if d["eta"] is not None else None
+    said: dict[str, Any] = {"eta": eta, "by": d["by"]}
+    if eta is None:
+        said["withdrawn"] = d.get("withdrawn") or True
+    detail = json.dumps(said, default=str)
 
     async def op(conn: Conn) -> None:
         await store.set_incident_eta(conn, incident, eta)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -25,6 +26,9 @@ class Restored:
     next_maintenance: int = 1
     histories: list[tuple[str, float, float]] = field(default_factory=list)  # node, n, lost
     resolved: list[Incident] = field(default_factory=list)
+    # Open incidents raised by calls: what their opening said (first call, wall-clock;
+    # distinct callers; buildings), so a restart keeps who raised them.
+    raised: dict[int, tuple[float, int, list[str]]] = field(default_factory=dict)
 
 
 async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) -> Restored:
@@ -46,8 +50,17 @@ async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) ->
             id=r["id"], root=r["root_node"], kind=Kind(r["kind"]), inferred=r["inferred"],
             opened_at=r["opened_at"].timestamp(), nodes=nodes or [r["root_node"]],
             raised_by=r["raised_by"],
+            reopened_at=r["reopened_since"].timestamp() if r["reopened_since"] else None,
         )  # fmt: skip
         found.incidents.append(inc)
+        opened = r["opened_detail"]
+        if opened is not None:
+            said = json.loads(opened) if isinstance(opened, str) else opened
+            found.raised[inc.id] = (
+                inc.opened_at - float(said.get("first_call_ago") or 0.0),
+                int(said.get("callers") or 0),
+                [str(b) for b in said.get("buildings") or ()],
+            )
         if r["eta"] is not None:
             found.eta[inc.id] = r["eta"].timestamp()
         found.calls[inc.id] = r["calls"]

@@ -117,13 +117,18 @@ def ts(seconds: float | None) -> datetime | None:
 
 
 async def open_incidents(conn: Conn) -> list[asyncpg.Record]:
-    """Open incidents with their nodes (root first), for the correlator after a restart."""
+    """Open incidents with their nodes (root first), for the correlator after a restart;
+    for one raised by calls, its opening's detail (callers, buildings, first_call_ago)."""
     return list(
         await conn.fetch(
-            """
+            f"""
             select i.id, i.kind, i.root_node, i.inferred, i.opened_at, i.eta, i.calls, i.raised_by,
+                   {_REOPENED},
+                   case when i.raised_by = 'calls' then
+                       (select e.detail from incident_event e where e.incident_id = i.id
+                        and e.kind = 'opened' order by e.id limit 1) end as opened_detail,
                    coalesce(array_agg(n.node_id order by n.node_id = i.root_node desc, n.node_id)
-                            filter (where n.node_id is not null), '{}') as nodes
+                            filter (where n.node_id is not null), '{{}}') as nodes
             from incident i left join incident_node n on n.incident_id = i.id
             where i.state = 'open'
             group by i.id
@@ -978,7 +983,7 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
             from incident i
             left join lateral (
                 select e.at, (e.detail->>'eta')::timestamptz as eta from incident_event e
-                where e.incident_id = i.id and e.kind = 'eta'
+                where e.incident_id = i.id and e.kind = 'eta' and e.detail->>'eta' is not null
                 order by e.at, e.id limit 1
             ) fe on true
             where i.opened_at < $2 and coalesce(i.resolved_at, 'infinity') > $1
@@ -1036,14 +1041,21 @@ async def replica_incidents(conn: Conn, ids: list[int] | None,
     return list(await conn.fetch(f"{_REPLICA} where {where} {_BY_ID}", resolved_after))
 
 
-_REPLICA = """
+# When an incident's current fault began, if it reopened: its latest "reopened" event's
+# `since` (the incident keeps its first fault's start as opened_at).
+_REOPENED = """
+    (select (e.detail->>'since')::timestamptz from incident_event e
+     where e.incident_id = i.id and e.kind = 'reopened'
+     order by e.at desc, e.id desc limit 1) as reopened_since"""
+
+_REPLICA = f"""
     select i.id, i.state, i.kind, i.root_node, i.inferred, i.opened_at, i.resolved_at,
-           i.eta, i.calls, i.recovering_since, i.subscribers, i.raised_by,
+           i.eta, i.calls, i.recovering_since, i.subscribers, i.raised_by, {_REOPENED},
            case when i.raised_by = 'calls' then
                (select e.detail from incident_event e where e.incident_id = i.id
                 and e.kind = 'opened' order by e.id limit 1) end as opened_detail,
            coalesce(array_agg(n.node_id order by n.node_id = i.root_node desc, n.node_id)
-                    filter (where n.node_id is not null), '{}') as nodes
+                    filter (where n.node_id is not null), '{{}}') as nodes
     from incident i left join incident_node n on n.incident_id = i.id
 """
 _BY_ID = "group by i.id order by i.id"

@@ -115,15 +115,24 @@ async def check(request: web.Request) -> web.Response:
             # entrance's (the detector leaves it out).
             address = match.address
             sub = match.subscriber
-            monitor.record_call(answer.node,
-                                address.text(with_flat=False) if address is not None else "",
-                                matched_by, q[matched_by].strip() + "\x00" + match.flat,
+            building = address.text(with_flat=False) if address is not None else ""
+            monitor.record_call(answer.node, building, *caller_of(match, building),
                                 channel, answer.status.value,
                                 sub.node if sub is not None and sub.ip else "")  # fmt: skip
     rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
     if fmt == "text":
         return web.Response(text=f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n")
     return web.Response(body=remembered_body(rt, answer, match, matched_by, now), headers=JSON)
+
+
+def caller_of(match: Match, building: str) -> tuple[str, str]:
+    """Who called, as the calls' detector tells callers apart (kind, value: kept as a
+    keyed hash): a subscriber by their account, however they were found; a caller the
+    directory has no subscriber for (an address, any flat) as their building, so a
+    building counts once however many flats are named: anyone can name flats."""
+    if match.subscriber is not None:
+        return "account", match.subscriber.account
+    return "building", building
 
 
 def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
@@ -138,7 +147,8 @@ def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now:
         message = texts.render(answer.status, now + step, address=address,
                                since=_add(answer.since, step), eta=_add(answer.eta, step),
                                until=_add(answer.until, step),
-                               resolved=_add(answer.resolved, step))  # fmt: skip
+                               resolved=_add(answer.resolved, step),
+                               node="" if address else answer.node)  # fmt: skip
     return orjson.dumps({
         "status": answer.status,
         "incident_id": str(inc.id) if inc is not None else "",
@@ -298,7 +308,9 @@ async def update_incident(request: web.Request) -> web.Response:
     if rt.monitor is None or await queries.one(rt, iid) is None:
         raise bad(f"there is no incident {iid}.", 404)
     steady_eta = clock.steady(eta) if eta is not None else None
-    rt.monitor.set_eta(iid, steady_eta, note, who or "anonymous")
+    # "eta": null withdraws the estimate (callers hear that work continues).
+    withdraw = "api" if "eta" in body and body["eta"] is None else ""
+    rt.monitor.set_eta(iid, steady_eta, note, who or "anonymous", withdraw)
     log.info("api.incident_updated", incident=iid, by=who, eta=iso(steady_eta),
              note=bool(body.get("note")))  # fmt: skip
     found = await queries.one(rt, iid)

@@ -32,7 +32,8 @@ CHECK = {
         "status": _str("What is known about the caller's service.", enum=STATUSES),
         "incident_id": _str("The incident that explains the status."),
         "root_node": _str("That incident's root cause node."),
-        "since": _str("When it began, ISO 8601 with offset."),
+        "since": _str("When it began, ISO 8601 with offset: for an incident that reopened "
+                      "(its root failed again soon after it resolved), when it failed again."),
         "eta": _str("Expected repair time: an engineer's estimate; for maintenance, the "
                     "works' end or an engineer's later estimate."),
         "message": _str("A sentence ready to be spoken to the caller."),
@@ -61,7 +62,9 @@ INCIDENT = {
         "nodes": {"type": "array", "items": {"type": "string"},
                   "description": "Every node the incident cuts off, root first."},
         "subscribers": {"type": "integer", "minimum": 0},
-        "opened_at": {"type": "string"},
+        "opened_at": {"type": "string",
+                      "description": "When its first fault began (a reopened incident keeps "
+                                     "it; its timeline's `reopened` says since when again)."},
         "resolved_at": NULLABLE_TIME,
         "eta": NULLABLE_TIME,
         "calls": {"type": "integer", "minimum": 0,
@@ -69,7 +72,8 @@ INCIDENT = {
         "raised_by": {"type": "string", "enum": ["probes", "calls"],
                       "description": "calls: a suspected incident, confirmed or not."},
         "callers": {"type": "integer", "minimum": 0,
-                    "description": "Raised by calls, open: distinct callers behind it."},
+                    "description": "Raised by calls, open: distinct callers behind it (a "
+                                   "subscriber, or a building named without one: once)."},
         "first_call_at": {"type": "string",
                           "description": "Raised by calls, open: when the first of them called."},
         "calls_per_minute": {"type": "array", "items": {"type": "integer", "minimum": 0},
@@ -123,7 +127,14 @@ UPDATE_IN = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "eta": {"type": "string", "format": "date-time", "nullable": True},
+        "eta": {
+            "type": "string",
+            "format": "date-time",
+            "nullable": True,
+            "description": "The expected repair time; null withdraws the estimate "
+            "(callers hear that work continues; timeline: eta with "
+            "withdrawn).",
+        },
         "note": {"type": "string", "maxLength": 2000},
         "confirm": {
             "type": "boolean",

@@ -119,7 +119,7 @@ def _suspicion_card(m: Monitor | Replica, inc: Incident) -> dict[str, Any]:
     sus = m.watch.open.get(inc.id)
     if sus is None:
         return {"callers": 0, "chart": ""}
-    return {"callers": len(sus.callers), "chart": chart(sus.per_minute(m.clock()))}
+    return {"callers": sus.distinct_callers, "chart": chart(sus.per_minute(m.clock()))}
 
 
 def chart(per_minute: list[int]) -> Markup:
@@ -430,6 +430,13 @@ def _tree(rt: Runtime, inc: dict[str, Any]) -> Markup:
 def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
     if kind == "note":
         return f"{detail.get('note', '')} — {detail.get('by', '')}"
+    if kind == "eta" and detail.get("eta") is None:
+        why = (
+            " (the incident reopened: it was for the last repair)"
+            if detail.get("withdrawn") == "reopened"
+            else ""
+        )
+        return f"ETA withdrawn{why} — {detail.get('by', '')}"
     if kind == "eta":
         return f"ETA {detail.get('eta', '')} — {detail.get('by', '')}"
     said = _suspicion_text(kind, detail)

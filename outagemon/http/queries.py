@@ -64,10 +64,14 @@ def _suspicion(inc: Incident, monitor: Monitor | Replica) -> dict[str, Any]:
     if sus is None:
         return {}
     now = monitor.clock()
-    return {"callers": len(sus.callers), "first_call_at": iso(sus.first_call),
-            "calls_per_minute": sus.per_minute(now),
-            "buildings": sorted({building_text(c.building) for c in sus.calls
-                                 if c.building})[:20]}  # fmt: skip
+    buildings = {building_text(c.building) for c in sus.calls if c.building}
+    buildings.update(sus.earlier_buildings)  # before a restart (from its opening)
+    return {
+        "callers": sus.distinct_callers,
+        "first_call_at": iso(sus.first_call),
+        "calls_per_minute": sus.per_minute(now),
+        "buildings": sorted(buildings)[:20],
+    }
 
 
 def row_json(r: Any) -> dict[str, Any]:
