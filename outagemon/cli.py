@@ -334,21 +334,17 @@ def _check_config(config_path: Path) -> int:
 
 
 def _reload(config_path: Path, pid: int, timeout: float) -> int:
-    """SIGHUP, then the outcome: exit 0 when applied, 1 when refused (with the reasons)."""
-    import contextlib
-    import os
-    import signal
-
+    """SIGHUP, then the outcome: exit 0 when applied, 1 when refused (with the reasons),
+    2 when `pid` is not the daemon, 3 when applied but some sections wait for a restart."""
     from outagemon import config, reloading
     from outagemon.errors import ConfigError
 
     try:
         cfg = config.load(config_path)
     except ConfigError as e:
-        # The daemon refuses it too (and logs and counts it); say why without waiting.
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGHUP)
-        print("outagemon reload: refused; the running configuration is kept:", file=sys.stderr)
+        # The daemon would refuse it too: it is not signalled, and keeps what it runs.
+        print("outagemon reload: refused (the daemon was not signalled); the running "
+              "configuration is kept:", file=sys.stderr)  # fmt: skip
         for problem in e.problems:
             print(problem, file=sys.stderr)
         return 1

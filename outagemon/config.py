@@ -182,6 +182,34 @@ class Config:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
+# What a reload cannot change in a running daemon, since it is read once at start (a
+# socket, a connection pool, the alert sender, the lease): section -> those of its keys,
+# or None for every key. The rest of a reloaded config takes effect at once.
+NEEDS_RESTART: dict[str, tuple[str, ...] | None] = {
+    "daemon": None,
+    "database": ("dsn", "write_queue", "queue_bytes", "timeout"),
+    "http": ("listen", "tls_cert", "tls_key", "max_streams", "workers"),
+    "notify": None,
+    "cluster": None,
+    "history": ("connections", "timeout"),
+    "callers": ("keep",),
+}
+
+
+def restart_needed(running: Config, new: Config) -> list[str]:
+    """What `new` changes that only a restart takes ("[notify]", "[http] listen"), against
+    the config the daemon started with."""
+    pending: list[str] = []
+    for section, keys in NEEDS_RESTART.items():
+        old, now = getattr(running, section), getattr(new, section)
+        if keys is None:
+            if old != now:
+                pending.append(f"[{section}]")
+            continue
+        pending += [f"[{section}] {k}" for k in keys if getattr(old, k) != getattr(now, k)]
+    return pending
+
+
 # Keys whose values are secrets: a problem with one names its type, never its value.
 SECRET_KEYS = frozenset({"token", "dsn", "metrics_token", "secret"})
 TOKEN_MIN = 16  # characters; shorter ones are refused

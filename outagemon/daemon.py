@@ -53,10 +53,8 @@ from outagemon.workers import Workers
 
 log = logs.get("outagemon.daemon")
 
-# Keys read once at start; a reload that changes them says they wait for a restart.
 # Seconds between the daemon's pings of a connected database.
 DB_PING_EVERY = 3.0
-RESTART_KEYS = ("daemon", "database", "http", "notify", "cluster")
 CRITICAL = {"scheduler", "correlate", "engine", "writer", "simulate", "watchdog", "reloads",
             "lease"}  # fmt: skip
 Task = Coroutine[Any, Any, None]
@@ -106,6 +104,9 @@ class Daemon:
         workers: Workers | None = None,
     ) -> None:
         self.runtime = Runtime(config=config, directory=loaded.directory, texts=texts)
+        # What the parts read once at start were made of: a reload that changes them says
+        # they wait for a restart (config.NEEDS_RESTART), the second reload too.
+        self._boot_config = config
         # With HTTP workers, they listen on the port and this process on their socket.
         self.workers = workers
         if workers is not None:
@@ -224,6 +225,11 @@ class Daemon:
         except SpoolError as e:
             raise OutagemonError(str(e)) from None
         stack.callback(spool.close)
+        try:
+            reloading.mark(cfg.daemon.state_dir)  # `outagemon reload` signals this pid only
+        except OSError as e:
+            log.warning("daemon.pid_unwritten", error=str(e))
+        stack.callback(reloading.unmark, cfg.daemon.state_dir)
         pending = durable.pending(replayed.records, replayed.marks)
         holder = _Database()
         stack.push_async_callback(holder.close)
@@ -482,18 +488,18 @@ class Daemon:
         self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={int(started * 1_000_000)}")
         log.info("config.reload_started")
         try:
-            outcome, problems = await self._reload()
+            outcome, problems, pending = await self._reload()
         finally:
             self.notifier.send("READY=1")
         log.info("config.reload_done", outcome=outcome)
         if self.workers is not None and outcome != "refused":
             self.workers.reload()  # they load it too, and are replaced one by one
         try:
-            reloading.write(self.config.daemon.state_dir, started, outcome, problems)
+            reloading.write(self.config.daemon.state_dir, started, outcome, problems, pending)
         except OSError as e:
             log.warning("config.reload_outcome_unwritten", error=str(e))
 
-    async def _reload(self) -> tuple[str, list[str]]:
+    async def _reload(self) -> tuple[str, list[str], list[str]]:
         path = self.config.path
         try:
             new = config_mod.load(path)
@@ -514,10 +520,10 @@ class Daemon:
         except ConfigError as e:
             self._reloads.inc(outcome="refused")
             log.error("config.reload_refused", path=str(path), problems=e.problems)
-            return "refused", e.problems
+            return "refused", e.problems, []
         for warning in new.warnings:
             log.warning("config.warning", problem=warning)
-        pending = [k for k in RESTART_KEYS if getattr(new, k) != getattr(self.config, k)]
+        pending = config_mod.restart_needed(self._boot_config, new)
         if pending:
             log.warning("config.restart_needed", sections=pending)
         old: list[object] = [self.runtime.directory]
@@ -537,7 +543,7 @@ class Daemon:
         self._reloads.inc(outcome="applied")
         log.info("config.reloaded", path=str(path))
         self._spawn(_release(old), "release")
-        return "applied", []
+        return "applied", [], pending
 
 
 ROLE_POLL = 0.2  # s: how often a cluster's node looks whether to answer from its replica

@@ -1,0 +1,103 @@
+"""The command line as a new user meets it: every bad input gets a sentence naming what was
+wrong (never a traceback), and `outagemon reload` says what a reload did and did not do."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from outagemon import reloading
+from tests.test_daemon import Proc
+from tests.test_daemon_reliability import daemon, reload_cli  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "outagemon", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)  # fmt: skip
+
+
+def minimal_config(tmp: Path, extra: str = "") -> Path:
+    (tmp / "topo.yaml").write_text("- {id: core-1, kind: core, ip: 127.0.0.1}\n")
+    path = tmp / "om.toml"
+    path.write_text(f'[daemon]\nstate_dir = "{tmp}"\n[topology]\nfile = "topo.yaml"\n{extra}')
+    return path
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that is not outagemon's and must survive what the test does."""
+    proc = subprocess.Popen(["sleep", "300"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_reload_sends_no_signal_to_a_process_that_is_not_an_outagemon_daemon(
+    tmp_path: Path, bystander: subprocess.Popen[bytes]
+) -> None:
+    cfg = minimal_config(tmp_path)
+    result = run_cli("reload", "-c", str(cfg), "--pid", str(bystander.pid), "--timeout", "2")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"process {bystander.pid} (sleep 300) is not an outagemon daemon" in result.stderr
+    assert "Traceback" not in result.stderr
+    time.sleep(0.2)
+    assert bystander.poll() is None, "the sleep was killed by the SIGHUP"
+
+
+def test_reload_signals_nothing_when_it_refuses_the_config_itself(
+    tmp_path: Path, bystander: subprocess.Popen[bytes]
+) -> None:
+    cfg = minimal_config(tmp_path, "[probe]\nintervall = 5\n")
+    result = run_cli("reload", "-c", str(cfg), "--pid", str(bystander.pid))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "not signalled" in result.stderr and "'intervall'" in result.stderr
+    time.sleep(0.2)
+    assert bystander.poll() is None, "a refused config must not be signalled to anyone"
+
+
+def test_reload_refuses_an_outagemon_run_that_is_not_the_daemon_of_its_state_dir(
+    tmp_path: Path,
+) -> None:
+    # Looks like `outagemon run` (a worker supervisor forked by the daemon does), but the
+    # daemon's pid file names another process.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
+                              "outagemon", "run"])  # fmt: skip
+    try:
+        cfg = minimal_config(tmp_path)
+        (tmp_path / reloading.PID_FILE).write_text(f"{os.getpid()}\n")
+        result = run_cli("reload", "-c", str(cfg), "--pid", str(other.pid), "--timeout", "2")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"is not the daemon of {tmp_path}, which is process {os.getpid()}" in (
+            result.stderr
+        )
+        time.sleep(0.2)
+        assert other.poll() is None
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+
+
+def test_a_reload_names_the_sections_that_wait_for_a_restart(daemon: Proc) -> None:  # noqa: F811
+    assert (daemon.state / reloading.PID_FILE).read_text().strip() == str(daemon.process.pid)
+    good = daemon.config.read_text()
+    daemon.config.write_text(good + "[notify]\ncritical_subscribers = 400\n")
+    result = reload_cli(daemon)
+    assert result.returncode == reloading.RESTART_NEEDED, result.stdout + result.stderr
+    assert ("reloaded; these sections need a restart to take effect: [notify]"
+            in result.stderr)  # fmt: skip
+    # Measured against what the daemon started with: a second reload still says so.
+    result = reload_cli(daemon)
+    assert result.returncode == reloading.RESTART_NEEDED, result.stdout + result.stderr
+    # Back to what it started with: nothing waits for a restart.
+    daemon.config.write_text(good)
+    result = reload_cli(daemon)
+    assert result.returncode == 0 and result.stdout.strip() == "reloaded.", result.stderr
