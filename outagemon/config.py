@@ -17,6 +17,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import tomllib
 import urllib.parse
 import zoneinfo
@@ -695,6 +696,8 @@ def _http(raw: dict[str, Any], base: Path, problems: list[str]) -> HttpConfig:
     cert, key = raw.get("tls_cert"), raw.get("tls_key")
     if (cert is None) != (key is None):
         problems.append("[http] tls_cert and tls_key go together: give both or neither.")
+    if cert and key:
+        _tls_usable((base / cert).resolve(), (base / key).resolve(), problems)
     metrics_token = raw.get("metrics_token", "")
     if "metrics_token_file" in raw:
         if metrics_token:
@@ -718,6 +721,48 @@ def _http(raw: dict[str, Any], base: Path, problems: list[str]) -> HttpConfig:
         max_streams=raw.get("max_streams", HttpConfig().max_streams),
         workers=raw.get("workers", HttpConfig().workers),
     )
+
+
+def _tls_usable(cert: Path, key: Path, problems: list[str]) -> None:
+    """What `run` does with them (daemon.tls_context), so check-config and run agree."""
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as e:
+            problems.append(f"[http] {name} {path}: {_no_file(e)}.")
+            return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        problems.append(f"[http] tls_cert {cert} with tls_key {key} cannot be used: {reason}.")
+
+
+def _no_file(e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if isinstance(e, IsADirectoryError):
+        return "a directory, not a file"
+    return f"cannot be read: {e.strerror or e}"
+
+
+def _dsn_problem(dsn: str) -> str | None:
+    """Why asyncpg would refuse `dsn` (its connect parses it so), or None: a postgresql://
+    or postgres:// URL, one host or several (h1:5432,h2:5433), each port a number."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        kind = f"a {scheme}:// URL" if sep else (
+            "a libpq key=value string" if "=" in dsn else "not a URL")
+        return (f"must be a postgresql:// (or postgres://) URL, such as "
+                f"postgresql://outagemon@db.example.net:5432/outagemon; it is {kind} "
+                "(its value is not shown)")  # fmt: skip
+    hosts = urllib.parse.urlsplit(dsn).netloc.rpartition("@")[2]
+    for spec in hosts.split(",") if hosts else []:
+        port = spec.rpartition("]")[2].rpartition(":")[2] if ":" in spec.rpartition("]")[2] else ""
+        if port and not port.isdigit():
+            return "has a port that is not a number (its value is not shown)"
+    return None
 
 
 def _http_warnings(
@@ -759,6 +804,11 @@ def _database(raw: dict[str, Any], base: Path, problems: list[str]) -> DatabaseC
         if dsn:
             problems.append("[database] give dsn or dsn_file, not both.")
         dsn = _read_secret(raw["dsn_file"], base, "[database] dsn_file", problems) or ""
+        where = f"[database] dsn_file {secret_file(raw['dsn_file'], base)}: the text it holds"
+    else:
+        where = "[database] dsn"
+    if dsn and (why := _dsn_problem(dsn)) is not None:
+        problems.append(f"{where} {why}.")
     other = {
         k: raw[k] for k in ("write_queue", "queue_bytes", "timeout", "read_timeout") if k in raw
     }

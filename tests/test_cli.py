@@ -101,3 +101,45 @@ def test_a_reload_names_the_sections_that_wait_for_a_restart(daemon: Proc) -> No
     daemon.config.write_text(good)
     result = reload_cli(daemon)
     assert result.returncode == 0 and result.stdout.strip() == "reloaded.", result.stderr
+
+
+def test_check_config_refuses_a_missing_certificate_as_run_does(tmp_path: Path) -> None:
+    (tmp_path / "key.pem").write_text("a key\n")
+    cfg = minimal_config(tmp_path, '[http]\ntls_cert = "cert.pem"\ntls_key = "key.pem"\n')
+    said = f"[http] tls_cert {tmp_path}/cert.pem: no such file."
+    for command in ("check-config", "run"):
+        result = run_cli(command, "-c", str(cfg))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert said in result.stderr, result.stderr
+        assert "valid" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("database", "said"),
+    [
+        ('dsn = "mysql://x"', "[database] dsn must be a postgresql:// (or postgres://) URL"),
+        ('dsn_file = "dsn"', "[database] dsn_file {tmp}/dsn: the text it holds must be a "
+         "postgresql:// (or postgres://) URL"),
+        ('dsn = "postgresql://om@db:fivefour/om"', "[database] dsn has a port that is not a"),
+    ],
+)  # fmt: skip
+def test_check_config_refuses_a_dsn_that_the_database_driver_refuses(
+    tmp_path: Path, database: str, said: str
+) -> None:
+    (tmp_path / "dsn").write_text("host=db.example.net user=om password=hunter2\n")
+    cfg = minimal_config(tmp_path, f"[database]\n{database}\n")
+    result = run_cli("check-config", "-c", str(cfg))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert said.format(tmp=tmp_path) in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr and "fivefour" not in result.stderr
+    if "dsn_file" in database:
+        assert "a libpq key=value string" in result.stderr
+
+
+def test_every_dsn_the_driver_accepts_is_accepted() -> None:
+    from outagemon import config
+
+    for dsn in ("postgresql://om@db/om", "postgres://om:pw@db1:5432,db2:5433/om",
+                "postgresql://om@[::1]:5432/om", "postgresql:///om?host=/run/postgresql"):  # fmt: skip
+        cfg = config.parse(f'[database]\ndsn = "{dsn}"\n', Path("/etc/om.toml"))
+        assert cfg.database.dsn == dsn
