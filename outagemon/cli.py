@@ -12,9 +12,21 @@ USAGE_ERROR = 2
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # One sentence and exit 2, as the contract asks; argparse's own usage dump is noise.
-        self.exit(
-            USAGE_ERROR, f"outagemon: {message}. See 'outagemon {self.prog.split()[-1]} --help'.\n"
+        # self.prog is the whole command: "outagemon", "outagemon report downtime".
+        self.exit(USAGE_ERROR, f"outagemon: {message}. See '{self.prog} --help'.\n")
+
+
+def _port(text: str) -> int:
+    """A TCP port for --port: 1-65535, or 0 for any free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a port number from 1 to 65535 (or 0 for any free port), not {text!r}"
         )
+    return port
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     reload.add_argument("--pid", type=int, required=True, help="the daemon's ($MAINPID)")
     reload.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
     demo = sub.add_parser("demo", help="a self-contained demonstration on a simulated city")
-    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--port", type=_port, default=8080,
+                      help="1-65535, or 0 for any free port (default 8080)")  # fmt: skip
     demo.add_argument("--language", choices=["ru", "en"], default="ru")
     probe = sub.add_parser(
         "probe",

@@ -143,3 +143,63 @@ def test_every_dsn_the_driver_accepts_is_accepted() -> None:
                 "postgresql://om@[::1]:5432/om", "postgresql:///om?host=/run/postgresql"):  # fmt: skip
         cfg = config.parse(f'[database]\ndsn = "{dsn}"\n', Path("/etc/om.toml"))
         assert cfg.database.dsn == dsn
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_a_demo_port_out_of_range_is_a_sentence(port: str) -> None:
+    result = run_cli("demo", "--port", port)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr == (
+        f"outagemon: argument --port: must be a port number from 1 to 65535 (or 0 for any "
+        f"free port), not {port!r}. See 'outagemon demo --help'.\n"
+    )
+
+
+def test_demo_port_0_takes_a_free_port_and_the_banner_names_it(tmp_path: Path) -> None:
+    import re
+    import urllib.request
+
+    log = tmp_path / "demo.log"
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    with log.open("wb") as out:
+        demo = subprocess.Popen([sys.executable, "-m", "outagemon", "demo", "--port", "0"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            assert demo.poll() is None, log.read_text()
+            time.sleep(0.5)
+            ports = set(re.findall(r"http://127\.0\.0\.1:(\d+)/", log.read_text()))
+            if not ports:
+                continue
+            assert len(ports) == 1 and ports != {"0"}, ports
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports.pop()}/healthz",
+                                            timeout=2) as r:  # fmt: skip
+                    status = r.status
+            except OSError:
+                continue
+        assert status == 200, log.read_text()[-2000:]
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=15)
+
+
+@pytest.mark.parametrize(
+    ("args", "help_command"),
+    [
+        ([], "outagemon --help"),
+        (["report", "downtime", "--from", "x"], "outagemon report downtime --help"),
+        (["report"], "outagemon report --help"),
+        (["probe", "--count", "x"], "outagemon probe --help"),
+    ],
+)
+def test_a_usage_error_points_to_help_that_exists(args: list[str], help_command: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("outagemon: ") and result.stderr.endswith(
+        f" See '{help_command}'.\n"
+    ), result.stderr
+    shown = run_cli(*help_command.split()[1:])
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: "), shown.stderr
