@@ -298,13 +298,32 @@ def _check_config(config_path: Path) -> int:
     from outagemon.core import directory, messages
     from outagemon.errors import ConfigError
 
+    # Every problem in one pass: the config's, and the topology's and subscribers' as far
+    # as the config names them, even when it has problems of its own.
+    problems: list[str] = []
+    cfg: config.Config | None = None
     try:
         cfg = config.load(config_path)
-        messages.load(cfg.messages.language, cfg.messages.file, cfg.messages.timezone)
-        loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
-        for problem in e.problems:
+        problems += e.problems
+    files = cfg.topology if cfg is not None else config.files_of(config_path)
+    if cfg is not None:
+        try:
+            messages.load(cfg.messages.language, cfg.messages.file, cfg.messages.timezone)
+        except ConfigError as e:
+            problems += config.keyed(e.problems, cfg)
+    loaded = None
+    if files is not None:
+        try:
+            loaded = directory.load(files.file, files.subscribers)
+        except ConfigError as e:
+            problems += config.keyed(e.problems, cfg if cfg is not None else files)
+    if cfg is None or loaded is None or problems:
+        for problem in problems:
             print(problem, file=sys.stderr)
+        if loaded is not None:
+            for problem in loaded.problems:
+                print(problem, file=sys.stderr)
         return USAGE_ERROR
     for problem in loaded.problems:
         print(problem, file=sys.stderr)

@@ -661,12 +661,7 @@ def parse(text: str, path: Path) -> Config:
     daemon = (
         DaemonConfig((base / daemon_raw["state_dir"]).resolve()) if daemon_raw else DaemonConfig()
     )
-    topo_raw = sections.get("topology", {})
-    subscribers = topo_raw.get("subscribers", "")
-    topology = TopologyConfig(
-        file=(base / topo_raw.get("file", "topology.yaml")).resolve(),
-        subscribers=(base / subscribers).resolve() if subscribers else None,
-    )
+    topology = _topology(sections.get("topology", {}), base)
     anchors = tuple(sections.get("vantage", {}).get("anchors", ()))
     cluster = _cluster(raw, sections.get("cluster", {}), database, problems)
     if problems:
@@ -688,6 +683,50 @@ def parse(text: str, path: Path) -> Config:
         notify=notify,
         warnings=tuple(f"{path}: {w}" for w in warnings),
     )
+
+
+def _topology(raw: dict[str, Any], base: Path) -> TopologyConfig:
+    subscribers = raw.get("subscribers", "")
+    return TopologyConfig(
+        file=(base / raw.get("file", "topology.yaml")).resolve(),
+        subscribers=(base / subscribers).resolve() if subscribers else None,
+    )
+
+
+def files_of(path: Path | str) -> TopologyConfig | None:
+    """The topology and subscribers files a config names, even when it has problems
+    elsewhere (check-config then reports theirs too); None when they cannot be told."""
+    path = Path(path).absolute()
+    try:
+        raw = tomllib.loads(read_text(path))
+    except (ConfigError, tomllib.TOMLDecodeError):
+        return None
+    table = raw.get("topology", {})
+    if not isinstance(table, dict):
+        return None
+    good = {k: v for k, v in table.items() if k in SCHEMA["topology"] and
+            SCHEMA["topology"][k](v) is None}  # fmt: skip
+    if len(good) != len(table):
+        return None  # a bad [topology] key: its own problem says which
+    return _topology(good, path.parent)
+
+
+def keyed(problems: list[str], cfg: Config | TopologyConfig) -> list[str]:
+    """Problems of a file that is missing or unreadable, said with the key naming it:
+    "[topology] file /etc/om/topo.yaml: no such file."."""
+    topo = cfg.topology if isinstance(cfg, Config) else cfg
+    keys = {topo.file: "[topology] file", topo.subscribers: "[topology] subscribers"}
+    if isinstance(cfg, Config) and cfg.messages.file is not None:
+        keys[cfg.messages.file] = "[messages] file"
+    said: list[str] = []
+    for problem in problems:
+        for file, key in keys.items():
+            if file is not None and (problem == f"{file}: no such file." or
+                                     problem.startswith(f"{file}: cannot be read: ")):  # fmt: skip
+                problem = f"{key} {problem}"
+                break
+        said.append(problem)
+    return said
 
 
 def _http(raw: dict[str, Any], base: Path, problems: list[str]) -> HttpConfig:
@@ -750,10 +789,13 @@ def _no_file(e: OSError) -> str:
 def _dsn_problem(dsn: str) -> str | None:
     """Why asyncpg would refuse `dsn` (its connect parses it so), or None: a postgresql://
     or postgres:// URL, one host or several (h1:5432,h2:5433), each port a number."""
-    scheme, sep, rest = dsn.partition("://")
+    scheme, sep, _ = dsn.partition("://")
     if not sep or scheme not in ("postgresql", "postgres"):
-        kind = f"a {scheme}:// URL" if sep else (
-            "a libpq key=value string" if "=" in dsn else "not a URL")
+        kind = (
+            f"a {scheme}:// URL"
+            if sep
+            else ("a libpq key=value string" if "=" in dsn else "not a URL")
+        )
         return (f"must be a postgresql:// (or postgres://) URL, such as "
                 f"postgresql://outagemon@db.example.net:5432/outagemon; it is {kind} "
                 "(its value is not shown)")  # fmt: skip

@@ -107,6 +107,7 @@ class Daemon:
         # What the parts read once at start were made of: a reload that changes them says
         # they wait for a restart (config.NEEDS_RESTART), the second reload too.
         self._boot_config = config
+        self.restart_pending: list[str] = []  # what the last applied reload left for a restart
         # With HTTP workers, they listen on the port and this process on their socket.
         self.workers = workers
         if workers is not None:
@@ -488,18 +489,19 @@ class Daemon:
         self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={int(started * 1_000_000)}")
         log.info("config.reload_started")
         try:
-            outcome, problems, pending = await self._reload()
+            outcome, problems = await self._reload()
         finally:
             self.notifier.send("READY=1")
         log.info("config.reload_done", outcome=outcome)
         if self.workers is not None and outcome != "refused":
             self.workers.reload()  # they load it too, and are replaced one by one
         try:
-            reloading.write(self.config.daemon.state_dir, started, outcome, problems, pending)
+            reloading.write(self.config.daemon.state_dir, started, outcome, problems,
+                            self.restart_pending if outcome == "applied" else [])  # fmt: skip
         except OSError as e:
             log.warning("config.reload_outcome_unwritten", error=str(e))
 
-    async def _reload(self) -> tuple[str, list[str], list[str]]:
+    async def _reload(self) -> tuple[str, list[str]]:
         path = self.config.path
         try:
             new = config_mod.load(path)
@@ -520,10 +522,10 @@ class Daemon:
         except ConfigError as e:
             self._reloads.inc(outcome="refused")
             log.error("config.reload_refused", path=str(path), problems=e.problems)
-            return "refused", e.problems, []
+            return "refused", e.problems
         for warning in new.warnings:
             log.warning("config.warning", problem=warning)
-        pending = config_mod.restart_needed(self._boot_config, new)
+        self.restart_pending = pending = config_mod.restart_needed(self._boot_config, new)
         if pending:
             log.warning("config.restart_needed", sections=pending)
         old: list[object] = [self.runtime.directory]
@@ -543,7 +545,7 @@ class Daemon:
         self._reloads.inc(outcome="applied")
         log.info("config.reloaded", path=str(path))
         self._spawn(_release(old), "release")
-        return "applied", [], pending
+        return "applied", []
 
 
 ROLE_POLL = 0.2  # s: how often a cluster's node looks whether to answer from its replica
@@ -718,6 +720,7 @@ def report_skipped(problems: list[str], limit: int = 100) -> None:
 def run(config_path: Path, source: ProbeSource | None = None) -> int:
     """`outagemon run`: 0 after a clean stop, 2 for a bad config, 1 when start-up failed.
     (`source`: where probe results come from, ICMP unless given: a benchmark simulates.)"""
+    cfg: Config | None = None
     try:
         cfg = config_mod.load(config_path)
         logs.setup()
@@ -725,7 +728,7 @@ def run(config_path: Path, source: ProbeSource | None = None) -> int:
         texts = dataclasses.replace(texts, suspected=cfg.callers.sentence)
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
-        for problem in e.problems:
+        for problem in config_mod.keyed(e.problems, cfg) if cfg is not None else e.problems:
             print(problem, file=sys.stderr)
         return 2
     for warning in cfg.warnings:

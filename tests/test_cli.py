@@ -76,9 +76,7 @@ def test_reload_refuses_an_outagemon_run_that_is_not_the_daemon_of_its_state_dir
         (tmp_path / reloading.PID_FILE).write_text(f"{os.getpid()}\n")
         result = run_cli("reload", "-c", str(cfg), "--pid", str(other.pid), "--timeout", "2")
         assert result.returncode == 2, result.stdout + result.stderr
-        assert f"is not the daemon of {tmp_path}, which is process {os.getpid()}" in (
-            result.stderr
-        )
+        assert f"is not the daemon of {tmp_path}, which is process {os.getpid()}" in result.stderr
         time.sleep(0.2)
         assert other.poll() is None
     finally:
@@ -139,8 +137,13 @@ def test_check_config_refuses_a_dsn_that_the_database_driver_refuses(
 def test_every_dsn_the_driver_accepts_is_accepted() -> None:
     from outagemon import config
 
-    for dsn in ("postgresql://om@db/om", "postgres://om:pw@db1:5432,db2:5433/om",
-                "postgresql://om@[::1]:5432/om", "postgresql:///om?host=/run/postgresql"):  # fmt: skip
+    accepted = [
+        "postgresql://om@db/om",
+        "postgres://om:pw@db1:5432,db2:5433/om",
+        "postgresql://om@[::1]:5432/om",
+        "postgresql:///om?host=/run/postgresql",
+    ]
+    for dsn in accepted:
         cfg = config.parse(f'[database]\ndsn = "{dsn}"\n', Path("/etc/om.toml"))
         assert cfg.database.dsn == dsn
 
@@ -203,3 +206,37 @@ def test_a_usage_error_points_to_help_that_exists(args: list[str], help_command:
     ), result.stderr
     shown = run_cli(*help_command.split()[1:])
     assert shown.returncode == 0 and shown.stdout.startswith("usage: "), shown.stderr
+
+
+def test_check_config_lists_the_config_topology_and_subscriber_problems_in_one_pass(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "topo.yaml").write_text(
+        "nodes:\n- {id: core-1, kind: core, ip: 127.0.0.1}\n- {id: core-1, kind: core}\n"
+    )
+    cfg = tmp_path / "om.toml"
+    cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n[probe]\nintervall = 5\n'
+                   '[topology]\nfile = "topo.yaml"\n')  # fmt: skip
+    result = run_cli("check-config", "-c", str(cfg))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{cfg}: unknown key [probe] 'intervall' (did you mean 'interval'?).",
+        f"{tmp_path}/topo.yaml: line 3: duplicate id 'core-1' (first at line 2).",
+    ]
+    # With a good topology, the subscribers' rows are listed beside the config's problem.
+    (tmp_path / "topo.yaml").write_text("nodes:\n- {id: core-1, kind: core, ip: 127.0.0.1}\n")
+    (tmp_path / "subs.csv").write_text("account,phone,address,flat\n1,,,1\n")
+    cfg.write_text(cfg.read_text() + 'subscribers = "subs.csv"\n')
+    result = run_cli("check-config", "-c", str(cfg))
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 2, result.stderr
+    assert "'intervall'" in lines[0] and lines[1].startswith(f"{tmp_path}/subs.csv"), lines
+
+
+def test_a_missing_topology_file_is_named_with_its_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "om.toml"
+    cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n[topology]\nfile = "topo.yaml"\n')
+    for command in ("check-config", "run"):
+        result = run_cli(command, "-c", str(cfg))
+        assert result.returncode == 2
+        assert result.stderr == f"[topology] file {tmp_path}/topo.yaml: no such file.\n"
