@@ -387,6 +387,23 @@ def _reload(config_path: Path, pid: int, timeout: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("run", "demo"):  # daemons: their output is the journal's
+        return _dispatch(args)
+    try:
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe is a traceback
+    except BrokenPipeError:
+        # The reader has gone (`| head -1`): stop quietly, as Unix tools do on SIGPIPE,
+        # and keep the interpreter's last flush from failing again.
+        import os
+        import signal
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from outagemon import daemon
 

@@ -26,7 +26,7 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 def minimal_config(tmp: Path, extra: str = "") -> Path:
-    (tmp / "topo.yaml").write_text("- {id: core-1, kind: core, ip: 127.0.0.1}\n")
+    (tmp / "topo.yaml").write_text("nodes:\n- {id: core-1, kind: core, ip: 127.0.0.1}\n")
     path = tmp / "om.toml"
     path.write_text(f'[daemon]\nstate_dir = "{tmp}"\n[topology]\nfile = "topo.yaml"\n{extra}')
     return path
@@ -240,3 +240,15 @@ def test_a_missing_topology_file_is_named_with_its_key(tmp_path: Path) -> None:
         result = run_cli(command, "-c", str(cfg))
         assert result.returncode == 2
         assert result.stderr == f"[topology] file {tmp_path}/topo.yaml: no such file.\n"
+
+
+def test_a_closed_pipe_ends_the_output_quietly_as_unix_tools_do(tmp_path: Path) -> None:
+    cfg = minimal_config(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "outagemon", "check-config", "-c", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # `| head -0`: the reader is gone before the first line
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert stderr == "", stderr
