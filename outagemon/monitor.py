@@ -144,6 +144,12 @@ class Monitor:
             "outagemon_suspicion_delay_seconds",
             "Seconds from a suspicion's first call to its raising: sum and count.",
         )
+        # Every series at 0 from the start, labelled as the README lists them: else the
+        # first scrape shows a bare unlabelled 0 that no query by outcome or part matches.
+        for outcome in SUSPICION_OUTCOMES:
+            self._suspicions.inc(0, outcome=outcome)
+        for part in ("sum", "count"):
+            self._suspicion_delay.inc(0, part=part)
 
     # -- feeding -----------------------------------------------------------------------
 
@@ -564,6 +570,9 @@ class Monitor:
         self.watch.set_topology(directory.topology, directory.counts, below)
         self.watch.settings = call_settings(self.config.callers)
         return replaced
+
+
+SUSPICION_OUTCOMES = ("suspected", "confirmed", "dismissed", "expired", "repaired")
 
 
 def _outcome(e: Event) -> str:
