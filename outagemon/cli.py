@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=1000.0,
         metavar="MS",
-        help="milliseconds to wait for a reply (default 1000)",
+        help="milliseconds to wait for a reply (at least 1; default 1000)",
     )
     probe.add_argument("-f", "--file", metavar="FILE", help="targets, one a line; - for stdin")
     probe.add_argument("--json", action="store_true", help="one JSON array of results")

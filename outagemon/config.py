@@ -648,7 +648,10 @@ def parse(text: str, path: Path) -> Config:
             f"[probe] interval ({probe.interval} s)."
         )
     http = _http(sections.get("http", {}), base, problems)
-    _http_warnings(http, bool(tokens), problems, warnings)
+    # Entries written but refused are named by their own problems: page_auth does not
+    # then say that there are none.
+    written = raw.get("auth", {}).get("tokens") if isinstance(raw.get("auth"), dict) else None
+    _http_warnings(http, bool(tokens or written), problems, warnings)
     database = _database(sections.get("database", {}), base, problems)
     if http.workers > MAX_WORKERS:
         problems.append(f"[http] workers = {http.workers} is more than {MAX_WORKERS}; give at "

@@ -252,3 +252,38 @@ def test_a_closed_pipe_ends_the_output_quietly_as_unix_tools_do(tmp_path: Path) 
     proc.stderr.close()
     assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
     assert stderr == "", stderr
+
+
+def test_page_auth_with_only_a_refused_token_names_the_token_not_its_absence(
+    tmp_path: Path,
+) -> None:
+    token = 'token = "0123456789abcdef0123456789abcdef01"\n'
+    extra = f'[http]\npage_auth = true\n[[auth.tokens]]\nname = "noc"\n{token}role = "reader"\n'
+    cfg = minimal_config(tmp_path, extra)
+    result = run_cli("check-config", "-c", str(cfg))
+    assert result.returncode == 2
+    assert result.stderr == (f"{cfg}: [[auth.tokens]] number 1: role must be one of 'read', "
+                             "'write', not 'reader'.\n")  # fmt: skip
+    # With no entry at all, page_auth says what it needs.
+    cfg = minimal_config(tmp_path, "[http]\npage_auth = true\n")
+    result = run_cli("check-config", "-c", str(cfg))
+    assert "page_auth needs at least one [[auth.tokens]]" in result.stderr
+
+
+@pytest.mark.parametrize("timeout", ["0.001", "0.5"])
+def test_a_probe_timeout_shorter_than_the_engine_keeps_is_refused_with_the_minimum(
+    timeout: str,
+) -> None:
+    result = run_cli("probe", "-t", timeout, "127.0.0.1")
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert result.stderr.startswith(
+        f"outagemon probe: -t {float(timeout):g} is shorter than the engine can enforce: "
+        "give at least 1 (ms)."
+    ), result.stderr
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0"])
+def test_a_probe_timeout_that_is_not_a_time_is_a_usage_error(timeout: str) -> None:
+    result = run_cli("probe", "-t", timeout, "127.0.0.1")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "-t above 0" in result.stderr and "Traceback" not in result.stderr
