@@ -12,9 +12,21 @@ USAGE_ERROR = 2
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # One sentence and exit 2, as the contract asks; argparse's own usage dump is noise.
-        self.exit(
-            USAGE_ERROR, f"outagemon: {message}. See 'outagemon {self.prog.split()[-1]} --help'.\n"
+        # self.prog is the whole command: "outagemon", "outagemon report downtime".
+        self.exit(USAGE_ERROR, f"outagemon: {message}. See '{self.prog} --help'.\n")
+
+
+def _port(text: str) -> int:
+    """A TCP port for --port: 1-65535, or 0 for any free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a port number from 1 to 65535 (or 0 for any free port), not {text!r}"
         )
+    return port
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     reload.add_argument("--pid", type=int, required=True, help="the daemon's ($MAINPID)")
     reload.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
     demo = sub.add_parser("demo", help="a self-contained demonstration on a simulated city")
-    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--port", type=_port, default=8080,
+                      help="1-65535, or 0 for any free port (default 8080)")  # fmt: skip
     demo.add_argument("--language", choices=["ru", "en"], default="ru")
     probe = sub.add_parser(
         "probe",
@@ -56,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=1000.0,
         metavar="MS",
-        help="milliseconds to wait for a reply (default 1000)",
+        help="milliseconds to wait for a reply (at least 1; default 1000)",
     )
     probe.add_argument("-f", "--file", metavar="FILE", help="targets, one a line; - for stdin")
     probe.add_argument("--json", action="store_true", help="one JSON array of results")
@@ -285,13 +298,32 @@ def _check_config(config_path: Path) -> int:
     from outagemon.core import directory, messages
     from outagemon.errors import ConfigError
 
+    # Every problem in one pass: the config's, and the topology's and subscribers' as far
+    # as the config names them, even when it has problems of its own.
+    problems: list[str] = []
+    cfg: config.Config | None = None
     try:
         cfg = config.load(config_path)
-        messages.load(cfg.messages.language, cfg.messages.file, cfg.messages.timezone)
-        loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
-        for problem in e.problems:
+        problems += e.problems
+    files = cfg.topology if cfg is not None else config.files_of(config_path)
+    if cfg is not None:
+        try:
+            messages.load(cfg.messages.language, cfg.messages.file, cfg.messages.timezone)
+        except ConfigError as e:
+            problems += config.keyed(e.problems, cfg)
+    loaded = None
+    if files is not None:
+        try:
+            loaded = directory.load(files.file, files.subscribers)
+        except ConfigError as e:
+            problems += config.keyed(e.problems, cfg if cfg is not None else files)
+    if cfg is None or loaded is None or problems:
+        for problem in problems:
             print(problem, file=sys.stderr)
+        if loaded is not None:
+            for problem in loaded.problems:
+                print(problem, file=sys.stderr)
         return USAGE_ERROR
     for problem in loaded.problems:
         print(problem, file=sys.stderr)
@@ -334,21 +366,17 @@ def _check_config(config_path: Path) -> int:
 
 
 def _reload(config_path: Path, pid: int, timeout: float) -> int:
-    """SIGHUP, then the outcome: exit 0 when applied, 1 when refused (with the reasons)."""
-    import contextlib
-    import os
-    import signal
-
+    """SIGHUP, then the outcome: exit 0 when applied, 1 when refused (with the reasons),
+    2 when `pid` is not the daemon, 3 when applied but some sections wait for a restart."""
     from outagemon import config, reloading
     from outagemon.errors import ConfigError
 
     try:
         cfg = config.load(config_path)
     except ConfigError as e:
-        # The daemon refuses it too (and logs and counts it); say why without waiting.
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGHUP)
-        print("outagemon reload: refused; the running configuration is kept:", file=sys.stderr)
+        # The daemon would refuse it too: it is not signalled, and keeps what it runs.
+        print("outagemon reload: refused (the daemon was not signalled); the running "
+              "configuration is kept:", file=sys.stderr)  # fmt: skip
         for problem in e.problems:
             print(problem, file=sys.stderr)
         return 1
@@ -359,6 +387,23 @@ def _reload(config_path: Path, pid: int, timeout: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("run", "demo"):  # daemons: their output is the journal's
+        return _dispatch(args)
+    try:
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe is a traceback
+    except BrokenPipeError:
+        # The reader has gone (`| head -1`): stop quietly, as Unix tools do on SIGPIPE,
+        # and keep the interpreter's last flush from failing again.
+        import os
+        import signal
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from outagemon import daemon
 

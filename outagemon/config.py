@@ -17,6 +17,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import tomllib
 import urllib.parse
 import zoneinfo
@@ -180,6 +181,34 @@ class Config:
     notify: NotifyConfig = NotifyConfig()
     # Not problems, but worth an operator's attention (a short token): printed, logged.
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+# What a reload cannot change in a running daemon, since it is read once at start (a
+# socket, a connection pool, the alert sender, the lease): section -> those of its keys,
+# or None for every key. The rest of a reloaded config takes effect at once.
+NEEDS_RESTART: dict[str, tuple[str, ...] | None] = {
+    "daemon": None,
+    "database": ("dsn", "write_queue", "queue_bytes", "timeout"),
+    "http": ("listen", "tls_cert", "tls_key", "max_streams", "workers"),
+    "notify": None,
+    "cluster": None,
+    "history": ("connections", "timeout"),
+    "callers": ("keep",),
+}
+
+
+def restart_needed(running: Config, new: Config) -> list[str]:
+    """What `new` changes that only a restart takes ("[notify]", "[http] listen"), against
+    the config the daemon started with."""
+    pending: list[str] = []
+    for section, keys in NEEDS_RESTART.items():
+        old, now = getattr(running, section), getattr(new, section)
+        if keys is None:
+            if old != now:
+                pending.append(f"[{section}]")
+            continue
+        pending += [f"[{section}] {k}" for k in keys if getattr(old, k) != getattr(now, k)]
+    return pending
 
 
 # Keys whose values are secrets: a problem with one names its type, never its value.
@@ -619,7 +648,10 @@ def parse(text: str, path: Path) -> Config:
             f"[probe] interval ({probe.interval} s)."
         )
     http = _http(sections.get("http", {}), base, problems)
-    _http_warnings(http, bool(tokens), problems, warnings)
+    # Entries written but refused are named by their own problems: page_auth does not
+    # then say that there are none.
+    written = raw.get("auth", {}).get("tokens") if isinstance(raw.get("auth"), dict) else None
+    _http_warnings(http, bool(tokens or written), problems, warnings)
     database = _database(sections.get("database", {}), base, problems)
     if http.workers > MAX_WORKERS:
         problems.append(f"[http] workers = {http.workers} is more than {MAX_WORKERS}; give at "
@@ -632,12 +664,7 @@ def parse(text: str, path: Path) -> Config:
     daemon = (
         DaemonConfig((base / daemon_raw["state_dir"]).resolve()) if daemon_raw else DaemonConfig()
     )
-    topo_raw = sections.get("topology", {})
-    subscribers = topo_raw.get("subscribers", "")
-    topology = TopologyConfig(
-        file=(base / topo_raw.get("file", "topology.yaml")).resolve(),
-        subscribers=(base / subscribers).resolve() if subscribers else None,
-    )
+    topology = _topology(sections.get("topology", {}), base)
     anchors = tuple(sections.get("vantage", {}).get("anchors", ()))
     cluster = _cluster(raw, sections.get("cluster", {}), database, problems)
     if problems:
@@ -661,12 +688,58 @@ def parse(text: str, path: Path) -> Config:
     )
 
 
+def _topology(raw: dict[str, Any], base: Path) -> TopologyConfig:
+    subscribers = raw.get("subscribers", "")
+    return TopologyConfig(
+        file=(base / raw.get("file", "topology.yaml")).resolve(),
+        subscribers=(base / subscribers).resolve() if subscribers else None,
+    )
+
+
+def files_of(path: Path | str) -> TopologyConfig | None:
+    """The topology and subscribers files a config names, even when it has problems
+    elsewhere (check-config then reports theirs too); None when they cannot be told."""
+    path = Path(path).absolute()
+    try:
+        raw = tomllib.loads(read_text(path))
+    except (ConfigError, tomllib.TOMLDecodeError):
+        return None
+    table = raw.get("topology", {})
+    if not isinstance(table, dict):
+        return None
+    good = {k: v for k, v in table.items() if k in SCHEMA["topology"] and
+            SCHEMA["topology"][k](v) is None}  # fmt: skip
+    if len(good) != len(table):
+        return None  # a bad [topology] key: its own problem says which
+    return _topology(good, path.parent)
+
+
+def keyed(problems: list[str], cfg: Config | TopologyConfig) -> list[str]:
+    """Problems of a file that is missing or unreadable, said with the key naming it:
+    "[topology] file /etc/om/topo.yaml: no such file."."""
+    topo = cfg.topology if isinstance(cfg, Config) else cfg
+    keys = {topo.file: "[topology] file", topo.subscribers: "[topology] subscribers"}
+    if isinstance(cfg, Config) and cfg.messages.file is not None:
+        keys[cfg.messages.file] = "[messages] file"
+    said: list[str] = []
+    for problem in problems:
+        for file, key in keys.items():
+            if file is not None and (problem == f"{file}: no such file." or
+                                     problem.startswith(f"{file}: cannot be read: ")):  # fmt: skip
+                problem = f"{key} {problem}"
+                break
+        said.append(problem)
+    return said
+
+
 def _http(raw: dict[str, Any], base: Path, problems: list[str]) -> HttpConfig:
     listen = raw.get("listen", HttpConfig().listen)
     host, port = parse_listen(listen)
     cert, key = raw.get("tls_cert"), raw.get("tls_key")
     if (cert is None) != (key is None):
         problems.append("[http] tls_cert and tls_key go together: give both or neither.")
+    if cert and key:
+        _tls_usable((base / cert).resolve(), (base / key).resolve(), problems)
     metrics_token = raw.get("metrics_token", "")
     if "metrics_token_file" in raw:
         if metrics_token:
@@ -690,6 +763,51 @@ def _http(raw: dict[str, Any], base: Path, problems: list[str]) -> HttpConfig:
         max_streams=raw.get("max_streams", HttpConfig().max_streams),
         workers=raw.get("workers", HttpConfig().workers),
     )
+
+
+def _tls_usable(cert: Path, key: Path, problems: list[str]) -> None:
+    """What `run` does with them (daemon.tls_context), so check-config and run agree."""
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as e:
+            problems.append(f"[http] {name} {path}: {_no_file(e)}.")
+            return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        problems.append(f"[http] tls_cert {cert} with tls_key {key} cannot be used: {reason}.")
+
+
+def _no_file(e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if isinstance(e, IsADirectoryError):
+        return "a directory, not a file"
+    return f"cannot be read: {e.strerror or e}"
+
+
+def _dsn_problem(dsn: str) -> str | None:
+    """Why asyncpg would refuse `dsn` (its connect parses it so), or None: a postgresql://
+    or postgres:// URL, one host or several (h1:5432,h2:5433), each port a number."""
+    scheme, sep, _ = dsn.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        kind = (
+            f"a {scheme}:// URL"
+            if sep
+            else ("a libpq key=value string" if "=" in dsn else "not a URL")
+        )
+        return (f"must be a postgresql:// (or postgres://) URL, such as "
+                f"postgresql://outagemon@db.example.net:5432/outagemon; it is {kind} "
+                "(its value is not shown)")  # fmt: skip
+    hosts = urllib.parse.urlsplit(dsn).netloc.rpartition("@")[2]
+    for spec in hosts.split(",") if hosts else []:
+        port = spec.rpartition("]")[2].rpartition(":")[2] if ":" in spec.rpartition("]")[2] else ""
+        if port and not port.isdigit():
+            return "has a port that is not a number (its value is not shown)"
+    return None
 
 
 def _http_warnings(
@@ -731,6 +849,11 @@ def _database(raw: dict[str, Any], base: Path, problems: list[str]) -> DatabaseC
         if dsn:
             problems.append("[database] give dsn or dsn_file, not both.")
         dsn = _read_secret(raw["dsn_file"], base, "[database] dsn_file", problems) or ""
+        where = f"[database] dsn_file {secret_file(raw['dsn_file'], base)}: the text it holds"
+    else:
+        where = "[database] dsn"
+    if dsn and (why := _dsn_problem(dsn)) is not None:
+        problems.append(f"{where} {why}.")
     other = {
         k: raw[k] for k in ("write_queue", "queue_bytes", "timeout", "read_timeout") if k in raw
     }

@@ -56,10 +56,8 @@ from outagemon.workers import Workers, lower_priority
 log = logs.get("outagemon.daemon")
 T = TypeVar("T")
 
-# Keys read once at start; a reload that changes them says they wait for a restart.
 # Seconds between the daemon's pings of a connected database.
 DB_PING_EVERY = 3.0
-RESTART_KEYS = ("daemon", "database", "http", "notify", "cluster")
 CRITICAL = {"scheduler", "correlate", "engine", "writer", "simulate", "watchdog", "reloads",
             "lease"}  # fmt: skip
 Task = Coroutine[Any, Any, None]
@@ -109,6 +107,10 @@ class Daemon:
         workers: Workers | None = None,
     ) -> None:
         self.runtime = Runtime(config=config, directory=loaded.directory, texts=texts)
+        # What the parts read once at start were made of: a reload that changes them says
+        # they wait for a restart (config.NEEDS_RESTART), the second reload too.
+        self._boot_config = config
+        self.restart_pending: list[str] = []  # what the last applied reload left for a restart
         # With HTTP workers, they listen on the port and this process on their socket.
         self.workers = workers
         if workers is not None:
@@ -227,6 +229,11 @@ class Daemon:
         except SpoolError as e:
             raise OutagemonError(str(e)) from None
         stack.callback(spool.close)
+        try:
+            reloading.mark(cfg.daemon.state_dir)  # `outagemon reload` signals this pid only
+        except OSError as e:
+            log.warning("daemon.pid_unwritten", error=str(e))
+        stack.callback(reloading.unmark, cfg.daemon.state_dir)
         pending = durable.pending(replayed.records, replayed.marks)
         holder = _Database()
         stack.push_async_callback(holder.close)
@@ -567,7 +574,8 @@ class Daemon:
         if self.workers is not None and outcome != "refused":
             self.workers.reload()  # they load it too, and are replaced one by one
         try:
-            reloading.write(self.config.daemon.state_dir, started, outcome, problems)
+            reloading.write(self.config.daemon.state_dir, started, outcome, problems,
+                            self.restart_pending if outcome == "applied" else [])  # fmt: skip
         except OSError as e:
             log.warning("config.reload_outcome_unwritten", error=str(e))
 
@@ -596,7 +604,7 @@ class Daemon:
             return "refused", e.problems
         for warning in new.warnings:
             log.warning("config.warning", problem=warning)
-        pending = [k for k in RESTART_KEYS if getattr(new, k) != getattr(self.config, k)]
+        self.restart_pending = pending = config_mod.restart_needed(self._boot_config, new)
         if pending:
             log.warning("config.restart_needed", sections=pending)
         old: list[object] = [self.runtime.directory]
@@ -828,6 +836,7 @@ def report_skipped(problems: list[str], limit: int = 100) -> None:
 def run(config_path: Path, source: ProbeSource | None = None) -> int:
     """`outagemon run`: 0 after a clean stop, 2 for a bad config, 1 when start-up failed.
     (`source`: where probe results come from, ICMP unless given: a benchmark simulates.)"""
+    cfg: Config | None = None
     try:
         cfg = config_mod.load(config_path)
         logs.setup()
@@ -835,7 +844,7 @@ def run(config_path: Path, source: ProbeSource | None = None) -> int:
         texts = dataclasses.replace(texts, suspected=cfg.callers.sentence)
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
     except ConfigError as e:
-        for problem in e.problems:
+        for problem in config_mod.keyed(e.problems, cfg) if cfg is not None else e.problems:
             print(problem, file=sys.stderr)
         return 2
     for warning in cfg.warnings:

@@ -145,6 +145,12 @@ class Monitor:
             "outagemon_suspicion_delay_seconds",
             "Seconds from a suspicion's first call to its raising: sum and count.",
         )
+        # Every series at 0 from the start, labelled as the README lists them: else the
+        # first scrape shows a bare unlabelled 0 that no query by outcome or part matches.
+        for outcome in SUSPICION_OUTCOMES:
+            self._suspicions.inc(0, outcome=outcome)
+        for part in ("sum", "count"):
+            self._suspicion_delay.inc(0, part=part)
 
     # -- feeding -----------------------------------------------------------------------
 
@@ -634,6 +640,9 @@ def _shift(inc: Incident, step: float) -> None:
     inc.opened_at -= step
     if inc.reopened_at is not None:
         inc.reopened_at -= step
+
+
+SUSPICION_OUTCOMES = ("suspected", "confirmed", "dismissed", "expired", "repaired")
 
 
 def _outcome(e: Event) -> str:

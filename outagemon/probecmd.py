@@ -9,6 +9,7 @@ batches by the engine's own loop, the output written in large blocks.
 from __future__ import annotations
 
 import gc
+import math
 import signal
 import socket
 import sys
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from typing import TextIO
 
 OUTPUT_BLOCK = 4096  # lines per write
+# The shortest -t the engine can keep to: shorter, a loopback reply (in the socket before
+# the first look) was reported alive, with an RTT longer than the timeout.
+MIN_TIMEOUT_MS = 1.0
 RESOLVERS = 32  # names resolved at once
 
 
@@ -150,8 +154,15 @@ def main(
 ) -> int:  # fmt: skip
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends us quietly, as it does fping
     gc.disable()  # a short run that makes no cycles: collections would only cost time
-    if count < 1 or interval_ms < 0 or timeout_ms <= 0:
+    # (not x >= y: NaN is refused too)
+    if count < 1 or not interval_ms >= 0 or not timeout_ms > 0 or math.isinf(timeout_ms):
         print("outagemon probe: -c must be at least 1, -i at least 0 and -t above 0.",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if timeout_ms < MIN_TIMEOUT_MS:
+        print(f"outagemon probe: -t {timeout_ms:g} is shorter than the engine can enforce: "
+              f"give at least {MIN_TIMEOUT_MS:g} (ms). It waits in poll(), which counts "
+              "whole milliseconds, and a reply already received is never called lost.",
               file=sys.stderr)  # fmt: skip
         return 2
     try:

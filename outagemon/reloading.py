@@ -8,6 +8,7 @@ the daemon also sends RELOADING=1 / READY=1 around each reload, for `systemctl s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,14 +17,21 @@ from pathlib import Path
 from typing import Any
 
 FILE_NAME = "reload.json"
+PID_FILE = "daemon.pid"  # the running daemon's pid: `outagemon reload` signals no other
+# Exit codes of `outagemon reload`: applied; refused or no outcome; not a daemon to signal;
+# applied, but some changed sections wait for a restart (`systemctl reload` then fails, and
+# its journal names them: a change that did not take effect should not pass unnoticed).
+APPLIED, REFUSED, NOT_A_DAEMON, RESTART_NEEDED = 0, 1, 2, 3
 
 
-def write(state_dir: Path, started: float, outcome: str, problems: list[str]) -> None:
-    """Record a reload that began at `started` (time.monotonic()): applied or refused."""
+def write(state_dir: Path, started: float, outcome: str, problems: list[str],
+          restart: list[str] | None = None) -> None:  # fmt: skip
+    """Record a reload that began at `started` (time.monotonic()): applied or refused, and
+    what it changed that waits for a restart."""
     path = state_dir / FILE_NAME
     tmp = path.with_name(FILE_NAME + ".new")
-    tmp.write_text(json.dumps({"started": started, "outcome": outcome, "problems": problems},
-                              ensure_ascii=False))  # fmt: skip
+    tmp.write_text(json.dumps({"started": started, "outcome": outcome, "problems": problems,
+                               "restart": restart or []}, ensure_ascii=False))  # fmt: skip
     os.replace(tmp, path)
 
 
@@ -35,22 +43,77 @@ def read(state_dir: Path) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
+def mark(state_dir: Path) -> None:
+    """Write this process's pid, as the daemon of `state_dir`."""
+    path = state_dir / PID_FILE
+    tmp = path.with_name(PID_FILE + ".new")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def unmark(state_dir: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        path = state_dir / PID_FILE
+        if int(path.read_text()) == os.getpid():
+            path.unlink()
+
+
+def not_the_daemon(state_dir: Path, pid: int) -> str | None:
+    """Why `pid` is not the outagemon daemon of `state_dir`, or None when it is: its
+    command line is `outagemon run`, and the daemon's pid file (when there) names it."""
+    try:
+        marked: int | None = int((state_dir / PID_FILE).read_text())
+    except (OSError, ValueError):
+        marked = None
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return f"no process {pid}."
+    except OSError:  # hidden from us (ProtectProc=): the pid file alone decides
+        args = None
+    if args is not None:
+        names = [os.path.basename(a.decode(errors="replace")) for a in args]
+        if not any(n.startswith("outagemon") for n in names) or "run" not in names:
+            shown = " ".join(names).strip()[:80] or "?"
+            return (f"process {pid} ({shown}) is not an outagemon daemon (`outagemon run`); "
+                    "it was not signalled.")  # fmt: skip
+    if marked is not None and marked != pid:
+        return (f"process {pid} is not the daemon of {state_dir}, which is process {marked} "
+                f"(its {PID_FILE}); it was not signalled.")  # fmt: skip
+    if args is None and marked is None:
+        return (f"cannot tell whether process {pid} is an outagemon daemon (its command line "
+                f"cannot be read, and {state_dir / PID_FILE} is not there); it was not "
+                "signalled.")  # fmt: skip
+    return None
+
+
 def request(state_dir: Path, pid: int, timeout: float = 120.0) -> tuple[int, str]:
     """Signal the daemon and wait for the outcome: (exit code, what to print)."""
+    why = not_the_daemon(state_dir, pid)
+    if why is not None:
+        return NOT_A_DAEMON, f"outagemon reload: {why}"
     asked = time.monotonic()
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
-        return 1, f"outagemon reload: no process {pid}."
+        return REFUSED, f"outagemon reload: no process {pid}."
     except PermissionError:
-        return 1, f"outagemon reload: not allowed to signal process {pid}."
+        return REFUSED, f"outagemon reload: not allowed to signal process {pid}."
     deadline = asked + timeout
     while time.monotonic() < deadline:
         found = read(state_dir)
         if found is not None and float(found.get("started", 0)) >= asked:
             if found.get("outcome") == "applied":
-                return 0, "reloaded."
+                restart = [str(s) for s in found.get("restart", [])]
+                if restart:
+                    return RESTART_NEEDED, (
+                        "reloaded; these sections need a restart to take effect: "
+                        f"{', '.join(restart)} (systemctl restart outagemon)."
+                    )
+                return APPLIED, "reloaded."
             problems = "\n".join(str(p) for p in found.get("problems", []))
-            return 1, f"outagemon reload: refused; the running configuration is kept:\n{problems}"
+            return REFUSED, (
+                f"outagemon reload: refused; the running configuration is kept:\n{problems}"
+            )
         time.sleep(0.1)
-    return 1, f"outagemon reload: no outcome from process {pid} within {timeout:g} s."
+    return REFUSED, f"outagemon reload: no outcome from process {pid} within {timeout:g} s."

@@ -174,8 +174,10 @@ def test_check_config_exits_2_with_every_problem_and_no_traceback(tmp_path: Path
     result = run_cli("check-config", "-c", str(bad))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 2
-    assert all(line.startswith(f"{bad}: ") for line in lines)
+    assert len(lines) == 3
+    assert all(line.startswith(f"{bad}: ") for line in lines[:2])
+    # The topology it names (by default) is missing too: said in the same pass.
+    assert lines[2] == f"[topology] file {tmp_path}/topology.yaml: no such file."
     assert "Traceback" not in result.stderr
 
 

@@ -174,6 +174,8 @@ def test_check_config_refuses_a_nan_interval_with_a_sentence(tmp_path: Path) -> 
     # The reported case: "valid" and "probe: every nan s", then `run` died in int(nan).
     path = tmp_path / "om.toml"
     path.write_text("[probe]\ninterval = nan\n[callers]\nexpire_after = inf\n", encoding="utf-8")
+    # A topology beside it (the default file name): its problems would be listed too.
+    (tmp_path / "topology.yaml").write_text("nodes:\n- {id: core-1, kind: core}\n")
     done = run_cli("check-config", "-c", str(path))
     assert done.returncode == 2, done
     assert done.stderr.splitlines() == [

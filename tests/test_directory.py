@@ -156,6 +156,24 @@ def test_each_bad_row_is_reported_with_its_number_and_the_rest_load() -> None:
         assert line.startswith(f"{PATH}: ") and text in line, (line, text)
 
 
+def test_a_row_with_a_bad_phone_is_left_out_like_every_row_with_a_problem() -> None:
+    d, problems = build(
+        "account,phones,address,flat,ip\n"
+        "2001,abc,ул. Ленина 5,1,\n"
+        "2002,+79210000002;12,ул. Ленина 5,2,\n"
+        "2003,+79210000003,ул. Ленина 5,3,\n"
+    )
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "row 2: phones: 'abc' is not a phone number.",
+        "row 3: phones: '12' is not a phone number.",
+    ]
+    assert d.account("2001") == directory.NOT_FOUND
+    assert d.account("2002") == directory.NOT_FOUND
+    assert d.phone("+79210000002") == directory.NOT_FOUND
+    assert d.account("2003") != directory.NOT_FOUND
+    assert len(d.subscribers) == 1
+
+
 def test_a_header_without_the_columns_is_one_problem() -> None:
     subs, problems = directory.parse_csv("acct,phone\n1,2\n", PATH, TOPO)
     assert subs == []

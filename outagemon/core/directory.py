@@ -677,6 +677,7 @@ def read_rows(
             phone = normalise_phone(raw_phones) if ";" not in raw_phones else None
             if phone is None:  # several numbers, or one to complain about
                 given: list[str] = []
+                bad_phone = False
                 for raw_phone in raw_phones.split(";"):
                     if not raw_phone.strip():
                         continue
@@ -684,8 +685,14 @@ def read_rows(
                     if one is None:
                         problems.append((row_number, f"phones: {raw_phone.strip()!r} "
                                                      "is not a phone number."))  # fmt: skip
+                        bad_phone = True
                     else:
                         given.append(one)
+                if bad_phone:
+                    # Left out as every row with a problem is (the README's choices, the
+                    # skipped-rows gauge): loaded without its phone, a caller dialling from
+                    # it would hear "not found" while the CRM row says otherwise.
+                    continue
                 phone = ";".join(given)
             written = written_at(raw_address)
             if written is None:

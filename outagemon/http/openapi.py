@@ -437,6 +437,54 @@ REPORT_PATHS = {
 }
 
 
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_TO = {"description": "See Other: to the page named in Location.",
+       "headers": {"Location": {"schema": {"type": "string"}}}}  # fmt: skip
+_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_FORM = {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}
+# The engineers' pages and what they post: HTML and redirects, for browsers (with
+# [http] page_auth, behind a login; else open). Described so that every route is.
+PAGE_PATHS: dict[str, Any] = {
+    "/events": {"get": {
+        "summary": "The live page's server-sent events (text/event-stream): the open "
+                   "incidents as they change.",
+        "responses": {"200": {"description": "An event stream, held open.",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                      **_errors(401, 503)},
+    }},
+    "/incidents/{id}": {
+        "parameters": _ID,
+        "get": {"summary": "One incident's page (HTML): its tree, timeline and form.",
+                "responses": {"200": {"description": "The page.", "content": _HTML},
+                              **_errors(404)}},
+        "post": {"summary": "The page's form: an ETA and a note (a write session or token, "
+                            "and the form's CSRF token).",
+                 "requestBody": {"required": True, "content": _FORM},
+                 "responses": {"303": _TO, **_errors(400, 404, 413)}},
+    },
+    "/login": {
+        "get": {"summary": "The login form (with [http] page_auth; else to /).",
+                "responses": {"200": {"description": "The form.", "content": _HTML},
+                              "303": _TO}},
+        "post": {"summary": "Log in with a token: a session cookie, then to `next`.",
+                 "requestBody": {"required": True, "content": _FORM},
+                 "responses": {"303": _TO,
+                               "429": {"description": "Too many failed logins from this "
+                                       "address: the form again, with Retry-After.",
+                                       "content": _HTML}}},
+    },
+    "/logout": {"post": {"summary": "End the session; to the login form.",
+                         "requestBody": {"required": False, "content": _FORM},
+                         "responses": {"303": _TO}}},
+    "/static/{name}": {"get": {
+        "summary": "The page's stylesheet and script.",
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "schema": {"type": "string", "enum": ["page.css", "live.js"]}}],
+        "responses": {"200": {"description": "The file."}, "404": {"description": "No such file."}},
+    }},
+}  # fmt: skip
+
+
 def spec() -> dict[str, Any]:
     secured: list[dict[str, list[str]]] = [{"bearer": []}, {}]
     return {
@@ -570,6 +618,11 @@ def spec() -> dict[str, Any]:
             "/reports": {"get": {"summary": "The reports page for engineers (HTML, SVG): "
                                             "?range=24h (default), 7d or 30d.",
                                  "responses": {"200": {"description": "The page."}}}},
+            "/api/v1/openapi.json": {"get": {
+                "summary": "This document.",
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI 3.0 document.")},
+            }},
             **REPORT_PATHS,
+            **PAGE_PATHS,
         },
     }  # fmt: skip

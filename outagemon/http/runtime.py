@@ -205,6 +205,8 @@ def incident_id(raw: str) -> int | None:
 
 def parse_time(value: Any, name: str) -> float:
     """An ISO 8601 time with an offset, as epoch seconds; Invalid otherwise."""
+    if value is None:  # absent (or null): say so, not that it is malformed
+        raise Invalid(f"{name} is required: an ISO 8601 time such as 2026-11-26T18:00:00+03:00.")
     if not isinstance(value, str):
         raise Invalid(f"{name} must be an ISO 8601 time such as 2026-11-26T18:00:00+03:00.")
     try:

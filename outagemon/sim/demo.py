@@ -211,6 +211,13 @@ def port_taken(port: int) -> bool:
     return False
 
 
+def free_port() -> int:
+    """A port of 127.0.0.1 that no one listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def executable() -> str:
     """The outagemon command running now, as a path a user can paste; else the venv's."""
     running = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
@@ -265,8 +272,11 @@ def main(port: int, language: str) -> int:
     from outagemon.core import directory, messages
     from outagemon.errors import OutagemonError
 
+    if port == 0:  # any free port; the banner and the config name the one it got
+        port = free_port()
     if port_taken(port):
-        print(f"outagemon demo: port {port} is in use: try outagemon demo --port {port + 1}",
+        other = port + 1 if port < 65535 else 0
+        print(f"outagemon demo: port {port} is in use: try outagemon demo --port {other}",
               file=sys.stderr)  # fmt: skip
         return 1
     tokens = Tokens.new()
