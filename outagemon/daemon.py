@@ -15,14 +15,13 @@ import gc
 import signal
 import ssl
 import sys
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import asyncpg
 from aiohttp import web
@@ -51,10 +50,9 @@ from outagemon.metrics import LoopLag
 from outagemon.monitor import Monitor, anchors_of
 from outagemon.notify import Notifier
 from outagemon.probing.icmp import IcmpSource
-from outagemon.workers import Workers, lower_priority
+from outagemon.workers import Workers
 
 log = logs.get("outagemon.daemon")
-T = TypeVar("T")
 
 # Seconds between the daemon's pings of a connected database.
 DB_PING_EVERY = 3.0
@@ -594,8 +592,10 @@ class Daemon:
             # touches only that on the loop).
             started = self.started
             running = started.monitor.correlator.topology if started and planning else None
-            # In a thread of low priority: the HTTP workers (and this loop) answer first.
-            loaded, ops, targets, plan, derived = await _in_background(
+            # At this thread's priority, not lowered (as the workers' supervisor's is): a
+            # lowered thread holding the interpreter's lock while it waits for a core would
+            # hold this loop too (the prober's, the writer's, the watchdog's).
+            loaded, ops, targets, plan, derived = await asyncio.to_thread(
                 _prepare, new, writing, self.source.plan if planning else None, running
             )
         except ConfigError as e:
@@ -660,33 +660,6 @@ async def _release(old: list[object]) -> None:
             else:
                 break
             await asyncio.sleep(0)
-
-
-async def _in_background(work: Callable[..., T], *args: Any) -> T:
-    """`work(*args)` in a thread of its own at a lowered CPU priority (`lower_priority`:
-    a thread pool's would keep it for later work)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if done.done():  # the reload was cancelled meanwhile
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)
-
-    def run() -> None:
-        lower_priority()
-        try:
-            result, error = work(*args), None
-        except BaseException as e:
-            result, error = None, e
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="outagemon-reload", daemon=True).start()
-    return await done
 
 
 def targets_of(anchors: dict[str, str], current: directory.Directory) -> dict[str, str]:
