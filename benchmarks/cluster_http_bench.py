@@ -185,6 +185,10 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
+class _Done(Exception):
+    """Part 1 is all that was asked for."""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8, help="length of one saturation run")
@@ -193,6 +197,8 @@ def main() -> None:
     ap.add_argument("--city", help="a directory with the 100,000-node city (kept)")
     ap.add_argument("--big-city", help="a directory with the 1,000,000-subscriber city (kept)")
     ap.add_argument("--skip-reload", action="store_true", help="leave out the 1M reload")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="part 1 only (throughput beside the bare handler)")  # fmt: skip
     ap.add_argument("--serve-daemon", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_daemon:
@@ -202,7 +208,8 @@ def main() -> None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
     started = time.monotonic()
     city = city_dir(args.city, 1000, 96_000)
-    big = None if args.skip_reload else city_dir(args.big_city, 10_000, 1_000_000)
+    skip_big = args.skip_reload or args.throughput_only
+    big = None if skip_big else city_dir(args.big_city, 10_000, 1_000_000)
     print(f"cities ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
     state = Path(tempfile.mkdtemp(prefix="om-cb-"))
     for name in ("topology.yaml", "subscribers.csv"):
@@ -247,14 +254,18 @@ def main() -> None:
         serving = {"workers=2": [int(p) for p in children], "bare": [servers["bare"].pid]}
         for _ in range(args.rounds):
             for kind in servers:
+                at_load = float(load().split()[0])
                 before = sum(cpu_seconds(p) for p in serving[kind])
                 r = wrk(ports[kind], phones, path, args.seconds, paced=False)
                 used = sum(cpu_seconds(p) for p in serving[kind]) - before
                 r["cpu_us"] = used / (r["rps"] * args.seconds) * 1e6
+                r["load"] = at_load
                 runs.setdefault(kind, []).append(r)
         port = ports["workers=2"]
         servers["bare"].terminate()  # the paced runs are the workers' alone
         load_before = load()
+        if args.throughput_only:
+            raise _Done
         paced["quiet"] = wrk(port, phones, path, args.paced_seconds, paced=True)
         (state / "fail").touch()  # the core switch dies as the run starts
         # Long enough for the decision (two lost probes of each node, 10 s apart), even
@@ -278,6 +289,8 @@ def main() -> None:
                          f"workers' (loaded by their supervisor, replaced one by one) "
                          f"{workers:.0f} s")  # fmt: skip
         load_after = load()
+    except _Done:
+        load_after = load()
     finally:
         for server in servers.values():
             if server.poll() is None:
@@ -300,6 +313,10 @@ def main() -> None:
     shares = [w["rps"] / b["rps"] for w, b in zip(runs["workers=2"], runs["bare"], strict=True)]
     print(f"  workers=2 / bare: {statistics.median(shares):.2f}x "
           f"(rounds: {', '.join(f'{x:.2f}' for x in shares)}; target >= 1.2x)")  # fmt: skip
+    for i, (w, b) in enumerate(zip(runs["workers=2"], runs["bare"], strict=True)):
+        print(f"    round {i + 1}: workers=2 {w['rps']:,.0f} req/s {w['cpu_us']:.1f} µs/req "
+              f"(load {w['load']:.2f}), bare {b['rps']:,.0f} req/s {b['cpu_us']:.1f} µs/req "
+              f"(load {b['load']:.2f}): {w['rps'] / b['rps']:.2f}x")  # fmt: skip
     cpu = {k: statistics.median(r["cpu_us"] for r in rs) for k, rs in runs.items()}
     capacity = 2 * cpu["bare"] / cpu["workers=2"]
     print(f"  from CPU per request, what two cores give the workers against the one the bare "
@@ -308,6 +325,10 @@ def main() -> None:
         "  (CPU: the serving processes' own, per request; the workers' beside the daemon's "
         "process, which simulates 10,000 probe results a second)"
     )
+    if args.throughput_only:
+        print("reproduce: .venv/bin/python -m benchmarks.cluster_http_bench --throughput-only "
+              f"--seconds {args.seconds} --rounds {args.rounds}")  # fmt: skip
+        return
     print("2. /check at a steady 2,000 calls/s (wrk -c256, paced), workers=2")
     for phase, r in paced.items():
         print(f"  {phase:13} {r['rps']:>7,.0f} req/s  p50 {r['p50']:6.2f} ms  "

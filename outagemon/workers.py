@@ -48,6 +48,7 @@ from outagemon.core.directory import Directory
 from outagemon.core.messages import Texts
 from outagemon.db import store
 from outagemon.errors import OutagemonError
+from outagemon.http import fastcheck
 from outagemon.http.app import CALLS_PATH, make_app
 from outagemon.http.app import runner as http_runner
 from outagemon.http.runtime import Runtime
@@ -376,8 +377,9 @@ async def _serve(w: Workers, index: int) -> int:
     runner = http_runner(app)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, cfg.http.host, cfg.http.port, reuse_port=True,
-                           ssl_context=w.tls)  # fmt: skip
+        # /check on the fast path (http/fastcheck.py); everything else is aiohttp's.
+        site = fastcheck.Site(runner, rt, cfg.http.host, cfg.http.port, ssl_context=w.tls,
+                              headers={WORKER_HEADER: f"{index}/{os.getpid()}"})  # fmt: skip
         await site.start()
         tasks.append(asyncio.create_task(replica.run(cfg.database.dsn), name="replica"))
         tasks.append(asyncio.create_task(_pool(rt), name="pool"))
