@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -23,7 +25,8 @@ from aiohttp import web
 
 from outagemon.http import fastcheck
 from outagemon.http.app import make_app, runner
-from tests.conftest import free_port
+from tests.conftest import free_port, short_tmp_dir
+from tests.test_secrets import self_signed
 from tests.test_workers import COMPARED, WRITE, Cluster, cluster, wait
 from tests.world import READ, World, world
 
@@ -38,7 +41,9 @@ async def _forward(request: web.Request) -> web.Response:
 
 
 @asynccontextmanager
-async def both(w: World) -> AsyncIterator[tuple[int, int, fastcheck.Site]]:
+async def both(
+    w: World, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[int, int, fastcheck.Site]]:
     """The worker's app from w's runtime on two ports: with the fast path, and aiohttp's
     alone (the worker's header added as a worker's on_response_prepare adds it)."""
     app = make_app(w.runtime, _forward)
@@ -50,18 +55,20 @@ async def both(w: World) -> AsyncIterator[tuple[int, int, fastcheck.Site]]:
     r = runner(app)
     await r.setup()
     fast_port, plain_port = free_port(), free_port()
-    fast = fastcheck.Site(r, w.runtime, "127.0.0.1", fast_port, headers={WORKER: "0/1"})
+    fast = fastcheck.Site(r, w.runtime, "127.0.0.1", fast_port, ssl_context=tls,
+                          headers={WORKER: "0/1"})  # fmt: skip
     await fast.start()
-    await web.TCPSite(r, "127.0.0.1", plain_port).start()
+    await web.TCPSite(r, "127.0.0.1", plain_port, ssl_context=tls).start()
     try:
         yield fast_port, plain_port, fast
     finally:
         await r.cleanup()
 
 
-async def exchange(port: int, raw: bytes, pieces: int = 1) -> bytes:
+async def exchange(port: int, raw: bytes, pieces: int = 1,
+                   tls: ssl.SSLContext | None = None) -> bytes:  # fmt: skip
     """Everything the server answers to `raw` (sent in `pieces`), until it closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     step = -(-len(raw) // pieces)
     for i in range(0, len(raw), step):
         writer.write(raw[i : i + step])
@@ -184,6 +191,39 @@ async def test_keep_alive_pipelining_split_packets_and_hand_over(fresh_db: str) 
             assert ours == theirs, (raw, pieces)
             assert ours.count(b"HTTP/1.1 200 OK\r\n") == raw.count(b"GET "), ours
         assert site.answered >= 5 and site.handed_over >= 3
+
+
+async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
+    fresh_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fastcheck, "KEEPALIVE_TIMEOUT", 0.5)
+    async with world(fresh_db, language="en") as w, both(w) as (fast, _, site):
+        reader, writer = await asyncio.open_connection("127.0.0.1", fast)
+        for _ in range(2):  # answered, and kept open meanwhile
+            writer.write(get(ANSWERED[2], extra=""))
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+            await reader.readuntil(b"}")
+            await asyncio.sleep(0.3)
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        assert 0.1 < time.monotonic() - started < 2
+        writer.close()
+        assert site.answered == 2 and not site.connections
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+async def test_over_tls_the_fast_path_answers_and_hands_over_alike(fresh_db: str) -> None:
+    cert, key = self_signed(short_tmp_dir())
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+    async with world(fresh_db, language="en") as w, both(w, serving) as (fast, plain, site):
+        health = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        raw = get(ANSWERED[0], extra="") + health + get(ANSWERED[2])
+        theirs = await exchange(plain, raw, tls=trusting)
+        ours = await exchange(fast, raw, tls=trusting)
+        assert ours == theirs and ours.count(b"HTTP/1.1 200 OK\r\n") == 3, ours
+        assert site.answered == 1 and site.handed_over == 1
 
 
 # -- the real daemon with its workers ----------------------------------------------------
