@@ -3,6 +3,7 @@ leader works.
 
     .venv/bin/python -m benchmarks.cluster_http_bench [--seconds 8] [--rounds 3]
                                                       [--city DIR] [--big-city DIR]
+                                                      [--throughput-only]
 
 The real daemon (`daemon.run`, with `[http] workers = 2`, on a real PostgreSQL database
 made for the run) serves a generated city (synthetic: sim/citygen.py) of about 100,000
@@ -14,7 +15,9 @@ subscriber's phone on each request, with the token a phone menu sends.
 
 1. Throughput: wrk at saturation against the workers, and against the bare single-process
    aiohttp handler of benchmarks/http_bench.py (a constant answer), both servers up for
-   the whole run, rounds alternating between them (this VM's speed drifts).
+   the whole run, rounds alternating between them (this VM's speed drifts). Each round's
+   figures are printed with the load average at its start. `--throughput-only`: this
+   part alone.
 2. p99 at a steady 2,000 calls a second (wrk, each connection paced by a random delay()
    averaging 128 ms at 256 connections: wrk2 is not packaged here), three phases: quiet;
    while the leader decides a core failure cutting off every node of the city (the
@@ -259,6 +262,8 @@ def main() -> None:
                 r = wrk(ports[kind], phones, path, args.seconds, paced=False)
                 used = sum(cpu_seconds(p) for p in serving[kind]) - before
                 r["cpu_us"] = used / (r["rps"] * args.seconds) * 1e6
+                r["cores"] = used / args.seconds
+                r["wrk_us"] = r["wrk_cpu"] / (r["rps"] * args.seconds) * 1e6
                 r["load"] = at_load
                 runs.setdefault(kind, []).append(r)
         port = ports["workers=2"]
@@ -313,10 +318,13 @@ def main() -> None:
     shares = [w["rps"] / b["rps"] for w, b in zip(runs["workers=2"], runs["bare"], strict=True)]
     print(f"  workers=2 / bare: {statistics.median(shares):.2f}x "
           f"(rounds: {', '.join(f'{x:.2f}' for x in shares)}; target >= 1.2x)")  # fmt: skip
+    print("  each round (server CPU per request and cores it used; wrk's CPU per request,"
+          " and its share of a core; the load average at the start):")  # fmt: skip
     for i, (w, b) in enumerate(zip(runs["workers=2"], runs["bare"], strict=True)):
-        print(f"    round {i + 1}: workers=2 {w['rps']:,.0f} req/s {w['cpu_us']:.1f} µs/req "
-              f"(load {w['load']:.2f}), bare {b['rps']:,.0f} req/s {b['cpu_us']:.1f} µs/req "
-              f"(load {b['load']:.2f}): {w['rps'] / b['rps']:.2f}x")  # fmt: skip
+        line = [f"{k} {r['rps']:,.0f} req/s {r['cpu_us']:.1f} µs ({r['cores']:.2f} cores), "
+                f"wrk {r['wrk_us']:.1f} µs ({r['wrk_cpu'] / args.seconds:.2f}), "
+                f"load {r['load']:.2f}" for k, r in (("workers=2", w), ("bare", b))]  # fmt: skip
+        print(f"    {i + 1}: {w['rps'] / b['rps']:.2f}x  {line[0]}; {line[1]}")
     cpu = {k: statistics.median(r["cpu_us"] for r in rs) for k, rs in runs.items()}
     capacity = 2 * cpu["bare"] / cpu["workers=2"]
     print(f"  from CPU per request, what two cores give the workers against the one the bare "

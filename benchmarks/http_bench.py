@@ -23,6 +23,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -124,6 +125,7 @@ def wrk(port: int, phones: Path, path: str, seconds: int, paced: bool) -> dict[s
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(LUA % {"phones": phones, "path": path, "token": TOKEN, "delay": delay})
         script = f.name
+    client = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", script,
          f"http://127.0.0.1:{port}"],
@@ -135,8 +137,10 @@ def wrk(port: int, phones: Path, path: str, seconds: int, paced: bool) -> dict[s
     errors = 0
     for m in re.finditer(r"(Non-2xx or 3xx responses|Socket errors):?\s*(.*)", out):
         errors += sum(int(x) for x in re.findall(r"\d+", m.group(2)))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's own CPU: is it the limit?
+    wrk_cpu = after.ru_utime + after.ru_stime - client.ru_utime - client.ru_stime
     return {"rps": rps, "p50": lat.get("50", 0.0), "p99": lat.get("99", 0.0),
-            "errors": errors}  # fmt: skip
+            "errors": errors, "wrk_cpu": wrk_cpu}  # fmt: skip
 
 
 def _ms(text: str) -> float:
