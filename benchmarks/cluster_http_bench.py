@@ -3,8 +3,8 @@ leader works.
 
     .venv/bin/python -m benchmarks.cluster_http_bench [--seconds 8] [--rounds 3]
                                                       [--city DIR] [--big-city DIR]
-                                                      [--paced-only] [--skip-reload]
-                                                      [--port 18091]
+                                                      [--paced-only] [--throughput-only]
+                                                      [--skip-reload] [--port 18091]
 
 The real daemon (`daemon.run`, with `[http] workers = 2`, on a real PostgreSQL database
 made for the run) serves a generated city (synthetic: sim/citygen.py) of about 100,000
@@ -16,7 +16,9 @@ subscriber's phone on each request, with the token a phone menu sends.
 
 1. Throughput: wrk at saturation against the workers, and against the bare single-process
    aiohttp handler of benchmarks/http_bench.py (a constant answer), both servers up for
-   the whole run, rounds alternating between them (this VM's speed drifts).
+   the whole run, rounds alternating between them (this VM's speed drifts). Each round's
+   figures are printed with the load average at its start. `--throughput-only`: this
+   part alone.
 2. p99 at a steady 2,000 calls a second (wrk, each connection paced by a random delay()
    averaging 128 ms at 256 connections: wrk2 is not packaged here), three phases: quiet;
    while the leader decides a core failure cutting off every node of the city (the
@@ -281,6 +283,10 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
+class _Done(Exception):
+    """Part 1 is all that was asked for."""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8, help="length of one saturation run")
@@ -293,6 +299,8 @@ def main() -> None:
     ap.add_argument("--phases", default="quiet,core,reload",
                     help="the paced phases to run, of quiet,core,reload")  # fmt: skip
     ap.add_argument("--port", type=int, default=18091, help="the workers' (the bare one's: +1)")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="part 1 only (throughput beside the bare handler)")  # fmt: skip
     ap.add_argument("--serve-daemon", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_daemon:
@@ -305,7 +313,7 @@ def main() -> None:
     phases = set(args.phases.split(","))
     big = (
         None
-        if args.skip_reload or "reload" not in phases
+        if args.skip_reload or args.throughput_only or "reload" not in phases
         else city_dir(args.big_city, 10_000, 1_000_000)
     )
     print(f"cities ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
@@ -353,14 +361,20 @@ def main() -> None:
         daemon_pid = servers["workers=2"].pid  # the daemon's own process
         for _ in range(0 if args.paced_only else args.rounds):
             for kind in servers:
+                at_load = float(load().split()[0])
                 before = sum(cpu_seconds(p) for p in serving[kind])
                 r = wrk(ports[kind], phones, path, args.seconds, paced=False)
                 used = sum(cpu_seconds(p) for p in serving[kind]) - before
                 r["cpu_us"] = used / (r["rps"] * args.seconds) * 1e6
+                r["cores"] = used / args.seconds
+                r["wrk_us"] = r["wrk_cpu"] / (r["rps"] * args.seconds) * 1e6
+                r["load"] = at_load
                 runs.setdefault(kind, []).append(r)
         port = ports["workers=2"]
         servers["bare"].terminate()  # the paced runs are the workers' alone
         load_before = load()
+        if args.throughput_only:
+            raise _Done
 
         def phase(name: str, seconds: int, until: Callable[[], bool] | None = None) -> None:
             with PhaseWatch(port, daemon_pid, supervisor) as watch:
@@ -402,6 +416,8 @@ def main() -> None:
                          f"workers' (loaded by their supervisor, replaced one by one) "
                          f"{workers:.0f} s")  # fmt: skip
         load_after = load()
+    except _Done:
+        load_after = load()
     finally:
         for server in servers.values():
             if server.poll() is None:
@@ -416,6 +432,10 @@ def main() -> None:
           f"load average {load_before} before the paced runs, {load_after} after")  # fmt: skip
     if runs:
         throughput(runs, args.rounds, args.seconds)
+    if args.throughput_only:
+        print("reproduce: .venv/bin/python -m benchmarks.cluster_http_bench --throughput-only "
+              f"--seconds {args.seconds} --rounds {args.rounds}")  # fmt: skip
+        return
     print("2. /check at a steady 2,000 calls/s (wrk -c256, paced), workers=2")
     for phase_name, r in paced.items():
         print(f"  {phase_name:13} {r['rps']:>7,.0f} req/s  p50 {r['p50']:6.2f} ms  "
@@ -440,6 +460,13 @@ def throughput(runs: dict[str, list[dict[str, float]]], rounds: int, seconds: in
     shares = [w["rps"] / b["rps"] for w, b in zip(runs["workers=2"], runs["bare"], strict=True)]
     print(f"  workers=2 / bare: {statistics.median(shares):.2f}x "
           f"(rounds: {', '.join(f'{x:.2f}' for x in shares)}; target >= 1.2x)")  # fmt: skip
+    print("  each round (server CPU per request and cores it used; wrk's CPU per request,"
+          " and its share of a core; the load average at the start):")  # fmt: skip
+    for i, (w, b) in enumerate(zip(runs["workers=2"], runs["bare"], strict=True)):
+        line = [f"{k} {r['rps']:,.0f} req/s {r['cpu_us']:.1f} µs ({r['cores']:.2f} cores), "
+                f"wrk {r['wrk_us']:.1f} µs ({r['wrk_cpu'] / seconds:.2f}), "
+                f"load {r['load']:.2f}" for k, r in (("workers=2", w), ("bare", b))]  # fmt: skip
+        print(f"    {i + 1}: {w['rps'] / b['rps']:.2f}x  {line[0]}; {line[1]}")
     cpu = {k: statistics.median(r["cpu_us"] for r in rs) for k, rs in runs.items()}
     capacity = 2 * cpu["bare"] / cpu["workers=2"]
     print(f"  from CPU per request, what two cores give the workers against the one the bare "

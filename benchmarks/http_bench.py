@@ -23,6 +23,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -129,6 +130,7 @@ def wrk(port: int, phones: Path, path: str, seconds: int, paced: bool,
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(LUA % {"phones": phones, "path": path, "token": TOKEN, "delay": delay})
         script = f.name
+    client = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", script,
                f"http://127.0.0.1:{port}"]  # fmt: skip
     if until is None:
@@ -148,8 +150,10 @@ def wrk(port: int, phones: Path, path: str, seconds: int, paced: bool,
     kinds = {k: float(n) for k, n in re.findall(r"(connect|read|write|timeout) (\d+)", out)}
     non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
     kinds["non2xx"] = float(non2xx.group(1)) if non2xx else 0.0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's own CPU: is it the limit?
+    wrk_cpu = after.ru_utime + after.ru_stime - client.ru_utime - client.ru_stime
     return {"rps": rps, "p50": lat.get("50", 0.0), "p99": lat.get("99", 0.0),
-            "errors": errors, **kinds}  # fmt: skip
+            "errors": errors, "wrk_cpu": wrk_cpu, **kinds}  # fmt: skip
 
 
 def _ms(text: str) -> float:

@@ -54,6 +54,7 @@ from outagemon.core.directory import Directory
 from outagemon.core.messages import Texts
 from outagemon.db import store
 from outagemon.errors import OutagemonError
+from outagemon.http import fastcheck
 from outagemon.http.app import CALLS_PATH, make_app
 from outagemon.http.app import runner as http_runner
 from outagemon.http.runtime import Runtime
@@ -466,7 +467,9 @@ async def _serve(w: Workers, index: int, gated: bool) -> int:
                 await asyncio.sleep(0.02)
             if replica.first_round_done:
                 rt.not_ready = None  # its first answer says ready (_report says it later)
-        site = web.SockSite(runner, w.listening, ssl_context=w.tls)
+        # /check on the fast path (http/fastcheck.py); everything else is aiohttp's.
+        site = fastcheck.Site(runner, rt, sock=w.listening, ssl_context=w.tls,
+                              headers={WORKER_HEADER: f"{index}/{os.getpid()}"})  # fmt: skip
         await site.start()
         accepting.set()
         log.info("worker.listening", listen=cfg.http.listen, ready=replica.first_round_done)
@@ -475,9 +478,9 @@ async def _serve(w: Workers, index: int, gated: bool) -> int:
         # Only this process's copy of the listening socket is closed: what waits in the
         # queue is the other workers'. The connections held here are answered "close".
         retiring = True
-        await site.stop()
+        site.retire()  # the fast path's answers say "close" too
         drained = time.monotonic() + DRAIN
-        while runner.server is not None and runner.server.connections:
+        while site.connections or (runner.server is not None and runner.server.connections):
             if time.monotonic() > drained:
                 break
             await asyncio.sleep(0.02)

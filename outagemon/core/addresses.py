@@ -89,6 +89,11 @@ class Address:
         (`flat` overrides the address's own, without copying it)."""
         if flat is not None and with_flat and flat != self.flat:
             return _with_flat(_building_text(self), flat, self.english)
+        if not with_flat or not self.flat:
+            return _building_text(self)  # the building's own text: remembered
+        return self._written(with_flat)
+
+    def _written(self, with_flat: bool) -> str:
         if self.english:
             out = f"{self.house}{self.letter.upper()} {self.street.title()}"  # "Main"
             out += f" {self.street_type}" if self.street_type else ""
@@ -121,7 +126,7 @@ def _building_text(address: Address) -> str:
     found = _building_texts.get(id(address))
     if found is not None and found[0] is address:
         return found[1]
-    text = address.text(with_flat=False)
+    text = address._written(with_flat=False)
     if len(_building_texts) >= 65536:
         _building_texts.clear()
     _building_texts[id(address)] = (address, text)

@@ -89,7 +89,19 @@ _CHECK_PARAMS = frozenset({"phone", "account", "address", "flat", "node", "forma
 async def check(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     authorise(request, False, rt)
-    q = request.query
+    body, content_type = check_answer(rt, request.query)
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+TEXT_TYPE = "text/plain; charset=utf-8"
+JSON_TYPE = JSON["Content-Type"]
+
+
+def check_answer(rt: Runtime, q: Mapping[str, str]) -> tuple[bytes, str]:
+    """The answer to an authorised /check query: its body and Content-Type; counted, and
+    the caller recorded. The one writer of /check answers: the aiohttp handler above and
+    the HTTP workers' fast path (http/fastcheck.py) both call it. A malformed question
+    raises HTTPBadRequest before anything is counted or recorded."""
     if not _CHECK_PARAMS.issuperset(q):
         unknown = sorted(set(q) - _CHECK_PARAMS)
         raise bad(f"unknown parameter(s): {', '.join(unknown)}.")
@@ -104,6 +116,11 @@ async def check(request: web.Request) -> web.Response:
     answer = assess(rt.monitor, rt.directory, match, now, rt.config.messages.restored_for,
                     rt.answers)  # fmt: skip
     inc = answer.incident
+    if fmt == "text":
+        said = f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n"
+        reply = said.encode(), TEXT_TYPE
+    else:
+        reply = remembered_body(rt, answer, match, matched_by, now), JSON_TYPE
     monitor = rt.monitor
     if monitor is not None:
         if inc is not None:
@@ -120,9 +137,7 @@ async def check(request: web.Request) -> web.Response:
                                 channel, answer.status.value,
                                 sub.node if sub is not None and sub.ip else "")  # fmt: skip
     rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
-    if fmt == "text":
-        return web.Response(text=f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n")
-    return web.Response(body=remembered_body(rt, answer, match, matched_by, now), headers=JSON)
+    return reply
 
 
 def caller_of(match: Match, building: str) -> tuple[str, str]:

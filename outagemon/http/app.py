@@ -18,7 +18,7 @@ from aiohttp import hdrs, web
 
 from outagemon import __version__, logs
 from outagemon.http import api, downtime, figures, page, reports, security
-from outagemon.http.runtime import RUNTIME, Runtime, error, json_response
+from outagemon.http.runtime import RUNTIME, Runtime, error, host_allowed, json_response
 
 log = logs.get("outagemon.http")
 
@@ -59,7 +59,8 @@ def sentences(handler: Handler, runtime: Runtime | None = None) -> Handler:
         if not request.content.is_eof():  # a body still on its way (rare: most are in)
             timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT, _body_late, request)
         try:
-            if runtime is not None and not _host_allowed(request, runtime):
+            host = request.headers.get(hdrs.HOST, "")
+            if runtime is not None and not host_allowed(runtime, host):
                 return error(421, "this server does not answer to that host name; "
                                   "see [http] allowed_hosts.")  # fmt: skip
             return await handler(request)
@@ -100,26 +101,6 @@ def _failed(request: web.Request, e: Exception) -> None:
 
 
 _FAILED: set[tuple[str, str]] = set()
-
-
-def _host_allowed(request: web.Request, rt: Runtime) -> bool:
-    """Whether the Host header names this server (see security.allowed_hosts).
-
-    On /check's way: the verdict for each Host value is remembered, until a reload
-    brings another [http] section."""
-    http = rt.config.http
-    if http is not rt.hosts_for:
-        rt.hosts_for, rt.hosts, rt.host_verdicts = http, security.allowed_hosts(http), {}
-    if rt.hosts is None:
-        return True
-    header = request.headers.get(hdrs.HOST, "")
-    verdict = rt.host_verdicts.get(header)
-    if verdict is None:
-        verdict = security.host_name(header) in rt.hosts
-        if len(rt.host_verdicts) > 1000:
-            rt.host_verdicts.clear()
-        rt.host_verdicts[header] = verdict
-    return verdict
 
 
 def _sentence(request: web.Request, e: web.HTTPException) -> web.Response:

@@ -136,6 +136,25 @@ def bad(sentence: str, status: int = 400) -> web.HTTPException:
     return made
 
 
+def host_allowed(rt: Runtime, header: str) -> bool:
+    """Whether a request's Host header names this server (see security.allowed_hosts).
+
+    On /check's way: the verdict for each Host value is remembered, until a reload
+    brings another [http] section."""
+    http = rt.config.http
+    if http is not rt.hosts_for:
+        rt.hosts_for, rt.hosts, rt.host_verdicts = http, security.allowed_hosts(http), {}
+    if rt.hosts is None:
+        return True
+    verdict = rt.host_verdicts.get(header)
+    if verdict is None:
+        verdict = security.host_name(header) in rt.hosts
+        if len(rt.host_verdicts) > 1000:
+            rt.host_verdicts.clear()
+        rt.host_verdicts[header] = verdict
+    return verdict
+
+
 # -- authorisation ---------------------------------------------------------------------
 
 
@@ -173,10 +192,7 @@ def authorise(request: web.Request, write: bool, rt: Runtime | None = None) -> s
                       "in [[auth.tokens]].", 403)  # fmt: skip
         return ""
     header = request.headers.get(hdrs.AUTHORIZATION, "")  # istr: no case folding per call
-    scheme, _, given = header.partition(" ")
-    token = None
-    if scheme.lower() == "bearer" and given:
-        token = rt.token_check.find(tokens, given)
+    token = read_token(rt, header)
     if token is None:
         sent = "Authorization" in request.headers
         rt.guard.failed("api", request.remote, "invalid" if sent else "missing")
@@ -186,6 +202,15 @@ def authorise(request: web.Request, write: bool, rt: Runtime | None = None) -> s
     if write and token.role != "write":
         raise bad(f"the token {token.name!r} may only read; this needs a write token.", 403)
     return token.name
+
+
+def read_token(rt: Runtime, header: str) -> Token | None:
+    """The configured token an Authorization header carries, if any; nothing is counted
+    (authorise() counts a failure)."""
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() == "bearer" and given:
+        return rt.token_check.find(rt.config.tokens, given)
+    return None
 
 
 # -- the one validation of engineers' input --------------------------------------------
