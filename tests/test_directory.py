@@ -202,3 +202,31 @@ def test_every_subscriber_of_a_generated_city_is_found_by_phone_and_account(
     by_phone = d.phone(row[1])
     assert by_phone.subscriber is not None and by_phone.subscriber.account == row[0]
     assert d.account(row[0]).nodes == by_phone.nodes
+
+
+def test_every_subscriber_with_an_ip_becomes_one_router_under_their_serving_node() -> None:
+    # Rows without an ip between rows with one: the routers are taken from the columns
+    # in step, so a router must carry its own account's id, ip and uplink.
+    subs, problems = directory.parse_csv(
+        CSV + '1006,,"ул. Садовая 3",2,\n1007,,"ул. Ленина, д. 5",3,127.0.1.7\n', PATH, TOPO
+    )
+    assert problems == []
+    t = directory.with_cpes(TOPO, subs)
+    routers = {n.id: n for n in t.nodes.values() if n.kind == "cpe"}
+    expected = {
+        f"cpe:{s.account}": (s.ip, (s.serving,)) for s in subs if s.ip is not None
+    }  # fmt: skip
+    assert {i: (n.ip, n.parents) for i, n in routers.items()} == expected
+    assert all(n.name == n.id and n.line == 0 and not n.children for n in routers.values())
+    assert {t.by_ip[ip] for ip, _ in expected.values()} == set(expected)
+    assert set(TOPO.nodes) | set(expected) == set(t.nodes)
+
+
+def test_free_memory_is_given_back_where_the_c_library_can() -> None:
+    # glibc's malloc_trim is found where it exists (the daemon's platform); elsewhere
+    # there is nothing to call and nothing fails.
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert directory._TRIM is not None
+    directory.release_free_memory()
