@@ -230,3 +230,35 @@ def test_free_memory_is_given_back_where_the_c_library_can() -> None:
     if platform.libc_ver()[0] == "glibc":
         assert directory._TRIM is not None
     directory.release_free_memory()
+
+
+def test_a_crm_export_with_a_bom_crlf_and_a_line_break_in_a_quoted_field(
+    tmp_path: Path,
+) -> None:
+    # Rows are numbered as the CSV's records (a quoted field may span lines), the BOM is
+    # no part of the first column's name, and CRLF endings leave nothing in the fields.
+    topo = tmp_path / "topology.yaml"
+    topo.write_text(
+        "nodes:\n"
+        "  - {id: core, kind: core, ip: 127.0.0.2}\n"
+        "  - {id: sw, kind: access, ip: 127.0.0.3, parents: [core],\n"
+        '     serves: ["ул. Садовая, д. 3", "ул. Ленина, д. 5"]}\n',
+        encoding="utf-8",
+    )
+    subs = tmp_path / "subscribers.csv"
+    subs.write_bytes(
+        "\ufeffaccount,phones,address,flat,ip\r\n"
+        '3001,"+7 921 000-00-01","ул. Садовая, д. 3",1,127.0.1.1\r\n'
+        '3002,+79210000002,"ул. Садовая,\r\nд. 3",2,\r\n'
+        "3003,+79210000003,ул. Ленина 5,3,\r\n"
+        "3004,+79210000004,ул. Ленина 5,4,not-an-ip\r\n".encode()
+    )
+    loaded = directory.load(topo, subs)
+    d = loaded.directory
+    assert [s.account for s in d.subscribers] == ["3001", "3003"]
+    assert [(s.row, s.flat, s.ip) for s in d.subscribers] == [(2, "1", "127.0.1.1"), (4, "3", None)]
+    assert d.phone("+79210000001").nodes == ("cpe:3001",)
+    assert d.topology.nodes["cpe:3001"].ip == "127.0.1.1"
+    assert len(loaded.problems) == 2, loaded.problems
+    assert loaded.problems[0].startswith(f"{subs}: row 3: address holds a carriage return")
+    assert loaded.problems[1] == f"{subs}: row 5: ip 'not-an-ip' is not an IP address."
