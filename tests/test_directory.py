@@ -220,3 +220,63 @@ def test_every_subscriber_of_a_generated_city_is_found_by_phone_and_account(
     by_phone = d.phone(row[1])
     assert by_phone.subscriber is not None and by_phone.subscriber.account == row[0]
     assert d.account(row[0]).nodes == by_phone.nodes
+
+
+def test_every_subscriber_with_an_ip_becomes_one_router_under_their_serving_node() -> None:
+    # Rows without an ip between rows with one: the routers are taken from the columns
+    # in step, so a router must carry its own account's id, ip and uplink.
+    subs, problems = directory.parse_csv(
+        CSV + '1006,,"ул. Садовая 3",2,\n1007,,"ул. Ленина, д. 5",3,127.0.1.7\n', PATH, TOPO
+    )
+    assert problems == []
+    t = directory.with_cpes(TOPO, subs)
+    routers = {n.id: n for n in t.nodes.values() if n.kind == "cpe"}
+    expected = {
+        f"cpe:{s.account}": (s.ip, (s.serving,)) for s in subs if s.ip is not None
+    }  # fmt: skip
+    assert {i: (n.ip, n.parents) for i, n in routers.items()} == expected
+    assert all(n.name == n.id and n.line == 0 and not n.children for n in routers.values())
+    assert {t.by_ip[ip] for ip, _ in expected.values()} == set(expected)
+    assert set(TOPO.nodes) | set(expected) == set(t.nodes)
+
+
+def test_free_memory_is_given_back_where_the_c_library_can() -> None:
+    # glibc's malloc_trim is found where it exists (the daemon's platform); elsewhere
+    # there is nothing to call and nothing fails.
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert directory._TRIM is not None
+    directory.release_free_memory()
+
+
+def test_a_crm_export_with_a_bom_crlf_and_a_line_break_in_a_quoted_field(
+    tmp_path: Path,
+) -> None:
+    # Rows are numbered as the CSV's records (a quoted field may span lines), the BOM is
+    # no part of the first column's name, and CRLF endings leave nothing in the fields.
+    topo = tmp_path / "topology.yaml"
+    topo.write_text(
+        "nodes:\n"
+        "  - {id: core, kind: core, ip: 127.0.0.2}\n"
+        "  - {id: sw, kind: access, ip: 127.0.0.3, parents: [core],\n"
+        '     serves: ["ул. Садовая, д. 3", "ул. Ленина, д. 5"]}\n',
+        encoding="utf-8",
+    )
+    subs = tmp_path / "subscribers.csv"
+    subs.write_bytes(
+        "\ufeffaccount,phones,address,flat,ip\r\n"
+        '3001,"+7 921 000-00-01","ул. Садовая, д. 3",1,127.0.1.1\r\n'
+        '3002,+79210000002,"ул. Садовая,\r\nд. 3",2,\r\n'
+        "3003,+79210000003,ул. Ленина 5,3,\r\n"
+        "3004,+79210000004,ул. Ленина 5,4,not-an-ip\r\n".encode()
+    )
+    loaded = directory.load(topo, subs)
+    d = loaded.directory
+    assert [s.account for s in d.subscribers] == ["3001", "3003"]
+    assert [(s.row, s.flat, s.ip) for s in d.subscribers] == [(2, "1", "127.0.1.1"), (4, "3", None)]
+    assert d.phone("+79210000001").nodes == ("cpe:3001",)
+    assert d.topology.nodes["cpe:3001"].ip == "127.0.1.1"
+    assert len(loaded.problems) == 2, loaded.problems
+    assert loaded.problems[0].startswith(f"{subs}: row 3: address holds a carriage return")
+    assert loaded.problems[1] == f"{subs}: row 5: ip 'not-an-ip' is not an IP address."
