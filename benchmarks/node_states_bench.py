@@ -64,7 +64,7 @@ async def main(dsn: str, nodes: int) -> None:
         for round_ in range(2):
             for label, write in (("one statement a row", one_a_row), ("COPY", by_copy)):
                 state = "down" if state == "up" else "up"
-                rows = [(f"n{i}", state, datetime.now(UTC), 0.0) for i in range(nodes)]
+                rows: Rows = [(f"n{i}", state, datetime.now(UTC), 0.0) for i in range(nodes)]
                 c0, t0 = cpu(), time.perf_counter()
                 async with conn.transaction():
                     await write(conn, rows)
