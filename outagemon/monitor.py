@@ -49,6 +49,8 @@ CALLS_EVERY = 1.0  # seconds between looks at the calls (core/calls.py)
 HISTORY_EVERY = 600.0  # seconds between saves of every node's loss history
 SEEN_EVERY = 60.0  # seconds between "this run is alive" writes (monitor_run.seen_at)
 PRUNE_EVERY = 60.0  # seconds between prunings of what ended
+# Node states as node_state holds them (a recheck is not one: it ends up or down).
+WRITTEN_STATES = frozenset({State.UP, State.DOWN, State.UNKNOWN})
 
 
 def settings_of(cfg: Config) -> Settings:
@@ -477,6 +479,7 @@ class Monitor:
         for node, ns in c.states.items():
             if (
                 node in nodes
+                and ns.state in WRITTEN_STATES  # a recheck is written when it is decided
                 and stored.get(node) != ns.state.value
                 and c.incident_for(node) is None
             ):

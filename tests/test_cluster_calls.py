@@ -15,16 +15,22 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp import web
 
+from outagemon import config
 from outagemon.cluster.relay import CallRelay, RelayFenced
-from outagemon.core import directory
+from outagemon.core import directory, topology
+from outagemon.core.directory import Directory
+from outagemon.core.health import NodeState, State
 from outagemon.db import migrate, store
+from outagemon.db.writer import Writer
 from outagemon.metrics import Registry
+from outagemon.monitor import Monitor
 from outagemon.sim import citygen
 from outagemon.testing.lab import Lab
 from tests.alert_receivers import Receiver
@@ -405,3 +411,39 @@ async def test_the_relay_takes_each_count_once_and_only_under_a_holding_epoch(
             assert len(salt) == 16 and salt == await store.call_salt(conn)
     finally:
         await pool.close()
+
+
+# -- a new leader's own view, as it is queued (no database needed) ---------------------------
+
+OWN_VIEW_TOPOLOGY = """
+nodes:
+  - {id: core, kind: core, ip: 127.0.0.2}
+  - {id: sw-1, kind: access, ip: 127.0.0.4, parents: [core]}
+  - {id: sw-2, kind: access, ip: 127.0.0.5, parents: [core]}
+  - {id: sw-3, kind: access, ip: 127.0.0.6, parents: [core]}
+"""
+
+
+def test_a_new_leader_writes_the_states_it_sees_that_differ_and_its_blindness() -> None:
+    """What a node sees itself replaces what the previous leader wrote: states that
+    differ (never a recheck, which node_state cannot hold: it is written once decided),
+    whether it is blind, and the start or end of a blind period; nothing it agrees with."""
+    topo = topology.parse_text(OWN_VIEW_TOPOLOGY, Path("t.yaml"))
+    d = Directory(topo, [])
+    cfg = config.parse("", Path("outagemon.toml"))
+    writer = Writer(None, 1000, Registry())
+    monitor = Monitor(cfg, d, Registry(), writer)
+    monitor.journal.clustered = True
+    monitor.journal.epoch = 5
+    states = monitor.correlator.states
+    states["core"] = NodeState(state=State.UP, changed_at=1.0)
+    states["sw-1"] = NodeState(state=State.UP, changed_at=1.0)  # the previous leader: down
+    states["sw-2"] = NodeState(state=State.RECHECK, changed_at=1.0)
+    states["sw-3"] = NodeState(state=State.DOWN, changed_at=1.0)
+    monitor.correlator.blind = True
+    monitor._own_view({"core": "up", "sw-1": "down", "sw-2": "down", "sw-3": "up"})
+    queued = {name: values for name, (_, values, _) in writer._latest.items()}
+    assert sorted(queued["node_states"]) == ["sw-1", "sw-3"]
+    assert queued["node_states"]["sw-1"][0] == "up" and queued["node_states"]["sw-3"][0] == "down"
+    assert queued["blind"] is True
+    assert len(writer) == 3  # the states, the flag, and the blind period's start

@@ -310,14 +310,32 @@ async def max_maintenance_id(conn: Conn) -> int:
 
 
 async def save_node_states(conn: Conn, rows: list[tuple[str, str, datetime | None, float]]) -> None:
-    """Nodes' latest states: (node, state, changed at, short-term loss)."""
-    await conn.executemany(
-        "insert into node_state (node_id, state, changed_at, loss, seq)"
-        " values ($1, $2, $3, $4, nextval('node_state_seq'))"
-        " on conflict (node_id) do update set state = excluded.state,"
-        " changed_at = excluded.changed_at, loss = excluded.loss, seq = excluded.seq",
-        rows,
+    """Nodes' latest states: (node, state, changed at, short-term loss). Inside the
+    caller's transaction; many at once (a core's failure, a new leader's own view) go by
+    COPY: about three times faster than one statement a row, and the lease row a fenced
+    write holds is held for that much less."""
+    if len(rows) < STATES_BY_COPY:
+        await conn.executemany(
+            _SAVE_STATES.format(source="values ($1, $2, $3, $4, nextval('node_state_seq'))"), rows
+        )
+        return
+    await conn.execute("create temporary table s (node_id text, state text,"
+                       " changed_at timestamptz, loss real) on commit drop")  # fmt: skip
+    columns = ["node_id", "state", "changed_at", "loss"]
+    await conn.copy_records_to_table("s", records=rows, columns=columns)
+    await conn.execute(
+        _SAVE_STATES.format(
+            source="select node_id, state, changed_at, loss, nextval('node_state_seq') from s"
+        )
     )
+
+
+STATES_BY_COPY = 1000  # rows from which node states are written by COPY
+_SAVE_STATES = (
+    "insert into node_state (node_id, state, changed_at, loss, seq) {source}"
+    " on conflict (node_id) do update set state = excluded.state,"
+    " changed_at = excluded.changed_at, loss = excluded.loss, seq = excluded.seq"
+)
 
 
 async def node_state_values(conn: Conn) -> dict[str, str]:
