@@ -118,6 +118,9 @@ class CallersConfig:
     expire_after: float = 3600.0  # a suspected incident with no call for this long ends
     keep: int = 100_000  # calls held between detector ticks at most
     max_subscribers: int = 2000  # the largest place suspected (subscribers behind it)
+    by_hour: bool = True  # the usual rate follows the hour of the day (a learned shape)
+    evidence: float = 14.0  # the sequential test's log-likelihood ratio; 0: off
+    fault_rate: float = 0.25  # calls a subscriber an hour a fault makes (the test's alternative)
     sentence: str = ""  # said to callers behind a suspected incident; "": nothing special
 
 
@@ -293,6 +296,18 @@ def _rate(v: Any) -> str | None:
     if (reason := _finite(v, "a number of calls per subscriber a day")) is not None:
         return reason
     return None if 0 <= v <= 10 else "must be from 0 to 10 calls per subscriber a day"
+
+
+def _evidence(v: Any) -> str | None:
+    if (reason := _finite(v, "a log-likelihood ratio")) is not None:
+        return reason
+    return None if 0 <= v <= 100 else "must be from 0 (off) to 100"
+
+
+def _fault_rate(v: Any) -> str | None:
+    if (reason := _finite(v, "a number of calls per subscriber an hour")) is not None:
+        return reason
+    return None if 0 < v <= 60 else "must be more than 0 and at most 60 calls a subscriber an hour"
 
 
 def _sentence(v: Any) -> str | None:
@@ -486,6 +501,9 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "expire_after": _seconds(positive=True, maximum=WEEK),
         "keep": _integer(100, MANY),
         "max_subscribers": _integer(1, MANY),
+        "by_hour": _boolean,
+        "evidence": _evidence,
+        "fault_rate": _fault_rate,
         "sentence": _sentence,
     },
     "history": {
