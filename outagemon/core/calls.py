@@ -469,10 +469,19 @@ class CallWatch:
     def _first_calls(self, node: str) -> list[float]:
         """When each distinct caller at or below this node in the window first called."""
         firsts: dict[str, float] = {}
-        for n in (node, *self.topology.descendants(node)):
-            for c in self._by_node.get(n, ()):
+        nodes, counts, by_node = self.topology.nodes, self._counts, self._by_node
+        # Down only where callers are (every place below max_subscribers with a caller
+        # in the window is counted): a building's hundred routers are not walked.
+        stack, seen = [node], {node}
+        while stack:
+            n = stack.pop()
+            for c in by_node.get(n, ()):
                 if c.at < firsts.get(c.caller, math.inf):
                     firsts[c.caller] = c.at
+            for child in nodes[n].children:
+                if child in counts and child not in seen:
+                    seen.add(child)
+                    stack.append(child)
         return sorted(firsts.values())
 
     def strong(self, node: str, firsts: list[float], now: float) -> bool:
@@ -613,8 +622,8 @@ class CallWatch:
         roots = self._index()  # (when every suspicion had ended, it held them still)
         under = sorted((found for n in nodes if (found := roots.get(n)) is not None
                         and not found.confirmed), key=lambda sus: sus.incident.id)  # fmt: skip
-        self._roots_stale = True
         if under:
+            self._roots_stale = True
             sus = under[0]
             old = sus.incident.root
             sus.incident.root = root
@@ -649,6 +658,7 @@ class CallWatch:
                            opened_at=now, nodes=nodes, raised_by="calls")  # fmt: skip
             sus = Suspicion(inc, [], first, now, first)
             self.open[inc.id] = sus
+            roots[root] = sus  # the index stays up to date (rebuilding it is O(open))
             self.delays.append(now - first)
             self.events.append(Event(EventKind.OPENED, now, inc.id, root,
                                      detail=self._opened_detail(taken, now)))  # fmt: skip
