@@ -24,8 +24,11 @@ time order as the monitor's tick would hand them over.
 How fair the model is (read before trusting the figures): the background is what a
 Poisson detector assumes, but at 0.01 calls a subscriber a day (3.6 a year) it is on the
 busy side for an operator's contact rate, and the per-entrance factor and the day curve
-are not told to the detector (it learns one rate per node and knows nothing of the hour),
-so both make its job harder, not easier. The callers' model is kind in two ways: by day
+are not told to the detector (it learns one rate per node, and the day's shape from the
+calls themselves), so both make its job harder, not easier. One way the day curve is kind
+to a detector that follows the hour: its trough (08:00) is when the night's faults are
+noticed (from 07:00), so their callers come when the usual calls are fewest; a real
+call centre's mornings rise instead. The callers' model is kind in two ways: by day
 every affected subscriber notices at once (nobody is away), and a fault starting at 23:00
 is noticed at once too; callers are independent (no neighbour phoning for the stairwell).
 Durations of 1 to 6 hours suit a cut cable or splitter awaiting a crew; blips shorter than

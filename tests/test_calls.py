@@ -371,6 +371,21 @@ def test_a_suspicion_raised_at_a_switch_moves_down_to_the_entrance_its_callers_c
     assert second.incident.root == "seg-3-7-2" and second.incident.id != sid
 
 
+def test_with_the_sequential_test_two_callers_of_an_entrance_place_the_cluster_there(
+    town: Directory,
+) -> None:
+    """The same calls as above with the sequential test on: two callers of one entrance
+    hold the building's cluster and the neighbour's one call is fewer, so it is raised at
+    the entrance with only its two callers; the neighbour's call still counts as usual."""
+    w = watch_of(town)
+    a = calls_from(town, "seg-3-7-1", [10, 20])
+    b = calls_from(town, "seg-3-7-2", [25])
+    w.tick(30.0, [*a, *b], never, Ids())
+    (sus,) = w.open.values()
+    assert sus.incident.root == "seg-3-7-1" and sus.callers == {c.caller for c in a}
+    assert w.covering("seg-3-7-2") is None
+
+
 def test_a_confirmed_suspicion_is_not_moved_down(town: Directory) -> None:
     w = watch_of(town, evidence=0)  # raised at the switch (see the test above)
     ids = Ids()

@@ -519,8 +519,9 @@ class CallWatch:
 
     def _narrowed(self, node: str) -> str:
         """Where a cluster found at `node` is: the child holding `min_callers` of its
-        distinct callers or more while the rest are fewer than `min_callers` (too few to
-        be a cluster of their own: the usual calls of the siblings), repeatedly; else
+        distinct callers or more (two with the sequential test) while the rest are fewer
+        than that and than `min_callers` (too few to be a cluster of their own: the usual
+        calls of the siblings), repeatedly; else
         the node itself. A busy entrance's callers reach their building's threshold
         with one neighbour's usual call: the entrance is still the place."""
         s, counts = self.settings, self._counts
