@@ -111,7 +111,7 @@ class CallersConfig:
 
     enabled: bool = True
     window: float = 1800.0  # seconds over which distinct callers are counted
-    min_callers: int = 3  # never suspect on fewer distinct callers than this
+    min_callers: int = 3  # the window count's floor (the sequential test may raise on two)
     chance: float = 1e-6  # how rarely a place's usual rate may reach the threshold by luck
     prior_rate: float = 0.01  # calls per subscriber a day assumed before history is learned
     learn_for: float = 604800.0  # seconds: how long history weighs in the learned rate

@@ -55,7 +55,7 @@ UNEXPLAINED = frozenset({"ok"})
 @dataclass(frozen=True, slots=True)
 class Settings:
     window: float = 1800.0  # seconds over which distinct callers are counted
-    min_callers: int = 3  # the floor: never fewer distinct callers than this
+    min_callers: int = 3  # the window count's floor (the sequential test may raise on two)
     chance: float = 1e-6  # how rarely the usual rate may reach the threshold by luck
     prior_rate: float = 0.01  # calls per subscriber a day, before history says otherwise
     learn_for: float = 7 * DAY  # how long history weighs (the rate's time constant)
