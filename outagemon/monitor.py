@@ -381,6 +381,9 @@ class Monitor:
         nodes = self.directory.topology.nodes
         rows = [(n, ns.n, ns.lost) for n, ns in self.correlator.states.items() if n in nodes]
         self.journal.history(rows)
+        # And the calls' usual rates (wall time), so a restart does not learn them anew.
+        self.journal.call_rates([(kind, key, count, steady.CLOCK.wall(at))
+                                 for kind, key, count, at in self.watch.baseline()])  # fmt: skip
 
     def save_seen(self, now: float, stopped: bool = False) -> None:
         """This run was alive at `now` (and stops, when `stopped`): the time between the
@@ -499,6 +502,8 @@ class Monitor:
             self.calls[iid] = self.calls.get(iid, 0) + calls
         self.correlator.restore(taken, max(found.next_id, p.max_incident + 1))
         self.watch.restore(raised, self.clock())
+        self.watch.take_baseline((kind, key, count, at - step)
+                                 for kind, key, count, at in found.call_rates)  # fmt: skip
         for node, n, lost in found.histories:
             ns = self.correlator.states.setdefault(node, NodeState())
             if ns.n < n:

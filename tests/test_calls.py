@@ -191,6 +191,34 @@ def test_a_wide_cluster_after_every_suspicion_ended_opens_a_new_one(town: Direct
     assert sus.incident.root == "agg-1" and len(sus.callers) == 8
 
 
+def test_what_was_learned_is_taken_up_by_another_watch(town: Directory) -> None:
+    """`baseline()` rows handed to a new watch's `take_baseline()`: the same rates and
+    day's shape; nodes the topology no longer has are left out; added to what the new
+    watch learned itself."""
+    w = watch_of(town)
+    rng = random.Random(11)
+    t, n = 0.0, 0
+    while t < 3 * DAY:
+        t += rng.expovariate(60 / DAY)
+        n += 1
+        c = Call(t, "seg-3-1-1" if n % 2 else "seg-2-2-2", "", f"bg{n}", "ivr", "ok")
+        w.tick(t, [c], never, Ids())
+    w.tick(t + 3600, [], never, Ids())
+    now = t + 3600
+    rows = w.baseline()
+    assert len(rows) <= len(town.topology) + 25
+    again = CallWatch(town.topology, town.counts, Settings(), started=now)
+    again.take_baseline([*rows, ("node", "gone-node", 5.0, now)])
+    for node in ("seg-3-1-1", "seg-2-2-2", "sw-3-1", "seg-1-1-1"):
+        assert again.rate(node, now) == pytest.approx(w.rate(node, now), rel=1e-9), node
+    for h in range(24):  # (faded to the new watch's start: against the prior, a hair less)
+        assert again.shape(h * 3600.0) == pytest.approx(w.shape(h * 3600.0), rel=1e-3)
+    assert "gone-node" not in {key for _, key, _, _ in again.baseline()}
+    # Taken up twice (a late restore on top of an early one would not be): twice the calls.
+    again.take_baseline(rows)
+    assert again.history("seg-3-1-1", now)[0] > 1.9 * w.history("seg-3-1-1", now)[0] - 1
+
+
 def test_callers_spread_over_entrances_root_the_suspicion_at_their_switch(
     town: Directory,
 ) -> None:

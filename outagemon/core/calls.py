@@ -348,6 +348,38 @@ class CallWatch:
             self._hours_at = call.at
         self._hours[int(call.at % DAY // 3600) % HOURS] += 1.0
 
+    def baseline(self) -> list[tuple[str, str, float, float]]:
+        """What was learned, to keep over a restart: (kind, key, count, at) for each node
+        ("node"), each hour of the day's shape ("hour") and when the history began
+        ("since", count 0). At most a row per node of the topology, 24 and one."""
+        rows = [("since", "", 0.0, self.started)]
+        rows += [("node", n, c, at) for n, (c, at) in self._learned.items() if n in self.topology]
+        rows += [("hour", str(h), c, self._hours_at) for h, c in enumerate(self._hours) if c > 0]
+        return rows
+
+    def take_baseline(self, rows: Iterable[tuple[str, str, float, float]]) -> None:
+        """What a previous run learned (`baseline()`), added to what this one learned
+        since it started (a late restore keeps both); nodes the topology lost are left."""
+        tau = self.settings.learn_for
+
+        def merged(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+            at = max(a[1], b[1])
+            return (a[0] * math.exp(-(at - a[1]) / tau) + b[0] * math.exp(-(at - b[1]) / tau), at)
+
+        for kind, key, count, at in rows:
+            if kind == "since":
+                self.started = min(self.started, at)
+            elif kind == "node" and key in self.topology and count > 0:
+                self._learned[key] = merged(self._learned.get(key, (0.0, at)), (count, at))
+            elif kind == "hour" and key.isdigit() and int(key) < HOURS and count > 0:
+                h = int(key)
+                mine = (self._hours[h], self._hours_at)
+                self._hours[h], at_h = merged(mine, (count, at))
+                if at_h > self._hours_at:  # the other hours fade to the same moment
+                    fade = math.exp(-(at_h - self._hours_at) / tau)
+                    self._hours = [c if i == h else c * fade for i, c in enumerate(self._hours)]
+                    self._hours_at = at_h
+
     # -- the tick ----------------------------------------------------------------------
 
     def tick(self, now: float, calls: Iterable[Call], explained: Callable[[str], bool],
