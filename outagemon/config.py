@@ -112,13 +112,16 @@ class CallersConfig:
 
     enabled: bool = True
     window: float = 1800.0  # seconds over which distinct callers are counted
-    min_callers: int = 3  # never suspect on fewer distinct callers than this
+    min_callers: int = 3  # the window count's floor (the sequential test may raise on two)
     chance: float = 1e-6  # how rarely a place's usual rate may reach the threshold by luck
     prior_rate: float = 0.01  # calls per subscriber a day assumed before history is learned
     learn_for: float = 604800.0  # seconds: how long history weighs in the learned rate
     expire_after: float = 3600.0  # a suspected incident with no call for this long ends
     keep: int = 100_000  # calls held between detector ticks at most
     max_subscribers: int = 2000  # the largest place suspected (subscribers behind it)
+    by_hour: bool = True  # the usual rate follows the hour of the day (a learned shape)
+    evidence: float = 14.0  # the sequential test's log-likelihood ratio; 0: off
+    fault_rate: float = 0.25  # calls a subscriber an hour a fault makes (the test's alternative)
     sentence: str = ""  # said to callers behind a suspected incident; "": nothing special
 
 
@@ -324,6 +327,18 @@ def _rate(v: Any) -> str | None:
     return None if 0 <= v <= 10 else "must be from 0 to 10 calls per subscriber a day"
 
 
+def _evidence(v: Any) -> str | None:
+    if (reason := _finite(v, "a log-likelihood ratio")) is not None:
+        return reason
+    return None if 0 <= v <= 100 else "must be from 0 (off) to 100"
+
+
+def _fault_rate(v: Any) -> str | None:
+    if (reason := _finite(v, "a number of calls per subscriber an hour")) is not None:
+        return reason
+    return None if 0 < v <= 60 else "must be more than 0 and at most 60 calls a subscriber an hour"
+
+
 def _sentence(v: Any) -> str | None:
     if not isinstance(v, str):
         return "must be a string"
@@ -515,6 +530,9 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "expire_after": _seconds(positive=True, maximum=WEEK),
         "keep": _integer(100, MANY),
         "max_subscribers": _integer(1, MANY),
+        "by_hour": _boolean,
+        "evidence": _evidence,
+        "fault_rate": _fault_rate,
         "sentence": _sentence,
     },
     "history": {

@@ -71,7 +71,8 @@ def call_settings(c: CallersConfig) -> callers.Settings:
     return callers.Settings(window=c.window, min_callers=c.min_callers, chance=c.chance,
                             prior_rate=c.prior_rate, learn_for=c.learn_for,
                             expire_after=c.expire_after, keep=c.keep,
-                            max_subscribers=c.max_subscribers)  # fmt: skip
+                            max_subscribers=c.max_subscribers, by_hour=c.by_hour,
+                            evidence=c.evidence, fault_rate=c.fault_rate)  # fmt: skip
 
 
 def anchors_of(cfg: Config, directory: Directory) -> dict[str, str]:
@@ -411,6 +412,9 @@ class Monitor:
         nodes = self.directory.topology.nodes
         rows = [(n, ns.n, ns.lost) for n, ns in self.correlator.states.items() if n in nodes]
         self.journal.history(rows)
+        # And the calls' usual rates (wall time), so a restart does not learn them anew.
+        self.journal.call_rates([(kind, key, count, steady.CLOCK.wall(at))
+                                 for kind, key, count, at in self.watch.baseline()])  # fmt: skip
 
     def save_seen(self, now: float, stopped: bool = False) -> None:
         """This run was alive at `now` (and stops, when `stopped`): the time between the
@@ -560,6 +564,8 @@ class Monitor:
             self.calls[iid] = self.calls.get(iid, 0) + calls
         self.correlator.restore(taken, max(found.next_id, p.max_incident + 1))
         self.watch.restore(raised, self.clock())
+        self.watch.take_baseline((kind, key, count, at - step)
+                                 for kind, key, count, at in found.call_rates)  # fmt: skip
         for iid, (first_call, callers_then, buildings) in found.raised.items():
             sus = self.watch.open.get(iid)
             if sus is not None and not sus.calls and not sus.earlier_callers:

@@ -97,6 +97,128 @@ def test_two_callers_are_not_enough_and_the_same_caller_twice_counts_once(
     assert not w.open
 
 
+def test_two_callers_a_minute_apart_at_an_entrance_known_to_be_quiet_are_evidence_enough(
+    town: Directory,
+) -> None:
+    """The sequential test: after two quiet weeks, two callers of one entrance a minute
+    apart are far likelier from a fault than from its usual calls (about one in ten
+    days), so it is suspected on two; two callers an hour apart are not. On the first
+    day, with only the prior to go by (a rate learned from nothing is uncertain), the
+    same pair is not enough."""
+    early = watch_of(town)
+    early.tick(130.0, calls_from(town, "seg-1-3-2", [100, 160]), never, Ids())
+    assert not early.open
+    w = watch_of(town)
+    t = 14 * DAY
+    w.tick(t, [], never, Ids())
+    pair = calls_from(town, "seg-1-3-2", [t + 100, t + 160])
+    apart = calls_from(town, "seg-2-5-1", [t + 100, t + 3700])
+    ids = Ids()
+    w.tick(t + 200, [*pair, apart[0]], never, ids)
+    w.tick(t + 3700, apart[1:], never, ids)
+    (sus,) = w.open.values()
+    assert sus.incident.root == "seg-1-3-2" and len(sus.callers) == 2
+    # The window's count alone would not: it needs min_callers.
+    off = watch_of(town, evidence=0)
+    off.tick(t, [], never, Ids())
+    off.tick(t + 200, pair, never, Ids())
+    assert not off.open
+
+
+def test_a_busy_place_needs_more_than_a_pair(town: Directory) -> None:
+    """A building whose subscribers call a hundred times a day: two callers a minute
+    apart are its usual, and are not suspected."""
+    w = watch_of(town)
+    ids = Ids()
+    rng = random.Random(5)
+    t, n = 0.0, 0
+    while t < 7 * DAY:
+        t += rng.expovariate(100 / DAY)
+        n += 1
+        w.tick(t, [Call(t, "seg-3-1-1", "", f"bg{n}", "ivr", "ok")], never, ids)
+    w.take_events()
+    opened_before = len(w.open)
+    w.tick(t + 70, calls_from(town, "seg-3-1-1", [t + 5, t + 65]), never, ids)
+    assert len(w.open) == opened_before
+
+
+def test_the_day_shape_is_learned_and_the_usual_rate_follows_the_hour(
+    town: Directory,
+) -> None:
+    """Calls only in the evening for a week, from anywhere in the town: the shape says
+    evenings are busy and mornings quiet, and the town's threshold is higher at 20:00
+    than at 08:00; with `by_hour` off the rate is flat."""
+    watches = [watch_of(town, window=600.0), watch_of(town, window=600.0, by_hour=False)]
+    rng = random.Random(7)
+    serving = sorted({s.serving for s in town.subscribers})
+    calls, n = [], 0
+    for day in range(7):
+        t = day * DAY + 18 * 3600
+        while t < day * DAY + 22 * 3600:
+            t += rng.expovariate(100 / (4 * 3600))
+            n += 1
+            calls.append(Call(t, rng.choice(serving), "", f"bg{n}", "ivr", "ok"))
+    for w in watches:
+        ids = Ids()
+        for c in calls:
+            w.tick(c.at, [c], never, ids)
+        w.tick(7 * DAY, [], never, ids)  # the last calls leave the window: learned
+    shaped, flat = watches
+    now, top = 7 * DAY, town.topology.roots[0]
+    assert shaped.shape(now + 20 * 3600) > 2 and shaped.shape(now + 8 * 3600) < 0.5
+    morning = shaped.threshold(top, now + 8 * 3600)
+    evening = shaped.threshold(top, now + 20 * 3600)
+    assert evening > morning + 3, (morning, evening)
+    assert flat.shape(now + 20 * 3600) == flat.shape(now + 8 * 3600) == 1.0
+    assert flat.threshold(top, now + 8 * 3600) == flat.threshold(top, now + 20 * 3600)
+
+
+def test_a_wide_cluster_after_every_suspicion_ended_opens_a_new_one(town: Directory) -> None:
+    """Two suspicions at entrances expire, leaving none open; then callers from eight
+    buildings of their aggregation: a new suspicion there (the index of suspicions by
+    root once still held the ended ones, and widening tried to merge them: KeyError)."""
+    w = watch_of(town, evidence=0)
+    ids = Ids()
+    w.tick(40.0, calls_from(town, "seg-1-1-1", [10, 20, 30])
+           + calls_from(town, "seg-1-2-1", [10, 20, 30]), never, ids)  # fmt: skip
+    assert len(w.open) == 2
+    w.tick(2 * 3600.0, [], never, ids)
+    assert not w.open
+    t = 3 * 3600.0
+    wide = [c for b in range(3, 11) for c in calls_from(town, f"seg-1-{b}-1", [t + b])]
+    w.tick(t + 20, wide, never, ids)
+    (sus,) = w.open.values()
+    assert sus.incident.root == "agg-1" and len(sus.callers) == 8
+
+
+def test_what_was_learned_is_taken_up_by_another_watch(town: Directory) -> None:
+    """`baseline()` rows handed to a new watch's `take_baseline()`: the same rates and
+    day's shape; nodes the topology no longer has are left out; added to what the new
+    watch learned itself."""
+    w = watch_of(town)
+    rng = random.Random(11)
+    t, n = 0.0, 0
+    while t < 3 * DAY:
+        t += rng.expovariate(60 / DAY)
+        n += 1
+        c = Call(t, "seg-3-1-1" if n % 2 else "seg-2-2-2", "", f"bg{n}", "ivr", "ok")
+        w.tick(t, [c], never, Ids())
+    w.tick(t + 3600, [], never, Ids())
+    now = t + 3600
+    rows = w.baseline()
+    assert len(rows) <= len(town.topology) + 25
+    again = CallWatch(town.topology, town.counts, Settings(), started=now)
+    again.take_baseline([*rows, ("node", "gone-node", 5.0, now)])
+    for node in ("seg-3-1-1", "seg-2-2-2", "sw-3-1", "seg-1-1-1"):
+        assert again.rate(node, now) == pytest.approx(w.rate(node, now), rel=1e-9), node
+    for h in range(24):  # (faded to the new watch's start: against the prior, a hair less)
+        assert again.shape(h * 3600.0) == pytest.approx(w.shape(h * 3600.0), rel=1e-3)
+    assert "gone-node" not in {key for _, key, _, _ in again.baseline()}
+    # Taken up twice (a late restore on top of an early one would not be): twice the calls.
+    again.take_baseline(rows)
+    assert again.history("seg-3-1-1", now)[0] > 1.9 * w.history("seg-3-1-1", now)[0] - 1
+
+
 def test_callers_spread_over_entrances_root_the_suspicion_at_their_switch(
     town: Directory,
 ) -> None:
@@ -152,7 +274,9 @@ def test_a_wider_cluster_widens_the_suspicion_below_it_keeping_its_id(
 ) -> None:
     town = city_directory(citygen.generate(aggregations=1, subscribers_per_access=30,
                                            entrances=3))  # fmt: skip
-    w = watch_of(town, min_callers=3)
+    # The window's count alone (the sequential test would raise on the pair of
+    # seg-1-5-2 by itself).
+    w = watch_of(town, min_callers=3, evidence=0)
     ids = Ids()
     w.tick(40.0, calls_from(town, "seg-1-5-1", [10, 20, 30]), never, ids)
     (first,) = w.open.values()
@@ -241,8 +365,9 @@ def test_a_suspicion_raised_at_a_switch_moves_down_to_the_entrance_its_callers_c
     """Two callers of an entrance and one usual call of its neighbour: the building's
     switch, the lowest node they share (right then). Two more callers of the entrance:
     its calls pass its own threshold and the neighbour's are too few to be a cluster, so
-    the suspicion moves down to the entrance, keeping its id and only its callers."""
-    w = watch_of(town)
+    the suspicion moves down to the entrance, keeping its id and only its callers (the
+    window's count alone: the sequential test would raise on the first two callers)."""
+    w = watch_of(town, evidence=0)
     ids = Ids()
     a = calls_from(town, "seg-3-7-1", [10, 20, 30, 40])
     b = calls_from(town, "seg-3-7-2", [25])
@@ -274,8 +399,23 @@ def test_a_suspicion_raised_at_a_switch_moves_down_to_the_entrance_its_callers_c
     assert second.incident.root == "seg-3-7-2" and second.incident.id != sid
 
 
-def test_a_confirmed_suspicion_is_not_moved_down(town: Directory) -> None:
+def test_with_the_sequential_test_two_callers_of_an_entrance_place_the_cluster_there(
+    town: Directory,
+) -> None:
+    """The same calls as above with the sequential test on: two callers of one entrance
+    hold the building's cluster and the neighbour's one call is fewer, so it is raised at
+    the entrance with only its two callers; the neighbour's call still counts as usual."""
     w = watch_of(town)
+    a = calls_from(town, "seg-3-7-1", [10, 20])
+    b = calls_from(town, "seg-3-7-2", [25])
+    w.tick(30.0, [*a, *b], never, Ids())
+    (sus,) = w.open.values()
+    assert sus.incident.root == "seg-3-7-1" and sus.callers == {c.caller for c in a}
+    assert w.covering("seg-3-7-2") is None
+
+
+def test_a_confirmed_suspicion_is_not_moved_down(town: Directory) -> None:
+    w = watch_of(town, evidence=0)  # raised at the switch (see the test above)
     ids = Ids()
     a = calls_from(town, "seg-3-8-1", [10, 20, 30, 40])
     w.tick(30.0, [a[0], a[1], *calls_from(town, "seg-3-8-2", [25])], never, ids)
@@ -444,21 +584,23 @@ def test_invariants_on_any_call_stream(
     town: Directory, stream: list[tuple[float, int, int, str]]
 ) -> None:
     """Whatever the calls: suspicions are rooted at the lowest node shared by their
-    callers, never raised on fewer than min_callers distinct callers, and ids are unique."""
+    callers, never raised on fewer than min_callers distinct callers (two with the
+    sequential test), and ids are unique."""
     nodes = sorted({s.serving for s in town.subscribers})
-    w = watch_of(town)
-    ids = Ids()
     stream.sort()
-    for at, node, caller, status in stream:
-        w.tick(at, [Call(at, nodes[node], "", f"k{caller}", "ivr", status)], never, ids)
-    opened = [e for e in w.take_events() if e.kind is EventKind.OPENED]
-    assert len({e.incident for e in opened}) == len(opened)
-    for sus in w.open.values():
-        assert len(sus.callers) >= 3
-        shared = w.lowest_shared({c.node for c in sus.calls})
-        root = sus.incident.root
-        assert root == shared or root in town.topology.ancestors(shared)
-        assert all(c.status == "ok" for c in sus.calls)
+    for evidence, fewest in ((0.0, 3), (Settings().evidence, 2)):
+        w = watch_of(town, evidence=evidence)
+        ids = Ids()
+        for at, node, caller, status in stream:
+            w.tick(at, [Call(at, nodes[node], "", f"k{caller}", "ivr", status)], never, ids)
+        opened = [e for e in w.take_events() if e.kind is EventKind.OPENED]
+        assert len({e.incident for e in opened}) == len(opened)
+        for sus in w.open.values():
+            assert len(sus.callers) >= fewest
+            shared = w.lowest_shared({c.node for c in sus.calls})
+            root = sus.incident.root
+            assert root == shared or root in town.topology.ancestors(shared)
+            assert all(c.status == "ok" for c in sus.calls)
 
 
 # -- config ------------------------------------------------------------------------------
@@ -482,6 +624,22 @@ def test_the_callers_section_is_read_and_bad_values_are_named() -> None:
                   "[callers] chance", "[callers] prior_rate", "[callers] sentence",
                   "did you mean 'window'"):  # fmt: skip
         assert named in text, (named, text)
+
+
+def test_the_sequential_tests_keys_are_read_and_bounded() -> None:
+    from outagemon import config
+    from outagemon.errors import ConfigError
+
+    cfg = config.parse("[callers]\nevidence = 0\nfault_rate = 0.5\nby_hour = false\n",
+                       Path("/etc/om.toml"))  # fmt: skip
+    assert (cfg.callers.evidence, cfg.callers.fault_rate, cfg.callers.by_hour) == (0, 0.5, False)
+    default = config.parse("", Path("/etc/om.toml")).callers
+    assert (default.evidence, default.fault_rate, default.by_hour) == (14.0, 0.25, True)
+    with pytest.raises(ConfigError) as bad:
+        config.parse("[callers]\nevidence = -1\nfault_rate = 0\nby_hour = 2\n",
+                     Path("/etc/om.toml"))  # fmt: skip
+    for named in ("[callers] evidence", "[callers] fault_rate", "[callers] by_hour"):
+        assert named in str(bad.value), bad.value
 
 
 def test_the_example_config_parses_with_its_callers_section() -> None:

@@ -250,3 +250,40 @@ async def test_a_suspected_incident_is_said_as_one_and_a_dismissed_one_lost_noth
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="seconds")
+
+
+async def test_the_learned_rates_survive_a_restart(fresh_db: str) -> None:
+    """What the detector learned of the usual calls (each place's rate, the day's shape,
+    since when) is written with the loss histories and taken up by the next run: its
+    rates are the old run's, not the prior's."""
+    from outagemon.core.calls import Call
+
+    async with world(fresh_db) as w:
+        watch = w.monitor.watch
+        now = w.monitor.clock()
+        # A busy entrance: forty usual calls over the last days, learned as they left
+        # the window (the seconds between them keep any three from a cluster).
+        calls = [Call(now - 3 * 86400 + i * 6000.0, "seg-mira-1", "", f"u{i}", "ivr", "ok")
+                 for i in range(40)]  # fmt: skip
+        for c in calls:
+            watch.tick(c.at, [c], lambda _n: False, lambda: 10_000)
+        watch.tick(now, [], lambda _n: False, lambda: 10_000)
+        watch.started = min(watch.started, now - 3 * 86400)
+        learned = watch.rate("seg-mira-1", now)
+        assert learned > 2 * watch.rate("seg-mira-2", now)  # more than the prior's
+        w.monitor.save_history()
+        await w.flushed()
+        async with w.pool.acquire() as conn:
+            kinds = {r["kind"] for r in await conn.fetch("select kind from call_rate")}
+        assert kinds == {"node", "hour", "since"}
+        found = await restore_db.load(w.pool, w.monitor.directory.topology, 0.0)
+        again = Monitor(w.monitor.config, w.monitor.directory, w.runtime.metrics)
+        fresh = again.watch.rate("seg-mira-1", now)
+        again.resume(found)
+        restored = again.watch.rate("seg-mira-1", now)
+        assert abs(restored - learned) < 0.02 * learned, (fresh, learned, restored)
+        assert fresh < learned / 2
+        # The day's shape too (the times went through the database's microseconds).
+        hours = [now + h * 3600.0 for h in range(24)]
+        assert max(abs(watch.shape(t) - 1.0) for t in hours) > 0.1  # learned, not flat
+        assert all(abs(again.watch.shape(t) - watch.shape(t)) < 1e-3 for t in hours)

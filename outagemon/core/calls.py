@@ -8,9 +8,13 @@ is passed in, nothing is read or written but its own state.
 A place is suspected when the distinct callers below one node within `window` seconds
 reach what that node's usual call rate cannot explain: the smallest count that Poisson
 arrivals at the learned rate reach by chance less often than `chance` in a window, and
-never fewer than `min_callers`. The rate of each node is learned from the calls it had
-(answered `ok` and not part of a suspicion), blended with a prior of `prior_rate` calls
-per subscriber a day that weighs as one day of history. Only calls answered `ok` count:
+never fewer than `min_callers`; or sooner, when a sequential test finds the newest of
+them (two or more) `evidence` times likelier, in natural logarithm, under a fault
+(`fault_rate` calls a subscriber an hour) than under the usual calls. The rate of each
+node is learned from the calls it had (answered `ok` and not part of a suspicion),
+blended with a prior of `prior_rate` calls per subscriber a day that weighs as one day
+of history, and follows the hour of the day (`by_hour`: one shape of the day learned
+from every place's calls, scaled to each place's rate). Only calls answered `ok` count:
 one answered `outage`, `maintenance`, `cpe_down`, `restored` or `unknown` (blindness) is
 already explained, and so is one from a caller whose own probed router was answering (the
 probes see the way to them working: their trouble is not their entrance's). The
@@ -40,6 +44,8 @@ from outagemon.core.incidents import Event, EventKind, Incident, IncidentState, 
 from outagemon.core.topology import Topology
 
 DAY = 86400.0
+HOURS = 24  # the day's shape is learned by the hour
+PAIR = 2  # the sequential test's fewest callers
 KEPT_CALLS = 200  # calls kept per suspected incident (for the page's chart); more are counted
 # Only these answers leave a call unexplained: the others are an incident, planned works,
 # the caller's own router, a recent repair, or a monitor that cannot see.
@@ -49,7 +55,7 @@ UNEXPLAINED = frozenset({"ok"})
 @dataclass(frozen=True, slots=True)
 class Settings:
     window: float = 1800.0  # seconds over which distinct callers are counted
-    min_callers: int = 3  # the floor: never fewer distinct callers than this
+    min_callers: int = 3  # the window count's floor (the sequential test may raise on two)
     chance: float = 1e-6  # how rarely the usual rate may reach the threshold by luck
     prior_rate: float = 0.01  # calls per subscriber a day, before history says otherwise
     learn_for: float = 7 * DAY  # how long history weighs (the rate's time constant)
@@ -58,6 +64,15 @@ class Settings:
     # The largest place suspected, in subscribers: callers cannot place a fault further up
     # (a city's calls are always many there), and an aggregation is the probes' to see.
     max_subscribers: int = 2000
+    # Whether the usual rate follows the hour of the day (one shape learned from every
+    # place's calls, scaled to each place's own rate): calls at 8 am are not those at 8 pm.
+    by_hour: bool = True
+    # The sequential test: how strong the evidence of a place's newest callers must be
+    # (the log of how many times likelier a fault makes them than the usual calls; 0: no
+    # test, the window's count alone), against a fault that makes `fault_rate` calls a
+    # subscriber an hour. It may raise on two callers (never on fewer).
+    evidence: float = 14.0
+    fault_rate: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +193,28 @@ def poisson_threshold(mean: float, chance: float, floor: int) -> int:
             return max(k, floor)
 
 
+def poisson_tail(mean: float, k: int) -> float:
+    """P(X >= k) for X ~ Poisson(mean)."""
+    if k <= 0:
+        return 1.0
+    if mean <= 0:
+        return 0.0
+    term = math.exp(-mean) * mean**k / math.factorial(k) if k < 170 else 0.0
+    if mean < k:  # the upper terms fall fast: sum them
+        total, i = 0.0, k
+        while term > 1e-300 and i < k + 200:
+            total += term
+            i += 1
+            term *= mean / i
+        return min(1.0, total)
+    below, term, i = 0.0, math.exp(-mean), 0
+    while i < k:
+        below += term
+        i += 1
+        term *= mean / i
+    return max(0.0, 1.0 - below)
+
+
 def subscribers_below(topology: Topology, subscribers: dict[str, int]) -> dict[str, int]:
     """node -> the subscribers at or below it, from those each node serves directly (a
     million routers: a reload makes it off the event loop)."""
@@ -214,6 +251,9 @@ class CallWatch:
         self._roots_stale = False
         self.events: list[Event] = []
         self._learned: dict[str, tuple[float, float]] = {}  # node -> (decayed count, at)
+        # The day's shape: learned calls by hour of the day (UTC), decayed as the rates.
+        self._hours = [0.0] * HOURS
+        self._hours_at = started
         self.set_topology(topology, subscribers)
         self.delays: list[float] = []  # first call to suspicion, per suspicion raised
 
@@ -224,6 +264,8 @@ class CallWatch:
         self.topology = topology
         # node -> subscribers at or below it
         self.below = subscribers_below(topology, subscribers) if below is None else below
+        # The shape's prior: one day of the prior's calls, spread evenly over the hours.
+        self._hour_prior = self.settings.prior_rate * sum(subscribers.values()) / HOURS
 
     # -- what callers hear -------------------------------------------------------------
 
@@ -231,15 +273,19 @@ class CallWatch:
         """The open suspicion whose root is this node or above it."""
         if not self.open:
             return None
-        if self._roots_stale:
-            self._roots = {sus.incident.root: sus for sus in self.open.values()}
-            self._roots_stale = False
-        roots = self._roots
+        roots = self._index()
         for n in self._chain(node):
             found = roots.get(n)
             if found is not None:
                 return found
         return None
+
+    def _index(self) -> dict[str, Suspicion]:
+        """The open suspicions by root, brought up to date."""
+        if self._roots_stale:
+            self._roots = {sus.incident.root: sus for sus in self.open.values()}
+            self._roots_stale = False
+        return self._roots
 
     def _chain(self, node: str) -> tuple[str, ...]:
         if node not in self.topology:
@@ -249,25 +295,98 @@ class CallWatch:
     # -- the baseline ------------------------------------------------------------------
 
     def rate(self, node: str, now: float) -> float:
-        """Calls a second expected below this node: history blended with the prior."""
+        """Calls a second expected below this node on average over the day: history
+        blended with the prior."""
+        calls, seen = self.history(node, now)
+        return calls / seen
+
+    def shape(self, at: float) -> float:
+        """How busy this time of day is against the day's average (1: average, or
+        `by_hour` off): the learned calls by hour, blended with an even prior worth a
+        day of calls, between the hours' middles linearly."""
+        if not self.settings.by_hour:
+            return 1.0
+        hours, prior = self._hours, self._hour_prior
+        mean = sum(hours) / HOURS + prior
+        if mean <= 0:
+            return 1.0
+        x = (at % DAY) / 3600.0 - 0.5
+        lo = math.floor(x)
+        part = x - lo
+        a, b = hours[lo % HOURS], hours[(lo + 1) % HOURS]
+        return (a + (b - a) * part + prior) / mean
+
+    def shaped(self, start: float, end: float) -> float:
+        """Seconds between two times, each weighed by how busy its time of day is (the
+        day's shape sampled every quarter of an hour at most, trapezoids between)."""
+        span = end - start
+        if span <= 0:
+            return 0.0
+        steps = max(1, math.ceil(span / 900.0))
+        values = [self.shape(start + span * i / steps) for i in range(steps + 1)]
+        return span * (sum(values) - (values[0] + values[-1]) / 2) / steps
+
+    def expected(self, node: str, start: float, end: float) -> float:
+        """Calls expected below this node between two times at its usual rate."""
+        return self.rate(node, end) * self.shaped(start, end)
+
+    def history(self, node: str, now: float) -> tuple[float, float]:
+        """What the rate is learned from: (calls, seconds), history (decayed: the time
+        it covers weighs less the older it is) plus one day of the prior."""
         s = self.settings
         prior = s.prior_rate * self.below.get(node, 0) / DAY
         count, at = self._learned.get(node, (0.0, now))
         count *= math.exp(-(now - at) / s.learn_for)
-        # The time the history covers (it weighs less the older it is), plus one day of
-        # the prior's weight.
         seen = s.learn_for * (1.0 - math.exp(-max(0.0, now - self.started) / s.learn_for))
-        return (count + prior * DAY) / (seen + DAY)
+        return count + prior * DAY, seen + DAY
 
     def threshold(self, node: str, now: float) -> int:
         s = self.settings
-        return poisson_threshold(self.rate(node, now) * s.window, s.chance, s.min_callers)
+        usual = self.expected(node, now - s.window, now)
+        return poisson_threshold(usual, s.chance, s.min_callers)
 
     def _learn(self, call: Call) -> None:
         tau = self.settings.learn_for
         for n in self._chain(call.node):
             count, at = self._learned.get(n, (0.0, call.at))
             self._learned[n] = (count * math.exp(-(call.at - at) / tau) + 1.0, call.at)
+        if call.at > self._hours_at:
+            fade = math.exp(-(call.at - self._hours_at) / tau)
+            self._hours = [h * fade for h in self._hours]
+            self._hours_at = call.at
+        self._hours[int(call.at % DAY // 3600) % HOURS] += 1.0
+
+    def baseline(self) -> list[tuple[str, str, float, float]]:
+        """What was learned, to keep over a restart: (kind, key, count, at) for each node
+        ("node"), each hour of the day's shape ("hour") and when the history began
+        ("since", count 0). At most a row per node of the topology, 24 and one."""
+        rows = [("since", "", 0.0, self.started)]
+        rows += [("node", n, c, at) for n, (c, at) in self._learned.items() if n in self.topology]
+        rows += [("hour", str(h), c, self._hours_at) for h, c in enumerate(self._hours) if c > 0]
+        return rows
+
+    def take_baseline(self, rows: Iterable[tuple[str, str, float, float]]) -> None:
+        """What a previous run learned (`baseline()`), added to what this one learned
+        since it started (a late restore keeps both); nodes the topology lost are left."""
+        tau = self.settings.learn_for
+
+        def merged(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+            at = max(a[1], b[1])
+            return (a[0] * math.exp(-(at - a[1]) / tau) + b[0] * math.exp(-(at - b[1]) / tau), at)
+
+        for kind, key, count, at in rows:
+            if kind == "since":
+                self.started = min(self.started, at)
+            elif kind == "node" and key in self.topology and count > 0:
+                self._learned[key] = merged(self._learned.get(key, (0.0, at)), (count, at))
+            elif kind == "hour" and key.isdigit() and int(key) < HOURS and count > 0:
+                h = int(key)
+                mine = (self._hours[h], self._hours_at)
+                self._hours[h], at_h = merged(mine, (count, at))
+                if at_h > self._hours_at:  # the other hours fade to the same moment
+                    fade = math.exp(-(at_h - self._hours_at) / tau)
+                    self._hours = [c if i == h else c * fade for i, c in enumerate(self._hours)]
+                    self._hours_at = at_h
 
     # -- the tick ----------------------------------------------------------------------
 
@@ -319,7 +438,7 @@ class CallWatch:
             return False
         while sus.recent and sus.recent[0] <= now - s.expire_after:
             sus.recent.popleft()
-        usual = self.rate(sus.incident.root, now) * s.expire_after
+        usual = self.expected(sus.incident.root, now - s.expire_after, now)
         return len(sus.recent) < poisson_threshold(usual, 0.01, 1)
 
     def _add(self, call: Call) -> None:
@@ -356,13 +475,17 @@ class CallWatch:
         """Raise (or widen) suspicions where the new calls bring a place to its
         threshold, lowest places first."""
         s, counts, below = self.settings, self._counts, self.below
-        candidates = [n for n in touched if len(counts.get(n, ())) >= s.min_callers]
+        least = self._least()
+        candidates = [n for n in touched if len(counts.get(n, ())) >= least]
         if not candidates:
             return
         candidates.sort(key=lambda n: (-len(self.topology.ancestors(n)), n))
         for node in candidates:
             callers = len(counts.get(node, ()))  # fewer, if a place below was just taken
-            if callers < s.min_callers or callers < self.threshold(node, now):
+            if callers < least:
+                continue
+            if ((callers < s.min_callers or callers < self.threshold(node, now))
+                    and not self.strong(node, self._first_calls(node), now)):  # fmt: skip
                 continue
             if explained(node):
                 continue
@@ -378,18 +501,76 @@ class CallWatch:
                 self._remove(c)
             self._suspect(root, taken, now, next_id)
 
+    def _least(self) -> int:
+        """The fewest distinct callers a suspicion is raised on."""
+        s = self.settings
+        return min(s.min_callers, PAIR) if s.evidence > 0 else s.min_callers
+
+    def _first_calls(self, node: str) -> list[float]:
+        """When each distinct caller at or below this node in the window first called."""
+        firsts: dict[str, float] = {}
+        nodes, counts, by_node = self.topology.nodes, self._counts, self._by_node
+        # Down only where callers are (every place below max_subscribers with a caller
+        # in the window is counted): a building's hundred routers are not walked.
+        stack, seen = [node], {node}
+        while stack:
+            n = stack.pop()
+            for c in by_node.get(n, ()):
+                if c.at < firsts.get(c.caller, math.inf):
+                    firsts[c.caller] = c.at
+            for child in nodes[n].children:
+                if child in counts and child not in seen:
+                    seen.add(child)
+                    stack.append(child)
+        return sorted(firsts.values())
+
+    def strong(self, node: str, firsts: list[float], now: float) -> bool:
+        """Whether the newest of these callers (first calls, oldest first) are evidence
+        enough of a fault at this node: for some j >= 2, the log-likelihood ratio of the
+        newest j under a fault (`fault_rate` calls a subscriber an hour) against the
+        usual calls (the place's rate as learned, with its uncertainty: a Gamma whose
+        weight is the calls it was learned from, and the day's shape) reaches
+        `evidence`. A quiet place's two callers a minute apart are evidence; a busy
+        place, or a place learned from few calls, needs more."""
+        s = self.settings
+        fault = s.fault_rate * self.below.get(node, 0) / 3600.0
+        if s.evidence <= 0 or fault <= 0 or len(firsts) < self._least():
+            return False
+        calls, seen = self.history(node, now)
+        if calls <= 0:
+            return False
+        newest = firsts[-1]
+        gain = 0.0  # the log of the fault's rate against the day's shape, per caller
+        least = self._least()
+        for j, at in enumerate(reversed(firsts), 1):
+            gain += math.log(fault / max(self.shape(at), 1e-9))
+            if j < least:
+                continue
+            # The usual calls' likelihood with the rate integrated out: a Gamma(calls,
+            # seen) prior on it gives Gamma(calls + j) / Gamma(calls) * seen^calls /
+            # (seen + exposure)^(calls + j), the exposure in shaped seconds.
+            exposure = self.shaped(at, newest)
+            llr = (gain - fault * (newest - at) - math.lgamma(calls + j)
+                   + math.lgamma(calls) - calls * math.log(seen)
+                   + (calls + j) * math.log(seen + exposure))  # fmt: skip
+            if llr >= s.evidence:
+                return True
+        return False
+
     def _narrowed(self, node: str) -> str:
         """Where a cluster found at `node` is: the child holding `min_callers` of its
-        distinct callers or more while the rest are fewer than `min_callers` (too few to
-        be a cluster of their own: the usual calls of the siblings), repeatedly; else
+        distinct callers or more (two with the sequential test) while the rest are fewer
+        than that and than `min_callers` (too few to be a cluster of their own: the usual
+        calls of the siblings), repeatedly; else
         the node itself. A busy entrance's callers reach their building's threshold
         with one neighbour's usual call: the entrance is still the place."""
         s, counts = self.settings, self._counts
+        least = self._least()
         while True:
             total = len(counts.get(node, ()))
             for child in self.topology.nodes[node].children:
                 held = len(counts.get(child, ()))
-                if held >= s.min_callers and total - held < s.min_callers:
+                if held >= least and total - held < min(held, s.min_callers):
                     node = child
                     break
             else:
@@ -479,12 +660,11 @@ class CallWatch:
         (callers keep the id they heard), the others merged into it."""
         first = min(c.at for c in taken)
         nodes = [root, *self.topology.descendants(root)]
-        if self._roots_stale:
-            self.covering(root)  # brings the index up to date
-        under = sorted((found for n in nodes if (found := self._roots.get(n)) is not None
+        roots = self._index()  # (when every suspicion had ended, it held them still)
+        under = sorted((found for n in nodes if (found := roots.get(n)) is not None
                         and not found.confirmed), key=lambda sus: sus.incident.id)  # fmt: skip
-        self._roots_stale = True
         if under:
+            self._roots_stale = True
             sus = under[0]
             old = sus.incident.root
             sus.incident.root = root
@@ -519,6 +699,7 @@ class CallWatch:
                            opened_at=now, nodes=nodes, raised_by="calls")  # fmt: skip
             sus = Suspicion(inc, [], first, now, first)
             self.open[inc.id] = sus
+            roots[root] = sus  # the index stays up to date (rebuilding it is O(open))
             self.delays.append(now - first)
             self.events.append(Event(EventKind.OPENED, now, inc.id, root,
                                      detail=self._opened_detail(taken, now)))  # fmt: skip

@@ -322,6 +322,14 @@ class Journal:
         self.writer.latest("history", rows, _replace, _history_op, size=64 + 48 * len(rows),
                            epoch=self.epoch)  # fmt: skip
 
+    def call_rates(self, rows: list[tuple[str, str, float, float]]) -> None:
+        """What the calls' detector learned (kind, key, count, wall time), in one write (a
+        newer one replaces it)."""
+        if self.writer is None or self._standing_by():
+            return
+        self.writer.latest("call_rates", rows, _replace_rates, _call_rates_op,
+                           size=64 + 64 * len(rows), epoch=self.epoch)  # fmt: skip
+
     def _standing_by(self) -> bool:
         """A cluster's standby writes nothing: the leader writes what it decides."""
         return self.clustered and self.epoch is None
@@ -504,6 +512,20 @@ def _blind_op(blind: bool) -> Op:
 def _history_op(rows: list[tuple[str, float, float]]) -> Op:
     async def op(conn: Conn) -> None:
         await store.save_histories(conn, rows)
+
+    return op
+
+
+Rates = list[tuple[str, str, float, float]]
+
+
+def _replace_rates(a: Rates, b: Rates) -> Rates:
+    return b
+
+
+def _call_rates_op(rows: Rates) -> Op:
+    async def op(conn: Conn) -> None:
+        await store.save_call_rates(conn, rows)
 
     return op
 

@@ -29,6 +29,7 @@ class Restored:
     # Open incidents raised by calls: what their opening said (first call, wall-clock;
     # distinct callers; buildings), so a restart keeps who raised them.
     raised: dict[int, tuple[float, int, list[str]]] = field(default_factory=dict)
+    call_rates: list[tuple[str, str, float, float]] = field(default_factory=list)  # wall time
 
 
 async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) -> Restored:
@@ -41,7 +42,9 @@ async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) ->
         windows = await store.recent_maintenance(conn)
         max_window = await store.max_maintenance_id(conn)
         histories = await store.node_histories(conn)
-    found = Restored(next_id=next_id, next_maintenance=int(max_window) + 1)
+        call_rates = await store.call_rates(conn)
+    found = Restored(next_id=next_id, next_maintenance=int(max_window) + 1,
+                     call_rates=call_rates)  # fmt: skip
     for r in rows:
         nodes = [n for n in r["nodes"] if n in topology]
         if r["root_node"] not in topology:

@@ -358,6 +358,21 @@ async def save_histories(conn: Conn, rows: list[tuple[str, float, float]]) -> No
     )
 
 
+async def save_call_rates(conn: Conn, rows: list[tuple[str, str, float, float]]) -> None:
+    """What the calls' detector learned (kind, key, count, wall time), replacing what was
+    kept (migrations/0010_call_rates.sql)."""
+    await conn.execute("delete from call_rate")
+    await conn.copy_records_to_table(
+        "call_rate", records=[(k, key, c, ts(at)) for k, key, c, at in rows],
+        columns=["kind", "key", "count", "at"],
+    )  # fmt: skip
+
+
+async def call_rates(conn: Conn) -> list[tuple[str, str, float, float]]:
+    rows = await conn.fetch("select kind, key, count, at from call_rate")
+    return [(r["kind"], r["key"], float(r["count"]), r["at"].timestamp()) for r in rows]
+
+
 async def node_histories(conn: Conn) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
