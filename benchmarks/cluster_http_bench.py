@@ -298,6 +298,9 @@ def main() -> None:
     ap.add_argument("--paced-only", action="store_true", help="leave out the throughput part")
     ap.add_argument("--phases", default="quiet,core,reload",
                     help="the paced phases to run, of quiet,core,reload")  # fmt: skip
+    ap.add_argument("--reload-seconds", type=int, default=600,
+                    help="the longest the 1M reload phase lasts (it ends 5 s after the "
+                         "workers were replaced)")  # fmt: skip
     ap.add_argument("--port", type=int, default=18091, help="the workers' (the bare one's: +1)")
     ap.add_argument("--throughput-only", action="store_true",
                     help="part 1 only (throughput beside the bare handler)")  # fmt: skip
@@ -408,8 +411,8 @@ def main() -> None:
                     replaced.append(time.monotonic())
                 return bool(replaced) and time.monotonic() - replaced[0] > 5
 
-            # Until the daemon's reload and the workers' replacement are over, at most 600 s.
-            phase("1M reload", 600, until=past_replacement)
+            # Until the daemon's reload and the workers' replacement are over.
+            phase("1M reload", args.reload_seconds, until=past_replacement)
             done = wait_log(state, "config.reload_done", 600) - hup
             workers = wait_log(state, "workers.reloaded", 600) - hup
             notes.append(f"1M reload: the daemon's reload took {done:.0f} s from SIGHUP, the "
