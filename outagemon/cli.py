@@ -218,8 +218,16 @@ def _report_downtime(args: argparse.Namespace) -> int:
         )
         return USAGE_ERROR
 
+    failed: list[OSError] = []
+
     async def write(chunk: bytes) -> None:
-        out.write(chunk)
+        # Raised from here, an error leaves asyncpg's COPY waiting for ever (a closed pipe
+        # hung the command): the first is kept, and the rest of the rows are let go by.
+        if not failed:
+            try:
+                out.write(chunk)
+            except OSError as e:
+                failed.append(e)
 
     async def go() -> None:
         embedded = None
@@ -240,6 +248,8 @@ def _report_downtime(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(go())
+        if failed:
+            raise failed[0]
         out.flush()
         if partial is not None:
             os.fsync(out.fileno())
@@ -247,9 +257,16 @@ def _report_downtime(args: argparse.Namespace) -> int:
             os.replace(partial, target)
     except (OutagemonError, OSError, TimeoutError, asyncpg.PostgresError,
             asyncpg.InterfaceError) as e:  # fmt: skip
+        if isinstance(e, BrokenPipeError) and partial is None:
+            raise  # the reader of standard output has gone: main() ends quietly
         if partial is not None:
             out.close()
             partial.unlink(missing_ok=True)
+        if failed and e is failed[0]:
+            where = f" to {target}" if target is not None else ""
+            print(f"outagemon report downtime: cannot write the report{where}: "
+                  f"{failed[0].strerror or failed[0]}.", file=sys.stderr)  # fmt: skip
+            return 1
         print(f"outagemon report downtime: {e}", file=sys.stderr)
         return 1
     return 0

@@ -287,3 +287,33 @@ def test_a_probe_timeout_that_is_not_a_time_is_a_usage_error(timeout: str) -> No
     result = run_cli("probe", "-t", timeout, "127.0.0.1")
     assert result.returncode == 2 and result.stdout == ""
     assert "-t above 0" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_billing_csv_into_a_closed_pipe_ends_quietly(fresh_db: str, tmp_path: Path) -> None:
+    cfg = tmp_path / "om.toml"
+    cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n[database]\ndsn = "{fresh_db}"\n')
+    assert run_cli("migrate", "-c", str(cfg)).returncode == 0
+    args = ["report", "downtime", "-c", str(cfg), "--from", "2026-01-01", "--to", "2026-01-02"]
+    proc = subprocess.Popen([sys.executable, "-m", "outagemon", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # `| head -0`
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("it hung: asyncpg's COPY waited on a callback that raised") from None
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert code == 128 + signal.SIGPIPE, stderr
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr, stderr
+    # A full disk under standard output: a sentence (it hung, as the closed pipe did).
+    with open("/dev/full", "wb") as full:
+        command = [sys.executable, "-m", "outagemon", *args]
+        done = subprocess.run(command, cwd=ROOT, stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == (
+        "outagemon report downtime: cannot write the report: No space left on device.\n"
+    )
