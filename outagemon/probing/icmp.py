@@ -90,7 +90,7 @@ class IcmpSource:
                 feed.observe(node, o.ok, o.at)
 
         self.scheduler = Scheduler(self.engine, outcome, probe.interval, probe.max_rate)
-        self.scheduler.set_targets(list(self.node_of))
+        self.scheduler.set_targets(self.node_of)
         shown.metrics.on_collect(lambda: self._probe_metrics(shown.metrics))
         shown.not_ready = "the first probe round has not finished yet"
         return {"scheduler": self.scheduler.run(), "correlate": self._correlate(feed, shown),

@@ -101,7 +101,7 @@ class Scheduler:
         self.started = self._last
         engine.on_result = self._result
 
-    def set_targets(self, targets: list[str], interval: float | None = None) -> None:
+    def set_targets(self, targets: Iterable[str], interval: float | None = None) -> None:
         """Replace the probed set; targets that stay keep their history and rhythm."""
         self.apply(self.plan(targets, interval))
 
