@@ -23,7 +23,11 @@ answered by the simulated devices; the correlator is the real one. Four measurem
 5. A SIGHUP reload of a generated city of 1,000,000 subscribers (every router probed) in
    the daemon's own reload code (`Daemon._reload`, a writer without a database, the ICMP
    source's scheduler without sockets), with the event loop's lag measured the way the
-   daemon measures it (outagemon.metrics.LoopLag, a timer every 20 ms): the longest hold.
+   daemon measures it (outagemon.metrics.LoopLag, a timer every 20 ms): the longest hold;
+   beside it, a 2 ms timer's lateness in the process's CPU time (a loaded machine makes
+   wall time wait for a core), with where the reload's thread was after each hold over
+   5 ms (`--profile`: also the longest steps of the loop itself), until the replaced
+   directory has been freed.
 """
 
 from __future__ import annotations
@@ -280,6 +284,10 @@ class Holds:
         for where, cpus in sorted(places.items(), key=lambda kv: -max(kv[1]))[:top]:
             lines.append(f"     holds over 5 ms: longest {max(cpus) * 1000:6.1f} ms CPU, "
                          f"{len(cpus)} times, the thread then at {where}")  # fmt: skip
+        swap = [f"{what} {cpu * 1000:.1f} ms CPU" for cpu, _, what in self.steps
+                if not what.startswith("<")]  # fmt: skip
+        if swap:
+            lines.append(f"     the swap's steps: {', '.join(swap)}")
         for cpu, wall, what in sorted(self.steps, reverse=True)[:top]:
             lines.append(
                 f"     loop step {cpu * 1000:6.1f} ms CPU {wall * 1000:6.1f} ms wall: {what}"
