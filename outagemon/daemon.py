@@ -541,7 +541,7 @@ class Daemon:
 
 ROLE_POLL = 0.2  # s: how often a cluster's node looks whether to answer from its replica
 RELEASE_GRACE = 5.0  # seconds a replaced directory stays whole for requests still reading it
-RELEASE_SLICE = 5_000  # entries freed at a time
+RELEASE_SLICE = 2_000  # entries freed at a time (5,000 took 12-19 ms on a loaded machine)
 
 
 async def _release(old: list[object]) -> None:
@@ -553,8 +553,8 @@ async def _release(old: list[object]) -> None:
     for item in old:
         if isinstance(item, directory.Directory):
             topo = item.topology
-            containers += [topo.nodes, topo.by_ip, topo.served, topo.by_house]
-            item.streets.clear()
+            # The streets too, a slice at a time (cleared at once, they held the loop).
+            containers += [topo.nodes, topo.by_ip, topo.served, topo.by_house, item.streets]
         else:
             containers.append(item)
     old.clear()
