@@ -23,7 +23,11 @@ answered by the simulated devices; the correlator is the real one. Four measurem
 5. A SIGHUP reload of a generated city of 1,000,000 subscribers (every router probed) in
    the daemon's own reload code (`Daemon._reload`, a writer without a database, the ICMP
    source's scheduler without sockets), with the event loop's lag measured the way the
-   daemon measures it (outagemon.metrics.LoopLag, a timer every 20 ms): the longest hold.
+   daemon measures it (outagemon.metrics.LoopLag, a timer every 20 ms): the longest hold;
+   beside it, a 2 ms timer's lateness in the process's CPU time (a loaded machine makes
+   wall time wait for a core), with where the reload's thread was after each hold over
+   5 ms (`--profile`: also the longest steps of the loop itself), until the replaced
+   directory has been freed.
 """
 
 from __future__ import annotations
@@ -214,13 +218,104 @@ subscribers = "subscribers.csv"
 """
 
 
+class Holds:
+    """The loop's holds measured beside LoopLag, in wall and in CPU time: a timer every
+    2 ms, how late it fires (wall), and the process's CPU time over the same span less
+    the timer's interval (a hold by the loop's own work or by the reload's thread holding
+    the interpreter's lock costs CPU; waiting for a core on a loaded machine does not).
+    With `steps`, also each callback the loop ran, timed (wall and the loop's own CPU)."""
+
+    def __init__(self, interval: float = 0.002, steps: bool = False) -> None:
+        self.interval = interval
+        self.worst_wall = self.worst_cpu = 0.0
+        self.over = 0  # samples whose CPU lateness exceeds 20 ms
+        self.where: list[tuple[float, float, str]] = []  # (cpu, wall, the thread's line)
+        self.steps: list[tuple[float, float, str]] = []  # (loop CPU, wall, callback)
+        self._patched = steps
+
+    def reset(self) -> None:
+        self.worst_wall = self.worst_cpu = 0.0
+        self.over = 0
+        self.where.clear()
+        self.steps.clear()
+
+    async def run(self) -> None:
+        import sys
+        import threading
+
+        if self._patched:
+            self._patch()
+        main = threading.get_ident()
+        loop = asyncio.get_running_loop()
+        while True:
+            asked, cpu = loop.time(), time.process_time()
+            await asyncio.sleep(self.interval)
+            wall = max(0.0, loop.time() - asked - self.interval)
+            late = max(0.0, time.process_time() - cpu - self.interval)
+            self.worst_wall = max(self.worst_wall, wall)
+            self.worst_cpu = max(self.worst_cpu, late)
+            self.over += late > 0.02
+            if late > 0.005:  # where the other threads are now (just past the hold)
+                lines = [f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno}"
+                         f" {f.f_code.co_name}"
+                         for t, f in sys._current_frames().items() if t != main]  # fmt: skip
+                self.where.append((late, wall, "; ".join(lines)))
+
+    def _patch(self) -> None:
+        from asyncio import events
+
+        run, steps = events.Handle._run, self.steps
+
+        def timed(handle: events.Handle) -> None:
+            w0, c0 = time.perf_counter(), time.thread_time()
+            run(handle)
+            cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
+            if cpu > 0.002 or wall > 0.02:
+                steps.append((cpu, wall, repr(handle)[:160]))
+
+        events.Handle._run = timed  # type: ignore[method-assign,assignment]
+
+    def report(self, top: int = 12) -> str:
+        worst = f"{self.worst_cpu * 1000:.1f} ms CPU ({self.worst_wall * 1000:.0f} ms wall)"
+        lines = [f"   longest hold {worst}, {self.over} samples over 20 ms CPU"]
+        places: dict[str, list[float]] = {}
+        for cpu, _, where in self.where:
+            places.setdefault(where, []).append(cpu)
+        for where, cpus in sorted(places.items(), key=lambda kv: -max(kv[1]))[:top]:
+            lines.append(f"     holds over 5 ms: longest {max(cpus) * 1000:6.1f} ms CPU, "
+                         f"{len(cpus)} times, the thread then at {where}")  # fmt: skip
+        swap = [f"{what} {cpu * 1000:.1f} ms CPU" for cpu, _, what in self.steps
+                if not what.startswith("<")]  # fmt: skip
+        if swap:
+            lines.append(f"     the swap's steps: {', '.join(swap)}")
+        for cpu, wall, what in sorted(self.steps, reverse=True)[:top]:
+            lines.append(
+                f"     loop step {cpu * 1000:6.1f} ms CPU {wall * 1000:6.1f} ms wall: {what}"
+            )
+        return "\n".join(lines)
+
+
 class _NoEngine:
     """The scheduler's engine, never asked to send here (no sockets in a benchmark)."""
 
     on_result: object = None
 
 
-async def _reload(config_path: Path) -> tuple[float, int, str, float]:
+def _timed(obj: object, name: str, into: list[tuple[float, float, str]]) -> None:
+    """Wrap a method to time each call (the swap's steps, for --profile)."""
+    inner = getattr(obj, name)
+
+    def timed(*args: object, **kwargs: object) -> object:
+        w0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            into.append((time.thread_time() - c0, time.perf_counter() - w0, name))
+
+    setattr(obj, name, timed)
+
+
+async def _reload(config_path: Path, holds: Holds) -> tuple[float, int, str, float]:
     from outagemon import config as config_mod
     from outagemon.core import directory, messages
     from outagemon.daemon import Daemon, Started
@@ -247,39 +342,57 @@ async def _reload(config_path: Path) -> tuple[float, int, str, float]:
     source.scheduler = Scheduler(_NoEngine(), lambda o: None, cfg.probe.interval,  # type: ignore[arg-type]
                                  cfg.probe.max_rate)  # fmt: skip
     source.retarget(daemon._targets(monitor), cfg.probe)
+    if holds._patched:  # the swap's steps, each timed
+        _timed(daemon, "_loaded", holds.steps)
+        _timed(monitor, "set_directory", holds.steps)
+        _timed(monitor.journal, "inventory", holds.steps)
+        _timed(source, "retarget", holds.steps)
     lag = LoopLag(Registry())
     watching = asyncio.create_task(lag.run())
+    holding = asyncio.create_task(holds.run())
     await asyncio.sleep(0.5)
     lag.worst = 0.0
+    holds.reset()
     started = time.perf_counter()
     outcome, _ = await daemon._reload()
     took = time.perf_counter() - started
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(RELEASE_WAIT)  # the replaced directory is freed in slices after a grace
     watching.cancel()
+    holding.cancel()
     held = sum(n for b, n in zip(lag.histogram.bounds, lag.histogram.counts, strict=False)
                if b > 0.02) + lag.histogram.counts[-1]  # fmt: skip
     return took, held, outcome, lag.worst
 
 
-def reload_hold(subscribers: int) -> None:
+RELEASE_WAIT = 7.0  # s: past the daemon's RELEASE_GRACE, while the old directory is freed
+
+
+def reload_hold(subscribers: int, profile: bool = False) -> None:
     from outagemon.sim import citygen
+
+    holds = Holds(steps=profile)
+    cpu0 = time.process_time()
 
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         citygen.sized(max(10, subscribers // 200), subscribers).write(state)
         config = state / "outagemon.toml"
         config.write_text(RELOAD_CONFIG.format(state=state))
-        took, held, outcome, worst = asyncio.run(_reload(config))
+        took, held, outcome, worst = asyncio.run(_reload(config, holds))
     print(f"5. SIGHUP reload of a city of {subscribers:,} subscribers (every router probed): "
           f"{outcome} in {took:.1f} s; longest single hold of the loop {worst * 1000:.0f} ms "
-          f"(target < 20 ms), {held} lateness samples over 20 ms; load average "
-          f"{os.getloadavg()[0]:.2f}")  # fmt: skip
+          f"wall (LoopLag, target < 20 ms), {held} lateness samples over 20 ms; load average "
+          f"{os.getloadavg()[0]:.2f}; this part {time.process_time() - cpu0:.1f} s CPU"
+          )  # fmt: skip
+    print(holds.report(12 if profile else 3))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="detection,loss,core,steady,reload")
     ap.add_argument("--subscribers", type=int, default=1_000_000)
+    ap.add_argument("--profile", action="store_true",
+                    help="reload: list the longest steps of the loop and of the swap")  # fmt: skip
     args = ap.parse_args()
     parts = args.parts.split(",")
     print("simulated networks, simulated time; the correlator is the real one")
@@ -292,7 +405,7 @@ def main() -> None:
     if "steady" in parts:
         steady()
     if "reload" in parts:
-        reload_hold(args.subscribers)
+        reload_hold(args.subscribers, args.profile)
     print(f"reproduce: .venv/bin/python -m benchmarks.correlate_bench --parts {args.parts} "
           f"--subscribers {args.subscribers}")  # fmt: skip
 

@@ -628,6 +628,15 @@ class Monitor:
         self.correlator.set_maintenance(self.maintenance, self.clock())
         return len(incidents)
 
+    def address(self, node: str) -> str | None:
+        """The address a node is probed at: an anchor's, else its own in the topology (the
+        probed targets are made of the same two: `daemon.targets_of`)."""
+        ip = self.anchors.get(node)
+        if ip is None:
+            found = self.directory.topology.nodes.get(node)
+            ip = found.ip if found is not None else None
+        return ip
+
     def set_directory(self, directory: Directory, change: Change | None = None,
                       below: dict[str, int] | None = None) -> list[object]:  # fmt: skip
         """A reload: the correlator keeps the state of nodes that still exist. `change`

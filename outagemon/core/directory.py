@@ -19,6 +19,7 @@ import ctypes
 import dataclasses
 import gc
 import io
+import math
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -175,15 +176,15 @@ class HashIndex:
         return sorted({at[j] for i in same for j in (i - 1, i)})
 
 
-_RUN = 65_536  # entries a single call into C takes at most, where it can be cut
+_RUN = 8_192  # entries a single call into C takes at most, where it can be cut
 
 
 def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
-    """The packed keys, sorted: in runs of _RUN, then merged two at a time (timsort
-    merges two sorted runs in one pass), and copied into the array a run at a time. A
-    reload builds the directory in a thread, and one call into C holds the interpreter's
-    lock throughout: sorted() of a million keys in one call held the event loop for
-    half a second; the largest call now is the last merge."""
+    """The packed keys, sorted: in runs of _RUN, then merged a range of keys at a time
+    (the keys are hashes, spread evenly: each range takes its part of every run, found by
+    bisection, and sorts about _RUN keys). A reload builds the directory in a thread, and
+    one call into C holds the interpreter's lock, and the event loop, throughout: sorted()
+    of a million keys held it for half a second, the last merge of two runs for 50 ms."""
     runs: list[list[float]] = []
     while True:
         # One chain of C a run, each text made and dropped in turn (a list of the run's
@@ -194,19 +195,19 @@ def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
         if not run:
             break
         runs.append(run)
-    while len(runs) > 1:
-        merged: list[list[float]] = []
-        for i in range(0, len(runs), 2):
-            run = runs[i]
-            if i + 1 < len(runs):
-                run += runs[i + 1]
-                run.sort()
-            merged.append(run)
-        runs = merged
     keys = array("d")
-    for run in runs:
-        for i in range(0, len(run), _RUN):
-            keys.extend(run[i : i + _RUN])
+    parts = max(1, sum(map(len, runs)) // _RUN)
+    top = float((_HASH_MASK + 1) << _SLOT_BITS)  # above every key
+    starts = [0] * len(runs)
+    for part in range(1, parts + 1):
+        bound = top * part / parts if part < parts else math.inf
+        piece: list[float] = []
+        for r, run in enumerate(runs):
+            end = bisect.bisect_left(run, bound, starts[r])
+            piece += run[starts[r] : end]
+            starts[r] = end
+        piece.sort()
+        keys.extend(piece)
     return keys
 
 
@@ -355,7 +356,11 @@ class Roster(Sequence[Subscriber]):
     def counts(self) -> dict[str, int]:
         """Serving node -> subscribers it serves directly."""
         out: dict[str, int] = {}
-        for p, n in Counter(self.place).items():
+        counted: Counter[int] = Counter()
+        place = self.place
+        for i in range(0, len(place), _RUN):  # a run at a time: see _sorted_keys
+            counted.update(place[i : i + _RUN])
+        for p, n in counted.items():
             serving = self.places[p][0]
             out[serving] = out.get(serving, 0) + n
         return out
@@ -392,7 +397,13 @@ def _texts(column: Column, positions: Iterable[int] | None = None) -> Iterator[s
 def _filled(column: Column) -> list[int]:
     """Positions of the column's non-empty strings."""
     ends = column.ends
-    return list(compress(range(len(ends)), map(ne, ends, chain((0,), ends))))
+    filled: list[int] = []
+    for i in range(0, len(ends), _RUN):  # a run at a time: see _sorted_keys
+        part = ends[i : i + _RUN]
+        filled += compress(
+            range(i, i + len(part)), map(ne, part, chain((ends[i - 1] if i else 0,), part))
+        )
+    return filled
 
 
 # -- the phone menu's questions -----------------------------------------------------------

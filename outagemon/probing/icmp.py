@@ -33,6 +33,7 @@ class Feed(Protocol):
 
     def observe(self, node: str, ok: bool, at: float) -> None: ...
     def tick(self) -> list[str]: ...
+    def address(self, node: str) -> str | None: ...
 
 
 class Readiness(Protocol):
@@ -46,7 +47,6 @@ class Readiness(Protocol):
 @dataclass(slots=True)
 class Retarget:
     node_of: dict[str, str]  # address -> node
-    ip_of: dict[str, str]  # node -> address
     schedule: Plan
 
 
@@ -60,14 +60,15 @@ class IcmpSource:
 
     def __init__(self, probe: ProbeConfig) -> None:
         self.probe = probe
-        self.node_of: dict[str, str] = {}  # address -> node
-        self.ip_of: dict[str, str] = {}  # node -> address
+        # address -> node (a node's address, the other way, the monitor knows: a reload
+        # made a second dict of a million entries, and its growing held the event loop)
+        self.node_of: dict[str, str] = {}
 
     def start(self, feed: Feed, shown: Readiness,
               targets: dict[str, str]) -> dict[str, Coroutine[Any, Any, None]]:  # fmt: skip
         """Open the sockets and begin; returns the background tasks, by name."""
         probe = self.probe
-        self._targets(targets)
+        self.node_of = targets
         failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def on_failure(e: BaseException) -> None:
@@ -89,7 +90,7 @@ class IcmpSource:
                 feed.observe(node, o.ok, o.at)
 
         self.scheduler = Scheduler(self.engine, outcome, probe.interval, probe.max_rate)
-        self.scheduler.set_targets(list(self.node_of))
+        self.scheduler.set_targets(self.node_of)
         shown.metrics.on_collect(lambda: self._probe_metrics(shown.metrics))
         shown.not_ready = "the first probe round has not finished yet"
         return {"scheduler": self.scheduler.run(), "correlate": self._correlate(feed, shown),
@@ -97,8 +98,7 @@ class IcmpSource:
 
     def plan(self, targets: dict[str, str], probe: ProbeConfig) -> Retarget:
         """retarget()'s work that changes nothing yet: made in a thread at a reload."""
-        ip_of = {node: ip for ip, node in targets.items()}
-        return Retarget(targets, ip_of, self.scheduler.plan(list(targets), probe.interval))
+        return Retarget(targets, self.scheduler.plan(targets, probe.interval))
 
     def retarget(self, targets: dict[str, str], probe: ProbeConfig,
                  plan: object = None) -> list[object]:  # fmt: skip
@@ -107,18 +107,14 @@ class IcmpSource:
         replaced containers (a million entries: the caller frees them in slices)."""
         if not isinstance(plan, Retarget):
             plan = self.plan(targets, probe)
-        old: list[object] = [self.node_of, self.ip_of]
-        self.node_of, self.ip_of = plan.node_of, plan.ip_of
+        old: list[object] = [self.node_of]
+        self.node_of = plan.node_of
         old += self.scheduler.apply(plan.schedule)
         self.scheduler.max_rate = probe.max_rate
         return old
 
     def close(self) -> None:
         self.engine.close()
-
-    def _targets(self, targets: dict[str, str]) -> None:
-        self.node_of = targets
-        self.ip_of = {node: ip for ip, node in targets.items()}
 
     def _probe_metrics(self, metrics: Registry) -> None:
         """The engine's counters, read when /metrics is asked (malformed and foreign
@@ -137,7 +133,7 @@ class IcmpSource:
         while True:
             started = time.monotonic()
             for node in feed.tick():
-                ip = self.ip_of.get(node)
+                ip = feed.address(node)
                 if ip is not None:
                     self.scheduler.probe_now(ip)
             if shown.not_ready is not None and self.scheduler.rounds >= 1:

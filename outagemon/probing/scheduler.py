@@ -13,8 +13,9 @@ import heapq
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 from outagemon import logs
 from outagemon.clock import now as steady_now
@@ -24,6 +25,7 @@ log = logs.get("outagemon.schedule")
 
 TICK = 0.01  # seconds between scheduler wake-ups
 LOSS_WINDOW = 20  # probes the rolling loss is computed over
+PLAN_SLICE = 4_096  # entries a call into C takes at most while a reload's thread plans
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ class Plan:
     """A new set of targets, ready to apply (Scheduler.plan)."""
 
     interval: float
-    wanted: set[str]
+    wanted: Collection[str]
     heap: list[tuple[float, str]]  # (due, target), a heap
     gone: list[str]  # active now, not wanted
     new: list[str]  # wanted, not active now
@@ -90,7 +92,7 @@ class Scheduler:
         self.clock = clock
         self.history: dict[str, History] = {}
         self._heap: list[tuple[float, str]] = []
-        self._active: set[str] = set()
+        self._active: Collection[str] = set()
         self._urgent: deque[str] = deque()
         self._urgent_set: set[str] = set()
         self._tokens = 0.0
@@ -99,27 +101,47 @@ class Scheduler:
         self.started = self._last
         engine.on_result = self._result
 
-    def set_targets(self, targets: list[str], interval: float | None = None) -> None:
+    def set_targets(self, targets: Iterable[str], interval: float | None = None) -> None:
         """Replace the probed set; targets that stay keep their history and rhythm."""
         self.apply(self.plan(targets, interval))
 
-    def plan(self, targets: list[str], interval: float | None = None) -> Plan:
+    def plan(self, targets: Iterable[str], interval: float | None = None) -> Plan:
         """set_targets' work, without changing anything: a thread may make it while the
         event loop probes (it reads only what apply() writes), so that a million targets
-        hold the loop only for apply()."""
+        hold the loop only for apply(). Targets given as a dict or set (never changed
+        after) are kept as the probed set itself."""
+        # No call into C here takes more than PLAN_SLICE entries: one call holds the
+        # interpreter's lock, and so the event loop, throughout (set() of a million
+        # targets, a set difference of two, a heapify each held it for 0.1-0.3 s).
         interval = self.interval if interval is None else interval
-        wanted = set(targets)
+        wanted: Collection[str]
+        if isinstance(targets, (dict, set, frozenset)):
+            wanted = targets  # kept as it is, never changed: a copy would be a new million
+        else:
+            wanted = set()
+            each = iter(targets)
+            while chunk := list(islice(each, PLAN_SLICE)):
+                wanted.update(chunk)
         now = self.clock()
         base = now - now % interval
-        heap: list[tuple[float, str]] = []
+        # A sorted list is a heap: the targets go to buckets by when they are due (their
+        # phases spread them evenly), each bucket is sorted alone, the buckets in order.
+        width = max(1, len(wanted) // PLAN_SLICE + 1)
+        buckets: list[list[tuple[float, str]]] = [[] for _ in range(width)]
+        scale = width / interval
         for target in wanted:
             due = base + phase(target, interval)
             if due < now:
                 due += interval
-            heap.append((due, target))
-        heapq.heapify(heap)
+            buckets[min(width - 1, max(0, int((due - now) * scale)))].append((due, target))
+        heap: list[tuple[float, str]] = []
+        for bucket in buckets:
+            bucket.sort()
+            heap += bucket
         active = self._active
-        return Plan(interval, wanted, heap, list(active - wanted), list(wanted - active))
+        gone = [t for t in active if t not in wanted]
+        new = [t for t in wanted if t not in active]
+        return Plan(interval, wanted, heap, gone, new)
 
     def apply(self, plan: Plan) -> list[object]:
         """Probe the planned targets from now on (what was due meanwhile is sent now).
