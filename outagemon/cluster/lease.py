@@ -185,6 +185,8 @@ class Leadership:
                     # `deciding()` gives up on its own clock meanwhile.
                     log.warning("cluster.renew_failed", error=str(e) or type(e).__name__,
                                 role=self.role.value)  # fmt: skip
+                    if isinstance(e, TimeoutError) and self.epoch is None:
+                        await self._cut_off_stale(pool)
                 if self.epoch is not None and self._taking_up is None:
                     self._taking_up = asyncio.create_task(self._take_up(on_lead, self.epoch))
                 await asyncio.sleep(max(0.0, period - (self._monotonic() - started)))
@@ -205,6 +207,19 @@ class Leadership:
             log.error("cluster.take_up_failed", error=str(e) or type(e).__name__, epoch=epoch)
             if self.epoch == epoch:
                 self.step_down(StepDown.FAILED)
+
+    async def _cut_off_stale(self, pool: asyncpg.Pool) -> None:
+        """A renewal that timed out may be waiting for a lapsed holder's fenced write that
+        will never finish (its process paused mid-statement): that holder's sessions on
+        the lease row are ended (`store.cut_off_stale_holder`)."""
+        try:
+            async with asyncio.timeout(self.lease / 3), pool.acquire() as conn:
+                ended = await store.cut_off_stale_holder(conn, self.holder)
+        except Exception as e:
+            log.warning("cluster.cut_off_failed", error=str(e) or type(e).__name__)
+            return
+        if ended:
+            log.warning("cluster.stale_holder_cut_off", sessions=ended)
 
     async def _renew(self, pool: asyncpg.Pool, started: float) -> None:
         # Each attempt may take at most a third of the lease: a renewal that answers later

@@ -513,6 +513,23 @@ async def release_lease(conn: Conn, holder: str, epoch: int) -> None:
     )
 
 
+async def cut_off_stale_holder(conn: Conn, me: str) -> int:
+    """A lapsed lease whose holder still holds the lease row (share-locked by a fenced
+    write it began and never finished: paused, say, between asyncpg's prepare and execute,
+    where no server timeout reaches it): its sessions that hold the row are ended, so the
+    lease can be taken (and the write cannot land: it was fenced by the lapse). Only when
+    the lease has lapsed on the database's clock and is not `me`'s. How many were ended."""
+    ended = await conn.fetchval(
+        "select count(*) filter (where pg_terminate_backend(l.pid))"
+        " from pg_locks l, cluster_lease c"
+        " where c.id = 1 and c.expires_at < now() and c.holder is distinct from $1"
+        " and l.locktype = 'relation' and l.relation = 'cluster_lease'::regclass"
+        " and l.mode = 'RowShareLock' and l.granted and l.pid <> pg_backend_pid()",
+        me,
+    )
+    return int(ended or 0)
+
+
 async def holds_lease(conn: Conn, epoch: int, holder: str) -> bool:
     """Fencing, at the start of a write's transaction: whether `holder` still holds the
     lease at `epoch`. The row stays share-locked until the write commits, so a new leader's
