@@ -465,6 +465,22 @@ def _node_name(v: Any) -> str | None:
     return None
 
 
+# Seconds: the probe engine waits in poll(), which counts whole milliseconds; a shorter
+# timeout is not kept (a reply already received was reported lost). As `outagemon probe
+# -t` refuses below 1 ms (probecmd.MIN_TIMEOUT_MS).
+PROBE_TIMEOUT_MIN = 0.001
+
+
+def _probe_timeout(v: Any) -> str | None:
+    if (reason := _finite(v, "a number of seconds")) is not None:
+        return reason
+    if not PROBE_TIMEOUT_MIN <= v <= HOUR:
+        return (f"must be from {PROBE_TIMEOUT_MIN:g} (1 ms: the probe engine waits in whole "
+                f"milliseconds and cannot keep a shorter timeout) to {HOUR} ({_SPANS[HOUR]}) "
+                "seconds")  # fmt: skip
+    return None
+
+
 LEASE_MIN = 1.0  # seconds: renewals every third of it must fit a loaded database's answer
 
 
@@ -500,7 +516,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
     },
     "probe": {
         "interval": _seconds(positive=True, maximum=DAY),
-        "timeout": _seconds(positive=True, maximum=HOUR),
+        "timeout": _probe_timeout,
         "down_after": _integer(1, 1000),
         "up_after": _integer(1, 1000),
         "max_rate": _integer(1, MANY),

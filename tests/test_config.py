@@ -110,7 +110,7 @@ def test_unknown_section_is_named() -> None:
     [
         ('[probe]\ninterval = "10"\n', "[probe] interval must be a number of seconds, not '10'."),
         ("[probe]\ninterval = -5\n", "[probe] interval must be a positive number of seconds"),
-        ("[probe]\ntimeout = 0\n", "[probe] timeout must be a positive number of seconds"),
+        ("[probe]\ntimeout = 0\n", "[probe] timeout must be from 0.001 (1 ms: the probe engine"),
         ("[probe]\ndown_after = 0\n", "[probe] down_after must be at least 1, not 0."),
         ("[probe]\nmax_rate = 1.5\n", "[probe] max_rate must be a whole number, not 1.5."),
         ("[probe]\ndown_after = true\n", "[probe] down_after must be a whole number"),

@@ -141,6 +141,10 @@ def test_every_numeric_key_has_its_bounds_in_the_readme_as_the_code_has_them() -
         low, high = bounds[f"{where} {key}"]
         if low == "more than 0":
             assert check(0) is not None and check(1e-3) is None, (key, low)
+        elif "." in low.split()[0]:  # a fraction, such as "0.001 (1 ms)"
+            least = float(low.split()[0])
+            assert check(least) is None and check(least * 0.999) is not None, (key, low)
+            assert check(0) is not None, (key, low)
         else:
             least = int(low)
             assert check(least) is None and check(least - 1) is not None, (key, low)
