@@ -9,6 +9,12 @@ the counts to `incident.calls` and `call_minute` in that same transaction (each 
 added exactly once: by the transaction that deletes it), and hands the records to its
 detector once that transaction has committed.
 
+A standby's write is added once too: its transaction's id is read first, and a write
+whose commit went unanswered (a timeout, a broken connection: the database may have
+committed it) is kept aside with that id, not queued again; before the next write, the
+database says what became of it (`store.transaction_states`): committed, it is done;
+rolled back, its calls are queued again; still unknown, it waits.
+
 Why the database, not HTTP to the leader: the leader may change at any moment, and a row
 waits for whoever leads next (a leader that stepped down cannot take it: its fenced
 transaction rolls back); no node needs another's address, port, token or certificate;
@@ -38,6 +44,15 @@ class RelayFenced(Exception):
 
 
 @dataclass
+class Unsure:
+    """A standby's write whose commit went unanswered: its transaction, and what it held."""
+
+    xid: int
+    counts: dict[int, int]
+    records: list[Relayed]
+
+
+@dataclass
 class Taken:
     """What a leader took: counts per (incident, wall-clock minute), and the other nodes'
     callers' records with their age in seconds (on the database's clock), oldest first."""
@@ -54,6 +69,7 @@ class CallRelay:
         self.node = node
         self.counts: dict[int, int] = {}
         self.records: list[Relayed] = []
+        self.unsure: list[Unsure] = []  # written, perhaps: the database is asked first
         self._sent = metrics.counter(
             "outagemon_cluster_calls_relayed_total",
             "Check answers (counts) and callers' records this standby wrote for the leader.",
@@ -86,18 +102,51 @@ class CallRelay:
                 self.counts[iid] = self.counts.get(iid, 0) + n
 
     async def send(self, pool: asyncpg.Pool) -> None:
-        """What waits, written in one transaction; kept for the next try if it fails."""
+        """What waits, written in one transaction; kept for the next try if it fails
+        before its commit, set aside (`unsure`) if its commit went unanswered."""
+        if self.unsure:
+            await self._settle(pool)
         if not self.counts and not self.records:
             return
         counts, records = self.counts, self.records
         self.counts, self.records = {}, []
+        xid: int | None = None
         try:
             async with pool.acquire() as conn, conn.transaction():
+                xid = await store.transaction_id(conn)
                 await store.relay_calls(conn, self.node, list(counts.items()), records)
         except BaseException:
-            self.count(counts)  # back, before anything answered since
-            self.records[:0] = records[: max(0, UNSENT_RECORDS - len(self.records))]
+            if xid is None:  # nothing was committed: no commit was asked for
+                self._requeue(counts, records)
+            else:  # perhaps committed: the next send asks the database
+                self.unsure.append(Unsure(xid, counts, records))
             raise
+        self._written(counts, records)
+
+    async def _settle(self, pool: asyncpg.Pool) -> None:
+        """Ask what became of the writes whose commit went unanswered: those committed are
+        done, those rolled back are queued again, the others wait for the next send."""
+        async with pool.acquire() as conn:
+            states = await store.transaction_states(conn, [u.xid for u in self.unsure])
+        waiting = []
+        for u in self.unsure:
+            state = states.get(u.xid)
+            if state == "committed":
+                self._written(u.counts, u.records)
+            elif state == "aborted":
+                self._requeue(u.counts, u.records)
+            elif state == "in progress":
+                waiting.append(u)
+            else:  # the server no longer knows (very old): not written twice
+                log.error("cluster.relay_unknown", xid=u.xid, counts=sum(u.counts.values()),
+                          records=len(u.records))  # fmt: skip
+        self.unsure = waiting
+
+    def _requeue(self, counts: dict[int, int], records: list[Relayed]) -> None:
+        self.count(counts)  # back, before anything answered since
+        self.records[:0] = records[: max(0, UNSENT_RECORDS - len(self.records))]
+
+    def _written(self, counts: dict[int, int], records: list[Relayed]) -> None:
         self._sent.inc(sum(counts.values()), what="counts")
         self._sent.inc(len(records), what="records")
 

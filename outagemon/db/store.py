@@ -567,6 +567,25 @@ async def relay_calls(conn: Conn, node: str, counts: list[tuple[int, int]],
         )  # fmt: skip
 
 
+async def transaction_id(conn: Conn) -> int:
+    """The id of the caller's transaction (assigned now if it had none): what
+    `transaction_states` asks about when the commit's answer was lost."""
+    return int(await conn.fetchval("select pg_current_xact_id()::text::bigint"))
+
+
+async def transaction_states(conn: Conn, ids: list[int]) -> dict[int, str | None]:
+    """What became of these transactions: 'committed', 'aborted', 'in progress', or None
+    when the server no longer knows (too old). An id the server never gave (a database
+    restored from before it) is 'aborted': nothing of it is here."""
+    rows = await conn.fetch(
+        "select x, case when x::text::xid8 < pg_snapshot_xmax(pg_current_snapshot())"
+        " then pg_xact_status(x::text::xid8) else 'aborted' end as status"
+        " from unnest($1::bigint[]) x",
+        ids,
+    )
+    return {int(r["x"]): r["status"] for r in rows}
+
+
 async def take_relayed_counts(conn: Conn) -> list[asyncpg.Record]:
     """Every count waiting, taken (deleted): per incident and minute of the database's
     clock when it was relayed (incident_id, minute, calls). Inside the caller's transaction."""
