@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,9 +13,13 @@ import pytest
 
 from outagemon import config, probecmd
 from outagemon.cluster.relay import CallRelay
+from outagemon.core import figures
+from outagemon.core.figures import Stored
 from outagemon.db import migrate, store
 from outagemon.errors import ConfigError
 from outagemon.metrics import Registry
+from tests.test_history import history_world, load
+from tests.world import World
 
 
 def _problems(text: str) -> list[str]:
@@ -133,3 +139,112 @@ async def test_a_relayed_write_cut_before_its_commit_is_written_again(fresh_db: 
         LostCommit.armed = ""
         await standby.close()
         await pool.close()
+
+
+# -- a reopened incident: the time between its two faults was service ---------------------
+
+
+async def _get(w: World, path: str, **params: str) -> Any:
+    async with w.session.get(w.url(path), params=params, headers=w.auth()) as r:
+        assert r.status == 200, await r.text()
+        if r.content_type == "application/json":
+            return await r.json()
+        return await r.text()
+
+
+def _gauge(text: str, series: str) -> float:
+    (line,) = [x for x in text.splitlines() if x.startswith(series + " ")]
+    return float(line.split()[1])
+
+
+async def test_every_downtime_figure_of_a_reopened_incident_leaves_out_the_service_between(
+    fresh_db: str,
+) -> None:
+    """A fault back within the reopen window reopens its incident: callers hear "since"
+    the second fault, the subscriber's history has two breaks; the gauge of what open
+    incidents cost, the incidents report (subscriber-hours, repair) and its calls'
+    open-incident buckets agree that the time between them was service."""
+    async with history_world(fresh_db) as w:
+        await load(w, w.monitor.directory, datetime.fromtimestamp(w.now, UTC))
+        w.net.fail("agg-s")
+        w.run(60)
+        (inc,) = w.monitor.correlator.incidents.values()
+        iid, opened = inc.id, inc.opened_at
+        w.net.repair("agg-s")
+        w.run(30)
+        w.run(90)  # resolve_hold is 60 s: resolved
+        assert iid not in w.monitor.correlator.incidents
+        first_end = inc.resolved_at
+        assert first_end is not None
+        w.run(400)  # service, within REOPEN_WITHIN of the resolution
+        w.net.fail("agg-s")
+        w.run(120)
+        assert w.monitor.correlator.incidents[iid] is inc and inc.reopened_at is not None
+        second_start = inc.reopened_at
+        assert second_start - first_end > 300
+
+        # What the open incident has cost so far: this fault's minutes, not the gap's.
+        subscribers = w.monitor.subscribers_of(inc.nodes)
+        lost = subscribers * (w.monitor.clock() - inc.since) / 60
+        metrics = await _get(w, "/metrics")
+        assert _gauge(metrics, 'outagemon_open_subscriber_minutes{kind="outage"}') == round(lost, 1)
+
+        w.net.repair("agg-s")
+        w.run(30)
+        w.run(90)
+        assert iid not in w.monitor.correlator.incidents and inc.resolved_at is not None
+        down = (first_end - opened) + (inc.resolved_at - second_start)
+        await w.flushed()
+
+        period = {"from": datetime.fromtimestamp(w.now, UTC).isoformat(),
+                  "to": datetime.now(UTC).isoformat()}  # fmt: skip
+        report = await _get(w, "/api/v1/reports/incidents", **period)
+        (row,) = [r for r in report["incidents"] if r["id"] == str(iid)]
+        assert abs(row["repair_seconds"] - down) < 1, (row, down)
+        stored = await w.pool.fetchval("select subscribers from incident where id = $1", iid)
+        assert abs(row["subscriber_hours"] - stored * down / 3600) <= 0.002, (row, down)
+        # Calls a minute against incidents open: none open in the minutes between.
+        calls = await _get(w, "/api/v1/reports/calls", step="60", **period)
+        between = [b for b in calls["buckets"]
+                   if first_end < datetime.fromisoformat(b["at"]).timestamp()
+                   and datetime.fromisoformat(b["at"]).timestamp() + 60 < second_start]  # fmt: skip
+        assert len(between) >= 5 and all(b["open_incidents"] == 0 for b in between), between
+
+        # The reports page draws it as two bars in one lane, one a fault.
+        page = await _get(w, "/reports", range="24h")
+        bars = re.findall(rf'<rect [^>]*data-incident="{iid}"[^>]*>', page)
+        assert len(bars) == 2, bars
+        drawn = [tuple(int(v) for v in re.findall(r'data-(?:opened|resolved)="(\d+)"', b))
+                 for b in bars]  # fmt: skip
+        assert drawn == [(int(opened), int(first_end)),
+                         (int(second_start), int(inc.resolved_at))], drawn  # fmt: skip
+
+        # The subscriber's own history (the impact record) says the same: two breaks.
+        mine = await _get(w, "/api/v1/subscribers/1006/outages", **period)
+        spans = [(datetime.fromisoformat(i["from"]).timestamp(),
+                  datetime.fromisoformat(i["to"]).timestamp())
+                 for i in mine["intervals"]]  # fmt: skip
+        assert len(spans) == 2 and spans[1][0] - spans[0][1] > 300, mine
+
+
+def test_a_reopened_incidents_response_figures_count_its_faults_only() -> None:
+    """Opened at 1000, repaired at 2000 (as the first estimate said, given at 1300),
+    failed again at 3000, repaired at 5000: down 3000 s of the 4000 s from opening to
+    resolution, and no incident open between 2000 and 3000."""
+    inc = Stored(7, "resolved", "outage", "sw", opened_at=1000, resolved_at=5000,
+                 merged_into=None, subscribers=10, calls=30, first_eta_at=1300,
+                 first_eta=2000, gaps=((2000, 3000),))  # fmt: skip
+    said = figures.response(inc, now=9000)
+    assert said["repair_seconds"] == 3000 and said["first_eta_seconds"] == 300
+    assert said["eta_error_seconds"] == 0  # the estimate was for the first repair
+    assert said["subscriber_hours"] == round(10 * 3000 / 3600, 3)
+    series = figures.calls_per_minute([inc], 0, 6000, 1000, now=9000)
+    assert [n for _, _, n in series] == [0, 1, 0, 1, 1, 0]
+    # Its 30 calls spread over the 3000 s it was down: 10 a thousand seconds.
+    assert [rate for _, rate, _ in series] == [0, 0.6, 0, 0.6, 0.6, 0]
+    # An estimate given in the second fault is held against the final repair.
+    later = Stored(8, "resolved", "outage", "sw", opened_at=1000, resolved_at=5000,
+                   merged_into=None, subscribers=1, calls=0, first_eta_at=3500,
+                   first_eta=4000, gaps=((2000, 3000),))  # fmt: skip
+    assert figures.response(later, now=9000)["eta_error_seconds"] == 1000
+    assert figures.response(later, now=9000)["first_eta_seconds"] == 1500

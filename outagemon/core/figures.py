@@ -80,6 +80,9 @@ class Stored:
     detected_at: float | None = None  # when the incident was opened (its "opened" event)
     first_eta_at: float | None = None  # when the first repair estimate was given
     first_eta: float | None = None  # what it said
+    # Service between its faults: from a resolution to the start of the fault that
+    # reopened it (the incident keeps its first fault's opened_at).
+    gaps: tuple[Interval, ...] = ()
 
     @property
     def planned(self) -> bool:
@@ -87,6 +90,26 @@ class Stored:
 
     def end(self, now: float) -> float:
         return self.resolved_at if self.resolved_at is not None else max(now, self.opened_at)
+
+    def faults(self, now: float) -> list[Interval]:
+        """When it was down: its opening to its end, less the service between faults (an
+        incident opened and resolved at once is one empty fault)."""
+        whole = (self.opened_at, self.end(now))
+        if not self.gaps:
+            return [whole]
+        return without([whole], list(self.gaps)) or [(whole[0], whole[0])]
+
+    def down_until(self, t: float | None) -> float | None:
+        """Seconds from its opening to `t`, less the service between its faults before `t`
+        (None for no `t`)."""
+        if t is None:
+            return None
+        served = length(within(list(self.gaps), [(self.opened_at, t)])) if self.gaps else 0.0
+        return t - self.opened_at - served
+
+    def repaired_after(self, t: float) -> float | None:
+        """The end of the fault under way at `t`: its resolution, or the incident's."""
+        return next((lo for lo, _ in merged(self.gaps) if lo >= t), self.resolved_at)
 
 
 @dataclass(slots=True)
@@ -165,17 +188,27 @@ def _seconds(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(b - a, 3)
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
 def response(inc: Stored, now: float) -> dict[str, float | None]:
     """How the incident was handled: seconds from its failure to its opening (detect), to
     the first repair estimate, and to its repair; how late the repair came against the
-    first estimate (negative: earlier than said); subscriber-hours lost."""
-    end = inc.end(now)
+    first estimate (negative: earlier than said); subscriber-hours lost. A reopened
+    incident's service between its faults is no time down: it is left out of the seconds
+    and hours, and its first estimate is held against the repair it was for."""
+    down = inc.down_until(inc.end(now))
+    assert down is not None
+    repaired = inc.resolved_at
+    if inc.first_eta_at is not None:
+        repaired = inc.repaired_after(inc.first_eta_at)
     return {
         "detect_seconds": _seconds(inc.opened_at, inc.detected_at),
-        "first_eta_seconds": _seconds(inc.opened_at, inc.first_eta_at),
-        "repair_seconds": _seconds(inc.opened_at, inc.resolved_at),
-        "eta_error_seconds": _seconds(inc.first_eta, inc.resolved_at),
-        "subscriber_hours": round(inc.subscribers * (end - inc.opened_at) / 3600, 3),
+        "first_eta_seconds": _rounded(inc.down_until(inc.first_eta_at)),
+        "repair_seconds": _rounded(inc.down_until(inc.resolved_at)),
+        "eta_error_seconds": _seconds(inc.first_eta, repaired),
+        "subscriber_hours": round(inc.subscribers * down / 3600, 3),
     }
 
 
@@ -193,19 +226,24 @@ def calls_per_minute(incidents: Iterable[Stored], start: float, end: float, step
     open_ = [0] * n
     spread = minutes is None
     for inc in incidents:
-        lo, hi = inc.opened_at, inc.end(now)
-        if hi <= start or lo >= end:
-            continue
-        first = max(0, int((lo - start) // step))
-        last = min(n - 1, int((hi - start) // step))
-        rate = inc.calls / max(hi - lo, 60.0)  # calls a second over the incident's life
-        for b in range(first, last + 1):
-            b_lo, b_hi = start + b * step, start + (b + 1) * step
-            overlap = min(hi, b_hi) - max(lo, b_lo)
-            if overlap > 0 or (hi == lo and b_lo <= lo < b_hi):
-                open_[b] += 1
-                if spread:
-                    calls[b] += rate * max(overlap, 0.0)
+        faults = inc.faults(now)
+        # Calls a second over the time it was down (the service between faults had none).
+        rate = inc.calls / max(length(faults), 60.0)
+        counted: set[int] = set()  # buckets it is open in (two faults may share one)
+        for lo, hi in faults:
+            if hi <= start or lo >= end:
+                continue
+            first = max(0, int((lo - start) // step))
+            last = min(n - 1, int((hi - start) // step))
+            for b in range(first, last + 1):
+                b_lo, b_hi = start + b * step, start + (b + 1) * step
+                overlap = min(hi, b_hi) - max(lo, b_lo)
+                if overlap > 0 or (hi == lo and b_lo <= lo < b_hi):
+                    counted.add(b)
+                    if spread:
+                        calls[b] += rate * max(overlap, 0.0)
+        for b in counted:
+            open_[b] += 1
     for t, count in minutes or ():
         if start <= t < end:
             calls[min(n - 1, int((t - start) // step))] += count

@@ -1034,7 +1034,9 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
     ends after `seconds`:
 
     - incidents: those open at some time in the period, oldest first, with when each was
-      opened (its "opened" event) and its first repair estimate; a suspicion never
+      opened (its "opened" event), its first repair estimate, and the service between its
+      faults if it reopened (`gap_from`: a resolution, `gap_to`: the start of the fault
+      that reopened it, its "reopened" event's `since`); a suspicion never
       confirmed (kind suspected: dismissed, expired, taken over by the probes' incident
       or still open) is no outage and is left out, as the impact record leaves it out;
     - blind: when the monitor could not see, clipped to the period, open ones up to
@@ -1048,13 +1050,26 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
                    i.merged_into, i.subscribers, i.calls,
                    (select min(e.at) from incident_event e
                     where e.incident_id = i.id and e.kind = 'opened') as detected_at,
-                   fe.at as first_eta_at, fe.eta as first_eta
+                   fe.at as first_eta_at, fe.eta as first_eta, gp.gap_from, gp.gap_to
             from incident i
             left join lateral (
                 select e.at, (e.detail->>'eta')::timestamptz as eta from incident_event e
                 where e.incident_id = i.id and e.kind = 'eta' and e.detail->>'eta' is not null
                 order by e.at, e.id limit 1
             ) fe on true
+            left join lateral (
+                select array_agg(g.resolved order by g.resolved) as gap_from,
+                       array_agg(g.since order by g.resolved) as gap_to
+                from (
+                    select (select max(r.at) from incident_event r
+                            where r.incident_id = i.id and r.kind = 'resolved'
+                              and r.at <= e.at) as resolved,
+                           coalesce((e.detail->>'since')::timestamptz, e.at) as since
+                    from incident_event e
+                    where e.incident_id = i.id and e.kind = 'reopened'
+                ) g
+                where g.since > g.resolved
+            ) gp on true
             where i.opened_at < $2 and coalesce(i.resolved_at, 'infinity') > $1
               and i.kind <> 'suspected'
             order by i.opened_at, i.id

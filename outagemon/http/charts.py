@@ -95,9 +95,11 @@ def _when(seconds: float | None) -> str:
 
 def timeline(incidents: Sequence[dict[str, Any]], start: float, end: float,
              now: float) -> Markup:  # fmt: skip
-    """Each incident a bar from its opening to its repair; its height and shade grow with
+    """Each incident a bar from its opening to its repair (a reopened one a bar for each
+    fault, in one lane: the time between was service); its height and shade grow with
     the subscribers it cut off (square root: a city-wide outage does not flatten the rest).
-    `incidents`: rows with id, kind, root_node, subscribers, opened and resolved (seconds)."""
+    `incidents`: rows with id, kind, root_node, subscribers, opened and resolved (seconds),
+    and its `faults` ((start, end) seconds) if it reopened."""
     lane_h, max_bar = 34, 28
     rows = sorted(incidents, key=lambda r: (r["opened"], int(r["id"])))
     spans = [(_x(r["opened"], start, end), _x(r["resolved"] or now, start, end)) for r in rows]
@@ -110,21 +112,26 @@ def timeline(incidents: Sequence[dict[str, Any]], start: float, end: float,
         data_from=int(start), data_to=int(end), data_bars=len(rows),
         aria_label=f"{len(rows)} incidents from {_when(start)} to {_when(end)}"))]  # fmt: skip
     parts.append(_axis(start, end, 0, n_lanes * lane_h))
-    for r, (lo, hi), lane in zip(rows, spans, lanes, strict=True):
+    for r, lane in zip(rows, lanes, strict=True):
         share = math.sqrt(r["subscribers"] / most) if r["subscribers"] > 0 else 0.0
         h = 6 + (max_bar - 6) * share
         y = lane * lane_h + (lane_h - h) / 2
         shade = min(4, int(share * 4.999))  # five shades, page.css .s0 .. .s4
-        title = (f"#{r['id']} {r['kind']} at {r['root_node']}: {r['subscribers']} subscribers,"
-                 f" {_when(r['opened'])} – {_when(r['resolved'])}")  # fmt: skip
-        rect = _attrs(
-            x=lo, y=y, width=max(hi - lo, 3.0), height=h, rx=2,
-            class_=f"bar {r['kind']} s{shade}", data_incident=r["id"], data_kind=r["kind"],
-            data_subscribers=r["subscribers"], data_opened=int(r["opened"]),
-            data_resolved=int(r["resolved"]) if r["resolved"] is not None else "",
-        )  # fmt: skip
-        parts.append(Markup('<a {}><rect {}><title>{}</title></rect></a>').format(
-            _attrs(href=f"/incidents/{r['id']}"), rect, title))  # fmt: skip
+        faults = r.get("faults") or [(r["opened"], r["resolved"] or now)]
+        for i, (f_lo, f_hi) in enumerate(faults):
+            lo, hi = _x(f_lo, start, end), _x(f_hi, start, end)
+            # The last fault ends with the incident (None while it is open).
+            repaired = r["resolved"] if i == len(faults) - 1 else f_hi
+            title = (f"#{r['id']} {r['kind']} at {r['root_node']}: {r['subscribers']} "
+                     f"subscribers, {_when(f_lo)} – {_when(repaired)}")  # fmt: skip
+            rect = _attrs(
+                x=lo, y=y, width=max(hi - lo, 3.0), height=h, rx=2,
+                class_=f"bar {r['kind']} s{shade}", data_incident=r["id"], data_kind=r["kind"],
+                data_subscribers=r["subscribers"], data_opened=int(f_lo),
+                data_resolved=int(repaired) if repaired is not None else "",
+            )  # fmt: skip
+            parts.append(Markup('<a {}><rect {}><title>{}</title></rect></a>').format(
+                _attrs(href=f"/incidents/{r['id']}"), rect, title))  # fmt: skip
     parts.append(Markup("</svg>"))
     return Markup("").join(parts)
 

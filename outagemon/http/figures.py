@@ -62,13 +62,16 @@ class Busy(Exception):
 
 def install_gauges(rt: Runtime) -> None:
     """Gauges of what open incidents cost now, read from memory at each scrape of
-    /metrics (open incidents by kind are the monitor's `outagemon_incidents_open`)."""
+    /metrics (open incidents by kind are the monitor's `outagemon_incidents_open`): the
+    minutes of the fault each is in, a reopened one's from its reopening (the time
+    before it was service; its first fault is in the reports)."""
     cut_off = rt.metrics.gauge(
         "outagemon_subscribers_cut_off", "Subscribers cut off by open incidents, by kind."
     )
     minutes = rt.metrics.gauge(
         "outagemon_open_subscriber_minutes",
-        "Subscriber-minutes lost so far by the incidents open now, by kind.")  # fmt: skip
+        "Subscriber-minutes lost so far by the faults of the incidents open now "
+        "(a reopened one's since it reopened), by kind.")  # fmt: skip
 
     def collect() -> None:
         m = rt.monitor
@@ -80,7 +83,7 @@ def install_gauges(rt: Runtime) -> None:
                 subscribers = m.subscribers_of(inc.nodes)
                 kind = inc.kind.value
                 people[kind] = people.get(kind, 0) + subscribers
-                lost[kind] = lost.get(kind, 0.0) + subscribers * max(0.0, now - inc.opened_at) / 60
+                lost[kind] = lost.get(kind, 0.0) + subscribers * max(0.0, now - inc.since) / 60
         for kind, subscribers in people.items():
             cut_off.set(subscribers, kind=kind)
             minutes.set(round(lost[kind], 1), kind=kind)
@@ -124,7 +127,7 @@ async def made(rt: Runtime, start: float, end: float, now: float,
             found[group] = await _query(limit, store.places(
                 conn, _dt(start), _dt(end), _dt(now), mapped, unmapped, places[group],
                 limit))  # fmt: skip
-    return await asyncio.to_thread(lambda: compute(_report(rows, found)))
+    return await asyncio.to_thread(lambda: compute(_report(rows, found, start, end, now)))
 
 
 @asynccontextmanager
@@ -158,8 +161,13 @@ async def _query(limit: float, query: Coroutine[Any, Any, T]) -> T:
         raise Busy("the database does not answer right now; try again shortly.") from None
 
 
-def _report(rows: dict[str, list[Any]], places: dict[str, list[Any]]) -> Report:
-    incidents = [_stored(r) for r in rows["incidents"]]
+def _report(rows: dict[str, list[Any]], places: dict[str, list[Any]], start: float,
+            end: float, now: float) -> Report:  # fmt: skip
+    # An incident whose time in the period was all service between its faults was not
+    # open in it.
+    incidents = [inc for inc in map(_stored, rows["incidents"])
+                 if not inc.gaps
+                 or any(lo < end and hi > start for lo, hi in inc.faults(now))]  # fmt: skip
     blind = [(r["started_at"].timestamp(), r["ended_at"].timestamp()) for r in rows["blind"]]
     calls = [(r["minute"].timestamp(), r["calls"], r["named"]) for r in rows["calls"]]
     return Report(incidents, blind, calls, places)
@@ -180,6 +188,8 @@ def _stored(r: Any) -> Stored:
         merged_into=r["merged_into"], subscribers=r["subscribers"], calls=r["calls"],
         detected_at=_s(r["detected_at"]),
         first_eta_at=_s(r["first_eta_at"]), first_eta=_s(r["first_eta"]),
+        gaps=tuple((a.timestamp(), b.timestamp())
+                   for a, b in zip(r["gap_from"] or (), r["gap_to"] or (), strict=True)),
     )  # fmt: skip
 
 

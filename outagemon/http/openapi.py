@@ -333,15 +333,27 @@ RESPONSE = {
         "first_eta_at": NULLABLE_TIME,
         "first_eta": NULLABLE_TIME,
         "detect_seconds": {**_SECONDS, "description": "opened_at to the incident's opening."},
-        "first_eta_seconds": {**_SECONDS, "description": "opened_at to the first estimate."},
-        "repair_seconds": {**_SECONDS, "description": "opened_at to resolved_at."},
+        "first_eta_seconds": {
+            **_SECONDS,
+            "description": "opened_at to the first estimate, less the service between "
+            "faults of a reopened incident.",
+        },
+        "repair_seconds": {
+            **_SECONDS,
+            "description": "opened_at to resolved_at, less the service between faults of a "
+            "reopened incident (from a resolution to the fault that reopened it).",
+        },
         "eta_error_seconds": {
             **_SECONDS,
-            "description": "resolved_at − first_eta: how much "
-            "later than first told (negative: "
-            "earlier).",
+            "description": "The repair the first estimate was for (resolved_at, or the "
+            "resolution before a reopening) − first_eta: how much later than first told "
+            "(negative: earlier).",
         },
-        "subscriber_hours": {**_NUM, "description": "Subscribers × hours open."},
+        "subscriber_hours": {
+            **_NUM,
+            "description": "Subscribers × hours down (a reopened incident's faults, not "
+            "the service between them).",
+        },
     },
 }
 INCIDENTS_REPORT = {

@@ -649,7 +649,8 @@ def _pictures(rt: Runtime, report: figures.Report, start: float, end: float, ste
               now: float) -> dict[str, Any]:  # fmt: skip
     """The reports page's figures and charts (in a worker thread: see figures.made)."""
     bars = [{"id": str(i.id), "kind": i.kind, "root_node": i.root, "subscribers": i.subscribers,
-             "opened": i.opened_at, "resolved": i.resolved_at}
+             "opened": i.opened_at, "resolved": i.resolved_at,
+             "faults": i.faults(now) if i.gaps else None}
             for i in report.incidents]  # fmt: skip
     buildings = figures.availability(rt, report, start, end, "building", 10)
     nodes = figures.availability(rt, report, start, end, "node", 10)
