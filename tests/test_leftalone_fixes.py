@@ -225,6 +225,11 @@ async def test_every_downtime_figure_of_a_reopened_incident_leaves_out_the_servi
                   datetime.fromisoformat(i["to"]).timestamp())
                  for i in mine["intervals"]]  # fmt: skip
         assert len(spans) == 2 and spans[1][0] - spans[0][1] > 300, mine
+        # And the billing export (`outagemon report downtime` is the same COPY).
+        csv_text = await _get(w, "/api/v1/reports/downtime", **period)
+        (line,) = [x for x in csv_text.splitlines() if x.startswith("1006,")]
+        assert float(line.split(",")[1]) == mine["outage_minutes"], (line, mine)
+        assert abs(mine["outage_minutes"] - sum(b - a for a, b in spans) / 60) <= 0.1, mine
 
 
 def test_a_reopened_incidents_response_figures_count_its_faults_only() -> None:
