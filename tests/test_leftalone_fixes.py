@@ -253,3 +253,59 @@ def test_a_reopened_incidents_response_figures_count_its_faults_only() -> None:
                    first_eta=4000, gaps=((2000, 3000),))  # fmt: skip
     assert figures.response(later, now=9000)["eta_error_seconds"] == 1000
     assert figures.response(later, now=9000)["first_eta_seconds"] == 1500
+
+
+# -- the standby's cut-off of a stale lease holder (reviewed: README, cluster) ------------
+
+
+LEASE = 5.0  # seconds: the test's lease, held at first, then let lapse
+
+
+async def test_the_cut_off_spares_a_leader_whose_lease_holds_and_ends_a_lapsed_one(
+    fresh_db: str,
+) -> None:
+    """A leader whose lease holds on the database's clock, mid-write (the lease row
+    share-locked), is never ended: a standby's renewal does not wait for it and the
+    cut-off finds nothing. Once that lease has lapsed with the write still open, the
+    cut-off ends that session only (not one that merely read the lease), and the standby
+    takes the lease under a new epoch; the write never lands."""
+    await migrate.migrate(fresh_db)
+    pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=4, command_timeout=5.0)
+    assert pool is not None
+    leader = await asyncpg.connect(fresh_db)
+    reader = await asyncpg.connect(fresh_db)
+    try:
+        async with pool.acquire() as conn:
+            epoch = await store.take_lease(conn, "a", LEASE)
+        assert epoch is not None
+        taken = asyncio.get_running_loop().time()
+        write = leader.transaction()
+        await write.start()
+        assert await store.holds_lease(leader, epoch, "a")  # a fenced write under way
+        await leader.execute("insert into node (id, kind) values ('sw-late', 'switch')")
+        async with pool.acquire() as conn:
+            async with asyncio.timeout(2):  # not held up by the leader's write
+                assert await store.take_lease(conn, "b", 30.0) is None
+            assert await store.cut_off_stale_holder(conn, "b") == 0
+        assert await leader.fetchval("select 1") == 1  # alive, its transaction too
+        assert asyncio.get_running_loop().time() - taken < LEASE - 1, "too slow to show it"
+        # Its lease lapses (a paused leader) while the write is still open.
+        await asyncio.sleep(LEASE + 0.5 - (asyncio.get_running_loop().time() - taken))
+        reading = reader.transaction()
+        await reading.start()
+        assert await store.read_lease(reader) is not None
+        async with pool.acquire() as conn:
+            assert await store.cut_off_stale_holder(conn, "b") == 1
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            for _ in range(50):  # the end is delivered by a signal: soon, not at once
+                await leader.fetchval("select 1")
+                await asyncio.sleep(0.05)
+        assert await reader.fetchval("select 1") == 1  # a reader is not a holder
+        await reading.rollback()
+        async with pool.acquire() as conn:
+            assert await store.take_lease(conn, "b", 30.0) == epoch + 1
+        assert await pool.fetchval("select count(*) from node where id = 'sw-late'") == 0
+    finally:
+        await leader.close()
+        await reader.close()
+        await pool.close()
