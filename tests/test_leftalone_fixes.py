@@ -115,6 +115,52 @@ async def test_a_relayed_write_committed_but_unanswered_is_counted_once(fresh_db
         await pool.close()
 
 
+async def test_a_take_committed_but_unanswered_hands_its_calls_on_once(fresh_db: str) -> None:
+    """The leader's take that the database committed but whose answer came too late: its
+    counts and records are handed to the leader's monitor at the next take, once (the
+    database added the counts once, in that transaction)."""
+    await migrate.migrate(fresh_db)
+    plain = await asyncpg.create_pool(fresh_db, min_size=1, max_size=2, command_timeout=5.0)
+    pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=2, command_timeout=5.0,
+                                     connection_class=LostCommit)  # fmt: skip
+    assert pool is not None and plain is not None
+    try:
+        await plain.execute("insert into node (id, kind) values ('sw-1', 'switch')")
+        await plain.execute("insert into incident (id, root_node, kind, opened_at, state)"
+                            " values (7, 'sw-1', 'outage', now(), 'open')")  # fmt: skip
+        async with plain.acquire() as conn:
+            epoch = await store.take_lease(conn, "a", 10.0)
+        assert epoch is not None
+        a, b = CallRelay("a", Registry()), CallRelay("b", Registry())
+        b.count({7: 3})
+        b.record("seg-1", "b-1", "k1", "ivr", "ok", "")
+        await b.send(plain)
+        LostCommit.armed = "after"
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await a.take(pool, epoch, "a")
+        assert await plain.fetchval("select calls from incident where id = 7") == 3
+        assert await plain.fetchval("select count(*) from cluster_call_count") == 0
+        handed: dict[int, int] = {}
+        records = []
+        for _ in range(50):
+            taken = await a.take(pool, epoch, "a")
+            for iid, n in taken.counts.items():
+                handed[iid] = handed.get(iid, 0) + n
+            records += [rec for _, rec in taken.records]
+            if a.unsure_take is None:
+                break
+            await asyncio.sleep(0.1)
+        again = await a.take(pool, epoch, "a")
+        assert (handed, again.counts, again.records) == ({7: 3}, {}, [])
+        assert records == [("seg-1", "b-1", "k1", "ivr", "ok", "")]
+        assert await plain.fetchval("select calls from incident where id = 7") == 3
+    finally:
+        LostCommit.armed = ""
+        await pool.close()
+        await plain.close()
+
+
 async def test_a_relayed_write_cut_before_its_commit_is_written_again(fresh_db: str) -> None:
     """A standby's write cut off before its commit was asked for is not lost: its calls
     are written with the next, and counted once."""

@@ -13,7 +13,9 @@ A standby's write is added once too: its transaction's id is read first, and a w
 whose commit went unanswered (a timeout, a broken connection: the database may have
 committed it) is kept aside with that id, not queued again; before the next write, the
 database says what became of it (`store.transaction_states`): committed, it is done;
-rolled back, its calls are queued again; still unknown, it waits.
+rolled back, its calls are queued again; still unknown, it waits. So is the leader's
+take: one whose commit went unanswered is asked about at the next take, and if it
+committed, its counts and records are handed on then (once).
 
 Why the database, not HTTP to the leader: the leader may change at any moment, and a row
 waits for whoever leads next (a leader that stepped down cannot take it: its fenced
@@ -23,6 +25,7 @@ and the times are the database's, never another host's clock.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -70,6 +73,9 @@ class CallRelay:
         self.counts: dict[int, int] = {}
         self.records: list[Relayed] = []
         self.unsure: list[Unsure] = []  # written, perhaps: the database is asked first
+        # The leader's take whose commit went unanswered: (its transaction, the epoch, when
+        # on our clock, what it took), asked about at the next take.
+        self.unsure_take: tuple[int, int, float, Taken] | None = None
         self._sent = metrics.counter(
             "outagemon_cluster_calls_relayed_total",
             "Check answers (counts) and callers' records this standby wrote for the leader.",
@@ -159,29 +165,67 @@ class CallRelay:
         node's own records are left out of what is returned (its own detector had them
         when it answered them, as a standby); its counts are not (its Monitor never
         counted what its replica answered)."""
+        earlier = Taken()
+        if self.unsure_take is not None:
+            earlier = await self._settle_take(pool, epoch)
+            if self.unsure_take is not None:  # its rows are still held: take them later
+                return earlier
         taken = Taken()
-        async with pool.acquire() as conn, conn.transaction():
-            if not await store.holds_lease(conn, epoch, holder):
-                raise RelayFenced("relayed calls")
-            counts = await store.take_relayed_counts(conn)
-            records = await store.take_relayed_records(conn)
-            if counts:
-                per_incident: dict[int, int] = {}
-                for r in counts:
-                    iid = int(r["incident_id"])
-                    per_incident[iid] = per_incident.get(iid, 0) + int(r["calls"])
-                await store.add_calls(conn, list(per_incident.items()))
-                await store.add_call_minutes(
-                    conn, [(r["minute"], int(r["incident_id"]), int(r["calls"])) for r in counts]
-                )
-                await store.notify_replica(conn, "calls", sorted(per_incident))
-                taken.counts = per_incident
+        xid: int | None = None
+        records: list[asyncpg.Record] = []
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                if not await store.holds_lease(conn, epoch, holder):
+                    raise RelayFenced("relayed calls")
+                xid = await store.transaction_id(conn)
+                counts = await store.take_relayed_counts(conn)
+                records = await store.take_relayed_records(conn)
+                if counts:
+                    per_incident: dict[int, int] = {}
+                    for r in counts:
+                        iid = int(r["incident_id"])
+                        per_incident[iid] = per_incident.get(iid, 0) + int(r["calls"])
+                    await store.add_calls(conn, list(per_incident.items()))
+                    await store.add_call_minutes(conn, [
+                        (r["minute"], int(r["incident_id"]), int(r["calls"])) for r in counts
+                    ])  # fmt: skip
+                    await store.notify_replica(conn, "calls", sorted(per_incident))
+                    taken.counts = per_incident
+        except BaseException:
+            if xid is not None:  # perhaps committed: the next take asks the database
+                self.unsure_take = (xid, epoch, time.monotonic(), self._records(taken, records))
+            raise
+        self._records(taken, records)
+        for iid, n in earlier.counts.items():
+            taken.counts[iid] = taken.counts.get(iid, 0) + n
+        taken.records[:0] = earlier.records
         self._taken.inc(sum(taken.counts.values()), what="counts")
+        self._taken.inc(len(taken.records), what="records")
+        return taken
+
+    def _records(self, taken: Taken, records: list[asyncpg.Record]) -> Taken:
+        """The other nodes' records of those taken, into `taken`."""
         for r in records:
             if r["node"] == self.node:
                 continue
             rec = (str(r["place"]), str(r["building"]), str(r["caller"]), str(r["channel"]),
                    str(r["status"]), str(r["router"]))  # fmt: skip
             taken.records.append((max(0.0, float(r["age"])), rec))
-        self._taken.inc(len(taken.records), what="records")
         return taken
+
+    async def _settle_take(self, pool: asyncpg.Pool, epoch: int) -> Taken:
+        """What the last take, whose commit went unanswered, took: if it committed (under
+        the epoch still led: after a new term the counts were read back from the
+        database), its counts and records, their ages grown by the time since; else
+        nothing (rolled back, the rows wait to be taken again)."""
+        assert self.unsure_take is not None
+        xid, taken_under, at, taken = self.unsure_take
+        async with pool.acquire() as conn:
+            state = (await store.transaction_states(conn, [xid])).get(xid)
+        if state == "in progress":
+            return Taken()
+        self.unsure_take = None
+        if state != "committed" or taken_under != epoch:
+            return Taken()
+        grown = time.monotonic() - at
+        return Taken(taken.counts, [(age + grown, rec) for age, rec in taken.records])
