@@ -1034,9 +1034,9 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
     ends after `seconds`:
 
     - incidents: those open at some time in the period, oldest first, with when each was
-      opened (its "opened" event), its first repair estimate, and the service between its
-      faults if it reopened (`gap_from`: a resolution, `gap_to`: the start of the fault
-      that reopened it, its "reopened" event's `since`); a suspicion never
+      opened (its "opened" event), its first repair estimate, and when it was resolved
+      and reopened (`resolutions`, `reopenings`, and `since`: the start of each fault
+      that reopened it), null if never; a suspicion never
       confirmed (kind suspected: dismissed, expired, taken over by the probes' incident
       or still open) is no outage and is left out, as the impact record leaves it out;
     - blind: when the monitor could not see, clipped to the period, open ones up to
@@ -1047,29 +1047,29 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
         incidents = await conn.fetch(
             """
             select i.id, i.state, i.kind, i.root_node, i.opened_at, i.resolved_at,
-                   i.merged_into, i.subscribers, i.calls,
-                   (select min(e.at) from incident_event e
-                    where e.incident_id = i.id and e.kind = 'opened') as detected_at,
-                   fe.at as first_eta_at, fe.eta as first_eta, gp.gap_from, gp.gap_to
+                   i.merged_into, i.subscribers, i.calls, ev.detected_at,
+                   ev.etas[1][1] as first_eta_at, ev.etas[1][2] as first_eta,
+                   case when ev.reopenings is not null then ev.resolutions end as resolutions,
+                   ev.reopenings, ev.since
             from incident i
+            -- One look at the incident's events: its opening, first estimate, and when it
+            -- was resolved and reopened.
             left join lateral (
-                select e.at, (e.detail->>'eta')::timestamptz as eta from incident_event e
-                where e.incident_id = i.id and e.kind = 'eta' and e.detail->>'eta' is not null
-                order by e.at, e.id limit 1
-            ) fe on true
-            left join lateral (
-                select array_agg(g.resolved order by g.resolved) as gap_from,
-                       array_agg(g.since order by g.resolved) as gap_to
-                from (
-                    select (select max(r.at) from incident_event r
-                            where r.incident_id = i.id and r.kind = 'resolved'
-                              and r.at <= e.at) as resolved,
-                           coalesce((e.detail->>'since')::timestamptz, e.at) as since
-                    from incident_event e
-                    where e.incident_id = i.id and e.kind = 'reopened'
-                ) g
-                where g.since > g.resolved
-            ) gp on true
+                select min(e.at) filter (where e.kind = 'opened') as detected_at,
+                       array_agg(array[e.at, (e.detail->>'eta')::timestamptz]
+                                 order by e.at, e.id)
+                           filter (where e.kind = 'eta' and e.detail->>'eta' is not null)
+                           as etas,
+                       array_agg(e.at order by e.at) filter (where e.kind = 'resolved')
+                           as resolutions,
+                       array_agg(e.at order by e.at) filter (where e.kind = 'reopened')
+                           as reopenings,
+                       array_agg(coalesce((e.detail->>'since')::timestamptz, e.at)
+                                 order by e.at) filter (where e.kind = 'reopened') as since
+                from incident_event e
+                where e.incident_id = i.id
+                  and e.kind in ('opened', 'eta', 'resolved', 'reopened')
+            ) ev on true
             where i.opened_at < $2 and coalesce(i.resolved_at, 'infinity') > $1
               and i.kind <> 'suspected'
             order by i.opened_at, i.id

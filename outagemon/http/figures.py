@@ -188,9 +188,22 @@ def _stored(r: Any) -> Stored:
         merged_into=r["merged_into"], subscribers=r["subscribers"], calls=r["calls"],
         detected_at=_s(r["detected_at"]),
         first_eta_at=_s(r["first_eta_at"]), first_eta=_s(r["first_eta"]),
-        gaps=tuple((a.timestamp(), b.timestamp())
-                   for a, b in zip(r["gap_from"] or (), r["gap_to"] or (), strict=True)),
+        gaps=_gaps(r["resolutions"], r["reopenings"], r["since"]),
     )  # fmt: skip
+
+
+def _gaps(resolutions: list[datetime] | None, reopenings: list[datetime] | None,
+          since: list[datetime] | None) -> tuple[Interval, ...]:  # fmt: skip
+    """Service between faults: from the resolution before each reopening to the start of
+    the fault that reopened it (none where that fault began before it was resolved)."""
+    if not reopenings or not since or not resolutions:
+        return ()
+    gaps = []
+    for at, began in zip(reopenings, since, strict=True):
+        before = [r for r in resolutions if r <= at]
+        if before and began > before[-1]:
+            gaps.append((before[-1].timestamp(), began.timestamp()))
+    return tuple(gaps)
 
 
 def check_group(rt: Runtime, group: str) -> None:
