@@ -285,7 +285,7 @@ def look(watch: CallWatch, topo: Topology, call: Call, now: float) -> str:
     calls expected in a window and the learned (calls, days), and the sequential test."""
     parts = []
     for n in (call.node, *topo.ancestors(call.node))[:2]:
-        firsts = watch._first_calls(n)  # noqa: SLF001 (a diagnostic)
+        firsts = watch._first_calls(n)  # a diagnostic: what the detector holds
         calls, seen = watch.history(n, now)
         parts.append(
             f"{n}: {len(firsts)}/{watch.threshold(n, now)} callers, usual "
