@@ -701,3 +701,80 @@ def test_the_page_says_a_suspicion_was_narrowed() -> None:
     assert text.startswith("Narrowed from sw-3-7:")
     widened = _suspicion_text("root_moved", {"from": "seg-1-5-1", "absorbed": []})
     assert widened.startswith("Widened from seg-1-5-1")
+
+
+# -- the prior's weight: how much places' rates differ, learned --------------------------
+
+
+def entrances(n: int, subscribers: int = 25) -> tuple[topology.Topology, dict[str, int]]:
+    """A flat place: `n` entrances under one aggregation, each serving `subscribers`."""
+    nodes = [topology.Node("agg", "aggregation")]
+    nodes += [topology.Node(f"e{i}", "segment", None, ("agg",)) for i in range(n)]
+    return topology.Topology(nodes), {f"e{i}": subscribers for i in range(n)}
+
+
+def learned(w: CallWatch, rates: dict[str, float], days: float, seed: int) -> float:
+    """Each place's calls (Poisson, `rates` a day) for `days`, handed to the watch call
+    by call; then the window emptied. Returns the time after."""
+    rng = random.Random(seed)
+    calls = []
+    for node, per_day in rates.items():
+        t = rng.expovariate(per_day / DAY) if per_day > 0 else days * DAY
+        while t < days * DAY:
+            calls.append(Call(t, node, "", f"{node}/{len(calls)}", "ivr", "ok"))
+            t += rng.expovariate(per_day / DAY)
+    calls.sort(key=lambda c: c.at)
+    ids = Ids()
+    for c in calls:
+        w.tick(c.at, [c], never, ids)
+    end = days * DAY + 2 * w.settings.window
+    w.tick(end, [], never, ids)
+    return end
+
+
+def test_how_much_places_rates_differ_is_learned_from_their_counts() -> None:
+    """Places that call alike: their counts spread as a Poisson's, the learned spread is
+    large (a prior worth many calls); places whose rates differ as a Gamma of shape 0.5
+    (a few call ten times more than most): the learned shape is about 0.5. Nothing
+    learned: 0 (the prior weighs one day)."""
+    topo, subs = entrances(400)
+    quiet = Settings(min_callers=1000, evidence=0)  # nothing raised: every call learned
+    alike = CallWatch(topo, subs, quiet, started=0.0)
+    assert alike.spread(0.0) == 0
+    now = learned(alike, dict.fromkeys(subs, 2.0), 7, seed=1)
+    assert alike.spread(now) > 20
+    rng = random.Random(2)
+    differ = CallWatch(topo, subs, quiet, started=0.0)
+    now = learned(differ, {n: 2.0 * rng.gammavariate(0.5, 2.0) for n in subs}, 7, seed=3)
+    assert 0.25 < differ.spread(now) < 1.0
+    # Kept over a restart: the baseline taken up gives the same spread.
+    again = CallWatch(topo, subs, quiet, started=now)
+    again.take_baseline(differ.baseline())
+    assert again.spread(now) == pytest.approx(differ.spread(now), rel=1e-6)
+
+
+def test_a_quiet_week_among_places_that_call_alike_is_luck_not_a_quiet_place() -> None:
+    """Where places call alike (0.01 a subscriber a day), an entrance without a call in
+    two weeks is about as likely to call as the others (a quarter of them go a week
+    without one by chance): its rate is learned about half theirs, not a seventh, and two
+    callers a minute apart there are what one pair in a few hundred such places does by
+    chance every day, not a fault. Where places' rates differ widely, the same quiet
+    fortnight does mean a quiet place."""
+    topo, subs = entrances(400, subscribers=20)
+    flat = Settings(by_hour=False)
+    usual = 0.01 * 20
+    w = CallWatch(topo, subs, flat, started=0.0)
+    now = learned(w, {n: usual for n in subs if n != "e0"}, 14, seed=4)
+    assert w.rate("e0", now) * DAY > 0.4 * usual  # (a prior worth one day: a seventh)
+    ids = Ids()
+    pair = [
+        Call(now + 100, "e0", "", "a", "ivr", "ok"),
+        Call(now + 160, "e0", "", "b", "ivr", "ok"),
+    ]
+    w.tick(now + 200, pair, never, ids)
+    assert not [e for e in w.take_events() if e.kind is EventKind.OPENED]
+    rng = random.Random(5)
+    wide = CallWatch(topo, subs, flat, started=0.0)
+    rates = {n: usual * rng.gammavariate(0.3, 1 / 0.3) for n in subs if n != "e0"}
+    now = learned(wide, rates, 14, seed=6)
+    assert wide.rate("e0", now) * DAY < 0.25 * usual
