@@ -1,7 +1,7 @@
 """Callers as sensors over a simulated month in a 300,000-subscriber city.
 
     .venv/bin/python -m benchmarks.calls_bench [--days 30] [--seeds 1-10] [--window S]
-        [--chance P] [--evidence H] [--flat] [--shares 0.25,0.15] [--no-surge]
+        [--chance P] [--evidence H] [--flat] [--shares 0.25,0.15] [--no-surge] [--explain]
 
 A city's month of calls cannot exist on this machine, so it is simulated, and said so:
 the city is `sim/citygen.sized(3000, 300000)` (30 aggregations, 3,000 buildings with an
@@ -47,6 +47,12 @@ false suspicions a day (raised where no fault was); the time from a fault's firs
 its suspicion (median and 90th percentile) beside its floor (for the same faults, the
 median time from the first call to the `min_callers`-th caller: no detector that waits
 for that many callers can be faster); whether each target held; the detector's CPU time.
+With `--explain`, each invisible fault is listed (its place, when it began, its callers,
+where and after how long it was suspected), with each of its callers' calls as the
+detector saw them at the tick that took it (at the entrance and the building: distinct
+callers in the window against the threshold, the calls a window usually has, the learned
+history, whether the sequential test held) and the suspicions' events there; and each
+false suspicion (where, when, on how many callers over how long).
 Ticks come once a second while calls come, and a minute apart otherwise (a tick with no
 new call changes nothing but expiry).
 """
@@ -209,7 +215,7 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
 
     invisible = [f for f in faults if not f.visible]
     false = 0
-    for n, (at, root) in enumerate(raised):
+    for which, (at, root) in enumerate(raised):
         match = None
         for f in invisible:
             around = {f.node, *topo.descendants(f.node)}
@@ -220,7 +226,7 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
         if match is None:
             false += 1
             if explain:
-                print(f"  false: {opened[n]}")
+                print(f"  false: {opened[which]}")
         elif match.raised_at == math.inf:
             match.raised_at, match.root = at, root
     # The earliest any detector with a floor of `min_callers` could raise: the time from

@@ -717,7 +717,7 @@ def learned(w: CallWatch, rates: dict[str, float], days: float, seed: int) -> fl
     """Each place's calls (Poisson, `rates` a day) for `days`, handed to the watch call
     by call; then the window emptied. Returns the time after."""
     rng = random.Random(seed)
-    calls = []
+    calls: list[Call] = []
     for node, per_day in rates.items():
         t = rng.expovariate(per_day / DAY) if per_day > 0 else days * DAY
         while t < days * DAY:

@@ -12,9 +12,11 @@ never fewer than `min_callers`; or sooner, when a sequential test finds the newe
 them (two or more) `evidence` times likelier, in natural logarithm, under a fault
 (`fault_rate` calls a subscriber an hour) than under the usual calls. The rate of each
 node is learned from the calls it had (answered `ok` and not part of a suspicion),
-blended with a prior of `prior_rate` calls per subscriber a day that weighs as one day
-of history, and follows the hour of the day (`by_hour`: one shape of the day learned
-from every place's calls, scaled to each place's rate). Only calls answered `ok` count:
+blended with a prior of `prior_rate` calls per subscriber a day that weighs as much as
+the places' counts say their rates differ (`spread`: from one day of history, when they
+differ widely or nothing is learned, to as long as the history), and follows the hour
+of the day (`by_hour`: one shape of the day learned from every place's calls, scaled to
+each place's rate). Only calls answered `ok` count:
 one answered `outage`, `maintenance`, `cpe_down`, `restored` or `unknown` (blindness) is
 already explained, and so is one from a caller whose own probed router was answering (the
 probes see the way to them working: their trouble is not their entrance's). The
