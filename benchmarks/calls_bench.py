@@ -201,7 +201,7 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
         for e in watch.take_events():
             if e.kind.value == "opened":
                 raised.append((now, e.root or ""))
-                opened.append(f"{e.root} at {now % DAY / 3600:05.2f} h (day {int(now // DAY)}): "
+                opened.append(f"{e.root} at {clock(now)} (day {int(now // DAY)}): "
                               f"{e.detail.get('callers')} callers over "
                               f"{e.detail.get('first_call_ago')} s")  # fmt: skip
             if watched and e.root in watched:
@@ -253,7 +253,7 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
             kind = "entrance" if f.node in behind else "building"
             delay = f.raised_at - f.first_call
             print(f"  fault {f.node} ({kind}, {counts.get(f.node) or watch.below.get(f.node)} "
-                  f"subscribers) from {f.start / 3600 % 24:05.2f} h (day {int(f.start // DAY)}) "
+                  f"subscribers) from {clock(f.start)} (day {int(f.start // DAY)}) "
                   f"for {(f.end - f.start) / 60:.0f} min; {len(f.callers)} callers; first call "
                   f"+{(f.first_call - f.start) / 60:.1f} min; raised at {f.root or '-'} "
                   f"after {delay / 60:.1f} min")  # fmt: skip
@@ -285,6 +285,12 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
     }
 
 
+def clock(t: float) -> str:
+    """A time of the simulated day, as hh:mm:ss."""
+    s = int(t % DAY)
+    return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def look(watch: CallWatch, topo: Topology, call: Call, now: float) -> str:
     """One fault's call as the detector saw it at the tick that took it: at its entrance
     and its building, the distinct callers in the window, the threshold, the usual
@@ -299,7 +305,7 @@ def look(watch: CallWatch, topo: Topology, call: Call, now: float) -> str:
             f"({calls:.1f} calls in {seen / DAY:.1f} d), "
             f"strong {'yes' if watch.strong(n, firsts, now) else 'no'}"
         )
-    return f"      {call.at % DAY / 3600:05.2f} h call at {call.node}; " + "; ".join(parts)
+    return f"      {clock(call.at)} call at {call.node}; " + "; ".join(parts)
 
 
 def surge(topo: Topology, behind: dict[str, list[str]], calls: int = 20_000) -> str:
