@@ -12,11 +12,9 @@ never fewer than `min_callers`; or sooner, when a sequential test finds the newe
 them (two or more) `evidence` times likelier, in natural logarithm, under a fault
 (`fault_rate` calls a subscriber an hour) than under the usual calls. The rate of each
 node is learned from the calls it had (answered `ok` and not part of a suspicion),
-blended with a prior of `prior_rate` calls per subscriber a day that weighs as much as
-the places' counts say their rates differ (`spread`: from one day of history, when they
-differ widely or nothing is learned, to as long as the history), and follows the hour
-of the day (`by_hour`: one shape of the day learned from every place's calls, scaled to
-each place's rate). Only calls answered `ok` count:
+blended with a prior of `prior_rate` calls per subscriber a day that weighs as one day
+of history, and follows the hour of the day (`by_hour`: one shape of the day learned
+from every place's calls, scaled to each place's rate). Only calls answered `ok` count:
 one answered `outage`, `maintenance`, `cpe_down`, `restored` or `unknown` (blindness) is
 already explained, and so is one from a caller whose own probed router was answering (the
 probes see the way to them working: their trouble is not their entrance's). The
@@ -268,12 +266,6 @@ class CallWatch:
         self.below = subscribers_below(topology, subscribers) if below is None else below
         # The shape's prior: one day of the prior's calls, spread evenly over the hours.
         self._hour_prior = self.settings.prior_rate * sum(subscribers.values()) / HOURS
-        # The places that serve subscribers directly, whose learned counts say how much
-        # places' rates differ (`spread`): their subscribers, summed and squared.
-        self._serving = {n: c for n, c in subscribers.items() if c > 0 and n in topology}
-        self._serving_n = float(sum(self._serving.values()))
-        self._serving_n2 = float(sum(c * c for c in self._serving.values()))
-        self._resum()
 
     # -- what callers hear -------------------------------------------------------------
 
@@ -340,65 +332,13 @@ class CallWatch:
 
     def history(self, node: str, now: float) -> tuple[float, float]:
         """What the rate is learned from: (calls, seconds), history (decayed: the time
-        it covers weighs less the older it is) plus the prior, weighing as much as the
-        spread of places' rates says (`prior_weight`)."""
+        it covers weighs less the older it is) plus one day of the prior."""
         s = self.settings
         prior = s.prior_rate * self.below.get(node, 0) / DAY
         count, at = self._learned.get(node, (0.0, now))
         count *= math.exp(-(now - at) / s.learn_for)
         seen = s.learn_for * (1.0 - math.exp(-max(0.0, now - self.started) / s.learn_for))
-        weight = self.prior_weight(prior, seen, now)
-        return count + prior * weight, seen + weight
-
-    def prior_weight(self, prior: float, seen: float, now: float) -> float:
-        """How many seconds of history the prior (`prior` calls a second) weighs as: the
-        Gamma whose spread is the one learned across the places (`spread`: its shape,
-        in calls), never less than one day, nor more than the history it was learned
-        from. A place's rate is a Gamma(calls, seconds) belief: a prior worth one day is
-        a quarter of a call at an entrance of 25, which says places differ a
-        hundredfold, so an entrance without a call for a week would be taken for one
-        eight times quieter than the usual (and its two callers for a fault); the
-        places' counts say how much they differ in fact."""
-        if prior <= 0:
-            return DAY
-        shape = self.spread(now)
-        if shape <= 0:
-            return DAY
-        return max(DAY, min(shape / prior, seen))
-
-    def spread(self, now: float) -> float:
-        """The shape (in calls) of a Gamma that the serving places' rates follow about
-        their mean, learned from their decayed counts by moments: the counts' spread
-        beyond a Poisson's is the rates' (a variance of the mean's square over the
-        shape). 0 while nothing is learned; infinite when the counts spread no more than
-        a Poisson's (the places call alike)."""
-        s1, s2, sn, at = self._sums
-        n1, n2 = self._serving_n, self._serving_n2
-        tau = self.settings.learn_for
-        fade = math.exp(-max(0.0, now - at) / tau)
-        s1, s2, sn = s1 * fade, s2 * fade * fade, sn * fade
-        age = max(0.0, now - self.started)
-        seen = tau * (1.0 - math.exp(-age / tau))  # the weights' sum, and their squares'
-        seen2 = tau / 2 * (1.0 - math.exp(-2 * age / tau))
-        if s1 <= 0 or n1 <= 0 or seen <= 0:
-            return 0.0
-        q = s1 / n1  # the decayed count expected per subscriber
-        beyond = s2 - 2 * q * sn + q * q * n2 - q * n1 * seen2 / seen
-        if beyond <= 0:
-            return math.inf
-        return q * q * n2 / beyond
-
-    def _resum(self) -> None:
-        """The serving places' decayed counts summed afresh (a new topology, a baseline
-        taken up): their sum, their squares' and the counts times the subscribers."""
-        tau = self.settings.learn_for
-        at = max((a for _c, a in self._learned.values()), default=self.started)
-        s1 = s2 = sn = 0.0
-        for n, subs in self._serving.items():
-            count, when = self._learned.get(n, (0.0, at))
-            x = count * math.exp(-(at - when) / tau)
-            s1, s2, sn = s1 + x, s2 + x * x, sn + subs * x
-        self._sums = (s1, s2, sn, at)
+        return count + prior * DAY, seen + DAY
 
     def threshold(self, node: str, now: float) -> int:
         s = self.settings
@@ -407,16 +347,6 @@ class CallWatch:
 
     def _learn(self, call: Call) -> None:
         tau = self.settings.learn_for
-        subs = self._serving.get(call.node)
-        if subs is not None:  # the spread's sums, at the later of their time and the call's
-            s1, s2, sn, at = self._sums
-            then = max(at, call.at)
-            fade = math.exp(-(then - at) / tau)
-            s1, s2, sn = s1 * fade, s2 * fade * fade, sn * fade
-            count, when = self._learned.get(call.node, (0.0, then))
-            x = count * math.exp(-(then - when) / tau)
-            one = math.exp(-(then - call.at) / tau)
-            self._sums = (s1 + one, s2 + 2 * x * one + one * one, sn + subs * one, then)
         for n in self._chain(call.node):
             count, at = self._learned.get(n, (0.0, call.at))
             self._learned[n] = (count * math.exp(-(call.at - at) / tau) + 1.0, call.at)
@@ -457,7 +387,6 @@ class CallWatch:
                     fade = math.exp(-(at_h - self._hours_at) / tau)
                     self._hours = [c if i == h else c * fade for i, c in enumerate(self._hours)]
                     self._hours_at = at_h
-        self._resum()
 
     # -- the tick ----------------------------------------------------------------------
 
