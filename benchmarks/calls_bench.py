@@ -1,7 +1,7 @@
 """Callers as sensors over a simulated month in a 300,000-subscriber city.
 
     .venv/bin/python -m benchmarks.calls_bench [--days 30] [--seeds 1-10] [--window S]
-        [--chance P] [--evidence H] [--flat] [--shares 0.25,0.15] [--no-surge]
+        [--chance P] [--evidence H] [--flat] [--shares 0.25,0.15] [--no-surge] [--explain]
 
 A city's month of calls cannot exist on this machine, so it is simulated, and said so:
 the city is `sim/citygen.sized(3000, 300000)` (30 aggregations, 3,000 buildings with an
@@ -47,6 +47,12 @@ false suspicions a day (raised where no fault was); the time from a fault's firs
 its suspicion (median and 90th percentile) beside its floor (for the same faults, the
 median time from the first call to the `min_callers`-th caller: no detector that waits
 for that many callers can be faster); whether each target held; the detector's CPU time.
+With `--explain`, each invisible fault is listed (its place, when it began, its callers,
+where and after how long it was suspected), with each of its callers' calls as the
+detector saw them at the tick that took it (at the entrance and the building: distinct
+callers in the window against the threshold, the calls a window usually has, the learned
+history, whether the sequential test held) and the suspicions' events there; and each
+false suspicion (where, when, on how many callers over how long).
 Ticks come once a second while calls come, and a minute apart otherwise (a tick with no
 new call changes nothing but expiry).
 """
@@ -156,18 +162,28 @@ def generate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
 
 
 def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: float,
-             seed: int, settings: Settings) -> dict[str, float]:  # fmt: skip
+             seed: int, settings: Settings, explain: bool = False) -> dict[str, float]:  # fmt: skip
     calls, faults = generate(topo, behind, days, share, seed)
     end = days * DAY
     counts = {seg: len(a) for seg, a in behind.items()}
     watch = CallWatch(topo, counts, settings, started=0.0)
     next_id = iter(range(1, 10**9)).__next__
+    # --explain: what the detector saw at each faulted place (a diagnostic: it reads the
+    # detector's state between ticks, and changes nothing the month's figures count).
+    looks: dict[int, list[str]] = {}
+    watched: dict[str, list[int]] = {}
+    if explain:
+        for k, f in enumerate(faults):
+            if not f.visible:
+                for n in {f.node, *topo.ancestors(f.node), *topo.descendants(f.node)}:
+                    watched.setdefault(n, []).append(k)
     cpu = time.process_time()
     # Ticks: one a second while calls come (the monitor's), skipping seconds without a
     # call and with nothing to expire, where a tick changes nothing but the clock.
     i = 0
     now = 0.0
     raised: list[tuple[float, str]] = []
+    opened: list[str] = []  # --explain: what each opening said
     while now < end:
         nxt = calls[i].at if i < len(calls) else end
         now = min(math.floor(now) + 60, max(math.ceil(nxt), now + 1))
@@ -175,15 +191,31 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
         while j < len(calls) and calls[j].at <= now:
             j += 1
         watch.tick(now, calls[i:j], lambda _n: False, next_id)
+        if watched:
+            for c in calls[i:j]:
+                for k in watched.get(c.node, ()):
+                    f = faults[k]
+                    if c.status == "ok" and c.caller in f.callers and f.start <= c.at <= f.end:
+                        looks.setdefault(k, []).append(look(watch, topo, c, now))
         i = j
         for e in watch.take_events():
             if e.kind.value == "opened":
                 raised.append((now, e.root or ""))
+                opened.append(f"{e.root} at {clock(now)} (day {int(now // DAY)}): "
+                              f"{e.detail.get('callers')} callers over "
+                              f"{e.detail.get('first_call_ago')} s")  # fmt: skip
+            if watched and e.root in watched:
+                for k in watched[e.root]:
+                    if faults[k].start <= now <= faults[k].end + settings.window:
+                        looks.setdefault(k, []).append(
+                            f"      {now - faults[k].start:7.0f}s {e.kind.value} "
+                            f"{e.root} {e.detail}"
+                        )
     cpu = time.process_time() - cpu
 
     invisible = [f for f in faults if not f.visible]
     false = 0
-    for at, root in raised:
+    for which, (at, root) in enumerate(raised):
         match = None
         for f in invisible:
             around = {f.node, *topo.descendants(f.node)}
@@ -193,6 +225,8 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
                 break
         if match is None:
             false += 1
+            if explain:
+                print(f"  false: {opened[which]}")
         elif match.raised_at == math.inf:
             match.raised_at, match.root = at, root
     # The earliest any detector with a floor of `min_callers` could raise: the time from
@@ -212,6 +246,19 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
         for k, at in firsts.items()
         if len(at) >= settings.min_callers and invisible[k].raised_at < math.inf
     )
+    if explain:
+        for k, f in enumerate(faults):
+            if f.visible:
+                continue
+            kind = "entrance" if f.node in behind else "building"
+            delay = f.raised_at - f.first_call
+            print(f"  fault {f.node} ({kind}, {counts.get(f.node) or watch.below.get(f.node)} "
+                  f"subscribers) from {clock(f.start)} (day {int(f.start // DAY)}) "
+                  f"for {(f.end - f.start) / 60:.0f} min; {len(f.callers)} callers; first call "
+                  f"+{(f.first_call - f.start) / 60:.1f} min; raised at {f.root or '-'} "
+                  f"after {delay / 60:.1f} min")  # fmt: skip
+            for line in looks.get(k, ()):
+                print(line)
     found = [f for f in invisible if f.raised_at < math.inf]
     heard = [f for f in invisible if f.first_call < math.inf]
     delays = sorted(f.raised_at - f.first_call for f in found)
@@ -236,6 +283,29 @@ def simulate(topo: Topology, behind: dict[str, list[str]], days: int, share: flo
         "found_enough": sum(1 for f in found if len(f.callers) >= settings.min_callers),
         "floor": gaps[len(gaps) // 2] if gaps else math.nan,
     }
+
+
+def clock(t: float) -> str:
+    """A time of the simulated day, as hh:mm:ss."""
+    s = int(t % DAY)
+    return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def look(watch: CallWatch, topo: Topology, call: Call, now: float) -> str:
+    """One fault's call as the detector saw it at the tick that took it: at its entrance
+    and its building, the distinct callers in the window, the threshold, the usual
+    calls expected in a window and the learned (calls, days), and the sequential test."""
+    parts = []
+    for n in (call.node, *topo.ancestors(call.node))[:2]:
+        firsts = watch._first_calls(n)  # a diagnostic: what the detector holds
+        calls, seen = watch.history(n, now)
+        parts.append(
+            f"{n}: {len(firsts)}/{watch.threshold(n, now)} callers, usual "
+            f"{watch.expected(n, now - watch.settings.window, now):.3f} "
+            f"({calls:.1f} calls in {seen / DAY:.1f} d), "
+            f"strong {'yes' if watch.strong(n, firsts, now) else 'no'}"
+        )
+    return f"      {clock(call.at)} call at {call.node}; " + "; ".join(parts)
 
 
 def surge(topo: Topology, behind: dict[str, list[str]], calls: int = 20_000) -> str:
@@ -295,6 +365,11 @@ def main() -> None:
     )
     parser.add_argument("--shares", default="0.25,0.15")
     parser.add_argument("--no-surge", action="store_true", help="skip the surge's cost")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="list each invisible fault: its callers' calls as the detector saw them",
+    )
     args = parser.parse_args()
     try:
         seeds = [args.seed] if args.seed is not None else seeds_of(args.seeds)
@@ -325,7 +400,7 @@ def main() -> None:
         print(head)
         rows = []
         for seed in seeds:
-            r = simulate(topo, behind, args.days, share, seed, chosen)
+            r = simulate(topo, behind, args.days, share, seed, chosen, args.explain)
             rows.append(r)
             held = [r["recall"] >= 0.9, r["false_per_day"] <= 1, r["median"] <= 300]
             print(f"{share:>5.0%} {seed:>4} {r['calls']:>7,.0f} {r['faults']:>6.0f} "
