@@ -344,7 +344,7 @@ def _compose(loader: _LineLoader) -> Any:
         elif kind is mapping_start or kind is sequence_start:
             if event.anchor is not None or event.tag not in (None, "!"):
                 raise _Unusual
-            container = {} if kind is mapping_start else []
+            container: dict[Any, Any] | list[Any] = {} if kind is mapping_start else []
             stack.append([container, _NOTHING, event.start_mark.line + 1])
             continue
         elif kind is mapping_end:
