@@ -210,6 +210,8 @@ def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
             starts[r] = end
         piece.sort()
         keys.extend(piece)
+    while runs:  # a run freed at a time: the million floats freed at once took 30 ms
+        runs.pop()
     return keys
 
 
