@@ -229,13 +229,14 @@ class Holds:
         self.interval = interval
         self.worst_wall = self.worst_cpu = 0.0
         self.over = 0  # samples whose CPU lateness exceeds 20 ms
+        self.over10 = 0  # and 10 ms
         self.where: list[tuple[float, float, str]] = []  # (cpu, wall, the thread's line)
         self.steps: list[tuple[float, float, str]] = []  # (loop CPU, wall, callback)
         self._patched = steps
 
     def reset(self) -> None:
         self.worst_wall = self.worst_cpu = 0.0
-        self.over = 0
+        self.over = self.over10 = 0
         self.where.clear()
         self.steps.clear()
 
@@ -255,6 +256,7 @@ class Holds:
             self.worst_wall = max(self.worst_wall, wall)
             self.worst_cpu = max(self.worst_cpu, late)
             self.over += late > 0.02
+            self.over10 += late > 0.01
             if late > 0.005:  # where the other threads are now (just past the hold)
                 lines = [f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno}"
                          f" {f.f_code.co_name}"
@@ -277,7 +279,9 @@ class Holds:
 
     def report(self, top: int = 12) -> str:
         worst = f"{self.worst_cpu * 1000:.1f} ms CPU ({self.worst_wall * 1000:.0f} ms wall)"
-        lines = [f"   longest hold {worst}, {self.over} samples over 20 ms CPU"]
+        lines = [
+            f"   longest hold {worst}, {self.over} samples over 20 ms CPU, {self.over10} over 10 ms"
+        ]
         places: dict[str, list[float]] = {}
         for cpu, _, where in self.where:
             places.setdefault(where, []).append(cpu)
