@@ -225,9 +225,14 @@ async def test_a_retired_site_closes_its_listening_server_once(fresh_db: str) ->
         await site.start()
         server = site._server
         assert server is not None
-        closes = []
+        closes: list[int] = []
         close = server.close
-        server.close = lambda: (closes.append(1), close())[1]  # type: ignore[method-assign]
+
+        def counted() -> None:
+            closes.append(1)
+            close()
+
+        server.close = counted  # type: ignore[method-assign]
         kept = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         try:
             for reader, writer in kept:  # each answered, then idle (keep-alive)
