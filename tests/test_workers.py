@@ -680,13 +680,15 @@ async def test_a_replica_reads_an_incidents_nodes_only_when_the_set_changed(
         await _until(lambda: 1 in replica.correlator.incidents)
         assert replica.correlator.incidents[1].nodes == ["agg-1", *under]
         assert (sets.get(), len(pages)) == (1, -(-(len(under) + 1) // 2))
-        # The set written again, unchanged (as a "nodes" event does), with an estimate.
+        # The set written again, unchanged (as a "nodes" event does), with an estimate:
+        # the index of who covers each node is the one made of that same list.
+        index = replica.correlator.node_incident
         eta = datetime.now(UTC) + timedelta(hours=2)
         await change(lambda: store.set_incident_nodes(conn, 1, [*reversed(under), "agg-1"]),
                      lambda: store.set_incident_eta(conn, 1, eta))  # fmt: skip
         await _until(lambda: 1 in replica.eta)
         assert replica.correlator.incidents[1].nodes == ["agg-1", *under]
-        assert sets.get() == 1
+        assert sets.get() == 1 and replica.correlator.node_incident is index
         # The root moved within the same set: listed first, nothing read.
         await change(lambda: store.move_incident_root(conn, 1, under[1], True))
         await _until(lambda: replica.correlator.incidents[1].root == under[1])
@@ -698,7 +700,7 @@ async def test_a_replica_reads_an_incidents_nodes_only_when_the_set_changed(
         assert replica.correlator.incidents[1].nodes == [under[1], "agg-1", *under[2:]]
         assert replica.correlator.incident_for(under[0]) is None
         assert replica.correlator.incident_for(under[2]) is replica.correlator.incidents[1]
-        assert sets.get() == 2
+        assert sets.get() == 2 and replica.correlator.node_incident is not index
         # After a reconnect everything is read again, but the unchanged set is kept.
         reads = metrics.counter("outagemon_replica_full_reads_total", "").get()
         await store.terminate_backends(conn, await store.replica_backends(conn))
