@@ -42,7 +42,9 @@ from outagemon import config
 from outagemon.cluster import replica as replica_mod
 from outagemon.cluster.replica import Replica
 from outagemon.core import directory, messages
+from outagemon.core.health import State
 from outagemon.db import migrate, store
+from outagemon.http import page
 from outagemon.http.app import make_app
 from outagemon.http.runtime import Runtime
 from outagemon.metrics import Registry
@@ -708,6 +710,23 @@ async def test_a_replica_reads_an_incidents_nodes_only_when_the_set_changed(
                      == reads + 1, within=10)  # fmt: skip
         assert replica.correlator.incidents[1].nodes == [under[1], "agg-1", *under[2:]]
         assert sets.get() == 2
+        # Node states outside it, as the page lists them from a replica.
+        elsewhere = sorted(d.topology.descendants("agg-2"))
+        now = datetime.now(UTC)
+        async with conn.transaction():
+            await store.save_node_states(conn, [(elsewhere[0], "down", now, 1.0),
+                                                (elsewhere[1], "degraded", now, 0.25),
+                                                (under[0], "down", now, 1.0)])  # fmt: skip
+            await store.notify_replica(conn, "states", [])
+        await _until(lambda: elsewhere[1] in replica.correlator.states)
+        assert replica.correlator.states[elsewhere[0]].state is State.DOWN
+        assert replica.correlator.states.get(elsewhere[1]) == replica.correlator.states[
+            elsewhere[1]] and replica.correlator.states[elsewhere[1]].degraded  # fmt: skip
+        rt = Runtime(config=config.parse("", short_tmp_dir() / "outagemon.toml"), directory=d,
+                     texts=messages.load("en"))  # fmt: skip
+        rt.monitor, rt.not_ready = replica, None
+        listed = {p["id"]: p["state"] for p in page.live_context(rt)["problems"]}
+        assert listed == {elsewhere[0]: "down", elsewhere[1]: "degraded", under[0]: "down"}
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

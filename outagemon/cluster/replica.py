@@ -91,6 +91,13 @@ class SeenStates(Mapping[str, Seen]):
     def __len__(self) -> int:
         return len(self.kept)
 
+    def troubled(self) -> list[tuple[str, Seen]]:
+        """The nodes down or degraded, with their states: what the page walks for once a
+        second (made as Seen for these alone: a walk of `items()` makes 100,000)."""
+        down = _DOWN
+        return [(node, self[node]) for node, kept in self.kept.items()
+                if kept[0] == down or kept[3]]  # fmt: skip
+
 
 class _Nodes(NamedTuple):
     """An incident's node set as last read: its digest (the database's), the nodes in the
