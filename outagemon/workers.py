@@ -479,6 +479,8 @@ async def _serve(w: Workers, index: int, gated: bool) -> int:
         # queue is the other workers'. The connections held here are answered "close".
         retiring = True
         site.retire()  # the fast path's answers say "close" too
+        # The drain only waits: what is still open then is closed by its owner, the site
+        # (its fast-path connections, in runner.cleanup's Site.stop) or aiohttp's server.
         drained = time.monotonic() + DRAIN
         while site.connections or (runner.server is not None and runner.server.connections):
             if time.monotonic() > drained:

@@ -211,6 +211,53 @@ async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
         assert site.answered == 2 and not site.connections
 
 
+async def test_a_retired_site_closes_its_listening_server_once(fresh_db: str) -> None:
+    """As a retiring worker stops (workers.py): retire(), its drain, then the runner's
+    cleanup. The site is the one owner of its server and its fast-path connections: the
+    server is closed once, by retire() (stop() only unregisters it), a connection still
+    open is answered "close" meanwhile and closed by stop()."""
+    async with world(fresh_db, language="en") as w:
+        r = runner(make_app(w.runtime, _forward))
+        await r.setup()
+        sock = socket.create_server(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        site = fastcheck.Site(r, w.runtime, sock=sock, headers={WORKER: "0/1"})
+        await site.start()
+        server = site._server
+        assert server is not None
+        closes: list[int] = []
+        close = server.close
+
+        def counted() -> None:
+            closes.append(1)
+            close()
+
+        server.close = counted  # type: ignore[method-assign]
+        kept = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        try:
+            for reader, writer in kept:  # each answered, then idle (keep-alive)
+                writer.write(get(ANSWERED[2], extra=""))
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+                await reader.readuntil(b"}")
+            site.retire()
+            assert closes == [1] and sock.fileno() == -1  # this process's copy: closed
+            with pytest.raises(OSError):
+                await asyncio.open_connection("127.0.0.1", port)
+            (reader, writer), (idle, _) = kept
+            writer.write(get(ANSWERED[2], extra=""))  # answered, and told to go elsewhere
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert b"\r\nConnection: close\r\n" in head, head
+            await reader.readuntil(b"}")
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            assert len(site.connections) == 1
+            await r.cleanup()  # Site.stop closes the idle one; nothing is closed twice
+            assert await asyncio.wait_for(idle.read(), 5) == b""
+            assert closes == [1] and not site.connections
+        finally:
+            for _, writer in kept:
+                writer.close()
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 async def test_over_tls_the_fast_path_answers_and_hands_over_alike(fresh_db: str) -> None:
     cert, key = self_signed(short_tmp_dir())

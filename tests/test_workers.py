@@ -39,9 +39,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from outagemon import config
+from outagemon.cluster import replica as replica_mod
 from outagemon.cluster.replica import Replica
 from outagemon.core import directory, messages
+from outagemon.core.health import State
 from outagemon.db import migrate, store
+from outagemon.http import page
 from outagemon.http.app import make_app
 from outagemon.http.runtime import Runtime
 from outagemon.metrics import Registry
@@ -630,6 +633,100 @@ async def test_a_replica_reconnects_and_reads_everything_again(fresh_db: str) ->
                 assert r.status == 200 and "agg-2" in page
         finally:
             await server.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await conn.close()
+
+
+async def test_a_replica_reads_an_incidents_nodes_only_when_the_set_changed(
+    fresh_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most events of a core failure's incident rewrite its 100,000 nodes unchanged: the
+    replica reads a node set (in pieces) only when its digest changed; the incident's other
+    fields, a root moved within the set and a reconnect's full read take none."""
+    monkeypatch.setattr(replica_mod, "NODES_READ_AT_ONCE", 2)  # several pieces a set
+    pages: list[int] = []
+    read_page = store.replica_incident_nodes
+
+    async def counted(conn: Any, iid: int, after: str | None, limit: int) -> list[str]:
+        pages.append(iid)
+        return await read_page(conn, iid, after, limit)
+
+    monkeypatch.setattr(store, "replica_incident_nodes", counted)
+    await migrate.migrate(fresh_db)
+    city = citygen.generate(aggregations=2, access_per_aggregation=3)
+    d = directory.load(*city.write(short_tmp_dir())).directory
+    conn = await store.connection(fresh_db)
+    metrics = Registry()
+    replica = Replica(d, metrics, restored_for=3600)
+    sets = metrics.counter("outagemon_replica_node_sets_read_total", "")
+    task = asyncio.create_task(replica.run(fresh_db))
+    try:
+        nodes = [(n.id, n.kind, n.ip, n.name, list(n.parents)) for n in d.topology.nodes.values()]
+        async with conn.transaction():
+            await store.save_nodes(conn, nodes)
+        await _until(lambda: replica.first_round_done)
+        under = sorted(d.topology.descendants("agg-1"))
+        assert len(under) >= 3
+
+        async def change(*writes: Callable[[], Any]) -> None:
+            async with conn.transaction():
+                for write in writes:
+                    await write()
+                await store.notify_replica(conn, "incident", [1])
+
+        async with conn.transaction():
+            await store.insert_incident(conn, 1, "outage", "agg-1", False, datetime.now(UTC), 10)
+        await change(lambda: store.set_incident_nodes(conn, 1, ["agg-1", *under]))
+        await _until(lambda: 1 in replica.correlator.incidents)
+        assert replica.correlator.incidents[1].nodes == ["agg-1", *under]
+        assert (sets.get(), len(pages)) == (1, -(-(len(under) + 1) // 2))
+        # The set written again, unchanged (as a "nodes" event does), with an estimate:
+        # the index of who covers each node is the one made of that same list.
+        index = replica.correlator.node_incident
+        eta = datetime.now(UTC) + timedelta(hours=2)
+        await change(lambda: store.set_incident_nodes(conn, 1, [*reversed(under), "agg-1"]),
+                     lambda: store.set_incident_eta(conn, 1, eta))  # fmt: skip
+        await _until(lambda: 1 in replica.eta)
+        assert replica.correlator.incidents[1].nodes == ["agg-1", *under]
+        assert sets.get() == 1 and replica.correlator.node_incident is index
+        # The root moved within the same set: listed first, nothing read.
+        await change(lambda: store.move_incident_root(conn, 1, under[1], True))
+        await _until(lambda: replica.correlator.incidents[1].root == under[1])
+        assert replica.correlator.incidents[1].nodes == [under[1], "agg-1", under[0], *under[2:]]
+        assert sets.get() == 1
+        # A node fewer: read again, and the index follows.
+        await change(lambda: store.set_incident_nodes(conn, 1, ["agg-1", *under[1:]]))
+        await _until(lambda: under[0] not in replica.correlator.incidents[1].nodes)
+        assert replica.correlator.incidents[1].nodes == [under[1], "agg-1", *under[2:]]
+        assert replica.correlator.incident_for(under[0]) is None
+        assert replica.correlator.incident_for(under[2]) is replica.correlator.incidents[1]
+        assert sets.get() == 2 and replica.correlator.node_incident is not index
+        # After a reconnect everything is read again, but the unchanged set is kept.
+        reads = metrics.counter("outagemon_replica_full_reads_total", "").get()
+        await store.terminate_backends(conn, await store.replica_backends(conn))
+        await _until(lambda: metrics.counter("outagemon_replica_full_reads_total", "").get()
+                     == reads + 1, within=10)  # fmt: skip
+        assert replica.correlator.incidents[1].nodes == [under[1], "agg-1", *under[2:]]
+        assert sets.get() == 2
+        # Node states outside it, as the page lists them from a replica.
+        elsewhere = sorted(d.topology.descendants("agg-2"))
+        now = datetime.now(UTC)
+        async with conn.transaction():
+            await store.save_node_states(conn, [(elsewhere[0], "down", now, 1.0),
+                                                (elsewhere[1], "degraded", now, 0.25),
+                                                (under[0], "down", now, 1.0)])  # fmt: skip
+            await store.notify_replica(conn, "states", [])
+        await _until(lambda: elsewhere[1] in replica.correlator.states)
+        assert replica.correlator.states[elsewhere[0]].state is State.DOWN
+        assert replica.correlator.states.get(elsewhere[1]) == replica.correlator.states[
+            elsewhere[1]] and replica.correlator.states[elsewhere[1]].degraded  # fmt: skip
+        rt = Runtime(config=config.parse("", short_tmp_dir() / "outagemon.toml"), directory=d,
+                     texts=messages.load("en"))  # fmt: skip
+        rt.monitor, rt.not_ready = replica, None
+        listed = {p["id"]: p["state"] for p in page.live_context(rt)["problems"]}
+        assert listed == {elsewhere[0]: "down", elsewhere[1]: "degraded", under[0]: "down"}
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

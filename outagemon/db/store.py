@@ -1116,13 +1116,32 @@ async def set_blind(conn: Conn, blind: bool) -> None:
 
 async def replica_incidents(conn: Conn, ids: list[int] | None,
                             resolved_after: datetime | None) -> list[asyncpg.Record]:  # fmt: skip
-    """Open incidents and those resolved after `resolved_after`, with their nodes (root
-    first); only those of `ids` when given (whatever their state, so a replica learns
-    that one was resolved or merged)."""
+    """Open incidents and those resolved after `resolved_after`; only those of `ids` when
+    given (whatever their state, so a replica learns that one was resolved or merged).
+    Without their nodes: how many (`node_count`) and a digest of the set (`node_digest`,
+    null when it has none), so a replica reads the nodes (`replica_incident_nodes`, in the
+    same snapshot) only when the set changed: a core failure's incident has a city's,
+    rewritten unchanged by most of its events."""
     if ids is not None:
         return list(await conn.fetch(f"{_REPLICA} where i.id = any($1::bigint[]) {_BY_ID}", ids))
     where = "i.state = 'open' or (i.state = 'resolved' and i.resolved_at > $1)"
     return list(await conn.fetch(f"{_REPLICA} where {where} {_BY_ID}", resolved_after))
+
+
+async def replica_incident_nodes(conn: Conn, incident_id: int, after: str | None,
+                                 limit: int) -> list[str]:  # fmt: skip
+    """Up to `limit` of an incident's nodes after `after` (None: from the first), in the
+    order of `node_digest`: a replica reads a city's in pieces (keyset pages; in one
+    repeatable-read transaction with the incident's row, so the pieces are one set)."""
+    page = "select node_id from incident_node where incident_id = $1"
+    if after is not None:
+        page += " and node_id > $3"
+    found = await conn.fetchval(
+        f"select coalesce(array_agg(node_id order by node_id), '{{}}') from ({page}"
+        " order by node_id limit $2) p",
+        *((incident_id, limit) if after is None else (incident_id, limit, after)),
+    )  # fmt: skip
+    return list(found)
 
 
 # When an incident's current fault began, if it reopened: its latest "reopened" event's
@@ -1138,11 +1157,13 @@ _REPLICA = f"""
            case when i.raised_by = 'calls' then
                (select e.detail from incident_event e where e.incident_id = i.id
                 and e.kind = 'opened' order by e.id limit 1) end as opened_detail,
-           coalesce(array_agg(n.node_id order by n.node_id = i.root_node desc, n.node_id)
-                    filter (where n.node_id is not null), '{{}}') as nodes
-    from incident i left join incident_node n on n.incident_id = i.id
+           n.node_count, n.node_digest
+    from incident i cross join lateral (
+        select count(*) as node_count,
+               md5(string_agg(node_id, E'\\n' order by node_id)) as node_digest
+        from incident_node where incident_id = i.id) n
 """
-_BY_ID = "group by i.id order by i.id"
+_BY_ID = "order by i.id"
 
 
 async def replica_calls(conn: Conn, ids: list[int]) -> list[asyncpg.Record]:
@@ -1153,11 +1174,12 @@ async def replica_calls(conn: Conn, ids: list[int]) -> list[asyncpg.Record]:
 
 async def replica_states(conn: Conn, after: int, limit: int = 5000) -> list[asyncpg.Record]:
     """Up to `limit` node states written after sequence number `after` (0: from the
-    first), in the order written: a replica reads a city's in pieces."""
+    first), in the order written: a replica reads a city's in pieces. `changed_at` in
+    seconds since the epoch (a float decodes in a fraction of a datetime's time)."""
     return list(
         await conn.fetch(
-            "select node_id, state, changed_at, loss, seq from node_state where seq > $1"
-            " order by seq limit $2",
+            "select node_id, state, extract(epoch from changed_at)::float8 as changed_at,"
+            " loss, seq from node_state where seq > $1 order by seq limit $2",
             after, limit,
         )
     )  # fmt: skip

@@ -110,15 +110,21 @@ class Site(web.BaseSite):
             )  # fmt: skip
 
     def retire(self) -> None:
+        """Stop accepting: the listening server closed, once (this process's copy of the
+        socket only: the queue is the other workers'). The site owns it and its fast-path
+        connections; a worker's drain only waits for them (workers.py)."""
         self.retiring = True
-        if self._server is not None:
-            self._server.close()  # this process's copy only: the queue is the others'
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
 
     async def stop(self) -> None:
+        """Retired, and the fast-path connections still open (idle between requests)
+        closed, as aiohttp's; the handed-over ones are the runner's to close."""
         self.retire()
-        for connection in list(self.connections):  # idle between requests: closed, as aiohttp's
+        for connection in list(self.connections):
             connection.close()
-        await super().stop()
+        await super().stop()  # the server is closed already: unregistered only
 
     def aiohttp_protocol(self) -> asyncio.Protocol:
         """A new aiohttp request handler, for a connection handed over."""

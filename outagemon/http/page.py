@@ -161,10 +161,12 @@ def live_context(rt: Runtime) -> dict[str, Any]:
         # Nodes inside an incident are on its card; these are the ones that are not.
         # The state first: nearly every node is up, and this walk runs once a second.
         down = State.DOWN
-        bad = [
-            (n, ns) for n, ns in c.states.items()
-            if (ns.state is down or ns.degraded) and n in topo and n not in c.node_incident
+        # A replica's states (cluster/replica.py) say which are down or degraded themselves.
+        troubled = getattr(c.states, "troubled", None)
+        pairs = troubled() if troubled is not None else [
+            (n, ns) for n, ns in c.states.items() if ns.state is down or ns.degraded
         ]  # fmt: skip
+        bad = [(n, ns) for n, ns in pairs if n in topo and n not in c.node_incident]
         bad.sort(key=lambda item: -item[1].changed_at)
         more = max(0, len(bad) - MAX_ROWS)
         for n, ns in bad[:MAX_ROWS]:
