@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
+from typing import Any
 
 import aiohttp
 
+from outagemon.core import directory
+from outagemon.sim import citygen
+from tests.conftest import free_port, short_tmp_dir
+from tests.test_workers import CONFIG, WRITE, Cluster, wait
 from tests.world import world
 
 
@@ -37,3 +45,41 @@ async def test_a_reopened_incident_is_open_on_the_live_page_not_also_recently_re
         assert not re.search(rf'href="/incidents/{iid}"', resolved), resolved
         card = live.split(f'data-incident="{iid}"', 1)[1].split("</div>\n</div>", 1)[0]
         assert '<span class="badge">reopened ' in card, card
+
+
+def test_a_cluster_nodes_workers_say_its_role_and_leader_on_readyz(fresh_db: str) -> None:
+    """With [cluster] and [http] workers = 2, /readyz (answered by the workers) said only
+    {"status": "ready"}: no "role", no "leader", as the README promises for a node."""
+    state = short_tmp_dir()
+    topo, subs = citygen.generate(aggregations=1, access_per_aggregation=2).write(state)
+    port = free_port()
+    text = CONFIG.format(state=state, dsn=fresh_db, port=port, write=WRITE)
+    (state / "outagemon.toml").write_text(text + '[cluster]\nnode = "noc-9"\nlease = 3\n')
+    with (state / "daemon.log").open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "outagemon", "run", "-c", str(state / "outagemon.toml")],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    c = Cluster(state, port, directory.load(topo, subs).directory, process)
+    try:
+
+        def leading() -> Any:
+            assert process.poll() is None, c.log()
+            try:
+                status, body, worker = c.ask("GET", "/readyz")
+            except OSError:
+                return None
+            return (status, body, worker) if status == 200 and body.get("role") else None
+
+        wait("the node leads", leading, 60, c.log())
+        for _ in range(6):  # new connections: both workers answer in turn
+            status, body, _worker = c.ask("GET", "/readyz")
+            assert status == 200, body
+            assert body["role"] == "leader" and body["leader"] == "noc-9", body
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
