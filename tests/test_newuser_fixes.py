@@ -6,11 +6,15 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from outagemon import config
 from outagemon.core import directory
+from outagemon.errors import ConfigError
 from outagemon.sim import citygen
 from tests.conftest import free_port, short_tmp_dir
 from tests.test_workers import CONFIG, WRITE, Cluster, wait
@@ -83,3 +87,26 @@ def test_a_cluster_nodes_workers_say_its_role_and_leader_on_readyz(fresh_db: str
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_a_missing_secret_file_checked_by_hand_names_the_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's install checks the config by hand (no $CREDENTIALS_DIRECTORY), where a
+    token_file kept for LoadCredential= is not next to the config: the sentence said only
+    that the file does not exist there, not how to check it as the unit will."""
+    monkeypatch.delenv(config.CREDENTIALS_ENV, raising=False)
+    text = '[[auth.tokens]]\nname = "ivr"\ntoken_file = "ivr-token"\nrole = "read"\n'
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, tmp_path / "om.toml")
+    (problem,) = info.value.problems
+    assert f"the file {tmp_path / 'ivr-token'} does not exist" in problem, problem
+    assert f"set {config.CREDENTIALS_ENV} to its directory" in problem, problem
+    # Under the unit (the variable set) the hint would be noise: the file is simply missing.
+    monkeypatch.setenv(config.CREDENTIALS_ENV, str(tmp_path / "credentials"))
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, tmp_path / "om.toml")
+    (problem,) = info.value.problems
+    assert problem.endswith(f"the file {tmp_path / 'credentials' / 'ivr-token'} does not exist."), (
+        problem
+    )
