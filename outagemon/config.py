@@ -650,6 +650,8 @@ def _checked(
         else:
             # A URL's user and password are a secret too: never repeated back.
             shown = re.sub(r"//[^/@\s']*@", "//***@", repr(value))
+            if isinstance(value, bool):  # as the file spells it, not Python's True
+                shown = "true" if value else "false"
             problems.append(f"{where}{key} {reason}, not {shown}.")
     return good
 

@@ -110,3 +110,17 @@ def test_a_missing_secret_file_checked_by_hand_names_the_credentials_directory(
     assert problem.endswith(f"the file {tmp_path / 'credentials' / 'ivr-token'} does not exist."), (
         problem
     )
+
+
+@pytest.mark.parametrize(
+    ("key", "toml"), [("[probe]\ntimeout", "true"), ("[http]\nworkers", "false")]
+)
+def test_a_boolean_where_a_number_belongs_is_named_as_the_file_spells_it(
+    key: str, toml: str
+) -> None:
+    """check-config said "[http] workers must be a whole number, not True": Python's
+    spelling, which is not valid TOML and not what the operator wrote."""
+    with pytest.raises(ConfigError) as info:
+        config.parse(f"{key} = {toml}\n", Path("/etc/om.toml"))
+    (problem,) = info.value.problems
+    assert problem.endswith(f", not {toml}."), problem
