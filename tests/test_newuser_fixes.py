@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import aiohttp
 import pytest
 
 from outagemon import config
-from outagemon.core import directory
+from outagemon.core import directory, downtime, messages
 from outagemon.errors import ConfigError
 from outagemon.sim import citygen
 from tests.conftest import free_port, short_tmp_dir
@@ -124,3 +125,15 @@ def test_a_boolean_where_a_number_belongs_is_named_as_the_file_spells_it(
         config.parse(f"{key} = {toml}\n", Path("/etc/om.toml"))
     (problem,) = info.value.problems
     assert problem.endswith(f", not {toml}."), problem
+
+
+def test_an_english_date_is_said_without_a_leading_zero() -> None:
+    """A caller heard "on 01 December at 12:00" (a voice reads "zero one"), and the
+    helpdesk's downtime message said "to 01 December 2026"; the Russian texts say "1"."""
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()
+    later = now + 5 * 86400  # 1 December, 12:00 UTC: the 1st in any zone within 12 h
+    said = messages.load("en").when(later, now)
+    assert said.startswith("on 1 December at "), said
+    us = int(datetime(2026, 12, 1, 0, 0, tzinfo=UTC).timestamp() * 1e6)
+    assert downtime._date(us, "en", UTC) == "1 December 2026 00:00"
+    assert downtime._date(us, "ru", UTC) == "1 декабря 2026 г. 00:00"
