@@ -606,7 +606,13 @@ def _read_secret(value: str, base: Path, where: str, problems: list[str]) -> str
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        problems.append(f"{where}: the file {path} does not exist.")
+        hint = ""
+        if not os.environ.get(CREDENTIALS_ENV):  # by hand, not under the unit
+            hint = (
+                f" (for a file the unit hands over with LoadCredential=, set {CREDENTIALS_ENV}"
+                " to its directory, e.g. /etc/outagemon/credentials)"
+            )
+        problems.append(f"{where}: the file {path} does not exist{hint}.")
         return None
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
@@ -644,6 +650,8 @@ def _checked(
         else:
             # A URL's user and password are a secret too: never repeated back.
             shown = re.sub(r"//[^/@\s']*@", "//***@", repr(value))
+            if isinstance(value, bool):  # as the file spells it, not Python's True
+                shown = "true" if value else "false"
             problems.append(f"{where}{key} {reason}, not {shown}.")
     return good
 

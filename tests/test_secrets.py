@@ -73,7 +73,9 @@ def test_without_systemd_secret_files_are_found_next_to_the_config(
     found = problems_of(TOKEN_FROM_FILE.replace('"dsn"', f'"{tmp_path}/dsn"'))
     assert found == [
         "/etc/om/om.toml: [[auth.tokens]] number 1: token_file: the file "
-        "/etc/om/ivr-token does not exist."
+        "/etc/om/ivr-token does not exist (for a file the unit hands over with "
+        "LoadCredential=, set CREDENTIALS_DIRECTORY to its directory, e.g. "
+        "/etc/outagemon/credentials)."
     ]
 
 

@@ -186,7 +186,7 @@ def _date(us: int, language: str, tz: tzinfo | None) -> str:
     d = datetime.fromtimestamp(us / 1e6, tz)
     if language == "ru":
         return f"{d.day} {_MONTHS_RU[d.month - 1]} {d.year} г. {d:%H:%M}"
-    return f"{d:%d %B %Y} {d:%H:%M}"
+    return f"{d.day} {d:%B %Y} {d:%H:%M}"  # "1 December 2026", as the Russian "1 декабря"
 
 
 def _duration(us: int, language: str) -> str:

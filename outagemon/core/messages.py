@@ -172,7 +172,7 @@ class Texts:
             return f"tomorrow at {clock}"
         if days == -1:
             return f"yesterday at {clock}"
-        return f"on {local.strftime('%d %B')} at {clock}"
+        return f"on {local.day} {local:%B} at {clock}"  # "1 December": said, never "01"
 
     def render(self, status: str, now: float, address: str = "", since: float | None = None,
                eta: float | None = None, until: float | None = None,

@@ -297,7 +297,12 @@ def make_app(runtime: Runtime, forward: Handler | None = None,
     for route in routes:
         assert isinstance(route, web.RouteDef)
         handler = route.handler
-        if forward is not None and (route.method, route.path) not in WORKER_ROUTES:
+        if forward is not None and (
+            (route.method, route.path) not in WORKER_ROUTES
+            # A cluster node's role and leader are its daemon's (the workers' runtime has
+            # no lease): its /readyz says them, as a single process's does.
+            or (route.path == "/readyz" and runtime.config.cluster.enabled)
+        ):
             handler = forward
         app.router.add_route(route.method, route.path, sentences(handler, runtime),
                              **route.kwargs)  # fmt: skip

@@ -107,6 +107,7 @@ def _card(rt: Runtime, inc: Incident) -> dict[str, Any]:
         "calls": m.calls.get(inc.id, 0), "eta": _when(m.eta.get(inc.id)),
         "addresses": addresses, "more_addresses": more,
         "resolved": _when(inc.resolved_at),
+        "reopened": _when(inc.reopened_at),
         **_suspicion_card(m, inc),
     }  # fmt: skip
 
@@ -150,9 +151,12 @@ def live_context(rt: Runtime) -> dict[str, Any]:
         c = m.correlator
         incs = sorted(m.open_incidents(), key=lambda i: -i.opened_at)
         open_cards = [_card(rt, i) for i in incs]
+        # A reopened incident is open again: its earlier resolution is not "recent".
+        still_open = {i.id for i in incs}
         seen: dict[int, Incident] = {}
         for inc in m.recent.values():
-            seen.setdefault(inc.id, inc)
+            if inc.id not in still_open:
+                seen.setdefault(inc.id, inc)
         resolved = [
             _card(rt, i) for i in sorted(seen.values(), key=lambda i: -(i.resolved_at or 0))
         ]
