@@ -140,6 +140,12 @@ class Monitor:
         self.watch = callers.CallWatch(directory.topology, directory.counts,
                                        call_settings(config.callers), clock())  # fmt: skip
         self._watched = clock()
+        self._sight: object = None  # what explained calls at the last look (watch_calls)
+        self._set_aside = metrics.counter(
+            "outagemon_calls_set_aside_total",
+            "Calls that waited in the callers' window and were then explained by an"
+            " incident, planned works or blindness: they raise no suspicion afterwards.",
+        )
         self._suspicions = metrics.counter(
             "outagemon_suspicions_total",
             "Suspected incidents raised from calls, and how they ended (outcome).",
@@ -245,6 +251,14 @@ class Monitor:
             c.book.next_id += 1
             return iid
 
+        # What explains calls changed (an incident opened, moved or grew, works began,
+        # the monitor went blind): the calls it explains leave the window, so that after
+        # a repair the calls made just before the probes saw the fault raise nothing.
+        sight = (c.blind, tuple(w.id for w in running), tuple(sorted(
+            (i.id, i.root, len(i.nodes)) for i in c.incidents.values())))  # fmt: skip
+        if sight != self._sight:
+            self._sight = sight
+            self._set_aside.inc(self.watch.set_aside(explained))
         raised = len(self.watch.delays)
         self.watch.tick(now, self.call_log.take(), explained, next_id)
         for delay in self.watch.delays[raised:]:

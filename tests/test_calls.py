@@ -701,3 +701,35 @@ def test_the_page_says_a_suspicion_was_narrowed() -> None:
     assert text.startswith("Narrowed from sw-3-7:")
     widened = _suspicion_text("root_moved", {"from": "seg-1-5-1", "absorbed": []})
     assert widened.startswith("Widened from seg-1-5-1")
+
+
+def test_calls_made_before_the_probes_saw_a_fault_raise_nothing_after_its_repair(
+    town: Directory,
+) -> None:
+    # Two callers phone a minute before the probes open an incident at their switch; it
+    # is repaired; a third caller phones just after. Those two called about that fault:
+    # set aside while it was open, they do not make a cluster with the third.
+    def run(set_aside: bool) -> bool:
+        w = watch_of(town)
+        ids = Ids()
+        w.tick(3600.0, calls_from(town, "seg-3-3-1", [3590, 3595]), never, ids)
+        down = {"sw-3-3", "seg-3-3-1", "seg-3-3-2"}
+        if set_aside:
+            assert w.set_aside(down.__contains__) == 2
+            assert not w.window and w.set_aside(down.__contains__) == 0
+        w.tick(3660.0, [], down.__contains__, ids)
+        third = calls_from(town, "seg-3-3-1", [0, 0, 3700])[2:]
+        w.tick(3700.0, third, never, ids)
+        return bool(w.open)
+
+    assert run(set_aside=False)  # without it, the old calls tip the place
+    assert not run(set_aside=True)
+
+
+def test_calls_told_ok_and_looked_at_once_their_place_is_explained_are_not_kept(
+    town: Directory,
+) -> None:
+    w = watch_of(town)
+    down = {"sw-3-3", "seg-3-3-1", "seg-3-3-2"}
+    w.tick(3600.0, calls_from(town, "seg-3-3-1", [3590, 3595]), down.__contains__, Ids())
+    assert not w.window

@@ -287,3 +287,28 @@ async def test_the_learned_rates_survive_a_restart(fresh_db: str) -> None:
         hours = [now + h * 3600.0 for h in range(24)]
         assert max(abs(watch.shape(t) - 1.0) for t in hours) > 0.1  # learned, not flat
         assert all(abs(again.watch.shape(t) - watch.shape(t)) < 1e-3 for t in hours)
+
+
+async def test_calls_made_before_the_probes_saw_the_fault_raise_nothing_after_it(
+    fresh_db: str,
+) -> None:
+    """Two callers phone as their switch dies, before the probes decide: told `ok`, they
+    wait in the callers' window. The probes' incident explains them: once it is repaired,
+    a third caller of that entrance is one caller, not a cluster with those two."""
+    async with world(fresh_db, subscribers=NEIGHBOURS) as w:
+        for account in ("1020", "1021"):
+            assert (await w.check(account=account))["status"] == "ok"
+        w.run(2)  # the detector has them (two are not a cluster here)
+        assert await incidents(w) == []
+        w.net.fail("sw-mira-10")
+        w.run(60)
+        (inc,) = await incidents(w)
+        assert inc["raised_by"] == "probes" and inc["root_node"] == "sw-mira-10"
+        w.net.repair("sw-mira-10")
+        w.run(180)  # (seconds since the world's start)
+        assert await incidents(w) == []
+        assert (await w.check(account="1022"))["status"] in ("ok", "restored")
+        w.run(182)
+        assert await incidents(w) == []
+        metrics = w.runtime.metrics.render()
+        assert "outagemon_calls_set_aside_total 2" in metrics

@@ -402,8 +402,8 @@ class CallWatch:
         grown: set[int] = set()  # the suspicions that took a call
         for call in calls:
             if (call.status not in UNEXPLAINED or call.router_up
-                    or call.node not in self.topology):  # fmt: skip
-                continue
+                    or call.node not in self.topology or explained(call.node)):  # fmt: skip
+                continue  # (told `ok` just before the probes saw a fault: explained now)
             found = self.covering(call.node)
             if found is not None:
                 found.attach(call)
@@ -429,6 +429,22 @@ class CallWatch:
         for sid, sus in list(self.open.items()):
             if not sus.confirmed and self._quiet(sus, now):
                 self._end(sid, now, {"expired": True, "quiet_for": round(now - sus.last_call)})
+
+    def set_aside(self, explained: Callable[[str], bool]) -> int:
+        """The calls in the window that the probes' incidents, planned works or blindness
+        explain now leave it, and how many: a caller who phoned a minute before the
+        probes saw the fault called about that fault, and once it is repaired the call is
+        no sign of another (it is not learned as the place's usual calls either, as an
+        explained call never is). Asked by the monitor when what explains changes."""
+        gone = [n for n in self._by_node if explained(n)]
+        if not gone:
+            return 0
+        leaving = {id(c) for n in gone for c in self._by_node[n]}
+        for n in gone:
+            for call in list(self._by_node.get(n, ())):
+                self._remove(call)
+        self.window = deque(c for c in self.window if id(c) not in leaving)
+        return len(leaving)
 
     def _quiet(self, sus: Suspicion, now: float) -> bool:
         """Whether a suspected place's calls over the last `expire_after` seconds are no
