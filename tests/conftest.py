@@ -6,8 +6,7 @@ import asyncio
 import os
 import socket
 import tempfile
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -15,6 +14,7 @@ import pytest
 
 from outagemon.db.embedded import EmbeddedPostgres
 from outagemon.testing.lab import Lab, LabUnavailable
+from tests.dbpool import DatabasePool
 
 # The machine's server, when one answers (CI's machines start one); override with this variable.
 SERVER_DSN = os.environ.get("OUTAGEMON_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -56,21 +56,22 @@ def _with_database(dsn: str, name: str) -> str:
     return f"{base}?{query}" if query else base
 
 
+@pytest.fixture(scope="session")
+def database_pool(pg_server: str) -> Iterator[DatabasePool]:
+    """New databases made ahead and dropped behind, off the tests' time (tests/dbpool.py)."""
+    pool = DatabasePool(pg_server)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 @pytest.fixture
-async def fresh_db(pg_server: str) -> AsyncIterator[str]:
+def fresh_db(pg_server: str, database_pool: DatabasePool) -> Iterator[str]:
     """DSN of a new, empty database, dropped after the test."""
-    name = f"om_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server)
-    try:
-        await admin.execute(f'create database "{name}"')
-    finally:
-        await admin.close()
+    name = database_pool.take()
     yield _with_database(pg_server, name)
-    admin = await asyncpg.connect(pg_server)
-    try:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-    finally:
-        await admin.close()
+    database_pool.drop(name)
 
 
 def free_port() -> int:

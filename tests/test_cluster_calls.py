@@ -8,10 +8,9 @@ take-over; a deposed leader's alert cursor write is fenced off.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import itertools
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -34,51 +33,10 @@ from outagemon.monitor import Monitor
 from outagemon.sim import citygen
 from outagemon.testing.lab import Lab
 from tests.alert_receivers import Receiver
-from tests.conftest import free_port, short_tmp_dir
-from tests.test_cluster_e2e import CONFIG, INTERVAL, LEASE, Node, _fetch, socket_dsn
-from tests.test_lab_e2e import WRITE
+from tests.cluster import INTERVAL, LEASE, Node, fetch, running_pair, socket_dsn
 
 MIN_CALLERS = 5
 __all__ = ["socket_dsn"]  # the fixture, used by name
-
-
-def make_pair(lab: Lab, dsn: str, city: citygen.City, extra: str | dict[str, str] = "",
-              warm_up: float = 6.0) -> tuple[Node, Node]:  # fmt: skip
-    """Node a (started first: it leads) and node b (stands by, answering from its
-    replica), with `extra` config sections (the same, or by node)."""
-    nodes = []
-    for name in ("a", "b"):
-        sections = extra if isinstance(extra, str) else extra[name]
-        state = short_tmp_dir()
-        topo, subs = city.write(state)
-        port = free_port()
-        text = CONFIG.format(state=state, dsn=dsn, port=port, interval=INTERVAL, node=name,
-                             lease=LEASE, write=WRITE)  # fmt: skip
-        # Before [[auth.tokens]]: an array of tables ends the file's last section.
-        text = text.replace("[[auth.tokens]]", sections + "[[auth.tokens]]")
-        (state / "outagemon.toml").write_text(text)
-        nodes.append(Node(lab, state, port, city, directory.load(topo, subs).directory))
-    a, b = nodes
-    a.start()
-    a.wait("a leads", lambda: a.role() == "leader", within=20)
-    b.start()
-    b.wait("b answers from its replica", lambda: b.answering_from() == "replica", within=20)
-    time.sleep(warm_up)
-    return a, b
-
-
-def stop_pair(nodes: tuple[Node, ...]) -> None:
-    for n in nodes:
-        if n.process is not None:
-            if n.process.poll() is None:
-                n.process.send_signal(signal.SIGCONT)
-                n.process.kill()
-            n.process.wait()
-        shutil.rmtree(n.state, ignore_errors=True)
-
-
-def fetch(dsn: str, sql: str) -> list[dict[str, Any]]:
-    return asyncio.run(_fetch(dsn, sql))
 
 
 def wait(what: str, condition: Any, within: float, *nodes: Node) -> Any:
@@ -101,12 +59,8 @@ def callers_pair(lab: Lab, socket_dsn: str) -> Iterator[tuple[Node, Node]]:
     # The window's count alone (evidence = 0: no sequential test, which may raise on two
     # or three quick callers of a quiet place): "three are not enough, five are" is exact.
     extra = f"[callers]\nmin_callers = {MIN_CALLERS}\nevidence = 0\n"
-    pair: tuple[Node, ...] = ()
-    try:
-        pair = make_pair(lab, socket_dsn, city, extra)
-        yield pair[0], pair[1]
-    finally:
-        stop_pair(pair)
+    with running_pair(lab, socket_dsn, city, extra) as pair:
+        yield pair
 
 
 def _place(d: directory.Directory) -> tuple[str, list[str]]:
@@ -219,12 +173,8 @@ def vantage_pair(lab: Lab, socket_dsn: str) -> Iterator[tuple[Node, Node]]:
     city = citygen.generate(aggregations=2, access_per_aggregation=2,
                             subscribers_per_access=4, entrances=1)  # fmt: skip
     extra = {n: f'[vantage]\nanchors = ["{ip}"]\n' for n, ip in ANCHOR.items()}
-    pair: tuple[Node, ...] = ()
-    try:
-        pair = make_pair(lab, socket_dsn, city, extra)
-        yield pair[0], pair[1]
-    finally:
-        stop_pair(pair)
+    with running_pair(lab, socket_dsn, city, extra) as pair:
+        yield pair
 
 
 def view(dsn: str) -> dict[str, Any]:
@@ -334,10 +284,9 @@ def test_a_leader_deposed_during_a_delivery_does_not_move_the_new_leaders_cursor
                             subscribers_per_access=4, entrances=1)  # fmt: skip
     extra = (f'[notify]\nexternal_url = "https://noc.example"\n[[notify.webhooks]]\n'
              f'url = "{hook.url}/hook"\nsecret = "{"s" * 32}"\n')  # fmt: skip
-    pair: tuple[Node, ...] = ()
-    try:
-        pair = make_pair(lab, socket_dsn, city, extra, warm_up=3.0)
-        a, b = pair
+    with contextlib.ExitStack() as stack:
+        stack.callback(hook.close)  # after the pair's stop
+        a, b = stack.enter_context(running_pair(lab, socket_dsn, city, extra, warm_up=3.0))
         hook.victim = a.pid()
         lab.down(*a.ips_behind("agg-1"))
         wait("a's delivery begins", lambda: hook.paused_at is not None, 40, a)
@@ -359,9 +308,6 @@ def test_a_leader_deposed_during_a_delivery_does_not_move_the_new_leaders_cursor
         opened = [r for r in hook.received("/hook") if r.json()["outagemon"]["event"] == "opened"]
         keys = {r.json()["outagemon"]["idempotency_key"] for r in opened}
         assert len(opened) == 2 and len(keys) == 1, "told again by b, with the same key"
-    finally:
-        stop_pair(pair)
-        hook.close()
 
 
 # -- the relay's two sides on a real PostgreSQL, without the lab ----------------------------
