@@ -451,11 +451,27 @@ class Correlator(Failures):
         by_root = {inc.root: inc for inc in book.incidents.values()}
         can_open = not self.blind and self._vantage_clean()
         active: list[Incident] = []
-        for root in sorted(roots, key=lambda r: (r not in by_root, r)):
+        pending, blocked, states = self._pending_since, self._blocked, self.states
+        window = self.settings.window
+        # Roots with an incident first, then the rest, each in name order.
+        for root in [*sorted(r for r in roots if r in by_root),
+                     *sorted(r for r in roots if r not in by_root)]:  # fmt: skip
             inc = by_root.get(root)
             if inc is None:
-                since = self._pending_since.setdefault(root, self._failed_since(root))
-                if not can_open or not self._settled(root, since, now):
+                since = pending.get(root)
+                if since is None:
+                    since = pending[root] = self._failed_since(root)
+                if not can_open:
+                    continue
+                # `_settled`'s first answers, here: before its window has passed, a root
+                # held back by an ancestor that has said nothing since is still held (in
+                # a mass outage, hundreds of roots wait so for the core, every tick).
+                held = blocked.get(root)
+                if held is not None and now - since < window:
+                    ns = states.get(held[0])
+                    if ns is not None and ns.last_at == held[1]:
+                        continue
+                if not self._settled(root, since, now):
                     continue
                 inc = book.open(root, cut, by_root, now, self.topology, root in self.inferred,
                                 self._failed_since(root), self._scope.get(root))  # fmt: skip
