@@ -67,6 +67,7 @@ dsn = "{dsn}"
 [http]
 listen = "127.0.0.1:{port}"
 workers = 2
+workers_nice = {nice}
 [probe]
 interval = 10
 timeout = 1
@@ -302,6 +303,12 @@ def main() -> None:
                     help="the longest the 1M reload phase lasts (it ends 5 s after the "
                          "workers were replaced)")  # fmt: skip
     ap.add_argument("--port", type=int, default=18091, help="the workers' (the bare one's: +1)")
+    ap.add_argument(
+        "--workers-nice",
+        type=int,
+        default=-5,
+        help="[http] workers_nice (0: the daemon's priority, as before it existed)",
+    )
     ap.add_argument("--throughput-only", action="store_true",
                     help="part 1 only (throughput beside the bare handler)")  # fmt: skip
     ap.add_argument("--serve-daemon", help=argparse.SUPPRESS)
@@ -328,7 +335,9 @@ def main() -> None:
     dsn = ADMIN_DSN.rsplit("/", 1)[0] + "/" + db
     ports = {"workers=2": args.port, "bare": args.port + 1}
     (state / "outagemon.toml").write_text(
-        CONFIG.format(state=state, dsn=dsn, port=ports["workers=2"], token=TOKEN)
+        CONFIG.format(
+            state=state, dsn=dsn, port=ports["workers=2"], token=TOKEN, nice=args.workers_nice
+        )
     )
     log = (state / "daemon.log").open("ab")
     servers = {

@@ -58,6 +58,10 @@ class HttpConfig:
     # Processes answering on the port (SO_REUSEPORT) from a replica of the incident state;
     # 1: the daemon's own process answers everything, as before workers existed.
     workers: int = 1
+    # The workers' CPU priority (nice): lower than the daemon's, so a caller's answer does
+    # not wait behind the correlator or the database for a core. 0: the daemon's. Taking
+    # it needs CAP_SYS_NICE or RLIMIT_NICE (the unit's LimitNICE=); else it is kept.
+    workers_nice: int = -5
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +196,7 @@ class Config:
 NEEDS_RESTART: dict[str, tuple[str, ...] | None] = {
     "daemon": None,
     "database": ("dsn", "write_queue", "queue_bytes", "timeout"),
-    "http": ("listen", "tls_cert", "tls_key", "max_streams", "workers"),
+    "http": ("listen", "tls_cert", "tls_key", "max_streams", "workers", "workers_nice"),
     "notify": None,
     "cluster": None,
     "history": ("connections", "timeout"),
@@ -513,6 +517,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "allowed_hosts": _host_names,
         "max_streams": _integer(1, 100_000),
         "workers": _integer(1, MAX_WORKERS),
+        "workers_nice": _integer(-20, 0),
     },
     "probe": {
         "interval": _seconds(positive=True, maximum=DAY),
@@ -804,6 +809,7 @@ def _http(raw: dict[str, Any], base: Path, problems: list[str]) -> HttpConfig:
         allowed_hosts=tuple(h.strip().lower().strip("[]") for h in raw.get("allowed_hosts", [])),
         max_streams=raw.get("max_streams", HttpConfig().max_streams),
         workers=raw.get("workers", HttpConfig().workers),
+        workers_nice=raw.get("workers_nice", HttpConfig().workers_nice),
     )
 
 

@@ -546,6 +546,38 @@ def test_the_daemon_sees_the_callers_address_not_one_a_caller_claims(cluster: Cl
     assert status == 404, body  # the workers' own path is never forwarded for a caller
 
 
+def test_the_workers_take_the_cpu_before_the_daemon(cluster: Cluster) -> None:
+    """`[http] workers_nice` (default -5): a caller's answer does not wait for a core
+    behind the correlator. Root may lower a nice value (so may LimitNICE= in the unit)."""
+    if os.geteuid() != 0:
+        pytest.skip("lowering a nice value needs root or RLIMIT_NICE here")
+    c = cluster
+    c.check_each("node=agg-1")
+    assert len(c.seen) == 2
+    for pid in c.seen.values():
+        assert os.getpriority(os.PRIO_PROCESS, pid) == config.HttpConfig().workers_nice == -5
+    assert os.getpriority(os.PRIO_PROCESS, c.process.pid) == 0  # the daemon keeps its own
+
+
+def test_a_worker_not_allowed_a_higher_priority_keeps_its_own_and_says_so() -> None:
+    """Without CAP_SYS_NICE or RLIMIT_NICE (the service's user by default) the worker
+    runs at the daemon's priority, and the log says how to allow it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the check as another user")
+    code = ("import os, resource; from outagemon import workers; "
+            "resource.setrlimit(resource.RLIMIT_NICE, (0, 0)); "
+            "print(workers.first_in_line(-5), os.getpriority(os.PRIO_PROCESS, 0))")  # fmt: skip
+    done = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].split() == ["False", "0"], done.stdout
+    assert "workers.priority_kept" in done.stdout + done.stderr
+    assert "LimitNICE=" in done.stdout + done.stderr
+
+
 def test_the_workers_stop_with_the_daemon(cluster: Cluster) -> None:
     c = cluster
     c.check_each("node=agg-1")
