@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 from collections.abc import Callable
 
 Labels = tuple[tuple[str, str], ...]
@@ -68,7 +69,7 @@ class Histogram:
             total += n
             le = "+Inf" if bound == float("inf") else f"{bound:g}"
             out.append(f'{self.name}_bucket{{le="{le}"}} {total}')
-        out.append(f"{self.name}_sum {self.sum:.17g}")
+        out.append(f"{self.name}_sum {number(self.sum)}")
         out.append(f"{self.name}_count {self.count}")
         return out
 
@@ -166,5 +167,18 @@ class Registry:
             for labels, value in (m.values or {(): 0.0}).items():
                 text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
                 series = f"{m.name}{{{text}}}" if text else m.name
-                lines.append(f"{series} {value:.17g}")
+                lines.append(f"{series} {number(value)}")
         return "\n".join(lines) + "\n"
+
+
+def number(value: float) -> str:
+    """A sample's value as Prometheus reads it, in the shortest text that reads back to the
+    same float ("0.4", not .17g's "0.40000000000000002"; a whole number without ".0")."""
+    value = float(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)

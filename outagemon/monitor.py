@@ -481,7 +481,10 @@ class Monitor:
         self.journal.epoch = epoch
         self.journal.inventory(self.directory)
         self._own_view(stored)
+        # `incidents`: the probes'; `from_calls`: those raised by callers (the detector's,
+        # suspected or confirmed), taken up too (the log said 0 when only such was open).
         log.info("cluster.taken_up", epoch=epoch, incidents=restored,
+                 from_calls=len(self.watch.open),
                  next_incident=self.correlator.next_id)  # fmt: skip
         return restored
 

@@ -131,6 +131,10 @@ async def test_a_null_eta_withdraws_the_estimate(fresh_db: str) -> None:
         assert "Service should be back" in (await w.check(account="1006"))["message"]
         w.run(5)  # the simulated clock stands still between ticks
 
+        # The timeline's estimate is written as every other time of the API (ISO, "T").
+        (given,) = [e["detail"]["eta"] for e in await timeline(w, inc.id) if e["kind"] == "eta"]
+        assert abs(wall(given) - wall(body["eta"])) < 1 and "T" in given, (given, body)
+
         status, body = await post(w, inc.id, {"eta": None})
         assert status == 200 and body["eta"] is None, body
         heard = await w.check(account="1006")

@@ -137,3 +137,17 @@ def test_an_english_date_is_said_without_a_leading_zero() -> None:
     us = int(datetime(2026, 12, 1, 0, 0, tzinfo=UTC).timestamp() * 1e6)
     assert downtime._date(us, "en", UTC) == "1 December 2026 00:00"
     assert downtime._date(us, "ru", UTC) == "1 декабря 2026 г. 00:00"
+
+
+def test_metrics_print_a_value_in_its_shortest_text() -> None:
+    """The trial's `outagemon_open_subscriber_minutes 0.40000000000000002` (valid, untidy)."""
+    from outagemon.metrics import Registry, number
+
+    registry = Registry()
+    registry.gauge("om_test_minutes", "A test gauge.").set(0.4, kind="outage")
+    registry.counter("om_test_total", "A test counter.").inc(3)
+    text = registry.render()
+    assert 'om_test_minutes{kind="outage"} 0.4\n' in text
+    assert "om_test_total 3\n" in text
+    assert [number(v) for v in (0.1 + 0.2, float("inf"), float("nan"), 2.5e-7)] == [
+        "0.30000000000000004", "+Inf", "NaN", "2.5e-07"]  # fmt: skip

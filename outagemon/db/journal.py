@@ -389,6 +389,10 @@ def op_of(kind: str, data: dict[str, Any]) -> Op:
     return op
 
 
+def _iso(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -400,7 +404,8 @@ def _eta_op(d: dict[str, Any]) -> Op:
     said: dict[str, Any] = {"eta": eta, "by": d["by"]}
     if eta is None:
         said["withdrawn"] = d.get("withdrawn") or True
-    detail = json.dumps(said, default=str)
+    # ISO 8601 with its "T", as every other time of the API (str() would put a space).
+    detail = json.dumps(said, default=_iso)
 
     async def op(conn: Conn) -> None:
         await store.set_incident_eta(conn, incident, eta)
