@@ -347,21 +347,32 @@ def test_a_worker_keeps_a_connection_across_checks_and_hand_over(
     assert all(h == heads[-1] for h in heads), heads
 
 
-def test_a_malformed_request_gets_aiohttps_400_from_a_worker(
+def test_a_malformed_request_gets_the_json_400_from_a_worker(
     cluster: Cluster, conn: tuple[socket.socket, Any]
 ) -> None:
+    """aiohttp's parser refuses it; the answer is still the contract's JSON sentence
+    (http/badrequest.py), from a worker as from the daemon's own server."""
     s, f = conn
     s.sendall(_ask("/api/v1/check?node=core"))
     assert _read(f)[0] == 200
     s.sendall(b"GET /api/v1/check?node=core HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n")
-    status, _, body = _read(f)
-    assert status == 400 and body.startswith(b"Invalid header"), body
+    status, headers, body = _read(f)
+    assert status == 400 and headers["content-type"] == "application/json; charset=utf-8"
+    assert json.loads(body) == {"error": "the request is not valid HTTP/1.1: Invalid header token."}
     with socket.socket(socket.AF_UNIX) as leader:  # aiohttp alone, in the daemon's process
         leader.settimeout(5)
         leader.connect(cluster.socket_path)
         leader.sendall(b"GET /api/v1/check?node=core HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                        b"Bad Header\r\n\r\n")  # fmt: skip
         assert _read(leader.makefile("rb"))[::2] == (status, body)
+    # Raw UTF-8 and a space in the query (as typed into curl): the parameter named.
+    with socket.create_connection(("127.0.0.1", cluster.port), timeout=5) as raw:
+        raw.sendall(_ask("/api/v1/check?address=пр-т Мира 10"))
+        status, headers, body = _read(raw.makefile("rb"))
+    assert status == 400 and headers["content-type"] == "application/json; charset=utf-8"
+    said = json.loads(body)["error"]
+    encoded = "address=%D0%BF%D1%80-%D1%82%20%D0%9C%D0%B8%D1%80%D0%B0%2010"
+    assert "'address'" in said and f": {encoded}." in said, said
 
 
 def test_a_refused_check_is_aiohttps_answer_from_a_worker(

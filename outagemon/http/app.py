@@ -17,7 +17,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from outagemon import __version__, logs
-from outagemon.http import api, downtime, figures, page, reports, security
+from outagemon.http import api, badrequest, downtime, figures, page, reports, security
 from outagemon.http.runtime import RUNTIME, Runtime, error, host_allowed, json_response
 
 log = logs.get("outagemon.http")
@@ -32,8 +32,9 @@ SHUTDOWN_TIMEOUT = 1.0  # s: handlers still running at stop get this long, then 
 
 
 def runner(app: web.Application) -> web.AppRunner:
-    """The daemon's runner for `app`, with the timeouts above."""
-    return web.AppRunner(app, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT,
+    """The daemon's runner for `app`, with the timeouts above; the requests aiohttp's
+    parser refuses are answered with JSON sentences too (http/badrequest.py)."""
+    return badrequest.Runner(app, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT,
                          shutdown_timeout=SHUTDOWN_TIMEOUT)  # fmt: skip
 
 
