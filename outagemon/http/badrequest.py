@@ -5,9 +5,9 @@ the URL, a malformed header, a line too long), answered as every other error: JS
 aiohttp has no hook for these (aio-libs/aiohttp#3287): its protocol's `handle_error`
 makes the answer, so the runner here builds the server with a protocol that overrides it.
 Raw non-ASCII in a URL is refused, not repaired: HTTP allows only ASCII there (RFC 9112
-3.2, RFC 3986), a raw space makes the request line ambiguous, and the proxies in front of
-a daemon (nginx, HAProxy) refuse such requests too, so a client that sent them would work
-in a test and fail in production. The sentence shows the bytes percent-encoded instead.
+3.2, RFC 3986), a raw space makes the request line ambiguous, and other servers and
+proxies refuse such requests too (nginx a raw space), so a client that sent them would
+work in a test and fail behind a proxy. The sentence shows the bytes percent-encoded.
 """
 
 from __future__ import annotations
