@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     with_config("migrate", "apply pending database migrations and exit")
     with_config("check-config", "validate the config, topology and subscribers")
     reload = with_config("reload", "reload a running daemon and say whether it took the change")
-    reload.add_argument("--pid", type=int, required=True, help="the daemon's ($MAINPID)")
+    reload.add_argument("--pid", type=int, default=None,
+                        help="the daemon's ($MAINPID); default: the one whose pid file is in "
+                             "the config's state_dir")  # fmt: skip
     reload.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
     demo = sub.add_parser("demo", help="a self-contained demonstration on a simulated city")
     demo.add_argument("--port", type=_port, default=8080,
@@ -382,9 +384,10 @@ def _check_config(config_path: Path) -> int:
     return USAGE_ERROR if loaded.problems else 0
 
 
-def _reload(config_path: Path, pid: int, timeout: float) -> int:
+def _reload(config_path: Path, pid: int | None, timeout: float) -> int:
     """SIGHUP, then the outcome: exit 0 when applied, 1 when refused (with the reasons),
-    2 when `pid` is not the daemon, 3 when applied but some sections wait for a restart."""
+    2 when `pid` is not the daemon (or, without it, no daemon runs for the config's
+    state_dir), 3 when applied but some sections wait for a restart."""
     from outagemon import config, reloading
     from outagemon.errors import ConfigError
 

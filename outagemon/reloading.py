@@ -87,8 +87,40 @@ def not_the_daemon(state_dir: Path, pid: int) -> str | None:
     return None
 
 
-def request(state_dir: Path, pid: int, timeout: float = 120.0) -> tuple[int, str]:
-    """Signal the daemon and wait for the outcome: (exit code, what to print)."""
+def find(state_dir: Path) -> int | str:
+    """The daemon of `state_dir`, from the pid file it writes there: its pid (checked like
+    a given one, by `not_the_daemon`), or the sentence saying why there is none."""
+    path = state_dir / PID_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return (f"no outagemon daemon runs for {state_dir} ({path}, which the daemon writes "
+                "while it runs, is not there); nothing was signalled.")  # fmt: skip
+    except OSError as e:
+        return (f"cannot read {path} ({e.strerror}) to find the daemon; give its pid with "
+                "--pid. Nothing was signalled.")  # fmt: skip
+    try:
+        pid = int(text)
+    except ValueError:
+        return f"{path} does not hold a process id; nothing was signalled."
+    if not Path(f"/proc/{pid}").exists():
+        return (f"no outagemon daemon runs for {state_dir}: its {PID_FILE} names process "
+                f"{pid}, which has ended (the daemon was killed); nothing was "
+                "signalled.")  # fmt: skip
+    why = not_the_daemon(state_dir, pid)
+    if why is None:
+        return pid
+    return f"no outagemon daemon runs for {state_dir}: its {PID_FILE} is stale; {why}"
+
+
+def request(state_dir: Path, pid: int | None, timeout: float = 120.0) -> tuple[int, str]:
+    """Signal the daemon (`pid`, or the one its pid file in `state_dir` names) and wait for
+    the outcome: (exit code, what to print)."""
+    if pid is None:
+        daemon = find(state_dir)
+        if isinstance(daemon, str):
+            return NOT_A_DAEMON, f"outagemon reload: {daemon}"
+        pid = daemon
     why = not_the_daemon(state_dir, pid)
     if why is not None:
         return NOT_A_DAEMON, f"outagemon reload: {why}"

@@ -84,6 +84,54 @@ def test_reload_refuses_an_outagemon_run_that_is_not_the_daemon_of_its_state_dir
         other.wait()
 
 
+def test_reload_without_pid_says_no_daemon_runs_when_there_is_no_pid_file(
+    tmp_path: Path,
+) -> None:
+    cfg = minimal_config(tmp_path)
+    result = run_cli("reload", "-c", str(cfg), "--timeout", "2")
+    assert result.returncode == reloading.NOT_A_DAEMON, result.stdout + result.stderr
+    assert result.stderr == (
+        f"outagemon reload: no outagemon daemon runs for {tmp_path} ({tmp_path}/daemon.pid, "
+        "which the daemon writes while it runs, is not there); nothing was signalled.\n"
+    )
+
+
+def test_reload_without_pid_signals_nothing_through_a_stale_pid_file(
+    tmp_path: Path, bystander: subprocess.Popen[bytes]
+) -> None:
+    """A daemon killed with -9 leaves its pid file; the pid may be another process's by
+    now (or nobody's): the command line check still guards it."""
+    cfg = minimal_config(tmp_path)
+    (tmp_path / reloading.PID_FILE).write_text(f"{bystander.pid}\n")
+    result = run_cli("reload", "-c", str(cfg), "--timeout", "2")
+    assert result.returncode == reloading.NOT_A_DAEMON, result.stdout + result.stderr
+    assert (f"no outagemon daemon runs for {tmp_path}: its daemon.pid is stale; process "
+            f"{bystander.pid} (sleep 300) is not an outagemon daemon") in result.stderr  # fmt: skip
+    time.sleep(0.2)
+    assert bystander.poll() is None, "the sleep was killed by the SIGHUP"
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    (tmp_path / reloading.PID_FILE).write_text(f"{ended.pid}\n")
+    result = run_cli("reload", "-c", str(cfg), "--timeout", "2")
+    assert result.returncode == reloading.NOT_A_DAEMON, result.stdout + result.stderr
+    assert (f"its daemon.pid names process {ended.pid}, which has ended"
+            in result.stderr)  # fmt: skip
+    assert "Traceback" not in result.stderr
+
+
+def test_reload_without_pid_finds_the_daemon_by_its_pid_file(daemon: Proc) -> None:  # noqa: F811
+    topology = daemon.state / "topology.yaml"
+    text = topology.read_text()
+    topology.write_text(text + "- {id: core-1, kind: core}\n")  # refused by the daemon
+    result = run_cli("reload", "-c", str(daemon.config), "--timeout", "30")
+    assert result.returncode == reloading.REFUSED, result.stdout + result.stderr
+    assert "duplicate id 'core-1'" in result.stderr, "the daemon itself said so"
+    topology.write_text(text)
+    result = run_cli("reload", "-c", str(daemon.config), "--timeout", "30")
+    assert result.returncode == reloading.APPLIED, result.stdout + result.stderr
+    assert result.stdout.strip() == "reloaded." and daemon.process.poll() is None
+
+
 def test_a_reload_names_the_sections_that_wait_for_a_restart(daemon: Proc) -> None:  # noqa: F811
     assert (daemon.state / reloading.PID_FILE).read_text().strip() == str(daemon.process.pid)
     good = daemon.config.read_text()
