@@ -500,14 +500,7 @@ async def _serve(w: Workers, index: int, gated: bool) -> int:
         # Only this process's copy of the listening socket is closed: what waits in the
         # queue is the other workers'. The connections held here are answered "close".
         retiring = True
-        site.retire()  # the fast path's answers say "close" too
-        # The drain only waits: what is still open then is closed by its owner, the site
-        # (its fast-path connections, in runner.cleanup's Site.stop) or aiohttp's server.
-        drained = time.monotonic() + DRAIN
-        while site.connections or (runner.server is not None and runner.server.connections):
-            if time.monotonic() > drained:
-                break
-            await asyncio.sleep(0.02)
+        await drain(site, runner)
     finally:
         for t in tasks:
             t.cancel()
@@ -518,6 +511,19 @@ async def _serve(w: Workers, index: int, gated: bool) -> int:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(rt.pool.close(), 1)
     return 0
+
+
+async def drain(site: fastcheck.Site, runner: web.AppRunner) -> None:
+    """A retiring worker's last moments: it stops accepting (the site's answers say
+    "close" from now), then waits up to DRAIN for the connections it holds to end. The
+    drain only waits: what is still open then is closed by its owner, the site (its
+    fast-path connections, in runner.cleanup's Site.stop) or aiohttp's server."""
+    await site.retire()
+    drained = time.monotonic() + DRAIN
+    while site.connections or (runner.server is not None and runner.server.connections):
+        if time.monotonic() > drained:
+            break
+        await asyncio.sleep(0.02)
 
 
 async def _pool(rt: Runtime) -> None:

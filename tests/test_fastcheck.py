@@ -16,13 +16,14 @@ import shutil
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from outagemon import workers
 from outagemon.http import fastcheck
 from outagemon.http.app import make_app, runner
 from tests.conftest import free_port, short_tmp_dir
@@ -239,7 +240,7 @@ async def test_a_retired_site_closes_its_listening_server_once(fresh_db: str) ->
                 writer.write(get(ANSWERED[2], extra=""))
                 assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
                 await reader.readuntil(b"}")
-            site.retire()
+            await site.retire()
             assert closes == [1] and sock.fileno() == -1  # this process's copy: closed
             with pytest.raises(OSError):
                 await asyncio.open_connection("127.0.0.1", port)
@@ -256,6 +257,61 @@ async def test_a_retired_site_closes_its_listening_server_once(fresh_db: str) ->
         finally:
             for _, writer in kept:
                 writer.close()
+
+
+class _Accepting(socket.socket):
+    """A listening socket that calls `then()` as the loop takes a connection from its
+    queue: what `then` wakes runs before the loop makes that connection's protocol (its
+    task is created after accept() returns; the loop runs callbacks in order)."""
+
+    def __init__(self) -> None:
+        super().__init__(socket.AF_INET, socket.SOCK_STREAM)
+        self.then: Callable[[], object] = lambda: None
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        taken = super().accept()
+        self.then()
+        return taken
+
+
+async def test_a_connection_accepted_as_the_worker_retires_is_answered(fresh_db: str) -> None:
+    """A worker told to stop just after its loop accepted a connection, before it read a
+    byte of it (once in test_a_reload_under_steady_load_fails_no_request: a new
+    connection reset during the workers' replacement). It is still this worker's: the
+    drain (workers.drain, as a retiring worker runs it) waits for it and it is answered,
+    "Connection: close", never dropped."""
+    async with world(fresh_db, language="en") as w:
+        r = runner(make_app(w.runtime, _forward))
+        await r.setup()
+        sock = _Accepting()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        port = sock.getsockname()[1]
+        site = fastcheck.Site(r, w.runtime, sock=sock, headers={WORKER: "0/1"})
+        await site.start()
+        taken = asyncio.Event()
+        sock.then = taken.set
+
+        async def ask() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(get(ANSWERED[2], extra=""))
+                return await asyncio.wait_for(reader.read(), 5)
+            except ConnectionResetError:
+                return b"reset"
+            finally:
+                writer.close()
+
+        asking = asyncio.create_task(ask())
+        try:
+            await taken.wait()  # accepted, and its protocol not made yet
+            await workers.drain(site, r)  # SIGTERM's: retire, then wait for what it holds
+            answer = await asking
+        finally:
+            await r.cleanup()
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+        assert b"\r\nConnection: close\r\n" in answer.partition(b"\r\n\r\n")[0], answer
+        assert site.answered == 1 and not site.connections
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")

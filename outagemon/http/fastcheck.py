@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,7 +81,9 @@ class Site(web.BaseSite):
         self._host, self._port, self._sock = host, port, sock
         self.rt = rt
         self.headers = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
-        self.connections: set[FastCheck] = set()
+        # Each connection from when the loop makes its protocol (before connection_made);
+        # weak: one whose TLS handshake fails is never made, nor lost.
+        self.connections: weakref.WeakSet[FastCheck] = weakref.WeakSet()
         self.answered = 0  # /check requests answered on the fast path
         self.handed_over = 0  # connections handed to aiohttp
         self.retiring = False
@@ -109,19 +112,31 @@ class Site(web.BaseSite):
                 backlog=self._backlog, reuse_port=True,
             )  # fmt: skip
 
-    def retire(self) -> None:
+    async def retire(self) -> None:
         """Stop accepting: the listening server closed, once (this process's copy of the
         socket only: the queue is the other workers'). The site owns it and its fast-path
-        connections; a worker's drain only waits for them (workers.py)."""
+        connections; a worker's drain only waits for them (workers.py).
+
+        The loop may have taken connections from the queue whose protocol it has not made
+        yet (each is made in a task of its own); Server.close() before that would drop
+        them (asyncio refuses a transport for a closed server, silently: the caller sees
+        a reset). So accepting stops first, and the server is closed only after those
+        tasks ran (one turn of the loop: they were scheduled before this one's next step);
+        their FastCheck is in `connections` from its making, for the drain to wait for."""
         self.retiring = True
         server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        if server is None:
+            return
+        loop = asyncio.get_running_loop()
+        for sock in server.sockets if isinstance(server, asyncio.Server) else ():
+            loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0)
+        server.close()
 
     async def stop(self) -> None:
         """Retired, and the fast-path connections still open (idle between requests)
         closed, as aiohttp's; the handed-over ones are the runner's to close."""
-        self.retire()
+        await self.retire()
         for connection in list(self.connections):
             connection.close()
         await super().stop()  # the server is closed already: unregistered only
@@ -137,10 +152,11 @@ class Site(web.BaseSite):
 class FastCheck(asyncio.Protocol):
     """One connection while on the fast path (see the module's docstring)."""
 
-    __slots__ = ("last", "paused", "site", "timer", "transport")
+    __slots__ = ("__weakref__", "last", "paused", "site", "timer", "transport")
 
     def __init__(self, site: Site) -> None:
         self.site = site
+        site.connections.add(self)  # accepted: the site's to drain (Site.retire)
         self.transport: asyncio.Transport | None = None
         self.last = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -149,7 +165,6 @@ class FastCheck(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.site.connections.add(self)
         loop = asyncio.get_running_loop()
         self.last = loop.time()
         self.timer = loop.call_at(self.last + KEEPALIVE_TIMEOUT, self._idle)
