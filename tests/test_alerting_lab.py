@@ -30,7 +30,7 @@ from outagemon.sim import citygen
 from outagemon.testing.lab import Lab, LabUnavailable
 from tests.alert_receivers import Alertmanager, Receiver, am_notifications, wait_for
 from tests.conftest import free_port, short_tmp_dir
-from tests.test_lab_e2e import CONFIG, WARM_UP, WRITE, LabDaemon
+from tests.test_lab_e2e import CONFIG, WRITE, LabDaemon
 
 SECRET = "lab-webhook-secret-0123456789abcdef"
 DISTRICTS = {"agg-1": "north", "agg-2": "south"}
@@ -118,7 +118,7 @@ def test_a_storm_in_the_lab_is_one_alert_with_our_labels_then_its_eta_then_resol
     d = None
     try:
         d = make_daemon(lab, hook, am)
-        time.sleep(WARM_UP)
+        d.warm_up()
         fault = time.time()
         lab.down(*d.ips_behind("agg-2"))  # 100 switches and 100 routers behind it
         opened = wait_for("the webhook hears of it", lambda: [
@@ -207,7 +207,7 @@ def test_a_receiver_down_a_paused_database_and_a_sigkill_lose_no_notification(
     paused: list[int] = []
     try:
         d = make_daemon(lab, hook, None)
-        time.sleep(WARM_UP)
+        d.warm_up()
         lab.down(*d.ips_behind("agg-1"))
         opened = wait_for("A opens", lambda: [
             b for b in signed(hook) if b["outagemon"]["event"] == "opened"], 60, d.log)  # fmt: skip

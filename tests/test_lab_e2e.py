@@ -55,6 +55,7 @@ token = "{write}"
 role = "write"
 """
 WARM_UP = 15.0  # seconds of clean history before a fault, as in steady operation
+INTERVAL = 1.0  # [probe] interval above
 
 
 @dataclass
@@ -84,6 +85,28 @@ class LabDaemon:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"the daemon never became ready:\n{self.log()}")
+
+    def warm_up(self, seconds: float = WARM_UP, interval: float = INTERVAL) -> float:
+        """Wait until every probed target has `seconds` of clean history: as many answers
+        as probe intervals in it, and one more (the scheduler spreads a round's probes,
+        so the count per target is the average within one). The history starts with the
+        first probe, seconds before /readyz says ready on a loaded machine (8 answers a
+        target at load average 24), so a fixed sleep after readiness gave more history
+        the slower the start. The seconds waited (a 15 s sleep before)."""
+        targets = sum(1 for n in self.d.topology.nodes.values() if n.ip is not None)
+        needed = (seconds / interval + 1) * targets
+        started = time.monotonic()
+        self.wait(f"{seconds:g} s of answers from each of {targets} targets",
+                  lambda: self.answered() >= needed, within=4 * seconds + 30)  # fmt: skip
+        return time.monotonic() - started
+
+    def answered(self) -> float:
+        """Probe results that were answers, from the daemon's /metrics."""
+        _, text = self.get_text("/metrics")
+        for line in text.splitlines():
+            if line.startswith('outagemon_probe_results_total{result="answered"} '):
+                return float(line.split()[-1])
+        return 0.0
 
     def log(self) -> str:
         return (self.state / "daemon.log").read_text(errors="replace")[-4000:]
@@ -158,7 +181,7 @@ def city_daemon(lab: Lab) -> Iterator[LabDaemon]:
     d = directory.load(topo, subs).directory
     daemon = LabDaemon(lab, state, port, city, d)
     daemon.start()
-    time.sleep(WARM_UP)
+    daemon.warm_up()
     yield daemon
     if daemon.process is not None and daemon.process.poll() is None:
         daemon.process.kill()
@@ -305,7 +328,7 @@ def unmanaged_daemon(lab: Lab) -> Iterator[LabDaemon]:
         assert len(behind) >= 6 and not any(s.ip for s in behind), seg
     daemon = LabDaemon(lab, state, port, city, d)
     daemon.start()
-    time.sleep(WARM_UP)
+    daemon.warm_up()
     yield daemon
     if daemon.process is not None and daemon.process.poll() is None:
         daemon.process.kill()

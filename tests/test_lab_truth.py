@@ -143,7 +143,7 @@ def start_run(lab: Lab) -> Run:
     )
     d = LabDaemon(lab, state, port, city, directory.load(topo, subs).directory)
     d.start()
-    time.sleep(WARM_UP)
+    d.warm_up(WARM_UP, INTERVAL)
     return Run(d)
 
 
