@@ -1,0 +1,21 @@
+"""Defects found by the seventh new user's trial (an integrator's view), each pinned."""
+
+from __future__ import annotations
+
+from tests.world import world
+
+
+async def test_a_split_building_asked_without_a_flat_names_its_parts(fresh_db: str) -> None:
+    # Мира 10 is served by two entrances (flats 1-40 and 41-80); one is cut off. Asked
+    # without a flat, the answer is ambiguous, and `candidates` (the contract's "the
+    # possible addresses") says which parts the menu can offer, never "".
+    async with world(fresh_db) as w:
+        w.net.fail("seg-mira-1")
+        w.run(60)
+        a = await w.check(address="Мира 10")
+        assert a["status"] == "ambiguous"
+        assert a["candidates"] == "пр-т Мира, д. 10, кв. 1-40;пр-т Мира, д. 10, кв. 41-80"
+        again = await w.check(address="пр-т Мира, д. 10")  # a remembered answer says it too
+        assert again["candidates"] == a["candidates"]
+        one = await w.check(address="Мира 10", flat="50")
+        assert one["status"] == "ok" and one["candidates"] == ""
