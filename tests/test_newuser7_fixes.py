@@ -19,3 +19,27 @@ async def test_a_split_building_asked_without_a_flat_names_its_parts(fresh_db: s
         assert again["candidates"] == a["candidates"]
         one = await w.check(address="Мира 10", flat="50")
         assert one["status"] == "ok" and one["candidates"] == ""
+
+
+async def test_the_page_lists_every_recently_resolved_incident(fresh_db: str) -> None:
+    # An entrance's incident resolved, then one of its aggregation (which cut the same
+    # entrance off) resolved too: "Recently resolved" showed the second only, since the
+    # monitor remembers one incident a node for callers' "restored".
+    async with world(fresh_db) as w:
+        w.net.fail("seg-mira-1")
+        w.run(60)
+        (first,) = w.monitor.correlator.incidents
+        w.net.repair("seg-mira-1")
+        w.run(120)  # resolve_hold is 60 s
+        w.net.fail("agg-n")
+        w.run(60)
+        (second,) = w.monitor.correlator.incidents
+        w.net.repair("agg-n")
+        w.run(120)
+        assert not w.monitor.correlator.incidents and first != second
+        async with w.session.get(w.url("/")) as r:
+            page = await r.text()
+        resolved = page.split("<h2>Recently resolved</h2>", 1)[1].split("<h2>", 1)[0]
+        assert f'href="/incidents/{first}"' in resolved, resolved
+        assert f'href="/incidents/{second}"' in resolved, resolved
+        assert resolved.index(f"/incidents/{second}") < resolved.index(f"/incidents/{first}")

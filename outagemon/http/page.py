@@ -154,7 +154,7 @@ def live_context(rt: Runtime) -> dict[str, Any]:
         # A reopened incident is open again: its earlier resolution is not "recent".
         still_open = {i.id for i in incs}
         seen: dict[int, Incident] = {}
-        for inc in m.recent.values():
+        for inc in m.recently_resolved():
             if inc.id not in still_open:
                 seen.setdefault(inc.id, inc)
         resolved = [
