@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from outagemon import reloading
+from tests.test_daemon import Proc
+from tests.test_daemon_reliability import daemon, reload_cli  # noqa: F401
 from tests.world import world
 
 
@@ -43,3 +46,21 @@ async def test_the_page_lists_every_recently_resolved_incident(fresh_db: str) ->
         assert f'href="/incidents/{first}"' in resolved, resolved
         assert f'href="/incidents/{second}"' in resolved, resolved
         assert resolved.index(f"/incidents/{second}") < resolved.index(f"/incidents/{first}")
+
+
+def test_a_reload_names_the_subscriber_rows_it_left_out(daemon: Proc) -> None:  # noqa: F811
+    # A CRM export with a row for a building no node serves: the reload applies (the other
+    # rows are loaded), and `outagemon reload` (systemctl reload) said only "reloaded.":
+    # the row was named in the daemon's log alone.
+    subscribers = daemon.state / "subscribers.csv"
+    good = subscribers.read_text()
+    subscribers.write_text(good + 'X-NEW,+79990000001,"ул. Нигдешняя, д. 99",1,\n')
+    result = reload_cli(daemon)
+    assert result.returncode == reloading.APPLIED, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "reloaded.", result.stdout
+    assert lines[1] == "1 subscriber row(s) left out (the others are loaded):", result.stdout
+    assert "'ул. Нигдешняя, д. 99' flat 1 is served by no node in the topology" in lines[2]
+    subscribers.write_text(good)
+    result = reload_cli(daemon)
+    assert result.returncode == 0 and result.stdout.strip() == "reloaded.", result.stdout
