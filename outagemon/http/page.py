@@ -245,8 +245,10 @@ def _required(request: web.Request) -> Visitor:
     return visitor
 
 
-def _back(path: str, message: Message) -> web.HTTPFound:
-    return web.HTTPFound(f"{path}?message={message.code}")
+def _back(path: str, message: Message) -> web.HTTPSeeOther:
+    # 303 (as the OpenAPI says, and as the login's redirects are): the browser GETs the
+    # page back, whatever the form's method.
+    return web.HTTPSeeOther(f"{path}?message={message.code}")
 
 
 async def _form(request: web.Request) -> dict[str, str]:
