@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from outagemon import reloading
 from tests.test_daemon import Proc
 from tests.test_daemon_reliability import daemon, reload_cli  # noqa: F401
@@ -64,3 +67,14 @@ def test_a_reload_names_the_subscriber_rows_it_left_out(daemon: Proc) -> None:  
     subscribers.write_text(good)
     result = reload_cli(daemon)
     assert result.returncode == 0 and result.stdout.strip() == "reloaded.", result.stdout
+
+
+def test_every_document_the_readme_names_is_installed_with_it() -> None:
+    # The installed README (the unit's Documentation=) sends the reader to docs/alerting.md,
+    # docs/integrations.md...: only docs/CONTRACT.md was installed beside it.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    named = set(re.findall(r"\bdocs/[\w.-]+\.(?:md|toml|json)\b", readme))
+    steps = dict(re.findall(r"^install -D -m 0644 (\S+) (\S+)$", readme, re.M))
+    assert named and named <= set(steps), sorted(named - set(steps))
+    for source in named:
+        assert steps[source] == f"/usr/share/doc/outagemon/{source}"
