@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from outagemon import reloading
 from tests.test_daemon import Proc
 from tests.test_daemon_reliability import daemon, reload_cli  # noqa: F401
-from tests.world import world
+from tests.world import WRITE, world
 
 
 async def test_a_split_building_asked_without_a_flat_names_its_parts(fresh_db: str) -> None:
@@ -78,3 +79,30 @@ def test_every_document_the_readme_names_is_installed_with_it() -> None:
     assert named and named <= set(steps), sorted(named - set(steps))
     for source in named:
         assert steps[source] == f"/usr/share/doc/outagemon/{source}"
+
+
+async def test_the_page_shows_planned_works_under_way_and_to_come(fresh_db: str) -> None:
+    # Works on a switch that is still up: its callers hear "maintenance", yet the page
+    # showed nothing of them (no incident), and the API has no list: an engineer could not
+    # see why callers were told of works.
+    now = datetime.now(UTC)
+    async with world(fresh_db) as w:
+        for node, start, end, reason in (
+            ("agg-s", now, now + timedelta(hours=2), "замена коммутатора"),
+            ("sw-lenina-5", now + timedelta(hours=3), now + timedelta(hours=4), ""),
+        ):
+            async with w.session.post(
+                w.url("/api/v1/maintenance"), headers=w.auth(WRITE),
+                json={"node": node, "starts_at": start.isoformat(),
+                      "ends_at": end.isoformat(), "reason": reason},
+            ) as r:  # fmt: skip
+                assert r.status == 201, await r.text()
+        assert (await w.check(account="1007"))["status"] == "maintenance"
+        async with w.session.get(w.url("/")) as r:
+            page = await r.text()
+        works = page.split("<h2>Planned works</h2>", 1)[1].split("<h2>", 1)[0]
+        running, coming = re.findall(r'<div class="card maintenance works".*?</div>', works, re.S)
+        assert "Under way at <strong>agg-s</strong>" in running and "замена коммутатора" in running
+        assert "Planned at <strong>sw-lenina-5</strong>" in coming
+        local = (now + timedelta(hours=3)).astimezone()
+        assert f"{local:%d.%m %H:%M}" in coming
