@@ -6,9 +6,16 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
+import structlog
+
 from outagemon import reloading
+from outagemon.db import store
+from outagemon.db.writer import Writer
+from outagemon.metrics import Registry
 from tests.test_daemon import Proc
 from tests.test_daemon_reliability import daemon, reload_cli  # noqa: F401
+from tests.test_writer import run_until_idle
 from tests.world import WRITE, world
 
 
@@ -106,3 +113,25 @@ async def test_the_page_shows_planned_works_under_way_and_to_come(fresh_db: str)
         assert "Planned at <strong>sw-lenina-5</strong>" in coming
         local = (now + timedelta(hours=3)).astimezone()
         assert f"{local:%d.%m %H:%M}" in coming
+
+
+async def test_the_first_connection_to_the_database_is_not_logged_as_available_again(
+    fresh_db: str,
+) -> None:
+    # Every start of the daemon logged "db.available_again", as if the database had been
+    # lost: the line the README promises once per outage, after a "db.unavailable".
+    pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=1)
+    try:
+        writer = Writer(None, 100, Registry())  # the daemon connects in the background
+
+        async def op(conn: store.Conn) -> None:
+            await conn.execute("select 1")
+
+        writer.submit("probe", op)
+        with structlog.testing.capture_logs() as logs:
+            writer.attach(pool)
+            await run_until_idle(writer)
+        events = [e["event"] for e in logs if e["event"].startswith("db.")]
+        assert events == ["db.available"], events
+    finally:
+        await pool.close()
