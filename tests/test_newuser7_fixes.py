@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from outagemon import reloading
 from outagemon.db import store
 from outagemon.db.writer import Writer
 from outagemon.metrics import Registry
+from outagemon.sim import demo
 from tests.test_daemon import Proc
 from tests.test_daemon_reliability import daemon, reload_cli  # noqa: F401
 from tests.test_writer import run_until_idle
@@ -135,3 +137,30 @@ async def test_the_first_connection_to_the_database_is_not_logged_as_available_a
         assert events == ["db.available"], events
     finally:
         await pool.close()
+
+
+class _Quiet:
+    """A demo script with no steps."""
+
+    def apply(self, net: object, monitor: object, now: float) -> list[str]:
+        return []
+
+
+async def test_the_demo_page_says_how_fast_the_simulated_network_is_probed(
+    fresh_db: str,
+) -> None:
+    # The demo's page said "probing 0 probes/s, 445 targets": only the ICMP source measured
+    # its rate, so a new user's first look suggested that nothing was probed.
+    async with world(fresh_db) as w:
+        source = demo.SimulatedSource(_Quiet())  # type: ignore[arg-type]
+        task = asyncio.create_task(source.start(w.monitor, w.runtime, {})["simulate"])
+        try:
+            await asyncio.sleep(3.5)  # the rate is measured every 2 s
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert w.runtime.probe_rate > 0
+        async with w.session.get(w.url("/")) as r:
+            page = await r.text()
+        said = re.search(r"probing ([\d,]+) probes/s", page)
+        assert said is not None and said.group(1) != "0", page
