@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -164,3 +166,18 @@ async def test_the_demo_page_says_how_fast_the_simulated_network_is_probed(
             page = await r.text()
         said = re.search(r"probing ([\d,]+) probes/s", page)
         assert said is not None and said.group(1) != "0", page
+
+
+def test_a_commands_unknown_argument_points_to_that_commands_help() -> None:
+    # `outagemon report downtime ... --format json` said "See 'outagemon --help'", whose
+    # page lists commands, not the options of the one that was mistyped.
+    result = subprocess.run(
+        [sys.executable, "-m", "outagemon", "report", "downtime", "-c", "x.toml",
+         "--from", "2026-11-01", "--to", "2026-12-01", "--format", "json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        "outagemon: unrecognized arguments: --format json. "
+        "See 'outagemon report downtime --help'.\n"
+    )
