@@ -181,3 +181,22 @@ def test_a_commands_unknown_argument_points_to_that_commands_help() -> None:
         "outagemon: unrecognized arguments: --format json. "
         "See 'outagemon report downtime --help'.\n"
     )
+
+
+async def test_the_timeline_says_an_estimate_as_the_page_header_does(fresh_db: str) -> None:
+    # The incident page's header said "ETA 30.11.2026 18:00" and its timeline, for the
+    # same estimate, "ETA 2026-11-30T18:00:00+00:00": the API's text, not a person's.
+    async with world(fresh_db) as w:
+        w.net.fail("sw-lenina-5")
+        w.run(60)
+        (iid,) = w.monitor.correlator.incidents
+        eta = (datetime.now(UTC) + timedelta(hours=2)).replace(second=0, microsecond=0)
+        async with w.session.post(w.url(f"/api/v1/incidents/{iid}"), headers=w.auth(WRITE),
+                                  json={"eta": eta.isoformat()}) as r:  # fmt: skip
+            assert r.status == 200, await r.text()
+        await w.flushed()
+        async with w.session.get(w.url(f"/incidents/{iid}")) as r:
+            page = await r.text()
+        shown = f"{eta.astimezone():%d.%m.%Y %H:%M}"
+        timeline = page.split("<h2>Timeline</h2>", 1)[1]
+        assert f"<td>ETA {shown} — noc</td>" in timeline, timeline

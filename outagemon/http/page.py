@@ -461,7 +461,8 @@ def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
         )
         return f"ETA withdrawn{why} — {detail.get('by', '')}"
     if kind == "eta":
-        return f"ETA {detail.get('eta', '')} — {detail.get('by', '')}"
+        # As the page's header says it (26.11.2026 18:30), not the API's ISO text.
+        return f"ETA {_human(str(detail.get('eta', '')))} — {detail.get('by', '')}"
     said = _suspicion_text(kind, detail)
     if said:
         return said
