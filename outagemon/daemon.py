@@ -704,6 +704,12 @@ def _prepare(
     gc.disable()
     try:
         loaded = directory.load(new.topology.file, new.topology.subscribers)
+        if loaded.problems and not len(loaded.directory.subscribers):
+            # A bad header, an export cut off or every row broken: applied, every caller
+            # would hear "not_found" until the next reload. Refused, as a broken topology.
+            shown = loaded.problems[: reloading.SKIPPED_SHOWN]
+            raise ConfigError([*shown, f"{new.topology.subscribers}: no subscriber could be "
+                               "loaded from it; the running subscribers are kept."])  # fmt: skip
         ops = inventory_ops(loaded.directory, time.time()) if writing else None
         targets = targets_of(anchors_of(new, loaded.directory), loaded.directory)
         derived: tuple[Change | None, dict[str, int] | None] = (None, None)

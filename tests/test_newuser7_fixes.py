@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import pytest
 import structlog
 
 from outagemon import reloading
@@ -200,3 +201,33 @@ async def test_the_timeline_says_an_estimate_as_the_page_header_does(fresh_db: s
         shown = f"{eta.astimezone():%d.%m.%Y %H:%M}"
         timeline = page.split("<h2>Timeline</h2>", 1)[1]
         assert f"<td>ETA {shown} — noc</td>" in timeline, timeline
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("acct,phone,address\n1,2,3\n", "the header lacks column(s) account, phones, flat, ip"),
+        ("", "the header lacks column(s) account, phones, address, flat, ip"),
+    ],
+)
+def test_a_reload_that_would_load_no_subscriber_at_all_is_refused(
+    daemon: Proc,  # noqa: F811
+    text: str,
+    said: str,
+) -> None:
+    # A CRM export with a wrong header (or cut off to nothing) was applied: every
+    # subscriber dropped, every caller "not_found" until the next reload, and `outagemon
+    # reload` said "reloaded.". Refused now, as a broken topology is; the running
+    # subscribers answer on.
+    subscribers = daemon.state / "subscribers.csv"
+    good = subscribers.read_text()
+    account = good.splitlines()[1].split(",")[0]
+    subscribers.write_text(text)
+    result = reload_cli(daemon)
+    assert result.returncode == reloading.REFUSED, result.stdout + result.stderr
+    assert "refused; the running configuration is kept" in result.stderr
+    assert said in result.stderr and "no subscriber could be loaded" in result.stderr
+    status, body = daemon.get(f"/api/v1/check?account={account}")
+    assert status == 200 and body["status"] != "not_found", body
+    subscribers.write_text(good)
+    assert reload_cli(daemon).returncode == reloading.APPLIED
