@@ -21,7 +21,7 @@ from outagemon.sim import demo
 from tests.test_daemon import Proc
 from tests.test_daemon_reliability import daemon, reload_cli  # noqa: F401
 from tests.test_writer import run_until_idle
-from tests.world import WRITE, world
+from tests.world import READ, WRITE, world
 
 
 async def test_a_split_building_asked_without_a_flat_names_its_parts(fresh_db: str) -> None:
@@ -231,3 +231,20 @@ def test_a_reload_that_would_load_no_subscriber_at_all_is_refused(
     assert status == 200 and body["status"] != "not_found", body
     subscribers.write_text(good)
     assert reload_cli(daemon).returncode == reloading.APPLIED
+
+
+async def test_a_token_sent_without_bearer_is_told_what_the_header_must_be(
+    fresh_db: str,
+) -> None:
+    # `Authorization: Basic ...` or the bare token (a helpdesk tool's usual mistakes) was
+    # answered "the token is not valid.", as if the token were wrong.
+    async with world(fresh_db) as w:
+        for header in ("Basic cmVhZDp4", READ, "Bearer"):
+            async with w.session.get(w.url("/api/v1/incidents"),
+                                     headers={"Authorization": header}) as r:  # fmt: skip
+                assert r.status == 401
+                said = (await r.json())["error"]
+            assert said == "the Authorization header must be Bearer TOKEN.", (header, said)
+        async with w.session.get(w.url("/api/v1/incidents"),
+                                 headers={"Authorization": "Bearer not-a-token"}) as r:  # fmt: skip
+            assert r.status == 401 and (await r.json())["error"] == "the token is not valid."
