@@ -24,7 +24,11 @@ entrance tipped its building over with a neighbour's usual call), the cluster is
 child's, and only its calls are taken. A suspicion raised at a place while its
 callers were too few to tell moves down the same way, keeping its id, when later calls
 make one child's callers pass that child's threshold and the rest stay fewer than
-`min_callers` (a confirmed one is never moved).
+`min_callers` and are no cluster of their own (a confirmed one is never moved). New
+callers of a sibling of a suspected place (another entrance of its building) widen it to
+their parent, keeping its id, when they are as many as its callers in the window (or
+`min_callers`, if fewer) and all of them pass the parent's test: a building's fault is
+one suspicion, not one per entrance.
 
 A suspected incident is never spoken as an outage: an engineer confirms it (it becomes an
 outage with the same id), dismisses it, or it expires after `expire_after` seconds
