@@ -542,17 +542,30 @@ class CallWatch:
         if self._beside is None:
             self._beside = {}
             for sus in self.open.values():
-                self._note_beside(sus, self._beside)
+                self._note_beside(sus)
         return self._beside
 
-    def _note_beside(self, sus: Suspicion, beside: dict[str, list[Suspicion]]) -> None:
-        root = sus.incident.root
-        if sus.confirmed or root not in self.topology:
+    def _note_beside(self, sus: Suspicion) -> None:
+        """A suspicion at its root, in the index (kept up to date while it is built)."""
+        root, beside = sus.incident.root, self._beside
+        if beside is None or sus.confirmed or root not in self.topology:
             return
         largest, below = self.settings.max_subscribers, self.below
         for n in self.topology.nodes[root].parents:
             if below.get(n, 0) <= largest:
                 beside.setdefault(n, []).append(sus)
+
+    def _drop_beside(self, sus: Suspicion) -> None:
+        """A suspicion out of the index (before its root moves, or as it ends)."""
+        root, beside = sus.incident.root, self._beside
+        if beside is None or root not in self.topology:
+            return
+        for n in self.topology.nodes[root].parents:
+            near = beside.get(n)
+            if near is not None:
+                near[:] = [o for o in near if o is not sus]
+                if not near:
+                    del beside[n]
 
     def _beside_place(self, node: str, now: float) -> str | None:
         """Where new callers at `node` and an open suspicion beside them are one cluster:
@@ -711,10 +724,12 @@ class CallWatch:
         if kept:
             sus.first_call = min(c.at for c in kept)
             sus.last_call = max(c.at for c in kept)
+        self._drop_beside(sus)
+        self._unroot(sus)
         sus.incident.root = root
         sus.incident.nodes = nodes
-        self._roots_stale = True
-        self._beside = None
+        self._root(sus)
+        self._note_beside(sus)
         self.events.append(Event(EventKind.ROOT_MOVED, now, sus.incident.id, root,
                                  detail={"from": old, "narrowed": True,
                                          "callers": len(sus.callers)}))  # fmt: skip
@@ -746,7 +761,22 @@ class CallWatch:
 
     def _free(self, node: str, sus: Suspicion) -> bool:
         """Whether no other open suspicion is rooted at this node."""
-        return all(o is sus or o.incident.root != node for o in self.open.values())
+        found = self._index().get(node)
+        return found is None or found is sus
+
+    def _unroot(self, sus: Suspicion) -> None:
+        """A suspicion out of the index by root (before its root moves, or as it ends):
+        kept up to date rather than rebuilt, which is O(open) (a city calling at once)."""
+        if not self._roots_stale:
+            if self._roots.get(sus.incident.root) is sus:
+                del self._roots[sus.incident.root]
+            else:
+                self._roots_stale = True  # another at its root: rebuilt when next asked
+
+    def _root(self, sus: Suspicion) -> None:
+        """A suspicion into the index by root, at its (new) root."""
+        if not self._roots_stale and self._roots.setdefault(sus.incident.root, sus) is not sus:
+            self._roots_stale = True
 
     def _restore(self, call: Call) -> None:
         """A call a suspicion gave back: counted again at its places (it is still in
@@ -779,12 +809,14 @@ class CallWatch:
         under = sorted((found for n in nodes if (found := roots.get(n)) is not None
                         and not found.confirmed), key=lambda sus: sus.incident.id)  # fmt: skip
         if under:
-            self._roots_stale = True
-            self._beside = None
             sus = under[0]
             old = sus.incident.root
+            self._drop_beside(sus)
+            self._unroot(sus)
             sus.incident.root = root
             sus.incident.nodes = nodes
+            self._root(sus)
+            self._note_beside(sus)
             self.events.append(
                 Event(
                     EventKind.ROOT_MOVED,
@@ -816,8 +848,7 @@ class CallWatch:
             sus = Suspicion(inc, [], first, now, first)
             self.open[inc.id] = sus
             roots[root] = sus  # the index stays up to date (rebuilding it is O(open))
-            if self._beside is not None:
-                self._note_beside(sus, self._beside)
+            self._note_beside(sus)
             self.delays.append(now - first)
             self.events.append(Event(EventKind.OPENED, now, inc.id, root,
                                      detail=self._opened_detail(taken, now)))  # fmt: skip
@@ -835,8 +866,8 @@ class CallWatch:
     def confirm(self, sid: int, now: float, who: str, by: str = "engineer") -> Suspicion:
         """A suspected incident confirmed: an outage with the same id from now on."""
         sus = self.open[sid]
+        self._drop_beside(sus)
         sus.incident.kind = Kind.OUTAGE
-        self._beside = None
         self.events.append(Event(EventKind.KIND_CHANGED, now, sid, sus.incident.root,
                                  detail={"from": Kind.SUSPECTED.value, "to": Kind.OUTAGE.value,
                                          "confirmed_by": by, "by": who}))  # fmt: skip
@@ -867,8 +898,8 @@ class CallWatch:
 
     def _close(self, sus: Suspicion, now: float, state: IncidentState, into: int | None) -> None:
         del self.open[sus.incident.id]
-        self._roots_stale = True
-        self._beside = None
+        self._unroot(sus)
+        self._drop_beside(sus)
         sus.incident.state = state
         sus.incident.resolved_at = now
         sus.incident.merged_into = into
