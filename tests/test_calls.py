@@ -389,14 +389,18 @@ def test_a_suspicion_raised_at_a_switch_moves_down_to_the_entrance_its_callers_c
     assert nodes.kind is EventKind.NODES and nodes.root == "seg-3-7-1"
     # Who is behind it now: the entrance's callers, not the neighbour's.
     assert w.covering("seg-3-7-1") is sus and w.covering("seg-3-7-2") is None
-    # The neighbour's call counts again as its entrance's usual call: two more callers
-    # there make three, a suspicion of that entrance's own.
+    # The neighbour's call counts again as its entrance's usual call: one more caller
+    # there makes two, fewer than a cluster, and nothing moves.
     w.tick(60.0, calls_from(town, "seg-3-7-2", [50, 55])[:2], never, ids)
-    assert len(w.open) == 1  # the same caller key c...0 twice: two distinct callers
+    assert list(w.open) == [sid] and sus.incident.root == "seg-3-7-1"
+    assert w.covering("seg-3-7-2") is None  # the same caller key c...0 twice: two callers
+    # A third makes a cluster of that entrance beside the suspicion at its sibling: one
+    # place, their building (before: a second suspicion at seg-3-7-2, the building's
+    # fault raised as one suspicion per entrance).
     other = Call(58, "seg-3-7-2", "", "someone-else", "ivr", "ok")
     w.tick(60.0, [other], never, ids)
-    (second,) = (s for s in w.open.values() if s is not sus)
-    assert second.incident.root == "seg-3-7-2" and second.incident.id != sid
+    assert list(w.open) == [sid] and sus.incident.root == "sw-3-7"
+    assert len(sus.callers) == 7 and w.covering("seg-3-7-2") is sus
 
 
 def test_with_the_sequential_test_two_callers_of_an_entrance_place_the_cluster_there(
@@ -412,6 +416,38 @@ def test_with_the_sequential_test_two_callers_of_an_entrance_place_the_cluster_t
     (sus,) = w.open.values()
     assert sus.incident.root == "seg-3-7-1" and sus.callers == {c.caller for c in a}
     assert w.covering("seg-3-7-2") is None
+
+
+def test_a_building_whose_entrances_call_in_turn_is_one_suspicion_at_its_switch(
+    town: Directory,
+) -> None:
+    """After two quiet weeks, two callers of one entrance a minute apart raise it there;
+    one caller of the other entrance is a neighbour's usual call and changes nothing. A
+    second caller there makes a cluster beside the suspicion: the building's switch,
+    keeping the id (before: a second suspicion at that entrance, a building's fault
+    raised once per entrance). A third caller of the first entrance does not move it
+    back down: the other entrance's two are a cluster of their own, not usual calls."""
+    w = watch_of(town)
+    t = 14 * DAY
+    ids = Ids()
+    w.tick(t, [], never, ids)
+    a = calls_from(town, "seg-4-2-1", [t + 100, t + 160, t + 400])
+    b = calls_from(town, "seg-4-2-2", [t + 200, t + 260])
+    w.tick(t + 170, a[:2], never, ids)
+    (sus,) = w.open.values()
+    sid = sus.incident.id
+    assert sus.incident.root == "seg-4-2-1"
+    w.tick(t + 210, b[:1], never, ids)
+    assert list(w.open) == [sid] and sus.incident.root == "seg-4-2-1"
+    assert w.covering("seg-4-2-2") is None
+    w.tick(t + 270, b[1:], never, ids)
+    assert list(w.open) == [sid] and sus.incident.root == "sw-4-2"
+    assert sus.callers == {c.caller for c in [*a[:2], *b]}
+    assert w.covering("seg-4-2-2") is sus
+    w.take_events()
+    w.tick(t + 410, a[2:], never, ids)
+    assert list(w.open) == [sid] and sus.incident.root == "sw-4-2" and len(sus.callers) == 5
+    assert not [e for e in w.take_events() if e.kind is EventKind.ROOT_MOVED]
 
 
 def test_a_confirmed_suspicion_is_not_moved_down(town: Directory) -> None:

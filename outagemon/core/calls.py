@@ -24,7 +24,11 @@ entrance tipped its building over with a neighbour's usual call), the cluster is
 child's, and only its calls are taken. A suspicion raised at a place while its
 callers were too few to tell moves down the same way, keeping its id, when later calls
 make one child's callers pass that child's threshold and the rest stay fewer than
-`min_callers` (a confirmed one is never moved).
+`min_callers` and are no cluster of their own (a confirmed one is never moved). New
+callers of a sibling of a suspected place (another entrance of its building) widen it to
+their parent, keeping its id, when they are as many as its callers in the window (or
+`min_callers`, if fewer) and all of them pass the parent's test: a building's fault is
+one suspicion, not one per entrance.
 
 A suspected incident is never spoken as an outage: an engineer confirms it (it becomes an
 outage with the same id), dismisses it, or it expires after `expire_after` seconds
@@ -249,6 +253,9 @@ class CallWatch:
         self.open: dict[int, Suspicion] = {}
         self._roots: dict[str, Suspicion] = {}
         self._roots_stale = False
+        # node -> the open suspicions not confirmed rooted at a child of it (None: to be
+        # rebuilt), for the places no larger than max_subscribers.
+        self._beside: dict[str, list[Suspicion]] | None = None
         self.events: list[Event] = []
         self._learned: dict[str, tuple[float, float]] = {}  # node -> (decayed count, at)
         # The day's shape: learned calls by hour of the day (UTC), decayed as the rates.
@@ -262,6 +269,7 @@ class CallWatch:
         """The network, and the subscribers each node serves directly; `below`: made by
         `subscribers_below` already (a reload makes it off the event loop)."""
         self.topology = topology
+        self._beside = None
         # node -> subscribers at or below it
         self.below = subscribers_below(topology, subscribers) if below is None else below
         # The shape's prior: one day of the prior's calls, spread evenly over the hours.
@@ -500,6 +508,17 @@ class CallWatch:
             callers = len(counts.get(node, ()))  # fewer, if a place below was just taken
             if callers < least:
                 continue
+            wide = self._beside_place(node, now) if self.open else None
+            if wide is not None and not explained(wide):
+                # One place with a suspicion beside it: that suspicion widened to it.
+                place = [wide, *self.topology.descendants(wide)]
+                taken = sorted((c for n in place for c in self._by_node.get(n, ())),
+                               key=lambda c: c.at)  # fmt: skip
+                for c in taken:
+                    self._taken.add(id(c))
+                    self._remove(c)
+                self._suspect(wide, taken, now, next_id)
+                continue
             if ((callers < s.min_callers or callers < self.threshold(node, now))
                     and not self.strong(node, self._first_calls(node), now)):  # fmt: skip
                 continue
@@ -516,6 +535,74 @@ class CallWatch:
                 self._taken.add(id(c))
                 self._remove(c)
             self._suspect(root, taken, now, next_id)
+
+    def _beside_index(self) -> dict[str, list[Suspicion]]:
+        """node -> the open suspicions not confirmed rooted at a child of it (only the
+        nodes no larger than `max_subscribers`), brought up to date."""
+        if self._beside is None:
+            self._beside = {}
+            for sus in self.open.values():
+                self._note_beside(sus)
+        return self._beside
+
+    def _note_beside(self, sus: Suspicion) -> None:
+        """A suspicion at its root, in the index (kept up to date while it is built)."""
+        root, beside = sus.incident.root, self._beside
+        if beside is None or sus.confirmed or root not in self.topology:
+            return
+        largest, below = self.settings.max_subscribers, self.below
+        for n in self.topology.nodes[root].parents:
+            if below.get(n, 0) <= largest:
+                beside.setdefault(n, []).append(sus)
+
+    def _drop_beside(self, sus: Suspicion) -> None:
+        """A suspicion out of the index (before its root moves, or as it ends)."""
+        root, beside = sus.incident.root, self._beside
+        if beside is None or root not in self.topology:
+            return
+        for n in self.topology.nodes[root].parents:
+            near = beside.get(n)
+            if near is not None:
+                near[:] = [o for o in near if o is not sus]
+                if not near:
+                    del beside[n]
+
+    def _beside_place(self, node: str, now: float) -> str | None:
+        """Where new callers at `node` and an open suspicion beside them are one cluster:
+        the lowest node at or above `node` (no larger than `max_subscribers`) with a
+        suspicion not confirmed at a child of it (its siblings' callers: two entrances of
+        one building; two clusters further apart, in two buildings, stay two, as the
+        callers of a failed aggregation would be many and are counted there), when the
+        callers there that no suspicion holds
+        are at least as many as that suspicion's callers in the window, or
+        `min_callers`, whichever is fewer (two of a faulty building's entrances beside the
+        two that raised it at a third: not a neighbour's usual call), and all of them
+        together pass that node's own test. None: no such place (the new callers are
+        looked at alone, as before)."""
+        s = self.settings
+        beside = self._beside_index()
+        if not beside:
+            return None
+        least = self._least()
+        for p in self._chain(node):
+            near = beside.get(p)
+            if not near:
+                continue
+            held: dict[str, float] = {}
+            for sus in near:
+                for c in sus.calls:
+                    if c.at > now - s.window and c.at < held.get(c.caller, math.inf):
+                        held[c.caller] = c.at
+            free = self._counts.get(p, {})
+            if not held or len(free) < max(least, min(len(held), s.min_callers)):
+                continue
+            firsts = sorted([*(at for who, at in held.items() if who not in free),
+                             *self._first_calls(p)])  # fmt: skip
+            if len(firsts) >= max(s.min_callers, self.threshold(p, now)) or self.strong(
+                p, firsts, now
+            ):
+                return p
+        return None
 
     def _least(self) -> int:
         """The fewest distinct callers a suspicion is raised on."""
@@ -613,7 +700,8 @@ class CallWatch:
                 held = {c.caller for c in recent if c.node in inside}
                 if (len(held) >= max(s.min_callers, self.threshold(child, now))
                         and len(callers - held) < s.min_callers
-                        and self._free(child, sus)):  # fmt: skip
+                        and self._free(child, sus)
+                        and not self._cluster_beside(root, child, recent, now)):  # fmt: skip
                     root = child
                     break
             else:
@@ -636,18 +724,59 @@ class CallWatch:
         if kept:
             sus.first_call = min(c.at for c in kept)
             sus.last_call = max(c.at for c in kept)
+        self._drop_beside(sus)
+        self._unroot(sus)
         sus.incident.root = root
         sus.incident.nodes = nodes
-        self._roots_stale = True
+        self._root(sus)
+        self._note_beside(sus)
         self.events.append(Event(EventKind.ROOT_MOVED, now, sus.incident.id, root,
                                  detail={"from": old, "narrowed": True,
                                          "callers": len(sus.callers)}))  # fmt: skip
         self.events.append(Event(EventKind.NODES, now, sus.incident.id, root, tuple(nodes),
                                  detail={"narrowed_from": old, "count": len(nodes)}))  # fmt: skip
 
+    def _cluster_beside(self, root: str, child: str, recent: list[Call], now: float) -> bool:
+        """Whether the callers of another child of `root` among these calls are a cluster
+        of their own (as many as a suspicion is raised on, passing that child's threshold
+        or the sequential test): not the usual calls of a neighbour, so the place stays
+        `root` (a building whose entrances call: not moved down to the busiest one)."""
+        s, topo = self.settings, self.topology
+        least = self._least()
+        for other in topo.nodes[root].children:
+            if other == child:
+                continue
+            inside = {other, *topo.descendants(other)}
+            firsts: dict[str, float] = {}
+            for c in recent:
+                if c.node in inside and c.at < firsts.get(c.caller, math.inf):
+                    firsts[c.caller] = c.at
+            if len(firsts) < least:
+                continue
+            if len(firsts) >= max(s.min_callers, self.threshold(other, now)) or self.strong(
+                other, sorted(firsts.values()), now
+            ):
+                return True
+        return False
+
     def _free(self, node: str, sus: Suspicion) -> bool:
         """Whether no other open suspicion is rooted at this node."""
-        return all(o is sus or o.incident.root != node for o in self.open.values())
+        found = self._index().get(node)
+        return found is None or found is sus
+
+    def _unroot(self, sus: Suspicion) -> None:
+        """A suspicion out of the index by root (before its root moves, or as it ends):
+        kept up to date rather than rebuilt, which is O(open) (a city calling at once)."""
+        if not self._roots_stale:
+            if self._roots.get(sus.incident.root) is sus:
+                del self._roots[sus.incident.root]
+            else:
+                self._roots_stale = True  # another at its root: rebuilt when next asked
+
+    def _root(self, sus: Suspicion) -> None:
+        """A suspicion into the index by root, at its (new) root."""
+        if not self._roots_stale and self._roots.setdefault(sus.incident.root, sus) is not sus:
+            self._roots_stale = True
 
     def _restore(self, call: Call) -> None:
         """A call a suspicion gave back: counted again at its places (it is still in
@@ -680,11 +809,14 @@ class CallWatch:
         under = sorted((found for n in nodes if (found := roots.get(n)) is not None
                         and not found.confirmed), key=lambda sus: sus.incident.id)  # fmt: skip
         if under:
-            self._roots_stale = True
             sus = under[0]
             old = sus.incident.root
+            self._drop_beside(sus)
+            self._unroot(sus)
             sus.incident.root = root
             sus.incident.nodes = nodes
+            self._root(sus)
+            self._note_beside(sus)
             self.events.append(
                 Event(
                     EventKind.ROOT_MOVED,
@@ -716,6 +848,7 @@ class CallWatch:
             sus = Suspicion(inc, [], first, now, first)
             self.open[inc.id] = sus
             roots[root] = sus  # the index stays up to date (rebuilding it is O(open))
+            self._note_beside(sus)
             self.delays.append(now - first)
             self.events.append(Event(EventKind.OPENED, now, inc.id, root,
                                      detail=self._opened_detail(taken, now)))  # fmt: skip
@@ -733,6 +866,7 @@ class CallWatch:
     def confirm(self, sid: int, now: float, who: str, by: str = "engineer") -> Suspicion:
         """A suspected incident confirmed: an outage with the same id from now on."""
         sus = self.open[sid]
+        self._drop_beside(sus)
         sus.incident.kind = Kind.OUTAGE
         self.events.append(Event(EventKind.KIND_CHANGED, now, sid, sus.incident.root,
                                  detail={"from": Kind.SUSPECTED.value, "to": Kind.OUTAGE.value,
@@ -764,7 +898,8 @@ class CallWatch:
 
     def _close(self, sus: Suspicion, now: float, state: IncidentState, into: int | None) -> None:
         del self.open[sus.incident.id]
-        self._roots_stale = True
+        self._unroot(sus)
+        self._drop_beside(sus)
         sus.incident.state = state
         sus.incident.resolved_at = now
         sus.incident.merged_into = into
@@ -782,3 +917,4 @@ class CallWatch:
             # Its calls are not kept: it is given a whole expire_after from now.
             self.open[inc.id] = Suspicion(inc, [], inc.opened_at, now, now)
             self._roots_stale = True
+            self._beside = None
