@@ -310,7 +310,8 @@ def look(watch: CallWatch, topo: Topology, call: Call, now: float) -> str:
     return f"      {clock(call.at)} call at {call.node}; " + "; ".join(parts)
 
 
-def surge(topo: Topology, behind: dict[str, list[str]], calls: int = 20_000) -> str:
+def surge(topo: Topology, behind: dict[str, list[str]], settings: Settings,
+          calls: int = 20_000) -> str:  # fmt: skip
     """The detector's cost when the whole city calls: `calls` answered ok within ten
     minutes from random entrances, handed over once a second."""
     rng = random.Random(1)
@@ -320,7 +321,7 @@ def surge(topo: Topology, behind: dict[str, list[str]], calls: int = 20_000) -> 
         seg = rng.choice(segments)
         made.append(Call(rng.uniform(0, 600), seg, "", rng.choice(behind[seg]), "ivr", "ok"))
     made.sort(key=lambda c: c.at)
-    watch = CallWatch(topo, {seg: len(a) for seg, a in behind.items()}, Settings(), 0.0)
+    watch = CallWatch(topo, {seg: len(a) for seg, a in behind.items()}, settings, 0.0)
     next_id = iter(range(1, 10**9)).__next__
     i, worst, total = 0, 0.0, 0.0
     for t in range(1, 601):
@@ -438,7 +439,7 @@ def main() -> None:
                   f"{worst[1]:.2f} false a day, median {worst[2]:.1f} min")  # fmt: skip
     print("targets: + held / - missed, in order recall, false a day, median")
     if not args.no_surge:
-        print(surge(topo, behind))
+        print(surge(topo, behind, chosen))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(f"peak memory {usage.ru_maxrss / 1024:.0f} MiB; load average "
           f"{os.getloadavg()[0]:.1f} at the end")  # fmt: skip
