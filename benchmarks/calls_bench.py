@@ -1,7 +1,8 @@
 """Callers as sensors over a simulated month in a 300,000-subscriber city.
 
     .venv/bin/python -m benchmarks.calls_bench [--days 30] [--seeds 1-10] [--window S]
-        [--chance P] [--evidence H] [--flat] [--shares 0.25,0.15] [--no-surge] [--explain]
+        [--chance P] [--evidence H] [--burst S] [--flat] [--shares 0.25,0.15] [--no-surge]
+        [--explain]
 
 A city's month of calls cannot exist on this machine, so it is simulated, and said so:
 the city is `sim/citygen.sized(3000, 300000)` (30 aggregations, 3,000 buildings with an
@@ -303,12 +304,14 @@ def look(watch: CallWatch, topo: Topology, call: Call, now: float) -> str:
             f"{n}: {len(firsts)}/{watch.threshold(n, now)} callers, usual "
             f"{watch.expected(n, now - watch.settings.window, now):.3f} "
             f"({calls:.1f} calls in {seen / DAY:.1f} d), "
-            f"strong {'yes' if watch.strong(n, firsts, now) else 'no'}"
+            f"strong {'yes' if watch.strong(n, firsts, now) else 'no'} "
+            f"(score {watch.score(n, firsts, now):.1f})"
         )
     return f"      {clock(call.at)} call at {call.node}; " + "; ".join(parts)
 
 
-def surge(topo: Topology, behind: dict[str, list[str]], calls: int = 20_000) -> str:
+def surge(topo: Topology, behind: dict[str, list[str]], settings: Settings,
+          calls: int = 20_000) -> str:  # fmt: skip
     """The detector's cost when the whole city calls: `calls` answered ok within ten
     minutes from random entrances, handed over once a second."""
     rng = random.Random(1)
@@ -318,7 +321,7 @@ def surge(topo: Topology, behind: dict[str, list[str]], calls: int = 20_000) -> 
         seg = rng.choice(segments)
         made.append(Call(rng.uniform(0, 600), seg, "", rng.choice(behind[seg]), "ivr", "ok"))
     made.sort(key=lambda c: c.at)
-    watch = CallWatch(topo, {seg: len(a) for seg, a in behind.items()}, Settings(), 0.0)
+    watch = CallWatch(topo, {seg: len(a) for seg, a in behind.items()}, settings, 0.0)
     next_id = iter(range(1, 10**9)).__next__
     i, worst, total = 0, 0.0, 0.0
     for t in range(1, 601):
@@ -361,6 +364,13 @@ def main() -> None:
         help="the sequential test's log-likelihood ratio (0: off)",
     )
     parser.add_argument(
+        "--burst",
+        type=float,
+        default=Settings().burst,
+        help="the test's alternative: a fault's calls in a burst of this time constant, "
+        "seconds (0: at a constant rate)",
+    )
+    parser.add_argument(
         "--flat", action="store_true", help="a usual rate without the hour of the day (by_hour off)"
     )
     parser.add_argument("--shares", default="0.25,0.15")
@@ -380,12 +390,13 @@ def main() -> None:
     subscribers = sum(len(a) for a in behind.values())
     built = time.process_time() - started
     chosen = Settings(window=args.window, chance=args.chance, evidence=args.evidence,
-                      by_hour=not args.flat)  # fmt: skip
+                      by_hour=not args.flat, burst=args.burst)  # fmt: skip
     k = chosen.min_callers
     print(" ".join(["python -m benchmarks.calls_bench", *sys.argv[1:]]))
     print(f"city: {subscribers:,} subscribers, {len(topo):,} nodes (built in {built:.1f} s "
           f"CPU); {args.days} days simulated; window {args.window:g} s, "
           f"chance {args.chance:g}, min_callers {k}, evidence {args.evidence:g}, "
+          f"burst {args.burst:g} s, "
           f"by_hour {not args.flat}; load average "
           f"{os.getloadavg()[0]:.1f} at the start")  # fmt: skip
     print(f"recall: of the faults with >= 1 caller (the reported figure) | with >= {k} "
@@ -428,7 +439,7 @@ def main() -> None:
                   f"{worst[1]:.2f} false a day, median {worst[2]:.1f} min")  # fmt: skip
     print("targets: + held / - missed, in order recall, false a day, median")
     if not args.no_surge:
-        print(surge(topo, behind))
+        print(surge(topo, behind, chosen))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(f"peak memory {usage.ru_maxrss / 1024:.0f} MiB; load average "
           f"{os.getloadavg()[0]:.1f} at the end")  # fmt: skip

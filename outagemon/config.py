@@ -126,6 +126,7 @@ class CallersConfig:
     by_hour: bool = True  # the usual rate follows the hour of the day (a learned shape)
     evidence: float = 14.0  # the sequential test's log-likelihood ratio; 0: off
     fault_rate: float = 0.25  # calls a subscriber an hour a fault makes (the test's alternative)
+    burst: float = 0.0  # seconds: a fault's calls come in a burst falling so; 0: constant
     sentence: str = ""  # said to callers behind a suspected incident; "": nothing special
 
 
@@ -554,6 +555,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "by_hour": _boolean,
         "evidence": _evidence,
         "fault_rate": _fault_rate,
+        "burst": _seconds(positive=False, maximum=DAY),
         "sentence": _sentence,
     },
     "history": {

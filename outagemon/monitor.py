@@ -72,7 +72,8 @@ def call_settings(c: CallersConfig) -> callers.Settings:
                             prior_rate=c.prior_rate, learn_for=c.learn_for,
                             expire_after=c.expire_after, keep=c.keep,
                             max_subscribers=c.max_subscribers, by_hour=c.by_hour,
-                            evidence=c.evidence, fault_rate=c.fault_rate)  # fmt: skip
+                            evidence=c.evidence, fault_rate=c.fault_rate,
+                            burst=c.burst)  # fmt: skip
 
 
 def anchors_of(cfg: Config, directory: Directory) -> dict[str, str]:

@@ -5,6 +5,7 @@ probes cannot see)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from pathlib import Path
 
@@ -769,3 +770,95 @@ def test_calls_told_ok_and_looked_at_once_their_place_is_explained_are_not_kept(
     down = {"sw-3-3", "seg-3-3-1", "seg-3-3-2"}
     w.tick(3600.0, calls_from(town, "seg-3-3-1", [3590, 3595]), down.__contains__, Ids())
     assert not w.window
+
+
+def usual_calls(d: Directory, until: float, quieter: str = "", share: float = 0.5) -> list[Call]:
+    """Every entrance's usual calls from 0 to `until`, in time order: at the prior's rate
+    (0.01 a subscriber a day; `share` of it at `quieter`), at random times of day, each
+    from a caller of its own."""
+    rng = random.Random(7)
+    calls = []
+    for serving, count in sorted(d.counts.items()):
+        if not serving.startswith("seg-"):
+            continue
+        rate = Settings().prior_rate * count * (share if serving == quieter else 1.0)
+        calls += [Call(rng.uniform(0, until), serving, "", f"usual{serving}{k}", "ivr", "ok")
+                  for k in range(round(rate * until / DAY))]  # fmt: skip
+    return sorted(calls, key=lambda c: c.at)
+
+
+# The burst alternative as measured (README, "Callers as sensors"): a time constant of
+# 10 minutes, its evidence 16 (14 plus about what its onset fitted to the first caller is
+# worth); off by default.
+BURST = {"burst": 600.0, "evidence": 16.0}
+
+
+def test_two_callers_seconds_apart_at_an_entrance_that_calls_are_a_fault_s_burst(
+    town: Directory,
+) -> None:
+    """A fault's callers come in a burst, most within minutes of it (`burst`): two
+    callers 10 s apart at an entrance that calls every few days are far likelier so
+    than from its usual calls; the constant-rate alternative (burst 0), which spreads a
+    fault's calls over its hour, does not raise them at the same evidence, and neither
+    raises the same two callers ten minutes apart."""
+    t = 14 * DAY
+    for burst, gap, raised in ((600.0, 10, True), (0.0, 10, False),
+                               (600.0, 600, False), (0.0, 600, False)):  # fmt: skip
+        w = watch_of(town, **{**BURST, "burst": burst})
+        ids = Ids()
+        w.tick(t, usual_calls(town, t, quieter="seg-2-5-1"), never, ids)
+        pair = calls_from(town, "seg-2-5-1", [t + 3000, t + 3000 + gap])
+        w.tick(t + 3000, pair[:1], never, ids)
+        w.tick(t + 3000 + gap, pair[1:], never, ids)
+        assert bool(w.open) is raised, (burst, gap)
+        if raised:
+            (sus,) = w.open.values()
+            assert sus.incident.root == "seg-2-5-1" and len(sus.callers) == 2
+
+
+def test_under_the_burst_callers_close_together_weigh_more_than_the_same_callers_spread(
+    town: Directory,
+) -> None:
+    """The burst's evidence falls as its callers spread (a fault's calls thin out within
+    minutes; the usual calls do not); at a constant rate the gap hardly counts. The same
+    holds for three callers."""
+    t = 14 * DAY
+    spread: dict[float, list[float]] = {}
+    for burst in (600.0, 0.0):
+        w = watch_of(town, **{**BURST, "burst": burst})
+        w.tick(t, usual_calls(town, t), never, Ids())
+        spread[burst] = []
+        for near, far in (([0, 60], [0, 600]), ([0, 30, 60], [0, 300, 600])):
+            close = w.score("seg-2-5-1", [t + 3000 + x for x in near], t + 3000 + near[-1])
+            apart = w.score("seg-2-5-1", [t + 3000 + x for x in far], t + 3000 + far[-1])
+            spread[burst].append(close - apart)
+    assert min(spread[600.0]) > 3 > 1 > max(spread[0.0])
+
+
+def test_with_burst_off_the_score_is_the_constant_rate_test_as_before(town: Directory) -> None:
+    """`burst = 0` (the default) keeps the constant-rate test: the pair's score is
+    2 ln(fault / usual) less the fault's expected calls over the gap, as the rates say."""
+    t = 14 * DAY
+    w = watch_of(town)
+    w.tick(t, usual_calls(town, t), never, Ids())
+    assert w.settings.burst == 0
+    firsts = [t + 3000, t + 3060]
+    calls, seen = w.history("seg-2-5-1", t + 3060)
+    fault = w.settings.fault_rate * town.counts["seg-2-5-1"] / 3600
+    expect = (sum(math.log(fault / w.shape(x)) for x in firsts) - fault * 60
+              - math.lgamma(calls + 2) + math.lgamma(calls) - calls * math.log(seen)
+              + (calls + 2) * math.log(seen + w.shaped(firsts[0], firsts[1])))  # fmt: skip
+    assert w.score("seg-2-5-1", firsts, t + 3060) == pytest.approx(expect, rel=1e-12)
+
+
+def test_the_burst_key_is_read_and_bounded() -> None:
+    from outagemon import config
+    from outagemon.errors import ConfigError
+    from outagemon.monitor import call_settings
+
+    read = config.parse("[callers]\nburst = 600\n", Path("/etc/om.toml")).callers
+    assert read.burst == 600 and config.parse("", Path("/etc/om.toml")).callers.burst == 0
+    assert call_settings(read).burst == 600
+    for bad in ("-1", "86401", "nan", '"600"'):
+        with pytest.raises(ConfigError, match=r"\[callers\] burst"):
+            config.parse(f"[callers]\nburst = {bad}\n", Path("/etc/om.toml"))

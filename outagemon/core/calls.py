@@ -77,6 +77,11 @@ class Settings:
     # subscriber an hour. It may raise on two callers (never on fewer).
     evidence: float = 14.0
     fault_rate: float = 0.25
+    # How a fault's calls come in time: a burst after it begins whose rate falls with this
+    # time constant (seconds: how long people take to call once they notice), so that
+    # `fault_rate` an hour is the burst's total; 0: at the constant `fault_rate`. Callers
+    # close together are then stronger evidence than the same callers spread out.
+    burst: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -630,35 +635,60 @@ class CallWatch:
     def strong(self, node: str, firsts: list[float], now: float) -> bool:
         """Whether the newest of these callers (first calls, oldest first) are evidence
         enough of a fault at this node: for some j >= 2, the log-likelihood ratio of the
-        newest j under a fault (`fault_rate` calls a subscriber an hour) against the
-        usual calls (the place's rate as learned, with its uncertainty: a Gamma whose
-        weight is the calls it was learned from, and the day's shape) reaches
-        `evidence`. A quiet place's two callers a minute apart are evidence; a busy
-        place, or a place learned from few calls, needs more."""
+        newest j under a fault (a burst of `fault_rate` calls a subscriber in its hour,
+        falling with time constant `burst`) against the usual calls (the place's rate as
+        learned, with its uncertainty: a Gamma whose weight is the calls it was learned
+        from, and the day's shape) reaches `evidence`. A quiet place's two callers a
+        minute apart are evidence; a busy place, or a place learned from few calls, needs
+        more."""
+        s = self.settings
+        if s.evidence <= 0:
+            return False
+        return self.score(node, firsts, now, s.evidence) >= s.evidence
+
+    def score(self, node: str, firsts: list[float], now: float,
+              enough: float = math.inf) -> float:  # fmt: skip
+        """The sequential test's best log-likelihood ratio over the newest j >= 2 of these
+        callers (see `strong`), -inf when there is none; it stops at the first j whose
+        ratio reaches `enough`."""
         s = self.settings
         fault = s.fault_rate * self.below.get(node, 0) / 3600.0
-        if s.evidence <= 0 or fault <= 0 or len(firsts) < self._least():
-            return False
+        least = self._least()
+        if fault <= 0 or len(firsts) < least:
+            return -math.inf
         calls, seen = self.history(node, now)
         if calls <= 0:
-            return False
-        newest = firsts[-1]
-        gain = 0.0  # the log of the fault's rate against the day's shape, per caller
-        least = self._least()
+            return -math.inf
+        newest, tau, total = firsts[-1], s.burst, fault * 3600.0
+        # The burst's rate is (total / tau) e^-(t - onset)/tau, its onset at the oldest
+        # caller weighed (the likeliest: the rate only falls after it, and no caller came
+        # before it); a constant `fault` without a burst.
+        peak = total / tau if tau > 0 else fault
+        gain = 0.0  # the log of the fault's rate at its peak against the day's shape
+        behind = 0.0  # the newer callers' seconds after the newest: sum of newest - t
+        best = -math.inf
         for j, at in enumerate(reversed(firsts), 1):
-            gain += math.log(fault / max(self.shape(at), 1e-9))
+            gain += math.log(peak / max(self.shape(at), 1e-9))
+            span = newest - at
+            behind += span
             if j < least:
                 continue
+            if tau > 0:
+                # Each caller's rate fell by e^-(t - at)/tau from the onset, and the burst
+                # was to bring total * (1 - e^-span/tau) callers by the newest.
+                fault_llr = gain - (j * span - behind) / tau + total * math.expm1(-span / tau)
+            else:
+                fault_llr = gain - fault * span
             # The usual calls' likelihood with the rate integrated out: a Gamma(calls,
             # seen) prior on it gives Gamma(calls + j) / Gamma(calls) * seen^calls /
             # (seen + exposure)^(calls + j), the exposure in shaped seconds.
             exposure = self.shaped(at, newest)
-            llr = (gain - fault * (newest - at) - math.lgamma(calls + j)
-                   + math.lgamma(calls) - calls * math.log(seen)
-                   + (calls + j) * math.log(seen + exposure))  # fmt: skip
-            if llr >= s.evidence:
-                return True
-        return False
+            llr = (fault_llr - math.lgamma(calls + j) + math.lgamma(calls)
+                   - calls * math.log(seen) + (calls + j) * math.log(seen + exposure))  # fmt: skip
+            best = max(best, llr)
+            if best >= enough:
+                break
+        return best
 
     def _narrowed(self, node: str) -> str:
         """Where a cluster found at `node` is: the child holding `min_callers` of its
