@@ -188,3 +188,17 @@ def test_a_load_in_a_thread_as_a_reload_is_split_too(
     thread.join()
     assert got[0].processes == 2
     assert outcome(got[0]) == outcome(one)
+
+
+def test_a_topology_changed_while_the_child_starts_is_read_by_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reload can race an edit of the topology: the child would place rows by another
+    # topology than this process's. Here the child touches the file before it loads it.
+    write(tmp_path, city_rows())
+    one = load(tmp_path, False, monkeypatch)
+    touch = "import os, sys; os.utime(sys.argv[1], ns=(10**9, 10**9)); "
+    monkeypatch.setattr(directory, "_CHILD", touch + directory._CHILD)
+    two = load(tmp_path, True, monkeypatch)
+    assert two.processes == 1
+    assert outcome(two) == outcome(one)

@@ -675,7 +675,8 @@ def _empty_roster() -> Roster:
 
 # What a child process hands back for its part of the rows (see _Split): the four text
 # columns (text, ends), row numbers counted from the part's start, places, each place as
-# (serving node, building key), the problems (row, sentence), and the file's identity.
+# (serving node, building key), the problems (row, sentence), and the identity of the
+# files it read (the CSV's, the topology's: see _Split.identity).
 _Payload = tuple[
     list[tuple[str, "array[int]"]],
     "array[int]",
@@ -1006,10 +1007,14 @@ class _Split:
     not start or failed, the file changed), the rows are read again by one process, so
     every outcome and every error's words are those of one process reading them all."""
 
-    def __init__(self, process: subprocess.Popen[bytes], at: int,
+    def __init__(self, process: subprocess.Popen[bytes], at: int, topology_path: Path,
                  identity: tuple[int, ...]) -> None:  # fmt: skip
         self.process = process
         self.at = at  # the byte where the child's part starts (a line's first)
+        self.topology_path = topology_path
+        # The CSV's and the topology's device, inode, size and time of change when the child
+        # was started: both processes must have read these files (a reload can race an
+        # edit), or the child's places and problems would be another topology's.
         self.identity = identity
 
     @classmethod
@@ -1028,6 +1033,7 @@ class _Split:
                 line_end = f.read(1 << 20).find(b"\n")
             if line_end < 0:
                 return None
+            identity = _identity(st) + _identity(os.stat(topology_path))
             root = str(Path(__file__).resolve().parents[2])  # this outagemon's, for the child
             code = f"import sys; sys.path.insert(0, {root!r}); " + _CHILD
             process = subprocess.Popen(
@@ -1037,7 +1043,7 @@ class _Split:
             )  # fmt: skip
         except (OSError, ValueError, subprocess.SubprocessError):
             return None
-        return cls(process, at + line_end + 1, _identity(st))
+        return cls(process, at + line_end + 1, topology_path, identity)
 
     def result(self) -> _Payload | None:
         """The child's rows, or None when it failed."""
@@ -1052,7 +1058,7 @@ class _Split:
         except Exception:  # cut short or garbled: the child's own error, read again here
             return None
         if payload is None or payload[-1] != self.identity:
-            return None  # its header was not this one's, or another file since
+            return None  # its header was not this one's, or other files since
         return payload
 
     def close(self) -> None:
@@ -1068,7 +1074,9 @@ _CHILD = "from outagemon.core.directory import _child_main; _child_main()"
 def _read_split(path: Path, topology: Topology, split: _Split) -> tuple[Roster, list[str]] | None:
     """The first part read here, the child's joined after it; None to read it all again."""
     with path.open("rb") as raw:
-        if _identity(os.fstat(raw.fileno())) != split.identity:
+        # The topology this process loaded (before now) is the one the child was to load.
+        now = _identity(os.fstat(raw.fileno())) + _identity(os.stat(split.topology_path))
+        if now != split.identity:
             return None
         head = io.TextIOWrapper(io.BufferedReader(_Head(raw, split.at)),
                                 encoding="utf-8-sig", newline="")  # fmt: skip
@@ -1136,7 +1144,11 @@ def _child_main() -> None:
 
     gc.disable()
     topology_path, path, start = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    before = _identity(os.stat(topology_path))
     topo = topology_mod.load(topology_path)
+    loaded = _identity(os.stat(topology_path))
+    if loaded != before:
+        loaded = (-1,)  # changed while it was read: matches no identity
     with path.open(encoding="utf-8-sig", newline="") as f:
         header = [h.strip() for h in next(csv.reader(f), [])]
     payload: _Payload | None = None
@@ -1147,5 +1159,5 @@ def _child_main() -> None:
             rows = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
             part = _Part(topo)
             part.read(iter(lambda: list(islice(rows, CHUNK_ROWS)), []), header, 0)
-        payload = part.payload(identity)
+        payload = part.payload(identity + loaded)
     sys.stdout.buffer.write(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
