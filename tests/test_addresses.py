@@ -101,6 +101,21 @@ def test_foreign_numbers_keep_their_country_code() -> None:
     assert addresses.normalise_phone("+375 29 123-45-67") == "+375291234567"
 
 
+@given(st.text(alphabet="0123456789 +-()٣x\t", max_size=20))
+def test_a_phone_is_its_decimal_digits_whatever_separates_them(written: str) -> None:
+    # The contract, written alone: every decimal digit kept in order, nothing else; a
+    # leading + keeps 8 to 15 of them; else Russian 11 (7 or 8 first) or 10 digits.
+    raw = written.strip()
+    digits = "".join(c for c in raw if c.isdecimal())
+    if raw.startswith("+"):
+        expected = f"+{digits}" if 8 <= len(digits) <= 15 else None
+    elif len(digits) == 11 and digits[0] in "78":
+        expected = f"+7{digits[1:]}"
+    else:
+        expected = f"+7{digits}" if len(digits) == 10 else None
+    assert addresses.normalise_phone(written) == expected
+
+
 CITY = citygen.generate(aggregations=3, access_per_aggregation=30, subscribers_per_access=1)
 WRITTEN = sorted({row[2] for row in CITY.rows})
 

@@ -271,7 +271,10 @@ def normalise_phone(text: str) -> str | None:
     # The phone menu sends bare digits or +digits: no expression needed for those.
     digits = raw[1:] if plus else raw
     if not (digits.isdigit() and digits.isascii()):
-        digits = _NOT_DIGIT.sub("", raw)
+        # Nor for digits in groups split by spaces (most CRM rows): a quarter of the time.
+        digits = digits.replace(" ", "")
+        if not (digits.isdigit() and digits.isascii()):
+            digits = _NOT_DIGIT.sub("", raw)
     if plus:
         return f"+{digits}" if 8 <= len(digits) <= 15 else None
     if len(digits) == 11 and digits[0] in "78":
