@@ -156,6 +156,37 @@ def test_each_bad_row_is_reported_with_its_number_and_the_rest_load() -> None:
         assert line.startswith(f"{PATH}: ") and text in line, (line, text)
 
 
+def test_a_row_with_more_fields_than_the_header_is_reported() -> None:
+    """An unquoted comma in an address shifts the fields after it: such a row is left out
+    and named (it was loaded with its values in the wrong columns: here flat 'кв. 3')."""
+    d, problems = build(
+        "account,phones,address,flat,ip\n"
+        "3001,+79210000001,ул. Ленина 5, кв. 3,,\n"
+        "3002,+79210000002,ул. Ленина 5,2,\n"
+        "3003,+79210000003,ул. Ленина 5,3,,extra\n"
+    )
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "row 2: has 6 fields, the header 5: quote a value that holds a comma.",
+        "row 4: has 6 fields, the header 5: quote a value that holds a comma.",
+    ], problems
+    assert d.account("3002").subscriber is not None
+    assert d.account("3001").subscriber is None and d.account("3003").subscriber is None
+
+
+def test_a_flat_that_is_no_number_in_a_building_split_by_flat_is_named() -> None:
+    _, problems = build(
+        "account,phones,address,flat,ip\n"
+        "3101,+79210000011,пр-т Мира 10,abc,\n"
+        "3102,+79210000012,пр-т Мира 10,-3,\n"
+    )
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "row 2: address 'пр-т Мира, д. 10' is split between seg-1, seg-2 by flat number, "
+        "and flat 'abc' is not a number.",
+        "row 3: address 'пр-т Мира, д. 10' is split between seg-1, seg-2 by flat number, "
+        "and flat '-3' is not a number.",
+    ], problems
+
+
 def test_a_row_with_a_bad_phone_is_left_out_like_every_row_with_a_problem() -> None:
     d, problems = build(
         "account,phones,address,flat,ip\n"

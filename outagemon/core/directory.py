@@ -640,9 +640,13 @@ class _Places:
                 f"address {address.text(with_flat=False)!r}"
                 f"{f' flat {flat}' if flat else ''} is served by no node in the topology."
             )
+        split = ", ".join(self.places[p][0] for p in nodes)
+        if flat and _flat_number(flat) is None:  # given, but no number the ranges place
+            return (f"address {address.text(with_flat=False)!r} is split between {split} by "
+                    f"flat number, and flat {flat!r} is not a number.")  # fmt: skip
         return (
             f"address {address.text(with_flat=False)!r} is split between "
-            f"{', '.join(self.places[p][0] for p in nodes)} by flat; give the flat."
+            f"{split} by flat; give the flat."
         )
 
 
@@ -704,6 +708,7 @@ class _Part:
         topology, problems = self.topology, self.problems
         ia, iph, iad, ifl, iip = (header.index(c) for c in COLUMNS)
         width = max(ia, iph, iad, ifl, iip) + 1
+        columns = len(header)
         topo_ips = topology.by_ip
         places = self.places
         written_at, building = places.written.get, places.building
@@ -721,11 +726,20 @@ class _Part:
             c_places: list[int] = []
             for fields in chunk:
                 row_number += 1
-                if len(fields) < width:
-                    if fields:
-                        problems.append((row_number, f"has {len(fields)} fields, "
-                                                     f"the header {len(header)}."))  # fmt: skip
-                    continue
+                if len(fields) != columns:
+                    if len(fields) < width:
+                        if fields:
+                            problems.append((row_number, f"has {len(fields)} fields, "
+                                                         f"the header {len(header)}."))  # fmt: skip
+                        continue
+                    if len(fields) > columns:
+                        # An unquoted comma shifts every field after it: the row's values
+                        # are not where the header says (the shifted row often ends in an
+                        # empty field: the ip, so empty extras prove nothing either).
+                        problems.append((row_number, f"has {len(fields)} fields, the header "
+                                                     f"{columns}: quote a value that holds a "
+                                                     "comma."))  # fmt: skip
+                        continue
                 account = fields[ia].strip()
                 raw_phones = fields[iph].strip()
                 raw_address = fields[iad].strip()
