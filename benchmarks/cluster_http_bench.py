@@ -49,7 +49,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ class BenchSource:
         self.trigger = state / "fail"
 
     def start(self, monitor: Any, runtime: Any,
-              targets: dict[str, str]) -> dict[str, Coroutine[Any, Any, None]]:  # fmt: skip
+              targets: Mapping[str, str]) -> dict[str, Coroutine[Any, Any, None]]:  # fmt: skip
         from outagemon.sim.simnet import SimNet
 
         cfg = runtime.config
@@ -115,10 +115,10 @@ class BenchSource:
         runtime.not_ready = None
         return {"simulate": self._simulate(net, monitor)}
 
-    def plan(self, targets: dict[str, str], probe: Any) -> object:
+    def plan(self, targets: Mapping[str, str], probe: Any) -> object:
         return None
 
-    def retarget(self, targets: dict[str, str], probe: Any, plan: object = None) -> list[object]:
+    def retarget(self, targets: Mapping[str, str], probe: Any, plan: object = None) -> list[object]:
         return []
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """How fast and how right the correlator decides, on simulated networks in simulated time.
 
     .venv/bin/python -m benchmarks.correlate_bench [--parts detection,loss,core,steady,reload]
-        [--subscribers 1000000]
+        [--subscribers 1000000] [--profile] [--change PCT]
 
 A city-sized network cannot exist on this machine, so the network is simulated
 (outagemon/simnet.py): probes are scheduled as the real scheduler does and lost or
@@ -27,7 +27,9 @@ answered by the simulated devices; the correlator is the real one. Four measurem
    beside it, a 2 ms timer's lateness in the process's CPU time (a loaded machine makes
    wall time wait for a core), with where the reload's thread was after each hold over
    5 ms (`--profile`: also the longest steps of the loop itself), until the replaced
-   directory has been freed.
+   directory has been freed. `--change PCT`: the subscriber file is changed first (PCT %
+   of its rows: a third removed, a third moved to other buildings and router addresses,
+   as many new), so that the reload has routers new, gone and moved.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pathlib import Path
 from outagemon.core.correlator import Correlator
 from outagemon.core.health import Settings
 from outagemon.core.topology import Node, Topology
+from outagemon.sim import citygen
 from outagemon.sim.simnet import SimNet
 
 SETTINGS = Settings(down_after=3, up_after=2, window=30, infer_min_children=3,
@@ -319,7 +322,32 @@ def _timed(obj: object, name: str, into: list[tuple[float, float, str]]) -> None
     setattr(obj, name, timed)
 
 
-async def _reload(config_path: Path, holds: Holds) -> tuple[float, int, str, float]:
+def changed_rows(rows: list[tuple[str, str, str, str, str]], pct: float,
+                 seed: int = 7) -> list[tuple[str, str, str, str, str]]:  # fmt: skip
+    """The subscriber rows after a day's changes in `pct` % of them, a third each: some
+    leave, some move (another building and flat, a new router address), some join (new
+    accounts, phones, routers at new addresses, in the city's buildings)."""
+    rng = random.Random(seed)
+    each = round(len(rows) * pct / 100 / 3)
+    out = rows[:]
+    picked = rng.sample(range(len(out)), 2 * each)
+    leave, move = set(picked[:each]), picked[each:]
+    fresh = iter(range(3_000_000, 16_000_000))  # addresses the generated city never uses
+    for i in move:
+        account, phones, _, _, _ = out[i]
+        _, _, address, flat, _ = out[rng.randrange(len(out))]
+        out[i] = (account, phones, address, flat, citygen.ip_of(next(fresh)))
+    out = [row for i, row in enumerate(out) if i not in leave]
+    for k in range(each):
+        _, _, address, flat, _ = out[rng.randrange(len(out))]
+        out.append((str(90_000_000 + k), f"+7999{k:07d}", address, flat,
+                    citygen.ip_of(next(fresh))))  # fmt: skip
+    return out
+
+
+async def _reload(config_path: Path, holds: Holds, change: float = 0.0,
+                  rows: list[tuple[str, str, str, str, str]] | None = None,
+                  ) -> tuple[float, int, str, float]:  # fmt: skip
     from outagemon import config as config_mod
     from outagemon.core import directory, messages
     from outagemon.daemon import Daemon, Started
@@ -332,6 +360,10 @@ async def _reload(config_path: Path, holds: Holds) -> tuple[float, int, str, flo
     cfg = config_mod.load(config_path)
     texts = messages.load(cfg.messages.language, cfg.messages.file, cfg.messages.timezone)
     loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
+    if change and rows is not None and cfg.topology.subscribers is not None:
+        # The file the reload reads: `change` % of its subscribers changed since the load.
+        city = citygen.City(rows=changed_rows(rows, change))
+        cfg.topology.subscribers.write_text(city.subscribers_csv(), encoding="utf-8")
     source = IcmpSource(cfg.probe)
     daemon = Daemon(cfg, loaded, texts, source)
     metrics = daemon.runtime.metrics
@@ -371,19 +403,20 @@ async def _reload(config_path: Path, holds: Holds) -> tuple[float, int, str, flo
 RELEASE_WAIT = 7.0  # s: past the daemon's RELEASE_GRACE, while the old directory is freed
 
 
-def reload_hold(subscribers: int, profile: bool = False) -> None:
-    from outagemon.sim import citygen
-
+def reload_hold(subscribers: int, profile: bool = False, change: float = 0.0) -> None:
     holds = Holds(steps=profile)
     cpu0 = time.process_time()
 
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        citygen.sized(max(10, subscribers // 200), subscribers).write(state)
+        city = citygen.sized(max(10, subscribers // 200), subscribers)
+        city.write(state)
         config = state / "outagemon.toml"
         config.write_text(RELOAD_CONFIG.format(state=state))
-        took, held, outcome, worst = asyncio.run(_reload(config, holds))
-    print(f"5. SIGHUP reload of a city of {subscribers:,} subscribers (every router probed): "
+        took, held, outcome, worst = asyncio.run(_reload(config, holds, change, city.rows))
+    what = f"{change:g} % of the subscribers changed" if change else "unchanged"
+    print(f"5. SIGHUP reload of a city of {subscribers:,} subscribers (every router probed), "
+          f"{what}: "
           f"{outcome} in {took:.1f} s; longest single hold of the loop {worst * 1000:.0f} ms "
           f"wall (LoopLag, target < 20 ms), {held} lateness samples over 20 ms; load average "
           f"{os.getloadavg()[0]:.2f}; this part {time.process_time() - cpu0:.1f} s CPU"
@@ -397,6 +430,10 @@ def main() -> None:
     ap.add_argument("--subscribers", type=int, default=1_000_000)
     ap.add_argument("--profile", action="store_true",
                     help="reload: list the longest steps of the loop and of the swap")  # fmt: skip
+    ap.add_argument("--change", type=float, default=0.0, metavar="PCT",
+                    help="reload: change PCT %% of the subscribers first (a third leave, a "
+                         "third move to other buildings and router addresses, as many "
+                         "join)")  # fmt: skip
     args = ap.parse_args()
     parts = args.parts.split(",")
     print("simulated networks, simulated time; the correlator is the real one")
@@ -409,9 +446,10 @@ def main() -> None:
     if "steady" in parts:
         steady()
     if "reload" in parts:
-        reload_hold(args.subscribers, args.profile)
+        reload_hold(args.subscribers, args.profile, args.change)
+    more = f" --change {args.change:g}" if args.change else ""
     print(f"reproduce: .venv/bin/python -m benchmarks.correlate_bench --parts {args.parts} "
-          f"--subscribers {args.subscribers}")  # fmt: skip
+          f"--subscribers {args.subscribers}{more}")  # fmt: skip
 
 
 if __name__ == "__main__":

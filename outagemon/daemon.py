@@ -16,7 +16,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,7 @@ from outagemon.config import Config
 from outagemon.core import directory, messages
 from outagemon.core.calls import caller_key, subscribers_below
 from outagemon.core.messages import Texts
-from outagemon.core.topology import Change, Topology, change
+from outagemon.core.topology import Change, Sharded, Topology, change
 from outagemon.db import durable, migrate, store
 from outagemon.db.embedded import EmbeddedPostgres
 from outagemon.db.journal import inventory_ops
@@ -67,15 +67,15 @@ class ProbeSource(Protocol):
     follows_reload: bool  # whether a reload's new topology and targets reach it
 
     def start(self, monitor: Monitor, runtime: Runtime,
-              targets: dict[str, str]) -> dict[str, Task]:  # fmt: skip
+              targets: Mapping[str, str]) -> dict[str, Task]:  # fmt: skip
         """Begin with `targets` (address -> node); the background tasks it needs, by name."""
         ...
 
-    def plan(self, targets: dict[str, str], probe: config_mod.ProbeConfig) -> object:
+    def plan(self, targets: Mapping[str, str], probe: config_mod.ProbeConfig) -> object:
         """retarget()'s work that changes nothing yet, safe in a thread (a reload)."""
         ...
 
-    def retarget(self, targets: dict[str, str], probe: config_mod.ProbeConfig,
+    def retarget(self, targets: Mapping[str, str], probe: config_mod.ProbeConfig,
                  plan: object = None) -> list[object]:  # fmt: skip
         """New targets; returns the replaced containers (to be freed in slices)."""
         ...
@@ -523,7 +523,7 @@ class Daemon:
         if self.leadership is not None and holder.pool is not None:
             await self.leadership.release(holder.pool)
 
-    def _targets(self, monitor: Monitor) -> dict[str, str]:
+    def _targets(self, monitor: Monitor) -> Mapping[str, str]:
         """address -> node id of everything to probe: probed nodes and the anchors."""
         return targets_of(monitor.anchors, self.runtime.directory)
 
@@ -646,7 +646,10 @@ async def _release(old: list[object]) -> None:
         if isinstance(item, directory.Directory):
             topo = item.topology
             # The streets too, a slice at a time (cleared at once, they held the loop).
-            containers += [topo.nodes, topo.by_ip, topo.served, topo.by_house, item.streets]
+            containers += [*topo.nodes.parts(), *topo.by_ip.parts(), topo.inner,
+                           topo.served, topo.by_house, item.streets]  # fmt: skip
+        elif isinstance(item, Sharded):  # the targets, sharded as the topology's
+            containers += item.parts()
         else:
             containers.append(item)
     old.clear()
@@ -665,31 +668,29 @@ async def _release(old: list[object]) -> None:
             await asyncio.sleep(0)
 
 
-def targets_of(anchors: dict[str, str], current: directory.Directory) -> dict[str, str]:
+def targets_of(anchors: dict[str, str], current: directory.Directory) -> Mapping[str, str]:
     """address -> node id of everything to probe: probed nodes and the anchors."""
-    # The topology's own dict when the anchors are in it (nothing changes either), else a
-    # copy, which is one copy of its table: built entry by entry, a dict grows, and each
-    # growth rehashes everything in one call into C that holds the interpreter's lock (a
-    # reload makes this in a thread beside the event loop) for up to 50 ms. The
-    # topology's entry wins where an anchor has its address.
+    # The topology's own mapping when the anchors are in it (nothing changes either),
+    # else a copy of it shard by shard: a reload makes this in a thread beside the event
+    # loop, and one dict of a million (a copy, or grown entry by entry) is written in
+    # one call into C that holds the interpreter's lock, and the loop, for 20-50 ms.
+    # The topology's entry wins where an anchor has its address.
     by_ip = current.topology.by_ip
     extra = {ip: node for node, ip in anchors.items() if ip not in by_ip}
     if not extra:
         return by_ip
-    targets = dict(by_ip)
-    targets.update(extra)
-    return targets
+    return by_ip.with_entries(extra)
 
 
 def _prepare(
     new: Config,
     writing: bool,
-    plan: Callable[[dict[str, str], config_mod.ProbeConfig], object] | None,
+    plan: Callable[[Mapping[str, str], config_mod.ProbeConfig], object] | None,
     running: Topology | None = None,
 ) -> tuple[
     directory.Loaded,
     tuple[Op, Op] | None,
-    dict[str, str],
+    Mapping[str, str],
     object,
     tuple[Change | None, dict[str, int] | None],
 ]:

@@ -391,8 +391,9 @@ class Correlator(Failures):
         if len(kids) < s.infer_min_children:
             return False
         doubtful = 0
+        unprobed = self.topology.unprobed
         for child in kids:
-            if not nodes[child].probed:
+            if child in unprobed:
                 if child in self.inferred or self._may_be_inferred(child, since):
                     doubtful += 1
                 continue

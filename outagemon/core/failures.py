@@ -104,12 +104,12 @@ class Failures(Health):
     def _parent_may_infer(self, node: str) -> bool:
         """Whether a change of this node can change an inference above it: only a parent
         without an address, or one that answers, or one already inferred, is inferred."""
-        topo = self.topology.nodes
-        n = topo.get(node)
+        n = self.topology.nodes.get(node)
         if n is None:
             return False
+        unprobed = self.topology.unprobed
         for p in n.parents:
-            if not topo[p].probed or p in self.inferred:
+            if p in unprobed or p in self.inferred:
                 return True
             ps = self.states.get(p)
             if ps is None or (ps.state is State.UP and ps.losses == 0):
@@ -126,7 +126,7 @@ class Failures(Health):
         monitor saw none of it); a parent that answers is inferred only from failures
         seen as they happened."""
         ns = self.states.get(node)
-        if self.topology.nodes[node].probed:
+        if node not in self.topology.unprobed:  # probed (asked of every router below)
             if ns is None:
                 return State.UNKNOWN, 0.0, 0.0
             if ns.state is State.DOWN:
@@ -148,9 +148,11 @@ class Failures(Health):
         it, and the monitor can see; it is up
         again once half of those children answer. A change walks on to the grandparents."""
         s = self.settings
-        nodes = self.topology.nodes
+        nodes, inner = self.topology.nodes, self.topology.inner
+        get = nodes.get
         queue = deque(dict.fromkeys(
-            [*self._reconsider, *(p for n in self._changed if n in nodes for p in nodes[n].parents)]
+            [*self._reconsider,
+             *(p for n in self._changed if (c := get(n)) is not None for p in c.parents)]
         ))  # fmt: skip
         self._changed.clear()
         self._reconsider.clear()
@@ -160,7 +162,11 @@ class Failures(Health):
             if parent in seen:
                 continue
             seen.add(parent)
-            own = self.states.get(parent) if nodes[parent].probed else None
+            # Nearly always a node with children: the small dict of those, else a router.
+            node = inner.get(parent)
+            if node is None:
+                node = nodes[parent]
+            own = self.states.get(parent) if node.probed else None
             if own is not None and own.state is State.DOWN:
                 # Down by its own probes: that is the better evidence, nothing to infer.
                 if parent in self.inferred:
@@ -173,14 +179,14 @@ class Failures(Health):
             was = parent in self.inferred
             if not answering and not was:
                 continue
-            uplinks = nodes[parent].parents
+            uplinks = node.parents
             if not was and uplinks and all(p in self._cut_cache for p in uplinks):
                 # Cut off by a failure above: its children's failures are that one's (one
                 # fault, one incident; and it is rechecked when that one comes back).
                 continue
             up = 0
             downs: list[tuple[float, float]] = []
-            for child in self.topology.nodes[parent].children:
+            for child in node.children:
                 state, since, found = self._known(child, own is not None)
                 if state is State.UP:
                     up += 1
@@ -209,7 +215,7 @@ class Failures(Health):
                 self._recheck_below(parent, now)
             if infer != was:
                 self._dirty = True
-                queue.extend(nodes[parent].parents)
+                queue.extend(node.parents)
 
     def _answered_through(self, node: str) -> bool:
         """Whether a child whose only uplink is this node came back up since the node was
@@ -238,12 +244,15 @@ class Failures(Health):
         else:
             queue = deque(failed)  # each is expanded, even if already counted in the cut
             cut.update(queue)
-        nodes = self.topology.nodes
+        nodes, inner = self.topology.nodes, self.topology.inner
         several = self.topology.several_uplinks
         while queue:
-            kids = nodes[queue.popleft()].children
-            if not kids:  # a leaf (most of a mass outage's nodes are routers)
+            # A node with children is in the small dict of inner nodes; the rest are
+            # leaves (most of a mass outage's nodes are routers), not looked up.
+            node = inner.get(queue.popleft())
+            if node is None or not node.children:
                 continue
+            kids = node.children
             # Most nodes have one uplink, and the node just taken from the queue is it: one
             # comprehension a parent, not a loop of Python a child.
             new = [c for c in kids if c not in cut

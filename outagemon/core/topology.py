@@ -9,10 +9,20 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+    ValuesView,
+)
 from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast, overload
 
 import yaml
 
@@ -73,16 +83,212 @@ class Node:
         return self.ip is not None
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+T = TypeVar("T")
+
+# A shard holds about this many entries at most (2**16 on average, the shard count a power
+# of two): a dict grows by rehashing all it holds into a new table in one call into C,
+# which holds the interpreter's lock throughout. A reload builds the topology in a thread
+# beside the event loop, and a dict of a million (the routers) grew last in one call of
+# 21-35 ms (CPU, loaded), writing ~30 MiB of fresh memory; a shard's last growth writes
+# 3 MiB.
+SHARD_SIZE = 1 << 16
+_ID = attrgetter("id")
+_IP = attrgetter("ip")
+
+
+class Sharded(Mapping[K, V], Generic[K, V]):
+    """A read-only mapping held as a few dicts, the key's hash choosing one (see
+    SHARD_SIZE); iterated shard by shard (`Nodes` and `Addresses`: in the nodes' order,
+    as the dicts they replace were)."""
+
+    __slots__ = ("_len", "mask", "shards")
+
+    def __init__(self, size: int) -> None:
+        """Empty, with shards for about `size` entries (filled by the builder only)."""
+        count = 1
+        while count * SHARD_SIZE < size:
+            count *= 2
+        self.shards: list[dict[K, V]] = [{} for _ in range(count)]
+        self.mask = count - 1
+        self._len = 0
+
+    def __getitem__(self, key: K) -> V:
+        return self.shards[hash(key) & self.mask][key]
+
+    @overload
+    def get(self, key: K, /) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V, /) -> V: ...
+    @overload
+    def get(self, key: K, default: T, /) -> V | T: ...
+    def get(self, key: K, default: object = None, /) -> object:
+        return self.shards[hash(key) & self.mask].get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.shards[hash(key) & self.mask]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[K]:
+        return chain.from_iterable(self.shards)
+
+    def values(self) -> ValuesView[V]:
+        return _Values(self)
+
+    def items(self) -> ItemsView[K, V]:
+        return _Items(self)
+
+    def _values(self) -> Iterator[V]:
+        return chain.from_iterable(s.values() for s in self.shards)
+
+    def _items(self) -> Iterator[tuple[K, V]]:
+        return chain.from_iterable(s.items() for s in self.shards)
+
+    def parts(self) -> list[object]:
+        """What holds the entries, for a caller that frees them a slice at a time."""
+        return [*self.shards]
+
+    def with_entries(self, extra: Mapping[K, V]) -> Sharded[K, V]:
+        """A copy, shard by shard (no dict of them all), with more entries (theirs win);
+        iterated shard by shard."""
+        out: Sharded[K, V] = Sharded(len(self) + len(extra))
+        if len(out.shards) == len(self.shards):
+            out.shards = [dict(s) for s in self.shards]
+            more: Iterable[tuple[K, V]] = extra.items()
+        else:
+            more = chain(self._items(), extra.items())
+        for key, value in more:
+            out.shards[hash(key) & out.mask][key] = value
+        out._len = sum(map(len, out.shards))
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return len(self) == len(other) and all(
+                k in other and other[k] == v for k, v in self._items()
+            )
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The shards follow hash(), which differs between interpreters: rebuilt.
+        return (_rebuilt, (type(self), list(self._items())))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} entries, {len(self.shards)} shards)"
+
+
+def _rebuilt(kind: type[Sharded[Any, Any]], items: list[tuple[Any, Any]]) -> Sharded[Any, Any]:
+    if kind is Nodes:
+        return Nodes([v for _, v in items])
+    out: Sharded[Any, Any] = Sharded(len(items))
+    for key, value in items:
+        out.shards[hash(key) & out.mask][key] = value
+    out._len = sum(map(len, out.shards))
+    return out
+
+
+class _Values(ValuesView[V]):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[V]:
+        return cast("Sharded[Any, V]", self._mapping)._values()  # type: ignore[attr-defined]
+
+
+class _Items(ItemsView[K, V]):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[tuple[K, V]]:
+        return cast("Sharded[K, V]", self._mapping)._items()  # type: ignore[attr-defined]
+
+
+class Nodes(Sharded[str, "Node"]):
+    """Node id -> node, sharded (a city's million routers), in the order given."""
+
+    __slots__ = ("order",)
+
+    def __init__(self, nodes: Iterable[Node]) -> None:
+        order = nodes if isinstance(nodes, list) else list(nodes)
+        super().__init__(len(order))
+        shards, mask = self.shards, self.mask
+        for node in order:
+            shards[hash(node.id) & mask][node.id] = node
+        self._len = sum(map(len, shards))
+        if self._len != len(order):  # an id given twice: a dict's place, the last node
+            firsts = dict.fromkeys(map(_ID, order))
+            order = [self[n] for n in firsts]
+        self.order: list[Node] = order
+
+    def __iter__(self) -> Iterator[str]:
+        return map(_ID, self.order)
+
+    def _values(self) -> Iterator[Node]:
+        return iter(self.order)
+
+    def _items(self) -> Iterator[tuple[str, Node]]:
+        return zip(map(_ID, self.order), self.order, strict=True)
+
+    def parts(self) -> list[object]:
+        return [*self.shards, self.order]
+
+
+class Addresses(Sharded[str, str]):
+    """Address -> the node probed there, sharded, in the nodes' order."""
+
+    __slots__ = ("_keys", "_nodes")
+
+    def __init__(self, nodes: Nodes) -> None:
+        super().__init__(len(nodes))
+        shards, mask = self.shards, self.mask
+        probed = 0
+        # A loop of Python, not one call into C over the million (a list of the probed
+        # nodes made by filter() held the event loop for 69 ms beside a reload).
+        for node in nodes.order:
+            ip = node.ip
+            if ip:
+                shards[hash(ip) & mask][ip] = node.id
+                probed += 1
+        self._len = sum(map(len, shards))
+        # An address given twice (refused in a file, possible when built in code): the
+        # keys in a dict's order, else the nodes' own.
+        self._keys: list[str] | None = None
+        if self._len != probed:
+            self._keys = list(dict.fromkeys(n.ip for n in nodes.order if n.ip))
+        self._nodes = nodes
+
+    def __iter__(self) -> Iterator[str]:
+        if self._keys is not None:
+            return iter(self._keys)
+        return map(_IP, filter(_IP, self._nodes.order))
+
+    def _values(self) -> Iterator[str]:
+        return map(self.__getitem__, self)
+
+    def _items(self) -> Iterator[tuple[str, str]]:
+        return ((k, self[k]) for k in self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Addresses, (self._nodes,))
+
+
 class Topology:
     """The graph; built once per load, never mutated afterwards."""
 
     def __init__(self, nodes: Iterable[Node]) -> None:
-        self.nodes: dict[str, Node] = {n.id: n for n in nodes}
+        # Sharded, never one dict of a million (see SHARD_SIZE); `inner` the small dict
+        # of the nodes that are not routers (a router: a cpe without children), for the
+        # decisions' walks, which look only at those.
+        self.nodes: Nodes = Nodes(nodes)
+        order = self.nodes.order
         self._ancestors: dict[str, list[str]] = {}
         children: dict[str, list[str]] = {}
         # Nodes with more than one uplink: few, and the cut's walk asks about every node.
         self.several_uplinks: set[str] = set()
-        for node in self.nodes.values():
+        for node in order:
             if len(node.parents) > 1:
                 self.several_uplinks.add(node.id)
             for parent in node.parents:
@@ -91,13 +297,15 @@ class Topology:
                     children[parent] = [node.id]
                 else:
                     found.append(node.id)
-        for node in self.nodes.values():
+        for node in order:
             node.children = children.get(node.id, ())
         # Every node but the routers without children (kind cpe): those are most of the
         # nodes and explain no failure; this is the small set of the others.
-        self.inner_nodes: set[str] = {
-            n.id for n in self.nodes.values() if n.children or n.kind != "cpe"
-        }
+        self.inner: dict[str, Node] = {n.id: n for n in order if n.children or n.kind != "cpe"}
+        self.inner_nodes: set[str] = set(self.inner)
+        # The nodes without an address (few): whether a node is probed, asked of a
+        # router, without looking the router up.
+        self.unprobed: set[str] = {n.id for n in order if n.ip is None}
         # For the walks from a root down (an incident's members): the children of each
         # node that are inner nodes (only those are walked on), and the nodes with a child
         # that has several uplinks (only below those can a walk reach a node twice).
@@ -110,13 +318,13 @@ class Topology:
         self.feeds_several: set[str] = {
             p for n in self.several_uplinks for p in self.nodes[n].parents
         }
-        self.roots: list[str] = [n.id for n in self.nodes.values() if not n.parents]
-        self.by_ip: dict[str, str] = {n.ip: n.id for n in self.nodes.values() if n.ip}
+        self.roots: list[str] = [n.id for n in order if not n.parents]
+        self.by_ip: Addresses = Addresses(self.nodes)
         # building key -> what serves it; and street|house -> building keys, for callers
         # who leave out the building, letter or type.
         self.served: dict[str, list[tuple[Served, str]]] = {}
         self.by_house: dict[str, set[str]] = {}
-        for node in self.nodes.values():
+        for node in order:
             for s in node.serves:
                 self.served.setdefault(s.address.key, []).append((s, node.id))
                 self.by_house.setdefault(s.address.house_key, set()).add(s.address.key)
@@ -125,7 +333,8 @@ class Topology:
         return len(self.nodes)
 
     def __contains__(self, node_id: object) -> bool:
-        return node_id in self.nodes
+        nodes = self.nodes  # Sharded.__contains__, inline: asked of every probe result
+        return node_id in nodes.shards[hash(node_id) & nodes.mask]
 
     def ancestors(self, node_id: str) -> list[str]:
         """Every node above this one, nearest first (breadth-first over all uplinks).
@@ -226,21 +435,28 @@ class Change:
 def change(old: Topology, new: Topology) -> Change:
     """The difference of two topologies (a million nodes: made off the event loop, so
     that the correlator touches only what changed)."""
-    before = old.nodes
+    # Shard by shard when both are cut alike (the same key is in the same shard of
+    # each): each look-up a dict's own.
+    pairs: Iterable[tuple[Mapping[str, Node], Mapping[str, Node]]]
+    if len(old.nodes.shards) == len(new.nodes.shards):
+        pairs = zip(old.nodes.shards, new.nodes.shards, strict=True)
+    else:
+        pairs = ((old.nodes, new.nodes),)
     changed: list[str] = []
-    for node in new.nodes.values():
-        was = before.get(node.id)
-        if (
-            was is None
-            or was.parents != node.parents
-            or was.ip != node.ip
-            or was.kind != node.kind
-            or len(was.children) != len(node.children)
-            or (node.children and list(was.children) != list(node.children))
-        ):
-            changed.append(node.id)
-    now = new.nodes
-    gone = [n for n in before if n not in now]
+    gone: list[str] = []
+    for before, now in pairs:
+        for node in now.values():
+            was = before.get(node.id)
+            if (
+                was is None
+                or was.parents != node.parents
+                or was.ip != node.ip
+                or was.kind != node.kind
+                or len(was.children) != len(node.children)
+                or (node.children and list(was.children) != list(node.children))
+            ):
+                changed.append(node.id)
+        gone += [n for n in before if n not in now]
     return Change(old, new, frozenset(changed), frozenset(gone))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,7 +46,7 @@ class Readiness(Protocol):
 
 @dataclass(slots=True)
 class Retarget:
-    node_of: dict[str, str]  # address -> node
+    node_of: Mapping[str, str]  # address -> node
     schedule: Plan
 
 
@@ -62,10 +62,10 @@ class IcmpSource:
         self.probe = probe
         # address -> node (a node's address, the other way, the monitor knows: a reload
         # made a second dict of a million entries, and its growing held the event loop)
-        self.node_of: dict[str, str] = {}
+        self.node_of: Mapping[str, str] = {}
 
     def start(self, feed: Feed, shown: Readiness,
-              targets: dict[str, str]) -> dict[str, Coroutine[Any, Any, None]]:  # fmt: skip
+              targets: Mapping[str, str]) -> dict[str, Coroutine[Any, Any, None]]:  # fmt: skip
         """Open the sockets and begin; returns the background tasks, by name."""
         probe = self.probe
         self.node_of = targets
@@ -96,11 +96,11 @@ class IcmpSource:
         return {"scheduler": self.scheduler.run(), "correlate": self._correlate(feed, shown),
                 "engine": _wait(failed)}  # fmt: skip
 
-    def plan(self, targets: dict[str, str], probe: ProbeConfig) -> Retarget:
+    def plan(self, targets: Mapping[str, str], probe: ProbeConfig) -> Retarget:
         """retarget()'s work that changes nothing yet: made in a thread at a reload."""
         return Retarget(targets, self.scheduler.plan(targets, probe.interval))
 
-    def retarget(self, targets: dict[str, str], probe: ProbeConfig,
+    def retarget(self, targets: Mapping[str, str], probe: ProbeConfig,
                  plan: object = None) -> list[object]:  # fmt: skip
         """A reload: new targets, interval and rate; the old targets keep their phase.
         `plan`: from plan() with the same targets, when made already. Returns the

@@ -13,7 +13,7 @@ import heapq
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Set
 from dataclasses import dataclass
 from itertools import islice
 
@@ -109,13 +109,14 @@ class Scheduler:
         """set_targets' work, without changing anything: a thread may make it while the
         event loop probes (it reads only what apply() writes), so that a million targets
         hold the loop only for apply(). Targets given as a dict or set (never changed
-        after) are kept as the probed set itself."""
+        after; a topology's sharded addresses among them) are kept as the probed set
+        itself."""
         # No call into C here takes more than PLAN_SLICE entries: one call holds the
         # interpreter's lock, and so the event loop, throughout (set() of a million
         # targets, a set difference of two, a heapify each held it for 0.1-0.3 s).
         interval = self.interval if interval is None else interval
         wanted: Collection[str]
-        if isinstance(targets, (dict, set, frozenset)):
+        if isinstance(targets, (Mapping, Set)):
             wanted = targets  # kept as it is, never changed: a copy would be a new million
         else:
             wanted = set()

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,7 @@ class SimulatedSource:
         self.scenario = scenario
 
     def start(self, monitor: Monitor, runtime: Runtime,
-              targets: dict[str, str]) -> dict[str, Coroutine[Any, Any, None]]:  # fmt: skip
+              targets: Mapping[str, str]) -> dict[str, Coroutine[Any, Any, None]]:  # fmt: skip
         """Half an hour of clean history, in a moment; then the script, in real time."""
         cfg = runtime.config
         now = time.time()
@@ -169,10 +169,10 @@ class SimulatedSource:
         runtime.not_ready = None
         return {"simulate": self._simulate(net, monitor, runtime)}
 
-    def plan(self, targets: dict[str, str], probe: ProbeConfig) -> None:
+    def plan(self, targets: Mapping[str, str], probe: ProbeConfig) -> None:
         return None
 
-    def retarget(self, targets: dict[str, str], probe: ProbeConfig,
+    def retarget(self, targets: Mapping[str, str], probe: ProbeConfig,
                  plan: object = None) -> list[object]:  # fmt: skip
         return []
 
