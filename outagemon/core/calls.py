@@ -18,7 +18,10 @@ from every place's calls, scaled to each place's rate). Only calls answered `ok`
 one answered `outage`, `maintenance`, `cpe_down`, `restored` or `unknown` (blindness) is
 already explained, and so is one from a caller whose own probed router was answering (the
 probes see the way to them working: their trouble is not their entrance's). The
-suspected root is the lowest node shared by the callers' serving nodes; when one child
+suspected root is the lowest node shared by the callers' serving nodes, but never a node
+the probes see answering (`proven`): the callers are then grouped by the node of their
+path just below the nearest answering one, each group raised only if it passes the test
+of the place it shares on its own; when one child
 of the place holds `min_callers` of its callers or more and the rest are fewer (a busy
 entrance tipped its building over with a neighbour's usual call), the cluster is that
 child's, and only its calls are taken. A suspicion raised at a place while its
