@@ -264,7 +264,7 @@ class Monitor:
             self._sight = sight
             self._set_aside.inc(self.watch.set_aside(explained))
         raised = len(self.watch.delays)
-        self.watch.tick(now, self.call_log.take(), explained, next_id)
+        self.watch.tick(now, self.call_log.take(), explained, next_id, self.answering)
         for delay in self.watch.delays[raised:]:
             self._suspicion_delay.inc(delay, part="sum")
             self._suspicion_delay.inc(part="count")
@@ -274,6 +274,21 @@ class Monitor:
             if covering is not None:  # the probes see it now: their incident goes on
                 self.watch.taken_over(sid, covering, now)
         self.handle_calls(self.watch.take_events())
+
+    def answering(self, node: str) -> bool:
+        """Whether this node is probed and answering now: the way through it works (a
+        fault its callers notice is below it)."""
+        found = self.directory.topology.nodes.get(node)
+        if found is None or not found.probed:
+            return False
+        ns = self.correlator.states.get(node)
+        return ns is not None and ns.state is State.UP
+
+    def cleared(self, node: str) -> bool:
+        """Whether the probes clear this node of a fault its callers notice: it answers
+        and serves no building itself (one it serves hangs below it with no node of its
+        own: its wiring may be the fault)."""
+        return self.answering(node) and not self.directory.topology.nodes[node].serves
 
     def handle_calls(self, events: list[Event]) -> None:
         """The detector's events (and engineers' decisions on them): counted, logged,
@@ -287,9 +302,10 @@ class Monitor:
 
     def confirm(self, iid: int, who: str) -> bool:
         """An engineer confirms a suspected incident: an outage with the same id. False
-        when it is not an open suspected incident."""
+        when it is not an open suspected incident, or the probes clear its root now
+        (`cleared`: callers whose way through it works would hear `outage`)."""
         sus = self.watch.open.get(iid)
-        if sus is None or sus.confirmed:
+        if sus is None or sus.confirmed or self.cleared(sus.incident.root):
             return False
         self.watch.confirm(iid, self.clock(), who)
         self.handle_calls(self.watch.take_events())

@@ -862,3 +862,55 @@ def test_the_burst_key_is_read_and_bounded() -> None:
     for bad in ("-1", "86401", "nan", '"600"'):
         with pytest.raises(ConfigError, match=r"\[callers\] burst"):
             config.parse(f"[callers]\nburst = {bad}\n", Path("/etc/om.toml"))
+
+
+def test_no_suspicion_at_a_node_the_probes_see_answering_but_below_it(town: Directory) -> None:
+    # Every probed node answers (the aggregation, the access switches; the entrances have
+    # no address). Three callers of three buildings under agg-1 within a minute: the way
+    # through agg-1 and through each one's switch works, so each one's fault, if any, is
+    # at their own entrance, one caller each: nothing is raised (before: at agg-1).
+    def answering(node: str) -> bool:
+        return town.topology.nodes[node].probed
+
+    spread = [*calls_from(town, "seg-1-1-1", [3600]), *calls_from(town, "seg-1-3-1", [3620]),
+              *calls_from(town, "seg-1-4-1", [3640])]  # fmt: skip
+    w = watch_of(town)
+    w.tick(3650.0, spread, never, Ids(), answering)
+    assert not w.open and not w.take_events()
+    before = watch_of(town)  # without the probes' states: raised at the aggregation
+    before.tick(3650.0, spread, never, Ids())
+    assert [s.incident.root for s in before.open.values()] == ["agg-1"]
+    # Five callers of one entrance (no address) under an answering switch: raised there.
+    w.tick(3700.0, calls_from(town, "seg-1-3-2", [3660, 3670, 3680, 3690, 3700]), never,
+           Ids(), answering)  # fmt: skip
+    (sus,) = w.open.values()
+    assert sus.incident.root == "seg-1-3-2" and sus.distinct_callers == 5
+
+
+def test_callers_under_an_answering_switch_are_raised_at_their_own_entrances(
+    town: Directory,
+) -> None:
+    # The switch of a building answers: its two entrances' callers are two places, each
+    # tested on its own (three callers each: both raised), never one at the switch.
+    w = watch_of(town)
+    calls = [
+        *calls_from(town, "seg-2-4-1", [10, 20, 30]),
+        *calls_from(town, "seg-2-4-2", [15, 25, 35]),
+    ]
+    w.tick(50.0, calls, never, Ids(), lambda n: n == "sw-2-4")
+    assert sorted(s.incident.root for s in w.open.values()) == ["seg-2-4-1", "seg-2-4-2"]
+    # Its probe failing (not answering): the switch is where their paths meet, as before.
+    w = watch_of(town)
+    w.tick(50.0, calls, never, Ids(), lambda n: False)
+    assert [s.incident.root for s in w.open.values()] == ["sw-2-4"]
+
+
+def test_callers_of_a_building_its_answering_switch_serves_raise_at_that_switch() -> None:
+    # The switch serves the building itself (no entrance nodes): its wiring below has no
+    # node of its own, so the answering switch stands for it and is the place.
+    d = city_directory(citygen.generate(aggregations=1, access_per_aggregation=3,
+                                        subscribers_per_access=20, entrances=1))  # fmt: skip
+    w = watch_of(d)
+    w.tick(3700.0, calls_from(d, "sw-1-2", [3600, 3620, 3640, 3660, 3680]), never, Ids(),
+           lambda n: d.topology.nodes[n].probed)  # fmt: skip
+    assert [s.incident.root for s in w.open.values()] == ["sw-1-2"]

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from outagemon.core.incidents import Incident, Kind
 from outagemon.db import restore as restore_db
 from outagemon.db import store
 from outagemon.monitor import Monitor
@@ -312,3 +313,51 @@ async def test_calls_made_before_the_probes_saw_the_fault_raise_nothing_after_it
         assert await incidents(w) == []
         metrics = w.runtime.metrics.render()
         assert "outagemon_calls_set_aside_total 2" in metrics
+
+
+# Callers under agg-n with no router of their own: one of ул. Ленина, д. 5 (served by its
+# access switch), one of each entrance of пр-т Мира, д. 10 (no address; its switch has one).
+SPREAD = SUBSCRIBERS + (
+    '2001,+79210002001,"ул. Ленина, д. 5",1,\n'
+    '2002,+79210002002,"пр-т Мира, д. 10",2,\n'
+    '2003,+79210002003,"пр-т Мира, д. 10",60,\n'
+)
+
+
+async def test_callers_under_answering_switches_raise_nothing_at_their_aggregation(
+    fresh_db: str,
+) -> None:
+    """Every node answers the probes; three callers under agg-n call within a minute, from
+    three places below its two answering switches (a building one serves, two entrances
+    below the other). The way through agg-n and each switch works: each caller is one at
+    their own place, and nothing is raised (before: one at sw-mira-10, answering, which an
+    engineer could confirm as an outage)."""
+    async with world(fresh_db, subscribers=SPREAD) as w:
+        for account in ("2001", "2002", "2003"):
+            answer = await w.check(account=account)
+            assert answer["status"] == "ok" and answer["node"] in (
+                "sw-lenina-5", "seg-mira-1", "seg-mira-2")  # fmt: skip
+        w.run(2)
+        assert await incidents(w) == []
+        assert len(w.monitor.watch.window) == 3  # kept, as their places' usual calls
+
+
+async def test_a_suspicion_at_a_node_answering_the_probes_is_not_confirmed(
+    fresh_db: str,
+) -> None:
+    """One suspected at agg-s (taken up after a restart) while agg-s answers: confirming it
+    is refused with a sentence, and callers below keep hearing `ok`."""
+    async with world(fresh_db, subscribers=SPREAD) as w:
+        now = w.monitor.clock()
+        iid = w.monitor.correlator.book.next_id
+        w.monitor.correlator.book.next_id += 1
+        w.monitor.watch.restore([Incident(id=iid, root="agg-s", kind=Kind.SUSPECTED,
+                                          inferred=True, opened_at=now, nodes=["agg-s"],
+                                          raised_by="calls")], now)  # fmt: skip
+        status, body = await post(w, str(iid), {"confirm": True})
+        assert status == 409 and "answers the probes now" in body["error"], body
+        (sus,) = await incidents(w)
+        assert sus["kind"] == "suspected"
+        assert (await w.check(account="1007"))["status"] == "ok"  # ул. Садовая, д. 5
+        status, body = await post(w, str(iid), {"dismiss": True})
+        assert status == 200, body

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import aiohttp
 import pytest
 
+from outagemon.core.incidents import Incident, Kind
 from tests.world import WRITE, world
 
 
@@ -57,3 +58,25 @@ async def test_the_form_refuses_what_the_api_refuses_and_saves_the_rest(fresh_db
             inc.id,
         )
         assert [n["note"] for n in notes] == ["бригада выехала"]
+
+
+async def test_the_page_says_why_a_suspicion_at_an_answering_node_is_not_confirmed(
+    fresh_db: str,
+) -> None:
+    # One suspected at agg-s (taken up after a restart) while agg-s answers the probes.
+    browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with world(fresh_db) as w, browser:
+        now, book = w.monitor.clock(), w.monitor.correlator.book
+        iid, book.next_id = book.next_id, book.next_id + 1
+        w.monitor.watch.restore([Incident(id=iid, root="agg-s", kind=Kind.SUSPECTED,
+                                          inferred=True, opened_at=now, nodes=["agg-s"],
+                                          raised_by="calls")], now)  # fmt: skip
+        page = w.url(f"/incidents/{iid}")
+        async with browser.get(page) as r:
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())
+        assert csrf is not None
+        async with browser.post(page, data={"token": WRITE, "csrf": csrf.group(1),
+                                            "decision": "confirm"}) as shown:  # fmt: skip
+            said = re.search(r'<p class="card message">(.*?)</p>', await shown.text())
+        assert said is not None and "answers the probes now" in html.unescape(said.group(1))
+        assert w.monitor.watch.open[iid].incident.kind is Kind.SUSPECTED

@@ -18,7 +18,10 @@ from every place's calls, scaled to each place's rate). Only calls answered `ok`
 one answered `outage`, `maintenance`, `cpe_down`, `restored` or `unknown` (blindness) is
 already explained, and so is one from a caller whose own probed router was answering (the
 probes see the way to them working: their trouble is not their entrance's). The
-suspected root is the lowest node shared by the callers' serving nodes; when one child
+suspected root is the lowest node shared by the callers' serving nodes, but never a node
+the probes see answering (`proven`): the callers are then grouped by the node of their
+path just below the nearest answering one, each group raised only if it passes the test
+of the place it shares on its own; when one child
 of the place holds `min_callers` of its callers or more and the rest are fewer (a busy
 entrance tipped its building over with a neighbour's usual call), the cluster is that
 child's, and only its calls are taken. A suspicion raised at a place while its
@@ -268,6 +271,8 @@ class CallWatch:
         self._hours_at = started
         self.set_topology(topology, subscribers)
         self.delays: list[float] = []  # first call to suspicion, per suspicion raised
+        # Whether a node is probed and answering now (given each tick; None: none is).
+        self._proven: Callable[[str], bool] | None = None
 
     def set_topology(self, topology: Topology, subscribers: dict[str, int],
                      below: dict[str, int] | None = None) -> None:  # fmt: skip
@@ -404,13 +409,17 @@ class CallWatch:
     # -- the tick ----------------------------------------------------------------------
 
     def tick(self, now: float, calls: Iterable[Call], explained: Callable[[str], bool],
-             next_id: Callable[[], int]) -> None:  # fmt: skip
+             next_id: Callable[[], int],
+             proven: Callable[[str], bool] | None = None) -> None:  # fmt: skip
         """Take the new calls, raise, widen or narrow suspicions, expire quiet ones.
 
         `explained(node)`: whether the probes' incidents, planned works or blindness
         explain trouble at this node now (no suspicion is raised there); `next_id()`: the
-        id of a new incident (shared with the probes' incidents)."""
+        id of a new incident (shared with the probes' incidents); `proven(node)`: whether
+        the node is probed and answering now (the way through it works: no suspicion is
+        raised there, but below it; None: no node is)."""
         s = self.settings
+        self._proven = proven
         touched: set[str] = set()
         grown: set[int] = set()  # the suspicions that took a call
         for call in calls:
@@ -514,7 +523,7 @@ class CallWatch:
             if callers < least:
                 continue
             wide = self._beside_place(node, now) if self.open else None
-            if wide is not None and not explained(wide):
+            if wide is not None and not explained(wide) and not self._is_proven(wide):
                 # One place with a suspicion beside it: that suspicion widened to it.
                 place = [wide, *self.topology.descendants(wide)]
                 taken = sorted((c for n in place for c in self._by_node.get(n, ())),
@@ -535,11 +544,71 @@ class CallWatch:
             root = self.lowest_shared({c.node for c in taken})
             if explained(root) or below.get(root, 0) > s.max_subscribers:
                 continue
-            taken.sort(key=lambda c: c.at)
-            for c in taken:
-                self._taken.add(id(c))
-                self._remove(c)
-            self._suspect(root, taken, now, next_id)
+            for where, group in self._places(root, taken, now):
+                if explained(where):
+                    continue
+                group.sort(key=lambda c: c.at)
+                for c in group:
+                    self._taken.add(id(c))
+                    self._remove(c)
+                self._suspect(where, group, now, next_id)
+
+    def _is_proven(self, node: str) -> bool:
+        proven = self._proven
+        return proven is not None and proven(node)
+
+    def _place(self, node: str, root: str) -> str:
+        """Where a fault a caller served at `node` notices may be, within `root`: below
+        the nearest node of their path the probes see answering (the way through it
+        works), so the highest node of the path below it; `root` when no node of the
+        path up to it answers; `node` itself when it answers (it stands for the wiring
+        of the buildings it serves, which has no node of its own)."""
+        chain = self._chain(node)
+        nodes = self.topology.nodes
+        for i, n in enumerate(chain):
+            if self._is_proven(n):
+                if i == 0:
+                    return node
+                # The node of the path just below it (two, with two uplinks below it: the
+                # caller's own place is where those paths meet, their serving node).
+                below = [x for x in chain[:i] if n in nodes[x].parents]
+                return below[0] if len(below) == 1 else node
+            if n == root:
+                return root
+        return root
+
+    def _places(self, root: str, taken: list[Call], now: float) -> list[tuple[str, list[Call]]]:
+        """The cluster found at `root`, as the suspicions to raise: (root, its calls) when
+        no node of its callers' paths up to it answers the probes (no `proven`, or none
+        does: as before); else its callers grouped by where their fault may be
+        (`_place`: below the nearest answering node of each one's path), each group at
+        the lowest node its callers share and only if it passes that node's own test
+        (its threshold, or the sequential test). Three callers of three buildings whose
+        switches answer raise nothing at their aggregation."""
+        if self._proven is None:
+            return [(root, taken)]
+        where: dict[str, str] = {}
+        groups: dict[str, list[Call]] = {}
+        for c in taken:
+            if c.node not in where:
+                where[c.node] = self._place(c.node, root)
+            groups.setdefault(where[c.node], []).append(c)
+        if list(groups) == [root]:
+            return [(root, taken)]  # nothing answers on the way: as found
+        s, out = self.settings, []
+        for group in groups.values():
+            firsts: dict[str, float] = {}
+            for c in group:
+                if c.at < firsts.get(c.caller, math.inf):
+                    firsts[c.caller] = c.at
+            if len(firsts) < self._least():
+                continue
+            place = self.lowest_shared({c.node for c in group})
+            if len(firsts) >= max(s.min_callers, self.threshold(place, now)) or self.strong(
+                place, sorted(firsts.values()), now
+            ):
+                out.append((place, group))
+        return out
 
     def _beside_index(self) -> dict[str, list[Suspicion]]:
         """node -> the open suspicions not confirmed rooted at a child of it (only the

@@ -385,6 +385,12 @@ async def _decide(request: web.Request, rt: Runtime, iid: int, body: dict[str, A
         if what == "resolve":
             raise bad(f"incident {iid} was not raised by calls and confirmed: the probes "
                       "resolve it when its root answers again.", 409)  # fmt: skip
+        if what == "confirm" and inc.kind is Kind.SUSPECTED and monitor.cleared(inc.root):
+            raise bad(f"incident {iid} is suspected at {inc.root}, which answers the probes "
+                      "now: the way through it works, so a fault its callers notice is "
+                      "below it; not confirmed (callers whose way works would hear of an "
+                      "outage). Dismiss it: callers below are suspected at their own "
+                      "places.", 409)  # fmt: skip
         raise bad(f"incident {iid} is not a suspected incident ({inc.kind.value}): only "
                   "a suspected one can be confirmed or dismissed.", 409)  # fmt: skip
     if note:

@@ -618,7 +618,12 @@ def _decide(rt: Runtime, iid: int, decision: str, who: str) -> Message:
     if decision not in act:
         return Message.NOT_DECIDABLE
     do, said = act[decision]
-    return said if do(iid, who) else Message.NOT_DECIDABLE
+    if do(iid, who):
+        return said
+    sus = m.watch.open.get(iid) if m is not None else None
+    if decision == "confirm" and sus is not None and m is not None and not sus.confirmed:
+        return Message.ROOT_ANSWERS  # (refused only while its root is cleared)
+    return Message.NOT_DECIDABLE
 
 
 # -- reports ---------------------------------------------------------------------------

@@ -48,6 +48,8 @@ class Message(Enum):
     DISMISSED = "Dismissed."
     REPAIRED = "Marked repaired: callers hear that service is restored."
     NOT_DECIDABLE = "This incident cannot take that decision (it is not, or no longer, suspected)."
+    ROOT_ANSWERS = ("Not confirmed: its node answers the probes now, so the way through it "
+                    "works and a fault its callers notice is below it. Dismiss it.")  # fmt: skip
     TOKEN_INVALID = "The write token is not valid."
     WRITES_DISABLED = "Writes are disabled: no write token is configured."
     ETA_INVALID = "The ETA is not a time."
