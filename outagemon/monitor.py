@@ -285,10 +285,14 @@ class Monitor:
         return ns is not None and ns.state is State.UP
 
     def cleared(self, node: str) -> bool:
-        """Whether the probes clear this node of a fault its callers notice: it answers
-        and serves no building itself (one it serves hangs below it with no node of its
-        own: its wiring may be the fault)."""
-        return self.answering(node) and not self.directory.topology.nodes[node].serves
+        """Whether the probes clear this node of a fault its callers notice: it answers,
+        and so does every switch or segment below it (no router: a managed router
+        answering says nothing of its unmanaged neighbours) — the way through it works.
+        A node answering its pings whose children cannot be probed (unprobed entrances,
+        buildings it serves itself) is not cleared: its management may answer while its
+        ports carry nothing, which an engineer who checked may confirm."""
+        children = self.directory.topology.inner_children.get(node)
+        return bool(children) and self.answering(node) and all(map(self.answering, children))
 
     def handle_calls(self, events: list[Event]) -> None:
         """The detector's events (and engineers' decisions on them): counted, logged,

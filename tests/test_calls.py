@@ -887,22 +887,21 @@ def test_no_suspicion_at_a_node_the_probes_see_answering_but_below_it(town: Dire
     assert sus.incident.root == "seg-1-3-2" and sus.distinct_callers == 5
 
 
-def test_callers_under_an_answering_switch_are_raised_at_their_own_entrances(
+def test_callers_of_two_entrances_under_an_answering_switch_are_raised_at_the_switch(
     town: Directory,
 ) -> None:
-    # The switch of a building answers: its two entrances' callers are two places, each
-    # tested on its own (three callers each: both raised), never one at the switch.
-    w = watch_of(town)
+    # The building's switch answers its pings; its entrances have no address. Answering
+    # proves the way to the switch, not through it (its management may answer while its
+    # ports carry nothing): the callers of both entrances are one place, the switch, as
+    # when its probe says nothing.
     calls = [
         *calls_from(town, "seg-2-4-1", [10, 20, 30]),
         *calls_from(town, "seg-2-4-2", [15, 25, 35]),
     ]
-    w.tick(50.0, calls, never, Ids(), lambda n: n == "sw-2-4")
-    assert sorted(s.incident.root for s in w.open.values()) == ["seg-2-4-1", "seg-2-4-2"]
-    # Its probe failing (not answering): the switch is where their paths meet, as before.
-    w = watch_of(town)
-    w.tick(50.0, calls, never, Ids(), lambda n: False)
-    assert [s.incident.root for s in w.open.values()] == ["sw-2-4"]
+    for answering in (lambda n: n == "sw-2-4", lambda n: False):
+        w = watch_of(town)
+        w.tick(50.0, calls, never, Ids(), answering)
+        assert [s.incident.root for s in w.open.values()] == ["sw-2-4"]
 
 
 def test_callers_of_a_building_its_answering_switch_serves_raise_at_that_switch() -> None:

@@ -18,10 +18,11 @@ from every place's calls, scaled to each place's rate). Only calls answered `ok`
 one answered `outage`, `maintenance`, `cpe_down`, `restored` or `unknown` (blindness) is
 already explained, and so is one from a caller whose own probed router was answering (the
 probes see the way to them working: their trouble is not their entrance's). The
-suspected root is the lowest node shared by the callers' serving nodes, but never a node
-the probes see answering (`proven`): the callers are then grouped by the node of their
-path just below the nearest answering one, each group raised only if it passes the test
-of the place it shares on its own; when one child
+suspected root is the lowest node shared by the callers' serving nodes, but never above a
+node the probes see answering (`proven`) on a caller's path: the callers are then grouped
+by the nearest answering node of their path (the way to it works; its own ports may not),
+each group raised at the node its callers share only if it passes that place's test on
+its own; when one child
 of the place holds `min_callers` of its callers or more and the rest are fewer (a busy
 entrance tipped its building over with a neighbour's usual call), the cluster is that
 child's, and only its calls are taken. A suspicion raised at a place while its
@@ -523,7 +524,7 @@ class CallWatch:
             if callers < least:
                 continue
             wide = self._beside_place(node, now) if self.open else None
-            if wide is not None and not explained(wide) and not self._is_proven(wide):
+            if wide is not None and not explained(wide) and not self._through(wide):
                 # One place with a suspicion beside it: that suspicion widened to it.
                 place = [wide, *self.topology.descendants(wide)]
                 taken = sorted((c for n in place for c in self._by_node.get(n, ())),
@@ -557,31 +558,28 @@ class CallWatch:
         proven = self._proven
         return proven is not None and proven(node)
 
+    def _through(self, node: str) -> bool:
+        """Whether the probes see the way through this node working: it answers, and so
+        does every switch or segment below it (no fault of its callers is at it)."""
+        children = self.topology.inner_children.get(node)
+        return bool(children) and self._is_proven(node) and all(map(self._is_proven, children))
+
     def _place(self, node: str, root: str) -> str:
-        """Where a fault a caller served at `node` notices may be, within `root`: below
-        the nearest node of their path the probes see answering (the way through it
-        works), so the highest node of the path below it; `root` when no node of the
-        path up to it answers; `node` itself when it answers (it stands for the wiring
-        of the buildings it serves, which has no node of its own)."""
-        chain = self._chain(node)
-        nodes = self.topology.nodes
-        for i, n in enumerate(chain):
-            if self._is_proven(n):
-                if i == 0:
-                    return node
-                # The node of the path just below it (two, with two uplinks below it: the
-                # caller's own place is where those paths meet, their serving node).
-                below = [x for x in chain[:i] if n in nodes[x].parents]
-                return below[0] if len(below) == 1 else node
-            if n == root:
-                return root
+        """Where a fault a caller served at `node` notices may be, within `root`: at or
+        below the nearest node of their path the probes see answering — the way to it
+        works, so nothing above it is the fault; it may be (its management answering
+        while its ports carry nothing: a switch's data plane), or what hangs below it —
+        so that node; `root` when no node of the path up to it answers."""
+        for n in self._chain(node):
+            if self._is_proven(n) or n == root:
+                return n
         return root
 
     def _places(self, root: str, taken: list[Call], now: float) -> list[tuple[str, list[Call]]]:
         """The cluster found at `root`, as the suspicions to raise: (root, its calls) when
         no node of its callers' paths up to it answers the probes (no `proven`, or none
         does: as before); else its callers grouped by where their fault may be
-        (`_place`: below the nearest answering node of each one's path), each group at
+        (`_place`: the nearest answering node of each one's path), each group at
         the lowest node its callers share and only if it passes that node's own test
         (its threshold, or the sequential test). Three callers of three buildings whose
         switches answer raise nothing at their aggregation."""
