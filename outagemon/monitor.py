@@ -291,7 +291,7 @@ class Monitor:
         A node answering its pings whose children cannot be probed (unprobed entrances,
         buildings it serves itself) is not cleared: its management may answer while its
         ports carry nothing, which an engineer who checked may confirm."""
-        children = self.directory.topology.inner_children.get(node)
+        children = self.directory.topology.inner_children.get(node, ())
         return bool(children) and self.answering(node) and all(map(self.answering, children))
 
     def handle_calls(self, events: list[Event]) -> None:

@@ -561,7 +561,7 @@ class CallWatch:
     def _through(self, node: str) -> bool:
         """Whether the probes see the way through this node working: it answers, and so
         does every switch or segment below it (no fault of its callers is at it)."""
-        children = self.topology.inner_children.get(node)
+        children = self.topology.inner_children.get(node, ())
         return bool(children) and self._is_proven(node) and all(map(self._is_proven, children))
 
     def _place(self, node: str, root: str) -> str:
