@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 USAGE_ERROR = 2
@@ -14,6 +15,16 @@ class _Parser(argparse.ArgumentParser):
         # One sentence and exit 2, as the contract asks; argparse's own usage dump is noise.
         # self.prog is the whole command: "outagemon", "outagemon report downtime".
         self.exit(USAGE_ERROR, f"outagemon: {message}. See '{self.prog} --help'.\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self.prog != "outagemon":
+            # A command's own unknown arguments: its help is the one to read, not the
+            # top level's, which would say them otherwise.
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def _port(text: str) -> int:

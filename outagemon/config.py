@@ -55,8 +55,8 @@ class HttpConfig:
     metrics_token: str = field(default="", repr=False)  # a bearer token for /metrics alone
     allowed_hosts: tuple[str, ...] = ()  # Host names answered; () = the listen address's
     max_streams: int = 100  # live-page streams (/events) open at once; more get 503
-    # Processes answering on the port (SO_REUSEPORT) from a replica of the incident state;
-    # 1: the daemon's own process answers everything, as before workers existed.
+    # Processes answering on the port (one listening socket, shared) from a replica of the
+    # incident state; 1: the daemon's own process answers everything, as before workers.
     workers: int = 1
     # The workers' CPU priority (nice): lower than the daemon's, so a caller's answer does
     # not wait behind the correlator or the database for a core. 0: the daemon's. Taking

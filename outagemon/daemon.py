@@ -108,6 +108,7 @@ class Daemon:
         # they wait for a restart (config.NEEDS_RESTART), the second reload too.
         self._boot_config = config
         self.restart_pending: list[str] = []  # what the last applied reload left for a restart
+        self.skipped_rows: list[str] = []  # subscriber rows the last load left out
         # With HTTP workers, they listen on the port and this process on their socket.
         self.workers = workers
         if workers is not None:
@@ -154,6 +155,7 @@ class Daemon:
         self._subscribers.set(len(loaded.directory.subscribers))
         self._skipped.set(len(loaded.problems))
         report_skipped(loaded.problems)
+        self.skipped_rows = loaded.problems  # for `outagemon reload` to print
 
     @property
     def config(self) -> Config:
@@ -571,8 +573,10 @@ class Daemon:
         if self.workers is not None and outcome != "refused":
             self.workers.reload()  # they load it too, and are replaced one by one
         try:
+            applied = outcome == "applied"
             reloading.write(self.config.daemon.state_dir, started, outcome, problems,
-                            self.restart_pending if outcome == "applied" else [])  # fmt: skip
+                            self.restart_pending if applied else [],
+                            self.skipped_rows if applied else [])  # fmt: skip
         except OSError as e:
             log.warning("config.reload_outcome_unwritten", error=str(e))
 
@@ -700,6 +704,12 @@ def _prepare(
     gc.disable()
     try:
         loaded = directory.load(new.topology.file, new.topology.subscribers)
+        if loaded.problems and not len(loaded.directory.subscribers):
+            # A bad header, an export cut off or every row broken: applied, every caller
+            # would hear "not_found" until the next reload. Refused, as a broken topology.
+            shown = loaded.problems[: reloading.SKIPPED_SHOWN]
+            raise ConfigError([*shown, f"{new.topology.subscribers}: no subscriber could be "
+                               "loaded from it; the running subscribers are kept."])  # fmt: skip
         ops = inventory_ops(loaded.directory, time.time()) if writing else None
         targets = targets_of(anchors_of(new, loaded.directory), loaded.directory)
         derived: tuple[Change | None, dict[str, int] | None] = (None, None)

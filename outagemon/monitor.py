@@ -113,6 +113,9 @@ class Monitor:
         self.calls: dict[int, int] = {}  # incident id -> check answers that named it
         self._calls_unsaved: dict[int, int] = {}
         self.recent: dict[str, Incident] = {}  # node -> recently resolved incident covering it
+        # id -> recently resolved incident: the page's list (`recent` keeps one a node, so
+        # an incident whose nodes a later one covered would be missing from it).
+        self._resolved: dict[int, Incident] = {}
         self.maintenance: list[Maintenance] = []
         self.next_maintenance = 1  # the id of the next planned works
         self._history_saved = clock()
@@ -310,6 +313,7 @@ class Monitor:
         self.watch.resolve(iid, self.clock(), who)
         for n in sus.incident.nodes:  # its callers hear "restored" for restored_for
             self.recent[n] = sus.incident
+        self._resolved[iid] = sus.incident
         self.handle_calls(self.watch.take_events())
         self.journal.sync()
         return True
@@ -318,6 +322,10 @@ class Monitor:
         """Every open incident: the probes', and those raised by calls."""
         return [*self.correlator.incidents.values(),
                 *(s.incident for s in self.watch.open.values())]  # fmt: skip
+
+    def recently_resolved(self) -> list[Incident]:
+        """Incidents resolved within restored_for, each once (the page's list)."""
+        return list(self._resolved.values())
 
     def open_incident(self, iid: int) -> Incident | None:
         found = self.correlator.incidents.get(iid)
@@ -338,6 +346,7 @@ class Monitor:
             self.correlator.set_maintenance(kept, now)
         cutoff = now - self.config.messages.restored_for
         self.recent = {n: i for n, i in self.recent.items() if (i.resolved_at or 0) > cutoff}
+        self._resolved = {k: i for k, i in self._resolved.items() if (i.resolved_at or 0) > cutoff}
         live = set(self.correlator.incidents) | {i.id for i in self.recent.values()}
         live |= set(self.watch.open)  # raised by calls: their estimates and counts stay
         for table in (self.eta, self.calls):
@@ -373,6 +382,7 @@ class Monitor:
             )
             for n in resolved.nodes:
                 self.recent[n] = resolved
+            self._resolved[resolved.id] = resolved
         if self.writer is not None:
             subscribers = self.subscribers_of(inc.nodes) if inc is not None else 0
             self.journal.event(e, inc, subscribers)
@@ -565,6 +575,7 @@ class Monitor:
         self.calls.clear()
         self._calls_unsaved.clear()
         self.recent.clear()
+        self._resolved.clear()
 
     # -- restart -----------------------------------------------------------------------
 
@@ -634,6 +645,7 @@ class Monitor:
                 inc.resolved_at -= step
             for node in inc.nodes:
                 stored[node] = inc
+            self._resolved.setdefault(inc.id, inc)  # one this run resolved is newer
         for node, inc in stored.items():
             self.recent.setdefault(node, inc)  # one this run resolved is newer
         known = {m.id for m in self.maintenance}

@@ -24,14 +24,19 @@ PID_FILE = "daemon.pid"  # the running daemon's pid: `outagemon reload` signals 
 APPLIED, REFUSED, NOT_A_DAEMON, RESTART_NEEDED = 0, 1, 2, 3
 
 
+SKIPPED_SHOWN = 20  # subscriber rows left out that `outagemon reload` prints, at most
+
+
 def write(state_dir: Path, started: float, outcome: str, problems: list[str],
-          restart: list[str] | None = None) -> None:  # fmt: skip
-    """Record a reload that began at `started` (time.monotonic()): applied or refused, and
-    what it changed that waits for a restart."""
+          restart: list[str] | None = None, skipped: list[str] | None = None) -> None:  # fmt: skip
+    """Record a reload that began at `started` (time.monotonic()): applied or refused,
+    what it changed that waits for a restart, and the subscriber rows it left out."""
     path = state_dir / FILE_NAME
     tmp = path.with_name(FILE_NAME + ".new")
+    rows = skipped or []
     tmp.write_text(json.dumps({"started": started, "outcome": outcome, "problems": problems,
-                               "restart": restart or []}, ensure_ascii=False))  # fmt: skip
+                               "restart": restart or [], "skipped": rows[:SKIPPED_SHOWN],
+                               "skipped_total": len(rows)}, ensure_ascii=False))  # fmt: skip
     os.replace(tmp, path)
 
 
@@ -87,6 +92,18 @@ def not_the_daemon(state_dir: Path, pid: int) -> str | None:
     return None
 
 
+def _left_out(found: dict[str, Any]) -> str:
+    """The subscriber rows a reload left out, as lines to print after its outcome (the
+    rest was loaded: one bad row of a CRM export does not refuse the reload)."""
+    rows = [str(r) for r in found.get("skipped", [])]
+    total = max(int(found.get("skipped_total", 0) or 0), len(rows))
+    if not total:
+        return ""
+    more = f"\n... and {total - len(rows)} more (see the daemon's log)" if total > len(rows) else ""
+    return (f"\n{total} subscriber row(s) left out (the others are loaded):\n"
+            + "\n".join(rows) + more)  # fmt: skip
+
+
 def request(state_dir: Path, pid: int, timeout: float = 120.0) -> tuple[int, str]:
     """Signal the daemon and wait for the outcome: (exit code, what to print)."""
     why = not_the_daemon(state_dir, pid)
@@ -105,12 +122,13 @@ def request(state_dir: Path, pid: int, timeout: float = 120.0) -> tuple[int, str
         if found is not None and float(found.get("started", 0)) >= asked:
             if found.get("outcome") == "applied":
                 restart = [str(s) for s in found.get("restart", [])]
+                left_out = _left_out(found)
                 if restart:
                     return RESTART_NEEDED, (
                         "reloaded; these sections need a restart to take effect: "
-                        f"{', '.join(restart)} (systemctl restart outagemon)."
+                        f"{', '.join(restart)} (systemctl restart outagemon).{left_out}"
                     )
-                return APPLIED, "reloaded."
+                return APPLIED, f"reloaded.{left_out}"
             problems = "\n".join(str(p) for p in found.get("problems", []))
             return REFUSED, (
                 f"outagemon reload: refused; the running configuration is kept:\n{problems}"

@@ -188,12 +188,12 @@ async def test_every_form_needs_its_csrf_token(fresh_db: str) -> None:
         # the CSRF token: nothing is written.
         async with browser.post(w.url(f"/incidents/{inc.id}"), data={"note": "forged"},
                                 allow_redirects=False) as r:  # fmt: skip
-            assert r.status == 302 and "message=form_expired" in r.headers["Location"]
+            assert r.status == 303 and "message=form_expired" in r.headers["Location"]
         assert inc.id not in w.monitor.eta and await notes(w, inc.id) == []
         async with browser.post(w.url(f"/incidents/{inc.id}"),
                                 data={"note": "crew on site", "csrf": csrf.group(1)},
                                 allow_redirects=False) as r:  # fmt: skip
-            assert r.status == 302 and r.headers["Location"].endswith("?message=saved")
+            assert r.status == 303 and r.headers["Location"].endswith("?message=saved")
         assert await notes(w, inc.id) == ["crew on site"]
 
 

@@ -29,7 +29,7 @@ async def test_the_form_refuses_what_the_api_refuses_and_saves_the_rest(fresh_db
             on the page)."""
             async with browser.post(page, data={"token": WRITE, "csrf": csrf.group(1), **form},
                                     allow_redirects=False) as r:  # fmt: skip
-                assert r.status == 302, await r.text()
+                assert r.status == 303, await r.text()
                 location = r.headers["Location"]
             async with browser.get(w.url(location)) as shown:
                 said = re.search(r'<p class="card message">(.*?)</p>', await shown.text())

@@ -186,6 +186,10 @@ class NotLeader(RuntimeError):
 class Replica:
     """The leader's state, kept current from PostgreSQL (see the module's docstring)."""
 
+    def recently_resolved(self) -> list[Incident]:
+        """Incidents resolved lately, each once (the page's list, as Monitor's)."""
+        return list(self._resolved.values())
+
     def __init__(self, directory: Directory, metrics: Registry, restored_for: float) -> None:
         self.directory = directory
         self.restored_for = restored_for

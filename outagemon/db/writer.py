@@ -108,6 +108,7 @@ class Writer:
         self._idle = asyncio.Event()
         self._idle.set()
         self.available = pool is not None
+        self._was_up = self.available  # the first connection is not "available again"
         self.last_error = "" if pool is not None else "not connected yet"
         self._queued = metrics.gauge("outagemon_db_queue", "Writes waiting for the database.")
         self._queued_bytes = metrics.gauge(
@@ -308,7 +309,8 @@ class Writer:
 
     def _up_again(self) -> None:
         if not self.available:
-            log.info("db.available_again")
+            log.info("db.available_again" if self._was_up else "db.available")
+        self._was_up = True
         self.available = True
         self.last_error = ""
         self._up.set(1)

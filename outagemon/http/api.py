@@ -8,6 +8,7 @@ dialplan's JSON_DECODE can read it. What a caller hears is decided in the core
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -116,6 +117,8 @@ def check_answer(rt: Runtime, q: Mapping[str, str]) -> tuple[bytes, str]:
     now = clock.now()  # the monitor's clock: never stepped
     answer = assess(rt.monitor, rt.directory, match, now, rt.config.messages.restored_for,
                     rt.answers)  # fmt: skip
+    if answer.status is Status.AMBIGUOUS and not match.candidates:
+        match = dataclasses.replace(match, candidates=parts_of(rt.directory, match))
     inc = answer.incident
     if fmt == "text":
         said = f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n"
@@ -139,6 +142,21 @@ def check_answer(rt: Runtime, q: Mapping[str, str]) -> tuple[bytes, str]:
                                 sub.node if sub is not None and sub.ip else "")  # fmt: skip
     rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
     return reply
+
+
+def parts_of(directory: Directory, match: Match) -> tuple[str, ...]:
+    """The parts of a building split between nodes by flat, written out ("пр-т Мира, д. 10,
+    кв. 1-40"): the candidates of an answer that is ambiguous because no flat was given
+    (the contract's `candidates` is never empty for `ambiguous`)."""
+    building = match.address
+    if building is None:
+        return ()
+    nodes = set(match.nodes)
+    return tuple(
+        building.text(flat=s.flats_text()) if s.flats else building.text(with_flat=False)
+        for s, n in directory.topology.served.get(building.key, ())
+        if n in nodes
+    )
 
 
 def caller_of(match: Match, building: str) -> tuple[str, str]:

@@ -24,7 +24,7 @@ from outagemon import clock, logs
 from outagemon.cluster.replica import Replica
 from outagemon.core.calls import building_text
 from outagemon.core.health import State
-from outagemon.core.incidents import Incident
+from outagemon.core.incidents import Incident, Maintenance
 from outagemon.http import charts, figures, queries
 from outagemon.http.runtime import (
     RUNTIME,
@@ -141,20 +141,35 @@ def chart(per_minute: list[int]) -> Markup:
     )
 
 
+def _works(rt: Runtime, maintenance: list[Maintenance]) -> list[dict[str, Any]]:
+    """Planned works under way or to come, soonest first: callers behind them hear
+    `maintenance`, so the engineers see them too (not only once a node fails inside)."""
+    now = clock.now()
+    topo = rt.directory.topology.nodes
+    shown = sorted((w for w in maintenance if w.ends_at > now), key=lambda w: w.starts_at)
+    return [{
+        "id": w.id, "node": w.node, "name": topo[w.node].name if w.node in topo else "",
+        "running": w.starts_at <= now, "starts": _when(w.starts_at), "ends": _when(w.ends_at),
+        "reason": w.reason,
+    } for w in shown[:MAX_ROWS]]  # fmt: skip
+
+
 def live_context(rt: Runtime) -> dict[str, Any]:
     m = rt.monitor
     open_cards: list[dict[str, Any]] = []
     resolved: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
+    works: list[dict[str, Any]] = []
     more = 0
     if m is not None:
         c = m.correlator
+        works = _works(rt, m.maintenance)
         incs = sorted(m.open_incidents(), key=lambda i: -i.opened_at)
         open_cards = [_card(rt, i) for i in incs]
         # A reopened incident is open again: its earlier resolution is not "recent".
         still_open = {i.id for i in incs}
         seen: dict[int, Incident] = {}
-        for inc in m.recent.values():
+        for inc in m.recently_resolved():
             if inc.id not in still_open:
                 seen.setdefault(inc.id, inc)
         resolved = [
@@ -193,7 +208,7 @@ def live_context(rt: Runtime) -> dict[str, Any]:
     }
     return {
         "open": open_cards, "resolved": resolved, "problems": problems,
-        "more_problems": more, "health": health,
+        "more_problems": more, "health": health, "works": works,
         "restored_hours": round(rt.config.messages.restored_for / 3600, 1),
     }  # fmt: skip
 
@@ -245,8 +260,10 @@ def _required(request: web.Request) -> Visitor:
     return visitor
 
 
-def _back(path: str, message: Message) -> web.HTTPFound:
-    return web.HTTPFound(f"{path}?message={message.code}")
+def _back(path: str, message: Message) -> web.HTTPSeeOther:
+    # 303 (as the OpenAPI says, and as the login's redirects are): the browser GETs the
+    # page back, whatever the form's method.
+    return web.HTTPSeeOther(f"{path}?message={message.code}")
 
 
 async def _form(request: web.Request) -> dict[str, str]:
@@ -444,7 +461,8 @@ def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
         )
         return f"ETA withdrawn{why} — {detail.get('by', '')}"
     if kind == "eta":
-        return f"ETA {detail.get('eta', '')} — {detail.get('by', '')}"
+        # As the page's header says it (26.11.2026 18:30), not the API's ISO text.
+        return f"ETA {_human(str(detail.get('eta', '')))} — {detail.get('by', '')}"
     said = _suspicion_text(kind, detail)
     if said:
         return said

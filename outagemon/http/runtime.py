@@ -196,6 +196,10 @@ def authorise(request: web.Request, write: bool, rt: Runtime | None = None) -> s
     if token is None:
         sent = "Authorization" in request.headers
         rt.guard.failed("api", request.remote, "invalid" if sent else "missing")
+        scheme, _, given = header.partition(" ")
+        if sent and (scheme.lower() != "bearer" or not given):
+            # Basic, the bare token, no token: the header is what is wrong, not a token.
+            raise bad("the Authorization header must be Bearer TOKEN.", 401)
         if sent:
             raise bad("the token is not valid.", 401)
         raise bad("a token is required: send Authorization: Bearer TOKEN.", 401)

@@ -143,6 +143,9 @@ class Scenario:
                 said.append(step.note)
 
 
+RATE_EVERY = 2.0  # seconds over which the simulated probe rate is measured
+
+
 class SimulatedSource:
     """The daemon's probe source in the demo: a simulated network replaying the script
     (no ICMP, no root); it ignores reloads."""
@@ -164,7 +167,7 @@ class SimulatedSource:
         net.run_until(now)
         monitor.first_round_done = True
         runtime.not_ready = None
-        return {"simulate": self._simulate(net, monitor)}
+        return {"simulate": self._simulate(net, monitor, runtime)}
 
     def plan(self, targets: dict[str, str], probe: ProbeConfig) -> None:
         return None
@@ -176,7 +179,8 @@ class SimulatedSource:
     def close(self) -> None:
         pass
 
-    async def _simulate(self, net: SimNet, monitor: Monitor) -> None:
+    async def _simulate(self, net: SimNet, monitor: Monitor, runtime: Runtime) -> None:
+        measured, probes_before = time.time(), net.probes
         while True:
             now = time.time()
             for note in self.scenario.apply(net, monitor, now):
@@ -184,6 +188,9 @@ class SimulatedSource:
             net.run_until(now)
             for node in monitor.tick():
                 net.probe(node)
+            if now - measured >= RATE_EVERY:  # the page's "probing N probes/s", as ICMP's
+                runtime.probe_rate = (net.probes - probes_before) / (now - measured)
+                measured, probes_before = now, net.probes
             await asyncio.sleep(TICK)
 
 
