@@ -277,6 +277,22 @@ def test_works_booked_to_follow_on_make_the_incident_end_at_the_chains_end(secon
     assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == start + 1200
 
 
+def test_works_starting_while_others_run_cover_their_node_from_their_start() -> None:
+    # The works running do not change when sw0-1's begin (sw0-0's run on): a node that
+    # fails inside sw0-1's works is still planned works, not an outage.
+    s = sim(city(aggs=1, access=3))
+    start = s.now
+    s.correlator.set_maintenance([Maintenance(1, "sw0-0", start, start + 1200, "upgrade"),
+                                  Maintenance(2, "sw0-1", start + 300, start + 900, "more")],
+                                 start)  # fmt: skip
+    s.run_for(400)
+    s.fail("sw0-1")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    assert (inc.root, inc.kind, inc.maintenance_until) == ("sw0-1", Kind.MAINTENANCE,
+                                                           start + 900)  # fmt: skip
+
+
 def test_works_with_a_gap_end_at_the_first_works_end() -> None:
     s = sim(city(aggs=1, access=3))
     start = s.now

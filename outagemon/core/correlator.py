@@ -59,7 +59,8 @@ class Correlator(Failures):
         self._blocked: dict[str, tuple[str, float]] = {}  # pending root -> (ancestor, its last_at)
         self._roots_cache: list[str] = []
         self._blind_at = -math.inf  # when the monitor last went blind
-        self._scope_key: tuple[int, tuple[Maintenance, ...]] = (0, ())  # what _scope is of
+        # What _scope is of: the topology, the works running and those still to end.
+        self._scope_key: tuple[int, tuple[Maintenance, ...], tuple[Maintenance, ...]] = (0, (), ())
         self._anchors_seen: set[str] = set(self.anchors)  # anchors states may be kept for
 
     # -- the incident book, as the API, the page and the monitor read it ---------------
@@ -102,20 +103,29 @@ class Correlator(Failures):
         nodes = self.topology.nodes
         windows = [m for m in self.maintenance if m.ends_at > now and m.node in nodes]
         running = tuple(m for m in windows if m.starts_at <= now)
-        key = (id(self.topology), tuple(windows) if running else ())
+        key = (id(self.topology), running, tuple(windows) if running else ())
         if key == self._scope_key:
             return  # called every tick: the same works running cover the same nodes
         self._scope_key = key
         scope: dict[str, float] = {}
         if running:
+            topology = self.topology
             below = {m.node for m in running}
             for n in list(below):
-                below.update(self.topology.descendants(n))
+                below.update(topology.descendants(n))
+            # Every node a covered node depends on is below running works or above them.
+            above = set().union(*(topology.ancestors(m.node) for m in running))
             still = set(filter(self._cut_off(running), below))
-            moments = sorted({t for m in windows for t in (m.starts_at, m.ends_at) if t > now})
-            for t in moments:
+            # Only works ending free a node, and only the nodes at or below them.
+            for t in sorted({m.ends_at for m in windows}):
+                near: set[str] = set()
+                for e in {m.node for m in windows if m.ends_at == t}:
+                    if e in below or e in above:
+                        near.update(n for n in (e, *topology.descendants(e)) if n in still)
+                if not near:
+                    continue
                 cut = self._cut_off(m for m in windows if m.starts_at <= t < m.ends_at)
-                freed = [n for n in still if not cut(n)]
+                freed = [n for n in near if not cut(n)]
                 for n in freed:
                     scope[n] = t
                 still.difference_update(freed)
@@ -146,7 +156,7 @@ class Correlator(Failures):
         self.version += 1  # paths from callers to the core may have changed
         old = self.topology
         self.topology = topology
-        self._scope_key = (0, ())
+        self._scope_key = (0, (), ())
         anchors = set(self.anchors)
         if change is None or change.old is not old or change.new is not topology:
             for gone in [n for n in self.states if n not in topology and n not in anchors]:
