@@ -415,7 +415,9 @@ class Monitor:
         outage at the next tick if its root is still down). Returns the works as they
         were; KeyError when none has this id."""
         now = self.clock()
-        old = next(m for m in self.maintenance if m.id == window_id and m.ends_at > now)
+        old = next((m for m in self.maintenance if m.id == window_id and m.ends_at > now), None)
+        if old is None:
+            raise KeyError(window_id)
         end = now if ends_at is None else ends_at
         topology = self.directory.topology
         affected = [
