@@ -21,7 +21,7 @@ from outagemon import logs
 from outagemon.cluster.lease import Leadership, StepDown
 from outagemon.config import CallersConfig, Config
 from outagemon.core import calls as callers
-from outagemon.core.assess import works_cover
+from outagemon.core.assess import cut_off_by
 from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory
 from outagemon.core.health import NodeState, Settings, State
@@ -248,7 +248,7 @@ class Monitor:
         def explained(node: str) -> bool:
             if c.blind or c.incident_for(node) is not None:
                 return True
-            return bool(running) and works_cover(topo, node, running, now) is not None
+            return bool(running) and cut_off_by(topo, node, {w.node for w in running})
 
         def next_id() -> int:
             iid = c.book.next_id
@@ -425,7 +425,9 @@ class Monitor:
         outage at the next tick if its root is still down). Returns the works as they
         were; KeyError when none has this id."""
         now = self.clock()
-        old = next(m for m in self.maintenance if m.id == window_id and m.ends_at > now)
+        old = next((m for m in self.maintenance if m.id == window_id and m.ends_at > now), None)
+        if old is None:
+            raise KeyError(window_id)
         end = now if ends_at is None else ends_at
         topology = self.directory.topology
         affected = [
