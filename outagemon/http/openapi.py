@@ -507,6 +507,16 @@ PAGE_PATHS: dict[str, Any] = {
                  "requestBody": {"required": True, "content": _FORM},
                  "responses": {"303": _TO, **_errors(400, 404, 413)}},
     },
+    "/maintenance/{id}": {
+        "parameters": _ID,
+        "get": {"summary": "One planned works' page (HTML), with a button to withdraw them.",
+                "responses": {"200": {"description": "The page.", "content": _HTML},
+                              **_errors(404)}},
+        "post": {"summary": "The page's button: withdraw the works (a write session or token, "
+                            "and the form's CSRF token).",
+                 "requestBody": {"required": True, "content": _FORM},
+                 "responses": {"303": _TO, **_errors(400, 404, 413)}},
+    },
     "/login": {
         "get": {"summary": "The login form (with [http] page_auth; else to /).",
                 "responses": {"200": {"description": "The form.", "content": _HTML},
