@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -20,7 +21,7 @@ from outagemon import logs
 from outagemon.cluster.lease import Leadership, StepDown
 from outagemon.config import CallersConfig, Config
 from outagemon.core import calls as callers
-from outagemon.core.assess import works_cover
+from outagemon.core.assess import cut_off_by
 from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory
 from outagemon.core.health import NodeState, Settings, State
@@ -248,7 +249,7 @@ class Monitor:
         def explained(node: str) -> bool:
             if c.blind or c.incident_for(node) is not None:
                 return True
-            return bool(running) and works_cover(topo, node, running, now) is not None
+            return bool(running) and cut_off_by(topo, node, {w.node for w in running})
 
         def next_id() -> int:
             iid = c.book.next_id
@@ -437,6 +438,38 @@ class Monitor:
         self.maintenance.append(window)
         self.correlator.set_maintenance(self.maintenance, self.clock())
         self.journal.maintenance(window, who)
+
+    def end_maintenance(self, window_id: int, ends_at: float | None, who: str) -> Maintenance:
+        """Planned works cut short or extended to `ends_at`, or withdrawn (None: they end
+        now; works yet to begin are gone). Callers behind them hear so at once; a
+        maintenance incident they explained says so in its timeline (and becomes an
+        outage at the next tick if its root is still down). Returns the works as they
+        were; KeyError when none has this id."""
+        now = self.clock()
+        old = next((m for m in self.maintenance if m.id == window_id and m.ends_at > now), None)
+        if old is None:
+            raise KeyError(window_id)
+        end = now if ends_at is None else ends_at
+        topology = self.directory.topology
+        affected = [
+            i.id
+            for i in self.correlator.incidents.values()
+            if i.kind is Kind.MAINTENANCE
+            and i.root in topology
+            and (i.root == old.node or old.node in topology.ancestors(i.root))
+        ]
+        self.maintenance = _moved(self.maintenance, window_id, end)
+        self.correlator.set_maintenance(self.maintenance, now)
+        self.journal.maintenance_end(window_id, end, ends_at is None, who, now)
+        when = datetime.fromtimestamp(steady.wall(end), UTC).isoformat(timespec="seconds")
+        what = (
+            f"planned works {window_id} on {old.node} withdrawn"
+            if ends_at is None
+            else f"planned works {window_id} on {old.node} now end at {when}"
+        )
+        for iid in affected:
+            self.journal.estimate(iid, None, what, who, now)
+        return old
 
     def count_call(self, incident_id: int, n: int = 1) -> None:
         """`n` check answers that named the incident (a worker's batch is one call)."""
@@ -644,6 +677,8 @@ class Monitor:
             for m in found.maintenance
             if m.id not in known
         ]
+        for wid, end in p.works_ends.items():
+            self.maintenance = _moved(self.maintenance, wid, end - step)
         self.next_maintenance = max(self.next_maintenance, found.next_maintenance,
                                     p.max_maintenance + 1)  # fmt: skip
         self.correlator.set_maintenance(self.maintenance, self.clock())
@@ -674,6 +709,8 @@ class Monitor:
             dataclasses.replace(m, starts_at=m.starts_at - step, ends_at=m.ends_at - step)
             for m in p.maintenance.values()
         ]
+        for wid, end in p.works_ends.items():
+            self.maintenance = _moved(self.maintenance, wid, end - step)
         self.next_maintenance = max(self.next_maintenance, p.max_maintenance + 1)
         self.correlator.set_maintenance(self.maintenance, self.clock())
         return len(incidents)
@@ -701,6 +738,12 @@ class Monitor:
         self.watch.set_topology(directory.topology, directory.counts, below)
         self.watch.settings = call_settings(self.config.callers)
         return replaced
+
+
+def _moved(windows: list[Maintenance], window_id: int, ends_at: float) -> list[Maintenance]:
+    """The works with one's end moved; works that would end before they begin are gone."""
+    return [m if m.id != window_id else dataclasses.replace(m, ends_at=ends_at)
+            for m in windows if m.id != window_id or ends_at > m.starts_at]  # fmt: skip
 
 
 def _shift(inc: Incident, step: float) -> None:

@@ -122,14 +122,16 @@ def test_planned_works_start_and_end_by_the_clock_alone() -> None:
 
 
 def test_overlapping_works_say_the_end_that_applies_as_the_clock_moves() -> None:
-    # Works on agg (sw-1 behind it) and, longer, on sw-1 itself: sw-1's callers are
-    # covered until the later end; the remembered answer must follow the clock there.
+    # Works on agg (sw-1 behind it) and, overlapping and longer, on sw-1 itself: sw-1's
+    # callers are covered from the first start to the chain's end (service returns only
+    # then, so that is the eta from the start); the remembered answer must equal a fresh
+    # one as the clock moves through the second works' start and the first's end.
     rt, monitor = make()
     monitor.add_maintenance(Maintenance(1, "agg", NOW - 60, NOW + 600, "замена"), "noc")
     monitor.add_maintenance(Maintenance(2, "sw-1", NOW + 300, NOW + 1200, "замена"), "noc")
     match = rt.directory.account("101")  # ул. Ленина, д. 5, behind sw-1
     heard = [
-        (NOW, "maintenance", NOW + 600),  # agg's works alone
+        (NOW, "maintenance", NOW + 1200),  # agg's works alone, sw-1's booked to follow on
         (NOW + 400, "maintenance", NOW + 1200),  # both: sw-1's run on after agg's end
         (NOW + 900, "maintenance", NOW + 1200),
         (NOW + 1300, "ok", None),
@@ -141,6 +143,32 @@ def test_overlapping_works_say_the_end_that_applies_as_the_clock_moves() -> None
         assert said["status"] == status, (at - NOW, said)
         assert said["eta"] == (iso(eta) if eta is not None else ""), (at - NOW, said)
         assert (said["eta"] != "") == (status == "maintenance")
+
+
+@pytest.mark.parametrize("second_on", ["sw-1", "agg"])
+def test_works_booked_to_follow_on_say_the_chains_end_from_the_start(second_on: str) -> None:
+    # sw-1 15:40-17:00, then 16:50-18:00 on sw-1 again (or on agg above it): service
+    # returns at 18:00, so that is the eta before the second works begin too.
+    rt, monitor = make()
+    monitor.add_maintenance(Maintenance(1, "sw-1", NOW - 60, NOW + 600, "замена"), "noc")
+    monitor.add_maintenance(Maintenance(2, second_on, NOW + 540, NOW + 1200, "ещё"), "noc")
+    match = rt.directory.account("101")  # behind sw-1
+    for at in (NOW, NOW + 550, NOW + 700):
+        body = answer(rt, match, at)
+        assert body == afresh(rt, match, at)
+        said = orjson.loads(body)
+        assert (said["status"], said["eta"]) == ("maintenance", iso(NOW + 1200)), at - NOW
+    assert orjson.loads(answer(rt, match, NOW + 1200))["status"] == "ok"
+
+
+def test_works_after_a_gap_do_not_carry_the_eta_on() -> None:
+    rt, monitor = make()
+    monitor.add_maintenance(Maintenance(1, "sw-1", NOW - 60, NOW + 600, "замена"), "noc")
+    monitor.add_maintenance(Maintenance(2, "sw-1", NOW + 660, NOW + 1200, "ещё"), "noc")
+    match = rt.directory.account("101")
+    said = orjson.loads(answer(rt, match, NOW))
+    assert (said["status"], said["eta"]) == ("maintenance", iso(NOW + 600))
+    assert orjson.loads(answer(rt, match, NOW + 630))["status"] == "ok"
 
 
 def test_restored_runs_out_by_the_clock_alone() -> None:

@@ -259,6 +259,69 @@ def test_planned_works_make_a_maintenance_incident_that_becomes_an_outage_if_it_
     assert s.correlator.incidents[inc.id].kind.value == "outage"
 
 
+@pytest.mark.parametrize("second_on", ["sw0-0", "agg0"])
+def test_works_booked_to_follow_on_make_the_incident_end_at_the_chains_end(second_on: str) -> None:
+    # 15:40-17:00 on the switch, then 16:50-18:00 on it (or on the aggregation above):
+    # its callers get service back at 18:00, and the incident says so from the start.
+    s = sim(city(aggs=1, access=3))
+    start = s.now
+    s.correlator.set_maintenance([Maintenance(1, "sw0-0", start, start + 600, "upgrade"),
+                                  Maintenance(2, second_on, start + 540, start + 1200, "more")],
+                                 start)  # fmt: skip
+    s.fail("sw0-0")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == start + 1200
+    events = s.run_for(1100)  # past the first works' end (and its hold): still works
+    assert kinds(events, "kind_changed") == []
+    assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == start + 1200
+
+
+def test_works_starting_while_others_run_cover_their_node_from_their_start() -> None:
+    # The works running do not change when sw0-1's begin (sw0-0's run on): a node that
+    # fails inside sw0-1's works is still planned works, not an outage.
+    s = sim(city(aggs=1, access=3))
+    start = s.now
+    s.correlator.set_maintenance([Maintenance(1, "sw0-0", start, start + 1200, "upgrade"),
+                                  Maintenance(2, "sw0-1", start + 300, start + 900, "more")],
+                                 start)  # fmt: skip
+    s.run_for(400)
+    s.fail("sw0-1")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    assert (inc.root, inc.kind, inc.maintenance_until) == ("sw0-1", Kind.MAINTENANCE,
+                                                           start + 900)  # fmt: skip
+
+
+def test_works_with_a_gap_end_at_the_first_works_end() -> None:
+    s = sim(city(aggs=1, access=3))
+    start = s.now
+    s.correlator.set_maintenance([Maintenance(1, "sw0-0", start, start + 600, "upgrade"),
+                                  Maintenance(2, "sw0-0", start + 601, start + 1200, "more")],
+                                 start)  # fmt: skip
+    s.fail("sw0-0")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == start + 600
+
+
+def test_works_withdrawn_make_their_incident_an_outage_at_once() -> None:
+    # Works cut to the moment they are withdrawn (as the monitor does): the switch still
+    # down is a fault now, not in `resolve_hold` after the planned end.
+    s = sim(city(aggs=1, access=3))
+    start = s.now
+    window = Maintenance(1, "sw0-0", start, start + 3600, "upgrade")
+    s.correlator.set_maintenance([window], start)
+    s.fail("sw0-0")
+    s.run_for(60)
+    (inc,) = s.correlator.incidents.values()
+    assert inc.kind is Kind.MAINTENANCE
+    s.correlator.set_maintenance([dataclasses.replace(window, ends_at=s.now)], s.now)
+    events = s.run_for(10)
+    assert [e.detail["to"] for e in kinds(events, "kind_changed")] == ["outage"]
+    assert s.correlator.incidents[inc.id].kind.value == "outage"
+
+
 def restarted(s: SimNet) -> Correlator:
     """A new correlator that knows only what the database kept: the open incidents."""
     saved = [dataclasses.replace(i, nodes=list(i.nodes)) for i in s.correlator.incidents.values()]

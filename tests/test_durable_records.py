@@ -24,7 +24,7 @@ def test_records_read_back_into_open_incidents_estimates_works_and_ids(tmp_path:
         spool.append(kind, durable.event_record(e, inc, 12, 0.0), kind in durable.PRECIOUS)
     spool.append("eta", durable.eta_record(7, 5000.0, "noc", 1020.0), True)
     spool.append("note", durable.note_record(7, "бригада выехала", "noc", 1020.0), True)
-    works = Maintenance(3, "sw-2", 2000.0, 3000.0, "замена")
+    works = Maintenance(3, "sw-2", 2000.0, 3000.0, "замена", by="noc")  # read back with who
     spool.append("maintenance", durable.maintenance_record(works, "noc", 0.0), True)
     spool.mark("incident", 9)  # handed out, never written (the process died)
     spool.sync()

@@ -84,6 +84,15 @@ async def test_real_responses_match_the_description(fresh_db: str) -> None:
                                         "ends_at": soon(2)})  # fmt: skip
         assert status == 201
         validate("/api/v1/maintenance", "post", status, body)
+        wid = body["id"]
+        status, body = await call(w, "get", "/api/v1/maintenance", headers=auth)
+        assert status == 200 and [x["id"] for x in body["maintenance"]] == [wid]
+        validate("/api/v1/maintenance", "get", status, body)
+        for change in ({"ends_at": soon(3)}, {"withdraw": True}, {"withdraw": True}):
+            status, body = await call(w, "post", f"/api/v1/maintenance/{wid}",
+                                      headers=w.auth(WRITE), json=change)  # fmt: skip
+            validate("/api/v1/maintenance/{id}", "post", status, body)
+        assert status == 404  # withdrawn already
         status, body = await call(w, "get", "/api/v1/openapi.json")
         assert status == 200 and body == SPEC
 

@@ -80,3 +80,41 @@ async def test_the_page_says_why_a_suspicion_at_an_answering_node_is_not_confirm
             said = re.search(r'<p class="card message">(.*?)</p>', await shown.text())
         assert said is not None and "answers the probes now" in html.unescape(said.group(1))
         assert w.monitor.watch.open[iid].incident.kind is Kind.SUSPECTED
+
+
+async def test_planned_works_are_withdrawn_from_the_page(fresh_db: str) -> None:
+    # The live section links each works to its page, whose button withdraws them.
+    browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with world(fresh_db) as w, browser:
+        starts = datetime.now().astimezone().isoformat()
+        ends = (datetime.now() + timedelta(hours=2)).astimezone().isoformat()
+        works = {"node": "agg-s", "starts_at": starts, "ends_at": ends, "reason": "не тот узел"}
+        async with w.session.post(w.url("/api/v1/maintenance"), headers=w.auth(WRITE),
+                                  json=works) as r:  # fmt: skip
+            wid = (await r.json())["id"]
+        async with browser.get(w.url("/")) as r:
+            assert f'href="/maintenance/{wid}"' in await r.text()
+        page = w.url(f"/maintenance/{wid}")
+        async with browser.get(page) as r:
+            shown = await r.text()
+        assert "не тот узел" in shown and "declared by noc" in shown
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', shown)
+        assert csrf is not None
+        assert (await w.check(account="1007"))["status"] == "maintenance"
+
+        async def post(token: str) -> str:
+            async with browser.post(page, data={"token": token, "csrf": csrf.group(1)},
+                                    allow_redirects=False) as r:  # fmt: skip
+                assert r.status == 303, await r.text()
+                location = r.headers["Location"]
+            async with browser.get(w.url(location)) as back:
+                said = re.search(r'<p class="card message">(.*?)</p>', await back.text())
+            assert said is not None, location
+            return html.unescape(said.group(1))
+
+        assert "not valid" in await post("wrong-token-0123456789")
+        assert (await w.check(account="1007"))["status"] == "maintenance"
+        assert (await post(WRITE)).startswith("Withdrawn")
+        assert (await w.check(account="1007"))["status"] == "ok"
+        async with browser.get(page) as r:
+            assert r.status == 404  # nothing left to withdraw

@@ -305,6 +305,9 @@ class Replica:
     def add_maintenance(self, window: Maintenance, who: str) -> None:
         raise NotLeader("this process only reads; planned works are written by the leader")
 
+    def end_maintenance(self, window_id: int, ends_at: float | None, who: str) -> Maintenance:
+        raise NotLeader("this process only reads; planned works are written by the leader")
+
     # -- keeping current ---------------------------------------------------------------
 
     async def run(self, dsn: str) -> None:
@@ -520,7 +523,7 @@ class Replica:
     def _take_windows(self, rows: list[Any]) -> None:
         self.maintenance = [
             Maintenance(w["id"], w["node_id"], _steady(w["starts_at"]), _steady(w["ends_at"]),
-                        w["reason"])
+                        w["reason"], w["created_by"])
             for w in rows
         ]  # fmt: skip
 

@@ -310,19 +310,29 @@ def works_cover(topology: Topology, node: str, windows: list[Maintenance],
                 now: float) -> tuple[float, float] | None:  # fmt: skip
     """(since, until) when planned works running now cut this node off, else None.
 
-    Covered while the works still running would cut it off: with works on both uplinks
-    of a building, until the first of them ends; on a switch and the aggregation above,
-    until the last."""
+    `until` is the first moment the works running then no longer cut it off: with works
+    on both uplinks of a building, the first of them ending; on a switch and the
+    aggregation above, the last; works booked to overlap or follow on (16:50-18:00 after
+    15:40-17:00) carry it on to the end of that chain, when service returns."""
     running = [w for w in windows if w.starts_at <= now < w.ends_at]
     if not running or not cut_off_by(topology, node, {w.node for w in running}):
         return None
-    ends = sorted({w.ends_at for w in running})
-    until = ends[-1]
-    for end in ends[:-1]:
-        if not cut_off_by(topology, node, {w.node for w in running if w.ends_at > end}):
-            until = end
-            break
-    return min(w.starts_at for w in running if w.ends_at >= until), until
+    until = works_until(topology, node, windows, now)
+    lasting = [w for w in running if w.ends_at >= until] or running
+    return min(w.starts_at for w in lasting), until
+
+
+def works_until(topology: Topology, node: str, windows: list[Maintenance],
+                now: float) -> float:  # fmt: skip
+    """The first moment after `now` at which the works running then leave `node` a path
+    (the set of running works changes only where works start or end)."""
+    moments = sorted({t for w in windows if w.ends_at > now for t in (w.starts_at, w.ends_at)
+                      if t > now})  # fmt: skip
+    for t in moments:
+        if not cut_off_by(topology, node, {w.node for w in windows
+                                           if w.starts_at <= t < w.ends_at}):  # fmt: skip
+            return t
+    return math.inf  # not reached: nothing runs after the last end
 
 
 def works_end(inc: Incident, windows: list[Maintenance], topology: Topology,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from outagemon.core.failures import Failures
 from outagemon.core.health import (
@@ -41,8 +41,8 @@ class Correlator(Failures):
     `_roots_cache` holds the roots of `_cut_cache` (failed, not cut off by other failures,
     never a router), valid while `_dirty` is unset; `_pending_since` the roots waiting to
     settle, with the time their failure began, and `_blocked` the ancestor that held each
-    back, with the time of that ancestor's last result; `_scope` the planned works active
-    at the last tick, for every node they cover."""
+    back, with the time of that ancestor's last result; `_scope` every node the planned works
+    active at the last tick cover, with when they leave it a path."""
 
     def __init__(
         self,
@@ -54,12 +54,13 @@ class Correlator(Failures):
         super().__init__(topology, settings, anchors)
         self.book = IncidentBook(next_id)
         self.maintenance: list[Maintenance] = []
-        self._scope: dict[str, Maintenance] = {}  # node -> active window covering it
+        self._scope: dict[str, float] = {}  # node under works -> when they leave it a path
         self._pending_since: dict[str, float] = {}  # root candidates waiting to settle
         self._blocked: dict[str, tuple[str, float]] = {}  # pending root -> (ancestor, its last_at)
         self._roots_cache: list[str] = []
         self._blind_at = -math.inf  # when the monitor last went blind
-        self._scope_key: tuple[int, tuple[Maintenance, ...]] = (0, ())  # what _scope is of
+        # What _scope is of: the topology, the works running and those still to end.
+        self._scope_key: tuple[int, tuple[Maintenance, ...], tuple[Maintenance, ...]] = (0, (), ())
         self._anchors_seen: set[str] = set(self.anchors)  # anchors states may be kept for
 
     # -- the incident book, as the API, the page and the monitor read it ---------------
@@ -97,50 +98,55 @@ class Correlator(Failures):
     def _refresh_scope(self, now: float) -> None:
         """The planned works active now, for every node they cover: the works' nodes, and
         every node all of whose uplinks lead into them (a dual-homed building keeps its
-        other uplink). Each is covered by its own works or until the first of its uplinks
-        stops being covered (then it has a path again), whichever ends later."""
+        other uplink); each with the first moment the works running then leave it a path
+        (works booked to overlap or follow on carry it to the end of their chain)."""
         nodes = self.topology.nodes
-        running = [
-            m for m in self.maintenance if m.starts_at <= now < m.ends_at and m.node in nodes
-        ]
-        key = (id(self.topology), tuple(running))
+        windows = [m for m in self.maintenance if m.ends_at > now and m.node in nodes]
+        running = tuple(m for m in windows if m.starts_at <= now)
+        key = (id(self.topology), running, tuple(windows) if running else ())
         if key == self._scope_key:
             return  # called every tick: the same works running cover the same nodes
         self._scope_key = key
-        own: dict[str, Maintenance] = {}
-        for m in running:
-            if m.node not in own or own[m.node].ends_at < m.ends_at:
-                own[m.node] = m
-        scope: dict[str, Maintenance] = {}
-        if own:
-            below = set(own)
-            for n in own:
-                below.update(self.topology.descendants(n))
-            memo: dict[str, Maintenance | None] = {}
-
-            def covering(n: str) -> Maintenance | None:
-                if n in memo:
-                    return memo[n]
-                found = own.get(n)
-                parents = nodes[n].parents
-                if parents and all(p in below for p in parents):
-                    above = [covering(p) for p in parents]
-                    first = min((a for a in above if a is not None), key=lambda m: m.ends_at,
-                                default=None)  # fmt: skip
-                    if (
-                        None not in above
-                        and first is not None
-                        and (found is None or found.ends_at < first.ends_at)
-                    ):
-                        found = first
-                memo[n] = found
-                return found
-
-            for n in below:
-                window = covering(n)
-                if window is not None:
-                    scope[n] = window
+        scope: dict[str, float] = {}
+        if running:
+            topology = self.topology
+            below = {m.node for m in running}
+            for n in list(below):
+                below.update(topology.descendants(n))
+            # Every node a covered node depends on is below running works or above them.
+            above = set().union(*(topology.ancestors(m.node) for m in running))
+            still = set(filter(self._cut_off(running), below))
+            # Only works ending free a node, and only the nodes at or below them.
+            for t in sorted({m.ends_at for m in windows}):
+                near: set[str] = set()
+                for e in {m.node for m in windows if m.ends_at == t}:
+                    if e in below or e in above:
+                        near.update(n for n in (e, *topology.descendants(e)) if n in still)
+                if not near:
+                    continue
+                cut = self._cut_off(m for m in windows if m.starts_at <= t < m.ends_at)
+                freed = [n for n in near if not cut(n)]
+                for n in freed:
+                    scope[n] = t
+                still.difference_update(freed)
+                if not still:
+                    break
         self._scope = scope
+
+    def _cut_off(self, running: Iterable[Maintenance]) -> Callable[[str], bool]:
+        """Whether works on these nodes cut a node off (all its uplinks lead into them)."""
+        nodes = self.topology.nodes
+        memo = {m.node: True for m in running}
+
+        def cut(n: str) -> bool:
+            found = memo.get(n)
+            if found is None:
+                parents = nodes[n].parents
+                found = bool(parents) and all(cut(p) for p in parents)
+                memo[n] = found
+            return found
+
+        return cut
 
     def set_topology(self, topology: Topology, change: Change | None = None) -> None:
         """A reloaded topology: nodes that still exist keep their state. `change`: what
@@ -150,7 +156,7 @@ class Correlator(Failures):
         self.version += 1  # paths from callers to the core may have changed
         old = self.topology
         self.topology = topology
-        self._scope_key = (0, ())
+        self._scope_key = (0, (), ())
         anchors = set(self.anchors)
         if change is None or change.old is not old or change.new is not topology:
             for gone in [n for n in self.states if n not in topology and n not in anchors]:

@@ -100,6 +100,7 @@ class Maintenance:
     starts_at: float
     ends_at: float
     reason: str = ""
+    by: str = ""  # who declared them
 
 
 class IncidentBook:
@@ -137,13 +138,14 @@ class IncidentBook:
         topology: Topology,
         inferred: bool,
         since: float,
-        window: Maintenance | None,
+        works_until: float | None,
     ) -> Incident:
         """The incident for a root that has settled: the same one again if this root's
         last incident resolved within REOPEN_WITHIN (callers keep the id they heard); else
         the oldest of the incidents below it, re-rooted, the others merged into it; else a
         new one (split from a recovering incident that had the root among its nodes).
-        `by_root` (active incidents by root) loses the incidents absorbed."""
+        `by_root` (active incidents by root) loses the incidents absorbed; `works_until`:
+        when the planned works covering the root leave it a path, if any cover it."""
         # Incidents whose roots this new root now explains (they are cut off, and it is
         # above them); found through their ancestors, which are few, not its descendants.
         absorbed = sorted(
@@ -152,7 +154,7 @@ class IncidentBook:
              and root in topology.ancestors(r)),
             key=lambda i: i.id,
         )  # fmt: skip
-        kind = Kind.MAINTENANCE if window is not None else Kind.OUTAGE
+        kind = Kind.MAINTENANCE if works_until is not None else Kind.OUTAGE
         previous = self.resolved.pop(root, None)
         if (
             not absorbed
@@ -189,7 +191,7 @@ class IncidentBook:
                 change: dict[str, object] = {"from": inc.kind.value, "to": kind.value}
                 self.events.append(Event(EventKind.KIND_CHANGED, now, inc.id, root, detail=change))
                 inc.kind = kind
-            inc.maintenance_until = window.ends_at if window is not None else None
+            inc.maintenance_until = works_until
             for other in absorbed[1:]:
                 del by_root[other.root]
                 other.state = IncidentState.MERGED
@@ -206,7 +208,7 @@ class IncidentBook:
             inferred=inferred,
             opened_at=since or now,
             nodes=[root],
-            maintenance_until=window.ends_at if window else None,
+            maintenance_until=works_until,
         )
         self.next_id += 1
         self.incidents[inc.id] = inc
@@ -327,19 +329,23 @@ class IncidentBook:
                     Event(EventKind.RESOLVED, now, inc.id, inc.root, tuple(inc.nodes))
                 )
 
-    def end_works(self, now: float, scope: dict[str, Maintenance], hold: float) -> int:
-        """Planned works that were extended extend their incidents; works that ended
-        `hold` seconds ago with the root still down become an outage. Returns how many
-        incidents changed without an event (the caller's answers depend on them)."""
+    def end_works(self, now: float, scope: dict[str, float], hold: float) -> int:
+        """Planned works that were extended (or cut short) move their incidents' end
+        (`scope`: when the works covering each node leave it a path); works that ended
+        `hold` seconds ago, or were withdrawn, with the root still down become an outage.
+        Returns how many incidents changed without an event (callers' answers depend on
+        them)."""
         extended = 0
         for inc in self.incidents.values():
             if inc.kind is Kind.MAINTENANCE and inc.maintenance_until is not None:
-                window = scope.get(inc.root)
-                if window is not None:
-                    if inc.maintenance_until != window.ends_at:  # the works were extended
-                        inc.maintenance_until = window.ends_at
+                until = scope.get(inc.root)
+                if until is not None:
+                    if inc.maintenance_until != until:  # works extended, added or cut
+                        inc.maintenance_until = until
                         extended += 1
-                elif now >= inc.maintenance_until + hold and inc.recovering_since is None:
+                elif inc.recovering_since is None and (
+                    now >= inc.maintenance_until + hold or now < inc.maintenance_until
+                ):  # ended `hold` ago, or withdrawn before their end: a fault now
                     inc.kind = Kind.OUTAGE
                     self.events.append(
                         Event(EventKind.KIND_CHANGED, now, inc.id, inc.root,

@@ -23,6 +23,7 @@ from outagemon.db.spool import Record
 PRECIOUS = frozenset({
     EventKind.OPENED, EventKind.REOPENED, EventKind.MERGED, EventKind.RESOLVED,
     EventKind.ROOT_MOVED, EventKind.KIND_CHANGED, "eta", "note", "maintenance",
+    "maintenance_end",
     EventKind.BLIND, EventKind.SEEING,  # rare, and unverified time is billed differently
 })  # fmt: skip
 
@@ -78,6 +79,12 @@ def maintenance_record(window: Maintenance, who: str, wall: float) -> dict[str, 
             "ends_at": window.ends_at + wall, "reason": window.reason, "by": who}  # fmt: skip
 
 
+def maintenance_end_record(window_id: int, ends_at: float, withdrawn: bool, who: str,
+                           at: float) -> dict[str, Any]:  # fmt: skip
+    """Planned works' end moved by an engineer (wall-clock times), or the works withdrawn."""
+    return {"id": window_id, "ends_at": ends_at, "withdrawn": withdrawn, "by": who, "at": at}
+
+
 def event_of(kind: str, data: dict[str, Any]) -> Event:
     """The event a record was made from (times as stored)."""
     return Event(EventKind(kind), float(data["at"]), data.get("incident"), data.get("root"),
@@ -94,6 +101,7 @@ class Pending:
     closed: set[int] = field(default_factory=set)
     eta: dict[int, float | None] = field(default_factory=dict)  # None: withdrawn
     maintenance: dict[int, Maintenance] = field(default_factory=dict)
+    works_ends: dict[int, float] = field(default_factory=dict)  # works' end moved: id -> end
     max_incident: int = 0
     max_maintenance: int = 0
 
@@ -108,9 +116,12 @@ def pending(records: list[Record], marks: dict[str, int] | None = None) -> Pendi
             found.eta[int(d["incident"])] = float(d["eta"]) if d["eta"] is not None else None
         elif r.kind == "maintenance":
             m = Maintenance(int(d["id"]), str(d["node"]), float(d["starts_at"]),
-                            float(d["ends_at"]), str(d.get("reason", "")))  # fmt: skip
+                            float(d["ends_at"]), str(d.get("reason", "")),
+                            str(d.get("by", "")))  # fmt: skip
             found.maintenance[m.id] = m
             found.max_maintenance = max(found.max_maintenance, m.id)
+        elif r.kind == "maintenance_end":
+            found.works_ends[int(d["id"])] = float(d["ends_at"])
         elif r.kind in _EVENTS:
             _event(found, r.kind, d)
     return found

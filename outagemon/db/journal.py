@@ -269,6 +269,17 @@ class Journal:
         self._keep("maintenance", durable.maintenance_record(window, who, clock.CLOCK.step()))
         self.sync()
 
+    def maintenance_end(self, window_id: int, ends_at: float, withdrawn: bool, who: str,
+                        now: float) -> None:  # fmt: skip
+        """Planned works' end moved through the API, or the works withdrawn."""
+        if self.writer is None:
+            return
+        step = clock.CLOCK.step()
+        self._keep("maintenance_end",
+                   durable.maintenance_end_record(window_id, ends_at + step, withdrawn, who,
+                                                  now + step))  # fmt: skip
+        self.sync()
+
     def seen(self, run_id: int, at: float, stopped: bool = False) -> None:
         """This run of the daemon was alive at `at` (wall time), and stopped then when
         `stopped` (the latest wins). A cluster's run is a leader's term: fenced by its epoch
@@ -361,6 +372,8 @@ def op_of(kind: str, data: dict[str, Any]) -> Op:
         return _note_op(data)
     if kind == "maintenance":
         return _maintenance_op(data)
+    if kind == "maintenance_end":
+        return _maintenance_end_op(data)
     e = durable.event_of(kind, data)
     write = WRITES[e.kind]
     at = store.ts(e.at)
@@ -433,6 +446,14 @@ def _maintenance_op(d: dict[str, Any]) -> Op:
         await store.add_maintenance(conn, int(d["id"]), str(d["node"]),
                                     store.ts(float(d["starts_at"])), store.ts(float(d["ends_at"])),
                                     str(d["reason"]), str(d["by"]))  # fmt: skip
+        await store.notify_replica(conn, "maintenance", [])
+
+    return op
+
+
+def _maintenance_end_op(d: dict[str, Any]) -> Op:
+    async def op(conn: Conn) -> None:
+        await store.end_maintenance(conn, int(d["id"]), store.ts(float(d["ends_at"])))
         await store.notify_replica(conn, "maintenance", [])
 
     return op

@@ -81,7 +81,7 @@ async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) ->
     ]
     found.maintenance = [
         Maintenance(w["id"], w["node_id"], w["starts_at"].timestamp(),
-                    w["ends_at"].timestamp(), w["reason"])
+                    w["ends_at"].timestamp(), w["reason"], w["created_by"])
         for w in windows
     ]  # fmt: skip
     return found

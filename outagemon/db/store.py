@@ -292,11 +292,19 @@ async def add_maintenance(conn: Conn, window_id: int, node: str, starts_at: date
     )  # fmt: skip
 
 
+async def end_maintenance(conn: Conn, window_id: int, ends_at: datetime | None) -> None:
+    """Planned works' end moved (cut short, withdrawn, extended); works withdrawn before
+    they began are deleted (a window holds some time)."""
+    await conn.execute("delete from maintenance where id = $1 and starts_at >= $2",
+                       window_id, ends_at)  # fmt: skip
+    await conn.execute("update maintenance set ends_at = $2 where id = $1", window_id, ends_at)
+
+
 async def recent_maintenance(conn: Conn) -> list[asyncpg.Record]:
     """Planned works that ended less than a day ago, or have not ended."""
     return list(
         await conn.fetch(
-            "select id, node_id, starts_at, ends_at, reason from maintenance"
+            "select id, node_id, starts_at, ends_at, reason, created_by from maintenance"
             " where ends_at > now() - interval '1 day'"
         )
     )

@@ -36,6 +36,7 @@ from outagemon.http.runtime import (
     incident_id,
     iso,
     json_response,
+    new_end,
     parse_time,
     text,
     works,
@@ -422,7 +423,7 @@ async def add_maintenance(request: web.Request) -> web.Response:
     if (why := queries.not_deciding(rt)) is not None:
         raise bad(why, 409)
     window = Maintenance(rt.monitor.next_maintenance, node, clock.steady(starts),
-                         clock.steady(ends), reason)  # fmt: skip
+                         clock.steady(ends), reason, who or "anonymous")  # fmt: skip
     rt.monitor.next_maintenance += 1
     rt.monitor.add_maintenance(window, who or "anonymous")
     log.info("api.maintenance_added", id=window.id, node=node, by=who)
@@ -434,12 +435,79 @@ async def add_maintenance(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
+def works_json(window: Maintenance, now: float) -> dict[str, Any]:
+    return {"id": str(window.id), "node": window.node, "starts_at": iso(window.starts_at),
+            "ends_at": iso(window.ends_at), "reason": window.reason, "by": window.by,
+            "running": window.starts_at <= now}  # fmt: skip
+
+
+async def list_maintenance(request: web.Request) -> web.Response:
+    """Planned works under way and to come, soonest first; `node=` those on one node."""
+    authorise(request, write=False)
+    rt = request.app[RUNTIME]
+    unknown = set(request.query) - {"node"}
+    if unknown:
+        raise bad(f"unknown parameter(s): {', '.join(sorted(unknown))}; give node or nothing.")
+    node = request.query.get("node")
+    now = clock.now()
+    found = sorted((m for m in (rt.monitor.maintenance if rt.monitor is not None else [])
+                    if m.ends_at > now and (node is None or m.node == node)),
+                   key=lambda m: (m.starts_at, m.id))  # fmt: skip
+    return json_response({"maintenance": [works_json(m, now) for m in found]})
+
+
+async def update_maintenance(request: web.Request) -> web.Response:
+    """Planned works withdrawn (`{"withdraw": true}`: they end now, or never begin) or
+    their end moved (`{"ends_at": ...}`); the same style as an incident's decisions."""
+    who = authorise(request, write=True) or "anonymous"
+    rt = request.app[RUNTIME]
+    raw = request.match_info["id"]
+    wid = incident_id(raw)  # the same rule for any id in a path
+    if wid is None:
+        raise bad(f"{raw!r} is not a planned works id.", 404)
+    body = await _json_body(request)
+    unknown = set(body) - {"withdraw", "ends_at"}
+    if unknown:
+        raise bad(f"unknown field(s): {', '.join(sorted(unknown))}; give withdraw or ends_at.")
+    if ("withdraw" in body) == ("ends_at" in body):
+        raise bad('give one of {"withdraw": true} or {"ends_at": "..."}.')
+    if "withdraw" in body and body["withdraw"] is not True:
+        raise bad("withdraw must be true.")
+    if (why := queries.not_deciding(rt)) is not None:
+        raise bad(why, 409)
+    monitor = rt.monitor
+    if monitor is None or isinstance(monitor, Replica):
+        raise bad("the daemon is starting; try again in a moment.", 409)
+    now = monitor.clock()
+    window = next((m for m in monitor.maintenance if m.id == wid and m.ends_at > now), None)
+    if window is None:
+        raise bad(f"there are no planned works {wid} under way or to come.", 404)
+    ends: float | None = None
+    if "ends_at" in body:
+        try:
+            given = parse_time(body["ends_at"], "ends_at")
+            new_end(clock.wall(window.starts_at), given, time.time())
+        except Invalid as e:
+            raise bad(str(e)) from None
+        ends = clock.steady(given)
+    monitor.end_maintenance(wid, ends, who)
+    log.info("api.maintenance_changed", id=wid, node=window.node, by=who,
+             withdrawn=ends is None, ends_at=iso(ends))  # fmt: skip
+    kept = next((m for m in monitor.maintenance if m.id == wid), None)
+    answer = works_json(kept or window, now)
+    if ends is None:
+        answer.update(ends_at=iso(now) if window.starts_at <= now else None, withdrawn=True)
+    return json_response(answer)
+
+
 def setup(routes: web.RouteTableDef) -> None:
     routes.get("/api/v1/check")(check)
     routes.get("/api/v1/incidents")(incidents)
     routes.get("/api/v1/incidents/{id}")(incident)
     routes.post("/api/v1/incidents/{id}")(update_incident)
     routes.post("/api/v1/maintenance")(add_maintenance)
+    routes.get("/api/v1/maintenance")(list_maintenance)
+    routes.post("/api/v1/maintenance/{id}")(update_maintenance)
 
     async def openapi(request: web.Request) -> web.Response:
         return json_response(spec())

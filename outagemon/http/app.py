@@ -230,7 +230,8 @@ async def static(request: web.Request) -> web.Response:
 # whole daemon) is forwarded to the daemon's own process.
 WORKER_ROUTES = frozenset({
     ("GET", "/api/v1/check"), ("GET", "/api/v1/incidents"), ("GET", "/api/v1/incidents/{id}"),
-    ("GET", "/api/v1/openapi.json"), ("GET", "/healthz"), ("GET", "/readyz"),
+    ("GET", "/api/v1/maintenance"), ("GET", "/api/v1/openapi.json"), ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("GET", "/static/{name}"),
 })  # fmt: skip
 

@@ -123,6 +123,39 @@ MAINTENANCE_OUT = {
         "nodes": {"type": "integer", "description": "Nodes the works cover."},
     },
 }
+WORKS = {
+    "type": "object",
+    "required": ["id", "node", "starts_at", "ends_at", "reason", "by", "running"],
+    "properties": {
+        "id": {"type": "string"},
+        "node": {"type": "string"},
+        "starts_at": {"type": "string"},
+        "ends_at": {
+            "type": "string",
+            "nullable": True,
+            "description": "null when works yet to begin were withdrawn.",
+        },
+        "reason": {"type": "string"},
+        "by": {"type": "string", "description": "The token's name that declared them."},
+        "running": {"type": "boolean", "description": "Under way now (else to come)."},
+        "withdrawn": {"type": "boolean", "description": "Answering a withdrawal: true."},
+    },
+}
+WORKS_LIST = {
+    "type": "object",
+    "required": ["maintenance"],
+    "properties": {"maintenance": {"type": "array", "items": WORKS}},
+}
+WORKS_CHANGE_IN = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": 'One of {"withdraw": true} (the works end now; works yet to begin are '
+                   'gone) or {"ends_at": "..."} (cut short or extended).',
+    "properties": {
+        "withdraw": {"type": "boolean", "enum": [True]},
+        "ends_at": {"type": "string", "format": "date-time"},
+    },
+}  # fmt: skip
 UPDATE_IN = {
     "type": "object",
     "additionalProperties": False,
@@ -474,6 +507,16 @@ PAGE_PATHS: dict[str, Any] = {
                  "requestBody": {"required": True, "content": _FORM},
                  "responses": {"303": _TO, **_errors(400, 404, 413)}},
     },
+    "/maintenance/{id}": {
+        "parameters": _ID,
+        "get": {"summary": "One planned works' page (HTML), with a button to withdraw them.",
+                "responses": {"200": {"description": "The page.", "content": _HTML},
+                              **_errors(404)}},
+        "post": {"summary": "The page's button: withdraw the works (a write session or token, "
+                            "and the form's CSRF token).",
+                 "requestBody": {"required": True, "content": _FORM},
+                 "responses": {"303": _TO, **_errors(400, 404, 413)}},
+    },
     "/login": {
         "get": {"summary": "The login form (with [http] page_auth; else to /).",
                 "responses": {"200": {"description": "The form.", "content": _HTML},
@@ -558,14 +601,36 @@ def spec() -> dict[str, Any]:
                                   **_errors(400, 401, 403, 404, 409, 413)},
                 },
             },
-            "/api/v1/maintenance": {"post": {
-                "summary": "Declare planned works on a node and everything behind it.",
-                "security": [{"bearer": []}],
-                "requestBody": {"required": True,
-                                "content": {"application/json": {"schema": MAINTENANCE_IN}}},
-                "responses": {"201": _json(MAINTENANCE_OUT, "The works, recorded."),
-                              **_errors(400, 401, 403, 409, 413)},
-            }},
+            "/api/v1/maintenance": {
+                "get": {
+                    "summary": "Planned works under way and to come, soonest first.",
+                    "security": secured,
+                    "parameters": [_q("node", "Only the works on this node.")],
+                    "responses": {"200": _json(WORKS_LIST, "The works."),
+                                  **_errors(400, 401, 403)},
+                },
+                "post": {
+                    "summary": "Declare planned works on a node and everything behind it.",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": True,
+                                    "content": {"application/json": {"schema": MAINTENANCE_IN}}},
+                    "responses": {"201": _json(MAINTENANCE_OUT, "The works, recorded."),
+                                  **_errors(400, 401, 403, 409, 413)},
+                },
+            },
+            "/api/v1/maintenance/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "post": {
+                    "summary": "Withdraw planned works, or move their end; callers hear it "
+                               "at once, the timeline of an incident they explained says it.",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": True,
+                                    "content": {"application/json": {"schema": WORKS_CHANGE_IN}}},
+                    "responses": {"200": _json(WORKS, "The works, as they now are."),
+                                  **_errors(400, 401, 403, 404, 409, 413)},
+                },
+            },
             "/api/v1/subscribers/{account}/outages": {
                 "parameters": [{"name": "account", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],

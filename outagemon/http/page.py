@@ -563,28 +563,7 @@ async def incident_form(request: web.Request) -> web.Response:
         raise bad(f"there is no incident {raw}.", 404)
     back = f"/incidents/{iid}"
     form = await _form(request)
-    if not visitor.csrf_ok(form.get("csrf")):
-        rt.guard.failed("form", request.remote, "csrf")
-        raise _back(back, Message.FORM_EXPIRED)
-    tokens = rt.config.tokens
-    if not any(t.role == "write" for t in tokens):
-        raise _back(back, Message.WRITES_DISABLED)
-    session = visitor.session
-    if session is not None and session.role == "write":
-        who = session.name
-    else:
-        # A token typed into the form can be guessed like a login: the same backoff.
-        address, now = request.remote or "", time.time()
-        if rt.guard.backoff.wait(address, now) > 0:
-            rt.guard.failed("form", address, "backoff")
-            raise _back(back, Message.TOO_MANY)
-        token = rt.token_check.find(tokens, form.get("token", ""))
-        if token is None or token.role != "write":
-            rt.guard.backoff.failed(address, now)
-            rt.guard.failed("form", address, "invalid")
-            raise _back(back, Message.TOKEN_INVALID)
-        rt.guard.backoff.succeeded(address)
-        who = token.name
+    who = _writer(request, visitor, form, back)
     decision = form.get("decision", "")
     if decision:
         raise _back(back, _decide(rt, iid, decision, who))
@@ -606,6 +585,85 @@ async def incident_form(request: web.Request) -> web.Response:
         raise bad(f"there is no incident {raw}.", 404)
     rt.monitor.set_eta(iid, clock.steady(eta) if eta is not None else None, note, who)
     raise _back(back, Message.SAVED)
+
+
+def _writer(request: web.Request, visitor: Visitor, form: dict[str, str], back: str) -> str:
+    """Who sends a page's form that writes: the write session's name, else the write
+    token's typed into the form; the CSRF token must match this browser's. Anything
+    else goes back to `back` with a sentence."""
+    rt = visitor.rt
+    if not visitor.csrf_ok(form.get("csrf")):
+        rt.guard.failed("form", request.remote, "csrf")
+        raise _back(back, Message.FORM_EXPIRED)
+    tokens = rt.config.tokens
+    if not any(t.role == "write" for t in tokens):
+        raise _back(back, Message.WRITES_DISABLED)
+    session = visitor.session
+    if session is not None and session.role == "write":
+        return session.name
+    # A token typed into the form can be guessed like a login: the same backoff.
+    address, now = request.remote or "", time.time()
+    if rt.guard.backoff.wait(address, now) > 0:
+        rt.guard.failed("form", address, "backoff")
+        raise _back(back, Message.TOO_MANY)
+    token = rt.token_check.find(tokens, form.get("token", ""))
+    if token is None or token.role != "write":
+        rt.guard.backoff.failed(address, now)
+        rt.guard.failed("form", address, "invalid")
+        raise _back(back, Message.TOKEN_INVALID)
+    rt.guard.backoff.succeeded(address)
+    return token.name
+
+
+def _current_works(rt: Runtime, raw: str) -> Maintenance | None:
+    """The planned works a page's path names, while under way or to come."""
+    wid = incident_id(raw)  # the same rule for any id in a path
+    m = rt.monitor
+    if wid is None or m is None:
+        return None
+    now = m.clock()
+    return next((w for w in m.maintenance if w.id == wid and w.ends_at > now), None)
+
+
+async def works_page(request: web.Request) -> web.Response:
+    """One planned works, with a button to withdraw them (the live section links here: a
+    fragment every visitor shares cannot hold a visitor's CSRF token)."""
+    visitor = _required(request)
+    rt = visitor.rt
+    raw = request.match_info["id"]
+    window = _current_works(rt, raw)
+    message = Message.of(request.query.get("message"))
+    if window is None and not message:
+        raise bad(f"there are no planned works {raw} under way or to come.", 404)
+    works = _works(rt, [window]) if window is not None else []
+    html = ENV.get_template("works.html").render(
+        now=_when(time.time()), raw=raw, w=works[0] if works else None, message=message,
+        by=window.by if window is not None else "",
+        can_write=visitor.session is not None and visitor.session.role == "write",
+        **visitor.context(),
+    )  # fmt: skip
+    return visitor.page(html)
+
+
+async def works_form(request: web.Request) -> web.Response:
+    """The works page's button: withdraw them (`POST /api/v1/maintenance/{id}` with
+    `{"withdraw": true}`, as a form)."""
+    visitor = _required(request)
+    rt = visitor.rt
+    raw = request.match_info["id"]
+    if incident_id(raw) is None:
+        raise bad(f"there are no planned works {raw} under way or to come.", 404)
+    back = f"/maintenance/{raw}"
+    who = _writer(request, visitor, await _form(request), back)
+    m = rt.monitor
+    if queries.not_deciding(rt) is not None or isinstance(m, Replica):
+        raise _back(back, Message.STANDBY)
+    window = _current_works(rt, raw)
+    if m is None or window is None:
+        raise bad(f"there are no planned works {raw} under way or to come.", 404)
+    m.end_maintenance(window.id, None, who)
+    log.info("page.maintenance_withdrawn", id=window.id, node=window.node, by=who)
+    raise _back(back, Message.WITHDRAWN)
 
 
 def _decide(rt: Runtime, iid: int, decision: str, who: str) -> Message:
@@ -778,6 +836,8 @@ def setup(routes: web.RouteTableDef) -> None:
     routes.get("/incidents/{id}")(incident_page)
     routes.get("/reports")(reports_page)
     routes.post("/incidents/{id}")(incident_form)
+    routes.get("/maintenance/{id}")(works_page)
+    routes.post("/maintenance/{id}")(works_form)
     routes.get("/login")(login_page)
     routes.post("/login")(login)
     routes.post("/logout")(logout)

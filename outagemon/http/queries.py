@@ -13,8 +13,9 @@ from aiohttp import web
 
 from outagemon import logs
 from outagemon.cluster.replica import Replica
+from outagemon.core.assess import later, works_end
 from outagemon.core.calls import building_text
-from outagemon.core.incidents import Incident
+from outagemon.core.incidents import Incident, Kind
 from outagemon.db import store
 from outagemon.http.runtime import Runtime, iso
 from outagemon.monitor import Monitor
@@ -44,11 +45,21 @@ def incident_json(inc: Incident, monitor: Monitor | Replica | None) -> dict[str,
         "subscribers": subs,
         "opened_at": iso(inc.opened_at),
         "resolved_at": iso(inc.resolved_at) or None,
-        "eta": iso(monitor.eta.get(inc.id)) or None if monitor else None,
+        "eta": iso(_eta(inc, monitor)) or None if monitor else None,
         "calls": monitor.calls.get(inc.id, 0) if monitor else 0,
         "raised_by": inc.raised_by,
         **(_suspicion(inc, monitor) if monitor is not None else {}),
     }
+
+
+def _eta(inc: Incident, monitor: Monitor | Replica) -> float | None:
+    """What its callers hear as `eta`: an engineer's estimate; for planned works, their
+    end (of the chain of works that carries on), or a later estimate."""
+    eta = monitor.eta.get(inc.id)
+    if inc.kind is not Kind.MAINTENANCE:
+        return eta
+    topology = monitor.directory.topology
+    return later(works_end(inc, monitor.maintenance, topology, monitor.clock()), eta)
 
 
 def _suspicion(inc: Incident, monitor: Monitor | Replica) -> dict[str, Any]:

@@ -275,6 +275,17 @@ def text(value: Any, name: str) -> str:
     return stripped
 
 
+def new_end(starts: float, ends: float, now: float) -> None:
+    """A new end for planned works (cut short or extended): after their start and now,
+    at most a year ahead."""
+    if ends <= now:
+        raise Invalid('ends_at is in the past; to end the works now, give {"withdraw": true}.')
+    if ends <= starts:
+        raise Invalid("ends_at must be after the works' starts_at.")
+    if ends > now + YEAR:
+        raise Invalid("ends_at is more than a year ahead.")
+
+
 def works(starts: float, ends: float, now: float) -> None:
     """Planned works' times: in order, started at most a day ago, ended at most a year ahead."""
     if ends <= starts:

@@ -62,6 +62,7 @@ class Message(Enum):
     LOGIN_FAILED = "That token is not valid."
     LOGGED_OUT = "Logged out."
     TOO_MANY = "Too many failed attempts from your address; wait a minute and try again."
+    WITHDRAWN = "Withdrawn: callers behind these works no longer hear of planned works."
     STANDBY = "This host stands by (another host leads): nothing was saved; save it there."
 
     @classmethod

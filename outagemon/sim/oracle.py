@@ -13,7 +13,8 @@ The rules it applies, in order, for a subscriber served by node S (see check-rul
                the incident's root is the highest such fault, `maintenance` if it failed
                under planned works that are still running;
   maintenance  planned works run on a node S depends on alone (every path to a root
-               passes through nodes under works); `eta` is the works' end;
+               passes through nodes under works); `eta` is the works' end (of the
+               chain of works that overlap or follow on and keep S cut off);
   cpe_down     the subscriber's own router does not answer;
   restored     S was cut off behind a fault whose incident resolved within restored_for;
   ok           otherwise.
@@ -263,20 +264,17 @@ class Oracle:
     def works_cover(self, t: float, nodes: set[str]) -> dict[str, float]:
         """Nodes among `nodes` that planned works running at t cover, each with the time
         it stops being covered: a node depends on the works when all its uplinks lead into
-        them, and stops when the first works it depends on end (it has a path again)."""
-        active = [(n, e) for n, s, e in self.works if s <= t < e and n in self.parents]
-        if not active:
-            return {}
+        them, and stops at the first moment (works starting or ending) when the works
+        running then leave it a path: works that overlap or follow on carry it on."""
+        booked = [(n, s, e) for n, s, e in self.works if e > t and n in self.parents]
+        covered = self.behind({n for n, s, _ in booked if s <= t})
+        moments = sorted({x for _, s, e in booked for x in (s, e) if x > t})
         out: dict[str, float] = {}
-        for n in nodes:
-            end = t
-            for cut in sorted({e for _, e in active}):
-                # Covered just before `cut` by the works still running then?
-                if n not in self.behind({w for w, e in active if e >= cut}):
+        for n in nodes & covered:
+            for m in moments:
+                if n not in self.behind({w for w, s, e in booked if s <= m < e}):
+                    out[n] = m
                     break
-                end = cut
-            if end > t:
-                out[n] = end
         return out
 
     def moment(self, t: float) -> _Moment:
