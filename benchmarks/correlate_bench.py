@@ -158,6 +158,8 @@ def core_failure() -> None:
     observe_cpu = tick_cpu = 0.0
     hold = hold_cpu = 0.0  # the longest single step: one tick, or one tick's batch of results
     opened: list[str] = []
+    ticks: list[tuple[float, int]] = []  # each tick's thread CPU, and its number
+    first_open = -1
     batch = 2000  # results per 100 ms tick: the scheduler's default max_rate, 20,000/s
     for _ in range(6):  # six rounds of re-probes at timeout spacing
         for start in range(0, len(order), batch):
@@ -169,12 +171,15 @@ def core_failure() -> None:
             observe_cpu += time.process_time() - t0
             hold = max(hold, time.perf_counter() - w0)
             hold_cpu = max(hold_cpu, time.process_time() - t0)
-            t0, w0 = time.process_time(), time.perf_counter()
+            t0, w0, c0 = time.process_time(), time.perf_counter(), time.thread_time()
             events = c.tick(now)
+            ticks.append((time.thread_time() - c0, len(ticks)))
             tick_cpu += time.process_time() - t0
             hold = max(hold, time.perf_counter() - w0)
             hold_cpu = max(hold_cpu, time.process_time() - t0)
             opened += [e.root or "" for e in events if e.kind == "opened"]
+            if opened and first_open < 0:
+                first_open = len(ticks) - 1
             c.take_requests()
     (inc,) = c.incidents.values()
     print(f"3. core failure cutting off {len(inc.nodes) - 1:,} nodes: {len(opened)} incident "
@@ -183,6 +188,10 @@ def core_failure() -> None:
           f"({observe_cpu / (len(order) * 6) * 1e6:.1f} us each); longest single step "
           f"{hold_cpu * 1000:.1f} ms CPU, {hold * 1000:.1f} ms wall (target: no hold of the "
           f"loop > 20 ms); load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    longest = sorted(ticks, reverse=True)[:3]
+    print("   longest ticks (thread CPU, tick number of " + f"{len(ticks)}): "
+          + ", ".join(f"{t * 1000:.1f} ms (#{i})" for t, i in longest)
+          + f"; the incident opened at tick #{first_open}")  # fmt: skip
 
 
 def steady() -> None:

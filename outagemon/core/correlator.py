@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from outagemon.core.failures import Failures
 from outagemon.core.health import (
@@ -71,7 +71,7 @@ class Correlator(Failures):
         return self.book.incidents
 
     @property
-    def node_incident(self) -> dict[str, int]:
+    def node_incident(self) -> Mapping[str, int]:
         """Node -> the open incident that covers it."""
         return self.book.node_incident
 
@@ -193,8 +193,8 @@ class Correlator(Failures):
         book = self.book
         for inc in incidents:
             book.incidents[inc.id] = inc
+            book.node_incident.claim(inc.nodes, inc.id)
             for n in inc.nodes:
-                book.node_incident[n] = inc.id
                 if n in self.topology and self.topology.nodes[n].probed:
                     ns = self.states.setdefault(n, NodeState(changed_at=inc.since))
                     ns.state = State.RECHECK if n != inc.root else State.DOWN

@@ -10,8 +10,8 @@ recovers and resolves incidents accordingly.
 from __future__ import annotations
 
 import enum
-import itertools
 from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from outagemon.core.health import NodeState, update_flapping
@@ -103,6 +103,99 @@ class Maintenance:
     by: str = ""  # who declared them
 
 
+class Owners(Mapping[str, int]):
+    """Node -> the open incident that covers it: what `/check` and the page read.
+
+    Read as a dict, kept in three layers looked up in turn: `own`, an entry a node;
+    `leaves`, uplink -> incident, for a node all of whose children an active incident
+    took at once (each child without children of its own and with that one uplink, in
+    `topology`, is in its uplink's incident: a mass outage's routers, most of its nodes,
+    need no entry each); `recovering`, the nodes of recovering incidents (the first one
+    listing a node), read only where no active incident covers it. `complete` holds the
+    incidents each of whose nodes is covered already (by it, or by another)."""
+
+    __slots__ = ("complete", "leaves", "own", "recovering", "topology")
+
+    def __init__(
+        self,
+        own: dict[str, int] | None = None,
+        leaves: dict[str, int] | None = None,
+        topology: Topology | None = None,
+        recovering: dict[str, int] | None = None,
+        complete: Iterable[int] = (),
+    ) -> None:
+        self.own: dict[str, int] = {} if own is None else own
+        self.leaves: dict[str, int] = {} if leaves is None else leaves
+        self.topology = topology  # the one `leaves` was made with (a reload keeps it)
+        self.recovering: dict[str, int] = {} if recovering is None else recovering
+        self.complete: set[int] = set(complete)
+
+    def _through(self, node: str) -> int | None:
+        """The incident a leaf with one uplink is in through that uplink, if any."""
+        if not self.leaves or self.topology is None:
+            return None
+        found = self.topology.nodes.get(node)
+        if found is None or found.children or len(found.parents) != 1:
+            return None
+        return self.leaves.get(found.parents[0])
+
+    def get(self, node: str, default: int | None = None) -> int | None:  # type: ignore[override]
+        iid = self.own.get(node)
+        if iid is not None:
+            return iid
+        iid = self._through(node)
+        if iid is not None:
+            return iid
+        return self.recovering.get(node, default)
+
+    def __getitem__(self, node: str) -> int:
+        iid = self.get(node)
+        if iid is None:
+            raise KeyError(node)
+        return iid
+
+    def __contains__(self, node: object) -> bool:
+        if node in self.own:
+            return True
+        return isinstance(node, str) and (
+            self._through(node) is not None or node in self.recovering
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        own = self.own
+        yield from own
+        through: set[str] = set()
+        if self.leaves and self.topology is not None:
+            nodes = self.topology.nodes
+            for parent in self.leaves:
+                for child in nodes[parent].children:
+                    node = nodes[child]
+                    if child not in own and not node.children and len(node.parents) == 1:
+                        through.add(child)
+                        yield child
+        for node_id in self.recovering:
+            if node_id not in own and node_id not in through:
+                yield node_id
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def claim(self, nodes: Iterable[str], iid: int) -> None:
+        """These nodes are the incident's (a restored one's), whatever covered them."""
+        self.own.update(dict.fromkeys(nodes, iid))
+        self.complete.add(iid)
+
+    def recall(self, inc: Incident) -> None:
+        """A recovering incident's nodes that nothing else covers are its."""
+        if inc.id in self.complete:
+            return  # each is covered already: the setdefault of each would change nothing
+        recovering = self.recovering
+        for n in inc.nodes:
+            if n not in self:
+                recovering[n] = inc.id
+        self.complete.add(inc.id)
+
+
 class IncidentBook:
     """Open incidents and the nodes they cover.
 
@@ -115,7 +208,9 @@ class IncidentBook:
 
     def __init__(self, next_id: int = 1) -> None:
         self.incidents: dict[int, Incident] = {}  # open ones (and recovering)
-        self.node_incident: dict[str, int] = {}  # node -> open incident that covers it
+        self.node_incident = Owners()  # node -> open incident that covers it
+        # The recovering incidents (and their node lists) `node_incident.recovering` is of.
+        self._recalled: list[tuple[int, list[str]]] | None = []
         self.resolved: dict[str, Incident] = {}  # root -> its last resolved incident
         self.next_id = next_id
         self.events: list[Event] = []
@@ -241,6 +336,7 @@ class IncidentBook:
         nodes = topology.nodes
         inner_children = topology.inner_children  # the children that may have children
         owner: dict[str, int] = {}
+        leaves: dict[str, int] = {}  # a node whose children were all taken -> the incident
         roots = {inc.root for inc in active}
         # Cut-off nodes join an incident once, roots never: one filter a parent (the test
         # in C) rather than a loop of Python a child, over the cut itself (no copy of a
@@ -254,27 +350,39 @@ class IncidentBook:
         for inc in sorted(active, key=lambda i: i.id):
             owner.setdefault(inc.root, inc.id)
             members = [inc.root]
+            named: list[str] = []  # the members with an entry of their own in the owners
             pool = cut if grow else cut & set(inc.nodes)  # else only nodes it already had
             takes = pool.__contains__
             queue = deque(members)
             while queue:
                 parent = queue.popleft()
-                new = list(filter(takes, nodes[parent].children))
-                if not new:
+                kids = nodes[parent].children
+                if not kids:
                     continue
+                new: Sequence[str]
                 if parent in guarded:
-                    new = [c for c in new if c not in taken]
+                    new = [c for c in filter(takes, kids) if c not in taken]
                     taken.update(new)
                     queue += [c for c in new if c in inner]
+                    named += new
+                elif grow:
+                    # The cut holds every node whose uplinks all lead into it, and this
+                    # node is in it: each child, with this one uplink, is cut off too. The
+                    # routers (most of a mass outage's nodes) are neither tested one by one
+                    # nor walked, nor given an entry each: they are in through `leaves`.
+                    new = kids
+                    walked = inner_children.get(parent, ())
+                    queue += walked
+                    named += walked
+                    leaves[parent] = inc.id
                 else:
-                    # Leaves (most of a mass outage's nodes are routers) are not walked.
-                    walked = inner_children.get(parent)
-                    if walked:
-                        queue += filter(takes, walked)
+                    new = list(filter(takes, kids))
+                    queue += filter(takes, inner_children.get(parent, ()))
+                    named += new
                 members += new
-            # Who owns each: the members (none owned yet: they were free) joined to the
-            # owners so far, the smaller into the larger; an owner already set stays.
-            joined = dict.fromkeys(itertools.islice(members, 1, None), inc.id)
+            # Who owns each: the named members (none owned yet: they were free) joined to
+            # the owners so far, the smaller into the larger; an owner already set stays.
+            joined = dict.fromkeys(named, inc.id)
             if len(joined) > len(owner):
                 joined.update(owner)
                 owner = joined
@@ -282,18 +390,29 @@ class IncidentBook:
                 for n, i in joined.items():
                     owner.setdefault(n, i)
             old = inc.nodes
-            # Lengths first: comparing as sets is needed only when they are equal.
-            if len(members) != len(old) or members[0] != old[0] or set(members) != set(old):
+            # The same list first (a walk of the same cut: in C, entries mostly the very
+            # same strings); else lengths, and as sets only when they are equal.
+            if members != old and (
+                len(members) != len(old) or members[0] != old[0] or set(members) != set(old)
+            ):
                 inc.nodes = members  # root first, then nearest first
                 added = max(0, len(members) - len(old))
                 self.events.append(Event(EventKind.NODES, now, inc.id, inc.root,
                                          tuple(members), detail={"added": added}))  # fmt: skip
-        # Recovering incidents keep their nodes (for `restored` answers) but own none.
-        self.node_incident = owner
-        for inc in self.incidents.values():
-            if inc.recovering_since is not None:
-                for n in inc.nodes:
-                    self.node_incident.setdefault(n, inc.id)
+        # Recovering incidents keep their nodes (for `restored` answers) but own none:
+        # theirs are read where no active incident covers a node (made again only when
+        # they, or their nodes, change: a recovering core failure's are 100,000).
+        recalled = [(i.id, i.nodes) for i in self.incidents.values()
+                    if i.recovering_since is not None]  # fmt: skip
+        if self._recalled is None or not _same(recalled, self._recalled):
+            recovering: dict[str, int] = {}
+            for iid, inc_nodes in reversed(recalled):  # the first listing a node wins
+                recovering.update(dict.fromkeys(inc_nodes, iid))
+            self._recalled = recalled
+        else:
+            recovering = self.node_incident.recovering
+        self.node_incident = Owners(owner, leaves, topology, recovering,
+                                    (inc.id for inc in active))  # fmt: skip
 
     def recover(
         self,
@@ -315,8 +434,10 @@ class IncidentBook:
             ns = states.get(inc.root)
             if inc.recovering_since is None:
                 inc.recovering_since = now
-                for n in inc.nodes:  # callers behind it now hear "restored"
-                    self.node_incident.setdefault(n, inc.id)
+                # Callers behind it now hear "restored" (the layer of recovering
+                # incidents is made anew at the next assignment).
+                self.node_incident.recall(inc)
+                self._recalled = None
                 self.events.append(Event(EventKind.RECOVERING, now, inc.id, inc.root))
                 continue
             flapping = ns is not None and update_flapping(ns, now, flap_period)
@@ -353,3 +474,10 @@ class IncidentBook:
                                       "works_ended": inc.maintenance_until})
                     )  # fmt: skip
         return extended
+
+
+def _same(a: list[tuple[int, list[str]]], b: list[tuple[int, list[str]]]) -> bool:
+    """The same incidents with the very same node lists, in the same order."""
+    return len(a) == len(b) and all(
+        ia == ib and na is nb for (ia, na), (ib, nb) in zip(a, b, strict=True)
+    )
