@@ -431,6 +431,10 @@ class Change:
     changed: frozenset[str]
     gone: frozenset[str]
 
+    def __repr__(self) -> str:
+        # Sizes, not the node ids (thousands at a changed reload; see Plan.__repr__).
+        return f"Change({len(self.changed)} changed, {len(self.gone)} gone)"
+
 
 def change(old: Topology, new: Topology) -> Change:
     """The difference of two topologies (a million nodes: made off the event loop, so
