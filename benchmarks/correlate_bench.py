@@ -244,11 +244,21 @@ class Holds:
         self.steps.clear()
 
     async def run(self) -> None:
+
+        from asyncio import events
+
+        run = events.Handle._run
+        if self._patched:
+            self._patch()
+        try:
+            await self._watch()
+        finally:  # the benchmark's own teardown (freeing its city) is no step of the reload
+            events.Handle._run = run  # type: ignore[method-assign]
+
+    async def _watch(self) -> None:
         import sys
         import threading
 
-        if self._patched:
-            self._patch()
         main = threading.get_ident()
         loop = asyncio.get_running_loop()
         while True:
