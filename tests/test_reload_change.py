@@ -101,3 +101,16 @@ def test_subscribers_below_counts_each_node_and_its_ancestors() -> None:
     topo = building(entrance=True, routers=3)
     below = subscribers_below(topo, {"cpe0": 1, "cpe1": 2, "gone": 5})
     assert below == {"cpe0": 1, "cpe1": 2, "ent": 3, "sw": 3, "core": 3, "uplink": 3}
+
+
+def test_the_change_gathers_what_weighs_its_inference_again_off_the_loop() -> None:
+    old = building(entrance=False)
+    moved = topology_mod.change(old, building(entrance=True))
+    # the changed nodes, and their old parents still there: "sw" the routers', "core" sw's
+    assert moved.reconsider == moved.changed | {"core"}
+    fewer = topology_mod.change(old, building(entrance=False, routers=8))
+    assert fewer.reconsider == {"sw", "core"}  # the gone routers' parent, and its own
+    c = Correlator(old, SETTINGS, anchors=["uplink"])
+    warm(c, 1_000_000.0)
+    c.set_topology(fewer.new, fewer)
+    assert c._reconsider == {"sw", "core"} and c._changed == {"sw"}

@@ -168,16 +168,10 @@ class Correlator(Failures):
             for gone in [n for n in (*change.gone, *self._anchors_seen)
                          if n in states and n not in topology and n not in anchors]:  # fmt: skip
                 del states[gone]
-            nodes = topology.nodes
-            for n in change.changed:
-                # Its parents (new and old) and itself weigh their inference again.
-                self._changed.add(n)
-                self._reconsider.add(n)
-                was = old.nodes.get(n)
-                if was is not None:
-                    self._reconsider.update(p for p in was.parents if p in nodes)
-            for n in change.gone:
-                self._reconsider.update(p for p in old.nodes[n].parents if p in nodes)
+            # Each changed node and its parents (new and old) weigh their inference
+            # again: gathered with the change, off the loop; here two set unions.
+            self._changed |= change.changed
+            self._reconsider |= change.reconsider
         self._anchors_seen = anchors
         self.inferred = {n: t for n, t in self.inferred.items() if n in topology}
         self._down = {n for n in self._down if n in topology}

@@ -49,6 +49,9 @@ class Retarget:
     node_of: Mapping[str, str]  # address -> node
     schedule: Plan
 
+    def __repr__(self) -> str:  # sizes, not a million addresses (see Plan.__repr__)
+        return f"Retarget({len(self.node_of)} targets, {self.schedule!r})"
+
 
 class IcmpSource:
     """Probes every target address over ICMP at the configured interval and rate."""
