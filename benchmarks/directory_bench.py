@@ -7,12 +7,10 @@ sharing the directory adds.
 The city is synthetic (outagemon.citygen): 50 aggregation switches, 100 access switches
 each, every building split into entrances, subscribers with CPE addresses. Each load is
 measured in a fresh child process so nothing else is counted: wall time, CPU time, the
-resident memory at its peak (VmHWM) and after; where the load read part of the CSV in a
-process of its own (`directory._Split`), that process's CPU time and peak too (the wall
-time is the loader's: on a loaded machine the two wait for cores). Then the process
-freezes its objects for the garbage collector (as the daemon does) and forks a second
-process (as HTTP workers are forked), which makes the same lookups; that process's
-private dirty memory (/proc/PID/smaps_rollup) is what it adds to the machine — the rest it shares.
+resident memory at its peak (VmHWM) and after. Then the process freezes its objects for
+the garbage collector (as the daemon does) and forks a second process (as HTTP workers
+are forked), which makes the same lookups; that process's private dirty memory
+(/proc/PID/smaps_rollup) is what it adds to the machine — the rest it shares.
 
 With --other-tree (another checkout, e.g. `git worktree add /tmp/old main~N`) the same
 child runs on that tree's outagemon too, in alternating rounds, side by side.
@@ -26,7 +24,6 @@ import gc
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -66,10 +63,6 @@ def child(topology: Path, subscribers: Path, lookups: int) -> None:
     started, cpu = time.perf_counter(), time.process_time()
     loaded = directory.load(topology, subscribers)
     load_s, load_cpu = time.perf_counter() - started, time.process_time() - cpu
-    # A load may read part of the CSV in a child process (waited for by now): its CPU and
-    # peak count too (before any fork below).
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    child_cpu, child_peak = children.ru_utime + children.ru_stime, children.ru_maxrss / 1024
     gc.collect()
     gc.freeze()  # as the daemon does after a load, before any fork
     after_load = memory()
@@ -144,9 +137,7 @@ def child(topology: Path, subscribers: Path, lookups: int) -> None:
     timings = {name: timed(*kind) for name, kind in kinds.items()}
     print(json.dumps({
         "nodes": len(d.topology), "subscribers": len(subs), "skipped": len(loaded.problems),
-        "load_s": load_s, "load_cpu_s": load_cpu, "load_child_cpu_s": child_cpu,
-        "load_child_peak": child_peak, "processes": getattr(loaded, "processes", 1),
-        "memory": after_load, "forked": busy,
+        "load_s": load_s, "load_cpu_s": load_cpu, "memory": after_load, "forked": busy,
         "idle": idle,
         **timings,
     }))  # fmt: skip
@@ -167,12 +158,9 @@ def run(tree: Path | None, topo: Path, subs: Path, lookups: int) -> dict[str, An
 
 def report(name: str, r: dict[str, Any]) -> None:
     m, f, idle = r["memory"], r["forked"], r["idle"]
-    child_cpu = r.get("load_child_cpu_s", 0.0)
-    print(f"[{name}] load: {r['load_s']:.1f} s wall (target < 10 s), CPU "
-          f"{r['load_cpu_s']:.1f} s loader + {child_cpu:.1f} s child = "
-          f"{r['load_cpu_s'] + child_cpu:.1f} s ({r.get('processes', 1)} process(es) read the "
-          f"rows); loader resident {m['VmRSS']:.0f} MiB, peak {m['VmHWM']:.0f} MiB (target "
-          f"< 500 MiB), child peak {r.get('load_child_peak', 0.0):.0f} MiB")  # fmt: skip
+    print(f"[{name}] load: {r['load_s']:.1f} s wall, {r['load_cpu_s']:.1f} s CPU (target "
+          f"< 10 s); resident {m['VmRSS']:.0f} MiB, peak {m['VmHWM']:.0f} MiB (target "
+          f"< 500 MiB)")  # fmt: skip
     print(f"[{name}] a forked process after the same lookups: private dirty "
           f"{f.get('Private_Dirty', 0):.1f} MiB (idle: {idle.get('Private_Dirty', 0):.1f} MiB), "
           "shared with the loader "

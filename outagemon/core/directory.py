@@ -20,18 +20,14 @@ import dataclasses
 import gc
 import io
 import math
-import os
-import pickle
-import subprocess
-import sys
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain, compress, count, islice, repeat
-from operator import add, and_, eq, lshift, ne, or_, rshift
+from operator import and_, eq, lshift, ne, or_, rshift
 from pathlib import Path
-from typing import Any, cast, overload
+from typing import cast, overload
 
 from rapidfuzz import fuzz, process
 
@@ -114,18 +110,8 @@ class _ColumnBuilder:
         self.ends.extend(islice(accumulate(map(len, values), initial=self.size), 1, None))
         self.size += len(self.parts[-1])
 
-    def join(self, text: str, ends: array[int]) -> None:
-        """Append another builder's strings (its text, its ends counted from 0)."""
-        self.parts.append(text)
-        self.ends.extend(map(add, ends, repeat(self.size)))
-        self.size += len(text)
-
-    def text(self) -> str:
-        self.parts = ["".join(self.parts)]
-        return self.parts[0]
-
     def done(self) -> Column:
-        return Column(self.text(), self.ends)
+        return Column("".join(self.parts), self.ends)
 
 
 _SLOT_BITS = 21  # an entry's position in the packed key: up to 2,097,152 positions
@@ -657,204 +643,139 @@ def read_rows(
     not be used. Rows are taken a chunk at a time into columns: at no time is there a
     Python object per subscriber."""
     header = [h.strip() for h in next(rows, [])]
-    problem = _header_problem(header, path)
-    if problem is not None:
-        return _empty_roster(), [problem]
-    part = _Part(topology)
-    part.read(iter(lambda: list(islice(rows, CHUNK_ROWS)), []), header, 1)
-    return part.finish(path)
-
-
-def _header_problem(header: list[str], path: Path) -> str | None:
     missing = [c for c in COLUMNS if c not in header]
-    if not missing:
-        return None
-    return (f"{path}: the header lacks column(s) {', '.join(missing)}; "
-            f"it must name {','.join(COLUMNS)}.")  # fmt: skip
-
-
-def _empty_roster() -> Roster:
-    return Roster(Column(), Column(), Column(), Column(), array("I"), array("I"), [])
-
-
-# What a child process hands back for its part of the rows (see _Split): the four text
-# columns (text, ends), row numbers counted from the part's start, places, each place as
-# (serving node, building key), the problems (row, sentence), and the identity of the
-# files it read (the CSV's, the topology's: see _Split.identity).
-_Payload = tuple[
-    list[tuple[str, "array[int]"]],
-    "array[int]",
-    "array[int]",
-    list[tuple[str, str]],
-    list[tuple[int, str]],
-    tuple[int, ...],
-]
-
-
-class _Part:
-    """Subscribers' rows read into columns: all of the CSV, or one part of it."""
-
-    def __init__(self, topology: Topology) -> None:
-        self.topology = topology
-        self.places = _Places(topology)
-        self.accounts, self.phones, self.flats, self.ips = (_ColumnBuilder() for _ in range(4))
-        self.numbers: array[int] = array("I")
-        self.place_of: array[int] = array("I")
-        self.problems: list[tuple[int, str]] = []
-        self.last_row = 0  # the number of the last row read (the header is row 1)
-
-    def read(self, chunks: Iterable[list[list[str]]], header: list[str], row_number: int) -> None:
-        """Take the rows in; `row_number` is the number of the row before the first."""
-        topology, problems = self.topology, self.problems
-        ia, iph, iad, ifl, iip = (header.index(c) for c in COLUMNS)
-        width = max(ia, iph, iad, ifl, iip) + 1
-        columns = len(header)
-        topo_ips = topology.by_ip
-        places = self.places
-        written_at, building = places.written.get, places.building
-        normalise_phone, canonical_ip = addresses.normalise_phone, addresses.canonical_ip
-        accounts, phones, flats, ips = self.accounts, self.phones, self.flats, self.ips
-        numbers, place_of = self.numbers, self.place_of
-        for chunk in chunks:
-            # One search a chunk: only a chunk with a bad character anywhere checks row by row.
-            checked = bad_character(",".join(map(",".join, chunk))) is not None
-            c_accounts: list[str] = []
-            c_phones: list[str] = []
-            c_flats: list[str] = []
-            c_ips: list[str] = []
-            c_rows: list[int] = []
-            c_places: list[int] = []
-            for fields in chunk:
-                row_number += 1
-                if len(fields) != columns:
-                    if len(fields) < width:
-                        if fields:
-                            problems.append((row_number, f"has {len(fields)} fields, "
-                                                         f"the header {len(header)}."))  # fmt: skip
-                        continue
-                    if len(fields) > columns:
-                        # An unquoted comma shifts every field after it: the row's values
-                        # are not where the header says (the shifted row often ends in an
-                        # empty field: the ip, so empty extras prove nothing either).
-                        problems.append((row_number, f"has {len(fields)} fields, the header "
-                                                     f"{columns}: quote a value that holds a "
-                                                     "comma."))  # fmt: skip
-                        continue
-                account = fields[ia].strip()
-                raw_phones = fields[iph].strip()
-                raw_address = fields[iad].strip()
-                raw_flat = fields[ifl].strip()
-                raw_ip = fields[iip].strip()
-                if checked:
-                    values = (account, raw_phones, raw_address, raw_flat, raw_ip)
-                    bad = next(((c, b) for c, v in zip(COLUMNS, values, strict=True)
-                                if (b := bad_character(v)) is not None), None)  # fmt: skip
-                    if bad is not None:
-                        # PostgreSQL refuses a NUL, UTF-8 a lone surrogate: the row, not the
-                        # load.
-                        problems.append((row_number, f"{bad[0]} holds {bad[1]}; fix the export."))
-                        continue
-                if not account:
-                    problems.append((row_number, "account is empty."))
+    empty = Roster(Column(), Column(), Column(), Column(), array("I"), array("I"), [])
+    if missing:
+        return empty, [f"{path}: the header lacks column(s) {', '.join(missing)}; "
+                       f"it must name {','.join(COLUMNS)}."]  # fmt: skip
+    problems: list[tuple[int, str]] = []
+    ia, iph, iad, ifl, iip = (header.index(c) for c in COLUMNS)
+    width = max(ia, iph, iad, ifl, iip) + 1
+    columns = len(header)
+    topo_ips = topology.by_ip
+    places = _Places(topology)
+    written_at, building = places.written.get, places.building
+    normalise_phone, canonical_ip = addresses.normalise_phone, addresses.canonical_ip
+    accounts, phones, flats, ips = (_ColumnBuilder() for _ in range(4))
+    numbers: array[int] = array("I")
+    place_of: array[int] = array("I")
+    row_number = 1
+    while True:
+        chunk = list(islice(rows, CHUNK_ROWS))
+        if not chunk:
+            break
+        # One search a chunk: only a chunk with a bad character anywhere checks row by row.
+        checked = bad_character(",".join(map(",".join, chunk))) is not None
+        c_accounts: list[str] = []
+        c_phones: list[str] = []
+        c_flats: list[str] = []
+        c_ips: list[str] = []
+        c_rows: list[int] = []
+        c_places: list[int] = []
+        for fields in chunk:
+            row_number += 1
+            if len(fields) != columns:
+                if len(fields) < width:
+                    if fields:
+                        problems.append((row_number, f"has {len(fields)} fields, "
+                                                     f"the header {len(header)}."))  # fmt: skip
                     continue
-                phone = normalise_phone(raw_phones) if ";" not in raw_phones else None
-                if phone is None:  # several numbers, or one to complain about
-                    given: list[str] = []
-                    bad_phone = False
-                    for raw_phone in raw_phones.split(";"):
-                        if not raw_phone.strip():
-                            continue
-                        one = normalise_phone(raw_phone)
-                        if one is None:
-                            problems.append((row_number, f"phones: {raw_phone.strip()!r} "
-                                                         "is not a phone number."))  # fmt: skip
-                            bad_phone = True
-                        else:
-                            given.append(one)
-                    if bad_phone:
-                        # Left out as every row with a problem is (the README's choices, the
-                        # skipped-rows gauge): loaded without its phone, a caller dialling
-                        # from it would hear "not found" while the CRM row says otherwise.
-                        continue
-                    phone = ";".join(given)
-                written = written_at(raw_address)
-                if written is None:
-                    written = building(raw_address)
-                if type(written) is str:
-                    problems.append((row_number, written))
+                if len(fields) > columns:
+                    # An unquoted comma shifts every field after it: the row's values are
+                    # not where the header says (the shifted row often ends in an empty
+                    # field: the ip, so empty extras prove nothing either).
+                    problems.append((row_number, f"has {len(fields)} fields, the header "
+                                                 f"{columns}: quote a value that holds a "
+                                                 "comma."))  # fmt: skip
                     continue
-                assert isinstance(written, _Written)
-                place = written.only
-                flat = raw_flat
+            account = fields[ia].strip()
+            raw_phones = fields[iph].strip()
+            raw_address = fields[iad].strip()
+            raw_flat = fields[ifl].strip()
+            raw_ip = fields[iip].strip()
+            if checked:
+                values = (account, raw_phones, raw_address, raw_flat, raw_ip)
+                bad = next(((c, b) for c, v in zip(COLUMNS, values, strict=True)
+                            if (b := bad_character(v)) is not None), None)  # fmt: skip
+                if bad is not None:
+                    # PostgreSQL refuses a NUL, UTF-8 a lone surrogate: the row, not the load.
+                    problems.append((row_number, f"{bad[0]} holds {bad[1]}; fix the export."))
+                    continue
+            if not account:
+                problems.append((row_number, "account is empty."))
+                continue
+            phone = normalise_phone(raw_phones) if ";" not in raw_phones else None
+            if phone is None:  # several numbers, or one to complain about
+                given: list[str] = []
+                bad_phone = False
+                for raw_phone in raw_phones.split(";"):
+                    if not raw_phone.strip():
+                        continue
+                    one = normalise_phone(raw_phone)
+                    if one is None:
+                        problems.append((row_number, f"phones: {raw_phone.strip()!r} "
+                                                     "is not a phone number."))  # fmt: skip
+                        bad_phone = True
+                    else:
+                        given.append(one)
+                if bad_phone:
+                    # Left out as every row with a problem is (the README's choices, the
+                    # skipped-rows gauge): loaded without its phone, a caller dialling from
+                    # it would hear "not found" while the CRM row says otherwise.
+                    continue
+                phone = ";".join(given)
+            written = written_at(raw_address)
+            if written is None:
+                written = building(raw_address)
+            if type(written) is str:
+                problems.append((row_number, written))
+                continue
+            assert isinstance(written, _Written)
+            place = written.only
+            flat = raw_flat
+            if place < 0:
+                table = written.table
+                if raw_flat.isdigit() and raw_flat.isascii() and int(raw_flat) < len(table):
+                    place = table[int(raw_flat)]
                 if place < 0:
-                    table = written.table
-                    if raw_flat.isdigit() and raw_flat.isascii() and int(raw_flat) < len(table):
-                        place = table[int(raw_flat)]
-                    if place < 0:
-                        found = places.of(written, raw_flat)
-                        if isinstance(found, str):
-                            problems.append((row_number, found))
-                            continue
-                        place, flat = found
-                elif not flat:
-                    flat = written.address.flat
-                ip = ""
-                if raw_ip:
-                    canonical = canonical_ip(raw_ip)
-                    if canonical is None:
-                        problems.append((row_number, f"ip {raw_ip!r} is not an IP address."))
+                    found = places.of(written, raw_flat)
+                    if isinstance(found, str):
+                        problems.append((row_number, found))
                         continue
-                    if canonical in topo_ips:
-                        problems.append((row_number, f"ip {canonical} is already used by "
-                                                     f"{topo_ips[canonical]!r}."))  # fmt: skip
-                        continue
-                    ip = canonical
-                c_accounts.append(account)
-                c_phones.append(phone)
-                c_flats.append(flat)
-                c_ips.append(ip)
-                c_rows.append(row_number)
-                c_places.append(place)
-            accounts.extend(c_accounts)
-            phones.extend(c_phones)
-            flats.extend(c_flats)
-            ips.extend(c_ips)
-            numbers.extend(c_rows)
-            place_of.extend(c_places)
-        self.last_row = row_number
-
-    def payload(self, identity: tuple[int, ...]) -> _Payload:
-        """What a child hands back (plain data: `hash()` differs between processes, so
-        the indexes are made by the parent)."""
-        columns = [(b.text(), b.ends) for b in (self.accounts, self.phones, self.flats, self.ips)]
-        places = [(node, building.key) for node, building in self.places.places]
-        return columns, self.numbers, self.place_of, places, self.problems, identity
-
-    def join(self, payload: _Payload) -> None:
-        """Append a child's rows, which followed this part's in the file."""
-        columns, numbers, place_of, places, problems, _ = payload
-        for builder, (text, ends) in zip(
-            (self.accounts, self.phones, self.flats, self.ips), columns, strict=True
-        ):
-            builder.join(text, ends)
-        offset = self.last_row
-        self.numbers.extend(map(add, numbers, repeat(offset)))
-        served, place = self.topology.served, self.places._place
-        # The child's places, in the order it met them, are this part's from here on (the
-        # same numbers one process reading every row would have given).
-        mine = [place(node, served[key][0][0].address) for node, key in places]
-        self.place_of.extend(map(mine.__getitem__, place_of))
-        self.problems += [(row + offset, text) for row, text in problems]
-
-    def finish(self, path: Path) -> tuple[Roster, list[str]]:
-        roster = Roster(
-            self.accounts.done(), self.phones.done(), self.flats.done(), self.ips.done(),
-            self.numbers, self.place_of, self.places.places,
-        )  # fmt: skip
-        roster, more = _without_duplicates(roster)
-        problems = self.problems + more
-        problems.sort(key=lambda p: p[0])
-        return roster, [f"{path}: row {n}: {text}" for n, text in problems]
+                    place, flat = found
+            elif not flat:
+                flat = written.address.flat
+            ip = ""
+            if raw_ip:
+                canonical = canonical_ip(raw_ip)
+                if canonical is None:
+                    problems.append((row_number, f"ip {raw_ip!r} is not an IP address."))
+                    continue
+                if canonical in topo_ips:
+                    problems.append((row_number, f"ip {canonical} is already used by "
+                                                 f"{topo_ips[canonical]!r}."))  # fmt: skip
+                    continue
+                ip = canonical
+            c_accounts.append(account)
+            c_phones.append(phone)
+            c_flats.append(flat)
+            c_ips.append(ip)
+            c_rows.append(row_number)
+            c_places.append(place)
+        accounts.extend(c_accounts)
+        phones.extend(c_phones)
+        flats.extend(c_flats)
+        ips.extend(c_ips)
+        numbers.extend(c_rows)
+        place_of.extend(c_places)
+    roster = Roster(
+        accounts.done(), phones.done(), flats.done(), ips.done(), numbers, place_of,
+        places.places,
+    )  # fmt: skip
+    roster, more = _without_duplicates(roster)
+    problems += more
+    problems.sort(key=lambda p: p[0])
+    return roster, [f"{path}: row {n}: {text}" for n, text in problems]
 
 
 def _without_duplicates(roster: Roster) -> tuple[Roster, list[tuple[int, str]]]:
@@ -917,7 +838,6 @@ def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber]) ->
 class Loaded:
     directory: Directory
     problems: list[str]  # subscriber rows that were left out, each with its reason
-    processes: int = 1  # processes that read the subscribers' rows (2: split, see _Split)
 
 
 def load(topology_path: Path, subscribers_path: Path | None) -> Loaded:
@@ -929,18 +849,12 @@ def load(topology_path: Path, subscribers_path: Path | None) -> Loaded:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        # A big CSV's second half is read by a child meanwhile (it loads the topology too).
-        split = _Split.start(topology_path, subscribers_path) if subscribers_path else None
-        try:
-            topo = topology_mod.load(topology_path)
-            if subscribers_path is None:
-                return Loaded(Directory(topo, []), [])
-            roster, problems, processes = _read_file(subscribers_path, topo, split)
-        finally:
-            if split is not None:
-                split.close()
+        topo = topology_mod.load(topology_path)
+        if subscribers_path is None:
+            return Loaded(Directory(topo, []), [])
+        roster, problems = _read_file(subscribers_path, topo)
         release_free_memory()  # the chunks' and the sorts' buffers, before the routers
-        loaded = Loaded(Directory(with_cpes(topo, roster), roster), problems, processes)
+        loaded = Loaded(Directory(with_cpes(topo, roster), roster), problems)
         release_free_memory()
         return loaded
     finally:
@@ -969,209 +883,12 @@ def release_free_memory() -> None:
         _TRIM(0)
 
 
-def _read_file(
-    path: Path, topology: Topology, split: _Split | None = None
-) -> tuple[Roster, list[str], int]:
-    """The roster, the problems, and how many processes read the rows."""
-    if split is not None:
-        try:
-            done = _read_split(path, topology, split)
-        except (OSError, UnicodeDecodeError, csv.Error):
-            done = None  # read again below: the same error, in the same words
-        if done is not None:
-            return (*done, 2)
-        split.close()
+def _read_file(path: Path, topology: Topology) -> tuple[Roster, list[str]]:
     try:
         # utf-8-sig: CRM exports often start with a byte-order mark
         with path.open(encoding="utf-8-sig", newline="") as f:
-            return (*read_rows(csv.reader(f), path, topology), 1)
+            return read_rows(csv.reader(f), path, topology)
     except FileNotFoundError:
         raise TopologyError([f"{path}: no such file."]) from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise TopologyError([f"{path}: cannot be read: {e}."]) from None
-
-
-# -- the CSV read by two processes ----------------------------------------------------------
-
-SPLIT_MIN_BYTES = 16 * 2**20  # a smaller CSV is read by one process: a child's start and
-# its own topology load (0.3 s and more) would cost about what its half of the rows saves
-SPLIT_SHARE = 0.5  # of the CSV's bytes, the part the child reads (the end)
-_SPLIT_MARK = "\x1eoutagemon: the split\x1e"  # a line put after the parent's part
-
-
-def _identity(st: os.stat_result) -> tuple[int, ...]:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
-class _Split:
-    """The subscribers' CSV read by two processes: a child started with a fresh
-    interpreter (a subprocess: no fork of a process with threads, as the reload's) loads
-    the topology and reads the rows from `at` to the end while this process reads
-    those before; it hands them back as columns (a few large strings and arrays), joined
-    after this process's. The split is where a line begins: whether it is also where a
-    row begins (a quoted field can hold a line break) is known only once the first part
-    is read (see _UpTo); when it is not, or anything else goes wrong (the child could
-    not start or failed, the file changed), the rows are read again by one process, so
-    every outcome and every error's words are those of one process reading them all."""
-
-    def __init__(self, process: subprocess.Popen[bytes], at: int, topology_path: Path,
-                 identity: tuple[int, ...]) -> None:  # fmt: skip
-        self.process = process
-        self.at = at  # the byte where the child's part starts (a line's first)
-        self.topology_path = topology_path
-        # The CSV's and the topology's device, inode, size and time of change when the child
-        # was started: both processes must have read these files (a reload can race an
-        # edit), or the child's places and problems would be another topology's.
-        self.identity = identity
-
-    @classmethod
-    def start(cls, topology_path: Path, path: Path) -> _Split | None:
-        """The child started, or None: one core, a small file, no line to split at, or
-        no process could be started."""
-        if _cores() < 2 or not sys.executable:
-            return None
-        try:
-            with path.open("rb") as f:
-                st = os.fstat(f.fileno())
-                if st.st_size < SPLIT_MIN_BYTES:
-                    return None
-                at = int(st.st_size * (1 - SPLIT_SHARE))
-                f.seek(at)
-                line_end = f.read(1 << 20).find(b"\n")
-            if line_end < 0:
-                return None
-            identity = _identity(st) + _identity(os.stat(topology_path))
-            root = str(Path(__file__).resolve().parents[2])  # this outagemon's, for the child
-            code = f"import sys; sys.path.insert(0, {root!r}); " + _CHILD
-            process = subprocess.Popen(
-                [sys.executable, "-P", "-c", code, str(topology_path), str(path),
-                 str(at + line_end + 1)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-        except (OSError, ValueError, subprocess.SubprocessError):
-            return None
-        return cls(process, at + line_end + 1, topology_path, identity)
-
-    def result(self) -> _Payload | None:
-        """The child's rows, or None when it failed."""
-        try:
-            out, _ = self.process.communicate()
-        except (OSError, ValueError):
-            return None
-        if self.process.returncode != 0 or not out:
-            return None
-        try:
-            payload = cast("_Payload | None", pickle.loads(out))
-        except Exception:  # cut short or garbled: the child's own error, read again here
-            return None
-        if payload is None or payload[-1] != self.identity:
-            return None  # its header was not this one's, or other files since
-        return payload
-
-    def close(self) -> None:
-        """The child stopped (when still running) and waited for."""
-        if self.process.returncode is None:
-            self.process.kill()
-            self.process.communicate()
-
-
-_CHILD = "from outagemon.core.directory import _child_main; _child_main()"
-
-
-def _read_split(path: Path, topology: Topology, split: _Split) -> tuple[Roster, list[str]] | None:
-    """The first part read here, the child's joined after it; None to read it all again."""
-    with path.open("rb") as raw:
-        # The topology this process loaded (before now) is the one the child was to load.
-        now = _identity(os.fstat(raw.fileno())) + _identity(os.stat(split.topology_path))
-        if now != split.identity:
-            return None
-        head = io.TextIOWrapper(io.BufferedReader(_Head(raw, split.at)),
-                                encoding="utf-8-sig", newline="")  # fmt: skip
-        rows = csv.reader(chain(head, (_SPLIT_MARK + "\n",)))
-        header = [h.strip() for h in next(rows, [])]
-        if _header_problem(header, path) is not None:
-            return None  # said by one process, which reads no further than the header
-        part = _Part(topology)
-        upto = _UpTo(rows)
-        part.read(upto, header, 1)
-    if not upto.between:
-        return None
-    payload = split.result()
-    if payload is None:
-        return None
-    part.join(payload)
-    del payload
-    return part.finish(path)
-
-
-class _Head(io.RawIOBase):
-    """The first `size` bytes of a binary file."""
-
-    def __init__(self, f: io.BufferedReader, size: int) -> None:
-        self.f = f
-        self.left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        if self.left <= 0:
-            return 0
-        with memoryview(b) as view:
-            n = self.f.readinto(view[: min(len(view), self.left)])
-        self.left -= n
-        return n
-
-
-class _UpTo:
-    """Chunks of the rows up to the split, after which the reader was given one line
-    more, _SPLIT_MARK: it comes back as a row of its own, the last, only when the split is
-    between rows (in a quoted field it is taken into the field, with its line break)."""
-
-    def __init__(self, rows: Iterator[list[str]]) -> None:
-        self.rows = rows
-        self.between = False
-
-    def __iter__(self) -> Iterator[list[list[str]]]:
-        rows = self.rows
-        ahead = list(islice(rows, CHUNK_ROWS))
-        while ahead:
-            chunk, ahead = ahead, list(islice(rows, CHUNK_ROWS))
-            if not ahead and chunk[-1] == [_SPLIT_MARK]:
-                chunk.pop()
-                self.between = True
-            if chunk:
-                yield chunk
-
-
-def _child_main() -> None:
-    """A child's part (see _Split): its rows, pickled to stdout; argv: the topology, the
-    CSV, the byte where its part starts."""
-    from outagemon.core import topology as topology_mod
-
-    gc.disable()
-    topology_path, path, start = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-    before = _identity(os.stat(topology_path))
-    topo = topology_mod.load(topology_path)
-    loaded = _identity(os.stat(topology_path))
-    if loaded != before:
-        loaded = (-1,)  # changed while it was read: matches no identity
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        header = [h.strip() for h in next(csv.reader(f), [])]
-    payload: _Payload | None = None
-    if _header_problem(header, path) is None:
-        with path.open("rb") as raw:
-            identity = _identity(os.fstat(raw.fileno()))
-            raw.seek(start)
-            rows = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
-            part = _Part(topo)
-            part.read(iter(lambda: list(islice(rows, CHUNK_ROWS)), []), header, 0)
-        payload = part.payload(identity + loaded)
-    sys.stdout.buffer.write(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
