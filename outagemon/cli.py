@@ -390,7 +390,7 @@ def _check_config(config_path: Path) -> int:
     if cfg.topology.subscribers is not None:
         print(
             f"  subscribers {cfg.topology.subscribers}: {len(d.subscribers)} loaded, "
-            f"{len(loaded.problems)} rows with problems"
+            f"{len(loaded.problems)} row{'' if len(loaded.problems) == 1 else 's'} with problems"
         )
     return USAGE_ERROR if loaded.problems else 0
 

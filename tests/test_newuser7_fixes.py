@@ -248,3 +248,37 @@ async def test_a_token_sent_without_bearer_is_told_what_the_header_must_be(
         async with w.session.get(w.url("/api/v1/incidents"),
                                  headers={"Authorization": "Bearer not-a-token"}) as r:  # fmt: skip
             assert r.status == 401 and (await r.json())["error"] == "the token is not valid."
+
+
+async def test_an_empty_note_and_a_node_that_is_no_string_are_told_so(fresh_db: str) -> None:
+    # `{"note": ""}` answered 200 and changed nothing; `{"node": 5}` was told "node 5 is
+    # not in the topology", as if 5 were a node's name.
+    async with world(fresh_db) as w:
+        for note in ("", "   "):
+            async with w.session.post(w.url("/api/v1/incidents/1"), headers=w.auth(WRITE),
+                                      json={"note": note}) as r:  # fmt: skip
+                assert r.status == 400
+                assert (await r.json())["error"] == "note is empty: give its text, or an eta."
+        starts = datetime.now(UTC).isoformat()
+        ends = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        for node, said in ((5, "5"), (None, "null"), (["sw-1"], '["sw-1"]')):
+            works = {"node": node, "starts_at": starts, "ends_at": ends}
+            async with w.session.post(w.url("/api/v1/maintenance"), headers=w.auth(WRITE),
+                                      json=works) as r:  # fmt: skip
+                assert r.status == 400
+                assert (await r.json())["error"] == (
+                    f"node must be a string, a node's id in the topology, not {said}."
+                )
+
+
+def test_check_config_counts_one_row_as_one_row(tmp_path: Path) -> None:
+    # "1 rows with problems".
+    from tests.test_config import ROOT, run_cli
+
+    for name in ("outagemon.toml", "topology.yaml", "subscribers.csv"):
+        (tmp_path / name).write_text((ROOT / "config" / name).read_text())
+    with (tmp_path / "subscribers.csv").open("a") as f:
+        f.write("9999,12345,nowhere 1,1,\n")
+    result = run_cli("check-config", "-c", str(tmp_path / "outagemon.toml"))
+    assert result.returncode == 2
+    assert ", 1 row with problems" in result.stdout, (result.stdout, result.stderr)

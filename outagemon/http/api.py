@@ -332,6 +332,8 @@ async def update_incident(request: web.Request) -> web.Response:
         return await _decide(request, rt, iid, body, decided, who or "anonymous")
     if "eta" not in body and "note" not in body:
         raise bad("give eta and/or note.")
+    if "eta" not in body and isinstance(body["note"], str) and not body["note"].strip():
+        raise bad("note is empty: give its text, or an eta.")
     try:
         given = parse_time(body["eta"], "eta") if body.get("eta") is not None else None
         eta, note = estimate(given, body.get("note", ""), time.time())
@@ -409,7 +411,9 @@ async def add_maintenance(request: web.Request) -> web.Response:
     if unknown:
         raise bad(f"unknown field(s): {', '.join(sorted(unknown))}.")
     node = body.get("node")
-    if not isinstance(node, str) or node not in rt.directory.topology:
+    if not isinstance(node, str):
+        raise bad(f"node must be a string, a node's id in the topology, not {json.dumps(node)}.")
+    if node not in rt.directory.topology:
         raise bad(f"node {node!r} is not in the topology.")
     try:
         starts = parse_time(body.get("starts_at"), "starts_at")

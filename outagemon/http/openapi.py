@@ -688,8 +688,10 @@ def spec() -> dict[str, Any]:
                                                       " says since when and why (/check still"
                                                       " answers, writes are queued)."},
                                               "503": {"description": "Not ready, and why."}}}},
-            "/metrics": {"get": {"summary": "Prometheus text format.",
-                                 "responses": {"200": {"description": "Metrics."}}}},
+            "/metrics": {"get": {"summary": "Prometheus text format ([http] metrics_token, "
+                                            "or a page session with page_auth, when set).",
+                                 "responses": {"200": {"description": "Metrics."},
+                                               **_errors(401)}}},
             "/": {"get": {"summary": "The live incident page for engineers (HTML).",
                           "responses": {"200": {"description": "The page."}}}},
             "/reports": {"get": {"summary": "The reports page for engineers (HTML, SVG): "
