@@ -187,6 +187,18 @@ def test_a_flat_that_is_no_number_in_a_building_split_by_flat_is_named() -> None
     ], problems
 
 
+def test_a_file_separated_by_semicolons_or_tabs_is_told_so() -> None:
+    for sep, said in ((";", "';'"), ("\t", "tabs")):
+        header = sep.join(["account", "phones", "address", "flat", "ip"])
+        row = sep.join(["3201", "+79210000021", "ул. Ленина 5", "1", ""])
+        _, problems = build(f"{header}\n{row}\n")
+        assert problems == [
+            f"{PATH}: the header lacks column(s) account, phones, address, flat, ip (its "
+            f"fields are separated by {said}: the file must be comma-separated); it must name "
+            "account,phones,address,flat,ip."
+        ], problems
+
+
 def test_a_row_with_a_bad_phone_is_left_out_like_every_row_with_a_problem() -> None:
     d, problems = build(
         "account,phones,address,flat,ip\n"

@@ -646,7 +646,11 @@ def read_rows(
     missing = [c for c in COLUMNS if c not in header]
     empty = Roster(Column(), Column(), Column(), Column(), array("I"), array("I"), [])
     if missing:
-        return empty, [f"{path}: the header lacks column(s) {', '.join(missing)}; "
+        # A spreadsheet's export in a locale that writes ';' or tabs between fields.
+        other = next((sep for sep in (";", "\t") if len(header) == 1 and sep in header[0]), "")
+        hint = (f" (its fields are separated by {'tabs' if other == chr(9) else repr(other)}: "
+                "the file must be comma-separated)") if other else ""  # fmt: skip
+        return empty, [f"{path}: the header lacks column(s) {', '.join(missing)}{hint}; "
                        f"it must name {','.join(COLUMNS)}."]  # fmt: skip
     problems: list[tuple[int, str]] = []
     ia, iph, iad, ifl, iip = (header.index(c) for c in COLUMNS)
