@@ -286,14 +286,10 @@ class Monitor:
         return ns is not None and ns.state is State.UP
 
     def cleared(self, node: str) -> bool:
-        """Whether the probes clear this node of a fault its callers notice: it answers,
-        and so does every switch or segment below it (no router: a managed router
-        answering says nothing of its unmanaged neighbours) — the way through it works.
-        A node answering its pings whose children cannot be probed (unprobed entrances,
-        buildings it serves itself) is not cleared: its management may answer while its
-        ports carry nothing, which an engineer who checked may confirm."""
-        children = self.directory.topology.inner_children.get(node, ())
-        return bool(children) and self.answering(node) and all(map(self.answering, children))
+        """Whether the probes clear this node of a fault its callers notice (the way
+        through it works: `calls.way_through`); an engineer who checked may confirm one
+        that answers with nothing probed below it."""
+        return callers.way_through(self.directory.topology, node, self.answering)
 
     def handle_calls(self, events: list[Event]) -> None:
         """The detector's events (and engineers' decisions on them): counted, logged,

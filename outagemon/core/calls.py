@@ -240,6 +240,16 @@ def subscribers_below(topology: Topology, subscribers: dict[str, int]) -> dict[s
     return below
 
 
+def way_through(topology: Topology, node: str, answering: Callable[[str], bool]) -> bool:
+    """Whether the probes see the way through this node working: it answers, and so does
+    every switch or segment below it (no router: a managed router answering says nothing
+    of its unmanaged neighbours), so no fault its callers notice is at it. A node whose
+    children cannot be probed (unprobed entrances, buildings it serves itself) is not
+    cleared: its management may answer while its ports carry nothing."""
+    children = topology.inner_children.get(node, ())
+    return bool(children) and answering(node) and all(map(answering, children))
+
+
 class CallWatch:
     """The detector and the book of suspected incidents (see the module's docstring).
 
@@ -559,10 +569,7 @@ class CallWatch:
         return proven is not None and proven(node)
 
     def _through(self, node: str) -> bool:
-        """Whether the probes see the way through this node working: it answers, and so
-        does every switch or segment below it (no fault of its callers is at it)."""
-        children = self.topology.inner_children.get(node, ())
-        return bool(children) and self._is_proven(node) and all(map(self._is_proven, children))
+        return way_through(self.topology, node, self._is_proven)
 
     def _place(self, node: str, root: str) -> str:
         """Where a fault a caller served at `node` notices may be, within `root`: at or
