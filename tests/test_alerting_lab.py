@@ -9,6 +9,7 @@ a hundred switches and a hundred routers, which must make one alert.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import hmac
@@ -17,7 +18,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,23 +31,10 @@ from outagemon.sim import citygen
 from outagemon.testing.lab import Lab, LabUnavailable
 from tests.alert_receivers import Alertmanager, Receiver, am_notifications, wait_for
 from tests.conftest import free_port, short_tmp_dir
-from tests.test_lab_e2e import CONFIG, WRITE, LabDaemon
+from tests.test_lab_e2e import CONFIG, STARTING, WRITE, LabDaemon
 
 SECRET = "lab-webhook-secret-0123456789abcdef"
 DISTRICTS = {"agg-1": "north", "agg-2": "south"}
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    try:
-        the_lab = Lab(f"om-lab-h15-{uuid.uuid4().hex[:6]}")
-        the_lab.open()
-    except LabUnavailable as e:
-        pytest.skip(f"no network lab here: {e}")
-    try:
-        yield the_lab
-    finally:
-        the_lab.close()
 
 
 def notify_section(hook: Receiver, am: Alertmanager | None) -> str:
@@ -74,7 +62,8 @@ def make_daemon(lab: Lab, hook: Receiver, am: Alertmanager | None) -> LabDaemon:
     text = text.replace("[[auth.tokens]]", notify_section(hook, am) + "[[auth.tokens]]")
     (state / "outagemon.toml").write_text(text)
     d = LabDaemon(lab, state, port, city, directory.load(topo, subs).directory)
-    d.start()
+    with STARTING:  # one start at a time, as in tests/test_lab_e2e.py
+        d.start()
     return d
 
 
@@ -110,9 +99,9 @@ def iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))
 
 
-def test_a_storm_in_the_lab_is_one_alert_with_our_labels_then_its_eta_then_resolved(
-    lab: Lab,
-) -> None:
+def a_storm_in_the_lab(lab: Lab) -> str:
+    """A dead aggregation: one alert with our labels, then its ETA, then resolved; says
+    how long the alert took."""
     hook, am_sink = Receiver(lab), Receiver(lab)
     am = Alertmanager(am_sink, lab)
     d = None
@@ -125,8 +114,9 @@ def test_a_storm_in_the_lab_is_one_alert_with_our_labels_then_its_eta_then_resol
             b for b in signed(hook) if b["outagemon"]["event"] == "opened"], 60, d.log)  # fmt: skip
         arrival = next(r.wall for r in hook.received("/hook"))
         decided = _decided(d)
-        print(f"\nfault -> webhook: {arrival - fault:.2f} s (detection {decided - fault:.2f} s "
-              f"+ delivery {arrival - decided:.3f} s); load {os.getloadavg()[0]:.2f}")  # fmt: skip
+        said = (f"\nfault -> webhook: {arrival - fault:.2f} s (detection "
+                f"{decided - fault:.2f} s + delivery {arrival - decided:.3f} s); "
+                f"load {os.getloadavg()[0]:.2f}")  # fmt: skip
         assert arrival - decided < 1.0
         iid = opened[0]["outagemon"]["incident_id"]
         first = wait_for("Alertmanager notifies", lambda: am_notifications(am_sink), 30)
@@ -135,8 +125,8 @@ def test_a_storm_in_the_lab_is_one_alert_with_our_labels_then_its_eta_then_resol
                           "kind": "outage", "severity": "major", "root_node": "agg-2",
                           "node_kind": "aggregation", "district": "south"}  # fmt: skip
         assert first[0]["alerts"][0]["generatorURL"] == f"https://noc.example/incidents/{iid}"
-        print(f"fault -> Alertmanager notification: {am_sink.received('/am')[0].wall - fault:.2f} s"
-              " (group_wait 1 s)")  # fmt: skip
+        said += (f"\nfault -> Alertmanager notification: "
+                 f"{am_sink.received('/am')[0].wall - fault:.2f} s (group_wait 1 s)")  # fmt: skip
         status, body = d.request("POST", f"/api/v1/incidents/{iid}",
                                  {"eta": iso(time.time() + 7200), "note": "fibre cut"})  # fmt: skip
         assert status == 200, body
@@ -152,6 +142,7 @@ def test_a_storm_in_the_lab_is_one_alert_with_our_labels_then_its_eta_then_resol
         ids = {a["labels"]["incident_id"] for n in am_notifications(am_sink) for a in n["alerts"]}
         assert ids == {str(iid)}, "a storm is one alert"
         assert d.stop() == 0
+        return said
     finally:
         if d is not None and d.process is not None and d.process.poll() is None:
             d.process.kill()
@@ -199,9 +190,7 @@ def _signal(pids: list[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def test_a_receiver_down_a_paused_database_and_a_sigkill_lose_no_notification(
-    lab: Lab,
-) -> None:
+def a_receiver_down_a_paused_database_and_a_sigkill(lab: Lab) -> str:
     hook = Receiver(lab)
     d = None
     paused: list[int] = []
@@ -236,9 +225,58 @@ def test_a_receiver_down_a_paused_database_and_a_sigkill_lose_no_notification(
         wait_for("every event delivered", lambda: events(hook) == wanted, 90,
                  lambda: f"{events(hook)}\n{_log(d)}")  # fmt: skip
         assert d.stop() == 0
+        return ""
     finally:
         _signal(paused, signal.SIGCONT)
         if d is not None and d.process is not None and d.process.poll() is None:
             d.process.kill()
             d.process.wait()
         hook.close()
+
+
+# -- the tests: both scenarios at once, each in its own namespace ------------------------
+# Each waits a minute of real time (its daemon's start and clean history, the faults, the
+# deliveries), with little work meanwhile: they run side by side from one module fixture
+# (as in tests/test_lab_truth.py) and each test waits for its own.
+
+Futures = dict[str, concurrent.futures.Future[str]]
+SCENARIOS: dict[str, Callable[[Lab], str]] = {  # the longest first
+    "test_a_receiver_down_a_paused_database_and_a_sigkill_lose_no_notification":
+        a_receiver_down_a_paused_database_and_a_sigkill,
+    "test_a_storm_in_the_lab_is_one_alert_with_our_labels_then_its_eta_then_resolved":
+        a_storm_in_the_lab,
+}  # fmt: skip
+
+
+def _run_in_lab(name: str) -> str:
+    with Lab(f"om-lab-h15-{uuid.uuid4().hex[:6]}") as lab:
+        return SCENARIOS[name](lab)
+
+
+@pytest.fixture(scope="module")
+def scenarios(request: pytest.FixtureRequest) -> Iterator[Futures]:
+    """The scenarios the selected tests need, all started at once."""
+    try:
+        with Lab():
+            pass
+    except LabUnavailable as e:
+        pytest.skip(f"no network lab here: {e}")
+    wanted = {item.name for item in request.session.items
+              if item.path == request.path and item.name in SCENARIOS}  # fmt: skip
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
+        yield {name: pool.submit(_run_in_lab, name) for name in SCENARIOS if name in wanted}
+
+
+def test_a_storm_in_the_lab_is_one_alert_with_our_labels_then_its_eta_then_resolved(
+    scenarios: Futures,
+) -> None:
+    name = "test_a_storm_in_the_lab_is_one_alert_with_our_labels_then_its_eta_then_resolved"
+    print(scenarios[name].result(timeout=900))
+
+
+def test_a_receiver_down_a_paused_database_and_a_sigkill_lose_no_notification(
+    scenarios: Futures,
+) -> None:
+    scenarios["test_a_receiver_down_a_paused_database_and_a_sigkill_lose_no_notification"].result(
+        timeout=900
+    )

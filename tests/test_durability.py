@@ -9,8 +9,10 @@ shared one): the daemon reaches it by its Unix socket, across the lab's namespac
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -19,9 +21,9 @@ import pytest
 from outagemon.core import directory
 from outagemon.db.embedded import EmbeddedPostgres
 from outagemon.sim import citygen
-from outagemon.testing.lab import Lab
+from outagemon.testing.lab import Lab, LabUnavailable
 from tests.conftest import free_port, short_tmp_dir
-from tests.test_lab_e2e import CONFIG, WRITE, LabDaemon
+from tests.test_lab_e2e import CONFIG, STARTING, WRITE, LabDaemon
 
 
 class Postgres:
@@ -48,15 +50,18 @@ class Postgres:
         return asyncio.run(go())
 
 
-@pytest.fixture
-def postgres() -> Iterator[Postgres]:
+@contextlib.contextmanager
+def postgres_server() -> Iterator[Postgres]:
     pg = Postgres()
-    pg.start()
-    yield pg
-    pg.stop()
+    with STARTING:  # its initdb: one start at a time, as in tests/test_lab_e2e.py
+        pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def db_daemon(lab: Lab, postgres: Postgres) -> Iterator[LabDaemon]:
     state = short_tmp_dir()
     city = citygen.generate(aggregations=4, access_per_aggregation=4,
@@ -67,12 +72,15 @@ def db_daemon(lab: Lab, postgres: Postgres) -> Iterator[LabDaemon]:
     text += f'[database]\ndsn = "{postgres.dsn}"\n'
     (state / "outagemon.toml").write_text(text)
     daemon = LabDaemon(lab, state, port, city, directory.load(topo, subs).directory)
-    daemon.start()
-    time.sleep(10)  # a clean history before the fault
-    yield daemon
-    if daemon.process is not None and daemon.process.poll() is None:
-        daemon.process.kill()
-        daemon.process.wait()
+    try:
+        with STARTING:
+            daemon.start()
+        daemon.warm_up(10)  # a clean history before the fault
+        yield daemon
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
 
 
 def iso(seconds: float) -> str:
@@ -124,21 +132,67 @@ def after_restart(d: LabDaemon, lab: Lab, pg: Postgres, done: dict[str, Any]) ->
     assert d.stop() == 0
 
 
-def test_acknowledged_writes_survive_a_sigterm_while_the_database_is_away(
-    db_daemon: LabDaemon, lab: Lab, postgres: Postgres
-) -> None:
-    d = db_daemon
+def sigterm_while_the_database_is_away(d: LabDaemon, lab: Lab, postgres: Postgres) -> None:
     done = writes_while_the_database_is_away(d, lab, postgres)
     assert d.stop() == 0
     after_restart(d, lab, postgres, done)
 
 
-def test_acknowledged_writes_survive_a_sigkill_while_the_database_is_away(
-    db_daemon: LabDaemon, lab: Lab, postgres: Postgres
-) -> None:
-    d = db_daemon
+def sigkill_while_the_database_is_away(d: LabDaemon, lab: Lab, postgres: Postgres) -> None:
     done = writes_while_the_database_is_away(d, lab, postgres)
     assert d.process is not None
     d.process.kill()
     d.process.wait()
     after_restart(d, lab, postgres, done)
+
+
+# -- the tests: both scenarios at once, each with its own PostgreSQL, daemon and namespace -
+# Each waits minutes of real time (a server's initdb, the daemon's start and history, the
+# restarts) with little work meanwhile: they run side by side from one module fixture (as
+# in tests/test_lab_truth.py) and each test waits for its own.
+
+Futures = dict[str, concurrent.futures.Future[None]]
+SCENARIOS: dict[str, Callable[[LabDaemon, Lab, Postgres], None]] = {
+    "test_acknowledged_writes_survive_a_sigterm_while_the_database_is_away":
+        sigterm_while_the_database_is_away,
+    "test_acknowledged_writes_survive_a_sigkill_while_the_database_is_away":
+        sigkill_while_the_database_is_away,
+}  # fmt: skip
+
+
+def _run_in_lab(name: str) -> None:
+    with Lab() as lab, postgres_server() as pg, db_daemon(lab, pg) as d:
+        try:
+            SCENARIOS[name](d, lab, pg)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- daemon log ---\n{d.log()}") from None
+
+
+@pytest.fixture(scope="module")
+def scenarios(request: pytest.FixtureRequest) -> Iterator[Futures]:
+    """The scenarios the selected tests need, all started at once."""
+    try:
+        with Lab():
+            pass
+    except LabUnavailable as e:
+        pytest.skip(f"no network lab here: {e}")
+    wanted = {item.name for item in request.session.items
+              if item.path == request.path and item.name in SCENARIOS}  # fmt: skip
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
+        yield {name: pool.submit(_run_in_lab, name) for name in SCENARIOS if name in wanted}
+
+
+def test_acknowledged_writes_survive_a_sigterm_while_the_database_is_away(
+    scenarios: Futures,
+) -> None:
+    scenarios["test_acknowledged_writes_survive_a_sigterm_while_the_database_is_away"].result(
+        timeout=900
+    )
+
+
+def test_acknowledged_writes_survive_a_sigkill_while_the_database_is_away(
+    scenarios: Futures,
+) -> None:
+    scenarios["test_acknowledged_writes_survive_a_sigkill_while_the_database_is_away"].result(
+        timeout=900
+    )

@@ -8,15 +8,18 @@ without IP, 400 subscribers with routers (CPE) at their own 127.x addresses.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ import pytest
 
 from outagemon.core import directory
 from outagemon.sim import citygen
-from outagemon.testing.lab import Lab
+from outagemon.testing.lab import Lab, LabUnavailable
 from tests.conftest import free_port, short_tmp_dir
 
 WRITE = "lab-write-token-0123456789"
@@ -56,6 +59,9 @@ role = "write"
 """
 WARM_UP = 15.0  # seconds of clean history before a fault, as in steady operation
 INTERVAL = 1.0  # [probe] interval above
+# One daemon starts at a time (its embedded PostgreSQL's initdb is most of a start's work):
+# scenarios run side by side (see SCENARIOS), their starts do not pile up on two cores.
+STARTING = threading.Lock()
 
 
 @dataclass
@@ -84,7 +90,10 @@ class LabDaemon:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"the daemon never became ready:\n{self.log()}")
+        said = self.log()
+        self.process.kill()  # not left running (a caller's cleanup may never see it)
+        self.process.wait()
+        raise AssertionError(f"the daemon never became ready:\n{said}")
 
     def warm_up(self, seconds: float = WARM_UP, interval: float = INTERVAL) -> float:
         """Wait until every probed target has `seconds` of clean history: as many answers
@@ -170,7 +179,7 @@ class LabDaemon:
         return self.process.wait(timeout=15)
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def city_daemon(lab: Lab) -> Iterator[LabDaemon]:
     state = short_tmp_dir()
     city = citygen.generate(aggregations=4, access_per_aggregation=10,
@@ -180,16 +189,18 @@ def city_daemon(lab: Lab) -> Iterator[LabDaemon]:
     (state / "outagemon.toml").write_text(CONFIG.format(state=state, port=port, write=WRITE))
     d = directory.load(topo, subs).directory
     daemon = LabDaemon(lab, state, port, city, d)
-    daemon.start()
-    daemon.warm_up()
-    yield daemon
-    if daemon.process is not None and daemon.process.poll() is None:
-        daemon.process.kill()
-        daemon.process.wait()
+    try:
+        with STARTING:
+            daemon.start()
+        daemon.warm_up()
+        yield daemon
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
 
 
-def test_an_aggregation_dies_and_comes_back(city_daemon: LabDaemon, lab: Lab) -> None:
-    d = city_daemon
+def an_aggregation_dies_and_comes_back(d: LabDaemon, lab: Lab) -> None:
     lab.down(*d.ips_behind("agg-2"))
     (inc,) = d.wait("one incident at agg-2", lambda: [
         i for i in d.incidents() if i["root_node"] == "agg-2"])  # fmt: skip
@@ -207,10 +218,7 @@ def test_an_aggregation_dies_and_comes_back(city_daemon: LabDaemon, lab: Lab) ->
     assert d.check(account=d.account_under("agg-2"))["status"] == "restored"
 
 
-def test_a_crushed_entrance_cable_while_its_switch_answers(
-    city_daemon: LabDaemon, lab: Lab
-) -> None:
-    d = city_daemon
+def a_crushed_entrance_cable(d: LabDaemon, lab: Lab) -> None:
     lab.down(*d.ips_behind("seg-1-3-2"))  # its routers only: the segment has no address
     (inc,) = d.wait("an inferred incident", d.incidents)
     assert inc["root_node"] == "seg-1-3-2" and inc["inferred"]
@@ -218,10 +226,7 @@ def test_a_crushed_entrance_cable_while_its_switch_answers(
     assert d.check(account=d.account_under("seg-1-3-1"))["status"] == "ok"
 
 
-def test_one_router_switched_off_is_cpe_down_for_that_subscriber_only(
-    city_daemon: LabDaemon, lab: Lab
-) -> None:
-    d = city_daemon
+def one_router_switched_off(d: LabDaemon, lab: Lab) -> None:
     sub = next(s for s in d.d.subscribers if s.ip)
     lab.down(sub.ip or "")
     d.wait("cpe_down", lambda: d.check(account=sub.account)["status"] == "cpe_down")
@@ -231,8 +236,7 @@ def test_one_router_switched_off_is_cpe_down_for_that_subscriber_only(
     assert d.incidents() == []
 
 
-def test_the_monitors_own_uplink_goes_silent(city_daemon: LabDaemon, lab: Lab) -> None:
-    d = city_daemon
+def the_monitors_own_uplink_goes_silent(d: LabDaemon, lab: Lab) -> None:
     lab.down("127.0.0.0/8")
     d.wait("blind", lambda: d.get("/readyz")[0] == 503)
     assert d.check(account=d.account_under("agg-1"))["status"] == "unknown"
@@ -244,10 +248,7 @@ def test_the_monitors_own_uplink_goes_silent(city_daemon: LabDaemon, lab: Lab) -
     assert d.incidents() == [], "no burst of false incidents on recovery"
 
 
-def test_ten_percent_loss_everywhere_for_minutes_opens_nothing(
-    city_daemon: LabDaemon, lab: Lab
-) -> None:
-    d = city_daemon
+def ten_percent_loss_for_minutes(d: LabDaemon, lab: Lab) -> None:
     lab.loss(10, "127.0.0.0/8")
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
@@ -256,10 +257,7 @@ def test_ten_percent_loss_everywhere_for_minutes_opens_nothing(
     assert d.incidents("all") == []
 
 
-def test_planned_works_then_the_switch_goes_down_inside_them(
-    city_daemon: LabDaemon, lab: Lab
-) -> None:
-    d = city_daemon
+def planned_works_then_the_switch_goes_down(d: LabDaemon, lab: Lab) -> None:
     now = time.time()
     ends = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now + 3600))
     starts = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now - 60))
@@ -275,10 +273,7 @@ def test_planned_works_then_the_switch_goes_down_inside_them(
     assert "Planned works" in answer["message"] and "end" in answer["message"]
 
 
-def test_sigkill_during_an_incident_then_restart_keeps_its_id(
-    city_daemon: LabDaemon, lab: Lab
-) -> None:
-    d = city_daemon
+def sigkill_during_an_incident(d: LabDaemon, lab: Lab) -> None:
     lab.down(*d.ips_behind("agg-4"))
     (inc,) = d.wait("an incident", d.incidents)
     time.sleep(1)  # let its nodes reach the database
@@ -301,7 +296,7 @@ SENTENCE = "We have several calls from your building and are checking."
 UNMANAGED = ("seg-1-3-2", "seg-2-4-1")  # entrances whose routers are not ours: no address
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def unmanaged_daemon(lab: Lab) -> Iterator[LabDaemon]:
     """A city where two entrances' subscribers have routers the monitor cannot probe."""
     state = short_tmp_dir()
@@ -327,20 +322,20 @@ def unmanaged_daemon(lab: Lab) -> Iterator[LabDaemon]:
         behind = [s for s in d.subscribers if s.serving == seg]
         assert len(behind) >= 6 and not any(s.ip for s in behind), seg
     daemon = LabDaemon(lab, state, port, city, d)
-    daemon.start()
-    daemon.warm_up()
-    yield daemon
-    if daemon.process is not None and daemon.process.poll() is None:
-        daemon.process.kill()
-        daemon.process.wait()
+    try:
+        with STARTING:
+            daemon.start()
+        daemon.warm_up()
+        yield daemon
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
 
 
-def test_callers_of_an_unprobed_entrance_raise_a_suspected_incident(
-    unmanaged_daemon: LabDaemon, lab: Lab
-) -> None:
+def callers_of_an_unprobed_entrance(d: LabDaemon, lab: Lab) -> None:
     """The entrance's cable is crushed: no probe can show it (its routers have no address
     the monitor may ping), so nftables has nothing to cut; its callers show it."""
-    d = unmanaged_daemon
     confirmed_seg, dismissed_seg = UNMANAGED
     for seg in UNMANAGED:
         callers = [s for s in d.d.subscribers if s.serving == seg]
@@ -408,3 +403,97 @@ def test_callers_of_an_unprobed_entrance_raise_a_suspected_incident(
     status, metrics_text = d.get_text("/metrics")  # counted since the restart
     for outcome in ("confirmed", "dismissed", "repaired"):
         assert f'outagemon_suspicions_total{{outcome="{outcome}"}} 1' in metrics_text, outcome
+
+
+# -- the tests: every scenario has its own daemon in its own namespace -------------------
+# Each scenario waits minutes of real time, most of it for its daemon to start and build a
+# clean history (WARM_UP) and for the faults to play out, with little work meanwhile; so the
+# selected ones run side by side, LANES at a time, from one module fixture (as in
+# tests/test_lab_truth.py), the longest first, and each test waits for its own and fails
+# with what it saw and its daemon's log.
+
+LANES = 3  # daemons at once: each is a tenth of a core; more would crowd a 2-core machine
+Futures = dict[str, concurrent.futures.Future[None]]
+SCENARIOS: dict[str, tuple[Callable[[Lab], contextlib.AbstractContextManager[LabDaemon]],
+                           Callable[[LabDaemon, Lab], None]]] = {
+    # test name: (its daemon, its scenario); in the order they start, the longest first
+    "test_ten_percent_loss_everywhere_for_minutes_opens_nothing":
+        (city_daemon, ten_percent_loss_for_minutes),
+    "test_the_monitors_own_uplink_goes_silent": (city_daemon, the_monitors_own_uplink_goes_silent),
+    "test_sigkill_during_an_incident_then_restart_keeps_its_id":
+        (city_daemon, sigkill_during_an_incident),
+    "test_callers_of_an_unprobed_entrance_raise_a_suspected_incident":
+        (unmanaged_daemon, callers_of_an_unprobed_entrance),
+    "test_an_aggregation_dies_and_comes_back": (city_daemon, an_aggregation_dies_and_comes_back),
+    "test_a_crushed_entrance_cable_while_its_switch_answers":
+        (city_daemon, a_crushed_entrance_cable),
+    "test_one_router_switched_off_is_cpe_down_for_that_subscriber_only":
+        (city_daemon, one_router_switched_off),
+    "test_planned_works_then_the_switch_goes_down_inside_them":
+        (city_daemon, planned_works_then_the_switch_goes_down),
+}  # fmt: skip
+
+
+def _run_in_lab(name: str) -> None:
+    daemon, scenario = SCENARIOS[name]
+    with Lab() as lab, daemon(lab) as d:
+        try:
+            scenario(d, lab)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- daemon log ---\n{d.log()}") from None
+
+
+@pytest.fixture(scope="module")
+def scenarios(request: pytest.FixtureRequest) -> Iterator[Futures]:
+    """The scenarios the selected tests need, started LANES at a time."""
+    try:
+        with Lab():
+            pass
+    except LabUnavailable as e:
+        pytest.skip(f"no network lab here: {e}")
+    wanted = {item.name for item in request.session.items
+              if item.path == request.path and item.name in SCENARIOS}  # fmt: skip
+    with concurrent.futures.ThreadPoolExecutor(max_workers=LANES) as pool:
+        futures = {name: pool.submit(_run_in_lab, name) for name in SCENARIOS if name in wanted}
+        try:
+            yield futures
+        finally:
+            for f in futures.values():
+                f.cancel()  # those not started yet, when the run is stopped
+
+
+def _result(scenarios: Futures, name: str) -> None:
+    scenarios[name].result(timeout=900)
+
+
+def test_an_aggregation_dies_and_comes_back(scenarios: Futures) -> None:
+    _result(scenarios, "test_an_aggregation_dies_and_comes_back")
+
+
+def test_a_crushed_entrance_cable_while_its_switch_answers(scenarios: Futures) -> None:
+    _result(scenarios, "test_a_crushed_entrance_cable_while_its_switch_answers")
+
+
+def test_one_router_switched_off_is_cpe_down_for_that_subscriber_only(scenarios: Futures) -> None:
+    _result(scenarios, "test_one_router_switched_off_is_cpe_down_for_that_subscriber_only")
+
+
+def test_the_monitors_own_uplink_goes_silent(scenarios: Futures) -> None:
+    _result(scenarios, "test_the_monitors_own_uplink_goes_silent")
+
+
+def test_ten_percent_loss_everywhere_for_minutes_opens_nothing(scenarios: Futures) -> None:
+    _result(scenarios, "test_ten_percent_loss_everywhere_for_minutes_opens_nothing")
+
+
+def test_planned_works_then_the_switch_goes_down_inside_them(scenarios: Futures) -> None:
+    _result(scenarios, "test_planned_works_then_the_switch_goes_down_inside_them")
+
+
+def test_sigkill_during_an_incident_then_restart_keeps_its_id(scenarios: Futures) -> None:
+    _result(scenarios, "test_sigkill_during_an_incident_then_restart_keeps_its_id")
+
+
+def test_callers_of_an_unprobed_entrance_raise_a_suspected_incident(scenarios: Futures) -> None:
+    """The entrance's cable is crushed: no probe can show it, its callers show it."""
+    _result(scenarios, "test_callers_of_an_unprobed_entrance_raise_a_suspected_incident")
