@@ -341,12 +341,19 @@ async def update_incident(request: web.Request) -> web.Response:
         raise bad(str(e)) from None
     if (why := queries.not_deciding(rt)) is not None:
         raise bad(why, 409)
-    if rt.monitor is None or await queries.one(rt, iid) is None:
+    monitor = rt.monitor
+    found = await queries.one(rt, iid) if monitor is not None else None
+    if monitor is None or found is None:
         raise bad(f"there is no incident {iid}.", 404)
+    if "eta" in body and found["state"] != "open":
+        # The page offers no estimate for an ended incident; the API took one (200) and
+        # wrote it after the repair, where the reports read it as the first estimate.
+        raise bad(f"incident {iid} is {found['state']}: an estimate is for an open "
+                  "incident (a note alone may still be added).", 409)  # fmt: skip
     steady_eta = clock.steady(eta) if eta is not None else None
     # "eta": null withdraws the estimate (callers hear that work continues).
     withdraw = "api" if "eta" in body and body["eta"] is None else ""
-    rt.monitor.set_eta(iid, steady_eta, note, who or "anonymous", withdraw)
+    monitor.set_eta(iid, steady_eta, note, who or "anonymous", withdraw)
     log.info("api.incident_updated", incident=iid, by=who, eta=iso(steady_eta),
              note=bool(body.get("note")))  # fmt: skip
     found = await queries.one(rt, iid)
