@@ -352,6 +352,17 @@ class Topology:
         self._ancestors[node_id] = order
         return order
 
+    def lowest_shared(self, node_ids: Iterable[str]) -> str | None:
+        """The lowest node at or above every one of these (ties: the first by id), or None
+        when they share none."""
+        common: set[str] | None = None
+        for n in node_ids:
+            chain = {n, *self.ancestors(n)}
+            common = chain if common is None else common & chain
+        if not common:
+            return None
+        return min(common, key=lambda n: (-len(self.ancestors(n)), n))
+
     def descendants(self, node_id: str) -> list[str]:
         """Every node below this one, nearest first."""
         return self._walk(self.nodes[node_id].children, lambda n: n.children)

@@ -137,7 +137,8 @@ def check_answer(rt: Runtime, q: Mapping[str, str]) -> tuple[bytes, str]:
             address = match.address
             sub = match.subscriber
             building = address.text(with_flat=False) if address is not None else ""
-            monitor.record_call(answer.node, building, *caller_of(match, building),
+            monitor.record_call(place_of(rt.directory, match, answer.node), building,
+                                *caller_of(match, building),
                                 channel, answer.status.value,
                                 sub.node if sub is not None and sub.ip else "")  # fmt: skip
     rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
@@ -157,6 +158,15 @@ def parts_of(directory: Directory, match: Match) -> tuple[str, ...]:
         for s, n in directory.topology.served.get(building.key, ())
         if n in nodes
     )
+
+
+def place_of(directory: Directory, match: Match, node: str) -> str:
+    """Where a caller is below, for the calls' detector: the node serving them, or for a
+    building split between nodes and asked about without a flat, the lowest node its
+    parts share (the caller may be behind any of them; the answer's node is the first)."""
+    if len(match.nodes) < 2:
+        return node
+    return directory.topology.lowest_shared(match.nodes) or node
 
 
 def caller_of(match: Match, building: str) -> tuple[str, str]:
