@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
+from outagemon.http import page
 from tests.world import WRITE, world
 
 
@@ -87,3 +88,27 @@ async def test_a_caller_of_a_split_building_without_a_flat_is_counted_below_both
         assert (await w.check(address="Мира 10", flat="50"))["status"] == "ok"
         (call,) = w.monitor.call_log.take()
         assert call.node == "seg-mira-2"  # a flat says which part
+
+
+async def test_the_page_says_one_subscriber_and_a_suspicion_raised_at_once_in_words(
+    fresh_db: str,
+) -> None:
+    # "#2 outage at sw-oak-3b · ... · 1 subscribers", and a suspicion raised within seconds
+    # of its first call: "Suspected from calls: 4 distinct callers, the first 0 minutes
+    # before".
+    async with world(fresh_db) as w:
+        w.net.fail("sw-lenina-5")  # one subscriber behind it (1001)
+        w.run(60)
+        (iid,) = w.monitor.correlator.incidents
+        async with w.session.get(w.url(f"/incidents/{iid}")) as r:
+            assert " · 1 subscriber · 0 calls · " in await r.text()
+        w.net.repair("sw-lenina-5")
+        w.run(200)
+        await w.flushed()
+        async with w.session.get(w.url("/")) as r:
+            resolved = (await r.text()).split("<h2>Recently resolved</h2>", 1)[1]
+        assert " · 1 subscriber</span>" in resolved, resolved
+    detail = {"raised_by": "calls", "callers": 4, "first_call_ago": 0.9, "buildings": []}
+    said = page._timeline_text("opened", detail)
+    assert said.startswith("Suspected from calls: 4 distinct callers, the first less than a "
+                           "minute before"), said  # fmt: skip

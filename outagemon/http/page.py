@@ -482,6 +482,8 @@ def _value_text(value: Any) -> str:
 
 def _minutes(seconds: Any) -> str:
     n = round(float(seconds) / 60)
+    if n == 0:
+        return "less than a minute"  # not "0 minutes"
     return f"{n} minute{'' if n == 1 else 's'}"
 
 
