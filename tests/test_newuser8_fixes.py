@@ -7,8 +7,10 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+import pytest
 
 from outagemon.http import page
+from tests.test_topology import problems
 from tests.world import WRITE, world
 
 
@@ -112,3 +114,19 @@ async def test_the_page_says_one_subscriber_and_a_suspicion_raised_at_once_in_wo
     said = page._timeline_text("opened", detail)
     assert said.startswith("Suspected from calls: 4 distinct callers, the first less than a "
                            "minute before"), said  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        # A number where a word goes was told "kind is required", as if it were missing.
+        ("nodes:\n  - {id: a, kind: 7}\n", "line 2: node 'a': kind must be a word, not 7 "),
+        ("nodes:\n  - {id: a, kind: [core]}\n", "kind must be a word, not ['core'] "),
+        ("nodes:\n  - {id: a}\n", "line 2: node 'a': kind is required (core, "),
+        # A node without an id was told "id must be a string without spaces, not None."
+        ("nodes:\n  - {kind: access}\n", "line 2: id is required (a string without spaces)."),
+    ],
+)
+def test_a_topology_says_what_is_wrong_with_an_id_or_kind(text: str, said: str) -> None:
+    found = problems(text)
+    assert any(said in p for p in found), found

@@ -673,6 +673,9 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         if key not in _NODE_KEYS:
             problems.append(f"{where}: unknown key {key!r}.")
     node_id = item.get("id")
+    if node_id is None:
+        problems.append(f"{where}: id is required (a string without spaces).")
+        return None
     if not isinstance(node_id, str | int) or not str(node_id).strip() or " " in str(node_id):
         problems.append(f"{where}: id must be a string without spaces, not {node_id!r}.")
         return None
@@ -680,7 +683,11 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
     where = f"{where}: node {node_id!r}"
     kind = item.get("kind")
     if not isinstance(kind, str) or not kind:
-        problems.append(f"{where}: kind is required (core, aggregation, access, segment, ...).")
+        if kind is None or kind == "":
+            said = "kind is required"
+        else:  # kind: 7, or a list
+            said = f"kind must be a word, not {kind!r}"
+        problems.append(f"{where}: {said} (core, aggregation, access, segment, ...).")
         kind = "unknown"
     ip = item.get("ip")
     if ip is not None:
