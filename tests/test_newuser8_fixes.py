@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
+from outagemon.core import topology
 from outagemon.http import page
-from tests.test_topology import problems
+from tests.test_topology import PATH, problems
 from tests.world import WRITE, world
 
 
@@ -130,3 +131,38 @@ async def test_the_page_says_one_subscriber_and_a_suspicion_raised_at_once_in_wo
 def test_a_topology_says_what_is_wrong_with_an_id_or_kind(text: str, said: str) -> None:
     found = problems(text)
     assert any(said in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    "serves",
+    [
+        ('["Ленина 5"]', '["ул. Ленина, д. 5"]'),
+        (
+            '[{address: "Ленина 5", flats: "1-10"}]',
+            '[{address: "ул. Ленина, д. 5", flats: "11-20"}]',
+        ),
+    ],
+)
+def test_one_building_written_with_and_without_its_street_type_is_reported(
+    serves: tuple[str, str],
+) -> None:
+    # "Ленина 5" on one switch and "ул. Ленина, д. 5" on another passed check-config, yet
+    # every caller naming the building matched both and heard "ambiguous" (the contract:
+    # an address served by two nodes is a problem). Different streets stay apart.
+    b, c = serves
+    found = problems(
+        "nodes:\n  - {id: a, kind: core}\n"
+        f"  - {{id: b, kind: access, parents: [a], serves: {b}}}\n"
+        f"  - {{id: c, kind: access, parents: [a], serves: {c}}}\n"
+    )
+    assert found == [
+        f"{PATH}: line 4: the address 'ул. Ленина, д. 5' (node 'c') is written 'Ленина, д. 5' "
+        "at line 3 (node 'b'): a caller naming it matches both and hears 'ambiguous'; write "
+        "the street type in both or in neither."
+    ]
+    topology.parse_text(
+        "nodes:\n  - {id: a, kind: core}\n"
+        '  - {id: b, kind: access, parents: [a], serves: ["ул. Ленина, д. 5"]}\n'
+        '  - {id: c, kind: access, parents: [a], serves: ["пр-т Ленина, д. 5", "Ленина 5к1"]}\n',
+        PATH,
+    )

@@ -830,6 +830,7 @@ def _check_graph(nodes: list[Node], path: Path, problems: list[str]) -> list[Nod
             f"{path}: line {first.line}: the parents form a cycle: {' -> '.join(cycle)}."
         )
     served: dict[str, list[tuple[Served, Node]]] = {}
+    by_house: dict[str, list[str]] = {}  # street|house -> building keys, as callers look up
     for node in by_id.values():
         for s in node.serves:
             for other_s, other in served.get(s.address.key, []):
@@ -839,11 +840,33 @@ def _check_graph(nodes: list[Node], path: Path, problems: list[str]) -> list[Nod
                         f"{path}: line {node.line}: the address {s.address.text()!r}{flats} is "
                         f"served by both {other.id!r} (line {other.line}) and {node.id!r}."
                     )
+            if s.address.key not in served:  # a building written for the first time
+                for key in by_house.get(s.address.house_key, ()):
+                    other_s, other = served[key][0]
+                    if _same_to_callers(s.address, other_s.address):
+                        problems.append(
+                            f"{path}: line {node.line}: the address {s.address.text()!r} (node "
+                            f"{node.id!r}) is written {other_s.address.text()!r} at line "
+                            f"{other.line} (node {other.id!r}): a caller naming it matches both "
+                            "and hears 'ambiguous'; write the street type in both or in neither."
+                        )
+                by_house.setdefault(s.address.house_key, []).append(s.address.key)
             served.setdefault(s.address.key, []).append((s, node))
     # Unknown parents are dropped so the rest can still be checked and reported.
     for node in by_id.values():
         node.parents = tuple(p for p in node.parents if p in by_id)
     return list(by_id.values())
+
+
+def _same_to_callers(a: Address, b: Address) -> bool:
+    """Two buildings written apart only by a street type one of them leaves out ("Ленина
+    5", "ул. Ленина, д. 5"): every caller's address matches both (Topology.matching)."""
+    return (
+        a.street_type != b.street_type
+        and not (a.street_type and b.street_type)
+        and (a.city, a.building, a.letter, a.structure)
+        == (b.city, b.building, b.letter, b.structure)
+    )
 
 
 def _cycles(by_id: dict[str, Node]) -> list[list[str]]:
