@@ -166,3 +166,24 @@ def test_one_building_written_with_and_without_its_street_type_is_reported(
         '  - {id: c, kind: access, parents: [a], serves: ["пр-т Ленина, д. 5", "Ленина 5к1"]}\n',
         PATH,
     )
+
+
+async def test_an_estimate_that_has_passed_is_not_given_as_the_eta(fresh_db: str) -> None:
+    # The spoken message said "work continues" once the estimate passed, but `eta` (JSON)
+    # and the third field of format=text still gave the passed time: a dialplan playing its
+    # own recordings from `eta` (docs/integrations.md) promised a time gone by.
+    async with world(fresh_db) as w:
+        w.net.fail("sw-lenina-5")
+        w.run(60)
+        (iid,) = w.monitor.correlator.incidents
+        ahead = w.monitor.clock() + 7200
+        w.monitor.set_eta(iid, ahead, "", "noc")
+        a = await w.check(account="1001")
+        assert a["status"] == "outage" and a["eta"] != ""
+        w.monitor.set_eta(iid, w.monitor.clock() - 600, "", "noc")  # it has passed
+        a = await w.check(account="1001")
+        assert a["status"] == "outage" and a["eta"] == "", a
+        assert "Работы продолжаются" in a["message"]
+        async with w.session.get(w.url("/api/v1/check"), headers=w.auth(),
+                                 params={"account": "1001", "format": "text"}) as r:  # fmt: skip
+            assert await r.text() == f"outage|{iid}|\n"

@@ -121,7 +121,7 @@ def check_answer(rt: Runtime, q: Mapping[str, str]) -> tuple[bytes, str]:
         match = dataclasses.replace(match, candidates=parts_of(rt.directory, match))
     inc = answer.incident
     if fmt == "text":
-        said = f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n"
+        said = f"{answer.status}|{inc.id if inc else ''}|{iso(_promised(answer.eta, now))}\n"
         reply = said.encode(), TEXT_TYPE
     else:
         reply = remembered_body(rt, answer, match, matched_by, now), JSON_TYPE
@@ -198,7 +198,7 @@ def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now:
         "incident_id": str(inc.id) if inc is not None else "",
         "root_node": inc.root if inc is not None else "",
         "since": iso(answer.since),
-        "eta": iso(answer.eta),
+        "eta": iso(_promised(answer.eta, now)),
         "message": message,
         "matched_by": matched_by,
         "node": answer.node,
@@ -245,6 +245,12 @@ def remembered_body(rt: Runtime, answer: Answer, match: Match, matched_by: str,
         # The entry holds the address, so the id in the key stays its.
         answer.bodies[key] = KeptBody(address, texts, until, pieces)
     return written
+
+
+def _promised(eta: float | None, now: float) -> float | None:
+    """An estimate still ahead; one that has passed is not given (a dialplan reading `eta`
+    would promise a time gone by, which the spoken message never does)."""
+    return eta if eta is not None and eta > now else None
 
 
 def _add(t: float | None, step: float) -> float | None:
