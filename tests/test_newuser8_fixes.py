@@ -187,3 +187,23 @@ async def test_an_estimate_that_has_passed_is_not_given_as_the_eta(fresh_db: str
         async with w.session.get(w.url("/api/v1/check"), headers=w.auth(),
                                  params={"account": "1001", "format": "text"}) as r:  # fmt: skip
             assert await r.text() == f"outage|{iid}|\n"
+
+
+async def test_works_withdrawn_are_answered_as_no_longer_running(fresh_db: str) -> None:
+    # `POST /api/v1/maintenance/{id}` `{"withdraw": true}` answered `"running": true`
+    # beside `"withdrawn": true` and an `ends_at` of now: the works as they were.
+    async with world(fresh_db) as w:
+        # (the world's monitor clock runs some minutes behind the wall clock)
+        starts = (datetime.now(UTC) - timedelta(minutes=30)).isoformat()
+        ends = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+        works = {"node": "agg-s", "starts_at": starts, "ends_at": ends}
+        async with w.session.post(w.url("/api/v1/maintenance"), headers=w.auth(WRITE),
+                                  json=works) as r:  # fmt: skip
+            assert r.status == 201, await r.text()
+            wid = (await r.json())["id"]
+        assert (await w.check(account="1007"))["status"] == "maintenance"
+        async with w.session.post(w.url(f"/api/v1/maintenance/{wid}"), headers=w.auth(WRITE),
+                                  json={"withdraw": True}) as r:  # fmt: skip
+            assert r.status == 200, await r.text()
+            answer = await r.json()
+        assert answer["withdrawn"] is True and answer["running"] is False, answer

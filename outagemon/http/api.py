@@ -523,7 +523,9 @@ async def update_maintenance(request: web.Request) -> web.Response:
     kept = next((m for m in monitor.maintenance if m.id == wid), None)
     answer = works_json(kept or window, now)
     if ends is None:
-        answer.update(ends_at=iso(now) if window.starts_at <= now else None, withdrawn=True)
+        # Ended now, or never begun: running no longer (it said true, the works as they were).
+        answer.update(ends_at=iso(now) if window.starts_at <= now else None, withdrawn=True,
+                      running=False)  # fmt: skip
     return json_response(answer)
 
 
