@@ -207,3 +207,22 @@ async def test_works_withdrawn_are_answered_as_no_longer_running(fresh_db: str) 
             assert r.status == 200, await r.text()
             answer = await r.json()
         assert answer["withdrawn"] is True and answer["running"] is False, answer
+
+
+async def test_a_split_building_asked_without_a_flat_names_the_node_its_parts_share(
+    fresh_db: str,
+) -> None:
+    # In the trial, "Дубовая 3" (flats 1-20 on sw-oak-1, 21-40 on sw-oak-3b) asked without
+    # a flat was answered with "node": "sw-oak-1", ok or ambiguous alike: a helpdesk read
+    # the caller as behind the first part. The node said is the one both parts hang from.
+    async with world(fresh_db) as w:
+        a = await w.check(address="Мира 10")
+        assert (a["status"], a["node"]) == ("ok", "sw-mira-10"), a
+        one = await w.check(address="Мира 10", flat="50")
+        assert (one["status"], one["node"]) == ("ok", "seg-mira-2"), one
+        w.net.fail("seg-mira-1")
+        w.run(60)
+        a = await w.check(address="Мира 10")
+        assert (a["status"], a["node"]) == ("ambiguous", "sw-mira-10"), a
+        one = await w.check(address="Мира 10", flat="5")
+        assert (one["status"], one["node"]) == ("outage", "seg-mira-1"), one
