@@ -10,6 +10,7 @@ running out). During a surge, the callers of one building ask the same question.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections.abc import Mapping
@@ -162,11 +163,15 @@ def assess(situation: Situation | None, directory: Directory, match: Match, now:
         return first
     others = [_assess_node(situation, directory, n, match, now, restored_for, memory)
               for n in match.nodes[1:]]  # fmt: skip
+    # A house split between entrances, and the caller gave no flat: they are behind one of
+    # them, which is not known; the node said is the one the parts share (it was the
+    # first part, naming an entrance the caller may not be behind).
+    shared = directory.topology.lowest_shared(match.nodes) or ""
     same = all(a.status == first.status and a.incident is first.incident for a in others)
     if not same:
-        # A house split between entrances, and the caller gave no flat.
-        return Answer(Status.AMBIGUOUS, node=match.nodes[0])
-    return first
+        return Answer(Status.AMBIGUOUS, node=shared)
+    # A copy: `first` is remembered for its own node (its JSON made anew, not kept).
+    return dataclasses.replace(first, node=shared, kept=False, bodies=None)
 
 
 def _assess_node(situation: Situation, directory: Directory, node: str, match: Match,

@@ -352,6 +352,17 @@ class Topology:
         self._ancestors[node_id] = order
         return order
 
+    def lowest_shared(self, node_ids: Iterable[str]) -> str | None:
+        """The lowest node at or above every one of these (ties: the first by id), or None
+        when they share none."""
+        common: set[str] | None = None
+        for n in node_ids:
+            chain = {n, *self.ancestors(n)}
+            common = chain if common is None else common & chain
+        if not common:
+            return None
+        return min(common, key=lambda n: (-len(self.ancestors(n)), n))
+
     def descendants(self, node_id: str) -> list[str]:
         """Every node below this one, nearest first."""
         return self._walk(self.nodes[node_id].children, lambda n: n.children)
@@ -662,6 +673,9 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         if key not in _NODE_KEYS:
             problems.append(f"{where}: unknown key {key!r}.")
     node_id = item.get("id")
+    if node_id is None:
+        problems.append(f"{where}: id is required (a string without spaces).")
+        return None
     if not isinstance(node_id, str | int) or not str(node_id).strip() or " " in str(node_id):
         problems.append(f"{where}: id must be a string without spaces, not {node_id!r}.")
         return None
@@ -669,7 +683,11 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
     where = f"{where}: node {node_id!r}"
     kind = item.get("kind")
     if not isinstance(kind, str) or not kind:
-        problems.append(f"{where}: kind is required (core, aggregation, access, segment, ...).")
+        if kind is None or kind == "":
+            said = "kind is required"
+        else:  # kind: 7, or a list
+            said = f"kind must be a word, not {kind!r}"
+        problems.append(f"{where}: {said} (core, aggregation, access, segment, ...).")
         kind = "unknown"
     ip = item.get("ip")
     if ip is not None:
@@ -812,6 +830,7 @@ def _check_graph(nodes: list[Node], path: Path, problems: list[str]) -> list[Nod
             f"{path}: line {first.line}: the parents form a cycle: {' -> '.join(cycle)}."
         )
     served: dict[str, list[tuple[Served, Node]]] = {}
+    by_house: dict[str, list[str]] = {}  # street|house -> building keys, as callers look up
     for node in by_id.values():
         for s in node.serves:
             for other_s, other in served.get(s.address.key, []):
@@ -821,11 +840,33 @@ def _check_graph(nodes: list[Node], path: Path, problems: list[str]) -> list[Nod
                         f"{path}: line {node.line}: the address {s.address.text()!r}{flats} is "
                         f"served by both {other.id!r} (line {other.line}) and {node.id!r}."
                     )
+            if s.address.key not in served:  # a building written for the first time
+                for key in by_house.get(s.address.house_key, ()):
+                    other_s, other = served[key][0]
+                    if _same_to_callers(s.address, other_s.address):
+                        problems.append(
+                            f"{path}: line {node.line}: the address {s.address.text()!r} (node "
+                            f"{node.id!r}) is written {other_s.address.text()!r} at line "
+                            f"{other.line} (node {other.id!r}): a caller naming it matches both "
+                            "and hears 'ambiguous'; write the street type in both or in neither."
+                        )
+                by_house.setdefault(s.address.house_key, []).append(s.address.key)
             served.setdefault(s.address.key, []).append((s, node))
     # Unknown parents are dropped so the rest can still be checked and reported.
     for node in by_id.values():
         node.parents = tuple(p for p in node.parents if p in by_id)
     return list(by_id.values())
+
+
+def _same_to_callers(a: Address, b: Address) -> bool:
+    """Two buildings written apart only by a street type one of them leaves out ("Ленина
+    5", "ул. Ленина, д. 5"): every caller's address matches both (Topology.matching)."""
+    return (
+        a.street_type != b.street_type
+        and not (a.street_type and b.street_type)
+        and (a.city, a.building, a.letter, a.structure)
+        == (b.city, b.building, b.letter, b.structure)
+    )
 
 
 def _cycles(by_id: dict[str, Node]) -> list[list[str]]:

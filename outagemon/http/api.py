@@ -121,7 +121,7 @@ def check_answer(rt: Runtime, q: Mapping[str, str]) -> tuple[bytes, str]:
         match = dataclasses.replace(match, candidates=parts_of(rt.directory, match))
     inc = answer.incident
     if fmt == "text":
-        said = f"{answer.status}|{inc.id if inc else ''}|{iso(answer.eta)}\n"
+        said = f"{answer.status}|{inc.id if inc else ''}|{iso(_promised(answer.eta, now))}\n"
         reply = said.encode(), TEXT_TYPE
     else:
         reply = remembered_body(rt, answer, match, matched_by, now), JSON_TYPE
@@ -137,7 +137,8 @@ def check_answer(rt: Runtime, q: Mapping[str, str]) -> tuple[bytes, str]:
             address = match.address
             sub = match.subscriber
             building = address.text(with_flat=False) if address is not None else ""
-            monitor.record_call(answer.node, building, *caller_of(match, building),
+            monitor.record_call(place_of(rt.directory, match, answer.node), building,
+                                *caller_of(match, building),
                                 channel, answer.status.value,
                                 sub.node if sub is not None and sub.ip else "")  # fmt: skip
     rt.checks.inc_key(_CHECK_KEYS[answer.status, channel])
@@ -157,6 +158,15 @@ def parts_of(directory: Directory, match: Match) -> tuple[str, ...]:
         for s, n in directory.topology.served.get(building.key, ())
         if n in nodes
     )
+
+
+def place_of(directory: Directory, match: Match, node: str) -> str:
+    """Where a caller is below, for the calls' detector: the node serving them, or for a
+    building split between nodes and asked about without a flat, the lowest node its
+    parts share (the caller may be behind any of them; the answer's node is the first)."""
+    if len(match.nodes) < 2:
+        return node
+    return directory.topology.lowest_shared(match.nodes) or node
 
 
 def caller_of(match: Match, building: str) -> tuple[str, str]:
@@ -188,7 +198,7 @@ def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now:
         "incident_id": str(inc.id) if inc is not None else "",
         "root_node": inc.root if inc is not None else "",
         "since": iso(answer.since),
-        "eta": iso(answer.eta),
+        "eta": iso(_promised(answer.eta, now)),
         "message": message,
         "matched_by": matched_by,
         "node": answer.node,
@@ -235,6 +245,12 @@ def remembered_body(rt: Runtime, answer: Answer, match: Match, matched_by: str,
         # The entry holds the address, so the id in the key stays its.
         answer.bodies[key] = KeptBody(address, texts, until, pieces)
     return written
+
+
+def _promised(eta: float | None, now: float) -> float | None:
+    """An estimate still ahead; one that has passed is not given (a dialplan reading `eta`
+    would promise a time gone by, which the spoken message never does)."""
+    return eta if eta is not None and eta > now else None
 
 
 def _add(t: float | None, step: float) -> float | None:
@@ -341,12 +357,19 @@ async def update_incident(request: web.Request) -> web.Response:
         raise bad(str(e)) from None
     if (why := queries.not_deciding(rt)) is not None:
         raise bad(why, 409)
-    if rt.monitor is None or await queries.one(rt, iid) is None:
+    monitor = rt.monitor
+    found = await queries.one(rt, iid) if monitor is not None else None
+    if monitor is None or found is None:
         raise bad(f"there is no incident {iid}.", 404)
+    if "eta" in body and found["state"] != "open":
+        # The page offers no estimate for an ended incident; the API took one (200) and
+        # wrote it after the repair, where the reports read it as the first estimate.
+        raise bad(f"incident {iid} is {found['state']}: an estimate is for an open "
+                  "incident (a note alone may still be added).", 409)  # fmt: skip
     steady_eta = clock.steady(eta) if eta is not None else None
     # "eta": null withdraws the estimate (callers hear that work continues).
     withdraw = "api" if "eta" in body and body["eta"] is None else ""
-    rt.monitor.set_eta(iid, steady_eta, note, who or "anonymous", withdraw)
+    monitor.set_eta(iid, steady_eta, note, who or "anonymous", withdraw)
     log.info("api.incident_updated", incident=iid, by=who, eta=iso(steady_eta),
              note=bool(body.get("note")))  # fmt: skip
     found = await queries.one(rt, iid)
@@ -500,7 +523,9 @@ async def update_maintenance(request: web.Request) -> web.Response:
     kept = next((m for m in monitor.maintenance if m.id == wid), None)
     answer = works_json(kept or window, now)
     if ends is None:
-        answer.update(ends_at=iso(now) if window.starts_at <= now else None, withdrawn=True)
+        # Ended now, or never begun: running no longer (it said true, the works as they were).
+        answer.update(ends_at=iso(now) if window.starts_at <= now else None, withdrawn=True,
+                      running=False)  # fmt: skip
     return json_response(answer)
 
 

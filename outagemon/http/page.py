@@ -482,6 +482,8 @@ def _value_text(value: Any) -> str:
 
 def _minutes(seconds: Any) -> str:
     n = round(float(seconds) / 60)
+    if n == 0:
+        return "less than a minute"  # not "0 minutes"
     return f"{n} minute{'' if n == 1 else 's'}"
 
 
@@ -581,9 +583,13 @@ async def incident_form(request: web.Request) -> web.Response:
         raise _back(back, Message.refusal(str(e))) from None
     if queries.not_deciding(rt) is not None or isinstance(rt.monitor, Replica):
         raise _back(back, Message.STANDBY)
-    if rt.monitor is None or await queries.one(rt, iid) is None:
+    monitor = rt.monitor
+    found = await queries.one(rt, iid) if monitor is not None else None
+    if monitor is None or found is None:
         raise bad(f"there is no incident {raw}.", 404)
-    rt.monitor.set_eta(iid, clock.steady(eta) if eta is not None else None, note, who)
+    if eta is not None and found["state"] != "open":  # the API's rule (a stale form)
+        raise _back(back, Message.ETA_ENDED)
+    monitor.set_eta(iid, clock.steady(eta) if eta is not None else None, note, who)
     raise _back(back, Message.SAVED)
 
 
