@@ -1,8 +1,8 @@
 """Callers as sensors over a simulated month in a 300,000-subscriber city.
 
     .venv/bin/python -m benchmarks.calls_bench [--days 30] [--seeds 1-10] [--window S]
-        [--chance P] [--evidence H] [--burst S] [--flat] [--shares 0.25,0.15] [--no-surge]
-        [--explain]
+        [--chance P] [--evidence H] [--burst S] [--burst-evidence H] [--flat]
+        [--shares 0.25,0.15] [--no-surge] [--explain]
 
 A city's month of calls cannot exist on this machine, so it is simulated, and said so:
 the city is `sim/citygen.sized(3000, 300000)` (30 aggregations, 3,000 buildings with an
@@ -371,6 +371,13 @@ def main() -> None:
         "seconds (0: at a constant rate)",
     )
     parser.add_argument(
+        "--burst-evidence",
+        type=float,
+        default=Settings().burst_evidence,
+        help="with --burst: the constant test runs too (at --evidence) and the burst's at "
+        "this; raised when either holds (0: the burst alone)",
+    )
+    parser.add_argument(
         "--flat", action="store_true", help="a usual rate without the hour of the day (by_hour off)"
     )
     parser.add_argument("--shares", default="0.25,0.15")
@@ -390,13 +397,14 @@ def main() -> None:
     subscribers = sum(len(a) for a in behind.values())
     built = time.process_time() - started
     chosen = Settings(window=args.window, chance=args.chance, evidence=args.evidence,
-                      by_hour=not args.flat, burst=args.burst)  # fmt: skip
+                      by_hour=not args.flat, burst=args.burst,
+                      burst_evidence=args.burst_evidence)  # fmt: skip
     k = chosen.min_callers
     print(" ".join(["python -m benchmarks.calls_bench", *sys.argv[1:]]))
     print(f"city: {subscribers:,} subscribers, {len(topo):,} nodes (built in {built:.1f} s "
           f"CPU); {args.days} days simulated; window {args.window:g} s, "
           f"chance {args.chance:g}, min_callers {k}, evidence {args.evidence:g}, "
-          f"burst {args.burst:g} s, "
+          f"burst {args.burst:g} s (evidence {args.burst_evidence:g}), "
           f"by_hour {not args.flat}; load average "
           f"{os.getloadavg()[0]:.1f} at the start")  # fmt: skip
     print(f"recall: of the faults with >= 1 caller (the reported figure) | with >= {k} "

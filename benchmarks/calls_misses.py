@@ -1,9 +1,11 @@
 """Why the calls' detector misses the invisible faults it misses, fault by fault.
 
-    .venv/bin/python -m benchmarks.calls_misses [--seeds 1-40] [--share 0.25]
+    .venv/bin/python -m benchmarks.calls_misses [--seeds 1-40] [--share 0.25] [--window S]
+        [--chance P] [--evidence H] [--burst S] [--burst-evidence H]
 
 The month, the faults and the scoring are `benchmarks.calls_bench`'s (the same seeds give
-the same faults and the same recall); the detector is the tree's, with its defaults.
+the same faults and the same recall); the detector is the tree's, with its defaults or
+the settings given (as calls_bench takes them).
 For each seed it prints recall and false suspicions, then each fault heard (at least one
 caller) and not found, with its subscribers, distinct callers, the most of them within
 one `window`, the gaps between their first calls, and a class:
@@ -153,11 +155,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="1-40", help="e.g. 3, 1-10 or 1,4,7")
     parser.add_argument("--share", type=float, default=0.25)
+    default = Settings()
+    parser.add_argument("--window", type=float, default=default.window)
+    parser.add_argument("--chance", type=float, default=default.chance)
+    parser.add_argument("--evidence", type=float, default=default.evidence)
+    parser.add_argument("--burst", type=float, default=default.burst)
+    parser.add_argument("--burst-evidence", type=float, default=default.burst_evidence)
     args = parser.parse_args()
+    chosen = Settings(window=args.window, chance=args.chance, evidence=args.evidence,
+                      burst=args.burst, burst_evidence=args.burst_evidence)  # fmt: skip
     topo, behind = build_city()
     total: Counter[str] = Counter()
     for seed in seeds_of(args.seeds):
-        lines, tally = run(topo, behind, seed, args.share, Settings())
+        lines, tally = run(topo, behind, seed, args.share, chosen)
         total.update(tally)
         print("\n".join(lines), flush=True)
     print("in all: " + ", ".join(f"{k} {v}" for k, v in total.items()))

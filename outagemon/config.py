@@ -127,6 +127,7 @@ class CallersConfig:
     evidence: float = 14.0  # the sequential test's log-likelihood ratio; 0: off
     fault_rate: float = 0.25  # calls a subscriber an hour a fault makes (the test's alternative)
     burst: float = 0.0  # seconds: a fault's calls come in a burst falling so; 0: constant
+    burst_evidence: float = 0.0  # with burst: the constant test too, the burst's at this; 0: off
     sentence: str = ""  # said to callers behind a suspected incident; "": nothing special
 
 
@@ -556,6 +557,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "evidence": _evidence,
         "fault_rate": _fault_rate,
         "burst": _seconds(positive=False, maximum=DAY),
+        "burst_evidence": _evidence,
         "sentence": _sentence,
     },
     "history": {

@@ -864,6 +864,82 @@ def test_the_burst_key_is_read_and_bounded() -> None:
             config.parse(f"[callers]\nburst = {bad}\n", Path("/etc/om.toml"))
 
 
+# Both tests at once (`burst_evidence`): the constant one at `evidence`, the burst at its own.
+EITHER = {"burst": 600.0, "evidence": 14.0, "burst_evidence": 16.0}
+
+
+@pytest.fixture(scope="module")
+def learned(town: Directory) -> tuple[float, list[Call]]:
+    t = 14 * DAY
+    return t, usual_calls(town, t, quieter="seg-2-5-1", share=0.2)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(gaps=st.lists(st.floats(1, 1700), min_size=1, max_size=3), offset=st.floats(0, DAY),
+       node=st.sampled_from(["seg-2-5-1", "seg-1-3-2", "sw-3-3"]))  # fmt: skip
+def test_with_both_tests_a_place_is_raised_when_either_test_holds_at_its_own_evidence(
+    town: Directory, learned: tuple[float, list[Call]], gaps: list[float], offset: float,
+    node: str,
+) -> None:  # fmt: skip
+    """`strong` with both is exactly the constant test at `evidence` or the burst at
+    `burst_evidence`, for any callers, place and time of day (so it raises whatever
+    either raises alone, and nothing else)."""
+    t, usual = learned
+    both = watch_of(town, **EITHER)
+    constant = watch_of(town, evidence=EITHER["evidence"])
+    burst = watch_of(town, burst=EITHER["burst"], evidence=EITHER["burst_evidence"])
+    for w in (both, constant, burst):
+        w.tick(t, usual, never, Ids())
+    firsts = [t + offset]
+    for gap in gaps:
+        firsts.append(firsts[-1] + gap)
+    now = firsts[-1]
+    alone = (constant.strong(node, firsts, now), burst.strong(node, firsts, now))
+    assert both.strong(node, firsts, now) is any(alone), alone
+    assert both.score(node, firsts, now, burst=0.0) == constant.score(node, firsts, now)
+    assert both.score(node, firsts, now) == burst.score(node, firsts, now)
+
+
+def test_with_both_tests_a_tight_pair_and_a_slow_pair_are_each_raised(town: Directory) -> None:
+    """Two callers 10 s apart at an entrance calling at the usual rate: the burst's
+    evidence, not the constant test's; two callers 10 minutes apart at an entrance that
+    calls a twentieth of that: the constant test's, not the burst's (a fault's burst would
+    have brought more callers by then). With both, each pair is raised; with
+    `burst_evidence` 0 the burst alone decides, as before."""
+    t = 14 * DAY
+    raised = []
+    for share, gap in ((1.0, 10.0), (0.05, 600.0)):
+        usual = usual_calls(town, t, quieter="seg-2-5-1", share=share)
+        for kw in ({"evidence": 14.0}, {"burst": 600.0, "evidence": 16.0}, EITHER):
+            w = watch_of(town, **kw)
+            ids = Ids()
+            w.tick(t, usual, never, ids)
+            pair = calls_from(town, "seg-2-5-1", [t + 3000, t + 3000 + gap])
+            w.tick(t + 3000, pair[:1], never, ids)
+            w.tick(t + 3000 + gap, pair[1:], never, ids)
+            raised.append(bool(w.open))
+            if w.open:
+                (sus,) = w.open.values()
+                assert sus.incident.root == "seg-2-5-1" and len(sus.callers) == 2
+    # (constant, burst, both) for the tight pair, then for the slow one.
+    assert raised == [False, True, True, True, False, True]
+
+
+def test_the_burst_evidence_key_is_read_and_bounded() -> None:
+    from outagemon import config
+    from outagemon.errors import ConfigError
+    from outagemon.monitor import call_settings
+
+    read = config.parse("[callers]\nburst = 600\nburst_evidence = 16.5\n",
+                        Path("/etc/om.toml")).callers  # fmt: skip
+    assert read.burst_evidence == 16.5 and call_settings(read).burst_evidence == 16.5
+    assert config.parse("", Path("/etc/om.toml")).callers.burst_evidence == 0
+    for bad in ("-1", "101", "nan", '"16"'):
+        with pytest.raises(ConfigError, match=r"\[callers\] burst_evidence"):
+            config.parse(f"[callers]\nburst_evidence = {bad}\n", Path("/etc/om.toml"))
+
+
 def test_no_suspicion_at_a_node_the_probes_see_answering_but_below_it(town: Directory) -> None:
     # Every probed node answers (the aggregation, the access switches; the entrances have
     # no address). Three callers of three buildings under agg-1 within a minute: the way

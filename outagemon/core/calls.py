@@ -86,6 +86,11 @@ class Settings:
     # `fault_rate` an hour is the burst's total; 0: at the constant `fault_rate`. Callers
     # close together are then stronger evidence than the same callers spread out.
     burst: float = 0.0
+    # Both alternatives at once (with `burst` set): the constant one at `evidence` and the
+    # burst at this evidence, a place raised when either test reaches its own (0: the
+    # burst alone, at `evidence`). The burst's tight pairs and the constant test's slow
+    # mornings are different faults: either finds its own.
+    burst_evidence: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -718,13 +723,19 @@ class CallWatch:
         s = self.settings
         if s.evidence <= 0:
             return False
+        if s.burst > 0 and s.burst_evidence > 0:
+            # Both tests, each against its own evidence: raised when either holds.
+            return (self.score(node, firsts, now, s.evidence, burst=0.0) >= s.evidence
+                    or self.score(node, firsts, now, s.burst_evidence)
+                    >= s.burst_evidence)  # fmt: skip
         return self.score(node, firsts, now, s.evidence) >= s.evidence
 
     def score(self, node: str, firsts: list[float], now: float,
-              enough: float = math.inf) -> float:  # fmt: skip
+              enough: float = math.inf, burst: float | None = None) -> float:  # fmt: skip
         """The sequential test's best log-likelihood ratio over the newest j >= 2 of these
         callers (see `strong`), -inf when there is none; it stops at the first j whose
-        ratio reaches `enough`."""
+        ratio reaches `enough`. `burst`: the alternative's time constant (None: the
+        settings', 0: the constant rate)."""
         s = self.settings
         fault = s.fault_rate * self.below.get(node, 0) / 3600.0
         least = self._least()
@@ -733,7 +744,8 @@ class CallWatch:
         calls, seen = self.history(node, now)
         if calls <= 0:
             return -math.inf
-        newest, tau, total = firsts[-1], s.burst, fault * 3600.0
+        newest, total = firsts[-1], fault * 3600.0
+        tau = s.burst if burst is None else burst
         # The burst's rate is (total / tau) e^-(t - onset)/tau, its onset at the oldest
         # caller weighed (the likeliest: the rate only falls after it, and no caller came
         # before it); a constant `fault` without a burst.
