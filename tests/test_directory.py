@@ -360,3 +360,33 @@ def test_the_rosters_inline_reads_and_searches_are_the_plain_ones(
         assert roster.by_phone(text) == given_by
         first = next((i for i, s in enumerate(subs) if s.account == text), None)
         assert roster.by_account(text) == first
+
+
+@settings(max_examples=50)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ул. Ленина, д. 5", "Ленина 5", "ленина 5к2", "Мира 10",
+                             "пр-т Мира, д. 10 кв. 50", "Садовая 3", "Садоввая 3", "Линина 5",
+                             "Мира 11", "нет такого", ""]),
+            st.sampled_from(["", "12", "50", " 7 ", "кв"]),
+        ),
+        max_size=12,
+    ),
+    st.integers(1, 4),
+)  # fmt: skip
+def test_a_remembered_address_is_answered_as_a_new_directory_answers_it(
+    asked: list[tuple[str, str]], kept: int
+) -> None:
+    # Each question in turn, the same words again with other flats, the memory full and
+    # emptied on the way (`kept` entries): every answer as a directory that never saw
+    # the words gives.
+    d, _ = build()
+    saved = directory._WRITTEN_KEPT
+    directory._WRITTEN_KEPT = kept
+    try:
+        for text, flat in asked + asked:
+            assert d.address(text, flat) == build()[0].address(text, flat)
+            assert len(d._written) <= kept
+    finally:
+        directory._WRITTEN_KEPT = saved

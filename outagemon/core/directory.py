@@ -487,6 +487,7 @@ NOT_FOUND = Match()
 
 
 _normalise_phone = addresses.normalise_phone
+_WRITTEN_KEPT = 4096  # written addresses a directory remembers the meaning of (~2 MiB at most)
 
 
 def _flat_number(flat: str) -> int | None:
@@ -506,6 +507,9 @@ class Directory:
         for address in topology.buildings():
             self.streets.setdefault(address.street, []).append(address.key)
         self._street_names = list(self.streets)
+        # A written address -> as parsed, and the keys of the buildings it means (see
+        # `address`).
+        self._written: dict[str, tuple[Address | None, list[str]]] = {}
 
     # -- phone, account --------------------------------------------------------------
 
@@ -536,22 +540,36 @@ class Directory:
     # -- free-text address -----------------------------------------------------------
 
     def address(self, text: str, flat: str = "") -> Match:
-        query = addresses.parse(text)
+        # In a surge the callers of one building ask in the same words: what the words
+        # mean is remembered (parsed, matched, fuzzily when need be: all pure, and this
+        # directory's topology never changes), the flat is applied each time.
+        found = self._written.get(text)
+        if found is None:
+            found = self._meaning(text)
+            if len(self._written) >= _WRITTEN_KEPT:
+                self._written.clear()
+            self._written[text] = found
+        query, keys = found
         if query is None:
             return NOT_FOUND
         flat = flat.strip() or query.flat
-        keys = self.topology.matching(query)
-        if not keys:
-            keys = self._fuzzy(query)
         if not keys:
             return NOT_FOUND
         served = self.topology.served
         if len(keys) > 1:
-            found = [served[k][0][0].address.text() for k in keys]
-            return Match(candidates=tuple(sorted(found)))
+            texts = [served[k][0][0].address.text() for k in keys]
+            return Match(candidates=tuple(sorted(texts)))
         key = keys[0]
         nodes = self.topology.serving_key(key, _flat_number(flat))  # the key not made again
         return Match(tuple(nodes), served[key][0][0].address, None, (), flat)
+
+    def _meaning(self, text: str) -> tuple[Address | None, list[str]]:
+        """A written address as parsed (None: not an address) and the keys of the
+        buildings it can mean: matching, or else fuzzily matching."""
+        query = addresses.parse(text)
+        if query is None:
+            return None, []
+        return query, self.topology.matching(query) or self._fuzzy(query)
 
     def _fuzzy(self, query: Address) -> list[str]:
         scored = process.extract(
