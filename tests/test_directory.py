@@ -323,3 +323,72 @@ def test_a_crm_export_with_a_bom_crlf_and_a_line_break_in_a_quoted_field(
     assert len(loaded.problems) == 2, loaded.problems
     assert loaded.problems[0].startswith(f"{subs}: row 3: address holds a carriage return")
     assert loaded.problems[1] == f"{subs}: row 5: ip 'not-an-ip' is not an IP address."
+
+
+_DIGITS = st.text(alphabet="0123456789", min_size=1, max_size=3)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(
+            _DIGITS,  # account (duplicates too: the first is found)
+            st.lists(_DIGITS.map("+7921000".__add__), max_size=3),  # phones, shared too
+            st.sampled_from(sorted(TOPO.served)),
+            st.sampled_from(["", "1", "12", "кв"]),
+            st.booleans(),  # a probed router
+        ),
+        max_size=12,
+    ),
+    st.lists(_DIGITS.map("+7921000".__add__) | _DIGITS, max_size=4),
+)
+def test_the_rosters_inline_reads_and_searches_are_the_plain_ones(
+    rows: list[tuple[str, list[str], str, str, bool]], asked: list[str]
+) -> None:
+    # Roster.at, by_phone and by_account read the columns and the packed index inline:
+    # each against a Subscriber as given and a scan of every subscriber.
+    subs = [
+        directory.Subscriber(account, tuple(phones), TOPO.served[key][0][0].address, flat,
+                             f"127.0.2.{n}" if ip else None, TOPO.served[key][0][1], n + 2)
+        for n, (account, phones, key, flat, ip) in enumerate(rows)
+    ]  # fmt: skip
+    roster = directory.Roster.of(subs)
+    assert [roster.at(i) for i in range(len(subs))] == list(roster) == subs
+    for text in [*asked, *(p for s in subs for p in s.phones), *(s.account for s in subs)]:
+        # one entry a number given (a number given twice is found twice, as it always was)
+        given_by = [i for i, s in enumerate(subs) for p in s.phones if p == text]
+        assert roster.by_phone(text) == given_by
+        first = next((i for i, s in enumerate(subs) if s.account == text), None)
+        assert roster.by_account(text) == first
+
+
+@settings(max_examples=50, deadline=None)  # two directories built: slow on a busy machine
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ул. Ленина, д. 5", "Ленина 5", "ленина 5к2", "Мира 10",
+                             "пр-т Мира, д. 10 кв. 50", "Садовая 3", "Садоввая 3", "Линина 5",
+                             "Мира 11", "нет такого", ""]),
+            st.sampled_from(["", "12", "50", " 7 ", "кв"]),
+        ),
+        max_size=12,
+    ),
+    st.integers(1, 4),
+)  # fmt: skip
+def test_a_remembered_address_is_answered_as_a_new_directory_answers_it(
+    asked: list[tuple[str, str]], kept: int
+) -> None:
+    # Each question in turn, the same words again with other flats, the memory full and
+    # emptied on the way (`kept` entries): every answer as a directory that never saw
+    # the words gives.
+    d, _ = build()
+    fresh, _ = build()
+    saved = directory._WRITTEN_KEPT
+    directory._WRITTEN_KEPT = kept
+    try:
+        for text, flat in asked + asked:
+            fresh._written.clear()  # nothing remembered: the words parsed and matched now
+            assert d.address(text, flat) == fresh.address(text, flat)
+            assert len(d._written) <= kept
+    finally:
+        directory._WRITTEN_KEPT = saved

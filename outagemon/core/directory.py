@@ -21,6 +21,7 @@ import gc
 import io
 import math
 from array import array
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -303,20 +304,29 @@ class Roster(Sequence[Subscriber]):
             return [self[j] for j in range(*i.indices(len(self)))]
         if i < 0:
             i += len(self)
+        return self.at(i)
+
+    def at(self, i: int) -> Subscriber:
+        """The i-th subscriber (0 <= i < len): the columns read inline, without a call
+        each (the phone menu's lookups make one a question)."""
         serving, address = self.places[self.place[i]]
-        phones = self.phones[i]
-        account = self.accounts[i]
-        ip = self.ips[i]
-        return Subscriber(
-            account,
-            tuple(phones.split(";")) if phones else (),
-            address,
-            self.flats[i],
-            ip or None,
-            serving,
-            self.rows[i],
-            cpe_id(account) if ip else serving,
-        )
+        column = self.accounts
+        ends = column.ends
+        account = column.text[ends[i - 1] if i else 0 : ends[i]]
+        column = self.phones
+        ends = column.ends
+        phones = column.text[ends[i - 1] if i else 0 : ends[i]]
+        column = self.flats
+        ends = column.ends
+        flat = column.text[ends[i - 1] if i else 0 : ends[i]]
+        column = self.ips
+        ends = column.ends
+        ip = column.text[ends[i - 1] if i else 0 : ends[i]]
+        if ip:
+            return Subscriber(account, tuple(phones.split(";")) if phones else (), address,
+                              flat, ip, serving, self.rows[i], "cpe:" + account)  # fmt: skip
+        return Subscriber(account, tuple(phones.split(";")) if phones else (), address, flat,
+                          None, serving, self.rows[i], serving)  # fmt: skip
 
     def __iter__(self) -> Iterator[Subscriber]:
         for i in range(len(self)):
@@ -341,20 +351,54 @@ class Roster(Sequence[Subscriber]):
         return cpe_id(self.accounts[i]) if self.ips[i] else self.serving(i)
 
     def by_account(self, account: str) -> int | None:
-        accounts = self.accounts
-        for i in self._by_account.candidates(account):
-            if accounts[i] == account:
+        keys = self._by_account.keys
+        if not keys:  # the unpacked index (more positions than the packing holds)
+            accounts = self.accounts
+            for i in self._by_account.candidates(account):
+                if accounts[i] == account:
+                    return i
+            return None
+        # HashIndex.candidates and Column.__getitem__, inline (a generator and a call
+        # a candidate cost more than the rest of the search).
+        h = hash(account) & _HASH_MASK
+        at = bisect_left(keys, float(h << _SLOT_BITS))
+        end = len(keys)
+        text, ends = self.accounts.text, self.accounts.ends
+        while at < end:
+            k = int(keys[at])
+            if k >> _SLOT_BITS != h:
+                return None
+            i = k & _SLOT_MASK
+            if text[ends[i - 1] if i else 0 : ends[i]] == account:
                 return i
+            at += 1
         return None
 
     def by_phone(self, phone: str) -> list[int]:
         """Every subscriber giving this number (E.164), in load order."""
-        phones = self.phones
-        out = []
-        for i in self._by_phone.candidates(phone):
-            found = phones[i]
+        out: list[int] = []
+        keys = self._by_phone.keys
+        if not keys:  # the unpacked index (more positions than the packing holds)
+            phones = self.phones
+            for i in self._by_phone.candidates(phone):
+                found = phones[i]
+                if found == phone or phone in found.split(";"):
+                    out.append(i)
+            return out
+        # As by_account: the search inline.
+        h = hash(phone) & _HASH_MASK
+        at = bisect_left(keys, float(h << _SLOT_BITS))
+        end = len(keys)
+        text, ends = self.phones.text, self.phones.ends
+        while at < end:
+            k = int(keys[at])
+            if k >> _SLOT_BITS != h:
+                break
+            i = k & _SLOT_MASK
+            found = text[ends[i - 1] if i else 0 : ends[i]]
             if found == phone or phone in found.split(";"):
                 out.append(i)
+            at += 1
         return out
 
     def counts(self) -> dict[str, int]:
@@ -442,12 +486,8 @@ class Match:
 NOT_FOUND = Match()
 
 
-def _one(sub: Subscriber | None) -> Match:
-    """The place of one subscriber (made positionally: the phone menu asks thousands of
-    times a second in a surge)."""
-    if sub is None:
-        return NOT_FOUND
-    return Match((sub.node,), sub.address, sub, (), sub.flat)
+_normalise_phone = addresses.normalise_phone
+_WRITTEN_KEPT = 4096  # written addresses a directory remembers the meaning of (~2 MiB at most)
 
 
 def _flat_number(flat: str) -> int | None:
@@ -467,46 +507,69 @@ class Directory:
         for address in topology.buildings():
             self.streets.setdefault(address.street, []).append(address.key)
         self._street_names = list(self.streets)
+        # A written address -> as parsed, and the keys of the buildings it means (see
+        # `address`).
+        self._written: dict[str, tuple[Address | None, list[str]]] = {}
 
     # -- phone, account --------------------------------------------------------------
 
     def phone(self, text: str) -> Match:
-        phone = addresses.normalise_phone(text)
+        phone = _normalise_phone(text)
         if not phone:
             return NOT_FOUND
-        found = self.subscribers.by_phone(phone)
+        roster = self.subscribers
+        found = roster.by_phone(phone)
         if not found:
             return NOT_FOUND
-        roster = self.subscribers
         if len(found) > 1:  # a number several accounts give
-            subs = [roster[i] for i in found]
+            subs = [roster.at(i) for i in found]
             if len({(s.address.key, s.flat) for s in subs}) > 1:
                 return Match(candidates=tuple(sorted({s.where().text() for s in subs})))
-        return _one(roster[found[0]])
+        sub = roster.at(found[0])
+        # Made positionally: the phone menu asks thousands of times a second in a surge.
+        return Match((sub.node,), sub.address, sub, (), sub.flat)
 
     def account(self, text: str) -> Match:
-        i = self.subscribers.by_account(text.strip())
-        return NOT_FOUND if i is None else _one(self.subscribers[i])
+        roster = self.subscribers
+        i = roster.by_account(text.strip())
+        if i is None:
+            return NOT_FOUND
+        sub = roster.at(i)
+        return Match((sub.node,), sub.address, sub, (), sub.flat)
 
     # -- free-text address -----------------------------------------------------------
 
     def address(self, text: str, flat: str = "") -> Match:
-        query = addresses.parse(text)
+        # In a surge the callers of one building ask in the same words: what the words
+        # mean is remembered (parsed, matched, fuzzily when need be: all pure, and this
+        # directory's topology never changes), the flat is applied each time.
+        found = self._written.get(text)
+        if found is None:
+            found = self._meaning(text)
+            if len(self._written) >= _WRITTEN_KEPT:
+                self._written.clear()
+            self._written[text] = found
+        query, keys = found
         if query is None:
             return NOT_FOUND
         flat = flat.strip() or query.flat
-        keys = self.topology.matching(query)
-        if not keys:
-            keys = self._fuzzy(query)
         if not keys:
             return NOT_FOUND
+        served = self.topology.served
         if len(keys) > 1:
-            found = [self.topology.served[k][0][0].address.text() for k in keys]
-            return Match(candidates=tuple(sorted(found)))
+            texts = [served[k][0][0].address.text() for k in keys]
+            return Match(candidates=tuple(sorted(texts)))
         key = keys[0]
-        building = self.topology.served[key][0][0].address
-        nodes = self.topology.serving(building, _flat_number(flat))
-        return Match(nodes=tuple(nodes), address=building, flat=flat)
+        nodes = self.topology.serving_key(key, _flat_number(flat))  # the key not made again
+        return Match(tuple(nodes), served[key][0][0].address, None, (), flat)
+
+    def _meaning(self, text: str) -> tuple[Address | None, list[str]]:
+        """A written address as parsed (None: not an address) and the keys of the
+        buildings it can mean: matching, or else fuzzily matching."""
+        query = addresses.parse(text)
+        if query is None:
+            return None, []
+        return query, self.topology.matching(query) or self._fuzzy(query)
 
     def _fuzzy(self, query: Address) -> list[str]:
         scored = process.extract(

@@ -395,7 +395,11 @@ class Topology:
 
     def serving(self, address: Address, flat: int | None = None) -> list[str]:
         """The most specific nodes serving a building (and flat, when given)."""
-        entries = self.served.get(address.key, [])
+        return self.serving_key(address.key, flat)
+
+    def serving_key(self, key: str, flat: int | None = None) -> list[str]:
+        """`serving`, for the building of this key."""
+        entries = self.served.get(key, [])
         if flat is not None:
             exact = [n for s, n in entries if s.flats is not None and s.covers(flat)]
             if exact:
