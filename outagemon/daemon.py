@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import asyncpg
 from aiohttp import web
@@ -636,6 +636,16 @@ RELEASE_GRACE = 5.0  # seconds a replaced directory stays whole for requests sti
 RELEASE_SLICE = 2_000  # entries freed at a time (5,000 took 12-19 ms on a loaded machine)
 
 
+@runtime_checkable
+class Releasable(Protocol):
+    """Entries a reload retired from a container still in use (the scheduler's histories
+    of gone targets): `release` frees up to `count` more; `len` what is left."""
+
+    def __len__(self) -> int: ...
+
+    def release(self, count: int) -> None: ...
+
+
 async def _release(old: list[object]) -> None:
     """Free what a reload replaced a slice at a time, each its own step of the event loop:
     dropped at once, a million nodes (or targets) are freed in one go that holds the loop
@@ -663,6 +673,8 @@ async def _release(old: list[object]) -> None:
                     c.pop()
             elif isinstance(c, list):
                 del c[-RELEASE_SLICE:]
+            elif isinstance(c, Releasable):  # entries of a running container (Retired)
+                c.release(RELEASE_SLICE)
             else:
                 break
             await asyncio.sleep(0)

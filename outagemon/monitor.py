@@ -730,7 +730,7 @@ class Monitor:
         self.directory = directory
         self.anchors = anchors_of(self.config, directory)
         self.correlator.anchors = list(self.anchors) or self.correlator.anchors
-        self.correlator.set_topology(directory.topology, change)
+        replaced += self.correlator.set_topology(directory.topology, change)
         self.watch.set_topology(directory.topology, directory.counts, below)
         self.watch.settings = call_settings(self.config.callers)
         return replaced

@@ -9,11 +9,14 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
+from outagemon import daemon
 from outagemon.core import directory
 from outagemon.core.directory import Directory, HashIndex, Roster
 from outagemon.core.topology import parse_text
 from outagemon.metrics import LoopLag, Registry
-from outagemon.probing.scheduler import Scheduler
+from outagemon.probing.scheduler import Outcome, Retired, Scheduler
 from outagemon.sim import citygen
 
 
@@ -52,20 +55,91 @@ class _Engine:
     on_result: object = None
 
 
+class _Sending(_Engine):
+    def __init__(self, sent: list[str]) -> None:
+        self.send = sent.append
+
+
 def test_a_planned_retarget_keeps_the_history_of_targets_that_stay() -> None:
     clock = [1000.0]
-    s = Scheduler(_Engine(), lambda o: None, 10.0, 1000.0, clock=lambda: clock[0])  # type: ignore[arg-type]
+    outcomes: list[Outcome] = []
+    s = Scheduler(_Engine(), outcomes.append, 10.0, 1000.0, clock=lambda: clock[0])  # type: ignore[arg-type]
     s.set_targets(["127.0.0.2", "127.0.0.3"])
     kept = s.history["127.0.0.2"]
+    s._result("127.0.0.3", None, "timeout")  # a loss before the reload
     plan = s.plan(["127.0.0.2", "127.0.0.4"], 5.0)
     assert s.interval == 10.0 and "127.0.0.3" in s.history  # planning changes nothing
     old = s.apply(plan)
     assert s.interval == 5.0
-    assert s.history["127.0.0.2"] is kept and "127.0.0.3" not in s.history
-    assert "127.0.0.4" in s.history
+    assert s.history["127.0.0.2"] is kept
     assert sorted(t for _, t in s._heap) == ["127.0.0.2", "127.0.0.4"]
     assert all(1000.0 <= due < 1005.0 for due, _ in s._heap)
     assert {"127.0.0.2", "127.0.0.3"} in old  # the replaced set, to be freed in slices
+    # The gone target's reply, in flight at the swap, is no outcome; the new target's
+    # first result is, with a history of its own from then on.
+    outcomes.clear()
+    s._result("127.0.0.3", 0.001, None)
+    s._result("127.0.0.4", None, "timeout")
+    s._result("127.0.0.4", 0.001, None)
+    assert [(o.target, o.ok, o.loss) for o in outcomes] == [
+        ("127.0.0.4", False, 1.0), ("127.0.0.4", True, 0.5)]  # fmt: skip
+    # The gone target's history is freed by the caller, a slice at a time, after the swap.
+    retired = next(c for c in old if isinstance(c, Retired))
+    assert len(retired) == 1 and "127.0.0.3" in s.history
+    while retired:
+        retired.release(1)
+    assert "127.0.0.3" not in s.history and set(s.history) == {"127.0.0.2", "127.0.0.4"}
+    s._result("127.0.0.3", 0.001, None)
+    assert [o.target for o in outcomes] == ["127.0.0.4", "127.0.0.4"]
+
+
+def test_a_target_back_before_its_old_history_is_freed_starts_afresh() -> None:
+    clock = [1000.0]
+    outcomes: list[Outcome] = []
+    s = Scheduler(_Engine(), outcomes.append, 10.0, 1000.0, clock=lambda: clock[0])  # type: ignore[arg-type]
+    s.set_targets(["127.0.0.2", "127.0.0.3"])
+    for _ in range(3):
+        s._result("127.0.0.3", None, "timeout")
+    first = s.apply(s.plan(["127.0.0.2"]))  # 127.0.0.3 gone...
+    second = s.apply(s.plan(["127.0.0.2", "127.0.0.3"]))  # ...and back, before a release
+    s._result("127.0.0.3", 0.001, None)
+    assert outcomes[-1].target == "127.0.0.3" and outcomes[-1].loss == 0.0  # no old losses
+    for old in (first, second):  # the first reload's release leaves its new history be
+        for retired in (c for c in old if isinstance(c, Retired)):
+            while retired:
+                retired.release(2_000)
+    assert "127.0.0.3" in s.history and s.history["127.0.0.3"].count == 1
+    # Not probed while gone: only what the schedule wants is sent.
+    sent: list[str] = []
+    s.engine = _Sending(sent)  # type: ignore[assignment]
+    s.apply(s.plan(["127.0.0.2"]))
+    clock[0] += 30.0
+    s.tick()
+    assert sent == ["127.0.0.2"]
+
+
+async def test_a_reloads_retired_histories_are_freed_a_slice_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(daemon, "RELEASE_GRACE", 0.0)
+    monkeypatch.setattr(daemon, "RELEASE_SLICE", 2)
+    s = Scheduler(_Engine(), lambda o: None, 10.0, 1000.0, clock=lambda: 1000.0)  # type: ignore[arg-type]
+    everyone = [f"127.0.0.{i}" for i in range(2, 12)]
+    s.set_targets(everyone)
+    old = s.apply(s.plan(everyone[:5]))
+    retired = next(c for c in old if isinstance(c, Retired))
+    slices: list[int] = []
+    release = Retired.release
+
+    def counted(self: Retired, count: int) -> None:
+        slices.append(len(self))
+        release(self, count)
+
+    monkeypatch.setattr(Retired, "release", counted)
+    assert isinstance(retired, daemon.Releasable) and len(retired) == 5
+    await asyncio.wait_for(daemon._release(old), 5)
+    assert slices == [5, 3, 1]  # two at a time (each slice its own step of the loop)
+    assert sorted(s.history) == everyone[:5]
 
 
 def test_a_hash_index_finds_every_text_and_its_collisions() -> None:

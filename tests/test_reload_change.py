@@ -7,7 +7,7 @@ from __future__ import annotations
 from outagemon.core import topology as topology_mod
 from outagemon.core.calls import subscribers_below
 from outagemon.core.correlator import Correlator
-from outagemon.core.health import Settings
+from outagemon.core.health import Settings, State
 from outagemon.core.incidents import Event
 from outagemon.core.topology import Node, Topology
 
@@ -114,3 +114,57 @@ def test_the_change_gathers_what_weighs_its_inference_again_off_the_loop() -> No
     warm(c, 1_000_000.0)
     c.set_topology(fewer.new, fewer)
     assert c._reconsider == {"sw", "core"} and c._changed == {"sw"}
+
+
+def test_a_gone_nodes_state_is_handed_back_to_be_freed_later_and_an_anchors_kept() -> None:
+    old = building(entrance=False)
+    c = Correlator(old, SETTINGS, anchors=["uplink", "cpe8"])
+    warm(c, 1_000_000.0)
+    gone = c.states["cpe9"]
+    new = building(entrance=False, routers=8)
+    freed = c.set_topology(new, topology_mod.change(old, new))
+    # cpe9's state leaves at the swap, but is freed by the caller a slice at a time; cpe8,
+    # gone from the topology but still an anchor, keeps its own.
+    assert "cpe9" not in c.states and "cpe8" in c.states
+    assert [list(f) for f in freed if isinstance(f, list)] == [[gone]]
+    # An anchor no longer configured, and not in the topology, loses its state too.
+    c.anchors = ["uplink"]
+    again = building(entrance=False, routers=8)
+    freed = c.set_topology(again, topology_mod.change(new, again))
+    assert "cpe8" not in c.states and len(freed[0]) == 1  # type: ignore[arg-type]
+
+
+def run_gone(incremental: bool) -> tuple[list[Event], dict[str, int], list[str], list[str]]:
+    """Two routers fail and go down; a reload takes them out of the topology (their
+    subscribers left) while they are down; then the switch fails. Returns the events, the
+    incidents' nodes, the routers down at the reload and the probes asked for after it."""
+    old = building(entrance=False)
+    c = Correlator(old, SETTINGS, anchors=["uplink"])
+    now = warm(c, 1_000_000.0)
+    for _ in range(12):
+        now += 5
+        for node in old.by_ip.values():
+            c.observe(node, node not in ("cpe8", "cpe9"), now)
+        c.tick(now)
+        c.take_requests()
+    down = [n for n in ("cpe8", "cpe9") if c.state_of(n) is State.DOWN]
+    new = building(entrance=False, routers=8)
+    c.set_topology(new, topology_mod.change(old, new) if incremental else None)
+    events: list[Event] = []
+    requests: list[str] = []
+    for _ in range(20):
+        now += 5
+        for node in new.by_ip.values():
+            c.observe(node, node in ("uplink", "core"), now)
+        events += c.tick(now)
+        requests += c.take_requests()
+    return events, dict(c.node_incident), down, requests
+
+
+def test_gone_nodes_are_not_decided_on_after_a_reload_as_when_every_node_is_looked_at() -> None:
+    events, owners, down, requests = run_gone(incremental=True)
+    assert down == ["cpe8", "cpe9"]  # down when the reload took them away
+    assert [(e.kind, e.root) for e in events if e.kind == "opened"] == [("opened", "sw")]
+    assert set(owners) == {"sw", *(f"cpe{i}" for i in range(8))}  # not the gone routers
+    assert "cpe8" not in requests and "cpe9" not in requests  # nor probed again
+    assert (events, owners, down, requests) == run_gone(incremental=False)

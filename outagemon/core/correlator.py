@@ -148,26 +148,34 @@ class Correlator(Failures):
 
         return cut
 
-    def set_topology(self, topology: Topology, change: Change | None = None) -> None:
+    def set_topology(self, topology: Topology, change: Change | None = None) -> list[object]:
         """A reloaded topology: nodes that still exist keep their state. `change`: what
         changed since the current topology (`topology.change`, made off the event loop):
         then only those nodes are touched (a million nodes otherwise hold the loop for
-        half a second here, and the next tick as long again)."""
+        half a second here, and the next tick as long again). Returns the gone nodes'
+        states, taken out here, for the caller to free a slice at a time."""
         self.version += 1  # paths from callers to the core may have changed
         old = self.topology
         self.topology = topology
         self._scope_key = (0, (), ())
         anchors = set(self.anchors)
+        states = self.states
+        freed: list[NodeState] = []
         if change is None or change.old is not old or change.new is not topology:
-            for gone in [n for n in self.states if n not in topology and n not in anchors]:
-                del self.states[gone]
-            self._changed.update(self.states)
+            for gone in [n for n in states if n not in topology and n not in anchors]:
+                freed.append(states.pop(gone))
+            self._changed.update(states)
         else:
             # The states are of nodes of the old topology and of anchors (old or new).
-            states = self.states
-            for gone in [n for n in (*change.gone, *self._anchors_seen)
-                         if n in states and n not in topology and n not in anchors]:  # fmt: skip
-                del states[gone]
+            # `change.gone` is made off the loop, of nodes not in the new topology: each
+            # is taken out in one look-up, and freed later (4,300 gone states looked up
+            # twice, checked against the topology and freed here held the loop 18 ms at a
+            # million nodes).
+            pop = states.pop
+            freed += filter(None, [pop(n, None) for n in change.gone if n not in anchors])
+            for gone in [n for n in self._anchors_seen if n not in topology and n not in anchors]:
+                if (ns := pop(gone, None)) is not None:
+                    freed.append(ns)
             # Each changed node and its parents (new and old) weigh their inference
             # again: gathered with the change, off the loop; here two set unions.
             self._changed |= change.changed
@@ -177,6 +185,7 @@ class Correlator(Failures):
         self._down = {n for n in self._down if n in topology}
         self._removed = True
         self._dirty = True
+        return [freed]
 
     def restore(self, incidents: Iterable[Incident], next_id: int) -> None:
         """Open incidents from the database after a restart: they continue with their ids.

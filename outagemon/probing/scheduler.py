@@ -102,6 +102,10 @@ class Scheduler:
         self._active: Collection[str] = set()
         self._urgent: deque[str] = deque()
         self._urgent_set: set[str] = set()
+        # Targets a reload took away whose history is still in `history`: their results
+        # (in flight at the swap) are ignored, and their entries freed a slice at a time
+        # after (`Retired`): 4,300 look-ups in a dict of a million held the swap 10 ms.
+        self._retired: set[str] = set()
         self._tokens = 0.0
         self._last = clock()
         self.rounds = 0  # completed intervals since start (for /readyz)
@@ -110,7 +114,14 @@ class Scheduler:
 
     def set_targets(self, targets: Iterable[str], interval: float | None = None) -> None:
         """Replace the probed set; targets that stay keep their history and rhythm."""
-        self.apply(self.plan(targets, interval))
+        plan = self.plan(targets, interval)
+        self.apply(plan)
+        history = self.history
+        for target in plan.new:  # made now (apply leaves it to their first result)
+            history.setdefault(target, History())
+        self._retired.difference_update(plan.gone)
+        for target in plan.gone:
+            history.pop(target, None)
 
     def plan(self, targets: Iterable[str], interval: float | None = None) -> Plan:
         """set_targets' work, without changing anything: a thread may make it while the
@@ -153,13 +164,20 @@ class Scheduler:
 
     def apply(self, plan: Plan) -> list[object]:
         """Probe the planned targets from now on (what was due meanwhile is sent now).
-        Returns the replaced containers, for the caller to free a slice at a time."""
+        Returns the replaced containers, and the gone targets' histories (`Retired`), for
+        the caller to free a slice at a time. A new target's history is made at its first
+        result; a gone one's results are ignored from now on."""
+        # Nothing here is a look-up per target in the history of a million: a reload that
+        # changes 1 % of a city's subscribers has ~4,300 targets gone and as many new, and
+        # those look-ups held the event loop 16-18 ms.
         self.interval = plan.interval
-        for gone in plan.gone:
-            self.history.pop(gone, None)
-        for target in plan.new:
-            self.history.setdefault(target, History())
-        old: list[object] = [self._heap, self._active]
+        retired = self._retired
+        if retired:  # a target back before its old history was freed starts afresh
+            for target in [t for t in plan.new if t in retired]:
+                retired.discard(target)
+                self.history.pop(target, None)
+        retired.update(plan.gone)
+        old: list[object] = [self._heap, self._active, Retired(self, plan.gone)]
         self._heap = plan.heap
         self._active = plan.wanted
         return old
@@ -210,6 +228,35 @@ class Scheduler:
     def _result(self, target: str, rtt: float | None, reason: str | None) -> None:
         history = self.history.get(target)
         if history is None:
-            return  # removed by a reload while in flight
+            if target not in self._active:
+                return  # removed by a reload while in flight (its history freed since)
+            history = self.history[target] = History()  # new at a reload: its first result
+        elif target in self._retired:
+            return  # removed by a reload while in flight (its history not freed yet)
         loss = history.add(rtt is None)
         self.on_outcome(Outcome(target, rtt is not None, rtt, reason, loss, steady_now()))
+
+
+class Retired:
+    """The histories of the targets a reload took away, freed a slice at a time by the
+    caller (`release`) rather than in the swap's step; a target probed again meanwhile
+    keeps its new history."""
+
+    __slots__ = ("_scheduler", "_targets")
+
+    def __init__(self, scheduler: Scheduler, targets: list[str]) -> None:
+        self._scheduler = scheduler
+        self._targets = targets
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def release(self, count: int) -> None:
+        """Free the histories of up to `count` more targets."""
+        targets, retired = self._targets, self._scheduler._retired
+        history = self._scheduler.history
+        for target in targets[-count:]:
+            if target in retired:
+                retired.discard(target)
+                history.pop(target, None)
+        del targets[-count:]
