@@ -20,6 +20,7 @@ import dataclasses
 import gc
 import io
 import math
+import socket
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -656,10 +657,13 @@ def read_rows(
     ia, iph, iad, ifl, iip = (header.index(c) for c in COLUMNS)
     width = max(ia, iph, iad, ifl, iip) + 1
     columns = len(header)
-    topo_ips = topology.by_ip
+    # A plain dict of the topology's own addresses (switches: thousands), asked of every
+    # row: the sharded mapping's `in` is a call of Python.
+    topo_ips = dict(topology.by_ip.items())
     places = _Places(topology)
     written_at, building = places.written.get, places.building
     normalise_phone, canonical_ip = addresses.normalise_phone, addresses.canonical_ip
+    ntop, pton, inet = socket.inet_ntop, socket.inet_pton, socket.AF_INET
     accounts, phones, flats, ips = (_ColumnBuilder() for _ in range(4))
     numbers: array[int] = array("I")
     place_of: array[int] = array("I")
@@ -669,7 +673,11 @@ def read_rows(
         if not chunk:
             break
         # One search a chunk: only a chunk with a bad character anywhere checks row by row.
-        checked = bad_character(",".join(map(",".join, chunk))) is not None
+        # isprintable() (false for every control character and surrogate, and for a few
+        # more) in C first: the expression is searched only where it can find one.
+        joined = ",".join(map(",".join, chunk))
+        checked = not joined.isprintable() and bad_character(joined) is not None
+        del joined
         c_accounts: list[str] = []
         c_phones: list[str] = []
         c_flats: list[str] = []
@@ -731,10 +739,9 @@ def read_rows(
             written = written_at(raw_address)
             if written is None:
                 written = building(raw_address)
-            if type(written) is str:
+            if isinstance(written, str):
                 problems.append((row_number, written))
                 continue
-            assert isinstance(written, _Written)
             place = written.only
             flat = raw_flat
             if place < 0:
@@ -751,7 +758,13 @@ def read_rows(
                 flat = written.address.flat
             ip = ""
             if raw_ip:
-                canonical = canonical_ip(raw_ip)
+                if ":" in raw_ip:
+                    canonical = canonical_ip(raw_ip)
+                else:  # canonical_ip's IPv4 case, inline (a call a row saved)
+                    try:
+                        canonical = ntop(inet, pton(inet, raw_ip))
+                    except (OSError, ValueError):
+                        canonical = None
                 if canonical is None:
                     problems.append((row_number, f"ip {raw_ip!r} is not an IP address."))
                     continue
