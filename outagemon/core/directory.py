@@ -848,7 +848,7 @@ def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber]) ->
     ips = filter(None, _texts(roster.ips))
     ups = map(uplinks.__getitem__, compress(roster.place, with_ip()))
     routers = (Node(n, "cpe", ip, up, n) for n, ip, up in zip(ids, ips, ups, strict=True))
-    return Topology(chain(topology.nodes.values(), routers))
+    return Topology(list(topology.nodes.values()), routers)
 
 
 @dataclass(frozen=True, slots=True)
