@@ -150,6 +150,10 @@ def test_a_hash_index_finds_every_text_and_its_collisions() -> None:
     assert list(index.candidates("acct-7")) == [7, 5000]  # equal texts side by side, in order
     assert {7, 5000} <= set(index.collisions())
     assert list(index.candidates("nobody")) == []
+    # Each key: the text's 32-bit hash and its position packed into a float's exact bits.
+    assert list(index.keys) == sorted(
+        float((hash(t) & 0xFFFFFFFF) << 21 | i) for i, t in enumerate(texts)
+    )
 
 
 def test_duplicate_accounts_and_ips_are_left_out_as_a_single_pass_would() -> None:

@@ -124,3 +124,45 @@ async def test_what_a_reload_replaced_is_freed_shard_by_shard(
     shards = [*t.nodes.shards, *targets.shards]
     await asyncio.wait_for(daemon._release([targets, t.nodes]), 5)
     assert not any(shards)
+
+
+def _shape(t: Topology) -> dict[str, object]:
+    """Everything a Topology works out from its nodes, as plain values."""
+    return {
+        "nodes": [(n.id, n.kind, n.ip, n.parents, list(n.children)) for n in t.nodes.values()],
+        "by_ip": list(t.by_ip.items()),
+        "inner": list(t.inner),
+        "inner_children": t.inner_children,
+        "unprobed": t.unprobed,
+        "several_uplinks": t.several_uplinks,
+        "feeds_several": t.feeds_several,
+        "roots": t.roots,
+        "served": t.served,
+        "by_house": t.by_house,
+    }
+
+
+def _routers(count: int, first: int = 0) -> list[Node]:
+    return [Node(f"cpe:{r}", "cpe", f"127.5.{r >> 8}.{r & 255}", (f"sw-{r % 3}",), f"cpe:{r}")
+            for r in range(first, first + count)]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["plain", "id twice", "a leaf is a parent", "none"])
+def test_leaves_given_apart_make_the_same_topology_as_given_with_the_nodes(case: str) -> None:
+    # directory.with_cpes gives a city's routers as leaves: the passes that could find
+    # nothing in them skip them, and the topology is the same as with every node given
+    # in one list; where a leaf is not what it was promised to be, every node is looked at.
+    def base() -> list[Node]:
+        nodes = city(3, 40)
+        if case == "id twice":  # a leaf's id already a node's: the leaf wins, in its place
+            nodes.append(Node("cpe:205", "cpe", "127.8.0.1", ("sw-0",)))
+        if case == "a leaf is a parent":
+            nodes.append(Node("behind", "cpe", "127.8.0.2", ("cpe:210",)))
+        return nodes
+
+    leaves = [] if case == "none" else _routers(20, first=200)
+    apart = Topology(base(), iter(_routers(20, first=200) if leaves else []))
+    together = Topology(base() + leaves)
+    assert _shape(apart) == _shape(together)
+    if case == "a leaf is a parent":
+        assert "cpe:210" in apart.inner and list(apart.nodes["cpe:210"].children) == ["behind"]

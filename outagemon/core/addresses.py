@@ -302,7 +302,11 @@ def normalise_phone(text: str) -> str | None:
         # Nor for digits in groups split by spaces (most CRM rows): a quarter of the time.
         digits = digits.replace(" ", "")
         if not (digits.isdigit() and digits.isascii()):
-            digits = _NOT_DIGIT.sub("", raw)
+            # Nor for "8 (934) 325-15-26" (another quarter): four replaces cost a fifth of
+            # the expression, and leave the same digits when only those marks were there.
+            digits = digits.replace("-", "").replace("(", "").replace(")", "")
+            if not (digits.isdigit() and digits.isascii()):
+                digits = _NOT_DIGIT.sub("", raw)
     if plus:
         return f"+{digits}" if 8 <= len(digits) <= 15 else None
     if len(digits) == 11 and digits[0] in "78":

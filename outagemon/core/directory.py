@@ -20,13 +20,14 @@ import dataclasses
 import gc
 import io
 import math
+import socket
 from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain, compress, count, islice, repeat
-from operator import and_, eq, lshift, ne, or_, rshift
+from operator import add, and_, eq, mul, ne, rshift
 from pathlib import Path
 from typing import cast, overload
 
@@ -118,6 +119,7 @@ class _ColumnBuilder:
 _SLOT_BITS = 21  # an entry's position in the packed key: up to 2,097,152 positions
 _SLOT_MASK = (1 << _SLOT_BITS) - 1
 _HASH_MASK = 0xFFFFFFFF
+_SLOT_SCALE = float(1 << _SLOT_BITS)
 
 
 class HashIndex:
@@ -192,9 +194,10 @@ def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
     while True:
         # One chain of C a run, each text made and dropped in turn (a list of the run's
         # texts beside its floats left the allocator's arenas fragmented: 16 MiB more).
+        # The hash times 2**21 plus the slot, in floats (exact below 2**53): the same keys
+        # as float(hash << 21 | slot), by three steps a key instead of four.
         hashes = map(and_, map(hash, islice(texts, _RUN)), repeat(_HASH_MASK))
-        packed = map(or_, map(lshift, hashes, repeat(_SLOT_BITS)), islice(slots, _RUN))
-        run = sorted(map(float, packed))
+        run = sorted(map(add, map(mul, hashes, repeat(_SLOT_SCALE)), islice(slots, _RUN)))
         if not run:
             break
         runs.append(run)
@@ -719,10 +722,13 @@ def read_rows(
     ia, iph, iad, ifl, iip = (header.index(c) for c in COLUMNS)
     width = max(ia, iph, iad, ifl, iip) + 1
     columns = len(header)
-    topo_ips = topology.by_ip
+    # A plain dict of the topology's own addresses (switches: thousands), asked of every
+    # row: the sharded mapping's `in` is a call of Python.
+    topo_ips = dict(topology.by_ip.items())
     places = _Places(topology)
     written_at, building = places.written.get, places.building
     normalise_phone, canonical_ip = addresses.normalise_phone, addresses.canonical_ip
+    ntop, pton, inet = socket.inet_ntop, socket.inet_pton, socket.AF_INET
     accounts, phones, flats, ips = (_ColumnBuilder() for _ in range(4))
     numbers: array[int] = array("I")
     place_of: array[int] = array("I")
@@ -732,7 +738,11 @@ def read_rows(
         if not chunk:
             break
         # One search a chunk: only a chunk with a bad character anywhere checks row by row.
-        checked = bad_character(",".join(map(",".join, chunk))) is not None
+        # isprintable() (false for every control character and surrogate, and for a few
+        # more) in C first: the expression is searched only where it can find one.
+        joined = ",".join(map(",".join, chunk))
+        checked = not joined.isprintable() and bad_character(joined) is not None
+        del joined
         c_accounts: list[str] = []
         c_phones: list[str] = []
         c_flats: list[str] = []
@@ -794,10 +804,9 @@ def read_rows(
             written = written_at(raw_address)
             if written is None:
                 written = building(raw_address)
-            if type(written) is str:
+            if isinstance(written, str):
                 problems.append((row_number, written))
                 continue
-            assert isinstance(written, _Written)
             place = written.only
             flat = raw_flat
             if place < 0:
@@ -814,7 +823,13 @@ def read_rows(
                 flat = written.address.flat
             ip = ""
             if raw_ip:
-                canonical = canonical_ip(raw_ip)
+                if ":" in raw_ip:
+                    canonical = canonical_ip(raw_ip)
+                else:  # canonical_ip's IPv4 case, inline (a call a row saved)
+                    try:
+                        canonical = ntop(inet, pton(inet, raw_ip))
+                    except (OSError, ValueError):
+                        canonical = None
                 if canonical is None:
                     problems.append((row_number, f"ip {raw_ip!r} is not an IP address."))
                     continue
@@ -898,7 +913,7 @@ def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber]) ->
     ips = filter(None, _texts(roster.ips))
     ups = map(uplinks.__getitem__, compress(roster.place, with_ip()))
     routers = (Node(n, "cpe", ip, up, n) for n, ip, up in zip(ids, ips, ups, strict=True))
-    return Topology(chain(topology.nodes.values(), routers))
+    return Topology(list(topology.nodes.values()), routers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ from collections.abc import (
     ValuesView,
 )
 from dataclasses import dataclass
-from itertools import chain
-from operator import attrgetter
+from itertools import chain, count, islice
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -278,17 +278,31 @@ class Addresses(Sharded[str, str]):
 class Topology:
     """The graph; built once per load, never mutated afterwards."""
 
-    def __init__(self, nodes: Iterable[Node]) -> None:
+    def __init__(self, nodes: Iterable[Node], leaves: Iterable[Node] = ()) -> None:
+        """`leaves`: more nodes, after `nodes`, each promised a probed router under one
+        uplink (kind cpe, an ip, one parent, serving nothing, no labels, children not set):
+        a city's million subscribers' routers (`directory.with_cpes`). The passes that
+        could find nothing in them (children of their own, several uplinks, roots, no
+        address, buildings served) look only at `nodes`; should one of them be any
+        node's parent, or share an id with another node, every node is looked at."""
         # Sharded, never one dict of a million (see SHARD_SIZE); `inner` the small dict
         # of the nodes that are not routers (a router: a cpe without children), for the
         # decisions' walks, which look only at those.
-        self.nodes: Nodes = Nodes(nodes)
+        given = nodes if isinstance(nodes, list) else list(nodes)
+        tally = count()  # the leaves, counted as the shards take them in
+        taken = map(itemgetter(0), zip(leaves, tally, strict=False))
+        self.nodes: Nodes = Nodes(chain(given, taken))
         order = self.nodes.order
+        head: Sequence[Node] = order
+        if len(order) > len(given) and len(order) == len(given) + next(tally):
+            ids = {n.id for n in given}
+            if all(p in ids for n in given for p in n.parents):  # no leaf is a parent
+                head = given
         self._ancestors: dict[str, list[str]] = {}
         children: dict[str, list[str]] = {}
         # Nodes with more than one uplink: few, and the cut's walk asks about every node.
         self.several_uplinks: set[str] = set()
-        for node in order:
+        for node in head:
             if len(node.parents) > 1:
                 self.several_uplinks.add(node.id)
             for parent in node.parents:
@@ -297,34 +311,43 @@ class Topology:
                     children[parent] = [node.id]
                 else:
                     found.append(node.id)
-        for node in order:
+        # The children that are not leaves (only those can be inner nodes).
+        own = children if head is order else {p: [*kids] for p, kids in children.items()}
+        for node in islice(order, len(head), None):  # the leaves (if apart): one uplink
+            parent = node.parents[0]
+            found = children.get(parent)
+            if found is None:
+                children[parent] = [node.id]
+            else:
+                found.append(node.id)
+        for node in head:
             node.children = children.get(node.id, ())
         # Every node but the routers without children (kind cpe): those are most of the
         # nodes and explain no failure; this is the small set of the others.
-        self.inner: dict[str, Node] = {n.id: n for n in order if n.children or n.kind != "cpe"}
+        self.inner: dict[str, Node] = {n.id: n for n in head if n.children or n.kind != "cpe"}
         self.inner_nodes: set[str] = set(self.inner)
         # The nodes without an address (few): whether a node is probed, asked of a
         # router, without looking the router up.
-        self.unprobed: set[str] = {n.id for n in order if n.ip is None}
+        self.unprobed: set[str] = {n.id for n in head if n.ip is None}
         # For the walks from a root down (an incident's members): the children of each
         # node that are inner nodes (only those are walked on), and the nodes with a child
         # that has several uplinks (only below those can a walk reach a node twice).
         inner = self.inner_nodes
         self.inner_children: dict[str, tuple[str, ...]] = {}
-        for parent, kids in children.items():
+        for parent, kids in own.items():
             walked = tuple(filter(inner.__contains__, kids))
             if walked:
                 self.inner_children[parent] = walked
         self.feeds_several: set[str] = {
             p for n in self.several_uplinks for p in self.nodes[n].parents
         }
-        self.roots: list[str] = [n.id for n in order if not n.parents]
+        self.roots: list[str] = [n.id for n in head if not n.parents]
         self.by_ip: Addresses = Addresses(self.nodes)
         # building key -> what serves it; and street|house -> building keys, for callers
         # who leave out the building, letter or type.
         self.served: dict[str, list[tuple[Served, str]]] = {}
         self.by_house: dict[str, set[str]] = {}
-        for node in order:
+        for node in head:
             for s in node.serves:
                 self.served.setdefault(s.address.key, []).append((s, node.id))
                 self.by_house.setdefault(s.address.house_key, set()).add(s.address.key)
