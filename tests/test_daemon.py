@@ -107,8 +107,8 @@ def start(state: Path, port: int, notify_path: Path) -> Proc:
         try:
             if proc.get("/healthz")[0] == 200:
                 return proc
-        except (urllib.error.URLError, ConnectionError):
-            pass
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet, or too busy starting to answer within the timeout
         time.sleep(0.1)
     raise AssertionError(f"the daemon did not answer /healthz:\n{log.read_text()}")
 
