@@ -357,6 +357,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._rest: asyncio.Handle | None = None  # the expiry's next step, when one is due
+        self._read_on = False  # the last step put the expiry off to read on first
         self._batching: bool | None = None
 
     # -- set-up ----------------------------------------------------------------------
@@ -781,15 +782,19 @@ class Engine:
         (call_soon), so a sweep that finds thousands expired (a core failure at 20,000
         probes a second) never holds the loop for all of them at once."""
         now = time.monotonic()
-        more = False
+        unread = False
         if self._expiry and self._expiry[0][0] <= now:
             # Replies waiting in a socket came in time: after the loop was held, the
             # sweep may run before the reader, and must not call them lost. When a
             # drain stops at its budget, more may wait: nothing is called lost in this
-            # step, the next one reads on first.
+            # step, the next one reads on first; only once, as a raw socket also gets
+            # every other pinger's replies, which must not put the expiry off for ever.
             for fam in list(self._families.values()):
-                more = self._drain(fam) or more
-        if not more:
+                unread = self._drain(fam) or unread
+        if unread and not self._read_on:
+            self._read_on = more = True
+        else:
+            self._read_on = False
             more = self._expire(now, EXPIRE_SLICE)
         if more and self._rest is None and self._loop is not None and self._sweeper is not None:
             self._rest = self._loop.call_soon(self._expire_rest)
