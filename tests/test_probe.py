@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 
 from outagemon.probing.engine import (
     AUTH_LEN,
+    EXPIRE_SLICE,
     Engine,
     PermissionProblem,
     ResultCallback,
@@ -241,6 +243,47 @@ async def test_a_forged_unreachable_quoting_only_the_header_leaves_the_target_up
     assert engine.stats.replies == 1 and engine.stats.errors == 0 and engine.stats.late == 0
 
 
+async def test_a_big_expiry_is_called_lost_in_slices_all_of_it_in_order_once(lab: Lab) -> None:
+    """A core failure: a sweep finds thousands of probes expired at once. They are called
+    lost at most EXPIRE_SLICE per step of the event loop, in the order they were sent,
+    every one of them, each once (one step for all of them held the loop ~50 ms)."""
+    add_rules(lab, "input", "ip daddr 127.9.0.0/16 icmp type echo-request drop")
+    targets = [f"127.9.{i // 250}.{i % 250 + 1}" for i in range(3000)]
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    step = 0  # the event loop's iterations, counted by a callback that runs once in each
+
+    def count_steps() -> None:
+        nonlocal step
+        step += 1
+        if not done.is_set():
+            loop.call_soon(count_steps)
+
+    results: list[tuple[int, str, float | None, str | None]] = []
+
+    def on_result(target: str, rtt: float | None, reason: str | None) -> None:
+        results.append((step, target, rtt, reason))
+        if len(results) >= len(targets):
+            done.set()
+
+    engine = Engine(on_result, timeout=0.3)
+    with lab.entered():
+        engine.open()
+    try:
+        assert engine.send_many(targets) == len(targets)  # all due in the same sweep
+        loop.call_soon(count_steps)
+        await asyncio.wait_for(done.wait(), 10)
+        await asyncio.sleep(0.2)  # and nothing more comes
+    finally:
+        engine.close()
+    assert [t for _, t, _, _ in results] == targets
+    assert {(rtt, reason) for _, _, rtt, reason in results} == {(None, "timeout")}
+    per_step = collections.Counter(s for s, _, _, _ in results)
+    assert max(per_step.values()) <= EXPIRE_SLICE
+    assert len(per_step) >= len(targets) // EXPIRE_SLICE
+    assert engine.stats.lost == len(targets) and engine.in_flight == 0
+
+
 # -- parsing raw bytes ---------------------------------------------------------------
 
 
@@ -308,6 +351,51 @@ def test_a_late_reply_is_told_from_another_pingers() -> None:
     other = icmp(0, 0, 7, 9, auth + os.urandom(8))
     engine.feed(ipv4("127.0.0.5", "127.0.0.1", other), "127.0.0.5")
     assert engine.stats.late == 1 and engine.stats.foreign == 1 and engine.stats.lost == 1
+
+
+def test_expiry_with_a_limit_stops_mid_batch_and_goes_on_in_order_each_once() -> None:
+    """The sweep's slices: at most `limit` called lost per call, a batch of keys split
+    where the limit falls, the answered ones skipped, nothing reported twice."""
+    got: list[Result] = []
+    engine = Engine(lambda t, r, x: got.append((t, r, x)), timeout=1.0)
+    targets = [f"127.0.{i // 200}.{i % 200 + 1}" for i in range(1000)]
+    keys = [(7 << 16) | i for i in range(1000)]
+    for target, key in zip(targets, keys, strict=True):
+        engine.expect(target, 7, key & 0xFFFF)
+    # The expiry as send_many() leaves it: one entry per batch of keys, after the singles.
+    engine._expiry.clear()
+    engine._expiry.extend([(1.0, keys[0]), (2.0, keys[1:300]), (3.0, keys[300:1000])])
+    answered = {targets[5], targets[299], targets[300]}
+    for t in answered:
+        del engine._flights[keys[targets.index(t)]]
+    calls = 0
+    while engine._expire(float("inf"), 64):
+        calls += 1
+        assert len(got) == 64 * calls
+    lost = [t for t in targets if t not in answered]
+    assert [t for t, _, _ in got] == lost
+    assert calls == len(lost) // 64
+    assert engine.stats.lost == len(lost) and engine.in_flight == 0 and not engine._expiry
+    assert engine._expire(float("inf"), 64) is False and len(got) == len(lost)
+
+
+def test_a_failing_result_callback_mid_batch_loses_none_of_the_rest() -> None:
+    got: list[str] = []
+
+    def on_result(target: str, rtt: float | None, reason: str | None) -> None:
+        got.append(target)
+        if target == "127.0.0.3":
+            raise OverflowError("math range error")
+
+    engine = Engine(on_result, timeout=1.0)
+    for i in range(1, 6):
+        engine.expect(f"127.0.0.{i}", 7, i)
+    engine._expiry.clear()
+    engine._expiry.append((1.0, [(7 << 16) | i for i in range(1, 6)]))
+    with pytest.raises(OverflowError):
+        engine._expire(float("inf"))
+    engine._expire(float("inf"))
+    assert got == [f"127.0.0.{i}" for i in range(1, 6)] and engine.in_flight == 0
 
 
 def test_unreachable_and_time_exceeded_quoting_the_authenticator_are_losses() -> None:

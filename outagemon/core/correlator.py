@@ -204,7 +204,7 @@ class Correlator(Failures):
                     ns.down_at = inc.since
                     if ns.state is State.DOWN:
                         self._fail(n)
-                    self._requests.append(n)
+                    self._requests[n] = None
             root = self.topology.nodes.get(inc.root)
             if root is not None and not root.probed:
                 self._infer_down(inc.root, inc.since)
@@ -264,7 +264,7 @@ class Correlator(Failures):
                 if ns.state is State.DOWN:
                     ns.state = State.RECHECK
                     self._unfail(node)
-                    self._requests.append(node)
+                    self._requests[node] = None
             for node in list(self.inferred):
                 self._infer_up(node)
             self._pending_since.clear()
@@ -382,7 +382,7 @@ class Correlator(Failures):
             ns.losses = 0
             ns.asked = False
             self._unfail(root)
-            self._requests.append(root)
+            self._requests[root] = None
         self._recheck_below(root, now)
         self._pending_since.pop(root, None)
         self._blocked.pop(root, None)

@@ -162,7 +162,13 @@ class Health:
             r for r in topology.roots if topology.nodes[r].probed
         ]
         self.states: dict[str, NodeState] = {}
-        self._requests: list[str] = []
+        # Nodes to probe now, each once, in the order first asked (a dict: a mass outage
+        # asks for the same few ancestors 100,000 times over).
+        self._requests: dict[str, None] = {}
+        # A subscriber's router's parent -> the probed nodes above the router, nearest
+        # first (the parent too if probed), for the topology they were found in.
+        self._asked_above: dict[str, tuple[str, ...]] = {}
+        self._asked_of: Topology | None = None
         # Bumped by every change a caller's answer could depend on (states of network
         # nodes, incidents, planned works, blindness; not routers' states, which /check
         # reads directly), so answers may be remembered until it moves.
@@ -224,11 +230,16 @@ class Health:
             if ns.losses == 1:
                 ns.streak_at = now
             if ns.state is not State.DOWN:
-                if ns.losses >= needed_losses(ns, self.settings.down_after, self.network_loss):
+                down_after = self.settings.down_after
+                # needed_losses() is never below down_after: a shorter streak needs no
+                # estimate (two of a mass outage's three losses a node).
+                if ns.losses >= down_after and ns.losses >= needed_losses(
+                    ns, down_after, self.network_loss
+                ):
                     self._set(node, ns, State.DOWN, now)
                 else:
                     # Confirm quickly: probe it again, and its ancestors, now.
-                    self._requests.append(node)
+                    self._requests[node] = None
                     if not ns.asked:
                         ns.asked = True
                         self._ask_ancestors(node)
@@ -276,7 +287,7 @@ class Health:
                 ns.state = State.RECHECK
                 self.version += 1
                 self._unfail(node)
-                self._requests.append(node)
+                self._requests[node] = None
                 self._rechecked(node)
 
     def _network(self, now: float, random_losses: int) -> None:
@@ -344,26 +355,45 @@ class Health:
                 ns.state = State.RECHECK
                 self.version += 1
                 self._unfail(d)
-                self._requests.append(d)
+                self._requests[d] = None
                 self._rechecked(d)
 
     def _ask_ancestors(self, node: str) -> None:
         """Urgent probes of a node's probed ancestors and the anchors, and (but for a
         router, never a root) the children of an ancestor without an address."""
-        nodes = self.topology.nodes
+        topology = self.topology
+        requests = self._requests
+        nodes, inner = topology.nodes, topology.inner  # every ancestor has children
         here = nodes.get(node)
-        if here is not None:
-            for a in self.topology.ancestors(node):
-                if nodes[a].probed:
-                    self._requests.append(a)
-                elif here.kind != "cpe" and len(nodes[a].children) <= SIBLINGS_ASKED:
-                    self._requests.extend(c for c in nodes[a].children if nodes[c].probed)
+        if here is not None and here.kind == "cpe" and len(here.parents) == 1:
+            # A subscriber's router (most of a mass outage): what to ask for is its
+            # parent's, the same for all its siblings, found once per topology.
+            if self._asked_of is not topology:
+                self._asked_of = topology
+                self._asked_above = {}
+            parent = here.parents[0]
+            above = self._asked_above.get(parent)
+            if above is None:
+                above = self._asked_above[parent] = tuple(
+                    a for a in (parent, *topology.ancestors(parent)) if inner[a].probed
+                )
+            for a in above:
+                requests[a] = None
+        elif here is not None:
+            for a in topology.ancestors(node):
+                if inner[a].probed:
+                    requests[a] = None
+                elif here.kind != "cpe" and len(inner[a].children) <= SIBLINGS_ASKED:
+                    for c in inner[a].children:
+                        if nodes[c].probed:
+                            requests[c] = None
         # The anchors too: a loss might be our own uplink's, and they must say so first.
-        self._requests.extend(self.anchors)
+        for a in self.anchors:
+            requests[a] = None
 
     def take_requests(self) -> list[str]:
         """Nodes to probe now, ahead of their schedule (each once)."""
-        out = list(dict.fromkeys(self._requests))
+        out = list(self._requests)
         self._requests.clear()
         return out
 

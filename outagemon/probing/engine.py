@@ -48,6 +48,10 @@ POOL = 4096  # authenticators drawn from the CSPRNG at once
 BATCH = 256  # packets per sendmmsg call
 _HEADER = struct.Struct("!HHH8s")  # checksum, identifier, sequence, authenticator
 DRAIN_BUDGET = 512  # packets read from a socket per wakeup of the event loop
+# Probes called lost per step of the event loop: each loss costs the monitor ~10-30 us
+# (the hysteresis, the urgent re-probes it asks for), and one sweep may find a whole
+# 50 ms of a core failure's probes expired (1,000 at 20,000 a second).
+EXPIRE_SLICE = 256
 
 UNREACH_REASONS = {
     0: "network unreachable", 1: "host unreachable", 2: "protocol unreachable",
@@ -352,6 +356,8 @@ class Engine:
         self._families: dict[int, _Family] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._rest: asyncio.Handle | None = None  # the expiry's next step, when one is due
+        self._read_on = False  # the last step put the expiry off to read on first
         self._batching: bool | None = None
 
     # -- set-up ----------------------------------------------------------------------
@@ -390,6 +396,9 @@ class Engine:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._rest is not None:
+            self._rest.cancel()
+            self._rest = None
         for fam in self._families.values():
             if self._loop is not None:
                 self._loop.remove_reader(fam.sock.fileno())
@@ -565,12 +574,13 @@ class Engine:
         self._expiry.append((now + self.timeout, key))
         return auth
 
-    def _drain(self, fam: _Family) -> None:
+    def _drain(self, fam: _Family) -> bool:
+        """Read and handle what the socket holds, up to DRAIN_BUDGET packets; True when
+        it stopped at the budget (more may be waiting)."""
         if self._batching is None:
             self._batching = _batch_available()
         if self._batching:
-            self._drain_batched(fam)
-            return
+            return self._drain_batched(fam)
         recvfrom = fam.sock.recvfrom
         inet_pton = socket.inet_pton
         family = fam.family
@@ -578,7 +588,7 @@ class Engine:
             try:
                 data, addr = recvfrom(2048)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError:
                 self.stats.malformed += 1  # e.g. a queued error on a datagram socket
                 continue
@@ -587,6 +597,7 @@ class Engine:
                 self._parse_v6(data, source)
             else:
                 self._parse_v4(data, source, fam.raw)
+        return True
 
     def _failed(self, e: Exception) -> None:
         """on_result raised: said loudly, and passed on to whoever can stop the daemon."""
@@ -604,7 +615,7 @@ class Engine:
         except Exception as e:
             self._failed(e)
 
-    def _drain_batched(self, fam: _Family) -> None:
+    def _drain_batched(self, fam: _Family) -> bool:
         """Up to BATCH packets per system call (recvmmsg). An echo reply to a raw IPv4
         socket, nearly every packet, is matched here; anything else is parsed in full."""
         inbox = fam.inbox
@@ -626,7 +637,7 @@ class Engine:
                     continue
                 if error not in (errno.EAGAIN, errno.EWOULDBLOCK):
                     self.stats.malformed += 1  # e.g. a queued error on a datagram socket
-                return  # the reader is called again while anything is queued
+                return False  # the reader is called again while anything is queued
             now = time.monotonic()
             replies = 0
             for i in range(got):
@@ -651,7 +662,8 @@ class Engine:
                     self._parse_v4(packet, source, fam.raw)  # raw: its header names the source
             self.stats.replies += replies
             if got < BATCH:
-                return  # drained; anything newer wakes the reader again
+                return False  # drained; anything newer wakes the reader again
+        return True
 
     def _parse_v4(self, data: bytes, source: bytes, raw: bool) -> None:
         offset = 0
@@ -755,13 +767,8 @@ class Engine:
 
     def _sweep(self) -> None:
         try:
-            now = time.monotonic()
-            if self._expiry and self._expiry[0][0] <= now:
-                # Replies waiting in a socket came in time: after the loop was held, the
-                # sweep may run before the reader, and must not call them lost.
-                for fam in list(self._families.values()):
-                    self._drain(fam)
-            self._expire(now)
+            if self._rest is None:  # else the expiry's next step is due already
+                self._expire_step()
         except Exception as e:
             self._failed(e)
         finally:
@@ -769,16 +776,67 @@ class Engine:
             if self._sweeper is not None:  # None once closed
                 self._schedule_sweep()
 
-    def _expire(self, now: float) -> None:
+    def _expire_step(self) -> None:
+        """One step of the event loop's expiry: the replies waiting are read first, then
+        at most EXPIRE_SLICE probes are called lost; what is left due is the next step's
+        (call_soon), so a sweep that finds thousands expired (a core failure at 20,000
+        probes a second) never holds the loop for all of them at once."""
+        now = time.monotonic()
+        unread = False
+        if self._expiry and self._expiry[0][0] <= now:
+            # Replies waiting in a socket came in time: after the loop was held, the
+            # sweep may run before the reader, and must not call them lost. When a
+            # drain stops at its budget, more may wait: nothing is called lost in this
+            # step, the next one reads on first; only once, as a raw socket also gets
+            # every other pinger's replies, which must not put the expiry off for ever.
+            for fam in list(self._families.values()):
+                unread = self._drain(fam) or unread
+        if unread and not self._read_on:
+            self._read_on = more = True
+        else:
+            self._read_on = False
+            more = self._expire(now, EXPIRE_SLICE)
+        if more and self._rest is None and self._loop is not None and self._sweeper is not None:
+            self._rest = self._loop.call_soon(self._expire_rest)
+
+    def _expire_rest(self) -> None:
+        """The expiry's next step, when the last one left probes due or replies unread."""
+        self._rest = None
+        if self._sweeper is None:
+            return  # closed meanwhile
+        try:
+            self._expire_step()
+        except Exception as e:
+            self._failed(e)
+
+    def _expire(self, now: float, limit: int = 0) -> bool:
+        """Call the probes whose deadline is past lost, in the order they were sent, each
+        once: at most `limit` of them (0: all). Returns whether some due are left."""
         expiry = self._expiry
         flights = self._flights
+        stats, on_result = self.stats, self.on_result
+        left = limit or -1
         while expiry and expiry[0][0] <= now:
-            keys = expiry.popleft()[1]
-            for key in (keys,) if isinstance(keys, int) else keys:
+            deadline, keys = expiry.popleft()
+            if isinstance(keys, int):
+                keys = [keys]
+            for i, key in enumerate(keys):
                 flight = flights.pop(key, None)
-                if flight is not None:
-                    self.stats.lost += 1
-                    self.on_result(flight[0], None, "timeout")
+                if flight is None:
+                    continue  # answered
+                stats.lost += 1
+                left -= 1
+                try:
+                    on_result(flight[0], None, "timeout")
+                except BaseException:
+                    if i + 1 < len(keys):  # the rest are still reported, later
+                        expiry.appendleft((deadline, keys[i + 1 :]))
+                    raise
+                if not left:
+                    if i + 1 < len(keys):
+                        expiry.appendleft((deadline, keys[i + 1 :]))
+                    return bool(expiry) and expiry[0][0] <= now
+        return False
 
     # -- without asyncio -------------------------------------------------------------
 
