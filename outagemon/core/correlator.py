@@ -18,7 +18,7 @@ root has been up `resolve_hold` seconds, and are not opened while the monitor is
 from __future__ import annotations
 
 import math
-from collections import deque
+from array import array
 from collections.abc import Callable, Iterable, Mapping
 
 from outagemon.core.failures import Failures
@@ -259,7 +259,7 @@ class Correlator(Failures):
                 ns.stale_before = now
                 ns.losses = 0
                 if ns.changes:
-                    ns.changes = deque((c for c in ns.changes if c < since), maxlen=21)
+                    ns.changes = array("d", [c for c in ns.changes if c < since])
                     ns.flapping = flap_percent(ns.changes, now, period) > FLAP_HIGH
                 if ns.state is State.DOWN:
                     ns.state = State.RECHECK
