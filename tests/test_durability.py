@@ -21,8 +21,9 @@ import pytest
 from outagemon.core import directory
 from outagemon.db.embedded import EmbeddedPostgres
 from outagemon.sim import citygen
-from outagemon.testing.lab import Lab, LabUnavailable
+from outagemon.testing.lab import Lab
 from tests.conftest import free_port, short_tmp_dir
+from tests.lanes import selected, side_by_side
 from tests.test_lab_e2e import CONFIG, STARTING, WRITE, LabDaemon
 
 
@@ -171,15 +172,8 @@ def _run_in_lab(name: str) -> None:
 @pytest.fixture(scope="module")
 def scenarios(request: pytest.FixtureRequest) -> Iterator[Futures]:
     """The scenarios the selected tests need, all started at once."""
-    try:
-        with Lab():
-            pass
-    except LabUnavailable as e:
-        pytest.skip(f"no network lab here: {e}")
-    wanted = {item.name for item in request.session.items
-              if item.path == request.path and item.name in SCENARIOS}  # fmt: skip
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
-        yield {name: pool.submit(_run_in_lab, name) for name in SCENARIOS if name in wanted}
+    with side_by_side(_run_in_lab, selected(request, SCENARIOS), len(SCENARIOS)) as futures:
+        yield futures
 
 
 def test_acknowledged_writes_survive_a_sigterm_while_the_database_is_away(

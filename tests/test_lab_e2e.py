@@ -28,8 +28,9 @@ import pytest
 
 from outagemon.core import directory
 from outagemon.sim import citygen
-from outagemon.testing.lab import Lab, LabUnavailable
+from outagemon.testing.lab import Lab
 from tests.conftest import free_port, short_tmp_dir
+from tests.lanes import selected, side_by_side
 
 WRITE = "lab-write-token-0123456789"
 CONFIG = """
@@ -446,20 +447,8 @@ def _run_in_lab(name: str) -> None:
 @pytest.fixture(scope="module")
 def scenarios(request: pytest.FixtureRequest) -> Iterator[Futures]:
     """The scenarios the selected tests need, started LANES at a time."""
-    try:
-        with Lab():
-            pass
-    except LabUnavailable as e:
-        pytest.skip(f"no network lab here: {e}")
-    wanted = {item.name for item in request.session.items
-              if item.path == request.path and item.name in SCENARIOS}  # fmt: skip
-    with concurrent.futures.ThreadPoolExecutor(max_workers=LANES) as pool:
-        futures = {name: pool.submit(_run_in_lab, name) for name in SCENARIOS if name in wanted}
-        try:
-            yield futures
-        finally:
-            for f in futures.values():
-                f.cancel()  # those not started yet, when the run is stopped
+    with side_by_side(_run_in_lab, selected(request, SCENARIOS), LANES) as futures:
+        yield futures
 
 
 def _result(scenarios: Futures, name: str) -> None:

@@ -35,8 +35,9 @@ import pytest
 
 from outagemon.core import directory
 from outagemon.sim import citygen
-from outagemon.testing.lab import Lab, LabUnavailable
+from outagemon.testing.lab import Lab
 from tests.conftest import free_port, short_tmp_dir
+from tests.lanes import selected, side_by_side
 from tests.test_lab_e2e import WRITE, LabDaemon
 
 ANCHOR = "127.0.0.9"  # answers in the lab; no topology node has it
@@ -313,15 +314,9 @@ def _run_in_lab(name: str) -> Run:
 @pytest.fixture(scope="module")
 def scenarios(request: pytest.FixtureRequest) -> Iterator[Futures]:
     """The scenarios the selected tests need, all started at once."""
-    try:
-        with Lab():
-            pass
-    except LabUnavailable as e:
-        pytest.skip(f"no network lab here: {e}")
-    wanted = {TEST_SCENARIO[item.name] for item in request.session.items
-              if item.path == request.path and item.name in TEST_SCENARIO}  # fmt: skip
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
-        yield {name: pool.submit(_run_in_lab, name) for name in sorted(wanted)}
+    wanted = sorted({TEST_SCENARIO[t] for t in selected(request, TEST_SCENARIO)})
+    with side_by_side(_run_in_lab, wanted, len(SCENARIOS)) as futures:
+        yield futures
 
 
 def _result(scenarios: Futures, name: str) -> Run:
