@@ -905,15 +905,9 @@ class CallWatch:
                 per[call.caller] = per.get(call.caller, 0) + 1
 
     def lowest_shared(self, nodes: set[str]) -> str:
-        """The lowest node at or above every one of these (ties: the first by id)."""
-        common: set[str] | None = None
-        for n in nodes:
-            chain = set(self._chain(n))
-            common = chain if common is None else common & chain
-        if not common:
-            return min(nodes)
-        # The lowest: one with no other common node below it (the most ancestors).
-        return min(common, key=lambda n: (-len(self.topology.ancestors(n)), n))
+        """The lowest node at or above every one of these (ties: the first by id); with
+        none shared, the first of them by id."""
+        return self.topology.lowest_shared(nodes) or min(nodes)
 
     def _suspect(self, root: str, taken: list[Call], now: float,
                  next_id: Callable[[], int]) -> None:  # fmt: skip

@@ -377,13 +377,17 @@ class Topology:
 
     def lowest_shared(self, node_ids: Iterable[str]) -> str | None:
         """The lowest node at or above every one of these (ties: the first by id), or None
-        when they share none."""
+        when they share none. A node not in the topology (a call recorded before a
+        reload took it away) is at or above itself only."""
         common: set[str] | None = None
         for n in node_ids:
-            chain = {n, *self.ancestors(n)}
+            chain = {n, *self.ancestors(n)} if n in self else {n}
             common = chain if common is None else common & chain
         if not common:
             return None
+        if len(common) == 1:
+            return next(iter(common))
+        # The lowest: one with no other common node below it (the most ancestors).
         return min(common, key=lambda n: (-len(self.ancestors(n)), n))
 
     def descendants(self, node_id: str) -> list[str]:
