@@ -279,6 +279,11 @@ class Monitor:
             covering = c.incident_for(sus.incident.root)
             if covering is not None:  # the probes see it now: their incident goes on
                 self.watch.taken_over(sid, covering, now)
+        if not c.blind:  # blind, nothing answers: no evidence either way
+            hold = self.config.correlation.resolve_hold
+            for sus in self.watch.service_back(now, self.down_since, self.answering, hold):
+                if sus.confirmed:  # repaired, as the probes see it
+                    self._restored(sus.incident)
         self.handle_calls(self.watch.take_events())
 
     def answering(self, node: str) -> bool:
@@ -289,6 +294,12 @@ class Monitor:
             return False
         ns = self.correlator.states.get(node)
         return ns is not None and ns.state is State.UP
+
+    def down_since(self, node: str) -> float | None:
+        """Since when this node is down by its own probes (None: it is not, or is not
+        probed)."""
+        ns = self.correlator.states.get(node)
+        return ns.down_at if ns is not None and ns.state is State.DOWN else None
 
     def cleared(self, node: str) -> bool:
         """Whether the probes clear this node of a fault its callers notice (the way
@@ -333,12 +344,17 @@ class Monitor:
         if sus is None or not sus.confirmed:
             return False
         self.watch.resolve(iid, self.clock(), who)
-        for n in sus.incident.nodes:  # its callers hear "restored" for restored_for
-            self.recent[n] = sus.incident
-        self._resolved[iid] = sus.incident
+        self._restored(sus.incident)
         self.handle_calls(self.watch.take_events())
         self.journal.sync()
         return True
+
+    def _restored(self, inc: Incident) -> None:
+        """An outage raised by calls repaired: its callers hear `restored` for
+        restored_for, and the page lists it as resolved lately."""
+        for n in inc.nodes:
+            self.recent[n] = inc
+        self._resolved[inc.id] = inc
 
     def open_incidents(self) -> list[Incident]:
         """Every open incident: the probes', and those raised by calls."""
@@ -394,7 +410,7 @@ class Monitor:
         inc = self.open_incident(e.incident or -1)
         log.info(f"incident.{e.kind.value}", incident=e.incident, root=e.root,
                  **_loggable(e.detail))  # fmt: skip
-        ended_by_calls = any(e.detail.get(k) for k in ("dismissed", "expired", "repaired"))
+        ended_by_calls = any(e.detail.get(k) for k in CALLS_ENDINGS)
         if e.kind is EventKind.RESOLVED and not ended_by_calls:  # (a repair: see repaired())
             resolved = dataclasses.replace(
                 self._resolved_copy(e),
@@ -754,7 +770,11 @@ def _shift(inc: Incident, step: float) -> None:
         inc.reopened_at -= step
 
 
-SUSPICION_OUTCOMES = ("suspected", "confirmed", "dismissed", "expired", "repaired")
+# How an incident raised by calls ends (the key its `resolved` event's detail holds):
+# dismissed, expired (quiet), repaired (by an engineer, or seen by the probes: confirmed),
+# cleared (not confirmed, and the probes see its place working again).
+CALLS_ENDINGS = ("dismissed", "expired", "repaired", "cleared")
+SUSPICION_OUTCOMES = ("suspected", "confirmed", *CALLS_ENDINGS)
 
 
 def _outcome(e: Event) -> str:
@@ -766,7 +786,7 @@ def _outcome(e: Event) -> str:
     if e.kind is EventKind.MERGED and e.detail.get("was") == Kind.SUSPECTED.value:
         return "confirmed"
     if e.kind is EventKind.RESOLVED:
-        for outcome in ("dismissed", "expired", "repaired"):
+        for outcome in CALLS_ENDINGS:
             if e.detail.get(outcome):
                 return outcome
     return ""

@@ -75,8 +75,11 @@ async def test_callers_raise_a_suspected_incident_an_engineer_confirms(fresh_db:
 
         status, body = await post(w, iid, {"confirm": True, "note": "a crushed cable"})
         assert status == 200 and body["kind"] == "outage" and body["id"] == iid, body
-        a = await w.check(account="1002")
+        a = await w.check(account="1030")  # no router of theirs the probes see
         assert (a["status"], a["incident_id"], a["root_node"]) == ("outage", iid, "seg-mira-1")
+        # 1002's own router answers: the way to them works, not an outage of theirs.
+        a = await w.check(account="1002")
+        assert (a["status"], a["incident_id"]) == ("ok", ""), a
         assert (await w.check(account="1005"))["status"] == "ok"  # the other entrance
         status, body = await post(w, iid, {"dismiss": True})
         assert status == 409 and "only a suspected one" in body["error"]
@@ -167,7 +170,7 @@ async def test_an_estimate_on_a_confirmed_one_is_kept_and_spoken(fresh_db: str) 
         status, body = await post(w, sus["id"], {"eta": soon})
         assert status == 200 and body["eta"], body
         w.monitor.prune(w.monitor.clock() + 120)  # pruning forgets only what ended
-        a = await w.check(account="1002")
+        a = await w.check(account="1030")  # no router of theirs (1002's answers: `ok`)
         assert a["status"] == "outage" and a["eta"], a
         assert w.monitor.calls.get(int(sus["id"]), 0) >= 1
 

@@ -116,7 +116,9 @@ class Answer:
     until: float | None = None
     resolved: float | None = None
     # A suspected incident (raised by calls, not confirmed) above the caller: never said
-    # as an outage; callers hear `[callers] sentence` when one is configured.
+    # as an outage; callers hear `[callers] sentence` when one is configured. Also a
+    # confirmed one, in the answer for a caller whose own router answers (see
+    # `_assess_node`), and behind `cpe_down`.
     suspected: Incident | None = None
     kept: bool = False  # remembered for its serving node (see AnswerMemory), not made anew
     # Its JSON for the buildings behind that node, with the flat left out.
@@ -177,20 +179,37 @@ def assess(situation: Situation | None, directory: Directory, match: Match, now:
 def _assess_node(situation: Situation, directory: Directory, node: str, match: Match,
                  now: float, restored_for: float, memory: AnswerMemory) -> Answer:  # fmt: skip
     """One node's answer: an incident or works on its path first, then the subscriber's
-    own router (read on every call, never remembered), then what the path says."""
+    own router (read on every call, never remembered), then what the path says.
+
+    An outage raised by calls (confirmed by an engineer, not seen by the probes) is not
+    said to a caller whose own probed router answers: the probes see the way to them
+    working, as no incident of the probes could cut off a router that answers (an
+    answering router proves its serving node is not cut off). They hear what the path
+    says otherwise, as they did before the confirmation."""
     c = situation.correlator
     sub = match.subscriber
     serving = sub.serving if sub is not None else node
     if c.blind:
         return Answer(Status.UNKNOWN, node=serving)
     before, after = _assess_path(situation, directory, serving, now, restored_for, memory)
+    # The router's own state, never remembered.
+    router = c.states.get(node) if sub is not None and sub.ip else None
     if before is not None:
+        if router is not None and router.state is State.UP and _from_calls(before):
+            return after
         return before
-    if sub is not None and sub.ip:
-        ns = c.states.get(node)  # the router's own state, never remembered
-        if ns is not None and ns.state is State.DOWN:
-            return Answer(Status.CPE_DOWN, node=serving, since=ns.down_at)
+    if router is not None and router.state is State.DOWN:
+        # Inside a suspicion, the configured sentence is said (the router may be down
+        # because of what its neighbours call about: "restart your router" is no answer).
+        return Answer(Status.CPE_DOWN, node=serving, since=router.down_at,
+                      suspected=after.suspected)  # fmt: skip
     return after
+
+
+def _from_calls(answer: Answer) -> bool:
+    """Whether an answer is an outage raised by calls (a confirmed suspicion)."""
+    inc = answer.incident
+    return answer.status is Status.OUTAGE and inc is not None and inc.raised_by == "calls"
 
 
 def _assess_path(situation: Situation, directory: Directory, node: str, now: float,
@@ -246,14 +265,15 @@ def _walk_path(situation: Situation, directory: Directory, node: str, now: float
         return found, found, min(ends, _next_start(windows, now))
     expires = _next_start(windows, now)  # only works starting can cover it from here
     raised = situation.watch.covering(node)
+    suspected = raised.incident if raised is not None else None
+    said, until = _after(situation, topo, path, node, now, restored_for, expires)
+    # Behind a suspicion (and, for callers whose router answers, a confirmed one).
+    said.suspected = suspected
     if raised is not None and raised.confirmed:  # an engineer confirmed what callers said
         found = Answer(Status.OUTAGE, raised.incident, node, raised.incident.opened_at,
                        situation.eta.get(raised.incident.id))  # fmt: skip
-        return found, found, expires
-    suspected = raised.incident if raised is not None else None
-    said = _after(situation, topo, path, node, now, restored_for, expires)
-    said[0].suspected = suspected
-    return None, said[0], said[1]
+        return found, said, until
+    return None, said, until
 
 
 def _after(situation: Situation, topo: Topology, path: list[str], node: str, now: float,

@@ -167,6 +167,14 @@ class Suspicion:
     # calls themselves are not kept; callers are keyed afresh each run, so never the same).
     earlier_callers: int = 0
     earlier_buildings: tuple[str, ...] = ()
+    # What the probes saw of its place (`CallWatch.service_back`): the probed nodes at or
+    # below its root that failed around its calls (node -> since when), and since when
+    # every one of them answers again (None: not all do).
+    failed: dict[str, float] = field(default_factory=dict)
+    back_since: float | None = None
+    # The probed nodes at or below its root, and the (topology, root) they are of.
+    probed: tuple[str, ...] = ()
+    probed_of: tuple[object, str] = (None, "")
 
     @property
     def distinct_callers(self) -> int:
@@ -989,6 +997,66 @@ class CallWatch:
     def resolve(self, sid: int, now: float, who: str) -> Suspicion:
         """A confirmed outage raised by calls, repaired (an engineer says so)."""
         return self._end(sid, now, {"repaired": True, "by": who})
+
+    def service_back(self, now: float, down_since: Callable[[str], float | None],
+                     answering: Callable[[str], bool], hold: float) -> list[Suspicion]:  # fmt: skip
+        """The suspicions whose place the probes see working again, ended; returned.
+
+        The probed nodes at or below a suspicion's root (its switch, its subscribers'
+        routers) that went down from `window` before its first call on are remembered
+        (`down_since(node)`: since when a node is down by its probes, None while it is
+        not); once every one of them answers again (`answering`) and has for `hold`
+        seconds (the probes' own `resolve_hold`), service is back, if they were at least
+        half of its probed nodes (the share at which the probes take a node inferred down
+        as up again; fewer are routers' own troubles: a reboot, an owner away, which end
+        no outage of the place): a confirmed one is
+        repaired (callers hear `restored`), one not confirmed ends quietly (`cleared`).
+        Both are stamped with the moment service came back (the history ends there). A
+        place whose probed nodes never failed says nothing: it ends as before (an
+        engineer, or quiet calls); a router down since long before the calls (its owner
+        away) is no part of the fault, nor its coming back a repair."""
+        ended: list[Suspicion] = []
+        for sid, sus in list(self.open.items()):
+            since = sus.first_call - self.settings.window
+            probed = self._probed_nodes(sus)
+            for n in probed:
+                at = down_since(n)
+                if at is not None and at >= since:
+                    sus.failed.setdefault(n, at)
+            if not sus.failed or 2 * len(sus.failed) < len(probed):
+                continue  # fewer than half: a router's own trouble, not the place's
+            if not all(map(answering, sus.failed)):
+                sus.back_since = None
+                continue
+            if sus.back_since is None:
+                sus.back_since = now
+            if now - sus.back_since < hold:
+                continue
+            back = sorted(sus.failed)
+            detail: dict[str, object] = {"answering": back[:10], "count": len(back)}
+            if sus.confirmed:
+                detail.update(repaired=True, by="probes")
+            else:
+                detail["cleared"] = True
+            self._close(sus, sus.back_since, IncidentState.RESOLVED, None)
+            self.events.append(Event(EventKind.RESOLVED, sus.back_since, sid, sus.incident.root,
+                                     tuple(sus.incident.nodes), detail=detail))  # fmt: skip
+            ended.append(sus)
+        return ended
+
+    def _probed_nodes(self, sus: Suspicion) -> tuple[str, ...]:
+        """The probed nodes at or below a suspicion's root (kept while neither the
+        topology nor its root changes)."""
+        topo, root = self.topology, sus.incident.root
+        if sus.probed_of[0] is not topo or sus.probed_of[1] != root:
+            nodes = topo.nodes
+            place = (root, *topo.descendants(root)) if root in topo else ()
+            sus.probed = tuple(n for n in place if nodes[n].probed)
+            sus.probed_of = (topo, root)
+            # Moved down, or the topology changed: what failed outside it is not its.
+            inside = set(sus.probed)
+            sus.failed = {n: at for n, at in sus.failed.items() if n in inside}
+        return sus.probed
 
     def taken_over(self, sid: int, into: Incident, now: float) -> Suspicion:
         """The probes' incident covers the suspected root: the suspicion closes into it."""

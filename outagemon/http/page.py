@@ -508,6 +508,12 @@ def _suspicion_text(kind: str, detail: dict[str, Any]) -> str:
         quiet = detail.get("quiet_for")
         return ("Expired: no more calls than usual"
                 + (f" for {_minutes(quiet)}" if quiet is not None else "") + ".")  # fmt: skip
+    if kind == "resolved" and isinstance(detail.get("answering"), list):
+        back = ", ".join(map(str, detail["answering"]))
+        more = int(detail.get("count") or 0) - len(detail["answering"])
+        back += f" and {more} more" if more > 0 else ""
+        what = "Repaired" if detail.get("repaired") else "Ended, never confirmed"
+        return f"{what}: the probes see its place answering again ({back})."
     if kind == "resolved" and detail.get("repaired"):
         return f"Repaired (said{by})."
     if kind == "merged" and detail.get("confirmed_by") == "probes":
