@@ -183,7 +183,7 @@ def test_one_never_confirmed_ends_quietly_when_its_place_answers_again() -> None
     m.watch.take_events()
     back_after_a_fault(m, clock, iid)
     clock.now += 1
-    ended = m.watch.service_back(clock.now, m.down_since, m.answering, 60)
+    ended = m.watch.service_back(clock.now, m.down_since, m.answering, lambda _n: False, 60)
     assert [s.incident.id for s in ended] == [iid]
     (e,) = m.watch.take_events()
     assert e.kind is EventKind.RESOLVED and e.detail["cleared"] and not e.detail.get("repaired")
@@ -270,3 +270,29 @@ def test_one_router_of_three_rebooting_repairs_nothing() -> None:
         clock.now += 60
         m.watch_calls(clock.now)
     assert iid not in m.watch.open
+
+
+def test_routers_down_under_planned_works_repair_nothing_when_they_end() -> None:
+    """Works on the entrance's switch take its routers down: their coming back after the
+    works says nothing of the fault its callers reported."""
+    m, clock = monitor_of()
+    iid = suspected(m, clock)
+    assert m.confirm(iid, "eng")
+    works = Maintenance(1, "sw-mira-10", clock.now, clock.now + 600)
+    m.maintenance = [works]
+    m.correlator.set_maintenance([works], clock.now)
+    for r in ROUTERS:
+        set_state(m, r, State.DOWN, clock.now + 5)
+    clock.now += 30
+    m.watch_calls(clock.now)
+    assert hears(m, "1020") is Status.MAINTENANCE
+    clock.now += 600
+    m.maintenance = []
+    m.correlator.set_maintenance([], clock.now)
+    for r in ROUTERS:
+        set_state(m, r, State.UP, clock.now)
+    for _ in range(3):
+        clock.now += 60
+        m.watch_calls(clock.now)
+    assert iid in m.watch.open and not m.watch.open[iid].failed
+    assert hears(m, "1020") is Status.OUTAGE

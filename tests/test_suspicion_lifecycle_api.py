@@ -8,6 +8,7 @@ back say its service is back."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -27,8 +28,6 @@ async def stored(w: World, iid: str) -> dict[str, Any]:
 
 
 async def resolved_detail(w: World, iid: str) -> dict[str, Any]:
-    import json
-
     detail = await w.pool.fetchval("select detail from incident_event where incident_id = $1"
                                    " and kind = 'resolved'", int(iid))  # fmt: skip
     found: dict[str, Any] = json.loads(detail) if isinstance(detail, str) else detail
@@ -96,9 +95,7 @@ async def test_a_confirmed_suspicion_is_repaired_when_its_routers_answer_again(
 
 async def subscriber_outages(w: World, account: str) -> dict[str, Any]:
     start = datetime.fromtimestamp(w.now).astimezone().isoformat(timespec="seconds")
-    end = datetime.fromtimestamp(w.monitor.clock() + 60).astimezone().isoformat(
-        timespec="seconds"
-    )
+    end = datetime.fromtimestamp(w.monitor.clock() + 60).astimezone().isoformat(timespec="seconds")
     async with w.session.get(w.url(f"/api/v1/subscribers/{account}/outages"),
                              params={"from": start, "to": end}, headers=w.auth()) as r:  # fmt: skip
         body: dict[str, Any] = await r.json()

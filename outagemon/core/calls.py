@@ -37,6 +37,9 @@ one suspicion, not one per entrance.
 A suspected incident is never spoken as an outage: an engineer confirms it (it becomes an
 outage with the same id), dismisses it, or it expires after `expire_after` seconds
 without a call; the monitor closes it into an incident of the probes that covers its root.
+When the probed nodes of its place that failed around its calls (at least half of them)
+all answer again for the probes' `resolve_hold`, service is back (`service_back`): a
+confirmed one is repaired, one never confirmed ends quietly (`cleared`).
 """
 
 from __future__ import annotations
@@ -999,13 +1002,16 @@ class CallWatch:
         return self._end(sid, now, {"repaired": True, "by": who})
 
     def service_back(self, now: float, down_since: Callable[[str], float | None],
-                     answering: Callable[[str], bool], hold: float) -> list[Suspicion]:  # fmt: skip
+                     answering: Callable[[str], bool], explained: Callable[[str], bool],
+                     hold: float) -> list[Suspicion]:  # fmt: skip
         """The suspicions whose place the probes see working again, ended; returned.
 
         The probed nodes at or below a suspicion's root (its switch, its subscribers'
         routers) that went down from `window` before its first call on are remembered
         (`down_since(node)`: since when a node is down by its probes, None while it is
-        not); once every one of them answers again (`answering`) and has for `hold`
+        not), unless an incident of the probes or planned works explain their failure
+        (`explained`: works' routers coming back repair no fault); once every one of them
+        answers again (`answering`) and has for `hold`
         seconds (the probes' own `resolve_hold`), service is back, if they were at least
         half of its probed nodes (the share at which the probes take a node inferred down
         as up again; fewer are routers' own troubles: a reboot, an owner away, which end
@@ -1021,8 +1027,8 @@ class CallWatch:
             probed = self._probed_nodes(sus)
             for n in probed:
                 at = down_since(n)
-                if at is not None and at >= since:
-                    sus.failed.setdefault(n, at)
+                if at is not None and at >= since and n not in sus.failed and not explained(n):
+                    sus.failed[n] = at
             if not sus.failed or 2 * len(sus.failed) < len(probed):
                 continue  # fewer than half: a router's own trouble, not the place's
             if not all(map(answering, sus.failed)):
