@@ -253,23 +253,23 @@ def test_one_router_of_three_rebooting_repairs_nothing() -> None:
     m, clock = monitor_of()
     iid = suspected(m, clock)
     assert m.confirm(iid, "eng")
-    set_state(m, ROUTERS[0], State.DOWN, clock.now + 5)
-    clock.now += 30
-    m.watch_calls(clock.now)
-    set_state(m, ROUTERS[0], State.UP, clock.now)
-    for _ in range(3):
-        clock.now += 60
-        m.watch_calls(clock.now)
+    down_and_back(m, clock, ROUTERS[0], looks=3)
     assert iid in m.watch.open and list(m.watch.open[iid].failed) == [ROUTERS[0]]
     # A second one failed too (two of three): the place's; back, it is repaired.
-    set_state(m, ROUTERS[1], State.DOWN, clock.now)
+    down_and_back(m, clock, ROUTERS[1], looks=2)
+    assert iid not in m.watch.open
+
+
+def down_and_back(m: Monitor, clock: Clock, router: str, looks: int) -> None:
+    """A router down for half a minute, then answering for `looks` minutes (the monitor
+    looking each)."""
+    set_state(m, router, State.DOWN, clock.now + 5)
     clock.now += 30
     m.watch_calls(clock.now)
-    set_state(m, ROUTERS[1], State.UP, clock.now)
-    for _ in range(2):
+    set_state(m, router, State.UP, clock.now)
+    for _ in range(looks):
         clock.now += 60
         m.watch_calls(clock.now)
-    assert iid not in m.watch.open
 
 
 def test_routers_down_under_planned_works_repair_nothing_when_they_end() -> None:

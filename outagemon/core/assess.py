@@ -183,9 +183,9 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
 
     An outage raised by calls (confirmed by an engineer, not seen by the probes) is not
     said to a caller whose own probed router answers: the probes see the way to them
-    working, as no incident of the probes could cut off a router that answers (an
-    answering router proves its serving node is not cut off). They hear what the path
-    says otherwise, as they did before the confirmation."""
+    working, and the probes' word decides over the calls' (an incident of the probes is
+    said because they see the way cut). They hear what the path says otherwise, as they
+    did before the confirmation."""
     c = situation.correlator
     sub = match.subscriber
     serving = sub.serving if sub is not None else node
