@@ -279,12 +279,11 @@ class Monitor:
             covering = c.incident_for(sus.incident.root)
             if covering is not None:  # the probes see it now: their incident goes on
                 self.watch.taken_over(sid, covering, now)
-        if not c.blind:  # blind, nothing answers: no evidence either way
-            hold = self.config.correlation.resolve_hold
-            ended = self.watch.service_back(now, self.down_since, self.answering, explained, hold)
-            for sus in ended:
-                if sus.confirmed:  # repaired, as the probes see it
-                    self._restored(sus.incident)
+        hold = self.config.correlation.resolve_hold
+        for sus in self.watch.service_back(now, self.down_since, self.answering, explained,
+                                           hold, c.blind):  # fmt: skip
+            if sus.confirmed:  # repaired, as the probes see it
+                self._restored(sus.incident)
         self.handle_calls(self.watch.take_events())
 
     def answering(self, node: str) -> bool:

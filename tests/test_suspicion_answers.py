@@ -149,6 +149,9 @@ def back_after_a_fault(m: Monitor, clock: Clock, iid: int) -> None:
         set_state(m, r, State.DOWN, clock.now + 5)
     clock.now += 30
     m.watch_calls(clock.now)
+    assert not m.watch.open[iid].failed  # down for less than resolve_hold: not yet
+    clock.now += 60
+    m.watch_calls(clock.now)
     assert iid in m.watch.open and set(m.watch.open[iid].failed) == set(ROUTERS)
     for r in ROUTERS:
         set_state(m, r, State.UP, clock.now)
@@ -236,7 +239,7 @@ def test_a_router_down_since_long_before_the_calls_is_no_part_of_it() -> None:
     assert iid in m.watch.open and not m.watch.open[iid].failed
 
 
-def test_blind_the_probes_end_nothing() -> None:
+def test_blind_the_probes_end_nothing_and_the_hold_starts_afresh_after() -> None:
     m, clock = monitor_of()
     iid = suspected(m, clock)
     assert m.confirm(iid, "eng")
@@ -244,7 +247,32 @@ def test_blind_the_probes_end_nothing() -> None:
     m.correlator.blind = True
     clock.now += 120
     m.watch_calls(clock.now)
-    assert iid in m.watch.open
+    assert iid in m.watch.open and m.watch.open[iid].back_since is None
+    m.correlator.blind = False
+    clock.now += 1
+    m.watch_calls(clock.now)
+    assert iid in m.watch.open  # back from here
+    clock.now += 60
+    m.watch_calls(clock.now)
+    assert iid not in m.watch.open
+
+
+def test_routers_down_for_a_moment_with_the_monitors_uplink_are_no_evidence() -> None:
+    """A silence of the monitor's own uplink too short to be called blind: every router
+    down for seconds, then looked at afresh and answering. Nothing failed there."""
+    m, clock = monitor_of()
+    iid = suspected(m, clock)
+    assert m.confirm(iid, "eng")
+    for r in ROUTERS:
+        set_state(m, r, State.DOWN, clock.now)
+    clock.now += 1
+    m.watch_calls(clock.now)
+    for r in ROUTERS:
+        set_state(m, r, State.UP, clock.now)
+    for _ in range(3):
+        clock.now += 60
+        m.watch_calls(clock.now)
+    assert iid in m.watch.open and not m.watch.open[iid].failed
 
 
 def test_one_router_of_three_rebooting_repairs_nothing() -> None:
@@ -261,11 +289,12 @@ def test_one_router_of_three_rebooting_repairs_nothing() -> None:
 
 
 def down_and_back(m: Monitor, clock: Clock, router: str, looks: int) -> None:
-    """A router down for half a minute, then answering for `looks` minutes (the monitor
-    looking each)."""
+    """A router down for 75 s, then answering for `looks` minutes (the monitor looking
+    each)."""
     set_state(m, router, State.DOWN, clock.now + 5)
-    clock.now += 30
-    m.watch_calls(clock.now)
+    for _ in range(2):
+        clock.now += 40
+        m.watch_calls(clock.now)
     set_state(m, router, State.UP, clock.now)
     for _ in range(looks):
         clock.now += 60
@@ -283,8 +312,9 @@ def test_routers_down_under_planned_works_repair_nothing_when_they_end() -> None
     m.correlator.set_maintenance([works], clock.now)
     for r in ROUTERS:
         set_state(m, r, State.DOWN, clock.now + 5)
-    clock.now += 30
-    m.watch_calls(clock.now)
+    for _ in range(3):
+        clock.now += 60
+        m.watch_calls(clock.now)
     assert hears(m, "1020") is Status.MAINTENANCE
     clock.now += 600
     m.maintenance = []

@@ -55,6 +55,8 @@ async def test_a_confirmed_suspicion_is_repaired_when_its_routers_answer_again(
             assert a["status"] == heard, (account, a)
         (open_one,) = await incidents(w)
         assert open_one["id"] == iid and open_one["raised_by"] == "calls"  # no probed one
+        w.run(60)  # down resolve_hold: its evidence
+        assert set(w.monitor.watch.open[int(iid)].failed) == set(FAILING)
 
         w.net.repair(*FAILING)
         w.run(30)  # they answer (up_after): back from the monitor's look here
@@ -115,6 +117,7 @@ async def test_a_suspicion_never_confirmed_ends_quietly_when_its_routers_answer_
         w.run(40)
         assert (await w.check(account="1002"))["status"] == "cpe_down"
         assert (await w.check(account="1030"))["status"] == "ok"
+        w.run(60)
         w.net.repair(*FAILING)
         w.run(30)
         w.run(70)

@@ -37,8 +37,8 @@ one suspicion, not one per entrance.
 A suspected incident is never spoken as an outage: an engineer confirms it (it becomes an
 outage with the same id), dismisses it, or it expires after `expire_after` seconds
 without a call; the monitor closes it into an incident of the probes that covers its root.
-When the probed nodes of its place that failed around its calls (at least half of them)
-all answer again for the probes' `resolve_hold`, service is back (`service_back`): a
+When the probed nodes of its place that failed around its calls (for `resolve_hold`, at
+least half of them) all answer again for `resolve_hold`, service is back (`service_back`): a
 confirmed one is repaired, one never confirmed ends quietly (`cleared`).
 """
 
@@ -1003,31 +1003,31 @@ class CallWatch:
 
     def service_back(self, now: float, down_since: Callable[[str], float | None],
                      answering: Callable[[str], bool], explained: Callable[[str], bool],
-                     hold: float) -> list[Suspicion]:  # fmt: skip
-        """The suspicions whose place the probes see working again, ended; returned.
+                     hold: float, blind: bool = False) -> list[Suspicion]:  # fmt: skip
+        """The suspicions whose place the probes see working again, ended and returned:
+        a confirmed one repaired (callers hear `restored`), one never confirmed `cleared`,
+        each stamped with the moment service came back (the history ends there).
 
-        The probed nodes at or below a suspicion's root (its switch, its subscribers'
-        routers) that went down from `window` before its first call on are remembered
-        (`down_since(node)`: since when a node is down by its probes, None while it is
-        not), unless an incident of the probes or planned works explain their failure
-        (`explained`: works' routers coming back repair no fault); once every one of them
-        answers again (`answering`) and has for `hold`
-        seconds (the probes' own `resolve_hold`), service is back, if they were at least
-        half of its probed nodes (the share at which the probes take a node inferred down
-        as up again; fewer are routers' own troubles: a reboot, an owner away, which end
-        no outage of the place): a confirmed one is
-        repaired (callers hear `restored`), one not confirmed ends quietly (`cleared`).
-        Both are stamped with the moment service came back (the history ends there). A
-        place whose probed nodes never failed says nothing: it ends as before (an
-        engineer, or quiet calls); a router down since long before the calls (its owner
-        away) is no part of the fault, nor its coming back a repair."""
+        Its evidence: the probed nodes at or below its root (`down_since(node)`: since
+        when down, None while not) that went down from `window` before its first call on
+        and stayed down `hold` seconds (not a moment's silence of the monitor's own
+        uplink), unexplained by the probes' incidents or planned works (`explained`), at
+        least half of its place's probed nodes (fewer are routers' own troubles: a
+        reboot). Service is back once all of them answer (`answering`) for `hold`. A
+        router down since before the calls (its owner away) is no part of it; a place
+        whose probed nodes never failed ends as before (an engineer, or quiet calls)."""
         ended: list[Suspicion] = []
+        if blind:  # nothing answers: no evidence either way, and what was back is not
+            for sus in self.open.values():
+                sus.back_since = None
+            return ended
         for sid, sus in list(self.open.items()):
             since = sus.first_call - self.settings.window
             probed = self._probed_nodes(sus)
             for n in probed:
                 at = down_since(n)
-                if at is not None and at >= since and n not in sus.failed and not explained(n):
+                if (at is not None and at >= since and now - at >= hold
+                        and n not in sus.failed and not explained(n)):  # fmt: skip
                     sus.failed[n] = at
             if not sus.failed or 2 * len(sus.failed) < len(probed):
                 continue  # fewer than half: a router's own trouble, not the place's
