@@ -12,6 +12,7 @@ from pathlib import Path
 from outagemon import config
 from outagemon.core.assess import AnswerMemory, Status, assess
 from outagemon.core.calls import Call
+from outagemon.core.directory import Match
 from outagemon.core.health import NodeState, State
 from outagemon.core.incidents import EventKind, IncidentState, Maintenance
 from outagemon.metrics import Registry
@@ -326,3 +327,22 @@ def test_routers_down_under_planned_works_repair_nothing_when_they_end() -> None
         m.watch_calls(clock.now)
     assert iid in m.watch.open and not m.watch.open[iid].failed
     assert hears(m, "1020") is Status.OUTAGE
+
+
+def test_a_router_asked_about_by_its_node_is_the_callers_own() -> None:
+    """The helpdesk asks `?node=cpe:…`: the router answering is not in a confirmed
+    suspicion's outage; one that does not answer is `cpe_down`, as asked by account."""
+    m, clock = monitor_of()
+
+    def node_hears(node: str) -> Status:
+        match = Match(nodes=(node,))
+        return assess(m, m.directory, match, clock.now, 3600, AnswerMemory()).status
+
+    set_state(m, ROUTERS[1], State.DOWN, clock.now)
+    assert node_hears(ROUTERS[1]) is Status.CPE_DOWN
+    assert node_hears(ROUTERS[0]) is Status.OK
+    iid = suspected(m, clock)
+    assert m.confirm(iid, "eng")
+    assert node_hears(ROUTERS[0]) is Status.OK
+    assert node_hears(ROUTERS[1]) is Status.OUTAGE
+    assert node_hears("seg-mira-1") is Status.OUTAGE

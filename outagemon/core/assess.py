@@ -192,8 +192,10 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
     if c.blind:
         return Answer(Status.UNKNOWN, node=serving)
     before, after = _assess_path(situation, directory, serving, now, restored_for, memory)
-    # The router's own state, never remembered.
-    router = c.states.get(node) if sub is not None and sub.ip else None
+    # The caller's own router (a subscriber's, or the router asked about by its node),
+    # its state read now, never remembered.
+    own = sub.ip if sub is not None else _is_router(directory.topology, node)
+    router = c.states.get(node) if own else None
     if before is not None:
         if router is not None and router.state is State.UP and _from_calls(before):
             return after
@@ -204,6 +206,12 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
         return Answer(Status.CPE_DOWN, node=serving, since=router.down_at,
                       suspected=after.suspected)  # fmt: skip
     return after
+
+
+def _is_router(topology: Topology, node: str) -> bool:
+    """Whether a node asked about is a subscriber's probed router (`?node=cpe:…`)."""
+    found = topology.nodes.get(node)
+    return found is not None and found.kind == "cpe" and found.probed
 
 
 def _from_calls(answer: Answer) -> bool:
