@@ -194,17 +194,24 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
     before, after = _assess_path(situation, directory, serving, now, restored_for, memory)
     # The caller's own router (a subscriber's, or the router asked about by its node),
     # its state read now, never remembered.
-    own = sub.ip if sub is not None else _is_router(directory.topology, node)
-    router = c.states.get(node) if own else None
+    if sub is not None:
+        own = bool(sub.ip)
+    else:
+        own = match.address is None and _is_router(directory.topology, node)
     if before is not None:
-        if router is not None and router.state is State.UP and _from_calls(before):
-            return after
+        if own and before.incident is not None and before.incident.raised_by == "calls":
+            ns = c.states.get(node)
+            if ns is not None and ns.state is State.UP:
+                return after
         return before
-    if router is not None and router.state is State.DOWN:
-        # Inside a suspicion, the configured sentence is said (the router may be down
-        # because of what its neighbours call about: "restart your router" is no answer).
-        return Answer(Status.CPE_DOWN, node=serving, since=router.down_at,
-                      suspected=after.suspected)  # fmt: skip
+    if own:
+        ns = c.states.get(node)
+        if ns is not None and ns.state is State.DOWN:
+            # Inside a suspicion, the configured sentence is said (the router may be down
+            # because of what its neighbours call about: "restart your router" is no
+            # answer then).
+            return Answer(Status.CPE_DOWN, node=serving, since=ns.down_at,
+                          suspected=after.suspected)  # fmt: skip
     return after
 
 
@@ -212,12 +219,6 @@ def _is_router(topology: Topology, node: str) -> bool:
     """Whether a node asked about is a subscriber's probed router (`?node=cpe:…`)."""
     found = topology.nodes.get(node)
     return found is not None and found.kind == "cpe" and found.probed
-
-
-def _from_calls(answer: Answer) -> bool:
-    """Whether an answer is an outage raised by calls (a confirmed suspicion)."""
-    inc = answer.incident
-    return answer.status is Status.OUTAGE and inc is not None and inc.raised_by == "calls"
 
 
 def _assess_path(situation: Situation, directory: Directory, node: str, now: float,
