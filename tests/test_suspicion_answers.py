@@ -268,11 +268,7 @@ def test_routers_down_for_a_moment_with_the_monitors_uplink_are_no_evidence() ->
         set_state(m, r, State.DOWN, clock.now)
     clock.now += 1
     m.watch_calls(clock.now)
-    for r in ROUTERS:
-        set_state(m, r, State.UP, clock.now)
-    for _ in range(3):
-        clock.now += 60
-        m.watch_calls(clock.now)
+    answering_for_minutes(m, clock, 3)
     assert iid in m.watch.open and not m.watch.open[iid].failed
 
 
@@ -320,11 +316,7 @@ def test_routers_down_under_planned_works_repair_nothing_when_they_end() -> None
     clock.now += 600
     m.maintenance = []
     m.correlator.set_maintenance([], clock.now)
-    for r in ROUTERS:
-        set_state(m, r, State.UP, clock.now)
-    for _ in range(3):
-        clock.now += 60
-        m.watch_calls(clock.now)
+    answering_for_minutes(m, clock, 3)
     assert iid in m.watch.open and not m.watch.open[iid].failed
     assert hears(m, "1020") is Status.OUTAGE
 
@@ -346,3 +338,12 @@ def test_a_router_asked_about_by_its_node_is_the_callers_own() -> None:
     assert node_hears(ROUTERS[0]) is Status.OK
     assert node_hears(ROUTERS[1]) is Status.OUTAGE
     assert node_hears("seg-mira-1") is Status.OUTAGE
+
+
+def answering_for_minutes(m: Monitor, clock: Clock, minutes: int) -> None:
+    """Every router of the entrance answers from now, the monitor looking each minute."""
+    for r in ROUTERS:
+        set_state(m, r, State.UP, clock.now)
+    for _ in range(minutes):
+        clock.now += 60
+        m.watch_calls(clock.now)
