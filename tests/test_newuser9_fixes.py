@@ -1,0 +1,130 @@
+"""Defects found by the ninth new user's trial (a NOC engineer's first day), each pinned."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from outagemon import config
+from outagemon.core import topology
+from tests.test_cli import minimal_config, run_cli
+from tests.test_topology import PATH, problems
+from tests.world import world
+
+
+def test_an_empty_topology_is_refused() -> None:
+    # `nodes: []` passed: check-config only said every subscriber was "served by no node",
+    # and without a subscribers file it was valid: nothing probed, every caller not_found.
+    assert problems("nodes: []\n") == [
+        f"{PATH}: 'nodes:' is empty: list the network's nodes under it."
+    ]
+
+
+def test_topology_problems_are_listed_in_the_order_of_the_file() -> None:
+    # They came check by check: a bad ip at line 8 before a duplicate address at line 2.
+    found = problems(
+        "nodes:\n"
+        "  - id: a\n"
+        "    kind: core\n"
+        '    serves: ["Oak Street 1", "Oak Street 1"]\n'
+        "  - {id: b, kind: access, ip: 300.1.1.1, parents: [nope]}\n"
+        "  - {id: b, kind: access}\n"
+    )
+    lines = [int(p.split(": line ")[1].split(":")[0]) for p in found]
+    assert lines == sorted(lines) and lines[0] == 2 and len(found) == 4, found
+
+
+@pytest.mark.parametrize(
+    ("serves", "said"),
+    [
+        ('["Oak Street 1", "Oak Street 1"]', ""),
+        ('[{address: "Oak Street 1", flats: "1-20"}, {address: "Oak Street 1", flats: "15-30"}]',
+         " (flats 1-20 and 15-30 overlap)"),
+    ],
+)  # fmt: skip
+def test_a_building_listed_twice_on_one_node_is_said_so(serves: str, said: str) -> None:
+    # Was: "the address '1 Oak St' is served by both 'a' (line 2) and 'a'."
+    found = problems(f"nodes:\n  - {{id: a, kind: access, serves: {serves}}}\n")
+    assert found == [
+        f"{PATH}: line 2: node 'a' lists the address '1 Oak St' twice in serves{said}: "
+        "keep one entry."
+    ]
+    # Two nodes sharing a building still name both.
+    two = problems(
+        "nodes:\n  - {id: a, kind: core}\n"
+        '  - {id: b, kind: access, parents: [a], serves: ["Oak Street 1"]}\n'
+        '  - {id: c, kind: access, parents: [a], serves: ["Oak Street 1"]}\n'
+    )
+    assert two == [f"{PATH}: line 4: the address '1 Oak St' is served by both 'b' (line 3) "
+                   "and 'c'."]  # fmt: skip
+    topology.parse_text(
+        'nodes:\n  - {id: a, kind: access, serves: [{address: "Oak Street 1", flats: "1-9"},'
+        ' {address: "Oak Street 1", flats: "10-20"}]}\n',
+        PATH,
+    )
+
+
+TOKENS = (
+    '[[auth.tokens]]\nname = "ivr"\ntoken = "ivr-0123456789abcdef0123456789abcdef"\n'
+    'role = "read"\n'
+)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o640, 0o600])
+def test_inline_secrets_in_a_file_others_may_read_are_warned_about(
+    tmp_path: Path, mode: int
+) -> None:
+    # As ssh warns of a key others can read: tokens written in a 0644 outagemon.toml drew
+    # no word from check-config nor from the daemon's start (both print cfg.warnings).
+    path = minimal_config(tmp_path, TOKENS + '[http]\nmetrics_token = "m' + "x" * 31 + '"\n')
+    os.chmod(path, mode)
+    warned = [w for w in config.load(path).warnings if "every local user may read" in w]
+    if mode & 0o004:
+        assert warned == [
+            f"{path}: every local user may read this file (mode {mode:04o}), and it holds "
+            "secrets written in it (the token of 'ivr', [http] metrics_token): keep them in "
+            "files named by token_file, metrics_token_file, dsn_file or secret_file "
+            "(root-only, handed to the unit with LoadCredential=: see the README's "
+            f"Security), or make this file unreadable to others (chmod o-r {path}) where "
+            "the service does not read it as another user."
+        ]
+        result = run_cli("check-config", "-c", str(path))
+        assert result.returncode == 0 and f"warning: {warned[0]}" in result.stderr, result
+        assert "0123456789abcdef" not in result.stderr + result.stdout
+    else:
+        assert warned == []
+
+
+def test_secrets_kept_in_files_draw_no_warning(tmp_path: Path) -> None:
+    (tmp_path / "ivr-token").write_text("ivr-0123456789abcdef0123456789abcdef\n")
+    path = minimal_config(
+        tmp_path,
+        '[database]\ndsn = "postgresql://om@127.0.0.1/om"\n'
+        '[[auth.tokens]]\nname = "ivr"\ntoken_file = "ivr-token"\nrole = "read"\n',
+    )
+    os.chmod(path, 0o644)
+    assert config.load(path).warnings == ()
+    path.write_text(path.read_text().replace("om@127", "om:pw@127"))
+    (warned,) = config.load(path).warnings
+    assert "(the password in [database] dsn)" in warned and "pw" not in warned.split("(")[0]
+
+
+async def test_a_split_building_without_a_flat_asks_for_the_flat(fresh_db: str) -> None:
+    # "Several addresses match. Please give your full address": the caller had given it;
+    # only the flat was missing (candidates: the building's parts by flat).
+    async with world(fresh_db) as w:
+        w.net.fail("seg-mira-1")
+        w.run(60)
+        a = await w.check(address="Мира 10")
+        assert a["status"] == "ambiguous", a
+        assert a["message"] == (
+            "По адресу проспект Мира, дом 10 ответ зависит от номера квартиры. Пожалуйста, "
+            "назовите номер квартиры или оставайтесь на линии, вам ответит оператор."
+        ), a
+        assert a["candidates"] == "пр-т Мира, д. 10, кв. 1-40;пр-т Мира, д. 10, кв. 41-80", a
+        # Several buildings named at once still ask for the whole address.
+        many = await w.check(address="Садовая 3")
+        assert many["status"] == "ambiguous", many
+        assert many["message"].startswith("Под ваш запрос подходит несколько адресов"), many
