@@ -1093,8 +1093,10 @@ def _exposed_secrets(text: str, path: Path) -> str:
     named += [f"the secret of webhook {w.get('url')!r}" for w in webhooks if "secret" in w]
     if not named:
         return ""
-    return (f"{path}: every local user may read this file (mode {mode & 0o777:04o}), and it "
-            f"holds secrets written in it ({', '.join(named)}): keep them in files named by token_file, "
-            "metrics_token_file, dsn_file or secret_file (root-only, handed to the unit with "
-            "LoadCredential=: see the README's Security), or make this file unreadable to "
-            f"others (chmod o-r {path}) where the service does not read it as another user.")
+    return (
+        f"{path}: every local user may read this file (mode {mode & 0o777:04o}), and it "
+        f"holds secrets written in it ({', '.join(named)}): keep them in files named by "
+        "token_file, metrics_token_file, dsn_file or secret_file (root-only, handed to the "
+        "unit with LoadCredential=: see the README's Security), or make this file unreadable "
+        f"to others (chmod o-r {path}) where the service does not read it as another user."
+    )
