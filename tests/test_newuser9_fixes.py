@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -11,11 +12,16 @@ import pytest
 
 from outagemon import config
 from outagemon.core import directory, topology
+from outagemon.core.correlator import Correlator
+from outagemon.core.health import State
+from outagemon.core.topology import Topology
 from outagemon.http import page
 from outagemon.sim import citygen
+from outagemon.sim.simnet import SimNet
 from outagemon.testing.lab import Lab
 from tests.conftest import free_port, short_tmp_dir
 from tests.test_cli import minimal_config, run_cli
+from tests.test_correlate import SETTINGS, WARM, n
 from tests.test_lab_e2e import WRITE, LabDaemon
 from tests.test_topology import PATH, problems
 from tests.world import world
@@ -211,3 +217,37 @@ def test_the_page_writes_an_english_buildings_flats_in_english() -> None:
         ["2 Elm St (Apt 21-40)", "ул. Ленина, д. 5 (кв. 1-9)"],
         0,
     )
+
+
+class _Mute(SimNet):
+    """Nodes that drop every probe to themselves and forward all the rest."""
+
+    mute: frozenset[str] = frozenset()
+
+    def answers(self, node: str) -> bool:
+        return super().answers(node) and node not in self.mute
+
+
+@pytest.mark.parametrize("mute", ["core", "agg0"])
+def test_a_node_that_forwards_but_drops_its_own_probes_is_not_down(mute: str) -> None:
+    # Before: the core (the only anchor) muted made the monitor blind for good; agg0 muted
+    # opened an outage that took in sw0, which answered through it all along.
+    topo = Topology([
+        n("core", "core"), n("agg0", "aggregation", ("core",)), n("sw0", "access", ("agg0",)),
+    ])  # fmt: skip
+    settings = dataclasses.replace(SETTINGS, interval=10.0)
+    c = Correlator(topo, settings)
+    s = _Mute(topo, c, interval=10.0, timeout=1.0)
+    s.run_for(WARM)
+    s.mute = frozenset({mute})
+    events = s.run_for(300)
+    assert events == [] and not c.blind and c.incidents == {}
+    assert c.states[mute].state is State.UP
+    # It still dies for real: everything behind it falls silent too.
+    s.fail(mute)
+    events = s.run_for(60)
+    if mute == "core":
+        assert c.blind
+    else:
+        (inc,) = c.incidents.values()
+        assert inc.root == "agg0" and set(inc.nodes) == {"agg0", "sw0"}
