@@ -22,7 +22,7 @@ import tomllib
 import urllib.parse
 import zoneinfo
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1055,4 +1055,48 @@ def _tokens(auth: Any, base: Path, problems: list[str], warnings: list[str]) -> 
 def load(path: Path | str) -> Config:
     """Read and parse a config file; raise ConfigError naming every problem."""
     path = Path(path).absolute()
-    return parse(read_text(path), path)
+    text = read_text(path)
+    cfg = parse(text, path)
+    exposed = _exposed_secrets(text, path)
+    if exposed:
+        cfg = replace(cfg, warnings=(*cfg.warnings, exposed))
+    return cfg
+
+
+def _url_password(url: str) -> bool:
+    try:
+        return bool(urllib.parse.urlsplit(url).password)
+    except ValueError:  # not a URL: a libpq keyword string has no password but password=
+        return False
+
+
+def _exposed_secrets(text: str, path: Path) -> str:
+    """A warning when the file holds secrets written in it and every local user may read
+    it (as ssh warns of a key file others can read); "" otherwise. Only the keys are
+    named, never a value."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return ""
+    if not mode & 0o004:
+        return ""
+    raw = tomllib.loads(text)  # parse() has read it: valid
+    auth = raw.get("auth")
+    tokens = auth.get("tokens", []) if isinstance(auth, dict) else []
+    named = [f"the token of {t.get('name')!r}" for t in tokens if "token" in t]
+    if raw.get("http", {}).get("metrics_token"):
+        named.append("[http] metrics_token")
+    dsn = raw.get("database", {}).get("dsn", "")
+    if isinstance(dsn, str) and ("password=" in dsn or _url_password(dsn)):
+        named.append("the password in [database] dsn")
+    webhooks = raw.get("notify", {}).get("webhooks", [])
+    named += [f"the secret of webhook {w.get('url')!r}" for w in webhooks if "secret" in w]
+    if not named:
+        return ""
+    return (
+        f"{path}: every local user may read this file (mode {mode & 0o777:04o}), and it "
+        f"holds secrets written in it ({', '.join(named)}): keep them in files named by "
+        "token_file, metrics_token_file, dsn_file or secret_file (root-only, handed to the "
+        "unit with LoadCredential=: see the README's Security), or make this file unreadable "
+        f"to others (chmod o-r {path}) where the service does not read it as another user."
+    )

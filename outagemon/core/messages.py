@@ -38,6 +38,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "Оставайтесь на линии, вам ответит оператор.",
         "ambiguous": "Под ваш запрос подходит несколько адресов. Пожалуйста, уточните адрес "
         "или оставайтесь на линии, вам ответит оператор.",
+        "ambiguous_flat": "По адресу {address} ответ зависит от номера квартиры. Пожалуйста, "
+        "назовите номер квартиры или оставайтесь на линии, вам ответит оператор.",
         "not_found": "Мы не нашли ваш номер или адрес. Оставайтесь на линии, вам ответит оператор.",
     },
     "en": {
@@ -57,6 +59,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "the line for an operator.",
         "ambiguous": "Several addresses match. Please give your full address, or stay on "
         "the line for an operator.",
+        "ambiguous_flat": "At {address} the answer depends on your flat. Please give your "
+        "flat number, or stay on the line for an operator.",
         "not_found": "We could not find your number or address. Please stay on the line for "
         "an operator.",
     },

@@ -682,9 +682,27 @@ def parse_text(text: str, path: Path) -> Topology:
             nodes.append(node)
         del item
     nodes = _check_graph(nodes, path, problems)
+    if not items and not problems:
+        # Every caller would hear "not_found", and nothing would be probed.
+        problems.append(f"{path}: 'nodes:' is empty: list the network's nodes under it.")
     if problems:
-        raise TopologyError(problems)
+        raise TopologyError(_in_line_order(problems, path))
     return Topology(nodes)
+
+
+_LINE = re.compile(r"line (\d+):")
+
+
+def _in_line_order(problems: list[str], path: Path) -> list[str]:
+    """The problems as the file reads, top to bottom (they are found check by check);
+    those about the whole file first."""
+    prefix = f"{path}: "
+
+    def line(problem: str) -> int:
+        found = _LINE.match(problem, len(prefix)) if problem.startswith(prefix) else None
+        return int(found.group(1)) if found is not None else 0
+
+    return sorted(problems, key=line)
 
 
 def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
@@ -865,8 +883,18 @@ def _check_graph(nodes: list[Node], path: Path, problems: list[str]) -> list[Nod
     for node in by_id.values():
         for s in node.serves:
             for other_s, other in served.get(s.address.key, []):
-                if _overlap(s.flats, other_s.flats):
-                    flats = f" for flats {s.flats_text()}" if s.flats else ""
+                if not _overlap(s.flats, other_s.flats):
+                    continue
+                flats = f" for flats {s.flats_text()}" if s.flats else ""
+                if other is node:
+                    overlap = (f" (flats {other_s.flats_text() or 'all'} and "
+                               f"{s.flats_text() or 'all'} overlap)"
+                               if s.flats != other_s.flats else "")  # fmt: skip
+                    problems.append(
+                        f"{path}: line {node.line}: node {node.id!r} lists the address "
+                        f"{s.address.text()!r} twice in serves{overlap}: keep one entry."
+                    )
+                else:
                     problems.append(
                         f"{path}: line {node.line}: the address {s.address.text()!r}{flats} is "
                         f"served by both {other.id!r} (line {other.line}) and {node.id!r}."

@@ -188,7 +188,11 @@ def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now:
     if answer.suspected is not None and texts.suspected:
         message = texts.suspected  # [callers] sentence: several calls, being checked
     else:
-        message = texts.render(answer.status, now + step, address=address,
+        # One building split between nodes by flat, asked about without one: only the
+        # flat is missing ("ambiguous" otherwise asks for the whole address again).
+        said = "ambiguous_flat" if answer.status is Status.AMBIGUOUS and match.found \
+            else answer.status  # fmt: skip
+        message = texts.render(said, now + step, address=address,
                                since=_add(answer.since, step), eta=_add(answer.eta, step),
                                until=_add(answer.until, step),
                                resolved=_add(answer.resolved, step),

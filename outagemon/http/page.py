@@ -87,8 +87,8 @@ def _addresses(rt: Runtime, nodes: list[str], limit: int = 5) -> tuple[list[str]
             continue
         for s in node.serves:
             text = s.address.text()
-            if s.flats:
-                text += f" (кв. {s.flats_text()})"
+            if s.flats:  # in the address's own language, as its text
+                text += f" ({'Apt' if s.address.english else 'кв.'} {s.flats_text()})"
             if text not in found:
                 found.append(text)
     return found[:limit], max(0, len(found) - limit)
