@@ -115,18 +115,18 @@ class CallersConfig:
     """Callers as sensors (`core/calls.py`): suspected incidents from clusters of calls."""
 
     enabled: bool = True
-    window: float = 1800.0  # seconds over which distinct callers are counted
+    window: float = 3600.0  # seconds over which distinct callers are counted
     min_callers: int = 3  # the window count's floor (the sequential test may raise on two)
-    chance: float = 1e-6  # how rarely a place's usual rate may reach the threshold by luck
+    chance: float = 1e-7  # how rarely a place's usual rate may reach the threshold by luck
     prior_rate: float = 0.01  # calls per subscriber a day assumed before history is learned
     learn_for: float = 604800.0  # seconds: how long history weighs in the learned rate
     expire_after: float = 3600.0  # a suspected incident with no call for this long ends
     keep: int = 100_000  # calls held between detector ticks at most
     max_subscribers: int = 2000  # the largest place suspected (subscribers behind it)
     by_hour: bool = True  # the usual rate follows the hour of the day (a learned shape)
-    evidence: float = 14.0  # the sequential test's log-likelihood ratio; 0: off
+    evidence: float = 16.0  # the sequential test's log-likelihood ratio; 0: off
     fault_rate: float = 0.25  # calls a subscriber an hour a fault makes (the test's alternative)
-    burst: float = 0.0  # seconds: a fault's calls come in a burst falling so; 0: constant
+    burst: float = 600.0  # seconds: a fault's calls come in a burst falling so; 0: constant
     burst_evidence: float = 0.0  # with burst: the constant test too, the burst's at this; 0: off
     sentence: str = ""  # said to callers behind a suspected incident; "": nothing special
 

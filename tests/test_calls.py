@@ -48,6 +48,11 @@ def watch_of(d: Directory, **kw: object) -> CallWatch:
     return CallWatch(d.topology, d.counts, Settings(**kw), started=0.0)  # type: ignore[arg-type]
 
 
+# The settings the scenarios below were written with (the defaults before the burst's):
+# a window of half an hour at chance 1e-6, the constant-rate test at evidence 14.
+BEFORE: dict[str, float] = {"window": 1800.0, "chance": 1e-6, "evidence": 14.0, "burst": 0.0}
+
+
 class Ids:
     def __init__(self) -> None:
         self.n = 100
@@ -178,7 +183,7 @@ def test_a_wide_cluster_after_every_suspicion_ended_opens_a_new_one(town: Direct
     """Two suspicions at entrances expire, leaving none open; then callers from eight
     buildings of their aggregation: a new suspicion there (the index of suspicions by
     root once still held the ended ones, and widening tried to merge them: KeyError)."""
-    w = watch_of(town, evidence=0)
+    w = watch_of(town, **{**BEFORE, "evidence": 0})
     ids = Ids()
     w.tick(40.0, calls_from(town, "seg-1-1-1", [10, 20, 30])
            + calls_from(town, "seg-1-2-1", [10, 20, 30]), never, ids)  # fmt: skip
@@ -338,7 +343,7 @@ def test_a_busy_entrance_is_the_place_when_a_neighbours_usual_call_tips_its_buil
     usual call of the other entrance reach the switch's threshold first: the cluster is
     the entrance's (the rest are too few to be one), so it is suspected there, not at
     the building (before: rooted at the switch, a wrong place and the fault missed)."""
-    w = watch_of(town)
+    w = watch_of(town, **BEFORE)
     ids = Ids()
     rng = random.Random(7)
     t, n = 0.0, 0
@@ -368,7 +373,7 @@ def test_a_suspicion_raised_at_a_switch_moves_down_to_the_entrance_its_callers_c
     its calls pass its own threshold and the neighbour's are too few to be a cluster, so
     the suspicion moves down to the entrance, keeping its id and only its callers (the
     window's count alone: the sequential test would raise on the first two callers)."""
-    w = watch_of(town, evidence=0)
+    w = watch_of(town, **{**BEFORE, "evidence": 0})
     ids = Ids()
     a = calls_from(town, "seg-3-7-1", [10, 20, 30, 40])
     b = calls_from(town, "seg-3-7-2", [25])
@@ -452,7 +457,7 @@ def test_a_building_whose_entrances_call_in_turn_is_one_suspicion_at_its_switch(
 
 
 def test_a_confirmed_suspicion_is_not_moved_down(town: Directory) -> None:
-    w = watch_of(town, evidence=0)  # raised at the switch (see the test above)
+    w = watch_of(town, **{**BEFORE, "evidence": 0})  # raised at the switch (see above)
     ids = Ids()
     a = calls_from(town, "seg-3-8-1", [10, 20, 30, 40])
     w.tick(30.0, [a[0], a[1], *calls_from(town, "seg-3-8-2", [25])], never, ids)
@@ -671,7 +676,7 @@ def test_the_sequential_tests_keys_are_read_and_bounded() -> None:
                        Path("/etc/om.toml"))  # fmt: skip
     assert (cfg.callers.evidence, cfg.callers.fault_rate, cfg.callers.by_hour) == (0, 0.5, False)
     default = config.parse("", Path("/etc/om.toml")).callers
-    assert (default.evidence, default.fault_rate, default.by_hour) == (14.0, 0.25, True)
+    assert (default.evidence, default.fault_rate, default.by_hour) == (16.0, 0.25, True)
     with pytest.raises(ConfigError) as bad:
         config.parse("[callers]\nevidence = -1\nfault_rate = 0\nby_hour = 2\n",
                      Path("/etc/om.toml"))  # fmt: skip
@@ -836,10 +841,11 @@ def test_under_the_burst_callers_close_together_weigh_more_than_the_same_callers
 
 
 def test_with_burst_off_the_score_is_the_constant_rate_test_as_before(town: Directory) -> None:
-    """`burst = 0` (the default) keeps the constant-rate test: the pair's score is
-    2 ln(fault / usual) less the fault's expected calls over the gap, as the rates say."""
+    """`burst = 0` (the default before the burst's) keeps the constant-rate test: the pair's
+    score is 2 ln(fault / usual) less the fault's expected calls over the gap, as the rates
+    say."""
     t = 14 * DAY
-    w = watch_of(town)
+    w = watch_of(town, burst=0.0)
     w.tick(t, usual_calls(town, t), never, Ids())
     assert w.settings.burst == 0
     firsts = [t + 3000, t + 3060]
@@ -856,9 +862,9 @@ def test_the_burst_key_is_read_and_bounded() -> None:
     from outagemon.errors import ConfigError
     from outagemon.monitor import call_settings
 
-    read = config.parse("[callers]\nburst = 600\n", Path("/etc/om.toml")).callers
-    assert read.burst == 600 and config.parse("", Path("/etc/om.toml")).callers.burst == 0
-    assert call_settings(read).burst == 600
+    read = config.parse("[callers]\nburst = 0\n", Path("/etc/om.toml")).callers
+    assert read.burst == 0 and config.parse("", Path("/etc/om.toml")).callers.burst == 600
+    assert call_settings(read).burst == 0
     for bad in ("-1", "86401", "nan", '"600"'):
         with pytest.raises(ConfigError, match=r"\[callers\] burst"):
             config.parse(f"[callers]\nburst = {bad}\n", Path("/etc/om.toml"))
@@ -887,7 +893,7 @@ def test_with_both_tests_a_place_is_raised_when_either_test_holds_at_its_own_evi
     either raises alone, and nothing else)."""
     t, usual = learned
     both = watch_of(town, **EITHER)
-    constant = watch_of(town, evidence=EITHER["evidence"])
+    constant = watch_of(town, evidence=EITHER["evidence"], burst=0.0)
     burst = watch_of(town, burst=EITHER["burst"], evidence=EITHER["burst_evidence"])
     for w in (both, constant, burst):
         w.tick(t, usual, never, Ids())
@@ -911,7 +917,7 @@ def test_with_both_tests_a_tight_pair_and_a_slow_pair_are_each_raised(town: Dire
     raised = []
     for share, gap in ((1.0, 10.0), (0.05, 600.0)):
         usual = usual_calls(town, t, quieter="seg-2-5-1", share=share)
-        for kw in ({"evidence": 14.0}, {"burst": 600.0, "evidence": 16.0}, EITHER):
+        for kw in ({"evidence": 14.0, "burst": 0.0}, {"burst": 600.0, "evidence": 16.0}, EITHER):
             w = watch_of(town, **kw)
             ids = Ids()
             w.tick(t, usual, never, ids)
@@ -989,3 +995,54 @@ def test_callers_of_a_building_its_answering_switch_serves_raise_at_that_switch(
     w.tick(3700.0, calls_from(d, "sw-1-2", [3600, 3620, 3640, 3660, 3680]), never, Ids(),
            lambda n: d.topology.nodes[n].probed)  # fmt: skip
     assert [s.incident.root for s in w.open.values()] == ["sw-1-2"]
+
+
+# The defaults (calls_bench's 40 seeds met every target with them but seed 32's recall,
+# which no setting measured meets): the burst alternative at evidence 16 over a window of
+# an hour at chance 1e-7.
+def test_the_defaults_are_the_burst_over_an_hour_and_the_config_says_the_same() -> None:
+    from outagemon import config
+    from outagemon.monitor import call_settings
+
+    s = Settings()
+    assert (s.window, s.chance, s.evidence, s.burst, s.burst_evidence) == (
+        3600.0, 1e-7, 16.0, 600.0, 0.0)  # fmt: skip
+    assert call_settings(config.parse("", Path("/etc/om.toml")).callers) == s
+
+
+def test_a_night_s_fault_noticed_over_the_morning_adds_up_within_the_hour(
+    town: Directory,
+) -> None:
+    """A fault of the night is noticed as people wake: its callers come over the morning,
+    not within minutes. Three callers of a quiet entrance 25 minutes apart (50 from the
+    first to the third) raise it by the window's count with the hour's window (the
+    default); within half an hour's (the earlier default) they never add up to three."""
+    t = 14 * DAY + 7 * 3600
+    for window, raised in ((Settings().window, True), (1800.0, False)):
+        w = watch_of(town, window=window, evidence=0)
+        ids = Ids()
+        w.tick(t, [], never, ids)
+        assert w.threshold("seg-1-3-2", t) == 3
+        for c in calls_from(town, "seg-1-3-2", [t + 60, t + 1560, t + 3060]):
+            w.tick(c.at + 1, [c], never, ids)
+        assert bool(w.open) is raised, window
+        if raised:
+            (sus,) = w.open.values()
+            assert sus.incident.root == "seg-1-3-2" and len(sus.callers) == 3
+
+
+def test_by_default_a_pair_seconds_apart_is_a_burst_and_the_same_pair_spread_is_not(
+    town: Directory,
+) -> None:
+    """With the defaults (the burst alternative), two callers of an entrance at its usual
+    rate 20 s apart are raised, the same two 20 minutes apart are not (a fault's callers
+    come within minutes of it by day; a pair that far apart is the usual calls' kind)."""
+    t = 14 * DAY + 11 * 3600
+    for gap, raised in ((20.0, True), (1200.0, False)):
+        w = watch_of(town)
+        ids = Ids()
+        w.tick(t, usual_calls(town, t), never, ids)
+        pair = calls_from(town, "seg-2-5-1", [t + 100, t + 100 + gap])
+        for c in pair:
+            w.tick(c.at + 1, [c], never, ids)
+        assert bool(w.open) is raised, gap

@@ -65,9 +65,11 @@ UNEXPLAINED = frozenset({"ok"})
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    window: float = 1800.0  # seconds over which distinct callers are counted
+    # Seconds over which distinct callers are counted: an hour, so that a fault's callers
+    # spread over the morning (a night's fault, noticed as people wake) add up.
+    window: float = 3600.0
     min_callers: int = 3  # the window count's floor (the sequential test may raise on two)
-    chance: float = 1e-6  # how rarely the usual rate may reach the threshold by luck
+    chance: float = 1e-7  # how rarely the usual rate may reach the threshold by luck
     prior_rate: float = 0.01  # calls per subscriber a day, before history says otherwise
     learn_for: float = 7 * DAY  # how long history weighs (the rate's time constant)
     expire_after: float = 3600.0  # a suspected incident with no call this long ends
@@ -82,13 +84,13 @@ class Settings:
     # (the log of how many times likelier a fault makes them than the usual calls; 0: no
     # test, the window's count alone), against a fault that makes `fault_rate` calls a
     # subscriber an hour. It may raise on two callers (never on fewer).
-    evidence: float = 14.0
+    evidence: float = 16.0
     fault_rate: float = 0.25
     # How a fault's calls come in time: a burst after it begins whose rate falls with this
     # time constant (seconds: how long people take to call once they notice), so that
     # `fault_rate` an hour is the burst's total; 0: at the constant `fault_rate`. Callers
     # close together are then stronger evidence than the same callers spread out.
-    burst: float = 0.0
+    burst: float = 600.0
     # Both alternatives at once (with `burst` set): the constant one at `evidence` and the
     # burst at this evidence, a place raised when either test reaches its own (0: the
     # burst alone, at `evidence`). The burst's tight pairs and the constant test's slow
