@@ -375,16 +375,16 @@ class Roster(Sequence[Subscriber]):
         return cpe_id(self.accounts[i]) if self.ips[i] else self.serving(i)
 
     def by_account(self, account: str) -> int | None:
-        keys = self._by_account.keys
+        index = self._by_account
+        keys = index.keys
         if not keys:  # the unpacked index (more positions than the packing holds)
             accounts = self.accounts
-            for i in self._by_account.candidates(account):
+            for i in index.candidates(account):
                 if accounts[i] == account:
                     return i
             return None
         # HashIndex.candidates and Column.__getitem__, inline (a generator and a call
         # a candidate cost more than the rest of the search), in the hash's bucket.
-        index = self._by_account
         h = hash(account) & _HASH_MASK
         bucket = h >> index.shift
         end = index.starts[bucket + 1]
@@ -403,16 +403,16 @@ class Roster(Sequence[Subscriber]):
     def by_phone(self, phone: str) -> list[int]:
         """Every subscriber giving this number (E.164), in load order."""
         out: list[int] = []
-        keys = self._by_phone.keys
+        index = self._by_phone
+        keys = index.keys
         if not keys:  # the unpacked index (more positions than the packing holds)
             phones = self.phones
-            for i in self._by_phone.candidates(phone):
+            for i in index.candidates(phone):
                 found = phones[i]
                 if found == phone or phone in found.split(";"):
                     out.append(i)
             return out
         # As by_account: the search inline, in the hash's bucket.
-        index = self._by_phone
         h = hash(phone) & _HASH_MASK
         bucket = h >> index.shift
         end = index.starts[bucket + 1]
