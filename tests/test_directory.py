@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import textwrap
 from pathlib import Path
 
@@ -392,3 +393,27 @@ def test_a_remembered_address_is_answered_as_a_new_directory_answers_it(
             assert len(d._written) <= kept
     finally:
         directory._WRITTEN_KEPT = saved
+
+
+def test_a_bucketed_index_searches_each_hash_in_its_bucket_and_finds_what_the_whole_does() -> None:
+    # Buckets by the hash's top bits: each starts at its first key, and a text's entries
+    # (duplicates and 32-bit collisions included) all lie in the bucket its hash names.
+    texts = [f"+7921{i:07d}" for i in range(3000)] + ["+79210000007", "+79210002999"]
+    whole = directory.HashIndex(texts, range(len(texts)), len(texts))
+    index = directory.HashIndex(texts, range(len(texts)), len(texts)).bucketed()
+    keys, starts = index.keys, index.starts
+    assert len(starts) == (1 << (32 - index.shift)) + 1 > 256 and starts[-1] == len(keys)
+    for bucket in range(len(starts) - 1):
+        bound = float(bucket << index.shift << 21)
+        assert starts[bucket] == bisect.bisect_left(keys, bound)
+    for i, key in enumerate(keys):
+        assert starts[(int(key) >> 21) >> index.shift] <= i
+    roster = directory.Roster.of(
+        directory.Subscriber(f"a{i}", (p,), TOPO.served[next(iter(TOPO.served))][0][0].address,
+                             "", None, "sw-lenina", i + 2)
+        for i, p in enumerate(texts)
+    )  # fmt: skip
+    for text in [*texts, "+79219999999", "nobody"]:
+        assert roster.by_phone(text) == [i for i, p in enumerate(texts) if p == text]
+        assert list(index.candidates(text)) == list(whole.candidates(text))
+    assert roster.by_account("a3001") == 3001 and roster.by_account("a3002") is None

@@ -132,19 +132,40 @@ class HashIndex:
     process that built it and the processes forked from it (`Roster` rebuilds its indexes
     when it is unpickled elsewhere)."""
 
-    __slots__ = ("hashes", "keys", "slots")
+    __slots__ = ("hashes", "keys", "shift", "slots", "starts")
 
     def __init__(self, texts: Iterable[str], slots: Iterable[int], limit: int) -> None:
         """`slots`: each text's position, all below `limit`."""
         self.keys: array[float] = array("d")
         self.hashes: array[int] = array("q")
         self.slots: array[int] = array("I")
+        self.starts: array[int] = array("I")  # see `bucketed`
+        self.shift = 32
         if limit > _SLOT_MASK:  # more positions than the packing holds: slower, exact
             pairs = sorted(zip(map(hash, texts), slots, strict=True))
             self.hashes.extend(h for h, _ in pairs)
             self.slots.extend(p for _, p in pairs)
             return
         self.keys = _sorted_keys(iter(texts), iter(slots))
+
+    def bucketed(self) -> HashIndex:
+        """The index with where each bucket of hashes (their top bits) starts in the keys:
+        a lookup bisects its bucket (~8 keys, one or two cache lines) instead of the whole
+        array (a million keys: ~20 steps, the last ten each a miss of the cache). The
+        lookups' indexes only: 4 bytes a bucket, 512 KiB at a million keys."""
+        keys = self.keys
+        if not keys:  # the unpacked index: searched whole
+            return self
+        bits = min(32, (len(keys) // 8).bit_length())
+        self.shift = shift = 32 - bits
+        starts = array("I")
+        at = 0
+        for bucket in range(1 << bits):  # a call each: the event loop is not held
+            at = bisect_left(keys, float(bucket << shift << _SLOT_BITS), at)
+            starts.append(at)
+        starts.append(len(keys))
+        self.starts = starts
+        return self
 
     def candidates(self, text: str) -> Iterator[int]:
         """Positions whose text may be `text` (each to be checked), in position order."""
@@ -249,7 +270,7 @@ class Roster(Sequence[Subscriber]):
 
     def _index(self) -> None:
         n = len(self)
-        self._by_account = HashIndex(_texts(self.accounts), range(n), n)
+        self._by_account = HashIndex(_texts(self.accounts), range(n), n).bucketed()
         phones = self.phones
         if ";" in phones.text:  # several numbers for some: one entry per number
             numbers: list[str] = []
@@ -259,9 +280,9 @@ class Roster(Sequence[Subscriber]):
                     if p:
                         numbers.append(p)
                         owners.append(i)
-            self._by_phone = HashIndex(numbers, owners, n)
+            self._by_phone = HashIndex(numbers, owners, n).bucketed()
         else:
-            self._by_phone = HashIndex(_texts(phones), range(n), n)
+            self._by_phone = HashIndex(_texts(phones), range(n), n).bucketed()
         self._seed = hash(_SEED)
 
     def __getstate__(self) -> dict[str, object]:
@@ -354,18 +375,20 @@ class Roster(Sequence[Subscriber]):
         return cpe_id(self.accounts[i]) if self.ips[i] else self.serving(i)
 
     def by_account(self, account: str) -> int | None:
-        keys = self._by_account.keys
+        index = self._by_account
+        keys = index.keys
         if not keys:  # the unpacked index (more positions than the packing holds)
             accounts = self.accounts
-            for i in self._by_account.candidates(account):
+            for i in index.candidates(account):
                 if accounts[i] == account:
                     return i
             return None
         # HashIndex.candidates and Column.__getitem__, inline (a generator and a call
-        # a candidate cost more than the rest of the search).
+        # a candidate cost more than the rest of the search), in the hash's bucket.
         h = hash(account) & _HASH_MASK
-        at = bisect_left(keys, float(h << _SLOT_BITS))
-        end = len(keys)
+        bucket = h >> index.shift
+        end = index.starts[bucket + 1]
+        at = bisect_left(keys, float(h << _SLOT_BITS), index.starts[bucket], end)
         text, ends = self.accounts.text, self.accounts.ends
         while at < end:
             k = int(keys[at])
@@ -380,18 +403,20 @@ class Roster(Sequence[Subscriber]):
     def by_phone(self, phone: str) -> list[int]:
         """Every subscriber giving this number (E.164), in load order."""
         out: list[int] = []
-        keys = self._by_phone.keys
+        index = self._by_phone
+        keys = index.keys
         if not keys:  # the unpacked index (more positions than the packing holds)
             phones = self.phones
-            for i in self._by_phone.candidates(phone):
+            for i in index.candidates(phone):
                 found = phones[i]
                 if found == phone or phone in found.split(";"):
                     out.append(i)
             return out
-        # As by_account: the search inline.
+        # As by_account: the search inline, in the hash's bucket.
         h = hash(phone) & _HASH_MASK
-        at = bisect_left(keys, float(h << _SLOT_BITS))
-        end = len(keys)
+        bucket = h >> index.shift
+        end = index.starts[bucket + 1]
+        at = bisect_left(keys, float(h << _SLOT_BITS), index.starts[bucket], end)
         text, ends = self.phones.text, self.phones.ends
         while at < end:
             k = int(keys[at])
