@@ -254,7 +254,7 @@ def test_every_served_address_of_a_generated_city_finds_its_node(data: st.DataOb
     assert node.id in m.nodes
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)  # the first example loads the city
 @given(st.data())
 def test_every_subscriber_of_a_generated_city_is_found_by_phone_and_account(
     data: st.DataObject,
@@ -329,7 +329,7 @@ def test_a_crm_export_with_a_bom_crlf_and_a_line_break_in_a_quoted_field(
 _DIGITS = st.text(alphabet="0123456789", min_size=1, max_size=3)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)  # rosters built per example: slow when busy
 @given(
     st.lists(
         st.tuples(
