@@ -19,7 +19,9 @@ T = TypeVar("T")
 
 def selected(request: pytest.FixtureRequest, names: Collection[str]) -> list[str]:
     """The tests of the requesting module selected in this run whose names are in `names`,
-    in the order of `names`' iteration."""
+    in the order of `names`' iteration. Under pytest-xdist each worker collects every
+    test, so this holds only while a module's tests all run in one worker: `--dist
+    loadfile`, as pyproject's addopts say."""
     chosen = {item.name for item in request.session.items if item.path == request.path}
     return [n for n in names if n in chosen]
 

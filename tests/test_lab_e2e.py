@@ -213,7 +213,10 @@ def an_aggregation_dies_and_comes_back(d: LabDaemon, lab: Lab) -> None:
     assert d.check(account=d.account_under("agg-3"))["status"] == "ok"
     lab.up(*d.ips_behind("agg-2"))
     d.wait("the incident resolves", lambda: not d.incidents())
-    resolved = [i for i in d.incidents("resolved") if i["id"] == inc["id"]]
+    # Resolved incidents are read from the database, which the writer reaches a moment
+    # after the open list changes (seconds on a loaded machine): wait for it there.
+    resolved = d.wait("the resolved incident in the database", lambda: [
+        i for i in d.incidents("resolved") if i["id"] == inc["id"]], within=20)  # fmt: skip
     assert len(resolved) == 1 and resolved[0]["state"] == "resolved"
     assert len(d.incidents("all")) == 1, "no child incidents on recovery"
     assert d.check(account=d.account_under("agg-2"))["status"] == "restored"

@@ -43,7 +43,11 @@ def test_addresses_are_spelled_out_for_speech() -> None:
     assert messages.load("en").spoken_address("12 Main St, Apt 5") == "12 Main Street, apartment 5"
 
 
-@pytest.mark.parametrize("status", messages.DEFAULTS["ru"].keys() - {"eta_known", "eta_unknown"})
+# Sorted: a set's order changes from one process to the next, and pytest-xdist's workers
+# must collect the same tests in the same order.
+@pytest.mark.parametrize(
+    "status", sorted(messages.DEFAULTS["ru"].keys() - {"eta_known", "eta_unknown"})
+)
 def test_every_status_has_a_sentence_in_both_languages(status: str) -> None:
     for language in ("ru", "en"):
         text = messages.load(language).render(status, NOW, address="ул. Ленина, д. 5",

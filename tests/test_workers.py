@@ -22,7 +22,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -934,15 +933,18 @@ def test_a_taken_port_stops_the_start_with_a_sentence(fresh_db: str) -> None:
         (state / "outagemon.toml").write_text(
             CONFIG.format(state=state, dsn=fresh_db, port=port, write=WRITE)
         )
-        before = set(Path(tempfile.gettempdir()).glob("outagemon-http-*"))
+        # Its own temporary directory: other tests (other pytest-xdist workers) make and
+        # remove outagemon-http-* directories in the shared one meanwhile.
+        tmp = state / "tmp"
+        tmp.mkdir()
         done = subprocess.run(
             [sys.executable, "-m", "outagemon", "run", "-c", str(state / "outagemon.toml")],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, env={**os.environ, "TMPDIR": str(tmp)},
         )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
     assert '"supervisor"' not in done.stdout, "nothing was forked"
-    assert set(Path(tempfile.gettempdir()).glob("outagemon-http-*")) <= before, "nothing left"
+    assert list(tmp.glob("outagemon-http-*")) == [], "nothing left"
 
 
 def test_workers_serve_https_on_the_shared_socket(fresh_db: str) -> None:
