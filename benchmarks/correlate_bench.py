@@ -1,11 +1,12 @@
 """How fast and how right the correlator decides, on simulated networks in simulated time.
 
-    .venv/bin/python -m benchmarks.correlate_bench [--parts detection,loss,core,steady,reload]
-        [--subscribers 1000000] [--profile] [--change PCT]
+    .venv/bin/python -m benchmarks.correlate_bench
+        [--parts detection,loss,core,steady,reload,freeze] [--subscribers 1000000]
+        [--profile] [--change PCT] [--nodes 1000000]
 
 A city-sized network cannot exist on this machine, so the network is simulated
 (outagemon/simnet.py): probes are scheduled as the real scheduler does and lost or
-answered by the simulated devices; the correlator is the real one. Four measurements:
+answered by the simulated devices; the correlator is the real one. The measurements:
 
 1. Detection latency (interval 5 s, timeout 1 s, down_after 3): 200 faults of single
    access or aggregation switches, each repaired before the next; time from the fault to
@@ -32,6 +33,11 @@ answered by the simulated devices; the correlator is the real one. Four measurem
    directory has been freed. `--change PCT`: the subscriber file is changed first (PCT %
    of its rows: a third removed, a third moved to other buildings and router addresses,
    as many new), so that the reload has routers new, gone and moved.
+6. Full collections of the cyclic collector with a node's state for each of `--nodes`
+   nodes, made (as by the first probe results) after the topology was frozen: a full
+   collection's CPU time with the states as they are made, and after the ICMP source's
+   `freeze_made` (which its decision loop calls at the end of the first rounds after the
+   start and after a reload), side by side in one run.
 """
 
 from __future__ import annotations
@@ -253,6 +259,7 @@ class Holds:
         self.where: list[tuple[float, float, str]] = []  # (cpu, wall, the thread's line)
         self.steps: list[tuple[float, float, str]] = []  # (loop CPU, wall, callback)
         self._patched = steps
+        self._run = asyncio.Handle._run
 
     def reset(self) -> None:
         self.worst_wall = self.worst_cpu = 0.0
@@ -261,16 +268,19 @@ class Holds:
         self.steps.clear()
 
     async def run(self) -> None:
-
-        from asyncio import events
-
-        run = events.Handle._run
         if self._patched:
             self._patch()
         try:
             await self._watch()
-        finally:  # the benchmark's own teardown (freeing its city) is no step of the reload
-            events.Handle._run = run  # type: ignore[method-assign]
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Time no more steps: the benchmark's own teardown (freeing its city as it
+        returns) is no step of the reload, and runs before this task is cancelled."""
+        from asyncio import events
+
+        events.Handle._run = self._run  # type: ignore[method-assign]
 
     async def _watch(self) -> None:
         import sys
@@ -417,6 +427,9 @@ async def _reload(config_path: Path, holds: Holds, change: float = 0.0,
     source.scheduler = Scheduler(_NoEngine(), lambda o: None, cfg.probe.interval,  # type: ignore[arg-type]
                                  cfg.probe.max_rate)  # fmt: skip
     source.retarget(daemon._targets(monitor), cfg.probe)
+    # The loaded directory is the daemon's alone, as in `outagemon run`: what of it the
+    # reload's release leaves is freed there, on the loop, not at this function's end.
+    del loaded
     if holds._patched:  # the swap's steps, each timed
         _timed(daemon, "_loaded", holds.steps)
         _timed(monitor, "set_directory", holds.steps)
@@ -432,6 +445,11 @@ async def _reload(config_path: Path, holds: Holds, change: float = 0.0,
     outcome, _ = await daemon._reload()
     took = time.perf_counter() - started
     await asyncio.sleep(RELEASE_WAIT)  # the replaced directory is freed in slices after a grace
+    # The benchmark's own teardown (what this frees as it returns, after the reload and its
+    # release: the step timed 24-43 ms CPU as a wake-up of `_reload`, taken for the swap's)
+    # is no step of the reload: the steps are timed no more, and it is the next one.
+    holds.stop()
+    await asyncio.sleep(0)
     watching.cancel()
     holding.cancel()
     held = sum(n for b, n in zip(lag.histogram.bounds, lag.histogram.counts, strict=False)
@@ -463,9 +481,74 @@ def reload_hold(subscribers: int, profile: bool = False, change: float = 0.0) ->
     print(holds.report(12 if profile else 3))
 
 
+class _Rounds:
+    """The ICMP source's scheduler, as far as freezing reads it: its round count."""
+
+    rounds = 0
+
+
+def _full_collections(times: int = 3) -> tuple[float, float, int]:
+    """The median CPU and wall time of a full collection (timed by gc.callbacks, from
+    its start to its stop), and how many objects it had to walk (the generations')."""
+    took: list[tuple[float, float]] = []
+    began: list[float] = []
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            began[:] = [time.thread_time(), time.perf_counter()]
+        else:
+            took.append((time.thread_time() - began[0], time.perf_counter() - began[1]))
+
+    gc.callbacks.append(timed)
+    try:
+        for _ in range(times):
+            gc.collect()
+    finally:
+        gc.callbacks.remove(timed)
+    return (percentile([c for c, _ in took], 0.5), percentile([w for _, w in took], 0.5),
+            len(gc.get_objects()))  # fmt: skip
+
+
+def freeze_states(nodes: int) -> None:
+    """6. Full collections with a node's state for every node: made by the first probe
+    results, after the directory was frozen. Before: as they are until the first round's
+    end (main leaves them so); after: once the ICMP source froze them (`freeze_made`, as
+    its decision loop calls it at the end of the first rounds)."""
+    from outagemon.config import ProbeConfig
+    from outagemon.probing.icmp import IcmpSource
+
+    topo = city(aggs=max(1, nodes // 10_101), access=100, cpes=100)
+    gc.collect()
+    gc.freeze()  # the loaded topology, as the daemon freezes it after a load
+    c = Correlator(topo, SETTINGS, anchors=["uplink"])
+    for n in topo.nodes:  # the first round: every node's first result makes its state
+        c.observe(n, True, 1_000_000.0)
+    source = IcmpSource(ProbeConfig())
+    source.scheduler = _Rounds()  # type: ignore[assignment]
+    before = _full_collections()
+    source.scheduler.rounds = 1
+    froze = source.freeze_made()
+    after = _full_collections()
+    gc.unfreeze()
+    print(
+        f"6. Full collections of the cyclic collector with {len(c.states):,} node states "
+        f"(median of 3, gc.callbacks start to stop; load average {os.getloadavg()[0]:.2f}):"
+    )
+    for name, (cpu, wall, walked) in (("states not frozen (main)", before),
+                                      (f"after freeze_made ({froze})", after)):  # fmt: skip
+        print(
+            f"   {name}: {cpu * 1000:.1f} ms CPU ({wall * 1000:.1f} ms wall), "
+            f"{walked:,} objects in the generations"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="detection,loss,core,steady,reload")
+    ap.add_argument("--parts", default="detection,loss,core,steady,reload,freeze")
+    ap.add_argument("--nodes", type=int, default=1_000_000,
+                    help="freeze: the nodes (each with its state) of the city")  # fmt: skip
     ap.add_argument("--subscribers", type=int, default=1_000_000)
     ap.add_argument("--profile", action="store_true",
                     help="reload: list the longest steps of the loop and of the swap")  # fmt: skip
@@ -486,7 +569,10 @@ def main() -> None:
         steady()
     if "reload" in parts:
         reload_hold(args.subscribers, args.profile, args.change)
+    if "freeze" in parts:
+        freeze_states(args.nodes)
     more = f" --change {args.change:g}" if args.change else ""
+    more += f" --nodes {args.nodes}" if "freeze" in parts else ""
     print(f"reproduce: .venv/bin/python -m benchmarks.correlate_bench --parts {args.parts} "
           f"--subscribers {args.subscribers}{more}")  # fmt: skip
 

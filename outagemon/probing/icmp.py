@@ -8,6 +8,7 @@ through its `ProbeSource` protocol; the demo supplies a simulated network instea
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 from collections.abc import Coroutine, Mapping
@@ -24,6 +25,11 @@ from outagemon.probing.scheduler import Outcome, Plan, Scheduler
 log = logs.get("outagemon.daemon")  # its lines have always been the daemon's
 
 TICK = 0.1  # seconds between correlator decisions
+# Rounds after the start, and after a reload, at whose end what was made meanwhile is
+# frozen (gc.freeze): the first results make a state for every node and a history for
+# every target (a million in a city), after the directory's objects were frozen; the
+# second round catches the replies still in flight at the end of the first.
+FREEZE_ROUNDS = 2
 
 
 class Feed(Protocol):
@@ -66,6 +72,8 @@ class IcmpSource:
         # address -> node (a node's address, the other way, the monitor knows: a reload
         # made a second dict of a million entries, and its growing held the event loop)
         self.node_of: Mapping[str, str] = {}
+        self._freeze_from = 0  # the scheduler's round count when probing (re)started
+        self._frozen = 0  # rounds since then whose end was frozen
 
     def start(self, feed: Feed, shown: Readiness,
               targets: Mapping[str, str]) -> dict[str, Coroutine[Any, Any, None]]:  # fmt: skip
@@ -114,7 +122,25 @@ class IcmpSource:
         self.node_of = plan.node_of
         old += self.scheduler.apply(plan.schedule)
         self.scheduler.max_rate = probe.max_rate
+        self._freeze_from, self._frozen = self.scheduler.rounds, 0  # new targets' states
         return old
+
+    def freeze_made(self) -> bool:
+        """Freeze (gc.freeze) what the results made, once at the end of each of the first
+        FREEZE_ROUNDS rounds after the start or a reload: a node's state and a target's
+        history, a million of each in a city, are made by their first result, after the
+        directory was frozen, and every full collection of the cyclic collector walked
+        them all (on the loop). Moving them out of the collector's generations is O(1);
+        they are still freed by reference counting (a reload's gone nodes), but a cycle
+        of garbage already in the oldest generation then is kept for good (the young
+        ones are collected first). Returns whether it froze now."""
+        done = self.scheduler.rounds - self._freeze_from
+        if self._frozen >= FREEZE_ROUNDS or done <= self._frozen:
+            return False
+        self._frozen = min(done, FREEZE_ROUNDS)
+        gc.collect(1)  # the young generations' garbage first (small), not frozen with them
+        gc.freeze()
+        return True
 
     def close(self) -> None:
         self.engine.close()
@@ -143,6 +169,7 @@ class IcmpSource:
                 shown.not_ready = None
                 feed.first_round_done = True
                 log.info("daemon.first_round_done", targets=len(self.node_of))
+            self.freeze_made()
             if started - measured >= 5:
                 stats = self.engine.stats
                 shown.probe_rate = (stats.sent - sent_before) / (started - measured)
