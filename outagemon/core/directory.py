@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, compress, count, islice, repeat
 from operator import add, and_, eq, mul, ne, rshift
 from pathlib import Path
-from typing import cast, overload
+from typing import TypeVar, cast, overload
 
 from rapidfuzz import fuzz, process
 
@@ -99,21 +99,38 @@ class Column:
         return self.text[ends[i - 1] if i else 0 : ends[i]]
 
 
+_N = TypeVar("_N", int, float)
+
+
 class _ColumnBuilder:
-    """A Column made a chunk at a time (the chunk's texts joined, offsets extended)."""
+    """A Column made a chunk at a time (the chunk's texts joined, its offsets an array)."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
-        self.ends: array[int] = array("I")
+        self.ends: list[array[int]] = []
         self.size = 0
 
     def extend(self, values: list[str]) -> None:
         self.parts.append("".join(values))
-        self.ends.extend(islice(accumulate(map(len, values), initial=self.size), 1, None))
+        self.ends.append(array("I", islice(accumulate(map(len, values), initial=self.size), 1,
+                                           None)))  # fmt: skip
         self.size += len(self.parts[-1])
 
     def done(self) -> Column:
-        return Column("".join(self.parts), self.ends)
+        return Column("".join(self.parts), _joined(self.ends, "I"))
+
+
+def _joined(parts: Sequence[Sequence[_N] | array[_N]], typecode: str) -> array[_N]:
+    """The parts in one array, made at its size and filled a part at a time. (An array
+    grown by extend() outgrows its memory every sixteenth of its size, and is then copied
+    whole in one call into C: 4 MiB and more at a million entries, the interpreter's lock
+    held, and a reload's event loop beside it, for up to 25 ms each time.)"""
+    out = cast("array[_N]", array(typecode, [0])) * sum(map(len, parts))
+    at = 0
+    for part in parts:
+        out[at : at + len(part)] = part if isinstance(part, array) else array(typecode, part)
+        at += len(part)
+    return out
 
 
 _SLOT_BITS = 21  # an entry's position in the packed key: up to 2,097,152 positions
@@ -194,15 +211,15 @@ class HashIndex:
             at: Sequence[int] | _Slots = self.slots
         else:
             keys = self.keys
-            top = array("q")
-            for i in range(0, len(keys), _RUN):  # a run at a time: see _sorted_keys
-                top.extend(map(rshift, map(int, keys[i : i + _RUN]), repeat(_SLOT_BITS)))
+            runs = range(0, len(keys), _RUN)  # a run at a time: see _sorted_keys
+            hashes = (map(rshift, map(int, keys[i : i + _RUN]), repeat(_SLOT_BITS)) for i in runs)
+            top = _joined([array("q", h) for h in hashes], "q")
             at = _Slots(self.keys)
         same = compress(count(1), map(eq, islice(top, 1, None), top))
         return sorted({at[j] for i in same for j in (i - 1, i)})
 
 
-_RUN = 8_192  # entries a single call into C takes at most, where it can be cut
+_RUN = 4_096  # entries a single call into C takes at most, where it can be cut
 
 
 def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
@@ -222,7 +239,7 @@ def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
         if not run:
             break
         runs.append(run)
-    keys = array("d")
+    pieces: list[array[float]] = []
     parts = max(1, sum(map(len, runs)) // _RUN)
     top = float((_HASH_MASK + 1) << _SLOT_BITS)  # above every key
     starts = [0] * len(runs)
@@ -234,9 +251,11 @@ def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
             piece += run[starts[r] : end]
             starts[r] = end
         piece.sort()
-        keys.extend(piece)
+        pieces.append(array("d", piece))
     while runs:  # a run freed at a time: the million floats freed at once took 30 ms
         runs.pop()
+    keys = _joined(pieces, "d")
+    pieces.clear()
     return keys
 
 
@@ -755,8 +774,8 @@ def read_rows(
     normalise_phone, canonical_ip = addresses.normalise_phone, addresses.canonical_ip
     ntop, pton, inet = socket.inet_ntop, socket.inet_pton, socket.AF_INET
     accounts, phones, flats, ips = (_ColumnBuilder() for _ in range(4))
-    numbers: array[int] = array("I")
-    place_of: array[int] = array("I")
+    numbers: list[Sequence[int]] = []  # each chunk's, joined at the end (see _joined)
+    place_of: list[Sequence[int]] = []
     row_number = 1
     while True:
         chunk = list(islice(rows, CHUNK_ROWS))
@@ -873,11 +892,11 @@ def read_rows(
         phones.extend(c_phones)
         flats.extend(c_flats)
         ips.extend(c_ips)
-        numbers.extend(c_rows)
-        place_of.extend(c_places)
+        numbers.append(c_rows)
+        place_of.append(c_places)
     roster = Roster(
-        accounts.done(), phones.done(), flats.done(), ips.done(), numbers, place_of,
-        places.places,
+        accounts.done(), phones.done(), flats.done(), ips.done(), _joined(numbers, "I"),
+        _joined(place_of, "I"), places.places,
     )  # fmt: skip
     roster, more = _without_duplicates(roster)
     problems += more
