@@ -454,3 +454,31 @@ def test_a_fault_back_soon_reopens_the_incident_from_its_own_start() -> None:
     assert [e.incident for e in kinds(events, "reopened")] == [inc.id]
     assert s.correlator.incidents[inc.id] is inc and inc.opened_at == first
     assert failed_again <= inc.since <= failed_again + 30 and inc.reopened_at == inc.since
+
+
+def test_the_cut_is_every_node_cut_off_from_scratch_and_by_what_failures_add() -> None:
+    """The decisions' cut (one call a parent for children with that one uplink, the rest
+    child by child) is the topology's own answer, whether made from scratch or grown from
+    the cut of fewer failures, with dual-homed nodes, routers and inner routers."""
+    import random
+
+    rng = random.Random(4)
+    nodes = [n("top", "core"), n("top2", "core")]
+    for a in range(6):
+        ups = ("top",) if a % 3 else ("top", "top2")  # some aggregations dual-homed
+        nodes.append(n(f"agg{a}", "aggregation", ups))
+        for s in range(5):
+            ups = (f"agg{a}",) if s % 2 else (f"agg{a}", f"agg{(a + 1) % 6}")
+            nodes.append(n(f"sw{a}-{s}", "access", ups))
+            for c in range(4):
+                nodes.append(n(f"cpe{a}-{s}-{c}", "cpe", (f"sw{a}-{s}",)))
+            nodes.append(n(f"hub{a}-{s}", "cpe", (f"sw{a}-{s}",)))  # a router with children
+            nodes.append(n(f"cpe{a}-{s}-h", "cpe", (f"hub{a}-{s}",)))
+    t = Topology(nodes)
+    corr = Correlator(t, SETTINGS)
+    ids = list(t.nodes)
+    for _ in range(200):
+        failed = set(rng.sample(ids, rng.randint(0, 12)))
+        more = failed | set(rng.sample(ids, rng.randint(1, 12)))
+        assert corr._cut(set(failed)) == t.cut_off(failed)
+        assert corr._cut(more - failed, corr._cut(set(failed))) == t.cut_off(more)

@@ -58,6 +58,11 @@ class Correlator(Failures):
         self._pending_since: dict[str, float] = {}  # root candidates waiting to settle
         self._blocked: dict[str, tuple[str, float]] = {}  # pending root -> (ancestor, its last_at)
         self._roots_cache: list[str] = []
+        # `_roots_cache` (the very list), its roots in name order and as a set: made once
+        # a change of the roots, not every tick (a mass outage has hundreds waiting to
+        # settle); and the roots `_pending_since` was last cleared of others for.
+        self._roots_sorted: tuple[list[str], list[str], set[str]] = (self._roots_cache, [], set())
+        self._pending_of: list[str] | None = None
         self._blind_at = -math.inf  # when the monitor last went blind
         # What _scope is of: the topology, the works running and those still to end.
         self._scope_key: tuple[int, tuple[Maintenance, ...], tuple[Maintenance, ...]] = (0, (), ())
@@ -421,39 +426,43 @@ class Correlator(Failures):
             # Work in proportion to what failed, never to the size of the network; and when
             # failures were only added, only to what they add.
             self._dirty = False
-            nodes = self.topology.nodes
-            down, inferred = self._down, self.inferred
-            added = [n for n in self._added if n in down or n in inferred]
+            # Roots are never routers (kind cpe) and routers without children (most of
+            # what fails in a mass outage) are not in the small dict of inner nodes: the
+            # candidates are looked up there.
+            inner_of = self.topology.inner
             if self._removed:
                 failed = self._failed()
                 cut = self._cut(failed)
                 candidates: Iterable[str] = failed
                 keep: list[str] = []
             else:
-                # Subscribers' routers are most of what fails in a mass outage: leaves of
-                # kind cpe cut off nothing and are never roots, so they only join the cut.
-                inner_nodes = self.topology.inner_nodes
-                inner = [n for n in added if n in inner_nodes]
+                # Nothing left the failed set since the last decision (else `_removed`):
+                # all that joined it is in it still. Subscribers' routers are most of
+                # what fails in a mass outage: leaves of kind cpe cut off nothing and are
+                # never roots, so they only join the cut.
+                # The inner nodes among them: an intersection, which walks the smaller
+                # set (a tick of a mass outage adds 2,000 routers, not looked at one by one).
+                added = self._added
+                inner = added & self.topology.inner_nodes
                 cut = self._cut_cache
                 cut.update(added)
-                cut = self._cut(set(inner), cut) if inner else cut
-                added = inner
+                cut = self._cut(inner, cut) if inner else cut
                 # Old roots stay roots unless a new failure could be above them (a node with
                 # children); routers and other leaves explain nothing.
-                old = self._roots_cache if any(nodes[n].children for n in added) else []
+                old = self._roots_cache if any(inner_of[n].children for n in inner) else []
                 if not old:
-                    candidates = added
+                    candidates = inner
                     keep = self._roots_cache
                 else:
-                    candidates = [*old, *added]
+                    candidates = [*old, *inner]
                     keep = []
             self._added = set()
             self._removed = False
             self._cut_cache = cut
             self._roots_cache = keep + [
                 n for n in dict.fromkeys(candidates)
-                if nodes[n].kind != "cpe"
-                and not (nodes[n].parents and all(p in cut for p in nodes[n].parents))
+                if (node := inner_of.get(n)) is not None and node.kind != "cpe"
+                and not (node.parents and cut.issuperset(node.parents))
             ]  # fmt: skip
         cut, roots = self._cut_cache, self._roots_cache
         book = self.book
@@ -464,8 +473,13 @@ class Correlator(Failures):
         pending, blocked, states = self._pending_since, self._blocked, self.states
         window = self.settings.window
         # Roots with an incident first, then the rest, each in name order.
-        for root in [*sorted(r for r in roots if r in by_root),
-                     *sorted(r for r in roots if r not in by_root)]:  # fmt: skip
+        if self._roots_sorted[0] is not roots:
+            self._roots_sorted = (roots, sorted(roots), set(roots))
+        _, ordered, root_set = self._roots_sorted
+        if by_root:
+            ordered = [*(r for r in ordered if r in by_root),
+                       *(r for r in ordered if r not in by_root)]  # fmt: skip
+        for root in ordered:
             inc = by_root.get(root)
             if inc is None:
                 since = pending.get(root)
@@ -491,14 +505,17 @@ class Correlator(Failures):
             active.append(inc)
             if inc.recovering_since is not None:
                 book.refailed(inc, now)
-        root_set = set(roots)
-        for gone in [r for r in self._pending_since if r not in root_set]:
-            del self._pending_since[gone]
-            self._blocked.pop(gone, None)
+        # Only roots are added to `_pending_since`: with the same roots as when it was
+        # last cleared of others, it holds no other.
+        if self._pending_of is not roots:
+            for gone in [r for r in self._pending_since if r not in root_set]:
+                del self._pending_since[gone]
+                self._blocked.pop(gone, None)
+            self._pending_of = roots
         if opened or (changed and active):
             # Blind, what fails is no evidence: no incident takes in more nodes.
             book.assign(active, cut, now, self.topology, grow=not self.blind)
-        book.recover(set(roots), cut, now, self.states, self.settings.resolve_hold,
+        book.recover(root_set, cut, now, self.states, self.settings.resolve_hold,
                      self.settings.flap_period)  # fmt: skip
         self.version += book.end_works(now, self._scope, self.settings.resolve_hold)
 

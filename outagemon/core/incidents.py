@@ -346,7 +346,7 @@ class IncidentBook:
         taken = set(roots)
         guarded = topology.feeds_several | {p for r in roots if r in nodes
                                             for p in nodes[r].parents}  # fmt: skip
-        inner = topology.inner_nodes
+        inner, inner_of = topology.inner_nodes, topology.inner
         for inc in sorted(active, key=lambda i: i.id):
             owner.setdefault(inc.root, inc.id)
             members = [inc.root]
@@ -356,7 +356,9 @@ class IncidentBook:
             queue = deque(members)
             while queue:
                 parent = queue.popleft()
-                kids = nodes[parent].children
+                # Walked are roots and inner nodes: looked up in the small dict of those.
+                node = inner_of.get(parent)
+                kids = (nodes[parent] if node is None else node).children
                 if not kids:
                     continue
                 new: Sequence[str]
