@@ -414,7 +414,7 @@ def main() -> None:
         "--opened-only",
         action="store_true",
         help="score a suspicion by where it opened only, not where it was moved keeping its "
-        "id (the scoring before the tenth session)",
+        "id (the scoring before the ninth session)",
     )
     parser.add_argument(
         "--day",
