@@ -120,7 +120,7 @@ class _ColumnBuilder:
         return Column("".join(self.parts), _joined(self.ends, "I"))
 
 
-def _joined(parts: Sequence[Sequence[_N] | array[_N]], typecode: str) -> array[_N]:
+def _joined(parts: Sequence[array[_N]], typecode: str) -> array[_N]:
     """The parts in one array, made at its size and filled a part at a time. (An array
     grown by extend() outgrows its memory every sixteenth of its size, and is then copied
     whole in one call into C: 4 MiB and more at a million entries, the interpreter's lock
@@ -128,7 +128,7 @@ def _joined(parts: Sequence[Sequence[_N] | array[_N]], typecode: str) -> array[_
     out = cast("array[_N]", array(typecode, [0])) * sum(map(len, parts))
     at = 0
     for part in parts:
-        out[at : at + len(part)] = part if isinstance(part, array) else array(typecode, part)
+        out[at : at + len(part)] = part
         at += len(part)
     return out
 
