@@ -57,6 +57,41 @@ def test_a_topology_name_with_a_nul_is_a_problem_not_a_crash() -> None:
     ), e.value.problems
 
 
+@pytest.mark.parametrize(
+    ("entries", "said"),
+    [
+        # The same bad text twice (the composer reads it once): each entry is told.
+        (
+            '  - {id: sw-x, kind: access, parents: [agg-s], name: "a\\tb"}\n'
+            '  - {id: sw-y, kind: access, parents: [agg-s], name: "a\\tb"}\n',
+            ["line 16: name holds a tab (U+0009)", "line 17: name holds a tab (U+0009)"],
+        ),
+        (
+            '  - {id: sw-x, kind: access, parents: [agg-s], labels: {district: "n\\0"}}\n',
+            ["line 16: district holds a NUL byte (U+0000)"],
+        ),
+        (
+            '  - {id: sw-x, kind: access, parents: [agg-s], "na\\x01me": x}\n',
+            ["line 16: na\x01me holds a control character (U+0001)"],
+        ),
+        # An anchor: read by PyYAML's own load, every entry searched.
+        (
+            '  - {id: sw-x, kind: access, parents: [agg-s], name: &n "a\\rb"}\n',
+            ["line 16: name holds a carriage return (U+000D)"],
+        ),
+    ],
+)
+def test_a_bad_character_anywhere_in_a_topology_entry_is_found(
+    entries: str, said: list[str]
+) -> None:
+    """The event composer looks at each text of the file once, and the entries are
+    searched one by one only when some text holds a bad character: none is missed."""
+    with pytest.raises(TopologyError) as e:
+        topology.parse_text(textwrap.dedent(TOPOLOGY) + entries, Path("topology.yaml"))
+    for sentence in said:
+        assert any(sentence in p for p in e.value.problems), (sentence, e.value.problems)
+
+
 def test_check_config_reports_a_nul_in_the_crm_export(tmp_path: Path) -> None:
     (tmp_path / "topology.yaml").write_text(textwrap.dedent(TOPOLOGY))
     (tmp_path / "subscribers.csv").write_text(

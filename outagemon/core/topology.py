@@ -575,9 +575,11 @@ class _Unusual(Exception):
     tags, merge keys, a mapping or a list as a key, several documents)."""
 
 
-def _compose(loader: _LineLoader) -> Any:
+def _compose(loader: _LineLoader) -> tuple[Any, bool]:
     """The document's data, built from libyaml's events one at a time, as the loader
-    would build it (each mapping with its "__line__").
+    would build it (each mapping with its "__line__"); and whether any of its texts
+    holds a character `bad_character` refuses (each text looked at once: the file
+    repeats most of them, and a node's entry need not be walked again for it).
 
     `yaml.load` with libyaml composes the whole document into a graph of nodes in one
     call into C, then constructs the data from it, remembering every node in a dict,
@@ -587,6 +589,7 @@ def _compose(loader: _LineLoader) -> Any:
     no node graph or dict of nodes is made, and the interpreter can switch between any
     two. Scalars are resolved and constructed by the loader's own resolver and
     constructors (remembered by text: a file repeats its kinds and parents)."""
+    suspect = False
     events = yaml.events
     scalar_event, mapping_start, sequence_start = (
         events.ScalarEvent, events.MappingStartEvent, events.SequenceStartEvent)  # fmt: skip
@@ -596,7 +599,7 @@ def _compose(loader: _LineLoader) -> Any:
     scalars: dict[tuple[str, Any], Any] = {}
     get_event()  # the stream's start
     if loader.check_event(events.StreamEndEvent):
-        return None
+        return None, suspect
     get_event()  # the document's start
     stack: list[list[Any]] = []  # [container, the key waiting for its value, line]
     while True:
@@ -614,6 +617,8 @@ def _compose(loader: _LineLoader) -> Any:
                 node = scalar_node(tag, event.value, event.start_mark, event.end_mark,
                                    event.style)  # fmt: skip
                 value = scalars[key] = constructors[tag](loader, node)
+                # Every text in the data, keys too, is a scalar's: its value as written.
+                suspect = suspect or bad_character(event.value) is not None
         elif kind is mapping_start or kind is sequence_start:
             if event.anchor is not None or event.tag not in (None, "!"):
                 raise _Unusual
@@ -643,12 +648,13 @@ def _compose(loader: _LineLoader) -> Any:
     get_event()  # the document's end
     if not loader.check_event(events.StreamEndEvent):
         raise _Unusual
-    return value
+    return value, suspect
 
 
-def _load_yaml(text: str) -> Any:
+def _read_yaml(text: str) -> tuple[Any, bool]:
     """The file's data: event by event (`_compose`), or by PyYAML's own load when the
-    file uses what the composer leaves to it (the same data either way)."""
+    file uses what the composer leaves to it (the same data either way); and False when
+    no text in it holds a bad character (True: maybe, each entry to be searched)."""
     loader = _LineLoader(text)  # a SafeLoader subclass: no arbitrary objects
     try:
         return _compose(loader)
@@ -656,13 +662,13 @@ def _load_yaml(text: str) -> Any:
         pass
     finally:
         loader.dispose()
-    return yaml.load(text, Loader=_LineLoader)
+    return yaml.load(text, Loader=_LineLoader), True
 
 
 def parse_text(text: str, path: Path) -> Topology:
     """Parse a topology file's text; raise TopologyError listing every problem by line."""
     try:
-        raw = _load_yaml(text)
+        raw, suspect = _read_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "the file"
@@ -673,11 +679,12 @@ def parse_text(text: str, path: Path) -> Topology:
     problems: list[str] = []
     nodes: list[Node] = []
     items = raw["nodes"]
+    read = _Read()
     for i, item in enumerate(items):
         # Each entry dropped once read: the list's 25,000 mappings freed at once at the
         # end held the event loop beside a reload's thread for 35 ms.
         items[i] = None
-        node = _parse_node(item, path, problems)
+        node = _parse_node(item, path, problems, suspect, read)
         if node is not None:
             nodes.append(node)
         del item
@@ -705,7 +712,12 @@ def _in_line_order(problems: list[str], path: Path) -> list[str]:
     return sorted(problems, key=line)
 
 
-def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
+def _parse_node(
+    item: Any, path: Path, problems: list[str], suspect: bool = True, read: _Read | None = None
+) -> Node | None:
+    """The entry's node (None: refused, the problem told); `suspect`: some text in the
+    file may hold a bad character (False: the composer found none, see `_compose`);
+    `read`: what the file's earlier entries read."""
     if not isinstance(item, dict):
         problems.append(f"{path}: each entry under 'nodes:' must be a mapping, not {item!r}.")
         return None
@@ -713,7 +725,7 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
     if isinstance(item.get("labels"), dict):
         item["labels"].pop("__line__", None)  # the loader's mark of a line, not a label
     where = f"{path}: line {line}"
-    for key, text in _strings(item):
+    for key, text in _strings(item) if suspect else ():
         bad = bad_character(text)
         if bad is not None:
             problems.append(f"{where}: {key} holds {bad}.")
@@ -757,7 +769,7 @@ def _parse_node(item: Any, path: Path, problems: list[str]) -> Node | None:
         problems.append(f"{where}: serves must be a list of addresses.")
         raw_serves = []
     for entry in raw_serves:
-        served = _parse_served(entry, where, problems)
+        served = _parse_served(entry, where, problems, read)
         if served is not None:
             serves.append(served)
     labels = _parse_labels(item.get("labels", {}) or {}, where, problems)
@@ -814,7 +826,44 @@ def _strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
             yield from _strings(v, key)
 
 
-def _parse_served(entry: Any, where: str, problems: list[str]) -> Served | None:
+class _Read:
+    """What a file's parse has read already, by the text as written: a building's
+    address, and its flats' ranges, are written again for each of its entrances."""
+
+    __slots__ = ("addresses", "flats")
+
+    def __init__(self) -> None:
+        self.addresses: dict[str, Address | None] = {}
+        # (type, value) -> the ranges, or the reason they are refused (True == 1 as keys)
+        self.flats: dict[tuple[type, object], FlatRanges | str] = {}
+
+    def address(self, text: str) -> Address | None:
+        found = self.addresses.get(text, _NOTHING)
+        if found is _NOTHING:
+            found = self.addresses[text] = addresses.parse(text)
+        return cast("Address | None", found)
+
+    def flat_ranges(self, value: Any) -> FlatRanges:
+        """parse_flats, remembered for a text or a number."""
+        if not isinstance(value, str | int):
+            return parse_flats(value)
+        key = (type(value), value)
+        found = self.flats.get(key)
+        if found is None:
+            try:
+                found = parse_flats(value)
+            except ValueError as e:
+                found = str(e)
+            self.flats[key] = found
+        if isinstance(found, str):
+            raise ValueError(found)
+        return found
+
+
+def _parse_served(
+    entry: Any, where: str, problems: list[str], read: _Read | None = None
+) -> Served | None:
+    read = read or _Read()
     flats: FlatRanges | None = None
     if isinstance(entry, dict):
         entry.pop("__line__", None)
@@ -824,7 +873,7 @@ def _parse_served(entry: Any, where: str, problems: list[str]) -> Served | None:
         text = entry.get("address")
         if "flats" in entry:
             try:
-                flats = parse_flats(entry["flats"])
+                flats = read.flat_ranges(entry["flats"])
             except ValueError as e:
                 problems.append(f"{where}: flats of {text!r}: {e}.")
                 return None
@@ -833,7 +882,7 @@ def _parse_served(entry: Any, where: str, problems: list[str]) -> Served | None:
     if not isinstance(text, str):
         problems.append(f"{where}: an address in serves must be text, not {text!r}.")
         return None
-    parsed = addresses.parse(text)
+    parsed = read.address(text)
     if parsed is None:
         problems.append(
             f"{where}: cannot read the address {text!r}: a street and a house number are needed."
