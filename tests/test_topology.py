@@ -221,3 +221,26 @@ def test_the_data_read_is_what_pyyaml_reads(text: str) -> None:
 
     ours = outcome(lambda: topology._read_yaml(text)[0])
     assert ours == outcome(lambda: yaml.load(text, Loader=topology._LineLoader))
+
+
+def test_flats_and_addresses_read_once_a_file_still_answer_each_entry() -> None:
+    """A file's repeated addresses and flats are read once (`_Read`): a refusal is told
+    for every entry that repeats it, and `true` is not read as the flat 1."""
+    text = (
+        "nodes:\n- {id: a, kind: core}\n"
+        "- {id: s1, kind: segment, parents: [a], serves: [{address: ул. Мира 1, flats: 1}]}\n"
+        "- {id: s2, kind: segment, parents: [a], serves: [{address: ул. Мира 2, flats: true}]}\n"
+        "- {id: s3, kind: segment, parents: [a], serves: [{address: ул. Мира 3, flats: x}]}\n"
+        "- {id: s4, kind: segment, parents: [a], serves: [{address: ул. Мира 3, flats: x}]}\n"
+        "- {id: s5, kind: segment, parents: [a], serves: [Мира]}\n"
+        "- {id: s6, kind: segment, parents: [a], serves: [Мира]}\n"
+    )
+    with pytest.raises(TopologyError) as e:
+        topology.parse_text(text, Path("t.yaml"))
+    said = "\n".join(e.value.problems)
+    assert "line 4: node 's2': flats of 'ул. Мира 2': 'True' is not a flat number" in said
+    for line in (5, 6):
+        assert f"line {line}: node 's{line - 2}': flats of 'ул. Мира 3': 'x' is not" in said
+    for line in (7, 8):
+        assert f"line {line}: node 's{line - 2}': cannot read the address 'Мира'" in said
+    assert len(e.value.problems) == 5
