@@ -326,6 +326,7 @@ def _check_config(config_path: Path) -> int:
 
     from outagemon import config
     from outagemon.core import directory, messages
+    from outagemon.core.addresses import PhonePlan
     from outagemon.errors import ConfigError
 
     # Every problem in one pass: the config's, and the topology's and subscribers' as far
@@ -345,7 +346,7 @@ def _check_config(config_path: Path) -> int:
     loaded = None
     if files is not None:
         try:
-            loaded = directory.load(files.file, files.subscribers)
+            loaded = directory.load(files.file, files.subscribers, PhonePlan.of(files.phones))
         except ConfigError as e:
             problems += config.keyed(e.problems, cfg if cfg is not None else files)
     if cfg is None or loaded is None or problems:

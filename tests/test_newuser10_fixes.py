@@ -1,0 +1,115 @@
+"""Defects found by the tenth new user's trial (a NOC engineer and an integrator), each pinned."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from outagemon import config
+from outagemon.core import directory
+from outagemon.core.addresses import RUSSIA, PhonePlan, normalise_phone
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPOLOGY = """\
+nodes:
+- {id: core-1, kind: core, ip: 127.0.0.1}
+- {id: sw-1, kind: access, ip: 127.0.0.2, parents: [core-1], serves: ["1 Main St"]}
+"""
+# A North American provider's CRM export: numbers as its staff write them.
+SUBSCRIBERS = """\
+account,phones,address,flat,ip
+2001,(555) 010-0002,1 Main St,4,
+2002,1-555-010-0003,1 Main St,5,
+2003,+1 555 010 0004,1 Main St,6,
+"""
+
+
+def provider(tmp: Path, phones: str) -> Path:
+    (tmp / "topo.yaml").write_text(TOPOLOGY)
+    (tmp / "subs.csv").write_text(SUBSCRIBERS)
+    path = tmp / "om.toml"
+    path.write_text(f'[daemon]\nstate_dir = "{tmp}"\n[topology]\nfile = "topo.yaml"\n'
+                    f'subscribers = "subs.csv"\n{phones}')  # fmt: skip
+    return path
+
+
+def loaded(path: Path, *problems: str) -> directory.Directory:
+    cfg = config.load(path)
+    found = directory.load(cfg.topology.file, cfg.topology.subscribers,
+                           PhonePlan.of(cfg.phones))  # fmt: skip
+    assert [p.split(": ", 1)[1] for p in found.problems] == list(problems)
+    return found.directory
+
+
+def test_a_provider_outside_russia_finds_its_callers_by_their_national_number(
+    tmp_path: Path,
+) -> None:
+    # `phone=5550100002` was not_found while `+15550100002` was found: a number without
+    # its country code was taken as Russian (+7 555 ...), in the CRM's file and in the
+    # phone menu's question alike. `[phones]` says the provider's numbering plan.
+    d = loaded(provider(tmp_path, '[phones]\ncountry_code = 1\ntrunk_prefix = "1"\n'))
+    for asked, account in [("5550100002", "2001"), ("+15550100002", "2001"),
+                           ("15550100003", "2002"), ("(555) 010-0003", "2002"),
+                           ("555.010.0004", "2003"), ("1 555 010 0004", "2003")]:  # fmt: skip
+        match = d.phone(asked)
+        assert match.subscriber is not None, asked
+        assert match.subscriber.account == account, asked
+    assert d.subscribers.at(d.subscribers.by_account("2001") or 0).phones == ("+15550100002",)
+
+
+def test_without_phones_a_number_without_its_country_code_is_russian(tmp_path: Path) -> None:
+    # The default keeps what every Russian provider's files and phone menus rely on.
+    d = loaded(provider(tmp_path, ""),
+               "row 3: phones: '1-555-010-0003' is not a phone number.")  # fmt: skip
+    assert d.phone("+75550100002").subscriber is not None
+    assert d.phone("85550100002").subscriber is not None
+    assert d.phone("+15550100002").subscriber is None  # their CRM wrote it without "+1"
+    assert config.load(provider(tmp_path, "")).phones == config.PhonesConfig(7, "8", 10)
+    assert PhonePlan.of(config.PhonesConfig()) == RUSSIA
+
+
+@pytest.mark.parametrize(
+    ("plan", "written", "e164"),
+    [
+        (PhonePlan("44", "0", 10), "020 7946 0000", "+442079460000"),
+        (PhonePlan("44", "0", 10), "44 20 7946 0000", "+442079460000"),
+        (PhonePlan("44", "0", 10), "2079460000", "+442079460000"),
+        (PhonePlan("44", "0", 10), "0044 20 7946 0000", None),  # 14 digits: no rule reads it
+        (PhonePlan("1", "", 10), "15550100002", "+15550100002"),
+        (PhonePlan("1", "", 10), "5550100002", "+15550100002"),
+        (RUSSIA, "8 (921) 123-45-67", "+79211234567"),
+        (RUSSIA, "7 921 123 45 67", "+79211234567"),
+        (RUSSIA, "921 123 45 67", "+79211234567"),
+        (RUSSIA, "6 921 123 45 67", None),
+    ],
+)
+def test_a_numbering_plan_reads_national_numbers(plan: PhonePlan, written: str,
+                                                 e164: str | None) -> None:  # fmt: skip
+    assert normalise_phone(written, plan) == e164
+
+
+@pytest.mark.parametrize(
+    ("phones", "said"),
+    [
+        ("country_code = 0", "[phones] country_code must be at least 1"),
+        ("country_code = 1000", "[phones] country_code must be at most 999"),
+        ('country_code = "+1"', "[phones] country_code must be a whole number"),
+        ('trunk_prefix = "+8"', '[phones] trunk_prefix must be the digits dialled before a '
+                                'national number, as a string of at most two ("8" in Russia'),
+        ("trunk_prefix = 8", "[phones] trunk_prefix must be the digits dialled"),
+        ("national_digits = 3", "[phones] national_digits must be at least 4"),
+        ("country_code = 998\nnational_digits = 13",
+         "[phones] country_code 998 and national_digits 13 make numbers of 16 digits; an "
+         "international number (E.164) has at most 15."),
+        ("country = 1", "unknown key [phones] 'country' (did you mean 'country_code'?)."),
+    ],
+)  # fmt: skip
+def test_check_config_names_a_bad_numbering_plan(tmp_path: Path, phones: str, said: str) -> None:
+    path = provider(tmp_path, f"[phones]\n{phones}\n")
+    done = subprocess.run([sys.executable, "-m", "outagemon", "check-config", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert said in done.stderr, done.stderr
