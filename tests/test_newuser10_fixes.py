@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 from outagemon import config
 from outagemon.core import directory
 from outagemon.core.addresses import RUSSIA, PhonePlan, normalise_phone
+from tests.test_calls_api import NEIGHBOURS
+from tests.world import WRITE, world
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGY = """\
@@ -113,3 +116,34 @@ def test_check_config_names_a_bad_numbering_plan(tmp_path: Path, phones: str, sa
                           capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert said in done.stderr, done.stderr
+
+
+def card_of(page: str, iid: str) -> str:
+    """The text of an incident's card on the live page, its tags and spacing taken out."""
+    card = page.split(f'data-incident="{iid}"', 1)[1].split("</div>\n</div>", 1)[0]
+    return " ".join(re.sub(r"<[^>]+>", " ", card).split())
+
+
+async def test_a_suspicion_card_says_who_called_and_how_many_were_told(fresh_db: str) -> None:
+    # The card of a suspected incident said "from 2 callers" beside "0 calls": the first
+    # is the distinct callers that raised it, the second the /check answers that named it
+    # (none: its callers are not told until it is confirmed). Each now says which it is.
+    async with world(fresh_db, subscribers=NEIGHBOURS) as w:
+        for account in ("1020", "1021", "1022"):
+            await w.check(account=account)
+        w.run(2)
+        (sus,) = w.monitor.open_incidents()
+        async with w.session.get(w.url("/")) as r:
+            card = card_of(await r.text(), str(sus.id))
+        assert "from 3 callers, not confirmed" in card, card
+        assert "· 0 calls told of it ·" in card, card
+        async with w.session.post(w.url(f"/api/v1/incidents/{sus.id}"), json={"confirm": True},
+                                  headers=w.auth(WRITE)) as r:  # fmt: skip
+            assert r.status == 200, await r.text()
+        assert (await w.check(account="1020"))["incident_id"] == str(sus.id)
+        async with w.session.get(w.url("/")) as r:
+            card = card_of(await r.text(), str(sus.id))
+        assert "· 1 call told of it ·" in card, card
+        async with w.session.get(w.url(f"/incidents/{sus.id}")) as r:
+            text = " ".join(re.sub(r"<[^>]+>", " ", await r.text()).split())
+        assert "· 1 call told of it ·" in text and "3 distinct callers" in text, text

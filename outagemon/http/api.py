@@ -171,12 +171,20 @@ def place_of(directory: Directory, match: Match, node: str) -> str:
 
 def caller_of(match: Match, building: str) -> tuple[str, str]:
     """Who called, as the calls' detector tells callers apart (kind, value: kept as a
-    keyed hash): a subscriber by their account, however they were found; a caller the
-    directory has no subscriber for (an address, any flat) as their building, so a
-    building counts once however many flats are named: anyone can name flats."""
-    if match.subscriber is not None:
-        return "account", match.subscriber.account
-    return "building", building
+    keyed hash): the home they ask about, their building and flat, however they named it
+    (by phone, by account, or by the address and flat), so one person asking by account
+    and then by their address is one caller; one naming no flat, their building. Two
+    accounts of one flat are one household, one caller. See "Callers as sensors"."""
+    flat = _flat_key(match.flat)
+    return ("home", f"{building}\x00{flat}") if flat else ("building", building)
+
+
+def _flat_key(flat: str) -> str:
+    """A flat as one home: "012", "12" and " 12 " are flat 12; "12А" and "12а" one flat."""
+    flat = flat.strip()
+    if flat.isascii() and flat.isdigit():
+        return str(int(flat))
+    return flat.casefold()
 
 
 def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
