@@ -723,7 +723,12 @@ def parse(text: str, path: Path) -> Config:
         sections[name] = _checked(table, SCHEMA[name], f"[{name}] ", problems)
 
     probe = ProbeConfig(**sections.get("probe", {}))
-    if probe.timeout > probe.interval:
+    # Against an interval as written: one refused has its own problem, and the default
+    # put in its place is not what the operator wrote.
+    written = raw.get("probe", {}) if isinstance(raw.get("probe"), dict) else {}
+    refused = any(k in written and k not in sections.get("probe", {})
+                  for k in ("interval", "timeout"))  # fmt: skip
+    if probe.timeout > probe.interval and not refused:
         problems.append(
             f"[probe] timeout ({probe.timeout} s) must not be longer than "
             f"[probe] interval ({probe.interval} s)."

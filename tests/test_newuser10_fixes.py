@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import html
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from outagemon import config
 from outagemon.core import directory
 from outagemon.core.addresses import RUSSIA, PhonePlan, normalise_phone
+from outagemon.errors import ConfigError
 from tests.test_calls_api import NEIGHBOURS
 from tests.world import WRITE, world
 
@@ -147,3 +150,42 @@ async def test_a_suspicion_card_says_who_called_and_how_many_were_told(fresh_db:
         async with w.session.get(w.url(f"/incidents/{sus.id}")) as r:
             text = " ".join(re.sub(r"<[^>]+>", " ", await r.text()).split())
         assert "· 1 call told of it ·" in text and "3 distinct callers" in text, text
+
+
+async def test_the_page_form_sent_empty_says_nothing_was_saved(fresh_db: str) -> None:
+    # "Save" with neither an ETA nor a note answered "Saved." (nothing was: the API
+    # refuses the same, `{}`, with "give eta and/or note.").
+    browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with world(fresh_db) as w, browser:
+        w.net.fail("sw-lenina-5")
+        w.run(60)
+        (inc,) = w.monitor.correlator.incidents.values()
+        page = w.url(f"/incidents/{inc.id}")
+        async with browser.get(page) as r:
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())
+        assert csrf is not None
+        form = {"token": WRITE, "csrf": csrf.group(1), "eta": "", "note": "  "}
+        async with browser.post(page, data=form) as shown:
+            said = re.search(r'<p class="card message">(.*?)</p>', await shown.text())
+        assert said is not None
+        assert html.unescape(said.group(1)) == "Nothing was saved: give an ETA, a note, or both."
+        await w.flushed()
+        rows = await w.pool.fetch("select kind from incident_event where incident_id = $1"
+                                  " and kind in ('eta', 'note')", inc.id)  # fmt: skip
+        assert rows == []
+
+
+def test_a_refused_interval_is_not_compared_with_the_timeout_as_its_default() -> None:
+    # `interval = "10"` (a string) and `timeout = 20` drew, beside the interval's own
+    # problem, "timeout (20 s) must not be longer than [probe] interval (10.0 s)": an
+    # interval the operator never wrote (the default put in place of the refused one).
+    with pytest.raises(ConfigError) as refused:
+        config.parse('[probe]\ninterval = "10"\ntimeout = 20\n', Path("/etc/om.toml"))
+    assert refused.value.problems == [
+        "/etc/om.toml: [probe] interval must be a number of seconds, not '10'."
+    ]
+    with pytest.raises(ConfigError) as longer:
+        config.parse("[probe]\ntimeout = 20\n", Path("/etc/om.toml"))
+    assert longer.value.problems == [
+        "/etc/om.toml: [probe] timeout (20 s) must not be longer than [probe] interval (10.0 s)."
+    ]

@@ -587,6 +587,8 @@ async def incident_form(request: web.Request) -> web.Response:
         eta, note = estimate(eta, form.get("note", ""), now)
     except Invalid as e:
         raise _back(back, Message.refusal(str(e))) from None
+    if eta is None and not note:  # as the API refuses `{}`: "Saved." would say otherwise
+        raise _back(back, Message.NOTHING)
     if queries.not_deciding(rt) is not None or isinstance(rt.monitor, Replica):
         raise _back(back, Message.STANDBY)
     monitor = rt.monitor
