@@ -189,3 +189,20 @@ def test_a_refused_interval_is_not_compared_with_the_timeout_as_its_default() ->
     assert longer.value.problems == [
         "/etc/om.toml: [probe] timeout (20 s) must not be longer than [probe] interval (10.0 s)."
     ]
+
+
+async def test_a_withheld_number_is_said_to_be_empty_not_missing(fresh_db: str) -> None:
+    # A phone menu sends `phone=` for a caller who withholds their number; the 400 said
+    # "(given: none)", as if the menu had sent no parameter at all.
+    async with world(fresh_db) as w:
+        for query, said in [
+            ("phone=", "(given: none; phone is empty)."),
+            ("phone=%20&account=", "(given: none; phone and account are empty)."),
+        ]:
+            async with w.session.get(w.url(f"/api/v1/check?{query}"), headers=w.auth()) as r:
+                assert r.status == 400
+                error = (await r.json())["error"]
+            assert error == f"give exactly one of phone, account, address or node {said}", query
+        # An empty one beside one given is no question of the menu's: the given one answers.
+        async with w.session.get(w.url("/api/v1/check?phone=&account=1001"), headers=w.auth()) as r:
+            assert r.status == 200 and (await r.json())["matched_by"] == "account"

@@ -58,6 +58,10 @@ _CHECK_KEYS = {
 _KEYS = ("phone", "account", "address", "node")
 
 
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def find(directory: Directory, query: Mapping[str, str]) -> tuple[str, Match]:
     """Which caller the query names; HTTPBadRequest for a malformed question."""
     given = []
@@ -67,7 +71,10 @@ def find(directory: Directory, query: Mapping[str, str]) -> tuple[str, Match]:
             given.append((k, v))
     if len(given) != 1:
         named = ", ".join(k for k, _ in given) if given else "none"
-        raise bad(f"give exactly one of phone, account, address or node (given: {named}).")
+        # A phone menu sends `phone=` for a withheld number: say so rather than "none".
+        empty = [k for k in _KEYS if k in query and not query[k].strip()]
+        also = f"; {_and(empty)} {'is' if len(empty) == 1 else 'are'} empty" if empty else ""
+        raise bad(f"give exactly one of phone, account, address or node (given: {named}{also}).")
     key, value = given[0]
     if len(value) > 500:
         raise bad(f"{key} is too long.")
