@@ -14,6 +14,7 @@ import pytest
 from outagemon import config
 from outagemon.core import directory
 from outagemon.core.addresses import RUSSIA, PhonePlan, normalise_phone
+from outagemon.core.health import State
 from outagemon.errors import ConfigError
 from tests.test_calls_api import NEIGHBOURS
 from tests.world import WRITE, world
@@ -206,3 +207,37 @@ async def test_a_withheld_number_is_said_to_be_empty_not_missing(fresh_db: str) 
         # An empty one beside one given is no question of the menu's: the given one answers.
         async with w.session.get(w.url("/api/v1/check?phone=&account=1001"), headers=w.auth()) as r:
             assert r.status == 200 and (await r.json())["matched_by"] == "account"
+
+
+def test_a_repaired_switch_and_what_it_cut_off_are_not_called_degraded() -> None:
+    # After agg-2 was repaired the page listed agg-2 and every node behind it under "Other
+    # nodes down or degraded", each with ~20 % loss, for minutes: the short loss history
+    # (what "degraded" is measured on) still held the probes lost during the outage.
+    from tests.test_correlate import city, sim
+
+    s = sim(city(aggs=2, access=5, cpes=2))
+    s.fail("agg0")
+    s.run_for(120)
+    assert s.correlator.state_of("agg0") is State.DOWN
+    s.repair("agg0")
+    s.run_for(30)
+    behind = ["agg0", *(n for n in s.correlator.states if n.startswith(("sw0-", "cpe0-")))]
+    assert all(s.correlator.state_of(n) is State.UP for n in behind)
+    assert [n for n in behind if s.correlator.states[n].degraded] == []
+    # A link that loses a third of its probes while up is still degraded.
+    s.loss["agg1"] = 0.35
+    s.run_for(600)
+    assert s.correlator.states["agg1"].degraded
+
+
+def test_the_reports_charts_say_one_incident_in_the_singular() -> None:
+    # The reports page's titles read "1 incidents" and "up to 1 incidents open".
+    from outagemon.http import charts
+
+    place = {"key": "ул. Ленина, д. 5", "outage_minutes": 2.5, "planned_minutes": 0.0,
+             "incidents": 1, "availability_pct": 99.8}  # fmt: skip
+    assert "0 min planned works, 1 incident, 99.8 % available" in charts.worst([place], "nodes")
+    bucket = {"at": "2026-12-01T00:30:00+00:00", "calls_per_minute": 0.2, "open_incidents": 1}
+    drawn = charts.calls([bucket], 1764548100.0, 1764549900.0, 900.0)
+    assert "0.2 calls a minute, 1 incident open" in drawn, drawn
+    assert "up to 1 incident open" in drawn
