@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from outagemon import config
@@ -17,6 +16,7 @@ from outagemon.core.addresses import RUSSIA, PhonePlan, normalise_phone
 from outagemon.core.health import State
 from outagemon.errors import ConfigError
 from tests.test_calls_api import NEIGHBOURS
+from tests.test_page_form import incident_form
 from tests.world import WRITE, world
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,16 +156,8 @@ async def test_a_suspicion_card_says_who_called_and_how_many_were_told(fresh_db:
 async def test_the_page_form_sent_empty_says_nothing_was_saved(fresh_db: str) -> None:
     # "Save" with neither an ETA nor a note answered "Saved." (nothing was: the API
     # refuses the same, `{}`, with "give eta and/or note.").
-    browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    async with world(fresh_db) as w, browser:
-        w.net.fail("sw-lenina-5")
-        w.run(60)
-        (inc,) = w.monitor.correlator.incidents.values()
-        page = w.url(f"/incidents/{inc.id}")
-        async with browser.get(page) as r:
-            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())
-        assert csrf is not None
-        form = {"token": WRITE, "csrf": csrf.group(1), "eta": "", "note": "  "}
+    async with incident_form(fresh_db) as (w, browser, inc, page, csrf):
+        form = {"token": WRITE, "csrf": csrf, "eta": "", "note": "  "}
         async with browser.post(page, data=form) as shown:
             said = re.search(r'<p class="card message">(.*?)</p>', await shown.text())
         assert said is not None
