@@ -233,3 +233,31 @@ def test_the_reports_charts_say_one_incident_in_the_singular() -> None:
     drawn = charts.calls([bucket], 1764548100.0, 1764549900.0, 900.0)
     assert "0.2 calls a minute, 1 incident open" in drawn, drawn
     assert "up to 1 incident open" in drawn
+
+
+def test_reload_of_the_demo_says_it_is_the_demo_not_a_stale_pid_file(tmp_path: Path) -> None:
+    # `outagemon reload -c` with the demo's printed config said "its daemon.pid is stale;
+    # process N (python outagemon demo ...) is not an outagemon daemon": the demo was
+    # running, and its pid file was not stale.
+    from outagemon import reloading
+
+    demo = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "outagemon", "demo", "--port", "18099"])  # fmt: skip
+    try:
+        (tmp_path / "topo.yaml").write_text(TOPOLOGY)
+        cfg = tmp_path / "om.toml"
+        cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n[topology]\nfile = "topo.yaml"\n')
+        (tmp_path / reloading.PID_FILE).write_text(f"{demo.pid}\n")
+        done = subprocess.run([sys.executable, "-m", "outagemon", "reload", "-c", str(cfg),
+                               "--timeout", "2"], capture_output=True, text=True, timeout=60,
+                              cwd=ROOT)  # fmt: skip
+        assert done.returncode == reloading.NOT_A_DAEMON, done.stdout + done.stderr
+        assert done.stderr == (
+            f"outagemon reload: {tmp_path} is the state of `outagemon demo --port 18099` "
+            f"(process {demo.pid}), the demo, which takes no reload: `outagemon reload` "
+            "signals only an `outagemon run` daemon. Nothing was signalled.\n"
+        )
+        assert demo.poll() is None, "the demo was signalled"
+    finally:
+        demo.kill()
+        demo.wait()
