@@ -140,6 +140,8 @@ async def test_a_suspicion_card_says_who_called_and_how_many_were_told(fresh_db:
         async with w.session.get(w.url("/")) as r:
             card = card_of(await r.text(), str(sus.id))
         assert "from 3 callers, not confirmed" in card, card
+        # Raised by calls, not inferred by the probes from its children's failures.
+        assert "inferred" not in card, card
         assert "· 0 calls told of it ·" in card, card
         async with w.session.post(w.url(f"/api/v1/incidents/{sus.id}"), json={"confirm": True},
                                   headers=w.auth(WRITE)) as r:  # fmt: skip
@@ -151,6 +153,7 @@ async def test_a_suspicion_card_says_who_called_and_how_many_were_told(fresh_db:
         async with w.session.get(w.url(f"/incidents/{sus.id}")) as r:
             text = " ".join(re.sub(r"<[^>]+>", " ", await r.text()).split())
         assert "· 1 call told of it ·" in text and "3 distinct callers" in text, text
+        assert "inferred" not in text.split("Timeline")[0], text
 
 
 async def test_the_page_form_sent_empty_says_nothing_was_saved(fresh_db: str) -> None:
