@@ -393,6 +393,10 @@ def _check_config(config_path: Path) -> int:
             f"  subscribers {cfg.topology.subscribers}: {len(d.subscribers)} loaded, "
             f"{len(loaded.problems)} row{'' if len(loaded.problems) == 1 else 's'} with problems"
         )
+        plan = cfg.phones  # a CRM's rows refused as "not a phone number" are read by it
+        print(f"  phones: a number without its country code is read as +{plan.country_code} "
+              f"(trunk prefix {plan.trunk_prefix!r}, {plan.national_digits} national "
+              "digits: [phones])")  # fmt: skip
     return USAGE_ERROR if loaded.problems else 0
 
 

@@ -67,6 +67,21 @@ def test_a_provider_outside_russia_finds_its_callers_by_their_national_number(
     assert d.subscribers.at(d.subscribers.by_account("2001") or 0).phones == ("+15550100002",)
 
 
+def test_check_config_says_how_numbers_without_a_country_code_are_read(tmp_path: Path) -> None:
+    # A CRM's rows refused as "not a phone number" are explained by the plan in force.
+    path = provider(tmp_path, "")
+    done = subprocess.run([sys.executable, "-m", "outagemon", "check-config", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr  # row 3: 1-555-010-0003
+    assert ("  phones: a number without its country code is read as +7 (trunk prefix '8', "
+            "10 national digits: [phones])") in done.stdout.splitlines()  # fmt: skip
+    path = provider(tmp_path, '[phones]\ncountry_code = 1\ntrunk_prefix = "1"\n')
+    done = subprocess.run([sys.executable, "-m", "outagemon", "check-config", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "read as +1 (trunk prefix '1', 10 national digits" in done.stdout
+
+
 def test_without_phones_a_number_without_its_country_code_is_russian(tmp_path: Path) -> None:
     # The default keeps what every Russian provider's files and phone menus rely on.
     d = loaded(provider(tmp_path, ""),
