@@ -6,6 +6,7 @@ import html
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,22 @@ def test_reload_of_the_demo_says_it_is_the_demo_not_a_stale_pid_file(tmp_path: P
     finally:
         demo.kill()
         demo.wait()
+
+
+async def test_the_page_of_works_to_come_says_callers_hear_of_them_only_from_their_start(
+    fresh_db: str,
+) -> None:
+    # The page of works booked for later said "Callers behind sw-mira-10 hear of planned
+    # works.": until the works start they hear what the probes see (usually "ok").
+    from tests.test_maintenance_api import declare
+
+    async with world(fresh_db) as w:
+        soon = datetime.now(UTC) + timedelta(hours=1)
+        wid = await declare(w, "sw-mira-10", soon.isoformat(),
+                            (soon + timedelta(hours=2)).isoformat())  # fmt: skip
+        assert (await w.check(address="Мира 10", flat="20"))["status"] == "ok"
+        async with w.session.get(w.url(f"/maintenance/{wid}")) as r:
+            text = " ".join(re.sub(r"<[^>]+>", " ", await r.text()).split())
+        assert "Callers behind sw-mira-10 will hear of planned works from " in text, text
+        assert "; until then they hear what the probes see." in text, text
+        assert "hear of planned works now" not in text
