@@ -826,8 +826,9 @@ def keyed(problems: list[str], cfg: Config | TopologyConfig) -> list[str]:
     said: list[str] = []
     for problem in problems:
         for file, key in keys.items():
+            unreadable = (f"{file}: cannot be read: ", f"{file}: is not UTF-8 text")
             if file is not None and (problem == f"{file}: no such file." or
-                                     problem.startswith(f"{file}: cannot be read: ")):  # fmt: skip
+                                     problem.startswith(unreadable)):  # fmt: skip
                 problem = f"{key} {problem}"
                 break
         said.append(problem)

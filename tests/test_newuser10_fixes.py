@@ -299,3 +299,26 @@ async def test_the_page_of_works_to_come_says_callers_hear_of_them_only_from_the
         assert "Callers behind sw-mira-10 will hear of planned works from " in text, text
         assert "; until then they hear what the probes see." in text, text
         assert "hear of planned works now" not in text
+
+
+def test_a_subscribers_file_in_windows_1251_is_named_as_not_utf8(tmp_path: Path) -> None:
+    # A spreadsheet's CSV export in Windows-1251 (the usual one for Cyrillic) was said as
+    # "cannot be read: 'utf-8' codec can't decode byte 0xf3 in position 74: invalid
+    # continuation byte." (a position in a buffer, not in the file).
+    path = provider(tmp_path, "")
+    text = SUBSCRIBERS.replace("1 Main St", "ул. Ленина, д. 5")
+    (tmp_path / "subs.csv").write_bytes(text.encode("cp1251"))
+    (tmp_path / "topo.yaml").write_text(TOPOLOGY.replace("1 Main St", "ул. Ленина, д. 5"))
+    done = subprocess.run([sys.executable, "-m", "outagemon", "check-config", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr == (
+        f"[topology] subscribers {tmp_path}/subs.csv: is not UTF-8 text (byte 0xf3 is no "
+        "UTF-8 there); save it as UTF-8: an export or an editor may have written it in "
+        "another encoding, such as Windows-1251 (`iconv -f cp1251 -t utf-8 FILE > NEW` "
+        "converts it).\n"
+    )
+    (tmp_path / "topo.yaml").write_bytes(TOPOLOGY.replace("1 Main St", "Ленина 5").encode("cp1251"))
+    done = subprocess.run([sys.executable, "-m", "outagemon", "check-config", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert f"[topology] file {tmp_path}/topo.yaml: is not UTF-8 text" in done.stderr

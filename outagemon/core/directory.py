@@ -37,7 +37,7 @@ from outagemon.core import addresses
 from outagemon.core.addresses import RUSSIA, Address, PhonePlan, normalise_phone
 from outagemon.core.text import bad_character
 from outagemon.core.topology import Node, Topology
-from outagemon.errors import TopologyError
+from outagemon.errors import TopologyError, not_utf8
 
 COLUMNS = ("account", "phones", "address", "flat", "ip")
 FUZZY_CUTOFF = 80.0  # rapidfuzz ratio a street name must reach to count as the same street
@@ -1022,5 +1022,7 @@ def _read_file(path: Path, topology: Topology, phones: PhonePlan) -> tuple[Roste
             return read_rows(csv.reader(f), path, topology, phones)
     except FileNotFoundError:
         raise TopologyError([f"{path}: no such file."]) from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        raise TopologyError([not_utf8(path, e)]) from None
+    except (OSError, csv.Error) as e:
         raise TopologyError([f"{path}: cannot be read: {e}."]) from None
