@@ -83,6 +83,20 @@ def test_check_config_says_how_numbers_without_a_country_code_are_read(tmp_path:
     assert "read as +1 (trunk prefix '1', 10 national digits" in done.stdout
 
 
+def test_a_reload_reads_the_subscribers_by_the_new_numbering_plan(tmp_path: Path) -> None:
+    # `[phones]` takes effect on reload: the reload's load (in its thread) reads by it.
+    from outagemon import daemon
+
+    before = daemon._prepare(config.load(provider(tmp_path, "")), False, None)[0]
+    assert before.directory.phone("+15550100002").subscriber is None  # read as +7 555 ...
+    new = config.load(provider(tmp_path, '[phones]\ncountry_code = 1\ntrunk_prefix = "1"\n'))
+    after = daemon._prepare(new, False, None)[0]
+    for asked in ("5550100002", "+15550100002"):
+        found = after.directory.phone(asked).subscriber
+        assert found is not None and found.account == "2001", asked
+    assert after.problems == []
+
+
 def test_without_phones_a_number_without_its_country_code_is_russian(tmp_path: Path) -> None:
     # The default keeps what every Russian provider's files and phone menus rely on.
     d = loaded(provider(tmp_path, ""),
