@@ -326,6 +326,7 @@ def _check_config(config_path: Path) -> int:
 
     from outagemon import config
     from outagemon.core import directory, messages
+    from outagemon.core.addresses import PhonePlan
     from outagemon.errors import ConfigError
 
     # Every problem in one pass: the config's, and the topology's and subscribers' as far
@@ -345,7 +346,7 @@ def _check_config(config_path: Path) -> int:
     loaded = None
     if files is not None:
         try:
-            loaded = directory.load(files.file, files.subscribers)
+            loaded = directory.load(files.file, files.subscribers, PhonePlan.of(files.phones))
         except ConfigError as e:
             problems += config.keyed(e.problems, cfg if cfg is not None else files)
     if cfg is None or loaded is None or problems:
@@ -392,6 +393,10 @@ def _check_config(config_path: Path) -> int:
             f"  subscribers {cfg.topology.subscribers}: {len(d.subscribers)} loaded, "
             f"{len(loaded.problems)} row{'' if len(loaded.problems) == 1 else 's'} with problems"
         )
+        plan = cfg.phones  # a CRM's rows refused as "not a phone number" are read by it
+        print(f"  phones: a number without its country code is read as +{plan.country_code} "
+              f"(trunk prefix {plan.trunk_prefix!r}, {plan.national_digits} national "
+              "digits: [phones])")  # fmt: skip
     return USAGE_ERROR if loaded.problems else 0
 
 

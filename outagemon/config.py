@@ -82,9 +82,20 @@ class CorrelationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PhonesConfig:
+    """How a number written without its country code is read (`core.addresses.PhonePlan`):
+    in the subscribers' file and in `/check?phone=`. The defaults are Russia's."""
+
+    country_code: int = 7
+    trunk_prefix: str = "8"
+    national_digits: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class TopologyConfig:
     file: Path = Path("topology.yaml")
     subscribers: Path | None = None
+    phones: PhonesConfig = PhonesConfig()  # [phones]: the subscribers' numbers are read by it
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +201,11 @@ class Config:
     notify: NotifyConfig = NotifyConfig()
     # Not problems, but worth an operator's attention (a short token): printed, logged.
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def phones(self) -> PhonesConfig:
+        """`[phones]`, kept with the files it reads (`topology.phones`)."""
+        return self.topology.phones
 
 
 # What a reload cannot change in a running daemon, since it is read once at start (a
@@ -353,6 +369,15 @@ def _sentence(v: Any) -> str | None:
     if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000 for c in v):
         return "must be one line of plain text (no control characters)"
     return None
+
+
+def _trunk_prefix(v: Any) -> str | None:
+    if isinstance(v, str) and len(v) <= 2 and v.isascii() and (v == "" or v.isdigit()):
+        return None
+    return (
+        "must be the digits dialled before a national number, as a string of at most "
+        'two ("8" in Russia, "0" in most of Europe, "1" in North America), or "" for none'
+    )
 
 
 def _one_of(*choices: str) -> Check:
@@ -535,6 +560,11 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "resolve_hold": _seconds(positive=False, maximum=DAY),
     },
     "topology": {"file": _nonempty_string, "subscribers": _string},
+    "phones": {
+        "country_code": _integer(1, 999),
+        "trunk_prefix": _trunk_prefix,
+        "national_digits": _integer(4, 14),
+    },
     "vantage": {"anchors": _addresses},
     "messages": {
         "language": _one_of("ru", "en"),
@@ -693,7 +723,12 @@ def parse(text: str, path: Path) -> Config:
         sections[name] = _checked(table, SCHEMA[name], f"[{name}] ", problems)
 
     probe = ProbeConfig(**sections.get("probe", {}))
-    if probe.timeout > probe.interval:
+    # Against an interval as written: one refused has its own problem, and the default
+    # put in its place is not what the operator wrote.
+    written = raw.get("probe", {}) if isinstance(raw.get("probe"), dict) else {}
+    refused = any(k in written and k not in sections.get("probe", {})
+                  for k in ("interval", "timeout"))  # fmt: skip
+    if probe.timeout > probe.interval and not refused:
         problems.append(
             f"[probe] timeout ({probe.timeout} s) must not be longer than "
             f"[probe] interval ({probe.interval} s)."
@@ -715,7 +750,9 @@ def parse(text: str, path: Path) -> Config:
     daemon = (
         DaemonConfig((base / daemon_raw["state_dir"]).resolve()) if daemon_raw else DaemonConfig()
     )
-    topology = _topology(sections.get("topology", {}), base)
+    topology = _topology(sections.get("topology", {}), base, sections.get("phones", {}))
+    if (problem := _phones_problem(topology.phones)) is not None:
+        problems.append(problem)
     anchors = tuple(sections.get("vantage", {}).get("anchors", ()))
     cluster = _cluster(raw, sections.get("cluster", {}), database, problems)
     if problems:
@@ -739,12 +776,23 @@ def parse(text: str, path: Path) -> Config:
     )
 
 
-def _topology(raw: dict[str, Any], base: Path) -> TopologyConfig:
+def _topology(raw: dict[str, Any], base: Path, phones: dict[str, Any]) -> TopologyConfig:
     subscribers = raw.get("subscribers", "")
     return TopologyConfig(
         file=(base / raw.get("file", "topology.yaml")).resolve(),
         subscribers=(base / subscribers).resolve() if subscribers else None,
+        phones=PhonesConfig(**phones),
     )
+
+
+def _phones_problem(phones: PhonesConfig) -> str | None:
+    """A plan whose numbers E.164 cannot hold (15 digits with the country code, at most)."""
+    code = str(phones.country_code)
+    if len(code) + phones.national_digits > 15:
+        return (f"[phones] country_code {code} and national_digits {phones.national_digits} "
+                f"make numbers of {len(code) + phones.national_digits} digits; an "
+                "international number (E.164) has at most 15.")  # fmt: skip
+    return None
 
 
 def files_of(path: Path | str) -> TopologyConfig | None:
@@ -755,14 +803,17 @@ def files_of(path: Path | str) -> TopologyConfig | None:
         raw = tomllib.loads(read_text(path))
     except (ConfigError, tomllib.TOMLDecodeError):
         return None
-    table = raw.get("topology", {})
-    if not isinstance(table, dict):
+    table, phones = raw.get("topology", {}), raw.get("phones", {})
+    if not isinstance(table, dict) or not isinstance(phones, dict):
         return None
     good = {k: v for k, v in table.items() if k in SCHEMA["topology"] and
             SCHEMA["topology"][k](v) is None}  # fmt: skip
-    if len(good) != len(table):
-        return None  # a bad [topology] key: its own problem says which
-    return _topology(good, path.parent)
+    plan = {k: v for k, v in phones.items() if k in SCHEMA["phones"] and
+            SCHEMA["phones"][k](v) is None}  # fmt: skip
+    if len(good) != len(table) or len(plan) != len(phones):
+        return None  # a bad [topology] or [phones] key: its own problem says which
+    files = _topology(good, path.parent, plan)
+    return files if _phones_problem(files.phones) is None else None
 
 
 def keyed(problems: list[str], cfg: Config | TopologyConfig) -> list[str]:
@@ -775,8 +826,9 @@ def keyed(problems: list[str], cfg: Config | TopologyConfig) -> list[str]:
     said: list[str] = []
     for problem in problems:
         for file, key in keys.items():
+            unreadable = (f"{file}: cannot be read: ", f"{file}: is not UTF-8 text")
             if file is not None and (problem == f"{file}: no such file." or
-                                     problem.startswith(f"{file}: cannot be read: ")):  # fmt: skip
+                                     problem.startswith(unreadable)):  # fmt: skip
                 problem = f"{key} {problem}"
                 break
         said.append(problem)

@@ -33,6 +33,7 @@ from outagemon.cluster.relay import CallRelay, RelayFenced
 from outagemon.cluster.replica import Replica
 from outagemon.config import Config
 from outagemon.core import directory, messages
+from outagemon.core.addresses import PhonePlan
 from outagemon.core.calls import caller_key, subscribers_below
 from outagemon.core.messages import Texts
 from outagemon.core.topology import Change, Sharded, Topology, change
@@ -716,7 +717,8 @@ def _prepare(
     enabled = gc.isenabled()
     gc.disable()
     try:
-        loaded = directory.load(new.topology.file, new.topology.subscribers)
+        loaded = directory.load(new.topology.file, new.topology.subscribers,
+                                PhonePlan.of(new.topology.phones))  # fmt: skip
         if loaded.problems and not len(loaded.directory.subscribers):
             # A bad header, an export cut off or every row broken: applied, every caller
             # would hear "not_found" until the next reload. Refused, as a broken topology.
@@ -842,7 +844,8 @@ def run(config_path: Path, source: ProbeSource | None = None) -> int:
         logs.setup()
         texts = messages.load(cfg.messages.language, cfg.messages.file, cfg.messages.timezone)
         texts = dataclasses.replace(texts, suspected=cfg.callers.sentence)
-        loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
+        loaded = directory.load(cfg.topology.file, cfg.topology.subscribers,
+                                PhonePlan.of(cfg.topology.phones))  # fmt: skip
     except ConfigError as e:
         for problem in config_mod.keyed(e.problems, cfg) if cfg is not None else e.problems:
             print(problem, file=sys.stderr)

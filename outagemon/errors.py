@@ -27,8 +27,21 @@ def read_text(path: Path, error: type[ConfigError] = ConfigError, encoding: str 
         return path.read_text(encoding=encoding)
     except FileNotFoundError:
         raise error([f"{path}: no such file."]) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise error([not_utf8(path, e)]) from None
+    except OSError as e:
         raise error([f"{path}: cannot be read: {e}."]) from None
+
+
+def not_utf8(path: Path, e: UnicodeDecodeError) -> str:
+    """The sentence for a file that is not UTF-8: most often a spreadsheet's CSV export in
+    Windows-1251, whose Cyrillic Python names only as "can't decode byte 0xf3"."""
+    byte = f" (byte 0x{e.object[e.start]:02x} is no UTF-8 there)" if e.object else ""
+    return (
+        f"{path}: is not UTF-8 text{byte}; save it as UTF-8: an export or an editor "
+        "may have written it in another encoding, such as Windows-1251 (`iconv -f "
+        "cp1251 -t utf-8 FILE > NEW` converts it)."
+    )
 
 
 class DatabaseError(OutagemonError):

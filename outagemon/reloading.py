@@ -127,7 +127,26 @@ def find(state_dir: Path) -> int | str:
     why = not_the_daemon(state_dir, pid)
     if why is None:
         return pid
+    demo = _demo(pid)
+    if demo:
+        # Alive, and the one that wrote the file: not stale, only not a reloadable daemon.
+        return (f"{state_dir} is the state of `{demo}` (process {pid}), the demo, which "
+                "takes no reload: `outagemon reload` "
+                "signals only an `outagemon run` daemon. Nothing was signalled.")  # fmt: skip
     return f"no outagemon daemon runs for {state_dir}: its {PID_FILE} is stale; {why}"
+
+
+def _demo(pid: int) -> str:
+    """`outagemon demo ...` when that is process `pid`'s command line, else ""."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    names = [os.path.basename(a.decode(errors="replace")) for a in args if a]
+    at = next((i for i, n in enumerate(names) if n.startswith("outagemon")), None)
+    if at is None or names[at + 1 : at + 2] != ["demo"]:
+        return ""
+    return " ".join(["outagemon", *names[at + 1 :]])[:80]
 
 
 def request(state_dir: Path, pid: int | None, timeout: float = 120.0) -> tuple[int, str]:

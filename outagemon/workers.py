@@ -50,6 +50,7 @@ from aiohttp import hdrs, web
 from outagemon import logs
 from outagemon.cluster.replica import CallRecord, Replica
 from outagemon.config import Config
+from outagemon.core.addresses import PhonePlan
 from outagemon.core.directory import Directory
 from outagemon.core.messages import Texts
 from outagemon.db import store
@@ -302,7 +303,8 @@ class _Supervisor:
                                   cfg.messages.timezone)  # fmt: skip
             # As the daemon's: callers behind a suspected incident hear [callers] sentence.
             texts = dataclasses.replace(texts, suspected=cfg.callers.sentence)
-            loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
+            loaded = directory.load(cfg.topology.file, cfg.topology.subscribers,
+                                    PhonePlan.of(cfg.topology.phones))  # fmt: skip
             gc.collect()
             gc.freeze()
             return cfg, texts, loaded.directory

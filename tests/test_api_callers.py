@@ -167,23 +167,19 @@ async def open_incidents(w: World) -> list[dict[str, Any]]:
         return found
 
 
-async def test_one_caller_naming_flats_raises_no_suspicion(fresh_db: str) -> None:
-    """Flats with no subscriber are no distinct callers: a building that only names
-    flats counts once in the window (each router behind the entrance answers)."""
+async def test_a_caller_is_the_home_they_ask_about(fresh_db: str) -> None:
+    """A subscriber asking by phone, by account or by their address and flat is one
+    caller (their home); another flat named is another home, with a subscriber or not."""
     async with world(fresh_db, subscribers=NEIGHBOURS) as w:
-        for flat in ("2", "3", "4"):
-            heard = await w.check(address="Мира 10", flat=flat)
-            assert (heard["status"], heard["node"]) == ("ok", "seg-mira-1"), heard
-        w.run(2)
-        assert await open_incidents(w) == []
-        # One subscriber calling by phone, then by account: one caller.
-        for asked in ({"phone": "+79210000020"}, {"account": "1020"}):
+        for asked in ({"phone": "+79210000020"}, {"account": "1020"},
+                      {"address": "Мира 10", "flat": "20"},
+                      {"address": "Мира 10", "flat": "2"}):  # fmt: skip
             heard = await w.check(**asked)
             assert (heard["status"], heard["node"]) == ("ok", "seg-mira-1"), heard
         w.run(2)
         assert await open_incidents(w) == []
-        # A second subscriber makes three callers with the building: a cluster.
-        await w.check(account="1021")
+        # A third home: a cluster.
+        await w.check(address="пр-т Мира, д. 10", flat="021")
         w.run(2)
         (sus,) = await open_incidents(w)
         assert (sus["kind"], sus["root_node"], sus["callers"]) == ("suspected", "seg-mira-1", 3)
@@ -214,10 +210,12 @@ async def test_a_restart_keeps_who_raised_an_incident_from_calls(fresh_db: str) 
             assert r.status == 200
 
 
-def test_a_caller_is_a_subscriber_by_account_or_else_their_building() -> None:
+def test_a_caller_is_their_home_however_named_or_else_their_building() -> None:
     d = build_directory(NEIGHBOURS)
-    by_phone, by_account = d.phone("+79210000020"), d.account("1020")
-    assert caller_of(by_phone, "пр-т Мира, д. 10") == ("account", "1020")
-    assert caller_of(by_account, "пр-т Мира, д. 10") == ("account", "1020")
-    flats = [d.address("Мира 10", flat) for flat in ("2", "3", "4", "")]
-    assert {caller_of(m, "пр-т Мира, д. 10") for m in flats} == {("building", "пр-т Мира, д. 10")}
+    building = "пр-т Мира, д. 10"
+    asked = [d.phone("+79210000020"), d.account("1020"), d.address("Мира 10", "20"),
+             d.address("Мира 10", " 020 "), d.address("пр-т Мира, д. 10, кв. 20")]  # fmt: skip
+    assert {caller_of(m, building) for m in asked} == {("home", f"{building}\x0020")}
+    flats = [d.address("Мира 10", flat) for flat in ("2", "3", "4")]
+    assert len({caller_of(m, building) for m in flats}) == 3
+    assert caller_of(d.address("Мира 10"), building) == ("building", building)

@@ -99,7 +99,7 @@ def test_no_key_takes_a_value_that_is_not_finite_or_past_any_bound(
 def numeric_keys() -> Iterator[tuple[str, str, config.Check]]:
     """Every key taking a number: those whose check accepts some plain number."""
     for where, key, _text, check in PLACES:
-        if any(check(v) is None for v in (0, 1e-6, 0.1, 0.5, 1, 2, 100, 1 << 20)):
+        if any(check(v) is None for v in (0, 1e-6, 0.1, 0.5, 1, 2, 10, 100, 1 << 20)):
             yield where.strip(), key, check
 
 

@@ -104,7 +104,7 @@ async def test_the_page_says_one_subscriber_and_a_suspicion_raised_at_once_in_wo
         w.run(60)
         (iid,) = w.monitor.correlator.incidents
         async with w.session.get(w.url(f"/incidents/{iid}")) as r:
-            assert " · 1 subscriber · 0 calls · " in await r.text()
+            assert " · 1 subscriber · 0 calls told of it · " in await r.text()
         w.net.repair("sw-lenina-5")
         w.run(200)
         await w.flushed()

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
 import aiohttp
 import pytest
 
 from outagemon.core.incidents import Incident, Kind
-from tests.world import WRITE, world
+from tests.world import WRITE, World, world
 
 
-async def test_the_form_refuses_what_the_api_refuses_and_saves_the_rest(fresh_db: str) -> None:
+@asynccontextmanager
+async def incident_form(fresh_db: str) -> AsyncIterator[tuple[World, aiohttp.ClientSession,
+                                                              Incident, str, str]]:  # fmt: skip
+    """A world with sw-lenina-5's incident open, and a browser that has its page open: the
+    world, the browser, the incident, the page's URL and its form's CSRF token."""
     # A browser keeps the page's cookie (on 127.0.0.1 too), which binds the form's CSRF token.
     browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
     async with world(fresh_db) as w, browser:
@@ -24,11 +30,16 @@ async def test_the_form_refuses_what_the_api_refuses_and_saves_the_rest(fresh_db
         async with browser.get(page) as r:
             csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())
         assert csrf is not None
+        yield w, browser, inc, page, csrf.group(1)
+
+
+async def test_the_form_refuses_what_the_api_refuses_and_saves_the_rest(fresh_db: str) -> None:
+    async with incident_form(fresh_db) as (w, browser, inc, page, csrf):
 
         async def post(**form: str) -> str:
             """The sentence the page is sent back with (a code in the URL, the server's text
             on the page)."""
-            async with browser.post(page, data={"token": WRITE, "csrf": csrf.group(1), **form},
+            async with browser.post(page, data={"token": WRITE, "csrf": csrf, **form},
                                     allow_redirects=False) as r:  # fmt: skip
                 assert r.status == 303, await r.text()
                 location = r.headers["Location"]

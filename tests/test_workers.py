@@ -1068,7 +1068,8 @@ async def test_a_replica_serves_incidents_raised_by_calls_and_refuses_decisions(
             await server.close()
         # The check above was a caller's: its record waits for the deciding process.
         (record,) = replica.take_records()
-        assert record[0] == under.serving and record[2] == "account"
+        assert record[0] == under.serving  # the caller is their home (building and flat):
+        assert record[2:4] == ("home", f"{record[1]}\x00{under.flat}"), record
         # Too many unsent: dropped and counted, never held without bound.
         for _ in range(50_001):
             replica.record_call(root, "", "account", "x", "ivr", "ok")

@@ -174,7 +174,8 @@ class ReplicaWatch:
 
 
 # A /check that named a known place (Monitor.record_call's arguments): node, building,
-# how the caller was matched, the value, channel, status.
+# who the caller is (their home, or their building: `http.api.caller_of`), the value,
+# channel, status.
 CallRecord = tuple[str, str, str, str, str, str, str]  # ..., status, the caller's router
 UNSENT_RECORDS = 50_000  # the most call records kept for the daemon between two sends
 

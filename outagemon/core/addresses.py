@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass
+from typing import Protocol
 
 # Street types, every written form -> the canonical abbreviation.
 _STREET_TYPES_RU = {
@@ -292,8 +293,41 @@ def canonical_ip(text: str) -> str | None:
 _NOT_DIGIT = re.compile(r"\D")
 
 
-def normalise_phone(text: str) -> str | None:
-    """Any common notation to E.164 (Russian numbers assumed without a country code)."""
+class _Phones(Protocol):
+    @property
+    def country_code(self) -> int: ...
+    @property
+    def trunk_prefix(self) -> str: ...
+    @property
+    def national_digits(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PhonePlan:
+    """How the provider's country writes a number without its country code: the country
+    calling code, the trunk prefix dialled before a national number ("8" in Russia, "0"
+    in most of Europe, "1" in North America, "" for none) and the national number's
+    digits. `[phones]` in the config; the default is Russia's, as before it existed."""
+
+    country_code: str = "7"
+    trunk_prefix: str = "8"
+    national_digits: int = 10
+
+    @classmethod
+    def of(cls, phones: _Phones) -> PhonePlan:
+        """The plan of the config's `[phones]` (country_code written as a number there)."""
+        return cls(str(phones.country_code), phones.trunk_prefix, phones.national_digits)
+
+    def normalise(self, text: str) -> str | None:
+        """Any common notation to E.164 (this plan's country assumed without a code)."""
+        return normalise_phone(text, self)
+
+
+RUSSIA = PhonePlan()
+
+
+def normalise_phone(text: str, plan: PhonePlan = RUSSIA) -> str | None:
+    """Any common notation to E.164 (`plan`'s country assumed without a country code)."""
     raw = text.strip()
     plus = raw[:1] == "+"
     # The phone menu sends bare digits or +digits: no expression needed for those.
@@ -309,8 +343,14 @@ def normalise_phone(text: str) -> str | None:
                 digits = _NOT_DIGIT.sub("", raw)
     if plus:
         return f"+{digits}" if 8 <= len(digits) <= 15 else None
-    if len(digits) == 11 and digits[0] in "78":
-        return f"+7{digits[1:]}"
-    if len(digits) == 10:
-        return f"+7{digits}"
+    national, code, trunk = plan.national_digits, plan.country_code, plan.trunk_prefix
+    n = len(digits)
+    if n == national:
+        return f"+{code}{digits}"
+    # With the trunk prefix ("8 921 ..."), or the country code without its "+" ("7 921
+    # ...", "1 555 ..."): the national number follows either.
+    if n == national + len(trunk) and trunk and digits.startswith(trunk):
+        return f"+{code}{digits[len(trunk) :]}"
+    if n == national + len(code) and digits.startswith(code):
+        return f"+{digits}"
     return None

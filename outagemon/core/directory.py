@@ -34,10 +34,10 @@ from typing import TypeVar, cast, overload
 from rapidfuzz import fuzz, process
 
 from outagemon.core import addresses
-from outagemon.core.addresses import Address
+from outagemon.core.addresses import RUSSIA, Address, PhonePlan, normalise_phone
 from outagemon.core.text import bad_character
 from outagemon.core.topology import Node, Topology
-from outagemon.errors import TopologyError
+from outagemon.errors import TopologyError, not_utf8
 
 COLUMNS = ("account", "phones", "address", "flat", "ip")
 FUZZY_CUTOFF = 80.0  # rapidfuzz ratio a street name must reach to count as the same street
@@ -533,7 +533,6 @@ class Match:
 NOT_FOUND = Match()
 
 
-_normalise_phone = addresses.normalise_phone
 _WRITTEN_KEPT = 4096  # written addresses a directory remembers the meaning of (~2 MiB at most)
 
 
@@ -545,8 +544,10 @@ def _flat_number(flat: str) -> int | None:
 class Directory:
     """The topology with its subscribers, indexed for the phone menu's questions."""
 
-    def __init__(self, topology: Topology, subscribers: Roster | Iterable[Subscriber]) -> None:
+    def __init__(self, topology: Topology, subscribers: Roster | Iterable[Subscriber],
+                 phones: PhonePlan = RUSSIA) -> None:  # fmt: skip
         self.topology = topology
+        self.phones = phones  # how a number without its country code is read ([phones])
         roster = subscribers if isinstance(subscribers, Roster) else Roster.of(subscribers)
         self.subscribers: Roster = roster
         self.counts: dict[str, int] = roster.counts()  # node -> subscribers it serves directly
@@ -561,7 +562,7 @@ class Directory:
     # -- phone, account --------------------------------------------------------------
 
     def phone(self, text: str) -> Match:
-        phone = _normalise_phone(text)
+        phone = normalise_phone(text, self.phones)
         if not phone:
             return NOT_FOUND
         roster = self.subscribers
@@ -747,7 +748,7 @@ class _Places:
 
 
 def read_rows(
-    rows: Iterator[list[str]], path: Path, topology: Topology
+    rows: Iterator[list[str]], path: Path, topology: Topology, plan: PhonePlan = RUSSIA
 ) -> tuple[Roster, list[str]]:
     """Subscribers from CSV rows (the header first), and a sentence for each row that could
     not be used. Rows are taken a chunk at a time into columns: at no time is there a
@@ -771,7 +772,7 @@ def read_rows(
     topo_ips = dict(topology.by_ip.items())
     places = _Places(topology)
     written_at, building = places.written.get, places.building
-    normalise_phone, canonical_ip = addresses.normalise_phone, addresses.canonical_ip
+    normalise_phone, canonical_ip = plan.normalise, addresses.canonical_ip
     ntop, pton, inet = socket.inet_ntop, socket.inet_pton, socket.AF_INET
     accounts, phones, flats, ips = (_ColumnBuilder() for _ in range(4))
     numbers: list[array[int]] = []  # each chunk's, joined at the end (see _joined)
@@ -969,8 +970,10 @@ class Loaded:
     problems: list[str]  # subscriber rows that were left out, each with its reason
 
 
-def load(topology_path: Path, subscribers_path: Path | None) -> Loaded:
-    """Read both files; TopologyError for a broken topology, row problems returned."""
+def load(topology_path: Path, subscribers_path: Path | None, phones: PhonePlan = RUSSIA
+         ) -> Loaded:  # fmt: skip
+    """Read both files (numbers without a country code read by `phones`); TopologyError
+    for a broken topology, row problems returned."""
     from outagemon.core import topology as topology_mod
 
     # Millions of objects are made and none is garbage: the cyclic collector would walk
@@ -980,10 +983,10 @@ def load(topology_path: Path, subscribers_path: Path | None) -> Loaded:
     try:
         topo = topology_mod.load(topology_path)
         if subscribers_path is None:
-            return Loaded(Directory(topo, []), [])
-        roster, problems = _read_file(subscribers_path, topo)
+            return Loaded(Directory(topo, [], phones), [])
+        roster, problems = _read_file(subscribers_path, topo, phones)
         release_free_memory()  # the chunks' and the sorts' buffers, before the routers
-        loaded = Loaded(Directory(with_cpes(topo, roster), roster), problems)
+        loaded = Loaded(Directory(with_cpes(topo, roster), roster, phones), problems)
         release_free_memory()
         return loaded
     finally:
@@ -1012,12 +1015,14 @@ def release_free_memory() -> None:
         _TRIM(0)
 
 
-def _read_file(path: Path, topology: Topology) -> tuple[Roster, list[str]]:
+def _read_file(path: Path, topology: Topology, phones: PhonePlan) -> tuple[Roster, list[str]]:
     try:
         # utf-8-sig: CRM exports often start with a byte-order mark
         with path.open(encoding="utf-8-sig", newline="") as f:
-            return read_rows(csv.reader(f), path, topology)
+            return read_rows(csv.reader(f), path, topology, phones)
     except FileNotFoundError:
         raise TopologyError([f"{path}: no such file."]) from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        raise TopologyError([not_utf8(path, e)]) from None
+    except (OSError, csv.Error) as e:
         raise TopologyError([f"{path}: cannot be read: {e}."]) from None

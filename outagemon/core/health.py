@@ -223,6 +223,10 @@ class Health:
             if ns.state in (State.UNKNOWN, State.RECHECK) or (
                 ns.state is State.DOWN and ns.answers >= self.settings.up_after
             ):
+                if ns.state is not State.UNKNOWN:
+                    # The probes it lost while down (or cut off) were the fault, not a
+                    # lossy link: "degraded" starts afresh, as the loss history did.
+                    ns.short_lost = 0.0
                 self._set(node, ns, State.UP, now)
         else:
             ns.losses += 1

@@ -58,6 +58,10 @@ _CHECK_KEYS = {
 _KEYS = ("phone", "account", "address", "node")
 
 
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def find(directory: Directory, query: Mapping[str, str]) -> tuple[str, Match]:
     """Which caller the query names; HTTPBadRequest for a malformed question."""
     given = []
@@ -67,7 +71,10 @@ def find(directory: Directory, query: Mapping[str, str]) -> tuple[str, Match]:
             given.append((k, v))
     if len(given) != 1:
         named = ", ".join(k for k, _ in given) if given else "none"
-        raise bad(f"give exactly one of phone, account, address or node (given: {named}).")
+        # A phone menu sends `phone=` for a withheld number: say so rather than "none".
+        empty = [k for k in _KEYS if k in query and not query[k].strip()]
+        also = f"; {_and(empty)} {'is' if len(empty) == 1 else 'are'} empty" if empty else ""
+        raise bad(f"give exactly one of phone, account, address or node (given: {named}{also}).")
     key, value = given[0]
     if len(value) > 500:
         raise bad(f"{key} is too long.")
@@ -171,12 +178,20 @@ def place_of(directory: Directory, match: Match, node: str) -> str:
 
 def caller_of(match: Match, building: str) -> tuple[str, str]:
     """Who called, as the calls' detector tells callers apart (kind, value: kept as a
-    keyed hash): a subscriber by their account, however they were found; a caller the
-    directory has no subscriber for (an address, any flat) as their building, so a
-    building counts once however many flats are named: anyone can name flats."""
-    if match.subscriber is not None:
-        return "account", match.subscriber.account
-    return "building", building
+    keyed hash): the home they ask about, their building and flat, however they named it
+    (by phone, by account, or by the address and flat), so one person asking by account
+    and then by their address is one caller; one naming no flat, their building. Two
+    accounts of one flat are one household, one caller. See "Callers as sensors"."""
+    flat = _flat_key(match.flat)
+    return ("home", f"{building}\x00{flat}") if flat else ("building", building)
+
+
+def _flat_key(flat: str) -> str:
+    """A flat as one home: "012", "12" and " 12 " are flat 12; "12А" and "12а" one flat."""
+    flat = flat.strip()
+    if flat.isascii() and flat.isdigit():
+        return str(int(flat))
+    return flat.casefold()
 
 
 def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:

@@ -87,6 +87,11 @@ def _lanes(bars: Sequence[tuple[float, float]]) -> list[int]:
     return lanes
 
 
+def _count(n: int, word: str) -> str:
+    """A count in words, "1 incident", "2 incidents": a title is read by people."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return "still open"
@@ -153,7 +158,7 @@ def calls(buckets: Sequence[dict[str, Any]], start: float, end: float, step: flo
     for t, rate, n_open in series:
         x0, x1 = _x(t, start, end), _x(t + step, start, end)
         h = (bottom - top) * n_open / most_open
-        title = f"{_when(t)}: {rate:g} calls a minute, {n_open} incidents open"
+        title = f"{_when(t)}: {rate:g} calls a minute, {_count(n_open, 'incident')} open"
         parts.append(Markup("<rect {}><title>{}</title></rect>").format(_attrs(
             x=x0, y=bottom - h, width=max(x1 - x0 - 0.5, 0.5), height=h, class_="open",
             data_start=int(t), data_calls=f"{rate:g}", data_open=n_open), title))  # fmt: skip
@@ -162,9 +167,9 @@ def calls(buckets: Sequence[dict[str, Any]], start: float, end: float, step: flo
     if points:
         parts.append(Markup("<polyline {}/>").format(
             _attrs(points=" ".join(points), class_="rate", fill="none")))  # fmt: skip
+    legend = f"peak {most_calls:g} calls a minute; up to {_count(most_open, 'incident')} open"
     parts.append(Markup("<text {}>{}</text>").format(
-        _attrs(x=LEFT + 4, y=top - 8, class_="legend"),
-        f"peak {most_calls:g} calls a minute; up to {most_open} incidents open"))  # fmt: skip
+        _attrs(x=LEFT + 4, y=top - 8, class_="legend"), legend))  # fmt: skip
     parts.append(Markup("</svg>"))
     return Markup("").join(parts)
 
@@ -193,7 +198,7 @@ def worst(rows: Sequence[dict[str, Any]], what: str, limit: int = 10) -> Markup:
             data_planned_minutes=f"{r['planned_minutes']:g}", data_incidents=r["incidents"],
             data_availability=f"{r['availability_pct']:g}")))  # fmt: skip
         title = (f"{r['key']}: {r['outage_minutes']:g} min out, {r['planned_minutes']:g} min "
-                 f"planned works, {r['incidents']} incidents, "
+                 f"planned works, {_count(r['incidents'], 'incident')}, "
                  f"{r['availability_pct']:g} % available")  # fmt: skip
         parts.append(Markup("<title>{}</title>").format(title))
         parts.append(Markup("<text {}>{}</text>").format(

@@ -559,7 +559,9 @@ def spec() -> dict[str, Any]:
                     _q("node", "A topology node id.", maxLength=500),
                     _q("format", "json (default) or text: 'status|incident_id|eta'.",
                        enum=["json", "text"]),
-                    _q("call_id", "The call's id, for the logs.", maxLength=500),
+                    _q("call_id", "The phone system's id of the call (Asterisk's ${UNIQUEID}): "
+                       "accepted for its own records; outagemon neither logs nor keeps it.",
+                       maxLength=500),
                     _q("channel", "ivr (default) or helpdesk.", enum=["ivr", "helpdesk"]),
                 ],
                 "responses": {

@@ -101,7 +101,9 @@ def _card(rt: Runtime, inc: Incident) -> dict[str, Any]:
     root = rt.directory.topology.nodes.get(inc.root)
     return {
         "id": inc.id, "kind": inc.kind.value, "root": inc.root,
-        "root_name": root.name if root else "", "inferred": inc.inferred,
+        "root_name": root.name if root else "",
+        # "Inferred" tells the probes' inference; one raised by calls says so itself.
+        "inferred": inc.inferred and inc.raised_by != "calls",
         "recovering": inc.recovering_since is not None, "since": _when(inc.opened_at),
         "nodes": len(inc.nodes), "subscribers": m.subscribers_of(inc.nodes),
         "calls": m.calls.get(inc.id, 0), "eta": _when(m.eta.get(inc.id)),
@@ -587,6 +589,8 @@ async def incident_form(request: web.Request) -> web.Response:
         eta, note = estimate(eta, form.get("note", ""), now)
     except Invalid as e:
         raise _back(back, Message.refusal(str(e))) from None
+    if eta is None and not note:  # as the API refuses `{}`: "Saved." would say otherwise
+        raise _back(back, Message.NOTHING)
     if queries.not_deciding(rt) is not None or isinstance(rt.monitor, Replica):
         raise _back(back, Message.STANDBY)
     monitor = rt.monitor

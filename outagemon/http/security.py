@@ -53,6 +53,7 @@ class Message(Enum):
     TOKEN_INVALID = "The write token is not valid."
     WRITES_DISABLED = "Writes are disabled: no write token is configured."
     ETA_INVALID = "The ETA is not a time."
+    NOTHING = "Nothing was saved: give an ETA, a note, or both."
     ETA_ENDED = "This incident has ended: an estimate is for an open incident; nothing was saved."
     # The API's own sentences for the same refusals (runtime.estimate): one rule, one text.
     ETA_PAST = "eta is in the past; give the time the repair is expected."

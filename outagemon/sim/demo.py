@@ -277,6 +277,7 @@ def main(port: int, language: str) -> int:
     from outagemon import config as config_mod
     from outagemon import daemon, logs
     from outagemon.core import directory, messages
+    from outagemon.core.addresses import PhonePlan
     from outagemon.errors import OutagemonError
 
     if port == 0:  # any free port; the banner and the config name the one it got
@@ -292,7 +293,8 @@ def main(port: int, language: str) -> int:
         cfg = config_mod.load(config_path)
         print(banner(port, city, tokens, config_path), flush=True)
         logs.setup()
-        loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
+        loaded = directory.load(cfg.topology.file, cfg.topology.subscribers,
+                                PhonePlan.of(cfg.topology.phones))  # fmt: skip
         texts = messages.load(cfg.messages.language)
         d = daemon.Daemon(cfg, loaded, texts, source=SimulatedSource(Scenario(city)))
         try:
