@@ -219,3 +219,14 @@ def test_a_caller_is_their_home_however_named_or_else_their_building() -> None:
     flats = [d.address("Мира 10", flat) for flat in ("2", "3", "4")]
     assert len({caller_of(m, building) for m in flats}) == 3
     assert caller_of(d.address("Мира 10"), building) == ("building", building)
+
+
+def test_a_subscriber_of_no_flat_is_their_own_caller() -> None:
+    """An office or a house without flats: each subscriber there is a caller of their
+    own (by account, however asked), not one caller for the whole building."""
+    rows = "".join(f'{2000 + n},+792100000{40 + n},"ул. Садовая, д. 5",,\n' for n in (0, 1))
+    d = build_directory(NEIGHBOURS + rows)
+    building = "ул. Садовая, д. 5"
+    first = {caller_of(m, building) for m in (d.account("2000"), d.phone("+79210000040"))}
+    assert first == {("account", "2000")}
+    assert caller_of(d.account("2001"), building) == ("account", "2001")

@@ -181,9 +181,14 @@ def caller_of(match: Match, building: str) -> tuple[str, str]:
     keyed hash): the home they ask about, their building and flat, however they named it
     (by phone, by account, or by the address and flat), so one person asking by account
     and then by their address is one caller; one naming no flat, their building. Two
-    accounts of one flat are one household, one caller. See "Callers as sensors"."""
+    accounts of one flat are one household, one caller. A subscriber of no flat (a house,
+    an office) is their account: several share a building. See "Callers as sensors"."""
     flat = _flat_key(match.flat)
-    return ("home", f"{building}\x00{flat}") if flat else ("building", building)
+    if flat:
+        return "home", f"{building}\x00{flat}"
+    if match.subscriber is not None:
+        return "account", match.subscriber.account
+    return "building", building
 
 
 def _flat_key(flat: str) -> str:
