@@ -15,7 +15,9 @@ from outagemon.core.correlator import Correlator
 from outagemon.core.health import State
 from outagemon.core.topology import Topology
 from outagemon.http import page
+from outagemon.sim import truth
 from outagemon.sim.simnet import SimNet
+from outagemon.sim.worlds import Action, Customer, Device, Step, World
 from tests.test_cli import minimal_config, run_cli
 from tests.test_correlate import SETTINGS, WARM, n
 from tests.test_topology import PATH, problems
@@ -188,3 +190,45 @@ def test_a_node_that_forwards_but_drops_its_own_probes_is_not_down(mute: str) ->
     else:
         (inc,) = c.incidents.values()
         assert inc.root == "agg0" and set(inc.nodes) == {"agg0", "sw0"}
+
+
+def test_an_incident_whose_root_was_not_heard_from_again_after_blindness_stays_open() -> None:
+    # truth_bench world 686, shrunk. sw2-2-1 fails for good; under random loss the monitor
+    # goes blind, and just before it does seg3-2-0 (dual-homed: sw2-2-0 still carries it)
+    # joins sw2-2-1's incident. With sw2-4-1's answer through agg1-1-1 bringing agg1-1-1
+    # up (a node that forwards is not down), sight came back a little sooner, and
+    # sw2-2-1, looked at afresh, took longer than resolve_hold to lose the longer streak
+    # the loss asks for: its incident resolved with seg3-2-0 in it, and 1035, who never
+    # lost service, heard "restored" for a week. A root that has not answered since it
+    # was looked at afresh has not come back.
+    world = World(
+        seed=686,
+        devices=(
+            Device("core", "core", True),
+            Device("core-b", "core", True),
+            Device("agg1-0-2", "aggregation", True, ("core",)),
+            Device("agg1-1-1", "aggregation", True, ("core-b",)),
+            Device("sw2-2-0", "access", True, ("agg1-0-2",)),
+            Device("sw2-2-1", "access", True, ("agg1-0-2", "agg1-1-1")),
+            Device("sw2-4-1", "access", True, ("agg1-1-1",)),
+            Device("seg3-2-0", "segment", False, ("sw2-2-1", "sw2-2-0")),
+            Device("seg3-10-0", "segment", False, ("sw2-2-1",)),
+        ),
+        customers=(
+            Customer("1035", ("+79210350000",), "seg3-2-0", False),
+            Customer("1062", ("+79210620000",), "seg3-10-0", True),
+        ),
+        steps=(
+            Step(302.0, Action.FAIL, "sw2-2-1"),
+            Step(1179.0, Action.LOSS, value=0.136),
+            Step(1435.0, Action.BLIND),
+            Step(1491.0, Action.SEE),
+            Step(1729.0, Action.CHECK),
+        ),
+        resolve_hold=30.0,
+        restored_for=604800.0,
+        external_anchor=False,
+    )
+    outcome = truth.run(world)
+    assert outcome.checks == 1
+    assert outcome.disagreements == [], outcome.disagreements
