@@ -254,16 +254,9 @@ def test_a_core_that_rate_limits_icmp_leaves_the_monitor_seeing(lab: Lab) -> Non
             daemon.stop()
 
 
-def test_an_incident_whose_root_was_not_heard_from_again_after_blindness_stays_open() -> None:
-    # truth_bench world 686, shrunk. sw2-2-1 fails for good; under random loss the monitor
-    # goes blind, and just before it does seg3-2-0 (dual-homed: sw2-2-0 still carries it)
-    # joins sw2-2-1's incident. With sw2-4-1's answer through agg1-1-1 bringing agg1-1-1
-    # up (a node that forwards is not down), sight came back a little sooner, and
-    # sw2-2-1, looked at afresh, took longer than resolve_hold to lose the longer streak
-    # the loss asks for: its incident resolved with seg3-2-0 in it, and 1035, who never
-    # lost service, heard "restored" for a week. A root that has not answered since it
-    # was looked at afresh has not come back.
-    world = World(
+def _world_686(*steps: Step) -> World:
+    """truth_bench world 686, shrunk: two cores (the anchors), a switch under both."""
+    return World(
         seed=686,
         devices=(
             Device("core", "core", True),
@@ -280,17 +273,45 @@ def test_an_incident_whose_root_was_not_heard_from_again_after_blindness_stays_o
             Customer("1035", ("+79210350000",), "seg3-2-0", False),
             Customer("1062", ("+79210620000",), "seg3-10-0", True),
         ),
-        steps=(
-            Step(302.0, Action.FAIL, "sw2-2-1"),
-            Step(1179.0, Action.LOSS, value=0.136),
-            Step(1435.0, Action.BLIND),
-            Step(1491.0, Action.SEE),
-            Step(1729.0, Action.CHECK),
-        ),
+        steps=(Step(302.0, Action.FAIL, "sw2-2-1"), *steps, Step(1729.0, Action.CHECK)),
         resolve_hold=30.0,
         restored_for=604800.0,
         external_anchor=False,
     )
-    outcome = truth.run(world)
+
+
+def test_an_incident_whose_root_was_not_heard_from_again_after_blindness_stays_open() -> None:
+    # sw2-2-1 fails for good; under random loss the monitor goes blind, and just before it
+    # does seg3-2-0 (dual-homed: sw2-2-0 still carries it) joins sw2-2-1's incident. With
+    # sw2-4-1's answer through agg1-1-1 bringing agg1-1-1 up (a node that forwards is not
+    # down), sight came back a little sooner, and sw2-2-1, looked at afresh, took longer
+    # than resolve_hold to lose the longer streak the loss asks for: its incident resolved
+    # with seg3-2-0 in it, and 1035, who never lost service, heard "restored" for a week.
+    # A root that has not answered since it was looked at afresh has not come back.
+    outcome = truth.run(
+        _world_686(
+            Step(1179.0, Action.LOSS, value=0.136),
+            Step(1435.0, Action.BLIND),
+            Step(1491.0, Action.SEE),
+        )
+    )
+    assert outcome.checks == 1
+    assert outcome.disagreements == [], outcome.disagreements
+
+
+@pytest.mark.parametrize("repaired", [1440.0, 1460.0, 1480.0])
+def test_what_joins_an_incident_as_the_monitor_goes_blind_leaves_it(repaired: float) -> None:
+    # The monitor's uplink fails while sw2-2-1 is down: before the anchors (the two
+    # cores) are called down, sw2-2-0 is, and seg3-2-0 behind it and sw2-2-1 joins
+    # sw2-2-1's incident. While the cores were down they cut it off still, so it stayed:
+    # sw2-2-1 repaired meanwhile, the incident resolved with it, and 1035, who never lost
+    # service, heard "restored" for a week. 1062, behind sw2-2-1 alone, hears it.
+    outcome = truth.run(
+        _world_686(
+            Step(1435.0, Action.BLIND),
+            Step(repaired, Action.REPAIR, "sw2-2-1"),
+            Step(1491.0, Action.SEE),
+        )
+    )
     assert outcome.checks == 1
     assert outcome.disagreements == [], outcome.disagreements
