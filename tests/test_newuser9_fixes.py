@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +24,7 @@ from outagemon.testing.lab import Lab
 from tests.conftest import free_port, short_tmp_dir
 from tests.test_cli import minimal_config, run_cli
 from tests.test_correlate import SETTINGS, WARM, n
+from tests.test_lab_e2e import CONFIG as LAB_CONFIG
 from tests.test_lab_e2e import WRITE, LabDaemon
 from tests.test_topology import PATH, problems
 from tests.world import world
@@ -198,20 +200,8 @@ RATE_LIMITED_TOPOLOGY = """nodes:
   - {id: sw-oak-1, kind: access, ip: 127.42.2.1, parents: [agg-a], serves: ["Oak Street 1"]}
   - {id: sw-elm-2, kind: access, ip: 127.42.2.2, parents: [agg-b], serves: ["Elm Street 2"]}
 """
-RATE_LIMITED_CONFIG = """[daemon]
-state_dir = "{state}"
-[http]
-listen = "127.0.0.1:{port}"
-[topology]
-file = "topology.yaml"
-subscribers = "subscribers.csv"
-[messages]
-language = "en"
-[[auth.tokens]]
-name = "lab"
-token = "{write}"
-role = "write"
-"""
+# The lab's config with the defaults' probing and correlation ([probe] interval 10 s).
+RATE_LIMITED_CONFIG = re.sub(r"\[probe\].*?(?=\[topology\])", "", LAB_CONFIG, flags=re.S)
 
 
 def test_a_core_that_rate_limits_icmp_leaves_the_monitor_seeing(lab: Lab) -> None:
