@@ -64,6 +64,9 @@ class Correlator(Failures):
         self._roots_sorted: tuple[list[str], list[str], set[str]] = (self._roots_cache, [], set())
         self._pending_of: list[str] | None = None
         self._blind_at = -math.inf  # when the monitor last went blind
+        # The anchors that fell silent with our uplink as the monitor went blind: what only
+        # they cut off leaves the incidents at the next assignment (`_lead_up`).
+        self._silenced: set[str] = set()
         # What _scope is of: the topology, the works running and those still to end.
         self._scope_key: tuple[int, tuple[Maintenance, ...], tuple[Maintenance, ...]] = (0, (), ())
         self._anchors_seen: set[str] = set(self.anchors)  # anchors states may be kept for
@@ -287,6 +290,15 @@ class Correlator(Failures):
             return
         anchors = set(self.anchors)
         begun = min(streaks) - 3 * self.settings.timeout  # sent, with a little early
+        # Those that fell silent together (within a probe interval of the last one), not
+        # one down long before (a fault of its own): while they are down, everything
+        # behind them alone is cut off, and the incidents keep what joined them as the
+        # uplink failed (a dual-homed node whose other uplink was losing its probes too).
+        latest = max(streaks) - self.settings.interval - 3 * self.settings.timeout
+        self._silenced = {
+            a for a in anchors if (ns := self.states.get(a)) is not None and ns.streak_at >= latest
+        }
+        self._dirty = True
         for node, ns in self.states.items():
             if node in anchors or not (ns.losses or ns.state is State.DOWN):
                 continue
@@ -512,7 +524,16 @@ class Correlator(Failures):
                 del self._pending_since[gone]
                 self._blocked.pop(gone, None)
             self._pending_of = roots
-        if opened or (changed and active):
+        if self._silenced:
+            # Gone blind: what joined as our uplink failed leaves (the anchors that fell
+            # silent with it, and the nodes `_lead_up` looks at afresh, cut nothing off;
+            # their cut may hide the roots of the open incidents: each is trimmed).
+            still = [inc for inc in book.incidents.values() if inc.recovering_since is None]
+            if self.blind and still:
+                without = self._cut(self._failed() - self._silenced)
+                book.assign(still, without, now, self.topology, grow=False)
+            self._silenced = set()
+        elif opened or (changed and active):
             # Blind, what fails is no evidence: no incident takes in more nodes.
             book.assign(active, cut, now, self.topology, grow=not self.blind)
         book.recover(root_set, cut, now, self.states, self.settings.resolve_hold,

@@ -15,6 +15,7 @@ import math
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 from outagemon.core.topology import Topology
 
@@ -42,6 +43,9 @@ RTT_BOUND = 0.2
 # A node losing probes under an ancestor without an address that has at most this many
 # children asks for them to be probed too: they are the evidence about that ancestor.
 SIBLINGS_ASKED = 64
+# A node losing probes asks for this many of the children behind it alone to be probed
+# too (of its first SIBLINGS_ASKED): one answering shows it forwards (`_forwarded`).
+CHILDREN_ASKED = 3
 
 
 class State(enum.Enum):
@@ -247,6 +251,7 @@ class Health:
                     if not ns.asked:
                         ns.asked = True
                         self._ask_ancestors(node)
+                        self._ask_children(node)
         ns.degraded = (
             ns.state is not State.DOWN
             and ns.short_n >= 10
@@ -261,9 +266,18 @@ class Health:
             return
         parent = here.parents[0]
         ps = self.states.get(parent)
-        if ps is None or not ps.losses or ps.state is State.DOWN:
+        if ps is None or not ps.losses:
             return
         sent = ps.streak_at - self.settings.timeout
+        if ps.state is State.DOWN:
+            # Silent itself, yet it carried this probe: it is up (a router that drops
+            # ICMP to itself by a rate limit or a busy control plane forwards on), as an
+            # inferred node is. Its losses are no random loss: it may have been repaired.
+            if now - RTT_BOUND >= sent:
+                ps.losses = 0
+                ps.asked = False
+                self._set(parent, ps, State.UP, now)
+            return
         if now - RTT_BOUND >= sent:
             ps.record(True, ps.losses)
             self._network(now, ps.losses)
@@ -399,6 +413,22 @@ class Health:
         # The anchors too: a loss might be our own uplink's, and they must say so first.
         for a in self.anchors:
             requests[a] = None
+
+    def _ask_children(self, node: str) -> None:
+        """Urgent probes of a few probed children behind this node alone: one that answers
+        shows it forwards, so a node that drops only its own probes is not called down (an
+        anchor that does would make the monitor blind: every caller hearing "unknown")."""
+        here = self.topology.nodes.get(node)
+        if here is None or not here.children:
+            return
+        nodes, asked = self.topology.nodes, 0
+        for c in islice(here.children, SIBLINGS_ASKED):
+            child = nodes[c]
+            if child.probed and len(child.parents) == 1:
+                self._requests[c] = None
+                asked += 1
+                if asked == CHILDREN_ASKED:
+                    return
 
     def take_requests(self) -> list[str]:
         """Nodes to probe now, ahead of their schedule (each once)."""

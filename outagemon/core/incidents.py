@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from outagemon.core.health import NodeState, update_flapping
+from outagemon.core.health import NodeState, State, update_flapping
 from outagemon.core.topology import Topology
 
 # A root that fails again this soon after its incident resolved reopens that incident.
@@ -427,7 +427,9 @@ class IncidentBook:
     ) -> None:
         """Incidents whose root is no longer a failed root start recovering (callers behind
         them hear "restored"), and resolve after `hold` seconds unless the root flaps
-        (changed state often within the last `flap_period` seconds)."""
+        (changed state often within the last `flap_period` seconds) or has not answered
+        since it was looked at afresh (RECHECK: after blindness, or below a node that came
+        back; it goes down again or answers within a streak)."""
         for inc in list(self.incidents.values()):
             if inc.root in roots:
                 continue
@@ -441,6 +443,10 @@ class IncidentBook:
                 self.node_incident.recall(inc)
                 self._recalled = None
                 self.events.append(Event(EventKind.RECOVERING, now, inc.id, inc.root))
+                continue
+            if ns is not None and ns.state is State.RECHECK:
+                # Its root has not answered since it was looked at afresh (after
+                # blindness, or below a node that came back): no sign its fault ended.
                 continue
             flapping = ns is not None and update_flapping(ns, now, flap_period)
             if now - inc.recovering_since >= hold and not flapping:

@@ -50,6 +50,7 @@ class Lab:
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"om-lab-{uuid.uuid4().hex[:8]}"
         self._losses: dict[int, set[str]] = {}
+        self._limits: dict[str, int] = {}  # address -> echo requests answered a minute
         self._down: set[str] = set()
         self._open = False
 
@@ -95,6 +96,8 @@ class Lab:
         self._down.difference_update(addresses)
         for members in self._losses.values():
             members.difference_update(addresses)
+        for address in addresses:
+            self._limits.pop(address, None)
         self._apply()
 
     def loss(self, percent: int, *addresses: str) -> None:
@@ -107,9 +110,21 @@ class Lab:
         self._losses.setdefault(percent, set()).update(addresses)
         self._apply()
 
+    def limit(self, per_minute: int, *addresses: str) -> None:
+        """Answer only `per_minute` echo requests a minute to each of these addresses (one
+        at a time, no burst) and drop the rest: a router's ICMP rate limit."""
+        check_loopback(addresses)
+        if per_minute < 1:
+            raise ValueError("a rate limit answers at least one request a minute")
+        if any(":" in a for a in addresses):
+            raise ValueError("a rate limit is for IPv4 addresses")
+        self._limits.update(dict.fromkeys(addresses, per_minute))
+        self._apply()
+
     def clear(self) -> None:
         self._down.clear()
         self._losses.clear()
+        self._limits.clear()
         self._apply()
 
     def _apply(self) -> None:
@@ -133,6 +148,11 @@ class Lab:
                     f"    ip daddr {{ {', '.join(v4)} }} icmp type echo-request "
                     f"numgen random mod 100 < {percent} drop"
                 )
+        for address, per_minute in sorted(self._limits.items()):
+            lines.append(
+                f"    ip daddr {address} icmp type echo-request "
+                f"limit rate over {per_minute}/minute burst 1 packets drop"
+            )
         lines += ["  }", "}"]
         _run("ip", "netns", "exec", self.name, "nft", "-f", "-", stdin="\n".join(lines) + "\n")
 
