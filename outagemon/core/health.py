@@ -227,10 +227,6 @@ class Health:
             if ns.state in (State.UNKNOWN, State.RECHECK) or (
                 ns.state is State.DOWN and ns.answers >= self.settings.up_after
             ):
-                if ns.state is not State.UNKNOWN:
-                    # The probes it lost while down (or cut off) were the fault, not a
-                    # lossy link: "degraded" starts afresh, as the loss history did.
-                    ns.short_lost = 0.0
                 self._set(node, ns, State.UP, now)
         else:
             ns.losses += 1
@@ -336,6 +332,11 @@ class Health:
         if self.record_transitions:
             self.transitions.append((node, state.value, now))
         was_down = ns.state is State.DOWN
+        if state is State.UP and ns.state is not State.UNKNOWN:
+            # Back from down or cut off, by its own answers or a child's (`_forwarded`):
+            # the probes it lost then were the fault, not a lossy link, so "degraded"
+            # starts afresh, as the loss history did.
+            ns.short_lost = 0.0
         if was_down or state is State.DOWN:
             if ns.changes is None:
                 # An array, not a deque: not tracked by the cyclic collector, so the
