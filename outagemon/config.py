@@ -135,10 +135,12 @@ class CallersConfig:
     keep: int = 100_000  # calls held between detector ticks at most
     max_subscribers: int = 2000  # the largest place suspected (subscribers behind it)
     by_hour: bool = True  # the usual rate follows the hour of the day (a learned shape)
-    evidence: float = 16.0  # the sequential test's log-likelihood ratio; 0: off
+    evidence: float = 16.1  # the sequential test's log-likelihood ratio; 0: off
     fault_rate: float = 0.25  # calls a subscriber an hour a fault makes (the test's alternative)
     burst: float = 600.0  # seconds: a fault's calls come in a burst falling so; 0: constant
     burst_evidence: float = 0.0  # with burst: the constant test too, the burst's at this; 0: off
+    wake_at: float = 25200.0  # seconds after midnight (UTC) a night's faults begin to be noticed
+    wake_evidence: float = 10.5  # the constant test's evidence in the waking hour; 0: off
     sentence: str = ""  # said to callers behind a suspected incident; "": nothing special
 
 
@@ -588,6 +590,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "fault_rate": _fault_rate,
         "burst": _seconds(positive=False, maximum=DAY),
         "burst_evidence": _evidence,
+        "wake_at": _seconds(positive=False, maximum=DAY),
+        "wake_evidence": _evidence,
         "sentence": _sentence,
     },
     "history": {

@@ -12,27 +12,28 @@ never fewer than `min_callers`; or sooner, when a sequential test finds the newe
 them (two or more) `evidence` times likelier, in natural logarithm, under a fault
 (`fault_rate` calls a subscriber an hour) than under the usual calls. The rate of each
 node is learned from the calls it had (answered `ok` and not part of a suspicion),
-blended with a prior of `prior_rate` calls per subscriber a day that weighs as one day
-of history, and follows the hour of the day (`by_hour`: one shape of the day learned
-from every place's calls, scaled to each place's rate). Only calls answered `ok` count:
-one answered `outage`, `maintenance`, `cpe_down`, `restored` or `unknown` (blindness) is
-already explained, and so is one from a caller whose own probed router was answering (the
-probes see the way to them working: their trouble is not their entrance's). The
-suspected root is the lowest node shared by the callers' serving nodes, but never above a
-node the probes see answering (`proven`) on a caller's path: the callers are then grouped
-by the nearest answering node of their path (the way to it works; its own ports may not),
-each group raised at the node its callers share only if it passes that place's test on
-its own; when one child
-of the place holds `min_callers` of its callers or more and the rest are fewer (a busy
-entrance tipped its building over with a neighbour's usual call), the cluster is that
-child's, and only its calls are taken. A suspicion raised at a place while its
-callers were too few to tell moves down the same way, keeping its id, when later calls
-make one child's callers pass that child's threshold and the rest stay fewer than
-`min_callers` and are no cluster of their own (a confirmed one is never moved). New
-callers of a sibling of a suspected place (another entrance of its building) widen it to
-their parent, keeping its id, when they are as many as its callers in the window (or
-`min_callers`, if fewer) and all of them pass the parent's test: a building's fault is
-one suspicion, not one per entrance.
+blended with a prior of `prior_rate` calls per subscriber a day that weighs as one day of
+history, and follows the hour of the day (`by_hour`: one shape of the day learned from
+every place's calls, each hour's calls against the time the history has lived in that
+hour, scaled to each place's rate). Callers who all first called in the waking hour (from
+`wake_at`, when a night's faults are noticed) pass the constant-rate test at
+`wake_evidence`. Only calls answered `ok` count: one answered `outage`, `maintenance`,
+`cpe_down`, `restored` or `unknown` (blindness) is already explained, and so is one from
+a caller whose own probed router was answering (the probes see the way to them working:
+their trouble is not their entrance's). The suspected root is the lowest node shared by
+the callers' serving nodes, but never above a node the probes see answering (`proven`) on
+a caller's path: the callers are then grouped by the nearest answering node of their path
+(the way to it works; its own ports may not), each group raised at the node its callers
+share only if it passes that place's test on its own; when one child of the place holds
+`min_callers` of its callers or more and the rest are fewer (a busy entrance tipped its
+building over with a neighbour's usual call), the cluster is that child's, and only its
+calls are taken. A suspicion raised at a place while its callers were too few to tell
+moves down the same way, keeping its id, when later calls make one child's callers pass
+that child's threshold and the rest stay fewer than `min_callers` and are no cluster of
+their own (a confirmed one is never moved). New callers of a sibling of a suspected place
+(another entrance of its building) widen it to their parent, keeping its id, when they
+are as many as its callers in the window (or `min_callers`, if fewer) and all of them
+pass the parent's test: a building's fault is one suspicion, not one per entrance.
 
 A suspected incident is never spoken as an outage: an engineer confirms it (it becomes an
 outage with the same id), dismisses it, or it expires after `expire_after` seconds
@@ -84,7 +85,7 @@ class Settings:
     # (the log of how many times likelier a fault makes them than the usual calls; 0: no
     # test, the window's count alone), against a fault that makes `fault_rate` calls a
     # subscriber an hour. It may raise on two callers (never on fewer).
-    evidence: float = 16.0
+    evidence: float = 16.1
     fault_rate: float = 0.25
     # How a fault's calls come in time: a burst after it begins whose rate falls with this
     # time constant (seconds: how long people take to call once they notice), so that
@@ -96,6 +97,14 @@ class Settings:
     # burst alone, at `evidence`). The burst's tight pairs and the constant test's slow
     # mornings are different faults: either finds its own.
     burst_evidence: float = 0.0
+    # The waking hour: a night's faults are noticed as people wake, from `wake_at`
+    # (seconds after midnight, on the detector's clock) over the `window` after it, so
+    # their callers come spread over that hour, not in a burst, and the faults of every
+    # night hour come then at once. Callers who all first called in it pass with the
+    # constant-rate test at `wake_evidence` (0: no such test): the night's hours make
+    # a fault there likelier before any call than in another hour.
+    wake_at: float = 25200.0
+    wake_evidence: float = 10.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +307,12 @@ class CallWatch:
         # The day's shape: learned calls by hour of the day (UTC), decayed as the rates.
         self._hours = [0.0] * HOURS
         self._hours_at = started
+        self._hours_version = 0  # counted up when `_hours` changes
+        # The seconds lived in each hour (decayed to `_lived_at`'s first, since its second).
+        self._lived = [0.0] * HOURS
+        self._lived_at = (started, started)
+        self._rates: list[float] = [1.0] * HOURS  # `_hour_rates()`, made for `_rates_of`
+        self._rates_of: tuple[float, float, int] | None = None
         self.set_topology(topology, subscribers)
         self.delays: list[float] = []  # first call to suspicion, per suspicion raised
         # Whether a node is probed and answering now (given each tick; None: none is).
@@ -313,6 +328,7 @@ class CallWatch:
         self.below = subscribers_below(topology, subscribers) if below is None else below
         # The shape's prior: one day of the prior's calls, spread evenly over the hours.
         self._hour_prior = self.settings.prior_rate * sum(subscribers.values()) / HOURS
+        self._rates_of = None
 
     # -- what callers hear -------------------------------------------------------------
 
@@ -349,19 +365,64 @@ class CallWatch:
 
     def shape(self, at: float) -> float:
         """How busy this time of day is against the day's average (1: average, or
-        `by_hour` off): the learned calls by hour, blended with an even prior worth a
-        day of calls, between the hours' middles linearly."""
+        `by_hour` off): each hour's learned calls over the time the history has spent in
+        that hour against the day's average (an hour not lived yet is no quiet hour),
+        blended with an even prior worth a day of calls, between the hours' middles
+        linearly."""
         if not self.settings.by_hour:
             return 1.0
-        hours, prior = self._hours, self._hour_prior
-        mean = sum(hours) / HOURS + prior
-        if mean <= 0:
-            return 1.0
+        rates = self._hour_rates()
         x = (at % DAY) / 3600.0 - 0.5
         lo = math.floor(x)
         part = x - lo
-        a, b = hours[lo % HOURS], hours[(lo + 1) % HOURS]
-        return (a + (b - a) * part + prior) / mean
+        a, b = rates[lo % HOURS], rates[(lo + 1) % HOURS]
+        return a + (b - a) * part
+
+    def _hour_rates(self) -> list[float]:
+        """Each hour's usual calls against the day's average (kept until what was
+        learned, or since when, changes)."""
+        key = (self._hours_at, self.started, self._hours_version)
+        if self._rates_of == key:
+            return self._rates
+        lived, hours, prior = self._exposure(), self._hours, self._hour_prior
+        # Each hour against the day's average: its calls over those the average rate
+        # brings in the time it was lived, both with an even prior of a day's calls (an
+        # hour not lived yet is as busy as the average).
+        calls, seen = sum(hours), sum(lived)
+        average = calls / seen if seen > 0 else 0.0
+        rates = [(c + prior) / d if (d := average * e + prior) > 0 else 1.0
+                 for c, e in zip(hours, lived, strict=True)]  # fmt: skip
+        mean = sum(rates) / HOURS
+        self._rates = [r / mean for r in rates] if mean > 0 else [1.0] * HOURS
+        self._rates_of = key
+        return self._rates
+
+    def _exposure(self) -> list[float]:
+        """The seconds the history has spent in each hour of the day, from `started` to
+        the newest learned call (`_hours_at`), decayed as the calls are: advanced from
+        where it was, or made afresh when `started` moved or time went back."""
+        end, start = self._hours_at, self.started
+        at, since = self._lived_at
+        if since != start or end < at:
+            self._lived = [0.0] * HOURS
+            at = max(start, end - 20 * self.settings.learn_for)  # older: e^-20, nothing
+        elif end == at:
+            return self._lived
+        tau = self.settings.learn_for
+        lived = self._lived
+        if at < end:
+            fade = math.exp(-(end - at) / tau)
+            lived = [e * fade for e in lived]
+            t = at
+            while t < end:
+                nxt = min(end, (math.floor(t / 3600.0) + 1) * 3600.0)
+                lived[int(t % DAY // 3600) % HOURS] += tau * (
+                    math.exp(-(end - nxt) / tau) - math.exp(-(end - t) / tau)
+                )
+                t = nxt
+        self._lived = lived
+        self._lived_at = (max(end, start), start)
+        return lived
 
     def shaped(self, start: float, end: float) -> float:
         """Seconds between two times, each weighed by how busy its time of day is (the
@@ -402,6 +463,7 @@ class CallWatch:
             self._hours = [h * fade for h in self._hours]
             self._hours_at = call.at
         self._hours[int(call.at % DAY // 3600) % HOURS] += 1.0
+        self._hours_version += 1
 
     def baseline(self) -> list[tuple[str, str, float, float]]:
         """What was learned, to keep over a restart: (kind, key, count, at) for each node
@@ -428,8 +490,11 @@ class CallWatch:
                 self._learned[key] = merged(self._learned.get(key, (0.0, at)), (count, at))
             elif kind == "hour" and key.isdigit() and int(key) < HOURS and count > 0:
                 h = int(key)
+                if not any(self._hours):  # nothing learned here yet: the rows' moment
+                    self._hours_at = at
                 mine = (self._hours[h], self._hours_at)
                 self._hours[h], at_h = merged(mine, (count, at))
+                self._hours_version += 1
                 if at_h > self._hours_at:  # the other hours fade to the same moment
                     fade = math.exp(-(at_h - self._hours_at) / tau)
                     self._hours = [c if i == h else c * fade for i, c in enumerate(self._hours)]
@@ -736,12 +801,28 @@ class CallWatch:
         s = self.settings
         if s.evidence <= 0:
             return False
+        if s.wake_evidence > 0 and firsts:
+            waking = self.waking(firsts, now)
+            if len(waking) >= self._least() and (
+                self.score(node, waking, now, s.wake_evidence, burst=0.0) >= s.wake_evidence
+            ):
+                return True
         if s.burst > 0 and s.burst_evidence > 0:
             # Both tests, each against its own evidence: raised when either holds.
             return (self.score(node, firsts, now, s.evidence, burst=0.0) >= s.evidence
                     or self.score(node, firsts, now, s.burst_evidence)
                     >= s.burst_evidence)  # fmt: skip
         return self.score(node, firsts, now, s.evidence) >= s.evidence
+
+    def waking(self, firsts: list[float], now: float) -> list[float]:
+        """Those of these first calls (oldest first) made in the waking hour that `now`
+        is in: from `wake_at` to `window` after it (none, when `now` is not in it)."""
+        s = self.settings
+        into = (now - s.wake_at) % DAY
+        if into >= s.window:
+            return []
+        woke = now - into
+        return [at for at in firsts if at >= woke]
 
     def score(self, node: str, firsts: list[float], now: float,
               enough: float = math.inf, burst: float | None = None) -> float:  # fmt: skip
