@@ -6,10 +6,12 @@ import bisect
 import textwrap
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from outagemon.core import directory, topology
+from outagemon.core.addresses import RUSSIA, PhonePlan
 from outagemon.core.directory import Directory
 from outagemon.sim import citygen
 
@@ -443,13 +445,13 @@ _ODD = [  # (column, value): each sends its chunk row by row, or is read as it r
 ]  # fmt: skip
 
 
-def _both_ways(rows: list[list[str]]) -> None:
+def _both_ways(rows: list[list[str]], plan: PhonePlan = RUSSIA) -> None:
     header = ["account", "phones", "address", "flat", "ip"]
-    fast = directory.read_rows(iter([header, *rows]), PATH, TOPO)
+    fast = directory.read_rows(iter([header, *rows]), PATH, TOPO, plan)
     saved = directory._at_once
     directory._at_once = lambda *args: None
     try:
-        slow = directory.read_rows(iter([header, *rows]), PATH, TOPO)
+        slow = directory.read_rows(iter([header, *rows]), PATH, TOPO, plan)
     finally:
         directory._at_once = saved
     assert list(fast[0]) == list(slow[0]) and fast[1] == slow[1], rows
@@ -498,3 +500,30 @@ def test_good_rows_are_read_column_by_column() -> None:
     assert phones == ["+79211234567", "+79211234567", "+79211234568", ""]
     assert ips == ["127.0.1.1", "::ffff:1.2.3.4", "", ""] and flats == ["41", "", "7", "1"]
     assert [places.places[p][0] for p in place] == ["seg-2", "sw-sad", "sw-lenina", "seg-1"]
+
+
+@pytest.mark.parametrize("plan", [PhonePlan("1", "1", 10), PhonePlan("44", "0", 10),
+                                  PhonePlan("49", "", 11)])  # fmt: skip
+def test_a_numbering_plan_reads_the_same_column_by_column(plan: PhonePlan) -> None:
+    # The column-wise reading gives national numbers the plan's country code, not "+7".
+    written = [
+        "555 010 0002",
+        "1 555 010 0002",
+        "0 555 010 0002",
+        "44 5550100002",
+        "49 55501000023",
+        "5550100002 3",
+        "+1 555 010 0002",
+        "8 921 1234567",
+        "",
+    ]
+    rows = [[str(i), phone, "Мира 10", str(i + 1), ""] for i, phone in enumerate(written)]
+    _both_ways(rows, plan)
+    places = directory._Places(TOPO)
+    done = directory._at_once(rows, 5, (0, 1, 2, 3, 4), places, {}, plan)
+    if done is not None:  # every number this plan reads: none of them made Russian
+        assert done[1] == [plan.normalise(p) or "" for p in written]
+    one = [["1", "555 010 0002" if plan.national_digits == 10 else "555 010 00023", "Мира 10",
+            "1", ""]]  # fmt: skip
+    done = directory._at_once(one, 5, (0, 1, 2, 3, 4), places, {}, plan)
+    assert done is not None and done[1] == [f"+{plan.country_code}{one[0][1].replace(' ', '')}"]

@@ -17,6 +17,7 @@ import bisect
 import csv
 import ctypes
 import dataclasses
+import functools
 import gc
 import io
 import math
@@ -756,9 +757,17 @@ class _Places:
         )
 
 
-# A chunk's phones, a line each between sentinel line breaks (see _at_once): a national
-# number ("8 921 ...", "921 ...") given the country code, as normalise_phone gives it.
-_NATIONAL = re.compile(r"\n(?:[78](?=[0-9]{10}\n)|(?=[0-9]{10}\n))")
+@functools.lru_cache(maxsize=8)
+def _national(plan: PhonePlan) -> tuple[re.Pattern[str], str]:
+    """What finds, in a chunk's phones (a line each between sentinel line breaks: see
+    _at_once), a national number ("8 921 ...", "921 ...", "7 921 ..." in Russia's plan)
+    and what replaces its start: the number as `plan.normalise` gives it."""
+    national = f"(?=[0-9]{{{plan.national_digits}}}\\n)"
+    starts = [re.escape(p) for p in (plan.trunk_prefix, plan.country_code) if p]
+    prefixed = f"(?:{'|'.join(starts)}){national}|" if starts else ""
+    return re.compile(f"\\n(?:{prefixed}{national})"), f"\n+{plan.country_code}"
+
+
 # A chunk's given ips, a line each: IPv4 as inet_ntop writes it (no leading zero, <= 255).
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
@@ -767,7 +776,7 @@ _IPV4_LINES = re.compile(rf"{_IPV4}(?:\n{_IPV4})*")
 
 def _at_once(
     chunk: list[list[str]], columns: int, at: tuple[int, int, int, int, int],
-    places: _Places, topo_ips: dict[str, str],
+    places: _Places, topo_ips: dict[str, str], plan: PhonePlan = RUSSIA,
 ) -> tuple[list[str], list[str], list[str], list[str], list[int]] | None:  # fmt: skip
     """A chunk's accounts, phones, flats, ips and places as the row-by-row reading makes
     them, a column at a time in chains of C and calls over the column's joined text (a
@@ -789,7 +798,7 @@ def _at_once(
     if not all(accounts):
         return None
     # The phones as normalise_phone makes them: a "+" only where a value starts, the
-    # rest digits but for the marks it drops; the national numbers then given "+7"; and
+    # rest digits but for the marks it drops; the national numbers then given "+CODE"; and
     # then each value "+" and 8 to 15 digits, or empty as written.
     raw = "\n".join(map(str.strip, fields[iph]))
     if raw.count("+") != raw.count("\n+") + (raw[:1] == "+"):
@@ -798,7 +807,8 @@ def _at_once(
     digits = text.replace("+", "").replace("\n", "")
     if digits and not (digits.isdigit() and digits.isascii()):
         return None
-    text = _NATIONAL.sub("\n+7", f"\n{text}\n")
+    national, code = _national(plan)
+    text = national.sub(code, f"\n{text}\n")
     phones = text[1:-1].split("\n")
     lengths = set(map(len, phones))
     empty = phones.count("") if 0 in lengths else 0
@@ -896,7 +906,7 @@ def read_rows(
         chunk = list(islice(rows, CHUNK_ROWS))
         if not chunk:
             break
-        done = _at_once(chunk, columns, at, places, topo_ips)
+        done = _at_once(chunk, columns, at, places, topo_ips, plan)
         if done is not None:  # every row of the chunk good, read column by column
             for builder, column in zip((accounts, phones, flats, ips), done[:4], strict=True):
                 builder.extend(column)
