@@ -1,7 +1,7 @@
 """How fast and how right the correlator decides, on simulated networks in simulated time.
 
     .venv/bin/python -m benchmarks.correlate_bench
-        [--parts detection,loss,core,steady,reload,freeze] [--subscribers 1000000]
+        [--parts detection,loss,core,steady,reload,freeze,saves] [--subscribers 1000000]
         [--profile] [--change PCT] [--nodes 1000000]
 
 A city-sized network cannot exist on this machine, so the network is simulated
@@ -38,6 +38,12 @@ answered by the simulated devices; the correlator is the real one. The measureme
    collection's CPU time with the states as they are made, and after the ICMP source's
    `freeze_made` (which its decision loop calls at the end of the first rounds after the
    start and after a reload), side by side in one run.
+7. The big writes (`--parts saves`, not in the default parts: it needs PostgreSQL,
+   OUTAGEMON_TEST_DSN or the tests' server): a city of `--subscribers` with a state for
+   every target, written by the monitor and the writer into a fresh database: the
+   inventory, every node's loss history (`save_history`, every ten minutes), the node
+   states of a mass outage (100,000 down in one tick); the loop's holds through each
+   (LoopLag, and the 2 ms timer in CPU time; `--profile`: the loop's longest steps).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import random
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from outagemon.core.correlator import Correlator
@@ -481,6 +488,114 @@ def reload_hold(subscribers: int, profile: bool = False, change: float = 0.0) ->
     print(holds.report(12 if profile else 3))
 
 
+SAVES_DSN = os.environ.get("OUTAGEMON_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _saves(config_path: Path, holds: Holds, dsn: str, outage: int) -> list[str]:
+    """The daemon's periodic and big writes, each made as the monitor makes it and written
+    by the writer to a real PostgreSQL, with the loop's holds measured through each: the
+    inventory (start and reload), every node's loss history (`save_history`, every
+    HISTORY_EVERY), the node states of a mass outage (`outage` nodes down in one tick)."""
+    from outagemon import config as config_mod
+    from outagemon.core import directory
+    from outagemon.db import store
+    from outagemon.db.writer import Writer
+    from outagemon.metrics import LoopLag, Registry
+    from outagemon.monitor import Monitor
+
+    cfg = config_mod.load(config_path)
+    loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
+    gc.collect()
+    gc.freeze()  # as the daemon does after a load
+    metrics = Registry()
+    pool = await store.connect(dsn)
+    writer = Writer(pool, cfg.database.write_queue, metrics, cfg.database.queue_bytes)
+    monitor = Monitor(cfg, loaded.directory, metrics, writer)
+    now = monitor.clock()
+    targets = list(loaded.directory.topology.by_ip.values())
+    for node in targets:  # every target has a state, and a loss history to save
+        monitor.correlator.observe(node, True, now)
+    monitor.correlator.tick(now)
+    monitor.correlator.transitions = []
+    gc.collect()
+    gc.freeze()  # as the ICMP source's freeze_made after the first rounds
+    lag = LoopLag(Registry())
+    writing = asyncio.create_task(writer.run())
+    watching = asyncio.create_task(lag.run())
+    holding = asyncio.create_task(holds.run())
+    out: list[str] = []
+
+    async def measured(what: str, step: Callable[[], None]) -> None:
+        await asyncio.sleep(0.3)
+        lag.worst = 0.0
+        holds.reset()
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        await writer.drain(600)
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
+        await asyncio.sleep(0.1)
+        out.append(f"   {what}: written in {took:.1f} s ({cpu:.1f} s CPU); longest hold "
+                   f"of the loop {lag.worst * 1000:.0f} ms wall (LoopLag)")  # fmt: skip
+        out.append(holds.report(4))
+
+    try:
+        await measured(f"inventory ({len(loaded.directory.topology):,} nodes, "
+                       f"{len(loaded.directory.subscribers):,} subscribers)",
+                       lambda: monitor.journal.inventory(loaded.directory))  # fmt: skip
+        await measured(f"loss histories of {len(monitor.correlator.states):,} nodes "
+                       "(save_history)", monitor.save_history)  # fmt: skip
+        at = monitor.clock()  # the correlator's transitions of one tick, made beforehand
+        monitor.correlator.transitions = [(n, "down", at) for n in targets[:outage]]
+        await measured(f"node states of a mass outage ({outage:,} nodes down in one "
+                       "tick, _save_states)", monitor._save_states)  # fmt: skip
+    finally:
+        holds.stop()
+        for task in (writing, watching, holding):
+            task.cancel()
+        await pool.close()
+    return out
+
+
+def saves(subscribers: int, profile: bool = False) -> None:
+    """7. The big writes (inventory, loss histories, a mass outage's node states) into a
+    fresh database, with the loop's holds measured through each."""
+    import uuid
+
+    import asyncpg
+
+    from outagemon.db import migrate
+
+    holds = Holds(steps=profile)
+    name = f"om_bench_saves_{uuid.uuid4().hex[:8]}"
+    dsn = SAVES_DSN.rsplit("/", 1)[0] + "/" + name
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(SAVES_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'create database "{name}"'))
+    try:
+        asyncio.run(migrate.migrate(dsn))
+        with tempfile.TemporaryDirectory() as tmp:
+            state = Path(tmp)
+            citygen.sized(max(10, subscribers // 200), subscribers).write(state)
+            config = state / "outagemon.toml"
+            # The inventory's writes are bigger than the default bound of the queue at a
+            # city's size (and would be dropped, their nodes missing for every later write).
+            config.write_text(RELOAD_CONFIG.format(state=state)
+                              + "[database]\nqueue_bytes = 4294967296\n")  # fmt: skip
+            out = asyncio.run(_saves(config, holds, dsn, min(100_000, subscribers)))
+    finally:
+        asyncio.run(admin(f'drop database if exists "{name}" with (force)'))
+    print(f"7. big writes to PostgreSQL, a city of {subscribers:,} subscribers (every router "
+          f"probed; target: no hold of the loop > 20 ms); load average "
+          f"{os.getloadavg()[0]:.2f}")  # fmt: skip
+    print("\n".join(out))
+
+
 class _Rounds:
     """The ICMP source's scheduler, as far as freezing reads it: its round count."""
 
@@ -571,6 +686,8 @@ def main() -> None:
         reload_hold(args.subscribers, args.profile, args.change)
     if "freeze" in parts:
         freeze_states(args.nodes)
+    if "saves" in parts:
+        saves(args.subscribers, args.profile)
     more = f" --change {args.change:g}" if args.change else ""
     more += f" --nodes {args.nodes}" if "freeze" in parts else ""
     print(f"reproduce: .venv/bin/python -m benchmarks.correlate_bench --parts {args.parts} "
