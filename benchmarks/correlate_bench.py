@@ -21,7 +21,8 @@ answered by the simulated devices; the correlator is the real one. The measureme
    (observe), measured separately.
    The longest single hold of the event loop is the longest tick or step of results: the
    engine calls at most EXPIRE_SLICE (256) probes lost in one step of the loop, so a
-   tick's 2,000 results are taken in as steps of that many, as in the daemon.
+   tick's 2,000 results are taken in as steps of that many, as in the daemon. Beside it,
+   the full collections of the cyclic collector that landed in those steps.
 4. Steady state: 10,000 results a second for 10 seconds, CPU share of one core.
 5. A SIGHUP reload of a generated city of 1,000,000 subscribers (every router probed) in
    the daemon's own reload code (`Daemon._reload`, a writer without a database, the ICMP
@@ -176,6 +177,17 @@ def core_failure() -> None:
     opened: list[str] = []
     ticks: list[tuple[float, int]] = []  # each tick's thread CPU, and its number
     first_open = -1
+    full: list[float] = []  # each full collection's thread CPU (it lands inside some step)
+    began = [0.0]
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                began[0] = time.thread_time()
+            else:
+                full.append(time.thread_time() - began[0])
+
+    gc.callbacks.append(collected)
     batch = 2000  # results per 100 ms tick: the scheduler's default max_rate, 20,000/s
     step = EXPIRE_SLICE  # losses the engine reports in one step of the event loop
     for _ in range(6):  # six rounds of re-probes at timeout spacing
@@ -201,6 +213,7 @@ def core_failure() -> None:
             if opened and first_open < 0:
                 first_open = len(ticks) - 1
             c.take_requests()
+    gc.callbacks.remove(collected)
     (inc,) = c.incidents.values()
     print(f"3. core failure cutting off {len(inc.nodes) - 1:,} nodes: {len(opened)} incident "
           f"(root {inc.root}); decisions {tick_cpu * 1000:.0f} ms CPU (target < 100 ms), "
@@ -213,6 +226,8 @@ def core_failure() -> None:
     print("   longest ticks (thread CPU, tick number of " + f"{len(ticks)}): "
           + ", ".join(f"{t * 1000:.1f} ms (#{i})" for t, i in longest)
           + f"; the incident opened at tick #{first_open}")  # fmt: skip
+    print(f"   full collections of the cyclic collector during it: {len(full)}"
+          + (f" (longest {max(full) * 1000:.1f} ms CPU)" if full else ""))  # fmt: skip
 
 
 def steady() -> None:
