@@ -111,9 +111,11 @@ async def save_nodes(conn: Conn, nodes: list[tuple[str, str, str | None, str, li
             loaded_at = excluded.loaded_at, removed_at = null
         """
     )
+    # Not `id not in (select ...)`: past work_mem (a city's million nodes) PostgreSQL
+    # scans the subquery's rows again for every node, and the write took hours.
     await conn.execute(
         "update node set removed_at = now() where removed_at is null"
-        " and id not in (select id from new_node)"
+        " and not exists (select from new_node n where n.id = node.id)"
     )
 
 
