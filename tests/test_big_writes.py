@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from outagemon import config
+from outagemon.core import topology
+from outagemon.core.directory import Directory
 from outagemon.db import migrate, store
+from outagemon.db.writer import Writer
+from outagemon.metrics import Registry
+from outagemon.monitor import Monitor
 
 
 def nodes(*ids: str) -> list[tuple[str, str, str | None, str, list[str]]]:
@@ -75,3 +82,32 @@ async def test_a_copy_of_many_rows_reads_them_a_slice_at_a_time_between_loop_ste
         await conn.close()
     assert stored == len(ids)
     assert len(set(read_at)) >= len(ids) // 100  # 50 slices, each in a step of its own
+
+
+TOWN = """
+nodes:
+  - {id: core, kind: core, ip: 127.0.0.2}
+  - {id: sw-1, kind: access, ip: 127.0.0.4, parents: [core]}
+  - {id: sw-2, kind: access, ip: 127.0.0.5, parents: [core]}
+"""
+
+
+def test_a_history_save_reads_its_rows_as_written_and_none_after_a_reload_replaced_them() -> None:
+    """The loss histories are read when the write is made (nothing copied on the loop at
+    the save); a reload before it leaves them to the next save, whose topology's nodes
+    are in the database by then (its inventory is queued before)."""
+    topo = topology.parse_text(TOWN, Path("t.yaml"))
+    cfg = config.parse("", Path("outagemon.toml"))
+    writer = Writer(None, 1000, Registry())
+    monitor = Monitor(cfg, Directory(topo, []), Registry(), writer)
+    for node in ("core", "sw-1", "sw-2"):
+        monitor.correlator.observe(node, node != "sw-2", 1000.0)
+    monitor.save_history()
+    rows = writer._latest["history"][1]
+    monitor.correlator.observe("core", True, 1010.0)  # after the save, before the write
+    written = {node: (n, lost) for node, n, lost in rows()}
+    states = monitor.correlator.states
+    assert written == {node: (ns.n, ns.lost) for node, ns in states.items()}
+    assert set(written) == {"core", "sw-1", "sw-2"} and written["core"][0] == 2.0 - 1 / 500
+    monitor.set_directory(Directory(topology.parse_text(TOWN, Path("t.yaml")), []))
+    assert list(rows()) == []
