@@ -584,12 +584,10 @@ def saves(subscribers: int, profile: bool = False) -> None:
     name = f"om_bench_saves_{uuid.uuid4().hex[:8]}"
     dsn = SAVES_DSN.rsplit("/", 1)[0] + "/" + name
 
-    async def admin(sql: str) -> None:
+    async def admin(sql: str) -> None:  # create or drop the run's database
         conn = await asyncpg.connect(SAVES_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
+        await conn.execute(sql)  # a failure ends the run (and its connection with it)
+        await conn.close()
 
     asyncio.run(admin(f'create database "{name}"'))
     try:
