@@ -1,7 +1,7 @@
 """How fast and how right the correlator decides, on simulated networks in simulated time.
 
     .venv/bin/python -m benchmarks.correlate_bench
-        [--parts detection,loss,core,steady,reload,freeze] [--subscribers 1000000]
+        [--parts detection,loss,core,steady,reload,freeze,saves] [--subscribers 1000000]
         [--profile] [--change PCT] [--nodes 1000000]
 
 A city-sized network cannot exist on this machine, so the network is simulated
@@ -21,7 +21,8 @@ answered by the simulated devices; the correlator is the real one. The measureme
    (observe), measured separately.
    The longest single hold of the event loop is the longest tick or step of results: the
    engine calls at most EXPIRE_SLICE (256) probes lost in one step of the loop, so a
-   tick's 2,000 results are taken in as steps of that many, as in the daemon.
+   tick's 2,000 results are taken in as steps of that many, as in the daemon. Beside it,
+   the full collections of the cyclic collector that landed in those steps.
 4. Steady state: 10,000 results a second for 10 seconds, CPU share of one core.
 5. A SIGHUP reload of a generated city of 1,000,000 subscribers (every router probed) in
    the daemon's own reload code (`Daemon._reload`, a writer without a database, the ICMP
@@ -38,6 +39,12 @@ answered by the simulated devices; the correlator is the real one. The measureme
    collection's CPU time with the states as they are made, and after the ICMP source's
    `freeze_made` (which its decision loop calls at the end of the first rounds after the
    start and after a reload), side by side in one run.
+7. The big writes (`--parts saves`, not in the default parts: it needs PostgreSQL,
+   OUTAGEMON_TEST_DSN or the tests' server): a city of `--subscribers` with a state for
+   every target, written by the monitor and the writer into a fresh database: the
+   inventory, every node's loss history (`save_history`, every ten minutes), the node
+   states of a mass outage (100,000 down in one tick); the loop's holds through each
+   (LoopLag, and the 2 ms timer in CPU time; `--profile`: the loop's longest steps).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import random
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from outagemon.core.correlator import Correlator
@@ -169,6 +177,17 @@ def core_failure() -> None:
     opened: list[str] = []
     ticks: list[tuple[float, int]] = []  # each tick's thread CPU, and its number
     first_open = -1
+    full: list[float] = []  # each full collection's thread CPU (it lands inside some step)
+    began = [0.0]
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                began[0] = time.thread_time()
+            else:
+                full.append(time.thread_time() - began[0])
+
+    gc.callbacks.append(collected)
     batch = 2000  # results per 100 ms tick: the scheduler's default max_rate, 20,000/s
     step = EXPIRE_SLICE  # losses the engine reports in one step of the event loop
     for _ in range(6):  # six rounds of re-probes at timeout spacing
@@ -194,6 +213,7 @@ def core_failure() -> None:
             if opened and first_open < 0:
                 first_open = len(ticks) - 1
             c.take_requests()
+    gc.callbacks.remove(collected)
     (inc,) = c.incidents.values()
     print(f"3. core failure cutting off {len(inc.nodes) - 1:,} nodes: {len(opened)} incident "
           f"(root {inc.root}); decisions {tick_cpu * 1000:.0f} ms CPU (target < 100 ms), "
@@ -206,6 +226,8 @@ def core_failure() -> None:
     print("   longest ticks (thread CPU, tick number of " + f"{len(ticks)}): "
           + ", ".join(f"{t * 1000:.1f} ms (#{i})" for t, i in longest)
           + f"; the incident opened at tick #{first_open}")  # fmt: skip
+    print(f"   full collections of the cyclic collector during it: {len(full)}"
+          + (f" (longest {max(full) * 1000:.1f} ms CPU)" if full else ""))  # fmt: skip
 
 
 def steady() -> None:
@@ -481,6 +503,112 @@ def reload_hold(subscribers: int, profile: bool = False, change: float = 0.0) ->
     print(holds.report(12 if profile else 3))
 
 
+SAVES_DSN = os.environ.get("OUTAGEMON_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _saves(config_path: Path, holds: Holds, dsn: str, outage: int) -> list[str]:
+    """The daemon's periodic and big writes, each made as the monitor makes it and written
+    by the writer to a real PostgreSQL, with the loop's holds measured through each: the
+    inventory (start and reload), every node's loss history (`save_history`, every
+    HISTORY_EVERY), the node states of a mass outage (`outage` nodes down in one tick)."""
+    from outagemon import config as config_mod
+    from outagemon.core import directory
+    from outagemon.db import store
+    from outagemon.db.writer import Writer
+    from outagemon.metrics import LoopLag, Registry
+    from outagemon.monitor import Monitor
+
+    cfg = config_mod.load(config_path)
+    loaded = directory.load(cfg.topology.file, cfg.topology.subscribers)
+    gc.collect()
+    gc.freeze()  # as the daemon does after a load
+    metrics = Registry()
+    pool = await store.connect(dsn)
+    writer = Writer(pool, cfg.database.write_queue, metrics, cfg.database.queue_bytes)
+    monitor = Monitor(cfg, loaded.directory, metrics, writer)
+    now = monitor.clock()
+    targets = list(loaded.directory.topology.by_ip.values())
+    for node in targets:  # every target has a state, and a loss history to save
+        monitor.correlator.observe(node, True, now)
+    monitor.correlator.tick(now)
+    monitor.correlator.transitions = []
+    gc.collect()
+    gc.freeze()  # as the ICMP source's freeze_made after the first rounds
+    lag = LoopLag(Registry())
+    writing = asyncio.create_task(writer.run())
+    watching = asyncio.create_task(lag.run())
+    holding = asyncio.create_task(holds.run())
+    out: list[str] = []
+
+    async def measured(what: str, step: Callable[[], None]) -> None:
+        await asyncio.sleep(0.3)
+        lag.worst = 0.0
+        holds.reset()
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        await writer.drain(600)
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
+        await asyncio.sleep(0.1)
+        out.append(f"   {what}: written in {took:.1f} s ({cpu:.1f} s CPU); longest hold "
+                   f"of the loop {lag.worst * 1000:.0f} ms wall (LoopLag)")  # fmt: skip
+        out.append(holds.report(4))
+
+    try:
+        await measured(f"inventory ({len(loaded.directory.topology):,} nodes, "
+                       f"{len(loaded.directory.subscribers):,} subscribers)",
+                       lambda: monitor.journal.inventory(loaded.directory))  # fmt: skip
+        await measured(f"loss histories of {len(monitor.correlator.states):,} nodes "
+                       "(save_history)", monitor.save_history)  # fmt: skip
+        at = monitor.clock()  # the correlator's transitions of one tick, made beforehand
+        monitor.correlator.transitions = [(n, "down", at) for n in targets[:outage]]
+        await measured(f"node states of a mass outage ({outage:,} nodes down in one "
+                       "tick, _save_states)", monitor._save_states)  # fmt: skip
+    finally:
+        holds.stop()
+        for task in (writing, watching, holding):
+            task.cancel()
+        await pool.close()
+    return out
+
+
+def saves(subscribers: int, profile: bool = False) -> None:
+    """7. The big writes (inventory, loss histories, a mass outage's node states) into a
+    fresh database, with the loop's holds measured through each."""
+    import uuid
+
+    import asyncpg
+
+    from outagemon.db import migrate
+
+    holds = Holds(steps=profile)
+    name = f"om_bench_saves_{uuid.uuid4().hex[:8]}"
+    dsn = SAVES_DSN.rsplit("/", 1)[0] + "/" + name
+
+    async def admin(sql: str) -> None:  # create or drop the run's database
+        conn = await asyncpg.connect(SAVES_DSN)
+        await conn.execute(sql)  # a failure ends the run (and its connection with it)
+        await conn.close()
+
+    asyncio.run(admin(f'create database "{name}"'))
+    try:
+        asyncio.run(migrate.migrate(dsn))
+        with tempfile.TemporaryDirectory() as tmp:
+            state = Path(tmp)
+            citygen.sized(max(10, subscribers // 200), subscribers).write(state)
+            config = state / "outagemon.toml"
+            # The inventory's writes are bigger than the default bound of the queue at a
+            # city's size (and would be dropped, their nodes missing for every later write).
+            config.write_text(RELOAD_CONFIG.format(state=state)
+                              + "[database]\nqueue_bytes = 4294967296\n")  # fmt: skip
+            out = asyncio.run(_saves(config, holds, dsn, min(100_000, subscribers)))
+    finally:
+        asyncio.run(admin(f'drop database if exists "{name}" with (force)'))
+    print(f"7. big writes to PostgreSQL, a city of {subscribers:,} subscribers (every router "
+          f"probed; target: no hold of the loop > 20 ms); load average "
+          f"{os.getloadavg()[0]:.2f}")  # fmt: skip
+    print("\n".join(out))
+
+
 class _Rounds:
     """The ICMP source's scheduler, as far as freezing reads it: its round count."""
 
@@ -571,6 +699,8 @@ def main() -> None:
         reload_hold(args.subscribers, args.profile, args.change)
     if "freeze" in parts:
         freeze_states(args.nodes)
+    if "saves" in parts:
+        saves(args.subscribers, args.profile)
     more = f" --change {args.change:g}" if args.change else ""
     more += f" --nodes {args.nodes}" if "freeze" in parts else ""
     print(f"reproduce: .venv/bin/python -m benchmarks.correlate_bench --parts {args.parts} "

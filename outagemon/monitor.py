@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -505,9 +506,28 @@ class Monitor:
         self._history_saved = self.clock()
         if self.writer is None:
             return
-        nodes = self.directory.topology.nodes
-        rows = [(n, ns.n, ns.lost) for n, ns in self.correlator.states.items() if n in nodes]
-        self.journal.history(rows)
+        # Nothing is copied now (the nodes with a state, listed, held the loop 19 ms of
+        # CPU at a million; the rows, made, 120 ms at 200,000): each is read as the COPY
+        # encodes it, a slice a step of the loop, from the topology of this save. If a
+        # reload replaces it before or during the write, the rest is left to the next
+        # save (the new nodes' inventory may be queued after this write).
+        saved = weakref.ref(self.directory.topology)
+        states = self.correlator.states
+
+        def rows() -> Iterator[tuple[str, float, float]]:
+            topology = saved()
+            if topology is None:
+                return
+            nodes = iter(topology.nodes)
+            while self.directory.topology is topology:  # checked before each next node
+                node = next(nodes, None)
+                if node is None:
+                    return
+                ns = states.get(node)
+                if ns is not None:
+                    yield node, ns.n, ns.lost
+
+        self.journal.history(rows, len(states))
         # And the calls' usual rates (wall time), so a restart does not learn them anew.
         self.journal.call_rates([(kind, key, count, steady.CLOCK.wall(at))
                                  for kind, key, count, at in self.watch.baseline()])  # fmt: skip
@@ -525,18 +545,19 @@ class Monitor:
         changes, self.correlator.transitions = self.correlator.transitions, []
         if not changes or self.writer is None:
             return
-        nodes = self.directory.topology.nodes
-        latest: dict[str, tuple[str, float]] = {}
-        for node, state, at in changes:
-            if node in nodes:
-                latest[node] = (state, at)
+        # Read as the write reads them, a slice a step of the loop (see save_history).
         states = self.correlator.states
-        rows = [
-            (node, state, at, round(states[node].short_lost / states[node].short_n, 4)
-             if node in states and states[node].short_n else 0.0)
-            for node, (state, at) in latest.items()
-        ]  # fmt: skip
-        self.journal.node_states(rows)
+        outside = {a for a in self.anchors if a not in self.directory.topology}
+
+        def rows() -> Iterator[tuple[str, str, float, float]]:
+            nodes = self.directory.topology.nodes
+            for node, state, at in changes:
+                if node in nodes and node not in outside:
+                    ns = states.get(node)
+                    loss = ns.short_lost / ns.short_n if ns is not None and ns.short_n else 0.0
+                    yield node, state, at, round(loss, 4)
+
+        self.journal.node_states(rows, len(changes))
 
     def _save_calls(self) -> None:
         if not self._calls_unsaved or self.writer is None:
@@ -589,7 +610,7 @@ class Monitor:
                 loss = round(ns.short_lost / ns.short_n, 4) if ns.short_n else 0.0
                 rows.append((node, ns.state.value, ns.changed_at, loss))
         if rows:
-            self.journal.node_states(rows)
+            self.journal.node_states(lambda: rows, len(rows))
         now = self.clock()
         kind = EventKind.BLIND if c.blind else EventKind.SEEING
         self.journal.event(Event(kind, now, detail={"taken_over": True}), None, 0)

@@ -118,3 +118,27 @@ async def test_the_decision_loop_freezes_at_the_end_of_a_round(
         assert froze == [1] and feed.first_round_done
     finally:
         task.cancel()
+
+
+def test_a_mass_outage_leaves_nothing_new_for_a_full_collection_to_walk(unfrozen: None) -> None:
+    """Each node a failure takes down keeps the times of its state changes (for flapping):
+    they must not be objects the cyclic collector tracks, or the 100,000 of a core failure
+    are walked by a full collection inside one step of the results."""
+    topo = town(2000)
+    c = Correlator(topo, SETTINGS, anchors=["uplink"])
+    now = 1_000.0
+    for _ in range(5):
+        now += 5
+        for n in topo.nodes:
+            c.observe(n, True, now)
+    gc.collect()
+    gc.freeze()
+    for _ in range(16):  # every router lost 16 times (a new target needs 15): all down
+        now += 1
+        for n in topo.nodes:
+            c.observe(n, n == "uplink", now)
+        c.observe("sw", True, now)
+    changes = [ns.changes for n, ns in c.states.items() if n.startswith("cpe")]
+    assert all(times and len(times) == 1 for times in changes)  # each went down once
+    gc.collect(0)  # a young collection: what it leaves untracked is never walked again
+    assert walked(changes) == 0

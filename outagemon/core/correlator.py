@@ -18,7 +18,6 @@ root has been up `resolve_hold` seconds, and are not opened while the monitor is
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Callable, Iterable, Mapping
 
 from outagemon.core.failures import Failures
@@ -267,7 +266,7 @@ class Correlator(Failures):
                 ns.stale_before = now
                 ns.losses = 0
                 if ns.changes:
-                    ns.changes = array("d", [c for c in ns.changes if c < since])
+                    ns.changes = tuple(c for c in ns.changes if c < since)
                     ns.flapping = flap_percent(ns.changes, now, period) > FLAP_HIGH
                 if ns.state is State.DOWN:
                     ns.state = State.RECHECK
@@ -309,7 +308,7 @@ class Correlator(Failures):
             ns.asked = False
             if ns.state is State.DOWN:
                 if ns.changes and ns.changes[-1] == ns.down_at:
-                    ns.changes.pop()  # not a change of its own: no flapping either
+                    ns.changes = ns.changes[:-1]  # not a change of its own: no flapping
                 ns.state = State.RECHECK
                 self._unfail(node)
                 self._rechecked(node)
