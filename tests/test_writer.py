@@ -237,3 +237,21 @@ def test_a_journal_record_no_write_can_hold_is_refused_and_acknowledged(tmp_path
     Journal(writer, spool).replay(replayed)
     assert len(writer) == 0 and spool.pending == {}
     spool.close()
+
+
+async def test_the_inventory_is_never_dropped_whatever_its_size(pool: asyncpg.Pool) -> None:
+    # A city's inventory (~256 MB estimated at a million routers) was dropped as soon as
+    # queued under the default 64 MiB bound: every later write naming a new node refused.
+    from outagemon.db.journal import Journal
+    from tests.world import build_directory
+
+    metrics = Registry()
+    writer = Writer(None, 1_000_000, metrics, limit_bytes=100)
+    Journal(writer).inventory(build_directory(), ops=(insert(1), insert(2)))
+    writer.submit("history", insert(3), size=50)  # still fits beside it: kept
+    assert metrics.counter("outagemon_db_dropped_total", "").get() == 0
+    writer.submit("history", insert(4), size=80)  # over the bound: the older history goes
+    assert metrics.counter("outagemon_db_dropped_total", "").get() == 1
+    writer.attach(pool)
+    await run_until_idle(writer)
+    assert {r["x"] for r in await pool.fetch("select x from t")} == {1, 2, 4}

@@ -369,8 +369,13 @@ class Journal:
         nodes, subscribers = ops
         # Not fenced: a million subscribers take seconds to write, and a fenced write holds
         # the lease row (the leader's own renewals would wait); only the leader writes it.
-        self.writer.submit("inventory", nodes, size=256 * len(current.topology))
-        self.writer.submit("subscribers", subscribers, size=128 * len(current.subscribers))
+        # Never dropped (every node state, history and incident refers to the nodes), and
+        # not counted in the queue's bound: its rows are the loaded directory's, made once
+        # a load, and a city's (~256 MB at a million routers, against the default 64 MiB
+        # `queue_bytes`) were dropped as soon as queued, with every later write referring
+        # to a new node then refused by the database.
+        self.writer.submit("inventory", nodes, size=0, precious=True)
+        self.writer.submit("subscribers", subscribers, size=0, precious=True)
 
 
 def op_of(kind: str, data: dict[str, Any]) -> Op:
@@ -587,6 +592,22 @@ def _call_rates_op(rows: Rates) -> Op:
 def _size(record: dict[str, Any]) -> int:
     snap = record.get("snap") or {}
     return 256 + 24 * (len(record.get("nodes") or ()) + len(snap.get("nodes") or ()))
+
+
+def inventory_ops_apart(current: Directory, at: float) -> tuple[Op, Op]:
+    """inventory_ops for a thread beside the event loop (a cluster's take-over, while
+    the node serves): the cyclic collector kept off while its millions of rows are made
+    (a full collection that an allocation there triggers walks them all, holding the
+    lock), and what was made frozen before it is back on, as a reload's thread does."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        ops = inventory_ops(current, at)
+        gc.freeze()
+    finally:
+        if enabled:
+            gc.enable()
+    return ops
 
 
 def inventory_ops(current: Directory, at: float) -> tuple[Op, Op]:
