@@ -977,6 +977,7 @@ def load(topology_path: Path, subscribers_path: Path | None) -> Loaded:
     # them all again and again for nothing.
     enabled = gc.isenabled()
     gc.disable()
+    map_large_blocks()
     try:
         topo = topology_mod.load(topology_path)
         if subscribers_path is None:
@@ -991,14 +992,29 @@ def load(topology_path: Path, subscribers_path: Path | None) -> Loaded:
             gc.enable()
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc(name: str) -> Callable[..., int] | None:
     try:
-        return cast("Callable[[int], int]", ctypes.CDLL(None).malloc_trim)
+        return cast("Callable[..., int]", getattr(ctypes.CDLL(None), name))
     except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to call
         return None
 
 
-_TRIM = _malloc_trim()
+_TRIM = _libc("malloc_trim")
+_MALLOPT = _libc("mallopt")
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+LARGE_BLOCK = 1 << 20  # bytes: a block this large or larger has pages of its own (mmap)
+
+
+def map_large_blocks() -> None:
+    """Have glibc give every block of LARGE_BLOCK or more pages of its own, for good.
+
+    By default the threshold rises to the largest block freed (up to 32 MiB), and a list
+    of a million entries then grows inside the heap: each time it outgrows its memory it
+    is copied whole, into fresh pages faulted in one by one, in one call into C that
+    holds the interpreter's lock (a reload's event loop beside it) for 15-25 ms. Mapped,
+    it grows by mremap(): no copy, and its new pages are faulted as entries are written."""
+    if _MALLOPT is not None:
+        _MALLOPT(_M_MMAP_THRESHOLD, LARGE_BLOCK)
 
 
 def release_free_memory() -> None:
