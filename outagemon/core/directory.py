@@ -1032,11 +1032,12 @@ def release_free_memory() -> None:
 def _read_file(path: Path, topology: Topology) -> tuple[Roster, list[str]]:
     try:
         # utf-8-sig: CRM exports often start with a byte-order mark
-        # Read a MiB at a time: each read lets go of the interpreter's lock and takes it
-        # straight back, and a thread waiting for the lock (a reload's event loop) waits
-        # anew after each such hand-back; read 8 KiB at a time (the default), it waited
-        # through all of them, 0.2-1.1 s at a time on a quiet machine.
-        with path.open(encoding="utf-8-sig", newline="", buffering=READ_BUFFER) as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            # Read a MiB at a time: each read lets go of the interpreter's lock and takes it
+            # straight back, and a thread waiting for the lock (a reload's event loop) waits
+            # anew after each such hand-back; read 8 KiB at a time (the default: a read
+            # every ~0.5 ms), it waited through all of them, 0.2-1.1 s on a quiet machine.
+            f._CHUNK_SIZE = READ_BUFFER  # type: ignore[attr-defined]  # CPython's, settable
             return read_rows(csv.reader(f), path, topology)
     except FileNotFoundError:
         raise TopologyError([f"{path}: no such file."]) from None
