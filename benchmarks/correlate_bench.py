@@ -30,7 +30,8 @@ answered by the simulated devices; the correlator is the real one. The measureme
    daemon measures it (outagemon.metrics.LoopLag, a timer every 20 ms): the longest hold;
    beside it, a 2 ms timer's lateness in the process's CPU time (a loaded machine makes
    wall time wait for a core), with where the reload's thread was after each hold over
-   5 ms (`--profile`: also the longest steps of the loop itself), until the replaced
+   5 ms (`--profile`: also the longest steps of the loop itself, and the holds less the
+   loop thread's own wait for a core, which a loaded machine adds), until the replaced
    directory has been freed. `--change PCT`: the subscriber file is changed first (PCT %
    of its rows: a third removed, a third moved to other buildings and router addresses,
    as many new), so that the reload has routers new, gone and moved.
@@ -55,6 +56,7 @@ import gc
 import os
 import random
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -279,13 +281,20 @@ class Holds:
         self.over = 0  # samples whose CPU lateness exceeds 20 ms
         self.over10 = 0  # and 10 ms
         self.where: list[tuple[float, float, str]] = []  # (cpu, wall, the thread's line)
+        # With `steps`: samples over 20 ms CPU that the loop's thread's own wait for a core
+        # (Linux's schedstat) does not explain: on a loaded machine the loop's thread waits
+        # in the run queue to wake, or to take the lock it was handed, while the reload's
+        # thread runs on and the process's CPU time grows; no hold of the lock, that.
+        self.over_own = 0
+        self.worst_own = 0.0
         self.steps: list[tuple[float, float, str]] = []  # (loop CPU, wall, callback)
         self._patched = steps
         self._run = asyncio.Handle._run
 
     def reset(self) -> None:
         self.worst_wall = self.worst_cpu = 0.0
-        self.over = self.over10 = 0
+        self.over = self.over10 = self.over_own = 0
+        self.worst_own = 0.0
         self.where.clear()
         self.steps.clear()
 
@@ -310,8 +319,10 @@ class Holds:
 
         main = threading.get_ident()
         loop = asyncio.get_running_loop()
+        queued = _run_queue_wait(threading.get_native_id()) if self._patched else None
         while True:
             asked, cpu = loop.time(), time.process_time()
+            waited = queued() if queued is not None else 0.0
             await asyncio.sleep(self.interval)
             wall = max(0.0, loop.time() - asked - self.interval)
             late = max(0.0, time.process_time() - cpu - self.interval)
@@ -319,6 +330,10 @@ class Holds:
             self.worst_cpu = max(self.worst_cpu, late)
             self.over += late > 0.02
             self.over10 += late > 0.01
+            if queued is not None:
+                own = late - (queued() - waited)
+                self.worst_own = max(self.worst_own, own)
+                self.over_own += own > 0.02
             if late > 0.005:  # where the other threads are now (just past the hold)
                 lines = [f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno}"
                          f" {f.f_code.co_name}"
@@ -344,6 +359,11 @@ class Holds:
         lines = [
             f"   longest hold {worst}, {self.over} samples over 20 ms CPU, {self.over10} over 10 ms"
         ]
+        if self._patched and _run_queue_wait(threading.get_native_id()) is not None:
+            lines.append(
+                f"   less the loop thread's own wait for a core in each (schedstat): longest "
+                f"{self.worst_own * 1000:.1f} ms CPU, {self.over_own} samples over 20 ms"
+            )
         places: dict[str, list[float]] = {}
         for cpu, _, where in self.where:
             places.setdefault(where, []).append(cpu)
@@ -359,6 +379,19 @@ class Holds:
                 f"     loop step {cpu * 1000:6.1f} ms CPU {wall * 1000:6.1f} ms wall: {what}"
             )
         return "\n".join(lines)
+
+
+def _run_queue_wait(tid: int) -> Callable[[], float] | None:
+    """The thread's total time waiting for a core so far, in seconds (Linux's schedstat),
+    as a function to call; None where there is no such file."""
+    path = Path(f"/proc/self/task/{tid}/schedstat")
+    if not path.exists():
+        return None
+
+    def waited() -> float:
+        return int(path.read_text().split()[1]) / 1e9
+
+    return waited
 
 
 def _label(handle: asyncio.Handle) -> str:

@@ -296,6 +296,32 @@ def test_free_memory_is_given_back_where_the_c_library_can() -> None:
     directory.release_free_memory()
 
 
+def test_a_million_entry_list_grows_in_pages_of_its_own_once_loading_has_begun() -> None:
+    # A list of a million grown inside glibc's heap is copied whole at each growth, in one
+    # call that holds the interpreter's lock (and a reload's event loop) for 15-25 ms;
+    # in pages of its own it grows by mremap(). Freeing a 16 MiB block first is what
+    # raised glibc's threshold (a load frees many) and put such a list in the heap.
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt only")
+    directory.map_large_blocks()
+    big = bytearray(16 << 20)
+    del big
+    grown: list[int] = []
+    for i in range(1_000_000):
+        grown.append(i)
+    # PyListObject: refcount, type, size, then the pointer to its entries.
+    items = ctypes.c_void_p.from_address(id(grown) + 3 * ctypes.sizeof(ctypes.c_void_p)).value
+    assert items is not None
+    with open("/proc/self/maps") as maps:
+        heap = [line for line in maps if line.rstrip().endswith("[heap]")]
+    for line in heap:
+        start, end = (int(x, 16) for x in line.split()[0].split("-"))
+        assert not start <= items < end, "the list's entries are in glibc's heap"
+
+
 def test_a_crm_export_with_a_bom_crlf_and_a_line_break_in_a_quoted_field(
     tmp_path: Path,
 ) -> None:

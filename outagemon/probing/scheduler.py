@@ -157,6 +157,10 @@ class Scheduler:
         for bucket in buckets:
             bucket.sort()
             heap += bucket
+            # Emptied as it is taken: left full to this function's end, the buckets were
+            # freed in one cascade (a million references let go in one call into C) that
+            # held the interpreter's lock, and a reload's event loop, for 15-19 ms.
+            bucket.clear()
         active = self._active
         gone = [t for t in active if t not in wanted]
         new = [t for t in wanted if t not in active]
