@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from outagemon import daemon
+from outagemon import config, daemon
 from outagemon.core import directory
 from outagemon.core.directory import Directory, HashIndex, Roster
 from outagemon.core.topology import parse_text
@@ -189,3 +189,19 @@ def test_a_pickled_roster_answers_as_the_original() -> None:
             assert m.subscriber is not None and m.subscriber.account == row[0]
             assert d.account(row[0]).nodes == m.nodes
     assert list(copy) == subs
+
+
+def test_a_reload_s_thread_runs_at_a_short_switch_interval_and_gives_it_back(
+    tmp_path: Path,
+) -> None:
+    # The loop's thread waits a switch interval (5 ms) before it asks for the lock, and
+    # needs it twice a timer: beside the reload's pure Python its steps came 10-25 ms late.
+    import sys
+
+    from tests.test_newuser10_fixes import provider
+
+    before = sys.getswitchinterval()
+    seen = daemon._prepare(config.load(provider(tmp_path, "")), False,
+                           lambda targets, probe: sys.getswitchinterval())[3]  # fmt: skip
+    assert seen == daemon.RELOAD_SWITCH_INTERVAL < before
+    assert sys.getswitchinterval() == before
