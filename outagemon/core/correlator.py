@@ -211,6 +211,12 @@ class Correlator(Failures):
                     ns.down_at = inc.since
                     if ns.state is State.DOWN:
                         self._fail(n)
+                    else:
+                        # A standby taking over was probing: down by its own probes, it
+                        # leaves the failed set as it waits for a fresh one (left in it,
+                        # not DOWN, `_recheck_below` passed it by when the root came
+                        # back, and it was a failed root of its own until it answered).
+                        self._unfail(n)
                     self._requests[n] = None
             root = self.topology.nodes.get(inc.root)
             if root is not None and not root.probed:
