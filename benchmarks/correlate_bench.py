@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.correlate_bench
         [--parts detection,loss,core,steady,reload,freeze,saves] [--subscribers 1000000]
-        [--profile] [--change PCT] [--nodes 1000000]
+        [--profile] [--change PCT] [--nodes 1000000] [--parts blind --blind-for 150]
 
 A city-sized network cannot exist on this machine, so the network is simulated
 (outagemon/simnet.py): probes are scheduled as the real scheduler does and lost or
@@ -46,6 +46,14 @@ answered by the simulated devices; the correlator is the real one. The measureme
    inventory, every node's loss history (`save_history`, every ten minutes), the node
    states of a mass outage (100,000 down in one tick); the loop's holds through each
    (LoopLag, and the 2 ms timer in CPU time; `--profile`: the loop's longest steps).
+8. Going blind and seeing again (`--parts blind`, not in the default parts: ~30 s): a
+   city of `--nodes` nodes behind one anchor (the topology's probed root, as with no
+   anchors configured), every node with a state and a clean history; the uplink fails
+   (every result lost, 20,000 a second, a tick every 100 ms) until the monitor is blind
+   and `--blind-for` seconds more, then every probe is answered until it sees. The tick
+   that went blind and the one that saw again (thread CPU and wall, with the passes over
+   every state and the failed set's cut in them), the ticks around each, and the longest
+   other tick.
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from outagemon.core.correlator import Correlator
-from outagemon.core.health import Settings
+from outagemon.core.health import NodeState, Settings
 from outagemon.core.topology import Node, Topology
 from outagemon.probing.engine import EXPIRE_SLICE
 from outagemon.sim import citygen
@@ -705,6 +713,117 @@ def freeze_states(nodes: int) -> None:
         )
 
 
+def _blind_city(nodes: int) -> tuple[Correlator, list[str], float]:
+    """A correlator of a city of about `nodes` nodes behind one anchor, every node with a
+    state and a clean history of 300 answers, as after hours of steady operation."""
+    topo = city(aggs=max(1, nodes // 10_101), access=100, cpes=100)
+    c = Correlator(topo, SETTINGS, anchors=["uplink"])
+    now = 1_000_000.0
+    for _ in range(SETTINGS.up_after):
+        now += 5
+        for n in topo.nodes:
+            c.observe(n, True, now)
+    clean = NodeState()
+    clean.record(False, 300)  # the history 300 answers make, copied to every state
+    for ns in c.states.values():
+        ns.n, ns.lost = clean.n, clean.lost
+    c.tick(now)
+    c.take_requests()
+    order = [n for n in topo.nodes if n != "uplink"]
+    random.Random(7).shuffle(order)  # results arrive in no particular order
+    gc.collect()
+    gc.freeze()  # as the daemon does after a load and after the first rounds
+    return c, order, now
+
+
+def blind(nodes: int, blind_for: float) -> None:
+    """8. The monitor goes blind at city scale and sees again: its uplink (the one anchor)
+    fails, so every probe is lost, at the scheduler's rate (20,000 results a second, a tick
+    every 100 ms, the anchor's result once a second), until the anchor is down (blind) and
+    `blind_for` seconds more; then every probe is answered again until it sees. Each tick
+    (the correlator's `tick` and `take_requests`, one step of the daemon's loop) is timed
+    in thread CPU and wall; the results are taken in as steps of EXPIRE_SLICE."""
+    c, order, now = _blind_city(nodes)
+    batch, step = 2000, EXPIRE_SLICE
+    ticks: list[tuple[float, float, str]] = []  # each tick's thread CPU, wall, what it did
+    # Where a tick's time went: the passes over every state on going blind and on seeing
+    # again, and the cut of the failed set (the anchor's cut is the whole city).
+    spent: list[tuple[float, float, str]] = []
+    split: list[dict[str, float]] = []
+    for name in ("_lead_up", "_vantage", "_cut"):
+        _timed(c, name, spent)
+    observe_hold = 0.0  # the longest step of results, thread CPU
+    at = 0
+    marks: dict[str, int] = {}
+    down_at_sight = 0
+
+    def run(ok: bool, until: Callable[[], bool]) -> None:
+        nonlocal now, at, observe_hold, down_at_sight
+        while not until():
+            now += 0.1
+            for s in range(0, batch, step):
+                c0 = time.thread_time()
+                for i in range(at + s, at + min(s + step, batch)):
+                    c.observe(order[i % len(order)], ok, now)
+                observe_hold = max(observe_hold, time.thread_time() - c0)
+            at = (at + batch) % len(order)
+            if len(ticks) % 10 == 0:
+                c.observe("uplink", ok, now)
+            if ok and "seeing" not in marks:
+                down_at_sight = c.nodes_down
+            spent.clear()
+            w0, c0 = time.perf_counter(), time.thread_time()
+            events = c.tick(now)
+            c.take_requests()
+            cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
+            parts: dict[str, float] = {}
+            for took, _, name in spent:
+                parts[name] = parts.get(name, 0.0) + took
+            split.append(parts)
+            kinds = {e.kind.value for e in events}
+            what = "blind" if "blind" in kinds else "seeing" if "seeing" in kinds else ""
+            if what:
+                marks[what] = len(ticks)
+            ticks.append((cpu, wall, what))
+
+    started = len(ticks)
+    run(True, lambda: len(ticks) - started >= 10)  # a second of steady operation first
+    failed = len(ticks)
+    run(False, lambda: "blind" in marks)
+    started_blind = marks["blind"] - failed
+    went = now
+    run(False, lambda: now - went >= blind_for)
+    run(True, lambda: "seeing" in marks)
+    run(True, lambda: len(ticks) - marks["seeing"] >= 20)  # two seconds after
+    print(f"8. Going blind and seeing again at city scale: {len(c.states):,} node states, "
+          f"the uplink down {blind_for:g} s after the monitor went blind "
+          f"({down_at_sight:,} nodes down as it sees again); load average "
+          f"{os.getloadavg()[0]:.2f} (target: no hold of the loop > 20 ms)")  # fmt: skip
+
+    def within(i: int) -> str:
+        took = {name: t for name, t in split[i].items() if t >= 0.001}
+        if "_lead_up" in took:  # called by _vantage: a part of its time
+            took["_vantage"] -= took["_lead_up"]
+        return ", ".join(f"{name} {t * 1000:.1f}" for name, t in took.items()) or "-"
+
+    for what in ("blind", "seeing"):
+        i = marks[what]
+        cpu, wall, _ = ticks[i]
+        around = range(max(0, i - 3), min(len(ticks), i + 4))
+        near = ", ".join(f"#{j - i:+d} {ticks[j][0] * 1000:.1f}" for j in around if j != i)
+        print(f"   {'going blind' if what == 'blind' else 'seeing again'}: its tick "
+              f"{cpu * 1000:.1f} ms CPU, {wall * 1000:.1f} ms wall (of it, ms CPU: "
+              f"{within(i)}); the ticks around it (ms CPU): {near}")  # fmt: skip
+    (cpu, wall, _), i = max((t, i) for i, t in enumerate(ticks) if not t[2])
+    where = ", ".join(f"{i - marks[w]:+d} from {w}" for w in ("blind", "seeing"))
+    over = sum(1 for t in ticks if not t[2] and t[0] > 0.02)
+    print(f"   longest other tick {cpu * 1000:.1f} ms CPU ({wall * 1000:.1f} ms wall; of it "
+          f"{within(i)}) of {len(ticks):,} ({where}; the uplink failed at "
+          f"{-started_blind:+d} from blind); {over} other ticks over 20 ms CPU; longest "
+          f"step of {step} results {observe_hold * 1000:.1f} ms CPU")  # fmt: skip
+    gc.unfreeze()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="detection,loss,core,steady,reload,freeze")
@@ -717,6 +836,9 @@ def main() -> None:
                     help="reload: change PCT %% of the subscribers first (a third leave, a "
                          "third move to other buildings and router addresses, as many "
                          "join)")  # fmt: skip
+    ap.add_argument("--blind-for", type=float, default=150.0, metavar="S",
+                    help="blind: how long the uplink stays down after the monitor went "
+                         "blind (simulated seconds)")  # fmt: skip
     args = ap.parse_args()
     parts = args.parts.split(",")
     print("simulated networks, simulated time; the correlator is the real one")
@@ -734,8 +856,11 @@ def main() -> None:
         freeze_states(args.nodes)
     if "saves" in parts:
         saves(args.subscribers, args.profile)
+    if "blind" in parts:
+        blind(args.nodes, args.blind_for)
     more = f" --change {args.change:g}" if args.change else ""
-    more += f" --nodes {args.nodes}" if "freeze" in parts else ""
+    more += f" --nodes {args.nodes}" if "freeze" in parts or "blind" in parts else ""
+    more += f" --blind-for {args.blind_for:g}" if "blind" in parts else ""
     print(f"reproduce: .venv/bin/python -m benchmarks.correlate_bench --parts {args.parts} "
           f"--subscribers {args.subscribers}{more}")  # fmt: skip
 

@@ -482,3 +482,35 @@ def test_the_cut_is_every_node_cut_off_from_scratch_and_by_what_failures_add() -
         more = failed | set(rng.sample(ids, rng.randint(1, 12)))
         assert corr._cut(set(failed)) == t.cut_off(failed)
         assert corr._cut(more - failed, corr._cut(set(failed))) == t.cut_off(more)
+
+
+def test_nodes_coming_back_while_still_cut_off_keep_the_cut_without_starting_afresh() -> None:
+    # The uplink comes back: the nodes below answer before the anchor (down, it needs
+    # up_after answers) makes the monitor see again. Each that leaves the failed set is
+    # still cut off by the anchor: the cut and its roots are the same, and the decision
+    # does not walk the whole network again (at city scale a million nodes, every tick).
+    s = sim(city(aggs=2, access=5, cpes=3))
+    c = s.correlator
+    s.fail("sw0-1", "sw1-2")
+    s.run_for(60)
+    assert {i.root for i in c.incidents.values()} == {"sw0-1", "sw1-2"}
+    s.uplink_down = True
+    s.run_for(120)
+    assert c.blind and c.nodes_down >= 2
+    s.repair("sw0-1", "sw1-2")
+    s.uplink_down = False
+    kept: list[bool] = []
+    still_cut = c._still_cut
+
+    def spied() -> bool:
+        kept.append(still_cut())
+        return kept[-1]
+
+    c._still_cut = spied  # type: ignore[method-assign]
+    while c.blind:
+        s.run_for(0.5)
+        if not c._dirty:
+            # The cut kept is the one a fresh walk of the failed set finds.
+            assert c._cut_cache == c._cut(c._failed())
+    assert True in kept, "nodes left the failed set while cut off: the cut is kept"
+    assert kinds(s.run_for(300), "opened") == []

@@ -191,6 +191,7 @@ class Correlator(Failures):
         self.inferred = {n: t for n, t in self.inferred.items() if n in topology}
         self._down = {n for n in self._down if n in topology}
         self._removed = True
+        self._left = None  # the cut was of the old topology: afresh
         self._dirty = True
         return [freed]
 
@@ -447,14 +448,15 @@ class Correlator(Failures):
             # what fails in a mass outage) are not in the small dict of inner nodes: the
             # candidates are looked up there.
             inner_of = self.topology.inner
-            if self._removed:
+            if self._removed and not self._still_cut():
                 failed = self._failed()
                 cut = self._cut(failed)
                 candidates: Iterable[str] = failed
                 keep: list[str] = []
             else:
-                # Nothing left the failed set since the last decision (else `_removed`):
-                # all that joined it is in it still. Subscribers' routers are most of
+                # Nothing left the failed set since the last decision (else `_removed`),
+                # or only nodes still cut off (the cut and its roots are the same): all
+                # that joined it is in it still. Subscribers' routers are most of
                 # what fails in a mass outage: leaves of kind cpe cut off nothing and are
                 # never roots, so they only join the cut.
                 # The inner nodes among them: an intersection, which walks the smaller
@@ -475,6 +477,7 @@ class Correlator(Failures):
                     keep = []
             self._added = set()
             self._removed = False
+            self._left = set()
             self._cut_cache = cut
             self._roots_cache = keep + [
                 n for n in dict.fromkeys(candidates)

@@ -23,10 +23,11 @@ class Failures(Health):
     Invariants: `_down` is exactly the topology nodes in state DOWN; `inferred` the nodes
     inferred down, with when (never one DOWN by its own probes); `_added` what joined
     either since the last decision, and `_removed` is set when anything left them (the
-    next decision then starts afresh); `_cut_cache` is the cut of the failed set as of the
-    last decision, and `_dirty` is set when it may be stale; `_changed` and `_reconsider`
-    hold the nodes whose parents' inference must be evaluated again. The failed set
-    changes only through _fail, _unfail, _infer_down and _infer_up."""
+    next decision then starts afresh, unless each that left is in `_left` and still cut
+    off by what fails: then the cut is the same); `_cut_cache` is the cut of the failed
+    set as of the last decision, and `_dirty` is set when it may be stale; `_changed` and
+    `_reconsider` hold the nodes whose parents' inference must be evaluated again. The
+    failed set changes only through _fail, _unfail, _infer_down and _infer_up."""
 
     def __init__(self, topology: Topology, settings: Settings, anchors: Iterable[str]) -> None:
         super().__init__(topology, settings, anchors)
@@ -40,6 +41,9 @@ class Failures(Health):
         self._reconsider: set[str] = set()  # parents whose inference to evaluate again
         self._added: set[str] = set()  # failed since the last decision
         self._removed = True  # something stopped failing: the next decision starts afresh
+        # What left the failed set since the last decision (None: unknown, as after a new
+        # topology): when each is still cut off, the cut and its roots stay as they are.
+        self._left: set[str] | None = None
 
     @property
     def nodes_down(self) -> int:
@@ -62,6 +66,8 @@ class Failures(Health):
         if node in self._down:
             self._down.discard(node)
             self._removed = True
+            if self._left is not None:
+                self._left.add(node)
 
     def _changed_state(self, node: str, state: State) -> None:
         """Any change of state: the parents' inference, and the decision, may be stale."""
@@ -100,6 +106,8 @@ class Failures(Health):
         self.version += 1
         if self.inferred.pop(node, None) is not None:
             self._removed = True
+            if self._left is not None:
+                self._left.add(node)
 
     def _parent_may_infer(self, node: str) -> bool:
         """Whether a change of this node can change an inference above it: only a parent
@@ -230,6 +238,24 @@ class Failures(Health):
             if cs is not None and cs.state is State.UP and cs.changed_at > since:
                 return True
         return False
+
+    def _still_cut(self) -> bool:
+        """Whether every node that left the failed set since the last decision is still
+        cut off: each has uplinks, all of them in the last decision's cut. Then the cut of
+        the failed set is the same (each is still reached from what fails, by induction
+        from the one nearest the top; what lies below it with it) and none was a root (a
+        cut-off node never is): the decision need not start afresh. (Blind, with every
+        anchor down, the anchor's cut is the whole city: afresh, a million nodes a tick
+        as the nodes below come back before it does.)"""
+        left = self._left
+        if left is None:
+            return False
+        cut, nodes = self._cut_cache, self.topology.nodes
+        for n in left:
+            node = nodes.get(n)
+            if node is None or not node.parents or not cut.issuperset(node.parents):
+                return False
+        return True
 
     def _failed(self) -> set[str]:
         """Nodes down by their own probes, and nodes inferred down."""
