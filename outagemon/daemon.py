@@ -297,7 +297,7 @@ class Daemon:
             await site.start()
         except OSError as e:
             raise OutagemonError(f"cannot listen on {cfg.http.listen}: {e.strerror}.") from None
-        log.info("http.listening", address=[str(a) for a in runner.addresses])
+        log.info("http.listening", address=[_address(a) for a in runner.addresses])
         if self.notifier.watchdog_interval:
             watchdog = self._spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
             stack.push_async_callback(self._cancel, [watchdog])
@@ -646,6 +646,15 @@ class Releasable(Protocol):
     def __len__(self) -> int: ...
 
     def release(self, count: int) -> None: ...
+
+
+def _address(where: object) -> str:
+    """A listening socket's address for people: host:port ([host]:port for IPv6), or the
+    Unix socket's path (aiohttp gives a socket address tuple or a path)."""
+    if isinstance(where, tuple) and len(where) >= 2:
+        host, port = where[0], where[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(where)
 
 
 async def _release(old: list[object]) -> None:

@@ -356,3 +356,12 @@ async def test_the_reports_page_totals_say_one_incident_and_one_call(fresh_db: s
         said = html.unescape(totals.group(1))
         assert said.startswith("1 incident (1 outage, 0 planned works) · "), said
         assert said.endswith(" · 1 call answered by the phone menu"), said
+
+
+def test_the_listening_address_is_logged_as_host_and_port() -> None:
+    # The log line showed "('127.0.0.1', 18410)", a Python tuple.
+    from outagemon import daemon
+
+    assert daemon._address(("127.0.0.1", 18410)) == "127.0.0.1:18410"
+    assert daemon._address(("::1", 8080, 0, 0)) == "[::1]:8080"
+    assert daemon._address("/run/outagemon/http.sock") == "/run/outagemon/http.sock"
