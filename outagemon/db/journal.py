@@ -11,7 +11,6 @@ Values are captured when the event happens and written later, in order, by the w
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import time
@@ -505,7 +504,6 @@ def _call_minutes_op(counts: dict[tuple[float, int], int]) -> Op:
 
 StateRows = Callable[[], Iterable[tuple[str, str, float, float]]]
 StateBatches = list[tuple[StateRows, float]]  # each batch, and the clock's step then
-STATES_SLICE = 2_000  # node states read (or made into rows) in one step of the event loop
 
 
 def _more_states(a: StateBatches, b: StateBatches) -> StateBatches:
@@ -514,19 +512,13 @@ def _more_states(a: StateBatches, b: StateBatches) -> StateBatches:
 
 def _states_op(batches: StateBatches) -> Op:
     async def op(conn: Conn) -> None:
+        # Read, and made into rows, a slice a step of the event loop (`store.sliced`).
         latest: dict[str, tuple[str, float, float]] = {}
-        count = 0
         for changes, step in batches:
-            for node, state, at, loss in changes():
+            async for node, state, at, loss in store.sliced(changes()):
                 latest[node] = (state, at + step, loss)
-                count += 1
-                if count % STATES_SLICE == 0:
-                    await asyncio.sleep(0)
-        rows = []
-        for node, (state, at, loss) in latest.items():
-            rows.append((node, state, store.ts(at), loss))
-            if len(rows) % STATES_SLICE == 0:
-                await asyncio.sleep(0)
+        made = ((node, state, store.ts(at), loss) for node, (state, at, loss) in latest.items())
+        rows = [row async for row in store.sliced(made)]
         await store.save_node_states(conn, rows)
         await store.notify_replica(conn, "states", [])
 
