@@ -365,3 +365,12 @@ def test_the_listening_address_is_logged_as_host_and_port() -> None:
     assert daemon._address(("127.0.0.1", 18410)) == "127.0.0.1:18410"
     assert daemon._address(("::1", 8080, 0, 0)) == "[::1]:8080"
     assert daemon._address("/run/outagemon/http.sock") == "/run/outagemon/http.sock"
+
+
+def test_the_inferred_badge_is_the_probes_only() -> None:
+    # One rule for the live card and the incident page (`_inferred_badge`): the probes'
+    # inference is badged, an incident raised by calls (inferred from no probe) is not.
+    from outagemon.http import page
+
+    assert page._inferred_badge(True, "probes") and page._inferred_badge(True, None)
+    assert not page._inferred_badge(True, "calls") and not page._inferred_badge(False, None)

@@ -102,8 +102,7 @@ def _card(rt: Runtime, inc: Incident) -> dict[str, Any]:
     return {
         "id": inc.id, "kind": inc.kind.value, "root": inc.root,
         "root_name": root.name if root else "",
-        # "Inferred" tells the probes' inference; one raised by calls says so itself.
-        "inferred": inc.inferred and inc.raised_by != "calls",
+        "inferred": _inferred_badge(inc.inferred, inc.raised_by),
         "recovering": inc.recovering_since is not None, "since": _when(inc.opened_at),
         "nodes": len(inc.nodes), "subscribers": m.subscribers_of(inc.nodes),
         "calls": m.calls.get(inc.id, 0), "eta": _when(m.eta.get(inc.id)),
@@ -533,6 +532,12 @@ def _suspicion_text(kind: str, detail: dict[str, Any]) -> str:
     return ""
 
 
+def _inferred_badge(inferred: bool, raised_by: str | None) -> bool:
+    """Whether a page shows the "inferred" badge: it tells the probes' inference; an
+    incident raised by calls says so itself."""
+    return inferred and raised_by != "calls"
+
+
 async def incident_page(request: web.Request) -> web.Response:
     visitor = _required(request)
     rt = visitor.rt
@@ -550,6 +555,7 @@ async def incident_page(request: web.Request) -> web.Response:
         log.warning("page.database_unavailable", error=str(e))
     html = ENV.get_template("incident.html").render(
         now=_when(time.time()), i=inc, timeline=timeline, tree=_tree(rt, inc),
+        inferred=_inferred_badge(bool(inc["inferred"]), inc.get("raised_by")),
         chart=chart(inc.get("calls_per_minute") or []),
         message=Message.of(request.query.get("message")),
         can_write=visitor.session is not None and visitor.session.role == "write",
