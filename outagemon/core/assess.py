@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from outagemon.core.addresses import Address
-from outagemon.core.directory import Directory, Match
+from outagemon.core.directory import Directory, Match, cpe_id, flat_key
 from outagemon.core.health import State
 from outagemon.core.incidents import Incident, Kind, Maintenance
 from outagemon.core.messages import Texts
@@ -199,10 +199,14 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
     else:
         own = match.address is None and _is_router(directory.topology, node)
     if before is not None:
-        if own and before.incident is not None and before.incident.raised_by == "calls":
-            ns = c.states.get(node)
-            if ns is not None and ns.state is State.UP:
-                return after
+        if before.incident is not None and before.incident.raised_by == "calls":
+            if own:
+                ns = c.states.get(node)
+                if ns is not None and ns.state is State.UP:
+                    return after
+            elif sub is None and match.flat and _flat_router_answers(situation, directory,
+                                                                      node, match):  # fmt: skip
+                return after  # asked by the address and flat of the same household
         return before
     if own:
         ns = c.states.get(node)
@@ -213,6 +217,27 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
             return Answer(Status.CPE_DOWN, node=serving, since=ns.down_at,
                           suspected=after.suspected)  # fmt: skip
     return after
+
+
+def _flat_router_answers(situation: Situation, directory: Directory, node: str,
+                         match: Match) -> bool:  # fmt: skip
+    """Whether the router of a subscriber living at the flat asked about by address answers
+    (the same household as asked by account): looked for among the serving node's
+    routers, and only inside a confirmed suspicion."""
+    serving = directory.topology.nodes.get(node)
+    if match.address is None or serving is None:
+        return False
+    roster, states = directory.subscribers, situation.correlator.states
+    key, flat, prefix = match.address.key, flat_key(match.flat), cpe_id("")
+    for child in serving.children:
+        ns = states.get(child)
+        if ns is None or ns.state is not State.UP or not child.startswith(prefix):
+            continue
+        i = roster.by_account(child.removeprefix(prefix))
+        sub = roster.at(i) if i is not None else None
+        if sub is not None and sub.address.key == key and flat_key(sub.flat) == flat:
+            return True
+    return False
 
 
 def _is_router(topology: Topology, node: str) -> bool:

@@ -547,6 +547,14 @@ NOT_FOUND = Match()
 _WRITTEN_KEPT = 4096  # written addresses a directory remembers the meaning of (~2 MiB at most)
 
 
+def flat_key(flat: str) -> str:
+    """A flat as one home: "012", "12" and " 12 " are flat 12; "12А" and "12а" one flat."""
+    flat = flat.strip()
+    if flat.isascii() and flat.isdigit():
+        return str(int(flat))
+    return flat.casefold()
+
+
 def _flat_number(flat: str) -> int | None:
     # ASCII only: "²" and "١" are digits to str.isdigit(), not to int().
     return int(flat) if flat.isascii() and flat.isdigit() else None

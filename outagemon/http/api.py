@@ -20,7 +20,7 @@ from aiohttp import web
 from outagemon import clock, logs
 from outagemon.cluster.replica import Replica
 from outagemon.core.assess import Answer, KeptBody, Status, assess
-from outagemon.core.directory import Directory, Match
+from outagemon.core.directory import Directory, Match, flat_key
 from outagemon.core.incidents import Kind, Maintenance
 from outagemon.core.messages import Texts, next_local_day
 from outagemon.http import queries
@@ -183,20 +183,12 @@ def caller_of(match: Match, building: str) -> tuple[str, str]:
     and then by their address is one caller; one naming no flat, their building. Two
     accounts of one flat are one household, one caller. A subscriber of no flat (a house,
     an office) is their account: several share a building. See "Callers as sensors"."""
-    flat = _flat_key(match.flat)
+    flat = flat_key(match.flat)
     if flat:
         return "home", f"{building}\x00{flat}"
     if match.subscriber is not None:
         return "account", match.subscriber.account
     return "building", building
-
-
-def _flat_key(flat: str) -> str:
-    """A flat as one home: "012", "12" and " 12 " are flat 12; "12А" and "12а" one flat."""
-    flat = flat.strip()
-    if flat.isascii() and flat.isdigit():
-        return str(int(flat))
-    return flat.casefold()
 
 
 def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now: float) -> bytes:
