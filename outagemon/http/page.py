@@ -632,7 +632,9 @@ def _writer(request: web.Request, visitor: Visitor, form: dict[str, str], back: 
     if token is None or token.role != "write":
         rt.guard.backoff.failed(address, now)
         rt.guard.failed("form", address, "invalid")
-        raise _back(back, Message.TOKEN_INVALID)
+        # A read token is a real one (the API says so too): "not valid" sent engineers
+        # looking for a typo.
+        raise _back(back, Message.TOKEN_INVALID if token is None else Message.TOKEN_READ_ONLY)
     rt.guard.backoff.succeeded(address)
     return token.name
 

@@ -51,6 +51,7 @@ class Message(Enum):
     ROOT_ANSWERS = ("Not confirmed: its node answers the probes now, so the way through it "
                     "works and a fault its callers notice is below it. Dismiss it.")  # fmt: skip
     TOKEN_INVALID = "The write token is not valid."
+    TOKEN_READ_ONLY = "That token may only read; type a write token."
     WRITES_DISABLED = "Writes are disabled: no write token is configured."
     ETA_INVALID = "The ETA is not a time."
     NOTHING = "Nothing was saved: give an ETA, a note, or both."
