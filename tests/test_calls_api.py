@@ -203,7 +203,8 @@ async def test_a_suspected_incident_is_said_as_one_and_a_dismissed_one_lost_noth
             status, body = await post(w, iid, {"resolve": True})
             assert status == 409, body
             assert body["error"] == (
-                f"incident {iid} is only suspected: confirm or dismiss it first."
+                f"incident {iid} is only suspected: confirm it first (it is marked repaired once "
+                "confirmed), or dismiss it."
             )
             w.monitor.tick()
             await w.flushed()

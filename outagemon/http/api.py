@@ -423,7 +423,11 @@ async def _decide(request: web.Request, rt: Runtime, iid: int, body: dict[str, A
             "resolve": monitor.repaired}[what](iid, who)  # fmt: skip
     if not done:
         if what == "resolve" and inc.kind is Kind.SUSPECTED:
-            raise bad(f"incident {iid} is only suspected: confirm or dismiss it first.", 409)
+            raise bad(
+                f"incident {iid} is only suspected: confirm it first (it is marked repaired once "
+                "confirmed), or dismiss it.",
+                409,
+            )
         if what == "resolve":
             raise bad(f"incident {iid} was not raised by calls and confirmed: the probes "
                       "resolve it when its root answers again.", 409)  # fmt: skip
