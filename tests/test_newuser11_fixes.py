@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import html
 import re
+import time
+from datetime import datetime
 
 from outagemon.core.assess import AnswerMemory, Status, assess
 from outagemon.core.health import State
+from outagemon.core.incidents import Maintenance
+from tests.test_maintenance_api import change
 from tests.test_page_form import incident_form
 from tests.test_suspicion_answers import ROUTERS, monitor_of, set_state, suspected
-from tests.world import READ, WRITE
+from tests.world import READ, WRITE, world
 
 
 def test_a_confirmed_suspicion_is_not_said_to_a_flat_asked_by_address_whose_router_answers() -> (
@@ -57,3 +61,31 @@ async def test_the_page_form_says_a_read_token_may_only_read(fresh_db: str) -> N
         assert await said(READ) == "That token may only read; type a write token."
         assert await said("wrong-token-0123456789") == "The write token is not valid."
         assert (await said(WRITE)).startswith("Saved")
+
+
+async def test_works_withdrawn_over_a_failed_node_say_when_they_ended_as_a_time(
+    fresh_db: str,
+) -> None:
+    """The timeline said "works ended: 1796097151.0" (seconds since 1970, on the page too)
+    and that number was the works' planned end, two hours ahead, not their withdrawal."""
+    async with world(fresh_db) as w:
+        w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", w.net.now, time.time() + 7200),
+                                  "noc")  # fmt: skip
+        w.monitor.next_maintenance = 2
+        w.net.fail("sw-sad-5")
+        w.run(60)
+        before = await w.check(account="1007")
+        assert before["status"] == "maintenance"
+        await change(w, "1", {"withdraw": True})
+        w.run(65)  # the next tick
+        iid = before["incident_id"]
+        await w.flushed()
+        async with w.session.get(w.url(f"/api/v1/incidents/{iid}"), headers=w.auth(READ)) as r:
+            found = await r.json()
+        (changed,) = [e["detail"] for e in found["timeline"] if e["kind"] == "kind_changed"]
+        ended = datetime.fromisoformat(changed["works_ended"])
+        assert ended.timestamp() < time.time() + 600  # withdrawn now, not 2 h ahead
+        async with w.session.get(w.url(f"/incidents/{iid}"), headers=w.auth(READ)) as r:
+            page = html.unescape(await r.text())
+        said = ended.astimezone().strftime("%d.%m.%Y %H:%M")
+        assert f"Planned works ended {said} with its root still down: an outage now." in page

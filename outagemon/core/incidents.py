@@ -476,10 +476,12 @@ class IncidentBook:
                     now >= inc.maintenance_until + hold or now < inc.maintenance_until
                 ):  # ended `hold` ago, or withdrawn before their end: a fault now
                     inc.kind = Kind.OUTAGE
+                    # Withdrawn works ended now, not at their planned end.
+                    ended = min(now, inc.maintenance_until)
                     self.events.append(
                         Event(EventKind.KIND_CHANGED, now, inc.id, inc.root,
                               detail={"from": "maintenance", "to": "outage",
-                                      "works_ended": inc.maintenance_until})
+                                      "works_ended": ended})
                     )  # fmt: skip
         return extended
 

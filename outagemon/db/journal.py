@@ -391,7 +391,10 @@ def op_of(kind: str, data: dict[str, Any]) -> Op:
     e = durable.event_of(kind, data)
     write = WRITES[e.kind]
     at = store.ts(e.at)
-    detail = json.dumps(e.detail, default=str)
+    said = e.detail
+    if isinstance(said.get("works_ended"), float):  # a time, as ISO 8601 like every other
+        said = {**said, "works_ended": store.ts(said["works_ended"])}
+    detail = json.dumps(said, default=_iso)
     snap = data.get("snap")
     snapshot = None
     if snap is not None:

@@ -464,6 +464,12 @@ def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
     if kind == "eta":
         # As the page's header says it (26.11.2026 18:30), not the API's ISO text.
         return f"ETA {_human(str(detail.get('eta', '')))} — {detail.get('by', '')}"
+    if kind == "kind_changed" and detail.get("works_ended"):
+        ended = detail["works_ended"]
+        if isinstance(ended, int | float):  # stored as seconds before the eleventh session
+            ended = datetime.fromtimestamp(ended, tz=UTC).isoformat()
+        return (f"Planned works ended {_human(str(ended))} with its root still down: an "
+                "outage now.")  # fmt: skip
     said = _suspicion_text(kind, detail)
     if said:
         return said
