@@ -11,6 +11,7 @@ from datetime import datetime
 from outagemon.core.assess import AnswerMemory, Status, assess
 from outagemon.core.health import State
 from outagemon.core.incidents import Maintenance
+from outagemon.http.page import period_text
 from tests.test_maintenance_api import change
 from tests.test_page_form import incident_form
 from tests.test_suspicion_answers import ROUTERS, monitor_of, set_state, suspected
@@ -89,3 +90,12 @@ async def test_works_withdrawn_over_a_failed_node_say_when_they_ended_as_a_time(
             page = html.unescape(await r.text())
         said = ended.astimezone().strftime("%d.%m.%Y %H:%M")
         assert f"Planned works ended {said} with its root still down: an outage now." in page
+
+
+async def test_the_page_says_how_long_it_lists_resolved_incidents_in_words(fresh_db: str) -> None:
+    """"None in the last 0.2 h." (the demo's restored_for of 600 s) read as a typo."""
+    assert [period_text(s) for s in (600, 3600, 7200, 5400)] == [
+        "10 minutes", "hour", "2 hours", "90 minutes"]  # fmt: skip
+    async with world(fresh_db) as w:
+        async with w.session.get(w.url("/")) as r:
+            assert "None in the last hour." in await r.text()

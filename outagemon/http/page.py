@@ -210,7 +210,7 @@ def live_context(rt: Runtime) -> dict[str, Any]:
     return {
         "open": open_cards, "resolved": resolved, "problems": problems,
         "more_problems": more, "health": health, "works": works,
-        "restored_hours": round(rt.config.messages.restored_for / 3600, 1),
+        "restored_period": period_text(rt.config.messages.restored_for),
     }  # fmt: skip
 
 
@@ -492,6 +492,14 @@ def _minutes(seconds: Any) -> str:
     if n == 0:
         return "less than a minute"  # not "0 minutes"
     return f"{n} minute{'' if n == 1 else 's'}"
+
+
+def period_text(seconds: float) -> str:
+    """A span of time as words ("hour", "3 hours", "10 minutes"): "0.2 h" read as a typo."""
+    hours = seconds / 3600
+    if hours >= 1 and hours == int(hours):
+        return "hour" if hours == 1 else f"{int(hours)} hours"
+    return _minutes(seconds)
 
 
 def _suspicion_text(kind: str, detail: dict[str, Any]) -> str:
