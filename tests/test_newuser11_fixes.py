@@ -48,7 +48,7 @@ def test_a_confirmed_suspicion_is_not_said_to_a_flat_asked_by_address_whose_rout
 async def test_the_page_form_says_a_read_token_may_only_read(fresh_db: str) -> None:
     """A read token typed into the page's form was answered "The write token is not
     valid.", as if mistyped; the API names it as a token that may only read."""
-    async with incident_form(fresh_db) as (w, browser, inc, page, csrf):
+    async with incident_form(fresh_db) as (w, browser, _inc, page, csrf):
 
         async def said(token: str) -> str:
             async with browser.post(page, data={"token": token, "csrf": csrf, "note": "x"},
@@ -93,9 +93,8 @@ async def test_works_withdrawn_over_a_failed_node_say_when_they_ended_as_a_time(
 
 
 async def test_the_page_says_how_long_it_lists_resolved_incidents_in_words(fresh_db: str) -> None:
-    """"None in the last 0.2 h." (the demo's restored_for of 600 s) read as a typo."""
+    """The page said "None in the last 0.2 h." (the demo's restored_for, 600 s): a typo?"""
     assert [period_text(s) for s in (600, 3600, 7200, 5400)] == [
         "10 minutes", "hour", "2 hours", "90 minutes"]  # fmt: skip
-    async with world(fresh_db) as w:
-        async with w.session.get(w.url("/")) as r:
-            assert "None in the last hour." in await r.text()
+    async with world(fresh_db) as w, w.session.get(w.url("/")) as r:
+        assert "None in the last hour." in await r.text()

@@ -392,8 +392,9 @@ def op_of(kind: str, data: dict[str, Any]) -> Op:
     write = WRITES[e.kind]
     at = store.ts(e.at)
     said = e.detail
-    if isinstance(said.get("works_ended"), float):  # a time, as ISO 8601 like every other
-        said = {**said, "works_ended": store.ts(said["works_ended"])}
+    ended = said.get("works_ended")
+    if isinstance(ended, int | float):  # a time, as ISO 8601 like every other
+        said = {**said, "works_ended": store.ts(ended)}
     detail = json.dumps(said, default=_iso)
     snap = data.get("snap")
     snapshot = None
