@@ -151,19 +151,26 @@ async def test_a_maintenance_incidents_eta_is_what_its_callers_hear(fresh_db: st
             assert (await r.json())["eta"] == iso(ends)
 
 
+async def works_withdrawn_over_a_failed_node(w: World) -> dict[str, Any]:
+    """sw-sad-5 failed inside two hours of planned works, which are withdrawn; the
+    next tick is run. What 1007 heard before the withdrawal."""
+    w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", w.net.now, time.time() + 7200),
+                              "noc")  # fmt: skip
+    w.monitor.next_maintenance = 2
+    w.net.fail("sw-sad-5")
+    w.run(60)
+    before = await w.check(account="1007")
+    assert before["status"] == "maintenance"
+    await change(w, "1", {"withdraw": True})
+    w.run(65)  # the next tick
+    return before
+
+
 async def test_works_withdrawn_over_a_failed_node_make_it_an_outage_with_a_timeline_note(
     fresh_db: str,
 ) -> None:
     async with world(fresh_db) as w:
-        w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", w.net.now, time.time() + 7200),
-                                  "noc")  # fmt: skip
-        w.monitor.next_maintenance = 2
-        w.net.fail("sw-sad-5")
-        w.run(60)
-        before = await w.check(account="1007")
-        assert before["status"] == "maintenance"
-        await change(w, "1", {"withdraw": True})
-        w.run(65)  # the next tick
+        before = await works_withdrawn_over_a_failed_node(w)
         after = await w.check(account="1007")
         assert (after["status"], after["incident_id"]) == ("outage", before["incident_id"])
         await w.flushed()

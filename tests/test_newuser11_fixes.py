@@ -10,9 +10,8 @@ from datetime import datetime
 
 from outagemon.core.assess import AnswerMemory, Status, assess
 from outagemon.core.health import State
-from outagemon.core.incidents import Maintenance
 from outagemon.http.page import period_text
-from tests.test_maintenance_api import change
+from tests.test_maintenance_api import works_withdrawn_over_a_failed_node
 from tests.test_page_form import incident_form
 from tests.test_suspicion_answers import ROUTERS, monitor_of, set_state, suspected
 from tests.world import READ, WRITE, world
@@ -70,16 +69,7 @@ async def test_works_withdrawn_over_a_failed_node_say_when_they_ended_as_a_time(
     """The timeline said "works ended: 1796097151.0" (seconds since 1970, on the page too)
     and that number was the works' planned end, two hours ahead, not their withdrawal."""
     async with world(fresh_db) as w:
-        w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", w.net.now, time.time() + 7200),
-                                  "noc")  # fmt: skip
-        w.monitor.next_maintenance = 2
-        w.net.fail("sw-sad-5")
-        w.run(60)
-        before = await w.check(account="1007")
-        assert before["status"] == "maintenance"
-        await change(w, "1", {"withdraw": True})
-        w.run(65)  # the next tick
-        iid = before["incident_id"]
+        iid = (await works_withdrawn_over_a_failed_node(w))["incident_id"]
         await w.flushed()
         async with w.session.get(w.url(f"/api/v1/incidents/{iid}"), headers=w.auth(READ)) as r:
             found = await r.json()
