@@ -140,10 +140,14 @@ class AnswerMemory:
     it holds LIMIT nodes: a city has far fewer serving nodes than that."""
 
     LIMIT = 200_000
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "routers")
 
     def __init__(self) -> None:
         self.entries: dict[str, Remembered] = {}
+        # A serving node's routers by the home they serve ((building key, flat) -> router
+        # ids), for callers asking by address inside a confirmed suspicion, made once per
+        # directory; their states are read on every call.
+        self.routers: dict[str, tuple[Directory, dict[tuple[str, str], list[str]]]] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -204,8 +208,11 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
                 ns = c.states.get(node)
                 if ns is not None and ns.state is State.UP:
                     return after
-            elif sub is None and match.flat and _flat_router_answers(situation, directory,
-                                                                      node, match):  # fmt: skip
+            elif (
+                sub is None
+                and match.flat
+                and _flat_router_answers(situation, directory, node, match, memory)
+            ):
                 return after  # asked by the address and flat of the same household
         return before
     if own:
@@ -220,24 +227,37 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
 
 
 def _flat_router_answers(situation: Situation, directory: Directory, node: str,
-                         match: Match) -> bool:  # fmt: skip
+                         match: Match, memory: AnswerMemory) -> bool:  # fmt: skip
     """Whether the router of a subscriber living at the flat asked about by address answers
     (the same household as asked by account): looked for among the serving node's
     routers, and only inside a confirmed suspicion."""
-    serving = directory.topology.nodes.get(node)
-    if match.address is None or serving is None:
+    if match.address is None:
         return False
-    roster, states = directory.subscribers, situation.correlator.states
-    key, flat, prefix = match.address.key, flat_key(match.flat), cpe_id("")
-    for child in serving.children:
-        ns = states.get(child)
-        if ns is None or ns.state is not State.UP or not child.startswith(prefix):
-            continue
-        i = roster.by_account(child.removeprefix(prefix))
-        sub = roster.at(i) if i is not None else None
-        if sub is not None and sub.address.key == key and flat_key(sub.flat) == flat:
+    kept = memory.routers.get(node)
+    if kept is None or kept[0] is not directory:
+        kept = directory, _routers_by_home(directory, node)
+        if len(memory.routers) > AnswerMemory.LIMIT:
+            memory.routers.clear()
+        memory.routers[node] = kept
+    states = situation.correlator.states
+    for router in kept[1].get((match.address.key, flat_key(match.flat)), ()):
+        ns = states.get(router)
+        if ns is not None and ns.state is State.UP:
             return True
     return False
+
+
+def _routers_by_home(directory: Directory, node: str) -> dict[tuple[str, str], list[str]]:
+    """A serving node's subscribers' routers by (building key, flat)."""
+    serving = directory.topology.nodes.get(node)
+    roster, prefix = directory.subscribers, cpe_id("")
+    found: dict[tuple[str, str], list[str]] = {}
+    for child in serving.children if serving is not None else ():
+        i = roster.by_account(child.removeprefix(prefix)) if child.startswith(prefix) else None
+        if i is not None:
+            sub = roster.at(i)
+            found.setdefault((sub.address.key, flat_key(sub.flat)), []).append(child)
+    return found
 
 
 def _is_router(topology: Topology, node: str) -> bool:
