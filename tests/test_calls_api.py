@@ -69,7 +69,7 @@ async def test_callers_raise_a_suspected_incident_an_engineer_confirms(fresh_db:
         status, body = await post(w, iid, {"confirm": True, "dismiss": True})
         assert status == 400 and "one of confirm, dismiss or resolve" in body["error"]
         status, body = await post(w, iid, {"resolve": True})
-        assert status == 409 and "is only suspected: confirm or dismiss" in body["error"]
+        assert status == 409 and "is only suspected: confirm it first" in body["error"]
         status, body = await post(w, "999", {"dismiss": True})
         assert status == 404, body
 
