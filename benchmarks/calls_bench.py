@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.calls_bench [--days 30] [--seeds 1-10] [--window S]
         [--chance P] [--evidence H] [--burst S] [--burst-evidence H] [--flat]
+        [--scan-chance P] [--wake-evidence H]
         [--shares 0.25,0.15] [--day cosine|lived] [--opened-only] [--no-surge] [--explain]
 
 A city's month of calls cannot exist on this machine, so it is simulated, and said so:
@@ -408,6 +409,19 @@ def main() -> None:
         "this; raised when either holds (0: the burst alone)",
     )
     parser.add_argument(
+        "--scan-chance",
+        type=float,
+        default=Settings().scan_chance,
+        help="the scan over the newest callers' spans: raised when the usual calls bring so "
+        "many in so short a span no more often than this (0: off)",
+    )
+    parser.add_argument(
+        "--wake-evidence",
+        type=float,
+        default=Settings().wake_evidence,
+        help="the waking hour's constant test's log-likelihood ratio (0: off)",
+    )
+    parser.add_argument(
         "--flat", action="store_true", help="a usual rate without the hour of the day (by_hour off)"
     )
     parser.add_argument(
@@ -441,13 +455,15 @@ def main() -> None:
     built = time.process_time() - started
     chosen = Settings(window=args.window, chance=args.chance, evidence=args.evidence,
                       by_hour=not args.flat, burst=args.burst,
-                      burst_evidence=args.burst_evidence)  # fmt: skip
+                      burst_evidence=args.burst_evidence,
+                      scan_chance=args.scan_chance, wake_evidence=args.wake_evidence)  # fmt: skip
     k = chosen.min_callers
     print(" ".join(["python -m benchmarks.calls_bench", *sys.argv[1:]]))
     print(f"city: {subscribers:,} subscribers, {len(topo):,} nodes (built in {built:.1f} s "
           f"CPU); {args.days} days simulated; window {args.window:g} s, "
           f"chance {args.chance:g}, min_callers {k}, evidence {args.evidence:g}, "
           f"burst {args.burst:g} s (evidence {args.burst_evidence:g}), "
+          f"scan chance {args.scan_chance:g}, wake evidence {args.wake_evidence:g}, "
           f"by_hour {not args.flat}; day {args.day}; load average "
           f"{os.getloadavg()[0]:.1f} at the start")  # fmt: skip
     print(f"recall: of the faults with >= 1 caller (the reported figure) | with >= {k} "

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.calls_misses [--seeds 1-40] [--share 0.25] [--window S]
         [--chance P] [--evidence H] [--burst S] [--burst-evidence H]
+        [--scan-chance P] [--wake-evidence H]
 
 The month, the faults and the scoring are `benchmarks.calls_bench`'s (the same seeds give
 the same faults and the same recall); the detector is the tree's, with its defaults or
@@ -161,9 +162,12 @@ def main() -> None:
     parser.add_argument("--evidence", type=float, default=default.evidence)
     parser.add_argument("--burst", type=float, default=default.burst)
     parser.add_argument("--burst-evidence", type=float, default=default.burst_evidence)
+    parser.add_argument("--scan-chance", type=float, default=default.scan_chance)
+    parser.add_argument("--wake-evidence", type=float, default=default.wake_evidence)
     args = parser.parse_args()
     chosen = Settings(window=args.window, chance=args.chance, evidence=args.evidence,
-                      burst=args.burst, burst_evidence=args.burst_evidence)  # fmt: skip
+                      burst=args.burst, burst_evidence=args.burst_evidence,
+                      scan_chance=args.scan_chance, wake_evidence=args.wake_evidence)  # fmt: skip
     topo, behind = build_city()
     total: Counter[str] = Counter()
     for seed in seeds_of(args.seeds):

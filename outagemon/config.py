@@ -141,6 +141,7 @@ class CallersConfig:
     burst_evidence: float = 0.0  # with burst: the constant test too, the burst's at this; 0: off
     wake_at: float = 25200.0  # seconds after midnight (UTC) a night's faults begin to be noticed
     wake_evidence: float = 10.5  # the constant test's evidence in the waking hour; 0: off
+    scan_chance: float = 3e-7  # the scan over the newest callers' spans: its chance; 0: off
     sentence: str = ""  # said to callers behind a suspected incident; "": nothing special
 
 
@@ -343,6 +344,12 @@ def _chance(v: Any) -> str | None:
     if (reason := _finite(v, "a number")) is not None:
         return reason
     return None if 0 < v < 0.5 else "must be more than 0 and less than 0.5"
+
+
+def _scan_chance(v: Any) -> str | None:
+    if (reason := _finite(v, "a number")) is not None:
+        return reason
+    return None if 0 <= v < 0.5 else "must be from 0 (off) to less than 0.5"
 
 
 def _rate(v: Any) -> str | None:
@@ -592,6 +599,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "burst_evidence": _evidence,
         "wake_at": _seconds(positive=False, maximum=DAY),
         "wake_evidence": _evidence,
+        "scan_chance": _scan_chance,
         "sentence": _sentence,
     },
     "history": {

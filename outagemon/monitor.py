@@ -82,7 +82,8 @@ def call_settings(c: CallersConfig) -> callers.Settings:
                             max_subscribers=c.max_subscribers, by_hour=c.by_hour,
                             evidence=c.evidence, fault_rate=c.fault_rate,
                             burst=c.burst, burst_evidence=c.burst_evidence,
-                            wake_at=c.wake_at, wake_evidence=c.wake_evidence)  # fmt: skip
+                            wake_at=c.wake_at, wake_evidence=c.wake_evidence,
+                            scan_chance=c.scan_chance)  # fmt: skip
 
 
 def anchors_of(cfg: Config, directory: Directory) -> dict[str, str]:

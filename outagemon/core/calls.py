@@ -17,7 +17,9 @@ history, and follows the hour of the day (`by_hour`: one shape of the day learne
 every place's calls, each hour's calls against the time the history has lived in that
 hour, scaled to each place's rate). Callers who all first called in the waking hour (from
 `wake_at`, when a night's faults are noticed) pass the constant-rate test at
-`wake_evidence`. Only calls answered `ok` count: one answered `outage`, `maintenance`,
+`wake_evidence`; the newest `min_callers` or more within a span the usual calls fill
+more rarely than `scan_chance` (times the spans of that length a window holds) pass
+too. Only calls answered `ok` count: one answered `outage`, `maintenance`,
 `cpe_down`, `restored` or `unknown` (blindness) is already explained, and so is one from
 a caller whose own probed router was answering (the probes see the way to them working:
 their trouble is not their entrance's). The suspected root is the lowest node shared by
@@ -45,6 +47,7 @@ confirmed one is repaired, one never confirmed ends quietly (`cleared`).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from collections import deque
@@ -105,6 +108,13 @@ class Settings:
     # a fault there likelier before any call than in another hour.
     wake_at: float = 25200.0
     wake_evidence: float = 10.5
+    # The scan: the newest j >= `min_callers` distinct callers of a place, over the span
+    # from the oldest of them to the newest, against the calls its usual rate brings in
+    # that span (the rate's uncertainty kept: a negative binomial), the chance of so many
+    # multiplied by the spans of that length a `window` holds (so many are looked at); a
+    # place is raised when it is at most this (0: no scan). Three callers of a quiet
+    # entrance within twenty minutes are a fault by day, whatever their spacing.
+    scan_chance: float = 3e-7
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +263,30 @@ def poisson_tail(mean: float, k: int) -> float:
         i += 1
         term *= mean / i
     return max(0.0, 1.0 - below)
+
+
+def negbin_tail(r: float, p: float, k: int) -> float:
+    """P(X >= k) for X negative binomial: a Poisson count whose mean is Gamma(r) with
+    `p` = seen / (seen + exposure) (the chance of a count n is
+    Gamma(r + n) / (Gamma(r) n!) p^r (1 - p)^n)."""
+    if k <= 0:
+        return 1.0
+    q = 1.0 - p
+    if q <= 0:
+        return 0.0
+    mean = r * q / p
+    if mean >= k:
+        return 1.0  # (at least about a half: never a fault's evidence)
+    # The terms from k on fall (their ratio (r + n) q / (n + 1) < 1 past the mean).
+    log_term = (
+        math.lgamma(r + k) - math.lgamma(r) - math.lgamma(k + 1) + r * math.log(p) + k * math.log(q)
+    )
+    term, total, n = math.exp(log_term), 0.0, k
+    while term > total * 1e-12 and n < k + 1000:
+        total += term
+        term *= (r + n) * q / (n + 1)
+        n += 1
+    return min(1.0, total)
 
 
 def subscribers_below(topology: Topology, subscribers: dict[str, int]) -> dict[str, int]:
@@ -797,8 +831,11 @@ class CallWatch:
         learned, with its uncertainty: a Gamma whose weight is the calls it was learned
         from, and the day's shape) reaches `evidence`. A quiet place's two callers a
         minute apart are evidence; a busy place, or a place learned from few calls, needs
-        more."""
+        more. Or the scan (`scan`) finds the newest `min_callers` or more of them in a
+        span the usual calls fill so rarely."""
         s = self.settings
+        if s.scan_chance > 0 and self.scan(node, firsts, now) <= s.scan_chance:
+            return True
         if s.evidence <= 0:
             return False
         if s.wake_evidence > 0 and firsts:
@@ -813,6 +850,34 @@ class CallWatch:
                     or self.score(node, firsts, now, s.burst_evidence)
                     >= s.burst_evidence)  # fmt: skip
         return self.score(node, firsts, now, s.evidence) >= s.evidence
+
+    def scan(self, node: str, firsts: list[float], now: float) -> float:
+        """The scan's least chance over the newest j >= `min_callers` of these first calls
+        (oldest first): that the place's usual calls bring j distinct callers or more in
+        the span from the oldest of them to the newest (its rate a Gamma learned from its
+        calls, the day's shape over the span), times the spans of that length a `window`
+        holds (at least one minute each); 1 when there are too few."""
+        s = self.settings
+        # Only callers of the waking day (from `wake_at` to midnight, the monitor's
+        # clock): a night's faults are noticed from `wake_at`, so a night's callers are
+        # its usual ones.
+        day = now % DAY
+        if day < s.wake_at:
+            return 1.0
+        firsts = firsts[bisect.bisect_left(firsts, now - day + s.wake_at) :]
+        if len(firsts) < s.min_callers:
+            return 1.0
+        calls, seen = self.history(node, now)
+        if calls <= 0:
+            return 1.0
+        newest, best = firsts[-1], 1.0
+        for j in range(s.min_callers, len(firsts) + 1):
+            at = firsts[-j]
+            span = newest - at
+            exposure = self.shaped(at, newest)
+            looks = max(1.0, s.window / max(span, 60.0))
+            best = min(best, looks * negbin_tail(calls, seen / (seen + exposure), j))
+        return best
 
     def waking(self, firsts: list[float], now: float) -> list[float]:
         """Those of these first calls (oldest first) made in the waking hour that `now`
