@@ -4,16 +4,26 @@ the fault (or works) the caller is in now."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from outagemon import config
+from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory
-from outagemon.core.incidents import EventKind
+from outagemon.core.health import Settings
+from outagemon.core.incidents import EventKind, Maintenance
 from outagemon.core.topology import Node, Topology
+from outagemon.db import restore as restore_db
+from outagemon.http.runtime import iso
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 from outagemon.sim.simnet import SimNet
+from tests.test_api_callers import wall
 from tests.test_gc_freeze import source_of
+from tests.test_history import history_world, load
+from tests.world import world
 
 # The trial's south: agg-south feeds sw-sadovaya-3 alone and sw-mira-10 with agg-north.
 SOUTH = [
@@ -55,3 +65,101 @@ def test_a_reload_gives_the_probes_sent_after_it_the_new_timeout() -> None:
     source.engine.timeout = 1.0  # the start's
     source.retarget(Topology(SOUTH).by_ip, config.ProbeConfig(interval=2.0, timeout=0.5))
     assert source.engine.timeout == 0.5
+
+
+class _Mute(SimNet):
+    """Nodes that drop every probe to themselves and forward all the rest."""
+
+    mute: frozenset[str] = frozenset()
+
+    def answers(self, node: str) -> bool:
+        return super().answers(node) and node not in self.mute
+
+
+def _south(mute: bool) -> tuple[Correlator, _Mute, float]:
+    """sw-sadovaya-3 down a minute, then up (its incident recovering, resolve_hold 60 s),
+    then down again 37 s later; with `mute`, agg-south drops its own probes from just
+    before the repair (sw-sadovaya-3 is the only child that shows it forwards). Returns
+    the correlator, the network and when the second fault began."""
+    topo = Topology(SOUTH)
+    c = Correlator(topo, Settings(interval=2.0, timeout=0.5, resolve_hold=60))
+    sim = _Mute(topo, c, interval=2.0, timeout=0.5)
+    sim.run_for(3600)
+    sim.fail("sw-sadovaya-3")
+    sim.run_for(59)
+    if mute:
+        sim.mute = frozenset({"agg-south"})
+    sim.run_for(1)
+    sim.repair("sw-sadovaya-3")
+    sim.run_for(37)
+    again = sim.now
+    sim.fail("sw-sadovaya-3")
+    return c, sim, again
+
+
+@pytest.mark.parametrize("mute", [False, True])
+def test_a_recovering_incident_down_again_says_when_this_fault_began(mute: bool) -> None:
+    # Before: callers heard the first fault's start ("began at 03:32") after 37 s of
+    # service they had been told of ("restored"), whether the root itself failed again
+    # or, its parent dropping its own probes, the root moved to that parent (and then
+    # no `refailed` was written: the stored incident stayed recovering, and the history's
+    # impact closed, while callers heard an outage).
+    c, sim, again = _south(mute)
+    events = sim.run_for(30)
+    (inc,) = c.incidents.values()
+    assert inc.recovering_since is None
+    assert inc.root == ("agg-south" if mute else "sw-sadovaya-3")
+    assert again <= inc.since <= again + 10 and inc.opened_at < again - 37
+    assert EventKind.REFAILED in [e.kind for e in events if e.incident == inc.id]
+
+
+async def test_a_root_down_again_while_recovering_is_heard_and_stored_from_this_fault(
+    fresh_db: str,
+) -> None:
+    # Before: callers, the impact history's second break and a restart all took the first
+    # fault's start (the stored "refailed" event said nothing of when this one began).
+    async with history_world(fresh_db) as w:
+        await load(w, w.monitor.directory, datetime.fromtimestamp(w.now, UTC))
+        w.net.fail("agg-s")
+        w.run(60)
+        (inc,) = w.monitor.correlator.incidents.values()
+        w.net.repair("agg-s")
+        w.run(30)  # recovering: resolve_hold is 60 s
+        assert inc.recovering_since is not None
+        second_fault = w.monitor.clock()
+        w.net.fail("agg-s")
+        w.run(60)
+        assert inc.recovering_since is None and inc.id in w.monitor.correlator.incidents
+        heard = await w.check(account="1006")
+        assert (heard["status"], heard["incident_id"]) == ("outage", str(inc.id)), heard
+        assert second_fault - 1 <= wall(heard["since"]) <= second_fault + 30, heard
+        await w.flushed()
+        rows = await w.pool.fetch(
+            "select started_at, ended_at from impact where incident_id = $1"
+            " and node_id = 'agg-s' order by started_at",
+            inc.id,
+        )
+        assert len(rows) == 2 and rows[1]["ended_at"] is None, rows
+        assert abs(rows[1]["started_at"].timestamp() - wall(heard["since"])) < 1, rows
+        found = await restore_db.load(w.pool, w.monitor.directory.topology, 0.0)
+        restarted = Monitor(w.monitor.config, w.monitor.directory, w.runtime.metrics)
+        restarted.resume(found)
+        taken = restarted.correlator.incidents[inc.id]
+        assert abs(taken.since - inc.since) < 1 and taken.opened_at != taken.since
+
+
+async def test_a_maintenance_incident_is_heard_since_the_works_began(fresh_db: str) -> None:
+    # Before: callers under works heard `since` the works' start, then, once the switch
+    # under them failed and its maintenance incident opened, the incident's opening
+    # (the trial: 03:32:31, then 03:32:36), for the same works.
+    async with world(fresh_db) as w:
+        start = w.net.now
+        w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", start, start + 3600), "noc")
+        w.run(5)
+        before = await w.check(account="1007")
+        assert (before["status"], before["incident_id"]) == ("maintenance", ""), before
+        w.net.fail("sw-sad-5")
+        w.run(60)
+        during = await w.check(account="1007")
+        assert during["status"] == "maintenance" and during["incident_id"], during
+        assert during["since"] == before["since"] == iso(start), (before, during)
