@@ -4,7 +4,6 @@ the fault (or works) the caller is in now."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,8 @@ from outagemon.http.runtime import iso
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 from outagemon.sim.simnet import SimNet
-from tests.test_api_callers import wall
+from tests.test_api_callers import agg_s_down, wall
 from tests.test_gc_freeze import source_of
-from tests.test_history import history_world, load
 from tests.world import world
 
 # The trial's south: agg-south feeds sw-sadovaya-3 alone and sw-mira-10 with agg-north.
@@ -118,11 +116,7 @@ async def test_a_root_down_again_while_recovering_is_heard_and_stored_from_this_
 ) -> None:
     # Before: callers, the impact history's second break and a restart all took the first
     # fault's start (the stored "refailed" event said nothing of when this one began).
-    async with history_world(fresh_db) as w:
-        await load(w, w.monitor.directory, datetime.fromtimestamp(w.now, UTC))
-        w.net.fail("agg-s")
-        w.run(60)
-        (inc,) = w.monitor.correlator.incidents.values()
+    async with agg_s_down(fresh_db) as (w, inc):
         w.net.repair("agg-s")
         w.run(30)  # recovering: resolve_hold is 60 s
         assert inc.recovering_since is not None
