@@ -19,7 +19,7 @@ from outagemon.http.runtime import iso
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 from outagemon.sim.simnet import SimNet
-from tests.test_api_callers import agg_s_down, wall
+from tests.test_api_callers import agg_s_down, timeline, wall
 from tests.test_gc_freeze import source_of
 from tests.world import world
 
@@ -127,6 +127,8 @@ async def test_a_root_down_again_while_recovering_is_heard_and_stored_from_this_
         heard = await w.check(account="1006")
         assert (heard["status"], heard["incident_id"]) == ("outage", str(inc.id)), heard
         assert second_fault - 1 <= wall(heard["since"]) <= second_fault + 30, heard
+        (refailed,) = [e for e in await timeline(w, inc.id) if e["kind"] == "refailed"]
+        assert abs(wall(refailed["detail"]["since"]) - wall(heard["since"])) < 1, refailed
         await w.flushed()
         rows = await w.pool.fetch(
             "select started_at, ended_at from impact where incident_id = $1"
