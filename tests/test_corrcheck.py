@@ -4,11 +4,14 @@ the fault (or works) the caller is in now."""
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from outagemon import config
+from outagemon.core import directory
 from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory
 from outagemon.core.health import Settings
@@ -18,9 +21,14 @@ from outagemon.db import restore as restore_db
 from outagemon.http.runtime import iso
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
+from outagemon.sim import citygen
 from outagemon.sim.simnet import SimNet
+from outagemon.testing.lab import Lab
+from tests.conftest import free_port, short_tmp_dir
 from tests.test_api_callers import agg_s_down, timeline, wall
 from tests.test_gc_freeze import source_of
+from tests.test_lab_e2e import CONFIG as LAB_CONFIG
+from tests.test_lab_e2e import WRITE, LabDaemon
 from tests.world import world
 
 # The trial's south: agg-south feeds sw-sadovaya-3 alone and sw-mira-10 with agg-north.
@@ -159,3 +167,53 @@ async def test_a_maintenance_incident_is_heard_since_the_works_began(fresh_db: s
         during = await w.check(account="1007")
         assert during["status"] == "maintenance" and during["incident_id"], during
         assert during["since"] == before["since"] == iso(start), (before, during)
+
+
+SOUTH_YAML = "nodes:\n" + "".join(
+    f"  - {{id: {n.id}, kind: {n.kind}, ip: {n.ip}"
+    + (f", parents: [{', '.join(n.parents)}]" if n.parents else "")
+    + (', serves: ["Садовая улица 3"]' if n.id == "sw-sadovaya-3" else "")
+    + "}\n"
+    for n in SOUTH
+)
+SLOW = LAB_CONFIG.replace("interval = 1.0", "interval = 10.0").replace(
+    "timeout = 0.5", "timeout = 1.0"
+).replace("resolve_hold = 5", "resolve_hold = 60")  # fmt: skip
+
+
+def test_a_reloaded_resolve_hold_ends_the_incident_in_the_lab(lab: Lab) -> None:
+    # The trial's steps with real ICMP: the daemon started with the defaults' probing and
+    # hold, reloaded (SIGHUP) to interval 1 s, timeout 0.5 s and resolve_hold 5 s. Before,
+    # sw-sadovaya-3's incident stayed open a minute after it answered again.
+    state = short_tmp_dir()
+    (state / "topology.yaml").write_text(SOUTH_YAML)
+    (state / "subscribers.csv").write_text(
+        'account,phones,address,flat,ip\n500001,,"Садовая улица 3",3,\n'
+    )
+    port = free_port()
+    (state / "outagemon.toml").write_text(SLOW.format(state=state, port=port, write=WRITE))
+    files = config.load(state / "outagemon.toml").topology
+    d = directory.load(files.file, files.subscribers).directory
+    daemon = LabDaemon(lab, state, port, citygen.City(), d)
+    try:
+        daemon.start()
+        daemon.warm_up(20, interval=10.0)
+        (state / "outagemon.toml").write_text(
+            LAB_CONFIG.format(state=state, port=port, write=WRITE)
+        )
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait("the reload", lambda: "config.reload_done" in daemon.log())
+        daemon.warm_up(15)
+        lab.down("127.0.9.22")
+        (inc,) = daemon.wait("sw-sadovaya-3's incident", daemon.incidents)
+        assert inc["root_node"] == "sw-sadovaya-3", inc
+        lab.up("127.0.9.22")
+        answered = time.monotonic()
+        daemon.wait("the incident resolves", lambda: not daemon.incidents(), within=50)
+        assert time.monotonic() - answered < 30, daemon.log()
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
