@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from outagemon import config
-from outagemon.core import directory
 from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory
 from outagemon.core.health import Settings
@@ -21,14 +20,12 @@ from outagemon.db import restore as restore_db
 from outagemon.http.runtime import iso
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
-from outagemon.sim import citygen
 from outagemon.sim.simnet import SimNet
 from outagemon.testing.lab import Lab
-from tests.conftest import free_port, short_tmp_dir
 from tests.test_api_callers import agg_s_down, timeline, wall
 from tests.test_gc_freeze import source_of
 from tests.test_lab_e2e import CONFIG as LAB_CONFIG
-from tests.test_lab_e2e import WRITE, LabDaemon
+from tests.test_lab_e2e import WRITE, small_daemon
 from tests.world import world
 
 # The trial's south: agg-south feeds sw-sadovaya-3 alone and sw-mira-10 with agg-north.
@@ -185,16 +182,10 @@ def test_a_reloaded_resolve_hold_ends_the_incident_in_the_lab(lab: Lab) -> None:
     # The trial's steps with real ICMP: the daemon started with the defaults' probing and
     # hold, reloaded (SIGHUP) to interval 1 s, timeout 0.5 s and resolve_hold 5 s. Before,
     # sw-sadovaya-3's incident stayed open a minute after it answered again.
-    state = short_tmp_dir()
-    (state / "topology.yaml").write_text(SOUTH_YAML)
-    (state / "subscribers.csv").write_text(
-        'account,phones,address,flat,ip\n500001,,"Садовая улица 3",3,\n'
-    )
-    port = free_port()
-    (state / "outagemon.toml").write_text(SLOW.format(state=state, port=port, write=WRITE))
-    files = config.load(state / "outagemon.toml").topology
-    d = directory.load(files.file, files.subscribers).directory
-    daemon = LabDaemon(lab, state, port, citygen.City(), d)
+    daemon = small_daemon(lab, SOUTH_YAML,
+                          'account,phones,address,flat,ip\n500001,,"Садовая улица 3",3,\n',
+                          SLOW)  # fmt: skip
+    state, port = daemon.state, daemon.port
     try:
         daemon.start()
         daemon.warm_up(20, interval=10.0)
