@@ -71,7 +71,8 @@ class Incident:
     maintenance_until: float | None = None
     raised_by: str = "probes"  # or "calls": a suspected incident, confirmed or not
     # When its root failed again after it resolved (it reopened; `opened_at` stays the
-    # first fault's start, for the history), the latest such time.
+    # first fault's start, for the history) or while it was recovering (refailed), the
+    # latest such time.
     reopened_at: float | None = None
 
     @property
