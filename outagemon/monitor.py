@@ -779,6 +779,9 @@ class Monitor:
         self.directory = directory
         self.anchors = anchors_of(self.config, directory)
         self.correlator.anchors = list(self.anchors) or self.correlator.anchors
+        # [probe] and [correlation] as reloaded (they were the start's for good: a
+        # resolve_hold cut to 15 s still held incidents 60 s).
+        self.correlator.settings = settings_of(self.config)
         replaced += self.correlator.set_topology(directory.topology, change)
         self.watch.set_topology(directory.topology, directory.counts, below)
         self.watch.settings = call_settings(self.config.callers)

@@ -6,9 +6,12 @@ simulated one of tests/world.py)."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from outagemon.core.incidents import Incident
 from outagemon.db import restore as restore_db
 from outagemon.http.api import caller_of
 from outagemon.monitor import Monitor
@@ -39,14 +42,21 @@ def wall(iso_text: str) -> float:
     return datetime.fromisoformat(iso_text).timestamp()
 
 
-async def test_a_reopened_incident_says_when_this_fault_began_and_no_old_estimate(
-    fresh_db: str,
-) -> None:
-    async with history_world(fresh_db) as w:
+@asynccontextmanager
+async def agg_s_down(dsn: str) -> AsyncIterator[tuple[World, Incident]]:
+    """The history world a minute after agg-s failed, with its incident."""
+    async with history_world(dsn) as w:
         await load(w, w.monitor.directory, datetime.fromtimestamp(w.now, UTC))
         w.net.fail("agg-s")
         w.run(60)
         (inc,) = w.monitor.correlator.incidents.values()
+        yield w, inc
+
+
+async def test_a_reopened_incident_says_when_this_fault_began_and_no_old_estimate(
+    fresh_db: str,
+) -> None:
+    async with agg_s_down(fresh_db) as (w, inc):
         iid, first_start = inc.id, inc.opened_at
         status, body = await post(w, iid, {"eta": future(120)})
         assert status == 200 and body["eta"], body

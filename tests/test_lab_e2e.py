@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from outagemon import config
 from outagemon.core import directory
 from outagemon.sim import citygen
 from outagemon.testing.lab import Lab
@@ -178,6 +179,19 @@ class LabDaemon:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=15)
+
+
+def small_daemon(lab: Lab, topology: str, subscribers: str, template: str) -> LabDaemon:
+    """A daemon (not started yet) of a hand-written network: its topology file, its
+    subscribers file and its config, a template of `state`, `port` and `write`."""
+    state = short_tmp_dir()
+    (state / "topology.yaml").write_text(topology)
+    (state / "subscribers.csv").write_text(subscribers)
+    port = free_port()
+    (state / "outagemon.toml").write_text(template.format(state=state, port=port, write=WRITE))
+    files = config.load(state / "outagemon.toml").topology
+    d = directory.load(files.file, files.subscribers).directory
+    return LabDaemon(lab, state, port, citygen.City(), d)
 
 
 @contextlib.contextmanager

@@ -12,20 +12,19 @@ from types import SimpleNamespace
 import pytest
 
 from outagemon import config
-from outagemon.core import directory, topology
+from outagemon.core import topology
 from outagemon.core.correlator import Correlator
 from outagemon.core.health import State
 from outagemon.core.topology import Topology
 from outagemon.http import page
-from outagemon.sim import citygen, truth
+from outagemon.sim import truth
 from outagemon.sim.simnet import SimNet
 from outagemon.sim.worlds import Action, Customer, Device, Step, World
 from outagemon.testing.lab import Lab
-from tests.conftest import free_port, short_tmp_dir
 from tests.test_cli import minimal_config, run_cli
 from tests.test_correlate import SETTINGS, WARM, n
 from tests.test_lab_e2e import CONFIG as LAB_CONFIG
-from tests.test_lab_e2e import WRITE, LabDaemon
+from tests.test_lab_e2e import small_daemon
 from tests.test_topology import PATH, problems
 from tests.world import world
 
@@ -212,19 +211,10 @@ def test_a_core_that_rate_limits_icmp_leaves_the_monitor_seeing(lab: Lab) -> Non
     # monitor stayed blind and every caller heard "unknown", while the aggregations
     # behind it, alone, answered every probe through it. A node that carries its
     # children's answers is up (they are asked for as soon as it loses a probe).
-    state = short_tmp_dir()
-    (state / "topology.yaml").write_text(RATE_LIMITED_TOPOLOGY)
-    (state / "subscribers.csv").write_text(
-        'account,phones,address,flat,ip\n500001,,"Oak Street 1",3,\n'
-    )
-    port = free_port()
-    (state / "outagemon.toml").write_text(
-        RATE_LIMITED_CONFIG.format(state=state, port=port, write=WRITE)
-    )
-    files = config.load(state / "outagemon.toml").topology
-    d = directory.load(files.file, files.subscribers).directory
+    daemon = small_daemon(lab, RATE_LIMITED_TOPOLOGY,
+                          'account,phones,address,flat,ip\n500001,,"Oak Street 1",3,\n',
+                          RATE_LIMITED_CONFIG)  # fmt: skip
     lab.limit(1, "127.42.0.1")
-    daemon = LabDaemon(lab, state, port, citygen.City(), d)
     try:
         daemon.start()
         started = time.monotonic()

@@ -302,16 +302,21 @@ def _walk_path(situation: Situation, directory: Directory, node: str, now: float
             found = Answer(Status.RESTORED, inc, node, inc.since,
                            resolved=inc.recovering_since)  # fmt: skip
             return found, found, math.inf
+        expires = math.inf
         if inc.kind is Kind.MAINTENANCE:
             end = works_end(inc, situation.maintenance, topo, now)
             eta = later(end, situation.eta.get(inc.id))
-            found = Answer(Status.MAINTENANCE, inc, node, inc.since, eta, until=eta)
+            # Heard since the works that cover it began, as before its root failed (not
+            # from the incident's opening, seconds later, for the same works).
+            since = inc.since
+            covered = works_cover(topo, node, _works_on(situation, topo, node)[1], now)
+            if covered is not None:
+                since, expires = min(since, covered[0]), covered[1]
+            found = Answer(Status.MAINTENANCE, inc, node, since, eta, until=eta)
         else:
             found = Answer(Status.OUTAGE, inc, node, inc.since, situation.eta.get(inc.id))
-        return found, found, math.inf
-    path = [node, *topo.ancestors(node)] if node in topo else [node]
-    on_path = set(path)
-    windows = [w for w in situation.maintenance if w.node in on_path]
+        return found, found, expires
+    path, windows = _works_on(situation, topo, node)
     covered = works_cover(topo, node, windows, now)
     if covered is not None:
         since, ends = covered
@@ -328,6 +333,14 @@ def _walk_path(situation: Situation, directory: Directory, node: str, now: float
                        situation.eta.get(raised.incident.id))  # fmt: skip
         return found, said, until
     return None, said, until
+
+
+def _works_on(situation: Situation, topo: Topology,
+              node: str) -> tuple[list[str], list[Maintenance]]:  # fmt: skip
+    """A node's path up (itself first) and the planned works booked on it."""
+    path = [node, *topo.ancestors(node)] if node in topo else [node]
+    on_path = set(path)
+    return path, [w for w in situation.maintenance if w.node in on_path]
 
 
 def _after(situation: Situation, topo: Topology, path: list[str], node: str, now: float,

@@ -524,7 +524,7 @@ class Correlator(Failures):
             self._pending_since.pop(root, None)
             active.append(inc)
             if inc.recovering_since is not None:
-                book.refailed(inc, now)
+                book.refailed(inc, now, self._failed_since(root) or now)
         # Only roots are added to `_pending_since`: with the same roots as when it was
         # last cleared of others, it holds no other.
         if self._pending_of is not roots:

@@ -71,7 +71,8 @@ class Incident:
     maintenance_until: float | None = None
     raised_by: str = "probes"  # or "calls": a suspected incident, confirmed or not
     # When its root failed again after it resolved (it reopened; `opened_at` stays the
-    # first fault's start, for the history), the latest such time.
+    # first fault's start, for the history) or while it was recovering (refailed), the
+    # latest such time.
     reopened_at: float | None = None
 
     @property
@@ -275,11 +276,15 @@ class IncidentBook:
             del by_root[old_root]
             inc.root = root
             inc.inferred = inferred
-            inc.recovering_since = None
             self.events.append(
                 Event(EventKind.ROOT_MOVED, now, inc.id, root,
                       detail={"from": old_root, "absorbed": [i.id for i in absorbed[1:]]})
             )  # fmt: skip
+            if inc.recovering_since is not None:
+                # Its fault was over (callers heard "restored"): they are cut off again by
+                # the new root's, or by the oldest still going below it.
+                going = [i.since for i in absorbed[1:] if i.recovering_since is None]
+                self.refailed(inc, now, min([since or now, *going]))
             if inc.kind is not kind:
                 # What callers now hear about is the new root's failure: planned works
                 # above an outage make it the works' incident, and the other way round.
@@ -318,9 +323,12 @@ class IncidentBook:
         self.events.append(Event(EventKind.OPENED, now, inc.id, root, detail=detail))
         return inc
 
-    def refailed(self, inc: Incident, now: float) -> None:
-        """A recovering incident's root is down again: it is active once more."""
+    def refailed(self, inc: Incident, now: float, since: float) -> None:
+        """A recovering incident's root is down again (since `since`): it is active once
+        more, and its callers hear when this fault began, as after a reopening (the
+        history counts the time between as service)."""
         inc.recovering_since = None
+        inc.reopened_at = since
         self.events.append(Event(EventKind.REFAILED, now, inc.id, inc.root))
 
     def assign(

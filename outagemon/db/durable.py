@@ -42,7 +42,11 @@ def event_record(e: Event, inc: Incident | None, subscribers: int,
         "nodes": list(e.nodes),
         "detail": e.detail,
     }
-    if e.kind is EventKind.REOPENED and inc is not None and inc.reopened_at is not None:
+    if (
+        e.kind in (EventKind.REOPENED, EventKind.REFAILED)
+        and inc is not None
+        and inc.reopened_at is not None
+    ):
         # When this fault began, in its timeline (a restart's callers hear it again).
         since = datetime.fromtimestamp(inc.reopened_at + wall, UTC).isoformat()
         record["detail"] = {**e.detail, "since": since}

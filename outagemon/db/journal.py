@@ -92,7 +92,8 @@ async def _recovering(conn: Conn, e: Event, inc: Snapshot | None, at: datetime |
 async def _refailed(conn: Conn, e: Event, inc: Snapshot | None, at: datetime | None) -> bool:
     await store.set_incident_recovering(conn, e.incident, None)
     if inc is not None and _cuts_off(inc):
-        await store.impact_open(conn, inc.id, inc.nodes, inc.kind, at)
+        # As on reopening: cut off again since this fault began (the root's failure).
+        await store.impact_open(conn, inc.id, inc.nodes, inc.kind, inc.reopened_at or at)
     return True
 
 

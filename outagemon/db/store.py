@@ -1177,11 +1177,12 @@ async def replica_incident_nodes(conn: Conn, incident_id: int, after: str | None
     return list(found)
 
 
-# When an incident's current fault began, if it reopened: its latest "reopened" event's
-# `since` (the incident keeps its first fault's start as opened_at).
+# When an incident's current fault began, if it reopened (or failed again while
+# recovering): the `since` of its latest such event (the incident keeps its first fault's
+# start as opened_at).
 _REOPENED = """
     (select (e.detail->>'since')::timestamptz from incident_event e
-     where e.incident_id = i.id and e.kind = 'reopened'
+     where e.incident_id = i.id and e.kind in ('reopened', 'refailed') and e.detail ? 'since'
      order by e.at desc, e.id desc limit 1) as reopened_since"""
 
 _REPLICA = f"""

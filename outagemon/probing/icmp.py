@@ -122,6 +122,9 @@ class IcmpSource:
         self.node_of = plan.node_of
         old += self.scheduler.apply(plan.schedule)
         self.scheduler.max_rate = probe.max_rate
+        # Probes sent from now on wait the new timeout (they kept the start's for good);
+        # those in flight keep theirs, so a shorter one's first losses may come that late.
+        self.engine.timeout = probe.timeout
         self._freeze_from, self._frozen = self.scheduler.rounds, 0  # new targets' states
         return old
 
