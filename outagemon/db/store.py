@@ -82,8 +82,8 @@ async def connection(dsn: str, name: str | None = None) -> asyncpg.Connection:
 
 async def save_inventory(
     conn: Conn,
-    nodes: list[tuple[str, str, str | None, str, list[str]]],
-    subscribers: list[tuple[str, list[str], str, str, str | None, str]],
+    nodes: Iterable[tuple[str, str, str | None, str, list[str]]],
+    subscribers: Iterable[tuple[str, list[str], str, str, str | None, str]],
 ) -> None:
     """Replace the stored topology and subscribers with the loaded ones (inside the caller's
     transaction)."""
@@ -91,10 +91,12 @@ async def save_inventory(
     await save_subscribers(conn, subscribers)
 
 
-async def save_nodes(conn: Conn, nodes: list[tuple[str, str, str | None, str, list[str]]]) -> None:
+async def save_nodes(
+    conn: Conn, nodes: Iterable[tuple[str, str, str | None, str, list[str]]]
+) -> None:
     """Replace the stored topology with the loaded one (inside the caller's transaction).
     Nodes that left the topology are kept with removed_at set, since incidents refer to
-    them."""
+    them. `nodes` is read once, a slice a step of the event loop."""
     await conn.execute(
         "create temporary table new_node (id text, kind text, ip inet, name text,"
         " parents text[]) on commit drop"
@@ -120,9 +122,10 @@ async def save_nodes(conn: Conn, nodes: list[tuple[str, str, str | None, str, li
 
 
 async def save_subscribers(
-    conn: Conn, subscribers: list[tuple[str, list[str], str, str, str | None, str]]
+    conn: Conn, subscribers: Iterable[tuple[str, list[str], str, str, str | None, str]]
 ) -> None:
-    """Replace the stored subscribers (inside the caller's transaction; the nodes first)."""
+    """Replace the stored subscribers (inside the caller's transaction; the nodes first);
+    `subscribers` is read once, a slice a step of the event loop."""
     await conn.execute("delete from subscriber")
     await conn.copy_records_to_table(
         "subscriber",
@@ -770,12 +773,13 @@ async def run_seen(conn: Conn, run_id: int, at: datetime, stopped: bool = False)
 
 
 async def save_subscriber_periods(
-    conn: Conn, rows: list[tuple[str, str, str, str, list[str]]], at: datetime
+    conn: Conn, rows: Iterable[tuple[str, str, str, str, list[str]]], count: int, at: datetime
 ) -> tuple[int, int, int, int]:
-    """An inventory load at `at` (inside the caller's transaction): rows are (account,
-    serving node, address, flat, phones). Accounts gone or changed (node, address, flat,
-    phones) end their period at `at`; new and changed ones begin one. Returns the
-    version's id and how many were added, removed and changed."""
+    """An inventory load at `at` (inside the caller's transaction): `count` rows (read
+    once, a slice a step of the event loop) of (account, serving node, address, flat,
+    phones). Accounts gone or changed (node, address, flat, phones) end their period at
+    `at`; new and changed ones begin one. Returns the version's id and how many were
+    added, removed and changed."""
     await conn.execute(
         "create temporary table loaded_sub (account text, node_id text, address text,"
         " flat text, phones text[]) on commit drop"
@@ -789,7 +793,7 @@ async def save_subscriber_periods(
     await conn.execute("analyze loaded_sub")
     version = int(await conn.fetchval(
         "insert into inventory_version (loaded_at, subscribers) values ($1, $2) returning id",
-        at, len(rows),
+        at, count,
     ))  # fmt: skip
     ended = await conn.fetch(
         """
