@@ -795,30 +795,52 @@ async def save_subscriber_periods(
         "insert into inventory_version (loaded_at, subscribers) values ($1, $2) returning id",
         at, count,
     ))  # fmt: skip
-    ended = await conn.fetch(
+    # The accounts whose period ended, then began, kept in the database and counted there:
+    # fetched, a first load's million accounts were decoded and made into sets in one
+    # step of the event loop (~300 ms of CPU).
+    await conn.execute(
+        "create temporary table load_change (account text, ended bool) on commit drop"
+    )
+    await conn.execute(
         """
-        update subscriber_period p set valid_to = greatest($1, p.valid_from), version_to = $2
-        where p.valid_to is null and not exists (
-            select 1 from loaded_sub l where l.account = p.account and l.node_id = p.node_id
-            and l.address = p.address and l.flat = p.flat and l.phones = p.phones)
-        returning p.account
+        with ended as (
+            update subscriber_period p set valid_to = greatest($1, p.valid_from),
+                version_to = $2
+            where p.valid_to is null and not exists (
+                select 1 from loaded_sub l where l.account = p.account
+                and l.node_id = p.node_id and l.address = p.address and l.flat = p.flat
+                and l.phones = p.phones)
+            returning p.account
+        )
+        insert into load_change select account, true from ended
         """,
         at, version,
     )  # fmt: skip
-    added = await conn.fetch(
+    await conn.execute(
         """
-        insert into subscriber_period (account, node_id, address, flat, phones, valid_from,
-                                       version_from)
-        select l.account, l.node_id, l.address, l.flat, l.phones, $1, $2 from loaded_sub l
-        where not exists (select 1 from subscriber_period p
-                          where p.account = l.account and p.valid_to is null)
-        returning account
+        with added as (
+            insert into subscriber_period (account, node_id, address, flat, phones,
+                                           valid_from, version_from)
+            select l.account, l.node_id, l.address, l.flat, l.phones, $1, $2 from loaded_sub l
+            where not exists (select 1 from subscriber_period p
+                              where p.account = l.account and p.valid_to is null)
+            returning account
+        )
+        insert into load_change select account, false from added
         """,
         at, version,
     )  # fmt: skip
-    gone = {r["account"] for r in ended}
-    new = {r["account"] for r in added}
-    counts = (len(new - gone), len(gone - new), len(new & gone))
+    row = await conn.fetchrow(
+        """
+        select count(*) filter (where began and not ended) as added,
+               count(*) filter (where ended and not began) as removed,
+               count(*) filter (where began and ended) as changed
+        from (select bool_or(ended) as ended, bool_or(not ended) as began
+              from load_change group by account) a
+        """
+    )
+    assert row is not None  # an aggregate: always one row
+    counts = (int(row["added"]), int(row["removed"]), int(row["changed"]))
     await conn.execute(
         "update inventory_version set added = $2, removed = $3, changed = $4 where id = $1",
         version, *counts,
