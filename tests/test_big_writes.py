@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -124,6 +124,20 @@ def city_directory(tmp_path: Path, subscribers: int) -> Directory:
     return loaded.directory
 
 
+async def write_all(writer: Writer, dsn: str, until: Awaitable[object] | None = None) -> None:
+    """The database connected: the writer writes what it holds (and `until` is done)."""
+    pool = await store.connect(dsn)
+    writer.attach(pool)
+    writing = asyncio.create_task(writer.run())
+    try:
+        if until is not None:
+            await asyncio.wait_for(until, 30)
+        assert await writer.drain(120)
+    finally:
+        writing.cancel()
+        await pool.close()
+
+
 async def stored(dsn: str) -> tuple[int, int, int]:
     """Nodes, subscribers and open subscriber periods in the database."""
     conn = await asyncpg.connect(dsn)
@@ -163,16 +177,11 @@ async def test_a_citys_inventory_is_made_as_it_is_written_no_step_of_the_loop_ho
         run(handle)
         steps.append(time.thread_time() - c0)
 
-    pool = await store.connect(fresh_db)
     asyncio.Handle._run = timed  # type: ignore[method-assign,assignment]
     try:
-        writer.attach(pool)
-        writing = asyncio.create_task(writer.run())
-        assert await writer.drain(120)
-        writing.cancel()
+        await write_all(writer, fresh_db)
     finally:
         asyncio.Handle._run = run  # type: ignore[method-assign]
-        await pool.close()
         gc.unfreeze()
     assert await stored(fresh_db) == (len(d.topology.nodes), 50_000, 50_000)
     assert queued < 0.02, queued
@@ -204,14 +213,7 @@ async def test_a_copy_cut_off_midway_is_made_again_in_full(
     monkeypatch.setattr(Roster, "records", cut_off)
     writer = Writer(None, 1000, Registry())
     Journal(writer).inventory(d)
-    pool = await store.connect(fresh_db)
-    try:
-        writer.attach(pool)
-        writing = asyncio.create_task(writer.run())
-        assert await writer.drain(30)
-        writing.cancel()
-    finally:
-        await pool.close()
+    await write_all(writer, fresh_db)
     count = len(d.subscribers)
     assert reads >= 3 and count > 2  # cut off once, then the subscribers and their periods
     assert await stored(fresh_db) == (len(d.topology.nodes), count, count)
@@ -236,13 +238,6 @@ async def test_a_reload_frees_the_directory_it_replaced_once_its_queued_inventor
     release = asyncio.create_task(daemon._release([d], journal.read))
     await asyncio.sleep(0.2)
     assert not release.done() and len(d.topology.nodes.values()) == nodes  # whole
-    pool = await store.connect(fresh_db)
-    try:
-        writer.attach(pool)
-        writing = asyncio.create_task(writer.run())
-        await asyncio.wait_for(release, 30)
-        writing.cancel()
-    finally:
-        await pool.close()
+    await write_all(writer, fresh_db, until=release)
     assert await stored(fresh_db) == (nodes, count, count)
     assert not any(d.topology.nodes.shards)  # freed, after
