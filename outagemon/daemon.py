@@ -16,7 +16,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,9 +39,8 @@ from outagemon.core.messages import Texts
 from outagemon.core.topology import Change, Sharded, Topology, change
 from outagemon.db import durable, migrate, store
 from outagemon.db.embedded import EmbeddedPostgres
-from outagemon.db.journal import inventory_ops
 from outagemon.db.spool import Spool, SpoolError
-from outagemon.db.writer import Op, Writer
+from outagemon.db.writer import Writer
 from outagemon.errors import ConfigError, OutagemonError
 from outagemon.http.app import make_app
 from outagemon.http.app import runner as http_runner
@@ -590,8 +589,8 @@ class Daemon:
                                   new.messages.timezone)  # fmt: skip
             texts = dataclasses.replace(texts, suspected=new.callers.sentence)
             # Everything made of the new files is made off the event loop (a million
-            # subscribers take seconds): the directory, its inventory's rows, the targets.
-            writing = self.started is not None and self.started.monitor.journal.writer is not None
+            # subscribers take seconds): the directory, the targets, the probing plan (the
+            # inventory's rows are made as they are written, a slice a step).
             planning = self.started is not None and self.source.follows_reload
             # The running topology, for what the new one changes (the correlator then
             # touches only that on the loop).
@@ -600,8 +599,8 @@ class Daemon:
             # At this thread's priority, not lowered (as the workers' supervisor's is): a
             # lowered thread holding the interpreter's lock while it waits for a core would
             # hold this loop too (the prober's, the writer's, the watchdog's).
-            loaded, ops, targets, plan, derived = await asyncio.to_thread(
-                _prepare, new, writing, self.source.plan if planning else None, running
+            loaded, targets, plan, derived = await asyncio.to_thread(
+                _prepare, new, self.source.plan if planning else None, running
             )
         except ConfigError as e:
             self._reloads.inc(outcome="refused")
@@ -619,7 +618,7 @@ class Daemon:
         self._loaded(loaded, collect=False)
         started = self.started
         if started is not None:
-            started.monitor.journal.inventory(loaded.directory, ops=ops)
+            started.monitor.journal.inventory(loaded.directory)
             if self.source.follows_reload:
                 started.monitor.config = new
                 old += started.monitor.set_directory(loaded.directory, *derived)
@@ -628,7 +627,8 @@ class Daemon:
             self.replica.set_directory(loaded.directory)
         self._reloads.inc(outcome="applied")
         log.info("config.reloaded", path=str(path))
-        self._spawn(_release(old), "release")
+        read = started.monitor.journal.read if started is not None else None
+        self._spawn(_release(old, read), "release")
         return "applied", []
 
 
@@ -657,11 +657,18 @@ def _address(where: object) -> str:
     return str(where)
 
 
-async def _release(old: list[object]) -> None:
+async def _release(
+    old: list[object], read: Callable[[directory.Directory], Awaitable[None]] | None = None
+) -> None:
     """Free what a reload replaced a slice at a time, each its own step of the event loop:
     dropped at once, a million nodes (or targets) are freed in one go that holds the loop
-    for a second. After a grace, since a request may still be reading the old directory."""
+    for a second. After a grace, since a request may still be reading the old directory,
+    and once its inventory's writes are `read` (queued while the database is away, or
+    slow, they make their rows from it as they write them, and again at a retry)."""
     await asyncio.sleep(RELEASE_GRACE)
+    for item in old:
+        if read is not None and isinstance(item, directory.Directory):
+            await read(item)
     containers: list[object] = []
     for item in old:
         if isinstance(item, directory.Directory):
@@ -707,12 +714,10 @@ def targets_of(anchors: dict[str, str], current: directory.Directory) -> Mapping
 
 def _prepare(
     new: Config,
-    writing: bool,
     plan: Callable[[Mapping[str, str], config_mod.ProbeConfig], object] | None,
     running: Topology | None = None,
 ) -> tuple[
     directory.Loaded,
-    tuple[Op, Op] | None,
     Mapping[str, str],
     object,
     tuple[Change | None, dict[str, int] | None],
@@ -740,7 +745,6 @@ def _prepare(
             shown = loaded.problems[: reloading.SKIPPED_SHOWN]
             raise ConfigError([*shown, f"{new.topology.subscribers}: no subscriber could be "
                                "loaded from it; the running subscribers are kept."])  # fmt: skip
-        ops = inventory_ops(loaded.directory, time.time()) if writing else None
         targets = targets_of(anchors_of(new, loaded.directory), loaded.directory)
         derived: tuple[Change | None, dict[str, int] | None] = (None, None)
         if running is not None:
@@ -752,7 +756,7 @@ def _prepare(
         sys.setswitchinterval(interval)
         if enabled:
             gc.enable()
-    return loaded, ops, targets, made, derived
+    return loaded, targets, made, derived
 
 
 class _Database:

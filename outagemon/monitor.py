@@ -9,10 +9,8 @@ answering a caller never waits for the database.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -41,7 +39,7 @@ from outagemon.core.topology import Change
 from outagemon.db import restore as restore_db
 from outagemon.db import store
 from outagemon.db.durable import Pending
-from outagemon.db.journal import Journal, inventory_ops_apart
+from outagemon.db.journal import Journal
 from outagemon.db.spool import Spool
 from outagemon.db.writer import Writer
 from outagemon.metrics import Registry
@@ -580,15 +578,12 @@ class Monitor:
         restored = await self.restore(pool)
         async with pool.acquire() as conn:
             stored = await store.node_state_values(conn)
-        # The inventory's rows made in a thread: a city's million took 3.9 s of the loop,
-        # which answers /check meanwhile.
-        inventory = await asyncio.to_thread(inventory_ops_apart, self.directory, time.time())
         assert self.leadership is not None
         if self.leadership.epoch != epoch:
             return 0  # stepped down meanwhile
         self.taken_up = epoch
         self.journal.epoch = epoch
-        self.journal.inventory(self.directory, ops=inventory)
+        self.journal.inventory(self.directory)
         self._own_view(stored)
         # `incidents`: the probes'; `from_calls`: those raised by callers (the detector's,
         # suspected or confirmed), taken up too (the log said 0 when only such was open).

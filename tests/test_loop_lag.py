@@ -201,7 +201,7 @@ def test_a_reload_s_thread_runs_at_a_short_switch_interval_and_gives_it_back(
     from tests.test_newuser10_fixes import provider
 
     before = sys.getswitchinterval()
-    seen = daemon._prepare(config.load(provider(tmp_path, "")), False,
-                           lambda targets, probe: sys.getswitchinterval())[3]  # fmt: skip
+    seen = daemon._prepare(config.load(provider(tmp_path, "")),
+                           lambda targets, probe: sys.getswitchinterval())[2]  # fmt: skip
     assert seen == daemon.RELOAD_SWITCH_INTERVAL < before
     assert sys.getswitchinterval() == before

@@ -87,10 +87,10 @@ def test_a_reload_reads_the_subscribers_by_the_new_numbering_plan(tmp_path: Path
     # `[phones]` takes effect on reload: the reload's load (in its thread) reads by it.
     from outagemon import daemon
 
-    before = daemon._prepare(config.load(provider(tmp_path, "")), False, None)[0]
+    before = daemon._prepare(config.load(provider(tmp_path, "")), None)[0]
     assert before.directory.phone("+15550100002").subscriber is None  # read as +7 555 ...
     new = config.load(provider(tmp_path, '[phones]\ncountry_code = 1\ntrunk_prefix = "1"\n'))
-    after = daemon._prepare(new, False, None)[0]
+    after = daemon._prepare(new, None)[0]
     for asked in ("5550100002", "+15550100002"):
         found = after.directory.phone(asked).subscriber
         assert found is not None and found.account == "2001", asked

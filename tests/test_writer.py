@@ -239,15 +239,18 @@ def test_a_journal_record_no_write_can_hold_is_refused_and_acknowledged(tmp_path
     spool.close()
 
 
-async def test_the_inventory_is_never_dropped_whatever_its_size(pool: asyncpg.Pool) -> None:
+async def test_the_inventory_is_never_dropped_whatever_its_size(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A city's inventory (~256 MB estimated at a million routers) was dropped as soon as
     # queued under the default 64 MiB bound: every later write naming a new node refused.
-    from outagemon.db.journal import Journal
+    from outagemon.db import journal
     from tests.world import build_directory
 
+    monkeypatch.setattr(journal, "inventory_ops", lambda current, at: (insert(1), insert(2)))
     metrics = Registry()
     writer = Writer(None, 1_000_000, metrics, limit_bytes=100)
-    Journal(writer).inventory(build_directory(), ops=(insert(1), insert(2)))
+    journal.Journal(writer).inventory(build_directory())
     writer.submit("history", insert(3), size=50)  # still fits beside it: kept
     assert metrics.counter("outagemon_db_dropped_total", "").get() == 0
     writer.submit("history", insert(4), size=80)  # over the bound: the older history goes

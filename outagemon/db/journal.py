@@ -11,16 +11,17 @@ Values are captured when the event happens and written later, in order, by the w
 
 from __future__ import annotations
 
-import gc
+import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from outagemon import clock, logs
-from outagemon.core.directory import Directory
+from outagemon.core.directory import Directory, Roster
 from outagemon.core.incidents import Event, EventKind, Incident, Kind, Maintenance
 from outagemon.db import durable, store
 from outagemon.db.spool import Record, Spool
@@ -192,6 +193,9 @@ class Journal:
         # by) nothing is written. None on a single host: nothing is fenced.
         self.clustered = False
         self.epoch: int | None = None
+        # Inventory writes queued, by the id of the directory they read their rows from.
+        self._reading: Counter[int] = Counter()
+        self._read = asyncio.Event()  # set as a directory's last inventory write is over
 
     def _keep(self, kind: str, record: dict[str, Any]) -> None:
         assert self.writer is not None
@@ -348,34 +352,43 @@ class Journal:
         """A cluster's standby writes nothing: the leader writes what it decides."""
         return self.clustered and self.epoch is None
 
-    def inventory(self, current: Directory, at: float | None = None,
-                  ops: tuple[Op, Op] | None = None) -> None:  # fmt: skip
+    def inventory(self, current: Directory, at: float | None = None) -> None:
         """The loaded topology and subscribers replace the stored ones: two writes, so a
         subscriber row the database refuses never keeps the nodes (which incidents refer
         to) from being stored. The subscribers' periods (`subscriber_period`) begin or end
-        at `at` (wall time; now when not given). `ops`: inventory_ops(current, at) when
-        made already (a reload makes them off the event loop: a million rows take seconds)."""
+        at `at` (wall time; now when not given). Their rows are made from `current` as
+        they are written (`inventory_ops`): it stays whole until both are done (`read`)."""
         if self.writer is None:
             return
         if self._standing_by():
             return
-        if ops is None:
-            ops = inventory_ops(current, time.time() if at is None else at)
-            # Their rows (a few million objects in a city) wait for the database: frozen,
-            # every full collection of the cyclic collector does not walk them on the loop
-            # until written (256 ms of CPU in one step at 200,000 subscribers). A reload's
-            # are made, and frozen, in its thread.
-            gc.freeze()
-        nodes, subscribers = ops
+        nodes, subscribers = inventory_ops(current, time.time() if at is None else at)
+        key = id(current)  # `current` is alive while counted: its id is not reused
+        self._reading[key] += 2
+
+        def done() -> None:
+            self._reading[key] -= 1
+            if not self._reading[key]:
+                del self._reading[key]
+                self._read.set()
+
         # Not fenced: a million subscribers take seconds to write, and a fenced write holds
         # the lease row (the leader's own renewals would wait); only the leader writes it.
         # Never dropped (every node state, history and incident refers to the nodes), and
-        # not counted in the queue's bound: its rows are the loaded directory's, made once
-        # a load, and a city's (~256 MB at a million routers, against the default 64 MiB
-        # `queue_bytes`) were dropped as soon as queued, with every later write referring
-        # to a new node then refused by the database.
-        self.writer.submit("inventory", nodes, size=0, precious=True)
-        self.writer.submit("subscribers", subscribers, size=0, precious=True)
+        # not counted in the queue's bound: its rows are the loaded directory's, made as
+        # they are written (a city's ~256 MB at a million routers, counted against the
+        # default 64 MiB `queue_bytes`, was dropped as soon as queued, with every later
+        # write referring to a new node then refused by the database).
+        self.writer.submit("inventory", nodes, size=0, precious=True, done=done)
+        self.writer.submit("subscribers", subscribers, size=0, precious=True, done=done)
+
+    async def read(self, current: Directory) -> None:
+        """Return once no queued inventory write reads `current` (its rows are made from it
+        as they are written, and made again at a retry): a reload frees the directory it
+        replaced only then."""
+        while id(current) in self._reading:
+            self._read.clear()
+            await self._read.wait()
 
 
 def op_of(kind: str, data: dict[str, Any]) -> Op:
@@ -591,52 +604,54 @@ def _size(record: dict[str, Any]) -> int:
     return 256 + 24 * (len(record.get("nodes") or ()) + len(snap.get("nodes") or ()))
 
 
-def inventory_ops_apart(current: Directory, at: float) -> tuple[Op, Op]:
-    """inventory_ops for a thread beside the event loop (a cluster's take-over, while
-    the node serves): the cyclic collector kept off while its millions of rows are made
-    (a full collection that an allocation there triggers walks them all, holding the
-    lock), and what was made frozen before it is back on, as a reload's thread does."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        ops = inventory_ops(current, at)
-        gc.freeze()
-    finally:
-        if enabled:
-            gc.enable()
-    return ops
-
-
 def inventory_ops(current: Directory, at: float) -> tuple[Op, Op]:
     """The topology's nodes, and the subscribers (with their periods from `at`, wall
-    time), as two writes."""
-    nodes = [(n.id, n.kind, n.ip, n.name, list(n.parents)) for n in current.topology.nodes.values()]
-    texts: dict[int, str] = {}  # a building's text, by the identity of its Address
-    subs = []
-    periods = []
+    time), as two writes whose rows are made from `current` as each COPY reads them, a
+    slice a step of the event loop (`store.sliced`), and made afresh at a retry: nothing
+    is made up front (a city's million rows took 3.9 s of the loop at start, and freeing
+    them one step of 230 ms in the writer). `current` must stay whole until both are done."""
+    topo = current.topology
     roster = current.subscribers
-    for i, (account, phones, building, flat, ip, node) in enumerate(roster.records()):
-        text = texts.get(id(building))
-        if text is None:
-            text = texts[id(building)] = building.text(with_flat=False)
-        subs.append((account, phones, text, flat, ip, node))
-        periods.append((account, roster.serving(i), text, flat, phones))
     loaded_at = datetime.fromtimestamp(at, UTC)
+
+    def node_rows() -> Iterator[tuple[str, str, str | None, str, list[str]]]:
+        for n in topo.nodes.values():
+            yield n.id, n.kind, n.ip, n.name, list(n.parents)
+
+    def subscriber_rows() -> Iterator[tuple[str, list[str], str, str, str | None, str]]:
+        for account, phones, text, flat, ip, node, _ in _subscribers(roster):
+            yield account, phones, text, flat, ip, node
+
+    def period_rows() -> Iterator[tuple[str, str, str, str, list[str]]]:
+        for account, phones, text, flat, _, _, serving in _subscribers(roster):
+            yield account, serving, text, flat, phones
 
     async def write_nodes(conn: Conn) -> None:
         started = time.monotonic()
-        await store.save_nodes(conn, nodes)
-        log.info("inventory.nodes_saved", nodes=len(nodes),
+        await store.save_nodes(conn, node_rows())
+        log.info("inventory.nodes_saved", nodes=len(topo.nodes),
                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
 
     async def write_subscribers(conn: Conn) -> None:
         started = time.monotonic()
-        await store.save_subscribers(conn, subs)
+        await store.save_subscribers(conn, subscriber_rows())
         version, added, removed, changed = await store.save_subscriber_periods(
-            conn, periods, loaded_at
+            conn, period_rows(), len(roster), loaded_at
         )
-        log.info("inventory.saved", nodes=len(nodes), subscribers=len(subs), version=version,
-                 added=added, removed=removed, changed=changed,
+        log.info("inventory.saved", nodes=len(topo.nodes), subscribers=len(roster),
+                 version=version, added=added, removed=removed, changed=changed,
                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
 
     return write_nodes, write_subscribers
+
+
+def _subscribers(
+    roster: Roster,
+) -> Iterator[tuple[str, list[str], str, str, str | None, str, str]]:
+    """(account, phones, building's text, flat, ip, node, serving node) of each subscriber."""
+    texts: dict[int, str] = {}  # a building's text, by the identity of its Address
+    for i, (account, phones, building, flat, ip, node) in enumerate(roster.records()):
+        text = texts.get(id(building))
+        if text is None:
+            text = texts[id(building)] = building.text(with_flat=False)
+        yield account, phones, text, flat, ip, node, roster.serving(i)

@@ -72,17 +72,25 @@ class Fenced(Exception):
 
 
 class _Item:
-    __slots__ = ("epoch", "live", "name", "op", "precious", "seq", "size")
+    __slots__ = ("done", "epoch", "live", "name", "op", "precious", "seq", "size")
 
     def __init__(self, name: str, op: Op | None, size: int, precious: bool,
-                 seq: int | None, epoch: int | None = None) -> None:  # fmt: skip
+                 seq: int | None, epoch: int | None = None,
+                 done: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.name = name
         self.op = op  # None: a coalesced write, made from its merged values when its turn comes
         self.size = size
         self.precious = precious
         self.seq = seq
         self.epoch = epoch  # the leader's epoch it was decided under; None: not fenced
+        self.done = done  # called once, as it leaves the queue: written, refused or dropped
         self.live = True
+
+    def gone(self) -> None:
+        """This write is over: written, refused or dropped (never made again)."""
+        done, self.done = self.done, None
+        if done is not None:
+            done()
 
 
 class Writer:
@@ -127,10 +135,13 @@ class Writer:
     # -- queueing --------------------------------------------------------------------
 
     def submit(self, name: str, op: Op, size: int = DEFAULT_SIZE, precious: bool = False,
-               seq: int | None = None, epoch: int | None = None) -> None:  # fmt: skip
+               seq: int | None = None, epoch: int | None = None,
+               done: Callable[[], None] | None = None) -> None:  # fmt: skip
         """Queue a write; `seq` is its line in the journal file, acknowledged once done;
-        `epoch`, the leader's epoch it was decided under (checked when it is made)."""
-        self._push(_Item(name, op, size, precious, seq, epoch))
+        `epoch`, the leader's epoch it was decided under (checked when it is made);
+        `done`, called once as it leaves the queue (written, refused, or dropped and
+        passed by)."""
+        self._push(_Item(name, op, size, precious, seq, epoch, done))
 
     def latest(self, name: str, values: T, merge: Callable[[T, T], T],
                make: Callable[[T], Op], size: int = DEFAULT_SIZE,
@@ -213,8 +224,9 @@ class Writer:
         """The first live write, made now if it is a coalesced one."""
         while self._queue:
             item = self._queue[0]
-            if not item.live:
+            if not item.live:  # dropped
                 self._queue.popleft()
+                item.gone()
                 continue
             if item.op is None:
                 waiting = self._latest.get(item.name)
@@ -236,6 +248,7 @@ class Writer:
             self._queue.popleft()
         if item.live:
             self._forget(item)
+        item.gone()
         if item.seq is not None and self.spool is not None:
             self.spool.done(item.seq)
         self._count()
