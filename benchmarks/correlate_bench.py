@@ -299,6 +299,15 @@ class Holds:
         self.steps: list[tuple[float, float, str]] = []  # (loop CPU, wall, callback)
         self._patched = steps
         self._run = asyncio.Handle._run
+        # With `steps`, what explains each hold: the collections of the cyclic collector
+        # (gc.callbacks: perf_counter at start and end, generation, its thread's CPU, whether
+        # on the loop's thread) and each timed step's end (perf_counter, loop CPU, callback),
+        # against each sample over 5 ms (perf_counter at ask and wake, CPU, own, the line).
+        self.collections: list[tuple[float, float, int, float, bool]] = []
+        self.ended: list[tuple[float, float, str]] = []
+        self.samples: list[tuple[float, float, float, float, str]] = []
+        self._began: dict[int, tuple[float, float]] = {}
+        self._loop_thread = 0
 
     def reset(self) -> None:
         self.worst_wall = self.worst_cpu = 0.0
@@ -306,14 +315,27 @@ class Holds:
         self.worst_own = 0.0
         self.where.clear()
         self.steps.clear()
+        self.collections.clear()
+        self.ended.clear()
+        self.samples.clear()
 
     async def run(self) -> None:
         if self._patched:
             self._patch()
+            gc.callbacks.append(self._collected)
         try:
             await self._watch()
         finally:
             self.stop()
+
+    def _collected(self, phase: str, info: dict[str, int]) -> None:
+        me = threading.get_ident()
+        if phase == "start":
+            self._began[me] = (time.perf_counter(), time.thread_time())
+        elif me in self._began:
+            w0, c0 = self._began.pop(me)
+            self.collections.append((w0, time.perf_counter(), info["generation"],
+                                     time.thread_time() - c0, me == self._loop_thread))  # fmt: skip
 
     def stop(self) -> None:
         """Time no more steps: the benchmark's own teardown (freeing its city as it
@@ -321,16 +343,18 @@ class Holds:
         from asyncio import events
 
         events.Handle._run = self._run  # type: ignore[method-assign]
+        if self._collected in gc.callbacks:
+            gc.callbacks.remove(self._collected)
 
     async def _watch(self) -> None:
         import sys
         import threading
 
-        main = threading.get_ident()
+        main = self._loop_thread = threading.get_ident()
         loop = asyncio.get_running_loop()
         queued = _run_queue_wait(threading.get_native_id()) if self._patched else None
         while True:
-            asked, cpu = loop.time(), time.process_time()
+            asked, cpu, w0 = loop.time(), time.process_time(), time.perf_counter()
             waited = queued() if queued is not None else 0.0
             await asyncio.sleep(self.interval)
             wall = max(0.0, loop.time() - asked - self.interval)
@@ -339,6 +363,7 @@ class Holds:
             self.worst_cpu = max(self.worst_cpu, late)
             self.over += late > 0.02
             self.over10 += late > 0.01
+            own = late
             if queued is not None:
                 own = late - (queued() - waited)
                 self.worst_own = max(self.worst_own, own)
@@ -348,11 +373,12 @@ class Holds:
                          f" {f.f_code.co_name}"
                          for t, f in sys._current_frames().items() if t != main]  # fmt: skip
                 self.where.append((late, wall, "; ".join(lines)))
+                self.samples.append((w0, time.perf_counter(), late, own, "; ".join(lines)))
 
     def _patch(self) -> None:
         from asyncio import events
 
-        run, steps = events.Handle._run, self.steps
+        run, steps, ended = events.Handle._run, self.steps, self.ended
 
         def timed(handle: events.Handle) -> None:
             w0, c0 = time.perf_counter(), time.thread_time()
@@ -360,6 +386,7 @@ class Holds:
             cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
             if cpu > 0.002 or wall > 0.02:
                 steps.append((cpu, wall, _label(handle)))
+                ended.append((w0 + wall, cpu, steps[-1][2]))
 
         events.Handle._run = timed  # type: ignore[method-assign,assignment]
 
@@ -387,7 +414,31 @@ class Holds:
             lines.append(
                 f"     loop step {cpu * 1000:6.1f} ms CPU {wall * 1000:6.1f} ms wall: {what}"
             )
+        if self._patched:
+            lines += self._causes(top)
         return "\n".join(lines)
+
+    def _causes(self, top: int) -> list[str]:
+        """The collections in the reload, and the longest holds (by their own CPU, less the
+        loop's wait for a core) each with the collections and loop steps inside it."""
+        lines = []
+        for gen in (0, 1, 2):
+            for on_loop in (True, False):
+                made = [c for _, _, g, c, o in self.collections if g == gen and o == on_loop]
+                if made:
+                    lines.append(f"     collections of generation {gen} on the "
+                                 f"{'loop' if on_loop else 'other'} thread: {len(made)}, "
+                                 f"longest {max(made) * 1000:.1f} ms CPU")  # fmt: skip
+        if not self.collections:
+            lines.append("     no collection of the cyclic collector in the reload")
+        for w0, w1, late, own, where in sorted(self.samples, key=lambda s: -s[3])[:top]:
+            gcs = [f"gen{g} {c * 1000:.1f} ms {'loop' if o else 'thread'}"
+                   for a, b, g, c, o in self.collections if a < w1 and b > w0]  # fmt: skip
+            done = [f"{what} {c * 1000:.1f}" for end, c, what in self.ended if w0 < end <= w1]
+            lines.append(f"     hold {own * 1000:5.1f} ms own CPU ({late * 1000:.1f} with the "
+                         f"wait): gc [{', '.join(gcs)}] steps [{', '.join(done)}] thread at "
+                         f"{where}")  # fmt: skip
+        return lines
 
 
 def _run_queue_wait(tid: int) -> Callable[[], float] | None:
