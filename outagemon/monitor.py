@@ -603,6 +603,7 @@ class Monitor:
         change), and whether it is blind, with the outage history's blind period begun or
         ended now (the previous leader may have died blind, or seeing)."""
         c = self.correlator
+        c.settle()  # each node as it is now, though it sees again a slice a tick
         nodes = self.directory.topology.nodes
         rows = []
         for node, ns in c.states.items():
