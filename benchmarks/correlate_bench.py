@@ -750,7 +750,7 @@ def blind(nodes: int, blind_for: float) -> None:
     # again, and the cut of the failed set (the anchor's cut is the whole city).
     spent: list[tuple[float, float, str]] = []
     split: list[dict[str, float]] = []
-    for name in ("_lead_up", "_vantage", "_cut"):
+    for name in ("_lead_up", "_vantage", "_cut", "_infer", "_decide"):
         _timed(c, name, spent)
     observe_hold = 0.0  # the longest step of results, thread CPU
     at = 0

@@ -18,7 +18,8 @@ root has been up `resolve_hold` seconds, and are not opened while the monitor is
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import islice
 
 from outagemon.core.failures import Cut, Failures
 from outagemon.core.health import (
@@ -79,7 +80,8 @@ class Correlator(Failures):
         # walk: as the monitor went blind (epoch, `begun`, when, the anchors), and as it
         # sees again (epoch, when, changes kept before, nodes done, of which topology).
         self._lead: tuple[int, float, float, set[str]] | None = None
-        self._sight: tuple[int, float, float, int, Topology | None] | None = None
+        self._sight: tuple[int, float, float, Iterator[tuple[str, NodeState]] | None,
+                           tuple[int, Topology] | None] | None = None  # fmt: skip
 
     # -- the incident book, as the API, the page and the monitor read it ---------------
 
@@ -287,36 +289,45 @@ class Correlator(Failures):
             # again (`_see_one`), a slice a tick, as of now; until all are, it stays blind.
             self._epoch += 1
             self._lazy = True
-            self._sight = (self._epoch, now, self._blind_at - self.settings.window, 0, None)
+            self._sight = (self._epoch, now, self._blind_at - self.settings.window, None, None)
             return self._see(now)
         return False
 
     def _see(self, now: float) -> bool:
-        """The next slice of the look at every node as the monitor sees again (anchors
-        first, then the topology's nodes in order); the last one ends the blindness.
-        A node met before its turn (a result, a walk below a node that came back) is
-        looked at then (`_settle`): each is looked at once, as of the same moment."""
+        """The next slice of the look at every node as the monitor sees again, in the
+        order of their states; the last one ends the blindness. A node met before its
+        turn (a result, a walk below a node that came back) is looked at then
+        (`_settle`): each is looked at once, as of the same moment."""
         assert self._sight is not None
-        epoch, at, since, done, topology = self._sight
-        nodes = self.topology.nodes.order
-        if topology is not self.topology:
-            done = 0  # reloaded meanwhile: the nodes of the new one, from the start
-            for a in self.anchors:
-                ns = self.states.get(a)
-                if ns is not None and ns.epoch != epoch:
-                    self._see_one(a, ns)
-        get = self.states.get
+        epoch, at, since, walk, size = self._sight
+        states = self.states
+        if walk is None or size != (len(states), self.topology):
+            # States were added or taken out (a node's first result, a reload): the walk
+            # starts again; those looked at already are passed by.
+            walk = iter(states.items())
         budget = SIGHT_SLICE
-        while budget > 0 and done < len(nodes):
-            end = min(len(nodes), done + SIGHT_CHUNK, done + budget)
-            for here in nodes[done:end]:
-                ns = get(here.id)
-                if ns is not None and ns.epoch != epoch and self._see_one(here.id, ns):
-                    budget -= SIGHT_DOWN
-            budget -= end - done
-            done = end
-        if done < len(nodes):
-            self._sight = (epoch, at, since, done, self.topology)
+        lead = self._lead[0] if self._lead is not None else -1
+        down = State.DOWN
+        finished = False
+        while budget > 0 and not finished:
+            chunk = list(islice(walk, min(SIGHT_CHUNK, budget)))
+            finished = len(chunk) < min(SIGHT_CHUNK, budget)
+            budget -= len(chunk)
+            for node, ns in chunk:
+                # `_see_one`, written out for the nodes neither down nor losing probes
+                # as it went blind (nearly all): a call each was most of the walk.
+                if ns.epoch == epoch:
+                    continue
+                if ns.state is down or ns.changes or (ns.losses and ns.epoch < lead):
+                    if self._see_one(node, ns):
+                        budget -= SIGHT_DOWN
+                    continue
+                ns.epoch = epoch
+                ns.stale_before = at
+                ns.losses = 0
+        if not finished or budget < SIGHT_SLICE:
+            # The tick that ends the blindness decides anew, and does no walk besides.
+            self._sight = (epoch, at, since, walk, (len(states), self.topology))
             return True
         self._sight = None
         self._lead = None
