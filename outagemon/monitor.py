@@ -189,6 +189,11 @@ class Monitor:
         epoch = self.leadership.deciding()
         return epoch is not None and epoch == self.taken_up
 
+    @property
+    def looking(self) -> bool:
+        """The correlator looks at every node a slice a tick (`Correlator.looking`)."""
+        return self.correlator.looking
+
     def tick(self) -> list[str]:
         """Decide, persist what was decided; return the nodes to probe now."""
         now = self.clock()

@@ -300,6 +300,7 @@ class Correlator(Failures):
         (`_settle`): each is looked at once, as of the same moment."""
         assert self._sight is not None
         epoch, at, since, walk, size = self._sight
+        first = walk is None
         states = self.states
         if walk is None or size != (len(states), self.topology):
             # States were added or taken out (a node's first result, a reload): the walk
@@ -325,8 +326,9 @@ class Correlator(Failures):
                 ns.epoch = epoch
                 ns.stale_before = at
                 ns.losses = 0
-        if not finished or budget < SIGHT_SLICE:
-            # The tick that ends the blindness decides anew, and does no walk besides.
+        if not finished or (not first and budget < SIGHT_SLICE):
+            # Looked at in one slice, it sees again at once (as it always did); in
+            # several, the tick that ends the blindness decides anew and walks no more.
             self._sight = (epoch, at, since, walk, (len(states), self.topology))
             return True
         self._sight = None
@@ -374,6 +376,13 @@ class Correlator(Failures):
         if self._lead is not None and ns.epoch < self._lead[0]:
             self._lead_one(node, ns)
         ns.epoch = self._epoch
+
+    @property
+    def looking(self) -> bool:
+        """Whether the look at every node as the monitor sees again goes on (it is blind
+        till that is done): the daemon then decides again at its next step, not a tick
+        later."""
+        return self._sight is not None
 
     def settle(self) -> None:
         """Every node looked at now (a take-over reads them all): the rest of the look
