@@ -86,9 +86,7 @@ def test_seeing_again_a_slice_a_tick_tells_what_one_look_would(
     assert not any(ns.flapping for ns in c.states.values()), "blindness is no flapping"
 
 
-def test_a_streak_begun_with_the_uplinks_is_no_evidence_when_its_next_result_comes_blind() -> (
-    None
-):
+def test_a_streak_begun_with_the_uplinks_is_no_evidence_when_its_next_result_comes_blind() -> None:
     # The switch lost two probes with the uplink (its streak begun with the anchor's):
     # as the monitor goes blind that streak is void. The switch's next result comes
     # after: one more loss is one loss, not the third of a streak.

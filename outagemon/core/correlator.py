@@ -290,6 +290,9 @@ class Correlator(Failures):
             self._epoch += 1
             self._lazy = True
             self._sight = (self._epoch, now, self._blind_at - self.settings.window, None, None)
+            # The anchors leave the failed set: the decision after starts afresh, and
+            # what leaves it meanwhile (every node down, a million) is not listed.
+            self._left = None
             return self._see(now)
         return False
 

@@ -47,7 +47,10 @@ class Cut:
         here: Node | None = self._inner.get(node)
         if here is None:  # a router: its answer is its uplink's (kept), never kept itself
             here = self._nodes.get(node)
-            return here is not None and bool(here.parents) and self.issuperset(here.parents)
+            if here is None or not here.parents:
+                return False
+            parents = here.parents
+            return parents[0] in self if len(parents) == 1 else self.issuperset(parents)
         found = bool(here.parents) and self.issuperset(here.parents)
         self._memo[node] = found
         return found
@@ -126,8 +129,14 @@ class Failures(Health):
         # found down: the cut-off set and the incidents stay as they are. (During a core
         # failure that is every one of 100,000 nodes: without this, each tick would redo
         # the whole grouping.)
-        if not (state is State.DOWN and node in self._cut_cache):
+        cut = self._cut_cache
+        if not (state is State.DOWN and node in cut):
             self._dirty = True
+        elif isinstance(cut, Cut) and node not in cut.base:
+            # Cut off through the blind anchors (all its uplinks are): nothing for the
+            # next decision to add (a million nodes found down while blind, else listed
+            # at the first decision after).
+            self._added.discard(node)
 
     def _rechecked(self, node: str) -> None:
         """It left the failed set to be probed afresh: the decision is stale."""
