@@ -428,18 +428,7 @@ class Correlator(Failures):
         """One node as the monitor goes blind (`_lead_up`), as it was then."""
         assert self._lead is not None
         _, begun, at, anchors = self._lead
-        if node in anchors or not (ns.losses or ns.state is State.DOWN):
-            return
-        if ns.streak_at - self.settings.timeout < begun:
-            return  # its trouble began before ours: real evidence
-        ns.stale_before = at
-        ns.losses = 0
-        ns.asked = False
-        if ns.state is State.DOWN:
-            if ns.changes and ns.changes[-1] == ns.down_at:
-                ns.changes = ns.changes[:-1]  # not a change of its own: no flapping
-            ns.state = State.RECHECK
-            self._unfail(node)
+        if node not in anchors and self._void_streak(node, ns, begun, at):
             self._rechecked(node)
 
     def _vantage_clean(self) -> bool:

@@ -303,21 +303,29 @@ class Health:
         for node, ns in self.states.items():
             if self._lazy:
                 self._settle(node, ns)
-            if node == anchor or not (ns.losses or ns.state is State.DOWN):
-                continue
-            if ns.streak_at - self.settings.timeout < begun:
-                continue  # its trouble began before ours: real evidence
-            ns.stale_before = now
-            ns.losses = 0
-            ns.asked = False
-            if ns.state is State.DOWN:
-                if ns.changes and ns.changes[-1] == ns.down_at:
-                    ns.changes = ns.changes[:-1]  # not a change of its own: no flapping
-                ns.state = State.RECHECK
+            if node != anchor and self._void_streak(node, ns, begun, now):
                 self.version += 1
-                self._unfail(node)
                 self._requests[node] = None
                 self._rechecked(node)
+
+    def _void_streak(self, node: str, ns: NodeState, begun: float, at: float) -> bool:
+        """A node's streak of losses that began with our uplink's (sent from `begun` on)
+        is no evidence: it is looked at afresh, counting losses of probes sent from `at`
+        on. Returns whether it was down (it leaves the failed set)."""
+        if not (ns.losses or ns.state is State.DOWN):
+            return False
+        if ns.streak_at - self.settings.timeout < begun:
+            return False  # its trouble began before ours: real evidence
+        ns.stale_before = at
+        ns.losses = 0
+        ns.asked = False
+        if ns.state is not State.DOWN:
+            return False
+        if ns.changes and ns.changes[-1] == ns.down_at:
+            ns.changes = ns.changes[:-1]  # not a change of its own: no flapping
+        ns.state = State.RECHECK
+        self._unfail(node)
+        return True
 
     def _network(self, now: float, random_losses: int) -> None:
         """Count a result, and the losses it shows were random, in the network's loss."""
