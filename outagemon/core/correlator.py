@@ -18,6 +18,7 @@ root has been up `resolve_hold` seconds, and are not opened while the monitor is
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 
@@ -33,10 +34,11 @@ from outagemon.core.health import (
 from outagemon.core.incidents import Event, EventKind, Incident, IncidentBook, Maintenance
 from outagemon.core.topology import Change, Topology
 
-# Nodes looked at in one tick as the monitor sees again (each one down counts as
-# SIGHT_DOWN more): a city's million are a tick each of about 10 ms, not one of 100+.
+# Nodes looked at in one tick as the monitor sees again (each one down, with state
+# changes or a streak to void counts as SIGHT_MORE more): a city's million are ticks of
+# about 10 ms each, not one of 100 ms (1 s, the city down).
 SIGHT_SLICE = 60_000
-SIGHT_DOWN = 8
+SIGHT_MORE = 6
 SIGHT_CHUNK = 4096  # nodes between two looks at what is left of the slice
 
 
@@ -323,8 +325,8 @@ class Correlator(Failures):
                 if ns.epoch == epoch:
                     continue
                 if ns.state is down or ns.changes or (ns.losses and ns.epoch < lead):
-                    if self._see_one(node, ns):
-                        budget -= SIGHT_DOWN
+                    self._see_one(node, ns)
+                    budget -= SIGHT_MORE
                     continue
                 ns.epoch = epoch
                 ns.stale_before = at
@@ -347,10 +349,10 @@ class Correlator(Failures):
         self.book.events.append(Event(EventKind.SEEING, now))
         return False
 
-    def _see_one(self, node: str, ns: NodeState) -> bool:
+    def _see_one(self, node: str, ns: NodeState) -> None:
         """One node as the monitor sees again: losses of probes sent before are no
         evidence, nor is a node down, and the changes since our uplink began to fail are
-        no flapping. Returns whether it was down."""
+        no flapping."""
         assert self._sight is not None
         epoch, at, since, _, _ = self._sight
         if self._lead is not None and ns.epoch < self._lead[0]:
@@ -358,15 +360,19 @@ class Correlator(Failures):
         ns.epoch = epoch
         ns.stale_before = at
         ns.losses = 0
-        if ns.changes:
-            ns.changes = tuple(c for c in ns.changes if c < since)
-            ns.flapping = flap_percent(ns.changes, at, self.settings.flap_period) > FLAP_HIGH
+        changes = ns.changes
+        if changes:
+            # In time order: those since `since` are a tail; none left in the look-back
+            # is no flapping without summing them.
+            if changes[-1] >= since:
+                changes = ns.changes = changes[: bisect_left(changes, since)]
+            period = self.settings.flap_period
+            ns.flapping = (bool(changes) and changes[-1] >= at - period
+                           and flap_percent(changes, at, period) > FLAP_HIGH)  # fmt: skip
         if ns.state is State.DOWN:
             ns.state = State.RECHECK
             self._unfail(node)
             self._requests[node] = None
-            return True
-        return False
 
     def _settle(self, node: str, ns: NodeState) -> None:
         """A node met while a look at every node is under way, before its turn: it is
