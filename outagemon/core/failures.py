@@ -76,7 +76,8 @@ class Failures(Health):
     either since the last decision, and `_removed` is set when anything left them (the
     next decision then starts afresh, unless each that left is in `_left` and still cut
     off by what fails: then the cut is the same); `_cut_cache` is the cut of the failed
-    set as of the last decision, and `_dirty` is set when it may be stale; `_changed` and
+    set as of the last decision (blind, a `Cut`: what the failed anchors cut off is
+    found when asked), and `_dirty` is set when it may be stale; `_changed` and
     `_reconsider` hold the nodes whose parents' inference must be evaluated again. The
     failed set changes only through _fail, _unfail, _infer_down and _infer_up."""
 
