@@ -805,9 +805,10 @@ def blind(nodes: int, blind_for: float) -> None:
     # again, and the cut of the failed set (the anchor's cut is the whole city).
     spent: list[tuple[float, float, str]] = []
     split: list[dict[str, float]] = []
-    for name in ("_lead_up", "_vantage", "_cut"):
+    for name in ("_lead_up", "_vantage", "_cut", "_infer", "_decide"):
         _timed(c, name, spent)
     observe_hold = 0.0  # the longest step of results, thread CPU
+    looks: list[float] = []  # the ticks that looked at every node, a slice each, before seeing
     at = 0
     marks: dict[str, int] = {}
     down_at_sight = 0
@@ -836,6 +837,8 @@ def blind(nodes: int, blind_for: float) -> None:
                 parts[name] = parts.get(name, 0.0) + took
             split.append(parts)
             kinds = {e.kind.value for e in events}
+            if c.looking:
+                looks.append(cpu)
             what = "blind" if "blind" in kinds else "seeing" if "seeing" in kinds else ""
             if what:
                 marks[what] = len(ticks)
@@ -869,6 +872,10 @@ def blind(nodes: int, blind_for: float) -> None:
         print(f"   {'going blind' if what == 'blind' else 'seeing again'}: its tick "
               f"{cpu * 1000:.1f} ms CPU, {wall * 1000:.1f} ms wall (of it, ms CPU: "
               f"{within(i)}); the ticks around it (ms CPU): {near}")  # fmt: skip
+    if looks:
+        print(f"   seeing again, the look at every node before it: {len(looks)} ticks (a "
+              f"slice each, the monitor blind till the last), longest {max(looks) * 1000:.1f} "
+              f"ms CPU, {sum(looks) * 1000:.0f} ms in all")  # fmt: skip
     (cpu, wall, _), i = max((t, i) for i, t in enumerate(ticks) if not t[2])
     where = ", ".join(f"{i - marks[w]:+d} from {w}" for w in ("blind", "seeing"))
     over = sum(1 for t in ticks if not t[2] and t[0] > 0.02)

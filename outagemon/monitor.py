@@ -188,6 +188,11 @@ class Monitor:
         epoch = self.leadership.deciding()
         return epoch is not None and epoch == self.taken_up
 
+    @property
+    def looking(self) -> bool:
+        """The correlator looks at every node a slice a tick (`Correlator.looking`)."""
+        return self.correlator.looking
+
     def tick(self) -> list[str]:
         """Decide, persist what was decided; return the nodes to probe now."""
         now = self.clock()
@@ -599,6 +604,7 @@ class Monitor:
         change), and whether it is blind, with the outage history's blind period begun or
         ended now (the previous leader may have died blind, or seeing)."""
         c = self.correlator
+        c.settle()  # each node as it is now, though it sees again a slice a tick
         nodes = self.directory.topology.nodes
         rows = []
         for node, ns in c.states.items():

@@ -107,7 +107,8 @@ async def test_the_decision_loop_freezes_at_the_end_of_a_round(
     source = source_of(topo)
     monkeypatch.setattr(gc, "freeze", lambda: froze.append(source.scheduler.rounds))
     monkeypatch.setattr(icmp, "TICK", 0.001)
-    feed = SimpleNamespace(first_round_done=False, tick=lambda: [], address=lambda n: None)
+    feed = SimpleNamespace(first_round_done=False, tick=lambda: [], address=lambda n: None,
+                           looking=False)  # fmt: skip
     shown = SimpleNamespace(not_ready="not yet", probe_rate=0.0)
     task = asyncio.create_task(source._correlate(feed, shown))
     try:

@@ -15,7 +15,7 @@ import pytest
 
 from outagemon.core.correlator import Correlator
 from outagemon.core.health import NodeState
-from outagemon.core.incidents import Incident, IncidentBook, Owners
+from outagemon.core.incidents import Cutoff, Incident, IncidentBook, Owners
 from outagemon.core.topology import Topology
 from outagemon.sim.simnet import SimNet
 from tests.test_correlate import SETTINGS, WARM, city, n
@@ -34,7 +34,7 @@ class FlatBook(IncidentBook):
         super().__init__()
         self.flat: dict[str, int] = {}
 
-    def assign(self, active: list[Incident], cut: set[str], now: float, topology: Topology,
+    def assign(self, active: list[Incident], cut: Cutoff, now: float, topology: Topology,
                grow: bool = True) -> None:  # fmt: skip
         super().assign(active, cut, now, topology, grow)
         flat: dict[str, int] = {}
@@ -47,7 +47,7 @@ class FlatBook(IncidentBook):
                     flat.setdefault(node, inc.id)
         self.flat = flat
 
-    def recover(self, roots: set[str], cut: set[str], now: float,
+    def recover(self, roots: set[str], cut: Cutoff, now: float,
                 states: dict[str, NodeState], hold: float, flap_period: float) -> None:  # fmt: skip
         before = {i.id for i in self.incidents.values() if i.recovering_since is not None}
         super().recover(roots, cut, now, states, hold, flap_period)

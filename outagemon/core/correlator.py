@@ -18,9 +18,11 @@ root has been up `resolve_hold` seconds, and are not opened while the monitor is
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import islice
 
-from outagemon.core.failures import Failures
+from outagemon.core.failures import Cut, Failures
 from outagemon.core.health import (
     FLAP_HIGH,
     RTT_BOUND,
@@ -31,6 +33,13 @@ from outagemon.core.health import (
 )
 from outagemon.core.incidents import Event, EventKind, Incident, IncidentBook, Maintenance
 from outagemon.core.topology import Change, Topology
+
+# Nodes looked at in one tick as the monitor sees again (each one down, with state
+# changes or a streak to void counts as SIGHT_MORE more): a city's million are ticks of
+# about 10 ms each, not one of 100 ms (1 s, the city down).
+SIGHT_SLICE = 60_000
+SIGHT_MORE = 6
+SIGHT_CHUNK = 4096  # nodes between two looks at what is left of the slice
 
 
 class Correlator(Failures):
@@ -69,6 +78,12 @@ class Correlator(Failures):
         # What _scope is of: the topology, the works running and those still to end.
         self._scope_key: tuple[int, tuple[Maintenance, ...], tuple[Maintenance, ...]] = (0, (), ())
         self._anchors_seen: set[str] = set(self.anchors)  # anchors states may be kept for
+        # Looks at every node not done at once, a node done when met (`_settle`) or by a
+        # walk: as the monitor went blind (epoch, `begun`, when, the anchors), and as it
+        # sees again (epoch, when, changes kept before, nodes done, of which topology).
+        self._lead: tuple[int, float, float, set[str]] | None = None
+        self._sight: tuple[int, float, float, Iterator[tuple[str, NodeState]] | None,
+                           tuple[int, Topology] | None] | None = None  # fmt: skip
 
     # -- the incident book, as the API, the page and the monitor read it ---------------
 
@@ -207,7 +222,11 @@ class Correlator(Failures):
             book.node_incident.claim(inc.nodes, inc.id)
             for n in inc.nodes:
                 if n in self.topology and self.topology.nodes[n].probed:
-                    ns = self.states.setdefault(n, NodeState(changed_at=inc.since))
+                    ns = self.states.get(n)
+                    if ns is None:
+                        ns = self.states[n] = NodeState(changed_at=inc.since, epoch=self._epoch)
+                    elif self._lazy:
+                        self._settle(n, ns)
                     ns.state = State.RECHECK if n != inc.root else State.DOWN
                     ns.down_at = inc.since
                     if ns.state is State.DOWN:
@@ -230,7 +249,10 @@ class Correlator(Failures):
     def tick(self, now: float) -> list[Event]:
         """Decide what the results so far mean; return the events since the last tick."""
         self._refresh_scope(now)
-        self._vantage(now)
+        if self._vantage(now):
+            # Still looking at every node as the monitor sees again: blind till then, and
+            # nothing is decided on nodes not looked at yet.
+            return self.book.take_events()
         if self._changed or self._reconsider:
             self._infer(now)
         self._decide(now)
@@ -247,9 +269,13 @@ class Correlator(Failures):
         self.book.events = [e for e in self.book.events
                             if e.kind not in (EventKind.BLIND, EventKind.SEEING)]  # fmt: skip
 
-    def _vantage(self, now: float) -> None:
+    def _vantage(self, now: float) -> bool:
         """Blind while every anchor is down: nothing opens, and what failed meanwhile is
-        no evidence; when an anchor answers again, every failed node is probed afresh."""
+        no evidence; when an anchor answers again, every failed node is probed afresh.
+        Returns whether the look at every node as the monitor sees again goes on (it is
+        still blind meanwhile: see `_see`)."""
+        if self._sight is not None:
+            return self._see(now)
         states = [self.states.get(a) for a in self.anchors]
         blind = bool(states) and all(ns is not None and ns.state is State.DOWN for ns in states)
         if blind and not self.blind:
@@ -261,35 +287,126 @@ class Correlator(Failures):
                 Event(EventKind.BLIND, now, detail={"anchors": list(self.anchors)})
             )
         elif not blind and self.blind:
-            self.version += 1
-            self.blind = False
-            self._sight_at = now
-            # What failed while we could not see is not evidence: look again, at every
-            # node down (the anchors too: one answering does not make the others down),
-            # and the changes since our uplink began to fail are no flapping.
-            since = self._blind_at - self.settings.window
-            period = self.settings.flap_period
-            for node, ns in self.states.items():
-                ns.stale_before = now
+            # What failed while we could not see is not evidence: every node is looked at
+            # again (`_see_one`), a slice a tick, as of now; until all are, it stays blind.
+            self._epoch += 1
+            self._lazy = True
+            self._sight = (self._epoch, now, self._blind_at - self.settings.window, None, None)
+            # The anchors leave the failed set: the decision after starts afresh, and
+            # what leaves it meanwhile (every node down, a million) is not listed.
+            self._left = None
+            return self._see(now)
+        return False
+
+    def _see(self, now: float) -> bool:
+        """The next slice of the look at every node as the monitor sees again, in the
+        order of their states; the last one ends the blindness. A node met before its
+        turn (a result, a walk below a node that came back) is looked at then
+        (`_settle`): each is looked at once, as of the same moment."""
+        assert self._sight is not None
+        epoch, at, since, walk, size = self._sight
+        first = walk is None
+        states = self.states
+        if walk is None or size != (len(states), self.topology):
+            # States were added or taken out (a node's first result, a reload): the walk
+            # starts again; those looked at already are passed by.
+            walk = iter(states.items())
+        budget = SIGHT_SLICE
+        lead = self._lead[0] if self._lead is not None else -1
+        down = State.DOWN
+        finished = False
+        while budget > 0 and not finished:
+            chunk = list(islice(walk, min(SIGHT_CHUNK, budget)))
+            finished = len(chunk) < min(SIGHT_CHUNK, budget)
+            budget -= len(chunk)
+            for node, ns in chunk:
+                # `_see_one`, written out for the nodes neither down nor losing probes
+                # as it went blind (nearly all): a call each was most of the walk.
+                if ns.epoch == epoch:
+                    continue
+                if ns.state is down or ns.changes or (ns.losses and ns.epoch < lead):
+                    self._see_one(node, ns)
+                    budget -= SIGHT_MORE
+                    continue
+                ns.epoch = epoch
+                ns.stale_before = at
                 ns.losses = 0
-                if ns.changes:
-                    ns.changes = tuple(c for c in ns.changes if c < since)
-                    ns.flapping = flap_percent(ns.changes, now, period) > FLAP_HIGH
-                if ns.state is State.DOWN:
-                    ns.state = State.RECHECK
-                    self._unfail(node)
-                    self._requests[node] = None
-            for node in list(self.inferred):
-                self._infer_up(node)
-            self._pending_since.clear()
-            self._dirty = True
-            self.book.events.append(Event(EventKind.SEEING, now))
+        if not finished or (not first and budget < SIGHT_SLICE):
+            # Looked at in one slice, it sees again at once (as it always did); in
+            # several, the tick that ends the blindness decides anew and walks no more.
+            self._sight = (epoch, at, since, walk, (len(states), self.topology))
+            return True
+        self._sight = None
+        self._lead = None
+        self._lazy = False
+        self.version += 1
+        self.blind = False
+        self._sight_at = at
+        for node in list(self.inferred):
+            self._infer_up(node)
+        self._pending_since.clear()
+        self._dirty = True
+        self.book.events.append(Event(EventKind.SEEING, now))
+        return False
+
+    def _see_one(self, node: str, ns: NodeState) -> None:
+        """One node as the monitor sees again: losses of probes sent before are no
+        evidence, nor is a node down, and the changes since our uplink began to fail are
+        no flapping."""
+        assert self._sight is not None
+        epoch, at, since, _, _ = self._sight
+        if self._lead is not None and ns.epoch < self._lead[0]:
+            self._lead_one(node, ns)
+        ns.epoch = epoch
+        ns.stale_before = at
+        ns.losses = 0
+        changes = ns.changes
+        if changes:
+            # In time order: those since `since` are a tail; none left in the look-back
+            # is no flapping without summing them.
+            if changes[-1] >= since:
+                changes = ns.changes = changes[: bisect_left(changes, since)]
+            period = self.settings.flap_period
+            ns.flapping = (bool(changes) and changes[-1] >= at - period
+                           and flap_percent(changes, at, period) > FLAP_HIGH)  # fmt: skip
+        if ns.state is State.DOWN:
+            ns.state = State.RECHECK
+            self._unfail(node)
+            self._requests[node] = None
+
+    def _settle(self, node: str, ns: NodeState) -> None:
+        """A node met while a look at every node is under way, before its turn: it is
+        looked at now, as it would have been (nothing about it changed meanwhile)."""
+        if ns.epoch == self._epoch:
+            return
+        if self._sight is not None:
+            self._see_one(node, ns)
+            return
+        if self._lead is not None and ns.epoch < self._lead[0]:
+            self._lead_one(node, ns)
+        ns.epoch = self._epoch
+
+    @property
+    def looking(self) -> bool:
+        """Whether the look at every node as the monitor sees again goes on (it is blind
+        till that is done): the daemon then decides again at its next step, not a tick
+        later."""
+        return self._sight is not None
+
+    def settle(self) -> None:
+        """Every node looked at now (a take-over reads them all): the rest of the look
+        as the monitor sees again, in one step."""
+        while self._sight is not None:
+            self._see(self._sight[1])
 
     def _lead_up(self, now: float) -> None:
         """The monitor has just gone blind: the streaks that began with the anchors' own
         (other nodes' streaks often complete first) were our uplink's silence, no
         evidence. Those nodes are looked at afresh, and nothing they cut off joins an
-        incident (as for a silence too short to be called blind, `_doubt`)."""
+        incident (as for a silence too short to be called blind, `_doubt`). Those down
+        now at once (they leave the failed set); the others, losing probes, when next
+        met (`_settle`), or as the monitor sees again: till then nothing reads their
+        streaks (blind, nothing is inferred or opened), and only a result changes them."""
         streaks = [ns.streak_at for a in self.anchors
                    if (ns := self.states.get(a)) is not None]  # fmt: skip
         if not streaks:
@@ -305,20 +422,20 @@ class Correlator(Failures):
             a for a in anchors if (ns := self.states.get(a)) is not None and ns.streak_at >= latest
         }
         self._dirty = True
-        for node, ns in self.states.items():
-            if node in anchors or not (ns.losses or ns.state is State.DOWN):
-                continue
-            if ns.streak_at - self.settings.timeout < begun:
-                continue  # its trouble began before ours: real evidence
-            ns.stale_before = now
-            ns.losses = 0
-            ns.asked = False
-            if ns.state is State.DOWN:
-                if ns.changes and ns.changes[-1] == ns.down_at:
-                    ns.changes = ns.changes[:-1]  # not a change of its own: no flapping
-                ns.state = State.RECHECK
-                self._unfail(node)
-                self._rechecked(node)
+        self._epoch += 1
+        self._lead = (self._epoch, begun, now, anchors)
+        self._lazy = True
+        for node in [n for n in self._down if n not in anchors]:
+            ns = self.states[node]
+            self._lead_one(node, ns)
+            ns.epoch = self._epoch
+
+    def _lead_one(self, node: str, ns: NodeState) -> None:
+        """One node as the monitor goes blind (`_lead_up`), as it was then."""
+        assert self._lead is not None
+        _, begun, at, anchors = self._lead
+        if node not in anchors and self._void_streak(node, ns, begun, at):
+            self._rechecked(node)
 
     def _vantage_clean(self) -> bool:
         """At least one anchor answers with no loss streak: our own view can be trusted."""
@@ -448,9 +565,19 @@ class Correlator(Failures):
             # what fails in a mass outage) are not in the small dict of inner nodes: the
             # candidates are looked up there.
             inner_of = self.topology.inner
-            if self._removed and not self._still_cut():
+            # Blind, the anchors that fail cut off what hangs from them alone: the whole
+            # city behind an anchor at the top, found when asked (`Cut`), never listed.
+            shadow = frozenset(a for a in self.anchors if a in self._down) if self.blind else None
+            old_cut = self._cut_cache
+            kept = shadow == old_cut.shadow if isinstance(old_cut, Cut) else (
+                not shadow or not self._removed)  # fmt: skip
+            cut: set[str] | Cut
+            if (self._removed and not self._still_cut()) or not kept:
                 failed = self._failed()
-                cut = self._cut(failed)
+                if shadow:
+                    cut = Cut(self._cut(failed - shadow), shadow, self.topology)
+                else:
+                    cut = self._cut(failed)
                 candidates: Iterable[str] = failed
                 keep: list[str] = []
             else:
@@ -463,9 +590,18 @@ class Correlator(Failures):
                 # set (a tick of a mass outage adds 2,000 routers, not looked at one by one).
                 added = self._added
                 inner = added & self.topology.inner_nodes
-                cut = self._cut_cache
-                cut.update(added)
-                cut = self._cut(inner, cut) if inner else cut
+                if isinstance(old_cut, Cut) or shadow:
+                    # What the shadow cuts off is not walked: it is in the cut as asked.
+                    cut = old_cut if isinstance(old_cut, Cut) else Cut(
+                        old_cut, shadow or frozenset(), self.topology)  # fmt: skip
+                    cut.base.update(added)
+                    if inner - cut.shadow:
+                        self._cut(inner - cut.shadow, cut.base)
+                    cut.grown()
+                else:
+                    cut = old_cut
+                    cut.update(added)
+                    cut = self._cut(inner, cut) if inner else cut
                 # Old roots stay roots unless a new failure could be above them (a node with
                 # children); routers and other leaves explain nothing.
                 old = self._roots_cache if any(inner_of[n].children for n in inner) else []

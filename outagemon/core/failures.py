@@ -14,7 +14,58 @@ from collections import deque
 from collections.abc import Iterable
 
 from outagemon.core.health import Health, Settings, State
-from outagemon.core.topology import Topology
+from outagemon.core.topology import Node, Topology
+
+
+class Cut:
+    """The cut of a failed set whose part below `shadow` (failed nodes: the anchors while
+    the monitor is blind) is found when asked, not listed: an anchor's cut is the whole
+    city, a million nodes a set would take 100 ms to fill and as long to free.
+
+    `base` holds the failed nodes but the shadow's and part of what they cut off (never a
+    node that is not cut off); a node is in the cut if it is in `base` or `shadow`, or
+    all its uplinks (it has some) are in the cut. Answers for nodes with children are
+    kept until `base` grows."""
+
+    __slots__ = ("_inner", "_memo", "_nodes", "base", "shadow")
+
+    def __init__(self, base: set[str], shadow: frozenset[str], topology: Topology) -> None:
+        self.base = base
+        self.shadow = shadow
+        self._nodes = topology.nodes
+        self._inner = topology.inner
+        self._memo: dict[str, bool] = {}
+
+    def __contains__(self, node: object) -> bool:
+        if node in self.base or node in self.shadow:
+            return True
+        if not isinstance(node, str):
+            return False
+        found = self._memo.get(node)
+        if found is not None:
+            return found
+        here: Node | None = self._inner.get(node)
+        if here is None:  # a router: its answer is its uplink's (kept), never kept itself
+            here = self._nodes.get(node)
+            if here is None or not here.parents:
+                return False
+            parents = here.parents
+            return parents[0] in self if len(parents) == 1 else self.issuperset(parents)
+        found = bool(here.parents) and self.issuperset(here.parents)
+        self._memo[node] = found
+        return found
+
+    def issuperset(self, nodes: Iterable[str]) -> bool:
+        return all(n in self for n in nodes)
+
+    def __and__(self, other: set[str]) -> set[str]:
+        found = self.base & other
+        found.update(n for n in other - found if n in self)
+        return found
+
+    def grown(self) -> None:
+        """`base` grew: an answer "not cut off" kept may be wrong now."""
+        self._memo.clear()
 
 
 class Failures(Health):
@@ -25,7 +76,8 @@ class Failures(Health):
     either since the last decision, and `_removed` is set when anything left them (the
     next decision then starts afresh, unless each that left is in `_left` and still cut
     off by what fails: then the cut is the same); `_cut_cache` is the cut of the failed
-    set as of the last decision, and `_dirty` is set when it may be stale; `_changed` and
+    set as of the last decision (blind, a `Cut`: what the failed anchors cut off is
+    found when asked), and `_dirty` is set when it may be stale; `_changed` and
     `_reconsider` hold the nodes whose parents' inference must be evaluated again. The
     failed set changes only through _fail, _unfail, _infer_down and _infer_up."""
 
@@ -37,7 +89,8 @@ class Failures(Health):
         self._dirty = True
         self._changed: set[str] = set()  # nodes whose known state changed since last tick
         self._down: set[str] = set()  # probed nodes in state DOWN
-        self._cut_cache: set[str] = set()
+        # A set, or while blind a `Cut` whose shadow is the anchors (see `_decide`).
+        self._cut_cache: set[str] | Cut = set()
         self._reconsider: set[str] = set()  # parents whose inference to evaluate again
         self._added: set[str] = set()  # failed since the last decision
         self._removed = True  # something stopped failing: the next decision starts afresh
@@ -77,8 +130,14 @@ class Failures(Health):
         # found down: the cut-off set and the incidents stay as they are. (During a core
         # failure that is every one of 100,000 nodes: without this, each tick would redo
         # the whole grouping.)
-        if not (state is State.DOWN and node in self._cut_cache):
+        cut = self._cut_cache
+        if not (state is State.DOWN and node in cut):
             self._dirty = True
+        elif isinstance(cut, Cut) and node not in cut.base:
+            # Cut off through the blind anchors (all its uplinks are): nothing for the
+            # next decision to add (a million nodes found down while blind, else listed
+            # at the first decision after).
+            self._added.discard(node)
 
     def _rechecked(self, node: str) -> None:
         """It left the failed set to be probed afresh: the decision is stale."""
@@ -120,6 +179,8 @@ class Failures(Health):
             if p in unprobed or p in self.inferred:
                 return True
             ps = self.states.get(p)
+            if ps is not None and self._lazy:
+                self._settle(p, ps)
             if ps is None or (ps.state is State.UP and ps.losses == 0):
                 return True
         return False

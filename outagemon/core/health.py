@@ -99,6 +99,9 @@ class NodeState:
     silent_from: float = -math.inf
     silent_to: float = -math.inf
     answered_at: float = -math.inf  # its last answer
+    # The last look at every node (as the monitor went blind, or sees again) this state
+    # has had: `Health._epoch` when it is up to date.
+    epoch: int = 0
 
     def loss_estimate(self) -> float:
         """Pessimistic (upper) estimate of this target's random loss rate.
@@ -183,6 +186,11 @@ class Health:
         self._net_results = 0.0
         self._net_lost = 0.0
         self._net_at = -math.inf
+        # A look at every node under way, each node looked at when next met (`_settle`) if
+        # the walk has not reached it: `_epoch` counts those looks, and a node's state is
+        # up to date once its own `epoch` is the same.
+        self._epoch = 0
+        self._lazy = False
 
     def observe(self, node: str, ok: bool, now: float) -> None:
         """One probe result for a node (or an anchor): the hysteresis step.
@@ -196,7 +204,9 @@ class Health:
         if ns is None:
             if node not in self.topology and node not in self.anchors:
                 return  # a result for a node a reload removed
-            ns = self.states[node] = NodeState(changed_at=now)
+            ns = self.states[node] = NodeState(changed_at=now, epoch=self._epoch)
+        elif self._lazy:
+            self._settle(node, ns)
         if not ok and now - self.settings.timeout < ns.stale_before:
             return  # lost before the network changed under it: no evidence either way
         ns.last_at = now
@@ -261,7 +271,11 @@ class Health:
             return
         parent = here.parents[0]
         ps = self.states.get(parent)
-        if ps is None or not ps.losses:
+        if ps is None:
+            return
+        if self._lazy:
+            self._settle(parent, ps)
+        if not ps.losses:
             return
         sent = ps.streak_at - self.settings.timeout
         if ps.state is State.DOWN:
@@ -287,21 +301,31 @@ class Health:
         with it are no evidence: those nodes are looked at afresh, as after blindness."""
         begun = sent - 2 * self.settings.timeout  # a node's loss may be seen a little early
         for node, ns in self.states.items():
-            if node == anchor or not (ns.losses or ns.state is State.DOWN):
-                continue
-            if ns.streak_at - self.settings.timeout < begun:
-                continue  # its trouble began before ours: real evidence
-            ns.stale_before = now
-            ns.losses = 0
-            ns.asked = False
-            if ns.state is State.DOWN:
-                if ns.changes and ns.changes[-1] == ns.down_at:
-                    ns.changes = ns.changes[:-1]  # not a change of its own: no flapping
-                ns.state = State.RECHECK
+            if self._lazy:
+                self._settle(node, ns)
+            if node != anchor and self._void_streak(node, ns, begun, now):
                 self.version += 1
-                self._unfail(node)
                 self._requests[node] = None
                 self._rechecked(node)
+
+    def _void_streak(self, node: str, ns: NodeState, begun: float, at: float) -> bool:
+        """A node's streak of losses that began with our uplink's (sent from `begun` on)
+        is no evidence: it is looked at afresh, counting losses of probes sent from `at`
+        on. Returns whether it was down (it leaves the failed set)."""
+        if not (ns.losses or ns.state is State.DOWN):
+            return False
+        if ns.streak_at - self.settings.timeout < begun:
+            return False  # its trouble began before ours: real evidence
+        ns.stale_before = at
+        ns.losses = 0
+        ns.asked = False
+        if ns.state is not State.DOWN:
+            return False
+        if ns.changes and ns.changes[-1] == ns.down_at:
+            ns.changes = ns.changes[:-1]  # not a change of its own: no flapping
+        ns.state = State.RECHECK
+        self._unfail(node)
+        return True
 
     def _network(self, now: float, random_losses: int) -> None:
         """Count a result, and the losses it shows were random, in the network's loss."""
@@ -370,6 +394,8 @@ class Health:
             ns = self.states.get(d)
             if ns is None:
                 continue
+            if self._lazy:
+                self._settle(d, ns)
             ns.stale_before = now
             ns.losses = 0  # a streak begun while cut off is forgotten, DOWN ones' too
             ns.asked = False
@@ -459,3 +485,7 @@ class Health:
 
     def _answers_again(self, node: str) -> None:
         """A topology node that was losing probes (not down) answers again."""
+
+    def _settle(self, node: str, ns: NodeState) -> None:
+        """While a look at every node is under way (`_lazy`): this node's state is about to
+        be read or changed, and is looked at first if the walk has not reached it."""

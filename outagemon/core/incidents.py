@@ -13,6 +13,7 @@ import enum
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from outagemon.core.health import NodeState, State, update_flapping
 from outagemon.core.topology import Topology
@@ -197,6 +198,15 @@ class Owners(Mapping[str, int]):
         self.complete.add(inc.id)
 
 
+class Cutoff(Protocol):
+    """The nodes cut off by what fails, as the book asks of them (a set, or while the
+    monitor is blind a cut whose part behind the anchors is found when asked)."""
+
+    def __contains__(self, node: object, /) -> bool: ...
+
+    def __and__(self, other: set[str], /) -> set[str]: ...
+
+
 class IncidentBook:
     """Open incidents and the nodes they cover.
 
@@ -228,7 +238,7 @@ class IncidentBook:
     def open(
         self,
         root: str,
-        cut: set[str],
+        cut: Cutoff,
         by_root: dict[str, Incident],
         now: float,
         topology: Topology,
@@ -334,7 +344,7 @@ class IncidentBook:
     def assign(
         self,
         active: list[Incident],
-        cut: set[str],
+        cut: Cutoff,
         now: float,
         topology: Topology,
         grow: bool = True,
@@ -427,7 +437,7 @@ class IncidentBook:
     def recover(
         self,
         roots: set[str],
-        cut: set[str],
+        cut: Cutoff,
         now: float,
         states: dict[str, NodeState],
         hold: float,

@@ -39,6 +39,8 @@ class Feed(Protocol):
 
     def observe(self, node: str, ok: bool, at: float) -> None: ...
     def tick(self) -> list[str]: ...
+    @property
+    def looking(self) -> bool: ...
     def address(self, node: str) -> str | None: ...
 
 
@@ -177,8 +179,11 @@ class IcmpSource:
                 stats = self.engine.stats
                 shown.probe_rate = (stats.sent - sent_before) / (started - measured)
                 sent_before, measured = stats.sent, started
-            # Subtract the time the work took, so a busy tick does not slow the rhythm.
-            await asyncio.sleep(max(0.0, TICK - (time.monotonic() - started)))
+            # Subtract the time the work took, so a busy tick does not slow the rhythm;
+            # while the correlator looks at every node a slice a tick (as it sees again,
+            # blind till done), the next slice at the loop's next step.
+            pause = 0.0 if feed.looking else TICK - (time.monotonic() - started)
+            await asyncio.sleep(max(0.0, pause))
 
 
 async def _wait(failed: asyncio.Future[None]) -> None:

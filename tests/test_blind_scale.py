@@ -1,0 +1,104 @@
+"""Going blind and seeing again at a city's size, without a step over every node (issue 19).
+
+Pure: the simulated network (simulated time) or results fed by hand. As the monitor goes
+blind, what the anchor cuts off (the whole city) is found when asked, not listed; as it
+sees again, every node is looked at a slice a tick, the monitor blind till the last, each
+node as of the moment an anchor answered. Callers hear "unknown" meanwhile, then what a
+single look would have told them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from outagemon.core import correlator as correlator_module
+from outagemon.core.health import State
+from outagemon.core.incidents import Event
+from outagemon.sim.simnet import SimNet
+from tests.test_correlate import city, kinds, sim
+from tests.test_correlate_truth import chain, fed, round_of
+
+
+def _listed(cut: object) -> set[str]:
+    """The nodes the correlator holds listed as cut off (blind: only what is not the
+    anchors' own)."""
+    base = getattr(cut, "base", cut)
+    assert isinstance(base, set)
+    return base
+
+
+def test_going_blind_lists_nothing_of_what_the_anchor_cuts_off() -> None:
+    # The anchor is the topology's top (no anchors configured): its cut is every node.
+    s = sim(city(aggs=3, access=10, cpes=5))
+    c = s.correlator
+    s.uplink_down = True
+    while not c.blind:
+        s.run_for(0.5)
+    s.run_for(0.5)
+    everyone = set(s.topology.nodes)
+    assert all(x in c._cut_cache for x in everyone), "blind, the anchor cuts off every node"
+    assert len(_listed(c._cut_cache)) < 10, "and the city is not listed to say so"
+
+
+def _blind_then_back(s: SimNet, fault: str | None) -> tuple[list[Event], list[bool]]:
+    """The uplink fails for 200 s (a switch, `fault`, breaks meanwhile); then it comes
+    back. Returns the events from then on, and for each tick while looking at every node
+    whether the monitor was still blind."""
+    c = s.correlator
+    s.uplink_down = True
+    s.run_for(100)
+    if fault is not None:
+        s.fail(fault)
+    s.run_for(100)
+    assert c.blind and c.nodes_down > 20, "blind long enough for the city to be down"
+    s.uplink_down = False
+    events: list[Event] = []
+    blind_while_looking: list[bool] = []
+    while c.blind:
+        events += s.run_for(0.25)
+        if c.looking:
+            blind_while_looking.append(c.blind)
+            assert c.blind, "a caller must hear unknown until every node was looked at"
+    events += s.run_for(120)
+    return events, blind_while_looking
+
+
+@pytest.mark.parametrize("fault", [None, "sw1-3"])
+def test_seeing_again_a_slice_a_tick_tells_what_one_look_would(
+    fault: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at_once = sim(city(aggs=3, access=10, cpes=5))
+    whole, looks = _blind_then_back(at_once, fault)
+    assert looks == [], "a small city is looked at in one tick"
+    monkeypatch.setattr(correlator_module, "SIGHT_SLICE", 20)
+    monkeypatch.setattr(correlator_module, "SIGHT_CHUNK", 7)
+    sliced = sim(city(aggs=3, access=10, cpes=5))
+    parts, looks = _blind_then_back(sliced, fault)
+    assert len(looks) >= 2 and all(looks), "looked at over several ticks, blind meanwhile"
+    c = sliced.correlator
+    assert kinds(parts, "seeing") and not c.blind
+    # The same incidents, for the same roots, with the same nodes: none from what was
+    # seen while blind, the switch that broke meanwhile found again.
+    said = [(e.kind, e.root, e.nodes) for e in parts if e.kind not in ("seeing",)]
+    expected = [(e.kind, e.root, e.nodes) for e in whole if e.kind not in ("seeing",)]
+    assert said == expected
+    assert [e.root for e in kinds(parts, "opened")] == ([fault] if fault else [])
+    assert not any(ns.flapping for ns in c.states.values()), "blindness is no flapping"
+
+
+def test_a_streak_begun_with_the_uplinks_is_no_evidence_when_its_next_result_comes_blind() -> None:
+    # The switch lost two probes with the uplink (its streak begun with the anchor's):
+    # as the monitor goes blind that streak is void. The switch's next result comes
+    # after: one more loss is one loss, not the third of a streak.
+    c, t = fed(chain())
+    everyone = ["core", "agg", "cpe", "anchor:127.255.255.254"]
+    for _ in range(2):
+        t += 1.0
+        round_of(c, t, {"sw": False, **dict.fromkeys(everyone, False)})
+    while not c.blind:
+        t += 1.0
+        round_of(c, t, dict.fromkeys(everyone, False))
+    assert c.states["sw"].losses == 2, "not met since: looked at when next met"
+    t += 1.5
+    round_of(c, t, {"sw": False})
+    assert c.state_of("sw") is not State.DOWN and c.states["sw"].losses == 1
