@@ -234,22 +234,32 @@ _RUN = 4_096  # entries a single call into C takes at most, where it can be cut
 
 
 def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
-    """The packed keys, sorted: in runs of _RUN, then merged a range of keys at a time
-    (the keys are hashes, spread evenly: each range takes its part of every run, found by
-    bisection, and sorts about _RUN keys). A reload builds the directory in a thread, and
-    one call into C holds the interpreter's lock, and the event loop, throughout: sorted()
-    of a million keys held it for half a second, the last merge of two runs for 50 ms."""
-    runs: list[list[float]] = []
+    """The packed keys, sorted: in runs of _RUN, then merged (see _merged). A reload builds
+    the directory in a thread, and one call into C holds the interpreter's lock, and the
+    event loop, throughout: sorted() of a million keys held it for half a second, the
+    last merge of two runs for 50 ms."""
+    runs: list[Sequence[float]] = []
     while True:
         # One chain of C a run, each text made and dropped in turn (a list of the run's
         # texts beside its floats left the allocator's arenas fragmented: 16 MiB more).
-        # The hash times 2**21 plus the slot, in floats (exact below 2**53): the same keys
-        # as float(hash << 21 | slot), by three steps a key instead of four.
-        hashes = map(and_, map(hash, islice(texts, _RUN)), repeat(_HASH_MASK))
-        run = sorted(map(add, map(mul, hashes, repeat(_SLOT_SCALE)), islice(slots, _RUN)))
+        run = sorted(_packed(islice(texts, _RUN), islice(slots, _RUN)))
         if not run:
             break
         runs.append(run)
+    return _merged(runs)
+
+
+def _packed(texts: Iterable[str], slots: Iterable[int]) -> Iterator[float]:
+    """Each text's key: its hash times 2**21 plus its slot, in floats (exact below 2**53):
+    the same keys as float(hash << 21 | slot), by three steps a key instead of four."""
+    hashes = map(and_, map(hash, texts), repeat(_HASH_MASK))
+    return map(add, map(mul, hashes, repeat(_SLOT_SCALE)), slots)
+
+
+def _merged(runs: list[Sequence[float]]) -> array[float]:
+    """Sorted runs of keys in one sorted array, a range of keys at a time (the keys are
+    hashes, spread evenly: each range takes its part of every run, found by bisection,
+    and sorts about _RUN keys); the runs are emptied."""
     pieces: list[array[float]] = []
     parts = max(1, sum(map(len, runs)) // _RUN)
     top = float((_HASH_MASK + 1) << _SLOT_BITS)  # above every key
@@ -268,6 +278,38 @@ def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
     keys = _joined(pieces, "d")
     pieces.clear()
     return keys
+
+
+class _Keys:
+    """A packed HashIndex's keys gathered a chunk of the file at a time, while its texts
+    exist: each hashed where it was read, not cut again out of its column (a million
+    strings made and hashed once more, each index); sorted in runs of _RUN or more, each
+    kept as an array (8 bytes a key, not a float object's 32)."""
+
+    def __init__(self) -> None:
+        self.runs: list[Sequence[float]] = []
+        self.pending: list[float] = []
+        self.taken = 0  # keys added
+
+    def add(self, texts: Iterable[str], slots: Iterable[int]) -> None:
+        before = len(self.pending)
+        self.pending += _packed(texts, slots)
+        self.taken += len(self.pending) - before
+        if len(self.pending) >= _RUN:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.pending.sort()
+        self.runs.append(array("d", self.pending))
+        self.pending = []
+
+    def index(self) -> HashIndex:
+        """The index of every text added (their slots below 2**21: see HashIndex)."""
+        if self.pending:
+            self._flush()
+        index = HashIndex((), (), 0)
+        index.keys = _merged(self.runs)
+        return index
 
 
 class _Slots:
@@ -293,10 +335,16 @@ class Roster(Sequence[Subscriber]):
         rows: array[int],
         place: array[int],  # index into places
         places: list[tuple[str, Address]],  # (serving node, building)
+        indexes: tuple[HashIndex, HashIndex] | None = None,  # by account, by phone (made
+        # as the file was read: see _Keys); None: made here
     ) -> None:
         self.accounts, self.phones, self.flats, self.ips = accounts, phones, flats, ips
         self.rows, self.place, self.places = rows, place, places
-        self._index()
+        if indexes is None:
+            self._index()
+        else:
+            self._by_account, self._by_phone = (index.bucketed() for index in indexes)
+            self._seed = hash(_SEED)
 
     def _index(self) -> None:
         n = len(self)
@@ -902,6 +950,8 @@ def read_rows(
     accounts, phones, flats, ips = (_ColumnBuilder() for _ in range(4))
     numbers: list[array[int]] = []  # each chunk's, joined at the end (see _joined)
     place_of: list[array[int]] = []
+    # The indexes' keys, each text hashed as read (see _Keys); slots: positions in the roster.
+    accounts_keys, phones_keys, ips_keys = _Keys(), _Keys(), _Keys()
     row_number = 1
     while True:
         chunk = list(islice(rows, CHUNK_ROWS))
@@ -911,6 +961,7 @@ def read_rows(
         if done is not None:  # every row of the chunk good, read column by column
             for builder, column in zip((accounts, phones, flats, ips), done[:4], strict=True):
                 builder.extend(column)
+            _keyed(done[0], done[1], done[3], accounts_keys, phones_keys, ips_keys)
             numbers.append(array("I", range(row_number + 1, row_number + 1 + len(chunk))))
             place_of.append(array("I", done[4]))
             row_number += len(chunk)
@@ -1026,30 +1077,55 @@ def read_rows(
         phones.extend(c_phones)
         flats.extend(c_flats)
         ips.extend(c_ips)
+        _keyed(c_accounts, c_phones, c_ips, accounts_keys, phones_keys, ips_keys)
         # As arrays: the chunk's int objects are freed here, 2,000 at a time. Kept as lists
         # to the end, the million were freed in one cascade as this function returned,
         # holding the interpreter's lock (and a reload's event loop) for ~40 ms.
         numbers.append(array("I", c_rows))
         place_of.append(array("I", c_places))
+    total = accounts_keys.taken
+    made = total <= _SLOT_MASK  # else more positions than the packing holds: made anew
     roster = Roster(
         accounts.done(), phones.done(), flats.done(), ips.done(), _joined(numbers, "I"),
         _joined(place_of, "I"), places.places,
+        (accounts_keys.index(), phones_keys.index()) if made else None,
     )  # fmt: skip
-    roster, more = _without_duplicates(roster)
+    roster, more = _without_duplicates(roster, ips_keys.index() if made else None)
     problems += more
     problems.sort(key=lambda p: p[0])
     return roster, [f"{path}: row {n}: {text}" for n, text in problems]
 
 
-def _without_duplicates(roster: Roster) -> tuple[Roster, list[tuple[int, str]]]:
+def _keyed(accounts: list[str], phones: list[str], ips: list[str], by_account: _Keys,
+           by_phone: _Keys, by_ip: _Keys) -> None:  # fmt: skip
+    """A chunk's keys added to the indexes: its accounts, each number it gives (a
+    subscriber's numbers are joined by ";"), its ips given; at their positions next."""
+    at = by_account.taken
+    by_account.add(accounts, count(at))
+    if ";" in "".join(phones):  # several numbers for some: one entry per number
+        numbers = [p.split(";") for p in phones]
+        owners = chain.from_iterable(map(repeat, count(at), map(len, numbers)))
+        split = list(chain.from_iterable(numbers))
+        by_phone.add(compress(split, split), compress(owners, split))
+    else:
+        by_phone.add(compress(phones, phones), compress(count(at), phones))
+    by_ip.add(compress(ips, ips), compress(count(at), ips))
+
+
+def _without_duplicates(roster: Roster, by_ip: HashIndex | None = None
+                        ) -> tuple[Roster, list[tuple[int, str]]]:  # fmt: skip
     """A second account of the same number, or a second router at one ip, is left out
     (the first row keeps it). Only the rows whose hashes collide are looked at, in row
-    order, as a single pass over every row would."""
+    order, as a single pass over every row would. `by_ip`: the given ips' index by their
+    subscribers' positions, when made as the file was read."""
     suspects = set(roster._by_account.collisions())
-    with_ip = _filled(roster.ips)
-    given = filter(None, _texts(roster.ips))  # the ips given, in order (with_ip's)
-    by_ip = HashIndex(given, range(len(with_ip)), len(with_ip))
-    suspects.update(with_ip[i] for i in by_ip.collisions())
+    if by_ip is not None:
+        suspects.update(by_ip.collisions())
+    else:
+        with_ip = _filled(roster.ips)
+        given = filter(None, _texts(roster.ips))  # the ips given, in order (with_ip's)
+        by_ip = HashIndex(given, range(len(with_ip)), len(with_ip))
+        suspects.update(with_ip[i] for i in by_ip.collisions())
     if not suspects:
         return roster, []
     problems: list[tuple[int, str]] = []
