@@ -925,6 +925,25 @@ def read_rows(
     """Subscribers from CSV rows (the header first), and a sentence for each row that could
     not be used. Rows are taken a chunk at a time into columns: at no time is there a
     Python object per subscriber."""
+    roster, problems, _ = _read_rows(rows, path, topology, plan)
+    return roster, problems
+
+
+class _Routers:
+    """The subscribers' routers' ids and ips, in the roster's order, made a chunk at a
+    time as the file is read (see `with_cpes`)."""
+
+    __slots__ = ("ids", "ips")
+
+    def __init__(self) -> None:
+        self.ids: list[list[str]] = []
+        self.ips: list[list[str]] = []
+
+
+def _read_rows(
+    rows: Iterator[list[str]], path: Path, topology: Topology, plan: PhonePlan
+) -> tuple[Roster, list[str], _Routers | None]:
+    """read_rows, and the routers as read (None: made from the roster's columns)."""
     header = [h.strip() for h in next(rows, [])]
     missing = [c for c in COLUMNS if c not in header]
     empty = Roster(Column(), Column(), Column(), Column(), array("I"), array("I"), [])
@@ -934,7 +953,7 @@ def read_rows(
         hint = (f" (its fields are separated by {'tabs' if other == chr(9) else repr(other)}: "
                 "the file must be comma-separated)") if other else ""  # fmt: skip
         return empty, [f"{path}: the header lacks column(s) {', '.join(missing)}{hint}; "
-                       f"it must name {','.join(COLUMNS)}."]  # fmt: skip
+                       f"it must name {','.join(COLUMNS)}."], None  # fmt: skip
     problems: list[tuple[int, str]] = []
     ia, iph, iad, ifl, iip = (header.index(c) for c in COLUMNS)
     at = (ia, iph, iad, ifl, iip)
@@ -952,6 +971,7 @@ def read_rows(
     place_of: list[array[int]] = []
     # The indexes' keys, each text hashed as read (see _Keys); slots: positions in the roster.
     accounts_keys, phones_keys, ips_keys = _Keys(), _Keys(), _Keys()
+    routers = _Routers()
     row_number = 1
     while True:
         chunk = list(islice(rows, CHUNK_ROWS))
@@ -961,7 +981,7 @@ def read_rows(
         if done is not None:  # every row of the chunk good, read column by column
             for builder, column in zip((accounts, phones, flats, ips), done[:4], strict=True):
                 builder.extend(column)
-            _keyed(done[0], done[1], done[3], accounts_keys, phones_keys, ips_keys)
+            _keyed(done[0], done[1], done[3], accounts_keys, phones_keys, ips_keys, routers)
             numbers.append(array("I", range(row_number + 1, row_number + 1 + len(chunk))))
             place_of.append(array("I", done[4]))
             row_number += len(chunk)
@@ -1077,7 +1097,7 @@ def read_rows(
         phones.extend(c_phones)
         flats.extend(c_flats)
         ips.extend(c_ips)
-        _keyed(c_accounts, c_phones, c_ips, accounts_keys, phones_keys, ips_keys)
+        _keyed(c_accounts, c_phones, c_ips, accounts_keys, phones_keys, ips_keys, routers)
         # As arrays: the chunk's int objects are freed here, 2,000 at a time. Kept as lists
         # to the end, the million were freed in one cascade as this function returned,
         # holding the interpreter's lock (and a reload's event loop) for ~40 ms.
@@ -1090,16 +1110,20 @@ def read_rows(
         _joined(place_of, "I"), places.places,
         (accounts_keys.index(), phones_keys.index()) if made else None,
     )  # fmt: skip
-    roster, more = _without_duplicates(roster, ips_keys.index() if made else None)
+    kept, more = _without_duplicates(roster, ips_keys.index() if made else None)
     problems += more
     problems.sort(key=lambda p: p[0])
-    return roster, [f"{path}: row {n}: {text}" for n, text in problems]
+    # The routers as read, unless a duplicate was left out of the roster since.
+    return kept, [f"{path}: row {n}: {text}" for n, text in problems], (
+        routers if kept is roster else None)  # fmt: skip
 
 
 def _keyed(accounts: list[str], phones: list[str], ips: list[str], by_account: _Keys,
-           by_phone: _Keys, by_ip: _Keys) -> None:  # fmt: skip
+           by_phone: _Keys, by_ip: _Keys, routers: _Routers) -> None:  # fmt: skip
     """A chunk's keys added to the indexes: its accounts, each number it gives (a
-    subscriber's numbers are joined by ";"), its ips given; at their positions next."""
+    subscriber's numbers are joined by ";"), its ips given; at their positions next. And
+    its routers: their ips the strings read (hashed here, and kept by the routers' nodes,
+    whose addresses' index finds their hashes made), their ids made from the accounts."""
     at = by_account.taken
     by_account.add(accounts, count(at))
     if ";" in "".join(phones):  # several numbers for some: one entry per number
@@ -1109,7 +1133,10 @@ def _keyed(accounts: list[str], phones: list[str], ips: list[str], by_account: _
         by_phone.add(compress(split, split), compress(owners, split))
     else:
         by_phone.add(compress(phones, phones), compress(count(at), phones))
-    by_ip.add(compress(ips, ips), compress(count(at), ips))
+    given = list(compress(ips, ips))
+    by_ip.add(given, compress(count(at), ips))
+    routers.ips.append(given)
+    routers.ids.append(list(map("cpe:".__add__, compress(accounts, ips))))
 
 
 def _without_duplicates(roster: Roster, by_ip: HashIndex | None = None
@@ -1153,8 +1180,10 @@ def parse_csv(text: str, path: Path, topology: Topology) -> tuple[list[Subscribe
     return list(roster), problems
 
 
-def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber]) -> Topology:
-    """The topology plus a probed `cpe` node under the serving node of each subscriber with ip."""
+def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber],
+              made: _Routers | None = None) -> Topology:  # fmt: skip
+    """The topology plus a probed `cpe` node under the serving node of each subscriber with
+    ip (`made`: their ids and ips made as this roster was read, taken from it)."""
     roster = subscribers if isinstance(subscribers, Roster) else Roster.of(subscribers)
     # One uplink tuple per serving node, shared by its routers.
     uplinks = [(serving,) for serving, _ in roster.places]
@@ -1167,11 +1196,20 @@ def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber]) ->
     # list of a million routers beside its dict). Named by its id (the same string:
     # "cpe:ACCOUNT" says whose it is), line 0 (its row is the roster's): two objects
     # fewer a router, ~80 MiB at a million.
-    ids = map("cpe:".__add__, compress(_texts(roster.accounts), with_ip()))
-    ips = filter(None, _texts(roster.ips))
+    ids: Iterable[str] = map("cpe:".__add__, compress(_texts(roster.accounts), with_ip()))
+    ips: Iterable[str] = filter(None, _texts(roster.ips))
+    if made is not None:  # the strings made already: none cut out of the columns again
+        ids, ips = _taken(made.ids), _taken(made.ips)
     ups = map(uplinks.__getitem__, compress(roster.place, with_ip()))
     routers = (Node(n, "cpe", ip, up, n) for n, ip, up in zip(ids, ips, ups, strict=True))
     return Topology(list(topology.nodes.values()), routers)
+
+
+def _taken(parts: list[list[str]]) -> Iterator[str]:
+    """The parts' strings in order, each part let go of once taken."""
+    parts.reverse()
+    while parts:
+        yield from parts.pop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1195,9 +1233,9 @@ def load(topology_path: Path, subscribers_path: Path | None, phones: PhonePlan =
         topo = topology_mod.load(topology_path)
         if subscribers_path is None:
             return Loaded(Directory(topo, [], phones), [])
-        roster, problems = _read_file(subscribers_path, topo, phones)
+        roster, problems, routers = _read_file(subscribers_path, topo, phones)
         release_free_memory()  # the chunks' and the sorts' buffers, before the routers
-        loaded = Loaded(Directory(with_cpes(topo, roster), roster, phones), problems)
+        loaded = Loaded(Directory(with_cpes(topo, roster, routers), roster, phones), problems)
         release_free_memory()
         return loaded
     finally:
@@ -1241,7 +1279,8 @@ def release_free_memory() -> None:
         _TRIM(0)
 
 
-def _read_file(path: Path, topology: Topology, phones: PhonePlan) -> tuple[Roster, list[str]]:
+def _read_file(path: Path, topology: Topology, phones: PhonePlan
+               ) -> tuple[Roster, list[str], _Routers | None]:  # fmt: skip
     try:
         # utf-8-sig: CRM exports often start with a byte-order mark
         with path.open(encoding="utf-8-sig", newline="") as f:
@@ -1250,7 +1289,7 @@ def _read_file(path: Path, topology: Topology, phones: PhonePlan) -> tuple[Roste
             # anew after each such hand-back; read 8 KiB at a time (the default: a read
             # every ~0.5 ms), it waited through all of them, 0.2-1.1 s on a quiet machine.
             f._CHUNK_SIZE = READ_BUFFER  # type: ignore[attr-defined]  # CPython's, settable
-            return read_rows(csv.reader(f), path, topology, phones)
+            return _read_rows(csv.reader(f), path, topology, phones)
     except FileNotFoundError:
         raise TopologyError([f"{path}: no such file."]) from None
     except UnicodeDecodeError as e:
