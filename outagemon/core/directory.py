@@ -946,12 +946,12 @@ def _read_rows(
     """read_rows, and the routers as read (None: made from the roster's columns)."""
     header = [h.strip() for h in next(rows, [])]
     missing = [c for c in COLUMNS if c not in header]
-    empty = Roster(Column(), Column(), Column(), Column(), array("I"), array("I"), [])
     if missing:
         # A spreadsheet's export in a locale that writes ';' or tabs between fields.
         other = next((sep for sep in (";", "\t") if len(header) == 1 and sep in header[0]), "")
         hint = (f" (its fields are separated by {'tabs' if other == chr(9) else repr(other)}: "
                 "the file must be comma-separated)") if other else ""  # fmt: skip
+        empty = Roster(Column(), Column(), Column(), Column(), array("I"), array("I"), [])
         return empty, [f"{path}: the header lacks column(s) {', '.join(missing)}{hint}; "
                        f"it must name {','.join(COLUMNS)}."], None  # fmt: skip
     problems: list[tuple[int, str]] = []
@@ -1196,10 +1196,13 @@ def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber],
     # list of a million routers beside its dict). Named by its id (the same string:
     # "cpe:ACCOUNT" says whose it is), line 0 (its row is the roster's): two objects
     # fewer a router, ~80 MiB at a million.
-    ids: Iterable[str] = map("cpe:".__add__, compress(_texts(roster.accounts), with_ip()))
-    ips: Iterable[str] = filter(None, _texts(roster.ips))
+    ids: Iterable[str]
+    ips: Iterable[str]
     if made is not None:  # the strings made already: none cut out of the columns again
         ids, ips = _taken(made.ids), _taken(made.ips)
+    else:
+        ids = map("cpe:".__add__, compress(_texts(roster.accounts), with_ip()))
+        ips = filter(None, _texts(roster.ips))
     ups = map(uplinks.__getitem__, compress(roster.place, with_ip()))
     routers = (Node(n, "cpe", ip, up, n) for n, ip, up in zip(ids, ips, ups, strict=True))
     return Topology(list(topology.nodes.values()), routers)
