@@ -484,9 +484,7 @@ def _both_ways(rows: list[list[str]], plan: PhonePlan = RUSSIA) -> None:
     # The indexes made as the rows were read find what those made from the columns find.
     made = directory.Roster.of(list(fast[0]))
     asked = {t for row in rows for t in (*row[:1], *(row[1].split(";") if row[1:] else ()))}
-    for text in asked | {
-        p for s in made for p in (*s.phones, s.account)
-    }:
+    for text in asked | {p for s in made for p in (*s.phones, s.account)}:
         assert fast[0].by_phone(text) == made.by_phone(text) or text == "", (rows, text)
         assert fast[0].by_account(text) == made.by_account(text), (rows, text)
 
