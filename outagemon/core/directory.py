@@ -937,14 +937,18 @@ def read_rows(
 
 
 class _Routers:
-    """The subscribers' routers' ids and ips, in the roster's order, made a chunk at a
-    time as the file is read (see `with_cpes`)."""
+    """The accounts and ips of the subscribers with a router, in the roster's order, kept
+    as the file is read, a chunk's in one text a line each (no value holds a line break:
+    see bad_character) for `with_cpes`, which splits them: each string made in one call,
+    not cut out of its column by two (a slice and the cut). Not the strings read: those
+    lie scattered among the row's freed ones, and a process forked after the load wrote
+    into their half-empty pages as it allocated (16 MiB more of its own)."""
 
-    __slots__ = ("ids", "ips")
+    __slots__ = ("accounts", "ips")
 
     def __init__(self) -> None:
-        self.ids: list[list[str]] = []
-        self.ips: list[list[str]] = []
+        self.accounts: list[str] = []
+        self.ips: list[str] = []
 
 
 def _read_rows(
@@ -1129,8 +1133,7 @@ def _keyed(accounts: list[str], phones: list[str], ips: list[str], by_account: _
            by_phone: _Keys, by_ip: _Keys, routers: _Routers) -> None:  # fmt: skip
     """A chunk's keys added to the indexes: its accounts, each number it gives (a
     subscriber's numbers are joined by ";"), its ips given; at their positions next. And
-    its routers: their ips the strings read (hashed here, and kept by the routers' nodes,
-    whose addresses' index finds their hashes made), their ids made from the accounts."""
+    its routers' accounts and ips (see _Routers)."""
     at = by_account.taken
     by_account.add(accounts, count(at))
     if ";" in "".join(phones):  # several numbers for some: one entry per number
@@ -1142,8 +1145,9 @@ def _keyed(accounts: list[str], phones: list[str], ips: list[str], by_account: _
         by_phone.add(compress(phones, phones), compress(count(at), phones))
     given = list(compress(ips, ips))
     by_ip.add(given, compress(count(at), ips))
-    routers.ips.append(given)
-    routers.ids.append(list(map("cpe:".__add__, compress(accounts, ips))))
+    if given:
+        routers.ips.append("\n".join(given))
+        routers.accounts.append("\n".join(compress(accounts, ips)))
 
 
 def _without_duplicates(roster: Roster, by_ip: HashIndex | None = None
@@ -1205,8 +1209,9 @@ def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber],
     # fewer a router, ~80 MiB at a million.
     ids: Iterable[str]
     ips: Iterable[str]
-    if made is not None:  # the strings made already: none cut out of the columns again
-        ids, ips = _taken(made.ids), _taken(made.ips)
+    if made is not None:  # kept as read: split, not cut out of the columns (see _Routers)
+        ids = map("cpe:".__add__, _lines(made.accounts))
+        ips = _lines(made.ips)
     else:
         ids = map("cpe:".__add__, compress(_texts(roster.accounts), with_ip()))
         ips = filter(None, _texts(roster.ips))
@@ -1215,11 +1220,11 @@ def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber],
     return Topology(list(topology.nodes.values()), routers)
 
 
-def _taken(parts: list[list[str]]) -> Iterator[str]:
-    """The parts' strings in order, each part let go of once taken."""
-    parts.reverse()
-    while parts:
-        yield from parts.pop()
+def _lines(texts: list[str]) -> Iterator[str]:
+    """The lines of each text in order, each text let go of once split."""
+    texts.reverse()
+    while texts:
+        yield from texts.pop().split("\n")
 
 
 @dataclass(frozen=True, slots=True)
