@@ -481,6 +481,12 @@ def _both_ways(rows: list[list[str]], plan: PhonePlan = RUSSIA) -> None:
     finally:
         directory._at_once = saved
     assert list(fast[0]) == list(slow[0]) and fast[1] == slow[1], rows
+    # The indexes made as the rows were read find what those made from the columns find.
+    made = directory.Roster.of(list(fast[0]))
+    asked = {t for row in rows for t in (*row[:1], *(row[1].split(";") if row[1:] else ()))}
+    for text in asked | {p for s in made for p in (*s.phones, s.account)}:
+        assert fast[0].by_phone(text) == made.by_phone(text) or text == "", (rows, text)
+        assert fast[0].by_account(text) == made.by_account(text), (rows, text)
 
 
 def test_each_odd_value_is_read_column_by_column_as_row_by_row() -> None:
@@ -553,3 +559,45 @@ def test_a_numbering_plan_reads_the_same_column_by_column(plan: PhonePlan) -> No
             "1", ""]]  # fmt: skip
     done = directory._at_once(one, 5, (0, 1, 2, 3, 4), places, {}, plan)
     assert done is not None and done[1] == [f"+{plan.country_code}{one[0][1].replace(' ', '')}"]
+
+
+def test_a_load_cuts_no_string_out_of_its_columns_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The indexes' keys are hashed, and the routers' ids and ips made, from the strings as
+    # the file is read (a million strings cut out of each column again, and hashed again,
+    # took ~1 s of a city's load): the directory answers as one built from the columns.
+    (tmp_path / "t.yaml").write_text(textwrap.dedent("""
+        nodes:
+          - {id: core, kind: core, ip: 127.0.0.2}
+          - {id: sw-mira, kind: access, ip: 127.0.0.4, parents: [core]}
+          - {id: seg-1, kind: segment, parents: [sw-mira],
+             serves: [{address: "пр-т Мира, д. 10", flats: "1-40"}]}
+          - {id: seg-2, kind: segment, parents: [sw-mira],
+             serves: [{address: "пр-т Мира, д. 10", flats: "41-80"}]}
+        """), encoding="utf-8")  # fmt: skip
+    rows = [f"{1000 + i},+7921{i:07d},Мира 10,{1 + i % 80},127.0.{i // 200 + 1}.{i % 200 + 1}"
+            for i in range(2500)]  # fmt: skip
+    rows[7] = "5007,+79210000007;8 921 999 07 77,Мира 10,3,::1"  # two numbers, IPv6
+    rows[2100] = "5100,,Мира 10,45,"  # no number, no router
+    rows[2200] = "5200,+79210000001,Мира 10,99,127.0.9.9"  # no such flat: left out
+    (tmp_path / "s.csv").write_text("account,phones,address,flat,ip\n" + "\n".join(rows) + "\n",
+                                    encoding="utf-8")  # fmt: skip
+
+    def cut(*args: object) -> object:
+        raise AssertionError("a string cut out of a column again")
+
+    monkeypatch.setattr(directory, "_texts", cut)
+    loaded = directory.load(tmp_path / "t.yaml", tmp_path / "s.csv")
+    monkeypatch.undo()
+    d = loaded.directory
+    assert len(loaded.problems) == 1 and len(d.subscribers) == 2499
+    roster = directory.Roster.of(list(d.subscribers))
+    topo = directory.with_cpes(topology.load(tmp_path / "t.yaml"), roster)
+    assert list(d.topology.nodes.values()) == list(topo.nodes.values())
+    assert dict(d.topology.by_ip.items()) == dict(topo.by_ip.items())
+    for s in roster:
+        for p in (*s.phones, "+79219990777"):
+            assert d.subscribers.by_phone(p) == roster.by_phone(p)
+        assert d.subscribers.by_account(s.account) == roster.by_account(s.account)
+    assert d.phone("8 921 999 07 77").nodes == ("cpe:5007",)

@@ -140,6 +140,7 @@ _SLOT_BITS = 21  # an entry's position in the packed key: up to 2,097,152 positi
 _SLOT_MASK = (1 << _SLOT_BITS) - 1
 _HASH_MASK = 0xFFFFFFFF
 _SLOT_SCALE = float(1 << _SLOT_BITS)
+_NEAR = 64  # keys a bucket's start is first looked for among (see HashIndex.bucketed)
 
 
 class HashIndex:
@@ -179,11 +180,17 @@ class HashIndex:
         bits = min(32, (len(keys) // 8).bit_length())
         self.shift = shift = 32 - bits
         starts = array("I")
-        at = 0
+        at, end = 0, len(keys)
         for bucket in range(1 << bits):  # a call each: the event loop is not held
-            at = bisect_left(keys, float(bucket << shift << _SLOT_BITS), at)
+            # Within the next _NEAR keys first (a bucket holds ~8): a few steps, not ~20,
+            # each making a float of the array's.
+            bound = float(bucket << shift << _SLOT_BITS)
+            near = min(at + _NEAR, end)
+            at = bisect_left(keys, bound, at, near)
+            if at == near:
+                at = bisect_left(keys, bound, at)
             starts.append(at)
-        starts.append(len(keys))
+        starts.append(end)
         self.starts = starts
         return self
 
@@ -234,22 +241,32 @@ _RUN = 4_096  # entries a single call into C takes at most, where it can be cut
 
 
 def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
-    """The packed keys, sorted: in runs of _RUN, then merged a range of keys at a time
-    (the keys are hashes, spread evenly: each range takes its part of every run, found by
-    bisection, and sorts about _RUN keys). A reload builds the directory in a thread, and
-    one call into C holds the interpreter's lock, and the event loop, throughout: sorted()
-    of a million keys held it for half a second, the last merge of two runs for 50 ms."""
-    runs: list[list[float]] = []
+    """The packed keys, sorted: in runs of _RUN, then merged (see _merged). A reload builds
+    the directory in a thread, and one call into C holds the interpreter's lock, and the
+    event loop, throughout: sorted() of a million keys held it for half a second, the
+    last merge of two runs for 50 ms."""
+    runs: list[Sequence[float]] = []
     while True:
         # One chain of C a run, each text made and dropped in turn (a list of the run's
         # texts beside its floats left the allocator's arenas fragmented: 16 MiB more).
-        # The hash times 2**21 plus the slot, in floats (exact below 2**53): the same keys
-        # as float(hash << 21 | slot), by three steps a key instead of four.
-        hashes = map(and_, map(hash, islice(texts, _RUN)), repeat(_HASH_MASK))
-        run = sorted(map(add, map(mul, hashes, repeat(_SLOT_SCALE)), islice(slots, _RUN)))
+        run = sorted(_packed(islice(texts, _RUN), islice(slots, _RUN)))
         if not run:
             break
         runs.append(run)
+    return _merged(runs)
+
+
+def _packed(texts: Iterable[str], slots: Iterable[int]) -> Iterator[float]:
+    """Each text's key: its hash times 2**21 plus its slot, in floats (exact below 2**53):
+    the same keys as float(hash << 21 | slot), by three steps a key instead of four."""
+    hashes = map(and_, map(hash, texts), repeat(_HASH_MASK))
+    return map(add, map(mul, hashes, repeat(_SLOT_SCALE)), slots)
+
+
+def _merged(runs: list[Sequence[float]]) -> array[float]:
+    """Sorted runs of keys in one sorted array, a range of keys at a time (the keys are
+    hashes, spread evenly: each range takes its part of every run, found by bisection,
+    and sorts about _RUN keys); the runs are emptied."""
     pieces: list[array[float]] = []
     parts = max(1, sum(map(len, runs)) // _RUN)
     top = float((_HASH_MASK + 1) << _SLOT_BITS)  # above every key
@@ -268,6 +285,38 @@ def _sorted_keys(texts: Iterator[str], slots: Iterator[int]) -> array[float]:
     keys = _joined(pieces, "d")
     pieces.clear()
     return keys
+
+
+class _Keys:
+    """A packed HashIndex's keys gathered a chunk of the file at a time, while its texts
+    exist: each hashed where it was read, not cut again out of its column (a million
+    strings made and hashed once more, each index); sorted in runs of _RUN or more, each
+    kept as an array (8 bytes a key, not a float object's 32)."""
+
+    def __init__(self) -> None:
+        self.runs: list[Sequence[float]] = []
+        self.pending: list[float] = []
+        self.taken = 0  # keys added
+
+    def add(self, texts: Iterable[str], slots: Iterable[int]) -> None:
+        before = len(self.pending)
+        self.pending += _packed(texts, slots)
+        self.taken += len(self.pending) - before
+        if len(self.pending) >= _RUN:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.pending.sort()
+        self.runs.append(array("d", self.pending))
+        self.pending = []
+
+    def index(self) -> HashIndex:
+        """The index of every text added (their slots below 2**21: see HashIndex)."""
+        if self.pending:
+            self._flush()
+        index = HashIndex((), (), 0)
+        index.keys = _merged(self.runs)
+        return index
 
 
 class _Slots:
@@ -293,10 +342,16 @@ class Roster(Sequence[Subscriber]):
         rows: array[int],
         place: array[int],  # index into places
         places: list[tuple[str, Address]],  # (serving node, building)
+        indexes: tuple[HashIndex, HashIndex] | None = None,  # by account, by phone (made
+        # as the file was read: see _Keys); None: made here
     ) -> None:
         self.accounts, self.phones, self.flats, self.ips = accounts, phones, flats, ips
         self.rows, self.place, self.places = rows, place, places
-        self._index()
+        if indexes is None:
+            self._index()
+        else:
+            self._by_account, self._by_phone = (index.bucketed() for index in indexes)
+            self._seed = hash(_SEED)
 
     def _index(self) -> None:
         n = len(self)
@@ -885,16 +940,39 @@ def read_rows(
     """Subscribers from CSV rows (the header first), and a sentence for each row that could
     not be used. Rows are taken a chunk at a time into columns: at no time is there a
     Python object per subscriber."""
+    roster, problems, _ = _read_rows(rows, path, topology, plan)
+    return roster, problems
+
+
+class _Routers:
+    """The accounts and ips of the subscribers with a router, in the roster's order, kept
+    as the file is read, a chunk's in one text a line each (no value holds a line break:
+    see bad_character) for `with_cpes`, which splits them: each string made in one call,
+    not cut out of its column by two (a slice and the cut). Not the strings read: those
+    lie scattered among the row's freed ones, and a process forked after the load wrote
+    into their half-empty pages as it allocated (16 MiB more of its own)."""
+
+    __slots__ = ("accounts", "ips")
+
+    def __init__(self) -> None:
+        self.accounts: list[str] = []
+        self.ips: list[str] = []
+
+
+def _read_rows(
+    rows: Iterator[list[str]], path: Path, topology: Topology, plan: PhonePlan
+) -> tuple[Roster, list[str], _Routers | None]:
+    """read_rows, and the routers as read (None: made from the roster's columns)."""
     header = [h.strip() for h in next(rows, [])]
     missing = [c for c in COLUMNS if c not in header]
-    empty = Roster(Column(), Column(), Column(), Column(), array("I"), array("I"), [])
     if missing:
         # A spreadsheet's export in a locale that writes ';' or tabs between fields.
         other = next((sep for sep in (";", "\t") if len(header) == 1 and sep in header[0]), "")
         hint = (f" (its fields are separated by {'tabs' if other == chr(9) else repr(other)}: "
                 "the file must be comma-separated)") if other else ""  # fmt: skip
+        empty = Roster(Column(), Column(), Column(), Column(), array("I"), array("I"), [])
         return empty, [f"{path}: the header lacks column(s) {', '.join(missing)}{hint}; "
-                       f"it must name {','.join(COLUMNS)}."]  # fmt: skip
+                       f"it must name {','.join(COLUMNS)}."], None  # fmt: skip
     problems: list[tuple[int, str]] = []
     ia, iph, iad, ifl, iip = (header.index(c) for c in COLUMNS)
     at = (ia, iph, iad, ifl, iip)
@@ -910,6 +988,9 @@ def read_rows(
     accounts, phones, flats, ips = (_ColumnBuilder() for _ in range(4))
     numbers: list[array[int]] = []  # each chunk's, joined at the end (see _joined)
     place_of: list[array[int]] = []
+    # The indexes' keys, each text hashed as read (see _Keys); slots: positions in the roster.
+    accounts_keys, phones_keys, ips_keys = _Keys(), _Keys(), _Keys()
+    routers = _Routers()
     row_number = 1
     while True:
         chunk = list(islice(rows, CHUNK_ROWS))
@@ -919,6 +1000,7 @@ def read_rows(
         if done is not None:  # every row of the chunk good, read column by column
             for builder, column in zip((accounts, phones, flats, ips), done[:4], strict=True):
                 builder.extend(column)
+            _keyed(done[0], done[1], done[3], accounts_keys, phones_keys, ips_keys, routers)
             numbers.append(array("I", range(row_number + 1, row_number + 1 + len(chunk))))
             place_of.append(array("I", done[4]))
             row_number += len(chunk)
@@ -1034,30 +1116,62 @@ def read_rows(
         phones.extend(c_phones)
         flats.extend(c_flats)
         ips.extend(c_ips)
+        _keyed(c_accounts, c_phones, c_ips, accounts_keys, phones_keys, ips_keys, routers)
         # As arrays: the chunk's int objects are freed here, 2,000 at a time. Kept as lists
         # to the end, the million were freed in one cascade as this function returned,
         # holding the interpreter's lock (and a reload's event loop) for ~40 ms.
         numbers.append(array("I", c_rows))
         place_of.append(array("I", c_places))
+    total = accounts_keys.taken
+    made = total <= _SLOT_MASK  # else more positions than the packing holds: made anew
     roster = Roster(
         accounts.done(), phones.done(), flats.done(), ips.done(), _joined(numbers, "I"),
         _joined(place_of, "I"), places.places,
+        (accounts_keys.index(), phones_keys.index()) if made else None,
     )  # fmt: skip
-    roster, more = _without_duplicates(roster)
+    kept, more = _without_duplicates(roster, ips_keys.index() if made else None)
     problems += more
     problems.sort(key=lambda p: p[0])
-    return roster, [f"{path}: row {n}: {text}" for n, text in problems]
+    # The routers as read, unless a duplicate was left out of the roster since.
+    return kept, [f"{path}: row {n}: {text}" for n, text in problems], (
+        routers if kept is roster else None)  # fmt: skip
 
 
-def _without_duplicates(roster: Roster) -> tuple[Roster, list[tuple[int, str]]]:
+def _keyed(accounts: list[str], phones: list[str], ips: list[str], by_account: _Keys,
+           by_phone: _Keys, by_ip: _Keys, routers: _Routers) -> None:  # fmt: skip
+    """A chunk's keys added to the indexes: its accounts, each number it gives (a
+    subscriber's numbers are joined by ";"), its ips given; at their positions next. And
+    its routers' accounts and ips (see _Routers)."""
+    at = by_account.taken
+    by_account.add(accounts, count(at))
+    if ";" in "".join(phones):  # several numbers for some: one entry per number
+        numbers = [p.split(";") for p in phones]
+        owners = chain.from_iterable(map(repeat, count(at), map(len, numbers)))
+        split = list(chain.from_iterable(numbers))
+        by_phone.add(compress(split, split), compress(owners, split))
+    else:
+        by_phone.add(compress(phones, phones), compress(count(at), phones))
+    given = list(compress(ips, ips))
+    by_ip.add(given, compress(count(at), ips))
+    if given:
+        routers.ips.append("\n".join(given))
+        routers.accounts.append("\n".join(compress(accounts, ips)))
+
+
+def _without_duplicates(roster: Roster, by_ip: HashIndex | None = None
+                        ) -> tuple[Roster, list[tuple[int, str]]]:  # fmt: skip
     """A second account of the same number, or a second router at one ip, is left out
     (the first row keeps it). Only the rows whose hashes collide are looked at, in row
-    order, as a single pass over every row would."""
+    order, as a single pass over every row would. `by_ip`: the given ips' index by their
+    subscribers' positions, when made as the file was read."""
     suspects = set(roster._by_account.collisions())
-    with_ip = _filled(roster.ips)
-    given = filter(None, _texts(roster.ips))  # the ips given, in order (with_ip's)
-    by_ip = HashIndex(given, range(len(with_ip)), len(with_ip))
-    suspects.update(with_ip[i] for i in by_ip.collisions())
+    if by_ip is not None:
+        suspects.update(by_ip.collisions())
+    else:
+        with_ip = _filled(roster.ips)
+        given = filter(None, _texts(roster.ips))  # the ips given, in order (with_ip's)
+        by_ip = HashIndex(given, range(len(with_ip)), len(with_ip))
+        suspects.update(with_ip[i] for i in by_ip.collisions())
     if not suspects:
         return roster, []
     problems: list[tuple[int, str]] = []
@@ -1085,8 +1199,10 @@ def parse_csv(text: str, path: Path, topology: Topology) -> tuple[list[Subscribe
     return list(roster), problems
 
 
-def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber]) -> Topology:
-    """The topology plus a probed `cpe` node under the serving node of each subscriber with ip."""
+def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber],
+              made: _Routers | None = None) -> Topology:  # fmt: skip
+    """The topology plus a probed `cpe` node under the serving node of each subscriber with
+    ip (`made`: their ids and ips made as this roster was read, taken from it)."""
     roster = subscribers if isinstance(subscribers, Roster) else Roster.of(subscribers)
     # One uplink tuple per serving node, shared by its routers.
     uplinks = [(serving,) for serving, _ in roster.places]
@@ -1099,11 +1215,24 @@ def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber]) ->
     # list of a million routers beside its dict). Named by its id (the same string:
     # "cpe:ACCOUNT" says whose it is), line 0 (its row is the roster's): two objects
     # fewer a router, ~80 MiB at a million.
-    ids = map("cpe:".__add__, compress(_texts(roster.accounts), with_ip()))
-    ips = filter(None, _texts(roster.ips))
+    ids: Iterable[str]
+    ips: Iterable[str]
+    if made is not None:  # kept as read: split, not cut out of the columns (see _Routers)
+        ids = map("cpe:".__add__, _lines(made.accounts))
+        ips = _lines(made.ips)
+    else:
+        ids = map("cpe:".__add__, compress(_texts(roster.accounts), with_ip()))
+        ips = filter(None, _texts(roster.ips))
     ups = map(uplinks.__getitem__, compress(roster.place, with_ip()))
     routers = (Node(n, "cpe", ip, up, n) for n, ip, up in zip(ids, ips, ups, strict=True))
     return Topology(list(topology.nodes.values()), routers)
+
+
+def _lines(texts: list[str]) -> Iterator[str]:
+    """The lines of each text in order, each text let go of once split."""
+    texts.reverse()
+    while texts:
+        yield from texts.pop().split("\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1127,9 +1256,9 @@ def load(topology_path: Path, subscribers_path: Path | None, phones: PhonePlan =
         topo = topology_mod.load(topology_path)
         if subscribers_path is None:
             return Loaded(Directory(topo, [], phones), [])
-        roster, problems = _read_file(subscribers_path, topo, phones)
+        roster, problems, routers = _read_file(subscribers_path, topo, phones)
         release_free_memory()  # the chunks' and the sorts' buffers, before the routers
-        loaded = Loaded(Directory(with_cpes(topo, roster), roster, phones), problems)
+        loaded = Loaded(Directory(with_cpes(topo, roster, routers), roster, phones), problems)
         release_free_memory()
         return loaded
     finally:
@@ -1173,7 +1302,8 @@ def release_free_memory() -> None:
         _TRIM(0)
 
 
-def _read_file(path: Path, topology: Topology, phones: PhonePlan) -> tuple[Roster, list[str]]:
+def _read_file(path: Path, topology: Topology, phones: PhonePlan
+               ) -> tuple[Roster, list[str], _Routers | None]:  # fmt: skip
     try:
         # utf-8-sig: CRM exports often start with a byte-order mark
         with path.open(encoding="utf-8-sig", newline="") as f:
@@ -1182,7 +1312,7 @@ def _read_file(path: Path, topology: Topology, phones: PhonePlan) -> tuple[Roste
             # anew after each such hand-back; read 8 KiB at a time (the default: a read
             # every ~0.5 ms), it waited through all of them, 0.2-1.1 s on a quiet machine.
             f._CHUNK_SIZE = READ_BUFFER  # type: ignore[attr-defined]  # CPython's, settable
-            return read_rows(csv.reader(f), path, topology, phones)
+            return _read_rows(csv.reader(f), path, topology, phones)
     except FileNotFoundError:
         raise TopologyError([f"{path}: no such file."]) from None
     except UnicodeDecodeError as e:
