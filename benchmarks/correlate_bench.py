@@ -365,7 +365,9 @@ class Holds:
             self.over10 += late > 0.01
             own = late
             if queued is not None:
-                own = late - (queued() - waited)
+                # (at least 0: with no other thread busy, the loop's wait for a core
+                # adds no CPU to take away; the figure may undercount, never below 0)
+                own = max(0.0, late - (queued() - waited))
                 self.worst_own = max(self.worst_own, own)
                 self.over_own += own > 0.02
             if late > 0.005:  # where the other threads are now (just past the hold)
