@@ -624,3 +624,16 @@ async def test_a_suspicion_never_confirmed_is_in_no_report(fresh_db: str) -> Non
             await conn.execute("update incident set raised_by = 'calls' where id in (7, 8)")
         after = [await get(server, path, **params, **period) for path, params in paths]
         assert after == before
+
+
+def test_the_calls_buckets_begin_at_the_second_their_times_are_written_with() -> None:
+    # A period asked from 04:52:00.6: the minute of 04:53:00 was counted in the bucket
+    # written "04:52:00" (it began 0.6 s later than it said).
+    from outagemon.http import figures as http_figures
+
+    minute = datetime(2026, 12, 1, 4, 53, tzinfo=UTC).timestamp()
+    report = http_figures.Report(incidents=[], blind=[], calls=[(minute, 9, 7)], places={})
+    body = http_figures.calls(report, minute - 59.4, minute + 120, 60, minute + 120)
+    hit = [b for b in body["buckets"] if b["calls_per_minute"]]
+    assert [b["calls_per_minute"] for b in hit] == [7.0]
+    assert seconds(hit[0]["at"]) <= minute < seconds(hit[0]["at"]) + 60

@@ -12,6 +12,7 @@ by the tests) is figured here for the incidents, in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -287,6 +288,9 @@ def availability(rt: Runtime, report: Report, start: float, end: float, group: s
 def calls(report: Report, start: float, end: float, step: float,
           now: float) -> dict[str, Any]:  # fmt: skip
     """Calls a minute that named an incident, and incidents open, per `step` seconds."""
+    # Buckets from a whole second, as their times are written: from 04:52:00.6 a bucket
+    # written "04:52:00" held the calls of 04:53:00.
+    start = math.floor(start)
     source = "per_minute" if report.calls else "incident_totals"
     minutes = [(t, named) for t, _, named in report.calls] if report.calls else None
     series = figures.calls_per_minute(report.incidents, start, end, step, now, minutes)
