@@ -601,3 +601,32 @@ def test_a_load_cuts_no_string_out_of_its_columns_again(
             assert d.subscribers.by_phone(p) == roster.by_phone(p)
         assert d.subscribers.by_account(s.account) == roster.by_account(s.account)
     assert d.phone("8 921 999 07 77").nodes == ("cpe:5007",)
+
+
+def test_a_column_of_thousands_is_kept_in_texts_of_a_span_each_and_reads_as_given() -> None:
+    # A reload's thread made each column's one text by one call into C (4-12 MiB copied
+    # into new memory at a million, the event loop waiting): texts of _SPAN strings each
+    # instead, read across their edges (an empty string at an edge, a router's ip or none)
+    # as the strings given.
+    n = 2 * directory._SPAN + 5
+    edges = {0, directory._SPAN - 1, directory._SPAN, 2 * directory._SPAN, n - 1}
+    key = next(iter(TOPO.served))
+    building, serving = TOPO.served[key][0][0].address, TOPO.served[key][0][1]
+    subs = [
+        directory.Subscriber(f"a{i}", () if i in edges else (f"+7921{i:07d}",), building,
+                             "" if i in edges else str(i % 7), None if i % 3 else
+                             f"127.0.{i // 250 + 1}.{i % 250 + 1}", serving, i + 2)
+        for i in range(n)
+    ]  # fmt: skip
+    roster = directory.Roster.of(subs)
+    for column in (roster.accounts, roster.phones, roster.flats, roster.ips):
+        assert len(column.texts) == 3 and len(column) == n
+    assert list(roster) == subs
+    assert [r[4] for r in roster.records()] == [s.ip for s in subs]
+    assert directory._filled(roster.ips) == [i for i, s in enumerate(subs) if s.ip]
+    for i in [*sorted(edges), 1, directory._SPAN + 1]:
+        assert roster.by_account(f"a{i}") == i
+        assert roster.by_phone(f"+7921{i:07d}") == ([] if i in edges else [i])
+    kept = roster.without({0, directory._SPAN})
+    assert list(kept) == [s for i, s in enumerate(subs) if i not in (0, directory._SPAN)]
+    assert kept.by_account(f"a{directory._SPAN + 1}") == directory._SPAN - 1

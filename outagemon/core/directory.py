@@ -79,48 +79,65 @@ def cpe_id(account: str) -> str:
 # -- columns ---------------------------------------------------------------------------
 
 
+_SHIFT = 12
+_SPAN = 1 << _SHIFT  # strings in each of a Column's texts
+_IN_SPAN = _SPAN - 1
+
+
 class Column:
-    """Strings kept as one text and the end offset of each: one object for a million
-    (offsets are 32-bit: up to 4 Gi characters a column)."""
+    """Strings kept as texts of _SPAN strings each (the last fewer) and the end offset of
+    each string in its text: ~250 objects for a million, not a million. (One text for the
+    whole column was made by one call into C copying 4-12 MiB into new memory, the
+    interpreter's lock held, and a reload's event loop beside it, for up to 20 ms.)"""
 
-    __slots__ = ("ends", "text")
+    __slots__ = ("ends", "texts")
 
-    def __init__(self, text: str = "", ends: array[int] | None = None) -> None:
-        self.text = text
+    def __init__(self, texts: list[str] | None = None, ends: array[int] | None = None) -> None:
+        self.texts: list[str] = texts if texts is not None else []
         self.ends: array[int] = ends if ends is not None else array("I")
 
     @classmethod
     def of(cls, values: Iterable[str]) -> Column:
-        values = list(values)
-        return cls("".join(values), array("I", accumulate(map(len, values))))
+        builder = _ColumnBuilder()
+        builder.extend(list(values))
+        return builder.done()
 
     def __len__(self) -> int:
         return len(self.ends)
 
     def __getitem__(self, i: int) -> str:
         ends = self.ends
-        return self.text[ends[i - 1] if i else 0 : ends[i]]
+        return self.texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
 
 
 _N = TypeVar("_N", int, float)
 
 
 class _ColumnBuilder:
-    """A Column made a chunk at a time (the chunk's texts joined, its offsets an array)."""
+    """A Column made a chunk at a time: each _SPAN strings joined as they come, their
+    offsets an array."""
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        self.texts: list[str] = []
         self.ends: list[array[int]] = []
-        self.size = 0
+        self.pending: list[str] = []
 
     def extend(self, values: list[str]) -> None:
-        self.parts.append("".join(values))
-        self.ends.append(array("I", islice(accumulate(map(len, values), initial=self.size), 1,
-                                           None)))  # fmt: skip
-        self.size += len(self.parts[-1])
+        pending = self.pending
+        pending += values
+        while len(pending) >= _SPAN:
+            self._span(pending[:_SPAN])
+            del pending[:_SPAN]
+
+    def _span(self, values: list[str]) -> None:
+        self.texts.append("".join(values))
+        self.ends.append(array("I", accumulate(map(len, values))))
 
     def done(self) -> Column:
-        return Column("".join(self.parts), _joined(self.ends, "I"))
+        if self.pending:
+            self._span(self.pending)
+            self.pending = []
+        return Column(self.texts, _joined(self.ends, "I"))
 
 
 def _joined(parts: Sequence[array[_N]], typecode: str) -> array[_N]:
@@ -357,7 +374,8 @@ class Roster(Sequence[Subscriber]):
         n = len(self)
         self._by_account = HashIndex(_texts(self.accounts), range(n), n).bucketed()
         phones = self.phones
-        if ";" in phones.text:  # several numbers for some: one entry per number
+        if any(";" in text for text in phones.texts):  # several numbers for some: one
+            # entry per number
             numbers: list[str] = []
             owners: list[int] = []
             for i, written in enumerate(_texts(phones)):
@@ -421,16 +439,16 @@ class Roster(Sequence[Subscriber]):
         serving, address = self.places[self.place[i]]
         column = self.accounts
         ends = column.ends
-        account = column.text[ends[i - 1] if i else 0 : ends[i]]
+        account = column.texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
         column = self.phones
         ends = column.ends
-        phones = column.text[ends[i - 1] if i else 0 : ends[i]]
+        phones = column.texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
         column = self.flats
         ends = column.ends
-        flat = column.text[ends[i - 1] if i else 0 : ends[i]]
+        flat = column.texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
         column = self.ips
         ends = column.ends
-        ip = column.text[ends[i - 1] if i else 0 : ends[i]]
+        ip = column.texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
         if ip:
             return Subscriber(account, tuple(phones.split(";")) if phones else (), address,
                               flat, ip, serving, self.rows[i], "cpe:" + account)  # fmt: skip
@@ -474,13 +492,13 @@ class Roster(Sequence[Subscriber]):
         bucket = h >> index.shift
         end = index.starts[bucket + 1]
         at = bisect_left(keys, float(h << _SLOT_BITS), index.starts[bucket], end)
-        text, ends = self.accounts.text, self.accounts.ends
+        texts, ends = self.accounts.texts, self.accounts.ends
         while at < end:
             k = int(keys[at])
             if k >> _SLOT_BITS != h:
                 return None
             i = k & _SLOT_MASK
-            if text[ends[i - 1] if i else 0 : ends[i]] == account:
+            if texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]] == account:
                 return i
             at += 1
         return None
@@ -502,13 +520,13 @@ class Roster(Sequence[Subscriber]):
         bucket = h >> index.shift
         end = index.starts[bucket + 1]
         at = bisect_left(keys, float(h << _SLOT_BITS), index.starts[bucket], end)
-        text, ends = self.phones.text, self.phones.ends
+        texts, ends = self.phones.texts, self.phones.ends
         while at < end:
             k = int(keys[at])
             if k >> _SLOT_BITS != h:
                 break
             i = k & _SLOT_MASK
-            found = text[ends[i - 1] if i else 0 : ends[i]]
+            found = texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
             if found == phone or phone in found.split(";"):
                 out.append(i)
             at += 1
@@ -549,21 +567,26 @@ _SEED = "outagemon.directory"
 
 def _texts(column: Column, positions: Iterable[int] | None = None) -> Iterator[str]:
     """The column's strings in order (or those at `positions`), one at a time."""
-    text, ends = column.text, column.ends
     if positions is None:
-        return map(text.__getitem__, map(slice, chain((0,), ends), ends))
+        return chain.from_iterable(map(_strings, column.texts, _spans(column.ends)))
     return map(column.__getitem__, positions)
+
+
+def _spans(ends: array[int]) -> Iterator[array[int]]:
+    """The ends of each of a Column's texts (see Column)."""
+    return (ends[i : i + _SPAN] for i in range(0, len(ends), _SPAN))
+
+
+def _strings(text: str, ends: array[int]) -> Iterator[str]:
+    """The strings of one of a Column's texts, by their ends in it."""
+    return map(text.__getitem__, map(slice, chain((0,), ends), ends))
 
 
 def _filled(column: Column) -> list[int]:
     """Positions of the column's non-empty strings."""
-    ends = column.ends
     filled: list[int] = []
-    for i in range(0, len(ends), _RUN):  # a run at a time: see _sorted_keys
-        part = ends[i : i + _RUN]
-        filled += compress(
-            range(i, i + len(part)), map(ne, part, chain((ends[i - 1] if i else 0,), part))
-        )
+    for i, part in zip(count(0, _SPAN), _spans(column.ends)):  # a text's at a time
+        filled += compress(range(i, i + len(part)), map(ne, part, chain((0,), part)))
     return filled
 
 
