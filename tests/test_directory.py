@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -630,3 +631,34 @@ def test_a_column_of_thousands_is_kept_in_texts_of_a_span_each_and_reads_as_give
     kept = roster.without({0, directory._SPAN})
     assert list(kept) == [s for i, s in enumerate(subs) if i not in (0, directory._SPAN)]
     assert kept.by_account(f"a{directory._SPAN + 1}") == directory._SPAN - 1
+
+
+def test_sorted_runs_merge_into_keys_grown_a_piece_at_a_time() -> None:
+    # The merged keys are the runs' keys sorted; the pieces are not kept beside them to be
+    # joined at the end (a copy of every key more, made by one call into C holding the
+    # interpreter's lock, a reload's event loop beside it).
+    import random
+    import tracemalloc
+    from array import array
+
+    rng = random.Random(7)
+    top = float((directory._HASH_MASK + 1) << directory._SLOT_BITS)
+    keys = [float(int(rng.random() * top)) for _ in range(60 * directory._RUN)]
+    runs: list[Sequence[float]] = [
+        array("d", sorted(keys[i : i + directory._RUN]))
+        for i in range(0, len(keys), directory._RUN)
+    ]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        merged = directory._merged(runs)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert list(merged) == sorted(keys) and runs == []
+    assert peak < 1.5 * 8 * len(keys)  # the keys once (and a piece), not twice
+    assert list(directory._joined([array("I", [1, 2]), array("I"), array("I", [3])], "I")) == [
+        1,
+        2,
+        3,
+    ]

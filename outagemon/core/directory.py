@@ -141,15 +141,14 @@ class _ColumnBuilder:
 
 
 def _joined(parts: Sequence[array[_N]], typecode: str) -> array[_N]:
-    """The parts in one array, made at its size and filled a part at a time. (An array
-    grown by extend() outgrows its memory every sixteenth of its size, and is then copied
-    whole in one call into C: 4 MiB and more at a million entries, the interpreter's lock
-    held, and a reload's event loop beside it, for up to 25 ms each time.)"""
-    out = cast("array[_N]", array(typecode, [0])) * sum(map(len, parts))
-    at = 0
+    """The parts in one array, grown a part at a time. Made at its size at once (`array *
+    n`), its 4-8 MiB of new pages were faulted in by one call into C, the interpreter's
+    lock held, and a reload's event loop beside it, for 3-8 ms; grown, it is copied only
+    while small: from LARGE_BLOCK on it has pages of its own and grows by mremap() (see
+    map_large_blocks, which every load calls first), its new pages faulted a part at a time."""
+    out: array[_N] = array(typecode)
     for part in parts:
-        out[at : at + len(part)] = part
-        at += len(part)
+        out.extend(part)
     return out
 
 
@@ -284,7 +283,7 @@ def _merged(runs: list[Sequence[float]]) -> array[float]:
     """Sorted runs of keys in one sorted array, a range of keys at a time (the keys are
     hashes, spread evenly: each range takes its part of every run, found by bisection,
     and sorts about _RUN keys); the runs are emptied."""
-    pieces: list[array[float]] = []
+    keys = array("d")
     parts = max(1, sum(map(len, runs)) // _RUN)
     top = float((_HASH_MASK + 1) << _SLOT_BITS)  # above every key
     starts = [0] * len(runs)
@@ -296,11 +295,9 @@ def _merged(runs: list[Sequence[float]]) -> array[float]:
             piece += run[starts[r] : end]
             starts[r] = end
         piece.sort()
-        pieces.append(array("d", piece))
+        keys.fromlist(piece)  # grown a piece at a time: see _joined
     while runs:  # a run freed at a time: the million floats freed at once took 30 ms
         runs.pop()
-    keys = _joined(pieces, "d")
-    pieces.clear()
     return keys
 
 
