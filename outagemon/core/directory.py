@@ -371,8 +371,8 @@ class Roster(Sequence[Subscriber]):
         n = len(self)
         self._by_account = HashIndex(_texts(self.accounts), range(n), n).bucketed()
         phones = self.phones
-        if any(";" in text for text in phones.texts):  # several numbers for some: one
-            # entry per number
+        # Several numbers for some: one entry per number.
+        if any(";" in text for text in phones.texts):
             numbers: list[str] = []
             owners: list[int] = []
             for i, written in enumerate(_texts(phones)):
