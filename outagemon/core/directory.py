@@ -79,16 +79,18 @@ def cpe_id(account: str) -> str:
 # -- columns ---------------------------------------------------------------------------
 
 
-_SHIFT = 12
-_SPAN = 1 << _SHIFT  # strings in each of a Column's texts
+# Strings in each of a Column's texts: each text is made by one call into C (~200 KiB),
+# and a forked process that reads it writes into one page of it (its count of references).
+_SHIFT = 14
+_SPAN = 1 << _SHIFT
 _IN_SPAN = _SPAN - 1
 
 
 class Column:
     """Strings kept as texts of _SPAN strings each (the last fewer) and the end offset of
-    each string in its text: ~250 objects for a million, not a million. (One text for the
-    whole column was made by one call into C copying 4-12 MiB into new memory, the
-    interpreter's lock held, and a reload's event loop beside it, for up to 20 ms.)"""
+    each string in its text: ~60 objects for a million (offsets are 32-bit). One text for
+    the whole column was made by one call into C copying 4-12 MiB into new memory, the
+    interpreter's lock held, and a reload's event loop beside it, for up to 20 ms."""
 
     __slots__ = ("ends", "texts")
 
