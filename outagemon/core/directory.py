@@ -100,8 +100,9 @@ class Column:
 
     @classmethod
     def of(cls, values: Iterable[str]) -> Column:
-        builder = _ColumnBuilder()
-        builder.extend(list(values))
+        builder, values = _ColumnBuilder(), iter(values)
+        while part := list(islice(values, _SPAN)):
+            builder.extend(part)
         return builder.done()
 
     def __len__(self) -> int:
