@@ -623,6 +623,12 @@ def test_a_column_of_thousands_is_kept_in_texts_of_a_span_each_and_reads_as_give
     for column in (roster.accounts, roster.phones, roster.flats, roster.ips):
         assert len(column.texts) == 3 and len(column) == n
     assert list(roster) == subs
+    for size in (2000, 3):  # a load's chunks, cut at the texts' edges
+        builder, flats = directory._ColumnBuilder(), [s.flat for s in subs]
+        for i in range(0, n, size):
+            builder.extend(flats[i : i + size])
+        column = builder.done()
+        assert len(column.texts) == 3 and [column[i] for i in range(n)] == flats
     assert [r[4] for r in roster.records()] == [s.ip for s in subs]
     assert directory._filled(roster.ips) == [i for i, s in enumerate(subs) if s.ip]
     for i in [*sorted(edges), 1, directory._SPAN + 1]:

@@ -117,29 +117,37 @@ _N = TypeVar("_N", int, float)
 
 
 class _ColumnBuilder:
-    """A Column made a chunk at a time: each _SPAN strings joined as they come, their
-    offsets an array."""
+    """A Column made a chunk at a time: each chunk's strings joined as they come (and
+    let go of), the chunks' texts joined again _SPAN strings at a time, their offsets
+    arrays."""
 
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.ends: list[array[int]] = []
-        self.pending: list[str] = []
+        self.parts: list[str] = []  # the next text's, so far
+        self.size = 0  # characters in parts
+        self.taken = 0  # strings in parts
 
     def extend(self, values: list[str]) -> None:
-        pending = self.pending
-        pending += values
-        while len(pending) >= _SPAN:
-            self._span(pending[:_SPAN])
-            del pending[:_SPAN]
+        at = 0
+        while at < len(values):
+            part = values[at : at + _SPAN - self.taken]  # up to the next text's edge
+            at += len(part)
+            self.parts.append("".join(part))
+            self.ends.append(array("I", islice(accumulate(map(len, part), initial=self.size),
+                                               1, None)))  # fmt: skip
+            self.size += len(self.parts[-1])
+            self.taken += len(part)
+            if self.taken == _SPAN:
+                self._text()
 
-    def _span(self, values: list[str]) -> None:
-        self.texts.append("".join(values))
-        self.ends.append(array("I", accumulate(map(len, values))))
+    def _text(self) -> None:
+        self.texts.append("".join(self.parts))
+        self.parts, self.size, self.taken = [], 0, 0
 
     def done(self) -> Column:
-        if self.pending:
-            self._span(self.pending)
-            self.pending = []
+        if self.parts:
+            self._text()
         return Column(self.texts, _joined(self.ends, "I"))
 
 
