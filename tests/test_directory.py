@@ -604,11 +604,16 @@ def test_a_load_cuts_no_string_out_of_its_columns_again(
     assert d.phone("8 921 999 07 77").nodes == ("cpe:5007",)
 
 
-def test_a_column_of_thousands_is_kept_in_texts_of_a_span_each_and_reads_as_given() -> None:
+def test_a_column_of_thousands_is_kept_in_texts_of_a_span_each_and_reads_as_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # A reload's thread made each column's one text by one call into C (4-12 MiB copied
     # into new memory at a million, the event loop waiting): texts of _SPAN strings each
     # instead, read across their edges (an empty string at an edge, a router's ip or none)
-    # as the strings given.
+    # as the strings given. Texts of 4,096 strings here: a smaller world.
+    monkeypatch.setattr(directory, "_SHIFT", 12)
+    monkeypatch.setattr(directory, "_SPAN", 1 << 12)
+    monkeypatch.setattr(directory, "_IN_SPAN", (1 << 12) - 1)
     n = 2 * directory._SPAN + 5
     edges = {0, directory._SPAN - 1, directory._SPAN, 2 * directory._SPAN, n - 1}
     key = next(iter(TOPO.served))

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, compress, count, islice, repeat
 from operator import add, and_, attrgetter, eq, getitem, gt, is_, lt, mul, ne, sub
 from pathlib import Path
-from typing import TypeVar, cast, overload
+from typing import Any, TypeVar, cast, overload
 
 from rapidfuzz import fuzz, process
 
@@ -79,16 +79,19 @@ def cpe_id(account: str) -> str:
 # -- columns ---------------------------------------------------------------------------
 
 
-# Strings in each of a Column's texts: each text is made by one call into C (~200 KiB),
-# and a forked process that reads it writes into one page of it (its count of references).
-_SHIFT = 14
+# Strings in each of a Column's texts: ~1-1.5 MiB of a million-entry column's text, made
+# by one call into C (~1-2 ms), in pages of its own (see map_large_blocks). Texts of
+# 16,384 strings (~200 KiB) lay inside the heap, which the load's later allocations then
+# grew around: its peak 28 MiB higher. A forked process that reads a text writes into one
+# page of it (its count of references).
+_SHIFT = 17
 _SPAN = 1 << _SHIFT
 _IN_SPAN = _SPAN - 1
 
 
 class Column:
     """Strings kept as texts of _SPAN strings each (the last fewer) and the end offset of
-    each string in its text: ~60 objects for a million (offsets are 32-bit). One text for
+    each string in its text: 8 objects for a million (offsets are 32-bit). One text for
     the whole column was made by one call into C copying 4-12 MiB into new memory, the
     interpreter's lock held, and a reload's event loop beside it, for up to 20 ms."""
 
@@ -152,15 +155,38 @@ class _ColumnBuilder:
 
 
 def _joined(parts: Sequence[array[_N]], typecode: str) -> array[_N]:
-    """The parts in one array, grown a part at a time. Made at its size at once (`array *
-    n`), its 4-8 MiB of new pages were faulted in by one call into C, the interpreter's
-    lock held, and a reload's event loop beside it, for 3-8 ms; grown, it is copied only
-    while small: from LARGE_BLOCK on it has pages of its own and grows by mremap() (see
-    map_large_blocks, which every load calls first), its new pages faulted a part at a time."""
-    out: array[_N] = array(typecode)
+    """The parts in one array, a part at a time (see _started)."""
+    out: array[_N] = _started(typecode, sum(map(len, parts)))
+    at = 0
     for part in parts:
-        out.extend(part)
+        _put(out, at, part)
+        at += len(part)
     return out
+
+
+def _started(typecode: str, size: int) -> array[Any]:
+    """An array to be filled by _put with `size` entries: made at LARGE_BLOCK (or `size`)
+    now, to grow from there by extend(). Made at its full size at once, its 4-8 MiB of new
+    pages were faulted in by one call into C, the interpreter's lock held, and a reload's
+    event loop beside it, for 3-8 ms; grown from nothing, it was copied inside the heap
+    at each sixteenth until LARGE_BLOCK, leaving the copies' pages behind. From LARGE_BLOCK
+    on it has pages of its own and grows by mremap(), without a copy (see
+    map_large_blocks, which every load calls first), its new pages faulted a part at a
+    time."""
+    zero = array(typecode, [0])
+    return zero * min(size, LARGE_BLOCK // zero.itemsize)
+
+
+def _put(out: array[_N], at: int, part: array[_N]) -> None:
+    """`part` written into `out` from `at` (at most its length), `out` grown past its end."""
+    room = len(out) - at
+    if room >= len(part):
+        out[at : at + len(part)] = part
+        return
+    if room > 0:
+        out[at:] = part[:room]
+        part = part[room:]
+    out.extend(part)
 
 
 _SLOT_BITS = 21  # an entry's position in the packed key: up to 2,097,152 positions
@@ -294,8 +320,10 @@ def _merged(runs: list[Sequence[float]]) -> array[float]:
     """Sorted runs of keys in one sorted array, a range of keys at a time (the keys are
     hashes, spread evenly: each range takes its part of every run, found by bisection,
     and sorts about _RUN keys); the runs are emptied."""
-    keys = array("d")
-    parts = max(1, sum(map(len, runs)) // _RUN)
+    total = sum(map(len, runs))
+    keys: array[float] = _started("d", total)
+    at = 0
+    parts = max(1, total // _RUN)
     top = float((_HASH_MASK + 1) << _SLOT_BITS)  # above every key
     starts = [0] * len(runs)
     for part in range(1, parts + 1):
@@ -306,7 +334,8 @@ def _merged(runs: list[Sequence[float]]) -> array[float]:
             piece += run[starts[r] : end]
             starts[r] = end
         piece.sort()
-        keys.fromlist(piece)  # grown a piece at a time: see _joined
+        _put(keys, at, array("d", piece))  # a piece at a time: see _started
+        at += len(piece)
     while runs:  # a run freed at a time: the million floats freed at once took 30 ms
         runs.pop()
     return keys
@@ -592,9 +621,12 @@ def _strings(text: str, ends: array[int]) -> Iterator[str]:
 
 def _filled(column: Column) -> list[int]:
     """Positions of the column's non-empty strings."""
+    ends = column.ends
     filled: list[int] = []
-    for i, part in zip(count(0, _SPAN), _spans(column.ends)):  # a text's at a time
-        filled += compress(range(i, i + len(part)), map(ne, part, chain((0,), part)))
+    for i in range(0, len(ends), _RUN):  # a run at a time (see _sorted_keys): _RUN divides _SPAN
+        part = ends[i : i + _RUN]
+        before = ends[i - 1] if i & _IN_SPAN else 0  # a text's ends start from 0
+        filled += compress(range(i, i + len(part)), map(ne, part, chain((before,), part)))
     return filled
 
 
