@@ -168,11 +168,10 @@ def _started(typecode: str, size: int) -> array[Any]:
     """An array to be filled by _put with `size` entries: made at LARGE_BLOCK (or `size`)
     now, to grow from there by extend(). Made at its full size at once, its 4-8 MiB of new
     pages were faulted in by one call into C, the interpreter's lock held, and a reload's
-    event loop beside it, for 3-8 ms; grown from nothing, it was copied inside the heap
-    at each sixteenth until LARGE_BLOCK, leaving the copies' pages behind. From LARGE_BLOCK
-    on it has pages of its own and grows by mremap(), without a copy (see
-    map_large_blocks, which every load calls first), its new pages faulted a part at a
-    time."""
+    event loop beside it, for 3-8 ms. From LARGE_BLOCK on it has pages of its own and grows
+    by mremap(), without a copy (see map_large_blocks, which every load calls first), its
+    new pages faulted a part at a time; below, it would be copied inside the heap at each
+    sixteenth of its size."""
     zero = array(typecode, [0])
     return zero * min(size, LARGE_BLOCK // zero.itemsize)
 
