@@ -472,6 +472,7 @@ class _NoEngine:
     """The scheduler's engine, never asked to send here (no sockets in a benchmark)."""
 
     on_result: object = None
+    timeout = 0.0  # set by a reload (IcmpSource.retarget)
 
 
 def _timed(obj: object, name: str, into: list[tuple[float, float, str]]) -> None:
@@ -541,6 +542,7 @@ async def _reload(config_path: Path, holds: Holds, change: float = 0.0,
     monitor.correlator.tick(now)
     daemon.started = Started(monitor, writer)
     daemon.runtime.monitor = monitor
+    source.engine = _NoEngine()  # type: ignore[assignment]
     source.scheduler = Scheduler(_NoEngine(), lambda o: None, cfg.probe.interval,  # type: ignore[arg-type]
                                  cfg.probe.max_rate)  # fmt: skip
     source.retarget(daemon._targets(monitor), cfg.probe)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -601,3 +602,74 @@ def test_a_load_cuts_no_string_out_of_its_columns_again(
             assert d.subscribers.by_phone(p) == roster.by_phone(p)
         assert d.subscribers.by_account(s.account) == roster.by_account(s.account)
     assert d.phone("8 921 999 07 77").nodes == ("cpe:5007",)
+
+
+def test_a_column_of_thousands_is_kept_in_texts_of_a_span_each_and_reads_as_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A reload's thread made each column's one text by one call into C (4-12 MiB copied
+    # into new memory at a million, the event loop waiting): texts of _SPAN strings each
+    # instead, read across their edges (an empty string at an edge, a router's ip or none)
+    # as the strings given. Texts of 4,096 strings here: a smaller world.
+    monkeypatch.setattr(directory, "_SHIFT", 12)
+    monkeypatch.setattr(directory, "_SPAN", 1 << 12)
+    monkeypatch.setattr(directory, "_IN_SPAN", (1 << 12) - 1)
+    n = 2 * directory._SPAN + 5
+    edges = {0, directory._SPAN - 1, directory._SPAN, 2 * directory._SPAN, n - 1}
+    key = next(iter(TOPO.served))
+    building, serving = TOPO.served[key][0][0].address, TOPO.served[key][0][1]
+    subs = [
+        directory.Subscriber(f"a{i}", () if i in edges else (f"+7921{i:07d}",), building,
+                             "" if i in edges else str(i % 7), None if i % 3 else
+                             f"127.0.{i // 250 + 1}.{i % 250 + 1}", serving, i + 2)
+        for i in range(n)
+    ]  # fmt: skip
+    roster = directory.Roster.of(subs)
+    for column in (roster.accounts, roster.phones, roster.flats, roster.ips):
+        assert len(column.texts) == 3 and len(column) == n
+    assert list(roster) == subs
+    for size in (2000, 3):  # a load's chunks, cut at the texts' edges
+        builder, flats = directory._ColumnBuilder(), [s.flat for s in subs]
+        for i in range(0, n, size):
+            builder.extend(flats[i : i + size])
+        column = builder.done()
+        assert len(column.texts) == 3 and [column[i] for i in range(n)] == flats
+    assert [r[4] for r in roster.records()] == [s.ip for s in subs]
+    assert directory._filled(roster.ips) == [i for i, s in enumerate(subs) if s.ip]
+    for i in [*sorted(edges), 1, directory._SPAN + 1]:
+        assert roster.by_account(f"a{i}") == i
+        assert roster.by_phone(f"+7921{i:07d}") == ([] if i in edges else [i])
+    kept = roster.without({0, directory._SPAN})
+    assert list(kept) == [s for i, s in enumerate(subs) if i not in (0, directory._SPAN)]
+    assert kept.by_account(f"a{directory._SPAN + 1}") == directory._SPAN - 1
+
+
+def test_sorted_runs_merge_into_keys_grown_a_piece_at_a_time() -> None:
+    # The merged keys are the runs' keys sorted; the pieces are not kept beside them to be
+    # joined at the end (a copy of every key more, made by one call into C holding the
+    # interpreter's lock, a reload's event loop beside it).
+    import random
+    import tracemalloc
+    from array import array
+
+    rng = random.Random(7)
+    top = float((directory._HASH_MASK + 1) << directory._SLOT_BITS)
+    keys = [float(int(rng.random() * top)) for _ in range(60 * directory._RUN)]
+    runs: list[Sequence[float]] = [
+        array("d", sorted(keys[i : i + directory._RUN]))
+        for i in range(0, len(keys), directory._RUN)
+    ]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        merged = directory._merged(runs)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert list(merged) == sorted(keys) and runs == []
+    assert peak < 1.5 * 8 * len(keys)  # the keys once (and a piece), not twice
+    assert list(directory._joined([array("I", [1, 2]), array("I"), array("I", [3])], "I")) == [
+        1,
+        2,
+        3,
+    ]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, compress, count, islice, repeat
 from operator import add, and_, attrgetter, eq, getitem, gt, is_, lt, mul, ne, sub
 from pathlib import Path
-from typing import TypeVar, cast, overload
+from typing import Any, TypeVar, cast, overload
 
 from rapidfuzz import fuzz, process
 
@@ -79,61 +79,113 @@ def cpe_id(account: str) -> str:
 # -- columns ---------------------------------------------------------------------------
 
 
+# Strings in each of a Column's texts: ~1-1.5 MiB of a million-entry column's text, made
+# by one call into C (~1-2 ms), in pages of its own (see map_large_blocks). Texts of
+# 16,384 strings (~200 KiB) lay inside the heap, which the load's later allocations then
+# grew around: its peak 28 MiB higher. A forked process that reads a text writes into one
+# page of it (its count of references).
+_SHIFT = 17
+_SPAN = 1 << _SHIFT
+_IN_SPAN = _SPAN - 1
+
+
 class Column:
-    """Strings kept as one text and the end offset of each: one object for a million
-    (offsets are 32-bit: up to 4 Gi characters a column)."""
+    """Strings kept as texts of _SPAN strings each (the last fewer) and the end offset of
+    each string in its text: 8 objects for a million (offsets are 32-bit). One text for
+    the whole column was made by one call into C copying 4-12 MiB into new memory, the
+    interpreter's lock held, and a reload's event loop beside it, for up to 20 ms."""
 
-    __slots__ = ("ends", "text")
+    __slots__ = ("ends", "texts")
 
-    def __init__(self, text: str = "", ends: array[int] | None = None) -> None:
-        self.text = text
+    def __init__(self, texts: list[str] | None = None, ends: array[int] | None = None) -> None:
+        self.texts: list[str] = texts if texts is not None else []
         self.ends: array[int] = ends if ends is not None else array("I")
 
     @classmethod
     def of(cls, values: Iterable[str]) -> Column:
-        values = list(values)
-        return cls("".join(values), array("I", accumulate(map(len, values))))
+        builder, values = _ColumnBuilder(), iter(values)
+        while part := list(islice(values, _SPAN)):
+            builder.extend(part)
+        return builder.done()
 
     def __len__(self) -> int:
         return len(self.ends)
 
     def __getitem__(self, i: int) -> str:
         ends = self.ends
-        return self.text[ends[i - 1] if i else 0 : ends[i]]
+        return self.texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
 
 
 _N = TypeVar("_N", int, float)
 
 
 class _ColumnBuilder:
-    """A Column made a chunk at a time (the chunk's texts joined, its offsets an array)."""
+    """A Column made a chunk at a time: each chunk's strings joined as they come (and
+    let go of), the chunks' texts joined again _SPAN strings at a time, their offsets
+    arrays."""
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        self.texts: list[str] = []
         self.ends: list[array[int]] = []
-        self.size = 0
+        self.parts: list[str] = []  # the next text's, so far
+        self.size = 0  # characters in parts
+        self.taken = 0  # strings in parts
 
     def extend(self, values: list[str]) -> None:
-        self.parts.append("".join(values))
-        self.ends.append(array("I", islice(accumulate(map(len, values), initial=self.size), 1,
-                                           None)))  # fmt: skip
-        self.size += len(self.parts[-1])
+        at = 0
+        while at < len(values):
+            part = values[at : at + _SPAN - self.taken]  # up to the next text's edge
+            at += len(part)
+            self.parts.append("".join(part))
+            self.ends.append(array("I", islice(accumulate(map(len, part), initial=self.size),
+                                               1, None)))  # fmt: skip
+            self.size += len(self.parts[-1])
+            self.taken += len(part)
+            if self.taken == _SPAN:
+                self._text()
+
+    def _text(self) -> None:
+        self.texts.append("".join(self.parts))
+        self.parts, self.size, self.taken = [], 0, 0
 
     def done(self) -> Column:
-        return Column("".join(self.parts), _joined(self.ends, "I"))
+        if self.parts:
+            self._text()
+        return Column(self.texts, _joined(self.ends, "I"))
 
 
 def _joined(parts: Sequence[array[_N]], typecode: str) -> array[_N]:
-    """The parts in one array, made at its size and filled a part at a time. (An array
-    grown by extend() outgrows its memory every sixteenth of its size, and is then copied
-    whole in one call into C: 4 MiB and more at a million entries, the interpreter's lock
-    held, and a reload's event loop beside it, for up to 25 ms each time.)"""
-    out = cast("array[_N]", array(typecode, [0])) * sum(map(len, parts))
+    """The parts in one array, a part at a time (see _started)."""
+    out: array[_N] = _started(typecode, sum(map(len, parts)))
     at = 0
     for part in parts:
-        out[at : at + len(part)] = part
+        _put(out, at, part)
         at += len(part)
     return out
+
+
+def _started(typecode: str, size: int) -> array[Any]:
+    """An array to be filled by _put with `size` entries: made at LARGE_BLOCK (or `size`)
+    now, to grow from there by extend(). Made at its full size at once, its 4-8 MiB of new
+    pages were faulted in by one call into C, the interpreter's lock held, and a reload's
+    event loop beside it, for 3-8 ms. From LARGE_BLOCK on it has pages of its own and grows
+    by mremap(), without a copy (see map_large_blocks, which every load calls first), its
+    new pages faulted a part at a time; below, it would be copied inside the heap at each
+    sixteenth of its size."""
+    zero = array(typecode, [0])
+    return zero * min(size, LARGE_BLOCK // zero.itemsize)
+
+
+def _put(out: array[_N], at: int, part: array[_N]) -> None:
+    """`part` written into `out` from `at` (at most its length), `out` grown past its end."""
+    room = len(out) - at
+    if room >= len(part):
+        out[at : at + len(part)] = part
+        return
+    if room > 0:
+        out[at:] = part[:room]
+        part = part[room:]
+    out.extend(part)
 
 
 _SLOT_BITS = 21  # an entry's position in the packed key: up to 2,097,152 positions
@@ -267,8 +319,10 @@ def _merged(runs: list[Sequence[float]]) -> array[float]:
     """Sorted runs of keys in one sorted array, a range of keys at a time (the keys are
     hashes, spread evenly: each range takes its part of every run, found by bisection,
     and sorts about _RUN keys); the runs are emptied."""
-    pieces: list[array[float]] = []
-    parts = max(1, sum(map(len, runs)) // _RUN)
+    total = sum(map(len, runs))
+    keys: array[float] = _started("d", total)
+    at = 0
+    parts = max(1, total // _RUN)
     top = float((_HASH_MASK + 1) << _SLOT_BITS)  # above every key
     starts = [0] * len(runs)
     for part in range(1, parts + 1):
@@ -279,11 +333,10 @@ def _merged(runs: list[Sequence[float]]) -> array[float]:
             piece += run[starts[r] : end]
             starts[r] = end
         piece.sort()
-        pieces.append(array("d", piece))
+        _put(keys, at, array("d", piece))  # a piece at a time: see _started
+        at += len(piece)
     while runs:  # a run freed at a time: the million floats freed at once took 30 ms
         runs.pop()
-    keys = _joined(pieces, "d")
-    pieces.clear()
     return keys
 
 
@@ -357,7 +410,8 @@ class Roster(Sequence[Subscriber]):
         n = len(self)
         self._by_account = HashIndex(_texts(self.accounts), range(n), n).bucketed()
         phones = self.phones
-        if ";" in phones.text:  # several numbers for some: one entry per number
+        # Several numbers for some: one entry per number.
+        if any(";" in text for text in phones.texts):
             numbers: list[str] = []
             owners: list[int] = []
             for i, written in enumerate(_texts(phones)):
@@ -421,16 +475,16 @@ class Roster(Sequence[Subscriber]):
         serving, address = self.places[self.place[i]]
         column = self.accounts
         ends = column.ends
-        account = column.text[ends[i - 1] if i else 0 : ends[i]]
+        account = column.texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
         column = self.phones
         ends = column.ends
-        phones = column.text[ends[i - 1] if i else 0 : ends[i]]
+        phones = column.texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
         column = self.flats
         ends = column.ends
-        flat = column.text[ends[i - 1] if i else 0 : ends[i]]
+        flat = column.texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
         column = self.ips
         ends = column.ends
-        ip = column.text[ends[i - 1] if i else 0 : ends[i]]
+        ip = column.texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
         if ip:
             return Subscriber(account, tuple(phones.split(";")) if phones else (), address,
                               flat, ip, serving, self.rows[i], "cpe:" + account)  # fmt: skip
@@ -474,13 +528,13 @@ class Roster(Sequence[Subscriber]):
         bucket = h >> index.shift
         end = index.starts[bucket + 1]
         at = bisect_left(keys, float(h << _SLOT_BITS), index.starts[bucket], end)
-        text, ends = self.accounts.text, self.accounts.ends
+        texts, ends = self.accounts.texts, self.accounts.ends
         while at < end:
             k = int(keys[at])
             if k >> _SLOT_BITS != h:
                 return None
             i = k & _SLOT_MASK
-            if text[ends[i - 1] if i else 0 : ends[i]] == account:
+            if texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]] == account:
                 return i
             at += 1
         return None
@@ -502,13 +556,13 @@ class Roster(Sequence[Subscriber]):
         bucket = h >> index.shift
         end = index.starts[bucket + 1]
         at = bisect_left(keys, float(h << _SLOT_BITS), index.starts[bucket], end)
-        text, ends = self.phones.text, self.phones.ends
+        texts, ends = self.phones.texts, self.phones.ends
         while at < end:
             k = int(keys[at])
             if k >> _SLOT_BITS != h:
                 break
             i = k & _SLOT_MASK
-            found = text[ends[i - 1] if i else 0 : ends[i]]
+            found = texts[i >> _SHIFT][ends[i - 1] if i & _IN_SPAN else 0 : ends[i]]
             if found == phone or phone in found.split(";"):
                 out.append(i)
             at += 1
@@ -549,21 +603,29 @@ _SEED = "outagemon.directory"
 
 def _texts(column: Column, positions: Iterable[int] | None = None) -> Iterator[str]:
     """The column's strings in order (or those at `positions`), one at a time."""
-    text, ends = column.text, column.ends
     if positions is None:
-        return map(text.__getitem__, map(slice, chain((0,), ends), ends))
+        return chain.from_iterable(map(_strings, column.texts, _spans(column.ends)))
     return map(column.__getitem__, positions)
+
+
+def _spans(ends: array[int]) -> Iterator[array[int]]:
+    """The ends of each of a Column's texts (see Column)."""
+    return (ends[i : i + _SPAN] for i in range(0, len(ends), _SPAN))
+
+
+def _strings(text: str, ends: array[int]) -> Iterator[str]:
+    """The strings of one of a Column's texts, by their ends in it."""
+    return map(text.__getitem__, map(slice, chain((0,), ends), ends))
 
 
 def _filled(column: Column) -> list[int]:
     """Positions of the column's non-empty strings."""
     ends = column.ends
     filled: list[int] = []
-    for i in range(0, len(ends), _RUN):  # a run at a time: see _sorted_keys
+    for i in range(0, len(ends), _RUN):  # a run at a time (see _sorted_keys): _RUN divides _SPAN
         part = ends[i : i + _RUN]
-        filled += compress(
-            range(i, i + len(part)), map(ne, part, chain((ends[i - 1] if i else 0,), part))
-        )
+        before = ends[i - 1] if i & _IN_SPAN else 0  # a text's ends start from 0
+        filled += compress(range(i, i + len(part)), map(ne, part, chain((before,), part)))
     return filled
 
 
