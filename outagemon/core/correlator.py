@@ -331,6 +331,7 @@ class Correlator(Failures):
                 ns.epoch = epoch
                 ns.stale_before = at
                 ns.losses = 0
+                ns.asked = False
         if not finished or (not first and budget < SIGHT_SLICE):
             # Looked at in one slice, it sees again at once (as it always did); in
             # several, the tick that ends the blindness decides anew and walks no more.
@@ -360,6 +361,7 @@ class Correlator(Failures):
         ns.epoch = epoch
         ns.stale_before = at
         ns.losses = 0
+        ns.asked = False  # a streak after it asks for its ancestors again
         changes = ns.changes
         if changes:
             # In time order: those since `since` are a tail; none left in the look-back
@@ -385,6 +387,15 @@ class Correlator(Failures):
         if self._lead is not None and ns.epoch < self._lead[0]:
             self._lead_one(node, ns)
         ns.epoch = self._epoch
+
+    def _recheck_below(self, node: str, now: float) -> None:
+        """Blind (before the look as it sees again), a node that comes back leaves what
+        lies below it to that look, which does the same to every node, later: a core
+        that answers before our uplink does would otherwise walk the whole city in one
+        step (1.7 s at a million nodes)."""
+        if self.blind and self._sight is None:
+            return
+        super()._recheck_below(node, now)
 
     @property
     def looking(self) -> bool:
