@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from outagemon.core import correlator as correlator_module
+from outagemon.core import failures as failures_module
 from outagemon.core.correlator import Correlator
 from outagemon.core.failures import Failures
 from outagemon.core.health import State
@@ -137,12 +138,14 @@ def test_a_core_answering_before_the_uplink_leaves_what_is_below_to_the_look() -
     assert c.incidents == {} and c.state_of("cpe") is State.UP
 
 
+@pytest.mark.parametrize("listed", [0, failures_module.FAILING_LISTED])
 def test_a_parent_none_of_whose_children_fails_is_not_weighed_child_by_child(
-    monkeypatch: pytest.MonkeyPatch,
+    listed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As a city sees again every router answers, each a change its switch must weigh:
     # a switch none of whose children fails cannot be inferred, found without a look at
     # each child (100 each, 10,000 switches: 90 ms a tick).
+    monkeypatch.setattr(failures_module, "FAILING_LISTED", listed)  # 0: never listed
     c = Correlator(city(aggs=2, access=3, cpes=5), SETTINGS)
     weighed: list[str] = []
     known = Failures._known
