@@ -149,9 +149,12 @@ def test_a_parent_none_of_whose_children_fails_is_not_weighed_child_by_child(
     c = Correlator(city(aggs=2, access=3, cpes=5), SETTINGS)
     weighed: list[str] = []
     known = Failures._known
-    monkeypatch.setattr(
-        Failures, "_known", lambda self, n, p: weighed.append(n) or known(self, n, p)
-    )
+
+    def counted(self: Failures, node: str, probed_parent: bool) -> tuple[State, float, float]:
+        weighed.append(node)
+        return known(self, node, probed_parent)
+
+    monkeypatch.setattr(Failures, "_known", counted)
     for node in c.topology.nodes:
         c.observe(node, True, 1.0)
     c.tick(1.0)
