@@ -12,11 +12,14 @@ from __future__ import annotations
 import pytest
 
 from outagemon.core import correlator as correlator_module
+from outagemon.core import failures as failures_module
+from outagemon.core.correlator import Correlator
+from outagemon.core.failures import Failures
 from outagemon.core.health import State
 from outagemon.core.incidents import Event
 from outagemon.sim.simnet import SimNet
-from tests.test_correlate import city, kinds, sim
-from tests.test_correlate_truth import chain, fed, round_of
+from tests.test_correlate import SETTINGS, city, kinds, sim
+from tests.test_correlate_truth import ANCHOR, chain, fed, round_of
 
 
 def _listed(cut: object) -> set[str]:
@@ -102,3 +105,64 @@ def test_a_streak_begun_with_the_uplinks_is_no_evidence_when_its_next_result_com
     t += 1.5
     round_of(c, t, {"sw": False})
     assert c.state_of("sw") is not State.DOWN and c.states["sw"].losses == 1
+
+
+def test_a_core_answering_before_the_uplink_leaves_what_is_below_to_the_look() -> None:
+    # Blind, the core answers before our uplink does: what lies below it is looked at
+    # afresh by the look as the monitor sees again, not walked in that step (a million
+    # nodes below a city's core were one step of 1.7 s); after it, as before, each is
+    # probed afresh, and a new streak asks for its ancestors at once.
+    c, t = fed(chain())
+    below = ["agg", "sw", "cpe"]
+    for _ in range(16):
+        t += 1.0
+        round_of(c, t, dict.fromkeys(["core", *below, ANCHOR], False))
+    assert c.blind and all(c.state_of(x) is State.DOWN for x in below)
+    for _ in range(2):
+        t += 1.0
+        round_of(c, t, {"core": True})
+    assert c.state_of("core") is State.UP and c.blind
+    assert all(c.state_of(x) is State.DOWN for x in below), "left to the look"
+    for _ in range(2):
+        t += 1.0
+        round_of(c, t, {ANCHOR: True, "core": True})
+    assert not c.blind
+    assert all(c.state_of(x) is State.RECHECK for x in below), "looked at afresh"
+    assert set(below) <= set(c.take_requests()), "each probed afresh"
+    t += 1.0
+    round_of(c, t, {"sw": False})
+    assert {"agg", "core"} <= set(c.take_requests()), "a new streak asks for its ancestors"
+    for _ in range(3):
+        t += 1.0
+        round_of(c, t, {x: True for x in ["core", "agg", "cpe", ANCHOR]})
+    assert c.incidents == {} and c.state_of("cpe") is State.UP
+
+
+@pytest.mark.parametrize("listed", [0, failures_module.FAILING_LISTED])
+def test_a_parent_none_of_whose_children_fails_is_not_weighed_child_by_child(
+    listed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a city sees again every router answers, each a change its switch must weigh:
+    # a switch none of whose children fails cannot be inferred, found without a look at
+    # each child (100 each, 10,000 switches: 90 ms a tick).
+    monkeypatch.setattr(failures_module, "FAILING_LISTED", listed)  # 0: never listed
+    c = Correlator(city(aggs=2, access=3, cpes=5), SETTINGS)
+    weighed: list[str] = []
+    known = Failures._known
+
+    def counted(self: Failures, node: str, probed_parent: bool) -> tuple[State, float, float]:
+        weighed.append(node)
+        return known(self, node, probed_parent)
+
+    monkeypatch.setattr(Failures, "_known", counted)
+    for node in c.topology.nodes:
+        c.observe(node, True, 1.0)
+    c.tick(1.0)
+    assert weighed == [] and c.inferred == {}
+    for s in range(3):
+        for x in range(5):
+            for t in range(2, 17):  # a new router's streak is 15 long
+                c.observe(f"cpe0-{s}-{x}", False, float(t))
+    c.tick(16.0)
+    assert weighed, "a switch whose routers fail is weighed as before"
+    assert set(c.inferred) == {"sw0-0", "sw0-1", "sw0-2"}
