@@ -207,17 +207,25 @@ def test_a_reload_s_thread_runs_at_a_short_switch_interval_and_gives_it_back(
     assert sys.getswitchinterval() == before
 
 
-async def test_a_replaced_directory_is_freed_a_piece_at_a_time_the_new_one_untouched(
+def _two_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Dropped whole, a million subscribers' counts and the roster's columns and indexes
-    # were freed in the one step that let go of the directory (7-11 ms CPU).
+) -> tuple[citygen.City, directory.Directory, directory.Directory]:
+    """A small city loaded twice (the replaced directory, the one in use), released at
+    once two entries a step."""
     monkeypatch.setattr(daemon, "RELEASE_GRACE", 0.0)
     monkeypatch.setattr(daemon, "RELEASE_SLICE", 2)
     city = citygen.generate(aggregations=2, access_per_aggregation=3, subscribers_per_access=4)
     topo_file, subs_file = city.write(tmp_path)
     old = directory.load(topo_file, subs_file).directory
-    new = directory.load(topo_file, subs_file).directory
+    return city, old, directory.load(topo_file, subs_file).directory
+
+
+async def test_a_replaced_directory_is_freed_a_piece_at_a_time_the_new_one_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Dropped whole, a million subscribers' counts and the roster's columns and indexes
+    # were freed in the one step that let go of the directory (7-11 ms CPU).
+    city, old, new = _two_loads(tmp_path, monkeypatch)
     counts, places = old.counts, old.subscribers.places
     assert len(counts) > 2 * daemon.RELEASE_SLICE
     steps = [0]
@@ -245,12 +253,7 @@ async def test_a_piece_the_directory_in_use_shares_with_the_replaced_one_is_not_
 ) -> None:
     # No load shares a piece today; should one ever, the release must not empty it
     # under the directory that answers callers.
-    monkeypatch.setattr(daemon, "RELEASE_GRACE", 0.0)
-    monkeypatch.setattr(daemon, "RELEASE_SLICE", 2)
-    city = citygen.generate(aggregations=2, access_per_aggregation=3, subscribers_per_access=4)
-    topo_file, subs_file = city.write(tmp_path)
-    old = directory.load(topo_file, subs_file).directory
-    new = directory.load(topo_file, subs_file).directory
+    _, old, new = _two_loads(tmp_path, monkeypatch)
     new.counts = old.counts  # shared
     kept = dict(old.counts)
     await asyncio.wait_for(daemon._release([old], current=lambda: new), 5)
