@@ -72,7 +72,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from outagemon.core.correlator import Correlator
-from outagemon.core.health import NodeState, Settings
+from outagemon.core.health import NodeState, Settings, State
 from outagemon.core.topology import Node, Topology
 from outagemon.probing.engine import EXPIRE_SLICE
 from outagemon.sim import citygen
@@ -815,10 +815,9 @@ def blind(nodes: int, blind_for: float) -> None:
     looks: list[float] = []  # the ticks that looked at every node, a slice each, before seeing
     at = 0
     marks: dict[str, int] = {}
-    down_at_sight = 0
 
     def run(ok: bool, until: Callable[[], bool]) -> None:
-        nonlocal now, at, observe_hold, down_at_sight
+        nonlocal now, at, observe_hold
         while not until():
             now += 0.1
             for s in range(0, batch, step):
@@ -829,8 +828,6 @@ def blind(nodes: int, blind_for: float) -> None:
             at = (at + batch) % len(order)
             if len(ticks) % 10 == 0:
                 c.observe("uplink", ok, now)
-            if ok and "seeing" not in marks:
-                down_at_sight = c.nodes_down
             spent.clear()
             w0, c0 = time.perf_counter(), time.thread_time()
             events = c.tick(now)
@@ -855,6 +852,8 @@ def blind(nodes: int, blind_for: float) -> None:
     started_blind = marks["blind"] - failed
     went = now
     run(False, lambda: now - went >= blind_for)
+    # Counted from the states (a node down while blind is not listed in the failed set).
+    down_at_sight = sum(ns.state is State.DOWN for ns in c.states.values())
     run(True, lambda: "seeing" in marks)
     run(True, lambda: len(ticks) - marks["seeing"] >= 20)  # two seconds after
     print(f"8. Going blind and seeing again at city scale: {len(c.states):,} node states, "
