@@ -762,6 +762,12 @@ def parse(text: str, path: Path) -> Config:
     daemon = (
         DaemonConfig((base / daemon_raw["state_dir"]).resolve()) if daemon_raw else DaemonConfig()
     )
+    relative = daemon_raw and not Path(daemon_raw["state_dir"]).is_absolute()
+    if relative and daemon.state_dir.is_relative_to("/etc"):
+        # The example's "../state", copied to /etc/outagemon unedited.
+        warnings.append(f"[daemon] state_dir = {daemon_raw['state_dir']!r} is taken from the "
+                        f"config file's folder: {daemon.state_dir}, under /etc. Give an "
+                        "absolute path for a service, such as /var/lib/outagemon.")  # fmt: skip
     topology = _topology(sections.get("topology", {}), base, sections.get("phones", {}))
     if (problem := _phones_problem(topology.phones)) is not None:
         problems.append(problem)

@@ -200,3 +200,17 @@ def test_usage_errors_exit_2_with_a_sentence() -> None:
     result = run_cli("run")
     assert result.returncode == 2
     assert "the following arguments are required: -c/--config" in result.stderr
+
+
+def test_a_relative_state_dir_that_lands_under_etc_is_warned_of() -> None:
+    # The example's "../state", copied to /etc/outagemon unedited, put the journal and
+    # the embedded database in /etc/state without a word (a new user's trial).
+    text = '[daemon]\nstate_dir = "../state"\n'
+    copied = config.parse(text, Path("/etc/outagemon/outagemon.toml"))
+    assert copied.daemon.state_dir == Path("/etc/state")
+    (said,) = [w for w in copied.warnings if "state_dir" in w]
+    assert "/etc/state, under /etc" in said and "/var/lib/outagemon" in said
+    in_place = config.parse(text, Path("/opt/outagemon/config/outagemon.toml"))
+    assert not [w for w in in_place.warnings if "state_dir" in w]
+    chosen = config.parse('[daemon]\nstate_dir = "/etc/om-state"\n', Path("/etc/om.toml"))
+    assert not [w for w in chosen.warnings if "state_dir" in w]  # written so: meant
