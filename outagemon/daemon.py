@@ -700,8 +700,7 @@ def _gathered(old: list[object], current: object = None) -> list[object]:
     piece of a replaced directory but what the `current` one holds too."""
     kept: list[object] = []
     if isinstance(current, directory.Directory):
-        kept = _pieces(current.topology, current, current.subscribers, skip=[])
-        kept = [piece[0] if isinstance(piece, tuple) else piece for piece in kept]
+        kept = _held(current.topology, current, current.subscribers)
     containers: list[object] = []
     for item in old:
         if isinstance(item, directory.Directory):
@@ -725,19 +724,25 @@ def _pieces(*owners: object, skip: list[object]) -> list[object]:
     freed on its own, its entries a slice at a time (see _release)."""
     seen = {id(c) for c in skip}
     found: list[object] = []
+    for value in _held(*owners):
+        if id(value) in seen or value is None or isinstance(value, (str, int)):
+            continue
+        seen.add(id(value))
+        # Emptied a slice at a time only when large (a small one might be shared: a
+        # module's constant); else only let go of (in a tuple), in a step of its own.
+        big = isinstance(value, (dict, set, list)) and len(value) > RELEASE_SLICE
+        found.append(value if big or not isinstance(value, (dict, set, list)) else (value,))
+    return found
+
+
+def _held(*owners: object) -> list[object]:
+    """What the owners' attributes hold (their __dict__'s and __slots__' values)."""
+    values: list[object] = []
     for owner in owners:
-        values = list(getattr(owner, "__dict__", {}).values())
+        values += getattr(owner, "__dict__", {}).values()
         values += [getattr(owner, name) for cls in type(owner).__mro__
                    for name in getattr(cls, "__slots__", ()) if hasattr(owner, name)]  # fmt: skip
-        for value in values:
-            if id(value) in seen or value is None or isinstance(value, (str, int)):
-                continue
-            seen.add(id(value))
-            # Emptied a slice at a time only when large (a small one might be shared:
-            # a module's constant); else only let go of, in a step of its own.
-            big = isinstance(value, (dict, set, list)) and len(value) > RELEASE_SLICE
-            found.append(value if big or not isinstance(value, (dict, set, list)) else (value,))
-    return found
+    return values
 
 
 def targets_of(anchors: dict[str, str], current: directory.Directory) -> Mapping[str, str]:
