@@ -3,7 +3,8 @@
 Each status has one template; `{address}`, `{since}`, `{eta}`, `{until}` and `{resolved}`
 are filled in, and `{eta_sentence}` becomes the estimate when an engineer set one that is
 still ahead, or "work continues" when there is none or it has passed: a caller is never
-told a time that is already behind them. An override file (`[messages] file`) is TOML with
+told a time that is already behind them (planned works past their end, the place still
+cut off, are said with `maintenance_overrun` rather than "they end at" a time gone by). An override file (`[messages] file`) is TOML with
 a table per language holding any of these keys.
 """
 
@@ -28,6 +29,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "eta_unknown": "Работы продолжаются, время восстановления уточняется.",
         "maintenance": "По адресу {address} идут плановые работы, они закончатся {until}. "
         "Связь восстановится после их окончания.",
+        "maintenance_overrun": "По адресу {address} идут плановые работы, они длятся дольше "
+        "запланированного. {eta_sentence}",
         "cpe_down": "Сеть до вашего дома работает, но ваш роутер не отвечает. Проверьте, "
         "включён ли он в розетку, и перезагрузите его: выключите на тридцать секунд и "
         "включите снова.",
@@ -49,6 +52,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "eta_unknown": "Work continues; we will have an estimate soon.",
         "maintenance": "Planned works are under way at {address} and end {until}. "
         "Service returns when they are done.",
+        "maintenance_overrun": "Planned works are under way at {address} and are taking "
+        "longer than planned. {eta_sentence}",
         "cpe_down": "The network up to your building works, but your router does not "
         "answer. Please check that it is plugged in, then switch it off for thirty seconds "
         "and on again.",
@@ -184,6 +189,11 @@ class Texts:
         """The sentence for a status; times are epoch seconds. `node`: the place when
         there is no address (a node asked about by name), said as the node."""
         day = local_day(now, self.tz)
+        if status == "maintenance" and until is not None and until <= now:
+            # Works past their planned end with the place still cut off (a maintenance
+            # incident stays one for `resolve_hold` after it): "they end at 14:00" said at
+            # 14:00:40 would be a time behind the caller.
+            status = "maintenance_overrun"
         template = self.templates[status]
         spoken = self.spoken_address(address) if address else ""
         if not address and node and "{address}" in template:
