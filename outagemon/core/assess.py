@@ -350,8 +350,12 @@ def _after(situation: Situation, topo: Topology, path: list[str], node: str, now
     c = situation.correlator
     recent = situation.recent.get(node)
     if recent is not None and recent.resolved_at and now - recent.resolved_at <= restored_for:
-        said = Answer(Status.RESTORED, recent, node, recent.since,
-                      resolved=recent.resolved_at)  # fmt: skip
+        # Repaired when its root answered (as callers heard while it recovered, and as
+        # the history ends it), not `resolve_hold` later when it was declared resolved:
+        # one caller was told "fixed at 14:05", the next "at 14:06".
+        repaired = recent.resolved_at if recent.recovering_since is None \
+            else recent.recovering_since  # fmt: skip
+        said = Answer(Status.RESTORED, recent, node, recent.since, resolved=repaired)
         return said, min(expires, recent.resolved_at + restored_for)
     # Nothing on the path has been seen yet (a new node, or just after blindness).
     nodes, states = topo.nodes, c.states

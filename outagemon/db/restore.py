@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -71,7 +72,8 @@ async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) ->
         Incident(id=r["id"], root=r["root_node"], kind=Kind(r["kind"]), inferred=r["inferred"],
                  opened_at=r["opened_at"].timestamp(),
                  nodes=[n for n in r["nodes"] if n in topology] or [r["root_node"]],
-                 state=IncidentState.RESOLVED, resolved_at=r["resolved_at"].timestamp())
+                 state=IncidentState.RESOLVED, resolved_at=r["resolved_at"].timestamp(),
+                 recovering_since=_time_or_none(r["recovering_since"]))
         for r in resolved_rows
     ]  # fmt: skip
     found.histories = [
@@ -85,3 +87,7 @@ async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) ->
         for w in windows
     ]  # fmt: skip
     return found
+
+
+def _time_or_none(t: datetime | None) -> float | None:
+    return None if t is None else t.timestamp()

@@ -175,6 +175,7 @@ async def resolved_since(conn: Conn, since: datetime | None) -> list[asyncpg.Rec
         await conn.fetch(
             """
             select i.id, i.kind, i.root_node, i.inferred, i.opened_at, i.resolved_at,
+                   i.recovering_since,
                    coalesce(array_agg(n.node_id order by n.node_id = i.root_node desc, n.node_id)
                             filter (where n.node_id is not null), '{}') as nodes
             from incident i left join incident_node n on n.incident_id = i.id

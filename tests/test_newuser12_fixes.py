@@ -1,0 +1,79 @@
+"""Defects found by the twelfth new user's trial (a NOC engineer following the README and
+the demo), each pinned through the real HTTP interface on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+from outagemon.core.incidents import Maintenance
+from outagemon.db import restore as restore_db
+from tests.world import world
+
+
+async def test_works_past_their_end_with_the_switch_still_down_never_say_the_end_time(
+    fresh_db: str,
+) -> None:
+    """The demo's sw-4-5, down inside planned works that ended at 06:39:23: at 06:39:26
+    its callers heard "идут плановые работы, они закончатся в 06:39" (a time behind
+    them; `eta` was already blank), for as long as the maintenance incident stays one
+    after the works' end (`resolve_hold`)."""
+    async with world(fresh_db) as w:
+        ended = time.time() - 20  # the works' planned end: 20 s ago by the check's clock
+        w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", w.net.now, ended, "замена"),
+                                  "noc")  # fmt: skip
+        w.monitor.next_maintenance = 2
+        w.net.fail("sw-sad-5")
+        w.run(60)
+        # The monitor's clock up to 5 s ago: the works ended 15 s before it, well inside
+        # the 60 s after which they become an outage; the switch is still down.
+        w.run(time.time() - 5 - w.net.now)
+        said = await w.check(account="1007")
+        assert said["status"] == "maintenance" and said["incident_id"], said
+        assert said["eta"] == ""
+        assert "закончатся" not in said["message"], said["message"]
+        assert said["message"] == (
+            "По адресу улица Садовая, дом 5, квартира 9 идут плановые работы, они длятся "
+            "дольше запланированного. Работы продолжаются, время восстановления уточняется."
+        )
+    async with world(fresh_db, language="en") as w:
+        w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", w.net.now, time.time() - 20,
+                                              "works"), "noc")  # fmt: skip
+        w.monitor.next_maintenance = 2
+        w.net.fail("sw-sad-5")
+        w.run(60)
+        w.run(time.time() - 5 - w.net.now)
+        said = await w.check(account="1007")
+        assert said["status"] == "maintenance", said
+        assert " end at " not in said["message"], said["message"]
+        assert "taking longer than planned" in said["message"], said["message"]
+
+
+async def test_the_repair_time_callers_hear_does_not_move_when_the_incident_resolves(
+    fresh_db: str,
+) -> None:
+    """The demo's entrance cable, spliced: at 06:38:51 callers heard "Авария ... устранена
+    в 06:38" (its root answered at 06:38:38), and at 06:39:07, once `resolve_hold` had
+    passed, "устранена в 06:39": the same repair, two times, a minute apart."""
+    async with world(fresh_db) as w:
+        w.net.fail("sw-sad-5")
+        w.run(60)
+        assert (await w.check(account="1007"))["status"] == "outage"
+        w.net.repair("sw-sad-5")
+        w.run(20)
+        recovering = await w.check(account="1007")
+        assert recovering["status"] == "restored", recovering
+        w.run(70)  # past resolve_hold (60 s): resolved
+        inc = w.monitor.correlator.last_resolved("sw-sad-5")
+        assert inc is not None
+        assert inc.resolved_at is not None and inc.recovering_since is not None
+        assert inc.resolved_at - inc.recovering_since >= 60  # another minute on the clock
+        resolved = await w.check(account="1007")
+        assert resolved["status"] == "restored", resolved
+        assert resolved["incident_id"] == recovering["incident_id"]
+        assert resolved["message"] == recovering["message"]
+        # After a restart too: the resolved incidents taken up keep when service returned.
+        await w.flushed()
+        found = await restore_db.load(w.pool, w.monitor.directory.topology, 0.0)
+        (taken,) = found.resolved
+        assert taken.recovering_since is not None
+        assert abs(taken.recovering_since - inc.recovering_since) < 0.01
