@@ -77,3 +77,34 @@ async def test_the_repair_time_callers_hear_does_not_move_when_the_incident_reso
         (taken,) = found.resolved
         assert taken.recovering_since is not None
         assert abs(taken.recovering_since - inc.recovering_since) < 0.01
+
+
+async def test_planned_works_over_are_not_called_an_outage_fixed(fresh_db: str) -> None:
+    """The demo's sw-4-5, down inside its planned works: its callers heard "идут плановые
+    работы", and once the switch answered again "Авария по адресу бульвар Пушкина ...
+    устранена" (an outage fixed) though they had been told of works, never of an outage."""
+    for language, said in [
+        ("ru", "Плановые работы по адресу улица Садовая, дом 5, квартира 9 завершены в "),
+        ("en", "The planned works at улица Садовая, дом 5, квартира 9 ended at "),
+    ]:
+        async with world(fresh_db, language=language) as w:
+            w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", w.net.now, w.net.now + 120,
+                                                  "замена"), "noc")  # fmt: skip
+            w.monitor.next_maintenance = 2
+            w.net.fail("sw-sad-5")
+            w.run(60)
+            assert (await w.check(account="1007"))["status"] == "maintenance"
+            w.net.repair("sw-sad-5")
+            w.run(70)  # the switch answers: recovering
+            recovering = await w.check(account="1007")
+            assert recovering["status"] == "restored", recovering
+            assert recovering["message"].startswith(said), recovering["message"]
+            w.run(70)  # resolved
+            resolved = await w.check(account="1007")
+            assert resolved["status"] == "restored", resolved
+            assert resolved["message"] == recovering["message"]
+            node = await w.check(node="sw-sad-5")
+            assert node["message"].startswith(
+                {"ru": "Плановые работы на узле sw-sad-5 завершены",
+                 "en": "The planned works at node sw-sad-5 ended"}[language]
+            ), node["message"]  # fmt: skip

@@ -36,6 +36,9 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "включите снова.",
         "restored": "Авария по адресу {address} устранена {resolved}. Если интернет не "
         "работает, перезагрузите роутер: выключите его на тридцать секунд и включите снова.",
+        "restored_maintenance": "Плановые работы по адресу {address} завершены {resolved}. "
+        "Если интернет не работает, перезагрузите роутер: выключите его на тридцать секунд "
+        "и включите снова.",
         "ok": "По адресу {address} неисправностей в сети не обнаружено.",
         "unknown": "Сейчас мы не можем проверить состояние сети по вашему адресу. "
         "Оставайтесь на линии, вам ответит оператор.",
@@ -59,6 +62,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "and on again.",
         "restored": "The outage at {address} was fixed {resolved}. If your internet still "
         "does not work, switch your router off for thirty seconds and on again.",
+        "restored_maintenance": "The planned works at {address} ended {resolved}. If your "
+        "internet still does not work, switch your router off for thirty seconds and on again.",
         "ok": "We see no network problem at {address}.",
         "unknown": "We cannot check the network at your address right now. Please stay on "
         "the line for an operator.",

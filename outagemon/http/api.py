@@ -204,6 +204,8 @@ def check_body(texts: Texts, answer: Answer, match: Match, matched_by: str, now:
         # flat is missing ("ambiguous" otherwise asks for the whole address again).
         said = "ambiguous_flat" if answer.status is Status.AMBIGUOUS and match.found \
             else answer.status  # fmt: skip
+        if answer.status is Status.RESTORED and inc is not None and inc.kind is Kind.MAINTENANCE:
+            said = "restored_maintenance"  # its callers heard of planned works, not an outage
         message = texts.render(said, now + step, address=address,
                                since=_add(answer.since, step), eta=_add(answer.eta, step),
                                until=_add(answer.until, step),
