@@ -4,8 +4,9 @@ Each status has one template; `{address}`, `{since}`, `{eta}`, `{until}` and `{r
 are filled in, and `{eta_sentence}` becomes the estimate when an engineer set one that is
 still ahead, or "work continues" when there is none or it has passed: a caller is never
 told a time that is already behind them (planned works past their end, the place still
-cut off, are said with `maintenance_overrun` rather than "they end at" a time gone by). An override file (`[messages] file`) is TOML with
-a table per language holding any of these keys.
+cut off, are said with `maintenance_overrun` rather than "they end at" a time gone by;
+a repair after planned works with `restored_maintenance`). An override file (`[messages]
+file`) is TOML with a table per language holding any of these keys.
 """
 
 from __future__ import annotations
