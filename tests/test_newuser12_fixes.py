@@ -3,7 +3,9 @@ the demo), each pinned through the real HTTP interface on a real PostgreSQL."""
 
 from __future__ import annotations
 
+import html
 import time
+from datetime import datetime
 
 from outagemon.core.incidents import Maintenance
 from outagemon.db import restore as restore_db
@@ -108,3 +110,25 @@ async def test_planned_works_over_are_not_called_an_outage_fixed(fresh_db: str) 
                 {"ru": "Плановые работы на узле sw-sad-5 завершены",
                  "en": "The planned works at node sw-sad-5 ended"}[language]
             ), node["message"]  # fmt: skip
+
+
+async def test_the_page_says_when_a_reopened_fault_began_as_a_time(fresh_db: str) -> None:
+    """The demo's incident page: "reopened · since: 2026-12-01T06:40:37.151182+00:00", the
+    stored text with its microseconds, where every other line says 01.12 06:40."""
+    async with world(fresh_db) as w:
+        w.net.fail("sw-sad-5")
+        w.run(60)
+        w.net.repair("sw-sad-5")
+        w.run(90)  # resolved
+        w.net.fail("sw-sad-5")
+        w.run(60)  # reopened, within 10 minutes
+        iid = (await w.check(account="1007"))["incident_id"]
+        await w.flushed()
+        async with w.session.get(w.url(f"/api/v1/incidents/{iid}"), headers=w.auth()) as r:
+            timeline = (await r.json())["timeline"]
+        (since,) = [e["detail"]["since"] for e in timeline if e["kind"] == "reopened"]
+        async with w.session.get(w.url(f"/incidents/{iid}"), headers=w.auth()) as r:
+            page = html.unescape(await r.text())
+        assert since not in page
+        said = datetime.fromisoformat(since).astimezone().strftime("%d.%m.%Y %H:%M")
+        assert f"Its root failed again: this fault since {said}." in page

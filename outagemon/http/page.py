@@ -470,6 +470,9 @@ def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
             ended = datetime.fromtimestamp(ended, tz=UTC).isoformat()
         return (f"Planned works ended {_human(str(ended))} with its root still down: an "
                 "outage now.")  # fmt: skip
+    if kind in ("reopened", "refailed") and detail.get("since"):
+        # As the header's times, not the stored ISO text with its microseconds.
+        return f"Its root failed again: this fault since {_human(str(detail['since']))}."
     said = _suspicion_text(kind, detail)
     if said:
         return said
