@@ -800,6 +800,8 @@ def _shift(inc: Incident, step: float) -> None:
     inc.opened_at -= step
     if inc.reopened_at is not None:
         inc.reopened_at -= step
+    if inc.recovering_since is not None:  # a resolved one's: when service came back
+        inc.recovering_since -= step
 
 
 # How an incident raised by calls ends (the key its `resolved` event's detail holds):
