@@ -802,6 +802,8 @@ def _shift(inc: Incident, step: float) -> None:
         inc.reopened_at -= step
     if inc.recovering_since is not None:  # a resolved one's: when service came back
         inc.recovering_since -= step
+    if inc.works_ended is not None:
+        inc.works_ended -= step
 
 
 # How an incident raised by calls ends (the key its `resolved` event's detail holds):

@@ -132,3 +132,38 @@ async def test_the_page_says_when_a_reopened_fault_began_as_a_time(fresh_db: str
         assert since not in page
         said = datetime.fromisoformat(since).astimezone().strftime("%d.%m.%Y %H:%M")
         assert f"Its root failed again: this fault since {said}." in page
+
+
+async def test_works_that_overran_are_an_outage_from_their_end_as_callers_hear_it(
+    fresh_db: str,
+) -> None:
+    """sw-sadovaya-3 down inside planned works to 09:58:34, then cut short: callers heard
+    "идут плановые работы" until then, and a minute later "авария ... Неисправность
+    началась в 09:57" (the switch's failure inside the works, when they had been told of
+    works). The outage they hear of began when the works ended; after a restart too."""
+    async with world(fresh_db) as w:
+        w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", w.net.now, w.net.now + 100,
+                                              "замена"), "noc")  # fmt: skip
+        w.monitor.next_maintenance = 2
+        failed = w.net.now
+        w.net.fail("sw-sad-5")
+        w.run(60)
+        assert (await w.check(account="1007"))["status"] == "maintenance"
+        w.run(120)  # past the works' end and resolve_hold: an outage now
+        said = await w.check(account="1007")
+        assert said["status"] == "outage", said
+        await w.flushed()
+        async with w.session.get(w.url(f"/api/v1/incidents/{said['incident_id']}"),
+                                 headers=w.auth()) as r:  # fmt: skip
+            timeline = (await r.json())["timeline"]
+        (ended,) = [e["detail"]["works_ended"] for e in timeline if e["kind"] == "kind_changed"]
+        works_end = datetime.fromisoformat(ended).timestamp()
+        assert abs(works_end - (failed + 100)) < 1
+        assert abs(datetime.fromisoformat(said["since"]).timestamp() - works_end) < 1, said
+        heard = datetime.fromtimestamp(works_end).strftime("%H:%M")
+        assert f"Неисправность началась в {heard}." in said["message"], said["message"]
+        # Taken up after a restart, as the replica of the HTTP workers reads it too.
+        found = await restore_db.load(w.pool, w.monitor.directory.topology, 0.0)
+        (inc,) = found.incidents
+        assert inc.works_ended is not None and abs(inc.works_ended - works_end) < 0.01
+        assert abs(inc.heard_since - works_end) < 0.01

@@ -459,6 +459,7 @@ class Replica:
             state=IncidentState(r["state"]), resolved_at=_steady_or_none(r["resolved_at"]),
             recovering_since=_steady_or_none(r["recovering_since"]), raised_by=r["raised_by"],
             reopened_at=_steady_or_none(r["reopened_since"]),
+            works_ended=_steady_or_none(r["works_ended"]),
         )  # fmt: skip
         self.calls[iid] = int(r["calls"])
         if r["eta"] is not None:

@@ -314,7 +314,7 @@ def _walk_path(situation: Situation, directory: Directory, node: str, now: float
                 since, expires = min(since, covered[0]), covered[1]
             found = Answer(Status.MAINTENANCE, inc, node, since, eta, until=eta)
         else:
-            found = Answer(Status.OUTAGE, inc, node, inc.since, situation.eta.get(inc.id))
+            found = Answer(Status.OUTAGE, inc, node, inc.heard_since, situation.eta.get(inc.id))
         return found, found, expires
     path, windows = _works_on(situation, topo, node)
     covered = works_cover(topo, node, windows, now)

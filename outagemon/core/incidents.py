@@ -75,12 +75,23 @@ class Incident:
     # first fault's start, for the history) or while it was recovering (refailed), the
     # latest such time.
     reopened_at: float | None = None
+    # When planned works it was opened under ended with its root still down (it became an
+    # outage): its callers were told of works until then, so they hear the outage began
+    # then (`heard_since`), not at the root's failure inside the works.
+    works_ended: float | None = None
 
     @property
     def since(self) -> float:
         """When the outage its callers hear about began: the latest reopening, else the
         opening (a caller is never told the start of a fault that was repaired)."""
         return self.opened_at if self.reopened_at is None else self.reopened_at
+
+    @property
+    def heard_since(self) -> float:
+        """When the outage its callers hear about began: `since`, or, for works that
+        overran, their end if later."""
+        since = self.since
+        return since if self.works_ended is None else max(since, self.works_ended)
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +507,7 @@ class IncidentBook:
                     inc.kind = Kind.OUTAGE
                     # Withdrawn works ended now, not at their planned end.
                     ended = min(now, inc.maintenance_until)
+                    inc.works_ended = ended
                     self.events.append(
                         Event(EventKind.KIND_CHANGED, now, inc.id, inc.root,
                               detail={"from": "maintenance", "to": "outage",

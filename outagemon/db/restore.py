@@ -55,6 +55,7 @@ async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) ->
             opened_at=r["opened_at"].timestamp(), nodes=nodes or [r["root_node"]],
             raised_by=r["raised_by"],
             reopened_at=r["reopened_since"].timestamp() if r["reopened_since"] else None,
+            works_ended=_time_or_none(r["works_ended"]),
         )  # fmt: skip
         found.incidents.append(inc)
         opened = r["opened_detail"]

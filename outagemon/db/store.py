@@ -1215,7 +1215,11 @@ async def replica_incident_nodes(conn: Conn, incident_id: int, after: str | None
 _REOPENED = """
     (select (e.detail->>'since')::timestamptz from incident_event e
      where e.incident_id = i.id and e.kind in ('reopened', 'refailed') and e.detail ? 'since'
-     order by e.at desc, e.id desc limit 1) as reopened_since"""
+     order by e.at desc, e.id desc limit 1) as reopened_since,
+    (select (e.detail->>'works_ended')::timestamptz from incident_event e
+     where e.incident_id = i.id and e.kind = 'kind_changed'
+       and jsonb_typeof(e.detail->'works_ended') = 'string'  -- seconds before the 11th session
+     order by e.at desc, e.id desc limit 1) as works_ended"""
 
 _REPLICA = f"""
     select i.id, i.state, i.kind, i.root_node, i.inferred, i.opened_at, i.resolved_at,
