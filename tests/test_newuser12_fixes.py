@@ -167,3 +167,8 @@ async def test_works_that_overran_are_an_outage_from_their_end_as_callers_hear_i
         (inc,) = found.incidents
         assert inc.works_ended is not None and abs(inc.works_ended - works_end) < 0.01
         assert abs(inc.heard_since - works_end) < 0.01
+        # Repaired: "restored" names the same start of the outage.
+        w.net.repair("sw-sad-5")
+        w.run(20)
+        restored = await w.check(account="1007")
+        assert (restored["status"], restored["since"]) == ("restored", said["since"]), restored

@@ -299,7 +299,7 @@ def _walk_path(situation: Situation, directory: Directory, node: str, now: float
     inc = c.incident_for(node)
     if inc is not None:
         if inc.recovering_since is not None:
-            found = Answer(Status.RESTORED, inc, node, inc.since,
+            found = Answer(Status.RESTORED, inc, node, inc.heard_since,
                            resolved=inc.recovering_since)  # fmt: skip
             return found, found, math.inf
         expires = math.inf
@@ -355,7 +355,7 @@ def _after(situation: Situation, topo: Topology, path: list[str], node: str, now
         # one caller was told "fixed at 14:05", the next "at 14:06".
         repaired = recent.resolved_at if recent.recovering_since is None \
             else recent.recovering_since  # fmt: skip
-        said = Answer(Status.RESTORED, recent, node, recent.since, resolved=repaired)
+        said = Answer(Status.RESTORED, recent, node, recent.heard_since, resolved=repaired)
         return said, min(expires, recent.resolved_at + restored_for)
     # Nothing on the path has been seen yet (a new node, or just after blindness).
     nodes, states = topo.nodes, c.states
