@@ -460,6 +460,8 @@ class Monitor:
                               withdrawn=withdraw if withdrawn else "")  # fmt: skip
 
     def add_maintenance(self, window: Maintenance, who: str) -> None:
+        if not window.by:  # as the database keeps them (created_by): listed with who did
+            window = dataclasses.replace(window, by=who)
         self.maintenance.append(window)
         self.correlator.set_maintenance(self.maintenance, self.clock())
         self.journal.maintenance(window, who)

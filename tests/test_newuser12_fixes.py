@@ -172,3 +172,16 @@ async def test_works_that_overran_are_an_outage_from_their_end_as_callers_hear_i
         w.run(20)
         restored = await w.check(account="1007")
         assert (restored["status"], restored["since"]) == ("restored", said["since"]), restored
+
+
+async def test_works_declared_by_the_monitor_itself_are_listed_with_who_declared_them(
+    fresh_db: str,
+) -> None:
+    """The demo's planned works were listed with "by": "" by /api/v1/maintenance (the
+    database had them as the demo's: a restart would have named it)."""
+    async with world(fresh_db) as w:
+        w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", w.net.now, time.time() + 3600,
+                                              "demo: замена коммутатора"), "demo")  # fmt: skip
+        async with w.session.get(w.url("/api/v1/maintenance"), headers=w.auth()) as r:
+            (listed,) = (await r.json())["maintenance"]
+        assert listed["by"] == "demo", listed
