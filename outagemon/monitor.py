@@ -432,9 +432,13 @@ class Monitor:
         if self.writer is not None:
             subscribers = self.subscribers_of(inc.nodes) if inc is not None else 0
             self.journal.event(e, inc, subscribers)
-        if e.kind is EventKind.REOPENED and e.incident is not None and e.incident in self.eta:
-            # The estimate was for the repair that happened: never said of this fault.
-            self.set_eta(e.incident, None, "", "outagemon", withdraw="reopened", at=e.at)
+        if (e.kind is EventKind.REOPENED or e.kind is EventKind.REFAILED) \
+                and e.incident is not None and e.incident in self.eta:  # fmt: skip
+            # The estimate was for the repair that happened (reopened), or that callers
+            # were told of ("restored") before the root, or a new one above, failed again
+            # (refailed): a promise for that repair, not for this fault's, whatever time
+            # it names. Callers hear that work continues until an engineer says anew.
+            self.set_eta(e.incident, None, "", "outagemon", withdraw=e.kind.value, at=e.at)
 
     def _resolved_copy(self, e: Event) -> Incident:
         found = self.correlator.last_resolved(e.root or "")

@@ -4,11 +4,15 @@ suspicion; an estimate after a refailure; the nodes an incident gained and cuts 
 
 from __future__ import annotations
 
+import html
+import re
+
 from outagemon.core.assess import AnswerMemory, Status, assess
 from outagemon.core.health import State
+from tests.test_api_callers import agg_s_down, future, post, timeline
 from tests.test_calls_api import NEIGHBOURS
 from tests.test_suspicion_answers import ROUTERS, monitor_of, set_state
-from tests.world import world
+from tests.world import READ, world
 
 MIRA = "пр-т Мира, д. 10"
 # Two accounts of one flat, each with a router of theirs (one household).
@@ -58,3 +62,60 @@ def test_a_household_hears_cpe_down_only_when_none_of_its_routers_answers() -> N
     match = m.directory.address(MIRA, "15")
     assert assess(m, m.directory, match, clock.now, 3600, memory).status is Status.CPE_DOWN
 
+
+async def test_an_estimate_is_withdrawn_when_the_root_fails_again_while_recovering(
+    fresh_db: str,
+) -> None:
+    """The root answered (callers heard "restored") and failed again before the incident
+    resolved: the estimate was still spoken, as if the repair it promised were this
+    fault's, while a reopening withdrew it; the API and the page now agree it is gone."""
+    async with agg_s_down(fresh_db) as (w, inc):
+        iid = inc.id
+        status, body = await post(w, iid, {"eta": future(120)})
+        assert status == 200 and body["eta"], body
+        w.net.repair("agg-s")
+        w.run(30)  # recovering: resolve_hold is 60 s
+        assert inc.recovering_since is not None
+        w.net.fail("agg-s")
+        w.run(60)
+        assert inc.recovering_since is None and inc.id in w.monitor.correlator.incidents
+        heard = await w.check(account="1006")
+        assert heard["status"] == "outage", heard
+        assert heard["eta"] == "" and "Работы продолжаются" in heard["message"], heard
+        listed = (await post(w, iid, {"note": "снова упал"}))[1]
+        assert listed["eta"] is None, listed
+        events = await timeline(w, iid)
+        kinds = [e["kind"] for e in events]
+        assert kinds[kinds.index("refailed") + 1] == "eta", kinds
+        assert events[kinds.index("refailed") + 1]["detail"] == {
+            "eta": None, "by": "outagemon", "withdrawn": "refailed"}  # fmt: skip
+        async with w.session.get(w.url(f"/incidents/{iid}"), headers=w.auth(READ)) as r:
+            page = html.unescape(await r.text())
+        assert "ETA not set" in page and "root failed again while recovering" in page, page
+        async with w.session.get(w.url("/"), headers=w.auth(READ)) as r:
+            assert "ETA not set" in await r.text()
+
+
+def _header(page: str) -> str:
+    found = re.search(r'<p class="muted">((?:open|resolved|merged) ·.*?)</p>', page, re.S)
+    assert found is not None, page
+    return html.unescape(found.group(1))
+
+
+async def test_a_resolved_incidents_page_shows_no_estimate(fresh_db: str) -> None:
+    """The header of a resolved incident's page said "ETA 26.11 18:30", the estimate of a
+    repair that is over."""
+    async with agg_s_down(fresh_db) as (w, inc):
+        iid = inc.id
+        assert (await post(w, iid, {"eta": future(120)}))[0] == 200
+        async with w.session.get(w.url(f"/incidents/{iid}"), headers=w.auth(READ)) as r:
+            header = _header(await r.text())
+        assert "ETA" in header and "not set" not in header, header  # open: said
+        w.net.repair("agg-s")
+        w.run(30)
+        w.run(90)  # resolve_hold is 60 s: resolved
+        assert iid not in w.monitor.correlator.incidents
+        await w.flushed()
+        async with w.session.get(w.url(f"/incidents/{iid}"), headers=w.auth(READ)) as r:
+            header = _header(await r.text())
+        assert "resolved" in header and "ETA" not in header, header

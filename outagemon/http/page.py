@@ -455,11 +455,10 @@ def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
     if kind == "note":
         return f"{detail.get('note', '')} — {detail.get('by', '')}"
     if kind == "eta" and detail.get("eta") is None:
-        why = (
-            " (the incident reopened: it was for the last repair)"
-            if detail.get("withdrawn") == "reopened"
-            else ""
-        )
+        why = {
+            "reopened": " (the incident reopened: it was for the last repair)",
+            "refailed": " (the root failed again while recovering: it was for that repair)",
+        }.get(str(detail.get("withdrawn")), "")
         return f"ETA withdrawn{why} — {detail.get('by', '')}"
     if kind == "eta":
         # As the page's header says it (26.11.2026 18:30), not the API's ISO text.
