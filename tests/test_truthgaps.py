@@ -7,9 +7,14 @@ from __future__ import annotations
 import html
 import re
 
+from outagemon.alerting import payload
 from outagemon.core.assess import AnswerMemory, Status, assess
 from outagemon.core.health import State
+from outagemon.core.incidents import EventKind
+from outagemon.sim import citygen
+from tests.test_alerting import incident, topo
 from tests.test_api_callers import agg_s_down, future, post, timeline
+from tests.test_calls import Ids, calls_from, city_directory, never, watch_of
 from tests.test_calls_api import NEIGHBOURS
 from tests.test_suspicion_answers import ROUTERS, monitor_of, set_state
 from tests.world import READ, world
@@ -119,3 +124,48 @@ async def test_a_resolved_incidents_page_shows_no_estimate(fresh_db: str) -> Non
         async with w.session.get(w.url(f"/incidents/{iid}"), headers=w.auth(READ)) as r:
             header = _header(await r.text())
         assert "resolved" in header and "ETA" not in header, header
+
+
+async def test_the_nodes_an_incident_gained_agree_with_what_it_cuts_off(fresh_db: str) -> None:
+    """The timeline said "added: 2" (the root left out) beside "cuts off 3 nodes" on the
+    page and 3 nodes in the API (the root counted): it now says both, root and all."""
+    async with world(fresh_db) as w:
+        w.net.fail("agg-n")
+        w.run(60)
+        (inc,) = w.monitor.correlator.incidents.values()
+        total = len(inc.nodes)
+        assert total > 2
+        await w.flushed()
+        async with w.session.get(w.url(f"/incidents/{inc.id}"), headers=w.auth(READ)) as r:
+            page = html.unescape(await r.text())
+        (line,) = re.findall(r"<td>nodes</td><td>(.*?)</td>", page)
+        assert line == f"{total - 1} nodes joined the root: it cuts off {total}, the root included"
+        async with w.session.get(w.url("/"), headers=w.auth(READ)) as r:
+            assert f"cuts off {total} nodes" in await r.text()
+
+
+def test_a_widened_suspicion_says_the_nodes_it_gained() -> None:
+    """Widened from an entrance to its switch, a suspicion's `nodes` line said "added"
+    the switch's whole subtree, the nodes it already had and its root counted."""
+    town = city_directory(citygen.generate(aggregations=1, subscribers_per_access=30,
+                                           entrances=3))  # fmt: skip
+    w = watch_of(town, min_callers=3, evidence=0)
+    ids = Ids()
+    w.tick(40.0, calls_from(town, "seg-1-5-1", [10, 20, 30]), never, ids)
+    (first,) = w.open.values()
+    had = len(first.incident.nodes)
+    w.take_events()
+    more = calls_from(town, "seg-1-5-2", [50, 60]) + calls_from(town, "seg-1-5-3", [70])
+    w.tick(80.0, more, never, ids)
+    assert first.incident.root == "sw-1-5"
+    (grew,) = [e for e in w.take_events() if e.kind is EventKind.NODES]
+    now = len(first.incident.nodes)
+    assert grew.detail == {"added": now - had, "nodes": now}, (grew.detail, had, now)
+
+
+def test_a_notification_counts_the_nodes_cut_off_as_the_page_does() -> None:
+    """It said "131 node(s) cut off behind sw-1", the root counted among those behind
+    it; the page says "cuts off 131" with the root among them."""
+    said = payload.annotation_set(incident(nodes=131), topo())["description"]
+    assert "131 nodes cut off: sw-1 and 130 nodes behind it" in said, said
+    assert "behind sw-1" not in said

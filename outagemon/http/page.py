@@ -463,6 +463,12 @@ def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
     if kind == "eta":
         # As the page's header says it (26.11.2026 18:30), not the API's ISO text.
         return f"ETA {_human(str(detail.get('eta', '')))} — {detail.get('by', '')}"
+    if kind == "nodes" and isinstance(detail.get("added"), int):
+        # Counted as the page's "cuts off" and the API's `nodes`: the root among them.
+        n = detail["added"]
+        joined = f"{n} node{'' if n == 1 else 's'} joined the root"
+        total = detail.get("nodes")
+        return joined + (f": it cuts off {total}, the root included" if total else "")
     if kind == "kind_changed" and detail.get("works_ended"):
         ended = detail["works_ended"]
         if isinstance(ended, int | float):  # stored as seconds before the eleventh session
