@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import timedelta
 
 from outagemon.alerting import payload
 from outagemon.core.assess import AnswerMemory, Status, assess
 from outagemon.core.health import State
 from outagemon.core.incidents import EventKind
+from outagemon.db import store
 from outagemon.sim import citygen
 from tests.test_alerting import incident, topo
 from tests.test_api_callers import agg_s_down, future, post, timeline
 from tests.test_calls import Ids, calls_from, city_directory, never, watch_of
-from tests.test_calls_api import NEIGHBOURS
+from tests.test_calls_api import NEIGHBOURS, three_callers_of_the_first_entrance
 from tests.test_suspicion_answers import ROUTERS, monitor_of, set_state
+from tests.test_suspicion_lifecycle_api import FAILING, stored, subscriber_outages
 from tests.world import READ, world
 
 MIRA = "пр-т Мира, д. 10"
@@ -169,3 +172,43 @@ def test_a_notification_counts_the_nodes_cut_off_as_the_page_does() -> None:
     said = payload.annotation_set(incident(nodes=131), topo())["description"]
     assert "131 nodes cut off: sw-1 and 130 nodes behind it" in said, said
     assert "behind sw-1" not in said
+
+
+async def test_the_history_leaves_out_a_subscriber_whose_router_answered_throughout(
+    fresh_db: str,
+) -> None:
+    """A confirmed suspicion at an entrance: 1004's own router answered from before it
+    was raised to its end (1004 heard `ok` all along), yet billing counted 1004's minutes
+    as for everyone served there. Counted: those whose router failed in it (1002) and
+    those the probes cannot see (1030)."""
+    async with world(fresh_db, subscribers=NEIGHBOURS) as w:
+        await w.flushed()  # the inventory's nodes, then its subscribers' periods
+        w.monitor.journal.inventory(w.monitor.directory, at=w.now)
+        sus = await three_callers_of_the_first_entrance(w)
+        iid = sus["id"]
+        assert (await post(w, iid, {"confirm": True}))[0] == 200
+        w.net.fail(*FAILING)
+        w.run(40)
+        assert (await w.check(account="1004"))["status"] == "ok"
+        w.run(60)
+        w.net.repair(*FAILING)
+        w.run(30)
+        w.run(70)
+        row = await stored(w, iid)
+        assert row["state"] == "resolved"
+        w.runtime.reports = await store.connect(fresh_db, min_size=1, max_size=2)
+        try:
+            heard = {a: await subscriber_outages(w, a) for a in ("1002", "1004", "1030")}
+        finally:
+            await w.runtime.reports.close()
+        minutes = (row["resolved_at"] - row["opened_at"]).total_seconds() / 60
+        for account in ("1002", "1030"):
+            assert heard[account]["incidents"] == [iid], heard[account]
+            assert abs(heard[account]["outage_minutes"] - minutes) <= 0.1, heard[account]
+        assert heard["1004"]["incidents"] == [] and heard["1004"]["outage_minutes"] == 0, heard
+        # The billing export says the same.
+        billed = await w.pool.fetch(store.DOWNTIME, row["opened_at"] - timedelta(minutes=1),
+                                    row["resolved_at"] + timedelta(minutes=1),
+                                    row["resolved_at"] + timedelta(minutes=1), 0)  # fmt: skip
+        accounts = {r["account"] for r in billed}
+        assert {"1002", "1030"} <= accounts and "1004" not in accounts, accounts
