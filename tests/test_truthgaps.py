@@ -232,7 +232,7 @@ async def test_the_page_says_a_maintenance_incidents_estimate_as_the_api_does(
         eta = datetime.fromisoformat(listed["eta"]).timestamp()
         async with w.session.get(w.url("/"), headers=w.auth(READ)) as r:
             page = html.unescape(await r.text())
-        card = page[page.index(f'data-incident="{inc.id}"'):]
+        card = page[page.index(f'data-incident="{inc.id}"') :]
         card = card[: card.index("</div>\n</div>")]
         shown = datetime.fromtimestamp(eta, tz=UTC).astimezone().strftime("%d.%m %H:%M")
         assert f"ETA {shown}" in card, card
