@@ -14,10 +14,9 @@ from outagemon.core.assess import AnswerMemory, Status, assess
 from outagemon.core.health import State
 from outagemon.core.incidents import EventKind, Maintenance
 from outagemon.db import store
-from outagemon.sim import citygen
 from tests.test_alerting import incident, topo
 from tests.test_api_callers import agg_s_down, future, post, timeline
-from tests.test_calls import Ids, calls_from, city_directory, never, watch_of
+from tests.test_calls import widened_from_an_entrance
 from tests.test_calls_api import NEIGHBOURS, three_callers_of_the_first_entrance
 from tests.test_suspicion_answers import ROUTERS, monitor_of, set_state
 from tests.test_suspicion_lifecycle_api import FAILING, stored, subscriber_outages
@@ -151,16 +150,7 @@ async def test_the_nodes_an_incident_gained_agree_with_what_it_cuts_off(fresh_db
 def test_a_widened_suspicion_says_the_nodes_it_gained() -> None:
     """Widened from an entrance to its switch, a suspicion's `nodes` line said "added"
     the switch's whole subtree, the nodes it already had and its root counted."""
-    town = city_directory(citygen.generate(aggregations=1, subscribers_per_access=30,
-                                           entrances=3))  # fmt: skip
-    w = watch_of(town, min_callers=3, evidence=0)
-    ids = Ids()
-    w.tick(40.0, calls_from(town, "seg-1-5-1", [10, 20, 30]), never, ids)
-    (first,) = w.open.values()
-    had = len(first.incident.nodes)
-    w.take_events()
-    more = calls_from(town, "seg-1-5-2", [50, 60]) + calls_from(town, "seg-1-5-3", [70])
-    w.tick(80.0, more, never, ids)
+    w, first, had = widened_from_an_entrance()
     assert first.incident.root == "sw-1-5"
     (grew,) = [e for e in w.take_events() if e.kind is EventKind.NODES]
     now = len(first.incident.nodes)
