@@ -24,7 +24,7 @@ from outagemon.config import CallersConfig, Config
 from outagemon.core import calls as callers
 from outagemon.core.assess import cut_off_by
 from outagemon.core.correlator import Correlator
-from outagemon.core.directory import Directory
+from outagemon.core.directory import Directory, cpe_id
 from outagemon.core.health import NodeState, Settings, State
 from outagemon.core.incidents import (
     Event,
@@ -124,6 +124,9 @@ class Monitor:
         # id -> recently resolved incident: the page's list (`recent` keeps one a node, so
         # an incident whose nodes a later one covered would be missing from it).
         self._resolved: dict[int, Incident] = {}
+        # id -> when the history counts it from: a confirmed outage raised by calls, for
+        # the subscribers it leaves out when it ends (see `_spared`).
+        self._confirmed_from: dict[int, float] = {}
         self.maintenance: list[Maintenance] = []
         self.next_maintenance = 1  # the id of the next planned works
         self._history_saved = clock()
@@ -416,6 +419,11 @@ class Monitor:
             self.journal.blind(e.kind is EventKind.BLIND)
             return
         inc = self.open_incident(e.incident or -1)
+        if e.incident is not None and e.incident in self._confirmed_from:
+            e = self._spared(e)
+        elif (e.kind is EventKind.KIND_CHANGED and inc is not None and inc.raised_by == "calls"
+              and e.detail.get("from") == Kind.SUSPECTED.value):  # fmt: skip
+            self._confirmed_from[inc.id] = inc.opened_at
         log.info(f"incident.{e.kind.value}", incident=e.incident, root=e.root,
                  **_loggable(e.detail))  # fmt: skip
         ended_by_calls = any(e.detail.get(k) for k in CALLS_ENDINGS)
@@ -432,9 +440,35 @@ class Monitor:
         if self.writer is not None:
             subscribers = self.subscribers_of(inc.nodes) if inc is not None else 0
             self.journal.event(e, inc, subscribers)
-        if e.kind is EventKind.REOPENED and e.incident is not None and e.incident in self.eta:
-            # The estimate was for the repair that happened: never said of this fault.
-            self.set_eta(e.incident, None, "", "outagemon", withdraw="reopened", at=e.at)
+        if (e.kind is EventKind.REOPENED or e.kind is EventKind.REFAILED) \
+                and e.incident is not None and e.incident in self.eta:  # fmt: skip
+            # The estimate was for the repair that happened (reopened), or that callers
+            # were told of ("restored") before the root, or a new one above, failed again
+            # (refailed): a promise for that repair, not for this fault's, whatever time
+            # it names. Callers hear that work continues until an engineer says anew.
+            self.set_eta(e.incident, None, "", "outagemon", withdraw=e.kind.value, at=e.at)
+
+    def _spared(self, e: Event) -> Event:
+        """A confirmed outage raised by calls ending (resolved, or taken over by the
+        probes' incident): the accounts whose own probed router answered from before it
+        was counted until now, named in the event (`spared`), are left out of its history
+        (billing): the probes saw the way to them working, and they heard `ok`."""
+        if e.kind is not EventKind.RESOLVED and e.kind is not EventKind.MERGED:
+            return e
+        start = self._confirmed_from.pop(e.incident or -1)
+        topo = self.directory.topology
+        if e.root is None or e.root not in topo:
+            return e
+        states, nodes, prefix = self.correlator.states, topo.nodes, cpe_id("")
+        spared = []
+        for n in topo.descendants(e.root):
+            ns = states.get(n)
+            if (ns is not None and ns.state is State.UP and ns.changed_at <= start
+                    and n.startswith(prefix) and nodes[n].kind == "cpe"):  # fmt: skip
+                spared.append(n.removeprefix(prefix))
+        if not spared:
+            return e
+        return dataclasses.replace(e, detail={**e.detail, "spared": sorted(spared)})
 
     def _resolved_copy(self, e: Event) -> Incident:
         found = self.correlator.last_resolved(e.root or "")

@@ -21,6 +21,7 @@ from outagemon.core.calls import (
     CallLog,
     CallWatch,
     Settings,
+    Suspicion,
     building_text,
     caller_key,
     negbin_tail,
@@ -276,9 +277,10 @@ def test_later_calls_join_it_and_a_quiet_one_expires(town: Directory) -> None:
     assert ended.kind is EventKind.RESOLVED and ended.detail["expired"]
 
 
-def test_a_wider_cluster_widens_the_suspicion_below_it_keeping_its_id(
-    town: Directory,
-) -> None:
+def widened_from_an_entrance() -> tuple[CallWatch, Suspicion, int]:
+    """Callers of one entrance raise a suspicion there; callers of the building's other
+    entrances, too few for either alone, widen it to the switch. The watch, the
+    suspicion and how many nodes it had before widening (its events since then kept)."""
     town = city_directory(citygen.generate(aggregations=1, subscribers_per_access=30,
                                            entrances=3))  # fmt: skip
     # The window's count alone (the sequential test would raise on the pair of
@@ -287,11 +289,16 @@ def test_a_wider_cluster_widens_the_suspicion_below_it_keeping_its_id(
     ids = Ids()
     w.tick(40.0, calls_from(town, "seg-1-5-1", [10, 20, 30]), never, ids)
     (first,) = w.open.values()
-    sid = first.incident.id
+    had = len(first.incident.nodes)
     w.take_events()
-    # Callers of the building's other entrances, too few for either alone: the switch.
     more = calls_from(town, "seg-1-5-2", [50, 60]) + calls_from(town, "seg-1-5-3", [70])
     w.tick(80.0, more, never, ids)
+    return w, first, had
+
+
+def test_a_wider_cluster_widens_the_suspicion_below_it_keeping_its_id() -> None:
+    w, first, _ = widened_from_an_entrance()
+    sid = first.incident.id
     assert w.open.keys() == {sid}
     assert first.incident.root == "sw-1-5"
     assert any(e.kind is EventKind.ROOT_MOVED for e in w.take_events())

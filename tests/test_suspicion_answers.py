@@ -31,9 +31,9 @@ class Clock:
         return self.now
 
 
-def monitor_of() -> tuple[Monitor, Clock]:
+def monitor_of(subscribers: str = NEIGHBOURS) -> tuple[Monitor, Clock]:
     """A monitor whose probed nodes all answer, its first round done."""
-    d = build_directory(NEIGHBOURS)
+    d = build_directory(subscribers)
     cfg = config.parse("[correlation]\nresolve_hold = 60\n", Path("outagemon.toml"))
     clock = Clock()
     m = Monitor(cfg, d, Registry(), clock=clock)

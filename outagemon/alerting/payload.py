@@ -87,6 +87,13 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _cut_off(incident: dict[str, Any], where: str) -> str:
+    """The nodes an incident cuts off, counted as the page and the API count them: its
+    root among them (it said "131 node(s) cut off behind" the root)."""
+    n = int(incident.get("nodes", 1))
+    return f"{plural(n, 'node')} cut off: {where} and {plural(n - 1, 'node')} behind it"
+
+
 def _raised(incident: dict[str, Any]) -> dict[str, Any]:
     """What raised an incident raised by calls (its opened event's detail), else {}."""
     raised = incident.get("raised")
@@ -148,13 +155,12 @@ def annotation_set(incident: dict[str, Any], topology: Topology) -> dict[str, st
     elif by_calls:
         description = (
             f"Incident {incident['id']}{since}: raised by calls at {where} and confirmed by "
-            f"an engineer (no probe sees it), {incident.get('nodes', 1)} node(s) behind it"
+            f"an engineer (no probe sees it), {_cut_off(incident, where)}"
             f"{tail}"
         )
     else:
         description = (
-            f"Incident {incident['id']}{since}: {incident.get('nodes', 1)} node(s) cut off "
-            f"behind {where}"
+            f"Incident {incident['id']}{since}: {_cut_off(incident, where)}"
             f"{' (inferred from its children: it has no probe of its own)' if inferred else ''}"
             f"{tail}"
         )

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import sys
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -140,14 +142,18 @@ class AnswerMemory:
     it holds LIMIT nodes: a city has far fewer serving nodes than that."""
 
     LIMIT = 200_000
-    __slots__ = ("entries", "routers")
+    ROUTERS_LIMIT = 250_000  # flats held in `routers` (~12 MiB) before it is emptied
+    __slots__ = ("entries", "routers", "routers_held", "routers_of")
 
     def __init__(self) -> None:
         self.entries: dict[str, Remembered] = {}
-        # A serving node's routers by the home they serve ((building key, flat) -> router
-        # ids), for callers asking by address inside a confirmed suspicion, made once per
-        # directory; their states are read on every call.
-        self.routers: dict[str, tuple[Directory, dict[tuple[str, str], list[str]]]] = {}
+        # A serving node's routers by the flat they serve (see _routers_by_flat), for
+        # callers asking by address and flat (the household's own routers), made
+        # once per directory; their states are read on every call. The directory they
+        # were made from is held weakly: a reload's old one is not kept alive by them.
+        self.routers: dict[str, dict[str, str]] = {}
+        self.routers_held = 0
+        self.routers_of: weakref.ref[Directory] | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -208,12 +214,10 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
                 ns = c.states.get(node)
                 if ns is not None and ns.state is State.UP:
                     return after
-            elif (
-                sub is None
-                and match.flat
-                and _flat_router_answers(situation, directory, node, match, memory)
-            ):
-                return after  # asked by the address and flat of the same household
+            elif sub is None and match.flat:
+                seen = _household(c.states, directory, node, match, memory)
+                if any(ns is not None and ns.state is State.UP for ns in seen):
+                    return after  # asked by the address and flat of the same household
         return before
     if own:
         ns = c.states.get(node)
@@ -223,40 +227,68 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
             # answer then).
             return Answer(Status.CPE_DOWN, node=serving, since=ns.down_at,
                           suspected=after.suspected)  # fmt: skip
+    elif sub is None and match.flat:
+        # Asked by address and flat: the household's routers. "Your router does not
+        # answer" only when none of them answers (two accounts of one flat are one
+        # caller, who may be either's); since when that is so.
+        seen = _household(c.states, directory, node, match, memory)
+        if seen and all(ns is not None and ns.state is State.DOWN for ns in seen):
+            since = max(ns.down_at for ns in seen if ns is not None)
+            return Answer(Status.CPE_DOWN, node=serving, since=since,
+                          suspected=after.suspected)  # fmt: skip
     return after
 
 
-def _flat_router_answers(situation: Situation, directory: Directory, node: str,
-                         match: Match, memory: AnswerMemory) -> bool:  # fmt: skip
-    """Whether the router of a subscriber living at the flat asked about by address answers
-    (the same household as asked by account): looked for among the serving node's
-    routers, and only inside a confirmed suspicion."""
-    if match.address is None:
-        return False
+def _household(states: Mapping[str, NodeSeen], directory: Directory, node: str, match: Match,
+               memory: AnswerMemory) -> list[NodeSeen | None]:  # fmt: skip
+    """The states of the probed routers of the subscribers living at the flat asked about
+    by address (the household asked by account), looked for among the serving node's
+    routers (None: a router not seen yet)."""
+    building = match.address
+    if building is None:
+        return []
+    if memory.routers_of is None or memory.routers_of() is not directory:
+        memory.routers.clear()
+        memory.routers_held = 0
+        memory.routers_of = weakref.ref(directory)
     kept = memory.routers.get(node)
-    if kept is None or kept[0] is not directory:
-        kept = directory, _routers_by_home(directory, node)
-        if len(memory.routers) > AnswerMemory.LIMIT:
+    if kept is None:
+        kept = _routers_by_flat(directory, node)
+        if memory.routers_held + len(kept) > AnswerMemory.ROUTERS_LIMIT:
             memory.routers.clear()
+            memory.routers_held = 0
         memory.routers[node] = kept
-    states = situation.correlator.states
-    for router in kept[1].get((match.address.key, flat_key(match.flat)), ()):
-        ns = states.get(router)
-        if ns is not None and ns.state is State.UP:
-            return True
-    return False
+        memory.routers_held += len(kept)
+    found = kept.get(flat_key(match.flat))
+    if found is None:
+        return []
+    roster, prefix = directory.subscribers, len(cpe_id(""))
+    seen: list[NodeSeen | None] = []
+    for router in found.split("\n") if "\n" in found else (found,):
+        i = roster.by_account(router[prefix:])
+        if i is None:
+            continue
+        # The node may serve other buildings: the same flat there is another home.
+        there = roster.places[roster.place[i]][1]
+        if there is building or there.key == building.key:
+            seen.append(states.get(router))
+    return seen
 
 
-def _routers_by_home(directory: Directory, node: str) -> dict[tuple[str, str], list[str]]:
-    """A serving node's subscribers' routers by (building key, flat)."""
+def _routers_by_flat(directory: Directory, node: str) -> dict[str, str]:
+    """A serving node's subscribers' routers by flat (flat_key -> router ids joined by a
+    line break: mostly one, the topology's own string), whatever their building (checked
+    when asked): about 50 bytes a flat, made in about 4 µs a router."""
     serving = directory.topology.nodes.get(node)
     roster, prefix = directory.subscribers, cpe_id("")
-    found: dict[tuple[str, str], list[str]] = {}
+    flats = roster.flats
+    found: dict[str, str] = {}
     for child in serving.children if serving is not None else ():
         i = roster.by_account(child.removeprefix(prefix)) if child.startswith(prefix) else None
         if i is not None:
-            sub = roster.at(i)
-            found.setdefault((sub.address.key, flat_key(sub.flat)), []).append(child)
+            flat = sys.intern(flat_key(flats[i]))  # the same few numbers in every building
+            had = found.get(flat)
+            found[flat] = child if had is None else f"{had}\n{child}"
     return found
 
 

@@ -1080,6 +1080,7 @@ class CallWatch:
         if under:
             sus = under[0]
             old = sus.incident.root
+            had = len(sus.incident.nodes)
             self._drop_beside(sus)
             self._unroot(sus)
             sus.incident.root = root
@@ -1109,7 +1110,8 @@ class CallWatch:
                     )
                 )
             self.events.append(Event(EventKind.NODES, now, sus.incident.id, root, tuple(nodes),
-                                     detail={"added": len(nodes)}))  # fmt: skip
+                                     detail={"added": len(nodes) - had,
+                                             "nodes": len(nodes)}))  # fmt: skip
             sus.first_call = min(sus.first_call, first)
         else:
             inc = Incident(id=next_id(), root=root, kind=Kind.SUSPECTED, inferred=True,

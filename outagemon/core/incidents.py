@@ -427,9 +427,11 @@ class IncidentBook:
                 len(members) != len(old) or members[0] != old[0] or set(members) != set(old)
             ):
                 inc.nodes = members  # root first, then nearest first
+                # `nodes`, with the root, as the page and the API count what it cuts off.
                 added = max(0, len(members) - len(old))
-                self.events.append(Event(EventKind.NODES, now, inc.id, inc.root,
-                                         tuple(members), detail={"added": added}))  # fmt: skip
+                said: dict[str, object] = {"added": added, "nodes": len(members)}
+                self.events.append(Event(EventKind.NODES, now, inc.id, inc.root, tuple(members),
+                                         detail=said))  # fmt: skip
         # Recovering incidents keep their nodes (for `restored` answers) but own none:
         # theirs are read where no active incident covers a node (made again only when
         # they, or their nodes, change: a recovering core failure's are 100,000).

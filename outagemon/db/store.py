@@ -661,6 +661,9 @@ async def take_relayed_records(conn: Conn) -> list[asyncpg.Record]:
 # validity, clipped to the period: outage time, planned-works time (less any outage at
 # the same moment) and unverified time (any of it inside a blind period) kept apart.
 # Open rows (null ends) count up to `now`, which callers pass so answers are repeatable.
+# A confirmed outage raised by calls names, in the event that ended it (`spared`), the
+# accounts whose own router answered throughout (monitor.Monitor._spared): its impact is
+# not theirs.
 
 CPE_PREFIX = "cpe:"  # subscribers' own routers (core.directory.cpe_id): not in impact
 
@@ -901,6 +904,10 @@ async def account_history(conn: Conn, account: str, start: datetime, end: dateti
               and i.started_at < $3 and coalesce(i.ended_at, $4) > $2
               and greatest(i.started_at, s.valid_from, $2)
                   < least(coalesce(i.ended_at, $4), coalesce(s.valid_to, 'infinity'), $3)
+              and not exists (select 1 from incident_event x
+                              where x.incident_id = i.incident_id
+                                and x.kind in ('resolved', 'merged')
+                                and x.detail->'spared' ? s.account)
             union all
             select 'blind', null, reason, greatest(started_at, $2),
                    least(coalesce(ended_at, $4), $3), null, null, null
@@ -946,6 +953,12 @@ with blind as (
     where started_at < $2 and coalesce(ended_at, $3) > $1
       and greatest(started_at, $1) < least(coalesce(ended_at, $3), $2)
 ),
+spared as (
+    select x.incident_id, a.account
+    from incident_event x
+    cross join lateral jsonb_array_elements_text(x.detail->'spared') as a(account)
+    where x.kind in ('resolved', 'merged') and x.at >= $1 and x.detail ? 'spared'
+),
 hit as (
     select s.account, i.incident_id, i.cause = 'outage' as outage,
            greatest(i.started_at, s.valid_from, $1) as lo,
@@ -958,6 +971,8 @@ hit as (
       and s.valid_from < $2 and coalesce(s.valid_to, 'infinity') > $1
       and greatest(i.started_at, s.valid_from, $1)
           < least(coalesce(i.ended_at, $3), coalesce(s.valid_to, 'infinity'), $2)
+      and not exists (select 1 from spared p
+                      where p.incident_id = i.incident_id and p.account = s.account)
 ),
 piece as (
     select account, incident_id, outage, hi,

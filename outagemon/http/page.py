@@ -105,7 +105,7 @@ def _card(rt: Runtime, inc: Incident) -> dict[str, Any]:
         "inferred": _inferred_badge(inc.inferred, inc.raised_by),
         "recovering": inc.recovering_since is not None, "since": _when(inc.opened_at),
         "nodes": len(inc.nodes), "subscribers": m.subscribers_of(inc.nodes),
-        "calls": m.calls.get(inc.id, 0), "eta": _when(m.eta.get(inc.id)),
+        "calls": m.calls.get(inc.id, 0), "eta": _when(queries.eta_of(inc, m)),
         "addresses": addresses, "more_addresses": more,
         "resolved": _when(inc.resolved_at),
         "reopened": _when(inc.reopened_at),
@@ -455,15 +455,20 @@ def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
     if kind == "note":
         return f"{detail.get('note', '')} — {detail.get('by', '')}"
     if kind == "eta" and detail.get("eta") is None:
-        why = (
-            " (the incident reopened: it was for the last repair)"
-            if detail.get("withdrawn") == "reopened"
-            else ""
-        )
+        why = {
+            "reopened": " (the incident reopened: it was for the last repair)",
+            "refailed": " (the root failed again while recovering: it was for that repair)",
+        }.get(str(detail.get("withdrawn")), "")
         return f"ETA withdrawn{why} — {detail.get('by', '')}"
     if kind == "eta":
         # As the page's header says it (26.11.2026 18:30), not the API's ISO text.
         return f"ETA {_human(str(detail.get('eta', '')))} — {detail.get('by', '')}"
+    if kind == "nodes" and isinstance(detail.get("added"), int):
+        # Counted as the page's "cuts off" and the API's `nodes`: the root among them.
+        n = detail["added"]
+        joined = f"{n} node{'' if n == 1 else 's'} joined the root"
+        total = detail.get("nodes")
+        return joined + (f": it cuts off {total}, the root included" if total else "")
     if kind == "kind_changed" and detail.get("works_ended"):
         ended = detail["works_ended"]
         if isinstance(ended, int | float):  # stored as seconds before the eleventh session

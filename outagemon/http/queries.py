@@ -45,16 +45,17 @@ def incident_json(inc: Incident, monitor: Monitor | Replica | None) -> dict[str,
         "subscribers": subs,
         "opened_at": iso(inc.opened_at),
         "resolved_at": iso(inc.resolved_at) or None,
-        "eta": iso(_eta(inc, monitor)) or None if monitor else None,
+        "eta": iso(eta_of(inc, monitor)) or None if monitor else None,
         "calls": monitor.calls.get(inc.id, 0) if monitor else 0,
         "raised_by": inc.raised_by,
         **(_suspicion(inc, monitor) if monitor is not None else {}),
     }
 
 
-def _eta(inc: Incident, monitor: Monitor | Replica) -> float | None:
+def eta_of(inc: Incident, monitor: Monitor | Replica) -> float | None:
     """What its callers hear as `eta`: an engineer's estimate; for planned works, their
-    end (of the chain of works that carries on), or a later estimate."""
+    end (of the chain of works that carries on), or a later estimate (the API's and the
+    page's)."""
     eta = monitor.eta.get(inc.id)
     if inc.kind is not Kind.MAINTENANCE:
         return eta
