@@ -48,6 +48,7 @@ READ_BUFFER = 1 << 20  # bytes read from the subscriber file at a time (see _rea
 CHUNK_ROWS = 2_000  # CSV rows read and turned into columns at a time: each chunk is read,
 # and searched for bad characters, in one call into C (20,000 rows: up to 25 ms, the event
 # loop held beside a reload's thread; the load as fast, 2,000 or 20,000)
+PIECE_ROWS = 500  # of a chunk's rows parsed by the csv module in one call (see _chunk)
 
 
 @dataclass(slots=True)
@@ -831,6 +832,17 @@ class _Places:
             self.places.append((node, building))
         return found
 
+    def let_go(self) -> None:
+        """Free the written addresses' meanings and the places' index an entry at a time.
+        Left to the reading's end, the tens of thousands of them (a _Written, its Address,
+        arrays and lists each) were freed in one cascade as `_read_rows` returned, holding
+        the interpreter's lock, and a reload's event loop beside it, for 17-27 ms on a
+        loaded machine; a loop of pops lets the lock go between entries."""
+        for entries in (self.written, self._index):
+            pop = entries.popitem
+            for _ in range(len(entries)):
+                pop()
+
     def building(self, raw: str) -> _Written | str:
         found = self.written.get(raw)
         if found is None:
@@ -1055,7 +1067,7 @@ def _read_rows(
     routers = _Routers()
     row_number = 1
     while True:
-        chunk = list(islice(rows, CHUNK_ROWS))
+        chunk = _chunk(rows)
         if not chunk:
             break
         done = _at_once(chunk, columns, at, places, topo_ips, plan)
@@ -1191,12 +1203,27 @@ def _read_rows(
         _joined(place_of, "I"), places.places,
         (accounts_keys.index(), phones_keys.index()) if made else None,
     )  # fmt: skip
+    places.let_go()  # the roster keeps its places list, not the meanings (see let_go)
     kept, more = _without_duplicates(roster, ips_keys.index() if made else None)
     problems += more
     problems.sort(key=lambda p: p[0])
     # The routers as read, unless a duplicate was left out of the roster since.
     return kept, [f"{path}: row {n}: {text}" for n, text in problems], (
         routers if kept is roster else None)  # fmt: skip
+
+
+def _chunk(rows: Iterator[list[str]]) -> list[list[str]]:
+    """The next CHUNK_ROWS rows (fewer at the file's end), parsed PIECE_ROWS at a time: a
+    `list(islice(...))` of the whole chunk is one call into C, the csv module's parse and
+    the file's reads and decoding in it, that held the interpreter's lock (a reload's event
+    loop beside it) for 6-8 ms on a loaded machine."""
+    chunk: list[list[str]] = []
+    while len(chunk) < CHUNK_ROWS:
+        before = len(chunk)
+        chunk += islice(rows, min(PIECE_ROWS, CHUNK_ROWS - before))
+        if len(chunk) == before:  # the file's end
+            break
+    return chunk
 
 
 def _keyed(accounts: list[str], phones: list[str], ips: list[str], by_account: _Keys,
