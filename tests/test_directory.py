@@ -285,6 +285,24 @@ def test_every_subscriber_with_an_ip_becomes_one_router_under_their_serving_node
     assert all(n.name == n.id and n.line == 0 and not n.children for n in routers.values())
     assert {t.by_ip[ip] for ip, _ in expected.values()} == set(expected)
     assert set(TOPO.nodes) | set(expected) == set(t.nodes)
+    # Made by map() from C with every field given: the one labels dict all routers share.
+    assert all(n.labels is topology.NO_LABELS and n.serves == () for n in routers.values())
+
+
+def test_routers_read_with_more_ips_or_accounts_than_the_other_are_refused() -> None:
+    # The routers' ids, ips and uplinks are taken in step (zip's strict check, done
+    # after map() made them): one short is an error, never a router given another's ip.
+    subs, _ = directory.parse_csv(CSV, PATH, TOPO)
+    made = directory._Routers()
+    with_ip = [s for s in subs if s.ip is not None]
+    made.accounts = ["\n".join(s.account for s in with_ip)]
+    made.ips = ["\n".join(s.ip or "" for s in with_ip[:-1])]
+    with pytest.raises(ValueError):
+        directory.with_cpes(TOPO, subs, made)
+    made.accounts = ["\n".join(s.account for s in with_ip[:-1])]
+    made.ips = ["\n".join(s.ip or "" for s in with_ip)]
+    with pytest.raises(ValueError):
+        directory.with_cpes(TOPO, subs, made)
 
 
 def test_free_memory_is_given_back_where_the_c_library_can() -> None:

@@ -58,7 +58,7 @@ class Served:
 
 
 # The labels of a node that has none: one dict shared by all of them (a million routers).
-_NO_LABELS: dict[str, str] = {}
+NO_LABELS: dict[str, str] = {}
 
 
 @dataclass(slots=True)
@@ -76,7 +76,7 @@ class Node:
     # The operator's own labels (a district, a region), inherited by the nodes below: they
     # route the alerts (outagemon/alerting). Nodes without any share one empty dict (never
     # changed after parsing).
-    labels: dict[str, str] = dataclasses.field(default_factory=lambda: _NO_LABELS)
+    labels: dict[str, str] = dataclasses.field(default_factory=lambda: NO_LABELS)
 
     @property
     def probed(self) -> bool:
@@ -781,7 +781,7 @@ def _parse_node(
         name=str(name),
         serves=tuple(serves),
         line=line,
-        labels=labels or _NO_LABELS,
+        labels=labels or NO_LABELS,
     )
 
 
