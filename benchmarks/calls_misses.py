@@ -20,6 +20,16 @@ one `window`, the gaps between their first calls, and a class:
 - `other`: none of these (a defect to look at: calls joined to another suspicion,
   raised at a wrong place, ...), with the suspicions' events near it.
 
+With `--price`, each missed fault also gets what finding it would cost: its callers' best
+value under each of the detector's tests as the detector looked at them (the burst's and
+the waking hour's log-likelihood ratios, the scan's chance), and how many clusters of the
+usual calls in the same month, looked at and not raised (keyed by their oldest caller; no
+fault's place while it lasted), weigh as much or more: a threshold that raised the fault
+would raise those too (at most that many false suspicions more a month: clusters of one
+place may share a suspicion). A fault priced at dozens a month cannot be told from the
+usual calls by the evidence the simulation holds (every call is `ivr` and answered `ok`,
+callers are independent): a better detector needs evidence it does not model.
+
 Then, per seed, the faults with three callers within one window (what a detector that
 waits for three can find at most) and how many of them were found; suspicions raised at a
 found fault's place after its first ("extra": one fault, several suspicions); and the
@@ -53,10 +63,69 @@ def most_within(times: list[float], span: float) -> int:
     return max((sum(1 for u in times if t <= u < t + span) for t in times), default=0)
 
 
+Look = tuple[str, float, float, float, float, float]
+
+
+class Looked(CallWatch):
+    """The detector, noting each place it looked at and did not raise: (node, when, its
+    oldest caller's first call, the burst's ratio, the waking hour's, the scan's chance)."""
+
+    def __init__(self, topology: Topology, subscribers: dict[str, int], settings: Settings,
+                 started: float) -> None:  # fmt: skip
+        super().__init__(topology, subscribers, settings, started)
+        self.looks: list[Look] = []
+
+    def strong(self, node: str, firsts: list[float], now: float) -> bool:
+        raised = super().strong(node, firsts, now)
+        if not raised and firsts:
+            waking = self.waking(firsts, now)
+            wake = (self.score(node, waking, now, burst=0.0)
+                    if len(waking) >= self._least() else -math.inf)  # fmt: skip
+            self.looks.append((node, now, firsts[0], self.score(node, firsts, now), wake,
+                               self.scan(node, firsts, now)))  # fmt: skip
+        return raised
+
+
+def usual_clusters(looks: list[Look], invisible: list[Fault], place: list[set[str]],
+                   window: float) -> list[list[float]]:  # fmt: skip
+    """The clusters of the usual calls looked at and not raised (no fault's place while it
+    lasted), keyed by their oldest caller: each one's best burst, wake and -scan."""
+    usual: dict[float, list[float]] = {}
+    for node, at, oldest, burst, wake, scan in looks:
+        if any(node in place[j] and f.start <= at <= f.end + window
+               for j, f in enumerate(invisible)):  # fmt: skip
+            continue
+        best = usual.setdefault(oldest, [-math.inf, -math.inf, -math.inf])
+        best[0], best[1], best[2] = max(best[0], burst), max(best[1], wake), max(best[2], -scan)
+    return list(usual.values())
+
+
+def price(looks: list[Look], usual: list[list[float]], invisible: list[Fault],
+          place: list[set[str]], k: int, window: float) -> str:  # fmt: skip
+    """A missed fault's best values under each test, and how many clusters of the usual
+    calls that month (not raised) reach each."""
+    mine = [x for x in looks if x[0] in place[k]
+            and invisible[k].start <= x[1] <= invisible[k].end + window]  # fmt: skip
+    if not mine:
+        return "never looked at"
+    parts = []
+    bests = (max(x[3] for x in mine), max(x[4] for x in mine), max(-x[5] for x in mine))
+    for i, (name, value) in enumerate(zip(("burst", "wake", "scan"), bests, strict=True)):
+        if value == -math.inf or (i == 2 and value <= -1.0):
+            parts.append(f"{name} -")
+            continue
+        many = sum(1 for b in usual if b[i] >= value)
+        shown = f"{-value:.1g}" if i == 2 else f"{value:.1f}"
+        parts.append(f"{name} {shown} ({many} usual)")
+    return "price: " + ", ".join(parts)
+
+
 def run(topo: Topology, behind: dict[str, list[str]], seed: int, share: float,
-        settings: Settings) -> tuple[list[str], Counter[str]]:  # fmt: skip
+        settings: Settings, priced: bool = False) -> tuple[list[str], Counter[str]]:  # fmt: skip
     calls, faults = generate(topo, behind, 30, share, seed)
-    watch = CallWatch(topo, {seg: len(a) for seg, a in behind.items()}, settings, started=0.0)
+    counts = {seg: len(a) for seg, a in behind.items()}
+    looked = Looked(topo, counts, settings, started=0.0) if priced else None
+    watch = looked or CallWatch(topo, counts, settings, started=0.0)
     next_id = iter(range(1, 10**9)).__next__
     invisible = [f for f in faults if not f.visible]
     place = [{f.node, *topo.descendants(f.node)} for f in invisible]
@@ -93,6 +162,7 @@ def run(topo: Topology, behind: dict[str, list[str]], seed: int, share: float,
             false += 1
     lines: list[str] = []
     tally: Counter[str] = Counter()
+    usual: list[list[float]] | None = None
     heard = three = three_found = 0
     for k, f in enumerate(invisible):
         if f.first_call == math.inf:
@@ -129,6 +199,10 @@ def run(topo: Topology, behind: dict[str, list[str]], seed: int, share: float,
                     if f.start - 4 * 3600 <= t <= f.end + settings.window
                     and (r in place[k] or r in topo.ancestors(f.node))]  # fmt: skip
             line += f"; joined {sorted(joined.get(k, ()))}; " + "; ".join(seen[:6])
+        if looked is not None:
+            if usual is None:
+                usual = usual_clusters(looked.looks, invisible, place, settings.window)
+            line += "; " + price(looked.looks, usual, invisible, place, k, settings.window)
         lines.append(line)
     extra = sum(len(roots) - 1 for roots in found.values())
     buildings = [k for k in found if invisible[k].node not in behind]
@@ -164,6 +238,12 @@ def main() -> None:
     parser.add_argument("--burst-evidence", type=float, default=default.burst_evidence)
     parser.add_argument("--scan-chance", type=float, default=default.scan_chance)
     parser.add_argument("--wake-evidence", type=float, default=default.wake_evidence)
+    parser.add_argument(
+        "--price",
+        action="store_true",
+        help="each missed fault's best value under each test, and how many clusters of the "
+        "usual calls that month reach it (what finding it would cost)",
+    )
     args = parser.parse_args()
     chosen = Settings(window=args.window, chance=args.chance, evidence=args.evidence,
                       burst=args.burst, burst_evidence=args.burst_evidence,
@@ -171,7 +251,7 @@ def main() -> None:
     topo, behind = build_city()
     total: Counter[str] = Counter()
     for seed in seeds_of(args.seeds):
-        lines, tally = run(topo, behind, seed, args.share, chosen)
+        lines, tally = run(topo, behind, seed, args.share, chosen, args.price)
         total.update(tally)
         print("\n".join(lines), flush=True)
     print("in all: " + ", ".join(f"{k} {v}" for k, v in total.items()))
