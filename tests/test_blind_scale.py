@@ -204,3 +204,22 @@ def test_a_city_going_down_grows_no_big_table_in_one_result() -> None:
         tracemalloc.stop()
     assert c.blind and c.nodes_down > 40_000, "the city is down, the monitor blind"
     assert biggest.size < 256 * 1024, (biggest.size, biggest.traceback)
+
+
+def test_the_parted_set_answers_as_one_set() -> None:
+    names = [f"cpe{i}" for i in range(2000)]
+    one, parted = set(names[:1500]), failures_module.Parted(names[:1500])
+    for x in names[1000:1800]:
+        one.discard(x)
+        parted.discard(x)
+    for x in names[1700:]:
+        one.add(x)
+        parted.add(x)
+    parted.add(names[0])  # already in: counted once
+    assert len(parted) == len(one) and set(parted) == one
+    assert all((x in parted) == (x in one) for x in names)
+    assert parted.isdisjoint(names[1000:1700]) and not parted.isdisjoint(names[1600:1701])
+    assert parted.with_keys({"agg0": 1.0}) == one | {"agg0"}
+    half = set(names[::2])
+    kept = parted.within(half)
+    assert len(kept) == len(one & half) and set(kept) == one & half

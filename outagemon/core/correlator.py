@@ -22,7 +22,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 
-from outagemon.core.failures import Cut, Failures, Parted
+from outagemon.core.failures import Cut, Failures
 from outagemon.core.health import (
     FLAP_HIGH,
     RTT_BOUND,
@@ -206,7 +206,7 @@ class Correlator(Failures):
             self._reconsider |= change.reconsider
         self._anchors_seen = anchors
         self.inferred = {n: t for n, t in self.inferred.items() if n in topology}
-        self._down = Parted(n for n in self._down if n in topology)
+        self._down = self._down.within(topology)
         self._removed = True
         self._left = None  # the cut was of the old topology: afresh
         self._dirty = True
