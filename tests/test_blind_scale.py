@@ -175,9 +175,9 @@ def test_a_city_going_down_grows_no_big_table_in_one_result() -> None:
     # monitor blind): no single table is grown past a city's small share. One set of
     # them all grew by copying into a table of twice their number at 157,000, 315,000
     # and 629,000 names down: 7-31 ms of one result at a million nodes, in one step of
-    # results of the daemon's loop (issue 19). Here 50,000 routers: one set's table is
-    # 1-2 MB, 64 parts' are 32 KB each.
-    c = Correlator(city(aggs=5, access=100, cpes=100), SETTINGS)
+    # results of the daemon's loop (issue 19). Here 30,000 routers: one set's table is
+    # 1 MB, 64 parts' are 16 KB each.
+    c = Correlator(city(aggs=3, access=100, cpes=100), SETTINGS)
     for t in (1.0, 2.0):
         for node in c.topology.nodes:
             c.observe(node, True, t)
@@ -202,7 +202,7 @@ def test_a_city_going_down_grows_no_big_table_in_one_result() -> None:
         biggest = max(tracemalloc.take_snapshot().traces, key=lambda t: t.size)
     finally:
         tracemalloc.stop()
-    assert c.blind and c.nodes_down > 40_000, "the city is down, the monitor blind"
+    assert c.blind and c.nodes_down > 20_000, "the city is down, the monitor blind"
     assert biggest.size < 256 * 1024, (biggest.size, biggest.traceback)
 
 
