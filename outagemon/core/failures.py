@@ -32,38 +32,33 @@ class Parted:
     (One set of a million grew by copying 157,000, 315,000, then 629,000 names into a
     table twice that size, each within one result: 7-31 ms of one step of results.)"""
 
-    __slots__ = ("_len", "_parts")
+    __slots__ = ("parts",)
 
     def __init__(self, names: Iterable[str] = ()) -> None:
-        self._parts: list[set[str]] = [set() for _ in range(PARTS)]
-        self._len = 0
+        # A name's part: parts[hash(name) & (PARTS - 1)] (`_fail` and `_unfail` test and
+        # change it there, no call each: the look at a city's every node as it sees again).
+        self.parts: list[set[str]] = [set() for _ in range(PARTS)]
         for n in names:
             self.add(n)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._parts[hash(name) & (PARTS - 1)]
+        return name in self.parts[hash(name) & (PARTS - 1)]
 
     def add(self, name: str) -> None:
-        part = self._parts[hash(name) & (PARTS - 1)]
-        if name not in part:
-            part.add(name)
-            self._len += 1
+        self.parts[hash(name) & (PARTS - 1)].add(name)
 
     def discard(self, name: str) -> None:
-        part = self._parts[hash(name) & (PARTS - 1)]
-        if name in part:
-            part.discard(name)
-            self._len -= 1
+        self.parts[hash(name) & (PARTS - 1)].discard(name)
 
     def __len__(self) -> int:
-        return self._len
+        return sum(map(len, self.parts))
 
     def __iter__(self) -> Iterator[str]:
-        return chain.from_iterable(self._parts)
+        return chain.from_iterable(self.parts)
 
     def isdisjoint(self, names: Iterable[str]) -> bool:
         """No name of `names` in the set (stops at the first found)."""
-        parts = self._parts
+        parts = self.parts
         for n in names:  # noqa: SIM110 (a loop, not a generator: _infer's hot path)
             if n in parts[hash(n) & (PARTS - 1)]:
                 return False
@@ -72,14 +67,13 @@ class Parted:
     def within(self, names: Container[str]) -> Parted:
         """A new set of these names that are in `names`, part by part (a set each)."""
         kept = Parted()
-        kept._parts = [{n for n in part if n in names} for part in self._parts]
-        kept._len = sum(map(len, kept._parts))
+        kept.parts = [{n for n in part if n in names} for part in self.parts]
         return kept
 
     def with_keys(self, more: Iterable[str]) -> set[str]:
         """A new set of these names and `more`."""
         found: set[str] = set(more)
-        for part in self._parts:
+        for part in self.parts:
             found |= part
         return found
 
@@ -180,14 +174,17 @@ class Failures(Health):
 
     def _fail(self, node: str) -> None:
         """Down by its own probes: it joins the failed set (and what was added)."""
-        if node in self.topology and node not in self._down:
-            self._down.add(node)
-            self._added.add(node)
+        if node in self.topology:
+            down = self._down.parts[hash(node) & (PARTS - 1)]
+            if node not in down:
+                down.add(node)
+                self._added.add(node)
 
     def _unfail(self, node: str) -> None:
         """No longer down by its own probes: the next decision starts afresh."""
-        if node in self._down:
-            self._down.discard(node)
+        down = self._down.parts[hash(node) & (PARTS - 1)]
+        if node in down:
+            down.discard(node)
             self._removed = True
             if self._left is not None:
                 self._left.add(node)
