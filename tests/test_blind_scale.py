@@ -9,6 +9,8 @@ single look would have told them.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from outagemon.core import correlator as correlator_module
@@ -193,3 +195,58 @@ def test_a_parent_none_of_whose_children_fails_is_passed_by_before_its_state_is_
             c.observe(f"cpe0-0-{x}", False, float(t))
     c.tick(16.0)
     assert set(c.inferred) == {"sw0-0"}, "a switch whose routers fail is weighed as before"
+
+
+def test_a_city_going_down_grows_no_big_table_in_one_result() -> None:
+    # Every node of a city found down, one result at a time (the uplink failed, the
+    # monitor blind): no single table is grown past a city's small share. One set of
+    # them all grew by copying into a table of twice their number at 157,000, 315,000
+    # and 629,000 names down: 7-31 ms of one result at a million nodes, in one step of
+    # results of the daemon's loop (issue 19). Here 30,000 routers: one set's table is
+    # 1 MB, 64 parts' are 16 KB each.
+    c = Correlator(city(aggs=3, access=100, cpes=100), SETTINGS)
+    for t in (1.0, 2.0):
+        for node in c.topology.nodes:
+            c.observe(node, True, t)
+    clean = NodeState()
+    clean.record(False, 300)  # a clean history of 300 answers: down after 3 losses
+    for ns in c.states.values():
+        ns.n, ns.lost = clean.n, clean.lost
+    c.tick(2.0)
+    c.take_requests()
+    nodes = [x for x in c.topology.nodes if x != "uplink"]
+    tracemalloc.start()
+    try:
+        now = 10.0
+        for _ in range(4):  # three losses each take every node down; one more, blind
+            for at in range(0, len(nodes), 2000):  # a tick's results, then the tick
+                for node in nodes[at : at + 2000]:
+                    c.observe(node, False, now)
+                c.observe("uplink", False, now)
+                c.tick(now)
+                c.take_requests()
+                now += 0.1
+        biggest = max(tracemalloc.take_snapshot().traces, key=lambda t: t.size)
+    finally:
+        tracemalloc.stop()
+    assert c.blind and c.nodes_down > 20_000, "the city is down, the monitor blind"
+    assert biggest.size < 256 * 1024, (biggest.size, biggest.traceback)
+
+
+def test_the_parted_set_answers_as_one_set() -> None:
+    names = [f"cpe{i}" for i in range(2000)]
+    one, parted = set(names[:1500]), failures_module.Parted(names[:1500])
+    for x in names[1000:1800]:
+        one.discard(x)
+        parted.discard(x)
+    for x in names[1700:]:
+        one.add(x)
+        parted.add(x)
+    parted.add(names[0])  # already in: counted once
+    assert len(parted) == len(one) and set(parted) == one
+    assert all((x in parted) == (x in one) for x in names)
+    assert parted.isdisjoint(names[1000:1700]) and not parted.isdisjoint(names[1600:1701])
+    assert parted.with_keys({"agg0": 1.0}) == one | {"agg0"}
+    half = set(names[::2])
+    kept = parted.within(half)
+    assert len(kept) == len(one & half) and set(kept) == one & half

@@ -206,7 +206,7 @@ class Correlator(Failures):
             self._reconsider |= change.reconsider
         self._anchors_seen = anchors
         self.inferred = {n: t for n, t in self.inferred.items() if n in topology}
-        self._down = {n for n in self._down if n in topology}
+        self._down = self._down.within(topology)
         self._removed = True
         self._left = None  # the cut was of the old topology: afresh
         self._dirty = True
