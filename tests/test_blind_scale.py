@@ -91,6 +91,30 @@ def test_seeing_again_a_slice_a_tick_tells_what_one_look_would(
     assert not any(ns.flapping for ns in c.states.values()), "blindness is no flapping"
 
 
+def test_a_slice_of_the_look_ends_when_its_time_is_spent(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a loaded machine a node of the look costs more: a slice ends at its time
+    # (SIGHT_TIME of the thread's CPU), a chunk at least, whatever its count left; the
+    # same incidents as one look tells.
+    whole, _ = _blind_then_back(sim(city(aggs=3, access=10, cpes=5)), "sw1-3")
+    monkeypatch.setattr(correlator_module, "SIGHT_CHUNK", 7)
+    monkeypatch.setattr(correlator_module, "SIGHT_TIME", 0.0)
+    sliced = sim(city(aggs=3, access=10, cpes=5))
+    nodes = len(sliced.correlator.topology.nodes)
+    slices: list[bool] = []
+    see = Correlator._see
+
+    def counted(c: Correlator, now: float) -> bool:
+        slices.append(see(c, now))
+        return slices[-1]
+
+    monkeypatch.setattr(Correlator, "_see", counted)
+    parts, looks = _blind_then_back(sliced, "sw1-3")
+    assert len(slices) >= nodes // 7 and all(looks), (len(slices), nodes)
+    said = [(e.kind, e.root, e.nodes) for e in parts if e.kind != "seeing"]
+    assert said == [(e.kind, e.root, e.nodes) for e in whole if e.kind != "seeing"]
+    assert not sliced.correlator.blind
+
+
 def test_a_streak_begun_with_the_uplinks_is_no_evidence_when_its_next_result_comes_blind() -> None:
     # The switch lost two probes with the uplink (its streak begun with the anchor's):
     # as the monitor goes blind that streak is void. The switch's next result comes
