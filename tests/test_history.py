@@ -407,7 +407,7 @@ async def test_planned_works_that_overrun_become_outage_time(fresh_db: str) -> N
         w.run(300)
         await w.flushed()
         body = await minutes_of(w, "1007", began - 60, w.net.now + 60)
-        # ~10 min of planned works, then ~5 min of outage once the works' end + hold passed.
+        # ~10 min of planned works, then ~5 min of outage from the works' end (as callers hear).
         assert 9.0 <= body["planned_minutes"] <= 11.1, body
         assert 3.5 <= body["outage_minutes"] <= 6.1, body
         assert len(body["intervals"]) == 1
