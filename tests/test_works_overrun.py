@@ -4,23 +4,17 @@ outage; through the real HTTP interface (and a worker's replica) on a real Postg
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import time
 from datetime import UTC, datetime
 
 import aiohttp
-from aiohttp.test_utils import TestServer
 
-from outagemon.cluster.replica import Replica
 from outagemon.core.incidents import Maintenance
 from outagemon.db import store
-from outagemon.http.app import make_app
-from outagemon.http.runtime import Runtime
-from outagemon.metrics import Registry
 from tests.test_history import get, history_world, load, m, minutes_of
-from tests.world import world
+from tests.world import worker, world
 
 
 def _at(said: dict[str, str]) -> float:
@@ -51,29 +45,14 @@ async def test_overrunning_works_say_since_their_start_until_they_are_an_outage(
         await w.flushed()
         # A worker answers from the leader's writes (as the leader after a restart, its
         # incident without the works' end it was opened with).
-        replica = Replica(w.monitor.directory, Registry(), restored_for=3600)
-        task = asyncio.create_task(replica.run(fresh_db))
-        rt = Runtime(config=w.runtime.config, directory=w.monitor.directory,
-                     texts=w.runtime.texts)  # fmt: skip
-        rt.monitor, rt.not_ready = replica, None
-        server = TestServer(make_app(rt), host="127.0.0.1")
-        await server.start_server()
-        try:
-            deadline = time.monotonic() + 10
-            while not replica.first_round_done:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
-            async with (
-                aiohttp.ClientSession(headers=w.auth()) as http,
-                http.get(server.make_url("/api/v1/check"), params={"account": "1007"}) as r,
-            ):
-                worker: dict[str, str] = await r.json()
-        finally:
-            await server.close()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        assert worker["status"] == "maintenance", worker
-        assert abs(_at(worker) - began) < 1, worker
+        async with (
+            worker(w, fresh_db) as server,
+            aiohttp.ClientSession(headers=w.auth()) as http,
+            http.get(server.make_url("/api/v1/check"), params={"account": "1007"}) as r,
+        ):
+            heard: dict[str, str] = await r.json()
+        assert heard["status"] == "maintenance", heard
+        assert abs(_at(heard) - began) < 1, heard
         w.run(90)  # past resolve_hold: an outage, heard since the works' end
         outage = await w.check(account="1007")
         assert outage["status"] == "outage", outage
