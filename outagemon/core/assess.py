@@ -348,9 +348,9 @@ def _walk_path(situation: Situation, directory: Directory, node: str, now: float
             if covered is not None:
                 since, expires = min(since, covered[0]), covered[1]
             else:
-                began = overrun_works_began(inc, topo, node, windows, now)
-                if began is not None:
-                    since = min(since, began)
+                overran = overrun_works(inc, topo, node, windows, now)
+                if overran is not None:
+                    since = min(since, overran[0])
             found = Answer(Status.MAINTENANCE, inc, node, since, eta, until=eta)
         else:
             found = Answer(Status.OUTAGE, inc, node, inc.heard_since, situation.eta.get(inc.id))
@@ -470,21 +470,23 @@ def works_until(topology: Topology, node: str, windows: list[Maintenance],
     return math.inf  # not reached: nothing runs after the last end
 
 
-def overrun_works_began(inc: Incident, topology: Topology, node: str,
-                       windows: list[Maintenance], now: float) -> float | None:  # fmt: skip
-    """When the planned works behind a maintenance incident whose works have ended (they
-    overran: its root is still down) began, as they cut `node` off at their end; None if
-    no such works. Their end: as the incident was opened with them, else (taken up after
-    a restart, or in a worker's replica) the last end of works on the path since it
-    opened."""
-    end = inc.maintenance_until
-    if end is None or end > now:
-        ends = [w.ends_at for w in windows if inc.opened_at < w.ends_at <= now]
-        if not ends:
-            return None
-        end = max(ends)
-    covered = works_cover(topology, node, windows, math.nextafter(end, -math.inf))
-    return None if covered is None else covered[0]
+def overrun_works(inc: Incident, topology: Topology, node: str, windows: list[Maintenance],
+                  now: float) -> tuple[float, float] | None:  # fmt: skip
+    """(start, end) of the planned works behind a maintenance incident whose works have
+    ended (they overran: its root is still down), as they cut `node` off at their end;
+    None if no such works. Their end: as the incident was opened with them, else (taken
+    up after a restart, or in a worker's replica) the last end, since it opened, of works
+    on the path that cut `node` off until then."""
+    if inc.maintenance_until is not None and inc.maintenance_until <= now:
+        ends = [inc.maintenance_until]
+    else:
+        ends = sorted({w.ends_at for w in windows if inc.opened_at < w.ends_at <= now},
+                      reverse=True)  # fmt: skip
+    for end in ends:
+        covered = works_cover(topology, node, windows, math.nextafter(end, -math.inf))
+        if covered is not None:
+            return covered[0], end
+    return None
 
 
 def works_end(inc: Incident, windows: list[Maintenance], topology: Topology,
