@@ -4,7 +4,6 @@ outage; through the real HTTP interface (and a worker's replica) on a real Postg
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import time
@@ -12,14 +11,10 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from outagemon.core.incidents import Incident, Kind, Maintenance
+from outagemon.core.incidents import Kind, Maintenance
 from outagemon.db import store
-from outagemon.db.writer import Writer
-from outagemon.metrics import Registry
-from outagemon.monitor import Monitor
-from outagemon.sim.simnet import SimNet
 from tests.test_history import get, history_world, load, m, minutes_of
-from tests.world import World, worker, world
+from tests.world import restarted, worker, world
 
 
 def _at(said: dict[str, str]) -> float:
@@ -146,33 +141,13 @@ async def test_works_taken_up_after_a_restart_still_become_an_outage_at_their_en
             (inc,) = w.monitor.correlator.incidents.values()
             assert inc.kind is Kind.MAINTENANCE
             await w.flushed()
-            taken, works = await _taken_up(w, began + restart_at, until=began + 480)
+            async with restarted(w, began + restart_at) as again:
+                assert again.taken == 1
+                again.net.fail("sw-sad-5")
+                while again.net.now < began + 480:  # the works' end and resolve_hold passed
+                    again.run(10)
+                (taken,) = again.monitor.correlator.incidents.values()
+                (works,) = again.monitor.maintenance
             assert taken.id == inc.id and taken.kind is Kind.OUTAGE, (restart_at, taken)
             # The works' end on the new monitor's clock (stored times come back on it).
             assert taken.works_ended == works.ends_at, (restart_at, taken, works)
-
-
-async def _taken_up(w: World, restart: float, until: float) -> tuple[Incident, Maintenance]:
-    """The one incident a monitor started at `restart` took up from the world's database,
-    its switch sw-sad-5 still down, at `until`; and the one planned works it took up."""
-    clock = {"now": restart}
-    again = Monitor(w.monitor.config, w.runtime.directory, Registry(),
-                    Writer(w.pool, 10_000, Registry()), clock=lambda: clock["now"])  # fmt: skip
-    assert again.writer is not None
-    writer_task = asyncio.create_task(again.writer.run())
-    try:
-        assert await again.restore(w.pool) == 1
-        net = SimNet(w.runtime.directory.topology, again.correlator, interval=5.0,
-                     timeout=1.0, start=restart)  # fmt: skip
-        net.on_event = again.handle
-        net.fail("sw-sad-5")
-        while net.now < until:
-            net.run_for(10)
-            clock["now"] = net.now
-            again.tick()
-        (taken,) = again.correlator.incidents.values()
-        (works,) = again.maintenance
-        assert await again.writer.drain(10)
-        return taken, works
-    finally:
-        writer_task.cancel()

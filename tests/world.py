@@ -200,3 +200,39 @@ async def worker(w: World, dsn: str) -> AsyncIterator[TestServer]:
         await server.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@dataclass
+class Restarted:
+    """Another monitor process on the world's database, started after the world's own
+    stopped: how many incidents it took up, and its own simulated network to advance."""
+
+    monitor: Monitor
+    net: SimNet
+    taken: int
+    clock: dict[str, float]
+
+    def run(self, seconds: float) -> None:
+        self.net.run_for(seconds)
+        self.clock["now"] = self.net.now
+        self.monitor.tick()
+
+
+@asynccontextmanager
+async def restarted(w: World, at: float) -> AsyncIterator[Restarted]:
+    """A monitor started at `at` (on the monitor's clock) that took up what the world's
+    monitor stored, writing as it runs; its writes drained at the end."""
+    clock = {"now": at}
+    again = Monitor(w.monitor.config, w.runtime.directory, Registry(),
+                    Writer(w.pool, 10_000, Registry()), clock=lambda: clock["now"])  # fmt: skip
+    assert again.writer is not None
+    writer_task = asyncio.create_task(again.writer.run())
+    try:
+        taken = await again.restore(w.pool)
+        net = SimNet(w.runtime.directory.topology, again.correlator, interval=5.0,
+                     timeout=1.0, start=at)  # fmt: skip
+        net.on_event = again.handle
+        yield Restarted(again, net, taken, clock)
+        assert await again.writer.drain(10)
+    finally:
+        writer_task.cancel()
