@@ -22,7 +22,7 @@ from outagemon import logs
 from outagemon.cluster.lease import Leadership, StepDown
 from outagemon.config import CallersConfig, Config
 from outagemon.core import calls as callers
-from outagemon.core.assess import cut_off_by
+from outagemon.core.assess import cut_off_by, overrun_works, works_cover
 from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory, cpe_id
 from outagemon.core.health import NodeState, Settings, State
@@ -764,6 +764,7 @@ class Monitor:
         self.next_maintenance = max(self.next_maintenance, found.next_maintenance,
                                     p.max_maintenance + 1)  # fmt: skip
         self.correlator.set_maintenance(self.maintenance, self.clock())
+        self._works_taken_up()
         return len(taken)
 
     def continue_from(self, p: Pending) -> int:
@@ -795,7 +796,25 @@ class Monitor:
             self.maintenance = _moved(self.maintenance, wid, end - step)
         self.next_maintenance = max(self.next_maintenance, p.max_maintenance + 1)
         self.correlator.set_maintenance(self.maintenance, self.clock())
+        self._works_taken_up()
         return len(incidents)
+
+    def _works_taken_up(self) -> None:
+        """Maintenance incidents taken up after a restart lack the end of the works they
+        were opened with (not stored): without it they never became an outage, and their
+        callers heard the works take longer than planned until the root answered. It is
+        the end of the works that cut the root off now, else, for works that ended since
+        the incident opened (they overran), theirs: an outage `resolve_hold` after it."""
+        topo, now = self.directory.topology, self.clock()
+        for inc in self.correlator.incidents.values():
+            if inc.kind is not Kind.MAINTENANCE or inc.maintenance_until is not None:
+                continue
+            path = {inc.root, *topo.ancestors(inc.root)} if inc.root in topo else {inc.root}
+            windows = [m for m in self.maintenance if m.node in path]
+            works = works_cover(topo, inc.root, windows, now) \
+                or overrun_works(inc, topo, inc.root, windows, now)  # fmt: skip
+            if works is not None:
+                inc.maintenance_until = works[1]
 
     def address(self, node: str) -> str | None:
         """The address a node is probed at: an anchor's, else its own in the topology (the

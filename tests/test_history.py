@@ -28,11 +28,7 @@ from outagemon.core import directory
 from outagemon.core.directory import Directory
 from outagemon.core.downtime import BadPeriod, Cause, Hit, downtime, minutes, period
 from outagemon.db import store
-from outagemon.db.writer import Writer
-from outagemon.metrics import Registry
-from outagemon.monitor import Monitor
-from outagemon.sim.simnet import SimNet
-from tests.world import SUBSCRIBERS, TOPOLOGY, World, world
+from tests.world import SUBSCRIBERS, TOPOLOGY, World, restarted, world
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 DAY = (T0.isoformat(), (T0 + timedelta(days=1)).isoformat())
@@ -407,7 +403,7 @@ async def test_planned_works_that_overrun_become_outage_time(fresh_db: str) -> N
         w.run(300)
         await w.flushed()
         body = await minutes_of(w, "1007", began - 60, w.net.now + 60)
-        # ~10 min of planned works, then ~5 min of outage once the works' end + hold passed.
+        # ~10 min of planned works, then ~5 min of outage from the works' end (as callers hear).
         assert 9.0 <= body["planned_minutes"] <= 11.1, body
         assert 3.5 <= body["outage_minutes"] <= 6.1, body
         assert len(body["intervals"]) == 1
@@ -455,35 +451,19 @@ async def test_a_restart_during_an_incident_continues_its_impact(fresh_db: str) 
         # Two minutes later, another process starts: it takes the incident up from the
         # database, and the gap between the runs is time nobody watched.
         restart = stopped_at + 120
-        clock = {"now": restart}
-        again = Monitor(w.monitor.config, w.runtime.directory, Registry(),
-                        Writer(w.pool, 10_000, Registry()), clock=lambda: clock["now"])  # fmt: skip
-        assert again.writer is not None
-        writer_task = asyncio.create_task(again.writer.run())
-        try:
-            assert await again.restore(w.pool) == 1
+        async with restarted(w, restart) as again:
+            assert again.taken == 1
             async with w.pool.acquire() as conn:
-                again.run_id = await store.run_start(
+                again.monitor.run_id = await store.run_start(
                     conn, datetime.fromtimestamp(restart, UTC), 1.0
                 )
-            net = SimNet(w.runtime.directory.topology, again.correlator, interval=5.0,
-                         timeout=1.0, start=restart)  # fmt: skip
-            net.on_event = again.handle
-            net.fail("sw-sad-5")
-
-            def advance(seconds: float) -> None:
-                net.run_for(seconds)
-                clock["now"] = net.now
-                again.tick()
-
-            advance(300)
-            assert inc.id in again.correlator.incidents  # the same incident continues
-            net.repair("sw-sad-5")
-            advance(300)
-            assert not again.correlator.incidents
-            assert await again.writer.drain(10)
-        finally:
-            writer_task.cancel()
+            again.net.fail("sw-sad-5")
+            again.run(300)
+            assert inc.id in again.monitor.correlator.incidents  # the same incident continues
+            again.net.repair("sw-sad-5")
+            again.run(300)
+            assert not again.monitor.correlator.incidents
+        net = again.net
         body = await minutes_of(w, "1007", began - 60, net.now + 60)
         assert body["incidents"] == [str(inc.id)]
         (stretch,) = body["intervals"]  # one break across the restart, not two

@@ -11,18 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestServer
 
 from outagemon import config
-from outagemon.cluster.replica import Replica
 from outagemon.core.incidents import Maintenance
 from outagemon.db import durable, store
 from outagemon.db.spool import Record
-from outagemon.http.app import make_app
-from outagemon.http.runtime import Runtime, iso
+from outagemon.http.runtime import iso
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
-from tests.world import READ, WRITE, World, build_directory, world
+from tests.world import READ, WRITE, World, build_directory, worker, world
 
 
 def future(minutes: float) -> str:
@@ -211,46 +208,29 @@ async def test_a_replica_stops_saying_maintenance_once_works_are_withdrawn(
     async with world(fresh_db) as w:
         wid = await declare(w, "agg-s", datetime.now(UTC).isoformat(), future(120))
         await w.flushed()
-        replica = Replica(w.monitor.directory, Registry(), restored_for=3600)
-        task = asyncio.create_task(replica.run(fresh_db))
-        rt = Runtime(config=w.runtime.config, directory=w.monitor.directory,
-                     texts=w.runtime.texts)  # fmt: skip
-        rt.monitor, rt.not_ready = replica, None
-        server = TestServer(make_app(rt), host="127.0.0.1")
-        await server.start_server()
-        try:
-            async with aiohttp.ClientSession(headers=w.auth(READ)) as http:
+        async with (
+            worker(w, fresh_db) as server,
+            aiohttp.ClientSession(headers=w.auth(READ)) as http,
+        ):
 
-                async def heard() -> dict[str, str]:
-                    async with http.get(server.make_url("/api/v1/check"),
-                                        params={"account": "1007"}) as r:  # fmt: skip
-                        said: dict[str, str] = await r.json()
-                        return said
+            async def heard() -> dict[str, str]:
+                async with http.get(server.make_url("/api/v1/check"),
+                                    params={"account": "1007"}) as r:  # fmt: skip
+                    said: dict[str, str] = await r.json()
+                    return said
 
-                await _until(lambda: replica.first_round_done)
-                assert (await heard())["status"] == "maintenance"
-                async with http.get(server.make_url("/api/v1/maintenance")) as r:
-                    assert [x["id"] for x in (await r.json())["maintenance"]] == [wid]
-                await change(w, wid, {"withdraw": True})
-                await w.flushed()
-                deadline = time.monotonic() + 10
-                while (await heard())["status"] == "maintenance":
-                    assert time.monotonic() < deadline, "the replica still says maintenance"
-                    await asyncio.sleep(0.05)
-                async with http.post(
-                    server.make_url(f"/api/v1/maintenance/{wid}"),
-                    headers=w.auth(WRITE),
-                    json={"withdraw": True},
-                ) as r:
-                    assert r.status == 409  # a replica takes no writes
-        finally:
-            await server.close()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-
-async def _until(condition: Any, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "not within the deadline"
-        await asyncio.sleep(0.01)
+            assert (await heard())["status"] == "maintenance"
+            async with http.get(server.make_url("/api/v1/maintenance")) as r:
+                assert [x["id"] for x in (await r.json())["maintenance"]] == [wid]
+            await change(w, wid, {"withdraw": True})
+            await w.flushed()
+            deadline = time.monotonic() + 10
+            while (await heard())["status"] == "maintenance":
+                assert time.monotonic() < deadline, "the replica still says maintenance"
+                await asyncio.sleep(0.05)
+            async with http.post(
+                server.make_url(f"/api/v1/maintenance/{wid}"),
+                headers=w.auth(WRITE),
+                json={"withdraw": True},
+            ) as r:
+                assert r.status == 409  # a replica takes no writes

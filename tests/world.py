@@ -3,6 +3,7 @@ PostgreSQL, the aiohttp app served on a real port, and a simulated network to fa
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -16,12 +17,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from outagemon import config
+from outagemon.cluster.replica import Replica
 from outagemon.core import directory, messages, topology
 from outagemon.core.directory import Directory
 from outagemon.db import migrate, store
 from outagemon.db.writer import Writer
 from outagemon.http.app import make_app
 from outagemon.http.runtime import Runtime
+from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 from outagemon.sim.simnet import SimNet
 
@@ -175,3 +178,61 @@ async def world(
         await server.close()
         writer_task.cancel()
         await pool.close()
+
+
+@asynccontextmanager
+async def worker(w: World, dsn: str) -> AsyncIterator[TestServer]:
+    """An HTTP worker beside the world's leader (or a standby): the app answering from a
+    replica of what the leader wrote to PostgreSQL, once it has read all of it."""
+    replica = Replica(w.monitor.directory, Registry(), restored_for=3600)
+    task = asyncio.create_task(replica.run(dsn))
+    rt = Runtime(config=w.runtime.config, directory=w.monitor.directory, texts=w.runtime.texts)
+    rt.monitor, rt.not_ready = replica, None
+    server = TestServer(make_app(rt), host="127.0.0.1")
+    await server.start_server()
+    try:
+        deadline = time.monotonic() + 10
+        while not replica.first_round_done:
+            assert time.monotonic() < deadline, "the replica has not read everything"
+            await asyncio.sleep(0.01)
+        yield server
+    finally:
+        await server.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@dataclass
+class Restarted:
+    """Another monitor process on the world's database, started after the world's own
+    stopped: how many incidents it took up, and its own simulated network to advance."""
+
+    monitor: Monitor
+    net: SimNet
+    taken: int
+    clock: dict[str, float]
+
+    def run(self, seconds: float) -> None:
+        self.net.run_for(seconds)
+        self.clock["now"] = self.net.now
+        self.monitor.tick()
+
+
+@asynccontextmanager
+async def restarted(w: World, at: float) -> AsyncIterator[Restarted]:
+    """A monitor started at `at` (on the monitor's clock) that took up what the world's
+    monitor stored, writing as it runs; its writes drained at the end."""
+    clock = {"now": at}
+    again = Monitor(w.monitor.config, w.runtime.directory, Registry(),
+                    Writer(w.pool, 10_000, Registry()), clock=lambda: clock["now"])  # fmt: skip
+    assert again.writer is not None
+    writer_task = asyncio.create_task(again.writer.run())
+    try:
+        taken = await again.restore(w.pool)
+        net = SimNet(w.runtime.directory.topology, again.correlator, interval=5.0,
+                     timeout=1.0, start=at)  # fmt: skip
+        net.on_event = again.handle
+        yield Restarted(again, net, taken, clock)
+        assert await again.writer.drain(10)
+    finally:
+        writer_task.cancel()

@@ -340,10 +340,17 @@ def _walk_path(situation: Situation, directory: Directory, node: str, now: float
             eta = later(end, situation.eta.get(inc.id))
             # Heard since the works that cover it began, as before its root failed (not
             # from the incident's opening, seconds later, for the same works).
+            # Works that overran (ended, the root still down, not yet an outage): since
+            # the start of the works they were told of, not the root's failure inside them.
             since = inc.since
-            covered = works_cover(topo, node, _works_on(situation, topo, node)[1], now)
+            windows = _works_on(situation, topo, node)[1]
+            covered = works_cover(topo, node, windows, now)
             if covered is not None:
                 since, expires = min(since, covered[0]), covered[1]
+            else:
+                overran = overrun_works(inc, topo, node, windows, now)
+                if overran is not None:
+                    since = min(since, overran[0])
             found = Answer(Status.MAINTENANCE, inc, node, since, eta, until=eta)
         else:
             found = Answer(Status.OUTAGE, inc, node, inc.heard_since, situation.eta.get(inc.id))
@@ -461,6 +468,25 @@ def works_until(topology: Topology, node: str, windows: list[Maintenance],
                                            if w.starts_at <= t < w.ends_at}):  # fmt: skip
             return t
     return math.inf  # not reached: nothing runs after the last end
+
+
+def overrun_works(inc: Incident, topology: Topology, node: str, windows: list[Maintenance],
+                  now: float) -> tuple[float, float] | None:  # fmt: skip
+    """(start, end) of the planned works behind a maintenance incident whose works have
+    ended (they overran: its root is still down), as they cut `node` off at their end;
+    None if no such works. Their end: as the incident was opened with them, else (taken
+    up after a restart, or in a worker's replica) the last end, since it opened, of works
+    on the path that cut `node` off until then."""
+    if inc.maintenance_until is not None and inc.maintenance_until <= now:
+        ends = [inc.maintenance_until]
+    else:
+        ends = sorted({w.ends_at for w in windows if inc.opened_at < w.ends_at <= now},
+                      reverse=True)  # fmt: skip
+    for end in ends:
+        covered = works_cover(topology, node, windows, math.nextafter(end, -math.inf))
+        if covered is not None:
+            return covered[0], end
+    return None
 
 
 def works_end(inc: Incident, windows: list[Maintenance], topology: Topology,

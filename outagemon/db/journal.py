@@ -134,7 +134,11 @@ async def _kind_changed(conn: Conn, e: Event, inc: Snapshot | None, at: datetime
         if inc is not None:
             await store.impact_open(conn, inc.id, inc.nodes, inc.kind, inc.opened_at or at)
     else:
-        await store.impact_cause(conn, e.incident, str(e.detail["to"]), at)
+        # Works that overran: an outage from their end, as its callers heard it (not
+        # `resolve_hold` later, when it was declared one).
+        ended = e.detail.get("works_ended")
+        since = store.ts(ended) if isinstance(ended, int | float) else at
+        await store.impact_cause(conn, e.incident, str(e.detail["to"]), since)
     return True
 
 

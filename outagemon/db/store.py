@@ -711,17 +711,24 @@ async def impact_close(conn: Conn, incident_id: int | None, at: datetime | None)
 
 async def impact_cause(conn: Conn, incident_id: int | None, cause: str,
                        at: datetime | None) -> None:  # fmt: skip
-    """The incident's kind changed at `at`: its open rows of another cause end, and the
-    same nodes continue under the new cause."""
+    """The incident's kind changed at `at` (for works that overran, their end, before the
+    change was made): its rows of another cause still open, or that ended after `at` (a
+    node it left since), end at `at`, and the same nodes continue under the new cause
+    until those rows' ends (a replayed write changes nothing)."""
     await conn.execute(
         """
-        with ended as (
-            update impact set ended_at = greatest($3, started_at)
-            where incident_id = $1 and ended_at is null and cause <> $2
-            returning node_id, ended_at
+        with old as (
+            select id, ended_at from impact
+            where incident_id = $1 and cause <> $2
+              and coalesce(ended_at, 'infinity') > greatest($3, started_at)
+        ),
+        ended as (
+            update impact i set ended_at = greatest($3, i.started_at)
+            from old where i.id = old.id
+            returning i.node_id, i.ended_at as began, old.ended_at as ended
         )
-        insert into impact (incident_id, node_id, cause, started_at)
-        select $1, node_id, $2, ended_at from ended
+        insert into impact (incident_id, node_id, cause, started_at, ended_at)
+        select $1, node_id, $2, began, ended from ended
         """,
         incident_id, cause, at,
     )  # fmt: skip
