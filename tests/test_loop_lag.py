@@ -260,3 +260,28 @@ async def test_a_piece_the_directory_in_use_shares_with_the_replaced_one_is_not_
     assert new.counts == kept
     await asyncio.wait_for(daemon._release([old]), 5)  # nothing in use named: emptied
     assert new.counts == {}
+
+
+def test_a_plan_sorts_its_targets_a_bounded_bucket_at_a_time() -> None:
+    # Each list.sort() is one call into C, holding a reload's event loop throughout: a
+    # million targets are sorted in buckets of about PLAN_SORT (4,096 held it 12-19 ms).
+    import sys
+
+    from outagemon.probing.scheduler import PLAN_SORT
+
+    s = Scheduler(_Engine(), lambda o: None, 60.0, 1000.0, clock=lambda: 1000.0)  # type: ignore[arg-type]
+    targets = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(50_000)]
+    sorted_sizes: list[int] = []
+
+    def watch(frame: object, event: str, arg: object) -> None:
+        if event == "c_call" and getattr(arg, "__name__", "") == "sort":
+            sorted_sizes.append(len(arg.__self__))  # type: ignore[attr-defined]
+
+    sys.setprofile(watch)
+    try:
+        plan = s.plan(targets)
+    finally:
+        sys.setprofile(None)
+    assert sorted_sizes and max(sorted_sizes) <= 2 * PLAN_SORT  # buckets even by phase
+    assert sum(sorted_sizes) == len(targets)
+    assert plan.heap == sorted(plan.heap) and len(plan.heap) == len(targets)
