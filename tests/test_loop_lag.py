@@ -325,3 +325,28 @@ def test_no_shard_of_a_big_topology_grows_past_a_bounded_size() -> None:
     for mapping in (t.nodes, t.by_ip):
         assert len(mapping) >= 60_000
         assert max(map(len, mapping.shards)) <= 40_000
+
+
+def test_a_big_file_an_operator_wrote_is_decoded_a_bounded_piece_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The topology file is read by errors.read_text in a reload's thread: decoded at once,
+    # 4.3 MiB held the interpreter's lock, and the event loop beside it, for 8.2 ms.
+    import codecs
+    import encodings.utf_8
+
+    from outagemon.errors import read_text
+
+    decoded: list[int] = []
+
+    def measured(self: object, data: bytes, errors: str, final: bool) -> tuple[str, int]:
+        decoded.append(len(data))
+        return codecs.utf_8_decode(data, errors, final)
+
+    path = tmp_path / "topology.yaml"
+    path.write_bytes("- id: Узел №1, пр-т Космонавтов\r\n".encode() * 30_000)  # 1.5 MiB
+    expected = path.read_text(encoding="utf-8")
+    monkeypatch.setattr(encodings.utf_8.IncrementalDecoder, "_buffer_decode", measured)
+    assert read_text(path) == expected  # line ends as Python's own reading gives them
+    assert sum(decoded) >= path.stat().st_size  # (a character cut in two: decoded twice)
+    assert max(decoded) <= (1 << 18) + 3
