@@ -260,3 +260,93 @@ async def test_a_piece_the_directory_in_use_shares_with_the_replaced_one_is_not_
     assert new.counts == kept
     await asyncio.wait_for(daemon._release([old]), 5)  # nothing in use named: emptied
     assert new.counts == {}
+
+
+def test_a_plan_sorts_its_targets_a_bounded_bucket_at_a_time() -> None:
+    # Each list.sort() is one call into C, holding a reload's event loop throughout: a
+    # million targets are sorted in buckets of about PLAN_SORT (4,096 held it 12-19 ms).
+    import sys
+
+    from outagemon.probing.scheduler import PLAN_SORT
+
+    s = Scheduler(_Engine(), lambda o: None, 60.0, 1000.0, clock=lambda: 1000.0)  # type: ignore[arg-type]
+    targets = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(50_000)]
+    sorted_sizes: list[int] = []
+
+    def watch(frame: object, event: str, arg: object) -> None:
+        if event == "c_call" and getattr(arg, "__name__", "") == "sort":
+            sorted_sizes.append(len(arg.__self__))  # type: ignore[attr-defined]
+
+    sys.setprofile(watch)
+    try:
+        plan = s.plan(targets)
+    finally:
+        sys.setprofile(None)
+    assert sorted_sizes and max(sorted_sizes) <= 2 * PLAN_SORT  # buckets even by phase
+    assert sum(sorted_sizes) == len(targets)
+    assert plan.heap == sorted(plan.heap) and len(plan.heap) == len(targets)
+
+
+def test_the_subscriber_file_is_decoded_a_bounded_piece_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each piece of the file read is decoded in one call into C, holding a reload's event
+    # loop throughout: a MiB at a time held it 8-13 ms under load.
+    import encodings.utf_8_sig
+
+    decoded: list[int] = []
+    decode = encodings.utf_8_sig.IncrementalDecoder._buffer_decode
+
+    def measured(self: object, data: bytes, errors: str, final: bool) -> tuple[str, int]:
+        decoded.append(len(data))
+        return decode(self, data, errors, final)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(encodings.utf_8_sig.IncrementalDecoder, "_buffer_decode", measured)
+    city = citygen.sized(20, 16_000)
+    topo_file, subs_file = city.write(tmp_path)
+    assert subs_file.stat().st_size > 1 << 20  # more than a MiB: read in several pieces
+    loaded = directory.load(topo_file, subs_file)
+    assert len(loaded.directory.subscribers) == 16_000 - len(loaded.problems)
+    assert sum(decoded) == subs_file.stat().st_size
+    assert max(decoded) <= 1 << 18
+
+
+def test_no_shard_of_a_big_topology_grows_past_a_bounded_size() -> None:
+    # A dict's growth rehashes all it holds in one call into C, holding a reload's event
+    # loop throughout: a shard of 65,536 routers grew last in 2.4-2.9 ms (loaded).
+    from outagemon.core.topology import Node, Topology
+
+    nodes = [Node("core", "core", "127.0.0.2"), Node("sw", "access", "127.0.0.3", ("core",))]
+    nodes += [
+        Node(f"cpe:{r}", "cpe", f"127.2.{r >> 8 & 255}.{r & 255}", ("sw",), f"cpe:{r}")
+        for r in range(60_000)
+    ]
+    t = Topology(nodes)
+    for mapping in (t.nodes, t.by_ip):
+        assert len(mapping) >= 60_000
+        assert max(map(len, mapping.shards)) <= 40_000
+
+
+def test_a_big_file_an_operator_wrote_is_decoded_a_bounded_piece_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The topology file is read by errors.read_text in a reload's thread: decoded at once,
+    # 4.3 MiB held the interpreter's lock, and the event loop beside it, for 8.2 ms.
+    import codecs
+    import encodings.utf_8
+
+    from outagemon.errors import read_text
+
+    decoded: list[int] = []
+
+    def measured(self: object, data: bytes, errors: str, final: bool) -> tuple[str, int]:
+        decoded.append(len(data))
+        return codecs.utf_8_decode(data, errors, final)
+
+    path = tmp_path / "topology.yaml"
+    path.write_bytes("- id: Узел №1, пр-т Космонавтов\r\n".encode() * 30_000)  # 1.5 MiB
+    expected = path.read_text(encoding="utf-8")
+    monkeypatch.setattr(encodings.utf_8.IncrementalDecoder, "_buffer_decode", measured)
+    assert read_text(path) == expected  # line ends as Python's own reading gives them
+    assert sum(decoded) >= path.stat().st_size  # (a character cut in two: decoded twice)
+    assert max(decoded) <= (1 << 18) + 3

@@ -14,7 +14,7 @@ from outagemon.core import topology
 from outagemon.core.topology import Node, Sharded, Topology
 from outagemon.probing.scheduler import Scheduler
 
-SMALL = 64  # entries a shard holds on average in these tests (a city's: 65,536)
+SMALL = 64  # entries a shard holds on average in these tests (a city's: 32,768)
 
 
 @pytest.fixture(autouse=True)

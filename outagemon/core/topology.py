@@ -87,13 +87,14 @@ K = TypeVar("K")
 V = TypeVar("V")
 T = TypeVar("T")
 
-# A shard holds about this many entries at most (2**16 on average, the shard count a power
+# A shard holds about this many entries at most (2**15 on average, the shard count a power
 # of two): a dict grows by rehashing all it holds into a new table in one call into C,
 # which holds the interpreter's lock throughout. A reload builds the topology in a thread
 # beside the event loop, and a dict of a million (the routers) grew last in one call of
 # 21-35 ms (CPU, loaded), writing ~30 MiB of fresh memory; a shard's last growth writes
-# 3 MiB.
-SHARD_SIZE = 1 << 16
+# 1.5 MiB (shards of 2**16: each last growth 2.4-2.9 ms thread CPU at load 3.2-3.5, and
+# the nodes' and addresses' 16 each; of 2**15, 1.3-1.5 ms).
+SHARD_SIZE = 1 << 15
 _ID = attrgetter("id")
 _IP = attrgetter("ip")
 
