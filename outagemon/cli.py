@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 USAGE_ERROR = 2
+LOOKUP_URL = "http://127.0.0.1:8080"  # the example config's [http] listen
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,10 +119,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     downtime.add_argument("-o", "--output", type=Path, metavar="FILE",
                           help="write here (atomically) instead of standard output")  # fmt: skip
-    lookup = sub.add_parser("lookup", help="ask a running daemon the phone menu's question")
-    for key in ("phone", "account", "address", "flat"):
-        lookup.add_argument(f"--{key}")
-    lookup.add_argument("--url", default="http://127.0.0.1:8080")
+    lookup = sub.add_parser("lookup", help="ask a running daemon the phone menu's question",
+                            description="Ask a running daemon the phone menu's question (GET "
+                            "/api/v1/check) and print its answer. Exit 0 when it answered, 1 "
+                            "when it could not be asked, 2 on bad arguments.")  # fmt: skip
+    lookup.add_argument("--phone", help="the caller's number, in any common notation")
+    lookup.add_argument("--account", help="the subscriber's account")
+    lookup.add_argument("--address", help="an address as the caller says it ('Ленина 5')")
+    lookup.add_argument("--flat", help="the flat, with --address")
+    lookup.add_argument(
+        "--url", default=LOOKUP_URL,
+        help=f"the daemon's base URL, its [http] listen (default {LOOKUP_URL})",
+    )  # fmt: skip
     lookup.add_argument(
         "--token-file",
         type=Path,
@@ -147,10 +156,17 @@ def _lookup(args: argparse.Namespace) -> int:
     if not any(k in params for k in ("phone", "account", "address")):
         print("outagemon lookup: give --phone, --account or --address.", file=sys.stderr)
         return USAGE_ERROR
+    base = urllib.parse.urlsplit(args.url)
+    if base.scheme not in ("http", "https") or not base.netloc:
+        # urllib's own words for "127.0.0.1:8080" are "unknown url type: 127.0.0.1".
+        print(f"outagemon lookup: --url must be the daemon's base URL, such as {LOOKUP_URL}, "
+              f"not {args.url!r}.", file=sys.stderr)  # fmt: skip
+        return USAGE_ERROR
     params["channel"] = "helpdesk"
     url = f"{args.url.rstrip('/')}/api/v1/check?{urllib.parse.urlencode(params)}"
     request = urllib.request.Request(url)
     token = os.environ.get("OUTAGEMON_TOKEN")
+    source = "OUTAGEMON_TOKEN"  # where the token sent came from, for a refusal
     if args.token_file is not None:
         try:
             token = args.token_file.read_text(encoding="utf-8").strip()
@@ -158,6 +174,7 @@ def _lookup(args: argparse.Namespace) -> int:
             reason = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
             print(f"outagemon lookup: cannot read {args.token_file}: {reason}.", file=sys.stderr)
             return USAGE_ERROR
+        source = str(args.token_file)
     elif args.token is not None:
         print(
             "outagemon lookup: warning: --token shows the token to every local user (ps, "
@@ -165,6 +182,7 @@ def _lookup(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         token = args.token
+        source = "--token"
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -175,6 +193,12 @@ def _lookup(args: argparse.Namespace) -> int:
             reason = json.loads(e.read())["error"]
         except (ValueError, KeyError):
             reason = e.reason
+        if e.code == 401 and not token:
+            # The daemon's sentence speaks HTTP ("send Authorization: Bearer TOKEN"): say
+            # how this command sends one.
+            reason = "a token is required: give it with --token-file FILE or OUTAGEMON_TOKEN."
+        elif e.code == 401:
+            reason = f"{str(reason).rstrip('.')} (the token sent was from {source})."
         print(f"outagemon lookup: the daemon answered {e.code}: {reason}", file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError) as e:

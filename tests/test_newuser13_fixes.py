@@ -1,0 +1,68 @@
+"""Defects found by the thirteenth new user's trial (a NOC engineer following the README,
+the demo and the service install), each pinned through the real command or HTTP app."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.world import READ, world
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "outagemon", *args], capture_output=True,
+                          text=True, timeout=60, env=env)  # fmt: skip
+
+
+async def test_lookup_refused_for_want_of_a_token_says_how_the_command_takes_one(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    """`outagemon lookup --phone …` against a daemon with tokens printed the daemon's
+    sentence for HTTP clients, "a token is required: send Authorization: Bearer TOKEN.",
+    which a NOC engineer at the command line cannot act on."""
+    wrong = tmp_path / "token"
+    wrong.write_text("not-the-token-0123456789\n")
+    async with world(fresh_db) as w:
+        base = w.url("/").rstrip("/")
+        ask = ("lookup", "--phone", "89210000001", "--url", base)
+        bare = {"PATH": "/usr/bin:/bin"}  # no OUTAGEMON_TOKEN from the test's environment
+        none = await asyncio.to_thread(run_cli, *ask, env=bare)
+        bad = await asyncio.to_thread(run_cli, *ask, "--token-file", str(wrong), env=bare)
+        good = await asyncio.to_thread(run_cli, *ask, env={**bare, "OUTAGEMON_TOKEN": READ})
+    assert none.returncode == 1
+    assert none.stderr == (
+        "outagemon lookup: the daemon answered 401: a token is required: give it with "
+        "--token-file FILE or OUTAGEMON_TOKEN.\n"
+    )
+    assert bad.returncode == 1
+    assert bad.stderr == (
+        f"outagemon lookup: the daemon answered 401: the token is not valid (the token sent "
+        f"was from {wrong}).\n"
+    )
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.startswith("status: ok\n"), good.stdout
+
+
+def test_lookup_with_a_url_without_its_scheme_says_what_url_it_wants() -> None:
+    """`--url 127.0.0.1:8080` (the [http] listen as written in the config) was answered
+    "cannot reach 127.0.0.1:8080: unknown url type: 127.0.0.1." (urllib's words), exit 1."""
+    for url in ("127.0.0.1:8080", "localhost", "ftp://127.0.0.1:8080"):
+        result = run_cli("lookup", "--phone", "89210000001", "--url", url)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            "outagemon lookup: --url must be the daemon's base URL, such as "
+            f"http://127.0.0.1:8080, not {url!r}.\n"
+        )
+
+
+def test_lookup_help_says_what_each_question_and_the_url_are() -> None:
+    """`outagemon lookup --help` listed --phone PHONE, --url URL… with no word on any, nor
+    the default address it asks."""
+    result = run_cli("lookup", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--phone PHONE the caller's number" in text
+    assert "--flat FLAT the flat, with --address" in text
+    assert "(default http://127.0.0.1:8080)" in text
