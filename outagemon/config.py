@@ -250,6 +250,11 @@ CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 Check = Callable[[Any], str | None]
 
 
+class Whole(str):
+    """A check's reason that names the bad part of the value itself: the value is not
+    repeated after it (", not [...]" after "'gw' is not one" said "not" twice)."""
+
+
 # Upper bounds of times, in seconds: a typo (a missing decimal point, 1e30, inf) is named
 # at check-config rather than overflowing a timer or a conversion in the running daemon.
 MINUTE = 60
@@ -330,7 +335,7 @@ def _host_names(v: Any) -> str | None:
         return 'must be a list of host names, such as ["noc.example.net"]'
     for h in v:
         if not all(c.isascii() and (c.isalnum() or c in ".-:[]") for c in h):
-            return f"must list host names or addresses, and {h!r} is not one"
+            return Whole(f"must list host names or addresses: {h!r} is not one")
     return None
 
 
@@ -398,17 +403,26 @@ def _one_of(*choices: str) -> Check:
     return check
 
 
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _addresses(v: Any) -> str | None:
     if not isinstance(v, list):
         return "must be a list of IP addresses"
-    for item in v:
-        if not isinstance(item, str):
-            return "must be a list of IP addresses as strings"
-        try:
-            ipaddress.ip_address(item)
-        except ValueError:
-            return f"must list IP addresses, and {item!r} is not one"
-    return None
+    if not all(isinstance(item, str) for item in v):
+        return "must be a list of IP addresses as strings"
+    bad = [repr(item) for item in v if not _is_address(item)]
+    if not bad:
+        return None
+    said = (
+        f"{bad[0]} is not one" if len(bad) == 1 else f"{', '.join(bad[:-1])} and {bad[-1]} are not"
+    )
+    return Whole(f"must list IP addresses (a node's ip, not its id): {said}")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -696,6 +710,8 @@ def _checked(
         reason = check(value)
         if reason is None:
             good[key] = value
+        elif isinstance(reason, Whole) and key not in SECRET_KEYS:
+            problems.append(f"{where}{key} {reason}.")
         elif key in SECRET_KEYS:
             problems.append(f"{where}{key} {reason}, not {_kind(value)} (its value is not shown).")
         else:

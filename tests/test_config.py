@@ -122,7 +122,10 @@ def test_unknown_section_is_named() -> None:
         ('[http]\nlisten = "[::zz]:8080"\n', "[http] listen is not a listen address"),
         ("[http]\nmax_streams = 0\n", "[http] max_streams must be at least 1, not 0."),
         ('[http]\nmax_streams = "10"\n', "[http] max_streams must be a whole number, not '10'."),
-        ('[vantage]\nanchors = ["127.0.0.1", "gw"]\n', "and 'gw' is not one"),
+        (
+            '[vantage]\nanchors = ["127.0.0.1", "gw"]\n',
+            "IP addresses (a node's ip, not its id): 'gw' is not one.",
+        ),
         ('[messages]\nlanguage = "de"\n', "[messages] language must be one of 'ru', 'en'"),
         ('[daemon]\nstate_dir = ""\n', "[daemon] state_dir must not be empty"),
         ("[probe]\ninterval = 1\ntimeout = 2\n", "timeout (2 s) must not be longer than"),

@@ -66,3 +66,34 @@ def test_lookup_help_says_what_each_question_and_the_url_are() -> None:
     assert "--phone PHONE the caller's number" in text
     assert "--flat FLAT the flat, with --address" in text
     assert "(default http://127.0.0.1:8080)" in text
+
+
+def test_a_list_with_a_bad_item_is_named_once_without_a_second_not() -> None:
+    """check-config said "[vantage] anchors must list IP addresses, and 'core-1' is not one,
+    not ['core-1', '300.1.1.1']." (two "not"s, the second bad item unnamed), where a new
+    user had written node ids, as the default anchors are the topology's roots."""
+    from outagemon import config
+    from outagemon.errors import ConfigError
+
+    def problems(text: str) -> list[str]:
+        try:
+            config.parse(text, Path("/etc/om.toml"))
+        except ConfigError as e:
+            return e.problems
+        raise AssertionError("accepted")
+
+    assert problems('[vantage]\nanchors = ["core-1", "300.1.1.1"]\n') == [
+        "/etc/om.toml: [vantage] anchors must list IP addresses (a node's ip, not its id): "
+        "'core-1' and '300.1.1.1' are not."
+    ]
+    assert problems('[vantage]\nanchors = ["127.0.0.1", "gw"]\n') == [
+        "/etc/om.toml: [vantage] anchors must list IP addresses (a node's ip, not its id): "
+        "'gw' is not one."
+    ]
+    assert problems('[http]\nallowed_hosts = ["noc.example.net", "a b"]\n') == [
+        "/etc/om.toml: [http] allowed_hosts must list host names or addresses: 'a b' is not one."
+    ]
+    # A value that is no list at all is still shown after the reason.
+    assert problems('[vantage]\nanchors = "127.0.0.1"\n') == [
+        "/etc/om.toml: [vantage] anchors must be a list of IP addresses, not '127.0.0.1'."
+    ]
