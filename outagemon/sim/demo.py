@@ -260,6 +260,7 @@ def banner(port: int, city: citygen.City, tokens: Tokens, config: Path) -> str:
         "  Its billing CSV of today (`outagemon report downtime`'s, served by the demo):",
         f"    curl -s -H 'Authorization: Bearer {tokens.read}' "
         f"'{base}/api/v1/reports/downtime?from={today}&to={tomorrow}'",
+        f"  or:  {command} report downtime -c {config} --from {today} --to {tomorrow}",
         "",
         "Ctrl-C stops it and removes its files.",
         "",
