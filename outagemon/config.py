@@ -1115,14 +1115,18 @@ def _tokens(auth: Any, base: Path, problems: list[str], warnings: list[str]) -> 
             secret = _read_secret(good.pop("token_file"), base, f"{where}token_file", problems)
             if secret is not None:
                 good["token"] = secret
-        if not {"name", "token", "role"} <= good.keys():
-            continue
-        if len(good["token"]) < TOKEN_MIN:
+        # A short token is said even when the name or role is wrong too: every problem
+        # at once, not one more round of check-config for each.
+        short = "token" in good and len(good["token"]) < TOKEN_MIN
+        if short:
+            whose = f"the token of {good['name']!r}" if "name" in good else "its token"
             problems.append(
-                f"{where}the token of {good['name']!r} is shorter than {TOKEN_MIN} characters; "
+                f"{where}{whose} is shorter than {TOKEN_MIN} characters; "
                 "make one with: openssl rand -hex 24"
             )
-        elif len(good["token"]) < TOKEN_GOOD:
+        if not {"name", "token", "role"} <= good.keys():
+            continue
+        if not short and len(good["token"]) < TOKEN_GOOD:
             warnings.append(
                 f"{where}the token of {good['name']!r} is shorter than {TOKEN_GOOD} characters; "
                 "a longer one is safer: openssl rand -hex 24"

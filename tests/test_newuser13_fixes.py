@@ -122,3 +122,23 @@ def test_the_demo_banner_gives_the_whole_report_command(
     tomorrow = today + datetime.timedelta(days=1)
     assert (f"{script} report downtime -c {config} --from {today} --to {tomorrow}\n"
             in text)  # fmt: skip
+
+
+def test_a_short_token_is_named_with_the_tokens_other_problems() -> None:
+    """A token entry with a wrong role and a 5-character token was told only of its role;
+    the short token came up at the next check-config."""
+    from outagemon import config
+    from outagemon.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        config.parse('[[auth.tokens]]\nname = "ivr"\ntoken = "short"\nrole = "admin"\n'
+                     '[[auth.tokens]]\ntoken = "short2"\nrole = "read"\n',
+                     Path("/etc/om.toml"))  # fmt: skip
+    assert info.value.problems == [
+        "/etc/om.toml: [[auth.tokens]] number 1: role must be one of 'read', 'write', not 'admin'.",
+        "/etc/om.toml: [[auth.tokens]] number 1: the token of 'ivr' is shorter than 16 "
+        "characters; make one with: openssl rand -hex 24",
+        "/etc/om.toml: [[auth.tokens]] number 2: name is required.",
+        "/etc/om.toml: [[auth.tokens]] number 2: its token is shorter than 16 characters; make "
+        "one with: openssl rand -hex 24",
+    ]
