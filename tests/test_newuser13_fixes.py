@@ -142,3 +142,29 @@ def test_a_short_token_is_named_with_the_tokens_other_problems() -> None:
         "/etc/om.toml: [[auth.tokens]] number 2: its token is shorter than 16 characters; make "
         "one with: openssl rand -hex 24",
     ]
+
+
+def test_the_example_config_names_every_key() -> None:
+    """The README says `config/outagemon.toml` comments each key; `[http] workers_nice`
+    and `[callers] burst_evidence` were in the README's tables but not in the file a new
+    user copies to /etc/outagemon."""
+    import re
+
+    from outagemon import config
+
+    text = (Path(__file__).parent.parent / "config" / "outagemon.toml").read_text()
+    parts = re.split(r"^#?\s*\[+([a-z_.]+)\]+\s*$", text, flags=re.M)
+    named: dict[str, set[str]] = {}
+    for section, body in zip(parts[1::2], parts[2::2], strict=True):
+        named.setdefault(section, set()).update(re.findall(r"\b([a-z_]+) = ", body))
+    schemas = {
+        **config.SCHEMA,
+        "notify": config.NOTIFY_SCHEMA,
+        "notify.webhooks": config.WEBHOOK_SCHEMA,
+        "auth.tokens": config.TOKEN_SCHEMA,
+    }
+    missing = {f"[{section}] {key}" for section, keys in schemas.items() for key in keys
+               if key not in named.get(section, set())}  # fmt: skip
+    assert missing == set()
+    # What the file sets is valid as it stands.
+    config.parse(text, Path("/etc/outagemon/outagemon.toml"))
