@@ -42,7 +42,10 @@ def _port(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from outagemon import __version__
+
     p = _Parser(prog="outagemon", description="Outage monitor for an internet provider's NOC.")
+    p.add_argument("--version", action="version", version=f"outagemon {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def with_config(name: str, help: str) -> argparse.ArgumentParser:

@@ -168,3 +168,14 @@ def test_the_example_config_names_every_key() -> None:
     assert missing == set()
     # What the file sets is valid as it stands.
     config.parse(text, Path("/etc/outagemon/outagemon.toml"))
+
+
+def test_the_command_says_its_version() -> None:
+    """`outagemon --version` (what a NOC engineer types first on a host, and what a bug
+    report asks for) was "the following arguments are required: COMMAND", exit 2; the
+    version was only in /healthz of a running daemon."""
+    from outagemon import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"outagemon {__version__}\n"
