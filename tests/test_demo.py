@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -54,6 +55,11 @@ def test_the_banner_names_the_running_command_and_the_config_file(
     assert f"{script} lookup --phone" in text
     assert f"Its config file (removed on Ctrl-C): {config}" in text
     assert "http://127.0.0.1:8080/api/v1/reports/downtime?from=" in text
+    # The whole command the README's Quick start speaks of (named alone, it stopped at
+    # "the following arguments are required: --from, --to"; a new user's trial).
+    today = datetime.date.today()
+    tomorrow = today + datetime.timedelta(days=1)
+    assert f"{script} report downtime -c {config} --from {today} --to {tomorrow}\n" in text
     monkeypatch.setattr(sys, "argv", ["/usr/lib/python3/dist-packages/outagemon/__main__.py"])
     text = demo_mod.banner(8080, city, demo_mod.Tokens.new(), config)
     assert ".venv/bin/outagemon lookup --phone" in text

@@ -4,15 +4,12 @@ the demo and the service install), each pinned through the real command or HTTP 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from outagemon.sim import citygen
-from outagemon.sim import demo as demo_mod
 from tests.world import READ, world
 
 
@@ -102,26 +99,6 @@ def test_a_list_with_a_bad_item_is_named_once_without_a_second_not() -> None:
     assert problems('[vantage]\nanchors = "127.0.0.1"\n') == [
         "/etc/om.toml: [vantage] anchors must be a list of IP addresses, not '127.0.0.1'."
     ]
-
-
-def test_the_demo_banner_gives_the_whole_report_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The README's Quick start says `outagemon report downtime -c` with the demo's config
-    writes the same CSV, and the banner named only "`outagemon report downtime`'s": typed
-    so, it stops at "the following arguments are required: --from, --to"."""
-    city = citygen.generate(aggregations=4, access_per_aggregation=10,
-                            subscribers_per_access=10, entrances=2)  # fmt: skip
-    config = tmp_path / "outagemon.toml"
-    script = tmp_path / "bin" / "outagemon"
-    script.parent.mkdir()
-    script.write_text("#!/bin/sh\n")
-    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
-    text = demo_mod.banner(8080, city, demo_mod.Tokens.new(), config)
-    today = datetime.date.today()
-    tomorrow = today + datetime.timedelta(days=1)
-    assert (f"{script} report downtime -c {config} --from {today} --to {tomorrow}\n"
-            in text)  # fmt: skip
 
 
 def test_a_short_token_is_named_with_the_tokens_other_problems() -> None:
