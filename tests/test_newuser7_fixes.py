@@ -114,8 +114,11 @@ async def test_the_page_shows_planned_works_under_way_and_to_come(fresh_db: str)
             page = await r.text()
         works = page.split("<h2>Planned works</h2>", 1)[1].split("<h2>", 1)[0]
         running, coming = re.findall(r'<div class="card maintenance works".*?</div>', works, re.S)
-        assert "Under way at <strong>agg-s</strong>" in running and "замена коммутатора" in running
-        assert "Planned at <strong>sw-lenina-5</strong>" in coming
+        assert "under way at <strong>agg-s</strong>" in running and "замена коммутатора" in running
+        assert "planned at <strong>sw-lenina-5</strong>" in coming
+        # Numbered apart from the incidents (works 3 and incident 3 on one node, both "#3",
+        # side by side on the page; the thirteenth new user's screenshot).
+        assert re.search(r'<a href="/maintenance/\d+">Works #\d+</a> under way', running)
         local = (now + timedelta(hours=3)).astimezone()
         assert f"{local:%d.%m %H:%M}" in coming
 
