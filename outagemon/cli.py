@@ -397,7 +397,8 @@ def _check_config(config_path: Path) -> int:
               "(leads or stands by; see the README's two NOC hosts)")  # fmt: skip
     tls = "HTTPS" if cfg.http.tls_cert is not None else "plain HTTP"
     page = "page behind a login" if cfg.http.page_auth else "page open"
-    print(f"  http: {cfg.http.listen} ({tls}, {page}); tokens: {len(cfg.tokens)}")
+    workers = f"; {cfg.http.workers} workers" if cfg.http.workers > 1 else ""
+    print(f"  http: {cfg.http.listen} ({tls}, {page}); tokens: {len(cfg.tokens)}{workers}")
     print(
         f"  probe: every {cfg.probe.interval:g} s, timeout {cfg.probe.timeout:g} s, "
         f"down after {cfg.probe.down_after}, up after {cfg.probe.up_after}"

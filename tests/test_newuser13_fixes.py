@@ -156,3 +156,24 @@ def test_the_command_says_its_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"outagemon {__version__}\n"
+
+
+def test_check_config_says_how_many_http_workers_answer(tmp_path: Path) -> None:
+    """`[http] workers = 2` checked by check-config: its summary said nothing of them, so
+    the new user could not see the key had been read."""
+    root = Path(__file__).parent.parent / "config"
+    for name in ("topology.yaml", "subscribers.csv"):
+        (tmp_path / name).write_text((root / name).read_text())
+    cfg = tmp_path / "outagemon.toml"
+    base = (
+        '[daemon]\nstate_dir = "/var/lib/outagemon"\n'
+        '[database]\ndsn = "postgresql://outagemon@127.0.0.1/outagemon"\n'
+        '[topology]\nfile = "topology.yaml"\nsubscribers = "subscribers.csv"\n[http]\n'
+    )
+    cfg.write_text(base + "workers = 2\n")
+    result = run_cli("check-config", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "  http: 127.0.0.1:8080 (plain HTTP, page open); tokens: 0; 2 workers\n" in result.stdout
+    cfg.write_text(base)
+    result = run_cli("check-config", "-c", str(cfg))
+    assert "  http: 127.0.0.1:8080 (plain HTTP, page open); tokens: 0\n" in result.stdout
