@@ -602,6 +602,20 @@ class Daemon:
             loaded, targets, plan, derived = await asyncio.to_thread(
                 _prepare, new, self.source.plan if planning else None, running
             )
+            had = len(self.runtime.directory.subscribers)
+            if (
+                had
+                and new.topology.subscribers is not None
+                and not len(loaded.directory.subscribers)
+            ):
+                # A header and no row, every running subscriber gone: an export cut off
+                # after its header far more often than a provider without subscribers
+                # (who leaves the key out). Applied, every caller heard "not_found".
+                raise ConfigError([f"{new.topology.subscribers}: no subscriber could be "
+                                   f"loaded from it: it holds its header and no row, where {had} "
+                                   "are loaded now (an export cut off after its header?); the "
+                                   "running subscribers are kept. To run without subscribers, "
+                                   "leave [topology] subscribers out."])  # fmt: skip
         except ConfigError as e:
             self._reloads.inc(outcome="refused")
             log.error("config.reload_refused", path=str(path), problems=e.problems)

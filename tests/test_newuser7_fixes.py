@@ -211,6 +211,10 @@ async def test_the_timeline_says_an_estimate_as_the_page_header_does(fresh_db: s
     [
         ("acct,phone,address\n1,2,3\n", "the header lacks column(s) account, phones, flat, ip"),
         ("", "the header lacks column(s) account, phones, address, flat, ip"),
+        # A header and no row, no problem in it (the thirteenth new user's trial: applied,
+        # "reloaded.", every caller "not_found"; the README said "an export cut off to
+        # nothing" was refused).
+        ("account,phones,address,flat,ip\n", "it holds its header and no row, where "),
     ],
 )
 def test_a_reload_that_would_load_no_subscriber_at_all_is_refused(
