@@ -222,6 +222,10 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
     if own:
         ns = c.states.get(node)
         if ns is not None and ns.state is State.DOWN:
+            topo = directory.topology
+            above = topo.nodes[node].parents if node in topo else ()
+            if any(_way_in_doubt(c.states, topo, p, ns.down_at, now) for p in above):
+                return Answer(Status.UNKNOWN, node=serving, suspected=after.suspected)
             # Inside a suspicion, the configured sentence is said (the router may be down
             # because of what its neighbours call about: "restart your router" is no
             # answer then).
@@ -234,9 +238,50 @@ def _assess_node(situation: Situation, directory: Directory, node: str, match: M
         seen = _household(c.states, directory, node, match, memory)
         if seen and all(ns is not None and ns.state is State.DOWN for ns in seen):
             since = max(ns.down_at for ns in seen if ns is not None)
+            if _way_in_doubt(c.states, directory.topology, node, since, now):
+                return Answer(Status.UNKNOWN, node=serving, suspected=after.suspected)
             return Answer(Status.CPE_DOWN, node=serving, since=since,
                           suspected=after.suspected)  # fmt: skip
     return after
+
+
+# A router down while the way to it is in doubt: its switch down with no incident yet, or
+# its entrance (no address) losing DOUBT_ROUTERS routers within DOUBT_TOGETHER seconds of
+# one another. The correlator is then deciding whether the entrance or the switch failed
+# (it infers and settles within its `window`, 30 s by default, and a probe round): a caller
+# heard "your router does not answer, switch it off and on" in the seconds before their
+# entrance's outage opened. For DOUBT_FOR seconds after the router went down they hear
+# `unknown` (stay on the line) instead; after that, what the correlator decided.
+DOUBT_FOR = 90.0
+DOUBT_TOGETHER = 30.0
+DOUBT_ROUTERS = 3
+
+
+def _way_in_doubt(states: Mapping[str, NodeSeen], topo: Topology, above: str, down_at: float,
+                  now: float) -> bool:  # fmt: skip
+    """Whether the node a router (down since `down_at`) hangs from may be what failed,
+    not yet decided (see DOUBT_FOR)."""
+    if now - down_at >= DOUBT_FOR:
+        return False
+    node = topo.nodes.get(above)
+    if node is None:
+        return False
+    if node.probed:
+        ns = states.get(above)
+        return ns is not None and ns.state is State.DOWN
+    together = 0
+    for child in node.children:
+        ns = states.get(child)
+        if (
+            ns is not None
+            and ns.state is State.DOWN
+            and abs(ns.down_at - down_at) <= DOUBT_TOGETHER
+        ):
+            together += 1  # the router itself among them
+            if together >= DOUBT_ROUTERS:
+                return True
+    # No address: the switch above it (down, the routers below it cut off).
+    return any(_way_in_doubt(states, topo, p, down_at, now) for p in node.parents)
 
 
 def _household(states: Mapping[str, NodeSeen], directory: Directory, node: str, match: Match,
