@@ -65,9 +65,9 @@ def event_record(e: Event, inc: Incident | None, subscribers: int,
             "subscribers": subscribers,
             "raised_by": inc.raised_by,
             "reopened_at": inc.reopened_at + wall if inc.reopened_at is not None else None,
-            # What its callers hear the outage began at (a restart from the file too).
-            "works_ended": inc.works_ended + wall if inc.works_ended is not None else None,
         }
+        if inc.works_ended is not None:  # heard since then (a restart from the file too)
+            record["snap"]["works_ended"] = inc.works_ended + wall
     return record
 
 
