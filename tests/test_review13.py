@@ -14,8 +14,7 @@ from outagemon.db.spool import Spool
 from outagemon.db.writer import Writer
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
-from outagemon.sim.simnet import SimNet
-from tests.world import build_directory
+from tests.world import build_directory, driven
 
 CONFIG = "[correlation]\nresolve_hold = 60\n"
 
@@ -49,14 +48,7 @@ def test_works_that_overran_are_heard_since_their_end_after_a_restart_from_the_f
     clock = {"now": start}
     writer = Writer(None, 10_000, Registry(), spool=spool)  # the database away
     m = Monitor(cfg, d, Registry(), writer, clock=lambda: clock["now"], spool=spool)
-    net = SimNet(d.topology, m.correlator, interval=5.0, timeout=1.0, start=start)
-    net.on_event = m.handle
-
-    def run(seconds: float) -> None:
-        net.run_for(seconds)
-        clock["now"] = net.now
-        m.tick()
-
+    net, run = driven(m, start, clock)
     run(600)
     m.first_round_done = True
     began = net.now

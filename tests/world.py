@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -112,6 +112,22 @@ class World:
         assert await self.monitor.writer.drain(10)
 
 
+def driven(monitor: Monitor, start: float,
+           clock: dict[str, float]) -> tuple[SimNet, Callable[[float], None]]:  # fmt: skip
+    """The monitor's simulated network from `start` (its events to the monitor), and how
+    to advance it some seconds: the network, the monitor's `clock`, then a tick."""
+    net = SimNet(monitor.directory.topology, monitor.correlator, interval=5.0, timeout=1.0,
+                 start=start)  # fmt: skip
+    net.on_event = monitor.handle
+
+    def advance(seconds: float) -> None:
+        net.run_for(seconds)
+        clock["now"] = net.now
+        monitor.tick()
+
+    return net, advance
+
+
 @asynccontextmanager
 async def world(
     dsn: str,
@@ -155,14 +171,7 @@ async def world(
         await store.save_inventory(conn, nodes, subs)
 
     writer.submit("inventory", inventory)
-    net = SimNet(d.topology, monitor.correlator, interval=5.0, timeout=1.0, start=start)
-    net.on_event = monitor.handle
-
-    def advance(seconds: float) -> None:
-        net.run_for(seconds)
-        clock["now"] = net.now
-        monitor.tick()
-
+    net, advance = driven(monitor, start, clock)
     app: web.Application = make_app(rt)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
