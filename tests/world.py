@@ -177,7 +177,7 @@ async def world(
     await server.start_server()
     session = aiohttp.ClientSession()
     w = World(rt, monitor, net, session, server, pool, start)
-    w.run = advance  # type: ignore[method-assign]
+    w.run = advance  # type: ignore[method-assign,assignment]
     try:
         w.run(3000)  # warm: every target has a history of answers
         monitor.first_round_done = True
