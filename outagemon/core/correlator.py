@@ -219,11 +219,14 @@ class Correlator(Failures):
     def restore(self, incidents: Iterable[Incident], next_id: int) -> None:
         """Open incidents from the database after a restart: they continue with their ids.
 
-        Their nodes are taken as down until a fresh probe says otherwise.
+        Their nodes are taken as down until a fresh probe says otherwise; but for one that
+        was recovering (its root answered, `recovering_since`), its root is looked at afresh
+        (RECHECK): it recovers still, and resolves once its root answers, or fails again.
         """
         self.version += 1
         book = self.book
         for inc in incidents:
+            recovering = inc.recovering_since is not None
             book.incidents[inc.id] = inc
             book.node_incident.claim(inc.nodes, inc.id)
             for n in inc.nodes:
@@ -233,7 +236,7 @@ class Correlator(Failures):
                         ns = self.states[n] = NodeState(changed_at=inc.since, epoch=self._epoch)
                     elif self._lazy:
                         self._settle(n, ns)
-                    ns.state = State.RECHECK if n != inc.root else State.DOWN
+                    ns.state = State.RECHECK if n != inc.root or recovering else State.DOWN
                     ns.down_at = inc.since
                     if ns.state is State.DOWN:
                         self._fail(n)
@@ -245,7 +248,7 @@ class Correlator(Failures):
                         self._unfail(n)
                     self._requests[n] = None
             root = self.topology.nodes.get(inc.root)
-            if root is not None and not root.probed:
+            if root is not None and not root.probed and not recovering:
                 self._infer_down(inc.root, inc.since)
         book.next_id = max(book.next_id, next_id)
         self._dirty = True

@@ -66,8 +66,12 @@ def event_record(e: Event, inc: Incident | None, subscribers: int,
             "raised_by": inc.raised_by,
             "reopened_at": inc.reopened_at + wall if inc.reopened_at is not None else None,
         }
-        if inc.works_ended is not None:  # heard since then (a restart from the file too)
-            record["snap"]["works_ended"] = inc.works_ended + wall
+        # Heard since then (a restart from the file too); and recovering, its root
+        # answered then (callers hear it was fixed then).
+        for key, t in (("works_ended", inc.works_ended),
+                       ("recovering_since", inc.recovering_since)):  # fmt: skip
+            if t is not None:
+                record["snap"][key] = t + wall
     return record
 
 
@@ -153,6 +157,7 @@ def _event(found: Pending, kind: str, d: dict[str, Any]) -> None:
             raised_by=str(snap.get("raised_by", "probes")),
             reopened_at=_float_or_none(snap.get("reopened_at")),
             works_ended=_float_or_none(snap.get("works_ended")),
+            recovering_since=_float_or_none(snap.get("recovering_since")),
         )  # fmt: skip
     elif kind in (EventKind.RESOLVED, EventKind.MERGED):
         found.incidents.pop(iid, None)
@@ -165,6 +170,7 @@ def _event(found: Pending, kind: str, d: dict[str, Any]) -> None:
         inc.kind = Kind(snap["kind"])
         inc.reopened_at = _float_or_none(snap.get("reopened_at"))
         inc.works_ended = _float_or_none(snap.get("works_ended"))
+        inc.recovering_since = _float_or_none(snap.get("recovering_since"))
 
 
 def _float_or_none(value: Any) -> float | None:
