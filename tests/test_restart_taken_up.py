@@ -1,6 +1,6 @@
-"""The thirteenth session's review of the twelfth's changes: what a restart continues from
-(the journal file, without the database; or the database) for works that overran and for
-an incident recovering."""
+"""What a restart takes up (from the journal file, the database away; or from the
+database) of works that overran and of an incident recovering: its callers hear what they
+heard before it (found by the thirteenth session's review)."""
 
 from __future__ import annotations
 
