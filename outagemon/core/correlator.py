@@ -221,7 +221,8 @@ class Correlator(Failures):
 
         Their nodes are taken as down until a fresh probe says otherwise; but for one that
         was recovering (its root answered, `recovering_since`), its root is looked at afresh
-        (RECHECK): it recovers still, and resolves once its root answers, or fails again.
+        (RECHECK) unless down by this node's own probes: it recovers still, and resolves
+        once its root answers, or fails again.
         """
         self.version += 1
         book = self.book
@@ -236,7 +237,10 @@ class Correlator(Failures):
                         ns = self.states[n] = NodeState(changed_at=inc.since, epoch=self._epoch)
                     elif self._lazy:
                         self._settle(n, ns)
-                    ns.state = State.RECHECK if n != inc.root or recovering else State.DOWN
+                    # A recovering one's root: down only by this node's own probes (a
+                    # standby taking over), else looked at afresh.
+                    down = n == inc.root and (not recovering or ns.state is State.DOWN)
+                    ns.state = State.DOWN if down else State.RECHECK
                     ns.down_at = inc.since
                     if ns.state is State.DOWN:
                         self._fail(n)
