@@ -79,9 +79,11 @@ def test_a_standby_taking_up_an_incident_opens_none_for_its_cut_off_children(bac
 def test_a_standby_taking_up_a_recovering_incident_keeps_what_it_saw_of_its_root(
     seen: str,
 ) -> None:
-    # The leader's incident at agg0 was recovering (its root answered the leader). The
-    # standby's own probes saw agg0 down: its incident is active again at once (refailed),
-    # not "restored" for a streak more; saw it up: it recovers still (looked at afresh).
+    # The leader's incident at agg0 (opened 5 minutes before) was recovering (its root
+    # answered the leader). The standby's own probes saw agg0 down: its incident is
+    # active again at once (refailed), since the standby saw it fail (not since the
+    # incident opened: the time it recovered counted twice), not "restored" for a streak
+    # more; saw it up: it recovers still (looked at afresh).
     topo = city(aggs=1, access=4)
     c = Correlator(topo, SETTINGS)
     s = SimNet(topo, Standby(c), interval=5.0, timeout=1.0, seed=1)  # type: ignore[arg-type]
@@ -93,12 +95,13 @@ def test_a_standby_taking_up_a_recovering_incident_keeps_what_it_saw_of_its_root
         s.repair("agg0")
         s.run_for(30)
     switches = [f"sw0-{i}" for i in range(4)]
-    inc = Incident(1, "agg0", Kind.OUTAGE, False, since, ["agg0", *switches],
+    inc = Incident(1, "agg0", Kind.OUTAGE, False, since - 300, ["agg0", *switches],
                    recovering_since=s.now - 10)  # fmt: skip
     c.restore([inc], 2)
     kinds = [e.kind for e in c.tick(s.now)]
     if seen == "down":
         assert kinds == ["refailed"] and inc.recovering_since is None, (kinds, inc)
+        assert inc.reopened_at == since, (inc, since)
     else:
         assert kinds == [] and inc.recovering_since == s.now - 10, (kinds, inc)
         assert c.states["agg0"].state is State.RECHECK

@@ -240,8 +240,9 @@ class Correlator(Failures):
                     # A recovering one's root: down only by this node's own probes (a
                     # standby taking over), else looked at afresh.
                     down = n == inc.root and (not recovering or ns.state is State.DOWN)
+                    if not (down and recovering):  # (that root: down since it saw it fail)
+                        ns.down_at = inc.since
                     ns.state = State.DOWN if down else State.RECHECK
-                    ns.down_at = inc.since
                     if ns.state is State.DOWN:
                         self._fail(n)
                     else:
