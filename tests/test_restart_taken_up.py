@@ -19,7 +19,7 @@ from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
 from outagemon.sim.simnet import SimNet
 from tests.test_history import history_world
-from tests.world import build_directory, driven, restarted
+from tests.world import build_directory, driven, failed_then_repaired, restarted
 
 CONFIG = "[correlation]\nresolve_hold = 60\n"
 
@@ -117,11 +117,7 @@ def test_an_incident_recovering_at_a_restart_from_the_file_is_still_heard_restor
     answered (1007 heard "outage" after the restart). Failing again after, it is an
     outage again."""
     w = away(tmp_path)
-    w.net.fail("sw-sad-5")
-    w.run(120)
-    w.net.repair("sw-sad-5")
-    w.run(15)
-    (inc,) = w.monitor.correlator.incidents.values()
+    inc = failed_then_repaired(w.net, w.run, w.monitor, "sw-sad-5", 120, 15)
     fixed = inc.recovering_since
     assert fixed is not None and hears(w.monitor, "1007").status is Status.RESTORED
     after = w.restarted(2)
@@ -144,11 +140,7 @@ async def test_an_incident_recovering_at_a_restart_is_still_heard_restored(
     1007 heard "outage" again until the next probes, then "fixed" at a time after the
     restart. It stays restored, fixed when it was; it resolves as before."""
     async with history_world(fresh_db) as w:
-        w.net.fail("sw-sad-5")
-        w.run(120)
-        (inc,) = w.monitor.correlator.incidents.values()
-        w.net.repair("sw-sad-5")
-        w.run(15)
+        inc = failed_then_repaired(w.net, w.run, w.monitor, "sw-sad-5", 120, 15)
         fixed = inc.recovering_since
         assert fixed is not None, inc
         d = w.runtime.directory

@@ -20,6 +20,7 @@ from outagemon import config
 from outagemon.cluster.replica import Replica
 from outagemon.core import directory, messages, topology
 from outagemon.core.directory import Directory
+from outagemon.core.incidents import Incident
 from outagemon.db import migrate, store
 from outagemon.db.writer import Writer
 from outagemon.http.app import make_app
@@ -126,6 +127,18 @@ def driven(monitor: Monitor, start: float,
         monitor.tick()
 
     return net, advance
+
+
+def failed_then_repaired(net: SimNet, run: Callable[[float], None], monitor: Monitor,
+                         node: str, down: float, after: float) -> Incident:  # fmt: skip
+    """`node` fails for `down` seconds, then is repaired and `after` seconds run: the
+    incident its failure opened (the only one open)."""
+    net.fail(node)
+    run(down)
+    (inc,) = monitor.correlator.incidents.values()
+    net.repair(node)
+    run(after)
+    return inc
 
 
 @asynccontextmanager
