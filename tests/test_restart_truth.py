@@ -8,18 +8,14 @@ from __future__ import annotations
 from outagemon.core import assess as check
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
-from tests.world import world
+from tests.world import failed_then_repaired, world
 
 
 async def test_callers_of_an_incident_resolved_before_a_restart_still_hear_restored(
     fresh_db: str,
 ) -> None:
     async with world(fresh_db) as w:
-        w.net.fail("agg-n")
-        w.run(60)
-        (inc,) = w.monitor.correlator.incidents.values()
-        w.net.repair("agg-n")
-        w.run(200)
+        inc = failed_then_repaired(w.net, w.run, w.monitor, "agg-n", 60, 200)
         assert w.monitor.correlator.incidents == {}
         await w.flushed()
         now = w.monitor.clock()

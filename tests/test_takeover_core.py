@@ -30,6 +30,17 @@ class Standby:
         return self.c.take_requests()
 
 
+def agg0_down_on_a_standby() -> tuple[Correlator, SimNet]:
+    """A standby's correlator (and its simulated network) that saw agg0 down a minute."""
+    topo = city(aggs=1, access=4)
+    c = Correlator(topo, SETTINGS)
+    s = SimNet(topo, Standby(c), interval=5.0, timeout=1.0, seed=1)  # type: ignore[arg-type]
+    s.run_for(WARM)
+    s.fail("agg0")
+    s.run_for(60)
+    return c, s
+
+
 @pytest.mark.parametrize("back_by", ["a child's answer", "its own answers"])
 def test_a_standby_taking_up_an_incident_opens_none_for_its_cut_off_children(back_by: str) -> None:
     # The cluster's paused leader (tests/test_cluster_e2e.py, 3 runs in 9): b, standing
@@ -40,12 +51,7 @@ def test_a_standby_taking_up_an_incident_opens_none_for_its_cut_off_children(bac
     # opened and recovered within a second, their callers told of a wrong root. On main
     # too, when the root's own two answers came before any switch's (rarer: a switch's
     # probe is asked for at once).
-    topo = city(aggs=1, access=4)
-    c = Correlator(topo, SETTINGS)
-    s = SimNet(topo, Standby(c), interval=5.0, timeout=1.0, seed=1)  # type: ignore[arg-type]
-    s.run_for(WARM)
-    s.fail("agg0")
-    s.run_for(60)
+    c, s = agg0_down_on_a_standby()
     switches = [f"sw0-{i}" for i in range(4)]
     assert all(c.states[x].state is State.DOWN for x in ["agg0", *switches])
     since = c.states["agg0"].down_at
@@ -73,3 +79,30 @@ def test_a_standby_taking_up_an_incident_opens_none_for_its_cut_off_children(bac
     assert [(e.kind, e.incident) for e in events if e.kind in ("opened", "resolved")] == [
         ("resolved", 1)
     ], events
+
+
+@pytest.mark.parametrize("seen", ["down", "up"])
+def test_a_standby_taking_up_a_recovering_incident_keeps_what_it_saw_of_its_root(
+    seen: str,
+) -> None:
+    # The leader's incident at agg0 (opened 5 minutes before) was recovering (its root
+    # answered the leader). The standby's own probes saw agg0 down: its incident is
+    # active again at once (refailed), since the standby saw it fail (not since the
+    # incident opened: the time it recovered counted twice), not "restored" for a streak
+    # more; saw it up: it recovers still (looked at afresh).
+    c, s = agg0_down_on_a_standby()
+    since = c.states["agg0"].down_at
+    if seen == "up":
+        s.repair("agg0")
+        s.run_for(30)
+    switches = [f"sw0-{i}" for i in range(4)]
+    inc = Incident(1, "agg0", Kind.OUTAGE, False, since - 300, ["agg0", *switches],
+                   recovering_since=s.now - 10)  # fmt: skip
+    c.restore([inc], 2)
+    kinds = [e.kind for e in c.tick(s.now)]
+    if seen == "down":
+        assert kinds == ["refailed"] and inc.recovering_since is None, (kinds, inc)
+        assert inc.reopened_at == since, (inc, since)
+    else:
+        assert kinds == [] and inc.recovering_since == s.now - 10, (kinds, inc)
+        assert c.states["agg0"].state is State.RECHECK

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +20,7 @@ from outagemon import config
 from outagemon.cluster.replica import Replica
 from outagemon.core import directory, messages, topology
 from outagemon.core.directory import Directory
+from outagemon.core.incidents import Incident
 from outagemon.db import migrate, store
 from outagemon.db.writer import Writer
 from outagemon.http.app import make_app
@@ -112,6 +113,34 @@ class World:
         assert await self.monitor.writer.drain(10)
 
 
+def driven(monitor: Monitor, start: float,
+           clock: dict[str, float]) -> tuple[SimNet, Callable[[float], None]]:  # fmt: skip
+    """The monitor's simulated network from `start` (its events to the monitor), and how
+    to advance it some seconds: the network, the monitor's `clock`, then a tick."""
+    net = SimNet(monitor.directory.topology, monitor.correlator, interval=5.0, timeout=1.0,
+                 start=start)  # fmt: skip
+    net.on_event = monitor.handle
+
+    def advance(seconds: float) -> None:
+        net.run_for(seconds)
+        clock["now"] = net.now
+        monitor.tick()
+
+    return net, advance
+
+
+def failed_then_repaired(net: SimNet, run: Callable[[float], None], monitor: Monitor,
+                         node: str, down: float, after: float) -> Incident:  # fmt: skip
+    """`node` fails for `down` seconds, then is repaired and `after` seconds run: the
+    incident its failure opened (the only one open)."""
+    net.fail(node)
+    run(down)
+    (inc,) = monitor.correlator.incidents.values()
+    net.repair(node)
+    run(after)
+    return inc
+
+
 @asynccontextmanager
 async def world(
     dsn: str,
@@ -155,20 +184,13 @@ async def world(
         await store.save_inventory(conn, nodes, subs)
 
     writer.submit("inventory", inventory)
-    net = SimNet(d.topology, monitor.correlator, interval=5.0, timeout=1.0, start=start)
-    net.on_event = monitor.handle
-
-    def advance(seconds: float) -> None:
-        net.run_for(seconds)
-        clock["now"] = net.now
-        monitor.tick()
-
+    net, advance = driven(monitor, start, clock)
     app: web.Application = make_app(rt)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     session = aiohttp.ClientSession()
     w = World(rt, monitor, net, session, server, pool, start)
-    w.run = advance  # type: ignore[method-assign]
+    w.run = advance  # type: ignore[method-assign,assignment]
     try:
         w.run(3000)  # warm: every target has a history of answers
         monitor.first_round_done = True

@@ -219,11 +219,15 @@ class Correlator(Failures):
     def restore(self, incidents: Iterable[Incident], next_id: int) -> None:
         """Open incidents from the database after a restart: they continue with their ids.
 
-        Their nodes are taken as down until a fresh probe says otherwise.
+        Their nodes are taken as down until a fresh probe says otherwise; but for one that
+        was recovering (its root answered, `recovering_since`), its root is looked at afresh
+        (RECHECK) unless down by this node's own probes: it recovers still, and resolves
+        once its root answers, or fails again.
         """
         self.version += 1
         book = self.book
         for inc in incidents:
+            recovering = inc.recovering_since is not None
             book.incidents[inc.id] = inc
             book.node_incident.claim(inc.nodes, inc.id)
             for n in inc.nodes:
@@ -233,8 +237,12 @@ class Correlator(Failures):
                         ns = self.states[n] = NodeState(changed_at=inc.since, epoch=self._epoch)
                     elif self._lazy:
                         self._settle(n, ns)
-                    ns.state = State.RECHECK if n != inc.root else State.DOWN
-                    ns.down_at = inc.since
+                    # A recovering one's root: down only by this node's own probes (a
+                    # standby taking over), else looked at afresh.
+                    down = n == inc.root and (not recovering or ns.state is State.DOWN)
+                    if not (down and recovering):  # (that root: down since it saw it fail)
+                        ns.down_at = inc.since
+                    ns.state = State.DOWN if down else State.RECHECK
                     if ns.state is State.DOWN:
                         self._fail(n)
                     else:
@@ -245,7 +253,7 @@ class Correlator(Failures):
                         self._unfail(n)
                     self._requests[n] = None
             root = self.topology.nodes.get(inc.root)
-            if root is not None and not root.probed:
+            if root is not None and not root.probed and not recovering:
                 self._infer_down(inc.root, inc.since)
         book.next_id = max(book.next_id, next_id)
         self._dirty = True

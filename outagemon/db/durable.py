@@ -50,6 +50,10 @@ def event_record(e: Event, inc: Incident | None, subscribers: int,
         # When this fault began, in its timeline (a restart's callers hear it again).
         since = datetime.fromtimestamp(inc.reopened_at + wall, UTC).isoformat()
         record["detail"] = {**e.detail, "since": since}
+    ended = e.detail.get("works_ended")
+    if isinstance(ended, int | float):
+        # Works that overran: their end is a time of the monitor's clock, as `at` is.
+        record["detail"] = {**record["detail"], "works_ended": ended + wall}
     if inc is not None:
         record["snap"] = {
             "id": inc.id,
@@ -62,6 +66,12 @@ def event_record(e: Event, inc: Incident | None, subscribers: int,
             "raised_by": inc.raised_by,
             "reopened_at": inc.reopened_at + wall if inc.reopened_at is not None else None,
         }
+        # Heard since then (a restart from the file too); and recovering, its root
+        # answered then (callers hear it was fixed then).
+        for key, t in (("works_ended", inc.works_ended),
+                       ("recovering_since", inc.recovering_since)):  # fmt: skip
+            if t is not None:
+                record["snap"][key] = t + wall
     return record
 
 
@@ -146,6 +156,8 @@ def _event(found: Pending, kind: str, d: dict[str, Any]) -> None:
             nodes=list(snap["nodes"]) or [str(snap["root"])],
             raised_by=str(snap.get("raised_by", "probes")),
             reopened_at=_float_or_none(snap.get("reopened_at")),
+            works_ended=_float_or_none(snap.get("works_ended")),
+            recovering_since=_float_or_none(snap.get("recovering_since")),
         )  # fmt: skip
     elif kind in (EventKind.RESOLVED, EventKind.MERGED):
         found.incidents.pop(iid, None)
@@ -157,6 +169,8 @@ def _event(found: Pending, kind: str, d: dict[str, Any]) -> None:
         inc.inferred = bool(snap["inferred"])
         inc.kind = Kind(snap["kind"])
         inc.reopened_at = _float_or_none(snap.get("reopened_at"))
+        inc.works_ended = _float_or_none(snap.get("works_ended"))
+        inc.recovering_since = _float_or_none(snap.get("recovering_since"))
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -153,7 +153,7 @@ async def open_incidents(conn: Conn) -> list[asyncpg.Record]:
         await conn.fetch(
             f"""
             select i.id, i.kind, i.root_node, i.inferred, i.opened_at, i.eta, i.calls, i.raised_by,
-                   {_REOPENED},
+                   i.recovering_since, {_REOPENED},
                    case when i.raised_by = 'calls' then
                        (select e.detail from incident_event e where e.incident_id = i.id
                         and e.kind = 'opened' order by e.id limit 1) end as opened_detail,

@@ -139,13 +139,15 @@ def build(world: World) -> tuple[Directory, config.Config]:
 def restarted(old: Monitor, cfg: config.Config, directory: Directory,
               clock: Callable[[], float]) -> Monitor:  # fmt: skip
     """A new monitor from what the old one stored, as Monitor.restore reads it back and
-    hands to Monitor.resume: open incidents (id, kind, root, nodes, opened), their ETAs,
-    loss histories, planned works, incidents resolved within restored_for."""
+    hands to Monitor.resume: open incidents (id, kind, root, nodes, opened, when a
+    recovering one's root answered), their ETAs, loss histories, planned works,
+    incidents resolved within restored_for."""
     new = Monitor(cfg, directory, Registry(), clock=clock)
     since = clock() - cfg.messages.restored_for
     topo = directory.topology.nodes
     found = Restored(
-        incidents=[Incident(i.id, i.root, i.kind, i.inferred, i.opened_at, list(i.nodes))
+        incidents=[Incident(i.id, i.root, i.kind, i.inferred, i.opened_at, list(i.nodes),
+                            recovering_since=i.recovering_since)
                    for i in old.correlator.incidents.values()],
         next_id=old.correlator.next_id,
         eta=dict(old.eta),
