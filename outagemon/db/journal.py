@@ -541,7 +541,9 @@ def _states_op(batches: StateBatches) -> Op:
                 latest[node] = (state, at + step, loss)
         made = ((node, state, store.ts(at), loss) for node, (state, at, loss) in latest.items())
         rows = [row async for row in store.sliced(made)]
+        await store.let_go(latest)  # each row holds what it needs of it
         await store.save_node_states(conn, rows)
+        await store.let_go(rows)  # freed a slice a step too (see store.let_go)
         await store.notify_replica(conn, "states", [])
 
     return op

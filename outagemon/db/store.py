@@ -43,6 +43,20 @@ async def sliced(rows: Iterable[T]) -> AsyncIterator[T]:
             await asyncio.sleep(0)
 
 
+async def let_go(held: list[Any] | dict[Any, Any]) -> None:
+    """Empty a list (from its end) or a dict, COPY_SLICE entries a step of the event loop:
+    what only it holds is freed a slice at a time, not all at once when its holder returns
+    (a mass outage's 100,000 node states, their rows and each node's latest state, freed
+    as the write returned: one step of 15 ms CPU at load 10, 29 ms at a million nodes)."""
+    while held:
+        if isinstance(held, dict):
+            for _ in range(min(COPY_SLICE, len(held))):
+                held.popitem()
+        else:
+            del held[-COPY_SLICE:]
+        await asyncio.sleep(0)
+
+
 def redact(dsn: str) -> str:
     """The DSN with any password replaced, fit for a log line or an error message."""
     dsn = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", dsn)
