@@ -22,6 +22,7 @@ from outagemon.probing.engine import (
     Engine,
     PermissionProblem,
     ResultCallback,
+    Stats,
     open_socket,
 )
 from outagemon.sim import citygen
@@ -450,6 +451,63 @@ def test_malformed_ipv6_packets_are_counted_and_dropped() -> None:
     for packet in (b"", b"\x81\x00", bytes([1, 0]) + bytes(20)):
         engine.feed(packet, "::1", v6=True, raw=True)
     assert got == [] and engine.stats.malformed == 3
+
+
+# -- run(): the probe command's loop, without asyncio -----------------------------------
+
+
+def run_engine(
+    targets: list[str], on_result: ResultCallback, rcvbuf: int = 0, stats: list[Stats] | None = None
+) -> Engine:
+    engine = Engine(on_result, timeout=10.0)
+    if stats is not None:
+        stats.append(engine.stats)
+    if rcvbuf:  # a small receive queue, as without CAP_NET_ADMIN and a raised rmem_max
+        sock = engine._family(socket.AF_INET).sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    try:
+        engine.run(targets)
+    finally:
+        engine.close()
+    return engine
+
+
+def test_run_sends_every_probe_before_reading_while_the_queue_has_room() -> None:
+    """Reading replies between batches would hold up the sending (and with it the time a
+    silent target's wait begins); they wait in the socket, timed by the kernel."""
+    targets = [citygen.ip_of(i) for i in range(2000)]
+    sent_at_result: list[int] = []
+    stats: list[Stats] = []  # the engine's, once made
+    engine = run_engine(targets, lambda *r: sent_at_result.append(stats[0].sent), stats=stats)
+    assert len(sent_at_result) == len(targets)
+    assert min(sent_at_result) == len(targets)
+    assert engine.stats.replies == len(targets) and engine.stats.lost == 0
+
+
+def test_run_times_a_reply_by_its_arrival_not_by_when_it_is_read() -> None:
+    """A reply read late has the RTT it arrived with: here every reply but the first
+    waits in the socket while the first one's handling takes 0.3 s."""
+    rtts: list[float | None] = []
+
+    def on_result(target: str, rtt: float | None, reason: str | None) -> None:
+        if not rtts:
+            time.sleep(0.3)
+        rtts.append(rtt)
+
+    run_engine([citygen.ip_of(i) for i in range(1000)], on_result)
+    timed = [r for r in rtts if r is not None]
+    assert len(timed) == 1000
+    assert max(timed[1:]) < 0.2, sorted(timed)[-5:]
+
+
+def test_run_reads_on_while_sending_when_the_receive_queue_nears_its_limit() -> None:
+    """A queue of 0.5 MiB holds about 600 loopback replies: 5,000 targets are all heard
+    only if run() reads while it sends."""
+    results: list[Result] = []
+    targets = [citygen.ip_of(i) for i in range(5000)]
+    engine = run_engine(targets, lambda *r: results.append(r), rcvbuf=256 * 1024)
+    assert engine.stats.lost == 0 and engine.stats.replies == len(targets)
+    assert sorted(t for t, _, _ in results) == sorted(targets)
 
 
 # -- the command ---------------------------------------------------------------------
