@@ -14,7 +14,6 @@ import signal
 import socket
 import sys
 from itertools import islice
-from pathlib import Path
 
 from outagemon.probing.engine import Engine, PermissionProblem
 
@@ -62,7 +61,11 @@ class Tally:
 def read_targets(args: list[str], file: str | None, stdin: TextIO) -> list[str]:
     names = list(args)
     if file is not None:
-        text = stdin.read() if file == "-" else Path(file).read_text()
+        if file == "-":
+            text = stdin.read()
+        else:
+            with open(file) as f:
+                text = f.read()
         lines = text.splitlines()
         if "#" in text:
             lines = [line.split("#", 1)[0] for line in lines]
@@ -91,10 +94,11 @@ def literal(name: str) -> str | None:
     return None
 
 
-def addresses_of(names: list[str]) -> list[str | BaseException]:
-    """Each name's address (literals parsed here, names resolved concurrently), or the
-    resolver's error for it."""
-    out: list[str | BaseException] = []
+def addresses_of(names: list[str]) -> tuple[list[str], tuple[str, BaseException] | None]:
+    """Each name's address (literals parsed here, names resolved concurrently), and the
+    first name in order the resolver failed on, with its error (then the list is not to
+    be used)."""
+    out: list[str] = []
     unresolved: list[int] = []
     inet_pton, v4 = socket.inet_pton, socket.AF_INET
     for name in names:
@@ -122,8 +126,10 @@ def addresses_of(names: list[str]) -> list[str | BaseException]:
         with ThreadPoolExecutor(min(RESOLVERS, len(unresolved))) as pool:
             found = pool.map(attempt, [names[i] for i in unresolved])
             for i, result in zip(unresolved, found, strict=True):
+                if not isinstance(result, str):
+                    return out, (names[i], result)
                 out[i] = result
-    return out
+    return out, None
 
 
 def ping(
@@ -173,12 +179,11 @@ def main(
     if not names:
         print("outagemon probe: no targets; name them or give -f FILE.", file=sys.stderr)
         return 2
-    addresses: list[str] = []
-    for name, address in zip(names, addresses_of(names), strict=True):
-        if not isinstance(address, str):
-            print(f"outagemon probe: {name}: cannot be resolved ({address}).", file=sys.stderr)
-            return 2
-        addresses.append(address)
+    addresses, failed = addresses_of(names)
+    if failed is not None:
+        name, error = failed
+        print(f"outagemon probe: {name}: cannot be resolved ({error}).", file=sys.stderr)
+        return 2
     unique = list(dict.fromkeys(addresses))
     try:
         rtts, reasons = ping(unique, count, interval_ms / 1000, timeout_ms / 1000)

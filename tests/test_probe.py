@@ -584,6 +584,16 @@ def test_a_probe_the_kernel_refuses_mid_batch_is_lost_and_the_rest_go(lab: Lab) 
     assert all(lines[t].startswith("is alive (") for t in targets if t != refused)
 
 
+def test_probe_command_starts_without_asyncio_logging_or_pathlib() -> None:
+    """Its start-up is timed against fping's: what only other commands need stays out."""
+    argv = [sys.executable, "-X", "importtime", "-m", "outagemon", "probe", "127.0.0.1"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "outagemon.probecmd" in imported
+    assert not imported & {"asyncio", "logging", "structlog", "pathlib", "dataclasses"}
+
+
 def test_probe_command_usage_errors_exit_2() -> None:
     assert probe_cmd().returncode == 2
     bad = probe_cmd("no-such-host.invalid")
