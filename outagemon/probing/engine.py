@@ -390,6 +390,7 @@ class Engine:
         self._ident_base = int.from_bytes(os.urandom(2), "big")
         self._counter = int.from_bytes(os.urandom(4), "big")
         self._auth_pool, self._auth_sums = _authenticators(POOL)
+        self._auth_cut: tuple[bytes, list[bytes]] = (b"", [])  # _auth_slices()
         self._auth_next = 0
         self._flights: dict[int, Flight] = {}
         # (deadline, key) per send(), (deadline, [key, ...]) per batch: a list per probe
@@ -462,6 +463,13 @@ class Engine:
         self._auth_next = i + 1
         return self._auth_pool[i * AUTH_LEN : (i + 1) * AUTH_LEN]
 
+    def _auth_slices(self) -> list[bytes]:
+        """The pool's authenticators one by one, cut once a pool (send_many's)."""
+        pool = self._auth_pool
+        if self._auth_cut[0] is not pool:
+            self._auth_cut = (pool, [pool[j : j + AUTH_LEN] for j in range(0, len(pool), AUTH_LEN)])
+        return self._auth_cut[1]
+
     def send(self, target: str, family: int | None = None) -> bool:
         """Send one echo request; False when the kernel refused it (counted, reported lost)."""
         if family is None:
@@ -514,14 +522,17 @@ class Engine:
         inet_pton = socket.inet_pton
         pack_header = _HEADER.pack_into
         counter = self._counter
-        pool, sums, i = self._auth_pool, self._auth_sums, self._auth_next
+        auths, sums, i = self._auth_slices(), self._auth_sums, self._auth_next
         ident = base_sum = 0
         raw = True
         data = addresses = memoryview(b"")
-        addr_len = addr_at = 0
+        addr_len = addr_size = 0
+        slot = BATCH  # the slot in the batch the next packet takes
+        off = at = 0  # where its header goes in the data, its address in the addresses
+        v4, v6 = socket.AF_INET, socket.AF_INET6
         for target in targets:
-            family = socket.AF_INET6 if ":" in target else socket.AF_INET
-            if family != current or len(pending) == BATCH:
+            family = v6 if ":" in target else v4
+            if family != current or slot == BATCH:
                 if fam is not None and batch is not None and pending:
                     sent += self._flush(fam, batch, pending)
                     pending = []
@@ -531,7 +542,8 @@ class Engine:
                 batch.prepare(fam.echo, self.tag)
                 ident, raw, base_sum = fam.ident, fam.raw, fam.base_sum
                 data, addresses = batch.data_view, batch.addr_view
-                addr_len, addr_at = batch.addr_len, batch.addr_at
+                addr_len, addr_size = batch.addr_len, batch.addr_size
+                slot, off, at = 0, 2, batch.addr_at
             try:
                 packed = inet_pton(family, target)
             except OSError:
@@ -546,16 +558,17 @@ class Engine:
             seq = counter & 0xFFFF
             key_ident = (ident + (counter >> 16)) & 0xFFFF if raw else ident
             if i == POOL:
-                pool, sums = self._auth_pool, self._auth_sums = _authenticators(POOL)
-                i = 0
-            auth = pool[i * AUTH_LEN : i * AUTH_LEN + AUTH_LEN]
+                self._auth_pool, self._auth_sums = _authenticators(POOL)
+                auths, sums, i = self._auth_slices(), self._auth_sums, 0
+            auth = auths[i]
             total = (base_sum + key_ident + seq + sums[i]) % 0xFFFF or 0xFFFF
             i += 1
-            slot = len(pending)
-            pack_header(data, slot * PACKET_LEN + 2, ~total & 0xFFFF, key_ident, seq, auth)
-            at = slot * addr_len + addr_at
-            addresses[at : at + len(packed)] = packed
+            pack_header(data, off, ~total & 0xFFFF, key_ident, seq, auth)
+            addresses[at : at + addr_size] = packed
             pending.append(((key_ident << 16) | seq, target, packed, auth))
+            slot += 1
+            off += PACKET_LEN
+            at += addr_len
         self._counter, self._auth_next = counter, i
         if fam is not None and batch is not None and pending:
             sent += self._flush(fam, batch, pending)
