@@ -19,10 +19,12 @@ import pytest
 from outagemon.probing.engine import (
     AUTH_LEN,
     EXPIRE_SLICE,
+    STAMP_LEN,
     Engine,
     PermissionProblem,
     ResultCallback,
     Stats,
+    _Messages,
     open_socket,
 )
 from outagemon.sim import citygen
@@ -508,6 +510,24 @@ def test_run_reads_on_while_sending_when_the_receive_queue_nears_its_limit() -> 
     engine = run_engine(targets, lambda *r: results.append(r), rcvbuf=256 * 1024)
     assert engine.stats.lost == 0 and engine.stats.replies == len(targets)
     assert sorted(t for t, _, _ in results) == sorted(targets)
+
+
+def test_a_reply_without_an_arrival_stamp_is_timed_when_read_and_the_next_gets_one() -> None:
+    """recvmmsg writes back each message's control length: a message that came without a
+    stamp (or with another control message) is timed by its reading, and its slot's
+    length is set back so the next packet in that slot can carry a stamp again."""
+    engine = Engine(lambda *r: None)
+    inbox = _Messages(socket.AF_INET, 2048, stamped=True)
+    assert inbox.stamps is not None
+    engine._stamp_offset = 1000.0
+    words, at = inbox.msg_size // 8, inbox.control_at
+    for i, (seconds, stamped) in enumerate([(1001, True), (1002, False), (1003, True)]):
+        inbox.stamps[i * 4 + 1 : i * 4 + 4] = memoryview(
+            struct.pack("=qqq", inbox.stamp_head, seconds, 500_000_000)
+        ).cast("q")
+        inbox.control_lengths[at + i * words] = STAMP_LEN if stamped else 0
+    assert engine._arrivals(inbox, 3, now=7.0) == [1.5, 7.0, 3.5]
+    assert inbox.control_lengths[at + 1 * words] == STAMP_LEN
 
 
 # -- the command ---------------------------------------------------------------------

@@ -687,10 +687,7 @@ class Engine:
         # Arrival times (run()): the kernel's CLOCK_REALTIME stamp, made monotonic with the
         # offset taken when run() began; a missing or implausible one (a clock stepped
         # meanwhile) falls back to the time of reading, as without stamps.
-        stamps, offset = inbox.stamps, self._stamp_offset
-        if stamps is not None:
-            control_lengths, control_at = inbox.control_lengths, inbox.control_at
-            head, words = inbox.stamp_head, inbox.msg_size // 8
+        stamps = inbox.stamps
         # At most DRAIN_BUDGET packets a wakeup: the selector calls again at once if more
         # wait, after the loop's other work, so a flood of ICMP cannot starve /check.
         for _ in range(DRAIN_BUDGET // BATCH):
@@ -703,16 +700,11 @@ class Engine:
                 return False  # the reader is called again while anything is queued
             now = time.monotonic()
             replies = 0
+            arrivals = self._arrivals(inbox, got, now) if stamps is not None else None
             for i in range(got):
                 n = lengths[i * stride + len_at]
                 packet = bytes(data[i * slot : i * slot + n])
-                arrived = now
-                if stamps is not None:
-                    c = i * words + control_at
-                    if control_lengths[c] == STAMP_LEN and stamps[i * 4 + 1] == head:
-                        arrived = stamps[i * 4 + 2] + stamps[i * 4 + 3] * 1e-9 - offset
-                    else:
-                        control_lengths[c] = STAMP_LEN  # the kernel wrote back less
+                arrived = now if arrivals is None else arrivals[i]
                 if raw_v4 and n == reply_len and packet[0] == 0x45 and packet[20] == 0:
                     key = int.from_bytes(packet[24:28], "big")
                     flight = flights.get(key)
@@ -739,6 +731,25 @@ class Engine:
             if got < BATCH:
                 return False  # drained; anything newer wakes the reader again
         return True
+
+    def _arrivals(self, inbox: _Messages, got: int, now: float) -> list[float]:
+        """The monotonic arrival time of each of the `got` messages recvmmsg read, from the
+        kernel's stamps (read in bulk: per packet they cost the reading a third more);
+        `now` for one without a stamp, whose control length is set back for the next."""
+        stamps = inbox.stamps
+        assert stamps is not None
+        words, at = inbox.msg_size // 8, inbox.control_at
+        lengths = inbox.control_lengths[at : at + got * words : words].tolist()
+        heads = stamps[1 : got * 4 : 4].tolist()
+        offset = self._stamp_offset
+        seconds, nanoseconds = stamps[2 : got * 4 : 4].tolist(), stamps[3 : got * 4 : 4].tolist()
+        arrivals = [s + ns * 1e-9 - offset for s, ns in zip(seconds, nanoseconds, strict=True)]
+        if lengths.count(STAMP_LEN) != got or heads.count(inbox.stamp_head) != got:
+            for i in range(got):
+                if lengths[i] != STAMP_LEN or heads[i] != inbox.stamp_head:
+                    arrivals[i] = now
+                    inbox.control_lengths[at + i * words] = STAMP_LEN
+        return arrivals
 
     def _parse_v4(
         self, data: bytes, source: bytes, raw: bool, arrived: float = 0.0, now: float = 0.0
