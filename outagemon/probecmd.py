@@ -14,12 +14,12 @@ import signal
 import socket
 import sys
 from itertools import islice
-from pathlib import Path
 
-from outagemon.probing.engine import Engine, PermissionProblem
+from outagemon.probing.engine import Engine, PermissionProblem, ResultCallback
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up counts here
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import TextIO
 
 OUTPUT_BLOCK = 4096  # lines per write
@@ -62,7 +62,11 @@ class Tally:
 def read_targets(args: list[str], file: str | None, stdin: TextIO) -> list[str]:
     names = list(args)
     if file is not None:
-        text = stdin.read() if file == "-" else Path(file).read_text()
+        if file == "-":
+            text = stdin.read()
+        else:
+            with open(file) as f:
+                text = f.read()
         lines = text.splitlines()
         if "#" in text:
             lines = [line.split("#", 1)[0] for line in lines]
@@ -91,10 +95,11 @@ def literal(name: str) -> str | None:
     return None
 
 
-def addresses_of(names: list[str]) -> list[str | BaseException]:
-    """Each name's address (literals parsed here, names resolved concurrently), or the
-    resolver's error for it."""
-    out: list[str | BaseException] = []
+def addresses_of(names: list[str]) -> tuple[list[str], tuple[str, BaseException] | None]:
+    """Each name's address (literals parsed here, names resolved concurrently), and the
+    first name in order the resolver failed on, with its error (then the list is not to
+    be used)."""
+    out: list[str] = []
     unresolved: list[int] = []
     inet_pton, v4 = socket.inet_pton, socket.AF_INET
     for name in names:
@@ -122,8 +127,10 @@ def addresses_of(names: list[str]) -> list[str | BaseException]:
         with ThreadPoolExecutor(min(RESOLVERS, len(unresolved))) as pool:
             found = pool.map(attempt, [names[i] for i in unresolved])
             for i, result in zip(unresolved, found, strict=True):
+                if not isinstance(result, str):
+                    return out, (names[i], result)
                 out[i] = result
-    return out
+    return out, None
 
 
 def ping(
@@ -140,12 +147,39 @@ def ping(
         else:
             rtts[target].append(rtt)
 
+    _run(targets, count, interval, wait, on_result)
+    return rtts, reasons
+
+
+def ping_once(targets: list[str], wait: float) -> tuple[list[str], int]:
+    """Probe every target once (-c 1); each reply awaited `wait` s. Returns each target's
+    output line, in the order of `targets`, and how many did not answer. An answered
+    target's line is written as its reply is read: with silent targets, while their
+    timeouts are still awaited."""
+    lines: dict[str, str | None] = dict.fromkeys(targets)
+    reasons: dict[str, str] = {}
+
+    def on_result(target: str, rtt: float | None, reason: str | None) -> None:
+        if rtt is None:
+            reasons[target] = reason or "timeout"
+        else:
+            lines[target] = f"{target} is alive ({rtt * 1000:.2f} ms)\n"
+
+    _run(targets, 1, 0.0, wait, on_result)
+    lost = [t for t, line in lines.items() if line is None]
+    for target in lost:
+        lines[target] = f"{target} is unreachable ({reasons.get(target, 'timeout')})\n"
+    return [line or "" for line in lines.values()], len(lost)
+
+
+def _run(
+    targets: list[str], count: int, interval: float, wait: float, on_result: ResultCallback
+) -> None:
     engine = Engine(on_result, timeout=wait)
     try:
         engine.run(targets, count, interval)
     finally:
         engine.close()
-    return rtts, reasons
 
 
 def main(
@@ -173,37 +207,38 @@ def main(
     if not names:
         print("outagemon probe: no targets; name them or give -f FILE.", file=sys.stderr)
         return 2
-    addresses: list[str] = []
-    for name, address in zip(names, addresses_of(names), strict=True):
-        if not isinstance(address, str):
-            print(f"outagemon probe: {name}: cannot be resolved ({address}).", file=sys.stderr)
-            return 2
-        addresses.append(address)
+    addresses, failed = addresses_of(names)
+    if failed is not None:
+        name, error = failed
+        print(f"outagemon probe: {name}: cannot be resolved ({error}).", file=sys.stderr)
+        return 2
     unique = list(dict.fromkeys(addresses))
+    out = sys.stdout
     try:
+        if count == 1 and not as_json:
+            lines, lost = ping_once(unique, timeout_ms / 1000)
+            _write(out, iter(lines))
+            out.flush()
+            return 0 if not lost else 1
         rtts, reasons = ping(unique, count, interval_ms / 1000, timeout_ms / 1000)
     except PermissionProblem as e:
         print(f"outagemon probe: {e}", file=sys.stderr)
         return 2
-    out = sys.stdout
     if as_json:
         import json
 
         json.dump([Tally(t, count, rtts[t], reasons.get(t)).as_json() for t in unique], out)
         out.write("\n")
     else:
-        results = iter(rtts.items())  # in the order of `unique`
-        while block := list(islice(results, OUTPUT_BLOCK)):
-            if count == 1:
-                out.write("".join([
-                    f"{t} is alive ({r[0] * 1000:.2f} ms)\n" if r
-                    else f"{t} is unreachable ({reasons.get(t, 'timeout')})\n"
-                    for t, r in block
-                ]))  # fmt: skip
-            else:
-                out.write("".join([_summary(t, count, r) for t, r in block]))
+        _write(out, (_summary(t, count, r) for t, r in rtts.items()))  # in `unique`'s order
     out.flush()
     return 0 if all(rtts.values()) else 1
+
+
+def _write(out: TextIO, lines: Iterator[str]) -> None:
+    """The lines in blocks of OUTPUT_BLOCK, one write each."""
+    while block := list(islice(lines, OUTPUT_BLOCK)):
+        out.write("".join(block))
 
 
 def _summary(target: str, count: int, rtts: list[float]) -> str:

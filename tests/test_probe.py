@@ -19,9 +19,12 @@ import pytest
 from outagemon.probing.engine import (
     AUTH_LEN,
     EXPIRE_SLICE,
+    STAMP_LEN,
     Engine,
     PermissionProblem,
     ResultCallback,
+    Stats,
+    _Messages,
     open_socket,
 )
 from outagemon.sim import citygen
@@ -452,6 +455,81 @@ def test_malformed_ipv6_packets_are_counted_and_dropped() -> None:
     assert got == [] and engine.stats.malformed == 3
 
 
+# -- run(): the probe command's loop, without asyncio -----------------------------------
+
+
+def run_engine(
+    targets: list[str], on_result: ResultCallback, rcvbuf: int = 0, stats: list[Stats] | None = None
+) -> Engine:
+    engine = Engine(on_result, timeout=10.0)
+    if stats is not None:
+        stats.append(engine.stats)
+    if rcvbuf:  # a small receive queue, as without CAP_NET_ADMIN and a raised rmem_max
+        sock = engine._family(socket.AF_INET).sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    try:
+        engine.run(targets)
+    finally:
+        engine.close()
+    return engine
+
+
+def test_run_sends_every_probe_before_reading_while_the_queue_has_room() -> None:
+    """Reading replies between batches would hold up the sending (and with it the time a
+    silent target's wait begins); they wait in the socket, timed by the kernel."""
+    targets = [citygen.ip_of(i) for i in range(2000)]
+    sent_at_result: list[int] = []
+    stats: list[Stats] = []  # the engine's, once made
+    engine = run_engine(targets, lambda *r: sent_at_result.append(stats[0].sent), stats=stats)
+    assert len(sent_at_result) == len(targets)
+    assert min(sent_at_result) == len(targets)
+    assert engine.stats.replies == len(targets) and engine.stats.lost == 0
+
+
+def test_run_times_a_reply_by_its_arrival_not_by_when_it_is_read() -> None:
+    """A reply read late has the RTT it arrived with: here every reply but the first
+    waits in the socket while the first one's handling takes 0.3 s."""
+    rtts: list[float | None] = []
+
+    def on_result(target: str, rtt: float | None, reason: str | None) -> None:
+        if not rtts:
+            time.sleep(0.3)
+        rtts.append(rtt)
+
+    run_engine([citygen.ip_of(i) for i in range(1000)], on_result)
+    timed = [r for r in rtts if r is not None]
+    assert len(timed) == 1000
+    assert max(timed[1:]) < 0.2, sorted(timed)[-5:]
+
+
+def test_run_reads_on_while_sending_when_the_receive_queue_nears_its_limit() -> None:
+    """A queue of 0.5 MiB holds about 600 loopback replies: 5,000 targets are all heard
+    only if run() reads while it sends."""
+    results: list[Result] = []
+    targets = [citygen.ip_of(i) for i in range(5000)]
+    engine = run_engine(targets, lambda *r: results.append(r), rcvbuf=256 * 1024)
+    assert engine.stats.lost == 0 and engine.stats.replies == len(targets)
+    assert sorted(t for t, _, _ in results) == sorted(targets)
+
+
+def test_a_reply_without_an_arrival_stamp_is_timed_when_read_and_the_next_gets_one() -> None:
+    """recvmmsg writes back each message's control length: a message that came without a
+    stamp (or with another control message) is timed by its reading, and its slot's
+    length is set back so the next packet in that slot can carry a stamp again."""
+    engine = Engine(lambda *r: None)
+    inbox = _Messages(socket.AF_INET, 2048, stamped=True)
+    assert inbox.stamps is not None
+    engine._stamp_offset = 1000.0
+    words, at = inbox.msg_size // 8, inbox.control_at
+    for i, (seconds, stamped) in enumerate([(1001, True), (1002, False), (1003, True)]):
+        inbox.stamps[i * 4 + 1 : i * 4 + 4] = memoryview(
+            struct.pack("=qqq", inbox.stamp_head, seconds, 500_000_000)
+        ).cast("q")
+        inbox.control_lengths[at + i * words] = STAMP_LEN if stamped else 0
+    assert engine._arrivals(inbox, 3, now=7.0) == [1.5, 7.0, 3.5]
+    assert inbox.control_lengths[at + 1 * words] == STAMP_LEN
+
+
 # -- the command ---------------------------------------------------------------------
 
 
@@ -524,6 +602,16 @@ def test_a_probe_the_kernel_refuses_mid_batch_is_lost_and_the_rest_go(lab: Lab) 
     assert list(lines) == targets
     assert lines[refused] == "is unreachable (send failed: Operation not permitted)"
     assert all(lines[t].startswith("is alive (") for t in targets if t != refused)
+
+
+def test_probe_command_starts_without_asyncio_logging_or_pathlib() -> None:
+    """Its start-up is timed against fping's: what only other commands need stays out."""
+    argv = [sys.executable, "-X", "importtime", "-m", "outagemon", "probe", "127.0.0.1"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "outagemon.probecmd" in imported
+    assert not imported & {"asyncio", "logging", "structlog", "pathlib", "dataclasses"}
 
 
 def test_probe_command_usage_errors_exit_2() -> None:
