@@ -157,15 +157,21 @@ def run_gone(incremental: bool) -> tuple[list[Event], dict[str, int], list[str],
     down = [n for n in ("cpe8", "cpe9") if c.state_of(n) is State.DOWN]
     new = building(entrance=False, routers=8)
     c.set_topology(new, topology_mod.change(old, new) if incremental else None)
+    events, requests = switch_fails(c, now)
+    return events, dict(c.node_incident), down, requests
+
+
+def switch_fails(c: Correlator, now: float) -> tuple[list[Event], list[str]]:
+    """The switch and all below it stop answering for 100 s: the events, the probes asked."""
     events: list[Event] = []
     requests: list[str] = []
     for _ in range(20):
         now += 5
-        for node in new.by_ip.values():
+        for node in c.topology.by_ip.values():
             c.observe(node, node in ("uplink", "core"), now)
         events += c.tick(now)
         requests += c.take_requests()
-    return events, dict(c.node_incident), down, requests
+    return events, requests
 
 
 def test_gone_nodes_are_not_decided_on_after_a_reload_as_when_every_node_is_looked_at() -> None:

@@ -14,29 +14,14 @@ from outagemon import daemon
 from outagemon.core import correlator as correlator_mod
 from outagemon.core import topology as topology_mod
 from outagemon.core.correlator import Correlator
-from outagemon.core.health import Settings
 from outagemon.core.incidents import Event
-from outagemon.core.topology import Node, Topology
-
-SETTINGS = Settings(down_after=3, up_after=2, window=30, infer_min_children=3,
-                    infer_ratio=0.8, resolve_hold=60, interval=5.0)  # fmt: skip
+from outagemon.core.topology import Topology
+from tests import test_reload_change
+from tests.test_reload_change import SETTINGS, switch_fails, warm
 
 
 def building(routers: int) -> Topology:
-    nodes = [Node("uplink", "core", "127.0.0.1"), Node("core", "core", "127.0.0.2", ("uplink",)),
-             Node("sw", "access", "127.0.0.3", ("core",))]  # fmt: skip
-    nodes += [Node(f"cpe{i}", "cpe", f"127.0.1.{i + 1}", ("sw",)) for i in range(routers)]
-    return Topology(nodes)
-
-
-def warm(c: Correlator, now: float) -> float:
-    for _ in range(60):
-        now += 5
-        for node in c.topology.by_ip.values():
-            c.observe(node, True, now)
-        c.tick(now)
-        c.take_requests()
-    return now
+    return test_reload_change.building(entrance=False, routers=routers)
 
 
 def gone_left(c: Correlator) -> list[str]:
@@ -107,14 +92,7 @@ def run(slice_: int, monkeypatch: pytest.MonkeyPatch) -> Run:
         c.observe(node, i % 2 == 0, now + 0.1 * (i + 1))  # late results of gone routers
         if more:
             more = c.take_out(slice_)
-    events: list[Event] = []
-    requests: list[str] = []
-    for _ in range(20):
-        now += 5
-        for node in new.by_ip.values():
-            c.observe(node, node in ("uplink", "core"), now)
-        events += c.tick(now)
-        requests += c.take_requests()
+    events, requests = switch_fails(c, now)
     return events, dict(c.node_incident), requests, [*c.transitions, sorted(c.states)]
 
 
