@@ -35,6 +35,7 @@ from outagemon.config import Config
 from outagemon.core import directory, messages
 from outagemon.core.addresses import PhonePlan
 from outagemon.core.calls import caller_key, subscribers_below
+from outagemon.core.correlator import GONE_SLICE
 from outagemon.core.messages import Texts
 from outagemon.core.topology import Change, Sharded, Topology, change
 from outagemon.db import durable, migrate, store
@@ -637,6 +638,8 @@ class Daemon:
                 started.monitor.config = new
                 old += started.monitor.set_directory(loaded.directory, *derived)
                 old += self.source.retarget(targets, new.probe, plan)
+                # The gone nodes' states the swap left, taken out a slice a step now.
+                self._spawn(_taking_out(started.monitor.correlator.take_out), "take-out")
         if self.replica is not None:
             self.replica.set_directory(loaded.directory)
         self._reloads.inc(outcome="applied")
@@ -707,6 +710,16 @@ async def _release(
             await asyncio.sleep(0)
         del c  # freed now, in this step: a column or an index of a million is one free
         await asyncio.sleep(0)
+
+
+async def _taking_out(take_out: Callable[[int], bool]) -> None:
+    """The states of the nodes a reload removed that its swap left in place (past its
+    first GONE_SLICE), taken out GONE_SLICE a step (`Health.take_out`); a tick (or what
+    else reads every state) takes out any left when it comes."""
+    more = take_out(GONE_SLICE)
+    while more:
+        await asyncio.sleep(0)  # the rest at the next step
+        more = take_out(GONE_SLICE)
 
 
 def _gathered(old: list[object], current: object = None) -> list[object]:

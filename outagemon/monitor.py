@@ -554,6 +554,7 @@ class Monitor:
         # reload replaces it before or during the write, the rest is left to the next
         # save (the new nodes' inventory may be queued after this write).
         saved = weakref.ref(self.directory.topology)
+        self.correlator.take_out()  # none of a node a reload removed (the count of them)
         states = self.correlator.states
 
         def rows() -> Iterator[tuple[str, float, float]]:

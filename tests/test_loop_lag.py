@@ -93,6 +93,20 @@ def test_a_planned_retarget_keeps_the_history_of_targets_that_stay() -> None:
     assert [o.target for o in outcomes] == ["127.0.0.4", "127.0.0.4"]
 
 
+def test_the_gone_targets_are_made_a_set_with_the_plan_and_taken_as_it_is() -> None:
+    s = Scheduler(_Engine(), lambda o: None, 10.0, 1000.0)  # type: ignore[arg-type]
+    s.set_targets([f"127.0.0.{i}" for i in range(2, 12)])
+    plan = s.plan(["127.0.0.2", "127.0.0.3"])
+    assert plan.retiring == {f"127.0.0.{i}" for i in range(4, 12)} == set(plan.gone)
+    s.apply(plan)
+    assert s._retired is plan.retiring  # none retired before: no copy in the swap's step
+    # With some still retired (a reload before the last one's release), added to them.
+    again = s.plan(["127.0.0.2"])
+    s.apply(again)
+    assert s._retired is plan.retiring and "127.0.0.3" in s._retired
+    assert s._retired == {f"127.0.0.{i}" for i in range(3, 12)}
+
+
 def test_a_target_back_before_its_old_history_is_freed_starts_afresh() -> None:
     clock = [1000.0]
     outcomes: list[Outcome] = []

@@ -57,7 +57,8 @@ def test_an_unchanged_reload_touches_no_node_and_keeps_every_state() -> None:
     states = dict(c.states)
     new = building(entrance=False)
     c.set_topology(new, topology_mod.change(old, new))
-    assert not c._changed and not c._reconsider  # nothing to weigh again: nothing changed
+    # nothing to weigh again: nothing changed
+    assert not c._changed and not c._reconsider and not c._reloaded
     assert c.states == states
     assert c.tick(now + 1) == []
 
@@ -113,7 +114,13 @@ def test_the_change_gathers_what_weighs_its_inference_again_off_the_loop() -> No
     c = Correlator(old, SETTINGS, anchors=["uplink"])
     warm(c, 1_000_000.0)
     c.set_topology(fewer.new, fewer)
-    assert c._reconsider == {"sw", "core"} and c._changed == {"sw"}
+    # Kept as the change made them (off the loop), not copied at the swap, till the tick.
+    ((reconsider, changed),) = c._reloaded
+    assert reconsider is fewer.reconsider and changed is fewer.changed
+    assert reconsider == {"sw", "core"} and changed == {"sw"}
+    assert not c._changed and not c._reconsider
+    c.tick(1_000_400.0)
+    assert not c._reloaded
 
 
 def test_a_gone_nodes_state_is_handed_back_to_be_freed_later_and_an_anchors_kept() -> None:
@@ -150,15 +157,21 @@ def run_gone(incremental: bool) -> tuple[list[Event], dict[str, int], list[str],
     down = [n for n in ("cpe8", "cpe9") if c.state_of(n) is State.DOWN]
     new = building(entrance=False, routers=8)
     c.set_topology(new, topology_mod.change(old, new) if incremental else None)
+    events, requests = switch_fails(c, now)
+    return events, dict(c.node_incident), down, requests
+
+
+def switch_fails(c: Correlator, now: float) -> tuple[list[Event], list[str]]:
+    """The switch and all below it stop answering for 100 s: the events, the probes asked."""
     events: list[Event] = []
     requests: list[str] = []
     for _ in range(20):
         now += 5
-        for node in new.by_ip.values():
+        for node in c.topology.by_ip.values():
             c.observe(node, node in ("uplink", "core"), now)
         events += c.tick(now)
         requests += c.take_requests()
-    return events, dict(c.node_incident), down, requests
+    return events, requests
 
 
 def test_gone_nodes_are_not_decided_on_after_a_reload_as_when_every_node_is_looked_at() -> None:

@@ -46,6 +46,9 @@ SIGHT_CHUNK = 4096  # nodes between two looks at what is left of the slice
 # And a slice ends once it has taken this much of the thread's CPU (seconds): on a
 # loaded machine a node costs more, and 60,000 of them took 24-42 ms of a tick.
 SIGHT_TIME = 0.008
+# States of nodes a reload removed taken out in one step (the rest: `take_out` in
+# later ones): a look-up each in a table of a million, 1-2 us quiet on this VM.
+GONE_SLICE = 1_000
 
 
 class Correlator(Failures):
@@ -181,7 +184,9 @@ class Correlator(Failures):
         changed since the current topology (`topology.change`, made off the event loop):
         then only those nodes are touched (a million nodes otherwise hold the loop for
         half a second here, and the next tick as long again). Returns the gone nodes'
-        states, taken out here, for the caller to free a slice at a time."""
+        states, taken out here (with a change, the first GONE_SLICE of them here and the
+        rest by `take_out`, a slice a step), for the caller to free a slice at a time."""
+        self.take_out()  # what the last reload left to take out, first
         self.version += 1  # paths from callers to the core may have changed
         old = self.topology
         self.topology = topology
@@ -198,16 +203,19 @@ class Correlator(Failures):
             # `change.gone` is made off the loop, of nodes not in the new topology: each
             # is taken out in one look-up, and freed later (4,300 gone states looked up
             # twice, checked against the topology and freed here held the loop 18 ms at a
-            # million nodes).
+            # million nodes); past the first GONE_SLICE, by `take_out` in later steps.
+            self._leaving, self._leave, self._kept = change.gone, iter(change.gone), anchors
+            self._taken = freed
+            self.take_out(GONE_SLICE)
             pop = states.pop
-            freed += filter(None, [pop(n, None) for n in change.gone if n not in anchors])
             for gone in [n for n in self._anchors_seen if n not in topology and n not in anchors]:
                 if (ns := pop(gone, None)) is not None:
                     freed.append(ns)
             # Each changed node and its parents (new and old) weigh their inference
-            # again: gathered with the change, off the loop; here two set unions.
-            self._changed |= change.changed
-            self._reconsider |= change.reconsider
+            # again: gathered with the change, off the loop, and read as they are by the
+            # next inference.
+            if change.changed or change.reconsider:
+                self._reloaded.append((change.reconsider, change.changed))
         self._anchors_seen = anchors
         self.inferred = {n: t for n, t in self.inferred.items() if n in topology}
         self._down = self._down.within(topology)
@@ -224,6 +232,7 @@ class Correlator(Failures):
         (RECHECK) unless down by this node's own probes: it recovers still, and resolves
         once its root answers, or fails again.
         """
+        self.take_out()
         self.version += 1
         book = self.book
         for inc in incidents:
@@ -262,12 +271,13 @@ class Correlator(Failures):
 
     def tick(self, now: float) -> list[Event]:
         """Decide what the results so far mean; return the events since the last tick."""
+        self.take_out()  # the states of nodes the last reload removed, any left
         self._refresh_scope(now)
         if self._vantage(now):
             # Still looking at every node as the monitor sees again: blind till then, and
             # nothing is decided on nodes not looked at yet.
             return self.book.take_events()
-        if self._changed or self._reconsider:
+        if self._changed or self._reconsider or self._reloaded:
             self._infer(now)
         self._decide(now)
         events = self.book.take_events()
@@ -279,6 +289,7 @@ class Correlator(Failures):
         """A standby's tick, which decides nothing: whether this node is blind is kept
         current from its own anchors (with what going blind or seeing again does to its
         nodes' evidence), so it is its own when it takes over; the events are not kept."""
+        self.take_out()
         self._vantage(now)
         self.book.events = [e for e in self.book.events
                             if e.kind not in (EventKind.BLIND, EventKind.SEEING)]  # fmt: skip
@@ -424,6 +435,7 @@ class Correlator(Failures):
     def settle(self) -> None:
         """Every node looked at now (a take-over reads them all): the rest of the look
         as the monitor sees again, in one step."""
+        self.take_out()
         while self._sight is not None:
             self._see(self._sight[1])
 

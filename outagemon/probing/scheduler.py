@@ -14,7 +14,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 
 from outagemon import logs
@@ -78,6 +78,9 @@ class Plan:
     heap: list[tuple[float, str]]  # (due, target), a heap
     gone: list[str]  # active now, not wanted
     new: list[str]  # wanted, not active now
+    # `gone` as a set, made off the loop: `apply` takes it as the retired targets when
+    # none are (3,333 added one by one in the swap's step: 0.6-1.5 ms, 1-4 ms loaded).
+    retiring: set[str] = field(default_factory=set)
 
     def __repr__(self) -> str:
         # Sizes, not contents: a reload's plan is the result of the future the event loop
@@ -169,7 +172,10 @@ class Scheduler:
         active = self._active
         gone = [t for t in active if t not in wanted]
         new = [t for t in wanted if t not in active]
-        return Plan(interval, wanted, heap, gone, new)
+        retiring: set[str] = set()
+        for at in range(0, len(gone), PLAN_SLICE):
+            retiring.update(gone[at : at + PLAN_SLICE])
+        return Plan(interval, wanted, heap, gone, new, retiring)
 
     def apply(self, plan: Plan) -> list[object]:
         """Probe the planned targets from now on (what was due meanwhile is sent now).
@@ -185,7 +191,11 @@ class Scheduler:
             for target in [t for t in plan.new if t in retired]:
                 retired.discard(target)
                 self.history.pop(target, None)
-        retired.update(plan.gone)
+            retired.update(plan.gone)
+        elif len(plan.retiring) == len(plan.gone):  # made with the plan: taken as it is
+            self._retired = plan.retiring
+        else:
+            retired.update(plan.gone)
         old: list[object] = [self._heap, self._active, Retired(self, plan.gone)]
         self._heap = plan.heap
         self._active = plan.wanted
