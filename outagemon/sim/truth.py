@@ -10,6 +10,7 @@ to the smallest world (fewest steps, devices, subscribers) that still shows it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import textwrap
@@ -199,6 +200,7 @@ def run(world: World) -> Outcome:
     monitor.first_round_done = True
     t0 = net.now
     works = 0
+    booked: dict[tuple[str, float], int] = {}  # (node, start) -> the works' id
     for step in sorted(world.steps, key=lambda s: s.at):
         net.run_until(t0 + step.at)
         clock["now"] = net.now
@@ -216,9 +218,15 @@ def run(world: World) -> Outcome:
             net.uplink_down = False
         elif a is Action.WORKS and step.node in directory.topology:
             works += 1
+            booked[(step.node, step.value)] = works
             monitor.add_maintenance(
                 Maintenance(works, step.node, t0 + step.value, t0 + step.until, "works"), "noc"
             )
+        elif a is Action.AMEND and (step.node, step.value) in booked:
+            # As POST /api/v1/maintenance/{id} does: withdrawn (None) or a new end.
+            ends = None if step.until <= step.at else t0 + step.until
+            with contextlib.suppress(KeyError):  # works that ended already: 404
+                monitor.end_maintenance(booked[(step.node, step.value)], ends, "noc")
         elif a is Action.RESTART:
             monitor = restarted(monitor, cfg, directory, lambda: clock["now"])
             memory = check.AnswerMemory()  # a new process remembers nothing

@@ -1,0 +1,96 @@
+"""Planned works overlapping a failure, changed or withdrawn while the node is down: the
+truth harness's `--overlap` worlds (outagemon/sim/worlds.py `_overlapping`), the oracle's
+rules for them, and the harness relaying an engineer's change as the API does.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from outagemon.monitor import Monitor
+from outagemon.sim import truth, worlds
+from outagemon.sim.oracle import Oracle
+from outagemon.sim.worlds import Action, Step
+from tests.test_truth import report, small
+
+WORKS = Step(0, Action.WORKS, "agg-a", value=10, until=2000)
+OFF = Step(20, Action.FAIL, "agg-a")
+
+
+def test_the_oracle_hears_withdrawn_works_as_an_outage_at_once() -> None:
+    o = Oracle(small([WORKS, OFF, Step(400, Action.CHECK),
+                      Step(401, Action.AMEND, "agg-a", value=10, until=401),
+                      Step(800, Action.CHECK)]))  # fmt: skip
+    before, after = o.verdict(400).answers["100"], o.verdict(800).answers["100"]
+    assert before.statuses == {"maintenance"} and before.etas == {2000}
+    assert after.statuses == {"outage"} and after.roots == {"agg-a": "outage"}
+
+
+def test_the_oracle_gives_extended_or_shortened_works_their_new_end() -> None:
+    for end in (3000, 1500):
+        o = Oracle(small([WORKS, OFF, Step(400, Action.CHECK),
+                          Step(401, Action.AMEND, "agg-a", value=10, until=end),
+                          Step(800, Action.CHECK)]))  # fmt: skip
+        assert o.verdict(400).answers["100"].etas == {2000}
+        after = o.verdict(800).answers["100"]
+        assert after.statuses == {"maintenance"} and after.etas == {end}, end
+
+
+def test_the_oracle_knows_no_works_before_they_are_booked() -> None:
+    # Works that follow on make one chain, but only once someone books them: a caller at
+    # 400 hears the first works' end (the oracle said the chain's, 2,500).
+    world = small([Step(0, Action.WORKS, "agg-a", value=10, until=1000),
+                   Step(400, Action.CHECK),
+                   Step(500, Action.WORKS, "agg-a", value=990, until=2500),
+                   Step(800, Action.CHECK)])  # fmt: skip
+    o = Oracle(world)
+    assert o.verdict(400).answers["100"].etas == {1000}
+    assert o.verdict(800).answers["100"].etas == {2500}
+    outcome = truth.run(world)
+    assert outcome.checks == 2 and outcome.disagreements == [], report(outcome)
+
+
+def withdrawn_inside() -> list[Step]:
+    return [WORKS, OFF, Step(400, Action.CHECK),
+            Step(401, Action.AMEND, "agg-a", value=10, until=401), Step(800, Action.CHECK),
+            Step(801, Action.AMEND, "agg-a", value=10, until=801),  # ended already: a 404
+            Step(900, Action.REPAIR, "agg-a"), Step(1300, Action.CHECK)]  # fmt: skip
+
+
+def test_works_withdrawn_while_the_node_is_down_agree_with_the_oracle() -> None:
+    outcome = truth.run(small(withdrawn_inside()))
+    assert outcome.checks == 3
+    assert outcome.disagreements == [], report(outcome)
+
+
+def test_the_harness_relays_the_change_as_the_api_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without end_maintenance, callers keep hearing works the engineer withdrew (while the
+    # node is down and after it is back): caught, each of the three callers at both.
+    monkeypatch.setattr(Monitor, "end_maintenance", lambda *args, **kwargs: None)
+    outcome = truth.run(small(withdrawn_inside()))
+    said = sorted((d.at, d.kind.value, d.got) for d in outcome.disagreements)
+    inside, after = (
+        (800.0, "wrong status", "maintenance (agg-a)"),
+        (1300.0, "wrong status", "maintenance"),
+    )
+    assert said == [inside] * 3 + [after] * 3
+
+
+def test_overlap_worlds_hold_every_change_and_other_worlds_none() -> None:
+    amends: set[str] = set()
+    for seed in range(60):
+        plain = worlds.generate(random.Random(seed), seed)
+        assert all(s.action is not Action.AMEND for s in plain.steps)
+        more = worlds.generate(random.Random(seed), seed, overlap=True)
+        for s in more.steps:
+            if s.action is Action.AMEND:
+                amends.add(str(s).split(")")[-1].split()[0])
+    assert amends == {"withdrawn", "now"}
+
+
+@pytest.mark.parametrize("seed", range(40_000, 40_012))
+def test_every_caller_hears_the_truth_with_works_overlapping_failures(seed: int) -> None:
+    outcome = truth.run(worlds.generate(random.Random(seed), seed, overlap=True))
+    assert outcome.disagreements == [], report(outcome)
