@@ -25,10 +25,10 @@ from outagemon.sim import truth, worlds
 
 
 def one(
-    seed: int, overlap: bool = False
+    seed: int, overlap: bool = False, reload: bool = False
 ) -> tuple[int, dict[str, int], list[tuple[float, str, float]], int, list[str]]:
     """(seed, counts by kind, detections, settled checks, one line per disagreement kind)."""
-    world = worlds.generate(random.Random(seed), seed, overlap)
+    world = worlds.generate(random.Random(seed), seed, overlap, reload)
     outcome = truth.run(world)
     counts = {k.value: n for k, n in outcome.counts().items()}
     first: dict[str, str] = {}
@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         help="worlds with planned works overlapping failures, changed or withdrawn mid-way "
         "(other worlds than the same seeds without it)",
     )
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="the daemon also reloads its unchanged files mid-episode (other worlds too)",
+    )
     args = parser.parse_args(argv)
     logs.setup("error", stream=sys.stderr)
     started = time.perf_counter()
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs, initializer=logs.setup, initargs=("error", sys.stderr)
     ) as pool:
         for seed, counts, found, checked, lines in pool.imap_unordered(
-            functools.partial(one, overlap=args.overlap), seeds, chunksize=8
+            functools.partial(one, overlap=args.overlap, reload=args.reload), seeds, chunksize=8
         ):
             checks += checked
             detections.extend((delay, root, at, seed) for delay, root, at in found)
@@ -85,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"command: python -m benchmarks.truth_bench --worlds {args.worlds} --seed {args.seed}"
         + (" --overlap" if args.overlap else "")
+        + (" --reload" if args.reload else "")
     )
     print("disagreements by kind (occurrences / worlds):")
     for each in truth.Kind:
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{kind}: first in world seed {seed}: {line}")
         if not args.shrink:
             continue
-        world = worlds.generate(random.Random(seed), seed, args.overlap)
+        world = worlds.generate(random.Random(seed), seed, args.overlap, args.reload)
         wanted = truth.Kind(kind)
 
         def shows(o: truth.Outcome, wanted: truth.Kind = wanted) -> bool:

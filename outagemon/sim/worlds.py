@@ -25,6 +25,7 @@ class Action(enum.Enum):
     AMEND = "amend"  # the works on `node` that start at `value` now end at `until` (at once:
     # withdrawn) as an engineer's POST /api/v1/maintenance/{id} says
     RESTART = "restart"  # the daemon restarts from its stored state
+    RELOAD = "reload"  # the daemon reloads its files, unchanged (SIGHUP, systemctl reload)
     CHECK = "check"  # compare every caller's answer and the incidents with the oracle
 
 
@@ -106,10 +107,12 @@ class World:
         return "\n".join(lines)
 
 
-def generate(rng: random.Random, seed: int = 0, overlap: bool = False) -> World:
+def generate(rng: random.Random, seed: int = 0, overlap: bool = False,
+             reload: bool = False) -> World:  # fmt: skip
     """A random world; smaller draws of `rng` give smaller worlds (for shrinking).
     `overlap`: scripts may also hold planned works overlapping a failure (see `script`);
-    without it, every seed's world is the one it always was."""
+    `reload`: the daemon also reloads its unchanged files in the middle of episodes
+    (`reloads`). Without them, every seed's world is the one it always was."""
     devices: list[Device] = []
     roots = ["core"] if rng.random() < 0.85 else ["core", "core-b"]
     for r in roots:
@@ -147,7 +150,8 @@ def generate(rng: random.Random, seed: int = 0, overlap: bool = False) -> World:
         restored_for=rng.choice([20.0, 604800.0]),
         external_anchor=rng.random() < 0.7,
     )
-    return replace(world, steps=tuple(script(rng, world, overlap)))
+    steps = script(rng, world, overlap)
+    return replace(world, steps=tuple(reloads(rng, steps) if reload else steps))
 
 
 def _parents(rng: random.Random, above: list[str], own: str) -> tuple[str, ...]:
@@ -365,3 +369,18 @@ def _overlapping(rng: random.Random, world: World, steps: list[Step], broken: se
         steps.append(Step(at, Action.REPAIR, y))
         t = at
     return max(t, end) + gap
+
+
+def reloads(rng: random.Random, steps: list[Step]) -> list[Step]:
+    """The script with the daemon reloading its files, unchanged, after a third of the
+    steps that change something (a failure, a repair, works booked or changed, the monitor
+    going blind or seeing again, loss), 1-60 s after it: while a fault is being detected,
+    while its incident is open, while works run. Nothing true changes: every caller's
+    answer must stay what it was."""
+    out = list(steps)
+    changing = (Action.FAIL, Action.REPAIR, Action.WORKS, Action.AMEND, Action.BLIND,
+                Action.SEE, Action.LOSS)  # fmt: skip
+    for s in steps:
+        if s.action in changing and rng.random() < 0.3:
+            out.append(Step(s.at + 1 + rng.randrange(60), Action.RELOAD))
+    return sorted(out, key=lambda s: s.at)

@@ -1,6 +1,9 @@
-"""Planned works overlapping a failure, changed or withdrawn while the node is down: the
-truth harness's `--overlap` worlds (outagemon/sim/worlds.py `_overlapping`), the oracle's
-rules for them, and the harness relaying an engineer's change as the API does.
+"""The truth harness's further worlds (`truth_bench --overlap`, `--reload`).
+
+Planned works overlapping a failure, changed or withdrawn while the node is down
+(outagemon/sim/worlds.py `_overlapping`): the oracle's rules for them, and the harness
+relaying an engineer's change as the API does. The daemon reloading its unchanged files in
+the middle of an outage (`reloads`): nothing a caller hears may change.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ import random
 
 import pytest
 
+from outagemon.core.correlator import Correlator
+from outagemon.core.topology import Change, Topology
 from outagemon.monitor import Monitor
 from outagemon.sim import truth, worlds
 from outagemon.sim.oracle import Oracle
@@ -93,4 +98,58 @@ def test_overlap_worlds_hold_every_change_and_other_worlds_none() -> None:
 @pytest.mark.parametrize("seed", range(40_000, 40_012))
 def test_every_caller_hears_the_truth_with_works_overlapping_failures(seed: int) -> None:
     outcome = truth.run(worlds.generate(random.Random(seed), seed, overlap=True))
+    assert outcome.disagreements == [], report(outcome)
+
+
+# -- a reload mid-outage -----------------------------------------------------------------
+
+RELOADED = [Step(0, Action.FAIL, "agg-a"), Step(6, Action.RELOAD), Step(60, Action.RELOAD),
+            Step(400, Action.CHECK), Step(401, Action.REPAIR, "agg-a"),
+            Step(403, Action.RELOAD), Step(800, Action.CHECK)]  # fmt: skip
+
+
+def test_a_reload_while_a_fault_is_detected_and_open_changes_no_answer() -> None:
+    outcome = truth.run(small(RELOADED, passive_sw=True))
+    assert outcome.checks == 2
+    assert outcome.disagreements == [], report(outcome)
+    assert [root for _, root, _ in outcome.detections] == ["agg-a"]
+
+
+def test_a_reload_that_forgets_what_the_correlator_knew_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A reload that dropped the inference of a passive switch (its routers silent behind
+    # it): the callers behind it would hear their own routers were down.
+    real = Correlator.set_topology
+
+    def forgetful(self: Correlator, topology: Topology,
+                  change: Change | None = None) -> list[object]:  # fmt: skip
+        out = real(self, topology, change)
+        self.inferred = {}
+        return out
+
+    monkeypatch.setattr(Correlator, "set_topology", forgetful)
+    world = small([Step(0, Action.FAIL, "sw"), Step(60, Action.RELOAD),
+                   Step(400, Action.CHECK)], passive_sw=True)  # fmt: skip
+    assert truth.run(world).disagreements != []
+    unreloaded = small([Step(0, Action.FAIL, "sw"), Step(400, Action.CHECK)], passive_sw=True)
+    assert truth.run(unreloaded).disagreements == []
+
+
+def test_reload_worlds_are_the_same_worlds_with_reloads_added() -> None:
+    added = 0
+    for seed in range(60):
+        plain = worlds.generate(random.Random(seed), seed)
+        reloaded = worlds.generate(random.Random(seed), seed, reload=True)
+        rest = tuple(s for s in reloaded.steps if s.action is not Action.RELOAD)
+        assert rest == plain.steps
+        assert all(s.action is not Action.RELOAD for s in plain.steps)
+        added += len(reloaded.steps) - len(rest)
+    assert added > 60
+
+
+@pytest.mark.parametrize("seed", range(40_000, 40_012))
+def test_every_caller_hears_the_truth_through_reloads(seed: int) -> None:
+    world = worlds.generate(random.Random(seed), seed, overlap=True, reload=True)
+    outcome = truth.run(world)
     assert outcome.disagreements == [], report(outcome)
