@@ -266,6 +266,12 @@ class Oracle:
                 for r in list(self.entry_kind):
                     if r not in roots:
                         del self.entry_kind[r]
+            for r, (entered, inside) in list(self.entry_kind.items()):
+                # A root that failed inside works is maintenance while works cover it
+                # without a break (a chain); once they leave it, an outage for good:
+                # works booked later did not find it working (it failed before them).
+                if inside and r not in self.works_cover(at, {r}):
+                    self.entry_kind[r] = (entered, False)
             under = frozenset(r for r, (_, u) in self.entry_kind.items() if u)
             self.moments.append(
                 _Moment(at, frozenset(down), frozenset(roots), blind, frozenset(seen), under)
