@@ -57,27 +57,26 @@ def test_the_oracle_knows_no_works_before_they_are_booked() -> None:
     assert outcome.checks == 2 and outcome.disagreements == [], report(outcome)
 
 
-def test_a_root_down_since_works_that_ended_is_an_outage_in_later_works() -> None:
-    # Seed 40166 (--overlap): a node fails inside works and stays down after them (an
-    # outage from their end); works booked on it much later do not make it maintenance
-    # again: it failed before they began (the oracle said maintenance).
+@pytest.mark.parametrize(
+    ("booked", "starts", "hears"),
+    [
+        # Seed 40166 (--overlap): works booked on it much later do not make it maintenance
+        # again: it failed before they began (the oracle said maintenance).
+        (800, 810, "outage"),
+        # Booked before the first works end, to follow on: one chain, maintenance to its end.
+        (300, 400, "maintenance"),
+    ],
+)
+def test_a_root_that_failed_inside_works_and_stays_down_after_them(
+    booked: float, starts: float, hears: str
+) -> None:
     world = small([Step(0, Action.WORKS, "agg-a", value=10, until=400),
                    Step(20, Action.FAIL, "agg-a"),
-                   Step(800, Action.WORKS, "agg-a", value=810, until=1600),
+                   Step(booked, Action.WORKS, "agg-a", value=starts, until=1600),
                    Step(1200, Action.CHECK)])  # fmt: skip
     expected = Oracle(world).verdict(1200).answers["100"]
-    assert expected.statuses == {"outage"} and expected.roots == {"agg-a": "outage"}
-    outcome = truth.run(world)
-    assert outcome.checks == 1 and outcome.disagreements == [], report(outcome)
-
-
-def test_works_booked_to_follow_on_keep_a_root_that_failed_inside_them_maintenance() -> None:
-    world = small([Step(0, Action.WORKS, "agg-a", value=10, until=400),
-                   Step(20, Action.FAIL, "agg-a"),
-                   Step(300, Action.WORKS, "agg-a", value=400, until=1600),
-                   Step(1200, Action.CHECK)])  # fmt: skip
-    expected = Oracle(world).verdict(1200).answers["100"]
-    assert expected.statuses == {"maintenance"} and expected.etas == {1600}
+    assert expected.statuses == {hears} and expected.roots == {"agg-a": hears}
+    assert expected.etas == ({1600} if hears == "maintenance" else set())
     outcome = truth.run(world)
     assert outcome.checks == 1 and outcome.disagreements == [], report(outcome)
 
