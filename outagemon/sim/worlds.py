@@ -292,7 +292,8 @@ def _overlapping(rng: random.Random, world: World, steps: list[Step], broken: se
     elsewhere; the failure begins inside the works or well before they start (a probe
     interval and more: the monitor cannot take it for one inside). While the node is
     down, an engineer withdraws the works, cuts them short or extends them (or leaves
-    them); the node comes back before the works' end, after it, or not in the episode.
+    them), and the daemon may restart after; the node comes back before the works' end,
+    after it, or not in the episode.
     Appends the steps from `t`; returns when the episode's last check is due."""
     parents = {d.id: d.parents for d in world.devices}
     for c in world.customers:
@@ -354,6 +355,8 @@ def _overlapping(rng: random.Random, world: World, steps: list[Step], broken: se
         else:  # extended
             end = ends + 60 + rng.randrange(600)
         steps.append(Step(t, Action.AMEND, x, value=starts, until=end))
+        if rng.random() < 0.3:  # and the daemon restarts: the works as changed are stored
+            steps.append(Step(t + 1 + rng.randrange(30), Action.RESTART))
         t += gap
         steps.append(Step(t, Action.CHECK))
         t += 1
