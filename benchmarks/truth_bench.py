@@ -12,6 +12,7 @@ slowest detections, and each kind's first disagreement shrunk to the smallest wo
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import random
 import statistics
@@ -23,9 +24,11 @@ from outagemon import logs
 from outagemon.sim import truth, worlds
 
 
-def one(seed: int) -> tuple[int, dict[str, int], list[tuple[float, str, float]], int, list[str]]:
+def one(
+    seed: int, overlap: bool = False, reload: bool = False
+) -> tuple[int, dict[str, int], list[tuple[float, str, float]], int, list[str]]:
     """(seed, counts by kind, detections, settled checks, one line per disagreement kind)."""
-    world = worlds.generate(random.Random(seed), seed)
+    world = worlds.generate(random.Random(seed), seed, overlap, reload)
     outcome = truth.run(world)
     counts = {k.value: n for k, n in outcome.counts().items()}
     first: dict[str, str] = {}
@@ -45,6 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         default=300,
         help="runs allowed to shrink each kind's first disagreement (0: none)",
     )
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="worlds with planned works overlapping failures, changed or withdrawn mid-way "
+        "(other worlds than the same seeds without it)",
+    )
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="the daemon also reloads its unchanged files mid-episode (other worlds too)",
+    )
     args = parser.parse_args(argv)
     logs.setup("error", stream=sys.stderr)
     started = time.perf_counter()
@@ -57,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     with multiprocessing.get_context("fork").Pool(
         args.jobs, initializer=logs.setup, initargs=("error", sys.stderr)
     ) as pool:
-        for seed, counts, found, checked, lines in pool.imap_unordered(one, seeds, chunksize=8):
+        for seed, counts, found, checked, lines in pool.imap_unordered(
+            functools.partial(one, overlap=args.overlap, reload=args.reload), seeds, chunksize=8
+        ):
             checks += checked
             detections.extend((delay, root, at, seed) for delay, root, at in found)
             for kind, n in counts.items():
@@ -71,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         f"truth_bench: {args.worlds} worlds (seeds {args.seed}..{args.seed + args.worlds - 1}), "
         f"{checks} settled check points, {took:.0f} s with {args.jobs} processes"
     )
-    print(f"command: python -m benchmarks.truth_bench --worlds {args.worlds} --seed {args.seed}")
+    print(
+        f"command: python -m benchmarks.truth_bench --worlds {args.worlds} --seed {args.seed}"
+        + (" --overlap" if args.overlap else "")
+        + (" --reload" if args.reload else "")
+    )
     print("disagreements by kind (occurrences / worlds):")
     for each in truth.Kind:
         print(f"  {each.value:16} {occurrences[each.value]:6} / {in_worlds[each.value]}")
@@ -87,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{kind}: first in world seed {seed}: {line}")
         if not args.shrink:
             continue
-        world = worlds.generate(random.Random(seed), seed)
+        world = worlds.generate(random.Random(seed), seed, args.overlap, args.reload)
         wanted = truth.Kind(kind)
 
         def shows(o: truth.Outcome, wanted: truth.Kind = wanted) -> bool:

@@ -164,6 +164,18 @@ class Correlator(Failures):
                     break
         self._scope = scope
 
+    def _works_for(self, root: str, began: float) -> float | None:
+        """When the planned works a root failed inside leave it a path (their chain's
+        end), or None: works not running now, or not yet when it failed (it failed before
+        them, and settled only once they ran: an outage, seed 41338)."""
+        until = self._scope.get(root)
+        if until is None:
+            return None
+        nodes = self.topology.nodes
+        then = [m for m in self.maintenance
+                if m.starts_at <= began < m.ends_at and m.node in nodes]  # fmt: skip
+        return until if then and self._cut_off(then)(root) else None
+
     def _cut_off(self, running: Iterable[Maintenance]) -> Callable[[str], bool]:
         """Whether works on these nodes cut a node off (all its uplinks lead into them)."""
         nodes = self.topology.nodes
@@ -693,8 +705,9 @@ class Correlator(Failures):
                         continue
                 if not self._settled(root, since, now):
                     continue
+                began = self._failed_since(root)
                 inc = book.open(root, cut, by_root, now, self.topology, root in self.inferred,
-                                self._failed_since(root), self._scope.get(root))  # fmt: skip
+                                began, self._works_for(root, began))  # fmt: skip
                 by_root[root] = inc
                 opened = True
             self._pending_since.pop(root, None)

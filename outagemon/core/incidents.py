@@ -265,10 +265,15 @@ class IncidentBook:
         when the planned works covering the root leave it a path, if any cover it."""
         # Incidents whose roots this new root now explains (they are cut off, and it is
         # above them); found through their ancestors, which are few, not its descendants.
+        # A root failed itself is in the cut too: one with an uplink that does not lead
+        # into the cut is still a root of its own, not explained by one above another
+        # uplink (seed 40711: its incident was taken in and the node left out of it).
+        nodes = topology.nodes
         absorbed = sorted(
             (inc for r, inc in by_root.items()
              if r != root and r in cut and r in topology
-             and root in topology.ancestors(r)),
+             and root in topology.ancestors(r)
+             and all(p in cut for p in nodes[r].parents)),
             key=lambda i: i.id,
         )  # fmt: skip
         kind = Kind.MAINTENANCE if works_until is not None else Kind.OUTAGE

@@ -14,7 +14,9 @@ The rules it applies, in order, for a subscriber served by node S (see check-rul
                under planned works that are still running;
   maintenance  planned works run on a node S depends on alone (every path to a root
                passes through nodes under works); `eta` is the works' end (of the
-               chain of works that overlap or follow on and keep S cut off);
+               chain of works that overlap or follow on and keep S cut off, as booked
+               and changed by then: works booked later are not known yet, and works
+               withdrawn, cut short or extended end when they were last told to);
   cpe_down     the subscriber's own router does not answer;
   restored     S was cut off behind a fault whose incident resolved within restored_for;
   ok           otherwise.
@@ -185,7 +187,9 @@ class Oracle:
         broken: set[str] = set()
         uplink = False
         since: dict[str, float] = {}
-        self.works: list[tuple[str, float, float]] = []
+        self.works: list[tuple[str, float, float, float]] = []  # node, start, end, booked at
+        # (when, node, start, new end): works cut short, extended or withdrawn (end = when)
+        self.amends: list[tuple[float, str, float, float]] = []
         self.moments: list[_Moment] = []
         self.changes: dict[str, list[float]] = {n: [] for n in self.parents}
         self.last_change: list[float] = []
@@ -200,10 +204,16 @@ class Oracle:
         for i, s in enumerate(w.steps):
             events.append((s.at, i, s.action, s.node))
             if s.action is Action.WORKS:
-                self.works.append((s.node, s.value, s.until))
+                self.works.append((s.node, s.value, s.until, s.at))
                 events.append((s.value, i, Action.CHECK, "works-start"))
                 events.append((s.until, i, Action.CHECK, "works-end"))
+            elif s.action is Action.AMEND:
+                end = max(s.until, s.at)  # withdrawn: they end now
+                self.amends.append((s.at, s.node, s.value, end))
+                events.append((s.at, i, Action.CHECK, "works-amend"))
+                events.append((end, i, Action.CHECK, "works-end"))
         events.sort(key=lambda e: (e[0], e[1]))
+        self.amends.sort()
         self.ever_down: set[str] = set()
         for at, _, action, node in events:
             if action is Action.CHECK and not node:
@@ -256,17 +266,39 @@ class Oracle:
                 for r in list(self.entry_kind):
                     if r not in roots:
                         del self.entry_kind[r]
+            for r, (entered, inside) in list(self.entry_kind.items()):
+                # A root that failed inside works is maintenance while works cover it
+                # without a break (a chain); once they leave it, an outage for good:
+                # works booked later did not find it working (it failed before them).
+                if inside and r not in self.works_cover(at, {r}):
+                    self.entry_kind[r] = (entered, False)
             under = frozenset(r for r, (_, u) in self.entry_kind.items() if u)
             self.moments.append(
                 _Moment(at, frozenset(down), frozenset(roots), blind, frozenset(seen), under)
             )
+
+    def works_at(self, t: float) -> list[tuple[str, float, float]]:
+        """The works as booked at t: each (node, start, end) with the end the engineers'
+        last change at or before t gave it (works changed to end before they begin are
+        gone, as they never run). Works booked after t are not known at t: callers cannot
+        hear of a chain of works that no one has booked yet."""
+        out = []
+        for n, s, e, booked in self.works:
+            if booked > t:
+                continue
+            for at, node, start, end in self.amends:
+                if at <= t and (node, start) == (n, s):
+                    e = end
+            if e > s:
+                out.append((n, s, e))
+        return out
 
     def works_cover(self, t: float, nodes: set[str]) -> dict[str, float]:
         """Nodes among `nodes` that planned works running at t cover, each with the time
         it stops being covered: a node depends on the works when all its uplinks lead into
         them, and stops at the first moment (works starting or ending) when the works
         running then leave it a path: works that overlap or follow on carry it on."""
-        booked = [(n, s, e) for n, s, e in self.works if e > t and n in self.parents]
+        booked = [(n, s, e) for n, s, e in self.works_at(t) if e > t and n in self.parents]
         covered = self.behind({n for n, s, _ in booked if s <= t})
         moments = sorted({x for _, s, e in booked for x in (s, e) if x > t})
         out: dict[str, float] = {}

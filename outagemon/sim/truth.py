@@ -10,6 +10,7 @@ to the smallest world (fewest steps, devices, subscribers) that still shows it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import textwrap
@@ -22,10 +23,11 @@ from typing import Any
 from outagemon import config
 from outagemon.core import addresses
 from outagemon.core import assess as check
+from outagemon.core.calls import subscribers_below
 from outagemon.core.correlator import Correlator
 from outagemon.core.directory import Directory, Subscriber, with_cpes
 from outagemon.core.incidents import Event, Incident, Maintenance
-from outagemon.core.topology import Node, Topology
+from outagemon.core.topology import Node, Topology, change
 from outagemon.db.restore import Restored
 from outagemon.metrics import Registry
 from outagemon.monitor import Monitor
@@ -201,6 +203,7 @@ def run(world: World) -> Outcome:
     monitor.first_round_done = True
     t0 = net.now
     works = 0
+    booked: dict[tuple[str, float], int] = {}  # (node, start) -> the works' id
     for step in sorted(world.steps, key=lambda s: s.at):
         net.run_until(t0 + step.at)
         clock["now"] = net.now
@@ -218,9 +221,25 @@ def run(world: World) -> Outcome:
             net.uplink_down = False
         elif a is Action.WORKS and step.node in directory.topology:
             works += 1
+            booked[(step.node, step.value)] = works
             monitor.add_maintenance(
                 Maintenance(works, step.node, t0 + step.value, t0 + step.until, "works"), "noc"
             )
+        elif a is Action.AMEND and (step.node, step.value) in booked:
+            # As POST /api/v1/maintenance/{id} does: withdrawn (None) or a new end.
+            ends = None if step.until <= step.at else t0 + step.until
+            with contextlib.suppress(KeyError):  # works that ended already: 404
+                monitor.end_maintenance(booked[(step.node, step.value)], ends, "noc")
+        elif a is Action.RELOAD:
+            # As the daemon's reload does: the files read again into a new directory, what
+            # changed in the running topology and the subscribers below each node made
+            # beside it, the config and the directory handed to the monitor.
+            directory, cfg = build(world)
+            topo = directory.topology
+            derived = (change(monitor.correlator.topology, topo),
+                       subscribers_below(topo, directory.counts))  # fmt: skip
+            monitor.config = cfg
+            monitor.set_directory(directory, *derived)
         elif a is Action.RESTART:
             monitor = restarted(monitor, cfg, directory, lambda: clock["now"])
             memory = check.AnswerMemory()  # a new process remembers nothing

@@ -4,7 +4,8 @@ A world is plain data (no correlator, no oracle in it), so the same world can be
 the real code, judged by the oracle, printed, and shrunk. Networks are trees or DAGs
 (1-3 uplinks per node) with passive segments and unaddressed routers; scripts fail and
 repair nodes at any level, spread a fault upward and heal it downward, flap links, lose
-packets at random, blind the monitor, run planned works and restart the daemon.
+packets at random, blind the monitor, run planned works and restart the daemon; with
+`overlap`, planned works overlap failures and are withdrawn, cut short or extended.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ class Action(enum.Enum):
     BLIND = "blind"  # the monitor's own uplink goes silent: nothing answers
     SEE = "see"  # the uplink is back
     WORKS = "works"  # planned works on `node` from `value` to `until` (script seconds)
+    AMEND = "amend"  # the works on `node` that start at `value` now end at `until` (at once:
+    # withdrawn) as an engineer's POST /api/v1/maintenance/{id} says
     RESTART = "restart"  # the daemon restarts from its stored state
+    RELOAD = "reload"  # the daemon reloads its files, unchanged (SIGHUP, systemctl reload)
     CHECK = "check"  # compare every caller's answer and the incidents with the oracle
 
 
@@ -59,6 +63,9 @@ class Step:
             extra = f" {self.value:.0%}"
         elif self.action is Action.WORKS:
             extra = f" from {self.value:g} to {self.until:g}"
+        elif self.action is Action.AMEND:
+            to = "withdrawn" if self.until <= self.at else f"now to {self.until:g}"
+            extra = f" (works from {self.value:g}) {to}"
         return f"{self.at:8.1f} {self.action.value} {self.node}{extra}".rstrip()
 
 
@@ -100,8 +107,12 @@ class World:
         return "\n".join(lines)
 
 
-def generate(rng: random.Random, seed: int = 0) -> World:
-    """A random world; smaller draws of `rng` give smaller worlds (for shrinking)."""
+def generate(rng: random.Random, seed: int = 0, overlap: bool = False,
+             reload: bool = False) -> World:  # fmt: skip
+    """A random world; smaller draws of `rng` give smaller worlds (for shrinking).
+    `overlap`: scripts may also hold planned works overlapping a failure (see `script`);
+    `reload`: the daemon also reloads its unchanged files in the middle of episodes
+    (`reloads`). Without them, every seed's world is the one it always was."""
     devices: list[Device] = []
     roots = ["core"] if rng.random() < 0.85 else ["core", "core-b"]
     for r in roots:
@@ -139,7 +150,8 @@ def generate(rng: random.Random, seed: int = 0) -> World:
         restored_for=rng.choice([20.0, 604800.0]),
         external_anchor=rng.random() < 0.7,
     )
-    return replace(world, steps=tuple(script(rng, world)))
+    steps = script(rng, world, overlap)
+    return replace(world, steps=tuple(reloads(rng, steps) if reload else steps))
 
 
 def _parents(rng: random.Random, above: list[str], own: str) -> tuple[str, ...]:
@@ -167,8 +179,10 @@ def flap_lookback(world: World) -> float:
     return FLAP_CHECKS * world.interval
 
 
-def script(rng: random.Random, world: World) -> list[Step]:
-    """A script of 1-8 episodes, each followed by a quiet period and a check."""
+def script(rng: random.Random, world: World, overlap: bool = False) -> list[Step]:
+    """A script of 1-8 episodes, each followed by a quiet period and a check. With
+    `overlap`, a quarter of the episodes are planned works overlapping a failure
+    (`_overlapping`); the other draws are as without it."""
     nodes = [d.id for d in world.devices]
     routers = [c.router_id for c in world.customers if c.router]
     parents = {d.id: d.parents for d in world.devices}
@@ -183,6 +197,11 @@ def script(rng: random.Random, world: World) -> list[Step]:
         return pool[rng.randrange(len(pool))]
 
     for _ in range(1 + rng.randrange(8)):
+        if overlap and rng.random() < 0.25:
+            t = _overlapping(rng, world, steps, broken, t)
+            steps.append(Step(t, Action.CHECK))
+            t += 1
+            continue
         roll = rng.random()
         if roll < 0.22 or (not broken and roll < 0.3):  # one node fails
             pool = non_roots + routers if rng.random() < 0.95 else nodes
@@ -264,3 +283,107 @@ def script(rng: random.Random, world: World) -> list[Step]:
         steps.append(Step(t, Action.CHECK))
         t += 1
     return steps
+
+
+def _overlapping(rng: random.Random, world: World, steps: list[Step], broken: set[str],
+                 t: float) -> float:  # fmt: skip
+    """Planned works on a node X overlapping a failure of X, of a node below X (inside the
+    works' reach, or outside it through another uplink), of a node above X, or of one
+    elsewhere; the failure begins inside the works or well before they start (a probe
+    interval and more: the monitor cannot take it for one inside). While the node is
+    down, an engineer withdraws the works, cuts them short or extends them (or leaves
+    them), and the daemon may restart after; the node comes back before the works' end,
+    after it, or not in the episode.
+    Appends the steps from `t`; returns when the episode's last check is due."""
+    parents = {d.id: d.parents for d in world.devices}
+    for c in world.customers:
+        if c.router:
+            parents[c.router_id] = (c.serving,)
+    children: dict[str, list[str]] = {n: [] for n in parents}
+    for n, ps in parents.items():
+        for p in ps:
+            children[p].append(n)
+    non_roots = [n for n, ps in parents.items() if ps and not n.startswith("cpe:")]
+    x = non_roots[rng.randrange(len(non_roots))] if non_roots else world.devices[0].id
+
+    def reach(n: str, links: dict[str, tuple[str, ...]] | dict[str, list[str]]) -> list[str]:
+        out: list[str] = []
+        stack = list(links[n])
+        while stack:
+            m = stack.pop()
+            if m not in out:
+                out.append(m)
+                stack.extend(links[m])
+        return sorted(out)
+
+    where = rng.random()
+    pool = (
+        [x]
+        if where < 0.35
+        else reach(x, children)
+        if where < 0.7
+        else [a for a in reach(x, parents) if parents[a]]
+        if where < 0.85
+        else sorted(set(parents) - {x})
+    )
+    y = pool[rng.randrange(len(pool))] if pool else x
+    gap = quiet(world)
+    before = rng.random() < 0.25
+    lead = 2 * world.interval + world.timeout + 5  # a failure surely seen before the works
+    starts = t + (lead + 1 + rng.randrange(60) if before else rng.randrange(30))
+    ends = starts + gap + 60 + rng.randrange(600)
+    steps.append(Step(t, Action.WORKS, x, value=starts, until=ends))
+    fails = y not in broken
+    off = (
+        (t + rng.randrange(int(starts - lead - t) + 1))
+        if before
+        else starts + 1 + rng.randrange(20)
+    )
+    if fails:
+        steps.append(Step(off, Action.FAIL, y))
+    t = off + gap
+    if t < ends:
+        steps.append(Step(t, Action.CHECK))
+    t += 1
+    edit = rng.random()
+    end = ends
+    if t < ends and edit < 0.75:
+        if edit < 0.25:  # withdrawn now
+            end = t
+        elif edit < 0.5:  # cut short
+            end = t + 1 + rng.randrange(int(ends - t))
+        else:  # extended
+            end = ends + 60 + rng.randrange(600)
+        steps.append(Step(t, Action.AMEND, x, value=starts, until=end))
+        if rng.random() < 0.3:  # and the daemon restarts: the works as changed are stored
+            steps.append(Step(t + 1 + rng.randrange(30), Action.RESTART))
+        t += gap
+        steps.append(Step(t, Action.CHECK))
+        t += 1
+    if fails:
+        back = rng.random()
+        if back < 0.4:  # back before the works' end (if they still run)
+            at = max(end - 1 - rng.randrange(30), t)
+        elif back < 0.8:  # after it: the works overran
+            at = max(end + 5 + rng.randrange(60), t)
+        else:  # later, as another episode may repair it
+            broken.add(y)
+            return max(t, end) + gap
+        steps.append(Step(at, Action.REPAIR, y))
+        t = at
+    return max(t, end) + gap
+
+
+def reloads(rng: random.Random, steps: list[Step]) -> list[Step]:
+    """The script with the daemon reloading its files, unchanged, after a third of the
+    steps that change something (a failure, a repair, works booked or changed, the monitor
+    going blind or seeing again, loss), 1-60 s after it: while a fault is being detected,
+    while its incident is open, while works run. Nothing true changes: every caller's
+    answer must stay what it was."""
+    out = list(steps)
+    changing = (Action.FAIL, Action.REPAIR, Action.WORKS, Action.AMEND, Action.BLIND,
+                Action.SEE, Action.LOSS)  # fmt: skip
+    for s in steps:
+        if s.action in changing and rng.random() < 0.3:
+            out.append(Step(s.at + 1 + rng.randrange(60), Action.RELOAD))
+    return sorted(out, key=lambda s: s.at)

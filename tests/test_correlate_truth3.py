@@ -1,0 +1,93 @@
+"""The correlator's mistakes the truth oracle found in seeds 40000-42999 (session 13).
+
+Pure: results are fed to the correlator by hand on a scripted clock. Each test is the
+smallest form of one world the benchmark found (its seed named), and says what a caller or
+an engineer would have seen wrong.
+"""
+
+from __future__ import annotations
+
+from outagemon.core.incidents import Event, Kind, Maintenance
+from outagemon.core.topology import Topology
+from tests.test_correlate import n
+from tests.test_correlate_truth import ANCHOR, fed, round_of
+
+
+def two_ways_up() -> Topology:
+    """A building (seg) fed by a switch under agg-a and by a switch without an address
+    under agg-b."""
+    return Topology([n("core", "core"), n("agg-a", "aggregation", ("core",)),
+                     n("agg-b", "aggregation", ("core",)), n("sw-a", "access", ("agg-a",)),
+                     n("sw-b", "access", ("agg-b",), probed=False),
+                     n("seg", "segment", ("sw-b", "sw-a"))])  # fmt: skip
+
+
+class Clock:
+    """A correlator fed one round a second: each of `everyone` answers unless down."""
+
+    def __init__(self, topo: Topology, everyone: list[str]) -> None:
+        self.c, self.t = fed(topo)
+        self.everyone = everyone
+        self.events: list[Event] = []
+
+    def rounds(self, count: int, down: set[str]) -> None:
+        for _ in range(count):
+            self.t += 1.0
+            answers = {x: x not in down for x in self.everyone}
+            self.events.extend(round_of(self.c, self.t, answers))
+
+
+def test_a_root_with_another_dead_uplink_is_not_taken_in_by_a_root_above_one_of_them() -> None:
+    # Seed 40711: sw-b (no address) broke unseen, then sw-a and agg-a above it: the
+    # building, cut off from both sides, is a root of its own (its uplink through sw-b is
+    # not known down). agg-a comes back: sw-a, still down, is a root again; it is above
+    # the building on one side only and does not explain it. It took the building's
+    # incident in and left the building out of it: the building in no incident, its
+    # callers heard `ok` after the repair, not `restored`.
+    w = Clock(two_ways_up(), ["core", "agg-b", ANCHOR, "agg-a", "sw-a", "seg"])
+    c, rounds, events = w.c, w.rounds, w.events
+    rounds(20, {"sw-a", "seg"})
+    rounds(60, {"agg-a", "sw-a", "seg"})
+    seg = c.incident_for("seg")
+    assert seg is not None and seg.root == "seg"
+    rounds(10, {"sw-a", "seg"})  # agg-a back: sw-a is a root again, above seg on one side
+    assert seg.root == "seg" and seg.recovering_since is None, events[-6:]
+    assert c.incident_for("seg") is seg
+    rounds(80, set())  # sw-a is mended: the building answers through it
+    resolved = [e for e in events if e.kind == "resolved" and e.incident == seg.id]
+    assert len(resolved) == 1 and "seg" in resolved[0].nodes
+
+
+def one_side_dead_other_passive() -> Topology:
+    """A switch under agg-b (probed) and agg-p (without an address), on two cores."""
+    return Topology([n("core", "core"), n("core-b", "core"),
+                     n("agg-p", "aggregation", ("core",), probed=False),
+                     n("agg-b", "aggregation", ("core-b",)),
+                     n("sw", "access", ("agg-b", "agg-p"))])  # fmt: skip
+
+
+def test_a_root_that_failed_before_works_began_is_an_outage_though_it_settled_inside() -> None:
+    # Seed 41338 (--overlap): a switch with two uplinks, one of them (agg-b) long dead,
+    # the other without an address. Works are booked on the switch from 17 s ahead; the
+    # switch fails at once. Its silence may be its passive uplink's (a window to settle),
+    # so its incident opens after the works began: it failed before them, an outage (it
+    # said maintenance: callers heard the works' end as their repair).
+    w = Clock(one_side_dead_other_passive(), ["core", "core-b", ANCHOR, "agg-b", "sw"])
+    c, rounds = w.c, w.rounds
+    rounds(120, {"agg-b"})
+    c.set_maintenance([Maintenance(1, "sw", w.t + 17, w.t + 600, "works")], w.t)
+    rounds(10, {"agg-b", "sw"})
+    assert all(i.root != "sw" for i in c.incidents.values())  # settling; no works yet
+    rounds(60, {"agg-b", "sw"})
+    inc = c.incident_for("sw")
+    assert inc is not None and inc.root == "sw" and inc.kind is Kind.OUTAGE
+
+
+def test_a_root_that_failed_inside_works_is_maintenance_though_it_settled_later() -> None:
+    w = Clock(one_side_dead_other_passive(), ["core", "core-b", ANCHOR, "agg-b", "sw"])
+    c = w.c
+    c.set_maintenance([Maintenance(1, "sw", w.t + 1, w.t + 600, "works")], w.t)
+    w.rounds(120, {"agg-b"})
+    w.rounds(70, {"agg-b", "sw"})
+    inc = c.incident_for("sw")
+    assert inc is not None and inc.root == "sw" and inc.kind is Kind.MAINTENANCE
