@@ -280,7 +280,7 @@ def test_the_parted_set_answers_as_one_set() -> None:
 
 def test_a_part_the_city_left_is_walked_as_its_few_names() -> None:
     # A set's table never shrinks as names leave it: the 64 parts a city all down filled
-    # were 2 MiB of empty slots as it saw again, each slot read by every walk of the set
+    # were 32 MiB of empty slots as it saw again, each slot read by every walk of the set
     # (the parents of what fails, listed every tick: 5 ms a tick after seeing, under
     # load). A walk copies a part that shed most of its names into a table its size.
     names = [f"cpe{i}" for i in range(64 * 2000)]
@@ -299,8 +299,24 @@ def test_a_part_the_city_left_is_walked_as_its_few_names() -> None:
     assert set(parted.within(set(names[:64_000]))) == {x for x in left if x in names[:64_000]}
     for x in left:
         parted.discard(x)
+    # Emptied, each part is a new table as its last name leaves (before any walk).
+    assert all(sys.getsizeof(part) == sys.getsizeof(set()) for part in parted.parts)
     assert list(parted) == [] and len(parted) == 0
-    assert all(sys.getsizeof(part) <= sparse * 8 for part in parted.parts)
+
+
+def test_a_part_of_the_down_set_is_a_new_table_as_its_last_node_comes_back() -> None:
+    # As a city that was all down sees again every node leaves the down set, one at a
+    # time in the look's slices: the 64 tables (32 MiB at a million nodes) are freed as
+    # each empties, not all at once by the tick that sees again (3 ms).
+    c = Correlator(city(aggs=2, access=10, cpes=100), SETTINGS)
+    routers = [n for n, node in c.topology.nodes.items() if node.kind == "cpe"]
+    for x in routers:
+        c._fail(x)
+    assert c.nodes_down == len(routers) and sys.getsizeof(c._down.parts[0]) > 2048
+    for x in routers:
+        c._unfail(x)
+    assert c.nodes_down == 0
+    assert all(sys.getsizeof(part) == sys.getsizeof(set()) for part in c._down.parts)
 
 
 class _Unwalked(set[str]):

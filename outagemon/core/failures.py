@@ -27,7 +27,7 @@ PARTS = 64
 # A part whose table is bigger than this many bytes a name (and 8) is copied into a table
 # its size before it is walked: a set's table never shrinks as names leave it, and a walk
 # reads every slot. (A set just grown holds 33-80 bytes a name; the 64 parts of a city
-# that was all down are 2 MiB of empty slots as it sees again, 5 ms a walk under load.)
+# that was all down are 32 MiB of empty slots as it sees again, 5 ms a walk under load.)
 SPARSE_BYTES = 1024
 
 
@@ -54,7 +54,11 @@ class Parted:
         self.parts[hash(name) & (PARTS - 1)].add(name)
 
     def discard(self, name: str) -> None:
-        self.parts[hash(name) & (PARTS - 1)].discard(name)
+        i = hash(name) & (PARTS - 1)
+        part = self.parts[i]
+        part.discard(name)
+        if not part:  # a new empty table (see `compact`), the old one freed now
+            self.parts[i] = set()
 
     def __len__(self) -> int:
         return sum(map(len, self.parts))
@@ -64,10 +68,12 @@ class Parted:
         return chain.from_iterable(self.parts)
 
     def compact(self) -> None:
-        """Parts that shed most of their names (a city down that sees again: every
-        router leaves) copied into tables their size, so that a walk reads their names,
-        not the empty slots they left: an empty part is a new empty set, without a look
-        at its old table. Called before every walk (64 sizes read)."""
+        """Parts that shed most of their names (most of a city that was down answers,
+        the rest does not) copied into tables their size, so that a walk reads their
+        names, not the empty slots they left. Called before every walk (64 sizes read).
+        A part whose last name leaves is a new empty set at once (`discard`, and
+        `Failures._unfail`): a city that was all down and sees again leaves nothing
+        to copy, nor 32 MiB to free in one step."""
         parts = self.parts
         for i, part in enumerate(parts):
             if getsizeof(part) > SPARSE_BYTES * (len(part) + 8):
@@ -201,9 +207,14 @@ class Failures(Health):
 
     def _unfail(self, node: str) -> None:
         """No longer down by its own probes: the next decision starts afresh."""
-        down = self._down.parts[hash(node) & (PARTS - 1)]
+        part = hash(node) & (PARTS - 1)
+        down = self._down.parts[part]
         if node in down:
             down.discard(node)
+            if not down:
+                # Its part's last: a new empty table, the old one freed now (as a city
+                # sees again, 64 of 512 KiB each, freed at once by the next walk, 3 ms).
+                self._down.parts[part] = set()
             self._removed = True
             if self._left is not None:
                 self._left.add(node)
