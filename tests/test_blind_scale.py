@@ -9,7 +9,9 @@ single look would have told them.
 
 from __future__ import annotations
 
+import sys
 import tracemalloc
+from collections.abc import Iterable, Iterator
 
 import pytest
 
@@ -274,3 +276,115 @@ def test_the_parted_set_answers_as_one_set() -> None:
     half = set(names[::2])
     kept = parted.within(half)
     assert len(kept) == len(one & half) and set(kept) == one & half
+
+
+def test_a_part_the_city_left_is_walked_as_its_few_names() -> None:
+    # A set's table never shrinks as names leave it: the 64 parts a city all down filled
+    # were 32 MiB of empty slots as it saw again, each slot read by every walk of the set
+    # (the parents of what fails, listed every tick: 5 ms a tick after seeing, under
+    # load). A walk copies a part that shed most of its names into a table its size.
+    names = [f"cpe{i}" for i in range(64 * 2000)]
+    sparse = 1024  # bytes a name (failures.SPARSE_BYTES) a part's table may hold
+    parted = failures_module.Parted(names)
+    left = set(names[::1000])  # 128 of 128,000 stay down
+    for x in names:
+        if x not in left:
+            parted.discard(x)
+    assert set(parted) == left and len(parted) == len(left)
+    slots = sum(sys.getsizeof(part) for part in parted.parts)
+    assert slots < 64 * sparse * 8, slots
+    assert all(sys.getsizeof(part) <= sparse * (len(part) + 8)
+               for part in parted.parts)  # fmt: skip
+    assert parted.with_keys({"sw0"}) == left | {"sw0"}
+    assert set(parted.within(set(names[:64_000]))) == {x for x in left if x in names[:64_000]}
+    for x in left:
+        parted.discard(x)
+    # Emptied, each part is a new table as its last name leaves (before any walk).
+    assert all(sys.getsizeof(part) == sys.getsizeof(set()) for part in parted.parts)
+    assert list(parted) == [] and len(parted) == 0
+
+
+def test_a_part_of_the_down_set_is_a_new_table_as_its_last_node_comes_back() -> None:
+    # As a city that was all down sees again every node leaves the down set, one at a
+    # time in the look's slices: the 64 tables (32 MiB at a million nodes) are freed as
+    # each empties, not all at once by the tick that sees again (3 ms).
+    c = Correlator(city(aggs=2, access=10, cpes=100), SETTINGS)
+    routers = [n for n, node in c.topology.nodes.items() if node.kind == "cpe"]
+    for x in routers:
+        c._fail(x)
+    assert c.nodes_down == len(routers) and sys.getsizeof(c._down.parts[0]) > 2048
+    for x in routers:
+        c._unfail(x)
+    assert c.nodes_down == 0
+    assert all(sys.getsizeof(part) == sys.getsizeof(set()) for part in c._down.parts)
+
+
+class _Unwalked(set[str]):
+    """Parents queued to be weighed, which must not be walked one by one."""
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("walked")
+
+
+def test_a_queue_of_parents_none_of_whose_children_fails_is_not_walked() -> None:
+    # As a city sees again its routers answer and queue their switches (10,000), none of
+    # whose children fails: none of them would be weighed, found by two set operations
+    # on the queue, not by taking each out of it (5 ms of the tick that sees again).
+    c = Correlator(city(aggs=2, access=3, cpes=5), SETTINGS)
+    for node in c.topology.nodes:
+        c.observe(node, True, 1.0)
+    queued = set(c._reconsider)
+    assert len(queued) >= 6, "the routers' first answers queue their switches"
+    c._reconsider = _Unwalked(queued)
+    c.tick(1.0)
+    assert not c._reconsider and c.inferred == {}
+    for x in range(5):
+        for t in range(2, 17):  # a new router's streak is 15 long
+            c.observe(f"cpe0-0-{x}", False, float(t))
+    assert "sw0-0" in c._reconsider
+    with pytest.raises(AssertionError, match="walked"):
+        c.tick(16.0)  # a switch whose routers fail is weighed, from the queue as before
+
+
+class _Counted(set[str]):
+    """The queue of parents, counting the ticks it was found to hold none to weigh."""
+
+    passed = 0
+
+    def isdisjoint(self, other: Iterable[object]) -> bool:
+        found = super().isdisjoint(other)
+        type(self).passed += found
+        return found
+
+
+class _Walked(set[str]):
+    """The queue of parents, always taken out and passed by one by one (as before)."""
+
+    def isdisjoint(self, other: Iterable[object]) -> bool:
+        return False
+
+
+def _through_blindness(queue: type[set[str]]) -> list[Event]:
+    """Blind with a switch broken meanwhile, then seeing again; a building's routers fail
+    together (their switch inferred down) and come back; 3 % loss throughout."""
+    s = sim(city(aggs=3, access=10, cpes=5))
+    s.default_loss = 0.03
+    c = s.correlator
+    c._reconsider = queue(c._reconsider)
+    events, _ = _blind_then_back(s, "sw1-3")
+    building = [f"cpe2-4-{x}" for x in range(5)]
+    s.fail(*building)
+    events += s.run_for(120)
+    s.repair(*building)
+    events += s.run_for(180)
+    return events
+
+
+def test_the_queue_passed_by_at_once_decides_as_one_walked() -> None:
+    _Counted.passed = 0
+    at_once = _through_blindness(_Counted)
+    walked = _through_blindness(_Walked)
+    assert _Counted.passed > 10, "the queue was passed by at once, tick after tick"
+    assert at_once == walked, "the same events, at the same times, with the same nodes"
+    opened = {e.root: e.detail for e in kinds(at_once, "opened")}
+    assert "sw1-3" in opened and "sw2-4" in opened, opened

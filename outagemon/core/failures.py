@@ -13,6 +13,7 @@ import math
 from collections import deque
 from collections.abc import Container, Iterable, Iterator
 from itertools import chain
+from sys import getsizeof
 
 from outagemon.core.health import Health, Settings, State
 from outagemon.core.topology import Node, Topology
@@ -23,6 +24,11 @@ FAILING_LISTED = 10
 
 # The parts of `Parted` (a power of two): a million nodes down are 64 tables of ~16,000.
 PARTS = 64
+# A part whose table is bigger than this many bytes a name (and 8) is copied into a table
+# its size before it is walked: a set's table never shrinks as names leave it, and a walk
+# reads every slot. (A set just grown holds 33-80 bytes a name; the 64 parts of a city
+# that was all down are 32 MiB of empty slots as it sees again, 5 ms a walk under load.)
+SPARSE_BYTES = 1024
 
 
 class Parted:
@@ -48,13 +54,30 @@ class Parted:
         self.parts[hash(name) & (PARTS - 1)].add(name)
 
     def discard(self, name: str) -> None:
-        self.parts[hash(name) & (PARTS - 1)].discard(name)
+        i = hash(name) & (PARTS - 1)
+        part = self.parts[i]
+        part.discard(name)
+        if not part:  # a new empty table (see `compact`), the old one freed now
+            self.parts[i] = set()
 
     def __len__(self) -> int:
         return sum(map(len, self.parts))
 
     def __iter__(self) -> Iterator[str]:
+        self.compact()
         return chain.from_iterable(self.parts)
+
+    def compact(self) -> None:
+        """Parts that shed most of their names (most of a city that was down answers,
+        the rest does not) copied into tables their size, so that a walk reads their
+        names, not the empty slots they left. Called before every walk (64 sizes read).
+        A part whose last name leaves is a new empty set at once (`discard`, and
+        `Failures._unfail`): a city that was all down and sees again leaves nothing
+        to copy, nor 32 MiB to free in one step."""
+        parts = self.parts
+        for i, part in enumerate(parts):
+            if getsizeof(part) > SPARSE_BYTES * (len(part) + 8):
+                parts[i] = set(part)
 
     def isdisjoint(self, names: Iterable[str]) -> bool:
         """No name of `names` in the set (stops at the first found)."""
@@ -66,12 +89,14 @@ class Parted:
 
     def within(self, names: Container[str]) -> Parted:
         """A new set of these names that are in `names`, part by part (a set each)."""
+        self.compact()
         kept = Parted()
         kept.parts = [{n for n in part if n in names} for part in self.parts]
         return kept
 
     def with_keys(self, more: Iterable[str]) -> set[str]:
         """A new set of these names and `more`."""
+        self.compact()
         found: set[str] = set(more)
         for part in self.parts:
             found |= part
@@ -187,9 +212,14 @@ class Failures(Health):
 
     def _unfail(self, node: str) -> None:
         """No longer down by its own probes: the next decision starts afresh."""
-        down = self._down.parts[hash(node) & (PARTS - 1)]
+        part = hash(node) & (PARTS - 1)
+        down = self._down.parts[part]
         if node in down:
             down.discard(node)
+            if not down:
+                # Its part's last: a new empty table, the old one freed now (as a city
+                # sees again, 64 of 512 KiB each, freed at once by the next walk, 3 ms).
+                self._down.parts[part] = set()
             self._removed = True
             if self._left is not None:
                 self._left.add(node)
@@ -294,25 +324,36 @@ class Failures(Health):
         s = self.settings
         nodes, inner = self.topology.nodes, self.topology.inner
         get = nodes.get
-        reloaded = self._reloaded
-        queue = deque(dict.fromkeys(
-            [*self._reconsider, *chain.from_iterable(r for r, _ in reloaded),
-             *(p for n in chain(self._changed, *(ch for _, ch in reloaded))
-               if (c := get(n)) is not None for p in c.parents)]
-        ))  # fmt: skip
-        self._changed.clear()
-        self._reconsider.clear()
-        self._reloaded = []
         down, inferred = self._down, self.inferred
+        reconsider = self._reconsider
+        # A reload's sets of what changed, kept as it made them (not copied at its swap).
+        reloaded = self._reloaded
         # The parents of what fails, when they are fewer to list than the children of
         # what is weighed to look at (as a city sees again: few fail, 10,000 switches
         # of 100 routers each are weighed, 100 ms). More (never fewer) as nodes are
         # inferred down or up below.
         failing: set[str] | None = None
-        if len(down) + len(inferred) < FAILING_LISTED * len(queue):
-            failing = {
-                p for n in (*down, *inferred) if (c := get(n)) is not None for p in c.parents
-            }
+        if (not self._changed and not reloaded
+                and len(down) + len(inferred) < FAILING_LISTED * len(reconsider)):  # fmt: skip
+            failing = self._failing_parents()
+            if reconsider.isdisjoint(failing) and reconsider.isdisjoint(inferred):
+                # None of the queue is weighed: below, each would be passed by (not a
+                # parent of what fails, not inferred), and passing one by changes
+                # nothing the next is passed by for. As a city sees again its routers'
+                # answers queue its 10,000 switches: each read from memory to be
+                # passed by was 5 ms of the tick that sees again, under load.
+                reconsider.clear()
+                return
+        queue = deque(dict.fromkeys(
+            [*reconsider, *chain.from_iterable(r for r, _ in reloaded),
+             *(p for n in chain(self._changed, *(ch for _, ch in reloaded))
+               if (c := get(n)) is not None for p in c.parents)]
+        ))  # fmt: skip
+        self._changed.clear()
+        self._reloaded = []
+        reconsider.clear()
+        if failing is None and len(down) + len(inferred) < FAILING_LISTED * len(queue):
+            failing = self._failing_parents()
         seen: set[str] = set()
         while queue:
             parent = queue.popleft()
@@ -390,6 +431,13 @@ class Failures(Health):
             if infer != was:
                 self._dirty = True
                 queue.extend(node.parents)
+
+    def _failing_parents(self) -> set[str]:
+        """The parents of every failed node (down by its own probes, or inferred)."""
+        get = self.topology.nodes.get
+        return {
+            p for n in (*self._down, *self.inferred) if (c := get(n)) is not None for p in c.parents
+        }
 
     def _answered_through(self, node: str) -> bool:
         """Whether a child whose only uplink is this node came back up since the node was
