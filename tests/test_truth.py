@@ -81,6 +81,48 @@ def test_the_oracle_says_unknown_while_blind_and_waits_for_settling() -> None:
     assert o.verdict(300).answers["100"].statuses == frozenset({"unknown"})
 
 
+def test_the_oracle_takes_up_an_open_incident_across_a_restart_as_down_since_it_failed() -> None:
+    # Seed 44207 of `truth_bench --overlap --reload`, shrunk: a switch under a passive
+    # aggregation failed long before the aggregation's cable was cut; its two routers then
+    # failed together, two of three children (the switch long gone counts neither way):
+    # nothing inferred, callers hear their routers are down. The restarted daemon takes up
+    # the switch's incident as down since it failed (Correlator.restore), so the restart
+    # makes no cable cut of it; the oracle had every node failing anew at the restart.
+    world = World(
+        seed=44207,
+        devices=(Device("core", "core", True),
+                 Device("agg", "aggregation", False, ("core",)),
+                 Device("sw", "access", True, ("agg",))),
+        customers=tuple(Customer(a, (f"+7921000{a}",), "agg", True) for a in ("1002", "1003")),
+        steps=(Step(211, Action.FAIL, "sw"), Step(1097, Action.FAIL, "agg"),
+               Step(1280, Action.CHECK), Step(1291, Action.RESTART), Step(1458, Action.CHECK)),
+        resolve_hold=60, restored_for=604800, external_anchor=False,
+    )  # fmt: skip
+    o = Oracle(world)
+    for t in (1280, 1458):
+        verdict = o.verdict(t)
+        assert verdict.settled and verdict.roots == {"sw": "outage"}
+        assert {e.statuses for e in verdict.answers.values()} == {frozenset({"cpe_down"})}
+    outcome = truth.run(world)
+    assert outcome.checks == 2
+    assert outcome.disagreements == [], report(outcome)
+
+
+def test_the_oracle_looks_afresh_across_a_restart_at_what_the_daemon_does_not_store() -> None:
+    # A router is no incident: the restarted daemon finds it down with the two that failed
+    # with their passive switch much later, three children together (router states start
+    # afresh), and infers the switch; only an open incident's root keeps its time.
+    world = small([Step(0, Action.FAIL, "cpe:100"), Step(900, Action.FAIL, "sw"),
+                   Step(1200, Action.CHECK), Step(1300, Action.RESTART), Step(1700, Action.CHECK)],
+                  passive_sw=True)  # fmt: skip
+    o = Oracle(world)
+    assert o.verdict(1200).roots == {}
+    assert o.verdict(1700).roots == {"sw": "outage"}
+    outcome = truth.run(world)
+    assert outcome.checks == 2
+    assert outcome.disagreements == [], report(outcome)
+
+
 # -- the harness finds what is wrong, and only that ------------------------------------------
 
 

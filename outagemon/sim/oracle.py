@@ -234,9 +234,17 @@ class Oracle:
             for n in down - now_down:
                 since.pop(n, None)
                 self.changes[n].append(at)
-            if action in (Action.SEE, Action.RESTART):
+            if action is Action.SEE:
                 # The monitor looks again: what it saw before is not evidence any more.
                 for n in now_down:
+                    since[n] = at
+            elif action is Action.RESTART:
+                # The new run looks again at every node but the roots of the open incidents
+                # it takes up: those it knows down since they failed (the stored incident's
+                # start), so one long gone still neither makes a cable cut nor hides one.
+                last = self.moments[-1] if self.moments else None
+                taken_up = last.roots if last is not None and not last.blind else frozenset()
+                for n in now_down - taken_up:
                     since[n] = at
             down = now_down
             self.ever_down |= down
