@@ -304,6 +304,27 @@ def test_a_wider_cluster_widens_the_suspicion_below_it_keeping_its_id() -> None:
     assert any(e.kind is EventKind.ROOT_MOVED for e in w.take_events())
 
 
+def test_a_widening_says_how_many_nodes_joined_never_fewer_than_none() -> None:
+    """The nodes a widening adds are those new to the suspicion: after a reload that took
+    nodes out of the topology (its node list kept them), the page said "-N nodes joined"
+    (the lengths' difference)."""
+    town = city_directory(citygen.generate(aggregations=1, subscribers_per_access=30,
+                                           entrances=3))  # fmt: skip
+    w = watch_of(town, min_callers=3, evidence=0)
+    ids = Ids()
+    w.tick(40.0, calls_from(town, "seg-1-5-1", [10, 20, 30]), never, ids)
+    (first,) = w.open.values()
+    kept = set(first.incident.nodes)
+    first.incident.nodes = [*first.incident.nodes, *(f"gone-{i}" for i in range(500))]
+    w.take_events()
+    more = calls_from(town, "seg-1-5-2", [50, 60]) + calls_from(town, "seg-1-5-3", [70])
+    w.tick(80.0, more, never, ids)
+    (widened,) = [e for e in w.take_events() if e.kind is EventKind.NODES]
+    assert first.incident.root == "sw-1-5"
+    joined = [n for n in first.incident.nodes if n not in kept]
+    assert joined and widened.detail == {"added": len(joined), "nodes": len(first.incident.nodes)}
+
+
 def test_confirm_dismiss_and_the_probes_taking_over(town: Directory) -> None:
     w = watch_of(town)
     ids = Ids()

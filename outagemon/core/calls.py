@@ -1080,7 +1080,7 @@ class CallWatch:
         if under:
             sus = under[0]
             old = sus.incident.root
-            had = len(sus.incident.nodes)
+            had = set(sus.incident.nodes)
             self._drop_beside(sus)
             self._unroot(sus)
             sus.incident.root = root
@@ -1110,7 +1110,7 @@ class CallWatch:
                     )
                 )
             self.events.append(Event(EventKind.NODES, now, sus.incident.id, root, tuple(nodes),
-                                     detail={"added": len(nodes) - had,
+                                     detail={"added": sum(n not in had for n in nodes),
                                              "nodes": len(nodes)}))  # fmt: skip
             sus.first_call = min(sus.first_call, first)
         else:
