@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -277,10 +278,13 @@ def test_later_calls_join_it_and_a_quiet_one_expires(town: Directory) -> None:
     assert ended.kind is EventKind.RESOLVED and ended.detail["expired"]
 
 
-def widened_from_an_entrance() -> tuple[CallWatch, Suspicion, int]:
+def widened_from_an_entrance(
+    before: Callable[[Suspicion], None] = lambda _: None,
+) -> tuple[CallWatch, Suspicion, int]:
     """Callers of one entrance raise a suspicion there; callers of the building's other
     entrances, too few for either alone, widen it to the switch. The watch, the
-    suspicion and how many nodes it had before widening (its events since then kept)."""
+    suspicion and how many nodes it had before widening (its events since then kept);
+    `before` is given the suspicion before the widening."""
     town = city_directory(citygen.generate(aggregations=1, subscribers_per_access=30,
                                            entrances=3))  # fmt: skip
     # The window's count alone (the sequential test would raise on the pair of
@@ -290,6 +294,7 @@ def widened_from_an_entrance() -> tuple[CallWatch, Suspicion, int]:
     w.tick(40.0, calls_from(town, "seg-1-5-1", [10, 20, 30]), never, ids)
     (first,) = w.open.values()
     had = len(first.incident.nodes)
+    before(first)
     w.take_events()
     more = calls_from(town, "seg-1-5-2", [50, 60]) + calls_from(town, "seg-1-5-3", [70])
     w.tick(80.0, more, never, ids)
@@ -308,17 +313,13 @@ def test_a_widening_says_how_many_nodes_joined_never_fewer_than_none() -> None:
     """The nodes a widening adds are those new to the suspicion: after a reload that took
     nodes out of the topology (its node list kept them), the page said "-N nodes joined"
     (the lengths' difference)."""
-    town = city_directory(citygen.generate(aggregations=1, subscribers_per_access=30,
-                                           entrances=3))  # fmt: skip
-    w = watch_of(town, min_callers=3, evidence=0)
-    ids = Ids()
-    w.tick(40.0, calls_from(town, "seg-1-5-1", [10, 20, 30]), never, ids)
-    (first,) = w.open.values()
-    kept = set(first.incident.nodes)
-    first.incident.nodes = [*first.incident.nodes, *(f"gone-{i}" for i in range(500))]
-    w.take_events()
-    more = calls_from(town, "seg-1-5-2", [50, 60]) + calls_from(town, "seg-1-5-3", [70])
-    w.tick(80.0, more, never, ids)
+    kept: set[str] = set()
+
+    def reloaded(sus: Suspicion) -> None:
+        kept.update(sus.incident.nodes)
+        sus.incident.nodes = [*sus.incident.nodes, *(f"gone-{i}" for i in range(500))]
+
+    w, first, _ = widened_from_an_entrance(reloaded)
     (widened,) = [e for e in w.take_events() if e.kind is EventKind.NODES]
     assert first.incident.root == "sw-1-5"
     joined = [n for n in first.incident.nodes if n not in kept]
