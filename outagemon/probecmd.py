@@ -154,7 +154,7 @@ def ping(
 def ping_once(targets: list[str], wait: float) -> tuple[list[str], int]:
     """Probe every target once (-c 1); each reply awaited `wait` s. Returns each target's
     output line, in the order of `targets`, and how many did not answer. An answered
-    target's line is written as its reply is read: with silent targets, while their
+    target's line is made as its reply is read: with silent targets, while their
     timeouts are still awaited."""
     lines: dict[str, str | None] = dict.fromkeys(targets)
     reasons: dict[str, str] = {}

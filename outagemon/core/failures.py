@@ -54,11 +54,19 @@ class Parted:
         self.parts[hash(name) & (PARTS - 1)].add(name)
 
     def discard(self, name: str) -> None:
+        self.remove(name)
+
+    def remove(self, name: str) -> bool:
+        """Take a name out; whether it was in. A part whose last name leaves is a new
+        empty table (see `compact`), the old one freed now."""
         i = hash(name) & (PARTS - 1)
         part = self.parts[i]
+        if name not in part:
+            return False
         part.discard(name)
-        if not part:  # a new empty table (see `compact`), the old one freed now
+        if not part:
             self.parts[i] = set()
+        return True
 
     def __len__(self) -> int:
         return sum(map(len, self.parts))
@@ -212,14 +220,9 @@ class Failures(Health):
 
     def _unfail(self, node: str) -> None:
         """No longer down by its own probes: the next decision starts afresh."""
-        part = hash(node) & (PARTS - 1)
-        down = self._down.parts[part]
-        if node in down:
-            down.discard(node)
-            if not down:
-                # Its part's last: a new empty table, the old one freed now (as a city
-                # sees again, 64 of 512 KiB each, freed at once by the next walk, 3 ms).
-                self._down.parts[part] = set()
+        # A part's last name leaving frees its table now (as a city sees again, 64 of
+        # 512 KiB each, freed at once by the next walk, 3 ms): `Parted.remove`.
+        if self._down.remove(node):
             self._removed = True
             if self._left is not None:
                 self._left.add(node)

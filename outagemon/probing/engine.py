@@ -720,12 +720,10 @@ class Engine:
                             arrived = now
                         on_result(flight[0], arrived - sent, None)
                         continue
+                source = bytes(names[i * alen + at : i * alen + at + asize])
                 if fam.v6:
-                    source = bytes(names[i * alen + at : i * alen + at + asize])
                     self._parse_v6(packet, source, arrived, now)
-                else:
-                    source = bytes(names[i * alen + at : i * alen + at + asize])
-                    # raw: its header names the source
+                else:  # raw: its header names the source
                     self._parse_v4(packet, source, fam.raw, arrived, now)
             self.stats.replies += replies
             if got < BATCH:
