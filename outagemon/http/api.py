@@ -36,6 +36,7 @@ from outagemon.http.runtime import (
     incident_id,
     iso,
     json_response,
+    local,
     new_end,
     parse_time,
     text,
@@ -315,7 +316,7 @@ async def incident(request: web.Request) -> web.Response:
     events: list[dict[str, Any]] = []
     try:
         for at, kind, detail in await queries.timeline(rt, iid):
-            events.append({"at": at.astimezone().isoformat(timespec="seconds"),
+            events.append({"at": local(at).isoformat(timespec="seconds"),
                            "kind": kind, "detail": detail})  # fmt: skip
     except Exception as e:
         log.warning("api.database_unavailable", error=str(e))

@@ -15,6 +15,8 @@ from typing import Any
 
 from markupsafe import Markup
 
+from outagemon.http.runtime import local as shown
+
 WIDTH = 1100
 LEFT = 8  # the plot's left margin
 RIGHT = 8
@@ -41,7 +43,7 @@ def _attrs(**values: object) -> Markup:
 def _ticks(start: float, end: float) -> list[tuple[float, str]]:
     """Local-time ticks on whole hours or days: about eight across the span."""
     span = end - start
-    local = datetime.fromtimestamp(start, tz=UTC).astimezone()
+    local = shown(datetime.fromtimestamp(start, tz=UTC))
     if span <= 2 * 86400:
         step = timedelta(hours=3)
         first = local.replace(minute=0, second=0, microsecond=0)
@@ -95,7 +97,7 @@ def _count(n: int, word: str) -> str:
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return "still open"
-    return datetime.fromtimestamp(seconds, tz=UTC).astimezone().strftime("%d.%m %H:%M")
+    return shown(datetime.fromtimestamp(seconds, tz=UTC)).strftime("%d.%m %H:%M")
 
 
 def timeline(incidents: Sequence[dict[str, Any]], start: float, end: float,

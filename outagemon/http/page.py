@@ -35,6 +35,8 @@ from outagemon.http.runtime import (
     estimate,
     incident_id,
     iso_wall,
+    local,
+    local_naive,
 )
 from outagemon.http.security import (
     CSRF_COOKIE,
@@ -60,7 +62,7 @@ def _human(value: str | None) -> str:
     if not value:
         return ""
     try:
-        return datetime.fromisoformat(value).astimezone().strftime("%d.%m.%Y %H:%M")
+        return local(datetime.fromisoformat(value)).strftime("%d.%m.%Y %H:%M")
     except ValueError:
         return value
 
@@ -75,7 +77,7 @@ MAX_ROWS = 50
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return ""
-    return datetime.fromtimestamp(seconds, tz=UTC).astimezone().strftime("%d.%m %H:%M:%S")
+    return local(datetime.fromtimestamp(seconds, tz=UTC)).strftime("%d.%m %H:%M:%S")
 
 
 def _addresses(rt: Runtime, nodes: list[str], limit: int = 5) -> tuple[list[str], int]:
@@ -571,7 +573,7 @@ async def incident_page(request: web.Request) -> web.Response:
     timeline: list[dict[str, str]] = []
     try:
         for at, kind, detail in await queries.timeline(rt, iid):
-            timeline.append({"at": at.astimezone().strftime("%d.%m %H:%M:%S"), "kind": kind,
+            timeline.append({"at": local(at).strftime("%d.%m %H:%M:%S"), "kind": kind,
                              "text": _timeline_text(kind, detail)})  # fmt: skip
     except Exception as e:
         log.warning("page.database_unavailable", error=str(e))
@@ -581,7 +583,7 @@ async def incident_page(request: web.Request) -> web.Response:
         chart=chart(inc.get("calls_per_minute") or []),
         message=Message.of(request.query.get("message")),
         can_write=visitor.session is not None and visitor.session.role == "write",
-        tz=datetime.now().astimezone().strftime("%Z %z"), **visitor.context(),
+        tz=local(datetime.now(UTC)).strftime("%Z %z"), **visitor.context(),
     )  # fmt: skip
     return visitor.page(html)
 
@@ -591,8 +593,8 @@ async def incident_form(request: web.Request) -> web.Response:
     sends no bearer header; either way the form's CSRF token must match this browser's.
 
     The estimate and the note are checked as the API checks them (`runtime.estimate`);
-    the form's time has no offset (a browser's datetime-local field), so it is taken as
-    the server's local time."""
+    the form's time has no offset (a browser's datetime-local field), so it is taken in
+    the zone the page shows times in ([messages] timezone, else the server's)."""
     visitor = _required(request)
     rt = visitor.rt
     raw = request.match_info["id"]
@@ -609,7 +611,7 @@ async def incident_form(request: web.Request) -> web.Response:
     eta = None
     if eta_text:
         try:
-            eta = datetime.fromisoformat(eta_text).astimezone().timestamp()
+            eta = local_naive(datetime.fromisoformat(eta_text)).timestamp()
         except (ValueError, OverflowError, OSError):
             raise _back(back, Message.ETA_INVALID) from None
     now = time.time()

@@ -17,7 +17,7 @@ from outagemon.core.assess import later, works_end
 from outagemon.core.calls import building_text
 from outagemon.core.incidents import Incident, Kind
 from outagemon.db import store
-from outagemon.http.runtime import Runtime, iso
+from outagemon.http.runtime import Runtime, iso, local
 from outagemon.monitor import Monitor
 
 log = logs.get("outagemon.api")  # its lines have always been the API's
@@ -88,7 +88,7 @@ def _suspicion(inc: Incident, monitor: Monitor | Replica) -> dict[str, Any]:
 
 def row_json(r: Any) -> dict[str, Any]:
     def t(v: datetime | None) -> str | None:
-        return v.astimezone().isoformat(timespec="seconds") if v is not None else None
+        return local(v).isoformat(timespec="seconds") if v is not None else None
 
     return {
         "id": str(r["id"]),

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from typing import Any
 
@@ -80,6 +80,11 @@ class Runtime:
     hosts: frozenset[str] | None = field(default=None, init=False)
     host_verdicts: dict[str, bool] = field(default_factory=dict, init=False)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name == "texts":  # at start and at each reload: times shown where they are heard
+            show_times_in(value.tz)
+
     def __post_init__(self) -> None:
         self.checks = self.metrics.counter(
             "outagemon_checks_total", "Check answers by status and channel."
@@ -115,7 +120,33 @@ def iso_wall(seconds: float | None) -> str:
 
 @lru_cache(maxsize=4096)  # the same few incident times, asked about all day
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, tz=UTC).astimezone().isoformat(timespec="seconds")
+    return local(datetime.fromtimestamp(seconds, tz=UTC)).isoformat(timespec="seconds")
+
+
+# The zone the API and the page give times in: [messages] timezone, the one callers hear
+# times in (None: the server's), so that an engineer reads the clock a caller was told
+# (a server on UTC showed 04:55 where callers heard 07:55). One a process, as its
+# Runtime's texts are: set with them (Runtime.__setattr__).
+_shown_zone: tzinfo | None = None
+
+
+def show_times_in(tz: tzinfo | None) -> None:
+    global _shown_zone
+    if tz is not _shown_zone:
+        _shown_zone = tz
+        _iso.cache_clear()
+
+
+def local(t: datetime) -> datetime:
+    """A time in the zone the API and the page show times in."""
+    return t.astimezone(_shown_zone)
+
+
+def local_naive(t: datetime) -> datetime:
+    """A time without an offset (a browser's datetime-local field) read in that zone."""
+    if t.tzinfo is not None:
+        return t
+    return t.replace(tzinfo=_shown_zone) if _shown_zone is not None else t.astimezone()
 
 
 def error(status: int, sentence: str) -> web.Response:

@@ -1,0 +1,68 @@
+"""Defects found by the fourteenth new user's trial (a NOC engineer installing the service
+on a server kept on UTC, with `[messages] timezone = "Europe/Moscow"`), each pinned through
+the real HTTP interface, command or function it was found in."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import pytest
+
+from outagemon.core import messages
+from tests.world import WRITE, world
+
+# Far from any zone a test machine is kept in, so that the server's own zone cannot pass.
+ZONE = "Asia/Vladivostok"
+
+
+async def test_the_api_and_the_page_give_times_in_the_zone_callers_hear_them(
+    fresh_db: str,
+) -> None:
+    """Callers heard "Неисправность началась в 07:55" while /check's `since`, the incident,
+    its timeline and the page all said 04:55 (+00:00, the server's zone), the outage
+    history 07:55+03:00, and the page's ETA field took 09:30 as the server's 09:30, which
+    callers then heard as 12:30. All of them now follow `[messages] timezone`."""
+    zone = ZoneInfo(ZONE)
+    browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with world(fresh_db) as w, browser:
+        w.runtime.texts = messages.load("ru", timezone=ZONE)  # as a reload sets it
+        try:
+            w.net.fail("sw-lenina-5")
+            w.run(60)
+            (inc,) = w.monitor.correlator.incidents.values()
+            said = await w.check(account="1001")
+            since = datetime.fromisoformat(said["since"])
+            assert since.utcoffset() == zone.utcoffset(since), said["since"]
+            assert f"Неисправность началась в {since:%H:%M}" in said["message"], said
+
+            await w.flushed()  # the timeline is read from the database
+            async with w.session.get(w.url(f"/api/v1/incidents/{inc.id}"),
+                                     headers=w.auth()) as r:  # fmt: skip
+                body = await r.json()
+            assert body["opened_at"] == said["since"]
+            opened = [e for e in body["timeline"] if e["kind"] == "opened"]
+            assert datetime.fromisoformat(opened[0]["at"]).utcoffset() == since.utcoffset()
+
+            page = w.url(f"/incidents/{inc.id}")
+            async with browser.get(page) as r:
+                text = await r.text()
+            assert f"since {since:%d.%m.%Y %H:%M}" in text
+            assert f"ETA (local time, {datetime.now(zone):%Z %z})" in text
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', text)
+            assert csrf is not None
+
+            # The form's field has no offset: the engineer's 09:30 is the page's zone's.
+            later = (datetime.now(zone) + timedelta(hours=3)).replace(second=0, microsecond=0)
+            form = {"token": WRITE, "csrf": csrf.group(1),
+                    "eta": later.strftime("%Y-%m-%dT%H:%M")}  # fmt: skip
+            async with browser.post(page, data=form, allow_redirects=False) as r:
+                assert r.status == 303, await r.text()
+            assert w.monitor.eta[inc.id] == pytest.approx(later.timestamp())
+            said = await w.check(account="1001")
+            assert said["eta"] == later.isoformat(timespec="seconds")
+            assert f"в {later:%H:%M}" in said["message"], said["message"]
+        finally:
+            w.runtime.texts = messages.load("ru")
