@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from outagemon.core import messages
+from outagemon.http import charts
 from tests.world import WRITE, world
 
 # Far from any zone a test machine is kept in, so that the server's own zone cannot pass.
@@ -66,3 +67,14 @@ async def test_the_api_and_the_page_give_times_in_the_zone_callers_hear_them(
             assert f"в {later:%H:%M}" in said["message"], said["message"]
         finally:
             w.runtime.texts = messages.load("ru")
+
+
+def test_the_reports_bars_say_the_planned_works_minutes_they_draw() -> None:
+    """A building that lost only planned works was drawn a long blue bar labelled "0 min ·
+    100 %": the minutes the bar stands for were in its hover title alone."""
+    rows = [{"key": "пр-т Опытный, д. 3", "outage_minutes": 0.68, "planned_minutes": 0.0,
+             "availability_pct": 99.9525, "incidents": 1},
+            {"key": "ул. Садовая, д. 1", "outage_minutes": 0.0, "planned_minutes": 1.05,
+             "availability_pct": 100.0, "incidents": 1}]  # fmt: skip
+    values = re.findall(r'class="value">([^<]*)</text>', str(charts.worst(rows, "buildings")))
+    assert values == ["0.68 min · 99.9525 %", "0 min · 100 % · works 1.05 min"]

@@ -178,12 +178,13 @@ def calls(buckets: Sequence[dict[str, Any]], start: float, end: float, step: flo
 
 def worst(rows: Sequence[dict[str, Any]], what: str, limit: int = 10) -> Markup:
     """The places that lost most, as horizontal bars: outage minutes, then planned works'
-    minutes after them in another colour."""
+    minutes after them in another colour, each said beside the bar (a place that lost only
+    planned works has a bar: "0 min · 100 %" alone beside it read as nothing drawn)."""
     shown = list(rows[:limit])
     bar_h, label_w, width = 24, 330, 760
     height = max(1, len(shown)) * bar_h + 8
     most = max((r["outage_minutes"] + r["planned_minutes"] for r in shown), default=0) or 1
-    scale = (width - label_w - 150) / most
+    scale = (width - label_w - 230) / most  # room for the figures beside the longest
     parts = [Markup('<svg class="chart worst" role="img" {}>').format(_attrs(
         viewBox=f"0 0 {width} {height}", width=width, height=height, data_what=what,
         data_rows=len(shown), aria_label=f"the {len(shown)} {what} that lost most"))]  # fmt: skip
@@ -211,9 +212,11 @@ def worst(rows: Sequence[dict[str, Any]], what: str, limit: int = 10) -> Markup:
         parts.append(Markup("<rect {}/>").format(_attrs(
             x=label_w + out_w, y=y + 3, width=max(plan_w, 0.0), height=bar_h - 8,
             class_="planned")))  # fmt: skip
+        said = f"{r['outage_minutes']:g} min · {r['availability_pct']:g} %"
+        if r["planned_minutes"]:
+            said += f" · works {r['planned_minutes']:g} min"
         parts.append(Markup("<text {}>{}</text>").format(
-            _attrs(x=label_w + out_w + plan_w + 6, y=y + 16, class_="value"),
-            f"{r['outage_minutes']:g} min · {r['availability_pct']:g} %"))  # fmt: skip
+            _attrs(x=label_w + out_w + plan_w + 6, y=y + 16, class_="value"), said))  # fmt: skip
         parts.append(Markup("</g>"))
     parts.append(Markup("</svg>"))
     return Markup("").join(parts)
