@@ -142,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     lookup.add_argument("--account", help="the subscriber's account")
     lookup.add_argument("--address", help="an address as the caller says it ('Ленина 5')")
     lookup.add_argument("--flat", help="the flat, with --address")
+    lookup.add_argument("--node", help="a topology node's id (cpe:ACCOUNT: a subscriber's "
+                        "router): what a caller it serves hears")  # fmt: skip
     lookup.add_argument(
         "--url", default=LOOKUP_URL,
         help=f"the daemon's base URL, its [http] listen (default {LOOKUP_URL})",
@@ -167,9 +169,14 @@ def _lookup(args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
-    params = {k: v for k in ("phone", "account", "address", "flat") if (v := getattr(args, k))}
-    if not any(k in params for k in ("phone", "account", "address")):
-        print("outagemon lookup: give --phone, --account or --address.", file=sys.stderr)
+    keys = ("phone", "account", "address", "node")
+    params = {k: v for k in (*keys, "flat") if (v := getattr(args, k))}
+    if "flat" in params and "address" not in params:
+        print("outagemon lookup: --flat goes with --address (the flat of that address).",
+              file=sys.stderr)  # fmt: skip
+        return USAGE_ERROR
+    if not any(k in params for k in keys):
+        print("outagemon lookup: give --phone, --account, --address or --node.", file=sys.stderr)
         return USAGE_ERROR
     base = urllib.parse.urlsplit(args.url)
     if base.scheme not in ("http", "https") or not base.netloc:

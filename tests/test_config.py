@@ -193,7 +193,7 @@ def test_missing_config_file_is_one_sentence(tmp_path: Path) -> None:
 def test_lookup_without_a_question_exits_2_and_without_a_daemon_exits_1() -> None:
     result = run_cli("lookup")
     assert result.returncode == 2
-    assert "give --phone, --account or --address" in result.stderr
+    assert "give --phone, --account, --address or --node" in result.stderr
     result = run_cli("lookup", "--phone", "89211234567", "--url", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert result.stderr.startswith("outagemon lookup: cannot reach http://127.0.0.1:9")

@@ -4,6 +4,7 @@ the real HTTP interface, command or function it was found in."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -13,7 +14,8 @@ import pytest
 
 from outagemon.core import messages
 from outagemon.http import charts
-from tests.world import WRITE, world
+from tests.test_newuser13_fixes import run_cli
+from tests.world import READ, WRITE, world
 
 # Far from any zone a test machine is kept in, so that the server's own zone cannot pass.
 ZONE = "Asia/Vladivostok"
@@ -78,3 +80,24 @@ def test_the_reports_bars_say_the_planned_works_minutes_they_draw() -> None:
              "availability_pct": 100.0, "incidents": 1}]  # fmt: skip
     values = re.findall(r'class="value">([^<]*)</text>', str(charts.worst(rows, "buildings")))
     assert values == ["0.68 min · 99.9525 %", "0 min · 100 % · works 1.05 min"]
+
+
+async def test_lookup_asks_by_node_and_says_where_a_flat_goes(fresh_db: str) -> None:
+    """/check takes `node` (an engineer's "what do callers behind sw-x hear?") but
+    `outagemon lookup` had no way to ask it; `--flat 3` alone was told "give --phone,
+    --account or --address", not that a flat needs its address."""
+    async with world(fresh_db) as w:
+        w.net.fail("sw-lenina-5")
+        w.run(60)
+        base = w.url("/").rstrip("/")
+        env = {"PATH": "/usr/bin:/bin", "OUTAGEMON_TOKEN": READ}
+        node = await asyncio.to_thread(run_cli, "lookup", "--node", "sw-lenina-5", "--url", base,
+                                       env=env)  # fmt: skip
+        flat = await asyncio.to_thread(run_cli, "lookup", "--flat", "3", "--url", base, env=env)
+    assert node.returncode == 0, node.stderr
+    assert node.stdout.startswith("status: outage\n"), node.stdout
+    assert "node: sw-lenina-5\n" in node.stdout
+    assert flat.returncode == 2
+    assert (
+        flat.stderr == "outagemon lookup: --flat goes with --address (the flat of that address).\n"
+    )
