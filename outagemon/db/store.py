@@ -301,10 +301,13 @@ async def set_incident_eta(conn: Conn, incident_id: int, eta: datetime | None) -
 
 async def add_incident_event(conn: Conn, incident_id: int | None, at: datetime | None,
                              kind: str, detail: str) -> None:  # fmt: skip
-    """A line of an incident's timeline (`detail`: a JSON object, as text)."""
+    """A line of an incident's timeline (`detail`: a JSON object, as text), once: a write
+    the journal file replays at a restart (the daemon died between the database's commit
+    and the file's acknowledgement) finds its line there and adds no second one."""
     await conn.execute(
         "insert into incident_event (incident_id, at, kind, detail)"
-        " values ($1, $2, $3, $4::jsonb)",
+        " select $1, $2, $3, $4::jsonb where not exists (select 1 from incident_event"
+        " where incident_id = $1 and at = $2 and kind = $3 and detail = $4::jsonb)",
         incident_id, at, kind, detail,
     )  # fmt: skip
 
