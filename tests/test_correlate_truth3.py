@@ -91,3 +91,30 @@ def test_a_root_that_failed_inside_works_is_maintenance_though_it_settled_later(
     w.rounds(70, {"agg-b", "sw"})
     inc = c.incident_for("sw")
     assert inc is not None and inc.root == "sw" and inc.kind is Kind.MAINTENANCE
+
+
+def settled_between_works(second_from: float) -> Kind:
+    """sw fails 2 s before works on it end; other works on it begin `second_from` s after
+    that end; it settles a window later, under those: the kind its incident opens as."""
+    w = Clock(one_side_dead_other_passive(), ["core", "core-b", ANCHOR, "agg-b", "sw"])
+    w.rounds(120, {"agg-b"})
+    ends = w.t + 6
+    c = w.c
+    c.set_maintenance([Maintenance(1, "sw", w.t - 600, ends, "cable"),
+                       Maintenance(2, "sw", ends + second_from, ends + 900, "other team")],
+                      w.t)  # fmt: skip
+    w.rounds(4, {"agg-b", "sw"})
+    assert w.t < ends and all(i.root != "sw" for i in c.incidents.values())  # settling
+    w.rounds(70, {"agg-b", "sw"})
+    inc = c.incident_for("sw")
+    assert inc is not None and inc.root == "sw", c.incidents
+    return inc.kind
+
+
+def test_a_root_that_failed_inside_works_that_ended_is_an_outage_under_later_works() -> None:
+    # The first works ended with sw still down (a fault, not the works), and the second
+    # began 10 s later: it settled under those, and opened as maintenance (its callers
+    # would hear the second works' end as its repair). Works that follow on without a
+    # break (a chain) still cover it.
+    assert settled_between_works(10.0) is Kind.OUTAGE
+    assert settled_between_works(0.0) is Kind.MAINTENANCE
