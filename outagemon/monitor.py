@@ -860,6 +860,8 @@ def _shift(inc: Incident, step: float) -> None:
         inc.recovering_since -= step
     if inc.works_ended is not None:
         inc.works_ended -= step
+    if inc.root_since is not None:
+        inc.root_since -= step
 
 
 # How an incident raised by calls ends (the key its `resolved` event's detail holds):

@@ -13,8 +13,9 @@ from outagemon.db.spool import Spool
 from outagemon.db.writer import Writer
 from outagemon.metrics import Registry
 from tests.test_api_callers import timeline
+from tests.test_restart_taken_up import away
 from tests.test_writer import run_until_idle
-from tests.world import world
+from tests.world import restarted, world
 
 
 async def test_a_write_replayed_at_a_restart_adds_no_second_timeline_line(
@@ -55,3 +56,45 @@ async def test_a_write_replayed_at_a_restart_adds_no_second_timeline_line(
         outbox = await w.pool.fetch("select event from alert_outbox where incident_id = $1"
                                     " order by revision", inc.id)  # fmt: skip
         assert [r["event"] for r in outbox].count("kind_changed") == 1, outbox
+
+
+async def test_a_root_that_moved_up_is_taken_up_as_down_since_its_own_failure(
+    fresh_db: str,
+) -> None:
+    """sw-sad-5 failed; five minutes later agg-s above it did too: the incident took agg-s
+    as its root, its `since` still sw-sad-5's failure (its first callers' outage began
+    then). After a restart agg-s was taken up as down since that older time, five minutes
+    before it failed: what its failure is weighed with (children failing together, a
+    split when it answers) read a time it never failed at. Its own failure is kept."""
+    async with world(fresh_db) as w:
+        w.net.fail("sw-sad-5")
+        w.run(300)
+        w.net.fail("agg-s")
+        w.run(60)
+        (inc,) = w.monitor.correlator.incidents.values()
+        assert inc.root == "agg-s" and inc.nodes[0] == "agg-s", inc
+        failed = w.monitor.correlator.states["agg-s"].down_at
+        assert failed - inc.since > 250, (failed, inc.since)
+        await w.flushed()
+        async with restarted(w, w.net.now + 2) as again:
+            (taken,) = again.monitor.correlator.incidents.values()
+            assert (taken.id, taken.root) == (inc.id, "agg-s"), taken
+            assert abs(taken.since - inc.since) < 1e-5  # its first callers' outage began then
+            down_at = again.monitor.correlator.states["agg-s"].down_at
+            assert abs(down_at - failed) < 1e-5, (down_at, failed, inc.since)
+
+
+def test_a_root_that_moved_up_keeps_its_own_failure_at_a_restart_from_the_file(
+    tmp_path: Path,
+) -> None:
+    """As above, the database away: the journal file's incident keeps it too."""
+    w = away(tmp_path)
+    w.net.fail("sw-sad-5")
+    w.run(300)
+    w.net.fail("agg-s")
+    w.run(60)
+    (inc,) = w.monitor.correlator.incidents.values()
+    failed = w.monitor.correlator.states["agg-s"].down_at
+    assert inc.root == "agg-s" and failed - inc.since > 250, (inc, failed)
+    after = w.restarted(2)
+    assert abs(after.correlator.states["agg-s"].down_at - failed) < 1e-5

@@ -262,16 +262,18 @@ class Correlator(Failures):
             book.node_incident.claim(inc.nodes, inc.id)
             for n in inc.nodes:
                 if n in self.topology and self.topology.nodes[n].probed:
+                    # Its root down since its own failure (one it moved up to failed later).
+                    failed = inc.root_down if n == inc.root else inc.since
                     ns = self.states.get(n)
                     if ns is None:
-                        ns = self.states[n] = NodeState(changed_at=inc.since, epoch=self._epoch)
+                        ns = self.states[n] = NodeState(changed_at=failed, epoch=self._epoch)
                     elif self._lazy:
                         self._settle(n, ns)
                     # A recovering one's root: down only by this node's own probes (a
                     # standby taking over), else looked at afresh.
                     down = n == inc.root and (not recovering or ns.state is State.DOWN)
                     if not (down and recovering):  # (that root: down since it saw it fail)
-                        ns.down_at = inc.since
+                        ns.down_at = failed
                     ns.state = State.DOWN if down else State.RECHECK
                     if ns.state is State.DOWN:
                         self._fail(n)
@@ -284,7 +286,7 @@ class Correlator(Failures):
                     self._requests[n] = None
             root = self.topology.nodes.get(inc.root)
             if root is not None and not root.probed and not recovering:
-                self._infer_down(inc.root, inc.since)
+                self._infer_down(inc.root, inc.root_down)
         book.next_id = max(book.next_id, next_id)
         self._dirty = True
 

@@ -57,6 +57,7 @@ async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) ->
             reopened_at=r["reopened_since"].timestamp() if r["reopened_since"] else None,
             works_ended=_time_or_none(r["works_ended"]),
             recovering_since=_time_or_none(r["recovering_since"]),  # its root answered then
+            root_since=_time_or_none(r["root_since"]),  # a root it moved up to failed then
         )  # fmt: skip
         found.incidents.append(inc)
         opened = r["opened_detail"]

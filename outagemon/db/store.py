@@ -1250,11 +1250,14 @@ async def replica_incident_nodes(conn: Conn, incident_id: int, after: str | None
 
 # When an incident's current fault began, if it reopened (or failed again while
 # recovering): the `since` of its latest such event (the incident keeps its first fault's
-# start as opened_at).
+# start as opened_at). When its root failed, if the root moved up: the latest move's.
 _REOPENED = """
     (select (e.detail->>'since')::timestamptz from incident_event e
      where e.incident_id = i.id and e.kind in ('reopened', 'refailed') and e.detail ? 'since'
      order by e.at desc, e.id desc limit 1) as reopened_since,
+    (select (e.detail->>'since')::timestamptz from incident_event e
+     where e.incident_id = i.id and e.kind = 'root_moved' and e.detail ? 'since'
+     order by e.at desc, e.id desc limit 1) as root_since,
     (select (e.detail->>'works_ended')::timestamptz from incident_event e
      where e.incident_id = i.id and e.kind = 'kind_changed'
        and jsonb_typeof(e.detail->'works_ended') = 'string'  -- seconds before the 11th session
