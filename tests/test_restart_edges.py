@@ -5,15 +5,21 @@ restart path (the fourteenth session's review)."""
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from outagemon.core.incidents import Kind, Maintenance
+from outagemon.db import store
 from outagemon.db.journal import Journal
 from outagemon.db.spool import Spool
 from outagemon.db.writer import Writer
 from outagemon.metrics import Registry
 from tests.test_api_callers import timeline
+from tests.test_calls_api import NEIGHBOURS, post, three_callers_of_the_first_entrance
 from tests.test_restart_taken_up import away
+from tests.test_suspicion_lifecycle_api import FAILING
 from tests.test_writer import run_until_idle
 from tests.world import restarted, world
 
@@ -98,3 +104,46 @@ def test_a_root_that_moved_up_keeps_its_own_failure_at_a_restart_from_the_file(
     assert inc.root == "agg-s" and failed - inc.since > 250, (inc, failed)
     after = w.restarted(2)
     assert abs(after.correlator.states["agg-s"].down_at - failed) < 1e-5
+
+
+@pytest.mark.parametrize("blip", [False, True])
+async def test_a_router_that_answered_throughout_is_left_out_of_the_history_across_restarts(
+    fresh_db: str, blip: bool
+) -> None:
+    """A confirmed suspicion at an entrance: 1004's own router answered from before it
+    was raised to its end (1004 heard `ok` all along), so billing leaves 1004 out of it.
+    The daemon restarted twice meanwhile: the routers' states start afresh at a restart,
+    and the outage ended by the run after it named nobody spared; 1004 was billed its
+    minutes. Still billed: 1002, whose router failed in it, and 1030, whom the probes
+    cannot see; and 1004 too when its router failed for a minute between the restarts."""
+    async with world(fresh_db, subscribers=NEIGHBOURS) as w:
+        await w.flushed()  # the inventory's nodes, then its subscribers' periods
+        w.monitor.journal.inventory(w.monitor.directory, at=w.now)
+        sus = await three_callers_of_the_first_entrance(w)
+        iid = int(sus["id"])
+        assert (await post(w, sus["id"], {"confirm": True}))[0] == 200
+        w.net.fail(*FAILING)
+        w.run(40)
+        await w.flushed()
+        async with restarted(w, w.net.now + 5) as first:
+            first.net.fail(*FAILING)
+            first.run(120)
+            if blip:
+                first.net.fail("cpe:1004")
+                first.run(60)
+                first.net.repair("cpe:1004")
+                first.run(60)
+            assert iid in first.monitor.watch.open
+        async with restarted(w, first.net.now + 5) as second:
+            second.net.fail(*FAILING)
+            second.run(120)
+            assert second.monitor.repaired(iid, "noc")
+            second.run(5)
+        row = await w.pool.fetchrow("select state, opened_at, resolved_at from incident"
+                                    " where id = $1", iid)  # fmt: skip
+        assert row["state"] == "resolved", row
+        start = row["opened_at"] - timedelta(minutes=1)
+        end = row["resolved_at"] + timedelta(minutes=1)
+        billed = await w.pool.fetch(store.DOWNTIME, start, end, end, 0)
+        accounts = {r["account"] for r in billed}
+        assert {"1002", "1030"} <= accounts and ("1004" in accounts) is blip, accounts

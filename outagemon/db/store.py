@@ -394,6 +394,16 @@ _SAVE_STATES = (
 )
 
 
+async def answering_since(conn: Conn, nodes: list[str], before: datetime) -> list[str]:
+    """Those of these nodes last written answering (up) since `before` or earlier."""
+    rows = await conn.fetch(
+        "select node_id from node_state where node_id = any($1::text[]) and state = 'up'"
+        " and changed_at <= $2 order by node_id",
+        nodes, before,
+    )  # fmt: skip
+    return [r["node_id"] for r in rows]
+
+
 async def node_state_values(conn: Conn) -> dict[str, str]:
     """Each node's state as last written (by whichever leader wrote it)."""
     return {
