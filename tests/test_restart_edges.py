@@ -5,8 +5,9 @@ restart path (the fourteenth session's review)."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from tests.test_calls_api import NEIGHBOURS, post, three_callers_of_the_first_en
 from tests.test_restart_taken_up import away
 from tests.test_suspicion_lifecycle_api import FAILING
 from tests.test_writer import run_until_idle
-from tests.world import restarted, world
+from tests.world import World, restarted, world
 
 
 async def test_a_write_replayed_at_a_restart_adds_no_second_timeline_line(
@@ -117,11 +118,7 @@ async def test_a_router_that_answered_throughout_is_left_out_of_the_history_acro
     minutes. Still billed: 1002, whose router failed in it, and 1030, whom the probes
     cannot see; and 1004 too when its router failed for a minute between the restarts."""
     async with world(fresh_db, subscribers=NEIGHBOURS) as w:
-        await w.flushed()  # the inventory's nodes, then its subscribers' periods
-        w.monitor.journal.inventory(w.monitor.directory, at=w.now)
-        sus = await three_callers_of_the_first_entrance(w)
-        iid = int(sus["id"])
-        assert (await post(w, sus["id"], {"confirm": True}))[0] == 200
+        iid = await confirmed_at_the_first_entrance(w)
         w.net.fail(*FAILING)
         w.run(40)
         await w.flushed()
@@ -139,11 +136,55 @@ async def test_a_router_that_answered_throughout_is_left_out_of_the_history_acro
             second.run(120)
             assert second.monitor.repaired(iid, "noc")
             second.run(5)
-        row = await w.pool.fetchrow("select state, opened_at, resolved_at from incident"
-                                    " where id = $1", iid)  # fmt: skip
-        assert row["state"] == "resolved", row
-        start = row["opened_at"] - timedelta(minutes=1)
-        end = row["resolved_at"] + timedelta(minutes=1)
-        billed = await w.pool.fetch(store.DOWNTIME, start, end, end, 0)
-        accounts = {r["account"] for r in billed}
+        accounts = {r["account"] for r in await billed(w, iid)}
         assert {"1002", "1030"} <= accounts and ("1004" in accounts) is blip, accounts
+
+
+async def test_the_reports_count_the_subscribers_an_outage_cut_off_as_billing_does(
+    fresh_db: str,
+) -> None:
+    """The same outage, no restart: billing left 1004 out, but the reports' row said
+    the nine subscribers the entrance serves and their subscriber-hours, 1004's among
+    them. The reports are of what was lost: those it cut off, as billing counts them."""
+    async with world(fresh_db, subscribers=NEIGHBOURS) as w:
+        iid = await confirmed_at_the_first_entrance(w)
+        w.net.fail(*FAILING)
+        w.run(120)
+        assert w.monitor.repaired(iid, "noc")
+        w.run(5)
+        await w.flushed()
+        by_account = {r["account"]: r for r in await billed(w, iid)}
+        assert "1004" not in by_account and len(by_account) == 8, sorted(by_account)
+        minutes = sum(float(r["outage_minutes"]) for r in by_account.values())
+        w.runtime.reports = await store.connect(fresh_db, min_size=1, max_size=2)
+        try:
+            period = {"from": datetime.fromtimestamp(w.now, UTC).isoformat(),
+                      "to": datetime.now(UTC).isoformat()}  # fmt: skip
+            async with w.session.get(w.url("/api/v1/reports/incidents"), params=period,
+                                     headers=w.auth()) as r:  # fmt: skip
+                assert r.status == 200
+                (row,) = [i for i in (await r.json())["incidents"] if i["id"] == str(iid)]
+        finally:
+            await w.runtime.reports.close()
+        assert row["subscribers"] == 8, row
+        assert abs(row["subscriber_hours"] - minutes / 60) <= 0.01, (row, minutes)
+
+
+async def confirmed_at_the_first_entrance(w: World) -> int:
+    """Three callers of the first entrance of пр-т Мира, 10 raise a suspicion; an
+    engineer confirms it: its id. The history has the subscribers' periods."""
+    await w.flushed()  # the inventory's nodes, then its subscribers' periods
+    w.monitor.journal.inventory(w.monitor.directory, at=w.now)
+    sus = await three_callers_of_the_first_entrance(w)
+    assert (await post(w, sus["id"], {"confirm": True}))[0] == 200
+    return int(sus["id"])
+
+
+async def billed(w: World, iid: int) -> list[Any]:
+    """The billing's rows (accounts' downtime) over the incident, which has ended."""
+    row = await w.pool.fetchrow("select state, opened_at, resolved_at from incident"
+                                " where id = $1", iid)  # fmt: skip
+    assert row["state"] == "resolved", row
+    start = row["opened_at"] - timedelta(minutes=1)
+    end = row["resolved_at"] + timedelta(minutes=1)
+    return list(await w.pool.fetch(store.DOWNTIME, start, end, end, 0))

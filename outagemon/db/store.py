@@ -1150,7 +1150,8 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
     - incidents: those open at some time in the period, oldest first, with when each was
       opened (its "opened" event), its first repair estimate, and when it was resolved
       and reopened (`resolutions`, `reopenings`, and `since`: the start of each fault
-      that reopened it), null if never; a suspicion never
+      that reopened it), null if never; how many of its subscribers its end named spared
+      (`spared`: a confirmed outage raised by calls, 0 for others); a suspicion never
       confirmed (kind suspected: dismissed, expired, taken over by the probes' incident
       or still open) is no outage and is left out, as the impact record leaves it out;
     - blind: when the monitor could not see, clipped to the period, open ones up to
@@ -1164,10 +1165,10 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
                    i.merged_into, i.subscribers, i.calls, ev.detected_at,
                    ev.etas[1][1] as first_eta_at, ev.etas[1][2] as first_eta,
                    case when ev.reopenings is not null then ev.resolutions end as resolutions,
-                   ev.reopenings, ev.since
+                   ev.reopenings, ev.since, coalesce(ev.spared, 0) as spared
             from incident i
-            -- One look at the incident's events: its opening, first estimate, and when it
-            -- was resolved and reopened.
+            -- One look at the incident's events: its opening, first estimate, when it
+            -- was resolved and reopened, and whom its end found spared.
             left join lateral (
                 select min(e.at) filter (where e.kind = 'opened') as detected_at,
                        array_agg(array[e.at, (e.detail->>'eta')::timestamptz]
@@ -1179,10 +1180,13 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
                        array_agg(e.at order by e.at) filter (where e.kind = 'reopened')
                            as reopenings,
                        array_agg(coalesce((e.detail->>'since')::timestamptz, e.at)
-                                 order by e.at) filter (where e.kind = 'reopened') as since
+                                 order by e.at) filter (where e.kind = 'reopened') as since,
+                       max(jsonb_array_length(e.detail->'spared'))
+                           filter (where jsonb_typeof(e.detail->'spared') = 'array')
+                           as spared
                 from incident_event e
                 where e.incident_id = i.id
-                  and e.kind in ('opened', 'eta', 'resolved', 'reopened')
+                  and e.kind in ('opened', 'eta', 'resolved', 'reopened', 'merged')
             ) ev on true
             where i.opened_at < $2 and coalesce(i.resolved_at, 'infinity') > $1
               and i.kind <> 'suspected'
