@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from outagemon.core.incidents import Kind, Maintenance
 from outagemon.db import store
 from outagemon.db.journal import Journal
 from outagemon.db.spool import Spool
@@ -19,7 +18,7 @@ from outagemon.db.writer import Writer
 from outagemon.metrics import Registry
 from tests.test_api_callers import timeline
 from tests.test_calls_api import NEIGHBOURS, post, three_callers_of_the_first_entrance
-from tests.test_restart_taken_up import away
+from tests.test_restart_taken_up import away, works_overran
 from tests.test_suspicion_lifecycle_api import FAILING
 from tests.test_writer import run_until_idle
 from tests.world import World, restarted, world
@@ -36,13 +35,7 @@ async def test_a_write_replayed_at_a_restart_adds_no_second_timeline_line(
         spool = Spool(tmp_path)
         spool.open()
         w.monitor.journal.spool = spool  # kept in the file; the world's writer acknowledges none
-        began = w.net.now
-        w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", began, began + 300, "cable"), "noc")
-        w.net.fail("sw-sad-5")
-        while w.net.now < began + 420:  # past the works' end and resolve_hold
-            w.run(10)
-        (inc,) = w.monitor.correlator.incidents.values()
-        assert inc.kind is Kind.OUTAGE and inc.works_ended is not None, inc
+        inc, _ = works_overran(w.monitor, w.net, w.run, 300)
         w.monitor.journal.sync()
         before = [e["kind"] for e in await timeline(w, inc.id)]
         assert before.count("kind_changed") == 1, before
