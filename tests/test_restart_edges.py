@@ -4,18 +4,23 @@ restart path (the fourteenth session's review)."""
 
 from __future__ import annotations
 
+import html
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from outagemon.core.incidents import Incident
 from outagemon.db import store
 from outagemon.db.journal import Journal
 from outagemon.db.spool import Spool
 from outagemon.db.writer import Writer
 from outagemon.metrics import Registry
+from outagemon.monitor import Monitor
+from outagemon.sim.simnet import SimNet
 from tests.test_api_callers import timeline
 from tests.test_calls_api import NEIGHBOURS, post, three_callers_of_the_first_entrance
 from tests.test_restart_taken_up import away, works_overran
@@ -67,14 +72,7 @@ async def test_a_root_that_moved_up_is_taken_up_as_down_since_its_own_failure(
     before it failed: what its failure is weighed with (children failing together, a
     split when it answers) read a time it never failed at. Its own failure is kept."""
     async with world(fresh_db) as w:
-        w.net.fail("sw-sad-5")
-        w.run(300)
-        w.net.fail("agg-s")
-        w.run(60)
-        (inc,) = w.monitor.correlator.incidents.values()
-        assert inc.root == "agg-s" and inc.nodes[0] == "agg-s", inc
-        failed = w.monitor.correlator.states["agg-s"].down_at
-        assert failed - inc.since > 250, (failed, inc.since)
+        inc, failed = moved_up(w.monitor, w.net, w.run)
         await w.flushed()
         async with restarted(w, w.net.now + 2) as again:
             (taken,) = again.monitor.correlator.incidents.values()
@@ -84,18 +82,39 @@ async def test_a_root_that_moved_up_is_taken_up_as_down_since_its_own_failure(
             assert abs(down_at - failed) < 1e-5, (down_at, failed, inc.since)
 
 
+def moved_up(monitor: Monitor, net: SimNet, run: Callable[[float], None]) -> tuple[Incident, float]:
+    """sw-sad-5 fails, agg-s above it five minutes later: the one incident, its root moved
+    up to agg-s, and when agg-s failed."""
+    net.fail("sw-sad-5")
+    run(300)
+    net.fail("agg-s")
+    run(60)
+    (inc,) = monitor.correlator.incidents.values()
+    assert inc.root == "agg-s" and inc.nodes[0] == "agg-s", inc
+    failed = monitor.correlator.states["agg-s"].down_at
+    assert failed - inc.since > 250, (failed, inc.since)
+    return inc, failed
+
+
+async def test_the_page_says_the_probes_root_moved_up(fresh_db: str) -> None:
+    """The incident's page said "Widened from sw-sad-5: more callers further up." of the
+    probes' incident whose root moved up to agg-s: a suspicion's sentence (its root moves
+    up as more callers call); no caller had anything to do with it."""
+    async with world(fresh_db) as w:
+        inc, _ = moved_up(w.monitor, w.net, w.run)
+        await w.flushed()
+        async with w.session.get(w.url(f"/incidents/{inc.id}"), headers=w.auth()) as r:
+            page = html.unescape(await r.text())
+        assert "Its root moved up from sw-sad-5: a failure above it cuts it off." in page
+        assert "callers" not in page, page
+
+
 def test_a_root_that_moved_up_keeps_its_own_failure_at_a_restart_from_the_file(
     tmp_path: Path,
 ) -> None:
     """As above, the database away: the journal file's incident keeps it too."""
     w = away(tmp_path)
-    w.net.fail("sw-sad-5")
-    w.run(300)
-    w.net.fail("agg-s")
-    w.run(60)
-    (inc,) = w.monitor.correlator.incidents.values()
-    failed = w.monitor.correlator.states["agg-s"].down_at
-    assert inc.root == "agg-s" and failed - inc.since > 250, (inc, failed)
+    _, failed = moved_up(w.monitor, w.net, w.run)
     after = w.restarted(2)
     assert abs(after.correlator.states["agg-s"].down_at - failed) < 1e-5
 
