@@ -118,3 +118,23 @@ def test_a_root_that_failed_inside_works_that_ended_is_an_outage_under_later_wor
     # break (a chain) still cover it.
     assert settled_between_works(10.0) is Kind.OUTAGE
     assert settled_between_works(0.0) is Kind.MAINTENANCE
+
+
+def test_an_incident_of_works_that_ended_is_not_carried_by_later_works() -> None:
+    # As above, opened at once inside the first works: when they ended with sw still down
+    # and other works on it began 10 s later (inside resolve_hold), the incident stayed
+    # maintenance to the second works' end (callers told of works for 15 more minutes),
+    # where one that settled a moment later is an outage. Its fault outlived its works.
+    topo = Topology([n("core", "core"), n("agg", "aggregation", ("core",)),
+                     n("sw", "access", ("agg",))])  # fmt: skip
+    w = Clock(topo, ["core", ANCHOR, "agg", "sw"])
+    w.rounds(60, set())
+    ends = w.t + 30
+    w.c.set_maintenance([Maintenance(1, "sw", w.t - 600, ends, "cable"),
+                         Maintenance(2, "sw", ends + 10, ends + 900, "other team")],
+                        w.t)  # fmt: skip
+    w.rounds(20, {"sw"})
+    (inc,) = w.c.incidents.values()
+    assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == ends, inc
+    w.rounds(100, {"sw"})  # past the first works' end and resolve_hold
+    assert inc.kind is Kind.OUTAGE and inc.works_ended == ends, inc

@@ -515,6 +515,11 @@ class IncidentBook:
         for inc in self.incidents.values():
             if inc.kind is Kind.MAINTENANCE and inc.maintenance_until is not None:
                 until = scope.get(inc.root)
+                if until is not None and until != inc.maintenance_until \
+                        and now >= inc.maintenance_until:  # fmt: skip
+                    # Works begun after its own ended (a chain would have carried its end
+                    # on before): its fault outlived its works, whatever covers it now.
+                    until = None
                 if until is not None:
                     if inc.maintenance_until != until:  # works extended, added or cut
                         inc.maintenance_until = until
