@@ -855,16 +855,20 @@ class Monitor:
         """Maintenance incidents taken up after a restart lack the end of the works they
         were opened with (not stored): without it they never became an outage, and their
         callers heard the works take longer than planned until the root answered. It is
-        the end of the works that cut the root off now, else, for works that ended since
-        the incident opened (they overran), theirs: an outage `resolve_hold` after it."""
+        the end of the works that cut the root off now, carried on without a break since
+        it opened, else, for works that ended since the incident opened (they overran),
+        theirs: an outage `resolve_hold` after it (works begun after those ended do not
+        carry it on: its fault outlived its works)."""
         topo, now = self.directory.topology, self.clock()
         for inc in self.correlator.incidents.values():
             if inc.kind is not Kind.MAINTENANCE or inc.maintenance_until is not None:
                 continue
             path = {inc.root, *topo.ancestors(inc.root)} if inc.root in topo else {inc.root}
             windows = [m for m in self.maintenance if m.node in path]
-            works = works_cover(topo, inc.root, windows, now) \
-                or overrun_works(inc, topo, inc.root, windows, now)  # fmt: skip
+            works = works_cover(topo, inc.root, windows, now)
+            overran = overrun_works(inc, topo, inc.root, windows, now)
+            if overran is not None and (works is None or works[0] > overran[1]):
+                works = overran  # what covers it now began after its works' end
             if works is not None:
                 inc.maintenance_until = works[1]
 

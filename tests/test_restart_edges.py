@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from outagemon.core.incidents import Incident
+from outagemon.core.incidents import Incident, Kind, Maintenance
 from outagemon.db import store
 from outagemon.db.journal import Journal
 from outagemon.db.spool import Spool
@@ -200,3 +200,31 @@ async def billed(w: World, iid: int) -> list[Any]:
     start = row["opened_at"] - timedelta(minutes=1)
     end = row["resolved_at"] + timedelta(minutes=1)
     return list(await w.pool.fetch(store.DOWNTIME, start, end, end, 0))
+
+
+async def test_an_incident_of_works_that_ended_is_an_outage_after_a_restart_under_later_works(
+    fresh_db: str,
+) -> None:
+    """Works on sw-sad-5 end with it still down; other works on it begin 10 s later. The
+    monitor restarts inside resolve_hold: the incident it took up found its works' end in
+    the works covering it now, the later ones, and stayed maintenance to their end (15
+    minutes more of "planned works"); without the restart it is an outage from its own
+    works' end, as it is now."""
+    async with world(fresh_db) as w:
+        began = w.net.now
+        ends = began + 300
+        w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", began - 60, ends, "cable"), "noc")
+        w.monitor.add_maintenance(Maintenance(2, "sw-sad-5", ends + 10, ends + 900, "other"),
+                                  "noc")  # fmt: skip
+        w.net.fail("sw-sad-5")
+        while w.net.now < ends + 20:
+            w.run(5)
+        (inc,) = w.monitor.correlator.incidents.values()
+        assert inc.kind is Kind.MAINTENANCE, inc
+        await w.flushed()
+        async with restarted(w, w.net.now + 2) as again:
+            again.net.fail("sw-sad-5")
+            again.run(120)
+            (taken,) = again.monitor.correlator.incidents.values()
+            assert taken.id == inc.id and taken.kind is Kind.OUTAGE, taken
+            assert taken.works_ended is not None and abs(taken.works_ended - ends) < 1e-5
