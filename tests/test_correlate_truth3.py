@@ -137,4 +137,5 @@ def test_an_incident_of_works_that_ended_is_not_carried_by_later_works() -> None
     (inc,) = w.c.incidents.values()
     assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == ends, inc
     w.rounds(100, {"sw"})  # past the first works' end and resolve_hold
-    assert inc.kind is Kind.OUTAGE and inc.works_ended == ends, inc
+    (later,) = w.c.incidents.values()
+    assert later is inc and later.kind is Kind.OUTAGE and later.works_ended == ends, later
