@@ -139,3 +139,26 @@ def test_an_incident_of_works_that_ended_is_not_carried_by_later_works() -> None
     w.rounds(100, {"sw"})  # past the first works' end and resolve_hold
     (later,) = w.c.incidents.values()
     assert later is inc and later.kind is Kind.OUTAGE and later.works_ended == ends, later
+
+
+def test_an_incident_reopened_under_new_works_ends_with_them() -> None:
+    # Seed 28 of --overlap: an aggregation switch failed inside works, came back just
+    # after their end and resolved; within ten minutes it failed again inside new works,
+    # reopening the same incident (maintenance both times) with the first works' end as
+    # its own: it became an outage at once (callers heard "outage" inside the works).
+    topo = Topology([n("core", "core"), n("agg", "aggregation", ("core",))])
+    w = Clock(topo, ["core", ANCHOR, "agg"])
+    w.rounds(60, set())
+    first = w.t + 200
+    w.c.set_maintenance([Maintenance(1, "agg", w.t + 10, first, "cable")], w.t)
+    w.rounds(20, set())
+    w.rounds(200, {"agg"})  # down from 20 s in the works to 20 s past their end
+    w.rounds(80, set())  # back: resolved after resolve_hold
+    assert not w.c.incidents
+    works = Maintenance(2, "agg", w.t + 200, w.t + 900, "switch")
+    w.c.set_maintenance([Maintenance(1, "agg", w.t - 300, first, "cable"), works], w.t)
+    w.rounds(205, set())
+    w.rounds(60, {"agg"})
+    (inc,) = w.c.incidents.values()
+    assert inc.reopened_at is not None, inc  # within REOPEN_WITHIN: the same incident
+    assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == works.ends_at, inc

@@ -302,6 +302,8 @@ class IncidentBook:
             previous.resolved_at = None
             previous.recovering_since = None
             previous.reopened_at = since or now
+            # Under planned works again: those now covering it (not the last fault's).
+            previous.maintenance_until = works_until
             self.incidents[previous.id] = previous
             self.events.append(Event(EventKind.REOPENED, now, previous.id, root))
             return previous
