@@ -867,8 +867,10 @@ class Monitor:
             windows = [m for m in self.maintenance if m.node in path]
             works = works_cover(topo, inc.root, windows, now)
             overran = overrun_works(inc, topo, inc.root, windows, now)
-            if overran is not None and (works is None or works[0] > overran[1]):
-                works = overran  # what covers it now began after its works' end
+            if overran is not None and (works is None or inc.since < overran[1] < works[0]):
+                # What covers it now began after the end of the works its fault (since it
+                # last reopened) began in.
+                works = overran
             if works is not None:
                 inc.maintenance_until = works[1]
 
