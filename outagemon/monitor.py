@@ -127,6 +127,11 @@ class Monitor:
         # id -> when the history counts it from: a confirmed outage raised by calls, for
         # the subscribers it leaves out when it ends (see `_spared`).
         self._confirmed_from: dict[int, float] = {}
+        # Such an outage taken up at a restart (router states start afresh): its routers
+        # that answered from when it counts to the restart, as stored, while they answer
+        # on in this run (`_carry`); and those of them not heard from yet in this run.
+        self._carried: dict[int, set[str]] = {}
+        self._unheard: set[str] = set()
         self.maintenance: list[Maintenance] = []
         self.next_maintenance = 1  # the id of the next planned works
         self._history_saved = clock()
@@ -456,6 +461,8 @@ class Monitor:
         if e.kind is not EventKind.RESOLVED and e.kind is not EventKind.MERGED:
             return e
         start = self._confirmed_from.pop(e.incident or -1)
+        carried = self._carried.pop(e.incident or -1, set())
+        self._unheard -= carried
         topo = self.directory.topology
         if e.root is None or e.root not in topo:
             return e
@@ -463,7 +470,8 @@ class Monitor:
         spared = []
         for n in topo.descendants(e.root):
             ns = states.get(n)
-            if (ns is not None and ns.state is State.UP and ns.changed_at <= start
+            # Up since it counts, in this run or, across a restart, before it and since.
+            if (ns is not None and ns.state is State.UP and (ns.changed_at <= start or n in carried)
                     and n.startswith(prefix) and nodes[n].kind == "cpe"):  # fmt: skip
                 spared.append(n.removeprefix(prefix))
         if not spared:
@@ -586,6 +594,8 @@ class Monitor:
         """Node state changes since the last tick, as one write (a recovery of 100,000
         nodes is one statement, not 100,000)."""
         changes, self.correlator.transitions = self.correlator.transitions, []
+        if self._carried and changes:
+            changes = self._carry(changes)
         if not changes or self.writer is None:
             return
         # Read as the write reads them, a slice a step of the loop (see save_history).
@@ -601,6 +611,43 @@ class Monitor:
                     yield node, state, at, round(loss, 4)
 
         self.journal.node_states(rows, len(changes))
+
+    def _carry(self, changes: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+        """Routers carried over a restart (`_carried`): the first answer heard from one in
+        this run is no change (not written: its stored state and since stand, so the next
+        restart carries it again); any other change ends its carry. The changes to write."""
+        kept = []
+        up = State.UP.value
+        for change in changes:
+            node, state, _ = change
+            if node in self._unheard:
+                self._unheard.discard(node)
+                if state == up:
+                    continue  # answering, as before the restart
+            for carried in self._carried.values():
+                carried.discard(node)
+            kept.append(change)
+        return kept
+
+    def _take_up_confirmed(self, taken: list[Incident], answered: dict[int, list[str]]) -> None:
+        """Confirmed outages raised by calls, taken up at a restart: the history counts
+        them from their start, leaving out at their end the subscribers whose routers
+        answered throughout, before the restart (`answered`, as stored) and after it."""
+        states = self.correlator.states
+        for inc in taken:
+            if inc.kind is not Kind.OUTAGE or inc.id in self._confirmed_from:
+                continue
+            self._confirmed_from[inc.id] = inc.opened_at
+            carried = self._carried[inc.id] = set()
+            for n in answered.get(inc.id, ()):
+                ns = states.get(n)
+                if ns is None or ns.state is State.UNKNOWN:
+                    carried.add(n)
+                    self._unheard.add(n)
+                elif ns.state is State.UP and ns.down_at == 0.0 and ns.changes is None:
+                    # Heard answering already (the database came after the probes began),
+                    # never down in this run: carried, though its answer was written.
+                    carried.add(n)
 
     def _save_calls(self) -> None:
         if not self._calls_unsaved or self.writer is None:
@@ -682,6 +729,9 @@ class Monitor:
         self._calls_unsaved.clear()
         self.recent.clear()
         self._resolved.clear()
+        self._confirmed_from.clear()
+        self._carried.clear()
+        self._unheard.clear()
 
     # -- restart -----------------------------------------------------------------------
 
@@ -729,6 +779,7 @@ class Monitor:
             self.calls[iid] = self.calls.get(iid, 0) + calls
         self.correlator.restore(taken, max(found.next_id, p.max_incident + 1))
         self.watch.restore(raised, self.clock())
+        self._take_up_confirmed(raised, found.answered)
         self.watch.take_baseline((kind, key, count, at - step)
                                  for kind, key, count, at in found.call_rates)  # fmt: skip
         for iid, (first_call, callers_then, buildings) in found.raised.items():
@@ -804,16 +855,22 @@ class Monitor:
         """Maintenance incidents taken up after a restart lack the end of the works they
         were opened with (not stored): without it they never became an outage, and their
         callers heard the works take longer than planned until the root answered. It is
-        the end of the works that cut the root off now, else, for works that ended since
-        the incident opened (they overran), theirs: an outage `resolve_hold` after it."""
+        the end of the works that cut the root off now, carried on without a break since
+        it opened, else, for works that ended since the incident opened (they overran),
+        theirs: an outage `resolve_hold` after it (works begun after those ended do not
+        carry it on: its fault outlived its works)."""
         topo, now = self.directory.topology, self.clock()
         for inc in self.correlator.incidents.values():
             if inc.kind is not Kind.MAINTENANCE or inc.maintenance_until is not None:
                 continue
             path = {inc.root, *topo.ancestors(inc.root)} if inc.root in topo else {inc.root}
             windows = [m for m in self.maintenance if m.node in path]
-            works = works_cover(topo, inc.root, windows, now) \
-                or overrun_works(inc, topo, inc.root, windows, now)  # fmt: skip
+            works = works_cover(topo, inc.root, windows, now)
+            overran = overrun_works(inc, topo, inc.root, windows, now)
+            if overran is not None and (works is None or inc.since < overran[1] < works[0]):
+                # What covers it now began after the end of the works its fault (since it
+                # last reopened) began in.
+                works = overran
             if works is not None:
                 inc.maintenance_until = works[1]
 
@@ -860,6 +917,8 @@ def _shift(inc: Incident, step: float) -> None:
         inc.recovering_since -= step
     if inc.works_ended is not None:
         inc.works_ended -= step
+    if inc.root_since is not None:
+        inc.root_since -= step
 
 
 # How an incident raised by calls ends (the key its `resolved` event's detail holds):

@@ -91,3 +91,74 @@ def test_a_root_that_failed_inside_works_is_maintenance_though_it_settled_later(
     w.rounds(70, {"agg-b", "sw"})
     inc = c.incident_for("sw")
     assert inc is not None and inc.root == "sw" and inc.kind is Kind.MAINTENANCE
+
+
+def settled_between_works(second_from: float) -> Kind:
+    """sw fails 2 s before works on it end; other works on it begin `second_from` s after
+    that end; it settles a window later, under those: the kind its incident opens as."""
+    w = Clock(one_side_dead_other_passive(), ["core", "core-b", ANCHOR, "agg-b", "sw"])
+    w.rounds(120, {"agg-b"})
+    ends = w.t + 6
+    c = w.c
+    c.set_maintenance([Maintenance(1, "sw", w.t - 600, ends, "cable"),
+                       Maintenance(2, "sw", ends + second_from, ends + 900, "other team")],
+                      w.t)  # fmt: skip
+    w.rounds(4, {"agg-b", "sw"})
+    assert w.t < ends and all(i.root != "sw" for i in c.incidents.values())  # settling
+    w.rounds(70, {"agg-b", "sw"})
+    inc = c.incident_for("sw")
+    assert inc is not None and inc.root == "sw", c.incidents
+    return inc.kind
+
+
+def test_a_root_that_failed_inside_works_that_ended_is_an_outage_under_later_works() -> None:
+    # The first works ended with sw still down (a fault, not the works), and the second
+    # began 10 s later: it settled under those, and opened as maintenance (its callers
+    # would hear the second works' end as its repair). Works that follow on without a
+    # break (a chain) still cover it.
+    assert settled_between_works(10.0) is Kind.OUTAGE
+    assert settled_between_works(0.0) is Kind.MAINTENANCE
+
+
+def test_an_incident_of_works_that_ended_is_not_carried_by_later_works() -> None:
+    # As above, opened at once inside the first works: when they ended with sw still down
+    # and other works on it began 10 s later (inside resolve_hold), the incident stayed
+    # maintenance to the second works' end (callers told of works for 15 more minutes),
+    # where one that settled a moment later is an outage. Its fault outlived its works.
+    topo = Topology([n("core", "core"), n("agg", "aggregation", ("core",)),
+                     n("sw", "access", ("agg",))])  # fmt: skip
+    w = Clock(topo, ["core", ANCHOR, "agg", "sw"])
+    w.rounds(60, set())
+    ends = w.t + 30
+    w.c.set_maintenance([Maintenance(1, "sw", w.t - 600, ends, "cable"),
+                         Maintenance(2, "sw", ends + 10, ends + 900, "other team")],
+                        w.t)  # fmt: skip
+    w.rounds(20, {"sw"})
+    (inc,) = w.c.incidents.values()
+    assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == ends, inc
+    w.rounds(100, {"sw"})  # past the first works' end and resolve_hold
+    (later,) = w.c.incidents.values()
+    assert later is inc and later.kind is Kind.OUTAGE and later.works_ended == ends, later
+
+
+def test_an_incident_reopened_under_new_works_ends_with_them() -> None:
+    # Seed 28 of --overlap: an aggregation switch failed inside works, came back just
+    # after their end and resolved; within ten minutes it failed again inside new works,
+    # reopening the same incident (maintenance both times) with the first works' end as
+    # its own: it became an outage at once (callers heard "outage" inside the works).
+    topo = Topology([n("core", "core"), n("agg", "aggregation", ("core",))])
+    w = Clock(topo, ["core", ANCHOR, "agg"])
+    w.rounds(60, set())
+    first = w.t + 200
+    w.c.set_maintenance([Maintenance(1, "agg", w.t + 10, first, "cable")], w.t)
+    w.rounds(20, set())
+    w.rounds(200, {"agg"})  # down from 20 s in the works to 20 s past their end
+    w.rounds(80, set())  # back: resolved after resolve_hold
+    assert not w.c.incidents
+    works = Maintenance(2, "agg", w.t + 200, w.t + 900, "switch")
+    w.c.set_maintenance([Maintenance(1, "agg", w.t - 300, first, "cable"), works], w.t)
+    w.rounds(205, set())
+    w.rounds(60, {"agg"})
+    (inc,) = w.c.incidents.values()
+    assert inc.reopened_at is not None, inc  # within REOPEN_WITHIN: the same incident
+    assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == works.ends_at, inc

@@ -82,6 +82,21 @@ def away(tmp_path: Path) -> Away:
     return Away(m, net, run, spool, clock)
 
 
+def works_overran(monitor: Monitor, net: SimNet, run: Callable[[float], None],
+                  length: float) -> tuple[Incident, float]:  # fmt: skip
+    """Works of `length` seconds on sw-sad-5, down from their start, run past their end
+    and resolve_hold: its incident (an outage now, heard since the works' end), and when
+    the works began."""
+    began = net.now
+    monitor.add_maintenance(Maintenance(1, "sw-sad-5", began, began + length, "замена"), "noc")
+    net.fail("sw-sad-5")
+    while net.now < began + length + 120:
+        run(10)
+    (inc,) = monitor.correlator.incidents.values()
+    assert inc.kind is Kind.OUTAGE and inc.works_ended == began + length, inc
+    return inc, began
+
+
 def hears(m: Monitor, account: str) -> Answer:
     return assess(m, m.directory, m.directory.account(account), m.clock(), 3600, AnswerMemory())
 
@@ -95,13 +110,7 @@ def test_works_that_overran_are_heard_since_their_end_after_a_restart_from_the_f
     the kind), so 1007 heard the outage began at the switch's failure inside the works;
     the database's copy, with the works' end, is not taken up over it later."""
     w = away(tmp_path)
-    began = w.net.now
-    w.monitor.add_maintenance(Maintenance(1, "sw-sad-5", began, began + 400, "замена"), "noc")
-    w.net.fail("sw-sad-5")
-    while w.net.now < began + 520:  # past the works' end and resolve_hold
-        w.run(10)
-    (inc,) = w.monitor.correlator.incidents.values()
-    assert inc.kind is Kind.OUTAGE and inc.works_ended == began + 400, inc
+    inc, began = works_overran(w.monitor, w.net, w.run, 400)
     assert inc.since < began + 60  # the switch failed inside the works
     after = w.restarted(30)
     taken = after.correlator.incidents[inc.id]

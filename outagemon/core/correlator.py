@@ -166,17 +166,24 @@ class Correlator(Failures):
                     break
         self._scope = scope
 
-    def _works_for(self, root: str, began: float) -> float | None:
+    def _works_for(self, root: str, began: float, now: float) -> float | None:
         """When the planned works a root failed inside leave it a path (their chain's
-        end), or None: works not running now, or not yet when it failed (it failed before
-        them, and settled only once they ran: an outage, seed 41338)."""
+        end), or None: works not running now, or not covering it without a break from its
+        failure to now: not yet when it failed (it failed before them, and settled only
+        once they ran: an outage, seed 41338), or ended since, others beginning after (a
+        fault that outlived its works is an outage, whatever works it settled under)."""
         until = self._scope.get(root)
         if until is None:
             return None
         nodes = self.topology.nodes
-        then = [m for m in self.maintenance
-                if m.starts_at <= began < m.ends_at and m.node in nodes]  # fmt: skip
-        return until if then and self._cut_off(then)(root) else None
+        windows = [m for m in self.maintenance if m.node in nodes]
+        # Only an end of works can leave it a path: covered at its failure and at each
+        # end since, it was covered throughout.
+        for t in (began, *(m.ends_at for m in windows if began < m.ends_at <= now)):
+            then = [m for m in windows if m.starts_at <= t < m.ends_at]
+            if not then or not self._cut_off(then)(root):
+                return None
+        return until
 
     def _cut_off(self, running: Iterable[Maintenance]) -> Callable[[str], bool]:
         """Whether works on these nodes cut a node off (all its uplinks lead into them)."""
@@ -255,16 +262,18 @@ class Correlator(Failures):
             book.node_incident.claim(inc.nodes, inc.id)
             for n in inc.nodes:
                 if n in self.topology and self.topology.nodes[n].probed:
+                    # Its root down since its own failure (one it moved up to failed later).
+                    failed = inc.root_down if n == inc.root else inc.since
                     ns = self.states.get(n)
                     if ns is None:
-                        ns = self.states[n] = NodeState(changed_at=inc.since, epoch=self._epoch)
+                        ns = self.states[n] = NodeState(changed_at=failed, epoch=self._epoch)
                     elif self._lazy:
                         self._settle(n, ns)
                     # A recovering one's root: down only by this node's own probes (a
                     # standby taking over), else looked at afresh.
                     down = n == inc.root and (not recovering or ns.state is State.DOWN)
                     if not (down and recovering):  # (that root: down since it saw it fail)
-                        ns.down_at = inc.since
+                        ns.down_at = failed
                     ns.state = State.DOWN if down else State.RECHECK
                     if ns.state is State.DOWN:
                         self._fail(n)
@@ -277,7 +286,7 @@ class Correlator(Failures):
                     self._requests[n] = None
             root = self.topology.nodes.get(inc.root)
             if root is not None and not root.probed and not recovering:
-                self._infer_down(inc.root, inc.since)
+                self._infer_down(inc.root, inc.root_down)
         book.next_id = max(book.next_id, next_id)
         self._dirty = True
 
@@ -709,7 +718,7 @@ class Correlator(Failures):
                     continue
                 began = self._failed_since(root)
                 inc = book.open(root, cut, by_root, now, self.topology, root in self.inferred,
-                                began, self._works_for(root, began))  # fmt: skip
+                                began, self._works_for(root, began, now))  # fmt: skip
                 by_root[root] = inc
                 opened = True
             self._pending_since.pop(root, None)

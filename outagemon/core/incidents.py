@@ -79,6 +79,9 @@ class Incident:
     # outage): its callers were told of works until then, so they hear the outage began
     # then (`heard_since`), not at the root's failure inside the works.
     works_ended: float | None = None
+    # When its root failed, if the root moved up to a node that failed after the incident
+    # began (`since` stays the first fault's: its first callers were cut off then).
+    root_since: float | None = None
 
     @property
     def since(self) -> float:
@@ -92,6 +95,13 @@ class Incident:
         overran, their end if later."""
         since = self.since
         return since if self.works_ended is None else max(since, self.works_ended)
+
+    @property
+    def root_down(self) -> float:
+        """When its root's own failure began: `since`, or, for a root that moved up, the
+        later failure of that root (a refailure or reopening since is later still)."""
+        since = self.since
+        return since if self.root_since is None else max(since, self.root_since)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +302,8 @@ class IncidentBook:
             previous.resolved_at = None
             previous.recovering_since = None
             previous.reopened_at = since or now
+            # Under planned works again: those now covering it (not the last fault's).
+            previous.maintenance_until = works_until
             self.incidents[previous.id] = previous
             self.events.append(Event(EventKind.REOPENED, now, previous.id, root))
             return previous
@@ -302,6 +314,7 @@ class IncidentBook:
             del by_root[old_root]
             inc.root = root
             inc.inferred = inferred
+            inc.root_since = since or now
             self.events.append(
                 Event(EventKind.ROOT_MOVED, now, inc.id, root,
                       detail={"from": old_root, "absorbed": [i.id for i in absorbed[1:]]})
@@ -504,6 +517,11 @@ class IncidentBook:
         for inc in self.incidents.values():
             if inc.kind is Kind.MAINTENANCE and inc.maintenance_until is not None:
                 until = scope.get(inc.root)
+                if until is not None and until != inc.maintenance_until \
+                        and now >= inc.maintenance_until:  # fmt: skip
+                    # Works begun after its own ended (a chain would have carried its end
+                    # on before): its fault outlived its works, whatever covers it now.
+                    until = None
                 if until is not None:
                     if inc.maintenance_until != until:  # works extended, added or cut
                         inc.maintenance_until = until

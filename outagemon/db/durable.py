@@ -50,6 +50,10 @@ def event_record(e: Event, inc: Incident | None, subscribers: int,
         # When this fault began, in its timeline (a restart's callers hear it again).
         since = datetime.fromtimestamp(inc.reopened_at + wall, UTC).isoformat()
         record["detail"] = {**e.detail, "since": since}
+    if e.kind is EventKind.ROOT_MOVED and inc is not None and inc.root_since is not None:
+        # When the root it moved up to failed (a restart takes that root up as down since).
+        since = datetime.fromtimestamp(inc.root_since + wall, UTC).isoformat()
+        record["detail"] = {**e.detail, "since": since}
     ended = e.detail.get("works_ended")
     if isinstance(ended, int | float):
         # Works that overran: their end is a time of the monitor's clock, as `at` is.
@@ -69,7 +73,8 @@ def event_record(e: Event, inc: Incident | None, subscribers: int,
         # Heard since then (a restart from the file too); and recovering, its root
         # answered then (callers hear it was fixed then).
         for key, t in (("works_ended", inc.works_ended),
-                       ("recovering_since", inc.recovering_since)):  # fmt: skip
+                       ("recovering_since", inc.recovering_since),
+                       ("root_since", inc.root_since)):  # fmt: skip
             if t is not None:
                 record["snap"][key] = t + wall
     return record
@@ -158,6 +163,7 @@ def _event(found: Pending, kind: str, d: dict[str, Any]) -> None:
             reopened_at=_float_or_none(snap.get("reopened_at")),
             works_ended=_float_or_none(snap.get("works_ended")),
             recovering_since=_float_or_none(snap.get("recovering_since")),
+            root_since=_float_or_none(snap.get("root_since")),
         )  # fmt: skip
     elif kind in (EventKind.RESOLVED, EventKind.MERGED):
         found.incidents.pop(iid, None)
@@ -171,6 +177,7 @@ def _event(found: Pending, kind: str, d: dict[str, Any]) -> None:
         inc.reopened_at = _float_or_none(snap.get("reopened_at"))
         inc.works_ended = _float_or_none(snap.get("works_ended"))
         inc.recovering_since = _float_or_none(snap.get("recovering_since"))
+        inc.root_since = _float_or_none(snap.get("root_since"))
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from outagemon.core.directory import cpe_id
 from outagemon.core.incidents import Incident, IncidentState, Kind, Maintenance
 from outagemon.core.topology import Topology
 from outagemon.db import store
@@ -31,6 +32,10 @@ class Restored:
     # distinct callers; buildings), so a restart keeps who raised them.
     raised: dict[int, tuple[float, int, list[str]]] = field(default_factory=dict)
     call_rates: list[tuple[str, str, float, float]] = field(default_factory=list)  # wall time
+    # Open outages raised by calls and confirmed: their subscribers' routers stored as
+    # answering since the outage counts or earlier (the history leaves out those that
+    # answer on to its end: `Monitor._spared`).
+    answered: dict[int, list[str]] = field(default_factory=dict)
 
 
 async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) -> Restored:
@@ -44,8 +49,15 @@ async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) ->
         max_window = await store.max_maintenance_id(conn)
         histories = await store.node_histories(conn)
         call_rates = await store.call_rates(conn)
+        answered = {
+            r["id"]: await store.answering_since(conn, routers_below(topology, r["root_node"]),
+                                                 r["opened_at"])
+            for r in rows
+            if r["raised_by"] == "calls" and r["kind"] == Kind.OUTAGE.value
+            and r["root_node"] in topology
+        }  # fmt: skip
     found = Restored(next_id=next_id, next_maintenance=int(max_window) + 1,
-                     call_rates=call_rates)  # fmt: skip
+                     call_rates=call_rates, answered=answered)  # fmt: skip
     for r in rows:
         nodes = [n for n in r["nodes"] if n in topology]
         if r["root_node"] not in topology:
@@ -57,6 +69,7 @@ async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) ->
             reopened_at=r["reopened_since"].timestamp() if r["reopened_since"] else None,
             works_ended=_time_or_none(r["works_ended"]),
             recovering_since=_time_or_none(r["recovering_since"]),  # its root answered then
+            root_since=_time_or_none(r["root_since"]),  # a root it moved up to failed then
         )  # fmt: skip
         found.incidents.append(inc)
         opened = r["opened_detail"]
@@ -89,6 +102,13 @@ async def load(pool: asyncpg.Pool, topology: Topology, resolved_after: float) ->
         for w in windows
     ]  # fmt: skip
     return found
+
+
+def routers_below(topology: Topology, root: str) -> list[str]:
+    """The subscribers' own routers below a node."""
+    nodes, prefix = topology.nodes, cpe_id("")
+    below = topology.descendants(root)
+    return [n for n in below if n.startswith(prefix) and nodes[n].kind == "cpe"]
 
 
 def _time_or_none(t: datetime | None) -> float | None:

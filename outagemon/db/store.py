@@ -301,10 +301,13 @@ async def set_incident_eta(conn: Conn, incident_id: int, eta: datetime | None) -
 
 async def add_incident_event(conn: Conn, incident_id: int | None, at: datetime | None,
                              kind: str, detail: str) -> None:  # fmt: skip
-    """A line of an incident's timeline (`detail`: a JSON object, as text)."""
+    """A line of an incident's timeline (`detail`: a JSON object, as text), once: a write
+    the journal file replays at a restart (the daemon died between the database's commit
+    and the file's acknowledgement) finds its line there and adds no second one."""
     await conn.execute(
         "insert into incident_event (incident_id, at, kind, detail)"
-        " values ($1, $2, $3, $4::jsonb)",
+        " select $1, $2, $3, $4::jsonb where not exists (select 1 from incident_event"
+        " where incident_id = $1 and at = $2 and kind = $3 and detail = $4::jsonb)",
         incident_id, at, kind, detail,
     )  # fmt: skip
 
@@ -389,6 +392,16 @@ _SAVE_STATES = (
     " on conflict (node_id) do update set state = excluded.state,"
     " changed_at = excluded.changed_at, loss = excluded.loss, seq = excluded.seq"
 )
+
+
+async def answering_since(conn: Conn, nodes: list[str], before: datetime) -> list[str]:
+    """Those of these nodes last written answering (up) since `before` or earlier."""
+    rows = await conn.fetch(
+        "select node_id from node_state where node_id = any($1::text[]) and state = 'up'"
+        " and changed_at <= $2 order by node_id",
+        nodes, before,
+    )  # fmt: skip
+    return [r["node_id"] for r in rows]
 
 
 async def node_state_values(conn: Conn) -> dict[str, str]:
@@ -1137,7 +1150,8 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
     - incidents: those open at some time in the period, oldest first, with when each was
       opened (its "opened" event), its first repair estimate, and when it was resolved
       and reopened (`resolutions`, `reopenings`, and `since`: the start of each fault
-      that reopened it), null if never; a suspicion never
+      that reopened it), null if never; how many of its subscribers its end named spared
+      (`spared`: a confirmed outage raised by calls, 0 for others); a suspicion never
       confirmed (kind suspected: dismissed, expired, taken over by the probes' incident
       or still open) is no outage and is left out, as the impact record leaves it out;
     - blind: when the monitor could not see, clipped to the period, open ones up to
@@ -1151,10 +1165,10 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
                    i.merged_into, i.subscribers, i.calls, ev.detected_at,
                    ev.etas[1][1] as first_eta_at, ev.etas[1][2] as first_eta,
                    case when ev.reopenings is not null then ev.resolutions end as resolutions,
-                   ev.reopenings, ev.since
+                   ev.reopenings, ev.since, coalesce(ev.spared, 0) as spared
             from incident i
-            -- One look at the incident's events: its opening, first estimate, and when it
-            -- was resolved and reopened.
+            -- One look at the incident's events: its opening, first estimate, when it
+            -- was resolved and reopened, and whom its end found spared.
             left join lateral (
                 select min(e.at) filter (where e.kind = 'opened') as detected_at,
                        array_agg(array[e.at, (e.detail->>'eta')::timestamptz]
@@ -1166,10 +1180,13 @@ async def report(conn: Conn, start: datetime, end: datetime, now: datetime,
                        array_agg(e.at order by e.at) filter (where e.kind = 'reopened')
                            as reopenings,
                        array_agg(coalesce((e.detail->>'since')::timestamptz, e.at)
-                                 order by e.at) filter (where e.kind = 'reopened') as since
+                                 order by e.at) filter (where e.kind = 'reopened') as since,
+                       max(jsonb_array_length(e.detail->'spared'))
+                           filter (where jsonb_typeof(e.detail->'spared') = 'array')
+                           as spared
                 from incident_event e
                 where e.incident_id = i.id
-                  and e.kind in ('opened', 'eta', 'resolved', 'reopened')
+                  and e.kind in ('opened', 'eta', 'resolved', 'reopened', 'merged')
             ) ev on true
             where i.opened_at < $2 and coalesce(i.resolved_at, 'infinity') > $1
               and i.kind <> 'suspected'
@@ -1247,11 +1264,14 @@ async def replica_incident_nodes(conn: Conn, incident_id: int, after: str | None
 
 # When an incident's current fault began, if it reopened (or failed again while
 # recovering): the `since` of its latest such event (the incident keeps its first fault's
-# start as opened_at).
+# start as opened_at). When its root failed, if the root moved up: the latest move's.
 _REOPENED = """
     (select (e.detail->>'since')::timestamptz from incident_event e
      where e.incident_id = i.id and e.kind in ('reopened', 'refailed') and e.detail ? 'since'
      order by e.at desc, e.id desc limit 1) as reopened_since,
+    (select (e.detail->>'since')::timestamptz from incident_event e
+     where e.incident_id = i.id and e.kind = 'root_moved' and e.detail ? 'since'
+     order by e.at desc, e.id desc limit 1) as root_since,
     (select (e.detail->>'works_ended')::timestamptz from incident_event e
      where e.incident_id = i.id and e.kind = 'kind_changed'
        and jsonb_typeof(e.detail->'works_ended') = 'string'  -- seconds before the 11th session

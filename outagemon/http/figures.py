@@ -186,7 +186,10 @@ def _stored(r: Any) -> Stored:
     return Stored(
         id=r["id"], state=r["state"], kind=r["kind"], root=r["root_node"],
         opened_at=r["opened_at"].timestamp(), resolved_at=_s(r["resolved_at"]),
-        merged_into=r["merged_into"], subscribers=r["subscribers"], calls=r["calls"],
+        # Those it cut off, as billing counts them: less those its end found spared (their
+        # routers answered throughout: the probes saw the way to them working).
+        merged_into=r["merged_into"], subscribers=max(0, r["subscribers"] - r["spared"]),
+        calls=r["calls"],
         detected_at=_s(r["detected_at"]),
         first_eta_at=_s(r["first_eta_at"]), first_eta=_s(r["first_eta"]),
         gaps=_gaps(r["resolutions"], r["reopenings"], r["since"]),

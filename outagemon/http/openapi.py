@@ -361,7 +361,12 @@ RESPONSE = {
         "detected_at": NULLABLE_TIME,
         "resolved_at": NULLABLE_TIME,
         "merged_into": {"type": "string", "nullable": True},
-        "subscribers": {"type": "integer"},
+        "subscribers": {
+            "type": "integer",
+            "description": "Subscribers it cut off: those its nodes serve, less those a "
+            "confirmed outage raised by calls spared (their routers answered throughout), "
+            "as billing counts them.",
+        },
         "calls": {"type": "integer"},
         "first_eta_at": NULLABLE_TIME,
         "first_eta": NULLABLE_TIME,
@@ -384,7 +389,7 @@ RESPONSE = {
         },
         "subscriber_hours": {
             **_NUM,
-            "description": "Subscribers × hours down (a reopened incident's faults, not "
+            "description": "`subscribers` × hours down (a reopened incident's faults, not "
             "the service between them).",
         },
     },

@@ -453,7 +453,13 @@ def _tree(rt: Runtime, inc: dict[str, Any]) -> Markup:
     return Markup('<ul class="tree">' + branch(inc["root_node"], 0) + "</ul>")
 
 
-def _timeline_text(kind: str, detail: dict[str, Any]) -> str:
+def _timeline_text(kind: str, detail: dict[str, Any], raised_by: str | None = None) -> str:
+    """A timeline line as a sentence; `raised_by`: the incident's (a root the probes moved
+    up is not a suspicion widened by callers)."""
+    if kind == "root_moved" and raised_by != "calls":
+        absorbed = detail.get("absorbed") or []
+        also = f", absorbing incident(s) {', '.join(map(str, absorbed))}" if absorbed else ""
+        return f"Its root moved up from {detail.get('from')}: a failure above it cuts it off{also}."
     if kind == "note":
         return f"{detail.get('note', '')} — {detail.get('by', '')}"
     if kind == "eta" and detail.get("eta") is None:
@@ -571,10 +577,11 @@ async def incident_page(request: web.Request) -> web.Response:
     if iid is None or inc is None:
         raise bad(f"there is no incident {raw}.", 404)
     timeline: list[dict[str, str]] = []
+    raised_by = inc.get("raised_by")
     try:
         for at, kind, detail in await queries.timeline(rt, iid):
             timeline.append({"at": local(at).strftime("%d.%m %H:%M:%S"), "kind": kind,
-                             "text": _timeline_text(kind, detail)})  # fmt: skip
+                             "text": _timeline_text(kind, detail, raised_by)})  # fmt: skip
     except Exception as e:
         log.warning("page.database_unavailable", error=str(e))
     html = ENV.get_template("incident.html").render(

@@ -142,14 +142,17 @@ def restarted(old: Monitor, cfg: config.Config, directory: Directory,
               clock: Callable[[], float]) -> Monitor:  # fmt: skip
     """A new monitor from what the old one stored, as Monitor.restore reads it back and
     hands to Monitor.resume: open incidents (id, kind, root, nodes, opened, when a
-    recovering one's root answered), their ETAs, loss histories, planned works,
+    recovering one's root answered, when it last reopened or failed again, when works
+    that overran ended, when a root it moved up to failed: each from its latest event of
+    that kind, `store._REOPENED`), their ETAs, loss histories, planned works,
     incidents resolved within restored_for."""
     new = Monitor(cfg, directory, Registry(), clock=clock)
     since = clock() - cfg.messages.restored_for
     topo = directory.topology.nodes
     found = Restored(
         incidents=[Incident(i.id, i.root, i.kind, i.inferred, i.opened_at, list(i.nodes),
-                            recovering_since=i.recovering_since)
+                            recovering_since=i.recovering_since, reopened_at=i.reopened_at,
+                            works_ended=i.works_ended, root_since=i.root_since)
                    for i in old.correlator.incidents.values()],
         next_id=old.correlator.next_id,
         eta=dict(old.eta),
