@@ -65,6 +65,12 @@ KEPT_CALLS = 200  # calls kept per suspected incident (for the page's chart); mo
 # Only these answers leave a call unexplained: the others are an incident, planned works,
 # the caller's own router, a recent repair, or a monitor that cannot see.
 UNEXPLAINED = frozenset({"ok"})
+# Only the subscribers' own calls are callers: a helpdesk operator looking a subscriber
+# up (`channel=helpdesk`, `outagemon lookup`) is not the subscriber calling.
+CALLERS_CHANNELS = frozenset({"ivr"})
+# The first character of the key of a caller who named no home (an address without a
+# flat): the detector tells them from the homes by it (see `CallWatch._household`).
+UNNAMED = "~"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +123,14 @@ class Settings:
     scan_chance: float = 3e-7
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """One resolved /check: when, the serving node, the building (as written for people),
     the caller's key (a hash, never the phone or account), the channel, the answer given,
     and whether the caller's own probed router was answering then (`router_up`: the
-    network up to them works, so the call says nothing about their entrance or building)."""
+    network up to them works, so the call says nothing about their entrance or building).
+    Not frozen: the detector gives a caller who named no home the key of a home of their
+    building that called too (`CallWatch._household`)."""
 
     at: float
     node: str
@@ -134,10 +142,11 @@ class Call:
 
 
 def caller_key(salt: bytes, kind: str, value: str) -> str:
-    """A caller's key as kept: a keyed hash of how they were named (never the value)."""
+    """A caller's key as kept: a keyed hash of how they were named (never the value);
+    marked `UNNAMED` for a caller who named only their building (kind "building")."""
     h = hashlib.blake2b(f"{kind}\x00{value}".encode("utf-8", "surrogateescape"),
                         key=salt, digest_size=8)  # fmt: skip
-    return h.hexdigest()
+    return UNNAMED + h.hexdigest() if kind == "building" else h.hexdigest()
 
 
 def building_text(building: str) -> str:
@@ -330,6 +339,10 @@ class CallWatch:
         self._by_node: dict[str, deque[Call]] = {}
         self._counts: dict[str, dict[str, int]] = {}  # node -> caller -> calls in the window
         self._taken: set[int] = set()
+        # building -> caller -> (their last call, its node), over the last `window`
+        # seconds (`_household`), and the order they leave it in: (at, building, caller).
+        self._homes: dict[str, dict[str, tuple[float, str]]] = {}
+        self._homes_order: deque[tuple[float, str, str]] = deque()
         self.open: dict[int, Suspicion] = {}
         self._roots: dict[str, Suspicion] = {}
         self._roots_stale = False
@@ -552,8 +565,10 @@ class CallWatch:
         grown: set[int] = set()  # the suspicions that took a call
         for call in calls:
             if (call.status not in UNEXPLAINED or call.router_up
+                    or call.channel not in CALLERS_CHANNELS
                     or call.node not in self.topology or explained(call.node)):  # fmt: skip
                 continue  # (told `ok` just before the probes saw a fault: explained now)
+            self._household(call, now)
             found = self.covering(call.node)
             if found is not None:
                 found.attach(call)
@@ -607,9 +622,58 @@ class CallWatch:
         usual = self.expected(sus.incident.root, now - s.expire_after, now)
         return len(sus.recent) < poisson_threshold(usual, 0.01, 1)
 
+    def _household(self, call: Call, now: float) -> None:
+        """One home, one caller, whether they named their flat or not: a caller who named
+        only the building (`UNNAMED`) while a home of it called in the window is taken
+        as that home (the latest), and the first home to call after such a caller takes
+        their calls over, so "address" and then "address and flat 12" is one caller. Two
+        people, one naming no flat, are counted as one: the detector cannot tell them
+        apart, and must never count one person twice."""
+        building = call.building
+        if not building:
+            return
+        order, window = self._homes_order, self.settings.window
+        while order and order[0][0] < now - window:
+            at, b, who = order.popleft()
+            kept = self._homes.get(b)
+            if kept is not None and kept.get(who, (None,))[0] == at:
+                del kept[who]
+                if not kept:
+                    del self._homes[b]
+        homes = self._homes.setdefault(building, {})
+        if call.caller.startswith(UNNAMED):
+            named = [(at, who) for who, (at, _) in homes.items() if not who.startswith(UNNAMED)]
+            if named:
+                call.caller = max(named)[1]
+        else:
+            for who, (_, node) in list(homes.items()):
+                if who.startswith(UNNAMED):
+                    self._rename(who, call.caller, node)
+                    del homes[who]
+        homes[call.caller] = (call.at, call.node)
+        order.append((call.at, building, call.caller))
+
+    def _rename(self, old: str, new: str, node: str) -> None:
+        """The calls of caller `old` (at `node`, or taken by a suspicion) become `new`'s."""
+        for call in self._by_node.get(node, ()):
+            if call.caller == old:
+                self._count_out(call)
+                call.caller = new
+                self._count_in(call)
+        for sus in self.open.values():
+            if old in sus.callers:
+                sus.callers.discard(old)
+                sus.callers.add(new)
+                for call in sus.calls:
+                    if call.caller == old:
+                        call.caller = new
+
     def _add(self, call: Call) -> None:
         self.window.append(call)
         self._by_node.setdefault(call.node, deque()).append(call)
+        self._count_in(call)
+
+    def _count_in(self, call: Call) -> None:
         largest, below = self.settings.max_subscribers, self.below
         for n in self._chain(call.node):
             if below.get(n, 0) <= largest:  # a larger place is never suspected
@@ -626,6 +690,9 @@ class CallWatch:
                 mine.remove(call)
             if not mine:
                 del self._by_node[call.node]
+        self._count_out(call)
+
+    def _count_out(self, call: Call) -> None:
         for n in self._chain(call.node):
             per = self._counts.get(n)
             if per is None or call.caller not in per:
