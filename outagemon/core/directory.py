@@ -688,6 +688,16 @@ def is_flat(flat: str) -> bool:
     return _FLAT.fullmatch(flat.strip()) is not None
 
 
+def _number_of(flat: str) -> int | None:
+    """The number of a flat written with a letter or part ("12а", "12/1": 12), as the
+    flats' ranges place it; None for no flat."""
+    flat = flat.strip()
+    if not is_flat(flat):
+        return None
+    digits = flat[: len(flat) - len(flat.lstrip("0123456789"))]
+    return int(digits)
+
+
 def _flat_number(flat: str) -> int | None:
     # ASCII only: "²" and "١" are digits to str.isdigit(), not to int().
     return int(flat) if flat.isascii() and flat.isdigit() else None
@@ -763,7 +773,9 @@ class Directory:
             texts = [served[k][0][0].address.text() for k in keys]
             return Match(candidates=tuple(sorted(texts)))
         key = keys[0]
-        nodes = self.topology.serving_key(key, _flat_number(flat))  # the key not made again
+        # (the key not made again) A flat with a letter or part ("12а", "12/1") is in
+        # the part of its number: the caller named their flat, and is not asked again.
+        nodes = self.topology.serving_key(key, _flat_number(flat) or _number_of(flat))
         return Match(tuple(nodes), served[key][0][0].address, None, (), flat)
 
     def has_flat(self, building: str, flat: str) -> bool:
