@@ -3,8 +3,10 @@ that are no flats, and the rest named in each test."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,11 +16,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from outagemon.http import charts
 from outagemon.probing.engine import RCVBUF_BYTES, rcvbuf_wanted
 from outagemon.sim import citygen
 from tests.conftest import free_port, short_tmp_dir
@@ -65,6 +69,19 @@ async def test_a_flat_that_is_no_flat_is_a_400_naming_it_unless_the_file_has_it(
         # Nothing was counted as a caller or an answer for the refused questions.
         metrics = w.runtime.metrics.render()
         assert 'outagemon_checks_total{channel="ivr",status="ok"} 6' in metrics, metrics
+
+
+async def test_a_flat_with_a_letter_is_placed_by_its_number_in_a_building_split_by_flat(
+    fresh_db: str,
+) -> None:
+    """пр-т Мира, д. 10 is split by flat (1-40, 41-80): "12а" was placed in neither part
+    (answered for the building's switch, as if no flat were given, though the caller
+    named it); now in flat 12's."""
+    async with world(fresh_db) as w:
+        mira = "пр-т Мира, д. 10"
+        for flat, node in (("12а", "seg-mira-1"), ("12 А", "seg-mira-1"), ("50/1", "seg-mira-2")):
+            status, body = await asked(w, address=mira, flat=flat)
+            assert status == 200 and body["node"] == node, (flat, body)
 
 
 # -- the daemon's start, as systemd runs it: only CAP_NET_RAW of root's capabilities ---
@@ -161,3 +178,54 @@ def test_a_receive_queue_large_enough_for_the_targets_is_not_warned_about(
     targets = started.wait_for("daemon.first_round_done", within=1)["targets"]
     assert all(e["rcvbuf"] >= rcvbuf_wanted(targets) for e in sockets), (targets, sockets)
     assert [e for e in started.events() if e["event"] == "probe.rcvbuf_small"] == []
+
+
+# -- /reports for a Russian reader --------------------------------------------------
+
+
+def test_the_reports_charts_write_numbers_no_reader_misreads() -> None:
+    """Written "1.447" is one thousand four hundred and forty-seven to a Russian reader, "1,447"
+    to an English one: the page's figures have at most two decimals after a point and
+    thousands apart by a narrow space, whatever `[messages] language` (the page's words
+    are English); the data- attributes, read by programs, keep the API's figures."""
+    place = {"key": "ул. Ленина, д. 5", "outage_minutes": 1234.5, "planned_minutes": 0.25,
+             "incidents": 1, "availability_pct": 99.9785}  # fmt: skip
+    drawn = str(charts.worst([place], "buildings"))
+    g = charts.GROUP
+    assert f"1{g}234.5 min out, 0.25 min planned works, 1 incident, 99.97 % available" in drawn
+    assert f"1{g}234.5 min · 99.97 %" in drawn
+    assert 'data-outage-minutes="1234.5"' in drawn and 'data-availability="99.9785"' in drawn
+    bucket = {"at": "2026-12-01T00:30:00+00:00", "calls_per_minute": 1 / 3, "open_incidents": 1}
+    drawn = str(charts.calls([bucket], 1764548100.0, 1764549900.0, 900.0))
+    assert "0.33 calls a minute, 1 incident open" in drawn, drawn
+    assert charts.percent(99.999) == "99.99" and charts.figure(12.0) == "12"
+
+
+async def test_the_reports_page_of_a_russian_monitor_keeps_its_figures_unambiguous(
+    fresh_db: str,
+) -> None:
+    from tests.test_reports import insert_incidents, reports_world
+
+    async with reports_world(fresh_db) as w:  # [messages] language = "ru"
+        assert w.runtime.config.messages.language == "ru"
+        await w.flushed()  # the nodes are stored: incidents refer to them
+        base = datetime.now().astimezone() - timedelta(hours=2)
+        # 89 subscribers for a minute: 1.4833 subscriber-hours.
+        one = (2001, "outage", "resolved", "sw-lenina-5", ["sw-lenina-5"], 0, 1, None, 89, 0,
+               0.75, None, None)  # fmt: skip
+        async with w.pool.acquire() as conn:
+            await insert_incidents(conn, [one], base)
+        async with w.session.get(w.url("/reports")) as r:
+            assert r.status == 200
+            page = await r.text()
+        totals = re.search(r'<p class="muted" id="totals">(.*?)</p>', page)
+        assert totals is not None
+        assert " · 1.48 subscriber-hours lost · " in html.unescape(totals.group(1)), totals
+        assert '<html lang="en">' in page  # the page's words: English
+        # The API (and the billing CSV) are read by programs: full figures, a point.
+        start = (base - timedelta(hours=1)).isoformat()
+        async with w.session.get(w.url("/api/v1/reports/incidents"), headers=w.auth(),
+                                 params={"from": start, "to": datetime.now().astimezone()
+                                         .isoformat()}) as r:  # fmt: skip
+            body = await r.json()
+        assert r.status == 200 and 1.48 < body["totals"]["subscriber_hours"] < 1.49, body
