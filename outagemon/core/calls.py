@@ -183,6 +183,37 @@ class CallLog:
         return taken
 
 
+class _Building:
+    """A building's callers in the detector's window (`CallWatch._household`): the homes
+    that named themselves (caller -> their last call), the one that called last, and the
+    callers who named no home while none had (caller -> their last call, its node)."""
+
+    __slots__ = ("last", "named", "unnamed")
+
+    def __init__(self) -> None:
+        self.named: dict[str, float] = {}
+        self.last = ""
+        self.unnamed: dict[str, tuple[float, str]] = {}
+
+    def latest(self) -> str | None:
+        """The home of the building that called last in the window (None: none did)."""
+        if self.last in self.named:
+            return self.last
+        if not self.named:
+            return None
+        self.last = max(self.named, key=self.named.__getitem__)
+        return self.last
+
+    def forget(self, caller: str, at: float) -> bool:
+        """A call at `at` leaves the window: its caller too, unless they called since.
+        Whether the building has no caller left."""
+        if self.named.get(caller) == at:
+            del self.named[caller]
+        elif caller in self.unnamed and self.unnamed[caller][0] == at:
+            del self.unnamed[caller]
+        return not self.named and not self.unnamed
+
+
 @dataclass(slots=True)
 class Suspicion:
     """A suspected incident (or, once confirmed by an engineer, an outage raised by calls)
@@ -341,7 +372,7 @@ class CallWatch:
         self._taken: set[int] = set()
         # building -> caller -> (their last call, its node), over the last `window`
         # seconds (`_household`), and the order they leave it in: (at, building, caller).
-        self._homes: dict[str, dict[str, tuple[float, str]]] = {}
+        self._homes: dict[str, _Building] = {}
         self._homes_order: deque[tuple[float, str, str]] = deque()
         self.open: dict[int, Suspicion] = {}
         self._roots: dict[str, Suspicion] = {}
@@ -636,21 +667,23 @@ class CallWatch:
         while order and order[0][0] < now - window:
             at, b, who = order.popleft()
             kept = self._homes.get(b)
-            if kept is not None and kept.get(who, (None,))[0] == at:
-                del kept[who]
-                if not kept:
-                    del self._homes[b]
-        homes = self._homes.setdefault(building, {})
+            if kept is not None and kept.forget(who, at):
+                del self._homes[b]
+        kept = self._homes.get(building)
+        if kept is None:
+            kept = self._homes[building] = _Building()
         if call.caller.startswith(UNNAMED):
-            named = [(at, who) for who, (at, _) in homes.items() if not who.startswith(UNNAMED)]
-            if named:
-                call.caller = max(named)[1]
+            home = kept.latest()
+            if home is not None:
+                call.caller = home
+            else:
+                kept.unnamed[call.caller] = (call.at, call.node)
         else:
-            for who, (_, node) in list(homes.items()):
-                if who.startswith(UNNAMED):
-                    self._rename(who, call.caller, node)
-                    del homes[who]
-        homes[call.caller] = (call.at, call.node)
+            for who, (_, node) in kept.unnamed.items():
+                self._rename(who, call.caller, node)
+            kept.unnamed.clear()
+            kept.named[call.caller] = call.at
+            kept.last = call.caller
         order.append((call.at, building, call.caller))
 
     def _rename(self, old: str, new: str, node: str) -> None:
