@@ -90,11 +90,11 @@ def _lanes(bars: Sequence[tuple[float, float]]) -> list[int]:
 GROUP = "\u202f"  # a narrow no-break space between groups of thousands (SI, ISO 80000)
 
 
-def figure(value: float, decimals: int = 2) -> str:
+def figure(value: float) -> str:
     """A number for people, read alike in Russian and English: at most two decimals after
     a point (three digits after one are thousands to a Russian reader: "1.447"), trailing
     zeros dropped, thousands apart by a narrow space, never a comma ("1 234.5")."""
-    text = f"{value:,.{min(decimals, 2)}f}"
+    text = f"{value:,.2f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text == "-0" else text.replace(",", GROUP)
