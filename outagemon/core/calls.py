@@ -594,12 +594,13 @@ class CallWatch:
         self._proven = proven
         touched: set[str] = set()
         grown: set[int] = set()  # the suspicions that took a call
+        self._forget_homes(now)
         for call in calls:
             if (call.status not in UNEXPLAINED or call.router_up
                     or call.channel not in CALLERS_CHANNELS
                     or call.node not in self.topology or explained(call.node)):  # fmt: skip
                 continue  # (told `ok` just before the probes saw a fault: explained now)
-            self._household(call, now)
+            self._household(call)
             found = self.covering(call.node)
             if found is not None:
                 found.attach(call)
@@ -653,7 +654,16 @@ class CallWatch:
         usual = self.expected(sus.incident.root, now - s.expire_after, now)
         return len(sus.recent) < poisson_threshold(usual, 0.01, 1)
 
-    def _household(self, call: Call, now: float) -> None:
+    def _forget_homes(self, now: float) -> None:
+        """The buildings' callers whose last call left the window (`_household`)."""
+        order, since = self._homes_order, now - self.settings.window
+        while order and order[0][0] < since:
+            at, building, who = order.popleft()
+            kept = self._homes.get(building)
+            if kept is not None and kept.forget(who, at):
+                del self._homes[building]
+
+    def _household(self, call: Call) -> None:
         """One home, one caller, whether they named their flat or not: a caller who named
         only the building (`UNNAMED`) while a home of it called in the window is taken
         as that home (the latest), and the first home to call after such a caller takes
@@ -663,12 +673,6 @@ class CallWatch:
         building = call.building
         if not building:
             return
-        order, window = self._homes_order, self.settings.window
-        while order and order[0][0] < now - window:
-            at, b, who = order.popleft()
-            kept = self._homes.get(b)
-            if kept is not None and kept.forget(who, at):
-                del self._homes[b]
         kept = self._homes.get(building)
         if kept is None:
             kept = self._homes[building] = _Building()
@@ -684,7 +688,7 @@ class CallWatch:
             kept.unnamed.clear()
             kept.named[call.caller] = call.at
             kept.last = call.caller
-        order.append((call.at, building, call.caller))
+        self._homes_order.append((call.at, building, call.caller))
 
     def _rename(self, old: str, new: str, node: str) -> None:
         """The calls of caller `old` (at `node`, or taken by a suspicion) become `new`'s."""
