@@ -841,6 +841,7 @@ def _prepare(
             shown = loaded.problems[: reloading.SKIPPED_SHOWN]
             raise ConfigError([*shown, f"{new.topology.subscribers}: no subscriber could be "
                                "loaded from it; the running subscribers are kept."])  # fmt: skip
+        loaded.directory.named_flats()  # made here, not at a caller's question on the loop
         targets = targets_of(anchors_of(new, loaded.directory), loaded.directory)
         derived: tuple[Change | None, dict[str, int] | None] = (None, None)
         if running is not None:
@@ -962,6 +963,7 @@ def run(config_path: Path, source: ProbeSource | None = None) -> int:
         texts = dataclasses.replace(texts, suspected=cfg.callers.sentence)
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers,
                                 PhonePlan.of(cfg.topology.phones))  # fmt: skip
+        loaded.directory.named_flats()  # before serving (and before the workers' fork)
     except ConfigError as e:
         for problem in config_mod.keyed(e.problems, cfg) if cfg is not None else e.problems:
             print(problem, file=sys.stderr)

@@ -780,18 +780,24 @@ class Directory:
 
     def has_flat(self, building: str, flat: str) -> bool:
         """Whether a subscriber of this building (its key) lives in a flat of this name,
-        as `flat_key` reads it ("Офис 3", "abc": the file's own names for homes). The
-        names not written as flats are gathered once, at the first question: few."""
+        as `flat_key` reads it ("Офис 3", "abc": the file's own names for homes)."""
+        return flat_key(flat) in self.named_flats().get(building, ())
+
+    def named_flats(self) -> dict[str, set[str]]:
+        """building key -> its subscribers' flats not written as flats (few), gathered at
+        the first call: the daemon makes it off the event loop (its load, a reload's
+        thread), as a scan of a million subscribers takes a quarter of a second."""
         named = self._named_flats
         if named is None:
             named = {}
             places = self.subscribers.places
             for written, p in zip(_texts(self.subscribers.flats), self.subscribers.place,
                                   strict=True):  # fmt: skip
-                if written and not is_flat(written):
+                number = written.isascii() and written.isdigit()  # most: cheaply passed
+                if written and not number and not is_flat(written):
                     named.setdefault(places[p][1].key, set()).add(flat_key(written))
             self._named_flats = named
-        return flat_key(flat) in named.get(building, ())
+        return named
 
     def _meaning(self, text: str) -> tuple[Address | None, list[str]]:
         """A written address as parsed (None: not an address) and the keys of the
