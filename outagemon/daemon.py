@@ -57,6 +57,10 @@ log = logs.get("outagemon.daemon")
 RELOAD_SWITCH_INTERVAL = 0.001  # s: the interpreter's switch interval while a reload's thread runs
 # Seconds between the daemon's pings of a connected database.
 DB_PING_EVERY = 3.0
+# Seconds READY=1 waits at most for the database's first answer (taking up what it
+# remembers): below the unit's TimeoutStartSec (90 s), so a database that is away never
+# gets the service killed at start (it answers from memory and its journal file).
+READY_WAIT = 60.0
 CRITICAL = {"scheduler", "correlate", "engine", "writer", "simulate", "watchdog", "reloads",
             "lease"}  # fmt: skip
 Task = Coroutine[Any, Any, None]
@@ -132,6 +136,9 @@ class Daemon:
         self._main: asyncio.Task[Any] | None = None
         self._born = time.time()  # this run's start, for the outage history's gaps
         self._reload_wanted = asyncio.Event()
+        # Set once the database's first attempt is over: it answered and what it remembers
+        # was taken up, or it did not answer (READY=1 waits for it).
+        self._database_tried = asyncio.Event()
         metrics = self.runtime.metrics
         self._reloads = metrics.counter(
             "outagemon_config_reloads_total", "Config reloads by outcome (applied, refused)."
@@ -176,8 +183,10 @@ class Daemon:
                 stack.push_async_callback(self._cancel, self.tasks)
                 try:
                     await self._start(stack)
+                    await self._known()
                     self.notifier.send("READY=1")
-                    log.info("daemon.ready", listen=self.config.http.listen)
+                    log.info("daemon.ready", listen=self.config.http.listen,
+                             database=self.runtime.database or "up")  # fmt: skip
                     await asyncio.Event().wait()  # the background tasks do the work
                 finally:
                     self.notifier.send("STOPPING=1")
@@ -189,6 +198,17 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         log.info("daemon.stopped", signal=self.stop_signal)
         return 1 if (self.stop_signal or "").startswith("failed:") else 0
+
+    async def _known(self) -> None:
+        """Until /check answers with what this daemon knows: the database (the embedded
+        one started and initialised, or yours) answered and what it remembers was taken
+        up, or it did not answer (the journal file's is all there is), at most READY_WAIT."""
+        try:
+            async with asyncio.timeout(READY_WAIT):
+                await self._database_tried.wait()
+        except TimeoutError:
+            log.warning("daemon.ready_without_database", waited=READY_WAIT,
+                        reason=self.runtime.database)  # fmt: skip
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         # A signal handler only cancels; the cleanup is the exit stack's, in run().
@@ -349,6 +369,7 @@ class Daemon:
                     "and what it remembers is taken up once it answers"
                 )
                 log.warning("daemon.database_unavailable", error=reason, retry_in=delay)
+                self._database_tried.set()  # READY=1: what is known is what memory holds
                 for pool in (holder.pool, holder.reports):
                     if pool is not None:
                         await _close_pool(pool)
@@ -360,6 +381,7 @@ class Daemon:
         writer.attach(holder.pool)
         self.runtime.database = None
         log.info("daemon.restored", incidents=restored, next_incident=monitor.correlator.next_id)
+        self._database_tried.set()
         if holder.embedded is not None:
             self._spawn(watch_embedded(holder.embedded), "embedded")
         self._spawn(self._ping_database(writer), "db_ping")
@@ -819,6 +841,7 @@ def _prepare(
             shown = loaded.problems[: reloading.SKIPPED_SHOWN]
             raise ConfigError([*shown, f"{new.topology.subscribers}: no subscriber could be "
                                "loaded from it; the running subscribers are kept."])  # fmt: skip
+        loaded.directory.named_flats()  # made here, not at a caller's question on the loop
         targets = targets_of(anchors_of(new, loaded.directory), loaded.directory)
         derived: tuple[Change | None, dict[str, int] | None] = (None, None)
         if running is not None:
@@ -940,6 +963,7 @@ def run(config_path: Path, source: ProbeSource | None = None) -> int:
         texts = dataclasses.replace(texts, suspected=cfg.callers.sentence)
         loaded = directory.load(cfg.topology.file, cfg.topology.subscribers,
                                 PhonePlan.of(cfg.topology.phones))  # fmt: skip
+        loaded.directory.named_flats()  # before serving (and before the workers' fork)
     except ConfigError as e:
         for problem in config_mod.keyed(e.problems, cfg) if cfg is not None else e.problems:
             print(problem, file=sys.stderr)

@@ -266,7 +266,7 @@ def test_later_calls_join_it_and_a_quiet_one_expires(town: Directory) -> None:
     ids = Ids()
     w.tick(40.0, calls_from(town, "seg-4-1-1", [10, 20, 30]), never, ids)
     (sus,) = w.open.values()
-    later = Call(500, "seg-4-1-1", "", "late-caller", "helpdesk", "ok")
+    later = Call(500, "seg-4-1-1", "", "late-caller", "ivr", "ok")
     w.tick(510.0, [later], never, ids)
     assert sus.count == 4 and len(sus.callers) == 4 and sus.last_call == 500
     w.take_events()
@@ -276,6 +276,70 @@ def test_later_calls_join_it_and_a_quiet_one_expires(town: Directory) -> None:
     assert not w.open and sus.incident.state is IncidentState.RESOLVED
     (ended,) = w.take_events()
     assert ended.kind is EventKind.RESOLVED and ended.detail["expired"]
+
+
+def test_a_helpdesk_looking_subscribers_up_is_no_caller(town: Directory) -> None:
+    """An operator's lookups (`channel=helpdesk`, `outagemon lookup`) neither raise a
+    suspicion nor join one: the subscribers' own calls do."""
+    w = watch_of(town)
+    ids = Ids()
+    looked_up = [dataclasses.replace(c, channel="helpdesk")
+                 for c in calls_from(town, "seg-4-1-1", [10, 20, 30, 40])]  # fmt: skip
+    w.tick(50.0, looked_up, never, ids)
+    assert not w.open
+    w.tick(60.0, calls_from(town, "seg-4-1-1", [50, 52, 54]), never, ids)
+    (sus,) = w.open.values()
+    assert sus.distinct_callers == 3
+    w.tick(70.0, [Call(65, "seg-4-1-1", "", "agent", "helpdesk", "ok")], never, ids)
+    assert sus.count == 3 and sus.distinct_callers == 3
+
+
+def test_a_caller_naming_their_building_and_then_their_flat_is_one_caller(
+    town: Directory,
+) -> None:
+    """`address=...` and then `address=...&flat=12` is one home: the call that named no
+    flat is the home's that called in the window, whichever came first."""
+    w = watch_of(town, **(BEFORE | {"evidence": 0.0, "scan_chance": 0.0}))  # 3 callers
+    ids = Ids()
+    seg = "seg-1-3-2"
+    building = next(s.address.key for s in town.subscribers if s.serving == seg)
+    unnamed = caller_key(b"salt", "building", building)
+    flat = [caller_key(b"salt", "home", f"{building}\x00{n}") for n in (12, 13, 14)]
+    # The building, then flat 12 (the same person), then flat 13: two callers.
+    w.tick(30.0, [Call(10, seg, building, unnamed, "ivr", "ok"),
+                  Call(20, seg, building, flat[0], "ivr", "ok"),
+                  Call(25, seg, building, flat[1], "ivr", "ok")], never, ids)  # fmt: skip
+    assert not w.open
+    # Another call naming no flat is one of those homes, not a third caller.
+    w.tick(40.0, [Call(35, seg, building, unnamed, "ivr", "ok")], never, ids)
+    assert not w.open
+    w.tick(50.0, [Call(45, seg, building, flat[2], "ivr", "ok")], never, ids)
+    (sus,) = w.open.values()
+    assert sus.callers == set(flat) and sus.first_call == 10
+    # Once a suspicion holds it, an unnamed caller joins a home of theirs (none new).
+    w.tick(60.0, [Call(55, seg, building, unnamed, "ivr", "ok")], never, ids)
+    assert sus.callers == set(flat) and sus.count == 6
+
+
+def test_a_caller_naming_no_flat_counts_when_no_home_of_their_building_called(
+    town: Directory,
+) -> None:
+    """A caller naming only their building is still a caller, once a building, when no
+    home of that building called: here beside two homes of another building."""
+    w = watch_of(town, **(BEFORE | {"evidence": 0.0, "scan_chance": 0.0}))
+    ids = Ids()
+    seg = "seg-1-3-2"
+    building = next(s.address.key for s in town.subscribers if s.serving == seg)
+    homes = [caller_key(b"salt", "home", f"{building}\x00{n}") for n in (12, 13)]
+    other = "ул. Другая, д. 1"  # served by the same entrance
+    unnamed = caller_key(b"salt", "building", other)
+    w.tick(30.0, [Call(10, seg, other, unnamed, "ivr", "ok"),
+                  Call(15, seg, other, unnamed, "ivr", "ok"),
+                  Call(20, seg, building, homes[0], "ivr", "ok")], never, ids)  # fmt: skip
+    assert not w.open
+    w.tick(40.0, [Call(30, seg, building, homes[1], "ivr", "ok")], never, ids)
+    (sus,) = w.open.values()
+    assert sus.callers == {unnamed, *homes}
 
 
 def widened_from_an_entrance(

@@ -370,3 +370,32 @@ async def test_a_suspicion_at_a_node_answering_the_probes_is_not_confirmed(
         assert (await w.check(account="1007"))["status"] == "ok"  # ул. Садовая, д. 5
         status, body = await post(w, str(iid), {"dismiss": True})
         assert status == 200, body
+
+
+# The window's count alone (3 callers), so that two callers raise nothing.
+COUNT_ALONE = "[callers]\nevidence = 0\nscan_chance = 0\n"
+
+
+async def test_asking_by_the_address_then_with_the_flat_is_one_caller(fresh_db: str) -> None:
+    async with world(fresh_db, subscribers=NEIGHBOURS, extra=COUNT_ALONE) as w:
+        mira = "пр-т Мира, д. 10"
+        for asked in ({"address": mira}, {"address": mira, "flat": "20"},
+                      {"account": "1021"}):  # fmt: skip
+            assert (await w.check(**asked))["status"] == "ok"
+        w.run(2)
+        assert await incidents(w) == [], "flat 20 asked without and with its flat: 2 callers"
+        await w.check(account="1022")
+        w.run(2)
+        (sus,) = await incidents(w)
+        assert sus["kind"] == "suspected" and sus["callers"] == 3, sus
+
+
+async def test_helpdesk_lookups_are_not_callers(fresh_db: str) -> None:
+    async with world(fresh_db, subscribers=NEIGHBOURS, extra=COUNT_ALONE) as w:
+        for account in ("1020", "1021", "1022", "1030"):
+            answer = await w.check(account=account, channel="helpdesk")
+            assert answer["status"] == "ok", answer
+        w.run(2)
+        assert await incidents(w) == []
+        sus = await three_callers_of_the_first_entrance(w)  # the subscribers themselves
+        assert sus["callers"] == 3

@@ -340,20 +340,12 @@ def test_a_subscribers_file_in_windows_1251_is_named_as_not_utf8(tmp_path: Path)
 
 async def test_the_reports_page_totals_say_one_incident_and_one_call(fresh_db: str) -> None:
     # "1 incidents (1 outages, 0 planned works) · ... · 1 calls answered by the phone menu".
-    from tests.test_reports import insert_incidents, reports_world
+    from tests.test_reports import reports_totals_after, reports_world
 
     async with reports_world(fresh_db) as w:
-        await w.flushed()  # the nodes are stored: incidents refer to them
-        base = datetime.now().astimezone() - timedelta(hours=2)
         one = (2001, "outage", "resolved", "sw-lenina-5", ["sw-lenina-5"], 0, 30, None, 1, 1,
                0.75, None, None)  # fmt: skip
-        async with w.pool.acquire() as conn:
-            await insert_incidents(conn, [one], base)
-        async with w.session.get(w.url("/reports")) as r:
-            assert r.status == 200
-            totals = re.search(r'<p class="muted" id="totals">(.*?)</p>', await r.text())
-        assert totals is not None
-        said = html.unescape(totals.group(1))
+        _, said = await reports_totals_after(w, one)
         assert said.startswith("1 incident (1 outage, 0 planned works) · "), said
         assert said.endswith(" · 1 call answered by the phone menu"), said
 

@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from outagemon.probing.engine import (
     AUTH_LEN,
     EXPIRE_SLICE,
+    RCVBUF_BYTES,
+    REPLY_BYTES,
     STAMP_LEN,
     Engine,
     PermissionProblem,
@@ -453,6 +456,38 @@ def test_malformed_ipv6_packets_are_counted_and_dropped() -> None:
     for packet in (b"", b"\x81\x00", bytes([1, 0]) + bytes(20)):
         engine.feed(packet, "::1", v6=True, raw=True)
     assert got == [] and engine.stats.malformed == 3
+
+
+async def test_a_receive_queue_is_called_small_only_when_it_is_for_the_targets_probed() -> None:
+    """`probe.rcvbuf_small` was logged at every start without CAP_NET_ADMIN, for 8 targets
+    too: now only when the queue cannot hold a reply from each target at once (2 KiB a
+    reply, at most the 32 MiB asked for), once until it fits again."""
+    engine = Engine(lambda *r: None)
+    engine.open()
+    try:
+        fam = engine._family(socket.AF_INET)
+        # As without CAP_NET_ADMIN: the kernel caps the queue at net.core.rmem_max, doubled.
+        fam.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+        fam.rcvbuf = fam.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        fits = fam.rcvbuf // REPLY_BYTES
+        with capture_logs() as logs:
+            engine.check_rcvbuf({socket.AF_INET: 8})
+            engine.check_rcvbuf({socket.AF_INET: fits, socket.AF_INET6: 100_000})  # no v6 socket
+            assert logs == []
+            engine.check_rcvbuf({socket.AF_INET: 100_000})
+            engine.check_rcvbuf({socket.AF_INET: 50_000})  # said once
+        (said,) = logs
+        assert said["event"] == "probe.rcvbuf_small" and said["log_level"] == "warning"
+        assert (said["family"], said["targets"], said["effective"], said["wanted"]) == (
+            "ipv4", 100_000, fam.rcvbuf, RCVBUF_BYTES)  # fmt: skip
+        assert said["advice"] == f"sysctl -w net.core.rmem_max={RCVBUF_BYTES}"
+        # A reload that brings the targets down to what fits, and then up again: said again.
+        with capture_logs() as logs:
+            engine.check_rcvbuf({socket.AF_INET: fits})
+            engine.check_rcvbuf({socket.AF_INET: fits + 1})
+        assert [(r["targets"], r["wanted"]) for r in logs] == [(fits + 1, (fits + 1) * REPLY_BYTES)]
+    finally:
+        engine.close()
 
 
 # -- run(): the probe command's loop, without asyncio -----------------------------------

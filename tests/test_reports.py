@@ -4,6 +4,7 @@ figures worked out by hand (below, in minutes from the period's start T0)."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 import textwrap
@@ -175,6 +176,21 @@ async def reports_world(dsn: str, extra: str = "") -> AsyncIterator[World]:
             yield w
         finally:
             await w.runtime.reports.close()
+
+
+async def reports_totals_after(w: World, *incidents: tuple[Any, ...]) -> tuple[str, str]:
+    """The /reports page once these incidents (`insert_incidents`' rows, from two hours
+    ago) are stored, and its totals' line as read."""
+    await w.flushed()  # the nodes are stored: incidents refer to them
+    base = datetime.now().astimezone() - timedelta(hours=2)
+    async with w.pool.acquire() as conn:
+        await insert_incidents(conn, incidents, base)
+    async with w.session.get(w.url("/reports")) as r:
+        assert r.status == 200
+        page = await r.text()
+    totals = re.search(r'<p class="muted" id="totals">(.*?)</p>', page)
+    assert totals is not None, page
+    return page, html.unescape(totals.group(1))
 
 
 async def get(server: TestServer, path: str, **params: str) -> tuple[int, Any]:

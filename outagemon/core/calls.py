@@ -65,6 +65,12 @@ KEPT_CALLS = 200  # calls kept per suspected incident (for the page's chart); mo
 # Only these answers leave a call unexplained: the others are an incident, planned works,
 # the caller's own router, a recent repair, or a monitor that cannot see.
 UNEXPLAINED = frozenset({"ok"})
+# Only the subscribers' own calls are callers: a helpdesk operator looking a subscriber
+# up (`channel=helpdesk`, `outagemon lookup`) is not the subscriber calling.
+CALLERS_CHANNELS = frozenset({"ivr"})
+# The first character of the key of a caller who named no home (an address without a
+# flat): the detector tells them from the homes by it (see `CallWatch._household`).
+UNNAMED = "~"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +123,14 @@ class Settings:
     scan_chance: float = 3e-7
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """One resolved /check: when, the serving node, the building (as written for people),
     the caller's key (a hash, never the phone or account), the channel, the answer given,
     and whether the caller's own probed router was answering then (`router_up`: the
-    network up to them works, so the call says nothing about their entrance or building)."""
+    network up to them works, so the call says nothing about their entrance or building).
+    Not frozen: the detector gives a caller who named no home the key of a home of their
+    building that called too (`CallWatch._household`)."""
 
     at: float
     node: str
@@ -134,10 +142,11 @@ class Call:
 
 
 def caller_key(salt: bytes, kind: str, value: str) -> str:
-    """A caller's key as kept: a keyed hash of how they were named (never the value)."""
+    """A caller's key as kept: a keyed hash of how they were named (never the value);
+    marked `UNNAMED` for a caller who named only their building (kind "building")."""
     h = hashlib.blake2b(f"{kind}\x00{value}".encode("utf-8", "surrogateescape"),
                         key=salt, digest_size=8)  # fmt: skip
-    return h.hexdigest()
+    return UNNAMED + h.hexdigest() if kind == "building" else h.hexdigest()
 
 
 def building_text(building: str) -> str:
@@ -172,6 +181,37 @@ class CallLog:
         taken = list(self.calls)
         self.calls.clear()
         return taken
+
+
+class _Building:
+    """A building's callers in the detector's window (`CallWatch._household`): the homes
+    that named themselves (caller -> their last call), the one that called last, and the
+    callers who named no home while none had (caller -> their last call, its node)."""
+
+    __slots__ = ("last", "named", "unnamed")
+
+    def __init__(self) -> None:
+        self.named: dict[str, float] = {}
+        self.last = ""
+        self.unnamed: dict[str, tuple[float, str]] = {}
+
+    def latest(self) -> str | None:
+        """The home of the building that called last in the window (None: none did)."""
+        if self.last in self.named:
+            return self.last
+        if not self.named:
+            return None
+        self.last = max(self.named, key=self.named.__getitem__)
+        return self.last
+
+    def forget(self, caller: str, at: float) -> bool:
+        """A call at `at` leaves the window: its caller too, unless they called since.
+        Whether the building has no caller left."""
+        if self.named.get(caller) == at:
+            del self.named[caller]
+        elif caller in self.unnamed and self.unnamed[caller][0] == at:
+            del self.unnamed[caller]
+        return not self.named and not self.unnamed
 
 
 @dataclass(slots=True)
@@ -330,6 +370,10 @@ class CallWatch:
         self._by_node: dict[str, deque[Call]] = {}
         self._counts: dict[str, dict[str, int]] = {}  # node -> caller -> calls in the window
         self._taken: set[int] = set()
+        # building -> caller -> (their last call, its node), over the last `window`
+        # seconds (`_household`), and the order they leave it in: (at, building, caller).
+        self._homes: dict[str, _Building] = {}
+        self._homes_order: deque[tuple[float, str, str]] = deque()
         self.open: dict[int, Suspicion] = {}
         self._roots: dict[str, Suspicion] = {}
         self._roots_stale = False
@@ -550,10 +594,13 @@ class CallWatch:
         self._proven = proven
         touched: set[str] = set()
         grown: set[int] = set()  # the suspicions that took a call
+        self._forget_homes(now)
         for call in calls:
             if (call.status not in UNEXPLAINED or call.router_up
+                    or call.channel not in CALLERS_CHANNELS
                     or call.node not in self.topology or explained(call.node)):  # fmt: skip
                 continue  # (told `ok` just before the probes saw a fault: explained now)
+            self._household(call)
             found = self.covering(call.node)
             if found is not None:
                 found.attach(call)
@@ -607,9 +654,63 @@ class CallWatch:
         usual = self.expected(sus.incident.root, now - s.expire_after, now)
         return len(sus.recent) < poisson_threshold(usual, 0.01, 1)
 
+    def _forget_homes(self, now: float) -> None:
+        """The buildings' callers whose last call left the window (`_household`)."""
+        order, since = self._homes_order, now - self.settings.window
+        while order and order[0][0] < since:
+            at, building, who = order.popleft()
+            kept = self._homes.get(building)
+            if kept is not None and kept.forget(who, at):
+                del self._homes[building]
+
+    def _household(self, call: Call) -> None:
+        """One home, one caller, whether they named their flat or not: a caller who named
+        only the building (`UNNAMED`) while a home of it called in the window is taken
+        as that home (the latest), and the first home to call after such a caller takes
+        their calls over, so "address" and then "address and flat 12" is one caller. Two
+        people, one naming no flat, are counted as one: the detector cannot tell them
+        apart, and must never count one person twice."""
+        building = call.building
+        if not building:
+            return
+        kept = self._homes.get(building)
+        if kept is None:
+            kept = self._homes[building] = _Building()
+        if call.caller.startswith(UNNAMED):
+            home = kept.latest()
+            if home is not None:
+                call.caller = home
+            else:
+                kept.unnamed[call.caller] = (call.at, call.node)
+        else:
+            for who, (_, node) in kept.unnamed.items():
+                self._rename(who, call.caller, node)
+            kept.unnamed.clear()
+            kept.named[call.caller] = call.at
+            kept.last = call.caller
+        self._homes_order.append((call.at, building, call.caller))
+
+    def _rename(self, old: str, new: str, node: str) -> None:
+        """The calls of caller `old` (at `node`, or taken by a suspicion) become `new`'s."""
+        for call in self._by_node.get(node, ()):
+            if call.caller == old:
+                self._count_out(call)
+                call.caller = new
+                self._count_in(call)
+        for sus in self.open.values():
+            if old in sus.callers:
+                sus.callers.discard(old)
+                sus.callers.add(new)
+                for call in sus.calls:
+                    if call.caller == old:
+                        call.caller = new
+
     def _add(self, call: Call) -> None:
         self.window.append(call)
         self._by_node.setdefault(call.node, deque()).append(call)
+        self._count_in(call)
+
+    def _count_in(self, call: Call) -> None:
         largest, below = self.settings.max_subscribers, self.below
         for n in self._chain(call.node):
             if below.get(n, 0) <= largest:  # a larger place is never suspected
@@ -626,6 +727,9 @@ class CallWatch:
                 mine.remove(call)
             if not mine:
                 del self._by_node[call.node]
+        self._count_out(call)
+
+    def _count_out(self, call: Call) -> None:
         for n in self._chain(call.node):
             per = self._counts.get(n)
             if per is None or call.caller not in per:

@@ -676,6 +676,28 @@ def flat_key(flat: str) -> str:
     return flat.casefold()
 
 
+# What a flat is written as when it is one: a number (at most six digits), perhaps with a
+# letter or a part after it ("12", "012", "12а", "12 А", "12/1", "12-2", "12к1").
+_FLAT = re.compile(r"[0-9]{1,6}(?:[ /-][0-9a-zа-яё]{1,3}|[a-zа-яё][0-9a-zа-яё]{0,2})?",
+                   re.IGNORECASE)  # fmt: skip
+
+
+def is_flat(flat: str) -> bool:
+    """Whether a flat as asked about is written as a flat ("12", "12а", "12/1"): anything
+    else is a flat only where the subscribers' file has one so named (`Directory.has_flat`)."""
+    return _FLAT.fullmatch(flat.strip()) is not None
+
+
+def _number_of(flat: str) -> int | None:
+    """The number of a flat written with a letter or part ("12а", "12/1": 12), as the
+    flats' ranges place it; None for no flat."""
+    flat = flat.strip()
+    if not is_flat(flat):
+        return None
+    digits = flat[: len(flat) - len(flat.lstrip("0123456789"))]
+    return int(digits)
+
+
 def _flat_number(flat: str) -> int | None:
     # ASCII only: "²" and "١" are digits to str.isdigit(), not to int().
     return int(flat) if flat.isascii() and flat.isdigit() else None
@@ -698,6 +720,9 @@ class Directory:
         # A written address -> as parsed, and the keys of the buildings it means (see
         # `address`).
         self._written: dict[str, tuple[Address | None, list[str]]] = {}
+        # building key -> the flats of its subscribers not written as flats (`has_flat`);
+        # None: not looked for yet.
+        self._named_flats: dict[str, set[str]] | None = None
 
     # -- phone, account --------------------------------------------------------------
 
@@ -748,8 +773,31 @@ class Directory:
             texts = [served[k][0][0].address.text() for k in keys]
             return Match(candidates=tuple(sorted(texts)))
         key = keys[0]
-        nodes = self.topology.serving_key(key, _flat_number(flat))  # the key not made again
+        # (the key not made again) A flat with a letter or part ("12а", "12/1") is in
+        # the part of its number: the caller named their flat, and is not asked again.
+        nodes = self.topology.serving_key(key, _flat_number(flat) or _number_of(flat))
         return Match(tuple(nodes), served[key][0][0].address, None, (), flat)
+
+    def has_flat(self, building: str, flat: str) -> bool:
+        """Whether a subscriber of this building (its key) lives in a flat of this name,
+        as `flat_key` reads it ("Офис 3", "abc": the file's own names for homes)."""
+        return flat_key(flat) in self.named_flats().get(building, ())
+
+    def named_flats(self) -> dict[str, set[str]]:
+        """building key -> its subscribers' flats not written as flats (few), gathered at
+        the first call: the daemon makes it off the event loop (its load, a reload's
+        thread), as a scan of a million subscribers takes a quarter of a second."""
+        named = self._named_flats
+        if named is None:
+            named = {}
+            places = self.subscribers.places
+            for written, p in zip(_texts(self.subscribers.flats), self.subscribers.place,
+                                  strict=True):  # fmt: skip
+                number = written.isascii() and written.isdigit()  # most: cheaply passed
+                if written and not number and not is_flat(written):
+                    named.setdefault(places[p][1].key, set()).add(flat_key(written))
+            self._named_flats = named
+        return named
 
     def _meaning(self, text: str) -> tuple[Address | None, list[str]]:
         """A written address as parsed (None: not an address) and the keys of the

@@ -20,7 +20,7 @@ from aiohttp import web
 from outagemon import clock, logs
 from outagemon.cluster.replica import Replica
 from outagemon.core.assess import Answer, KeptBody, Status, assess
-from outagemon.core.directory import Directory, Match, flat_key
+from outagemon.core.directory import Directory, Match, flat_key, is_flat
 from outagemon.core.incidents import Kind, Maintenance
 from outagemon.core.messages import Texts, next_local_day
 from outagemon.http import queries
@@ -86,10 +86,29 @@ def find(directory: Directory, query: Mapping[str, str]) -> tuple[str, Match]:
     if key == "account":
         return key, directory.account(value)
     if key == "address":
-        return key, directory.address(value, query.get("flat", ""))
+        flat = query.get("flat", "")
+        return key, _flat_checked(directory, directory.address(value, flat), flat)
     if value in directory.topology:
         return key, Match(nodes=(value,))
     return key, Match()
+
+
+def _flat_checked(directory: Directory, match: Match, asked: str) -> Match:
+    """The match of an address, unless its flat (`asked`, or written in the address) is
+    no flat: a number, perhaps with a letter or part ("12", "12а", "12/1"), or a name the
+    subscribers' file gives a home of that building ("abc" would be spoken "квартира
+    abc"): HTTPBadRequest naming it, whether or not the building was found."""
+    flat = asked.strip() or match.flat
+    if not flat or is_flat(flat):
+        return match
+    building = match.address
+    if building is not None and directory.has_flat(building.key, flat):
+        return match
+    shown = flat.strip()
+    shown = shown if len(shown) <= 40 else shown[:40] + "…"
+    where = f" of {building.text(with_flat=False)}" if building is not None else ""
+    raise bad(f"flat {shown!r} is not a flat number (such as 12, 12а or 12/1), and no "
+              f"subscriber{where} lives in a flat so named.")  # fmt: skip
 
 
 _CHECK_PARAMS = frozenset({"phone", "account", "address", "flat", "node", "format", "call_id",

@@ -89,9 +89,28 @@ def _lanes(bars: Sequence[tuple[float, float]]) -> list[int]:
     return lanes
 
 
+GROUP = "\u202f"  # a narrow no-break space between groups of thousands (SI, ISO 80000)
+
+
+def figure(value: float) -> str:
+    """A number for people, read alike in Russian and English: at most two decimals after
+    a point (three digits after one are thousands to a Russian reader: "1.447"), trailing
+    zeros dropped, thousands apart by a narrow space, never a comma ("1 234.5")."""
+    text = f"{value:,.2f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text.replace(",", GROUP)
+
+
+def percent(value: float) -> str:
+    """An availability for people (see `figure`), cut to two decimals, never rounded up:
+    99.999 % is no 100 %."""
+    return figure(math.floor(value * 100 + 1e-6) / 100)  # (99.8 * 100 is 9979.999...)
+
+
 def _count(n: int, word: str) -> str:
     """A count in words, "1 incident", "2 incidents": a title is read by people."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    return f"{figure(n)} {word}{'' if n == 1 else 's'}"
 
 
 def _when(seconds: float | None) -> str:
@@ -129,8 +148,9 @@ def timeline(incidents: Sequence[dict[str, Any]], start: float, end: float,
             lo, hi = _x(f_lo, start, end), _x(f_hi, start, end)
             # The last fault ends with the incident (None while it is open).
             repaired = r["resolved"] if i == len(faults) - 1 else f_hi
-            title = (f"#{r['id']} {r['kind']} at {r['root_node']}: {r['subscribers']} "
-                     f"subscribers, {_when(f_lo)} – {_when(repaired)}")  # fmt: skip
+            title = (f"#{r['id']} {r['kind']} at {r['root_node']}: "
+                     f"{figure(r['subscribers'])} subscribers, {_when(f_lo)} – "
+                     f"{_when(repaired)}")  # fmt: skip
             rect = _attrs(
                 x=lo, y=y, width=max(hi - lo, 3.0), height=h, rx=2,
                 class_=f"bar {r['kind']} s{shade}", data_incident=r["id"], data_kind=r["kind"],
@@ -160,7 +180,7 @@ def calls(buckets: Sequence[dict[str, Any]], start: float, end: float, step: flo
     for t, rate, n_open in series:
         x0, x1 = _x(t, start, end), _x(t + step, start, end)
         h = (bottom - top) * n_open / most_open
-        title = f"{_when(t)}: {rate:g} calls a minute, {_count(n_open, 'incident')} open"
+        title = f"{_when(t)}: {figure(rate)} calls a minute, {_count(n_open, 'incident')} open"
         parts.append(Markup("<rect {}><title>{}</title></rect>").format(_attrs(
             x=x0, y=bottom - h, width=max(x1 - x0 - 0.5, 0.5), height=h, class_="open",
             data_start=int(t), data_calls=f"{rate:g}", data_open=n_open), title))  # fmt: skip
@@ -169,7 +189,8 @@ def calls(buckets: Sequence[dict[str, Any]], start: float, end: float, step: flo
     if points:
         parts.append(Markup("<polyline {}/>").format(
             _attrs(points=" ".join(points), class_="rate", fill="none")))  # fmt: skip
-    legend = f"peak {most_calls:g} calls a minute; up to {_count(most_open, 'incident')} open"
+    legend = (f"peak {figure(most_calls)} calls a minute; up to "
+              f"{_count(most_open, 'incident')} open")  # fmt: skip
     parts.append(Markup("<text {}>{}</text>").format(
         _attrs(x=LEFT + 4, y=top - 8, class_="legend"), legend))  # fmt: skip
     parts.append(Markup("</svg>"))
@@ -200,9 +221,10 @@ def worst(rows: Sequence[dict[str, Any]], what: str, limit: int = 10) -> Markup:
             class_="place", data_key=r["key"], data_outage_minutes=f"{r['outage_minutes']:g}",
             data_planned_minutes=f"{r['planned_minutes']:g}", data_incidents=r["incidents"],
             data_availability=f"{r['availability_pct']:g}")))  # fmt: skip
-        title = (f"{r['key']}: {r['outage_minutes']:g} min out, {r['planned_minutes']:g} min "
-                 f"planned works, {_count(r['incidents'], 'incident')}, "
-                 f"{r['availability_pct']:g} % available")  # fmt: skip
+        title = (f"{r['key']}: {figure(r['outage_minutes'])} min out, "
+                 f"{figure(r['planned_minutes'])} min planned works, "
+                 f"{_count(r['incidents'], 'incident')}, "
+                 f"{percent(r['availability_pct'])} % available")  # fmt: skip
         parts.append(Markup("<title>{}</title>").format(title))
         parts.append(Markup("<text {}>{}</text>").format(
             _attrs(x=label_w - 6, y=y + 16, text_anchor="end"), label))  # fmt: skip
@@ -212,9 +234,9 @@ def worst(rows: Sequence[dict[str, Any]], what: str, limit: int = 10) -> Markup:
         parts.append(Markup("<rect {}/>").format(_attrs(
             x=label_w + out_w, y=y + 3, width=max(plan_w, 0.0), height=bar_h - 8,
             class_="planned")))  # fmt: skip
-        said = f"{r['outage_minutes']:g} min · {r['availability_pct']:g} %"
+        said = f"{figure(r['outage_minutes'])} min · {percent(r['availability_pct'])} %"
         if r["planned_minutes"]:
-            said += f" · works {r['planned_minutes']:g} min"
+            said += f" · works {figure(r['planned_minutes'])} min"
         parts.append(Markup("<text {}>{}</text>").format(
             _attrs(x=label_w + out_w + plan_w + 6, y=y + 16, class_="value"), said))  # fmt: skip
         parts.append(Markup("</g>"))

@@ -560,7 +560,9 @@ def spec() -> dict[str, Any]:
                     _q("phone", "The caller's number, any common notation.", maxLength=500),
                     _q("account", "The account number.", maxLength=500),
                     _q("address", "A postal address, free text.", maxLength=500),
-                    _q("flat", "The flat, with address.", maxLength=500),
+                    _q("flat", "The flat, with address: a number, perhaps with a letter "
+                       "or part (12, 12а, 12/1), or a home's name as the subscribers' file "
+                       "writes it for that building; anything else is a 400.", maxLength=500),
                     _q("node", "A topology node id.", maxLength=500),
                     _q("format", "json (default) or text: 'status|incident_id|eta'.",
                        enum=["json", "text"]),

@@ -68,6 +68,7 @@ def _human(value: str | None) -> str:
 
 
 ENV.filters["human"] = _human
+ENV.filters["figure"] = charts.figure  # numbers for people (`charts.figure`)
 LIVE_EVERY = 1.0  # seconds between checks for a change to push
 KEEP_ALIVE_EVERY = 15.0  # seconds of silence on a stream before a comment line
 WRITE_TIMEOUT = 10.0  # seconds a stream's reader may take to accept one write

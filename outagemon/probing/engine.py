@@ -48,6 +48,11 @@ STAMP_LEN = 32  # CMSG_SPACE(sizeof(struct timespec)) on 64-bit Linux
 # (a batch of replies takes ~213 kB on loopback), or when a probe is due to expire.
 QUEUE_ROOM = 2**20
 RCVBUF_BYTES = 32 * 2**20
+# A reply's share of a receive queue (the kernel counts each packet's buffer): about
+# 850 bytes on loopback, up to 2 KiB from a network card's. The queue is small for a
+# family when it cannot hold a reply from each of its targets at once (a round arriving
+# while the event loop is held), up to the RCVBUF_BYTES asked for.
+REPLY_BYTES = 2048
 SNDBUF_BYTES = 4 * 2**20  # a batch queued on a real interface waits for the NIC here
 AUTH_LEN = 8  # the probe's authenticator, first in the payload
 TAG_LEN = 8  # the process's tag, after it
@@ -194,6 +199,12 @@ class Stats:
         return f"Stats({', '.join(f'{k}={v}' for k, v in self.as_dict().items())})"
 
 
+def rcvbuf_wanted(targets: int) -> int:
+    """The receive queue, in bytes, that holds a reply from each of `targets` at once (at
+    most RCVBUF_BYTES: the most the engine asks for)."""
+    return min(targets * REPLY_BYTES, RCVBUF_BYTES)
+
+
 class _Family:
     """One socket and its packet template."""
 
@@ -212,6 +223,7 @@ class _Family:
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
         self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.rcvbuf_warned = False  # `Engine.check_rcvbuf` said it is small
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF_BYTES)
         except OSError:
@@ -429,12 +441,27 @@ class Engine:
                     "probe.socket", family="ipv6" if fam.v6 else "ipv4", raw=fam.raw,
                     rcvbuf=fam.rcvbuf,
                 )  # fmt: skip
-                if fam.rcvbuf < RCVBUF_BYTES:
-                    # Without CAP_NET_ADMIN the kernel caps the buffer at net.core.rmem_max
-                    # (and doubles it): a burst of replies larger than it is dropped.
-                    log.warning("probe.rcvbuf_small", effective=fam.rcvbuf, wanted=RCVBUF_BYTES,
-                                advice=f"sysctl -w net.core.rmem_max={RCVBUF_BYTES}")  # fmt: skip
         return fam
+
+    def check_rcvbuf(self, targets: dict[int, int]) -> None:
+        """Warn, once until it fits again, for each family whose receive queue cannot hold
+        a reply from each of its targets at once (`targets`: family -> how many; said at
+        start and at each reload). Without CAP_NET_ADMIN the kernel caps the queue at
+        net.core.rmem_max (doubled): replies past it are dropped, and counted lost."""
+        from outagemon import logs
+
+        for family, fam in self._families.items():
+            n = targets.get(family, 0)
+            wanted = rcvbuf_wanted(n)
+            if fam.rcvbuf >= wanted:
+                fam.rcvbuf_warned = False
+            elif not fam.rcvbuf_warned:
+                fam.rcvbuf_warned = True
+                logs.get("outagemon.probe").warning(
+                    "probe.rcvbuf_small", family="ipv6" if fam.v6 else "ipv4", targets=n,
+                    effective=fam.rcvbuf, wanted=wanted,
+                    advice=f"sysctl -w net.core.rmem_max={wanted}",
+                )  # fmt: skip
 
     def close(self) -> None:
         if self._sweeper is not None:

@@ -56,6 +56,7 @@ class Readiness(Protocol):
 class Retarget:
     node_of: Mapping[str, str]  # address -> node
     schedule: Plan
+    families: dict[int, int]  # address family -> its targets (the receive queue's need)
 
     def __repr__(self) -> str:  # sizes, not a million addresses (see Plan.__repr__)
         return f"Retarget({len(self.node_of)} targets, {self.schedule!r})"
@@ -91,7 +92,7 @@ class IcmpSource:
                 failed.set_exception(e)
 
         self.engine = Engine(lambda *a: None, timeout=probe.timeout, on_failure=on_failure)
-        families = {socket.AF_INET6 if ":" in ip else socket.AF_INET for ip in self.node_of}
+        families = _per_family(self.node_of)
         try:
             self.engine.open(tuple(sorted(families)) or (socket.AF_INET,))
         except PermissionProblem as e:
@@ -104,6 +105,7 @@ class IcmpSource:
 
         self.scheduler = Scheduler(self.engine, outcome, probe.interval, probe.max_rate)
         self.scheduler.set_targets(self.node_of)
+        self.engine.check_rcvbuf(families)
         shown.metrics.on_collect(lambda: self._probe_metrics(shown.metrics))
         shown.not_ready = "the first probe round has not finished yet"
         return {"scheduler": self.scheduler.run(), "correlate": self._correlate(feed, shown),
@@ -111,7 +113,8 @@ class IcmpSource:
 
     def plan(self, targets: Mapping[str, str], probe: ProbeConfig) -> Retarget:
         """retarget()'s work that changes nothing yet: made in a thread at a reload."""
-        return Retarget(targets, self.scheduler.plan(targets, probe.interval))
+        return Retarget(targets, self.scheduler.plan(targets, probe.interval),
+                        _per_family(targets))  # fmt: skip
 
     def retarget(self, targets: Mapping[str, str], probe: ProbeConfig,
                  plan: object = None) -> list[object]:  # fmt: skip
@@ -127,6 +130,7 @@ class IcmpSource:
         # Probes sent from now on wait the new timeout (they kept the start's for good);
         # those in flight keep theirs, so a shorter one's first losses may come that late.
         self.engine.timeout = probe.timeout
+        self.engine.check_rcvbuf(plan.families)
         self._freeze_from, self._frozen = self.scheduler.rounds, 0  # new targets' states
         return old
 
@@ -188,3 +192,11 @@ class IcmpSource:
 
 async def _wait(failed: asyncio.Future[None]) -> None:
     await failed
+
+
+def _per_family(targets: Mapping[str, str]) -> dict[int, int]:
+    """How many of the target addresses are IPv4 and IPv6, by socket family (only the
+    families that have any)."""
+    v6 = sum(1 for ip in targets if ":" in ip)
+    counts = {socket.AF_INET: len(targets) - v6, socket.AF_INET6: v6}
+    return {family: n for family, n in counts.items() if n}
