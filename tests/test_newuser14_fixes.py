@@ -79,7 +79,7 @@ def test_the_reports_bars_say_the_planned_works_minutes_they_draw() -> None:
             {"key": "ул. Садовая, д. 1", "outage_minutes": 0.0, "planned_minutes": 1.05,
              "availability_pct": 100.0, "incidents": 1}]  # fmt: skip
     values = re.findall(r'class="value">([^<]*)</text>', str(charts.worst(rows, "buildings")))
-    assert values == ["0.68 min · 99.9525 %", "0 min · 100 % · works 1.05 min"]
+    assert values == ["0.68 min · 99.95 %", "0 min · 100 % · works 1.05 min"]
 
 
 async def test_lookup_asks_by_node_and_says_where_a_flat_goes(fresh_db: str) -> None:
