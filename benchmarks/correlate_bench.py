@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.correlate_bench
         [--parts detection,loss,core,steady,reload,freeze,saves] [--subscribers 1000000]
         [--profile] [--change PCT] [--nodes 1000000] [--parts blind --blind-for 150]
+        [--parts handoff]
 
 A city-sized network cannot exist on this machine, so the network is simulated
 (outagemon/simnet.py): probes are scheduled as the real scheduler does and lost or
@@ -55,6 +56,13 @@ answered by the simulated devices; the correlator is the real one. The measureme
    that went blind and the one that saw again (thread CPU and wall, with the passes over
    every state and the failed set's cut in them), the ticks around each, and the longest
    other tick.
+9. The interpreter's lock handed to the loop (`--parts handoff`, not in the default parts:
+   ~15 s): a thread running plain Python (no long call into C) beside the loop's 2 ms
+   timer, at the interpreter's default switch interval, at 1 ms and at the reload's
+   (`RELOAD_SWITCH_INTERVAL`), the timer's step making 0 or 9 calls that let go of the
+   lock (a file's open, read and close, as `Path.read_text` makes them; the daemon's steps
+   read sockets): the timer's lateness in the process's CPU time (the thread's, while the
+   loop waits for the lock), and how much plain Python the thread ran meanwhile.
 """
 
 from __future__ import annotations
@@ -308,6 +316,7 @@ class Holds:
         self.samples: list[tuple[float, float, float, float, str]] = []
         self._began: dict[int, tuple[float, float]] = {}
         self._loop_thread = 0
+        self._queued: Callable[[], float] | None = None  # the loop thread's wait, once watched
 
     def reset(self) -> None:
         self.worst_wall = self.worst_cpu = 0.0
@@ -353,12 +362,18 @@ class Holds:
         main = self._loop_thread = threading.get_ident()
         loop = asyncio.get_running_loop()
         queued = _run_queue_wait(threading.get_native_id()) if self._patched else None
+        self._queued = queued
         while True:
-            asked, cpu, w0 = loop.time(), time.process_time(), time.perf_counter()
+            # The loop thread's wait for a core is read outside the timed span: each read
+            # is a call that lets go of the interpreter's lock and takes it back, and beside
+            # a reload's busy thread each taking back waits up to a switch interval (the
+            # file's open, read and close inside the span added about 5 ms CPU to every
+            # sample, a 2 ms timer's sleep needing the lock only twice).
             waited = queued() if queued is not None else 0.0
+            asked, cpu, w0 = loop.time(), time.process_time(), time.perf_counter()
             await asyncio.sleep(self.interval)
-            wall = max(0.0, loop.time() - asked - self.interval)
             late = max(0.0, time.process_time() - cpu - self.interval)
+            wall = max(0.0, loop.time() - asked - self.interval)
             self.worst_wall = max(self.worst_wall, wall)
             self.worst_cpu = max(self.worst_cpu, late)
             self.over += late > 0.02
@@ -366,7 +381,8 @@ class Holds:
             own = late
             if queued is not None:
                 # (at least 0: with no other thread busy, the loop's wait for a core
-                # adds no CPU to take away; the figure may undercount, never below 0)
+                # adds no CPU to take away; the figure may undercount, never below 0, the
+                # wait read over a span a little longer than the timed one)
                 own = max(0.0, late - (queued() - waited))
                 self.worst_own = max(self.worst_own, own)
                 self.over_own += own > 0.02
@@ -397,7 +413,7 @@ class Holds:
         lines = [
             f"   longest hold {worst}, {self.over} samples over 20 ms CPU, {self.over10} over 10 ms"
         ]
-        if self._patched and _run_queue_wait(threading.get_native_id()) is not None:
+        if self._patched and self._queued is not None:
             lines.append(
                 f"   less the loop thread's own wait for a core in each (schedstat): longest "
                 f"{self.worst_own * 1000:.1f} ms CPU, {self.over_own} samples over 20 ms"
@@ -449,9 +465,10 @@ def _run_queue_wait(tid: int) -> Callable[[], float] | None:
     path = Path(f"/proc/self/task/{tid}/schedstat")
     if not path.exists():
         return None
+    fd = os.open(path, os.O_RDONLY)  # kept open: one read a call (the process's life)
 
     def waited() -> float:
-        return int(path.read_text().split()[1]) / 1e9
+        return int(os.pread(fd, 128, 0).split()[1]) / 1e9
 
     return waited
 
@@ -889,6 +906,55 @@ def blind(nodes: int, blind_for: float) -> None:
     gc.unfreeze()
 
 
+def handoff(seconds: float = 2.5) -> None:
+    """9. How late a 2 ms timer of the loop fires, in CPU time, beside a thread running
+    plain Python: the interpreter's hand-off of its lock alone, at two switch intervals."""
+    import sys
+
+    from outagemon.daemon import RELOAD_SWITCH_INTERVAL
+
+    def busy(stop: threading.Event, done: list[int]) -> None:
+        x = 0
+        while not stop.is_set():
+            for _ in range(1000):
+                x = abs(x - 1)
+            done[0] += 1
+
+    async def timer(calls: int) -> list[float]:
+        late: list[float] = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            cpu = time.process_time()
+            for _ in range(calls):  # each lets go of the lock and takes it back
+                os.stat("/")
+            await asyncio.sleep(0.002)
+            late.append(max(0.0, time.process_time() - cpu - 0.002))
+        return late
+
+    default = sys.getswitchinterval()
+    print(f"9. The loop's 2 ms timer beside a thread running plain Python (no call into C "
+          f"over 0.1 ms), lateness in process CPU (p50 / p99 / max); load average "
+          f"{os.getloadavg()[0]:.2f}:")  # fmt: skip
+    # the default, the reload's before the fourteenth session (1 ms), the reload's now
+    for interval in sorted({default, 0.001, RELOAD_SWITCH_INTERVAL}, reverse=True):
+        for calls in (0, 9):
+            stop, done = threading.Event(), [0]
+            worker = threading.Thread(target=busy, args=(stop, done))
+            sys.setswitchinterval(interval)
+            worker.start()
+            try:
+                late = asyncio.run(timer(calls))
+            finally:
+                stop.set()
+                worker.join()
+                sys.setswitchinterval(default)
+            p50, p99 = percentile(late, 0.5) * 1000, percentile(late, 0.99) * 1000
+            print(f"   switch interval {interval * 1000:g} ms, {calls} calls letting go of "
+                  f"the lock a step: {len(late)} steps, late {p50:.2f} / {p99:.2f} / "
+                  f"{max(late) * 1000:.2f} ms CPU; the thread's Python "
+                  f"{done[0] / seconds / 1000:.0f} k loops a second")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="detection,loss,core,steady,reload,freeze")
@@ -923,6 +989,8 @@ def main() -> None:
         saves(args.subscribers, args.profile)
     if "blind" in parts:
         blind(args.nodes, args.blind_for)
+    if "handoff" in parts:
+        handoff()
     more = f" --change {args.change:g}" if args.change else ""
     more += f" --nodes {args.nodes}" if "freeze" in parts or "blind" in parts else ""
     more += f" --blind-for {args.blind_for:g}" if "blind" in parts else ""
