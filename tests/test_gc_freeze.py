@@ -26,6 +26,9 @@ class _Engine:
     on_result: object = None
     stats = SimpleNamespace(sent=0)
 
+    def check_rcvbuf(self, targets: dict[int, int]) -> None:
+        """No socket here: nothing to warn about."""
+
 
 def town(routers: int, first: int = 0) -> Topology:
     nodes = [Node("uplink", "core", "127.0.0.1"), Node("sw", "access", "127.0.0.2", ("uplink",))]
