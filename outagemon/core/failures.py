@@ -433,6 +433,10 @@ class Failures(Health):
                 self._recheck_below(parent, now)
             if infer != was:
                 self._dirty = True
+                # Its parents are weighed again, also one weighed already in this pass
+                # (before this child was inferred: a passive switch over a passive
+                # segment and two routers was never inferred in one order of the queue).
+                seen.difference_update(node.parents)
                 queue.extend(node.parents)
 
     def _failing_parents(self) -> set[str]:
