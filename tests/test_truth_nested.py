@@ -129,3 +129,31 @@ def test_a_passive_switch_is_inferred_over_its_inferred_segment_in_any_order(
     done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
                           capture_output=True, text=True, check=True)  # fmt: skip
     assert done.stdout.splitlines()[-1].split(" ", 2)[:2] == ["1", "0"], done.stdout
+
+
+def test_an_inferred_aggregation_stays_down_when_buildings_come_back_another_way() -> None:
+    # Seed 62152 (--uplinks), shrunk: agg1-0-0 (no address) inferred from its five
+    # switches, two of them also under agg1-1-0, which was down before and is repaired:
+    # those two answer through it. That said nothing about agg1-0-0, yet brought it up
+    # (half of the children that failed answer), and sw2-0-1 and sw2-0-2 opened two
+    # incidents of their own for its one fault.
+    d = Device
+    devices = (d("core", "core", True), d("core-b", "core", True),
+               d("agg1-0-0", "aggregation", False, ("core",)),
+               d("agg1-1-0", "aggregation", True, ("core-b",)),
+               d("sw2-0-0", "access", False, ("agg1-0-0",)),
+               d("sw2-0-1", "access", True, ("agg1-0-0",)),
+               d("sw2-0-2", "access", True, ("agg1-0-0",)),
+               d("sw2-1-0", "access", True, ("agg1-1-0", "agg1-0-0")),
+               d("sw2-2-2", "access", True, ("agg1-1-0", "agg1-0-0")))  # fmt: skip
+    customers = (Customer("1011", ("+79210000001",), "sw2-0-1", False),
+                 Customer("1012", ("+79210000002",), "sw2-1-0", False))  # fmt: skip
+    steps = (Step(151, Action.FAIL, "agg1-1-0"), Step(303, Action.FAIL, "agg1-0-0"),
+             Step(454, Action.REPAIR, "agg1-1-0"), Step(604, Action.CHECK))  # fmt: skip
+    world = World(seed=62152, devices=devices, customers=customers, steps=steps,
+                  restored_for=604800, external_anchor=False)  # fmt: skip
+    expected = Oracle(world).verdict(604)
+    assert expected.roots == {"agg1-0-0": "outage"}
+    assert expected.answers["1011"].roots == {"agg1-0-0": "outage"}
+    outcome = truth.run(world)
+    assert outcome.checks == 1 and outcome.disagreements == [], report(outcome)
