@@ -157,3 +157,42 @@ def test_an_inferred_aggregation_stays_down_when_buildings_come_back_another_way
     assert expected.answers["1011"].roots == {"agg1-0-0": "outage"}
     outcome = truth.run(world)
     assert outcome.checks == 1 and outcome.disagreements == [], report(outcome)
+
+
+def three_aggregations_of_core_b(steps: tuple[Step, ...]) -> World:
+    """Seed 62099 (--uplinks), shrunk: the three aggregations of core-b (one without an
+    address, over two routers and a switch dual-homed to another of them)."""
+    d = Device
+    devices = (d("core", "core", True), d("core-b", "core", True),
+               d("agg1-1-0", "aggregation", True, ("core-b",)),
+               d("agg1-1-1", "aggregation", False, ("core-b",)),
+               d("agg1-1-2", "aggregation", True, ("core-b",)),
+               d("sw2-1-2", "access", True, ("agg1-1-0", "agg1-1-1")))  # fmt: skip
+    customers = (Customer("1005", ("+79210000005",), "agg1-1-1", True),
+                 Customer("1007", ("+79210000007",), "agg1-1-1", True))  # fmt: skip
+    return World(seed=62099, devices=devices, customers=customers, steps=steps,
+                 resolve_hold=10, restored_for=604800)  # fmt: skip
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_a_core_that_answers_while_its_aggregations_fail_together_is_the_fault(
+    before: bool,
+) -> None:
+    # The daemon infers a probed node that answers down when its children fail together
+    # (README; tests/test_correlate.py, a switch losing most of its routers): the oracle
+    # expected three incidents of the aggregations (and, with core-b down and repaired
+    # 470 s before, its reopened incident "stale"). And the daemon opened agg1-1-0's
+    # incident before core-b was inferred, taken over a second later: an incident now
+    # waits while an ancestor that answers may yet be inferred down.
+    fails = (Step(626, Action.FAIL, "agg1-1-2"), Step(635, Action.FAIL, "agg1-1-1"),
+             Step(639, Action.FAIL, "agg1-1-0"))  # fmt: skip
+    earlier = (Step(27, Action.FAIL, "core-b"), Step(158, Action.REPAIR, "core-b"))
+    world = three_aggregations_of_core_b(
+        (*(earlier if before else ()), *fails, Step(956, Action.CHECK))
+    )
+    expected = Oracle(world).verdict(956)
+    assert expected.roots == {"core-b": "outage"}
+    assert expected.answers["1005"].roots == {"core-b": "outage"}
+    outcome = truth.run(world)
+    assert outcome.checks == 1 and outcome.disagreements == [], report(outcome)
+    assert [r for _, r, _ in outcome.detections][-1:] == ["core-b"]
