@@ -722,6 +722,8 @@ class Correlator(Failures):
             active.append(inc)
             if inc.recovering_since is not None:
                 book.refailed(inc, now, self._failed_since(root) or now)
+                if can_open and book.take_in(inc, cut, by_root, now, self.topology):
+                    opened = True
         # Only roots are added to `_pending_since`: with the same roots as when it was
         # last cleared of others, it holds no other.
         if self._pending_of is not roots:
