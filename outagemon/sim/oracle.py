@@ -91,6 +91,9 @@ class Oracle:
                        + world.resolve_hold
                        + (world.restored_for if world.restored_for < 1000 else 0.0)
                        + 30)  # fmt: skip
+        # A node back for less than this may have answered no probe (its own, or its
+        # children's, with the correlator's ticks between).
+        self.unseen = world.interval + 2 * world.timeout + 0.5
         self._replay()
 
     # -- the network's graph ---------------------------------------------------------
@@ -354,6 +357,11 @@ class Oracle:
                 else False
             )
             if flapped and t - past[-1] < flap_lookback(self.world) + self.settle:
+                return False
+            if len(past) % 2 == 1 and len(past) >= 3 and past[-1] - past[-2] < self.unseen:
+                # Down again after being back too briefly for a probe of its own or of a
+                # child surely to answer: the monitor may not have seen it come back (an
+                # inference kept, a streak unbroken) or may have: either, till it changes.
                 return False
         return True
 
