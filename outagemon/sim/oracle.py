@@ -164,12 +164,14 @@ class Oracle:
         return seen
 
     def _together(self, n: str, seen: set[str], since: dict[str, float]) -> bool:
-        """Whether enough of n's children failed together to infer n down."""
+        """Whether enough of n's children failed together to infer n down. A child with
+        an address inferred down while it answers counts as up (it answers)."""
         w = self.world
         kids = self.children[n]
-        latest = max((since[c] for c in kids if c in seen), default=0.0)
-        failed = sum(1 for c in kids if c in seen and since[c] >= latest - w.window)
-        base = failed + sum(1 for c in kids if c not in seen)
+        down = [c for c in kids if c in seen and c in since]
+        latest = max((since[c] for c in down), default=0.0)
+        failed = sum(1 for c in down if since[c] >= latest - w.window)
+        base = failed + sum(1 for c in kids if c not in down)
         return base >= w.infer_min_children and failed / base >= w.infer_ratio
 
     def roots_of(self, seen: set[str]) -> tuple[set[str], set[str]]:
