@@ -311,34 +311,16 @@ def _overlapping(rng: random.Random, world: World, steps: list[Step], broken: se
     them), and the daemon may restart after; the node comes back before the works' end,
     after it, or not in the episode.
     Appends the steps from `t`; returns when the episode's last check is due."""
-    parents = {d.id: d.parents for d in world.devices}
-    for c in world.customers:
-        if c.router:
-            parents[c.router_id] = (c.serving,)
-    children: dict[str, list[str]] = {n: [] for n in parents}
-    for n, ps in parents.items():
-        for p in ps:
-            children[p].append(n)
+    parents, children = _links(world)
     non_roots = [n for n, ps in parents.items() if ps and not n.startswith("cpe:")]
     x = non_roots[rng.randrange(len(non_roots))] if non_roots else world.devices[0].id
-
-    def reach(n: str, links: dict[str, tuple[str, ...]] | dict[str, list[str]]) -> list[str]:
-        out: list[str] = []
-        stack = list(links[n])
-        while stack:
-            m = stack.pop()
-            if m not in out:
-                out.append(m)
-                stack.extend(links[m])
-        return sorted(out)
-
     where = rng.random()
     pool = (
         [x]
         if where < 0.35
-        else reach(x, children)
+        else _reach(x, children)
         if where < 0.7
-        else [a for a in reach(x, parents) if parents[a]]
+        else [a for a in _reach(x, parents) if parents[a]]
         if where < 0.85
         else sorted(set(parents) - {x})
     )
@@ -403,6 +385,18 @@ def _links(world: World) -> tuple[dict[str, tuple[str, ...]], dict[str, list[str
     return parents, children
 
 
+def _reach(n: str, links: dict[str, tuple[str, ...]] | dict[str, list[str]]) -> list[str]:
+    """Every node reached from n through `links` (parents or children), sorted."""
+    out: list[str] = []
+    stack = list(links[n])
+    while stack:
+        m = stack.pop()
+        if m not in out:
+            out.append(m)
+            stack.extend(links[m])
+    return sorted(out)
+
+
 def _fail(steps: list[Step], broken: set[str], at: float, node: str) -> None:
     if node not in broken:
         steps.append(Step(at, Action.FAIL, node))
@@ -427,14 +421,7 @@ def _nested(rng: random.Random, world: World, steps: list[Step], broken: set[str
     if not below:
         return t
     p = below[rng.randrange(len(below))]
-    pool: list[str] = []
-    stack = list(children[p])
-    while stack:
-        n = stack.pop()
-        if n not in pool:
-            pool.append(n)
-            stack.extend(children[n])
-    pool.sort()
+    pool = _reach(p, children)
     c = pool[rng.randrange(len(pool))]
     gap = quiet(world)
     _fail(steps, broken, t, p)
