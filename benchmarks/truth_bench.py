@@ -25,10 +25,11 @@ from outagemon.sim import truth, worlds
 
 
 def one(
-    seed: int, overlap: bool = False, reload: bool = False
-) -> tuple[int, dict[str, int], list[tuple[float, str, float]], int, list[str]]:
+    seed: int, overlap: bool = False, reload: bool = False, nested: bool = False,
+    uplinks: bool = False,
+) -> tuple[int, dict[str, int], list[tuple[float, str, float]], int, list[str]]:  # fmt: skip
     """(seed, counts by kind, detections, settled checks, one line per disagreement kind)."""
-    world = worlds.generate(random.Random(seed), seed, overlap, reload)
+    world = worlds.generate(random.Random(seed), seed, overlap, reload, nested, uplinks)
     outcome = truth.run(world)
     counts = {k.value: n for k, n in outcome.counts().items()}
     first: dict[str, str] = {}
@@ -59,7 +60,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the daemon also reloads its unchanged files mid-episode (other worlds too)",
     )
+    parser.add_argument(
+        "--nested",
+        action="store_true",
+        help="worlds where a node behind a fault dies while it is down, the fault repaired "
+        "first (other worlds too)",
+    )
+    parser.add_argument(
+        "--uplinks",
+        action="store_true",
+        help="worlds where the uplinks of a node with several fail at different moments "
+        "(other worlds too)",
+    )
     args = parser.parse_args(argv)
+    kinds = {"overlap": args.overlap, "reload": args.reload, "nested": args.nested,
+             "uplinks": args.uplinks}  # fmt: skip
     logs.setup("error", stream=sys.stderr)
     started = time.perf_counter()
     seeds = range(args.seed, args.seed + args.worlds)
@@ -72,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs, initializer=logs.setup, initargs=("error", sys.stderr)
     ) as pool:
         for seed, counts, found, checked, lines in pool.imap_unordered(
-            functools.partial(one, overlap=args.overlap, reload=args.reload), seeds, chunksize=8
+            functools.partial(one, **kinds), seeds, chunksize=8
         ):
             checks += checked
             detections.extend((delay, root, at, seed) for delay, root, at in found)
@@ -89,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"command: python -m benchmarks.truth_bench --worlds {args.worlds} --seed {args.seed}"
-        + (" --overlap" if args.overlap else "")
-        + (" --reload" if args.reload else "")
+        + "".join(f" --{k}" for k, on in kinds.items() if on)
     )
     print("disagreements by kind (occurrences / worlds):")
     for each in truth.Kind:
@@ -107,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{kind}: first in world seed {seed}: {line}")
         if not args.shrink:
             continue
-        world = worlds.generate(random.Random(seed), seed, args.overlap, args.reload)
+        world = worlds.generate(random.Random(seed), seed, **kinds)
         wanted = truth.Kind(kind)
 
         def shows(o: truth.Outcome, wanted: truth.Kind = wanted) -> bool:

@@ -536,6 +536,12 @@ class Correlator(Failures):
             if ns is None or ns.state is not State.UP or ns.losses > 0 or ns.last_at < since:
                 self._blocked[root] = (a, ns.last_at if ns is not None else -math.inf)
                 return False
+            if self._may_be_inferred(a, since):
+                # It answers, but its children are failing together: it is about to be
+                # inferred down (a switch whose ports are dead), the fault above this one
+                # (seed 62099: an aggregation's incident opened, taken over a second later).
+                self._blocked.pop(root, None)
+                return False
             began = self._began(root)
             if ns.silent_from - RTT_BOUND <= began < ns.silent_to and self._only_through(root, a):
                 # Its trouble began while this ancestor, which it hangs from alone, was
@@ -725,6 +731,8 @@ class Correlator(Failures):
             active.append(inc)
             if inc.recovering_since is not None:
                 book.refailed(inc, now, self._failed_since(root) or now)
+                if can_open and book.take_in(inc, cut, by_root, now, self.topology):
+                    opened = True
         # Only roots are added to `_pending_since`: with the same roots as when it was
         # last cleared of others, it holds no other.
         if self._pending_of is not roots:

@@ -402,9 +402,16 @@ class Failures(Health):
                 continue
             up = 0
             downs: list[tuple[float, float]] = []
+            cut = self._cut_cache
             for child in kids:
                 state, since, found = self._known(child, own is not None)
                 if state is State.UP:
+                    if was and not self._only_way(child, parent, cut):
+                        # Answering through another uplink that works: no word about this
+                        # node (seed 62152: two buildings of five back through their other
+                        # uplink brought an inferred aggregation up; its three left split
+                        # into incidents of their own).
+                        continue
                     up += 1
                 elif state is State.DOWN:
                     downs.append((since, found))
@@ -433,7 +440,15 @@ class Failures(Health):
                 self._recheck_below(parent, now)
             if infer != was:
                 self._dirty = True
+                # Its parents are weighed again, also one weighed already in this pass
+                # (before this child was inferred: a passive switch over a passive
+                # segment and two routers was never inferred in one order of the queue).
+                seen.difference_update(node.parents)
                 queue.extend(node.parents)
+
+    def _only_way(self, child: str, parent: str, cut: set[str] | Cut) -> bool:
+        """Whether this parent is the child's only uplink not failed or cut off."""
+        return all(p == parent or p in cut for p in self.topology.nodes[child].parents)
 
     def _failing_parents(self) -> set[str]:
         """The parents of every failed node (down by its own probes, or inferred)."""

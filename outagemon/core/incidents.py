@@ -273,19 +273,7 @@ class IncidentBook:
         new one (split from a recovering incident that had the root among its nodes).
         `by_root` (active incidents by root) loses the incidents absorbed; `works_until`:
         when the planned works covering the root leave it a path, if any cover it."""
-        # Incidents whose roots this new root now explains (they are cut off, and it is
-        # above them); found through their ancestors, which are few, not its descendants.
-        # A root failed itself is in the cut too: one with an uplink that does not lead
-        # into the cut is still a root of its own, not explained by one above another
-        # uplink (seed 40711: its incident was taken in and the node left out of it).
-        nodes = topology.nodes
-        absorbed = sorted(
-            (inc for r, inc in by_root.items()
-             if r != root and r in cut and r in topology
-             and root in topology.ancestors(r)
-             and all(p in cut for p in nodes[r].parents)),
-            key=lambda i: i.id,
-        )  # fmt: skip
+        absorbed = self._below(root, cut, by_root, topology)
         kind = Kind.MAINTENANCE if works_until is not None else Kind.OUTAGE
         previous = self.resolved.pop(root, None)
         if (
@@ -332,13 +320,7 @@ class IncidentBook:
                 inc.kind = kind
             inc.maintenance_until = works_until
             for other in absorbed[1:]:
-                del by_root[other.root]
-                other.state = IncidentState.MERGED
-                other.merged_into = inc.id
-                other.resolved_at = now
-                del self.incidents[other.id]
-                self.events.append(Event(EventKind.MERGED, now, other.id, other.root,
-                                         detail={"into": inc.id}))  # fmt: skip
+                self._merge(other, inc, now, by_root)
             return inc
         inc = Incident(
             id=self.next_id,
@@ -361,6 +343,44 @@ class IncidentBook:
             )
         self.events.append(Event(EventKind.OPENED, now, inc.id, root, detail=detail))
         return inc
+
+    @staticmethod
+    def _below(root: str, cut: Cutoff, by_root: dict[str, Incident],
+               topology: Topology) -> list[Incident]:  # fmt: skip
+        """The incidents (of `by_root`) whose roots this root now explains, oldest first:
+        they are cut off, and it is above them; found through their ancestors, which are
+        few, not its descendants. A root failed itself is in the cut too: one with an
+        uplink that does not lead into the cut is still a root of its own, not explained
+        by one above another uplink (seed 40711: its incident was taken in and the node
+        left out of it)."""
+        nodes = topology.nodes
+        return sorted(
+            (inc for r, inc in by_root.items()
+             if r != root and r in cut and r in topology
+             and root in topology.ancestors(r)
+             and all(p in cut for p in nodes[r].parents)),
+            key=lambda i: i.id,
+        )  # fmt: skip
+
+    def _merge(self, other: Incident, into: Incident, now: float,
+               by_root: dict[str, Incident]) -> None:  # fmt: skip
+        del by_root[other.root]
+        other.state = IncidentState.MERGED
+        other.merged_into = into.id
+        other.resolved_at = now
+        del self.incidents[other.id]
+        self.events.append(Event(EventKind.MERGED, now, other.id, other.root,
+                                 detail={"into": into.id}))  # fmt: skip
+
+    def take_in(self, inc: Incident, cut: Cutoff, by_root: dict[str, Incident], now: float,
+                topology: Topology) -> bool:  # fmt: skip
+        """A root whose incident was recovering is down again: the incidents opened below
+        it meanwhile (a node found down when looked at afresh, seed 60099) are its fault's
+        now, merged into it, as a new root takes them in. Returns whether any was."""
+        below = self._below(inc.root, cut, by_root, topology)
+        for other in below:
+            self._merge(other, inc, now, by_root)
+        return bool(below)
 
     def refailed(self, inc: Incident, now: float, since: float) -> None:
         """A recovering incident's root is down again (since `since`): it is active once

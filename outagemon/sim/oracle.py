@@ -9,7 +9,7 @@ what each subscriber should hear and which incidents should be open, with which 
 The rules it applies, in order, for a subscriber served by node S (see check-rules.md):
   unknown      the monitor is blind (every anchor silent);
   outage       S is cut off behind a fault the monitor can see (a probed node that does
-               not answer, or a node without an address whose children fail together);
+               not answer, or a node, with an address or without, whose children fail together);
                the incident's root is the highest such fault, `maintenance` if it failed
                under planned works that are still running;
   maintenance  planned works run on a node S depends on alone (every path to a root
@@ -91,6 +91,9 @@ class Oracle:
                        + world.resolve_hold
                        + (world.restored_for if world.restored_for < 1000 else 0.0)
                        + 30)  # fmt: skip
+        # A node back for less than this may have answered no probe (its own, or its
+        # children's, with the correlator's ticks between).
+        self.unseen = world.interval + 2 * world.timeout + 0.5
         self._replay()
 
     # -- the network's graph ---------------------------------------------------------
@@ -139,27 +142,37 @@ class Oracle:
     # -- what the monitor can see ------------------------------------------------------
 
     def visible(self, down: set[str], since: dict[str, float],
-                kept: frozenset[str] = frozenset()) -> set[str]:  # fmt: skip
-        """Down nodes the monitor can know are down: probed ones, and nodes without an
+                kept: frozenset[str] = frozenset(),
+                failed_at: dict[str, float] | None = None) -> set[str]:  # fmt: skip
+        """Nodes the monitor can know are down: probed ones, and nodes without an
         address whose children failed together (within `window` of the last of them to
         fail), at least infer_min_children of them and infer_ratio of those that were up
         (a child down since long before counts neither way). Once inferred (`kept`), a
-        node stays so while it is down: its children do not answer again."""
-        w = self.world
+        node stays so while it is down: its children do not answer again. A probed node
+        that answers is inferred down too when its children fail together (README: a node
+        whose children fail together is inferred down; a switch that answers while its
+        ports are dead), judged by when they truly failed (`failed_at`: the monitor saw
+        each as it happened, its blindness aside)."""
         seen: set[str] = set()
         for n in self.order:
             if n not in down:
+                if self.probed[n] and self._together(n, seen, failed_at or since):
+                    seen.add(n)
                 continue
-            if self.probed[n] or n in kept:
-                seen.add(n)
-                continue
-            kids = self.children[n]
-            latest = max((since[c] for c in kids if c in seen), default=0.0)
-            failed = sum(1 for c in kids if c in seen and since[c] >= latest - w.window)
-            base = failed + sum(1 for c in kids if c not in seen)
-            if base >= w.infer_min_children and failed / base >= w.infer_ratio:
+            if self.probed[n] or n in kept or self._together(n, seen, since):
                 seen.add(n)
         return seen
+
+    def _together(self, n: str, seen: set[str], since: dict[str, float]) -> bool:
+        """Whether enough of n's children failed together to infer n down. A child with
+        an address inferred down while it answers counts as up (it answers)."""
+        w = self.world
+        kids = self.children[n]
+        down = [c for c in kids if c in seen and c in since]
+        latest = max((since[c] for c in down), default=0.0)
+        failed = sum(1 for c in down if since[c] >= latest - w.window)
+        base = failed + sum(1 for c in kids if c not in down)
+        return base >= w.infer_min_children and failed / base >= w.infer_ratio
 
     def roots_of(self, seen: set[str]) -> tuple[set[str], set[str]]:
         """(roots, cut): the highest visible faults, and everything behind them."""
@@ -187,6 +200,7 @@ class Oracle:
         broken: set[str] = set()
         uplink = False
         since: dict[str, float] = {}
+        failed_at: dict[str, float] = {}  # as `since`, but kept across the monitor's blindness
         self.works: list[tuple[str, float, float, float]] = []  # node, start, end, booked at
         # (when, node, start, new end): works cut short, extended or withdrawn (end = when)
         self.amends: list[tuple[float, str, float, float]] = []
@@ -229,10 +243,11 @@ class Oracle:
                 uplink = False
             now_down = self.unreachable(broken)
             for n in now_down - down:
-                since[n] = at
+                since[n] = failed_at[n] = at
                 self.changes[n].append(at)
             for n in down - now_down:
                 since.pop(n, None)
+                failed_at.pop(n, None)
                 self.changes[n].append(at)
             if action is Action.SEE:
                 # The monitor looks again: what it saw before is not evidence any more.
@@ -245,14 +260,14 @@ class Oracle:
                 last = self.moments[-1] if self.moments else None
                 taken_up = last.roots if last is not None and not last.blind else frozenset()
                 for n in now_down - taken_up:
-                    since[n] = at
+                    since[n] = failed_at[n] = at
             down = now_down
             self.ever_down |= down
             blind = self.blind_for(down, uplink)
             kept = (
                 frozenset() if action is Action.SEE or not self.moments else self.moments[-1].seen
             )
-            seen = set() if blind else self.visible(down, since, kept)
+            seen = set() if blind else self.visible(down, since, kept, failed_at)
             roots, new_cut = self.roots_of(seen)
             if not blind:
                 for n in new_cut - cut:
@@ -344,6 +359,11 @@ class Oracle:
                 else False
             )
             if flapped and t - past[-1] < flap_lookback(self.world) + self.settle:
+                return False
+            if len(past) % 2 == 1 and len(past) >= 3 and past[-1] - past[-2] < self.unseen:
+                # Down again after being back too briefly for a probe of its own or of a
+                # child surely to answer: the monitor may not have seen it come back (an
+                # inference kept, a streak unbroken) or may have: either, till it changes.
                 return False
         return True
 

@@ -329,7 +329,7 @@ def _judge_events(out: Outcome, oracle: Oracle, events: list[Event], t0: float) 
         at = e.at - t0
         firsts.setdefault(e.root, at)
         near = oracle.moments_within(at - EXPLAIN, at)
-        if not any(e.root in m.down for m in near):
+        if not any(e.root in m.down or e.root in m.seen for m in near):
             out.disagreements.append(
                 Disagreement(
                     Kind.FALSE_INCIDENT, at, e.root, "no incident (up)", f"{e.kind} {e.incident}"

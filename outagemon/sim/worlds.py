@@ -5,7 +5,9 @@ the real code, judged by the oracle, printed, and shrunk. Networks are trees or 
 (1-3 uplinks per node) with passive segments and unaddressed routers; scripts fail and
 repair nodes at any level, spread a fault upward and heal it downward, flap links, lose
 packets at random, blind the monitor, run planned works and restart the daemon; with
-`overlap`, planned works overlap failures and are withdrawn, cut short or extended.
+`overlap`, planned works overlap failures and are withdrawn, cut short or extended; with
+`nested`, a node behind a fault dies while it is down and the fault is repaired first;
+with `uplinks`, the uplinks of a node with several fail at different moments.
 """
 
 from __future__ import annotations
@@ -108,11 +110,13 @@ class World:
 
 
 def generate(rng: random.Random, seed: int = 0, overlap: bool = False,
-             reload: bool = False) -> World:  # fmt: skip
+             reload: bool = False, nested: bool = False,
+             uplinks: bool = False) -> World:  # fmt: skip
     """A random world; smaller draws of `rng` give smaller worlds (for shrinking).
     `overlap`: scripts may also hold planned works overlapping a failure (see `script`);
     `reload`: the daemon also reloads its unchanged files in the middle of episodes
-    (`reloads`). Without them, every seed's world is the one it always was."""
+    (`reloads`); `nested`, `uplinks`: episodes of `_nested` and `_uplinks`. Without them,
+    every seed's world is the one it always was."""
     devices: list[Device] = []
     roots = ["core"] if rng.random() < 0.85 else ["core", "core-b"]
     for r in roots:
@@ -150,7 +154,7 @@ def generate(rng: random.Random, seed: int = 0, overlap: bool = False,
         restored_for=rng.choice([20.0, 604800.0]),
         external_anchor=rng.random() < 0.7,
     )
-    steps = script(rng, world, overlap)
+    steps = script(rng, world, overlap, nested, uplinks)
     return replace(world, steps=tuple(reloads(rng, steps) if reload else steps))
 
 
@@ -179,10 +183,12 @@ def flap_lookback(world: World) -> float:
     return FLAP_CHECKS * world.interval
 
 
-def script(rng: random.Random, world: World, overlap: bool = False) -> list[Step]:
+def script(rng: random.Random, world: World, overlap: bool = False, nested: bool = False,
+           uplinks: bool = False) -> list[Step]:  # fmt: skip
     """A script of 1-8 episodes, each followed by a quiet period and a check. With
     `overlap`, a quarter of the episodes are planned works overlapping a failure
-    (`_overlapping`); the other draws are as without it."""
+    (`_overlapping`); with `nested` or `uplinks`, a quarter (of the rest) are `_nested`
+    or `_uplinks` episodes; the other draws are as without them."""
     nodes = [d.id for d in world.devices]
     routers = [c.router_id for c in world.customers if c.router]
     parents = {d.id: d.parents for d in world.devices}
@@ -199,6 +205,16 @@ def script(rng: random.Random, world: World, overlap: bool = False) -> list[Step
     for _ in range(1 + rng.randrange(8)):
         if overlap and rng.random() < 0.25:
             t = _overlapping(rng, world, steps, broken, t)
+            steps.append(Step(t, Action.CHECK))
+            t += 1
+            continue
+        if nested and rng.random() < 0.25:
+            t = _nested(rng, world, steps, broken, t)
+            steps.append(Step(t, Action.CHECK))
+            t += 1
+            continue
+        if uplinks and rng.random() < 0.25:
+            t = _uplinks(rng, world, steps, broken, t)
             steps.append(Step(t, Action.CHECK))
             t += 1
             continue
@@ -295,34 +311,16 @@ def _overlapping(rng: random.Random, world: World, steps: list[Step], broken: se
     them), and the daemon may restart after; the node comes back before the works' end,
     after it, or not in the episode.
     Appends the steps from `t`; returns when the episode's last check is due."""
-    parents = {d.id: d.parents for d in world.devices}
-    for c in world.customers:
-        if c.router:
-            parents[c.router_id] = (c.serving,)
-    children: dict[str, list[str]] = {n: [] for n in parents}
-    for n, ps in parents.items():
-        for p in ps:
-            children[p].append(n)
+    parents, children = _links(world)
     non_roots = [n for n, ps in parents.items() if ps and not n.startswith("cpe:")]
     x = non_roots[rng.randrange(len(non_roots))] if non_roots else world.devices[0].id
-
-    def reach(n: str, links: dict[str, tuple[str, ...]] | dict[str, list[str]]) -> list[str]:
-        out: list[str] = []
-        stack = list(links[n])
-        while stack:
-            m = stack.pop()
-            if m not in out:
-                out.append(m)
-                stack.extend(links[m])
-        return sorted(out)
-
     where = rng.random()
     pool = (
         [x]
         if where < 0.35
-        else reach(x, children)
+        else _reach(x, children)
         if where < 0.7
-        else [a for a in reach(x, parents) if parents[a]]
+        else [a for a in _reach(x, parents) if parents[a]]
         if where < 0.85
         else sorted(set(parents) - {x})
     )
@@ -372,6 +370,130 @@ def _overlapping(rng: random.Random, world: World, steps: list[Step], broken: se
         steps.append(Step(at, Action.REPAIR, y))
         t = at
     return max(t, end) + gap
+
+
+def _links(world: World) -> tuple[dict[str, tuple[str, ...]], dict[str, list[str]]]:
+    """(parents, children) of every node, the subscribers' routers included."""
+    parents = {d.id: d.parents for d in world.devices}
+    for c in world.customers:
+        if c.router:
+            parents[c.router_id] = (c.serving,)
+    children: dict[str, list[str]] = {n: [] for n in parents}
+    for n, ps in parents.items():
+        for p in ps:
+            children[p].append(n)
+    return parents, children
+
+
+def _reach(n: str, links: dict[str, tuple[str, ...]] | dict[str, list[str]]) -> list[str]:
+    """Every node reached from n through `links` (parents or children), sorted."""
+    out: list[str] = []
+    stack = list(links[n])
+    while stack:
+        m = stack.pop()
+        if m not in out:
+            out.append(m)
+            stack.extend(links[m])
+    return sorted(out)
+
+
+def _fail(steps: list[Step], broken: set[str], at: float, node: str) -> None:
+    if node not in broken:
+        steps.append(Step(at, Action.FAIL, node))
+        broken.add(node)
+
+
+def _repair(steps: list[Step], broken: set[str], at: float, node: str) -> None:
+    steps.append(Step(at, Action.REPAIR, node))
+    broken.discard(node)
+
+
+def _nested(rng: random.Random, world: World, steps: list[Step], broken: set[str],
+            t: float) -> float:  # fmt: skip
+    """A second failure under a fault: node P fails, then a node C below it (a child, a
+    router, further down; cut off by P or with another uplink) dies while P is down, at
+    once (before P's incident opens) or once it is open; P is repaired first, C found
+    down when looked at afresh, and repaired later, or left for another episode; P may
+    fail again meanwhile. Appends the steps from `t`; returns when the episode's last
+    check is due."""
+    parents, children = _links(world)
+    below = [n for n, ps in parents.items() if ps and children[n] and not n.startswith("cpe:")]
+    if not below:
+        return t
+    p = below[rng.randrange(len(below))]
+    pool = _reach(p, children)
+    c = pool[rng.randrange(len(pool))]
+    gap = quiet(world)
+    _fail(steps, broken, t, p)
+    when = rng.random()
+    if when < 0.4:  # while P's fault is being detected
+        t += rng.randrange(1 + int(3 * world.interval + 4 * world.timeout))
+        _fail(steps, broken, t, c)
+        t += gap
+        steps.append(Step(t, Action.CHECK))
+    else:  # once P's incident is open
+        t += gap
+        steps.append(Step(t, Action.CHECK))
+        t += 1 + rng.randrange(60)
+        _fail(steps, broken, t, c)
+        t += gap
+        steps.append(Step(t, Action.CHECK))
+    t += 1 + rng.randrange(30)
+    _repair(steps, broken, t, p)
+    if rng.random() < 0.2:  # P fails again soon after, C still down
+        t += 1 + rng.randrange(int(4 * world.interval))
+        _fail(steps, broken, t, p)
+        t += gap
+        steps.append(Step(t, Action.CHECK))
+        t += 1 + rng.randrange(30)
+        _repair(steps, broken, t, p)
+    t += rng.choice([1 + rng.randrange(int(3 * world.interval) + 1), gap])
+    if t > steps[-1].at + gap - 1:
+        steps.append(Step(t, Action.CHECK))
+    if rng.random() < 0.8:
+        t += 1
+        _repair(steps, broken, t, c)
+    return t + gap
+
+
+def _uplinks(rng: random.Random, world: World, steps: list[Step], broken: set[str],
+             t: float) -> float:  # fmt: skip
+    """The uplinks of a node N with several fail at different moments: one (N still
+    served by the others), then the rest, seconds later (inside the correlator's window)
+    or once the first one's incident is open; repaired in either order, each time with a
+    check, or one left for another episode. Appends the steps from `t`; returns when the
+    episode's last check is due."""
+    parents, _ = _links(world)
+    several = sorted(n for n, ps in parents.items() if len(ps) > 1)
+    if not several:
+        return t
+    n = several[rng.randrange(len(several))]
+    ups = list(parents[n])
+    rng.shuffle(ups)
+    gap = quiet(world)
+    soon = rng.random() < 0.4
+    for i, u in enumerate(ups):
+        _fail(steps, broken, t, u)
+        if i + 1 < len(ups):
+            if soon:
+                t += 1 + rng.randrange(int(world.window))
+            else:
+                t += gap
+                steps.append(Step(t, Action.CHECK))
+                t += 1 + rng.randrange(30)
+    t += gap
+    steps.append(Step(t, Action.CHECK))
+    t += 1
+    rng.shuffle(ups)
+    for i, u in enumerate(ups):
+        if i + 1 == len(ups) and rng.random() < 0.2:
+            break  # left down for another episode
+        _repair(steps, broken, t, u)
+        t += rng.choice([1 + rng.randrange(int(world.window)), gap])
+        if t - steps[-1].at >= gap - 1:
+            steps.append(Step(t, Action.CHECK))
+            t += 1
+    return t + gap
 
 
 def reloads(rng: random.Random, steps: list[Step]) -> list[Step]:
