@@ -290,3 +290,33 @@ async def test_a_latest_wins_writes_values_are_let_go_of_once_written_not_at_a_r
     await run_until_idle(writer)
     assert sorted(r["x"] for r in await pool.fetch("select x from t")) == [1, 2, 3]
     assert attempts == 2 and released == [[1, 2, 3]]
+
+
+async def test_a_write_once_over_is_kept_by_the_writer_no_more(pool: asyncpg.Pool) -> None:
+    """What a write was made from is freed once it is written and the writer has gone on
+    to the next: not kept for a drop the queue may need later (every tick's node states
+    stayed, a million transitions of a cut among them, until the queue next filled)."""
+    import gc
+    import weakref
+
+    class Values(list[int]):
+        pass
+
+    def make(values: Values) -> Op:
+        async def op(conn: store.Conn) -> None:  # made again from them at a retry
+            await conn.execute("insert into t (x) values ($1)", values[0])
+
+        return op
+
+    writer = Writer(None, 1000, Registry())
+    values = Values([1])
+    gone = weakref.ref(values)
+    writer.latest("node_states", values, lambda a, b: b, make)
+    writer.submit("note", insert(2))
+    del values
+    writer.submit("next", insert(3))
+    writer.attach(pool)
+    await run_until_idle(writer)
+    gc.collect()
+    assert sorted(r["x"] for r in await pool.fetch("select x from t")) == [1, 2, 3]
+    assert gone() is None

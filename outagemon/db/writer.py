@@ -260,6 +260,11 @@ class Writer:
             self._queue.popleft()
         if item.live:
             self._forget(item)
+        # Every write before it is over too: none is kept for a drop (kept there, each
+        # write's op, and the values it was made from, stayed till the queue next filled:
+        # every tick's node states, a cut's million transitions among them).
+        while self._droppable and not self._droppable[0].live:
+            self._droppable.popleft()
         item.gone()
         if item.seq is not None and self.spool is not None:
             self.spool.done(item.seq)
