@@ -308,15 +308,23 @@ async def test_a_write_once_over_is_kept_by_the_writer_no_more(pool: asyncpg.Poo
 
         return op
 
-    writer = Writer(None, 1000, Registry())
+    async def release(values: Values) -> None:
+        pass  # the values themselves: what holds them is the question
+
+    writer = Writer(pool, 1000, Registry())
     values = Values([1])
     gone = weakref.ref(values)
-    writer.latest("node_states", values, lambda a, b: b, make)
+    writer.latest("node_states", values, lambda a, b: b, make, release=release)
     writer.submit("note", insert(2))
     del values
-    writer.submit("next", insert(3))
-    writer.attach(pool)
-    await run_until_idle(writer)
-    gc.collect()
+    task = asyncio.create_task(writer.run())
+    try:
+        assert await writer.drain(15)
+        writer.submit("next", insert(3))
+        assert await writer.drain(15)
+        gc.collect()
+        assert gone() is None  # the writer, still running, holds them no more
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     assert sorted(r["x"] for r in await pool.fetch("select x from t")) == [1, 2, 3]
-    assert gone() is None

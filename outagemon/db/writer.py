@@ -322,6 +322,7 @@ class Writer:
                         if item.held is not None:  # over: let go of its values, a slice a step
                             held, item.held = item.held, None
                             await held()
+                            del held  # with the values, till the next write let go of
                 self._up_again()
                 backoff = 0.2
             except UNAVAILABLE as e:  # TimeoutError included
