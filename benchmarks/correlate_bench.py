@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.correlate_bench
         [--parts detection,loss,core,steady,reload,freeze,saves] [--subscribers 1000000]
-        [--profile] [--change PCT] [--nodes 1000000] [--parts blind --blind-for 150]
+        [--profile] [--where] [--change PCT] [--nodes 1000000] [--parts blind --blind-for 150]
         [--parts handoff]
 
 A city-sized network cannot exist on this machine, so the network is simulated
@@ -46,8 +46,11 @@ answered by the simulated devices; the correlator is the real one. The measureme
    every target, written by the monitor and the writer into a fresh database: the
    inventory (and again, as a reload of the same files writes it), every node's loss
    history (`save_history`, every ten minutes), the node states of a mass outage (100,000
-   down in one tick); the loop's holds through each (LoopLag, and the 2 ms timer in CPU
-   time; `--profile`: the loop's longest steps).
+   down in one tick), and of a cut of every router (a million at a million subscribers,
+   each its own time); each followed by the next write (what the writer held of the last
+   is let go of by then); the loop's holds through each (LoopLag, and the 2 ms timer in
+   CPU time; `--profile`: the loop's longest steps; `--where`: also the lines each step
+   over 8 ms was seen at, its stack sampled every 0.5 ms).
 8. Going blind and seeing again (`--parts blind`, not in the default parts: ~30 s): a
    city of `--nodes` nodes behind one anchor (the topology's probed root, as with no
    anchors configured), every node with a state and a clean history; the uplink fails
@@ -317,6 +320,7 @@ class Holds:
         self._began: dict[int, tuple[float, float]] = {}
         self._loop_thread = 0
         self._queued: Callable[[], float] | None = None  # the loop thread's wait, once watched
+        self.sampler: StepSampler | None = None  # --where: what each long step was doing
 
     def reset(self) -> None:
         self.worst_wall = self.worst_cpu = 0.0
@@ -327,6 +331,8 @@ class Holds:
         self.collections.clear()
         self.ended.clear()
         self.samples.clear()
+        if self.sampler is not None:
+            self.sampler.long.clear()
 
     async def run(self) -> None:
         if self._patched:
@@ -360,6 +366,7 @@ class Holds:
         import threading
 
         main = self._loop_thread = threading.get_ident()
+        mine = {main, self.sampler.thread if self.sampler is not None else None}
         loop = asyncio.get_running_loop()
         queued = _run_queue_wait(threading.get_native_id()) if self._patched else None
         self._queued = queued
@@ -389,7 +396,7 @@ class Holds:
             if late > 0.005:  # where the other threads are now (just past the hold)
                 lines = [f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno}"
                          f" {f.f_code.co_name}"
-                         for t, f in sys._current_frames().items() if t != main]  # fmt: skip
+                         for t, f in sys._current_frames().items() if t not in mine]  # fmt: skip
                 self.where.append((late, wall, "; ".join(lines)))
                 self.samples.append((w0, time.perf_counter(), late, own, "; ".join(lines)))
 
@@ -397,14 +404,21 @@ class Holds:
         from asyncio import events
 
         run, steps, ended = events.Handle._run, self.steps, self.ended
+        sampler = self.sampler
+        if sampler is not None:
+            sampler.watch(threading.get_ident())
 
         def timed(handle: events.Handle) -> None:
             w0, c0 = time.perf_counter(), time.thread_time()
+            if sampler is not None:
+                sampler.begin()
             run(handle)
             cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
             if cpu > 0.002 or wall > 0.02:
                 steps.append((cpu, wall, _label(handle)))
                 ended.append((w0 + wall, cpu, steps[-1][2]))
+            if sampler is not None:
+                sampler.end(cpu, steps[-1][2] if steps else "")
 
         events.Handle._run = timed  # type: ignore[method-assign,assignment]
 
@@ -434,6 +448,8 @@ class Holds:
             )
         if self._patched:
             lines += self._causes(top)
+        if self.sampler is not None:
+            lines += self.sampler.report(top)
         return "\n".join(lines)
 
     def _causes(self, top: int) -> list[str]:
@@ -456,6 +472,65 @@ class Holds:
             lines.append(f"     hold {own * 1000:5.1f} ms own CPU ({late * 1000:.1f} with the "
                          f"wait): gc [{', '.join(gcs)}] steps [{', '.join(done)}] thread at "
                          f"{where}")  # fmt: skip
+        return lines
+
+
+class StepSampler:
+    """`--where`: the loop thread's stack sampled every 0.5 ms while a step runs (a thread
+    that waits on an event between steps, so it costs nothing then), and for each step of
+    more than `over` CPU the lines it was seen at most: a step's label names only its task.
+    The sampler needs the interpreter's lock to look, so the switch interval is cut to
+    0.5 ms while it watches (a step's figures grow by its looks: read them as where)."""
+
+    def __init__(self, over: float = 0.008) -> None:
+        self.over = over
+        self.long: list[tuple[float, str, list[tuple[str, ...]]]] = []
+        self._main = 0
+        self.thread: int | None = None  # its own, not one to report where it was
+        self._running = threading.Event()
+        self._seen: list[tuple[str, ...]] = []
+
+    def watch(self, main: int) -> None:
+        import sys
+
+        self._main = main
+        sys.setswitchinterval(0.0005)
+        looker = threading.Thread(target=self._sample, daemon=True)
+        looker.start()
+        self.thread = looker.ident
+
+    def begin(self) -> None:
+        self._seen = []
+        self._running.set()
+
+    def end(self, cpu: float, label: str) -> None:
+        self._running.clear()
+        if cpu > self.over:
+            self.long.append((cpu, label, self._seen))
+
+    def _sample(self) -> None:
+        import sys
+
+        while True:
+            self._running.wait()
+            frame = sys._current_frames().get(self._main)
+            stack: list[str] = []
+            while frame is not None and len(stack) < 6:
+                name = frame.f_code.co_filename.rsplit("/", 1)[-1]
+                stack.append(f"{name}:{frame.f_lineno} {frame.f_code.co_name}")
+                frame = frame.f_back
+            if self._running.is_set():
+                self._seen.append(tuple(stack))
+            time.sleep(0.0005)
+
+    def report(self, top: int) -> list[str]:
+        from collections import Counter
+
+        lines = []
+        for cpu, label, seen in sorted(self.long, key=lambda x: -x[0])[:top]:
+            lines.append(f"     step {cpu * 1000:.1f} ms CPU {label}: {len(seen)} looks, at")
+            for stack, n in Counter(seen).most_common(3):
+                lines.append(f"       {n} x {' < '.join(stack)}")
         return lines
 
 
@@ -662,9 +737,14 @@ async def _saves(config_path: Path, holds: Holds, dsn: str, outage: int) -> list
         step()
         await writer.drain(600)
         took, cpu = time.perf_counter() - t0, time.process_time() - c0
+        # And the next write (the daemon writes every tick): what the writer held of this
+        # one is let go of by then at the latest, in the steps measured here.
+        monitor.journal.blind(monitor.correlator.blind)
+        await writer.drain(600)
         await asyncio.sleep(0.1)
         out.append(f"   {what}: written in {took:.1f} s ({cpu:.1f} s CPU); longest hold "
-                   f"of the loop {lag.worst * 1000:.0f} ms wall (LoopLag)")  # fmt: skip
+                   f"of the loop {lag.worst * 1000:.0f} ms wall (LoopLag); load average "
+                   f"{os.getloadavg()[0]:.2f}")  # fmt: skip
         out.append(holds.report(4))
 
     try:
@@ -680,6 +760,16 @@ async def _saves(config_path: Path, holds: Holds, dsn: str, outage: int) -> list
         monitor.correlator.transitions = [(n, "down", at) for n in targets[:outage]]
         await measured(f"node states of a mass outage ({outage:,} nodes down in one "
                        "tick, _save_states)", monitor._save_states)  # fmt: skip
+        # A cut of every router (a core failure in a city whose routers are probed): each
+        # transition with its own time, as results arriving one by one make them.
+        routers = [n for n in targets if loaded.directory.topology.nodes[n].kind == "cpe"]
+        at = monitor.clock()
+        monitor.correlator.transitions = [(n, "down", at + i * 1e-6)
+                                          for i, n in enumerate(routers)]  # fmt: skip
+        del routers
+        await measured(f"node states of a cut of every router ({len(targets):,} targets, "
+                       f"{len(monitor.correlator.transitions):,} routers down in one tick, "
+                       "_save_states)", monitor._save_states)  # fmt: skip
     finally:
         holds.stop()
         for task in (writing, watching, holding):
@@ -688,7 +778,7 @@ async def _saves(config_path: Path, holds: Holds, dsn: str, outage: int) -> list
     return out
 
 
-def saves(subscribers: int, profile: bool = False) -> None:
+def saves(subscribers: int, profile: bool = False, where: bool = False) -> None:
     """7. The big writes (inventory, loss histories, a mass outage's node states) into a
     fresh database, with the loop's holds measured through each."""
     import uuid
@@ -697,7 +787,8 @@ def saves(subscribers: int, profile: bool = False) -> None:
 
     from outagemon.db import migrate
 
-    holds = Holds(steps=profile)
+    holds = Holds(steps=profile or where)
+    holds.sampler = StepSampler() if where else None
     name = f"om_bench_saves_{uuid.uuid4().hex[:8]}"
     dsn = SAVES_DSN.rsplit("/", 1)[0] + "/" + name
 
@@ -963,6 +1054,9 @@ def main() -> None:
     ap.add_argument("--subscribers", type=int, default=1_000_000)
     ap.add_argument("--profile", action="store_true",
                     help="reload: list the longest steps of the loop and of the swap")  # fmt: skip
+    ap.add_argument("--where", action="store_true",
+                    help="saves: as --profile, and where each step over 8 ms CPU was "
+                         "(its stack sampled every 0.5 ms)")  # fmt: skip
     ap.add_argument("--change", type=float, default=0.0, metavar="PCT",
                     help="reload: change PCT %% of the subscribers first (a third leave, a "
                          "third move to other buildings and router addresses, as many "
@@ -986,7 +1080,7 @@ def main() -> None:
     if "freeze" in parts:
         freeze_states(args.nodes)
     if "saves" in parts:
-        saves(args.subscribers, args.profile)
+        saves(args.subscribers, args.profile, args.where)
     if "blind" in parts:
         blind(args.nodes, args.blind_for)
     if "handoff" in parts:
@@ -994,6 +1088,8 @@ def main() -> None:
     more = f" --change {args.change:g}" if args.change else ""
     more += f" --nodes {args.nodes}" if "freeze" in parts or "blind" in parts else ""
     more += f" --blind-for {args.blind_for:g}" if "blind" in parts else ""
+    more += " --profile" if args.profile else ""
+    more += " --where" if args.where else ""
     print(f"reproduce: .venv/bin/python -m benchmarks.correlate_bench --parts {args.parts} "
           f"--subscribers {args.subscribers}{more}")  # fmt: skip
 

@@ -610,7 +610,7 @@ class Monitor:
                     loss = ns.short_lost / ns.short_n if ns is not None and ns.short_n else 0.0
                     yield node, state, at, round(loss, 4)
 
-        self.journal.node_states(rows, len(changes))
+        self.journal.node_states(changes, rows)
 
     def _carry(self, changes: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
         """Routers carried over a restart (`_carried`): the first answer heard from one in
@@ -701,7 +701,7 @@ class Monitor:
                 loss = round(ns.short_lost / ns.short_n, 4) if ns.short_n else 0.0
                 rows.append((node, ns.state.value, ns.changed_at, loss))
         if rows:
-            self.journal.node_states(lambda: rows, len(rows))
+            self.journal.node_states(rows, lambda: rows)
         now = self.clock()
         kind = EventKind.BLIND if c.blind else EventKind.SEEING
         self.journal.event(Event(kind, now, detail={"taken_over": True}), None, 0)

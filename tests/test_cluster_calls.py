@@ -390,9 +390,9 @@ def test_a_new_leader_writes_the_states_it_sees_that_differ_and_its_blindness() 
     states["sw-3"] = NodeState(state=State.DOWN, changed_at=1.0)
     monitor.correlator.blind = True
     monitor._own_view({"core": "up", "sw-1": "down", "sw-2": "down", "sw-3": "up"})
-    queued = {name: values for name, (_, values, _) in writer._latest.items()}
+    queued = {name: values for name, (_, values, _, _) in writer._latest.items()}
     # The states as the write reads them (each batch's rows, made when it is written).
-    states_queued = {node: state for rows, _ in queued["node_states"]
+    states_queued = {node: state for rows, _, _ in queued["node_states"]
                      for node, state, _, _ in rows()}  # fmt: skip
     assert states_queued == {"sw-1": "up", "sw-3": "down"}
     assert queued["blind"] is True

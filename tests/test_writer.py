@@ -258,3 +258,73 @@ async def test_the_inventory_is_never_dropped_whatever_its_size(
     writer.attach(pool)
     await run_until_idle(writer)
     assert {r["x"] for r in await pool.fetch("select x from t")} == {1, 2, 4}
+
+
+async def test_a_latest_wins_writes_values_are_let_go_of_once_written_not_at_a_retry(
+    pool: asyncpg.Pool,
+) -> None:
+    """`release` gets a write's values once it is over: not while a lost connection (its
+    transaction rolled back) makes it again, so the retry writes them whole."""
+    attempts = 0
+    released: list[list[int]] = []
+
+    def make(values: list[int]) -> Op:
+        async def op(conn: store.Conn) -> None:
+            nonlocal attempts
+            attempts += 1
+            for x in values:
+                await conn.execute("insert into t (x) values ($1)", x)
+            if attempts == 1:  # the server ends the session in the middle of the write
+                await conn.execute("select pg_terminate_backend(pg_backend_pid())")
+
+        return op
+
+    async def release(values: list[int]) -> None:
+        released.append(list(values))
+        values.clear()
+
+    writer = Writer(None, 1000, Registry())
+    writer.latest("node_states", [1, 2], lambda a, b: a + b, make, release=release)
+    writer.latest("node_states", [3], lambda a, b: a + b, make, release=release)
+    writer.attach(pool)
+    await run_until_idle(writer)
+    assert sorted(r["x"] for r in await pool.fetch("select x from t")) == [1, 2, 3]
+    assert attempts == 2 and released == [[1, 2, 3]]
+
+
+async def test_a_write_once_over_is_kept_by_the_writer_no_more(pool: asyncpg.Pool) -> None:
+    """What a write was made from is freed once it is written and the writer has gone on
+    to the next: not kept for a drop the queue may need later (every tick's node states
+    stayed, a million transitions of a cut among them, until the queue next filled)."""
+    import gc
+    import weakref
+
+    class Values(list[int]):
+        pass
+
+    def make(values: Values) -> Op:
+        async def op(conn: store.Conn) -> None:  # made again from them at a retry
+            await conn.execute("insert into t (x) values ($1)", values[0])
+
+        return op
+
+    async def release(values: Values) -> None:
+        pass  # the values themselves: what holds them is the question
+
+    writer = Writer(pool, 1000, Registry())
+    values = Values([1])
+    gone = weakref.ref(values)
+    writer.latest("node_states", values, lambda a, b: b, make, release=release)
+    writer.submit("note", insert(2))
+    del values
+    task = asyncio.create_task(writer.run())
+    try:
+        assert await writer.drain(15)
+        writer.submit("next", insert(3))
+        assert await writer.drain(15)
+        gc.collect()
+        assert gone() is None  # the writer, still running, holds them no more
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert sorted(r["x"] for r in await pool.fetch("select x from t")) == [1, 2, 3]
