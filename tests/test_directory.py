@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from outagemon.core import directory, topology
 from outagemon.core.addresses import RUSSIA, PhonePlan
 from outagemon.core.directory import Directory
+from outagemon.errors import TopologyError
 from outagemon.sim import citygen
 
 TOPO = topology.parse_text(
@@ -303,6 +304,32 @@ def test_routers_read_with_more_ips_or_accounts_than_the_other_are_refused() -> 
     made.ips = ["\n".join(s.ip or "" for s in with_ip)]
     with pytest.raises(ValueError):
         directory.with_cpes(TOPO, subs, made)
+
+
+def test_freed_memory_is_kept_while_loading_and_given_back_as_by_default_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # glibc's trim threshold raised for the load (its chunks' buffers not given back and
+    # faulted in again chunk after chunk), and its default again after, also when the
+    # load fails.
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(directory, "_MALLOPT", lambda what, value: calls.append((what, value)))
+    (tmp_path / "t.yaml").write_text(
+        "nodes:\n  - {id: sw, kind: access, ip: 127.0.0.3, serves: ['ул. Ленина, д. 5']}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "s.csv").write_text(
+        "account,phones,address,flat,ip\n1,+79210000001,Ленина 5,1,127.0.1.1\n", encoding="utf-8"
+    )
+    trim = directory._M_TRIM_THRESHOLD
+    for subscribers in (tmp_path / "s.csv", tmp_path / "missing.csv"):
+        calls.clear()
+        try:
+            directory.load(tmp_path / "t.yaml", subscribers)
+        except TopologyError:
+            assert subscribers.name == "missing.csv"
+        kept = [value for what, value in calls if what == trim]
+        assert kept == [directory.KEPT_WHILE_LOADING, directory.TRIM_THRESHOLD], calls
 
 
 def test_free_memory_is_given_back_where_the_c_library_can() -> None:

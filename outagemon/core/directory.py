@@ -1410,6 +1410,7 @@ def load(topology_path: Path, subscribers_path: Path | None, phones: PhonePlan =
     enabled = gc.isenabled()
     gc.disable()
     map_large_blocks()
+    keep_freed_memory(True)
     try:
         topo = topology_mod.load(topology_path)
         if subscribers_path is None:
@@ -1429,6 +1430,7 @@ def load(topology_path: Path, subscribers_path: Path | None, phones: PhonePlan =
         release_free_memory()
         return loaded
     finally:
+        keep_freed_memory(False)
         if enabled:
             gc.enable()
 
@@ -1442,7 +1444,11 @@ def _libc(name: str) -> Callable[..., int] | None:
 
 _TRIM = _libc("malloc_trim")
 _MALLOPT = _libc("mallopt")
-_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+_M_TRIM_THRESHOLD = -1  # glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+TRIM_THRESHOLD = 128 << 10  # glibc's default: free memory above this at the heap's top is
+# given back to the system at once
+KEPT_WHILE_LOADING = 256 << 20
 LARGE_BLOCK = 1 << 20  # bytes: a block this large or larger has pages of its own (mmap)
 
 
@@ -1456,6 +1462,17 @@ def map_large_blocks() -> None:
     it grows by mremap(): no copy, and its new pages are faulted as entries are written."""
     if _MALLOPT is not None:
         _MALLOPT(_M_MMAP_THRESHOLD, LARGE_BLOCK)
+
+
+def keep_freed_memory(keep: bool) -> None:
+    """While loading (`keep`), have glibc keep the memory freed at its heap's top; after,
+    give it back as by default. Each chunk of the subscriber file allocates and frees
+    some hundreds of KiB there: given back each time, its pages were faulted in again by
+    the next chunk, half of a million-subscriber load's page faults (~250,000 in all,
+    0.3 s of system CPU). What is kept is given back at the load's end
+    (release_free_memory)."""
+    if _MALLOPT is not None:
+        _MALLOPT(_M_TRIM_THRESHOLD, KEPT_WHILE_LOADING if keep else TRIM_THRESHOLD)
 
 
 def release_free_memory() -> None:
