@@ -309,9 +309,8 @@ def test_routers_read_with_more_ips_or_accounts_than_the_other_are_refused() -> 
 def test_freed_memory_is_kept_while_loading_and_given_back_as_by_default_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # glibc's trim threshold raised for the load (its chunks' buffers not given back and
-    # faulted in again chunk after chunk), and its default again after, also when the
-    # load fails.
+    # glibc's top pad raised for the load (its chunks' buffers not given back and faulted
+    # in again chunk after chunk), and its default again after, also when the load fails.
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(directory, "_MALLOPT", lambda what, value: calls.append((what, value)))
     (tmp_path / "t.yaml").write_text(
@@ -321,15 +320,15 @@ def test_freed_memory_is_kept_while_loading_and_given_back_as_by_default_after(
     (tmp_path / "s.csv").write_text(
         "account,phones,address,flat,ip\n1,+79210000001,Ленина 5,1,127.0.1.1\n", encoding="utf-8"
     )
-    trim = directory._M_TRIM_THRESHOLD
+    pad = directory._M_TOP_PAD
     for subscribers in (tmp_path / "s.csv", tmp_path / "missing.csv"):
         calls.clear()
         try:
             directory.load(tmp_path / "t.yaml", subscribers)
         except TopologyError:
             assert subscribers.name == "missing.csv"
-        kept = [value for what, value in calls if what == trim]
-        assert kept == [directory.KEPT_WHILE_LOADING, directory.TRIM_THRESHOLD], calls
+        kept = [value for what, value in calls if what == pad]
+        assert kept == [directory.KEPT_WHILE_LOADING, directory.TOP_PAD], calls
 
 
 def test_free_memory_is_given_back_where_the_c_library_can() -> None:

@@ -1444,11 +1444,12 @@ def _libc(name: str) -> Callable[..., int] | None:
 
 _TRIM = _libc("malloc_trim")
 _MALLOPT = _libc("mallopt")
-_M_TRIM_THRESHOLD = -1  # glibc's malloc.h
+_M_TOP_PAD = -2  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
-TRIM_THRESHOLD = 128 << 10  # glibc's default: free memory above this at the heap's top is
-# given back to the system at once
-KEPT_WHILE_LOADING = 256 << 20
+# Free memory kept at the heap's top when glibc gives the rest back: its default (which,
+# unlike the trim threshold, glibc never moves by itself), and while loading.
+TOP_PAD = 128 << 10
+KEPT_WHILE_LOADING = 16 << 20
 LARGE_BLOCK = 1 << 20  # bytes: a block this large or larger has pages of its own (mmap)
 
 
@@ -1465,14 +1466,15 @@ def map_large_blocks() -> None:
 
 
 def keep_freed_memory(keep: bool) -> None:
-    """While loading (`keep`), have glibc keep the memory freed at its heap's top; after,
-    give it back as by default. Each chunk of the subscriber file allocates and frees
-    some hundreds of KiB there: given back each time, its pages were faulted in again by
-    the next chunk, half of a million-subscriber load's page faults (~250,000 in all,
-    0.3 s of system CPU). What is kept is given back at the load's end
-    (release_free_memory)."""
+    """While loading (`keep`), have glibc keep 16 MiB of the memory freed at its heap's
+    top when it gives the rest back; after, its default 128 KiB. Each chunk of the
+    subscriber file allocates and frees some hundreds of KiB there: given back each time,
+    its pages were faulted in again by the next chunk, half of a million-subscriber load's
+    page faults (~250,000 in all, 0.3 s of system CPU). What is kept is given back at the
+    load's end (release_free_memory). Not the trim threshold: glibc raises that by itself
+    as large blocks are freed, so its value before the load is not known to restore."""
     if _MALLOPT is not None:
-        _MALLOPT(_M_TRIM_THRESHOLD, KEPT_WHILE_LOADING if keep else TRIM_THRESHOLD)
+        _MALLOPT(_M_TOP_PAD, KEPT_WHILE_LOADING if keep else TOP_PAD)
 
 
 def release_free_memory() -> None:
