@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from outagemon.core import directory, topology
 from outagemon.core.addresses import RUSSIA, PhonePlan
 from outagemon.core.directory import Directory
+from outagemon.errors import TopologyError
 from outagemon.sim import citygen
 
 TOPO = topology.parse_text(
@@ -295,14 +296,39 @@ def test_routers_read_with_more_ips_or_accounts_than_the_other_are_refused() -> 
     subs, _ = directory.parse_csv(CSV, PATH, TOPO)
     made = directory._Routers()
     with_ip = [s for s in subs if s.ip is not None]
-    made.accounts = ["\n".join(s.account for s in with_ip)]
+    made.ids = ["\n".join(f"cpe:{s.account}" for s in with_ip)]
     made.ips = ["\n".join(s.ip or "" for s in with_ip[:-1])]
     with pytest.raises(ValueError):
         directory.with_cpes(TOPO, subs, made)
-    made.accounts = ["\n".join(s.account for s in with_ip[:-1])]
+    made.ids = ["\n".join(f"cpe:{s.account}" for s in with_ip[:-1])]
     made.ips = ["\n".join(s.ip or "" for s in with_ip)]
     with pytest.raises(ValueError):
         directory.with_cpes(TOPO, subs, made)
+
+
+def test_freed_memory_is_kept_while_loading_and_given_back_as_by_default_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # glibc's top pad raised for the load (its chunks' buffers not given back and faulted
+    # in again chunk after chunk), and its default again after, also when the load fails.
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(directory, "_MALLOPT", lambda what, value: calls.append((what, value)))
+    (tmp_path / "t.yaml").write_text(
+        "nodes:\n  - {id: sw, kind: access, ip: 127.0.0.3, serves: ['ул. Ленина, д. 5']}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "s.csv").write_text(
+        "account,phones,address,flat,ip\n1,+79210000001,Ленина 5,1,127.0.1.1\n", encoding="utf-8"
+    )
+    pad = directory._M_TOP_PAD
+    for subscribers in (tmp_path / "s.csv", tmp_path / "missing.csv"):
+        calls.clear()
+        try:
+            directory.load(tmp_path / "t.yaml", subscribers)
+        except TopologyError:
+            assert subscribers.name == "missing.csv"
+        kept = [value for what, value in calls if what == pad]
+        assert kept == [directory.KEPT_WHILE_LOADING, directory.TOP_PAD], calls
 
 
 def test_free_memory_is_given_back_where_the_c_library_can() -> None:
@@ -371,6 +397,45 @@ def test_a_crm_export_with_a_bom_crlf_and_a_line_break_in_a_quoted_field(
     assert len(loaded.problems) == 2, loaded.problems
     assert loaded.problems[0].startswith(f"{subs}: row 3: address holds a carriage return")
     assert loaded.problems[1] == f"{subs}: row 5: ip 'not-an-ip' is not an IP address."
+
+
+@pytest.mark.parametrize("rows", [
+    # Two routers at one ip, no account twice: found by the routers' own address map.
+    ["1,+79210000001,Ленина 5,1,127.0.1.1", "2,+79210000002,Ленина 5,2,127.0.1.2",
+     "3,+79210000003,Ленина 5,3,127.0.1.1", "4,+79210000004,Ленина 5,4,127.0.1.2",
+     "5,+79210000005,Ленина 5,5,127.0.1.5"],
+    # An account and an ip twice, each decided in row order: the ip of row 3 is left out,
+    # so its account's next row stays; account 1 again is left out.
+    ["1,+79210000001,Ленина 5,1,127.0.1.1", "2,+79210000002,Ленина 5,2,127.0.1.1",
+     "2,+79210000003,Ленина 5,3,127.0.1.3", "1,+79210000004,Ленина 5,4,"],
+    # An account twice, every ip once.
+    ["1,+79210000001,Ленина 5,1,127.0.1.1", "1,+79210000002,Ленина 5,2,127.0.1.2",
+     "3,+79210000003,Ленина 5,3,127.0.1.3"],
+])  # fmt: skip
+def test_a_file_with_an_account_or_a_router_s_ip_twice_loads_as_read_rows_reads_it(
+    tmp_path: Path, rows: list[str]
+) -> None:
+    # load() leaves the routers' ips to the topology's address map, which finds two at
+    # one ip: the roster is then checked whole and the routers made again, so the file
+    # loads as the row-by-row reading (parse_csv) reads it, with each ip once.
+    (tmp_path / "t.yaml").write_text(
+        "nodes:\n  - {id: sw, kind: access, ip: 127.0.0.3, serves: ['ул. Ленина, д. 5']}\n",
+        encoding="utf-8",
+    )
+    text = "account,phones,address,flat,ip\n" + "\n".join(rows) + "\n"
+    (tmp_path / "s.csv").write_text(text, encoding="utf-8")
+    loaded = directory.load(tmp_path / "t.yaml", tmp_path / "s.csv")
+    topo = topology.load(tmp_path / "t.yaml")
+    subs, problems = directory.parse_csv(text, tmp_path / "s.csv", topo)
+    assert problems and loaded.problems == problems
+    d = loaded.directory
+    assert list(d.subscribers) == subs
+    routers = {f"cpe:{s.account}": s.ip for s in subs if s.ip}
+    assert {n.id: n.ip for n in d.topology.nodes.values() if n.kind == "cpe"} == routers
+    assert not d.topology.by_ip.repeated
+    assert {ip: n for ip, n in d.topology.by_ip.items() if n.startswith("cpe:")} == {
+        ip: n for n, ip in routers.items()
+    }
 
 
 _DIGITS = st.text(alphabet="0123456789", min_size=1, max_size=3)

@@ -1065,29 +1065,56 @@ def read_rows(
     """Subscribers from CSV rows (the header first), and a sentence for each row that could
     not be used. Rows are taken a chunk at a time into columns: at no time is there a
     Python object per subscriber."""
-    roster, problems, _ = _read_rows(rows, path, topology, plan)
+    roster, problems, _, _ = _read_rows(rows, path, topology, plan)
     return roster, problems
 
 
 class _Routers:
-    """The accounts and ips of the subscribers with a router, in the roster's order, kept
-    as the file is read, a chunk's in one text a line each (no value holds a line break:
-    see bad_character) for `with_cpes`, which splits them: each string made in one call,
-    not cut out of its column by two (a slice and the cut). Not the strings read: those
-    lie scattered among the row's freed ones, and a process forked after the load wrote
-    into their half-empty pages as it allocated (16 MiB more of its own)."""
+    """The ids (cpe:ACCOUNT) and ips of the subscribers' routers, in the roster's order,
+    kept as the file is read, a chunk's in one text a line each (no value holds a line
+    break: see bad_character) for `with_cpes`, which splits them: each string made in one
+    call, not cut out of its column by two (a slice and the cut), nor made again with its
+    "cpe:" (a million strings more, made and freed). Not the strings read: those lie
+    scattered among the row's freed ones, and a process forked after the load wrote into
+    their half-empty pages as it allocated (16 MiB more of its own)."""
 
-    __slots__ = ("accounts", "ips")
+    __slots__ = ("ids", "ips")
 
     def __init__(self) -> None:
-        self.accounts: list[str] = []
+        self.ids: list[str] = []
         self.ips: list[str] = []
 
 
+class _Unchecked:
+    """A roster whose routers' ips were not compared with each other as it was read (see
+    `load`): the roster, and its rows' problems, for the whole check should two of them
+    share one."""
+
+    __slots__ = ("problems", "roster")
+
+    def __init__(self, roster: Roster, problems: list[tuple[int, str]]) -> None:
+        self.roster, self.problems = roster, problems
+
+    def checked(self, path: Path) -> tuple[Roster, list[str]]:
+        """The roster less every duplicate, ips too (as `read_rows` leaves it), and the
+        problems in words."""
+        kept, more = _without_duplicates(self.roster)
+        return kept, _worded(path, self.problems + more)
+
+
+def _worded(path: Path, problems: list[tuple[int, str]]) -> list[str]:
+    problems.sort(key=lambda p: p[0])
+    return [f"{path}: row {n}: {text}" for n, text in problems]
+
+
 def _read_rows(
-    rows: Iterator[list[str]], path: Path, topology: Topology, plan: PhonePlan
-) -> tuple[Roster, list[str], _Routers | None]:
-    """read_rows, and the routers as read (None: made from the roster's columns)."""
+    rows: Iterator[list[str]], path: Path, topology: Topology, plan: PhonePlan,
+    check_ips: bool = True,
+) -> tuple[Roster, list[str], _Routers | None, _Unchecked | None]:  # fmt: skip
+    """read_rows, and the routers as read (None: made from the roster's columns).
+    `check_ips` False: two routers at one ip are not looked for, unless a duplicate
+    account was found (the last: what the whole check needs, when the routers' own
+    address map finds two at one ip; else None)."""
     header = [h.strip() for h in next(rows, [])]
     missing = [c for c in COLUMNS if c not in header]
     if missing:
@@ -1097,7 +1124,7 @@ def _read_rows(
                 "the file must be comma-separated)") if other else ""  # fmt: skip
         empty = Roster(Column(), Column(), Column(), Column(), array("I"), array("I"), [])
         return empty, [f"{path}: the header lacks column(s) {', '.join(missing)}{hint}; "
-                       f"it must name {','.join(COLUMNS)}."], None  # fmt: skip
+                       f"it must name {','.join(COLUMNS)}."], None, None  # fmt: skip
     problems: list[tuple[int, str]] = []
     ia, iph, iad, ifl, iip = (header.index(c) for c in COLUMNS)
     at = (ia, iph, iad, ifl, iip)
@@ -1114,7 +1141,8 @@ def _read_rows(
     numbers: list[array[int]] = []  # each chunk's, joined at the end (see _joined)
     place_of: list[array[int]] = []
     # The indexes' keys, each text hashed as read (see _Keys); slots: positions in the roster.
-    accounts_keys, phones_keys, ips_keys = _Keys(), _Keys(), _Keys()
+    accounts_keys, phones_keys = _Keys(), _Keys()
+    ips_keys = _Keys() if check_ips else None
     routers = _Routers()
     row_number = 1
     while True:
@@ -1255,12 +1283,17 @@ def _read_rows(
         (accounts_keys.index(), phones_keys.index()) if made else None,
     )  # fmt: skip
     places.let_go()  # the roster keeps its places list, not the meanings (see let_go)
-    kept, more = _without_duplicates(roster, ips_keys.index() if made else None)
-    problems += more
-    problems.sort(key=lambda p: p[0])
+    unchecked = None
+    if ips_keys is not None:
+        kept, more = _without_duplicates(roster, ips_keys.index() if made else None)
+    else:
+        kept, more = _without_duplicates(roster, check_ips=False)
+        if kept is roster:  # no duplicate account: the routers' ips are checked by `load`
+            unchecked = _Unchecked(roster, [*problems])
+        else:  # the whole check, every row in order, as read_rows makes it
+            kept, more = _without_duplicates(roster)
     # The routers as read, unless a duplicate was left out of the roster since.
-    return kept, [f"{path}: row {n}: {text}" for n, text in problems], (
-        routers if kept is roster else None)  # fmt: skip
+    return kept, _worded(path, problems + more), (routers if kept is roster else None), unchecked
 
 
 def _chunk(rows: Iterator[list[str]]) -> list[list[str]]:
@@ -1278,10 +1311,10 @@ def _chunk(rows: Iterator[list[str]]) -> list[list[str]]:
 
 
 def _keyed(accounts: list[str], phones: list[str], ips: list[str], by_account: _Keys,
-           by_phone: _Keys, by_ip: _Keys, routers: _Routers) -> None:  # fmt: skip
+           by_phone: _Keys, by_ip: _Keys | None, routers: _Routers) -> None:  # fmt: skip
     """A chunk's keys added to the indexes: its accounts, each number it gives (a
     subscriber's numbers are joined by ";"), its ips given; at their positions next. And
-    its routers' accounts and ips (see _Routers)."""
+    its routers' ids and ips (see _Routers)."""
     at = by_account.taken
     by_account.add(accounts, count(at))
     if ";" in "".join(phones):  # several numbers for some: one entry per number
@@ -1292,20 +1325,24 @@ def _keyed(accounts: list[str], phones: list[str], ips: list[str], by_account: _
     else:
         by_phone.add(compress(phones, phones), compress(count(at), phones))
     given = list(compress(ips, ips))
-    by_ip.add(given, compress(count(at), ips))
+    if by_ip is not None:
+        by_ip.add(given, compress(count(at), ips))
     if given:
         routers.ips.append("\n".join(given))
-        routers.accounts.append("\n".join(compress(accounts, ips)))
+        routers.ids.append("cpe:" + "\ncpe:".join(compress(accounts, ips)))
 
 
-def _without_duplicates(roster: Roster, by_ip: HashIndex | None = None
+def _without_duplicates(roster: Roster, by_ip: HashIndex | None = None, check_ips: bool = True
                         ) -> tuple[Roster, list[tuple[int, str]]]:  # fmt: skip
     """A second account of the same number, or a second router at one ip, is left out
     (the first row keeps it). Only the rows whose hashes collide are looked at, in row
     order, as a single pass over every row would. `by_ip`: the given ips' index by their
-    subscribers' positions, when made as the file was read."""
+    subscribers' positions, when made as the file was read; `check_ips` False: only
+    accounts compared."""
     suspects = set(roster._by_account.collisions())
-    if by_ip is not None:
+    if not check_ips:
+        pass
+    elif by_ip is not None:
         suspects.update(by_ip.collisions())
     else:
         with_ip = _filled(roster.ips)
@@ -1358,7 +1395,7 @@ def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber],
     ids: Iterable[str]
     ips: Iterable[str]
     if made is not None:  # kept as read: split, not cut out of the columns (see _Routers)
-        ids = map("cpe:".__add__, _lines(made.accounts))
+        ids = _lines(made.ids)
         ips = _lines(made.ips)
     else:
         ids = map("cpe:".__add__, compress(_texts(roster.accounts), with_ip()))
@@ -1375,6 +1412,20 @@ def with_cpes(topology: Topology, subscribers: Roster | Iterable[Subscriber],
     if any(next(it, None) is not None for it in (names, ips, ups)):
         raise ValueError("with_cpes: the routers' ids, ips and uplinks differ in number")
     return out
+
+
+def _let_go(topology: Topology) -> None:
+    """A topology's nodes and addresses freed a slice at a time: a million routers let go
+    of at once are freed in one cascade that holds the interpreter's lock (a reload's
+    event loop beside it) for tens of milliseconds."""
+    for part in (*topology.by_ip.parts(), *topology.nodes.parts()):
+        if isinstance(part, dict):
+            pop = part.popitem
+            for _ in range(len(part)):
+                pop()
+        elif isinstance(part, list):
+            while part:
+                del part[-_RUN:]
 
 
 def _lines(texts: list[str]) -> Iterator[str]:
@@ -1407,16 +1458,27 @@ def load(topology_path: Path, subscribers_path: Path | None, phones: PhonePlan =
     enabled = gc.isenabled()
     gc.disable()
     map_large_blocks()
+    keep_freed_memory(True)
     try:
         topo = topology_mod.load(topology_path)
         if subscribers_path is None:
             return Loaded(Directory(topo, [], phones), [])
-        roster, problems, routers = _read_file(subscribers_path, topo, phones)
+        roster, problems, routers, unchecked = _read_file(subscribers_path, topo, phones)
         release_free_memory()  # the chunks' and the sorts' buffers, before the routers
-        loaded = Loaded(Directory(with_cpes(topo, roster, routers), roster, phones), problems)
+        whole = with_cpes(topo, roster, routers)
+        if unchecked is not None and whole.by_ip.repeated:
+            # Two routers at one ip: the roster checked whole, the routers made anew (a
+            # file with that problem loads slower, as read before the routers' map).
+            _let_go(whole)
+            del whole
+            roster, problems = unchecked.checked(subscribers_path)
+            whole = with_cpes(topo, roster)
+        del unchecked
+        loaded = Loaded(Directory(whole, roster, phones), problems)
         release_free_memory()
         return loaded
     finally:
+        keep_freed_memory(False)
         if enabled:
             gc.enable()
 
@@ -1430,7 +1492,12 @@ def _libc(name: str) -> Callable[..., int] | None:
 
 _TRIM = _libc("malloc_trim")
 _MALLOPT = _libc("mallopt")
-_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+_M_TOP_PAD = -2  # glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+# Free memory kept at the heap's top when glibc gives the rest back: its default (which,
+# unlike the trim threshold, glibc never moves by itself), and while loading.
+TOP_PAD = 128 << 10
+KEPT_WHILE_LOADING = 16 << 20
 LARGE_BLOCK = 1 << 20  # bytes: a block this large or larger has pages of its own (mmap)
 
 
@@ -1446,6 +1513,18 @@ def map_large_blocks() -> None:
         _MALLOPT(_M_MMAP_THRESHOLD, LARGE_BLOCK)
 
 
+def keep_freed_memory(keep: bool) -> None:
+    """While loading (`keep`), have glibc keep 16 MiB of the memory freed at its heap's
+    top when it gives the rest back; after, its default 128 KiB. Each chunk of the
+    subscriber file allocates and frees some hundreds of KiB there: given back each time,
+    its pages were faulted in again by the next chunk, half of a million-subscriber load's
+    page faults (~250,000 in all, 0.3 s of system CPU). What is kept is given back at the
+    load's end (release_free_memory). Not the trim threshold: glibc raises that by itself
+    as large blocks are freed, so its value before the load is not known to restore."""
+    if _MALLOPT is not None:
+        _MALLOPT(_M_TOP_PAD, KEPT_WHILE_LOADING if keep else TOP_PAD)
+
+
 def release_free_memory() -> None:
     """Give the C allocator's free memory back to the system (glibc's malloc_trim).
 
@@ -1458,7 +1537,7 @@ def release_free_memory() -> None:
 
 
 def _read_file(path: Path, topology: Topology, phones: PhonePlan
-               ) -> tuple[Roster, list[str], _Routers | None]:  # fmt: skip
+               ) -> tuple[Roster, list[str], _Routers | None, _Unchecked | None]:  # fmt: skip
     try:
         # utf-8-sig: CRM exports often start with a byte-order mark
         with path.open(encoding="utf-8-sig", newline="") as f:
@@ -1467,7 +1546,8 @@ def _read_file(path: Path, topology: Topology, phones: PhonePlan
             # anew after each such hand-back; read 8 KiB at a time (the default: a read
             # every ~0.5 ms), it waited through all of them, 0.2-1.1 s on a quiet machine.
             f._CHUNK_SIZE = READ_BUFFER  # type: ignore[attr-defined]  # CPython's, settable
-            return _read_rows(csv.reader(f), path, topology, phones)
+            # The routers' ips compared by the topology's address map (see `load`).
+            return _read_rows(csv.reader(f), path, topology, phones, check_ips=False)
     except FileNotFoundError:
         raise TopologyError([f"{path}: no such file."]) from None
     except UnicodeDecodeError as e:
