@@ -566,6 +566,9 @@ class _NoEngine:
     on_result: object = None
     timeout = 0.0  # set by a reload (IcmpSource.retarget)
 
+    def check_rcvbuf(self, targets: dict[int, int]) -> None:
+        """No socket: no receive queue to warn about (a reload asks)."""
+
 
 def _timed(obj: object, name: str, into: list[tuple[float, float, str]]) -> None:
     """Wrap a method to time each call (the swap's steps, for --profile)."""
