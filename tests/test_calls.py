@@ -321,6 +321,26 @@ def test_a_caller_naming_their_building_and_then_their_flat_is_one_caller(
     assert sus.callers == set(flat) and sus.count == 6
 
 
+def test_a_home_taking_a_call_that_named_no_flat_is_kept_as_long_as_that_call(
+    town: Directory,
+) -> None:
+    """A home that called with its flat, then twice naming none (the second just after
+    the first call left the window): one caller throughout, not the home and a building's
+    caller (the home was forgotten with its first call, its later one kept under it)."""
+    w = watch_of(town, **(BEFORE | {"evidence": 0.0, "scan_chance": 0.0}))
+    ids = Ids()
+    seg = "seg-1-3-2"
+    building = next(s.address.key for s in town.subscribers if s.serving == seg)
+    home = caller_key(b"salt", "home", f"{building}\x00{12}")
+    unnamed = caller_key(b"salt", "building", building)
+    window = w.settings.window
+    w.tick(11.0, [Call(10, seg, building, home, "ivr", "ok")], never, ids)
+    w.tick(10 + window, [Call(9 + window, seg, building, unnamed, "ivr", "ok")], never, ids)
+    w.tick(12 + window, [Call(11 + window, seg, building, unnamed, "ivr", "ok")], never, ids)
+    assert set(w._counts[seg]) == {home}
+    assert not w.open
+
+
 def test_a_caller_naming_no_flat_counts_when_no_home_of_their_building_called(
     town: Directory,
 ) -> None:

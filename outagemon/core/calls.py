@@ -676,18 +676,25 @@ class CallWatch:
         kept = self._homes.get(building)
         if kept is None:
             kept = self._homes[building] = _Building()
+        named = kept.named
         if call.caller.startswith(UNNAMED):
             home = kept.latest()
             if home is not None:
+                # The home called now: kept as long as this call (else, forgotten with its
+                # own older call, the same person's next call would be a second caller).
                 call.caller = home
+                named[home] = max(named[home], call.at)
             else:
                 kept.unnamed[call.caller] = (call.at, call.node)
         else:
             for who, (_, node) in kept.unnamed.items():
                 self._rename(who, call.caller, node)
             kept.unnamed.clear()
-            kept.named[call.caller] = call.at
-            kept.last = call.caller
+            # (a cluster's relayed calls come in late: the latest call stays the latest)
+            latest = named.get(kept.last)
+            named[call.caller] = max(named.get(call.caller, call.at), call.at)
+            if latest is None or call.at >= latest:
+                kept.last = call.caller
         self._homes_order.append((call.at, building, call.caller))
 
     def _rename(self, old: str, new: str, node: str) -> None:
