@@ -594,7 +594,9 @@ class Monitor:
         """Node state changes since the last tick, as one write (a recovery of 100,000
         nodes is one statement, not 100,000)."""
         changes, self.correlator.transitions = self.correlator.transitions, []
-        if self._carried and changes:
+        if changes and (self._unheard or any(self._carried.values())):
+            # (a pass over every change: only while some router is carried still, not for
+            # as long as its outage stays open once each carried router has changed)
             changes = self._carry(changes)
         if not changes or self.writer is None:
             return

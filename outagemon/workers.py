@@ -305,6 +305,9 @@ class _Supervisor:
             texts = dataclasses.replace(texts, suspected=cfg.callers.sentence)
             loaded = directory.load(cfg.topology.file, cfg.topology.subscribers,
                                     PhonePlan.of(cfg.topology.phones))  # fmt: skip
+            # Made here, as the daemon makes it: else each new worker would scan the
+            # roster on its event loop at its first question with a flat that is no number.
+            loaded.directory.named_flats()
             gc.collect()
             gc.freeze()
             return cfg, texts, loaded.directory

@@ -110,17 +110,19 @@ def iso(seconds: float | None) -> str:
     same seconds unless the wall clock was stepped since start."""
     if seconds is None:
         return ""
-    return _iso(math.floor(clock.wall(seconds)))  # whole seconds: few keys for the cache
+    whole = math.floor(clock.wall(seconds))  # whole seconds: few keys for the cache
+    return _iso(whole, _shown_zone)
 
 
 def iso_wall(seconds: float | None) -> str:
     """A wall-clock time (a database row's, a request's) as ISO 8601."""
-    return "" if seconds is None else _iso(seconds)
+    return "" if seconds is None else _iso(seconds, _shown_zone)
 
 
 @lru_cache(maxsize=4096)  # the same few incident times, asked about all day
-def _iso(seconds: float) -> str:
-    return local(datetime.fromtimestamp(seconds, tz=UTC)).isoformat(timespec="seconds")
+def _iso(seconds: float, zone: tzinfo | None) -> str:
+    # The zone is in the key: a report's thread may be formatting as a reload changes it.
+    return datetime.fromtimestamp(seconds, tz=UTC).astimezone(zone).isoformat(timespec="seconds")
 
 
 # The zone the API and the page give times in: [messages] timezone, the one callers hear
@@ -132,9 +134,7 @@ _shown_zone: tzinfo | None = None
 
 def show_times_in(tz: tzinfo | None) -> None:
     global _shown_zone
-    if tz is not _shown_zone:
-        _shown_zone = tz
-        _iso.cache_clear()
+    _shown_zone = tz
 
 
 def local(t: datetime) -> datetime:
