@@ -179,11 +179,16 @@ def test_a_row_with_more_fields_than_the_header_is_reported() -> None:
 
 
 def test_a_flat_that_is_no_number_in_a_building_split_by_flat_is_named() -> None:
-    _, problems = build(
+    d, problems = build(
         "account,phones,address,flat,ip\n"
         "3101,+79210000011,пр-т Мира 10,abc,\n"
         "3102,+79210000012,пр-т Мира 10,-3,\n"
+        "3103,+79210000013,пр-т Мира 10,12а,\n"
+        "3104,+79210000014,пр-т Мира 10,55/1,\n"
     )
+    # A flat with a letter or part is in its number's part, as /check places it.
+    assert d.account("3103").nodes == ("seg-1",) and d.account("3104").nodes == ("seg-2",)
+    assert d.address("Мира 10", flat="12а").nodes == ("seg-1",)
     assert [p.split(": ", 1)[1] for p in problems] == [
         "row 2: address 'пр-т Мира, д. 10' is split between seg-1, seg-2 by flat number, "
         "and flat 'abc' is not a number.",

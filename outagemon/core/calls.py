@@ -1168,11 +1168,7 @@ class CallWatch:
         """A call a suspicion gave back: counted again at its places (it is still in
         the window, which it leaves in its time)."""
         self._by_node.setdefault(call.node, deque()).append(call)
-        largest, below = self.settings.max_subscribers, self.below
-        for n in self._chain(call.node):
-            if below.get(n, 0) <= largest:
-                per = self._counts.setdefault(n, {})
-                per[call.caller] = per.get(call.caller, 0) + 1
+        self._count_in(call)
 
     def lowest_shared(self, nodes: set[str]) -> str:
         """The lowest node at or above every one of these (ties: the first by id); with

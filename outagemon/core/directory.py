@@ -928,7 +928,9 @@ class _Places:
         """(place, flat) for a row, or the sentence why it has none."""
         address = written.address
         flat = raw_flat or address.flat
-        nodes = written.nodes(_flat_number(flat))
+        # "12а", "12/1": in flat 12's part, as a caller asking for it is (Directory.address)
+        number = _flat_number(flat)
+        nodes = written.nodes(number if number is not None else _number_of(flat))
         if len(nodes) == 1:
             return nodes[0], flat
         if not nodes:
@@ -937,7 +939,7 @@ class _Places:
                 f"{f' flat {flat}' if flat else ''} is served by no node in the topology."
             )
         split = ", ".join(self.places[p][0] for p in nodes)
-        if flat and _flat_number(flat) is None:  # given, but no number the ranges place
+        if flat and number is None:  # given, but no number the ranges place
             return (f"address {address.text(with_flat=False)!r} is split between {split} by "
                     f"flat number, and flat {flat!r} is not a number.")  # fmt: skip
         return (
