@@ -263,3 +263,26 @@ def test_the_worlds_that_found_each_agree_with_the_oracle(seed: int, flag: str) 
     world = worlds.generate(random.Random(seed), seed, **{flag: True})
     outcome = truth.run(world)
     assert outcome.checks > 0 and outcome.disagreements == [], report(outcome)
+
+
+def test_a_root_under_a_switch_whose_other_entrances_fell_long_ago_opens_promptly() -> None:
+    # A switch that answers, three of its four entrances (no address) lost ten minutes
+    # before, the fourth cut now: the fourth's incident opens within seconds, not after
+    # `window` (30 s). The switch "may yet be inferred down" only from children failing
+    # together, as `_infer` weighs it: three long gone and one now is no such word (it
+    # held every new root below the switch for the whole window; the merge's review).
+    d = Device
+    devices = (d("core", "core", True), d("agg", "aggregation", True, ("core",)),
+               d("sw", "access", True, ("agg",)),
+               *(d(f"seg-{i}", "segment", False, ("sw",)) for i in range(4)))  # fmt: skip
+    customers = tuple(Customer(f"10{i}{j}", (f"+792100010{i}{j}",), f"seg-{i}", True)
+                      for i in range(4) for j in range(3))  # fmt: skip
+    steps = (Step(0, Action.FAIL, "seg-0"), Step(1, Action.FAIL, "seg-1"),
+             Step(2, Action.FAIL, "seg-2"), Step(600, Action.FAIL, "seg-3"),
+             Step(700, Action.CHECK))  # fmt: skip
+    world = World(seed=1, devices=devices, customers=customers, steps=steps,
+                  restored_for=604800, external_anchor=False)  # fmt: skip
+    outcome = truth.run(world)
+    assert outcome.disagreements == [], report(outcome)
+    (delay,) = [delay for delay, root, at in outcome.detections if root == "seg-3"]
+    assert delay < 15, outcome.detections

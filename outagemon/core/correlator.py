@@ -536,7 +536,7 @@ class Correlator(Failures):
             if ns is None or ns.state is not State.UP or ns.losses > 0 or ns.last_at < since:
                 self._blocked[root] = (a, ns.last_at if ns is not None else -math.inf)
                 return False
-            if self._may_be_inferred(a, since):
+            if self._may_be_inferred(a, since, answering=True):
                 # It answers, but its children are failing together: it is about to be
                 # inferred down (a switch whose ports are dead), the fault above this one
                 # (seed 62099: an aggregation's incident opened, taken over a second later).
@@ -597,10 +597,13 @@ class Correlator(Failures):
         self._blocked.pop(root, None)
         self._dirty = True
 
-    def _may_be_inferred(self, node: str, since: float) -> bool:
+    def _may_be_inferred(self, node: str, since: float, answering: bool = False) -> bool:
         """Whether this node without an address may yet be inferred down (its other
         children are the evidence about it): enough of them have said nothing fresh since
-        `since`, or are (or may yet be) inferred down themselves."""
+        `since`, or are (or may yet be) inferred down themselves. Of a node that answers
+        (`answering`), as `_infer` weighs it, only children failing together count: one
+        down since before `window` ahead of `since` is no word either way (a switch whose
+        entrances were mostly lost an hour ago held each new root below it for `window`)."""
         if node in self.inferred:
             return False
         s = self.settings
@@ -608,17 +611,29 @@ class Correlator(Failures):
         kids = nodes[node].children
         if len(kids) < s.infer_min_children:
             return False
-        doubtful = 0
+        gone = since - s.window if answering else -math.inf
+        doubtful = counted = 0
         unprobed = self.topology.unprobed
+        inferred = self.inferred
         for child in kids:
             if child in unprobed:
-                if child in self.inferred or self._may_be_inferred(child, since):
+                if child in inferred:
+                    if inferred[child] < gone:
+                        continue
                     doubtful += 1
+                elif self._may_be_inferred(child, since):
+                    doubtful += 1
+                counted += 1
                 continue
             cs = self.states.get(child)
+            if answering and cs is not None and cs.state is State.DOWN:
+                first = cs.down_at if cs.down_first is None else cs.down_first
+                if first < gone:
+                    continue
+            counted += 1
             if cs is None or cs.state is not State.UP or cs.losses > 0 or cs.last_at < since:
                 doubtful += 1
-        return doubtful / len(kids) >= s.infer_ratio
+        return counted >= s.infer_min_children and doubtful / counted >= s.infer_ratio
 
     def _decide(self, now: float) -> None:
         """Roots and incidents from the failed set: the cut and its roots are brought up to
