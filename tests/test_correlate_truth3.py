@@ -162,3 +162,26 @@ def test_an_incident_reopened_under_new_works_ends_with_them() -> None:
     (inc,) = w.c.incidents.values()
     assert inc.reopened_at is not None, inc  # within REOPEN_WITHIN: the same incident
     assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == works.ends_at, inc
+
+
+def test_works_extended_just_before_their_end_carry_their_incident_on() -> None:
+    # The engineer extends the works 0.5 s before their end; the correlator's next round
+    # comes after that end. The incident took the works' new end as "works begun after
+    # its own ended" (its end not yet moved, the time past it) and became an outage
+    # `resolve_hold` later, inside the works still running (the merge's review).
+    topo = Topology([n("core", "core"), n("agg", "aggregation", ("core",)),
+                     n("sw", "access", ("agg",))])  # fmt: skip
+    w = Clock(topo, ["core", ANCHOR, "agg", "sw"])
+    w.rounds(60, set())
+    ends = w.t + 30.5
+    works = Maintenance(1, "sw", w.t - 600, ends, "cable")
+    w.c.set_maintenance([works], w.t)
+    w.rounds(30, {"sw"})
+    (inc,) = w.c.incidents.values()
+    assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == ends, inc
+    assert ends - 1 < w.t < ends
+    longer = Maintenance(1, "sw", works.starts_at, ends + 900, "cable")
+    w.c.set_maintenance([longer], w.t)
+    w.rounds(120, {"sw"})  # past the old end and resolve_hold, inside the new end
+    (inc,) = w.c.incidents.values()
+    assert inc.kind is Kind.MAINTENANCE and inc.maintenance_until == ends + 900, inc

@@ -126,6 +126,10 @@ class Correlator(Failures):
         self.version += 1
         self.maintenance = sorted(windows, key=lambda m: m.starts_at)
         self._refresh_scope(now)
+        # The incidents' ends moved now, not at the next round: works extended a moment
+        # before their end, that round past it, were taken for works begun after the
+        # incident's own had ended (`end_works`), and it became an outage inside them.
+        self.version += self.book.end_works(now, self._scope, self.settings.resolve_hold)
         self._dirty = True
 
     def _refresh_scope(self, now: float) -> None:
