@@ -120,15 +120,21 @@ def test_a_root_that_failed_inside_works_that_ended_is_an_outage_under_later_wor
     assert settled_between_works(0.0) is Kind.MAINTENANCE
 
 
+def a_switch_after_a_minute() -> Clock:
+    """core - agg - sw, every one answering for a minute."""
+    topo = Topology([n("core", "core"), n("agg", "aggregation", ("core",)),
+                     n("sw", "access", ("agg",))])  # fmt: skip
+    w = Clock(topo, ["core", ANCHOR, "agg", "sw"])
+    w.rounds(60, set())
+    return w
+
+
 def test_an_incident_of_works_that_ended_is_not_carried_by_later_works() -> None:
     # As above, opened at once inside the first works: when they ended with sw still down
     # and other works on it began 10 s later (inside resolve_hold), the incident stayed
     # maintenance to the second works' end (callers told of works for 15 more minutes),
     # where one that settled a moment later is an outage. Its fault outlived its works.
-    topo = Topology([n("core", "core"), n("agg", "aggregation", ("core",)),
-                     n("sw", "access", ("agg",))])  # fmt: skip
-    w = Clock(topo, ["core", ANCHOR, "agg", "sw"])
-    w.rounds(60, set())
+    w = a_switch_after_a_minute()
     ends = w.t + 30
     w.c.set_maintenance([Maintenance(1, "sw", w.t - 600, ends, "cable"),
                          Maintenance(2, "sw", ends + 10, ends + 900, "other team")],
@@ -169,10 +175,7 @@ def test_works_extended_just_before_their_end_carry_their_incident_on() -> None:
     # comes after that end. The incident took the works' new end as "works begun after
     # its own ended" (its end not yet moved, the time past it) and became an outage
     # `resolve_hold` later, inside the works still running (the merge's review).
-    topo = Topology([n("core", "core"), n("agg", "aggregation", ("core",)),
-                     n("sw", "access", ("agg",))])  # fmt: skip
-    w = Clock(topo, ["core", ANCHOR, "agg", "sw"])
-    w.rounds(60, set())
+    w = a_switch_after_a_minute()
     ends = w.t + 30.5
     works = Maintenance(1, "sw", w.t - 600, ends, "cable")
     w.c.set_maintenance([works], w.t)
