@@ -703,6 +703,13 @@ def _flat_number(flat: str) -> int | None:
     return int(flat) if flat.isascii() and flat.isdigit() else None
 
 
+def _ranged_number(flat: str) -> int | None:
+    """The number the flats' ranges place a flat by: 12 for "12", "12а" or "12/1" (a
+    caller's and a subscriber's row alike); None for no flat, or none written as one."""
+    number = _flat_number(flat)
+    return number if number is not None else _number_of(flat)
+
+
 class Directory:
     """The topology with its subscribers, indexed for the phone menu's questions."""
 
@@ -775,7 +782,7 @@ class Directory:
         key = keys[0]
         # (the key not made again) A flat with a letter or part ("12а", "12/1") is in
         # the part of its number: the caller named their flat, and is not asked again.
-        nodes = self.topology.serving_key(key, _flat_number(flat) or _number_of(flat))
+        nodes = self.topology.serving_key(key, _ranged_number(flat))
         return Match(tuple(nodes), served[key][0][0].address, None, (), flat)
 
     def has_flat(self, building: str, flat: str) -> bool:
@@ -929,8 +936,7 @@ class _Places:
         address = written.address
         flat = raw_flat or address.flat
         # "12а", "12/1": in flat 12's part, as a caller asking for it is (Directory.address)
-        number = _flat_number(flat)
-        nodes = written.nodes(number if number is not None else _number_of(flat))
+        nodes = written.nodes(_ranged_number(flat))
         if len(nodes) == 1:
             return nodes[0], flat
         if not nodes:
@@ -939,7 +945,7 @@ class _Places:
                 f"{f' flat {flat}' if flat else ''} is served by no node in the topology."
             )
         split = ", ".join(self.places[p][0] for p in nodes)
-        if flat and number is None:  # given, but no number the ranges place
+        if flat and _flat_number(flat) is None:  # given, and no plain number
             return (f"address {address.text(with_flat=False)!r} is split between {split} by "
                     f"flat number, and flat {flat!r} is not a number.")  # fmt: skip
         return (
