@@ -466,13 +466,12 @@ class Monitor:
         topo = self.directory.topology
         if e.root is None or e.root not in topo:
             return e
-        states, nodes, prefix = self.correlator.states, topo.nodes, cpe_id("")
+        states, prefix = self.correlator.states, cpe_id("")
         spared = []
-        for n in topo.descendants(e.root):
+        for n in restore_db.routers_below(topo, e.root):
             ns = states.get(n)
             # Up since it counts, in this run or, across a restart, before it and since.
-            if (ns is not None and ns.state is State.UP and (ns.changed_at <= start or n in carried)
-                    and n.startswith(prefix) and nodes[n].kind == "cpe"):  # fmt: skip
+            if ns is not None and ns.state is State.UP and (ns.changed_at <= start or n in carried):
                 spared.append(n.removeprefix(prefix))
         if not spared:
             return e
